@@ -1,0 +1,162 @@
+"""The ``eic`` command: each subcommand builds one config and calls one library function."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+from rich.console import Console
+
+from . import report
+from .config import HarvestConfig, StatsConfig, SubtractConfig, build_config
+from .errors import EicError
+
+app = typer.Typer(
+    name="eic",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # configs hold the API key
+    help="Europeana records to trained image classifiers: harvest, subtract, stats, sandbox.",
+)
+console = Console()
+T = TypeVar("T")
+
+
+def opt(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any:
+    """A Typer option whose help and shown default come from the config model's field."""
+    field = model.model_fields[name]
+    default = field.default if field.default is not PydanticUndefined else None
+    if field.default_factory is not None:
+        default = field.default_factory()  # type: ignore[call-arg]
+    shown: str | bool = False if default is None else _show(default)
+    return typer.Option(*decls, help=field.description, show_default=shown, **kwargs)
+
+
+def _show(value: Any) -> str:
+    if hasattr(value, "get_secret_value"):
+        return "the public demo key"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML or JSON settings file; flags override it, it overrides EUROPEANA_* env.",
+                 exists=False, dir_okay=False),
+]
+Quiet = Annotated[
+    bool | None, typer.Option("--quiet/--no-quiet", help="No progress bars (for CI).", show_default=False)
+]
+
+
+def run(action: Callable[[], T]) -> T:
+    """Call the library; an EicError becomes one line on stderr and a non-zero exit code."""
+    try:
+        return action()
+    except EicError as exc:
+        typer.echo(f"eic: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("eic: interrupted; what was finished is kept (re-run with --resume where offered)", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def harvest(
+    output: Annotated[Path | None, opt(HarvestConfig, "output", "--output", "-o")] = None,
+    vocab: Annotated[Path | None, opt(HarvestConfig, "vocab", "--vocab")] = None,
+    n: Annotated[int | None, opt(HarvestConfig, "n", "--n", "-n")] = None,
+    reusability: Annotated[list[str] | None, opt(HarvestConfig, "reusability", "--reusability")] = None,
+    mode: Annotated[str | None, opt(HarvestConfig, "mode", "--mode")] = None,
+    seed: Annotated[int | None, opt(HarvestConfig, "seed", "--seed")] = None,
+    keep_ambiguous: Annotated[
+        bool | None, opt(HarvestConfig, "keep_ambiguous", "--keep-ambiguous/--drop-ambiguous")
+    ] = None,
+    resume: Annotated[bool | None, opt(HarvestConfig, "resume", "--resume/--no-resume")] = None,
+    api_url: Annotated[str | None, opt(HarvestConfig, "api_url", "--api-url")] = None,
+    api_key: Annotated[str | None, opt(HarvestConfig, "api_key", "--api-key")] = None,
+    timeout: Annotated[float | None, opt(HarvestConfig, "timeout", "--timeout")] = None,
+    retries: Annotated[int | None, opt(HarvestConfig, "retries", "--retries")] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """Query the Search API per concept (or 2-3 concept combination) and write a dataset table."""
+    from .harvest import harvest as run_harvest
+
+    flags = dict(output=output, vocab=vocab, n=n, reusability=reusability or None, mode=mode, seed=seed,
+                 keep_ambiguous=keep_ambiguous, resume=resume, api_url=api_url, api_key=api_key,
+                 timeout=timeout, retries=retries, quiet=quiet)
+    result = run(lambda: run_harvest(build_config(HarvestConfig, flags, config)))
+    report.print_harvest(console, result)
+
+
+@app.command()
+def subtract(
+    train: Annotated[Path, typer.Argument(help="Training table (.csv or .parquet).")],
+    eval: Annotated[Path, typer.Argument(help="Evaluation table; its IDs leave the training table.")],  # noqa: A002
+    output: Annotated[Path | None, opt(SubtractConfig, "output", "--output", "-o")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Remove from a training table every record whose ID is in an evaluation table."""
+    from .dataset import subtract as run_subtract
+
+    flags = dict(train=train, eval=eval, output=output)
+    result = run(lambda: run_subtract(build_config(SubtractConfig, flags, config)))
+    console.print(f"kept {result.kept} rows, removed {result.removed}; wrote {result.output}")
+
+
+@app.command()
+def stats(
+    table: Annotated[Path, typer.Argument(help="Table to describe (.csv or .parquet).")],
+    vocab: Annotated[Path | None, opt(StatsConfig, "vocab", "--vocab")] = None,
+    output: Annotated[Path | None, opt(StatsConfig, "output", "--output", "-o")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Records per category, reusability level and provider, and what looks wrong in a table."""
+    from .dataset import stats as run_stats
+
+    flags = dict(table=table, vocab=vocab, output=output)
+    cfg = run(lambda: build_config(StatsConfig, flags, config))
+    result = run(lambda: run_stats(cfg))
+    report.print_stats(console, result)
+    if cfg.output:
+        report.write_stats(cfg.output, result)
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 8642,
+    per_level: Annotated[int, typer.Option(help="Single-concept records per concept and reusability level.")] = 30,
+    fail_every: Annotated[int, typer.Option(help="Answer every Nth search with 429 or 503 (0: never).")] = 0,
+    bad_every: Annotated[
+        int, typer.Option(help="Every Nth record's image is a deliberately bad answer (0: none).")
+    ] = 0,
+    vocab: Annotated[Path | None, typer.Option(help="Vocabulary JSON; default: the 20 built-in concepts.")] = None,
+) -> None:
+    """Serve a local stand-in of the Search API and an image host until Ctrl-C."""
+    from .sandbox import Sandbox
+    from .vocabulary import load_vocabulary
+
+    vocabulary = run(lambda: load_vocabulary(vocab))
+    try:
+        server = Sandbox(vocabulary, port=port, per_level=per_level, fail_every=fail_every,
+                         bad_every=bad_every, variant_every=7 if bad_every else 0)
+    except OSError as exc:
+        typer.echo(f"eic: error: cannot listen on 127.0.0.1:{port} ({exc.strerror}); try --port 0", err=True)
+        raise typer.Exit(1) from None
+    console.print(f"Search API: {server.api_url}")
+    console.print(f"try: EUROPEANA_API_URL={server.api_url} eic harvest --n 10 --output sandbox.csv")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+def main() -> None:
+    app()

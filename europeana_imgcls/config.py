@@ -1,0 +1,170 @@
+"""Pydantic settings for every stage, and the one rule that resolves them.
+
+Precedence, highest first: command-line flag > ``--config`` file (TOML or JSON) > ``EUROPEANA_<FIELD>``
+environment variable > the default written here. A config file may hold flat keys (applied to every
+stage that has them, e.g. ``api_key``) and one table per stage (``[harvest]``, ``[download]``...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DEFAULT_API_URL = "https://api.europeana.eu/record/v2/search.json"
+DEMO_API_KEY = "api2demo"
+REUSABILITY_LEVELS = ("open", "restricted", "permission")
+ENV_PREFIX = "EUROPEANA_"
+# Fields never written to disk or printed.
+SECRET_FIELDS = frozenset({"api_key"})
+
+Reusability = Literal["open", "restricted", "permission"]
+Mode = Literal["single-label", "multi-label"]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stage: ClassVar[str] = ""
+
+    quiet: bool = Field(False, description="No progress bars; for CI and scripts.")
+
+
+class ApiSettings(_Base):
+    """How to reach the Europeana Search API (shared by harvest and predict)."""
+
+    api_url: str = Field(DEFAULT_API_URL, description="Search API endpoint.")
+    api_key: SecretStr = Field(
+        SecretStr(DEMO_API_KEY),
+        description="Europeana API key, sent as the X-Api-Key header; never printed or written.",
+    )
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for one API answer.")
+    retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
+
+
+def _split_words(value: Any) -> Any:
+    # "open,permission" or "open permission" from an env var or a config file.
+    if isinstance(value, str):
+        return [word for word in value.replace(",", " ").split() if word]
+    return value
+
+
+class HarvestConfig(ApiSettings):
+    """``eic harvest``: query the Search API per concept (or combination) and write a table."""
+
+    stage: ClassVar[str] = "harvest"
+
+    output: Path = Field(Path("harvested.csv"), description="Output table, .csv or .parquet.")
+    vocab: Path | None = Field(
+        None, description="JSON {category: concept URI}; default: the 20 concepts shipped with eic."
+    )
+    n: int = Field(1000, gt=0, description="Records with an image wanted per category and level.")
+    reusability: list[Reusability] = Field(
+        default_factory=lambda: ["open"], min_length=1, description="Reusability levels to harvest."
+    )
+    mode: Mode = Field("single-label", description="single-label: one query per concept; "
+                       "multi-label: one per combination of 2 and 3 concepts.")
+    seed: int = Field(0, description="Seed of the stable random order (sort=random_<seed>,europeana_id).")
+    keep_ambiguous: bool = Field(
+        False, description="Single-label: keep a record found under several categories in the first one."
+    )
+    resume: bool = Field(False, description="Skip categories already complete in the output.")
+
+    _split = field_validator("reusability", mode="before")(_split_words)
+
+
+class SubtractConfig(_Base):
+    """``eic subtract``: drop from a training table every record of an evaluation table."""
+
+    stage: ClassVar[str] = "subtract"
+
+    train: Path = Field(description="Training table (.csv or .parquet).")
+    eval: Path = Field(description="Evaluation table whose IDs are removed from the training table.")
+    output: Path = Field(description="Where the remaining training rows are written.")
+
+
+class StatsConfig(_Base):
+    """``eic stats``: what a harvested table holds."""
+
+    stage: ClassVar[str] = "stats"
+
+    table: Path = Field(description="Table to describe (.csv or .parquet).")
+    vocab: Path | None = Field(None, description="Vocabulary to check categories against.")
+    output: Path | None = Field(None, description="Also write the statistics as JSON here.")
+
+
+M = TypeVar("M", bound=_Base)
+
+
+def build_config(
+    model: type[M],
+    flags: Mapping[str, Any],
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> M:
+    """Resolve ``model`` from flags, a config file, the environment and defaults (in that order)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name in model.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if env.get(key):
+            values[name] = env[key]
+    if config_file is not None:
+        values.update(_file_values(model, config_file))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _file_values(model: type[_Base], path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    known = {field for cfg in ALL_CONFIGS for field in cfg.model_fields}
+    stages = {cfg.stage for cfg in ALL_CONFIGS}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name in stages:
+            continue
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown setting '{key}'")
+        if name in model.model_fields:
+            values[name] = value
+    section = data.get(model.stage, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [{model.stage}] must be a table")
+    values.update({key.replace("-", "_"): value for key, value in section.items()})
+    return values
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"]) or "config"
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) or where in SECRET_FIELDS else f" (got {given!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid setting '{where}': {err['msg']}{shown}{more}"
+
+
+def public_dict(config: BaseModel) -> dict[str, Any]:
+    """The resolved config as JSON-ready data, secrets removed."""
+    return config.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+
+
+ALL_CONFIGS: list[type[_Base]] = [HarvestConfig, SubtractConfig, StatsConfig]

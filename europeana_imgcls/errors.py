@@ -1,0 +1,39 @@
+"""Errors that `eic` reports as one line on stderr and a non-zero exit code.
+
+    EicError
+     ├── ConfigError      a setting, flag or config file is wrong
+     ├── ApiError         the Europeana Search API refused or could not be reached
+     ├── DatasetError     a table, vocabulary or image folder is unreadable or incomplete
+     ├── DownloadError    the image download cannot start
+     └── ModelError       a model, checkpoint or weights file cannot be built or loaded
+
+Every message says what went wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EicError(Exception):
+    """Base of every error the library raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EicError):
+    exit_code = 2
+
+
+class ApiError(EicError):
+    pass
+
+
+class DatasetError(EicError):
+    pass
+
+
+class DownloadError(EicError):
+    pass
+
+
+class ModelError(EicError):
+    pass

@@ -1,0 +1,61 @@
+"""How the CLI shows what a stage did: rich tables on stdout, JSON files on request."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from .tables import write_json
+
+if TYPE_CHECKING:
+    from .dataset import TableStats
+    from .harvest import HarvestReport
+
+
+def print_harvest(console: Console, result: HarvestReport) -> None:
+    levels = sorted({key.rsplit("|", 1)[1] for key in result.fetched})
+    table = Table(title="harvest", show_footer=False)
+    table.add_column("category")
+    for level in levels:
+        table.add_column(f"fetched ({level})", justify="right")
+    table.add_column("rows in table", justify="right")
+    for category, count in result.per_category.items():
+        fetched = [str(result.fetched.get(f"{category}|{level}", "-")) for level in levels]
+        if any(f != "-" for f in fetched) or count:
+            table.add_row(category, *fetched, str(count))
+    console.print(table)
+    console.print(
+        f"{result.rows} records written to {result.output}; skipped {result.skipped_no_url} without an "
+        f"image URL; {result.ambiguous} found under several categories"
+        + (f"; {result.resumed_units} query units already done" if result.resumed_units else "")
+    )
+
+
+def print_stats(console: Console, stats: TableStats) -> None:
+    console.print(f"{stats.rows} rows, {stats.unique_ids} unique IDs, {stats.duplicate_rows} duplicate rows, "
+                  f"{stats.without_url} without URL, {stats.without_category} without category, "
+                  f"{stats.ids_in_several_categories} IDs in several "
+                  f"categories")
+    for title, counts in (("category", stats.per_category), ("reusability", stats.per_reusability),
+                          (stats.provider_column, stats.per_provider)):
+        if not counts:
+            continue
+        table = Table(title=f"records per {title}")
+        table.add_column(title)
+        table.add_column("records", justify="right")
+        for name, count in list(counts.items())[:30]:
+            table.add_row(name, str(count))
+        if len(counts) > 30:
+            table.add_row(f"... {len(counts) - 30} more", "")
+        console.print(table)
+    if stats.unknown_categories:
+        listed = ", ".join(f"{name!r} ({n})" for name, n in stats.unknown_categories.items())
+        console.print(f"[bold yellow]categories not in the vocabulary:[/] {listed}")
+
+
+def write_stats(path: Path, stats: TableStats) -> None:
+    write_json(path, dataclasses.asdict(stats))

@@ -1,0 +1,166 @@
+"""A small, careful client of the Europeana Search API v2.
+
+It pages with cursors, retries what is worth retrying (429, 5xx, timeouts, dropped connections)
+with bounded exponential backoff that honours ``Retry-After``, and turns every other failure into
+one ``ApiError`` line. The API key travels only in the ``X-Api-Key`` header and is never logged.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from .errors import ApiError
+
+PAGE_ROWS = 100  # the server silently caps rows at 100
+MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
+ITEM_BASE = "http://data.europeana.eu/item"
+
+
+class SearchClient:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.api_url = api_url
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.Client(
+            headers={"X-Api-Key": api_key, "User-Agent": "europeana-imgcls"},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
+        )
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """One Search API request; retried when the failure is passing."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.get(self.api_url, params=list(params))
+            except httpx.TimeoutException:
+                if last:
+                    raise ApiError(f"the Search API at {self.api_url} did not answer in time "
+                                   f"after {attempt + 1} attempts; try later or raise --timeout") from None
+                self._sleep(attempt, None)
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
+                                   f"after {attempt + 1} attempts; check --api-url and the network") from None
+                self._sleep(attempt, None)
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                if last:
+                    raise ApiError(f"the Search API answered {response.status_code} "
+                                   f"{_reason(response)} after {attempt + 1} attempts; try again later")
+                self._sleep(attempt, response.headers.get("Retry-After"))
+                continue
+            return _parse(response)
+        raise AssertionError("unreachable")
+
+    def iter_items(
+        self,
+        query: str,
+        qf: Sequence[str] = (),
+        reusability: str | None = None,
+        sort: str | None = None,
+        media: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a query, page by page with cursors, until the set is exhausted."""
+        base = [("query", query), ("rows", str(PAGE_ROWS)), ("profile", "standard")]
+        base += [("qf", f) for f in qf]
+        if media:
+            base.append(("media", "true"))
+        if reusability:
+            base.append(("reusability", reusability))
+        if sort:
+            base.append(("sort", sort))
+        cursor = "*"
+        while cursor:
+            page = self.search([*base, ("cursor", cursor)])
+            items = page.get("items") or []
+            yield from items
+            next_cursor = page.get("nextCursor")
+            # A partial last page still carries a cursor; the empty page after it does not.
+            cursor = next_cursor if items and next_cursor and next_cursor != cursor else None
+
+    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+        wait = _retry_after_seconds(retry_after)
+        if wait is None:
+            wait = self.backoff * (2**attempt) * (0.5 + random.random())
+        time.sleep(min(wait, MAX_WAIT))
+
+
+def _parse(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 401:
+        raise ApiError(f"the Search API rejected the API key (401 {_reason(response, body)}); "
+                       "set a valid key with --api-key or EUROPEANA_API_KEY")
+    if response.status_code == 400:
+        raise ApiError(f"the Search API refused the query (400 {_reason(response, body)})")
+    if response.status_code != 200:
+        raise ApiError(f"the Search API answered {response.status_code} {_reason(response, body)}")
+    if not isinstance(body, dict):
+        kind = response.headers.get("content-type", "unknown content")
+        raise ApiError(f"the Search API answered something that is not a JSON object ({kind}); "
+                       "check --api-url")
+    if body.get("success") is False:
+        raise ApiError(f"the Search API reported a failure: {_reason(response, body)}")
+    return body
+
+
+def _reason(response: httpx.Response, body: Any = None) -> str:
+    if body is None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "message", "code") if body.get(k)]
+        # error and message are often the same text
+        parts = list(dict.fromkeys(parts))
+        if parts:
+            return ": ".join(parts)
+    return response.reason_phrase or "no reason given"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def record_uri(record_id: str) -> str:
+    return ITEM_BASE + record_id

@@ -1,0 +1,90 @@
+"""Reading and writing dataset tables (CSV or Parquet) without ever leaving half a file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .errors import DatasetError
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` only on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_table_suffix(path: Path) -> None:
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DatasetError(f"{path}: tables must end in .csv or .parquet")
+
+
+def read_table(path: Path, required: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Read a table as strings, cleaned the way real harvested tables need.
+
+    Column names and values are stripped of surrounding spaces, unnamed columns and wholly blank
+    rows (what spreadsheets leave behind) are dropped, and empty strings become nulls.
+    """
+    check_table_suffix(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such table")
+    try:
+        if path.suffix.lower() == ".csv":
+            df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+        else:
+            df = pl.read_parquet(path)
+    except Exception as exc:  # polars raises many kinds; all mean "unreadable"
+        raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+    df = _clean(df)
+    missing = [col for col in required if col not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns) or 'none'})"
+        )
+    return df
+
+
+def _clean(df: pl.DataFrame) -> pl.DataFrame:
+    keep = [c for c in df.columns if c.strip() and not c.startswith("_duplicated_")
+            and not c.startswith("Unnamed:")]
+    df = df.select(keep).rename({c: c.strip() for c in keep})
+    df = df.with_columns(
+        pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in df.columns
+    )
+    return df.filter(~pl.all_horizontal(pl.all().is_null())) if df.width else df
+
+
+def write_table(df: pl.DataFrame, path: Path) -> None:
+    check_table_suffix(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            df.write_csv(tmp)
+        else:
+            df.write_parquet(tmp)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else "unknown error"

@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests reach nothing but 127.0.0.1: any other connection fails loudly."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from europeana_imgcls.sandbox import Sandbox
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SEED_TABLES = SHARED / "seed_tables"
+HERITAGE = SHARED / "heritage_sample"
+
+VOCAB = {
+    "map": "http://data.europeana.eu/concept/base/43",
+    "painting": "http://data.europeana.eu/concept/base/47",
+    "specimen": "http://data.europeana.eu/concept/base/167",
+}
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: object) -> None:
+    host = address[0] if isinstance(address, tuple) else address
+    if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConnectionRefusedError(f"tests may not reach {host}")
+    _real_connect(self, address)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+    for name in ("EUROPEANA_API_URL", "EUROPEANA_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def vocab_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(VOCAB))
+    return path
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(VOCAB, per_level=40) as server:
+        yield server

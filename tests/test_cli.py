@@ -1,0 +1,132 @@
+"""The eic command as a user runs it: exit codes, one-line errors, config precedence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+import europeana_imgcls
+from europeana_imgcls.cli import app
+from europeana_imgcls.config import HarvestConfig, build_config
+from europeana_imgcls.errors import ConfigError
+from europeana_imgcls.sandbox import Sandbox
+
+runner = CliRunner()
+
+
+def eic(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def assert_one_line_error(result, text: str) -> None:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eic: error:"), result.stderr
+    assert text in lines[0]
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "h.csv"
+    result = eic("harvest", "--vocab", vocab_file, "--n", "5", "--reusability", "open",
+                 "--reusability", "restricted", "-o", out, "--quiet", env={"EUROPEANA_API_URL": sandbox.api_url})
+    assert result.exit_code == 0, result.output
+    counts = pl.read_csv(out).group_by("category", "reusability").len()
+    assert counts.height == 6 and counts["len"].max() == 5  # a few dropped as ambiguous
+    assert "records written to" in result.stdout
+
+
+def test_bad_key_gives_one_line_and_exit_1(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
+    result = eic("harvest", "--vocab", vocab_file, "-o", tmp_path / "h.csv", "--api-url", sandbox.api_url,
+                 "--api-key", "not-a-key", "--quiet")
+    assert_one_line_error(result, "rejected the API key")
+    assert result.exit_code == 1
+    assert "not-a-key" not in result.stderr
+
+
+@pytest.mark.parametrize(("vocab_text", "message"), [
+    (None, "no such file"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"map": 3}', "must map to a concept URI"),
+])
+def test_bad_vocabularies(tmp_path: Path, vocab_text: str | None, message: str) -> None:
+    vocab = tmp_path / "v.json"
+    if vocab_text is not None:
+        vocab.write_text(vocab_text)
+    result = eic("harvest", "--vocab", vocab, "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/x")
+    assert_one_line_error(result, message)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--n", "0"], "invalid setting 'n'"),
+    (["--n", "-3"], "invalid setting 'n'"),
+    (["--reusability", "free"], "invalid setting 'reusability.0'"),
+    (["--mode", "both"], "invalid setting 'mode'"),
+    (["-o", "out.xlsx"], "must end in .csv or .parquet"),
+])
+def test_bad_harvest_options(tmp_path: Path, args: list[str], message: str) -> None:
+    result = eic("harvest", *args, "--api-url", "http://127.0.0.1:9/x")
+    assert_one_line_error(result, message)
+
+
+def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
+    result = eic("harvest", "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/search.json",
+                 "--retries", "0", "--quiet")
+    assert_one_line_error(result, "cannot reach the Search API")
+
+
+def test_subtract_and_stats_commands(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,u\nmap,/1/b,u\n")
+    (tmp_path / "e.csv").write_text("ID,category,,\n/1/a ,map,,\n")
+    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "-o", tmp_path / "o.csv")
+    assert result.exit_code == 0 and "kept 1 rows, removed 1" in result.stdout
+    result = eic("stats", tmp_path / "o.csv", "-o", tmp_path / "s.json")
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "s.json").read_text())["per_category"] == {"map": 1}
+    assert_one_line_error(eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"),
+                          "no such table")
+    (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
+    assert_one_line_error(eic("stats", tmp_path / "broken.csv"), "broken.csv")
+
+
+def test_precedence_flag_over_file_over_env_over_default(tmp_path: Path) -> None:
+    toml = tmp_path / "eic.toml"
+    toml.write_text('api_url = "http://file/api"\n[harvest]\nn = 3\nseed = 9\n')
+    env = {"EUROPEANA_N": "4", "EUROPEANA_SEED": "5", "EUROPEANA_API_KEY": "env-key",
+           "EUROPEANA_REUSABILITY": "open,permission"}
+    cfg = build_config(HarvestConfig, {"seed": 1}, toml, env=env)
+    assert (cfg.n, cfg.seed, cfg.api_url) == (3, 1, "http://file/api")
+    assert cfg.api_key.get_secret_value() == "env-key" and cfg.reusability == ["open", "permission"]
+    assert build_config(HarvestConfig, {}, None, env={}).n == 1000
+    js = tmp_path / "eic.json"
+    js.write_text(json.dumps({"harvest": {"n": 7}}))
+    assert build_config(HarvestConfig, {}, js, env=env).n == 7
+
+
+def test_config_file_mistakes_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nn = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'nn'"):
+        build_config(HarvestConfig, {}, bad, env={})
+    bad.write_text("n = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_config(HarvestConfig, {}, bad, env={})
+    bad.write_text("[harvest]\nbogus = 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        build_config(HarvestConfig, {}, bad, env={})
+    result = eic("harvest", "--config", tmp_path / "missing.toml")
+    assert_one_line_error(result, "cannot read config file")
+
+
+def test_python_dash_m_and_public_surface() -> None:
+    done = subprocess.run([sys.executable, "-m", "europeana_imgcls", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "harvest" in done.stdout
+    for name in europeana_imgcls.__all__:
+        assert hasattr(europeana_imgcls, name), name

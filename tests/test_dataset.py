@@ -1,0 +1,92 @@
+"""subtract and stats on real pilot tables and on small hand-made ones."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from europeana_imgcls import StatsConfig, SubtractConfig, stats, subtract
+from europeana_imgcls.errors import DatasetError
+
+from .conftest import SEED_TABLES
+
+needs_seed = pytest.mark.skipif(not SEED_TABLES.is_dir(), reason="shared seed tables not present")
+
+
+def csv_ids(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if any((v or "").strip() for v in row.values())]
+    return [(row.get("ID") or "").strip() for row in rows]
+
+
+@needs_seed
+@pytest.mark.parametrize(("train_name", "removed"), [
+    ("clean_training_data.csv", 0), ("crowdheritage_dataset.csv", 10),
+    ("multilabel_dataset_open_permission.csv", 8),
+])
+def test_subtract_on_the_pilot_tables_is_exact(tmp_path: Path, train_name: str, removed: int) -> None:
+    train, evaluation = SEED_TABLES / train_name, SEED_TABLES / "eval_dataset.csv"
+    eval_ids = {i for i in csv_ids(evaluation) if i}
+    expected = [i for i in csv_ids(train) if i not in eval_ids]
+    report = subtract(SubtractConfig(train=train, eval=evaluation, output=tmp_path / "out.csv"))
+    out = pl.read_csv(tmp_path / "out.csv")
+    assert out["ID"].fill_null("").to_list() == expected
+    assert report.kept == len(expected) and report.removed == len(csv_ids(train)) - len(expected)
+    assert report.removed == removed
+    assert not any(c == "" or c.startswith("_duplicated") for c in out.columns)
+
+
+def test_subtract_strips_spaces_and_ignores_blank_columns(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("category,ID,URL,,\npaint,/1/a ,u1,,\nmap,/1/b,u2,,\nmap,/1/c,u3,,\n")
+    (tmp_path / "e.parquet").unlink(missing_ok=True)
+    pl.DataFrame({"ID": [" /1/a", "/1/c", None]}).write_parquet(tmp_path / "e.parquet")
+    report = subtract(SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.parquet",
+                                     output=tmp_path / "o.parquet"))
+    assert pl.read_parquet(tmp_path / "o.parquet").to_dicts() == [{"category": "map", "ID": "/1/b", "URL": "u2"}]
+    assert (report.kept, report.removed) == (1, 2)
+
+
+def test_unreadable_tables_are_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "no_id.csv").write_text("category,URL\na,b\n")
+    with pytest.raises(DatasetError, match="missing column\\(s\\) ID"):
+        subtract(SubtractConfig(train=tmp_path / "no_id.csv", eval=tmp_path / "no_id.csv", output=tmp_path / "o.csv"))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match="cannot read table"):
+        stats(StatsConfig(table=tmp_path / "bad.parquet"))
+    with pytest.raises(DatasetError, match="must end in .csv or .parquet"):
+        stats(StatsConfig(table=tmp_path / "t.xlsx"))
+    with pytest.raises(DatasetError, match="no such table"):
+        stats(StatsConfig(table=tmp_path / "missing.csv"))
+
+
+@needs_seed
+def test_stats_finds_what_is_wrong_in_the_pilot_eval_table() -> None:
+    path = SEED_TABLES / "eval_dataset.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if any((v or "").strip() for v in r.values())]
+    result = stats(StatsConfig(table=path))
+    assert result.rows == len(rows)
+    assert result.unique_ids == len({r["ID"].strip() for r in rows})
+    assert "furniiture" in result.unknown_categories
+    assert result.without_category == sum(1 for r in rows if not r["category"].strip())
+    assert sum(result.per_category.values()) == len(rows) - result.without_category
+    assert "painting " not in result.per_category  # trailing spaces stripped
+
+
+def test_stats_counts_labels_levels_providers_and_conflicts(tmp_path: Path) -> None:
+    pl.DataFrame({
+        "category": ["map painting", "map", "painting", "map", "statue"],
+        "ID": ["/1/a", "/1/b", "/1/b", "/2/c", "/2/d"],
+        "URL": ["u", "u", None, "u", "u"],
+        "reusability": ["open", "open", "open", "permission", "open"],
+    }).write_csv(tmp_path / "t.csv")
+    (tmp_path / "v.json").write_text('{"map": "http://x/1", "painting": "http://x/2"}')
+    result = stats(StatsConfig(table=tmp_path / "t.csv", vocab=tmp_path / "v.json"))
+    assert result.per_category == {"map": 3, "painting": 2, "statue": 1}
+    assert result.per_reusability == {"open": 4, "permission": 1}
+    assert result.provider_column == "dataset" and result.per_provider == {"1": 3, "2": 2}
+    assert result.without_url == 1 and result.ids_in_several_categories == 1
+    assert result.unknown_categories == {"statue": 1}

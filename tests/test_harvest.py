@@ -1,0 +1,137 @@
+"""Harvest through the real client against the sandbox Search API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from europeana_imgcls import HarvestConfig, harvest
+from europeana_imgcls.errors import ApiError, DatasetError
+from europeana_imgcls.harvest import COLUMNS
+from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.search_api import SearchClient
+
+from .conftest import VOCAB
+
+
+def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestConfig:
+    return HarvestConfig(api_url=sandbox.api_url, vocab=vocab_file, output=output, quiet=True, **kw)
+
+
+def test_exactly_n_per_category_and_level_with_faults_hidden(vocab_file: Path, tmp_path: Path) -> None:
+    # No shared records, so nothing is dropped as ambiguous; every 4th search answers 429 or 503.
+    with Sandbox(VOCAB, per_level=40, shared_per_concept=0, triples_per_concept=0,
+                 fail_every=4) as sb:
+        out = tmp_path / "h.csv"
+        report = harvest(config(sb, vocab_file, out, n=25, reusability=["open", "permission"]))
+        df = pl.read_csv(out)
+    assert df.columns == COLUMNS
+    counts = df.group_by("category", "reusability").len()
+    assert counts.height == 6 and set(counts["len"]) == {25}
+    assert df["ID"].n_unique() == df.height == 150
+    assert report.fetched == {f"{c}|{lvl}": 25 for c in VOCAB for lvl in ("open", "permission")}
+    assert df["URL"].null_count() == 0
+    row = df.row(0, named=True)
+    assert row["URI"] == "http://data.europeana.eu/item" + row["ID"]
+    assert row["skos_concept"] == VOCAB[row["category"]]
+    assert row["rights"].startswith("http://creativecommons.org/publicdomain/zero")
+
+
+def test_records_without_image_url_are_skipped_and_counted(sandbox: Sandbox, vocab_file: Path,
+                                                          tmp_path: Path) -> None:
+    report = harvest(config(sandbox, vocab_file, tmp_path / "h.csv", n=1000))
+    no_url = sum(1 for r in sandbox.catalogue
+                 if not r.has_url and r.level == "open" and r.type == "IMAGE")
+    assert report.skipped_no_url == no_url > 0
+
+
+def test_ambiguous_records_are_dropped_or_kept_in_the_first_category(sandbox: Sandbox, vocab_file: Path,
+                                                                    tmp_path: Path) -> None:
+    shared = {r.id for r in sandbox.catalogue
+              if len(r.labels) > 1 and r.level == "open" and r.has_url and r.type == "IMAGE"}
+    dropped = pl.read_csv(harvest(config(sandbox, vocab_file, tmp_path / "a.csv", n=1000)).output)
+    assert shared and not shared & set(dropped["ID"])
+    report = harvest(config(sandbox, vocab_file, tmp_path / "b.csv", n=1000, keep_ambiguous=True))
+    kept = pl.read_csv(report.output)
+    assert shared <= set(kept["ID"]) and kept["ID"].n_unique() == kept.height
+    assert report.ambiguous == len(shared)
+    # the first category queried (vocabulary order) keeps it
+    first = {r.id: min(r.labels, key=list(VOCAB).index) for r in sandbox.catalogue}
+    for row in kept.filter(pl.col("ID").is_in(list(shared))).iter_rows(named=True):
+        assert row["category"] == first[row["ID"]]
+
+
+def test_multi_label_rows_carry_the_union_of_labels(sandbox: Sandbox, vocab_file: Path,
+                                                    tmp_path: Path) -> None:
+    out = harvest(config(sandbox, vocab_file, tmp_path / "m.csv", n=100, mode="multi-label")).output
+    df = pl.read_csv(out)
+    truth = {r.id: " ".join(sorted(r.labels, key=list(VOCAB).index)) for r in sandbox.catalogue}
+    assert df.height == df["ID"].n_unique() > 0
+    for row in df.iter_rows(named=True):
+        assert row["category"] == truth[row["ID"]]
+        assert row["skos_concept"] == " ".join(VOCAB[c] for c in row["category"].split())
+    # the 3-concept records (found by 4 queries each) have all three labels
+    triples = {r.id for r in sandbox.catalogue
+               if len(r.labels) == 3 and r.level == "open" and r.has_url and r.type == "IMAGE"}
+    assert set(df.filter(pl.col("category").str.count_matches(" ") == 2)["ID"]) == triples
+
+
+def test_resume_skips_finished_units_and_keeps_rows(sandbox: Sandbox, vocab_file: Path,
+                                                    tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "h.parquet"
+    calls = {"n": 0}
+    real = SearchClient.iter_items
+
+    def dies_on_third_unit(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ApiError("connection lost")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SearchClient, "iter_items", dies_on_third_unit)
+    with pytest.raises(ApiError):
+        harvest(config(sandbox, vocab_file, out, n=10))
+    partial = pl.read_parquet(out)
+    assert set(partial["category"]) == {"map", "painting"}
+    progress = json.loads((tmp_path / "h.progress.json").read_text())
+    assert progress["complete"] is False and len(progress["completed"]) == 2
+
+    with pytest.raises(DatasetError, match="already exists: pass --resume"):
+        harvest(config(sandbox, vocab_file, out, n=10))
+    monkeypatch.setattr(SearchClient, "iter_items", real)
+    before = sandbox.count("/record/v2/search.json")
+    report = harvest(config(sandbox, vocab_file, out, n=10, resume=True))
+    assert report.resumed_units == 2
+    assert sandbox.count("/record/v2/search.json") - before == 1  # only the third unit
+    full = pl.read_parquet(out)
+    assert set(full["category"]) == set(VOCAB)
+    # rows found before the interruption stay, except those the last unit showed to be ambiguous
+    lost = set(partial["ID"]) - set(full["ID"])
+    assert lost and all("_specimen_" in record_id for record_id in lost)
+    assert report.ambiguous == len(json.loads((tmp_path / "h.progress.json").read_text())["ambiguous"])
+    with pytest.raises(DatasetError, match="other settings \\(n\\)"):
+        harvest(config(sandbox, vocab_file, out, n=11, resume=True))
+
+
+def test_the_key_is_never_written(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
+    sandbox.api_keys.add("my-private-key")
+    cfg = HarvestConfig(api_url=sandbox.api_url, api_key="my-private-key", vocab=vocab_file,
+                        output=tmp_path / "h.csv", n=5, quiet=True)
+    harvest(cfg)
+    assert "my-private-key" not in repr(cfg)
+    for path in tmp_path.iterdir():
+        assert "my-private-key" not in path.read_text(), path
+    written = json.loads((tmp_path / "h.config.json").read_text())
+    assert written["n"] == 5 and "api_key" not in written
+
+
+def test_seeded_random_order_pages_without_duplicates(sandbox: Sandbox) -> None:
+    with SearchClient(sandbox.api_url, "api2demo") as client:
+        ids = [i["id"] for i in client.iter_items("*", sort="random_7,europeana_id asc")]
+        again = [i["id"] for i in client.iter_items("*", sort="random_7,europeana_id asc")]
+        other = [i["id"] for i in client.iter_items("*", sort="random_8,europeana_id asc")]
+    assert len(ids) == len(set(ids)) == len(sandbox.catalogue)
+    assert ids == again and ids != other
