@@ -4,8 +4,9 @@
     >>> report = harvest(HarvestConfig(n=100, output="harvested.csv"))
 """
 
-from .config import HarvestConfig, StatsConfig, SubtractConfig, build_config
+from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, build_config
 from .dataset import stats, subtract
+from .download import download
 from .errors import ApiError, ConfigError, DatasetError, DownloadError, EicError, ModelError
 from .harvest import harvest
 from .sandbox import Sandbox
@@ -17,6 +18,7 @@ __all__ = [
     "ApiError",
     "ConfigError",
     "DatasetError",
+    "DownloadConfig",
     "DownloadError",
     "EicError",
     "HarvestConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "StatsConfig",
     "SubtractConfig",
     "build_config",
+    "download",
     "harvest",
     "stats",
     "subtract",

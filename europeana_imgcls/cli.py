@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 
 from . import report
-from .config import HarvestConfig, StatsConfig, SubtractConfig, build_config
+from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, build_config
 from .errors import EicError
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # configs hold the API key
-    help="Europeana records to trained image classifiers: harvest, subtract, stats, sandbox.",
+    help="Europeana records to trained image classifiers: harvest, subtract, stats, download, sandbox.",
 )
 console = Console()
 T = TypeVar("T")
@@ -128,6 +128,40 @@ def stats(
     report.print_stats(console, result)
     if cfg.output:
         report.write_stats(cfg.output, result)
+
+
+@app.command()
+def download(
+    table: Annotated[Path, typer.Argument(help="Harvest table (.csv or .parquet) with ID, URL (and category).")],
+    output_dir: Annotated[Path | None, opt(DownloadConfig, "output_dir", "--output-dir", "-o")] = None,
+    mode: Annotated[str | None, opt(DownloadConfig, "mode", "--mode")] = None,
+    concurrency: Annotated[int | None, opt(DownloadConfig, "concurrency", "--concurrency")] = None,
+    per_host: Annotated[int | None, opt(DownloadConfig, "per_host", "--per-host")] = None,
+    timeout: Annotated[float | None, opt(DownloadConfig, "timeout", "--timeout")] = None,
+    retries: Annotated[int | None, opt(DownloadConfig, "retries", "--retries")] = None,
+    max_bytes: Annotated[int | None, opt(DownloadConfig, "max_bytes", "--max-bytes")] = None,
+    max_pixels: Annotated[int | None, opt(DownloadConfig, "max_pixels", "--max-pixels")] = None,
+    max_side: Annotated[int | None, opt(DownloadConfig, "max_side", "--max-side")] = None,
+    quality: Annotated[int | None, opt(DownloadConfig, "quality", "--quality")] = None,
+    workers: Annotated[int | None, opt(DownloadConfig, "workers", "--workers")] = None,
+    fallback_preview: Annotated[
+        bool | None, opt(DownloadConfig, "fallback_preview", "--fallback-preview/--no-fallback-preview")
+    ] = None,
+    retry_failed: Annotated[
+        bool | None, opt(DownloadConfig, "retry_failed", "--retry-failed/--no-retry-failed")
+    ] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """Fetch the images of a table into class folders (or one folder plus labels.csv)."""
+    from .download import download as run_download
+
+    flags = dict(table=table, output_dir=output_dir, mode=mode, concurrency=concurrency, per_host=per_host,
+                 timeout=timeout, retries=retries, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
+                 quality=quality, workers=workers, fallback_preview=fallback_preview, retry_failed=retry_failed,
+                 quiet=quiet)
+    result = run(lambda: run_download(build_config(DownloadConfig, flags, config)))
+    report.print_download(console, result)
 
 
 @app.command()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
@@ -99,6 +99,28 @@ class StatsConfig(_Base):
     output: Path | None = Field(None, description="Also write the statistics as JSON here.")
 
 
+class DownloadConfig(_Base):
+    """``eic download``: fetch the images of a table into class folders (or one folder + labels.csv)."""
+
+    stage: ClassVar[str] = "download"
+
+    table: Path = Field(description="Harvest table (.csv or .parquet) with ID, URL (and category).")
+    output_dir: Path = Field(Path("images"), description="Folder the images are saved under.")
+    mode: Mode = Field("single-label", description="single-label: DIR/<category>/<file>; "
+                       "multi-label: DIR/<file> plus DIR/labels.csv.")
+    concurrency: int = Field(32, ge=1, le=1024, description="Downloads in flight at once.")
+    per_host: int = Field(4, ge=1, le=1024, description="Downloads in flight per image host (be polite).")
+    timeout: float = Field(30.0, gt=0, description="Seconds one attempt at one image may take in all.")
+    retries: int = Field(3, ge=0, le=20, description="Retries after 429, 5xx, timeouts and dropped connections.")
+    max_bytes: int = Field(50_000_000, gt=0, description="Largest image file accepted, in bytes.")
+    max_pixels: int = Field(200_000_000, gt=0, description="Largest image accepted, in pixels (refuses bombs).")
+    max_side: int = Field(512, ge=0, description="Longer side of saved images in pixels; 0 keeps originals.")
+    quality: int = Field(90, ge=50, le=100, description="JPEG quality of saved images.")
+    workers: int = Field(0, ge=0, description="Threads decoding and resizing; 0: one per CPU core.")
+    fallback_preview: bool = Field(False, description="Retry a failed record from its preview (thumbnail) URL.")
+    retry_failed: bool = Field(False, description="Only retry the records listed in DIR/failures.csv.")
+
+
 M = TypeVar("M", bound=_Base)
 
 
@@ -167,4 +189,4 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=set(SECRET_FIELDS))
 
 
-ALL_CONFIGS: list[type[_Base]] = [HarvestConfig, SubtractConfig, StatsConfig]
+ALL_CONFIGS: list[type[_Base]] = [HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig]

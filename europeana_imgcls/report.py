@@ -13,6 +13,7 @@ from .tables import write_json
 
 if TYPE_CHECKING:
     from .dataset import TableStats
+    from .download import DownloadReport
     from .harvest import HarvestReport
 
 
@@ -59,3 +60,16 @@ def print_stats(console: Console, stats: TableStats) -> None:
 
 def write_stats(path: Path, stats: TableStats) -> None:
     write_json(path, dataclasses.asdict(stats))
+
+
+def print_download(console: Console, result: DownloadReport) -> None:
+    console.print(
+        f"{result.saved} images saved in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s), "
+        f"{result.already_saved} already there, {result.failed} failed"
+        + (f", {result.known_failures} known failures skipped (--retry-failed retries them)"
+           if result.known_failures else "")
+        + f"; {result.total} rows in the table"
+    )
+    if result.errors:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.errors.items(), key=lambda kv: -kv[1]))
+        console.print(f"failures ({result.output_dir / 'failures.csv'}): {reasons}")

@@ -11,7 +11,8 @@ records without ``edmIsShownBy``, records under several concepts, optional 429/5
 Image host (``/images/<n>.jpg``): each good image is drawn so that its class can be learnt (a hue
 and a stripe angle per class; multi-label records show one band per label). Some records point at
 deliberately bad answers under ``/faults/<kind>/<n>`` instead, listed in ``FAULTS``. Previews are
-served at ``/thumbnail/v2/url.json?uri=...`` like Europeana's thumbnail API.
+served at ``/thumbnail/v2/url.json?uri=...`` like Europeana's thumbnail API. With
+``image_fail_every`` the image host answers every Nth image with 503 and ``Retry-After`` once.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def build_catalogue(
     names = list(vocab)
     records: list[SandboxRecord] = []
 
+    variants_made = 0
+
     def add(labels: tuple[str, ...], level: str, j: int, prefix: str) -> None:
+        nonlocal variants_made
         serial = len(records)
         dataset = 9000 + 10 * names.index(labels[0]) + j % 3
         fault = None
@@ -83,7 +87,8 @@ def build_catalogue(
             fault = FAULTS[(serial // bad_every) % len(FAULTS)]
         variant = None
         if variant_every and fault is None and serial % variant_every == variant_every // 2:
-            variant = VARIANTS[(serial // variant_every) % len(VARIANTS)]
+            variant = VARIANTS[variants_made % len(VARIANTS)]
+            variants_made += 1
         records.append(SandboxRecord(
             serial=serial, id=f"/{dataset}/{prefix}_{'_'.join(labels)}_{level}_{j:05d}",
             labels=labels, level=level, has_url=not (no_url_every and serial % no_url_every == 5),
@@ -185,6 +190,7 @@ class Sandbox:
         port: int = 0,
         api_keys: tuple[str, ...] = (DEMO_API_KEY,),
         fail_every: int = 0,
+        image_fail_every: int = 0,
         bad_every: int = 0,
         variant_every: int = 0,
         no_url_every: int = 13,
@@ -200,13 +206,17 @@ class Sandbox:
         )
         self.api_keys = set(api_keys)
         self.fail_every = fail_every
+        self.image_fail_every = image_fail_every
+        self._refused_once: set[int] = set()
+        if bad_every:
+            _bomb_png()  # a second to build: not while a client waits
         self.stall_seconds = stall_seconds
         self.image_size = image_size
         self.hits: Counter[str] = Counter()
         self._search_count = 0
         self._lock = threading.Lock()
         self._class_index = {name: i for i, name in enumerate(self.vocab)}
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -267,6 +277,15 @@ class Sandbox:
         if record.has_url:
             item["edmIsShownBy"] = [url]
         return item
+
+    def busy_image_host(self, serial: int) -> bool:
+        """Every ``image_fail_every``-th image is answered 503 the first time it is asked for."""
+        if not self.image_fail_every or serial % self.image_fail_every:
+            return False
+        with self._lock:
+            first = serial not in self._refused_once
+            self._refused_once.add(serial)
+        return first
 
     def image_bytes(self, serial: int, *, max_side: int = 0) -> tuple[bytes, str]:
         record = self.catalogue[serial]
@@ -379,6 +398,15 @@ def _sorted(records: list[SandboxRecord], sort: str) -> list[SandboxRecord]:
     return records
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hang up on endless or stalled answers on purpose; that is not a server error.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -404,6 +432,8 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 serial = _serial(path.rsplit("/", 1)[-1].removesuffix(".jpg"), sandbox)
                 if serial is None:
                     return self._send(404, b"not found", "text/plain")
+                if sandbox.busy_image_host(serial):
+                    return self._send(503, b"busy", "text/plain", {"Retry-After": "0"})
                 return self._send(200, *sandbox.image_bytes(serial))
             if path.startswith("/faults/"):
                 return self._fault(path.split("/")[2])

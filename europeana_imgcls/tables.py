@@ -58,12 +58,46 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> pl.DataFrame:
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
     df = _clean(df)
-    missing = [col for col in required if col not in df.columns]
+    _check_columns(path, df.columns, required)
+    return df
+
+
+def iter_table(path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_000) -> Iterator[pl.DataFrame]:
+    """Stream a table in cleaned chunks, so memory stays flat however long the table is."""
+    lazy = _scan(path)
+    try:
+        columns = [c.strip() for c in lazy.collect_schema().names()]
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+    _check_columns(path, columns, required)
+    try:
+        for chunk in lazy.collect_batches(chunk_size=chunk_size):
+            yield _clean(chunk)
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def count_rows(path: Path) -> int:
+    return int(_scan(path).select(pl.len()).collect().item())
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    check_table_suffix(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such table")
+    if path.suffix.lower() == ".csv":
+        return pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True)
+    return pl.scan_parquet(path)
+
+
+def _check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:
+    missing = [col for col in required if col not in columns]
     if missing:
         raise DatasetError(
-            f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns) or 'none'})"
+            f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(c for c in columns if c) or 'none'})"
         )
-    return df
 
 
 def _clean(df: pl.DataFrame) -> pl.DataFrame:

@@ -1,0 +1,362 @@
+"""``eic download``: every image of a table that can be had, fast, politely, never half-saved.
+
+An asyncio loop fetches with one keep-alive httpx client under a global and a per-host limit,
+streaming bodies and aborting past ``max_bytes``; decoding, resizing and encoding run in worker
+threads (Pillow releases the GIL) so the loop keeps fetching. Files appear only when complete
+(temporary name, then rename), so a run killed at any moment and re-run ends complete.
+
+Failures are data: each record that could not be had is a row of ``DIR/failures.csv`` with a short
+reason. A re-run skips saved files and known failures; ``retry_failed`` retries only the latter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import os
+import random
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import DownloadConfig, public_dict
+from .errors import DatasetError
+from .images import ImageRejected, is_complete_jpeg, save_normalised
+from .tables import atomic_path, count_rows, iter_table, write_json
+
+FAILURE_COLUMNS = ["ID", "URL", "error"]
+MAX_NAME_BYTES = 200  # most file systems allow 255; leave room for the temporary suffix
+MAX_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    url: str | None
+    preview: str | None
+    category: str | None
+    path: Path
+
+
+@dataclass
+class DownloadReport:
+    output_dir: Path
+    total: int = 0
+    saved: int = 0
+    already_saved: int = 0
+    failed: int = 0
+    known_failures: int = 0
+    seconds: float = 0.0
+    bytes_fetched: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.saved / self.seconds if self.seconds else 0.0
+
+
+def file_name(record_id: str) -> str:
+    """The pilot's naming: the ID with '/' as '[ph]', plus '.jpg'; a hash when that is too long."""
+    name = record_id.replace("/", "[ph]").replace("\\", "[bs]").replace("\0", "") + ".jpg"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES or name in (".jpg", "..jpg"):
+        name = hashlib.sha1(record_id.encode("utf-8")).hexdigest() + ".jpg"
+    return name
+
+
+def category_dir(root: Path, category: str) -> Path:
+    name = category.strip()
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise DatasetError(f"category {category!r} cannot be a folder name inside {root}")
+    return root / name
+
+
+def download(config: DownloadConfig) -> DownloadReport:
+    """Fetch the images of ``config.table`` into ``config.output_dir``; see the module docstring."""
+    total = count_rows(config.table)
+    next(iter_table(config.table, _required(config), chunk_size=1), None)  # fail fast on a bad table
+    root = config.output_dir
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(root)
+    write_json(root / "config.json", public_dict(config))
+    failures = FailureLog(root)
+    report = DownloadReport(output_dir=root, total=total)
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = config.max_pixels
+    labels = LabelsWriter(root) if config.mode == "multi-label" else None
+    try:
+        with warnings.catch_warnings():
+            # Images between the limit and twice it only warn in Pillow; we refuse them ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            asyncio.run(_run(config, failures, report, labels))
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+        failures.close(report)
+        if labels is not None:
+            labels.close()
+    return report
+
+
+def _required(config: DownloadConfig) -> tuple[str, ...]:
+    return ("ID", "URL", "category") if config.mode == "single-label" else ("ID", "URL")
+
+
+def _jobs(config: DownloadConfig) -> Iterator[Job]:
+    root = config.output_dir
+    for chunk in iter_table(config.table, _required(config)):
+        has_preview = "preview" in chunk.columns
+        for row in chunk.iter_rows(named=True):
+            record_id = row["ID"]
+            if not record_id:
+                continue
+            category = row.get("category")
+            if config.mode == "single-label":
+                if not category:
+                    continue
+                folder = category_dir(root, category)
+            else:
+                folder = root
+            yield Job(id=record_id, url=row["URL"], preview=row["preview"] if has_preview else None,
+                      category=category, path=folder / file_name(record_id))
+
+
+async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadReport,
+               labels: LabelsWriter | None) -> None:
+    started = time.perf_counter()
+    workers = config.workers or os.cpu_count() or 2
+    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
+    host_limits: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(config.per_host))
+    slots = asyncio.Semaphore(config.concurrency)
+    created_dirs: set[Path] = set()
+    with _progress(config.quiet, report.total) as progress, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eic-decode") as pool:
+        task = progress.add_task("download", total=report.total, failed=0, rate=0.0)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout, follow_redirects=True, max_redirects=10,
+                                     headers={"User-Agent": "europeana-imgcls (image classification research)"}
+                                     ) as client:
+            fetcher = Fetcher(client, config, host_limits, slots, pool)
+            pending: set[asyncio.Task[None]] = set()
+            for job in _jobs(config):
+                if job.path.parent not in created_dirs:
+                    job.path.parent.mkdir(parents=True, exist_ok=True)
+                    created_dirs.add(job.path.parent)
+                if not _wanted(job, config, failures, report, labels):
+                    progress.advance(task)
+                    continue
+                # Bound the tasks waiting for a slot, so a million-row table never sits in memory.
+                while len(pending) >= config.concurrency * 4:
+                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending.add(asyncio.create_task(
+                    _one(fetcher, job, failures, report, labels, lambda: _tick(progress, task, report, started))))
+            if pending:
+                await asyncio.wait(pending)
+    report.seconds = time.perf_counter() - started
+
+
+def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: DownloadReport,
+            labels: LabelsWriter | None) -> bool:
+    if job.path.exists() and is_complete_jpeg(job.path):
+        report.already_saved += 1
+        if labels is not None:
+            labels.add(job)
+        return False
+    known = job.id in failures.previous
+    if known != config.retry_failed:
+        if known:
+            report.known_failures += 1
+            failures.keep(job.id)
+        return False
+    return True
+
+
+async def _one(fetcher: Fetcher, job: Job, failures: FailureLog, report: DownloadReport,
+               labels: LabelsWriter | None, tick: object) -> None:
+    error = await fetcher.save(job.url, job.path) if job.url else "no URL"
+    if error and job.preview and fetcher.config.fallback_preview:
+        preview_error = await fetcher.save(job.preview, job.path)
+        error = f"{error}; preview: {preview_error}" if preview_error else None
+    if error:
+        report.failed += 1
+        reason = error.split(" (")[0].split(";")[0]
+        report.errors[reason] = report.errors.get(reason, 0) + 1
+        failures.add(job, error)
+    else:
+        report.saved += 1
+        if labels is not None:
+            labels.add(job)
+    tick()  # type: ignore[operator]
+
+
+class Fetcher:
+    """Fetch one URL with retries and limits, and hand the bytes to a worker thread to save."""
+
+    def __init__(self, client: httpx.AsyncClient, config: DownloadConfig,
+                 host_limits: defaultdict[str, asyncio.Semaphore], slots: asyncio.Semaphore,
+                 pool: ThreadPoolExecutor) -> None:
+        self.client, self.config, self.host_limits, self.slots, self.pool = client, config, host_limits, slots, pool
+
+    async def save(self, url: str, path: Path) -> str | None:
+        """None when saved, else the short reason it could not be."""
+        if not url.lower().startswith(("http://", "https://")):
+            return f"not an http(s) URL ({url[:60]})"
+        host = urlsplit(url).netloc.lower()
+        result: bytes | str = "no attempt"
+        for attempt in range(self.config.retries + 1):
+            async with self.host_limits[host], self.slots:
+                result, retry_after = await self._fetch(url)
+            if isinstance(result, bytes) or retry_after is None:
+                break
+            if attempt < self.config.retries:
+                await asyncio.sleep(retry_after if retry_after >= 0 else _backoff(attempt))
+        if isinstance(result, str):
+            return result
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.pool, lambda: save_normalised(
+                result, path, max_side=self.config.max_side, max_pixels=self.config.max_pixels,
+                quality=self.config.quality))
+        except ImageRejected as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"cannot write ({exc.strerror})"
+        return None
+
+    async def _fetch(self, url: str) -> tuple[bytes | str, float | None]:
+        """(bytes, None) or (reason, None) when final, or (reason, wait) when worth retrying (-1: backoff)."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                async with self.client.stream("GET", url) as response:
+                    status = response.status_code
+                    if status == 429 or status >= 500:
+                        return f"HTTP {status}", _retry_after(response.headers.get("Retry-After"))
+                    if status != 200:
+                        return f"HTTP {status}", None
+                    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if kind.startswith("text/") or kind in ("application/json", "application/xml"):
+                        return f"not an image ({kind})", None
+                    declared = response.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+                        return f"too many bytes ({declared})", None
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.config.max_bytes:
+                            return f"too many bytes (over {self.config.max_bytes})", None
+        except TimeoutError:
+            return "timeout", -1.0
+        except httpx.TimeoutException:
+            return "timeout", -1.0
+        except httpx.TooManyRedirects:
+            return "redirect loop", None
+        except httpx.RemoteProtocolError:
+            return "truncated", -1.0
+        except httpx.TransportError as exc:
+            return f"connection error ({type(exc).__name__})", -1.0
+        except httpx.InvalidURL:
+            return "invalid URL", None
+        if not body:
+            return "empty", None
+        return bytes(body), None
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value), 0.0), MAX_WAIT) if value else -1.0
+    except ValueError:
+        return -1.0
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.5 * 2**attempt * (0.5 + random.random()), MAX_WAIT)
+
+
+class FailureLog:
+    """``failures.csv`` of earlier runs, plus a journal of this run's failures (kept if killed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "failures.csv"
+        self.journal_path = root / ".failures.journal.csv"
+        self.previous: dict[str, dict[str, str]] = {}
+        for path in (self.path, self.journal_path):  # a killed run left its journal behind
+            if path.exists():
+                with path.open(newline="", encoding="utf-8") as handle:
+                    for row in csv.DictReader(handle, fieldnames=FAILURE_COLUMNS):
+                        if row["ID"] != "ID":
+                            self.previous[row["ID"]] = row
+        self.kept: dict[str, dict[str, str]] = {}
+        self.new: dict[str, dict[str, str]] = {}
+        self._journal = self.journal_path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._journal)
+
+    def keep(self, record_id: str) -> None:
+        self.kept[record_id] = self.previous[record_id]
+
+    def add(self, job: Job, error: str) -> None:
+        row = {"ID": job.id, "URL": job.url or "", "error": error}
+        self.new[job.id] = row
+        self._writer.writerow([row[c] for c in FAILURE_COLUMNS])
+        self._journal.flush()
+
+    def close(self, report: DownloadReport) -> None:
+        self._journal.close()
+        rows = {**self.kept, **self.new}
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows.values())
+        self.journal_path.unlink(missing_ok=True)
+
+
+class LabelsWriter:
+    """``labels.csv`` of a multi-label folder: ID, file, category for every saved image.
+
+    Rebuilt on every run (saved files of earlier runs included) and renamed into place at the end.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "labels.csv"
+        self._tmp = root / ".labels.csv.part"
+        self._handle = self._tmp.open("w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(["ID", "file", "category"])
+
+    def add(self, job: Job) -> None:
+        self._writer.writerow([job.id, job.path.name, job.category or ""])
+
+    def close(self) -> None:
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+
+
+def _remove_stale_parts(root: Path) -> None:
+    """Temporary files of a run that was killed: never valid images, always safe to remove."""
+    for folder in (root, *(p for p in root.iterdir() if p.is_dir())):
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(".part") and entry.is_file():
+                    os.unlink(entry.path)
+
+
+def _tick(progress: Progress, task: object, report: DownloadReport, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    progress.update(task, advance=1, failed=report.failed,  # type: ignore[arg-type]
+                    rate=report.saved / elapsed if elapsed else 0.0)
+
+
+def _progress(quiet: bool, total: int) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} images/s"), TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(), console=Console(stderr=True), disable=quiet,
+    )

@@ -1,0 +1,187 @@
+"""eic download against the sandbox image host: exact files, exact failures, kill and resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from europeana_imgcls import DownloadConfig, download
+from europeana_imgcls.cli import app
+from europeana_imgcls.download import file_name
+from europeana_imgcls.errors import DatasetError
+from europeana_imgcls.sandbox import FAULTS, Sandbox, SandboxRecord
+
+from .conftest import VOCAB
+
+EXPECTED_ERROR = {
+    "404": "HTTP 404", "html": "not an image (text/html)", "truncated": "truncated",
+    "bomb": "too many pixels (20000x20000)", "endless": "too many bytes", "stall": "timeout",
+    "redirect-loop": "redirect loop", "empty": "empty",
+}
+
+
+@pytest.fixture
+def faulty() -> Iterator[Sandbox]:
+    with Sandbox(VOCAB, per_level=10, bad_every=5, variant_every=4, image_fail_every=7, stall_seconds=3) as sb:
+        yield sb
+
+
+def images(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
+    return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
+
+
+def write_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
+    rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r),
+             "preview": sb.item(r, "k")["edmPreview"][0]} for r in images(sb, multi)]
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def config(table: Path, out: Path, **kw) -> DownloadConfig:
+    settings = dict(table=table, output_dir=out, quiet=True, timeout=1.0, retries=1, max_side=128,
+                    max_bytes=3_000_000, concurrency=8, per_host=8)
+    settings.update(kw)
+    return DownloadConfig(**settings)
+
+
+def read_failures(out: Path) -> dict[str, str]:
+    with (out / "failures.csv").open(newline="") as handle:
+        return {row["ID"]: row["error"] for row in csv.DictReader(handle)}
+
+
+def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faulty: Sandbox, tmp_path: Path) -> None:
+    table = write_table(faulty, tmp_path / "t.csv")
+    out = tmp_path / "img"
+    report = download(config(table, out))
+    records = images(faulty)
+    bad = {r.id: r.fault for r in records if r.fault}
+    assert set(bad.values()) == set(FAULTS)
+    failures = read_failures(out)
+    assert set(failures) == set(bad)
+    for record_id, fault in bad.items():
+        assert failures[record_id].startswith(EXPECTED_ERROR[fault]), (fault, failures[record_id])
+    assert report.failed == len(bad) and report.saved == len(records) - len(bad)
+    variants = set()
+    for record in records:
+        path = out / record.labels[0] / file_name(record.id)
+        assert path.exists() != bool(record.fault), record
+        if record.fault:
+            continue
+        with Image.open(path) as saved:
+            assert saved.format == "JPEG" and saved.mode == "RGB"
+            assert max(saved.size) == 128
+            if record.variant in (None, "exif-rotated", "large"):
+                variants.add(record.variant)
+                truth = faulty._drawn(record.serial, saved.size if record.variant != "large" else (1600, 1200))
+                truth = truth.resize(saved.size)
+                diff = np.abs(np.asarray(saved, np.float32) - np.asarray(truth, np.float32)).mean()
+                assert diff < 30, (record.variant, diff)  # same picture, upright
+    assert {"exif-rotated", "large"} <= variants
+    assert not list(out.rglob("*.part")) and not (out / ".failures.journal.csv").exists()
+
+
+def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sandbox, tmp_path: Path) -> None:
+    table = write_table(faulty, tmp_path / "t.csv")
+    out = tmp_path / "img"
+    first = download(config(table, out))
+    hits = dict(faulty.hits)
+    again = download(config(table, out))
+    assert dict(faulty.hits) == hits  # not one request
+    assert again.saved == 0 and again.already_saved == first.saved
+    assert again.known_failures == first.failed and read_failures(out).keys() == read_failures(out).keys()
+    retried = download(config(table, out, retry_failed=True, retries=0))
+    new_paths = {p for p, n in faulty.hits.items() if n != hits.get(p, 0)}
+    assert new_paths and all(p.startswith("/faults/") for p in new_paths)
+    assert retried.failed == first.failed and set(read_failures(out)) == set(read_failures(out))
+
+
+def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path) -> None:
+    table = write_table(faulty, tmp_path / "t.csv")
+    out = tmp_path / "img"
+    report = download(config(table, out, fallback_preview=True))
+    assert report.failed == 0
+    faults = [r for r in images(faulty) if r.fault]
+    assert faulty.count("/thumbnail/") == len(faults)
+    for record in faults:
+        with Image.open(out / record.labels[0] / file_name(record.id)) as saved:
+            assert saved.mode == "RGB" and max(saved.size) == 128
+
+
+def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=40, bad_every=11) as sb:
+        table = write_table(sb, tmp_path / "t.csv")
+        out = tmp_path / "img"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "europeana_imgcls", "download", str(table), "-o", str(out), "--quiet",
+             "--concurrency", "2", "--max-side", "0", "--timeout", "2", "--retries", "0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(out.rglob("*.jpg"))) < 40:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = len(list(out.rglob("*.jpg")))
+        records = images(sb)
+        assert 0 < partial < len(records)
+        report = download(config(table, out, max_side=0, timeout=2, retries=0))
+        good = [r for r in records if not r.fault]
+        for record in good:
+            path = out / record.labels[0] / file_name(record.id)
+            with Image.open(path) as saved:
+                saved.load()  # complete, decodable
+        assert len(list(out.rglob("*.jpg"))) == len(good)
+        assert not list(out.rglob("*.part"))
+        assert set(read_failures(out)) == {r.id for r in records if r.fault}
+        assert report.already_saved >= partial - 2
+
+
+def test_multi_label_layout_writes_labels_csv(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=2) as sb:
+        table = write_table(sb, tmp_path / "t.parquet".replace(".parquet", ".csv"), multi=True)
+        out = tmp_path / "img"
+        download(config(table, out, mode="multi-label"))
+        records = images(sb, multi=True)
+    labels = pl.read_csv(out / "labels.csv")
+    assert labels.columns == ["ID", "file", "category"]
+    assert dict(zip(labels["ID"], labels["category"], strict=True)) == {r.id: " ".join(r.labels) for r in records}
+    assert all((out / name).is_file() for name in labels["file"])
+    assert not [p for p in out.iterdir() if p.is_dir()]
+    download(config(table, out, mode="multi-label"))  # a re-run keeps every label row
+    assert pl.read_csv(out / "labels.csv").height == len(records)
+
+
+def test_names_and_bad_tables(tmp_path: Path) -> None:
+    assert file_name("/2058612/object_CHB_61df") == "[ph]2058612[ph]object_CHB_61df.jpg"
+    long_name = file_name("/1/" + "x" * 400)
+    assert len(long_name) == 44 and long_name.endswith(".jpg")
+    (tmp_path / "escape.csv").write_text("category,ID,URL\n../../etc,/1/a,http://127.0.0.1:9/a.jpg\n")
+    with pytest.raises(DatasetError, match="cannot be a folder name"):
+        download(config(tmp_path / "escape.csv", tmp_path / "img"))
+    (tmp_path / "nourl.csv").write_text("category,ID\nmap,/1/a\n")
+    result = CliRunner().invoke(app, ["download", str(tmp_path / "nourl.csv"), "-o", str(tmp_path / "img")])
+    assert result.exit_code == 1 and "missing column(s) URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["download", str(tmp_path / "none.csv")])
+    assert result.exit_code == 1 and "no such table" in result.stderr
+
+
+def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: Path) -> None:
+    record = images(sandbox)[0]
+    (tmp_path / "t.csv").write_text(
+        f"category,ID,URL\n {record.labels[0]} ,{record.id},{sandbox.image_url(record)}\nmap,/1/nourl,\n")
+    report = download(config(tmp_path / "t.csv", tmp_path / "img"))
+    assert (tmp_path / "img" / record.labels[0] / file_name(record.id)).is_file()
+    assert read_failures(tmp_path / "img") == {"/1/nourl": "no URL"} and report.saved == 1
