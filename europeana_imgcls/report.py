@@ -73,3 +73,15 @@ def print_download(console: Console, result: DownloadReport) -> None:
     if result.errors:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.errors.items(), key=lambda kv: -kv[1]))
         console.print(f"failures ({result.output_dir / 'failures.csv'}): {reasons}")
+
+
+def print_summary(console: Console, title: str, summary: dict[str, dict[str, object]]) -> None:
+    """A metric table: mean ± std across splits, and the per-split values."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    table.add_column("per split", justify="left")
+    for name, values in summary.items():
+        per_split = " ".join(f"{v:.3f}" for v in values["per_split"])  # type: ignore[union-attr]
+        table.add_row(name, f"{values['mean']:.3f} ± {values['std']:.3f}", per_split)
+    console.print(table)

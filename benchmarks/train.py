@@ -1,0 +1,142 @@
+"""Training throughput: the full eic data pipeline and loop next to the same loop on tensors in memory.
+
+For resnet18 at 128 px (by default) it times ``train_one_epoch`` on batches read from JPEG folders the
+way ``eic train`` reads them (Pillow draft decoding, resize, flips, normalisation, DataLoader), once on
+512 px files as ``eic download`` saves them and once on ~2 MP originals, and on the same number of
+batches already in memory. The ratio says whether the data pipeline ever holds the model back
+(target >= 0.9). Peak RSS covers this process and its loader workers.
+
+    python benchmarks/train.py [--arch resnet18] [--input-size 128] [--batch-size 32] [--batches 12]
+                               [--device auto] [--workers N ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from europeana_imgcls.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ImageSet, make_loader
+from europeana_imgcls.models import build_model
+from europeana_imgcls.runtime import autocast_dtype, default_workers, resolve_device
+from europeana_imgcls.training import train_one_epoch
+
+
+def photo(size: tuple[int, int], seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    width, height = size
+    coarse = rng.integers(0, 256, (height // 48 + 2, width // 48 + 2, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.int16)
+    base += rng.integers(-10, 11, base.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def make_folder(root: Path, count: int, size: tuple[int, int], classes: int = 4) -> ImageSet:
+    paths, labels = [], []
+    for i in range(count):
+        folder = root / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i}.jpg"
+        photo(size, i).save(path, quality=90)
+        paths.append(path)
+        labels.append(i % classes)
+    return ImageSet(paths, np.asarray(labels), [f"class_{k}" for k in range(classes)])
+
+
+class InMemory:
+    """Batches already decoded and normalised: what the loop alone can do."""
+
+    def __init__(self, batches: int, batch_size: int, size: int, classes: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.data = [(torch.randn(batch_size, 3, size, size, generator=generator),
+                      torch.randint(0, classes, (batch_size,), generator=generator),
+                      torch.arange(batch_size)) for _ in range(batches)]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def timed(model: nn.Module, loader, device: torch.device, amp: bool) -> float:
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    dtype = autocast_dtype(device, amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    train_one_epoch(model, [next(iter(loader))], criterion, optimizer, device, dtype, scaler)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    stats = train_one_epoch(model, loader, criterion, optimizer, device, dtype, scaler)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return stats.images_per_second
+
+
+def peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--workers", type=int, nargs="*", default=None,
+                        help="loader worker counts to try; default: eic's default for the device")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    count = args.batches * args.batch_size + args.batch_size
+    work = Path(tempfile.mkdtemp(prefix="eic-train-bench-"))
+    sets = {"512 px files (eic download)": make_folder(work / "small", count, (512, 384)),
+            "~2 MP originals": make_folder(work / "large", count, (1632, 1224))}
+    model = build_model(args.arch, 4, "none").to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    memory = timed(model, InMemory(args.batches, args.batch_size, args.input_size, 4), device, args.amp)
+    workers = args.workers if args.workers is not None else [default_workers(device, None)]
+    print(f"{args.arch} at {args.input_size} px, batch {args.batch_size}, {args.batches} batches, device {device}, "
+          f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
+    print(f"{'images':<30} {'workers':>7} {'pipeline img/s':>15} {'in-memory img/s':>16} {'ratio':>6} {'peak MB':>8}")
+    for name, images in sets.items():
+        for n in workers:
+            dataset = ImageDataset(images, args.input_size, IMAGENET_MEAN, IMAGENET_STD, hflip=0.5)
+            loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=n, seed=0,
+                                 pin_memory=device.type == "cuda")
+            limited = _Take(loader, args.batches)
+            rate = timed(model, limited, device, args.amp)
+            print(f"{name:<30} {n:>7} {rate:>15.1f} {memory:>16.1f} {rate / memory:>6.2f} {peak_mb():>8.0f}")
+
+
+class _Take:
+    """The first ``n`` batches of a loader, as a loader-like iterable."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                break
+            yield batch
+
+    def __len__(self) -> int:
+        return self.n
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+"""``eic train``: fine-tune a classifier with stratified k-fold cross-validation.
+
+Each split trains on k-2 folds, stops early on the validation fold's loss and is scored on its test
+fold. The loop is two plain functions, ``train_one_epoch()`` and ``evaluate()``; the model returns
+logits and the loss is cross-entropy (softmax only when predicting). On CUDA it uses autocast (bf16
+where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies; under
+``torchrun`` it trains with DistributedDataParallel and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, public_dict
+from .data import ImageDataset, ImageSet, Split, check_trainable, make_loader, make_splits, sample, scan_class_folders
+from .errors import DatasetError
+from .explain import heatmaps, overlay, side_by_side
+from .metrics import classification_metrics, mean_std
+from .models import build_model, get_arch, safe_load
+from .runtime import (
+    Dist,
+    autocast_dtype,
+    close_distributed,
+    default_workers,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+)
+from .tables import write_json
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
+                   "learning_rate", "seconds", "images_per_second"]
+console = Console(stderr=True)
+
+
+@dataclass
+class SplitResult:
+    index: int
+    metrics: dict[str, float]
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+
+
+@dataclass
+class TrainReport:
+    output_dir: Path
+    classes: list[str]
+    counts: dict[str, int]
+    splits: list[SplitResult] = field(default_factory=list)
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unreadable: int = 0
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    truth: np.ndarray
+    probs: np.ndarray
+    indices: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device, dtype: torch.dtype | None = None,
+                    scaler: torch.amp.GradScaler | None = None,
+                    on_batch: Callable[[float, int], None] | None = None) -> EpochStats:
+    model.train()
+    started = time.perf_counter()
+    total_loss, seen = 0.0, 0
+    for inputs, targets, _ in loader:
+        inputs, targets = _to_device(inputs, targets, device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            loss = criterion(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        batch = targets.shape[0]
+        total_loss += loss.item() * batch
+        seen += batch
+        if on_batch:
+            on_batch(loss.item(), batch)
+    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
+             device: torch.device, dtype: torch.dtype | None = None) -> Evaluation:
+    """Loss (summed as the criterion weighs it), truths and softmax probabilities of a whole loader."""
+    model.eval()
+    total_loss, seen = 0.0, 0
+    truths, probs, indices = [], [], []
+    for inputs, targets, index in loader:
+        inputs, targets = _to_device(inputs, targets, device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(inputs)
+        logits = logits.float()
+        if criterion is not None:
+            total_loss += criterion(logits, targets).item() * targets.shape[0]
+        seen += targets.shape[0]
+        truths.append(targets.cpu())
+        probs.append(torch.softmax(logits, dim=1).cpu())
+        indices.append(index)
+    return Evaluation(total_loss / max(seen, 1), torch.cat(truths).numpy(), torch.cat(probs).numpy(),
+                      torch.cat(indices).numpy())
+
+
+def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    if device.type == "cuda":
+        inputs = inputs.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return inputs, targets.to(device, non_blocking=True)
+    return inputs.to(device), targets.to(device)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled so that a balanced set gets weight 1 everywhere: N / (C * n_c)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def train(config: TrainConfig) -> TrainReport:
+    """Train every split of ``config`` (or split 0 alone) and write the run folder."""
+    get_arch(config.arch)
+    device = resolve_device(config.device)
+    world = init_distributed(device)
+    try:
+        return _train(config, device, world)
+    finally:
+        close_distributed()
+
+
+def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
+    images = scan_class_folders(config.data_dir)
+    check_trainable(images, config.data_dir, config.folds)
+    images = sample(images, config.sample, config.seed)
+    check_trainable(images, config.data_dir, config.folds)
+    out = config.output_dir
+    if world.main:
+        _check_run_folder(out, config.resume)
+    splits = make_splits(images.labels, config.folds, config.seed,
+                         images.groups() if config.group_by_provider else None)
+    report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    elif world.active:
+        torch.set_num_threads(max(1, torch.get_num_threads() // world.world))
+    chosen = range(len(splits)) if config.crossvalidation else range(1)
+    for i in chosen:
+        report.splits.append(_run_split(config, images, splits[i], i, device, world))
+    if world.main:
+        names = report.splits[0].metrics.keys()
+        report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
+        write_json(out / "summary.json", {"classes": images.classes, "counts": report.counts,
+                                          "splits": len(report.splits), "metrics": report.summary})
+    return report
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    if not resume and out.exists() and any(out.glob("split_*")):
+        raise DatasetError(f"{out} already holds a training run: pass --resume to continue it, "
+                           "or choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
+               world: Dist) -> SplitResult:
+    split_dir = config.output_dir / f"split_{index}"
+    if config.resume and (split_dir / "metrics.json").exists():
+        done = json.loads((split_dir / "metrics.json").read_text())
+        if world.main:
+            console.print(f"split {index}: finished earlier, skipped")
+        return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
+    if world.main:
+        split_dir.mkdir(parents=True, exist_ok=True)
+        write_json(split_dir / "config.json", public_dict(config))
+        write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(images.classes)})
+    seed_everything(config.seed + index)
+    arch = get_arch(config.arch)
+    n_classes = len(images.classes)
+    model = build_model(config.arch, n_classes, config.weights).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    state = _SplitState()
+    if config.resume and (split_dir / "last.pt").exists():
+        state = _SplitState.restore(split_dir / "last.pt", model, optimizer)
+        if world.main:
+            console.print(f"split {index}: resuming after epoch {state.epoch}")
+    net = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
+    weights = class_weights(images.labels[split.train], n_classes).to(device) if config.weighted_loss else None
+    criterion = nn.CrossEntropyLoss(weight=weights)
+    dtype = autocast_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index)
+    meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
+                std=list(arch.std), mode="single-label", config=public_dict(config), split=index)
+
+    with _progress(config.quiet or not world.main) as progress:
+        for epoch in range(state.epoch, config.epochs):
+            if state.bad_epochs >= config.patience:
+                break
+            if isinstance(loaders["train"].sampler, torch.utils.data.DistributedSampler):
+                loaders["train"].sampler.set_epoch(epoch)
+            task = progress.add_task(f"split {index} epoch {epoch + 1}", total=len(loaders["train"]), loss=math.nan,
+                                     rate=0.0)
+            counted = {"images": 0, "clock": time.perf_counter()}
+
+            def tick(loss: float, batch: int, task: Any = task, counted: dict[str, float] = counted) -> None:
+                counted["images"] += batch * world.world
+                elapsed = time.perf_counter() - counted["clock"]
+                progress.update(task, advance=1, loss=loss, rate=counted["images"] / elapsed if elapsed else 0.0)
+
+            stats = train_one_epoch(net, loaders["train"], criterion, optimizer, device, dtype, scaler, tick)
+            progress.remove_task(task)
+            val = evaluate(model, loaders["val"], criterion, device, dtype)
+            val_loss = _agreed(val.loss, device, world)  # every rank must take the same early-stopping turn
+            scores = classification_metrics(val.truth, val.probs)
+            row = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss, **{
+                k: scores[k] for k in ("accuracy", "precision", "recall", "f1")},
+                "learning_rate": optimizer.param_groups[0]["lr"], "seconds": stats.seconds,
+                "images_per_second": stats.images_per_second * world.world}
+            state.history.append(row)
+            state.epoch = epoch + 1
+            improved = val_loss < state.best_loss
+            if improved:
+                state.best_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
+            else:
+                state.bad_epochs += 1
+            if world.main:
+                if improved:
+                    save_checkpoint(split_dir / "model.pt", model, epoch=epoch + 1, best_val_loss=val_loss, **meta)
+                state.save(split_dir / "last.pt", model, optimizer)
+                _write_history(split_dir / "history.csv", state.history)
+                if not config.quiet:
+                    console.print(
+                        f"split {index} epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, val loss "
+                        f"{val_loss:.4f}, accuracy {scores['accuracy']:.3f}, macro-F1 {scores['f1']:.3f}, "
+                        f"{row['images_per_second']:.0f} images/s" + (" *" if improved else ""))
+            if state.bad_epochs >= config.patience:
+                if world.main and not config.quiet:
+                    console.print(f"split {index}: early stop, no better validation loss for {config.patience} epochs")
+                break
+
+    result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
+    if world.main:
+        result.metrics = _finish_split(config, images, split, split_dir, loaders["test"], device, dtype, state)
+    if world.active:
+        dist.barrier()
+        result.metrics = _broadcast(result.metrics)
+    return result
+
+
+class _SplitState:
+    """What a split needs to carry on after an interruption (stored in last.pt)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+
+    def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        tmp = path.with_name(f".{path.name}.part")
+        torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                    "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                    "bad_epochs": self.bad_epochs, "history": self.history,
+                    "rng": torch.get_rng_state()}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _SplitState:
+        saved = safe_load(path)
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        torch.set_rng_state(saved["rng"])
+        state = cls()
+        state.epoch, state.best_loss = saved["epoch"], saved["best_loss"]
+        state.best_epoch, state.bad_epochs, state.history = saved["best_epoch"], saved["bad_epochs"], saved["history"]
+        return state
+
+
+def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std: Any, device: torch.device,
+             world: Dist, index: int) -> dict[str, torch.utils.data.DataLoader]:
+    workers = default_workers(device, config.num_workers)
+    pin = device.type == "cuda"
+    seed = config.seed + 1000 * index
+    train_set = ImageDataset(images.subset(split.train), config.input_size, mean, std, config.hflip, config.vflip)
+    sampler = (torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
+               if world.active else None)
+    common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
+    return {
+        "train": make_loader(train_set, shuffle=True, sampler=sampler, **common),
+        "val": make_loader(ImageDataset(images.subset(split.val), config.input_size, mean, std), shuffle=False,
+                           **common),
+        "test": make_loader(ImageDataset(images.subset(split.test), config.input_size, mean, std), shuffle=False,
+                            **common),
+    }
+
+
+def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir: Path,
+                  test_loader: torch.utils.data.DataLoader, device: torch.device, dtype: torch.dtype | None,
+                  state: _SplitState) -> dict[str, float]:
+    """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps."""
+    best = load_checkpoint(split_dir / "model.pt")
+    model = build_model(config.arch, len(images.classes), "none")
+    model.load_state_dict(best["model_state"])
+    model.to(device)
+    test = evaluate(model, test_loader, None, device, dtype)
+    scores = classification_metrics(test.truth, test.probs)
+    test_images = images.subset(split.test)
+    with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "truth", "prediction", "confidence"])
+        for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
+            writer.writerow([str(test_images.paths[i]), images.classes[truth], images.classes[int(prob.argmax())],
+                             f"{prob.max():.6f}"])
+    write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
+                                             "train_images": len(split.train), "val_images": len(split.val),
+                                             "epochs_run": state.epoch, "best_epoch": state.best_epoch,
+                                             "best_val_loss": state.best_loss})
+    plot_curves(state.history, split_dir / "curves.png")
+    if config.gradcam_images:
+        _gradcam(model, config, test_images, test, images.classes, split_dir / "gradcam", device)
+    (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
+    return scores
+
+
+def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],
+             folder: Path, device: torch.device) -> None:
+    """Heatmaps of test images spread over the fold, for their predicted class; names carry truth and
+    prediction, as the pilot's did."""
+    from .data import load_image, to_tensor
+
+    folder.mkdir(exist_ok=True)
+    arch = get_arch(config.arch)
+    by_image = np.argsort(test.indices)
+    order = by_image[np.unique(np.linspace(0, len(by_image) - 1, min(config.gradcam_images, len(by_image))).astype(int))]
+    pictures = [load_image(test_images.paths[test.indices[k]], config.input_size) for k in order]
+    batch = torch.stack([to_tensor(p, arch.mean, arch.std) for p in pictures]).to(device)
+    predicted = [int(test.probs[k].argmax()) for k in order]
+    maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
+    for n, (k, picture, heat) in enumerate(zip(order, pictures, maps, strict=True)):
+        truth, pred = classes[test.truth[k]], classes[predicted[n]]
+        name = f"{n:03d}_true-{truth}_pred-{pred}_{test.probs[k].max():.2f}.jpg"
+        side_by_side(picture, overlay(picture, heat)).save(folder / name, quality=90)
+
+
+def _agreed(value: float, device: torch.device, world: Dist) -> float:
+    if not world.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def _broadcast(metrics: dict[str, float]) -> dict[str, float]:
+    box: list[Any] = [metrics]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in history], label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    left.set(title="loss", xlabel="epoch")
+    left.legend()
+    right.plot(epochs, [r["accuracy"] for r in history], label="accuracy")
+    right.plot(epochs, [r["f1"] for r in history], label="macro F1")
+    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} images/s"),
+                    TimeElapsedColumn(), console=console, disable=quiet, transient=True)

@@ -1,0 +1,252 @@
+"""eic train on the CPU: tiny images, --weights none (or the offline EfficientNet-Lite0 weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from europeana_imgcls import training
+from europeana_imgcls.checkpoint import load_checkpoint, model_from_checkpoint
+from europeana_imgcls.cli import app
+from europeana_imgcls.config import TrainConfig
+from europeana_imgcls.data import make_splits, provider_of
+from europeana_imgcls.errors import DatasetError, ModelError
+from europeana_imgcls.models import build_model
+from europeana_imgcls.sandbox import draw_image
+from europeana_imgcls.training import class_weights, train
+
+from .conftest import HERITAGE
+
+CLASSES = ("map", "painting", "specimen")
+
+
+def make_folders(root: Path, per_class: int = 12, size: int = 40, classes=CLASSES) -> Path:
+    """Learnable synthetic classes, files named like eic download names them (3 providers per class)."""
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            image = draw_image((k,), len(classes), seed=1000 * k + j, size=(size, size))
+            image.save(root / name / f"[ph]{9000 + 10 * k + j % 3}[ph]obj_{name}_{j}.jpg", quality=90)
+    return root
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    settings = dict(data_dir=data, output_dir=out, weights="none", epochs=6, input_size=32, batch_size=8,
+                    learning_rate=1e-3, folds=3, patience=3, quiet=True, gradcam_images=3)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folders(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def run(folders: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, training.TrainReport]:
+    out = tmp_path_factory.mktemp("run") / "run"
+    return out, train(config(folders, out, epochs=8))
+
+
+def test_a_learnable_set_is_learnt(run) -> None:
+    _, report = run
+    assert len(report.splits) == 3
+    assert report.summary["accuracy"]["mean"] > 0.8  # chance is 0.33
+    assert report.summary["f1"]["mean"] > 0.75
+
+
+def test_outputs_exist_and_parse(run, folders: Path) -> None:
+    out, report = run
+    summary = json.loads((out / "summary.json").read_text())
+    accuracies = summary["metrics"]["accuracy"]["per_split"]
+    assert len(accuracies) == 3
+    assert summary["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert summary["metrics"]["accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
+    for i in range(3):
+        split = out / f"split_{i}"
+        ckpt = load_checkpoint(split / "model.pt")
+        assert ckpt["arch"] == "resnet18" and ckpt["class_names"] == list(CLASSES)
+        assert ckpt["input_size"] == 32 and len(ckpt["mean"]) == 3 and len(ckpt["std"]) == 3
+        assert ckpt["config"]["epochs"] == 8 and "api_key" not in ckpt["config"]
+        assert 1 <= ckpt["epoch"] <= 8 and ckpt["best_val_loss"] >= 0
+        assert json.loads((split / "class_index.json").read_text()) == {c: n for n, c in enumerate(CLASSES)}
+        assert json.loads((split / "config.json").read_text())["folds"] == 3
+        history = rows(split / "history.csv")
+        assert list(history[0]) == training.HISTORY_COLUMNS
+        assert [int(r["epoch"]) for r in history] == list(range(1, len(history) + 1))
+        metrics = json.loads((split / "metrics.json").read_text())
+        assert set(metrics["test"]) >= {"accuracy", "precision", "recall", "f1", "sensitivity", "specificity"}
+        predictions = rows(split / "test_predictions.csv")
+        assert len(predictions) == metrics["test_images"]
+        assert metrics["test"]["accuracy"] == pytest.approx(
+            np.mean([p["truth"] == p["prediction"] for p in predictions]))
+        assert (split / "curves.png").read_bytes()[:4] == b"\x89PNG"
+        cams = sorted((split / "gradcam").iterdir())
+        assert len(cams) == 3 and all("_true-" in c.name and "_pred-" in c.name for c in cams)
+        assert not (split / "last.pt").exists()
+    # folds are disjoint and cover every image
+    tested = [p["image"] for i in range(3) for p in rows(out / f"split_{i}" / "test_predictions.csv")]
+    assert len(tested) == len(set(tested)) == 36
+
+
+def test_the_model_returns_logits_and_the_loss_applies_softmax_once(run) -> None:
+    out, _ = run
+    model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
+    assert not any(isinstance(m, nn.Softmax | nn.LogSoftmax) for m in model.modules())
+    with torch.no_grad():
+        logits = model(torch.randn(4, 3, 32, 32))
+    assert not torch.allclose(logits.sum(dim=1), torch.ones(4))
+    assert (logits < 0).any()
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 3)
+    assert weights.tolist() == pytest.approx([6 / 9, 6 / 3, 6 / 6])
+    assert class_weights(np.array([0, 1, 0, 1]), 2).tolist() == [1.0, 1.0]
+
+
+def test_early_stopping_triggers(folders: Path, tmp_path: Path) -> None:
+    # A wild learning rate makes the validation loss stop improving at once.
+    report = train(config(folders, tmp_path / "run", epochs=40, patience=2, learning_rate=5.0,
+                          crossvalidation=False, gradcam_images=0))
+    split = report.splits[0]
+    assert split.epochs_run < 40
+    assert split.epochs_run == split.best_epoch + 2
+
+
+def test_same_seed_same_run_on_cpu(folders: Path, tmp_path: Path) -> None:
+    histories = []
+    for name in ("a", "b"):
+        train(config(folders, tmp_path / name, epochs=2, crossvalidation=False, gradcam_images=0))
+        histories.append([(r["train_loss"], r["val_loss"]) for r in rows(tmp_path / name / "split_0" / "history.csv")])
+    assert histories[0] == histories[1]
+
+
+def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = training.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # split 0 ran 3 epochs, split 1 one: stop in its second
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(folders, out, epochs=3, patience=5, gradcam_images=0))
+    assert (out / "split_0" / "metrics.json").exists()
+    assert (out / "split_1" / "last.pt").exists() and not (out / "split_1" / "metrics.json").exists()
+    with pytest.raises(DatasetError, match="pass --resume"):
+        train(config(folders, out, epochs=3, patience=5, gradcam_images=0))
+    before = (out / "split_0" / "model.pt").stat().st_mtime_ns
+    calls["n"] = -100
+    report = train(config(folders, out, epochs=3, patience=5, gradcam_images=0, resume=True))
+    assert calls["n"] == -100 + 2 + 3  # two epochs left in split 1, three in split 2
+    assert (out / "split_0" / "model.pt").stat().st_mtime_ns == before
+    epochs = [int(r["epoch"]) for r in rows(out / "split_1" / "history.csv")]
+    assert epochs == [1, 2, 3] and len(report.splits) == 3
+
+
+def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "europeana_imgcls", "train", str(folders), "-o", str(out), "--weights", "none", "--epochs", "2",
+         "--input-size", "32", "--batch-size", "4", "--folds", "3", "--no-crossvalidation", "--quiet",
+         "--gradcam-images", "1", "--device", "cpu"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = rows(out / "split_0" / "history.csv")
+    assert len(history) == 2
+    assert load_checkpoint(out / "split_0" / "model.pt")["class_names"] == list(CLASSES)
+    assert json.loads((out / "summary.json").read_text())["splits"] == 1
+
+
+def test_group_by_provider_keeps_each_dataset_in_one_part(folders: Path) -> None:
+    paths = sorted(folders.rglob("*.jpg"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    groups = [provider_of(p) for p in paths]
+    assert groups[0] == "9000"
+    for split in make_splits(labels, 3, seed=0, groups=groups):
+        parts = [{groups[i] for i in part} for part in (split.train, split.val, split.test)]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+@pytest.mark.skipif(not HERITAGE.is_dir(), reason="shared heritage sample not present")
+def test_pretrained_efficientnet_lite0_on_real_heritage_images(tmp_path: Path) -> None:
+    data = tmp_path / "heritage"
+    data.mkdir()
+    for name in CLASSES:
+        (data / name).symlink_to(HERITAGE / name, target_is_directory=True)
+    report = train(config(data, tmp_path / "run", arch="efficientnet_lite0", weights="imagenet", input_size=128,
+                          epochs=5, batch_size=16, folds=4, crossvalidation=False, gradcam_images=2))
+    assert report.splits[0].metrics["accuracy"] >= 0.85  # 16 held-out images, chance 0.39
+    assert len(list((tmp_path / "run" / "split_0" / "gradcam").iterdir())) == 2
+
+
+def test_bad_inputs_are_one_line(folders: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    def fails(args: list[str], text: str) -> None:
+        result = runner.invoke(app, ["train", *map(str, args), "--quiet", "--weights", "none"])
+        assert result.exit_code != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and text in lines[0], result.stderr
+
+    fails([tmp_path / "nowhere"], "no such folder")
+    one = make_folders(tmp_path / "one", per_class=4, classes=("map",))
+    fails([one], "at least two class folders")
+    few = make_folders(tmp_path / "few", per_class=2)
+    fails([few, "--folds", "3"], "fewer than the 3 folds")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "a" / "x.jpg").write_bytes(b"not an image")
+    fails([tmp_path / "empty"], "no readable images")
+    fails([folders, "--arch", "vgg11"], "unknown --arch 'vgg11'")
+    fails([folders, "--device", "cuda"] if not torch.cuda.is_available() else [folders, "--device", "tpu"],
+          "--device")
+    result = runner.invoke(app, ["train", str(folders), "-o", str(tmp_path / "r"), "--weights", "imagenet", "--quiet"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0 and "--weights none" in result.stderr
+
+
+def test_weights_files_load_safely(folders: Path, tmp_path: Path) -> None:
+    good = tmp_path / "resnet18.pth"
+    torch.save(build_model("resnet18", 1000, "none").state_dict(), good)
+    model = build_model("resnet18", 3, str(good))
+    assert model.fc.out_features == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    for evil in (tmp_path / "evil.pt", tmp_path / "evil.pkl"):
+        if evil.suffix == ".pt":
+            torch.save({"model_state": Evil()}, evil)
+        else:
+            evil.write_bytes(pickle.dumps({"model_state": Evil()}))
+        with pytest.raises(ModelError, match="refused"):
+            build_model("resnet18", 3, str(evil))
+        assert not (tmp_path / "pwned").exists()
+    other = tmp_path / "other.pth"
+    torch.save(build_model("mobilenet_v3_small", 3, "none").state_dict(), other)
+    with pytest.raises(ModelError, match="does not fit --arch resnet18"):
+        build_model("resnet18", 3, str(other))
