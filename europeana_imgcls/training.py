@@ -375,7 +375,8 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
     folder.mkdir(exist_ok=True)
     arch = get_arch(config.arch)
     by_image = np.argsort(test.indices)
-    order = by_image[np.unique(np.linspace(0, len(by_image) - 1, min(config.gradcam_images, len(by_image))).astype(int))]
+    spread = np.linspace(0, len(by_image) - 1, min(config.gradcam_images, len(by_image))).astype(int)
+    order = by_image[np.unique(spread)]
     pictures = [load_image(test_images.paths[test.indices[k]], config.input_size) for k in order]
     batch = torch.stack([to_tensor(p, arch.mean, arch.std) for p in pictures]).to(device)
     predicted = [int(test.probs[k].argmax()) for k in order]
