@@ -4,7 +4,16 @@
     >>> report = harvest(HarvestConfig(n=100, output="harvested.csv"))
 """
 
-from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, TrainConfig, build_config
+from .config import (
+    DownloadConfig,
+    EvaluateConfig,
+    HarvestConfig,
+    PredictConfig,
+    StatsConfig,
+    SubtractConfig,
+    TrainConfig,
+    build_config,
+)
 from .dataset import stats, subtract
 from .download import download
 from .errors import ApiError, ConfigError, DatasetError, DownloadError, EicError, ModelError
@@ -15,7 +24,11 @@ from .search_api import SearchClient
 __version__ = "0.1.0"
 
 # Stages that need torch load it on first use, so `eic harvest` and friends start fast.
-_LAZY = {"train": ("training", "train")}
+_LAZY = {
+    "train": ("training", "train"),
+    "evaluate": ("evaluation", "evaluate_run"),
+    "predict": ("prediction", "predict"),
+}
 
 
 def __getattr__(name: str) -> object:
@@ -31,10 +44,12 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DownloadConfig",
+    "EvaluateConfig",
     "DownloadError",
     "EicError",
     "HarvestConfig",
     "ModelError",
+    "PredictConfig",
     "Sandbox",
     "SearchClient",
     "StatsConfig",
@@ -42,7 +57,9 @@ __all__ = [
     "TrainConfig",
     "build_config",
     "download",
+    "evaluate",
     "harvest",
+    "predict",
     "stats",
     "subtract",
     "train",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,16 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 
 from . import report
-from .config import DownloadConfig, HarvestConfig, StatsConfig, SubtractConfig, TrainConfig, build_config
+from .config import (
+    DownloadConfig,
+    EvaluateConfig,
+    HarvestConfig,
+    PredictConfig,
+    StatsConfig,
+    SubtractConfig,
+    TrainConfig,
+    build_config,
+)
 from .errors import EicError
 
 app = typer.Typer(
@@ -22,7 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # configs hold the API key
-    help="Europeana records to trained image classifiers: harvest, subtract, stats, download, train, sandbox.",
+    help="Europeana records to trained image classifiers: harvest, subtract, stats, download, train, "
+    "evaluate, predict, sandbox.",
 )
 console = Console()
 T = TypeVar("T")
@@ -206,9 +217,69 @@ def train(
                  hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
                  resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, quiet=quiet)
     result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
-    if result.summary:
+    if result.summary and os.environ.get("RANK", "0") == "0":
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
         console.print(f"run written to {result.output_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A training run folder or one split folder.")],
+    eval_dir: Annotated[Path, typer.Argument(help="Evaluation images in class folders.")],
+    output_dir: Annotated[Path | None, opt(EvaluateConfig, "output_dir", "--output-dir", "-o")] = None,
+    batch_size: Annotated[int | None, opt(EvaluateConfig, "batch_size", "--batch-size")] = None,
+    device: Annotated[str | None, opt(EvaluateConfig, "device", "--device")] = None,
+    num_workers: Annotated[int | None, opt(EvaluateConfig, "num_workers", "--num-workers")] = None,
+    amp: Annotated[bool | None, opt(EvaluateConfig, "amp", "--amp/--no-amp")] = None,
+    gallery: Annotated[int | None, opt(EvaluateConfig, "gallery", "--gallery")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Score every split of a run on an evaluation set: metrics as mean ± std, per class, confusion matrix."""
+    from .evaluation import evaluate_run
+
+    flags = dict(run=run_dir, eval_dir=eval_dir, output_dir=output_dir, batch_size=batch_size, device=device,
+                 num_workers=num_workers, amp=amp, gallery=gallery)
+    result = run(lambda: evaluate_run(build_config(EvaluateConfig, flags, config)))
+    report.print_evaluation(console, result)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A training run folder or one split folder.")],
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Image files, folders (recursive) or http(s) URLs.")
+    ] = None,
+    output: Annotated[Path | None, opt(PredictConfig, "output", "--output", "-o")] = None,
+    top_k: Annotated[int | None, opt(PredictConfig, "top_k", "--top-k")] = None,
+    threshold: Annotated[float | None, opt(PredictConfig, "threshold", "--threshold")] = None,
+    gradcam_dir: Annotated[Path | None, opt(PredictConfig, "gradcam_dir", "--gradcam-dir")] = None,
+    cam_method: Annotated[str | None, opt(PredictConfig, "cam_method", "--cam-method")] = None,
+    split: Annotated[str | None, opt(PredictConfig, "split", "--split")] = None,
+    table: Annotated[Path | None, opt(PredictConfig, "table", "--table")] = None,
+    query: Annotated[str | None, opt(PredictConfig, "query", "--query")] = None,
+    n: Annotated[int | None, opt(PredictConfig, "n", "--n", "-n")] = None,
+    reusability: Annotated[list[str] | None, opt(PredictConfig, "reusability", "--reusability")] = None,
+    image_dir: Annotated[Path | None, opt(PredictConfig, "image_dir", "--image-dir")] = None,
+    resume: Annotated[bool | None, opt(PredictConfig, "resume", "--resume/--no-resume")] = None,
+    batch_size: Annotated[int | None, opt(PredictConfig, "batch_size", "--batch-size")] = None,
+    device: Annotated[str | None, opt(PredictConfig, "device", "--device")] = None,
+    num_workers: Annotated[int | None, opt(PredictConfig, "num_workers", "--num-workers")] = None,
+    amp: Annotated[bool | None, opt(PredictConfig, "amp", "--amp/--no-amp")] = None,
+    api_url: Annotated[str | None, opt(PredictConfig, "api_url", "--api-url")] = None,
+    api_key: Annotated[str | None, opt(PredictConfig, "api_key", "--api-key")] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """Label new images with top-k classes (and Grad-CAM figures); an ensemble with --split all."""
+    from .prediction import predict as run_predict
+
+    flags = dict(run=run_dir, inputs=inputs or None, output=output, top_k=top_k, threshold=threshold,
+                 gradcam_dir=gradcam_dir, cam_method=cam_method, split=split, table=table, query=query, n=n,
+                 reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
+                 device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
+    result = run(lambda: run_predict(build_config(PredictConfig, flags, config)))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        report.print_prediction(console, result)
 
 
 @app.command()

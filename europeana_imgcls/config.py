@@ -27,6 +27,7 @@ SECRET_FIELDS = frozenset({"api_key"})
 
 Reusability = Literal["open", "restricted", "permission"]
 Mode = Literal["single-label", "multi-label"]
+CamMethod = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam"]
 
 
 class _Base(BaseModel):
@@ -165,6 +166,42 @@ class TrainConfig(RuntimeSettings):
     gradcam_images: int = Field(8, ge=0, description="Test images per split drawn with a Grad-CAM heatmap.")
 
 
+class EvaluateConfig(RuntimeSettings):
+    """``eic evaluate``: score every split of a run on an evaluation image set."""
+
+    stage: ClassVar[str] = "evaluate"
+
+    run: Path = Field(description="A training run folder (all split_* inside) or one split folder.")
+    eval_dir: Path = Field(description="Evaluation images in class folders.")
+    output_dir: Path = Field(Path("evaluation"), description="Where metrics, tables and figures go.")
+    gallery: int = Field(16, ge=0, description="Most confident mistakes shown in misclassified.png.")
+
+
+class PredictConfig(ApiSettings, RuntimeSettings):
+    """``eic predict``: label new images with a trained run."""
+
+    stage: ClassVar[str] = "predict"
+
+    run: Path = Field(description="A training run folder or one split folder.")
+    inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
+    output: Path = Field(Path("predictions.csv"), description="Predictions table, .csv or .jsonl.")
+    top_k: int = Field(5, ge=1, description="Classes listed per image (and most heatmaps drawn).")
+    threshold: float = Field(0.3, ge=0, le=1, description="Draw a heatmap for each class at least this probable.")
+    gradcam_dir: Path | None = Field(None, description="Write a Grad-CAM figure per image here.")
+    cam_method: CamMethod = Field("gradcam", description="Heatmap method of the grad-cam package.")
+    split: str = Field("best", pattern=r"^(best|all|\d+)$",
+                       description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
+    table: Path | None = Field(None, description="Predict every record of this harvest table (images fetched).")
+    query: str | None = Field(None, description="Ask the Search API with this query and predict its records.")
+    n: int = Field(100, gt=0, description="Records taken from --query.")
+    reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
+                                           description="Reusability levels for --query.")
+    image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
+    resume: bool = Field(False, description="Keep the rows already in the output and predict only the rest.")
+
+    _split = field_validator("reusability", mode="before")(_split_words)
+
+
 M = TypeVar("M", bound=_Base)
 
 
@@ -233,4 +270,6 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=set(SECRET_FIELDS))
 
 
-ALL_CONFIGS: list[type[_Base]] = [HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig]
+ALL_CONFIGS: list[type[_Base]] = [
+    HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig, EvaluateConfig, PredictConfig,
+]

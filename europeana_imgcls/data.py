@@ -156,8 +156,15 @@ def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -
     return (array - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+UNREADABLE = -1  # the label of an image that passed the header check but cannot be decoded
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, label, index) triples; flips drawn from torch's RNG (seeded per worker)."""
+    """(image tensor, label, index) triples; flips drawn from torch's RNG (seeded per worker).
+
+    An image that cannot be decoded comes back as zeros labelled ``UNREADABLE``: the loss ignores it and
+    evaluation lists it, rather than one broken file ending a long run.
+    """
 
     def __init__(self, images: ImageSet, size: int, mean: Sequence[float], std: Sequence[float],
                  hflip: float = 0.0, vflip: float = 0.0) -> None:
@@ -168,7 +175,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        tensor = to_tensor(load_image(self.images.paths[index], self.size), self.mean, self.std)
+        try:
+            tensor = to_tensor(load_image(self.images.paths[index], self.size), self.mean, self.std)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return torch.zeros(3, self.size, self.size), UNREADABLE, index
         if self.hflip and torch.rand(()) < self.hflip:
             tensor = tensor.flip(2)
         if self.vflip and torch.rand(()) < self.vflip:
@@ -178,12 +188,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
                 seed: int, pin_memory: bool, sampler: torch.utils.data.Sampler | None = None,
-                ) -> torch.utils.data.DataLoader:
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=num_workers, pin_memory=pin_memory, generator=generator, worker_init_fn=_seed_worker,
+        drop_last=drop_last,
         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
     )
 

@@ -14,7 +14,9 @@ from .tables import write_json
 if TYPE_CHECKING:
     from .dataset import TableStats
     from .download import DownloadReport
+    from .evaluation import EvaluateReport
     from .harvest import HarvestReport
+    from .prediction import PredictReport
 
 
 def print_harvest(console: Console, result: HarvestReport) -> None:
@@ -85,3 +87,26 @@ def print_summary(console: Console, title: str, summary: dict[str, dict[str, obj
         per_split = " ".join(f"{v:.3f}" for v in values["per_split"])  # type: ignore[union-attr]
         table.add_row(name, f"{values['mean']:.3f} ± {values['std']:.3f}", per_split)
     console.print(table)
+
+
+def print_evaluation(console: Console, result: EvaluateReport) -> None:
+    print_summary(console, f"{result.images} evaluation images, {len(result.splits)} split(s)", result.summary)
+    if result.unknown_classes:
+        listed = ", ".join(f"{name} ({n} images)" for name, n in result.unknown_classes.items())
+        console.print(f"[yellow]evaluation classes the model does not know (skipped):[/] {listed}")
+    if result.missing_classes:
+        console.print(f"[yellow]model classes with no evaluation images:[/] {', '.join(result.missing_classes)}")
+    if result.unreadable:
+        console.print(f"[yellow]{len(result.unreadable)} unreadable images skipped[/] (listed in report.json)")
+    console.print(f"written to {result.output_dir}")
+
+
+def print_prediction(console: Console, result: PredictReport) -> None:
+    model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
+    console.print(
+        f"{result.predicted} images labelled with {model}; written to {result.output}"
+        + (f"; {result.already_done} done earlier" if result.already_done else "")
+        + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
+        + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
+        + (f"; {result.heatmaps} Grad-CAM figures" if result.heatmaps else "")
+    )

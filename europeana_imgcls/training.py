@@ -27,7 +27,17 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, public_dict
-from .data import ImageDataset, ImageSet, Split, check_trainable, make_loader, make_splits, sample, scan_class_folders
+from .data import (
+    UNREADABLE,
+    ImageDataset,
+    ImageSet,
+    Split,
+    check_trainable,
+    make_loader,
+    make_splits,
+    sample,
+    scan_class_folders,
+)
 from .errors import DatasetError
 from .explain import heatmaps, overlay, side_by_side
 from .metrics import classification_metrics, mean_std
@@ -98,9 +108,12 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     for inputs, targets, _ in loader:
+        batch = int((targets != UNREADABLE).sum())
         inputs, targets = _to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            loss = criterion(model(inputs), targets)
+            logits = model(inputs)
+            # A batch of unreadable images only: a zero loss keeps DDP ranks in step without learning noise.
+            loss = criterion(logits, targets) if batch else logits.sum() * 0.0
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -109,7 +122,6 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
         else:
             loss.backward()
             optimizer.step()
-        batch = targets.shape[0]
         total_loss += loss.item() * batch
         seen += batch
         if on_batch:
@@ -129,14 +141,16 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
         logits = logits.float()
-        if criterion is not None:
-            total_loss += criterion(logits, targets).item() * targets.shape[0]
-        seen += targets.shape[0]
+        counted = int((targets != UNREADABLE).sum())
+        if criterion is not None and counted:
+            total_loss += criterion(logits, targets).item() * counted
+        seen += counted
         truths.append(targets.cpu())
         probs.append(torch.softmax(logits, dim=1).cpu())
         indices.append(index)
-    return Evaluation(total_loss / max(seen, 1), torch.cat(truths).numpy(), torch.cat(probs).numpy(),
-                      torch.cat(indices).numpy())
+    truth, prob, index = torch.cat(truths).numpy(), torch.cat(probs).numpy(), torch.cat(indices).numpy()
+    readable = truth != UNREADABLE
+    return Evaluation(total_loss / max(seen, 1), truth[readable], prob[readable], index[readable])
 
 
 def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -228,7 +242,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
     weights = class_weights(images.labels[split.train], n_classes).to(device) if config.weighted_loss else None
-    criterion = nn.CrossEntropyLoss(weight=weights)
+    criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNREADABLE)
     dtype = autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index)
@@ -330,7 +344,9 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
                if world.active else None)
     common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
     return {
-        "train": make_loader(train_set, shuffle=True, sampler=sampler, **common),
+        # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
+        "train": make_loader(train_set, shuffle=True, sampler=sampler,
+                             drop_last=len(train_set) > config.batch_size * world.world, **common),
         "val": make_loader(ImageDataset(images.subset(split.val), config.input_size, mean, std), shuffle=False,
                            **common),
         "test": make_loader(ImageDataset(images.subset(split.test), config.input_size, mean, std), shuffle=False,

@@ -1,0 +1,196 @@
+"""``eic evaluate``: score every split of a run on an evaluation image set.
+
+Each split's best checkpoint scores the whole set with the preprocessing stored in the checkpoint.
+Splits that share preprocessing share one pass over the images: each batch is decoded once and fed
+to every model.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+
+from .config import EvaluateConfig, public_dict
+from .data import UNREADABLE, ImageDataset, make_loader, scan_class_folders
+from .errors import DatasetError
+from .inference import RunModel, load_run, probabilities
+from .metrics import classification_metrics, confusion, mean_std
+from .runtime import autocast_dtype, default_workers, resolve_device
+from .tables import write_json
+
+
+@dataclass
+class EvaluateReport:
+    output_dir: Path
+    classes: list[str]
+    images: int
+    splits: list[str]
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unknown_classes: dict[str, int] = field(default_factory=dict)  # eval folders the model does not know
+    missing_classes: list[str] = field(default_factory=list)  # model classes without eval images
+    unreadable: list[str] = field(default_factory=list)
+
+
+def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
+    device = resolve_device(config.device)
+    models = load_run(config.run, device, "all")
+    classes = models[0].classes
+    images = scan_class_folders(config.eval_dir, classes)
+    unknown = _unknown_folders(config.eval_dir, classes)
+    counts = images.counts()
+    if not images.paths:
+        raise DatasetError(f"{config.eval_dir}: no readable images in folders named after the model's classes "
+                           f"({', '.join(classes)})")
+    probs, unreadable = _score(models, images, config, device)
+    readable = np.ones(len(images), dtype=bool)
+    readable[unreadable] = False
+    truth = images.labels[readable]
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    per_split = {name: classification_metrics(truth, p[readable]) for name, p in probs.items()}
+    summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in next(iter(per_split.values()))}
+    report = EvaluateReport(out, classes, int(readable.sum()), list(probs), summary, unknown,
+                            [c for c in classes if counts[c] == 0],
+                            [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable])
+    write_json(out / "metrics.json", summary)
+    write_json(out / "config.json", public_dict(config))
+    write_json(out / "report.json", {"classes": classes, "images": report.images, "splits": report.splits,
+                                     "unknown_classes": unknown, "missing_classes": report.missing_classes,
+                                     "unreadable": report.unreadable})
+    paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
+    _write_per_class(out / "per_class.csv", truth, {k: p[readable] for k, p in probs.items()}, classes)
+    matrix = sum(confusion(truth, p[readable].argmax(axis=1), len(classes)) for p in probs.values())
+    _write_confusion(out, matrix, classes)
+    _write_predictions(out / "predictions.csv", paths, truth, {k: p[readable] for k, p in probs.items()}, classes)
+    _gallery(out / "misclassified.png", paths, truth, {k: p[readable] for k, p in probs.items()}, classes,
+             config.gallery)
+    return report
+
+
+def _unknown_folders(root: Path, classes: list[str]) -> dict[str, int]:
+    from .data import list_images
+
+    return {d.name: len(list_images(d)) for d in sorted(root.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and d.name not in classes}
+
+
+def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
+           ) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Probabilities of every split model for every image, and the indices that could not be decoded."""
+    groups: dict[tuple, list[RunModel]] = defaultdict(list)
+    for item in models:
+        groups[item.preprocessing].append(item)
+    dtype = autocast_dtype(device, config.amp)
+    probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
+    unreadable: set[int] = set()
+    for (size, mean, std), members in groups.items():
+        loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
+                             num_workers=default_workers(device, config.num_workers), seed=0,
+                             pin_memory=device.type == "cuda")
+        for inputs, labels, index in loader:
+            out = probabilities(members, inputs, device, dtype)
+            for item, p in zip(members, out, strict=True):
+                probs[item.split][index.numpy()] = p
+            unreadable.update(index[labels == UNREADABLE].tolist())
+    return probs, sorted(unreadable)
+
+
+def _write_per_class(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str]) -> None:
+    scores = []
+    for p in probs.values():
+        precision, recall, f1, support = precision_recall_fscore_support(
+            truth, p.argmax(axis=1), labels=np.arange(len(classes)), zero_division=0)
+        scores.append((precision, recall, f1))
+    array = np.asarray(scores)  # splits x 3 x classes
+    support = np.bincount(truth, minlength=len(classes))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "support", "precision_mean", "precision_std", "recall_mean", "recall_std",
+                         "f1_mean", "f1_std"])
+        for c, name in enumerate(classes):
+            row: list[Any] = [name, int(support[c])]
+            for m in range(3):
+                values = array[:, m, c]
+                row += [f"{values.mean():.6f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.6f}"]
+            writer.writerow(row)
+
+
+def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
+    with (out / "confusion_matrix.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["truth \\ prediction", *classes])
+        for name, row in zip(classes, matrix, strict=True):
+            writer.writerow([name, *map(int, row)])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(6.0, 0.45 * len(classes) + 3)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
+    for ax, data, title, fmt in ((axes[0], matrix, "counts (summed over splits)", "d"),
+                                 (axes[1], normalised, "normalised by true class", ".2f")):
+        ax.imshow(data, cmap="Blues")
+        ax.set(title=title, xlabel="prediction", ylabel="truth", xticks=range(len(classes)),
+               yticks=range(len(classes)), xticklabels=classes, yticklabels=classes)
+        ax.tick_params(axis="x", rotation=90)
+        if len(classes) <= 25:
+            peak = data.max() or 1
+            for i in range(len(classes)):
+                for j in range(len(classes)):
+                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if data[i, j] > peak / 2 else "black")
+    figure.tight_layout()
+    figure.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(figure)
+
+
+def _write_predictions(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
+                       classes: list[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "truth", "prediction", "confidence", "split"])
+        for split, p in probs.items():
+            for image, t, row in zip(paths, truth, p, strict=True):
+                writer.writerow([image, classes[t], classes[int(row.argmax())], f"{row.max():.6f}", split])
+
+
+def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str],
+             count: int) -> None:
+    """The most confident mistakes (over all splits, each image once)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    worst: dict[int, tuple[float, int, str]] = {}
+    for split, p in probs.items():
+        for i in np.flatnonzero(p.argmax(axis=1) != truth):
+            confidence = float(p[i].max())
+            if confidence > worst.get(i, (-1.0, 0, ""))[0]:
+                worst[i] = (confidence, int(p[i].argmax()), split)
+    chosen = sorted(worst.items(), key=lambda kv: -kv[1][0])[:count]
+    columns = 4
+    rows = max(1, -(-len(chosen) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (i, (confidence, predicted, split)) in zip(axes.flat, chosen, strict=False):
+        with Image.open(paths[i]) as image:
+            image.draft("RGB", (256, 256))
+            ax.imshow(image.convert("RGB"))
+        ax.set_title(f"true {classes[truth[i]]}\npred {classes[predicted]} {confidence:.2f} ({split})", fontsize=8)
+    if not chosen:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

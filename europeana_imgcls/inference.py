@@ -1,0 +1,83 @@
+"""Loading the models of a run and running them over images: shared by evaluate and predict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import ModelError
+
+
+@dataclass
+class RunModel:
+    """One split's best model with the preprocessing it was trained with."""
+
+    split: str
+    model: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+        return int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
+
+
+def checkpoint_paths(run: Path) -> list[Path]:
+    """``run/split_*/model.pt`` in split order, or ``run/model.pt`` for one split folder."""
+    if (run / "model.pt").is_file():
+        return [run / "model.pt"]
+    paths = sorted(run.glob("split_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not paths:
+        raise ModelError(f"{run}: no model.pt in it or in split_*/ folders; point at an eic train output")
+    return paths
+
+
+def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
+    """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
+    paths = checkpoint_paths(run)
+    states = []
+    for path in paths:
+        state = load_checkpoint(path)
+        name = path.parent.name if path.parent.name.startswith("split_") else f"split_{state.get('split', 0)}"
+        states.append((name, state))
+    if which == "best":
+        states = [min(states, key=lambda item: item[1].get("best_val_loss", float("inf")))]
+    elif which != "all":
+        states = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
+        if not states:
+            raise ModelError(f"{run}: no split {which}")
+    classes = {tuple(state["class_names"]) for _, state in states}
+    if len(classes) > 1:
+        raise ModelError(f"{run}: its splits were trained on different classes")
+    models = []
+    for name, state in states:
+        model = model_from_checkpoint(state).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        meta = {k: v for k, v in state.items() if k != "model_state"}
+        models.append(RunModel(name, model, meta))
+    return models
+
+
+@torch.inference_mode()
+def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
+                  dtype: torch.dtype | None) -> np.ndarray:
+    """Softmax probabilities of every model on one batch: models x batch x classes."""
+    inputs = inputs.to(device, non_blocking=True)
+    if device.type == "cuda":
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    out = []
+    for item in models:
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            logits = item.model(inputs)
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.stack(out)

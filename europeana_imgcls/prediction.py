@@ -1,0 +1,343 @@
+"""``eic predict``: label new images (files, folders, URLs, harvest tables or Search API results).
+
+Predictions stream to ``<output>.partial`` batch by batch and are renamed to the output at the end,
+so an interrupted run loses nothing and ``resume`` carries on. Under ``torchrun`` each rank labels a
+shard of the inputs and rank 0 merges the shards.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import DownloadConfig, PredictConfig
+from .data import UNREADABLE, ImageDataset, ImageSet, list_images, load_image, make_loader
+from .errors import ConfigError, DatasetError
+from .explain import heatmaps, overlay
+from .inference import RunModel, load_run, probabilities
+from .models import get_arch
+from .runtime import Dist, autocast_dtype, close_distributed, default_workers, init_distributed, resolve_device
+from .search_api import SearchClient, record_uri
+from .tables import check_table_suffix, read_table
+
+COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
+
+
+@dataclass(frozen=True)
+class Item:
+    image: str  # what the user gave: a path or a URL
+    path: Path | None  # the local file to read
+    id: str | None = None
+    uri: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.id or self.image
+
+
+@dataclass
+class PredictReport:
+    output: Path
+    predicted: int = 0
+    already_done: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    not_fetched: int = 0
+    heatmaps: int = 0
+    splits: list[str] = field(default_factory=list)
+
+
+def predict(config: PredictConfig) -> PredictReport:
+    suffix = config.output.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ConfigError(f"{config.output}: predictions are written as .csv or .jsonl")
+    if not (config.inputs or config.table or config.query):
+        raise ConfigError("nothing to predict: give image files, folders or URLs, or --table, or --query")
+    device = resolve_device(config.device)
+    world = init_distributed(device)
+    try:
+        return _predict(config, device, world)
+    finally:
+        close_distributed()
+
+
+def _predict(config: PredictConfig, device: torch.device, world: Dist) -> PredictReport:
+    models = load_run(config.run, device, config.split)
+    report = PredictReport(config.output, splits=[m.split for m in models])
+    items, report.not_fetched = _gather(config, world)
+    part = _part_path(config.output, world)
+    done = _previous(config, part, world)
+    report.already_done = sum(1 for item in items if item.key in done)
+    mine = [item for item in items[world.rank::world.world] if item.key not in done]
+    with part.open("a", newline="", encoding="utf-8") as handle:
+        writer = _Writer(handle, config.output.suffix.lower())
+        for batch in _batches(mine, config.batch_size * 8):
+            _label(batch, models, config, device, writer, report)
+    if world.active:
+        counts = [report.predicted, len(report.unreadable)]
+        box: list[Any] = [None] * world.world
+        dist.all_gather_object(box, counts)
+        report.predicted = sum(c[0] for c in box)
+    if world.main:
+        _merge(config.output, world)
+    return report
+
+
+def _label(items: list[Item], models: list[RunModel], config: PredictConfig, device: torch.device,
+           writer: _Writer, report: PredictReport) -> None:
+    size, mean, std = models[0].preprocessing
+    classes = models[0].classes
+    images = ImageSet([item.path for item in items], np.zeros(len(items), dtype=np.int64), classes)
+    loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
+                         num_workers=default_workers(device, config.num_workers), seed=0,
+                         pin_memory=device.type == "cuda")
+    dtype = autocast_dtype(device, config.amp)
+    k = min(config.top_k, len(classes))
+    for inputs, labels, index in loader:
+        # An ensemble averages the probabilities of its split models.
+        probs = probabilities(models, inputs, device, dtype).mean(axis=0)
+        ok = (labels != UNREADABLE).numpy()
+        for row, i, good in zip(probs, index.tolist(), ok, strict=True):
+            item = items[i]
+            if not good:
+                report.unreadable.append(item.image)
+                continue
+            order = np.argsort(-row)[:k]
+            writer.write({"image": item.image, "prediction": classes[order[0]], "confidence": float(row[order[0]]),
+                          "top_k": [[classes[c], round(float(row[c]), 6)] for c in order],
+                          "ID": item.id, "URI": item.uri})
+            report.predicted += 1
+        writer.flush()
+        if config.gradcam_dir is not None:
+            report.heatmaps += _explain(models[0], inputs[ok], probs[ok], [items[i] for i in index[ok].tolist()],
+                                        config, device)
+
+
+def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: list[Item], config: PredictConfig,
+             device: torch.device) -> int:
+    """One figure per image: the image, then a heatmap per class at least ``threshold`` probable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = config.gradcam_dir
+    assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = model.classes
+    size = model.preprocessing[0]
+    layer = get_arch(model.meta["arch"]).cam_layer(model.model)
+    net = model.model.float()
+    written = 0
+    for tensor, row, item in zip(inputs, probs, items, strict=True):
+        order = [int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= config.threshold] or [int(row.argmax())]
+        maps = heatmaps(net, layer, tensor.unsqueeze(0).repeat(len(order), 1, 1, 1).to(device), order,
+                        config.cam_method)
+        picture = load_image(item.path, size)  # type: ignore[arg-type]
+        figure, axes = plt.subplots(1, len(order) + 1, figsize=(3 * (len(order) + 1), 3.3), squeeze=False)
+        axes[0, 0].imshow(picture)
+        axes[0, 0].set_title("image", fontsize=9)
+        for ax, c, heat in zip(axes[0, 1:], order, maps, strict=True):
+            ax.imshow(overlay(picture, heat))
+            ax.set_title(f"{classes[c]}, {row[c]:.2f}", fontsize=9)
+        for ax in axes.flat:
+            ax.axis("off")
+        figure.tight_layout()
+        figure.savefig(folder / _figure_name(item), dpi=90)
+        plt.close(figure)
+        written += 1
+    return written
+
+
+def _figure_name(item: Item) -> str:
+    """Readable and unique: the file's (or record's) name plus a short hash of where it came from."""
+    from .download import file_name
+
+    stem = Path(file_name(item.id)).stem if item.id else Path(item.image.rstrip("/")).stem
+    return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
+    items: list[Item] = []
+    urls: list[dict[str, str | None]] = []
+    for given in config.inputs:
+        if given.lower().startswith(("http://", "https://")):
+            urls.append({"ID": given, "URL": given, "URI": None, "image": given})
+            continue
+        path = Path(given)
+        if path.is_dir():
+            items += [Item(str(p), p) for p in list_images(path)]
+        elif path.is_file():
+            items.append(Item(str(path), path))
+        else:
+            raise DatasetError(f"{given}: no such image file, folder or URL")
+    if config.table is not None:
+        check_table_suffix(config.table)
+        table = read_table(config.table, required=("ID", "URL"))
+        for row in table.iter_rows(named=True):
+            if row["ID"]:
+                urls.append({"ID": row["ID"], "URL": row["URL"], "URI": row.get("URI") or record_uri(row["ID"]),
+                             "preview": row.get("preview"), "image": row["URL"] or row["ID"]})
+    if config.query:
+        urls += _query(config)
+    failed = 0
+    if urls:
+        fetched, failed = _fetch(urls, config, world)
+        items += fetched
+    if not items and not failed:
+        raise DatasetError("no images found in the inputs")
+    return items, failed
+
+
+def _query(config: PredictConfig) -> list[dict[str, str | None]]:
+    """Up to ``n`` records with an image, level after level, as harvest asks for them."""
+    found: list[dict[str, str | None]] = []
+    with SearchClient(config.api_url, config.api_key.get_secret_value(), timeout=config.timeout,
+                      retries=config.retries) as client:
+        for level in config.reusability:
+            for item in client.iter_items(config.query or "*", ["TYPE:IMAGE"], reusability=level):
+                if len(found) >= config.n:
+                    return found
+                url = (item.get("edmIsShownBy") or [None])[0]
+                if url and item.get("id"):
+                    found.append({"ID": item["id"], "URL": url, "URI": record_uri(item["id"]),
+                                  "preview": (item.get("edmPreview") or [None])[0], "image": url})
+    return found
+
+
+def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
+    """Download (once, on rank 0) the images of URL inputs into the image folder; map them back."""
+    import polars as pl
+
+    from .download import download, file_name
+    from .tables import write_table
+
+    folder = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
+    table = folder / "inputs.csv"
+    if world.main:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_table(pl.DataFrame([{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
+                                 schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
+        download(DownloadConfig(table=table, output_dir=folder, mode="multi-label", quiet=config.quiet,
+                                fallback_preview=True, max_side=512))
+    if world.active:
+        dist.barrier()
+    items, failed = [], 0
+    for row in rows:
+        path = folder / file_name(row["ID"] or "")
+        if path.is_file():
+            items.append(Item(row["image"] or "", path, row["ID"] if row.get("URI") else None, row.get("URI")))
+        else:
+            failed += 1
+    return items, failed
+
+
+def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+class _Writer:
+    def __init__(self, handle: Any, suffix: str) -> None:
+        self.handle, self.suffix = handle, suffix
+        self.csv = csv.writer(handle) if suffix == ".csv" else None
+        if self.csv is not None and handle.tell() == 0:
+            self.csv.writerow(COLUMNS)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.csv is not None:
+            self.csv.writerow([row["image"], row["prediction"], f"{row['confidence']:.6f}", json.dumps(row["top_k"]),
+                               row["ID"] or "", row["URI"] or ""])
+        else:
+            self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _part_path(output: Path, world: Dist) -> Path:
+    suffix = f".rank{world.rank}" if world.active else ""
+    return output.with_name(f"{output.name}{suffix}.partial")
+
+
+def _previous(config: PredictConfig, part: Path, world: Dist) -> set[str]:
+    """Keys already predicted (resume), after cleaning a line cut short by a kill."""
+    output = config.output
+    if not config.resume:
+        if world.main and output.exists():
+            raise DatasetError(f"{output} already exists: pass --resume to add to it, or choose another --output")
+        if world.main and any(output.parent.glob(f"{output.name}*.partial")):
+            raise DatasetError(f"an interrupted prediction into {output} was found: pass --resume to carry on, "
+                               f"or delete {output.name}*.partial")
+        if world.active:
+            dist.barrier()  # no rank starts its part file before rank 0 has looked for old ones
+        return set()
+    if world.main and output.exists():
+        os.replace(output, _part_path(output, Dist()))
+    if world.active:
+        dist.barrier()
+    done: set[str] = set()
+    for path in sorted(output.parent.glob(f"{output.name}*.partial")):
+        rows = _read_rows(path, output.suffix.lower())
+        done.update(r.get("ID") or r["image"] for r in rows)
+        if path == part:
+            _rewrite(path, rows, output.suffix.lower())
+    return done
+
+
+def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        if suffix == ".csv":
+            for row in csv.reader(handle):
+                if len(row) == len(COLUMNS) and row != COLUMNS:
+                    rows.append(dict(zip(COLUMNS, row, strict=True)))
+        else:
+            for line in handle:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        if suffix == ".csv":
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            writer.writerows([r[c] for c in COLUMNS] for r in rows)
+        else:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def _merge(output: Path, world: Dist) -> None:
+    parts = sorted(output.parent.glob(f"{output.name}*.partial"))
+    if len(parts) == 1 and not world.active:
+        os.replace(parts[0], output)
+        return
+    suffix = output.suffix.lower()
+    rows = [r for p in parts for r in _read_rows(p, suffix)]
+    _rewrite(parts[0], rows, suffix)
+    os.replace(parts[0], output)
+    for p in parts[1:]:
+        p.unlink(missing_ok=True)

@@ -1,0 +1,211 @@
+"""eic evaluate and eic predict on a tiny run trained in the test."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from typer.testing import CliRunner
+
+from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
+from europeana_imgcls.cli import app
+from europeana_imgcls.errors import ModelError
+from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.training import train
+
+from .conftest import VOCAB
+from .test_training import CLASSES, config, make_folders, rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = make_folders(tmp_path_factory.mktemp("train"), per_class=9, size=40)
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(config(data, out, epochs=3, gradcam_images=0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    make_folders(root, per_class=7, size=48)
+    make_folders(root, per_class=3, size=48, classes=("statue",))  # a class the model does not know
+    jpeg = next((root / "map").iterdir()).read_bytes()
+    (root / "map" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, body cut
+    return root
+
+
+def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    report = evaluate(EvaluateConfig(run=trained, eval_dir=eval_dir, output_dir=tmp_path / "ev"))
+    out = tmp_path / "ev"
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = rows(out / "predictions.csv")
+    assert report.images == 21 and report.splits == ["split_0", "split_1", "split_2"]
+    assert report.unknown_classes == {"statue": 3}
+    assert any(p.endswith("broken.jpg") for p in report.unreadable)
+    for k, split in enumerate(report.splits):
+        mine = [p for p in predictions if p["split"] == split]
+        truth = [p["truth"] for p in mine]
+        predicted = [p["prediction"] for p in mine]
+        assert metrics["accuracy"]["per_split"][k] == pytest.approx(accuracy_score(truth, predicted))
+        labels = sorted(set(truth) | set(predicted))
+        p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average="macro",
+                                                     zero_division=0)
+        assert metrics["precision"]["per_split"][k] == pytest.approx(p)
+        assert metrics["recall"]["per_split"][k] == pytest.approx(r)
+        assert metrics["f1"]["per_split"][k] == pytest.approx(f)
+        assert metrics["sensitivity"]["per_split"][k] == pytest.approx(r)
+    for name, values in metrics.items():
+        assert values["mean"] == pytest.approx(np.mean(values["per_split"])), name
+        assert values["std"] == pytest.approx(np.std(values["per_split"], ddof=1)), name
+    with (out / "confusion_matrix.csv").open() as handle:
+        table = list(csv.reader(handle))
+    assert table[0][1:] == list(CLASSES)
+    per_class = {r["class"]: int(r["support"]) for r in rows(out / "per_class.csv")}
+    for line in table[1:]:
+        assert sum(map(int, line[1:])) == 3 * per_class[line[0]]  # summed over three splits
+    assert per_class == {"map": 7, "painting": 7, "specimen": 7}
+    for figure in ("confusion_matrix.png", "misclassified.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    evaluate(EvaluateConfig(run=trained / "split_1", eval_dir=eval_dir, output_dir=tmp_path / "ev"))
+    predictions = rows(tmp_path / "ev" / "predictions.csv")
+    specificities = []
+    for c in CLASSES:
+        negatives = [p for p in predictions if p["truth"] != c]
+        specificities.append(np.mean([p["prediction"] != c for p in negatives]))
+    present = {p["truth"] for p in predictions} | {p["prediction"] for p in predictions}
+    expected = np.mean([s for c, s in zip(CLASSES, specificities, strict=True) if c in present])
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["specificity"]["mean"] == pytest.approx(expected)
+
+
+def test_predict_files_folders_urls_and_heatmaps(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=2) as sb:
+        record = next(r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and len(r.labels) == 1)
+        url = sb.image_url(record)
+        single = next((eval_dir / "painting").iterdir())
+        out = tmp_path / "p.csv"
+        report = predict(PredictConfig(run=trained, inputs=[str(eval_dir / "specimen"), str(single), url],
+                                       output=out, top_k=2, gradcam_dir=tmp_path / "cams", threshold=0.0,
+                                       quiet=True))
+    predicted = rows(out)
+    assert report.predicted == len(predicted) == 7 + 1 + 1
+    assert {p["image"] for p in predicted} >= {str(single), url}
+    for p in predicted:
+        top = json.loads(p["top_k"])
+        assert len(top) == 2 and top[0][0] == p["prediction"] and top[0][1] >= top[1][1]
+        assert float(p["confidence"]) == pytest.approx(top[0][1], abs=1e-6)
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 9
+
+
+def test_ensemble_averages_the_splits(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    folder = str(eval_dir / "map")
+    probs = []
+    for split in ("0", "1", "2", "all"):
+        out = tmp_path / f"p{split}.jsonl"
+        predict(PredictConfig(run=trained, inputs=[folder], output=out, split=split, top_k=3, quiet=True))
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        probs.append({r["image"]: dict(r["top_k"]) for r in lines})
+    for image, ensemble in probs[3].items():
+        for name in CLASSES:
+            assert ensemble[name] == pytest.approx(np.mean([p[image][name] for p in probs[:3]]), abs=2e-6)
+
+
+def test_predict_a_harvest_table_and_a_query(trained: Path, tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=6, shared_per_concept=0, triples_per_concept=0) as sb:
+        records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url][:6]
+        pl.DataFrame([{"ID": r.id, "URL": sb.image_url(r), "category": r.labels[0]} for r in records]).write_csv(
+            tmp_path / "t.csv")
+        report = predict(PredictConfig(run=trained, table=tmp_path / "t.csv", output=tmp_path / "t_pred.csv",
+                                       quiet=True))
+        assert report.predicted == 6
+        got = rows(tmp_path / "t_pred.csv")
+        assert {g["ID"] for g in got} == {r.id for r in records}
+        assert all(g["URI"] == "http://data.europeana.eu/item" + g["ID"] for g in got)
+        report = predict(PredictConfig(run=trained, query='"http://data.europeana.eu/concept/base/43"', n=4,
+                                       api_url=sb.api_url, output=tmp_path / "q_pred.csv", quiet=True))
+        assert report.predicted == 4 and sb.count("/record/v2/search.json") >= 1
+
+
+def test_predict_resumes_after_a_kill(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    folder = str(eval_dir / "painting")
+    predict(PredictConfig(run=trained, inputs=[folder], output=out, quiet=True))
+    full = rows(out)
+    # what a killed run leaves: the first rows and half a line
+    lines = out.read_text().splitlines()
+    (tmp_path / "p.csv.partial").write_text("\n".join(lines[:4]) + "\n" + lines[4][:15])
+    out.unlink()
+    result = CliRunner().invoke(app, ["predict", str(trained), folder, "-o", str(out), "--quiet"])
+    assert result.exit_code == 1 and "--resume" in result.stderr
+    report = predict(PredictConfig(run=trained, inputs=[folder], output=out, quiet=True, resume=True))
+    assert report.already_done == 3 and report.predicted == len(full) - 3
+    assert sorted(r["image"] for r in rows(out)) == sorted(r["image"] for r in full)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_checkpoint_that_runs_code_is_refused(trained: Path, tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "split_0", run / "split_0")
+    torch.save({"format": "europeana-imgcls/checkpoint-v1", "model_state": Evil()}, run / "split_0" / "model.pt")
+    with pytest.raises(ModelError, match="refused"):
+        predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
+    result = CliRunner().invoke(app, ["evaluate", str(run), str(tmp_path), "-o", str(tmp_path / "ev")])
+    assert result.exit_code == 1 and "refused" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"weights": torch.zeros(2)}, run / "split_0" / "model.pt")
+    with pytest.raises(ModelError, match="not a checkpoint written by eic train"):
+        predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["predict", "{tmp}/nowhere", "{tmp}"], "no model.pt"),
+    (["predict", "{run}"], "nothing to predict"),
+    (["predict", "{run}", "{tmp}/missing.jpg"], "no such image file"),
+    (["predict", "{run}", "{tmp}", "-o", "{tmp}/p.txt"], ".csv or .jsonl"),
+    (["predict", "{run}", "{tmp}", "--split", "7"], "no split 7"),
+    (["predict", "{run}", "{tmp}", "--cam-method", "magic", "--gradcam-dir", "{tmp}/c"], "magic"),
+    (["evaluate", "{run}", "{tmp}/nowhere"], "no such folder"),
+    (["evaluate", "{run}", "{tmp}"], "no readable images"),
+])
+def test_bad_inputs_are_one_line(trained: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")  # an image file that is not an image
+    args = [a.format(tmp=tmp_path, run=trained) for a in args]
+    if args[0] == "predict" and "-o" not in args:
+        args += ["-o", str(tmp_path / "p.csv")]
+    result = CliRunner().invoke(app, [*args, "--quiet"] if args[0] == "predict" else args)
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.csv"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         "europeana_imgcls", "predict", str(trained), str(eval_dir / "map"), str(eval_dir / "specimen"),
+         "-o", str(out), "--quiet", "--device", "cpu"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    images = [r["image"] for r in rows(out)]
+    assert len(images) == len(set(images)) == 7 + 7  # broken.jpg is listed as unreadable, not predicted
+    assert not list(tmp_path.glob("*.partial"))
