@@ -16,6 +16,7 @@ from rich.console import Console
 
 from . import report
 from .config import (
+    DemoConfig,
     DownloadConfig,
     EvaluateConfig,
     HarvestConfig,
@@ -32,8 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # configs hold the API key
-    help="Europeana records to trained image classifiers: harvest, subtract, stats, download, train, "
-    "evaluate, predict, sandbox.",
+    help="Europeana records to trained image classifiers. Try `eic demo` first: the whole pipeline, offline.",
 )
 console = Console()
 T = TypeVar("T")
@@ -280,6 +280,28 @@ def predict(
     result = run(lambda: run_predict(build_config(PredictConfig, flags, config)))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         report.print_prediction(console, result)
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path | None, opt(DemoConfig, "output_dir", "--output-dir", "-o")] = None,
+    epochs: Annotated[int | None, opt(DemoConfig, "epochs", "--epochs")] = None,
+    input_size: Annotated[int | None, opt(DemoConfig, "input_size", "--input-size")] = None,
+    arch: Annotated[str | None, opt(DemoConfig, "arch", "--arch")] = None,
+    weights: Annotated[str | None, opt(DemoConfig, "weights", "--weights")] = None,
+    device: Annotated[str | None, opt(DemoConfig, "device", "--device")] = None,
+    seed: Annotated[int | None, opt(DemoConfig, "seed", "--seed")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run harvest, subtract, download, train, evaluate and predict offline against the built-in sandbox."""
+    from .demo import demo as run_demo
+
+    flags = dict(output_dir=output_dir, epochs=epochs, input_size=input_size, arch=arch, weights=weights,
+                 device=device, seed=seed)
+    result = run(lambda: run_demo(build_config(DemoConfig, flags, config), console))
+    total = sum(seconds for _, _, seconds in result.stages)
+    console.rule("[bold]done")
+    console.print(f"the whole pipeline ran offline in {total:.0f} s; everything is in {result.output_dir}")
 
 
 @app.command()

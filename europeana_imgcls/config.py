@@ -202,6 +202,20 @@ class PredictConfig(ApiSettings, RuntimeSettings):
     _split = field_validator("reusability", mode="before")(_split_words)
 
 
+class DemoConfig(_Base):
+    """``eic demo``: the whole pipeline offline against the built-in sandbox."""
+
+    stage: ClassVar[str] = "demo"
+
+    output_dir: Path = Field(Path("eic-demo"), description="Where every stage writes its outputs.")
+    epochs: int = Field(5, ge=1, le=100, description="Epochs per split of the demo training.")
+    input_size: int = Field(64, ge=16, le=512, description="Image side the demo model sees.")
+    arch: str = Field("resnet18", description="Model of the demo training.")
+    weights: str = Field("none", description="none (works offline), imagenet, or a weights file.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Where to train.")
+    seed: int = Field(0, description="Seed of the sandbox catalogue order and of training.")
+
+
 M = TypeVar("M", bound=_Base)
 
 
@@ -272,4 +286,5 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
 
 ALL_CONFIGS: list[type[_Base]] = [
     HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig, EvaluateConfig, PredictConfig,
+    DemoConfig,
 ]
