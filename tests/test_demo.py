@@ -1,0 +1,28 @@
+"""eic demo runs every stage offline against the sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from europeana_imgcls.cli import app
+
+
+def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--output-dir", str(out), "--epochs", "2", "--input-size", "32",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output + result.stderr
+    for stage in ("harvest", "subtract", "download", "train", "evaluate", "predict"):
+        assert stage in result.stdout
+    assert "the whole pipeline ran offline" in result.stdout
+    assert (out / "images" / "failures.csv").read_text().count("\n") > 1  # the bad answers were met
+    assert {p.name for p in (out / "images").iterdir() if p.is_dir()} == {"map", "painting", "photograph", "specimen"}
+    assert json.loads((out / "run" / "summary.json").read_text())["splits"] == 3
+    assert "accuracy" in json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert (out / "predictions.csv").read_text().count("\n") == 6  # header, one per class, one URL
+    assert len(list((out / "heatmaps").glob("*.png"))) == 5
+    again = CliRunner().invoke(app, ["demo", "--output-dir", str(out)])
+    assert again.exit_code == 1 and "not empty" in again.stderr

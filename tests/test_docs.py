@@ -1,0 +1,43 @@
+"""The docs cannot drift: reference pages match the code, every option is explained, README commands hold."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from europeana_imgcls import reference
+from europeana_imgcls.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {
+    "harvest": "harvest.md", "subtract": "harvest.md", "stats": "harvest.md", "sandbox": "harvest.md",
+    "download": "download.md", "train": "train.md", "evaluate": "evaluate.md", "predict": "evaluate.md",
+    "demo": "demo.md",
+}
+
+
+def test_reference_pages_are_current() -> None:
+    assert reference.main([str(ROOT / "docs" / "reference"), "--check"]) == 0, (
+        "run: python -m europeana_imgcls.reference docs/reference")
+
+
+@pytest.mark.parametrize("command", sorted(PAGES))
+def test_every_option_is_explained_on_its_page(command: str) -> None:
+    cli = typer.main.get_command(app).commands[command]
+    page = (ROOT / "docs" / PAGES[command]).read_text(encoding="utf-8")
+    missing = [p.opts[0] for p in cli.params
+               if p.param_type_name == "option" and p.opts[0] != "--config" and p.opts[0] not in page]
+    assert not missing, f"docs/{PAGES[command]} does not mention {missing}"
+
+
+def test_readme_has_the_two_commands_and_ci_runs_the_test_one() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
+    demo = next(b for b in blocks if "eic demo" in b)
+    tests = next(b for b in blocks if "pytest" in b)
+    assert "pip install" in demo and "pip install" in tests
+    test_command = re.search(r"python -m pytest[^\n&|;]*", tests).group(0).strip()
+    assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
