@@ -205,6 +205,8 @@ def train(
         bool | None, opt(TrainConfig, "group_by_provider", "--group-by-provider/--no-group-by-provider")
     ] = None,
     gradcam_images: Annotated[int | None, opt(TrainConfig, "gradcam_images", "--gradcam-images")] = None,
+    mode: Annotated[str | None, opt(TrainConfig, "mode", "--mode")] = None,
+    labels: Annotated[Path | None, opt(TrainConfig, "labels", "--labels")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -215,7 +217,8 @@ def train(
                  patience=patience, input_size=input_size, batch_size=batch_size, learning_rate=learning_rate,
                  folds=folds, crossvalidation=crossvalidation, weighted_loss=weighted_loss, sample=sample,
                  hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
-                 resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, quiet=quiet)
+                 resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, mode=mode,
+                 labels=labels, quiet=quiet)
     result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
     if result.summary and os.environ.get("RANK", "0") == "0":
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
@@ -232,13 +235,15 @@ def evaluate(
     num_workers: Annotated[int | None, opt(EvaluateConfig, "num_workers", "--num-workers")] = None,
     amp: Annotated[bool | None, opt(EvaluateConfig, "amp", "--amp/--no-amp")] = None,
     gallery: Annotated[int | None, opt(EvaluateConfig, "gallery", "--gallery")] = None,
+    labels: Annotated[Path | None, opt(EvaluateConfig, "labels", "--labels")] = None,
+    threshold: Annotated[float | None, opt(EvaluateConfig, "threshold", "--threshold")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Score every split of a run on an evaluation set: metrics as mean ± std, per class, confusion matrix."""
     from .evaluation import evaluate_run
 
     flags = dict(run=run_dir, eval_dir=eval_dir, output_dir=output_dir, batch_size=batch_size, device=device,
-                 num_workers=num_workers, amp=amp, gallery=gallery)
+                 num_workers=num_workers, amp=amp, gallery=gallery, labels=labels, threshold=threshold)
     result = run(lambda: evaluate_run(build_config(EvaluateConfig, flags, config)))
     report.print_evaluation(console, result)
 

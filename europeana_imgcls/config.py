@@ -164,6 +164,10 @@ class TrainConfig(RuntimeSettings):
     group_by_provider: bool = Field(False, description="Keep all records of one Europeana dataset (first segment "
                                     "of the ID) in one fold.")
     gradcam_images: int = Field(8, ge=0, description="Test images per split drawn with a Grad-CAM heatmap.")
+    mode: Mode = Field("single-label", description="single-label: class folders, softmax; multi-label: one folder "
+                       "plus a labels table, sigmoid per label with tuned thresholds.")
+    labels: Path | None = Field(None, description="Multi-label: table with file (or ID) and space-separated "
+                                "category; default DATA_DIR/labels.csv.")
 
 
 class EvaluateConfig(RuntimeSettings):
@@ -175,6 +179,10 @@ class EvaluateConfig(RuntimeSettings):
     eval_dir: Path = Field(description="Evaluation images in class folders.")
     output_dir: Path = Field(Path("evaluation"), description="Where metrics, tables and figures go.")
     gallery: int = Field(16, ge=0, description="Most confident mistakes shown in misclassified.png.")
+    labels: Path | None = Field(None, description="Multi-label runs: the evaluation labels table; default "
+                                "EVAL_DIR/labels.csv.")
+    threshold: float | None = Field(None, ge=0, le=1, description="Multi-label: one decision threshold for every "
+                                    "label instead of the tuned ones.")
 
 
 class PredictConfig(ApiSettings, RuntimeSettings):
@@ -186,7 +194,9 @@ class PredictConfig(ApiSettings, RuntimeSettings):
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
     output: Path = Field(Path("predictions.csv"), description="Predictions table, .csv or .jsonl.")
     top_k: int = Field(5, ge=1, description="Classes listed per image (and most heatmaps drawn).")
-    threshold: float = Field(0.3, ge=0, le=1, description="Draw a heatmap for each class at least this probable.")
+    threshold: float | None = Field(None, ge=0, le=1, description="Multi-label: one decision threshold instead of "
+                                    "the tuned per-label ones. Single-label: draw a heatmap for each class at "
+                                    "least this probable (default 0.3).")
     gradcam_dir: Path | None = Field(None, description="Write a Grad-CAM figure per image here.")
     cam_method: CamMethod = Field("gradcam", description="Heatmap method of the grad-cam package.")
     split: str = Field("best", pattern=r"^(best|all|\d+)$",

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ class ImageSet:
         return len(self.paths)
 
     def counts(self) -> dict[str, int]:
+        if self.labels.ndim == 2:  # multi-label: images carrying each label
+            return {name: int(n) for name, n in zip(self.classes, self.labels.sum(axis=0), strict=True)}
         counted = Counter(self.labels.tolist())
         return {name: counted.get(i, 0) for i, name in enumerate(self.classes)}
 
@@ -107,8 +110,8 @@ def provider_of(path: Path) -> str:
 def sample(images: ImageSet, fraction: float, seed: int) -> ImageSet:
     if fraction >= 1.0:
         return images
-    keep, _ = train_test_split(np.arange(len(images)), train_size=fraction, stratify=images.labels,
-                               random_state=seed)
+    stratify = images.labels if images.labels.ndim == 1 else None  # multi-label: a plain random fraction
+    keep, _ = train_test_split(np.arange(len(images)), train_size=fraction, stratify=stratify, random_state=seed)
     return images.subset(np.sort(keep))
 
 
@@ -174,16 +177,19 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any, int]:
+        label = self.images.labels[index]
+        target = torch.from_numpy(np.asarray(label, dtype=np.float32)) if label.ndim else int(label)
         try:
             tensor = to_tensor(load_image(self.images.paths[index], self.size), self.mean, self.std)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return torch.zeros(3, self.size, self.size), UNREADABLE, index
+            return (torch.zeros(3, self.size, self.size),
+                    torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE, index)
         if self.hflip and torch.rand(()) < self.hflip:
             tensor = tensor.flip(2)
         if self.vflip and torch.rand(()) < self.vflip:
             tensor = tensor.flip(1)
-        return tensor, int(self.images.labels[index]), index
+        return tensor, target, index
 
 
 def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, shuffle: bool, num_workers: int,

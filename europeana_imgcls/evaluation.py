@@ -8,7 +8,8 @@ to every model.
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from .data import UNREADABLE, ImageDataset, make_loader, scan_class_folders
 from .errors import DatasetError
 from .inference import RunModel, load_run, probabilities
 from .metrics import classification_metrics, confusion, mean_std
+from .multilabel import ML_METRICS, multilabel_metrics, scan_labelled_folder
 from .runtime import autocast_dtype, default_workers, resolve_device
-from .tables import write_json
+from .tables import read_table, write_json
 
 
 @dataclass
@@ -40,6 +42,8 @@ class EvaluateReport:
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     device = resolve_device(config.device)
     models = load_run(config.run, device, "all")
+    if models[0].multilabel:
+        return _evaluate_multilabel(config, models, device)
     classes = models[0].classes
     images = scan_class_folders(config.eval_dir, classes)
     unknown = _unknown_folders(config.eval_dir, classes)
@@ -73,6 +77,74 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     return report
 
 
+def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device: Any) -> EvaluateReport:
+    """Multi-label runs: EVAL_DIR is one folder with a labels table; each split uses its tuned thresholds."""
+    classes = models[0].classes
+    images = scan_labelled_folder(config.eval_dir, config.labels, classes)
+    table = read_table(config.labels or config.eval_dir / "labels.csv", required=("category",))
+    seen = Counter(label for cell in table["category"].drop_nulls() for label in cell.split())
+    unknown = {label: n for label, n in seen.items() if label not in classes}
+    if not images.paths:
+        raise DatasetError(f"{config.eval_dir}: no readable images labelled with the model's labels "
+                           f"({', '.join(classes)})")
+    probs, unreadable = _score(models, images, config, device)
+    readable = np.ones(len(images), dtype=bool)
+    readable[unreadable] = False
+    truth = images.labels[readable].astype(int)
+    probs = {k: p[readable] for k, p in probs.items()}
+    thresholds = {m.split: m.thresholds(config.threshold) for m in models}
+    per_split = {k: multilabel_metrics(truth, p, thresholds[k]) for k, p in probs.items()}
+    summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in ML_METRICS}
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    support = truth.sum(axis=0)
+    report = EvaluateReport(out, classes, int(readable.sum()), list(probs), summary, unknown,
+                            [c for c, n in zip(classes, support, strict=True) if n == 0],
+                            [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable])
+    write_json(out / "metrics.json", summary)
+    write_json(out / "config.json", public_dict(config))
+    write_json(out / "report.json", {"classes": classes, "images": report.images, "splits": report.splits,
+                                     "thresholds": {k: v.tolist() for k, v in thresholds.items()},
+                                     "unknown_classes": unknown, "missing_classes": report.missing_classes,
+                                     "unreadable": report.unreadable})
+    paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
+    _write_per_label(out / "per_label.csv", truth, probs, thresholds, classes)
+    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "truth", "prediction", "probabilities", "split"])
+        for split, p in probs.items():
+            for image, t, row in zip(paths, truth, p, strict=True):
+                writer.writerow([image, " ".join(c for c, v in zip(classes, t, strict=True) if v),
+                                 " ".join(c for c, v, cut in zip(classes, row, thresholds[split], strict=True)
+                                          if v >= cut),
+                                 json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
+                                 split])
+    return report
+
+
+def _write_per_label(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray], thresholds: dict[str, np.ndarray],
+                     classes: list[str]) -> None:
+    """Per label: support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over splits."""
+    scores, counts = [], np.zeros((3, len(classes)), dtype=int)
+    for split, p in probs.items():
+        predicted = (p >= thresholds[split]).astype(int)
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average=None, zero_division=0)
+        scores.append((precision, recall, f1))
+        counts += np.stack([(predicted & truth).sum(0), (predicted & (1 - truth)).sum(0),
+                            ((1 - predicted) & truth).sum(0)])
+    array = np.asarray(scores)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "support", "precision_mean", "precision_std", "recall_mean", "recall_std",
+                         "f1_mean", "f1_std", "true_positives", "false_positives", "false_negatives"])
+        for c, name in enumerate(classes):
+            row: list[Any] = [name, int(truth[:, c].sum())]
+            for m in range(3):
+                values = array[:, m, c]
+                row += [f"{values.mean():.6f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.6f}"]
+            writer.writerow([*row, *map(int, counts[:, c])])
+
+
 def _unknown_folders(root: Path, classes: list[str]) -> dict[str, int]:
     from .data import list_images
 
@@ -88,6 +160,7 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
         groups[item.preprocessing].append(item)
     dtype = autocast_dtype(device, config.amp)
     probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
+    labelled = images.labels.ndim == 2
     unreadable: set[int] = set()
     for (size, mean, std), members in groups.items():
         loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
@@ -97,7 +170,8 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
             out = probabilities(members, inputs, device, dtype)
             for item, p in zip(members, out, strict=True):
                 probs[item.split][index.numpy()] = p
-            unreadable.update(index[labels == UNREADABLE].tolist())
+            broken = labels[:, 0] < 0 if labelled else labels == UNREADABLE
+            unreadable.update(index[broken].tolist())
     return probs, sorted(unreadable)
 
 

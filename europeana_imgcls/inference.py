@@ -27,6 +27,16 @@ class RunModel:
         return list(self.meta["class_names"])
 
     @property
+    def multilabel(self) -> bool:
+        return self.meta.get("mode") == "multi-label"
+
+    def thresholds(self, override: float | None = None) -> np.ndarray:
+        """Multi-label decision thresholds: ``override`` for every label, else those tuned in training."""
+        if override is not None:
+            return np.full(len(self.classes), override)
+        return np.asarray(self.meta.get("thresholds") or [0.5] * len(self.classes))
+
+    @property
     def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
         return int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
 
@@ -55,9 +65,9 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
         states = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
         if not states:
             raise ModelError(f"{run}: no split {which}")
-    classes = {tuple(state["class_names"]) for _, state in states}
+    classes = {(tuple(state["class_names"]), state.get("mode", "single-label")) for _, state in states}
     if len(classes) > 1:
-        raise ModelError(f"{run}: its splits were trained on different classes")
+        raise ModelError(f"{run}: its splits were trained on different classes or modes")
     models = []
     for name, state in states:
         model = model_from_checkpoint(state).to(device)
@@ -71,7 +81,8 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
 @torch.inference_mode()
 def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
                   dtype: torch.dtype | None) -> np.ndarray:
-    """Softmax probabilities of every model on one batch: models x batch x classes."""
+    """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
+    models x batch x classes."""
     inputs = inputs.to(device, non_blocking=True)
     if device.type == "cuda":
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -79,5 +90,6 @@ def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.de
     for item in models:
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = item.model(inputs)
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        logits = logits.float()
+        out.append((torch.sigmoid(logits) if item.multilabel else torch.softmax(logits, dim=1)).cpu().numpy())
     return np.stack(out)

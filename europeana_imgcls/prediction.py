@@ -31,6 +31,7 @@ from .search_api import SearchClient, record_uri
 from .tables import check_table_suffix, read_table
 
 COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
+ML_COLUMNS = ["image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,12 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist) -> Predic
     report = PredictReport(config.output, splits=[m.split for m in models])
     items, report.not_fetched = _gather(config, world)
     part = _part_path(config.output, world)
-    done = _previous(config, part, world)
+    columns = ML_COLUMNS if models[0].multilabel else COLUMNS
+    done = _previous(config, part, world, columns)
     report.already_done = sum(1 for item in items if item.key in done)
     mine = [item for item in items[world.rank::world.world] if item.key not in done]
     with part.open("a", newline="", encoding="utf-8") as handle:
-        writer = _Writer(handle, config.output.suffix.lower())
+        writer = _Writer(handle, config.output.suffix.lower(), columns)
         for batch in _batches(mine, config.batch_size * 8):
             _label(batch, models, config, device, writer, report)
     if world.active:
@@ -88,7 +90,7 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist) -> Predic
         dist.all_gather_object(box, counts)
         report.predicted = sum(c[0] for c in box)
     if world.main:
-        _merge(config.output, world)
+        _merge(config.output, world, columns)
     return report
 
 
@@ -102,6 +104,9 @@ def _label(items: list[Item], models: list[RunModel], config: PredictConfig, dev
                          pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device, config.amp)
     k = min(config.top_k, len(classes))
+    multi = models[0].multilabel
+    # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
+    thresholds = np.mean([m.thresholds(config.threshold) for m in models], axis=0) if multi else None
     for inputs, labels, index in loader:
         # An ensemble averages the probabilities of its split models.
         probs = probabilities(models, inputs, device, dtype).mean(axis=0)
@@ -112,19 +117,23 @@ def _label(items: list[Item], models: list[RunModel], config: PredictConfig, dev
                 report.unreadable.append(item.image)
                 continue
             order = np.argsort(-row)[:k]
-            writer.write({"image": item.image, "prediction": classes[order[0]], "confidence": float(row[order[0]]),
-                          "top_k": [[classes[c], round(float(row[c]), 6)] for c in order],
-                          "ID": item.id, "URI": item.uri})
+            result = {"image": item.image, "prediction": classes[order[0]], "confidence": float(row[order[0]]),
+                      "top_k": [[classes[c], round(float(row[c]), 6)] for c in order], "ID": item.id, "URI": item.uri}
+            if multi:
+                result["labels"] = [c for c, p, t in zip(classes, row, thresholds, strict=True) if p >= t]
+                result["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)}
+            writer.write(result)
             report.predicted += 1
         writer.flush()
         if config.gradcam_dir is not None:
             report.heatmaps += _explain(models[0], inputs[ok], probs[ok], [items[i] for i in index[ok].tolist()],
-                                        config, device)
+                                        config, device, thresholds)
 
 
 def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: list[Item], config: PredictConfig,
-             device: torch.device) -> int:
-    """One figure per image: the image, then a heatmap per class at least ``threshold`` probable."""
+             device: torch.device, thresholds: np.ndarray | None) -> int:
+    """One figure per image: the image, then a heatmap per class at least ``threshold`` probable
+    (multi-label: per predicted label), at most ``top_k``, at least the most probable class."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +148,9 @@ def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: li
     net = model.model.float()
     written = 0
     for tensor, row, item in zip(inputs, probs, items, strict=True):
-        order = [int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= config.threshold] or [int(row.argmax())]
+        cuts = thresholds if thresholds is not None else np.full(len(row), 0.3 if config.threshold is None
+                                                                 else config.threshold)
+        order = [int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= cuts[c]] or [int(row.argmax())]
         maps = heatmaps(net, layer, tensor.unsqueeze(0).repeat(len(order), 1, 1, 1).to(device), order,
                         config.cam_method)
         picture = load_image(item.path, size)  # type: ignore[arg-type]
@@ -255,18 +266,20 @@ def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
 
 
 class _Writer:
-    def __init__(self, handle: Any, suffix: str) -> None:
-        self.handle, self.suffix = handle, suffix
+    def __init__(self, handle: Any, suffix: str, columns: list[str]) -> None:
+        self.handle, self.suffix, self.columns = handle, suffix, columns
         self.csv = csv.writer(handle) if suffix == ".csv" else None
         if self.csv is not None and handle.tell() == 0:
-            self.csv.writerow(COLUMNS)
+            self.csv.writerow(columns)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.csv is not None:
-            self.csv.writerow([row["image"], row["prediction"], f"{row['confidence']:.6f}", json.dumps(row["top_k"]),
-                               row["ID"] or "", row["URI"] or ""])
-        else:
-            self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if self.csv is None:
+            self.handle.write(json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
+            return
+        cells = {"confidence": f"{row['confidence']:.6f}", "top_k": json.dumps(row["top_k"]),
+                 "labels": " ".join(row.get("labels", [])), "probabilities": json.dumps(row.get("probabilities")),
+                 "ID": row["ID"] or "", "URI": row["URI"] or ""}
+        self.csv.writerow([cells.get(c, row.get(c)) for c in self.columns])
 
     def flush(self) -> None:
         self.handle.flush()
@@ -277,7 +290,7 @@ def _part_path(output: Path, world: Dist) -> Path:
     return output.with_name(f"{output.name}{suffix}.partial")
 
 
-def _previous(config: PredictConfig, part: Path, world: Dist) -> set[str]:
+def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]) -> set[str]:
     """Keys already predicted (resume), after cleaning a line cut short by a kill."""
     output = config.output
     if not config.resume:
@@ -295,20 +308,20 @@ def _previous(config: PredictConfig, part: Path, world: Dist) -> set[str]:
         dist.barrier()
     done: set[str] = set()
     for path in sorted(output.parent.glob(f"{output.name}*.partial")):
-        rows = _read_rows(path, output.suffix.lower())
+        rows = _read_rows(path, output.suffix.lower(), columns)
         done.update(r.get("ID") or r["image"] for r in rows)
         if path == part:
-            _rewrite(path, rows, output.suffix.lower())
+            _rewrite(path, rows, output.suffix.lower(), columns)
     return done
 
 
-def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
+def _read_rows(path: Path, suffix: str, columns: list[str]) -> list[dict[str, Any]]:
     rows = []
     with path.open(newline="", encoding="utf-8") as handle:
         if suffix == ".csv":
             for row in csv.reader(handle):
-                if len(row) == len(COLUMNS) and row != COLUMNS:
-                    rows.append(dict(zip(COLUMNS, row, strict=True)))
+                if len(row) == len(columns) and row != columns:
+                    rows.append(dict(zip(columns, row, strict=True)))
         else:
             for line in handle:
                 try:
@@ -318,26 +331,26 @@ def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str) -> None:
+def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str, columns: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         if suffix == ".csv":
             writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows([r[c] for c in COLUMNS] for r in rows)
+            writer.writerow(columns)
+            writer.writerows([r[c] for c in columns] for r in rows)
         else:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     os.replace(tmp, path)
 
 
-def _merge(output: Path, world: Dist) -> None:
+def _merge(output: Path, world: Dist, columns: list[str]) -> None:
     parts = sorted(output.parent.glob(f"{output.name}*.partial"))
     if len(parts) == 1 and not world.active:
         os.replace(parts[0], output)
         return
     suffix = output.suffix.lower()
-    rows = [r for p in parts for r in _read_rows(p, suffix)]
-    _rewrite(parts[0], rows, suffix)
+    rows = [r for p in parts for r in _read_rows(p, suffix, columns)]
+    _rewrite(parts[0], rows, suffix, columns)
     os.replace(parts[0], output)
     for p in parts[1:]:
         p.unlink(missing_ok=True)

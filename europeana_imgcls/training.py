@@ -42,6 +42,15 @@ from .errors import DatasetError
 from .explain import heatmaps, overlay, side_by_side
 from .metrics import classification_metrics, mean_std
 from .models import build_model, get_arch, safe_load
+from .multilabel import (
+    MaskedBCEWithLogits,
+    check_multilabel_trainable,
+    iterative_folds,
+    multilabel_metrics,
+    positive_weights,
+    scan_labelled_folder,
+    tune_thresholds,
+)
 from .runtime import (
     Dist,
     autocast_dtype,
@@ -55,6 +64,10 @@ from .tables import write_json
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
                    "learning_rate", "seconds", "images_per_second"]
+ML_HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "exact_match", "micro_f1", "macro_f1",
+                      "mean_average_precision", "learning_rate", "seconds", "images_per_second"]
+SHOWN = {"single-label": ("accuracy", "precision", "recall", "f1"),
+         "multi-label": ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")}
 console = Console(stderr=True)
 
 
@@ -108,7 +121,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     for inputs, targets, _ in loader:
-        batch = int((targets != UNREADABLE).sum())
+        batch = int(readable_rows(targets).sum())
         inputs, targets = _to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
@@ -132,7 +145,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
              device: torch.device, dtype: torch.dtype | None = None) -> Evaluation:
-    """Loss (summed as the criterion weighs it), truths and softmax probabilities of a whole loader."""
+    """Loss, truths and probabilities (softmax; sigmoid for multi-label targets) of a whole loader."""
     model.eval()
     total_loss, seen = 0.0, 0
     truths, probs, indices = [], [], []
@@ -141,16 +154,22 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
         logits = logits.float()
-        counted = int((targets != UNREADABLE).sum())
+        counted = int(readable_rows(targets).sum())
         if criterion is not None and counted:
             total_loss += criterion(logits, targets).item() * counted
         seen += counted
         truths.append(targets.cpu())
-        probs.append(torch.softmax(logits, dim=1).cpu())
+        multilabel = targets.ndim == 2
+        probs.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu())
         indices.append(index)
     truth, prob, index = torch.cat(truths).numpy(), torch.cat(probs).numpy(), torch.cat(indices).numpy()
-    readable = truth != UNREADABLE
+    readable = truth[:, 0] >= 0 if truth.ndim == 2 else truth != UNREADABLE
     return Evaluation(total_loss / max(seen, 1), truth[readable], prob[readable], index[readable])
+
+
+def readable_rows(targets: torch.Tensor) -> torch.Tensor:
+    """Rows of a batch whose image could be decoded (single-label: label >= 0; multi-label: row >= 0)."""
+    return targets[:, 0] >= 0 if targets.ndim == 2 else targets != UNREADABLE
 
 
 def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -183,15 +202,18 @@ def train(config: TrainConfig) -> TrainReport:
 
 
 def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
-    images = scan_class_folders(config.data_dir)
-    check_trainable(images, config.data_dir, config.folds)
+    multi = config.mode == "multi-label"
+    images = scan_labelled_folder(config.data_dir, config.labels) if multi else scan_class_folders(config.data_dir)
+    check = check_multilabel_trainable if multi else check_trainable
+    check(images, config.data_dir, config.folds)
     images = sample(images, config.sample, config.seed)
-    check_trainable(images, config.data_dir, config.folds)
+    check(images, config.data_dir, config.folds)
     out = config.output_dir
     if world.main:
         _check_run_folder(out, config.resume)
-    splits = make_splits(images.labels, config.folds, config.seed,
-                         images.groups() if config.group_by_provider else None)
+    groups = images.groups() if config.group_by_provider else None
+    splits = (make_multilabel_splits(images.labels, config.folds, config.seed, groups) if multi
+              else make_splits(images.labels, config.folds, config.seed, groups))
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -206,6 +228,19 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         write_json(out / "summary.json", {"classes": images.classes, "counts": report.counts,
                                           "splits": len(report.splits), "metrics": report.summary})
     return report
+
+
+def make_multilabel_splits(targets: np.ndarray, folds: int, seed: int, groups: list[str] | None = None
+                           ) -> list[Split]:
+    """As ``make_splits``, with iterative stratification so every part keeps each label's frequency."""
+    outer = iterative_folds(targets, folds, seed, groups)
+    splits = []
+    for i, test in enumerate(outer):
+        rest = np.sort(np.concatenate([f for j, f in enumerate(outer) if j != i]))
+        inner = iterative_folds(targets[rest], folds - 1, seed + i, [groups[r] for r in rest] if groups else None)
+        val = rest[inner[0]]
+        splits.append(Split(np.setdiff1d(rest, val), np.sort(val), test))
+    return splits
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
@@ -241,13 +276,19 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
             console.print(f"split {index}: resuming after epoch {state.epoch}")
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
-    weights = class_weights(images.labels[split.train], n_classes).to(device) if config.weighted_loss else None
-    criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNREADABLE)
+    multi = config.mode == "multi-label"
+    if multi:
+        # Class weights as positive weights: negatives / positives of each label in the training part.
+        pos_weight = positive_weights(images.labels[split.train]).to(device) if config.weighted_loss else None
+        criterion: nn.Module = MaskedBCEWithLogits(pos_weight)
+    else:
+        weights = class_weights(images.labels[split.train], n_classes).to(device) if config.weighted_loss else None
+        criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNREADABLE)
     dtype = autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index)
     meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
-                std=list(arch.std), mode="single-label", config=public_dict(config), split=index)
+                std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
 
     with _progress(config.quiet or not world.main) as progress:
         for epoch in range(state.epoch, config.epochs):
@@ -268,9 +309,9 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
             progress.remove_task(task)
             val = evaluate(model, loaders["val"], criterion, device, dtype)
             val_loss = _agreed(val.loss, device, world)  # every rank must take the same early-stopping turn
-            scores = classification_metrics(val.truth, val.probs)
+            scores = multilabel_metrics(val.truth, val.probs) if multi else classification_metrics(val.truth, val.probs)
             row = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss, **{
-                k: scores[k] for k in ("accuracy", "precision", "recall", "f1")},
+                k: scores[k] for k in SHOWN[config.mode]},
                 "learning_rate": optimizer.param_groups[0]["lr"], "seconds": stats.seconds,
                 "images_per_second": stats.images_per_second * world.world}
             state.history.append(row)
@@ -284,12 +325,14 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
                 if improved:
                     save_checkpoint(split_dir / "model.pt", model, epoch=epoch + 1, best_val_loss=val_loss, **meta)
                 state.save(split_dir / "last.pt", model, optimizer)
-                _write_history(split_dir / "history.csv", state.history)
+                _write_history(split_dir / "history.csv", state.history,
+                               ML_HISTORY_COLUMNS if multi else HISTORY_COLUMNS)
                 if not config.quiet:
+                    shown = ", ".join(f"{k.replace('_', ' ')} {scores[k]:.3f}" for k in SHOWN[config.mode][::3])
                     console.print(
                         f"split {index} epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, val loss "
-                        f"{val_loss:.4f}, accuracy {scores['accuracy']:.3f}, macro-F1 {scores['f1']:.3f}, "
-                        f"{row['images_per_second']:.0f} images/s" + (" *" if improved else ""))
+                        f"{val_loss:.4f}, {shown}, {row['images_per_second']:.0f} images/s"
+                        + (" *" if improved else ""))
             if state.bad_epochs >= config.patience:
                 if world.main and not config.quiet:
                     console.print(f"split {index}: early stop, no better validation loss for {config.patience} epochs")
@@ -297,7 +340,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
 
     result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
     if world.main:
-        result.metrics = _finish_split(config, images, split, split_dir, loaders["test"], device, dtype, state)
+        result.metrics = _finish_split(config, images, split, split_dir, loaders, device, dtype, state)
     if world.active:
         dist.barrier()
         result.metrics = _broadcast(result.metrics)
@@ -355,22 +398,35 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
 
 
 def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir: Path,
-                  test_loader: torch.utils.data.DataLoader, device: torch.device, dtype: torch.dtype | None,
+                  loaders: dict[str, torch.utils.data.DataLoader], device: torch.device, dtype: torch.dtype | None,
                   state: _SplitState) -> dict[str, float]:
-    """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps."""
+    """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
+
+    Multi-label: per-label thresholds are first tuned on the validation part and stored in the checkpoint.
+    """
     best = load_checkpoint(split_dir / "model.pt")
     model = build_model(config.arch, len(images.classes), "none")
     model.load_state_dict(best["model_state"])
     model.to(device)
-    test = evaluate(model, test_loader, None, device, dtype)
-    scores = classification_metrics(test.truth, test.probs)
+    test = evaluate(model, loaders["test"], None, device, dtype)
     test_images = images.subset(split.test)
-    with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "truth", "prediction", "confidence"])
-        for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
-            writer.writerow([str(test_images.paths[i]), images.classes[truth], images.classes[int(prob.argmax())],
-                             f"{prob.max():.6f}"])
+    if config.mode == "multi-label":
+        val = evaluate(model, loaders["val"], None, device, dtype)
+        thresholds = tune_thresholds(val.truth, val.probs)
+        save_checkpoint(split_dir / "model.pt", model, **{k: v for k, v in best.items()
+                                                          if k not in ("model_state", "format")},
+                        thresholds=[float(t) for t in thresholds])
+        scores = multilabel_metrics(test.truth, test.probs, thresholds)
+        _write_multilabel_predictions(split_dir / "test_predictions.csv", test, test_images, images.classes,
+                                      thresholds)
+    else:
+        scores = classification_metrics(test.truth, test.probs)
+        with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "truth", "prediction", "confidence"])
+            for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
+                writer.writerow([str(test_images.paths[i]), images.classes[truth],
+                                 images.classes[int(prob.argmax())], f"{prob.max():.6f}"])
     write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
                                              "train_images": len(split.train), "val_images": len(split.val),
                                              "epochs_run": state.epoch, "best_epoch": state.best_epoch,
@@ -380,6 +436,17 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
         _gradcam(model, config, test_images, test, images.classes, split_dir / "gradcam", device)
     (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
     return scores
+
+
+def _write_multilabel_predictions(path: Path, test: Evaluation, test_images: ImageSet, classes: list[str],
+                                  thresholds: np.ndarray) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "truth", "prediction", "probabilities"])
+        for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
+            writer.writerow([str(test_images.paths[i]), " ".join(c for c, t in zip(classes, truth, strict=True) if t),
+                             " ".join(c for c, p, t in zip(classes, prob, thresholds, strict=True) if p >= t),
+                             json.dumps({c: round(float(p), 6) for c, p in zip(classes, prob, strict=True)})])
 
 
 def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],
@@ -398,7 +465,9 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
     predicted = [int(test.probs[k].argmax()) for k in order]
     maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
     for n, (k, picture, heat) in enumerate(zip(order, pictures, maps, strict=True)):
-        truth, pred = classes[test.truth[k]], classes[predicted[n]]
+        truth = ("+".join(c for c, t in zip(classes, test.truth[k], strict=True) if t) or "none"
+                 if test.truth.ndim == 2 else classes[test.truth[k]])
+        pred = classes[predicted[n]]
         name = f"{n:03d}_true-{truth}_pred-{pred}_{test.probs[k].max():.2f}.jpg"
         side_by_side(picture, overlay(picture, heat)).save(folder / name, quality=90)
 
@@ -417,10 +486,10 @@ def _broadcast(metrics: dict[str, float]) -> dict[str, float]:
     return box[0]
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+def _write_history(path: Path, history: list[dict[str, float]], columns: list[str]) -> None:
     tmp = path.with_name(f".{path.name}.part")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
     tmp.replace(path)
@@ -438,8 +507,10 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     left.plot(epochs, [r["val_loss"] for r in history], label="validation")
     left.set(title="loss", xlabel="epoch")
     left.legend()
-    right.plot(epochs, [r["accuracy"] for r in history], label="accuracy")
-    right.plot(epochs, [r["f1"] for r in history], label="macro F1")
+    for key, label in (("accuracy", "accuracy"), ("f1", "macro F1"), ("micro_f1", "micro F1"),
+                       ("macro_f1", "macro F1"), ("mean_average_precision", "mAP")):
+        if key in history[0]:
+            right.plot(epochs, [r[key] for r in history], label=label)
     right.set(title="validation", xlabel="epoch", ylim=(0, 1))
     right.legend()
     figure.tight_layout()
