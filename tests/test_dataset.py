@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import polars as pl
@@ -47,6 +48,7 @@ def test_subtract_strips_spaces_and_ignores_blank_columns(tmp_path: Path) -> Non
                                      output=tmp_path / "o.parquet"))
     assert pl.read_parquet(tmp_path / "o.parquet").to_dicts() == [{"category": "map", "ID": "/1/b", "URL": "u2"}]
     assert (report.kept, report.removed) == (1, 2)
+    assert json.loads((tmp_path / "o.config.json").read_text())["train"] == str(tmp_path / "t.csv")
 
 
 def test_unreadable_tables_are_one_clear_error(tmp_path: Path) -> None:

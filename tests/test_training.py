@@ -250,3 +250,25 @@ def test_weights_files_load_safely(folders: Path, tmp_path: Path) -> None:
     torch.save(build_model("mobilenet_v3_small", 3, "none").state_dict(), other)
     with pytest.raises(ModelError, match="does not fit --arch resnet18"):
         build_model("resnet18", 3, str(other))
+
+
+def test_gradcam_hooks_are_released(run) -> None:
+    from europeana_imgcls.explain import heatmaps
+    from europeana_imgcls.models import get_arch
+
+    out, _ = run
+    model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
+    layer = get_arch("resnet18").cam_layer(model)
+    for _ in range(3):
+        maps = heatmaps(model, layer, torch.randn(2, 3, 32, 32), [0, 1])
+        assert maps.shape == (2, 32, 32)
+    for module in model.modules():
+        assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
+
+
+def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> None:
+    report = train(config(folders, tmp_path / "run", sample=0.5, epochs=1, crossvalidation=False,
+                          gradcam_images=0))
+    metrics = json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())
+    assert metrics["train_images"] + metrics["val_images"] + metrics["test_images"] == 18
+    assert report.counts == {"map": 6, "painting": 6, "specimen": 6}
