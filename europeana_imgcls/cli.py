@@ -207,6 +207,7 @@ def train(
     gradcam_images: Annotated[int | None, opt(TrainConfig, "gradcam_images", "--gradcam-images")] = None,
     mode: Annotated[str | None, opt(TrainConfig, "mode", "--mode")] = None,
     labels: Annotated[Path | None, opt(TrainConfig, "labels", "--labels")] = None,
+    cache_mb: Annotated[int | None, opt(TrainConfig, "cache_mb", "--cache-mb")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -218,7 +219,7 @@ def train(
                  folds=folds, crossvalidation=crossvalidation, weighted_loss=weighted_loss, sample=sample,
                  hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
                  resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, mode=mode,
-                 labels=labels, quiet=quiet)
+                 labels=labels, cache_mb=cache_mb, quiet=quiet)
     result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
     if result.summary and os.environ.get("RANK", "0") == "0":
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)

@@ -155,11 +155,33 @@ def load_image(path: Path, size: int) -> Image.Image:
 
 
 def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+    return normalise(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), mean, std)
+
+
+def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """H x W x 3 uint8 to a normalised 3 x H x W float tensor."""
+    array = pixels.permute(2, 0, 1).float().div_(255)
     return (array - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 UNREADABLE = -1  # the label of an image that passed the header check but cannot be decoded
+
+
+class DecodedCache:
+    """Resized images kept in shared memory after their first decode: later epochs skip JPEG decoding.
+
+    The buffers are shared with DataLoader workers, so each image is decoded once per run, not once per
+    epoch and worker. Use ``for_images`` to respect a memory budget.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self.pixels = torch.empty((count, size, size, 3), dtype=torch.uint8).share_memory_()
+        self.filled = torch.zeros(count, dtype=torch.bool).share_memory_()
+
+    @classmethod
+    def for_images(cls, count: int, size: int, budget_mb: int) -> DecodedCache | None:
+        needed = count * size * size * 3
+        return cls(count, size) if needed and needed <= budget_mb * 2**20 else None
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -170,9 +192,9 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: ImageSet, size: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: float = 0.0, vflip: float = 0.0) -> None:
+                 hflip: float = 0.0, vflip: float = 0.0, cache: DecodedCache | None = None) -> None:
         self.images, self.size, self.mean, self.std = images, size, tuple(mean), tuple(std)
-        self.hflip, self.vflip = hflip, vflip
+        self.hflip, self.vflip, self.cache = hflip, vflip, cache
 
     def __len__(self) -> int:
         return len(self.images)
@@ -181,7 +203,7 @@ class ImageDataset(torch.utils.data.Dataset):
         label = self.images.labels[index]
         target = torch.from_numpy(np.asarray(label, dtype=np.float32)) if label.ndim else int(label)
         try:
-            tensor = to_tensor(load_image(self.images.paths[index], self.size), self.mean, self.std)
+            tensor = normalise(self._pixels(index), self.mean, self.std)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return (torch.zeros(3, self.size, self.size),
                     torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE, index)
@@ -190,6 +212,16 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.vflip and torch.rand(()) < self.vflip:
             tensor = tensor.flip(1)
         return tensor, target, index
+
+    def _pixels(self, index: int) -> torch.Tensor:
+        """H x W x 3 uint8, from the cache when an earlier epoch decoded it."""
+        if self.cache is not None and self.cache.filled[index]:
+            return self.cache.pixels[index]
+        pixels = torch.from_numpy(np.asarray(load_image(self.images.paths[index], self.size), dtype=np.uint8).copy())
+        if self.cache is not None:
+            self.cache.pixels[index] = pixels
+            self.cache.filled[index] = True
+        return pixels
 
 
 def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, shuffle: bool, num_workers: int,

@@ -29,6 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, public_dict
 from .data import (
     UNREADABLE,
+    DecodedCache,
     ImageDataset,
     ImageSet,
     Split,
@@ -382,7 +383,13 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
     workers = default_workers(device, config.num_workers)
     pin = device.type == "cuda"
     seed = config.seed + 1000 * index
-    train_set = ImageDataset(images.subset(split.train), config.input_size, mean, std, config.hflip, config.vflip)
+    size = config.input_size
+
+    def cache(part: np.ndarray) -> DecodedCache | None:
+        return DecodedCache.for_images(len(part), size, config.cache_mb)
+
+    train_set = ImageDataset(images.subset(split.train), size, mean, std, config.hflip, config.vflip,
+                             cache(split.train))
     sampler = (torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
                if world.active else None)
     common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
@@ -390,8 +397,8 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
         # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
         "train": make_loader(train_set, shuffle=True, sampler=sampler,
                              drop_last=len(train_set) > config.batch_size * world.world, **common),
-        "val": make_loader(ImageDataset(images.subset(split.val), config.input_size, mean, std), shuffle=False,
-                           **common),
+        "val": make_loader(ImageDataset(images.subset(split.val), size, mean, std, cache=cache(split.val)),
+                           shuffle=False, **common),
         "test": make_loader(ImageDataset(images.subset(split.test), config.input_size, mean, std), shuffle=False,
                             **common),
     }
