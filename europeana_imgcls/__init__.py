@@ -18,13 +18,15 @@ from .dataset import stats, subtract
 from .download import download
 from .errors import ApiError, ConfigError, DatasetError, DownloadError, EicError, ModelError
 from .harvest import harvest
-from .sandbox import Sandbox
 from .search_api import SearchClient
 
 __version__ = "0.1.0"
 
-# Stages that need torch load it on first use, so `eic harvest` and friends start fast.
+# Stages that need torch (and the sandbox, which needs numpy) load on first use, so the light commands
+# start fast. Modules named like their function (harvest, download) stay eager: importing such a module
+# later would replace the function on the package.
 _LAZY = {
+    "Sandbox": ("sandbox", "Sandbox"),
     "train": ("training", "train"),
     "evaluate": ("evaluation", "evaluate_run"),
     "predict": ("prediction", "predict"),
