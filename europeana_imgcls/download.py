@@ -63,7 +63,6 @@ class DownloadReport:
     failed: int = 0
     known_failures: int = 0
     seconds: float = 0.0
-    bytes_fetched: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -106,7 +105,7 @@ def download(config: DownloadConfig) -> DownloadReport:
             _run_loop(_run(config, failures, report, labels))
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
-        failures.close(report)
+        failures.close()
         if labels is not None:
             labels.close()
     return report
@@ -337,7 +336,7 @@ class FailureLog:
         self._writer.writerow([row[c] for c in FAILURE_COLUMNS])
         self._journal.flush()
 
-    def close(self, report: DownloadReport) -> None:
+    def close(self) -> None:
         self._journal.close()
         rows = {**self.kept, **self.new}
         with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
