@@ -119,7 +119,7 @@ def main() -> None:
     for name, images in sets.items():
         for n in workers:
             # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
-            cache = DecodedCache(len(images), args.input_size)
+            cache = DecodedCache(len(images), args.input_size, shared=n > 0)
             dataset = ImageDataset(images, args.input_size, IMAGENET_MEAN, IMAGENET_STD, hflip=0.5, cache=cache)
             loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=n, seed=0,
                                  pin_memory=device.type == "cuda")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -45,6 +46,14 @@ class ImageSet:
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         return ImageSet([self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)], self.classes)
+
+
+def _shm_free() -> int:
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -174,14 +183,23 @@ class DecodedCache:
     epoch and worker. Use ``for_images`` to respect a memory budget.
     """
 
-    def __init__(self, count: int, size: int) -> None:
-        self.pixels = torch.empty((count, size, size, 3), dtype=torch.uint8).share_memory_()
-        self.filled = torch.zeros(count, dtype=torch.bool).share_memory_()
+    def __init__(self, count: int, size: int, shared: bool = True) -> None:
+        self.pixels = torch.empty((count, size, size, 3), dtype=torch.uint8)
+        self.filled = torch.zeros(count, dtype=torch.bool)
+        if shared:  # loader workers are other processes: they must write where the trainer reads
+            self.pixels.share_memory_()
+            self.filled.share_memory_()
 
     @classmethod
-    def for_images(cls, count: int, size: int, budget_mb: int) -> DecodedCache | None:
+    def for_images(cls, count: int, size: int, budget_mb: int, workers: int = 0) -> DecodedCache | None:
+        """A cache when it fits the budget (and, shared with workers, the free space of /dev/shm)."""
         needed = count * size * size * 3
-        return cls(count, size) if needed and needed <= budget_mb * 2**20 else None
+        if not needed or needed > budget_mb * 2**20:
+            return None
+        if workers and _shm_free() < needed * 1.2:  # a full /dev/shm kills workers with SIGBUS
+            return None
+        return cls(count, size, shared=workers > 0)
+
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -386,7 +386,7 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
     size = config.input_size
 
     def cache(part: np.ndarray) -> DecodedCache | None:
-        return DecodedCache.for_images(len(part), size, config.cache_mb)
+        return DecodedCache.for_images(len(part), size, config.cache_mb, workers)
 
     train_set = ImageDataset(images.subset(split.train), size, mean, std, config.hflip, config.vflip,
                              cache(split.train))

@@ -272,3 +272,31 @@ def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> No
     metrics = json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())
     assert metrics["train_images"] + metrics["val_images"] + metrics["test_images"] == 18
     assert report.counts == {"map": 6, "painting": 6, "specimen": 6}
+
+
+def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
+    from europeana_imgcls.data import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        DecodedCache,
+        ImageDataset,
+        make_loader,
+        scan_class_folders,
+    )
+
+    images = scan_class_folders(folders)
+    cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
+    assert cache is not None and not cache.filled.any()
+    loader = make_loader(ImageDataset(images, 32, IMAGENET_MEAN, IMAGENET_STD, cache=cache), batch_size=8,
+                         shuffle=True, num_workers=1, seed=0, pin_memory=False)
+    first = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
+    assert cache.filled.all()  # written by the worker process, seen here
+    for path in images.paths:  # the second epoch must not need the files
+        path.rename(path.with_suffix(".moved"))
+    try:
+        second = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
+    finally:
+        for path in images.paths:
+            path.with_suffix(".moved").rename(path)
+    assert all(torch.equal(first[i], second[i]) for i in first)
+    assert DecodedCache.for_images(len(images), 32, budget_mb=0) is None
