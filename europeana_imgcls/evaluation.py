@@ -51,29 +51,17 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     if not images.paths:
         raise DatasetError(f"{config.eval_dir}: no readable images in folders named after the model's classes "
                            f"({', '.join(classes)})")
-    probs, unreadable = _score(models, images, config, device)
-    readable = np.ones(len(images), dtype=bool)
-    readable[unreadable] = False
-    truth = images.labels[readable]
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    per_split = {name: classification_metrics(truth, p[readable]) for name, p in probs.items()}
+    truth, probs, paths, broken = _score_readable(models, images, config, device)
+    per_split = {name: classification_metrics(truth, p) for name, p in probs.items()}
     summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in next(iter(per_split.values()))}
-    report = EvaluateReport(out, classes, int(readable.sum()), list(probs), summary, unknown,
-                            [c for c in classes if counts[c] == 0],
-                            [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable])
-    write_json(out / "metrics.json", summary)
-    write_json(out / "config.json", public_dict(config))
-    write_json(out / "report.json", {"classes": classes, "images": report.images, "splits": report.splits,
-                                     "unknown_classes": unknown, "missing_classes": report.missing_classes,
-                                     "unreadable": report.unreadable})
-    paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
-    _write_per_class(out / "per_class.csv", truth, {k: p[readable] for k, p in probs.items()}, classes)
-    matrix = sum(confusion(truth, p[readable].argmax(axis=1), len(classes)) for p in probs.values())
+    report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary, unknown,
+                            [c for c in classes if counts[c] == 0], broken)
+    out = _write_summary(config, report)
+    _write_per_class(out / "per_class.csv", truth, probs, classes)
+    matrix = sum(confusion(truth, p.argmax(axis=1), len(classes)) for p in probs.values())
     _write_confusion(out, matrix, classes)
-    _write_predictions(out / "predictions.csv", paths, truth, {k: p[readable] for k, p in probs.items()}, classes)
-    _gallery(out / "misclassified.png", paths, truth, {k: p[readable] for k, p in probs.items()}, classes,
-             config.gallery)
+    _write_predictions(out / "predictions.csv", paths, truth, probs, classes)
+    _gallery(out / "misclassified.png", paths, truth, probs, classes, config.gallery)
     return report
 
 
@@ -87,27 +75,14 @@ def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device:
     if not images.paths:
         raise DatasetError(f"{config.eval_dir}: no readable images labelled with the model's labels "
                            f"({', '.join(classes)})")
-    probs, unreadable = _score(models, images, config, device)
-    readable = np.ones(len(images), dtype=bool)
-    readable[unreadable] = False
-    truth = images.labels[readable].astype(int)
-    probs = {k: p[readable] for k, p in probs.items()}
+    truth, probs, paths, broken = _score_readable(models, images, config, device)
+    truth = truth.astype(int)
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}
     per_split = {k: multilabel_metrics(truth, p, thresholds[k]) for k, p in probs.items()}
     summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in ML_METRICS}
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    support = truth.sum(axis=0)
-    report = EvaluateReport(out, classes, int(readable.sum()), list(probs), summary, unknown,
-                            [c for c, n in zip(classes, support, strict=True) if n == 0],
-                            [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable])
-    write_json(out / "metrics.json", summary)
-    write_json(out / "config.json", public_dict(config))
-    write_json(out / "report.json", {"classes": classes, "images": report.images, "splits": report.splits,
-                                     "thresholds": {k: v.tolist() for k, v in thresholds.items()},
-                                     "unknown_classes": unknown, "missing_classes": report.missing_classes,
-                                     "unreadable": report.unreadable})
-    paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
+    report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary, unknown,
+                            [c for c, n in zip(classes, truth.sum(axis=0), strict=True) if n == 0], broken)
+    out = _write_summary(config, report, thresholds={k: v.tolist() for k, v in thresholds.items()})
     _write_per_label(out / "per_label.csv", truth, probs, thresholds, classes)
     with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -120,6 +95,29 @@ def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device:
                                  json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
                                  split])
     return report
+
+
+def _score_readable(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str]]:
+    """Truths, per-split probabilities and paths of the decodable images, and the list of the others."""
+    probs, unreadable = _score(models, images, config, device)
+    readable = np.ones(len(images), dtype=bool)
+    readable[unreadable] = False
+    paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
+    broken = [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable]
+    return images.labels[readable], {k: p[readable] for k, p in probs.items()}, paths, broken
+
+
+def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any) -> Path:
+    """metrics.json, config.json and report.json; returns the output folder."""
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", report.summary)
+    write_json(out / "config.json", public_dict(config))
+    write_json(out / "report.json", {"classes": report.classes, "images": report.images, "splits": report.splits,
+                                     **extra, "unknown_classes": report.unknown_classes,
+                                     "missing_classes": report.missing_classes, "unreadable": report.unreadable})
+    return out
 
 
 def _write_per_label(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray], thresholds: dict[str, np.ndarray],
