@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from .errors import ModelError
 from .models import build_model, safe_load
+from .tables import atomic_path
 
 FORMAT = "europeana-imgcls/checkpoint-v1"
 
@@ -18,9 +18,8 @@ FORMAT = "europeana-imgcls/checkpoint-v1"
 def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> None:
     """Weights plus ``meta`` (arch, class_names, input_size, mean, std, mode, config, epoch, ...)."""
     state = {"format": FORMAT, "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from .config import StatsConfig, SubtractConfig, public_dict
-from .tables import read_table, write_json, write_table
+from .tables import read_table, sidecar, write_json, write_table
 from .vocabulary import load_vocabulary
 
 
@@ -27,7 +27,7 @@ def subtract(config: SubtractConfig) -> SubtractReport:
     # A row without an ID cannot be in the evaluation table: it stays.
     kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
     write_table(kept, config.output)
-    write_json(config.output.with_name(f"{config.output.stem}.config.json"), public_dict(config))
+    write_json(sidecar(config.output, "config"), public_dict(config))
     return SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
 
 

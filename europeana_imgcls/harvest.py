@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .config import HarvestConfig, public_dict
 from .errors import DatasetError
 from .search_api import SearchClient, record_uri
-from .tables import check_table_suffix, read_table, write_json, write_table
+from .tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .vocabulary import load_vocabulary
 
 COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider",
@@ -221,11 +221,6 @@ def _to_frame(state: _State, vocab: dict[str, str]) -> pl.DataFrame:
             "data_provider": row.get("data_provider"), "reusability": row.get("reusability"),
         })
     return pl.DataFrame(records, schema={c: pl.Utf8 for c in COLUMNS})
-
-
-def sidecar(output: Path, kind: str) -> Path:
-    """``harvested.csv`` -> ``harvested.<kind>.json``."""
-    return output.with_name(f"{output.stem}.{kind}.json")
 
 
 def _first(value: Any) -> str | None:

@@ -28,7 +28,7 @@ from .inference import RunModel, load_run, probabilities
 from .models import get_arch
 from .runtime import Dist, autocast_dtype, close_distributed, default_workers, init_distributed, resolve_device
 from .search_api import SearchClient, record_uri
-from .tables import check_table_suffix, read_table
+from .tables import atomic_path, check_table_suffix, read_table
 
 COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
 ML_COLUMNS = ["image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI"]
@@ -332,15 +332,13 @@ def _read_rows(path: Path, suffix: str, columns: list[str]) -> list[dict[str, An
 
 
 def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str, columns: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         if suffix == ".csv":
             writer = csv.writer(handle)
             writer.writerow(columns)
             writer.writerows([r[c] for c in columns] for r in rows)
         else:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    os.replace(tmp, path)
 
 
 def _merge(output: Path, world: Dist, columns: list[str]) -> None:

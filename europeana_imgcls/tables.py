@@ -31,6 +31,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def sidecar(output: Path, kind: str) -> Path:
+    """Where a table's companion file goes: ``harvested.csv`` -> ``harvested.<kind>.json``."""
+    return output.with_name(f"{output.stem}.{kind}.json")
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

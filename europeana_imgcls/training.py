@@ -61,7 +61,7 @@ from .runtime import (
     resolve_device,
     seed_everything,
 )
-from .tables import write_json
+from .tables import atomic_path, write_json
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
                    "learning_rate", "seconds", "images_per_second"]
@@ -359,12 +359,11 @@ class _SplitState:
         self.history: list[dict[str, float]] = []
 
     def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        tmp = path.with_name(f".{path.name}.part")
-        torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                    "bad_epochs": self.bad_epochs, "history": self.history,
-                    "rng": torch.get_rng_state()}, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                        "bad_epochs": self.bad_epochs, "history": self.history,
+                        "rng": torch.get_rng_state()}, tmp)
 
     @classmethod
     def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _SplitState:
@@ -494,12 +493,10 @@ def _broadcast(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _write_history(path: Path, history: list[dict[str, float]], columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    tmp.replace(path)
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
