@@ -281,9 +281,7 @@ class Fetcher:
                         body += chunk
                         if len(body) > self.config.max_bytes:
                             return f"too many bytes (over {self.config.max_bytes})", None
-        except TimeoutError:
-            return "timeout", -1.0
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):  # our whole-attempt deadline, or httpx's own
             return "timeout", -1.0
         except httpx.TooManyRedirects:
             return "redirect loop", None

@@ -26,7 +26,7 @@ from .errors import ConfigError, DatasetError
 from .explain import heatmaps, overlay
 from .inference import RunModel, load_run, probabilities
 from .models import get_arch
-from .runtime import Dist, autocast_dtype, close_distributed, default_workers, init_distributed, resolve_device
+from .runtime import Dist, autocast_dtype, default_workers, distributed
 from .search_api import SearchClient, record_uri
 from .tables import atomic_path, check_table_suffix, read_table
 
@@ -63,12 +63,8 @@ def predict(config: PredictConfig) -> PredictReport:
         raise ConfigError(f"{config.output}: predictions are written as .csv or .jsonl")
     if not (config.inputs or config.table or config.query):
         raise ConfigError("nothing to predict: give image files, folders or URLs, or --table, or --query")
-    device = resolve_device(config.device)
-    world = init_distributed(device)
-    try:
+    with distributed(config.device) as (device, world):
         return _predict(config, device, world)
-    finally:
-        close_distributed()
 
 
 def _predict(config: PredictConfig, device: torch.device, world: Dist) -> PredictReport:

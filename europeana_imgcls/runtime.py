@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +45,17 @@ def init_distributed(device: torch.device) -> Dist:
 def close_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device_name: str) -> Iterator[tuple[torch.device, Dist]]:
+    """The device to use and this process's place under torchrun; the process group closes on exit."""
+    device = resolve_device(device_name)
+    world = init_distributed(device)
+    try:
+        yield device, world
+    finally:
+        close_distributed()
 
 
 def resolve_device(name: str) -> torch.device:

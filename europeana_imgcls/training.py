@@ -34,10 +34,12 @@ from .data import (
     ImageSet,
     Split,
     check_trainable,
+    load_image,
     make_loader,
     make_splits,
     sample,
     scan_class_folders,
+    to_tensor,
 )
 from .errors import DatasetError
 from .explain import heatmaps, overlay, side_by_side
@@ -52,15 +54,7 @@ from .multilabel import (
     scan_labelled_folder,
     tune_thresholds,
 )
-from .runtime import (
-    Dist,
-    autocast_dtype,
-    close_distributed,
-    default_workers,
-    init_distributed,
-    resolve_device,
-    seed_everything,
-)
+from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
 from .tables import atomic_path, write_json
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
@@ -194,12 +188,8 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 def train(config: TrainConfig) -> TrainReport:
     """Train every split of ``config`` (or split 0 alone) and write the run folder."""
     get_arch(config.arch)
-    device = resolve_device(config.device)
-    world = init_distributed(device)
-    try:
+    with distributed(config.device) as (device, world):
         return _train(config, device, world)
-    finally:
-        close_distributed()
 
 
 def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
@@ -459,8 +449,6 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
              folder: Path, device: torch.device) -> None:
     """Heatmaps of test images spread over the fold, for their predicted class; names carry truth and
     prediction, as the pilot's did."""
-    from .data import load_image, to_tensor
-
     folder.mkdir(exist_ok=True)
     arch = get_arch(config.arch)
     by_image = np.argsort(test.indices)
