@@ -11,7 +11,6 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +77,8 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist) -> Predic
     mine = [item for item in items[world.rank::world.world] if item.key not in done]
     with part.open("a", newline="", encoding="utf-8") as handle:
         writer = _Writer(handle, config.output.suffix.lower(), columns)
-        for batch in _batches(mine, config.batch_size * 8):
-            _label(batch, models, config, device, writer, report)
+        # One loader for the whole shard: its workers start once, and each batch is written as it comes.
+        _label(mine, models, config, device, writer, report)
     if world.active:
         counts = [report.predicted, len(report.unreadable)]
         box: list[Any] = [None] * world.world
@@ -250,11 +249,6 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
         else:
             failed += 1
     return items, failed
-
-
-def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 # ---------------------------------------------------------------------------------------------
