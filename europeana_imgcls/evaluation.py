@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
 from .config import EvaluateConfig, public_dict
-from .data import UNREADABLE, ImageDataset, make_loader, scan_class_folders
+from .data import UNREADABLE, ImageDataset, list_images, make_loader, scan_class_folders
 from .errors import DatasetError
 from .inference import RunModel, load_run, probabilities
 from .metrics import classification_metrics, confusion, mean_std
@@ -144,8 +144,6 @@ def _write_per_label(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray]
 
 
 def _unknown_folders(root: Path, classes: list[str]) -> dict[str, int]:
-    from .data import list_images
-
     return {d.name: len(list_images(d)) for d in sorted(root.iterdir())
             if d.is_dir() and not d.name.startswith(".") and d.name not in classes}
 

@@ -25,6 +25,7 @@ import io
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -401,8 +402,6 @@ def _sorted(records: list[SandboxRecord], sort: str) -> list[SandboxRecord]:
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hang up on endless or stalled answers on purpose; that is not a server error.
-        import sys
-
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
