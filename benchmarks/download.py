@@ -109,12 +109,16 @@ def serve(folder: Path, entries: list[tuple[str, str]], port_out: multiprocessin
                 self.wfile.write(body)
 
     class Server(ThreadingHTTPServer):
+        # A listen backlog as real web servers have (nginx: 511). It must be a class attribute:
+        # the constructor calls listen() with it; socketserver's default of 5 drops the SYNs of
+        # any client opening more connections at once, which then wait a second to retry.
+        request_queue_size = 511
+        daemon_threads = True
+
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # clients that hang up are not news
 
     server = Server(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
     port_out.put(server.server_address[1])
     server.serve_forever()
 

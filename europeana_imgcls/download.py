@@ -276,10 +276,11 @@ class Fetcher:
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
                         return f"too many bytes ({declared})", None
-                    body = bytearray()
+                    parts, size = [], 0  # joined once at the end: one copy of the body, not many
                     async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > self.config.max_bytes:
+                        parts.append(chunk)
+                        size += len(chunk)
+                        if size > self.config.max_bytes:
                             return f"too many bytes (over {self.config.max_bytes})", None
         except (TimeoutError, httpx.TimeoutException):  # our whole-attempt deadline, or httpx's own
             return "timeout", -1.0
@@ -291,9 +292,9 @@ class Fetcher:
             return f"connection error ({type(exc).__name__})", -1.0
         except httpx.InvalidURL:
             return "invalid URL", None
-        if not body:
+        if not size:
             return "empty", None
-        return bytes(body), None
+        return b"".join(parts), None
 
 
 def _retry_after(value: str | None) -> float:

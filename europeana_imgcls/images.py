@@ -28,6 +28,9 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
         raise ImageRejected("too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise ImageRejected("not an image") from None
+    # Feed the decoder all bytes in one call: Pillow's default 64 KiB blocks take the GIL back
+    # between blocks, and with the event loop busy that handoff, not decoding, sets the pace.
+    image.decodermaxblock = max(len(data), image.decodermaxblock)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(f"too many pixels ({width}x{height})")
