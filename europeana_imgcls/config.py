@@ -165,7 +165,8 @@ class TrainConfig(RuntimeSettings):
                                     "of the ID) in one fold.")
     gradcam_images: int = Field(8, ge=0, description="Test images per split drawn with a Grad-CAM heatmap.")
     cache_mb: int = Field(4096, ge=0, description="Keep resized images in shared memory after their first decode, "
-                          "when a split fits in this many MiB (0: never); later epochs skip decoding.")
+                          "when the run's images fit in this many MiB (0: never); later epochs and splits skip "
+                          "decoding.")
     mode: Mode = Field("single-label", description="single-label: class folders, softmax; multi-label: one folder "
                        "plus a labels table, sigmoid per label with tuned thresholds.")
     labels: Path | None = Field(None, description="Multi-label: table with file (or ID) and space-separated "

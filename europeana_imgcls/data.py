@@ -179,8 +179,9 @@ UNREADABLE = -1  # the label of an image that passed the header check but cannot
 class DecodedCache:
     """Resized images kept in shared memory after their first decode: later epochs skip JPEG decoding.
 
-    The buffers are shared with DataLoader workers, so each image is decoded once per run, not once per
-    epoch and worker. Use ``for_images`` to respect a memory budget.
+    One cache serves every split of a run (datasets say where their images sit with ``cache_rows``), and
+    its buffers are shared with DataLoader workers, so each image is decoded once per run, not once per
+    epoch, split and worker. Use ``for_images`` to respect a memory budget.
     """
 
     def __init__(self, count: int, size: int, shared: bool = True) -> None:
@@ -210,9 +211,12 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: ImageSet, size: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: float = 0.0, vflip: float = 0.0, cache: DecodedCache | None = None) -> None:
+                 hflip: float = 0.0, vflip: float = 0.0, cache: DecodedCache | None = None,
+                 cache_rows: Sequence[int] | np.ndarray | None = None) -> None:
         self.images, self.size, self.mean, self.std = images, size, tuple(mean), tuple(std)
         self.hflip, self.vflip, self.cache = hflip, vflip, cache
+        # Where each image sits in a cache shared with other datasets (the parts of every split of a run).
+        self.cache_rows = np.arange(len(images)) if cache_rows is None else np.asarray(cache_rows)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -233,12 +237,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _pixels(self, index: int) -> torch.Tensor:
         """H x W x 3 uint8, from the cache when an earlier epoch decoded it."""
-        if self.cache is not None and self.cache.filled[index]:
-            return self.cache.pixels[index]
+        row = int(self.cache_rows[index])
+        if self.cache is not None and self.cache.filled[row]:
+            return self.cache.pixels[row]
         pixels = torch.from_numpy(np.asarray(load_image(self.images.paths[index], self.size), dtype=np.uint8).copy())
         if self.cache is not None:
-            self.cache.pixels[index] = pixels
-            self.cache.filled[index] = True
+            self.cache.pixels[row] = pixels
+            self.cache.filled[row] = True
         return pixels
 
 

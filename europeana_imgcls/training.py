@@ -211,8 +211,11 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     elif world.active:
         torch.set_num_threads(max(1, torch.get_num_threads() // world.world))
     chosen = range(len(splits)) if config.crossvalidation else range(1)
+    # One cache for the whole run: an image is decoded in the first split that reads it, never again.
+    cache = DecodedCache.for_images(len(images), config.input_size, config.cache_mb,
+                                    default_workers(device, config.num_workers))
     for i in chosen:
-        report.splits.append(_run_split(config, images, splits[i], i, device, world))
+        report.splits.append(_run_split(config, images, splits[i], i, device, world, cache))
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
@@ -242,7 +245,7 @@ def _check_run_folder(out: Path, resume: bool) -> None:
 
 
 def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
-               world: Dist) -> SplitResult:
+               world: Dist, cache: DecodedCache | None) -> SplitResult:
     split_dir = config.output_dir / f"split_{index}"
     if config.resume and (split_dir / "metrics.json").exists():
         done = json.loads((split_dir / "metrics.json").read_text())
@@ -277,7 +280,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
         criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNREADABLE)
     dtype = autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index)
+    loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index, cache)
     meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
                 std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
 
@@ -368,17 +371,16 @@ class _SplitState:
 
 
 def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std: Any, device: torch.device,
-             world: Dist, index: int) -> dict[str, torch.utils.data.DataLoader]:
+             world: Dist, index: int, cache: DecodedCache | None) -> dict[str, torch.utils.data.DataLoader]:
     workers = default_workers(device, config.num_workers)
     pin = device.type == "cuda"
     seed = config.seed + 1000 * index
     size = config.input_size
 
-    def cache(part: np.ndarray) -> DecodedCache | None:
-        return DecodedCache.for_images(len(part), size, config.cache_mb, workers)
+    def dataset(part: np.ndarray, hflip: float = 0.0, vflip: float = 0.0) -> ImageDataset:
+        return ImageDataset(images.subset(part), size, mean, std, hflip, vflip, cache=cache, cache_rows=part)
 
-    train_set = ImageDataset(images.subset(split.train), size, mean, std, config.hflip, config.vflip,
-                             cache(split.train))
+    train_set = dataset(split.train, config.hflip, config.vflip)
     sampler = (torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
                if world.active else None)
     common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
@@ -386,10 +388,8 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
         # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
         "train": make_loader(train_set, shuffle=True, sampler=sampler,
                              drop_last=len(train_set) > config.batch_size * world.world, **common),
-        "val": make_loader(ImageDataset(images.subset(split.val), size, mean, std, cache=cache(split.val)),
-                           shuffle=False, **common),
-        "test": make_loader(ImageDataset(images.subset(split.test), config.input_size, mean, std), shuffle=False,
-                            **common),
+        "val": make_loader(dataset(split.val), shuffle=False, **common),
+        "test": make_loader(dataset(split.test), shuffle=False, **common),
     }
 
 

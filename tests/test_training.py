@@ -300,3 +300,24 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
             path.with_suffix(".moved").rename(path)
     assert all(torch.equal(first[i], second[i]) for i in first)
     assert DecodedCache.for_images(len(images), 32, budget_mb=0) is None
+
+
+def test_a_cross_validation_run_decodes_each_image_once(folders: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from europeana_imgcls import data
+
+    decoded: list[Path] = []
+    real = data.load_image
+
+    def counting(path: Path, size: int):
+        decoded.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(data, "load_image", counting)
+    report = train(config(folders, tmp_path / "run", epochs=2, patience=5, gradcam_images=0))
+    assert len(report.splits) == 3
+    assert sorted(decoded) == sorted(data.list_images(folders))  # 3 splits x 2 epochs, one decode each
+
+    decoded.clear()  # without the cache every epoch of every split decodes again
+    train(config(folders, tmp_path / "uncached", epochs=2, patience=5, gradcam_images=0, cache_mb=0))
+    assert len(decoded) > 3 * len(data.list_images(folders))
