@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -113,12 +114,13 @@ def subtract(
     train: Annotated[Path, typer.Argument(help="Training table (.csv or .parquet).")],
     eval: Annotated[Path, typer.Argument(help="Evaluation table; its IDs leave the training table.")],  # noqa: A002
     output: Annotated[Path | None, opt(SubtractConfig, "output", "--output", "-o")] = None,
+    overwrite: Annotated[bool | None, opt(SubtractConfig, "overwrite", "--overwrite")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Remove from a training table every record whose ID is in an evaluation table."""
     from .dataset import subtract as run_subtract
 
-    flags = dict(train=train, eval=eval, output=output)
+    flags = dict(train=train, eval=eval, output=output, overwrite=overwrite)
     result = run(lambda: run_subtract(build_config(SubtractConfig, flags, config)))
     console.print(f"kept {result.kept} rows, removed {result.removed}; wrote {result.output}")
 
@@ -128,17 +130,15 @@ def stats(
     table: Annotated[Path, typer.Argument(help="Table to describe (.csv or .parquet).")],
     vocab: Annotated[Path | None, opt(StatsConfig, "vocab", "--vocab")] = None,
     output: Annotated[Path | None, opt(StatsConfig, "output", "--output", "-o")] = None,
+    overwrite: Annotated[bool | None, opt(StatsConfig, "overwrite", "--overwrite")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Records per category, reusability level and provider, and what looks wrong in a table."""
     from .dataset import stats as run_stats
 
-    flags = dict(table=table, vocab=vocab, output=output)
-    cfg = run(lambda: build_config(StatsConfig, flags, config))
-    result = run(lambda: run_stats(cfg))
+    flags = dict(table=table, vocab=vocab, output=output, overwrite=overwrite)
+    result = run(lambda: run_stats(build_config(StatsConfig, flags, config)))
     report.print_stats(console, result)
-    if cfg.output:
-        report.write_stats(cfg.output, result)
 
 
 @app.command()
@@ -238,13 +238,15 @@ def evaluate(
     gallery: Annotated[int | None, opt(EvaluateConfig, "gallery", "--gallery")] = None,
     labels: Annotated[Path | None, opt(EvaluateConfig, "labels", "--labels")] = None,
     threshold: Annotated[float | None, opt(EvaluateConfig, "threshold", "--threshold")] = None,
+    overwrite: Annotated[bool | None, opt(EvaluateConfig, "overwrite", "--overwrite")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Score every split of a run on an evaluation set: metrics as mean ± std, per class, confusion matrix."""
     from .evaluation import evaluate_run
 
     flags = dict(run=run_dir, eval_dir=eval_dir, output_dir=output_dir, batch_size=batch_size, device=device,
-                 num_workers=num_workers, amp=amp, gallery=gallery, labels=labels, threshold=threshold)
+                 num_workers=num_workers, amp=amp, gallery=gallery, labels=labels, threshold=threshold,
+                 overwrite=overwrite)
     result = run(lambda: evaluate_run(build_config(EvaluateConfig, flags, config)))
     report.print_evaluation(console, result)
 
@@ -339,4 +341,10 @@ def sandbox(
 
 
 def main() -> None:
+    # The library speaks through logging; the command shows its warnings on stderr.
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+    logging.getLogger("europeana_imgcls").addHandler(handler)
+    logging.getLogger("europeana_imgcls").setLevel(logging.WARNING)
     app()

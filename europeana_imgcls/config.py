@@ -88,6 +88,7 @@ class SubtractConfig(_Base):
     train: Path = Field(description="Training table (.csv or .parquet).")
     eval: Path = Field(description="Evaluation table whose IDs are removed from the training table.")
     output: Path = Field(description="Where the remaining training rows are written.")
+    overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
 class StatsConfig(_Base):
@@ -98,6 +99,7 @@ class StatsConfig(_Base):
     table: Path = Field(description="Table to describe (.csv or .parquet).")
     vocab: Path | None = Field(None, description="Vocabulary to check categories against.")
     output: Path | None = Field(None, description="Also write the statistics as JSON here.")
+    overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
 class DownloadConfig(_Base):
@@ -186,6 +188,8 @@ class EvaluateConfig(RuntimeSettings):
                                 "EVAL_DIR/labels.csv.")
     threshold: float | None = Field(None, ge=0, le=1, description="Multi-label: one decision threshold for every "
                                     "label instead of the tuned ones.")
+    overwrite: bool = Field(False, description="Replace an earlier evaluation in the output folder instead of "
+                            "refusing it.")
 
 
 class PredictConfig(ApiSettings, RuntimeSettings):

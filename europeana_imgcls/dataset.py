@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from .config import StatsConfig, SubtractConfig, public_dict
-from .tables import read_table, sidecar, write_json, write_table
+from .tables import read_table, refuse_existing, sidecar, write_json, write_table
 from .vocabulary import load_vocabulary
 
 
@@ -21,6 +22,7 @@ class SubtractReport:
 
 def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
+    refuse_existing(config.output, config.overwrite)
     train = read_table(config.train, required=("ID",))
     evaluation = read_table(config.eval, required=("ID",))
     eval_ids = evaluation.get_column("ID").drop_nulls().unique()
@@ -47,7 +49,18 @@ class TableStats:
 
 
 def stats(config: StatsConfig) -> TableStats:
-    """Describe a table: counts per category, level and provider, and what looks wrong in it."""
+    """Describe a table: counts per category, level and provider, and what looks wrong in it.
+
+    With ``config.output`` the statistics are also written there as JSON."""
+    if config.output is not None:
+        refuse_existing(config.output, config.overwrite)
+    result = _describe(config)
+    if config.output is not None:
+        write_json(config.output, dataclasses.asdict(result))
+    return result
+
+
+def _describe(config: StatsConfig) -> TableStats:
     df = read_table(config.table, required=("ID",))
     vocab = load_vocabulary(config.vocab)
     has_category = "category" in df.columns

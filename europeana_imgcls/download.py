@@ -7,6 +7,9 @@ threads (Pillow releases the GIL) so the loop keeps fetching. Files appear only 
 
 Failures are data: each record that could not be had is a row of ``DIR/failures.csv`` with a short
 reason. A re-run skips saved files and known failures; ``retry_failed`` retries only the latter.
+Every row of the table ends as saved, already there, a known failure, a new failure or a skipped
+row (no ID, no category, a repeated ID), so the report's counts add up to the table; and whatever a
+run knew before it started (failures, multi-label labels) is still known however the run ends.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .config import DownloadConfig, public_dict
 from .errors import DatasetError
 from .images import ImageRejected, is_complete_jpeg, save_normalised
-from .tables import atomic_path, count_rows, iter_table, write_json
+from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 MAX_NAME_BYTES = 200  # most file systems allow 255; leave room for the temporary suffix
@@ -62,8 +65,15 @@ class DownloadReport:
     already_saved: int = 0
     failed: int = 0
     known_failures: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # rows that name no record to fetch, by reason
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    complete: bool = False  # False when the run was interrupted
+
+    @property
+    def accounted(self) -> int:
+        """Rows the run reached: equal to ``total`` once the run is complete."""
+        return self.saved + self.already_saved + self.failed + self.known_failures + sum(self.skipped.values())
 
     @property
     def images_per_second(self) -> float:
@@ -94,7 +104,7 @@ def download(config: DownloadConfig) -> DownloadReport:
     _remove_stale_parts(root)
     write_json(root / "config.json", public_dict(config))
     failures = FailureLog(root)
-    report = DownloadReport(output_dir=root, total=total)
+    report = DownloadReport(output_dir=root)
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = config.max_pixels
     labels = LabelsWriter(root) if config.mode == "multi-label" else None
@@ -102,12 +112,14 @@ def download(config: DownloadConfig) -> DownloadReport:
         with warnings.catch_warnings():
             # Images between the limit and twice it only warn in Pillow; we refuse them ourselves.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            _run_loop(_run(config, failures, report, labels))
+            _run_loop(_run(config, failures, report, labels, total))
+        report.complete = True
     finally:
+        # However the run ends (Ctrl-C included), what was known before it is kept.
         Image.MAX_IMAGE_PIXELS = previous_limit
-        failures.close()
+        failures.close(report.complete)
         if labels is not None:
-            labels.close()
+            labels.close(report.complete)
     return report
 
 
@@ -125,40 +137,50 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
         return runner.submit(asyncio.run, coroutine).result()
 
 
-def _jobs(config: DownloadConfig) -> Iterator[Job]:
+def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
+    """A job per row of the table, or the reason a row names nothing to fetch."""
     root = config.output_dir
+    seen: set[str] = set()
     for chunk in iter_table(config.table, _required(config)):
         has_preview = "preview" in chunk.columns
         for row in chunk.iter_rows(named=True):
             record_id = row["ID"]
-            if not record_id:
-                continue
             category = row.get("category")
-            if config.mode == "single-label":
-                if not category:
-                    continue
-                folder = category_dir(root, category)
+            if not record_id:
+                yield "no ID"
+            elif config.mode == "single-label" and not category:
+                yield "no category"
+            elif record_id in seen:
+                yield "repeated ID"  # one file per record: a second row would fetch over the first
             else:
-                folder = root
-            yield Job(id=record_id, url=row["URL"], preview=row["preview"] if has_preview else None,
-                      category=category, path=folder / file_name(record_id))
+                seen.add(record_id)
+                folder = category_dir(root, category) if config.mode == "single-label" else root
+                yield Job(id=record_id, url=row["URL"], preview=row["preview"] if has_preview else None,
+                          category=category, path=folder / file_name(record_id))
 
 
 async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadReport,
-               labels: LabelsWriter | None) -> None:
+               labels: LabelsWriter | None, rows: int) -> None:
     started = time.perf_counter()
     workers = config.workers or os.cpu_count() or 2
     host_limits: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(config.per_host))
     slots = asyncio.Semaphore(config.concurrency)
     created_dirs: set[Path] = set()
-    with _progress(config.quiet, report.total) as progress, \
+    with _progress(config.quiet, rows) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eic-decode") as pool:
-        task = progress.add_task("download", total=report.total, failed=0, rate=0.0)
+        task = progress.add_task("download", total=rows, failed=0, rate=0.0)
         async with contextlib.AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(client) for client in _clients(config)]
             fetcher = Fetcher(clients, config, host_limits, slots, pool)
             pending: set[asyncio.Task[None]] = set()
+            # Registered after the clients, so it runs before they close: no task outlives its client.
+            stack.push_async_callback(_cancel, pending)
             for job in _jobs(config):
+                report.total += 1
+                if isinstance(job, str):
+                    report.skipped[job] = report.skipped.get(job, 0) + 1
+                    progress.advance(task)
+                    continue
                 if job.path.parent not in created_dirs:
                     job.path.parent.mkdir(parents=True, exist_ok=True)
                     created_dirs.add(job.path.parent)
@@ -173,6 +195,13 @@ async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadRep
             if pending:
                 await asyncio.wait(pending)
     report.seconds = time.perf_counter() - started
+
+
+async def _cancel(pending: set[asyncio.Task[None]]) -> None:
+    """Stop what is still in flight (Ctrl-C, an error) and wait for it, so no task is left to fail later."""
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
@@ -195,6 +224,7 @@ def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: Down
             labels: LabelsWriter | None) -> bool:
     if job.path.exists() and is_complete_jpeg(job.path):
         report.already_saved += 1
+        failures.resolve(job.id)
         if labels is not None:
             labels.add(job)
         return False
@@ -209,10 +239,10 @@ def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: Down
 
 async def _one(fetcher: Fetcher, job: Job, failures: FailureLog, report: DownloadReport,
                labels: LabelsWriter | None, tick: object) -> None:
-    error = await fetcher.save(job.url, job.path) if job.url else "no URL"
-    if error and job.preview and fetcher.config.fallback_preview:
-        preview_error = await fetcher.save(job.preview, job.path)
-        error = f"{error}; preview: {preview_error}" if preview_error else None
+    try:
+        error = await _attempt(fetcher, job)
+    except Exception as exc:  # a bug or a surprise costs this record, recorded, never the run's count
+        error = f"unexpected error ({type(exc).__name__}: {str(exc)[:120]})"
     if error:
         report.failed += 1
         reason = error.split(" (")[0].split(";")[0]
@@ -220,9 +250,18 @@ async def _one(fetcher: Fetcher, job: Job, failures: FailureLog, report: Downloa
         failures.add(job, error)
     else:
         report.saved += 1
+        failures.resolve(job.id)
         if labels is not None:
             labels.add(job)
     tick()  # type: ignore[operator]
+
+
+async def _attempt(fetcher: Fetcher, job: Job) -> str | None:
+    error = await fetcher.save(job.url, job.path) if job.url else "no URL"
+    if error and job.preview and fetcher.config.fallback_preview:
+        preview_error = await fetcher.save(job.preview, job.path)
+        error = f"{error}; preview: {preview_error}" if preview_error else None
+    return error
 
 
 class Fetcher:
@@ -238,7 +277,10 @@ class Fetcher:
         """None when saved, else the short reason it could not be."""
         if not url.lower().startswith(("http://", "https://")):
             return f"not an http(s) URL ({url[:60]})"
-        host = urlsplit(url).netloc.lower()
+        try:
+            host = urlsplit(url).netloc.lower()
+        except ValueError:  # e.g. an unclosed IPv6 bracket: http://[broken/x.jpg
+            return "invalid URL"
         result: bytes | str = "no attempt"
         for attempt in range(self.config.retries + 1):
             async with self.host_limits[host], self.slots:
@@ -291,7 +333,7 @@ class Fetcher:
             return "truncated", -1.0
         except httpx.TransportError as exc:
             return f"connection error ({type(exc).__name__})", -1.0
-        except httpx.InvalidURL:
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
             return "invalid URL", None
         if not size:
             return "empty", None
@@ -324,6 +366,7 @@ class FailureLog:
                             self.previous[row["ID"]] = row
         self.kept: dict[str, dict[str, str]] = {}
         self.new: dict[str, dict[str, str]] = {}
+        self.resolved: set[str] = set()  # earlier failures saved by this run
         self._journal = self.journal_path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._journal)
 
@@ -336,9 +379,18 @@ class FailureLog:
         self._writer.writerow([row[c] for c in FAILURE_COLUMNS])
         self._journal.flush()
 
-    def close(self) -> None:
+    def resolve(self, record_id: str) -> None:
+        if record_id in self.previous:
+            self.resolved.add(record_id)
+
+    def close(self, complete: bool) -> None:
+        """A complete run lists the failures of its table; an interrupted one keeps every earlier
+        failure it did not get to (and drops those it has since saved)."""
         self._journal.close()
-        rows = {**self.kept, **self.new}
+        if complete:
+            rows = {**self.kept, **self.new}
+        else:
+            rows = {k: v for k, v in self.previous.items() if k not in self.resolved} | self.new
         with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS)
             writer.writeheader()
@@ -349,30 +401,39 @@ class FailureLog:
 class LabelsWriter:
     """``labels.csv`` of a multi-label folder: ID, file, category for every saved image.
 
-    Rebuilt on every run (saved files of earlier runs included) and renamed into place at the end.
+    A complete run rewrites it from the table (saved files of earlier runs included); an interrupted
+    one adds what it saved to the rows that were there, so no saved image is ever left unlabelled.
     """
+
+    COLUMNS = ("ID", "file", "category")
 
     def __init__(self, root: Path) -> None:
         self.path = root / "labels.csv"
-        self._tmp = root / ".labels.csv.part"
-        self._handle = self._tmp.open("w", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._handle)
-        self._writer.writerow(["ID", "file", "category"])
+        self.previous: dict[str, tuple[str, str]] = {}
+        if self.path.exists():
+            with self.path.open(newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("ID"):
+                        self.previous[row["ID"]] = (row.get("file") or "", row.get("category") or "")
+        self.rows: dict[str, tuple[str, str]] = {}
 
     def add(self, job: Job) -> None:
-        self._writer.writerow([job.id, job.path.name, job.category or ""])
+        self.rows[job.id] = (job.path.name, job.category or "")
 
-    def close(self) -> None:
-        self._handle.close()
-        os.replace(self._tmp, self.path)
+    def close(self, complete: bool) -> None:
+        rows = self.rows if complete else self.previous | self.rows
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.COLUMNS)
+            writer.writerows((record_id, *row) for record_id, row in rows.items())
 
 
 def _remove_stale_parts(root: Path) -> None:
-    """Temporary files of a run that was killed: never valid images, always safe to remove."""
+    """Temporary files of a run that was killed: only names eic gives its own temporary files."""
     for folder in (root, *(p for p in root.iterdir() if p.is_dir())):
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".part") and entry.is_file():
+                if is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
 
 

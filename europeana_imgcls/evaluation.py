@@ -24,7 +24,7 @@ from .inference import RunModel, load_run, probabilities
 from .metrics import classification_metrics, confusion, mean_std
 from .multilabel import ML_METRICS, multilabel_metrics, scan_labelled_folder
 from .runtime import autocast_dtype, default_workers, resolve_device
-from .tables import read_table, write_json
+from .tables import read_table, refuse_existing, write_json
 
 
 @dataclass
@@ -40,6 +40,7 @@ class EvaluateReport:
 
 
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
+    refuse_existing(config.output_dir / "metrics.json", config.overwrite, f" (an evaluation in {config.output_dir})")
     device = resolve_device(config.device)
     models = load_run(config.run, device, "all")
     if models[0].multilabel:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .tables import temp_path
 
 
 class ImageRejected(Exception):
@@ -20,8 +23,25 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
     """Decode ``data``, make it an upright RGB image no larger than ``max_side``, save as JPEG.
 
     The file appears under ``target`` only when complete (temporary name, then rename).
-    Returns the saved size.
+    Returns the saved size. Raises ``ImageRejected`` for anything that cannot be decoded, and
+    ``OSError`` only when the file cannot be written.
     """
+    try:
+        image = _decode(data, max_side=max_side, max_pixels=max_pixels)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # a decoder's surprise is this image's failure, never the run's
+        raise ImageRejected(f"undecodable ({type(exc).__name__}: {_short(exc)})") from None
+    tmp = temp_path(target)
+    try:
+        image.save(tmp, "JPEG", quality=quality)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return image.size
+
+
+def _decode(data: bytes, *, max_side: int, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
@@ -41,20 +61,17 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
     try:
         image.load()
     except OSError as exc:
-        raise ImageRejected("truncated" if "truncated" in str(exc) else f"undecodable ({exc})") from None
-    except (ValueError, SyntaxError) as exc:
-        raise ImageRejected(f"undecodable ({exc})") from None
+        raise ImageRejected("truncated" if "truncated" in str(exc) else f"undecodable ({_short(exc)})") from None
     image = ImageOps.exif_transpose(image) or image
     image = to_rgb(image)
     if max_side and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        image.save(tmp, "JPEG", quality=quality)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return image.size
+    return image
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else "no message"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -68,10 +85,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit scans: scale to 8 bits rather than clip to white
-        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode.startswith("I") or image.mode.startswith("F"):
+        return Image.fromarray(_to_8_bits(image), "L").convert("RGB")
     return image.convert("RGB")
+
+
+def _to_8_bits(image: Image.Image) -> Any:
+    """Grey levels of a 16-bit, 32-bit or float scan scaled to 0-255 rather than clipped to white."""
+    import numpy as np  # here, so that light commands start without it
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("F"):
+        # Floats are 0-1 (most tools) or already 0-255.
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+    else:
+        # 16-bit data, whether labelled I;16 or held in a 32-bit I image (16-bit PNGs).
+        scale = 1.0 / 257.0 if values.size and values.max() > 255 else 1.0
+    return np.clip(np.nan_to_num(values * scale), 0, 255).astype(np.uint8)
 
 
 def is_complete_jpeg(path: Path) -> bool:

@@ -234,6 +234,7 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
     folder = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
     table = folder / "inputs.csv"
     if world.main:
+        _check_image_dir(folder, table)
         folder.mkdir(parents=True, exist_ok=True)
         write_table(pl.DataFrame([{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
                                  schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
@@ -249,6 +250,20 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
         else:
             failed += 1
     return items, failed
+
+
+def _check_image_dir(folder: Path, table: Path) -> None:
+    """The image folder is predict's own (it writes inputs.csv, labels.csv, config.json there): refuse a
+    folder that holds anything else, such as a training set, rather than overwrite its files."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        own = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("table") == str(table)
+    except (OSError, ValueError, AttributeError):
+        own = False
+    if not own:
+        raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "
+                           f"--image-dir (predict writes inputs.csv, labels.csv and config.json there)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
-
-from .tables import write_json
 
 if TYPE_CHECKING:
     from .dataset import TableStats
@@ -60,16 +56,14 @@ def print_stats(console: Console, stats: TableStats) -> None:
         console.print(f"[bold yellow]categories not in the vocabulary:[/] {listed}")
 
 
-def write_stats(path: Path, stats: TableStats) -> None:
-    write_json(path, dataclasses.asdict(stats))
-
-
 def print_download(console: Console, result: DownloadReport) -> None:
     console.print(
         f"{result.saved} images saved in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s), "
         f"{result.already_saved} already there, {result.failed} failed"
         + (f", {result.known_failures} known failures skipped (--retry-failed retries them)"
            if result.known_failures else "")
+        + (f", {sum(result.skipped.values())} rows skipped ("
+           + ", ".join(f"{n} {why}" for why, n in result.skipped.items()) + ")" if result.skipped else "")
         + f"; {result.total} rows in the table"
     )
     if result.errors:

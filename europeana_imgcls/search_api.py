@@ -8,6 +8,8 @@ one ``ApiError`` line. The API key travels only in the ``X-Api-Key`` header and 
 from __future__ import annotations
 
 import email.utils
+import ipaddress
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,8 @@ from .errors import ApiError
 PAGE_ROWS = 100  # the server silently caps rows at 100
 MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
 ITEM_BASE = "http://data.europeana.eu/item"
+KEY_HEADER = "X-Api-Key"
+log = logging.getLogger(__name__)
 
 
 class SearchClient:
@@ -36,11 +40,16 @@ class SearchClient:
         self.api_url = api_url
         self.retries = retries
         self.backoff = backoff
+        home = httpx.URL(api_url)
+        if home.scheme == "http" and not _is_loopback(home.host):
+            log.warning("the API key travels unencrypted to %s: use an https:// API URL", home.host)
         self._http = httpx.Client(
-            headers={"X-Api-Key": api_key, "User-Agent": "europeana-imgcls"},
+            headers={KEY_HEADER: api_key, "User-Agent": "europeana-imgcls"},
             timeout=timeout,
             transport=transport,
             follow_redirects=True,
+            # httpx drops Authorization on a redirect to another origin, but not a custom header: we do.
+            event_hooks={"request": [_KeyGuard(home)]},
         )
 
     def __enter__(self) -> SearchClient:
@@ -164,3 +173,29 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 def record_uri(record_id: str) -> str:
     return ITEM_BASE + record_id
+
+
+class _KeyGuard:
+    """A request hook (it runs before every request, redirects included) that removes the API key from
+    any request not bound for the origin the user configured."""
+
+    def __init__(self, home: httpx.URL) -> None:
+        self.origin = _origin(home)
+
+    def __call__(self, request: httpx.Request) -> None:
+        if _origin(request.url) != self.origin:
+            request.headers.pop(KEY_HEADER, None)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,20 +16,41 @@ import polars as pl
 from .errors import DatasetError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
+TEMP_SUFFIX = ".eic-part"
+# Temporary names of earlier eic versions, so their leftovers are still cleaned up (and nothing else is).
+_LEGACY_TEMP = re.compile(r"^\..+\.jpg\.\d+\.part$|^\.labels\.csv\.part$"
+                          r"|^\.(failures\.csv|labels\.csv|config\.json)\.[a-z0-9_]{8}\.part$")
+
+
+def temp_path(target: Path) -> Path:
+    """A temporary name beside ``target``: hidden, unique per call (not only per process), and
+    recognisably eic's, so a clean-up never touches a file that eic did not name itself."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether a file name is one of eic's temporary names (this version's or an earlier one's)."""
+    return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or bool(_LEGACY_TEMP.match(name)))
 
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` only on success."""
+    """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
+
+    The file is created by the caller with the process's umask (``mkstemp`` would make it 0600)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
+    tmp = temp_path(target)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def refuse_existing(path: Path, overwrite: bool, what: str = "") -> None:
+    """The one rule for outputs that a command replaces whole: refuse unless told to overwrite."""
+    if path.exists() and not overwrite:
+        raise DatasetError(f"{path} already exists{what}: pass --overwrite to replace it, or choose another output")
 
 
 def sidecar(output: Path, kind: str) -> Path:
