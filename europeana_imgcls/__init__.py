@@ -5,10 +5,13 @@
 """
 
 from .config import (
+    CalibrateConfig,
     DownloadConfig,
+    EnrichConfig,
     EvaluateConfig,
     HarvestConfig,
     PredictConfig,
+    ReviewImportConfig,
     StatsConfig,
     SubtractConfig,
     TrainConfig,
@@ -16,7 +19,7 @@ from .config import (
 )
 from .dataset import stats, subtract
 from .download import download
-from .errors import ApiError, ConfigError, DatasetError, DownloadError, EicError, ModelError
+from .errors import ApiError, CalibrationError, ConfigError, DatasetError, DownloadError, EicError, ModelError
 from .harvest import harvest
 from .search_api import SearchClient
 
@@ -30,6 +33,9 @@ _LAZY = {
     "train": ("training", "train"),
     "evaluate": ("evaluation", "evaluate_run"),
     "predict": ("prediction", "predict"),
+    "calibrate": ("calibration", "calibrate"),
+    "enrich": ("enrichment", "enrich"),
+    "import_review": ("review", "import_review"),
 }
 
 
@@ -43,24 +49,31 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ApiError",
+    "CalibrateConfig",
+    "CalibrationError",
     "ConfigError",
     "DatasetError",
     "DownloadConfig",
     "EvaluateConfig",
     "DownloadError",
     "EicError",
+    "EnrichConfig",
     "HarvestConfig",
     "ModelError",
     "PredictConfig",
+    "ReviewImportConfig",
     "Sandbox",
     "SearchClient",
     "StatsConfig",
     "SubtractConfig",
     "TrainConfig",
     "build_config",
+    "calibrate",
     "download",
+    "enrich",
     "evaluate",
     "harvest",
+    "import_review",
     "predict",
     "stats",
     "subtract",

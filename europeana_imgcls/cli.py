@@ -17,11 +17,14 @@ from rich.console import Console
 
 from . import report
 from .config import (
+    CalibrateConfig,
     DemoConfig,
     DownloadConfig,
+    EnrichConfig,
     EvaluateConfig,
     HarvestConfig,
     PredictConfig,
+    ReviewImportConfig,
     StatsConfig,
     SubtractConfig,
     TrainConfig,
@@ -208,6 +211,7 @@ def train(
     mode: Annotated[str | None, opt(TrainConfig, "mode", "--mode")] = None,
     labels: Annotated[Path | None, opt(TrainConfig, "labels", "--labels")] = None,
     cache_mb: Annotated[int | None, opt(TrainConfig, "cache_mb", "--cache-mb")] = None,
+    precision: Annotated[float | None, opt(TrainConfig, "precision", "--precision")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -219,11 +223,30 @@ def train(
                  folds=folds, crossvalidation=crossvalidation, weighted_loss=weighted_loss, sample=sample,
                  hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
                  resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, mode=mode,
-                 labels=labels, cache_mb=cache_mb, quiet=quiet)
+                 labels=labels, cache_mb=cache_mb, precision=precision, quiet=quiet)
     result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
     if result.summary and os.environ.get("RANK", "0") == "0":
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
+        if result.calibration is not None:
+            report.print_calibration(console, result.calibration)
+        elif result.calibration_note:
+            console.print(f"[yellow]not calibrated:[/] {result.calibration_note}")
         console.print(f"run written to {result.output_dir}")
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A cross-validated training run folder.")],
+    precision: Annotated[float | None, opt(CalibrateConfig, "precision", "--precision")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Per-class thresholds for a precision target, from a run's calibrated out-of-fold predictions."""
+    from .calibration import calibrate as run_calibrate
+
+    flags = dict(run=run_dir, precision=precision)
+    report.print_calibration(console, run(lambda: run_calibrate(build_config(CalibrateConfig, flags, config))))
+    console.print(f"written to {run_dir / 'calibration.json'}, {run_dir / 'reliability.png'}, "
+                  f"{run_dir / 'MODEL_CARD.md'}")
 
 
 @app.command()
@@ -288,6 +311,66 @@ def predict(
     result = run(lambda: run_predict(build_config(PredictConfig, flags, config)))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         report.print_prediction(console, result)
+
+
+@app.command()
+def enrich(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A calibrated (cross-validated) training run.")],
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Image files, folders (recursive) or http(s) URLs.")
+    ] = None,
+    output: Annotated[Path | None, opt(EnrichConfig, "output", "--output", "-o")] = None,
+    format: Annotated[str | None, opt(EnrichConfig, "format", "--format")] = None,  # noqa: A002
+    precision: Annotated[float | None, opt(EnrichConfig, "precision", "--precision")] = None,
+    vocab: Annotated[Path | None, opt(EnrichConfig, "vocab", "--vocab")] = None,
+    review_output: Annotated[Path | None, opt(EnrichConfig, "review_output", "--review-output")] = None,
+    review_n: Annotated[int | None, opt(EnrichConfig, "review_n", "--review-n")] = None,
+    split: Annotated[str | None, opt(EnrichConfig, "split", "--split")] = None,
+    table: Annotated[Path | None, opt(EnrichConfig, "table", "--table")] = None,
+    query: Annotated[str | None, opt(EnrichConfig, "query", "--query")] = None,
+    n: Annotated[int | None, opt(EnrichConfig, "n", "--n", "-n")] = None,
+    reusability: Annotated[list[str] | None, opt(EnrichConfig, "reusability", "--reusability")] = None,
+    image_dir: Annotated[Path | None, opt(EnrichConfig, "image_dir", "--image-dir")] = None,
+    resume: Annotated[bool | None, opt(EnrichConfig, "resume", "--resume/--no-resume")] = None,
+    batch_size: Annotated[int | None, opt(EnrichConfig, "batch_size", "--batch-size")] = None,
+    device: Annotated[str | None, opt(EnrichConfig, "device", "--device")] = None,
+    num_workers: Annotated[int | None, opt(EnrichConfig, "num_workers", "--num-workers")] = None,
+    amp: Annotated[bool | None, opt(EnrichConfig, "amp", "--amp/--no-amp")] = None,
+    api_url: Annotated[str | None, opt(EnrichConfig, "api_url", "--api-url")] = None,
+    api_key: Annotated[str | None, opt(EnrichConfig, "api_key", "--api-key")] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """Precision-targeted labels as W3C Web Annotations (Europeana's shape); the doubtful ones to review."""
+    from .enrichment import enrich as run_enrich
+
+    flags = dict(run=run_dir, inputs=inputs or None, output=output, format=format, precision=precision, vocab=vocab,
+                 review_output=review_output, review_n=review_n, split=split, table=table, query=query, n=n,
+                 reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
+                 device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
+    result = run(lambda: run_enrich(build_config(EnrichConfig, flags, config)))
+    if os.environ.get("RANK", "0") == "0":
+        report.print_enrichment(console, result)
+
+
+review_app = typer.Typer(no_args_is_help=True, help="The review loop: Label Studio exports back into tables.")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("import")
+def review_import(
+    export: Annotated[Path, typer.Argument(help="Label Studio JSON export of an eic enrich review project.")],
+    output: Annotated[Path | None, opt(ReviewImportConfig, "output", "--output", "-o")] = None,
+    vocab: Annotated[Path | None, opt(ReviewImportConfig, "vocab", "--vocab")] = None,
+    overwrite: Annotated[bool | None, opt(ReviewImportConfig, "overwrite", "--overwrite")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Turn people's corrections (a Label Studio JSON export) into a table download and train accept."""
+    from .review import import_review
+
+    flags = dict(export=export, output=output, vocab=vocab, overwrite=overwrite)
+    result = run(lambda: import_review(build_config(ReviewImportConfig, flags, config)))
+    report.print_review_import(console, result)
 
 
 @app.command()

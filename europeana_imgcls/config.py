@@ -173,6 +173,8 @@ class TrainConfig(RuntimeSettings):
                        "plus a labels table, sigmoid per label with tuned thresholds.")
     labels: Path | None = Field(None, description="Multi-label: table with file (or ID) and space-separated "
                                 "category; default DATA_DIR/labels.csv.")
+    precision: float = Field(0.95, gt=0, le=1, description="Precision the calibration's per-class thresholds "
+                             "must reach on the out-of-fold predictions (eic calibrate changes it later).")
 
 
 class EvaluateConfig(RuntimeSettings):
@@ -217,6 +219,60 @@ class PredictConfig(ApiSettings, RuntimeSettings):
     resume: bool = Field(False, description="Keep the rows already in the output and predict only the rest.")
 
     _split = field_validator("reusability", mode="before")(_split_words)
+
+
+class EnrichConfig(ApiSettings, RuntimeSettings):
+    """``eic enrich``: precision-targeted labels as W3C Web Annotations, and a review file for the rest."""
+
+    stage: ClassVar[str] = "enrich"
+
+    run: Path = Field(description="A calibrated training run folder (cross-validated: eic train's default).")
+    inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
+    output: Path = Field(Path("annotations.jsonld"), description="Annotations: .jsonld (one AnnotationCollection) "
+                         "or .jsonl (one annotation a line).")
+    format: Literal["jsonld", "jsonl"] | None = Field(None, description="jsonld or jsonl; default: from the "
+                                                      "output's suffix.")
+    precision: float | None = Field(None, gt=0, le=1, description="Precision every emitted class must reach "
+                                    "out of fold; default: the run's calibration (0.95 unless recalibrated).")
+    vocab: Path | None = Field(None, description="JSON {class: concept URI}; default: the 20 concepts shipped "
+                               "with eic.")
+    review_output: Path | None = Field(None, description="Label Studio tasks (JSON) for the abstained records and "
+                                       "the least certain labelled ones; its labelling config goes beside it.")
+    review_n: int = Field(100, ge=0, description="Least certain labelled records added to the review file.")
+    split: str = Field("best", pattern=r"^(best|all|\d+)$",
+                       description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
+    table: Path | None = Field(None, description="Enrich every record of this harvest table (images fetched).")
+    query: str | None = Field(None, description="Ask the Search API with this query and enrich its records.")
+    n: int = Field(100, gt=0, description="Records taken from --query.")
+    reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
+                                           description="Reusability levels for --query.")
+    image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
+    resume: bool = Field(False, description="Carry on an interrupted enrichment: keep the records already "
+                         "predicted and predict only the rest.")
+
+    _split = field_validator("reusability", mode="before")(_split_words)
+
+
+class ReviewImportConfig(_Base):
+    """``eic review import``: a Label Studio JSON export back into a table that download and train accept."""
+
+    stage: ClassVar[str] = "review"
+
+    export: Path = Field(description="Label Studio JSON export (Export > JSON) of an eic enrich review project.")
+    output: Path = Field(description="Table of reviewed records (.csv or .parquet): ID, URI, URL, category, "
+                         "skos_concept, reviewed_by.")
+    vocab: Path | None = Field(None, description="Vocabulary the reviewed labels must come from; default: the 20 "
+                               "concepts shipped with eic.")
+    overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
+
+
+class CalibrateConfig(_Base):
+    """``eic calibrate``: thresholds for another precision target, from a run's out-of-fold predictions."""
+
+    stage: ClassVar[str] = "calibrate"
+
+    run: Path = Field(description="A cross-validated training run folder.")
+    precision: float = Field(0.95, gt=0, le=1, description="Precision every emitted class must reach out of fold.")
 
 
 class DemoConfig(_Base):
@@ -303,5 +359,5 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
 
 ALL_CONFIGS: list[type[_Base]] = [
     HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig, EvaluateConfig, PredictConfig,
-    DemoConfig,
+    EnrichConfig, ReviewImportConfig, CalibrateConfig, DemoConfig,
 ]

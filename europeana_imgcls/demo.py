@@ -19,6 +19,7 @@ from rich.console import Console
 from .config import (
     DemoConfig,
     DownloadConfig,
+    EnrichConfig,
     EvaluateConfig,
     HarvestConfig,
     PredictConfig,
@@ -59,6 +60,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
         return result
 
     from . import dataset, download, harvest
+    from .enrichment import enrich
     from .evaluation import evaluate_run
     from .prediction import predict
     from .training import train
@@ -110,4 +112,10 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
             lambda r: f"{r.predicted} images (one per class and a URL) labelled by an ensemble of {len(r.splits)} "
                       f"splits -> {r.output}; "
                       f"{r.heatmaps} Grad-CAM figures in {out / 'heatmaps'}")
+        stage("enrich", lambda: enrich(EnrichConfig(
+            run=out / "run", table=out / "eval.csv", output=out / "annotations.jsonld", vocab=out / "vocabulary.json",
+            review_output=out / "review.json", review_n=10, device=config.device, quiet=True)),
+            lambda r: f"{r.labelled} of {r.records} evaluation records labelled at precision {r.precision_target:.2f} "
+                      f"({r.abstained} abstained) -> {r.annotations} W3C annotations in {r.output}; "
+                      f"{r.review_tasks} Label Studio tasks in {r.review_output}")
     return report

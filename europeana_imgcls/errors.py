@@ -5,7 +5,8 @@
      ├── ApiError         the Europeana Search API refused or could not be reached
      ├── DatasetError     a table, vocabulary or image folder is unreadable or incomplete
      ├── DownloadError    the image download cannot start
-     └── ModelError       a model, checkpoint or weights file cannot be built or loaded
+     ├── ModelError       a model, checkpoint or weights file cannot be built or loaded
+     └── CalibrationError a run cannot be calibrated, or a calibration cannot be used
 
 Every message says what went wrong and, where there is one, what to do about it.
 """
@@ -36,4 +37,8 @@ class DownloadError(EicError):
 
 
 class ModelError(EicError):
+    pass
+
+
+class CalibrationError(EicError):
     pass

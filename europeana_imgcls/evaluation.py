@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
+from .calibration import CALIBRATION_FILE, load_calibration, score_thresholds
 from .config import EvaluateConfig, public_dict
 from .data import UNREADABLE, ImageDataset, list_images, make_loader, scan_class_folders
 from .errors import DatasetError
@@ -37,6 +38,8 @@ class EvaluateReport:
     unknown_classes: dict[str, int] = field(default_factory=dict)  # eval folders the model does not know
     missing_classes: list[str] = field(default_factory=list)  # model classes without eval images
     unreadable: list[str] = field(default_factory=list)
+    # Per class: precision and coverage on this set at the run's calibrated thresholds (None: not calibrated).
+    calibration_check: list[dict[str, Any]] | None = None
 
 
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
@@ -63,7 +66,29 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     _write_confusion(out, matrix, classes)
     _write_predictions(out / "predictions.csv", paths, truth, probs, classes)
     _gallery(out / "misclassified.png", paths, truth, probs, classes, config.gallery)
+    report.calibration_check = _check_calibration(config, models, truth, probs, out)
     return report
+
+
+def _check_calibration(config: EvaluateConfig, models: list[RunModel], truth: np.ndarray,
+                       probs: dict[str, np.ndarray], out: Path) -> list[dict[str, Any]] | None:
+    """Does the precision the calibration promised hold on images the run never saw? Each split's model,
+    temperature-scaled, labels the set at the run's thresholds; the labels of all splits are pooled."""
+    if not (config.run / CALIBRATION_FILE).is_file():
+        return None
+    calibration = load_calibration(config.run)
+    task, temperatures = models[0].task, {m.split: m.temperature for m in models}
+    scaled = np.concatenate([task.scaled(p, temperatures[split]) for split, p in probs.items()])
+    pooled_truth = np.concatenate([truth] * len(probs))
+    rows = score_thresholds(task, scaled, pooled_truth, calibration.classes, calibration.thresholds())
+    for row, promised in zip(rows, calibration.per_class, strict=True):
+        row["out_of_fold_precision"] = promised.precision
+    columns = ["class", "threshold", "out_of_fold_precision", "precision", "coverage", "labelled", "support"]
+    with (out / "calibration_check.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
+    return rows
 
 
 def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device: Any) -> EvaluateReport:
@@ -95,6 +120,7 @@ def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device:
                                           if v >= cut),
                                  json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
                                  split])
+    report.calibration_check = _check_calibration(config, models, truth, probs, out)
     return report
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import ModelError
+from .tasks import Task, task_for
 
 
 @dataclass
@@ -29,6 +30,15 @@ class RunModel:
     @property
     def multilabel(self) -> bool:
         return self.meta.get("mode") == "multi-label"
+
+    @property
+    def task(self) -> Task:
+        return task_for(self.meta.get("mode"))
+
+    @property
+    def temperature(self) -> float:
+        """Fitted on the split's validation part when it was trained (1.0 for runs trained before that)."""
+        return float(self.meta.get("temperature", 1.0))
 
     def thresholds(self, override: float | None = None) -> np.ndarray:
         """Multi-label decision thresholds: ``override`` for every label, else those tuned in training."""
@@ -80,9 +90,9 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
 
 @torch.inference_mode()
 def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
-                  dtype: torch.dtype | None) -> np.ndarray:
+                  dtype: torch.dtype | None, calibrated: bool = False) -> np.ndarray:
     """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
-    models x batch x classes."""
+    models x batch x classes; ``calibrated``: with each model's temperature applied to its logits."""
     inputs = inputs.to(device, non_blocking=True)
     if device.type == "cuda":
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -90,6 +100,6 @@ def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.de
     for item in models:
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = item.model(inputs)
-        logits = logits.float()
-        out.append((torch.sigmoid(logits) if item.multilabel else torch.softmax(logits, dim=1)).cpu().numpy())
+        logits = logits.float() / (item.temperature if calibrated else 1.0)
+        out.append(item.task.activation(logits).cpu().numpy())
     return np.stack(out)

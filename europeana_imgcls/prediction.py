@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,73 +57,92 @@ class PredictReport:
     splits: list[str] = field(default_factory=list)
 
 
+class Rows:
+    """How one image's probabilities become one output row: the top classes (and labels), as predict writes."""
+
+    calibrated = False  # probabilities with each split's temperature applied
+
+    def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
+        self.classes = models[0].classes
+        self.multi = models[0].multilabel
+        self.columns = ML_COLUMNS if self.multi else COLUMNS
+        self.k = min(config.top_k, len(self.classes))
+        # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
+        self.thresholds = np.mean([m.thresholds(config.threshold) for m in models], axis=0) if self.multi else None
+
+    def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
+        classes = self.classes
+        order = np.argsort(-probs)[: self.k]
+        result = {"image": item.image, "prediction": classes[order[0]], "confidence": float(probs[order[0]]),
+                  "top_k": [[classes[c], round(float(probs[c]), 6)] for c in order], "ID": item.id, "URI": item.uri}
+        if self.thresholds is not None:
+            result["labels"] = [c for c, p, t in zip(classes, probs, self.thresholds, strict=True) if p >= t]
+            result["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)}
+        return result
+
+
 def predict(config: PredictConfig) -> PredictReport:
+    """Label every input image with ``config.run``; see the module docstring."""
+    return run_predictions(config, Rows)
+
+
+def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
+    """Predict's machinery (inputs, fetching, batching, ensembles, resume, shards) with rows made by ``rows``."""
     suffix = config.output.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"{config.output}: predictions are written as .csv or .jsonl")
     if not (config.inputs or config.table or config.query):
         raise ConfigError("nothing to predict: give image files, folders or URLs, or --table, or --query")
     with distributed(config.device) as (device, world):
-        return _predict(config, device, world)
+        return _predict(config, device, world, rows)
 
 
-def _predict(config: PredictConfig, device: torch.device, world: Dist) -> PredictReport:
+def _predict(config: PredictConfig, device: torch.device, world: Dist,
+             make_rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
     models = load_run(config.run, device, config.split)
+    rows = make_rows(models, config)
     report = PredictReport(config.output, splits=[m.split for m in models])
     items, report.not_fetched = _gather(config, world)
     part = _part_path(config.output, world)
-    columns = ML_COLUMNS if models[0].multilabel else COLUMNS
-    done = _previous(config, part, world, columns)
+    done = _previous(config, part, world, rows.columns)
     report.already_done = sum(1 for item in items if item.key in done)
     mine = [item for item in items[world.rank::world.world] if item.key not in done]
     with part.open("a", newline="", encoding="utf-8") as handle:
-        writer = _Writer(handle, config.output.suffix.lower(), columns)
+        writer = _Writer(handle, config.output.suffix.lower(), rows.columns)
         # One loader for the whole shard: its workers start once, and each batch is written as it comes.
-        _label(mine, models, config, device, writer, report)
+        _label(mine, models, config, device, writer, report, rows)
     if world.active:
         counts = [report.predicted, len(report.unreadable)]
         box: list[Any] = [None] * world.world
         dist.all_gather_object(box, counts)
         report.predicted = sum(c[0] for c in box)
     if world.main:
-        _merge(config.output, world, columns)
+        _merge(config.output, world, rows.columns)
     return report
 
 
 def _label(items: list[Item], models: list[RunModel], config: PredictConfig, device: torch.device,
-           writer: _Writer, report: PredictReport) -> None:
+           writer: _Writer, report: PredictReport, rows: Rows) -> None:
     size, mean, std = models[0].preprocessing
-    classes = models[0].classes
-    images = ImageSet([item.path for item in items], np.zeros(len(items), dtype=np.int64), classes)
+    images = ImageSet([item.path for item in items], np.zeros(len(items), dtype=np.int64), models[0].classes)
     loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
                          num_workers=default_workers(device, config.num_workers), seed=0,
                          pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device, config.amp)
-    k = min(config.top_k, len(classes))
-    multi = models[0].multilabel
-    # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
-    thresholds = np.mean([m.thresholds(config.threshold) for m in models], axis=0) if multi else None
     for inputs, labels, index in loader:
         # An ensemble averages the probabilities of its split models.
-        probs = probabilities(models, inputs, device, dtype).mean(axis=0)
+        probs = probabilities(models, inputs, device, dtype, rows.calibrated).mean(axis=0)
         ok = (labels != UNREADABLE).numpy()
         for row, i, good in zip(probs, index.tolist(), ok, strict=True):
-            item = items[i]
             if not good:
-                report.unreadable.append(item.image)
+                report.unreadable.append(items[i].image)
                 continue
-            order = np.argsort(-row)[:k]
-            result = {"image": item.image, "prediction": classes[order[0]], "confidence": float(row[order[0]]),
-                      "top_k": [[classes[c], round(float(row[c]), 6)] for c in order], "ID": item.id, "URI": item.uri}
-            if multi:
-                result["labels"] = [c for c, p, t in zip(classes, row, thresholds, strict=True) if p >= t]
-                result["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)}
-            writer.write(result)
+            writer.write(rows.row(items[i], row))
             report.predicted += 1
         writer.flush()
         if config.gradcam_dir is not None:
             report.heatmaps += _explain(models[0], inputs[ok], probs[ok], [items[i] for i in index[ok].tolist()],
-                                        config, device, thresholds)
+                                        config, device, rows.thresholds)
 
 
 def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: list[Item], config: PredictConfig,

@@ -25,7 +25,7 @@ def cli_reference() -> str:
     group = typer.main.get_command(app)
     lines = ["# Command-line reference", "", "Generated from the `eic` command itself "
              "(`python -m europeana_imgcls.reference docs/reference`); `eic COMMAND --help` shows the same.", ""]
-    for name, command in sorted(group.commands.items()):
+    for name, command in _flat(group):
         lines += [f"## `eic {name}`", "", (command.help or "").strip(), ""]
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         options = [p for p in command.params if p.param_type_name == "option"]
@@ -42,6 +42,17 @@ def cli_reference() -> str:
             lines.append(f"| {flags} | {_cell(p.help)} | {_cell(default)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _flat(group: typing.Any, prefix: str = "") -> list[tuple[str, typing.Any]]:
+    """Every command, with the commands of a group (``eic review import``) under their full name."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            found += _flat(command, f"{prefix}{name} ")
+        else:
+            found.append((f"{prefix}{name}", command))
+    return found
 
 
 def config_reference() -> str:

@@ -8,11 +8,14 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from .calibration import Calibration
     from .dataset import TableStats
     from .download import DownloadReport
+    from .enrichment import EnrichReport
     from .evaluation import EvaluateReport
     from .harvest import HarvestReport
     from .prediction import PredictReport
+    from .review import ReviewImportReport
 
 
 def print_harvest(console: Console, result: HarvestReport) -> None:
@@ -83,6 +86,20 @@ def print_summary(console: Console, title: str, summary: dict[str, dict[str, obj
     console.print(table)
 
 
+def print_calibration(console: Console, calibration: Calibration) -> None:
+    """The per-class thresholds, with what each promises and what it costs in coverage."""
+    table = Table(title=f"thresholds for precision {calibration.precision_target:.2f} ({calibration.source}; "
+                        f"ECE {calibration.ece_before:.3f} → {calibration.ece_after:.3f})")
+    for name in ("class", "threshold", "precision", "coverage", "support"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for c in calibration.per_class:
+        if c.threshold is None:
+            table.add_row(c.name, "never emitted", "–", "0.000", str(c.support))
+        else:
+            table.add_row(c.name, f"{c.threshold:.4f}", f"{c.precision:.3f}", f"{c.coverage:.3f}", str(c.support))
+    console.print(table)
+
+
 def print_evaluation(console: Console, result: EvaluateReport) -> None:
     print_summary(console, f"{result.images} evaluation images, {len(result.splits)} split(s)", result.summary)
     if result.unknown_classes:
@@ -92,7 +109,25 @@ def print_evaluation(console: Console, result: EvaluateReport) -> None:
         console.print(f"[yellow]model classes with no evaluation images:[/] {', '.join(result.missing_classes)}")
     if result.unreadable:
         console.print(f"[yellow]{len(result.unreadable)} unreadable images skipped[/] (listed in report.json)")
+    if result.calibration_check:
+        print_calibration_check(console, result.calibration_check)
     console.print(f"written to {result.output_dir}")
+
+
+def print_calibration_check(console: Console, rows: list[dict[str, object]]) -> None:
+    """What the calibration promised out of fold against what it keeps on the evaluation set."""
+    table = Table(title="the calibration's thresholds on the evaluation set (all splits pooled)")
+    for name in ("class", "threshold", "promised precision", "precision here", "coverage here", "labelled"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+
+    def shown(value: object) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    for row in rows:
+        table.add_row(str(row["class"]), shown(row["threshold"]) if row["threshold"] is not None else "never emitted",
+                      shown(row["out_of_fold_precision"]), shown(row["precision"]), shown(row["coverage"]),
+                      shown(row["labelled"]))
+    console.print(table)
 
 
 def print_prediction(console: Console, result: PredictReport) -> None:
@@ -104,3 +139,30 @@ def print_prediction(console: Console, result: PredictReport) -> None:
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
         + (f"; {result.heatmaps} Grad-CAM figures" if result.heatmaps else "")
     )
+
+
+def print_enrichment(console: Console, result: EnrichReport) -> None:
+    share = result.labelled / result.records if result.records else 0.0
+    model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
+    console.print(
+        f"{result.labelled} of {result.records} records labelled ({share:.1%}) at precision "
+        f"{result.precision_target:.2f}, {result.abstained} abstained; {result.annotations} annotations written to "
+        f"{result.output} by {model} (model {result.model_id})"
+        + (f"; {result.already_done} done earlier" if result.already_done else "")
+        + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
+        + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else ""))
+    if result.per_class:
+        console.print("per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(),
+                                                                              key=lambda kv: -kv[1])))
+    if result.never_emitted:
+        console.print(f"[yellow]never emitted at this precision:[/] {', '.join(result.never_emitted)}")
+    if result.review_output is not None:
+        console.print(f"{result.review_tasks} records to review in {result.review_output} (Label Studio tasks; "
+                      f"labelling config beside it)")
+
+
+def print_review_import(console: Console, result: ReviewImportReport) -> None:
+    console.print(f"{result.imported} reviewed records written to {result.output}"
+                  + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)"
+                     if result.skipped else "")
+                  + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else ""))

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from .calibration import Calibration, calibrate_run, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, public_dict
 from .data import (
@@ -41,9 +42,10 @@ from .data import (
     scan_class_folders,
     to_tensor,
 )
-from .errors import DatasetError
+from .errors import CalibrationError, DatasetError
 from .explain import heatmaps, overlay, side_by_side
 from .metrics import classification_metrics, mean_std
+from .modelcard import write_model_card
 from .models import build_model, get_arch, safe_load
 from .multilabel import (
     MaskedBCEWithLogits,
@@ -56,6 +58,7 @@ from .multilabel import (
 )
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
 from .tables import atomic_path, write_json
+from .tasks import task_for
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
                    "learning_rate", "seconds", "images_per_second"]
@@ -83,6 +86,8 @@ class TrainReport:
     splits: list[SplitResult] = field(default_factory=list)
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     unreadable: int = 0
+    calibration: Calibration | None = None
+    calibration_note: str = ""  # why there is no calibration
 
 
 @dataclass
@@ -221,7 +226,17 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
         write_json(out / "summary.json", {"classes": images.classes, "counts": report.counts,
                                           "splits": len(report.splits), "metrics": report.summary})
+        _calibrate(config, report)
+        write_model_card(out)
     return report
+
+
+def _calibrate(config: TrainConfig, report: TrainReport) -> None:
+    """Calibrate a cross-validated run from its out-of-fold predictions; a run that cannot be is still a run."""
+    try:
+        report.calibration = calibrate_run(config.output_dir, config.precision)
+    except CalibrationError as exc:
+        report.calibration_note = str(exc)
 
 
 def make_multilabel_splits(targets: np.ndarray, folds: int, seed: int, groups: list[str] | None = None
@@ -405,13 +420,14 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
     model.load_state_dict(best["model_state"])
     model.to(device)
     test = evaluate(model, loaders["test"], None, device, dtype)
+    val = evaluate(model, loaders["val"], None, device, dtype)
     test_images = images.subset(split.test)
+    # The temperature that makes this split's probabilities honest, fitted on its validation part.
+    temperature = fit_temperature(task_for(config.mode), val.probs, val.truth)
+    extra: dict[str, Any] = {"temperature": temperature}
     if config.mode == "multi-label":
-        val = evaluate(model, loaders["val"], None, device, dtype)
         thresholds = tune_thresholds(val.truth, val.probs)
-        save_checkpoint(split_dir / "model.pt", model, **{k: v for k, v in best.items()
-                                                          if k not in ("model_state", "format")},
-                        thresholds=[float(t) for t in thresholds])
+        extra["thresholds"] = [float(t) for t in thresholds]
         scores = multilabel_metrics(test.truth, test.probs, thresholds)
         _write_multilabel_predictions(split_dir / "test_predictions.csv", test, test_images, images.classes,
                                       thresholds)
@@ -419,14 +435,18 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
         scores = classification_metrics(test.truth, test.probs)
         with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["image", "truth", "prediction", "confidence"])
+            writer.writerow(["image", "truth", "prediction", "confidence", "probabilities"])
             for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
                 writer.writerow([str(test_images.paths[i]), images.classes[truth],
-                                 images.classes[int(prob.argmax())], f"{prob.max():.6f}"])
+                                 images.classes[int(prob.argmax())], f"{prob.max():.6f}",
+                                 json.dumps({c: round(float(p), 6) for c, p in zip(images.classes, prob,
+                                                                                     strict=True)})])
+    save_checkpoint(split_dir / "model.pt", model, **{k: v for k, v in best.items()
+                                                      if k not in ("model_state", "format")}, **extra)
     write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
                                              "train_images": len(split.train), "val_images": len(split.val),
                                              "epochs_run": state.epoch, "best_epoch": state.best_epoch,
-                                             "best_val_loss": state.best_loss})
+                                             "best_val_loss": state.best_loss, "temperature": temperature})
     plot_curves(state.history, split_dir / "curves.png")
     if config.gradcam_images:
         _gradcam(model, config, test_images, test, images.classes, split_dir / "gradcam", device)

@@ -146,3 +146,33 @@ def test_multilabel_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "e").mkdir()
     with pytest.raises(DatasetError, match="labels.csv: no such table"):
         train(config(tmp_path / "e", tmp_path / "r2", mode="multi-label"))
+
+
+def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    from europeana_imgcls.config import EnrichConfig
+    from europeana_imgcls.enrichment import MODEL, enrich, labelling_config_path
+
+    data, out = ml_run
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["mode"] == "multi-label" and [c["name"] for c in calibration["per_class"]] == list(LABELS)
+    assert calibration["images"] == len(rows(data / "labels.csv"))
+    reachable = [c for c in calibration["per_class"] if c["threshold"] is not None]
+    assert reachable and all(c["precision"] >= 0.95 for c in reachable)
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({label: f"http://example.org/concept/{label}" for label in LABELS}))
+    fresh = make_multilabel_folder(tmp_path / "fresh", count=30, seed=5)
+    report = enrich(EnrichConfig(run=out, inputs=[str(fresh)], output=tmp_path / "a.jsonl", vocab=vocab,
+                                 review_output=tmp_path / "review.json", review_n=3, quiet=True))
+    truth = {r["file"]: set(r["category"].split()) for r in rows(fresh / "labels.csv")}
+    annotations = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert annotations and report.records == 30
+    right = sum(a[MODEL]["class"] in truth[Path(unquote(urlsplit(a["target"]["source"]).path)).name]
+                for a in annotations)
+    assert right / len(annotations) >= 0.85
+    per_record = {}
+    for a in annotations:
+        per_record.setdefault(a["target"]["source"], []).append(a[MODEL]["class"])
+    assert max(len(v) for v in per_record.values()) >= 2  # several labels for one image
+    assert 'choice="multiple"' in labelling_config_path(tmp_path / "review.json").read_text()

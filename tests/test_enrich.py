@@ -1,0 +1,278 @@
+"""Enrichment: calibrated probabilities, precision-targeted thresholds, W3C annotations and the review loop,
+on the sandbox: a cross-validated run, then eic enrich --table, then a Label Studio export back in."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from jsonschema import Draft202012Validator
+from typer.testing import CliRunner
+
+from europeana_imgcls import DownloadConfig, TrainConfig, download, train
+from europeana_imgcls.calibration import (
+    choose_thresholds,
+    expected_calibration_error,
+    fit_temperature,
+    load_calibration,
+    score_thresholds,
+)
+from europeana_imgcls.cli import app
+from europeana_imgcls.config import EnrichConfig, EvaluateConfig
+from europeana_imgcls.enrichment import CONFIDENCE, MODEL, enrich, labelling_config_path
+from europeana_imgcls.errors import CalibrationError
+from europeana_imgcls.evaluation import evaluate_run
+from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.tasks import task_for
+
+from .conftest import VOCAB
+
+TARGET = 0.9
+SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())
+
+
+def _rows(sb: Sandbox) -> list[dict[str, str]]:
+    """Single-concept records, and records of 2 or 3 concepts whose images blend their classes' looks,
+    labelled with their first concept: real labels, some of them hard to tell apart."""
+    records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url]
+    return [{"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)} for r in records]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """A cross-validated run trained on half the sandbox's records, and the other half to enrich."""
+    root = tmp_path_factory.mktemp("enrich")
+    with Sandbox(VOCAB, per_level=12, shared_per_concept=6, triples_per_concept=4) as sb:
+        rows = _rows(sb)
+        training, fresh = rows[0::2], rows[1::2]
+        pl.DataFrame(training).write_csv(root / "train.csv")
+        pl.DataFrame(fresh).write_csv(root / "new.csv")
+        download(DownloadConfig(table=root / "train.csv", output_dir=root / "images", quiet=True, max_side=64))
+        download(DownloadConfig(table=root / "new.csv", output_dir=root / "eval_images", quiet=True, max_side=64))
+        report = train(TrainConfig(data_dir=root / "images", output_dir=root / "run", weights="none", epochs=3,
+                                   input_size=32, batch_size=16, learning_rate=1e-3, folds=3, patience=3,
+                                   quiet=True, gradcam_images=0, precision=TARGET))
+        out = root / "out.jsonld"
+        result = enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=out, quiet=True,
+                                     review_output=root / "review.json", review_n=5))
+        yield {"root": root, "train": report, "enrich": result, "truth": {r["ID"]: r["category"] for r in fresh},
+               "sandbox": sb}
+
+
+def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None:
+    run = world["root"] / "run"
+    calibration = world["train"].calibration
+    assert calibration is not None and calibration.precision_target == TARGET
+    assert json.loads((run / "calibration.json").read_text())["precision_target"] == TARGET
+    assert (run / "reliability.png").stat().st_size > 10_000
+    assert calibration.ece_after <= calibration.ece_before
+    emitted = [c for c in calibration.per_class if c.threshold is not None]
+    assert emitted, "no class reaches the target: the test set-up is too hard to test anything"
+    for c in emitted:
+        assert c.precision >= TARGET and c.labelled >= 5 and 0 < c.coverage <= 1
+    card = (run / "MODEL_CARD.md").read_text()
+    for section in ("## Model details", "## Intended use", "## Out-of-scope use", "## Training data", "## Metrics",
+                    "## Calibration", "## Limitations"):
+        assert section in card
+    for c in calibration.per_class:
+        assert (f"| {c.name} | never emitted |" in card) == (c.threshold is None)
+
+
+def test_enriched_annotations_keep_the_promised_precision_and_validate(world) -> None:
+    collection = json.loads((world["root"] / "out.jsonld").read_text())
+    assert collection["type"] == "AnnotationCollection" and collection["@context"] == "http://www.w3.org/ns/anno.jsonld"
+    items = collection["first"]["items"]
+    assert collection["total"] == len(items) == world["enrich"].annotations
+    validator = Draft202012Validator(SCHEMA)
+    for item in items:
+        errors = [e.message for e in validator.iter_errors(item)]
+        assert not errors, errors
+    uri_class = {uri: name for name, uri in VOCAB.items()}
+    truth = world["truth"]
+    right = sum(uri_class[a["body"]["source"]] == truth[a["target"]["scope"].removeprefix(
+        "http://data.europeana.eu/item")] for a in items)
+    assert right / len(items) >= TARGET - 0.05
+    report = world["enrich"]
+    assert report.labelled / report.records > 0.3  # well above zero
+    assert not set(report.per_class) & set(report.never_emitted)
+    assert {a[MODEL]["id"] for a in items} == {report.model_id}
+    assert all(a[CONFIDENCE] >= a[MODEL]["threshold"] for a in items)
+    assert len({a["canonical"] for a in items}) == len(items)
+
+
+def test_abstentions_go_to_review_as_label_studio_tasks(world) -> None:
+    report = world["enrich"]
+    tasks = json.loads((world["root"] / "review.json").read_text())
+    abstained = [t for t in tasks if t["data"]["reason"] == "abstained"]
+    assert len(abstained) == report.abstained > 0
+    assert len(tasks) == report.abstained + 5
+    annotated = {a["target"]["scope"] for a in json.loads((world["root"] / "out.jsonld").read_text())["first"]["items"]}
+    assert not {t["data"]["URI"] for t in abstained} & annotated  # abstained records are never annotated
+    config = labelling_config_path(world["root"] / "review.json").read_text()
+    for task in tasks:
+        prediction = task["predictions"][0]
+        assert 0 <= prediction["score"] <= 1 and prediction["model_version"].endswith(report.model_id)
+        result = prediction["result"][0]
+        assert result["from_name"] == "category" and result["to_name"] == "image" and result["type"] == "choices"
+        assert all(f'<Choice value="{c}"/>' in config for c in result["value"]["choices"])
+        assert task["data"]["image"].startswith("http://127.0.0.1")
+
+
+def _export(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
+    """A Label Studio JSON export of the review project, as the documented format has it."""
+    exported = []
+    for i, task in enumerate(tasks):
+        answer = truth[task["data"]["ID"]]
+        annotation = {"id": 1000 + i, "completed_by": {"id": 7, "email": "curator@museum.example"},
+                      "was_cancelled": False, "ground_truth": False, "task": i + 1, "lead_time": 3.2,
+                      "result": [{"id": f"r{i}", "from_name": "category", "to_name": "image", "type": "choices",
+                                  "value": {"choices": [answer]}}]}
+        entry = {"id": i + 1, "data": task["data"], "project": 1, "predictions": task["predictions"],
+                 "annotations": [annotation]}
+        exported.append(entry)
+    exported[0]["annotations"] = []  # nobody labelled it
+    exported[1]["annotations"][0]["was_cancelled"] = True
+    other = "painting" if truth[tasks[2]["data"]["ID"]] != "painting" else "map"
+    second = json.loads(json.dumps(exported[2]["annotations"][0]))
+    second["result"][0]["value"]["choices"] = [other]
+    exported[2]["annotations"].append(second)  # two reviewers disagree
+    return exported
+
+
+def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: Path) -> None:
+    tasks = json.loads((world["root"] / "review.json").read_text())
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_export(tasks, world["truth"])))
+    table = tmp_path / "reviewed.csv"
+    result = CliRunner().invoke(app, ["review", "import", str(export), "--output", str(table)])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "2 tasks skipped" in said and "1 tasks where reviewers disagree" in said
+    df = pl.read_csv(table)
+    assert df.columns == ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
+    assert df.height == len(tasks) - 3
+    assert all(world["truth"][i] == c for i, c in zip(df["ID"], df["category"], strict=True))
+    assert set(df["reviewed_by"]) == {"curator@museum.example"}
+    assert all(VOCAB[c] == s for c, s in zip(df["category"], df["skos_concept"], strict=True))
+    side = json.loads((tmp_path / "reviewed.review.json").read_text())
+    assert side["skipped"] == ["1", "2"] and side["conflicts"] == ["3"]
+    # The corrections are training data: eic download takes the table as it is.
+    saved = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, max_side=32))
+    assert saved.saved == df.height and saved.failed == 0
+
+
+def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) -> None:
+    report = evaluate_run(EvaluateConfig(run=world["root"] / "run", eval_dir=world["root"] / "eval_images",
+                                         output_dir=tmp_path / "ev", gallery=0))
+    rows = report.calibration_check
+    assert [r["class"] for r in rows] == report.classes
+    for row in rows:
+        if row["threshold"] is None:
+            assert row["labelled"] == 0 and row["out_of_fold_precision"] is None
+        else:
+            assert row["out_of_fold_precision"] >= TARGET and row["labelled"] > 0
+    labelled = sum(r["labelled"] for r in rows)
+    right = sum(r["precision"] * r["labelled"] for r in rows if r["labelled"])
+    assert right / labelled >= TARGET - 0.1  # the promise, on images the run never saw
+    assert (tmp_path / "ev" / "calibration_check.csv").read_text().startswith("class,threshold,out_of_fold_precision")
+
+
+def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp_path: Path) -> None:
+    root = world["root"]
+    again = enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=root / "out.jsonld", quiet=True,
+                                resume=True, image_dir=root / "out_images"))
+    assert again.already_done == world["enrich"].records and again.annotations == world["enrich"].annotations
+    result = CliRunner().invoke(app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"),
+                                      "-o", str(root / "out.jsonld"), "--quiet"])
+    assert result.exit_code == 1 and "already exists" in result.stderr and "--resume" in result.stderr
+
+
+def test_a_stricter_target_labels_fewer_records(world, tmp_path: Path) -> None:
+    root = world["root"]
+    strict = load_calibration(root / "run", 0.999)
+    loose = load_calibration(root / "run")
+    assert strict.precision_target == 0.999 and loose.precision_target == TARGET
+    assert all(s.threshold is None or (lo.threshold is not None and s.threshold >= lo.threshold)
+               for s, lo in zip(strict.per_class, loose.per_class, strict=True))
+    result = CliRunner().invoke(app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"),
+                                      "-o", str(tmp_path / "strict.jsonl"), "--precision", "0.999", "--quiet",
+                                      "--image-dir", str(root / "out_images")])
+    assert result.exit_code == 0, result.stderr
+    lines = (tmp_path / "strict.jsonl").read_text().splitlines()
+    assert len(lines) <= world["enrich"].annotations
+    assert all(json.loads(line)["type"] == "Annotation" for line in lines)
+
+
+def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
+    root = world["root"]
+    runner = CliRunner()
+
+    def fails(args: list[str], code: int, *words: str) -> None:
+        result = runner.invoke(app, args)
+        assert result.exit_code == code, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert all(w in result.stderr for w in words), result.stderr
+
+    enrich_args = ["enrich", str(root / "run"), "--table", str(root / "new.csv"), "--quiet"]
+    fails([*enrich_args, "-o", str(tmp_path / "a.jsonld"), "--precision", "1.5"], 2, "precision")
+    fails([*enrich_args, "-o", str(tmp_path / "a.csv")], 2, ".jsonld")
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({"statue": "http://data.europeana.eu/concept/base/1"}))
+    emitted = next(c.name for c in world["train"].calibration.per_class if c.threshold is not None)
+    fails([*enrich_args, "-o", str(tmp_path / "a.jsonld"), "--vocab", str(vocab)], 1, "no concept URI", emitted)
+    fails(["calibrate", str(root / "run"), "--precision", "0"], 2, "precision")
+    not_ls = tmp_path / "not_ls.json"
+    not_ls.write_text(json.dumps({"tasks": []}))
+    fails(["review", "import", str(not_ls), "-o", str(tmp_path / "t.csv")], 1, "not a Label Studio JSON export")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps([{"id": 1, "data": {"image": "http://127.0.0.1:9/a.jpg", "ID": "/1/a"},
+                                    "annotations": [{"result": [{"type": "choices", "from_name": "category",
+                                                                 "value": {"choices": ["unicorn"]}}]}]}]))
+    fails(["review", "import", str(unknown), "-o", str(tmp_path / "t.csv")], 1, "unicorn")
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_a_run_without_out_of_fold_predictions_says_how_to_get_them(world, tmp_path: Path) -> None:
+    run = tmp_path / "single"
+    report = train(TrainConfig(data_dir=world["root"] / "images", output_dir=run, weights="none", epochs=1,
+                               input_size=32, batch_size=16, folds=3, quiet=True, gradcam_images=0,
+                               crossvalidation=False))
+    assert report.calibration is None and "cross-validation" in report.calibration_note
+    assert "Not calibrated" in (run / "MODEL_CARD.md").read_text()
+    with pytest.raises(CalibrationError, match="cross-validation"):
+        enrich(EnrichConfig(run=run, table=world["root"] / "new.csv", output=tmp_path / "x.jsonld"))
+    assert not (tmp_path / "x.jsonld").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The numbers, on data with known answers
+
+
+def test_temperature_scaling_recovers_an_overconfident_model() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, size=(4000, 5))
+    honest = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    truth = np.array([rng.choice(5, p=p) for p in honest])
+    task = task_for("single-label")
+    overconfident = task.scaled(honest, 1 / 3)  # logits three times too large
+    temperature = fit_temperature(task, overconfident, truth)
+    assert 2.5 < temperature < 3.6
+    assert expected_calibration_error(task, task.scaled(overconfident, temperature), truth) < \
+        expected_calibration_error(task, overconfident, truth) / 3
+
+
+def test_thresholds_are_the_lowest_that_reach_the_target() -> None:
+    task = task_for("multi-label")
+    # Label 0: right above 0.6, wrong below; label 1: right one time in two everywhere.
+    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.55, 0.5, 0.45])
+    probs = np.stack([scores, scores], axis=1)
+    truth = np.stack([(scores > 0.6).astype(int), np.arange(10) % 2], axis=1)
+    zero, one = choose_thresholds(task, probs, truth, ["a", "b"], 0.9)
+    assert zero.threshold == 0.65 and zero.precision == 1.0 and zero.coverage == 1.0 and zero.labelled == 7
+    assert one.threshold is None and one.coverage == 0.0
+    rows = score_thresholds(task, probs, truth, ["a", "b"], np.array([0.65, np.inf]))
+    assert rows[0]["precision"] == 1.0 and rows[0]["labelled"] == 7 and rows[1]["labelled"] == 0
