@@ -73,13 +73,14 @@ class Calibration:
 # The pieces
 
 
-def fit_temperature(task: Task, probs: np.ndarray, truth: np.ndarray) -> float:
+def fit_temperature(task: Task, logits: np.ndarray, truth: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of ``truth`` (Guo et al., 2017)."""
     from scipy.optimize import minimize_scalar
 
     if len(truth) == 0:
         return 1.0
-    result = minimize_scalar(lambda log_t: task.nll(task.scaled(probs, math.exp(log_t)), truth),
+    logits = np.asarray(logits, dtype=np.float64)
+    result = minimize_scalar(lambda log_t: task.nll(task.from_logits(logits / math.exp(log_t)), truth),
                              bounds=(-3.0, 3.0), method="bounded")
     return float(math.exp(result.x))
 
@@ -151,6 +152,8 @@ class OutOfFold:
     raw: np.ndarray  # as the models said
     calibrated: np.ndarray  # each split's temperature applied
     temperatures: dict[str, float]
+    images: list[str] = field(default_factory=list)  # the image of each row
+    folds: list[int] = field(default_factory=list)  # the split whose test fold held it
 
 
 def out_of_fold(run: Path) -> OutOfFold:
@@ -167,30 +170,33 @@ def out_of_fold(run: Path) -> OutOfFold:
             "cross-validation (the default), or finish the run with eic train --resume")
     task = task_for(config.get("mode"))
     classes = list(json.loads((splits[0].parent / "class_index.json").read_text(encoding="utf-8")))
-    truths, raws, calibrated, temperatures = [], [], [], {}
+    truths, raws, calibrated, temperatures, images, folds = [], [], [], {}, [], []
     for metrics_path in splits:
         split = metrics_path.parent
         temperature = float(json.loads(metrics_path.read_text(encoding="utf-8")).get("temperature", 1.0))
-        truth, probs = _read_test_predictions(split / "test_predictions.csv", task, classes)
+        truth, logits, paths = _read_test_predictions(split / "test_predictions.csv", task, classes)
         temperatures[split.name] = temperature
         truths.append(truth)
-        raws.append(probs)
-        calibrated.append(task.scaled(probs, temperature))
+        raws.append(task.from_logits(logits))
+        calibrated.append(task.from_logits(logits / temperature))
+        images += paths
+        folds += [int(split.name.split("_")[-1])] * len(paths)
     return OutOfFold(task, classes, np.concatenate(truths), np.concatenate(raws), np.concatenate(calibrated),
-                     temperatures)
+                     temperatures, images, folds)
 
 
-def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    truths, probs = [], []
+def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    truths, probs, paths = [], [], []
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            if not row.get("probabilities"):
-                raise CalibrationError(f"{path} has no probabilities column (the run was trained by an older eic): "
+            if not row.get("logits"):
+                raise CalibrationError(f"{path} has no logits column (the run was trained by an older eic): "
                                        "train it again to calibrate it")
-            values = json.loads(row["probabilities"])
+            values = json.loads(row["logits"])
             probs.append([values[c] for c in classes])
             truths.append(task.truth_of(row["truth"], classes))
-    return np.asarray(truths), np.asarray(probs, dtype=np.float64)
+            paths.append(row["image"])
+    return np.asarray(truths), np.asarray(probs, dtype=np.float64), paths
 
 
 def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> Calibration:

@@ -17,9 +17,11 @@ from rich.console import Console
 
 from . import report
 from .config import (
+    AuditConfig,
     CalibrateConfig,
     DemoConfig,
     DownloadConfig,
+    EmbedConfig,
     EnrichConfig,
     EvaluateConfig,
     HarvestConfig,
@@ -212,6 +214,10 @@ def train(
     labels: Annotated[Path | None, opt(TrainConfig, "labels", "--labels")] = None,
     cache_mb: Annotated[int | None, opt(TrainConfig, "cache_mb", "--cache-mb")] = None,
     precision: Annotated[float | None, opt(TrainConfig, "precision", "--precision")] = None,
+    method: Annotated[str | None, opt(TrainConfig, "method", "--method")] = None,
+    embeddings: Annotated[Path | None, opt(TrainConfig, "embeddings", "--embeddings")] = None,
+    neighbours: Annotated[int | None, opt(TrainConfig, "neighbours", "--neighbours")] = None,
+    duplicate_groups: Annotated[Path | None, opt(TrainConfig, "duplicate_groups", "--duplicate-groups")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -223,7 +229,8 @@ def train(
                  folds=folds, crossvalidation=crossvalidation, weighted_loss=weighted_loss, sample=sample,
                  hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
                  resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, mode=mode,
-                 labels=labels, cache_mb=cache_mb, precision=precision, quiet=quiet)
+                 labels=labels, cache_mb=cache_mb, precision=precision, method=method, embeddings=embeddings,
+                 neighbours=neighbours, duplicate_groups=duplicate_groups, quiet=quiet)
     result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
     if result.summary and os.environ.get("RANK", "0") == "0":
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
@@ -351,6 +358,59 @@ def enrich(
     result = run(lambda: run_enrich(build_config(EnrichConfig, flags, config)))
     if os.environ.get("RANK", "0") == "0":
         report.print_enrichment(console, result)
+
+
+@app.command()
+def embed(
+    data_dir: Annotated[Path, typer.Argument(help="Class folders (or one folder and labels.csv), as eic download "
+                                                  "writes them.")],
+    output: Annotated[Path | None, opt(EmbedConfig, "output", "--output", "-o")] = None,
+    arch: Annotated[str | None, opt(EmbedConfig, "arch", "--arch")] = None,
+    weights: Annotated[str | None, opt(EmbedConfig, "weights", "--weights")] = None,
+    input_size: Annotated[int | None, opt(EmbedConfig, "input_size", "--input-size")] = None,
+    mode: Annotated[str | None, opt(EmbedConfig, "mode", "--mode")] = None,
+    labels: Annotated[Path | None, opt(EmbedConfig, "labels", "--labels")] = None,
+    resume: Annotated[bool | None, opt(EmbedConfig, "resume", "--resume/--no-resume")] = None,
+    batch_size: Annotated[int | None, opt(EmbedConfig, "batch_size", "--batch-size")] = None,
+    device: Annotated[str | None, opt(EmbedConfig, "device", "--device")] = None,
+    num_workers: Annotated[int | None, opt(EmbedConfig, "num_workers", "--num-workers")] = None,
+    amp: Annotated[bool | None, opt(EmbedConfig, "amp", "--amp/--no-amp")] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """One vector per image from a frozen pretrained backbone, for linear probes, k-NN and eic audit."""
+    from .embedding import embed as run_embed
+
+    flags = dict(data_dir=data_dir, output=output, arch=arch, weights=weights, input_size=input_size, mode=mode,
+                 labels=labels, resume=resume, batch_size=batch_size, device=device, num_workers=num_workers,
+                 amp=amp, quiet=quiet)
+    result = run(lambda: run_embed(build_config(EmbedConfig, flags, config)))
+    console.print(f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
+                  f"images/s), {result.dim} dimensions -> {result.output}"
+                  + (f"; {result.already_done} done earlier" if result.already_done else "")
+                  + (f"; {result.unreadable} unreadable" if result.unreadable else ""))
+
+
+@app.command()
+def audit(
+    source: Annotated[Path, typer.Argument(metavar="RUN_OR_EMB", help="A cross-validated training run, or an "
+                                                                        "embeddings table from eic embed.")],
+    output_dir: Annotated[Path | None, opt(AuditConfig, "output_dir", "--output-dir", "-o")] = None,
+    embeddings: Annotated[Path | None, opt(AuditConfig, "embeddings", "--embeddings")] = None,
+    similarity: Annotated[float | None, opt(AuditConfig, "similarity", "--similarity")] = None,
+    folds: Annotated[int | None, opt(AuditConfig, "folds", "--folds")] = None,
+    top: Annotated[int | None, opt(AuditConfig, "top", "--top")] = None,
+    seed: Annotated[int | None, opt(AuditConfig, "seed", "--seed")] = None,
+    overwrite: Annotated[bool | None, opt(AuditConfig, "overwrite", "--overwrite")] = None,
+    quiet: Quiet = None,
+    config: ConfigFile = None,
+) -> None:
+    """Likely mislabelled images (cleanlab) and near-duplicates across folds, labels and providers."""
+    from .audit import audit as run_audit
+
+    flags = dict(source=source, output_dir=output_dir, embeddings=embeddings, similarity=similarity, folds=folds,
+                 top=top, seed=seed, overwrite=overwrite, quiet=quiet)
+    report.print_audit(console, run(lambda: run_audit(build_config(AuditConfig, flags, config))))
 
 
 review_app = typer.Typer(no_args_is_help=True, help="The review loop: Label Studio exports back into tables.")

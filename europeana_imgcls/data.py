@@ -153,6 +153,37 @@ def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str]
     return splits
 
 
+def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) -> list[str] | None:
+    """What must stay in one fold: a provider's records (``by_provider``), the images of one near-duplicate
+    group (``duplicates``, eic audit's duplicates.csv), or both joined; None when nothing must."""
+    if duplicates is None:
+        return images.groups() if by_provider else None
+    from .tables import read_table
+
+    table = read_table(duplicates, required=("image", "group"))
+    group_of = dict(zip(table["image"].to_list(), table["group"].to_list(), strict=True))
+    parent = list(range(len(images)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    keys = [(f"provider:{g}" if by_provider else None, group_of.get(str(p))) for g, p in
+            zip(images.groups(), images.paths, strict=True)]
+    for i, pair in enumerate(keys):
+        for key in pair:
+            if key is None:
+                continue
+            if key in first:
+                parent[root(i)] = root(first[key])
+            else:
+                first[key] = i
+    return [str(root(i)) for i in range(len(images))]
+
+
 def load_image(path: Path, size: int) -> Image.Image:
     """An RGB image of ``size`` x ``size``; JPEGs are decoded at reduced scale when big enough."""
     with Image.open(path) as image:

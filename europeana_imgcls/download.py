@@ -89,10 +89,14 @@ def file_name(record_id: str) -> str:
 
 
 def category_dir(root: Path, category: str) -> Path:
-    name = category.strip()
-    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+    if not _folder_name_ok(category):
         raise DatasetError(f"category {category!r} cannot be a folder name inside {root}")
-    return root / name
+    return root / category.strip()
+
+
+def _folder_name_ok(category: str) -> bool:
+    name = category.strip()
+    return bool(name) and name not in (".", "..") and not any(sep in name for sep in ("/", "\\", "\0"))
 
 
 def download(config: DownloadConfig) -> DownloadReport:
@@ -152,6 +156,8 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
                 yield "no category"
             elif record_id in seen:
                 yield "repeated ID"  # one file per record: a second row would fetch over the first
+            elif config.mode == "single-label" and not _folder_name_ok(category):
+                yield "category that cannot be a folder name"
             else:
                 seen.add(record_id)
                 folder = category_dir(root, category) if config.mode == "single-label" else root
@@ -233,6 +239,9 @@ def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: Down
         if known:
             report.known_failures += 1
             failures.keep(job.id)
+        else:  # --retry-failed and a record that has not failed before: left for a plain run
+            reason = "not a known failure (--retry-failed)"
+            report.skipped[reason] = report.skipped.get(reason, 0) + 1
         return False
     return True
 

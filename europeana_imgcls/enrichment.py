@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,11 +32,12 @@ import numpy as np
 from . import __version__
 from .calibration import Calibration, check_precision, load_calibration
 from .config import EnrichConfig, PredictConfig
+from .embedding import record_id_of
 from .errors import CalibrationError, ConfigError, DatasetError
 from .inference import RunModel, checkpoint_paths
 from .prediction import Item, Rows, run_predictions
 from .search_api import record_uri
-from .tables import atomic_path
+from .tables import atomic_path, write_json
 from .vocabulary import load_vocabulary
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
@@ -45,6 +48,7 @@ SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
 JOURNAL_COLUMNS = ["image", "ID", "URI", "probabilities"]
 CHOICES_NAME = "category"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,6 +60,7 @@ class EnrichReport:
     records: int = 0
     labelled: int = 0
     abstained: int = 0
+    not_records: int = 0  # inputs that name no record (plain files, bare URLs): never annotated
     annotations: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     review_output: Path | None = None
@@ -92,9 +97,14 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     calibration = load_calibration(config.run, config.precision)
     vocab = load_vocabulary(config.vocab)
     _check_vocabulary(calibration, vocab, config.vocab)
+    if config.split == "all":
+        log.warning("the thresholds were measured on single split models; an ensemble (--split all) averages "
+                    "them, which usually keeps the precision but is not measured: check it with eic evaluate")
+    model_id = _check_journal(journal, config, calibration, checkpoint_paths(config.run))
     predicted = run_predictions(_predict_config(config, journal), CalibratedRows)
-    models = _used_checkpoints(config.run, predicted.splits)
-    report = EnrichReport(config.output, journal, model_id=_model_id(models), splits=predicted.splits,
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes for all
+        return EnrichReport(config.output, journal, splits=predicted.splits)
+    report = EnrichReport(config.output, journal, model_id=model_id, splits=predicted.splits,
                           unreadable=predicted.unreadable, not_fetched=predicted.not_fetched,
                           already_done=predicted.already_done, precision_target=calibration.precision_target,
                           never_emitted=[c.name for c in calibration.per_class if c.threshold is None])
@@ -152,14 +162,24 @@ def _predict_config(config: EnrichConfig, journal: Path) -> PredictConfig:
     return PredictConfig(**shared, output=journal, image_dir=image_dir)
 
 
-def _used_checkpoints(run: Path, splits: list[str]) -> list[Path]:
-    paths = checkpoint_paths(run)
-    chosen = [p for p in paths if p.parent.name in splits]
-    return chosen or paths
+def _check_journal(journal: Path, config: EnrichConfig, calibration: Calibration, models: list[Path]) -> str:
+    """A resumed enrichment carries on with the same model and classes, or not at all; returns the model id."""
+    meta_path = journal.with_name(journal.name + ".meta.json")
+    meta = {"model_id": _model_id(models), "classes": calibration.classes, "split": config.split}
+    if config.resume and meta_path.is_file():
+        before = json.loads(meta_path.read_text(encoding="utf-8"))
+        differ = [k for k in meta if before.get(k) != meta[k]]
+        if differ:
+            raise DatasetError(f"{journal} was written by another model or setting ({', '.join(differ)} differ): "
+                               "resume with the same run and --split, or choose another --output")
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(meta_path, meta)
+    return str(meta["model_id"])
 
 
 def _model_id(paths: list[Path]) -> str:
-    """A short digest of the checkpoint files that made the labels: the same model, the same id."""
+    """A short digest of the run's checkpoint files: the same model, the same id (the annotations also
+    name the splits that labelled)."""
     digest = hashlib.sha256()
     for path in paths:
         with path.open("rb") as handle:
@@ -180,6 +200,10 @@ def _decide(record: dict[str, Any], calibration: Calibration, vocab: dict[str, s
     probs = np.array([record["probabilities"][c] for c in classes])
     emitted = task.emitted(probs, thresholds)
     report.records += 1
+    target = _target(record)
+    if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
+        report.not_records += 1
+        return
     if not emitted:
         report.abstained += 1
         review.abstained(record, probs, classes)
@@ -187,27 +211,40 @@ def _decide(record: dict[str, Any], calibration: Calibration, vocab: dict[str, s
     report.labelled += 1
     for c in emitted:
         name = classes[c]
-        writer.write(annotation(record, vocab[name], float(probs[c]),
+        writer.write(annotation(target, vocab[name], float(probs[c]),
                                 {**model, "class": name, "threshold": float(thresholds[c])}))
         report.per_class[name] = report.per_class.get(name, 0) + 1
     margin = min(float(probs[c] - thresholds[c]) for c in emitted)
     review.labelled(record, probs, classes, emitted, margin)
 
 
-def annotation(record: dict[str, Any], concept: str, confidence: float, model: dict[str, Any]) -> dict[str, Any]:
-    """One W3C Web Annotation tagging a record's image with a concept, as Europeana's Annotations API takes it."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    source = _image_url(record["image"])
-    record_id = record.get("ID")
+def _target(record: dict[str, Any]) -> dict[str, str] | str | None:
+    """The record (and the image of it that was classified, when that has a web address), or None.
+
+    Europeana wants a target's scope and source together, the scope being the record; a local file named by
+    eic download still names its record, but has no web address to give as the source."""
+    image = record["image"]
+    web = image.lower().startswith(("http://", "https://"))
+    record_id = record.get("ID") or (None if web else record_id_of(Path(image)))
     scope = record.get("URI") or (record_uri(record_id) if record_id else None)
-    target: dict[str, str] = {"scope": scope, "source": source} if scope else {"source": source}
+    if scope is None:
+        return None
+    return {"scope": scope, "source": image} if web else scope
+
+
+def annotation(target: dict[str, str] | str, concept: str, confidence: float, model: dict[str, Any]
+               ) -> dict[str, Any]:
+    """One W3C Web Annotation tagging a record (or its image) with a concept, as Europeana's Annotations API
+    takes it."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    scope = target if isinstance(target, str) else target["scope"]
     agent = {"type": "Software", "name": SOFTWARE}
     return {
         "@context": ANNO_CONTEXT,
         "type": "Annotation",
         "motivation": "tagging",
         # Not "id": Europeana treats an item with an id as an update of an existing annotation.
-        "canonical": f"urn:uuid:{uuid.uuid5(CANONICAL_NS, '|'.join((model['id'], scope or source, concept)))}",
+        "canonical": f"urn:uuid:{uuid.uuid5(CANONICAL_NS, '|'.join((model['id'], scope, concept)))}",
         "body": {"type": "SpecificResource", "source": concept, "purpose": "tagging"},
         "target": target,
         "creator": agent,
@@ -217,12 +254,6 @@ def annotation(record: dict[str, Any], concept: str, confidence: float, model: d
         CONFIDENCE: round(confidence, 6),
         MODEL: model,
     }
-
-
-def _image_url(image: str) -> str:
-    if image.lower().startswith(("http://", "https://")):
-        return image
-    return Path(image).resolve().as_uri()
 
 
 class _AnnotationWriter:
@@ -280,10 +311,13 @@ class _ReviewQueue:
 
 def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: str) -> dict[str, Any]:
     """A Label Studio task with the model's suggestion as a pre-annotation."""
-    record_id = record.get("ID")
-    data = {"image": record["image"], "ID": record_id or "", "URI": record.get("URI") or "", "reason": reason}
+    record_id = record.get("ID") or record_id_of(Path(record["image"])) or ""
+    data = {"image": record["image"], "ID": record_id, "URI": record.get("URI") or (
+        record_uri(record_id) if record_id else ""), "reason": reason}
+    # Result ids must differ across a project's tasks: derive one from the record.
+    result_id = hashlib.sha1((record_id or record["image"]).encode()).hexdigest()[:10]
     return {"data": data, "predictions": [{"score": round(score, 6), "result": [
-        {"id": "suggestion", "type": "choices", "from_name": CHOICES_NAME, "to_name": "image",
+        {"id": result_id, "type": "choices", "from_name": CHOICES_NAME, "to_name": "image",
          "value": {"choices": suggestion}}]}]}
 
 

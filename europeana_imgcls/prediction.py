@@ -118,6 +118,8 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
         report.predicted = sum(c[0] for c in box)
     if world.main:
         _merge(config.output, world, rows.columns)
+    if world.active:
+        dist.barrier()  # nobody reads the output before rank 0 has merged it
     return report
 
 
@@ -278,8 +280,9 @@ def _check_image_dir(folder: Path, table: Path) -> None:
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     try:
-        own = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("table") == str(table)
-    except (OSError, ValueError, AttributeError):
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("table")
+        own = Path(written).resolve() == table.resolve()
+    except (OSError, ValueError, AttributeError, TypeError):
         own = False
     if not own:
         raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from .audit import AuditReport
     from .calibration import Calibration
     from .dataset import TableStats
     from .download import DownloadReport
@@ -150,7 +152,8 @@ def print_enrichment(console: Console, result: EnrichReport) -> None:
         f"{result.output} by {model} (model {result.model_id})"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
-        + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else ""))
+        + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
+        + (f"; {result.not_records} inputs name no record and were not annotated" if result.not_records else ""))
     if result.per_class:
         console.print("per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(),
                                                                               key=lambda kv: -kv[1])))
@@ -166,3 +169,24 @@ def print_review_import(console: Console, result: ReviewImportReport) -> None:
                   + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)"
                      if result.skipped else "")
                   + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else ""))
+
+
+def print_audit(console: Console, result: AuditReport) -> None:
+    console.print(f"{result.issues} of {result.images} images look mislabelled (label_issues.csv, suspects.png); "
+                  f"{result.duplicate_groups} near-duplicate groups: {result.leaking_groups} across folds, "
+                  f"{result.conflicting_groups} with conflicting labels, {result.cross_provider_groups} across "
+                  f"providers (duplicates.csv)")
+    if result.top:
+        table = Table(title="worst suspects")
+        for name in ("rank", "image or record", "given", "suggested", "label quality"):
+            table.add_column(name)
+        for row in result.top[:10]:
+            table.add_row(str(row["rank"]), row["ID"] or Path(row["image"]).name, row["given"], row["suggested"],
+                          f"{row['label_quality']:.3f}")
+        console.print(table)
+    if result.worst_providers:
+        console.print("providers with the most issues: " + ", ".join(
+            f"{name} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers))
+    if result.note:
+        console.print(f"[yellow]note:[/] {result.note}")
+    console.print(f"written to {result.output_dir}")

@@ -41,6 +41,9 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     refuse_existing(config.output, config.overwrite)
     vocab = load_vocabulary(config.vocab)
     tasks = _load_export(config.export)
+    if tasks and not any(task["data"].get("ID") for task in tasks):
+        raise DatasetError(f"{config.export}: no task has data.ID, so none comes from an eic enrich review file; "
+                           "export the project made from --review-output")
     report = ReviewImportReport(config.output)
     rows = []
     for number, task in enumerate(tasks):

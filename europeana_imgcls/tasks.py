@@ -26,9 +26,14 @@ class Task:
         """Logits that give ``probs`` back (up to a constant per row, which softmax ignores)."""
         raise NotImplementedError
 
-    def scaled(self, probs: np.ndarray, temperature: float) -> np.ndarray:
-        """``probs`` as the same model divided by ``temperature`` before its activation would give them."""
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The activation, in float64 numpy."""
         raise NotImplementedError
+
+    def scaled(self, probs: np.ndarray, temperature: float) -> np.ndarray:
+        """``probs`` as the same model divided by ``temperature`` before its activation would give them
+        (approximately, where probabilities near 0 or 1 lost digits: prefer ``from_logits``)."""
+        return self.from_logits(self.logits(probs) / temperature)
 
     def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
         raise NotImplementedError
@@ -63,9 +68,9 @@ class SingleLabel(Task):
     def logits(self, probs: np.ndarray) -> np.ndarray:
         return np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0))
 
-    def scaled(self, probs: np.ndarray, temperature: float) -> np.ndarray:
-        z = self.logits(probs) / temperature
-        z -= z.max(axis=1, keepdims=True)
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64)
+        z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
@@ -101,10 +106,10 @@ class MultiLabel(Task):
         p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
         return np.log(p / (1 - p))
 
-    def scaled(self, probs: np.ndarray, temperature: float) -> np.ndarray:
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
         from scipy.special import expit  # a sigmoid that neither overflows nor warns
 
-        return expit(self.logits(probs) / temperature)
+        return expit(np.asarray(logits, dtype=np.float64))
 
     def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
         p = np.clip(probs, EPS, 1 - EPS)

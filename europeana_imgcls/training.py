@@ -35,6 +35,7 @@ from .data import (
     ImageSet,
     Split,
     check_trainable,
+    fold_groups,
     load_image,
     make_loader,
     make_splits,
@@ -44,6 +45,7 @@ from .data import (
 )
 from .errors import CalibrationError, DatasetError
 from .explain import heatmaps, overlay, side_by_side
+from .heads import train_heads
 from .metrics import classification_metrics, mean_std
 from .modelcard import write_model_card
 from .models import build_model, get_arch, safe_load
@@ -107,6 +109,7 @@ class Evaluation:
     truth: np.ndarray
     probs: np.ndarray
     indices: np.ndarray
+    logits: np.ndarray | None = None  # exact, for calibration (probabilities near 1 lose digits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
     """Loss, truths and probabilities (softmax; sigmoid for multi-label targets) of a whole loader."""
     model.eval()
     total_loss, seen = 0.0, 0
-    truths, probs, indices = [], [], []
+    truths, probs, indices, raw = [], [], [], []
     for inputs, targets, index in loader:
         inputs, targets = _to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
@@ -161,10 +164,12 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
         truths.append(targets.cpu())
         multilabel = targets.ndim == 2
         probs.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu())
+        raw.append(logits.cpu())
         indices.append(index)
     truth, prob, index = torch.cat(truths).numpy(), torch.cat(probs).numpy(), torch.cat(indices).numpy()
     readable = truth[:, 0] >= 0 if truth.ndim == 2 else truth != UNREADABLE
-    return Evaluation(total_loss / max(seen, 1), truth[readable], prob[readable], index[readable])
+    return Evaluation(total_loss / max(seen, 1), truth[readable], prob[readable], index[readable],
+                      torch.cat(raw).numpy()[readable])
 
 
 def readable_rows(targets: torch.Tensor) -> torch.Tensor:
@@ -207,7 +212,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     out = config.output_dir
     if world.main:
         _check_run_folder(out, config.resume)
-    groups = images.groups() if config.group_by_provider else None
+    groups = fold_groups(images, config.group_by_provider, config.duplicate_groups)
     splits = (make_multilabel_splits(images.labels, config.folds, config.seed, groups) if multi
               else make_splits(images.labels, config.folds, config.seed, groups))
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
@@ -216,11 +221,15 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     elif world.active:
         torch.set_num_threads(max(1, torch.get_num_threads() // world.world))
     chosen = range(len(splits)) if config.crossvalidation else range(1)
-    # One cache for the whole run: an image is decoded in the first split that reads it, never again.
-    cache = DecodedCache.for_images(len(images), config.input_size, config.cache_mb,
-                                    default_workers(device, config.num_workers))
-    for i in chosen:
-        report.splits.append(_run_split(config, images, splits[i], i, device, world, cache))
+    if config.method != "finetune":
+        if world.main:  # a head per split on embeddings: seconds, no need to spread it over processes
+            report.splits = train_heads(config, images, splits, chosen, device)
+    else:
+        # One cache for the whole run: an image is decoded in the first split that reads it, never again.
+        cache = DecodedCache.for_images(len(images), config.input_size, config.cache_mb,
+                                        default_workers(device, config.num_workers))
+        for i in chosen:
+            report.splits.append(_run_split(config, images, splits[i], i, device, world, cache))
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
@@ -422,31 +431,12 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
     test = evaluate(model, loaders["test"], None, device, dtype)
     val = evaluate(model, loaders["val"], None, device, dtype)
     test_images = images.subset(split.test)
-    # The temperature that makes this split's probabilities honest, fitted on its validation part.
-    temperature = fit_temperature(task_for(config.mode), val.probs, val.truth)
-    extra: dict[str, Any] = {"temperature": temperature}
-    if config.mode == "multi-label":
-        thresholds = tune_thresholds(val.truth, val.probs)
-        extra["thresholds"] = [float(t) for t in thresholds]
-        scores = multilabel_metrics(test.truth, test.probs, thresholds)
-        _write_multilabel_predictions(split_dir / "test_predictions.csv", test, test_images, images.classes,
-                                      thresholds)
-    else:
-        scores = classification_metrics(test.truth, test.probs)
-        with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "truth", "prediction", "confidence", "probabilities"])
-            for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
-                writer.writerow([str(test_images.paths[i]), images.classes[truth],
-                                 images.classes[int(prob.argmax())], f"{prob.max():.6f}",
-                                 json.dumps({c: round(float(p), 6) for c, p in zip(images.classes, prob,
-                                                                                     strict=True)})])
-    save_checkpoint(split_dir / "model.pt", model, **{k: v for k, v in best.items()
-                                                      if k not in ("model_state", "format")}, **extra)
-    write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
-                                             "train_images": len(split.train), "val_images": len(split.val),
-                                             "epochs_run": state.epoch, "best_epoch": state.best_epoch,
-                                             "best_val_loss": state.best_loss, "temperature": temperature})
+    scores, extra = score_split(config.mode, images, split, split_dir, test, val)
+    # A resumed split may hold a temperature already: the new values win, never a duplicate keyword.
+    save_checkpoint(split_dir / "model.pt", model, **{**{k: v for k, v in best.items()
+                                                         if k not in ("model_state", "format")}, **extra})
+    write_split_metrics(split_dir, scores, split, state.epoch, state.best_epoch, state.best_loss,
+                        extra["temperature"])
     plot_curves(state.history, split_dir / "curves.png")
     if config.gradcam_images:
         _gradcam(model, config, test_images, test, images.classes, split_dir / "gradcam", device)
@@ -454,15 +444,50 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
     return scores
 
 
+def score_split(mode: str, images: ImageSet, split: Split, split_dir: Path, test: Evaluation, val: Evaluation
+                ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Test metrics and ``test_predictions.csv`` of a finished split, and what its checkpoint gains from the
+    validation part: the temperature that makes its probabilities honest (multi-label: tuned thresholds)."""
+    test_images = images.subset(split.test)
+    task = task_for(mode)
+    extra: dict[str, Any] = {"temperature": fit_temperature(task, val.logits, val.truth)}
+    if mode == "multi-label":
+        thresholds = tune_thresholds(val.truth, val.probs)
+        extra["thresholds"] = [float(t) for t in thresholds]
+        _write_multilabel_predictions(split_dir / "test_predictions.csv", test, test_images, images.classes,
+                                      thresholds)
+        return multilabel_metrics(test.truth, test.probs, thresholds), extra
+    with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "truth", "prediction", "confidence", "probabilities", "logits"])
+        for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
+            writer.writerow([str(test_images.paths[i]), images.classes[truth], images.classes[int(prob.argmax())],
+                             f"{prob.max():.6f}", _by_class(images.classes, prob, 6),
+                             _by_class(images.classes, logit, 5)])
+    return classification_metrics(test.truth, test.probs), extra
+
+
+def _by_class(classes: list[str], values: np.ndarray, digits: int) -> str:
+    return json.dumps({c: round(float(v), digits) for c, v in zip(classes, values, strict=True)})
+
+
+def write_split_metrics(split_dir: Path, scores: dict[str, float], split: Split, epochs_run: int, best_epoch: int,
+                        best_val_loss: float, temperature: float) -> None:
+    write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
+                                             "train_images": len(split.train), "val_images": len(split.val),
+                                             "epochs_run": epochs_run, "best_epoch": best_epoch,
+                                             "best_val_loss": best_val_loss, "temperature": temperature})
+
+
 def _write_multilabel_predictions(path: Path, test: Evaluation, test_images: ImageSet, classes: list[str],
                                   thresholds: np.ndarray) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "truth", "prediction", "probabilities"])
-        for i, truth, prob in zip(test.indices, test.truth, test.probs, strict=True):
+        writer.writerow(["image", "truth", "prediction", "probabilities", "logits"])
+        for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
             writer.writerow([str(test_images.paths[i]), " ".join(c for c, t in zip(classes, truth, strict=True) if t),
                              " ".join(c for c, p, t in zip(classes, prob, thresholds, strict=True) if p >= t),
-                             json.dumps({c: round(float(p), 6) for c, p in zip(classes, prob, strict=True)})])
+                             _by_class(classes, prob, 6), _by_class(classes, logit, 5)])
 
 
 def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],

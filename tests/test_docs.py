@@ -16,6 +16,7 @@ PAGES = {
     "harvest": "harvest.md", "subtract": "harvest.md", "stats": "harvest.md", "sandbox": "harvest.md",
     "download": "download.md", "train": "train.md", "evaluate": "evaluate.md", "predict": "evaluate.md",
     "demo": "demo.md", "enrich": "enrich.md", "calibrate": "enrich.md", "review import": "enrich.md",
+    "embed": "embed.md", "audit": "audit.md",
 }
 
 

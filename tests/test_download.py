@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.cli import app
 from europeana_imgcls.download import file_name
-from europeana_imgcls.errors import DatasetError
 from europeana_imgcls.sandbox import FAULTS, Sandbox, SandboxRecord
 
 from .conftest import VOCAB
@@ -169,8 +168,9 @@ def test_names_and_bad_tables(tmp_path: Path) -> None:
     long_name = file_name("/1/" + "x" * 400)
     assert len(long_name) == 44 and long_name.endswith(".jpg")
     (tmp_path / "escape.csv").write_text("category,ID,URL\n../../etc,/1/a,http://127.0.0.1:9/a.jpg\n")
-    with pytest.raises(DatasetError, match="cannot be a folder name"):
-        download(config(tmp_path / "escape.csv", tmp_path / "img"))
+    escaped = download(config(tmp_path / "escape.csv", tmp_path / "img"))  # a row, not the run, is refused
+    assert escaped.skipped == {"category that cannot be a folder name": 1} and escaped.accounted == 1
+    assert not (tmp_path / "etc").exists()
     (tmp_path / "nourl.csv").write_text("category,ID\nmap,/1/a\n")
     result = CliRunner().invoke(app, ["download", str(tmp_path / "nourl.csv"), "-o", str(tmp_path / "img")])
     assert result.exit_code == 1 and "missing column(s) URL" in result.stderr

@@ -24,7 +24,7 @@ from europeana_imgcls.calibration import (
 from europeana_imgcls.cli import app
 from europeana_imgcls.config import EnrichConfig, EvaluateConfig
 from europeana_imgcls.enrichment import CONFIDENCE, MODEL, enrich, labelling_config_path
-from europeana_imgcls.errors import CalibrationError
+from europeana_imgcls.errors import CalibrationError, DatasetError
 from europeana_imgcls.evaluation import evaluate_run
 from europeana_imgcls.sandbox import Sandbox
 from europeana_imgcls.tasks import task_for
@@ -189,6 +189,18 @@ def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp
     result = CliRunner().invoke(app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"),
                                       "-o", str(root / "out.jsonld"), "--quiet"])
     assert result.exit_code == 1 and "already exists" in result.stderr and "--resume" in result.stderr
+    with pytest.raises(DatasetError, match="another model or setting"):  # a journal of another model
+        enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=root / "out.jsonld", quiet=True,
+                            resume=True, split="all", image_dir=root / "out_images"))
+
+
+def test_inputs_that_name_no_record_are_never_annotated(world, tmp_path: Path) -> None:
+    sb, root = world["sandbox"], world["root"]
+    record = next(r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
+    report = enrich(EnrichConfig(run=root / "run", inputs=[sb.image_url(record)], output=tmp_path / "u.jsonl",
+                                 quiet=True))
+    assert report.records == 1 and report.not_records == 1 and report.annotations == 0
+    assert (tmp_path / "u.jsonl").read_text() == ""
 
 
 def test_a_stricter_target_labels_fewer_records(world, tmp_path: Path) -> None:
@@ -233,6 +245,9 @@ def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
                                     "annotations": [{"result": [{"type": "choices", "from_name": "category",
                                                                  "value": {"choices": ["unicorn"]}}]}]}]))
     fails(["review", "import", str(unknown), "-o", str(tmp_path / "t.csv")], 1, "unicorn")
+    other = tmp_path / "other_project.json"
+    other.write_text(json.dumps([{"id": 1, "data": {"image": "http://127.0.0.1:9/a.jpg"}, "annotations": []}]))
+    fails(["review", "import", str(other), "-o", str(tmp_path / "t.csv")], 1, "no task has data.ID")
     assert not (tmp_path / "t.csv").exists()
 
 
@@ -258,11 +273,11 @@ def test_temperature_scaling_recovers_an_overconfident_model() -> None:
     honest = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     truth = np.array([rng.choice(5, p=p) for p in honest])
     task = task_for("single-label")
-    overconfident = task.scaled(honest, 1 / 3)  # logits three times too large
+    overconfident = logits * 3  # logits three times too large
     temperature = fit_temperature(task, overconfident, truth)
     assert 2.5 < temperature < 3.6
-    assert expected_calibration_error(task, task.scaled(overconfident, temperature), truth) < \
-        expected_calibration_error(task, overconfident, truth) / 3
+    assert expected_calibration_error(task, task.from_logits(overconfident / temperature), truth) < \
+        expected_calibration_error(task, task.from_logits(overconfident), truth) / 3
 
 
 def test_thresholds_are_the_lowest_that_reach_the_target() -> None:

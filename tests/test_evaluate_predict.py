@@ -209,3 +209,25 @@ def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path,
     images = [r["image"] for r in rows(out)]
     assert len(images) == len(set(images)) == 7 + 7  # broken.jpg is listed as unreadable, not predicted
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_predict_does_not_overwrite_a_dataset_folder_given_as_image_dir(
+        trained: Path, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
+    (dataset / "config.json").write_text('{"table": "train.csv"}')
+    record = next(r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
+    result = CliRunner().invoke(app, ["predict", str(trained), sandbox.image_url(record), "--image-dir",
+                                      str(dataset), "-o", str(tmp_path / "p.csv"), "--quiet"])
+    assert result.exit_code == 1 and "did not fetch" in result.stderr
+    assert (dataset / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
+    assert (dataset / "config.json").read_text() == '{"table": "train.csv"}'
+    # Its own folder is reused, whether named relatively or absolutely.
+    own = tmp_path / "own"
+    first = predict(PredictConfig(run=trained, inputs=[sandbox.image_url(record)], image_dir=own,
+                                  output=tmp_path / "a.csv", quiet=True))
+    monkeypatch.chdir(tmp_path)
+    again = predict(PredictConfig(run=trained, inputs=[sandbox.image_url(record)], image_dir=Path("own"),
+                                  output=tmp_path / "b.csv", quiet=True))
+    assert first.predicted == again.predicted == 1

@@ -220,7 +220,7 @@ def test_bad_inputs_are_one_line(folders: Path, tmp_path: Path) -> None:
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "a" / "x.jpg").write_bytes(b"not an image")
     fails([tmp_path / "empty"], "no readable images")
-    fails([folders, "--arch", "vgg11"], "unknown --arch 'vgg11'")
+    fails([folders, "--arch", "vgg11"], "unknown arch 'vgg11'")
     fails([folders, "--device", "cuda"] if not torch.cuda.is_available() else [folders, "--device", "tpu"],
           "--device")
     result = runner.invoke(app, ["train", str(folders), "-o", str(tmp_path / "r"), "--weights", "imagenet", "--quiet"])

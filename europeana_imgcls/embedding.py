@@ -1,0 +1,223 @@
+"""``eic embed``: one vector per image from a frozen pretrained backbone, its classifier head removed.
+
+Most museums have no GPU. Embedding every image once and fitting a light head per fold (``eic train
+--method linear-probe|knn``) turns a k-fold protocol of hours into minutes. Images are read by the same
+pipeline as training (draft decoding, resize, normalisation, DataLoader; CUDA-aware), and the table is
+written in chunks (``OUT.partial/``), so an interrupted run carries on with ``resume``.
+
+The table has ``image, category, ID, provider, embedding``; ``OUT.embedding.json`` beside it says which
+backbone, weights and input size made it, so a run never mixes vectors of different backbones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from . import __version__
+from .config import EmbedConfig, public_dict
+from .data import UNREADABLE, ImageDataset, ImageSet, provider_of, scan_class_folders
+from .errors import ConfigError, DatasetError
+from .models import build_model, get_arch, set_head
+from .runtime import autocast_dtype, default_workers, resolve_device
+from .tables import atomic_path, refuse_existing, sidecar, write_json
+
+CHUNK = 2048  # images per chunk written: what an interruption can cost at most
+
+
+@dataclass
+class EmbedReport:
+    output: Path
+    images: int = 0
+    embedded: int = 0
+    already_done: int = 0
+    unreadable: int = 0
+    dim: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def feature_model(arch: str, weights: str) -> nn.Module:
+    """The backbone of ``arch`` with ``weights`` and the classifier head replaced by the identity."""
+    model = build_model(arch, 1, weights)
+    set_head(model, arch, nn.Identity())
+    return model.eval()
+
+
+def scan(data_dir: Path, mode: str, labels: Path | None) -> ImageSet:
+    if mode == "multi-label":
+        from .multilabel import scan_labelled_folder
+
+        return scan_labelled_folder(data_dir, labels)
+    return scan_class_folders(data_dir)
+
+
+@torch.inference_mode()
+def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std: Any, device: torch.device, *,
+            batch_size: int = 64, num_workers: int | None = None, amp: bool = True,
+            on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
+    from .data import make_loader
+
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loader = make_loader(ImageDataset(images, input_size, mean, std), batch_size=batch_size, shuffle=False,
+                         num_workers=default_workers(device, num_workers), seed=0, pin_memory=device.type == "cuda")
+    dtype = autocast_dtype(device, amp)
+    chunks, readable = [], np.ones(len(images), dtype=bool)
+    for inputs, labels, index in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            chunks.append(model(inputs).float().cpu().numpy())
+        broken = (labels[:, 0] < 0) if labels.ndim == 2 else (labels == UNREADABLE)
+        readable[index[broken].numpy()] = False
+        if on_batch:
+            on_batch(len(index))
+    width = chunks[0].shape[1] if chunks else 0
+    return (np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)), readable
+
+
+def embed(config: EmbedConfig) -> EmbedReport:
+    """Embed every image of ``config.data_dir`` into ``config.output``; see the module docstring."""
+    if config.output.suffix.lower() != ".parquet":
+        raise ConfigError(f"{config.output}: embeddings are written as .parquet")
+    arch = get_arch(config.arch)
+    partial = config.output.with_name(config.output.name + ".partial")
+    if not config.resume:
+        refuse_existing(config.output, False)
+        if partial.exists():
+            raise DatasetError(f"an interrupted embedding into {config.output} was found: pass --resume to carry "
+                               f"on, or delete {partial}")
+    images = scan(config.data_dir, config.mode, config.labels)
+    if not images.paths:
+        raise DatasetError(f"{config.data_dir}: no readable images to embed")
+    meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode)
+    _check_partial(partial, meta)
+    done = _done(partial)
+    todo = [i for i, p in enumerate(images.paths) if str(p) not in done]
+    report = EmbedReport(config.output, images=len(images), already_done=len(images) - len(todo))
+    device = resolve_device(config.device)
+    model = feature_model(config.arch, config.weights)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(partial / "meta.json", meta)
+    started = time.perf_counter()
+    for start in range(0, len(todo), CHUNK):
+        part = images.subset(todo[start:start + CHUNK])
+        vectors, readable = compute(model, part, config.input_size, arch.mean, arch.std, device,
+                                    batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
+        report.unreadable += int((~readable).sum())
+        report.embedded += int(readable.sum())
+        rows = rows_frame(part, vectors, readable)
+        with atomic_path(partial / f"chunk-{len(list(partial.glob('chunk-*.parquet'))):05d}.parquet") as tmp:
+            rows.write_parquet(tmp)
+    report.seconds = time.perf_counter() - started
+    table = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("chunk-*.parquet"))], how="vertical")
+    report.dim = int(table["embedding"].list.len().first() if table.height else 0)
+    meta["dim"] = report.dim
+    with atomic_path(config.output) as tmp:
+        table.write_parquet(tmp)
+    write_json(sidecar(config.output, "embedding"), {**meta, "config": public_dict(config)})
+    shutil.rmtree(partial)
+    return report
+
+
+def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, images: ImageSet,
+             mode: str) -> dict[str, Any]:
+    """What makes embeddings comparable: two tables (or a table and a run) must agree on all of it."""
+    return {"arch": arch, "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+            "input_size": input_size, "mean": list(mean), "std": list(std), "mode": mode, "classes": images.classes,
+            "software": f"europeana-imgcls {__version__}"}
+
+
+def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> pl.DataFrame:
+    """One row per decodable image: path, label(s), record ID, provider and the vector."""
+    keep = np.flatnonzero(readable)
+    labels = images.labels
+
+    def label(i: int) -> str:
+        if labels.ndim == 2:
+            return " ".join(c for c, v in zip(images.classes, labels[i], strict=True) if v > 0)
+        return images.classes[int(labels[i])]
+
+    return pl.DataFrame({
+        "image": [str(images.paths[i]) for i in keep],
+        "category": [label(i) for i in keep],
+        "ID": [record_id_of(images.paths[i]) for i in keep],
+        "provider": [provider_of(images.paths[i]) for i in keep],
+        "embedding": [vectors[i].astype(np.float32).tolist() for i in keep],
+    }, schema={"image": pl.Utf8, "category": pl.Utf8, "ID": pl.Utf8, "provider": pl.Utf8,
+               "embedding": pl.List(pl.Float32)})
+
+
+def record_id_of(path: Path) -> str | None:
+    """The record ID of a file eic download named (``[ph]2058612[ph]obj.jpg`` -> ``/2058612/obj``)."""
+    stem = path.stem
+    return stem.replace("[ph]", "/").replace("[bs]", "\\") if stem.startswith("[ph]") else None
+
+
+def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """An embeddings table and what made it."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such embeddings table (eic embed writes one)")
+    meta_path = sidecar(path, "embedding")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise DatasetError(f"{path}: {meta_path.name} is missing or unreadable, so it is unknown which backbone "
+                           "made these embeddings; run eic embed again") from None
+    try:
+        table = pl.read_parquet(path)
+    except Exception as exc:  # polars raises many kinds; all mean "unreadable"
+        raise DatasetError(f"{path}: cannot read it ({type(exc).__name__})") from None
+    missing = {"image", "category", "embedding"} - set(table.columns)
+    if missing:
+        raise DatasetError(f"{path}: not an eic embeddings table (no {', '.join(sorted(missing))} column)")
+    return table, meta
+
+
+def matrix(table: pl.DataFrame) -> np.ndarray:
+    return np.asarray(table["embedding"].to_list(), dtype=np.float32).reshape(table.height, -1)
+
+
+def check_compatible(meta: dict[str, Any], arch: str, weights: str, input_size: int, source: Path) -> None:
+    """Refuse embeddings made by another backbone, weights or input size, naming both."""
+    wanted = {"arch": arch, "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+              "input_size": input_size}
+    differ = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
+    if differ:
+        said = "; ".join(f"{k}: {have} in {source.name}, {want} for this run" for k, (have, want) in differ.items())
+        raise DatasetError(f"{source} was embedded with another backbone ({said}): embed again with the run's "
+                           "settings, or train with the embeddings' ones")
+
+
+def _check_partial(partial: Path, meta: dict[str, Any]) -> None:
+    if not (partial / "meta.json").is_file():
+        return
+    before = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
+    differ = [k for k in ("arch", "weights", "input_size", "mode") if before.get(k) != meta.get(k)]
+    if differ:
+        raise DatasetError(f"{partial} was started with other settings ({', '.join(differ)}: "
+                           f"{', '.join(str(before.get(k)) for k in differ)}): resume with those, or delete it")
+
+
+def _done(partial: Path) -> set[str]:
+    done: set[str] = set()
+    for chunk in sorted(partial.glob("chunk-*.parquet")):
+        done.update(pl.read_parquet(chunk, columns=["image"])["image"].to_list())
+    return done
