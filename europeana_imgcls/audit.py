@@ -173,9 +173,9 @@ def _folds(task: Task, truth: np.ndarray, folds: int, seed: int) -> list[np.ndar
 
 
 def _record_id(path: Path) -> str | None:
-    from .embedding import record_id_of
+    from .naming import record_id_of
 
-    return record_id_of(path)
+    return record_id_of(path.name)
 
 
 # ---------------------------------------------------------------------------------------------

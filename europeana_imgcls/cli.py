@@ -83,6 +83,10 @@ def run(action: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         typer.echo("eic: interrupted; what was finished is kept (re-run with --resume where offered)", err=True)
         raise typer.Exit(130) from None
+    except OSError as exc:  # the file system said no (a full disk, a path through a file, no permission)
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"eic: error: {where}{exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -160,6 +164,7 @@ def download(
     max_side: Annotated[int | None, opt(DownloadConfig, "max_side", "--max-side")] = None,
     quality: Annotated[int | None, opt(DownloadConfig, "quality", "--quality")] = None,
     workers: Annotated[int | None, opt(DownloadConfig, "workers", "--workers")] = None,
+    decode_memory_mb: Annotated[int | None, opt(DownloadConfig, "decode_memory_mb", "--decode-memory-mb")] = None,
     fallback_preview: Annotated[
         bool | None, opt(DownloadConfig, "fallback_preview", "--fallback-preview/--no-fallback-preview")
     ] = None,
@@ -174,7 +179,8 @@ def download(
 
     flags = dict(table=table, output_dir=output_dir, mode=mode, concurrency=concurrency, per_host=per_host,
                  timeout=timeout, retries=retries, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
-                 quality=quality, workers=workers, fallback_preview=fallback_preview, retry_failed=retry_failed,
+                 quality=quality, workers=workers, decode_memory_mb=decode_memory_mb, fallback_preview=fallback_preview,
+                 retry_failed=retry_failed,
                  quiet=quiet)
     result = run(lambda: run_download(build_config(DownloadConfig, flags, config)))
     report.print_download(console, result)

@@ -120,6 +120,8 @@ class DownloadConfig(_Base):
     max_side: int = Field(512, ge=0, description="Longer side of saved images in pixels; 0 keeps originals.")
     quality: int = Field(90, ge=50, le=100, description="JPEG quality of saved images.")
     workers: int = Field(0, ge=0, description="Threads decoding and resizing; 0: one per CPU core.")
+    decode_memory_mb: int = Field(1024, ge=16, description="Memory the concurrent decodes may hold together; an "
+                                  "image that alone needs more is a failure row.")
     fallback_preview: bool = Field(False, description="Retry a failed record from its preview (thumbnail) URL.")
     retry_failed: bool = Field(False, description="Only retry the records listed in DIR/failures.csv.")
 

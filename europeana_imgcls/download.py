@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import hashlib
 import itertools
 import math
 import os
@@ -39,11 +38,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .config import DownloadConfig, public_dict
 from .errors import DatasetError
-from .images import ImageRejected, is_complete_jpeg, save_normalised
+from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
+from .naming import file_name
 from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
-MAX_NAME_BYTES = 200  # most file systems allow 255; leave room for the temporary suffix
 MAX_WAIT = 30.0
 CONNECTIONS_PER_CLIENT = 4
 
@@ -78,14 +77,6 @@ class DownloadReport:
     @property
     def images_per_second(self) -> float:
         return self.saved / self.seconds if self.seconds else 0.0
-
-
-def file_name(record_id: str) -> str:
-    """The pilot's naming: the ID with '/' as '[ph]', plus '.jpg'; a hash when that is too long."""
-    name = record_id.replace("/", "[ph]").replace("\\", "[bs]").replace("\0", "") + ".jpg"
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES or name in (".jpg", "..jpg"):
-        name = hashlib.sha1(record_id.encode("utf-8")).hexdigest() + ".jpg"
-    return name
 
 
 def category_dir(root: Path, category: str) -> Path:
@@ -280,6 +271,7 @@ class Fetcher:
                  host_limits: defaultdict[str, asyncio.Semaphore], slots: asyncio.Semaphore,
                  pool: ThreadPoolExecutor) -> None:
         self.clients, self.config, self.host_limits, self.slots, self.pool = clients, config, host_limits, slots, pool
+        self.budget = DecodeBudget(config.decode_memory_mb << 20)
         self._turn = itertools.count()
 
     async def save(self, url: str, path: Path) -> str | None:
@@ -304,7 +296,7 @@ class Fetcher:
         try:
             await loop.run_in_executor(self.pool, lambda: save_normalised(
                 result, path, max_side=self.config.max_side, max_pixels=self.config.max_pixels,
-                quality=self.config.quality))
+                quality=self.config.quality, budget=self.budget))
         except ImageRejected as exc:
             return str(exc)
         except OSError as exc:

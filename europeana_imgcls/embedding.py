@@ -29,6 +29,7 @@ from .config import EmbedConfig, public_dict
 from .data import UNREADABLE, ImageDataset, ImageSet, provider_of, scan_class_folders
 from .errors import ConfigError, DatasetError
 from .models import build_model, get_arch, set_head
+from .naming import record_id_of
 from .runtime import autocast_dtype, default_workers, resolve_device
 from .tables import atomic_path, refuse_existing, sidecar, write_json
 
@@ -158,17 +159,11 @@ def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> p
     return pl.DataFrame({
         "image": [str(images.paths[i]) for i in keep],
         "category": [label(i) for i in keep],
-        "ID": [record_id_of(images.paths[i]) for i in keep],
+        "ID": [record_id_of(images.paths[i].name) for i in keep],
         "provider": [provider_of(images.paths[i]) for i in keep],
         "embedding": [vectors[i].astype(np.float32).tolist() for i in keep],
     }, schema={"image": pl.Utf8, "category": pl.Utf8, "ID": pl.Utf8, "provider": pl.Utf8,
                "embedding": pl.List(pl.Float32)})
-
-
-def record_id_of(path: Path) -> str | None:
-    """The record ID of a file eic download named (``[ph]2058612[ph]obj.jpg`` -> ``/2058612/obj``)."""
-    stem = path.stem
-    return stem.replace("[ph]", "/").replace("[bs]", "\\") if stem.startswith("[ph]") else None
 
 
 def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:

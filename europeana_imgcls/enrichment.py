@@ -15,6 +15,7 @@ properties of eic's own namespace (the W3C model has none for them).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import heapq
 import json
@@ -32,9 +33,9 @@ import numpy as np
 from . import __version__
 from .calibration import Calibration, check_precision, load_calibration
 from .config import EnrichConfig, PredictConfig
-from .embedding import record_id_of
 from .errors import CalibrationError, ConfigError, DatasetError
 from .inference import RunModel, checkpoint_paths
+from .naming import record_id_of
 from .prediction import Item, Rows, run_predictions
 from .search_api import record_uri
 from .tables import atomic_path, write_json
@@ -137,7 +138,7 @@ def _check_outputs(config: EnrichConfig, journal: Path) -> None:
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or --table, or --query")
     if config.resume:
         return
-    for path in (config.output, journal, *journal.parent.glob(f"{journal.name}*.partial")):
+    for path in (config.output, journal, *journal.parent.glob(f"{glob.escape(journal.name)}*.partial")):
         if path.exists():
             raise DatasetError(f"{path} already exists: pass --resume to carry on that enrichment, or choose "
                                "another --output")
@@ -225,7 +226,7 @@ def _target(record: dict[str, Any]) -> dict[str, str] | str | None:
     eic download still names its record, but has no web address to give as the source."""
     image = record["image"]
     web = image.lower().startswith(("http://", "https://"))
-    record_id = record.get("ID") or (None if web else record_id_of(Path(image)))
+    record_id = record.get("ID") or (None if web else record_id_of(Path(image).name))
     scope = record.get("URI") or (record_uri(record_id) if record_id else None)
     if scope is None:
         return None
@@ -311,7 +312,7 @@ class _ReviewQueue:
 
 def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: str) -> dict[str, Any]:
     """A Label Studio task with the model's suggestion as a pre-annotation."""
-    record_id = record.get("ID") or record_id_of(Path(record["image"])) or ""
+    record_id = record.get("ID") or record_id_of(Path(record["image"]).name) or ""
     data = {"image": record["image"], "ID": record_id, "URI": record.get("URI") or (
         record_uri(record_id) if record_id else ""), "reason": reason}
     # Result ids must differ across a project's tasks: derive one from the record.

@@ -5,8 +5,13 @@ Runs in worker threads: Pillow releases the GIL while decoding, resizing and enc
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +19,50 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .tables import temp_path
 
+# Formats a museum serves images in. Anything else (EPS, PSD, ICO, ...) is refused before a decoder sees it:
+# Pillow would otherwise hand an EPS body from the network to Ghostscript.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG2000")
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    """The allowed formats this Pillow can open (JPEG 2000 needs OpenJPEG, for one)."""
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
 
 class ImageRejected(Exception):
     """The bytes are not an image that may be saved; the message is the short reason."""
 
 
-def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int, quality: int) -> tuple[int, int]:
+class DecodeBudget:
+    """Memory that the decodes running at once may hold together. A decode waits for room, so eight
+    threads each opening a 100-megapixel PNG do not take gigabytes; one that alone exceeds the budget is
+    refused. Thread-safe: the download's decoding threads share one."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit, self.used = limit_bytes, 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def hold(self, need: int) -> Iterator[None]:
+        if need > self.limit:
+            raise ImageRejected(f"too large to decode within the memory budget (~{need >> 20} MiB needed, "
+                                f"{self.limit >> 20} MiB allowed)")
+        with self._room:
+            self._room.wait_for(lambda: self.used + need <= self.limit)
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._room:
+                self.used -= need
+                self._room.notify_all()
+
+
+def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int, quality: int,
+                    budget: DecodeBudget | None = None) -> tuple[int, int]:
     """Decode ``data``, make it an upright RGB image no larger than ``max_side``, save as JPEG.
 
     The file appears under ``target`` only when complete (temporary name, then rename).
@@ -27,7 +70,7 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
     ``OSError`` only when the file cannot be written.
     """
     try:
-        image = _decode(data, max_side=max_side, max_pixels=max_pixels)
+        image = _decode(data, max_side=max_side, max_pixels=max_pixels, budget=budget)
     except ImageRejected:
         raise
     except Exception as exc:  # a decoder's surprise is this image's failure, never the run's
@@ -41,9 +84,9 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
     return image.size
 
 
-def _decode(data: bytes, *, max_side: int, max_pixels: int) -> Image.Image:
+def _decode(data: bytes, *, max_side: int, max_pixels: int, budget: DecodeBudget | None) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=_formats())
     except Image.DecompressionBombError:
         raise ImageRejected("too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
@@ -58,14 +101,17 @@ def _decode(data: bytes, *, max_side: int, max_pixels: int) -> Image.Image:
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: far less work than full size.
         scale = max_side / max(width, height)
         image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
-    try:
-        image.load()
-    except OSError as exc:
-        raise ImageRejected("truncated" if "truncated" in str(exc) else f"undecodable ({_short(exc)})") from None
-    image = ImageOps.exif_transpose(image) or image
-    image = to_rgb(image)
-    if max_side and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    # The decoded image, its RGB conversion and the resize work copy can all be alive at once.
+    need = image.size[0] * image.size[1] * (_BYTES_PER_PIXEL.get(image.mode, 4) + 3 + 3)
+    with budget.hold(need) if budget is not None else contextlib.nullcontext():
+        try:
+            image.load()
+        except OSError as exc:
+            raise ImageRejected("truncated" if "truncated" in str(exc) else f"undecodable ({_short(exc)})") from None
+        image = ImageOps.exif_transpose(image) or image
+        image = to_rgb(image)
+        if max_side and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return image
 
 

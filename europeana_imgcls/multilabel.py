@@ -36,7 +36,7 @@ def scan_labelled_folder(root: Path, labels: Path | None = None, classes: Sequen
     The table needs ``category`` (space-separated labels) and ``file`` or ``ID`` (eic download's naming).
     With ``classes`` given (a model's), labels outside them are dropped.
     """
-    from .download import file_name
+    from .naming import file_name
 
     table_path = labels or root / "labels.csv"
     if not root.is_dir():

@@ -8,7 +8,9 @@ shard of the inputs and rank 0 merges the shards.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -188,7 +190,7 @@ def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: li
 
 def _figure_name(item: Item) -> str:
     """Readable and unique: the file's (or record's) name plus a short hash of where it came from."""
-    from .download import file_name
+    from .naming import file_name
 
     stem = Path(file_name(item.id)).stem if item.id else Path(item.image.rstrip("/")).stem
     return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
@@ -324,7 +326,7 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
     if not config.resume:
         if world.main and output.exists():
             raise DatasetError(f"{output} already exists: pass --resume to add to it, or choose another --output")
-        if world.main and any(output.parent.glob(f"{output.name}*.partial")):
+        if world.main and any(output.parent.glob(f"{glob.escape(output.name)}*.partial")):
             raise DatasetError(f"an interrupted prediction into {output} was found: pass --resume to carry on, "
                                f"or delete {output.name}*.partial")
         if world.active:
@@ -335,7 +337,7 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
     if world.active:
         dist.barrier()
     done: set[str] = set()
-    for path in sorted(output.parent.glob(f"{output.name}*.partial")):
+    for path in sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial")):
         rows = _read_rows(path, output.suffix.lower(), columns)
         done.update(r.get("ID") or r["image"] for r in rows)
         if path == part:
@@ -345,17 +347,19 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
 
 def _read_rows(path: Path, suffix: str, columns: list[str]) -> list[dict[str, Any]]:
     rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        if suffix == ".csv":
-            for row in csv.reader(handle):
-                if len(row) == len(columns) and row != columns:
-                    rows.append(dict(zip(columns, row, strict=True)))
-        else:
-            for line in handle:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+    text = path.read_text(encoding="utf-8")
+    # A kill can cut the last row anywhere, even where it still parses: only whole lines count.
+    text = text[: text.rfind("\n") + 1]
+    if suffix == ".csv":
+        for row in csv.reader(io.StringIO(text, newline="")):
+            if len(row) == len(columns) and row != columns:
+                rows.append(dict(zip(columns, row, strict=True)))
+    else:
+        for line in text.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return rows
 
 
@@ -370,7 +374,7 @@ def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str, columns: list[
 
 
 def _merge(output: Path, world: Dist, columns: list[str]) -> None:
-    parts = sorted(output.parent.glob(f"{output.name}*.partial"))
+    parts = sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial"))
     if len(parts) == 1 and not world.active:
         os.replace(parts[0], output)
         return

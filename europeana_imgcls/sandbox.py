@@ -198,6 +198,7 @@ class Sandbox:
         shared_per_concept: int = 2,
         triples_per_concept: int = 1,
         stall_seconds: float = 5.0,
+        search_latency: float = 0.0,
         image_size: tuple[int, int] = (320, 240),
     ) -> None:
         self.vocab = vocab or default_vocabulary()
@@ -212,6 +213,7 @@ class Sandbox:
         if bad_every:
             _bomb_png()  # a second to build: not while a client waits
         self.stall_seconds = stall_seconds
+        self.search_latency = search_latency  # seconds each Search API answer takes, like a distant server
         self.image_size = image_size
         self.hits: Counter[str] = Counter()
         self._search_count = 0
@@ -446,6 +448,7 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 message = "Empty API key provided!" if not key else "Invalid API key provided!"
                 body = {"success": False, "error": "Unauthorized", "message": message, "code": "invalid_apikey"}
                 return self._json(401, body, {})
+            time.sleep(sandbox.search_latency)
             status, body, headers = sandbox.search(params, key)
             self._json(status, body, headers)
 
@@ -511,6 +514,6 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
 
 
 def _serial(text: str, sandbox: Sandbox) -> int | None:
-    if not text.isdigit() or int(text) >= len(sandbox.catalogue):
+    if not (text.isascii() and text.isdigit()) or int(text) >= len(sandbox.catalogue):  # not "²"
         return None
     return int(text)

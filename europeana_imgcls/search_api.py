@@ -38,6 +38,7 @@ class SearchClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.api_url = api_url
+        self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         home = httpx.URL(api_url)
@@ -61,12 +62,25 @@ class SearchClient:
     def close(self) -> None:
         self._http.close()
 
+    def _get(self, params: list[tuple[str, str]]) -> httpx.Response:
+        """One GET whose whole answer must arrive within ``timeout``: httpx's timeout bounds each read, so a
+        server trickling a byte a second would otherwise hold a harvest forever."""
+        deadline = time.monotonic() + self.timeout
+        with self._http.stream("GET", self.api_url, params=params) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the answer took longer than the timeout", request=response.request)
+            return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks),
+                                  request=response.request)
+
     def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """One Search API request; retried when the failure is passing."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = self._http.get(self.api_url, params=list(params))
+                response = self._get(list(params))
             except httpx.TimeoutException:
                 if last:
                     raise ApiError(f"the Search API at {self.api_url} did not answer in time "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,7 @@ ML_HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "exact_match", "micro_f
 SHOWN = {"single-label": ("accuracy", "precision", "recall", "f1"),
          "multi-label": ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")}
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -212,15 +215,17 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     out = config.output_dir
     if world.main:
         _check_run_folder(out, config.resume)
+        _check_resumed_run(config, images)
     groups = fold_groups(images, config.group_by_provider, config.duplicate_groups)
     splits = (make_multilabel_splits(images.labels, config.folds, config.seed, groups) if multi
               else make_splits(images.labels, config.folds, config.seed, groups))
+    chosen = range(len(splits)) if config.crossvalidation else range(1)
+    check_splits(images, splits, chosen, config.group_by_provider or config.duplicate_groups is not None)
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     elif world.active:
         torch.set_num_threads(max(1, torch.get_num_threads() // world.world))
-    chosen = range(len(splits)) if config.crossvalidation else range(1)
     if config.method != "finetune":
         if world.main:  # a head per split on embeddings: seconds, no need to spread it over processes
             report.splits = train_heads(config, images, splits, chosen, device)
@@ -238,6 +243,60 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         _calibrate(config, report)
         write_model_card(out)
     return report
+
+
+RESUME_KEYS = ("data_dir", "labels", "mode", "method", "arch", "weights", "input_size", "folds", "seed", "sample",
+               "group_by_provider", "duplicate_groups", "embeddings")
+
+
+def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
+    """A resumed run must be the same run: same data, model and folds, or split 0 would be reused for another."""
+    if not config.resume or not (config.output_dir / "split_0" / "config.json").is_file():
+        return
+    before = json.loads((config.output_dir / "split_0" / "config.json").read_text(encoding="utf-8"))
+    now = public_dict(config)
+    differ = [k for k in RESUME_KEYS if _same(before.get(k)) != _same(now.get(k))]
+    if differ:
+        said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+        raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
+                           "resume with the same settings, or choose another --output-dir")
+    index = config.output_dir / "split_0" / "class_index.json"
+    if index.is_file() and list(json.loads(index.read_text(encoding="utf-8"))) != images.classes:
+        raise DatasetError(f"cannot resume {config.output_dir}: its classes were "
+                           f"{', '.join(json.loads(index.read_text(encoding='utf-8')))}, the data now has "
+                           f"{', '.join(images.classes)}")
+
+
+def _same(value: Any) -> Any:
+    """Paths compare by where they point, not how they were written."""
+    if isinstance(value, str) and ("/" in value or value.startswith(".")):
+        return str(Path(value).resolve())
+    return value
+
+
+def check_splits(images: ImageSet, splits: list[Split], chosen: range, grouped: bool) -> None:
+    """Every class in the training, validation and test part of every split, before any training: a class
+    missing from a training part gets an infinite weight and a run that dies hours later."""
+    for i in chosen:
+        for part_name, part in (("training", splits[i].train), ("validation", splits[i].val),
+                                ("test", splits[i].test)):
+            labels = images.labels[part]
+            present = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(images.classes))
+            missing = [c for c, n in zip(images.classes, present, strict=True) if n == 0]
+            if missing:
+                raise DatasetError(_missing_message(images, missing[0], i, part_name, grouped))
+
+
+def _missing_message(images: ImageSet, name: str, split: int, part: str, grouped: bool) -> str:
+    c = images.classes.index(name)
+    members = images.labels[:, c] > 0 if images.labels.ndim == 2 else images.labels == c
+    providers = Counter(g for g, m in zip(images.groups(), members, strict=True) if m)
+    shown = ", ".join(f"{p} ({n})" for p, n in providers.most_common(3)) + (", ..." if len(providers) > 3 else "")
+    advice = ("folds are grouped, and its images come from few groups: drop --group-by-provider (or "
+              "--duplicate-groups), or add images of it from other providers" if grouped
+              else "add images of it, or lower --folds")
+    return (f"split {split}'s {part} part has no image of class '{name}' ({int(members.sum())} images from "
+            f"{len(providers)} provider(s): {shown}); {advice}")
 
 
 def _calibrate(config: TrainConfig, report: TrainReport) -> None:
@@ -357,6 +416,12 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
                 break
 
     result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
+    if world.main and not (split_dir / "model.pt").exists():
+        # The validation loss was never finite (nan or inf every epoch): keep the last model, say so.
+        log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
+                    "are not to be trusted (check the data and --learning-rate)", index)
+        save_checkpoint(split_dir / "model.pt", model, epoch=state.epoch, best_val_loss=math.inf,
+                        val_loss_never_finite=True, **meta)
     if world.main:
         result.metrics = _finish_split(config, images, split, split_dir, loaders, device, dtype, state)
     if world.active:

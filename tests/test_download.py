@@ -166,7 +166,7 @@ def test_multi_label_layout_writes_labels_csv(tmp_path: Path) -> None:
 def test_names_and_bad_tables(tmp_path: Path) -> None:
     assert file_name("/2058612/object_CHB_61df") == "[ph]2058612[ph]object_CHB_61df.jpg"
     long_name = file_name("/1/" + "x" * 400)
-    assert len(long_name) == 44 and long_name.endswith(".jpg")
+    assert len(long_name) == 47 and long_name.startswith("[h]") and long_name.endswith(".jpg")
     (tmp_path / "escape.csv").write_text("category,ID,URL\n../../etc,/1/a,http://127.0.0.1:9/a.jpg\n")
     escaped = download(config(tmp_path / "escape.csv", tmp_path / "img"))  # a row, not the run, is refused
     assert escaped.skipped == {"category that cannot be a folder name": 1} and escaped.accounted == 1

@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +236,34 @@ def test_predict_does_not_overwrite_a_dataset_folder_given_as_image_dir(
     again = predict(PredictConfig(run=trained, inputs=[sandbox.image_url(record)], image_dir=Path("own"),
                                   output=tmp_path / "b.csv", quiet=True))
     assert first.predicted == again.predicted == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_predict_killed_at_a_random_moment_resumes_to_the_full_output(sig: signal.Signals, trained: Path,
+                                                                        eval_dir: Path, tmp_path: Path) -> None:
+    """Rule 3 with a real process: every row a killed prediction wrote is kept, none twice, none cut short."""
+    folder = tmp_path / "many"
+    for n in range(12):
+        for path in (eval_dir / "painting").glob("*.jpg"):
+            folder.mkdir(exist_ok=True)
+            shutil.copy(path, folder / f"{n}_{path.name}")
+    full = predict(PredictConfig(run=trained, inputs=[str(folder)], output=tmp_path / "full.csv", quiet=True))
+    out = tmp_path / "p.csv"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "europeana_imgcls", "predict", str(trained), str(folder), "-o",
+                             str(out), "--batch-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = tmp_path / "p.csv.partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 100):
+        time.sleep(0.02)
+    time.sleep(random.Random(sig).uniform(0.0, 0.15))
+    proc.send_signal(sig)
+    stopped = proc.wait(timeout=60) != 0
+    # A run killed after it finished leaves the whole output: nothing to resume, nothing lost either.
+    report = predict(PredictConfig(run=trained, inputs=[str(folder)], output=out, quiet=True, resume=True))
+    images = [r["image"] for r in rows(out)]
+    assert sorted(images) == sorted(r["image"] for r in rows(tmp_path / "full.csv"))
+    assert len(images) == len(set(images)) == full.predicted
+    assert report.already_done + report.predicted == full.predicted
+    assert stopped or report.predicted == 0

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -135,3 +141,26 @@ def test_seeded_random_order_pages_without_duplicates(sandbox: Sandbox) -> None:
         other = [i["id"] for i in client.iter_items("*", sort="random_8,europeana_id asc")]
     assert len(ids) == len(set(ids)) == len(sandbox.catalogue)
     assert ids == again and ids != other
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(sig: signal.Signals, vocab_file: Path,
+                                                                         tmp_path: Path) -> None:
+    """Rule 3 of docs/reliability.md with a real process: what a killed harvest wrote is kept, and --resume
+    ends with the table an uninterrupted harvest writes."""
+    with Sandbox(VOCAB, per_level=40, fail_every=3, search_latency=0.25) as sb:
+        reference = tmp_path / "reference.csv"
+        harvest(config(sb, vocab_file, reference, n=30, reusability=["open", "permission"]))
+        out = tmp_path / "h.csv"
+        args = [sys.executable, "-m", "europeana_imgcls", "harvest", "--api-url", sb.api_url, "--vocab",
+                str(vocab_file), "--n", "30", "--reusability", "open", "--reusability", "permission", "-o", str(out),
+                "--quiet"]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(random.Random(sig).uniform(0.8, 1.6))  # the whole harvest takes over 2 s
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) != 0, "the harvest ended before it could be stopped"
+        if out.exists():  # what it had is readable, never half a file
+            pl.read_csv(out)
+        harvest(config(sb, vocab_file, out, n=30, reusability=["open", "permission"], resume=out.exists()))
+    assert sorted(pl.read_csv(out)["ID"]) == sorted(pl.read_csv(reference)["ID"])

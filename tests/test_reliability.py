@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -337,3 +339,235 @@ def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCa
         SearchClient("http://127.0.0.1:8642/search.json", "k").close()
     assert [r.getMessage() for r in caplog.records] == [
         "the API key travels unencrypted to api.example.org: use an https:// API URL"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 5: untrusted bytes meet only the decoders of image formats, within a memory budget
+
+
+def test_only_image_formats_reach_a_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    def ghostscript(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an EPS body from the network reached Ghostscript")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    with pytest.raises(ImageRejected, match="not an image"):
+        save_normalised(eps, tmp_path / "x.jpg", max_side=64, max_pixels=10**7, quality=90)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "ICO")
+    with pytest.raises(ImageRejected, match="not an image"):
+        save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**7, quality=90)
+
+
+def test_a_decode_that_would_exceed_the_memory_budget_is_a_failure_row(tmp_path: Path) -> None:
+    from europeana_imgcls.images import DecodeBudget
+
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 5000), 200).save(buffer, "PNG")  # 30 MP in a few kB: decoding takes ~200 MB
+    assert len(buffer.getvalue()) < 200_000
+    with pytest.raises(ImageRejected, match="memory budget"):
+        save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**8, quality=90,
+                        budget=DecodeBudget(64 << 20))
+    save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**8, quality=90,
+                    budget=DecodeBudget(512 << 20))
+    with Image.open(tmp_path / "x.jpg") as saved:
+        assert saved.size == (64, 53)
+
+
+def test_concurrent_decodes_share_one_budget() -> None:
+    from europeana_imgcls.images import DecodeBudget
+
+    budget = DecodeBudget(100)
+    peak, lock = [0], threading.Lock()
+
+    def work() -> None:
+        with budget.hold(60):
+            with lock:
+                peak[0] = max(peak[0], budget.used)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 60 and budget.used == 0  # never two 60-byte decodes in a 100-byte budget
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 7: names and races
+
+
+IDS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=80)
+WINDOWS_FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
+
+
+@given(st.lists(IDS, min_size=2, max_size=2, unique=True))
+@settings(max_examples=400, deadline=None)
+def test_file_names_are_injective(pair: list[str]) -> None:
+    assert file_name(pair[0]) != file_name(pair[1])
+
+
+@given(IDS)
+@settings(max_examples=400, deadline=None)
+def test_file_names_are_safe_on_linux_and_windows_and_read_back(record_id: str) -> None:
+    from europeana_imgcls.naming import record_id_of
+
+    name = file_name(record_id)
+    assert name == file_name(record_id)  # stable
+    assert not set(name) & WINDOWS_FORBIDDEN and not name.startswith(".")
+    assert len(name.encode("utf-8")) <= 200 and name.endswith(".jpg")
+    assert name.split(".")[0].upper() not in {"CON", "PRN", "AUX", "NUL", "COM1", "LPT1"}
+    if record_id.startswith("/") and not name.startswith("[h]"):
+        assert record_id_of(name) == record_id
+
+
+def test_the_examples_of_the_issue() -> None:
+    assert file_name("/1/a/b") != file_name("/1/a[ph]b")
+    assert file_name("/2058612/object_CHB_61df") == "[ph]2058612[ph]object_CHB_61df.jpg"  # the pilot's names
+    assert file_name("CON") != "CON.jpg" and file_name("a:b") == "a[x3a]b.jpg" and not file_name(".x").startswith(".")
+
+
+def test_threads_saving_one_target_do_not_trip_over_each_other(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, "JPEG")
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            save_normalised(buffer.getvalue(), tmp_path / "same.jpg", max_side=32, max_pixels=10**6, quality=90)
+        except BaseException as exc:  # noqa: BLE001 - the test collects whatever a thread raises
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with Image.open(tmp_path / "same.jpg") as saved:
+        assert saved.size == (32, 24)
+    assert [p.name for p in tmp_path.iterdir()] == ["same.jpg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 9: smaller ones
+
+
+def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> None:
+    from europeana_imgcls.errors import ApiError
+    from europeana_imgcls.search_api import SearchClient
+
+    class Trickle(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with SearchClient(f"http://127.0.0.1:{server.server_address[1]}/search.json", "k", timeout=1.0,
+                          retries=0) as client, pytest.raises(ApiError, match="did not answer in time"):
+            client.search([("query", "*")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 5
+
+
+def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("ID,category\n/1/a,map\n")
+    result = CliRunner().invoke(app, ["stats", str(table), "-o", "/dev/null/x.json"])
+    assert result.exit_code == 1 and result.stderr.startswith("eic: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_predict_resume_drops_a_half_written_last_row(tmp_path: Path) -> None:
+    from europeana_imgcls.prediction import COLUMNS, _read_rows
+
+    part = tmp_path / "p.csv.partial"
+    part.write_text("image,prediction,confidence,top_k,ID,URI\r\na.jpg,map,0.9,[],/1/a,u\r\nb.jpg,map,0.8,[],/1/b,u")
+    assert [r["image"] for r in _read_rows(part, ".csv", COLUMNS)] == ["a.jpg"]  # b's row was cut short
+
+
+def test_the_sandbox_answers_odd_paths_with_404() -> None:
+    import httpx
+
+    with Sandbox(VOCAB, per_level=2) as sb:
+        for path in ("/images/²", "/images/-1", "/images/99999999", "/thumbnail/%FF"):
+            assert httpx.get(sb.base_url + path).status_code in (400, 404), path
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules 6 and 8: a resumed run is the same run; a run that would die late for a reason known early does not start
+
+
+def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
+    from europeana_imgcls import train
+    from europeana_imgcls.errors import DatasetError
+
+    from .test_training import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    other = make_folders(tmp_path / "other", per_class=6, size=32)
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0))
+    with pytest.raises(DatasetError, match="arch 'resnet18' there, 'resnet34' now"):
+        train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, arch="resnet34", resume=True))
+    with pytest.raises(DatasetError, match="data_dir"):
+        train(config(other, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))
+    train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))  # the same run goes on
+
+
+def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
+    from europeana_imgcls.cli import app
+
+    from .test_training import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=9, size=32)
+    for path in (data / "specimen").iterdir():  # every specimen from one provider
+        path.rename(path.with_name("[ph]7777[ph]" + path.name.split("[ph]")[-1]))
+    result = CliRunner().invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--group-by-provider",
+                                      "--folds", "3", "--weights", "none", "--epochs", "1", "--quiet"])
+    assert result.exit_code == 1, result.stderr
+    assert "class 'specimen'" in result.stderr and "7777" in result.stderr and "--group-by-provider" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "run").glob("split_*/model.pt"))
+
+
+def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import math
+
+    from europeana_imgcls import training
+
+    from .test_training import config, make_folders
+
+    real = training.evaluate
+
+    def nan_loss(*args: object, **kwargs: object) -> training.Evaluation:
+        result = real(*args, **kwargs)
+        result.loss = math.nan
+        return result
+
+    monkeypatch.setattr(training, "evaluate", nan_loss)
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    report = training.train(config(data, tmp_path / "run", epochs=2, crossvalidation=False, gradcam_images=0))
+    assert (tmp_path / "run" / "split_0" / "model.pt").is_file() and report.splits[0].metrics
