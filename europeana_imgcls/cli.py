@@ -81,12 +81,23 @@ def run(action: Callable[[], T]) -> T:
         typer.echo(f"eic: error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("eic: interrupted; what was finished is kept (re-run with --resume where offered)", err=True)
+        typer.echo(f"eic: interrupted; what was finished is kept ({_carry_on()})", err=True)
         raise typer.Exit(130) from None
     except OSError as exc:  # the file system said no (a full disk, a path through a file, no permission)
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"eic: error: {where}{exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _carry_on() -> str:
+    """How the interrupted command carries on: by running it again, or with --resume."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    name = context.info_name if context is not None else ""
+    if name in ("download", "subtract", "stats", "evaluate", "calibrate", "audit", "demo"):
+        return "run the same command again to carry on" if name == "download" else "run it again"
+    return "run the same command with --resume to carry on"
 
 
 @app.command()
@@ -228,8 +239,6 @@ def train(
     config: ConfigFile = None,
 ) -> None:
     """Fine-tune a ResNet (or another registered model) with stratified k-fold cross-validation."""
-    from .training import train as run_train
-
     flags = dict(data_dir=data_dir, output_dir=output_dir, arch=arch, weights=weights, epochs=epochs,
                  patience=patience, input_size=input_size, batch_size=batch_size, learning_rate=learning_rate,
                  folds=folds, crossvalidation=crossvalidation, weighted_loss=weighted_loss, sample=sample,
@@ -237,7 +246,10 @@ def train(
                  resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, mode=mode,
                  labels=labels, cache_mb=cache_mb, precision=precision, method=method, embeddings=embeddings,
                  neighbours=neighbours, duplicate_groups=duplicate_groups, quiet=quiet)
-    result = run(lambda: run_train(build_config(TrainConfig, flags, config)))
+    settings = run(lambda: build_config(TrainConfig, flags, config))
+    from .training import train as run_train
+
+    result = run(lambda: run_train(settings))
     if result.summary and os.environ.get("RANK", "0") == "0":
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
         if result.calibration is not None:
@@ -278,12 +290,13 @@ def evaluate(
     config: ConfigFile = None,
 ) -> None:
     """Score every split of a run on an evaluation set: metrics as mean ± std, per class, confusion matrix."""
-    from .evaluation import evaluate_run
-
     flags = dict(run=run_dir, eval_dir=eval_dir, output_dir=output_dir, batch_size=batch_size, device=device,
                  num_workers=num_workers, amp=amp, gallery=gallery, labels=labels, threshold=threshold,
                  overwrite=overwrite)
-    result = run(lambda: evaluate_run(build_config(EvaluateConfig, flags, config)))
+    settings = run(lambda: build_config(EvaluateConfig, flags, config))
+    from .evaluation import evaluate_run
+
+    result = run(lambda: evaluate_run(settings))
     report.print_evaluation(console, result)
 
 
@@ -315,13 +328,14 @@ def predict(
     config: ConfigFile = None,
 ) -> None:
     """Label new images with top-k classes (and Grad-CAM figures); an ensemble with --split all."""
-    from .prediction import predict as run_predict
-
     flags = dict(run=run_dir, inputs=inputs or None, output=output, top_k=top_k, threshold=threshold,
                  gradcam_dir=gradcam_dir, cam_method=cam_method, split=split, table=table, query=query, n=n,
                  reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
                  device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
-    result = run(lambda: run_predict(build_config(PredictConfig, flags, config)))
+    settings = run(lambda: build_config(PredictConfig, flags, config))
+    from .prediction import predict as run_predict
+
+    result = run(lambda: run_predict(settings))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         report.print_prediction(console, result)
 
@@ -355,13 +369,14 @@ def enrich(
     config: ConfigFile = None,
 ) -> None:
     """Precision-targeted labels as W3C Web Annotations (Europeana's shape); the doubtful ones to review."""
-    from .enrichment import enrich as run_enrich
-
     flags = dict(run=run_dir, inputs=inputs or None, output=output, format=format, precision=precision, vocab=vocab,
                  review_output=review_output, review_n=review_n, split=split, table=table, query=query, n=n,
                  reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
                  device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
-    result = run(lambda: run_enrich(build_config(EnrichConfig, flags, config)))
+    settings = run(lambda: build_config(EnrichConfig, flags, config))
+    from .enrichment import enrich as run_enrich
+
+    result = run(lambda: run_enrich(settings))
     if os.environ.get("RANK", "0") == "0":
         report.print_enrichment(console, result)
 
@@ -385,12 +400,13 @@ def embed(
     config: ConfigFile = None,
 ) -> None:
     """One vector per image from a frozen pretrained backbone, for linear probes, k-NN and eic audit."""
-    from .embedding import embed as run_embed
-
     flags = dict(data_dir=data_dir, output=output, arch=arch, weights=weights, input_size=input_size, mode=mode,
                  labels=labels, resume=resume, batch_size=batch_size, device=device, num_workers=num_workers,
                  amp=amp, quiet=quiet)
-    result = run(lambda: run_embed(build_config(EmbedConfig, flags, config)))
+    settings = run(lambda: build_config(EmbedConfig, flags, config))
+    from .embedding import embed as run_embed
+
+    result = run(lambda: run_embed(settings))
     console.print(f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
                   f"images/s), {result.dim} dimensions -> {result.output}"
                   + (f"; {result.already_done} done earlier" if result.already_done else "")

@@ -156,7 +156,8 @@ class TrainConfig(RuntimeSettings):
     patience: int = Field(10, ge=1, description="Stop a split after this many epochs without a lower validation loss.")
     input_size: int = Field(128, ge=16, le=1024, description="Side of the square images the model sees.")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
-    folds: int = Field(10, ge=2, le=100, description="Stratified folds; each split tests on one of them.")
+    folds: int = Field(10, ge=3, le=100, description="Stratified folds, at least 3 (a split trains on k-2, "
+                       "validates on one and tests on one).")
     crossvalidation: bool = Field(True, description="Run every split; off: only split 0.")
     weighted_loss: bool = Field(True, description="Class weights inverse to class frequency in the loss.")
     sample: float = Field(1.0, gt=0, le=1, description="Use this stratified fraction of the images (quick trials).")
@@ -377,14 +378,26 @@ def _file_values(model: type[_Base], path: Path) -> dict[str, Any]:
         if name in stages:
             continue
         if name not in known:
-            raise ConfigError(f"config file {path}: unknown setting '{key}'")
+            raise ConfigError(f"config file {path}: unknown setting '{key}'{_did_you_mean(name, known)}")
         if name in model.model_fields:
             values[name] = value
     section = data.get(model.stage, {})
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [{model.stage}] must be a table")
-    values.update({key.replace("-", "_"): value for key, value in section.items()})
+    for key, value in section.items():
+        name = key.replace("-", "_")
+        if name not in model.model_fields:
+            raise ConfigError(f"config file {path}: unknown setting '{key}' in [{model.stage}]"
+                              f"{_did_you_mean(name, set(model.model_fields))}")
+        values[name] = value
     return values
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _one_line(exc: ValidationError) -> str:

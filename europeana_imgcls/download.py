@@ -276,12 +276,10 @@ class Fetcher:
 
     async def save(self, url: str, path: Path) -> str | None:
         """None when saved, else the short reason it could not be."""
-        if not url.lower().startswith(("http://", "https://")):
-            return f"not an http(s) URL ({url[:60]})"
-        try:
-            host = urlsplit(url).netloc.lower()
-        except ValueError:  # e.g. an unclosed IPv6 bracket: http://[broken/x.jpg
-            return "invalid URL"
+        problem = url_problem(url)
+        if problem:
+            return problem
+        host = httpx.URL(url).host
         result: bytes | str = "no attempt"
         for attempt in range(self.config.retries + 1):
             async with self.host_limits[host], self.slots:
@@ -339,6 +337,18 @@ class Fetcher:
         if not size:
             return "empty", None
         return b"".join(parts), None
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched, or None: decided before any request, for any string a table holds."""
+    if not url.lower().startswith(("http://", "https://")):
+        return f"not an http(s) URL ({url[:60]})"
+    try:
+        parsed = httpx.URL(url)
+        urlsplit(url)  # stricter on brackets than httpx: http://[broken/x.jpg
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return "invalid URL"
+    return None if parsed.host else "invalid URL"
 
 
 def _retry_after(value: str | None) -> float:

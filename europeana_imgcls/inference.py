@@ -61,6 +61,10 @@ def checkpoint_paths(run: Path) -> list[Path]:
     return paths
 
 
+def _all(paths: list[Path]) -> list[tuple[str, Path]]:
+    return [(p.parent.name if p.parent.name.startswith("split_") else "split_0", p) for p in paths]
+
+
 def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
     """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
     paths = checkpoint_paths(run)
@@ -74,7 +78,7 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
     elif which != "all":
         states = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
         if not states:
-            raise ModelError(f"{run}: no split {which}")
+            raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in _all(paths))}")
     classes = {(tuple(state["class_names"]), state.get("mode", "single-label")) for _, state in states}
     if len(classes) > 1:
         raise ModelError(f"{run}: its splits were trained on different classes or modes")

@@ -85,7 +85,13 @@ class Rows:
 
 def predict(config: PredictConfig) -> PredictReport:
     """Label every input image with ``config.run``; see the module docstring."""
-    return run_predictions(config, Rows)
+    report = run_predictions(config, Rows)
+    if not report.predicted and not report.already_done and (report.unreadable or report.not_fetched):
+        config.output.unlink(missing_ok=True)  # only its header: nothing to keep, and a retry must not be refused
+        named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
+        raise DatasetError("nothing could be labelled: " + (f"{named} cannot be read as images" if named else
+                                                            f"{report.not_fetched} image(s) could not be fetched"))
+    return report
 
 
 def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:

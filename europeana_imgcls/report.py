@@ -137,7 +137,8 @@ def print_prediction(console: Console, result: PredictReport) -> None:
     console.print(
         f"{result.predicted} images labelled with {model}; written to {result.output}"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
-        + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
+        + (f"; {len(result.unreadable)} unreadable ({', '.join(result.unreadable[:3])}"
+           + (", ..." if len(result.unreadable) > 3 else "") + ")" if result.unreadable else "")
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
         + (f"; {result.heatmaps} Grad-CAM figures" if result.heatmaps else "")
     )

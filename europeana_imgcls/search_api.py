@@ -85,19 +85,19 @@ class SearchClient:
                 if last:
                     raise ApiError(f"the Search API at {self.api_url} did not answer in time "
                                    f"after {attempt + 1} attempts; try later or raise --timeout") from None
-                self._sleep(attempt, None)
+                self._sleep(attempt, None, "timed out")
                 continue
             except httpx.TransportError as exc:
                 if last:
                     raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
                                    f"after {attempt + 1} attempts; check --api-url and the network") from None
-                self._sleep(attempt, None)
+                self._sleep(attempt, None, f"unreachable ({type(exc).__name__})")
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 if last:
                     raise ApiError(f"the Search API answered {response.status_code} "
                                    f"{_reason(response)} after {attempt + 1} attempts; try again later")
-                self._sleep(attempt, response.headers.get("Retry-After"))
+                self._sleep(attempt, response.headers.get("Retry-After"), f"answered {response.status_code}")
                 continue
             return _parse(response)
         raise AssertionError("unreachable")
@@ -128,11 +128,15 @@ class SearchClient:
             # A partial last page still carries a cursor; the empty page after it does not.
             cursor = next_cursor if items and next_cursor and next_cursor != cursor else None
 
-    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+    def _sleep(self, attempt: int, retry_after: str | None, why: str = "") -> None:
         wait = _retry_after_seconds(retry_after)
         if wait is None:
             wait = self.backoff * (2**attempt) * (0.5 + random.random())
-        time.sleep(min(wait, MAX_WAIT))
+        wait = min(wait, MAX_WAIT)
+        # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
+        log.warning("Search API %s; retry %d of %d in %.1f s", why or "did not answer", attempt + 1, self.retries,
+                    wait)
+        time.sleep(wait)
 
 
 def _parse(response: httpx.Response) -> dict[str, Any]:

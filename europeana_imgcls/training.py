@@ -321,7 +321,10 @@ def make_multilabel_splits(targets: np.ndarray, folds: int, seed: int, groups: l
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
-    if not resume and out.exists() and any(out.glob("split_*")):
+    # Only training state counts: a run that failed before its first epoch (weights offline, say) left
+    # split_0/config.json alone, and the natural retry must not be refused for it.
+    trained = any(p.name in ("model.pt", "last.pt", "metrics.json") for p in out.glob("split_*/*"))
+    if not resume and trained:
         raise DatasetError(f"{out} already holds a training run: pass --resume to continue it, "
                            "or choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)

@@ -130,3 +130,24 @@ def test_python_dash_m_and_public_surface() -> None:
     assert done.returncode == 0 and "harvest" in done.stdout
     for name in europeana_imgcls.__all__:
         assert hasattr(europeana_imgcls, name), name
+
+
+def test_first_hour_rough_edges(tmp_path: Path) -> None:
+    """Mistakes a newcomer makes, each answered with one line that says what to do."""
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[train]\nepoch = 3\n")
+    from europeana_imgcls.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"typo.toml: unknown setting 'epoch' in \[train\]; did you mean 'epochs'"):
+        build_config(TrainConfig, {"data_dir": tmp_path}, typo, env={})
+    result = eic("train", tmp_path, "--folds", "2")
+    assert_one_line_error(result, "folds")
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    result = eic("train", tmp_path, "--learning-rate", "-1")  # refused before torch is imported
+    assert_one_line_error(result, "learning_rate")
+
+
+def test_the_library_exports_what_it_says_both_ways() -> None:
+    public = {name for name in dir(europeana_imgcls) if not name.startswith("_")} | set(europeana_imgcls._LAZY)
+    modules = {name for name in public if isinstance(getattr(europeana_imgcls, name, None), type(europeana_imgcls))}
+    assert set(europeana_imgcls.__all__) == public - modules - {"annotations"}

@@ -267,3 +267,14 @@ def test_predict_killed_at_a_random_moment_resumes_to_the_full_output(sig: signa
     assert len(images) == len(set(images)) == full.predicted
     assert report.already_done + report.predicted == full.predicted
     assert stopped or report.predicted == 0
+
+
+def test_predict_says_what_it_could_not_read_and_which_splits_there_are(trained: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    result = CliRunner().invoke(app, ["predict", str(trained), str(notes), "-o", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "notes.txt cannot be read as images" in result.stderr
+    assert not (tmp_path / "p.csv").exists()  # the retry is not refused
+    result = CliRunner().invoke(app, ["predict", str(trained), str(notes), "--split", "5", "-o",
+                                      str(tmp_path / "q.csv")])
+    assert result.exit_code == 1 and "no split 5; it has split_0, split_1, split_2" in result.stderr

@@ -571,3 +571,60 @@ def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(tmp_path: P
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     report = training.train(config(data, tmp_path / "run", epochs=2, crossvalidation=False, gradcam_images=0))
     assert (tmp_path / "run" / "split_0" / "model.pt").is_file() and report.splits[0].metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties of the pure parts: URLs and tables of any shape
+
+
+@given(st.one_of(st.text(max_size=60), st.from_regex(r"https?://[^\s]{0,40}", fullmatch=True)))
+@settings(max_examples=500, deadline=None)
+def test_any_url_string_is_fetchable_or_has_a_reason(url: str) -> None:
+    import httpx
+
+    from europeana_imgcls.download import url_problem
+
+    problem = url_problem(url)
+    if problem is None:
+        assert httpx.URL(url).scheme in ("http", "https") and httpx.URL(url).host
+    else:
+        assert problem.startswith(("not an http(s) URL", "invalid URL"))
+
+
+CELLS = st.one_of(st.just(""), st.just("  "), st.sampled_from(["map", " map ", "painting", "a/b", ".."]),
+                  st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters='"\x85\xa0'),
+                          max_size=12))
+
+
+@given(st.lists(st.tuples(CELLS, CELLS, CELLS), max_size=25))
+@settings(max_examples=60, deadline=None)
+def test_every_row_of_any_table_is_a_job_or_a_skip_with_a_reason(rows: list[tuple[str, str, str]]) -> None:
+    import tempfile
+
+    from europeana_imgcls.download import Job, _jobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "t.csv"
+        with table.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["ID", "URL", "category", ""])  # and an unnamed column, as spreadsheets leave
+            writer.writerows([*row, ""] for row in rows)
+        outcomes = list(_jobs(DownloadConfig(table=table, output_dir=Path(tmp) / "img")))
+    non_blank = [r for r in rows if any(cell.strip() for cell in r)]
+    assert len(outcomes) == len(non_blank)
+    jobs = [o for o in outcomes if isinstance(o, Job)]
+    assert len({job.id for job in jobs}) == len(jobs)  # one job per record
+    assert all(isinstance(o, Job) or o for o in outcomes)
+
+
+def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path) -> None:
+    from europeana_imgcls import train
+    from europeana_imgcls.errors import ModelError
+
+    from .test_training import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    with pytest.raises(ModelError, match="offline"):  # torchvision's weights cannot be fetched here
+        train(config(data, tmp_path / "run", weights="imagenet", epochs=1, crossvalidation=False))
+    report = train(config(data, tmp_path / "run", epochs=1, crossvalidation=False, gradcam_images=0))
+    assert report.splits  # the natural retry with --weights none is not refused
