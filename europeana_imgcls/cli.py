@@ -51,7 +51,7 @@ def opt(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any:
     default = field.default if field.default is not PydanticUndefined else None
     if field.default_factory is not None:
         default = field.default_factory()  # type: ignore[call-arg]
-    shown: str | bool = False if default is None else _show(default)
+    shown: str | bool = False if default is None or default == {} else _show(default)
     return typer.Option(*decls, help=field.description, show_default=shown, **kwargs)
 
 
@@ -134,13 +134,14 @@ def subtract(
     train: Annotated[Path, typer.Argument(help="Training table (.csv or .parquet).")],
     eval: Annotated[Path, typer.Argument(help="Evaluation table; its IDs leave the training table.")],  # noqa: A002
     output: Annotated[Path | None, opt(SubtractConfig, "output", "--output", "-o")] = None,
+    columns: Annotated[str | None, opt(SubtractConfig, "columns", "--columns")] = None,
     overwrite: Annotated[bool | None, opt(SubtractConfig, "overwrite", "--overwrite")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Remove from a training table every record whose ID is in an evaluation table."""
     from .dataset import subtract as run_subtract
 
-    flags = dict(train=train, eval=eval, output=output, overwrite=overwrite)
+    flags = dict(columns=columns, train=train, eval=eval, output=output, overwrite=overwrite)
     result = run(lambda: run_subtract(build_config(SubtractConfig, flags, config)))
     console.print(f"kept {result.kept} rows, removed {result.removed}; wrote {result.output}")
 
@@ -150,13 +151,14 @@ def stats(
     table: Annotated[Path, typer.Argument(help="Table to describe (.csv or .parquet).")],
     vocab: Annotated[Path | None, opt(StatsConfig, "vocab", "--vocab")] = None,
     output: Annotated[Path | None, opt(StatsConfig, "output", "--output", "-o")] = None,
+    columns: Annotated[str | None, opt(StatsConfig, "columns", "--columns")] = None,
     overwrite: Annotated[bool | None, opt(StatsConfig, "overwrite", "--overwrite")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Records per category, reusability level and provider, and what looks wrong in a table."""
     from .dataset import stats as run_stats
 
-    flags = dict(table=table, vocab=vocab, output=output, overwrite=overwrite)
+    flags = dict(columns=columns, table=table, vocab=vocab, output=output, overwrite=overwrite)
     result = run(lambda: run_stats(build_config(StatsConfig, flags, config)))
     report.print_stats(console, result)
 
@@ -165,6 +167,7 @@ def stats(
 def download(
     table: Annotated[Path, typer.Argument(help="Harvest table (.csv or .parquet) with ID, URL (and category).")],
     output_dir: Annotated[Path | None, opt(DownloadConfig, "output_dir", "--output-dir", "-o")] = None,
+    columns: Annotated[str | None, opt(DownloadConfig, "columns", "--columns")] = None,
     mode: Annotated[str | None, opt(DownloadConfig, "mode", "--mode")] = None,
     concurrency: Annotated[int | None, opt(DownloadConfig, "concurrency", "--concurrency")] = None,
     per_host: Annotated[int | None, opt(DownloadConfig, "per_host", "--per-host")] = None,
@@ -188,7 +191,8 @@ def download(
     """Fetch the images of a table into class folders (or one folder plus labels.csv)."""
     from .download import download as run_download
 
-    flags = dict(table=table, output_dir=output_dir, mode=mode, concurrency=concurrency, per_host=per_host,
+    flags = dict(columns=columns, table=table,
+                 output_dir=output_dir, mode=mode, concurrency=concurrency, per_host=per_host,
                  timeout=timeout, retries=retries, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
                  quality=quality, workers=workers, decode_memory_mb=decode_memory_mb, fallback_preview=fallback_preview,
                  retry_failed=retry_failed,
@@ -313,6 +317,7 @@ def predict(
     cam_method: Annotated[str | None, opt(PredictConfig, "cam_method", "--cam-method")] = None,
     split: Annotated[str | None, opt(PredictConfig, "split", "--split")] = None,
     table: Annotated[Path | None, opt(PredictConfig, "table", "--table")] = None,
+    columns: Annotated[str | None, opt(PredictConfig, "columns", "--columns")] = None,
     query: Annotated[str | None, opt(PredictConfig, "query", "--query")] = None,
     n: Annotated[int | None, opt(PredictConfig, "n", "--n", "-n")] = None,
     reusability: Annotated[list[str] | None, opt(PredictConfig, "reusability", "--reusability")] = None,
@@ -328,7 +333,7 @@ def predict(
     config: ConfigFile = None,
 ) -> None:
     """Label new images with top-k classes (and Grad-CAM figures); an ensemble with --split all."""
-    flags = dict(run=run_dir, inputs=inputs or None, output=output, top_k=top_k, threshold=threshold,
+    flags = dict(columns=columns, run=run_dir, inputs=inputs or None, output=output, top_k=top_k, threshold=threshold,
                  gradcam_dir=gradcam_dir, cam_method=cam_method, split=split, table=table, query=query, n=n,
                  reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
                  device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
@@ -354,6 +359,7 @@ def enrich(
     review_n: Annotated[int | None, opt(EnrichConfig, "review_n", "--review-n")] = None,
     split: Annotated[str | None, opt(EnrichConfig, "split", "--split")] = None,
     table: Annotated[Path | None, opt(EnrichConfig, "table", "--table")] = None,
+    columns: Annotated[str | None, opt(EnrichConfig, "columns", "--columns")] = None,
     query: Annotated[str | None, opt(EnrichConfig, "query", "--query")] = None,
     n: Annotated[int | None, opt(EnrichConfig, "n", "--n", "-n")] = None,
     reusability: Annotated[list[str] | None, opt(EnrichConfig, "reusability", "--reusability")] = None,
@@ -369,7 +375,8 @@ def enrich(
     config: ConfigFile = None,
 ) -> None:
     """Precision-targeted labels as W3C Web Annotations (Europeana's shape); the doubtful ones to review."""
-    flags = dict(run=run_dir, inputs=inputs or None, output=output, format=format, precision=precision, vocab=vocab,
+    flags = dict(columns=columns, run=run_dir, inputs=inputs or None, output=output,
+                 format=format, precision=precision, vocab=vocab,
                  review_output=review_output, review_n=review_n, split=split, table=table, query=query, n=n,
                  reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
                  device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)

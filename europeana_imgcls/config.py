@@ -34,6 +34,19 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     stage: ClassVar[str] = ""
 
+    def __init__(self, **values: Any) -> None:
+        # Library users get the error the CLI gets: a ConfigError (an EicError) naming the setting, not a
+        # pydantic ValidationError.
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+
+    @field_validator("columns", mode="before", check_fields=False)
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return _parse_columns(value)
+
     quiet: bool = Field(False, description="No progress bars; for CI and scripts.")
 
 
@@ -47,6 +60,26 @@ class ApiSettings(_Base):
     )
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for one API answer.")
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
+
+
+TABLE_COLUMNS = ("ID", "URL", "category", "preview", "URI", "skos_concept", "rights", "data_provider", "reusability")
+COLUMNS_HELP = ("The table's own column names for eic's, e.g. ID=id,URL=image_url,category=label (a museum's "
+                "table as it is).")
+
+
+def _parse_columns(value: Any) -> Any:
+    """``ID=id,URL=image_url`` (a flag, an env var) or a table in a config file, as {eic name: table's name}."""
+    if isinstance(value, str):
+        pairs = [p.strip() for p in value.split(",") if p.strip()]
+        if any("=" not in p for p in pairs):
+            raise ValueError("write the mapping as NAME=column pairs, e.g. ID=id,URL=image_url")
+        value = dict(p.split("=", 1) for p in pairs)
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in TABLE_COLUMNS]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} is not a column eic reads; those are {', '.join(TABLE_COLUMNS)}")
+        return {k.strip(): str(v).strip() for k, v in value.items()}
+    return value
 
 
 def _split_words(value: Any) -> Any:
@@ -88,6 +121,7 @@ class SubtractConfig(_Base):
     train: Path = Field(description="Training table (.csv or .parquet).")
     eval: Path = Field(description="Evaluation table whose IDs are removed from the training table.")
     output: Path = Field(description="Where the remaining training rows are written.")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
@@ -99,6 +133,7 @@ class StatsConfig(_Base):
     table: Path = Field(description="Table to describe (.csv or .parquet).")
     vocab: Path | None = Field(None, description="Vocabulary to check categories against.")
     output: Path | None = Field(None, description="Also write the statistics as JSON here.")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
@@ -119,6 +154,7 @@ class DownloadConfig(_Base):
     max_pixels: int = Field(200_000_000, gt=0, description="Largest image accepted, in pixels (refuses bombs).")
     max_side: int = Field(512, ge=0, description="Longer side of saved images in pixels; 0 keeps originals.")
     quality: int = Field(90, ge=50, le=100, description="JPEG quality of saved images.")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     workers: int = Field(0, ge=0, description="Threads decoding and resizing; 0: one per CPU core.")
     decode_memory_mb: int = Field(1024, ge=16, description="Memory the concurrent decodes may hold together; an "
                                   "image that alone needs more is a failure row.")
@@ -222,6 +258,7 @@ class PredictConfig(ApiSettings, RuntimeSettings):
     split: str = Field("best", pattern=r"^(best|all|\d+)$",
                        description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
     table: Path | None = Field(None, description="Predict every record of this harvest table (images fetched).")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     query: str | None = Field(None, description="Ask the Search API with this query and predict its records.")
     n: int = Field(100, gt=0, description="Records taken from --query.")
     reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
@@ -287,6 +324,7 @@ class EnrichConfig(ApiSettings, RuntimeSettings):
     split: str = Field("best", pattern=r"^(best|all|\d+)$",
                        description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
     table: Path | None = Field(None, description="Enrich every record of this harvest table (images fetched).")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     query: str | None = Field(None, description="Ask the Search API with this query and enrich its records.")
     n: int = Field(100, gt=0, description="Records taken from --query.")
     reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,

@@ -23,8 +23,8 @@ class SubtractReport:
 def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
     refuse_existing(config.output, config.overwrite)
-    train = read_table(config.train, required=("ID",))
-    evaluation = read_table(config.eval, required=("ID",))
+    train = read_table(config.train, required=("ID",), columns=config.columns)
+    evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
     eval_ids = evaluation.get_column("ID").drop_nulls().unique()
     # A row without an ID cannot be in the evaluation table: it stays.
     kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
@@ -61,7 +61,7 @@ def stats(config: StatsConfig) -> TableStats:
 
 
 def _describe(config: StatsConfig) -> TableStats:
-    df = read_table(config.table, required=("ID",))
+    df = read_table(config.table, required=("ID",), columns=config.columns)
     vocab = load_vocabulary(config.vocab)
     has_category = "category" in df.columns
     labels = (

@@ -93,7 +93,7 @@ def _folder_name_ok(category: str) -> bool:
 def download(config: DownloadConfig) -> DownloadReport:
     """Fetch the images of ``config.table`` into ``config.output_dir``; see the module docstring."""
     total = count_rows(config.table)
-    next(iter_table(config.table, _required(config), chunk_size=1), None)  # fail fast on a bad table
+    next(iter_table(config.table, _required(config), chunk_size=1, columns=config.columns), None)  # fail fast
     root = config.output_dir
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(root)
@@ -136,7 +136,7 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
     """A job per row of the table, or the reason a row names nothing to fetch."""
     root = config.output_dir
     seen: set[str] = set()
-    for chunk in iter_table(config.table, _required(config)):
+    for chunk in iter_table(config.table, _required(config), columns=config.columns):
         has_preview = "preview" in chunk.columns
         for row in chunk.iter_rows(named=True):
             record_id = row["ID"]

@@ -157,8 +157,8 @@ def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: P
 
 def _predict_config(config: EnrichConfig, journal: Path) -> PredictConfig:
     shared = config.model_dump(include={"api_url", "api_key", "timeout", "retries", "device", "batch_size",
-                                        "num_workers", "amp", "quiet", "run", "inputs", "split", "table", "query",
-                                        "n", "reusability", "resume"})
+                                        "num_workers", "amp", "quiet", "run", "inputs", "split", "table", "columns",
+                                        "query", "n", "reusability", "resume"})
     image_dir = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
     return PredictConfig(**shared, output=journal, image_dir=image_dir)
 

@@ -222,7 +222,7 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
             raise DatasetError(f"{given}: no such image file, folder or URL")
     if config.table is not None:
         check_table_suffix(config.table)
-        table = read_table(config.table, required=("ID", "URL"))
+        table = read_table(config.table, required=("ID", "URL"), columns=config.columns)
         for row in table.iter_rows(named=True):
             if row["ID"]:
                 urls.append({"ID": row["ID"], "URL": row["URL"], "URI": row.get("URI") or record_uri(row["ID"]),

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,14 @@ def check_table_suffix(path: Path) -> None:
         raise DatasetError(f"{path}: tables must end in .csv or .parquet")
 
 
-def read_table(path: Path, required: tuple[str, ...] = ()) -> pl.DataFrame:
+def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str, str] | None = None
+               ) -> pl.DataFrame:
     """Read a table as strings, cleaned the way real harvested tables need.
 
     Column names and values are stripped of surrounding spaces, unnamed columns and wholly blank
-    rows (what spreadsheets leave behind) are dropped, and empty strings become nulls.
+    rows (what spreadsheets leave behind) are dropped, and empty strings become nulls. ``columns``
+    maps eic's column names to the table's own (``{"ID": "id", "URL": "image_url"}``), so a museum's
+    table works as it is.
     """
     check_table_suffix(path)
     if not path.is_file():
@@ -84,26 +87,51 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> pl.DataFrame:
             df = pl.read_parquet(path)
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
-    df = _clean(df)
+    df = rename_columns(path, _clean(df), columns)
     _check_columns(path, df.columns, required)
     return df
 
 
-def iter_table(path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_000) -> Iterator[pl.DataFrame]:
+def iter_table(path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_000,
+               columns: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
     """Stream a table in cleaned chunks, so memory stays flat however long the table is."""
     lazy = _scan(path)
     try:
-        columns = [c.strip() for c in lazy.collect_schema().names()]
+        names = [c.strip() for c in lazy.collect_schema().names()]
     except Exception as exc:
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
-    _check_columns(path, columns, required)
+    _check_columns(path, _renamed(path, names, columns), required)
     try:
         for chunk in lazy.collect_batches(chunk_size=chunk_size):
-            yield _clean(chunk)
+            yield rename_columns(path, _clean(chunk), columns)
     except DatasetError:
         raise
     except Exception as exc:
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def rename_columns(path: Path, df: pl.DataFrame, columns: Mapping[str, str] | None) -> pl.DataFrame:
+    """The table with its own columns renamed to eic's, as ``columns`` maps them."""
+    if not columns:
+        return df
+    names = _renamed(path, df.columns, columns)
+    keep = [old for old, new in zip(df.columns, names, strict=True) if new is not None]
+    return df.select(keep).rename({old: new for old, new in zip(df.columns, names, strict=True) if new is not None})
+
+
+def _renamed(path: Path, names: list[str], columns: Mapping[str, str] | None) -> list[str | None]:
+    """Each column's name after the mapping; None for one that a mapped column replaces."""
+    if not columns:
+        return list(names)
+    # A mapping that a table does not need (it has the eic name already) is no error: one setting serves
+    # a museum's table and a harvested one alike.
+    missing = [source for target, source in columns.items() if source not in names and target not in names]
+    if missing:
+        raise DatasetError(f"{path}: no column {', '.join(repr(m) for m in missing)} to use as "
+                           f"{', '.join(k for k, v in columns.items() if v in missing)} (has: {', '.join(names)})")
+    source_of = {source: target for target, source in columns.items() if source in names}
+    replaced = set(columns) - set(columns.values())  # eic-named columns that a mapped one takes the place of
+    return [source_of.get(name) or (None if name in replaced else name) for name in names]
 
 
 def count_rows(path: Path) -> int:
