@@ -95,8 +95,9 @@ class HarvestConfig(ApiSettings):
     stage: ClassVar[str] = "harvest"
 
     output: Path = Field(Path("harvested.csv"), description="Output table, .csv or .parquet.")
-    vocab: Path | None = Field(
-        None, description="JSON {category: concept URI}; default: the 20 concepts shipped with eic."
+    vocab: Path | dict[str, str] | None = Field(
+        None, description="JSON {category: concept URI} (a file, or in Python a dict); default: the 20 concepts "
+        "shipped with eic."
     )
     n: int = Field(1000, gt=0, description="Records with an image wanted per category and level.")
     reusability: list[Reusability] = Field(

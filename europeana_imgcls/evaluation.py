@@ -24,6 +24,7 @@ from .errors import DatasetError
 from .inference import RunModel, load_run, logits_of
 from .metrics import classification_metrics, confusion, mean_std
 from .multilabel import ML_METRICS, multilabel_metrics, scan_labelled_folder
+from .naming import record_id_of
 from .runtime import autocast_dtype, default_workers, resolve_device
 from .tables import read_table, refuse_existing, write_json
 
@@ -229,13 +230,11 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
         writer.writerow(["truth \\ prediction", *classes])
         for name, row in zip(classes, matrix, strict=True):
             writer.writerow([name, *map(int, row)])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
 
     size = max(6.0, 0.45 * len(classes) + 3)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    figure = Figure(figsize=(2 * size, size))
+    axes = figure.subplots(1, 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
     for ax, data, title, fmt in ((axes[0], matrix, "counts (summed over splits)", "d"),
@@ -252,7 +251,6 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
                             color="white" if data[i, j] > peak / 2 else "black")
     figure.tight_layout()
     figure.savefig(out / "confusion_matrix.png", dpi=100)
-    plt.close(figure)
 
 
 def _write_predictions(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
@@ -268,10 +266,7 @@ def _write_predictions(path: Path, paths: list[str], truth: np.ndarray, probs: d
 def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str],
              count: int) -> None:
     """The most confident mistakes (over all splits, each image once)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
     from PIL import Image
 
     worst: dict[int, tuple[float, int, str]] = {}
@@ -283,16 +278,21 @@ def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, n
     chosen = sorted(worst.items(), key=lambda kv: -kv[1][0])[:count]
     columns = 4
     rows = max(1, -(-len(chosen) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    figure = Figure(figsize=(3 * columns, 3.3 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (i, (confidence, predicted, split)) in zip(axes.flat, chosen, strict=False):
         with Image.open(paths[i]) as image:
             image.draft("RGB", (256, 256))
             ax.imshow(image.convert("RGB"))
+        name = Path(paths[i]).name
         ax.set_title(f"true {classes[truth[i]]}\npred {classes[predicted]} {confidence:.2f} ({split})", fontsize=8)
+        ax.set_xlabel(f"{(record_id_of(name) or name)[-40:]}", fontsize=7)  # so a curator can look it up
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
     if not chosen:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)

@@ -13,7 +13,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from .config import DownloadConfig, PredictConfig
 from .data import UNREADABLE, ImageDataset, ImageSet, list_images, load_image, make_loader
 from .errors import ConfigError, DatasetError
-from .explain import heatmaps, overlay
+from .explain import TILE, figure, heatmaps, save_figure
 from .inference import RunModel, load_run, probabilities
 from .models import get_arch
 from .runtime import Dist, autocast_dtype, default_workers, distributed
@@ -57,6 +58,15 @@ class PredictReport:
     not_fetched: int = 0
     heatmaps: int = 0
     splits: list[str] = field(default_factory=list)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The labelled rows of the output, read one at a time (a run over millions stays in the file)."""
+        suffix = self.output.suffix.lower()
+        with self.output.open(newline="", encoding="utf-8") as handle:
+            if suffix == ".jsonl":
+                yield from (json.loads(line) for line in handle if line.strip())
+            else:
+                yield from csv.DictReader(handle)
 
 
 class Rows:
@@ -139,6 +149,17 @@ def _label(items: list[Item], models: list[RunModel], config: PredictConfig, dev
                          num_workers=default_workers(device, config.num_workers), seed=0,
                          pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device, config.amp)
+    # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
+    with ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver:
+        pending: list[Future[None]] = []
+        _label_batches(loader, items, models, config, device, dtype, writer, report, rows, saver, pending)
+        for done in pending:
+            done.result()  # a figure that could not be written is an error, not a silent gap
+
+
+def _label_batches(loader: Any, items: list[Item], models: list[RunModel], config: PredictConfig,
+                   device: torch.device, dtype: torch.dtype | None, writer: _Writer, report: PredictReport,
+                   rows: Rows, saver: ThreadPoolExecutor, pending: list[Future[None]]) -> None:
     for inputs, labels, index in loader:
         # An ensemble averages the probabilities of its split models.
         probs = probabilities(models, inputs, device, dtype, rows.calibrated).mean(axis=0)
@@ -152,53 +173,53 @@ def _label(items: list[Item], models: list[RunModel], config: PredictConfig, dev
         writer.flush()
         if config.gradcam_dir is not None:
             report.heatmaps += _explain(models[0], inputs[ok], probs[ok], [items[i] for i in index[ok].tolist()],
-                                        config, device, rows.thresholds)
+                                        config, device, rows.thresholds, saver, pending)
 
 
 def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: list[Item], config: PredictConfig,
-             device: torch.device, thresholds: np.ndarray | None) -> int:
+             device: torch.device, thresholds: np.ndarray | None, saver: ThreadPoolExecutor,
+             pending: list[Future[None]]) -> int:
     """One figure per image: the image, then a heatmap per class at least ``threshold`` probable
-    (multi-label: per predicted label), at most ``top_k``, at least the most probable class."""
-    import matplotlib
+    (multi-label: per predicted label), at most ``top_k``, at least the most probable class.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Heatmaps are computed a batch at a time (one pass per rank of class, not per image) and the figures
+    composed with Pillow: matplotlib's layout and PNG writing cost more than the heatmaps themselves."""
     folder = config.gradcam_dir
     assert folder is not None
     folder.mkdir(parents=True, exist_ok=True)
     classes = model.classes
-    size = model.preprocessing[0]
     layer = get_arch(model.meta["arch"]).cam_layer(model.model)
     net = model.model.float()
-    written = 0
-    for tensor, row, item in zip(inputs, probs, items, strict=True):
+    orders = []
+    for row in probs:
         cuts = thresholds if thresholds is not None else np.full(len(row), 0.3 if config.threshold is None
                                                                  else config.threshold)
-        order = [int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= cuts[c]] or [int(row.argmax())]
-        maps = heatmaps(net, layer, tensor.unsqueeze(0).repeat(len(order), 1, 1, 1).to(device), order,
-                        config.cam_method)
-        picture = load_image(item.path, size)  # type: ignore[arg-type]
-        figure, axes = plt.subplots(1, len(order) + 1, figsize=(3 * (len(order) + 1), 3.3), squeeze=False)
-        axes[0, 0].imshow(picture)
-        axes[0, 0].set_title("image", fontsize=9)
-        for ax, c, heat in zip(axes[0, 1:], order, maps, strict=True):
-            ax.imshow(overlay(picture, heat))
-            ax.set_title(f"{classes[c]}, {row[c]:.2f}", fontsize=9)
-        for ax in axes.flat:
-            ax.axis("off")
-        figure.tight_layout()
-        figure.savefig(folder / _figure_name(item), dpi=90)
-        plt.close(figure)
-        written += 1
-    return written
+        orders.append([int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= cuts[c]] or [int(row.argmax())])
+    maps: list[list[np.ndarray]] = [[] for _ in items]
+    for rank in range(max((len(o) for o in orders), default=0)):
+        chosen = [i for i, order in enumerate(orders) if len(order) > rank]
+        batch = inputs[chosen].to(device)
+        for i, heat in zip(chosen, heatmaps(net, layer, batch, [orders[i][rank] for i in chosen],
+                                            config.cam_method), strict=True):
+            maps[i].append(heat)
+    for item, row, order, heat in zip(items, probs, orders, maps, strict=True):
+        title = f"{item.id or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
+        picture = load_image(item.path, TILE)  # type: ignore[arg-type]
+        image = figure(picture, heat, [f"{classes[c]} {row[c]:.2f}" for c in order], title)
+        pending.append(saver.submit(save_figure, image, folder / _figure_name(item), title))
+    return len(items)
 
 
 def _figure_name(item: Item) -> str:
-    """Readable and unique: the file's (or record's) name plus a short hash of where it came from."""
+    """Readable and unique: the record's (or file's, or URL's last part's) name plus a short hash of where it
+    came from."""
     from .naming import file_name
 
-    stem = Path(file_name(item.id)).stem if item.id else Path(item.image.rstrip("/")).stem
+    if item.id:
+        stem = Path(file_name(item.id)).stem
+    else:
+        last = item.image.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "image"
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(last).stem)
     return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
 
 
@@ -211,7 +232,7 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
     urls: list[dict[str, str | None]] = []
     for given in config.inputs:
         if given.lower().startswith(("http://", "https://")):
-            urls.append({"ID": given, "URL": given, "URI": None, "image": given})
+            urls.append({"ID": _url_id(given), "URL": given, "URI": None, "image": given})
             continue
         path = Path(given)
         if path.is_dir():
@@ -236,6 +257,14 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
     if not items and not failed:
         raise DatasetError("no images found in the inputs")
     return items, failed
+
+
+def _url_id(url: str) -> str:
+    """A bare URL's stand-in record ID: its last path part and a hash, so its fetched file gets a readable
+    name (not ``http:[ph][ph]host[ph]...``) and two URLs never share one."""
+    last = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in last)[:60] or "image"
+    return f"url-{hashlib.sha1(url.encode()).hexdigest()[:10]}-{stem}"
 
 
 def _query(config: PredictConfig) -> list[dict[str, str | None]]:

@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -39,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DEMO_API_KEY, REUSABILITY_LEVELS
-from .vocabulary import default_vocabulary
+from .vocabulary import load_vocabulary
 
 RIGHTS = {
     "open": "http://creativecommons.org/publicdomain/zero/1.0/",
@@ -184,7 +185,7 @@ class Sandbox:
 
     def __init__(
         self,
-        vocab: dict[str, str] | None = None,
+        vocab: dict[str, str] | Path | str | None = None,
         *,
         per_level: int = 30,
         host: str = "127.0.0.1",
@@ -201,7 +202,7 @@ class Sandbox:
         search_latency: float = 0.0,
         image_size: tuple[int, int] = (320, 240),
     ) -> None:
-        self.vocab = vocab or default_vocabulary()
+        self.vocab = load_vocabulary(vocab)  # a dict or a JSON file, as HarvestConfig takes it
         self.catalogue = build_catalogue(
             self.vocab, per_level, shared_per_concept=shared_per_concept, triples_per_concept=triples_per_concept,
             no_url_every=no_url_every, bad_every=bad_every, variant_every=variant_every,

@@ -46,7 +46,7 @@ from .data import (
     to_tensor,
 )
 from .errors import CalibrationError, DatasetError
-from .explain import heatmaps, overlay, side_by_side
+from .explain import TILE, figure, heatmaps, save_figure
 from .heads import train_heads
 from .metrics import classification_metrics, mean_std
 from .modelcard import write_model_card
@@ -60,6 +60,7 @@ from .multilabel import (
     scan_labelled_folder,
     tune_thresholds,
 )
+from .naming import record_id_of
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
 from .tables import atomic_path, write_json
 from .tasks import task_for
@@ -505,7 +506,7 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
                                                          if k not in ("model_state", "format")}, **extra})
     write_split_metrics(split_dir, scores, split, state.epoch, state.best_epoch, state.best_loss,
                         extra["temperature"])
-    plot_curves(state.history, split_dir / "curves.png")
+    plot_curves(state.history, split_dir / "curves.png", state.best_epoch)
     if config.gradcam_images:
         _gradcam(model, config, test_images, test, images.classes, split_dir / "gradcam", device)
     (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
@@ -567,16 +568,19 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
     by_image = np.argsort(test.indices)
     spread = np.linspace(0, len(by_image) - 1, min(config.gradcam_images, len(by_image))).astype(int)
     order = by_image[np.unique(spread)]
-    pictures = [load_image(test_images.paths[test.indices[k]], config.input_size) for k in order]
+    paths = [test_images.paths[test.indices[k]] for k in order]
+    pictures = [load_image(p, config.input_size) for p in paths]
     batch = torch.stack([to_tensor(p, arch.mean, arch.std) for p in pictures]).to(device)
     predicted = [int(test.probs[k].argmax()) for k in order]
     maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
-    for n, (k, picture, heat) in enumerate(zip(order, pictures, maps, strict=True)):
+    for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):
         truth = ("+".join(c for c, t in zip(classes, test.truth[k], strict=True) if t) or "none"
                  if test.truth.ndim == 2 else classes[test.truth[k]])
-        pred = classes[predicted[n]]
-        name = f"{n:03d}_true-{truth}_pred-{pred}_{test.probs[k].max():.2f}.jpg"
-        side_by_side(picture, overlay(picture, heat)).save(folder / name, quality=90)
+        pred, confidence = classes[predicted[n]], float(test.probs[k].max())
+        name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
+        title = f"{record_id_of(path.name) or path.name} · true {truth}"
+        save_figure(figure(load_image(path, TILE), [heat], [f"predicted {pred} {confidence:.2f}"], title),
+                    folder / name, title)
 
 
 def _agreed(value: float, device: torch.device, world: Dist) -> float:
@@ -600,17 +604,26 @@ def _write_history(path: Path, history: list[dict[str, float]], columns: list[st
         writer.writerows(history)
 
 
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0) -> None:
+    """Loss and validation scores per (whole) epoch, the kept epoch marked. matplotlib's object API: no
+    global backend switch, nothing left open."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    chart = Figure(figsize=(10, 4))
+    left, right = chart.subplots(1, 2)
     left.plot(epochs, [r["train_loss"] for r in history], label="train")
     left.plot(epochs, [r["val_loss"] for r in history], label="validation")
     left.set(title="loss", xlabel="epoch")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
+    if best_epoch:
+        kept = next(r for r in history if r["epoch"] == best_epoch)
+        left.plot([best_epoch], [kept["val_loss"]], marker="o", color="black", linestyle="none",
+                  label=f"kept: epoch {best_epoch}")
     left.legend()
     for key, label in (("accuracy", "accuracy"), ("f1", "macro F1"), ("micro_f1", "micro F1"),
                        ("macro_f1", "macro F1"), ("mean_average_precision", "mAP")):
@@ -618,9 +631,8 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
             right.plot(epochs, [r[key] for r in history], label=label)
     right.set(title="validation", xlabel="epoch", ylim=(0, 1))
     right.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    chart.tight_layout()
+    chart.savefig(path, dpi=100)
 
 
 def _progress(quiet: bool) -> Progress:

@@ -44,3 +44,14 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert "pip install" in demo and "pip install" in tests
     test_command = re.search(r"python -m pytest[^\n&|;]*", tests).group(0).strip()
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_the_api_page_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    example = re.findall(r"## A worked example.*?```python\n(.*?)\n```", page, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/api.md", "exec"), {})  # noqa: S102 - the page's own code
+    said = capsys.readouterr().out
+    assert "records harvested" in said and "images saved" in said and "accuracy" in said
+    assert "invalid setting 'folds'" in said
+    assert (tmp_path / "api-example" / "predictions.csv").is_file()

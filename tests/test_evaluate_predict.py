@@ -278,3 +278,38 @@ def test_predict_says_what_it_could_not_read_and_which_splits_there_are(trained:
     result = CliRunner().invoke(app, ["predict", str(trained), str(notes), "--split", "5", "-o",
                                       str(tmp_path / "q.csv")])
     assert result.exit_code == 1 and "no split 5; it has split_0, split_1, split_2" in result.stderr
+
+
+def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    """Large, titled with the record or file and the class with its probability, the heatmap over the image
+    without hiding it, a colour bar: a figure a curator can read."""
+    from PIL import Image
+
+    from europeana_imgcls.explain import CAPTION, HEADER, TILE
+
+    images = sorted((eval_dir / "map").glob("*.jpg"))[:3]
+    report = predict(PredictConfig(run=trained, inputs=[str(p) for p in images], output=tmp_path / "p.csv",
+                                   gradcam_dir=tmp_path / "cams", top_k=2, threshold=0.0, quiet=True))
+    figures = sorted((tmp_path / "cams").glob("*.png"))
+    assert report.heatmaps == len(figures) == 3
+    for path in figures:
+        with Image.open(path) as fig:
+            title = fig.text["Title"]
+            assert fig.height == HEADER + TILE + CAPTION and fig.width >= 3 * TILE  # the image and two heatmaps
+            pixels = np.asarray(fig.convert("L"), dtype=np.float32)
+        assert any(p.name in title for p in images) and " · " in title
+        shown = pixels[HEADER:HEADER + TILE, 4:4 + TILE]
+        heat = pixels[HEADER:HEADER + TILE, 4 + TILE + 8:4 + 2 * TILE + 8]
+        # The image stays visible under the heatmap: the two panels still look alike.
+        assert np.corrcoef(shown.ravel(), heat.ravel())[0, 1] > 0.3
+        assert pixels[:HEADER].min() < 100  # a title is drawn
+
+
+def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
+    from europeana_imgcls.training import plot_curves
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": abs(e - 3) + 0.5, "accuracy": 0.5, "f1": 0.5}
+               for e in range(1, 7)]
+    plot_curves(history, tmp_path / "curves.png", best_epoch=3)
+    plot_curves(history, tmp_path / "plain.png")
+    assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
