@@ -114,7 +114,7 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
         else:
             note = f"{source} does not cover the run's images: no near-duplicate search"
     else:
-        note = ("no embeddings for this run (fine-tuned): no near-duplicate search; pass --embeddings from eic "
+        note = ("no embeddings for this run (fine-tuned): no near-duplicate search; pass `embeddings` from eic "
                 "embed with the same images")
     paths = [Path(image) for image in oof.images]
     findings = Findings(oof.task, oof.classes, oof.images, oof.truth, oof.raw, oof.folds,
@@ -168,7 +168,7 @@ def _folds(task: Task, truth: np.ndarray, folds: int, seed: int) -> list[np.ndar
     counts = np.bincount(truth)
     if counts[counts > 0].min() < folds:
         raise DatasetError(f"a class has {counts[counts > 0].min()} images, fewer than the {folds} folds; "
-                           "lower --folds")
+                           "lower `folds`")
     return [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(truth, truth)]
 
 

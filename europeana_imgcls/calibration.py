@@ -166,8 +166,8 @@ def out_of_fold(run: Path) -> OutOfFold:
     if not config.get("crossvalidation", True) or len(splits) < int(config.get("folds", len(splits))):
         raise CalibrationError(
             f"{run} has out-of-fold predictions for {len(splits)} of {config.get('folds')} folds (trained with "
-            "--no-crossvalidation, or unfinished): calibration needs every image in a test fold; train with "
-            "cross-validation (the default), or finish the run with eic train --resume")
+            "`crossvalidation` off, or unfinished): calibration needs every image in a test fold; train with "
+            "cross-validation (the default), or finish the run with eic train `resume`")
     task = task_for(config.get("mode"))
     classes = list(json.loads((splits[0].parent / "class_index.json").read_text(encoding="utf-8")))
     truths, raws, calibrated, temperatures, images, folds = [], [], [], {}, [], []

@@ -78,7 +78,7 @@ def run(action: Callable[[], T]) -> T:
     try:
         return action()
     except EicError as exc:
-        typer.echo(f"eic: error: {exc}", err=True)
+        typer.echo(f"eic: error: {report.as_flags(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo(f"eic: interrupted; what was finished is kept ({_carry_on()})", err=True)
@@ -259,7 +259,7 @@ def train(
         if result.calibration is not None:
             report.print_calibration(console, result.calibration)
         elif result.calibration_note:
-            console.print(f"[yellow]not calibrated:[/] {result.calibration_note}")
+            console.print(f"[yellow]not calibrated:[/] {report.as_flags(result.calibration_note)}")
         console.print(f"run written to {result.output_dir}")
 
 

@@ -107,7 +107,7 @@ def check_trainable(images: ImageSet, root: Path, folds: int) -> None:
     if small:
         worst = min(small, key=small.__getitem__)
         raise DatasetError(f"class '{worst}' has {small[worst]} images, fewer than the {folds} folds; "
-                           "lower --folds or add images")
+                           "lower `folds` or add images")
 
 
 def provider_of(path: Path) -> str:

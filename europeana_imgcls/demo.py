@@ -42,7 +42,7 @@ class DemoReport:
 def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
     out = config.output_dir
     if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out} is not empty: choose another --output-dir for the demo")
+        raise DatasetError(f"{out} is not empty: choose another `output_dir` for the demo")
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     report = DemoReport(out)

@@ -231,7 +231,7 @@ def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: Down
             report.known_failures += 1
             failures.keep(job.id)
         else:  # --retry-failed and a record that has not failed before: left for a plain run
-            reason = "not a known failure (--retry-failed)"
+            reason = "not a known failure (only those are retried)"
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
         return False
     return True

@@ -103,7 +103,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
     if not config.resume:
         refuse_existing(config.output, False)
         if partial.exists():
-            raise DatasetError(f"an interrupted embedding into {config.output} was found: pass --resume to carry "
+            raise DatasetError(f"an interrupted embedding into {config.output} was found: pass `resume` to carry "
                                f"on, or delete {partial}")
     images = scan(config.data_dir, config.mode, config.labels)
     if not images.paths:

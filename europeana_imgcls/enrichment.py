@@ -99,7 +99,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     vocab = load_vocabulary(config.vocab)
     _check_vocabulary(calibration, vocab, config.vocab)
     if config.split == "all":
-        log.warning("the thresholds were measured on single split models; an ensemble (--split all) averages "
+        log.warning("the thresholds were measured on single split models; an ensemble of splits averages "
                     "them, which usually keeps the precision but is not measured: check it with eic evaluate")
     model_id = _check_journal(journal, config, calibration, checkpoint_paths(config.run))
     predicted = run_predictions(_predict_config(config, journal), CalibratedRows)
@@ -135,15 +135,15 @@ def _format(config: EnrichConfig) -> str:
 
 def _check_outputs(config: EnrichConfig, journal: Path) -> None:
     if not (config.inputs or config.table or config.query):
-        raise ConfigError("nothing to enrich: give image files, folders or URLs, or --table, or --query")
+        raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
     if config.resume:
         return
     for path in (config.output, journal, *journal.parent.glob(f"{glob.escape(journal.name)}*.partial")):
         if path.exists():
-            raise DatasetError(f"{path} already exists: pass --resume to carry on that enrichment, or choose "
-                               "another --output")
+            raise DatasetError(f"{path} already exists: pass `resume` to carry on that enrichment, or choose "
+                               "another `output`")
     if config.review_output is not None and config.review_output.exists():
-        raise DatasetError(f"{config.review_output} already exists: choose another --review-output (or --resume)")
+        raise DatasetError(f"{config.review_output} already exists: choose another `review_output` (or `resume`)")
 
 
 def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: Path | None) -> None:
@@ -151,7 +151,7 @@ def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: P
     missing = [c.name for c in calibration.per_class if c.threshold is not None and c.name not in vocab]
     if missing:
         where = str(source) if source else "the built-in vocabulary"
-        raise CalibrationError(f"no concept URI for class(es) {', '.join(missing)} in {where}: pass --vocab FILE "
+        raise CalibrationError(f"no concept URI for class(es) {', '.join(missing)} in {where}: pass `vocab` FILE "
                                'with {"class": "concept URI"} for every class of the run')
 
 
@@ -172,7 +172,7 @@ def _check_journal(journal: Path, config: EnrichConfig, calibration: Calibration
         differ = [k for k in meta if before.get(k) != meta[k]]
         if differ:
             raise DatasetError(f"{journal} was written by another model or setting ({', '.join(differ)} differ): "
-                               "resume with the same run and --split, or choose another --output")
+                               "resume with the same run and `split`, or choose another `output`")
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(meta_path, meta)
     return str(meta["model_id"])

@@ -171,8 +171,8 @@ def _merge(state: _State, unit: Unit, items: list[dict[str, Any]], config: Harve
 
 def _fresh(config: HarvestConfig) -> _State:
     if config.output.exists():
-        raise DatasetError(f"{config.output} already exists: pass --resume to continue that harvest, "
-                           "or choose another --output")
+        raise DatasetError(f"{config.output} already exists: pass `resume` to continue that harvest, "
+                           "or choose another `output`")
     return _State()
 
 
@@ -190,7 +190,7 @@ def _resume_state(config: HarvestConfig, progress_path: Path, settings: dict[str
     changed = [k for k, v in settings.items() if saved.get("settings", {}).get(k) != v]
     if changed:
         raise DatasetError(f"cannot resume {config.output}: it was harvested with other settings "
-                           f"({', '.join(changed)}); use those or choose another --output")
+                           f"({', '.join(changed)}); use those or choose another `output`")
     state = _State(ambiguous=set(saved.get("ambiguous", [])), completed=saved.get("completed", {}),
                    no_url=set(saved.get("no_url", [])))
     if config.output.exists():

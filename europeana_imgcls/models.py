@@ -87,8 +87,8 @@ def _torchvision(arch: str, num_classes: int, imagenet: bool) -> nn.Module:
         except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
             file_name = chosen.url.rsplit("/", 1)[-1]
             raise ModelError(
-                f"cannot fetch the ImageNet weights of {arch} ({type(exc).__name__}; offline?): use --weights none, "
-                f"or --weights PATH with a copy of {file_name} (or put it in {torch.hub.get_dir()}/checkpoints)"
+                f"cannot fetch the ImageNet weights of {arch} ({type(exc).__name__}; offline?): use `weights` none, "
+                f"or `weights` PATH with a copy of {file_name} (or put it in {torch.hub.get_dir()}/checkpoints)"
             ) from None
         sys.stderr.write(said.getvalue())
     else:
@@ -184,7 +184,7 @@ def load_weights_file(model: nn.Module, path: Path, arch: str) -> None:
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
     if len(fitting) < len(own) // 2:
-        raise ModelError(f"{path} does not fit --arch {arch}: only {len(fitting)} of {len(own)} tensors match")
+        raise ModelError(f"{path} does not fit `arch` {arch}: only {len(fitting)} of {len(own)} tensors match")
     model.load_state_dict(fitting, strict=False)
 
 

@@ -77,7 +77,7 @@ def check_multilabel_trainable(images: ImageSet, root: Path, folds: int) -> None
     worst = int(counts.argmin())
     if counts[worst] < folds:
         raise DatasetError(f"label '{images.classes[worst]}' has {int(counts[worst])} images, fewer than the "
-                           f"{folds} folds; lower --folds or add images")
+                           f"{folds} folds; lower `folds` or add images")
 
 
 def iterative_folds(targets: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None

@@ -110,7 +110,7 @@ def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], Predi
     if suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"{config.output}: predictions are written as .csv or .jsonl")
     if not (config.inputs or config.table or config.query):
-        raise ConfigError("nothing to predict: give image files, folders or URLs, or --table, or --query")
+        raise ConfigError("nothing to predict: give image files, folders or URLs, or `table`, or `query`")
     with distributed(config.device) as (device, world):
         return _predict(config, device, world, rows)
 
@@ -323,7 +323,7 @@ def _check_image_dir(folder: Path, table: Path) -> None:
         own = False
     if not own:
         raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "
-                           f"--image-dir (predict writes inputs.csv, labels.csv and config.json there)")
+                           f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,9 +360,9 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
     output = config.output
     if not config.resume:
         if world.main and output.exists():
-            raise DatasetError(f"{output} already exists: pass --resume to add to it, or choose another --output")
+            raise DatasetError(f"{output} already exists: pass `resume` to add to it, or choose another `output`")
         if world.main and any(output.parent.glob(f"{glob.escape(output.name)}*.partial")):
-            raise DatasetError(f"an interrupted prediction into {output} was found: pass --resume to carry on, "
+            raise DatasetError(f"an interrupted prediction into {output} was found: pass `resume` to carry on, "
                                f"or delete {output.name}*.partial")
         if world.active:
             dist.barrier()  # no rank starts its part file before rank 0 has looked for old ones

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from .harvest import HarvestReport
     from .prediction import PredictReport
     from .review import ReviewImportReport
+
+
+def as_flags(message: str) -> str:
+    """Library messages name settings (`output_dir`); on the command line they are flags (--output-dir)."""
+    message = message.replace("`crossvalidation` off", "--no-crossvalidation")
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def print_harvest(console: Console, result: HarvestReport) -> None:
@@ -189,5 +196,5 @@ def print_audit(console: Console, result: AuditReport) -> None:
         console.print("providers with the most issues: " + ", ".join(
             f"{name} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers))
     if result.note:
-        console.print(f"[yellow]note:[/] {result.note}")
+        console.print(f"[yellow]note:[/] {as_flags(result.note)}")
     console.print(f"written to {result.output_dir}")

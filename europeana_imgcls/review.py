@@ -43,7 +43,7 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     tasks = _load_export(config.export)
     if tasks and not any(task["data"].get("ID") for task in tasks):
         raise DatasetError(f"{config.export}: no task has data.ID, so none comes from an eic enrich review file; "
-                           "export the project made from --review-output")
+                           "export the project made from `review_output`")
     report = ReviewImportReport(config.output)
     rows = []
     for number, task in enumerate(tasks):
@@ -60,7 +60,7 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         if unknown:
             where = config.vocab or "the built-in vocabulary"
             raise DatasetError(f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
-                               f"{where}; pass the run's --vocab")
+                               f"{where}; pass the run's `vocab`")
         row = _row(task["data"], labels, vocab, reviewer)
         if row is None:  # a local file, not a record: nothing to download or train from
             report.skipped.append(name)

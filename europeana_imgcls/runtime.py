@@ -68,9 +68,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        raise ConfigError(f"`device` {name}: CUDA is not available on this machine; use `device` cpu or auto")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+        raise ConfigError(f"`device` {name}: MPS is not available on this machine; use `device` cpu or auto")
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return device

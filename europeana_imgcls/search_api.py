@@ -84,13 +84,13 @@ class SearchClient:
             except httpx.TimeoutException:
                 if last:
                     raise ApiError(f"the Search API at {self.api_url} did not answer in time "
-                                   f"after {attempt + 1} attempts; try later or raise --timeout") from None
+                                   f"after {attempt + 1} attempts; try later or raise `timeout`") from None
                 self._sleep(attempt, None, "timed out")
                 continue
             except httpx.TransportError as exc:
                 if last:
                     raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
-                                   f"after {attempt + 1} attempts; check --api-url and the network") from None
+                                   f"after {attempt + 1} attempts; check `api_url` and the network") from None
                 self._sleep(attempt, None, f"unreachable ({type(exc).__name__})")
                 continue
             if response.status_code == 429 or response.status_code >= 500:
@@ -146,7 +146,7 @@ def _parse(response: httpx.Response) -> dict[str, Any]:
         body = None
     if response.status_code == 401:
         raise ApiError(f"the Search API rejected the API key (401 {_reason(response, body)}); "
-                       "set a valid key with --api-key or EUROPEANA_API_KEY")
+                       "set a valid key with `api_key` or EUROPEANA_API_KEY")
     if response.status_code == 400:
         raise ApiError(f"the Search API refused the query (400 {_reason(response, body)})")
     if response.status_code != 200:
@@ -154,7 +154,7 @@ def _parse(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         kind = response.headers.get("content-type", "unknown content")
         raise ApiError(f"the Search API answered something that is not a JSON object ({kind}); "
-                       "check --api-url")
+                       "check `api_url`")
     if body.get("success") is False:
         raise ApiError(f"the Search API reported a failure: {_reason(response, body)}")
     return body

@@ -50,7 +50,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def refuse_existing(path: Path, overwrite: bool, what: str = "") -> None:
     """The one rule for outputs that a command replaces whole: refuse unless told to overwrite."""
     if path.exists() and not overwrite:
-        raise DatasetError(f"{path} already exists{what}: pass --overwrite to replace it, or choose another output")
+        raise DatasetError(f"{path} already exists{what}: pass `overwrite` to replace it, or choose another output")
 
 
 def sidecar(output: Path, kind: str) -> Path:

@@ -260,7 +260,7 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
     if differ:
         said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
         raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
-                           "resume with the same settings, or choose another --output-dir")
+                           "resume with the same settings, or choose another `output_dir`")
     index = config.output_dir / "split_0" / "class_index.json"
     if index.is_file() and list(json.loads(index.read_text(encoding="utf-8"))) != images.classes:
         raise DatasetError(f"cannot resume {config.output_dir}: its classes were "
@@ -293,9 +293,9 @@ def _missing_message(images: ImageSet, name: str, split: int, part: str, grouped
     members = images.labels[:, c] > 0 if images.labels.ndim == 2 else images.labels == c
     providers = Counter(g for g, m in zip(images.groups(), members, strict=True) if m)
     shown = ", ".join(f"{p} ({n})" for p, n in providers.most_common(3)) + (", ..." if len(providers) > 3 else "")
-    advice = ("folds are grouped, and its images come from few groups: drop --group-by-provider (or "
-              "--duplicate-groups), or add images of it from other providers" if grouped
-              else "add images of it, or lower --folds")
+    advice = ("folds are grouped, and its images come from few groups: drop `group_by_provider` (or "
+              "`duplicate_groups`), or add images of it from other providers" if grouped
+              else "add images of it, or lower `folds`")
     return (f"split {split}'s {part} part has no image of class '{name}' ({int(members.sum())} images from "
             f"{len(providers)} provider(s): {shown}); {advice}")
 
@@ -326,8 +326,8 @@ def _check_run_folder(out: Path, resume: bool) -> None:
     # split_0/config.json alone, and the natural retry must not be refused for it.
     trained = any(p.name in ("model.pt", "last.pt", "metrics.json") for p in out.glob("split_*/*"))
     if not resume and trained:
-        raise DatasetError(f"{out} already holds a training run: pass --resume to continue it, "
-                           "or choose another --output-dir")
+        raise DatasetError(f"{out} already holds a training run: pass `resume` to continue it, "
+                           "or choose another `output_dir`")
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -423,7 +423,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     if world.main and not (split_dir / "model.pt").exists():
         # The validation loss was never finite (nan or inf every epoch): keep the last model, say so.
         log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
-                    "are not to be trusted (check the data and --learning-rate)", index)
+                    "are not to be trusted (check the data and the learning rate)", index)
         save_checkpoint(split_dir / "model.pt", model, epoch=state.epoch, best_val_loss=math.inf,
                         val_loss_never_finite=True, **meta)
     if world.main:

@@ -151,3 +151,15 @@ def test_the_library_exports_what_it_says_both_ways() -> None:
     public = {name for name in dir(europeana_imgcls) if not name.startswith("_")} | set(europeana_imgcls._LAZY)
     modules = {name for name in public if isinstance(getattr(europeana_imgcls, name, None), type(europeana_imgcls))}
     assert set(europeana_imgcls.__all__) == public - modules - {"annotations"}
+
+
+def test_library_messages_name_settings_and_the_command_line_shows_flags(tmp_path: Path) -> None:
+    from europeana_imgcls import SubtractConfig, subtract
+
+    table = tmp_path / "t.csv"
+    table.write_text("ID\n/1/a\n")
+    (tmp_path / "out.csv").write_text("x")
+    with pytest.raises(europeana_imgcls.DatasetError, match="pass `overwrite` to replace it"):
+        subtract(SubtractConfig(train=table, eval=table, output=tmp_path / "out.csv"))
+    result = eic("subtract", table, table, "-o", tmp_path / "out.csv")
+    assert_one_line_error(result, "pass --overwrite to replace it")

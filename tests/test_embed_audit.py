@@ -157,7 +157,7 @@ def test_embed_resumes_after_an_interruption(lab, tmp_path: Path, monkeypatch: p
     with pytest.raises(KeyboardInterrupt):
         embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, **LITE))
     assert not out.exists() and len(list((tmp_path / "e.parquet.partial").glob("chunk-*.parquet"))) == 1
-    with pytest.raises(DatasetError, match="--resume"):
+    with pytest.raises(DatasetError, match="`resume`"):
         embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, **LITE))
     report = embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, resume=True, **LITE))
     assert report.already_done == 16 and pl.read_parquet(out).height == report.images

@@ -105,7 +105,7 @@ def test_resume_skips_finished_units_and_keeps_rows(sandbox: Sandbox, vocab_file
     progress = json.loads((tmp_path / "h.progress.json").read_text())
     assert progress["complete"] is False and len(progress["completed"]) == 2
 
-    with pytest.raises(DatasetError, match="already exists: pass --resume"):
+    with pytest.raises(DatasetError, match="already exists: pass `resume`"):
         harvest(config(sandbox, vocab_file, out, n=10))
     monkeypatch.setattr(SearchClient, "iter_items", real)
     before = sandbox.count("/record/v2/search.json")

@@ -154,7 +154,7 @@ def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch
         train(config(folders, out, epochs=3, patience=5, gradcam_images=0))
     assert (out / "split_0" / "metrics.json").exists()
     assert (out / "split_1" / "last.pt").exists() and not (out / "split_1" / "metrics.json").exists()
-    with pytest.raises(DatasetError, match="pass --resume"):
+    with pytest.raises(DatasetError, match="pass `resume`"):
         train(config(folders, out, epochs=3, patience=5, gradcam_images=0))
     before = (out / "split_0" / "model.pt").stat().st_mtime_ns
     calls["n"] = -100
@@ -248,7 +248,7 @@ def test_weights_files_load_safely(folders: Path, tmp_path: Path) -> None:
         assert not (tmp_path / "pwned").exists()
     other = tmp_path / "other.pth"
     torch.save(build_model("mobilenet_v3_small", 3, "none").state_dict(), other)
-    with pytest.raises(ModelError, match="does not fit --arch resnet18"):
+    with pytest.raises(ModelError, match="does not fit `arch` resnet18"):
         build_model("resnet18", 3, str(other))
 
 
