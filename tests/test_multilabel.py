@@ -174,3 +174,17 @@ def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path:
         per_record.setdefault(a["target"], []).append(a[MODEL]["class"])
     assert max(len(v) for v in per_record.values()) >= 2  # several labels for one image
     assert 'choice="multiple"' in labelling_config_path(tmp_path / "review.json").read_text()
+
+
+def test_a_multilabel_linear_probe_and_knn_run(ml_run, tmp_path: Path) -> None:
+    data, _ = ml_run
+    for method in ("linear-probe", "knn"):
+        out = tmp_path / method
+        report = train(config(data, out, mode="multi-label", method=method, gradcam_images=0))
+        assert len(report.splits) == 3 and "micro_f1" in report.summary
+        ckpt = load_checkpoint(out / "split_0" / "model.pt")
+        assert ckpt["mode"] == "multi-label" and len(ckpt["thresholds"]) == len(LABELS)
+        calibration = json.loads((out / "calibration.json").read_text())
+        assert calibration["mode"] == "multi-label"
+        result = predict(PredictConfig(run=out, inputs=[str(data)], output=tmp_path / f"{method}.jsonl", quiet=True))
+        assert result.predicted == len(rows(data / "labels.csv"))
