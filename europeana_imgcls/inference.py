@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import ModelError
+from .models import get_head, set_head
 from .tasks import Task, task_for
 
 
@@ -22,6 +24,10 @@ class RunModel:
     split: str
     model: nn.Module
     meta: dict[str, Any]
+    # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
+    # come from one backbone pass per batch, not one per split.
+    features: nn.Module | None = None
+    head: nn.Module | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -83,13 +89,40 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
     if len(classes) > 1:
         raise ModelError(f"{run}: its splits were trained on different classes or modes")
     models = []
+    trunks: dict[str, nn.Module] = {}
     for name, state in states:
         model = model_from_checkpoint(state).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         meta = {k: v for k, v in state.items() if k != "model_state"}
-        models.append(RunModel(name, model, meta))
+        item = RunModel(name, model, meta)
+        if state.get("backbone_sha256"):
+            item.features = trunks.setdefault(state["backbone_sha256"], _trunk(model, state["arch"]))
+            item.head = get_head(model, state["arch"])
+        models.append(item)
     return models
+
+
+def _trunk(model: nn.Module, arch: str) -> nn.Module:
+    """A copy of ``model`` that returns the features its head reads."""
+    trunk = copy.deepcopy(model)
+    set_head(trunk, arch, nn.Identity())
+    return trunk.eval()
+
+
+def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Each model's logits; models that share a frozen backbone share its one pass."""
+    features: dict[int, torch.Tensor] = {}
+    out = []
+    for item in models:
+        if item.features is not None and item.head is not None:
+            key = id(item.features)
+            if key not in features:
+                features[key] = item.features(inputs)
+            out.append(item.head(features[key]))
+        else:
+            out.append(item.model(inputs))
+    return out
 
 
 @torch.inference_mode()
@@ -99,11 +132,9 @@ def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device
     inputs = inputs.to(device, non_blocking=True)
     if device.type == "cuda":
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    out = []
-    for item in models:
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(item.model(inputs).float().cpu().numpy())
-    return np.stack(out)
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        logits = _logits(models, inputs)
+    return np.stack([z.float().cpu().numpy() for z in logits])
 
 
 @torch.inference_mode()
@@ -114,10 +145,10 @@ def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.de
     inputs = inputs.to(device, non_blocking=True)
     if device.type == "cuda":
         inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        logits = _logits(models, inputs)
     out = []
-    for item in models:
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            logits = item.model(inputs)
-        logits = logits.float() / (item.temperature if calibrated else 1.0)
-        out.append(item.task.activation(logits).cpu().numpy())
+    for item, z in zip(models, logits, strict=True):
+        z = z.float() / (item.temperature if calibrated else 1.0)
+        out.append(item.task.activation(z).cpu().numpy())
     return np.stack(out)

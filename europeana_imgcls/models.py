@@ -33,6 +33,19 @@ class Arch:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     cam_layer: Callable[[nn.Module], nn.Module]
+    # A model of one's own (``register_arch``): builds it for N classes, its last layer named ``head``.
+    builder: Callable[[int], nn.Module] | None = None
+    head: str = ""
+
+
+def register_arch(name: str, builder: Callable[[int], nn.Module], *, head: str,
+                  cam_layer: Callable[[nn.Module], nn.Module],
+                  mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+                  std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> None:
+    """Make ``name`` usable as ``arch`` everywhere (train, embed, evaluate, predict, Grad-CAM): ``builder(n)``
+    returns a model with ``n`` outputs whose last layer is the attribute ``head`` (an ``nn.Linear``), and
+    ``cam_layer(model)`` the layer Grad-CAM looks at. Runs of it load only where it is registered."""
+    ARCHS[name] = Arch(name, mean, std, cam_layer, builder, head)
 
 
 def _resnet_layer(model: nn.Module) -> nn.Module:
@@ -66,8 +79,12 @@ def get_arch(name: str) -> Arch:
 
 def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module:
     """A classifier for ``num_classes`` with ``weights``: 'imagenet', 'none' or a local file."""
-    get_arch(arch)
-    if arch in LITE_WEIGHTS:
+    spec = get_arch(arch)
+    if spec.builder is not None:
+        model = spec.builder(num_classes)
+        if weights == "imagenet":
+            raise ModelError(f"{arch} has no ImageNet weights: use `weights` none or a weights file")
+    elif arch in LITE_WEIGHTS:
         model = _lite(arch, num_classes, pretrained=weights == "imagenet")
     else:
         model = _torchvision(arch, num_classes, imagenet=weights == "imagenet")
@@ -127,6 +144,8 @@ def _lite(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
 
 def head_name(model: nn.Module, arch: str) -> str:
     """Where the classifier's last layer sits: ``fc``, ``classifier.N`` or ``_fc``."""
+    if ARCHS.get(arch) is not None and ARCHS[arch].head:
+        return ARCHS[arch].head
     if arch.startswith("resnet"):
         return "fc"
     if arch in LITE_WEIGHTS:

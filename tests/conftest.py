@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+from europeana_imgcls.models import register_arch
 from europeana_imgcls.sandbox import Sandbox
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -49,3 +52,21 @@ def vocab_file(tmp_path: Path) -> Path:
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox(VOCAB, per_level=40) as server:
         yield server
+
+
+class TinyNet(nn.Module):
+    """A model for tests where the model is not the point: two convolutions, a pooled vector, a head."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+register_arch("tiny", TinyNet, head="fc", cam_layer=lambda model: model.features[3])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from europeana_imgcls.cli import app
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--output-dir", str(out), "--epochs", "2", "--input-size", "32",

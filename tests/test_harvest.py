@@ -143,6 +143,7 @@ def test_seeded_random_order_pages_without_duplicates(sandbox: Sandbox) -> None:
     assert ids == again and ids != other
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(sig: signal.Signals, vocab_file: Path,
                                                                          tmp_path: Path) -> None:

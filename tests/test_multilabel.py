@@ -41,7 +41,7 @@ def make_multilabel_folder(root: Path, count: int = 120, seed: int = 0) -> Path:
 def ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = make_multilabel_folder(tmp_path_factory.mktemp("ml") / "data")
     out = tmp_path_factory.mktemp("mlrun") / "run"
-    train(config(data, out, mode="multi-label", epochs=8, batch_size=16, gradcam_images=2))
+    train(config(data, out, mode="multi-label", epochs=8, batch_size=16, gradcam_images=2, arch="tiny"))
     return data, out
 
 

@@ -242,6 +242,7 @@ def test_broken_url_through_the_real_client(tmp_path: Path) -> None:
 # Rule 3: what was known before a run is still known after it, however the run ends
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=10, stall_seconds=30) as sb:
         good = _good_rows(sb)[:3]
@@ -266,6 +267,7 @@ def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> No
         assert not (out / ".failures.journal.csv").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_multi_label_rerun_keeps_every_label_row(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=2, stall_seconds=30) as sb:
         good = _good_rows(sb, multi=True)
@@ -287,6 +289,7 @@ def test_ctrl_c_during_a_multi_label_rerun_keeps_every_label_row(tmp_path: Path)
         assert saved == set(labels_after["file"])
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_keeps_failures_and_labels(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=2, stall_seconds=30) as sb:
         good = _good_rows(sb, multi=True)
@@ -456,6 +459,7 @@ def test_threads_saving_one_target_do_not_trip_over_each_other(tmp_path: Path) -
 # Rule 9: smaller ones
 
 
+@pytest.mark.slow
 def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> None:
     from europeana_imgcls.errors import ApiError
     from europeana_imgcls.search_api import SearchClient

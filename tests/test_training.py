@@ -61,7 +61,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(folders: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, training.TrainReport]:
     out = tmp_path_factory.mktemp("run") / "run"
-    return out, train(config(folders, out, epochs=8))
+    return out, train(config(folders, out, epochs=8, arch="tiny"))  # the model is not the point here
 
 
 def test_a_learnable_set_is_learnt(run) -> None:
@@ -81,7 +81,7 @@ def test_outputs_exist_and_parse(run, folders: Path) -> None:
     for i in range(3):
         split = out / f"split_{i}"
         ckpt = load_checkpoint(split / "model.pt")
-        assert ckpt["arch"] == "resnet18" and ckpt["class_names"] == list(CLASSES)
+        assert ckpt["arch"] == "tiny" and ckpt["class_names"] == list(CLASSES)
         assert ckpt["input_size"] == 32 and len(ckpt["mean"]) == 3 and len(ckpt["std"]) == 3
         assert ckpt["config"]["epochs"] == 8 and "api_key" not in ckpt["config"]
         assert 1 <= ckpt["epoch"] <= 8 and ckpt["best_val_loss"] >= 0
@@ -121,6 +121,7 @@ def test_class_weights_are_inverse_frequency() -> None:
     assert class_weights(np.array([0, 1, 0, 1]), 2).tolist() == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_early_stopping_triggers(folders: Path, tmp_path: Path) -> None:
     # A wild learning rate makes the validation loss stop improving at once.
     report = train(config(folders, tmp_path / "run", epochs=40, patience=2, learning_rate=5.0,
@@ -130,6 +131,7 @@ def test_early_stopping_triggers(folders: Path, tmp_path: Path) -> None:
     assert split.epochs_run == split.best_epoch + 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_on_cpu(folders: Path, tmp_path: Path) -> None:
     histories = []
     for name in ("a", "b"):
@@ -138,6 +140,7 @@ def test_same_seed_same_run_on_cpu(folders: Path, tmp_path: Path) -> None:
     assert histories[0] == histories[1]
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
     real = training.train_one_epoch
@@ -165,6 +168,7 @@ def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch
     assert epochs == [1, 2, 3] and len(report.splits) == 3
 
 
+@pytest.mark.slow
 def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
@@ -192,6 +196,7 @@ def test_group_by_provider_keeps_each_dataset_in_one_part(folders: Path) -> None
 
 
 @pytest.mark.skipif(not HERITAGE.is_dir(), reason="shared heritage sample not present")
+@pytest.mark.slow
 def test_pretrained_efficientnet_lite0_on_real_heritage_images(tmp_path: Path) -> None:
     data = tmp_path / "heritage"
     data.mkdir()
@@ -258,7 +263,7 @@ def test_gradcam_hooks_are_released(run) -> None:
 
     out, _ = run
     model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
-    layer = get_arch("resnet18").cam_layer(model)
+    layer = get_arch("tiny").cam_layer(model)
     for _ in range(3):
         maps = heatmaps(model, layer, torch.randn(2, 3, 32, 32), [0, 1])
         assert maps.shape == (2, 32, 32)
@@ -302,6 +307,7 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
     assert DecodedCache.for_images(len(images), 32, budget_mb=0) is None
 
 
+@pytest.mark.slow
 def test_a_cross_validation_run_decodes_each_image_once(folders: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from europeana_imgcls import data
