@@ -19,7 +19,7 @@ from .config import (
 )
 from .dataset import stats, subtract
 from .download import download
-from .errors import ApiError, CalibrationError, ConfigError, DatasetError, DownloadError, EicError, ModelError
+from .errors import ApiError, CalibrationError, ConfigError, DatasetError, EicError, ModelError
 from .harvest import harvest
 from .search_api import SearchClient
 
@@ -55,7 +55,6 @@ __all__ = [
     "DatasetError",
     "DownloadConfig",
     "EvaluateConfig",
-    "DownloadError",
     "EicError",
     "EnrichConfig",
     "HarvestConfig",

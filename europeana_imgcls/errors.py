@@ -4,7 +4,6 @@
      ├── ConfigError      a setting, flag or config file is wrong
      ├── ApiError         the Europeana Search API refused or could not be reached
      ├── DatasetError     a table, vocabulary or image folder is unreadable or incomplete
-     ├── DownloadError    the image download cannot start
      ├── ModelError       a model, checkpoint or weights file cannot be built or loaded
      └── CalibrationError a run cannot be calibrated, or a calibration cannot be used
 
@@ -29,10 +28,6 @@ class ApiError(EicError):
 
 
 class DatasetError(EicError):
-    pass
-
-
-class DownloadError(EicError):
     pass
 
 

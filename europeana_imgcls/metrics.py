@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-METRICS = ("accuracy", "precision", "recall", "f1", "sensitivity", "specificity")
-
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Rows: truth, columns: prediction, in class-index order."""

@@ -98,15 +98,17 @@ def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sa
     table = write_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
     first = download(config(table, out))
+    failed_first = read_failures(out)
     hits = dict(faulty.hits)
     again = download(config(table, out))
     assert dict(faulty.hits) == hits  # not one request
     assert again.saved == 0 and again.already_saved == first.saved
-    assert again.known_failures == first.failed and read_failures(out).keys() == read_failures(out).keys()
+    assert again.known_failures == first.failed and read_failures(out) == failed_first
     retried = download(config(table, out, retry_failed=True, retries=0))
     new_paths = {p for p, n in faulty.hits.items() if n != hits.get(p, 0)}
     assert new_paths and all(p.startswith("/faults/") for p in new_paths)
-    assert retried.failed == first.failed and set(read_failures(out)) == set(read_failures(out))
+    assert retried.failed == first.failed and set(read_failures(out)) == set(failed_first)
+    assert len(new_paths) == len(failed_first)  # each known failure asked for again, nothing else
 
 
 @pytest.mark.slow
