@@ -108,9 +108,10 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
     source = config.embeddings or _run_embeddings(config.source)
     if source.is_file():
         table, _ = read_embeddings(source)
-        where = {path: row for row, path in enumerate(table["image"].to_list())}
-        if all(image in where for image in oof.images):
-            embeddings = matrix(table)[[where[image] for image in oof.images]]
+        where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
+        wanted = [str(Path(image).resolve()) for image in oof.images]
+        if all(image in where for image in wanted):
+            embeddings = matrix(table)[[where[image] for image in wanted]]
         else:
             note = f"{source} does not cover the run's images: no near-duplicate search"
     else:

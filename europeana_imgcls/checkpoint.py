@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,18 @@ def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> None:
 def save_backbone(path: Path, model: nn.Module, arch: str) -> str:
     """The frozen backbone a run's head-only split models share (saved once); returns its SHA-256."""
     head = head_name(model, arch) + "."
+    # Saved to memory first: torch.save names the archive's entries after the file it writes, and the
+    # temporary file's name is random, so the same weights would get another SHA-256 on every save.
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(head)}, buffer)
+    data = buffer.getvalue()
+    if path.is_file() and path.read_bytes() == data:
+        return _sha256(path)  # a resumed run: the same backbone, kept as it is
+    if path.is_file():
+        raise ModelError(f"{path} holds another backbone than this run's settings build (another `weights` "
+                         "file?): resume with the settings the run was started with, or choose another output_dir")
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(head)}, tmp)
+        tmp.write_bytes(data)
     return _sha256(path)
 
 

@@ -161,7 +161,11 @@ def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) ->
     from .tables import read_table
 
     table = read_table(duplicates, required=("image", "group"))
-    group_of = dict(zip(table["image"].to_list(), table["group"].to_list(), strict=True))
+    group_of = {str(Path(image).resolve()): group
+                for image, group in zip(table["image"].to_list(), table["group"].to_list(), strict=True)}
+    if group_of and not any(str(p.resolve()) in group_of for p in images.paths):
+        raise DatasetError(f"{duplicates}: none of its images is in this data folder; audit this folder's images "
+                           "(or their embeddings) to get its duplicate groups")
     parent = list(range(len(images)))
 
     def root(i: int) -> int:
@@ -171,7 +175,7 @@ def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) ->
         return i
 
     first: dict[str, int] = {}
-    keys = [(f"provider:{g}" if by_provider else None, group_of.get(str(p))) for g, p in
+    keys = [(f"provider:{g}" if by_provider else None, group_of.get(str(p.resolve()))) for g, p in
             zip(images.groups(), images.paths, strict=True)]
     for i, pair in enumerate(keys):
         for key in pair:

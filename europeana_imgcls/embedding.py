@@ -52,8 +52,13 @@ class EmbedReport:
 
 
 def feature_model(arch: str, weights: str) -> nn.Module:
-    """The backbone of ``arch`` with ``weights`` and the classifier head replaced by the identity."""
-    model = build_model(arch, 1, weights)
+    """The backbone of ``arch`` with ``weights`` and the classifier head replaced by the identity.
+
+    With ``weights`` none the random weights are seeded (in a forked RNG, the caller's left alone), so two
+    runs embed with the same backbone: a table and a run fitted on it always agree."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(arch, 1, weights)
     set_head(model, arch, nn.Identity())
     return model.eval()
 
@@ -109,6 +114,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
     meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode)
+    meta["data_dir"] = str(config.data_dir.resolve())
     _check_partial(partial, meta)
     done = _done(partial)
     todo = [i for i, p in enumerate(images.paths) if str(p) not in done]
@@ -205,7 +211,8 @@ def _check_partial(partial: Path, meta: dict[str, Any]) -> None:
     if not (partial / "meta.json").is_file():
         return
     before = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
-    differ = [k for k in ("arch", "weights", "input_size", "mode") if before.get(k) != meta.get(k)]
+    differ = [k for k in ("arch", "weights", "input_size", "mode", "data_dir", "classes")
+              if before.get(k) != meta.get(k)]
     if differ:
         raise DatasetError(f"{partial} was started with other settings ({', '.join(differ)}: "
                            f"{', '.join(str(before.get(k)) for k in differ)}): resume with those, or delete it")

@@ -73,12 +73,13 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
     if config.embeddings is not None:
         table, meta = read_embeddings(config.embeddings)
         check_compatible(meta, config.arch, config.weights, config.input_size, config.embeddings)
-        where = {path: row for row, path in enumerate(table["image"].to_list())}
-        missing = [p for p in images.paths if str(p) not in where]
+        # Paths as each command was given them: match where they point, not how they were typed.
+        where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
+        missing = [p for p in images.paths if str(p.resolve()) not in where]
         if missing:
             raise DatasetError(f"{config.embeddings} lacks {len(missing)} image(s) of {config.data_dir} (e.g. "
                                f"{missing[0].name}): run eic embed on this folder again")
-        vectors = matrix(table)[[where[str(p)] for p in images.paths]]
+        vectors = matrix(table)[[where[str(p.resolve())] for p in images.paths]]
         return vectors, np.ones(len(images), dtype=bool)
     vectors, readable = compute(backbone, images, config.input_size, arch.mean, arch.std, device,
                                 batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)

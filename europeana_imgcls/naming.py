@@ -13,6 +13,9 @@ safe for any ID a museum's own table may hold:
   ID can equal.
 
 ``record_id_of`` reads a name back (None for hashed names and files eic did not name).
+
+Not handled: file systems that ignore letter case (Windows, macOS by default) see ``/1/A`` and ``/1/a`` as
+one file. Encoding capitals would rename every pilot folder, so such IDs are left as they are.
 """
 
 from __future__ import annotations

@@ -72,7 +72,10 @@ class SearchClient:
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout("the answer took longer than the timeout", request=response.request)
-            return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks),
+            # The body is decoded already: the copy must not say gzip, or it would be decoded twice.
+            headers = [(k, v) for k, v in response.headers.multi_items()
+                       if k.lower() not in ("content-encoding", "content-length")]
+            return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
                                   request=response.request)
 
     def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class SearchClient:
                                    f"after {attempt + 1} attempts; try later or raise `timeout`") from None
                 self._sleep(attempt, None, "timed out")
                 continue
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
                 if last:
                     raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
                                    f"after {attempt + 1} attempts; check `api_url` and the network") from None

@@ -130,7 +130,8 @@ def _renamed(path: Path, names: list[str], columns: Mapping[str, str] | None) ->
         raise DatasetError(f"{path}: no column {', '.join(repr(m) for m in missing)} to use as "
                            f"{', '.join(k for k, v in columns.items() if v in missing)} (has: {', '.join(names)})")
     source_of = {source: target for target, source in columns.items() if source in names}
-    replaced = set(columns) - set(columns.values())  # eic-named columns that a mapped one takes the place of
+    # eic-named columns that a mapped column present in this table takes the place of
+    replaced = {target for target, source in columns.items() if source in names and source != target}
     return [source_of.get(name) or (None if name in replaced else name) for name in names]
 
 

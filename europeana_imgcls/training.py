@@ -256,7 +256,8 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
         return
     before = json.loads((config.output_dir / "split_0" / "config.json").read_text(encoding="utf-8"))
     now = public_dict(config)
-    differ = [k for k in RESUME_KEYS if _same(before.get(k)) != _same(now.get(k))]
+    defaults = {k: TrainConfig.model_fields[k].default for k in RESUME_KEYS}
+    differ = [k for k in RESUME_KEYS if _same(k, before.get(k, defaults[k])) != _same(k, now.get(k))]
     if differ:
         said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
         raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
@@ -268,11 +269,11 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
                            f"{', '.join(images.classes)}")
 
 
-def _same(value: Any) -> Any:
-    """Paths compare by where they point, not how they were written."""
-    if isinstance(value, str) and ("/" in value or value.startswith(".")):
-        return str(Path(value).resolve())
-    return value
+def _same(key: str, value: Any) -> Any:
+    """Paths compare by where they point, not how they were written (a weights file too)."""
+    is_path = key in ("data_dir", "labels", "embeddings", "duplicate_groups") or (
+        key == "weights" and value not in ("imagenet", "none"))
+    return str(Path(value).resolve()) if is_path and value else value
 
 
 def check_splits(images: ImageSet, splits: list[Split], chosen: range, grouped: bool) -> None:

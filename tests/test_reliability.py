@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import os
 import signal
 import subprocess
@@ -403,7 +404,11 @@ def test_concurrent_decodes_share_one_budget() -> None:
 # Rule 7: names and races
 
 
-IDS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=80)
+IDS = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=80),
+    # IDs made of the encoding's own pieces, where a collision would hide
+    st.lists(st.sampled_from(["/", "[", "]", "ph", "lb", "x2e", "[ph]", "\\", ".", "a", "CON", ":"]),
+             min_size=1, max_size=12).map("".join))
 WINDOWS_FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
 
 
@@ -632,3 +637,82 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
         train(config(data, tmp_path / "run", weights="imagenet", epochs=1, crossvalidation=False))
     report = train(config(data, tmp_path / "run", epochs=1, crossvalidation=False, gradcam_images=0))
     assert report.splits  # the natural retry with --weights none is not refused
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review: resumes, encodings and paths
+
+
+def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from europeana_imgcls import EvaluateConfig, evaluate, heads, train
+
+    from .test_training import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    real = heads._split
+
+    def stop_at_split_one(*args: object, **kwargs: object) -> object:
+        if args[5] == 1:  # the split index
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heads, "_split", stop_at_split_one)
+    probe = dict(method="linear-probe", arch="tiny", gradcam_images=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "run", **probe))
+    monkeypatch.setattr(heads, "_split", real)
+    monkeypatch.chdir(tmp_path)  # and the data folder named another way
+    train(config(Path("data"), tmp_path / "run", resume=True, **probe))
+    report = evaluate(EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "ev", gallery=0))
+    assert len(report.splits) == 3  # split 0, fitted before the interruption, still loads
+
+
+def test_a_compressed_search_answer_is_decoded_once() -> None:
+    import gzip
+
+    import httpx
+
+    from europeana_imgcls.search_api import SearchClient
+
+    body = json.dumps({"success": True, "items": [], "totalResults": 0, "itemsCount": 0}).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=gzip.compress(body),
+                              headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    with SearchClient("https://api.test/search.json", "k", retries=0, transport=httpx.MockTransport(handler)) as c:
+        assert c.search([("query", "*")])["success"] is True
+
+
+def test_one_columns_setting_serves_a_museum_table_and_a_harvested_one(tmp_path: Path) -> None:
+    from europeana_imgcls.tables import read_table
+
+    museum, harvested = tmp_path / "museum.csv", tmp_path / "harvested.csv"
+    museum.write_text("id,image_url\n/1/a,http://x/a.jpg\n")
+    harvested.write_text("ID,URL,category\n/1/b,http://x/b.jpg,map\n")
+    mapping = {"ID": "id", "URL": "image_url"}
+    assert read_table(museum, ("ID", "URL"), mapping).columns == ["ID", "URL"]
+    assert read_table(harvested, ("ID", "URL", "category"), mapping).columns == ["ID", "URL", "category"]
+
+
+def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
+    from europeana_imgcls.config import EmbedConfig
+    from europeana_imgcls.embedding import embed
+    from europeana_imgcls.errors import DatasetError
+
+    from .test_training import make_folders
+
+    first = make_folders(tmp_path / "first", per_class=3, size=32)
+    other = make_folders(tmp_path / "other", per_class=3, size=32)
+    out = tmp_path / "e.parquet"
+    partial = tmp_path / "e.parquet.partial"
+    partial.mkdir()
+    common = dict(output=out, arch="tiny", weights="none", input_size=32, quiet=True)
+    from europeana_imgcls.embedding import describe, scan
+
+    meta = describe("tiny", "none", 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                    scan(first, "single-label", None), "single-label")
+    (partial / "meta.json").write_text(json.dumps({**meta, "data_dir": str(first.resolve())}))
+    with pytest.raises(DatasetError, match="data_dir"):
+        embed(EmbedConfig(data_dir=other, resume=True, **common))
+    assert embed(EmbedConfig(data_dir=first, resume=True, **common)).embedded == 9
