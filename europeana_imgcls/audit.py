@@ -305,15 +305,11 @@ def _write_duplicates(path: Path, findings: Findings, groups: list[list[int]], r
 
 def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
     """The top suspects with their given and suggested labels and where they come from."""
-    from matplotlib.figure import Figure
     from PIL import Image
 
-    columns = 4
-    rows = max(1, -(-len(suspects) // columns))
-    figure = Figure(figsize=(3.2 * columns, 3.6 * rows))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    from .explain import image_grid
+
+    figure, axes = image_grid(len(suspects))
     for ax, row in zip(axes.flat, suspects, strict=False):
         try:
             with Image.open(row["image"]) as image:

@@ -242,7 +242,23 @@ class EvaluateConfig(RuntimeSettings):
                             "refusing it.")
 
 
-class PredictConfig(ApiSettings, RuntimeSettings):
+class InputSettings(ApiSettings, RuntimeSettings):
+    """What predict and enrich label, and with which of a run's models (shared by both)."""
+
+    split: str = Field("best", pattern=r"^(best|all|\d+)$",
+                       description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
+    table: Path | None = Field(None, description="Label every record of this harvest table (images fetched).")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
+    query: str | None = Field(None, description="Ask the Search API with this query and label its records.")
+    n: int = Field(100, gt=0, description="Records taken from --query.")
+    reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
+                                           description="Reusability levels for --query.")
+    image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
+
+    _split = field_validator("reusability", mode="before")(_split_words)
+
+
+class PredictConfig(InputSettings):
     """``eic predict``: label new images with a trained run."""
 
     stage: ClassVar[str] = "predict"
@@ -256,18 +272,7 @@ class PredictConfig(ApiSettings, RuntimeSettings):
                                     "least this probable (default 0.3).")
     gradcam_dir: Path | None = Field(None, description="Write a Grad-CAM figure per image here.")
     cam_method: CamMethod = Field("gradcam", description="Heatmap method of the grad-cam package.")
-    split: str = Field("best", pattern=r"^(best|all|\d+)$",
-                       description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
-    table: Path | None = Field(None, description="Predict every record of this harvest table (images fetched).")
-    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
-    query: str | None = Field(None, description="Ask the Search API with this query and predict its records.")
-    n: int = Field(100, gt=0, description="Records taken from --query.")
-    reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
-                                           description="Reusability levels for --query.")
-    image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
     resume: bool = Field(False, description="Keep the rows already in the output and predict only the rest.")
-
-    _split = field_validator("reusability", mode="before")(_split_words)
 
 
 class EmbedConfig(RuntimeSettings):
@@ -304,7 +309,7 @@ class AuditConfig(RuntimeSettings):
     overwrite: bool = Field(False, description="Replace an earlier audit in the output folder instead of refusing it.")
 
 
-class EnrichConfig(ApiSettings, RuntimeSettings):
+class EnrichConfig(InputSettings):
     """``eic enrich``: precision-targeted labels as W3C Web Annotations, and a review file for the rest."""
 
     stage: ClassVar[str] = "enrich"
@@ -322,19 +327,8 @@ class EnrichConfig(ApiSettings, RuntimeSettings):
     review_output: Path | None = Field(None, description="Label Studio tasks (JSON) for the abstained records and "
                                        "the least certain labelled ones; its labelling config goes beside it.")
     review_n: int = Field(100, ge=0, description="Least certain labelled records added to the review file.")
-    split: str = Field("best", pattern=r"^(best|all|\d+)$",
-                       description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
-    table: Path | None = Field(None, description="Enrich every record of this harvest table (images fetched).")
-    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
-    query: str | None = Field(None, description="Ask the Search API with this query and enrich its records.")
-    n: int = Field(100, gt=0, description="Records taken from --query.")
-    reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
-                                           description="Reusability levels for --query.")
-    image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
     resume: bool = Field(False, description="Carry on an interrupted enrichment: keep the records already "
                          "predicted and predict only the rest.")
-
-    _split = field_validator("reusability", mode="before")(_split_words)
 
 
 class ReviewImportConfig(_Base):

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from .calibration import Calibration, check_precision, load_calibration
-from .config import EnrichConfig, PredictConfig
+from .config import EnrichConfig, InputSettings, PredictConfig
 from .errors import CalibrationError, ConfigError, DatasetError
 from .inference import RunModel, checkpoint_paths
 from .naming import record_id_of
@@ -156,11 +156,9 @@ def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: P
 
 
 def _predict_config(config: EnrichConfig, journal: Path) -> PredictConfig:
-    shared = config.model_dump(include={"api_url", "api_key", "timeout", "retries", "device", "batch_size",
-                                        "num_workers", "amp", "quiet", "run", "inputs", "split", "table", "columns",
-                                        "query", "n", "reusability", "resume"})
-    image_dir = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
-    return PredictConfig(**shared, output=journal, image_dir=image_dir)
+    shared = config.model_dump(include=set(InputSettings.model_fields) | {"run", "inputs", "resume"})
+    shared["image_dir"] = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
+    return PredictConfig(**shared, output=journal)
 
 
 def _check_journal(journal: Path, config: EnrichConfig, calibration: Calibration, models: list[Path]) -> str:

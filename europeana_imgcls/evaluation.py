@@ -266,8 +266,9 @@ def _write_predictions(path: Path, paths: list[str], truth: np.ndarray, probs: d
 def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str],
              count: int) -> None:
     """The most confident mistakes (over all splits, each image once)."""
-    from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
     from PIL import Image
+
+    from .explain import image_grid
 
     worst: dict[int, tuple[float, int, str]] = {}
     for split, p in probs.items():
@@ -276,12 +277,7 @@ def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, n
             if confidence > worst.get(i, (-1.0, 0, ""))[0]:
                 worst[i] = (confidence, int(p[i].argmax()), split)
     chosen = sorted(worst.items(), key=lambda kv: -kv[1][0])[:count]
-    columns = 4
-    rows = max(1, -(-len(chosen) // columns))
-    figure = Figure(figsize=(3 * columns, 3.3 * rows))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    figure, axes = image_grid(len(chosen), cell=(3.0, 3.3))
     for ax, (i, (confidence, predicted, split)) in zip(axes.flat, chosen, strict=False):
         with Image.open(paths[i]) as image:
             image.draft("RGB", (256, 256))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,18 @@ def figure(picture: Image.Image, maps: Sequence[np.ndarray], captions: Sequence[
     draw.text((x + 18, HEADER - 2), "1", fill="black", font=small)
     draw.text((x + 18, HEADER + TILE - 14), "0", fill="black", font=small)
     return canvas
+
+
+def image_grid(count: int, cell: tuple[float, float] = (3.2, 3.6), columns: int = 4) -> tuple[Any, Any]:
+    """A matplotlib figure of ``count`` image cells, four a row, axes off (galleries and contact sheets)."""
+    from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
+
+    rows = max(1, -(-count // columns))
+    grid = Figure(figsize=(cell[0] * columns, cell[1] * rows))
+    axes = grid.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return grid, axes
 
 
 def save_figure(image: Image.Image, path: Path, title: str) -> None:
