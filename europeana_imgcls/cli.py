@@ -513,10 +513,12 @@ def sandbox(
 
 
 def main() -> None:
-    # The library speaks through logging; the command shows its warnings on stderr.
+    # The library speaks through logging; the command shows it on stderr.
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+    # Training's line per epoch is INFO (the library logs it only when not quiet); warnings always show.
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False,
+                          show_level=False)
     logging.getLogger("europeana_imgcls").addHandler(handler)
-    logging.getLogger("europeana_imgcls").setLevel(logging.WARNING)
+    logging.getLogger("europeana_imgcls").setLevel(logging.INFO)
     app()

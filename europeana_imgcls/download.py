@@ -20,7 +20,6 @@ import csv
 import itertools
 import math
 import os
-import random
 import time
 import warnings
 from collections import defaultdict
@@ -40,6 +39,7 @@ from .config import DownloadConfig, public_dict
 from .errors import DatasetError
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .naming import file_name
+from .retry import wait_before
 from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
@@ -287,7 +287,7 @@ class Fetcher:
             if isinstance(result, bytes) or retry_after is None:
                 break
             if attempt < self.config.retries:
-                await asyncio.sleep(retry_after if retry_after >= 0 else _backoff(attempt))
+                await asyncio.sleep(wait_before(attempt, retry_after, cap=MAX_WAIT))
         if isinstance(result, str):
             return result
         loop = asyncio.get_running_loop()
@@ -301,15 +301,16 @@ class Fetcher:
             return f"cannot write ({exc.strerror})"
         return None
 
-    async def _fetch(self, url: str) -> tuple[bytes | str, float | None]:
-        """(bytes, None) or (reason, None) when final, or (reason, wait) when worth retrying (-1: backoff)."""
+    async def _fetch(self, url: str) -> tuple[bytes | str, str | None]:
+        """(bytes, None) or (reason, None) when final, or (reason, the server's Retry-After or "") when worth
+        retrying."""
         try:
             async with asyncio.timeout(self.config.timeout):
                 client = self.clients[next(self._turn) % len(self.clients)]
                 async with client.stream("GET", url) as response:
                     status = response.status_code
                     if status == 429 or status >= 500:
-                        return f"HTTP {status}", _retry_after(response.headers.get("Retry-After"))
+                        return f"HTTP {status}", response.headers.get("Retry-After", "")
                     if status != 200:
                         return f"HTTP {status}", None
                     kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -325,13 +326,13 @@ class Fetcher:
                         if size > self.config.max_bytes:
                             return f"too many bytes (over {self.config.max_bytes})", None
         except (TimeoutError, httpx.TimeoutException):  # our whole-attempt deadline, or httpx's own
-            return "timeout", -1.0
+            return "timeout", ""
         except httpx.TooManyRedirects:
             return "redirect loop", None
         except httpx.RemoteProtocolError:
-            return "truncated", -1.0
+            return "truncated", ""
         except httpx.TransportError as exc:
-            return f"connection error ({type(exc).__name__})", -1.0
+            return f"connection error ({type(exc).__name__})", ""
         except (httpx.InvalidURL, httpx.UnsupportedProtocol):
             return "invalid URL", None
         if not size:
@@ -349,17 +350,6 @@ def url_problem(url: str) -> str | None:
     except (httpx.InvalidURL, ValueError, TypeError):
         return "invalid URL"
     return None if parsed.host else "invalid URL"
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return min(max(float(value), 0.0), MAX_WAIT) if value else -1.0
-    except ValueError:
-        return -1.0
-
-
-def _backoff(attempt: int) -> float:
-    return min(0.5 * 2**attempt * (0.5 + random.random()), MAX_WAIT)
 
 
 class FailureLog:

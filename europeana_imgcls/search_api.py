@@ -7,10 +7,8 @@ one ``ApiError`` line. The API key travels only in the ``X-Api-Key`` header and 
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import logging
-import random
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import httpx
 
 from .errors import ApiError
+from .retry import wait_before
 
 PAGE_ROWS = 100  # the server silently caps rows at 100
 MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
@@ -132,10 +131,7 @@ class SearchClient:
             cursor = next_cursor if items and next_cursor and next_cursor != cursor else None
 
     def _sleep(self, attempt: int, retry_after: str | None, why: str = "") -> None:
-        wait = _retry_after_seconds(retry_after)
-        if wait is None:
-            wait = self.backoff * (2**attempt) * (0.5 + random.random())
-        wait = min(wait, MAX_WAIT)
+        wait = wait_before(attempt, retry_after, base=self.backoff, cap=MAX_WAIT)
         # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
         log.warning("Search API %s; retry %d of %d in %.1f s", why or "did not answer", attempt + 1, self.retries,
                     wait)
@@ -176,20 +172,6 @@ def _reason(response: httpx.Response, body: Any = None) -> str:
         if parts:
             return ": ".join(parts)
     return response.reason_phrase or "no reason given"
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def record_uri(record_id: str) -> str:

@@ -9,13 +9,14 @@ where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,6 @@ ML_HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "exact_match", "micro_f
                       "mean_average_precision", "learning_rate", "seconds", "images_per_second"]
 SHOWN = {"single-label": ("accuracy", "precision", "recall", "f1"),
          "multi-label": ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")}
-console = Console(stderr=True)
 log = logging.getLogger(__name__)
 
 
@@ -202,8 +202,19 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 def train(config: TrainConfig) -> TrainReport:
     """Train every split of ``config`` (or split 0 alone) and write the run folder."""
     get_arch(config.arch)
-    with distributed(config.device) as (device, world):
+    with distributed(config.device) as (device, world), _torch_settings_restored():
         return _train(config, device, world)
+
+
+@contextlib.contextmanager
+def _torch_settings_restored() -> Iterator[None]:
+    """Training tunes cudnn and the thread count for itself; the caller gets its own settings back."""
+    benchmark, threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
@@ -338,7 +349,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     if config.resume and (split_dir / "metrics.json").exists():
         done = json.loads((split_dir / "metrics.json").read_text())
         if world.main:
-            console.print(f"split {index}: finished earlier, skipped")
+            log.info("split %d: finished earlier, skipped", index)
         return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
     if world.main:
         split_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +366,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     if config.resume and (split_dir / "last.pt").exists():
         state = _SplitState.restore(split_dir / "last.pt", model, optimizer)
         if world.main:
-            console.print(f"split {index}: resuming after epoch {state.epoch}")
+            log.info("split %d: resuming after epoch %d", index, state.epoch)
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
     multi = config.mode == "multi-label"
@@ -411,13 +422,12 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
                                ML_HISTORY_COLUMNS if multi else HISTORY_COLUMNS)
                 if not config.quiet:
                     shown = ", ".join(f"{k.replace('_', ' ')} {scores[k]:.3f}" for k in SHOWN[config.mode][::3])
-                    console.print(
-                        f"split {index} epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, val loss "
-                        f"{val_loss:.4f}, {shown}, {row['images_per_second']:.0f} images/s"
-                        + (" *" if improved else ""))
+                    log.info("split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s", index,
+                             epoch + 1, config.epochs, stats.loss, val_loss, shown, row["images_per_second"],
+                             " *" if improved else "")
             if state.bad_epochs >= config.patience:
                 if world.main and not config.quiet:
-                    console.print(f"split {index}: early stop, no better validation loss for {config.patience} epochs")
+                    log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
                 break
 
     result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
@@ -639,4 +649,4 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} images/s"),
-                    TimeElapsedColumn(), console=console, disable=quiet, transient=True)
+                    TimeElapsedColumn(), console=Console(stderr=True), disable=quiet, transient=True)

@@ -108,3 +108,16 @@ def test_bad_query_and_unreadable_answers() -> None:
     failed = httpx.Response(200, content=json.dumps({"success": False, "error": "odd"}).encode())
     with pytest.raises(ApiError, match="reported a failure: odd"):
         make_client(lambda r: failed).search([("query", "*")])
+
+
+def test_one_retry_policy_reads_both_forms_of_retry_after() -> None:
+    import email.utils
+    import time
+
+    from europeana_imgcls.retry import retry_after, wait_before
+
+    soon = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert 3.5 < retry_after(soon) <= 5.0
+    assert retry_after("7") == 7.0 and retry_after("soon") is None and retry_after("") is None
+    assert wait_before(0, "120", cap=30.0) == 30.0  # never past the cap, whatever the server says
+    assert 0.25 <= wait_before(0, None, base=0.5) <= 0.75 and 1.0 <= wait_before(1, "", base=0.5) <= 3.0
