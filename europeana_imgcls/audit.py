@@ -27,9 +27,10 @@ import numpy as np
 
 from .calibration import out_of_fold
 from .config import AuditConfig, public_dict
-from .data import provider_of
+from .data import connected, provider_of
 from .embedding import matrix, read_embeddings
 from .errors import CalibrationError, ConfigError, DatasetError
+from .naming import record_id_of
 from .tables import refuse_existing, write_json
 from .tasks import Task, task_for
 
@@ -119,7 +120,7 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
                 "embed with the same images")
     paths = [Path(image) for image in oof.images]
     findings = Findings(oof.task, oof.classes, oof.images, oof.truth, oof.raw, oof.folds,
-                        [provider_of(p) for p in paths], [_record_id(p) for p in paths], embeddings)
+                        [provider_of(p) for p in paths], [record_id_of(p.name) for p in paths], embeddings)
     return findings, note
 
 
@@ -171,12 +172,6 @@ def _folds(task: Task, truth: np.ndarray, folds: int, seed: int) -> list[np.ndar
         raise DatasetError(f"a class has {counts[counts > 0].min()} images, fewer than the {folds} folds; "
                            "lower `folds`")
     return [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(truth, truth)]
-
-
-def _record_id(path: Path) -> str | None:
-    from .naming import record_id_of
-
-    return record_id_of(path.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,25 +254,13 @@ def near_duplicates(vectors: np.ndarray, similarity: float, chunk: int = 1024) -
     """Groups (two or more images) joined by cosine similarity >= ``similarity``, found chunk by chunk so
     memory stays at ``chunk`` x N however many images there are."""
     unit = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
-    parent = np.arange(len(unit))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
+    edges: list[tuple[int, int]] = []
     for start in range(0, len(unit), chunk):
-        block = unit[start:start + chunk] @ unit.T
-        rows, cols = np.nonzero(block >= similarity)
-        for r, c in zip(rows + start, cols, strict=True):
-            if c > r:
-                a, b = root(int(r)), root(int(c))
-                if a != b:
-                    parent[b] = a
+        rows, cols = np.nonzero(unit[start:start + chunk] @ unit.T >= similarity)
+        edges += [(int(r), int(c)) for r, c in zip(rows + start, cols, strict=True) if c > r]
     members: defaultdict[int, list[int]] = defaultdict(list)
-    for i in range(len(unit)):
-        members[root(i)].append(i)
+    for i, label in enumerate(connected(len(unit), edges)):
+        members[int(label)].append(i)
     return sorted((g for g in members.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
 

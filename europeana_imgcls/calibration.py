@@ -87,16 +87,9 @@ def fit_temperature(task: Task, logits: np.ndarray, truth: np.ndarray) -> float:
 
 def expected_calibration_error(task: Task, probs: np.ndarray, truth: np.ndarray, bins: int = BINS) -> float:
     """Mean gap between stated confidence and accuracy over equal-width confidence bins, weighted by size."""
-    confidence, correct = task.confidence_and_correct(probs, truth)
-    if not len(confidence):
-        return 0.0
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            gap += members.sum() * abs(correct[members].mean() - confidence[members].mean())
-    return float(gap / len(confidence))
+    centres, accuracy, counts = _bins(task, probs, truth, bins)
+    gap = sum(n * abs(a - c) for c, a, n in zip(centres, accuracy, counts, strict=True))
+    return float(gap / sum(counts)) if counts else 0.0
 
 
 def choose_thresholds(task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str],
@@ -266,11 +259,13 @@ def reliability_diagram(path: Path, task: Task, raw: np.ndarray, calibrated: np.
     figure.savefig(path, dpi=100)
 
 
-def _bins(task: Task, probs: np.ndarray, truth: np.ndarray) -> tuple[list[float], list[float], list[int]]:
+def _bins(task: Task, probs: np.ndarray, truth: np.ndarray, bins: int = BINS
+          ) -> tuple[list[float], list[float], list[int]]:
+    """Per non-empty equal-width confidence bin: the mean stated confidence, the share correct, the count."""
     confidence, correct = task.confidence_and_correct(probs, truth)
-    which = np.minimum((confidence * BINS).astype(int), BINS - 1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
     centres, accuracy, counts = [], [], []
-    for b in range(BINS):
+    for b in range(bins):
         members = which == b
         if members.any():
             centres.append(float(confidence[members].mean()))

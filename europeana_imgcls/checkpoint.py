@@ -35,13 +35,13 @@ def save_backbone(path: Path, model: nn.Module, arch: str) -> str:
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(head)}, buffer)
     data = buffer.getvalue()
     if path.is_file() and path.read_bytes() == data:
-        return _sha256(path)  # a resumed run: the same backbone, kept as it is
+        return file_sha256(path)  # a resumed run: the same backbone, kept as it is
     if path.is_file():
         raise ModelError(f"{path} holds another backbone than this run's settings build (another `weights` "
                          "file?): resume with the settings the run was started with, or choose another output_dir")
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def save_head_checkpoint(path: Path, model: nn.Module, backbone: Path, backbone_sha256: str, **meta: Any) -> None:
@@ -69,7 +69,7 @@ def _load_backbone(path: Path, sha256: str) -> dict[str, Any]:
     """Loaded once for all the splits that share it, and only if it is the file they were fitted on."""
     if not path.is_file():
         raise ModelError(f"{path}: no such file; the split models of this run need the backbone saved beside them")
-    if _sha256(path) != sha256:
+    if file_sha256(path) != sha256:
         raise ModelError(f"{path} is not the backbone this run's heads were fitted on (its SHA-256 differs)")
     state = safe_load(path)
     if not isinstance(state, dict):
@@ -77,7 +77,7 @@ def _load_backbone(path: Path, sha256: str) -> dict[str, Any]:
     return state
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

@@ -86,6 +86,15 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> Imag
     return ImageSet(paths, np.asarray(labels, dtype=np.int64), names, unreadable)
 
 
+def scan_images(data_dir: Path, mode: str, labels: Path | None = None) -> ImageSet:
+    """The images of a training folder: class folders (single-label) or one folder and a labels table."""
+    if mode == "multi-label":
+        from .multilabel import scan_labelled_folder  # it builds on this module
+
+        return scan_labelled_folder(data_dir, labels)
+    return scan_class_folders(data_dir)
+
+
 def readable(path: Path) -> bool:
     """Cheap: reads the header only."""
     try:
@@ -166,26 +175,25 @@ def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) ->
     if group_of and not any(str(p.resolve()) in group_of for p in images.paths):
         raise DatasetError(f"{duplicates}: none of its images is in this data folder; audit this folder's images "
                            "(or their embeddings) to get its duplicate groups")
-    parent = list(range(len(images)))
+    # A graph of images and the keys they share (their provider, their duplicate group): each connected
+    # part stays in one fold.
+    key_node: dict[str, int] = {}
+    edges = []
+    for i, (provider, path) in enumerate(zip(images.groups(), images.paths, strict=True)):
+        for key in (f"provider:{provider}" if by_provider else None, group_of.get(str(path.resolve()))):
+            if key is not None:
+                edges.append((i, len(images) + key_node.setdefault(key, len(key_node))))
+    return [str(label) for label in connected(len(images) + len(key_node), edges)[: len(images)]]
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    first: dict[str, int] = {}
-    keys = [(f"provider:{g}" if by_provider else None, group_of.get(str(p.resolve()))) for g, p in
-            zip(images.groups(), images.paths, strict=True)]
-    for i, pair in enumerate(keys):
-        for key in pair:
-            if key is None:
-                continue
-            if key in first:
-                parent[root(i)] = root(first[key])
-            else:
-                first[key] = i
-    return [str(root(i)) for i in range(len(images))]
+def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The connected part each node belongs to (a label per node), for undirected ``edges``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nodes, nodes))
+    return connected_components(graph, directed=False)[1]
 
 
 def load_image(path: Path, size: int) -> Image.Image:

@@ -22,7 +22,7 @@ import math
 import os
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,7 +64,7 @@ class DownloadReport:
     already_saved: int = 0
     failed: int = 0
     known_failures: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # rows that name no record to fetch, by reason
+    skipped: Counter[str] = field(default_factory=Counter)  # rows that name no record to fetch, by reason
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     complete: bool = False  # False when the run was interrupted
@@ -175,7 +175,7 @@ async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadRep
             for job in _jobs(config):
                 report.total += 1
                 if isinstance(job, str):
-                    report.skipped[job] = report.skipped.get(job, 0) + 1
+                    report.skipped[job] += 1
                     progress.advance(task)
                     continue
                 if job.path.parent not in created_dirs:
@@ -231,8 +231,7 @@ def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: Down
             report.known_failures += 1
             failures.keep(job.id)
         else:  # --retry-failed and a record that has not failed before: left for a plain run
-            reason = "not a known failure (only those are retried)"
-            report.skipped[reason] = report.skipped.get(reason, 0) + 1
+            report.skipped["not a known failure (only those are retried)"] += 1
         return False
     return True
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .config import EmbedConfig, public_dict
-from .data import UNREADABLE, ImageDataset, ImageSet, provider_of, scan_class_folders
+from .data import UNREADABLE, ImageDataset, ImageSet, provider_of, scan_images
 from .errors import ConfigError, DatasetError
 from .models import build_model, get_arch, set_head
 from .naming import record_id_of
@@ -61,14 +61,6 @@ def feature_model(arch: str, weights: str) -> nn.Module:
         model = build_model(arch, 1, weights)
     set_head(model, arch, nn.Identity())
     return model.eval()
-
-
-def scan(data_dir: Path, mode: str, labels: Path | None) -> ImageSet:
-    if mode == "multi-label":
-        from .multilabel import scan_labelled_folder
-
-        return scan_labelled_folder(data_dir, labels)
-    return scan_class_folders(data_dir)
 
 
 @torch.inference_mode()
@@ -110,7 +102,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
         if partial.exists():
             raise DatasetError(f"an interrupted embedding into {config.output} was found: pass `resume` to carry "
                                f"on, or delete {partial}")
-    images = scan(config.data_dir, config.mode, config.labels)
+    images = scan_images(config.data_dir, config.mode, config.labels)
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
     meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode)

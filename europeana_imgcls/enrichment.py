@@ -32,6 +32,7 @@ import numpy as np
 
 from . import __version__
 from .calibration import Calibration, check_precision, load_calibration
+from .checkpoint import file_sha256
 from .config import EnrichConfig, InputSettings, PredictConfig
 from .errors import CalibrationError, ConfigError, DatasetError
 from .inference import RunModel, checkpoint_paths
@@ -114,8 +115,9 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     review = _ReviewQueue(config.review_n)
     with atomic_path(config.output) as tmp, tmp.open("w", encoding="utf-8") as handle:
         writer = _AnnotationWriter(handle, fmt, config.run.name)
+        thresholds = calibration.thresholds()  # once: the loop below runs once per record
         for record in _read_journal(journal):
-            _decide(record, calibration, vocab, model, writer, review, report)
+            _decide(record, calibration, thresholds, vocab, model, writer, review, report)
         writer.close()
     report.annotations = writer.count
     if config.review_output is not None:
@@ -179,11 +181,7 @@ def _check_journal(journal: Path, config: EnrichConfig, calibration: Calibration
 def _model_id(paths: list[Path]) -> str:
     """A short digest of the run's checkpoint files: the same model, the same id (the annotations also
     name the splits that labelled)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()[:16]
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def _read_journal(path: Path) -> Iterator[dict[str, Any]]:
@@ -193,16 +191,16 @@ def _read_journal(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def _decide(record: dict[str, Any], calibration: Calibration, vocab: dict[str, str], model: dict[str, Any],
-            writer: _AnnotationWriter, review: _ReviewQueue, report: EnrichReport) -> None:
-    classes, thresholds, task = calibration.classes, calibration.thresholds(), calibration.task
-    probs = np.array([record["probabilities"][c] for c in classes])
-    emitted = task.emitted(probs, thresholds)
+def _decide(record: dict[str, Any], calibration: Calibration, thresholds: np.ndarray, vocab: dict[str, str],
+            model: dict[str, Any], writer: _AnnotationWriter, review: _ReviewQueue, report: EnrichReport) -> None:
     report.records += 1
     target = _target(record)
     if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
         report.not_records += 1
         return
+    classes = calibration.classes
+    probs = np.array([record["probabilities"][c] for c in classes])
+    emitted = calibration.task.emitted(probs, thresholds)
     if not emitted:
         report.abstained += 1
         review.abstained(record, probs, classes)

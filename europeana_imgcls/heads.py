@@ -153,9 +153,7 @@ def _linear(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, 
             return loss
 
         optimizer.step(closure)
-        with torch.no_grad():
-            probs = task.activation(layer(val_inputs)).numpy()
-        score = _loss(task, probs, y_val) if len(y_val) else 0.0
+        score = _loss(task, _probs(layer, val_inputs.numpy(), task), y_val) if len(y_val) else 0.0
         if best is None or score < best[0]:
             best = (score, layer)
     assert best is not None

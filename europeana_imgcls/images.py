@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .tables import temp_path
+from .tables import atomic_path
 
 # Formats a museum serves images in. Anything else (EPS, PSD, ICO, ...) is refused before a decoder sees it:
 # Pillow would otherwise hand an EPS body from the network to Ghostscript.
@@ -75,12 +75,8 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
         raise
     except Exception as exc:  # a decoder's surprise is this image's failure, never the run's
         raise ImageRejected(f"undecodable ({type(exc).__name__}: {_short(exc)})") from None
-    tmp = temp_path(target)
-    try:
+    with atomic_path(target) as tmp:
         image.save(tmp, "JPEG", quality=quality)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return image.size
 
 

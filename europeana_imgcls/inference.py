@@ -67,10 +67,6 @@ def checkpoint_paths(run: Path) -> list[Path]:
     return paths
 
 
-def _all(paths: list[Path]) -> list[tuple[str, Path]]:
-    return [(p.parent.name if p.parent.name.startswith("split_") else "split_0", p) for p in paths]
-
-
 def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
     """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
     paths = checkpoint_paths(run)
@@ -82,9 +78,10 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
     if which == "best":
         states = [min(states, key=lambda item: item[1].get("best_val_loss", float("inf")))]
     elif which != "all":
-        states = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
-        if not states:
-            raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in _all(paths))}")
+        chosen = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
+        if not chosen:
+            raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in states)}")
+        states = chosen
     classes = {(tuple(state["class_names"]), state.get("mode", "single-label")) for _, state in states}
     if len(classes) > 1:
         raise ModelError(f"{run}: its splits were trained on different classes or modes")
@@ -97,7 +94,9 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
         meta = {k: v for k, v in state.items() if k != "model_state"}
         item = RunModel(name, model, meta)
         if state.get("backbone_sha256"):
-            item.features = trunks.setdefault(state["backbone_sha256"], _trunk(model, state["arch"]))
+            if state["backbone_sha256"] not in trunks:  # one copy of the shared backbone, not one per split
+                trunks[state["backbone_sha256"]] = _trunk(model, state["arch"])
+            item.features = trunks[state["backbone_sha256"]]
             item.head = get_head(model, state["arch"])
         models.append(item)
     return models
@@ -137,18 +136,10 @@ def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device
     return np.stack([z.float().cpu().numpy() for z in logits])
 
 
-@torch.inference_mode()
 def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
                   dtype: torch.dtype | None, calibrated: bool = False) -> np.ndarray:
     """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
     models x batch x classes; ``calibrated``: with each model's temperature applied to its logits."""
-    inputs = inputs.to(device, non_blocking=True)
-    if device.type == "cuda":
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-        logits = _logits(models, inputs)
-    out = []
-    for item, z in zip(models, logits, strict=True):
-        z = z.float() / (item.temperature if calibrated else 1.0)
-        out.append(item.task.activation(z).cpu().numpy())
-    return np.stack(out)
+    logits = logits_of(models, inputs, device, dtype)
+    return np.stack([item.task.from_logits(z / (item.temperature if calibrated else 1.0))
+                     for item, z in zip(models, logits, strict=True)]).astype(np.float32)

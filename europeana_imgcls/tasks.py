@@ -7,66 +7,53 @@ image (the most probable one). Multi-label: a sigmoid per label, every label abo
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
-import torch
 
-EPS = 1e-7
+EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before a log
 
 
-class Task:
+class Task(ABC):
+    """The interface both tasks implement; code holds a ``Task`` and never asks which one it is."""
+
     name: ClassVar[str]
     multilabel: ClassVar[bool]
 
-    def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def logits(self, probs: np.ndarray) -> np.ndarray:
-        """Logits that give ``probs`` back (up to a constant per row, which softmax ignores)."""
-        raise NotImplementedError
-
+    @abstractmethod
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         """The activation, in float64 numpy."""
-        raise NotImplementedError
 
-    def scaled(self, probs: np.ndarray, temperature: float) -> np.ndarray:
-        """``probs`` as the same model divided by ``temperature`` before its activation would give them
-        (approximately, where probabilities near 0 or 1 lost digits: prefer ``from_logits``)."""
-        return self.from_logits(self.logits(probs) / temperature)
-
+    @abstractmethod
     def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
-        raise NotImplementedError
+        """Mean negative log-likelihood of ``truth`` under ``probs``."""
 
+    @abstractmethod
     def confidence_and_correct(self, probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stated probabilities that calibration checks, and whether each came true."""
-        raise NotImplementedError
 
+    @abstractmethod
     def candidates(self, probs: np.ndarray, truth: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         """For class ``c``: the score of every image that class ``c`` would be emitted for at a low enough
         threshold, and whether ``c`` is right for it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
         """Classes emitted for one image at per-class ``thresholds`` (inf: never)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def truth_of(self, text: str, classes: list[str]) -> np.ndarray | int:
-        raise NotImplementedError
+        """The truth a table cell states (a class, or space-separated labels) in the task's form."""
 
+    @abstractmethod
     def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
-        raise NotImplementedError
+        """Images of each class in ``truth``."""
 
 
 class SingleLabel(Task):
     name = "single-label"
     multilabel = False
-
-    def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits, dim=1)
-
-    def logits(self, probs: np.ndarray) -> np.ndarray:
-        return np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0))
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         z = np.asarray(logits, dtype=np.float64)
@@ -98,13 +85,6 @@ class SingleLabel(Task):
 class MultiLabel(Task):
     name = "multi-label"
     multilabel = True
-
-    def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
-
-    def logits(self, probs: np.ndarray) -> np.ndarray:
-        p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
-        return np.log(p / (1 - p))
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         from scipy.special import expit  # a sigmoid that neither overflows nor warns

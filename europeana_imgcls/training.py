@@ -43,7 +43,7 @@ from .data import (
     make_loader,
     make_splits,
     sample,
-    scan_class_folders,
+    scan_images,
     to_tensor,
 )
 from .errors import CalibrationError, DatasetError
@@ -58,7 +58,6 @@ from .multilabel import (
     iterative_folds,
     multilabel_metrics,
     positive_weights,
-    scan_labelled_folder,
     tune_thresholds,
 )
 from .naming import record_id_of
@@ -219,7 +218,7 @@ def _torch_settings_restored() -> Iterator[None]:
 
 def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
     multi = config.mode == "multi-label"
-    images = scan_labelled_folder(config.data_dir, config.labels) if multi else scan_class_folders(config.data_dir)
+    images = scan_images(config.data_dir, config.mode, config.labels)
     check = check_multilabel_trainable if multi else check_trainable
     check(images, config.data_dir, config.folds)
     images = sample(images, config.sample, config.seed)
@@ -274,10 +273,10 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
         raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
                            "resume with the same settings, or choose another `output_dir`")
     index = config.output_dir / "split_0" / "class_index.json"
-    if index.is_file() and list(json.loads(index.read_text(encoding="utf-8"))) != images.classes:
-        raise DatasetError(f"cannot resume {config.output_dir}: its classes were "
-                           f"{', '.join(json.loads(index.read_text(encoding='utf-8')))}, the data now has "
-                           f"{', '.join(images.classes)}")
+    classes = list(json.loads(index.read_text(encoding="utf-8"))) if index.is_file() else images.classes
+    if classes != images.classes:
+        raise DatasetError(f"cannot resume {config.output_dir}: its classes were {', '.join(classes)}, the data "
+                           f"now has {', '.join(images.classes)}")
 
 
 def _same(key: str, value: Any) -> Any:
