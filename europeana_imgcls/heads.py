@@ -18,6 +18,7 @@ SHA-256-checked reference to it.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,6 @@ def train_heads(config: TrainConfig, images: ImageSet, splits: list[Split], chos
     for i in chosen:
         split_dir = out / f"split_{i}"
         if config.resume and (split_dir / "metrics.json").exists():
-            import json
-
             done = json.loads((split_dir / "metrics.json").read_text())
             results.append(SplitResult(i, done["test"], 0, 0, done["best_val_loss"]))
             continue

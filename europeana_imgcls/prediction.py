@@ -215,11 +215,7 @@ def _figure_name(item: Item) -> str:
     came from."""
     from .naming import file_name
 
-    if item.id:
-        stem = Path(file_name(item.id)).stem
-    else:
-        last = item.image.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "image"
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(last).stem)
+    stem = Path(file_name(item.id) if item.id else _last_part(item.image)).stem
     return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
 
 
@@ -262,9 +258,13 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
 def _url_id(url: str) -> str:
     """A bare URL's stand-in record ID: its last path part and a hash, so its fetched file gets a readable
     name (not ``http:[ph][ph]host[ph]...``) and two URLs never share one."""
+    return f"url-{hashlib.sha1(url.encode()).hexdigest()[:10]}-{_last_part(url)[:60]}"
+
+
+def _last_part(url: str) -> str:
+    """A URL's (or path's) last part, query dropped, in characters any file system takes."""
     last = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in last)[:60] or "image"
-    return f"url-{hashlib.sha1(url.encode()).hexdigest()[:10]}-{stem}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in last) or "image"
 
 
 def _query(config: PredictConfig) -> list[dict[str, str | None]]:
