@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from europeana_imgcls.data import IMAGENET_MEAN, IMAGENET_STD, DecodedCache, ImageDataset, ImageSet, make_loader
+from europeana_imgcls.folders import IMAGENET_MEAN, IMAGENET_STD, DecodedCache, ImageDataset, ImageSet, make_loader
 from europeana_imgcls.models import build_model
 from europeana_imgcls.runtime import autocast_dtype, default_workers, resolve_device
 from europeana_imgcls.training import train_one_epoch

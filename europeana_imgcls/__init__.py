@@ -17,7 +17,7 @@ from .config import (
     TrainConfig,
     build_config,
 )
-from .dataset import stats, subtract
+from .curation import stats, subtract
 from .download import download
 from .errors import ApiError, CalibrationError, ConfigError, DatasetError, EicError, ModelError
 from .harvest import harvest

@@ -27,9 +27,9 @@ import numpy as np
 
 from .calibration import out_of_fold
 from .config import AuditConfig, public_dict
-from .data import connected, provider_of
 from .embedding import matrix, read_embeddings
 from .errors import CalibrationError, ConfigError, DatasetError
+from .folders import connected, provider_of
 from .naming import record_id_of
 from .tables import refuse_existing, write_json
 from .tasks import Task, task_for

@@ -139,7 +139,7 @@ def subtract(
     config: ConfigFile = None,
 ) -> None:
     """Remove from a training table every record whose ID is in an evaluation table."""
-    from .dataset import subtract as run_subtract
+    from .curation import subtract as run_subtract
 
     flags = dict(columns=columns, train=train, eval=eval, output=output, overwrite=overwrite)
     result = run(lambda: run_subtract(build_config(SubtractConfig, flags, config)))
@@ -156,7 +156,7 @@ def stats(
     config: ConfigFile = None,
 ) -> None:
     """Records per category, reusability level and provider, and what looks wrong in a table."""
-    from .dataset import stats as run_stats
+    from .curation import stats as run_stats
 
     flags = dict(columns=columns, table=table, vocab=vocab, output=output, overwrite=overwrite)
     result = run(lambda: run_stats(build_config(StatsConfig, flags, config)))

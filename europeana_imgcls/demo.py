@@ -59,7 +59,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
         console.print(f"{text} [dim]({seconds:.1f} s)[/]")
         return result
 
-    from . import dataset, download, harvest
+    from . import curation, download, harvest
     from .enrichment import enrich
     from .evaluation import evaluate_run
     from .prediction import predict
@@ -78,7 +78,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
               lambda: harvest(HarvestConfig(output=out / "eval.csv", n=15, reusability=["open"],
                                             seed=config.seed + 1, **common)),
               lambda r: f"{r.rows} records in {r.output}, drawn in another order: some are in the training table")
-        stage("subtract", lambda: dataset.subtract(SubtractConfig(train=out / "harvested.csv", eval=out / "eval.csv",
+        stage("subtract", lambda: curation.subtract(SubtractConfig(train=out / "harvested.csv", eval=out / "eval.csv",
                                                                   output=out / "train.csv")),
               lambda r: f"{r.kept} training records kept, {r.removed} that are in the evaluation table removed "
                         f"-> {r.output}")

@@ -32,13 +32,13 @@ from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from .config import DownloadConfig, public_dict
 from .errors import DatasetError
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .naming import file_name
+from .progress import progress_bar
 from .retry import wait_before
 from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
 
@@ -163,7 +163,8 @@ async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadRep
     host_limits: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(config.per_host))
     slots = asyncio.Semaphore(config.concurrency)
     created_dirs: set[Path] = set()
-    with _progress(config.quiet, rows) as progress, \
+    fields = "{task.fields[rate]:.1f} images/s", "{task.fields[failed]} failed"
+    with progress_bar(config.quiet, *fields) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eic-decode") as pool:
         task = progress.add_task("download", total=rows, failed=0, rate=0.0)
         async with contextlib.AsyncExitStack() as stack:
@@ -441,11 +442,3 @@ def _tick(progress: Progress, task: object, report: DownloadReport, started: flo
     elapsed = time.perf_counter() - started
     progress.update(task, advance=1, failed=report.failed,  # type: ignore[arg-type]
                     rate=report.saved / elapsed if elapsed else 0.0)
-
-
-def _progress(quiet: bool, total: int) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} images/s"), TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(), console=Console(stderr=True), disable=quiet,
-    )

@@ -26,8 +26,8 @@ from torch import nn
 
 from . import __version__
 from .config import EmbedConfig, public_dict
-from .data import UNREADABLE, ImageDataset, ImageSet, provider_of, scan_images
 from .errors import ConfigError, DatasetError
+from .folders import ImageDataset, ImageSet, provider_of, scan_images
 from .models import build_model, get_arch, set_head
 from .naming import record_id_of
 from .runtime import autocast_dtype, default_workers, resolve_device
@@ -68,7 +68,7 @@ def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std:
             batch_size: int = 64, num_workers: int | None = None, amp: bool = True,
             on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
-    from .data import make_loader
+    from .folders import make_loader
 
     model = model.to(device)
     if device.type == "cuda":
@@ -83,7 +83,7 @@ def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             chunks.append(model(inputs).float().cpu().numpy())
-        broken = (labels[:, 0] < 0) if labels.ndim == 2 else (labels == UNREADABLE)
+        broken = ~images.task.readable(labels)
         readable[index[broken].numpy()] = False
         if on_batch:
             on_batch(len(index))
@@ -150,9 +150,7 @@ def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> p
     labels = images.labels
 
     def label(i: int) -> str:
-        if labels.ndim == 2:
-            return " ".join(c for c, v in zip(images.classes, labels[i], strict=True) if v > 0)
-        return images.classes[int(labels[i])]
+        return images.task.describe(labels[i], np.zeros(len(images.classes)), images.classes, None)["truth"]
 
     return pl.DataFrame({
         "image": [str(images.paths[i]) for i in keep],

@@ -19,8 +19,8 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from .calibration import CALIBRATION_FILE, load_calibration, score_thresholds
 from .config import EvaluateConfig, public_dict
-from .data import UNREADABLE, ImageDataset, list_images, make_loader, scan_class_folders
 from .errors import DatasetError
+from .folders import ImageDataset, list_images, make_loader, scan_class_folders
 from .inference import RunModel, load_run, logits_of
 from .metrics import classification_metrics, confusion, mean_std
 from .multilabel import ML_METRICS, multilabel_metrics, scan_labelled_folder
@@ -188,7 +188,6 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
     dtype = autocast_dtype(device, config.amp)
     probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     logits = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
-    labelled = images.labels.ndim == 2
     unreadable: set[int] = set()
     for (size, mean, std), members in groups.items():
         loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
@@ -199,7 +198,7 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
             for item, z in zip(members, out, strict=True):
                 probs[item.split][index.numpy()] = item.task.from_logits(z)
                 logits[item.split][index.numpy()] = z
-            broken = labels[:, 0] < 0 if labelled else labels == UNREADABLE
+            broken = ~images.task.readable(labels)
             unreadable.update(index[broken].tolist())
     return probs, sorted(unreadable), logits
 

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import HarvestConfig, public_dict
 from .errors import DatasetError
+from .progress import progress_bar
 from .search_api import SearchClient, record_uri
 from .tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .vocabulary import load_vocabulary
@@ -80,7 +79,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     client = client or SearchClient(config.api_url, config.api_key.get_secret_value(),
                                     timeout=config.timeout, retries=config.retries)
     try:
-        with _progress(config.quiet) as progress:
+        with progress_bar(config.quiet, transient=True) as progress:
             for unit in todo:
                 task = progress.add_task(f"{' '.join(unit.labels)} [{unit.level}]", total=config.n)
                 items = _fetch_unit(client, unit, vocab, config, state,
@@ -227,8 +226,3 @@ def _first(value: Any) -> str | None:
     if isinstance(value, list):
         value = value[0] if value else None
     return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=quiet, transient=True)

@@ -29,9 +29,9 @@ from torch import nn
 
 from .checkpoint import save_backbone, save_head_checkpoint
 from .config import TrainConfig, public_dict
-from .data import ImageSet, Split
 from .embedding import check_compatible, compute, describe, feature_model, matrix, read_embeddings, rows_frame
 from .errors import DatasetError
+from .folders import ImageSet, Split
 from .models import KnnHead, get_arch, set_head
 from .tables import atomic_path, sidecar, write_json
 from .tasks import Task, task_for
@@ -113,7 +113,7 @@ def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable
         logits = _logits(head, features[part])
         probs = task.from_logits(logits)
         evaluations[name] = Evaluation(_loss(task, probs, targets[part]), targets[part], probs, positions, logits)
-    scores, extra = score_split(config.mode, images, split, split_dir, evaluations["test"], evaluations["val"])
+    scores, extra = score_split(images, split, split_dir, evaluations["test"], evaluations["val"])
     val_loss = evaluations["val"].loss
     set_head(backbone, config.arch, head)
     save_head_checkpoint(split_dir / "model.pt", backbone, backbone_path, sha, **meta, split=index,
@@ -126,18 +126,11 @@ def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable
 def _linear(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
             weighted: bool, classes: int) -> nn.Linear:
     """The L2 strength of ``L2_GRID`` with the lowest validation loss; weights folded back to raw features."""
-    from .multilabel import positive_weights
-    from .training import class_weights
-
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     inputs = torch.from_numpy((x - mean) / scale).float()
     val_inputs = torch.from_numpy((x_val - mean) / scale).float()
-    if task.multilabel:
-        target = torch.from_numpy(y).float()
-        loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=positive_weights(y) if weighted else None)
-    else:
-        target = torch.from_numpy(y).long()
-        loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, classes) if weighted else None)
+    target = torch.from_numpy(y).float() if task.multilabel else torch.from_numpy(y).long()
+    loss_fn = task.criterion(y, classes, weighted)
     best: tuple[float, nn.Linear] | None = None
     for l2 in L2_GRID:
         torch.manual_seed(0)

@@ -19,8 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import ModelError
+from .folders import IMAGENET_MEAN, IMAGENET_STD
 
 # TensorFlow-Lite preprocessing of EfficientNet-Lite: (x * 255 - 127) / 128
 LITE_MEAN = (127 / 255,) * 3

@@ -21,8 +21,8 @@ from sklearn.metrics import (
 )
 from torch import nn
 
-from .data import ImageSet, readable
 from .errors import DatasetError
+from .folders import ImageSet, Split, readable
 from .tables import read_table
 
 ML_METRICS = ("exact_match", "hamming_loss", "micro_precision", "micro_recall", "micro_f1", "macro_precision",
@@ -65,7 +65,7 @@ def scan_labelled_folder(root: Path, labels: Path | None = None, classes: Sequen
         for name in found:
             if name in index:
                 targets[r, index[name]] = 1.0
-    return ImageSet([p for p, _ in rows], targets, all_classes, unreadable)
+    return ImageSet([p for p, _ in rows], targets, all_classes, unreadable, mode="multi-label")
 
 
 def check_multilabel_trainable(images: ImageSet, root: Path, folds: int) -> None:
@@ -113,6 +113,19 @@ def iterative_folds(targets: np.ndarray, folds: int, seed: int, groups: Sequence
             _assign(unit, fold, fold_of, remaining, wanted_labels, wanted_sizes, counts, sizes)
     return [np.sort(np.concatenate([members[u] for u in np.flatnonzero(fold_of == f)] or [np.array([], int)]))
             for f in range(folds)]
+
+
+def make_multilabel_splits(targets: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+                           ) -> list[Split]:
+    """As ``folders.make_splits``, with iterative stratification so every part keeps each label's frequency."""
+    outer = iterative_folds(targets, folds, seed, groups)
+    splits = []
+    for i, test in enumerate(outer):
+        rest = np.sort(np.concatenate([f for j, f in enumerate(outer) if j != i]))
+        inner = iterative_folds(targets[rest], folds - 1, seed + i, [groups[r] for r in rest] if groups else None)
+        val = rest[inner[0]]
+        splits.append(Split(np.setdiff1d(rest, val), np.sort(val), test))
+    return splits
 
 
 def _pick(primary: np.ndarray, secondary: np.ndarray, rng: np.random.Generator) -> int:

@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from .config import DownloadConfig, PredictConfig
-from .data import UNREADABLE, ImageDataset, ImageSet, list_images, load_image, make_loader
 from .errors import ConfigError, DatasetError
 from .explain import TILE, figure, heatmaps, save_figure
+from .folders import UNREADABLE, ImageDataset, ImageSet, list_images, load_image, make_loader
 from .inference import RunModel, load_run, probabilities
 from .models import get_arch
 from .runtime import Dist, autocast_dtype, default_workers, distributed

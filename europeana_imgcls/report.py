@@ -12,7 +12,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from .audit import AuditReport
     from .calibration import Calibration
-    from .dataset import TableStats
+    from .curation import TableStats
     from .download import DownloadReport
     from .enrichment import EnrichReport
     from .evaluation import EvaluateReport

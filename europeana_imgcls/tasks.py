@@ -1,18 +1,30 @@
 """What differs between single-label and multi-label classification, decided once.
 
-A run is one task or the other for its whole life; code that scores, calibrates or decides asks the
-task rather than branching on the mode itself. Single-label: softmax over classes, one label per
-image (the most probable one). Multi-label: a sigmoid per label, every label above its threshold.
+A run is one task or the other for its whole life; code that reads labels, makes folds, trains, scores,
+calibrates or decides asks the task rather than branching on the mode itself. Single-label: class
+folders, softmax over classes, one label per image (the most probable one). Multi-label: one folder and
+a labels table, a sigmoid per label, every label above its threshold.
+
+This module is the leaf the others build on: what a task dispatches to (image folders, the multi-label
+helpers, torch losses) is imported inside the method, so importing a task costs numpy alone.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .folders import ImageSet, Split
+
 EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before a log
+UNREADABLE = -1  # the label (single) or every target (multi) of an image that cannot be decoded
 
 
 class Task(ABC):
@@ -20,6 +32,61 @@ class Task(ABC):
 
     name: ClassVar[str]
     multilabel: ClassVar[bool]
+    shown: ClassVar[tuple[str, ...]]  # the validation scores of each epoch (history.csv, the log)
+    described: ClassVar[tuple[str, ...]]  # the columns ``describe()`` fills
+
+    # -- data: reading, checking and splitting the labels of a training folder
+
+    @abstractmethod
+    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
+        """The images of a folder with their labels; with ``classes`` (a model's), labelled in that order."""
+
+    @abstractmethod
+    def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
+        """Raise ``DatasetError`` unless every class has enough images for ``folds`` folds."""
+
+    @abstractmethod
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+               ) -> list[Split]:
+        """Cross-validation splits that keep each class's frequency in every part."""
+
+    @abstractmethod
+    def stratify(self, labels: np.ndarray) -> np.ndarray | None:
+        """What a random sample of the images keeps the proportions of (None: nothing)."""
+
+    @abstractmethod
+    def members(self, labels: np.ndarray, c: int) -> np.ndarray:
+        """Whether each image carries class ``c``."""
+
+    @abstractmethod
+    def readable(self, targets: Any) -> Any:
+        """Rows of a batch (numpy or torch) whose image could be decoded."""
+
+    # -- training
+
+    @abstractmethod
+    def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        """The loss on logits, ignoring unreadable images; ``weighted``: rare classes weigh more."""
+
+    @abstractmethod
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+                ) -> dict[str, float]:
+        """Every score of the task (``shown`` among them)."""
+
+    @abstractmethod
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Decision thresholds learnt on validation data (None: the task decides without them)."""
+
+    @abstractmethod
+    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+                 ) -> dict[str, str]:
+        """The truth and prediction columns of one row of ``test_predictions.csv``."""
+
+    @property
+    def history_columns(self) -> list[str]:
+        return ["epoch", "train_loss", "val_loss", *self.shown, "learning_rate", "seconds", "images_per_second"]
+
+    # -- probabilities, calibration and decisions
 
     @abstractmethod
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
@@ -54,6 +121,58 @@ class Task(ABC):
 class SingleLabel(Task):
     name = "single-label"
     multilabel = False
+    shown = ("accuracy", "precision", "recall", "f1")
+    described = ("truth", "prediction", "confidence")
+
+    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
+        from .folders import scan_class_folders
+
+        return scan_class_folders(root, classes)
+
+    def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
+        from .folders import check_trainable
+
+        check_trainable(images, root, folds)
+
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+               ) -> list[Split]:
+        from .folders import make_splits
+
+        return make_splits(labels, folds, seed, groups)
+
+    def stratify(self, labels: np.ndarray) -> np.ndarray | None:
+        return labels
+
+    def members(self, labels: np.ndarray, c: int) -> np.ndarray:
+        return labels == c
+
+    def readable(self, targets: Any) -> Any:
+        return targets != UNREADABLE
+
+    def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        import torch
+        from torch import nn
+
+        n = n_classes
+        # Inverse class frequency, scaled so that a balanced set gets weight 1 everywhere: N / (C * n_c).
+        counts = np.bincount(train_labels, minlength=n).astype(np.float64)
+        weights = np.where(counts > 0, len(train_labels) / (n * np.maximum(counts, 1)), 0.0)
+        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32) if weighted else None,
+                                   ignore_index=UNREADABLE)
+
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+                ) -> dict[str, float]:
+        from .metrics import classification_metrics
+
+        return classification_metrics(truth, probs)
+
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+                 ) -> dict[str, str]:
+        return {"truth": classes[int(truth)], "prediction": classes[int(probs.argmax())],
+                "confidence": f"{probs.max():.6f}"}
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         z = np.asarray(logits, dtype=np.float64)
@@ -85,6 +204,56 @@ class SingleLabel(Task):
 class MultiLabel(Task):
     name = "multi-label"
     multilabel = True
+    shown = ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")
+    described = ("truth", "prediction")
+
+    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
+        from .multilabel import scan_labelled_folder
+
+        return scan_labelled_folder(root, labels, classes)
+
+    def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
+        from .multilabel import check_multilabel_trainable
+
+        check_multilabel_trainable(images, root, folds)
+
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+               ) -> list[Split]:
+        from .multilabel import make_multilabel_splits
+
+        return make_multilabel_splits(labels, folds, seed, groups)
+
+    def stratify(self, labels: np.ndarray) -> np.ndarray | None:
+        return None  # no stratified sampler for label sets: a plain random fraction
+
+    def members(self, labels: np.ndarray, c: int) -> np.ndarray:
+        return labels[:, c] > 0
+
+    def readable(self, targets: Any) -> Any:
+        return targets[:, 0] >= 0
+
+    def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        from .multilabel import MaskedBCEWithLogits, positive_weights
+
+        # Class weights as positive weights: negatives / positives of each label in the training part.
+        return MaskedBCEWithLogits(positive_weights(train_labels) if weighted else None)
+
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+                ) -> dict[str, float]:
+        from .multilabel import multilabel_metrics
+
+        return multilabel_metrics(truth, probs, 0.5 if thresholds is None else thresholds)
+
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        from .multilabel import tune_thresholds
+
+        return tune_thresholds(truth, probs)
+
+    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+                 ) -> dict[str, str]:
+        cuts = np.full(len(classes), 0.5) if thresholds is None else thresholds
+        return {"truth": " ".join(c for c, t in zip(classes, truth, strict=True) if t),
+                "prediction": " ".join(c for c, p, t in zip(classes, probs, cuts, strict=True) if p >= t)}
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         from scipy.special import expit  # a sigmoid that neither overflows nor warns

@@ -1,10 +1,11 @@
 """``eic train``: fine-tune a classifier with stratified k-fold cross-validation.
 
 Each split trains on k-2 folds, stops early on the validation fold's loss and is scored on its test
-fold. The loop is two plain functions, ``train_one_epoch()`` and ``evaluate()``; the model returns
-logits and the loss is cross-entropy (softmax only when predicting). On CUDA it uses autocast (bf16
-where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies; under
-``torchrun`` it trains with DistributedDataParallel and only rank 0 writes.
+fold. ``fit()`` is the loop: ``train_one_epoch()`` and ``evaluate()`` per epoch, a history row each, and
+a callback that the protocol uses to save checkpoints and log; everything that differs between
+single- and multi-label (loss, scores, thresholds) comes from the run's ``Task``. On CUDA it uses
+autocast (bf16 where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies;
+under ``torchrun`` it trains with DistributedDataParallel and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,53 +25,34 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from .calibration import Calibration, calibrate_run, fit_temperature
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, public_dict
-from .data import (
-    UNREADABLE,
+from .errors import CalibrationError, DatasetError
+from .explain import TILE, figure, heatmaps, save_figure
+from .folders import (
     DecodedCache,
     ImageDataset,
     ImageSet,
     Split,
-    check_trainable,
     fold_groups,
     load_image,
     make_loader,
-    make_splits,
     sample,
-    scan_images,
     to_tensor,
 )
-from .errors import CalibrationError, DatasetError
-from .explain import TILE, figure, heatmaps, save_figure
 from .heads import train_heads
-from .metrics import classification_metrics, mean_std
+from .metrics import mean_std
 from .modelcard import write_model_card
 from .models import build_model, get_arch, safe_load
-from .multilabel import (
-    MaskedBCEWithLogits,
-    check_multilabel_trainable,
-    iterative_folds,
-    multilabel_metrics,
-    positive_weights,
-    tune_thresholds,
-)
 from .naming import record_id_of
+from .progress import progress_bar
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
 from .tables import atomic_path, write_json
-from .tasks import task_for
+from .tasks import Task, task_for
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
-                   "learning_rate", "seconds", "images_per_second"]
-ML_HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "exact_match", "micro_f1", "macro_f1",
-                      "mean_average_precision", "learning_rate", "seconds", "images_per_second"]
-SHOWN = {"single-label": ("accuracy", "precision", "recall", "f1"),
-         "multi-label": ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")}
 log = logging.getLogger(__name__)
 
 
@@ -120,14 +102,14 @@ class Evaluation:
 
 
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device, dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None,
+                    optimizer: torch.optim.Optimizer, device: torch.device, task: Task,
+                    dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
                     on_batch: Callable[[float, int], None] | None = None) -> EpochStats:
     model.train()
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     for inputs, targets, _ in loader:
-        batch = int(readable_rows(targets).sum())
+        batch = int(task.readable(targets).sum())
         inputs, targets = _to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
@@ -150,34 +132,26 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
-             device: torch.device, dtype: torch.dtype | None = None) -> Evaluation:
-    """Loss, truths and probabilities (softmax; sigmoid for multi-label targets) of a whole loader."""
+             device: torch.device, task: Task, dtype: torch.dtype | None = None) -> Evaluation:
+    """Loss, truths, logits and the task's probabilities of the readable images of a whole loader."""
     model.eval()
     total_loss, seen = 0.0, 0
-    truths, probs, indices, raw = [], [], [], []
+    truths, indices, raw = [], [], []
     for inputs, targets, index in loader:
         inputs, targets = _to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
         logits = logits.float()
-        counted = int(readable_rows(targets).sum())
+        counted = int(task.readable(targets).sum())
         if criterion is not None and counted:
             total_loss += criterion(logits, targets).item() * counted
         seen += counted
         truths.append(targets.cpu())
-        multilabel = targets.ndim == 2
-        probs.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu())
         raw.append(logits.cpu())
         indices.append(index)
-    truth, prob, index = torch.cat(truths).numpy(), torch.cat(probs).numpy(), torch.cat(indices).numpy()
-    readable = truth[:, 0] >= 0 if truth.ndim == 2 else truth != UNREADABLE
-    return Evaluation(total_loss / max(seen, 1), truth[readable], prob[readable], index[readable],
-                      torch.cat(raw).numpy()[readable])
-
-
-def readable_rows(targets: torch.Tensor) -> torch.Tensor:
-    """Rows of a batch whose image could be decoded (single-label: label >= 0; multi-label: row >= 0)."""
-    return targets[:, 0] >= 0 if targets.ndim == 2 else targets != UNREADABLE
+    truth, index, logits = torch.cat(truths).numpy(), torch.cat(indices).numpy(), torch.cat(raw).numpy()
+    keep = task.readable(truth)
+    return Evaluation(total_loss / max(seen, 1), truth[keep], task.from_logits(logits[keep]), index[keep], logits[keep])
 
 
 def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -187,11 +161,74 @@ def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device
     return inputs.to(device), targets.to(device)
 
 
-def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse class frequency, scaled so that a balanced set gets weight 1 everywhere: N / (C * n_c)."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
+@dataclass
+class SplitState:
+    """Where a split's training stands: enough to carry on after an interruption (stored in last.pt)."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, row: dict[str, float]) -> bool:
+        """Add an epoch's history row; whether its validation loss is the best so far."""
+        self.history.append(row)
+        self.epoch = int(row["epoch"])
+        improved = row["val_loss"] < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self.bad_epochs = row["val_loss"], self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                        "bad_epochs": self.bad_epochs, "history": self.history,
+                        "rng": torch.get_rng_state()}, tmp)
+
+    @classmethod
+    def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> SplitState:
+        saved = safe_load(path)
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        torch.set_rng_state(saved["rng"])
+        return cls(saved["epoch"], saved["best_loss"], saved["best_epoch"], saved["bad_epochs"], saved["history"])
+
+
+def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], criterion: nn.Module,
+        optimizer: torch.optim.Optimizer, state: SplitState, *, epochs: int, patience: int, task: Task,
+        device: torch.device, dtype: torch.dtype | None = None, world: Dist | None = None,
+        on_batch: Callable[[int, float, int], None] | None = None,
+        on_epoch: Callable[[dict[str, float], bool], None] | None = None) -> SplitState:
+    """Train on ``loaders["train"]`` and validate on ``loaders["val"]`` each epoch, until ``epochs`` or until
+    ``patience`` epochs bring no better validation loss; ``state`` (fresh or restored) holds the history.
+
+    ``on_batch(epoch, loss, images)`` follows every batch, ``on_epoch(row, improved)`` every epoch."""
+    world = world or Dist()
+    net = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    sampler = loaders["train"].sampler
+    for epoch in range(state.epoch, epochs):
+        if state.bad_epochs >= patience:
+            break
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.set_epoch(epoch)
+        tick = (lambda loss, n, epoch=epoch: on_batch(epoch, loss, n)) if on_batch else None
+        stats = train_one_epoch(net, loaders["train"], criterion, optimizer, device, task, dtype, scaler, tick)
+        val = evaluate(model, loaders["val"], criterion, device, task, dtype)
+        scores = task.metrics(val.truth, val.probs)
+        row = {"epoch": epoch + 1, "train_loss": stats.loss,
+               "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
+               **{k: scores[k] for k in task.shown}, "learning_rate": optimizer.param_groups[0]["lr"],
+               "seconds": stats.seconds, "images_per_second": stats.images_per_second * world.world}
+        improved = state.record(row)
+        if on_epoch:
+            on_epoch(row, improved)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,19 +254,17 @@ def _torch_settings_restored() -> Iterator[None]:
 
 
 def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
-    multi = config.mode == "multi-label"
-    images = scan_images(config.data_dir, config.mode, config.labels)
-    check = check_multilabel_trainable if multi else check_trainable
-    check(images, config.data_dir, config.folds)
+    task = task_for(config.mode)
+    images = task.scan(config.data_dir, config.labels)
+    task.check_trainable(images, config.data_dir, config.folds)
     images = sample(images, config.sample, config.seed)
-    check(images, config.data_dir, config.folds)
+    task.check_trainable(images, config.data_dir, config.folds)
     out = config.output_dir
     if world.main:
         _check_run_folder(out, config.resume)
         _check_resumed_run(config, images)
     groups = fold_groups(images, config.group_by_provider, config.duplicate_groups)
-    splits = (make_multilabel_splits(images.labels, config.folds, config.seed, groups) if multi
-              else make_splits(images.labels, config.folds, config.seed, groups))
+    splits = task.splits(images.labels, config.folds, config.seed, groups)
     chosen = range(len(splits)) if config.crossvalidation else range(1)
     check_splits(images, splits, chosen, config.group_by_provider or config.duplicate_groups is not None)
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
@@ -292,8 +327,7 @@ def check_splits(images: ImageSet, splits: list[Split], chosen: range, grouped: 
     for i in chosen:
         for part_name, part in (("training", splits[i].train), ("validation", splits[i].val),
                                 ("test", splits[i].test)):
-            labels = images.labels[part]
-            present = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(images.classes))
+            present = images.task.support(images.labels[part], len(images.classes))
             missing = [c for c, n in zip(images.classes, present, strict=True) if n == 0]
             if missing:
                 raise DatasetError(_missing_message(images, missing[0], i, part_name, grouped))
@@ -301,7 +335,7 @@ def check_splits(images: ImageSet, splits: list[Split], chosen: range, grouped: 
 
 def _missing_message(images: ImageSet, name: str, split: int, part: str, grouped: bool) -> str:
     c = images.classes.index(name)
-    members = images.labels[:, c] > 0 if images.labels.ndim == 2 else images.labels == c
+    members = images.task.members(images.labels, c)
     providers = Counter(g for g, m in zip(images.groups(), members, strict=True) if m)
     shown = ", ".join(f"{p} ({n})" for p, n in providers.most_common(3)) + (", ..." if len(providers) > 3 else "")
     advice = ("folds are grouped, and its images come from few groups: drop `group_by_provider` (or "
@@ -319,19 +353,6 @@ def _calibrate(config: TrainConfig, report: TrainReport) -> None:
         report.calibration_note = str(exc)
 
 
-def make_multilabel_splits(targets: np.ndarray, folds: int, seed: int, groups: list[str] | None = None
-                           ) -> list[Split]:
-    """As ``make_splits``, with iterative stratification so every part keeps each label's frequency."""
-    outer = iterative_folds(targets, folds, seed, groups)
-    splits = []
-    for i, test in enumerate(outer):
-        rest = np.sort(np.concatenate([f for j, f in enumerate(outer) if j != i]))
-        inner = iterative_folds(targets[rest], folds - 1, seed + i, [groups[r] for r in rest] if groups else None)
-        val = rest[inner[0]]
-        splits.append(Split(np.setdiff1d(rest, val), np.sort(val), test))
-    return splits
-
-
 def _check_run_folder(out: Path, resume: bool) -> None:
     # Only training state counts: a run that failed before its first epoch (weights offline, say) left
     # split_0/config.json alone, and the natural retry must not be refused for it.
@@ -344,99 +365,38 @@ def _check_run_folder(out: Path, resume: bool) -> None:
 
 def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
                world: Dist, cache: DecodedCache | None) -> SplitResult:
+    """One split: fit, keep the best model, score it on the test fold. Rank 0 alone writes."""
     split_dir = config.output_dir / f"split_{index}"
     if config.resume and (split_dir / "metrics.json").exists():
-        done = json.loads((split_dir / "metrics.json").read_text())
-        if world.main:
-            log.info("split %d: finished earlier, skipped", index)
-        return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
+        return _finished_earlier(split_dir, index, world)
     if world.main:
-        split_dir.mkdir(parents=True, exist_ok=True)
-        write_json(split_dir / "config.json", public_dict(config))
-        write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(images.classes)})
+        _start_split_folder(split_dir, config, images.classes)
     seed_everything(config.seed + index)
     arch = get_arch(config.arch)
-    n_classes = len(images.classes)
-    model = build_model(config.arch, n_classes, config.weights).to(device)
+    model = build_model(config.arch, len(images.classes), config.weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state = _SplitState()
+    state = SplitState()
     if config.resume and (split_dir / "last.pt").exists():
-        state = _SplitState.restore(split_dir / "last.pt", model, optimizer)
+        state = SplitState.restore(split_dir / "last.pt", model, optimizer)
         if world.main:
             log.info("split %d: resuming after epoch %d", index, state.epoch)
-    net = nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
-    multi = config.mode == "multi-label"
-    if multi:
-        # Class weights as positive weights: negatives / positives of each label in the training part.
-        pos_weight = positive_weights(images.labels[split.train]).to(device) if config.weighted_loss else None
-        criterion: nn.Module = MaskedBCEWithLogits(pos_weight)
-    else:
-        weights = class_weights(images.labels[split.train], n_classes).to(device) if config.weighted_loss else None
-        criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNREADABLE)
+    task = images.task
+    criterion = task.criterion(images.labels[split.train], len(images.classes), config.weighted_loss).to(device)
     dtype = autocast_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index, cache)
     meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
                 std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
-
-    with _progress(config.quiet or not world.main) as progress:
-        for epoch in range(state.epoch, config.epochs):
-            if state.bad_epochs >= config.patience:
-                break
-            if isinstance(loaders["train"].sampler, torch.utils.data.DistributedSampler):
-                loaders["train"].sampler.set_epoch(epoch)
-            task = progress.add_task(f"split {index} epoch {epoch + 1}", total=len(loaders["train"]), loss=math.nan,
-                                     rate=0.0)
-            counted = {"images": 0, "clock": time.perf_counter()}
-
-            def tick(loss: float, batch: int, task: Any = task, counted: dict[str, float] = counted) -> None:
-                counted["images"] += batch * world.world
-                elapsed = time.perf_counter() - counted["clock"]
-                progress.update(task, advance=1, loss=loss, rate=counted["images"] / elapsed if elapsed else 0.0)
-
-            stats = train_one_epoch(net, loaders["train"], criterion, optimizer, device, dtype, scaler, tick)
-            progress.remove_task(task)
-            val = evaluate(model, loaders["val"], criterion, device, dtype)
-            val_loss = _agreed(val.loss, device, world)  # every rank must take the same early-stopping turn
-            scores = multilabel_metrics(val.truth, val.probs) if multi else classification_metrics(val.truth, val.probs)
-            row = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss, **{
-                k: scores[k] for k in SHOWN[config.mode]},
-                "learning_rate": optimizer.param_groups[0]["lr"], "seconds": stats.seconds,
-                "images_per_second": stats.images_per_second * world.world}
-            state.history.append(row)
-            state.epoch = epoch + 1
-            improved = val_loss < state.best_loss
-            if improved:
-                state.best_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
-            else:
-                state.bad_epochs += 1
-            if world.main:
-                if improved:
-                    save_checkpoint(split_dir / "model.pt", model, epoch=epoch + 1, best_val_loss=val_loss, **meta)
-                state.save(split_dir / "last.pt", model, optimizer)
-                _write_history(split_dir / "history.csv", state.history,
-                               ML_HISTORY_COLUMNS if multi else HISTORY_COLUMNS)
-                if not config.quiet:
-                    shown = ", ".join(f"{k.replace('_', ' ')} {scores[k]:.3f}" for k in SHOWN[config.mode][::3])
-                    log.info("split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s", index,
-                             epoch + 1, config.epochs, stats.loss, val_loss, shown, row["images_per_second"],
-                             " *" if improved else "")
-            if state.bad_epochs >= config.patience:
-                if world.main and not config.quiet:
-                    log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
-                break
-
+    saver = _EpochSaver(split_dir, model, optimizer, state, meta, config, index) if world.main else None
+    with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
+        fit(model, loaders, criterion, optimizer, state, epochs=config.epochs, patience=config.patience, task=task,
+            device=device, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
     result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
-    if world.main and not (split_dir / "model.pt").exists():
-        # The validation loss was never finite (nan or inf every epoch): keep the last model, say so.
-        log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
-                    "are not to be trusted (check the data and the learning rate)", index)
-        save_checkpoint(split_dir / "model.pt", model, epoch=state.epoch, best_val_loss=math.inf,
-                        val_loss_never_finite=True, **meta)
     if world.main:
+        if state.bad_epochs >= config.patience and state.epoch < config.epochs and not config.quiet:
+            log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
+        _keep_a_model(split_dir, model, state, meta, index)
         result.metrics = _finish_split(config, images, split, split_dir, loaders, device, dtype, state)
     if world.active:
         dist.barrier()
@@ -444,33 +404,78 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     return result
 
 
-class _SplitState:
-    """What a split needs to carry on after an interruption (stored in last.pt)."""
+def _finished_earlier(split_dir: Path, index: int, world: Dist) -> SplitResult:
+    done = json.loads((split_dir / "metrics.json").read_text())
+    if world.main:
+        log.info("split %d: finished earlier, skipped", index)
+    return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
 
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.best_loss = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-        self.history: list[dict[str, float]] = []
 
-    def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                        "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                        "bad_epochs": self.bad_epochs, "history": self.history,
-                        "rng": torch.get_rng_state()}, tmp)
+def _start_split_folder(split_dir: Path, config: TrainConfig, classes: list[str]) -> None:
+    split_dir.mkdir(parents=True, exist_ok=True)
+    write_json(split_dir / "config.json", public_dict(config))
+    write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(classes)})
 
-    @classmethod
-    def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _SplitState:
-        saved = safe_load(path)
-        model.load_state_dict(saved["model_state"])
-        optimizer.load_state_dict(saved["optimizer_state"])
-        torch.set_rng_state(saved["rng"])
-        state = cls()
-        state.epoch, state.best_loss = saved["epoch"], saved["best_loss"]
-        state.best_epoch, state.bad_epochs, state.history = saved["best_epoch"], saved["bad_epochs"], saved["history"]
-        return state
+
+class _EpochSaver:
+    """After each epoch (rank 0): the best model, the state to resume from, the history, a log line."""
+
+    def __init__(self, split_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: SplitState,
+                 meta: dict[str, Any], config: TrainConfig, index: int) -> None:
+        self.split_dir, self.model, self.optimizer, self.state, self.meta = split_dir, model, optimizer, state, meta
+        self.index, self.epochs, self.quiet = index, config.epochs, config.quiet
+        task = task_for(config.mode)
+        self.columns, self.shown = task.history_columns, task.shown[::3]  # the first and last score
+
+    def __call__(self, row: dict[str, float], improved: bool) -> None:
+        if improved:
+            save_checkpoint(self.split_dir / "model.pt", self.model, epoch=int(row["epoch"]),
+                            best_val_loss=row["val_loss"], **self.meta)
+        self.state.save(self.split_dir / "last.pt", self.model, self.optimizer)
+        _write_history(self.split_dir / "history.csv", self.state.history, self.columns)
+        if not self.quiet:
+            scores = ", ".join(f"{k.replace('_', ' ')} {row[k]:.3f}" for k in self.shown)
+            log.info("split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s", self.index,
+                     row["epoch"], self.epochs, row["train_loss"], row["val_loss"], scores, row["images_per_second"],
+                     " *" if improved else "")
+
+
+class _EpochProgress:
+    """A progress bar per epoch with the running loss and images/s (on stderr, gone when the epoch ends)."""
+
+    def __init__(self, quiet: bool, index: int, batches: int, world: int) -> None:
+        self.bar = progress_bar(quiet, "loss {task.fields[loss]:.4f}", "{task.fields[rate]:.0f} images/s",
+                                transient=True)
+        self.index, self.batches, self.world = index, batches, world
+        self.epoch, self.task, self.images, self.clock = -1, None, 0, 0.0
+
+    def __enter__(self) -> _EpochProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def tick(self, epoch: int, loss: float, images: int) -> None:
+        if epoch != self.epoch:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(f"split {self.index} epoch {epoch + 1}", total=self.batches,
+                                          loss=math.nan, rate=0.0)
+            self.epoch, self.images, self.clock = epoch, 0, time.perf_counter()
+        self.images += images * self.world
+        elapsed = time.perf_counter() - self.clock
+        self.bar.update(self.task, advance=1, loss=loss, rate=self.images / elapsed if elapsed else 0.0)
+
+
+def _keep_a_model(split_dir: Path, model: nn.Module, state: SplitState, meta: dict[str, Any], index: int) -> None:
+    """The validation loss was never finite (nan or inf every epoch): keep the last model, and say so."""
+    if (split_dir / "model.pt").exists():
+        return
+    log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
+                "are not to be trusted (check the data and the learning rate)", index)
+    save_checkpoint(split_dir / "model.pt", model, epoch=state.epoch, best_val_loss=math.inf,
+                    val_loss_never_finite=True, **meta)
 
 
 def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std: Any, device: torch.device,
@@ -498,19 +503,16 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
 
 def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir: Path,
                   loaders: dict[str, torch.utils.data.DataLoader], device: torch.device, dtype: torch.dtype | None,
-                  state: _SplitState) -> dict[str, float]:
+                  state: SplitState) -> dict[str, float]:
     """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
 
-    Multi-label: per-label thresholds are first tuned on the validation part and stored in the checkpoint.
+    What the checkpoint learns from the validation part (a temperature; multi-label thresholds) is stored in it.
     """
     best = load_checkpoint(split_dir / "model.pt")
-    model = build_model(config.arch, len(images.classes), "none")
-    model.load_state_dict(best["model_state"])
-    model.to(device)
-    test = evaluate(model, loaders["test"], None, device, dtype)
-    val = evaluate(model, loaders["val"], None, device, dtype)
-    test_images = images.subset(split.test)
-    scores, extra = score_split(config.mode, images, split, split_dir, test, val)
+    model = model_from_checkpoint(best).to(device)
+    test = evaluate(model, loaders["test"], None, device, images.task, dtype)
+    val = evaluate(model, loaders["val"], None, device, images.task, dtype)
+    scores, extra = score_split(images, split, split_dir, test, val)
     # A resumed split may hold a temperature already: the new values win, never a duplicate keyword.
     save_checkpoint(split_dir / "model.pt", model, **{**{k: v for k, v in best.items()
                                                          if k not in ("model_state", "format")}, **extra})
@@ -518,32 +520,28 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
                         extra["temperature"])
     plot_curves(state.history, split_dir / "curves.png", state.best_epoch)
     if config.gradcam_images:
-        _gradcam(model, config, test_images, test, images.classes, split_dir / "gradcam", device)
+        _gradcam(model, config, images.subset(split.test), test, images.classes, split_dir / "gradcam", device)
     (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
     return scores
 
 
-def score_split(mode: str, images: ImageSet, split: Split, split_dir: Path, test: Evaluation, val: Evaluation
+def score_split(images: ImageSet, split: Split, split_dir: Path, test: Evaluation, val: Evaluation
                 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Test metrics and ``test_predictions.csv`` of a finished split, and what its checkpoint gains from the
     validation part: the temperature that makes its probabilities honest (multi-label: tuned thresholds)."""
-    test_images = images.subset(split.test)
-    task = task_for(mode)
+    task, classes = images.task, images.classes
     extra: dict[str, Any] = {"temperature": fit_temperature(task, val.logits, val.truth)}
-    if mode == "multi-label":
-        thresholds = tune_thresholds(val.truth, val.probs)
+    thresholds = task.tune(val.truth, val.probs)
+    if thresholds is not None:
         extra["thresholds"] = [float(t) for t in thresholds]
-        _write_multilabel_predictions(split_dir / "test_predictions.csv", test, test_images, images.classes,
-                                      thresholds)
-        return multilabel_metrics(test.truth, test.probs, thresholds), extra
+    paths = images.subset(split.test).paths
     with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "truth", "prediction", "confidence", "probabilities", "logits"])
+        writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "logits"])
+        writer.writeheader()
         for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
-            writer.writerow([str(test_images.paths[i]), images.classes[truth], images.classes[int(prob.argmax())],
-                             f"{prob.max():.6f}", _by_class(images.classes, prob, 6),
-                             _by_class(images.classes, logit, 5)])
-    return classification_metrics(test.truth, test.probs), extra
+            writer.writerow({"image": str(paths[i]), **task.describe(truth, prob, classes, thresholds),
+                             "probabilities": _by_class(classes, prob, 6), "logits": _by_class(classes, logit, 5)})
+    return task.metrics(test.truth, test.probs, thresholds), extra
 
 
 def _by_class(classes: list[str], values: np.ndarray, digits: int) -> str:
@@ -556,17 +554,6 @@ def write_split_metrics(split_dir: Path, scores: dict[str, float], split: Split,
                                              "train_images": len(split.train), "val_images": len(split.val),
                                              "epochs_run": epochs_run, "best_epoch": best_epoch,
                                              "best_val_loss": best_val_loss, "temperature": temperature})
-
-
-def _write_multilabel_predictions(path: Path, test: Evaluation, test_images: ImageSet, classes: list[str],
-                                  thresholds: np.ndarray) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "truth", "prediction", "probabilities", "logits"])
-        for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
-            writer.writerow([str(test_images.paths[i]), " ".join(c for c, t in zip(classes, truth, strict=True) if t),
-                             " ".join(c for c, p, t in zip(classes, prob, thresholds, strict=True) if p >= t),
-                             _by_class(classes, prob, 6), _by_class(classes, logit, 5)])
 
 
 def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],
@@ -584,8 +571,8 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
     predicted = [int(test.probs[k].argmax()) for k in order]
     maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
     for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):
-        truth = ("+".join(c for c, t in zip(classes, test.truth[k], strict=True) if t) or "none"
-                 if test.truth.ndim == 2 else classes[test.truth[k]])
+        truth = test_images.task.describe(test.truth[k], test.probs[k], classes, None)["truth"]
+        truth = truth.replace(" ", "+") or "none"
         pred, confidence = classes[predicted[n]], float(test.probs[k].max())
         name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
         title = f"{record_id_of(path.name) or path.name} · true {truth}"
@@ -643,9 +630,3 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0
     right.legend()
     chart.tight_layout()
     chart.savefig(path, dpi=100)
-
-
-def _progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} images/s"),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=quiet, transient=True)

@@ -16,7 +16,7 @@ from europeana_imgcls.audit import audit, near_duplicates
 from europeana_imgcls.cli import app
 from europeana_imgcls.config import AuditConfig, EmbedConfig
 from europeana_imgcls.errors import CalibrationError, DatasetError
-from europeana_imgcls.training import make_splits
+from europeana_imgcls.folders import make_splits
 
 from .conftest import HERITAGE
 

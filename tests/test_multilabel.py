@@ -13,9 +13,14 @@ from sklearn.metrics import f1_score, hamming_loss, label_ranking_loss, precisio
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict, train
 from europeana_imgcls.checkpoint import load_checkpoint
 from europeana_imgcls.errors import DatasetError
-from europeana_imgcls.multilabel import iterative_folds, multilabel_metrics, positive_weights, tune_thresholds
+from europeana_imgcls.multilabel import (
+    iterative_folds,
+    make_multilabel_splits,
+    multilabel_metrics,
+    positive_weights,
+    tune_thresholds,
+)
 from europeana_imgcls.sandbox import draw_image
-from europeana_imgcls.training import make_multilabel_splits
 
 from .test_training import config, rows
 

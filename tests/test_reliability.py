@@ -708,8 +708,8 @@ def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
     partial = tmp_path / "e.parquet.partial"
     partial.mkdir()
     common = dict(output=out, arch="tiny", weights="none", input_size=32, quiet=True)
-    from europeana_imgcls.data import scan_images
     from europeana_imgcls.embedding import describe
+    from europeana_imgcls.folders import scan_images
 
     meta = describe("tiny", "none", 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                     scan_images(first, "single-label"), "single-label")

@@ -20,11 +20,12 @@ from europeana_imgcls import training
 from europeana_imgcls.checkpoint import load_checkpoint, model_from_checkpoint
 from europeana_imgcls.cli import app
 from europeana_imgcls.config import TrainConfig
-from europeana_imgcls.data import make_splits, provider_of
 from europeana_imgcls.errors import DatasetError, ModelError
+from europeana_imgcls.folders import make_splits, provider_of
 from europeana_imgcls.models import build_model
 from europeana_imgcls.sandbox import draw_image
-from europeana_imgcls.training import class_weights, train
+from europeana_imgcls.tasks import task_for
+from europeana_imgcls.training import train
 
 from .conftest import HERITAGE
 
@@ -88,7 +89,7 @@ def test_outputs_exist_and_parse(run, folders: Path) -> None:
         assert json.loads((split / "class_index.json").read_text()) == {c: n for n, c in enumerate(CLASSES)}
         assert json.loads((split / "config.json").read_text())["folds"] == 3
         history = rows(split / "history.csv")
-        assert list(history[0]) == training.HISTORY_COLUMNS
+        assert list(history[0]) == task_for("single-label").history_columns
         assert [int(r["epoch"]) for r in history] == list(range(1, len(history) + 1))
         metrics = json.loads((split / "metrics.json").read_text())
         assert set(metrics["test"]) >= {"accuracy", "precision", "recall", "f1", "sensitivity", "specificity"}
@@ -116,6 +117,9 @@ def test_the_model_returns_logits_and_the_loss_applies_softmax_once(run) -> None
 
 
 def test_class_weights_are_inverse_frequency() -> None:
+    def class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
+        return task_for("single-label").criterion(labels, n, weighted=True).weight
+
     weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 3)
     assert weights.tolist() == pytest.approx([6 / 9, 6 / 3, 6 / 6])
     assert class_weights(np.array([0, 1, 0, 1]), 2).tolist() == [1.0, 1.0]
@@ -280,7 +284,7 @@ def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> No
 
 
 def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
-    from europeana_imgcls.data import (
+    from europeana_imgcls.folders import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         DecodedCache,
@@ -310,7 +314,7 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
 @pytest.mark.slow
 def test_a_cross_validation_run_decodes_each_image_once(folders: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from europeana_imgcls import data
+    from europeana_imgcls import folders as data
 
     decoded: list[Path] = []
     real = data.load_image

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 
 from .errors import DatasetError
 from .images import to_rgb
+from .tasks import UNREADABLE, Task, task_for
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,27 +25,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ImageSet:
-    """Images of a folder tree with their class index; ``classes`` sorted by name."""
+    """Images with their labels: a class index each (single-label) or a 0/1 row (multi-label)."""
 
     paths: list[Path]
     labels: np.ndarray
     classes: list[str]
     unreadable: list[Path] = field(default_factory=list)
+    mode: str = "single-label"
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def task(self) -> Task:
+        return task_for(self.mode)
+
     def counts(self) -> dict[str, int]:
-        if self.labels.ndim == 2:  # multi-label: images carrying each label
-            return {name: int(n) for name, n in zip(self.classes, self.labels.sum(axis=0), strict=True)}
-        counted = Counter(self.labels.tolist())
-        return {name: counted.get(i, 0) for i, name in enumerate(self.classes)}
+        """Images carrying each class."""
+        support = self.task.support(self.labels, len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, support, strict=True)}
 
     def groups(self) -> list[str]:
         return [provider_of(path) for path in self.paths]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
-        return ImageSet([self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)], self.classes)
+        return ImageSet([self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)], self.classes,
+                        mode=self.mode)
 
 
 def _shm_free() -> int:
@@ -88,11 +93,7 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> Imag
 
 def scan_images(data_dir: Path, mode: str, labels: Path | None = None) -> ImageSet:
     """The images of a training folder: class folders (single-label) or one folder and a labels table."""
-    if mode == "multi-label":
-        from .multilabel import scan_labelled_folder  # it builds on this module
-
-        return scan_labelled_folder(data_dir, labels)
-    return scan_class_folders(data_dir)
+    return task_for(mode).scan(data_dir, labels)
 
 
 def readable(path: Path) -> bool:
@@ -128,8 +129,8 @@ def provider_of(path: Path) -> str:
 def sample(images: ImageSet, fraction: float, seed: int) -> ImageSet:
     if fraction >= 1.0:
         return images
-    stratify = images.labels if images.labels.ndim == 1 else None  # multi-label: a plain random fraction
-    keep, _ = train_test_split(np.arange(len(images)), train_size=fraction, stratify=stratify, random_state=seed)
+    keep, _ = train_test_split(np.arange(len(images)), train_size=fraction,
+                               stratify=images.task.stratify(images.labels), random_state=seed)
     return images.subset(np.sort(keep))
 
 
@@ -215,8 +216,6 @@ def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     array = pixels.permute(2, 0, 1).float().div_(255)
     return (array - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
-
-UNREADABLE = -1  # the label of an image that passed the header check but cannot be decoded
 
 
 class DecodedCache:
