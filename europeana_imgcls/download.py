@@ -100,18 +100,15 @@ def download(config: DownloadConfig) -> DownloadReport:
     write_json(root / "config.json", public_dict(config))
     failures = FailureLog(root)
     report = DownloadReport(output_dir=root)
-    previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = config.max_pixels
     labels = LabelsWriter(root) if config.mode == "multi-label" else None
     try:
         with warnings.catch_warnings():
-            # Images between the limit and twice it only warn in Pillow; we refuse them ourselves.
+            # Pillow warns about images above its own limit; max_pixels decides, and says so per record.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             _run_loop(_run(config, failures, report, labels, total))
         report.complete = True
     finally:
         # However the run ends (Ctrl-C included), what was known before it is kept.
-        Image.MAX_IMAGE_PIXELS = previous_limit
         failures.close(report.complete)
         if labels is not None:
             labels.close(report.complete)

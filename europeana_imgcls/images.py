@@ -82,7 +82,7 @@ def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int
 
 def _decode(data: bytes, *, max_side: int, max_pixels: int, budget: DecodeBudget | None) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data), formats=_formats())
+        image = _open(data)
     except Image.DecompressionBombError:
         raise ImageRejected("too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
@@ -109,6 +109,21 @@ def _decode(data: bytes, *, max_side: int, max_pixels: int, budget: DecodeBudget
         if max_side and max(image.size) > max_side:
             image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return image
+
+
+def _open(data: bytes) -> Image.Image:
+    """Open (headers only) as one of the allowed formats. ``max_pixels`` is the limit that counts, checked
+    next; Pillow's own (``Image.MAX_IMAGE_PIXELS``) is process-wide, so it is left as the caller set it and,
+    where it is the lower one, the format's opener is called without it, as ``Image.open`` would."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_formats())
+    except Image.DecompressionBombError:
+        prefix = data[:16]
+        for name in _formats():
+            factory, accept = Image.OPEN[name]
+            if accept is None or accept(prefix) is True:
+                return factory(io.BytesIO(data), "")
+        raise
 
 
 def _short(exc: Exception) -> str:

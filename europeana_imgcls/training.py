@@ -1,7 +1,7 @@
 """``eic train``: fine-tune a classifier with stratified k-fold cross-validation.
 
 Each split trains on k-2 folds, stops early on the validation fold's loss and is scored on its test
-fold. ``fit()`` is the loop: ``train_one_epoch()`` and ``evaluate()`` per epoch, a history row each, and
+fold. ``fit()`` is the loop: ``train_one_epoch()`` and ``evaluate_loader()`` per epoch, a history row each, and
 a callback that the protocol uses to save checkpoints and log; everything that differs between
 single- and multi-label (loss, scores, thresholds) comes from the run's ``Task``. On CUDA it uses
 autocast (bf16 where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies;
@@ -131,7 +131,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
+def evaluate_loader(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
              device: torch.device, task: Task, dtype: torch.dtype | None = None) -> Evaluation:
     """Loss, truths, logits and the task's probabilities of the readable images of a whole loader."""
     model.eval()
@@ -219,7 +219,7 @@ def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], crite
             sampler.set_epoch(epoch)
         tick = (lambda loss, n, epoch=epoch: on_batch(epoch, loss, n)) if on_batch else None
         stats = train_one_epoch(net, loaders["train"], criterion, optimizer, device, task, dtype, scaler, tick)
-        val = evaluate(model, loaders["val"], criterion, device, task, dtype)
+        val = evaluate_loader(model, loaders["val"], criterion, device, task, dtype)
         scores = task.metrics(val.truth, val.probs)
         row = {"epoch": epoch + 1, "train_loss": stats.loss,
                "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
@@ -510,8 +510,8 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
     """
     best = load_checkpoint(split_dir / "model.pt")
     model = model_from_checkpoint(best).to(device)
-    test = evaluate(model, loaders["test"], None, device, images.task, dtype)
-    val = evaluate(model, loaders["val"], None, device, images.task, dtype)
+    test = evaluate_loader(model, loaders["test"], None, device, images.task, dtype)
+    val = evaluate_loader(model, loaders["val"], None, device, images.task, dtype)
     scores, extra = score_split(images, split, split_dir, test, val)
     # A resumed split may hold a temperature already: the new values win, never a duplicate keyword.
     save_checkpoint(split_dir / "model.pt", model, **{**{k: v for k, v in best.items()

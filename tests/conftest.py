@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from europeana_imgcls.config import TrainConfig
 from europeana_imgcls.models import register_arch
-from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.sandbox import Sandbox, draw_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED_TABLES = SHARED / "seed_tables"
@@ -25,6 +28,10 @@ VOCAB = {
 }
 
 _real_connect = socket.socket.connect
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest -n N each worker is one of N processes on the same cores: a thread each, not a pool each.
+    torch.set_num_threads(1)
 
 
 def _loopback_only(self: socket.socket, address: object) -> None:
@@ -70,3 +77,32 @@ class TinyNet(nn.Module):
 
 
 register_arch("tiny", TinyNet, head="fc", cam_layer=lambda model: model.features[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers the test modules share
+
+CLASSES = ("map", "painting", "specimen")
+
+
+def make_folders(root: Path, per_class: int = 12, size: int = 40, classes=CLASSES) -> Path:
+    """Learnable synthetic classes, files named like eic download names them (3 providers per class)."""
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            image = draw_image((k,), len(classes), seed=1000 * k + j, size=(size, size))
+            image.save(root / name / f"[ph]{9000 + 10 * k + j % 3}[ph]obj_{name}_{j}.jpg", quality=90)
+    return root
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    """Training settings for tests: no weights, tiny images, few epochs (override any with ``kw``)."""
+    settings = dict(data_dir=data, output_dir=out, weights="none", epochs=6, input_size=32, batch_size=8,
+                    learning_rate=1e-3, folds=3, patience=3, quiet=True, gradcam_images=3)
+    settings.update(kw)
+    return TrainConfig(**settings)

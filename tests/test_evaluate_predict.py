@@ -26,8 +26,7 @@ from europeana_imgcls.errors import ModelError
 from europeana_imgcls.sandbox import Sandbox
 from europeana_imgcls.training import train
 
-from .conftest import VOCAB
-from .test_training import CLASSES, config, make_folders, rows
+from .conftest import CLASSES, VOCAB, config, make_folders, rows
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from europeana_imgcls.multilabel import (
 )
 from europeana_imgcls.sandbox import draw_image
 
-from .test_training import config, rows
+from .conftest import config, rows
 
 LABELS = ("map", "painting", "specimen", "textile")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib
 import io
 import json
 import os
@@ -365,6 +366,30 @@ def test_only_image_formats_reach_a_decoder(tmp_path: Path, monkeypatch: pytest.
         save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**7, quality=90)
 
 
+def test_max_pixels_is_ours_and_pillows_process_wide_limit_is_left_alone(
+        sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    download_module = importlib.import_module("europeana_imgcls.download")  # the module, not the function
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2,000 pixels
+    buffer = io.BytesIO()
+    Image.new("RGB", (60, 50), (10, 20, 30)).save(buffer, "PNG")  # 3,000 pixels: within our max_pixels
+    assert save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=0, max_pixels=10**4, quality=90) == (60, 50)
+    with pytest.raises(ImageRejected, match="too many pixels"):
+        save_normalised(buffer.getvalue(), tmp_path / "y.jpg", max_side=0, max_pixels=2999, quality=90)
+
+    seen: list[int | None] = []
+    real = download_module.save_normalised
+
+    def watching(*args: object, **kwargs: object) -> tuple[int, int]:
+        seen.append(Image.MAX_IMAGE_PIXELS)  # what other threads of the process see during a download
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(download_module, "save_normalised", watching)
+    table = tmp_path / "t.csv"
+    pl.DataFrame(_good_rows(sandbox)[:2]).write_csv(table)
+    assert download(_config(table, tmp_path / "img", max_pixels=10**6)).saved == 2
+    assert seen == [1000, 1000]
+
+
 def test_a_decode_that_would_exceed_the_memory_budget_is_a_failure_row(tmp_path: Path) -> None:
     from europeana_imgcls.images import DecodeBudget
 
@@ -532,7 +557,7 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
     from europeana_imgcls import train
     from europeana_imgcls.errors import DatasetError
 
-    from .test_training import config, make_folders
+    from .conftest import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     other = make_folders(tmp_path / "other", per_class=6, size=32)
@@ -548,7 +573,7 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
     from europeana_imgcls.cli import app
 
-    from .test_training import make_folders
+    from .conftest import make_folders
 
     data = make_folders(tmp_path / "data", per_class=9, size=32)
     for path in (data / "specimen").iterdir():  # every specimen from one provider
@@ -567,16 +592,16 @@ def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(tmp_path: P
 
     from europeana_imgcls import training
 
-    from .test_training import config, make_folders
+    from .conftest import config, make_folders
 
-    real = training.evaluate
+    real = training.evaluate_loader
 
     def nan_loss(*args: object, **kwargs: object) -> training.Evaluation:
         result = real(*args, **kwargs)
         result.loss = math.nan
         return result
 
-    monkeypatch.setattr(training, "evaluate", nan_loss)
+    monkeypatch.setattr(training, "evaluate_loader", nan_loss)
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     report = training.train(config(data, tmp_path / "run", epochs=2, crossvalidation=False, gradcam_images=0))
     assert (tmp_path / "run" / "split_0" / "model.pt").is_file() and report.splits[0].metrics
@@ -630,7 +655,7 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
     from europeana_imgcls import train
     from europeana_imgcls.errors import ModelError
 
-    from .test_training import config, make_folders
+    from .conftest import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     with pytest.raises(ModelError, match="offline"):  # torchvision's weights cannot be fetched here
@@ -646,7 +671,7 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
 def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from europeana_imgcls import EvaluateConfig, evaluate, heads, train
 
-    from .test_training import config, make_folders
+    from .conftest import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     real = heads._split
@@ -700,7 +725,7 @@ def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
     from europeana_imgcls.embedding import embed
     from europeana_imgcls.errors import DatasetError
 
-    from .test_training import make_folders
+    from .conftest import make_folders
 
     first = make_folders(tmp_path / "first", per_class=3, size=32)
     other = make_folders(tmp_path / "other", per_class=3, size=32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import pickle
@@ -19,39 +18,13 @@ from typer.testing import CliRunner
 from europeana_imgcls import training
 from europeana_imgcls.checkpoint import load_checkpoint, model_from_checkpoint
 from europeana_imgcls.cli import app
-from europeana_imgcls.config import TrainConfig
 from europeana_imgcls.errors import DatasetError, ModelError
 from europeana_imgcls.folders import make_splits, provider_of
 from europeana_imgcls.models import build_model
-from europeana_imgcls.sandbox import draw_image
 from europeana_imgcls.tasks import task_for
 from europeana_imgcls.training import train
 
-from .conftest import HERITAGE
-
-CLASSES = ("map", "painting", "specimen")
-
-
-def make_folders(root: Path, per_class: int = 12, size: int = 40, classes=CLASSES) -> Path:
-    """Learnable synthetic classes, files named like eic download names them (3 providers per class)."""
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for j in range(per_class):
-            image = draw_image((k,), len(classes), seed=1000 * k + j, size=(size, size))
-            image.save(root / name / f"[ph]{9000 + 10 * k + j % 3}[ph]obj_{name}_{j}.jpg", quality=90)
-    return root
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def config(data: Path, out: Path, **kw) -> TrainConfig:
-    settings = dict(data_dir=data, output_dir=out, weights="none", epochs=6, input_size=32, batch_size=8,
-                    learning_rate=1e-3, folds=3, patience=3, quiet=True, gradcam_images=3)
-    settings.update(kw)
-    return TrainConfig(**settings)
+from .conftest import CLASSES, HERITAGE, config, make_folders, rows
 
 
 @pytest.fixture(scope="module")
