@@ -13,7 +13,7 @@ nox.options.sessions = ["lint", "tests"]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 
 
-def install_project(session: nox.Session, extras: str = "dev,lite,audit") -> None:
+def install_project(session: nox.Session, extras: str = "dev,lite,audit,tensorboard") -> None:
     session.install(*TORCH)
     session.install("-e", f".[{extras}]")
 

@@ -1,11 +1,15 @@
-"""Download speed on one loopback corpus: eic download vs the pilot's approach vs img2dataset.
+"""Download speed on one loopback corpus: eic download vs the pilot's approach vs img2dataset; thumbnails vs
+originals; one run vs 1, 2 and 4 concurrent shards.
 
 The corpus: photo-like JPEGs (40% ~0.5 MP, 40% ~2 MP, 15% ~6 MP, 5% ~24 MP) served from 127.0.0.1
-with 100 ms latency per response and 5% bad answers (404, HTML, truncated). Each tool runs in its
-own process; the table shows images saved per second, CPU seconds and peak memory (RSS) of that
-process and its children, and the CPU floor of Pillow's draft decode + resize + encode.
+with 100 ms latency per response and 5% bad answers (404, HTML, truncated). The same server answers
+Europeana's Thumbnail API route (``/thumbnail/v3/{200|400}/{md5 of the URL}``) with a rendition of the
+same picture (404 for the bad ones, as for media without a thumbnail). Each tool runs in its own
+process; the tables show images saved per second, bytes received, CPU seconds and peak memory (RSS) of
+that process and its children, and the CPU floor of Pillow's draft decode + resize + encode.
 
     python benchmarks/download.py [--images 600] [--pilot-images 120] [--img2dataset PATH/TO/img2dataset]
+                                  [--shards 1,2,4]
 
 img2dataset is measured when an executable is given or found on PATH (install it into a separate
 venv: `python -m venv /tmp/i2d && /tmp/i2d/bin/pip install img2dataset`).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import multiprocessing
@@ -76,8 +81,20 @@ def build_corpus(folder: Path, count: int) -> list[tuple[str, str]]:
     return entries
 
 
+def rendition(data: bytes, side: int) -> bytes:
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (side, side))
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
 def serve(folder: Path, entries: list[tuple[str, str]], port_out: multiprocessing.Queue) -> None:
     blobs = {name: (folder / name).read_bytes() for _, name in entries if name}
+    thumbs = {(name, side): rendition(data, side) for name, data in blobs.items() for side in (200, 400)}
+    by_digest: dict[str, int] = {}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -88,6 +105,8 @@ def serve(folder: Path, entries: list[tuple[str, str]], port_out: multiprocessin
 
         def do_GET(self) -> None:  # noqa: N802
             time.sleep(LATENCY)
+            if self.path.startswith("/thumbnail/v3/"):
+                return self._thumbnail()
             try:
                 index = int(self.path.rsplit("/", 1)[-1].split(".")[0])
                 kind, name = entries[index]
@@ -101,6 +120,20 @@ def serve(folder: Path, entries: list[tuple[str, str]], port_out: multiprocessin
                 body, status, ctype = next(iter(blobs.values()))[:5000], 200, "image/jpeg"
             else:
                 body, status, ctype = b"not found", 404, "text/plain"
+            self._send(status, ctype, body)
+
+        def _thumbnail(self) -> None:
+            _, _, _, size, digest = self.path.split("/")[:5]
+            if not by_digest:
+                host = self.headers.get("Host")
+                by_digest.update({hashlib.md5(f"http://{host}/img/{i}.jpg".encode()).hexdigest(): i
+                                  for i in range(len(entries))})
+            index = by_digest.get(digest)
+            if index is None or entries[index][0] != "good":
+                return self._send(404, "application/json", b'{"error":"Media file not found"}')
+            self._send(200, "image/jpeg", thumbs[(entries[index][1], int(size))])
+
+        def _send(self, status: int, ctype: str, body: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -181,6 +214,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--pilot-images", type=int, default=120)
     parser.add_argument("--img2dataset", default=shutil.which("img2dataset"))
+    parser.add_argument("--shards", default="1,2,4", help="Shard counts to compare with one run (empty: none).")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="eic-bench-"))
     entries = build_corpus(work, args.images)
@@ -211,6 +245,7 @@ def main() -> None:
                          "--output_folder", str(out), "--output_format", "files", "--image_size", "256",
                          "--processes_count", "2", "--enable_wandb", "False"])
             rows.append(("img2dataset --image_size 256 --processes_count 2", count_images(out), args.images, m))
+        scale = scale_rows(work, base, args, entries, [int(n) for n in args.shards.split(",") if n.strip()])
     finally:
         server.terminate()
     floor = cpu_floor(work)
@@ -228,7 +263,46 @@ def main() -> None:
     if len(rows) > 2:
         print(f"eic / img2dataset: {eic_rate / (rows[2][1] / rows[2][3]['wall']):.1f}x")
     print(f"eic / CPU floor: {eic_rate / floor:.2f}")
+    print()
+    print(f"{'eic download --max-side 256':<50} {'saved':>7} {'wall s':>8} {'images/s':>9} {'MB in':>7} "
+          f"{'CPU s':>7} {'peak MB':>8}")
+    for name, saved, m, megabytes in scale:
+        print(f"{name:<50} {saved:>7} {m['wall']:>8.1f} {saved / m['wall']:>9.1f} {megabytes:>7.1f} "
+              f"{m['cpu']:>7.1f} {m['rss_mb']:>8.0f}")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def scale_rows(work: Path, base: str, args: argparse.Namespace, entries: list[tuple[str, str]],
+               shard_counts: list[int]) -> list[tuple[str, int, dict[str, float], float]]:
+    """Thumbnails vs originals, and N concurrent shards (the same total concurrency) vs one run."""
+    eic = [sys.executable, "-m", "europeana_imgcls", "download", str(work / "all.csv"), "--max-side", "256",
+           "--per-host", "32", "--quiet"]
+    rows = []
+    for source in ("original", "thumbnail"):
+        out = work / f"src-{source}"
+        m = measure([*eic, "-o", str(out), "--concurrency", "32", "--source", source, "--thumbnail-url",
+                     f"{base}/thumbnail/v3"])
+        # Bytes received: the originals' sizes, or the 400 px renditions' (what --max-side 256 asks for).
+        good = [name for kind, name in entries if kind == "good"]
+        size = sum((work / n).stat().st_size for n in good) if source == "original" else sum(
+            len(rendition((work / n).read_bytes(), 400)) for n in good)
+        rows.append((f"--source {source}", count_images(out), m, size / 1e6))
+    for count in shard_counts:
+        out = work / f"shards-{count}"
+        per = str(max(1, 32 // count))
+        cmd = [sys.executable, "-c", SHARDS, str(count), *eic, "-o", str(out), "--concurrency", per]
+        m = measure(cmd)
+        label = "one run (no --shard)" if count == 1 else f"{count} concurrent shards (--concurrency {per} each)"
+        rows.append((label, count_images(out), m, float("nan")))
+    return rows
+
+
+# N processes of the same command with --shard k/N, started together; waits for all.
+SHARDS = (
+    "import subprocess,sys;n=int(sys.argv[1]);cmd=sys.argv[2:];"
+    "ps=[subprocess.Popen(cmd+(['--shard',f'{k}/{n}'] if n>1 else [])) for k in range(n)];"
+    "sys.exit(max(p.wait() for p in ps))"
+)
 
 
 if __name__ == "__main__":

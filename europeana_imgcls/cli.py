@@ -116,6 +116,7 @@ def harvest(
     api_key: Annotated[str | None, opt(HarvestConfig, "api_key", "--api-key")] = None,
     timeout: Annotated[float | None, opt(HarvestConfig, "timeout", "--timeout")] = None,
     retries: Annotated[int | None, opt(HarvestConfig, "retries", "--retries")] = None,
+    max_quota_wait: Annotated[float | None, opt(HarvestConfig, "max_quota_wait", "--max-quota-wait")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -124,7 +125,7 @@ def harvest(
 
     flags = dict(output=output, vocab=vocab, n=n, reusability=reusability or None, mode=mode, seed=seed,
                  keep_ambiguous=keep_ambiguous, resume=resume, api_url=api_url, api_key=api_key,
-                 timeout=timeout, retries=retries, quiet=quiet)
+                 timeout=timeout, retries=retries, max_quota_wait=max_quota_wait, quiet=quiet)
     result = run(lambda: run_harvest(build_config(HarvestConfig, flags, config)))
     report.print_harvest(console, result)
 
@@ -185,6 +186,10 @@ def download(
     retry_failed: Annotated[
         bool | None, opt(DownloadConfig, "retry_failed", "--retry-failed/--no-retry-failed")
     ] = None,
+    source: Annotated[str | None, opt(DownloadConfig, "source", "--source")] = None,
+    thumbnail_url: Annotated[str | None, opt(DownloadConfig, "thumbnail_url", "--thumbnail-url")] = None,
+    rate: Annotated[float | None, opt(DownloadConfig, "rate", "--rate")] = None,
+    shard: Annotated[str | None, opt(DownloadConfig, "shard", "--shard")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -195,7 +200,7 @@ def download(
                  output_dir=output_dir, mode=mode, concurrency=concurrency, per_host=per_host,
                  timeout=timeout, retries=retries, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
                  quality=quality, workers=workers, decode_memory_mb=decode_memory_mb, fallback_preview=fallback_preview,
-                 retry_failed=retry_failed,
+                 retry_failed=retry_failed, source=source, thumbnail_url=thumbnail_url, rate=rate, shard=shard,
                  quiet=quiet)
     result = run(lambda: run_download(build_config(DownloadConfig, flags, config)))
     report.print_download(console, result)
@@ -239,6 +244,7 @@ def train(
     embeddings: Annotated[Path | None, opt(TrainConfig, "embeddings", "--embeddings")] = None,
     neighbours: Annotated[int | None, opt(TrainConfig, "neighbours", "--neighbours")] = None,
     duplicate_groups: Annotated[Path | None, opt(TrainConfig, "duplicate_groups", "--duplicate-groups")] = None,
+    tensorboard: Annotated[Path | None, opt(TrainConfig, "tensorboard", "--tensorboard")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -249,7 +255,7 @@ def train(
                  hflip=hflip, vflip=vflip, num_workers=num_workers, device=device, amp=amp, seed=seed,
                  resume=resume, group_by_provider=group_by_provider, gradcam_images=gradcam_images, mode=mode,
                  labels=labels, cache_mb=cache_mb, precision=precision, method=method, embeddings=embeddings,
-                 neighbours=neighbours, duplicate_groups=duplicate_groups, quiet=quiet)
+                 neighbours=neighbours, duplicate_groups=duplicate_groups, tensorboard=tensorboard, quiet=quiet)
     settings = run(lambda: build_config(TrainConfig, flags, config))
     from .training import train as run_train
 
@@ -329,6 +335,10 @@ def predict(
     amp: Annotated[bool | None, opt(PredictConfig, "amp", "--amp/--no-amp")] = None,
     api_url: Annotated[str | None, opt(PredictConfig, "api_url", "--api-url")] = None,
     api_key: Annotated[str | None, opt(PredictConfig, "api_key", "--api-key")] = None,
+    source: Annotated[str | None, opt(PredictConfig, "source", "--source")] = None,
+    thumbnail_url: Annotated[str | None, opt(PredictConfig, "thumbnail_url", "--thumbnail-url")] = None,
+    rate: Annotated[float | None, opt(PredictConfig, "rate", "--rate")] = None,
+    shard: Annotated[str | None, opt(PredictConfig, "shard", "--shard")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -336,7 +346,8 @@ def predict(
     flags = dict(columns=columns, run=run_dir, inputs=inputs or None, output=output, top_k=top_k, threshold=threshold,
                  gradcam_dir=gradcam_dir, cam_method=cam_method, split=split, table=table, query=query, n=n,
                  reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
-                 device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
+                 device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet,
+                 source=source, thumbnail_url=thumbnail_url, rate=rate, shard=shard)
     settings = run(lambda: build_config(PredictConfig, flags, config))
     from .prediction import predict as run_predict
 
@@ -371,6 +382,10 @@ def enrich(
     amp: Annotated[bool | None, opt(EnrichConfig, "amp", "--amp/--no-amp")] = None,
     api_url: Annotated[str | None, opt(EnrichConfig, "api_url", "--api-url")] = None,
     api_key: Annotated[str | None, opt(EnrichConfig, "api_key", "--api-key")] = None,
+    source: Annotated[str | None, opt(EnrichConfig, "source", "--source")] = None,
+    thumbnail_url: Annotated[str | None, opt(EnrichConfig, "thumbnail_url", "--thumbnail-url")] = None,
+    rate: Annotated[float | None, opt(EnrichConfig, "rate", "--rate")] = None,
+    shard: Annotated[str | None, opt(EnrichConfig, "shard", "--shard")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
@@ -379,7 +394,8 @@ def enrich(
                  format=format, precision=precision, vocab=vocab,
                  review_output=review_output, review_n=review_n, split=split, table=table, query=query, n=n,
                  reusability=reusability or None, image_dir=image_dir, resume=resume, batch_size=batch_size,
-                 device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet)
+                 device=device, num_workers=num_workers, amp=amp, api_url=api_url, api_key=api_key, quiet=quiet,
+                 source=source, thumbnail_url=thumbnail_url, rate=rate, shard=shard)
     settings = run(lambda: build_config(EnrichConfig, flags, config))
     from .enrichment import enrich as run_enrich
 
@@ -403,21 +419,24 @@ def embed(
     device: Annotated[str | None, opt(EmbedConfig, "device", "--device")] = None,
     num_workers: Annotated[int | None, opt(EmbedConfig, "num_workers", "--num-workers")] = None,
     amp: Annotated[bool | None, opt(EmbedConfig, "amp", "--amp/--no-amp")] = None,
+    shard: Annotated[str | None, opt(EmbedConfig, "shard", "--shard")] = None,
     quiet: Quiet = None,
     config: ConfigFile = None,
 ) -> None:
     """One vector per image from a frozen pretrained backbone, for linear probes, k-NN and eic audit."""
     flags = dict(data_dir=data_dir, output=output, arch=arch, weights=weights, input_size=input_size, mode=mode,
                  labels=labels, resume=resume, batch_size=batch_size, device=device, num_workers=num_workers,
-                 amp=amp, quiet=quiet)
+                 amp=amp, shard=shard, quiet=quiet)
     settings = run(lambda: build_config(EmbedConfig, flags, config))
     from .embedding import embed as run_embed
 
     result = run(lambda: run_embed(settings))
+    target = f"{result.output}.partial/" if result.shard else f"{result.dim} dimensions -> {result.output}"
     console.print(f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
-                  f"images/s), {result.dim} dimensions -> {result.output}"
+                  f"images/s), {target}"
                   + (f"; {result.already_done} done earlier" if result.already_done else "")
-                  + (f"; {result.unreadable} unreadable" if result.unreadable else ""))
+                  + (f"; {result.unreadable} unreadable" if result.unreadable else "")
+                  + report.shard_note(result.shard, "embed", result.output))
 
 
 @app.command()
@@ -493,19 +512,29 @@ def sandbox(
         int, typer.Option(help="Every Nth record's image is a deliberately bad answer (0: none).")
     ] = 0,
     vocab: Annotated[Path | None, typer.Option(help="Vocabulary JSON; default: the 20 built-in concepts.")] = None,
+    thumbnail_missing_every: Annotated[
+        int, typer.Option(help="Every Nth record has no thumbnail: v3 answers 404, v2 the placeholder (0: none).")
+    ] = 0,
+    quota: Annotated[
+        int, typer.Option(help="Search API requests allowed per --quota-window, announced in RateLimit headers "
+                               "(0: no quota).")
+    ] = 0,
+    quota_window: Annotated[float, typer.Option(help="Seconds of one quota window.")] = 3600.0,
 ) -> None:
-    """Serve a local stand-in of the Search API and an image host until Ctrl-C."""
+    """Serve a local stand-in of the Search API, the Thumbnail API and an image host until Ctrl-C."""
     from .sandbox import Sandbox
     from .vocabulary import load_vocabulary
 
     vocabulary = run(lambda: load_vocabulary(vocab))
     try:
         server = Sandbox(vocabulary, port=port, per_level=per_level, fail_every=fail_every,
-                         bad_every=bad_every, variant_every=7 if bad_every else 0)
+                         bad_every=bad_every, variant_every=7 if bad_every else 0,
+                         thumbnail_missing_every=thumbnail_missing_every, quota=quota, quota_window=quota_window)
     except OSError as exc:
         typer.echo(f"eic: error: cannot listen on 127.0.0.1:{port} ({exc.strerror}); try --port 0", err=True)
         raise typer.Exit(1) from None
     console.print(f"Search API: {server.api_url}")
+    console.print(f"Thumbnail API: {server.base_url}/thumbnail/v3")
     console.print(f"try: EUROPEANA_API_URL={server.api_url} eic harvest --n 10 --output sandbox.csv")
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):

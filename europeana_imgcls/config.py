@@ -82,6 +82,44 @@ def _parse_columns(value: Any) -> Any:
     return value
 
 
+class ShardSettings(_Base):
+    """Which part of a job this process does (download, predict, embed, enrich)."""
+
+    shard: str | None = Field(None, description="I/N: do only shard I (0-based) of N, the records whose ID hashes "
+                              "to I; shards share the output folder, and a final run without --shard merges them.")
+
+    @field_validator("shard", mode="before", check_fields=False)
+    @classmethod
+    def _shard(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        from .sharding import Shard, shard_problem
+
+        problem = shard_problem(str(value))
+        if problem:
+            raise ValueError(problem)
+        return str(Shard.parse(str(value)))
+
+    @property
+    def shard_spec(self) -> Any:
+        """The ``sharding.Shard`` this process does, or None."""
+        from .sharding import parse_shard
+
+        return parse_shard(self.shard)
+
+
+class FetchSettings(_Base):
+    """Where images come from and how fast they are asked for (download, and predict/enrich when they fetch)."""
+
+    source: Literal["original", "thumbnail"] = Field(
+        "original", description="original: the provider's file (URL); thumbnail: Europeana's 200 or 400 px "
+        "rendition from one CDN (enough below 400 px, far fewer bytes and dead links), the original when missing.")
+    thumbnail_url: str = Field("https://api.europeana.eu/thumbnail/v3", description="Thumbnail API v3 base; "
+                               "images are asked for at BASE/{200|400}/{md5 of URL}.")
+    rate: float | None = Field(None, gt=0, description="Most requests started per second, over all hosts "
+                               "(a 429's Retry-After pauses them all); default: no limit.")
+
+
 def _split_words(value: Any) -> Any:
     # "open,permission" or "open permission" from an env var or a config file.
     if isinstance(value, str):
@@ -110,6 +148,9 @@ class HarvestConfig(ApiSettings):
         False, description="Single-label: keep a record found under several categories in the first one."
     )
     resume: bool = Field(False, description="Skip categories already complete in the output.")
+    max_quota_wait: float = Field(6.0, ge=0, description="Hours the harvest may wait for the API key's quota "
+                                  "(announced in RateLimit headers); one that would wait longer stops first, "
+                                  "saying how long it would take.")
 
     _split = field_validator("reusability", mode="before")(_split_words)
 
@@ -138,7 +179,7 @@ class StatsConfig(_Base):
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
-class DownloadConfig(_Base):
+class DownloadConfig(FetchSettings, ShardSettings):
     """``eic download``: fetch the images of a table into class folders (or one folder + labels.csv)."""
 
     stage: ClassVar[str] = "download"
@@ -223,6 +264,8 @@ class TrainConfig(RuntimeSettings):
     neighbours: int = Field(10, ge=1, le=1000, description="knn: neighbours that vote.")
     duplicate_groups: Path | None = Field(None, description="duplicates.csv of eic audit: keep each group of "
                                           "near-duplicate images in one fold.")
+    tensorboard: Path | None = Field(None, description="Also log losses, scores, learning rate, confusion matrices "
+                                     "and settings for TensorBoard under DIR/<run folder name> (extra: tensorboard).")
 
 
 class EvaluateConfig(RuntimeSettings):
@@ -242,7 +285,7 @@ class EvaluateConfig(RuntimeSettings):
                             "refusing it.")
 
 
-class InputSettings(ApiSettings, RuntimeSettings):
+class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
     """What predict and enrich label, and with which of a run's models (shared by both)."""
 
     split: str = Field("best", pattern=r"^(best|all|\d+)$",
@@ -275,7 +318,7 @@ class PredictConfig(InputSettings):
     resume: bool = Field(False, description="Keep the rows already in the output and predict only the rest.")
 
 
-class EmbedConfig(RuntimeSettings):
+class EmbedConfig(RuntimeSettings, ShardSettings):
     """``eic embed``: one vector per image from a frozen pretrained backbone (the classifier head removed)."""
 
     stage: ClassVar[str] = "embed"
@@ -439,7 +482,8 @@ def _one_line(exc: ValidationError) -> str:
     given = err.get("input")
     shown = "" if isinstance(given, dict) or where in SECRET_FIELDS else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid setting '{where}': {err['msg']}{shown}{more}"
+    message = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words need no label
+    return f"invalid setting '{where}': {message}{shown}{more}"
 
 
 def public_dict(config: BaseModel) -> dict[str, Any]:

@@ -66,8 +66,9 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
     from .training import train
 
     with Sandbox(vocab, per_level=40, bad_every=17, variant_every=9, fail_every=11, stall_seconds=3,
-                 image_size=(192, 144)) as sandbox:
-        console.print(f"sandbox Search API at {sandbox.api_url} (every 11th search answers 429 or 503)")
+                 image_size=(192, 144), thumbnail_missing_every=8) as sandbox:
+        console.print(f"sandbox Search API at {sandbox.api_url} (every 11th search answers 429 or 503); its "
+                      "Thumbnail API has no thumbnail for every 8th record")
         common = dict(api_url=sandbox.api_url, vocab=out / "vocabulary.json", quiet=True)
         stage("harvest", lambda: harvest(HarvestConfig(output=out / "harvested.csv", n=60,
                                                        reusability=["open", "permission"], seed=config.seed,
@@ -82,11 +83,14 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
                                                                   output=out / "train.csv")),
               lambda r: f"{r.kept} training records kept, {r.removed} that are in the evaluation table removed "
                         f"-> {r.output}")
-        fetch = dict(quiet=True, timeout=2.0, retries=1, max_side=256, concurrency=16, per_host=16)
+        # Thumbnails, as a training set should be fetched: originals only where a record has none.
+        fetch = dict(quiet=True, timeout=2.0, retries=1, max_side=256, concurrency=16, per_host=16,
+                     source="thumbnail", thumbnail_url=f"{sandbox.base_url}/thumbnail/v3")
         stage("download", lambda: download(DownloadConfig(table=out / "train.csv", output_dir=out / "images",
                                                           **fetch)),
-              lambda r: f"{r.saved} images in {r.output_dir} ({r.images_per_second:.0f}/s), {r.failed} failed "
-                        f"({', '.join(f'{k}: {v}' for k, v in r.errors.items())}) -> failures.csv")
+              lambda r: f"{r.saved} images in {r.output_dir} ({r.images_per_second:.0f}/s; thumbnails, originals "
+                        f"where there is none: {sandbox.count('/images/') + sandbox.count('/faults/')} asked), "
+                        f"{r.failed} failed ({', '.join(f'{k}: {v}' for k, v in r.errors.items())}) -> failures.csv")
         stage("download (evaluation images)",
               lambda: download(DownloadConfig(table=out / "eval.csv", output_dir=out / "eval_images", **fetch)),
               lambda r: f"{r.saved} images in {r.output_dir}, {r.failed} failed")

@@ -5,6 +5,12 @@ streaming bodies and aborting past ``max_bytes``; decoding, resizing and encodin
 threads (Pillow releases the GIL) so the loop keeps fetching. Files appear only when complete
 (temporary name, then rename), so a run killed at any moment and re-run ends complete.
 
+With ``source="thumbnail"`` each record is first asked of Europeana's Thumbnail API (one CDN, a 200 or
+400 px rendition, named by the MD5 of the record's URL) and of its own URL only when there is no
+thumbnail; the Thumbnail API's "no image" icon is never kept. ``rate`` caps the requests started per
+second over all hosts. With ``shard`` a run fetches only the records whose ID hashes to its shard and
+keeps its journals under its shard's names; a run without ``shard`` merges them.
+
 Failures are data: each record that could not be had is a row of ``DIR/failures.csv`` with a short
 reason. A re-run skips saved files and known failures; ``retry_failed`` retries only the latter.
 Every row of the table ends as saved, already there, a known failure, a new failure or a skipped
@@ -37,12 +43,16 @@ from rich.progress import Progress
 from .config import DownloadConfig, public_dict
 from .errors import DatasetError
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
-from .naming import file_name
+from .naming import file_name, record_id_of
 from .progress import progress_bar
-from .retry import wait_before
+from .ratelimit import RateLimit
+from .retry import retry_after, wait_before
+from .sharding import Shard
 from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
+from .thumbnails import is_placeholder, thumbnail_url
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
+OTHER_SHARD = "another shard's record"
 MAX_WAIT = 30.0
 CONNECTIONS_PER_CLIENT = 4
 
@@ -64,15 +74,18 @@ class DownloadReport:
     already_saved: int = 0
     failed: int = 0
     known_failures: int = 0
+    other_shards: int = 0  # records another shard fetches
     skipped: Counter[str] = field(default_factory=Counter)  # rows that name no record to fetch, by reason
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     complete: bool = False  # False when the run was interrupted
+    failures_file: Path | None = None  # failures.csv, or the shard's own
 
     @property
     def accounted(self) -> int:
         """Rows the run reached: equal to ``total`` once the run is complete."""
-        return self.saved + self.already_saved + self.failed + self.known_failures + sum(self.skipped.values())
+        return (self.saved + self.already_saved + self.failed + self.known_failures + self.other_shards
+                + sum(self.skipped.values()))
 
     @property
     def images_per_second(self) -> float:
@@ -93,14 +106,15 @@ def _folder_name_ok(category: str) -> bool:
 def download(config: DownloadConfig) -> DownloadReport:
     """Fetch the images of ``config.table`` into ``config.output_dir``; see the module docstring."""
     total = count_rows(config.table)
-    next(iter_table(config.table, _required(config), chunk_size=1, columns=config.columns), None)  # fail fast
+    _check_table(config)
     root = config.output_dir
+    shard = config.shard_spec
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(root)
-    write_json(root / "config.json", public_dict(config))
-    failures = FailureLog(root)
-    report = DownloadReport(output_dir=root)
-    labels = LabelsWriter(root) if config.mode == "multi-label" else None
+    _remove_stale_parts(root, shard)
+    write_json(root / _own_name("config.json", shard), public_dict(config))
+    failures = FailureLog(root, shard)
+    report = DownloadReport(output_dir=root, failures_file=failures.path)
+    labels = LabelsWriter(root, shard) if config.mode == "multi-label" else None
     try:
         with warnings.catch_warnings():
             # Pillow warns about images above its own limit; max_pixels decides, and says so per record.
@@ -119,6 +133,23 @@ def _required(config: DownloadConfig) -> tuple[str, ...]:
     return ("ID", "URL", "category") if config.mode == "single-label" else ("ID", "URL")
 
 
+def _check_table(config: DownloadConfig) -> None:
+    """Fail fast, before any request, on a table that lacks what the settings need."""
+    first = next(iter_table(config.table, (), chunk_size=1, columns=config.columns), None)
+    if config.source == "thumbnail" and first is not None and "URL" not in first.columns:
+        raise DatasetError(f"{config.table}: `source` thumbnail needs the media URL column 'URL' (a thumbnail is "
+                           "named by the MD5 of it); map the table's own with `columns`, e.g. URL=image_url")
+    next(iter_table(config.table, _required(config), chunk_size=1, columns=config.columns), None)
+
+
+def _own_name(name: str, shard: Shard | None) -> str:
+    """A shard's own name for a file every run writes: config.json -> config.shard-1-of-4.json."""
+    if shard is None:
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.{shard.tag}{dot}{suffix}"
+
+
 def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
     """asyncio.run, also from code that already runs an event loop (a notebook, say)."""
     try:
@@ -132,6 +163,7 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
 def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
     """A job per row of the table, or the reason a row names nothing to fetch."""
     root = config.output_dir
+    shard = config.shard_spec
     seen: set[str] = set()
     for chunk in iter_table(config.table, _required(config), columns=config.columns):
         has_preview = "preview" in chunk.columns
@@ -140,6 +172,8 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
             category = row.get("category")
             if not record_id:
                 yield "no ID"
+            elif shard is not None and not shard.owns(record_id):
+                yield OTHER_SHARD
             elif config.mode == "single-label" and not category:
                 yield "no category"
             elif record_id in seen:
@@ -173,7 +207,10 @@ async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadRep
             for job in _jobs(config):
                 report.total += 1
                 if isinstance(job, str):
-                    report.skipped[job] += 1
+                    if job == OTHER_SHARD:
+                        report.other_shards += 1
+                    else:
+                        report.skipped[job] += 1
                     progress.advance(task)
                     continue
                 if job.path.parent not in created_dirs:
@@ -254,8 +291,15 @@ async def _one(fetcher: Fetcher, job: Job, failures: FailureLog, report: Downloa
 
 
 async def _attempt(fetcher: Fetcher, job: Job) -> str | None:
-    error = await fetcher.save(job.url, job.path) if job.url else "no URL"
-    if error and job.preview and fetcher.config.fallback_preview:
+    config = fetcher.config
+    if job.url and config.source == "thumbnail":
+        error = await fetcher.save(thumbnail_url(config.thumbnail_url, job.url, config.max_side), job.path)
+        if error:  # no thumbnail (v3 says 404), or the CDN failed: the record's own image
+            original = await fetcher.save(job.url, job.path)
+            error = f"{original}; thumbnail: {error}" if original else None
+    else:
+        error = await fetcher.save(job.url, job.path) if job.url else "no URL"
+    if error and job.preview and config.fallback_preview:
         preview_error = await fetcher.save(job.preview, job.path)
         error = f"{error}; preview: {preview_error}" if preview_error else None
     return error
@@ -269,6 +313,7 @@ class Fetcher:
                  pool: ThreadPoolExecutor) -> None:
         self.clients, self.config, self.host_limits, self.slots, self.pool = clients, config, host_limits, slots, pool
         self.budget = DecodeBudget(config.decode_memory_mb << 20)
+        self.rate = RateLimit(config.rate)
         self._turn = itertools.count()
 
     async def save(self, url: str, path: Path) -> str | None:
@@ -287,6 +332,8 @@ class Fetcher:
                 await asyncio.sleep(wait_before(attempt, retry_after, cap=MAX_WAIT))
         if isinstance(result, str):
             return result
+        if is_placeholder(result):
+            return "no image (the Thumbnail API's placeholder icon)"
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.pool, lambda: save_normalised(
@@ -301,13 +348,17 @@ class Fetcher:
     async def _fetch(self, url: str) -> tuple[bytes | str, str | None]:
         """(bytes, None) or (reason, None) when final, or (reason, the server's Retry-After or "") when worth
         retrying."""
+        await self.rate.wait()
         try:
             async with asyncio.timeout(self.config.timeout):
                 client = self.clients[next(self._turn) % len(self.clients)]
                 async with client.stream("GET", url) as response:
                     status = response.status_code
                     if status == 429 or status >= 500:
-                        return f"HTTP {status}", response.headers.get("Retry-After", "")
+                        asked = response.headers.get("Retry-After", "")
+                        if status == 429 and self.config.rate:
+                            self.rate.pause(min(retry_after(asked) or 0.0, MAX_WAIT))  # every task waits
+                        return f"HTTP {status}", asked
                     if status != 200:
                         return f"HTTP {status}", None
                     kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -350,13 +401,20 @@ def url_problem(url: str) -> str | None:
 
 
 class FailureLog:
-    """``failures.csv`` of earlier runs, plus a journal of this run's failures (kept if killed)."""
+    """``failures.csv`` of earlier runs, plus a journal of this run's failures (kept if killed).
 
-    def __init__(self, root: Path) -> None:
-        self.path = root / "failures.csv"
-        self.journal_path = root / ".failures.journal.csv"
+    A shard keeps its own (``failures.shard-1-of-4.csv``); a run without shard reads every shard's as
+    known failures and, once complete, writes them all into ``failures.csv`` and removes the shards' files.
+    """
+
+    def __init__(self, root: Path, shard: Shard | None = None) -> None:
+        self.path = root / _own_name("failures.csv", shard)
+        self.journal_path = root / f".{_own_name('failures.journal.csv', shard)}"
+        self.shard_files = [] if shard else sorted(
+            p for pattern in ("failures.shard-*.csv", ".failures.shard-*.journal.csv") for p in root.glob(pattern))
         self.previous: dict[str, dict[str, str]] = {}
-        for path in (self.path, self.journal_path):  # a killed run left its journal behind
+        # A killed run left its journal behind; a run without shard also takes over the shards' failures.
+        for path in (*self.shard_files, root / "failures.csv", self.path, self.journal_path):
             if path.exists():
                 with path.open(newline="", encoding="utf-8") as handle:
                     for row in csv.DictReader(handle, fieldnames=FAILURE_COLUMNS):
@@ -394,25 +452,31 @@ class FailureLog:
             writer.writeheader()
             writer.writerows(rows.values())
         self.journal_path.unlink(missing_ok=True)
+        if complete:  # their rows are in failures.csv now
+            for path in self.shard_files:
+                path.unlink(missing_ok=True)
 
 
 class LabelsWriter:
     """``labels.csv`` of a multi-label folder: ID, file, category for every saved image.
 
     A complete run rewrites it from the table (saved files of earlier runs included); an interrupted
-    one adds what it saved to the rows that were there, so no saved image is ever left unlabelled.
+    one adds what it saved to the rows that were there, so no saved image is ever left unlabelled. A
+    shard writes ``labels.shard-1-of-4.csv``; a complete run without shard folds those in and removes them.
     """
 
     COLUMNS = ("ID", "file", "category")
 
-    def __init__(self, root: Path) -> None:
-        self.path = root / "labels.csv"
+    def __init__(self, root: Path, shard: Shard | None = None) -> None:
+        self.path = root / _own_name("labels.csv", shard)
+        self.shard_files = [] if shard else sorted(root.glob("labels.shard-*.csv"))
         self.previous: dict[str, tuple[str, str]] = {}
-        if self.path.exists():
-            with self.path.open(newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    if row.get("ID"):
-                        self.previous[row["ID"]] = (row.get("file") or "", row.get("category") or "")
+        for path in (*self.shard_files, self.path):
+            if path.exists():
+                with path.open(newline="", encoding="utf-8") as handle:
+                    for row in csv.DictReader(handle):
+                        if row.get("ID"):
+                            self.previous[row["ID"]] = (row.get("file") or "", row.get("category") or "")
         self.rows: dict[str, tuple[str, str]] = {}
 
     def add(self, job: Job) -> None:
@@ -424,15 +488,26 @@ class LabelsWriter:
             writer = csv.writer(handle)
             writer.writerow(self.COLUMNS)
             writer.writerows((record_id, *row) for record_id, row in rows.items())
+        if complete:
+            for path in self.shard_files:
+                path.unlink(missing_ok=True)
 
 
-def _remove_stale_parts(root: Path) -> None:
-    """Temporary files of a run that was killed: only names eic gives its own temporary files."""
+def _remove_stale_parts(root: Path, shard: Shard | None = None) -> None:
+    """Temporary files of a run that was killed: only names eic gives its own temporary files, and in a
+    shard only those of its own records (the other shards may be writing theirs right now)."""
     for folder in (root, *(p for p in root.iterdir() if p.is_dir())):
         with os.scandir(folder) as entries:
             for entry in entries:
-                if is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):
+                if is_own_temp(entry.name) and entry.is_file(follow_symlinks=False) and _mine(entry.name, shard):
                     os.unlink(entry.path)
+
+
+def _mine(temp_name: str, shard: Shard | None) -> bool:
+    if shard is None:
+        return True
+    record_id = record_id_of(temp_name[1:].rsplit(".", 2)[0])  # .<target>.<random>.eic-part
+    return record_id is not None and shard.owns(record_id)
 
 
 def _tick(progress: Progress, task: object, report: DownloadReport, started: float) -> None:

@@ -3,7 +3,9 @@
 Most museums have no GPU. Embedding every image once and fitting a light head per fold (``eic train
 --method linear-probe|knn``) turns a k-fold protocol of hours into minutes. Images are read by the same
 pipeline as training (draft decoding, resize, normalisation, DataLoader; CUDA-aware), and the table is
-written in chunks (``OUT.partial/``), so an interrupted run carries on with ``resume``.
+written in chunks (``OUT.partial/``), so an interrupted run carries on with ``resume``. With ``shard``
+I/N a run embeds only the images whose file name hashes to its shard, into chunks named for the shard;
+a run without ``shard`` and with ``resume`` finds them done and writes the table.
 
 The table has ``image, category, ID, provider, embedding``; ``OUT.embedding.json`` beside it says which
 backbone, weights and input size made it, so a run never mixes vectors of different backbones.
@@ -31,6 +33,7 @@ from .folders import ImageDataset, ImageSet, provider_of, scan_images
 from .models import build_model, get_arch, set_head
 from .naming import record_id_of
 from .runtime import autocast_dtype, default_workers, resolve_device
+from .sharding import Shard
 from .tables import atomic_path, refuse_existing, sidecar, write_json
 
 CHUNK = 2048  # images per chunk written: what an interruption can cost at most
@@ -45,6 +48,7 @@ class EmbedReport:
     unreadable: int = 0
     dim: int = 0
     seconds: float = 0.0
+    shard: str | None = None  # a shard's run leaves its chunks in OUT.partial/ for the merging run
 
     @property
     def images_per_second(self) -> float:
@@ -97,11 +101,13 @@ def embed(config: EmbedConfig) -> EmbedReport:
         raise ConfigError(f"{config.output}: embeddings are written as .parquet")
     arch = get_arch(config.arch)
     partial = config.output.with_name(config.output.name + ".partial")
+    shard = config.shard_spec
+    own = f"chunk-{shard.tag}-*.parquet" if shard else "chunk-*.parquet"
     if not config.resume:
         refuse_existing(config.output, False)
-        if partial.exists():
-            raise DatasetError(f"an interrupted embedding into {config.output} was found: pass `resume` to carry "
-                               f"on, or delete {partial}")
+        if any(partial.glob(own)):
+            raise DatasetError(f"an interrupted (or sharded) embedding into {config.output} was found: pass "
+                               f"`resume` to carry on (and merge shards), or delete {partial}")
     images = scan_images(config.data_dir, config.mode, config.labels)
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
@@ -109,8 +115,10 @@ def embed(config: EmbedConfig) -> EmbedReport:
     meta["data_dir"] = str(config.data_dir.resolve())
     _check_partial(partial, meta)
     done = _done(partial)
-    todo = [i for i, p in enumerate(images.paths) if str(p) not in done]
-    report = EmbedReport(config.output, images=len(images), already_done=len(images) - len(todo))
+    # A file's name, not its path, picks its shard: the same on every machine that mounts the folder.
+    todo = [i for i, p in enumerate(images.paths) if str(p) not in done and (shard is None or shard.owns(p.name))]
+    report = EmbedReport(config.output, images=len(images), already_done=sum(str(p) in done for p in images.paths),
+                         shard=config.shard)
     device = resolve_device(config.device)
     model = feature_model(config.arch, config.weights)
     partial.mkdir(parents=True, exist_ok=True)
@@ -123,9 +131,11 @@ def embed(config: EmbedConfig) -> EmbedReport:
         report.unreadable += int((~readable).sum())
         report.embedded += int(readable.sum())
         rows = rows_frame(part, vectors, readable)
-        with atomic_path(partial / f"chunk-{len(list(partial.glob('chunk-*.parquet'))):05d}.parquet") as tmp:
+        with atomic_path(partial / _chunk_name(partial, shard)) as tmp:
             rows.write_parquet(tmp)
     report.seconds = time.perf_counter() - started
+    if shard is not None:
+        return report
     table = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("chunk-*.parquet"))], how="vertical")
     report.dim = int(table["embedding"].list.len().first() if table.height else 0)
     meta["dim"] = report.dim
@@ -206,6 +216,12 @@ def _check_partial(partial: Path, meta: dict[str, Any]) -> None:
     if differ:
         raise DatasetError(f"{partial} was started with other settings ({', '.join(differ)}: "
                            f"{', '.join(str(before.get(k)) for k in differ)}): resume with those, or delete it")
+
+
+def _chunk_name(partial: Path, shard: Shard | None) -> str:
+    if shard is None:
+        return f"chunk-{len(list(partial.glob('chunk-[0-9]*.parquet'))):05d}.parquet"
+    return f"chunk-{shard.tag}-{len(list(partial.glob(f'chunk-{shard.tag}-*.parquet'))):05d}.parquet"
 
 
 def _done(partial: Path) -> set[str]:

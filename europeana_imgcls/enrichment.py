@@ -72,6 +72,7 @@ class EnrichReport:
     already_done: int = 0
     precision_target: float = 0.0
     never_emitted: list[str] = field(default_factory=list)
+    shard: str | None = None  # a shard's run journals its records; the merging run writes the annotations
 
 
 class CalibratedRows(Rows):
@@ -104,6 +105,9 @@ def enrich(config: EnrichConfig) -> EnrichReport:
                     "them, which usually keeps the precision but is not measured: check it with eic evaluate")
     model_id = _check_journal(journal, config, calibration, checkpoint_paths(config.run))
     predicted = run_predictions(_predict_config(config, journal), CalibratedRows)
+    if config.shard is not None:  # the run without shard merges every shard's journal and annotates
+        return EnrichReport(config.output, journal, model_id=model_id, splits=predicted.splits,
+                            records=predicted.predicted, already_done=predicted.already_done, shard=config.shard)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes for all
         return EnrichReport(config.output, journal, splits=predicted.splits)
     report = EnrichReport(config.output, journal, model_id=model_id, splits=predicted.splits,
@@ -140,7 +144,9 @@ def _check_outputs(config: EnrichConfig, journal: Path) -> None:
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
     if config.resume:
         return
-    for path in (config.output, journal, *journal.parent.glob(f"{glob.escape(journal.name)}*.partial")):
+    parts = f"{glob.escape(journal.name)}.{config.shard_spec.tag}*.partial" if config.shard else \
+        f"{glob.escape(journal.name)}*.partial"  # shards share the folder: each minds its own
+    for path in (config.output, journal, *journal.parent.glob(parts)):
         if path.exists():
             raise DatasetError(f"{path} already exists: pass `resume` to carry on that enrichment, or choose "
                                "another `output`")

@@ -25,7 +25,7 @@ import polars as pl
 from .config import HarvestConfig, public_dict
 from .errors import DatasetError
 from .progress import progress_bar
-from .search_api import SearchClient, record_uri
+from .search_api import PAGE_ROWS, SearchClient, record_uri
 from .tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .vocabulary import load_vocabulary
 
@@ -77,10 +77,12 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     write_json(sidecar(config.output, "config"), public_dict(config))
     own_client = client is None
     client = client or SearchClient(config.api_url, config.api_key.get_secret_value(),
-                                    timeout=config.timeout, retries=config.retries)
+                                    timeout=config.timeout, retries=config.retries,
+                                    max_quota_wait=config.max_quota_wait * 3600)
     try:
         with progress_bar(config.quiet, transient=True) as progress:
-            for unit in todo:
+            for k, unit in enumerate(todo):
+                client.expect(_pages(len(todo) - k, config.n))  # the key's quota is paced to what is left
                 task = progress.add_task(f"{' '.join(unit.labels)} [{unit.level}]", total=config.n)
                 items = _fetch_unit(client, unit, vocab, config, state,
                                     functools.partial(progress.advance, task))
@@ -100,6 +102,11 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         per_category={c: per_category.get(c, 0) for c in vocab}, skipped_no_url=len(state.no_url),
         ambiguous=len(state.ambiguous), resumed_units=len(units) - len(todo),
     )
+
+
+def _pages(units: int, n: int) -> int:
+    """Requests ``units`` query units take at least: pages of 100 until ``n`` records with an image."""
+    return units * -(-n // PAGE_ROWS)
 
 
 def plan_units(vocab: dict[str, str], mode: str, levels: Iterable[str]) -> Iterator[Unit]:

@@ -2,7 +2,9 @@
 
 Predictions stream to ``<output>.partial`` batch by batch and are renamed to the output at the end,
 so an interrupted run loses nothing and ``resume`` carries on. Under ``torchrun`` each rank labels a
-shard of the inputs and rank 0 merges the shards.
+share of the inputs and rank 0 merges them. With ``shard`` I/N (separate jobs, on any scheduler) a run
+labels only its shard's records into ``<output>.shard-I-of-N.partial`` and leaves it there; a run
+without ``shard`` and with ``resume`` counts every shard's rows as done and merges them into the output.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from .inference import RunModel, load_run, probabilities
 from .models import get_arch
 from .runtime import Dist, autocast_dtype, default_workers, distributed
 from .search_api import SearchClient, record_uri
-from .tables import atomic_path, check_table_suffix, read_table
+from .sharding import Shard
+from .tables import atomic_path, check_table_suffix, is_own_temp, read_table
 
 COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
 ML_COLUMNS = ["image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI"]
@@ -58,6 +61,8 @@ class PredictReport:
     not_fetched: int = 0
     heatmaps: int = 0
     splits: list[str] = field(default_factory=list)
+    shard: str | None = None  # a shard's rows stay in its part file until a run without shard merges them
+    part: Path | None = None
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """The labelled rows of the output, read one at a time (a run over millions stays in the file)."""
@@ -119,10 +124,12 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
              make_rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
     models = load_run(config.run, device, config.split)
     rows = make_rows(models, config)
-    report = PredictReport(config.output, splits=[m.split for m in models])
+    report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard)
     items, report.not_fetched = _gather(config, world)
-    part = _part_path(config.output, world)
-    done = _previous(config, part, world, rows.columns)
+    shard = config.shard_spec
+    part = _part_path(config.output, world, shard)
+    done = _previous(config, part, world, rows.columns, shard)
+    report.part = part
     report.already_done = sum(1 for item in items if item.key in done)
     mine = [item for item in items[world.rank::world.world] if item.key not in done]
     with part.open("a", newline="", encoding="utf-8") as handle:
@@ -134,7 +141,7 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
         box: list[Any] = [None] * world.world
         dist.all_gather_object(box, counts)
         report.predicted = sum(c[0] for c in box)
-    if world.main:
+    if world.main and shard is None:  # a shard leaves its part for the run that merges them all
         _merge(config.output, world, rows.columns)
     if world.active:
         dist.barrier()  # nobody reads the output before rank 0 has merged it
@@ -246,6 +253,10 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
                              "preview": row.get("preview"), "image": row["URL"] or row["ID"]})
     if config.query:
         urls += _query(config)
+    shard = config.shard_spec
+    if shard is not None:  # a file by its name (the same on every machine), a record by its ID
+        items = [item for item in items if shard.owns(Path(item.image).name)]
+        urls = [row for row in urls if shard.owns(row["ID"] or "")]
     failed = 0
     if urls:
         fetched, failed = _fetch(urls, config, world)
@@ -291,14 +302,16 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
     from .tables import write_table
 
     folder = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
-    table = folder / "inputs.csv"
+    shard = config.shard_spec
+    table = folder / (f"inputs.{shard.tag}.csv" if shard else "inputs.csv")  # shards share the folder
     if world.main:
-        _check_image_dir(folder, table)
+        _check_image_dir(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_table(pl.DataFrame([{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
                                  schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
         download(DownloadConfig(table=table, output_dir=folder, mode="multi-label", quiet=config.quiet,
-                                fallback_preview=True, max_side=512))
+                                fallback_preview=True, max_side=512, source=config.source,
+                                thumbnail_url=config.thumbnail_url, rate=config.rate, shard=config.shard))
     if world.active:
         dist.barrier()
     items, failed = [], 0
@@ -311,17 +324,24 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
     return items, failed
 
 
-def _check_image_dir(folder: Path, table: Path) -> None:
-    """The image folder is predict's own (it writes inputs.csv, labels.csv, config.json there): refuse a
-    folder that holds anything else, such as a training set, rather than overwrite its files."""
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
+def _written_by_predict(config_file: Path, folder: Path) -> bool:
+    """Whether a download's config file says it fetched one of predict's input tables into ``folder``."""
     try:
-        written = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("table")
-        own = Path(written).resolve() == table.resolve()
+        written = Path(json.loads(config_file.read_text(encoding="utf-8")).get("table")).resolve()
     except (OSError, ValueError, AttributeError, TypeError):
-        own = False
-    if not own:
+        return False
+    return written.parent == folder.resolve() and written.name.startswith("inputs") and written.suffix == ".csv"
+
+
+def _check_image_dir(folder: Path) -> None:
+    """The image folder is predict's own (it writes inputs.csv, labels.csv and config.json there; a shard
+    its own inputs and config): refuse a folder that holds anything else, such as a training set, rather
+    than overwrite its files."""
+    # eic's temporary files do not count: shards started at once may be writing their first files now.
+    if not folder.is_dir() or all(is_own_temp(p.name) for p in folder.iterdir()):
+        return
+    if not (any(folder.glob("inputs*.csv"))
+            or any(_written_by_predict(path, folder) for path in folder.glob("config*.json"))):
         raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "
                            f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)")
 
@@ -350,33 +370,38 @@ class _Writer:
         self.handle.flush()
 
 
-def _part_path(output: Path, world: Dist) -> Path:
-    suffix = f".rank{world.rank}" if world.active else ""
+def _part_path(output: Path, world: Dist, shard: Shard | None = None) -> Path:
+    suffix = (f".{shard.tag}" if shard else "") + (f".rank{world.rank}" if world.active else "")
     return output.with_name(f"{output.name}{suffix}.partial")
 
 
-def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]) -> set[str]:
-    """Keys already predicted (resume), after cleaning a line cut short by a kill."""
+def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str], shard: Shard | None) -> set[str]:
+    """Keys already predicted (resume), after cleaning a line cut short by a kill. A shard reads and cleans
+    only its own parts; the merging run reads every part."""
     output = config.output
+    own = f"{glob.escape(output.name)}.{shard.tag}*.partial" if shard else f"{glob.escape(output.name)}*.partial"
     if not config.resume:
         if world.main and output.exists():
             raise DatasetError(f"{output} already exists: pass `resume` to add to it, or choose another `output`")
-        if world.main and any(output.parent.glob(f"{glob.escape(output.name)}*.partial")):
-            raise DatasetError(f"an interrupted prediction into {output} was found: pass `resume` to carry on, "
-                               f"or delete {output.name}*.partial")
+        if world.main and any(output.parent.glob(own)):
+            what = "shards' predictions" if shard is None and any(output.parent.glob(
+                f"{glob.escape(output.name)}.shard-*.partial")) else "an interrupted prediction"
+            raise DatasetError(f"{what} into {output} found: pass `resume` to carry on (and merge them), or "
+                               f"delete {output.name}*.partial")
         if world.active:
             dist.barrier()  # no rank starts its part file before rank 0 has looked for old ones
         return set()
-    if world.main and output.exists():
+    if world.main and output.exists() and shard is None:
         os.replace(output, _part_path(output, Dist()))
     if world.active:
         dist.barrier()
     done: set[str] = set()
-    for path in sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial")):
-        rows = _read_rows(path, output.suffix.lower(), columns)
+    suffix = output.suffix.lower()
+    for path in sorted(output.parent.glob(own)) + ([output] if shard and output.exists() else []):
+        rows = _read_rows(path, suffix, columns)
         done.update(r.get("ID") or r["image"] for r in rows)
         if path == part:
-            _rewrite(path, rows, output.suffix.lower(), columns)
+            _rewrite(path, rows, suffix, columns)
     return done
 
 

@@ -74,13 +74,14 @@ def print_download(console: Console, result: DownloadReport) -> None:
         f"{result.already_saved} already there, {result.failed} failed"
         + (f", {result.known_failures} known failures skipped (--retry-failed retries them)"
            if result.known_failures else "")
+        + (f", {result.other_shards} left to other shards" if result.other_shards else "")
         + (f", {sum(result.skipped.values())} rows skipped ("
            + ", ".join(f"{n} {why}" for why, n in result.skipped.items()) + ")" if result.skipped else "")
         + f"; {result.total} rows in the table"
     )
     if result.errors:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.errors.items(), key=lambda kv: -kv[1]))
-        console.print(f"failures ({result.output_dir / 'failures.csv'}): {reasons}")
+        console.print(f"failures ({result.failures_file or result.output_dir / 'failures.csv'}): {reasons}")
 
 
 def print_summary(console: Console, title: str, summary: dict[str, dict[str, object]]) -> None:
@@ -139,19 +140,32 @@ def print_calibration_check(console: Console, rows: list[dict[str, object]]) -> 
     console.print(table)
 
 
+def shard_note(shard: str | None, command: str, output: Path) -> str:
+    """What a shard's run leaves to do."""
+    return (f"; shard {shard} done: when every shard is, run eic {command} without --shard and with --resume "
+            f"to merge them into {output}") if shard else ""
+
+
 def print_prediction(console: Console, result: PredictReport) -> None:
     model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
+    written = result.part if result.shard else result.output
     console.print(
-        f"{result.predicted} images labelled with {model}; written to {result.output}"
+        f"{result.predicted} images labelled with {model}; written to {written}"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (f"; {len(result.unreadable)} unreadable ({', '.join(result.unreadable[:3])}"
            + (", ..." if len(result.unreadable) > 3 else "") + ")" if result.unreadable else "")
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
         + (f"; {result.heatmaps} Grad-CAM figures" if result.heatmaps else "")
+        + shard_note(result.shard, "predict", result.output)
     )
 
 
 def print_enrichment(console: Console, result: EnrichReport) -> None:
+    if result.shard:
+        console.print(f"{result.records} records scored into the journal {result.journal}"
+                      + (f"; {result.already_done} done earlier" if result.already_done else "")
+                      + shard_note(result.shard, "enrich", result.output))
+        return
     share = result.labelled / result.records if result.records else 0.0
     model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
     console.print(

@@ -10,9 +10,17 @@ records without ``edmIsShownBy``, records under several concepts, optional 429/5
 
 Image host (``/images/<n>.jpg``): each good image is drawn so that its class can be learnt (a hue
 and a stripe angle per class; multi-label records show one band per label). Some records point at
-deliberately bad answers under ``/faults/<kind>/<n>`` instead, listed in ``FAULTS``. Previews are
-served at ``/thumbnail/v2/url.json?uri=...`` like Europeana's thumbnail API. With
+deliberately bad answers under ``/faults/<kind>/<n>`` instead, listed in ``FAULTS``. With
 ``image_fail_every`` the image host answers every Nth image with 503 and ``Retry-After`` once.
+
+Thumbnail API: ``/thumbnail/v3/{200|400}/{md5 of the media URL}`` and, for the ``edmPreview`` links,
+``/thumbnail/v2/url.json?uri=...``. Thumbnails exist for dead links too (Europeana made them at
+ingestion); with ``thumbnail_missing_every`` every Nth record has none: v3 answers 404 and v2 the
+generic placeholder icon, as the real service does.
+
+Quota: with ``quota`` the Search API counts requests in windows of ``quota_window`` seconds, announces
+them in ``RateLimit-Policy`` / ``RateLimit`` headers and answers 429 past the quota, as Europeana's key
+service does.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import random
 import re
 import sys
@@ -40,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DEMO_API_KEY, REUSABILITY_LEVELS
+from .thumbnails import placeholder_bytes
 from .vocabulary import load_vocabulary
 
 RIGHTS = {
@@ -201,6 +211,9 @@ class Sandbox:
         stall_seconds: float = 5.0,
         search_latency: float = 0.0,
         image_size: tuple[int, int] = (320, 240),
+        thumbnail_missing_every: int = 0,
+        quota: int = 0,
+        quota_window: float = 3600.0,
     ) -> None:
         self.vocab = load_vocabulary(vocab)  # a dict or a JSON file, as HarvestConfig takes it
         self.catalogue = build_catalogue(
@@ -216,7 +229,14 @@ class Sandbox:
         self.stall_seconds = stall_seconds
         self.search_latency = search_latency  # seconds each Search API answer takes, like a distant server
         self.image_size = image_size
+        self.thumbnail_missing_every = thumbnail_missing_every
+        self.quota, self.quota_window = quota, quota_window
+        self._window_start: float | None = None
+        self._window_used = 0
+        self.quota_refusals = 0  # 429s sent because the quota was spent
+        self._by_digest: dict[str, int] | None = None
         self.hits: Counter[str] = Counter()
+        self.request_times: list[float] = []  # time.monotonic() of every request, for rate checks
         self._search_count = 0
         self._lock = threading.Lock()
         self._class_index = {name: i for i, name in enumerate(self.vocab)}
@@ -234,7 +254,9 @@ class Sandbox:
         return f"{self.base_url}/record/v2/search.json"
 
     def start(self) -> Sandbox:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # stop() waits up to one poll interval for the loop to notice; the default half second adds up.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -268,7 +290,7 @@ class Sandbox:
             "id": record.id, "type": record.type,
             "guid": f"https://www.europeana.eu/item{record.id}?utm_source=api&utm_medium=api&utm_campaign={key}",
             "link": f"{self.base_url}/record/v2{record.id}.json",
-            "title": [f"Sandbox {' and '.join(record.labels)} no. {record.serial}"],
+            "title": [self.item_title(record)],
             "edmConcept": [self.vocab[label] for label in record.labels],
             "edmIsShownAt": [f"{self.base_url}/object/{record.serial}"],
             "edmPreview": [f"{self.base_url}/thumbnail/v2/url.json?uri={quote(url, safe='')}&type=IMAGE"],
@@ -281,6 +303,34 @@ class Sandbox:
         if record.has_url:
             item["edmIsShownBy"] = [url]
         return item
+
+    def has_thumbnail(self, serial: int) -> bool:
+        return not (self.thumbnail_missing_every and serial % self.thumbnail_missing_every == 0)
+
+    def thumbnail(self, digest: str) -> int | None:
+        """The serial of the record whose media URL has this MD5 (v3 names thumbnails so)."""
+        with self._lock:
+            if self._by_digest is None:
+                self._by_digest = {hashlib.md5(self.image_url(r).encode()).hexdigest(): r.serial
+                                   for r in self.catalogue if r.has_url}
+            return self._by_digest.get(digest.lower())
+
+    def spend_quota(self) -> tuple[bool, dict[str, str]]:
+        """Count one Search API request: whether it is within the quota, and the headers that say so."""
+        if not self.quota:
+            return True, {}
+        with self._lock:
+            now = time.monotonic()
+            if self._window_start is None or now - self._window_start >= self.quota_window:
+                self._window_start, self._window_used = now, 0
+            self._window_used += 1
+            allowed = self._window_used <= self.quota
+            self.quota_refusals += not allowed
+            left = max(0, self.quota - self._window_used)
+            reset = max(0.0, self.quota_window - (now - self._window_start))
+        headers = {"RateLimit-Policy": f'"personal";q={self.quota};w={self.quota_window:g}',
+                   "RateLimit": f'"personal";r={left};t={math.ceil(reset)}'}
+        return allowed, headers
 
     def busy_image_host(self, serial: int) -> bool:
         """Every ``image_fail_every``-th image is answered 503 the first time it is asked for."""
@@ -423,6 +473,7 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             with sandbox._lock:
                 sandbox.hits[parts.path] += 1
+                sandbox.request_times.append(time.monotonic())
             params = parse_qs(parts.query, keep_blank_values=True)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self._route(parts.path, params)
@@ -441,6 +492,8 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 return self._fault(path.split("/")[2])
             if path == "/thumbnail/v2/url.json":
                 return self._thumbnail(params)
+            if path.startswith("/thumbnail/v3/"):
+                return self._thumbnail_v3(path.split("/")[3:])
             return self._send(404, b"not found", "text/plain")
 
         def _search(self, params: dict[str, list[str]]) -> None:
@@ -450,8 +503,13 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 body = {"success": False, "error": "Unauthorized", "message": message, "code": "invalid_apikey"}
                 return self._json(401, body, {})
             time.sleep(sandbox.search_latency)
+            allowed, quota_headers = sandbox.spend_quota()
+            if not allowed:
+                body = {"success": False, "error": "Too many requests",
+                        "message": "usage limit reached for this API key", "code": "429_limit_personal"}
+                return self._json(429, body, quota_headers)
             status, body, headers = sandbox.search(params, key)
-            self._json(status, body, headers)
+            self._json(status, body, {**headers, **quota_headers})
 
         def _thumbnail(self, params: dict[str, list[str]]) -> None:
             uri = unquote((params.get("uri") or [""])[0])
@@ -459,8 +517,19 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             serial = _serial(match.group(1), sandbox) if match else None
             if serial is None:
                 return self._send(404, b"Media file not found", "text/plain")
+            if not sandbox.has_thumbnail(serial):  # v2 never says 404: it sends the generic icon
+                return self._send(200, placeholder_bytes(), "image/png")
             size = 200 if (params.get("size") or ["w400"])[0].endswith("200") else 400
             self._send(200, *sandbox.image_bytes(serial, max_side=size))
+
+        def _thumbnail_v3(self, parts: list[str]) -> None:
+            if len(parts) != 2 or parts[0] not in ("200", "400") or not re.fullmatch(r"[0-9a-fA-F]{8,128}",
+                                                                                       parts[1]):
+                return self._json(400, _error("Invalid size or id. Supported sizes are 200 and 400"), {})
+            serial = sandbox.thumbnail(parts[1])
+            if serial is None or not sandbox.has_thumbnail(serial):
+                return self._json(404, {"success": False, "status": 404, "error": "Media file not found"}, {})
+            self._send(200, *sandbox.image_bytes(serial, max_side=int(parts[0])))
 
         def _fault(self, kind: str) -> None:
             if kind == "404":

@@ -3,10 +3,16 @@
 It pages with cursors, retries what is worth retrying (429, 5xx, timeouts, dropped connections)
 with bounded exponential backoff that honours ``Retry-After``, and turns every other failure into
 one ``ApiError`` line. The API key travels only in the ``X-Api-Key`` header and is never logged.
+
+It keeps within the key's quota when the server announces one (``RateLimit`` headers, see
+``quota.py``): told how many requests are still to come (``expect``), it spaces them so the quota
+lasts until its window resets, waits for the reset when it is spent, and refuses up front a job
+that would wait longer than ``max_quota_wait``, saying how long it would take.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import logging
 import time
@@ -16,6 +22,7 @@ from typing import Any
 import httpx
 
 from .errors import ApiError
+from .quota import Quota, duration
 from .retry import wait_before
 
 PAGE_ROWS = 100  # the server silently caps rows at 100
@@ -35,11 +42,17 @@ class SearchClient:
         retries: int = 5,
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,
+        max_quota_wait: float | None = None,
     ) -> None:
         self.api_url = api_url
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.max_quota_wait = max_quota_wait  # seconds; None: wait as long as the quota needs
+        self.quota: Quota | None = None  # what the last answer said
+        self.needed: int | None = None  # requests the caller still expects to make
+        self._paced = False  # pacing announced once, not per request
+        self._latency = 0.5  # seconds one request takes (running mean), for the expected finish
         home = httpx.URL(api_url)
         if home.scheme == "http" and not _is_loopback(home.host):
             log.warning("the API key travels unencrypted to %s: use an https:// API URL", home.host)
@@ -77,10 +90,18 @@ class SearchClient:
             return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
                                   request=response.request)
 
+    def expect(self, requests: int) -> None:
+        """The caller still needs about ``requests`` requests: pace them to the quota (0 or less: unknown)."""
+        self.needed = max(requests, 1)
+
     def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """One Search API request; retried when the failure is passing."""
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        quota_waits = 0
+        attempt = 0
+        while True:
+            last = attempt >= self.retries
+            self._pace()
+            started = time.monotonic()
             try:
                 response = self._get(list(params))
             except httpx.TimeoutException:
@@ -88,21 +109,60 @@ class SearchClient:
                     raise ApiError(f"the Search API at {self.api_url} did not answer in time "
                                    f"after {attempt + 1} attempts; try later or raise `timeout`") from None
                 self._sleep(attempt, None, "timed out")
+                attempt += 1
                 continue
             except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
                 if last:
                     raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
                                    f"after {attempt + 1} attempts; check `api_url` and the network") from None
                 self._sleep(attempt, None, f"unreachable ({type(exc).__name__})")
+                attempt += 1
+                continue
+            self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
+            self.quota = Quota.from_headers(response.headers) or self.quota
+            if response.status_code == 429 and self.quota is not None and quota_waits < 2:
+                # Spent (another client of the key, or a count we could not see): wait for the window, which
+                # is not a failed attempt.
+                quota_waits += 1
+                self.quota.remaining = 0
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 if last:
                     raise ApiError(f"the Search API answered {response.status_code} "
                                    f"{_reason(response)} after {attempt + 1} attempts; try again later")
                 self._sleep(attempt, response.headers.get("Retry-After"), f"answered {response.status_code}")
+                attempt += 1
                 continue
             return _parse(response)
-        raise AssertionError("unreachable")
+
+    def _pace(self) -> None:
+        """Before a request: stay inside the key's quota (nothing to do while none is announced)."""
+        quota = self.quota
+        if quota is None:
+            return
+        needed = self.needed or 1
+        waiting = quota.waiting(needed)
+        if self.max_quota_wait is not None and waiting > self.max_quota_wait:
+            raise ApiError(
+                f"about {needed} more requests are needed and the API key allows {quota.describe()}: that is "
+                f"about {duration(waiting)} of waiting, more than `max_quota_wait` ({duration(self.max_quota_wait)}); "
+                "raise `max_quota_wait`, use a project key, or ask for fewer records (`n`); what was harvested is "
+                "kept, and `resume` carries on")
+        pause = quota.pause_before_next(needed)
+        if pause > 0 and (quota.remaining <= 0 or not self._paced):
+            self._paced = True
+            finish = datetime.datetime.now() + datetime.timedelta(seconds=waiting + needed * self._latency)
+            what = (f"quota spent: waiting {duration(pause)} for it to reset" if quota.remaining <= 0 else
+                    f"pacing to one request every {pause:.1f} s")
+            log.info("API key: %s; %s; about %d requests to go, expected to finish around %s", quota.describe(),
+                     what, needed, finish.strftime("%H:%M"))
+        if pause > 0:
+            time.sleep(pause)
+        if quota.remaining <= 0:
+            quota.renew()
+        quota.spend()
+        if self.needed:
+            self.needed = max(self.needed - 1, 1)
 
     def iter_items(
         self,

@@ -52,6 +52,8 @@ from .progress import progress_bar
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
 from .tables import atomic_path, write_json
 from .tasks import Task, task_for
+from .tensorboard_logs import TensorBoardRun
+from .tensorboard_logs import check_available as check_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,8 @@ def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], crite
 def train(config: TrainConfig) -> TrainReport:
     """Train every split of ``config`` (or split 0 alone) and write the run folder."""
     get_arch(config.arch)
+    if config.tensorboard is not None:
+        check_tensorboard()
     with distributed(config.device) as (device, world), _torch_settings_restored():
         return _train(config, device, world)
 
@@ -268,6 +272,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     chosen = range(len(splits)) if config.crossvalidation else range(1)
     check_splits(images, splits, chosen, config.group_by_provider or config.duplicate_groups is not None)
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
+    board = TensorBoardRun(config.tensorboard, out) if config.tensorboard is not None and world.main else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     elif world.active:
@@ -280,7 +285,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         cache = DecodedCache.for_images(len(images), config.input_size, config.cache_mb,
                                         default_workers(device, config.num_workers))
         for i in chosen:
-            report.splits.append(_run_split(config, images, splits[i], i, device, world, cache))
+            report.splits.append(_run_split(config, images, splits[i], i, device, world, cache, board))
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
@@ -288,6 +293,8 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
                                           "splits": len(report.splits), "metrics": report.summary})
         _calibrate(config, report)
         write_model_card(out)
+        if board is not None:
+            board.finish(out, images.classes, task.multilabel, report.splits, report.summary, public_dict(config))
     return report
 
 
@@ -364,7 +371,7 @@ def _check_run_folder(out: Path, resume: bool) -> None:
 
 
 def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
-               world: Dist, cache: DecodedCache | None) -> SplitResult:
+               world: Dist, cache: DecodedCache | None, board: TensorBoardRun | None = None) -> SplitResult:
     """One split: fit, keep the best model, score it on the test fold. Rank 0 alone writes."""
     split_dir = config.output_dir / f"split_{index}"
     if config.resume and (split_dir / "metrics.json").exists():
@@ -388,7 +395,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index, cache)
     meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
                 std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
-    saver = _EpochSaver(split_dir, model, optimizer, state, meta, config, index) if world.main else None
+    saver = _EpochSaver(split_dir, model, optimizer, state, meta, config, index, board) if world.main else None
     with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
         fit(model, loaders, criterion, optimizer, state, epochs=config.epochs, patience=config.patience, task=task,
             device=device, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
@@ -418,12 +425,13 @@ def _start_split_folder(split_dir: Path, config: TrainConfig, classes: list[str]
 
 
 class _EpochSaver:
-    """After each epoch (rank 0): the best model, the state to resume from, the history, a log line."""
+    """After each epoch (rank 0): the best model, the state to resume from, the history, a log line and,
+    when asked for, TensorBoard's scalars."""
 
     def __init__(self, split_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: SplitState,
-                 meta: dict[str, Any], config: TrainConfig, index: int) -> None:
+                 meta: dict[str, Any], config: TrainConfig, index: int, board: TensorBoardRun | None) -> None:
         self.split_dir, self.model, self.optimizer, self.state, self.meta = split_dir, model, optimizer, state, meta
-        self.index, self.epochs, self.quiet = index, config.epochs, config.quiet
+        self.index, self.epochs, self.quiet, self.board = index, config.epochs, config.quiet, board
         task = task_for(config.mode)
         self.columns, self.shown = task.history_columns, task.shown[::3]  # the first and last score
 
@@ -433,6 +441,8 @@ class _EpochSaver:
                             best_val_loss=row["val_loss"], **self.meta)
         self.state.save(self.split_dir / "last.pt", self.model, self.optimizer)
         _write_history(self.split_dir / "history.csv", self.state.history, self.columns)
+        if self.board is not None:
+            self.board.epoch(self.index, row)
         if not self.quiet:
             scores = ", ".join(f"{k.replace('_', ' ')} {row[k]:.3f}" for k in self.shown)
             log.info("split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s", self.index,

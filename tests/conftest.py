@@ -106,3 +106,14 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
                     learning_rate=1e-3, folds=3, patience=3, quiet=True, gradcam_images=3)
     settings.update(kw)
     return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 3-fold run shared by every test that needs a trained model but is not about training."""
+    from europeana_imgcls.training import train
+
+    data = make_folders(tmp_path_factory.mktemp("train"), per_class=9, size=40)
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(config(data, out, epochs=3, gradcam_images=0))
+    return out

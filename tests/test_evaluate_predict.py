@@ -24,17 +24,13 @@ from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
 from europeana_imgcls.cli import app
 from europeana_imgcls.errors import ModelError
 from europeana_imgcls.sandbox import Sandbox
-from europeana_imgcls.training import train
 
-from .conftest import CLASSES, VOCAB, config, make_folders, rows
+from .conftest import CLASSES, VOCAB, make_folders, rows
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = make_folders(tmp_path_factory.mktemp("train"), per_class=9, size=40)
-    out = tmp_path_factory.mktemp("runs") / "run"
-    train(config(data, out, epochs=3, gradcam_images=0))
-    return out
+@pytest.fixture
+def trained(trained_run: Path) -> Path:
+    return trained_run
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,106 @@
+"""``eic train --tensorboard DIR``: a run as TensorBoard shows runs, so users compare them in a tool they know.
+
+Each split is its own TensorBoard run (``DIR/<run folder>/split_<i>``), so the splits of a run and the runs
+of a folder share charts: ``loss/train``, ``loss/validation``, ``validation/<score>``, ``learning_rate`` and
+``images_per_second`` per epoch; ``test/<score>`` and a ``test/confusion_matrix`` image at the end. The
+run's settings and mean test scores go to the HParams tab (``DIR/<run folder>``). Optional: the
+``tensorboard`` package (``pip install 'europeana-imgcls[tensorboard]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+EXTRA_HINT = "pip install 'europeana-imgcls[tensorboard]'"
+
+
+def check_available() -> None:
+    """Fail before any training when the extra is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - imports tensorboard itself
+    except ImportError:
+        raise ConfigError(f"`tensorboard` needs the tensorboard package: {EXTRA_HINT}") from None
+
+
+class TensorBoardRun:
+    """Writers for one training run; only the process that writes the run folder (rank 0) makes one."""
+
+    def __init__(self, root: Path, run_dir: Path) -> None:
+        check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = root / run_dir.resolve().name
+        self._writer = SummaryWriter
+        self._splits: dict[int, Any] = {}
+
+    def split(self, index: int) -> Any:
+        if index not in self._splits:
+            self._splits[index] = self._writer(log_dir=str(self.folder / f"split_{index}"))
+        return self._splits[index]
+
+    def epoch(self, index: int, row: dict[str, float]) -> None:
+        """One epoch's history row (``training.fit``'s ``on_epoch``)."""
+        writer, step = self.split(index), int(row["epoch"])
+        writer.add_scalar("loss/train", row["train_loss"], step)
+        writer.add_scalar("loss/validation", row["val_loss"], step)
+        for key, value in row.items():
+            if key not in ("epoch", "train_loss", "val_loss", "learning_rate", "seconds", "images_per_second"):
+                writer.add_scalar(f"validation/{key}", value, step)
+        writer.add_scalar("learning_rate", row["learning_rate"], step)
+        writer.add_scalar("images_per_second", row["images_per_second"], step)
+        writer.flush()
+
+    def finish(self, run_dir: Path, classes: list[str], multilabel: bool, splits: list[Any],
+               summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
+        """Test scores and confusion matrix per split, then the settings with the mean scores as hparams."""
+        for result in splits:
+            writer = self.split(result.index)
+            step = max(result.epochs_run, 1)
+            for key, value in result.metrics.items():
+                writer.add_scalar(f"test/{key}", value, step)
+            predictions = run_dir / f"split_{result.index}" / "test_predictions.csv"
+            if predictions.is_file():
+                writer.add_figure("test/confusion_matrix", confusion_figure(predictions, classes, multilabel), step)
+            writer.flush()
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in settings.items() if v is not None and not isinstance(v, (dict, list))}
+        metrics = {f"hparam/{k}": float(v["mean"]) for k, v in summary.items() if np.isfinite(v["mean"])}
+        with self._writer(log_dir=str(self.folder)) as writer:
+            writer.add_hparams(hparams, metrics, run_name=".")
+        for writer in self._splits.values():
+            writer.close()
+
+
+def confusion_figure(predictions: Path, classes: list[str], multilabel: bool) -> Any:
+    """Rows: truth, columns: prediction (multi-label: images with truth label i and predicted label j)."""
+    from matplotlib.figure import Figure
+
+    index = {name: i for i, name in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    with predictions.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            truths, predicted_ = (row["truth"].split(), row["prediction"].split()) if multilabel else (
+                [row["truth"]], [row["prediction"]])  # a class folder's name may hold spaces
+            for truth in truths:
+                for predicted in predicted_:
+                    if truth in index and predicted in index:
+                        counts[index[truth], index[predicted]] += 1
+    size = max(4.0, 0.45 * len(classes) + 2)
+    figure = Figure(figsize=(size, size))
+    ax = figure.subplots()
+    ax.imshow(counts, cmap="Blues")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true")
+    ax.set_xticklabels(classes, rotation=90)
+    ax.set_yticklabels(classes)
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+                    color="white" if n > counts.max() / 2 else "black")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,354 @@
+"""Europeana scale: thumbnails from one CDN, a global request rate, shards on one folder, the key's quota,
+TensorBoard. Real servers on 127.0.0.1 (the sandbox) and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from europeana_imgcls import DownloadConfig, HarvestConfig, download, harvest
+from europeana_imgcls.cli import app
+from europeana_imgcls.errors import ApiError
+from europeana_imgcls.naming import file_name
+from europeana_imgcls.quota import Quota
+from europeana_imgcls.ratelimit import RateLimit
+from europeana_imgcls.sandbox import Sandbox, SandboxRecord
+from europeana_imgcls.search_api import SearchClient
+from europeana_imgcls.sharding import Shard, shard_of
+from europeana_imgcls.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
+
+from .conftest import VOCAB
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _records(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
+    return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
+
+
+def _table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
+    rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r),
+             "preview": sb.item(r, "k")["edmPreview"][0]} for r in _records(sb, multi)]
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def _failures(path: Path) -> dict[str, str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {row["ID"]: row["error"] for row in csv.DictReader(handle)}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.jpg"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Thumbnails
+
+
+def test_thumbnail_urls_are_the_md5_of_the_media_url_and_placeholders_are_known() -> None:
+    # The pair from europeana/thumbnail-api's own tests.
+    url = "https://test.europeana.eu/thumbnail.jpg"
+    assert thumbnail_url("https://api.europeana.eu/thumbnail/v3/", url, 128) == \
+        "https://api.europeana.eu/thumbnail/v3/200/7463a193a468a1ff1a0c0f7d5933e54b"
+    assert thumbnail_url("https://x/thumbnail/v3", url, 224).split("/")[-2] == "400"
+    assert thumbnail_url("https://x/thumbnail/v3", url, 0).split("/")[-2] == "400"  # originals asked: largest
+    icon = placeholder_bytes()
+    assert len(icon) == 2319 and is_placeholder(icon)
+    assert not is_placeholder(icon + b"\0") and not is_placeholder(icon[:-1])
+
+
+def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=12, bad_every=5, thumbnail_missing_every=4) as sb:
+        table = _table(sb, tmp_path / "t.csv")
+        out = tmp_path / "img"
+        report = download(DownloadConfig(table=table, output_dir=out, source="thumbnail", quiet=True, timeout=3,
+                                         retries=0, max_side=128, fallback_preview=True,
+                                         thumbnail_url=f"{sb.base_url}/thumbnail/v3"))
+        records = _records(sb)
+        failures = _failures(out / "failures.csv")
+        for record in records:
+            saved = out / record.labels[0] / file_name(record.id)
+            has_thumbnail = sb.has_thumbnail(record.serial)
+            if has_thumbnail:  # from the CDN, dead original or not: the 200 px rendition of the same picture
+                with Image.open(saved) as image:
+                    assert max(image.size) == 128
+                assert f"/thumbnail/v3/200/{hashlib.md5(sb.image_url(record).encode()).hexdigest()}" in sb.hits
+            elif not record.fault:  # no thumbnail: the record's own image
+                assert saved.is_file() and sb.hits[f"/images/{record.serial}.jpg"] == 1
+            else:  # neither: the v2 preview would be the generic icon, which is refused
+                assert not saved.exists()
+                assert "thumbnail: HTTP 404" in failures[record.id] and "placeholder" in failures[record.id]
+        originals_asked = sum(n for path, n in sb.hits.items() if path.startswith(("/images/", "/faults/")))
+        assert originals_asked == sum(not sb.has_thumbnail(r.serial) for r in records)
+        assert report.saved + report.failed == len(records) and set(failures) == {
+            r.id for r in records if r.fault and not sb.has_thumbnail(r.serial)}
+
+
+def test_thumbnail_source_needs_the_url_column(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    pl.DataFrame([{"ID": "/1/a", "image": "http://127.0.0.1:9/a.jpg", "category": "map"}]).write_csv(table)
+    result = CliRunner().invoke(app, ["download", str(table), "-o", str(tmp_path / "img"), "--source", "thumbnail"])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "'URL'" in result.stderr and "thumbnail" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rate", "0"], "'rate'"), (["--shard", "3/3"], "numbered 0 to 2"), (["--shard", "one of two"], "I/N"),
+    (["--source", "cdn"], "'source'"),
+])
+def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    table = tmp_path / "t.csv"
+    pl.DataFrame([{"ID": "/1/a", "URL": "http://127.0.0.1:9/a.jpg", "category": "map"}]).write_csv(table)
+    result = CliRunner().invoke(app, ["download", str(table), *args])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# One request rate for the whole client
+
+
+def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=8) as sandbox:
+        table = _table(sandbox, tmp_path / "t.csv")
+        rows = pl.read_csv(table).height
+        started = time.monotonic()
+        report = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, rate=40,
+                                         concurrency=16, per_host=16, max_side=64, timeout=5, retries=0))
+    assert report.saved + report.failed == rows
+    times = sorted(t for t in sandbox.request_times if t >= started)
+    assert len(times) == rows
+    # Starts are 1/40 s apart: any second holds at most 40 (+1 for the edges), and the whole run lasts as long.
+    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 41
+    assert times[-1] - times[0] >= (rows - 1) / 40 * 0.95
+
+
+def test_a_429_pauses_every_request_not_only_its_own() -> None:
+    async def run() -> list[float]:
+        limit = RateLimit(100.0)
+        await limit.wait()
+        limit.pause(0.3)  # what one task heard in a Retry-After
+        started = time.monotonic()
+        for _ in range(3):
+            await limit.wait()
+        return [time.monotonic() - started]
+
+    assert asyncio.run(run())[0] >= 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards
+
+
+def test_shards_partition_records_stably() -> None:
+    ids = [f"/{k}/record_{k * 7}" for k in range(2000)]
+    owners = [shard_of(i, 4) for i in ids]
+    assert owners == [shard_of(i, 4) for i in ids]  # no salt: the same on every run and machine
+    assert min(owners.count(k) for k in range(4)) > 400
+    shards = [Shard.parse(f"{k}/4") for k in range(4)]
+    assert all(sum(s.owns(i) for s in shards) == 1 for i in ids)
+    assert shard_of("/2058612/object_1", 4) == int(hashlib.sha1(b"/2058612/object_1").hexdigest()[:16], 16) % 4
+
+
+def _eic(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "europeana_imgcls", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=12, bad_every=9, stall_seconds=3) as sb:
+        rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
+                for r in sb.catalogue if r.type == "IMAGE" and r.has_url]  # one and several labels
+        table = tmp_path / "t.csv"
+        pl.DataFrame(rows).write_csv(table)
+        # A rate makes each shard last a few seconds, so the first ones are surely killed mid-way.
+        common = ["--mode", "multi-label", "--quiet", "--max-side", "64", "--timeout", "2", "--retries", "0",
+                  "--concurrency", "2", "--rate", "25"]
+        shared = tmp_path / "shared"
+        first = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
+        time.sleep(1.0)
+        assert all(proc.poll() is None for proc in first), "a shard ended before it could be killed"
+        for proc in first:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        again = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
+        for proc in again:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+        assert sorted(p.name for p in shared.glob("failures.shard-*.csv")) == [
+            f"failures.shard-{k}-of-3.csv" for k in range(3)]
+        hits = dict(sb.hits)
+        merged = download(DownloadConfig(table=table, output_dir=shared, mode="multi-label", quiet=True,
+                                         max_side=64, timeout=2, retries=0))
+        assert dict(sb.hits) == hits  # the merging run asks for nothing: every shard's work counts as done
+        assert merged.saved == 0 and merged.already_saved + merged.known_failures == merged.total
+        reference = tmp_path / "reference"
+        download(DownloadConfig(table=table, output_dir=reference, mode="multi-label", quiet=True, max_side=64,
+                                timeout=2, retries=0))
+    assert _files(shared) == _files(reference)
+    assert _failures(shared / "failures.csv") == _failures(reference / "failures.csv")
+    assert pl.read_csv(shared / "labels.csv").sort("ID").equals(pl.read_csv(reference / "labels.csv").sort("ID"))
+    assert not list(shared.glob("*shard-*")) or sorted(p.name for p in shared.glob("*shard-*")) == [
+        f"config.shard-{k}-of-3.json" for k in range(3)]
+    assert not [p for p in shared.rglob("*") if p.name.endswith(".eic-part")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The key's quota
+
+
+def test_quota_headers_are_read_in_both_drafts() -> None:
+    quota = Quota.from_headers({"RateLimit-Policy": '"personal";q=1000;w=3600', "RateLimit": '"personal";r=7;t=42'})
+    assert quota is not None and (quota.limit, quota.window, quota.remaining, quota.reset) == (1000, 3600, 7, 42)
+    old = Quota.from_headers({"RateLimit-Limit": "50", "RateLimit-Remaining": "0", "RateLimit-Reset": "9"})
+    assert old is not None and (old.limit, old.remaining) == (50, 0)
+    assert Quota.from_headers({}) is None
+    assert quota.waiting(7) == 0 and 3600 + 40 <= quota.waiting(1008) <= 3600 + 42
+
+
+def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=120, quota=3, quota_window=1.0) as sb:
+        started = time.monotonic()
+        report = harvest(HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=110, api_url=sb.api_url,
+                                       quiet=True, retries=0))
+        took = time.monotonic() - started
+        asked = sb.count("/record/v2/search.json")
+        assert sb.quota_refusals == 0 and report.rows > 0
+        assert asked > 3 and took >= (asked - 3) / 3 * 0.9  # more than one window's quota, never a 429
+    with Sandbox(VOCAB, per_level=120) as free:  # the same harvest without a quota
+        reference = harvest(HarvestConfig(output=tmp_path / "free.csv", vocab=VOCAB, n=110, api_url=free.api_url,
+                                          quiet=True))
+    same = ["ID", "category", "skos_concept"]  # the URLs name each server's own port
+    assert pl.read_csv(tmp_path / "h.csv").select(same).equals(pl.read_csv(tmp_path / "free.csv").select(same))
+    assert reference.rows == report.rows
+
+
+def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Path) -> None:
+    out = tmp_path / "h.csv"
+    with Sandbox(VOCAB, per_level=60, quota=2, quota_window=30.0) as sb:
+        runner = CliRunner()
+        args = ["harvest", "-o", str(out), "--n", "40", "--api-url", sb.api_url, "--quiet", "--retries", "0",
+                "--max-quota-wait", "0.001"]
+        vocab = tmp_path / "v.json"
+        vocab.write_text(__import__("json").dumps(VOCAB))
+        result = runner.invoke(app, [*args, "--vocab", str(vocab)])
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1
+        assert "of waiting" in result.stderr and "--max-quota-wait" in result.stderr and sb.quota_refusals == 0
+        sb.quota = 0  # the next window (here: a key with room again)
+        result = runner.invoke(app, [*args[:-2], "--vocab", str(vocab), "--resume"])
+        assert result.exit_code == 0, result.stderr
+    assert pl.read_csv(out).height > 0
+
+
+def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries() -> None:
+    with Sandbox(VOCAB, per_level=5, quota=1, quota_window=0.6) as sb:
+        with SearchClient(sb.api_url, "api2demo", retries=0) as other:
+            other.search([("query", "*")])  # someone else spends the window
+        with SearchClient(sb.api_url, "api2demo", retries=0) as client:
+            client.quota = Quota(limit=1, window=0.6, remaining=1, reset=0.6)  # stale: it believes there is room
+            started = time.monotonic()
+            body = client.search([("query", "*")])
+            assert body["success"] and time.monotonic() - started >= 0.4
+        assert sb.quota_refusals == 1
+        with SearchClient(sb.api_url, "api2demo", retries=0, max_quota_wait=0.0) as impatient, \
+                pytest.raises(ApiError, match="of waiting"):
+            for _ in range(3):  # the window's one request is spent by the first, or by the client above
+                impatient.search([("query", "*")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict and embed in shards
+
+
+def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained_run: Path, tmp_path: Path) -> None:
+    from europeana_imgcls import PredictConfig, predict
+
+    with Sandbox(VOCAB, per_level=4, shared_per_concept=0, triples_per_concept=0, thumbnail_missing_every=3) as sb:
+        table = _table(sb, tmp_path / "t.csv")
+        common = dict(run=trained_run, table=table, quiet=True, source="thumbnail",
+                      thumbnail_url=f"{sb.base_url}/thumbnail/v3")
+        out = tmp_path / "sharded" / "p.csv"
+        parts = [predict(PredictConfig(**common, output=out, shard=f"{k}/2")) for k in range(2)]
+        assert not out.exists() and all(p.part is not None and p.part.is_file() for p in parts)
+        with pytest.raises(Exception, match="`resume`"):
+            predict(PredictConfig(**common, output=out))  # the shards' rows are not thrown away
+        merged = predict(PredictConfig(**common, output=out, resume=True))
+        assert merged.predicted == 0 and merged.already_done == sum(p.predicted for p in parts) > 0
+        reference = predict(PredictConfig(**common, output=tmp_path / "whole" / "p.csv"))
+    by_id = {r["ID"]: r for r in merged.rows()}
+    assert len(by_id) == reference.predicted
+    for row in reference.rows():
+        assert {k: v for k, v in by_id[row["ID"]].items() if k != "image"} == {
+            k: v for k, v in row.items() if k != "image"}
+    assert not list(out.parent.glob("*.partial"))
+
+
+def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path) -> None:
+    from europeana_imgcls.config import EmbedConfig
+    from europeana_imgcls.embedding import embed
+
+    from .conftest import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=5, size=32)
+    settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
+    out = tmp_path / "e.parquet"
+    shards = [embed(EmbedConfig(**settings, output=out, shard=f"{k}/3")) for k in range(3)]
+    assert not out.exists() and sum(s.embedded for s in shards) == 15
+    merged = embed(EmbedConfig(**settings, output=out, resume=True))
+    assert merged.embedded == 0 and merged.already_done == 15
+    whole = embed(EmbedConfig(**settings, output=tmp_path / "whole.parquet"))
+    assert whole.embedded == 15
+    assert pl.read_parquet(out).sort("image").equals(pl.read_parquet(tmp_path / "whole.parquet").sort("image"))
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard
+
+
+def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from europeana_imgcls.training import train
+
+    from .conftest import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    train(config(data, tmp_path / "run", arch="tiny", epochs=2, patience=5, gradcam_images=0,
+                 tensorboard=tmp_path / "tb"))
+    for k in range(3):
+        events = EventAccumulator(str(tmp_path / "tb" / "run" / f"split_{k}"))
+        events.Reload()
+        tags = events.Tags()
+        assert {"loss/train", "loss/validation", "validation/accuracy", "learning_rate",
+                "test/accuracy"} <= set(tags["scalars"])
+        assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+        assert tags["images"] == ["test/confusion_matrix"]
+    hparams = EventAccumulator(str(tmp_path / "tb" / "run"))
+    hparams.Reload()
+    assert "hparam/accuracy" in hparams.Tags()["scalars"]
+
+
+def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .conftest import make_folders
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    data = make_folders(tmp_path / "data", per_class=4, size=32)
+    result = CliRunner().invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--weights", "none",
+                                      "--tensorboard", str(tmp_path / "tb")])
+    assert result.exit_code != 0 and result.stderr.count("\n") == 1
+    assert "europeana-imgcls[tensorboard]" in result.stderr and not (tmp_path / "run").exists()
