@@ -52,6 +52,8 @@ from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
 from .thumbnails import is_placeholder, thumbnail_url
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
+PLACEHOLDER = "no image (the Thumbnail API's placeholder icon)"
+NO_THUMBNAIL = ("HTTP 404", "HTTP 410", PLACEHOLDER)  # what says a record has no thumbnail
 OTHER_SHARD = "another shard's record"
 MAX_WAIT = 30.0
 CONNECTIONS_PER_CLIENT = 4
@@ -294,9 +296,11 @@ async def _attempt(fetcher: Fetcher, job: Job) -> str | None:
     config = fetcher.config
     if job.url and config.source == "thumbnail":
         error = await fetcher.save(thumbnail_url(config.thumbnail_url, job.url, config.max_side), job.path)
-        if error:  # no thumbnail (v3 says 404), or the CDN failed: the record's own image
+        if error and error.startswith(NO_THUMBNAIL):  # the record's own image, only where there is no thumbnail
             original = await fetcher.save(job.url, job.path)
             error = f"{original}; thumbnail: {error}" if original else None
+        elif error:  # the CDN failed (5xx, 429, timeout): no reason to load the museum's server; retry later
+            error = f"thumbnail: {error}"
     else:
         error = await fetcher.save(job.url, job.path) if job.url else "no URL"
     if error and job.preview and config.fallback_preview:
@@ -333,7 +337,7 @@ class Fetcher:
         if isinstance(result, str):
             return result
         if is_placeholder(result):
-            return "no image (the Thumbnail API's placeholder icon)"
+            return PLACEHOLDER
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.pool, lambda: save_normalised(
@@ -413,8 +417,9 @@ class FailureLog:
         self.shard_files = [] if shard else sorted(
             p for pattern in ("failures.shard-*.csv", ".failures.shard-*.journal.csv") for p in root.glob(pattern))
         self.previous: dict[str, dict[str, str]] = {}
-        # A killed run left its journal behind; a run without shard also takes over the shards' failures.
-        for path in (*self.shard_files, root / "failures.csv", self.path, self.journal_path):
+        # Oldest first, so a newer reason wins: the merged list, the shards' (a run without shard takes them
+        # over), this run's own list, and the journal a killed run left behind.
+        for path in dict.fromkeys((root / "failures.csv", *self.shard_files, self.path, self.journal_path)):
             if path.exists():
                 with path.open(newline="", encoding="utf-8") as handle:
                     for row in csv.DictReader(handle, fieldnames=FAILURE_COLUMNS):

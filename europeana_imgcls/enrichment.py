@@ -15,7 +15,6 @@ properties of eic's own namespace (the W3C model has none for them).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import heapq
 import json
@@ -37,7 +36,7 @@ from .config import EnrichConfig, InputSettings, PredictConfig
 from .errors import CalibrationError, ConfigError, DatasetError
 from .inference import RunModel, checkpoint_paths
 from .naming import record_id_of
-from .prediction import Item, Rows, run_predictions
+from .prediction import Item, Rows, own_parts, run_predictions
 from .search_api import record_uri
 from .tables import atomic_path, write_json
 from .vocabulary import load_vocabulary
@@ -144,9 +143,8 @@ def _check_outputs(config: EnrichConfig, journal: Path) -> None:
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
     if config.resume:
         return
-    parts = f"{glob.escape(journal.name)}.{config.shard_spec.tag}*.partial" if config.shard else \
-        f"{glob.escape(journal.name)}*.partial"  # shards share the folder: each minds its own
-    for path in (config.output, journal, *journal.parent.glob(parts)):
+    # Shards share the folder: each minds its own parts.
+    for path in (config.output, journal, *own_parts(journal, config.shard_spec)):
         if path.exists():
             raise DatasetError(f"{path} already exists: pass `resume` to carry on that enrichment, or choose "
                                "another `output`")
@@ -173,7 +171,8 @@ def _check_journal(journal: Path, config: EnrichConfig, calibration: Calibration
     """A resumed enrichment carries on with the same model and classes, or not at all; returns the model id."""
     meta_path = journal.with_name(journal.name + ".meta.json")
     meta = {"model_id": _model_id(models), "classes": calibration.classes, "split": config.split}
-    if config.resume and meta_path.is_file():
+    # Shards check too: a shard scored by another model or split would mix two models in one set of annotations.
+    if (config.resume or config.shard) and meta_path.is_file():
         before = json.loads(meta_path.read_text(encoding="utf-8"))
         differ = [k for k in meta if before.get(k) != meta[k]]
         if differ:

@@ -37,6 +37,7 @@ from .sharding import Shard
 from .tables import atomic_path, check_table_suffix, is_own_temp, read_table
 
 COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
+IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
 ML_COLUMNS = ["image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI"]
 
 
@@ -102,7 +103,8 @@ def predict(config: PredictConfig) -> PredictReport:
     """Label every input image with ``config.run``; see the module docstring."""
     report = run_predictions(config, Rows)
     if not report.predicted and not report.already_done and (report.unreadable or report.not_fetched):
-        config.output.unlink(missing_ok=True)  # only its header: nothing to keep, and a retry must not be refused
+        # Only its header: nothing to keep, and a retry must not be refused. A shard's is its part file.
+        (report.part if config.shard and report.part else config.output).unlink(missing_ok=True)
         named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
         raise DatasetError("nothing could be labelled: " + (f"{named} cannot be read as images" if named else
                                                             f"{report.not_fetched} image(s) could not be fetched"))
@@ -307,6 +309,7 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
     if world.main:
         _check_image_dir(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / IMAGE_DIR_MARKER).touch()  # first: shards starting at once see the folder is predict's
         write_table(pl.DataFrame([{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
                                  schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
         download(DownloadConfig(table=table, output_dir=folder, mode="multi-label", quiet=config.quiet,
@@ -340,7 +343,7 @@ def _check_image_dir(folder: Path) -> None:
     # eic's temporary files do not count: shards started at once may be writing their first files now.
     if not folder.is_dir() or all(is_own_temp(p.name) for p in folder.iterdir()):
         return
-    if not (any(folder.glob("inputs*.csv"))
+    if not ((folder / IMAGE_DIR_MARKER).is_file()
             or any(_written_by_predict(path, folder) for path in folder.glob("config*.json"))):
         raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "
                            f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)")
@@ -379,11 +382,11 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
     """Keys already predicted (resume), after cleaning a line cut short by a kill. A shard reads and cleans
     only its own parts; the merging run reads every part."""
     output = config.output
-    own = f"{glob.escape(output.name)}.{shard.tag}*.partial" if shard else f"{glob.escape(output.name)}*.partial"
+    own = own_parts(output, shard)
     if not config.resume:
         if world.main and output.exists():
             raise DatasetError(f"{output} already exists: pass `resume` to add to it, or choose another `output`")
-        if world.main and any(output.parent.glob(own)):
+        if world.main and own:
             what = "shards' predictions" if shard is None and any(output.parent.glob(
                 f"{glob.escape(output.name)}.shard-*.partial")) else "an interrupted prediction"
             raise DatasetError(f"{what} into {output} found: pass `resume` to carry on (and merge them), or "
@@ -397,12 +400,22 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
         dist.barrier()
     done: set[str] = set()
     suffix = output.suffix.lower()
-    for path in sorted(output.parent.glob(own)) + ([output] if shard and output.exists() else []):
+    for path in own_parts(output, shard) + ([output] if shard and output.exists() else []):
         rows = _read_rows(path, suffix, columns)
         done.update(r.get("ID") or r["image"] for r in rows)
         if path == part:
             _rewrite(path, rows, suffix, columns)
     return done
+
+
+def own_parts(output: Path, shard: Shard | None) -> list[Path]:
+    """The part files of ``output`` that a run may read and clean: all (the merging run), or exactly its shard's
+    (``.shard-1-of-4.partial`` and its ranks', never ``.shard-1-of-40``'s)."""
+    name = glob.escape(output.name)
+    if shard is None:
+        return sorted(output.parent.glob(f"{name}*.partial"))
+    return sorted([*output.parent.glob(f"{name}.{shard.tag}.partial"),
+                   *output.parent.glob(f"{name}.{shard.tag}.rank*.partial")])
 
 
 def _read_rows(path: Path, suffix: str, columns: list[str]) -> list[dict[str, Any]]:

@@ -41,7 +41,8 @@ class Quota:
         reset = state.get("t", _number(get("RateLimit-Reset")))
         if limit is None or remaining is None or reset is None:
             return None
-        return cls(int(limit), float(policy.get("w") or reset or 3600), int(remaining), float(reset))
+        # Without a policy the window is unknown: an hour, Europeana's default, rather than the time left in it.
+        return cls(int(limit), float(policy.get("w") or 3600), int(remaining), float(reset))
 
     def reset_in(self) -> float:
         """Seconds until the window resets, from now."""

@@ -37,7 +37,7 @@ import re
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -236,7 +236,8 @@ class Sandbox:
         self.quota_refusals = 0  # 429s sent because the quota was spent
         self._by_digest: dict[str, int] | None = None
         self.hits: Counter[str] = Counter()
-        self.request_times: list[float] = []  # time.monotonic() of every request, for rate checks
+        # time.monotonic() of the latest requests, for rate checks (bounded: a sandbox may serve for days)
+        self.request_times: deque[float] = deque(maxlen=100_000)
         self._search_count = 0
         self._lock = threading.Lock()
         self._class_index = {name: i for i, name in enumerate(self.vocab)}

@@ -119,12 +119,12 @@ class SearchClient:
                 attempt += 1
                 continue
             self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
-            self.quota = Quota.from_headers(response.headers) or self.quota
-            if response.status_code == 429 and self.quota is not None and quota_waits < 2:
-                # Spent (another client of the key, or a count we could not see): wait for the window, which
-                # is not a failed attempt.
+            announced = Quota.from_headers(response.headers)
+            self.quota = announced or self.quota
+            if response.status_code == 429 and announced is not None and announced.remaining <= 0 and quota_waits < 2:
+                # The quota is spent (another client of the key, or a count we could not see): waiting for the
+                # window is not a failed attempt. A 429 with quota left is a burst: retried as any other.
                 quota_waits += 1
-                self.quota.remaining = 0
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 if last:

@@ -301,3 +301,29 @@ def test_thresholds_are_the_lowest_that_reach_the_target() -> None:
     assert one.threshold is None and one.coverage == 0.0
     rows = score_thresholds(task, probs, truth, ["a", "b"], np.array([0.65, np.inf]))
     assert rows[0]["precision"] == 1.0 and rows[0]["labelled"] == 7 and rows[1]["labelled"] == 0
+
+
+@pytest.mark.slow
+def test_enrich_in_shards_then_one_merge_writes_the_same_annotations(world, tmp_path: Path) -> None:
+    root = world["root"]
+    out = tmp_path / "out.jsonld"
+    common = dict(run=root / "run", table=root / "new.csv", output=out, quiet=True)
+    shards = [enrich(EnrichConfig(**common, shard=f"{k}/2")) for k in range(2)]
+    assert not out.exists() and all(s.records for s in shards)  # a shard writes no annotations
+    merged = enrich(EnrichConfig(**common, resume=True))
+    assert merged.already_done == sum(s.records for s in shards) == world["enrich"].records
+
+    def said(path: Path) -> list[tuple[str, str, float]]:
+        items = json.loads(path.read_text())["first"]["items"]
+        return sorted((a["target"]["scope"], a["body"]["source"], round(a[CONFIDENCE], 4)) for a in items)
+
+    assert said(out) == said(root / "out.jsonld") and merged.annotations == world["enrich"].annotations
+
+
+@pytest.mark.slow
+def test_a_shard_with_another_model_setting_is_refused(world, tmp_path: Path) -> None:
+    root = world["root"]
+    common = dict(run=root / "run", table=root / "new.csv", output=tmp_path / "out.jsonld", quiet=True)
+    enrich(EnrichConfig(**common, shard="0/2"))
+    with pytest.raises(DatasetError, match="another model or setting"):
+        enrich(EnrichConfig(**common, shard="1/2", split="all"))  # would mix two models in one annotation set

@@ -352,3 +352,92 @@ def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: 
                                       "--tensorboard", str(tmp_path / "tb")])
     assert result.exit_code != 0 and result.stderr.count("\n") == 1
     assert "europeana-imgcls[tensorboard]" in result.stderr and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review
+
+
+def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tmp_path: Path) -> None:
+    # Every 2nd search answers 429 with Retry-After 0 while the hour's quota has plenty left.
+    with Sandbox(VOCAB, per_level=20, quota=1000, quota_window=3600, fail_every=2) as sb:
+        started = time.monotonic()
+        report = harvest(HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=10, api_url=sb.api_url, quiet=True,
+                                       retries=3, max_quota_wait=0.01))  # a wait for the window would be refused
+        assert report.rows > 0 and time.monotonic() - started < 30
+
+
+def test_old_draft_headers_without_a_window_assume_an_hour() -> None:
+    quota = Quota.from_headers({"RateLimit-Limit": "1000", "RateLimit-Remaining": "0", "RateLimit-Reset": "60"})
+    assert quota is not None and quota.window == 3600 and quota.waiting(2000) >= 3600
+
+
+def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=3) as sb:
+        table = _table(sb, tmp_path / "t.csv")
+        report = download(DownloadConfig(table=table, output_dir=tmp_path / "img", source="thumbnail", quiet=True,
+                                         timeout=2, retries=0, thumbnail_url="http://127.0.0.1:9/thumbnail/v3"))
+        assert report.saved == 0 and report.failed == pl.read_csv(table).height
+        assert sb.count("/images/") == 0  # a CDN that is down is no reason to load every museum's server
+        assert all(e.startswith("thumbnail: connection error") for e in _failures(tmp_path / "img" /
+                                                                                   "failures.csv").values())
+
+
+def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=10, bad_every=5) as sb:
+        table = _table(sb, tmp_path / "t.csv")
+        out = tmp_path / "img"
+        record = next(r for r in _records(sb) if r.fault == "404")
+        download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
+        rows = _failures(out / "failures.csv")
+        assert rows[record.id] == "HTTP 404"
+        shard = next(f"{k}/2" for k in range(2) if Shard(k, 2).owns(record.id))
+        (out / "failures.csv").write_text(  # an older reason in the merged file...
+            "ID,URL,error\n" + "".join(f"{i},x,{'old reason' if i == record.id else e}\n" for i, e in rows.items()))
+        download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64,
+                                shard=shard, retry_failed=True))  # ...and the shard's newer one
+        download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
+        assert _failures(out / "failures.csv")[record.id] == "HTTP 404"
+
+
+def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run: Path, tmp_path: Path) -> None:
+    from europeana_imgcls import PredictConfig, predict
+    from europeana_imgcls.errors import DatasetError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    broken = [folder / f"broken_{k}.jpg" for k in range(8)]
+    for path in broken:
+        path.write_bytes(b"not a picture")
+    out = tmp_path / "p.csv"
+    with pytest.raises(DatasetError):
+        predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, quiet=True))
+    (folder / "broken_0.jpg").unlink()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / "good.jpg")
+    predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, quiet=True))
+    shard = next(k for k in range(2) if any(Shard(k, 2).owns(p.name) for p in broken[1:]))
+    with pytest.raises(DatasetError, match="nothing could be labelled"):
+        predict(PredictConfig(run=trained_run, inputs=[str(p) for p in broken[1:]], output=out, quiet=True,
+                              shard=f"{shard}/2", resume=True))
+    assert out.is_file() and len(pl.read_csv(out)) == 1
+    (tmp_path / "p.csv.shard-1-of-40.partial").write_text("image\n")  # another shard count's leftover
+    predict(PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q.csv",
+                          quiet=True))  # unaffected, and:
+    (tmp_path / "q.csv.shard-1-of-40.partial").write_text("image\n")
+    predict(PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q2.csv",
+                          quiet=True, shard="0/1"))
+
+
+def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_inputs(
+        trained_run: Path, sandbox: Sandbox, tmp_path: Path) -> None:
+    from europeana_imgcls import PredictConfig, predict
+    from europeana_imgcls.errors import DatasetError
+
+    mine = tmp_path / "dataset"
+    mine.mkdir()
+    (mine / "inputs.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
+    (mine / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
+    table = _table(sandbox, tmp_path / "t.csv")
+    with pytest.raises(DatasetError, match="did not fetch"):
+        predict(PredictConfig(run=trained_run, table=table, output=tmp_path / "p.csv", image_dir=mine, quiet=True))
+    assert (mine / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
