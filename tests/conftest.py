@@ -101,8 +101,8 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
-    """Training settings for tests: no weights, tiny images, few epochs (override any with ``kw``)."""
-    settings = dict(data_dir=data, output_dir=out, weights="none", epochs=6, input_size=32, batch_size=8,
+    """Training settings for tests: the tiny net, no weights, tiny images, few epochs (override any with ``kw``)."""
+    settings = dict(data_dir=data, output_dir=out, arch="tiny", weights="none", epochs=6, input_size=32, batch_size=8,
                     learning_rate=1e-3, folds=3, patience=3, quiet=True, gradcam_images=3)
     settings.update(kw)
     return TrainConfig(**settings)
@@ -110,10 +110,11 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 3-fold run shared by every test that needs a trained model but is not about training."""
+    """One 3-fold run shared by every test that needs a trained model but is not about training. A real arch:
+    tests run eic on it in other processes (torchrun, kill and resume), where the tests' tiny net is unknown."""
     from europeana_imgcls.training import train
 
     data = make_folders(tmp_path_factory.mktemp("train"), per_class=9, size=40)
     out = tmp_path_factory.mktemp("runs") / "run"
-    train(config(data, out, epochs=3, gradcam_images=0))
+    train(config(data, out, arch="resnet18", epochs=3, gradcam_images=0))
     return out

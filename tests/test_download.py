@@ -33,7 +33,7 @@ EXPECTED_ERROR = {
 
 @pytest.fixture
 def faulty() -> Iterator[Sandbox]:
-    with Sandbox(VOCAB, per_level=10, bad_every=5, variant_every=4, image_fail_every=7, stall_seconds=8) as sb:
+    with Sandbox(VOCAB, per_level=10, bad_every=5, variant_every=4, image_fail_every=7, stall_seconds=4) as sb:
         yield sb
 
 
@@ -50,7 +50,7 @@ def write_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
 
 def config(table: Path, out: Path, **kw) -> DownloadConfig:
     # A timeout well above what a good image takes on a loaded machine, well below the sandbox's stall.
-    settings = dict(table=table, output_dir=out, quiet=True, timeout=3.0, retries=1, max_side=128,
+    settings = dict(table=table, output_dir=out, quiet=True, timeout=2.0, retries=1, max_side=128,
                     max_bytes=3_000_000, concurrency=8, per_host=8)
     settings.update(kw)
     return DownloadConfig(**settings)
@@ -126,13 +126,13 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=40, bad_every=11, stall_seconds=10) as sb:
+    with Sandbox(VOCAB, per_level=40, bad_every=11, stall_seconds=5) as sb:
         table = write_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         proc = subprocess.Popen(
             [sys.executable, "-m", "europeana_imgcls", "download", str(table), "-o", str(out), "--quiet",
-             "--concurrency", "2", "--max-side", "0", "--timeout", "4", "--retries", "0"],
+             "--concurrency", "2", "--max-side", "0", "--timeout", "2", "--retries", "0"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(list(out.rglob("*.jpg"))) < 40:
@@ -142,7 +142,7 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
         partial = len(list(out.rglob("*.jpg")))
         records = images(sb)
         assert 0 < partial < len(records)
-        report = download(config(table, out, max_side=0, timeout=4, retries=0))
+        report = download(config(table, out, max_side=0, timeout=2, retries=0))
         good = [r for r in records if not r.fault]
         for record in good:
             path = out / record.labels[0] / file_name(record.id)

@@ -252,9 +252,11 @@ def test_predict_killed_at_a_random_moment_resumes_to_the_full_output(sig: signa
                             stderr=subprocess.DEVNULL)
     partial = tmp_path / "p.csv.partial"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 100):
+    while time.monotonic() < deadline and proc.poll() is None and not (partial.exists() and
+                                                                       partial.stat().st_size > 100):
         time.sleep(0.02)
     time.sleep(random.Random(sig).uniform(0.0, 0.15))
+    assert proc.poll() in (None, 0), "the run failed before it could be killed"
     proc.send_signal(sig)
     stopped = proc.wait(timeout=60) != 0
     # A run killed after it finished leaves the whole output: nothing to resume, nothing lost either.

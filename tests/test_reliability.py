@@ -563,7 +563,7 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
     other = make_folders(tmp_path / "other", per_class=6, size=32)
     run = tmp_path / "run"
     train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0))
-    with pytest.raises(DatasetError, match="arch 'resnet18' there, 'resnet34' now"):
+    with pytest.raises(DatasetError, match="arch 'tiny' there, 'resnet34' now"):
         train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, arch="resnet34", resume=True))
     with pytest.raises(DatasetError, match="data_dir"):
         train(config(other, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))
@@ -659,7 +659,7 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     with pytest.raises(ModelError, match="offline"):  # torchvision's weights cannot be fetched here
-        train(config(data, tmp_path / "run", weights="imagenet", epochs=1, crossvalidation=False))
+        train(config(data, tmp_path / "run", arch="resnet18", weights="imagenet", epochs=1, crossvalidation=False))
     report = train(config(data, tmp_path / "run", epochs=1, crossvalidation=False, gradcam_images=0))
     assert report.splits  # the natural retry with --weights none is not refused
 

@@ -120,6 +120,7 @@ def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], messag
 # One request rate for the whole client
 
 
+@pytest.mark.slow
 def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=8) as sandbox:
         table = _table(sandbox, tmp_path / "t.csv")
@@ -220,6 +221,7 @@ def test_quota_headers_are_read_in_both_drafts() -> None:
     assert quota.waiting(7) == 0 and 3600 + 40 <= quota.waiting(1008) <= 3600 + 42
 
 
+@pytest.mark.slow
 def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=120, quota=3, quota_window=1.0) as sb:
         started = time.monotonic()
@@ -254,6 +256,7 @@ def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Pat
     assert pl.read_csv(out).height > 0
 
 
+@pytest.mark.slow
 def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries() -> None:
     with Sandbox(VOCAB, per_level=5, quota=1, quota_window=0.6) as sb:
         with SearchClient(sb.api_url, "api2demo", retries=0) as other:
@@ -384,7 +387,7 @@ def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path
 
 
 def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=10, bad_every=5) as sb:
+    with Sandbox(VOCAB, per_level=10, bad_every=5, stall_seconds=0.2) as sb:  # only a 404 matters here
         table = _table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         record = next(r for r in _records(sb) if r.fault == "404")
