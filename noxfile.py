@@ -21,7 +21,7 @@ def install_project(session: nox.Session, extras: str = "dev,lite,audit,tensorbo
 @nox.session
 def tests(session: nox.Session) -> None:
     install_project(session)
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *(session.posargs or ["-n", "auto"]))
 
 
 @nox.session

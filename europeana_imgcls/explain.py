@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -22,12 +22,13 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from .config import CamMethod
 from .errors import ConfigError
 
-CAM_METHODS = {
-    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
-    "layercam": LayerCAM, "scorecam": ScoreCAM, "eigencam": EigenCAM,
-}
+# The names are the settings' (config.CamMethod, checked before torch is imported); the classes are said once,
+# here, in the same order (a name without its class fails at import, not at a user's first heatmap).
+CAM_METHODS = dict(zip(get_args(CamMethod), (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM,
+                                             EigenCAM), strict=True))
 
 
 def heatmaps(model: nn.Module, layer: nn.Module, batch: torch.Tensor, targets: Sequence[int],
