@@ -171,7 +171,7 @@ def _eic(*args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=12, bad_every=9, stall_seconds=3) as sb:
+    with Sandbox(VOCAB, per_level=8, bad_every=9, stall_seconds=3) as sb:
         rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
                 for r in sb.catalogue if r.type == "IMAGE" and r.has_url]  # one and several labels
         table = tmp_path / "t.csv"
