@@ -28,7 +28,10 @@ from torch import nn
 from europeana_imgcls.folders import IMAGENET_MEAN, IMAGENET_STD, DecodedCache, ImageDataset, ImageSet, make_loader
 from europeana_imgcls.models import build_model
 from europeana_imgcls.runtime import autocast_dtype, default_workers, resolve_device
+from europeana_imgcls.tasks import task_for
 from europeana_imgcls.training import train_one_epoch
+
+TASK = task_for("single-label")
 
 
 def photo(size: tuple[int, int], seed: int) -> Image.Image:
@@ -74,10 +77,10 @@ def timed(model: nn.Module, loader, device: torch.device, amp: bool, warm_up: bo
     dtype = autocast_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     if warm_up:
-        train_one_epoch(model, [next(iter(loader))], criterion, optimizer, device, dtype, scaler)
+        train_one_epoch(model, [next(iter(loader))], criterion, optimizer, device, TASK, dtype, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    stats = train_one_epoch(model, loader, criterion, optimizer, device, dtype, scaler)
+    stats = train_one_epoch(model, loader, criterion, optimizer, device, TASK, dtype, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return stats.images_per_second
