@@ -9,13 +9,14 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 from torch import nn
 
 from europeana_imgcls.config import TrainConfig
 from europeana_imgcls.models import register_arch
-from europeana_imgcls.sandbox import Sandbox, draw_image
+from europeana_imgcls.sandbox import Sandbox, SandboxRecord, draw_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED_TABLES = SHARED / "seed_tables"
@@ -118,3 +119,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     train(config(data, out, arch="resnet18", epochs=3, gradcam_images=0))
     return out
+
+
+def sandbox_records(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
+    """The sandbox's image records with a URL: single-concept ones, or (``multi``) those of several concepts."""
+    return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
+
+
+def sandbox_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
+    """A harvest-like table of those records (category, ID, URL, preview) at ``path``."""
+    rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r),
+             "preview": sb.item(r, "k")["edmPreview"][0]} for r in sandbox_records(sb, multi)]
+    pl.DataFrame(rows).write_csv(path)
+    return path

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.cli import app
 from europeana_imgcls.download import file_name
-from europeana_imgcls.sandbox import FAULTS, Sandbox, SandboxRecord
+from europeana_imgcls.sandbox import FAULTS, Sandbox
 
-from .conftest import VOCAB
+from .conftest import VOCAB, sandbox_records, sandbox_table
 
 EXPECTED_ERROR = {
     "404": "HTTP 404", "html": "not an image (text/html)", "truncated": "truncated",
@@ -35,17 +35,6 @@ EXPECTED_ERROR = {
 def faulty() -> Iterator[Sandbox]:
     with Sandbox(VOCAB, per_level=10, bad_every=5, variant_every=4, image_fail_every=7, stall_seconds=4) as sb:
         yield sb
-
-
-def images(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
-    return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
-
-
-def write_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
-    rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r),
-             "preview": sb.item(r, "k")["edmPreview"][0]} for r in images(sb, multi)]
-    pl.DataFrame(rows).write_csv(path)
-    return path
 
 
 def config(table: Path, out: Path, **kw) -> DownloadConfig:
@@ -63,10 +52,10 @@ def read_failures(out: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faulty: Sandbox, tmp_path: Path) -> None:
-    table = write_table(faulty, tmp_path / "t.csv")
+    table = sandbox_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
     report = download(config(table, out))
-    records = images(faulty)
+    records = sandbox_records(faulty)
     bad = {r.id: r.fault for r in records if r.fault}
     assert set(bad.values()) == set(FAULTS)
     failures = read_failures(out)
@@ -95,7 +84,7 @@ def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faul
 
 @pytest.mark.slow
 def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sandbox, tmp_path: Path) -> None:
-    table = write_table(faulty, tmp_path / "t.csv")
+    table = sandbox_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
     first = download(config(table, out))
     failed_first = read_failures(out)
@@ -113,11 +102,11 @@ def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sa
 
 @pytest.mark.slow
 def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path) -> None:
-    table = write_table(faulty, tmp_path / "t.csv")
+    table = sandbox_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
     report = download(config(table, out, fallback_preview=True))
     assert report.failed == 0
-    faults = [r for r in images(faulty) if r.fault]
+    faults = [r for r in sandbox_records(faulty) if r.fault]
     assert faulty.count("/thumbnail/") == len(faults)
     for record in faults:
         with Image.open(out / record.labels[0] / file_name(record.id)) as saved:
@@ -127,7 +116,7 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=40, bad_every=11, stall_seconds=5) as sb:
-        table = write_table(sb, tmp_path / "t.csv")
+        table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         proc = subprocess.Popen(
@@ -140,7 +129,7 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         partial = len(list(out.rglob("*.jpg")))
-        records = images(sb)
+        records = sandbox_records(sb)
         assert 0 < partial < len(records)
         report = download(config(table, out, max_side=0, timeout=2, retries=0))
         good = [r for r in records if not r.fault]
@@ -156,10 +145,10 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
 
 def test_multi_label_layout_writes_labels_csv(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=2) as sb:
-        table = write_table(sb, tmp_path / "t.parquet".replace(".parquet", ".csv"), multi=True)
+        table = sandbox_table(sb, tmp_path / "t.parquet".replace(".parquet", ".csv"), multi=True)
         out = tmp_path / "img"
         download(config(table, out, mode="multi-label"))
-        records = images(sb, multi=True)
+        records = sandbox_records(sb, multi=True)
     labels = pl.read_csv(out / "labels.csv")
     assert labels.columns == ["ID", "file", "category"]
     assert dict(zip(labels["ID"], labels["category"], strict=True)) == {r.id: " ".join(r.labels) for r in records}
@@ -186,7 +175,7 @@ def test_names_and_bad_tables(tmp_path: Path) -> None:
 
 
 def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: Path) -> None:
-    record = images(sandbox)[0]
+    record = sandbox_records(sandbox)[0]
     (tmp_path / "t.csv").write_text(
         f"category,ID,URL\n {record.labels[0]} ,{record.id},{sandbox.image_url(record)}\nmap,/1/nourl,\n")
     report = download(config(tmp_path / "t.csv", tmp_path / "img"))

@@ -24,25 +24,14 @@ from europeana_imgcls.errors import ApiError
 from europeana_imgcls.naming import file_name
 from europeana_imgcls.quota import Quota
 from europeana_imgcls.ratelimit import RateLimit
-from europeana_imgcls.sandbox import Sandbox, SandboxRecord
+from europeana_imgcls.sandbox import Sandbox
 from europeana_imgcls.search_api import SearchClient
 from europeana_imgcls.sharding import Shard, shard_of
 from europeana_imgcls.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
 
-from .conftest import VOCAB
+from .conftest import VOCAB, sandbox_records, sandbox_table
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _records(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
-    return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
-
-
-def _table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
-    rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r),
-             "preview": sb.item(r, "k")["edmPreview"][0]} for r in _records(sb, multi)]
-    pl.DataFrame(rows).write_csv(path)
-    return path
 
 
 def _failures(path: Path) -> dict[str, str]:
@@ -72,12 +61,12 @@ def test_thumbnail_urls_are_the_md5_of_the_media_url_and_placeholders_are_known(
 
 def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=12, bad_every=5, thumbnail_missing_every=4) as sb:
-        table = _table(sb, tmp_path / "t.csv")
+        table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         report = download(DownloadConfig(table=table, output_dir=out, source="thumbnail", quiet=True, timeout=3,
                                          retries=0, max_side=128, fallback_preview=True,
                                          thumbnail_url=f"{sb.base_url}/thumbnail/v3"))
-        records = _records(sb)
+        records = sandbox_records(sb)
         failures = _failures(out / "failures.csv")
         for record in records:
             saved = out / record.labels[0] / file_name(record.id)
@@ -123,7 +112,7 @@ def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], messag
 @pytest.mark.slow
 def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=8) as sandbox:
-        table = _table(sandbox, tmp_path / "t.csv")
+        table = sandbox_table(sandbox, tmp_path / "t.csv")
         rows = pl.read_csv(table).height
         started = time.monotonic()
         report = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, rate=40,
@@ -281,7 +270,7 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
     from europeana_imgcls import PredictConfig, predict
 
     with Sandbox(VOCAB, per_level=4, shared_per_concept=0, triples_per_concept=0, thumbnail_missing_every=3) as sb:
-        table = _table(sb, tmp_path / "t.csv")
+        table = sandbox_table(sb, tmp_path / "t.csv")
         common = dict(run=trained_run, table=table, quiet=True, source="thumbnail",
                       thumbnail_url=f"{sb.base_url}/thumbnail/v3")
         out = tmp_path / "sharded" / "p.csv"
@@ -377,7 +366,7 @@ def test_old_draft_headers_without_a_window_assume_an_hour() -> None:
 
 def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=3) as sb:
-        table = _table(sb, tmp_path / "t.csv")
+        table = sandbox_table(sb, tmp_path / "t.csv")
         report = download(DownloadConfig(table=table, output_dir=tmp_path / "img", source="thumbnail", quiet=True,
                                          timeout=2, retries=0, thumbnail_url="http://127.0.0.1:9/thumbnail/v3"))
         assert report.saved == 0 and report.failed == pl.read_csv(table).height
@@ -388,9 +377,9 @@ def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path
 
 def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=10, bad_every=5, stall_seconds=0.2) as sb:  # only a 404 matters here
-        table = _table(sb, tmp_path / "t.csv")
+        table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
-        record = next(r for r in _records(sb) if r.fault == "404")
+        record = next(r for r in sandbox_records(sb) if r.fault == "404")
         download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
         rows = _failures(out / "failures.csv")
         assert rows[record.id] == "HTTP 404"
@@ -440,7 +429,7 @@ def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_input
     mine.mkdir()
     (mine / "inputs.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
     (mine / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
-    table = _table(sandbox, tmp_path / "t.csv")
+    table = sandbox_table(sandbox, tmp_path / "t.csv")
     with pytest.raises(DatasetError, match="did not fetch"):
         predict(PredictConfig(run=trained_run, table=table, output=tmp_path / "p.csv", image_dir=mine, quiet=True))
     assert (mine / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
