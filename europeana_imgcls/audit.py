@@ -203,9 +203,7 @@ def _label_issues(findings: Findings) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _given(findings: Findings, i: int) -> str:
-    if findings.task.multilabel:
-        return " ".join(findings.classes[c] for c in np.flatnonzero(findings.truth[i]))
-    return findings.classes[int(findings.truth[i])]
+    return findings.task.truth_text(findings.truth[i], findings.classes)
 
 
 def _suggested(findings: Findings, i: int) -> str:

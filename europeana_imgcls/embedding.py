@@ -157,14 +157,9 @@ def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, imag
 def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> pl.DataFrame:
     """One row per decodable image: path, label(s), record ID, provider and the vector."""
     keep = np.flatnonzero(readable)
-    labels = images.labels
-
-    def label(i: int) -> str:
-        return images.task.describe(labels[i], np.zeros(len(images.classes)), images.classes, None)["truth"]
-
     return pl.DataFrame({
         "image": [str(images.paths[i]) for i in keep],
-        "category": [label(i) for i in keep],
+        "category": [images.task.truth_text(images.labels[i], images.classes) for i in keep],
         "ID": [record_id_of(images.paths[i].name) for i in keep],
         "provider": [provider_of(images.paths[i]) for i in keep],
         "embedding": [vectors[i].astype(np.float32).tolist() for i in keep],

@@ -78,6 +78,10 @@ class Task(ABC):
         """Decision thresholds learnt on validation data (None: the task decides without them)."""
 
     @abstractmethod
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        """An image's labels as a table cell states them (the inverse of ``truth_of``)."""
+
+    @abstractmethod
     def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
                  ) -> dict[str, str]:
         """The truth and prediction columns of one row of ``test_predictions.csv``."""
@@ -169,9 +173,12 @@ class SingleLabel(Task):
     def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         return None
 
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        return classes[int(truth)]
+
     def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
                  ) -> dict[str, str]:
-        return {"truth": classes[int(truth)], "prediction": classes[int(probs.argmax())],
+        return {"truth": self.truth_text(truth, classes), "prediction": classes[int(probs.argmax())],
                 "confidence": f"{probs.max():.6f}"}
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
@@ -249,10 +256,13 @@ class MultiLabel(Task):
 
         return tune_thresholds(truth, probs)
 
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        return " ".join(c for c, t in zip(classes, truth, strict=True) if t > 0)
+
     def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
                  ) -> dict[str, str]:
         cuts = np.full(len(classes), 0.5) if thresholds is None else thresholds
-        return {"truth": " ".join(c for c, t in zip(classes, truth, strict=True) if t),
+        return {"truth": self.truth_text(truth, classes),
                 "prediction": " ".join(c for c, p, t in zip(classes, probs, cuts, strict=True) if p >= t)}
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:

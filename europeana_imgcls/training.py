@@ -581,8 +581,7 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
     predicted = [int(test.probs[k].argmax()) for k in order]
     maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
     for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):
-        truth = test_images.task.describe(test.truth[k], test.probs[k], classes, None)["truth"]
-        truth = truth.replace(" ", "+") or "none"
+        truth = test_images.task.truth_text(test.truth[k], classes).replace(" ", "+") or "none"
         pred, confidence = classes[predicted[n]], float(test.probs[k].max())
         name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
         title = f"{record_id_of(path.name) or path.name} · true {truth}"
