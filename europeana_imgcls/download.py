@@ -48,7 +48,7 @@ from .progress import progress_bar
 from .ratelimit import RateLimit
 from .retry import retry_after, wait_before
 from .sharding import Shard
-from .tables import atomic_path, count_rows, is_own_temp, iter_table, write_json
+from .tables import atomic_path, check_columns, count_rows, is_own_temp, iter_table, table_columns, write_json
 from .thumbnails import is_placeholder, thumbnail_url
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
@@ -136,12 +136,12 @@ def _required(config: DownloadConfig) -> tuple[str, ...]:
 
 
 def _check_table(config: DownloadConfig) -> None:
-    """Fail fast, before any request, on a table that lacks what the settings need."""
-    first = next(iter_table(config.table, (), chunk_size=1, columns=config.columns), None)
-    if config.source == "thumbnail" and first is not None and "URL" not in first.columns:
+    """Fail fast, from the header and before any request, on a table that lacks what the settings need."""
+    names = table_columns(config.table, config.columns)
+    if config.source == "thumbnail" and "URL" not in names:
         raise DatasetError(f"{config.table}: `source` thumbnail needs the media URL column 'URL' (a thumbnail is "
                            "named by the MD5 of it); map the table's own with `columns`, e.g. URL=image_url")
-    next(iter_table(config.table, _required(config), chunk_size=1, columns=config.columns), None)
+    check_columns(config.table, names, _required(config))
 
 
 def _own_name(name: str, shard: Shard | None) -> str:

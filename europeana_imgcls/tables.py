@@ -88,7 +88,7 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
     df = rename_columns(path, _clean(df), columns)
-    _check_columns(path, df.columns, required)
+    check_columns(path, df.columns, required)
     return df
 
 
@@ -96,11 +96,7 @@ def iter_table(path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_
                columns: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
     """Stream a table in cleaned chunks, so memory stays flat however long the table is."""
     lazy = _scan(path)
-    try:
-        names = [c.strip() for c in lazy.collect_schema().names()]
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
-    _check_columns(path, _renamed(path, names, columns), required)
+    check_columns(path, _header(path, lazy, columns), required)
     try:
         for chunk in lazy.collect_batches(chunk_size=chunk_size):
             yield rename_columns(path, _clean(chunk), columns)
@@ -108,6 +104,19 @@ def iter_table(path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_
         raise
     except Exception as exc:
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def table_columns(path: Path, columns: Mapping[str, str] | None = None) -> list[str]:
+    """A table's column names as eic reads them (after the ``columns`` mapping), from its header alone."""
+    return _header(path, _scan(path), columns)
+
+
+def _header(path: Path, lazy: pl.LazyFrame, columns: Mapping[str, str] | None) -> list[str]:
+    try:
+        names = [c.strip() for c in lazy.collect_schema().names()]
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+    return [name for name in _renamed(path, names, columns) if name is not None]
 
 
 def rename_columns(path: Path, df: pl.DataFrame, columns: Mapping[str, str] | None) -> pl.DataFrame:
@@ -148,7 +157,7 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_parquet(path)
 
 
-def _check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:
+def check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:
     missing = [col for col in required if col not in columns]
     if missing:
         raise DatasetError(
