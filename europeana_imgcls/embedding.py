@@ -102,10 +102,9 @@ def embed(config: EmbedConfig) -> EmbedReport:
     arch = get_arch(config.arch)
     partial = config.output.with_name(config.output.name + ".partial")
     shard = config.shard_spec
-    own = f"chunk-{shard.tag}-*.parquet" if shard else "chunk-*.parquet"
     if not config.resume:
         refuse_existing(config.output, False)
-        if any(partial.glob(own)):
+        if any(partial.glob(_chunks(shard))):
             raise DatasetError(f"an interrupted (or sharded) embedding into {config.output} was found: pass "
                                f"`resume` to carry on (and merge shards), or delete {partial}")
     images = scan_images(config.data_dir, config.mode, config.labels)
@@ -213,10 +212,15 @@ def _check_partial(partial: Path, meta: dict[str, Any]) -> None:
                            f"{', '.join(str(before.get(k)) for k in differ)}): resume with those, or delete it")
 
 
+def _chunks(shard: Shard | None) -> str:
+    """The chunk files a run writes: ``chunk-00003.parquet``, or a shard's ``chunk-shard-1-of-4-00003.parquet``."""
+    return f"chunk-{shard.tag}-*.parquet" if shard else "chunk-*.parquet"
+
+
 def _chunk_name(partial: Path, shard: Shard | None) -> str:
-    if shard is None:
-        return f"chunk-{len(list(partial.glob('chunk-[0-9]*.parquet'))):05d}.parquet"
-    return f"chunk-{shard.tag}-{len(list(partial.glob(f'chunk-{shard.tag}-*.parquet'))):05d}.parquet"
+    """The next chunk's name (numbered among the run's own chunks)."""
+    prefix, own = (f"chunk-{shard.tag}-", _chunks(shard)) if shard else ("chunk-", "chunk-[0-9]*.parquet")
+    return f"{prefix}{len(list(partial.glob(own))):05d}.parquet"
 
 
 def _done(partial: Path) -> set[str]:

@@ -93,12 +93,10 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
 def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable: np.ndarray, split: Split,
            index: int, backbone: nn.Module, backbone_path: Path, sha: str, meta: dict[str, Any]
            ) -> tuple[dict[str, float], float]:
-    from .training import Evaluation, score_split, write_split_metrics
+    from .training import Evaluation, score_split, start_split_folder, write_split_metrics
 
     split_dir = config.output_dir / f"split_{index}"
-    split_dir.mkdir(parents=True, exist_ok=True)
-    write_json(split_dir / "config.json", public_dict(config))
-    write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(images.classes)})
+    start_split_folder(split_dir, config, images.classes)
     task = task_for(config.mode)
     train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))
     targets = images.labels

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .tasks import Task
 
 EXTRA_HINT = "pip install 'europeana-imgcls[tensorboard]'"
 
@@ -56,7 +57,7 @@ class TensorBoardRun:
         writer.add_scalar("images_per_second", row["images_per_second"], step)
         writer.flush()
 
-    def finish(self, run_dir: Path, classes: list[str], multilabel: bool, splits: list[Any],
+    def finish(self, run_dir: Path, classes: list[str], task: Task, splits: list[Any],
                summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
         """Test scores and confusion matrix per split, then the settings with the mean scores as hparams."""
         for result in splits:
@@ -66,7 +67,7 @@ class TensorBoardRun:
                 writer.add_scalar(f"test/{key}", value, step)
             predictions = run_dir / f"split_{result.index}" / "test_predictions.csv"
             if predictions.is_file():
-                writer.add_figure("test/confusion_matrix", confusion_figure(predictions, classes, multilabel), step)
+                writer.add_figure("test/confusion_matrix", confusion_figure(predictions, classes, task), step)
             writer.flush()
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                    for k, v in settings.items() if v is not None and not isinstance(v, (dict, list))}
@@ -77,20 +78,18 @@ class TensorBoardRun:
             writer.close()
 
 
-def confusion_figure(predictions: Path, classes: list[str], multilabel: bool) -> Any:
+def confusion_figure(predictions: Path, classes: list[str], task: Task) -> Any:
     """Rows: truth, columns: prediction (multi-label: images with truth label i and predicted label j)."""
     from matplotlib.figure import Figure
 
-    index = {name: i for i, name in enumerate(classes)}
+    one_hot = np.eye(len(classes), dtype=np.int64)
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
     with predictions.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            truths, predicted_ = (row["truth"].split(), row["prediction"].split()) if multilabel else (
-                [row["truth"]], [row["prediction"]])  # a class folder's name may hold spaces
-            for truth in truths:
-                for predicted in predicted_:
-                    if truth in index and predicted in index:
-                        counts[index[truth], index[predicted]] += 1
+            # The cells as the task reads them: a class index (single-label) or a row of 0/1 per label.
+            truth, predicted = (task.truth_of(row[k], classes) for k in ("truth", "prediction"))
+            counts += np.outer(one_hot[truth] if np.ndim(truth) == 0 else truth,
+                               one_hot[predicted] if np.ndim(predicted) == 0 else predicted)
     size = max(4.0, 0.45 * len(classes) + 2)
     figure = Figure(figsize=(size, size))
     ax = figure.subplots()

@@ -294,7 +294,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         _calibrate(config, report)
         write_model_card(out)
         if board is not None:
-            board.finish(out, images.classes, task.multilabel, report.splits, report.summary, public_dict(config))
+            board.finish(out, images.classes, task, report.splits, report.summary, public_dict(config))
     return report
 
 
@@ -377,7 +377,7 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     if config.resume and (split_dir / "metrics.json").exists():
         return _finished_earlier(split_dir, index, world)
     if world.main:
-        _start_split_folder(split_dir, config, images.classes)
+        start_split_folder(split_dir, config, images.classes)
     seed_everything(config.seed + index)
     arch = get_arch(config.arch)
     model = build_model(config.arch, len(images.classes), config.weights).to(device)
@@ -418,7 +418,8 @@ def _finished_earlier(split_dir: Path, index: int, world: Dist) -> SplitResult:
     return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
 
 
-def _start_split_folder(split_dir: Path, config: TrainConfig, classes: list[str]) -> None:
+def start_split_folder(split_dir: Path, config: TrainConfig, classes: list[str]) -> None:
+    """A split's folder with the settings and the class order it is trained with (heads' splits too)."""
     split_dir.mkdir(parents=True, exist_ok=True)
     write_json(split_dir / "config.json", public_dict(config))
     write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(classes)})
