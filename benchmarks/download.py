@@ -283,9 +283,11 @@ def scale_rows(work: Path, base: str, args: argparse.Namespace, entries: list[tu
         m = measure([*eic, "-o", str(out), "--concurrency", "32", "--source", source, "--thumbnail-url",
                      f"{base}/thumbnail/v3"])
         # Bytes received: the originals' sizes, or the 400 px renditions' (what --max-side 256 asks for).
-        good = [name for kind, name in entries if kind == "good"]
-        size = sum((work / n).stat().st_size for n in good) if source == "original" else sum(
-            len(rendition((work / n).read_bytes(), 400)) for n in good)
+        # The corpus reuses a small pool of pictures: each pool file's size (or its rendition's) once.
+        pool = {name for kind, name in entries if kind == "good"}
+        sizes = {n: (work / n).stat().st_size if source == "original" else len(rendition((work / n).read_bytes(), 400))
+                 for n in pool}
+        size = sum(sizes[name] for kind, name in entries if kind == "good")
         rows.append((f"--source {source}", count_images(out), m, size / 1e6))
     for count in shard_counts:
         out = work / f"shards-{count}"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .errors import ConfigError
 
 DEFAULT_API_URL = "https://api.europeana.eu/record/v2/search.json"
+DEFAULT_THUMBNAIL_URL = "https://api.europeana.eu/thumbnail/v3"
 DEMO_API_KEY = "api2demo"
 REUSABILITY_LEVELS = ("open", "restricted", "permission")
 ENV_PREFIX = "EUROPEANA_"
@@ -93,12 +94,12 @@ class ShardSettings(_Base):
     def _shard(cls, value: Any) -> Any:
         if value is None or value == "":
             return None
-        from .sharding import Shard, shard_problem
+        from .sharding import shard_problem
 
         problem = shard_problem(str(value))
         if problem:
             raise ValueError(problem)
-        return str(Shard.parse(str(value)))
+        return "".join(str(value).split())  # " 1 / 4" is kept as "1/4"
 
     @property
     def shard_spec(self) -> Any:
@@ -114,7 +115,7 @@ class FetchSettings(_Base):
     source: Literal["original", "thumbnail"] = Field(
         "original", description="original: the provider's file (URL); thumbnail: Europeana's 200 or 400 px "
         "rendition from one CDN (enough below 400 px, far fewer bytes and dead links), the original when missing.")
-    thumbnail_url: str = Field("https://api.europeana.eu/thumbnail/v3", description="Thumbnail API v3 base; "
+    thumbnail_url: str = Field(DEFAULT_THUMBNAIL_URL, description="Thumbnail API v3 base; "
                                "images are asked for at BASE/{200|400}/{md5 of URL}.")
     rate: float | None = Field(None, gt=0, description="Most requests started per second, over all hosts "
                                "(a 429's Retry-After pauses them all); default: no limit.")

@@ -10,9 +10,9 @@ Facts from github.com/europeana/thumbnail-api (ThumbnailControllerV2/V3, IdUtils
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
-DEFAULT_THUMBNAIL_URL = "https://api.europeana.eu/thumbnail/v3"
 SIZES = (200, 400)
 # src/main/resources/images/EU_thumbnails_{image,sound,video,text,3d}.png: 293 x 293 palette PNGs of
 # 2,319, 2,484, 1,932, 2,180 and 3,012 bytes. The image icon ships in data/ for the sandbox (EUPL-1.2).
@@ -42,6 +42,7 @@ def is_placeholder(data: bytes) -> bool:
     return len(data) <= _LARGEST_PLACEHOLDER and hashlib.sha256(data).hexdigest() in PLACEHOLDER_SHA256
 
 
+@functools.cache  # read once: the sandbox sends it for every record without a thumbnail
 def placeholder_bytes() -> bytes:
     """The IMAGE icon itself, as v2 sends it (the sandbox serves it for media without a thumbnail)."""
     from importlib.resources import files
