@@ -7,6 +7,7 @@ folder with ``eic evaluate``. It also times ``eic embed`` against the backbone's
 already in memory (target: embed at >= 0.9 of it).
 
     python benchmarks/embed.py [--arch efficientnet_lite0] [--input-size 128] [--per-level 20] [--epochs 3]
+                               [--batch-size 32] [--device auto]
 """
 
 from __future__ import annotations
@@ -22,21 +23,27 @@ import torch
 from europeana_imgcls import DownloadConfig, EvaluateConfig, TrainConfig, download, evaluate, train
 from europeana_imgcls.config import EmbedConfig
 from europeana_imgcls.embedding import embed, feature_model
+from europeana_imgcls.runtime import autocast_dtype, resolve_device
 from europeana_imgcls.sandbox import Sandbox
 
 VOCAB = {"map": "http://data.europeana.eu/concept/base/43", "painting": "http://data.europeana.eu/concept/base/47",
          "specimen": "http://data.europeana.eu/concept/base/167", "photograph": "http://data.europeana.eu/concept/base/48"}
 
 
-def forward_rate(arch: str, weights: str, size: int, batch: int, images: int) -> float:
-    """Images per second of the backbone alone, on normalised tensors in memory."""
-    model = feature_model(arch, weights)
-    inputs = torch.randn(batch, 3, size, size)
-    with torch.inference_mode():
-        model(inputs)  # warm-up
+def forward_rate(arch: str, weights: str, size: int, batch: int, images: int, device: torch.device) -> float:
+    """Images per second of the backbone alone, on normalised tensors already on ``device``, run the way
+    ``eic embed`` runs it there (channels_last and autocast on CUDA) and copied back as embed copies."""
+    model = feature_model(arch, weights).to(device)
+    inputs = torch.randn(batch, 3, size, size, device=device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    dtype = autocast_dtype(device, True)
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        model(inputs).float().cpu()  # warm-up
         started = time.perf_counter()
         for _ in range(max(1, images // batch)):
-            model(inputs)
+            model(inputs).float().cpu()
     return max(1, images // batch) * batch / (time.perf_counter() - started)
 
 
@@ -48,9 +55,11 @@ def main() -> None:
     parser.add_argument("--per-level", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     common = dict(arch=args.arch, weights=args.weights, input_size=args.input_size, batch_size=args.batch_size,
-                  quiet=True)
+                  device=args.device, quiet=True)
     with tempfile.TemporaryDirectory() as tmp, Sandbox(VOCAB, per_level=args.per_level) as sb:
         root = Path(tmp)
         rows = [{"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)}
@@ -62,7 +71,8 @@ def main() -> None:
         started = time.perf_counter()
         embedded = embed(EmbedConfig(data_dir=root / "train", output=root / "emb.parquet", **common))
         embed_seconds = time.perf_counter() - started
-        rate = forward_rate(args.arch, args.weights, args.input_size, args.batch_size, embedded.embedded)
+        rate = forward_rate(args.arch, args.weights, args.input_size, args.batch_size, embedded.embedded,
+                            device)
         results = []
         for method, extra in (("linear-probe", {"embeddings": root / "emb.parquet"}),
                               ("finetune", {"epochs": args.epochs, "patience": 2, "gradcam_images": 0,
@@ -74,8 +84,9 @@ def main() -> None:
             held = evaluate(EvaluateConfig(run=root / method, eval_dir=root / "held_out",
                                            output_dir=root / f"{method}-eval", gallery=0, quiet=True))
             results.append((method, seconds, held.summary["accuracy"]["mean"], held.summary["accuracy"]["std"]))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"{embedded.embedded} training images, {args.arch} ({args.weights}) at {args.input_size} px, "
-          f"{torch.get_num_threads()} CPU threads")
+          f"batch {args.batch_size}, {where}, torch {torch.__version__}")
     print(f"eic embed: {embedded.images_per_second:.1f} images/s; forward pass alone: {rate:.1f} images/s "
           f"({embedded.images_per_second / rate:.2f})")
     print("| 10-fold protocol | wall s | held-out accuracy (mean ± std over splits) |")

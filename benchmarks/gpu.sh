@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every GPU check in one pass, for a machine with a CUDA GPU that is lent for minutes, not hours:
+# the training and embedding benchmarks at GPU sizes, then the CUDA paths end to end (eic demo,
+# eic train under torchrun, the fast test lane with CUDA visible). Each step has its own time limit,
+# so one that hangs cannot take the others with it; each writes OUT/<step>.log and prints its tail.
+#
+#     bash benchmarks/gpu.sh [OUT]        (PYTHON=python3 by default; run from the repository root)
+set -u
+out=${1:-gpu-results}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS COMMAND...: run it under a time limit, keep its log, show its tail
+    local name=$1 limit=$2 started=$SECONDS rc
+    shift 2
+    timeout --kill-after=5 "$limit" "$@" >"$out/$name.log" 2>&1
+    rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - started)) s (limit $limit s)"
+    tail -n "${TAIL:-14}" "$out/$name.log"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$py" -c "import torch, torchvision, polars, pydantic, typer; print('torch', torch.__version__, 'torchvision',
+torchvision.__version__, 'polars', polars.__version__, 'pydantic', pydantic.__version__, 'typer', typer.__version__,
+'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+
+# The data pipeline against the loop on tensors in memory, at a small and at a usual GPU size.
+step train-resnet18 100 "$py" benchmarks/train.py --arch resnet18 --input-size 128 --batch-size 64 --batches 16 \
+    --workers 0 4 8 12
+step train-resnet50 100 "$py" benchmarks/train.py --arch resnet50 --input-size 224 --batch-size 128 --batches 16 \
+    --workers 8 12
+# The pilot's 10-fold protocol: a frozen backbone and a linear probe against fine-tuning.
+step embed 120 "$py" benchmarks/embed.py --per-level 40 --epochs 3 --batch-size 64
+# The CUDA paths end to end: AMP, channels_last, pinned memory, Grad-CAM, and DDP under torchrun.
+step demo 90 "$py" -m europeana_imgcls demo --output-dir "$work/demo" --epochs 3
+step torchrun 60 "$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m europeana_imgcls train \
+    "$work/demo/images" --output-dir "$work/ddp" --folds 3 --epochs 2 --input-size 64 --weights none --batch-size 16
+step tests 80 "$py" -m pytest -m "not slow" -n 8 -q -p no:cacheprovider --no-header
+rm -rf "$work"
