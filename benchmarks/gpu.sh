@@ -27,15 +27,15 @@ torchvision.__version__, 'polars', polars.__version__, 'pydantic', pydantic.__ve
 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 
 # The data pipeline against the loop on tensors in memory, at a small and at a usual GPU size.
-step train-resnet18 100 "$py" benchmarks/train.py --arch resnet18 --input-size 128 --batch-size 64 --batches 16 \
+step train-resnet18 80 "$py" benchmarks/train.py --arch resnet18 --input-size 128 --batch-size 64 --batches 16 \
     --workers 0 4 8 12
-step train-resnet50 100 "$py" benchmarks/train.py --arch resnet50 --input-size 224 --batch-size 128 --batches 16 \
+step train-resnet50 80 "$py" benchmarks/train.py --arch resnet50 --input-size 224 --batch-size 128 --batches 16 \
     --workers 8 12
 # The pilot's 10-fold protocol: a frozen backbone and a linear probe against fine-tuning.
-step embed 120 "$py" benchmarks/embed.py --per-level 40 --epochs 3 --batch-size 64
+step embed 110 "$py" benchmarks/embed.py --per-level 40 --epochs 3 --batch-size 64
 # The CUDA paths end to end: AMP, channels_last, pinned memory, Grad-CAM, and DDP under torchrun.
-step demo 90 "$py" -m europeana_imgcls demo --output-dir "$work/demo" --epochs 3
-step torchrun 60 "$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m europeana_imgcls train \
+step demo 60 "$py" -m europeana_imgcls demo --output-dir "$work/demo" --epochs 3
+step torchrun 45 "$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m europeana_imgcls train \
     "$work/demo/images" --output-dir "$work/ddp" --folds 3 --epochs 2 --input-size 64 --weights none --batch-size 16
-step tests 80 "$py" -m pytest -m "not slow" -n 8 -q -p no:cacheprovider --no-header
+step tests 60 "$py" -m pytest -m "not slow" -n 8 -q -p no:cacheprovider -p no:benchmark --no-header
 rm -rf "$work"

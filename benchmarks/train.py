@@ -26,7 +26,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from europeana_imgcls.folders import IMAGENET_MEAN, IMAGENET_STD, DecodedCache, ImageDataset, ImageSet, make_loader
+from europeana_imgcls.folders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DecodedCache,
+    ImageDataset,
+    ImageSet,
+    ModelInput,
+    make_loader,
+)
 from europeana_imgcls.models import build_model
 from europeana_imgcls.runtime import autocast_dtype, default_workers, resolve_device
 from europeana_imgcls.tasks import task_for
@@ -59,11 +67,11 @@ def make_folder(root: Path, count: int, size: tuple[int, int], classes: int = 4)
 
 
 class InMemory:
-    """Batches already decoded and normalised: what the loop alone can do."""
+    """Batches already decoded, as loaders hand them over (uint8 pixels): what the loop alone can do."""
 
     def __init__(self, batches: int, batch_size: int, size: int, classes: int) -> None:
         generator = torch.Generator().manual_seed(0)
-        self.data = [(torch.randn(batch_size, 3, size, size, generator=generator),
+        self.data = [(torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator),
                       torch.randint(0, classes, (batch_size,), generator=generator),
                       torch.arange(batch_size)) for _ in range(batches)]
 
@@ -79,11 +87,12 @@ def timed(model: nn.Module, loader, device: torch.device, amp: bool, warm_up: bo
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     dtype = autocast_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    to_model = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
     if warm_up:
-        train_one_epoch(model, [next(iter(loader))], criterion, optimizer, device, TASK, dtype, scaler)
+        train_one_epoch(model, [next(iter(loader))], criterion, optimizer, to_model, TASK, dtype, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    stats = train_one_epoch(model, loader, criterion, optimizer, device, TASK, dtype, scaler)
+    stats = train_one_epoch(model, loader, criterion, optimizer, to_model, TASK, dtype, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return stats.images_per_second
@@ -126,7 +135,7 @@ def main() -> None:
         for n in workers:
             # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
             cache = DecodedCache(len(images), args.input_size, shared=n > 0)
-            dataset = ImageDataset(images, args.input_size, IMAGENET_MEAN, IMAGENET_STD, hflip=0.5, cache=cache)
+            dataset = ImageDataset(images, args.input_size, hflip=0.5, cache=cache)
             loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=n, seed=0,
                                  pin_memory=device.type == "cuda")
             for epoch in ("1 (decodes)", "2 (cached)"):

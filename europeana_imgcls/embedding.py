@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .config import EmbedConfig, public_dict
 from .errors import ConfigError, DatasetError
-from .folders import ImageDataset, ImageSet, provider_of, scan_images
+from .folders import ImageDataset, ImageSet, ModelInput, provider_of, scan_images
 from .models import build_model, get_arch, set_head
 from .naming import record_id_of
 from .runtime import autocast_dtype, default_workers, resolve_device
@@ -77,14 +77,13 @@ def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std:
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(ImageDataset(images, input_size, mean, std), batch_size=batch_size, shuffle=False,
+    loader = make_loader(ImageDataset(images, input_size), batch_size=batch_size, shuffle=False,
                          num_workers=default_workers(device, num_workers), seed=0, pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device, amp)
+    to_model = ModelInput(mean, std, device)
     chunks, readable = [], np.ones(len(images), dtype=bool)
     for inputs, labels, index in loader:
-        inputs = inputs.to(device, non_blocking=True)
-        if device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = to_model(inputs)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             chunks.append(model(inputs).float().cpu().numpy())
         broken = ~images.task.readable(labels)

@@ -189,8 +189,8 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
     probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     logits = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     unreadable: set[int] = set()
-    for (size, mean, std), members in groups.items():
-        loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
+    for (size, _, _), members in groups.items():
+        loader = make_loader(ImageDataset(images, size), batch_size=config.batch_size, shuffle=False,
                              num_workers=default_workers(device, config.num_workers), seed=0,
                              pin_memory=device.type == "cuda")
         for inputs, labels, index in loader:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import ModelError
+from .folders import ModelInput
 from .models import get_head, set_head
 from .tasks import Task, task_for
 
@@ -28,6 +29,7 @@ class RunModel:
     # come from one backbone pass per batch, not one per split.
     features: nn.Module | None = None
     head: nn.Module | None = None
+    _input: ModelInput | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -55,6 +57,13 @@ class RunModel:
     @property
     def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
         return int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
+
+    def model_input(self, device: torch.device) -> ModelInput:
+        """What turns a loader's pixels into this model's input on ``device`` (made once per device)."""
+        if self._input is None or self._input.device != device:
+            _, mean, std = self.preprocessing
+            self._input = ModelInput(mean, std, device)
+        return self._input
 
 
 def checkpoint_paths(run: Path) -> list[Path]:
@@ -127,10 +136,8 @@ def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
 @torch.inference_mode()
 def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
               dtype: torch.dtype | None) -> np.ndarray:
-    """Raw logits of every model on one batch: models x batch x classes (float32)."""
-    inputs = inputs.to(device, non_blocking=True)
-    if device.type == "cuda":
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32)."""
+    inputs = models[0].model_input(device)(inputs)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
         logits = _logits(models, inputs)
     return np.stack([z.float().cpu().numpy() for z in logits])

@@ -152,9 +152,9 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
 
 def _label(items: list[Item], models: list[RunModel], config: PredictConfig, device: torch.device,
            writer: _Writer, report: PredictReport, rows: Rows) -> None:
-    size, mean, std = models[0].preprocessing
+    size = models[0].preprocessing[0]
     images = ImageSet([item.path for item in items], np.zeros(len(items), dtype=np.int64), models[0].classes)
-    loader = make_loader(ImageDataset(images, size, mean, std), batch_size=config.batch_size, shuffle=False,
+    loader = make_loader(ImageDataset(images, size), batch_size=config.batch_size, shuffle=False,
                          num_workers=default_workers(device, config.num_workers), seed=0,
                          pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device, config.amp)
@@ -207,7 +207,7 @@ def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: li
     maps: list[list[np.ndarray]] = [[] for _ in items]
     for rank in range(max((len(o) for o in orders), default=0)):
         chosen = [i for i, order in enumerate(orders) if len(order) > rank]
-        batch = inputs[chosen].to(device)
+        batch = model.model_input(device)(inputs[chosen])
         for i, heat in zip(chosen, heatmaps(net, layer, batch, [orders[i][rank] for i in chosen],
                                             config.cam_method), strict=True):
             maps[i].append(heat)

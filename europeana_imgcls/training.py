@@ -4,7 +4,8 @@ Each split trains on k-2 folds, stops early on the validation fold's loss and is
 fold. ``fit()`` is the loop: ``train_one_epoch()`` and ``evaluate_loader()`` per epoch, a history row each, and
 a callback that the protocol uses to save checkpoints and log; everything that differs between
 single- and multi-label (loss, scores, thresholds) comes from the run's ``Task``. On CUDA it uses
-autocast (bf16 where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies;
+autocast (bf16 where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies of
+uint8 batches that are normalised on the GPU;
 under ``torchrun`` it trains with DistributedDataParallel and only rank 0 writes.
 """
 
@@ -36,12 +37,13 @@ from .folders import (
     DecodedCache,
     ImageDataset,
     ImageSet,
+    ModelInput,
     Split,
     fold_groups,
     load_image,
     make_loader,
+    pixels_of,
     sample,
-    to_tensor,
 )
 from .heads import train_heads
 from .metrics import mean_std
@@ -104,15 +106,16 @@ class Evaluation:
 
 
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device, task: Task,
+                    optimizer: torch.optim.Optimizer, to_model: ModelInput, task: Task,
                     dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
                     on_batch: Callable[[float, int], None] | None = None) -> EpochStats:
     model.train()
+    device = to_model.device
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     for inputs, targets, _ in loader:
         batch = int(task.readable(targets).sum())
-        inputs, targets = _to_device(inputs, targets, device)
+        inputs, targets = to_model(inputs), _to_device(targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
             # A batch of unreadable images only: a zero loss keeps DDP ranks in step without learning noise.
@@ -134,13 +137,14 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
 
 @torch.inference_mode()
 def evaluate_loader(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
-             device: torch.device, task: Task, dtype: torch.dtype | None = None) -> Evaluation:
+                    to_model: ModelInput, task: Task, dtype: torch.dtype | None = None) -> Evaluation:
     """Loss, truths, logits and the task's probabilities of the readable images of a whole loader."""
     model.eval()
+    device = to_model.device
     total_loss, seen = 0.0, 0
     truths, indices, raw = [], [], []
     for inputs, targets, index in loader:
-        inputs, targets = _to_device(inputs, targets, device)
+        inputs, targets = to_model(inputs), _to_device(targets, device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
         logits = logits.float()
@@ -156,11 +160,8 @@ def evaluate_loader(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     return Evaluation(total_loss / max(seen, 1), truth[keep], task.from_logits(logits[keep]), index[keep], logits[keep])
 
 
-def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-    if device.type == "cuda":
-        inputs = inputs.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return inputs, targets.to(device, non_blocking=True)
-    return inputs.to(device), targets.to(device)
+def _to_device(targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return targets.to(device, non_blocking=device.type == "cuda")
 
 
 @dataclass
@@ -202,14 +203,14 @@ class SplitState:
 
 def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], criterion: nn.Module,
         optimizer: torch.optim.Optimizer, state: SplitState, *, epochs: int, patience: int, task: Task,
-        device: torch.device, dtype: torch.dtype | None = None, world: Dist | None = None,
+        to_model: ModelInput, dtype: torch.dtype | None = None, world: Dist | None = None,
         on_batch: Callable[[int, float, int], None] | None = None,
         on_epoch: Callable[[dict[str, float], bool], None] | None = None) -> SplitState:
     """Train on ``loaders["train"]`` and validate on ``loaders["val"]`` each epoch, until ``epochs`` or until
     ``patience`` epochs bring no better validation loss; ``state`` (fresh or restored) holds the history.
 
     ``on_batch(epoch, loss, images)`` follows every batch, ``on_epoch(row, improved)`` every epoch."""
-    world = world or Dist()
+    world, device = world or Dist(), to_model.device
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -220,8 +221,8 @@ def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], crite
         if isinstance(sampler, torch.utils.data.DistributedSampler):
             sampler.set_epoch(epoch)
         tick = (lambda loss, n, epoch=epoch: on_batch(epoch, loss, n)) if on_batch else None
-        stats = train_one_epoch(net, loaders["train"], criterion, optimizer, device, task, dtype, scaler, tick)
-        val = evaluate_loader(model, loaders["val"], criterion, device, task, dtype)
+        stats = train_one_epoch(net, loaders["train"], criterion, optimizer, to_model, task, dtype, scaler, tick)
+        val = evaluate_loader(model, loaders["val"], criterion, to_model, task, dtype)
         scores = task.metrics(val.truth, val.probs)
         row = {"epoch": epoch + 1, "train_loss": stats.loss,
                "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
@@ -392,19 +393,20 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     task = images.task
     criterion = task.criterion(images.labels[split.train], len(images.classes), config.weighted_loss).to(device)
     dtype = autocast_dtype(device, config.amp)
-    loaders = _loaders(config, images, split, arch.mean, arch.std, device, world, index, cache)
+    loaders = _loaders(config, images, split, device, world, index, cache)
+    to_model = ModelInput(arch.mean, arch.std, device)
     meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
                 std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
     saver = _EpochSaver(split_dir, model, optimizer, state, meta, config, index, board) if world.main else None
     with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
         fit(model, loaders, criterion, optimizer, state, epochs=config.epochs, patience=config.patience, task=task,
-            device=device, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
+            to_model=to_model, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
     result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
     if world.main:
         if state.bad_epochs >= config.patience and state.epoch < config.epochs and not config.quiet:
             log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
         _keep_a_model(split_dir, model, state, meta, index)
-        result.metrics = _finish_split(config, images, split, split_dir, loaders, device, dtype, state)
+        result.metrics = _finish_split(config, images, split, split_dir, loaders, to_model, dtype, state)
     if world.active:
         dist.barrier()
         result.metrics = _broadcast(result.metrics)
@@ -489,15 +491,15 @@ def _keep_a_model(split_dir: Path, model: nn.Module, state: SplitState, meta: di
                     val_loss_never_finite=True, **meta)
 
 
-def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std: Any, device: torch.device,
-             world: Dist, index: int, cache: DecodedCache | None) -> dict[str, torch.utils.data.DataLoader]:
+def _loaders(config: TrainConfig, images: ImageSet, split: Split, device: torch.device, world: Dist, index: int,
+             cache: DecodedCache | None) -> dict[str, torch.utils.data.DataLoader]:
     workers = default_workers(device, config.num_workers)
     pin = device.type == "cuda"
     seed = config.seed + 1000 * index
     size = config.input_size
 
     def dataset(part: np.ndarray, hflip: float = 0.0, vflip: float = 0.0) -> ImageDataset:
-        return ImageDataset(images.subset(part), size, mean, std, hflip, vflip, cache=cache, cache_rows=part)
+        return ImageDataset(images.subset(part), size, hflip, vflip, cache=cache, cache_rows=part)
 
     train_set = dataset(split.train, config.hflip, config.vflip)
     sampler = (torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
@@ -513,16 +515,16 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, mean: Any, std
 
 
 def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir: Path,
-                  loaders: dict[str, torch.utils.data.DataLoader], device: torch.device, dtype: torch.dtype | None,
-                  state: SplitState) -> dict[str, float]:
+                  loaders: dict[str, torch.utils.data.DataLoader], to_model: ModelInput,
+                  dtype: torch.dtype | None, state: SplitState) -> dict[str, float]:
     """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
 
     What the checkpoint learns from the validation part (a temperature; multi-label thresholds) is stored in it.
     """
     best = load_checkpoint(split_dir / "model.pt")
-    model = model_from_checkpoint(best).to(device)
-    test = evaluate_loader(model, loaders["test"], None, device, images.task, dtype)
-    val = evaluate_loader(model, loaders["val"], None, device, images.task, dtype)
+    model = model_from_checkpoint(best).to(to_model.device)
+    test = evaluate_loader(model, loaders["test"], None, to_model, images.task, dtype)
+    val = evaluate_loader(model, loaders["val"], None, to_model, images.task, dtype)
     scores, extra = score_split(images, split, split_dir, test, val)
     # A resumed split may hold a temperature already: the new values win, never a duplicate keyword.
     save_checkpoint(split_dir / "model.pt", model, **{**{k: v for k, v in best.items()
@@ -531,7 +533,7 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir
                         extra["temperature"])
     plot_curves(state.history, split_dir / "curves.png", state.best_epoch)
     if config.gradcam_images:
-        _gradcam(model, config, images.subset(split.test), test, images.classes, split_dir / "gradcam", device)
+        _gradcam(model, config, images.subset(split.test), test, images.classes, split_dir / "gradcam", to_model)
     (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
     return scores
 
@@ -568,7 +570,7 @@ def write_split_metrics(split_dir: Path, scores: dict[str, float], split: Split,
 
 
 def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],
-             folder: Path, device: torch.device) -> None:
+             folder: Path, to_model: ModelInput) -> None:
     """Heatmaps of test images spread over the fold, for their predicted class; names carry truth and
     prediction, as the pilot's did."""
     folder.mkdir(exist_ok=True)
@@ -578,7 +580,7 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
     order = by_image[np.unique(spread)]
     paths = [test_images.paths[test.indices[k]] for k in order]
     pictures = [load_image(p, config.input_size) for p in paths]
-    batch = torch.stack([to_tensor(p, arch.mean, arch.std) for p in pictures]).to(device)
+    batch = to_model(torch.stack([pixels_of(p) for p in pictures]))
     predicted = [int(test.probs[k].argmax()) for k in order]
     maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
     for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):

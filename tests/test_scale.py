@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -271,8 +272,10 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
 
     with Sandbox(VOCAB, per_level=4, shared_per_concept=0, triples_per_concept=0, thumbnail_missing_every=3) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
+        # On the CPU in float32: on a GPU, mixed precision and per-batch-size kernels move probabilities in
+        # their third decimal when shards batch other images together (docs/scale.md).
         common = dict(run=trained_run, table=table, quiet=True, source="thumbnail",
-                      thumbnail_url=f"{sb.base_url}/thumbnail/v3")
+                      thumbnail_url=f"{sb.base_url}/thumbnail/v3", device="cpu")
         out = tmp_path / "sharded" / "p.csv"
         parts = [predict(PredictConfig(**common, output=out, shard=f"{k}/2")) for k in range(2)]
         assert not out.exists() and all(p.part is not None and p.part.is_file() for p in parts)
@@ -284,9 +287,20 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
     by_id = {r["ID"]: r for r in merged.rows()}
     assert len(by_id) == reference.predicted
     for row in reference.rows():
-        assert {k: v for k, v in by_id[row["ID"]].items() if k != "image"} == {
-            k: v for k, v in row.items() if k != "image"}
+        assert same_prediction(by_id[row["ID"]], row)
     assert not list(out.parent.glob("*.partial"))
+
+
+def same_prediction(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Two prediction rows agree: every label and text exactly, probabilities to float precision. A shard
+    batches other images together, and a CPU convolution's last bits may differ with the batch."""
+    def numbers(row: dict[str, str]) -> list[float]:
+        return [float(row["confidence"]), *(p for _, p in json.loads(row["top_k"]))]
+
+    texts = {k: v for k, v in a.items() if k not in ("image", "confidence", "top_k")}
+    return (texts == {k: v for k, v in b.items() if k not in ("image", "confidence", "top_k")}
+            and [c for c, _ in json.loads(a["top_k"])] == [c for c, _ in json.loads(b["top_k"])]
+            and numbers(a) == pytest.approx(numbers(b), abs=2e-6))
 
 
 def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path) -> None:

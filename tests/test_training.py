@@ -203,8 +203,10 @@ def test_bad_inputs_are_one_line(folders: Path, tmp_path: Path) -> None:
     (tmp_path / "empty" / "a" / "x.jpg").write_bytes(b"not an image")
     fails([tmp_path / "empty"], "no readable images")
     fails([folders, "--arch", "vgg11"], "unknown arch 'vgg11'")
-    fails([folders, "--device", "cuda"] if not torch.cuda.is_available() else [folders, "--device", "tpu"],
-          "--device")
+    # A device this machine lacks, and (on a CUDA machine, where every device named exists) one nobody has.
+    if not torch.cuda.is_available():
+        fails([folders, "--device", "cuda"], "--device")
+    fails([folders, "--device", "tpu"], "invalid setting 'device'")
     result = runner.invoke(app, ["train", str(folders), "-o", str(tmp_path / "r"), "--weights", "imagenet", "--quiet"])
     assert result.exit_code == 1
     assert result.stderr.strip().count("\n") == 0 and "--weights none" in result.stderr
@@ -258,8 +260,6 @@ def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> No
 
 def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
     from europeana_imgcls.folders import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
         DecodedCache,
         ImageDataset,
         make_loader,
@@ -269,7 +269,7 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
     images = scan_class_folders(folders)
     cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
     assert cache is not None and not cache.filled.any()
-    loader = make_loader(ImageDataset(images, 32, IMAGENET_MEAN, IMAGENET_STD, cache=cache), batch_size=8,
+    loader = make_loader(ImageDataset(images, 32, cache=cache), batch_size=8,
                          shuffle=True, num_workers=1, seed=0, pin_memory=False)
     first = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
     assert cache.filled.all()  # written by the worker process, seen here
@@ -282,6 +282,30 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
             path.with_suffix(".moved").rename(path)
     assert all(torch.equal(first[i], second[i]) for i in first)
     assert DecodedCache.for_images(len(images), 32, budget_mb=0) is None
+
+
+def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> None:
+    from europeana_imgcls.folders import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ImageDataset,
+        ModelInput,
+        load_image,
+        make_loader,
+        scan_class_folders,
+    )
+
+    images = scan_class_folders(folders)
+    loader = make_loader(ImageDataset(images, 32), batch_size=4, shuffle=False, num_workers=0, seed=0,
+                         pin_memory=False)
+    pixels, _, index = next(iter(loader))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 32, 32)  # a quarter of float32's bytes
+    first = np.asarray(load_image(images.paths[int(index[0])], 32), dtype=np.float32)  # H x W x 3
+    assert torch.equal(pixels[0].permute(1, 2, 0), torch.from_numpy(first).to(torch.uint8))
+    inputs = ModelInput(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))(pixels)
+    expected = (first / 255 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    assert inputs.dtype == torch.float32
+    np.testing.assert_allclose(inputs[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.slow
