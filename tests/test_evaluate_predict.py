@@ -203,7 +203,7 @@ def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path,
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "europeana_imgcls", "predict", str(trained), str(eval_dir / "map"), str(eval_dir / "specimen"),
+         "tests.eic_tiny", "predict", str(trained), str(eval_dir / "map"), str(eval_dir / "specimen"),
          "-o", str(out), "--quiet", "--device", "cpu"],
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -247,7 +247,7 @@ def test_predict_killed_at_a_random_moment_resumes_to_the_full_output(sig: signa
     full = predict(PredictConfig(run=trained, inputs=[str(folder)], output=tmp_path / "full.csv", quiet=True))
     out = tmp_path / "p.csv"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "europeana_imgcls", "predict", str(trained), str(folder), "-o",
+    proc = subprocess.Popen([sys.executable, "-m", "tests.eic_tiny", "predict", str(trained), str(folder), "-o",
                              str(out), "--batch-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     partial = tmp_path / "p.csv.partial"

@@ -121,8 +121,11 @@ def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
     assert report.saved + report.failed == rows
     times = sorted(t for t in sandbox.request_times if t >= started)
     assert len(times) == rows
-    # Starts are 1/40 s apart: any second holds at most 40 (+1 for the edges), and the whole run lasts as long.
-    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 41
+    # Starts leave the client 1/40 s apart, so the whole run lasts at least (n - 1) / 40 s. The server notes
+    # them a little late, and on a busy machine some later than others: a second seen there may hold a few
+    # more than 40, but never the bursts of an unlimited client (16 at once here).
+    assert times[-1] - times[0] >= (len(times) - 1) / 40 - 0.05
+    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 44
     assert times[-1] - times[0] >= (rows - 1) / 40 * 0.95
 
 

@@ -151,7 +151,8 @@ def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "europeana_imgcls", "train", str(folders), "-o", str(out), "--weights", "none", "--epochs", "2",
+         "-m", "tests.eic_tiny", "train", str(folders), "-o", str(out), "--arch", "tiny", "--weights", "none",
+         "--epochs", "2",
          "--input-size", "32", "--batch-size", "4", "--folds", "3", "--no-crossvalidation", "--quiet",
          "--gradcam-images", "1", "--device", "cpu"],
         env=env, capture_output=True, text=True, timeout=300)
