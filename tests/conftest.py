@@ -56,6 +56,7 @@ def vocab_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest without it must not refuse it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: three workers per two cores. About a third of the suite's time is spent waiting (on loopback
     servers, on eic in other processes), so one worker per core leaves cores idle: on the 2-core development
