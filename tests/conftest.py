@@ -31,8 +31,10 @@ VOCAB = {
 _real_connect = socket.socket.connect
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Under pytest -n N each worker is one of N processes on the same cores: a thread each, not a pool each.
+    # Under pytest -n N each worker is one of N processes on the same cores: a thread each, not a pool each,
+    # and so for the eic processes the tests start (torchrun, kill and resume), which inherit the variable.
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _loopback_only(self: socket.socket, address: object) -> None:
