@@ -18,6 +18,7 @@ import argparse
 import resource
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def main() -> None:
     print(f"{args.arch} at {args.input_size} px, batch {args.batch_size}, {args.batches} batches, device {device}, "
           f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
     print(f"{'images':<30} {'workers':>7} {'epoch':>12} {'pipeline img/s':>15} {'in-memory img/s':>16} "
-          f"{'ratio':>6} {'peak MB':>8}")
+          f"{'ratio':>6} {'1st batch s':>12} {'peak MB':>8}")
     for name, images in sets.items():
         for n in workers:
             # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
@@ -139,21 +140,26 @@ def main() -> None:
             loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=n, seed=0,
                                  pin_memory=device.type == "cuda")
             for epoch in ("1 (decodes)", "2 (cached)"):
-                rate = timed(model, _Take(loader, args.batches), device, args.amp, warm_up=False)
+                take = _Take(loader, args.batches)
+                rate = timed(model, take, device, args.amp, warm_up=False)
                 print(f"{name:<30} {n:>7} {epoch:>12} {rate:>15.1f} {memory:>16.1f} {rate / memory:>6.2f} "
-                      f"{peak_mb():>8.0f}")
+                      f"{take.first:>12.2f} {peak_mb():>8.0f}")
 
 
 class _Take:
-    """The first ``n`` batches of a loader, as a loader-like iterable."""
+    """The first ``n`` batches of a loader, as a loader-like iterable; ``first`` is how long the first batch took
+    to come (in the first epoch: starting the loader workers, then decoding one batch)."""
 
     def __init__(self, loader, n: int) -> None:
-        self.loader, self.n = loader, n
+        self.loader, self.n, self.first = loader, n, 0.0
 
     def __iter__(self):
+        started = time.perf_counter()
         for i, batch in enumerate(self.loader):
             if i >= self.n:
                 break
+            if i == 0:
+                self.first = time.perf_counter() - started
             yield batch
 
     def __len__(self) -> int:
