@@ -38,5 +38,5 @@ step embed 110 "$py" benchmarks/embed.py --per-level 40 --epochs 3 --batch-size 
 step demo 60 "$py" -m europeana_imgcls demo --output-dir "$work/demo" --epochs 3
 step torchrun 45 "$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m europeana_imgcls train \
     "$work/demo/images" --output-dir "$work/ddp" --folds 3 --epochs 2 --input-size 64 --weights none --batch-size 16
-step tests 60 "$py" -m pytest -m "not slow" -n 8 -q -p no:cacheprovider -p no:benchmark --no-header
+step tests 90 "$py" -m pytest -m "not slow" -n 8 -q -p no:cacheprovider -p no:benchmark --no-header
 rm -rf "$work"
