@@ -3,13 +3,16 @@
 Each split is its own TensorBoard run (``DIR/<run folder>/split_<i>``), so the splits of a run and the runs
 of a folder share charts: ``loss/train``, ``loss/validation``, ``validation/<score>``, ``learning_rate`` and
 ``images_per_second`` per epoch; ``test/<score>`` and a ``test/confusion_matrix`` image at the end. The
-run's settings and mean test scores go to the HParams tab (``DIR/<run folder>``). Optional: the
-``tensorboard`` package (``pip install 'europeana-imgcls[tensorboard]'``).
+run's settings and mean test scores go to the HParams tab (``DIR/<run folder>``). A run never writes into
+another's folder: a second run folder of the same name, or a new run where a deleted one was, logs to
+``<name>-2``, ``<name>-3``...; a resumed run carries on in its own. Optional: the ``tensorboard`` package
+(``pip install 'europeana-imgcls[tensorboard]'``).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,11 @@ def check_available() -> None:
 class TensorBoardRun:
     """Writers for one training run; only the process that writes the run folder (rank 0) makes one."""
 
-    def __init__(self, root: Path, run_dir: Path) -> None:
+    def __init__(self, root: Path, run_dir: Path, resume: bool = False) -> None:
         check_available()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.folder = root / run_dir.resolve().name
+        self.folder = board_folder(root, run_dir, resume)
         self._writer = SummaryWriter
         self._splits: dict[int, Any] = {}
 
@@ -76,6 +79,25 @@ class TensorBoardRun:
             writer.add_hparams(hparams, metrics, run_name=".")
         for writer in self._splits.values():
             writer.close()
+
+
+OWNER = ".eic-run"  # in each run's TensorBoard folder: the run folder that logs there
+
+
+def board_folder(root: Path, run_dir: Path, resume: bool) -> Path:
+    """``root/<run folder name>``, or the first free ``-2``, ``-3``... when that one holds another run's events;
+    a resumed run finds the folder it logged to before. TensorBoard would draw two runs in one folder as one."""
+    run = str(run_dir.resolve())
+    for n in itertools.count(1):
+        folder = root / (run_dir.resolve().name + (f"-{n}" if n > 1 else ""))
+        owner = folder / OWNER
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            owner.write_text(run, encoding="utf-8")
+            return folder
+        if resume and owner.is_file() and owner.read_text(encoding="utf-8") == run:
+            return folder
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 def confusion_figure(predictions: Path, classes: list[str], task: Task) -> Any:

@@ -273,7 +273,8 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     chosen = range(len(splits)) if config.crossvalidation else range(1)
     check_splits(images, splits, chosen, config.group_by_provider or config.duplicate_groups is not None)
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
-    board = TensorBoardRun(config.tensorboard, out) if config.tensorboard is not None and world.main else None
+    board = (TensorBoardRun(config.tensorboard, out, config.resume) if config.tensorboard is not None and world.main
+             else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     elif world.active:

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,6 +351,25 @@ def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> Non
     hparams = EventAccumulator(str(tmp_path / "tb" / "run"))
     hparams.Reload()
     assert "hparam/accuracy" in hparams.Tags()["scalars"]
+
+
+def test_runs_named_alike_never_share_a_tensorboard_folder_and_a_resumed_run_keeps_its_own(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
+    from europeana_imgcls.training import train
+
+    from .conftest import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=4, size=32)
+    board = tmp_path / "tb"
+    settings = dict(arch="tiny", epochs=1, gradcam_images=0, crossvalidation=False, tensorboard=board)
+    for experiment in ("a", "b"):  # two experiments, each with its run folder called "run"
+        train(config(data, tmp_path / experiment / "run", **settings))
+    assert sorted(p.name for p in board.iterdir()) == ["run", "run-2"]
+    train(config(data, tmp_path / "a" / "run", **{**settings, "epochs": 2}, resume=True))
+    assert sorted(p.name for p in board.iterdir()) == ["run", "run-2"]  # carried on where it was logged
+    shutil.rmtree(tmp_path / "b" / "run")  # a new run where an old one was: a new folder, not the old one's
+    train(config(data, tmp_path / "b" / "run", **settings))
+    assert sorted(p.name for p in board.iterdir()) == ["run", "run-2", "run-3"]
 
 
 def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
