@@ -227,8 +227,10 @@ def _write_rates(path: Path, findings: Findings, ranked: np.ndarray) -> list[tup
     """Issue rates per class and per provider; returns the providers with the highest rates."""
     flagged = set(ranked.tolist())
     rows, providers = [], []
-    for kind, keys in (("class", [_given(findings, i).split() for i in range(len(findings.images))]),
-                       ("provider", [[p] for p in findings.providers])):
+    # Class names may hold spaces ("fine art"): an image's classes by index, not by splitting its label text.
+    member = np.stack([findings.task.members(findings.truth, c) for c in range(len(findings.classes))], axis=1)
+    classes = [[findings.classes[c] for c in np.flatnonzero(row)] for row in member]
+    for kind, keys in (("class", classes), ("provider", [[p] for p in findings.providers])):
         total: Counter[str] = Counter()
         issues: Counter[str] = Counter()
         for i, names in enumerate(keys):
@@ -251,10 +253,13 @@ def _write_rates(path: Path, findings: Findings, ranked: np.ndarray) -> list[tup
 def near_duplicates(vectors: np.ndarray, similarity: float, chunk: int = 1024) -> list[list[int]]:
     """Groups (two or more images) joined by cosine similarity >= ``similarity``, found chunk by chunk so
     memory stays at ``chunk`` x N however many images there are."""
-    unit = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    wide = vectors.astype(np.float64)
+    unit = wide / np.clip(np.linalg.norm(wide, axis=1, keepdims=True), 1e-12, None)
+    # Two identical vectors have a cosine a rounding error below 1: "at least 1" must still join them.
+    cut = similarity - 1e-9
     edges: list[tuple[int, int]] = []
     for start in range(0, len(unit), chunk):
-        rows, cols = np.nonzero(unit[start:start + chunk] @ unit.T >= similarity)
+        rows, cols = np.nonzero(unit[start:start + chunk] @ unit.T >= cut)
         edges += [(int(r), int(c)) for r, c in zip(rows + start, cols, strict=True) if c > r]
     members: defaultdict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(connected(len(unit), edges)):

@@ -113,10 +113,12 @@ def embed(config: EmbedConfig) -> EmbedReport:
     meta["data_dir"] = str(config.data_dir.resolve())
     _check_partial(partial, meta)
     done = _done(partial)
-    # A file's name, not its path, picks its shard: the same on every machine that mounts the folder.
-    todo = [i for i, p in enumerate(images.paths) if str(p) not in done and (shard is None or shard.owns(p.name))]
-    report = EmbedReport(config.output, images=len(images), already_done=sum(str(p) in done for p in images.paths),
-                         shard=config.shard)
+    # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What is
+    # done is known by where a path points, not by how it was typed (`data` in one run, `/mnt/data` in another).
+    todo = [i for i, p in enumerate(images.paths)
+            if str(p.resolve()) not in done and (shard is None or shard.owns(p.name))]
+    report = EmbedReport(config.output, images=len(images),
+                         already_done=sum(str(p.resolve()) in done for p in images.paths), shard=config.shard)
     device = resolve_device(config.device)
     model = feature_model(config.arch, config.weights)
     partial.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
     report.seconds = time.perf_counter() - started
     if shard is not None:
         return report
-    table = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("chunk-*.parquet"))], how="vertical")
+    table = _merged(partial)
     report.dim = int(table["embedding"].list.len().first() if table.height else 0)
     meta["dim"] = report.dim
     with atomic_path(config.output) as tmp:
@@ -223,7 +225,24 @@ def _chunk_name(partial: Path, shard: Shard | None) -> str:
 
 
 def _done(partial: Path) -> set[str]:
+    """The images the chunks hold, as resolved paths."""
     done: set[str] = set()
     for chunk in sorted(partial.glob("chunk-*.parquet")):
-        done.update(pl.read_parquet(chunk, columns=["image"])["image"].to_list())
+        done.update(str(Path(p).resolve()) for p in pl.read_parquet(chunk, columns=["image"])["image"].to_list())
     return done
+
+
+def _merged(partial: Path) -> pl.DataFrame:
+    """Every chunk's rows, an image once (by where its path points), in chunk order."""
+    table = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("chunk-*.parquet"))], how="vertical")
+    where = [str(Path(p).resolve()) for p in table["image"].to_list()]
+    return table.filter(pl.Series(_first_of_each(where)))
+
+
+def _first_of_each(keys: list[str]) -> list[bool]:
+    seen: set[str] = set()
+    first = []
+    for key in keys:
+        first.append(key not in seen)
+        seen.add(key)
+    return first
