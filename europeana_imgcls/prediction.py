@@ -50,7 +50,28 @@ class Item:
 
     @property
     def key(self) -> str:
-        return self.id or self.image
+        return input_key(self.id, self.image)
+
+
+def input_key(record_id: str | None, image: str) -> str:
+    """What an input is known by across runs, shards and resumes: its record, else where its file is (however
+    the path was typed: `new` in one run, `/data/new` in another), else its URL."""
+    if record_id:
+        return record_id
+    if image.lower().startswith(("http://", "https://")):
+        return image
+    return str(Path(image).resolve())
+
+
+def _unique(items: list[Any], key: Callable[[Any], str]) -> list[Any]:
+    """``items`` in order, each key once: an input given twice is labelled (and annotated) once."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            kept.append(item)
+    return kept
 
 
 @dataclass
@@ -255,6 +276,7 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
                              "preview": row.get("preview"), "image": row["URL"] or row["ID"]})
     if config.query:
         urls += _query(config)
+    items, urls = _unique(items, lambda item: item.key), _unique(urls, lambda row: row["ID"] or "")
     shard = config.shard_spec
     if shard is not None:  # a file by its name (the same on every machine), a record by its ID
         items = [item for item in items if shard.owns(Path(item.image).name)]
@@ -262,7 +284,7 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
     failed = 0
     if urls:
         fetched, failed = _fetch(urls, config, world)
-        items += fetched
+        items = _unique(items + fetched, lambda item: item.key)
     if not items and not failed:
         raise DatasetError("no images found in the inputs")
     return items, failed
@@ -402,7 +424,7 @@ def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str]
     suffix = output.suffix.lower()
     for path in own_parts(output, shard) + ([output] if shard and output.exists() else []):
         rows = _read_rows(path, suffix, columns)
-        done.update(r.get("ID") or r["image"] for r in rows)
+        done.update(input_key(r.get("ID"), r["image"]) for r in rows)
         if path == part:
             _rewrite(path, rows, suffix, columns)
     return done
@@ -452,7 +474,9 @@ def _merge(output: Path, world: Dist, columns: list[str]) -> None:
         os.replace(parts[0], output)
         return
     suffix = output.suffix.lower()
-    rows = [r for p in parts for r in _read_rows(p, suffix, columns)]
+    # A merge killed after its rename and run again would find the shards' rows twice: each input once.
+    rows = _unique([r for p in parts for r in _read_rows(p, suffix, columns)],
+                   lambda r: input_key(r.get("ID"), r["image"]))
     _rewrite(parts[0], rows, suffix, columns)
     os.replace(parts[0], output)
     for p in parts[1:]:

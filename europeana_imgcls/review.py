@@ -3,8 +3,9 @@
 Takes Label Studio's JSON export (Export > JSON: a list of tasks, each with its ``data`` and its
 ``annotations``) of a project made from an ``eic enrich --review-output`` file, and writes a table
 (``ID, URI, URL, category, skos_concept, reviewed_by``) that ``eic download`` and ``eic train`` accept.
-Tasks nobody labelled, or whose annotations were all cancelled, are skipped; tasks whose annotators
-disagree are conflicts. Both are reported, never guessed.
+Tasks nobody labelled, whose annotations were all cancelled, or whose reviewers all chose no class are
+skipped; tasks whose annotators disagree (a reviewer who submits no class disagrees with one who chooses a
+class) are conflicts. Both are reported, never guessed.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _load_export(path: Path) -> list[dict[str, Any]]:
 
 
 def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str] | str | None:
-    """The labels people chose and who chose them; None when nobody did, "conflict" when they disagree."""
+    """The labels people chose and who chose them; None when nobody chose a class, "conflict" when they
+    disagree. A submitted annotation without a choice is the answer "no class", which disagrees with any class."""
     annotations = task.get("annotations")
     if annotations is None:
         annotations = []
@@ -100,17 +102,17 @@ def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str
         if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
             continue
         choices = _choices(annotation.get("result") or [], path, name)
-        if choices is not None:
-            answers.setdefault(tuple(sorted(choices)), []).append(_annotator(annotation.get("completed_by")))
-    if not answers:
-        return None
+        answers.setdefault(tuple(sorted(choices)), []).append(_annotator(annotation.get("completed_by")))
     if len(answers) > 1:
         return "conflict"
+    if not answers or () in answers:
+        return None
     (labels, reviewers), = answers.items()
     return list(labels), " ".join(sorted(set(reviewers)))
 
 
-def _choices(result: list[Any], path: Path, name: str) -> list[str] | None:
+def _choices(result: list[Any], path: Path, name: str) -> list[str]:
+    """The classes a submitted annotation chose; none when its reviewer removed the suggestion and chose none."""
     for item in result:
         if not isinstance(item, dict) or item.get("type") != "choices":
             continue
@@ -119,8 +121,8 @@ def _choices(result: list[Any], path: Path, name: str) -> list[str] | None:
         choices = (item.get("value") or {}).get("choices")
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
             raise DatasetError(f"{path}: task {name} has a choices result without a list of choices")
-        return choices or None
-    return None
+        return choices
+    return []
 
 
 def _annotator(completed_by: Any) -> str:

@@ -144,6 +144,9 @@ def _export(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
     second = json.loads(json.dumps(exported[2]["annotations"][0]))
     second["result"][0]["value"]["choices"] = [other]
     exported[2]["annotations"].append(second)  # two reviewers disagree
+    nothing = json.loads(json.dumps(exported[3]["annotations"][0]))
+    nothing["result"] = []  # a reviewer removed the suggestion and chose no class: an answer, not an abstention
+    exported[3]["annotations"].append(nothing)
     return exported
 
 
@@ -156,15 +159,15 @@ def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: P
     result = CliRunner().invoke(app, ["review", "import", str(export), "--output", str(table)])
     assert result.exit_code == 0, result.stderr
     said = " ".join(result.stdout.split())
-    assert "2 tasks skipped" in said and "1 tasks where reviewers disagree" in said
+    assert "2 tasks skipped" in said and "2 tasks where reviewers disagree" in said
     df = pl.read_csv(table)
     assert df.columns == ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
-    assert df.height == len(tasks) - 3
+    assert df.height == len(tasks) - 4
     assert all(world["truth"][i] == c for i, c in zip(df["ID"], df["category"], strict=True))
     assert set(df["reviewed_by"]) == {"curator@museum.example"}
     assert all(VOCAB[c] == s for c, s in zip(df["category"], df["skos_concept"], strict=True))
     side = json.loads((tmp_path / "reviewed.review.json").read_text())
-    assert side["skipped"] == ["1", "2"] and side["conflicts"] == ["3"]
+    assert side["skipped"] == ["1", "2"] and side["conflicts"] == ["3", "4"]
     # The corrections are training data: eic download takes the table as it is.
     saved = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, max_side=32))
     assert saved.saved == df.height and saved.failed == 0
@@ -319,6 +322,18 @@ def test_enrich_in_shards_then_one_merge_writes_the_same_annotations(world, tmp_
         return sorted((a["target"]["scope"], a["body"]["source"], round(a[CONFIDENCE], 4)) for a in items)
 
     assert said(out) == said(root / "out.jsonld") and merged.annotations == world["enrich"].annotations
+
+
+def test_a_record_listed_twice_is_annotated_once(world, tmp_path: Path) -> None:
+    root = world["root"]
+    twice = pl.concat([pl.read_csv(root / "new.csv").head(8)] * 2)  # a table that repeats its records
+    twice.write_csv(tmp_path / "twice.csv")
+    out = tmp_path / "out.jsonld"
+    report = enrich(EnrichConfig(run=root / "run", table=tmp_path / "twice.csv", output=out, quiet=True))
+    items = json.loads(out.read_text())["first"]["items"]
+    said = [(a["target"]["scope"], a["body"]["source"]) for a in items]
+    assert said and len(said) == len(set(said)) == report.annotations
+    assert report.records == 8
 
 
 @pytest.mark.slow

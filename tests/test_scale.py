@@ -307,6 +307,27 @@ def same_prediction(a: dict[str, str], b: dict[str, str]) -> bool:
             and numbers(a) == pytest.approx(numbers(b), abs=2e-6))
 
 
+def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image_once(
+        trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from europeana_imgcls import PredictConfig, predict
+
+    from .conftest import make_folders
+
+    make_folders(tmp_path / "new", per_class=3, size=32)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.csv"
+    for k in range(2):  # the shards name the folder relative to where they run...
+        predict(PredictConfig(run=trained_run, inputs=["new"], output=out, shard=f"{k}/2", quiet=True))
+    merged = predict(PredictConfig(run=trained_run, inputs=[str(tmp_path / "new")], output=out, resume=True,
+                                   quiet=True))  # ...the merge by its absolute path
+    assert (merged.predicted, merged.already_done) == (0, 9)
+    assert len(list(merged.rows())) == 9
+    # A merge killed after writing the output but before removing a shard's part: run again, still once each.
+    shutil.copy(out, tmp_path / "p.csv.shard-0-of-2.partial")
+    again = predict(PredictConfig(run=trained_run, inputs=["new"], output=out, resume=True, quiet=True))
+    assert again.predicted == 0 and len(list(again.rows())) == 9
+
+
 def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path) -> None:
     from europeana_imgcls.config import EmbedConfig
     from europeana_imgcls.embedding import embed
