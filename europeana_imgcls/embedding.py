@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +68,11 @@ def feature_model(arch: str, weights: str) -> nn.Module:
 
 
 @torch.inference_mode()
-def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std: Any, device: torch.device, *,
-            batch_size: int = 64, num_workers: int | None = None, amp: bool = True,
-            on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
+def batches(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std: Any, device: torch.device, *,
+            batch_size: int = 64, num_workers: int | None = None, amp: bool = True
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per batch, in order: the positions in ``images``, their embeddings (float32) and whether each could be
+    decoded. One loader for all the images, so its workers start once and its prefetching never drains."""
     from .folders import make_loader
 
     model = model.to(device)
@@ -81,17 +82,24 @@ def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std:
                          num_workers=default_workers(device, num_workers), seed=0, pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device, amp)
     to_model = ModelInput(mean, std, device)
-    chunks, readable = [], np.ones(len(images), dtype=bool)
     for inputs, labels, index in loader:
-        inputs = to_model(inputs)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            chunks.append(model(inputs).float().cpu().numpy())
-        broken = ~images.task.readable(labels)
-        readable[index[broken].numpy()] = False
-        if on_batch:
-            on_batch(len(index))
-    width = chunks[0].shape[1] if chunks else 0
-    return (np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)), readable
+            vectors = model(to_model(inputs)).float().cpu().numpy()
+        yield index.numpy(), vectors, np.asarray(images.task.readable(labels))
+
+
+def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std: Any, device: torch.device, *,
+            batch_size: int = 64, num_workers: int | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
+    parts = list(batches(model, images, input_size, mean, std, device, batch_size=batch_size,
+                         num_workers=num_workers, amp=amp))
+    return _joined(parts)
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros((0, 0), np.float32), np.zeros(0, dtype=bool)
+    return np.concatenate([v for _, v, _ in parts]), np.concatenate([ok for _, _, ok in parts])
 
 
 def embed(config: EmbedConfig) -> EmbedReport:
@@ -124,15 +132,17 @@ def embed(config: EmbedConfig) -> EmbedReport:
     partial.mkdir(parents=True, exist_ok=True)
     write_json(partial / "meta.json", meta)
     started = time.perf_counter()
-    for start in range(0, len(todo), CHUNK):
-        part = images.subset(todo[start:start + CHUNK])
-        vectors, readable = compute(model, part, config.input_size, arch.mean, arch.std, device,
-                                    batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
-        report.unreadable += int((~readable).sum())
-        report.embedded += int(readable.sum())
-        rows = rows_frame(part, vectors, readable)
-        with atomic_path(partial / _chunk_name(partial, shard)) as tmp:
-            rows.write_parquet(tmp)
+    wanted = images.subset(todo)
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for batch in (batches(model, wanted, config.input_size, arch.mean, arch.std, device,
+                          batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
+                  if todo else ()):
+        pending.append(batch)
+        if sum(len(index) for index, _, _ in pending) >= CHUNK:
+            _write_chunk(partial, shard, wanted, pending, report)
+            pending = []
+    if pending:
+        _write_chunk(partial, shard, wanted, pending, report)
     report.seconds = time.perf_counter() - started
     if shard is not None:
         return report
@@ -216,6 +226,17 @@ def _check_partial(partial: Path, meta: dict[str, Any]) -> None:
 def _chunks(shard: Shard | None) -> str:
     """The chunk files a run writes: ``chunk-00003.parquet``, or a shard's ``chunk-shard-1-of-4-00003.parquet``."""
     return f"chunk-{shard.tag}-*.parquet" if shard else "chunk-*.parquet"
+
+
+def _write_chunk(partial: Path, shard: Shard | None, images: ImageSet,
+                 parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], report: EmbedReport) -> None:
+    """The batches embedded since the last chunk, as the next chunk file (written whole or not at all)."""
+    vectors, readable = _joined(parts)
+    report.unreadable += int((~readable).sum())
+    report.embedded += int(readable.sum())
+    rows = rows_frame(images.subset(np.concatenate([index for index, _, _ in parts])), vectors, readable)
+    with atomic_path(partial / _chunk_name(partial, shard)) as tmp:
+        rows.write_parquet(tmp)
 
 
 def _chunk_name(partial: Path, shard: Shard | None) -> str:

@@ -143,23 +143,23 @@ def test_near_duplicates_are_groups_above_the_similarity() -> None:
 def test_embed_resumes_after_an_interruption(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from europeana_imgcls import embedding
 
-    calls = {"n": 0}
-    real = embedding.compute
+    real = embedding.batches
 
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def interrupted(*args, **kwargs):  # Ctrl-C during the third batch of 8, after the first chunk of 16
+        for n, batch in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield batch
 
     monkeypatch.setattr(embedding, "CHUNK", 16)
-    monkeypatch.setattr(embedding, "compute", flaky)
+    monkeypatch.setattr(embedding, "batches", interrupted)
     out = tmp_path / "e.parquet"
     with pytest.raises(KeyboardInterrupt):
-        embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, **LITE))
+        embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, batch_size=8, **LITE))
     assert not out.exists() and len(list((tmp_path / "e.parquet.partial").glob("chunk-*.parquet"))) == 1
     with pytest.raises(DatasetError, match="`resume`"):
         embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, **LITE))
+    monkeypatch.setattr(embedding, "batches", real)
     report = embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, resume=True, **LITE))
     assert report.already_done == 16 and pl.read_parquet(out).height == report.images
     assert not (tmp_path / "e.parquet.partial").exists()
