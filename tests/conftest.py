@@ -11,12 +11,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
 
 from europeana_imgcls.config import TrainConfig
 from europeana_imgcls.sandbox import Sandbox, SandboxRecord, draw_image
-
-from . import tiny  # noqa: F401  registers the tests' tiny net as arch "tiny"
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED_TABLES = SHARED / "seed_tables"
@@ -30,11 +27,22 @@ VOCAB = {
 
 _real_connect = socket.socket.connect
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Under pytest -n N each worker is one of N processes on the same cores: a thread each, not a pool each,
-    # and so for the eic processes the tests start (torchrun, kill and resume), which inherit the variable.
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """torch and the tests' tiny net (arch "tiny") where tests run. Not in the process that only hands tests out
+    to xdist workers: importing torch there would take seconds of a core from the workers as they start."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import torch
+
+    from . import tiny  # noqa: F401  registers "tiny"
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Under pytest -n N each worker is one of N processes on the same cores: a thread each, not a pool
+        # each, and so for the eic processes the tests start (torchrun, kill and resume): they inherit it.
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _loopback_only(self: socket.socket, address: object) -> None:
