@@ -123,10 +123,10 @@ def embed(config: EmbedConfig) -> EmbedReport:
     done = _done(partial)
     # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What is
     # done is known by where a path points, not by how it was typed (`data` in one run, `/mnt/data` in another).
-    todo = [i for i, p in enumerate(images.paths)
-            if str(p.resolve()) not in done and (shard is None or shard.owns(p.name))]
-    report = EmbedReport(config.output, images=len(images),
-                         already_done=sum(str(p.resolve()) in done for p in images.paths), shard=config.shard)
+    finished = [str(p.resolve()) in done for p in images.paths]
+    todo = [i for i, (p, was) in enumerate(zip(images.paths, finished, strict=True))
+            if not was and (shard is None or shard.owns(p.name))]
+    report = EmbedReport(config.output, images=len(images), already_done=sum(finished), shard=config.shard)
     device = resolve_device(config.device)
     model = feature_model(config.arch, config.weights)
     partial.mkdir(parents=True, exist_ok=True)
@@ -134,13 +134,15 @@ def embed(config: EmbedConfig) -> EmbedReport:
     started = time.perf_counter()
     wanted = images.subset(todo)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    held = 0  # images in ``pending``
     for batch in (batches(model, wanted, config.input_size, arch.mean, arch.std, device,
                           batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
                   if todo else ()):
         pending.append(batch)
-        if sum(len(index) for index, _, _ in pending) >= CHUNK:
+        held += len(batch[0])
+        if held >= CHUNK:
             _write_chunk(partial, shard, wanted, pending, report)
-            pending = []
+            pending, held = [], 0
     if pending:
         _write_chunk(partial, shard, wanted, pending, report)
     report.seconds = time.perf_counter() - started
@@ -256,14 +258,5 @@ def _done(partial: Path) -> set[str]:
 def _merged(partial: Path) -> pl.DataFrame:
     """Every chunk's rows, an image once (by where its path points), in chunk order."""
     table = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("chunk-*.parquet"))], how="vertical")
-    where = [str(Path(p).resolve()) for p in table["image"].to_list()]
-    return table.filter(pl.Series(_first_of_each(where)))
-
-
-def _first_of_each(keys: list[str]) -> list[bool]:
-    seen: set[str] = set()
-    first = []
-    for key in keys:
-        first.append(key not in seen)
-        seen.add(key)
-    return first
+    where = pl.Series([str(Path(p).resolve()) for p in table["image"].to_list()])
+    return table.filter(where.is_first_distinct())

@@ -207,9 +207,27 @@ def load_image(path: Path, size: int) -> Image.Image:
     return rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
+# What decoding a file that passed ``readable`` (its header) can still raise: the file is unreadable.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decodes(path: Path) -> bool:
+    """Whether the whole image decodes, not only its header (a truncated file passes ``readable``)."""
+    try:
+        load_image(path, 16)
+    except DECODE_ERRORS:
+        return False
+    return True
+
+
+def _hwc(image: Image.Image) -> torch.Tensor:
+    """An RGB picture as an H x W x 3 uint8 tensor (the decoded-image cache's layout)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+
+
 def pixels_of(image: Image.Image) -> torch.Tensor:
-    """An RGB picture as a 3 x H x W uint8 tensor."""
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    """An RGB picture as a 3 x H x W uint8 tensor, as loaders hand images over."""
+    return _hwc(image).permute(2, 0, 1)
 
 
 class ModelInput:
@@ -233,7 +251,6 @@ class ModelInput:
         else:
             pixels = pixels.to(self.device)
         return pixels.float().mul_(self.scale).add_(self.shift)
-
 
 
 class DecodedCache:
@@ -262,7 +279,6 @@ class DecodedCache:
         return cls(count, size, shared=workers > 0)
 
 
-
 class ImageDataset(torch.utils.data.Dataset):
     """(pixels, label, index) triples: 3 x size x size uint8 pixels, which ``ModelInput`` normalises where
     the model runs; flips drawn from torch's RNG (seeded per worker).
@@ -286,7 +302,7 @@ class ImageDataset(torch.utils.data.Dataset):
         target = torch.from_numpy(np.asarray(label, dtype=np.float32)) if label.ndim else int(label)
         try:
             tensor = self._pixels(index).permute(2, 0, 1)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except DECODE_ERRORS:
             return (torch.zeros(3, self.size, self.size, dtype=torch.uint8),
                     torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE, index)
         if self.hflip and torch.rand(()) < self.hflip:
@@ -300,7 +316,7 @@ class ImageDataset(torch.utils.data.Dataset):
         row = int(self.cache_rows[index])
         if self.cache is not None and self.cache.filled[row]:
             return self.cache.pixels[row]
-        pixels = torch.from_numpy(np.asarray(load_image(self.images.paths[index], self.size), dtype=np.uint8).copy())
+        pixels = _hwc(load_image(self.images.paths[index], self.size))
         if self.cache is not None:
             self.cache.pixels[row] = pixels
             self.cache.filled[row] = True

@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from .checkpoint import save_backbone, save_head_checkpoint
 from .config import TrainConfig, public_dict
 from .embedding import check_compatible, compute, describe, feature_model, matrix, read_embeddings, rows_frame
 from .errors import DatasetError
-from .folders import ImageSet, Split, load_image
+from .folders import ImageSet, Split, decodes
 from .models import KnnHead, get_arch, set_head
 from .tables import atomic_path, sidecar, write_json
 from .tasks import Task, task_for
@@ -78,7 +77,7 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
         rows = [where.get(str(p.resolve())) for p in images.paths]
         # eic embed leaves out what it cannot decode: such an image is unreadable here too, as when training
         # embeds the folder itself. An absent image that decodes was never embedded.
-        missing = [p for row, p in zip(rows, images.paths, strict=True) if row is None and _decodes(p)]
+        missing = [p for row, p in zip(rows, images.paths, strict=True) if row is None and decodes(p)]
         if missing:
             raise DatasetError(f"{config.embeddings} lacks {len(missing)} image(s) of {config.data_dir} (e.g. "
                                f"{missing[0].name}): run eic embed on this folder again")
@@ -95,14 +94,6 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
     write_json(sidecar(kept, "embedding"), {**describe(config.arch, config.weights, config.input_size, arch.mean,
                                                        arch.std, images, config.mode), "dim": vectors.shape[1]})
     return vectors, readable
-
-
-def _decodes(path: Path) -> bool:
-    try:
-        load_image(path, 16)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return False
-    return True
 
 
 def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable: np.ndarray, split: Split,

@@ -10,6 +10,7 @@ without ``shard`` and with ``resume`` counts every shard's rows as done and merg
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import io
@@ -48,8 +49,8 @@ class Item:
     id: str | None = None
     uri: str | None = None
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # cached: a local file's key resolves its path, and runs look it up more than once
         return input_key(self.id, self.image)
 
 
@@ -68,8 +69,9 @@ def _unique(items: list[Any], key: Callable[[Any], str]) -> list[Any]:
     seen: set[str] = set()
     kept = []
     for item in items:
-        if key(item) not in seen:
-            seen.add(key(item))
+        known = key(item)
+        if known not in seen:
+            seen.add(known)
             kept.append(item)
     return kept
 
@@ -276,7 +278,7 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
                              "preview": row.get("preview"), "image": row["URL"] or row["ID"]})
     if config.query:
         urls += _query(config)
-    items, urls = _unique(items, lambda item: item.key), _unique(urls, lambda row: row["ID"] or "")
+    urls = _unique(urls, lambda row: row["ID"] or "")  # a record listed twice is fetched once
     shard = config.shard_spec
     if shard is not None:  # a file by its name (the same on every machine), a record by its ID
         items = [item for item in items if shard.owns(Path(item.image).name)]
@@ -284,7 +286,8 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
     failed = 0
     if urls:
         fetched, failed = _fetch(urls, config, world)
-        items = _unique(items + fetched, lambda item: item.key)
+        items += fetched
+    items = _unique(items, lambda item: item.key)
     if not items and not failed:
         raise DatasetError("no images found in the inputs")
     return items, failed

@@ -12,7 +12,6 @@ another's folder: a second run folder of the same name, or a new run where a del
 from __future__ import annotations
 
 import csv
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -87,17 +86,20 @@ OWNER = ".eic-run"  # in each run's TensorBoard folder: the run folder that logs
 def board_folder(root: Path, run_dir: Path, resume: bool) -> Path:
     """``root/<run folder name>``, or the first free ``-2``, ``-3``... when that one holds another run's events;
     a resumed run finds the folder it logged to before. TensorBoard would draw two runs in one folder as one."""
-    run = str(run_dir.resolve())
-    for n in itertools.count(1):
-        folder = root / (run_dir.resolve().name + (f"-{n}" if n > 1 else ""))
-        owner = folder / OWNER
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            owner.write_text(run, encoding="utf-8")
-            return folder
-        if resume and owner.is_file() and owner.read_text(encoding="utf-8") == run:
-            return folder
-    raise AssertionError("unreachable")  # itertools.count never ends
+    run = run_dir.resolve()
+    folder, n = root / run.name, 1
+    while folder.exists() and not (resume and _owner(folder) == str(run)):
+        n += 1
+        folder = root / f"{run.name}-{n}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        (folder / OWNER).write_text(str(run), encoding="utf-8")
+    return folder
+
+
+def _owner(folder: Path) -> str | None:
+    owner = folder / OWNER
+    return owner.read_text(encoding="utf-8") if owner.is_file() else None
 
 
 def confusion_figure(predictions: Path, classes: list[str], task: Task) -> Any:

@@ -5,8 +5,8 @@ fold. ``fit()`` is the loop: ``train_one_epoch()`` and ``evaluate_loader()`` per
 a callback that the protocol uses to save checkpoints and log; everything that differs between
 single- and multi-label (loss, scores, thresholds) comes from the run's ``Task``. On CUDA it uses
 autocast (bf16 where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies of
-uint8 batches that are normalised on the GPU;
-under ``torchrun`` it trains with DistributedDataParallel and only rank 0 writes.
+uint8 batches that are normalised on the GPU; under ``torchrun`` it trains with DistributedDataParallel and
+only rank 0 writes.
 """
 
 from __future__ import annotations
