@@ -35,8 +35,8 @@ def docs(session: nox.Session) -> None:
     """Check that the generated reference pages match the code (`-- --write` regenerates them)."""
     install_project(session, extras="dev")
     if "--write" in session.posargs:
-        session.run("python", "-m", "europeana_imgcls.reference", "docs/reference")
-    session.run("python", "-m", "europeana_imgcls.reference", "docs/reference", "--check")
+        session.run("python", "-m", "europeana_imgcls.cli.reference", "docs/reference")
+    session.run("python", "-m", "europeana_imgcls.cli.reference", "docs/reference", "--check")
     session.run("python", "-m", "pytest", "tests/test_docs.py")
 
 

@@ -21,10 +21,10 @@ import polars as pl
 import torch
 
 from europeana_imgcls import DownloadConfig, EvaluateConfig, TrainConfig, download, evaluate, train
-from europeana_imgcls.config import EmbedConfig
-from europeana_imgcls.embedding import embed, feature_model
-from europeana_imgcls.runtime import autocast_dtype, resolve_device
-from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.core.config import EmbedConfig
+from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.modelling.embedding import embed, feature_model
+from europeana_imgcls.modelling.runtime import autocast_dtype, resolve_device
 
 VOCAB = {"map": "http://data.europeana.eu/concept/base/43", "painting": "http://data.europeana.eu/concept/base/47",
          "specimen": "http://data.europeana.eu/concept/base/167", "photograph": "http://data.europeana.eu/concept/base/48"}

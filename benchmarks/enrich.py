@@ -18,9 +18,9 @@ from pathlib import Path
 import polars as pl
 
 from europeana_imgcls import DownloadConfig, PredictConfig, TrainConfig, download, predict, train
-from europeana_imgcls.config import EnrichConfig
-from europeana_imgcls.enrichment import enrich
-from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.core.config import EnrichConfig
+from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.outputs.enrichment import enrich
 
 VOCAB = {"map": "http://data.europeana.eu/concept/base/43", "painting": "http://data.europeana.eu/concept/base/47",
          "specimen": "http://data.europeana.eu/concept/base/167", "photograph": "http://data.europeana.eu/concept/base/48"}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from europeana_imgcls import PredictConfig, TrainConfig, predict, train
-from europeana_imgcls.sandbox import draw_image
+from europeana_imgcls.europeana.sandbox import draw_image
 
 
 def main() -> None:

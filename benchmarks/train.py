@@ -27,19 +27,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from europeana_imgcls.folders import (
+from europeana_imgcls.datasets.folders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DecodedCache,
     ImageDataset,
-    ImageSet,
     ModelInput,
     make_loader,
 )
-from europeana_imgcls.models import build_model
-from europeana_imgcls.runtime import autocast_dtype, default_workers, resolve_device
-from europeana_imgcls.tasks import task_for
-from europeana_imgcls.training import train_one_epoch
+from europeana_imgcls.datasets.imageset import ImageSet
+from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.modelling.models import build_model
+from europeana_imgcls.modelling.runtime import autocast_dtype, default_workers, resolve_device
+from europeana_imgcls.modelling.training import train_one_epoch
 
 TASK = task_for("single-label")
 
@@ -64,7 +64,7 @@ def make_folder(root: Path, count: int, size: tuple[int, int], classes: int = 4)
     # Drawing 2 MP pictures one by one would take longer than the timings on a many-core GPU machine.
     with ProcessPoolExecutor() as pool:
         list(pool.map(save_photo, paths, [size] * count, range(count), chunksize=16))
-    return ImageSet(paths, np.arange(count) % classes, [f"class_{k}" for k in range(classes)])
+    return ImageSet(paths, np.arange(count) % classes, [f"class_{k}" for k in range(classes)], task_for("single-label"))
 
 
 class InMemory:

@@ -4,7 +4,10 @@
     >>> report = harvest(HarvestConfig(n=100, output="harvested.csv"))
 """
 
-from .config import (
+from .acquisition.curation import stats, subtract
+from .acquisition.download import download
+from .acquisition.harvest import harvest
+from .core.config import (
     CalibrateConfig,
     DownloadConfig,
     EnrichConfig,
@@ -17,25 +20,21 @@ from .config import (
     TrainConfig,
     build_config,
 )
-from .curation import stats, subtract
-from .download import download
-from .errors import ApiError, CalibrationError, ConfigError, DatasetError, EicError, ModelError
-from .harvest import harvest
-from .search_api import SearchClient
-
-__version__ = "0.1.0"
+from .core.errors import ApiError, CalibrationError, ConfigError, DatasetError, EicError, ModelError
+from .core.version import __version__ as __version__
+from .europeana.search_api import SearchClient
 
 # Stages that need torch (and the sandbox, which needs numpy) load on first use, so the light commands
 # start fast. Modules named like their function (harvest, download) stay eager: importing such a module
 # later would replace the function on the package.
 _LAZY = {
-    "Sandbox": ("sandbox", "Sandbox"),
-    "train": ("training", "train"),
-    "evaluate": ("evaluation", "evaluate_run"),
-    "predict": ("prediction", "predict"),
-    "calibrate": ("calibration", "calibrate"),
-    "enrich": ("enrichment", "enrich"),
-    "import_review": ("review", "import_review"),
+    "Sandbox": ("europeana.sandbox", "Sandbox"),
+    "train": ("modelling.training", "train"),
+    "evaluate": ("outputs.evaluation", "evaluate_run"),
+    "predict": ("outputs.prediction", "predict"),
+    "calibrate": ("modelling.calibration", "calibrate"),
+    "enrich": ("outputs.enrichment", "enrich"),
+    "import_review": ("outputs.review", "import_review"),
 }
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from europeana_imgcls.config import TrainConfig
-from europeana_imgcls.sandbox import Sandbox, SandboxRecord, draw_image
+from europeana_imgcls.core.config import TrainConfig
+from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED_TABLES = SHARED / "seed_tables"
@@ -114,7 +114,7 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 3-fold run of the tiny net shared by every test that needs a trained model but is not about training.
     Tests that run eic on it in other processes start ``python -m tests.eic_tiny``, which knows the tiny net."""
-    from europeana_imgcls.training import train
+    from europeana_imgcls.modelling.training import train
 
     data = make_folders(tmp_path_factory.mktemp("train"), per_class=9, size=40)
     out = tmp_path_factory.mktemp("runs") / "run"

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 import europeana_imgcls
-from europeana_imgcls.cli import app
-from europeana_imgcls.config import HarvestConfig, build_config
-from europeana_imgcls.errors import ConfigError
-from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.config import HarvestConfig, build_config
+from europeana_imgcls.core.errors import ConfigError
+from europeana_imgcls.europeana.sandbox import Sandbox
 
 runner = CliRunner()
 
@@ -136,7 +136,7 @@ def test_first_hour_rough_edges(tmp_path: Path) -> None:
     """Mistakes a newcomer makes, each answered with one line that says what to do."""
     typo = tmp_path / "typo.toml"
     typo.write_text("[train]\nepoch = 3\n")
-    from europeana_imgcls.config import TrainConfig
+    from europeana_imgcls.core.config import TrainConfig
 
     with pytest.raises(ConfigError, match=r"typo.toml: unknown setting 'epoch' in \[train\]; did you mean 'epochs'"):
         build_config(TrainConfig, {"data_dir": tmp_path}, typo, env={})

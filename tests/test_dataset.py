@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from europeana_imgcls import StatsConfig, SubtractConfig, stats, subtract
-from europeana_imgcls.errors import DatasetError
-from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.europeana.sandbox import Sandbox
 
 from .conftest import SEED_TABLES
 
@@ -100,7 +100,7 @@ def test_a_museum_table_of_its_own_shape_works_with_columns(sandbox: Sandbox, tm
     from typer.testing import CliRunner
 
     from europeana_imgcls import DownloadConfig, download
-    from europeana_imgcls.cli import app
+    from europeana_imgcls.cli.app import app
 
     records = [r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and len(r.labels) == 1][:6]
     museum = tmp_path / "museum.csv"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from europeana_imgcls.cli import app
+from europeana_imgcls.cli.app import app
 
 
 @pytest.mark.slow

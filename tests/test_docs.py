@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from europeana_imgcls import reference
-from europeana_imgcls.cli import app
+from europeana_imgcls.cli import reference
+from europeana_imgcls.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {
@@ -22,7 +22,7 @@ PAGES = {
 
 def test_reference_pages_are_current() -> None:
     assert reference.main([str(ROOT / "docs" / "reference"), "--check"]) == 0, (
-        "run: python -m europeana_imgcls.reference docs/reference")
+        "run: python -m europeana_imgcls.cli.reference docs/reference")
 
 
 @pytest.mark.parametrize("command", sorted(PAGES))

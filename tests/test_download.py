@@ -18,9 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from europeana_imgcls import DownloadConfig, download
-from europeana_imgcls.cli import app
-from europeana_imgcls.download import file_name
-from europeana_imgcls.sandbox import FAULTS, Sandbox
+from europeana_imgcls.acquisition.download import file_name
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.europeana.sandbox import FAULTS, Sandbox
 
 from .conftest import VOCAB, sandbox_records, sandbox_table
 

@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from europeana_imgcls import EvaluateConfig, PredictConfig, TrainConfig, evaluate, predict, train
-from europeana_imgcls.audit import audit, near_duplicates
-from europeana_imgcls.cli import app
-from europeana_imgcls.config import AuditConfig, EmbedConfig
-from europeana_imgcls.errors import CalibrationError, DatasetError
-from europeana_imgcls.folders import make_splits
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.config import AuditConfig, EmbedConfig
+from europeana_imgcls.core.errors import CalibrationError, DatasetError
+from europeana_imgcls.datasets.folders import make_splits
+from europeana_imgcls.outputs.audit import audit, near_duplicates
 
 from .conftest import HERITAGE
 
@@ -30,7 +30,7 @@ LITE = dict(arch="efficientnet_lite0", weights="imagenet", input_size=128, quiet
 def lab(tmp_path_factory: pytest.TempPathFactory):
     """The clean sample; a copy with two maps filed as paintings and three images copied among the maps;
     the noisy copy's embeddings."""
-    from europeana_imgcls.embedding import embed
+    from europeana_imgcls.modelling.embedding import embed
 
     root = tmp_path_factory.mktemp("embed")
     clean = root / "clean"
@@ -141,7 +141,7 @@ def test_near_duplicates_are_groups_above_the_similarity() -> None:
 
 
 def test_embed_resumes_after_an_interruption(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from europeana_imgcls import embedding
+    from europeana_imgcls.modelling import embedding
 
     real = embedding.batches
 

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from europeana_imgcls import audit
-from europeana_imgcls.config import EmbedConfig, TrainConfig
-from europeana_imgcls.embedding import embed
-from europeana_imgcls.tasks import task_for
-from europeana_imgcls.training import train
+from europeana_imgcls.core.config import EmbedConfig, TrainConfig
+from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.modelling.embedding import embed
+from europeana_imgcls.modelling.training import train
+from europeana_imgcls.outputs import audit
 
 from .conftest import make_folders
 

@@ -14,20 +14,20 @@ from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
 from europeana_imgcls import DownloadConfig, TrainConfig, download, train
-from europeana_imgcls.calibration import (
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.config import EnrichConfig, EvaluateConfig
+from europeana_imgcls.core.errors import CalibrationError, DatasetError
+from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.modelling.calibration import (
     choose_thresholds,
     expected_calibration_error,
     fit_temperature,
     load_calibration,
     score_thresholds,
 )
-from europeana_imgcls.cli import app
-from europeana_imgcls.config import EnrichConfig, EvaluateConfig
-from europeana_imgcls.enrichment import CONFIDENCE, MODEL, enrich, labelling_config_path
-from europeana_imgcls.errors import CalibrationError, DatasetError
-from europeana_imgcls.evaluation import evaluate_run
-from europeana_imgcls.sandbox import Sandbox
-from europeana_imgcls.tasks import task_for
+from europeana_imgcls.outputs.enrichment import CONFIDENCE, MODEL, enrich, labelling_config_path
+from europeana_imgcls.outputs.evaluation import evaluate_run
 
 from .conftest import VOCAB
 

@@ -21,9 +21,9 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from typer.testing import CliRunner
 
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
-from europeana_imgcls.cli import app
-from europeana_imgcls.errors import ModelError
-from europeana_imgcls.sandbox import Sandbox
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.errors import ModelError
+from europeana_imgcls.europeana.sandbox import Sandbox
 
 from .conftest import CLASSES, VOCAB, make_folders, rows
 
@@ -284,7 +284,7 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
     without hiding it, a colour bar: a figure a curator can read."""
     from PIL import Image
 
-    from europeana_imgcls.explain import CAPTION, HEADER, TILE
+    from europeana_imgcls.modelling.explain import CAPTION, HEADER, TILE
 
     images = sorted((eval_dir / "map").glob("*.jpg"))[:3]
     report = predict(PredictConfig(run=trained, inputs=[str(p) for p in images], output=tmp_path / "p.csv",
@@ -305,7 +305,7 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
 
 
 def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
-    from europeana_imgcls.training import plot_curves
+    from europeana_imgcls.modelling.training import plot_curves
 
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": abs(e - 3) + 0.5, "accuracy": 0.5, "f1": 0.5}
                for e in range(1, 7)]

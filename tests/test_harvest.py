@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 
 from europeana_imgcls import HarvestConfig, harvest
-from europeana_imgcls.errors import ApiError, DatasetError
-from europeana_imgcls.harvest import COLUMNS
-from europeana_imgcls.sandbox import Sandbox
-from europeana_imgcls.search_api import SearchClient
+from europeana_imgcls.acquisition.harvest import COLUMNS
+from europeana_imgcls.core.errors import ApiError, DatasetError
+from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.search_api import SearchClient
 
 from .conftest import VOCAB
 

@@ -11,16 +11,16 @@ import pytest
 from sklearn.metrics import f1_score, hamming_loss, label_ranking_loss, precision_score, recall_score
 
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict, train
-from europeana_imgcls.checkpoint import load_checkpoint
-from europeana_imgcls.errors import DatasetError
-from europeana_imgcls.multilabel import (
+from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.datasets.multilabel import (
     iterative_folds,
     make_multilabel_splits,
     multilabel_metrics,
     positive_weights,
     tune_thresholds,
 )
-from europeana_imgcls.sandbox import draw_image
+from europeana_imgcls.europeana.sandbox import draw_image
+from europeana_imgcls.modelling.checkpoint import load_checkpoint
 
 from .conftest import config, rows
 
@@ -154,8 +154,8 @@ def test_multilabel_bad_inputs(tmp_path: Path) -> None:
 
 
 def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:
-    from europeana_imgcls.config import EnrichConfig
-    from europeana_imgcls.enrichment import MODEL, enrich, labelling_config_path
+    from europeana_imgcls.core.config import EnrichConfig
+    from europeana_imgcls.outputs.enrichment import MODEL, enrich, labelling_config_path
 
     data, out = ml_run
     calibration = json.loads((out / "calibration.json").read_text())

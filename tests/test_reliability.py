@@ -27,11 +27,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from europeana_imgcls import DownloadConfig, download
-from europeana_imgcls.cli import app
-from europeana_imgcls.download import Fetcher, file_name
-from europeana_imgcls.images import ImageRejected, save_normalised
-from europeana_imgcls.sandbox import Sandbox
-from europeana_imgcls.tables import atomic_path, is_own_temp, temp_path
+from europeana_imgcls.acquisition.download import Fetcher, file_name
+from europeana_imgcls.acquisition.images import ImageRejected, save_normalised
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.tables import atomic_path, is_own_temp, temp_path
+from europeana_imgcls.europeana.sandbox import Sandbox
 
 from .conftest import VOCAB
 
@@ -322,7 +322,7 @@ def test_sigkill_then_rerun_keeps_failures_and_labels(tmp_path: Path) -> None:
 def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCaptureFixture) -> None:
     import httpx
 
-    from europeana_imgcls.search_api import SearchClient
+    from europeana_imgcls.europeana.search_api import SearchClient
 
     seen: dict[str, str | None] = {}
 
@@ -368,7 +368,7 @@ def test_only_image_formats_reach_a_decoder(tmp_path: Path, monkeypatch: pytest.
 
 def test_max_pixels_is_ours_and_pillows_process_wide_limit_is_left_alone(
         sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    download_module = importlib.import_module("europeana_imgcls.download")  # the module, not the function
+    download_module = importlib.import_module("europeana_imgcls.acquisition.download")  # the module, not the function
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2,000 pixels
     buffer = io.BytesIO()
     Image.new("RGB", (60, 50), (10, 20, 30)).save(buffer, "PNG")  # 3,000 pixels: within our max_pixels
@@ -391,7 +391,7 @@ def test_max_pixels_is_ours_and_pillows_process_wide_limit_is_left_alone(
 
 
 def test_a_decode_that_would_exceed_the_memory_budget_is_a_failure_row(tmp_path: Path) -> None:
-    from europeana_imgcls.images import DecodeBudget
+    from europeana_imgcls.acquisition.images import DecodeBudget
 
     buffer = io.BytesIO()
     Image.new("L", (6000, 5000), 200).save(buffer, "PNG")  # 30 MP in a few kB: decoding takes ~200 MB
@@ -406,7 +406,7 @@ def test_a_decode_that_would_exceed_the_memory_budget_is_a_failure_row(tmp_path:
 
 
 def test_concurrent_decodes_share_one_budget() -> None:
-    from europeana_imgcls.images import DecodeBudget
+    from europeana_imgcls.acquisition.images import DecodeBudget
 
     budget = DecodeBudget(100)
     peak, lock = [0], threading.Lock()
@@ -446,7 +446,7 @@ def test_file_names_are_injective(pair: list[str]) -> None:
 @given(IDS)
 @settings(max_examples=400, deadline=None)
 def test_file_names_are_safe_on_linux_and_windows_and_read_back(record_id: str) -> None:
-    from europeana_imgcls.naming import record_id_of
+    from europeana_imgcls.core.naming import record_id_of
 
     name = file_name(record_id)
     assert name == file_name(record_id)  # stable
@@ -491,8 +491,8 @@ def test_threads_saving_one_target_do_not_trip_over_each_other(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> None:
-    from europeana_imgcls.errors import ApiError
-    from europeana_imgcls.search_api import SearchClient
+    from europeana_imgcls.core.errors import ApiError
+    from europeana_imgcls.europeana.search_api import SearchClient
 
     class Trickle(SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -534,7 +534,7 @@ def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
 
 
 def test_predict_resume_drops_a_half_written_last_row(tmp_path: Path) -> None:
-    from europeana_imgcls.prediction import COLUMNS, _read_rows
+    from europeana_imgcls.outputs.prediction import COLUMNS, _read_rows
 
     part = tmp_path / "p.csv.partial"
     part.write_text("image,prediction,confidence,top_k,ID,URI\r\na.jpg,map,0.9,[],/1/a,u\r\nb.jpg,map,0.8,[],/1/b,u")
@@ -555,7 +555,7 @@ def test_the_sandbox_answers_odd_paths_with_404() -> None:
 
 def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
     from europeana_imgcls import train
-    from europeana_imgcls.errors import DatasetError
+    from europeana_imgcls.core.errors import DatasetError
 
     from .conftest import config, make_folders
 
@@ -571,7 +571,7 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
 
 
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
-    from europeana_imgcls.cli import app
+    from europeana_imgcls.cli.app import app
 
     from .conftest import make_folders
 
@@ -590,7 +590,7 @@ def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(tmp_path: P
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import math
 
-    from europeana_imgcls import training
+    from europeana_imgcls.modelling import training
 
     from .conftest import config, make_folders
 
@@ -616,7 +616,7 @@ def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(tmp_path: P
 def test_any_url_string_is_fetchable_or_has_a_reason(url: str) -> None:
     import httpx
 
-    from europeana_imgcls.download import url_problem
+    from europeana_imgcls.acquisition.download import url_problem
 
     problem = url_problem(url)
     if problem is None:
@@ -635,7 +635,7 @@ CELLS = st.one_of(st.just(""), st.just("  "), st.sampled_from(["map", " map ", "
 def test_every_row_of_any_table_is_a_job_or_a_skip_with_a_reason(rows: list[tuple[str, str, str]]) -> None:
     import tempfile
 
-    from europeana_imgcls.download import Job, _jobs
+    from europeana_imgcls.acquisition.download import Job, _jobs
 
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "t.csv"
@@ -653,7 +653,7 @@ def test_every_row_of_any_table_is_a_job_or_a_skip_with_a_reason(rows: list[tupl
 
 def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path) -> None:
     from europeana_imgcls import train
-    from europeana_imgcls.errors import ModelError
+    from europeana_imgcls.core.errors import ModelError
 
     from .conftest import config, make_folders
 
@@ -669,7 +669,8 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
 
 
 def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from europeana_imgcls import EvaluateConfig, evaluate, heads, train
+    from europeana_imgcls import EvaluateConfig, evaluate, train
+    from europeana_imgcls.modelling import heads
 
     from .conftest import config, make_folders
 
@@ -697,7 +698,7 @@ def test_a_compressed_search_answer_is_decoded_once() -> None:
 
     import httpx
 
-    from europeana_imgcls.search_api import SearchClient
+    from europeana_imgcls.europeana.search_api import SearchClient
 
     body = json.dumps({"success": True, "items": [], "totalResults": 0, "itemsCount": 0}).encode()
 
@@ -710,7 +711,7 @@ def test_a_compressed_search_answer_is_decoded_once() -> None:
 
 
 def test_one_columns_setting_serves_a_museum_table_and_a_harvested_one(tmp_path: Path) -> None:
-    from europeana_imgcls.tables import read_table
+    from europeana_imgcls.core.tables import read_table
 
     museum, harvested = tmp_path / "museum.csv", tmp_path / "harvested.csv"
     museum.write_text("id,image_url\n/1/a,http://x/a.jpg\n")
@@ -721,9 +722,9 @@ def test_one_columns_setting_serves_a_museum_table_and_a_harvested_one(tmp_path:
 
 
 def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
-    from europeana_imgcls.config import EmbedConfig
-    from europeana_imgcls.embedding import embed
-    from europeana_imgcls.errors import DatasetError
+    from europeana_imgcls.core.config import EmbedConfig
+    from europeana_imgcls.core.errors import DatasetError
+    from europeana_imgcls.modelling.embedding import embed
 
     from .conftest import make_folders
 
@@ -733,8 +734,8 @@ def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
     partial = tmp_path / "e.parquet.partial"
     partial.mkdir()
     common = dict(output=out, arch="tiny", weights="none", input_size=32, quiet=True)
-    from europeana_imgcls.embedding import describe
-    from europeana_imgcls.folders import scan_images
+    from europeana_imgcls.datasets.tasks import scan_images
+    from europeana_imgcls.modelling.embedding import describe
 
     meta = describe("tiny", "none", 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                     scan_images(first, "single-label"), "single-label")

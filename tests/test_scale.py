@@ -21,15 +21,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from europeana_imgcls import DownloadConfig, HarvestConfig, download, harvest
-from europeana_imgcls.cli import app
-from europeana_imgcls.errors import ApiError
-from europeana_imgcls.naming import file_name
-from europeana_imgcls.quota import Quota
-from europeana_imgcls.ratelimit import RateLimit
-from europeana_imgcls.sandbox import Sandbox
-from europeana_imgcls.search_api import SearchClient
-from europeana_imgcls.sharding import Shard, shard_of
-from europeana_imgcls.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.errors import ApiError
+from europeana_imgcls.core.naming import file_name
+from europeana_imgcls.core.sharding import Shard, shard_of
+from europeana_imgcls.europeana.quota import Quota
+from europeana_imgcls.europeana.ratelimit import RateLimit
+from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.search_api import SearchClient
+from europeana_imgcls.europeana.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
 
 from .conftest import VOCAB, sandbox_records, sandbox_table
 
@@ -329,8 +329,8 @@ def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image
 
 
 def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path) -> None:
-    from europeana_imgcls.config import EmbedConfig
-    from europeana_imgcls.embedding import embed
+    from europeana_imgcls.core.config import EmbedConfig
+    from europeana_imgcls.modelling.embedding import embed
 
     from .conftest import make_folders
 
@@ -354,7 +354,7 @@ def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> Non
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from europeana_imgcls.training import train
+    from europeana_imgcls.modelling.training import train
 
     from .conftest import config, make_folders
 
@@ -376,7 +376,7 @@ def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> Non
 
 def test_runs_named_alike_never_share_a_tensorboard_folder_and_a_resumed_run_keeps_its_own(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
-    from europeana_imgcls.training import train
+    from europeana_imgcls.modelling.training import train
 
     from .conftest import config, make_folders
 
@@ -452,7 +452,7 @@ def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path
 
 def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run: Path, tmp_path: Path) -> None:
     from europeana_imgcls import PredictConfig, predict
-    from europeana_imgcls.errors import DatasetError
+    from europeana_imgcls.core.errors import DatasetError
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -481,7 +481,7 @@ def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run:
 def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_inputs(
         trained_run: Path, sandbox: Sandbox, tmp_path: Path) -> None:
     from europeana_imgcls import PredictConfig, predict
-    from europeana_imgcls.errors import DatasetError
+    from europeana_imgcls.core.errors import DatasetError
 
     mine = tmp_path / "dataset"
     mine.mkdir()

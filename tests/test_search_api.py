@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from europeana_imgcls.errors import ApiError
-from europeana_imgcls.search_api import SearchClient
+from europeana_imgcls.core.errors import ApiError
+from europeana_imgcls.europeana.search_api import SearchClient
 
 URL = "http://api.test/record/v2/search.json"
 
@@ -56,7 +56,7 @@ def test_zero_hits_is_one_request() -> None:
 
 def test_429_and_503_are_retried_honouring_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
-    monkeypatch.setattr("europeana_imgcls.search_api.time.sleep", waits.append)
+    monkeypatch.setattr("europeana_imgcls.europeana.search_api.time.sleep", waits.append)
     answers = iter([httpx.Response(429, headers={"Retry-After": "2"}, json={"error": "limit"}),
                     httpx.Response(503, text="busy"), page(["a"], None)])
     items = list(make_client(lambda request: next(answers)).iter_items("*"))
@@ -114,7 +114,7 @@ def test_one_retry_policy_reads_both_forms_of_retry_after() -> None:
     import email.utils
     import time
 
-    from europeana_imgcls.retry import retry_after, wait_before
+    from europeana_imgcls.core.retry import retry_after, wait_before
 
     soon = email.utils.formatdate(time.time() + 5, usegmt=True)
     assert 3.5 < retry_after(soon) <= 5.0

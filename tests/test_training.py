@@ -15,14 +15,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from europeana_imgcls import training
-from europeana_imgcls.checkpoint import load_checkpoint, model_from_checkpoint
-from europeana_imgcls.cli import app
-from europeana_imgcls.errors import DatasetError, ModelError
-from europeana_imgcls.folders import make_splits, provider_of
-from europeana_imgcls.models import build_model
-from europeana_imgcls.tasks import task_for
-from europeana_imgcls.training import train
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.errors import DatasetError, ModelError
+from europeana_imgcls.datasets.folders import make_splits
+from europeana_imgcls.datasets.imageset import provider_of
+from europeana_imgcls.datasets.tasks import scan_images, task_for
+from europeana_imgcls.modelling import training
+from europeana_imgcls.modelling.checkpoint import load_checkpoint, model_from_checkpoint
+from europeana_imgcls.modelling.models import build_model
+from europeana_imgcls.modelling.training import train
 
 from .conftest import CLASSES, HERITAGE, config, make_folders, rows
 
@@ -238,8 +239,8 @@ def test_weights_files_load_safely(folders: Path, tmp_path: Path) -> None:
 
 
 def test_gradcam_hooks_are_released(run) -> None:
-    from europeana_imgcls.explain import heatmaps
-    from europeana_imgcls.models import get_arch
+    from europeana_imgcls.modelling.explain import heatmaps
+    from europeana_imgcls.modelling.models import get_arch
 
     out, _ = run
     model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
@@ -260,14 +261,13 @@ def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> No
 
 
 def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
-    from europeana_imgcls.folders import (
+    from europeana_imgcls.datasets.folders import (
         DecodedCache,
         ImageDataset,
         make_loader,
-        scan_class_folders,
     )
 
-    images = scan_class_folders(folders)
+    images = scan_images(folders, "single-label")
     cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
     assert cache is not None and not cache.filled.any()
     loader = make_loader(ImageDataset(images, 32, cache=cache), batch_size=8,
@@ -286,17 +286,16 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
 
 
 def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> None:
-    from europeana_imgcls.folders import (
+    from europeana_imgcls.datasets.folders import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         ImageDataset,
         ModelInput,
         load_image,
         make_loader,
-        scan_class_folders,
     )
 
-    images = scan_class_folders(folders)
+    images = scan_images(folders, "single-label")
     loader = make_loader(ImageDataset(images, 32), batch_size=4, shuffle=False, num_workers=0, seed=0,
                          pin_memory=False)
     pixels, _, index = next(iter(loader))
@@ -312,7 +311,7 @@ def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> N
 @pytest.mark.slow
 def test_a_cross_validation_run_decodes_each_image_once(folders: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from europeana_imgcls import folders as data
+    from europeana_imgcls.datasets import folders as data
 
     decoded: list[Path] = []
     real = data.load_image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from europeana_imgcls.models import register_arch
+from europeana_imgcls.modelling.models import register_arch
 
 
 class TinyNet(nn.Module):

@@ -1,0 +1,98 @@
+"""Operations on harvested tables: ``eic subtract`` and ``eic stats``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from ..core.config import StatsConfig, SubtractConfig, public_dict
+from ..core.tables import read_table, refuse_existing, sidecar, write_json, write_table
+from ..europeana.vocabulary import load_vocabulary
+
+
+@dataclass
+class SubtractReport:
+    output: Path
+    kept: int
+    removed: int
+
+
+def subtract(config: SubtractConfig) -> SubtractReport:
+    """Write the training table without every row whose ID is in the evaluation table."""
+    refuse_existing(config.output, config.overwrite)
+    train = read_table(config.train, required=("ID",), columns=config.columns)
+    evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
+    eval_ids = evaluation.get_column("ID").drop_nulls().unique()
+    # A row without an ID cannot be in the evaluation table: it stays.
+    kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
+    write_table(kept, config.output)
+    write_json(sidecar(config.output, "config"), public_dict(config))
+    return SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
+
+
+@dataclass
+class TableStats:
+    rows: int
+    unique_ids: int
+    per_category: dict[str, int] = field(default_factory=dict)
+    per_reusability: dict[str, int] = field(default_factory=dict)
+    per_provider: dict[str, int] = field(default_factory=dict)
+    provider_column: str = "data_provider"
+    without_url: int = 0
+    without_category: int = 0
+    duplicate_rows: int = 0
+    ids_in_several_categories: int = 0
+    unknown_categories: dict[str, int] = field(default_factory=dict)
+
+
+def stats(config: StatsConfig) -> TableStats:
+    """Describe a table: counts per category, level and provider, and what looks wrong in it.
+
+    With ``config.output`` the statistics are also written there as JSON."""
+    if config.output is not None:
+        refuse_existing(config.output, config.overwrite)
+    result = _describe(config)
+    if config.output is not None:
+        write_json(config.output, dataclasses.asdict(result))
+    return result
+
+
+def _describe(config: StatsConfig) -> TableStats:
+    df = read_table(config.table, required=("ID",), columns=config.columns)
+    vocab = load_vocabulary(config.vocab)
+    has_category = "category" in df.columns
+    labels = (
+        df.select("ID", pl.col("category").str.split(" ")).explode("category").drop_nulls("category")
+        if has_category else pl.DataFrame({"ID": [], "category": []}, schema={"ID": pl.Utf8, "category": pl.Utf8})
+    )
+    per_category = _counts(labels, "category")
+    provider_column = "data_provider" if "data_provider" in df.columns else "dataset"
+    if provider_column == "dataset":
+        # Tables without a provider column: the dataset ID (first segment of the record ID)
+        # names the collection just as well.
+        df = df.with_columns(pl.col("ID").str.strip_chars("/").str.split("/").list.first().alias("dataset"))
+    several = 0
+    if has_category:
+        several = (df.drop_nulls("ID").group_by("ID").agg(pl.col("category").n_unique().alias("k"))
+                   .filter(pl.col("k") > 1).height)
+    return TableStats(
+        rows=df.height,
+        unique_ids=df.get_column("ID").n_unique(),
+        per_category=per_category,
+        per_reusability=_counts(df, "reusability") if "reusability" in df.columns else {},
+        per_provider=_counts(df, provider_column),
+        provider_column=provider_column,
+        without_url=df.height if "URL" not in df.columns else df.get_column("URL").null_count(),
+        without_category=df.get_column("category").null_count() if has_category else df.height,
+        duplicate_rows=df.height - df.unique().height,
+        ids_in_several_categories=several,
+        unknown_categories={c: n for c, n in per_category.items() if c not in vocab},
+    )
+
+
+def _counts(df: pl.DataFrame, column: str) -> dict[str, int]:
+    counted = df.get_column(column).fill_null("(empty)").value_counts(sort=True)
+    return {row[column]: row["count"] for row in counted.iter_rows(named=True)}

@@ -1,0 +1,109 @@
+"""Reference pages generated from the code, so the docs cannot drift from it.
+
+    python -m europeana_imgcls.cli.reference docs/reference        # write
+    python -m europeana_imgcls.cli.reference docs/reference --check  # exit 1 when out of date
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from pathlib import Path
+
+from pydantic_core import PydanticUndefined
+
+from ..core.config import ALL_CONFIGS, ENV_PREFIX, SECRET_FIELDS
+
+PAGES = {"cli.md": lambda: cli_reference(), "configuration.md": lambda: config_reference()}
+
+
+def cli_reference() -> str:
+    import typer.main
+
+    from .app import app
+
+    group = typer.main.get_command(app)
+    lines = ["# Command-line reference", "", "Generated from the `eic` command itself "
+             "(`python -m europeana_imgcls.cli.reference docs/reference`); `eic COMMAND --help` shows the same.", ""]
+    for name, command in _flat(group):
+        lines += [f"## `eic {name}`", "", (command.help or "").strip(), ""]
+        arguments = [p for p in command.params if p.param_type_name == "argument"]
+        options = [p for p in command.params if p.param_type_name == "option"]
+        if arguments:
+            lines += ["| argument | meaning |", "| --- | --- |"]
+            lines += [f"| `{(p.metavar or p.name).upper()}`{'...' if p.nargs == -1 else ''} | {_cell(p.help)} |"
+                      for p in arguments]
+            lines.append("")
+        lines += ["| option | meaning | default |", "| --- | --- | --- |"]
+        for p in options:
+            flags = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
+            default = p.show_default if isinstance(p.show_default, str) else (
+                "" if p.default is None or p.show_default is False else str(p.default))
+            lines.append(f"| {flags} | {_cell(p.help)} | {_cell(default)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _flat(group: typing.Any, prefix: str = "") -> list[tuple[str, typing.Any]]:
+    """Every command, with the commands of a group (``eic review import``) under their full name."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            found += _flat(command, f"{prefix}{name} ")
+        else:
+            found.append((f"{prefix}{name}", command))
+    return found
+
+
+def config_reference() -> str:
+    lines = ["# Configuration reference", "",
+             "Generated from the pydantic models in `europeana_imgcls/config.py`. Each setting can be given as a "
+             "flag, in a `--config` file (flat, or in the stage's table), or as the environment variable shown; "
+             "flags win over the file, the file over the environment, the environment over the default.", ""]
+    for model in ALL_CONFIGS:
+        lines += [f"## `[{model.stage}]` — `{model.__name__}`", "", (model.__doc__ or "").strip(), "",
+                  "| setting | type | default | environment | meaning |", "| --- | --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            if field.default is not PydanticUndefined:
+                value = str(field.default) if isinstance(field.default, Path) else field.default
+                default = "the public demo key" if name in SECRET_FIELDS else repr(value)
+            elif field.default_factory is not None:
+                default = repr(field.default_factory())  # type: ignore[call-arg]
+            else:
+                default = "required"
+            lines.append(f"| `{name}` | {_cell(_type(field.annotation))} | {_cell(default)} | "
+                         f"`{ENV_PREFIX}{name.upper()}` | {_cell(field.description)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _type(annotation: object) -> str:
+    text = str(annotation) if typing.get_origin(annotation) else getattr(annotation, "__name__", str(annotation))
+    return text.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+
+
+def _cell(text: object) -> str:
+    return str(text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0]) if argv else Path("docs/reference")
+    check = "--check" in argv
+    stale = []
+    for name, render in PAGES.items():
+        path, text = folder / name, render() + "\n"
+        if check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run: python -m europeana_imgcls.cli.reference {folder}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,214 @@
+"""How the CLI shows what a stage did: rich tables on stdout, JSON files on request."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ..acquisition.curation import TableStats
+    from ..acquisition.download import DownloadReport
+    from ..acquisition.harvest import HarvestReport
+    from ..modelling.calibration import Calibration
+    from ..outputs.audit import AuditReport
+    from ..outputs.enrichment import EnrichReport
+    from ..outputs.evaluation import EvaluateReport
+    from ..outputs.prediction import PredictReport
+    from ..outputs.review import ReviewImportReport
+
+
+def as_flags(message: str) -> str:
+    """Library messages name settings (`output_dir`); on the command line they are flags (--output-dir)."""
+    message = message.replace("`crossvalidation` off", "--no-crossvalidation")
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
+def print_harvest(console: Console, result: HarvestReport) -> None:
+    levels = sorted({key.rsplit("|", 1)[1] for key in result.fetched})
+    table = Table(title="harvest", show_footer=False)
+    table.add_column("category")
+    for level in levels:
+        table.add_column(f"fetched ({level})", justify="right")
+    table.add_column("rows in table", justify="right")
+    for category, count in result.per_category.items():
+        fetched = [str(result.fetched.get(f"{category}|{level}", "-")) for level in levels]
+        if any(f != "-" for f in fetched) or count:
+            table.add_row(category, *fetched, str(count))
+    console.print(table)
+    console.print(
+        f"{result.rows} records written to {result.output}; skipped {result.skipped_no_url} without an "
+        f"image URL; {result.ambiguous} found under several categories"
+        + (f"; {result.resumed_units} query units already done" if result.resumed_units else "")
+    )
+
+
+def print_stats(console: Console, stats: TableStats) -> None:
+    console.print(f"{stats.rows} rows, {stats.unique_ids} unique IDs, {stats.duplicate_rows} duplicate rows, "
+                  f"{stats.without_url} without URL, {stats.without_category} without category, "
+                  f"{stats.ids_in_several_categories} IDs in several "
+                  f"categories")
+    for title, counts in (("category", stats.per_category), ("reusability", stats.per_reusability),
+                          (stats.provider_column, stats.per_provider)):
+        if not counts:
+            continue
+        table = Table(title=f"records per {title}")
+        table.add_column(title)
+        table.add_column("records", justify="right")
+        for name, count in list(counts.items())[:30]:
+            table.add_row(name, str(count))
+        if len(counts) > 30:
+            table.add_row(f"... {len(counts) - 30} more", "")
+        console.print(table)
+    if stats.unknown_categories:
+        listed = ", ".join(f"{name!r} ({n})" for name, n in stats.unknown_categories.items())
+        console.print(f"[bold yellow]categories not in the vocabulary:[/] {listed}")
+
+
+def print_download(console: Console, result: DownloadReport) -> None:
+    console.print(
+        f"{result.saved} images saved in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s), "
+        f"{result.already_saved} already there, {result.failed} failed"
+        + (f", {result.known_failures} known failures skipped (--retry-failed retries them)"
+           if result.known_failures else "")
+        + (f", {result.other_shards} left to other shards" if result.other_shards else "")
+        + (f", {sum(result.skipped.values())} rows skipped ("
+           + ", ".join(f"{n} {why}" for why, n in result.skipped.items()) + ")" if result.skipped else "")
+        + f"; {result.total} rows in the table"
+    )
+    if result.errors:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.errors.items(), key=lambda kv: -kv[1]))
+        console.print(f"failures ({result.failures_file or result.output_dir / 'failures.csv'}): {reasons}")
+
+
+def print_summary(console: Console, title: str, summary: dict[str, dict[str, object]]) -> None:
+    """A metric table: mean ± std across splits, and the per-split values."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    table.add_column("per split", justify="left")
+    for name, values in summary.items():
+        per_split = " ".join(f"{v:.3f}" for v in values["per_split"])  # type: ignore[union-attr]
+        table.add_row(name, f"{values['mean']:.3f} ± {values['std']:.3f}", per_split)
+    console.print(table)
+
+
+def print_calibration(console: Console, calibration: Calibration) -> None:
+    """The per-class thresholds, with what each promises and what it costs in coverage."""
+    table = Table(title=f"thresholds for precision {calibration.precision_target:.2f} ({calibration.source}; "
+                        f"ECE {calibration.ece_before:.3f} → {calibration.ece_after:.3f})")
+    for name in ("class", "threshold", "precision", "coverage", "support"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for c in calibration.per_class:
+        if c.threshold is None:
+            table.add_row(c.name, "never emitted", "–", "0.000", str(c.support))
+        else:
+            table.add_row(c.name, f"{c.threshold:.4f}", f"{c.precision:.3f}", f"{c.coverage:.3f}", str(c.support))
+    console.print(table)
+
+
+def print_evaluation(console: Console, result: EvaluateReport) -> None:
+    print_summary(console, f"{result.images} evaluation images, {len(result.splits)} split(s)", result.summary)
+    if result.unknown_classes:
+        listed = ", ".join(f"{name} ({n} images)" for name, n in result.unknown_classes.items())
+        console.print(f"[yellow]evaluation classes the model does not know (skipped):[/] {listed}")
+    if result.missing_classes:
+        console.print(f"[yellow]model classes with no evaluation images:[/] {', '.join(result.missing_classes)}")
+    if result.unreadable:
+        console.print(f"[yellow]{len(result.unreadable)} unreadable images skipped[/] (listed in report.json)")
+    if result.calibration_check:
+        print_calibration_check(console, result.calibration_check)
+    console.print(f"written to {result.output_dir}")
+
+
+def print_calibration_check(console: Console, rows: list[dict[str, object]]) -> None:
+    """What the calibration promised out of fold against what it keeps on the evaluation set."""
+    table = Table(title="the calibration's thresholds on the evaluation set (all splits pooled)")
+    for name in ("class", "threshold", "promised precision", "precision here", "coverage here", "labelled"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+
+    def shown(value: object) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    for row in rows:
+        table.add_row(str(row["class"]), shown(row["threshold"]) if row["threshold"] is not None else "never emitted",
+                      shown(row["out_of_fold_precision"]), shown(row["precision"]), shown(row["coverage"]),
+                      shown(row["labelled"]))
+    console.print(table)
+
+
+def shard_note(shard: str | None, command: str, output: Path) -> str:
+    """What a shard's run leaves to do."""
+    return (f"; shard {shard} done: when every shard is, run eic {command} without --shard and with --resume "
+            f"to merge them into {output}") if shard else ""
+
+
+def print_prediction(console: Console, result: PredictReport) -> None:
+    model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
+    written = result.part if result.shard else result.output
+    console.print(
+        f"{result.predicted} images labelled with {model}; written to {written}"
+        + (f"; {result.already_done} done earlier" if result.already_done else "")
+        + (f"; {len(result.unreadable)} unreadable ({', '.join(result.unreadable[:3])}"
+           + (", ..." if len(result.unreadable) > 3 else "") + ")" if result.unreadable else "")
+        + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
+        + (f"; {result.heatmaps} Grad-CAM figures" if result.heatmaps else "")
+        + shard_note(result.shard, "predict", result.output)
+    )
+
+
+def print_enrichment(console: Console, result: EnrichReport) -> None:
+    if result.shard:
+        console.print(f"{result.records} records scored into the journal {result.journal}"
+                      + (f"; {result.already_done} done earlier" if result.already_done else "")
+                      + shard_note(result.shard, "enrich", result.output))
+        return
+    share = result.labelled / result.records if result.records else 0.0
+    model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
+    console.print(
+        f"{result.labelled} of {result.records} records labelled ({share:.1%}) at precision "
+        f"{result.precision_target:.2f}, {result.abstained} abstained; {result.annotations} annotations written to "
+        f"{result.output} by {model} (model {result.model_id})"
+        + (f"; {result.already_done} done earlier" if result.already_done else "")
+        + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
+        + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
+        + (f"; {result.not_records} inputs name no record and were not annotated" if result.not_records else ""))
+    if result.per_class:
+        console.print("per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(),
+                                                                              key=lambda kv: -kv[1])))
+    if result.never_emitted:
+        console.print(f"[yellow]never emitted at this precision:[/] {', '.join(result.never_emitted)}")
+    if result.review_output is not None:
+        console.print(f"{result.review_tasks} records to review in {result.review_output} (Label Studio tasks; "
+                      f"labelling config beside it)")
+
+
+def print_review_import(console: Console, result: ReviewImportReport) -> None:
+    console.print(f"{result.imported} reviewed records written to {result.output}"
+                  + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)"
+                     if result.skipped else "")
+                  + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else ""))
+
+
+def print_audit(console: Console, result: AuditReport) -> None:
+    console.print(f"{result.issues} of {result.images} images look mislabelled (label_issues.csv, suspects.png); "
+                  f"{result.duplicate_groups} near-duplicate groups: {result.leaking_groups} across folds, "
+                  f"{result.conflicting_groups} with conflicting labels, {result.cross_provider_groups} across "
+                  f"providers (duplicates.csv)")
+    if result.top:
+        table = Table(title="worst suspects")
+        for name in ("rank", "image or record", "given", "suggested", "label quality"):
+            table.add_column(name)
+        for row in result.top[:10]:
+            table.add_row(str(row["rank"]), row["ID"] or Path(row["image"]).name, row["given"], row["suggested"],
+                          f"{row['label_quality']:.3f}")
+        console.print(table)
+    if result.worst_providers:
+        console.print("providers with the most issues: " + ", ".join(
+            f"{name} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers))
+    if result.note:
+        console.print(f"[yellow]note:[/] {as_flags(result.note)}")
+    console.print(f"written to {result.output_dir}")

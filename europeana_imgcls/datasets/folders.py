@@ -1,0 +1,291 @@
+"""Image folders to tensors: scanning class folders, cross-validation splits, fast image loading."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from ..acquisition.images import to_rgb
+from ..core.errors import DatasetError
+from ..core.tables import read_table
+from .imageset import UNREADABLE, ImageSet, Split, Task
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _shm_free() -> int:
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), hidden and temporary files left out, sorted."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) -> ImageSet:
+    """Read ``root/<class>/<image>``. With ``classes`` given (a model's), label by that order."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder of class folders")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = list(classes) if classes is not None else [d.name for d in folders]
+    index = {name: i for i, name in enumerate(names)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    unreadable: list[Path] = []
+    for folder in folders:
+        if folder.name not in index:
+            continue
+        for path in list_images(folder):
+            if readable(path):
+                paths.append(path)
+                labels.append(index[folder.name])
+            else:
+                unreadable.append(path)
+    return ImageSet(paths, np.asarray(labels, dtype=np.int64), names, task, unreadable)
+
+
+def readable(path: Path) -> bool:
+    """Cheap: reads the header only."""
+    try:
+        with Image.open(path) as image:
+            return image.size[0] > 0 and image.size[1] > 0
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def check_trainable(images: ImageSet, root: Path, folds: int) -> None:
+    counts = images.counts()
+    present = {name: n for name, n in counts.items() if n}
+    if not images.paths:
+        raise DatasetError(f"{root}: no readable images in its class folders")
+    if len(present) < 2:
+        raise DatasetError(f"{root}: needs at least two class folders with images (found: "
+                           f"{', '.join(present) or 'none'})")
+    small = {name: n for name, n in present.items() if n < folds}
+    if small:
+        worst = min(small, key=small.__getitem__)
+        raise DatasetError(f"class '{worst}' has {small[worst]} images, fewer than the {folds} folds; "
+                           "lower `folds` or add images")
+
+
+def sample(images: ImageSet, fraction: float, seed: int) -> ImageSet:
+    if fraction >= 1.0:
+        return images
+    keep, _ = train_test_split(np.arange(len(images)), train_size=fraction,
+                               stratify=images.task.stratify(images.labels), random_state=seed)
+    return images.subset(np.sort(keep))
+
+
+def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None) -> list[Split]:
+    """Stratified k folds; in split i, fold i tests, a stratified slice of the rest validates.
+
+    With ``groups`` (e.g. the provider of each record) no group straddles train, validation and test.
+    """
+    indices = np.arange(len(labels))
+    outer = (StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if groups is not None
+             else StratifiedKFold(folds, shuffle=True, random_state=seed))
+    group_array = np.asarray(groups) if groups is not None else None
+    splits = []
+    try:
+        for i, (rest, test) in enumerate(outer.split(indices, labels, group_array)):
+            inner = (StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i) if groups is not None
+                     else StratifiedKFold(folds - 1, shuffle=True, random_state=seed + i))
+            inner_groups = group_array[rest] if group_array is not None else None
+            train_pos, val_pos = next(inner.split(rest, labels[rest], inner_groups))
+            splits.append(Split(np.sort(rest[train_pos]), np.sort(rest[val_pos]), np.sort(test)))
+    except ValueError as exc:
+        raise DatasetError(f"cannot make {folds} folds: {exc}") from None
+    return splits
+
+
+def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) -> list[str] | None:
+    """What must stay in one fold: a provider's records (``by_provider``), the images of one near-duplicate
+    group (``duplicates``, eic audit's duplicates.csv), or both joined; None when nothing must."""
+    if duplicates is None:
+        return images.groups() if by_provider else None
+    table = read_table(duplicates, required=("image", "group"))
+    group_of = {str(Path(image).resolve()): group
+                for image, group in zip(table["image"].to_list(), table["group"].to_list(), strict=True)}
+    if group_of and not any(str(p.resolve()) in group_of for p in images.paths):
+        raise DatasetError(f"{duplicates}: none of its images is in this data folder; audit this folder's images "
+                           "(or their embeddings) to get its duplicate groups")
+    # A graph of images and the keys they share (their provider, their duplicate group): each connected
+    # part stays in one fold.
+    key_node: dict[str, int] = {}
+    edges = []
+    for i, (provider, path) in enumerate(zip(images.groups(), images.paths, strict=True)):
+        for key in (f"provider:{provider}" if by_provider else None, group_of.get(str(path.resolve()))):
+            if key is not None:
+                edges.append((i, len(images) + key_node.setdefault(key, len(key_node))))
+    return [str(label) for label in connected(len(images) + len(key_node), edges)[: len(images)]]
+
+
+def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The connected part each node belongs to (a label per node), for undirected ``edges``."""
+    pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nodes, nodes))
+    return connected_components(graph, directed=False)[1]
+
+
+def load_image(path: Path, size: int) -> Image.Image:
+    """An RGB image of ``size`` x ``size``; JPEGs are decoded at reduced scale when big enough."""
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))  # DCT-domain downscaling: originals decode fast too
+        image = ImageOps.exif_transpose(image) or image
+        rgb = to_rgb(image)
+    return rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+# What decoding a file that passed ``readable`` (its header) can still raise: the file is unreadable.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decodes(path: Path) -> bool:
+    """Whether the whole image decodes, not only its header (a truncated file passes ``readable``)."""
+    try:
+        load_image(path, 16)
+    except DECODE_ERRORS:
+        return False
+    return True
+
+
+def _hwc(image: Image.Image) -> torch.Tensor:
+    """An RGB picture as an H x W x 3 uint8 tensor (the decoded-image cache's layout)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+
+
+def pixels_of(image: Image.Image) -> torch.Tensor:
+    """An RGB picture as a 3 x H x W uint8 tensor, as loaders hand images over."""
+    return _hwc(image).permute(2, 0, 1)
+
+
+class ModelInput:
+    """Turns a loader's batch of uint8 pixels (N x 3 x H x W) into the model's input: normalised float32
+    on ``device``, channels_last on CUDA.
+
+    Loaders hand over bytes, a quarter of the size of floats, and the arithmetic runs where the model runs.
+    On a GPU that keeps the loader workers, the pinned-memory copies and the host-to-device copies from
+    holding the model back; on the CPU it is the same arithmetic, done once per batch."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        self.device = device
+        mean_, std_ = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
+        # (x / 255 - mean) / std as one multiply and one add.
+        self.scale = (1.0 / (255.0 * std_)).to(device)
+        self.shift = (-mean_ / std_).to(device)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            pixels = pixels.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        else:
+            pixels = pixels.to(self.device)
+        return pixels.float().mul_(self.scale).add_(self.shift)
+
+
+class DecodedCache:
+    """Resized images kept in shared memory after their first decode: later epochs skip JPEG decoding.
+
+    One cache serves every split of a run (datasets say where their images sit with ``cache_rows``), and
+    its buffers are shared with DataLoader workers, so each image is decoded once per run, not once per
+    epoch, split and worker. Use ``for_images`` to respect a memory budget.
+    """
+
+    def __init__(self, count: int, size: int, shared: bool = True) -> None:
+        self.pixels = torch.empty((count, size, size, 3), dtype=torch.uint8)
+        self.filled = torch.zeros(count, dtype=torch.bool)
+        if shared:  # loader workers are other processes: they must write where the trainer reads
+            self.pixels.share_memory_()
+            self.filled.share_memory_()
+
+    @classmethod
+    def for_images(cls, count: int, size: int, budget_mb: int, workers: int = 0) -> DecodedCache | None:
+        """A cache when it fits the budget (and, shared with workers, the free space of /dev/shm)."""
+        needed = count * size * size * 3
+        if not needed or needed > budget_mb * 2**20:
+            return None
+        if workers and _shm_free() < needed * 1.2:  # a full /dev/shm kills workers with SIGBUS
+            return None
+        return cls(count, size, shared=workers > 0)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(pixels, label, index) triples: 3 x size x size uint8 pixels, which ``ModelInput`` normalises where
+    the model runs; flips drawn from torch's RNG (seeded per worker).
+
+    An image that cannot be decoded comes back as zeros labelled ``UNREADABLE``: the loss ignores it and
+    evaluation lists it, rather than one broken file ending a long run.
+    """
+
+    def __init__(self, images: ImageSet, size: int, hflip: float = 0.0, vflip: float = 0.0,
+                 cache: DecodedCache | None = None, cache_rows: Sequence[int] | np.ndarray | None = None) -> None:
+        self.images, self.size = images, size
+        self.hflip, self.vflip, self.cache = hflip, vflip, cache
+        # Where each image sits in a cache shared with other datasets (the parts of every split of a run).
+        self.cache_rows = np.arange(len(images)) if cache_rows is None else np.asarray(cache_rows)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any, int]:
+        label = self.images.labels[index]
+        target = torch.from_numpy(np.asarray(label, dtype=np.float32)) if label.ndim else int(label)
+        try:
+            tensor = self._pixels(index).permute(2, 0, 1)
+        except DECODE_ERRORS:
+            return (torch.zeros(3, self.size, self.size, dtype=torch.uint8),
+                    torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE, index)
+        if self.hflip and torch.rand(()) < self.hflip:
+            tensor = tensor.flip(2)
+        if self.vflip and torch.rand(()) < self.vflip:
+            tensor = tensor.flip(1)
+        return tensor, target, index
+
+    def _pixels(self, index: int) -> torch.Tensor:
+        """H x W x 3 uint8, from the cache when an earlier epoch decoded it."""
+        row = int(self.cache_rows[index])
+        if self.cache is not None and self.cache.filled[row]:
+            return self.cache.pixels[row]
+        pixels = _hwc(load_image(self.images.paths[index], self.size))
+        if self.cache is not None:
+            self.cache.pixels[row] = pixels
+            self.cache.filled[row] = True
+        return pixels
+
+
+def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
+                seed: int, pin_memory: bool, sampler: torch.utils.data.Sampler | None = None,
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, pin_memory=pin_memory, generator=generator, worker_init_fn=_seed_worker,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,158 @@
+"""The shapes every dataset module shares: an image set, a cross-validation split, and the interface of a task
+(single- or multi-label).
+
+A leaf: the modules that read folders (``folders``, ``multilabel``) and the tasks that dispatch to them
+(``tasks``) all build on it, so none of them needs another's names to describe its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before a log
+UNREADABLE = -1  # the label (single) or every target (multi) of an image that cannot be decoded
+
+
+class Task(ABC):
+    """The interface both tasks implement; code holds a ``Task`` and never asks which one it is."""
+
+    name: ClassVar[str]
+    multilabel: ClassVar[bool]
+    shown: ClassVar[tuple[str, ...]]  # the validation scores of each epoch (history.csv, the log)
+    described: ClassVar[tuple[str, ...]]  # the columns ``describe()`` fills
+
+    # -- data: reading, checking and splitting the labels of a training folder
+
+    @abstractmethod
+    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
+        """The images of a folder with their labels; with ``classes`` (a model's), labelled in that order."""
+
+    @abstractmethod
+    def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
+        """Raise ``DatasetError`` unless every class has enough images for ``folds`` folds."""
+
+    @abstractmethod
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+               ) -> list[Split]:
+        """Cross-validation splits that keep each class's frequency in every part."""
+
+    @abstractmethod
+    def stratify(self, labels: np.ndarray) -> np.ndarray | None:
+        """What a random sample of the images keeps the proportions of (None: nothing)."""
+
+    @abstractmethod
+    def members(self, labels: np.ndarray, c: int) -> np.ndarray:
+        """Whether each image carries class ``c``."""
+
+    @abstractmethod
+    def readable(self, targets: Any) -> Any:
+        """Rows of a batch (numpy or torch) whose image could be decoded."""
+
+    # -- training
+
+    @abstractmethod
+    def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        """The loss on logits, ignoring unreadable images; ``weighted``: rare classes weigh more."""
+
+    @abstractmethod
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+                ) -> dict[str, float]:
+        """Every score of the task (``shown`` among them)."""
+
+    @abstractmethod
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Decision thresholds learnt on validation data (None: the task decides without them)."""
+
+    @abstractmethod
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        """An image's labels as a table cell states them (the inverse of ``truth_of``)."""
+
+    @abstractmethod
+    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+                 ) -> dict[str, str]:
+        """The truth and prediction columns of one row of ``test_predictions.csv``."""
+
+    @property
+    def history_columns(self) -> list[str]:
+        return ["epoch", "train_loss", "val_loss", *self.shown, "learning_rate", "seconds", "images_per_second"]
+
+    # -- probabilities, calibration and decisions
+
+    @abstractmethod
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The activation, in float64 numpy."""
+
+    @abstractmethod
+    def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
+        """Mean negative log-likelihood of ``truth`` under ``probs``."""
+
+    @abstractmethod
+    def confidence_and_correct(self, probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stated probabilities that calibration checks, and whether each came true."""
+
+    @abstractmethod
+    def candidates(self, probs: np.ndarray, truth: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """For class ``c``: the score of every image that class ``c`` would be emitted for at a low enough
+        threshold, and whether ``c`` is right for it."""
+
+    @abstractmethod
+    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
+        """Classes emitted for one image at per-class ``thresholds`` (inf: never)."""
+
+    @abstractmethod
+    def truth_of(self, text: str, classes: list[str]) -> np.ndarray | int:
+        """The truth a table cell states (a class, or space-separated labels) in the task's form."""
+
+    @abstractmethod
+    def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        """Images of each class in ``truth``."""
+
+
+
+@dataclass
+class ImageSet:
+    """Images with their labels: a class index each (single-label) or a 0/1 row (multi-label)."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    classes: list[str]
+    task: Task
+    unreadable: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        """Images carrying each class."""
+        support = self.task.support(self.labels, len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, support, strict=True)}
+
+    def groups(self) -> list[str]:
+        return [provider_of(path) for path in self.paths]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        return ImageSet([self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)], self.classes,
+                        self.task)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+
+def provider_of(path: Path) -> str:
+    """The Europeana dataset of a file named after its record ID (``[ph]2058612[ph]obj.jpg``)."""
+    parts = path.stem.split("[ph]")
+    return parts[1] if len(parts) > 2 and parts[1] else path.stem

@@ -1,0 +1,191 @@
+"""The two tasks, single-label and multi-label, behind the ``Task`` interface (``imageset.py``), decided once.
+
+A run is one task or the other for its whole life; code that reads labels, makes folds, trains, scores,
+calibrates or decides asks the task rather than branching on the mode itself. Single-label: class
+folders, softmax over classes, one label per image (the most probable one). Multi-label: one folder and
+a labels table, a sigmoid per label, every label above its threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import expit  # a sigmoid that neither overflows nor warns
+from torch import nn
+
+from .folders import check_trainable, make_splits, scan_class_folders
+from .imageset import EPS, UNREADABLE, ImageSet, Split, Task
+from .metrics import classification_metrics
+from .multilabel import (
+    MaskedBCEWithLogits,
+    check_multilabel_trainable,
+    make_multilabel_splits,
+    multilabel_metrics,
+    positive_weights,
+    scan_labelled_folder,
+    tune_thresholds,
+)
+
+
+class SingleLabel(Task):
+    name = "single-label"
+    multilabel = False
+    shown = ("accuracy", "precision", "recall", "f1")
+    described = ("truth", "prediction", "confidence")
+
+    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
+        return scan_class_folders(root, classes, self)
+
+    def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
+        check_trainable(images, root, folds)
+
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+               ) -> list[Split]:
+        return make_splits(labels, folds, seed, groups)
+
+    def stratify(self, labels: np.ndarray) -> np.ndarray | None:
+        return labels
+
+    def members(self, labels: np.ndarray, c: int) -> np.ndarray:
+        return labels == c
+
+    def readable(self, targets: Any) -> Any:
+        return targets != UNREADABLE
+
+    def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        n = n_classes
+        # Inverse class frequency, scaled so that a balanced set gets weight 1 everywhere: N / (C * n_c).
+        counts = np.bincount(train_labels, minlength=n).astype(np.float64)
+        weights = np.where(counts > 0, len(train_labels) / (n * np.maximum(counts, 1)), 0.0)
+        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32) if weighted else None,
+                                   ignore_index=UNREADABLE)
+
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+                ) -> dict[str, float]:
+        return classification_metrics(truth, probs)
+
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        return classes[int(truth)]
+
+    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+                 ) -> dict[str, str]:
+        return {"truth": self.truth_text(truth, classes), "prediction": classes[int(probs.argmax())],
+                "confidence": f"{probs.max():.6f}"}
+
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
+        return float(-np.log(np.clip(probs[np.arange(len(truth)), truth], EPS, 1.0)).mean())
+
+    def confidence_and_correct(self, probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return probs.max(axis=1), probs.argmax(axis=1) == truth
+
+    def candidates(self, probs: np.ndarray, truth: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = probs.argmax(axis=1) == c
+        return probs[chosen, c], truth[chosen] == c
+
+    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
+        top = int(probs.argmax())
+        return [top] if probs[top] >= thresholds[top] else []
+
+    def truth_of(self, text: str, classes: list[str]) -> int:
+        return classes.index(text)
+
+    def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        return np.bincount(truth, minlength=n_classes)
+
+
+class MultiLabel(Task):
+    name = "multi-label"
+    multilabel = True
+    shown = ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")
+    described = ("truth", "prediction")
+
+    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
+        return scan_labelled_folder(root, labels, classes, self)
+
+    def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
+        check_multilabel_trainable(images, root, folds)
+
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+               ) -> list[Split]:
+        return make_multilabel_splits(labels, folds, seed, groups)
+
+    def stratify(self, labels: np.ndarray) -> np.ndarray | None:
+        return None  # no stratified sampler for label sets: a plain random fraction
+
+    def members(self, labels: np.ndarray, c: int) -> np.ndarray:
+        return labels[:, c] > 0
+
+    def readable(self, targets: Any) -> Any:
+        return targets[:, 0] >= 0
+
+    def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        # Class weights as positive weights: negatives / positives of each label in the training part.
+        return MaskedBCEWithLogits(positive_weights(train_labels) if weighted else None)
+
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
+                ) -> dict[str, float]:
+        return multilabel_metrics(truth, probs, 0.5 if thresholds is None else thresholds)
+
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        return tune_thresholds(truth, probs)
+
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        return " ".join(c for c, t in zip(classes, truth, strict=True) if t > 0)
+
+    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+                 ) -> dict[str, str]:
+        cuts = np.full(len(classes), 0.5) if thresholds is None else thresholds
+        return {"truth": self.truth_text(truth, classes),
+                "prediction": " ".join(c for c, p, t in zip(classes, probs, cuts, strict=True) if p >= t)}
+
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        return expit(np.asarray(logits, dtype=np.float64))
+
+    def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
+        p = np.clip(probs, EPS, 1 - EPS)
+        return float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+
+    def confidence_and_correct(self, probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Every (image, label) probability is a statement that the label applies.
+        return probs.ravel(), truth.ravel().astype(bool)
+
+    def candidates(self, probs: np.ndarray, truth: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        return probs[:, c], truth[:, c].astype(bool)
+
+    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
+        return [int(c) for c in np.flatnonzero(probs >= thresholds)]
+
+    def truth_of(self, text: str, classes: list[str]) -> np.ndarray:
+        row = np.zeros(len(classes), dtype=np.int64)
+        for name in text.split():
+            row[classes.index(name)] = 1
+        return row
+
+    def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        return truth.sum(axis=0)
+
+
+TASKS: dict[str, Task] = {"single-label": SingleLabel(), "multi-label": MultiLabel()}
+
+
+def task_for(mode: str | None) -> Task:
+    """The task of a run's mode (runs written before modes existed are single-label)."""
+    return TASKS[mode or "single-label"]
+
+
+def scan_images(data_dir: Path, mode: str, labels: Path | None = None) -> ImageSet:
+    """The images of a training folder: class folders (single-label) or one folder and a labels table."""
+    return task_for(mode).scan(data_dir, labels)

@@ -1,0 +1,264 @@
+"""A small, careful client of the Europeana Search API v2.
+
+It pages with cursors, retries what is worth retrying (429, 5xx, timeouts, dropped connections)
+with bounded exponential backoff that honours ``Retry-After``, and turns every other failure into
+one ``ApiError`` line. The API key travels only in the ``X-Api-Key`` header and is never logged.
+
+It keeps within the key's quota when the server announces one (``RateLimit`` headers, see
+``quota.py``): told how many requests are still to come (``expect``), it spaces them so the quota
+lasts until its window resets, waits for the reset when it is spent, and refuses up front a job
+that would wait longer than ``max_quota_wait``, saying how long it would take.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from ..core.errors import ApiError
+from ..core.retry import wait_before
+from .quota import Quota, duration
+
+PAGE_ROWS = 100  # the server silently caps rows at 100
+MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
+ITEM_BASE = "http://data.europeana.eu/item"
+KEY_HEADER = "X-Api-Key"
+log = logging.getLogger(__name__)
+
+
+class SearchClient:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+        max_quota_wait: float | None = None,
+    ) -> None:
+        self.api_url = api_url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_quota_wait = max_quota_wait  # seconds; None: wait as long as the quota needs
+        self.quota: Quota | None = None  # what the last answer said
+        self.needed: int | None = None  # requests the caller still expects to make
+        self._paced = False  # pacing announced once, not per request
+        self._latency = 0.5  # seconds one request takes (running mean), for the expected finish
+        home = httpx.URL(api_url)
+        if home.scheme == "http" and not _is_loopback(home.host):
+            log.warning("the API key travels unencrypted to %s: use an https:// API URL", home.host)
+        self._http = httpx.Client(
+            headers={KEY_HEADER: api_key, "User-Agent": "europeana-imgcls"},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
+            # httpx drops Authorization on a redirect to another origin, but not a custom header: we do.
+            event_hooks={"request": [_KeyGuard(home)]},
+        )
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, params: list[tuple[str, str]]) -> httpx.Response:
+        """One GET whose whole answer must arrive within ``timeout``: httpx's timeout bounds each read, so a
+        server trickling a byte a second would otherwise hold a harvest forever."""
+        deadline = time.monotonic() + self.timeout
+        with self._http.stream("GET", self.api_url, params=params) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the answer took longer than the timeout", request=response.request)
+            # The body is decoded already: the copy must not say gzip, or it would be decoded twice.
+            headers = [(k, v) for k, v in response.headers.multi_items()
+                       if k.lower() not in ("content-encoding", "content-length")]
+            return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                                  request=response.request)
+
+    def expect(self, requests: int) -> None:
+        """The caller still needs about ``requests`` requests: pace them to the quota (0 or less: unknown)."""
+        self.needed = max(requests, 1)
+
+    def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """One Search API request; retried when the failure is passing."""
+        quota_waits = 0
+        attempt = 0
+        while True:
+            last = attempt >= self.retries
+            self._pace()
+            started = time.monotonic()
+            try:
+                response = self._get(list(params))
+            except httpx.TimeoutException:
+                if last:
+                    raise ApiError(f"the Search API at {self.api_url} did not answer in time "
+                                   f"after {attempt + 1} attempts; try later or raise `timeout`") from None
+                self._sleep(attempt, None, "timed out")
+                attempt += 1
+                continue
+            except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
+                if last:
+                    raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
+                                   f"after {attempt + 1} attempts; check `api_url` and the network") from None
+                self._sleep(attempt, None, f"unreachable ({type(exc).__name__})")
+                attempt += 1
+                continue
+            self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
+            announced = Quota.from_headers(response.headers)
+            self.quota = announced or self.quota
+            if response.status_code == 429 and announced is not None and announced.remaining <= 0 and quota_waits < 2:
+                # The quota is spent (another client of the key, or a count we could not see): waiting for the
+                # window is not a failed attempt. A 429 with quota left is a burst: retried as any other.
+                quota_waits += 1
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                if last:
+                    raise ApiError(f"the Search API answered {response.status_code} "
+                                   f"{_reason(response)} after {attempt + 1} attempts; try again later")
+                self._sleep(attempt, response.headers.get("Retry-After"), f"answered {response.status_code}")
+                attempt += 1
+                continue
+            return _parse(response)
+
+    def _pace(self) -> None:
+        """Before a request: stay inside the key's quota (nothing to do while none is announced)."""
+        quota = self.quota
+        if quota is None:
+            return
+        needed = self.needed or 1
+        waiting = quota.waiting(needed)
+        if self.max_quota_wait is not None and waiting > self.max_quota_wait:
+            raise ApiError(
+                f"about {needed} more requests are needed and the API key allows {quota.describe()}: that is "
+                f"about {duration(waiting)} of waiting, more than `max_quota_wait` ({duration(self.max_quota_wait)}); "
+                "raise `max_quota_wait`, use a project key, or ask for fewer records (`n`); what was harvested is "
+                "kept, and `resume` carries on")
+        pause = quota.pause_before_next(needed)
+        if pause > 0 and (quota.remaining <= 0 or not self._paced):
+            self._paced = True
+            finish = datetime.datetime.now() + datetime.timedelta(seconds=waiting + needed * self._latency)
+            what = (f"quota spent: waiting {duration(pause)} for it to reset" if quota.remaining <= 0 else
+                    f"pacing to one request every {pause:.1f} s")
+            log.info("API key: %s; %s; about %d requests to go, expected to finish around %s", quota.describe(),
+                     what, needed, finish.strftime("%H:%M"))
+        if pause > 0:
+            time.sleep(pause)
+        if quota.remaining <= 0:
+            quota.renew()
+        quota.spend()
+        if self.needed:
+            self.needed = max(self.needed - 1, 1)
+
+    def iter_items(
+        self,
+        query: str,
+        qf: Sequence[str] = (),
+        reusability: str | None = None,
+        sort: str | None = None,
+        media: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a query, page by page with cursors, until the set is exhausted."""
+        base = [("query", query), ("rows", str(PAGE_ROWS)), ("profile", "standard")]
+        base += [("qf", f) for f in qf]
+        if media:
+            base.append(("media", "true"))
+        if reusability:
+            base.append(("reusability", reusability))
+        if sort:
+            base.append(("sort", sort))
+        cursor = "*"
+        while cursor:
+            page = self.search([*base, ("cursor", cursor)])
+            items = page.get("items") or []
+            yield from items
+            next_cursor = page.get("nextCursor")
+            # A partial last page still carries a cursor; the empty page after it does not.
+            cursor = next_cursor if items and next_cursor and next_cursor != cursor else None
+
+    def _sleep(self, attempt: int, retry_after: str | None, why: str = "") -> None:
+        wait = wait_before(attempt, retry_after, base=self.backoff, cap=MAX_WAIT)
+        # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
+        log.warning("Search API %s; retry %d of %d in %.1f s", why or "did not answer", attempt + 1, self.retries,
+                    wait)
+        time.sleep(wait)
+
+
+def _parse(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 401:
+        raise ApiError(f"the Search API rejected the API key (401 {_reason(response, body)}); "
+                       "set a valid key with `api_key` or EUROPEANA_API_KEY")
+    if response.status_code == 400:
+        raise ApiError(f"the Search API refused the query (400 {_reason(response, body)})")
+    if response.status_code != 200:
+        raise ApiError(f"the Search API answered {response.status_code} {_reason(response, body)}")
+    if not isinstance(body, dict):
+        kind = response.headers.get("content-type", "unknown content")
+        raise ApiError(f"the Search API answered something that is not a JSON object ({kind}); "
+                       "check `api_url`")
+    if body.get("success") is False:
+        raise ApiError(f"the Search API reported a failure: {_reason(response, body)}")
+    return body
+
+
+def _reason(response: httpx.Response, body: Any = None) -> str:
+    if body is None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "message", "code") if body.get(k)]
+        # error and message are often the same text
+        parts = list(dict.fromkeys(parts))
+        if parts:
+            return ": ".join(parts)
+    return response.reason_phrase or "no reason given"
+
+
+def record_uri(record_id: str) -> str:
+    return ITEM_BASE + record_id
+
+
+class _KeyGuard:
+    """A request hook (it runs before every request, redirects included) that removes the API key from
+    any request not bound for the origin the user configured."""
+
+    def __init__(self, home: httpx.URL) -> None:
+        self.origin = _origin(home)
+
+    def __call__(self, request: httpx.Request) -> None:
+        if _origin(request.url) != self.origin:
+            request.headers.pop(KEY_HEADER, None)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,274 @@
+"""Probabilities that mean what they say, and thresholds that keep a promised precision.
+
+In a k-fold run every image is in exactly one test fold, so the run holds an out-of-fold probability
+for every image it was trained on. Each split's temperature (fitted on that split's validation part
+when it was trained) rescales its logits; the calibrated out-of-fold probabilities of all splits
+together then give, per class, the lowest threshold whose precision reaches the target, with the
+share of that class's images it labels (coverage). A class that cannot reach the target is never
+emitted. ``RUN/calibration.json`` keeps the result and ``RUN/reliability.png`` draws it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.config import CalibrateConfig
+from ..core.errors import CalibrationError
+from ..core.tables import write_json
+from ..datasets.tasks import Task, task_for
+
+CALIBRATION_FILE = "calibration.json"
+DIAGRAM_FILE = "reliability.png"
+MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
+BINS = 15
+
+
+@dataclass
+class ClassCalibration:
+    name: str
+    threshold: float | None  # None: the target cannot be reached, the class is never emitted
+    precision: float | None  # out-of-fold precision at the threshold
+    coverage: float  # share of the class's images that get labelled with it
+    support: int  # images of the class
+    labelled: int  # images labelled with the class at the threshold
+
+
+@dataclass
+class Calibration:
+    mode: str
+    classes: list[str]
+    precision_target: float
+    source: str
+    images: int
+    temperatures: dict[str, float]
+    ece_before: float
+    ece_after: float
+    per_class: list[ClassCalibration] = field(default_factory=list)
+
+    @property
+    def task(self) -> Task:
+        return task_for(self.mode)
+
+    def thresholds(self) -> np.ndarray:
+        """Per class, the threshold to emit it at; inf for a class that is never emitted."""
+        return np.array([math.inf if c.threshold is None else c.threshold for c in self.per_class])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        per_class = [ClassCalibration(**c) for c in data.pop("per_class")]
+        return cls(**data, per_class=per_class)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces
+
+
+def fit_temperature(task: Task, logits: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of ``truth`` (Guo et al., 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    if len(truth) == 0:
+        return 1.0
+    logits = np.asarray(logits, dtype=np.float64)
+    result = minimize_scalar(lambda log_t: task.nll(task.from_logits(logits / math.exp(log_t)), truth),
+                             bounds=(-3.0, 3.0), method="bounded")
+    return float(math.exp(result.x))
+
+
+def expected_calibration_error(task: Task, probs: np.ndarray, truth: np.ndarray, bins: int = BINS) -> float:
+    """Mean gap between stated confidence and accuracy over equal-width confidence bins, weighted by size."""
+    centres, accuracy, counts = _bins(task, probs, truth, bins)
+    gap = sum(n * abs(a - c) for c, a, n in zip(centres, accuracy, counts, strict=True))
+    return float(gap / sum(counts)) if counts else 0.0
+
+
+def choose_thresholds(task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str],
+                      target: float) -> list[ClassCalibration]:
+    """Per class, the lowest threshold at which the precision of the images it labels reaches ``target``."""
+    support = task.support(truth, len(classes))
+    return [_class_threshold(name, *task.candidates(probs, truth, c), int(support[c]), target)
+            for c, name in enumerate(classes)]
+
+
+def _class_threshold(name: str, scores: np.ndarray, right: np.ndarray, support: int,
+                     target: float) -> ClassCalibration:
+    order = np.argsort(-scores, kind="stable")
+    scores, right = scores[order], right[order]
+    hits = np.cumsum(right)
+    labelled = np.arange(1, len(scores) + 1)
+    precision = hits / labelled
+    # A threshold labels every image scoring at least as much: only the last of equal scores is a cut.
+    cut = np.r_[scores[1:] < scores[:-1], True] if len(scores) else np.zeros(0, dtype=bool)
+    ok = np.flatnonzero(cut & (precision >= target) & (labelled >= MIN_LABELLED))
+    if not len(ok):
+        return ClassCalibration(name, None, None, 0.0, support, 0)
+    k = int(ok[-1])
+    return ClassCalibration(name, float(scores[k]), float(precision[k]), float(hits[k] / support) if support else 0.0,
+                            support, int(labelled[k]))
+
+
+def score_thresholds(task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str],
+                     thresholds: np.ndarray) -> list[dict[str, Any]]:
+    """Precision and coverage per class of the labels ``thresholds`` emit on a labelled set."""
+    support = task.support(truth, len(classes))
+    rows = []
+    for c, name in enumerate(classes):
+        scores, right = task.candidates(probs, truth, c)
+        chosen = scores >= thresholds[c]
+        labelled, hits = int(chosen.sum()), int(right[chosen].sum())
+        rows.append({"class": name, "threshold": None if math.isinf(thresholds[c]) else float(thresholds[c]),
+                     "support": int(support[c]), "labelled": labelled,
+                     "precision": hits / labelled if labelled else None,
+                     "coverage": hits / support[c] if support[c] else 0.0})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's out-of-fold probabilities
+
+
+@dataclass
+class OutOfFold:
+    task: Task
+    classes: list[str]
+    truth: np.ndarray
+    raw: np.ndarray  # as the models said
+    calibrated: np.ndarray  # each split's temperature applied
+    temperatures: dict[str, float]
+    images: list[str] = field(default_factory=list)  # the image of each row
+    folds: list[int] = field(default_factory=list)  # the split whose test fold held it
+
+
+def out_of_fold(run: Path) -> OutOfFold:
+    """Every test fold's predictions of a cross-validated run, with each split's temperature applied."""
+    splits = sorted(run.glob("split_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not splits:
+        raise CalibrationError(f"{run}: no finished split (split_*/metrics.json); calibration needs a run "
+                               "trained by eic train")
+    config = json.loads((splits[0].parent / "config.json").read_text(encoding="utf-8"))
+    if not config.get("crossvalidation", True) or len(splits) < int(config.get("folds", len(splits))):
+        raise CalibrationError(
+            f"{run} has out-of-fold predictions for {len(splits)} of {config.get('folds')} folds (trained with "
+            "`crossvalidation` off, or unfinished): calibration needs every image in a test fold; train with "
+            "cross-validation (the default), or finish the run with eic train `resume`")
+    task = task_for(config.get("mode"))
+    classes = list(json.loads((splits[0].parent / "class_index.json").read_text(encoding="utf-8")))
+    truths, raws, calibrated, temperatures, images, folds = [], [], [], {}, [], []
+    for metrics_path in splits:
+        split = metrics_path.parent
+        temperature = float(json.loads(metrics_path.read_text(encoding="utf-8")).get("temperature", 1.0))
+        truth, logits, paths = _read_test_predictions(split / "test_predictions.csv", task, classes)
+        temperatures[split.name] = temperature
+        truths.append(truth)
+        raws.append(task.from_logits(logits))
+        calibrated.append(task.from_logits(logits / temperature))
+        images += paths
+        folds += [int(split.name.split("_")[-1])] * len(paths)
+    return OutOfFold(task, classes, np.concatenate(truths), np.concatenate(raws), np.concatenate(calibrated),
+                     temperatures, images, folds)
+
+
+def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    truths, probs, paths = [], [], []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("logits"):
+                raise CalibrationError(f"{path} has no logits column (the run was trained by an older eic): "
+                                       "train it again to calibrate it")
+            values = json.loads(row["logits"])
+            probs.append([values[c] for c in classes])
+            truths.append(task.truth_of(row["truth"], classes))
+            paths.append(row["image"])
+    return np.asarray(truths), np.asarray(probs, dtype=np.float64), paths
+
+
+def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> Calibration:
+    """Calibrate ``run`` from its out-of-fold probabilities; write calibration.json and reliability.png."""
+    check_precision(precision)
+    oof = out_of_fold(run)
+    calibration = Calibration(
+        mode=oof.task.name, classes=oof.classes, precision_target=precision,
+        source=f"out-of-fold predictions of {len(oof.temperatures)} splits", images=len(oof.truth),
+        temperatures=oof.temperatures,
+        ece_before=expected_calibration_error(oof.task, oof.raw, oof.truth),
+        ece_after=expected_calibration_error(oof.task, oof.calibrated, oof.truth),
+        per_class=choose_thresholds(oof.task, oof.calibrated, oof.truth, oof.classes, precision))
+    if write:
+        write_json(run / CALIBRATION_FILE, calibration.to_dict())
+        reliability_diagram(run / DIAGRAM_FILE, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
+    return calibration
+
+
+def calibrate(config: CalibrateConfig) -> Calibration:
+    """``eic calibrate``: calibrate a run for ``config.precision`` and rewrite its model card."""
+    from .modelcard import write_model_card  # the card reads what this module writes
+
+    calibration = calibrate_run(config.run, config.precision)
+    write_model_card(config.run)
+    return calibration
+
+
+def load_calibration(run: Path, precision: float | None = None) -> Calibration:
+    """The run's calibration; recomputed from its out-of-fold predictions for another precision target."""
+    path = run / CALIBRATION_FILE
+    if path.is_file():
+        calibration = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        if precision is None or math.isclose(precision, calibration.precision_target):
+            return calibration
+    return calibrate_run(run, precision if precision is not None else 0.95, write=False)
+
+
+def check_precision(precision: float) -> None:
+    if not 0 < precision <= 1:
+        raise CalibrationError(f"precision must be in (0, 1], got {precision}")
+
+
+def reliability_diagram(path: Path, task: Task, raw: np.ndarray, calibrated: np.ndarray, truth: np.ndarray,
+                        calibration: Calibration) -> None:
+    """Share correct against stated confidence per bin, before and after temperature scaling; a marker's
+    area and the lower panel show how many images a bin holds (a bin of three says little)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 6.5))
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, BINS + 1)
+    for probs, label, ece, colour in ((raw, "as trained", calibration.ece_before, "tab:blue"),
+                                      (calibrated, "temperature-scaled", calibration.ece_after, "tab:orange")):
+        centres, accuracy, counts = _bins(task, probs, truth)
+        top.plot(centres, accuracy, color=colour, linewidth=1, alpha=0.7)
+        top.scatter(centres, accuracy, s=[12 + 200 * c / max(counts) for c in counts], color=colour,
+                    label=f"{label} (ECE {ece:.3f})", zorder=3)
+        confidence, _ = task.confidence_and_correct(probs, truth)
+        bottom.hist(confidence, bins=edges, color=colour, alpha=0.5)
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="share correct",
+            title=f"reliability, {calibration.images} out-of-fold images")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set(xlabel="stated confidence", ylabel="images", yscale="log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def _bins(task: Task, probs: np.ndarray, truth: np.ndarray, bins: int = BINS
+          ) -> tuple[list[float], list[float], list[int]]:
+    """Per non-empty equal-width confidence bin: the mean stated confidence, the share correct, the count."""
+    confidence, correct = task.confidence_and_correct(probs, truth)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    centres, accuracy, counts = [], [], []
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            centres.append(float(confidence[members].mean()))
+            accuracy.append(float(correct[members].mean()))
+            counts.append(int(members.sum()))
+    return centres, accuracy, counts

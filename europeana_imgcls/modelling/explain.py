@@ -1,0 +1,137 @@
+"""Grad-CAM heatmaps with the grad-cam package; hooks are released after every use."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from ..core.config import CamMethod
+from ..core.errors import ConfigError
+
+# The names are the settings' (config.CamMethod, checked before torch is imported); the classes are said once,
+# here, in the same order (a name without its class fails at import, not at a user's first heatmap).
+CAM_METHODS = dict(zip(get_args(CamMethod), (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM,
+                                             EigenCAM), strict=True))
+
+
+def heatmaps(model: nn.Module, layer: nn.Module, batch: torch.Tensor, targets: Sequence[int],
+             method: str = "gradcam") -> np.ndarray:
+    """One heatmap in [0, 1] per image of ``batch`` for its class in ``targets`` (B x H x W)."""
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}")
+    was_training = model.training
+    model.eval()
+    try:
+        # The context manager removes the forward and backward hooks it added, whatever happens.
+        with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
+            return cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    finally:
+        model.train(was_training)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, strength: float = 0.6) -> Image.Image:
+    """The heatmap laid over the image, each pixel as opaque as the heat there (at most ``strength``), so
+    what the model looked at is coloured and everything else stays the picture it was."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    heat = np.asarray(Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize(image.size),
+                      dtype=np.float32) / 255.0
+    colour = _JET[(heat * 255).astype(np.uint8)]
+    alpha = (strength * heat)[..., None]
+    return Image.fromarray((rgb * (1 - alpha) + colour * alpha).astype(np.uint8))
+
+
+def _jet() -> np.ndarray:
+    """The jet colour map as a 256 x 3 table (blue, cyan, yellow, red), without importing matplotlib."""
+    x = np.linspace(0, 1, 256)
+    channels = [np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)]
+    return (np.stack(channels, axis=1) * 255).astype(np.float32)
+
+
+_JET = _jet()
+TILE = 256
+HEADER, CAPTION, BAR = 30, 24, 56
+
+
+def figure(picture: Image.Image, maps: Sequence[np.ndarray], captions: Sequence[str], title: str) -> Image.Image:
+    """A readable Grad-CAM figure composed with Pillow (fast: no plotting library): the title (record or
+    file), the image, one semi-transparent heatmap per class with its caption, and a colour bar."""
+    tile = picture.convert("RGB").resize((TILE, TILE), Image.Resampling.BICUBIC)
+    panels = [tile, *(overlay(tile, m) for m in maps)]
+    width = len(panels) * (TILE + 8) + BAR
+    canvas = Image.new("RGB", (width, HEADER + TILE + CAPTION), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(15), _font(13)
+    draw.text((6, 7), title[:110], fill="black", font=font)
+    for n, (panel, caption) in enumerate(zip(panels, ["image", *captions], strict=True)):
+        x = 4 + n * (TILE + 8)
+        canvas.paste(panel, (x, HEADER))
+        draw.text((x + 2, HEADER + TILE + 4), caption[:40], fill="black", font=small)
+    bar = np.linspace(255, 0, TILE).astype(np.uint8)
+    strip = Image.fromarray(_JET[bar][:, None, :].repeat(14, axis=1).astype(np.uint8))
+    x = width - BAR + 8
+    canvas.paste(strip, (x, HEADER))
+    draw.text((x + 18, HEADER - 2), "1", fill="black", font=small)
+    draw.text((x + 18, HEADER + TILE - 14), "0", fill="black", font=small)
+    return canvas
+
+
+def image_grid(count: int, cell: tuple[float, float] = (3.2, 3.6), columns: int = 4) -> tuple[Any, Any]:
+    """A matplotlib figure of ``count`` image cells, four a row, axes off (galleries and contact sheets)."""
+    from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
+
+    rows = max(1, -(-count // columns))
+    grid = Figure(figsize=(cell[0] * columns, cell[1] * rows))
+    axes = grid.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return grid, axes
+
+
+def save_figure(image: Image.Image, path: Path, title: str) -> None:
+    """PNG (fast compression) with the title as its text chunk, or JPEG; written atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..core.tables import atomic_path
+
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".png":
+            info = PngInfo()
+            info.add_text("Title", title)
+            image.save(tmp, "PNG", compress_level=1, pnginfo=info)
+        else:
+            image.save(tmp, "JPEG", quality=90)
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def side_by_side(*images: Image.Image) -> Image.Image:
+    width = sum(im.width for im in images)
+    canvas = Image.new("RGB", (width, max(im.height for im in images)), "white")
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width
+    return canvas

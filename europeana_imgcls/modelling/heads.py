@@ -1,0 +1,192 @@
+"""``eic train --method linear-probe|knn``: the same folds and outputs as fine-tuning, from frozen embeddings.
+
+Every image is embedded once by the pretrained backbone (or taken from ``eic embed``'s table), then
+each split fits a head on its training part and is scored on its test fold, so a 10-fold protocol
+costs one forward pass per image plus seconds per split.
+
+- linear-probe: a torch linear layer (softmax cross-entropy, or a sigmoid per label), class-weighted
+  as fine-tuning is, fitted full-batch with L-BFGS on standardised features; its L2 strength is the one
+  of a small grid with the lowest validation loss. Chosen over scikit-learn's LogisticRegression because
+  one code path serves single- and multi-label runs, and the fitted layer *is* the model's head: the
+  split's checkpoint is a normal eic model that evaluate, predict, enrich and Grad-CAM use unchanged.
+- knn: cosine k-nearest neighbours over the training part's embeddings, kept in the checkpoint as a
+  layer (``models.KnnHead``).
+
+The backbone is saved once as ``RUN/backbone.pt``; each split's ``model.pt`` holds its head and a
+SHA-256-checked reference to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.config import TrainConfig, public_dict
+from ..core.errors import DatasetError
+from ..core.tables import atomic_path, sidecar, write_json
+from ..datasets.folders import decodes
+from ..datasets.imageset import ImageSet, Split
+from ..datasets.tasks import Task, task_for
+from .checkpoint import save_backbone, save_head_checkpoint
+from .embedding import check_compatible, compute, describe, feature_model, matrix, read_embeddings, rows_frame
+from .models import KnnHead, get_arch, set_head
+
+L2_GRID = (1e-4, 1e-3, 1e-2)
+
+
+def train_heads(config: TrainConfig, images: ImageSet, splits: list[Split], chosen: range,
+                device: torch.device) -> list[Any]:
+    """Fit and score a head for every chosen split; returns their ``SplitResult``s."""
+    from .training import SplitResult
+
+    arch = get_arch(config.arch)
+    backbone = feature_model(config.arch, config.weights)
+    features, readable = _features(config, images, backbone, device)
+    out = config.output_dir
+    backbone_path = out / "backbone.pt"
+    sha = save_backbone(backbone_path, backbone, config.arch)
+    meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
+                std=list(arch.std), mode=config.mode, config=public_dict(config), method=config.method)
+    results = []
+    for i in chosen:
+        split_dir = out / f"split_{i}"
+        if config.resume and (split_dir / "metrics.json").exists():
+            done = json.loads((split_dir / "metrics.json").read_text())
+            results.append(SplitResult(i, done["test"], 0, 0, done["best_val_loss"]))
+            continue
+        scores, val_loss = _split(config, images, features, readable, splits[i], i, backbone, backbone_path, sha,
+                                  meta)
+        results.append(SplitResult(i, scores, 0, 0, val_loss))
+    return results
+
+
+def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The run's images' embeddings: from ``config.embeddings`` (checked) or computed and kept in the run."""
+    arch = get_arch(config.arch)
+    if config.embeddings is not None:
+        table, meta = read_embeddings(config.embeddings)
+        check_compatible(meta, config.arch, config.weights, config.input_size, config.embeddings)
+        # Paths as each command was given them: match where they point, not how they were typed.
+        where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
+        rows = [where.get(str(p.resolve())) for p in images.paths]
+        # eic embed leaves out what it cannot decode: such an image is unreadable here too, as when training
+        # embeds the folder itself. An absent image that decodes was never embedded.
+        missing = [p for row, p in zip(rows, images.paths, strict=True) if row is None and decodes(p)]
+        if missing:
+            raise DatasetError(f"{config.embeddings} lacks {len(missing)} image(s) of {config.data_dir} (e.g. "
+                               f"{missing[0].name}): run eic embed on this folder again")
+        readable = np.array([row is not None for row in rows])
+        found = matrix(table)
+        vectors = np.zeros((len(images), found.shape[1]), dtype=np.float32)
+        vectors[readable] = found[[row for row in rows if row is not None]]
+        return vectors, readable
+    vectors, readable = compute(backbone, images, config.input_size, arch.mean, arch.std, device,
+                                batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
+    kept = config.output_dir / "embeddings.parquet"  # for eic audit's near-duplicate search
+    with atomic_path(kept) as tmp:
+        rows_frame(images, vectors, readable).write_parquet(tmp)
+    write_json(sidecar(kept, "embedding"), {**describe(config.arch, config.weights, config.input_size, arch.mean,
+                                                       arch.std, images, config.mode), "dim": vectors.shape[1]})
+    return vectors, readable
+
+
+def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable: np.ndarray, split: Split,
+           index: int, backbone: nn.Module, backbone_path: Path, sha: str, meta: dict[str, Any]
+           ) -> tuple[dict[str, float], float]:
+    from .training import Evaluation, score_split, start_split_folder, write_split_metrics
+
+    split_dir = config.output_dir / f"split_{index}"
+    start_split_folder(split_dir, config, images.classes)
+    task = task_for(config.mode)
+    train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))
+    targets = images.labels
+    if config.method == "knn":
+        head = _knn(features[train], targets[train], len(images.classes), config.neighbours, task)
+    else:
+        head = _linear(features[train], targets[train], features[val], targets[val], task, config.weighted_loss,
+                       len(images.classes))
+    evaluations = {}
+    for name, part, positions in (("val", val, np.flatnonzero(readable[split.val])),
+                                  ("test", test, np.flatnonzero(readable[split.test]))):
+        logits = _logits(head, features[part])
+        probs = task.from_logits(logits)
+        evaluations[name] = Evaluation(_loss(task, probs, targets[part]), targets[part], probs, positions, logits)
+    scores, extra = score_split(images, split, split_dir, evaluations["test"], evaluations["val"])
+    val_loss = evaluations["val"].loss
+    set_head(backbone, config.arch, head)
+    save_head_checkpoint(split_dir / "model.pt", backbone, backbone_path, sha, **meta, split=index,
+                         epoch=0, best_val_loss=val_loss, head="knn" if config.method == "knn" else "linear",
+                         neighbours=config.neighbours, **extra)
+    write_split_metrics(split_dir, scores, split, 0, 0, val_loss, extra["temperature"])
+    return scores, val_loss
+
+
+def _linear(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
+            weighted: bool, classes: int) -> nn.Linear:
+    """The L2 strength of ``L2_GRID`` with the lowest validation loss; weights folded back to raw features."""
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    inputs = torch.from_numpy((x - mean) / scale).float()
+    val_inputs = torch.from_numpy((x_val - mean) / scale).float()
+    target = torch.from_numpy(y).float() if task.multilabel else torch.from_numpy(y).long()
+    loss_fn = task.criterion(y, classes, weighted)
+    best: tuple[float, nn.Linear] | None = None
+    for l2 in L2_GRID:
+        torch.manual_seed(0)
+        layer = nn.Linear(x.shape[1], classes)
+        optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=200, history_size=20,
+                                      line_search_fn="strong_wolfe")
+
+        def closure(layer: nn.Linear = layer, optimizer: torch.optim.LBFGS = optimizer, l2: float = l2) -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = loss_fn(layer(inputs), target) + l2 * layer.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        score = _loss(task, _probs(layer, val_inputs.numpy(), task), y_val) if len(y_val) else 0.0
+        if best is None or score < best[0]:
+            best = (score, layer)
+    assert best is not None
+    return _unstandardise(best[1], mean, scale)
+
+
+def _unstandardise(layer: nn.Linear, mean: np.ndarray, scale: np.ndarray) -> nn.Linear:
+    """W (x - m) / s + b == (W / s) x + (b - W m / s): the same layer on the backbone's raw features."""
+    weight = layer.weight.detach() / torch.from_numpy(scale).float()
+    bias = layer.bias.detach() - weight @ torch.from_numpy(mean).float()
+    raw = nn.Linear(layer.in_features, layer.out_features)
+    with torch.no_grad():
+        raw.weight.copy_(weight)
+        raw.bias.copy_(bias)
+    return raw
+
+
+def _knn(x: np.ndarray, y: np.ndarray, classes: int, k: int, task: Task) -> KnnHead:
+    head = KnnHead(len(x), x.shape[1], classes, k, task.multilabel)
+    with torch.no_grad():
+        head.bank.copy_(nn.functional.normalize(torch.from_numpy(x).float(), dim=1))
+        onehot = torch.from_numpy(y).float() if task.multilabel else nn.functional.one_hot(
+            torch.from_numpy(y).long(), classes).float()
+        head.targets.copy_(onehot)
+    return head
+
+
+def _logits(head: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return head(torch.from_numpy(x).float()).numpy()
+
+
+def _probs(head: nn.Module, x: np.ndarray, task: Task) -> np.ndarray:
+    return task.from_logits(_logits(head, x))
+
+
+def _loss(task: Task, probs: np.ndarray, truth: np.ndarray) -> float:
+    return task.nll(probs, truth) if len(truth) else math.inf
+

@@ -1,0 +1,186 @@
+"""``RUN/MODEL_CARD.md``: what a run is, what it was trained on, how well it does, where not to use it.
+
+Written from what the run folder knows, in the sections of Mitchell et al., "Model Cards for Model
+Reporting" (2019), so an enrichment can be traced to the model that made it and judged by a curator.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+
+from ..core.tables import atomic_path
+from ..core.version import __version__
+from .calibration import CALIBRATION_FILE, DIAGRAM_FILE
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def write_model_card(run: Path) -> Path:
+    """Write (or rewrite) ``RUN/MODEL_CARD.md`` from the run's files; returns its path."""
+    summary = _json(run / "summary.json")
+    splits = sorted(run.glob("split_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    config = _json(splits[0].parent / "config.json") if splits else {}
+    calibration = _json(run / CALIBRATION_FILE)
+    classes = list(summary.get("classes", []))
+    sections = [
+        f"# Model card: {run.name}\n",
+        _details(config, summary, len(splits)),
+        _intended_use(config),
+        _training_data(config, summary),
+        _metrics(summary, _per_class(splits, classes, config.get("mode"))),
+        _calibration(calibration),
+        _limitations(config, summary, calibration),
+    ]
+    path = run / CARD_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(sections), encoding="utf-8")
+    return path
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _details(config: dict[str, Any], summary: dict[str, Any], splits: int) -> str:
+    weights = config.get("weights", "?")
+    return (
+        "## Model details\n\n"
+        f"- Made by europeana-imgcls {__version__} (`eic train`) on "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d')}.\n"
+        f"- Architecture `{config.get('arch', '?')}`, starting weights `{weights}`, input {config.get('input_size')}"
+        f" px, {config.get('mode', 'single-label')}.\n"
+        f"- {splits} split model(s) from {config.get('folds')}-fold cross-validation"
+        f"{' grouped by data provider' if config.get('group_by_provider') else ''}; each trained up to "
+        f"{config.get('epochs')} epochs with early stopping (patience {config.get('patience')}) on its validation "
+        "part, scored on its test fold.\n"
+        f"- Classes ({len(summary.get('classes', []))}): {', '.join(summary.get('classes', []))}.\n")
+
+
+def _intended_use(config: dict[str, Any]) -> str:
+    return (
+        "## Intended use\n\n"
+        "Suggesting subject tags for digitised cultural-heritage images of the kinds it was trained on, for "
+        "review by people or for publication as machine-generated enrichments at the precision its calibration "
+        "promises (`eic enrich` emits only labels above the calibrated per-class thresholds and names this model "
+        "in every annotation, so an enrichment can be traced and withdrawn).\n\n"
+        "## Out-of-scope use\n\n"
+        "Images unlike the training collections (other media, other periods, other providers' photography); "
+        "classes not listed above (the model always answers with one of its own classes, `eic enrich` abstains "
+        "instead); decisions about people; publishing labels without a calibration, or below its thresholds, "
+        "as if they were catalogued facts.\n")
+
+
+def _training_data(config: dict[str, Any], summary: dict[str, Any]) -> str:
+    counts = summary.get("counts", {})
+    lines = ["## Training data\n", f"Images from `{config.get('data_dir', '?')}`: {sum(counts.values())} in all.\n",
+             "| class | images |", "| --- | --- |", *[f"| {c} | {n} |" for c, n in counts.items()], ""]
+    table = _source_table(Path(config.get("data_dir", ".")))
+    if table is not None:
+        providers, levels = table
+        if providers:
+            lines += ["Records per data provider (the harvest table the images came from; top 10):\n",
+                      "| provider | records |", "| --- | --- |",
+                      *[f"| {p} | {n} |" for p, n in providers.most_common(10)], ""]
+        if levels:
+            lines.append("Reusability levels: " + ", ".join(f"{k} {n}" for k, n in levels.most_common()) + ".\n")
+    return "\n".join(lines)
+
+
+def _source_table(data_dir: Path) -> tuple[Counter[str], Counter[str]] | None:
+    """Providers and reusability levels of the table ``eic download`` filled ``data_dir`` from, if known."""
+    table = _json(data_dir / "config.json").get("table")
+    if not table or not Path(table).is_file():
+        return None
+    from ..core.tables import read_table
+
+    try:
+        df = read_table(Path(table))
+    except Exception:  # the card is a courtesy: an unreadable table only leaves the section out
+        return None
+    provider = "data_provider" if "data_provider" in df.columns else None
+    providers = Counter(v for v in df[provider].to_list() if v) if provider else Counter()
+    levels = Counter(v for v in df["reusability"].to_list() if v) if "reusability" in df.columns else Counter()
+    return providers, levels
+
+
+def _per_class(splits: list[Path], classes: list[str], mode: str | None) -> list[tuple[str, str, str, str]]:
+    """Per class: precision, recall and F1 on the test folds, mean ± std over splits."""
+    scores = []
+    for metrics in splits:
+        path = metrics.parent / "test_predictions.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        if mode == "multi-label":
+            truth = np.array([[c in r["truth"].split() for c in classes] for r in rows], dtype=int)
+            pred = np.array([[c in r["prediction"].split() for c in classes] for r in rows], dtype=int)
+            p, r, f, _ = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
+        else:
+            p, r, f, _ = precision_recall_fscore_support([x["truth"] for x in rows], [x["prediction"] for x in rows],
+                                                         labels=classes, average=None, zero_division=0)
+        scores.append(np.stack([p, r, f]))
+    if not scores:
+        return []
+    array = np.stack(scores)  # splits x 3 x classes
+    mean, std = array.mean(axis=0), array.std(axis=0, ddof=1) if len(array) > 1 else np.zeros(array.shape[1:])
+    return [(name, *(f"{mean[m, c]:.3f} ± {std[m, c]:.3f}" for m in range(3))) for c, name in enumerate(classes)]
+
+
+def _metrics(summary: dict[str, Any], per_class: list[tuple[str, str, str, str]]) -> str:
+    lines = ["## Metrics\n", "On each split's test fold, mean ± standard deviation over splits.\n",
+             "| metric | mean ± std |", "| --- | --- |"]
+    for name, value in summary.get("metrics", {}).items():
+        lines.append(f"| {name} | {value.get('mean', 0):.3f} ± {value.get('std', 0):.3f} |")
+    if per_class:
+        lines += ["", "| class | precision | recall | F1 |", "| --- | --- | --- | --- |",
+                  *[f"| {name} | {p} | {r} | {f} |" for name, p, r, f in per_class]]
+    return "\n".join(lines) + "\n"
+
+
+def _calibration(calibration: dict[str, Any]) -> str:
+    if not calibration:
+        return ("## Calibration\n\nNot calibrated: the run has no out-of-fold prediction for every image (see "
+                "`docs/enrich.md`). `eic enrich` refuses an uncalibrated run.\n")
+    lines = ["## Calibration\n",
+             f"From {calibration['source']} ({calibration['images']} images): temperature scaling per split "
+             f"brings the expected calibration error from {calibration['ece_before']:.3f} to "
+             f"{calibration['ece_after']:.3f} (`{DIAGRAM_FILE}`). Thresholds for a precision of "
+             f"{calibration['precision_target']:.2f}:\n",
+             "| class | threshold | precision | coverage | labelled / support |", "| --- | --- | --- | --- | --- |"]
+    for c in calibration["per_class"]:
+        if c["threshold"] is None:
+            lines.append(f"| {c['name']} | never emitted | – | 0 | 0 / {c['support']} |")
+        else:
+            lines.append(f"| {c['name']} | {c['threshold']:.4f} | {c['precision']:.3f} | {c['coverage']:.3f} | "
+                         f"{c['labelled']} / {c['support']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _limitations(config: dict[str, Any], summary: dict[str, Any], calibration: dict[str, Any]) -> str:
+    counts = summary.get("counts", {})
+    small = [c for c, n in counts.items() if n < 50]
+    never = [c["name"] for c in calibration.get("per_class", []) if c["threshold"] is None]
+    lines = ["## Limitations\n",
+             "- Labels come from harvested metadata and are noisy; scores measured against them are estimates.",
+             "- Precision promised by the calibration holds for images like the training images; check it on an "
+             "evaluation set the run never saw (`eic evaluate` reports it per class).",
+             "- Test folds share providers with training unless the run was grouped by provider; scores may then "
+             "be optimistic for new collections." if not config.get("group_by_provider") else
+             "- Folds were grouped by data provider, so scores estimate performance on unseen providers."]
+    if small:
+        lines.append(f"- Few training images (under 50) for: {', '.join(small)}.")
+    if never:
+        lines.append(f"- Never emitted at the target precision: {', '.join(never)}.")
+    return "\n".join(lines) + "\n"

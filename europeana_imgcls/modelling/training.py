@@ -1,0 +1,644 @@
+"""``eic train``: fine-tune a classifier with stratified k-fold cross-validation.
+
+Each split trains on k-2 folds, stops early on the validation fold's loss and is scored on its test
+fold. ``fit()`` is the loop: ``train_one_epoch()`` and ``evaluate_loader()`` per epoch, a history row each, and
+a callback that the protocol uses to save checkpoints and log; everything that differs between
+single- and multi-label (loss, scores, thresholds) comes from the run's ``Task``. On CUDA it uses
+autocast (bf16 where supported), channels_last, cudnn.benchmark, pinned memory and non-blocking copies of
+uint8 batches that are normalised on the GPU; under ``torchrun`` it trains with DistributedDataParallel and
+only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..core.config import TrainConfig, public_dict
+from ..core.errors import CalibrationError, DatasetError
+from ..core.naming import record_id_of
+from ..core.progress import progress_bar
+from ..core.tables import atomic_path, write_json
+from ..datasets.folders import (
+    DecodedCache,
+    ImageDataset,
+    ModelInput,
+    fold_groups,
+    load_image,
+    make_loader,
+    pixels_of,
+    sample,
+)
+from ..datasets.imageset import ImageSet, Split
+from ..datasets.metrics import mean_std
+from ..datasets.tasks import Task, task_for
+from .calibration import Calibration, calibrate_run, fit_temperature
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .explain import TILE, figure, heatmaps, save_figure
+from .heads import train_heads
+from .modelcard import write_model_card
+from .models import build_model, get_arch, safe_load
+from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
+from .tensorboard_logs import TensorBoardRun
+from .tensorboard_logs import check_available as check_tensorboard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitResult:
+    index: int
+    metrics: dict[str, float]
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+
+
+@dataclass
+class TrainReport:
+    output_dir: Path
+    classes: list[str]
+    counts: dict[str, int]
+    splits: list[SplitResult] = field(default_factory=list)
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unreadable: int = 0
+    calibration: Calibration | None = None
+    calibration_note: str = ""  # why there is no calibration
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    truth: np.ndarray
+    probs: np.ndarray
+    indices: np.ndarray
+    logits: np.ndarray | None = None  # exact, for calibration (probabilities near 1 lose digits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, to_model: ModelInput, task: Task,
+                    dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                    on_batch: Callable[[float, int], None] | None = None) -> EpochStats:
+    model.train()
+    device = to_model.device
+    started = time.perf_counter()
+    total_loss, seen = 0.0, 0
+    for inputs, targets, _ in loader:
+        batch = int(task.readable(targets).sum())
+        inputs, targets = to_model(inputs), _to_device(targets, device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(inputs)
+            # A batch of unreadable images only: a zero loss keeps DDP ranks in step without learning noise.
+            loss = criterion(logits, targets) if batch else logits.sum() * 0.0
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total_loss += loss.item() * batch
+        seen += batch
+        if on_batch:
+            on_batch(loss.item(), batch)
+    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def evaluate_loader(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
+                    to_model: ModelInput, task: Task, dtype: torch.dtype | None = None) -> Evaluation:
+    """Loss, truths, logits and the task's probabilities of the readable images of a whole loader."""
+    model.eval()
+    device = to_model.device
+    total_loss, seen = 0.0, 0
+    truths, indices, raw = [], [], []
+    for inputs, targets, index in loader:
+        inputs, targets = to_model(inputs), _to_device(targets, device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(inputs)
+        logits = logits.float()
+        counted = int(task.readable(targets).sum())
+        if criterion is not None and counted:
+            total_loss += criterion(logits, targets).item() * counted
+        seen += counted
+        truths.append(targets.cpu())
+        raw.append(logits.cpu())
+        indices.append(index)
+    truth, index, logits = torch.cat(truths).numpy(), torch.cat(indices).numpy(), torch.cat(raw).numpy()
+    keep = task.readable(truth)
+    return Evaluation(total_loss / max(seen, 1), truth[keep], task.from_logits(logits[keep]), index[keep], logits[keep])
+
+
+def _to_device(targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return targets.to(device, non_blocking=device.type == "cuda")
+
+
+@dataclass
+class SplitState:
+    """Where a split's training stands: enough to carry on after an interruption (stored in last.pt)."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, row: dict[str, float]) -> bool:
+        """Add an epoch's history row; whether its validation loss is the best so far."""
+        self.history.append(row)
+        self.epoch = int(row["epoch"])
+        improved = row["val_loss"] < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self.bad_epochs = row["val_loss"], self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                        "bad_epochs": self.bad_epochs, "history": self.history,
+                        "rng": torch.get_rng_state()}, tmp)
+
+    @classmethod
+    def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> SplitState:
+        saved = safe_load(path)
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        torch.set_rng_state(saved["rng"])
+        return cls(saved["epoch"], saved["best_loss"], saved["best_epoch"], saved["bad_epochs"], saved["history"])
+
+
+def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], criterion: nn.Module,
+        optimizer: torch.optim.Optimizer, state: SplitState, *, epochs: int, patience: int, task: Task,
+        to_model: ModelInput, dtype: torch.dtype | None = None, world: Dist | None = None,
+        on_batch: Callable[[int, float, int], None] | None = None,
+        on_epoch: Callable[[dict[str, float], bool], None] | None = None) -> SplitState:
+    """Train on ``loaders["train"]`` and validate on ``loaders["val"]`` each epoch, until ``epochs`` or until
+    ``patience`` epochs bring no better validation loss; ``state`` (fresh or restored) holds the history.
+
+    ``on_batch(epoch, loss, images)`` follows every batch, ``on_epoch(row, improved)`` every epoch."""
+    world, device = world or Dist(), to_model.device
+    net = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    sampler = loaders["train"].sampler
+    for epoch in range(state.epoch, epochs):
+        if state.bad_epochs >= patience:
+            break
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.set_epoch(epoch)
+        tick = (lambda loss, n, epoch=epoch: on_batch(epoch, loss, n)) if on_batch else None
+        stats = train_one_epoch(net, loaders["train"], criterion, optimizer, to_model, task, dtype, scaler, tick)
+        val = evaluate_loader(model, loaders["val"], criterion, to_model, task, dtype)
+        scores = task.metrics(val.truth, val.probs)
+        row = {"epoch": epoch + 1, "train_loss": stats.loss,
+               "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
+               **{k: scores[k] for k in task.shown}, "learning_rate": optimizer.param_groups[0]["lr"],
+               "seconds": stats.seconds, "images_per_second": stats.images_per_second * world.world}
+        improved = state.record(row)
+        if on_epoch:
+            on_epoch(row, improved)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def train(config: TrainConfig) -> TrainReport:
+    """Train every split of ``config`` (or split 0 alone) and write the run folder."""
+    get_arch(config.arch)
+    if config.tensorboard is not None:
+        check_tensorboard()
+    with distributed(config.device) as (device, world), _torch_settings_restored():
+        return _train(config, device, world)
+
+
+@contextlib.contextmanager
+def _torch_settings_restored() -> Iterator[None]:
+    """Training tunes cudnn and the thread count for itself; the caller gets its own settings back."""
+    benchmark, threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
+    task = task_for(config.mode)
+    images = task.scan(config.data_dir, config.labels)
+    task.check_trainable(images, config.data_dir, config.folds)
+    images = sample(images, config.sample, config.seed)
+    task.check_trainable(images, config.data_dir, config.folds)
+    out = config.output_dir
+    if world.main:
+        _check_run_folder(out, config.resume)
+        _check_resumed_run(config, images)
+    groups = fold_groups(images, config.group_by_provider, config.duplicate_groups)
+    splits = task.splits(images.labels, config.folds, config.seed, groups)
+    chosen = range(len(splits)) if config.crossvalidation else range(1)
+    check_splits(images, splits, chosen, config.group_by_provider or config.duplicate_groups is not None)
+    report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
+    board = (TensorBoardRun(config.tensorboard, out, config.resume) if config.tensorboard is not None and world.main
+             else None)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    elif world.active:
+        torch.set_num_threads(max(1, torch.get_num_threads() // world.world))
+    if config.method != "finetune":
+        if world.main:  # a head per split on embeddings: seconds, no need to spread it over processes
+            report.splits = train_heads(config, images, splits, chosen, device)
+    else:
+        # One cache for the whole run: an image is decoded in the first split that reads it, never again.
+        cache = DecodedCache.for_images(len(images), config.input_size, config.cache_mb,
+                                        default_workers(device, config.num_workers))
+        for i in chosen:
+            report.splits.append(_run_split(config, images, splits[i], i, device, world, cache, board))
+    if world.main:
+        names = report.splits[0].metrics.keys()
+        report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
+        write_json(out / "summary.json", {"classes": images.classes, "counts": report.counts,
+                                          "splits": len(report.splits), "metrics": report.summary})
+        _calibrate(config, report)
+        write_model_card(out)
+        if board is not None:
+            board.finish(out, images.classes, task, report.splits, report.summary, public_dict(config))
+    return report
+
+
+RESUME_KEYS = ("data_dir", "labels", "mode", "method", "arch", "weights", "input_size", "folds", "seed", "sample",
+               "group_by_provider", "duplicate_groups", "embeddings")
+
+
+def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
+    """A resumed run must be the same run: same data, model and folds, or split 0 would be reused for another."""
+    if not config.resume or not (config.output_dir / "split_0" / "config.json").is_file():
+        return
+    before = json.loads((config.output_dir / "split_0" / "config.json").read_text(encoding="utf-8"))
+    now = public_dict(config)
+    defaults = {k: TrainConfig.model_fields[k].default for k in RESUME_KEYS}
+    differ = [k for k in RESUME_KEYS if _same(k, before.get(k, defaults[k])) != _same(k, now.get(k))]
+    if differ:
+        said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+        raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
+                           "resume with the same settings, or choose another `output_dir`")
+    index = config.output_dir / "split_0" / "class_index.json"
+    classes = list(json.loads(index.read_text(encoding="utf-8"))) if index.is_file() else images.classes
+    if classes != images.classes:
+        raise DatasetError(f"cannot resume {config.output_dir}: its classes were {', '.join(classes)}, the data "
+                           f"now has {', '.join(images.classes)}")
+
+
+def _same(key: str, value: Any) -> Any:
+    """Paths compare by where they point, not how they were written (a weights file too)."""
+    is_path = key in ("data_dir", "labels", "embeddings", "duplicate_groups") or (
+        key == "weights" and value not in ("imagenet", "none"))
+    return str(Path(value).resolve()) if is_path and value else value
+
+
+def check_splits(images: ImageSet, splits: list[Split], chosen: range, grouped: bool) -> None:
+    """Every class in the training, validation and test part of every split, before any training: a class
+    missing from a training part gets an infinite weight and a run that dies hours later."""
+    for i in chosen:
+        for part_name, part in (("training", splits[i].train), ("validation", splits[i].val),
+                                ("test", splits[i].test)):
+            present = images.task.support(images.labels[part], len(images.classes))
+            missing = [c for c, n in zip(images.classes, present, strict=True) if n == 0]
+            if missing:
+                raise DatasetError(_missing_message(images, missing[0], i, part_name, grouped))
+
+
+def _missing_message(images: ImageSet, name: str, split: int, part: str, grouped: bool) -> str:
+    c = images.classes.index(name)
+    members = images.task.members(images.labels, c)
+    providers = Counter(g for g, m in zip(images.groups(), members, strict=True) if m)
+    shown = ", ".join(f"{p} ({n})" for p, n in providers.most_common(3)) + (", ..." if len(providers) > 3 else "")
+    advice = ("folds are grouped, and its images come from few groups: drop `group_by_provider` (or "
+              "`duplicate_groups`), or add images of it from other providers" if grouped
+              else "add images of it, or lower `folds`")
+    return (f"split {split}'s {part} part has no image of class '{name}' ({int(members.sum())} images from "
+            f"{len(providers)} provider(s): {shown}); {advice}")
+
+
+def _calibrate(config: TrainConfig, report: TrainReport) -> None:
+    """Calibrate a cross-validated run from its out-of-fold predictions; a run that cannot be is still a run."""
+    try:
+        report.calibration = calibrate_run(config.output_dir, config.precision)
+    except CalibrationError as exc:
+        report.calibration_note = str(exc)
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    # Only training state counts: a run that failed before its first epoch (weights offline, say) left
+    # split_0/config.json alone, and the natural retry must not be refused for it.
+    trained = any(p.name in ("model.pt", "last.pt", "metrics.json") for p in out.glob("split_*/*"))
+    if not resume and trained:
+        raise DatasetError(f"{out} already holds a training run: pass `resume` to continue it, "
+                           "or choose another `output_dir`")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
+               world: Dist, cache: DecodedCache | None, board: TensorBoardRun | None = None) -> SplitResult:
+    """One split: fit, keep the best model, score it on the test fold. Rank 0 alone writes."""
+    split_dir = config.output_dir / f"split_{index}"
+    if config.resume and (split_dir / "metrics.json").exists():
+        return _finished_earlier(split_dir, index, world)
+    if world.main:
+        start_split_folder(split_dir, config, images.classes)
+    seed_everything(config.seed + index)
+    arch = get_arch(config.arch)
+    model = build_model(config.arch, len(images.classes), config.weights).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    state = SplitState()
+    if config.resume and (split_dir / "last.pt").exists():
+        state = SplitState.restore(split_dir / "last.pt", model, optimizer)
+        if world.main:
+            log.info("split %d: resuming after epoch %d", index, state.epoch)
+    task = images.task
+    criterion = task.criterion(images.labels[split.train], len(images.classes), config.weighted_loss).to(device)
+    dtype = autocast_dtype(device, config.amp)
+    loaders = _loaders(config, images, split, device, world, index, cache)
+    to_model = ModelInput(arch.mean, arch.std, device)
+    meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
+                std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
+    saver = _EpochSaver(split_dir, model, optimizer, state, meta, config, index, board) if world.main else None
+    with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
+        fit(model, loaders, criterion, optimizer, state, epochs=config.epochs, patience=config.patience, task=task,
+            to_model=to_model, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
+    result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
+    if world.main:
+        if state.bad_epochs >= config.patience and state.epoch < config.epochs and not config.quiet:
+            log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
+        _keep_a_model(split_dir, model, state, meta, index)
+        result.metrics = _finish_split(config, images, split, split_dir, loaders, to_model, dtype, state)
+    if world.active:
+        dist.barrier()
+        result.metrics = _broadcast(result.metrics)
+    return result
+
+
+def _finished_earlier(split_dir: Path, index: int, world: Dist) -> SplitResult:
+    done = json.loads((split_dir / "metrics.json").read_text())
+    if world.main:
+        log.info("split %d: finished earlier, skipped", index)
+    return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
+
+
+def start_split_folder(split_dir: Path, config: TrainConfig, classes: list[str]) -> None:
+    """A split's folder with the settings and the class order it is trained with (heads' splits too)."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    write_json(split_dir / "config.json", public_dict(config))
+    write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(classes)})
+
+
+class _EpochSaver:
+    """After each epoch (rank 0): the best model, the state to resume from, the history, a log line and,
+    when asked for, TensorBoard's scalars."""
+
+    def __init__(self, split_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: SplitState,
+                 meta: dict[str, Any], config: TrainConfig, index: int, board: TensorBoardRun | None) -> None:
+        self.split_dir, self.model, self.optimizer, self.state, self.meta = split_dir, model, optimizer, state, meta
+        self.index, self.epochs, self.quiet, self.board = index, config.epochs, config.quiet, board
+        task = task_for(config.mode)
+        self.columns, self.shown = task.history_columns, task.shown[::3]  # the first and last score
+
+    def __call__(self, row: dict[str, float], improved: bool) -> None:
+        if improved:
+            save_checkpoint(self.split_dir / "model.pt", self.model, epoch=int(row["epoch"]),
+                            best_val_loss=row["val_loss"], **self.meta)
+        self.state.save(self.split_dir / "last.pt", self.model, self.optimizer)
+        _write_history(self.split_dir / "history.csv", self.state.history, self.columns)
+        if self.board is not None:
+            self.board.epoch(self.index, row)
+        if not self.quiet:
+            scores = ", ".join(f"{k.replace('_', ' ')} {row[k]:.3f}" for k in self.shown)
+            log.info("split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s", self.index,
+                     row["epoch"], self.epochs, row["train_loss"], row["val_loss"], scores, row["images_per_second"],
+                     " *" if improved else "")
+
+
+class _EpochProgress:
+    """A progress bar per epoch with the running loss and images/s (on stderr, gone when the epoch ends)."""
+
+    def __init__(self, quiet: bool, index: int, batches: int, world: int) -> None:
+        self.bar = progress_bar(quiet, "loss {task.fields[loss]:.4f}", "{task.fields[rate]:.0f} images/s",
+                                transient=True)
+        self.index, self.batches, self.world = index, batches, world
+        self.epoch, self.task, self.images, self.clock = -1, None, 0, 0.0
+
+    def __enter__(self) -> _EpochProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def tick(self, epoch: int, loss: float, images: int) -> None:
+        if epoch != self.epoch:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(f"split {self.index} epoch {epoch + 1}", total=self.batches,
+                                          loss=math.nan, rate=0.0)
+            self.epoch, self.images, self.clock = epoch, 0, time.perf_counter()
+        self.images += images * self.world
+        elapsed = time.perf_counter() - self.clock
+        self.bar.update(self.task, advance=1, loss=loss, rate=self.images / elapsed if elapsed else 0.0)
+
+
+def _keep_a_model(split_dir: Path, model: nn.Module, state: SplitState, meta: dict[str, Any], index: int) -> None:
+    """The validation loss was never finite (nan or inf every epoch): keep the last model, and say so."""
+    if (split_dir / "model.pt").exists():
+        return
+    log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
+                "are not to be trusted (check the data and the learning rate)", index)
+    save_checkpoint(split_dir / "model.pt", model, epoch=state.epoch, best_val_loss=math.inf,
+                    val_loss_never_finite=True, **meta)
+
+
+def _loaders(config: TrainConfig, images: ImageSet, split: Split, device: torch.device, world: Dist, index: int,
+             cache: DecodedCache | None) -> dict[str, torch.utils.data.DataLoader]:
+    workers = default_workers(device, config.num_workers)
+    pin = device.type == "cuda"
+    seed = config.seed + 1000 * index
+    size = config.input_size
+
+    def dataset(part: np.ndarray, hflip: float = 0.0, vflip: float = 0.0) -> ImageDataset:
+        return ImageDataset(images.subset(part), size, hflip, vflip, cache=cache, cache_rows=part)
+
+    train_set = dataset(split.train, config.hflip, config.vflip)
+    sampler = (torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
+               if world.active else None)
+    common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
+    return {
+        # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
+        "train": make_loader(train_set, shuffle=True, sampler=sampler,
+                             drop_last=len(train_set) > config.batch_size * world.world, **common),
+        "val": make_loader(dataset(split.val), shuffle=False, **common),
+        "test": make_loader(dataset(split.test), shuffle=False, **common),
+    }
+
+
+def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir: Path,
+                  loaders: dict[str, torch.utils.data.DataLoader], to_model: ModelInput,
+                  dtype: torch.dtype | None, state: SplitState) -> dict[str, float]:
+    """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
+
+    What the checkpoint learns from the validation part (a temperature; multi-label thresholds) is stored in it.
+    """
+    best = load_checkpoint(split_dir / "model.pt")
+    model = model_from_checkpoint(best).to(to_model.device)
+    test = evaluate_loader(model, loaders["test"], None, to_model, images.task, dtype)
+    val = evaluate_loader(model, loaders["val"], None, to_model, images.task, dtype)
+    scores, extra = score_split(images, split, split_dir, test, val)
+    # A resumed split may hold a temperature already: the new values win, never a duplicate keyword.
+    save_checkpoint(split_dir / "model.pt", model, **{**{k: v for k, v in best.items()
+                                                         if k not in ("model_state", "format")}, **extra})
+    write_split_metrics(split_dir, scores, split, state.epoch, state.best_epoch, state.best_loss,
+                        extra["temperature"])
+    plot_curves(state.history, split_dir / "curves.png", state.best_epoch)
+    if config.gradcam_images:
+        _gradcam(model, config, images.subset(split.test), test, images.classes, split_dir / "gradcam", to_model)
+    (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
+    return scores
+
+
+def score_split(images: ImageSet, split: Split, split_dir: Path, test: Evaluation, val: Evaluation
+                ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Test metrics and ``test_predictions.csv`` of a finished split, and what its checkpoint gains from the
+    validation part: the temperature that makes its probabilities honest (multi-label: tuned thresholds)."""
+    task, classes = images.task, images.classes
+    extra: dict[str, Any] = {"temperature": fit_temperature(task, val.logits, val.truth)}
+    thresholds = task.tune(val.truth, val.probs)
+    if thresholds is not None:
+        extra["thresholds"] = [float(t) for t in thresholds]
+    paths = images.subset(split.test).paths
+    with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "logits"])
+        writer.writeheader()
+        for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
+            writer.writerow({"image": str(paths[i]), **task.describe(truth, prob, classes, thresholds),
+                             "probabilities": _by_class(classes, prob, 6), "logits": _by_class(classes, logit, 5)})
+    return task.metrics(test.truth, test.probs, thresholds), extra
+
+
+def _by_class(classes: list[str], values: np.ndarray, digits: int) -> str:
+    return json.dumps({c: round(float(v), digits) for c, v in zip(classes, values, strict=True)})
+
+
+def write_split_metrics(split_dir: Path, scores: dict[str, float], split: Split, epochs_run: int, best_epoch: int,
+                        best_val_loss: float, temperature: float) -> None:
+    write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
+                                             "train_images": len(split.train), "val_images": len(split.val),
+                                             "epochs_run": epochs_run, "best_epoch": best_epoch,
+                                             "best_val_loss": best_val_loss, "temperature": temperature})
+
+
+def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],
+             folder: Path, to_model: ModelInput) -> None:
+    """Heatmaps of test images spread over the fold, for their predicted class; names carry truth and
+    prediction, as the pilot's did."""
+    folder.mkdir(exist_ok=True)
+    arch = get_arch(config.arch)
+    by_image = np.argsort(test.indices)
+    spread = np.linspace(0, len(by_image) - 1, min(config.gradcam_images, len(by_image))).astype(int)
+    order = by_image[np.unique(spread)]
+    paths = [test_images.paths[test.indices[k]] for k in order]
+    pictures = [load_image(p, config.input_size) for p in paths]
+    batch = to_model(torch.stack([pixels_of(p) for p in pictures]))
+    predicted = [int(test.probs[k].argmax()) for k in order]
+    maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
+    for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):
+        truth = test_images.task.truth_text(test.truth[k], classes).replace(" ", "+") or "none"
+        pred, confidence = classes[predicted[n]], float(test.probs[k].max())
+        name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
+        title = f"{record_id_of(path.name) or path.name} · true {truth}"
+        save_figure(figure(load_image(path, TILE), [heat], [f"predicted {pred} {confidence:.2f}"], title),
+                    folder / name, title)
+
+
+def _agreed(value: float, device: torch.device, world: Dist) -> float:
+    if not world.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def _broadcast(metrics: dict[str, float]) -> dict[str, float]:
+    box: list[Any] = [metrics]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _write_history(path: Path, history: list[dict[str, float]], columns: list[str]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0) -> None:
+    """Loss and validation scores per (whole) epoch, the kept epoch marked. matplotlib's object API: no
+    global backend switch, nothing left open."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    chart = Figure(figsize=(10, 4))
+    left, right = chart.subplots(1, 2)
+    left.plot(epochs, [r["train_loss"] for r in history], label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    left.set(title="loss", xlabel="epoch")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
+    if best_epoch:
+        kept = next(r for r in history if r["epoch"] == best_epoch)
+        left.plot([best_epoch], [kept["val_loss"]], marker="o", color="black", linestyle="none",
+                  label=f"kept: epoch {best_epoch}")
+    left.legend()
+    for key, label in (("accuracy", "accuracy"), ("f1", "macro F1"), ("micro_f1", "micro F1"),
+                       ("macro_f1", "macro F1"), ("mean_average_precision", "mAP")):
+        if key in history[0]:
+            right.plot(epochs, [r[key] for r in history], label=label)
+    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.legend()
+    chart.tight_layout()
+    chart.savefig(path, dpi=100)

@@ -1,0 +1,322 @@
+"""``eic audit``: what is wrong with the data, from out-of-fold probabilities and embeddings.
+
+Labels harvested from metadata are noisy, and near-duplicates that sit in different folds inflate
+scores. From a cross-validated run (its out-of-fold predictions) or an embeddings table (out-of-fold
+probabilities of a k-fold linear probe made here) the audit writes:
+
+- ``label_issues.csv``: likely mislabelled images, ranked by cleanlab's confident learning
+  (``find_label_issues``; score = label quality, lower is worse), with given and suggested label;
+- ``issue_rates.csv``: the share of flagged images per class and per data provider (a provider whose
+  records are often "wrong" usually has a metadata-mapping problem);
+- ``duplicates.csv``: groups of images whose embeddings' cosine similarity reaches ``similarity``, each
+  flagged when it spans folds (leakage), labels (a conflict) or providers; ``eic train
+  --duplicate-groups duplicates.csv`` keeps every group in one fold;
+- ``suspects.png``: a contact sheet of the top suspects, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.config import AuditConfig, public_dict
+from ..core.errors import CalibrationError, ConfigError, DatasetError
+from ..core.naming import record_id_of
+from ..core.tables import refuse_existing, write_json
+from ..datasets.folders import connected
+from ..datasets.imageset import provider_of
+from ..datasets.tasks import Task, task_for
+from ..modelling.calibration import out_of_fold
+from ..modelling.embedding import matrix, read_embeddings
+
+
+@dataclass
+class Findings:
+    """What the audit works on: one row per image."""
+
+    task: Task
+    classes: list[str]
+    images: list[str]
+    truth: np.ndarray
+    probs: np.ndarray
+    folds: list[int]
+    providers: list[str]
+    ids: list[str | None]
+    embeddings: np.ndarray | None  # rows aligned with ``images``, or None
+
+
+@dataclass
+class AuditReport:
+    output_dir: Path
+    images: int = 0
+    issues: int = 0
+    duplicate_groups: int = 0
+    leaking_groups: int = 0
+    conflicting_groups: int = 0
+    cross_provider_groups: int = 0
+    top: list[dict[str, Any]] = field(default_factory=list)
+    worst_providers: list[tuple[str, int, float]] = field(default_factory=list)
+    note: str = ""
+
+
+def audit(config: AuditConfig) -> AuditReport:
+    """Audit ``config.source`` (a run or an embeddings table); see the module docstring."""
+    refuse_existing(config.output_dir / "summary.json", config.overwrite, f" (an audit in {config.output_dir})")
+    findings, note = _findings(config)
+    report = AuditReport(config.output_dir, images=len(findings.images), note=note)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ranked, quality = _label_issues(findings)
+    report.issues = len(ranked)
+    report.top = _write_issues(out / "label_issues.csv", findings, ranked, quality)
+    report.worst_providers = _write_rates(out / "issue_rates.csv", findings, ranked)
+    if findings.embeddings is not None:
+        groups = near_duplicates(findings.embeddings, config.similarity)
+        _write_duplicates(out / "duplicates.csv", findings, groups, report)
+    contact_sheet(out / "suspects.png", report.top[: config.top])
+    write_json(out / "summary.json", {
+        "images": report.images, "label_issues": report.issues, "duplicate_groups": report.duplicate_groups,
+        "leaking_groups": report.leaking_groups, "conflicting_groups": report.conflicting_groups,
+        "cross_provider_groups": report.cross_provider_groups, "note": note, "config": public_dict(config)})
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-fold probabilities
+
+
+def _findings(config: AuditConfig) -> tuple[Findings, str]:
+    source = config.source
+    if source.is_dir():
+        return _from_run(config)
+    if source.suffix.lower() == ".parquet":
+        return _from_embeddings(config), ""
+    raise DatasetError(f"{source}: give a training run folder or an embeddings table (.parquet) from eic embed")
+
+
+def _from_run(config: AuditConfig) -> tuple[Findings, str]:
+    try:
+        oof = out_of_fold(config.source)
+    except CalibrationError as exc:
+        raise CalibrationError(f"{exc}; or audit an embeddings table (eic embed), for which eic audit makes "
+                               "its own out-of-fold probabilities") from None
+    embeddings, note = None, ""
+    source = config.embeddings or _run_embeddings(config.source)
+    if source.is_file():
+        table, _ = read_embeddings(source)
+        where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
+        wanted = [str(Path(image).resolve()) for image in oof.images]
+        if all(image in where for image in wanted):
+            embeddings = matrix(table)[[where[image] for image in wanted]]
+        else:
+            note = f"{source} does not cover the run's images: no near-duplicate search"
+    else:
+        note = ("no embeddings for this run (fine-tuned): no near-duplicate search; pass `embeddings` from eic "
+                "embed with the same images")
+    paths = [Path(image) for image in oof.images]
+    findings = Findings(oof.task, oof.classes, oof.images, oof.truth, oof.raw, oof.folds,
+                        [provider_of(p) for p in paths], [record_id_of(p.name) for p in paths], embeddings)
+    return findings, note
+
+
+def _run_embeddings(run: Path) -> Path:
+    """The embeddings a probe run was fitted on: its own, or the eic embed table it was given."""
+    own = run / "embeddings.parquet"
+    if own.is_file():
+        return own
+    try:
+        given = json.loads((run / "split_0" / "config.json").read_text(encoding="utf-8")).get("embeddings")
+    except (OSError, ValueError):
+        given = None
+    return Path(given) if given else own
+
+
+def _from_embeddings(config: AuditConfig) -> Findings:
+    from ..modelling.heads import _linear, _probs
+
+    table, meta = read_embeddings(config.source)
+    task = task_for(meta.get("mode"))
+    classes = list(meta.get("classes") or sorted({c for cell in table["category"] for c in cell.split()}))
+    truth = np.asarray([task.truth_of(cell, classes) for cell in table["category"]])
+    vectors = matrix(table)
+    folds = _folds(task, truth, config.folds, config.seed)
+    probs = np.zeros((len(truth), len(classes)))
+    assigned = np.zeros(len(truth), dtype=int)
+    for k, test in enumerate(folds):
+        rest = np.setdiff1d(np.arange(len(truth)), test)
+        val, train = rest[::5], np.setdiff1d(rest, rest[::5])  # the L2 strength is chosen without the test fold
+        head = _linear(vectors[train], truth[train], vectors[val], truth[val], task, True, len(classes))
+        probs[test] = _probs(head, vectors[test], task)
+        assigned[test] = k
+    providers = table["provider"].to_list() if "provider" in table.columns else [
+        provider_of(Path(p)) for p in table["image"]]
+    ids = table["ID"].to_list() if "ID" in table.columns else [None] * table.height
+    return Findings(task, classes, table["image"].to_list(), truth, probs, assigned.tolist(), providers, ids,
+                    vectors)
+
+
+def _folds(task: Task, truth: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    if task.multilabel:
+        from ..datasets.multilabel import iterative_folds
+
+        return iterative_folds(truth, folds, seed)
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(truth)
+    if counts[counts > 0].min() < folds:
+        raise DatasetError(f"a class has {counts[counts > 0].min()} images, fewer than the {folds} folds; "
+                           "lower `folds`")
+    return [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(truth, truth)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Label issues
+
+
+def _label_issues(findings: Findings) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of likely mislabelled images, worst first, and every image's label quality."""
+    try:
+        import cleanlab  # noqa: F401 - only to say what is missing
+    except ImportError:
+        raise ConfigError("eic audit needs cleanlab: pip install 'europeana-imgcls[audit]'") from None
+    probs = findings.probs / np.clip(findings.probs.sum(axis=1, keepdims=True), 1e-12, None) \
+        if not findings.task.multilabel else findings.probs
+    if findings.task.multilabel:
+        from cleanlab.multilabel_classification.filter import find_label_issues
+        from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+        labels = [list(np.flatnonzero(row)) for row in findings.truth]
+        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+        quality = get_label_quality_scores(labels, probs)
+    else:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        ranked = find_label_issues(findings.truth, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+        quality = get_label_quality_scores(findings.truth, probs)
+    return np.asarray(ranked, dtype=int), np.asarray(quality, dtype=float)
+
+
+def _given(findings: Findings, i: int) -> str:
+    return findings.task.truth_text(findings.truth[i], findings.classes)
+
+
+def _suggested(findings: Findings, i: int) -> str:
+    row = findings.probs[i]
+    if findings.task.multilabel:
+        chosen = np.flatnonzero(row >= 0.5)
+        return " ".join(findings.classes[c] for c in (chosen if len(chosen) else [int(row.argmax())]))
+    return findings.classes[int(row.argmax())]
+
+
+def _write_issues(path: Path, findings: Findings, ranked: np.ndarray, quality: np.ndarray) -> list[dict[str, Any]]:
+    rows = [{"rank": n + 1, "image": findings.images[i], "ID": findings.ids[i] or "",
+             "provider": findings.providers[i], "given": _given(findings, i), "suggested": _suggested(findings, i),
+             "label_quality": round(float(quality[i]), 6), "fold": findings.folds[i]}
+            for n, i in enumerate(ranked)]
+    _write_csv(path, ["rank", "image", "ID", "provider", "given", "suggested", "label_quality", "fold"], rows)
+    return rows
+
+
+def _write_rates(path: Path, findings: Findings, ranked: np.ndarray) -> list[tuple[str, int, float]]:
+    """Issue rates per class and per provider; returns the providers with the highest rates."""
+    flagged = set(ranked.tolist())
+    rows, providers = [], []
+    # Class names may hold spaces ("fine art"): an image's classes by index, not by splitting its label text.
+    member = np.stack([findings.task.members(findings.truth, c) for c in range(len(findings.classes))], axis=1)
+    classes = [[findings.classes[c] for c in np.flatnonzero(row)] for row in member]
+    for kind, keys in (("class", classes), ("provider", [[p] for p in findings.providers])):
+        total: Counter[str] = Counter()
+        issues: Counter[str] = Counter()
+        for i, names in enumerate(keys):
+            for name in names:
+                total[name] += 1
+                issues[name] += i in flagged
+        for name in sorted(total, key=lambda n: (-issues[n] / total[n], n)):
+            rows.append({"kind": kind, "name": name, "images": total[name], "issues": issues[name],
+                         "rate": round(issues[name] / total[name], 4)})
+            if kind == "provider" and issues[name]:
+                providers.append((name, issues[name], issues[name] / total[name]))
+    _write_csv(path, ["kind", "name", "images", "issues", "rate"], rows)
+    return providers[:5]
+
+
+# ---------------------------------------------------------------------------------------------
+# Near-duplicates
+
+
+def near_duplicates(vectors: np.ndarray, similarity: float, chunk: int = 1024) -> list[list[int]]:
+    """Groups (two or more images) joined by cosine similarity >= ``similarity``, found chunk by chunk so
+    memory stays at ``chunk`` x N however many images there are."""
+    wide = vectors.astype(np.float64)
+    unit = wide / np.clip(np.linalg.norm(wide, axis=1, keepdims=True), 1e-12, None)
+    # Two identical vectors have a cosine a rounding error below 1: "at least 1" must still join them.
+    cut = similarity - 1e-9
+    edges: list[tuple[int, int]] = []
+    for start in range(0, len(unit), chunk):
+        rows, cols = np.nonzero(unit[start:start + chunk] @ unit.T >= cut)
+        edges += [(int(r), int(c)) for r, c in zip(rows + start, cols, strict=True) if c > r]
+    members: defaultdict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(connected(len(unit), edges)):
+        members[int(label)].append(i)
+    return sorted((g for g in members.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+
+
+def _write_duplicates(path: Path, findings: Findings, groups: list[list[int]], report: AuditReport) -> None:
+    rows = []
+    for number, group in enumerate(groups, start=1):
+        spans_folds = len({findings.folds[i] for i in group}) > 1
+        conflict = len({_given(findings, i) for i in group}) > 1
+        providers = len({findings.providers[i] for i in group}) > 1
+        report.leaking_groups += spans_folds
+        report.conflicting_groups += conflict
+        report.cross_provider_groups += providers
+        rows += [{"group": number, "image": findings.images[i], "ID": findings.ids[i] or "",
+                  "provider": findings.providers[i], "category": _given(findings, i), "fold": findings.folds[i],
+                  "across_folds": spans_folds, "conflicting_labels": conflict, "across_providers": providers}
+                 for i in group]
+    report.duplicate_groups = len(groups)
+    _write_csv(path, ["group", "image", "ID", "provider", "category", "fold", "across_folds", "conflicting_labels",
+                      "across_providers"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
+    """The top suspects with their given and suggested labels and where they come from."""
+    from PIL import Image
+
+    from ..modelling.explain import image_grid
+
+    figure, axes = image_grid(len(suspects))
+    for ax, row in zip(axes.flat, suspects, strict=False):
+        try:
+            with Image.open(row["image"]) as image:
+                image.draft("RGB", (256, 256))
+                ax.imshow(image.convert("RGB"))
+        except OSError:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        name = row["ID"] or Path(row["image"]).name
+        ax.set_title(f"#{row['rank']} given {row['given']} → {row['suggested']}\nquality {row['label_quality']:.2g}"
+                     f"  {name[-34:]}", fontsize=8)
+    if not suspects:
+        axes.flat[0].text(0.5, 0.5, "no label issues found", ha="center", va="center")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    from ..core.tables import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,152 @@
+"""Loading the models of a run and running them over images: shared by evaluate and predict."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import ModelError
+from ..datasets.folders import ModelInput
+from ..datasets.tasks import Task, task_for
+from ..modelling.checkpoint import load_checkpoint, model_from_checkpoint
+from ..modelling.models import get_head, set_head
+
+
+@dataclass
+class RunModel:
+    """One split's best model with the preprocessing it was trained with."""
+
+    split: str
+    model: nn.Module
+    meta: dict[str, Any]
+    # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
+    # come from one backbone pass per batch, not one per split.
+    features: nn.Module | None = None
+    head: nn.Module | None = None
+    _input: ModelInput | None = field(default=None, repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.meta.get("mode") == "multi-label"
+
+    @property
+    def task(self) -> Task:
+        return task_for(self.meta.get("mode"))
+
+    @property
+    def temperature(self) -> float:
+        """Fitted on the split's validation part when it was trained (1.0 for runs trained before that)."""
+        return float(self.meta.get("temperature", 1.0))
+
+    def thresholds(self, override: float | None = None) -> np.ndarray:
+        """Multi-label decision thresholds: ``override`` for every label, else those tuned in training."""
+        if override is not None:
+            return np.full(len(self.classes), override)
+        return np.asarray(self.meta.get("thresholds") or [0.5] * len(self.classes))
+
+    @property
+    def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+        return int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
+
+    def model_input(self, device: torch.device) -> ModelInput:
+        """What turns a loader's pixels into this model's input on ``device`` (made once per device)."""
+        if self._input is None or self._input.device != device:
+            _, mean, std = self.preprocessing
+            self._input = ModelInput(mean, std, device)
+        return self._input
+
+
+def checkpoint_paths(run: Path) -> list[Path]:
+    """``run/split_*/model.pt`` in split order, or ``run/model.pt`` for one split folder."""
+    if (run / "model.pt").is_file():
+        return [run / "model.pt"]
+    paths = sorted(run.glob("split_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not paths:
+        raise ModelError(f"{run}: no model.pt in it or in split_*/ folders; point at an eic train output")
+    return paths
+
+
+def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
+    """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
+    paths = checkpoint_paths(run)
+    states = []
+    for path in paths:
+        state = load_checkpoint(path)
+        name = path.parent.name if path.parent.name.startswith("split_") else f"split_{state.get('split', 0)}"
+        states.append((name, state))
+    if which == "best":
+        states = [min(states, key=lambda item: item[1].get("best_val_loss", float("inf")))]
+    elif which != "all":
+        chosen = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
+        if not chosen:
+            raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in states)}")
+        states = chosen
+    classes = {(tuple(state["class_names"]), state.get("mode", "single-label")) for _, state in states}
+    if len(classes) > 1:
+        raise ModelError(f"{run}: its splits were trained on different classes or modes")
+    models = []
+    trunks: dict[str, nn.Module] = {}
+    for name, state in states:
+        model = model_from_checkpoint(state).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        meta = {k: v for k, v in state.items() if k != "model_state"}
+        item = RunModel(name, model, meta)
+        if state.get("backbone_sha256"):
+            if state["backbone_sha256"] not in trunks:  # one copy of the shared backbone, not one per split
+                trunks[state["backbone_sha256"]] = _trunk(model, state["arch"])
+            item.features = trunks[state["backbone_sha256"]]
+            item.head = get_head(model, state["arch"])
+        models.append(item)
+    return models
+
+
+def _trunk(model: nn.Module, arch: str) -> nn.Module:
+    """A copy of ``model`` that returns the features its head reads."""
+    trunk = copy.deepcopy(model)
+    set_head(trunk, arch, nn.Identity())
+    return trunk.eval()
+
+
+def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Each model's logits; models that share a frozen backbone share its one pass."""
+    features: dict[int, torch.Tensor] = {}
+    out = []
+    for item in models:
+        if item.features is not None and item.head is not None:
+            key = id(item.features)
+            if key not in features:
+                features[key] = item.features(inputs)
+            out.append(item.head(features[key]))
+        else:
+            out.append(item.model(inputs))
+    return out
+
+
+@torch.inference_mode()
+def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
+              dtype: torch.dtype | None) -> np.ndarray:
+    """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32)."""
+    inputs = models[0].model_input(device)(inputs)
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        logits = _logits(models, inputs)
+    return np.stack([z.float().cpu().numpy() for z in logits])
+
+
+def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
+                  dtype: torch.dtype | None, calibrated: bool = False) -> np.ndarray:
+    """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
+    models x batch x classes; ``calibrated``: with each model's temperature applied to its logits."""
+    logits = logits_of(models, inputs, device, dtype)
+    return np.stack([item.task.from_logits(z / (item.temperature if calibrated else 1.0))
+                     for item, z in zip(models, logits, strict=True)]).astype(np.float32)

@@ -1,0 +1,489 @@
+"""``eic predict``: label new images (files, folders, URLs, harvest tables or Search API results).
+
+Predictions stream to ``<output>.partial`` batch by batch and are renamed to the output at the end,
+so an interrupted run loses nothing and ``resume`` carries on. Under ``torchrun`` each rank labels a
+share of the inputs and rank 0 merges them. With ``shard`` I/N (separate jobs, on any scheduler) a run
+labels only its shard's records into ``<output>.shard-I-of-N.partial`` and leaves it there; a run
+without ``shard`` and with ``resume`` counts every shard's rows as done and merges them into the output.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import glob
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..core.config import DownloadConfig, PredictConfig
+from ..core.errors import ConfigError, DatasetError
+from ..core.sharding import Shard
+from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_table
+from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
+from ..datasets.imageset import UNREADABLE, ImageSet
+from ..datasets.tasks import task_for
+from ..europeana.search_api import SearchClient, record_uri
+from ..modelling.explain import TILE, figure, heatmaps, save_figure
+from ..modelling.models import get_arch
+from ..modelling.runtime import Dist, autocast_dtype, default_workers, distributed
+from .inference import RunModel, load_run, probabilities
+
+COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
+IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
+ML_COLUMNS = ["image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI"]
+
+
+@dataclass(frozen=True)
+class Item:
+    image: str  # what the user gave: a path or a URL
+    path: Path | None  # the local file to read
+    id: str | None = None
+    uri: str | None = None
+
+    @functools.cached_property
+    def key(self) -> str:  # cached: a local file's key resolves its path, and runs look it up more than once
+        return input_key(self.id, self.image)
+
+
+def input_key(record_id: str | None, image: str) -> str:
+    """What an input is known by across runs, shards and resumes: its record, else where its file is (however
+    the path was typed: `new` in one run, `/data/new` in another), else its URL."""
+    if record_id:
+        return record_id
+    if image.lower().startswith(("http://", "https://")):
+        return image
+    return str(Path(image).resolve())
+
+
+def _unique(items: list[Any], key: Callable[[Any], str]) -> list[Any]:
+    """``items`` in order, each key once: an input given twice is labelled (and annotated) once."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        known = key(item)
+        if known not in seen:
+            seen.add(known)
+            kept.append(item)
+    return kept
+
+
+@dataclass
+class PredictReport:
+    output: Path
+    predicted: int = 0
+    already_done: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    not_fetched: int = 0
+    heatmaps: int = 0
+    splits: list[str] = field(default_factory=list)
+    shard: str | None = None  # a shard's rows stay in its part file until a run without shard merges them
+    part: Path | None = None
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The labelled rows of the output, read one at a time (a run over millions stays in the file)."""
+        suffix = self.output.suffix.lower()
+        with self.output.open(newline="", encoding="utf-8") as handle:
+            if suffix == ".jsonl":
+                yield from (json.loads(line) for line in handle if line.strip())
+            else:
+                yield from csv.DictReader(handle)
+
+
+class Rows:
+    """How one image's probabilities become one output row: the top classes (and labels), as predict writes."""
+
+    calibrated = False  # probabilities with each split's temperature applied
+
+    def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
+        self.classes = models[0].classes
+        self.multi = models[0].multilabel
+        self.columns = ML_COLUMNS if self.multi else COLUMNS
+        self.k = min(config.top_k, len(self.classes))
+        # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
+        self.thresholds = np.mean([m.thresholds(config.threshold) for m in models], axis=0) if self.multi else None
+
+    def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
+        classes = self.classes
+        order = np.argsort(-probs)[: self.k]
+        result = {"image": item.image, "prediction": classes[order[0]], "confidence": float(probs[order[0]]),
+                  "top_k": [[classes[c], round(float(probs[c]), 6)] for c in order], "ID": item.id, "URI": item.uri}
+        if self.thresholds is not None:
+            result["labels"] = [c for c, p, t in zip(classes, probs, self.thresholds, strict=True) if p >= t]
+            result["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)}
+        return result
+
+
+def predict(config: PredictConfig) -> PredictReport:
+    """Label every input image with ``config.run``; see the module docstring."""
+    report = run_predictions(config, Rows)
+    if not report.predicted and not report.already_done and (report.unreadable or report.not_fetched):
+        # Only its header: nothing to keep, and a retry must not be refused. A shard's is its part file.
+        (report.part if config.shard and report.part else config.output).unlink(missing_ok=True)
+        named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
+        raise DatasetError("nothing could be labelled: " + (f"{named} cannot be read as images" if named else
+                                                            f"{report.not_fetched} image(s) could not be fetched"))
+    return report
+
+
+def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
+    """Predict's machinery (inputs, fetching, batching, ensembles, resume, shards) with rows made by ``rows``."""
+    suffix = config.output.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ConfigError(f"{config.output}: predictions are written as .csv or .jsonl")
+    if not (config.inputs or config.table or config.query):
+        raise ConfigError("nothing to predict: give image files, folders or URLs, or `table`, or `query`")
+    with distributed(config.device) as (device, world):
+        return _predict(config, device, world, rows)
+
+
+def _predict(config: PredictConfig, device: torch.device, world: Dist,
+             make_rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
+    models = load_run(config.run, device, config.split)
+    rows = make_rows(models, config)
+    report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard)
+    items, report.not_fetched = _gather(config, world)
+    shard = config.shard_spec
+    part = _part_path(config.output, world, shard)
+    done = _previous(config, part, world, rows.columns, shard)
+    report.part = part
+    report.already_done = sum(1 for item in items if item.key in done)
+    mine = [item for item in items[world.rank::world.world] if item.key not in done]
+    with part.open("a", newline="", encoding="utf-8") as handle:
+        writer = _Writer(handle, config.output.suffix.lower(), rows.columns)
+        # One loader for the whole shard: its workers start once, and each batch is written as it comes.
+        _label(mine, models, config, device, writer, report, rows)
+    if world.active:
+        counts = [report.predicted, len(report.unreadable)]
+        box: list[Any] = [None] * world.world
+        dist.all_gather_object(box, counts)
+        report.predicted = sum(c[0] for c in box)
+    if world.main and shard is None:  # a shard leaves its part for the run that merges them all
+        _merge(config.output, world, rows.columns)
+    if world.active:
+        dist.barrier()  # nobody reads the output before rank 0 has merged it
+    return report
+
+
+def _label(items: list[Item], models: list[RunModel], config: PredictConfig, device: torch.device,
+           writer: _Writer, report: PredictReport, rows: Rows) -> None:
+    size = models[0].preprocessing[0]
+    images = ImageSet([item.path for item in items], np.zeros(len(items), dtype=np.int64), models[0].classes,
+                      task_for("single-label"))  # labels unknown: every image is read as class 0
+    loader = make_loader(ImageDataset(images, size), batch_size=config.batch_size, shuffle=False,
+                         num_workers=default_workers(device, config.num_workers), seed=0,
+                         pin_memory=device.type == "cuda")
+    dtype = autocast_dtype(device, config.amp)
+    # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
+    with ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver:
+        pending: list[Future[None]] = []
+        _label_batches(loader, items, models, config, device, dtype, writer, report, rows, saver, pending)
+        for done in pending:
+            done.result()  # a figure that could not be written is an error, not a silent gap
+
+
+def _label_batches(loader: Any, items: list[Item], models: list[RunModel], config: PredictConfig,
+                   device: torch.device, dtype: torch.dtype | None, writer: _Writer, report: PredictReport,
+                   rows: Rows, saver: ThreadPoolExecutor, pending: list[Future[None]]) -> None:
+    for inputs, labels, index in loader:
+        # An ensemble averages the probabilities of its split models.
+        probs = probabilities(models, inputs, device, dtype, rows.calibrated).mean(axis=0)
+        ok = (labels != UNREADABLE).numpy()
+        for row, i, good in zip(probs, index.tolist(), ok, strict=True):
+            if not good:
+                report.unreadable.append(items[i].image)
+                continue
+            writer.write(rows.row(items[i], row))
+            report.predicted += 1
+        writer.flush()
+        if config.gradcam_dir is not None:
+            report.heatmaps += _explain(models[0], inputs[ok], probs[ok], [items[i] for i in index[ok].tolist()],
+                                        config, device, rows.thresholds, saver, pending)
+
+
+def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: list[Item], config: PredictConfig,
+             device: torch.device, thresholds: np.ndarray | None, saver: ThreadPoolExecutor,
+             pending: list[Future[None]]) -> int:
+    """One figure per image: the image, then a heatmap per class at least ``threshold`` probable
+    (multi-label: per predicted label), at most ``top_k``, at least the most probable class.
+
+    Heatmaps are computed a batch at a time (one pass per rank of class, not per image) and the figures
+    composed with Pillow: matplotlib's layout and PNG writing cost more than the heatmaps themselves."""
+    folder = config.gradcam_dir
+    assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = model.classes
+    layer = get_arch(model.meta["arch"]).cam_layer(model.model)
+    net = model.model.float()
+    orders = []
+    for row in probs:
+        cuts = thresholds if thresholds is not None else np.full(len(row), 0.3 if config.threshold is None
+                                                                 else config.threshold)
+        orders.append([int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= cuts[c]] or [int(row.argmax())])
+    maps: list[list[np.ndarray]] = [[] for _ in items]
+    for rank in range(max((len(o) for o in orders), default=0)):
+        chosen = [i for i, order in enumerate(orders) if len(order) > rank]
+        batch = model.model_input(device)(inputs[chosen])
+        for i, heat in zip(chosen, heatmaps(net, layer, batch, [orders[i][rank] for i in chosen],
+                                            config.cam_method), strict=True):
+            maps[i].append(heat)
+    for item, row, order, heat in zip(items, probs, orders, maps, strict=True):
+        title = f"{item.id or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
+        picture = load_image(item.path, TILE)  # type: ignore[arg-type]
+        image = figure(picture, heat, [f"{classes[c]} {row[c]:.2f}" for c in order], title)
+        pending.append(saver.submit(save_figure, image, folder / _figure_name(item), title))
+    return len(items)
+
+
+def _figure_name(item: Item) -> str:
+    """Readable and unique: the record's (or file's, or URL's last part's) name plus a short hash of where it
+    came from."""
+    from ..core.naming import file_name
+
+    stem = Path(file_name(item.id) if item.id else _last_part(item.image)).stem
+    return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
+    items: list[Item] = []
+    urls: list[dict[str, str | None]] = []
+    for given in config.inputs:
+        if given.lower().startswith(("http://", "https://")):
+            urls.append({"ID": _url_id(given), "URL": given, "URI": None, "image": given})
+            continue
+        path = Path(given)
+        if path.is_dir():
+            items += [Item(str(p), p) for p in list_images(path)]
+        elif path.is_file():
+            items.append(Item(str(path), path))
+        else:
+            raise DatasetError(f"{given}: no such image file, folder or URL")
+    if config.table is not None:
+        check_table_suffix(config.table)
+        table = read_table(config.table, required=("ID", "URL"), columns=config.columns)
+        for row in table.iter_rows(named=True):
+            if row["ID"]:
+                urls.append({"ID": row["ID"], "URL": row["URL"], "URI": row.get("URI") or record_uri(row["ID"]),
+                             "preview": row.get("preview"), "image": row["URL"] or row["ID"]})
+    if config.query:
+        urls += _query(config)
+    urls = _unique(urls, lambda row: row["ID"] or "")  # a record listed twice is fetched once
+    shard = config.shard_spec
+    if shard is not None:  # a file by its name (the same on every machine), a record by its ID
+        items = [item for item in items if shard.owns(Path(item.image).name)]
+        urls = [row for row in urls if shard.owns(row["ID"] or "")]
+    failed = 0
+    if urls:
+        fetched, failed = _fetch(urls, config, world)
+        items += fetched
+    items = _unique(items, lambda item: item.key)
+    if not items and not failed:
+        raise DatasetError("no images found in the inputs")
+    return items, failed
+
+
+def _url_id(url: str) -> str:
+    """A bare URL's stand-in record ID: its last path part and a hash, so its fetched file gets a readable
+    name (not ``http:[ph][ph]host[ph]...``) and two URLs never share one."""
+    return f"url-{hashlib.sha1(url.encode()).hexdigest()[:10]}-{_last_part(url)[:60]}"
+
+
+def _last_part(url: str) -> str:
+    """A URL's (or path's) last part, query dropped, in characters any file system takes."""
+    last = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in last) or "image"
+
+
+def _query(config: PredictConfig) -> list[dict[str, str | None]]:
+    """Up to ``n`` records with an image, level after level, as harvest asks for them."""
+    found: list[dict[str, str | None]] = []
+    with SearchClient(config.api_url, config.api_key.get_secret_value(), timeout=config.timeout,
+                      retries=config.retries) as client:
+        for level in config.reusability:
+            for item in client.iter_items(config.query or "*", ["TYPE:IMAGE"], reusability=level):
+                if len(found) >= config.n:
+                    return found
+                url = (item.get("edmIsShownBy") or [None])[0]
+                if url and item.get("id"):
+                    found.append({"ID": item["id"], "URL": url, "URI": record_uri(item["id"]),
+                                  "preview": (item.get("edmPreview") or [None])[0], "image": url})
+    return found
+
+
+def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
+    """Download (once, on rank 0) the images of URL inputs into the image folder; map them back."""
+    import polars as pl
+
+    from ..acquisition.download import download, file_name
+    from ..core.tables import write_table
+
+    folder = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
+    shard = config.shard_spec
+    table = folder / (f"inputs.{shard.tag}.csv" if shard else "inputs.csv")  # shards share the folder
+    if world.main:
+        _check_image_dir(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / IMAGE_DIR_MARKER).touch()  # first: shards starting at once see the folder is predict's
+        write_table(pl.DataFrame([{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
+                                 schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
+        download(DownloadConfig(table=table, output_dir=folder, mode="multi-label", quiet=config.quiet,
+                                fallback_preview=True, max_side=512, source=config.source,
+                                thumbnail_url=config.thumbnail_url, rate=config.rate, shard=config.shard))
+    if world.active:
+        dist.barrier()
+    items, failed = [], 0
+    for row in rows:
+        path = folder / file_name(row["ID"] or "")
+        if path.is_file():
+            items.append(Item(row["image"] or "", path, row["ID"] if row.get("URI") else None, row.get("URI")))
+        else:
+            failed += 1
+    return items, failed
+
+
+def _written_by_predict(config_file: Path, folder: Path) -> bool:
+    """Whether a download's config file says it fetched one of predict's input tables into ``folder``."""
+    try:
+        written = Path(json.loads(config_file.read_text(encoding="utf-8")).get("table")).resolve()
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    return written.parent == folder.resolve() and written.name.startswith("inputs") and written.suffix == ".csv"
+
+
+def _check_image_dir(folder: Path) -> None:
+    """The image folder is predict's own (it writes inputs.csv, labels.csv and config.json there; a shard
+    its own inputs and config): refuse a folder that holds anything else, such as a training set, rather
+    than overwrite its files."""
+    # eic's temporary files do not count: shards started at once may be writing their first files now.
+    if not folder.is_dir() or all(is_own_temp(p.name) for p in folder.iterdir()):
+        return
+    if not ((folder / IMAGE_DIR_MARKER).is_file()
+            or any(_written_by_predict(path, folder) for path in folder.glob("config*.json"))):
+        raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "
+                           f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+class _Writer:
+    def __init__(self, handle: Any, suffix: str, columns: list[str]) -> None:
+        self.handle, self.suffix, self.columns = handle, suffix, columns
+        self.csv = csv.writer(handle) if suffix == ".csv" else None
+        if self.csv is not None and handle.tell() == 0:
+            self.csv.writerow(columns)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.csv is None:
+            self.handle.write(json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
+            return
+        cells = {"confidence": f"{row['confidence']:.6f}", "top_k": json.dumps(row["top_k"]),
+                 "labels": " ".join(row.get("labels", [])), "probabilities": json.dumps(row.get("probabilities")),
+                 "ID": row["ID"] or "", "URI": row["URI"] or ""}
+        self.csv.writerow([cells.get(c, row.get(c)) for c in self.columns])
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _part_path(output: Path, world: Dist, shard: Shard | None = None) -> Path:
+    suffix = (f".{shard.tag}" if shard else "") + (f".rank{world.rank}" if world.active else "")
+    return output.with_name(f"{output.name}{suffix}.partial")
+
+
+def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str], shard: Shard | None) -> set[str]:
+    """Keys already predicted (resume), after cleaning a line cut short by a kill. A shard reads and cleans
+    only its own parts; the merging run reads every part."""
+    output = config.output
+    own = own_parts(output, shard)
+    if not config.resume:
+        if world.main and output.exists():
+            raise DatasetError(f"{output} already exists: pass `resume` to add to it, or choose another `output`")
+        if world.main and own:
+            what = "shards' predictions" if shard is None and any(output.parent.glob(
+                f"{glob.escape(output.name)}.shard-*.partial")) else "an interrupted prediction"
+            raise DatasetError(f"{what} into {output} found: pass `resume` to carry on (and merge them), or "
+                               f"delete {output.name}*.partial")
+        if world.active:
+            dist.barrier()  # no rank starts its part file before rank 0 has looked for old ones
+        return set()
+    if world.main and output.exists() and shard is None:
+        os.replace(output, _part_path(output, Dist()))
+    if world.active:
+        dist.barrier()
+    done: set[str] = set()
+    suffix = output.suffix.lower()
+    for path in own_parts(output, shard) + ([output] if shard and output.exists() else []):
+        rows = _read_rows(path, suffix, columns)
+        done.update(input_key(r.get("ID"), r["image"]) for r in rows)
+        if path == part:
+            _rewrite(path, rows, suffix, columns)
+    return done
+
+
+def own_parts(output: Path, shard: Shard | None) -> list[Path]:
+    """The part files of ``output`` that a run may read and clean: all (the merging run), or exactly its shard's
+    (``.shard-1-of-4.partial`` and its ranks', never ``.shard-1-of-40``'s)."""
+    name = glob.escape(output.name)
+    if shard is None:
+        return sorted(output.parent.glob(f"{name}*.partial"))
+    return sorted([*output.parent.glob(f"{name}.{shard.tag}.partial"),
+                   *output.parent.glob(f"{name}.{shard.tag}.rank*.partial")])
+
+
+def _read_rows(path: Path, suffix: str, columns: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    text = path.read_text(encoding="utf-8")
+    # A kill can cut the last row anywhere, even where it still parses: only whole lines count.
+    text = text[: text.rfind("\n") + 1]
+    if suffix == ".csv":
+        for row in csv.reader(io.StringIO(text, newline="")):
+            if len(row) == len(columns) and row != columns:
+                rows.append(dict(zip(columns, row, strict=True)))
+    else:
+        for line in text.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str, columns: list[str]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        if suffix == ".csv":
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows([r[c] for c in columns] for r in rows)
+        else:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _merge(output: Path, world: Dist, columns: list[str]) -> None:
+    parts = sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial"))
+    if len(parts) == 1 and not world.active:
+        os.replace(parts[0], output)
+        return
+    suffix = output.suffix.lower()
+    # A merge killed after its rename and run again would find the shards' rows twice: each input once.
+    rows = _unique([r for p in parts for r in _read_rows(p, suffix, columns)],
+                   lambda r: input_key(r.get("ID"), r["image"]))
+    _rewrite(parts[0], rows, suffix, columns)
+    os.replace(parts[0], output)
+    for p in parts[1:]:
+        p.unlink(missing_ok=True)
