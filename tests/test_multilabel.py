@@ -61,8 +61,8 @@ def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
     assert summary["mean_average_precision"]["mean"] > 0.8
     for i in range(3):
         ckpt = load_checkpoint(out / f"split_{i}" / "model.pt")
-        assert ckpt["mode"] == "multi-label" and len(ckpt["thresholds"]) == len(LABELS)
-        assert all(0 < t < 1 for t in ckpt["thresholds"])
+        assert ckpt.meta.mode == "multi-label" and len(ckpt.meta.thresholds) == len(LABELS)
+        assert all(0 < t < 1 for t in ckpt.meta.thresholds)
         history = rows(out / f"split_{i}" / "history.csv")
         assert {"exact_match", "micro_f1", "macro_f1", "mean_average_precision"} <= set(history[0])
         assert len(list((out / f"split_{i}" / "gradcam").iterdir())) == 2
@@ -137,7 +137,7 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
                                    gradcam_dir=tmp_path / "cams", quiet=True))
     lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert result.predicted == len(lines) == 24
-    cuts = np.mean([load_checkpoint(out / f"split_{i}" / "model.pt")["thresholds"] for i in range(3)], axis=0)
+    cuts = np.mean([load_checkpoint(out / f"split_{i}" / "model.pt").meta.thresholds for i in range(3)], axis=0)
     for line in lines:
         expected = [c for c, t in zip(LABELS, cuts, strict=True) if line["probabilities"][c] >= t]
         assert line["labels"] == expected
@@ -188,7 +188,7 @@ def test_a_multilabel_linear_probe_and_knn_run(ml_run, tmp_path: Path) -> None:
         report = train(config(data, out, mode="multi-label", method=method, gradcam_images=0))
         assert len(report.splits) == 3 and "micro_f1" in report.summary
         ckpt = load_checkpoint(out / "split_0" / "model.pt")
-        assert ckpt["mode"] == "multi-label" and len(ckpt["thresholds"]) == len(LABELS)
+        assert ckpt.meta.mode == "multi-label" and len(ckpt.meta.thresholds) == len(LABELS)
         calibration = json.loads((out / "calibration.json").read_text())
         assert calibration["mode"] == "multi-label"
         result = predict(PredictConfig(run=out, inputs=[str(data)], output=tmp_path / f"{method}.jsonl", quiet=True))

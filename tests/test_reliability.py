@@ -678,7 +678,7 @@ def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypa
     real = heads._split
 
     def stop_at_split_one(*args: object, **kwargs: object) -> object:
-        if args[5] == 1:  # the split index
+        if args[5].index == 1:  # the split folder
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 

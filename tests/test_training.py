@@ -56,10 +56,10 @@ def test_outputs_exist_and_parse(run, folders: Path) -> None:
     for i in range(3):
         split = out / f"split_{i}"
         ckpt = load_checkpoint(split / "model.pt")
-        assert ckpt["arch"] == "tiny" and ckpt["class_names"] == list(CLASSES)
-        assert ckpt["input_size"] == 32 and len(ckpt["mean"]) == 3 and len(ckpt["std"]) == 3
-        assert ckpt["config"]["epochs"] == 8 and "api_key" not in ckpt["config"]
-        assert 1 <= ckpt["epoch"] <= 8 and ckpt["best_val_loss"] >= 0
+        assert ckpt.meta.arch == "tiny" and ckpt.meta.class_names == list(CLASSES)
+        assert ckpt.meta.input_size == 32 and len(ckpt.meta.mean) == 3 and len(ckpt.meta.std) == 3
+        assert ckpt.meta.config["epochs"] == 8 and "api_key" not in ckpt.meta.config
+        assert 1 <= ckpt.meta.epoch <= 8 and ckpt.meta.best_val_loss >= 0
         assert json.loads((split / "class_index.json").read_text()) == {c: n for n, c in enumerate(CLASSES)}
         assert json.loads((split / "config.json").read_text())["folds"] == 3
         history = rows(split / "history.csv")
@@ -160,7 +160,7 @@ def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     history = rows(out / "split_0" / "history.csv")
     assert len(history) == 2
-    assert load_checkpoint(out / "split_0" / "model.pt")["class_names"] == list(CLASSES)
+    assert load_checkpoint(out / "split_0" / "model.pt").meta.class_names == list(CLASSES)
     assert json.loads((out / "summary.json").read_text())["splits"] == 1
 
 

@@ -23,9 +23,9 @@ from ..core.config import CalibrateConfig
 from ..core.errors import CalibrationError
 from ..core.tables import write_json
 from ..datasets.tasks import Task, task_for
+from .modelcard import write_model_card
+from .run_folder import RunFolder
 
-CALIBRATION_FILE = "calibration.json"
-DIAGRAM_FILE = "reliability.png"
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
 BINS = 15
 
@@ -151,29 +151,28 @@ class OutOfFold:
 
 def out_of_fold(run: Path) -> OutOfFold:
     """Every test fold's predictions of a cross-validated run, with each split's temperature applied."""
-    splits = sorted(run.glob("split_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    splits = RunFolder(run).finished_splits()
     if not splits:
         raise CalibrationError(f"{run}: no finished split (split_*/metrics.json); calibration needs a run "
                                "trained by eic train")
-    config = json.loads((splits[0].parent / "config.json").read_text(encoding="utf-8"))
+    config = splits[0].read_config()
     if not config.get("crossvalidation", True) or len(splits) < int(config.get("folds", len(splits))):
         raise CalibrationError(
             f"{run} has out-of-fold predictions for {len(splits)} of {config.get('folds')} folds (trained with "
             "`crossvalidation` off, or unfinished): calibration needs every image in a test fold; train with "
             "cross-validation (the default), or finish the run with eic train `resume`")
     task = task_for(config.get("mode"))
-    classes = list(json.loads((splits[0].parent / "class_index.json").read_text(encoding="utf-8")))
+    classes = splits[0].read_classes()
     truths, raws, calibrated, temperatures, images, folds = [], [], [], {}, [], []
-    for metrics_path in splits:
-        split = metrics_path.parent
-        temperature = float(json.loads(metrics_path.read_text(encoding="utf-8")).get("temperature", 1.0))
-        truth, logits, paths = _read_test_predictions(split / "test_predictions.csv", task, classes)
+    for split in splits:
+        temperature = float(split.read_metrics().get("temperature", 1.0))
+        truth, logits, paths = _read_test_predictions(split.test_predictions, task, classes)
         temperatures[split.name] = temperature
         truths.append(truth)
         raws.append(task.from_logits(logits))
         calibrated.append(task.from_logits(logits / temperature))
         images += paths
-        folds += [int(split.name.split("_")[-1])] * len(paths)
+        folds += [split.index] * len(paths)
     return OutOfFold(task, classes, np.concatenate(truths), np.concatenate(raws), np.concatenate(calibrated),
                      temperatures, images, folds)
 
@@ -204,15 +203,13 @@ def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> 
         ece_after=expected_calibration_error(oof.task, oof.calibrated, oof.truth),
         per_class=choose_thresholds(oof.task, oof.calibrated, oof.truth, oof.classes, precision))
     if write:
-        write_json(run / CALIBRATION_FILE, calibration.to_dict())
-        reliability_diagram(run / DIAGRAM_FILE, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
+        write_json(RunFolder(run).calibration, calibration.to_dict())
+        reliability_diagram(RunFolder(run).reliability, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
     return calibration
 
 
 def calibrate(config: CalibrateConfig) -> Calibration:
     """``eic calibrate``: calibrate a run for ``config.precision`` and rewrite its model card."""
-    from .modelcard import write_model_card  # the card reads what this module writes
-
     calibration = calibrate_run(config.run, config.precision)
     write_model_card(config.run)
     return calibration
@@ -220,7 +217,7 @@ def calibrate(config: CalibrateConfig) -> Calibration:
 
 def load_calibration(run: Path, precision: float | None = None) -> Calibration:
     """The run's calibration; recomputed from its out-of-fold predictions for another precision target."""
-    path = run / CALIBRATION_FILE
+    path = RunFolder(run).calibration
     if path.is_file():
         calibration = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
         if precision is None or math.isclose(precision, calibration.precision_target):

@@ -1,4 +1,5 @@
-"""Self-describing checkpoints: everything evaluate and predict need, loadable without running code."""
+"""Self-describing checkpoints: weights plus a ``CheckpointMeta``, everything evaluate and predict need,
+loadable without running code from the file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import hashlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,18 @@ from torch import nn
 from ..core.errors import ModelError
 from ..core.tables import atomic_path
 from .models import KnnHead, build_model, head_name, safe_load, set_head
+from .run_folder import CheckpointMeta
 
-FORMAT = "europeana-imgcls/checkpoint-v1"
+
+@dataclass(frozen=True)
+class Checkpoint:
+    meta: CheckpointMeta
+    weights: dict[str, torch.Tensor]
 
 
-def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> None:
-    """Weights plus ``meta`` (arch, class_names, input_size, mean, std, mode, config, epoch, ...)."""
-    state = {"format": FORMAT, "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
+    """The model's weights and what rebuilds it (arch, classes, input size, mean/std, mode, config, epoch...)."""
+    _save(path, meta, {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def save_backbone(path: Path, model: nn.Module, arch: str) -> str:
@@ -44,24 +49,31 @@ def save_backbone(path: Path, model: nn.Module, arch: str) -> str:
     return file_sha256(path)
 
 
-def save_head_checkpoint(path: Path, model: nn.Module, backbone: Path, backbone_sha256: str, **meta: Any) -> None:
+def save_head_checkpoint(path: Path, model: nn.Module, backbone: Path, backbone_sha256: str,
+                         meta: CheckpointMeta) -> None:
     """A split model of a frozen-backbone run: its head's weights and a checked reference to the backbone."""
-    head = head_name(model, meta["arch"]) + "."
-    state = {"format": FORMAT, "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()
-                                               if k.startswith(head)},
-             "backbone": os.path.relpath(backbone, path.parent), "backbone_sha256": backbone_sha256, **meta}
+    head = head_name(model, meta.arch) + "."
+    meta = meta.model_copy(update={"backbone": os.path.relpath(backbone, path.parent),
+                                   "backbone_sha256": backbone_sha256})
+    _save(path, meta, {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith(head)})
+
+
+def _save(path: Path, meta: CheckpointMeta, weights: dict[str, torch.Tensor]) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**meta.saved(), "model_state": weights}, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> Checkpoint:
     state = safe_load(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ModelError(f"{path} is not a checkpoint written by eic train")
-    if "backbone" in state:  # a head-only model: the backbone it was fitted on comes from the run
-        backbone = _load_backbone((path.parent / state["backbone"]).resolve(), state["backbone_sha256"])
-        state = {**state, "model_state": {**backbone, **state["model_state"]}}
-    return state
+    meta = CheckpointMeta.parse(state, path)
+    weights = state["model_state"] if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise ModelError(f"{path}: damaged checkpoint (no weights); train the run again")
+    if meta.backbone is not None and meta.backbone_sha256 is not None:
+        # A head-only model: the backbone it was fitted on comes from the run.
+        backbone = _load_backbone((path.parent / meta.backbone).resolve(), meta.backbone_sha256)
+        weights = {**backbone, **weights}
+    return Checkpoint(meta, weights)
 
 
 @functools.lru_cache(maxsize=2)
@@ -82,13 +94,17 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
-    arch, classes = state["arch"], len(state["class_names"])
+def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
+    meta = checkpoint.meta
+    arch, classes = meta.arch, len(meta.class_names)
     model = build_model(arch, classes, weights="none")
-    if state.get("head") == "knn":
-        bank = state["model_state"][head_name(model, arch) + ".bank"]
-        set_head(model, arch, KnnHead(bank.shape[0], bank.shape[1], classes, int(state["neighbours"]),
-                                      state.get("mode") == "multi-label"))
-    model.load_state_dict(state["model_state"])
+    if meta.head == "knn":
+        bank = checkpoint.weights[head_name(model, arch) + ".bank"]
+        set_head(model, arch, KnnHead(bank.shape[0], bank.shape[1], classes, int(meta.neighbours or 1),
+                                      meta.multilabel))
+    try:
+        model.load_state_dict(checkpoint.weights)
+    except RuntimeError as exc:
+        raise ModelError(f"the weights do not fit `arch` {arch} ({str(exc).splitlines()[0]})") from None
     model.eval()
     return model

@@ -18,7 +18,6 @@ SHA-256-checked reference to it.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from ..datasets.tasks import Task, task_for
 from .checkpoint import save_backbone, save_head_checkpoint
 from .embedding import check_compatible, compute, describe, feature_model, matrix, read_embeddings, rows_frame
 from .models import KnnHead, get_arch, set_head
+from .run_folder import CheckpointMeta, RunFolder, SplitFolder
+from .splits import Evaluation, SplitResult, score_split, start_split_folder, write_split_metrics
 
 L2_GRID = (1e-4, 1e-3, 1e-2)
 
@@ -43,25 +44,22 @@ L2_GRID = (1e-4, 1e-3, 1e-2)
 def train_heads(config: TrainConfig, images: ImageSet, splits: list[Split], chosen: range,
                 device: torch.device) -> list[Any]:
     """Fit and score a head for every chosen split; returns their ``SplitResult``s."""
-    from .training import SplitResult
-
     arch = get_arch(config.arch)
     backbone = feature_model(config.arch, config.weights)
     features, readable = _features(config, images, backbone, device)
-    out = config.output_dir
-    backbone_path = out / "backbone.pt"
-    sha = save_backbone(backbone_path, backbone, config.arch)
-    meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
-                std=list(arch.std), mode=config.mode, config=public_dict(config), method=config.method)
+    run = RunFolder(config.output_dir)
+    sha = save_backbone(run.backbone, backbone, config.arch)
+    meta = CheckpointMeta(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=arch.mean,
+                          std=arch.std, mode=config.mode, config=public_dict(config), method=config.method,
+                          head="knn" if config.method == "knn" else "linear", neighbours=config.neighbours)
     results = []
     for i in chosen:
-        split_dir = out / f"split_{i}"
-        if config.resume and (split_dir / "metrics.json").exists():
-            done = json.loads((split_dir / "metrics.json").read_text())
-            results.append(SplitResult(i, done["test"], 0, 0, done["best_val_loss"]))
+        folder = run.split(i)
+        if config.resume and folder.finished:
+            results.append(SplitResult.finished_earlier(folder))
             continue
-        scores, val_loss = _split(config, images, features, readable, splits[i], i, backbone, backbone_path, sha,
-                                  meta)
+        scores, val_loss = _split(config, images, features, readable, splits[i], folder, backbone, run.backbone, sha,
+                                  meta.model_copy(update={"split": i}))
         results.append(SplitResult(i, scores, 0, 0, val_loss))
     return results
 
@@ -89,7 +87,7 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
         return vectors, readable
     vectors, readable = compute(backbone, images, config.input_size, arch.mean, arch.std, device,
                                 batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
-    kept = config.output_dir / "embeddings.parquet"  # for eic audit's near-duplicate search
+    kept = RunFolder(config.output_dir).embeddings  # for eic audit's near-duplicate search
     with atomic_path(kept) as tmp:
         rows_frame(images, vectors, readable).write_parquet(tmp)
     write_json(sidecar(kept, "embedding"), {**describe(config.arch, config.weights, config.input_size, arch.mean,
@@ -98,12 +96,9 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
 
 
 def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable: np.ndarray, split: Split,
-           index: int, backbone: nn.Module, backbone_path: Path, sha: str, meta: dict[str, Any]
+           folder: SplitFolder, backbone: nn.Module, backbone_path: Path, sha: str, meta: CheckpointMeta
            ) -> tuple[dict[str, float], float]:
-    from .training import Evaluation, score_split, start_split_folder, write_split_metrics
-
-    split_dir = config.output_dir / f"split_{index}"
-    start_split_folder(split_dir, config, images.classes)
+    start_split_folder(folder, config, images.classes)
     task = task_for(config.mode)
     train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))
     targets = images.labels
@@ -118,13 +113,12 @@ def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable
         logits = _logits(head, features[part])
         probs = task.from_logits(logits)
         evaluations[name] = Evaluation(_loss(task, probs, targets[part]), targets[part], probs, positions, logits)
-    scores, extra = score_split(images, split, split_dir, evaluations["test"], evaluations["val"])
+    scores, extra = score_split(images, split, folder, evaluations["test"], evaluations["val"])
     val_loss = evaluations["val"].loss
     set_head(backbone, config.arch, head)
-    save_head_checkpoint(split_dir / "model.pt", backbone, backbone_path, sha, **meta, split=index,
-                         epoch=0, best_val_loss=val_loss, head="knn" if config.method == "knn" else "linear",
-                         neighbours=config.neighbours, **extra)
-    write_split_metrics(split_dir, scores, split, 0, 0, val_loss, extra["temperature"])
+    save_head_checkpoint(folder.model, backbone, backbone_path, sha,
+                         meta.model_copy(update={"best_val_loss": val_loss, **extra}))
+    write_split_metrics(folder, scores, split, 0, 0, val_loss, extra["temperature"])
     return scores, val_loss
 
 

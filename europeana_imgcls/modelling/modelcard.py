@@ -16,19 +16,18 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
-from ..core.tables import atomic_path
+from ..core.tables import atomic_path, read_table
 from ..core.version import __version__
-from .calibration import CALIBRATION_FILE, DIAGRAM_FILE
-
-CARD_FILE = "MODEL_CARD.md"
+from .run_folder import RunFolder, SplitFolder
 
 
 def write_model_card(run: Path) -> Path:
     """Write (or rewrite) ``RUN/MODEL_CARD.md`` from the run's files; returns its path."""
-    summary = _json(run / "summary.json")
-    splits = sorted(run.glob("split_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    config = _json(splits[0].parent / "config.json") if splits else {}
-    calibration = _json(run / CALIBRATION_FILE)
+    folder = RunFolder(run)
+    summary = _json(folder.summary)
+    splits = folder.finished_splits()
+    config = _json(splits[0].config) if splits else {}
+    calibration = _json(folder.calibration)
     classes = list(summary.get("classes", []))
     sections = [
         f"# Model card: {run.name}\n",
@@ -36,10 +35,10 @@ def write_model_card(run: Path) -> Path:
         _intended_use(config),
         _training_data(config, summary),
         _metrics(summary, _per_class(splits, classes, config.get("mode"))),
-        _calibration(calibration),
+        _calibration(calibration, folder.reliability.name),
         _limitations(config, summary, calibration),
     ]
-    path = run / CARD_FILE
+    path = folder.model_card
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(sections), encoding="utf-8")
     return path
@@ -102,8 +101,6 @@ def _source_table(data_dir: Path) -> tuple[Counter[str], Counter[str]] | None:
     table = _json(data_dir / "config.json").get("table")
     if not table or not Path(table).is_file():
         return None
-    from ..core.tables import read_table
-
     try:
         df = read_table(Path(table))
     except Exception:  # the card is a courtesy: an unreadable table only leaves the section out
@@ -114,11 +111,11 @@ def _source_table(data_dir: Path) -> tuple[Counter[str], Counter[str]] | None:
     return providers, levels
 
 
-def _per_class(splits: list[Path], classes: list[str], mode: str | None) -> list[tuple[str, str, str, str]]:
+def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) -> list[tuple[str, str, str, str]]:
     """Per class: precision, recall and F1 on the test folds, mean ± std over splits."""
     scores = []
-    for metrics in splits:
-        path = metrics.parent / "test_predictions.csv"
+    for split in splits:
+        path = split.test_predictions
         if not path.is_file():
             continue
         with path.open(newline="", encoding="utf-8") as handle:
@@ -149,14 +146,14 @@ def _metrics(summary: dict[str, Any], per_class: list[tuple[str, str, str, str]]
     return "\n".join(lines) + "\n"
 
 
-def _calibration(calibration: dict[str, Any]) -> str:
+def _calibration(calibration: dict[str, Any], diagram: str) -> str:
     if not calibration:
         return ("## Calibration\n\nNot calibrated: the run has no out-of-fold prediction for every image (see "
                 "`docs/enrich.md`). `eic enrich` refuses an uncalibrated run.\n")
     lines = ["## Calibration\n",
              f"From {calibration['source']} ({calibration['images']} images): temperature scaling per split "
              f"brings the expected calibration error from {calibration['ece_before']:.3f} to "
-             f"{calibration['ece_after']:.3f} (`{DIAGRAM_FILE}`). Thresholds for a precision of "
+             f"{calibration['ece_after']:.3f} (`{diagram}`). Thresholds for a precision of "
              f"{calibration['precision_target']:.2f}:\n",
              "| class | threshold | precision | coverage | labelled / support |", "| --- | --- | --- | --- | --- |"]
     for c in calibration["per_class"]:

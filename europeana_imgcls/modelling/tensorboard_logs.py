@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.errors import ConfigError
 from ..datasets.tasks import Task
+from .run_folder import RunFolder
 
 EXTRA_HINT = "pip install 'europeana-imgcls[tensorboard]'"
 
@@ -67,7 +68,7 @@ class TensorBoardRun:
             step = max(result.epochs_run, 1)
             for key, value in result.metrics.items():
                 writer.add_scalar(f"test/{key}", value, step)
-            predictions = run_dir / f"split_{result.index}" / "test_predictions.csv"
+            predictions = RunFolder(run_dir).split(result.index).test_predictions
             if predictions.is_file():
                 writer.add_figure("test/confusion_matrix", confusion_figure(predictions, classes, task), step)
             writer.flush()

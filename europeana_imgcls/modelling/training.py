@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import math
 import time
@@ -46,26 +45,19 @@ from ..datasets.folders import (
 from ..datasets.imageset import ImageSet, Split
 from ..datasets.metrics import mean_std
 from ..datasets.tasks import Task, task_for
-from .calibration import Calibration, calibrate_run, fit_temperature
+from .calibration import Calibration, calibrate_run
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .explain import TILE, figure, heatmaps, save_figure
 from .heads import train_heads
 from .modelcard import write_model_card
 from .models import build_model, get_arch, safe_load
+from .run_folder import CheckpointMeta, RunFolder, SplitFolder
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
+from .splits import Evaluation, SplitResult, score_split, start_split_folder, write_split_metrics
 from .tensorboard_logs import TensorBoardRun
 from .tensorboard_logs import check_available as check_tensorboard
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SplitResult:
-    index: int
-    metrics: dict[str, float]
-    epochs_run: int
-    best_epoch: int
-    best_val_loss: float
 
 
 @dataclass
@@ -89,15 +81,6 @@ class EpochStats:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class Evaluation:
-    loss: float
-    truth: np.ndarray
-    probs: np.ndarray
-    indices: np.ndarray
-    logits: np.ndarray | None = None  # exact, for calibration (probabilities near 1 lose digits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +273,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
-        write_json(out / "summary.json", {"classes": images.classes, "counts": report.counts,
+        write_json(RunFolder(out).summary, {"classes": images.classes, "counts": report.counts,
                                           "splits": len(report.splits), "metrics": report.summary})
         _calibrate(config, report)
         write_model_card(out)
@@ -305,9 +288,10 @@ RESUME_KEYS = ("data_dir", "labels", "mode", "method", "arch", "weights", "input
 
 def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
     """A resumed run must be the same run: same data, model and folds, or split 0 would be reused for another."""
-    if not config.resume or not (config.output_dir / "split_0" / "config.json").is_file():
+    first = RunFolder(config.output_dir).split(0)
+    if not config.resume or not first.config.is_file():
         return
-    before = json.loads((config.output_dir / "split_0" / "config.json").read_text(encoding="utf-8"))
+    before = first.read_config()
     now = public_dict(config)
     defaults = {k: TrainConfig.model_fields[k].default for k in RESUME_KEYS}
     differ = [k for k in RESUME_KEYS if _same(k, before.get(k, defaults[k])) != _same(k, now.get(k))]
@@ -315,8 +299,7 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
         said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
         raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
                            "resume with the same settings, or choose another `output_dir`")
-    index = config.output_dir / "split_0" / "class_index.json"
-    classes = list(json.loads(index.read_text(encoding="utf-8"))) if index.is_file() else images.classes
+    classes = first.read_classes() if first.class_index.is_file() else images.classes
     if classes != images.classes:
         raise DatasetError(f"cannot resume {config.output_dir}: its classes were {', '.join(classes)}, the data "
                            f"now has {', '.join(images.classes)}")
@@ -364,8 +347,7 @@ def _calibrate(config: TrainConfig, report: TrainReport) -> None:
 def _check_run_folder(out: Path, resume: bool) -> None:
     # Only training state counts: a run that failed before its first epoch (weights offline, say) left
     # split_0/config.json alone, and the natural retry must not be refused for it.
-    trained = any(p.name in ("model.pt", "last.pt", "metrics.json") for p in out.glob("split_*/*"))
-    if not resume and trained:
+    if not resume and RunFolder(out).trained():
         raise DatasetError(f"{out} already holds a training run: pass `resume` to continue it, "
                            "or choose another `output_dir`")
     out.mkdir(parents=True, exist_ok=True)
@@ -374,11 +356,13 @@ def _check_run_folder(out: Path, resume: bool) -> None:
 def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
                world: Dist, cache: DecodedCache | None, board: TensorBoardRun | None = None) -> SplitResult:
     """One split: fit, keep the best model, score it on the test fold. Rank 0 alone writes."""
-    split_dir = config.output_dir / f"split_{index}"
-    if config.resume and (split_dir / "metrics.json").exists():
-        return _finished_earlier(split_dir, index, world)
+    folder = RunFolder(config.output_dir).split(index)
+    if config.resume and folder.finished:
+        if world.main:
+            log.info("split %d: finished earlier, skipped", index)
+        return SplitResult.finished_earlier(folder)
     if world.main:
-        start_split_folder(split_dir, config, images.classes)
+        start_split_folder(folder, config, images.classes)
     seed_everything(config.seed + index)
     arch = get_arch(config.arch)
     model = build_model(config.arch, len(images.classes), config.weights).to(device)
@@ -386,8 +370,8 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = SplitState()
-    if config.resume and (split_dir / "last.pt").exists():
-        state = SplitState.restore(split_dir / "last.pt", model, optimizer)
+    if config.resume and folder.last.exists():
+        state = SplitState.restore(folder.last, model, optimizer)
         if world.main:
             log.info("split %d: resuming after epoch %d", index, state.epoch)
     task = images.task
@@ -395,9 +379,9 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     dtype = autocast_dtype(device, config.amp)
     loaders = _loaders(config, images, split, device, world, index, cache)
     to_model = ModelInput(arch.mean, arch.std, device)
-    meta = dict(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=list(arch.mean),
-                std=list(arch.std), mode=config.mode, config=public_dict(config), split=index)
-    saver = _EpochSaver(split_dir, model, optimizer, state, meta, config, index, board) if world.main else None
+    meta = CheckpointMeta(arch=config.arch, class_names=images.classes, input_size=config.input_size,
+                          mean=arch.mean, std=arch.std, mode=config.mode, config=public_dict(config), split=index)
+    saver = _EpochSaver(folder, model, optimizer, state, meta, config, board) if world.main else None
     with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
         fit(model, loaders, criterion, optimizer, state, epochs=config.epochs, patience=config.patience, task=task,
             to_model=to_model, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
@@ -405,45 +389,31 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     if world.main:
         if state.bad_epochs >= config.patience and state.epoch < config.epochs and not config.quiet:
             log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
-        _keep_a_model(split_dir, model, state, meta, index)
-        result.metrics = _finish_split(config, images, split, split_dir, loaders, to_model, dtype, state)
+        _keep_a_model(folder, model, state, meta)
+        result.metrics = _finish_split(config, images, split, folder, loaders, to_model, dtype, state)
     if world.active:
         dist.barrier()
         result.metrics = _broadcast(result.metrics)
     return result
 
 
-def _finished_earlier(split_dir: Path, index: int, world: Dist) -> SplitResult:
-    done = json.loads((split_dir / "metrics.json").read_text())
-    if world.main:
-        log.info("split %d: finished earlier, skipped", index)
-    return SplitResult(index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
-
-
-def start_split_folder(split_dir: Path, config: TrainConfig, classes: list[str]) -> None:
-    """A split's folder with the settings and the class order it is trained with (heads' splits too)."""
-    split_dir.mkdir(parents=True, exist_ok=True)
-    write_json(split_dir / "config.json", public_dict(config))
-    write_json(split_dir / "class_index.json", {name: i for i, name in enumerate(classes)})
-
-
 class _EpochSaver:
     """After each epoch (rank 0): the best model, the state to resume from, the history, a log line and,
     when asked for, TensorBoard's scalars."""
 
-    def __init__(self, split_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: SplitState,
-                 meta: dict[str, Any], config: TrainConfig, index: int, board: TensorBoardRun | None) -> None:
-        self.split_dir, self.model, self.optimizer, self.state, self.meta = split_dir, model, optimizer, state, meta
-        self.index, self.epochs, self.quiet, self.board = index, config.epochs, config.quiet, board
+    def __init__(self, folder: SplitFolder, model: nn.Module, optimizer: torch.optim.Optimizer, state: SplitState,
+                 meta: CheckpointMeta, config: TrainConfig, board: TensorBoardRun | None) -> None:
+        self.folder, self.model, self.optimizer, self.state, self.meta = folder, model, optimizer, state, meta
+        self.index, self.epochs, self.quiet, self.board = folder.index, config.epochs, config.quiet, board
         task = task_for(config.mode)
         self.columns, self.shown = task.history_columns, task.shown[::3]  # the first and last score
 
     def __call__(self, row: dict[str, float], improved: bool) -> None:
         if improved:
-            save_checkpoint(self.split_dir / "model.pt", self.model, epoch=int(row["epoch"]),
-                            best_val_loss=row["val_loss"], **self.meta)
-        self.state.save(self.split_dir / "last.pt", self.model, self.optimizer)
-        _write_history(self.split_dir / "history.csv", self.state.history, self.columns)
+            save_checkpoint(self.folder.model, self.model,
+                            self.meta.model_copy(update={"epoch": int(row["epoch"]), "best_val_loss": row["val_loss"]}))
+        self.state.save(self.folder.last, self.model, self.optimizer)
+        _write_history(self.folder.history, self.state.history, self.columns)
         if self.board is not None:
             self.board.epoch(self.index, row)
         if not self.quiet:
@@ -481,14 +451,14 @@ class _EpochProgress:
         self.bar.update(self.task, advance=1, loss=loss, rate=self.images / elapsed if elapsed else 0.0)
 
 
-def _keep_a_model(split_dir: Path, model: nn.Module, state: SplitState, meta: dict[str, Any], index: int) -> None:
+def _keep_a_model(folder: SplitFolder, model: nn.Module, state: SplitState, meta: CheckpointMeta) -> None:
     """The validation loss was never finite (nan or inf every epoch): keep the last model, and say so."""
-    if (split_dir / "model.pt").exists():
+    if folder.model.exists():
         return
     log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
-                "are not to be trusted (check the data and the learning rate)", index)
-    save_checkpoint(split_dir / "model.pt", model, epoch=state.epoch, best_val_loss=math.inf,
-                    val_loss_never_finite=True, **meta)
+                "are not to be trusted (check the data and the learning rate)", folder.index)
+    save_checkpoint(folder.model, model, meta.model_copy(update={"epoch": state.epoch, "best_val_loss": math.inf,
+                                                                 "val_loss_never_finite": True}))
 
 
 def _loaders(config: TrainConfig, images: ImageSet, split: Split, device: torch.device, world: Dist, index: int,
@@ -514,59 +484,27 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, device: torch.
     }
 
 
-def _finish_split(config: TrainConfig, images: ImageSet, split: Split, split_dir: Path,
+def _finish_split(config: TrainConfig, images: ImageSet, split: Split, folder: SplitFolder,
                   loaders: dict[str, torch.utils.data.DataLoader], to_model: ModelInput,
                   dtype: torch.dtype | None, state: SplitState) -> dict[str, float]:
     """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
 
     What the checkpoint learns from the validation part (a temperature; multi-label thresholds) is stored in it.
     """
-    best = load_checkpoint(split_dir / "model.pt")
+    best = load_checkpoint(folder.model)
     model = model_from_checkpoint(best).to(to_model.device)
     test = evaluate_loader(model, loaders["test"], None, to_model, images.task, dtype)
     val = evaluate_loader(model, loaders["val"], None, to_model, images.task, dtype)
-    scores, extra = score_split(images, split, split_dir, test, val)
-    # A resumed split may hold a temperature already: the new values win, never a duplicate keyword.
-    save_checkpoint(split_dir / "model.pt", model, **{**{k: v for k, v in best.items()
-                                                         if k not in ("model_state", "format")}, **extra})
-    write_split_metrics(split_dir, scores, split, state.epoch, state.best_epoch, state.best_loss,
+    scores, extra = score_split(images, split, folder, test, val)
+    # A resumed split may hold a temperature already: the new values win.
+    save_checkpoint(folder.model, model, best.meta.model_copy(update=extra))
+    write_split_metrics(folder, scores, split, state.epoch, state.best_epoch, state.best_loss,
                         extra["temperature"])
-    plot_curves(state.history, split_dir / "curves.png", state.best_epoch)
+    plot_curves(state.history, folder.curves, state.best_epoch)
     if config.gradcam_images:
-        _gradcam(model, config, images.subset(split.test), test, images.classes, split_dir / "gradcam", to_model)
-    (split_dir / "last.pt").unlink(missing_ok=True)  # the split is finished; model.pt is what stays
+        _gradcam(model, config, images.subset(split.test), test, images.classes, folder.gradcam, to_model)
+    folder.last.unlink(missing_ok=True)  # the split is finished; model.pt is what stays
     return scores
-
-
-def score_split(images: ImageSet, split: Split, split_dir: Path, test: Evaluation, val: Evaluation
-                ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Test metrics and ``test_predictions.csv`` of a finished split, and what its checkpoint gains from the
-    validation part: the temperature that makes its probabilities honest (multi-label: tuned thresholds)."""
-    task, classes = images.task, images.classes
-    extra: dict[str, Any] = {"temperature": fit_temperature(task, val.logits, val.truth)}
-    thresholds = task.tune(val.truth, val.probs)
-    if thresholds is not None:
-        extra["thresholds"] = [float(t) for t in thresholds]
-    paths = images.subset(split.test).paths
-    with (split_dir / "test_predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "logits"])
-        writer.writeheader()
-        for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
-            writer.writerow({"image": str(paths[i]), **task.describe(truth, prob, classes, thresholds),
-                             "probabilities": _by_class(classes, prob, 6), "logits": _by_class(classes, logit, 5)})
-    return task.metrics(test.truth, test.probs, thresholds), extra
-
-
-def _by_class(classes: list[str], values: np.ndarray, digits: int) -> str:
-    return json.dumps({c: round(float(v), digits) for c, v in zip(classes, values, strict=True)})
-
-
-def write_split_metrics(split_dir: Path, scores: dict[str, float], split: Split, epochs_run: int, best_epoch: int,
-                        best_val_loss: float, temperature: float) -> None:
-    write_json(split_dir / "metrics.json", {"test": scores, "test_images": len(split.test),
-                                             "train_images": len(split.train), "val_images": len(split.val),
-                                             "epochs_run": epochs_run, "best_epoch": best_epoch,
-                                             "best_val_loss": best_val_loss, "temperature": temperature})
 
 
 def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],

@@ -17,7 +17,6 @@ probabilities of a k-fold linear probe made here) the audit writes:
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from ..datasets.imageset import provider_of
 from ..datasets.tasks import Task, task_for
 from ..modelling.calibration import out_of_fold
 from ..modelling.embedding import matrix, read_embeddings
+from ..modelling.run_folder import RunFolder
 
 
 @dataclass
@@ -127,14 +127,12 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
 
 def _run_embeddings(run: Path) -> Path:
     """The embeddings a probe run was fitted on: its own, or the eic embed table it was given."""
-    own = run / "embeddings.parquet"
-    if own.is_file():
-        return own
-    try:
-        given = json.loads((run / "split_0" / "config.json").read_text(encoding="utf-8")).get("embeddings")
-    except (OSError, ValueError):
-        given = None
-    return Path(given) if given else own
+    folder = RunFolder(run)
+    if folder.embeddings.is_file():
+        return folder.embeddings
+    splits = folder.splits()
+    given = splits[0].read_config().get("embeddings") if splits and splits[0].config.is_file() else None
+    return Path(given) if given else folder.embeddings
 
 
 def _from_embeddings(config: AuditConfig) -> Findings:

@@ -38,7 +38,8 @@ from ..europeana.search_api import record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
 from ..modelling.checkpoint import file_sha256
-from .inference import RunModel, checkpoint_paths
+from ..modelling.run_folder import RunFolder
+from .inference import RunModel
 from .prediction import Item, Rows, own_parts, run_predictions
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
@@ -102,7 +103,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     if config.split == "all":
         log.warning("the thresholds were measured on single split models; an ensemble of splits averages "
                     "them, which usually keeps the precision but is not measured: check it with eic evaluate")
-    model_id = _check_journal(journal, config, calibration, checkpoint_paths(config.run))
+    model_id = _check_journal(journal, config, calibration, RunFolder(config.run).model_paths())
     predicted = run_predictions(_predict_config(config, journal), CalibratedRows)
     if config.shard is not None:  # the run without shard merges every shard's journal and annotates
         return EnrichReport(config.output, journal, model_id=model_id, splits=predicted.splits,

@@ -24,7 +24,8 @@ from ..core.tables import read_table, refuse_existing, write_json
 from ..datasets.folders import ImageDataset, list_images, make_loader
 from ..datasets.metrics import classification_metrics, confusion, mean_std
 from ..datasets.multilabel import ML_METRICS, multilabel_metrics
-from ..modelling.calibration import CALIBRATION_FILE, load_calibration, score_thresholds
+from ..modelling.calibration import load_calibration, score_thresholds
+from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import autocast_dtype, default_workers, resolve_device
 from .inference import RunModel, load_run, logits_of
 
@@ -75,7 +76,7 @@ def _check_calibration(config: EvaluateConfig, models: list[RunModel], truth: np
                        logits: dict[str, np.ndarray], out: Path) -> list[dict[str, Any]] | None:
     """Does the precision the calibration promised hold on images the run never saw? Each split's model,
     temperature-scaled, labels the set at the run's thresholds; the labels of all splits are pooled."""
-    if not (config.run / CALIBRATION_FILE).is_file():
+    if not RunFolder(config.run).calibration.is_file():
         return None
     calibration = load_calibration(config.run)
     task, temperatures = models[0].task, {m.split: m.temperature for m in models}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from ..datasets.folders import ModelInput
 from ..datasets.tasks import Task, task_for
 from ..modelling.checkpoint import load_checkpoint, model_from_checkpoint
 from ..modelling.models import get_head, set_head
+from ..modelling.run_folder import CheckpointMeta, RunFolder
 
 
 @dataclass
@@ -24,7 +24,7 @@ class RunModel:
 
     split: str
     model: nn.Module
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
     # come from one backbone pass per batch, not one per split.
     features: nn.Module | None = None
@@ -33,30 +33,30 @@ class RunModel:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["class_names"])
+        return self.meta.classes
 
     @property
     def multilabel(self) -> bool:
-        return self.meta.get("mode") == "multi-label"
+        return self.meta.multilabel
 
     @property
     def task(self) -> Task:
-        return task_for(self.meta.get("mode"))
+        return task_for(self.meta.mode)
 
     @property
     def temperature(self) -> float:
         """Fitted on the split's validation part when it was trained (1.0 for runs trained before that)."""
-        return float(self.meta.get("temperature", 1.0))
+        return self.meta.temperature
 
     def thresholds(self, override: float | None = None) -> np.ndarray:
         """Multi-label decision thresholds: ``override`` for every label, else those tuned in training."""
         if override is not None:
             return np.full(len(self.classes), override)
-        return np.asarray(self.meta.get("thresholds") or [0.5] * len(self.classes))
+        return np.asarray(self.meta.thresholds or [0.5] * len(self.classes))
 
     @property
     def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-        return int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
+        return self.meta.input_size, self.meta.mean, self.meta.std
 
     def model_input(self, device: torch.device) -> ModelInput:
         """What turns a loader's pixels into this model's input on ``device`` (made once per device)."""
@@ -66,47 +66,35 @@ class RunModel:
         return self._input
 
 
-def checkpoint_paths(run: Path) -> list[Path]:
-    """``run/split_*/model.pt`` in split order, or ``run/model.pt`` for one split folder."""
-    if (run / "model.pt").is_file():
-        return [run / "model.pt"]
-    paths = sorted(run.glob("split_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    if not paths:
-        raise ModelError(f"{run}: no model.pt in it or in split_*/ folders; point at an eic train output")
-    return paths
-
-
 def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
     """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
-    paths = checkpoint_paths(run)
     states = []
-    for path in paths:
-        state = load_checkpoint(path)
-        name = path.parent.name if path.parent.name.startswith("split_") else f"split_{state.get('split', 0)}"
-        states.append((name, state))
+    for path in RunFolder(run).model_paths():
+        checkpoint = load_checkpoint(path)
+        name = path.parent.name if path.parent.name.startswith("split_") else f"split_{checkpoint.meta.split}"
+        states.append((name, checkpoint))
     if which == "best":
-        states = [min(states, key=lambda item: item[1].get("best_val_loss", float("inf")))]
+        states = [min(states, key=lambda item: item[1].meta.best_val_loss)]
     elif which != "all":
-        chosen = [s for s in states if s[0] == f"split_{which}" or s[1].get("split") == int(which)]
+        chosen = [s for s in states if s[0] == f"split_{which}" or s[1].meta.split == int(which)]
         if not chosen:
             raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in states)}")
         states = chosen
-    classes = {(tuple(state["class_names"]), state.get("mode", "single-label")) for _, state in states}
-    if len(classes) > 1:
+    if len({(tuple(c.meta.class_names), c.meta.mode) for _, c in states}) > 1:
         raise ModelError(f"{run}: its splits were trained on different classes or modes")
     models = []
     trunks: dict[str, nn.Module] = {}
-    for name, state in states:
-        model = model_from_checkpoint(state).to(device)
+    for name, checkpoint in states:
+        meta = checkpoint.meta
+        model = model_from_checkpoint(checkpoint).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        meta = {k: v for k, v in state.items() if k != "model_state"}
         item = RunModel(name, model, meta)
-        if state.get("backbone_sha256"):
-            if state["backbone_sha256"] not in trunks:  # one copy of the shared backbone, not one per split
-                trunks[state["backbone_sha256"]] = _trunk(model, state["arch"])
-            item.features = trunks[state["backbone_sha256"]]
-            item.head = get_head(model, state["arch"])
+        if meta.backbone_sha256:
+            if meta.backbone_sha256 not in trunks:  # one copy of the shared backbone, not one per split
+                trunks[meta.backbone_sha256] = _trunk(model, meta.arch)
+            item.features = trunks[meta.backbone_sha256]
+            item.head = get_head(model, meta.arch)
         models.append(item)
     return models
 

@@ -223,7 +223,7 @@ def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: li
     assert folder is not None
     folder.mkdir(parents=True, exist_ok=True)
     classes = model.classes
-    layer = get_arch(model.meta["arch"]).cam_layer(model.model)
+    layer = get_arch(model.meta.arch).cam_layer(model.model)
     net = model.model.float()
     orders = []
     for row in probs:

@@ -1,0 +1,232 @@
+"""The run folder, typed: every path ``eic train`` writes and every later stage reads, and what a checkpoint
+says about its model.
+
+    RUN/
+      summary.json  calibration.json  reliability.png  MODEL_CARD.md
+      backbone.pt  embeddings.parquet          (linear-probe and k-NN runs)
+      split_<i>/
+        config.json  class_index.json  metrics.json  history.csv  curves.png
+        model.pt  last.pt (while the split trains)  test_predictions.csv  gradcam/
+
+No other module spells these names: they ask a ``RunFolder`` or a ``SplitFolder``. A folder that holds a
+``model.pt`` itself is one split of a run, and can stand for a run of one split wherever models are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..core.errors import ModelError
+
+CHECKPOINT_FORMAT = "europeana-imgcls/checkpoint-v1"
+_SPLIT = re.compile(r"^split_(\d+)$")
+
+
+@dataclass(frozen=True)
+class SplitFolder:
+    """``RUN/split_<i>/``: one split's settings, model and scores."""
+
+    path: Path
+    index: int
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def class_index(self) -> Path:
+        return self.path / "class_index.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def last(self) -> Path:
+        """The state a split's training resumes from; removed once the split is finished."""
+        return self.path / "last.pt"
+
+    @property
+    def test_predictions(self) -> Path:
+        return self.path / "test_predictions.csv"
+
+    @property
+    def gradcam(self) -> Path:
+        return self.path / "gradcam"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics.is_file()
+
+    @property
+    def trained(self) -> bool:
+        """Whether training has left anything worth keeping here (a model, a resumable state, scores)."""
+        return self.model.is_file() or self.last.is_file() or self.finished
+
+    def read_config(self) -> dict[str, Any]:
+        return read_json(self.config)
+
+    def read_classes(self) -> list[str]:
+        return list(read_json(self.class_index))
+
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """``RUN/``, as ``eic train`` writes it."""
+
+    path: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / "calibration.json"
+
+    @property
+    def reliability(self) -> Path:
+        return self.path / "reliability.png"
+
+    @property
+    def model_card(self) -> Path:
+        return self.path / "MODEL_CARD.md"
+
+    @property
+    def backbone(self) -> Path:
+        """The frozen backbone that the heads of a linear-probe or k-NN run share."""
+        return self.path / "backbone.pt"
+
+    @property
+    def embeddings(self) -> Path:
+        """The embeddings a probe run computed itself (eic audit's near-duplicate search reads them)."""
+        return self.path / "embeddings.parquet"
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def split(self, index: int) -> SplitFolder:
+        return SplitFolder(self.path / f"split_{index}", index)
+
+    def splits(self) -> list[SplitFolder]:
+        """The ``split_<i>`` folders in split order (other folders, ``split_x`` say, are not splits)."""
+        if not self.path.is_dir():
+            return []
+        found = [SplitFolder(p, int(m[1])) for p in self.path.iterdir() if p.is_dir() and (m := _SPLIT.match(p.name))]
+        return sorted(found, key=lambda s: s.index)
+
+    def finished_splits(self) -> list[SplitFolder]:
+        return [s for s in self.splits() if s.finished]
+
+    @property
+    def is_split(self) -> bool:
+        """A split folder given where a run is expected: it stands for a run of one split."""
+        return (self.path / "model.pt").is_file()
+
+    def model_paths(self) -> list[Path]:
+        """The split models in split order (a split folder: its own), or a ModelError naming what is missing."""
+        if self.is_split:
+            return [self.path / "model.pt"]
+        paths = [s.model for s in self.splits() if s.model.is_file()]
+        if not paths:
+            raise ModelError(f"{self.path}: no model.pt in it or in split_*/ folders; point at an eic train output")
+        return paths
+
+    def trained(self) -> bool:
+        return any(s.trained for s in self.splits())
+
+    def read_summary(self) -> dict[str, Any]:
+        return read_json(self.summary)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file eic wrote, or a ModelError that names it (missing, unreadable or cut short)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; the run folder is incomplete (train it again, or `resume`)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({type(exc).__name__}); the run folder is damaged") from None
+
+
+class CheckpointMeta(BaseModel):
+    """What a checkpoint says about its model, beside the weights: enough to rebuild it and its
+    preprocessing without the settings it was trained with.
+
+    Older checkpoints lack the later fields; their defaults say what those runs did."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    format: Literal["europeana-imgcls/checkpoint-v1"] = CHECKPOINT_FORMAT
+    arch: str
+    class_names: list[str]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mode: Literal["single-label", "multi-label"] = "single-label"
+    config: dict[str, Any] = {}
+    split: int = 0
+    epoch: int = 0
+    best_val_loss: float = float("inf")
+    val_loss_never_finite: bool = False
+    temperature: float = 1.0
+    thresholds: list[float] | None = None  # multi-label: tuned per label on the validation part
+    method: Literal["finetune", "linear-probe", "knn"] = "finetune"
+    head: Literal["linear", "knn"] | None = None  # probe runs: the kind of head
+    neighbours: int | None = None  # knn
+    backbone: str | None = None  # probe runs: the shared backbone, relative to the checkpoint
+    backbone_sha256: str | None = None
+
+    @classmethod
+    def parse(cls, data: Any, source: Path) -> CheckpointMeta:
+        """The metadata of a loaded checkpoint, or a ModelError saying what is wrong with it."""
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+            raise ModelError(f"{source} is not a checkpoint written by eic train")
+        try:
+            meta = cls.model_validate({k: v for k, v in data.items() if k != "model_state"})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ModelError(f"{source}: damaged checkpoint ({where}: {err['msg']}); train the run again") from None
+        if (meta.backbone is None) != (meta.backbone_sha256 is None):
+            raise ModelError(f"{source}: damaged checkpoint (a backbone reference without its SHA-256, or the "
+                             "reverse); train the run again")
+        return meta
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.class_names)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.mode == "multi-label"
+
+    def saved(self) -> dict[str, Any]:
+        """The fields as a checkpoint stores them (beside ``model_state``)."""
+        return self.model_dump(mode="python")
