@@ -145,24 +145,23 @@ def test_embed_resumes_after_an_interruption(lab, tmp_path: Path, monkeypatch: p
 
     real = embedding.batches
 
-    def interrupted(*args, **kwargs):  # Ctrl-C during the third batch of 8, after the first chunk of 16
+    def interrupted(*args, **kwargs):  # Ctrl-C during the third batch of 8: two batches are journaled
         for n, batch in enumerate(real(*args, **kwargs)):
             if n == 2:
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(embedding, "CHUNK", 16)
     monkeypatch.setattr(embedding, "batches", interrupted)
     out = tmp_path / "e.parquet"
     with pytest.raises(KeyboardInterrupt):
         embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, batch_size=8, **LITE))
-    assert not out.exists() and len(list((tmp_path / "e.parquet.partial").glob("chunk-*.parquet"))) == 1
+    assert not out.exists() and (tmp_path / "e.parquet.journal" / "part.ndjson").stat().st_size
     with pytest.raises(DatasetError, match="`resume`"):
         embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, **LITE))
     monkeypatch.setattr(embedding, "batches", real)
     report = embedding.embed(EmbedConfig(data_dir=lab["clean"], output=out, resume=True, **LITE))
     assert report.already_done == 16 and pl.read_parquet(out).height == report.images
-    assert not (tmp_path / "e.parquet.partial").exists()
+    assert not list((tmp_path / "e.parquet.journal").glob("*.ndjson"))
 
 
 def test_bad_input_is_one_line(lab, tmp_path: Path) -> None:

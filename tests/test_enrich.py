@@ -199,7 +199,7 @@ def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp
     result = CliRunner().invoke(app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"),
                                       "-o", str(root / "out.jsonld"), "--quiet"])
     assert result.exit_code == 1 and "already exists" in result.stderr and "--resume" in result.stderr
-    with pytest.raises(DatasetError, match="another model or setting"):  # a journal of another model
+    with pytest.raises(DatasetError, match=r'other settings \(split: "best" then, "all" now'):
         enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=root / "out.jsonld", quiet=True,
                             resume=True, split="all", image_dir=root / "out_images"))
 
@@ -341,5 +341,5 @@ def test_a_shard_with_another_model_setting_is_refused(world, tmp_path: Path) ->
     root = world["root"]
     common = dict(run=root / "run", table=root / "new.csv", output=tmp_path / "out.jsonld", quiet=True)
     enrich(EnrichConfig(**common, shard="0/2"))
-    with pytest.raises(DatasetError, match="another model or setting"):
+    with pytest.raises(DatasetError, match=r'other settings \(split: "best" then, "all" now'):
         enrich(EnrichConfig(**common, shard="1/2", split="all"))  # would mix two models in one annotation set

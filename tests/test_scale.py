@@ -282,7 +282,8 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
                       thumbnail_url=f"{sb.base_url}/thumbnail/v3", device="cpu")
         out = tmp_path / "sharded" / "p.csv"
         parts = [predict(PredictConfig(**common, output=out, shard=f"{k}/2")) for k in range(2)]
-        assert not out.exists() and all(p.part is not None and p.part.is_file() for p in parts)
+        assert not out.exists() and sorted(p.name for p in (out.parent / "p.csv.journal").glob("*.ndjson")) == [
+            "part.shard-0-of-2.ndjson", "part.shard-1-of-2.ndjson"]
         with pytest.raises(Exception, match="`resume`"):
             predict(PredictConfig(**common, output=out))  # the shards' rows are not thrown away
         merged = predict(PredictConfig(**common, output=out, resume=True))
@@ -292,7 +293,7 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
     assert len(by_id) == reference.predicted
     for row in reference.rows():
         assert same_prediction(by_id[row["ID"]], row)
-    assert not list(out.parent.glob("*.partial"))
+    assert not list(out.parent.glob("p.csv.journal/*.ndjson"))
 
 
 def same_prediction(a: dict[str, str], b: dict[str, str]) -> bool:
@@ -322,8 +323,12 @@ def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image
                                    quiet=True))  # ...the merge by its absolute path
     assert (merged.predicted, merged.already_done) == (0, 9)
     assert len(list(merged.rows())) == 9
-    # A merge killed after writing the output but before removing a shard's part: run again, still once each.
-    shutil.copy(out, tmp_path / "p.csv.shard-0-of-2.partial")
+    # A merge killed after writing the output but before removing the shards' parts: run again, once each.
+    from europeana_imgcls.core.journal import frame, input_key
+
+    with (tmp_path / "p.csv.journal" / "part.shard-0-of-2.ndjson").open("wb") as part:
+        for row in merged.rows():
+            part.write(frame(input_key(row["ID"] or None, row["image"]), row))
     again = predict(PredictConfig(run=trained_run, inputs=["new"], output=out, resume=True, quiet=True))
     assert again.predicted == 0 and len(list(again.rows())) == 9
 
@@ -470,10 +475,11 @@ def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run:
         predict(PredictConfig(run=trained_run, inputs=[str(p) for p in broken[1:]], output=out, quiet=True,
                               shard=f"{shard}/2", resume=True))
     assert out.is_file() and len(pl.read_csv(out)) == 1
-    (tmp_path / "p.csv.shard-1-of-40.partial").write_text("image\n")  # another shard count's leftover
+    (tmp_path / "p.csv.journal" / "part.shard-1-of-40.ndjson").write_text("")  # another count's empty leftover
     predict(PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q.csv",
                           quiet=True))  # unaffected, and:
-    (tmp_path / "q.csv.shard-1-of-40.partial").write_text("image\n")
+    (tmp_path / "q.csv.journal").mkdir(exist_ok=True)
+    (tmp_path / "q.csv.journal" / "part.shard-1-of-40.ndjson").write_text("")
     predict(PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q2.csv",
                           quiet=True, shard="0/1"))
 

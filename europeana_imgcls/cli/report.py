@@ -148,7 +148,7 @@ def shard_note(shard: str | None, command: str, output: Path) -> str:
 
 def print_prediction(console: Console, result: PredictReport) -> None:
     model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
-    written = result.part if result.shard else result.output
+    written = f"the journal {result.journal}" if result.shard else result.output
     console.print(
         f"{result.predicted} images labelled with {model}; written to {written}"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
@@ -162,7 +162,7 @@ def print_prediction(console: Console, result: PredictReport) -> None:
 
 def print_enrichment(console: Console, result: EnrichReport) -> None:
     if result.shard:
-        console.print(f"{result.records} records scored into the journal {result.journal}"
+        console.print(f"{result.records} records scored into the journal of {result.predictions}"
                       + (f"; {result.already_done} done earlier" if result.already_done else "")
                       + shard_note(result.shard, "enrich", result.output))
         return

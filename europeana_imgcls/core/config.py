@@ -50,6 +50,19 @@ class _Base(BaseModel):
 
     quiet: bool = Field(False, description="No progress bars; for CI and scripts.")
 
+    # The settings that the later runs writing one output (a resume, a shard, the merge) must share with the run
+    # that started it: declared here once, stored in the output's journal and compared there.
+    resume_keys: ClassVar[tuple[str, ...]] = ()
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The ``resume_keys`` as JSON values; a path by where it points, not how it was typed."""
+        values = self.model_dump(mode="json", include=set(self.resume_keys))
+        for key in self.resume_keys:
+            value = getattr(self, key)
+            if isinstance(value, Path) or (key == "weights" and value not in ("imagenet", "none")):
+                values[key] = str(Path(value).resolve())
+        return values
+
 
 class ApiSettings(_Base):
     """How to reach the Europeana Search API (shared by harvest and predict)."""
@@ -132,6 +145,7 @@ class HarvestConfig(ApiSettings):
     """``eic harvest``: query the Search API per concept (or combination) and write a table."""
 
     stage: ClassVar[str] = "harvest"
+    resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous")  # and the vocabulary itself
 
     output: Path = Field(Path("harvested.csv"), description="Output table, .csv or .parquet.")
     vocab: Path | dict[str, str] | None = Field(
@@ -184,6 +198,7 @@ class DownloadConfig(FetchSettings, ShardSettings):
     """``eic download``: fetch the images of a table into class folders (or one folder + labels.csv)."""
 
     stage: ClassVar[str] = "download"
+    resume_keys: ClassVar[tuple[str, ...]] = ("mode",)
 
     table: Path = Field(description="Harvest table (.csv or .parquet) with ID, URL (and category).")
     output_dir: Path = Field(Path("images"), description="Folder the images are saved under.")
@@ -224,6 +239,9 @@ class TrainConfig(RuntimeSettings):
     """``eic train``: fine-tune a classifier on class folders with stratified k-fold cross-validation."""
 
     stage: ClassVar[str] = "train"
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "data_dir", "labels", "mode", "method", "arch", "weights", "input_size", "folds", "seed", "sample",
+        "group_by_provider", "duplicate_groups", "embeddings")
 
     data_dir: Path = Field(description="Class folders, as eic download writes them.")
     output_dir: Path = Field(Path("run"), description="Run folder: split_<i>/ per split and summary.json.")
@@ -306,6 +324,7 @@ class PredictConfig(InputSettings):
     """``eic predict``: label new images with a trained run."""
 
     stage: ClassVar[str] = "predict"
+    resume_keys: ClassVar[tuple[str, ...]] = ("split", "top_k", "threshold")
 
     run: Path = Field(description="A training run folder or one split folder.")
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
@@ -323,6 +342,7 @@ class EmbedConfig(RuntimeSettings, ShardSettings):
     """``eic embed``: one vector per image from a frozen pretrained backbone (the classifier head removed)."""
 
     stage: ClassVar[str] = "embed"
+    resume_keys: ClassVar[tuple[str, ...]] = ("data_dir", "arch", "weights", "input_size", "mode", "labels")
 
     data_dir: Path = Field(description="Class folders (or one folder and labels.csv), as eic download writes them.")
     output: Path = Field(Path("embeddings.parquet"), description="Embeddings table (.parquet).")

@@ -94,6 +94,12 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def model_id(paths: list[Path]) -> str:
+    """A short digest of a run's checkpoint files: the same models, the same id (predict's journal compares it;
+    enrich's annotations name it)."""
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
+
+
 def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     meta = checkpoint.meta
     arch, classes = meta.arch, len(meta.class_names)

@@ -2,10 +2,10 @@
 
 Most museums have no GPU. Embedding every image once and fitting a light head per fold (``eic train
 --method linear-probe|knn``) turns a k-fold protocol of hours into minutes. Images are read by the same
-pipeline as training (draft decoding, resize, normalisation, DataLoader; CUDA-aware), and the table is
-written in chunks (``OUT.partial/``), so an interrupted run carries on with ``resume``. With ``shard``
-I/N a run embeds only the images whose file name hashes to its shard, into chunks named for the shard;
-a run without ``shard`` and with ``resume`` finds them done and writes the table.
+pipeline as training (draft decoding, resize, normalisation, DataLoader; CUDA-aware), and every vector is
+journaled as it comes (``core/journal.py``: ``OUT.journal/``), so an interrupted run carries on with
+``resume``. With ``shard`` I/N a run embeds only the images whose file name hashes to its shard, into its
+shard's part; a run without ``shard`` and with ``resume`` finds them done and writes the table.
 
 The table has ``image, category, ID, provider, embedding``; ``OUT.embedding.json`` beside it says which
 backbone, weights and input size made it, so a run never mixes vectors of different backbones.
@@ -13,8 +13,8 @@ backbone, weights and input size made it, so a run never mixes vectors of differ
 
 from __future__ import annotations
 
+import base64
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +28,9 @@ from torch import nn
 
 from ..core.config import EmbedConfig, public_dict
 from ..core.errors import ConfigError, DatasetError
+from ..core.journal import Journal, KeySet
 from ..core.naming import record_id_of
-from ..core.sharding import Shard
+from ..core.progress import progress_bar
 from ..core.tables import atomic_path, refuse_existing, sidecar, write_json
 from ..core.version import __version__
 from ..datasets.folders import ImageDataset, ModelInput, make_loader
@@ -37,8 +38,6 @@ from ..datasets.imageset import ImageSet, provider_of
 from ..datasets.tasks import scan_images
 from .models import build_model, get_arch, set_head
 from .runtime import autocast_dtype, default_workers, resolve_device
-
-CHUNK = 2048  # images per chunk written: what an interruption can cost at most
 
 
 @dataclass
@@ -50,7 +49,8 @@ class EmbedReport:
     unreadable: int = 0
     dim: int = 0
     seconds: float = 0.0
-    shard: str | None = None  # a shard's run leaves its chunks in OUT.partial/ for the merging run
+    shard: str | None = None  # a shard's run leaves its part of the journal for the merging run
+    journal: Path | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -107,55 +107,89 @@ def embed(config: EmbedConfig) -> EmbedReport:
     if config.output.suffix.lower() != ".parquet":
         raise ConfigError(f"{config.output}: embeddings are written as .parquet")
     arch = get_arch(config.arch)
-    partial = config.output.with_name(config.output.name + ".partial")
-    shard = config.shard_spec
-    if not config.resume:
-        refuse_existing(config.output, False)
-        if any(partial.glob(_chunks(shard))):
-            raise DatasetError(f"an interrupted (or sharded) embedding into {config.output} was found: pass "
-                               f"`resume` to carry on (and merge shards), or delete {partial}")
     images = scan_images(config.data_dir, config.mode, config.labels)
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
     meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode)
-    meta["data_dir"] = str(config.data_dir.resolve())
-    _check_partial(partial, meta)
-    done = _done(partial)
-    # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What is
-    # done is known by where a path points, not by how it was typed (`data` in one run, `/mnt/data` in another).
-    finished = [str(p.resolve()) in done for p in images.paths]
-    todo = [i for i, (p, was) in enumerate(zip(images.paths, finished, strict=True))
-            if not was and (shard is None or shard.owns(p.name))]
-    report = EmbedReport(config.output, images=len(images), already_done=sum(finished), shard=config.shard)
-    device = resolve_device(config.device)
-    model = feature_model(config.arch, config.weights)
-    partial.mkdir(parents=True, exist_ok=True)
-    write_json(partial / "meta.json", meta)
-    started = time.perf_counter()
-    wanted = images.subset(todo)
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    held = 0  # images in ``pending``
-    for batch in (batches(model, wanted, config.input_size, arch.mean, arch.std, device,
-                          batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
-                  if todo else ()):
-        pending.append(batch)
-        held += len(batch[0])
-        if held >= CHUNK:
-            _write_chunk(partial, shard, wanted, pending, report)
-            pending, held = [], 0
-    if pending:
-        _write_chunk(partial, shard, wanted, pending, report)
-    report.seconds = time.perf_counter() - started
-    if shard is not None:
-        return report
-    table = _merged(partial)
-    report.dim = int(table["embedding"].list.len().first() if table.height else 0)
-    meta["dim"] = report.dim
-    with atomic_path(config.output) as tmp:
-        table.write_parquet(tmp)
-    write_json(sidecar(config.output, "embedding"), {**meta, "config": public_dict(config)})
-    shutil.rmtree(partial)
+    shard = config.shard_spec
+    journal = Journal(config.output.with_name(config.output.name + ".journal"),
+                      what=f"the embeddings into {config.output}", shard=shard,
+                      settings={**config.resume_settings(), "classes": images.classes},
+                      hint="resume with the settings it was started with, or delete that journal folder")
+    report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
+    if not config.resume:
+        refuse_existing(config.output, False)
+    with journal.open(config.resume):
+        done = _previous(config, journal)
+        # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What
+        # is done is known by where a path points, not by how it was typed (`data` one day, `/mnt/data` the next).
+        keys = [str(p.resolve()) for p in images.paths]
+        report.already_done = sum(key in done for key in keys)
+        todo = [i for i, (p, key) in enumerate(zip(images.paths, keys, strict=True))
+                if key not in done and (shard is None or shard.owns(p.name))]
+        device = resolve_device(config.device)
+        model = feature_model(config.arch, config.weights)
+        started = time.perf_counter()
+        wanted = images.subset(todo)
+        with progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s") as bar:
+            task = bar.add_task("embed", total=len(todo), rate=0.0)
+            for index, vectors, readable in (batches(model, wanted, config.input_size, arch.mean, arch.std, device,
+                                                     batch_size=config.batch_size, num_workers=config.num_workers,
+                                                     amp=config.amp) if todo else ()):
+                _journal_batch(journal, wanted, index, vectors, readable, report)
+                elapsed = time.perf_counter() - started
+                bar.update(task, advance=len(index), rate=report.embedded / elapsed if elapsed else 0.0)
+        report.seconds = time.perf_counter() - started
+        if shard is not None:
+            return report
+        journal.claim_all()
+        table = _merged(journal)
+        report.dim = int(table["embedding"].list.len().first() if table.height else 0)
+        with atomic_path(config.output) as tmp:
+            table.write_parquet(tmp)
+        write_json(sidecar(config.output, "embedding"), {**meta, "dim": report.dim,
+                                                          "data_dir": str(config.data_dir.resolve()),
+                                                          "config": public_dict(config)})
+        journal.remove_parts()
     return report
+
+
+def _previous(config: EmbedConfig, journal: Journal) -> KeySet:
+    """What is embedded already: a shard's own part, or every part and (resume) a finished table added to."""
+    if config.resume and config.shard is None and config.output.is_file():
+        table, _ = read_embeddings(config.output)
+        for row in table.iter_rows(named=True):
+            vector = np.asarray(row["embedding"], dtype=np.float32)
+            journal.append(str(Path(row["image"]).resolve()), _record(row, vector))
+        journal.flush()
+    return journal.done()
+
+
+def _journal_batch(journal: Journal, images: ImageSet, index: np.ndarray, vectors: np.ndarray,
+                   readable: np.ndarray, report: EmbedReport) -> None:
+    """One batch's vectors into the journal, an image a record (an unreadable one is counted, not kept)."""
+    for i, vector, ok in zip(index.tolist(), vectors, readable, strict=True):
+        if not ok:
+            report.unreadable += 1
+            continue
+        journal.append(str(images.paths[i].resolve()), _record(image_row(images, i), vector))
+        report.embedded += 1
+    journal.flush()
+
+
+def _record(row: dict[str, Any], vector: np.ndarray) -> dict[str, Any]:
+    """A journal record: the row's text and its vector as base64 of little-endian float32 (exact, compact)."""
+    return {**{c: row.get(c) for c in TEXT_COLUMNS},
+            "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")}
+
+
+def _merged(journal: Journal) -> pl.DataFrame:
+    """Every part's rows, an image once (by where its path points), in part order."""
+    rows, vectors = [], []
+    for _, record in journal.records():
+        rows.append(record)
+        vectors.append(np.frombuffer(base64.b64decode(record["embedding"]), dtype="<f4"))
+    return table_of(rows, vectors)
 
 
 def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, images: ImageSet,
@@ -166,17 +200,27 @@ def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, imag
             "software": f"europeana-imgcls {__version__}"}
 
 
+TEXT_COLUMNS = ("image", "category", "ID", "provider")
+
+
+def image_row(images: ImageSet, i: int) -> dict[str, str | None]:
+    """The text columns of image ``i``'s row: its path, label(s), record ID and provider."""
+    path = images.paths[i]
+    return {"image": str(path), "category": images.task.truth_text(images.labels[i], images.classes),
+            "ID": record_id_of(path.name), "provider": provider_of(path)}
+
+
+def table_of(rows: list[dict[str, Any]], vectors: list[np.ndarray] | np.ndarray) -> pl.DataFrame:
+    """The embeddings table: the text columns of ``rows`` and one float32 vector each."""
+    frame = pl.DataFrame({c: [row[c] for row in rows] for c in TEXT_COLUMNS}, schema={c: pl.Utf8 for c in TEXT_COLUMNS})
+    return frame.with_columns(pl.Series("embedding", [np.asarray(v, np.float32).tolist() for v in vectors],
+                                        dtype=pl.List(pl.Float32)))
+
+
 def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> pl.DataFrame:
     """One row per decodable image: path, label(s), record ID, provider and the vector."""
     keep = np.flatnonzero(readable)
-    return pl.DataFrame({
-        "image": [str(images.paths[i]) for i in keep],
-        "category": [images.task.truth_text(images.labels[i], images.classes) for i in keep],
-        "ID": [record_id_of(images.paths[i].name) for i in keep],
-        "provider": [provider_of(images.paths[i]) for i in keep],
-        "embedding": [vectors[i].astype(np.float32).tolist() for i in keep],
-    }, schema={"image": pl.Utf8, "category": pl.Utf8, "ID": pl.Utf8, "provider": pl.Utf8,
-               "embedding": pl.List(pl.Float32)})
+    return table_of([image_row(images, int(i)) for i in keep], vectors[keep])
 
 
 def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -212,51 +256,3 @@ def check_compatible(meta: dict[str, Any], arch: str, weights: str, input_size: 
         said = "; ".join(f"{k}: {have} in {source.name}, {want} for this run" for k, (have, want) in differ.items())
         raise DatasetError(f"{source} was embedded with another backbone ({said}): embed again with the run's "
                            "settings, or train with the embeddings' ones")
-
-
-def _check_partial(partial: Path, meta: dict[str, Any]) -> None:
-    if not (partial / "meta.json").is_file():
-        return
-    before = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
-    differ = [k for k in ("arch", "weights", "input_size", "mode", "data_dir", "classes")
-              if before.get(k) != meta.get(k)]
-    if differ:
-        raise DatasetError(f"{partial} was started with other settings ({', '.join(differ)}: "
-                           f"{', '.join(str(before.get(k)) for k in differ)}): resume with those, or delete it")
-
-
-def _chunks(shard: Shard | None) -> str:
-    """The chunk files a run writes: ``chunk-00003.parquet``, or a shard's ``chunk-shard-1-of-4-00003.parquet``."""
-    return f"chunk-{shard.tag}-*.parquet" if shard else "chunk-*.parquet"
-
-
-def _write_chunk(partial: Path, shard: Shard | None, images: ImageSet,
-                 parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], report: EmbedReport) -> None:
-    """The batches embedded since the last chunk, as the next chunk file (written whole or not at all)."""
-    vectors, readable = _joined(parts)
-    report.unreadable += int((~readable).sum())
-    report.embedded += int(readable.sum())
-    rows = rows_frame(images.subset(np.concatenate([index for index, _, _ in parts])), vectors, readable)
-    with atomic_path(partial / _chunk_name(partial, shard)) as tmp:
-        rows.write_parquet(tmp)
-
-
-def _chunk_name(partial: Path, shard: Shard | None) -> str:
-    """The next chunk's name (numbered among the run's own chunks)."""
-    prefix, own = (f"chunk-{shard.tag}-", _chunks(shard)) if shard else ("chunk-", "chunk-[0-9]*.parquet")
-    return f"{prefix}{len(list(partial.glob(own))):05d}.parquet"
-
-
-def _done(partial: Path) -> set[str]:
-    """The images the chunks hold, as resolved paths."""
-    done: set[str] = set()
-    for chunk in sorted(partial.glob("chunk-*.parquet")):
-        done.update(str(Path(p).resolve()) for p in pl.read_parquet(chunk, columns=["image"])["image"].to_list())
-    return done
-
-
-def _merged(partial: Path) -> pl.DataFrame:
-    """Every chunk's rows, an image once (by where its path points), in chunk order."""
-    table = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("chunk-*.parquet"))], how="vertical")
-    where = pl.Series([str(Path(p).resolve()) for p in table["image"].to_list()])
-    return table.filter(where.is_first_distinct())

@@ -1,8 +1,9 @@
 """``eic enrich``: labels a catalogue can take, as W3C Web Annotations, and a review file for the rest.
 
 Prediction runs as in ``eic predict`` (same inputs, safe model loading, batching, ensembles, resume),
-but with each split's temperature applied, into a journal of calibrated probabilities
-(``<output stem>.predictions.jsonl``, kept). The journal is then turned into annotations: a class is
+but with each split's temperature applied, into a file of calibrated probabilities
+(``<output stem>.predictions.jsonl``, kept; journaled, resumed and sharded as predict's output is). Those
+are then turned into annotations: a class is
 emitted for a record only when its calibrated probability reaches the threshold that met the precision
 target out of fold; a record with no emitted class is abstained on, counted, and sent to review with
 the least certain emitted ones, as Label Studio tasks.
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,15 +32,13 @@ import numpy as np
 from ..core.config import EnrichConfig, InputSettings, PredictConfig
 from ..core.errors import CalibrationError, ConfigError, DatasetError
 from ..core.naming import record_id_of
-from ..core.tables import atomic_path, write_json
+from ..core.tables import atomic_path
 from ..core.version import __version__
 from ..europeana.search_api import record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
-from ..modelling.checkpoint import file_sha256
-from ..modelling.run_folder import RunFolder
 from .inference import RunModel
-from .prediction import Item, Rows, own_parts, run_predictions
+from .prediction import Item, Rows, read_output, run_predictions
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 NS = "urn:europeana-imgcls:"  # eic's own properties: absolute IRIs, so JSON-LD processors keep them
@@ -48,7 +46,7 @@ CONFIDENCE = NS + "confidence"
 MODEL = NS + "model"
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
-JOURNAL_COLUMNS = ["image", "ID", "URI", "probabilities"]
+PREDICTION_COLUMNS = ["image", "ID", "URI", "probabilities"]
 CHOICES_NAME = "category"
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EnrichReport:
     output: Path
-    journal: Path
+    predictions: Path  # every record's calibrated probabilities
     model_id: str = ""
     splits: list[str] = field(default_factory=list)
     records: int = 0
@@ -76,14 +74,14 @@ class EnrichReport:
 
 
 class CalibratedRows(Rows):
-    """Journal rows: the image, the record and every class's calibrated probability."""
+    """Rows of the predictions file: the image, the record and every class's calibrated probability (no
+    heatmaps, no tuned thresholds: the calibration decides)."""
 
     calibrated = True
 
     def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
-        super().__init__(models, config)
-        self.columns = JOURNAL_COLUMNS
-        self.thresholds = None  # no heatmaps, no tuned thresholds: the calibration decides
+        self.classes, self.task = models[0].classes, models[0].task
+        self.columns, self.k, self.thresholds = PREDICTION_COLUMNS, len(self.classes), None
 
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
         return {"image": item.image, "ID": item.id, "URI": item.uri,
@@ -95,22 +93,21 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     fmt = _format(config)
     if config.precision is not None:
         check_precision(config.precision)
-    journal = config.output.with_name(f"{config.output.stem}.predictions.jsonl")
-    _check_outputs(config, journal)
+    predictions = config.output.with_name(f"{config.output.stem}.predictions.jsonl")
+    _check_outputs(config, predictions)
     calibration = load_calibration(config.run, config.precision)
     vocab = load_vocabulary(config.vocab)
     _check_vocabulary(calibration, vocab, config.vocab)
     if config.split == "all":
         log.warning("the thresholds were measured on single split models; an ensemble of splits averages "
                     "them, which usually keeps the precision but is not measured: check it with eic evaluate")
-    model_id = _check_journal(journal, config, calibration, RunFolder(config.run).model_paths())
-    predicted = run_predictions(_predict_config(config, journal), CalibratedRows)
-    if config.shard is not None:  # the run without shard merges every shard's journal and annotates
-        return EnrichReport(config.output, journal, model_id=model_id, splits=predicted.splits,
+    predicted = run_predictions(_predict_config(config, predictions), CalibratedRows)
+    if config.shard is not None:  # the run without shard merges every shard's predictions and annotates
+        return EnrichReport(config.output, predictions, model_id=predicted.model_id, splits=predicted.splits,
                             records=predicted.predicted, already_done=predicted.already_done, shard=config.shard)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes for all
-        return EnrichReport(config.output, journal, splits=predicted.splits)
-    report = EnrichReport(config.output, journal, model_id=model_id, splits=predicted.splits,
+        return EnrichReport(config.output, predictions, splits=predicted.splits)
+    report = EnrichReport(config.output, predictions, model_id=predicted.model_id, splits=predicted.splits,
                           unreadable=predicted.unreadable, not_fetched=predicted.not_fetched,
                           already_done=predicted.already_done, precision_target=calibration.precision_target,
                           never_emitted=[c.name for c in calibration.per_class if c.threshold is None])
@@ -120,7 +117,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     with atomic_path(config.output) as tmp, tmp.open("w", encoding="utf-8") as handle:
         writer = _AnnotationWriter(handle, fmt, config.run.name)
         thresholds = calibration.thresholds()  # once: the loop below runs once per record
-        for record in _read_journal(journal):
+        for record in read_output(predictions):
             _decide(record, calibration, thresholds, vocab, model, writer, review, report)
         writer.close()
     report.annotations = writer.count
@@ -139,13 +136,12 @@ def _format(config: EnrichConfig) -> str:
     return fmt
 
 
-def _check_outputs(config: EnrichConfig, journal: Path) -> None:
+def _check_outputs(config: EnrichConfig, predictions: Path) -> None:
     if not (config.inputs or config.table or config.query):
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
-    if config.resume:
+    if config.resume or config.shard:  # shards share the folder; their journal minds their parts
         return
-    # Shards share the folder: each minds its own parts.
-    for path in (config.output, journal, *own_parts(journal, config.shard_spec)):
+    for path in (config.output, predictions):
         if path.exists():
             raise DatasetError(f"{path} already exists: pass `resume` to carry on that enrichment, or choose "
                                "another `output`")
@@ -162,39 +158,10 @@ def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: P
                                'with {"class": "concept URI"} for every class of the run')
 
 
-def _predict_config(config: EnrichConfig, journal: Path) -> PredictConfig:
+def _predict_config(config: EnrichConfig, predictions: Path) -> PredictConfig:
     shared = config.model_dump(include=set(InputSettings.model_fields) | {"run", "inputs", "resume"})
     shared["image_dir"] = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
-    return PredictConfig(**shared, output=journal)
-
-
-def _check_journal(journal: Path, config: EnrichConfig, calibration: Calibration, models: list[Path]) -> str:
-    """A resumed enrichment carries on with the same model and classes, or not at all; returns the model id."""
-    meta_path = journal.with_name(journal.name + ".meta.json")
-    meta = {"model_id": _model_id(models), "classes": calibration.classes, "split": config.split}
-    # Shards check too: a shard scored by another model or split would mix two models in one set of annotations.
-    if (config.resume or config.shard) and meta_path.is_file():
-        before = json.loads(meta_path.read_text(encoding="utf-8"))
-        differ = [k for k in meta if before.get(k) != meta[k]]
-        if differ:
-            raise DatasetError(f"{journal} was written by another model or setting ({', '.join(differ)} differ): "
-                               "resume with the same run and `split`, or choose another `output`")
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_json(meta_path, meta)
-    return str(meta["model_id"])
-
-
-def _model_id(paths: list[Path]) -> str:
-    """A short digest of the run's checkpoint files: the same model, the same id (the annotations also
-    name the splits that labelled)."""
-    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
-
-
-def _read_journal(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+    return PredictConfig(**shared, output=predictions)
 
 
 def _decide(record: dict[str, Any], calibration: Calibration, thresholds: np.ndarray, vocab: dict[str, str],

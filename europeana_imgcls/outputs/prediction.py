@@ -1,21 +1,20 @@
 """``eic predict``: label new images (files, folders, URLs, harvest tables or Search API results).
 
-Predictions stream to ``<output>.partial`` batch by batch and are renamed to the output at the end,
-so an interrupted run loses nothing and ``resume`` carries on. Under ``torchrun`` each rank labels a
-share of the inputs and rank 0 merges them. With ``shard`` I/N (separate jobs, on any scheduler) a run
-labels only its shard's records into ``<output>.shard-I-of-N.partial`` and leaves it there; a run
-without ``shard`` and with ``resume`` counts every shard's rows as done and merges them into the output.
+Predictions are journaled batch by batch (``core/journal.py``: ``<output>.journal/``) and written to the output
+at the end, so an interrupted run loses nothing and ``resume`` carries on; the journal's settings (the run's
+models by digest, the split, ``top_k``, ``threshold``) keep a resume or a merge from mixing two models. Under
+``torchrun`` each rank labels a share of the inputs into its own part and rank 0 merges them. With ``shard``
+I/N (separate jobs, on any scheduler) a run labels only its shard's records into the shard's part and leaves it
+there; a run without ``shard`` and with ``resume`` counts every shard's rows as done and merges them into the
+output.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import glob
 import hashlib
-import io
 import json
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,14 +27,16 @@ import torch.distributed as dist
 
 from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import ConfigError, DatasetError
-from ..core.sharding import Shard
+from ..core.journal import Journal, input_key, json_line
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_table
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
 from ..europeana.search_api import SearchClient, record_uri
+from ..modelling.checkpoint import model_id
 from ..modelling.explain import TILE, figure, heatmaps, save_figure
 from ..modelling.models import get_arch
+from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import Dist, autocast_dtype, default_workers, distributed
 from .inference import RunModel, load_run, probabilities
 
@@ -54,16 +55,6 @@ class Item:
     @functools.cached_property
     def key(self) -> str:  # cached: a local file's key resolves its path, and runs look it up more than once
         return input_key(self.id, self.image)
-
-
-def input_key(record_id: str | None, image: str) -> str:
-    """What an input is known by across runs, shards and resumes: its record, else where its file is (however
-    the path was typed: `new` in one run, `/data/new` in another), else its URL."""
-    if record_id:
-        return record_id
-    if image.lower().startswith(("http://", "https://")):
-        return image
-    return str(Path(image).resolve())
 
 
 def _unique(items: list[Any], key: Callable[[Any], str]) -> list[Any]:
@@ -87,17 +78,13 @@ class PredictReport:
     not_fetched: int = 0
     heatmaps: int = 0
     splits: list[str] = field(default_factory=list)
-    shard: str | None = None  # a shard's rows stay in its part file until a run without shard merges them
-    part: Path | None = None
+    shard: str | None = None  # a shard's rows stay in its journal part until a run without shard merges them
+    journal: Path | None = None
+    model_id: str = ""  # the digest of the run's checkpoints that labelled
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """The labelled rows of the output, read one at a time (a run over millions stays in the file)."""
-        suffix = self.output.suffix.lower()
-        with self.output.open(newline="", encoding="utf-8") as handle:
-            if suffix == ".jsonl":
-                yield from (json.loads(line) for line in handle if line.strip())
-            else:
-                yield from csv.DictReader(handle)
+        return read_output(self.output)
 
 
 class Rows:
@@ -107,11 +94,12 @@ class Rows:
 
     def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
         self.classes = models[0].classes
-        self.multi = models[0].multilabel
-        self.columns = ML_COLUMNS if self.multi else COLUMNS
+        self.task = models[0].task
+        self.columns = ML_COLUMNS if self.task.multilabel else COLUMNS
         self.k = min(config.top_k, len(self.classes))
         # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
-        self.thresholds = np.mean([m.thresholds(config.threshold) for m in models], axis=0) if self.multi else None
+        self.thresholds = (np.mean([m.thresholds(config.threshold) for m in models], axis=0)
+                           if self.task.multilabel else None)
 
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
         classes = self.classes
@@ -119,7 +107,7 @@ class Rows:
         result = {"image": item.image, "prediction": classes[order[0]], "confidence": float(probs[order[0]]),
                   "top_k": [[classes[c], round(float(probs[c]), 6)] for c in order], "ID": item.id, "URI": item.uri}
         if self.thresholds is not None:
-            result["labels"] = [c for c, p, t in zip(classes, probs, self.thresholds, strict=True) if p >= t]
+            result["labels"] = [classes[c] for c in self.task.emitted(probs, self.thresholds)]
             result["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)}
         return result
 
@@ -128,8 +116,8 @@ def predict(config: PredictConfig) -> PredictReport:
     """Label every input image with ``config.run``; see the module docstring."""
     report = run_predictions(config, Rows)
     if not report.predicted and not report.already_done and (report.unreadable or report.not_fetched):
-        # Only its header: nothing to keep, and a retry must not be refused. A shard's is its part file.
-        (report.part if config.shard and report.part else config.output).unlink(missing_ok=True)
+        if not config.shard:  # only its header: nothing to keep, and a retry must not be refused
+            config.output.unlink(missing_ok=True)
         named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
         raise DatasetError("nothing could be labelled: " + (f"{named} cannot be read as images" if named else
                                                             f"{report.not_fetched} image(s) could not be fetched"))
@@ -151,28 +139,42 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
              make_rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
     models = load_run(config.run, device, config.split)
     rows = make_rows(models, config)
-    report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard)
+    digest = model_id(RunFolder(config.run).model_paths())
+    report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard, model_id=digest)
     items, report.not_fetched = _gather(config, world)
-    shard = config.shard_spec
-    part = _part_path(config.output, world, shard)
-    done = _previous(config, part, world, rows.columns, shard)
-    report.part = part
-    report.already_done = sum(1 for item in items if item.key in done)
-    mine = [item for item in items[world.rank::world.world] if item.key not in done]
-    with part.open("a", newline="", encoding="utf-8") as handle:
-        writer = _Writer(handle, config.output.suffix.lower(), rows.columns)
-        # One loader for the whole shard: its workers start once, and each batch is written as it comes.
-        _label(mine, models, config, device, writer, report, rows)
-    if world.active:
-        counts = [report.predicted, len(report.unreadable)]
-        box: list[Any] = [None] * world.world
-        dist.all_gather_object(box, counts)
-        report.predicted = sum(c[0] for c in box)
-    if world.main and shard is None:  # a shard leaves its part for the run that merges them all
-        _merge(config.output, world, rows.columns)
+    journal = output_journal(config, digest, rows.columns, world)
+    report.journal = journal.folder
+    if world.main and not config.resume and config.output.exists():
+        raise DatasetError(f"{config.output} already exists: pass `resume` to add to it, or choose another `output`")
+    with journal.open(config.resume):
+        done = _previous(config, journal, world, rows.columns)
+        report.already_done = sum(1 for item in items if item.key in done)
+        mine = [item for item in items[world.rank::world.world] if item.key not in done]
+        # One loader for the whole shard: its workers start once, and each batch is journaled as it comes.
+        _label(mine, models, config, device, _Writer(journal, config.output.suffix.lower(), rows.columns), report,
+               rows)
+        if world.active:
+            journal.close()  # rank 0 merges every rank's part: it must be free
+            counts = [report.predicted, len(report.unreadable)]
+            box: list[Any] = [None] * world.world
+            dist.all_gather_object(box, counts)
+            report.predicted = sum(c[0] for c in box)
+        if world.main and config.shard is None:  # a shard leaves its part for the run that merges them all
+            _merge(config.output, journal, rows.columns)
     if world.active:
         dist.barrier()  # nobody reads the output before rank 0 has merged it
     return report
+
+
+def output_journal(config: PredictConfig, digest: str, columns: list[str], world: Dist) -> Journal:
+    """The journal of ``config.output``: what its writers must share is the model (by digest), its classes'
+    columns and the settings that shape a row."""
+    return Journal(config.output.with_name(config.output.name + ".journal"),
+                   what=f"the predictions into {config.output}",
+                   settings={**config.resume_settings(), "model": digest, "columns": columns},
+                   shard=config.shard_spec, rank=world.rank if world.active else None,
+                   hint="resume with the same run and the same `split`, `top_k` and `threshold`, or choose another "
+                        "`output`")
 
 
 def _label(items: list[Item], models: list[RunModel], config: PredictConfig, device: torch.device,
@@ -382,108 +384,67 @@ def _check_image_dir(folder: Path) -> None:
 
 
 class _Writer:
-    def __init__(self, handle: Any, suffix: str, columns: list[str]) -> None:
-        self.handle, self.suffix, self.columns = handle, suffix, columns
-        self.csv = csv.writer(handle) if suffix == ".csv" else None
-        if self.csv is not None and handle.tell() == 0:
-            self.csv.writerow(columns)
+    """An output row as the output's format writes it, journaled under the input's key."""
+
+    def __init__(self, journal: Journal, suffix: str, columns: list[str]) -> None:
+        self.journal, self.csv, self.columns = journal, suffix == ".csv", columns
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.csv is None:
-            self.handle.write(json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
-            return
+        self.journal.append(input_key(row.get("ID"), row["image"]), self.cells(row))
+
+    def cells(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not self.csv:
+            return {c: row.get(c) for c in self.columns}
         cells = {"confidence": f"{row['confidence']:.6f}", "top_k": json.dumps(row["top_k"]),
                  "labels": " ".join(row.get("labels", [])), "probabilities": json.dumps(row.get("probabilities")),
                  "ID": row["ID"] or "", "URI": row["URI"] or ""}
-        self.csv.writerow([cells.get(c, row.get(c)) for c in self.columns])
+        return {c: cells.get(c, row.get(c)) for c in self.columns}
 
     def flush(self) -> None:
-        self.handle.flush()
+        self.journal.flush()
 
 
-def _part_path(output: Path, world: Dist, shard: Shard | None = None) -> Path:
-    suffix = (f".{shard.tag}" if shard else "") + (f".rank{world.rank}" if world.active else "")
-    return output.with_name(f"{output.name}{suffix}.partial")
-
-
-def _previous(config: PredictConfig, part: Path, world: Dist, columns: list[str], shard: Shard | None) -> set[str]:
-    """Keys already predicted (resume), after cleaning a line cut short by a kill. A shard reads and cleans
-    only its own parts; the merging run reads every part."""
+def _previous(config: PredictConfig, journal: Journal, world: Dist, columns: list[str]) -> Any:
+    """The keys already predicted: a shard's own, or (the merging run) every shard's and rank's and the output's
+    (a finished output that ``resume`` adds to is taken into the journal)."""
     output = config.output
-    own = own_parts(output, shard)
     if not config.resume:
-        if world.main and output.exists():
-            raise DatasetError(f"{output} already exists: pass `resume` to add to it, or choose another `output`")
-        if world.main and own:
-            what = "shards' predictions" if shard is None and any(output.parent.glob(
-                f"{glob.escape(output.name)}.shard-*.partial")) else "an interrupted prediction"
-            raise DatasetError(f"{what} into {output} found: pass `resume` to carry on (and merge them), or "
-                               f"delete {output.name}*.partial")
         if world.active:
-            dist.barrier()  # no rank starts its part file before rank 0 has looked for old ones
-        return set()
-    if world.main and output.exists() and shard is None:
-        os.replace(output, _part_path(output, Dist()))
+            dist.barrier()  # no rank writes before every rank has looked for old parts
+        return journal.done()
+    if world.main and config.shard is None and output.exists():
+        for row in read_output(output, columns):
+            journal.append(input_key(row.get("ID") or None, row["image"]), row)
+        journal.flush()
     if world.active:
-        dist.barrier()
-    done: set[str] = set()
-    suffix = output.suffix.lower()
-    for path in own_parts(output, shard) + ([output] if shard and output.exists() else []):
-        rows = _read_rows(path, suffix, columns)
-        done.update(input_key(r.get("ID"), r["image"]) for r in rows)
-        if path == part:
-            _rewrite(path, rows, suffix, columns)
-    return done
+        dist.barrier()  # every rank sees what rank 0 took in
+    merged = config.shard is not None and output.exists()  # a shard run after a merge: the merged rows are done
+    return journal.done(also=(input_key(r.get("ID") or None, r["image"]) for r in read_output(output, columns))
+                        if merged else ())
 
 
-def own_parts(output: Path, shard: Shard | None) -> list[Path]:
-    """The part files of ``output`` that a run may read and clean: all (the merging run), or exactly its shard's
-    (``.shard-1-of-4.partial`` and its ranks', never ``.shard-1-of-40``'s)."""
-    name = glob.escape(output.name)
-    if shard is None:
-        return sorted(output.parent.glob(f"{name}*.partial"))
-    return sorted([*output.parent.glob(f"{name}.{shard.tag}.partial"),
-                   *output.parent.glob(f"{name}.{shard.tag}.rank*.partial")])
+def read_output(output: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a predictions file (CSV or JSONL), one at a time; a CSV row of other columns is skipped."""
+    if output.suffix.lower() == ".jsonl":
+        with output.open("rb") as handle:  # lines end at "\n" alone, whatever characters the values hold
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
+        return
+    with output.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if columns is None or list(row) == columns:
+                yield row
 
 
-def _read_rows(path: Path, suffix: str, columns: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    text = path.read_text(encoding="utf-8")
-    # A kill can cut the last row anywhere, even where it still parses: only whole lines count.
-    text = text[: text.rfind("\n") + 1]
-    if suffix == ".csv":
-        for row in csv.reader(io.StringIO(text, newline="")):
-            if len(row) == len(columns) and row != columns:
-                rows.append(dict(zip(columns, row, strict=True)))
-    else:
-        for line in text.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def _rewrite(path: Path, rows: list[dict[str, Any]], suffix: str, columns: list[str]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        if suffix == ".csv":
+def _merge(output: Path, journal: Journal, columns: list[str]) -> None:
+    """Every part's rows, each input once, into the output (written whole or not at all); then the parts go."""
+    journal.claim_all()
+    with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        if output.suffix.lower() == ".csv":
             writer = csv.writer(handle)
             writer.writerow(columns)
-            writer.writerows([r[c] for c in columns] for r in rows)
+            writer.writerows([row.get(c) for c in columns] for _, row in journal.records())
         else:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-def _merge(output: Path, world: Dist, columns: list[str]) -> None:
-    parts = sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial"))
-    if len(parts) == 1 and not world.active:
-        os.replace(parts[0], output)
-        return
-    suffix = output.suffix.lower()
-    # A merge killed after its rename and run again would find the shards' rows twice: each input once.
-    rows = _unique([r for p in parts for r in _read_rows(p, suffix, columns)],
-                   lambda r: input_key(r.get("ID"), r["image"]))
-    _rewrite(parts[0], rows, suffix, columns)
-    os.replace(parts[0], output)
-    for p in parts[1:]:
-        p.unlink(missing_ok=True)
+            handle.writelines(json_line(row) + "\n" for _, row in journal.records())
+    journal.remove_parts()

@@ -1,0 +1,419 @@
+"""One journal under every output that is written record by record, resumed, sharded and merged (download,
+predict, embed, enrich, harvest, publish).
+
+A journal is a folder (``<output>.journal/``; a download keeps it inside its image folder as ``.journal/``):
+
+    settings.json                          the settings every writer of this output must share
+    part.ndjson                            the records of a run without shard
+    part.shard-1-of-4.ndjson               shard 1 of 4's records (``--shard 1/4``)
+    part.shard-1-of-4.rank-0.ndjson        ... of its torchrun rank 0
+    part.shard-1-of-4.ndjson.lock          held by the process writing that part (its PID inside)
+
+Its rules:
+
+- **Framing.** A record is one line, ``[key, value]`` as JSON with every non-ASCII character escaped
+  (``ensure_ascii``): no character of a value, U+2028, U+2029 or U+0085 included, can end a line or split a
+  record, and a line is read back byte for byte whatever the platform's newline.
+- **Identity.** A record is known by its key: the record ID, else where its file points, else its URL
+  (``input_key``). Whatever reads a journal keeps the first record of each key.
+- **Cuts.** A last line without its newline (a kill, a full disk, a power cut mid-write, even mid-character) is
+  dropped and reported, never fatal; the writer trims it from its own part before appending.
+- **Settings.** What must not change between the runs that write one output (the model, the split, the
+  backbone...) is declared by the stage once, stored on the first write and compared on every later one,
+  naming both values.
+- **One writer per part.** A writer holds an exclusive lock on its part; a second one is refused in one line
+  ("... is being written by process N on HOST"), and the run that merges the shards holds all of them.
+- **Cost.** Reading streams line by line; what a run keeps of the records it has read is 16 bytes of digest
+  per key (``KeySet``), so memory stays flat in the size of the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DatasetError
+from .sharding import Shard
+from .tables import temp_path
+
+log = logging.getLogger(__name__)
+
+SETTINGS = "settings.json"
+_PART = re.compile(r"^part(?:\.(shard-\d+-of-\d+))?(?:\.rank-(\d+))?\.ndjson$")
+
+
+def input_key(record_id: str | None, image: str) -> str:
+    """What an input is known by across runs, shards and resumes: its record, else where its file is (however
+    the path was typed: ``new`` in one run, ``/data/new`` in another), else its URL."""
+    if record_id:
+        return record_id
+    if image.lower().startswith(("http://", "https://")):
+        return image
+    return str(Path(image).resolve())
+
+
+def part_name(shard: Shard | None = None, rank: int | None = None) -> str:
+    """The one naming scheme of the files writers append to."""
+    return "part" + (f".{shard.tag}" if shard else "") + (f".rank-{rank}" if rank is not None else "") + ".ndjson"
+
+
+def json_line(value: Any) -> str:
+    """JSON for one line of a JSON Lines file people read: non-ASCII kept readable, but the three characters
+    that some line splitters take for a line end (U+2028, U+2029, U+0085) escaped, as JSON allows."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+
+
+def frame(key: str, value: Any) -> bytes:
+    """One record as the journal stores it: a line of ASCII."""
+    try:
+        text = json.dumps([key, value], ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise DatasetError(f"the record of {key!r} holds a number JSON cannot hold (NaN or infinity); it is not "
+                           "written") from None
+    return text.encode("ascii") + b"\n"
+
+
+class KeySet:
+    """A set of keys kept as 16-byte digests in one sorted array: 16 MB per million keys."""
+
+    def __init__(self, digests: bytes | bytearray = b"") -> None:
+        self._sorted = np.unique(np.frombuffer(bytes(digests), dtype="S16"))
+
+    @staticmethod
+    def digest(key: str) -> bytes:
+        return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str) or not len(self._sorted):
+            return False
+        digest = np.array(self.digest(key), dtype="S16")
+        at = int(np.searchsorted(self._sorted, digest))
+        return at < len(self._sorted) and self._sorted[at] == digest
+
+
+class Journal:
+    """The journal of one output, as one writer (a shard, a rank, or the run that merges them) sees it.
+
+    ``what`` names the output in messages ("predictions into out.csv"); ``settings`` are what every writer
+    must share; ``hint`` says what to do when they differ."""
+
+    def __init__(self, folder: Path, *, what: str, settings: Mapping[str, Any], shard: Shard | None = None,
+                 rank: int | None = None, hint: str = "run with the settings it was started with, or choose "
+                 "another output") -> None:
+        self.folder, self.what, self.settings, self.hint = folder, what, dict(settings), hint
+        self.shard, self.rank = shard, rank
+        self.part = folder / part_name(shard, rank)
+        self.cut = 0  # records dropped because their line was cut short
+        self._locks: dict[Path, _Lock] = {}
+        self._handle: Any = None
+
+    # -- opening and closing
+
+    def open(self, resume: bool = True) -> Journal:
+        """Take this writer's part (locked), check the settings, trim a cut last record; ready to append.
+
+        Without ``resume`` a writer starts afresh: the records it would carry on from (its own, or for the merging
+        run any shard's) are not silently taken over, and settings left by an earlier, finished output give way."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock(self.part)
+            if not resume:
+                self._fresh()
+            self._check_settings()
+            self._trim(self.part)
+            self._handle = self.part.open("ab")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> Journal:
+        return self if self._handle is not None else self.open()
+
+    def _fresh(self) -> None:
+        if self.has_records():
+            raise DatasetError(f"unfinished work on {self.what} is in {self.folder} (an interrupted run, or shards "
+                               "to merge): pass `resume` to carry on, or delete that folder to start again")
+        everyone = [p for p in self.folder.iterdir() if _PART.match(p.name)]
+        if not any(p.stat().st_size for p in everyone):  # no writer at work: earlier settings are not binding
+            (self.folder / SETTINGS).unlink(missing_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and let go of every part this writer holds; nothing is lost, everything is kept."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        for lock in self._locks.values():
+            lock.release()
+        self._locks.clear()
+
+    # -- writing
+
+    def append(self, key: str, value: Any) -> None:
+        self._handle.write(frame(key, value))
+
+    def flush(self) -> None:
+        """What was appended reaches the file (a kill after this loses none of it)."""
+        self._handle.flush()
+
+    # -- reading
+
+    def parts(self) -> list[Path]:
+        """This writer's parts and those it stands for: a shard its own (every rank's), the merging run all."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.iterdir():
+            match = _PART.match(path.name)
+            if match and (self.shard is None or match[1] == self.shard.tag):
+                found.append(path)
+        return sorted(found, key=_part_order)
+
+    def has_records(self) -> bool:
+        return any(p.stat().st_size for p in self.parts())
+
+    def done(self, also: Iterable[str] = ()) -> KeySet:
+        """The keys of every record in ``parts()`` (what is done), and ``also`` those."""
+        digests = bytearray()
+        for key in also:
+            digests += KeySet.digest(key)
+        for path in self.parts():
+            for key in _keys(path, self):
+                digests += KeySet.digest(key)
+        return KeySet(digests)
+
+    def records(self) -> Iterator[tuple[str, Any]]:
+        """Every record of ``parts()`` in order, the first of each key only: two streaming passes, one to find
+        the first of each key, one to hand them over."""
+        parts = self.parts()
+        digests = bytearray()
+        for path in parts:
+            for key in _keys(path, self, report=False):
+                digests += KeySet.digest(key)
+        keep = np.zeros(len(digests) // 16, dtype=bool)
+        if len(keep):
+            keep[np.unique(np.frombuffer(bytes(digests), dtype="S16"), return_index=True)[1]] = True
+        position = 0
+        for path in parts:
+            for key, value in _read(path, self, report=False):
+                if keep[position]:
+                    yield key, value
+                position += 1
+
+    # -- merging and finishing
+
+    def claim_all(self) -> None:
+        """The merging run: hold every part's lock, so no shard can still be writing what is merged."""
+        for path in self.parts():
+            self._lock(path)
+
+    def remove_parts(self) -> None:
+        """Once their records are in the output: the parts (and their locks) go; the settings stay."""
+        for path in self.parts():
+            path.unlink(missing_ok=True)
+            lock = self._locks.pop(path, None)
+            if lock is not None:
+                lock.release(remove=True)
+
+    def remove(self) -> None:
+        """The whole journal, settings included (its output is complete and carries on no more)."""
+        self.remove_parts()
+        (self.folder / SETTINGS).unlink(missing_ok=True)
+        for leftover in self.folder.glob("*.lock"):
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something that is not the journal's own stays, and the folder too
+            self.folder.rmdir()
+
+    # -- internals
+
+    def _lock(self, path: Path) -> None:
+        if path not in self._locks:
+            self._locks[path] = _Lock(path.with_name(path.name + ".lock"), self.what)
+
+    def _check_settings(self) -> None:
+        path = self.folder / SETTINGS
+        wanted = json.loads(json.dumps(self.settings))  # as JSON gives them back: tuples are lists
+        if not path.is_file() and _create(path, wanted):
+            return
+        before = _settings(path)
+        differ = [k for k in sorted({*before, *wanted}) if before.get(k) != wanted.get(k)]
+        if differ:
+            said = "; ".join(f"{k}: {_shown(before.get(k))} then, {_shown(wanted.get(k))} now" for k in differ)
+            raise DatasetError(f"{self.what} was started with other settings ({said}): {self.hint}")
+
+    def _trim(self, path: Path) -> None:
+        """Cut a last record short of its newline off the writer's own part."""
+        if not path.is_file():
+            return
+        with path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if not size:
+                return
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                handle.seek(start)
+                block = handle.read(end - start)
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                end = start
+            if end < size:
+                handle.truncate(end)
+                self.cut += 1
+                log.warning("%s: dropped a record cut short at the end of %s (an interrupted write); it is done "
+                            "again", self.what, path.name)
+
+
+def _part_order(path: Path) -> tuple[int, int, int]:
+    match = _PART.match(path.name)
+    assert match is not None
+    tag, rank = match[1], match[2]
+    index = int(tag.split("-")[1]) if tag else -1
+    return (index, int(rank) if rank is not None else -1, 0)
+
+
+def _lines(path: Path, journal: Journal, report: bool = True) -> Iterator[bytes]:
+    """The whole lines of a part; a cut last line is counted and reported, not handed over."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            if line.endswith(b"\n"):
+                yield line
+            elif line.strip(b"\0 \t\r") and report:  # a power cut can leave zeros where a record was
+                journal.cut += 1
+                log.warning("%s: dropped a record cut short at the end of %s (an interrupted write)",
+                            journal.what, path.name)
+
+
+def _keys(path: Path, journal: Journal, report: bool = True) -> Iterator[str]:
+    return (key for key, _ in _read(path, journal, report))
+
+
+def _read(path: Path, journal: Journal, report: bool = True) -> Iterator[tuple[str, Any]]:
+    """The readable records of a part; a damaged line (not one the journal wrote whole) is skipped."""
+    for line in _lines(path, journal, report):
+        try:
+            value = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            value = None
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            yield value[0], value[1]
+        elif report:
+            _damaged(journal, path)
+
+
+def _damaged(journal: Journal, path: Path) -> None:
+    journal.cut += 1
+    log.warning("%s: skipped a damaged record in %s", journal.what, path.name)
+
+
+def _create(path: Path, settings: Any) -> bool:
+    """Write the settings if no writer has: True when this one did (atomic: link, never overwrite)."""
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: a plain rename (the race it leaves is harmless here)
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _settings(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise DatasetError(f"{path} is unreadable: delete it (and the journal's parts) to start again") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a journal's settings: delete it to start again")
+    return data
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Lock:
+    """An exclusive lock on a file beside a part, held while its process lives (the OS lets go of it when the
+    process dies, killed or not: no stale lock to clean up)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise DatasetError(f"{what} is being written by {holder}: wait for it to finish (or stop it), "
+                                   "then run again")
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file another process removed while this one waited for it
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd: int | None = fd
+
+    def release(self, remove: bool = False) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)  # closing lets go of the lock
+        self.fd = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def read_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """The records of one part file, for tools and tests (cut and damaged lines left out)."""
+    journal = Journal(path.parent, what=str(path), settings={})
+    return _read(path, journal)

@@ -1,0 +1,276 @@
+"""The journal every resumable, sharded output is written through: framing, cuts, settings, locks, merging."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.core.journal import Journal, KeySet, input_key, part_name, read_records
+from europeana_imgcls.core.sharding import Shard
+
+# Every character that ends a line somewhere (str.splitlines, a CSV reader, a JSON parser) or breaks a decoder.
+HOSTILE = ["plain", "line\u2028sep", "para\u2029sep", "next\u0085line", "new\nline", "cr\rreturn", "tab\tx",
+           'quote"s', "back\\slash", "emoji \U0001f5bc", "nul\x00byte", "ſtraße ﬁ"]
+
+
+def journal(folder: Path, shard: Shard | None = None, **settings: object) -> Journal:
+    return Journal(folder, what=f"test output in {folder}", settings=settings or {"model": "m1"}, shard=shard)
+
+
+def test_any_character_in_a_key_or_value_comes_back_whole(tmp_path: Path) -> None:
+    with journal(tmp_path / "j") as j:
+        for i, key in enumerate(HOSTILE):
+            j.append(key, {"text": key, "n": i})
+    raw = (tmp_path / "j" / "part.ndjson").read_bytes()
+    assert raw.isascii() and raw.count(b"\n") == len(HOSTILE)  # one line a record, whatever it holds
+    got = list(journal(tmp_path / "j").records())
+    assert [k for k, _ in got] == HOSTILE and [v["text"] for _, v in got] == HOSTILE
+
+
+def test_a_record_cut_mid_character_is_dropped_reported_and_trimmed(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "j"
+    with journal(folder) as j:
+        j.append("a", 1)
+        j.append("b", 2)
+    part = folder / "part.ndjson"
+    with part.open("ab") as handle:  # a write that stopped inside a UTF-8 character: bytes no record holds
+        handle.write('["c",{"t":"é'.encode()[:-1])
+    reader = journal(folder)
+    assert [k for k, _ in reader.records()] == ["a", "b"]
+    assert len(reader.done()) == 2 and reader.cut == 1 and "cut short" in caplog.text
+    with journal(folder) as writer:  # the writer trims its part before it appends
+        assert writer.cut == 1
+        writer.append("c", 3)
+    assert [k for k, _ in journal(folder).records()] == ["a", "b", "c"]
+    assert part.read_bytes().endswith(b'["c",3]\n')
+
+
+def test_a_damaged_line_in_the_middle_is_skipped_not_fatal(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    folder.mkdir()
+    (folder / "part.ndjson").write_bytes(b'["a",1]\n\xff\xfe garbage\n{"not":"ours"}\n["b",2]\n')
+    reader = journal(folder)
+    assert list(reader.records()) == [("a", 1), ("b", 2)] and "b" in reader.done()
+
+
+def test_other_settings_are_refused_naming_both_values(tmp_path: Path) -> None:
+    with journal(tmp_path / "j", model="abc123", split="best") as j:
+        j.append("a", 1)
+    with pytest.raises(DatasetError, match=r"model: \"abc123\" then, \"def456\" now") as error:
+        journal(tmp_path / "j", model="def456", split="best").open()
+    assert "split" not in str(error.value)
+    with journal(tmp_path / "j", model="abc123", split="best") as again:  # the same settings carry on
+        again.append("b", 2)
+
+
+def _hold(folder: str, ready: multiprocessing.synchronize.Event, done: multiprocessing.synchronize.Event) -> None:
+    with journal(Path(folder)):
+        ready.set()
+        done.wait(60)
+
+
+def test_a_second_writer_of_a_part_is_refused_in_one_line(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    ready, done = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(str(tmp_path / "j"), ready, done))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(DatasetError, match=rf"is being written by process {holder.pid} on "):
+            journal(tmp_path / "j").open()
+    finally:
+        done.set()
+        holder.join(60)
+    with journal(tmp_path / "j") as j:  # free again once the writer is gone
+        j.append("a", 1)
+
+
+def test_shards_write_their_own_parts_and_the_merge_keeps_each_key_once(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    for index in range(3):
+        shard = Shard(index, 3)
+        with journal(folder, shard) as j:
+            for n in range(index * 2, index * 2 + 3):  # neighbouring shards overlap by one key
+                j.append(f"k{n}", {"shard": index})
+    names = sorted(p.name for p in folder.glob("*.ndjson"))
+    assert names == [part_name(Shard(i, 3)) for i in range(3)]
+    own = journal(folder, Shard(1, 3))
+    assert [k for k, _ in own.records()] == ["k2", "k3", "k4"]  # a shard sees its own part
+    merged = journal(folder)
+    got = list(merged.records())
+    assert [k for k, _ in got] == ["k0", "k1", "k2", "k3", "k4", "k5", "k6"]
+    assert dict(got)["k2"] == {"shard": 0}  # the first record of a key wins
+    merged.open()
+    merged.claim_all()
+    merged.remove_parts()
+    merged.close()
+    assert not list(folder.glob("*.ndjson")) and not list(folder.glob("*.lock"))
+    assert (folder / "settings.json").is_file()
+
+
+def test_the_merge_waits_for_no_shard_it_cannot_lock(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    with journal(folder, Shard(0, 2)) as j:
+        j.append("a", 1)
+    running = journal(folder, Shard(1, 2)).open()
+    try:
+        merging = journal(folder).open()
+        with pytest.raises(DatasetError, match=f"being written by process {os.getpid()}"):
+            merging.claim_all()
+        merging.close()
+    finally:
+        running.close()
+
+
+def test_key_sets_hold_digests_not_keys() -> None:
+    keys = KeySet(b"".join(KeySet.digest(f"/item/{n}") for n in range(1000)))
+    assert len(keys) == 1000 and "/item/999" in keys and "/item/1000" not in keys and 5 not in keys
+
+
+def test_input_key_knows_a_file_by_where_it_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert input_key(None, "a.jpg") == input_key(None, str(tmp_path / "a.jpg"))
+    assert input_key("/9/x", "a.jpg") == "/9/x" and input_key(None, "https://h/x.jpg") == "https://h/x.jpg"
+
+
+def test_read_records_reads_a_part_for_tools(tmp_path: Path) -> None:
+    with journal(tmp_path / "j") as j:
+        j.append("a", [1, 2])
+    assert list(read_records(tmp_path / "j" / "part.ndjson")) == [("a", [1, 2])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The holes the journal closes, through the stages that write on it
+
+
+def _hostile_folder(root: Path) -> list[str]:
+    """Images whose file names (and so record IDs) hold every character that splits lines somewhere."""
+    from PIL import Image
+
+    from europeana_imgcls.core.naming import file_name
+
+    ids = [f"/9200/{label}" for label in ("a\u2028b", "c\u2029d", "e\u0085f", "plain1", "plain2", "ü\u2028ß")]
+    root.mkdir(parents=True)
+    for n, record_id in enumerate(ids):
+        Image.new("RGB", (40, 40), (40 * n, 90, 200 - 30 * n)).save(root / file_name(record_id))
+    return ids
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_shard_merge_keeps_records_whose_names_hold_line_separators(trained_run: Path, tmp_path: Path,
+                                                                      suffix: str) -> None:
+    from europeana_imgcls import PredictConfig, predict
+
+    folder = tmp_path / "in"
+    _hostile_folder(folder)
+    out = tmp_path / f"p{suffix}"
+    for k in range(2):
+        predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, shard=f"{k}/2", quiet=True))
+    merged = predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, resume=True, quiet=True))
+    assert (merged.predicted, merged.already_done) == (0, 6)
+    images = sorted(Path(r["image"]).name for r in merged.rows())
+    assert images == sorted(p.name for p in folder.iterdir())  # all 6, none dropped
+
+
+def test_an_enrich_shard_merge_annotates_records_whose_ids_hold_line_separators(trained_run: Path,
+                                                                                tmp_path: Path) -> None:
+    import json
+
+    from europeana_imgcls import EnrichConfig, enrich
+    from europeana_imgcls.core.naming import record_id_of
+    folder = tmp_path / "in"
+    ids = _hostile_folder(folder)
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({c: f"http://example.org/concept/{c}" for c in ("map", "painting", "specimen")}))
+    common = dict(run=trained_run, inputs=[str(folder)], output=tmp_path / "a.jsonl", vocab=vocab, quiet=True)
+    for k in range(2):
+        enrich(EnrichConfig(**common, shard=f"{k}/2"))
+    report = enrich(EnrichConfig(**common, resume=True))
+    assert report.records == 6 and report.already_done == 6  # every record scored by the shards, none dropped
+    scored = [json.loads(line) for line in report.predictions.read_bytes().split(b"\n") if line]
+    assert sorted(record_id_of(Path(r["image"]).name) for r in scored) == sorted(ids)  # one a line, whatever
+    # the ID holds
+    annotated = [json.loads(line) for line in report.output.read_bytes().split(b"\n") if line]
+    assert len(annotated) == report.annotations and {a["target"] for a in annotated} <= {
+        f"http://data.europeana.eu/item{i}" for i in ids}
+
+
+def _other_model(run: Path, tmp_path: Path) -> Path:
+    """The same run with one weight of one split changed: another model, by its digest."""
+    import shutil
+
+    import torch
+
+    other = tmp_path / "other_run"
+    shutil.copytree(run, other)
+    state = torch.load(other / "split_0" / "model.pt", weights_only=True)
+    name = next(iter(state["model_state"]))
+    state["model_state"][name] = state["model_state"][name] + 1
+    torch.save(state, other / "split_0" / "model.pt")
+    return other
+
+
+def test_a_predict_merge_refuses_shards_of_another_model(trained_run: Path, tmp_path: Path) -> None:
+    from europeana_imgcls import PredictConfig, predict
+
+    folder = tmp_path / "in"
+    _hostile_folder(folder)
+    out = tmp_path / "p.csv"
+    predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, shard="0/2", quiet=True))
+    other = _other_model(trained_run, tmp_path)
+    with pytest.raises(DatasetError, match=r"other settings \(model: \"[0-9a-f]{16}\" then, \"[0-9a-f]{16}\" now"):
+        predict(PredictConfig(run=other, inputs=[str(folder)], output=out, shard="1/2", quiet=True))
+    with pytest.raises(DatasetError, match="model:"):
+        predict(PredictConfig(run=other, inputs=[str(folder)], output=out, resume=True, quiet=True))
+    predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, resume=True, quiet=True))
+    with pytest.raises(DatasetError, match="model:"):  # adding to a finished output: the same model or none
+        predict(PredictConfig(run=other, inputs=[str(folder)], output=out, resume=True, quiet=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "enrich"])
+def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(command: str, trained_run: Path,
+                                                                          tmp_path: Path) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from europeana_imgcls import EnrichConfig, PredictConfig, enrich, predict
+
+    folder = tmp_path / "in"
+    _hostile_folder(folder)
+    for n in range(3):
+        for path in list(folder.iterdir())[:6]:
+            shutil.copy(path, folder / f"{path.stem}[x{n:02x}].jpg")
+    out = tmp_path / ("p.csv" if command == "predict" else "a.jsonl")
+    gate = tmp_path / "first-batch-done"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EIC_TINY_GATE": str(gate)}
+    first = subprocess.Popen([sys.executable, "-m", "tests.eic_tiny", command, str(trained_run), str(folder),
+                              "-o", str(out), "--batch-size", "2", "--quiet"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while first.poll() is None and not gate.exists():
+            time.sleep(0.01)
+        assert first.poll() is None
+        settings = dict(run=trained_run, inputs=[str(folder)], output=out, resume=True, quiet=True)
+        with pytest.raises(DatasetError, match=rf"is being written by process {first.pid} on "):
+            predict(PredictConfig(**settings)) if command == "predict" else enrich(EnrichConfig(**settings))
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(60)
+    settings = dict(run=trained_run, inputs=[str(folder)], output=out, resume=True, quiet=True)
+    done = predict(PredictConfig(**settings)) if command == "predict" else enrich(EnrichConfig(**settings))
+    total = len(list(folder.iterdir()))
+    if command == "predict":
+        assert done.already_done > 0 and done.already_done + done.predicted == total
+        assert len({r["image"] for r in done.rows()}) == len(list(done.rows())) == total
+    else:
+        assert done.records == total and done.already_done > 0
