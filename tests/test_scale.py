@@ -165,27 +165,28 @@ def _eic(*args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=8, bad_every=9, stall_seconds=3) as sb:
+    with Sandbox(VOCAB, per_level=8, bad_every=9, stall_seconds=120) as sb:
         rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
                 for r in sb.catalogue if r.type == "IMAGE" and r.has_url]  # one and several labels
         table = tmp_path / "t.csv"
         pl.DataFrame(rows).write_csv(table)
-        # A rate makes each shard last a few seconds, so the first ones are surely killed mid-way.
-        common = ["--mode", "multi-label", "--quiet", "--max-side", "64", "--timeout", "2", "--retries", "0",
-                  "--concurrency", "2", "--rate", "25"]
+        common = ["--mode", "multi-label", "--quiet", "--max-side", "64", "--timeout", "6", "--retries", "0",
+                  "--concurrency", "2"]
         shared = tmp_path / "shared"
+        sb.hold_images_after(9)  # the shards are surely killed mid-way: later image answers wait
         first = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
-        time.sleep(1.0)
-        assert all(proc.poll() is None for proc in first), "a shard ended before it could be killed"
+        assert sb.wait_until_held(3), "the shards never reached the held answers"
         for proc in first:
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
+        sb.release()
+        assert sum(p.stat().st_size > 0 for p in (shared / ".journal").glob("part.shard-*.ndjson")) >= 1
         again = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
         for proc in again:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
-        assert sorted(p.name for p in shared.glob("failures.shard-*.csv")) == [
-            f"failures.shard-{k}-of-3.csv" for k in range(3)]
+        assert sorted(p.name for p in (shared / ".journal").glob("*.ndjson")) == [
+            f"part.shard-{k}-of-3.ndjson" for k in range(3)]  # each shard's outcomes wait for the merge
         hits = dict(sb.hits)
         merged = download(DownloadConfig(table=table, output_dir=shared, mode="multi-label", quiet=True,
                                          max_side=64, timeout=2, retries=0))
@@ -197,8 +198,7 @@ def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_ru
     assert _files(shared) == _files(reference)
     assert _failures(shared / "failures.csv") == _failures(reference / "failures.csv")
     assert pl.read_csv(shared / "labels.csv").sort("ID").equals(pl.read_csv(reference / "labels.csv").sort("ID"))
-    assert not list(shared.glob("*shard-*")) or sorted(p.name for p in shared.glob("*shard-*")) == [
-        f"config.shard-{k}-of-3.json" for k in range(3)]
+    assert not list(shared.rglob("*shard-*"))  # the merge took every shard's part in
     assert not [p for p in shared.rglob("*") if p.name.endswith(".eic-part")]
 
 

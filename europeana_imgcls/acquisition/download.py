@@ -12,7 +12,9 @@ second over all hosts. With ``shard`` a run fetches only the records whose ID ha
 keeps its journals under its shard's names; a run without ``shard`` merges them.
 
 Failures are data: each record that could not be had is a row of ``DIR/failures.csv`` with a short
-reason. A re-run skips saved files and known failures; ``retry_failed`` retries only the latter.
+reason. A re-run skips saved files and known failures; ``retry_failed`` retries only the latter. Every
+outcome is journaled as it comes (``core/journal.py``: ``DIR/.journal/``), so a run killed at any moment
+loses nothing it learnt, and a shard's outcomes wait in its part for the run that merges them.
 Every row of the table ends as saved, already there, a known failure, a new failure or a skipped
 row (no ID, no category, a repeated ID), so the report's counts add up to the table; and whatever a
 run knew before it started (failures, multi-label labels) is still known however the run ends.
@@ -42,6 +44,7 @@ from rich.progress import Progress
 
 from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
+from ..core.journal import Journal
 from ..core.naming import file_name, record_id_of
 from ..core.progress import progress_bar
 from ..core.retry import retry_after, wait_before
@@ -52,6 +55,8 @@ from ..europeana.thumbnails import is_placeholder, thumbnail_url
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
+LABEL_COLUMNS = ("ID", "file", "category")
+FAILURES_FILE, LABELS_FILE, CONFIG_FILE = "failures.csv", "labels.csv", "config.json"
 PLACEHOLDER = "no image (the Thumbnail API's placeholder icon)"
 NO_THUMBNAIL = ("HTTP 404", "HTTP 410", PLACEHOLDER)  # what says a record has no thumbnail
 OTHER_SHARD = "another shard's record"
@@ -81,7 +86,7 @@ class DownloadReport:
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     complete: bool = False  # False when the run was interrupted
-    failures_file: Path | None = None  # failures.csv, or the shard's own
+    failures_file: Path | None = None  # failures.csv (a shard's wait in its journal part for the merge)
 
     @property
     def accounted(self) -> int:
@@ -113,21 +118,19 @@ def download(config: DownloadConfig) -> DownloadReport:
     shard = config.shard_spec
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(root, shard)
-    write_json(root / _own_name("config.json", shard), public_dict(config))
-    failures = FailureLog(root, shard)
-    report = DownloadReport(output_dir=root, failures_file=failures.path)
-    labels = LabelsWriter(root, shard) if config.mode == "multi-label" else None
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns about images above its own limit; max_pixels decides, and says so per record.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            _run_loop(_run(config, failures, report, labels, total))
-        report.complete = True
-    finally:
-        # However the run ends (Ctrl-C included), what was known before it is kept.
-        failures.close(report.complete)
-        if labels is not None:
-            labels.close(report.complete)
+    with Outcomes(root, config) as outcomes:
+        if shard is None:  # shards share the folder: the run that merges them writes what they share
+            write_json(root / CONFIG_FILE, public_dict(config))
+        report = DownloadReport(output_dir=root, failures_file=root / FAILURES_FILE if shard is None else None)
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns about images above its own limit; max_pixels decides, and says so per record.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                _run_loop(_run(config, outcomes, report, total))
+            report.complete = True
+        finally:
+            # However the run ends (Ctrl-C included), what was known before it is kept.
+            outcomes.finish(report.complete)
     return report
 
 
@@ -142,14 +145,6 @@ def _check_table(config: DownloadConfig) -> None:
         raise DatasetError(f"{config.table}: `source` thumbnail needs the media URL column 'URL' (a thumbnail is "
                            "named by the MD5 of it); map the table's own with `columns`, e.g. URL=image_url")
     check_columns(config.table, names, _required(config))
-
-
-def _own_name(name: str, shard: Shard | None) -> str:
-    """A shard's own name for a file every run writes: config.json -> config.shard-1-of-4.json."""
-    if shard is None:
-        return name
-    stem, dot, suffix = name.partition(".")
-    return f"{stem}.{shard.tag}{dot}{suffix}"
 
 
 def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -189,8 +184,7 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
                           category=category, path=folder / file_name(record_id))
 
 
-async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadReport,
-               labels: LabelsWriter | None, rows: int) -> None:
+async def _run(config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, rows: int) -> None:
     started = time.perf_counter()
     workers = config.workers or os.cpu_count() or 2
     host_limits: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(config.per_host))
@@ -218,14 +212,14 @@ async def _run(config: DownloadConfig, failures: FailureLog, report: DownloadRep
                 if job.path.parent not in created_dirs:
                     job.path.parent.mkdir(parents=True, exist_ok=True)
                     created_dirs.add(job.path.parent)
-                if not _wanted(job, config, failures, report, labels):
+                if not _wanted(job, config, outcomes, report):
                     progress.advance(task)
                     continue
                 # Bound the tasks waiting for a slot, so a million-row table never sits in memory.
                 while len(pending) >= config.concurrency * 4:
                     _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 pending.add(asyncio.create_task(
-                    _one(fetcher, job, failures, report, labels, lambda: _tick(progress, task, report, started))))
+                    _one(fetcher, job, outcomes, report, lambda: _tick(progress, task, report, started))))
             if pending:
                 await asyncio.wait(pending)
     report.seconds = time.perf_counter() - started
@@ -254,27 +248,23 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
                               headers=headers, verify=tls) for _ in range(count)]
 
 
-def _wanted(job: Job, config: DownloadConfig, failures: FailureLog, report: DownloadReport,
-            labels: LabelsWriter | None) -> bool:
+def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport) -> bool:
     if job.path.exists() and is_complete_jpeg(job.path):
         report.already_saved += 1
-        failures.resolve(job.id)
-        if labels is not None:
-            labels.add(job)
+        outcomes.saved(job, earlier=True)
         return False
-    known = job.id in failures.previous
+    known = job.id in outcomes.failures
     if known != config.retry_failed:
         if known:
             report.known_failures += 1
-            failures.keep(job.id)
+            outcomes.keep(job.id)
         else:  # --retry-failed and a record that has not failed before: left for a plain run
             report.skipped["not a known failure (only those are retried)"] += 1
         return False
     return True
 
 
-async def _one(fetcher: Fetcher, job: Job, failures: FailureLog, report: DownloadReport,
-               labels: LabelsWriter | None, tick: object) -> None:
+async def _one(fetcher: Fetcher, job: Job, outcomes: Outcomes, report: DownloadReport, tick: object) -> None:
     try:
         error = await _attempt(fetcher, job)
     except Exception as exc:  # a bug or a surprise costs this record, recorded, never the run's count
@@ -283,12 +273,10 @@ async def _one(fetcher: Fetcher, job: Job, failures: FailureLog, report: Downloa
         report.failed += 1
         reason = error.split(" (")[0].split(";")[0]
         report.errors[reason] = report.errors.get(reason, 0) + 1
-        failures.add(job, error)
+        outcomes.failed(job, error)
     else:
         report.saved += 1
-        failures.resolve(job.id)
-        if labels is not None:
-            labels.add(job)
+        outcomes.saved(job)
     tick()  # type: ignore[operator]
 
 
@@ -404,98 +392,103 @@ def url_problem(url: str) -> str | None:
     return None if parsed.host else "invalid URL"
 
 
-class FailureLog:
-    """``failures.csv`` of earlier runs, plus a journal of this run's failures (kept if killed).
+class Outcomes:
+    """What a download knows of its records, journaled as it learns it (``DIR/.journal/``).
 
-    A shard keeps its own (``failures.shard-1-of-4.csv``); a run without shard reads every shard's as
-    known failures and, once complete, writes them all into ``failures.csv`` and removes the shards' files.
+    Known failures come from ``failures.csv`` and the journal: a shard's own part, or, for the run that merges,
+    every shard's (oldest first, so a newer outcome wins). Each save and failure of this run is journaled at
+    once. When a run without shard ends, ``failures.csv`` (and a multi-label folder's ``labels.csv``) are
+    written whole: a complete run lists its table's failures and labels and empties the journal; an interrupted
+    one keeps every earlier failure it did not get to and adds what it learnt. A shard writes neither: its
+    part waits for the merge.
     """
 
-    def __init__(self, root: Path, shard: Shard | None = None) -> None:
-        self.path = root / _own_name("failures.csv", shard)
-        self.journal_path = root / f".{_own_name('failures.journal.csv', shard)}"
-        self.shard_files = [] if shard else sorted(
-            p for pattern in ("failures.shard-*.csv", ".failures.shard-*.journal.csv") for p in root.glob(pattern))
-        self.previous: dict[str, dict[str, str]] = {}
-        # Oldest first, so a newer reason wins: the merged list, the shards' (a run without shard takes them
-        # over), this run's own list, and the journal a killed run left behind.
-        for path in dict.fromkeys((root / "failures.csv", *self.shard_files, self.path, self.journal_path)):
-            if path.exists():
-                with path.open(newline="", encoding="utf-8") as handle:
-                    for row in csv.DictReader(handle, fieldnames=FAILURE_COLUMNS):
-                        if row["ID"] != "ID":
-                            self.previous[row["ID"]] = row
-        self.kept: dict[str, dict[str, str]] = {}
-        self.new: dict[str, dict[str, str]] = {}
+    def __init__(self, root: Path, config: DownloadConfig) -> None:
+        self.root, self.shard, self.multi = root, config.shard_spec, config.mode == "multi-label"
+        self.journal = Journal(root / ".journal", what=f"the download into {root}", settings=config.resume_settings(),
+                               shard=self.shard, hint="download with the `mode` it was started with, or into "
+                                                      "another `output_dir`")
+        self.failures: dict[str, dict[str, str]] = {}  # known failures: record ID -> ID, URL, error
+        self.labels: dict[str, tuple[str, str]] = {}  # a multi-label folder's earlier labels: ID -> file, category
+        self.kept: dict[str, dict[str, str]] = {}  # this run: known failures still in the table
+        self.new: dict[str, dict[str, str]] = {}  # this run's failures
+        self.rows: dict[str, tuple[str, str]] = {}  # this run's saved (and already saved) images
         self.resolved: set[str] = set()  # earlier failures saved by this run
-        self._journal = self.journal_path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._journal)
+
+    def __enter__(self) -> Outcomes:
+        self.journal.open()
+        try:
+            self._read()
+        except BaseException:
+            self.journal.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.journal.close()
+
+    def _read(self) -> None:
+        if self.shard is None and self.multi:
+            for row in _csv_rows(self.root / LABELS_FILE):
+                if row.get("ID"):
+                    self.labels[row["ID"]] = (row.get("file") or "", row.get("category") or "")
+        for row in _csv_rows(self.root / FAILURES_FILE):
+            if row.get("ID"):
+                self.failures[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
+        for record_id, outcome in self.journal.entries():
+            if outcome.get("error") is None:
+                self.failures.pop(record_id, None)
+                self.labels[record_id] = (outcome.get("file") or "", outcome.get("category") or "")
+            else:
+                self.failures[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "",
+                                            "error": outcome["error"]}
 
     def keep(self, record_id: str) -> None:
-        self.kept[record_id] = self.previous[record_id]
+        self.kept[record_id] = self.failures[record_id]
 
-    def add(self, job: Job, error: str) -> None:
-        row = {"ID": job.id, "URL": job.url or "", "error": error}
-        self.new[job.id] = row
-        self._writer.writerow([row[c] for c in FAILURE_COLUMNS])
-        self._journal.flush()
+    def failed(self, job: Job, error: str) -> None:
+        self.new[job.id] = {"ID": job.id, "URL": job.url or "", "error": error}
+        self.journal.append(job.id, {"URL": job.url, "error": error})
+        self.journal.flush()
 
-    def resolve(self, record_id: str) -> None:
-        if record_id in self.previous:
-            self.resolved.add(record_id)
+    def saved(self, job: Job, earlier: bool = False) -> None:
+        self.rows[job.id] = (job.path.name, job.category or "")
+        if job.id in self.failures:
+            self.resolved.add(job.id)
+        if not earlier or job.id in self.failures:  # what the journal does not know yet
+            self.journal.append(job.id, {"file": job.path.name, "category": job.category})
+            self.journal.flush()
 
-    def close(self, complete: bool) -> None:
-        """A complete run lists the failures of its table; an interrupted one keeps every earlier
-        failure it did not get to (and drops those it has since saved)."""
-        self._journal.close()
+    def finish(self, complete: bool) -> None:
+        """The run's end, however it came: the files people read, written whole (see the class docstring)."""
+        if self.shard is not None:
+            return
         if complete:
-            rows = {**self.kept, **self.new}
+            failures, labels = {**self.kept, **self.new}, self.rows
         else:
-            rows = {k: v for k, v in self.previous.items() if k not in self.resolved} | self.new
-        with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+            failures = {k: v for k, v in self.failures.items() if k not in self.resolved} | self.new
+            labels = self.labels | self.rows
+        with atomic_path(self.root / FAILURES_FILE) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS)
             writer.writeheader()
-            writer.writerows(rows.values())
-        self.journal_path.unlink(missing_ok=True)
-        if complete:  # their rows are in failures.csv now
-            for path in self.shard_files:
-                path.unlink(missing_ok=True)
+            writer.writerows(failures.values())
+        if self.multi:
+            with atomic_path(self.root / LABELS_FILE) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(LABEL_COLUMNS)
+                writer.writerows((record_id, *row) for record_id, row in labels.items())
+        if complete:  # every shard's outcome is in the files now
+            self.journal.claim_all()
+            self.journal.remove_parts()
+        else:
+            self.journal.remove_own_part()
 
 
-class LabelsWriter:
-    """``labels.csv`` of a multi-label folder: ID, file, category for every saved image.
-
-    A complete run rewrites it from the table (saved files of earlier runs included); an interrupted
-    one adds what it saved to the rows that were there, so no saved image is ever left unlabelled. A
-    shard writes ``labels.shard-1-of-4.csv``; a complete run without shard folds those in and removes them.
-    """
-
-    COLUMNS = ("ID", "file", "category")
-
-    def __init__(self, root: Path, shard: Shard | None = None) -> None:
-        self.path = root / _own_name("labels.csv", shard)
-        self.shard_files = [] if shard else sorted(root.glob("labels.shard-*.csv"))
-        self.previous: dict[str, tuple[str, str]] = {}
-        for path in (*self.shard_files, self.path):
-            if path.exists():
-                with path.open(newline="", encoding="utf-8") as handle:
-                    for row in csv.DictReader(handle):
-                        if row.get("ID"):
-                            self.previous[row["ID"]] = (row.get("file") or "", row.get("category") or "")
-        self.rows: dict[str, tuple[str, str]] = {}
-
-    def add(self, job: Job) -> None:
-        self.rows[job.id] = (job.path.name, job.category or "")
-
-    def close(self, complete: bool) -> None:
-        rows = self.rows if complete else self.previous | self.rows
-        with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(self.COLUMNS)
-            writer.writerows((record_id, *row) for record_id, row in rows.items())
-        if complete:
-            for path in self.shard_files:
-                path.unlink(missing_ok=True)
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _remove_stale_parts(root: Path, shard: Shard | None = None) -> None:

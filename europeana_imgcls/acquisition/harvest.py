@@ -5,15 +5,16 @@ under two categories cannot teach either class, so it is dropped and counted as 
 (``keep_ambiguous`` keeps it in the first category instead). In multi-label mode a record found by
 several combinations gets the union of their labels.
 
-The table and a ``<stem>.progress.json`` beside it are rewritten after every query unit, so an
-interrupted harvest keeps what it had and ``resume`` carries on from there.
+Each finished query unit is journaled with the records it found (``core/journal.py``: ``OUT.journal/``),
+so a harvest killed at any moment keeps every unit it finished and ``resume`` carries on from there. The
+table is written when the harvest ends, however it ends (Ctrl-C or an error included), and rebuilt from the
+journal by ``resume``; the journal stays as the harvest's record of what each unit found.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ import polars as pl
 
 from ..core.config import HarvestConfig, public_dict
 from ..core.errors import DatasetError
+from ..core.journal import Journal
 from ..core.progress import progress_bar
-from ..core.tables import check_table_suffix, read_table, sidecar, write_json, write_table
+from ..core.tables import check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import PAGE_ROWS, SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
@@ -68,40 +70,62 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     """Run a harvest as ``config`` says; returns what it fetched and wrote."""
     check_table_suffix(config.output)
     vocab = load_vocabulary(config.vocab)
-    progress_path = sidecar(config.output, "progress")
-    settings = {"mode": config.mode, "n": config.n, "seed": config.seed, "vocab": vocab,
-                "keep_ambiguous": config.keep_ambiguous}
-    state = _resume_state(config, progress_path, settings, vocab) if config.resume else _fresh(config)
-    units = list(plan_units(vocab, config.mode, config.reusability))
-    todo = [u for u in units if u.key not in state.completed]
-    write_json(sidecar(config.output, "config"), public_dict(config))
+    if not config.resume and config.output.exists():
+        raise DatasetError(f"{config.output} already exists: pass `resume` to continue that harvest, "
+                           "or choose another `output`")
+    journal = Journal(config.output.with_name(config.output.name + ".journal"), what=f"the harvest into "
+                      f"{config.output}", settings={**config.resume_settings(), "vocab": vocab},
+                      hint="resume with the settings it was started with, or choose another `output`")
     own_client = client is None
     client = client or SearchClient(config.api_url, config.api_key.get_secret_value(),
                                     timeout=config.timeout, retries=config.retries,
                                     max_quota_wait=config.max_quota_wait * 3600)
-    try:
-        with progress_bar(config.quiet, transient=True) as progress:
-            for k, unit in enumerate(todo):
-                client.expect(_pages(len(todo) - k, config.n))  # the key's quota is paced to what is left
-                task = progress.add_task(f"{' '.join(unit.labels)} [{unit.level}]", total=config.n)
-                items = _fetch_unit(client, unit, vocab, config, state,
-                                    functools.partial(progress.advance, task))
-                _merge(state, unit, items, config)
-                state.completed[unit.key] = len(items)
-                _save(config.output, progress_path, state, vocab, settings,
-                      complete=len(state.completed) == len(units))
-                progress.remove_task(task)
-            if not todo:
-                _save(config.output, progress_path, state, vocab, settings, complete=True)
-    finally:
-        if own_client:
-            client.close()
+    units = list(plan_units(vocab, config.mode, config.reusability))
+    with journal.open(config.resume):
+        state = _replayed(journal, units, config)
+        todo = [u for u in units if u.key not in state.completed]
+        write_json(sidecar(config.output, "config"), public_dict(config))
+        try:
+            _fetch_units(client, todo, vocab, config, state, journal)
+        finally:
+            if own_client:
+                client.close()
+            # However the harvest ends, the table holds every unit it finished.
+            write_table(_to_frame(state, vocab), config.output)
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
     return HarvestReport(
         output=config.output, rows=len(state.rows), fetched=dict(state.completed),
         per_category={c: per_category.get(c, 0) for c in vocab}, skipped_no_url=len(state.no_url),
         ambiguous=len(state.ambiguous), resumed_units=len(units) - len(todo),
     )
+
+
+def _fetch_units(client: SearchClient, todo: list[Unit], vocab: dict[str, str], config: HarvestConfig,
+                 state: _State, journal: Journal) -> None:
+    with progress_bar(config.quiet, transient=True) as progress:
+        for k, unit in enumerate(todo):
+            client.expect(_pages(len(todo) - k, config.n))  # the key's quota is paced to what is left
+            task = progress.add_task(f"{' '.join(unit.labels)} [{unit.level}]", total=config.n)
+            no_url: set[str] = set()
+            items = _fetch_unit(client, unit, vocab, config, no_url, functools.partial(progress.advance, task))
+            journal.append(unit.key, {"items": items, "no_url": sorted(no_url)})
+            journal.flush()
+            _apply(state, unit, items, no_url, config)
+            progress.remove_task(task)
+
+
+def _replayed(journal: Journal, units: list[Unit], config: HarvestConfig) -> _State:
+    """The state of a resumed harvest: every journaled unit applied again, in the order they were found."""
+    state = _State()
+    by_key = {unit.key: unit for unit in units}
+    for key, found in journal.records():
+        unit = by_key.get(key)
+        if unit is not None:
+            _apply(state, unit, found["items"], set(found["no_url"]), config)
+    if config.resume and not state.completed and config.output.exists():
+        raise DatasetError(f"cannot resume {config.output}: its journal ({journal.folder}) is missing or empty, so "
+                           "it is unknown which units it holds; harvest into another `output`")
+    return state
 
 
 def _pages(units: int, n: int) -> int:
@@ -128,7 +152,7 @@ def unit_query(unit: Unit, vocab: dict[str, str]) -> tuple[str, list[str]]:
 
 
 def _fetch_unit(client: SearchClient, unit: Unit, vocab: dict[str, str], config: HarvestConfig,
-                state: _State, advance: Any) -> list[dict[str, Any]]:
+                no_url: set[str], advance: Any) -> list[dict[str, Any]]:
     query, qf = unit_query(unit, vocab)
     # A seeded random order with the id as tie-breaker: stable across cursor pages (an unseeded
     # "random" is re-drawn on every request and makes pages overlap).
@@ -142,7 +166,7 @@ def _fetch_unit(client: SearchClient, unit: Unit, vocab: dict[str, str], config:
         seen.add(record_id)
         url = _first(item.get("edmIsShownBy"))
         if not url:
-            state.no_url.add(record_id)
+            no_url.add(record_id)
             continue
         found.append({
             "ID": record_id, "URL": url, "preview": _first(item.get("edmPreview")),
@@ -155,7 +179,10 @@ def _fetch_unit(client: SearchClient, unit: Unit, vocab: dict[str, str], config:
     return found
 
 
-def _merge(state: _State, unit: Unit, items: list[dict[str, Any]], config: HarvestConfig) -> None:
+def _apply(state: _State, unit: Unit, items: list[dict[str, Any]], no_url: set[str], config: HarvestConfig) -> None:
+    """What a finished unit adds to the harvest (the same whether it was just fetched or replayed)."""
+    state.completed[unit.key] = len(items)
+    state.no_url |= no_url
     for item in items:
         record_id = item["ID"]
         row = state.rows.get(record_id)
@@ -173,46 +200,6 @@ def _merge(state: _State, unit: Unit, items: list[dict[str, Any]], config: Harve
             state.ambiguous.add(record_id)
             if not config.keep_ambiguous:
                 del state.rows[record_id]
-
-
-def _fresh(config: HarvestConfig) -> _State:
-    if config.output.exists():
-        raise DatasetError(f"{config.output} already exists: pass `resume` to continue that harvest, "
-                           "or choose another `output`")
-    return _State()
-
-
-def _resume_state(config: HarvestConfig, progress_path: Path, settings: dict[str, Any],
-                  vocab: dict[str, str]) -> _State:
-    if not progress_path.exists():
-        if config.output.exists():
-            raise DatasetError(f"cannot resume: {progress_path} is missing, so it is unknown which "
-                               f"categories of {config.output} are complete")
-        return _State()
-    try:
-        saved = json.loads(progress_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot resume: {progress_path} is unreadable ({exc})") from None
-    changed = [k for k, v in settings.items() if saved.get("settings", {}).get(k) != v]
-    if changed:
-        raise DatasetError(f"cannot resume {config.output}: it was harvested with other settings "
-                           f"({', '.join(changed)}); use those or choose another `output`")
-    state = _State(ambiguous=set(saved.get("ambiguous", [])), completed=saved.get("completed", {}),
-                   no_url=set(saved.get("no_url", [])))
-    if config.output.exists():
-        for row in read_table(config.output, required=("category", "ID", "URL")).iter_rows(named=True):
-            labels = [label for label in (row["category"] or "").split() if label in vocab]
-            state.rows[row["ID"]] = {**{c: row.get(c) for c in COLUMNS[3:]}, "labels": labels}
-    return state
-
-
-def _save(output: Path, progress_path: Path, state: _State, vocab: dict[str, str],
-          settings: dict[str, Any], complete: bool) -> None:
-    write_table(_to_frame(state, vocab), output)
-    write_json(progress_path, {
-        "settings": settings, "complete": complete, "completed": state.completed,
-        "ambiguous": sorted(state.ambiguous), "no_url": sorted(state.no_url),
-    })
 
 
 def _to_frame(state: _State, vocab: dict[str, str]) -> pl.DataFrame:

@@ -199,6 +199,11 @@ class Journal:
                 digests += KeySet.digest(key)
         return KeySet(digests)
 
+    def entries(self) -> Iterator[tuple[str, Any]]:
+        """Every record of ``parts()`` in order, repeats included (for a reader that lets the last one win)."""
+        for path in self.parts():
+            yield from _read(path, self)
+
     def records(self) -> Iterator[tuple[str, Any]]:
         """Every record of ``parts()`` in order, the first of each key only: two streaming passes, one to find
         the first of each key, one to hand them over."""
@@ -231,6 +236,13 @@ class Journal:
             lock = self._locks.pop(path, None)
             if lock is not None:
                 lock.release(remove=True)
+
+    def remove_own_part(self) -> None:
+        """This writer's part, once what it holds is kept elsewhere (its lock stays held until ``close``)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self.part.unlink(missing_ok=True)
 
     def remove(self) -> None:
         """The whole journal, settings included (its output is complete and carries on no more)."""
@@ -283,12 +295,13 @@ class Journal:
                             "again", self.what, path.name)
 
 
-def _part_order(path: Path) -> tuple[int, int, int]:
+def _part_order(path: Path) -> tuple[int, int]:
+    """Shards in order, then the run without shard (the one that merges them, so the newest)."""
     match = _PART.match(path.name)
     assert match is not None
     tag, rank = match[1], match[2]
-    index = int(tag.split("-")[1]) if tag else -1
-    return (index, int(rank) if rank is not None else -1, 0)
+    index = int(tag.split("-")[1]) if tag else 1 << 62
+    return (index, int(rank) if rank is not None else -1)
 
 
 def _lines(path: Path, journal: Journal, report: bool = True) -> Iterator[bytes]:

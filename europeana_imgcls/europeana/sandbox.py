@@ -226,7 +226,15 @@ class Sandbox:
         self._refused_once: set[int] = set()
         if bad_every:
             _bomb_png()  # a second to build: not while a client waits
-        self.stall_seconds = stall_seconds
+        self.stall_seconds = stall_seconds  # the longest a stalled answer is held (stop() sends it at once)
+        self._stopping = threading.Event()
+        # Tests hold image answers after the first few (``hold_images_after``) to stop a client mid-way for sure.
+        self._gate = threading.Event()
+        self._gate.set()
+        self._hold_after: int | None = None
+        self._answered = 0
+        self.held = 0  # image requests waiting at the gate now
+        self._held_changed = threading.Condition()
         self.search_latency = search_latency  # seconds each Search API answer takes, like a distant server
         self.image_size = image_size
         self.thumbnail_missing_every = thumbnail_missing_every
@@ -262,8 +270,39 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # stalled and held answers go out now, not seconds later
+        self._gate.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def hold_images_after(self, answers: int) -> None:
+        """From now on, answer ``answers`` more image requests, then hold every later one until ``release()``
+        (or the sandbox stops): a client is then surely stopped mid-way, however fast the machine."""
+        with self._held_changed:
+            self._hold_after, self._answered = answers, 0
+            self._gate.clear()
+
+    def release(self) -> None:
+        """Send every held image answer, and hold no more."""
+        with self._held_changed:
+            self._hold_after = None
+        self._gate.set()
+
+    def wait_until_held(self, requests: int, timeout: float = 120.0) -> bool:
+        """Block until at least ``requests`` image requests wait at the gate (False if ``timeout`` passes)."""
+        with self._held_changed:
+            return self._held_changed.wait_for(lambda: self.held >= requests, timeout)
+
+    def _pass_gate(self) -> None:
+        with self._held_changed:
+            if self._hold_after is None or self._answered < self._hold_after:
+                self._answered += 1
+                return
+            self.held += 1
+            self._held_changed.notify_all()
+        self._gate.wait()
+        with self._held_changed:
+            self.held -= 1
 
     def serve_forever(self) -> None:
         self._server.serve_forever()
@@ -482,6 +521,8 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
         def _route(self, path: str, params: dict[str, list[str]]) -> None:
             if path in ("/record/v2/search.json", "/api/v2/search.json"):
                 return self._search(params)
+            if path.startswith(("/images/", "/faults/", "/thumbnail/")):
+                sandbox._pass_gate()
             if path.startswith("/images/"):
                 serial = _serial(path.rsplit("/", 1)[-1].removesuffix(".jpg"), sandbox)
                 if serial is None:
@@ -550,8 +591,8 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            if kind == "stall":
-                time.sleep(sandbox.stall_seconds)
+            if kind == "stall":  # held until the client gives up and the sandbox stops (or stall_seconds pass)
+                sandbox._stopping.wait(sandbox.stall_seconds)
                 return self._send(200, encode(draw_image((0,), 2, seed=2)), "image/jpeg")
             if kind == "endless":
                 return self._endless()
