@@ -119,7 +119,7 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        sb.hold_images_after(40)  # the run is surely stopped mid-way: the 41st image answer waits
+        sb.hold_after(40)  # the run is surely stopped mid-way: the 41st image answer waits
         proc = subprocess.Popen(
             [sys.executable, "-m", "europeana_imgcls", "download", str(table), "-o", str(out), "--quiet",
              "--concurrency", "2", "--max-side", "0", "--timeout", "6", "--retries", "0"],

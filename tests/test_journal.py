@@ -274,3 +274,31 @@ def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(comman
         assert len({r["image"] for r in done.rows()}) == len(list(done.rows())) == total
     else:
         assert done.records == total and done.already_done > 0
+
+
+def test_a_download_whose_journal_was_cut_mid_character_carries_on(sandbox, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    from .conftest import sandbox_table
+
+    table = sandbox_table(sandbox, tmp_path / "t.csv")
+    dead = {"category": "map", "ID": "/dead/ü\u2028ß", "URL": f"{sandbox.base_url}/faults/404/1"}
+    with table.open("a", newline="", encoding="utf-8") as handle:
+        csv.DictWriter(handle, fieldnames=["category", "ID", "URL"], extrasaction="ignore").writerow(dead)
+    out = tmp_path / "img"
+    runner = CliRunner()
+    first = runner.invoke(app, ["download", str(table), "-o", str(out), "--quiet", "--max-side", "64"])
+    assert first.exit_code == 0, first.stderr
+    # What a full disk or a power cut leaves: a record cut inside a UTF-8 character at the journal's end.
+    (out / ".journal").mkdir(exist_ok=True)
+    (out / ".journal" / "part.ndjson").write_bytes('["/dead/é",{"URL":"x","error":"é'.encode()[:-1])
+    again = runner.invoke(app, ["download", str(table), "-o", str(out), "--quiet", "--max-side", "64"])
+    assert again.exit_code == 0 and "Traceback" not in again.stderr
+    assert "dropped a record cut short at the end of part.ndjson" in caplog.text  # said, and nothing else lost
+    with (out / "failures.csv").open(newline="", encoding="utf-8") as handle:
+        assert {row["ID"] for row in csv.DictReader(handle)} == {dead["ID"]}

@@ -173,7 +173,7 @@ def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_ru
         common = ["--mode", "multi-label", "--quiet", "--max-side", "64", "--timeout", "6", "--retries", "0",
                   "--concurrency", "2"]
         shared = tmp_path / "shared"
-        sb.hold_images_after(9)  # the shards are surely killed mid-way: later image answers wait
+        sb.hold_after(9)  # the shards are surely killed mid-way: later image answers wait
         first = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
         assert sb.wait_until_held(3), "the shards never reached the held answers"
         for proc in first:

@@ -90,8 +90,8 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         finally:
             if own_client:
                 client.close()
-            # However the harvest ends, the table holds every unit it finished.
-            write_table(_to_frame(state, vocab), config.output)
+            if state.completed:  # however the harvest ends, the table holds every unit it finished
+                write_table(_to_frame(state, vocab), config.output)
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
     return HarvestReport(
         output=config.output, rows=len(state.rows), fetched=dict(state.completed),

@@ -58,6 +58,8 @@ RIGHTS = {
     "permission": "http://rightsstatements.org/vocab/InC/1.0/",
 }
 # Answers that must end up in failures.csv, never as a file.
+IMAGE_PATHS = ("/images/", "/faults/", "/thumbnail/")  # what the image host and the Thumbnail API answer
+SEARCH_PATHS = ("/record/v2/search.json", "/api/v2/search.json")
 FAULTS = ("404", "html", "truncated", "bomb", "endless", "stall", "redirect-loop", "empty")
 # Images that are valid but need care: converted, rotated or resized before saving.
 VARIANTS = ("cmyk", "grey", "rgba-png", "exif-rotated", "large")
@@ -228,10 +230,11 @@ class Sandbox:
             _bomb_png()  # a second to build: not while a client waits
         self.stall_seconds = stall_seconds  # the longest a stalled answer is held (stop() sends it at once)
         self._stopping = threading.Event()
-        # Tests hold image answers after the first few (``hold_images_after``) to stop a client mid-way for sure.
+        # Tests hold answers after the first few (``hold_after``) to stop a client mid-way for sure.
         self._gate = threading.Event()
         self._gate.set()
         self._hold_after: int | None = None
+        self._hold_paths: tuple[str, ...] = ()
         self._answered = 0
         self.held = 0  # image requests waiting at the gate now
         self._held_changed = threading.Condition()
@@ -275,11 +278,12 @@ class Sandbox:
         self._server.shutdown()
         self._server.server_close()
 
-    def hold_images_after(self, answers: int) -> None:
-        """From now on, answer ``answers`` more image requests, then hold every later one until ``release()``
-        (or the sandbox stops): a client is then surely stopped mid-way, however fast the machine."""
+    def hold_after(self, answers: int, paths: tuple[str, ...] = IMAGE_PATHS) -> None:
+        """From now on, answer ``answers`` more requests for ``paths`` (images, or SEARCH_PATHS), then hold every
+        later one until ``release()`` (or the sandbox stops): a client is then surely stopped mid-way, however
+        fast the machine."""
         with self._held_changed:
-            self._hold_after, self._answered = answers, 0
+            self._hold_after, self._hold_paths, self._answered = answers, paths, 0
             self._gate.clear()
 
     def release(self) -> None:
@@ -293,9 +297,11 @@ class Sandbox:
         with self._held_changed:
             return self._held_changed.wait_for(lambda: self.held >= requests, timeout)
 
-    def _pass_gate(self) -> None:
+    def _pass_gate(self, path: str) -> None:
         with self._held_changed:
-            if self._hold_after is None or self._answered < self._hold_after:
+            if self._hold_after is None or not path.startswith(self._hold_paths):
+                return
+            if self._answered < self._hold_after:
                 self._answered += 1
                 return
             self.held += 1
@@ -519,10 +525,9 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 self._route(parts.path, params)
 
         def _route(self, path: str, params: dict[str, list[str]]) -> None:
-            if path in ("/record/v2/search.json", "/api/v2/search.json"):
+            sandbox._pass_gate(path)
+            if path in SEARCH_PATHS:
                 return self._search(params)
-            if path.startswith(("/images/", "/faults/", "/thumbnail/")):
-                sandbox._pass_gate()
             if path.startswith("/images/"):
                 serial = _serial(path.rsplit("/", 1)[-1].removesuffix(".jpg"), sandbox)
                 if serial is None:
