@@ -163,3 +163,46 @@ def test_library_messages_name_settings_and_the_command_line_shows_flags(tmp_pat
         subtract(SubtractConfig(train=table, eval=table, output=tmp_path / "out.csv"))
     result = eic("subtract", table, table, "-o", tmp_path / "out.csv")
     assert_one_line_error(result, "pass --overwrite to replace it")
+
+
+def _click_commands() -> dict[str, object]:
+    import typer.main
+
+    from europeana_imgcls.cli.reference import _flat
+
+    return dict(_flat(typer.main.get_command(app)))
+
+
+def test_every_setting_of_a_command_is_a_flag_and_every_flag_a_setting() -> None:
+    from europeana_imgcls.cli.options import COMMANDS
+
+    commands = _click_commands()
+    assert set(COMMANDS) == set(commands)  # every command is made from a config
+    for name, model in COMMANDS.items():
+        params = {p.name for p in commands[name].params} - {"config"}  # type: ignore[attr-defined]
+        assert params == set(model.model_fields), name
+
+
+def test_every_option_a_message_names_exists() -> None:
+    """An error that says "pass `overwrite`" (shown as --overwrite) names a flag that some command has."""
+    import ast
+    import re
+
+    flags = {opt for command in _click_commands().values() for p in command.params  # type: ignore[attr-defined]
+             for opt in (*p.opts, *p.secondary_opts)} | {"--help"}
+    named: dict[str, str] = {}
+    for path in Path(europeana_imgcls.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).endswith(
+                    ("Error", "warning", "info", "echo")):
+                texts = (n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+                for text in texts:
+                    for name in re.findall(r"(?<!`)`([a-z][a-z0-9_]*)`(?!`)", text):
+                        named["--" + name.replace("_", "-")] = path.name
+                    for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text):
+                        named[option] = path.name
+    named.pop("--no-crossvalidation", None)  # as_flags spells "`crossvalidation` off" so; checked below
+    assert "--crossvalidation" in flags
+    missing = {option: where for option, where in named.items() if option not in flags and not (
+        option.startswith("--no-") and "--" + option[5:] in flags)}
+    assert len(named) > 20 and not missing, missing

@@ -65,3 +65,20 @@ def test_issue_rates_count_a_class_whose_name_has_a_space_once(tmp_path: Path) -
     audit._write_rates(tmp_path / "rates.csv", findings, np.array([1]))
     rates = pl.read_csv(tmp_path / "rates.csv").filter(pl.col("kind") == "class")
     assert dict(zip(rates["name"], rates["images"], strict=True)) == {"fine art": 2, "map": 1}
+
+
+def test_an_existing_table_is_refused_with_advice_that_works(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    from .conftest import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=3, size=32)
+    out = tmp_path / "e.parquet"
+    args = ["embed", str(data), "-o", str(out), "--arch", "tiny", "--weights", "none", "--input-size", "32", "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "--resume" in refused.stderr and "--overwrite" not in refused.stderr
+    again = CliRunner().invoke(app, [*args, "--resume"])  # the advice works: nothing new, nothing lost
+    assert again.exit_code == 0 and "9 done" in " ".join(again.stdout.split())

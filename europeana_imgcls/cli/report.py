@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from ..acquisition.curation import TableStats
     from ..acquisition.download import DownloadReport
     from ..acquisition.harvest import HarvestReport
+    from ..europeana.sandbox import Sandbox
     from ..modelling.calibration import Calibration
+    from ..modelling.embedding import EmbedReport
     from ..outputs.audit import AuditReport
     from ..outputs.enrichment import EnrichReport
     from ..outputs.evaluation import EvaluateReport
@@ -212,3 +214,22 @@ def print_audit(console: Console, result: AuditReport) -> None:
     if result.note:
         console.print(f"[yellow]note:[/] {as_flags(result.note)}")
     console.print(f"written to {result.output_dir}")
+
+
+def print_embedding(console: Console, result: EmbedReport) -> None:
+    target = f"its journal {result.journal}" if result.shard else f"{result.dim} dimensions -> {result.output}"
+    console.print(f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
+                  f"images/s), {target}"
+                  + (f"; {result.already_done} done earlier" if result.already_done else "")
+                  + (f"; {result.unreadable} unreadable" if result.unreadable else "")
+                  + shard_note(result.shard, "embed", result.output))
+
+
+def print_sandbox(console: Console, server: Sandbox) -> None:
+    """Where the sandbox answers, and the settings that point every eic command at it."""
+    console.print(f"Search API: {server.api_url}")
+    console.print(f"Thumbnail API: {server.base_url}/thumbnail/v3")
+    console.print("Point eic at it (every command reads these), in the shell that runs eic:")
+    console.print(f"  export EUROPEANA_API_URL={server.api_url}", soft_wrap=True)
+    console.print(f"  export EUROPEANA_THUMBNAIL_URL={server.base_url}/thumbnail/v3", soft_wrap=True)
+    console.print("then try: eic harvest --n 10 --output sandbox.csv")

@@ -48,8 +48,6 @@ class _Base(BaseModel):
     def _columns(cls, value: Any) -> Any:
         return _parse_columns(value)
 
-    quiet: bool = Field(False, description="No progress bars; for CI and scripts.")
-
     # The settings that the later runs writing one output (a resume, a shard, the merge) must share with the run
     # that started it: declared here once, stored in the output's journal and compared there.
     resume_keys: ClassVar[tuple[str, ...]] = ()
@@ -64,7 +62,13 @@ class _Base(BaseModel):
         return values
 
 
-class ApiSettings(_Base):
+class ProgressSettings(_Base):
+    """For the stages that can take long enough to show their progress."""
+
+    quiet: bool = Field(False, description="No progress bars; for CI and scripts.")
+
+
+class ApiSettings(ProgressSettings):
     """How to reach the Europeana Search API (shared by harvest and predict)."""
 
     api_url: str = Field(DEFAULT_API_URL, description="Search API endpoint.")
@@ -72,7 +76,8 @@ class ApiSettings(_Base):
         SecretStr(DEMO_API_KEY),
         description="Europeana API key, sent as the X-Api-Key header; never printed or written.",
     )
-    timeout: float = Field(30.0, gt=0, description="Seconds to wait for one API answer.")
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for one API answer (and for one image, when "
+                           "predict and enrich fetch them).")
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
 
 
@@ -194,7 +199,7 @@ class StatsConfig(_Base):
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
-class DownloadConfig(FetchSettings, ShardSettings):
+class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
     """``eic download``: fetch the images of a table into class folders (or one folder + labels.csv)."""
 
     stage: ClassVar[str] = "download"
@@ -223,7 +228,7 @@ class DownloadConfig(FetchSettings, ShardSettings):
 Device = str  # auto | cpu | cuda | cuda:N | mps
 
 
-class RuntimeSettings(_Base):
+class RuntimeSettings(ProgressSettings):
     """Where and how tensors are computed (shared by train, evaluate and predict)."""
 
     device: Device = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
@@ -352,10 +357,10 @@ class EmbedConfig(RuntimeSettings, ShardSettings):
     mode: Mode = Field("single-label", description="single-label: class folders; multi-label: one folder and a "
                        "labels table.")
     labels: Path | None = Field(None, description="Multi-label: the labels table; default DATA_DIR/labels.csv.")
-    resume: bool = Field(False, description="Carry on an interrupted embedding: keep the chunks already written.")
+    resume: bool = Field(False, description="Carry on an interrupted embedding: keep the images already embedded.")
 
 
-class AuditConfig(RuntimeSettings):
+class AuditConfig(ProgressSettings):
     """``eic audit``: likely mislabelled images and near-duplicates, from out-of-fold probabilities and embeddings."""
 
     stage: ClassVar[str] = "audit"
@@ -429,6 +434,24 @@ class DemoConfig(_Base):
     weights: str = Field("none", description="none (works offline), imagenet, or a weights file.")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Where to train.")
     seed: int = Field(0, description="Seed of the sandbox catalogue order and of training.")
+
+
+class SandboxConfig(_Base):
+    """``eic sandbox``: a local stand-in of Europeana's APIs and an image host, until Ctrl-C."""
+
+    stage: ClassVar[str] = "sandbox"
+
+    port: int = Field(8642, ge=0, le=65535, description="Port on 127.0.0.1; 0 picks a free one.")
+    per_level: int = Field(30, ge=1, le=10_000, description="Single-concept records per concept and reusability "
+                           "level.")
+    fail_every: int = Field(0, ge=0, description="Answer every Nth search with 429 or 503 (0: never).")
+    bad_every: int = Field(0, ge=0, description="Every Nth record's image is a deliberately bad answer (0: none).")
+    vocab: Path | None = Field(None, description="Vocabulary JSON; default: the 20 built-in concepts.")
+    thumbnail_missing_every: int = Field(0, ge=0, description="Every Nth record has no thumbnail: v3 answers 404, "
+                                         "v2 the placeholder (0: none).")
+    quota: int = Field(0, ge=0, description="Search API requests allowed per `quota_window`, announced in RateLimit "
+                       "headers (0: no quota).")
+    quota_window: float = Field(3600.0, gt=0, description="Seconds of one quota window.")
 
 
 M = TypeVar("M", bound=_Base)
@@ -514,5 +537,5 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
 
 ALL_CONFIGS: list[type[_Base]] = [
     HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig, EvaluateConfig, PredictConfig,
-    EnrichConfig, ReviewImportConfig, CalibrateConfig, EmbedConfig, AuditConfig, DemoConfig,
+    EnrichConfig, ReviewImportConfig, CalibrateConfig, EmbedConfig, AuditConfig, DemoConfig, SandboxConfig,
 ]

@@ -31,7 +31,7 @@ from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, KeySet
 from ..core.naming import record_id_of
 from ..core.progress import progress_bar
-from ..core.tables import atomic_path, refuse_existing, sidecar, write_json
+from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
 from ..datasets.folders import ImageDataset, ModelInput, make_loader
 from ..datasets.imageset import ImageSet, provider_of
@@ -117,8 +117,9 @@ def embed(config: EmbedConfig) -> EmbedReport:
                       settings={**config.resume_settings(), "classes": images.classes},
                       hint="resume with the settings it was started with, or delete that journal folder")
     report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
-    if not config.resume:
-        refuse_existing(config.output, False)
+    if not config.resume and config.output.exists():
+        raise DatasetError(f"{config.output} already exists: pass `resume` to add this folder's new images to it, "
+                           "or choose another `output`")
     with journal.open(config.resume):
         done = _previous(config, journal)
         # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What

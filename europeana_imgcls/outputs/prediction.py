@@ -344,7 +344,8 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
                                  schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
         download(DownloadConfig(table=table, output_dir=folder, mode="multi-label", quiet=config.quiet,
                                 fallback_preview=True, max_side=512, source=config.source,
-                                thumbnail_url=config.thumbnail_url, rate=config.rate, shard=config.shard))
+                                thumbnail_url=config.thumbnail_url, rate=config.rate, shard=config.shard,
+                                timeout=config.timeout, retries=config.retries))
     if world.active:
         dist.barrier()
     items, failed = [], 0

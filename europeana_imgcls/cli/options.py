@@ -1,0 +1,129 @@
+"""A command's options, derived from its config: each field of the pydantic model is one flag (or one
+positional argument), with the field's description as its help and the field's default as its shown default.
+
+So a setting is declared once. A command says only which fields it takes as arguments, which flags get a
+short form (``-o``) or another spelling, and what it does with the config once it is built. Every option
+defaults to None ("not given"), so that ``build_config`` can apply the precedence flag > ``--config`` file >
+``EUROPEANA_*`` environment > default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from ..core.config import build_config
+
+CONFIG_FILE_HELP = "TOML or JSON settings file; flags override it, it overrides EUROPEANA_* env."
+COMMANDS: dict[str, type[Any]] = {}  # every command made here (``review import`` by its full name) -> its config
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A field taken as a positional argument."""
+
+    field: str
+    metavar: str | None = None
+    help: str | None = None  # default: the field's description
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_command(app: typer.Typer, name: str, model: type[Any], action: Callable[[Any], None], *,
+                   arguments: Sequence[Arg] = (), names: Mapping[str, Sequence[str]] | None = None,
+                   run: Callable[[Callable[[], Any], str], Any], help: str, group: str = "") -> None:  # noqa: A002
+    """Add command ``name`` to ``app`` (a sub-app, e.g. ``review``: ``group``): its parameters from ``model``'s
+    fields, ``action(config)`` its body."""
+    taken = {a.field for a in arguments}
+    params = [_argument(model.model_fields[a.field], a) for a in arguments]
+    params += [_option(field_name, model.model_fields[field_name], (names or {}).get(field_name))
+               for field_name in _ordered(model) if field_name not in taken]
+    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option("--config", help=CONFIG_FILE_HELP, dir_okay=False)]))
+
+    def command(**values: Any) -> None:
+        config_file = values.pop("config", None)
+        flags = {k: (None if isinstance(v, list) and not v else v) for k, v in values.items()}
+        action(run(lambda: build_config(model, flags, config_file), name))
+
+    COMMANDS[f"{group} {name}" if group else name] = model
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = help
+    app.command(name)(command)
+
+
+def _ordered(model: type[Any]) -> list[str]:
+    """The command's own settings first, in the order its config declares them; then those it shares with other
+    commands (the shared groups: API, runtime, fetching, shards); ``quiet`` last."""
+    own = [name for name in getattr(model, "__annotations__", {}) if name in model.model_fields]
+    rest = [name for name in model.model_fields if name not in own and name != "quiet"]
+    return own + rest + (["quiet"] if "quiet" in model.model_fields else [])
+
+
+def _argument(field: FieldInfo, arg: Arg) -> inspect.Parameter:
+    kind, many = _cli_type(field.annotation)
+    required = field.is_required()
+    annotation = list[kind] | None if many else (kind if required else kind | None)  # type: ignore[valid-type]
+    info = typer.Argument(help=arg.help or field.description, metavar=arg.metavar or arg.field.upper(),
+                          show_default=False)
+    return inspect.Parameter(_identifier(arg.field), inspect.Parameter.KEYWORD_ONLY,
+                             default=inspect.Parameter.empty if required and not many else None,
+                             annotation=Annotated[annotation, info])
+
+
+def _option(name: str, field: FieldInfo, decls: Sequence[str] | None) -> inspect.Parameter:
+    kind, many = _cli_type(field.annotation)
+    if decls is None:
+        decls = (f"{flag(name)}/--no-{name.replace('_', '-')}",) if kind is bool else (flag(name),)
+    annotation = list[kind] | None if many else kind | None  # type: ignore[valid-type]
+    info = typer.Option(*decls, help=field.description, show_default=_shown_default(field))
+    return inspect.Parameter(_identifier(name), inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[annotation, info])
+
+
+def _identifier(name: str) -> str:
+    return name if name.isidentifier() else name.replace("-", "_")
+
+
+def _cli_type(annotation: Any) -> tuple[type, bool]:
+    """What the command line reads for a field's type: a bool, an int, a float, a path or text; and whether the
+    flag may be repeated (a list). Everything else (a literal, a secret, a mapping written ``A=b,C=d``) is text
+    that the config's validators check."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _cli_type(options[0])
+    if origin is list:
+        inner, _ = _cli_type(typing.get_args(annotation)[0])
+        return inner, True
+    if annotation in (bool, int, float, Path):
+        return annotation, False
+    if annotation is SecretStr or origin in (dict, typing.Literal) or annotation is str:
+        return str, False
+    return str, False
+
+
+def _shown_default(field: FieldInfo) -> str | bool:
+    if field.is_required():
+        return "required"
+    default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    if default is PydanticUndefined or default is None or default == {} or default == []:
+        return False
+    if isinstance(default, SecretStr):
+        return "the public demo key"
+    if isinstance(default, list):
+        return " ".join(map(str, default))
+    return str(default)
