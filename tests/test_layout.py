@@ -1,0 +1,54 @@
+"""The package's shape holds: its layers, its torch-free half, its public API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import europeana_imgcls
+from europeana_imgcls.europeana.sandbox import Sandbox
+
+from .conftest import VOCAB
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_import_contracts_are_kept() -> None:
+    """pyproject.toml's import-linter contracts: the layers, and no torch below the modelling half."""
+    done = subprocess.run([Path(sys.executable).with_name("lint-imports"), "--config", str(ROOT / "pyproject.toml")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout[-3000:]
+
+
+def test_the_light_commands_never_load_torch(tmp_path: Path) -> None:
+    """Importing the package and running harvest, subtract, stats and download loads no torch (seconds of
+    start-up, and a machine that only fetches data needs none of it)."""
+    with Sandbox(VOCAB, per_level=3) as sb:
+        script = f"""
+import sys
+from pathlib import Path
+import europeana_imgcls as eic
+out = Path({str(tmp_path)!r})
+vocab = {json.dumps(VOCAB)}
+eic.harvest(eic.HarvestConfig(api_url={sb.api_url!r}, vocab=vocab, n=3, output=out / "h.csv", quiet=True))
+eic.harvest(eic.HarvestConfig(api_url={sb.api_url!r}, vocab=vocab, n=1, seed=1, output=out / "e.csv", quiet=True))
+eic.subtract(eic.SubtractConfig(train=out / "h.csv", eval=out / "e.csv", output=out / "t.csv"))
+eic.stats(eic.StatsConfig(table=out / "t.csv"))
+eic.download(eic.DownloadConfig(table=out / "t.csv", output_dir=out / "img", max_side=32, quiet=True))
+from europeana_imgcls.cli import app  # and the command line that runs them
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "sklearn", "matplotlib"))
+print(heavy[:5])
+"""
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+    assert any((tmp_path / "img").rglob("*.jpg"))
+
+
+def test_the_public_api_is_what_docs_api_md_promises() -> None:
+    for name in europeana_imgcls.__all__:
+        assert getattr(europeana_imgcls, name) is not None, name
