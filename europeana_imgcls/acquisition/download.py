@@ -47,7 +47,7 @@ from ..core.errors import DatasetError
 from ..core.journal import Journal
 from ..core.naming import file_name, record_id_of
 from ..core.progress import progress_bar
-from ..core.retry import retry_after, wait_before
+from ..core.retry import Retry, retry_after
 from ..core.sharding import Shard
 from ..core.tables import atomic_path, check_columns, count_rows, is_own_temp, iter_table, table_columns, write_json
 from ..europeana.ratelimit import RateLimit
@@ -314,14 +314,14 @@ class Fetcher:
         if problem:
             return problem
         host = httpx.URL(url).host
-        result: bytes | str = "no attempt"
-        for attempt in range(self.config.retries + 1):
+        retry = Retry(self.config.retries, cap=MAX_WAIT)
+        while True:
             async with self.host_limits[host], self.slots:
-                result, retry_after = await self._fetch(url)
-            if isinstance(result, bytes) or retry_after is None:
+                result, asked = await self._fetch(url)
+            retry = retry.increment()
+            if isinstance(result, bytes) or asked is None or retry.is_exhausted():
                 break
-            if attempt < self.config.retries:
-                await asyncio.sleep(wait_before(attempt, retry_after, cap=MAX_WAIT))
+            await asyncio.sleep(retry.wait(asked))
         if isinstance(result, str):
             return result
         if is_placeholder(result):

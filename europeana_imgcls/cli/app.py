@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -83,11 +82,6 @@ def command(name: str, model: type[Any], *, arguments: tuple[Arg, ...] = (), nam
     return decorate
 
 
-def _main_rank() -> bool:
-    """Under torchrun, rank 0 speaks for all."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 @command("harvest", HarvestConfig, names={**OUTPUT, "n": ("--n", "-n"),
                                           "keep_ambiguous": ("--keep-ambiguous/--drop-ambiguous",)})
 def harvest(config: HarvestConfig) -> None:
@@ -125,10 +119,11 @@ def download(config: DownloadConfig) -> None:
 @command("train", TrainConfig, arguments=(Arg("data_dir"),), names=OUTPUT_DIR)
 def train(config: TrainConfig) -> None:
     """Fine-tune a ResNet (or another registered model) with stratified k-fold cross-validation."""
+    from ..modelling.runtime import main_process
     from ..modelling.training import train as run_train
 
     result = run(lambda: run_train(config), "train")
-    if result.summary and _main_rank():
+    if result.summary and main_process():
         report.print_summary(console, f"test metrics over {len(result.splits)} split(s)", result.summary)
         if result.calibration is not None:
             report.print_calibration(console, result.calibration)
@@ -159,20 +154,22 @@ def evaluate(config: EvaluateConfig) -> None:
 @command("predict", PredictConfig, arguments=(RUN, Arg("inputs")), names={**OUTPUT, "n": ("--n", "-n")})
 def predict(config: PredictConfig) -> None:
     """Label new images with top-k classes (and Grad-CAM figures); an ensemble with --split all."""
+    from ..modelling.runtime import main_process
     from ..outputs.prediction import predict as run_predict
 
     result = run(lambda: run_predict(config), "predict")
-    if _main_rank():
+    if main_process():  # under torchrun, rank 0 speaks for all
         report.print_prediction(console, result)
 
 
 @command("enrich", EnrichConfig, arguments=(RUN, Arg("inputs")), names={**OUTPUT, "n": ("--n", "-n")})
 def enrich(config: EnrichConfig) -> None:
     """Precision-targeted labels as W3C Web Annotations (Europeana's shape); the doubtful ones to review."""
+    from ..modelling.runtime import main_process
     from ..outputs.enrichment import enrich as run_enrich
 
     result = run(lambda: run_enrich(config), "enrich")
-    if _main_rank():
+    if main_process():
         report.print_enrichment(console, result)
 
 

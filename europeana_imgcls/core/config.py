@@ -473,10 +473,7 @@ def build_config(
     if config_file is not None:
         values.update(_file_values(model, config_file))
     values.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+    return model(**values)  # a bad value raises ConfigError (see _Base)
 
 
 def _file_values(model: type[_Base], path: Path) -> dict[str, Any]:

@@ -27,6 +27,8 @@ class Task(ABC):
 
     name: ClassVar[str]
     multilabel: ClassVar[bool]
+    unit: ClassVar[str]  # what the task's outputs call one of its classes: "class" or "label"
+    prediction_columns: ClassVar[tuple[str, ...]]  # the columns of eic predict's output
     shown: ClassVar[tuple[str, ...]]  # the validation scores of each epoch (history.csv, the log)
     described: ClassVar[tuple[str, ...]]  # the columns ``describe()`` fills
 
@@ -115,6 +117,28 @@ class Task(ABC):
     @abstractmethod
     def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
         """Images of each class in ``truth``."""
+
+    @abstractmethod
+    def indicator(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        """Images x classes, True where an image carries the class."""
+
+    @abstractmethod
+    def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+        """Images x classes, True where the model decides an image has the class (``emitted`` for a batch)."""
+
+    @abstractmethod
+    def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Truth x prediction counts, where the task has one answer per image (else None)."""
+
+    @abstractmethod
+    def decision_thresholds(self, tuned: list[float] | None, override: float | None, n_classes: int
+                            ) -> np.ndarray | None:
+        """A model's thresholds: ``override`` for every class, else those tuned in training (None: the task
+        decides without thresholds)."""
+
+    @abstractmethod
+    def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
+        """Classes an evaluation set holds that the model does not know, with their image counts."""
 
 
 

@@ -8,6 +8,7 @@ a labels table, a sigmoid per label, every label above its threshold.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import torch
 from scipy.special import expit  # a sigmoid that neither overflows nor warns
 from torch import nn
 
-from .folders import check_trainable, make_splits, scan_class_folders
+from ..core.tables import read_table
+from .folders import check_trainable, list_images, make_splits, scan_class_folders
 from .imageset import EPS, UNREADABLE, ImageSet, Split, Task
-from .metrics import classification_metrics
+from .metrics import classification_metrics, confusion
 from .multilabel import (
     MaskedBCEWithLogits,
     check_multilabel_trainable,
@@ -34,6 +36,8 @@ from .multilabel import (
 class SingleLabel(Task):
     name = "single-label"
     multilabel = False
+    unit = "class"
+    prediction_columns = ("image", "prediction", "confidence", "top_k", "ID", "URI")
     shown = ("accuracy", "precision", "recall", "f1")
     described = ("truth", "prediction", "confidence")
 
@@ -105,10 +109,29 @@ class SingleLabel(Task):
     def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
         return np.bincount(truth, minlength=n_classes)
 
+    def indicator(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        return np.eye(n_classes, dtype=bool)[np.asarray(truth, dtype=int)]
+
+    def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+        return np.eye(probs.shape[1], dtype=bool)[probs.argmax(axis=1)]
+
+    def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        return confusion(truth, probs.argmax(axis=1), probs.shape[1])
+
+    def decision_thresholds(self, tuned: list[float] | None, override: float | None, n_classes: int
+                            ) -> np.ndarray | None:
+        return None
+
+    def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
+        return {d.name: len(list_images(d)) for d in sorted(root.iterdir())
+                if d.is_dir() and not d.name.startswith(".") and d.name not in classes}
+
 
 class MultiLabel(Task):
     name = "multi-label"
     multilabel = True
+    unit = "label"
+    prediction_columns = ("image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI")
     shown = ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")
     described = ("truth", "prediction")
 
@@ -176,6 +199,26 @@ class MultiLabel(Task):
 
     def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
         return truth.sum(axis=0)
+
+    def indicator(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        return np.asarray(truth) > 0
+
+    def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+        return probs >= (0.5 if thresholds is None else thresholds)
+
+    def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        return None  # several labels an image: no one answer to set against another
+
+    def decision_thresholds(self, tuned: list[float] | None, override: float | None, n_classes: int
+                            ) -> np.ndarray | None:
+        if override is not None:
+            return np.full(n_classes, override)
+        return np.asarray(tuned or [0.5] * n_classes)
+
+    def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
+        table = read_table(labels or root / "labels.csv", required=("category",))
+        seen = Counter(label for cell in table["category"].drop_nulls() for label in cell.split())
+        return {label: n for label, n in seen.items() if label not in classes}
 
 
 TASKS: dict[str, Task] = {"single-label": SingleLabel(), "multi-label": MultiLabel()}

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from ..core.errors import ApiError
-from ..core.retry import wait_before
+from ..core.retry import Retry
 from .quota import Quota, duration
 
 PAGE_ROWS = 100  # the server silently caps rows at 100
@@ -97,26 +97,20 @@ class SearchClient:
     def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """One Search API request; retried when the failure is passing."""
         quota_waits = 0
-        attempt = 0
+        retry = Retry(self.retries, backoff=self.backoff, cap=MAX_WAIT)
         while True:
-            last = attempt >= self.retries
             self._pace()
             started = time.monotonic()
             try:
                 response = self._get(list(params))
             except httpx.TimeoutException:
-                if last:
-                    raise ApiError(f"the Search API at {self.api_url} did not answer in time "
-                                   f"after {attempt + 1} attempts; try later or raise `timeout`") from None
-                self._sleep(attempt, None, "timed out")
-                attempt += 1
+                retry = self._failed(retry, None, "timed out", f"the Search API at {self.api_url} did not answer in "
+                                     "time after {n} attempts; try later or raise `timeout`")
                 continue
             except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
-                if last:
-                    raise ApiError(f"cannot reach the Search API at {self.api_url} ({type(exc).__name__}) "
-                                   f"after {attempt + 1} attempts; check `api_url` and the network") from None
-                self._sleep(attempt, None, f"unreachable ({type(exc).__name__})")
-                attempt += 1
+                kind = type(exc).__name__
+                retry = self._failed(retry, None, f"unreachable ({kind})", f"cannot reach the Search API at "
+                                     f"{self.api_url} ({kind}) after {{n}} attempts; check `api_url` and the network")
                 continue
             self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
             announced = Quota.from_headers(response.headers)
@@ -127,13 +121,24 @@ class SearchClient:
                 quota_waits += 1
                 continue
             if response.status_code == 429 or response.status_code >= 500:
-                if last:
-                    raise ApiError(f"the Search API answered {response.status_code} "
-                                   f"{_reason(response)} after {attempt + 1} attempts; try again later")
-                self._sleep(attempt, response.headers.get("Retry-After"), f"answered {response.status_code}")
-                attempt += 1
+                retry = self._failed(retry, response.headers.get("Retry-After"), f"answered {response.status_code}",
+                                     f"the Search API answered {response.status_code} {_reason(response)} after "
+                                     "{n} attempts; try again later")
                 continue
             return _parse(response)
+
+    def _failed(self, retry: Retry, asked: str | None, why: str, final: str) -> Retry:
+        """After a failed attempt: the next retry state, slept for; or ``final`` (its ``{n}``: the attempts) as an
+        ApiError once the retries are spent."""
+        retry = retry.increment()
+        if retry.is_exhausted():
+            raise ApiError(final.replace("{n}", str(retry.attempts)))
+        wait = retry.wait(asked)
+        # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
+        log.warning("Search API %s; retry %d of %d in %.1f s", why or "did not answer", retry.failures, self.retries,
+                    wait)
+        time.sleep(wait)
+        return retry
 
     def _pace(self) -> None:
         """Before a request: stay inside the key's quota (nothing to do while none is announced)."""
@@ -189,13 +194,6 @@ class SearchClient:
             next_cursor = page.get("nextCursor")
             # A partial last page still carries a cursor; the empty page after it does not.
             cursor = next_cursor if items and next_cursor and next_cursor != cursor else None
-
-    def _sleep(self, attempt: int, retry_after: str | None, why: str = "") -> None:
-        wait = wait_before(attempt, retry_after, base=self.backoff, cap=MAX_WAIT)
-        # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
-        log.warning("Search API %s; retry %d of %d in %.1f s", why or "did not answer", attempt + 1, self.retries,
-                    wait)
-        time.sleep(wait)
 
 
 def _parse(response: httpx.Response) -> dict[str, Any]:

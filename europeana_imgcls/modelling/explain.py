@@ -125,13 +125,3 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
         return ImageFont.load_default()
-
-
-def side_by_side(*images: Image.Image) -> Image.Image:
-    width = sum(im.width for im in images)
-    canvas = Image.new("RGB", (width, max(im.height for im in images)), "white")
-    x = 0
-    for im in images:
-        canvas.paste(im, (x, 0))
-        x += im.width
-    return canvas

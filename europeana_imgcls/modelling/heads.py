@@ -105,7 +105,7 @@ def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable
     if config.method == "knn":
         head = _knn(features[train], targets[train], len(images.classes), config.neighbours, task)
     else:
-        head = _linear(features[train], targets[train], features[val], targets[val], task, config.weighted_loss,
+        head = linear_head(features[train], targets[train], features[val], targets[val], task, config.weighted_loss,
                        len(images.classes))
     evaluations = {}
     for name, part, positions in (("val", val, np.flatnonzero(readable[split.val])),
@@ -122,7 +122,7 @@ def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable
     return scores, val_loss
 
 
-def _linear(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
+def linear_head(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
             weighted: bool, classes: int) -> nn.Linear:
     """The L2 strength of ``L2_GRID`` with the lowest validation loss; weights folded back to raw features."""
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
@@ -144,7 +144,7 @@ def _linear(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, 
             return loss
 
         optimizer.step(closure)
-        score = _loss(task, _probs(layer, val_inputs.numpy(), task), y_val) if len(y_val) else 0.0
+        score = _loss(task, head_probabilities(layer, val_inputs.numpy(), task), y_val) if len(y_val) else 0.0
         if best is None or score < best[0]:
             best = (score, layer)
     assert best is not None
@@ -177,7 +177,7 @@ def _logits(head: nn.Module, x: np.ndarray) -> np.ndarray:
         return head(torch.from_numpy(x).float()).numpy()
 
 
-def _probs(head: nn.Module, x: np.ndarray, task: Task) -> np.ndarray:
+def head_probabilities(head: nn.Module, x: np.ndarray, task: Task) -> np.ndarray:
     return task.from_logits(_logits(head, x))
 
 

@@ -5,11 +5,8 @@ Every model returns logits; softmax (or sigmoid) is applied only when predicting
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import pickle
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,17 +94,14 @@ def _torchvision(arch: str, num_classes: int, imagenet: bool) -> nn.Module:
     builder = getattr(torchvision.models, arch)
     if imagenet:
         chosen = torchvision.models.get_model_weights(arch).DEFAULT
-        said = io.StringIO()  # torch.hub announces the download on stderr; keep it only if it worked
         try:
-            with contextlib.redirect_stderr(said):
-                model = builder(weights=chosen, progress=False)
+            model = builder(weights=chosen, progress=False)
         except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
             file_name = chosen.url.rsplit("/", 1)[-1]
             raise ModelError(
                 f"cannot fetch the ImageNet weights of {arch} ({type(exc).__name__}; offline?): use `weights` none, "
                 f"or `weights` PATH with a copy of {file_name} (or put it in {torch.hub.get_dir()}/checkpoints)"
             ) from None
-        sys.stderr.write(said.getvalue())
     else:
         model = builder(weights=None)
     _replace_head(model, arch, num_classes)
@@ -164,11 +158,6 @@ def set_head(model: nn.Module, arch: str, head: nn.Module) -> None:
         owner[int(child)] = head
     else:
         setattr(owner, child, head)
-
-
-def feature_dim(model: nn.Module, arch: str) -> int:
-    head = get_head(model, arch)
-    return int(head.in_features if isinstance(head, nn.Linear) else head.bank.shape[1])
 
 
 class KnnHead(nn.Module):

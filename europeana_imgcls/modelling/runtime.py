@@ -31,30 +31,27 @@ class Dist:
         return self.world > 1
 
 
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group torchrun set up: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
-
-
-def close_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def main_process() -> bool:
+    """Whether this process speaks and writes for all: rank 0 under torchrun, and any process outside it."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextmanager
 def distributed(device_name: str) -> Iterator[tuple[torch.device, Dist]]:
-    """The device to use and this process's place under torchrun; the process group closes on exit."""
+    """The device to use and this process's place under torchrun. A process group eic starts (NCCL on GPUs,
+    gloo on CPUs) closes on exit; one the caller started is the caller's, and stays."""
     device = resolve_device(device_name)
-    world = init_distributed(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield device, Dist()
+        return
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        yield device, world
+        yield device, Dist(rank=dist.get_rank(), world=dist.get_world_size())
     finally:
-        close_distributed()
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -33,6 +33,7 @@ from ..datasets.imageset import provider_of
 from ..datasets.tasks import Task, task_for
 from ..modelling.calibration import out_of_fold
 from ..modelling.embedding import matrix, read_embeddings
+from ..modelling.heads import head_probabilities, linear_head
 from ..modelling.run_folder import RunFolder
 
 
@@ -136,41 +137,25 @@ def _run_embeddings(run: Path) -> Path:
 
 
 def _from_embeddings(config: AuditConfig) -> Findings:
-    from ..modelling.heads import _linear, _probs
-
+    """Out-of-fold probabilities from a linear probe on the embeddings, fitted per split as ``eic train
+    --method linear-probe`` fits it: the test fold scored, the L2 strength chosen on the validation part."""
     table, meta = read_embeddings(config.source)
     task = task_for(meta.get("mode"))
     classes = list(meta.get("classes") or sorted({c for cell in table["category"] for c in cell.split()}))
     truth = np.asarray([task.truth_of(cell, classes) for cell in table["category"]])
     vectors = matrix(table)
-    folds = _folds(task, truth, config.folds, config.seed)
     probs = np.zeros((len(truth), len(classes)))
     assigned = np.zeros(len(truth), dtype=int)
-    for k, test in enumerate(folds):
-        rest = np.setdiff1d(np.arange(len(truth)), test)
-        val, train = rest[::5], np.setdiff1d(rest, rest[::5])  # the L2 strength is chosen without the test fold
-        head = _linear(vectors[train], truth[train], vectors[val], truth[val], task, True, len(classes))
-        probs[test] = _probs(head, vectors[test], task)
-        assigned[test] = k
+    for k, split in enumerate(task.splits(truth, config.folds, config.seed)):
+        head = linear_head(vectors[split.train], truth[split.train], vectors[split.val], truth[split.val], task,
+                           True, len(classes))
+        probs[split.test] = head_probabilities(head, vectors[split.test], task)
+        assigned[split.test] = k
     providers = table["provider"].to_list() if "provider" in table.columns else [
         provider_of(Path(p)) for p in table["image"]]
     ids = table["ID"].to_list() if "ID" in table.columns else [None] * table.height
     return Findings(task, classes, table["image"].to_list(), truth, probs, assigned.tolist(), providers, ids,
                     vectors)
-
-
-def _folds(task: Task, truth: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    if task.multilabel:
-        from ..datasets.multilabel import iterative_folds
-
-        return iterative_folds(truth, folds, seed)
-    from sklearn.model_selection import StratifiedKFold
-
-    counts = np.bincount(truth)
-    if counts[counts > 0].min() < folds:
-        raise DatasetError(f"a class has {counts[counts > 0].min()} images, fewer than the {folds} folds; "
-                           "lower `folds`")
-    return [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(truth, truth)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import hashlib
 import heapq
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from ..core.version import __version__
 from ..europeana.search_api import record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
+from ..modelling.runtime import main_process
 from .inference import RunModel
 from .prediction import Item, Rows, read_output, run_predictions
 
@@ -105,7 +105,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     if config.shard is not None:  # the run without shard merges every shard's predictions and annotates
         return EnrichReport(config.output, predictions, model_id=predicted.model_id, splits=predicted.splits,
                             records=predicted.predicted, already_done=predicted.already_done, shard=config.shard)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes for all
+    if not main_process():  # under torchrun, rank 0 writes for all
         return EnrichReport(config.output, predictions, splits=predicted.splits)
     report = EnrichReport(config.output, predictions, model_id=predicted.model_id, splits=predicted.splits,
                           unreadable=predicted.unreadable, not_fetched=predicted.not_fetched,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,10 @@ from sklearn.metrics import precision_recall_fscore_support
 from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
-from ..core.tables import read_table, refuse_existing, write_json
-from ..datasets.folders import ImageDataset, list_images, make_loader
-from ..datasets.metrics import classification_metrics, confusion, mean_std
-from ..datasets.multilabel import ML_METRICS, multilabel_metrics
+from ..core.tables import refuse_existing, write_json
+from ..datasets.folders import ImageDataset, make_loader
+from ..datasets.imageset import Task
+from ..datasets.metrics import mean_std
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import autocast_dtype, default_workers, resolve_device
@@ -48,26 +48,28 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     refuse_existing(config.output_dir / "metrics.json", config.overwrite, f" (an evaluation in {config.output_dir})")
     device = resolve_device(config.device)
     models = load_run(config.run, device, "all")
-    if models[0].multilabel:
-        return _evaluate_multilabel(config, models, device)
-    classes = models[0].classes
-    images = models[0].task.scan(config.eval_dir, None, classes)
-    unknown = _unknown_folders(config.eval_dir, classes)
-    counts = images.counts()
+    task, classes = models[0].task, models[0].classes
+    images = task.scan(config.eval_dir, config.labels, classes)
     if not images.paths:
-        raise DatasetError(f"{config.eval_dir}: no readable images in folders named after the model's classes "
+        raise DatasetError(f"{config.eval_dir}: no readable images of the model's {task.unit}s "
                            f"({', '.join(classes)})")
     truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
-    per_split = {name: classification_metrics(truth, p) for name, p in probs.items()}
+    # Each split decides with its own tuned thresholds (multi-label), or with `threshold` for all.
+    thresholds = {m.split: m.thresholds(config.threshold) for m in models}
+    per_split = {k: task.metrics(truth, p, thresholds[k]) for k, p in probs.items()}
     summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in next(iter(per_split.values()))}
-    report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary, unknown,
-                            [c for c in classes if counts[c] == 0], broken)
-    out = _write_summary(config, report)
-    _write_per_class(out / "per_class.csv", truth, probs, classes)
-    matrix = sum(confusion(truth, p.argmax(axis=1), len(classes)) for p in probs.values())
-    _write_confusion(out, matrix, classes)
-    _write_predictions(out / "predictions.csv", paths, truth, probs, classes)
-    _gallery(out / "misclassified.png", paths, truth, probs, classes, config.gallery)
+    support = task.support(truth, len(classes))
+    report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary,
+                            task.unknown_classes(config.eval_dir, config.labels, classes),
+                            [c for c, n in zip(classes, support, strict=True) if n == 0], broken)
+    tuned = {k: v.tolist() for k, v in thresholds.items() if v is not None}
+    out = _write_summary(config, report, **({"thresholds": tuned} if tuned else {}))
+    _write_per_class(out / f"per_{task.unit}.csv", task, truth, probs, thresholds, classes)
+    matrices = [task.confusion(truth, p) for p in probs.values()]
+    if all(m is not None for m in matrices):  # single-label: who is taken for whom
+        _write_confusion(out, sum(matrices), classes)  # type: ignore[arg-type]
+    _write_predictions(out / "predictions.csv", task, paths, truth, probs, thresholds, classes)
+    _gallery(out / "misclassified.png", task, paths, truth, probs, thresholds, classes, config.gallery)
     report.calibration_check = _check_calibration(config, models, truth, logits, out)
     return report
 
@@ -91,39 +93,6 @@ def _check_calibration(config: EvaluateConfig, models: list[RunModel], truth: np
         writer.writeheader()
         writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
     return rows
-
-
-def _evaluate_multilabel(config: EvaluateConfig, models: list[RunModel], device: Any) -> EvaluateReport:
-    """Multi-label runs: EVAL_DIR is one folder with a labels table; each split uses its tuned thresholds."""
-    classes = models[0].classes
-    images = models[0].task.scan(config.eval_dir, config.labels, classes)
-    table = read_table(config.labels or config.eval_dir / "labels.csv", required=("category",))
-    seen = Counter(label for cell in table["category"].drop_nulls() for label in cell.split())
-    unknown = {label: n for label, n in seen.items() if label not in classes}
-    if not images.paths:
-        raise DatasetError(f"{config.eval_dir}: no readable images labelled with the model's labels "
-                           f"({', '.join(classes)})")
-    truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
-    truth = truth.astype(int)
-    thresholds = {m.split: m.thresholds(config.threshold) for m in models}
-    per_split = {k: multilabel_metrics(truth, p, thresholds[k]) for k, p in probs.items()}
-    summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in ML_METRICS}
-    report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary, unknown,
-                            [c for c, n in zip(classes, truth.sum(axis=0), strict=True) if n == 0], broken)
-    out = _write_summary(config, report, thresholds={k: v.tolist() for k, v in thresholds.items()})
-    _write_per_label(out / "per_label.csv", truth, probs, thresholds, classes)
-    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "truth", "prediction", "probabilities", "split"])
-        for split, p in probs.items():
-            for image, t, row in zip(paths, truth, p, strict=True):
-                writer.writerow([image, " ".join(c for c, v in zip(classes, t, strict=True) if v),
-                                 " ".join(c for c, v, cut in zip(classes, row, thresholds[split], strict=True)
-                                          if v >= cut),
-                                 json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
-                                 split])
-    report.calibration_check = _check_calibration(config, models, truth, logits, out)
-    return report
 
 
 def _score_readable(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
@@ -151,32 +120,28 @@ def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any)
     return out
 
 
-def _write_per_label(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray], thresholds: dict[str, np.ndarray],
-                     classes: list[str]) -> None:
-    """Per label: support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over splits."""
+def _write_per_class(path: Path, task: Task, truth: np.ndarray, probs: dict[str, np.ndarray],
+                     thresholds: dict[str, np.ndarray | None], classes: list[str]) -> None:
+    """Per class (per label): support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over
+    splits; each class one-vs-rest, with the decisions the run makes."""
+    actual = task.indicator(truth, len(classes))
     scores, counts = [], np.zeros((3, len(classes)), dtype=int)
     for split, p in probs.items():
-        predicted = (p >= thresholds[split]).astype(int)
-        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average=None, zero_division=0)
+        decided = task.decisions(p, thresholds[split])
+        precision, recall, f1, _ = precision_recall_fscore_support(actual, decided, average=None, zero_division=0)
         scores.append((precision, recall, f1))
-        counts += np.stack([(predicted & truth).sum(0), (predicted & (1 - truth)).sum(0),
-                            ((1 - predicted) & truth).sum(0)])
-    array = np.asarray(scores)
+        counts += np.stack([(decided & actual).sum(0), (decided & ~actual).sum(0), (~decided & actual).sum(0)])
+    array = np.asarray(scores)  # splits x 3 x classes
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["label", "support", "precision_mean", "precision_std", "recall_mean", "recall_std",
+        writer.writerow([task.unit, "support", "precision_mean", "precision_std", "recall_mean", "recall_std",
                          "f1_mean", "f1_std", "true_positives", "false_positives", "false_negatives"])
         for c, name in enumerate(classes):
-            row: list[Any] = [name, int(truth[:, c].sum())]
+            row: list[Any] = [name, int(actual[:, c].sum())]
             for m in range(3):
                 values = array[:, m, c]
                 row += [f"{values.mean():.6f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.6f}"]
             writer.writerow([*row, *map(int, counts[:, c])])
-
-
-def _unknown_folders(root: Path, classes: list[str]) -> dict[str, int]:
-    return {d.name: len(list_images(d)) for d in sorted(root.iterdir())
-            if d.is_dir() and not d.name.startswith(".") and d.name not in classes}
 
 
 def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
@@ -202,26 +167,6 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
             broken = ~images.task.readable(labels)
             unreadable.update(index[broken].tolist())
     return probs, sorted(unreadable), logits
-
-
-def _write_per_class(path: Path, truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str]) -> None:
-    scores = []
-    for p in probs.values():
-        precision, recall, f1, support = precision_recall_fscore_support(
-            truth, p.argmax(axis=1), labels=np.arange(len(classes)), zero_division=0)
-        scores.append((precision, recall, f1))
-    array = np.asarray(scores)  # splits x 3 x classes
-    support = np.bincount(truth, minlength=len(classes))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["class", "support", "precision_mean", "precision_std", "recall_mean", "recall_std",
-                         "f1_mean", "f1_std"])
-        for c, name in enumerate(classes):
-            row: list[Any] = [name, int(support[c])]
-            for m in range(3):
-                values = array[:, m, c]
-                row += [f"{values.mean():.6f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.6f}"]
-            writer.writerow(row)
 
 
 def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
@@ -253,29 +198,34 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
     figure.savefig(out / "confusion_matrix.png", dpi=100)
 
 
-def _write_predictions(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
-                       classes: list[str]) -> None:
+def _write_predictions(path: Path, task: Task, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
+                       thresholds: dict[str, np.ndarray | None], classes: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "truth", "prediction", "confidence", "split"])
+        writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "split"])
+        writer.writeheader()
         for split, p in probs.items():
             for image, t, row in zip(paths, truth, p, strict=True):
-                writer.writerow([image, classes[t], classes[int(row.argmax())], f"{row.max():.6f}", split])
+                writer.writerow({"image": image, **task.describe(t, row, classes, thresholds[split]), "split": split,
+                                 "probabilities": json.dumps({c: round(float(v), 6)
+                                                              for c, v in zip(classes, row, strict=True)})})
 
 
-def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray], classes: list[str],
-             count: int) -> None:
-    """The most confident mistakes (over all splits, each image once)."""
+def _gallery(path: Path, task: Task, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
+             thresholds: dict[str, np.ndarray | None], classes: list[str], count: int) -> None:
+    """The most confident mistakes (over all splits, each image once): the images whose decided classes are not
+    their true ones, by the top probability."""
     from PIL import Image
 
     from ..modelling.explain import image_grid
 
-    worst: dict[int, tuple[float, int, str]] = {}
+    actual = task.indicator(truth, len(classes))
+    worst: dict[int, tuple[float, str, str]] = {}
     for split, p in probs.items():
-        for i in np.flatnonzero(p.argmax(axis=1) != truth):
+        wrong = (task.decisions(p, thresholds[split]) != actual).any(axis=1)
+        for i in np.flatnonzero(wrong):
             confidence = float(p[i].max())
-            if confidence > worst.get(i, (-1.0, 0, ""))[0]:
-                worst[i] = (confidence, int(p[i].argmax()), split)
+            if confidence > worst.get(i, (-1.0, "", ""))[0]:
+                worst[i] = (confidence, task.describe(truth[i], p[i], classes, thresholds[split])["prediction"], split)
     chosen = sorted(worst.items(), key=lambda kv: -kv[1][0])[:count]
     figure, axes = image_grid(len(chosen), cell=(3.0, 3.3))
     for ax, (i, (confidence, predicted, split)) in zip(axes.flat, chosen, strict=False):
@@ -283,7 +233,8 @@ def _gallery(path: Path, paths: list[str], truth: np.ndarray, probs: dict[str, n
             image.draft("RGB", (256, 256))
             ax.imshow(image.convert("RGB"))
         name = Path(paths[i]).name
-        ax.set_title(f"true {classes[truth[i]]}\npred {classes[predicted]} {confidence:.2f} ({split})", fontsize=8)
+        ax.set_title(f"true {task.truth_text(truth[i], classes) or 'none'}\npred {predicted or 'none'} "
+                     f"{confidence:.2f} ({split})", fontsize=8)
         ax.set_xlabel(f"{(record_id_of(name) or name)[-40:]}", fontsize=7)  # so a curator can look it up
         ax.axis("on")
         ax.set_xticks([])

@@ -48,11 +48,10 @@ class RunModel:
         """Fitted on the split's validation part when it was trained (1.0 for runs trained before that)."""
         return self.meta.temperature
 
-    def thresholds(self, override: float | None = None) -> np.ndarray:
-        """Multi-label decision thresholds: ``override`` for every label, else those tuned in training."""
-        if override is not None:
-            return np.full(len(self.classes), override)
-        return np.asarray(self.meta.thresholds or [0.5] * len(self.classes))
+    def thresholds(self, override: float | None = None) -> np.ndarray | None:
+        """Decision thresholds (multi-label): ``override`` for every label, else those tuned in training; None
+        where the task decides without them."""
+        return self.task.decision_thresholds(self.meta.thresholds, override, len(self.classes))
 
     @property
     def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:

@@ -40,9 +40,7 @@ from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import Dist, autocast_dtype, default_workers, distributed
 from .inference import RunModel, load_run, probabilities
 
-COLUMNS = ["image", "prediction", "confidence", "top_k", "ID", "URI"]
 IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
-ML_COLUMNS = ["image", "labels", "prediction", "confidence", "top_k", "probabilities", "ID", "URI"]
 
 
 @dataclass(frozen=True)
@@ -95,11 +93,11 @@ class Rows:
     def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
         self.classes = models[0].classes
         self.task = models[0].task
-        self.columns = ML_COLUMNS if self.task.multilabel else COLUMNS
+        self.columns = list(self.task.prediction_columns)
         self.k = min(config.top_k, len(self.classes))
         # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
-        self.thresholds = (np.mean([m.thresholds(config.threshold) for m in models], axis=0)
-                           if self.task.multilabel else None)
+        tuned = [m.thresholds(config.threshold) for m in models]
+        self.thresholds = None if tuned[0] is None else np.mean(tuned, axis=0)
 
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
         classes = self.classes
