@@ -1,4 +1,4 @@
-"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s demo`.
+"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s docs`, `nox -s demo`.
 
 Sessions reuse their virtualenv (torch is 6 GB; reinstalling it every run wastes minutes).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests"]
 
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 
@@ -24,10 +24,24 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *(session.posargs or ["-n", "auto"]))
 
 
+SOURCES = ["europeana_imgcls", "tests", "benchmarks", "noxfile.py"]
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
-    session.run("ruff", "check", "europeana_imgcls", "tests", "benchmarks", "noxfile.py")
+    """ruff's rules and format, and the import contracts (layers; no torch in the light half)."""
+    session.install("ruff", "import-linter")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+    session.install("-e", ".", "--no-deps")
+    session.run("lint-imports")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package, with pydantic's plugin (settings in pyproject.toml)."""
+    install_project(session, extras="dev")
+    session.run("mypy")
 
 
 @nox.session

@@ -126,8 +126,9 @@ def serve(folder: Path, entries: list[tuple[str, str]], port_out: multiprocessin
             _, _, _, size, digest = self.path.split("/")[:5]
             if not by_digest:
                 host = self.headers.get("Host")
-                by_digest.update({hashlib.md5(f"http://{host}/img/{i}.jpg".encode()).hexdigest(): i
-                                  for i in range(len(entries))})
+                by_digest.update(
+                    {hashlib.md5(f"http://{host}/img/{i}.jpg".encode()).hexdigest(): i for i in range(len(entries))}
+                )
             index = by_digest.get(digest)
             if index is None or entries[index][0] != "good":
                 return self._send(404, "application/json", b'{"error":"Media file not found"}')
@@ -227,8 +228,24 @@ def main() -> None:
     try:
         write_table(work / "all.csv", base, range(args.images))
         out = work / "eic"
-        m = measure([sys.executable, "-m", "europeana_imgcls", "download", str(work / "all.csv"), "-o", str(out),
-                     "--max-side", "256", "--concurrency", "32", "--per-host", "32", "--quiet"])
+        m = measure(
+            [
+                sys.executable,
+                "-m",
+                "europeana_imgcls",
+                "download",
+                str(work / "all.csv"),
+                "-o",
+                str(out),
+                "--max-side",
+                "256",
+                "--concurrency",
+                "32",
+                "--per-host",
+                "32",
+                "--quiet",
+            ]
+        )
         rows.append(("eic download --max-side 256", count_images(out), args.images, m))
 
         write_table(work / "pilot.csv", base, range(args.pilot_images))
@@ -241,16 +258,36 @@ def main() -> None:
             urls = work / "urls.csv"
             shutil.copy(work / "all.csv", urls)
             out = work / "i2d"
-            m = measure([args.img2dataset, "--url_list", str(urls), "--input_format", "csv", "--url_col", "URL",
-                         "--output_folder", str(out), "--output_format", "files", "--image_size", "256",
-                         "--processes_count", "2", "--enable_wandb", "False"])
+            m = measure(
+                [
+                    args.img2dataset,
+                    "--url_list",
+                    str(urls),
+                    "--input_format",
+                    "csv",
+                    "--url_col",
+                    "URL",
+                    "--output_folder",
+                    str(out),
+                    "--output_format",
+                    "files",
+                    "--image_size",
+                    "256",
+                    "--processes_count",
+                    "2",
+                    "--enable_wandb",
+                    "False",
+                ]
+            )
             rows.append(("img2dataset --image_size 256 --processes_count 2", count_images(out), args.images, m))
         scale = scale_rows(work, base, args, entries, [int(n) for n in args.shards.split(",") if n.strip()])
     finally:
         server.terminate()
     floor = cpu_floor(work)
-    print(f"corpus: {args.images} URLs ({good} good), {LATENCY * 1000:.0f} ms latency, 5% bad; "
-          f"{os.cpu_count()} CPU cores; CPU floor (draft decode + resize + encode): {floor:.0f} images/s")
+    print(
+        f"corpus: {args.images} URLs ({good} good), {LATENCY * 1000:.0f} ms latency, 5% bad; "
+        f"{os.cpu_count()} CPU cores; CPU floor (draft decode + resize + encode): {floor:.0f} images/s"
+    )
     print(f"{'tool':<50} {'saved':>7} {'asked':>6} {'wall s':>8} {'images/s':>9} {'CPU s':>7} {'peak MB':>8}")
     pilot_rate = None
     for name, saved, asked, m in rows:
@@ -264,29 +301,47 @@ def main() -> None:
         print(f"eic / img2dataset: {eic_rate / (rows[2][1] / rows[2][3]['wall']):.1f}x")
     print(f"eic / CPU floor: {eic_rate / floor:.2f}")
     print()
-    print(f"{'eic download --max-side 256':<50} {'saved':>7} {'wall s':>8} {'images/s':>9} {'MB in':>7} "
-          f"{'CPU s':>7} {'peak MB':>8}")
+    print(
+        f"{'eic download --max-side 256':<50} {'saved':>7} {'wall s':>8} {'images/s':>9} {'MB in':>7} "
+        f"{'CPU s':>7} {'peak MB':>8}"
+    )
     for name, saved, m, megabytes in scale:
-        print(f"{name:<50} {saved:>7} {m['wall']:>8.1f} {saved / m['wall']:>9.1f} {megabytes:>7.1f} "
-              f"{m['cpu']:>7.1f} {m['rss_mb']:>8.0f}")
+        print(
+            f"{name:<50} {saved:>7} {m['wall']:>8.1f} {saved / m['wall']:>9.1f} {megabytes:>7.1f} "
+            f"{m['cpu']:>7.1f} {m['rss_mb']:>8.0f}"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 
-def scale_rows(work: Path, base: str, args: argparse.Namespace, entries: list[tuple[str, str]],
-               shard_counts: list[int]) -> list[tuple[str, int, dict[str, float], float]]:
+def scale_rows(
+    work: Path, base: str, args: argparse.Namespace, entries: list[tuple[str, str]], shard_counts: list[int]
+) -> list[tuple[str, int, dict[str, float], float]]:
     """Thumbnails vs originals, and N concurrent shards (the same total concurrency) vs one run."""
-    eic = [sys.executable, "-m", "europeana_imgcls", "download", str(work / "all.csv"), "--max-side", "256",
-           "--per-host", "32", "--quiet"]
+    eic = [
+        sys.executable,
+        "-m",
+        "europeana_imgcls",
+        "download",
+        str(work / "all.csv"),
+        "--max-side",
+        "256",
+        "--per-host",
+        "32",
+        "--quiet",
+    ]
     rows = []
     for source in ("original", "thumbnail"):
         out = work / f"src-{source}"
-        m = measure([*eic, "-o", str(out), "--concurrency", "32", "--source", source, "--thumbnail-url",
-                     f"{base}/thumbnail/v3"])
+        m = measure(
+            [*eic, "-o", str(out), "--concurrency", "32", "--source", source, "--thumbnail-url", f"{base}/thumbnail/v3"]
+        )
         # Bytes received: the originals' sizes, or the 400 px renditions' (what --max-side 256 asks for).
         # The corpus reuses a small pool of pictures: each pool file's size (or its rendition's) once.
         pool = {name for kind, name in entries if kind == "good"}
-        sizes = {n: (work / n).stat().st_size if source == "original" else len(rendition((work / n).read_bytes(), 400))
-                 for n in pool}
+        sizes = {
+            n: (work / n).stat().st_size if source == "original" else len(rendition((work / n).read_bytes(), 400))
+            for n in pool
+        }
         size = sum(sizes[name] for kind, name in entries if kind == "good")
         rows.append((f"--source {source}", count_images(out), m, size / 1e6))
     for count in shard_counts:

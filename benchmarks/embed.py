@@ -26,8 +26,12 @@ from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.modelling.embedding import embed, feature_model
 from europeana_imgcls.modelling.runtime import autocast_dtype, resolve_device
 
-VOCAB = {"map": "http://data.europeana.eu/concept/base/43", "painting": "http://data.europeana.eu/concept/base/47",
-         "specimen": "http://data.europeana.eu/concept/base/167", "photograph": "http://data.europeana.eu/concept/base/48"}
+VOCAB = {
+    "map": "http://data.europeana.eu/concept/base/43",
+    "painting": "http://data.europeana.eu/concept/base/47",
+    "specimen": "http://data.europeana.eu/concept/base/167",
+    "photograph": "http://data.europeana.eu/concept/base/48",
+}
 
 
 def forward_rate(arch: str, weights: str, size: int, batch: int, images: int, device: torch.device) -> float:
@@ -58,12 +62,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    common = dict(arch=args.arch, weights=args.weights, input_size=args.input_size, batch_size=args.batch_size,
-                  device=args.device, quiet=True)
+    common = dict(
+        arch=args.arch,
+        weights=args.weights,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        quiet=True,
+    )
     with tempfile.TemporaryDirectory() as tmp, Sandbox(VOCAB, per_level=args.per_level) as sb:
         root = Path(tmp)
-        rows = [{"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)}
-                for r in sb.catalogue if r.type == "IMAGE" and r.has_url and len(r.labels) == 1]
+        rows = [
+            {"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)}
+            for r in sb.catalogue
+            if r.type == "IMAGE" and r.has_url and len(r.labels) == 1
+        ]
         pl.DataFrame([r for i, r in enumerate(rows) if i % 5]).write_csv(root / "train.csv")
         pl.DataFrame(rows[::5]).write_csv(root / "held_out.csv")
         for name in ("train", "held_out"):
@@ -74,30 +87,47 @@ def main() -> None:
         # Once more in the same process: the first call also pays for starting the device (a CUDA context,
         # kernels loaded on first use) and the loader workers, which a large collection spreads thin.
         again = embed(EmbedConfig(data_dir=root / "train", output=root / "again.parquet", **common))
-        rate = forward_rate(args.arch, args.weights, args.input_size, args.batch_size, embedded.embedded,
-                            device)
+        rate = forward_rate(args.arch, args.weights, args.input_size, args.batch_size, embedded.embedded, device)
         results = []
-        for method, extra in (("linear-probe", {"embeddings": root / "emb.parquet"}),
-                              ("finetune", {"epochs": args.epochs, "patience": 2, "gradcam_images": 0,
-                                            "learning_rate": 1e-3})):
+        for method, extra in (
+            ("linear-probe", {"embeddings": root / "emb.parquet"}),
+            ("finetune", {"epochs": args.epochs, "patience": 2, "gradcam_images": 0, "learning_rate": 1e-3}),
+        ):
             started = time.perf_counter()
-            train(TrainConfig(data_dir=root / "train", output_dir=root / method, method=method, folds=10, **extra,
-                              **common))
+            train(
+                TrainConfig(
+                    data_dir=root / "train", output_dir=root / method, method=method, folds=10, **extra, **common
+                )
+            )
             seconds = time.perf_counter() - started + (embed_seconds if method == "linear-probe" else 0.0)
-            held = evaluate(EvaluateConfig(run=root / method, eval_dir=root / "held_out",
-                                           output_dir=root / f"{method}-eval", gallery=0, quiet=True))
+            held = evaluate(
+                EvaluateConfig(
+                    run=root / method,
+                    eval_dir=root / "held_out",
+                    output_dir=root / f"{method}-eval",
+                    gallery=0,
+                    quiet=True,
+                )
+            )
             results.append((method, seconds, held.summary["accuracy"]["mean"], held.summary["accuracy"]["std"]))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"{embedded.embedded} training images, {args.arch} ({args.weights}) at {args.input_size} px, "
-          f"batch {args.batch_size}, {where}, torch {torch.__version__}")
-    print(f"eic embed: {embedded.images_per_second:.1f} images/s on the first call, "
-          f"{again.images_per_second:.1f} on a second; forward pass alone: {rate:.1f} images/s "
-          f"({again.images_per_second / rate:.2f})")
+    print(
+        f"{embedded.embedded} training images, {args.arch} ({args.weights}) at {args.input_size} px, "
+        f"batch {args.batch_size}, {where}, torch {torch.__version__}"
+    )
+    print(
+        f"eic embed: {embedded.images_per_second:.1f} images/s on the first call, "
+        f"{again.images_per_second:.1f} on a second; forward pass alone: {rate:.1f} images/s "
+        f"({again.images_per_second / rate:.2f})"
+    )
     print("| 10-fold protocol | wall s | held-out accuracy (mean ± std over splits) |")
     print("| --- | --- | --- |")
     for method, seconds, mean, std in results:
-        label = "linear-probe (embedding included)" if method == "linear-probe" else \
-            f"finetune ({args.epochs} epochs at most)"
+        label = (
+            "linear-probe (embedding included)"
+            if method == "linear-probe"
+            else f"finetune ({args.epochs} epochs at most)"
+        )
         print(f"| {label} | {seconds:.1f} | {mean:.3f} ± {std:.3f} |")
     print(f"speed-up: {results[1][1] / results[0][1]:.1f}x")
 

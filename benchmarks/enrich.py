@@ -22,8 +22,12 @@ from europeana_imgcls.core.config import EnrichConfig
 from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.outputs.enrichment import enrich
 
-VOCAB = {"map": "http://data.europeana.eu/concept/base/43", "painting": "http://data.europeana.eu/concept/base/47",
-         "specimen": "http://data.europeana.eu/concept/base/167", "photograph": "http://data.europeana.eu/concept/base/48"}
+VOCAB = {
+    "map": "http://data.europeana.eu/concept/base/43",
+    "painting": "http://data.europeana.eu/concept/base/47",
+    "specimen": "http://data.europeana.eu/concept/base/167",
+    "photograph": "http://data.europeana.eu/concept/base/48",
+}
 
 
 def main() -> None:
@@ -42,10 +46,28 @@ def main() -> None:
         pl.DataFrame(rows[0::3]).write_csv(root / "train.csv")
         pl.DataFrame(rows).write_csv(root / "table.csv")
         download(DownloadConfig(table=root / "train.csv", output_dir=root / "train", quiet=True, max_side=256))
-        train(TrainConfig(data_dir=root / "train", output_dir=root / "run", arch=args.arch, weights="none", epochs=1,
-                          input_size=args.input_size, folds=3, quiet=True, gradcam_images=0, device=args.device))
-        common = dict(run=root / "run", table=root / "table.csv", image_dir=root / "images",
-                      batch_size=args.batch_size, device=args.device, quiet=True)
+        train(
+            TrainConfig(
+                data_dir=root / "train",
+                output_dir=root / "run",
+                arch=args.arch,
+                weights="none",
+                epochs=1,
+                input_size=args.input_size,
+                folds=3,
+                quiet=True,
+                gradcam_images=0,
+                device=args.device,
+            )
+        )
+        common = dict(
+            run=root / "run",
+            table=root / "table.csv",
+            image_dir=root / "images",
+            batch_size=args.batch_size,
+            device=args.device,
+            quiet=True,
+        )
         predict(PredictConfig(**common, output=root / "warm-up.csv"))  # fetches the images once
         best = {"eic predict": float("inf"), "eic enrich": float("inf")}
         counted = 0

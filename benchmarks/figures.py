@@ -33,8 +33,19 @@ def main() -> None:
         (root / "new").mkdir()
         for j in range(args.images):
             draw_image((j % 3,), 3, seed=10_000 + j, size=(320, 240)).save(root / "new" / f"{j}.jpg")
-        train(TrainConfig(data_dir=root / "train", output_dir=root / "run", weights="none", epochs=1, folds=3,
-                          crossvalidation=False, input_size=args.input_size, gradcam_images=0, quiet=True))
+        train(
+            TrainConfig(
+                data_dir=root / "train",
+                output_dir=root / "run",
+                weights="none",
+                epochs=1,
+                folds=3,
+                crossvalidation=False,
+                input_size=args.input_size,
+                gradcam_images=0,
+                quiet=True,
+            )
+        )
         common = dict(run=root / "run", inputs=[str(root / "new")], top_k=args.top_k, quiet=True)
         seconds = {}
         for label, extra in (("without figures", {}), ("with figures", {"gradcam_dir": root / "cams"})):

@@ -29,10 +29,14 @@ CLASSES = ["map", "painting", "photograph", "drawing", "archaeological site"]
 
 def record(n: int) -> tuple[str, dict[str, object]]:
     key = f"/9200{n % 97:03d}/obj_{n:09d}"
-    return key, {"image": f"https://images.example.org/{n}.jpg", "prediction": CLASSES[n % 5],
-                 "confidence": 0.5 + (n % 50) / 100, "top_k": [[c, round(0.9 - i * 0.2, 6)] for i, c in
-                                                                enumerate(CLASSES)],
-                 "ID": key, "URI": f"http://data.europeana.eu/item{key}"}
+    return key, {
+        "image": f"https://images.example.org/{n}.jpg",
+        "prediction": CLASSES[n % 5],
+        "confidence": 0.5 + (n % 50) / 100,
+        "top_k": [[c, round(0.9 - i * 0.2, 6)] for i, c in enumerate(CLASSES)],
+        "ID": key,
+        "URI": f"http://data.europeana.eu/item{key}",
+    }
 
 
 def peak_mb() -> float:

@@ -72,9 +72,14 @@ class InMemory:
 
     def __init__(self, batches: int, batch_size: int, size: int, classes: int) -> None:
         generator = torch.Generator().manual_seed(0)
-        self.data = [(torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator),
-                      torch.randint(0, classes, (batch_size,), generator=generator),
-                      torch.arange(batch_size)) for _ in range(batches)]
+        self.data = [
+            (
+                torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator),
+                torch.randint(0, classes, (batch_size,), generator=generator),
+                torch.arange(batch_size),
+            )
+            for _ in range(batches)
+        ]
 
     def __iter__(self):
         return iter(self.data)
@@ -113,37 +118,56 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--workers", type=int, nargs="*", default=None,
-                        help="loader worker counts to try; default: eic's default for the device")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="loader worker counts to try; default: eic's default for the device",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     count = args.batches * args.batch_size
     work = Path(tempfile.mkdtemp(prefix="eic-train-bench-"))
-    sets = {"512 px files (eic download)": make_folder(work / "small", count, (512, 384)),
-            "~2 MP originals": make_folder(work / "large", count, (1632, 1224))}
+    sets = {
+        "512 px files (eic download)": make_folder(work / "small", count, (512, 384)),
+        "~2 MP originals": make_folder(work / "large", count, (1632, 1224)),
+    }
     model = build_model(args.arch, 4, "none").to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     memory = timed(model, InMemory(args.batches, args.batch_size, args.input_size, 4), device, args.amp)
     workers = args.workers if args.workers is not None else [default_workers(device, None)]
-    print(f"{args.arch} at {args.input_size} px, batch {args.batch_size}, {args.batches} batches, device {device}, "
-          f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
-    print(f"{'images':<30} {'workers':>7} {'epoch':>12} {'pipeline img/s':>15} {'in-memory img/s':>16} "
-          f"{'ratio':>6} {'1st batch s':>12} {'peak MB':>8}")
+    print(
+        f"{args.arch} at {args.input_size} px, batch {args.batch_size}, {args.batches} batches, device {device}, "
+        f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
+    )
+    print(
+        f"{'images':<30} {'workers':>7} {'epoch':>12} {'pipeline img/s':>15} {'in-memory img/s':>16} "
+        f"{'ratio':>6} {'1st batch s':>12} {'peak MB':>8}"
+    )
     for name, images in sets.items():
         for n in workers:
             # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
             cache = DecodedCache(len(images), args.input_size, shared=n > 0)
             dataset = ImageDataset(images, args.input_size, hflip=0.5, cache=cache)
-            loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=n, seed=0,
-                                 pin_memory=device.type == "cuda")
+            loader = make_loader(
+                dataset,
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=n,
+                seed=0,
+                pin_memory=device.type == "cuda",
+            )
             for epoch in ("1 (decodes)", "2 (cached)"):
                 take = _Take(loader, args.batches)
                 rate = timed(model, take, device, args.amp, warm_up=False)
-                print(f"{name:<30} {n:>7} {epoch:>12} {rate:>15.1f} {memory:>16.1f} {rate / memory:>6.2f} "
-                      f"{take.first:>12.2f} {peak_mb():>8.0f}")
+                print(
+                    f"{name:<30} {n:>7} {epoch:>12} {rate:>15.1f} {memory:>16.1f} {rate / memory:>6.2f} "
+                    f"{take.first:>12.2f} {peak_mb():>8.0f}"
+                )
 
 
 class _Take:

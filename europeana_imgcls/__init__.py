@@ -1,7 +1,7 @@
 """europeana_imgcls: Europeana records to trained image classifiers.
 
-    >>> from europeana_imgcls import harvest, HarvestConfig
-    >>> report = harvest(HarvestConfig(n=100, output="harvested.csv"))
+>>> from europeana_imgcls import harvest, HarvestConfig
+>>> report = harvest(HarvestConfig(n=100, output="harvested.csv"))
 """
 
 from .acquisition.curation import stats, subtract
@@ -45,6 +45,7 @@ def __getattr__(name: str) -> object:
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(f".{module}", __name__), attribute)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ApiError",

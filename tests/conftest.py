@@ -28,7 +28,6 @@ VOCAB = {
 _real_connect = socket.socket.connect
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """torch and the tests' tiny net (arch "tiny") where tests run. Not in the process that only hands tests out
     to xdist workers: importing torch there would take seconds of a core from the workers as they start."""
@@ -104,8 +103,20 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
     """Training settings for tests: the tiny net, no weights, tiny images, few epochs (override any with ``kw``)."""
-    settings = dict(data_dir=data, output_dir=out, arch="tiny", weights="none", epochs=6, input_size=32, batch_size=8,
-                    learning_rate=1e-3, folds=3, patience=3, quiet=True, gradcam_images=3)
+    settings = dict(
+        data_dir=data,
+        output_dir=out,
+        arch="tiny",
+        weights="none",
+        epochs=6,
+        input_size=32,
+        batch_size=8,
+        learning_rate=1e-3,
+        folds=3,
+        patience=3,
+        quiet=True,
+        gradcam_images=3,
+    )
     settings.update(kw)
     return TrainConfig(**settings)
 
@@ -129,7 +140,14 @@ def sandbox_records(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
 
 def sandbox_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
     """A harvest-like table of those records (category, ID, URL, preview) at ``path``."""
-    rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r),
-             "preview": sb.item(r, "k")["edmPreview"][0]} for r in sandbox_records(sb, multi)]
+    rows = [
+        {
+            "category": " ".join(r.labels),
+            "ID": r.id,
+            "URL": sb.image_url(r),
+            "preview": sb.item(r, "k")["edmPreview"][0],
+        }
+        for r in sandbox_records(sb, multi)
+    ]
     pl.DataFrame(rows).write_csv(path)
     return path

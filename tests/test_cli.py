@@ -34,8 +34,21 @@ def assert_one_line_error(result, text: str) -> None:
 
 def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "h.csv"
-    result = eic("harvest", "--vocab", vocab_file, "--n", "5", "--reusability", "open",
-                 "--reusability", "restricted", "-o", out, "--quiet", env={"EUROPEANA_API_URL": sandbox.api_url})
+    result = eic(
+        "harvest",
+        "--vocab",
+        vocab_file,
+        "--n",
+        "5",
+        "--reusability",
+        "open",
+        "--reusability",
+        "restricted",
+        "-o",
+        out,
+        "--quiet",
+        env={"EUROPEANA_API_URL": sandbox.api_url},
+    )
     assert result.exit_code == 0, result.output
     counts = pl.read_csv(out).group_by("category", "reusability").len()
     assert counts.height == 6 and counts["len"].max() == 5  # a few dropped as ambiguous
@@ -43,19 +56,32 @@ def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) 
 
 
 def test_bad_key_gives_one_line_and_exit_1(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
-    result = eic("harvest", "--vocab", vocab_file, "-o", tmp_path / "h.csv", "--api-url", sandbox.api_url,
-                 "--api-key", "not-a-key", "--quiet")
+    result = eic(
+        "harvest",
+        "--vocab",
+        vocab_file,
+        "-o",
+        tmp_path / "h.csv",
+        "--api-url",
+        sandbox.api_url,
+        "--api-key",
+        "not-a-key",
+        "--quiet",
+    )
     assert_one_line_error(result, "rejected the API key")
     assert result.exit_code == 1
     assert "not-a-key" not in result.stderr
 
 
-@pytest.mark.parametrize(("vocab_text", "message"), [
-    (None, "no such file"),
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"map": 3}', "must map to a concept URI"),
-])
+@pytest.mark.parametrize(
+    ("vocab_text", "message"),
+    [
+        (None, "no such file"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"map": 3}', "must map to a concept URI"),
+    ],
+)
 def test_bad_vocabularies(tmp_path: Path, vocab_text: str | None, message: str) -> None:
     vocab = tmp_path / "v.json"
     if vocab_text is not None:
@@ -64,21 +90,25 @@ def test_bad_vocabularies(tmp_path: Path, vocab_text: str | None, message: str) 
     assert_one_line_error(result, message)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--n", "0"], "invalid setting 'n'"),
-    (["--n", "-3"], "invalid setting 'n'"),
-    (["--reusability", "free"], "invalid setting 'reusability.0'"),
-    (["--mode", "both"], "invalid setting 'mode'"),
-    (["-o", "out.xlsx"], "must end in .csv or .parquet"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "0"], "invalid setting 'n'"),
+        (["--n", "-3"], "invalid setting 'n'"),
+        (["--reusability", "free"], "invalid setting 'reusability.0'"),
+        (["--mode", "both"], "invalid setting 'mode'"),
+        (["-o", "out.xlsx"], "must end in .csv or .parquet"),
+    ],
+)
 def test_bad_harvest_options(tmp_path: Path, args: list[str], message: str) -> None:
     result = eic("harvest", *args, "--api-url", "http://127.0.0.1:9/x")
     assert_one_line_error(result, message)
 
 
 def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
-    result = eic("harvest", "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/search.json",
-                 "--retries", "0", "--quiet")
+    result = eic(
+        "harvest", "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/search.json", "--retries", "0", "--quiet"
+    )
     assert_one_line_error(result, "cannot reach the Search API")
 
 
@@ -90,8 +120,9 @@ def test_subtract_and_stats_commands(tmp_path: Path) -> None:
     result = eic("stats", tmp_path / "o.csv", "-o", tmp_path / "s.json")
     assert result.exit_code == 0
     assert json.loads((tmp_path / "s.json").read_text())["per_category"] == {"map": 1}
-    assert_one_line_error(eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"),
-                          "no such table")
+    assert_one_line_error(
+        eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"), "no such table"
+    )
     (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
     assert_one_line_error(eic("stats", tmp_path / "broken.csv"), "broken.csv")
 
@@ -99,8 +130,12 @@ def test_subtract_and_stats_commands(tmp_path: Path) -> None:
 def test_precedence_flag_over_file_over_env_over_default(tmp_path: Path) -> None:
     toml = tmp_path / "eic.toml"
     toml.write_text('api_url = "http://file/api"\n[harvest]\nn = 3\nseed = 9\n')
-    env = {"EUROPEANA_N": "4", "EUROPEANA_SEED": "5", "EUROPEANA_API_KEY": "env-key",
-           "EUROPEANA_REUSABILITY": "open,permission"}
+    env = {
+        "EUROPEANA_N": "4",
+        "EUROPEANA_SEED": "5",
+        "EUROPEANA_API_KEY": "env-key",
+        "EUROPEANA_REUSABILITY": "open,permission",
+    }
     cfg = build_config(HarvestConfig, {"seed": 1}, toml, env=env)
     assert (cfg.n, cfg.seed, cfg.api_url) == (3, 1, "http://file/api")
     assert cfg.api_key.get_secret_value() == "env-key" and cfg.reusability == ["open", "permission"]
@@ -188,13 +223,18 @@ def test_every_option_a_message_names_exists() -> None:
     import ast
     import re
 
-    flags = {opt for command in _click_commands().values() for p in command.params  # type: ignore[attr-defined]
-             for opt in (*p.opts, *p.secondary_opts)} | {"--help"}
+    flags = {
+        opt
+        for command in _click_commands().values()
+        for p in command.params  # type: ignore[attr-defined]
+        for opt in (*p.opts, *p.secondary_opts)
+    } | {"--help"}
     named: dict[str, str] = {}
     for path in Path(europeana_imgcls.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).endswith(
-                    ("Error", "warning", "info", "echo")):
+                ("Error", "warning", "info", "echo")
+            ):
                 texts = (n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
                 for text in texts:
                     for name in re.findall(r"(?<!`)`([a-z][a-z0-9_]*)`(?!`)", text):
@@ -203,6 +243,9 @@ def test_every_option_a_message_names_exists() -> None:
                         named[option] = path.name
     named.pop("--no-crossvalidation", None)  # as_flags spells "`crossvalidation` off" so; checked below
     assert "--crossvalidation" in flags
-    missing = {option: where for option, where in named.items() if option not in flags and not (
-        option.startswith("--no-") and "--" + option[5:] in flags)}
+    missing = {
+        option: where
+        for option, where in named.items()
+        if option not in flags and not (option.startswith("--no-") and "--" + option[5:] in flags)
+    }
     assert len(named) > 20 and not missing, missing

@@ -25,10 +25,14 @@ def csv_ids(path: Path) -> list[str]:
 
 
 @needs_seed
-@pytest.mark.parametrize(("train_name", "removed"), [
-    ("clean_training_data.csv", 0), ("crowdheritage_dataset.csv", 10),
-    ("multilabel_dataset_open_permission.csv", 8),
-])
+@pytest.mark.parametrize(
+    ("train_name", "removed"),
+    [
+        ("clean_training_data.csv", 0),
+        ("crowdheritage_dataset.csv", 10),
+        ("multilabel_dataset_open_permission.csv", 8),
+    ],
+)
 def test_subtract_on_the_pilot_tables_is_exact(tmp_path: Path, train_name: str, removed: int) -> None:
     train, evaluation = SEED_TABLES / train_name, SEED_TABLES / "eval_dataset.csv"
     eval_ids = {i for i in csv_ids(evaluation) if i}
@@ -45,8 +49,9 @@ def test_subtract_strips_spaces_and_ignores_blank_columns(tmp_path: Path) -> Non
     (tmp_path / "t.csv").write_text("category,ID,URL,,\npaint,/1/a ,u1,,\nmap,/1/b,u2,,\nmap,/1/c,u3,,\n")
     (tmp_path / "e.parquet").unlink(missing_ok=True)
     pl.DataFrame({"ID": [" /1/a", "/1/c", None]}).write_parquet(tmp_path / "e.parquet")
-    report = subtract(SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.parquet",
-                                     output=tmp_path / "o.parquet"))
+    report = subtract(
+        SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.parquet", output=tmp_path / "o.parquet")
+    )
     assert pl.read_parquet(tmp_path / "o.parquet").to_dicts() == [{"category": "map", "ID": "/1/b", "URL": "u2"}]
     assert (report.kept, report.removed) == (1, 2)
     assert json.loads((tmp_path / "o.config.json").read_text())["train"] == str(tmp_path / "t.csv")
@@ -80,12 +85,14 @@ def test_stats_finds_what_is_wrong_in_the_pilot_eval_table() -> None:
 
 
 def test_stats_counts_labels_levels_providers_and_conflicts(tmp_path: Path) -> None:
-    pl.DataFrame({
-        "category": ["map painting", "map", "painting", "map", "statue"],
-        "ID": ["/1/a", "/1/b", "/1/b", "/2/c", "/2/d"],
-        "URL": ["u", "u", None, "u", "u"],
-        "reusability": ["open", "open", "open", "permission", "open"],
-    }).write_csv(tmp_path / "t.csv")
+    pl.DataFrame(
+        {
+            "category": ["map painting", "map", "painting", "map", "statue"],
+            "ID": ["/1/a", "/1/b", "/1/b", "/2/c", "/2/d"],
+            "URL": ["u", "u", None, "u", "u"],
+            "reusability": ["open", "open", "open", "permission", "open"],
+        }
+    ).write_csv(tmp_path / "t.csv")
     (tmp_path / "v.json").write_text('{"map": "http://x/1", "painting": "http://x/2"}')
     result = stats(StatsConfig(table=tmp_path / "t.csv", vocab=tmp_path / "v.json"))
     assert result.per_category == {"map": 3, "painting": 2, "statue": 1}
@@ -104,20 +111,28 @@ def test_a_museum_table_of_its_own_shape_works_with_columns(sandbox: Sandbox, tm
 
     records = [r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and len(r.labels) == 1][:6]
     museum = tmp_path / "museum.csv"
-    pl.DataFrame({"id": [r.id for r in records], "image_url": [sandbox.image_url(r) for r in records],
-                  "label": [r.labels[0] for r in records], "notes": ["x"] * 6}).write_csv(museum)
+    pl.DataFrame(
+        {
+            "id": [r.id for r in records],
+            "image_url": [sandbox.image_url(r) for r in records],
+            "label": [r.labels[0] for r in records],
+            "notes": ["x"] * 6,
+        }
+    ).write_csv(museum)
     refused = CliRunner().invoke(app, ["download", str(museum), "-o", str(tmp_path / "img")])
     assert refused.exit_code == 1 and "missing column(s) ID, URL, category" in refused.stderr
     mapping = "ID=id,URL=image_url,category=label"
-    report = download(DownloadConfig(table=museum, output_dir=tmp_path / "img", columns=mapping, quiet=True,
-                                     max_side=32))
+    report = download(
+        DownloadConfig(table=museum, output_dir=tmp_path / "img", columns=mapping, quiet=True, max_side=32)
+    )
     assert report.saved == 6 and report.accounted == 6
     result = CliRunner().invoke(app, ["stats", str(museum), "--columns", mapping])
     assert result.exit_code == 0 and "6" in result.stdout
     config = tmp_path / "eic.toml"
     config.write_text('[subtract]\ncolumns = {ID = "id"}\n')
-    result = CliRunner().invoke(app, ["subtract", str(museum), str(museum), "-o", str(tmp_path / "left.csv"),
-                                      "--config", str(config)])
+    result = CliRunner().invoke(
+        app, ["subtract", str(museum), str(museum), "-o", str(tmp_path / "left.csv"), "--config", str(config)]
+    )
     assert result.exit_code == 0, result.stderr
     assert "removed 6" in " ".join(result.stdout.split())
     bad = CliRunner().invoke(app, ["stats", str(museum), "--columns", "ID=identifier"])

@@ -14,8 +14,9 @@ from europeana_imgcls.cli.app import app
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--output-dir", str(out), "--epochs", "2", "--input-size", "32",
-                                      "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["demo", "--output-dir", str(out), "--epochs", "2", "--input-size", "32", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output + result.stderr
     for stage in ("harvest", "subtract", "download", "train", "evaluate", "predict", "enrich"):
         assert stage in result.stdout

@@ -13,16 +13,27 @@ from europeana_imgcls.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {
-    "harvest": "harvest.md", "subtract": "harvest.md", "stats": "harvest.md", "sandbox": "harvest.md",
-    "download": "download.md", "train": "train.md", "evaluate": "evaluate.md", "predict": "evaluate.md",
-    "demo": "demo.md", "enrich": "enrich.md", "calibrate": "enrich.md", "review import": "enrich.md",
-    "embed": "embed.md", "audit": "audit.md",
+    "harvest": "harvest.md",
+    "subtract": "harvest.md",
+    "stats": "harvest.md",
+    "sandbox": "harvest.md",
+    "download": "download.md",
+    "train": "train.md",
+    "evaluate": "evaluate.md",
+    "predict": "evaluate.md",
+    "demo": "demo.md",
+    "enrich": "enrich.md",
+    "calibrate": "enrich.md",
+    "review import": "enrich.md",
+    "embed": "embed.md",
+    "audit": "audit.md",
 }
 
 
 def test_reference_pages_are_current() -> None:
     assert reference.main([str(ROOT / "docs" / "reference"), "--check"]) == 0, (
-        "run: python -m europeana_imgcls.cli.reference docs/reference")
+        "run: python -m europeana_imgcls.cli.reference docs/reference"
+    )
 
 
 @pytest.mark.parametrize("command", sorted(PAGES))
@@ -31,8 +42,11 @@ def test_every_option_is_explained_on_its_page(command: str) -> None:
     for word in command.split():  # "review import" is a command of the group "review"
         cli = cli.commands[word]
     page = (ROOT / "docs" / PAGES[command]).read_text(encoding="utf-8")
-    missing = [p.opts[0] for p in cli.params
-               if p.param_type_name == "option" and p.opts[0] != "--config" and p.opts[0] not in page]
+    missing = [
+        p.opts[0]
+        for p in cli.params
+        if p.param_type_name == "option" and p.opts[0] != "--config" and p.opts[0] not in page
+    ]
     assert not missing, f"docs/{PAGES[command]} does not mention {missing}"
 
 

@@ -24,9 +24,14 @@ from europeana_imgcls.europeana.sandbox import FAULTS, Sandbox
 from .conftest import VOCAB, sandbox_records, sandbox_table
 
 EXPECTED_ERROR = {
-    "404": "HTTP 404", "html": "not an image (text/html)", "truncated": "truncated",
-    "bomb": "too many pixels (20000x20000)", "endless": "too many bytes", "stall": "timeout",
-    "redirect-loop": "redirect loop", "empty": "empty",
+    "404": "HTTP 404",
+    "html": "not an image (text/html)",
+    "truncated": "truncated",
+    "bomb": "too many pixels (20000x20000)",
+    "endless": "too many bytes",
+    "stall": "timeout",
+    "redirect-loop": "redirect loop",
+    "empty": "empty",
 }
 
 
@@ -39,8 +44,17 @@ def faulty() -> Iterator[Sandbox]:
 
 def config(table: Path, out: Path, **kw) -> DownloadConfig:
     # A timeout far above what a good image takes even on a loaded machine; the sandbox's stalls never answer.
-    settings = dict(table=table, output_dir=out, quiet=True, timeout=6.0, retries=1, max_side=128,
-                    max_bytes=3_000_000, concurrency=8, per_host=8)
+    settings = dict(
+        table=table,
+        output_dir=out,
+        quiet=True,
+        timeout=6.0,
+        retries=1,
+        max_side=128,
+        max_bytes=3_000_000,
+        concurrency=8,
+        per_host=8,
+    )
     settings.update(kw)
     return DownloadConfig(**settings)
 
@@ -121,9 +135,28 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         sb.hold_after(40)  # the run is surely stopped mid-way: the 41st image answer waits
         proc = subprocess.Popen(
-            [sys.executable, "-m", "europeana_imgcls", "download", str(table), "-o", str(out), "--quiet",
-             "--concurrency", "2", "--max-side", "0", "--timeout", "6", "--retries", "0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "europeana_imgcls",
+                "download",
+                str(table),
+                "-o",
+                str(out),
+                "--quiet",
+                "--concurrency",
+                "2",
+                "--max-side",
+                "0",
+                "--timeout",
+                "6",
+                "--retries",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         assert sb.wait_until_held(1), "the download never reached the held answers"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -177,7 +210,8 @@ def test_names_and_bad_tables(tmp_path: Path) -> None:
 def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: Path) -> None:
     record = sandbox_records(sandbox)[0]
     (tmp_path / "t.csv").write_text(
-        f"category,ID,URL\n {record.labels[0]} ,{record.id},{sandbox.image_url(record)}\nmap,/1/nourl,\n")
+        f"category,ID,URL\n {record.labels[0]} ,{record.id},{sandbox.image_url(record)}\nmap,/1/nourl,\n"
+    )
     report = download(config(tmp_path / "t.csv", tmp_path / "img"))
     assert (tmp_path / "img" / record.labels[0] / file_name(record.id)).is_file()
     assert read_failures(tmp_path / "img") == {"/1/nourl": "no URL"} and report.saved == 1

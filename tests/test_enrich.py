@@ -54,14 +54,41 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         download(DownloadConfig(table=root / "train.csv", output_dir=root / "images", quiet=True, max_side=64))
         download(DownloadConfig(table=root / "new.csv", output_dir=root / "eval_images", quiet=True, max_side=64))
         # The tests' tiny net: what is tested is calibration and enrichment, not the model.
-        report = train(TrainConfig(data_dir=root / "images", output_dir=root / "run", arch="tiny", weights="none",
-                                   epochs=10, input_size=32, batch_size=16, learning_rate=3e-3, folds=3, patience=3,
-                                   quiet=True, gradcam_images=0, precision=TARGET))
+        report = train(
+            TrainConfig(
+                data_dir=root / "images",
+                output_dir=root / "run",
+                arch="tiny",
+                weights="none",
+                epochs=10,
+                input_size=32,
+                batch_size=16,
+                learning_rate=3e-3,
+                folds=3,
+                patience=3,
+                quiet=True,
+                gradcam_images=0,
+                precision=TARGET,
+            )
+        )
         out = root / "out.jsonld"
-        result = enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=out, quiet=True,
-                                     review_output=root / "review.json", review_n=5))
-        yield {"root": root, "train": report, "enrich": result, "truth": {r["ID"]: r["category"] for r in fresh},
-               "sandbox": sb}
+        result = enrich(
+            EnrichConfig(
+                run=root / "run",
+                table=root / "new.csv",
+                output=out,
+                quiet=True,
+                review_output=root / "review.json",
+                review_n=5,
+            )
+        )
+        yield {
+            "root": root,
+            "train": report,
+            "enrich": result,
+            "truth": {r["ID"]: r["category"] for r in fresh},
+            "sandbox": sb,
+        }
 
 
 @pytest.mark.slow
@@ -77,8 +104,15 @@ def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None
     for c in emitted:
         assert c.precision >= TARGET and c.labelled >= 5 and 0 < c.coverage <= 1
     card = (run / "MODEL_CARD.md").read_text()
-    for section in ("## Model details", "## Intended use", "## Out-of-scope use", "## Training data", "## Metrics",
-                    "## Calibration", "## Limitations"):
+    for section in (
+        "## Model details",
+        "## Intended use",
+        "## Out-of-scope use",
+        "## Training data",
+        "## Metrics",
+        "## Calibration",
+        "## Limitations",
+    ):
         assert section in card
     for c in calibration.per_class:
         assert (f"| {c.name} | never emitted |" in card) == (c.threshold is None)
@@ -96,8 +130,10 @@ def test_enriched_annotations_keep_the_promised_precision_and_validate(world) ->
         assert not errors, errors
     uri_class = {uri: name for name, uri in VOCAB.items()}
     truth = world["truth"]
-    right = sum(uri_class[a["body"]["source"]] == truth[a["target"]["scope"].removeprefix(
-        "http://data.europeana.eu/item")] for a in items)
+    right = sum(
+        uri_class[a["body"]["source"]] == truth[a["target"]["scope"].removeprefix("http://data.europeana.eu/item")]
+        for a in items
+    )
     assert right / len(items) >= TARGET - 0.05
     report = world["enrich"]
     assert report.labelled / report.records > 0.3  # well above zero
@@ -131,12 +167,30 @@ def _export(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
     exported = []
     for i, task in enumerate(tasks):
         answer = truth[task["data"]["ID"]]
-        annotation = {"id": 1000 + i, "completed_by": {"id": 7, "email": "curator@museum.example"},
-                      "was_cancelled": False, "ground_truth": False, "task": i + 1, "lead_time": 3.2,
-                      "result": [{"id": f"r{i}", "from_name": "category", "to_name": "image", "type": "choices",
-                                  "value": {"choices": [answer]}}]}
-        entry = {"id": i + 1, "data": task["data"], "project": 1, "predictions": task["predictions"],
-                 "annotations": [annotation]}
+        annotation = {
+            "id": 1000 + i,
+            "completed_by": {"id": 7, "email": "curator@museum.example"},
+            "was_cancelled": False,
+            "ground_truth": False,
+            "task": i + 1,
+            "lead_time": 3.2,
+            "result": [
+                {
+                    "id": f"r{i}",
+                    "from_name": "category",
+                    "to_name": "image",
+                    "type": "choices",
+                    "value": {"choices": [answer]},
+                }
+            ],
+        }
+        entry = {
+            "id": i + 1,
+            "data": task["data"],
+            "project": 1,
+            "predictions": task["predictions"],
+            "annotations": [annotation],
+        }
         exported.append(entry)
     exported[0]["annotations"] = []  # nobody labelled it
     exported[1]["annotations"][0]["was_cancelled"] = True
@@ -175,8 +229,11 @@ def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: P
 
 @pytest.mark.slow
 def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) -> None:
-    report = evaluate_run(EvaluateConfig(run=world["root"] / "run", eval_dir=world["root"] / "eval_images",
-                                         output_dir=tmp_path / "ev", gallery=0))
+    report = evaluate_run(
+        EvaluateConfig(
+            run=world["root"] / "run", eval_dir=world["root"] / "eval_images", output_dir=tmp_path / "ev", gallery=0
+        )
+    )
     rows = report.calibration_check
     assert [r["class"] for r in rows] == report.classes
     for row in rows:
@@ -193,23 +250,42 @@ def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) ->
 @pytest.mark.slow
 def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp_path: Path) -> None:
     root = world["root"]
-    again = enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=root / "out.jsonld", quiet=True,
-                                resume=True, image_dir=root / "out_images"))
+    again = enrich(
+        EnrichConfig(
+            run=root / "run",
+            table=root / "new.csv",
+            output=root / "out.jsonld",
+            quiet=True,
+            resume=True,
+            image_dir=root / "out_images",
+        )
+    )
     assert again.already_done == world["enrich"].records and again.annotations == world["enrich"].annotations
-    result = CliRunner().invoke(app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"),
-                                      "-o", str(root / "out.jsonld"), "--quiet"])
+    result = CliRunner().invoke(
+        app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"), "-o", str(root / "out.jsonld"), "--quiet"]
+    )
     assert result.exit_code == 1 and "already exists" in result.stderr and "--resume" in result.stderr
     with pytest.raises(DatasetError, match=r'other settings \(split: "best" then, "all" now'):
-        enrich(EnrichConfig(run=root / "run", table=root / "new.csv", output=root / "out.jsonld", quiet=True,
-                            resume=True, split="all", image_dir=root / "out_images"))
+        enrich(
+            EnrichConfig(
+                run=root / "run",
+                table=root / "new.csv",
+                output=root / "out.jsonld",
+                quiet=True,
+                resume=True,
+                split="all",
+                image_dir=root / "out_images",
+            )
+        )
 
 
 @pytest.mark.slow
 def test_inputs_that_name_no_record_are_never_annotated(world, tmp_path: Path) -> None:
     sb, root = world["sandbox"], world["root"]
     record = next(r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
-    report = enrich(EnrichConfig(run=root / "run", inputs=[sb.image_url(record)], output=tmp_path / "u.jsonl",
-                                 quiet=True))
+    report = enrich(
+        EnrichConfig(run=root / "run", inputs=[sb.image_url(record)], output=tmp_path / "u.jsonl", quiet=True)
+    )
     assert report.records == 1 and report.not_records == 1 and report.annotations == 0
     assert (tmp_path / "u.jsonl").read_text() == ""
 
@@ -220,11 +296,26 @@ def test_a_stricter_target_labels_fewer_records(world, tmp_path: Path) -> None:
     strict = load_calibration(root / "run", 0.999)
     loose = load_calibration(root / "run")
     assert strict.precision_target == 0.999 and loose.precision_target == TARGET
-    assert all(s.threshold is None or (lo.threshold is not None and s.threshold >= lo.threshold)
-               for s, lo in zip(strict.per_class, loose.per_class, strict=True))
-    result = CliRunner().invoke(app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"),
-                                      "-o", str(tmp_path / "strict.jsonl"), "--precision", "0.999", "--quiet",
-                                      "--image-dir", str(root / "out_images")])
+    assert all(
+        s.threshold is None or (lo.threshold is not None and s.threshold >= lo.threshold)
+        for s, lo in zip(strict.per_class, loose.per_class, strict=True)
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "enrich",
+            str(root / "run"),
+            "--table",
+            str(root / "new.csv"),
+            "-o",
+            str(tmp_path / "strict.jsonl"),
+            "--precision",
+            "0.999",
+            "--quiet",
+            "--image-dir",
+            str(root / "out_images"),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     lines = (tmp_path / "strict.jsonl").read_text().splitlines()
     assert len(lines) <= world["enrich"].annotations
@@ -254,9 +345,19 @@ def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
     not_ls.write_text(json.dumps({"tasks": []}))
     fails(["review", "import", str(not_ls), "-o", str(tmp_path / "t.csv")], 1, "not a Label Studio JSON export")
     unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps([{"id": 1, "data": {"image": "http://127.0.0.1:9/a.jpg", "ID": "/1/a"},
-                                    "annotations": [{"result": [{"type": "choices", "from_name": "category",
-                                                                 "value": {"choices": ["unicorn"]}}]}]}]))
+    unknown.write_text(
+        json.dumps(
+            [
+                {
+                    "id": 1,
+                    "data": {"image": "http://127.0.0.1:9/a.jpg", "ID": "/1/a"},
+                    "annotations": [
+                        {"result": [{"type": "choices", "from_name": "category", "value": {"choices": ["unicorn"]}}]}
+                    ],
+                }
+            ]
+        )
+    )
     fails(["review", "import", str(unknown), "-o", str(tmp_path / "t.csv")], 1, "unicorn")
     other = tmp_path / "other_project.json"
     other.write_text(json.dumps([{"id": 1, "data": {"image": "http://127.0.0.1:9/a.jpg"}, "annotations": []}]))
@@ -267,9 +368,20 @@ def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_run_without_out_of_fold_predictions_says_how_to_get_them(world, tmp_path: Path) -> None:
     run = tmp_path / "single"
-    report = train(TrainConfig(data_dir=world["root"] / "images", output_dir=run, weights="none", epochs=1,
-                               input_size=32, batch_size=16, folds=3, quiet=True, gradcam_images=0,
-                               crossvalidation=False))
+    report = train(
+        TrainConfig(
+            data_dir=world["root"] / "images",
+            output_dir=run,
+            weights="none",
+            epochs=1,
+            input_size=32,
+            batch_size=16,
+            folds=3,
+            quiet=True,
+            gradcam_images=0,
+            crossvalidation=False,
+        )
+    )
     assert report.calibration is None and "cross-validation" in report.calibration_note
     assert "Not calibrated" in (run / "MODEL_CARD.md").read_text()
     with pytest.raises(CalibrationError, match="cross-validation"):
@@ -290,8 +402,10 @@ def test_temperature_scaling_recovers_an_overconfident_model() -> None:
     overconfident = logits * 3  # logits three times too large
     temperature = fit_temperature(task, overconfident, truth)
     assert 2.5 < temperature < 3.6
-    assert expected_calibration_error(task, task.from_logits(overconfident / temperature), truth) < \
-        expected_calibration_error(task, task.from_logits(overconfident), truth) / 3
+    assert (
+        expected_calibration_error(task, task.from_logits(overconfident / temperature), truth)
+        < expected_calibration_error(task, task.from_logits(overconfident), truth) / 3
+    )
 
 
 def test_thresholds_are_the_lowest_that_reach_the_target() -> None:

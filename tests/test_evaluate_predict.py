@@ -56,8 +56,7 @@ def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: 
         predicted = [p["prediction"] for p in mine]
         assert metrics["accuracy"]["per_split"][k] == pytest.approx(accuracy_score(truth, predicted))
         labels = sorted(set(truth) | set(predicted))
-        p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average="macro",
-                                                     zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average="macro", zero_division=0)
         assert metrics["precision"]["per_split"][k] == pytest.approx(p)
         assert metrics["recall"]["per_split"][k] == pytest.approx(r)
         assert metrics["f1"]["per_split"][k] == pytest.approx(f)
@@ -95,9 +94,17 @@ def test_predict_files_folders_urls_and_heatmaps(trained: Path, eval_dir: Path, 
         url = sb.image_url(record)
         single = next((eval_dir / "painting").iterdir())
         out = tmp_path / "p.csv"
-        report = predict(PredictConfig(run=trained, inputs=[str(eval_dir / "specimen"), str(single), url],
-                                       output=out, top_k=2, gradcam_dir=tmp_path / "cams", threshold=0.0,
-                                       quiet=True))
+        report = predict(
+            PredictConfig(
+                run=trained,
+                inputs=[str(eval_dir / "specimen"), str(single), url],
+                output=out,
+                top_k=2,
+                gradcam_dir=tmp_path / "cams",
+                threshold=0.0,
+                quiet=True,
+            )
+        )
     predicted = rows(out)
     assert report.predicted == len(predicted) == 7 + 1 + 1
     assert {p["image"] for p in predicted} >= {str(single), url}
@@ -125,15 +132,25 @@ def test_predict_a_harvest_table_and_a_query(trained: Path, tmp_path: Path) -> N
     with Sandbox(VOCAB, per_level=6, shared_per_concept=0, triples_per_concept=0) as sb:
         records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url][:6]
         pl.DataFrame([{"ID": r.id, "URL": sb.image_url(r), "category": r.labels[0]} for r in records]).write_csv(
-            tmp_path / "t.csv")
-        report = predict(PredictConfig(run=trained, table=tmp_path / "t.csv", output=tmp_path / "t_pred.csv",
-                                       quiet=True))
+            tmp_path / "t.csv"
+        )
+        report = predict(
+            PredictConfig(run=trained, table=tmp_path / "t.csv", output=tmp_path / "t_pred.csv", quiet=True)
+        )
         assert report.predicted == 6
         got = rows(tmp_path / "t_pred.csv")
         assert {g["ID"] for g in got} == {r.id for r in records}
         assert all(g["URI"] == "http://data.europeana.eu/item" + g["ID"] for g in got)
-        report = predict(PredictConfig(run=trained, query='"http://data.europeana.eu/concept/base/43"', n=4,
-                                       api_url=sb.api_url, output=tmp_path / "q_pred.csv", quiet=True))
+        report = predict(
+            PredictConfig(
+                run=trained,
+                query='"http://data.europeana.eu/concept/base/43"',
+                n=4,
+                api_url=sb.api_url,
+                output=tmp_path / "q_pred.csv",
+                quiet=True,
+            )
+        )
         assert report.predicted == 4 and sb.count("/record/v2/search.json") >= 1
 
 
@@ -174,16 +191,19 @@ def test_a_checkpoint_that_runs_code_is_refused(trained: Path, tmp_path: Path) -
         predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["predict", "{tmp}/nowhere", "{tmp}"], "no model.pt"),
-    (["predict", "{run}"], "nothing to predict"),
-    (["predict", "{run}", "{tmp}/missing.jpg"], "no such image file"),
-    (["predict", "{run}", "{tmp}", "-o", "{tmp}/p.txt"], ".csv or .jsonl"),
-    (["predict", "{run}", "{tmp}", "--split", "7"], "no split 7"),
-    (["predict", "{run}", "{tmp}", "--cam-method", "magic", "--gradcam-dir", "{tmp}/c"], "magic"),
-    (["evaluate", "{run}", "{tmp}/nowhere"], "no such folder"),
-    (["evaluate", "{run}", "{tmp}"], "no readable images"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "{tmp}/nowhere", "{tmp}"], "no model.pt"),
+        (["predict", "{run}"], "nothing to predict"),
+        (["predict", "{run}", "{tmp}/missing.jpg"], "no such image file"),
+        (["predict", "{run}", "{tmp}", "-o", "{tmp}/p.txt"], ".csv or .jsonl"),
+        (["predict", "{run}", "{tmp}", "--split", "7"], "no split 7"),
+        (["predict", "{run}", "{tmp}", "--cam-method", "magic", "--gradcam-dir", "{tmp}/c"], "magic"),
+        (["evaluate", "{run}", "{tmp}/nowhere"], "no such folder"),
+        (["evaluate", "{run}", "{tmp}"], "no readable images"),
+    ],
+)
 def test_bad_inputs_are_one_line(trained: Path, tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "a.jpg").write_bytes(b"")  # an image file that is not an image
     args = [a.format(tmp=tmp_path, run=trained) for a in args]
@@ -203,10 +223,29 @@ def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path,
     out = tmp_path / "p.csv"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "tests.eic_tiny", "predict", str(trained), str(eval_dir / "map"), str(eval_dir / "specimen"),
-         "-o", str(out), "--quiet", "--device", "cpu"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "tests.eic_tiny",
+            "predict",
+            str(trained),
+            str(eval_dir / "map"),
+            str(eval_dir / "specimen"),
+            "-o",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     images = [r["image"] for r in rows(out)]
     assert len(images) == len(set(images)) == 7 + 7  # broken.jpg is listed as unreadable, not predicted
@@ -214,31 +253,54 @@ def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path,
 
 
 def test_predict_does_not_overwrite_a_dataset_folder_given_as_image_dir(
-        trained: Path, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: Path, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     (dataset / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
     (dataset / "config.json").write_text('{"table": "train.csv"}')
     record = next(r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
-    result = CliRunner().invoke(app, ["predict", str(trained), sandbox.image_url(record), "--image-dir",
-                                      str(dataset), "-o", str(tmp_path / "p.csv"), "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(trained),
+            sandbox.image_url(record),
+            "--image-dir",
+            str(dataset),
+            "-o",
+            str(tmp_path / "p.csv"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1 and "did not fetch" in result.stderr
     assert (dataset / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
     assert (dataset / "config.json").read_text() == '{"table": "train.csv"}'
     # Its own folder is reused, whether named relatively or absolutely.
     own = tmp_path / "own"
-    first = predict(PredictConfig(run=trained, inputs=[sandbox.image_url(record)], image_dir=own,
-                                  output=tmp_path / "a.csv", quiet=True))
+    first = predict(
+        PredictConfig(
+            run=trained, inputs=[sandbox.image_url(record)], image_dir=own, output=tmp_path / "a.csv", quiet=True
+        )
+    )
     monkeypatch.chdir(tmp_path)
-    again = predict(PredictConfig(run=trained, inputs=[sandbox.image_url(record)], image_dir=Path("own"),
-                                  output=tmp_path / "b.csv", quiet=True))
+    again = predict(
+        PredictConfig(
+            run=trained,
+            inputs=[sandbox.image_url(record)],
+            image_dir=Path("own"),
+            output=tmp_path / "b.csv",
+            quiet=True,
+        )
+    )
     assert first.predicted == again.predicted == 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_predict_killed_mid_run_resumes_to_the_full_output(sig: signal.Signals, trained: Path,
-                                                                        eval_dir: Path, tmp_path: Path) -> None:
+def test_predict_killed_mid_run_resumes_to_the_full_output(
+    sig: signal.Signals, trained: Path, eval_dir: Path, tmp_path: Path
+) -> None:
     """Rule 3 with a real process: every row a killed prediction wrote is kept, none twice, none cut short.
 
     The tiny net waits after its first batch (tests/eic_tiny.py's gate) until the signal: the run always has
@@ -252,9 +314,24 @@ def test_predict_killed_mid_run_resumes_to_the_full_output(sig: signal.Signals, 
     out = tmp_path / "p.csv"
     gate = tmp_path / "first-batch-done"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EIC_TINY_GATE": str(gate)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.eic_tiny", "predict", str(trained), str(folder), "-o",
-                             str(out), "--batch-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.eic_tiny",
+            "predict",
+            str(trained),
+            str(folder),
+            "-o",
+            str(out),
+            "--batch-size",
+            "2",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while proc.poll() is None and not gate.exists():
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before its first batch was labelled"
@@ -274,8 +351,9 @@ def test_predict_says_what_it_could_not_read_and_which_splits_there_are(trained:
     result = CliRunner().invoke(app, ["predict", str(trained), str(notes), "-o", str(tmp_path / "p.csv")])
     assert result.exit_code == 1 and "notes.txt cannot be read as images" in result.stderr
     assert not (tmp_path / "p.csv").exists()  # the retry is not refused
-    result = CliRunner().invoke(app, ["predict", str(trained), str(notes), "--split", "5", "-o",
-                                      str(tmp_path / "q.csv")])
+    result = CliRunner().invoke(
+        app, ["predict", str(trained), str(notes), "--split", "5", "-o", str(tmp_path / "q.csv")]
+    )
     assert result.exit_code == 1 and "no split 5; it has split_0, split_1, split_2" in result.stderr
 
 
@@ -287,8 +365,17 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
     from europeana_imgcls.modelling.explain import CAPTION, HEADER, TILE
 
     images = sorted((eval_dir / "map").glob("*.jpg"))[:3]
-    report = predict(PredictConfig(run=trained, inputs=[str(p) for p in images], output=tmp_path / "p.csv",
-                                   gradcam_dir=tmp_path / "cams", top_k=2, threshold=0.0, quiet=True))
+    report = predict(
+        PredictConfig(
+            run=trained,
+            inputs=[str(p) for p in images],
+            output=tmp_path / "p.csv",
+            gradcam_dir=tmp_path / "cams",
+            top_k=2,
+            threshold=0.0,
+            quiet=True,
+        )
+    )
     figures = sorted((tmp_path / "cams").glob("*.png"))
     assert report.heatmaps == len(figures) == 3
     for path in figures:
@@ -297,8 +384,8 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
             assert fig.height == HEADER + TILE + CAPTION and fig.width >= 3 * TILE  # the image and two heatmaps
             pixels = np.asarray(fig.convert("L"), dtype=np.float32)
         assert any(p.name in title for p in images) and " · " in title
-        shown = pixels[HEADER:HEADER + TILE, 4:4 + TILE]
-        heat = pixels[HEADER:HEADER + TILE, 4 + TILE + 8:4 + 2 * TILE + 8]
+        shown = pixels[HEADER : HEADER + TILE, 4 : 4 + TILE]
+        heat = pixels[HEADER : HEADER + TILE, 4 + TILE + 8 : 4 + 2 * TILE + 8]
         # The image stays visible under the heatmap: the two panels still look alike.
         assert np.corrcoef(shown.ravel(), heat.ravel())[0, 1] > 0.3
         assert pixels[:HEADER].min() < 100  # a title is drawn
@@ -307,8 +394,9 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
 def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
     from europeana_imgcls.modelling.training import plot_curves
 
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": abs(e - 3) + 0.5, "accuracy": 0.5, "f1": 0.5}
-               for e in range(1, 7)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": abs(e - 3) + 0.5, "accuracy": 0.5, "f1": 0.5} for e in range(1, 7)
+    ]
     plot_curves(history, tmp_path / "curves.png", best_epoch=3)
     plot_curves(history, tmp_path / "plain.png")
     assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()

@@ -29,8 +29,7 @@ def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestCon
 
 def test_exactly_n_per_category_and_level_with_faults_hidden(vocab_file: Path, tmp_path: Path) -> None:
     # No shared records, so nothing is dropped as ambiguous; every 4th search answers 429 or 503.
-    with Sandbox(VOCAB, per_level=40, shared_per_concept=0, triples_per_concept=0,
-                 fail_every=4) as sb:
+    with Sandbox(VOCAB, per_level=40, shared_per_concept=0, triples_per_concept=0, fail_every=4) as sb:
         out = tmp_path / "h.csv"
         report = harvest(config(sb, vocab_file, out, n=25, reusability=["open", "permission"]))
         df = pl.read_csv(out)
@@ -46,18 +45,18 @@ def test_exactly_n_per_category_and_level_with_faults_hidden(vocab_file: Path, t
     assert row["rights"].startswith("http://creativecommons.org/publicdomain/zero")
 
 
-def test_records_without_image_url_are_skipped_and_counted(sandbox: Sandbox, vocab_file: Path,
-                                                          tmp_path: Path) -> None:
+def test_records_without_image_url_are_skipped_and_counted(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
     report = harvest(config(sandbox, vocab_file, tmp_path / "h.csv", n=1000))
-    no_url = sum(1 for r in sandbox.catalogue
-                 if not r.has_url and r.level == "open" and r.type == "IMAGE")
+    no_url = sum(1 for r in sandbox.catalogue if not r.has_url and r.level == "open" and r.type == "IMAGE")
     assert report.skipped_no_url == no_url > 0
 
 
-def test_ambiguous_records_are_dropped_or_kept_in_the_first_category(sandbox: Sandbox, vocab_file: Path,
-                                                                    tmp_path: Path) -> None:
-    shared = {r.id for r in sandbox.catalogue
-              if len(r.labels) > 1 and r.level == "open" and r.has_url and r.type == "IMAGE"}
+def test_ambiguous_records_are_dropped_or_kept_in_the_first_category(
+    sandbox: Sandbox, vocab_file: Path, tmp_path: Path
+) -> None:
+    shared = {
+        r.id for r in sandbox.catalogue if len(r.labels) > 1 and r.level == "open" and r.has_url and r.type == "IMAGE"
+    }
     dropped = pl.read_csv(harvest(config(sandbox, vocab_file, tmp_path / "a.csv", n=1000)).output)
     assert shared and not shared & set(dropped["ID"])
     report = harvest(config(sandbox, vocab_file, tmp_path / "b.csv", n=1000, keep_ambiguous=True))
@@ -70,8 +69,7 @@ def test_ambiguous_records_are_dropped_or_kept_in_the_first_category(sandbox: Sa
         assert row["category"] == first[row["ID"]]
 
 
-def test_multi_label_rows_carry_the_union_of_labels(sandbox: Sandbox, vocab_file: Path,
-                                                    tmp_path: Path) -> None:
+def test_multi_label_rows_carry_the_union_of_labels(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
     out = harvest(config(sandbox, vocab_file, tmp_path / "m.csv", n=100, mode="multi-label")).output
     df = pl.read_csv(out)
     truth = {r.id: " ".join(sorted(r.labels, key=list(VOCAB).index)) for r in sandbox.catalogue}
@@ -80,13 +78,15 @@ def test_multi_label_rows_carry_the_union_of_labels(sandbox: Sandbox, vocab_file
         assert row["category"] == truth[row["ID"]]
         assert row["skos_concept"] == " ".join(VOCAB[c] for c in row["category"].split())
     # the 3-concept records (found by 4 queries each) have all three labels
-    triples = {r.id for r in sandbox.catalogue
-               if len(r.labels) == 3 and r.level == "open" and r.has_url and r.type == "IMAGE"}
+    triples = {
+        r.id for r in sandbox.catalogue if len(r.labels) == 3 and r.level == "open" and r.has_url and r.type == "IMAGE"
+    }
     assert set(df.filter(pl.col("category").str.count_matches(" ") == 2)["ID"]) == triples
 
 
-def test_resume_skips_finished_units_and_keeps_rows(sandbox: Sandbox, vocab_file: Path,
-                                                    tmp_path: Path, monkeypatch) -> None:
+def test_resume_skips_finished_units_and_keeps_rows(
+    sandbox: Sandbox, vocab_file: Path, tmp_path: Path, monkeypatch
+) -> None:
     out = tmp_path / "h.parquet"
     calls = {"n": 0}
     real = SearchClient.iter_items
@@ -124,8 +124,9 @@ def test_resume_skips_finished_units_and_keeps_rows(sandbox: Sandbox, vocab_file
 
 def test_the_key_is_never_written(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
     sandbox.api_keys.add("my-private-key")
-    cfg = HarvestConfig(api_url=sandbox.api_url, api_key="my-private-key", vocab=vocab_file,
-                        output=tmp_path / "h.csv", n=5, quiet=True)
+    cfg = HarvestConfig(
+        api_url=sandbox.api_url, api_key="my-private-key", vocab=vocab_file, output=tmp_path / "h.csv", n=5, quiet=True
+    )
     harvest(cfg)
     assert "my-private-key" not in repr(cfg)
     for path in (p for p in tmp_path.rglob("*") if p.is_file()):  # the journal included
@@ -145,8 +146,9 @@ def test_seeded_random_order_pages_without_duplicates(sandbox: Sandbox) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(sig: signal.Signals, vocab_file: Path,
-                                                                         tmp_path: Path) -> None:
+def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(
+    sig: signal.Signals, vocab_file: Path, tmp_path: Path
+) -> None:
     """Rule 3 of docs/reliability.md with a real process: what a killed harvest journaled is kept, and --resume
     ends with the table an uninterrupted harvest writes. The sandbox holds its answers after a few, so the
     harvest is surely stopped mid-way, however fast the machine."""
@@ -154,9 +156,25 @@ def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(sig: sign
         reference = tmp_path / "reference.csv"
         harvest(config(sb, vocab_file, reference, n=30, reusability=["open", "permission"]))
         out = tmp_path / "h.csv"
-        args = [sys.executable, "-m", "europeana_imgcls", "harvest", "--api-url", sb.api_url, "--vocab",
-                str(vocab_file), "--n", "30", "--reusability", "open", "--reusability", "permission", "-o", str(out),
-                "--quiet"]
+        args = [
+            sys.executable,
+            "-m",
+            "europeana_imgcls",
+            "harvest",
+            "--api-url",
+            sb.api_url,
+            "--vocab",
+            str(vocab_file),
+            "--n",
+            "30",
+            "--reusability",
+            "open",
+            "--reusability",
+            "permission",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         sb.hold_after(random.Random(sig).randint(1, 3), SEARCH_PATHS)  # a few answers (of 6 units), then none
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

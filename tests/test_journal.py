@@ -13,8 +13,20 @@ from europeana_imgcls.core.journal import Journal, KeySet, input_key, part_name,
 from europeana_imgcls.core.sharding import Shard
 
 # Every character that ends a line somewhere (str.splitlines, a CSV reader, a JSON parser) or breaks a decoder.
-HOSTILE = ["plain", "line\u2028sep", "para\u2029sep", "next\u0085line", "new\nline", "cr\rreturn", "tab\tx",
-           'quote"s', "back\\slash", "emoji \U0001f5bc", "nul\x00byte", "ſtraße ﬁ"]
+HOSTILE = [
+    "plain",
+    "line\u2028sep",
+    "para\u2029sep",
+    "next\u0085line",
+    "new\nline",
+    "cr\rreturn",
+    "tab\tx",
+    'quote"s',
+    "back\\slash",
+    "emoji \U0001f5bc",
+    "nul\x00byte",
+    "ſtraße ﬁ",
+]
 
 
 def journal(folder: Path, shard: Shard | None = None, **settings: object) -> Journal:
@@ -31,8 +43,9 @@ def test_any_character_in_a_key_or_value_comes_back_whole(tmp_path: Path) -> Non
     assert [k for k, _ in got] == HOSTILE and [v["text"] for _, v in got] == HOSTILE
 
 
-def test_a_record_cut_mid_character_is_dropped_reported_and_trimmed(tmp_path: Path,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_record_cut_mid_character_is_dropped_reported_and_trimmed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "j"
     with journal(folder) as j:
         j.append("a", 1)
@@ -163,8 +176,9 @@ def _hostile_folder(root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_a_shard_merge_keeps_records_whose_names_hold_line_separators(trained_run: Path, tmp_path: Path,
-                                                                      suffix: str) -> None:
+def test_a_shard_merge_keeps_records_whose_names_hold_line_separators(
+    trained_run: Path, tmp_path: Path, suffix: str
+) -> None:
     from europeana_imgcls import PredictConfig, predict
 
     folder = tmp_path / "in"
@@ -178,12 +192,14 @@ def test_a_shard_merge_keeps_records_whose_names_hold_line_separators(trained_ru
     assert images == sorted(p.name for p in folder.iterdir())  # all 6, none dropped
 
 
-def test_an_enrich_shard_merge_annotates_records_whose_ids_hold_line_separators(trained_run: Path,
-                                                                                tmp_path: Path) -> None:
+def test_an_enrich_shard_merge_annotates_records_whose_ids_hold_line_separators(
+    trained_run: Path, tmp_path: Path
+) -> None:
     import json
 
     from europeana_imgcls import EnrichConfig, enrich
     from europeana_imgcls.core.naming import record_id_of
+
     folder = tmp_path / "in"
     ids = _hostile_folder(folder)
     vocab = tmp_path / "vocab.json"
@@ -198,7 +214,8 @@ def test_an_enrich_shard_merge_annotates_records_whose_ids_hold_line_separators(
     # the ID holds
     annotated = [json.loads(line) for line in report.output.read_bytes().split(b"\n") if line]
     assert len(annotated) == report.annotations and {a["target"] for a in annotated} <= {
-        f"http://data.europeana.eu/item{i}" for i in ids}
+        f"http://data.europeana.eu/item{i}" for i in ids
+    }
 
 
 def _other_model(run: Path, tmp_path: Path) -> Path:
@@ -235,8 +252,9 @@ def test_a_predict_merge_refuses_shards_of_another_model(trained_run: Path, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "enrich"])
-def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(command: str, trained_run: Path,
-                                                                          tmp_path: Path) -> None:
+def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(
+    command: str, trained_run: Path, tmp_path: Path
+) -> None:
     import shutil
     import signal
     import subprocess
@@ -253,9 +271,24 @@ def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(comman
     out = tmp_path / ("p.csv" if command == "predict" else "a.jsonl")
     gate = tmp_path / "first-batch-done"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EIC_TINY_GATE": str(gate)}
-    first = subprocess.Popen([sys.executable, "-m", "tests.eic_tiny", command, str(trained_run), str(folder),
-                              "-o", str(out), "--batch-size", "2", "--quiet"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.eic_tiny",
+            command,
+            str(trained_run),
+            str(folder),
+            "-o",
+            str(out),
+            "--batch-size",
+            "2",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while first.poll() is None and not gate.exists():
             time.sleep(0.01)
@@ -276,8 +309,9 @@ def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(comman
         assert done.records == total and done.already_done > 0
 
 
-def test_a_download_whose_journal_was_cut_mid_character_carries_on(sandbox, tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_a_download_whose_journal_was_cut_mid_character_carries_on(
+    sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import csv
 
     from typer.testing import CliRunner

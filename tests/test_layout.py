@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_import_contracts_are_kept() -> None:
     """pyproject.toml's import-linter contracts: the layers, and no torch below the modelling half."""
-    done = subprocess.run([Path(sys.executable).with_name("lint-imports"), "--config", str(ROOT / "pyproject.toml")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [Path(sys.executable).with_name("lint-imports"), "--config", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout[-3000:]
 
 

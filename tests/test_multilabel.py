@@ -55,8 +55,9 @@ def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
     summary = json.loads((out / "summary.json").read_text())["metrics"]
     truth = np.array([[label in r["category"].split() for label in LABELS] for r in rows(data / "labels.csv")])
     # the best constant predictor for micro-F1 says "every label" (or the frequent ones)
-    constant = max(f1_score(truth, np.tile(truth.mean(0) >= cut, (len(truth), 1)), average="micro")
-                   for cut in (0.0, 0.3, 0.5))
+    constant = max(
+        f1_score(truth, np.tile(truth.mean(0) >= cut, (len(truth), 1)), average="micro") for cut in (0.0, 0.3, 0.5)
+    )
     assert summary["micro_f1"]["mean"] > constant + 0.25
     assert summary["mean_average_precision"]["mean"] > 0.8
     for i in range(3):
@@ -125,7 +126,8 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
         probs = np.array([[json.loads(p["probabilities"])[c] for c in LABELS] for p in mine])
         predicted = probs >= np.array(thresholds[split])
         assert [" ".join(c for c, v in zip(LABELS, row, strict=True) if v) for row in predicted] == [
-            p["prediction"] for p in mine]
+            p["prediction"] for p in mine
+        ]
         assert metrics["micro_f1"]["per_split"][k] == pytest.approx(f1_score(truth, predicted, average="micro"))
     assert metrics["micro_f1"]["mean"] > 0.6
     per_label = rows(tmp_path / "ev" / "per_label.csv")
@@ -133,8 +135,16 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
     everything = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev0", threshold=0.0))
     assert everything.summary["micro_recall"]["mean"] == 1.0  # a threshold of 0 says yes to every label
 
-    result = predict(PredictConfig(run=out, inputs=[str(held_out)], output=tmp_path / "p.jsonl", split="all",
-                                   gradcam_dir=tmp_path / "cams", quiet=True))
+    result = predict(
+        PredictConfig(
+            run=out,
+            inputs=[str(held_out)],
+            output=tmp_path / "p.jsonl",
+            split="all",
+            gradcam_dir=tmp_path / "cams",
+            quiet=True,
+        )
+    )
     lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert result.predicted == len(lines) == 24
     cuts = np.mean([load_checkpoint(out / f"split_{i}" / "model.pt").meta.thresholds for i in range(3)], axis=0)
@@ -166,8 +176,17 @@ def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path:
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps({label: f"http://example.org/concept/{label}" for label in LABELS}))
     fresh = make_multilabel_folder(tmp_path / "fresh", count=30, seed=5)
-    report = enrich(EnrichConfig(run=out, inputs=[str(fresh)], output=tmp_path / "a.jsonl", vocab=vocab,
-                                 review_output=tmp_path / "review.json", review_n=3, quiet=True))
+    report = enrich(
+        EnrichConfig(
+            run=out,
+            inputs=[str(fresh)],
+            output=tmp_path / "a.jsonl",
+            vocab=vocab,
+            review_output=tmp_path / "review.json",
+            review_n=3,
+            quiet=True,
+        )
+    )
     truth = {"http://data.europeana.eu/item" + r["ID"]: set(r["category"].split()) for r in rows(fresh / "labels.csv")}
     annotations = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert annotations and report.records == 30 and report.not_records == 0

@@ -39,15 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(table: Path, out: Path, **kw: object) -> DownloadConfig:
-    settings: dict[str, object] = dict(table=table, output_dir=out, quiet=True, timeout=3.0, retries=0,
-                                       max_side=64, concurrency=4, per_host=4)
+    settings: dict[str, object] = dict(
+        table=table, output_dir=out, quiet=True, timeout=3.0, retries=0, max_side=64, concurrency=4, per_host=4
+    )
     settings.update(kw)
     return DownloadConfig(**settings)  # type: ignore[arg-type]
 
 
 def _good_rows(sb: Sandbox, multi: bool = False) -> list[dict[str, str]]:
-    records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault
-               and (len(r.labels) > 1) == multi]
+    records = [
+        r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault and (len(r.labels) > 1) == multi
+    ]
     return [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)} for r in records]
 
 
@@ -58,8 +60,9 @@ def _failures(out: Path) -> dict[str, str]:
 
 def _cli(*args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "europeana_imgcls", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "europeana_imgcls", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _wait_for(proc: subprocess.Popen[bytes], condition: Callable[[], bool]) -> None:
@@ -87,8 +90,11 @@ def test_download_removes_only_its_own_temporary_files(sandbox: Sandbox, tmp_pat
     pl.DataFrame(rows).write_csv(table)
     out = tmp_path / "img"
     theirs = [out / "movie.mkv.part", out / rows[0]["category"] / "notes.part", out / ".x.part"]
-    ours = [temp_path(out / "failures.csv"), out / rows[0]["category"] / f".{file_name('/1/a')}.4242.part",
-            out / ".labels.csv.part"]
+    ours = [
+        temp_path(out / "failures.csv"),
+        out / rows[0]["category"] / f".{file_name('/1/a')}.4242.part",
+        out / ".labels.csv.part",
+    ]
     for path in theirs + ours:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"keep me")
@@ -144,8 +150,24 @@ def test_twelve_bit_scans_are_scaled_by_their_depth(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Rule 2: every row ends saved, already there, a known failure, a new failure or skipped, with a reason
 
-PILLOW_MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "F", "LA", "PA", "I;16", "I;16B",
-                "I;16L", "RGBX"]
+PILLOW_MODES = [
+    "1",
+    "L",
+    "P",
+    "RGB",
+    "RGBA",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "I",
+    "F",
+    "LA",
+    "PA",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "RGBX",
+]
 
 
 def _encoded(mode: str) -> bytes:
@@ -203,7 +225,8 @@ def file_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_sixteen_bit_tiff_broken_url_and_a_crash_each_end_as_a_row(
-        file_host: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file_host: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base, folder = file_host
     Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(">u2")).save(folder / "scan.tif")
     Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / "a.jpg")
@@ -255,8 +278,7 @@ def test_broken_url_through_the_real_client(tmp_path: Path) -> None:
 def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=10, stall_seconds=30) as sb:
         good = _good_rows(sb)[:3]
-        stalls = [{"category": "map", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"}
-                  for i in range(6)]
+        stalls = [{"category": "map", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"} for i in range(6)]
         dead = [{"category": "map", "ID": f"/dead/{i}", "URL": f"{sb.base_url}/faults/404/{i}"} for i in range(3)]
         table = tmp_path / "t.csv"
         pl.DataFrame(good + dead).write_csv(table)
@@ -267,8 +289,20 @@ def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> No
         download(_config(table, out, timeout=0.5))
         before = _failures(out)
         assert set(before) == {r["ID"] for r in dead + stalls}
-        proc = _cli("download", str(table), "-o", str(out), "--retry-failed", "--timeout", "25", "--retries", "0",
-                    "--concurrency", "2", "--quiet")
+        proc = _cli(
+            "download",
+            str(table),
+            "-o",
+            str(out),
+            "--retry-failed",
+            "--timeout",
+            "25",
+            "--retries",
+            "0",
+            "--concurrency",
+            "2",
+            "--quiet",
+        )
         err = _interrupt_when(proc, lambda: sb.count("/faults/stall/") >= 2)  # both slots wait on stalls
         assert proc.returncode != 0
         assert "Task exception was never retrieved" not in err
@@ -286,11 +320,26 @@ def test_ctrl_c_during_a_multi_label_rerun_keeps_every_label_row(tmp_path: Path)
         download(_config(table, out, mode="multi-label"))
         labels_before = pl.read_csv(out / "labels.csv")
         assert labels_before.height == len(good)
-        stalls = [{"category": "map painting", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"}
-                  for i in range(8)]
+        stalls = [
+            {"category": "map painting", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"}
+            for i in range(8)
+        ]
         pl.DataFrame(stalls + good).write_csv(table)
-        proc = _cli("download", str(table), "-o", str(out), "--mode", "multi-label", "--timeout", "25",
-                    "--retries", "0", "--concurrency", "1", "--quiet")
+        proc = _cli(
+            "download",
+            str(table),
+            "-o",
+            str(out),
+            "--mode",
+            "multi-label",
+            "--timeout",
+            "25",
+            "--retries",
+            "0",
+            "--concurrency",
+            "1",
+            "--quiet",
+        )
         _interrupt_when(proc, lambda: sb.count("/faults/stall/") >= 1)
         labels_after = pl.read_csv(out / "labels.csv")
         assert labels_after.sort("ID").equals(labels_before.sort("ID"))
@@ -303,13 +352,25 @@ def test_sigkill_then_rerun_keeps_failures_and_labels(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=2, stall_seconds=30) as sb:
         good = _good_rows(sb, multi=True)
         dead = [{"category": "map", "ID": f"/dead/{i}", "URL": f"{sb.base_url}/faults/404/{i}"} for i in range(3)]
-        stalls = [{"category": "map", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"}
-                  for i in range(4)]
+        stalls = [{"category": "map", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"} for i in range(4)]
         table = tmp_path / "t.csv"
         pl.DataFrame(dead + good + stalls).write_csv(table)
         out = tmp_path / "img"
-        proc = _cli("download", str(table), "-o", str(out), "--mode", "multi-label", "--timeout", "25",
-                    "--retries", "0", "--concurrency", "2", "--quiet")
+        proc = _cli(
+            "download",
+            str(table),
+            "-o",
+            str(out),
+            "--mode",
+            "multi-label",
+            "--timeout",
+            "25",
+            "--retries",
+            "0",
+            "--concurrency",
+            "2",
+            "--quiet",
+        )
         _wait_for(proc, lambda: sb.count("/faults/stall/") >= 2)  # the stalls come last: the rest is done
         proc.kill()
         proc.communicate()
@@ -338,8 +399,9 @@ def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCa
             return httpx.Response(302, headers={"Location": "https://evil.test/search.json"})
         return httpx.Response(200, json={"success": True, "items": [], "totalResults": 0, "itemsCount": 0})
 
-    with SearchClient("https://api.test/record/v2/search.json", "secret-key", retries=0,
-                      transport=httpx.MockTransport(handler)) as client:
+    with SearchClient(
+        "https://api.test/record/v2/search.json", "secret-key", retries=0, transport=httpx.MockTransport(handler)
+    ) as client:
         client.search([("query", "*")])
     assert seen == {"api.test:None": "secret-key", "api.test:8443": None, "evil.test:None": None}
     assert not caplog.records
@@ -347,7 +409,8 @@ def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCa
         SearchClient("http://api.example.org/search.json", "k").close()
         SearchClient("http://127.0.0.1:8642/search.json", "k").close()
     assert [r.getMessage() for r in caplog.records] == [
-        "the API key travels unencrypted to api.example.org: use an https:// API URL"]
+        "the API key travels unencrypted to api.example.org: use an https:// API URL"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +434,8 @@ def test_only_image_formats_reach_a_decoder(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_max_pixels_is_ours_and_pillows_process_wide_limit_is_left_alone(
-        sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     download_module = importlib.import_module("europeana_imgcls.acquisition.download")  # the module, not the function
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2,000 pixels
     buffer = io.BytesIO()
@@ -401,10 +465,17 @@ def test_a_decode_that_would_exceed_the_memory_budget_is_a_failure_row(tmp_path:
     Image.new("L", (6000, 5000), 200).save(buffer, "PNG")  # 30 MP in a few kB: decoding takes ~200 MB
     assert len(buffer.getvalue()) < 200_000
     with pytest.raises(ImageRejected, match="memory budget"):
-        save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**8, quality=90,
-                        budget=DecodeBudget(64 << 20))
-    save_normalised(buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**8, quality=90,
-                    budget=DecodeBudget(512 << 20))
+        save_normalised(
+            buffer.getvalue(),
+            tmp_path / "x.jpg",
+            max_side=64,
+            max_pixels=10**8,
+            quality=90,
+            budget=DecodeBudget(64 << 20),
+        )
+    save_normalised(
+        buffer.getvalue(), tmp_path / "x.jpg", max_side=64, max_pixels=10**8, quality=90, budget=DecodeBudget(512 << 20)
+    )
     with Image.open(tmp_path / "x.jpg") as saved:
         assert saved.size == (64, 53)
 
@@ -436,8 +507,10 @@ def test_concurrent_decodes_share_one_budget() -> None:
 IDS = st.one_of(
     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=80),
     # IDs made of the encoding's own pieces, where a collision would hide
-    st.lists(st.sampled_from(["/", "[", "]", "ph", "lb", "x2e", "[ph]", "\\", ".", "a", "CON", ":"]),
-             min_size=1, max_size=12).map("".join))
+    st.lists(
+        st.sampled_from(["/", "[", "]", "ph", "lb", "x2e", "[ph]", "\\", ".", "a", "CON", ":"]), min_size=1, max_size=12
+    ).map("".join),
+)
 WINDOWS_FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
 
 
@@ -520,8 +593,12 @@ def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     started = time.monotonic()
     try:
-        with SearchClient(f"http://127.0.0.1:{server.server_address[1]}/search.json", "k", timeout=1.0,
-                          retries=0) as client, pytest.raises(ApiError, match="did not answer in time"):
+        with (
+            SearchClient(
+                f"http://127.0.0.1:{server.server_address[1]}/search.json", "k", timeout=1.0, retries=0
+            ) as client,
+            pytest.raises(ApiError, match="did not answer in time"),
+        ):
             client.search([("query", "*")])
     finally:
         server.shutdown()
@@ -574,16 +651,32 @@ def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path)
     data = make_folders(tmp_path / "data", per_class=9, size=32)
     for path in (data / "specimen").iterdir():  # every specimen from one provider
         path.rename(path.with_name("[ph]7777[ph]" + path.name.split("[ph]")[-1]))
-    result = CliRunner().invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--group-by-provider",
-                                      "--folds", "3", "--weights", "none", "--epochs", "1", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "-o",
+            str(tmp_path / "run"),
+            "--group-by-provider",
+            "--folds",
+            "3",
+            "--weights",
+            "none",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1, result.stderr
     assert "class 'specimen'" in result.stderr and "7777" in result.stderr and "--group-by-provider" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "run").glob("split_*/model.pt"))
 
 
-def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import math
 
     from europeana_imgcls.modelling import training
@@ -621,9 +714,12 @@ def test_any_url_string_is_fetchable_or_has_a_reason(url: str) -> None:
         assert problem.startswith(("not an http(s) URL", "invalid URL"))
 
 
-CELLS = st.one_of(st.just(""), st.just("  "), st.sampled_from(["map", " map ", "painting", "a/b", ".."]),
-                  st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters='"\x85\xa0'),
-                          max_size=12))
+CELLS = st.one_of(
+    st.just(""),
+    st.just("  "),
+    st.sampled_from(["map", " map ", "painting", "a/b", ".."]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters='"\x85\xa0'), max_size=12),
+)
 
 
 @given(st.lists(st.tuples(CELLS, CELLS, CELLS), max_size=25))
@@ -699,8 +795,9 @@ def test_a_compressed_search_answer_is_decoded_once() -> None:
     body = json.dumps({"success": True, "items": [], "totalResults": 0, "itemsCount": 0}).encode()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=gzip.compress(body),
-                              headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        return httpx.Response(
+            200, content=gzip.compress(body), headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
 
     with SearchClient("https://api.test/search.json", "k", retries=0, transport=httpx.MockTransport(handler)) as c:
         assert c.search([("query", "*")])["success"] is True

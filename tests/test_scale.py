@@ -52,8 +52,10 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_thumbnail_urls_are_the_md5_of_the_media_url_and_placeholders_are_known() -> None:
     # The pair from europeana/thumbnail-api's own tests.
     url = "https://test.europeana.eu/thumbnail.jpg"
-    assert thumbnail_url("http://127.0.0.1:9/thumbnail/v3/", url, 128) == \
-        "http://127.0.0.1:9/thumbnail/v3/200/7463a193a468a1ff1a0c0f7d5933e54b"
+    assert (
+        thumbnail_url("http://127.0.0.1:9/thumbnail/v3/", url, 128)
+        == "http://127.0.0.1:9/thumbnail/v3/200/7463a193a468a1ff1a0c0f7d5933e54b"
+    )
     assert thumbnail_url("https://x/thumbnail/v3", url, 224).split("/")[-2] == "400"
     assert thumbnail_url("https://x/thumbnail/v3", url, 0).split("/")[-2] == "400"  # originals asked: largest
     icon = placeholder_bytes()
@@ -65,9 +67,19 @@ def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_ar
     with Sandbox(VOCAB, per_level=12, bad_every=5, thumbnail_missing_every=4) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
-        report = download(DownloadConfig(table=table, output_dir=out, source="thumbnail", quiet=True, timeout=3,
-                                         retries=0, max_side=128, fallback_preview=True,
-                                         thumbnail_url=f"{sb.base_url}/thumbnail/v3"))
+        report = download(
+            DownloadConfig(
+                table=table,
+                output_dir=out,
+                source="thumbnail",
+                quiet=True,
+                timeout=3,
+                retries=0,
+                max_side=128,
+                fallback_preview=True,
+                thumbnail_url=f"{sb.base_url}/thumbnail/v3",
+            )
+        )
         records = sandbox_records(sb)
         failures = _failures(out / "failures.csv")
         for record in records:
@@ -85,7 +97,8 @@ def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_ar
         originals_asked = sum(n for path, n in sb.hits.items() if path.startswith(("/images/", "/faults/")))
         assert originals_asked == sum(not sb.has_thumbnail(r.serial) for r in records)
         assert report.saved + report.failed == len(records) and set(failures) == {
-            r.id for r in records if r.fault and not sb.has_thumbnail(r.serial)}
+            r.id for r in records if r.fault and not sb.has_thumbnail(r.serial)
+        }
 
 
 def test_thumbnail_source_needs_the_url_column(tmp_path: Path) -> None:
@@ -96,10 +109,15 @@ def test_thumbnail_source_needs_the_url_column(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "'URL'" in result.stderr and "thumbnail" in result.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--rate", "0"], "'rate'"), (["--shard", "3/3"], "numbered 0 to 2"), (["--shard", "one of two"], "I/N"),
-    (["--source", "cdn"], "'source'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "0"], "'rate'"),
+        (["--shard", "3/3"], "numbered 0 to 2"),
+        (["--shard", "one of two"], "I/N"),
+        (["--source", "cdn"], "'source'"),
+    ],
+)
 def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     table = tmp_path / "t.csv"
     pl.DataFrame([{"ID": "/1/a", "URL": "http://127.0.0.1:9/a.jpg", "category": "map"}]).write_csv(table)
@@ -117,8 +135,19 @@ def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
         table = sandbox_table(sandbox, tmp_path / "t.csv")
         rows = pl.read_csv(table).height
         started = time.monotonic()
-        report = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, rate=40,
-                                         concurrency=16, per_host=16, max_side=64, timeout=5, retries=0))
+        report = download(
+            DownloadConfig(
+                table=table,
+                output_dir=tmp_path / "img",
+                quiet=True,
+                rate=40,
+                concurrency=16,
+                per_host=16,
+                max_side=64,
+                timeout=5,
+                retries=0,
+            )
+        )
     assert report.saved + report.failed == rows
     times = sorted(t for t in sandbox.request_times if t >= started)
     assert len(times) == rows
@@ -159,19 +188,34 @@ def test_shards_partition_records_stably() -> None:
 
 def _eic(*args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "europeana_imgcls", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "europeana_imgcls", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 @pytest.mark.slow
 def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=8, bad_every=9, stall_seconds=120) as sb:
-        rows = [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
-                for r in sb.catalogue if r.type == "IMAGE" and r.has_url]  # one and several labels
+        rows = [
+            {"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
+            for r in sb.catalogue
+            if r.type == "IMAGE" and r.has_url
+        ]  # one and several labels
         table = tmp_path / "t.csv"
         pl.DataFrame(rows).write_csv(table)
-        common = ["--mode", "multi-label", "--quiet", "--max-side", "64", "--timeout", "6", "--retries", "0",
-                  "--concurrency", "2"]
+        common = [
+            "--mode",
+            "multi-label",
+            "--quiet",
+            "--max-side",
+            "64",
+            "--timeout",
+            "6",
+            "--retries",
+            "0",
+            "--concurrency",
+            "2",
+        ]
         shared = tmp_path / "shared"
         sb.hold_after(9)  # the shards are surely killed mid-way: later image answers wait
         first = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
@@ -186,15 +230,22 @@ def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_ru
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
         assert sorted(p.name for p in (shared / ".journal").glob("*.ndjson")) == [
-            f"part.shard-{k}-of-3.ndjson" for k in range(3)]  # each shard's outcomes wait for the merge
+            f"part.shard-{k}-of-3.ndjson" for k in range(3)
+        ]  # each shard's outcomes wait for the merge
         hits = dict(sb.hits)
-        merged = download(DownloadConfig(table=table, output_dir=shared, mode="multi-label", quiet=True,
-                                         max_side=64, timeout=2, retries=0))
+        merged = download(
+            DownloadConfig(
+                table=table, output_dir=shared, mode="multi-label", quiet=True, max_side=64, timeout=2, retries=0
+            )
+        )
         assert dict(sb.hits) == hits  # the merging run asks for nothing: every shard's work counts as done
         assert merged.saved == 0 and merged.already_saved + merged.known_failures == merged.total
         reference = tmp_path / "reference"
-        download(DownloadConfig(table=table, output_dir=reference, mode="multi-label", quiet=True, max_side=64,
-                                timeout=2, retries=0))
+        download(
+            DownloadConfig(
+                table=table, output_dir=reference, mode="multi-label", quiet=True, max_side=64, timeout=2, retries=0
+            )
+        )
     assert _files(shared) == _files(reference)
     assert _failures(shared / "failures.csv") == _failures(reference / "failures.csv")
     assert pl.read_csv(shared / "labels.csv").sort("ID").equals(pl.read_csv(reference / "labels.csv").sort("ID"))
@@ -219,15 +270,17 @@ def test_quota_headers_are_read_in_both_drafts() -> None:
 def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=120, quota=3, quota_window=1.0) as sb:
         started = time.monotonic()
-        report = harvest(HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=110, api_url=sb.api_url,
-                                       quiet=True, retries=0))
+        report = harvest(
+            HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=110, api_url=sb.api_url, quiet=True, retries=0)
+        )
         took = time.monotonic() - started
         asked = sb.count("/record/v2/search.json")
         assert sb.quota_refusals == 0 and report.rows > 0
         assert asked > 3 and took >= (asked - 3) / 3 * 0.9  # more than one window's quota, never a 429
     with Sandbox(VOCAB, per_level=120) as free:  # the same harvest without a quota
-        reference = harvest(HarvestConfig(output=tmp_path / "free.csv", vocab=VOCAB, n=110, api_url=free.api_url,
-                                          quiet=True))
+        reference = harvest(
+            HarvestConfig(output=tmp_path / "free.csv", vocab=VOCAB, n=110, api_url=free.api_url, quiet=True)
+        )
     same = ["ID", "category", "skos_concept"]  # the URLs name each server's own port
     assert pl.read_csv(tmp_path / "h.csv").select(same).equals(pl.read_csv(tmp_path / "free.csv").select(same))
     assert reference.rows == report.rows
@@ -237,8 +290,20 @@ def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Pat
     out = tmp_path / "h.csv"
     with Sandbox(VOCAB, per_level=60, quota=2, quota_window=30.0) as sb:
         runner = CliRunner()
-        args = ["harvest", "-o", str(out), "--n", "40", "--api-url", sb.api_url, "--quiet", "--retries", "0",
-                "--max-quota-wait", "0.001"]
+        args = [
+            "harvest",
+            "-o",
+            str(out),
+            "--n",
+            "40",
+            "--api-url",
+            sb.api_url,
+            "--quiet",
+            "--retries",
+            "0",
+            "--max-quota-wait",
+            "0.001",
+        ]
         vocab = tmp_path / "v.json"
         vocab.write_text(__import__("json").dumps(VOCAB))
         result = runner.invoke(app, [*args, "--vocab", str(vocab)])
@@ -261,8 +326,10 @@ def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries(
             body = client.search([("query", "*")])
             assert body["success"] and time.monotonic() - started >= 0.4
         assert sb.quota_refusals == 1
-        with SearchClient(sb.api_url, "api2demo", retries=0, max_quota_wait=0.0) as impatient, \
-                pytest.raises(ApiError, match="of waiting"):
+        with (
+            SearchClient(sb.api_url, "api2demo", retries=0, max_quota_wait=0.0) as impatient,
+            pytest.raises(ApiError, match="of waiting"),
+        ):
             for _ in range(3):  # the window's one request is spent by the first, or by the client above
                 impatient.search([("query", "*")])
 
@@ -278,12 +345,20 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
         table = sandbox_table(sb, tmp_path / "t.csv")
         # On the CPU in float32: on a GPU, mixed precision and per-batch-size kernels move probabilities in
         # their third decimal when shards batch other images together (docs/scale.md).
-        common = dict(run=trained_run, table=table, quiet=True, source="thumbnail",
-                      thumbnail_url=f"{sb.base_url}/thumbnail/v3", device="cpu")
+        common = dict(
+            run=trained_run,
+            table=table,
+            quiet=True,
+            source="thumbnail",
+            thumbnail_url=f"{sb.base_url}/thumbnail/v3",
+            device="cpu",
+        )
         out = tmp_path / "sharded" / "p.csv"
         parts = [predict(PredictConfig(**common, output=out, shard=f"{k}/2")) for k in range(2)]
         assert not out.exists() and sorted(p.name for p in (out.parent / "p.csv.journal").glob("*.ndjson")) == [
-            "part.shard-0-of-2.ndjson", "part.shard-1-of-2.ndjson"]
+            "part.shard-0-of-2.ndjson",
+            "part.shard-1-of-2.ndjson",
+        ]
         with pytest.raises(Exception, match="`resume`"):
             predict(PredictConfig(**common, output=out))  # the shards' rows are not thrown away
         merged = predict(PredictConfig(**common, output=out, resume=True))
@@ -299,17 +374,21 @@ def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained
 def same_prediction(a: dict[str, str], b: dict[str, str]) -> bool:
     """Two prediction rows agree: every label and text exactly, probabilities to float precision. A shard
     batches other images together, and a CPU convolution's last bits may differ with the batch."""
+
     def numbers(row: dict[str, str]) -> list[float]:
         return [float(row["confidence"]), *(p for _, p in json.loads(row["top_k"]))]
 
     texts = {k: v for k, v in a.items() if k not in ("image", "confidence", "top_k")}
-    return (texts == {k: v for k, v in b.items() if k not in ("image", "confidence", "top_k")}
-            and [c for c, _ in json.loads(a["top_k"])] == [c for c, _ in json.loads(b["top_k"])]
-            and numbers(a) == pytest.approx(numbers(b), abs=2e-6))
+    return (
+        texts == {k: v for k, v in b.items() if k not in ("image", "confidence", "top_k")}
+        and [c for c, _ in json.loads(a["top_k"])] == [c for c, _ in json.loads(b["top_k"])]
+        and numbers(a) == pytest.approx(numbers(b), abs=2e-6)
+    )
 
 
 def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image_once(
-        trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from europeana_imgcls import PredictConfig, predict
 
     from .conftest import make_folders
@@ -319,8 +398,9 @@ def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image
     out = tmp_path / "p.csv"
     for k in range(2):  # the shards name the folder relative to where they run...
         predict(PredictConfig(run=trained_run, inputs=["new"], output=out, shard=f"{k}/2", quiet=True))
-    merged = predict(PredictConfig(run=trained_run, inputs=[str(tmp_path / "new")], output=out, resume=True,
-                                   quiet=True))  # ...the merge by its absolute path
+    merged = predict(
+        PredictConfig(run=trained_run, inputs=[str(tmp_path / "new")], output=out, resume=True, quiet=True)
+    )  # ...the merge by its absolute path
     assert (merged.predicted, merged.already_done) == (0, 9)
     assert len(list(merged.rows())) == 9
     # A merge killed after writing the output but before removing the shards' parts: run again, once each.
@@ -364,14 +444,16 @@ def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> Non
     from .conftest import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
-    train(config(data, tmp_path / "run", arch="tiny", epochs=2, patience=5, gradcam_images=0,
-                 tensorboard=tmp_path / "tb"))
+    train(
+        config(data, tmp_path / "run", arch="tiny", epochs=2, patience=5, gradcam_images=0, tensorboard=tmp_path / "tb")
+    )
     for k in range(3):
         events = EventAccumulator(str(tmp_path / "tb" / "run" / f"split_{k}"))
         events.Reload()
         tags = events.Tags()
-        assert {"loss/train", "loss/validation", "validation/accuracy", "learning_rate",
-                "test/accuracy"} <= set(tags["scalars"])
+        assert {"loss/train", "loss/validation", "validation/accuracy", "learning_rate", "test/accuracy"} <= set(
+            tags["scalars"]
+        )
         assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
         assert tags["images"] == ["test/confusion_matrix"]
     hparams = EventAccumulator(str(tmp_path / "tb" / "run"))
@@ -403,8 +485,10 @@ def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
     data = make_folders(tmp_path / "data", per_class=4, size=32)
-    result = CliRunner().invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--weights", "none",
-                                      "--tensorboard", str(tmp_path / "tb")])
+    result = CliRunner().invoke(
+        app,
+        ["train", str(data), "-o", str(tmp_path / "run"), "--weights", "none", "--tensorboard", str(tmp_path / "tb")],
+    )
     assert result.exit_code != 0 and result.stderr.count("\n") == 1
     assert "europeana-imgcls[tensorboard]" in result.stderr and not (tmp_path / "run").exists()
 
@@ -417,8 +501,17 @@ def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tm
     # Every 2nd search answers 429 with Retry-After 0 while the hour's quota has plenty left.
     with Sandbox(VOCAB, per_level=20, quota=1000, quota_window=3600, fail_every=2) as sb:
         started = time.monotonic()
-        report = harvest(HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=10, api_url=sb.api_url, quiet=True,
-                                       retries=3, max_quota_wait=0.01))  # a wait for the window would be refused
+        report = harvest(
+            HarvestConfig(
+                output=tmp_path / "h.csv",
+                vocab=VOCAB,
+                n=10,
+                api_url=sb.api_url,
+                quiet=True,
+                retries=3,
+                max_quota_wait=0.01,
+            )
+        )  # a wait for the window would be refused
         assert report.rows > 0 and time.monotonic() - started < 30
 
 
@@ -430,12 +523,22 @@ def test_old_draft_headers_without_a_window_assume_an_hour() -> None:
 def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=3) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
-        report = download(DownloadConfig(table=table, output_dir=tmp_path / "img", source="thumbnail", quiet=True,
-                                         timeout=2, retries=0, thumbnail_url="http://127.0.0.1:9/thumbnail/v3"))
+        report = download(
+            DownloadConfig(
+                table=table,
+                output_dir=tmp_path / "img",
+                source="thumbnail",
+                quiet=True,
+                timeout=2,
+                retries=0,
+                thumbnail_url="http://127.0.0.1:9/thumbnail/v3",
+            )
+        )
         assert report.saved == 0 and report.failed == pl.read_csv(table).height
         assert sb.count("/images/") == 0  # a CDN that is down is no reason to load every museum's server
-        assert all(e.startswith("thumbnail: connection error") for e in _failures(tmp_path / "img" /
-                                                                                   "failures.csv").values())
+        assert all(
+            e.startswith("thumbnail: connection error") for e in _failures(tmp_path / "img" / "failures.csv").values()
+        )
 
 
 def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
@@ -448,9 +551,20 @@ def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path
         assert rows[record.id] == "HTTP 404"
         shard = next(f"{k}/2" for k in range(2) if Shard(k, 2).owns(record.id))
         (out / "failures.csv").write_text(  # an older reason in the merged file...
-            "ID,URL,error\n" + "".join(f"{i},x,{'old reason' if i == record.id else e}\n" for i, e in rows.items()))
-        download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64,
-                                shard=shard, retry_failed=True))  # ...and the shard's newer one
+            "ID,URL,error\n" + "".join(f"{i},x,{'old reason' if i == record.id else e}\n" for i, e in rows.items())
+        )
+        download(
+            DownloadConfig(
+                table=table,
+                output_dir=out,
+                quiet=True,
+                timeout=2,
+                retries=0,
+                max_side=64,
+                shard=shard,
+                retry_failed=True,
+            )
+        )  # ...and the shard's newer one
         download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
         assert _failures(out / "failures.csv")[record.id] == "HTTP 404"
 
@@ -472,20 +586,33 @@ def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run:
     predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, quiet=True))
     shard = next(k for k in range(2) if any(Shard(k, 2).owns(p.name) for p in broken[1:]))
     with pytest.raises(DatasetError, match="nothing could be labelled"):
-        predict(PredictConfig(run=trained_run, inputs=[str(p) for p in broken[1:]], output=out, quiet=True,
-                              shard=f"{shard}/2", resume=True))
+        predict(
+            PredictConfig(
+                run=trained_run,
+                inputs=[str(p) for p in broken[1:]],
+                output=out,
+                quiet=True,
+                shard=f"{shard}/2",
+                resume=True,
+            )
+        )
     assert out.is_file() and len(pl.read_csv(out)) == 1
     (tmp_path / "p.csv.journal" / "part.shard-1-of-40.ndjson").write_text("")  # another count's empty leftover
-    predict(PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q.csv",
-                          quiet=True))  # unaffected, and:
+    predict(
+        PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q.csv", quiet=True)
+    )  # unaffected, and:
     (tmp_path / "q.csv.journal").mkdir(exist_ok=True)
     (tmp_path / "q.csv.journal" / "part.shard-1-of-40.ndjson").write_text("")
-    predict(PredictConfig(run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q2.csv",
-                          quiet=True, shard="0/1"))
+    predict(
+        PredictConfig(
+            run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q2.csv", quiet=True, shard="0/1"
+        )
+    )
 
 
 def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_inputs(
-        trained_run: Path, sandbox: Sandbox, tmp_path: Path) -> None:
+    trained_run: Path, sandbox: Sandbox, tmp_path: Path
+) -> None:
     from europeana_imgcls import PredictConfig, predict
     from europeana_imgcls.core.errors import DatasetError
 

@@ -14,13 +14,16 @@ URL = "http://api.test/record/v2/search.json"
 
 
 def make_client(handler, retries: int = 3) -> SearchClient:
-    return SearchClient(URL, "secret-key", retries=retries, backoff=0.0,
-                        transport=httpx.MockTransport(handler))
+    return SearchClient(URL, "secret-key", retries=retries, backoff=0.0, transport=httpx.MockTransport(handler))
 
 
 def page(ids: list[str], cursor: str | None) -> httpx.Response:
-    body = {"success": True, "itemsCount": len(ids), "totalResults": 99,
-            "items": [{"id": i, "edmIsShownBy": [f"http://img/{i}"]} for i in ids]}
+    body = {
+        "success": True,
+        "itemsCount": len(ids),
+        "totalResults": 99,
+        "items": [{"id": i, "edmIsShownBy": [f"http://img/{i}"]} for i in ids],
+    }
     if cursor:
         body["nextCursor"] = cursor
     return httpx.Response(200, json=body)
@@ -57,8 +60,13 @@ def test_zero_hits_is_one_request() -> None:
 def test_429_and_503_are_retried_honouring_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
     monkeypatch.setattr("europeana_imgcls.europeana.search_api.time.sleep", waits.append)
-    answers = iter([httpx.Response(429, headers={"Retry-After": "2"}, json={"error": "limit"}),
-                    httpx.Response(503, text="busy"), page(["a"], None)])
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "2"}, json={"error": "limit"}),
+            httpx.Response(503, text="busy"),
+            page(["a"], None),
+        ]
+    )
     items = list(make_client(lambda request: next(answers)).iter_items("*"))
     assert [i["id"] for i in items] == ["a"]
     assert waits[0] == 2.0 and len(waits) == 2
@@ -80,8 +88,9 @@ def test_timeouts_and_dropped_connections_are_retried_then_reported() -> None:
 
 def test_persistent_5xx_ends_with_one_clear_error() -> None:
     with pytest.raises(ApiError, match="answered 500 .* after 2 attempts"):
-        make_client(lambda r: httpx.Response(500, json={"error": "Internal server error"}),
-                    retries=1).search([("query", "*")])
+        make_client(lambda r: httpx.Response(500, json={"error": "Internal server error"}), retries=1).search(
+            [("query", "*")]
+        )
 
 
 def test_bad_key_is_not_retried_and_names_the_way_out() -> None:
@@ -89,8 +98,9 @@ def test_bad_key_is_not_retried_and_names_the_way_out() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
-        return httpx.Response(401, json={"success": False, "error": "Unauthorized",
-                                         "message": "Invalid API key provided!"})
+        return httpx.Response(
+            401, json={"success": False, "error": "Unauthorized", "message": "Invalid API key provided!"}
+        )
 
     with pytest.raises(ApiError, match="rejected the API key.*EUROPEANA_API_KEY") as info:
         make_client(handler).search([("query", "*")])

@@ -70,7 +70,8 @@ def test_outputs_exist_and_parse(run, folders: Path) -> None:
         predictions = rows(split / "test_predictions.csv")
         assert len(predictions) == metrics["test_images"]
         assert metrics["test"]["accuracy"] == pytest.approx(
-            np.mean([p["truth"] == p["prediction"] for p in predictions]))
+            np.mean([p["truth"] == p["prediction"] for p in predictions])
+        )
         assert (split / "curves.png").read_bytes()[:4] == b"\x89PNG"
         cams = sorted((split / "gradcam").iterdir())
         assert len(cams) == 3 and all("_true-" in c.name and "_pred-" in c.name for c in cams)
@@ -102,8 +103,11 @@ def test_class_weights_are_inverse_frequency() -> None:
 @pytest.mark.slow
 def test_early_stopping_triggers(folders: Path, tmp_path: Path) -> None:
     # A wild learning rate makes the validation loss stop improving at once.
-    report = train(config(folders, tmp_path / "run", epochs=40, patience=2, learning_rate=5.0,
-                          crossvalidation=False, gradcam_images=0))
+    report = train(
+        config(
+            folders, tmp_path / "run", epochs=40, patience=2, learning_rate=5.0, crossvalidation=False, gradcam_images=0
+        )
+    )
     split = report.splits[0]
     assert split.epochs_run < 40
     assert split.epochs_run == split.best_epoch + 2
@@ -151,12 +155,42 @@ def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> 
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "tests.eic_tiny", "train", str(folders), "-o", str(out), "--arch", "tiny", "--weights", "none",
-         "--epochs", "2",
-         "--input-size", "32", "--batch-size", "4", "--folds", "3", "--no-crossvalidation", "--quiet",
-         "--gradcam-images", "1", "--device", "cpu"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "tests.eic_tiny",
+            "train",
+            str(folders),
+            "-o",
+            str(out),
+            "--arch",
+            "tiny",
+            "--weights",
+            "none",
+            "--epochs",
+            "2",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--folds",
+            "3",
+            "--no-crossvalidation",
+            "--quiet",
+            "--gradcam-images",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     history = rows(out / "split_0" / "history.csv")
     assert len(history) == 2
@@ -181,8 +215,20 @@ def test_pretrained_efficientnet_lite0_on_real_heritage_images(tmp_path: Path) -
     data.mkdir()
     for name in CLASSES:
         (data / name).symlink_to(HERITAGE / name, target_is_directory=True)
-    report = train(config(data, tmp_path / "run", arch="efficientnet_lite0", weights="imagenet", input_size=128,
-                          epochs=5, batch_size=16, folds=4, crossvalidation=False, gradcam_images=2))
+    report = train(
+        config(
+            data,
+            tmp_path / "run",
+            arch="efficientnet_lite0",
+            weights="imagenet",
+            input_size=128,
+            epochs=5,
+            batch_size=16,
+            folds=4,
+            crossvalidation=False,
+            gradcam_images=2,
+        )
+    )
     assert report.splits[0].metrics["accuracy"] >= 0.85  # 16 held-out images, chance 0.39
     assert len(list((tmp_path / "run" / "split_0" / "gradcam").iterdir())) == 2
 
@@ -253,8 +299,7 @@ def test_gradcam_hooks_are_released(run) -> None:
 
 
 def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> None:
-    report = train(config(folders, tmp_path / "run", sample=0.5, epochs=1, crossvalidation=False,
-                          gradcam_images=0))
+    report = train(config(folders, tmp_path / "run", sample=0.5, epochs=1, crossvalidation=False, gradcam_images=0))
     metrics = json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())
     assert metrics["train_images"] + metrics["val_images"] + metrics["test_images"] == 18
     assert report.counts == {"map": 6, "painting": 6, "specimen": 6}
@@ -270,8 +315,9 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
     images = scan_images(folders, "single-label")
     cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
     assert cache is not None and not cache.filled.any()
-    loader = make_loader(ImageDataset(images, 32, cache=cache), batch_size=8,
-                         shuffle=True, num_workers=1, seed=0, pin_memory=False)
+    loader = make_loader(
+        ImageDataset(images, 32, cache=cache), batch_size=8, shuffle=True, num_workers=1, seed=0, pin_memory=False
+    )
     first = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
     assert cache.filled.all()  # written by the worker process, seen here
     for path in images.paths:  # the second epoch must not need the files
@@ -296,8 +342,7 @@ def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> N
     )
 
     images = scan_images(folders, "single-label")
-    loader = make_loader(ImageDataset(images, 32), batch_size=4, shuffle=False, num_workers=0, seed=0,
-                         pin_memory=False)
+    loader = make_loader(ImageDataset(images, 32), batch_size=4, shuffle=False, num_workers=0, seed=0, pin_memory=False)
     pixels, _, index = next(iter(loader))
     assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 32, 32)  # a quarter of float32's bytes
     first = np.asarray(load_image(images.paths[int(index[0])], 32), dtype=np.float32)  # H x W x 3
@@ -309,8 +354,9 @@ def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> N
 
 
 @pytest.mark.slow
-def test_a_cross_validation_run_decodes_each_image_once(folders: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cross_validation_run_decodes_each_image_once(
+    folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from europeana_imgcls.datasets import folders as data
 
     decoded: list[Path] = []

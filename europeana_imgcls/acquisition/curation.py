@@ -66,7 +66,8 @@ def _describe(config: StatsConfig) -> TableStats:
     has_category = "category" in df.columns
     labels = (
         df.select("ID", pl.col("category").str.split(" ")).explode("category").drop_nulls("category")
-        if has_category else pl.DataFrame({"ID": [], "category": []}, schema={"ID": pl.Utf8, "category": pl.Utf8})
+        if has_category
+        else pl.DataFrame({"ID": [], "category": []}, schema={"ID": pl.Utf8, "category": pl.Utf8})
     )
     per_category = _counts(labels, "category")
     provider_column = "data_provider" if "data_provider" in df.columns else "dataset"
@@ -76,8 +77,13 @@ def _describe(config: StatsConfig) -> TableStats:
         df = df.with_columns(pl.col("ID").str.strip_chars("/").str.split("/").list.first().alias("dataset"))
     several = 0
     if has_category:
-        several = (df.drop_nulls("ID").group_by("ID").agg(pl.col("category").n_unique().alias("k"))
-                   .filter(pl.col("k") > 1).height)
+        several = (
+            df.drop_nulls("ID")
+            .group_by("ID")
+            .agg(pl.col("category").n_unique().alias("k"))
+            .filter(pl.col("k") > 1)
+            .height
+        )
     return TableStats(
         rows=df.height,
         unique_ids=df.get_column("ID").n_unique(),

@@ -91,8 +91,14 @@ class DownloadReport:
     @property
     def accounted(self) -> int:
         """Rows the run reached: equal to ``total`` once the run is complete."""
-        return (self.saved + self.already_saved + self.failed + self.known_failures + self.other_shards
-                + sum(self.skipped.values()))
+        return (
+            self.saved
+            + self.already_saved
+            + self.failed
+            + self.known_failures
+            + self.other_shards
+            + sum(self.skipped.values())
+        )
 
     @property
     def images_per_second(self) -> float:
@@ -142,8 +148,10 @@ def _check_table(config: DownloadConfig) -> None:
     """Fail fast, from the header and before any request, on a table that lacks what the settings need."""
     names = table_columns(config.table, config.columns)
     if config.source == "thumbnail" and "URL" not in names:
-        raise DatasetError(f"{config.table}: `source` thumbnail needs the media URL column 'URL' (a thumbnail is "
-                           "named by the MD5 of it); map the table's own with `columns`, e.g. URL=image_url")
+        raise DatasetError(
+            f"{config.table}: `source` thumbnail needs the media URL column 'URL' (a thumbnail is "
+            "named by the MD5 of it); map the table's own with `columns`, e.g. URL=image_url"
+        )
     check_columns(config.table, names, _required(config))
 
 
@@ -180,8 +188,13 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
             else:
                 seen.add(record_id)
                 folder = category_dir(root, category) if config.mode == "single-label" else root
-                yield Job(id=record_id, url=row["URL"], preview=row["preview"] if has_preview else None,
-                          category=category, path=folder / file_name(record_id))
+                yield Job(
+                    id=record_id,
+                    url=row["URL"],
+                    preview=row["preview"] if has_preview else None,
+                    category=category,
+                    path=folder / file_name(record_id),
+                )
 
 
 async def _run(config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, rows: int) -> None:
@@ -191,8 +204,10 @@ async def _run(config: DownloadConfig, outcomes: Outcomes, report: DownloadRepor
     slots = asyncio.Semaphore(config.concurrency)
     created_dirs: set[Path] = set()
     fields = "{task.fields[rate]:.1f} images/s", "{task.fields[failed]} failed"
-    with progress_bar(config.quiet, *fields) as progress, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eic-decode") as pool:
+    with (
+        progress_bar(config.quiet, *fields) as progress,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eic-decode") as pool,
+    ):
         task = progress.add_task("download", total=rows, failed=0, rate=0.0)
         async with contextlib.AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(client) for client in _clients(config)]
@@ -218,8 +233,11 @@ async def _run(config: DownloadConfig, outcomes: Outcomes, report: DownloadRepor
                 # Bound the tasks waiting for a slot, so a million-row table never sits in memory.
                 while len(pending) >= config.concurrency * 4:
                     _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                pending.add(asyncio.create_task(
-                    _one(fetcher, job, outcomes, report, lambda: _tick(progress, task, report, started))))
+                pending.add(
+                    asyncio.create_task(
+                        _one(fetcher, job, outcomes, report, lambda: _tick(progress, task, report, started))
+                    )
+                )
             if pending:
                 await asyncio.wait(pending)
     report.seconds = time.perf_counter() - started
@@ -244,8 +262,12 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
     timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
     headers = {"User-Agent": "europeana-imgcls (image classification research)"}
     tls = httpx.create_ssl_context()  # one for all: loading the CA bundle costs ~25 ms each time
-    return [httpx.AsyncClient(limits=limits, timeout=timeout, follow_redirects=True, max_redirects=10,
-                              headers=headers, verify=tls) for _ in range(count)]
+    return [
+        httpx.AsyncClient(
+            limits=limits, timeout=timeout, follow_redirects=True, max_redirects=10, headers=headers, verify=tls
+        )
+        for _ in range(count)
+    ]
 
 
 def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport) -> bool:
@@ -300,9 +322,14 @@ async def _attempt(fetcher: Fetcher, job: Job) -> str | None:
 class Fetcher:
     """Fetch one URL with retries and limits, and hand the bytes to a worker thread to save."""
 
-    def __init__(self, clients: list[httpx.AsyncClient], config: DownloadConfig,
-                 host_limits: defaultdict[str, asyncio.Semaphore], slots: asyncio.Semaphore,
-                 pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        clients: list[httpx.AsyncClient],
+        config: DownloadConfig,
+        host_limits: defaultdict[str, asyncio.Semaphore],
+        slots: asyncio.Semaphore,
+        pool: ThreadPoolExecutor,
+    ) -> None:
         self.clients, self.config, self.host_limits, self.slots, self.pool = clients, config, host_limits, slots, pool
         self.budget = DecodeBudget(config.decode_memory_mb << 20)
         self.rate = RateLimit(config.rate)
@@ -328,9 +355,17 @@ class Fetcher:
             return PLACEHOLDER
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.pool, lambda: save_normalised(
-                result, path, max_side=self.config.max_side, max_pixels=self.config.max_pixels,
-                quality=self.config.quality, budget=self.budget))
+            await loop.run_in_executor(
+                self.pool,
+                lambda: save_normalised(
+                    result,
+                    path,
+                    max_side=self.config.max_side,
+                    max_pixels=self.config.max_pixels,
+                    quality=self.config.quality,
+                    budget=self.budget,
+                ),
+            )
         except ImageRejected as exc:
             return str(exc)
         except OSError as exc:
@@ -405,9 +440,13 @@ class Outcomes:
 
     def __init__(self, root: Path, config: DownloadConfig) -> None:
         self.root, self.shard, self.multi = root, config.shard_spec, config.mode == "multi-label"
-        self.journal = Journal(root / ".journal", what=f"the download into {root}", settings=config.resume_settings(),
-                               shard=self.shard, hint="download with the `mode` it was started with, or into "
-                                                      "another `output_dir`")
+        self.journal = Journal(
+            root / ".journal",
+            what=f"the download into {root}",
+            settings=config.resume_settings(),
+            shard=self.shard,
+            hint="download with the `mode` it was started with, or into another `output_dir`",
+        )
         self.failures: dict[str, dict[str, str]] = {}  # known failures: record ID -> ID, URL, error
         self.labels: dict[str, tuple[str, str]] = {}  # a multi-label folder's earlier labels: ID -> file, category
         self.kept: dict[str, dict[str, str]] = {}  # this run: known failures still in the table
@@ -440,8 +479,7 @@ class Outcomes:
                 self.failures.pop(record_id, None)
                 self.labels[record_id] = (outcome.get("file") or "", outcome.get("category") or "")
             else:
-                self.failures[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "",
-                                            "error": outcome["error"]}
+                self.failures[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "", "error": outcome["error"]}
 
     def keep(self, record_id: str) -> None:
         self.kept[record_id] = self.failures[record_id]
@@ -510,5 +548,9 @@ def _mine(temp_name: str, shard: Shard | None) -> bool:
 
 def _tick(progress: Progress, task: object, report: DownloadReport, started: float) -> None:
     elapsed = time.perf_counter() - started
-    progress.update(task, advance=1, failed=report.failed,  # type: ignore[arg-type]
-                    rate=report.saved / elapsed if elapsed else 0.0)
+    progress.update(
+        task,
+        advance=1,
+        failed=report.failed,  # type: ignore[arg-type]
+        rate=report.saved / elapsed if elapsed else 0.0,
+    )

@@ -31,8 +31,7 @@ from ..core.tables import check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import PAGE_ROWS, SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
-COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider",
-           "reusability"]
+COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider", "reusability"]
 
 
 @dataclass(frozen=True)
@@ -71,15 +70,23 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     check_table_suffix(config.output)
     vocab = load_vocabulary(config.vocab)
     if not config.resume and config.output.exists():
-        raise DatasetError(f"{config.output} already exists: pass `resume` to continue that harvest, "
-                           "or choose another `output`")
-    journal = Journal(config.output.with_name(config.output.name + ".journal"), what=f"the harvest into "
-                      f"{config.output}", settings={**config.resume_settings(), "vocab": vocab},
-                      hint="resume with the settings it was started with, or choose another `output`")
+        raise DatasetError(
+            f"{config.output} already exists: pass `resume` to continue that harvest, or choose another `output`"
+        )
+    journal = Journal(
+        config.output.with_name(config.output.name + ".journal"),
+        what=f"the harvest into {config.output}",
+        settings={**config.resume_settings(), "vocab": vocab},
+        hint="resume with the settings it was started with, or choose another `output`",
+    )
     own_client = client is None
-    client = client or SearchClient(config.api_url, config.api_key.get_secret_value(),
-                                    timeout=config.timeout, retries=config.retries,
-                                    max_quota_wait=config.max_quota_wait * 3600)
+    client = client or SearchClient(
+        config.api_url,
+        config.api_key.get_secret_value(),
+        timeout=config.timeout,
+        retries=config.retries,
+        max_quota_wait=config.max_quota_wait * 3600,
+    )
     units = list(plan_units(vocab, config.mode, config.reusability))
     with journal.open(config.resume):
         state = _replayed(journal, units, config)
@@ -94,14 +101,24 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
                 write_table(_to_frame(state, vocab), config.output)
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
     return HarvestReport(
-        output=config.output, rows=len(state.rows), fetched=dict(state.completed),
-        per_category={c: per_category.get(c, 0) for c in vocab}, skipped_no_url=len(state.no_url),
-        ambiguous=len(state.ambiguous), resumed_units=len(units) - len(todo),
+        output=config.output,
+        rows=len(state.rows),
+        fetched=dict(state.completed),
+        per_category={c: per_category.get(c, 0) for c in vocab},
+        skipped_no_url=len(state.no_url),
+        ambiguous=len(state.ambiguous),
+        resumed_units=len(units) - len(todo),
     )
 
 
-def _fetch_units(client: SearchClient, todo: list[Unit], vocab: dict[str, str], config: HarvestConfig,
-                 state: _State, journal: Journal) -> None:
+def _fetch_units(
+    client: SearchClient,
+    todo: list[Unit],
+    vocab: dict[str, str],
+    config: HarvestConfig,
+    state: _State,
+    journal: Journal,
+) -> None:
     with progress_bar(config.quiet, transient=True) as progress:
         for k, unit in enumerate(todo):
             client.expect(_pages(len(todo) - k, config.n))  # the key's quota is paced to what is left
@@ -123,8 +140,10 @@ def _replayed(journal: Journal, units: list[Unit], config: HarvestConfig) -> _St
         if unit is not None:
             _apply(state, unit, found["items"], set(found["no_url"]), config)
     if config.resume and not state.completed and config.output.exists():
-        raise DatasetError(f"cannot resume {config.output}: its journal ({journal.folder}) is missing or empty, so "
-                           "it is unknown which units it holds; harvest into another `output`")
+        raise DatasetError(
+            f"cannot resume {config.output}: its journal ({journal.folder}) is missing or empty, so "
+            "it is unknown which units it holds; harvest into another `output`"
+        )
     return state
 
 
@@ -151,8 +170,9 @@ def unit_query(unit: Unit, vocab: dict[str, str]) -> tuple[str, list[str]]:
     return " AND ".join(f'"{vocab[label]}"' for label in unit.labels), ["TYPE:IMAGE"]
 
 
-def _fetch_unit(client: SearchClient, unit: Unit, vocab: dict[str, str], config: HarvestConfig,
-                no_url: set[str], advance: Any) -> list[dict[str, Any]]:
+def _fetch_unit(
+    client: SearchClient, unit: Unit, vocab: dict[str, str], config: HarvestConfig, no_url: set[str], advance: Any
+) -> list[dict[str, Any]]:
     query, qf = unit_query(unit, vocab)
     # A seeded random order with the id as tie-breaker: stable across cursor pages (an unseeded
     # "random" is re-drawn on every request and makes pages overlap).
@@ -168,11 +188,16 @@ def _fetch_unit(client: SearchClient, unit: Unit, vocab: dict[str, str], config:
         if not url:
             no_url.add(record_id)
             continue
-        found.append({
-            "ID": record_id, "URL": url, "preview": _first(item.get("edmPreview")),
-            "rights": _first(item.get("rights")), "data_provider": _first(item.get("dataProvider")),
-            "reusability": unit.level,
-        })
+        found.append(
+            {
+                "ID": record_id,
+                "URL": url,
+                "preview": _first(item.get("edmPreview")),
+                "rights": _first(item.get("rights")),
+                "data_provider": _first(item.get("dataProvider")),
+                "reusability": unit.level,
+            }
+        )
         advance()
         if len(found) >= config.n:
             break
@@ -207,12 +232,19 @@ def _to_frame(state: _State, vocab: dict[str, str]) -> pl.DataFrame:
     records = []
     for record_id, row in state.rows.items():
         labels = sorted(row["labels"], key=order.__getitem__)
-        records.append({
-            "category": " ".join(labels), "skos_concept": " ".join(vocab[c] for c in labels),
-            "URI": record_uri(record_id), "ID": record_id, "URL": row["URL"],
-            "preview": row.get("preview"), "rights": row.get("rights"),
-            "data_provider": row.get("data_provider"), "reusability": row.get("reusability"),
-        })
+        records.append(
+            {
+                "category": " ".join(labels),
+                "skos_concept": " ".join(vocab[c] for c in labels),
+                "URI": record_uri(record_id),
+                "ID": record_id,
+                "URL": row["URL"],
+                "preview": row.get("preview"),
+                "rights": row.get("rights"),
+                "data_provider": row.get("data_provider"),
+                "reusability": row.get("reusability"),
+            }
+        )
     return pl.DataFrame(records, schema={c: pl.Utf8 for c in COLUMNS})
 
 

@@ -48,8 +48,10 @@ class DecodeBudget:
     @contextmanager
     def hold(self, need: int) -> Iterator[None]:
         if need > self.limit:
-            raise ImageRejected(f"too large to decode within the memory budget (~{need >> 20} MiB needed, "
-                                f"{self.limit >> 20} MiB allowed)")
+            raise ImageRejected(
+                f"too large to decode within the memory budget (~{need >> 20} MiB needed, "
+                f"{self.limit >> 20} MiB allowed)"
+            )
         with self._room:
             self._room.wait_for(lambda: self.used + need <= self.limit)
             self.used += need
@@ -61,8 +63,9 @@ class DecodeBudget:
                 self._room.notify_all()
 
 
-def save_normalised(data: bytes, target: Path, *, max_side: int, max_pixels: int, quality: int,
-                    budget: DecodeBudget | None = None) -> tuple[int, int]:
+def save_normalised(
+    data: bytes, target: Path, *, max_side: int, max_pixels: int, quality: int, budget: DecodeBudget | None = None
+) -> tuple[int, int]:
     """Decode ``data``, make it an upright RGB image no larger than ``max_side``, save as JPEG.
 
     The file appears under ``target`` only when complete (temporary name, then rename).

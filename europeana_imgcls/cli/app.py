@@ -62,8 +62,11 @@ def run(action: Callable[[], T], command: str) -> T:
         typer.echo(f"eic: error: {report.as_flags(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        again = "run the same command again to carry on" if command == "download" else (
-            "run it again" if command in RERUN else "run the same command with --resume to carry on")
+        again = (
+            "run the same command again to carry on"
+            if command == "download"
+            else ("run it again" if command in RERUN else "run the same command with --resume to carry on")
+        )
         typer.echo(f"eic: interrupted; what was finished is kept ({again})", err=True)
         raise typer.Exit(130) from None
     except OSError as exc:  # the file system said no (a full disk, a path through a file, no permission)
@@ -72,18 +75,38 @@ def run(action: Callable[[], T], command: str) -> T:
         raise typer.Exit(1) from None
 
 
-def command(name: str, model: type[Any], *, arguments: tuple[Arg, ...] = (), names: dict[str, Any] | None = None,
-            target: typer.Typer = app) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+def command(
+    name: str,
+    model: type[Any],
+    *,
+    arguments: tuple[Arg, ...] = (),
+    names: dict[str, Any] | None = None,
+    target: typer.Typer = app,
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
     """Decorate a function of the built config as the command ``name`` (its docstring is the command's help)."""
+
     def decorate(action: Callable[[Any], None]) -> Callable[[Any], None]:
-        config_command(target, name, model, action, arguments=arguments, names=names, run=run,
-                       help=action.__doc__ or "", group="review" if target is review_app else "")
+        config_command(
+            target,
+            name,
+            model,
+            action,
+            arguments=arguments,
+            names=names,
+            run=run,
+            help=action.__doc__ or "",
+            group="review" if target is review_app else "",
+        )
         return action
+
     return decorate
 
 
-@command("harvest", HarvestConfig, names={**OUTPUT, "n": ("--n", "-n"),
-                                          "keep_ambiguous": ("--keep-ambiguous/--drop-ambiguous",)})
+@command(
+    "harvest",
+    HarvestConfig,
+    names={**OUTPUT, "n": ("--n", "-n"), "keep_ambiguous": ("--keep-ambiguous/--drop-ambiguous",)},
+)
 def harvest(config: HarvestConfig) -> None:
     """Query the Search API per concept (or 2-3 concept combination) and write a dataset table."""
     from ..acquisition.harvest import harvest as run_harvest
@@ -217,10 +240,17 @@ def sandbox(config: SandboxConfig) -> None:
 
     vocabulary = run(lambda: load_vocabulary(config.vocab), "sandbox")
     try:
-        server = Sandbox(vocabulary, port=config.port, per_level=config.per_level, fail_every=config.fail_every,
-                         bad_every=config.bad_every, variant_every=7 if config.bad_every else 0,
-                         thumbnail_missing_every=config.thumbnail_missing_every, quota=config.quota,
-                         quota_window=config.quota_window)
+        server = Sandbox(
+            vocabulary,
+            port=config.port,
+            per_level=config.per_level,
+            fail_every=config.fail_every,
+            bad_every=config.bad_every,
+            variant_every=7 if config.bad_every else 0,
+            thumbnail_missing_every=config.thumbnail_missing_every,
+            quota=config.quota,
+            quota_window=config.quota_window,
+        )
     except OSError as exc:
         typer.echo(f"eic: error: cannot listen on 127.0.0.1:{config.port} ({exc.strerror}); try --port 0", err=True)
         raise typer.Exit(1) from None
@@ -235,8 +265,9 @@ def main() -> None:
     from rich.logging import RichHandler
 
     # Training's line per epoch is INFO (the library logs it only when not quiet); warnings always show.
-    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False,
-                          show_level=False)
+    handler = RichHandler(
+        console=Console(stderr=True), show_time=False, show_path=False, markup=False, show_level=False
+    )
     logging.getLogger("europeana_imgcls").addHandler(handler)
     logging.getLogger("europeana_imgcls").setLevel(logging.INFO)
     app()

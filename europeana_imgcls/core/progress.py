@@ -13,6 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 def progress_bar(quiet: bool, *fields: str, transient: bool = False) -> Progress:
     """A bar with the task's description, done/total, ``fields`` (rich format strings over ``task``) and
     the elapsed time. ``transient``: it disappears when it stops."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    *(TextColumn(f) for f in fields), TimeElapsedColumn(), console=Console(stderr=True),
-                    disable=quiet, transient=transient)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *(TextColumn(f) for f in fields),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=transient,
+    )

@@ -18,8 +18,10 @@ from .errors import DatasetError
 TABLE_SUFFIXES = (".csv", ".parquet")
 TEMP_SUFFIX = ".eic-part"
 # Temporary names of earlier eic versions, so their leftovers are still cleaned up (and nothing else is).
-_LEGACY_TEMP = re.compile(r"^\..+\.jpg\.\d+\.part$|^\.labels\.csv\.part$"
-                          r"|^\.(failures\.csv|labels\.csv|config\.json)\.[a-z0-9_]{8}\.part$")
+_LEGACY_TEMP = re.compile(
+    r"^\..+\.jpg\.\d+\.part$|^\.labels\.csv\.part$"
+    r"|^\.(failures\.csv|labels\.csv|config\.json)\.[a-z0-9_]{8}\.part$"
+)
 
 
 def temp_path(target: Path) -> Path:
@@ -68,8 +70,7 @@ def check_table_suffix(path: Path) -> None:
         raise DatasetError(f"{path}: tables must end in .csv or .parquet")
 
 
-def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str, str] | None = None
-               ) -> pl.DataFrame:
+def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str, str] | None = None) -> pl.DataFrame:
     """Read a table as strings, cleaned the way real harvested tables need.
 
     Column names and values are stripped of surrounding spaces, unnamed columns and wholly blank
@@ -92,8 +93,9 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
     return df
 
 
-def iter_table(path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_000,
-               columns: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
+def iter_table(
+    path: Path, required: tuple[str, ...] = (), chunk_size: int = 10_000, columns: Mapping[str, str] | None = None
+) -> Iterator[pl.DataFrame]:
     """Stream a table in cleaned chunks, so memory stays flat however long the table is."""
     lazy = _scan(path)
     check_columns(path, _header(path, lazy, columns), required)
@@ -136,8 +138,10 @@ def _renamed(path: Path, names: list[str], columns: Mapping[str, str] | None) ->
     # a museum's table and a harvested one alike.
     missing = [source for target, source in columns.items() if source not in names and target not in names]
     if missing:
-        raise DatasetError(f"{path}: no column {', '.join(repr(m) for m in missing)} to use as "
-                           f"{', '.join(k for k, v in columns.items() if v in missing)} (has: {', '.join(names)})")
+        raise DatasetError(
+            f"{path}: no column {', '.join(repr(m) for m in missing)} to use as "
+            f"{', '.join(k for k, v in columns.items() if v in missing)} (has: {', '.join(names)})"
+        )
     source_of = {source: target for target, source in columns.items() if source in names}
     # eic-named columns that a mapped column present in this table takes the place of
     replaced = {target for target, source in columns.items() if source in names and source != target}
@@ -166,12 +170,9 @@ def check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> 
 
 
 def _clean(df: pl.DataFrame) -> pl.DataFrame:
-    keep = [c for c in df.columns if c.strip() and not c.startswith("_duplicated_")
-            and not c.startswith("Unnamed:")]
+    keep = [c for c in df.columns if c.strip() and not c.startswith("_duplicated_") and not c.startswith("Unnamed:")]
     df = df.select(keep).rename({c: c.strip() for c in keep})
-    df = df.with_columns(
-        pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in df.columns
-    )
+    df = df.with_columns(pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in df.columns)
     return df.filter(~pl.all_horizontal(pl.all().is_null())) if df.width else df
 
 

@@ -36,7 +36,8 @@ def _shm_free() -> int:
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), hidden and temporary files left out, sorted."""
     return sorted(
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
 
@@ -78,20 +79,23 @@ def check_trainable(images: ImageSet, root: Path, folds: int) -> None:
     if not images.paths:
         raise DatasetError(f"{root}: no readable images in its class folders")
     if len(present) < 2:
-        raise DatasetError(f"{root}: needs at least two class folders with images (found: "
-                           f"{', '.join(present) or 'none'})")
+        raise DatasetError(
+            f"{root}: needs at least two class folders with images (found: {', '.join(present) or 'none'})"
+        )
     small = {name: n for name, n in present.items() if n < folds}
     if small:
         worst = min(small, key=small.__getitem__)
-        raise DatasetError(f"class '{worst}' has {small[worst]} images, fewer than the {folds} folds; "
-                           "lower `folds` or add images")
+        raise DatasetError(
+            f"class '{worst}' has {small[worst]} images, fewer than the {folds} folds; lower `folds` or add images"
+        )
 
 
 def sample(images: ImageSet, fraction: float, seed: int) -> ImageSet:
     if fraction >= 1.0:
         return images
-    keep, _ = train_test_split(np.arange(len(images)), train_size=fraction,
-                               stratify=images.task.stratify(images.labels), random_state=seed)
+    keep, _ = train_test_split(
+        np.arange(len(images)), train_size=fraction, stratify=images.task.stratify(images.labels), random_state=seed
+    )
     return images.subset(np.sort(keep))
 
 
@@ -101,14 +105,20 @@ def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str]
     With ``groups`` (e.g. the provider of each record) no group straddles train, validation and test.
     """
     indices = np.arange(len(labels))
-    outer = (StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if groups is not None
-             else StratifiedKFold(folds, shuffle=True, random_state=seed))
+    outer = (
+        StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        if groups is not None
+        else StratifiedKFold(folds, shuffle=True, random_state=seed)
+    )
     group_array = np.asarray(groups) if groups is not None else None
     splits = []
     try:
         for i, (rest, test) in enumerate(outer.split(indices, labels, group_array)):
-            inner = (StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i) if groups is not None
-                     else StratifiedKFold(folds - 1, shuffle=True, random_state=seed + i))
+            inner = (
+                StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i)
+                if groups is not None
+                else StratifiedKFold(folds - 1, shuffle=True, random_state=seed + i)
+            )
             inner_groups = group_array[rest] if group_array is not None else None
             train_pos, val_pos = next(inner.split(rest, labels[rest], inner_groups))
             splits.append(Split(np.sort(rest[train_pos]), np.sort(rest[val_pos]), np.sort(test)))
@@ -123,11 +133,15 @@ def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) ->
     if duplicates is None:
         return images.groups() if by_provider else None
     table = read_table(duplicates, required=("image", "group"))
-    group_of = {str(Path(image).resolve()): group
-                for image, group in zip(table["image"].to_list(), table["group"].to_list(), strict=True)}
+    group_of = {
+        str(Path(image).resolve()): group
+        for image, group in zip(table["image"].to_list(), table["group"].to_list(), strict=True)
+    }
     if group_of and not any(str(p.resolve()) in group_of for p in images.paths):
-        raise DatasetError(f"{duplicates}: none of its images is in this data folder; audit this folder's images "
-                           "(or their embeddings) to get its duplicate groups")
+        raise DatasetError(
+            f"{duplicates}: none of its images is in this data folder; audit this folder's images "
+            "(or their embeddings) to get its duplicate groups"
+        )
     # A graph of images and the keys they share (their provider, their duplicate group): each connected
     # part stays in one fold.
     key_node: dict[str, int] = {}
@@ -236,8 +250,15 @@ class ImageDataset(torch.utils.data.Dataset):
     evaluation lists it, rather than one broken file ending a long run.
     """
 
-    def __init__(self, images: ImageSet, size: int, hflip: float = 0.0, vflip: float = 0.0,
-                 cache: DecodedCache | None = None, cache_rows: Sequence[int] | np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        images: ImageSet,
+        size: int,
+        hflip: float = 0.0,
+        vflip: float = 0.0,
+        cache: DecodedCache | None = None,
+        cache_rows: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
         self.images, self.size = images, size
         self.hflip, self.vflip, self.cache = hflip, vflip, cache
         # Where each image sits in a cache shared with other datasets (the parts of every split of a run).
@@ -252,8 +273,11 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             tensor = self._pixels(index).permute(2, 0, 1)
         except DECODE_ERRORS:
-            return (torch.zeros(3, self.size, self.size, dtype=torch.uint8),
-                    torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE, index)
+            return (
+                torch.zeros(3, self.size, self.size, dtype=torch.uint8),
+                torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE,
+                index,
+            )
         if self.hflip and torch.rand(()) < self.hflip:
             tensor = tensor.flip(2)
         if self.vflip and torch.rand(()) < self.vflip:
@@ -272,16 +296,31 @@ class ImageDataset(torch.utils.data.Dataset):
         return pixels
 
 
-def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
-                seed: int, pin_memory: bool, sampler: torch.utils.data.Sampler | None = None,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool,
+    sampler: torch.utils.data.Sampler | None = None,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, pin_memory=pin_memory, generator=generator, worker_init_fn=_seed_worker,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        worker_init_fn=_seed_worker,
         drop_last=drop_last,
-        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
     )
 
 

@@ -43,8 +43,7 @@ class Task(ABC):
         """Raise ``DatasetError`` unless every class has enough images for ``folds`` folds."""
 
     @abstractmethod
-    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
-               ) -> list[Split]:
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None) -> list[Split]:
         """Cross-validation splits that keep each class's frequency in every part."""
 
     @abstractmethod
@@ -66,8 +65,7 @@ class Task(ABC):
         """The loss on logits, ignoring unreadable images; ``weighted``: rare classes weigh more."""
 
     @abstractmethod
-    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
-                ) -> dict[str, float]:
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
         """Every score of the task (``shown`` among them)."""
 
     @abstractmethod
@@ -79,8 +77,9 @@ class Task(ABC):
         """An image's labels as a table cell states them (the inverse of ``truth_of``)."""
 
     @abstractmethod
-    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
-                 ) -> dict[str, str]:
+    def describe(
+        self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+    ) -> dict[str, str]:
         """The truth and prediction columns of one row of ``test_predictions.csv``."""
 
     @property
@@ -131,15 +130,15 @@ class Task(ABC):
         """Truth x prediction counts, where the task has one answer per image (else None)."""
 
     @abstractmethod
-    def decision_thresholds(self, tuned: list[float] | None, override: float | None, n_classes: int
-                            ) -> np.ndarray | None:
+    def decision_thresholds(
+        self, tuned: list[float] | None, override: float | None, n_classes: int
+    ) -> np.ndarray | None:
         """A model's thresholds: ``override`` for every class, else those tuned in training (None: the task
         decides without thresholds)."""
 
     @abstractmethod
     def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
         """Classes an evaluation set holds that the model does not know, with their image counts."""
-
 
 
 @dataclass
@@ -164,8 +163,9 @@ class ImageSet:
         return [provider_of(path) for path in self.paths]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
-        return ImageSet([self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)], self.classes,
-                        self.task)
+        return ImageSet(
+            [self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)], self.classes, self.task
+        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,6 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-
 
 
 def provider_of(path: Path) -> str:

@@ -31,7 +31,8 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, 
     y_pred = y_prob.argmax(axis=1)
     present = np.union1d(np.unique(y_true), np.unique(y_pred))
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=present, average="macro", zero_division=0)
+        y_true, y_pred, labels=present, average="macro", zero_division=0
+    )
     matrix = confusion(y_true, y_pred, n_classes)
     k = top_k(n_classes)
     ranked = np.argsort(-y_prob, axis=1)[:, :k]
@@ -52,5 +53,8 @@ def top_k(n_classes: int) -> int:
 
 def mean_std(values: list[float]) -> dict[str, object]:
     array = np.asarray(values, dtype=float)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-            "per_split": [float(v) for v in array]}
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        "per_split": [float(v) for v in array],
+    }

@@ -27,9 +27,21 @@ from ..core.tables import read_table
 from .folders import readable
 from .imageset import ImageSet, Split, Task
 
-ML_METRICS = ("exact_match", "hamming_loss", "micro_precision", "micro_recall", "micro_f1", "macro_precision",
-              "macro_recall", "macro_f1", "mean_average_precision", "coverage", "label_ranking_average_precision",
-              "ranking_loss", "ndcg")
+ML_METRICS = (
+    "exact_match",
+    "hamming_loss",
+    "micro_precision",
+    "micro_recall",
+    "micro_f1",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "mean_average_precision",
+    "coverage",
+    "label_ranking_average_precision",
+    "ranking_loss",
+    "ndcg",
+)
 
 
 def scan_labelled_folder(root: Path, labels: Path | None, classes: Sequence[str] | None, task: Task) -> ImageSet:
@@ -76,12 +88,15 @@ def check_multilabel_trainable(images: ImageSet, root: Path, folds: int) -> None
     counts = images.labels.sum(axis=0)
     worst = int(counts.argmin())
     if counts[worst] < folds:
-        raise DatasetError(f"label '{images.classes[worst]}' has {int(counts[worst])} images, fewer than the "
-                           f"{folds} folds; lower `folds` or add images")
+        raise DatasetError(
+            f"label '{images.classes[worst]}' has {int(counts[worst])} images, fewer than the "
+            f"{folds} folds; lower `folds` or add images"
+        )
 
 
-def iterative_folds(targets: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
-                    ) -> list[np.ndarray]:
+def iterative_folds(
+    targets: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+) -> list[np.ndarray]:
     """Iterative stratification (Sechidis et al., 2011): k folds that keep each label's frequency.
 
     Rarest labels are placed first, each unit into the fold that most lacks that label. With ``groups``
@@ -111,12 +126,15 @@ def iterative_folds(targets: np.ndarray, folds: int, seed: int, groups: Sequence
         for unit in rng.permutation(left[counts[left, label] > 0]):
             fold = _pick(wanted_labels[:, label], wanted_sizes, rng)
             _assign(unit, fold, fold_of, remaining, wanted_labels, wanted_sizes, counts, sizes)
-    return [np.sort(np.concatenate([members[u] for u in np.flatnonzero(fold_of == f)] or [np.array([], int)]))
-            for f in range(folds)]
+    return [
+        np.sort(np.concatenate([members[u] for u in np.flatnonzero(fold_of == f)] or [np.array([], int)]))
+        for f in range(folds)
+    ]
 
 
-def make_multilabel_splits(targets: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
-                           ) -> list[Split]:
+def make_multilabel_splits(
+    targets: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
+) -> list[Split]:
     """As ``folders.make_splits``, with iterative stratification so every part keeps each label's frequency."""
     outer = iterative_folds(targets, folds, seed, groups)
     splits = []
@@ -135,8 +153,16 @@ def _pick(primary: np.ndarray, secondary: np.ndarray, rng: np.random.Generator) 
     return int(rng.choice(best))
 
 
-def _assign(unit: int, fold: int, fold_of: np.ndarray, remaining: set[int], wanted_labels: np.ndarray,
-            wanted_sizes: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> None:
+def _assign(
+    unit: int,
+    fold: int,
+    fold_of: np.ndarray,
+    remaining: set[int],
+    wanted_labels: np.ndarray,
+    wanted_sizes: np.ndarray,
+    counts: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
     fold_of[unit] = fold
     remaining.discard(int(unit))
     wanted_labels[fold] -= counts[unit]
@@ -153,7 +179,8 @@ class MaskedBCEWithLogits(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         keep = targets[:, 0] >= 0
         return nn.functional.binary_cross_entropy_with_logits(
-            logits[keep].float(), targets[keep].float(), pos_weight=self.pos_weight)
+            logits[keep].float(), targets[keep].float(), pos_weight=self.pos_weight
+        )
 
 
 def positive_weights(targets: np.ndarray) -> torch.Tensor:
@@ -175,8 +202,7 @@ def tune_thresholds(truth: np.ndarray, probs: np.ndarray, default: float = 0.5) 
     return thresholds
 
 
-def multilabel_metrics(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | float = 0.5
-                       ) -> dict[str, float]:
+def multilabel_metrics(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
     truth = truth.astype(int)
     predicted = (probs >= np.asarray(thresholds)).astype(int)
     present = truth.sum(axis=0) > 0
@@ -197,11 +223,11 @@ def multilabel_metrics(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndar
         "macro_precision": float(precision_score(truth, predicted, average="macro", zero_division=0)),
         "macro_recall": float(recall_score(truth, predicted, average="macro", zero_division=0)),
         "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
-        "mean_average_precision": safe(average_precision_score, truth[:, present], probs[:, present],
-                                       average="macro"),
+        "mean_average_precision": safe(average_precision_score, truth[:, present], probs[:, present], average="macro"),
         "coverage": safe(coverage_error, truth[has_labels], probs[has_labels]),
-        "label_ranking_average_precision": safe(label_ranking_average_precision_score, truth[has_labels],
-                                                probs[has_labels]),
+        "label_ranking_average_precision": safe(
+            label_ranking_average_precision_score, truth[has_labels], probs[has_labels]
+        ),
         "ranking_loss": safe(label_ranking_loss, truth[has_labels], probs[has_labels]),
         "ndcg": safe(ndcg_score, truth[has_labels], probs[has_labels]),
     }

@@ -47,8 +47,7 @@ class SingleLabel(Task):
     def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
         check_trainable(images, root, folds)
 
-    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
-               ) -> list[Split]:
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None) -> list[Split]:
         return make_splits(labels, folds, seed, groups)
 
     def stratify(self, labels: np.ndarray) -> np.ndarray | None:
@@ -65,11 +64,11 @@ class SingleLabel(Task):
         # Inverse class frequency, scaled so that a balanced set gets weight 1 everywhere: N / (C * n_c).
         counts = np.bincount(train_labels, minlength=n).astype(np.float64)
         weights = np.where(counts > 0, len(train_labels) / (n * np.maximum(counts, 1)), 0.0)
-        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32) if weighted else None,
-                                   ignore_index=UNREADABLE)
+        return nn.CrossEntropyLoss(
+            weight=torch.tensor(weights, dtype=torch.float32) if weighted else None, ignore_index=UNREADABLE
+        )
 
-    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
-                ) -> dict[str, float]:
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
         return classification_metrics(truth, probs)
 
     def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
@@ -78,10 +77,14 @@ class SingleLabel(Task):
     def truth_text(self, truth: Any, classes: list[str]) -> str:
         return classes[int(truth)]
 
-    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
-                 ) -> dict[str, str]:
-        return {"truth": self.truth_text(truth, classes), "prediction": classes[int(probs.argmax())],
-                "confidence": f"{probs.max():.6f}"}
+    def describe(
+        self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+    ) -> dict[str, str]:
+        return {
+            "truth": self.truth_text(truth, classes),
+            "prediction": classes[int(probs.argmax())],
+            "confidence": f"{probs.max():.6f}",
+        }
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         z = np.asarray(logits, dtype=np.float64)
@@ -118,13 +121,17 @@ class SingleLabel(Task):
     def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         return confusion(truth, probs.argmax(axis=1), probs.shape[1])
 
-    def decision_thresholds(self, tuned: list[float] | None, override: float | None, n_classes: int
-                            ) -> np.ndarray | None:
+    def decision_thresholds(
+        self, tuned: list[float] | None, override: float | None, n_classes: int
+    ) -> np.ndarray | None:
         return None
 
     def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
-        return {d.name: len(list_images(d)) for d in sorted(root.iterdir())
-                if d.is_dir() and not d.name.startswith(".") and d.name not in classes}
+        return {
+            d.name: len(list_images(d))
+            for d in sorted(root.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and d.name not in classes
+        }
 
 
 class MultiLabel(Task):
@@ -141,8 +148,7 @@ class MultiLabel(Task):
     def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
         check_multilabel_trainable(images, root, folds)
 
-    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None
-               ) -> list[Split]:
+    def splits(self, labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None) -> list[Split]:
         return make_multilabel_splits(labels, folds, seed, groups)
 
     def stratify(self, labels: np.ndarray) -> np.ndarray | None:
@@ -158,8 +164,7 @@ class MultiLabel(Task):
         # Class weights as positive weights: negatives / positives of each label in the training part.
         return MaskedBCEWithLogits(positive_weights(train_labels) if weighted else None)
 
-    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None
-                ) -> dict[str, float]:
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
         return multilabel_metrics(truth, probs, 0.5 if thresholds is None else thresholds)
 
     def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
@@ -168,11 +173,14 @@ class MultiLabel(Task):
     def truth_text(self, truth: Any, classes: list[str]) -> str:
         return " ".join(c for c, t in zip(classes, truth, strict=True) if t > 0)
 
-    def describe(self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
-                 ) -> dict[str, str]:
+    def describe(
+        self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+    ) -> dict[str, str]:
         cuts = np.full(len(classes), 0.5) if thresholds is None else thresholds
-        return {"truth": self.truth_text(truth, classes),
-                "prediction": " ".join(c for c, p, t in zip(classes, probs, cuts, strict=True) if p >= t)}
+        return {
+            "truth": self.truth_text(truth, classes),
+            "prediction": " ".join(c for c, p, t in zip(classes, probs, cuts, strict=True) if p >= t),
+        }
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
         return expit(np.asarray(logits, dtype=np.float64))
@@ -209,8 +217,9 @@ class MultiLabel(Task):
     def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         return None  # several labels an image: no one answer to set against another
 
-    def decision_thresholds(self, tuned: list[float] | None, override: float | None, n_classes: int
-                            ) -> np.ndarray | None:
+    def decision_thresholds(
+        self, tuned: list[float] | None, override: float | None, n_classes: int
+    ) -> np.ndarray | None:
         if override is not None:
             return np.full(n_classes, override)
         return np.asarray(tuned or [0.5] * n_classes)

@@ -73,8 +73,10 @@ class Quota:
         return 0.0
 
     def describe(self) -> str:
-        return f"{self.limit} requests per {duration(self.window)} ({self.remaining} left, resets in " \
-               f"{duration(self.reset_in())})"
+        return (
+            f"{self.limit} requests per {duration(self.window)} ({self.remaining} left, resets in "
+            f"{duration(self.reset_in())})"
+        )
 
 
 def _params(value: str | None) -> dict[str, float]:

@@ -103,11 +103,17 @@ def build_catalogue(
         if variant_every and fault is None and serial % variant_every == variant_every // 2:
             variant = VARIANTS[variants_made % len(VARIANTS)]
             variants_made += 1
-        records.append(SandboxRecord(
-            serial=serial, id=f"/{dataset}/{prefix}_{'_'.join(labels)}_{level}_{j:05d}",
-            labels=labels, level=level, has_url=not (no_url_every and serial % no_url_every == 5),
-            fault=fault, variant=variant,
-        ))
+        records.append(
+            SandboxRecord(
+                serial=serial,
+                id=f"/{dataset}/{prefix}_{'_'.join(labels)}_{level}_{j:05d}",
+                labels=labels,
+                level=level,
+                has_url=not (no_url_every and serial % no_url_every == 5),
+                fault=fault,
+                variant=variant,
+            )
+        )
 
     for k, name in enumerate(names):
         for level in REUSABILITY_LEVELS:
@@ -120,8 +126,11 @@ def build_catalogue(
                 for j in range(triples_per_concept):
                     add((name, names[(k + 1) % len(names)], names[(k + 2) % len(names)]), level, j, "triple")
             # A text record under the concept: TYPE:IMAGE must filter it out.
-            records.append(SandboxRecord(serial=len(records), id=f"/8999/text_{name}_{level}",
-                                         labels=(name,), level=level, type="TEXT"))
+            records.append(
+                SandboxRecord(
+                    serial=len(records), id=f"/8999/text_{name}_{level}", labels=(name,), level=level, type="TEXT"
+                )
+            )
     return records
 
 
@@ -138,8 +147,9 @@ def class_style(index: int, count: int) -> tuple[tuple[int, int, int], float, fl
     return rgb, angle, period  # type: ignore[return-value]
 
 
-def draw_image(class_indices: tuple[int, ...], count: int, seed: int,
-               size: tuple[int, int] = (320, 240)) -> Image.Image:
+def draw_image(
+    class_indices: tuple[int, ...], count: int, seed: int, size: tuple[int, int] = (320, 240)
+) -> Image.Image:
     """An RGB image whose colour and stripes say its class(es); noise and jitter make each unique."""
     rng = np.random.default_rng(seed)
     width, height = size
@@ -219,8 +229,13 @@ class Sandbox:
     ) -> None:
         self.vocab = load_vocabulary(vocab)  # a dict or a JSON file, as HarvestConfig takes it
         self.catalogue = build_catalogue(
-            self.vocab, per_level, shared_per_concept=shared_per_concept, triples_per_concept=triples_per_concept,
-            no_url_every=no_url_every, bad_every=bad_every, variant_every=variant_every,
+            self.vocab,
+            per_level,
+            shared_per_concept=shared_per_concept,
+            triples_per_concept=triples_per_concept,
+            no_url_every=no_url_every,
+            bad_every=bad_every,
+            variant_every=variant_every,
         )
         self.api_keys = set(api_keys)
         self.fail_every = fail_every
@@ -267,8 +282,7 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         # stop() waits up to one poll interval for the loop to notice; the default half second adds up.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -333,7 +347,8 @@ class Sandbox:
     def item(self, record: SandboxRecord, key: str) -> dict[str, Any]:
         url = self.image_url(record)
         item: dict[str, Any] = {
-            "id": record.id, "type": record.type,
+            "id": record.id,
+            "type": record.type,
             "guid": f"https://www.europeana.eu/item{record.id}?utm_source=api&utm_medium=api&utm_campaign={key}",
             "link": f"{self.base_url}/record/v2{record.id}.json",
             "title": [self.item_title(record)],
@@ -342,9 +357,12 @@ class Sandbox:
             "edmPreview": [f"{self.base_url}/thumbnail/v2/url.json?uri={quote(url, safe='')}&type=IMAGE"],
             "rights": [RIGHTS[record.level]],
             "dataProvider": [f"Sandbox Museum {record.id.split('/')[1]}"],
-            "provider": ["Sandbox Aggregator"], "country": ["Europe"],
+            "provider": ["Sandbox Aggregator"],
+            "country": ["Europe"],
             "edmDatasetName": [f"{record.id.split('/')[1]}_Sandbox"],
-            "score": 1.0, "completeness": 5, "index": record.serial,
+            "score": 1.0,
+            "completeness": 5,
+            "index": record.serial,
         }
         if record.has_url:
             item["edmIsShownBy"] = [url]
@@ -357,8 +375,9 @@ class Sandbox:
         """The serial of the record whose media URL has this MD5 (v3 names thumbnails so)."""
         with self._lock:
             if self._by_digest is None:
-                self._by_digest = {hashlib.md5(self.image_url(r).encode()).hexdigest(): r.serial
-                                   for r in self.catalogue if r.has_url}
+                self._by_digest = {
+                    hashlib.md5(self.image_url(r).encode()).hexdigest(): r.serial for r in self.catalogue if r.has_url
+                }
             return self._by_digest.get(digest.lower())
 
     def spend_quota(self) -> tuple[bool, dict[str, str]]:
@@ -374,8 +393,10 @@ class Sandbox:
             self.quota_refusals += not allowed
             left = max(0, self.quota - self._window_used)
             reset = max(0.0, self.quota_window - (now - self._window_start))
-        headers = {"RateLimit-Policy": f'"personal";q={self.quota};w={self.quota_window:g}',
-                   "RateLimit": f'"personal";r={left};t={math.ceil(reset)}'}
+        headers = {
+            "RateLimit-Policy": f'"personal";q={self.quota};w={self.quota_window:g}',
+            "RateLimit": f'"personal";r={left};t={math.ceil(reset)}',
+        }
         return allowed, headers
 
     def busy_image_host(self, serial: int) -> bool:
@@ -411,8 +432,11 @@ class Sandbox:
             n = self._search_count
         if self.fail_every and n % self.fail_every == 0:
             status = 429 if (n // self.fail_every) % 2 else 503
-            return status, _error("Too many requests" if status == 429 else "Service unavailable",
-                                  code=f"{status}"), {"Retry-After": "0"}
+            return (
+                status,
+                _error("Too many requests" if status == 429 else "Service unavailable", code=f"{status}"),
+                {"Retry-After": "0"},
+            )
         query = (params.get("query") or [None])[0]
         if query is None:
             return 400, _error("Required parameter 'query' missing"), {}
@@ -430,17 +454,32 @@ class Sandbox:
         if cursor is not None and cursor != "*":
             offset = _decode_cursor(cursor)
             if offset is None:
-                return 400, _error("Invalid cursor value. Please make sure you encode the cursor value",
-                                   code="400-SC"), {}
+                return (
+                    400,
+                    _error("Invalid cursor value. Please make sure you encode the cursor value", code="400-SC"),
+                    {},
+                )
         if cursor is None and offset + rows > 1000:
-            return 400, _error("It is not possible to paginate beyond the first 1000 search results. "
-                               "Please use cursor-based pagination instead", code="400-SL"), {}
+            return (
+                400,
+                _error(
+                    "It is not possible to paginate beyond the first 1000 search results. "
+                    "Please use cursor-based pagination instead",
+                    code="400-SL",
+                ),
+                {},
+            )
         hits = self._matching(query, params)
         hits = _sorted(hits, (params.get("sort") or [""])[0])
-        page = hits[offset: offset + rows]
-        body: dict[str, Any] = {"apikey": key, "success": True, "requestNumber": 999,
-                                "itemsCount": len(page), "totalResults": len(hits),
-                                "items": [self.item(r, key) for r in page]}
+        page = hits[offset : offset + rows]
+        body: dict[str, Any] = {
+            "apikey": key,
+            "success": True,
+            "requestNumber": 999,
+            "itemsCount": len(page),
+            "totalResults": len(hits),
+            "items": [self.item(r, key) for r in page],
+        }
         if cursor is not None and page:
             body["nextCursor"] = _encode_cursor(offset + len(page))
         return 200, body, {}
@@ -451,12 +490,17 @@ class Sandbox:
         types = [t for f in filters for t in re.findall(r"\bTYPE:(\w+)", f)]
         free_text = re.sub(r'[\w_]+:"[^"]*"|"[^"]*"|\bTYPE:\w+|\bAND\b|\*(:\*)?', " ", query)
         words = [w.lower() for w in free_text.split()]
-        levels = {w for value in params.get("reusability", [])
-                  for w in re.split(r"[,\s+]+", value.lower()) if w in REUSABILITY_LEVELS}
+        levels = {
+            w
+            for value in params.get("reusability", [])
+            for w in re.split(r"[,\s+]+", value.lower())
+            if w in REUSABILITY_LEVELS
+        }
         by_uri = {uri: name for name, uri in self.vocab.items()}
         wanted = {by_uri.get(u, u) for u in uris}
         return [
-            r for r in self.catalogue
+            r
+            for r in self.catalogue
             if wanted <= set(r.labels)
             and all(r.type == t for t in types)
             and (not levels or r.level in levels)
@@ -552,8 +596,12 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             time.sleep(sandbox.search_latency)
             allowed, quota_headers = sandbox.spend_quota()
             if not allowed:
-                body = {"success": False, "error": "Too many requests",
-                        "message": "usage limit reached for this API key", "code": "429_limit_personal"}
+                body = {
+                    "success": False,
+                    "error": "Too many requests",
+                    "message": "usage limit reached for this API key",
+                    "code": "429_limit_personal",
+                }
                 return self._json(429, body, quota_headers)
             status, body, headers = sandbox.search(params, key)
             self._json(status, body, {**headers, **quota_headers})
@@ -570,8 +618,7 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             self._send(200, *sandbox.image_bytes(serial, max_side=size))
 
         def _thumbnail_v3(self, parts: list[str]) -> None:
-            if len(parts) != 2 or parts[0] not in ("200", "400") or not re.fullmatch(r"[0-9a-fA-F]{8,128}",
-                                                                                       parts[1]):
+            if len(parts) != 2 or parts[0] not in ("200", "400") or not re.fullmatch(r"[0-9a-fA-F]{8,128}", parts[1]):
                 return self._json(400, _error("Invalid size or id. Supported sizes are 200 and 400"), {})
             serial = sandbox.thumbnail(parts[1])
             if serial is None or not sandbox.has_thumbnail(serial):
@@ -617,8 +664,7 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
         def _json(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
             self._send(status, json.dumps(body).encode(), "application/json;charset=UTF-8", headers)
 
-        def _send(self, status: int, data: bytes, content_type: str,
-                  headers: dict[str, str] | None = None) -> None:
+        def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))

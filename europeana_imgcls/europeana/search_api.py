@@ -85,10 +85,14 @@ class SearchClient:
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout("the answer took longer than the timeout", request=response.request)
             # The body is decoded already: the copy must not say gzip, or it would be decoded twice.
-            headers = [(k, v) for k, v in response.headers.multi_items()
-                       if k.lower() not in ("content-encoding", "content-length")]
-            return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
-                                  request=response.request)
+            headers = [
+                (k, v)
+                for k, v in response.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length")
+            ]
+            return httpx.Response(
+                response.status_code, headers=headers, content=b"".join(chunks), request=response.request
+            )
 
     def expect(self, requests: int) -> None:
         """The caller still needs about ``requests`` requests: pace them to the quota (0 or less: unknown)."""
@@ -104,13 +108,23 @@ class SearchClient:
             try:
                 response = self._get(list(params))
             except httpx.TimeoutException:
-                retry = self._failed(retry, None, "timed out", f"the Search API at {self.api_url} did not answer in "
-                                     "time after {n} attempts; try later or raise `timeout`")
+                retry = self._failed(
+                    retry,
+                    None,
+                    "timed out",
+                    f"the Search API at {self.api_url} did not answer in "
+                    "time after {n} attempts; try later or raise `timeout`",
+                )
                 continue
             except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
                 kind = type(exc).__name__
-                retry = self._failed(retry, None, f"unreachable ({kind})", f"cannot reach the Search API at "
-                                     f"{self.api_url} ({kind}) after {{n}} attempts; check `api_url` and the network")
+                retry = self._failed(
+                    retry,
+                    None,
+                    f"unreachable ({kind})",
+                    f"cannot reach the Search API at "
+                    f"{self.api_url} ({kind}) after {{n}} attempts; check `api_url` and the network",
+                )
                 continue
             self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
             announced = Quota.from_headers(response.headers)
@@ -121,9 +135,13 @@ class SearchClient:
                 quota_waits += 1
                 continue
             if response.status_code == 429 or response.status_code >= 500:
-                retry = self._failed(retry, response.headers.get("Retry-After"), f"answered {response.status_code}",
-                                     f"the Search API answered {response.status_code} {_reason(response)} after "
-                                     "{n} attempts; try again later")
+                retry = self._failed(
+                    retry,
+                    response.headers.get("Retry-After"),
+                    f"answered {response.status_code}",
+                    f"the Search API answered {response.status_code} {_reason(response)} after "
+                    "{n} attempts; try again later",
+                )
                 continue
             return _parse(response)
 
@@ -135,8 +153,9 @@ class SearchClient:
             raise ApiError(final.replace("{n}", str(retry.attempts)))
         wait = retry.wait(asked)
         # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
-        log.warning("Search API %s; retry %d of %d in %.1f s", why or "did not answer", retry.failures, self.retries,
-                    wait)
+        log.warning(
+            "Search API %s; retry %d of %d in %.1f s", why or "did not answer", retry.failures, self.retries, wait
+        )
         time.sleep(wait)
         return retry
 
@@ -152,15 +171,24 @@ class SearchClient:
                 f"about {needed} more requests are needed and the API key allows {quota.describe()}: that is "
                 f"about {duration(waiting)} of waiting, more than `max_quota_wait` ({duration(self.max_quota_wait)}); "
                 "raise `max_quota_wait`, use a project key, or ask for fewer records (`n`); what was harvested is "
-                "kept, and `resume` carries on")
+                "kept, and `resume` carries on"
+            )
         pause = quota.pause_before_next(needed)
         if pause > 0 and (quota.remaining <= 0 or not self._paced):
             self._paced = True
             finish = datetime.datetime.now() + datetime.timedelta(seconds=waiting + needed * self._latency)
-            what = (f"quota spent: waiting {duration(pause)} for it to reset" if quota.remaining <= 0 else
-                    f"pacing to one request every {pause:.1f} s")
-            log.info("API key: %s; %s; about %d requests to go, expected to finish around %s", quota.describe(),
-                     what, needed, finish.strftime("%H:%M"))
+            what = (
+                f"quota spent: waiting {duration(pause)} for it to reset"
+                if quota.remaining <= 0
+                else f"pacing to one request every {pause:.1f} s"
+            )
+            log.info(
+                "API key: %s; %s; about %d requests to go, expected to finish around %s",
+                quota.describe(),
+                what,
+                needed,
+                finish.strftime("%H:%M"),
+            )
         if pause > 0:
             time.sleep(pause)
         if quota.remaining <= 0:
@@ -202,16 +230,17 @@ def _parse(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         body = None
     if response.status_code == 401:
-        raise ApiError(f"the Search API rejected the API key (401 {_reason(response, body)}); "
-                       "set a valid key with `api_key` or EUROPEANA_API_KEY")
+        raise ApiError(
+            f"the Search API rejected the API key (401 {_reason(response, body)}); "
+            "set a valid key with `api_key` or EUROPEANA_API_KEY"
+        )
     if response.status_code == 400:
         raise ApiError(f"the Search API refused the query (400 {_reason(response, body)})")
     if response.status_code != 200:
         raise ApiError(f"the Search API answered {response.status_code} {_reason(response, body)}")
     if not isinstance(body, dict):
         kind = response.headers.get("content-type", "unknown content")
-        raise ApiError(f"the Search API answered something that is not a JSON object ({kind}); "
-                       "check `api_url`")
+        raise ApiError(f"the Search API answered something that is not a JSON object ({kind}); check `api_url`")
     if body.get("success") is False:
         raise ApiError(f"the Search API reported a failure: {_reason(response, body)}")
     return body

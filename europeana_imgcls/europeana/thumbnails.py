@@ -16,13 +16,15 @@ import hashlib
 SIZES = (200, 400)
 # src/main/resources/images/EU_thumbnails_{image,sound,video,text,3d}.png: 293 x 293 palette PNGs of
 # 2,319, 2,484, 1,932, 2,180 and 3,012 bytes. The image icon ships in data/ for the sandbox (EUPL-1.2).
-PLACEHOLDER_SHA256 = frozenset({
-    "9b81b5fee241cee7aba478d1cd20715c1ae2601bcfca8c09e327731dfddf9bf5",  # IMAGE (and unknown types)
-    "6b51e5cddf05e0bac0825a3ca19711057b13b628d9006d2599681e7f361cc369",  # SOUND
-    "b06d7fd39556f96ec94048f5964efa7d097b1bea72dd5d247a59e5f17825b1e2",  # VIDEO
-    "71de9d34f79e47a6d32b9ffe2931ea8d3584ed4c0f5bcb3686a5653564e1827a",  # TEXT
-    "61aee4627b657c58cbd63da3caf3df8bac5b1fabbc067ceeeeb3bb1d02b55e28",  # 3D
-})
+PLACEHOLDER_SHA256 = frozenset(
+    {
+        "9b81b5fee241cee7aba478d1cd20715c1ae2601bcfca8c09e327731dfddf9bf5",  # IMAGE (and unknown types)
+        "6b51e5cddf05e0bac0825a3ca19711057b13b628d9006d2599681e7f361cc369",  # SOUND
+        "b06d7fd39556f96ec94048f5964efa7d097b1bea72dd5d247a59e5f17825b1e2",  # VIDEO
+        "71de9d34f79e47a6d32b9ffe2931ea8d3584ed4c0f5bcb3686a5653564e1827a",  # TEXT
+        "61aee4627b657c58cbd63da3caf3df8bac5b1fabbc067ceeeeb3bb1d02b55e28",  # 3D
+    }
+)
 _LARGEST_PLACEHOLDER = 3012
 
 

@@ -80,8 +80,9 @@ def fit_temperature(task: Task, logits: np.ndarray, truth: np.ndarray) -> float:
     if len(truth) == 0:
         return 1.0
     logits = np.asarray(logits, dtype=np.float64)
-    result = minimize_scalar(lambda log_t: task.nll(task.from_logits(logits / math.exp(log_t)), truth),
-                             bounds=(-3.0, 3.0), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: task.nll(task.from_logits(logits / math.exp(log_t)), truth), bounds=(-3.0, 3.0), method="bounded"
+    )
     return float(math.exp(result.x))
 
 
@@ -92,16 +93,18 @@ def expected_calibration_error(task: Task, probs: np.ndarray, truth: np.ndarray,
     return float(gap / sum(counts)) if counts else 0.0
 
 
-def choose_thresholds(task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str],
-                      target: float) -> list[ClassCalibration]:
+def choose_thresholds(
+    task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str], target: float
+) -> list[ClassCalibration]:
     """Per class, the lowest threshold at which the precision of the images it labels reaches ``target``."""
     support = task.support(truth, len(classes))
-    return [_class_threshold(name, *task.candidates(probs, truth, c), int(support[c]), target)
-            for c, name in enumerate(classes)]
+    return [
+        _class_threshold(name, *task.candidates(probs, truth, c), int(support[c]), target)
+        for c, name in enumerate(classes)
+    ]
 
 
-def _class_threshold(name: str, scores: np.ndarray, right: np.ndarray, support: int,
-                     target: float) -> ClassCalibration:
+def _class_threshold(name: str, scores: np.ndarray, right: np.ndarray, support: int, target: float) -> ClassCalibration:
     order = np.argsort(-scores, kind="stable")
     scores, right = scores[order], right[order]
     hits = np.cumsum(right)
@@ -113,12 +116,19 @@ def _class_threshold(name: str, scores: np.ndarray, right: np.ndarray, support: 
     if not len(ok):
         return ClassCalibration(name, None, None, 0.0, support, 0)
     k = int(ok[-1])
-    return ClassCalibration(name, float(scores[k]), float(precision[k]), float(hits[k] / support) if support else 0.0,
-                            support, int(labelled[k]))
+    return ClassCalibration(
+        name,
+        float(scores[k]),
+        float(precision[k]),
+        float(hits[k] / support) if support else 0.0,
+        support,
+        int(labelled[k]),
+    )
 
 
-def score_thresholds(task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str],
-                     thresholds: np.ndarray) -> list[dict[str, Any]]:
+def score_thresholds(
+    task: Task, probs: np.ndarray, truth: np.ndarray, classes: list[str], thresholds: np.ndarray
+) -> list[dict[str, Any]]:
     """Precision and coverage per class of the labels ``thresholds`` emit on a labelled set."""
     support = task.support(truth, len(classes))
     rows = []
@@ -126,10 +136,16 @@ def score_thresholds(task: Task, probs: np.ndarray, truth: np.ndarray, classes: 
         scores, right = task.candidates(probs, truth, c)
         chosen = scores >= thresholds[c]
         labelled, hits = int(chosen.sum()), int(right[chosen].sum())
-        rows.append({"class": name, "threshold": None if math.isinf(thresholds[c]) else float(thresholds[c]),
-                     "support": int(support[c]), "labelled": labelled,
-                     "precision": hits / labelled if labelled else None,
-                     "coverage": hits / support[c] if support[c] else 0.0})
+        rows.append(
+            {
+                "class": name,
+                "threshold": None if math.isinf(thresholds[c]) else float(thresholds[c]),
+                "support": int(support[c]),
+                "labelled": labelled,
+                "precision": hits / labelled if labelled else None,
+                "coverage": hits / support[c] if support[c] else 0.0,
+            }
+        )
     return rows
 
 
@@ -153,14 +169,16 @@ def out_of_fold(run: Path) -> OutOfFold:
     """Every test fold's predictions of a cross-validated run, with each split's temperature applied."""
     splits = RunFolder(run).finished_splits()
     if not splits:
-        raise CalibrationError(f"{run}: no finished split (split_*/metrics.json); calibration needs a run "
-                               "trained by eic train")
+        raise CalibrationError(
+            f"{run}: no finished split (split_*/metrics.json); calibration needs a run trained by eic train"
+        )
     config = splits[0].read_config()
     if not config.get("crossvalidation", True) or len(splits) < int(config.get("folds", len(splits))):
         raise CalibrationError(
             f"{run} has out-of-fold predictions for {len(splits)} of {config.get('folds')} folds (trained with "
             "`crossvalidation` off, or unfinished): calibration needs every image in a test fold; train with "
-            "cross-validation (the default), or finish the run with eic train `resume`")
+            "cross-validation (the default), or finish the run with eic train `resume`"
+        )
     task = task_for(config.get("mode"))
     classes = splits[0].read_classes()
     truths, raws, calibrated, temperatures, images, folds = [], [], [], {}, [], []
@@ -173,8 +191,16 @@ def out_of_fold(run: Path) -> OutOfFold:
         calibrated.append(task.from_logits(logits / temperature))
         images += paths
         folds += [split.index] * len(paths)
-    return OutOfFold(task, classes, np.concatenate(truths), np.concatenate(raws), np.concatenate(calibrated),
-                     temperatures, images, folds)
+    return OutOfFold(
+        task,
+        classes,
+        np.concatenate(truths),
+        np.concatenate(raws),
+        np.concatenate(calibrated),
+        temperatures,
+        images,
+        folds,
+    )
 
 
 def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -182,8 +208,9 @@ def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if not row.get("logits"):
-                raise CalibrationError(f"{path} has no logits column (the run was trained by an older eic): "
-                                       "train it again to calibrate it")
+                raise CalibrationError(
+                    f"{path} has no logits column (the run was trained by an older eic): train it again to calibrate it"
+                )
             values = json.loads(row["logits"])
             probs.append([values[c] for c in classes])
             truths.append(task.truth_of(row["truth"], classes))
@@ -196,12 +223,16 @@ def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> 
     check_precision(precision)
     oof = out_of_fold(run)
     calibration = Calibration(
-        mode=oof.task.name, classes=oof.classes, precision_target=precision,
-        source=f"out-of-fold predictions of {len(oof.temperatures)} splits", images=len(oof.truth),
+        mode=oof.task.name,
+        classes=oof.classes,
+        precision_target=precision,
+        source=f"out-of-fold predictions of {len(oof.temperatures)} splits",
+        images=len(oof.truth),
         temperatures=oof.temperatures,
         ece_before=expected_calibration_error(oof.task, oof.raw, oof.truth),
         ece_after=expected_calibration_error(oof.task, oof.calibrated, oof.truth),
-        per_class=choose_thresholds(oof.task, oof.calibrated, oof.truth, oof.classes, precision))
+        per_class=choose_thresholds(oof.task, oof.calibrated, oof.truth, oof.classes, precision),
+    )
     if write:
         write_json(RunFolder(run).calibration, calibration.to_dict())
         reliability_diagram(RunFolder(run).reliability, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
@@ -230,8 +261,9 @@ def check_precision(precision: float) -> None:
         raise CalibrationError(f"precision must be in (0, 1], got {precision}")
 
 
-def reliability_diagram(path: Path, task: Task, raw: np.ndarray, calibrated: np.ndarray, truth: np.ndarray,
-                        calibration: Calibration) -> None:
+def reliability_diagram(
+    path: Path, task: Task, raw: np.ndarray, calibrated: np.ndarray, truth: np.ndarray, calibration: Calibration
+) -> None:
     """Share correct against stated confidence per bin, before and after temperature scaling; a marker's
     area and the lower panel show how many images a bin holds (a bin of three says little)."""
     from matplotlib.figure import Figure
@@ -240,24 +272,37 @@ def reliability_diagram(path: Path, task: Task, raw: np.ndarray, calibrated: np.
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     edges = np.linspace(0, 1, BINS + 1)
-    for probs, label, ece, colour in ((raw, "as trained", calibration.ece_before, "tab:blue"),
-                                      (calibrated, "temperature-scaled", calibration.ece_after, "tab:orange")):
+    for probs, label, ece, colour in (
+        (raw, "as trained", calibration.ece_before, "tab:blue"),
+        (calibrated, "temperature-scaled", calibration.ece_after, "tab:orange"),
+    ):
         centres, accuracy, counts = _bins(task, probs, truth)
         top.plot(centres, accuracy, color=colour, linewidth=1, alpha=0.7)
-        top.scatter(centres, accuracy, s=[12 + 200 * c / max(counts) for c in counts], color=colour,
-                    label=f"{label} (ECE {ece:.3f})", zorder=3)
+        top.scatter(
+            centres,
+            accuracy,
+            s=[12 + 200 * c / max(counts) for c in counts],
+            color=colour,
+            label=f"{label} (ECE {ece:.3f})",
+            zorder=3,
+        )
         confidence, _ = task.confidence_and_correct(probs, truth)
         bottom.hist(confidence, bins=edges, color=colour, alpha=0.5)
-    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="share correct",
-            title=f"reliability, {calibration.images} out-of-fold images")
+    top.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        ylabel="share correct",
+        title=f"reliability, {calibration.images} out-of-fold images",
+    )
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="stated confidence", ylabel="images", yscale="log")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
-def _bins(task: Task, probs: np.ndarray, truth: np.ndarray, bins: int = BINS
-          ) -> tuple[list[float], list[float], list[int]]:
+def _bins(
+    task: Task, probs: np.ndarray, truth: np.ndarray, bins: int = BINS
+) -> tuple[list[float], list[float], list[int]]:
     """Per non-empty equal-width confidence bin: the mean stated confidence, the share correct, the count."""
     confidence, correct = task.confidence_and_correct(probs, truth)
     which = np.minimum((confidence * bins).astype(int), bins - 1)

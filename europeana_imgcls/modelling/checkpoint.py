@@ -42,19 +42,23 @@ def save_backbone(path: Path, model: nn.Module, arch: str) -> str:
     if path.is_file() and path.read_bytes() == data:
         return file_sha256(path)  # a resumed run: the same backbone, kept as it is
     if path.is_file():
-        raise ModelError(f"{path} holds another backbone than this run's settings build (another `weights` "
-                         "file?): resume with the settings the run was started with, or choose another output_dir")
+        raise ModelError(
+            f"{path} holds another backbone than this run's settings build (another `weights` "
+            "file?): resume with the settings the run was started with, or choose another output_dir"
+        )
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return file_sha256(path)
 
 
-def save_head_checkpoint(path: Path, model: nn.Module, backbone: Path, backbone_sha256: str,
-                         meta: CheckpointMeta) -> None:
+def save_head_checkpoint(
+    path: Path, model: nn.Module, backbone: Path, backbone_sha256: str, meta: CheckpointMeta
+) -> None:
     """A split model of a frozen-backbone run: its head's weights and a checked reference to the backbone."""
     head = head_name(model, meta.arch) + "."
-    meta = meta.model_copy(update={"backbone": os.path.relpath(backbone, path.parent),
-                                   "backbone_sha256": backbone_sha256})
+    meta = meta.model_copy(
+        update={"backbone": os.path.relpath(backbone, path.parent), "backbone_sha256": backbone_sha256}
+    )
     _save(path, meta, {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith(head)})
 
 
@@ -106,8 +110,9 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     model = build_model(arch, classes, weights="none")
     if meta.head == "knn":
         bank = checkpoint.weights[head_name(model, arch) + ".bank"]
-        set_head(model, arch, KnnHead(bank.shape[0], bank.shape[1], classes, int(meta.neighbours or 1),
-                                      meta.multilabel))
+        set_head(
+            model, arch, KnnHead(bank.shape[0], bank.shape[1], classes, int(meta.neighbours or 1), meta.multilabel)
+        )
     try:
         model.load_state_dict(checkpoint.weights)
     except RuntimeError as exc:

@@ -70,16 +70,31 @@ def feature_model(arch: str, weights: str) -> nn.Module:
 
 
 @torch.inference_mode()
-def batches(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std: Any, device: torch.device, *,
-            batch_size: int = 64, num_workers: int | None = None, amp: bool = True
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def batches(
+    model: nn.Module,
+    images: ImageSet,
+    input_size: int,
+    mean: Any,
+    std: Any,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    amp: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per batch, in order: the positions in ``images``, their embeddings (float32) and whether each could be
     decoded. One loader for all the images, so its workers start once and its prefetching never drains."""
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(ImageDataset(images, input_size), batch_size=batch_size, shuffle=False,
-                         num_workers=default_workers(device, num_workers), seed=0, pin_memory=device.type == "cuda")
+    loader = make_loader(
+        ImageDataset(images, input_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=default_workers(device, num_workers),
+        seed=0,
+        pin_memory=device.type == "cuda",
+    )
     dtype = autocast_dtype(device, amp)
     to_model = ModelInput(mean, std, device)
     for inputs, labels, index in loader:
@@ -88,11 +103,22 @@ def batches(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std:
         yield index.numpy(), vectors, np.asarray(images.task.readable(labels))
 
 
-def compute(model: nn.Module, images: ImageSet, input_size: int, mean: Any, std: Any, device: torch.device, *,
-            batch_size: int = 64, num_workers: int | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def compute(
+    model: nn.Module,
+    images: ImageSet,
+    input_size: int,
+    mean: Any,
+    std: Any,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    amp: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
-    parts = list(batches(model, images, input_size, mean, std, device, batch_size=batch_size,
-                         num_workers=num_workers, amp=amp))
+    parts = list(
+        batches(model, images, input_size, mean, std, device, batch_size=batch_size, num_workers=num_workers, amp=amp)
+    )
     return _joined(parts)
 
 
@@ -112,31 +138,51 @@ def embed(config: EmbedConfig) -> EmbedReport:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
     meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode)
     shard = config.shard_spec
-    journal = Journal(config.output.with_name(config.output.name + ".journal"),
-                      what=f"the embeddings into {config.output}", shard=shard,
-                      settings={**config.resume_settings(), "classes": images.classes},
-                      hint="resume with the settings it was started with, or delete that journal folder")
+    journal = Journal(
+        config.output.with_name(config.output.name + ".journal"),
+        what=f"the embeddings into {config.output}",
+        shard=shard,
+        settings={**config.resume_settings(), "classes": images.classes},
+        hint="resume with the settings it was started with, or delete that journal folder",
+    )
     report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
     if not config.resume and config.output.exists():
-        raise DatasetError(f"{config.output} already exists: pass `resume` to add this folder's new images to it, "
-                           "or choose another `output`")
+        raise DatasetError(
+            f"{config.output} already exists: pass `resume` to add this folder's new images to it, "
+            "or choose another `output`"
+        )
     with journal.open(config.resume):
         done = _previous(config, journal)
         # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What
         # is done is known by where a path points, not by how it was typed (`data` one day, `/mnt/data` the next).
         keys = [str(p.resolve()) for p in images.paths]
         report.already_done = sum(key in done for key in keys)
-        todo = [i for i, (p, key) in enumerate(zip(images.paths, keys, strict=True))
-                if key not in done and (shard is None or shard.owns(p.name))]
+        todo = [
+            i
+            for i, (p, key) in enumerate(zip(images.paths, keys, strict=True))
+            if key not in done and (shard is None or shard.owns(p.name))
+        ]
         device = resolve_device(config.device)
         model = feature_model(config.arch, config.weights)
         started = time.perf_counter()
         wanted = images.subset(todo)
         with progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s") as bar:
             task = bar.add_task("embed", total=len(todo), rate=0.0)
-            for index, vectors, readable in (batches(model, wanted, config.input_size, arch.mean, arch.std, device,
-                                                     batch_size=config.batch_size, num_workers=config.num_workers,
-                                                     amp=config.amp) if todo else ()):
+            for index, vectors, readable in (
+                batches(
+                    model,
+                    wanted,
+                    config.input_size,
+                    arch.mean,
+                    arch.std,
+                    device,
+                    batch_size=config.batch_size,
+                    num_workers=config.num_workers,
+                    amp=config.amp,
+                )
+                if todo
+                else ()
+            ):
                 _journal_batch(journal, wanted, index, vectors, readable, report)
                 elapsed = time.perf_counter() - started
                 bar.update(task, advance=len(index), rate=report.embedded / elapsed if elapsed else 0.0)
@@ -148,9 +194,10 @@ def embed(config: EmbedConfig) -> EmbedReport:
         report.dim = int(table["embedding"].list.len().first() if table.height else 0)
         with atomic_path(config.output) as tmp:
             table.write_parquet(tmp)
-        write_json(sidecar(config.output, "embedding"), {**meta, "dim": report.dim,
-                                                          "data_dir": str(config.data_dir.resolve()),
-                                                          "config": public_dict(config)})
+        write_json(
+            sidecar(config.output, "embedding"),
+            {**meta, "dim": report.dim, "data_dir": str(config.data_dir.resolve()), "config": public_dict(config)},
+        )
         journal.remove_parts()
     return report
 
@@ -166,8 +213,14 @@ def _previous(config: EmbedConfig, journal: Journal) -> KeySet:
     return journal.done()
 
 
-def _journal_batch(journal: Journal, images: ImageSet, index: np.ndarray, vectors: np.ndarray,
-                   readable: np.ndarray, report: EmbedReport) -> None:
+def _journal_batch(
+    journal: Journal,
+    images: ImageSet,
+    index: np.ndarray,
+    vectors: np.ndarray,
+    readable: np.ndarray,
+    report: EmbedReport,
+) -> None:
     """One batch's vectors into the journal, an image a record (an unreadable one is counted, not kept)."""
     for i, vector, ok in zip(index.tolist(), vectors, readable, strict=True):
         if not ok:
@@ -180,8 +233,10 @@ def _journal_batch(journal: Journal, images: ImageSet, index: np.ndarray, vector
 
 def _record(row: dict[str, Any], vector: np.ndarray) -> dict[str, Any]:
     """A journal record: the row's text and its vector as base64 of little-endian float32 (exact, compact)."""
-    return {**{c: row.get(c) for c in TEXT_COLUMNS},
-            "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")}
+    return {
+        **{c: row.get(c) for c in TEXT_COLUMNS},
+        "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii"),
+    }
 
 
 def _merged(journal: Journal) -> pl.DataFrame:
@@ -193,12 +248,20 @@ def _merged(journal: Journal) -> pl.DataFrame:
     return table_of(rows, vectors)
 
 
-def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, images: ImageSet,
-             mode: str) -> dict[str, Any]:
+def describe(
+    arch: str, weights: str, input_size: int, mean: Any, std: Any, images: ImageSet, mode: str
+) -> dict[str, Any]:
     """What makes embeddings comparable: two tables (or a table and a run) must agree on all of it."""
-    return {"arch": arch, "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
-            "input_size": input_size, "mean": list(mean), "std": list(std), "mode": mode, "classes": images.classes,
-            "software": f"europeana-imgcls {__version__}"}
+    return {
+        "arch": arch,
+        "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+        "input_size": input_size,
+        "mean": list(mean),
+        "std": list(std),
+        "mode": mode,
+        "classes": images.classes,
+        "software": f"europeana-imgcls {__version__}",
+    }
 
 
 TEXT_COLUMNS = ("image", "category", "ID", "provider")
@@ -207,15 +270,20 @@ TEXT_COLUMNS = ("image", "category", "ID", "provider")
 def image_row(images: ImageSet, i: int) -> dict[str, str | None]:
     """The text columns of image ``i``'s row: its path, label(s), record ID and provider."""
     path = images.paths[i]
-    return {"image": str(path), "category": images.task.truth_text(images.labels[i], images.classes),
-            "ID": record_id_of(path.name), "provider": provider_of(path)}
+    return {
+        "image": str(path),
+        "category": images.task.truth_text(images.labels[i], images.classes),
+        "ID": record_id_of(path.name),
+        "provider": provider_of(path),
+    }
 
 
 def table_of(rows: list[dict[str, Any]], vectors: list[np.ndarray] | np.ndarray) -> pl.DataFrame:
     """The embeddings table: the text columns of ``rows`` and one float32 vector each."""
     frame = pl.DataFrame({c: [row[c] for row in rows] for c in TEXT_COLUMNS}, schema={c: pl.Utf8 for c in TEXT_COLUMNS})
-    return frame.with_columns(pl.Series("embedding", [np.asarray(v, np.float32).tolist() for v in vectors],
-                                        dtype=pl.List(pl.Float32)))
+    return frame.with_columns(
+        pl.Series("embedding", [np.asarray(v, np.float32).tolist() for v in vectors], dtype=pl.List(pl.Float32))
+    )
 
 
 def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> pl.DataFrame:
@@ -232,8 +300,10 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise DatasetError(f"{path}: {meta_path.name} is missing or unreadable, so it is unknown which backbone "
-                           "made these embeddings; run eic embed again") from None
+        raise DatasetError(
+            f"{path}: {meta_path.name} is missing or unreadable, so it is unknown which backbone "
+            "made these embeddings; run eic embed again"
+        ) from None
     try:
         table = pl.read_parquet(path)
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
@@ -250,10 +320,15 @@ def matrix(table: pl.DataFrame) -> np.ndarray:
 
 def check_compatible(meta: dict[str, Any], arch: str, weights: str, input_size: int, source: Path) -> None:
     """Refuse embeddings made by another backbone, weights or input size, naming both."""
-    wanted = {"arch": arch, "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
-              "input_size": input_size}
+    wanted = {
+        "arch": arch,
+        "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+        "input_size": input_size,
+    }
     differ = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
     if differ:
         said = "; ".join(f"{k}: {have} in {source.name}, {want} for this run" for k, (have, want) in differ.items())
-        raise DatasetError(f"{source} was embedded with another backbone ({said}): embed again with the run's "
-                           "settings, or train with the embeddings' ones")
+        raise DatasetError(
+            f"{source} was embedded with another backbone ({said}): embed again with the run's "
+            "settings, or train with the embeddings' ones"
+        )

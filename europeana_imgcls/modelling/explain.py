@@ -27,12 +27,14 @@ from ..core.errors import ConfigError
 
 # The names are the settings' (config.CamMethod, checked before torch is imported); the classes are said once,
 # here, in the same order (a name without its class fails at import, not at a user's first heatmap).
-CAM_METHODS = dict(zip(get_args(CamMethod), (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM,
-                                             EigenCAM), strict=True))
+CAM_METHODS = dict(
+    zip(get_args(CamMethod), (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM, EigenCAM), strict=True)
+)
 
 
-def heatmaps(model: nn.Module, layer: nn.Module, batch: torch.Tensor, targets: Sequence[int],
-             method: str = "gradcam") -> np.ndarray:
+def heatmaps(
+    model: nn.Module, layer: nn.Module, batch: torch.Tensor, targets: Sequence[int], method: str = "gradcam"
+) -> np.ndarray:
     """One heatmap in [0, 1] per image of ``batch`` for its class in ``targets`` (B x H x W)."""
     if method not in CAM_METHODS:
         raise ConfigError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}")
@@ -50,8 +52,12 @@ def overlay(image: Image.Image, heatmap: np.ndarray, strength: float = 0.6) -> I
     """The heatmap laid over the image, each pixel as opaque as the heat there (at most ``strength``), so
     what the model looked at is coloured and everything else stays the picture it was."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    heat = np.asarray(Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize(image.size),
-                      dtype=np.float32) / 255.0
+    heat = (
+        np.asarray(
+            Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize(image.size), dtype=np.float32
+        )
+        / 255.0
+    )
     colour = _JET[(heat * 255).astype(np.uint8)]
     alpha = (strength * heat)[..., None]
     return Image.fromarray((rgb * (1 - alpha) + colour * alpha).astype(np.uint8))

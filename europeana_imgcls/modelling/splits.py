@@ -49,8 +49,9 @@ def start_split_folder(split: SplitFolder, config: TrainConfig, classes: list[st
     write_json(split.class_index, {name: i for i, name in enumerate(classes)})
 
 
-def score_split(images: ImageSet, split: Split, folder: SplitFolder, test: Evaluation, val: Evaluation
-                ) -> tuple[dict[str, float], dict[str, Any]]:
+def score_split(
+    images: ImageSet, split: Split, folder: SplitFolder, test: Evaluation, val: Evaluation
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Test metrics and ``test_predictions.csv`` of a finished split, and what its checkpoint gains from the
     validation part: the temperature that makes its probabilities honest (multi-label: tuned thresholds)."""
     task, classes = images.task, images.classes
@@ -63,8 +64,14 @@ def score_split(images: ImageSet, split: Split, folder: SplitFolder, test: Evalu
         writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "logits"])
         writer.writeheader()
         for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
-            writer.writerow({"image": str(paths[i]), **task.describe(truth, prob, classes, thresholds),
-                             "probabilities": _by_class(classes, prob, 6), "logits": _by_class(classes, logit, 5)})
+            writer.writerow(
+                {
+                    "image": str(paths[i]),
+                    **task.describe(truth, prob, classes, thresholds),
+                    "probabilities": _by_class(classes, prob, 6),
+                    "logits": _by_class(classes, logit, 5),
+                }
+            )
     return task.metrics(test.truth, test.probs, thresholds), extra
 
 
@@ -72,8 +79,25 @@ def _by_class(classes: list[str], values: np.ndarray, digits: int) -> str:
     return json.dumps({c: round(float(v), digits) for c, v in zip(classes, values, strict=True)})
 
 
-def write_split_metrics(folder: SplitFolder, scores: dict[str, float], split: Split, epochs_run: int,
-                        best_epoch: int, best_val_loss: float, temperature: float) -> None:
-    write_json(folder.metrics, {"test": scores, "test_images": len(split.test), "train_images": len(split.train),
-                                "val_images": len(split.val), "epochs_run": epochs_run, "best_epoch": best_epoch,
-                                "best_val_loss": best_val_loss, "temperature": temperature})
+def write_split_metrics(
+    folder: SplitFolder,
+    scores: dict[str, float],
+    split: Split,
+    epochs_run: int,
+    best_epoch: int,
+    best_val_loss: float,
+    temperature: float,
+) -> None:
+    write_json(
+        folder.metrics,
+        {
+            "test": scores,
+            "test_images": len(split.test),
+            "train_images": len(split.train),
+            "val_images": len(split.val),
+            "epochs_run": epochs_run,
+            "best_epoch": best_epoch,
+            "best_val_loss": best_val_loss,
+            "temperature": temperature,
+        },
+    )

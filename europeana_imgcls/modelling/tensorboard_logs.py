@@ -60,8 +60,15 @@ class TensorBoardRun:
         writer.add_scalar("images_per_second", row["images_per_second"], step)
         writer.flush()
 
-    def finish(self, run_dir: Path, classes: list[str], task: Task, splits: list[Any],
-               summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
+    def finish(
+        self,
+        run_dir: Path,
+        classes: list[str],
+        task: Task,
+        splits: list[Any],
+        summary: dict[str, dict[str, Any]],
+        settings: dict[str, Any],
+    ) -> None:
         """Test scores and confusion matrix per split, then the settings with the mean scores as hparams."""
         for result in splits:
             writer = self.split(result.index)
@@ -72,8 +79,11 @@ class TensorBoardRun:
             if predictions.is_file():
                 writer.add_figure("test/confusion_matrix", confusion_figure(predictions, classes, task), step)
             writer.flush()
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in settings.items() if v is not None and not isinstance(v, (dict, list))}
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in settings.items()
+            if v is not None and not isinstance(v, (dict, list))
+        }
         metrics = {f"hparam/{k}": float(v["mean"]) for k, v in summary.items() if np.isfinite(v["mean"])}
         with self._writer(log_dir=str(self.folder)) as writer:
             writer.add_hparams(hparams, metrics, run_name=".")
@@ -113,8 +123,10 @@ def confusion_figure(predictions: Path, classes: list[str], task: Task) -> Any:
         for row in csv.DictReader(handle):
             # The cells as the task reads them: a class index (single-label) or a row of 0/1 per label.
             truth, predicted = (task.truth_of(row[k], classes) for k in ("truth", "prediction"))
-            counts += np.outer(one_hot[truth] if np.ndim(truth) == 0 else truth,
-                               one_hot[predicted] if np.ndim(predicted) == 0 else predicted)
+            counts += np.outer(
+                one_hot[truth] if np.ndim(truth) == 0 else truth,
+                one_hot[predicted] if np.ndim(predicted) == 0 else predicted,
+            )
     size = max(4.0, 0.45 * len(classes) + 2)
     figure = Figure(figsize=(size, size))
     ax = figure.subplots()
@@ -124,7 +136,8 @@ def confusion_figure(predictions: Path, classes: list[str], task: Task) -> Any:
     ax.set_yticklabels(classes)
     for (i, j), n in np.ndenumerate(counts):
         if n:
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                    color="white" if n > counts.max() / 2 else "black")
+            ax.text(
+                j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > counts.max() / 2 else "black"
+            )
     figure.tight_layout()
     return figure

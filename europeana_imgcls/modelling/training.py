@@ -87,10 +87,17 @@ class EpochStats:
 # The loop
 
 
-def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, to_model: ModelInput, task: Task,
-                    dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    on_batch: Callable[[float, int], None] | None = None) -> EpochStats:
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    to_model: ModelInput,
+    task: Task,
+    dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    on_batch: Callable[[float, int], None] | None = None,
+) -> EpochStats:
     model.train()
     device = to_model.device
     started = time.perf_counter()
@@ -118,8 +125,14 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
 
 
 @torch.inference_mode()
-def evaluate_loader(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None,
-                    to_model: ModelInput, task: Task, dtype: torch.dtype | None = None) -> Evaluation:
+def evaluate_loader(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module | None,
+    to_model: ModelInput,
+    task: Task,
+    dtype: torch.dtype | None = None,
+) -> Evaluation:
     """Loss, truths, logits and the task's probabilities of the readable images of a whole loader."""
     model.eval()
     device = to_model.device
@@ -169,10 +182,19 @@ class SplitState:
 
     def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         with atomic_path(path) as tmp:
-            torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                        "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                        "bad_epochs": self.bad_epochs, "history": self.history,
-                        "rng": torch.get_rng_state()}, tmp)
+            torch.save(
+                {
+                    "model_state": model.state_dict(),
+                    "optimizer_state": optimizer.state_dict(),
+                    "epoch": self.epoch,
+                    "best_loss": self.best_loss,
+                    "best_epoch": self.best_epoch,
+                    "bad_epochs": self.bad_epochs,
+                    "history": self.history,
+                    "rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
 
     @classmethod
     def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> SplitState:
@@ -183,18 +205,32 @@ class SplitState:
         return cls(saved["epoch"], saved["best_loss"], saved["best_epoch"], saved["bad_epochs"], saved["history"])
 
 
-def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], criterion: nn.Module,
-        optimizer: torch.optim.Optimizer, state: SplitState, *, epochs: int, patience: int, task: Task,
-        to_model: ModelInput, dtype: torch.dtype | None = None, world: Dist | None = None,
-        on_batch: Callable[[int, float, int], None] | None = None,
-        on_epoch: Callable[[dict[str, float], bool], None] | None = None) -> SplitState:
+def fit(
+    model: nn.Module,
+    loaders: dict[str, torch.utils.data.DataLoader],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: SplitState,
+    *,
+    epochs: int,
+    patience: int,
+    task: Task,
+    to_model: ModelInput,
+    dtype: torch.dtype | None = None,
+    world: Dist | None = None,
+    on_batch: Callable[[int, float, int], None] | None = None,
+    on_epoch: Callable[[dict[str, float], bool], None] | None = None,
+) -> SplitState:
     """Train on ``loaders["train"]`` and validate on ``loaders["val"]`` each epoch, until ``epochs`` or until
     ``patience`` epochs bring no better validation loss; ``state`` (fresh or restored) holds the history.
 
     ``on_batch(epoch, loss, images)`` follows every batch, ``on_epoch(row, improved)`` every epoch."""
     world, device = world or Dist(), to_model.device
-    net = nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if world.active else model
+    net = (
+        nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world.active
+        else model
+    )
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     sampler = loaders["train"].sampler
     for epoch in range(state.epoch, epochs):
@@ -206,10 +242,15 @@ def fit(model: nn.Module, loaders: dict[str, torch.utils.data.DataLoader], crite
         stats = train_one_epoch(net, loaders["train"], criterion, optimizer, to_model, task, dtype, scaler, tick)
         val = evaluate_loader(model, loaders["val"], criterion, to_model, task, dtype)
         scores = task.metrics(val.truth, val.probs)
-        row = {"epoch": epoch + 1, "train_loss": stats.loss,
-               "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
-               **{k: scores[k] for k in task.shown}, "learning_rate": optimizer.param_groups[0]["lr"],
-               "seconds": stats.seconds, "images_per_second": stats.images_per_second * world.world}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": stats.loss,
+            "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
+            **{k: scores[k] for k in task.shown},
+            "learning_rate": optimizer.param_groups[0]["lr"],
+            "seconds": stats.seconds,
+            "images_per_second": stats.images_per_second * world.world,
+        }
         improved = state.record(row)
         if on_epoch:
             on_epoch(row, improved)
@@ -255,8 +296,11 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     chosen = range(len(splits)) if config.crossvalidation else range(1)
     check_splits(images, splits, chosen, config.group_by_provider or config.duplicate_groups is not None)
     report = TrainReport(out, images.classes, images.counts(), unreadable=len(images.unreadable))
-    board = (TensorBoardRun(config.tensorboard, out, config.resume) if config.tensorboard is not None and world.main
-             else None)
+    board = (
+        TensorBoardRun(config.tensorboard, out, config.resume)
+        if config.tensorboard is not None and world.main
+        else None
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     elif world.active:
@@ -266,15 +310,23 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
             report.splits = train_heads(config, images, splits, chosen, device)
     else:
         # One cache for the whole run: an image is decoded in the first split that reads it, never again.
-        cache = DecodedCache.for_images(len(images), config.input_size, config.cache_mb,
-                                        default_workers(device, config.num_workers))
+        cache = DecodedCache.for_images(
+            len(images), config.input_size, config.cache_mb, default_workers(device, config.num_workers)
+        )
         for i in chosen:
             report.splits.append(_run_split(config, images, splits[i], i, device, world, cache, board))
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
-        write_json(RunFolder(out).summary, {"classes": images.classes, "counts": report.counts,
-                                          "splits": len(report.splits), "metrics": report.summary})
+        write_json(
+            RunFolder(out).summary,
+            {
+                "classes": images.classes,
+                "counts": report.counts,
+                "splits": len(report.splits),
+                "metrics": report.summary,
+            },
+        )
         _calibrate(config, report)
         write_model_card(out)
         if board is not None:
@@ -282,8 +334,21 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     return report
 
 
-RESUME_KEYS = ("data_dir", "labels", "mode", "method", "arch", "weights", "input_size", "folds", "seed", "sample",
-               "group_by_provider", "duplicate_groups", "embeddings")
+RESUME_KEYS = (
+    "data_dir",
+    "labels",
+    "mode",
+    "method",
+    "arch",
+    "weights",
+    "input_size",
+    "folds",
+    "seed",
+    "sample",
+    "group_by_provider",
+    "duplicate_groups",
+    "embeddings",
+)
 
 
 def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
@@ -297,18 +362,23 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
     differ = [k for k in RESUME_KEYS if _same(k, before.get(k, defaults[k])) != _same(k, now.get(k))]
     if differ:
         said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
-        raise DatasetError(f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
-                           "resume with the same settings, or choose another `output_dir`")
+        raise DatasetError(
+            f"cannot resume {config.output_dir}: it was trained with other settings ({said}); "
+            "resume with the same settings, or choose another `output_dir`"
+        )
     classes = first.read_classes() if first.class_index.is_file() else images.classes
     if classes != images.classes:
-        raise DatasetError(f"cannot resume {config.output_dir}: its classes were {', '.join(classes)}, the data "
-                           f"now has {', '.join(images.classes)}")
+        raise DatasetError(
+            f"cannot resume {config.output_dir}: its classes were {', '.join(classes)}, the data "
+            f"now has {', '.join(images.classes)}"
+        )
 
 
 def _same(key: str, value: Any) -> Any:
     """Paths compare by where they point, not how they were written (a weights file too)."""
     is_path = key in ("data_dir", "labels", "embeddings", "duplicate_groups") or (
-        key == "weights" and value not in ("imagenet", "none"))
+        key == "weights" and value not in ("imagenet", "none")
+    )
     return str(Path(value).resolve()) if is_path and value else value
 
 
@@ -316,8 +386,7 @@ def check_splits(images: ImageSet, splits: list[Split], chosen: range, grouped: 
     """Every class in the training, validation and test part of every split, before any training: a class
     missing from a training part gets an infinite weight and a run that dies hours later."""
     for i in chosen:
-        for part_name, part in (("training", splits[i].train), ("validation", splits[i].val),
-                                ("test", splits[i].test)):
+        for part_name, part in (("training", splits[i].train), ("validation", splits[i].val), ("test", splits[i].test)):
             present = images.task.support(images.labels[part], len(images.classes))
             missing = [c for c, n in zip(images.classes, present, strict=True) if n == 0]
             if missing:
@@ -329,11 +398,16 @@ def _missing_message(images: ImageSet, name: str, split: int, part: str, grouped
     members = images.task.members(images.labels, c)
     providers = Counter(g for g, m in zip(images.groups(), members, strict=True) if m)
     shown = ", ".join(f"{p} ({n})" for p, n in providers.most_common(3)) + (", ..." if len(providers) > 3 else "")
-    advice = ("folds are grouped, and its images come from few groups: drop `group_by_provider` (or "
-              "`duplicate_groups`), or add images of it from other providers" if grouped
-              else "add images of it, or lower `folds`")
-    return (f"split {split}'s {part} part has no image of class '{name}' ({int(members.sum())} images from "
-            f"{len(providers)} provider(s): {shown}); {advice}")
+    advice = (
+        "folds are grouped, and its images come from few groups: drop `group_by_provider` (or "
+        "`duplicate_groups`), or add images of it from other providers"
+        if grouped
+        else "add images of it, or lower `folds`"
+    )
+    return (
+        f"split {split}'s {part} part has no image of class '{name}' ({int(members.sum())} images from "
+        f"{len(providers)} provider(s): {shown}); {advice}"
+    )
 
 
 def _calibrate(config: TrainConfig, report: TrainReport) -> None:
@@ -348,13 +422,22 @@ def _check_run_folder(out: Path, resume: bool) -> None:
     # Only training state counts: a run that failed before its first epoch (weights offline, say) left
     # split_0/config.json alone, and the natural retry must not be refused for it.
     if not resume and RunFolder(out).trained():
-        raise DatasetError(f"{out} already holds a training run: pass `resume` to continue it, "
-                           "or choose another `output_dir`")
+        raise DatasetError(
+            f"{out} already holds a training run: pass `resume` to continue it, or choose another `output_dir`"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, device: torch.device,
-               world: Dist, cache: DecodedCache | None, board: TensorBoardRun | None = None) -> SplitResult:
+def _run_split(
+    config: TrainConfig,
+    images: ImageSet,
+    split: Split,
+    index: int,
+    device: torch.device,
+    world: Dist,
+    cache: DecodedCache | None,
+    board: TensorBoardRun | None = None,
+) -> SplitResult:
     """One split: fit, keep the best model, score it on the test fold. Rank 0 alone writes."""
     folder = RunFolder(config.output_dir).split(index)
     if config.resume and folder.finished:
@@ -379,12 +462,33 @@ def _run_split(config: TrainConfig, images: ImageSet, split: Split, index: int, 
     dtype = autocast_dtype(device, config.amp)
     loaders = _loaders(config, images, split, device, world, index, cache)
     to_model = ModelInput(arch.mean, arch.std, device)
-    meta = CheckpointMeta(arch=config.arch, class_names=images.classes, input_size=config.input_size,
-                          mean=arch.mean, std=arch.std, mode=config.mode, config=public_dict(config), split=index)
+    meta = CheckpointMeta(
+        arch=config.arch,
+        class_names=images.classes,
+        input_size=config.input_size,
+        mean=arch.mean,
+        std=arch.std,
+        mode=config.mode,
+        config=public_dict(config),
+        split=index,
+    )
     saver = _EpochSaver(folder, model, optimizer, state, meta, config, board) if world.main else None
     with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
-        fit(model, loaders, criterion, optimizer, state, epochs=config.epochs, patience=config.patience, task=task,
-            to_model=to_model, dtype=dtype, world=world, on_batch=bar.tick, on_epoch=saver)
+        fit(
+            model,
+            loaders,
+            criterion,
+            optimizer,
+            state,
+            epochs=config.epochs,
+            patience=config.patience,
+            task=task,
+            to_model=to_model,
+            dtype=dtype,
+            world=world,
+            on_batch=bar.tick,
+            on_epoch=saver,
+        )
     result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
     if world.main:
         if state.bad_epochs >= config.patience and state.epoch < config.epochs and not config.quiet:
@@ -401,8 +505,16 @@ class _EpochSaver:
     """After each epoch (rank 0): the best model, the state to resume from, the history, a log line and,
     when asked for, TensorBoard's scalars."""
 
-    def __init__(self, folder: SplitFolder, model: nn.Module, optimizer: torch.optim.Optimizer, state: SplitState,
-                 meta: CheckpointMeta, config: TrainConfig, board: TensorBoardRun | None) -> None:
+    def __init__(
+        self,
+        folder: SplitFolder,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: SplitState,
+        meta: CheckpointMeta,
+        config: TrainConfig,
+        board: TensorBoardRun | None,
+    ) -> None:
         self.folder, self.model, self.optimizer, self.state, self.meta = folder, model, optimizer, state, meta
         self.index, self.epochs, self.quiet, self.board = folder.index, config.epochs, config.quiet, board
         task = task_for(config.mode)
@@ -410,25 +522,37 @@ class _EpochSaver:
 
     def __call__(self, row: dict[str, float], improved: bool) -> None:
         if improved:
-            save_checkpoint(self.folder.model, self.model,
-                            self.meta.model_copy(update={"epoch": int(row["epoch"]), "best_val_loss": row["val_loss"]}))
+            save_checkpoint(
+                self.folder.model,
+                self.model,
+                self.meta.model_copy(update={"epoch": int(row["epoch"]), "best_val_loss": row["val_loss"]}),
+            )
         self.state.save(self.folder.last, self.model, self.optimizer)
         _write_history(self.folder.history, self.state.history, self.columns)
         if self.board is not None:
             self.board.epoch(self.index, row)
         if not self.quiet:
             scores = ", ".join(f"{k.replace('_', ' ')} {row[k]:.3f}" for k in self.shown)
-            log.info("split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s", self.index,
-                     row["epoch"], self.epochs, row["train_loss"], row["val_loss"], scores, row["images_per_second"],
-                     " *" if improved else "")
+            log.info(
+                "split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s",
+                self.index,
+                row["epoch"],
+                self.epochs,
+                row["train_loss"],
+                row["val_loss"],
+                scores,
+                row["images_per_second"],
+                " *" if improved else "",
+            )
 
 
 class _EpochProgress:
     """A progress bar per epoch with the running loss and images/s (on stderr, gone when the epoch ends)."""
 
     def __init__(self, quiet: bool, index: int, batches: int, world: int) -> None:
-        self.bar = progress_bar(quiet, "loss {task.fields[loss]:.4f}", "{task.fields[rate]:.0f} images/s",
-                                transient=True)
+        self.bar = progress_bar(
+            quiet, "loss {task.fields[loss]:.4f}", "{task.fields[rate]:.0f} images/s", transient=True
+        )
         self.index, self.batches, self.world = index, batches, world
         self.epoch, self.task, self.images, self.clock = -1, None, 0, 0.0
 
@@ -443,8 +567,9 @@ class _EpochProgress:
         if epoch != self.epoch:
             if self.task is not None:
                 self.bar.remove_task(self.task)
-            self.task = self.bar.add_task(f"split {self.index} epoch {epoch + 1}", total=self.batches,
-                                          loss=math.nan, rate=0.0)
+            self.task = self.bar.add_task(
+                f"split {self.index} epoch {epoch + 1}", total=self.batches, loss=math.nan, rate=0.0
+            )
             self.epoch, self.images, self.clock = epoch, 0, time.perf_counter()
         self.images += images * self.world
         elapsed = time.perf_counter() - self.clock
@@ -455,14 +580,27 @@ def _keep_a_model(folder: SplitFolder, model: nn.Module, state: SplitState, meta
     """The validation loss was never finite (nan or inf every epoch): keep the last model, and say so."""
     if folder.model.exists():
         return
-    log.warning("split %d: the validation loss was never finite; its last model is kept and its scores "
-                "are not to be trusted (check the data and the learning rate)", folder.index)
-    save_checkpoint(folder.model, model, meta.model_copy(update={"epoch": state.epoch, "best_val_loss": math.inf,
-                                                                 "val_loss_never_finite": True}))
+    log.warning(
+        "split %d: the validation loss was never finite; its last model is kept and its scores "
+        "are not to be trusted (check the data and the learning rate)",
+        folder.index,
+    )
+    save_checkpoint(
+        folder.model,
+        model,
+        meta.model_copy(update={"epoch": state.epoch, "best_val_loss": math.inf, "val_loss_never_finite": True}),
+    )
 
 
-def _loaders(config: TrainConfig, images: ImageSet, split: Split, device: torch.device, world: Dist, index: int,
-             cache: DecodedCache | None) -> dict[str, torch.utils.data.DataLoader]:
+def _loaders(
+    config: TrainConfig,
+    images: ImageSet,
+    split: Split,
+    device: torch.device,
+    world: Dist,
+    index: int,
+    cache: DecodedCache | None,
+) -> dict[str, torch.utils.data.DataLoader]:
     workers = default_workers(device, config.num_workers)
     pin = device.type == "cuda"
     seed = config.seed + 1000 * index
@@ -472,21 +610,36 @@ def _loaders(config: TrainConfig, images: ImageSet, split: Split, device: torch.
         return ImageDataset(images.subset(part), size, hflip, vflip, cache=cache, cache_rows=part)
 
     train_set = dataset(split.train, config.hflip, config.vflip)
-    sampler = (torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
-               if world.active else None)
+    sampler = (
+        torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
+        if world.active
+        else None
+    )
     common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
     return {
         # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
-        "train": make_loader(train_set, shuffle=True, sampler=sampler,
-                             drop_last=len(train_set) > config.batch_size * world.world, **common),
+        "train": make_loader(
+            train_set,
+            shuffle=True,
+            sampler=sampler,
+            drop_last=len(train_set) > config.batch_size * world.world,
+            **common,
+        ),
         "val": make_loader(dataset(split.val), shuffle=False, **common),
         "test": make_loader(dataset(split.test), shuffle=False, **common),
     }
 
 
-def _finish_split(config: TrainConfig, images: ImageSet, split: Split, folder: SplitFolder,
-                  loaders: dict[str, torch.utils.data.DataLoader], to_model: ModelInput,
-                  dtype: torch.dtype | None, state: SplitState) -> dict[str, float]:
+def _finish_split(
+    config: TrainConfig,
+    images: ImageSet,
+    split: Split,
+    folder: SplitFolder,
+    loaders: dict[str, torch.utils.data.DataLoader],
+    to_model: ModelInput,
+    dtype: torch.dtype | None,
+    state: SplitState,
+) -> dict[str, float]:
     """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
 
     What the checkpoint learns from the validation part (a temperature; multi-label thresholds) is stored in it.
@@ -498,8 +651,7 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, folder: S
     scores, extra = score_split(images, split, folder, test, val)
     # A resumed split may hold a temperature already: the new values win.
     save_checkpoint(folder.model, model, best.meta.model_copy(update=extra))
-    write_split_metrics(folder, scores, split, state.epoch, state.best_epoch, state.best_loss,
-                        extra["temperature"])
+    write_split_metrics(folder, scores, split, state.epoch, state.best_epoch, state.best_loss, extra["temperature"])
     plot_curves(state.history, folder.curves, state.best_epoch)
     if config.gradcam_images:
         _gradcam(model, config, images.subset(split.test), test, images.classes, folder.gradcam, to_model)
@@ -507,8 +659,15 @@ def _finish_split(config: TrainConfig, images: ImageSet, split: Split, folder: S
     return scores
 
 
-def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test: Evaluation, classes: list[str],
-             folder: Path, to_model: ModelInput) -> None:
+def _gradcam(
+    model: nn.Module,
+    config: TrainConfig,
+    test_images: ImageSet,
+    test: Evaluation,
+    classes: list[str],
+    folder: Path,
+    to_model: ModelInput,
+) -> None:
     """Heatmaps of test images spread over the fold, for their predicted class; names carry truth and
     prediction, as the pilot's did."""
     folder.mkdir(exist_ok=True)
@@ -526,8 +685,9 @@ def _gradcam(model: nn.Module, config: TrainConfig, test_images: ImageSet, test:
         pred, confidence = classes[predicted[n]], float(test.probs[k].max())
         name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
         title = f"{record_id_of(path.name) or path.name} · true {truth}"
-        save_figure(figure(load_image(path, TILE), [heat], [f"predicted {pred} {confidence:.2f}"], title),
-                    folder / name, title)
+        save_figure(
+            figure(load_image(path, TILE), [heat], [f"predicted {pred} {confidence:.2f}"], title), folder / name, title
+        )
 
 
 def _agreed(value: float, device: torch.device, world: Dist) -> float:
@@ -569,11 +729,22 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
     if best_epoch:
         kept = next(r for r in history if r["epoch"] == best_epoch)
-        left.plot([best_epoch], [kept["val_loss"]], marker="o", color="black", linestyle="none",
-                  label=f"kept: epoch {best_epoch}")
+        left.plot(
+            [best_epoch],
+            [kept["val_loss"]],
+            marker="o",
+            color="black",
+            linestyle="none",
+            label=f"kept: epoch {best_epoch}",
+        )
     left.legend()
-    for key, label in (("accuracy", "accuracy"), ("f1", "macro F1"), ("micro_f1", "micro F1"),
-                       ("macro_f1", "macro F1"), ("mean_average_precision", "mAP")):
+    for key, label in (
+        ("accuracy", "accuracy"),
+        ("f1", "macro F1"),
+        ("micro_f1", "micro F1"),
+        ("macro_f1", "macro F1"),
+        ("mean_average_precision", "mAP"),
+    ):
         if key in history[0]:
             right.plot(epochs, [r[key] for r in history], label=label)
     right.set(title="validation", xlabel="epoch", ylim=(0, 1))

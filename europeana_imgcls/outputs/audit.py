@@ -81,10 +81,19 @@ def audit(config: AuditConfig) -> AuditReport:
         groups = near_duplicates(findings.embeddings, config.similarity)
         _write_duplicates(out / "duplicates.csv", findings, groups, report)
     contact_sheet(out / "suspects.png", report.top[: config.top])
-    write_json(out / "summary.json", {
-        "images": report.images, "label_issues": report.issues, "duplicate_groups": report.duplicate_groups,
-        "leaking_groups": report.leaking_groups, "conflicting_groups": report.conflicting_groups,
-        "cross_provider_groups": report.cross_provider_groups, "note": note, "config": public_dict(config)})
+    write_json(
+        out / "summary.json",
+        {
+            "images": report.images,
+            "label_issues": report.issues,
+            "duplicate_groups": report.duplicate_groups,
+            "leaking_groups": report.leaking_groups,
+            "conflicting_groups": report.conflicting_groups,
+            "cross_provider_groups": report.cross_provider_groups,
+            "note": note,
+            "config": public_dict(config),
+        },
+    )
     return report
 
 
@@ -105,8 +114,10 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
     try:
         oof = out_of_fold(config.source)
     except CalibrationError as exc:
-        raise CalibrationError(f"{exc}; or audit an embeddings table (eic embed), for which eic audit makes "
-                               "its own out-of-fold probabilities") from None
+        raise CalibrationError(
+            f"{exc}; or audit an embeddings table (eic embed), for which eic audit makes "
+            "its own out-of-fold probabilities"
+        ) from None
     embeddings, note = None, ""
     source = config.embeddings or _run_embeddings(config.source)
     if source.is_file():
@@ -118,11 +129,22 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
         else:
             note = f"{source} does not cover the run's images: no near-duplicate search"
     else:
-        note = ("no embeddings for this run (fine-tuned): no near-duplicate search; pass `embeddings` from eic "
-                "embed with the same images")
+        note = (
+            "no embeddings for this run (fine-tuned): no near-duplicate search; pass `embeddings` from eic "
+            "embed with the same images"
+        )
     paths = [Path(image) for image in oof.images]
-    findings = Findings(oof.task, oof.classes, oof.images, oof.truth, oof.raw, oof.folds,
-                        [provider_of(p) for p in paths], [record_id_of(p.name) for p in paths], embeddings)
+    findings = Findings(
+        oof.task,
+        oof.classes,
+        oof.images,
+        oof.truth,
+        oof.raw,
+        oof.folds,
+        [provider_of(p) for p in paths],
+        [record_id_of(p.name) for p in paths],
+        embeddings,
+    )
     return findings, note
 
 
@@ -147,15 +169,16 @@ def _from_embeddings(config: AuditConfig) -> Findings:
     probs = np.zeros((len(truth), len(classes)))
     assigned = np.zeros(len(truth), dtype=int)
     for k, split in enumerate(task.splits(truth, config.folds, config.seed)):
-        head = linear_head(vectors[split.train], truth[split.train], vectors[split.val], truth[split.val], task,
-                           True, len(classes))
+        head = linear_head(
+            vectors[split.train], truth[split.train], vectors[split.val], truth[split.val], task, True, len(classes)
+        )
         probs[split.test] = head_probabilities(head, vectors[split.test], task)
         assigned[split.test] = k
-    providers = table["provider"].to_list() if "provider" in table.columns else [
-        provider_of(Path(p)) for p in table["image"]]
+    providers = (
+        table["provider"].to_list() if "provider" in table.columns else [provider_of(Path(p)) for p in table["image"]]
+    )
     ids = table["ID"].to_list() if "ID" in table.columns else [None] * table.height
-    return Findings(task, classes, table["image"].to_list(), truth, probs, assigned.tolist(), providers, ids,
-                    vectors)
+    return Findings(task, classes, table["image"].to_list(), truth, probs, assigned.tolist(), providers, ids, vectors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +191,11 @@ def _label_issues(findings: Findings) -> tuple[np.ndarray, np.ndarray]:
         import cleanlab  # noqa: F401 - only to say what is missing
     except ImportError:
         raise ConfigError("eic audit needs cleanlab: pip install 'europeana-imgcls[audit]'") from None
-    probs = findings.probs / np.clip(findings.probs.sum(axis=1, keepdims=True), 1e-12, None) \
-        if not findings.task.multilabel else findings.probs
+    probs = (
+        findings.probs / np.clip(findings.probs.sum(axis=1, keepdims=True), 1e-12, None)
+        if not findings.task.multilabel
+        else findings.probs
+    )
     if findings.task.multilabel:
         from cleanlab.multilabel_classification.filter import find_label_issues
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
@@ -199,10 +225,19 @@ def _suggested(findings: Findings, i: int) -> str:
 
 
 def _write_issues(path: Path, findings: Findings, ranked: np.ndarray, quality: np.ndarray) -> list[dict[str, Any]]:
-    rows = [{"rank": n + 1, "image": findings.images[i], "ID": findings.ids[i] or "",
-             "provider": findings.providers[i], "given": _given(findings, i), "suggested": _suggested(findings, i),
-             "label_quality": round(float(quality[i]), 6), "fold": findings.folds[i]}
-            for n, i in enumerate(ranked)]
+    rows = [
+        {
+            "rank": n + 1,
+            "image": findings.images[i],
+            "ID": findings.ids[i] or "",
+            "provider": findings.providers[i],
+            "given": _given(findings, i),
+            "suggested": _suggested(findings, i),
+            "label_quality": round(float(quality[i]), 6),
+            "fold": findings.folds[i],
+        }
+        for n, i in enumerate(ranked)
+    ]
     _write_csv(path, ["rank", "image", "ID", "provider", "given", "suggested", "label_quality", "fold"], rows)
     return rows
 
@@ -222,8 +257,15 @@ def _write_rates(path: Path, findings: Findings, ranked: np.ndarray) -> list[tup
                 total[name] += 1
                 issues[name] += i in flagged
         for name in sorted(total, key=lambda n: (-issues[n] / total[n], n)):
-            rows.append({"kind": kind, "name": name, "images": total[name], "issues": issues[name],
-                         "rate": round(issues[name] / total[name], 4)})
+            rows.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "images": total[name],
+                    "issues": issues[name],
+                    "rate": round(issues[name] / total[name], 4),
+                }
+            )
             if kind == "provider" and issues[name]:
                 providers.append((name, issues[name], issues[name] / total[name]))
     _write_csv(path, ["kind", "name", "images", "issues", "rate"], rows)
@@ -243,7 +285,7 @@ def near_duplicates(vectors: np.ndarray, similarity: float, chunk: int = 1024) -
     cut = similarity - 1e-9
     edges: list[tuple[int, int]] = []
     for start in range(0, len(unit), chunk):
-        rows, cols = np.nonzero(unit[start:start + chunk] @ unit.T >= cut)
+        rows, cols = np.nonzero(unit[start : start + chunk] @ unit.T >= cut)
         edges += [(int(r), int(c)) for r, c in zip(rows + start, cols, strict=True) if c > r]
     members: defaultdict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(connected(len(unit), edges)):
@@ -260,13 +302,36 @@ def _write_duplicates(path: Path, findings: Findings, groups: list[list[int]], r
         report.leaking_groups += spans_folds
         report.conflicting_groups += conflict
         report.cross_provider_groups += providers
-        rows += [{"group": number, "image": findings.images[i], "ID": findings.ids[i] or "",
-                  "provider": findings.providers[i], "category": _given(findings, i), "fold": findings.folds[i],
-                  "across_folds": spans_folds, "conflicting_labels": conflict, "across_providers": providers}
-                 for i in group]
+        rows += [
+            {
+                "group": number,
+                "image": findings.images[i],
+                "ID": findings.ids[i] or "",
+                "provider": findings.providers[i],
+                "category": _given(findings, i),
+                "fold": findings.folds[i],
+                "across_folds": spans_folds,
+                "conflicting_labels": conflict,
+                "across_providers": providers,
+            }
+            for i in group
+        ]
     report.duplicate_groups = len(groups)
-    _write_csv(path, ["group", "image", "ID", "provider", "category", "fold", "across_folds", "conflicting_labels",
-                      "across_providers"], rows)
+    _write_csv(
+        path,
+        [
+            "group",
+            "image",
+            "ID",
+            "provider",
+            "category",
+            "fold",
+            "across_folds",
+            "conflicting_labels",
+            "across_providers",
+        ],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,8 +353,11 @@ def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
         except OSError:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
         name = row["ID"] or Path(row["image"]).name
-        ax.set_title(f"#{row['rank']} given {row['given']} → {row['suggested']}\nquality {row['label_quality']:.2g}"
-                     f"  {name[-34:]}", fontsize=8)
+        ax.set_title(
+            f"#{row['rank']} given {row['given']} → {row['suggested']}\nquality {row['label_quality']:.2g}"
+            f"  {name[-34:]}",
+            fontsize=8,
+        )
     if not suspects:
         axes.flat[0].text(0.5, 0.5, "no label issues found", ha="center", va="center")
     figure.tight_layout()

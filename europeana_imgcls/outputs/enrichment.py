@@ -84,8 +84,12 @@ class CalibratedRows(Rows):
         self.columns, self.k, self.thresholds = PREDICTION_COLUMNS, len(self.classes), None
 
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
-        return {"image": item.image, "ID": item.id, "URI": item.uri,
-                "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)}}
+        return {
+            "image": item.image,
+            "ID": item.id,
+            "URI": item.uri,
+            "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)},
+        }
 
 
 def enrich(config: EnrichConfig) -> EnrichReport:
@@ -99,20 +103,41 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     vocab = load_vocabulary(config.vocab)
     _check_vocabulary(calibration, vocab, config.vocab)
     if config.split == "all":
-        log.warning("the thresholds were measured on single split models; an ensemble of splits averages "
-                    "them, which usually keeps the precision but is not measured: check it with eic evaluate")
+        log.warning(
+            "the thresholds were measured on single split models; an ensemble of splits averages "
+            "them, which usually keeps the precision but is not measured: check it with eic evaluate"
+        )
     predicted = run_predictions(_predict_config(config, predictions), CalibratedRows)
     if config.shard is not None:  # the run without shard merges every shard's predictions and annotates
-        return EnrichReport(config.output, predictions, model_id=predicted.model_id, splits=predicted.splits,
-                            records=predicted.predicted, already_done=predicted.already_done, shard=config.shard)
+        return EnrichReport(
+            config.output,
+            predictions,
+            model_id=predicted.model_id,
+            splits=predicted.splits,
+            records=predicted.predicted,
+            already_done=predicted.already_done,
+            shard=config.shard,
+        )
     if not main_process():  # under torchrun, rank 0 writes for all
         return EnrichReport(config.output, predictions, splits=predicted.splits)
-    report = EnrichReport(config.output, predictions, model_id=predicted.model_id, splits=predicted.splits,
-                          unreadable=predicted.unreadable, not_fetched=predicted.not_fetched,
-                          already_done=predicted.already_done, precision_target=calibration.precision_target,
-                          never_emitted=[c.name for c in calibration.per_class if c.threshold is None])
-    model = {"id": report.model_id, "run": config.run.resolve().name, "splits": predicted.splits,
-             "precisionTarget": calibration.precision_target, "software": SOFTWARE}
+    report = EnrichReport(
+        config.output,
+        predictions,
+        model_id=predicted.model_id,
+        splits=predicted.splits,
+        unreadable=predicted.unreadable,
+        not_fetched=predicted.not_fetched,
+        already_done=predicted.already_done,
+        precision_target=calibration.precision_target,
+        never_emitted=[c.name for c in calibration.per_class if c.threshold is None],
+    )
+    model = {
+        "id": report.model_id,
+        "run": config.run.resolve().name,
+        "splits": predicted.splits,
+        "precisionTarget": calibration.precision_target,
+        "software": SOFTWARE,
+    }
     review = _ReviewQueue(config.review_n)
     with atomic_path(config.output) as tmp, tmp.open("w", encoding="utf-8") as handle:
         writer = _AnnotationWriter(handle, fmt, config.run.name)
@@ -131,8 +156,9 @@ def _format(config: EnrichConfig) -> str:
     suffix = config.output.suffix.lower().lstrip(".")
     fmt = config.format or suffix
     if fmt not in ("jsonld", "jsonl"):
-        raise ConfigError(f"{config.output}: annotations are written as .jsonld (a collection) or .jsonl (one a "
-                          "line); or set format")
+        raise ConfigError(
+            f"{config.output}: annotations are written as .jsonld (a collection) or .jsonl (one a line); or set format"
+        )
     return fmt
 
 
@@ -143,8 +169,9 @@ def _check_outputs(config: EnrichConfig, predictions: Path) -> None:
         return
     for path in (config.output, predictions):
         if path.exists():
-            raise DatasetError(f"{path} already exists: pass `resume` to carry on that enrichment, or choose "
-                               "another `output`")
+            raise DatasetError(
+                f"{path} already exists: pass `resume` to carry on that enrichment, or choose another `output`"
+            )
     if config.review_output is not None and config.review_output.exists():
         raise DatasetError(f"{config.review_output} already exists: choose another `review_output` (or `resume`)")
 
@@ -154,8 +181,10 @@ def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: P
     missing = [c.name for c in calibration.per_class if c.threshold is not None and c.name not in vocab]
     if missing:
         where = str(source) if source else "the built-in vocabulary"
-        raise CalibrationError(f"no concept URI for class(es) {', '.join(missing)} in {where}: pass `vocab` FILE "
-                               'with {"class": "concept URI"} for every class of the run')
+        raise CalibrationError(
+            f"no concept URI for class(es) {', '.join(missing)} in {where}: pass `vocab` FILE "
+            'with {"class": "concept URI"} for every class of the run'
+        )
 
 
 def _predict_config(config: EnrichConfig, predictions: Path) -> PredictConfig:
@@ -164,8 +193,16 @@ def _predict_config(config: EnrichConfig, predictions: Path) -> PredictConfig:
     return PredictConfig(**shared, output=predictions)
 
 
-def _decide(record: dict[str, Any], calibration: Calibration, thresholds: np.ndarray, vocab: dict[str, str],
-            model: dict[str, Any], writer: _AnnotationWriter, review: _ReviewQueue, report: EnrichReport) -> None:
+def _decide(
+    record: dict[str, Any],
+    calibration: Calibration,
+    thresholds: np.ndarray,
+    vocab: dict[str, str],
+    model: dict[str, Any],
+    writer: _AnnotationWriter,
+    review: _ReviewQueue,
+    report: EnrichReport,
+) -> None:
     report.records += 1
     target = _target(record)
     if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
@@ -181,8 +218,11 @@ def _decide(record: dict[str, Any], calibration: Calibration, thresholds: np.nda
     report.labelled += 1
     for c in emitted:
         name = classes[c]
-        writer.write(annotation(target, vocab[name], float(probs[c]),
-                                {**model, "class": name, "threshold": float(thresholds[c])}))
+        writer.write(
+            annotation(
+                target, vocab[name], float(probs[c]), {**model, "class": name, "threshold": float(thresholds[c])}
+            )
+        )
         report.per_class[name] = report.per_class.get(name, 0) + 1
     margin = min(float(probs[c] - thresholds[c]) for c in emitted)
     review.labelled(record, probs, classes, emitted, margin)
@@ -202,8 +242,7 @@ def _target(record: dict[str, Any]) -> dict[str, str] | str | None:
     return {"scope": scope, "source": image} if web else scope
 
 
-def annotation(target: dict[str, str] | str, concept: str, confidence: float, model: dict[str, Any]
-               ) -> dict[str, Any]:
+def annotation(target: dict[str, str] | str, concept: str, confidence: float, model: dict[str, Any]) -> dict[str, Any]:
     """One W3C Web Annotation tagging a record (or its image) with a concept, as Europeana's Annotations API
     takes it."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -232,8 +271,14 @@ class _AnnotationWriter:
     def __init__(self, handle: TextIO, fmt: str, label: str) -> None:
         self.handle, self.fmt, self.count = handle, fmt, 0
         if fmt == "jsonld":
-            head = json.dumps({"@context": ANNO_CONTEXT, "type": "AnnotationCollection",
-                               "label": f"{SOFTWARE} enrichments ({label})"}, ensure_ascii=False)
+            head = json.dumps(
+                {
+                    "@context": ANNO_CONTEXT,
+                    "type": "AnnotationCollection",
+                    "label": f"{SOFTWARE} enrichments ({label})",
+                },
+                ensure_ascii=False,
+            )
             handle.write(head[:-1] + ', "first": {"type": "AnnotationPage", "startIndex": 0, "items": [\n')
 
     def write(self, item: dict[str, Any]) -> None:
@@ -262,8 +307,9 @@ class _ReviewQueue:
         top = int(probs.argmax())
         self.tasks.append(_task(record, [classes[top]], float(probs[top]), "abstained"))
 
-    def labelled(self, record: dict[str, Any], probs: np.ndarray, classes: list[str], emitted: list[int],
-                 margin: float) -> None:
+    def labelled(
+        self, record: dict[str, Any], probs: np.ndarray, classes: list[str], emitted: list[int], margin: float
+    ) -> None:
         if not self.n:
             return
         self._seen += 1
@@ -282,13 +328,31 @@ class _ReviewQueue:
 def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: str) -> dict[str, Any]:
     """A Label Studio task with the model's suggestion as a pre-annotation."""
     record_id = record.get("ID") or record_id_of(Path(record["image"]).name) or ""
-    data = {"image": record["image"], "ID": record_id, "URI": record.get("URI") or (
-        record_uri(record_id) if record_id else ""), "reason": reason}
+    data = {
+        "image": record["image"],
+        "ID": record_id,
+        "URI": record.get("URI") or (record_uri(record_id) if record_id else ""),
+        "reason": reason,
+    }
     # Result ids must differ across a project's tasks: derive one from the record.
     result_id = hashlib.sha1((record_id or record["image"]).encode()).hexdigest()[:10]
-    return {"data": data, "predictions": [{"score": round(score, 6), "result": [
-        {"id": result_id, "type": "choices", "from_name": CHOICES_NAME, "to_name": "image",
-         "value": {"choices": suggestion}}]}]}
+    return {
+        "data": data,
+        "predictions": [
+            {
+                "score": round(score, 6),
+                "result": [
+                    {
+                        "id": result_id,
+                        "type": "choices",
+                        "from_name": CHOICES_NAME,
+                        "to_name": "image",
+                        "value": {"choices": suggestion},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def _write_review(path: Path, review: _ReviewQueue, calibration: Calibration, model_id: str) -> int:
@@ -313,6 +377,8 @@ def labelling_config(classes: list[str], multilabel: bool) -> str:
 
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
     kind = "multiple" if multilabel else "single"
-    return (f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="record" value="$ID"/>\n'
-            f'  <Choices name="{CHOICES_NAME}" toName="image" choice="{kind}" showInline="true">\n{choices}\n'
-            "  </Choices>\n</View>\n")
+    return (
+        f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="record" value="$ID"/>\n'
+        f'  <Choices name="{CHOICES_NAME}" toName="image" choice="{kind}" showInline="true">\n{choices}\n'
+        "  </Choices>\n</View>\n"
+    )

@@ -51,17 +51,23 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     task, classes = models[0].task, models[0].classes
     images = task.scan(config.eval_dir, config.labels, classes)
     if not images.paths:
-        raise DatasetError(f"{config.eval_dir}: no readable images of the model's {task.unit}s "
-                           f"({', '.join(classes)})")
+        raise DatasetError(f"{config.eval_dir}: no readable images of the model's {task.unit}s ({', '.join(classes)})")
     truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
     # Each split decides with its own tuned thresholds (multi-label), or with `threshold` for all.
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}
     per_split = {k: task.metrics(truth, p, thresholds[k]) for k, p in probs.items()}
     summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in next(iter(per_split.values()))}
     support = task.support(truth, len(classes))
-    report = EvaluateReport(config.output_dir, classes, len(paths), list(probs), summary,
-                            task.unknown_classes(config.eval_dir, config.labels, classes),
-                            [c for c, n in zip(classes, support, strict=True) if n == 0], broken)
+    report = EvaluateReport(
+        config.output_dir,
+        classes,
+        len(paths),
+        list(probs),
+        summary,
+        task.unknown_classes(config.eval_dir, config.labels, classes),
+        [c for c, n in zip(classes, support, strict=True) if n == 0],
+        broken,
+    )
     tuned = {k: v.tolist() for k, v in thresholds.items() if v is not None}
     out = _write_summary(config, report, **({"thresholds": tuned} if tuned else {}))
     _write_per_class(out / f"per_{task.unit}.csv", task, truth, probs, thresholds, classes)
@@ -74,8 +80,9 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     return report
 
 
-def _check_calibration(config: EvaluateConfig, models: list[RunModel], truth: np.ndarray,
-                       logits: dict[str, np.ndarray], out: Path) -> list[dict[str, Any]] | None:
+def _check_calibration(
+    config: EvaluateConfig, models: list[RunModel], truth: np.ndarray, logits: dict[str, np.ndarray], out: Path
+) -> list[dict[str, Any]] | None:
     """Does the precision the calibration promised hold on images the run never saw? Each split's model,
     temperature-scaled, labels the set at the run's thresholds; the labels of all splits are pooled."""
     if not RunFolder(config.run).calibration.is_file():
@@ -95,8 +102,9 @@ def _check_calibration(config: EvaluateConfig, models: list[RunModel], truth: np
     return rows
 
 
-def _score_readable(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str], dict[str, np.ndarray]]:
+def _score_readable(
+    models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str], dict[str, np.ndarray]]:
     """Truths, per-split probabilities and paths of the decodable images, the list of the others, and the
     per-split logits."""
     probs, unreadable, logits = _score(models, images, config, device)
@@ -104,8 +112,13 @@ def _score_readable(models: list[RunModel], images: Any, config: EvaluateConfig,
     readable[unreadable] = False
     paths = [str(p) for p, ok in zip(images.paths, readable, strict=True) if ok]
     broken = [str(p) for p in images.unreadable] + [str(images.paths[i]) for i in unreadable]
-    return (images.labels[readable], {k: p[readable] for k, p in probs.items()}, paths, broken,
-            {k: z[readable] for k, z in logits.items()})
+    return (
+        images.labels[readable],
+        {k: p[readable] for k, p in probs.items()},
+        paths,
+        broken,
+        {k: z[readable] for k, z in logits.items()},
+    )
 
 
 def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any) -> Path:
@@ -114,14 +127,29 @@ def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report.summary)
     write_json(out / "config.json", public_dict(config))
-    write_json(out / "report.json", {"classes": report.classes, "images": report.images, "splits": report.splits,
-                                     **extra, "unknown_classes": report.unknown_classes,
-                                     "missing_classes": report.missing_classes, "unreadable": report.unreadable})
+    write_json(
+        out / "report.json",
+        {
+            "classes": report.classes,
+            "images": report.images,
+            "splits": report.splits,
+            **extra,
+            "unknown_classes": report.unknown_classes,
+            "missing_classes": report.missing_classes,
+            "unreadable": report.unreadable,
+        },
+    )
     return out
 
 
-def _write_per_class(path: Path, task: Task, truth: np.ndarray, probs: dict[str, np.ndarray],
-                     thresholds: dict[str, np.ndarray | None], classes: list[str]) -> None:
+def _write_per_class(
+    path: Path,
+    task: Task,
+    truth: np.ndarray,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, np.ndarray | None],
+    classes: list[str],
+) -> None:
     """Per class (per label): support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over
     splits; each class one-vs-rest, with the decisions the run makes."""
     actual = task.indicator(truth, len(classes))
@@ -134,8 +162,21 @@ def _write_per_class(path: Path, task: Task, truth: np.ndarray, probs: dict[str,
     array = np.asarray(scores)  # splits x 3 x classes
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow([task.unit, "support", "precision_mean", "precision_std", "recall_mean", "recall_std",
-                         "f1_mean", "f1_std", "true_positives", "false_positives", "false_negatives"])
+        writer.writerow(
+            [
+                task.unit,
+                "support",
+                "precision_mean",
+                "precision_std",
+                "recall_mean",
+                "recall_std",
+                "f1_mean",
+                "f1_std",
+                "true_positives",
+                "false_positives",
+                "false_negatives",
+            ]
+        )
         for c, name in enumerate(classes):
             row: list[Any] = [name, int(actual[:, c].sum())]
             for m in range(3):
@@ -144,8 +185,9 @@ def _write_per_class(path: Path, task: Task, truth: np.ndarray, probs: dict[str,
             writer.writerow([*row, *map(int, counts[:, c])])
 
 
-def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
-           ) -> tuple[dict[str, np.ndarray], list[int], dict[str, np.ndarray]]:
+def _score(
+    models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
+) -> tuple[dict[str, np.ndarray], list[int], dict[str, np.ndarray]]:
     """Probabilities of every split model for every image, the indices that could not be decoded, and the
     logits (exact, for checking the calibration)."""
     groups: dict[tuple, list[RunModel]] = defaultdict(list)
@@ -156,9 +198,14 @@ def _score(models: list[RunModel], images: Any, config: EvaluateConfig, device: 
     logits = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     unreadable: set[int] = set()
     for (size, _, _), members in groups.items():
-        loader = make_loader(ImageDataset(images, size), batch_size=config.batch_size, shuffle=False,
-                             num_workers=default_workers(device, config.num_workers), seed=0,
-                             pin_memory=device.type == "cuda")
+        loader = make_loader(
+            ImageDataset(images, size),
+            batch_size=config.batch_size,
+            shuffle=False,
+            num_workers=default_workers(device, config.num_workers),
+            seed=0,
+            pin_memory=device.type == "cuda",
+        )
         for inputs, labels, index in loader:
             out = logits_of(members, inputs, device, dtype)
             for item, z in zip(members, out, strict=True):
@@ -182,36 +229,72 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
     axes = figure.subplots(1, 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
-    for ax, data, title, fmt in ((axes[0], matrix, "counts (summed over splits)", "d"),
-                                 (axes[1], normalised, "normalised by true class", ".2f")):
+    for ax, data, title, fmt in (
+        (axes[0], matrix, "counts (summed over splits)", "d"),
+        (axes[1], normalised, "normalised by true class", ".2f"),
+    ):
         ax.imshow(data, cmap="Blues")
-        ax.set(title=title, xlabel="prediction", ylabel="truth", xticks=range(len(classes)),
-               yticks=range(len(classes)), xticklabels=classes, yticklabels=classes)
+        ax.set(
+            title=title,
+            xlabel="prediction",
+            ylabel="truth",
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=classes,
+            yticklabels=classes,
+        )
         ax.tick_params(axis="x", rotation=90)
         if len(classes) <= 25:
             peak = data.max() or 1
             for i in range(len(classes)):
                 for j in range(len(classes)):
-                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
-                            color="white" if data[i, j] > peak / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(data[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if data[i, j] > peak / 2 else "black",
+                    )
     figure.tight_layout()
     figure.savefig(out / "confusion_matrix.png", dpi=100)
 
 
-def _write_predictions(path: Path, task: Task, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
-                       thresholds: dict[str, np.ndarray | None], classes: list[str]) -> None:
+def _write_predictions(
+    path: Path,
+    task: Task,
+    paths: list[str],
+    truth: np.ndarray,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, np.ndarray | None],
+    classes: list[str],
+) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "split"])
         writer.writeheader()
         for split, p in probs.items():
             for image, t, row in zip(paths, truth, p, strict=True):
-                writer.writerow({"image": image, **task.describe(t, row, classes, thresholds[split]), "split": split,
-                                 "probabilities": json.dumps({c: round(float(v), 6)
-                                                              for c, v in zip(classes, row, strict=True)})})
+                writer.writerow(
+                    {
+                        "image": image,
+                        **task.describe(t, row, classes, thresholds[split]),
+                        "split": split,
+                        "probabilities": json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
+                    }
+                )
 
 
-def _gallery(path: Path, task: Task, paths: list[str], truth: np.ndarray, probs: dict[str, np.ndarray],
-             thresholds: dict[str, np.ndarray | None], classes: list[str], count: int) -> None:
+def _gallery(
+    path: Path,
+    task: Task,
+    paths: list[str],
+    truth: np.ndarray,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, np.ndarray | None],
+    classes: list[str],
+    count: int,
+) -> None:
     """The most confident mistakes (over all splits, each image once): the images whose decided classes are not
     their true ones, by the top probability."""
     from PIL import Image
@@ -233,8 +316,11 @@ def _gallery(path: Path, task: Task, paths: list[str], truth: np.ndarray, probs:
             image.draft("RGB", (256, 256))
             ax.imshow(image.convert("RGB"))
         name = Path(paths[i]).name
-        ax.set_title(f"true {task.truth_text(truth[i], classes) or 'none'}\npred {predicted or 'none'} "
-                     f"{confidence:.2f} ({split})", fontsize=8)
+        ax.set_title(
+            f"true {task.truth_text(truth[i], classes) or 'none'}\npred {predicted or 'none'} "
+            f"{confidence:.2f} ({split})",
+            fontsize=8,
+        )
         ax.set_xlabel(f"{(record_id_of(name) or name)[-40:]}", fontsize=7)  # so a curator can look it up
         ax.axis("on")
         ax.set_xticks([])

@@ -121,8 +121,9 @@ def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
-              dtype: torch.dtype | None) -> np.ndarray:
+def logits_of(
+    models: list[RunModel], inputs: torch.Tensor, device: torch.device, dtype: torch.dtype | None
+) -> np.ndarray:
     """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32)."""
     inputs = models[0].model_input(device)(inputs)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
@@ -130,10 +131,19 @@ def logits_of(models: list[RunModel], inputs: torch.Tensor, device: torch.device
     return np.stack([z.float().cpu().numpy() for z in logits])
 
 
-def probabilities(models: list[RunModel], inputs: torch.Tensor, device: torch.device,
-                  dtype: torch.dtype | None, calibrated: bool = False) -> np.ndarray:
+def probabilities(
+    models: list[RunModel],
+    inputs: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    calibrated: bool = False,
+) -> np.ndarray:
     """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
     models x batch x classes; ``calibrated``: with each model's temperature applied to its logits."""
     logits = logits_of(models, inputs, device, dtype)
-    return np.stack([item.task.from_logits(z / (item.temperature if calibrated else 1.0))
-                     for item, z in zip(models, logits, strict=True)]).astype(np.float32)
+    return np.stack(
+        [
+            item.task.from_logits(z / (item.temperature if calibrated else 1.0))
+            for item, z in zip(models, logits, strict=True)
+        ]
+    ).astype(np.float32)

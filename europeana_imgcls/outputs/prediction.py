@@ -102,8 +102,14 @@ class Rows:
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
         classes = self.classes
         order = np.argsort(-probs)[: self.k]
-        result = {"image": item.image, "prediction": classes[order[0]], "confidence": float(probs[order[0]]),
-                  "top_k": [[classes[c], round(float(probs[c]), 6)] for c in order], "ID": item.id, "URI": item.uri}
+        result = {
+            "image": item.image,
+            "prediction": classes[order[0]],
+            "confidence": float(probs[order[0]]),
+            "top_k": [[classes[c], round(float(probs[c]), 6)] for c in order],
+            "ID": item.id,
+            "URI": item.uri,
+        }
         if self.thresholds is not None:
             result["labels"] = [classes[c] for c in self.task.emitted(probs, self.thresholds)]
             result["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)}
@@ -117,8 +123,10 @@ def predict(config: PredictConfig) -> PredictReport:
         if not config.shard:  # only its header: nothing to keep, and a retry must not be refused
             config.output.unlink(missing_ok=True)
         named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
-        raise DatasetError("nothing could be labelled: " + (f"{named} cannot be read as images" if named else
-                                                            f"{report.not_fetched} image(s) could not be fetched"))
+        raise DatasetError(
+            "nothing could be labelled: "
+            + (f"{named} cannot be read as images" if named else f"{report.not_fetched} image(s) could not be fetched")
+        )
     return report
 
 
@@ -133,8 +141,9 @@ def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], Predi
         return _predict(config, device, world, rows)
 
 
-def _predict(config: PredictConfig, device: torch.device, world: Dist,
-             make_rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
+def _predict(
+    config: PredictConfig, device: torch.device, world: Dist, make_rows: Callable[[list[RunModel], PredictConfig], Rows]
+) -> PredictReport:
     models = load_run(config.run, device, config.split)
     rows = make_rows(models, config)
     digest = model_id(RunFolder(config.run).model_paths())
@@ -147,10 +156,9 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
     with journal.open(config.resume):
         done = _previous(config, journal, world, rows.columns)
         report.already_done = sum(1 for item in items if item.key in done)
-        mine = [item for item in items[world.rank::world.world] if item.key not in done]
+        mine = [item for item in items[world.rank :: world.world] if item.key not in done]
         # One loader for the whole shard: its workers start once, and each batch is journaled as it comes.
-        _label(mine, models, config, device, _Writer(journal, config.output.suffix.lower(), rows.columns), report,
-               rows)
+        _label(mine, models, config, device, _Writer(journal, config.output.suffix.lower(), rows.columns), report, rows)
         if world.active:
             journal.close()  # rank 0 merges every rank's part: it must be free
             counts = [report.predicted, len(report.unreadable)]
@@ -167,22 +175,37 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist,
 def output_journal(config: PredictConfig, digest: str, columns: list[str], world: Dist) -> Journal:
     """The journal of ``config.output``: what its writers must share is the model (by digest), its classes'
     columns and the settings that shape a row."""
-    return Journal(config.output.with_name(config.output.name + ".journal"),
-                   what=f"the predictions into {config.output}",
-                   settings={**config.resume_settings(), "model": digest, "columns": columns},
-                   shard=config.shard_spec, rank=world.rank if world.active else None,
-                   hint="resume with the same run and the same `split`, `top_k` and `threshold`, or choose another "
-                        "`output`")
+    return Journal(
+        config.output.with_name(config.output.name + ".journal"),
+        what=f"the predictions into {config.output}",
+        settings={**config.resume_settings(), "model": digest, "columns": columns},
+        shard=config.shard_spec,
+        rank=world.rank if world.active else None,
+        hint="resume with the same run and the same `split`, `top_k` and `threshold`, or choose another `output`",
+    )
 
 
-def _label(items: list[Item], models: list[RunModel], config: PredictConfig, device: torch.device,
-           writer: _Writer, report: PredictReport, rows: Rows) -> None:
+def _label(
+    items: list[Item],
+    models: list[RunModel],
+    config: PredictConfig,
+    device: torch.device,
+    writer: _Writer,
+    report: PredictReport,
+    rows: Rows,
+) -> None:
     size = models[0].preprocessing[0]
-    images = ImageSet([item.path for item in items], np.zeros(len(items), dtype=np.int64), models[0].classes,
-                      task_for("single-label"))  # labels unknown: every image is read as class 0
-    loader = make_loader(ImageDataset(images, size), batch_size=config.batch_size, shuffle=False,
-                         num_workers=default_workers(device, config.num_workers), seed=0,
-                         pin_memory=device.type == "cuda")
+    images = ImageSet(
+        [item.path for item in items], np.zeros(len(items), dtype=np.int64), models[0].classes, task_for("single-label")
+    )  # labels unknown: every image is read as class 0
+    loader = make_loader(
+        ImageDataset(images, size),
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=default_workers(device, config.num_workers),
+        seed=0,
+        pin_memory=device.type == "cuda",
+    )
     dtype = autocast_dtype(device, config.amp)
     # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
     with ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver:
@@ -192,9 +215,19 @@ def _label(items: list[Item], models: list[RunModel], config: PredictConfig, dev
             done.result()  # a figure that could not be written is an error, not a silent gap
 
 
-def _label_batches(loader: Any, items: list[Item], models: list[RunModel], config: PredictConfig,
-                   device: torch.device, dtype: torch.dtype | None, writer: _Writer, report: PredictReport,
-                   rows: Rows, saver: ThreadPoolExecutor, pending: list[Future[None]]) -> None:
+def _label_batches(
+    loader: Any,
+    items: list[Item],
+    models: list[RunModel],
+    config: PredictConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    writer: _Writer,
+    report: PredictReport,
+    rows: Rows,
+    saver: ThreadPoolExecutor,
+    pending: list[Future[None]],
+) -> None:
     for inputs, labels, index in loader:
         # An ensemble averages the probabilities of its split models.
         probs = probabilities(models, inputs, device, dtype, rows.calibrated).mean(axis=0)
@@ -207,13 +240,30 @@ def _label_batches(loader: Any, items: list[Item], models: list[RunModel], confi
             report.predicted += 1
         writer.flush()
         if config.gradcam_dir is not None:
-            report.heatmaps += _explain(models[0], inputs[ok], probs[ok], [items[i] for i in index[ok].tolist()],
-                                        config, device, rows.thresholds, saver, pending)
+            report.heatmaps += _explain(
+                models[0],
+                inputs[ok],
+                probs[ok],
+                [items[i] for i in index[ok].tolist()],
+                config,
+                device,
+                rows.thresholds,
+                saver,
+                pending,
+            )
 
 
-def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: list[Item], config: PredictConfig,
-             device: torch.device, thresholds: np.ndarray | None, saver: ThreadPoolExecutor,
-             pending: list[Future[None]]) -> int:
+def _explain(
+    model: RunModel,
+    inputs: torch.Tensor,
+    probs: np.ndarray,
+    items: list[Item],
+    config: PredictConfig,
+    device: torch.device,
+    thresholds: np.ndarray | None,
+    saver: ThreadPoolExecutor,
+    pending: list[Future[None]],
+) -> int:
     """One figure per image: the image, then a heatmap per class at least ``threshold`` probable
     (multi-label: per predicted label), at most ``top_k``, at least the most probable class.
 
@@ -227,15 +277,19 @@ def _explain(model: RunModel, inputs: torch.Tensor, probs: np.ndarray, items: li
     net = model.model.float()
     orders = []
     for row in probs:
-        cuts = thresholds if thresholds is not None else np.full(len(row), 0.3 if config.threshold is None
-                                                                 else config.threshold)
+        cuts = (
+            thresholds
+            if thresholds is not None
+            else np.full(len(row), 0.3 if config.threshold is None else config.threshold)
+        )
         orders.append([int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= cuts[c]] or [int(row.argmax())])
     maps: list[list[np.ndarray]] = [[] for _ in items]
     for rank in range(max((len(o) for o in orders), default=0)):
         chosen = [i for i, order in enumerate(orders) if len(order) > rank]
         batch = model.model_input(device)(inputs[chosen])
-        for i, heat in zip(chosen, heatmaps(net, layer, batch, [orders[i][rank] for i in chosen],
-                                            config.cam_method), strict=True):
+        for i, heat in zip(
+            chosen, heatmaps(net, layer, batch, [orders[i][rank] for i in chosen], config.cam_method), strict=True
+        ):
             maps[i].append(heat)
     for item, row, order, heat in zip(items, probs, orders, maps, strict=True):
         title = f"{item.id or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
@@ -277,8 +331,15 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
         table = read_table(config.table, required=("ID", "URL"), columns=config.columns)
         for row in table.iter_rows(named=True):
             if row["ID"]:
-                urls.append({"ID": row["ID"], "URL": row["URL"], "URI": row.get("URI") or record_uri(row["ID"]),
-                             "preview": row.get("preview"), "image": row["URL"] or row["ID"]})
+                urls.append(
+                    {
+                        "ID": row["ID"],
+                        "URL": row["URL"],
+                        "URI": row.get("URI") or record_uri(row["ID"]),
+                        "preview": row.get("preview"),
+                        "image": row["URL"] or row["ID"],
+                    }
+                )
     if config.query:
         urls += _query(config)
     urls = _unique(urls, lambda row: row["ID"] or "")  # a record listed twice is fetched once
@@ -311,16 +372,24 @@ def _last_part(url: str) -> str:
 def _query(config: PredictConfig) -> list[dict[str, str | None]]:
     """Up to ``n`` records with an image, level after level, as harvest asks for them."""
     found: list[dict[str, str | None]] = []
-    with SearchClient(config.api_url, config.api_key.get_secret_value(), timeout=config.timeout,
-                      retries=config.retries) as client:
+    with SearchClient(
+        config.api_url, config.api_key.get_secret_value(), timeout=config.timeout, retries=config.retries
+    ) as client:
         for level in config.reusability:
             for item in client.iter_items(config.query or "*", ["TYPE:IMAGE"], reusability=level):
                 if len(found) >= config.n:
                     return found
                 url = (item.get("edmIsShownBy") or [None])[0]
                 if url and item.get("id"):
-                    found.append({"ID": item["id"], "URL": url, "URI": record_uri(item["id"]),
-                                  "preview": (item.get("edmPreview") or [None])[0], "image": url})
+                    found.append(
+                        {
+                            "ID": item["id"],
+                            "URL": url,
+                            "URI": record_uri(item["id"]),
+                            "preview": (item.get("edmPreview") or [None])[0],
+                            "image": url,
+                        }
+                    )
     return found
 
 
@@ -338,12 +407,29 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
         _check_image_dir(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / IMAGE_DIR_MARKER).touch()  # first: shards starting at once see the folder is predict's
-        write_table(pl.DataFrame([{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
-                                 schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8}), table)
-        download(DownloadConfig(table=table, output_dir=folder, mode="multi-label", quiet=config.quiet,
-                                fallback_preview=True, max_side=512, source=config.source,
-                                thumbnail_url=config.thumbnail_url, rate=config.rate, shard=config.shard,
-                                timeout=config.timeout, retries=config.retries))
+        write_table(
+            pl.DataFrame(
+                [{k: r.get(k) for k in ("ID", "URL", "preview")} for r in rows],
+                schema={"ID": pl.Utf8, "URL": pl.Utf8, "preview": pl.Utf8},
+            ),
+            table,
+        )
+        download(
+            DownloadConfig(
+                table=table,
+                output_dir=folder,
+                mode="multi-label",
+                quiet=config.quiet,
+                fallback_preview=True,
+                max_side=512,
+                source=config.source,
+                thumbnail_url=config.thumbnail_url,
+                rate=config.rate,
+                shard=config.shard,
+                timeout=config.timeout,
+                retries=config.retries,
+            )
+        )
     if world.active:
         dist.barrier()
     items, failed = [], 0
@@ -372,10 +458,14 @@ def _check_image_dir(folder: Path) -> None:
     # eic's temporary files do not count: shards started at once may be writing their first files now.
     if not folder.is_dir() or all(is_own_temp(p.name) for p in folder.iterdir()):
         return
-    if not ((folder / IMAGE_DIR_MARKER).is_file()
-            or any(_written_by_predict(path, folder) for path in folder.glob("config*.json"))):
-        raise DatasetError(f"{folder} holds files that eic predict did not fetch: choose a new or empty "
-                           f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)")
+    if not (
+        (folder / IMAGE_DIR_MARKER).is_file()
+        or any(_written_by_predict(path, folder) for path in folder.glob("config*.json"))
+    ):
+        raise DatasetError(
+            f"{folder} holds files that eic predict did not fetch: choose a new or empty "
+            f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +484,14 @@ class _Writer:
     def cells(self, row: dict[str, Any]) -> dict[str, Any]:
         if not self.csv:
             return {c: row.get(c) for c in self.columns}
-        cells = {"confidence": f"{row['confidence']:.6f}", "top_k": json.dumps(row["top_k"]),
-                 "labels": " ".join(row.get("labels", [])), "probabilities": json.dumps(row.get("probabilities")),
-                 "ID": row["ID"] or "", "URI": row["URI"] or ""}
+        cells = {
+            "confidence": f"{row['confidence']:.6f}",
+            "top_k": json.dumps(row["top_k"]),
+            "labels": " ".join(row.get("labels", [])),
+            "probabilities": json.dumps(row.get("probabilities")),
+            "ID": row["ID"] or "",
+            "URI": row["URI"] or "",
+        }
         return {c: cells.get(c, row.get(c)) for c in self.columns}
 
     def flush(self) -> None:
@@ -418,8 +513,9 @@ def _previous(config: PredictConfig, journal: Journal, world: Dist, columns: lis
     if world.active:
         dist.barrier()  # every rank sees what rank 0 took in
     merged = config.shard is not None and output.exists()  # a shard run after a merge: the merged rows are done
-    return journal.done(also=(input_key(r.get("ID") or None, r["image"]) for r in read_output(output, columns))
-                        if merged else ())
+    return journal.done(
+        also=(input_key(r.get("ID") or None, r["image"]) for r in read_output(output, columns)) if merged else ()
+    )
 
 
 def read_output(output: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:

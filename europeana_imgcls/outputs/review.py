@@ -43,8 +43,10 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     vocab = load_vocabulary(config.vocab)
     tasks = _load_export(config.export)
     if tasks and not any(task["data"].get("ID") for task in tasks):
-        raise DatasetError(f"{config.export}: no task has data.ID, so none comes from an eic enrich review file; "
-                           "export the project made from `review_output`")
+        raise DatasetError(
+            f"{config.export}: no task has data.ID, so none comes from an eic enrich review file; "
+            "export the project made from `review_output`"
+        )
     report = ReviewImportReport(config.output)
     rows = []
     for number, task in enumerate(tasks):
@@ -60,8 +62,10 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         unknown = [label for label in labels if label not in vocab]
         if unknown:
             where = config.vocab or "the built-in vocabulary"
-            raise DatasetError(f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
-                               f"{where}; pass the run's `vocab`")
+            raise DatasetError(
+                f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
+                f"{where}; pass the run's `vocab`"
+            )
         row = _row(task["data"], labels, vocab, reviewer)
         if row is None:  # a local file, not a record: nothing to download or train from
             report.skipped.append(name)
@@ -70,8 +74,10 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         for label in labels:
             report.per_class[label] = report.per_class.get(label, 0) + 1
     write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
-    write_json(sidecar(config.output, "review"), {"skipped": report.skipped, "conflicts": report.conflicts,
-                                                  "config": public_dict(config)})
+    write_json(
+        sidecar(config.output, "review"),
+        {"skipped": report.skipped, "conflicts": report.conflicts, "config": public_dict(config)},
+    )
     report.imported = len(rows)
     return report
 
@@ -84,8 +90,10 @@ def _load_export(path: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: not a JSON file ({exc})") from None
     if not isinstance(data, list) or not all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data):
-        raise DatasetError(f"{path}: not a Label Studio JSON export (expected a list of tasks, each with 'data'; "
-                           "export the project as JSON, not JSON_MIN or CSV)")
+        raise DatasetError(
+            f"{path}: not a Label Studio JSON export (expected a list of tasks, each with 'data'; "
+            "export the project as JSON, not JSON_MIN or CSV)"
+        )
     return data
 
 
@@ -107,7 +115,7 @@ def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str
         return "conflict"
     if not answers or () in answers:
         return None
-    (labels, reviewers), = answers.items()
+    ((labels, reviewers),) = answers.items()
     return list(labels), " ".join(sorted(set(reviewers)))
 
 
@@ -136,5 +144,11 @@ def _row(data: dict[str, Any], labels: list[str], vocab: dict[str, str], reviewe
     url = data.get("image")
     if not record_id or not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         return None
-    return [record_id, data.get("URI") or record_uri(record_id), url, " ".join(labels),
-            " ".join(vocab[label] for label in labels), reviewer]
+    return [
+        record_id,
+        data.get("URI") or record_uri(record_id),
+        url,
+        " ".join(labels),
+        " ".join(vocab[label] for label in labels),
+        reviewer,
+    ]
