@@ -174,7 +174,7 @@ class HarvestConfig(ApiSettings):
     )
     n: int = Field(1000, gt=0, description="Records with an image wanted per category and level.")
     reusability: list[Reusability] = Field(
-        default_factory=lambda: ["open"], min_length=1, description="Reusability levels to harvest."
+        default_factory=lambda: list[Reusability](["open"]), min_length=1, description="Reusability levels to harvest."
     )
     mode: Mode = Field(
         "single-label",
@@ -400,7 +400,7 @@ class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
     query: str | None = Field(None, description="Ask the Search API with this query and label its records.")
     n: int = Field(100, gt=0, description="Records taken from --query.")
     reusability: list[Reusability] = Field(
-        default_factory=lambda: ["open"], min_length=1, description="Reusability levels for --query."
+        default_factory=lambda: list[Reusability](["open"]), min_length=1, description="Reusability levels for --query."
     )
     image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
 

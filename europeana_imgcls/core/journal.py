@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -424,9 +425,8 @@ class _Lock:
 
 
 def _try_lock(fd: int) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    """An exclusive lock without waiting: False when another process holds it."""
+    if sys.platform == "win32":
         import msvcrt
 
         try:
@@ -434,6 +434,8 @@ def _try_lock(fd: int) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

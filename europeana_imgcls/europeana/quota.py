@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _PARAM = re.compile(r"(?:^|;)\s*([a-z]+)\s*=\s*(\d+(?:\.\d+)?)")
@@ -32,9 +33,9 @@ class Quota:
     seen: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def from_headers(cls, headers: dict[str, str] | object) -> Quota | None:
-        """The quota an answer announces, or None when it announces none."""
-        get = headers.get  # type: ignore[attr-defined]
+    def from_headers(cls, headers: Mapping[str, str]) -> Quota | None:
+        """The quota an answer announces, or None when it announces none (``httpx.Headers`` is such a mapping)."""
+        get = headers.get
         policy, state = _params(get("RateLimit-Policy")), _params(get("RateLimit"))
         limit = policy.get("q") or _number(get("RateLimit-Limit"))
         remaining = state.get("r", _number(get("RateLimit-Remaining")))

@@ -274,7 +274,7 @@ class Sandbox:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def api_url(self) -> str:
@@ -437,7 +437,7 @@ class Sandbox:
                 _error("Too many requests" if status == 429 else "Service unavailable", code=f"{status}"),
                 {"Retry-After": "0"},
             )
-        query = (params.get("query") or [None])[0]
+        query = _param(params, "query")
         if query is None:
             return 400, _error("Required parameter 'query' missing"), {}
         if not query.strip():
@@ -447,18 +447,19 @@ class Sandbox:
             start = int((params.get("start") or ["1"])[0])
         except ValueError as exc:
             return 400, _error(str(exc)), {}
-        cursor = (params.get("cursor") or [None])[0]
+        cursor = _param(params, "cursor")
         if cursor is not None and start > 1:
             return 400, _error("Parameters 'start' and 'cursor' cannot be used together", code="400-SD"), {}
         offset = start - 1
         if cursor is not None and cursor != "*":
-            offset = _decode_cursor(cursor)
-            if offset is None:
+            decoded = _decode_cursor(cursor)
+            if decoded is None:
                 return (
                     400,
                     _error("Invalid cursor value. Please make sure you encode the cursor value", code="400-SC"),
                     {},
                 )
+            offset = decoded
         if cursor is None and offset + rows > 1000:
             return (
                 400,
@@ -529,6 +530,12 @@ def _decode_cursor(cursor: str) -> int | None:
         return int(data["o"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _param(params: dict[str, list[str]], name: str) -> str | None:
+    """A query parameter's first value, or None when it is not given."""
+    values = params.get(name)
+    return values[0] if values else None
 
 
 def _sorted(records: list[SandboxRecord], sort: str) -> list[SandboxRecord]:

@@ -74,11 +74,12 @@ class SearchClient:
     def close(self) -> None:
         self._http.close()
 
-    def _get(self, params: list[tuple[str, str]]) -> httpx.Response:
+    def _get(self, params: Sequence[tuple[str, str]]) -> httpx.Response:
         """One GET whose whole answer must arrive within ``timeout``: httpx's timeout bounds each read, so a
         server trickling a byte a second would otherwise hold a harvest forever."""
         deadline = time.monotonic() + self.timeout
-        with self._http.stream("GET", self.api_url, params=params) as response:
+        # A tuple, as httpx's parameter types take a list only of their own (invariant) item type.
+        with self._http.stream("GET", self.api_url, params=tuple(params)) as response:
             chunks = []
             for chunk in response.iter_bytes():
                 chunks.append(chunk)
@@ -214,7 +215,7 @@ class SearchClient:
             base.append(("reusability", reusability))
         if sort:
             base.append(("sort", sort))
-        cursor = "*"
+        cursor: str | None = "*"
         while cursor:
             page = self.search([*base, ("cursor", cursor)])
             items = page.get("items") or []

@@ -149,7 +149,8 @@ def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) 
         return []
     array = np.stack(scores)  # splits x 3 x classes
     mean, std = array.mean(axis=0), array.std(axis=0, ddof=1) if len(array) > 1 else np.zeros(array.shape[1:])
-    return [(name, *(f"{mean[m, c]:.3f} ± {std[m, c]:.3f}" for m in range(3))) for c, name in enumerate(classes)]
+    shown = [[f"{mean[m, c]:.3f} ± {std[m, c]:.3f}" for m in range(3)] for c in range(len(classes))]
+    return [(name, p, r, f) for name, (p, r, f) in zip(classes, shown, strict=True)]
 
 
 def _metrics(summary: dict[str, Any], per_class: list[tuple[str, str, str, str]]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -55,7 +55,7 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         if answer is None:
             report.skipped.append(name)
             continue
-        if answer == "conflict":
+        if answer == CONFLICT:
             report.conflicts.append(name)
             continue
         labels, reviewer = answer
@@ -97,7 +97,10 @@ def _load_export(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str] | str | None:
+CONFLICT: Literal["conflict"] = "conflict"
+
+
+def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str] | Literal["conflict"] | None:
     """The labels people chose and who chose them; None when nobody chose a class, "conflict" when they
     disagree. A submitted annotation without a choice is the answer "no class", which disagrees with any class."""
     annotations = task.get("annotations")
@@ -112,7 +115,7 @@ def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str
         choices = _choices(annotation.get("result") or [], path, name)
         answers.setdefault(tuple(sorted(choices)), []).append(_annotator(annotation.get("completed_by")))
     if len(answers) > 1:
-        return "conflict"
+        return CONFLICT
     if not answers or () in answers:
         return None
     ((labels, reviewers),) = answers.items()
