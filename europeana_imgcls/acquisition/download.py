@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
@@ -174,7 +174,7 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
         has_preview = "preview" in chunk.columns
         for row in chunk.iter_rows(named=True):
             record_id = row["ID"]
-            category = row.get("category")
+            category: str | None = row.get("category")  # every column is read as text (see core.tables)
             if not record_id:
                 yield "no ID"
             elif shard is not None and not shard.owns(record_id):
@@ -183,11 +183,12 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
                 yield "no category"
             elif record_id in seen:
                 yield "repeated ID"  # one file per record: a second row would fetch over the first
-            elif config.mode == "single-label" and not _folder_name_ok(category):
+            elif config.mode == "single-label" and category and not _folder_name_ok(category):
                 yield "category that cannot be a folder name"
             else:
                 seen.add(record_id)
-                folder = category_dir(root, category) if config.mode == "single-label" else root
+                # A single-label row has its category here: those without one were turned away above.
+                folder = category_dir(root, category) if config.mode == "single-label" and category else root
                 yield Job(
                     id=record_id,
                     url=row["URL"],
@@ -512,9 +513,9 @@ class Outcomes:
             writer.writerows(failures.values())
         if self.multi:
             with atomic_path(self.root / LABELS_FILE) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(LABEL_COLUMNS)
-                writer.writerows((record_id, *row) for record_id, row in labels.items())
+                label_writer = csv.writer(handle)
+                label_writer.writerow(LABEL_COLUMNS)
+                label_writer.writerows((record_id, *row) for record_id, row in labels.items())
         if complete:  # every shard's outcome is in the files now
             self.journal.claim_all()
             self.journal.remove_parts()
@@ -546,11 +547,11 @@ def _mine(temp_name: str, shard: Shard | None) -> bool:
     return record_id is not None and shard.owns(record_id)
 
 
-def _tick(progress: Progress, task: object, report: DownloadReport, started: float) -> None:
+def _tick(progress: Progress, task: TaskID, report: DownloadReport, started: float) -> None:
     elapsed = time.perf_counter() - started
     progress.update(
         task,
         advance=1,
-        failed=report.failed,  # type: ignore[arg-type]
+        failed=report.failed,
         rate=report.saved / elapsed if elapsed else 0.0,
     )

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.tables import atomic_path
 
@@ -90,9 +90,6 @@ def _decode(data: bytes, *, max_side: int, max_pixels: int, budget: DecodeBudget
         raise ImageRejected("too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise ImageRejected("not an image") from None
-    # Feed the decoder all bytes in one call: Pillow's default 64 KiB blocks take the GIL back
-    # between blocks, and with the event loop busy that handoff, not decoding, sets the pace.
-    image.decodermaxblock = max(len(data), image.decodermaxblock)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(f"too many pixels ({width}x{height})")
@@ -115,6 +112,15 @@ def _decode(data: bytes, *, max_side: int, max_pixels: int, budget: DecodeBudget
 
 
 def _open(data: bytes) -> Image.Image:
+    """Open (headers only) as one of the allowed formats, set to decode all of ``data`` at once."""
+    image = _identify(data)
+    # Feed the decoder all bytes in one call: Pillow's default 64 KiB blocks take the GIL back
+    # between blocks, and with the event loop busy that handoff, not decoding, sets the pace.
+    image.decodermaxblock = max(len(data), image.decodermaxblock)
+    return image
+
+
+def _identify(data: bytes) -> ImageFile.ImageFile:
     """Open (headers only) as one of the allowed formats. ``max_pixels`` is the limit that counts, checked
     next; Pillow's own (``Image.MAX_IMAGE_PIXELS``) is process-wide, so it is left as the caller set it and,
     where it is the lower one, the format's opener is called without it, as ``Image.open`` would."""

@@ -165,8 +165,8 @@ def load_image(path: Path, size: int) -> Image.Image:
     with Image.open(path) as image:
         if image.format == "JPEG":
             image.draft("RGB", (size, size))  # DCT-domain downscaling: originals decode fast too
-        image = ImageOps.exif_transpose(image) or image
-        rgb = to_rgb(image)
+        upright = ImageOps.exif_transpose(image) or image
+        rgb = to_rgb(upright)
     return rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
@@ -275,7 +275,7 @@ class ImageDataset(torch.utils.data.Dataset):
         except DECODE_ERRORS:
             return (
                 torch.zeros(3, self.size, self.size, dtype=torch.uint8),
-                torch.full_like(target, UNREADABLE) if label.ndim else UNREADABLE,
+                torch.full_like(target, UNREADABLE) if isinstance(target, torch.Tensor) else UNREADABLE,
                 index,
             )
         if self.hflip and torch.rand(()) < self.hflip:

@@ -172,6 +172,8 @@ def _assign(
 class MaskedBCEWithLogits(nn.Module):
     """BCE-with-logits over the readable rows (an unreadable image's target row is all -1)."""
 
+    pos_weight: torch.Tensor | None  # a buffer, registered in __init__
+
     def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("pos_weight", pos_weight)

@@ -191,7 +191,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
             return report
         journal.claim_all()
         table = _merged(journal)
-        report.dim = int(table["embedding"].list.len().first() if table.height else 0)
+        report.dim = int(table["embedding"].list.len().item(0) if table.height else 0)
         with atomic_path(config.output) as tmp:
             table.write_parquet(tmp)
         write_json(

@@ -148,6 +148,7 @@ def _split(
     task = task_for(config.mode)
     train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))
     targets = images.labels
+    head: KnnHead | nn.Linear
     if config.method == "knn":
         head = _knn(features[train], targets[train], len(images.classes), config.neighbours, task)
     else:

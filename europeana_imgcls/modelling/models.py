@@ -11,9 +11,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
-import torchvision
+import torchvision  # type: ignore[import-untyped]  # torchvision ships no py.typed marker
 from torch import nn
 
 from ..core.errors import ModelError
@@ -50,16 +51,22 @@ def register_arch(
     ARCHS[name] = Arch(name, mean, std, cam_layer, builder, head)
 
 
+def _sequential(model: nn.Module, name: str) -> nn.Sequential:
+    """A torchvision model's block ``name`` (``layer4``, ``features``, ``classifier``), an ``nn.Sequential``:
+    torch types every attribute of a module as ``Tensor | Module``."""
+    return cast(nn.Sequential, getattr(model, name))
+
+
 def _resnet_layer(model: nn.Module) -> nn.Module:
-    return model.layer4[-1]
+    return _sequential(model, "layer4")[-1]
 
 
 def _features_layer(model: nn.Module) -> nn.Module:
-    return model.features[-1]
+    return _sequential(model, "features")[-1]
 
 
 def _lite_layer(model: nn.Module) -> nn.Module:
-    return model._conv_head
+    return cast(nn.Module, model._conv_head)  # a Conv2d; typed Tensor | Module, as every module attribute
 
 
 ARCHS: dict[str, Arch] = {
@@ -119,10 +126,11 @@ def _torchvision(arch: str, num_classes: int, imagenet: bool) -> nn.Module:
 
 def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
     if arch.startswith("resnet"):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        model.fc = nn.Linear(cast(nn.Linear, model.fc).in_features, num_classes)
     else:
-        last = model.classifier[-1]
-        model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+        classifier = _sequential(model, "classifier")
+        last = cast(nn.Linear, classifier[-1])
+        classifier[-1] = nn.Linear(last.in_features, num_classes)
 
 
 def _lite(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
@@ -155,7 +163,7 @@ def head_name(model: nn.Module, arch: str) -> str:
         return "fc"
     if arch in LITE_WEIGHTS:
         return "_fc"
-    return f"classifier.{len(model.classifier) - 1}"
+    return f"classifier.{len(_sequential(model, 'classifier')) - 1}"
 
 
 def get_head(model: nn.Module, arch: str) -> nn.Module:
@@ -177,6 +185,9 @@ class KnnHead(nn.Module):
     It returns logits (log-probabilities of the distance-weighted vote; for multi-label the log-odds of
     each label's vote), so a k-NN run is evaluated, predicted, calibrated and explained like any other.
     """
+
+    bank: torch.Tensor  # buffers, registered in __init__
+    targets: torch.Tensor
 
     def __init__(self, bank_size: int, dim: int, num_classes: int, k: int, multilabel: bool) -> None:
         super().__init__()

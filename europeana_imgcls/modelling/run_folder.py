@@ -18,13 +18,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.errors import ModelError
 
-CHECKPOINT_FORMAT = "europeana-imgcls/checkpoint-v1"
+CHECKPOINT_FORMAT: Final = "europeana-imgcls/checkpoint-v1"
 _SPLIT = re.compile(r"^split_(\d+)$")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import logging
 import math
 import time
@@ -20,11 +21,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.progress import TaskID
 from torch import nn
 
 from ..core.config import TrainConfig, public_dict
@@ -198,7 +201,7 @@ class SplitState:
 
     @classmethod
     def restore(cls, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> SplitState:
-        saved = safe_load(path)
+        saved = cast(dict[str, Any], safe_load(path))  # the dict ``save`` wrote
         model.load_state_dict(saved["model_state"])
         optimizer.load_state_dict(saved["optimizer_state"])
         torch.set_rng_state(saved["rng"])
@@ -554,14 +557,17 @@ class _EpochProgress:
             quiet, "loss {task.fields[loss]:.4f}", "{task.fields[rate]:.0f} images/s", transient=True
         )
         self.index, self.batches, self.world = index, batches, world
-        self.epoch, self.task, self.images, self.clock = -1, None, 0, 0.0
+        self.epoch, self.images, self.clock = -1, 0, 0.0
+        self.task: TaskID | None = None
 
     def __enter__(self) -> _EpochProgress:
         self.bar.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.bar.__exit__(exc_type, exc, traceback)
 
     def tick(self, epoch: int, loss: float, images: int) -> None:
         if epoch != self.epoch:
@@ -571,6 +577,7 @@ class _EpochProgress:
                 f"split {self.index} epoch {epoch + 1}", total=self.batches, loss=math.nan, rate=0.0
             )
             self.epoch, self.images, self.clock = epoch, 0, time.perf_counter()
+        assert self.task is not None  # added above: the first tick starts epoch 0
         self.images += images * self.world
         elapsed = time.perf_counter() - self.clock
         self.bar.update(self.task, advance=1, loss=loss, rate=self.images / elapsed if elapsed else 0.0)
@@ -610,23 +617,24 @@ def _loaders(
         return ImageDataset(images.subset(part), size, hflip, vflip, cache=cache, cache_rows=part)
 
     train_set = dataset(split.train, config.hflip, config.vflip)
-    sampler = (
+    sampler: torch.utils.data.Sampler[int] | None = (
         torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
         if world.active
         else None
     )
-    common = dict(batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin)
+    loader = functools.partial(
+        make_loader, batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin
+    )
     return {
         # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
-        "train": make_loader(
+        "train": loader(
             train_set,
             shuffle=True,
             sampler=sampler,
             drop_last=len(train_set) > config.batch_size * world.world,
-            **common,
         ),
-        "val": make_loader(dataset(split.val), shuffle=False, **common),
-        "test": make_loader(dataset(split.test), shuffle=False, **common),
+        "val": loader(dataset(split.val), shuffle=False),
+        "test": loader(dataset(split.test), shuffle=False),
     }
 
 

@@ -305,7 +305,7 @@ def _gallery(
     worst: dict[int, tuple[float, str, str]] = {}
     for split, p in probs.items():
         wrong = (task.decisions(p, thresholds[split]) != actual).any(axis=1)
-        for i in np.flatnonzero(wrong):
+        for i in np.flatnonzero(wrong).tolist():  # Python ints: the keys of ``worst``
             confidence = float(p[i].max())
             if confidence > worst.get(i, (-1.0, "", ""))[0]:
                 worst[i] = (confidence, task.describe(truth[i], p[i], classes, thresholds[split])["prediction"], split)

@@ -46,7 +46,7 @@ IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and ma
 @dataclass(frozen=True)
 class Item:
     image: str  # what the user gave: a path or a URL
-    path: Path | None  # the local file to read
+    path: Path  # the local file to read (a URL's once fetched)
     id: str | None = None
     uri: str | None = None
 
@@ -96,8 +96,9 @@ class Rows:
         self.columns = list(self.task.prediction_columns)
         self.k = min(config.top_k, len(self.classes))
         # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
-        tuned = [m.thresholds(config.threshold) for m in models]
-        self.thresholds = None if tuned[0] is None else np.mean(tuned, axis=0)
+        # The splits of a run share a mode (see inference), so all have thresholds or none does.
+        tuned = [t for m in models if (t := m.thresholds(config.threshold)) is not None]
+        self.thresholds = np.mean(tuned, axis=0) if tuned else None
 
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
         classes = self.classes
@@ -293,7 +294,7 @@ def _explain(
             maps[i].append(heat)
     for item, row, order, heat in zip(items, probs, orders, maps, strict=True):
         title = f"{item.id or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
-        picture = load_image(item.path, TILE)  # type: ignore[arg-type]
+        picture = load_image(item.path, TILE)
         image = figure(picture, heat, [f"{classes[c]} {row[c]:.2f}" for c in order], title)
         pending.append(saver.submit(save_figure, image, folder / _figure_name(item), title))
     return len(items)
