@@ -18,7 +18,7 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
         app, ["demo", "--output-dir", str(out), "--epochs", "2", "--input-size", "32", "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output + result.stderr
-    for stage in ("harvest", "subtract", "download", "train", "evaluate", "predict", "enrich"):
+    for stage in ("harvest", "subtract", "download", "train", "evaluate", "predict", "enrich", "publish"):
         assert stage in result.stdout
     assert "the whole pipeline ran offline" in result.stdout
     assert (out / "images" / "failures.csv").read_text().count("\n") > 1  # the bad answers were met
@@ -28,7 +28,9 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert "accuracy" in json.loads((out / "evaluation" / "metrics.json").read_text())
     assert (out / "predictions.csv").read_text().count("\n") == 6  # header, one per class, one URL
     assert len(list((out / "heatmaps").glob("*.png"))) == 5
-    assert json.loads((out / "annotations.jsonld").read_text())["type"] == "AnnotationCollection"
+    page = json.loads((out / "annotations.jsonld").read_text())
+    assert page["type"] == "AnnotationPage" and page["items"]  # the body of Europeana's batch upload
+    assert f"{len(page['items'])} annotations sent to the sandbox's Annotations API" in " ".join(result.stdout.split())
     assert (out / "run" / "MODEL_CARD.md").is_file() and (out / "review.labelling.xml").is_file()
     again = CliRunner().invoke(app, ["demo", "--output-dir", str(out)])
     assert again.exit_code == 1 and "not empty" in again.stderr

@@ -27,6 +27,8 @@ PAGES = {
     "review import": "enrich.md",
     "embed": "embed.md",
     "audit": "audit.md",
+    "publish": "publish.md",
+    "withdraw": "publish.md",
 }
 
 

@@ -18,6 +18,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import EnrichConfig, EvaluateConfig
 from europeana_imgcls.core.errors import CalibrationError, DatasetError
 from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.europeana.annotations import CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS
 from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.modelling.calibration import (
     choose_thresholds,
@@ -26,7 +27,7 @@ from europeana_imgcls.modelling.calibration import (
     load_calibration,
     score_thresholds,
 )
-from europeana_imgcls.outputs.enrichment import CONFIDENCE, MODEL, enrich, labelling_config_path
+from europeana_imgcls.outputs.enrichment import enrich, labelling_config_path
 from europeana_imgcls.outputs.evaluation import evaluate_run
 
 from .conftest import VOCAB
@@ -120,10 +121,12 @@ def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None
 
 @pytest.mark.slow
 def test_enriched_annotations_keep_the_promised_precision_and_validate(world) -> None:
-    collection = json.loads((world["root"] / "out.jsonld").read_text())
-    assert collection["type"] == "AnnotationCollection" and collection["@context"] == "http://www.w3.org/ns/anno.jsonld"
-    items = collection["first"]["items"]
-    assert collection["total"] == len(items) == world["enrich"].annotations
+    page = json.loads((world["root"] / "out.jsonld").read_text())
+    # The europeana profile: the body of Europeana's batch upload, as its page parser takes it.
+    assert page.keys() == {"@context", "type", "items"} and page["type"] == "AnnotationPage"
+    assert page["@context"] == "http://www.w3.org/ns/anno.jsonld"
+    items = page["items"]
+    assert len(items) == world["enrich"].annotations
     validator = Draft202012Validator(SCHEMA)
     for item in items:
         errors = [e.message for e in validator.iter_errors(item)]
@@ -138,8 +141,8 @@ def test_enriched_annotations_keep_the_promised_precision_and_validate(world) ->
     report = world["enrich"]
     assert report.labelled / report.records > 0.3  # well above zero
     assert not set(report.per_class) & set(report.never_emitted)
-    assert {a[MODEL]["id"] for a in items} == {report.model_id}
-    assert all(a[CONFIDENCE] >= a[MODEL]["threshold"] for a in items)
+    assert {a[MODEL]["id"] for a in items} == {MODEL_ID_PREFIX + report.model_id}
+    assert all(a[CONFIDENCE] >= a[MODEL][NS + "threshold"] for a in items)
     assert len({a["canonical"] for a in items}) == len(items)
 
 
@@ -150,7 +153,7 @@ def test_abstentions_go_to_review_as_label_studio_tasks(world) -> None:
     abstained = [t for t in tasks if t["data"]["reason"] == "abstained"]
     assert len(abstained) == report.abstained > 0
     assert len(tasks) == report.abstained + 5
-    annotated = {a["target"]["scope"] for a in json.loads((world["root"] / "out.jsonld").read_text())["first"]["items"]}
+    annotated = {a["target"]["scope"] for a in json.loads((world["root"] / "out.jsonld").read_text())["items"]}
     assert not {t["data"]["URI"] for t in abstained} & annotated  # abstained records are never annotated
     config = labelling_config_path(world["root"] / "review.json").read_text()
     for task in tasks:
@@ -432,7 +435,7 @@ def test_enrich_in_shards_then_one_merge_writes_the_same_annotations(world, tmp_
     assert merged.already_done == sum(s.records for s in shards) == world["enrich"].records
 
     def said(path: Path) -> list[tuple[str, str, float]]:
-        items = json.loads(path.read_text())["first"]["items"]
+        items = json.loads(path.read_text())["items"]
         return sorted((a["target"]["scope"], a["body"]["source"], round(a[CONFIDENCE], 4)) for a in items)
 
     assert said(out) == said(root / "out.jsonld") and merged.annotations == world["enrich"].annotations
@@ -444,7 +447,7 @@ def test_a_record_listed_twice_is_annotated_once(world, tmp_path: Path) -> None:
     twice.write_csv(tmp_path / "twice.csv")
     out = tmp_path / "out.jsonld"
     report = enrich(EnrichConfig(run=root / "run", table=tmp_path / "twice.csv", output=out, quiet=True))
-    items = json.loads(out.read_text())["first"]["items"]
+    items = json.loads(out.read_text())["items"]
     said = [(a["target"]["scope"], a["body"]["source"]) for a in items]
     assert said and len(said) == len(set(said)) == report.annotations
     assert report.records == 8

@@ -165,7 +165,8 @@ def test_multilabel_bad_inputs(tmp_path: Path) -> None:
 
 def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:
     from europeana_imgcls.core.config import EnrichConfig
-    from europeana_imgcls.outputs.enrichment import MODEL, enrich, labelling_config_path
+    from europeana_imgcls.europeana.annotations import MODEL, NS
+    from europeana_imgcls.outputs.enrichment import enrich, labelling_config_path
 
     data, out = ml_run
     calibration = json.loads((out / "calibration.json").read_text())
@@ -191,11 +192,11 @@ def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path:
     annotations = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert annotations and report.records == 30 and report.not_records == 0
     # Local files named by eic download still name their record: the record is the target.
-    right = sum(a[MODEL]["class"] in truth[a["target"]] for a in annotations)
+    right = sum(a[MODEL][NS + "class"] in truth[a["target"]] for a in annotations)
     assert right / len(annotations) >= 0.85
     per_record = {}
     for a in annotations:
-        per_record.setdefault(a["target"], []).append(a[MODEL]["class"])
+        per_record.setdefault(a["target"], []).append(a[MODEL][NS + "class"])
     assert max(len(v) for v in per_record.values()) >= 2  # several labels for one image
     assert 'choice="multiple"' in labelling_config_path(tmp_path / "review.json").read_text()
 

@@ -26,11 +26,13 @@ from ..core.config import (
     EvaluateConfig,
     HarvestConfig,
     PredictConfig,
+    PublishConfig,
     ReviewImportConfig,
     SandboxConfig,
     StatsConfig,
     SubtractConfig,
     TrainConfig,
+    WithdrawConfig,
 )
 from ..core.errors import EicError
 from . import report
@@ -51,7 +53,19 @@ OUTPUT = {"output": ("--output", "-o")}
 OUTPUT_DIR = {"output_dir": ("--output-dir", "-o")}
 RUN = Arg("run", metavar="RUN")
 # Commands that carry on when run again as they were; the others that keep work carry on with --resume.
-RERUN = ("download", "subtract", "stats", "evaluate", "calibrate", "audit", "demo", "sandbox", "import")
+RERUN = (
+    "download",
+    "subtract",
+    "stats",
+    "evaluate",
+    "calibrate",
+    "audit",
+    "demo",
+    "sandbox",
+    "import",
+    "publish",
+    "withdraw",
+)
 
 
 def run(action: Callable[[], T], command: str) -> T:
@@ -218,6 +232,25 @@ def review_import(config: ReviewImportConfig) -> None:
     from ..outputs.review import import_review
 
     report.print_review_import(console, run(lambda: import_review(config), "import"))
+
+
+TOKEN = {"annotation_token": ("--token", "--annotation-token")}
+
+
+@command("publish", PublishConfig, arguments=(Arg("enrichments"),), names=TOKEN)
+def publish(config: PublishConfig) -> None:
+    """Send eic enrich's annotations to Europeana's Annotations API, each once (re-runs send only what is new)."""
+    from ..outputs.publish import publish as run_publish
+
+    report.print_publish(console, run(lambda: run_publish(config), "publish"))
+
+
+@command("withdraw", WithdrawConfig, arguments=(Arg("published"),), names=TOKEN)
+def withdraw(config: WithdrawConfig) -> None:
+    """Delete from Europeana every annotation a model published (from the journals of eic publish)."""
+    from ..outputs.publish import withdraw as run_withdraw
+
+    report.print_withdraw(console, run(lambda: run_withdraw(config), "withdraw"))
 
 
 @command("demo", DemoConfig, names=OUTPUT_DIR)

@@ -26,16 +26,19 @@ from ..core.config import (
     EvaluateConfig,
     HarvestConfig,
     PredictConfig,
+    PublishConfig,
     SubtractConfig,
     TrainConfig,
 )
 from ..core.errors import DatasetError
+from ..europeana.annotation_standin import SANDBOX_TOKEN
 from ..europeana.sandbox import Sandbox
 from ..europeana.vocabulary import default_vocabulary
 from ..modelling.training import train
 from ..outputs.enrichment import enrich
 from ..outputs.evaluation import evaluate_run
 from ..outputs.prediction import predict
+from ..outputs.publish import publish
 
 DEMO_CLASSES = ("map", "painting", "photograph", "specimen")
 
@@ -217,6 +220,22 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
                 f"{r.labelled} of {r.records} evaluation records labelled at precision {r.precision_target:.2f} "
                 f"({r.abstained} abstained) -> {r.annotations} W3C annotations in {r.output}; "
                 f"{r.review_tasks} Label Studio tasks in {r.review_output}"
+            ),
+        )
+        # Publishing rehearsed: the sandbox's Annotations API applies Europeana's parsing and validation rules.
+        stage(
+            "publish",
+            lambda: publish(
+                PublishConfig(
+                    enrichments=out / "annotations.jsonld",
+                    annotation_api=sandbox.base_url,
+                    annotation_token=SANDBOX_TOKEN,
+                    quiet=True,
+                )
+            ),
+            lambda r: (
+                f"{r.sent} annotations sent to the sandbox's Annotations API, each once "
+                f"({len(sandbox.annotations.live())} stored there); journal {r.journal}; eic withdraw takes them back"
             ),
         )
     return report

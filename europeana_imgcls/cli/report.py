@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from ..europeana.annotation_standin import SANDBOX_TOKEN
+
 if TYPE_CHECKING:
     from ..acquisition.curation import TableStats
     from ..acquisition.download import DownloadReport
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from ..outputs.enrichment import EnrichReport
     from ..outputs.evaluation import EvaluateReport
     from ..outputs.prediction import PredictReport
+    from ..outputs.publish import PublishReport, WithdrawReport
     from ..outputs.review import ReviewImportReport
 
 
@@ -213,6 +216,8 @@ def print_enrichment(console: Console, result: EnrichReport) -> None:
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
         + (f"; {result.not_records} inputs name no record and were not annotated" if result.not_records else "")
     )
+    for reason, count in result.refused.items():
+        console.print(f"[yellow]not annotated:[/] {count} record(s) with {reason}")
     if result.per_class:
         console.print(
             "per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(), key=lambda kv: -kv[1]))
@@ -282,4 +287,38 @@ def print_sandbox(console: Console, server: Sandbox) -> None:
     console.print("Point eic at it (every command reads these), in the shell that runs eic:")
     console.print(f"  export EUROPEANA_API_URL={server.api_url}", soft_wrap=True)
     console.print(f"  export EUROPEANA_THUMBNAIL_URL={server.base_url}/thumbnail/v3", soft_wrap=True)
-    console.print("then try: eic harvest --n 10 --output sandbox.csv")
+    console.print(f"  export EUROPEANA_ANNOTATION_API={server.base_url}", soft_wrap=True)
+    console.print(f"  export EUROPEANA_ANNOTATION_TOKEN={SANDBOX_TOKEN}", soft_wrap=True)
+    console.print(
+        "then try: eic harvest --n 10 --output sandbox.csv (and eic publish, eic withdraw: its Annotations "
+        "API applies Europeana's rules)"
+    )
+
+
+def print_publish(console: Console, result: PublishReport) -> None:
+    models = ", ".join(f"{m} ({n})" for m, n in result.models.most_common())
+    if result.dry_run:
+        todo = result.annotations - result.published_before
+        console.print(
+            f"{result.annotations} annotations checked: Europeana would take them (models: {models}); "
+            f"{todo} to send, {result.published_before} published earlier; nothing was sent (dry run)"
+        )
+        return
+    console.print(
+        f"{result.sent} annotations sent to Europeana; {result.published_before} published earlier"
+        + (f"; {result.found} of an interrupted upload found there, not sent again" if result.found else "")
+        + f"; models: {models}; journal: {result.journal}"
+    )
+    for canonical, message in result.rejected:
+        console.print(f"[yellow]refused by Europeana:[/] {canonical}: {message}", soft_wrap=True)
+
+
+def print_withdraw(console: Console, result: WithdrawReport) -> None:
+    if result.dry_run:
+        console.print(f"{result.remaining} annotations of model {result.model} would be deleted (dry run)")
+        return
+    console.print(
+        f"{result.withdrawn} annotations of model {result.model} deleted from Europeana"
+        + (f"; {result.gone_before} were gone already" if result.gone_before else "")
+        + (f"; {result.withdrawn_before} withdrawn earlier" if result.withdrawn_before else "")
+    )

@@ -24,7 +24,8 @@ DEMO_API_KEY = "api2demo"
 REUSABILITY_LEVELS = ("open", "restricted", "permission")
 ENV_PREFIX = "EUROPEANA_"
 # Fields never written to disk or printed.
-SECRET_FIELDS = frozenset({"api_key"})
+SECRET_FIELDS = frozenset({"api_key", "annotation_token"})
+DEFAULT_ANNOTATION_API = "https://api.europeana.eu"
 
 Reusability = Literal["open", "restricted", "permission"]
 Mode = Literal["single-label", "multi-label"]
@@ -485,6 +486,12 @@ class EnrichConfig(InputSettings):
         Path("annotations.jsonld"),
         description="Annotations: .jsonld (one AnnotationCollection) or .jsonl (one annotation a line).",
     )
+    profile: Literal["europeana", "w3c"] = Field(
+        "europeana",
+        description="europeana: what Europeana's Annotations API takes (a bare AnnotationPage for .jsonld, no id, "
+        "no creator; eic publish sends it); w3c: every annotation, collection and page with an id, as the W3C "
+        "Web Annotation model asks.",
+    )
     format: Literal["jsonld", "jsonl"] | None = Field(
         None, description="jsonld or jsonl; default: from the output's suffix."
     )
@@ -546,6 +553,57 @@ class DemoConfig(_Base):
     weights: str = Field("none", description="none (works offline), imagenet, or a weights file.")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Where to train.")
     seed: int = Field(0, description="Seed of the sandbox catalogue order and of training.")
+
+
+class AnnotationApiSettings(ProgressSettings):
+    """How to reach Europeana's Annotations API with write access (publish and withdraw)."""
+
+    annotation_api: str = Field(
+        DEFAULT_ANNOTATION_API,
+        description="Annotations API base: batches go to URL/annotations/, deletions to URL/annotation/N "
+        "(eic sandbox serves a stand-in).",
+    )
+    annotation_token: SecretStr | None = Field(
+        None,
+        description="Bearer token with write access to the Annotations API (Europeana grants it on request); "
+        "never printed or written.",
+    )
+    api_key: SecretStr | None = Field(None, description="API key, sent as wskey where given.")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one answer of the Annotations API.")
+    retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a refused connection.")
+    rate: float | None = Field(None, gt=0, description="Most requests per second; default: no limit.")
+    dry_run: bool = Field(False, description="Check and count only: nothing is sent.")
+
+
+class PublishConfig(AnnotationApiSettings):
+    """``eic publish``: send eic enrich's annotations to Europeana, each once."""
+
+    stage: ClassVar[str] = "publish"
+
+    enrichments: Path = Field(description="Annotations from eic enrich (europeana profile): .jsonld or .jsonl.")
+    batch_size: int = Field(100, ge=1, le=1000, description="Annotations per upload.")
+    journal: Path | None = Field(
+        None,
+        description="Where what was sent is remembered (each canonical IRI and the id Europeana gave it); "
+        "default: ENRICHMENTS.published beside the file.",
+    )
+
+
+class WithdrawConfig(AnnotationApiSettings):
+    """``eic withdraw``: delete from Europeana every annotation one model published."""
+
+    stage: ClassVar[str] = "withdraw"
+
+    published: list[Path] = Field(
+        min_length=1,
+        description="Enrichment files sent with eic publish (their journals, ENRICHMENTS.published, say what "
+        "was sent), or the journal folders themselves.",
+    )
+    model: str = Field(
+        pattern=r"^(urn:europeana-imgcls:model:)?[0-9a-f]{16}$",
+        description="The model whose annotations go: its id (16 hex digits, in every annotation it made and in its "
+        "MODEL_CARD.md).",
+    )
 
 
 class SandboxConfig(_Base):
@@ -664,4 +722,6 @@ ALL_CONFIGS: list[type[_Base]] = [
     AuditConfig,
     DemoConfig,
     SandboxConfig,
+    PublishConfig,
+    WithdrawConfig,
 ]

@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.config import DEMO_API_KEY, REUSABILITY_LEVELS
+from .annotation_standin import SANDBOX_TOKEN, AnnotationStore
 from .thumbnails import placeholder_bytes
 from .vocabulary import load_vocabulary
 
@@ -58,6 +59,7 @@ RIGHTS = {
     "permission": "http://rightsstatements.org/vocab/InC/1.0/",
 }
 # Answers that must end up in failures.csv, never as a file.
+ANNOTATION_PATHS = ("/annotations/", "/annotation/")
 IMAGE_PATHS = ("/images/", "/faults/", "/thumbnail/")  # what the image host and the Thumbnail API answer
 SEARCH_PATHS = ("/record/v2/search.json", "/api/v2/search.json")
 FAULTS = ("404", "html", "truncated", "bomb", "endless", "stall", "redirect-loop", "empty")
@@ -226,6 +228,7 @@ class Sandbox:
         thumbnail_missing_every: int = 0,
         quota: int = 0,
         quota_window: float = 3600.0,
+        annotation_tokens: dict[str, str] | None = None,
     ) -> None:
         self.vocab = load_vocabulary(vocab)  # a dict or a JSON file, as HarvestConfig takes it
         self.catalogue = build_catalogue(
@@ -257,6 +260,8 @@ class Sandbox:
         self.image_size = image_size
         self.thumbnail_missing_every = thumbnail_missing_every
         self.quota, self.quota_window = quota, quota_window
+        # The Annotations API stand-in: a token per user (the write routes want "Authorization: Bearer <token>").
+        self.annotations = AnnotationStore(annotation_tokens or {SANDBOX_TOKEN: "sandbox-user"})
         self._window_start: float | None = None
         self._window_used = 0
         self.quota_refusals = 0  # 429s sent because the quota was spent
@@ -567,18 +572,52 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._handle(self._route)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle(self._post)
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._handle(self._delete)
+
+        def _handle(self, route: Any) -> None:
             parts = urlsplit(self.path)
             with sandbox._lock:
                 sandbox.hits[parts.path] += 1
                 sandbox.request_times.append(time.monotonic())
             params = parse_qs(parts.query, keep_blank_values=True)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self._route(parts.path, params)
+                sandbox._pass_gate(parts.path)
+                route(parts.path, params)
+
+        def _post(self, path: str, params: dict[str, list[str]]) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if path.rstrip("/") == "/annotations":
+                return self._answer(*sandbox.annotations.post_batch(self.headers.get("Authorization"), body))
+            return self._send(404, b"not found", "text/plain")
+
+        def _delete(self, path: str, params: dict[str, list[str]]) -> None:
+            if path.startswith("/annotation/"):
+                return self._answer(
+                    *sandbox.annotations.delete(self.headers.get("Authorization"), path.removeprefix("/annotation/"))
+                )
+            return self._send(404, b"not found", "text/plain")
+
+        def _answer(self, status: int, body: dict[str, Any] | None) -> None:
+            if body is None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self._json(status, body, {})
 
         def _route(self, path: str, params: dict[str, list[str]]) -> None:
-            sandbox._pass_gate(path)
             if path in SEARCH_PATHS:
                 return self._search(params)
+            if path == "/annotation/search":
+                return self._answer(*sandbox.annotations.search(_param(params, "query") or ""))
+            if path.startswith("/annotation/"):
+                return self._answer(*sandbox.annotations.get(path.removeprefix("/annotation/")))
             if path.startswith("/images/"):
                 serial = _serial(path.rsplit("/", 1)[-1].removesuffix(".jpg"), sandbox)
                 if serial is None:

@@ -4,7 +4,6 @@ loadable without running code from the file."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from torch import nn
 from ..core.errors import ModelError
 from ..core.tables import atomic_path
 from .models import KnnHead, build_model, head_name, safe_load, set_head
-from .run_folder import CheckpointMeta
+from .run_folder import CheckpointMeta, file_sha256
 
 
 @dataclass(frozen=True)
@@ -91,17 +90,6 @@ def _load_backbone(path: Path, sha256: str) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise ModelError(f"{path} holds no state dict of weights")
     return state
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def model_id(paths: list[Path]) -> str:
-    """A short digest of a run's checkpoint files: the same models, the same id (predict's journal compares it;
-    enrich's annotations name it)."""
-    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:

@@ -29,13 +29,17 @@ def write_model_card(run: Path) -> Path:
     config = _json(splits[0].config) if splits else {}
     calibration = _json(folder.calibration)
     classes = list(summary.get("classes", []))
+    model_id = folder.model_id() if splits else "unknown"
     sections = [
+        _front_matter(config, summary, model_id),
         f"# Model card: {run.name}\n",
-        _details(config, summary, len(splits)),
+        _details(config, summary, len(splits), model_id),
+        _hyperparameters(config),
         _intended_use(config),
         _training_data(config, summary),
         _metrics(summary, _per_class(splits, classes, config.get("mode"))),
         _calibration(calibration, folder.reliability.name),
+        _evaluation(_json(folder.evaluation)),
         _limitations(config, summary, calibration),
     ]
     path = folder.model_card
@@ -51,10 +55,29 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _details(config: dict[str, Any], summary: dict[str, Any], splits: int) -> str:
+def _front_matter(config: dict[str, Any], summary: dict[str, Any], model_id: str) -> str:
+    """The YAML block model hubs read (Hugging Face's card metadata: licence, library, task, tags, metrics)."""
+    metrics = "".join(f"- {name}\n" for name in summary.get("metrics", {}))
+    return (
+        "---\n"
+        "license: other  # the training images' rights vary by record; set the licence you publish the model under\n"
+        "library_name: europeana-imgcls\n"
+        "pipeline_tag: image-classification\n"
+        "tags:\n- image-classification\n- cultural-heritage\n- europeana\n"
+        f"- {config.get('mode', 'single-label')}\n- {config.get('arch', 'unknown')}\n"
+        f"metrics:\n{metrics}"
+        f"model_id: {model_id}\n"
+        "---\n"
+    )
+
+
+def _details(config: dict[str, Any], summary: dict[str, Any], splits: int, model_id: str) -> str:
     weights = config.get("weights", "?")
     return (
         "## Model details\n\n"
+        f"- Model id **{model_id}** (a digest of the split models' files): every annotation eic enrich writes with "
+        f"this run names it (`urn:europeana-imgcls:model:{model_id}`, and the generator "
+        f"`...#model-{model_id}` that Europeana keeps); `eic withdraw --model {model_id}` takes them back.\n"
         f"- Made by europeana-imgcls {__version__} (`eic train`) on "
         f"{datetime.now(UTC).strftime('%Y-%m-%d')}.\n"
         f"- Architecture `{config.get('arch', '?')}`, starting weights `{weights}`, input {config.get('input_size')}"
@@ -65,6 +88,92 @@ def _details(config: dict[str, Any], summary: dict[str, Any], splits: int) -> st
         "part, scored on its test fold.\n"
         f"- Classes ({len(summary.get('classes', []))}): {', '.join(summary.get('classes', []))}.\n"
     )
+
+
+def _hyperparameters(config: dict[str, Any]) -> str:
+    """How the run was trained: enough to train it again."""
+    method = config.get("method", "finetune")
+    rows = [
+        ("method", method),
+        ("architecture", config.get("arch")),
+        ("starting weights", config.get("weights")),
+        ("input size", f"{config.get('input_size')} px"),
+        (
+            "epochs (most), patience",
+            f"{config.get('epochs')}, {config.get('patience')}"
+            if method == "finetune"
+            else "none: a head fitted per split on frozen embeddings",
+        ),
+        ("batch size", config.get("batch_size")),
+        (
+            "optimiser, learning rate",
+            f"Adam, {config.get('learning_rate')}"
+            if method == "finetune"
+            else (
+                "L-BFGS, L2 strength chosen on the validation part"
+                if method == "linear-probe"
+                else f"none: {config.get('neighbours')} nearest neighbours vote"
+            ),
+        ),
+        ("augmentation", f"horizontal flip {config.get('hflip')}, vertical flip {config.get('vflip')}"),
+        ("loss weighting", "inverse class frequency" if config.get("weighted_loss", True) else "none"),
+        (
+            "folds",
+            f"{config.get('folds')} stratified"
+            + (", grouped by data provider" if config.get("group_by_provider") else "")
+            + (", near-duplicate groups kept together" if config.get("duplicate_groups") else ""),
+        ),
+        ("sample of the images", config.get("sample", 1.0)),
+        ("seed", config.get("seed")),
+    ]
+    return "## Training hyperparameters\n\n| setting | value |\n| --- | --- |\n" + "".join(
+        f"| {name} | {value} |\n" for name, value in rows
+    )
+
+
+def _evaluation(evaluation: dict[str, Any]) -> str:
+    """What the latest eic evaluate measured on images the run never saw (it rewrites this section)."""
+    if not evaluation:
+        return (
+            "## Evaluation\n\nNot evaluated yet: `eic evaluate RUN EVAL_DIR` scores the run on images it never "
+            "saw and fills this section in.\n"
+        )
+    lines = [
+        "## Evaluation\n",
+        f"On `{evaluation.get('eval_dir')}` ({evaluation.get('images')} images), {evaluation.get('date')}; mean "
+        "± standard deviation over the split models.\n",
+        "| metric | mean ± std |",
+        "| --- | --- |",
+    ]
+    for name, value in evaluation.get("summary", {}).items():
+        lines.append(f"| {name} | {value.get('mean', 0):.3f} ± {value.get('std', 0):.3f} |")
+    check = evaluation.get("calibration_check")
+    if check:
+        lines += [
+            "",
+            "Does the calibration's promise hold here? Per class, at the run's thresholds:\n",
+            "| class | promised precision (out of fold) | precision here | coverage here | labelled |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in check:
+            promised, here = row.get("out_of_fold_precision"), row.get("precision")
+            lines.append(
+                f"| {row['class']} | {'–' if promised is None else f'{promised:.3f}'} | "
+                f"{'–' if here is None else f'{here:.3f}'} | {row.get('coverage', 0):.3f} | "
+                f"{row.get('labelled')} |"
+            )
+    providers = evaluation.get("per_provider")
+    if providers:
+        metric = evaluation.get("provider_metric", "score")
+        lines += [
+            "",
+            f"Per data provider (Mitchell et al.'s factors: does the model serve every collection?), {metric}:\n",
+            f"| provider | images | {metric} |",
+            "| --- | --- | --- |",
+        ]
+        for provider, row in sorted(providers.items(), key=lambda kv: -kv[1]["images"]):
+            lines.append(f"| {provider} | {row['images']} | {row['score']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _intended_use(config: dict[str, Any]) -> str:

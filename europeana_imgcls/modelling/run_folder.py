@@ -14,6 +14,7 @@ No other module spells these names: they ask a ``RunFolder`` or a ``SplitFolder`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -161,6 +162,16 @@ class RunFolder:
     def trained(self) -> bool:
         return any(s.trained for s in self.splits())
 
+    def model_id(self) -> str:
+        """A short digest of the run's checkpoint files: the same models, the same id. Predict's journal compares
+        it, enrich's annotations and the model card name it, eic withdraw takes it."""
+        return hashlib.sha256("".join(file_sha256(p) for p in self.model_paths()).encode()).hexdigest()[:16]
+
+    @property
+    def evaluation(self) -> Path:
+        """The latest ``eic evaluate`` of the run, which its model card reports."""
+        return self.path / "evaluation.json"
+
     def read_summary(self) -> dict[str, Any]:
         return read_json(self.summary)
 
@@ -232,3 +243,8 @@ class CheckpointMeta(BaseModel):
     def saved(self) -> dict[str, Any]:
         """The fields as a checkpoint stores them (beside ``model_state``)."""
         return self.model_dump(mode="python")
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

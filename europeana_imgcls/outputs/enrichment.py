@@ -20,6 +20,7 @@ import hashlib
 import heapq
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,9 +31,11 @@ import numpy as np
 
 from ..core.config import EnrichConfig, InputSettings, PredictConfig
 from ..core.errors import CalibrationError, ConfigError, DatasetError
+from ..core.journal import json_line
 from ..core.naming import record_id_of
 from ..core.tables import atomic_path
-from ..core.version import __version__
+from ..core.version import HOMEPAGE, __version__
+from ..europeana.annotations import ANNO_CONTEXT, CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS, http_url
 from ..europeana.search_api import record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
@@ -40,13 +43,10 @@ from ..modelling.runtime import main_process
 from .inference import RunModel
 from .prediction import Item, Rows, read_output, run_predictions
 
-ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
-NS = "urn:europeana-imgcls:"  # eic's own properties: absolute IRIs, so JSON-LD processors keep them
-CONFIDENCE = NS + "confidence"
-MODEL = NS + "model"
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
 PREDICTION_COLUMNS = ["image", "ID", "URI", "probabilities"]
+RECORD_ID = re.compile(r"/[^/\s]+/[^\s]+")  # a Europeana record ID: /dataset/local
 CHOICES_NAME = "category"
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class EnrichReport:
     labelled: int = 0
     abstained: int = 0
     not_records: int = 0  # inputs that name no record (plain files, bare URLs): never annotated
+    refused: dict[str, int] = field(default_factory=dict)  # records not annotated, by reason
     annotations: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     review_output: Path | None = None
@@ -131,16 +132,10 @@ def enrich(config: EnrichConfig) -> EnrichReport:
         precision_target=calibration.precision_target,
         never_emitted=[c.name for c in calibration.per_class if c.threshold is None],
     )
-    model = {
-        "id": report.model_id,
-        "run": config.run.resolve().name,
-        "splits": predicted.splits,
-        "precisionTarget": calibration.precision_target,
-        "software": SOFTWARE,
-    }
+    model = ModelInfo(report.model_id, config.run.resolve().name, predicted.splits, calibration.precision_target)
     review = _ReviewQueue(config.review_n)
     with atomic_path(config.output) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        writer = _AnnotationWriter(handle, fmt, config.run.name)
+        writer = _AnnotationWriter(handle, fmt, config.profile, model)
         thresholds = calibration.thresholds()  # once: the loop below runs once per record
         for record in read_output(predictions):
             _decide(record, calibration, thresholds, vocab, model, writer, review, report)
@@ -198,7 +193,7 @@ def _decide(
     calibration: Calibration,
     thresholds: np.ndarray,
     vocab: dict[str, str],
-    model: dict[str, Any],
+    model: ModelInfo,
     writer: _AnnotationWriter,
     review: _ReviewQueue,
     report: EnrichReport,
@@ -207,6 +202,9 @@ def _decide(
     target = _target(record)
     if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
         report.not_records += 1
+        return
+    if isinstance(target, Refused):
+        report.refused[target.reason] = report.refused.get(target.reason, 0) + 1
         return
     classes = calibration.classes
     probs = np.array([record["probabilities"][c] for c in classes])
@@ -219,70 +217,136 @@ def _decide(
     for c in emitted:
         name = classes[c]
         writer.write(
-            annotation(
-                target, vocab[name], float(probs[c]), {**model, "class": name, "threshold": float(thresholds[c])}
-            )
+            annotation(target, vocab[name], float(probs[c]), model, name, float(thresholds[c]), writer.profile)
         )
         report.per_class[name] = report.per_class.get(name, 0) + 1
     margin = min(float(probs[c] - thresholds[c]) for c in emitted)
     review.labelled(record, probs, classes, emitted, margin)
 
 
-def _target(record: dict[str, Any]) -> dict[str, str] | str | None:
-    """The record (and the image of it that was classified, when that has a web address), or None.
+@dataclass(frozen=True)
+class Refused:
+    """A record that is not annotated, and why."""
 
-    Europeana wants a target's scope and source together, the scope being the record; a local file named by
-    eic download still names its record, but has no web address to give as the source."""
+    reason: str
+
+
+def _target(record: dict[str, Any]) -> dict[str, str] | str | Refused | None:
+    """The record (and the image of it that was classified, when that has a web address), or None for an input
+    that names no record, or why a record is refused.
+
+    The target is derived from the record's ID, never taken as given: a ``URI`` that names another record (or
+    is no Europeana item URI at all) is refused, so no annotation lands on a record it was not made for. A local
+    file named by eic download still names its record, but has no web address to give as the source."""
     image = record["image"]
-    web = image.lower().startswith(("http://", "https://"))
-    record_id = record.get("ID") or (None if web else record_id_of(Path(image).name))
-    scope = record.get("URI") or (record_uri(record_id) if record_id else None)
-    if scope is None:
+    web = http_url(image)
+    remote = image.lower().startswith(("http://", "https://"))
+    record_id = record.get("ID") or (None if remote else record_id_of(Path(image).name))
+    if not record_id:
         return None
+    if not RECORD_ID.fullmatch(record_id):
+        return Refused("an ID that is no Europeana record ID (/dataset/local)")
+    scope = record_uri(record_id)
+    given = record.get("URI")
+    if given and given != scope:
+        return Refused("a URI that is not its record's item URI")
     return {"scope": scope, "source": image} if web else scope
 
 
-def annotation(target: dict[str, str] | str, concept: str, confidence: float, model: dict[str, Any]) -> dict[str, Any]:
-    """One W3C Web Annotation tagging a record (or its image) with a concept, as Europeana's Annotations API
-    takes it."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that labels, as every annotation names it."""
+
+    digest: str
+    run: str
+    splits: list[str]
+    precision_target: float
+
+    @property
+    def iri(self) -> str:
+        return MODEL_ID_PREFIX + self.digest
+
+    @property
+    def generator(self) -> dict[str, str]:
+        """The software agent of every annotation: an http(s) id and a name that say eic, its version and the
+        model (Europeana keeps the generator, and drops eic's own properties)."""
+        return {
+            "id": f"{HOMEPAGE}#model-{self.digest}",
+            "type": "Software",
+            "name": f"{SOFTWARE}, model {self.digest}",
+            "homepage": HOMEPAGE,
+        }
+
+
+def annotation(
+    target: dict[str, str] | str,
+    concept: str,
+    confidence: float,
+    model: ModelInfo,
+    name: str,
+    threshold: float,
+    profile: str = "europeana",
+) -> dict[str, Any]:
+    """One W3C Web Annotation tagging a record (or its image) with a concept.
+
+    The europeana profile is what Europeana's batch upload takes: no ``id`` (Europeana reads one as an update
+    of an existing annotation), no ``creator`` (Europeana then names the token's user, the only one allowed to
+    withdraw it). The w3c profile adds an ``id`` (the canonical IRI). eic's own properties are absolute IRIs,
+    so a JSON-LD processor keeps them; Europeana drops them, and keeps the generator that names the model."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     scope = target if isinstance(target, str) else target["scope"]
-    agent = {"type": "Software", "name": SOFTWARE}
+    canonical = f"urn:uuid:{uuid.uuid5(CANONICAL_NS, '|'.join((model.digest, scope, concept)))}"
     return {
         "@context": ANNO_CONTEXT,
+        **({"id": canonical} if profile == "w3c" else {}),
         "type": "Annotation",
         "motivation": "tagging",
-        # Not "id": Europeana treats an item with an id as an update of an existing annotation.
-        "canonical": f"urn:uuid:{uuid.uuid5(CANONICAL_NS, '|'.join((model['id'], scope, concept)))}",
+        "canonical": canonical,
         "body": {"type": "SpecificResource", "source": concept, "purpose": "tagging"},
         "target": target,
-        "creator": agent,
         "created": now,
-        "generator": agent,
+        "generator": model.generator,
         "generated": now,
         CONFIDENCE: round(confidence, 6),
-        MODEL: model,
+        MODEL: {
+            "id": model.iri,
+            NS + "class": name,
+            NS + "threshold": round(threshold, 6),
+            NS + "precisionTarget": model.precision_target,
+            NS + "run": model.run,
+            NS + "splits": model.splits,
+            NS + "software": SOFTWARE,
+        },
     }
 
 
 class _AnnotationWriter:
-    """Streams annotations: one a line (jsonl), or the items of one AnnotationCollection's first page."""
+    """Streams annotations: one a line (jsonl); or one AnnotationPage (europeana: the body of Europeana's batch
+    upload), or one AnnotationCollection with its first page (w3c, every part with an id)."""
 
-    def __init__(self, handle: TextIO, fmt: str, label: str) -> None:
-        self.handle, self.fmt, self.count = handle, fmt, 0
-        if fmt == "jsonld":
-            head = json.dumps(
-                {
-                    "@context": ANNO_CONTEXT,
-                    "type": "AnnotationCollection",
-                    "label": f"{SOFTWARE} enrichments ({label})",
-                },
-                ensure_ascii=False,
-            )
-            handle.write(head[:-1] + ', "first": {"type": "AnnotationPage", "startIndex": 0, "items": [\n')
+    def __init__(self, handle: TextIO, fmt: str, profile: str, model: ModelInfo) -> None:
+        self.handle, self.fmt, self.profile, self.count = handle, fmt, profile, 0
+        if fmt != "jsonld":
+            return
+        if profile == "europeana":
+            handle.write(f'{{"@context": "{ANNO_CONTEXT}", "type": "AnnotationPage", "items": [\n')
+            return
+        collection = f"urn:uuid:{uuid.uuid5(CANONICAL_NS, model.digest + '|collection|' + model.run)}"
+        head = json.dumps(
+            {
+                "@context": ANNO_CONTEXT,
+                "id": collection,
+                "type": "AnnotationCollection",
+                "label": f"{SOFTWARE} enrichments by model {model.digest} ({model.run})",
+            }
+        )
+        page = json.dumps(
+            {"id": f"{collection}:page:0", "type": "AnnotationPage", "partOf": collection, "startIndex": 0}
+        )
+        handle.write(head[:-1] + ', "first": ' + page[:-1] + ', "items": [\n')
 
     def write(self, item: dict[str, Any]) -> None:
-        text = json.dumps(item, ensure_ascii=False)
+        text = json_line(item)
         if self.fmt == "jsonld":
             self.handle.write((",\n" if self.count else "") + text)
         else:
@@ -290,7 +354,11 @@ class _AnnotationWriter:
         self.count += 1
 
     def close(self) -> None:
-        if self.fmt == "jsonld":
+        if self.fmt != "jsonld":
+            return
+        if self.profile == "europeana":
+            self.handle.write("\n]}\n")
+        else:
             self.handle.write(f'\n]}}, "total": {self.count}}}\n')
 
 

@@ -11,6 +11,7 @@ import csv
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..datasets.folders import ImageDataset, make_loader
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std
 from ..modelling.calibration import load_calibration, score_thresholds
+from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import autocast_dtype, default_workers, resolve_device
 from .inference import RunModel, load_run, logits_of
@@ -77,7 +79,57 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     _write_predictions(out / "predictions.csv", task, paths, truth, probs, thresholds, classes)
     _gallery(out / "misclassified.png", task, paths, truth, probs, thresholds, classes, config.gallery)
     report.calibration_check = _check_calibration(config, models, truth, logits, out)
+    _record_in_run(config, report, task, paths, truth, probs, thresholds)
     return report
+
+
+def _record_in_run(
+    config: EvaluateConfig,
+    report: EvaluateReport,
+    task: Task,
+    paths: list[str],
+    truth: np.ndarray,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, np.ndarray | None],
+) -> None:
+    """The run keeps its latest evaluation (``RUN/evaluation.json``) and its model card reports it; a split folder
+    evaluated alone is not the run."""
+    folder = RunFolder(config.run)
+    if folder.is_split:
+        return
+    metric = task.shown[0]
+    write_json(
+        folder.evaluation,
+        {
+            "eval_dir": str(config.eval_dir.resolve()),
+            "images": report.images,
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "summary": {k: {"mean": v["mean"], "std": v["std"]} for k, v in report.summary.items()},
+            "calibration_check": report.calibration_check,
+            "provider_metric": metric,
+            "per_provider": _per_provider(task, metric, paths, truth, probs, thresholds),
+        },
+    )
+    write_model_card(config.run)
+
+
+def _per_provider(
+    task: Task,
+    metric: str,
+    paths: list[str],
+    truth: np.ndarray,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, np.ndarray | None],
+) -> dict[str, dict[str, Any]]:
+    """``metric`` per data provider (the dataset of the record a file is named after), mean over the splits;
+    empty when the files do not name their records."""
+    providers = np.array([(record_id_of(Path(p).name) or "//").split("/")[1] for p in paths])
+    scores = {}
+    for provider in sorted(set(providers) - {""}):
+        mask = providers == provider
+        values = [task.metrics(truth[mask], p[mask], thresholds[k])[metric] for k, p in probs.items()]
+        scores[str(provider)] = {"images": int(mask.sum()), "score": float(np.mean(values))}
+    return scores
 
 
 def _check_calibration(

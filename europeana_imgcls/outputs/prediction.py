@@ -33,7 +33,6 @@ from ..datasets.folders import ImageDataset, list_images, load_image, make_loade
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
 from ..europeana.search_api import SearchClient, record_uri
-from ..modelling.checkpoint import model_id
 from ..modelling.explain import TILE, figure, heatmaps, save_figure
 from ..modelling.models import get_arch
 from ..modelling.run_folder import RunFolder
@@ -147,7 +146,7 @@ def _predict(
 ) -> PredictReport:
     models = load_run(config.run, device, config.split)
     rows = make_rows(models, config)
-    digest = model_id(RunFolder(config.run).model_paths())
+    digest = RunFolder(config.run).model_id()
     report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard, model_id=digest)
     items, report.not_fetched = _gather(config, world)
     journal = output_journal(config, digest, rows.columns, world)
