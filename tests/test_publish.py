@@ -400,10 +400,19 @@ def test_the_stand_in_refuses_what_europeana_refuses(enriched) -> None:
 
 
 def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
     from europeana_imgcls import EvaluateConfig, evaluate
 
     model = enriched["model"]
-    card = (trained_run / "MODEL_CARD.md").read_text()
+    run = tmp_path / "run"  # a copy: the shared run is evaluated by other tests, and evaluating writes into it
+    shutil.copytree(trained_run, run)
+    for written in (run / "evaluation.json", run / "MODEL_CARD.md"):
+        written.unlink(missing_ok=True)
+    from europeana_imgcls.modelling.modelcard import write_model_card
+
+    write_model_card(run)
+    card = (run / "MODEL_CARD.md").read_text()
     _, front, body = card.split("---\n", 2)  # the YAML block model hubs read, first
     for line in (
         "library_name: europeana-imgcls",
@@ -423,8 +432,8 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
     ):
         assert row in body, row
     assert "Not evaluated yet" in body
-    evaluate(EvaluateConfig(run=trained_run, eval_dir=enriched["images"], output_dir=tmp_path / "ev", gallery=0))
-    card = (trained_run / "MODEL_CARD.md").read_text()
+    evaluate(EvaluateConfig(run=run, eval_dir=enriched["images"], output_dir=tmp_path / "ev", gallery=0))
+    card = (run / "MODEL_CARD.md").read_text()
     evaluation = card.split("## Evaluation")[1].split("## Limitations")[0]
     assert f"({3 * 8} images)" in evaluation and "| accuracy |" in evaluation
     providers = [line for line in evaluation.splitlines() if line.startswith("| 90")]

@@ -143,7 +143,7 @@ def score_thresholds(
                 "support": int(support[c]),
                 "labelled": labelled,
                 "precision": hits / labelled if labelled else None,
-                "coverage": hits / support[c] if support[c] else 0.0,
+                "coverage": float(hits / support[c]) if support[c] else 0.0,
             }
         )
     return rows
