@@ -57,3 +57,30 @@ print(heavy[:5])
 def test_the_public_api_is_what_docs_api_md_promises() -> None:
     for name in europeana_imgcls.__all__:
         assert getattr(europeana_imgcls, name) is not None, name
+
+
+def test_every_package_the_code_imports_is_declared() -> None:
+    """A fresh `pip install` brings what the code imports (typer 0.29 no longer brings click, for one)."""
+    import ast
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    declared = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in wanted}
+    distributions = importlib.metadata.packages_distributions()
+    stdlib = sys.stdlib_module_names
+    undeclared = {}
+    for path in (ROOT / "europeana_imgcls").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in stdlib or top == "europeana_imgcls":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    undeclared[top] = path.name
+    assert not undeclared, undeclared

@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from ..core.config import build_config
 
@@ -142,8 +141,8 @@ def _cli_type(annotation: Any) -> tuple[type, bool]:
 def _shown_default(field: FieldInfo) -> str | bool:
     if field.is_required():
         return "required"
-    default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
-    if default is PydanticUndefined or default is None or default == {} or default == []:
+    default = field.get_default(call_default_factory=True)
+    if default is None or default == {} or default == []:
         return False
     if isinstance(default, SecretStr):
         return "the public demo key"

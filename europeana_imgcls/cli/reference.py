@@ -10,8 +10,6 @@ import sys
 import typing
 from pathlib import Path
 
-from pydantic_core import PydanticUndefined
-
 from ..core.config import ALL_CONFIGS, ENV_PREFIX, SECRET_FIELDS
 
 PAGES = {"cli.md": lambda: cli_reference(), "configuration.md": lambda: config_reference()}
@@ -69,7 +67,7 @@ def config_reference() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the pydantic models in `europeana_imgcls/config.py`. Each setting can be given as a "
+        "Generated from the pydantic models in `europeana_imgcls/core/config.py`. Each setting can be given as a "
         "flag, in a `--config` file (flat, or in the stage's table), or as the environment variable shown; "
         "flags win over the file, the file over the environment, the environment over the default.",
         "",
@@ -84,13 +82,12 @@ def config_reference() -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for name, field in model.model_fields.items():
-            if field.default is not PydanticUndefined:
-                value = str(field.default) if isinstance(field.default, Path) else field.default
-                default = "the public demo key" if name in SECRET_FIELDS else repr(value)
-            elif field.default_factory is not None:
-                default = repr(field.default_factory())  # type: ignore[call-arg]
-            else:
+            if field.is_required():
                 default = "required"
+            else:
+                value = field.get_default(call_default_factory=True)
+                value = str(value) if isinstance(value, Path) else value
+                default = "the public demo key" if name in SECRET_FIELDS and value is not None else repr(value)
             lines.append(
                 f"| `{name}` | {_cell(_type(field.annotation))} | {_cell(default)} | "
                 f"`{ENV_PREFIX}{name.upper()}` | {_cell(field.description)} |"
