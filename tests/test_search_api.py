@@ -134,3 +134,84 @@ def test_one_retry_policy_reads_both_forms_of_retry_after() -> None:
     second = first.increment()
     assert 0.25 <= first.wait(None) <= 0.75 and 0.5 <= second.wait("") <= 1.5  # backoff doubles, with jitter
     assert not second.is_exhausted() and second.increment().is_exhausted()  # two retries, then no more
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile answers: nothing hangs, nothing crashes
+
+
+def test_a_cursor_that_comes_back_ends_the_paging_in_one_line() -> None:
+    """An API whose nextCursor alternates A, B, A, B would page for ever (and spend the key's quota)."""
+    calls = {"n": 0}
+
+    def cycling(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        assert calls["n"] < 50, "paged for ever"
+        cursor = request.url.params["cursor"]
+        return page([f"/1/{calls['n']}"], "B" if cursor in ("*", "A") else "A")
+
+    with pytest.raises(ApiError, match="cursor it sent before") as error:
+        list(make_client(cycling).iter_items("*"))
+    assert calls["n"] <= 4 and "\n" not in str(error.value)
+
+
+def test_a_page_that_adds_no_new_record_ends_the_paging_in_one_line() -> None:
+    calls = {"n": 0}
+
+    def stuck(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        assert calls["n"] < 50, "paged for ever"
+        return page(["/1/a", "/1/b"], f"c{calls['n']}")  # new cursors, the same records
+
+    with pytest.raises(ApiError, match="no record it had not sent") as error:
+        list(make_client(stuck).iter_items("*"))
+    assert calls["n"] == 2 and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"RateLimit-Limit": "inf", "RateLimit-Remaining": "5", "RateLimit-Reset": "10"},
+        {"RateLimit-Limit": "1e400", "RateLimit-Remaining": "5", "RateLimit-Reset": "10"},
+        {"RateLimit-Limit": "100", "RateLimit-Remaining": "nan", "RateLimit-Reset": "10"},
+        {"RateLimit-Limit": "100", "RateLimit-Remaining": "0", "RateLimit-Reset": "1e18"},
+        {"RateLimit-Policy": '"p";q=100;w=3600', "RateLimit": '"p";r=0;t=99999999999'},
+    ],
+)
+def test_absurd_quota_headers_are_read_as_absent(headers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        response = page(["/1/a"], None)
+        response.headers.update(headers)
+        return response
+
+    client = make_client(answer)
+    client.max_quota_wait = 6 * 3600
+    assert [i["id"] for i in client.iter_items("*")] == ["/1/a"]
+    client.search([("query", "*")])  # a second request, paced by what the first announced: nothing absurd
+    assert all(s < 3600 for s in slept)
+
+
+def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
+    tmp_path, trained_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict --query (and enrich --query) honour the same longest wait as harvest (`max_quota_wait`)."""
+    from europeana_imgcls import PredictConfig, predict
+    from europeana_imgcls.europeana.sandbox import Sandbox
+
+    from .conftest import VOCAB
+
+    def no_long_sleep(seconds: float) -> None:
+        assert seconds < 3600, f"would sleep {seconds} s"
+
+    monkeypatch.setattr("europeana_imgcls.europeana.search_api.time.sleep", no_long_sleep)
+
+    with (
+        Sandbox(VOCAB, per_level=40, quota=2, quota_window=31536000) as sb,
+        pytest.raises(ApiError, match="max_quota_wait"),
+    ):
+        predict(
+            PredictConfig(run=trained_run, query="*", n=150, api_url=sb.api_url, output=tmp_path / "p.csv", quiet=True)
+        )

@@ -28,7 +28,7 @@ from ..core.errors import DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
-from ..europeana.search_api import PAGE_ROWS, SearchClient, record_uri
+from ..europeana.search_api import PAGE_ROWS, SearchClient, first, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
 COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider", "reusability"]
@@ -184,7 +184,7 @@ def _fetch_unit(
         if not record_id or record_id in seen:
             continue
         seen.add(record_id)
-        url = _first(item.get("edmIsShownBy"))
+        url = first(item.get("edmIsShownBy"))
         if not url:
             no_url.add(record_id)
             continue
@@ -192,9 +192,9 @@ def _fetch_unit(
             {
                 "ID": record_id,
                 "URL": url,
-                "preview": _first(item.get("edmPreview")),
-                "rights": _first(item.get("rights")),
-                "data_provider": _first(item.get("dataProvider")),
+                "preview": first(item.get("edmPreview")),
+                "rights": first(item.get("rights")),
+                "data_provider": first(item.get("dataProvider")),
                 "reusability": unit.level,
             }
         )
@@ -246,9 +246,3 @@ def _to_frame(state: _State, vocab: dict[str, str]) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(records, schema={c: pl.Utf8 for c in COLUMNS})
-
-
-def _first(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value.strip() if isinstance(value, str) and value.strip() else None

@@ -83,6 +83,13 @@ class ApiSettings(ProgressSettings):
         description="Seconds to wait for one API answer (and for one image, when predict and enrich fetch them).",
     )
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
+    max_quota_wait: float = Field(
+        6.0,
+        ge=0,
+        le=8760,
+        description="Hours a run may wait for the API key's quota (announced in RateLimit headers); one that would "
+        "wait longer stops first, saying how long it would take.",
+    )
 
 
 TABLE_COLUMNS = ("ID", "URL", "category", "preview", "URI", "skos_concept", "rights", "data_provider", "reusability")
@@ -186,13 +193,6 @@ class HarvestConfig(ApiSettings):
         False, description="Single-label: keep a record found under several categories in the first one."
     )
     resume: bool = Field(False, description="Skip categories already complete in the output.")
-    max_quota_wait: float = Field(
-        6.0,
-        ge=0,
-        description="Hours the harvest may wait for the API key's quota "
-        "(announced in RateLimit headers); one that would wait longer stops first, "
-        "saying how long it would take.",
-    )
 
     _split = field_validator("reusability", mode="before")(_split_words)
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-_PARAM = re.compile(r"(?:^|;)\s*([a-z]+)\s*=\s*(\d+(?:\.\d+)?)")
+_PARAM = re.compile(r"(?:^|;)\s*([a-z]+)\s*=\s*(\d+(?:\.\d+)?)(?![\w.])")  # a whole number: not 1 of 1e400
 
 
 @dataclass
@@ -80,17 +80,26 @@ class Quota:
         )
 
 
+MOST = 1e9  # a count or a number of seconds (31 years) past which a header says nothing believable
+
+
 def _params(value: str | None) -> dict[str, float]:
     if not value:
         return {}
-    return {key: float(number) for key, number in _PARAM.findall(value.lower())}
+    found = {key: _sane(float(number)) for key, number in _PARAM.findall(value.lower())}
+    return {key: number for key, number in found.items() if number is not None}
 
 
 def _number(value: str | None) -> float | None:
     try:
-        return float(value) if value is not None else None
+        return _sane(float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def _sane(number: float) -> float | None:
+    """A header's number, or None when no server means it: not finite, negative, or past ``MOST``."""
+    return number if math.isfinite(number) and 0 <= number <= MOST else None
 
 
 def duration(seconds: float) -> str:

@@ -188,7 +188,7 @@ class SearchClient:
                 quota.describe(),
                 what,
                 needed,
-                finish.strftime("%H:%M"),
+                finish.strftime("%H:%M" if finish.date() == datetime.date.today() else "%Y-%m-%d %H:%M"),
             )
         if pause > 0:
             time.sleep(pause)
@@ -216,13 +216,43 @@ class SearchClient:
         if sort:
             base.append(("sort", sort))
         cursor: str | None = "*"
+        cursors: set[str] = set()
+        seen: set[str] = set()  # record IDs: an answer that only repeats them pages for ever
         while cursor:
+            cursors.add(cursor)
             page = self.search([*base, ("cursor", cursor)])
-            items = page.get("items") or []
-            yield from items
+            items = _records(page, self.api_url)
+            new = [item for item in items if item["id"] not in seen]
+            if items and not new:
+                raise ApiError(
+                    f"the Search API at {self.api_url} answered a page with no record it had not sent "
+                    "before: its paging would never end; what was fetched so far is kept"
+                )
+            seen.update(item["id"] for item in new)
+            yield from new
             next_cursor = page.get("nextCursor")
+            if isinstance(next_cursor, str) and next_cursor in cursors and items:
+                raise ApiError(
+                    f"the Search API at {self.api_url} sent a cursor it sent before "
+                    f"({next_cursor[:40]}): its paging would never end; what was fetched so far is kept"
+                )
             # A partial last page still carries a cursor; the empty page after it does not.
-            cursor = next_cursor if items and next_cursor and next_cursor != cursor else None
+            cursor = next_cursor if items and isinstance(next_cursor, str) and next_cursor else None
+
+
+def _records(page: dict[str, Any], api_url: str) -> list[dict[str, Any]]:
+    """The records of a page: objects with a text ``id`` (anything else an answer holds is no record)."""
+    items = page.get("items") or []
+    if not isinstance(items, list):
+        raise ApiError(f"the Search API at {api_url} answered items that are not a list; check `api_url`")
+    return [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]]
+
+
+def first(value: Any) -> str | None:
+    """A field's first value as text: the API gives most fields as lists, some as a plain string."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _parse(response: httpx.Response) -> dict[str, Any]:

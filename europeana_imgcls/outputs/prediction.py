@@ -32,7 +32,7 @@ from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_tab
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
-from ..europeana.search_api import SearchClient, record_uri
+from ..europeana.search_api import PAGE_ROWS, SearchClient, first, record_uri
 from ..modelling.explain import TILE, figure, heatmaps, save_figure
 from ..modelling.models import get_arch
 from ..modelling.run_folder import RunFolder
@@ -373,20 +373,25 @@ def _query(config: PredictConfig) -> list[dict[str, str | None]]:
     """Up to ``n`` records with an image, level after level, as harvest asks for them."""
     found: list[dict[str, str | None]] = []
     with SearchClient(
-        config.api_url, config.api_key.get_secret_value(), timeout=config.timeout, retries=config.retries
+        config.api_url,
+        config.api_key.get_secret_value(),
+        timeout=config.timeout,
+        retries=config.retries,
+        max_quota_wait=config.max_quota_wait * 3600,
     ) as client:
         for level in config.reusability:
+            client.expect(-(-(config.n - len(found)) // PAGE_ROWS))  # the key's quota is paced to what is left
             for item in client.iter_items(config.query or "*", ["TYPE:IMAGE"], reusability=level):
                 if len(found) >= config.n:
                     return found
-                url = (item.get("edmIsShownBy") or [None])[0]
-                if url and item.get("id"):
+                url = first(item.get("edmIsShownBy"))
+                if url:
                     found.append(
                         {
                             "ID": item["id"],
                             "URL": url,
                             "URI": record_uri(item["id"]),
-                            "preview": (item.get("edmPreview") or [None])[0],
+                            "preview": first(item.get("edmPreview")),
                             "image": url,
                         }
                     )
