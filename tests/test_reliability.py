@@ -839,3 +839,36 @@ def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
         embed(EmbedConfig(data_dir=other, resume=True, **common))
     merged = embed(EmbedConfig(data_dir=first, resume=True, **common))
     assert merged.already_done + merged.embedded == 9 and merged.already_done > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Round two: a user's path is a path, never a pattern
+
+
+def test_brackets_and_stars_in_paths_are_names_not_patterns(sandbox: Sandbox, tmp_path: Path, trained_run) -> None:
+    """polars reads a path with `[` as a glob by default: `tab[1].csv` matched nothing and crashed."""
+    from europeana_imgcls import EnrichConfig, PredictConfig, enrich, predict
+
+    rows = _good_rows(sandbox)[:3]
+    table = tmp_path / "tab[1].csv"
+    pl.DataFrame(rows).write_csv(table)
+    runner = CliRunner()
+    stats = runner.invoke(app, ["stats", str(table)])
+    assert stats.exit_code == 0, stats.stderr
+    fetched = runner.invoke(app, ["download", str(table), "-o", str(tmp_path / "img[2]"), "--quiet"])
+    assert fetched.exit_code == 0, fetched.stderr
+    assert len(list((tmp_path / "img[2]").rglob("*.jpg"))) == 3
+    out = tmp_path / "p[1].csv"
+    report = predict(PredictConfig(run=trained_run, table=table, output=out, quiet=True))
+    assert report.predicted == 3 and len(list(report.rows())) == 3
+    again = predict(PredictConfig(run=trained_run, table=table, output=out, quiet=True, resume=True))
+    assert again.already_done == 3
+    annotated = enrich(EnrichConfig(run=trained_run, table=table, output=tmp_path / "a[1]*.jsonld", quiet=True,
+                                    vocab=_vocab_file(tmp_path), precision=0.5))
+    assert annotated.records == 3 and (tmp_path / "a[1]*.jsonld").is_file()
+
+
+def _vocab_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(VOCAB))
+    return path

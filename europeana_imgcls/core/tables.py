@@ -83,9 +83,9 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
         raise DatasetError(f"{path}: no such table")
     try:
         if path.suffix.lower() == ".csv":
-            df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+            df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True, glob=False)
         else:
-            df = pl.read_parquet(path)
+            df = pl.read_parquet(path, glob=False)
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
     df = rename_columns(path, _clean(df), columns)
@@ -157,8 +157,8 @@ def _scan(path: Path) -> pl.LazyFrame:
     if not path.is_file():
         raise DatasetError(f"{path}: no such table")
     if path.suffix.lower() == ".csv":
-        return pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True)
-    return pl.scan_parquet(path)
+        return pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True, glob=False)
+    return pl.scan_parquet(path, glob=False)  # a user's path is a name, never a pattern (`tab[1].csv`)
 
 
 def check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:

@@ -305,7 +305,7 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
             "made these embeddings; run eic embed again"
         ) from None
     try:
-        table = pl.read_parquet(path)
+        table = pl.read_parquet(path, glob=False)
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read it ({type(exc).__name__})") from None
     missing = {"image", "category", "embedding"} - set(table.columns)
