@@ -27,8 +27,9 @@ from europeana_imgcls.modelling.calibration import (
     load_calibration,
     score_thresholds,
 )
-from europeana_imgcls.outputs.enrichment import enrich, labelling_config_path
+from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.evaluation import evaluate_run
+from europeana_imgcls.outputs.review import labelling_config_path
 
 from .conftest import VOCAB
 

@@ -166,7 +166,8 @@ def test_multilabel_bad_inputs(tmp_path: Path) -> None:
 def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:
     from europeana_imgcls.core.config import EnrichConfig
     from europeana_imgcls.europeana.annotations import MODEL, NS
-    from europeana_imgcls.outputs.enrichment import enrich, labelling_config_path
+    from europeana_imgcls.outputs.enrichment import enrich
+    from europeana_imgcls.outputs.review import labelling_config_path
 
     data, out = ml_run
     calibration = json.loads((out / "calibration.json").read_text())

@@ -863,8 +863,16 @@ def test_brackets_and_stars_in_paths_are_names_not_patterns(sandbox: Sandbox, tm
     assert report.predicted == 3 and len(list(report.rows())) == 3
     again = predict(PredictConfig(run=trained_run, table=table, output=out, quiet=True, resume=True))
     assert again.already_done == 3
-    annotated = enrich(EnrichConfig(run=trained_run, table=table, output=tmp_path / "a[1]*.jsonld", quiet=True,
-                                    vocab=_vocab_file(tmp_path), precision=0.5))
+    annotated = enrich(
+        EnrichConfig(
+            run=trained_run,
+            table=table,
+            output=tmp_path / "a[1]*.jsonld",
+            quiet=True,
+            vocab=_vocab_file(tmp_path),
+            precision=0.5,
+        )
+    )
     assert annotated.records == 3 and (tmp_path / "a[1]*.jsonld").is_file()
 
 

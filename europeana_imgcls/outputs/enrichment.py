@@ -16,7 +16,6 @@ properties of eic's own namespace (the W3C model has none for them).
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
@@ -42,12 +41,12 @@ from ..modelling.calibration import Calibration, check_precision, load_calibrati
 from ..modelling.runtime import main_process
 from .inference import RunModel
 from .prediction import Item, Rows, read_output, run_predictions
+from .review import review_task, write_review_tasks
 
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
 PREDICTION_COLUMNS = ["image", "ID", "URI", "probabilities"]
 RECORD_ID = re.compile(r"/[^/\s]+/[^\s]+")  # a Europeana record ID: /dataset/local
-CHOICES_NAME = "category"
 log = logging.getLogger(__name__)
 
 
@@ -396,57 +395,9 @@ class _ReviewQueue:
 def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: str) -> dict[str, Any]:
     """A Label Studio task with the model's suggestion as a pre-annotation."""
     record_id = record.get("ID") or record_id_of(Path(record["image"]).name) or ""
-    data = {
-        "image": record["image"],
-        "ID": record_id,
-        "URI": record.get("URI") or (record_uri(record_id) if record_id else ""),
-        "reason": reason,
-    }
-    # Result ids must differ across a project's tasks: derive one from the record.
-    result_id = hashlib.sha1((record_id or record["image"]).encode()).hexdigest()[:10]
-    return {
-        "data": data,
-        "predictions": [
-            {
-                "score": round(score, 6),
-                "result": [
-                    {
-                        "id": result_id,
-                        "type": "choices",
-                        "from_name": CHOICES_NAME,
-                        "to_name": "image",
-                        "value": {"choices": suggestion},
-                    }
-                ],
-            }
-        ],
-    }
+    return review_task(record_id, record["image"], suggestion, score, reason, record.get("URI"))
 
 
 def _write_review(path: Path, review: _ReviewQueue, calibration: Calibration, model_id: str) -> int:
-    tasks = review.all()
-    version = f"{SOFTWARE} {model_id}"
-    for task in tasks:
-        task["predictions"][0]["model_version"] = version
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    with atomic_path(labelling_config_path(path)) as tmp:
-        tmp.write_text(labelling_config(calibration.classes, calibration.task.multilabel), encoding="utf-8")
-    return len(tasks)
-
-
-def labelling_config_path(review: Path) -> Path:
-    return review.with_name(f"{review.stem}.labelling.xml")
-
-
-def labelling_config(classes: list[str], multilabel: bool) -> str:
-    """The Label Studio labelling interface the review tasks are made for."""
-    from xml.sax.saxutils import quoteattr
-
-    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
-    kind = "multiple" if multilabel else "single"
-    return (
-        f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="record" value="$ID"/>\n'
-        f'  <Choices name="{CHOICES_NAME}" toName="image" choice="{kind}" showInline="true">\n{choices}\n'
-        "  </Choices>\n</View>\n"
-    )
+    return write_review_tasks(path, review.all(), calibration.classes, calibration.task.multilabel,
+                              f"{SOFTWARE} {model_id}")

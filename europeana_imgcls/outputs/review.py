@@ -1,30 +1,123 @@
-"""``eic review import``: people's corrections in Label Studio become training data.
+"""The review loop with Label Studio: tasks for people (``review_task``, ``write_review_tasks``, one labelling
+interface for every task eic writes), and ``eic review import``, their corrections back into training data.
 
-Takes Label Studio's JSON export (Export > JSON: a list of tasks, each with its ``data`` and its
-``annotations``) of a project made from an ``eic enrich --review-output`` file, and writes a table
-(``ID, URI, URL, category, skos_concept, reviewed_by``) that ``eic download`` and ``eic train`` accept.
-Tasks nobody labelled, whose annotations were all cancelled, or whose reviewers all chose no class are
-skipped; tasks whose annotators disagree (a reviewer who submits no class disagrees with one who chooses a
-class) are conflicts. Both are reported, never guessed.
+``import_review`` takes Label Studio's JSON export (Export > JSON: a list of tasks, each with its ``data`` and
+its ``annotations``) of a project made from an eic review file, and writes a table (``ID, URI, URL, category,
+skos_concept, reviewed_by``) that ``eic download`` and ``eic train`` accept. The export is untrusted input: its
+shape is checked (pydantic models), its size capped, and what does not fit is refused in one line.
+
+- Tasks nobody labelled, or whose annotations were all cancelled, are skipped.
+- A reviewer who chose "none of these classes", or submitted no class, answers "no class": the record is listed
+  (``removed``), not imported, so ``eic review apply`` can take it out of the training table.
+- Annotators who disagree, within a task or across two tasks of one record, make a conflict: reported, never
+  guessed. A choice made twice (``["map", "map"]``) is one choice.
+- A task whose ``URI`` is not its record's item URI, or whose ID is no Europeana record ID, is refused with its
+  reason: a correction must land on the record it was made for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.tables import check_table_suffix, refuse_existing, sidecar, write_json, write_table
+from ..core.tables import atomic_path, check_table_suffix, refuse_existing, sidecar, write_json, write_table
 from ..europeana.search_api import record_uri
 from ..europeana.vocabulary import load_vocabulary
-from .enrichment import CHOICES_NAME
 
 COLUMNS = ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
+CHOICES_NAME = "category"
+NONE_CHOICE = "none of these classes"  # the reviewer's way to say the record is in no class of the run
+RECORD_ID = re.compile(r"/[^/\s]+/\S+")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks for people
+
+
+def review_task(record_id: str, image: str, suggestion: list[str], score: float, reason: str,
+                uri: str | None = None) -> dict[str, Any]:
+    """A Label Studio task with eic's suggestion as a pre-annotation (a task of enrich's or audit's review)."""
+    data = {"image": image, "ID": record_id, "URI": uri or (record_uri(record_id) if record_id else ""),
+            "reason": reason}
+    # Result ids must differ across a project's tasks: derive one from the record.
+    result_id = hashlib.sha1((record_id or image).encode()).hexdigest()[:10]
+    return {
+        "data": data,
+        "predictions": [{"score": round(score, 6), "result": [{
+            "id": result_id, "type": "choices", "from_name": CHOICES_NAME, "to_name": "image",
+            "value": {"choices": suggestion}}]}],
+    }
+
+
+def write_review_tasks(path: Path, tasks: list[dict[str, Any]], classes: list[str], multilabel: bool,
+                       model_version: str) -> int:
+    """The tasks (a JSON list Label Studio imports) and, beside them, the labelling interface they are made for."""
+    for task in tasks:
+        task["predictions"][0]["model_version"] = model_version
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    with atomic_path(labelling_config_path(path)) as tmp:
+        tmp.write_text(labelling_config(classes, multilabel), encoding="utf-8")
+    return len(tasks)
+
+
+def labelling_config_path(review: Path) -> Path:
+    return review.with_name(f"{review.stem}.labelling.xml")
+
+
+def labelling_config(classes: list[str], multilabel: bool) -> str:
+    """The Label Studio labelling interface of every review task eic writes: the image, the record, the classes,
+    and a way to say "none of these"."""
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in [*classes, NONE_CHOICE])
+    kind = "multiple" if multilabel else "single"
+    return (
+        f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="record" value="$ID"/>\n'
+        f'  <Text name="reason" value="$reason"/>\n'
+        f'  <Choices name="{CHOICES_NAME}" toName="image" choice="{kind}" showInline="true">\n{choices}\n'
+        "  </Choices>\n</View>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The export, as eic reads it
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Result(_Model):
+    type: str | None = None
+    from_name: str | None = None
+    value: dict[str, Any] | None = None
+
+
+class _Annotation(_Model):
+    was_cancelled: bool = False
+    result: list[_Result] | None = None
+    completed_by: int | str | dict[str, Any] | None = None
+
+
+class _Data(_Model):
+    ID: str | None = None
+    image: str | None = None
+    URI: str | None = None
+
+
+class _Task(_Model):
+    id: int | str | None = None
+    data: _Data
+    annotations: list[_Annotation] | None = None
 
 
 @dataclass
@@ -32,7 +125,9 @@ class ReviewImportReport:
     output: Path
     imported: int = 0
     skipped: list[str] = field(default_factory=list)  # task ids with no usable annotation
-    conflicts: list[str] = field(default_factory=list)  # task ids whose annotators disagree
+    conflicts: list[str] = field(default_factory=list)  # task ids whose annotators disagree (in one or two tasks)
+    removed: list[str] = field(default_factory=list)  # record IDs reviewers put in no class
+    refused: list[tuple[str, str]] = field(default_factory=list)  # task id, why
     per_class: dict[str, int] = field(default_factory=dict)
 
 
@@ -41,99 +136,121 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     check_table_suffix(config.output)
     refuse_existing(config.output, config.overwrite)
     vocab = load_vocabulary(config.vocab)
-    tasks = _load_export(config.export)
-    if tasks and not any(task["data"].get("ID") for task in tasks):
-        raise DatasetError(
-            f"{config.export}: no task has data.ID, so none comes from an eic enrich review file; "
-            "export the project made from `review_output`"
-        )
+    tasks = _load_export(config.export, config.max_export_mb)
     report = ReviewImportReport(config.output)
-    rows = []
-    for number, task in enumerate(tasks):
-        name = str(task.get("id", f"#{number + 1}"))
-        answer = _answer(task, config.export, name)
+    answers: dict[str, list[tuple[str, tuple[str, ...], str, _Data]]] = {}  # record -> (task, labels, who, data)
+    for name, task in tasks:
+        answer = _answer(task, vocab, config, name)
         if answer is None:
             report.skipped.append(name)
-            continue
-        if answer == CONFLICT:
+        elif answer == "conflict":
             report.conflicts.append(name)
+        elif isinstance(answer, tuple):
+            labels, reviewer = answer
+            problem = _target_problem(task.data)
+            if problem:
+                report.refused.append((name, problem))
+            elif task.data.ID:
+                answers.setdefault(task.data.ID, []).append((name, labels, reviewer, task.data))
+            else:
+                report.skipped.append(name)
+    rows = []
+    for record_id, given in answers.items():
+        if len({labels for _, labels, _, _ in given}) > 1:  # two tasks of one record, answered differently
+            report.conflicts += [name for name, _, _, _ in given]
             continue
-        labels, reviewer = answer
-        unknown = [label for label in labels if label not in vocab]
-        if unknown:
-            where = config.vocab or "the built-in vocabulary"
-            raise DatasetError(
-                f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
-                f"{where}; pass the run's `vocab`"
-            )
-        row = _row(task["data"], labels, vocab, reviewer)
-        if row is None:  # a local file, not a record: nothing to download or train from
-            report.skipped.append(name)
+        _, labels, _, data = given[0]
+        reviewers = " ".join(sorted({who for _, _, who, _ in given if who}))
+        if not labels:
+            report.removed.append(record_id)
+            continue
+        row = _row(record_id, data, labels, vocab, reviewers)
+        if row is None:  # a local file, not a record with a web image: nothing to download or train from
+            report.skipped += [name for name, _, _, _ in given]
             continue
         rows.append(row)
         for label in labels:
             report.per_class[label] = report.per_class.get(label, 0) + 1
     write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
-    write_json(
-        sidecar(config.output, "review"),
-        {"skipped": report.skipped, "conflicts": report.conflicts, "config": public_dict(config)},
-    )
+    write_json(sidecar(config.output, "review"), {
+        "skipped": report.skipped, "conflicts": report.conflicts, "removed": report.removed,
+        "refused": [{"task": t, "reason": r} for t, r in report.refused], "config": public_dict(config)})
     report.imported = len(rows)
     return report
 
 
-def _load_export(path: Path) -> list[dict[str, Any]]:
+def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
+    """The export's tasks (with a name each for messages), checked; one line for anything else."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
+    if size > max_mb << 20:
+        raise DatasetError(f"{path} is {size / 2**20:.0f} MB, more than the {max_mb} MB eic reads at once: export the "
+                           "project in parts (filter the tasks in Label Studio), or raise `max_export_mb`")
+    try:
+        data = json.loads(path.read_bytes())
+    except RecursionError:
+        raise DatasetError(f"{path}: nested too deeply to be a Label Studio export") from None
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a JSON file ({exc})") from None
-    if not isinstance(data, list) or not all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data):
-        raise DatasetError(
-            f"{path}: not a Label Studio JSON export (expected a list of tasks, each with 'data'; "
-            "export the project as JSON, not JSON_MIN or CSV)"
-        )
-    return data
+        raise DatasetError(f"{path}: not a JSON file ({type(exc).__name__})") from None
+    if not isinstance(data, list):
+        hint = (" (this is a file of tasks for Label Studio, not an export of people's answers: import it into a "
+                "project, review, then Export > JSON)" if isinstance(data, dict) and "data" in data else "")
+        raise DatasetError(f"{path}: not a Label Studio JSON export (expected a list of tasks){hint}")
+    tasks = []
+    for number, item in enumerate(data, start=1):
+        name = str(item.get("id", f"#{number}")) if isinstance(item, dict) else f"#{number}"
+        try:
+            tasks.append((name, _Task.model_validate(item)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "the task"
+            raise DatasetError(f"{path}: task {name}: {where}: {err['msg']} (export the project as JSON from "
+                               "Label Studio; JSON_MIN and CSV have another shape)") from None
+    if tasks and not any(task.data.ID for _, task in tasks):
+        raise DatasetError(f"{path}: no task has data.ID, so none comes from an eic review file; export the "
+                           "project made from `review_output`")
+    if tasks and all(not task.annotations for _, task in tasks) and all("predictions" in d for d in data):
+        raise DatasetError(f"{path} holds eic's review tasks, not people's answers: import it into Label Studio, "
+                           "review, then Export > JSON")
+    return tasks
 
 
-CONFLICT: Literal["conflict"] = "conflict"
-
-
-def _answer(task: dict[str, Any], path: Path, name: str) -> tuple[list[str], str] | Literal["conflict"] | None:
-    """The labels people chose and who chose them; None when nobody chose a class, "conflict" when they
-    disagree. A submitted annotation without a choice is the answer "no class", which disagrees with any class."""
-    annotations = task.get("annotations")
-    if annotations is None:
-        annotations = []
-    if not isinstance(annotations, list):
-        raise DatasetError(f"{path}: task {name} has 'annotations' that is not a list")
-    answers: dict[tuple[str, ...], list[str]] = {}
-    for annotation in annotations:
-        if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+def _answer(task: _Task, vocab: dict[str, str], config: ReviewImportConfig, name: str
+            ) -> tuple[tuple[str, ...], str] | str | None:
+    """The labels people chose (empty: "no class") and who chose them; None when nobody answered, "conflict"
+    when they disagree."""
+    answers: dict[tuple[str, ...], set[str]] = {}
+    for annotation in task.annotations or []:
+        if annotation.was_cancelled:
             continue
-        choices = _choices(annotation.get("result") or [], path, name)
-        answers.setdefault(tuple(sorted(choices)), []).append(_annotator(annotation.get("completed_by")))
-    if len(answers) > 1:
-        return CONFLICT
-    if not answers or () in answers:
+        labels = _choices(annotation.result or [], config.export, name)
+        unknown = [label for label in labels if label not in vocab]
+        if unknown:
+            where = config.vocab or "the built-in vocabulary"
+            raise DatasetError(f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
+                               f"{where}; pass the run's `vocab`")
+        answers.setdefault(labels, set()).add(_annotator(annotation.completed_by))
+    if not answers:
         return None
+    if len(answers) > 1:
+        return "conflict"
     ((labels, reviewers),) = answers.items()
-    return list(labels), " ".join(sorted(set(reviewers)))
+    return labels, " ".join(sorted(r for r in reviewers if r))
 
 
-def _choices(result: list[Any], path: Path, name: str) -> list[str]:
-    """The classes a submitted annotation chose; none when its reviewer removed the suggestion and chose none."""
+def _choices(result: list[_Result], path: Path, name: str) -> tuple[str, ...]:
+    """The classes a submitted annotation chose, each once and in order; none for "none of these classes", or
+    when the reviewer removed the suggestion and chose nothing."""
     for item in result:
-        if not isinstance(item, dict) or item.get("type") != "choices":
+        if item.type != "choices" or item.from_name not in (CHOICES_NAME, None):
             continue
-        if item.get("from_name") not in (CHOICES_NAME, None):
-            continue
-        choices = (item.get("value") or {}).get("choices")
+        choices = (item.value or {}).get("choices")
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
             raise DatasetError(f"{path}: task {name} has a choices result without a list of choices")
-        return choices
-    return []
+        return tuple(sorted(dict.fromkeys(c.strip() for c in choices if c.strip() and c.strip() != NONE_CHOICE)))
+    return ()
 
 
 def _annotator(completed_by: Any) -> str:
@@ -142,16 +259,20 @@ def _annotator(completed_by: Any) -> str:
     return "" if completed_by is None else str(completed_by)
 
 
-def _row(data: dict[str, Any], labels: list[str], vocab: dict[str, str], reviewer: str) -> list[str | None] | None:
-    record_id = data.get("ID") or None
-    url = data.get("image")
-    if not record_id or not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+def _target_problem(data: _Data) -> str | None:
+    if not data.ID:
         return None
-    return [
-        record_id,
-        data.get("URI") or record_uri(record_id),
-        url,
-        " ".join(labels),
-        " ".join(vocab[label] for label in labels),
-        reviewer,
-    ]
+    if not RECORD_ID.fullmatch(data.ID):
+        return f"data.ID {data.ID[:60]!r} is no Europeana record ID (/dataset/local)"
+    if data.URI and record_uri(data.ID) != data.URI:
+        return f"data.URI {data.URI[:80]!r} is not the item URI of its record {data.ID}"
+    return None
+
+
+def _row(record_id: str, data: _Data, labels: tuple[str, ...], vocab: dict[str, str], reviewer: str
+         ) -> list[str | None] | None:
+    url = data.image
+    if not url or not url.lower().startswith(("http://", "https://")):
+        return None
+    return [record_id, record_uri(record_id), url, " ".join(labels), " ".join(vocab[label] for label in labels),
+            reviewer]
