@@ -236,7 +236,10 @@ def print_review_import(console: Console, result: ReviewImportReport) -> None:
         f"{result.imported} reviewed records written to {result.output}"
         + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)" if result.skipped else "")
         + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else "")
+        + (f"; {len(result.removed)} records put in no class" if result.removed else "")
     )
+    for task, reason in result.refused:
+        console.print(f"[yellow]refused:[/] task {task}: {reason}", soft_wrap=True)
 
 
 def print_audit(console: Console, result: AuditReport) -> None:
