@@ -30,6 +30,7 @@ from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.acquisition.download import Fetcher, file_name
 from europeana_imgcls.acquisition.images import ImageRejected, save_normalised
 from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.core.tables import atomic_path, is_own_temp, temp_path
 from europeana_imgcls.europeana.sandbox import Sandbox
 
@@ -880,3 +881,44 @@ def _vocab_file(tmp_path: Path) -> Path:
     path = tmp_path / "vocab.json"
     path.write_text(json.dumps(VOCAB))
     return path
+
+
+def test_a_full_disk_is_not_a_records_failure_a_rerun_tries_again(sandbox: Sandbox, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images that failed with "No space left on device" were skipped as known failures by the re-run the docs
+    recommend: a local write error must not stick like a 404."""
+    import errno
+
+    from europeana_imgcls.acquisition import download as downloading
+
+    rows = _good_rows(sandbox)[:4]
+    table = tmp_path / "t.csv"
+    pl.DataFrame(rows).write_csv(table)
+    out = tmp_path / "img"
+    real = downloading.save_normalised
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(downloading, "save_normalised", full)
+    with pytest.raises(DatasetError, match="No space left on device"):  # nothing saved, one local cause: said
+        download(_config(table, out))
+    assert all("cannot write" in e for e in _failures(out).values())  # listed for people to see...
+    monkeypatch.setattr(downloading, "save_normalised", real)
+    again = download(_config(table, out))
+    assert again.saved == 4 and again.known_failures == 0 and not _failures(out)  # ...but not known: fetched
+
+
+def test_a_thumbnail_cdn_out_of_reach_says_which_setting_and_is_retried(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Without EUROPEANA_THUMBNAIL_URL, a sandbox download asked the real CDN: every record failed with one cause,
+    the run said "0 saved" and exited 0, and a plain re-run skipped them all as known failures."""
+    rows = _good_rows(sandbox)[:4]
+    table = tmp_path / "t.csv"
+    pl.DataFrame(rows).write_csv(table)
+    out = tmp_path / "img"
+    result = CliRunner().invoke(app, ["download", str(table), "-o", str(out), "--source", "thumbnail", "--quiet",
+                                      "--retries", "0", "--thumbnail-url", "http://127.0.0.1:9/thumbnail/v3"])
+    assert result.exit_code == 1 and "--thumbnail-url" in result.stderr and "EUROPEANA_THUMBNAIL_URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    again = download(_config(table, out, source="thumbnail", thumbnail_url=f"{sandbox.base_url}/thumbnail/v3"))
+    assert again.saved == 4 and again.known_failures == 0

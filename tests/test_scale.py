@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from europeana_imgcls import DownloadConfig, HarvestConfig, download, harvest
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.errors import ApiError
+from europeana_imgcls.core.errors import ApiError, DatasetError
 from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.core.sharding import Shard, shard_of
 from europeana_imgcls.europeana.quota import Quota
@@ -523,18 +523,19 @@ def test_old_draft_headers_without_a_window_assume_an_hour() -> None:
 def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:
     with Sandbox(VOCAB, per_level=3) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
-        report = download(
-            DownloadConfig(
-                table=table,
-                output_dir=tmp_path / "img",
-                source="thumbnail",
-                quiet=True,
-                timeout=2,
-                retries=0,
-                thumbnail_url="http://127.0.0.1:9/thumbnail/v3",
+        with pytest.raises(DatasetError, match="every thumbnail request failed"):  # one cause, said in one line
+            download(
+                DownloadConfig(
+                    table=table,
+                    output_dir=tmp_path / "img",
+                    source="thumbnail",
+                    quiet=True,
+                    timeout=2,
+                    retries=0,
+                    thumbnail_url="http://127.0.0.1:9/thumbnail/v3",
+                )
             )
-        )
-        assert report.saved == 0 and report.failed == pl.read_csv(table).height
+        assert len(_failures(tmp_path / "img" / "failures.csv")) == pl.read_csv(table).height
         assert sb.count("/images/") == 0  # a CDN that is down is no reason to load every museum's server
         assert all(
             e.startswith("thumbnail: connection error") for e in _failures(tmp_path / "img" / "failures.csv").values()

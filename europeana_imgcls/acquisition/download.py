@@ -57,6 +57,8 @@ from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalis
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
 FAILURES_FILE, LABELS_FILE, CONFIG_FILE = "failures.csv", "labels.csv", "config.json"
+CANNOT_WRITE = "cannot write"
+TRANSIENT = (CANNOT_WRITE, "thumbnail: ")  # the disk here; the Thumbnail API's CDN answering 5xx or not at all
 PLACEHOLDER = "no image (the Thumbnail API's placeholder icon)"
 NO_THUMBNAIL = ("HTTP 404", "HTTP 410", PLACEHOLDER)  # what says a record has no thumbnail
 OTHER_SHARD = "another shard's record"
@@ -84,7 +86,8 @@ class DownloadReport:
     other_shards: int = 0  # records another shard fetches
     skipped: Counter[str] = field(default_factory=Counter)  # rows that name no record to fetch, by reason
     seconds: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # failures by reason
+    example: dict[str, str] = field(default_factory=dict)  # the first whole error of each reason
     complete: bool = False  # False when the run was interrupted
     failures_file: Path | None = None  # failures.csv (a shard's wait in its journal part for the merge)
 
@@ -137,7 +140,24 @@ def download(config: DownloadConfig) -> DownloadReport:
         finally:
             # However the run ends (Ctrl-C included), what was known before it is kept.
             outcomes.finish(report.complete)
+    _check_one_cause(config, report)
     return report
+
+
+def _check_one_cause(config: DownloadConfig, report: DownloadReport) -> None:
+    """Nothing saved, and every failure of one cause on this side: a setting or the machine, not the records.
+    Said in one line (and a plain re-run tries them all again, see ``sticks``)."""
+    if report.saved or report.already_saved or not report.failed or len(report.errors) != 1:
+        return
+    (reason,) = report.errors
+    cause = report.example[reason]
+    if cause.startswith(CANNOT_WRITE):
+        raise DatasetError(f"nothing could be saved under {config.output_dir}: {cause}; free the disk (or choose "
+                           "another `output_dir`) and run again: the records are tried again")
+    if cause.startswith("thumbnail: "):
+        raise DatasetError(f"every thumbnail request failed ({cause.removeprefix('thumbnail: ')}) at "
+                           f"{config.thumbnail_url}: check `thumbnail_url` (EUROPEANA_THUMBNAIL_URL; eic sandbox "
+                           "prints its own) or use `source` original; a re-run tries the records again")
 
 
 def _required(config: DownloadConfig) -> tuple[str, ...]:
@@ -296,6 +316,7 @@ async def _one(fetcher: Fetcher, job: Job, outcomes: Outcomes, report: DownloadR
         report.failed += 1
         reason = error.split(" (")[0].split(";")[0]
         report.errors[reason] = report.errors.get(reason, 0) + 1
+        report.example.setdefault(reason, error)
         outcomes.failed(job, error)
     else:
         report.saved += 1
@@ -370,7 +391,7 @@ class Fetcher:
         except ImageRejected as exc:
             return str(exc)
         except OSError as exc:
-            return f"cannot write ({exc.strerror})"
+            return f"{CANNOT_WRITE} ({exc.strerror})"
         return None
 
     async def _fetch(self, url: str) -> tuple[bytes | str, str | None]:
@@ -448,7 +469,8 @@ class Outcomes:
             shard=self.shard,
             hint="download with the `mode` it was started with, or into another `output_dir`",
         )
-        self.failures: dict[str, dict[str, str]] = {}  # known failures: record ID -> ID, URL, error
+        self.listed: dict[str, dict[str, str]] = {}  # earlier failures: record ID -> ID, URL, error
+        self.failures: dict[str, dict[str, str]] = {}  # of them, the known ones: a re-run does not try them again
         self.labels: dict[str, tuple[str, str]] = {}  # a multi-label folder's earlier labels: ID -> file, category
         self.kept: dict[str, dict[str, str]] = {}  # this run: known failures still in the table
         self.new: dict[str, dict[str, str]] = {}  # this run's failures
@@ -474,13 +496,14 @@ class Outcomes:
                     self.labels[row["ID"]] = (row.get("file") or "", row.get("category") or "")
         for row in _csv_rows(self.root / FAILURES_FILE):
             if row.get("ID"):
-                self.failures[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
+                self.listed[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
         for record_id, outcome in self.journal.entries():
             if outcome.get("error") is None:
-                self.failures.pop(record_id, None)
+                self.listed.pop(record_id, None)
                 self.labels[record_id] = (outcome.get("file") or "", outcome.get("category") or "")
             else:
-                self.failures[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "", "error": outcome["error"]}
+                self.listed[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "", "error": outcome["error"]}
+        self.failures = {k: v for k, v in self.listed.items() if sticks(v["error"])}
 
     def keep(self, record_id: str) -> None:
         self.kept[record_id] = self.failures[record_id]
@@ -492,9 +515,9 @@ class Outcomes:
 
     def saved(self, job: Job, earlier: bool = False) -> None:
         self.rows[job.id] = (job.path.name, job.category or "")
-        if job.id in self.failures:
+        if job.id in self.listed:
             self.resolved.add(job.id)
-        if not earlier or job.id in self.failures:  # what the journal does not know yet
+        if not earlier or job.id in self.listed:  # what the journal does not know yet
             self.journal.append(job.id, {"file": job.path.name, "category": job.category})
             self.journal.flush()
 
@@ -505,7 +528,7 @@ class Outcomes:
         if complete:
             failures, labels = {**self.kept, **self.new}, self.rows
         else:
-            failures = {k: v for k, v in self.failures.items() if k not in self.resolved} | self.new
+            failures = {k: v for k, v in self.listed.items() if k not in self.resolved} | self.new
             labels = self.labels | self.rows
         with atomic_path(self.root / FAILURES_FILE) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS)
@@ -521,6 +544,12 @@ class Outcomes:
             self.journal.remove_parts()
         else:
             self.journal.remove_own_part()
+
+
+def sticks(error: str) -> bool:
+    """Whether a failure is the record's own (a 404, not an image, too big: a re-run skips it), not a passing
+    trouble on this side (the disk, the Thumbnail API's CDN out of reach: a re-run tries the record again)."""
+    return not error.startswith(TRANSIENT)
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
