@@ -400,3 +400,23 @@ def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
     plot_curves(history, tmp_path / "curves.png", best_epoch=3)
     plot_curves(history, tmp_path / "plain.png")
     assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def test_a_split_that_diverged_is_left_out_of_the_ensemble(
+    trained: Path, eval_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model = run / "split_1" / "model.pt"
+    checkpoint = torch.load(model, weights_only=True)
+    for tensor in checkpoint["model_state"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, model)
+    out = tmp_path / "p.jsonl"
+    predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=out, top_k=3, quiet=True))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]  # json.loads would read NaN: check it
+    assert lines and all(0 <= p <= 1 for line in lines for _, p in line["top_k"])
+    assert "split_1 left out" in caplog.text
+    with pytest.raises(ModelError, match="split 1's model holds weights that are not finite"):
+        predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=tmp_path / "q.jsonl", split="1"))

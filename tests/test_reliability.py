@@ -705,6 +705,14 @@ def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(
     report = training.train(config(data, tmp_path / "run", epochs=2, crossvalidation=False, gradcam_images=0))
     assert (tmp_path / "run" / "split_0" / "model.pt").is_file() and report.splits[0].metrics
 
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for path in (tmp_path / "run").rglob("*.json"):  # what other tools read: no NaN, which only Python accepts
+        json.loads(path.read_text(), parse_constant=refuse)
+    assert json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())["best_val_loss"] is None
+    assert "nan" not in (tmp_path / "run" / "MODEL_CARD.md").read_text().lower()
+
 
 # ---------------------------------------------------------------------------------------------
 # Properties of the pure parts: URLs and tables of any shape
@@ -883,8 +891,9 @@ def _vocab_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_full_disk_is_not_a_records_failure_a_rerun_tries_again(sandbox: Sandbox, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_is_not_a_records_failure_a_rerun_tries_again(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Images that failed with "No space left on device" were skipped as known failures by the re-run the docs
     recommend: a local write error must not stick like a 404."""
     import errno
@@ -916,8 +925,22 @@ def test_a_thumbnail_cdn_out_of_reach_says_which_setting_and_is_retried(sandbox:
     table = tmp_path / "t.csv"
     pl.DataFrame(rows).write_csv(table)
     out = tmp_path / "img"
-    result = CliRunner().invoke(app, ["download", str(table), "-o", str(out), "--source", "thumbnail", "--quiet",
-                                      "--retries", "0", "--thumbnail-url", "http://127.0.0.1:9/thumbnail/v3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "download",
+            str(table),
+            "-o",
+            str(out),
+            "--source",
+            "thumbnail",
+            "--quiet",
+            "--retries",
+            "0",
+            "--thumbnail-url",
+            "http://127.0.0.1:9/thumbnail/v3",
+        ],
+    )
     assert result.exit_code == 1 and "--thumbnail-url" in result.stderr and "EUROPEANA_THUMBNAIL_URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     again = download(_config(table, out, source="thumbnail", thumbnail_url=f"{sandbox.base_url}/thumbnail/v3"))

@@ -152,12 +152,16 @@ def _check_one_cause(config: DownloadConfig, report: DownloadReport) -> None:
     (reason,) = report.errors
     cause = report.example[reason]
     if cause.startswith(CANNOT_WRITE):
-        raise DatasetError(f"nothing could be saved under {config.output_dir}: {cause}; free the disk (or choose "
-                           "another `output_dir`) and run again: the records are tried again")
+        raise DatasetError(
+            f"nothing could be saved under {config.output_dir}: {cause}; free the disk (or choose "
+            "another `output_dir`) and run again: the records are tried again"
+        )
     if cause.startswith("thumbnail: "):
-        raise DatasetError(f"every thumbnail request failed ({cause.removeprefix('thumbnail: ')}) at "
-                           f"{config.thumbnail_url}: check `thumbnail_url` (EUROPEANA_THUMBNAIL_URL; eic sandbox "
-                           "prints its own) or use `source` original; a re-run tries the records again")
+        raise DatasetError(
+            f"every thumbnail request failed ({cause.removeprefix('thumbnail: ')}) at "
+            f"{config.thumbnail_url}: check `thumbnail_url` (EUROPEANA_THUMBNAIL_URL; eic sandbox "
+            "prints its own) or use `source` original; a re-run tries the records again"
+        )
 
 
 def _required(config: DownloadConfig) -> tuple[str, ...]:

@@ -530,8 +530,11 @@ class ReviewImportConfig(_Base):
         None, description="Vocabulary the reviewed labels must come from; default: the 20 concepts shipped with eic."
     )
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
-    max_export_mb: int = Field(100, ge=1, description="Largest export read at once, in MB (a larger one is refused, "
-                               "not read into memory whole).")
+    max_export_mb: int = Field(
+        100,
+        ge=1,
+        description="Largest export read at once, in MB (a larger one is refused, not read into memory whole).",
+    )
 
 
 class CalibrateConfig(_Base):

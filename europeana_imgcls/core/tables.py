@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import uuid
@@ -61,8 +62,22 @@ def sidecar(output: Path, kind: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON that every parser reads: a number that is not finite (a loss that diverged, a
+    metric of an empty class) is written null, never the NaN or Infinity that Python alone accepts."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+        )
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def check_table_suffix(path: Path) -> None:

@@ -146,7 +146,7 @@ def _evaluation(evaluation: dict[str, Any]) -> str:
         "| --- | --- |",
     ]
     for name, value in evaluation.get("summary", {}).items():
-        lines.append(f"| {name} | {value.get('mean', 0):.3f} ± {value.get('std', 0):.3f} |")
+        lines.append(f"| {name} | {_number(value.get('mean'))} ± {_number(value.get('std'))} |")
     check = evaluation.get("calibration_check")
     if check:
         lines += [
@@ -172,7 +172,7 @@ def _evaluation(evaluation: dict[str, Any]) -> str:
             "| --- | --- | --- |",
         ]
         for provider, row in sorted(providers.items(), key=lambda kv: -kv[1]["images"]):
-            lines.append(f"| {provider} | {row['images']} | {row['score']:.3f} |")
+            lines.append(f"| {provider} | {row['images']} | {_number(row['score'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -270,7 +270,7 @@ def _metrics(summary: dict[str, Any], per_class: list[tuple[str, str, str, str]]
         "| --- | --- |",
     ]
     for name, value in summary.get("metrics", {}).items():
-        lines.append(f"| {name} | {value.get('mean', 0):.3f} ± {value.get('std', 0):.3f} |")
+        lines.append(f"| {name} | {_number(value.get('mean'))} ± {_number(value.get('std'))} |")
     if per_class:
         lines += [
             "",
@@ -326,3 +326,9 @@ def _limitations(config: dict[str, Any], summary: dict[str, Any], calibration: d
     if never:
         lines.append(f"- Never emitted at the target precision: {', '.join(never)}.")
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    """A score to three places; a dash where there is none (written null: not a number, such as the F1 of a class
+    that no test image held)."""
+    return "–" if value is None else f"{value:.3f}"

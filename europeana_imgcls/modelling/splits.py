@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,10 @@ class SplitResult:
     def finished_earlier(cls, split: SplitFolder) -> SplitResult:
         """The result of a split a resumed run finds finished."""
         done = split.read_metrics()
-        return cls(split.index, done["test"], done["epochs_run"], done["best_epoch"], done["best_val_loss"])
+        loss = done["best_val_loss"]  # null where it was never finite
+        return cls(
+            split.index, done["test"], done["epochs_run"], done["best_epoch"], math.nan if loss is None else loss
+        )
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from torch import nn
 from ..core.errors import ModelError
 from ..datasets.folders import ModelInput
 from ..datasets.tasks import Task, task_for
-from ..modelling.checkpoint import load_checkpoint, model_from_checkpoint
+from ..modelling.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from ..modelling.models import get_head, set_head
 from ..modelling.run_folder import CheckpointMeta, RunFolder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,11 +70,29 @@ class RunModel:
 
 def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
     """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
-    states = []
+    states: list[tuple[str, Checkpoint]] = []
+    diverged: list[tuple[str, Checkpoint]] = []
     for path in RunFolder(run).model_paths():
         checkpoint = load_checkpoint(path)
         name = path.parent.name if path.parent.name.startswith("split_") else f"split_{checkpoint.meta.split}"
-        states.append((name, checkpoint))
+        (states if _finite(checkpoint) else diverged).append((name, checkpoint))
+    if diverged:
+        said = ", ".join(name for name, _ in diverged)
+        if (
+            which != "all"
+            and which != "best"
+            and any(c.meta.split == int(which) or n == f"split_{which}" for n, c in diverged)
+        ):
+            raise ModelError(
+                f"{run}: split {which}'s model holds weights that are not finite (its training "
+                "diverged): choose another split, or train it again"
+            )
+        if not states:
+            raise ModelError(
+                f"{run}: every split's model holds weights that are not finite (training diverged): "
+                "train again, with a lower `learning_rate`"
+            )
+        log.warning("%s: %s left out: weights that are not finite (its training diverged)", run, said)
     if which == "best":
         states = [min(states, key=lambda item: item[1].meta.best_val_loss)]
     elif which != "all":
@@ -96,6 +117,12 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
             item.head = get_head(model, meta.arch)
         models.append(item)
     return models
+
+
+def _finite(checkpoint: Checkpoint) -> bool:
+    """Whether a model can say anything: a split whose training diverged holds NaN or infinite weights, and would
+    label every image with its first class at a confidence of NaN."""
+    return all(bool(torch.isfinite(w).all()) for w in checkpoint.weights.values() if w.is_floating_point())
 
 
 def _trunk(model: nn.Module, arch: str) -> nn.Module:

@@ -44,23 +44,40 @@ RECORD_ID = re.compile(r"/[^/\s]+/\S+")
 # Tasks for people
 
 
-def review_task(record_id: str, image: str, suggestion: list[str], score: float, reason: str,
-                uri: str | None = None) -> dict[str, Any]:
+def review_task(
+    record_id: str, image: str, suggestion: list[str], score: float, reason: str, uri: str | None = None
+) -> dict[str, Any]:
     """A Label Studio task with eic's suggestion as a pre-annotation (a task of enrich's or audit's review)."""
-    data = {"image": image, "ID": record_id, "URI": uri or (record_uri(record_id) if record_id else ""),
-            "reason": reason}
+    data = {
+        "image": image,
+        "ID": record_id,
+        "URI": uri or (record_uri(record_id) if record_id else ""),
+        "reason": reason,
+    }
     # Result ids must differ across a project's tasks: derive one from the record.
     result_id = hashlib.sha1((record_id or image).encode()).hexdigest()[:10]
     return {
         "data": data,
-        "predictions": [{"score": round(score, 6), "result": [{
-            "id": result_id, "type": "choices", "from_name": CHOICES_NAME, "to_name": "image",
-            "value": {"choices": suggestion}}]}],
+        "predictions": [
+            {
+                "score": round(score, 6),
+                "result": [
+                    {
+                        "id": result_id,
+                        "type": "choices",
+                        "from_name": CHOICES_NAME,
+                        "to_name": "image",
+                        "value": {"choices": suggestion},
+                    }
+                ],
+            }
+        ],
     }
 
 
-def write_review_tasks(path: Path, tasks: list[dict[str, Any]], classes: list[str], multilabel: bool,
-                       model_version: str) -> int:
+def write_review_tasks(
+    path: Path, tasks: list[dict[str, Any]], classes: list[str], multilabel: bool, model_version: str
+) -> int:
     """The tasks (a JSON list Label Studio imports) and, beside them, the labelling interface they are made for."""
     for task in tasks:
         task["predictions"][0]["model_version"] = model_version
@@ -172,9 +189,16 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         for label in labels:
             report.per_class[label] = report.per_class.get(label, 0) + 1
     write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
-    write_json(sidecar(config.output, "review"), {
-        "skipped": report.skipped, "conflicts": report.conflicts, "removed": report.removed,
-        "refused": [{"task": t, "reason": r} for t, r in report.refused], "config": public_dict(config)})
+    write_json(
+        sidecar(config.output, "review"),
+        {
+            "skipped": report.skipped,
+            "conflicts": report.conflicts,
+            "removed": report.removed,
+            "refused": [{"task": t, "reason": r} for t, r in report.refused],
+            "config": public_dict(config),
+        },
+    )
     report.imported = len(rows)
     return report
 
@@ -186,8 +210,10 @@ def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     if size > max_mb << 20:
-        raise DatasetError(f"{path} is {size / 2**20:.0f} MB, more than the {max_mb} MB eic reads at once: export the "
-                           "project in parts (filter the tasks in Label Studio), or raise `max_export_mb`")
+        raise DatasetError(
+            f"{path} is {size / 2**20:.0f} MB, more than the {max_mb} MB eic reads at once: export the "
+            "project in parts (filter the tasks in Label Studio), or raise `max_export_mb`"
+        )
     try:
         data = json.loads(path.read_bytes())
     except RecursionError:
@@ -195,8 +221,12 @@ def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: not a JSON file ({type(exc).__name__})") from None
     if not isinstance(data, list):
-        hint = (" (this is a file of tasks for Label Studio, not an export of people's answers: import it into a "
-                "project, review, then Export > JSON)" if isinstance(data, dict) and "data" in data else "")
+        hint = (
+            " (this is a file of tasks for Label Studio, not an export of people's answers: import it into a "
+            "project, review, then Export > JSON)"
+            if isinstance(data, dict) and "data" in data
+            else ""
+        )
         raise DatasetError(f"{path}: not a Label Studio JSON export (expected a list of tasks){hint}")
     tasks = []
     for number, item in enumerate(data, start=1):
@@ -206,19 +236,26 @@ def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "the task"
-            raise DatasetError(f"{path}: task {name}: {where}: {err['msg']} (export the project as JSON from "
-                               "Label Studio; JSON_MIN and CSV have another shape)") from None
+            raise DatasetError(
+                f"{path}: task {name}: {where}: {err['msg']} (export the project as JSON from "
+                "Label Studio; JSON_MIN and CSV have another shape)"
+            ) from None
     if tasks and not any(task.data.ID for _, task in tasks):
-        raise DatasetError(f"{path}: no task has data.ID, so none comes from an eic review file; export the "
-                           "project made from `review_output`")
+        raise DatasetError(
+            f"{path}: no task has data.ID, so none comes from an eic review file; export the "
+            "project made from `review_output`"
+        )
     if tasks and all(not task.annotations for _, task in tasks) and all("predictions" in d for d in data):
-        raise DatasetError(f"{path} holds eic's review tasks, not people's answers: import it into Label Studio, "
-                           "review, then Export > JSON")
+        raise DatasetError(
+            f"{path} holds eic's review tasks, not people's answers: import it into Label Studio, "
+            "review, then Export > JSON"
+        )
     return tasks
 
 
-def _answer(task: _Task, vocab: dict[str, str], config: ReviewImportConfig, name: str
-            ) -> tuple[tuple[str, ...], str] | str | None:
+def _answer(
+    task: _Task, vocab: dict[str, str], config: ReviewImportConfig, name: str
+) -> tuple[tuple[str, ...], str] | str | None:
     """The labels people chose (empty: "no class") and who chose them; None when nobody answered, "conflict"
     when they disagree."""
     answers: dict[tuple[str, ...], set[str]] = {}
@@ -229,8 +266,10 @@ def _answer(task: _Task, vocab: dict[str, str], config: ReviewImportConfig, name
         unknown = [label for label in labels if label not in vocab]
         if unknown:
             where = config.vocab or "the built-in vocabulary"
-            raise DatasetError(f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
-                               f"{where}; pass the run's `vocab`")
+            raise DatasetError(
+                f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
+                f"{where}; pass the run's `vocab`"
+            )
         answers.setdefault(labels, set()).add(_annotator(annotation.completed_by))
     if not answers:
         return None
@@ -269,10 +308,17 @@ def _target_problem(data: _Data) -> str | None:
     return None
 
 
-def _row(record_id: str, data: _Data, labels: tuple[str, ...], vocab: dict[str, str], reviewer: str
-         ) -> list[str | None] | None:
+def _row(
+    record_id: str, data: _Data, labels: tuple[str, ...], vocab: dict[str, str], reviewer: str
+) -> list[str | None] | None:
     url = data.image
     if not url or not url.lower().startswith(("http://", "https://")):
         return None
-    return [record_id, record_uri(record_id), url, " ".join(labels), " ".join(vocab[label] for label in labels),
-            reviewer]
+    return [
+        record_id,
+        record_uri(record_id),
+        url,
+        " ".join(labels),
+        " ".join(vocab[label] for label in labels),
+        reviewer,
+    ]
