@@ -458,7 +458,7 @@ class AuditConfig(ProgressSettings):
     output_dir: Path = Field(Path("audit"), description="Where the CSVs, the contact sheet and summary.json go.")
     embeddings: Path | None = Field(
         None,
-        description="Embeddings for the near-duplicate search when SOURCE is a "
+        description="Embeddings for the near-duplicate search when RUN_OR_EMB is a "
         "run that has none of its own (a fine-tuned run).",
     )
     similarity: float = Field(

@@ -35,7 +35,7 @@ from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
 from ..datasets.folders import ImageDataset, ModelInput, make_loader
 from ..datasets.imageset import ImageSet, provider_of
-from ..datasets.tasks import scan_images
+from ..datasets.tasks import TASKS, scan_images
 from .models import build_model, get_arch, set_head
 from .runtime import autocast_dtype, default_workers, resolve_device
 
@@ -67,6 +67,14 @@ def feature_model(arch: str, weights: str) -> nn.Module:
         model = build_model(arch, 1, weights)
     set_head(model, arch, nn.Identity())
     return model.eval()
+
+
+@torch.inference_mode()
+def feature_size(model: nn.Module, input_size: int) -> int:
+    """How many numbers ``model`` (a ``feature_model``) gives an image: one blank image through it."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    return int(model(torch.zeros(1, 3, input_size, input_size, device=device)).flatten(1).shape[1])
 
 
 @torch.inference_mode()
@@ -311,7 +319,88 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     missing = {"image", "category", "embedding"} - set(table.columns)
     if missing:
         raise DatasetError(f"{path}: not an eic embeddings table (no {', '.join(sorted(missing))} column)")
+    _check_sidecar(path, meta)
+    _check_rows(path, table, meta)
     return table, meta
+
+
+def _check_sidecar(path: Path, meta: Any) -> None:
+    """What made the table: an object naming a known mode and, where given, its classes as distinct names."""
+    name = sidecar(path, "embedding").name
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: {name} is not a JSON object: run eic embed again")
+    if (meta.get("mode") or "single-label") not in TASKS:
+        raise DatasetError(f"{path}: {name} names an unknown mode {meta.get('mode')!r} (single-label or multi-label)")
+    classes, multi = meta.get("classes"), meta.get("mode") == "multi-label"
+    if classes is not None and (
+        not isinstance(classes, list)
+        or not all(isinstance(c, str) and c.strip() and not (multi and c.split()[1:]) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise DatasetError(f"{path}: {name}'s classes are not a list of distinct class names: run eic embed again")
+    if meta.get("dim") is not None and (not isinstance(meta["dim"], int) or isinstance(meta["dim"], bool)):
+        raise DatasetError(f"{path}: {name}'s dim is not a whole number: run eic embed again")
+
+
+def _check_rows(path: Path, table: pl.DataFrame, meta: dict[str, Any]) -> None:
+    """Before any work, the whole table: rows there are, each with an image, a category its sidecar's mode and
+    classes admit, and a vector of finite numbers, all of one length, the one the sidecar names."""
+    if table.height == 0:
+        raise DatasetError(f"{path}: the table holds no rows: run eic embed on a folder with images")
+    kind = table.schema["embedding"]
+    if not (isinstance(kind, (pl.List, pl.Array)) and kind.inner is not None and kind.inner.is_numeric()):
+        raise DatasetError(f"{path}: its embedding column holds {kind}, not lists of numbers: run eic embed again")
+    for column in ("image", "category"):
+        if table.schema[column] != pl.Utf8:
+            raise DatasetError(f"{path}: its {column} column holds {table.schema[column]}, not text")
+        _refuse_rows(path, table, table[column].is_null(), f"no {column}")
+    lengths = table["embedding"].list.len() if isinstance(kind, pl.List) else pl.Series([kind.size] * table.height)
+    _refuse_rows(path, table, table["embedding"].is_null(), "no vector")
+    _refuse_rows(path, table, lengths == 0, "an empty vector")
+    if lengths.n_unique() > 1:
+        shortest, longest = int(lengths.min()), int(lengths.max())  # type: ignore[arg-type]
+        raise DatasetError(
+            f"{path}: its vectors differ in length ({shortest} to {longest}), so they are not one "
+            "embedding: run eic embed again"
+        )
+    dim = int(lengths[0])
+    if meta.get("dim") is not None and meta["dim"] != dim:
+        raise DatasetError(
+            f"{path}: its vectors have {dim} numbers but its sidecar says {meta['dim']}: run eic embed again"
+        )
+    vectors = table["embedding"] if isinstance(kind, pl.List) else table["embedding"].arr.to_list()
+    finite = vectors.list.eval(pl.element().cast(pl.Float64).is_finite().fill_null(False)).list.all()
+    _refuse_rows(path, table, ~finite, "a vector with numbers that are not finite (NaN, infinite or null)")
+    _check_categories(path, table, meta)
+
+
+def _check_categories(path: Path, table: pl.DataFrame, meta: dict[str, Any]) -> None:
+    """Every row's category among the sidecar's classes: the whole cell (single-label), each word (multi-label)."""
+    classes = meta.get("classes")
+    if classes is None:
+        return
+    known = set(classes)
+    cells = table["category"].to_list()
+    if (meta.get("mode") or "single-label") == "single-label":
+        unknown = [cell not in known for cell in cells]
+        what = f"a category that is not one of its sidecar's classes ({_some(classes)})"
+    else:
+        unknown = [any(name not in known for name in cell.split()) for cell in cells]
+        what = f"a class its sidecar does not list ({_some(classes)})"
+    _refuse_rows(path, table, pl.Series(unknown), what)
+
+
+def _some(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _refuse_rows(path: Path, table: pl.DataFrame, bad: pl.Series, what: str) -> None:
+    """Refuse the table where any row is ``bad``, naming how many and the first."""
+    rows = np.flatnonzero(bad.fill_null(True).to_numpy())
+    if len(rows):
+        image = table["image"][int(rows[0])] if table.schema["image"] == pl.Utf8 else None
+        first = f"row {rows[0] + 1}" + (f" ({image})" if image else "")
+        raise DatasetError(f"{path}: {len(rows)} row(s) with {what}, e.g. {first}: run eic embed again")
 
 
 def matrix(table: pl.DataFrame) -> np.ndarray:

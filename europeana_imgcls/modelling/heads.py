@@ -33,7 +33,16 @@ from ..datasets.folders import decodes
 from ..datasets.imageset import ImageSet, Split
 from ..datasets.tasks import Task, task_for
 from .checkpoint import save_backbone, save_head_checkpoint
-from .embedding import check_compatible, compute, describe, feature_model, matrix, read_embeddings, rows_frame
+from .embedding import (
+    check_compatible,
+    compute,
+    describe,
+    feature_model,
+    feature_size,
+    matrix,
+    read_embeddings,
+    rows_frame,
+)
 from .models import KnnHead, get_arch, set_head
 from .run_folder import CheckpointMeta, RunFolder, SplitFolder
 from .splits import Evaluation, SplitResult, score_split, start_split_folder, write_split_metrics
@@ -92,6 +101,13 @@ def _features(
     if config.embeddings is not None:
         table, meta = read_embeddings(config.embeddings)
         check_compatible(meta, config.arch, config.weights, config.input_size, config.embeddings)
+        found = matrix(table)
+        expected = feature_size(backbone, config.input_size)
+        if found.shape[1] != expected:  # else the run is written and fails only at predict, with "size mismatch"
+            raise DatasetError(
+                f"{config.embeddings}: its vectors have {found.shape[1]} numbers, but {config.arch}'s features "
+                f"have {expected}: run eic embed again with this run's arch"
+            )
         # Paths as each command was given them: match where they point, not how they were typed.
         where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
         rows = [where.get(str(p.resolve())) for p in images.paths]
@@ -104,7 +120,6 @@ def _features(
                 f"{missing[0].name}): run eic embed on this folder again"
             )
         readable = np.array([row is not None for row in rows])
-        found = matrix(table)
         vectors = np.zeros((len(images), found.shape[1]), dtype=np.float32)
         vectors[readable] = found[[row for row in rows if row is not None]]
         return vectors, readable
