@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -945,3 +946,58 @@ def test_a_thumbnail_cdn_out_of_reach_says_which_setting_and_is_retried(sandbox:
     assert len(result.stderr.strip().splitlines()) == 1
     again = download(_config(table, out, source="thumbnail", thumbnail_url=f"{sandbox.base_url}/thumbnail/v3"))
     assert again.saved == 4 and again.known_failures == 0
+
+
+_CELL = st.text(alphabet=st.sampled_from(list("=+-@'\t\r a1.,\"é\n")), max_size=8)
+
+
+@given(st.lists(st.tuples(_CELL, _CELL), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_any_text_reads_back_from_eics_csvs_as_written_and_no_cell_starts_a_formula(
+    rows: list[tuple[str, str]],
+) -> None:
+    import tempfile
+
+    from europeana_imgcls.core.tables import read_csv_rows, read_table, write_csv, write_table
+
+    with tempfile.TemporaryDirectory() as folder:
+        by_csv, by_polars = Path(folder) / "a.csv", Path(folder) / "b.csv"
+        write_csv(by_csv, ["=left", "right"], rows)
+        write_table(pl.DataFrame(rows, schema=["=left", "right"], orient="row"), by_polars)
+        assert [(r["=left"], r["right"]) for r in read_csv_rows(by_csv)] == rows
+        for path in (by_csv, by_polars):
+            with path.open(newline="", encoding="utf-8") as handle:
+                cells = [cell for row in csv.reader(handle) for cell in row]
+            started = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+            assert all(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", c) for c in started), started
+        # eic's table reader strips cells, reads a blank one as missing and drops wholly blank rows
+        expected = [tuple(c.strip() or None for c in row) for row in rows]
+        read = read_table(by_polars)
+        assert list(read.iter_rows()) == [row for row in expected if row != (None, None)]
+
+
+def test_a_redirect_to_a_file_url_is_one_failure_never_retried(tmp_path: Path) -> None:
+    asked = []
+
+    class ToFile(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "file:///etc/passwd")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ToFile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        table = tmp_path / "t.csv"
+        table.write_text(f"category,ID,URL\nmap,/1/a,http://127.0.0.1:{server.server_address[1]}/a.jpg\n")
+        report = download(_config(table, tmp_path / "img", retries=3))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.failed == 1 and len(asked) == 1  # the record's own failure: not a connection error, not retried
+    assert _failures(tmp_path / "img")["/1/a"] == "redirected to a URL that is not http(s)"

@@ -141,3 +141,19 @@ def test_the_tasks_file_given_for_the_export_is_named_for_what_it_is(tmp_path: P
     review.write_text(json.dumps(tasks))
     result = CliRunner().invoke(app, ["review", "import", str(review), "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 1 and "not people's answers" in result.stderr
+
+
+def test_a_formula_from_an_export_is_text_in_every_spreadsheet(tmp_path: Path) -> None:
+    import csv
+
+    from europeana_imgcls.core.tables import read_table
+
+    hostile = ['=HYPERLINK("http://evil.example/","open me")', "@SUM(A1:A9)", "+1+cmd|' /C calc'!A0", "-2+3"]
+    tasks = [task(i + 1, f"/9/{i}", ["map"]) for i in range(len(hostile))]
+    for t, email in zip(tasks, hostile, strict=True):
+        t["annotations"][0]["completed_by"]["email"] = email
+    run(tmp_path, tasks)
+    with (tmp_path / "out.csv").open(newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]  # OWASP's rule
+    assert sorted(read_table(tmp_path / "out.csv")["reviewed_by"]) == sorted(hostile)  # eic reads them back as given

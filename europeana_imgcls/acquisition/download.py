@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import itertools
 import math
 import os
@@ -49,7 +48,16 @@ from ..core.naming import file_name, record_id_of
 from ..core.progress import progress_bar
 from ..core.retry import Retry, retry_after
 from ..core.sharding import Shard
-from ..core.tables import atomic_path, check_columns, count_rows, is_own_temp, iter_table, table_columns, write_json
+from ..core.tables import (
+    check_columns,
+    count_rows,
+    is_own_temp,
+    iter_table,
+    read_csv_rows,
+    table_columns,
+    write_csv,
+    write_json,
+)
 from ..europeana.ratelimit import RateLimit
 from ..europeana.thumbnails import is_placeholder, thumbnail_url
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
@@ -432,9 +440,11 @@ class Fetcher:
             return "redirect loop", None
         except httpx.RemoteProtocolError:
             return "truncated", ""
+        except httpx.UnsupportedProtocol:  # a TransportError too, but the record's own: url_problem saw http(s)
+            return "redirected to a URL that is not http(s)", None
         except httpx.TransportError as exc:
             return f"connection error ({type(exc).__name__})", ""
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+        except httpx.InvalidURL:
             return "invalid URL", None
         if not size:
             return "empty", None
@@ -534,15 +544,9 @@ class Outcomes:
         else:
             failures = {k: v for k, v in self.listed.items() if k not in self.resolved} | self.new
             labels = self.labels | self.rows
-        with atomic_path(self.root / FAILURES_FILE) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(failures.values())
+        write_csv(self.root / FAILURES_FILE, FAILURE_COLUMNS, failures.values())
         if self.multi:
-            with atomic_path(self.root / LABELS_FILE) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-                label_writer = csv.writer(handle)
-                label_writer.writerow(LABEL_COLUMNS)
-                label_writer.writerows((record_id, *row) for record_id, row in labels.items())
+            write_csv(self.root / LABELS_FILE, LABEL_COLUMNS, ((record_id, *row) for record_id, row in labels.items()))
         if complete:  # every shard's outcome is in the files now
             self.journal.claim_all()
             self.journal.remove_parts()
@@ -559,8 +563,7 @@ def sticks(error: str) -> bool:
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return list(read_csv_rows(path))
 
 
 def _remove_stale_parts(root: Path, shard: Shard | None = None) -> None:

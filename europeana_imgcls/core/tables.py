@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,68 @@ _LEGACY_TEMP = re.compile(
     r"^\..+\.jpg\.\d+\.part$|^\.labels\.csv\.part$"
     r"|^\.(failures\.csv|labels\.csv|config\.json)\.[a-z0-9_]{8}\.part$"
 )
+
+
+# OWASP's rule against CSV injection: a spreadsheet takes a text cell that begins with one of = + - @ tab or
+# carriage return for a formula (`=HYPERLINK(...)` from a hostile API or a review export), so eic's CSVs begin such
+# a cell with an apostrophe, which spreadsheets show as text. A cell that already begins with apostrophes before
+# one of them gets one more, and readers take exactly one away: every value reads back as it was written. Numbers
+# (-0.5) are left alone; Parquet and JSON, which no spreadsheet evaluates, are never touched.
+_FORMULA = r"^'*[=+\-@\t\r]"
+_ESCAPED = r"^'+[=+\-@\t\r]"
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def for_spreadsheets(value: Any) -> Any:
+    """A CSV cell that no spreadsheet evaluates: text that would begin a formula gets a leading apostrophe."""
+    if isinstance(value, str) and re.match(_FORMULA, value) and not re.match(_NUMBER, value):
+        return "'" + value
+    return value
+
+
+def from_spreadsheets(value: Any) -> Any:
+    """A cell as it was before ``for_spreadsheets``."""
+    return value[1:] if isinstance(value, str) and re.match(_ESCAPED, value) else value
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> None:
+    """A CSV for people and for eic, written whole or not at all, every cell safe to open in a spreadsheet; a row
+    is a mapping (columns it lacks are empty, others left out) or a sequence in the columns' order."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([for_spreadsheets(c) for c in columns])
+        for row in rows:
+            values = [row.get(c) for c in columns] if isinstance(row, Mapping) else row
+            writer.writerow([for_spreadsheets(v) for v in values])
+
+
+def read_csv_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV eic wrote (``write_csv``), one at a time, each cell as it was given."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            yield {from_spreadsheets(k): from_spreadsheets(v) for k, v in row.items()}
+
+
+def spreadsheet_safe(df: pl.DataFrame) -> pl.DataFrame:
+    """``for_spreadsheets`` on every text cell and column name of a table bound for a CSV."""
+    text = [c for c, kind in df.schema.items() if kind == pl.Utf8]
+    escaped = df.with_columns(
+        pl.when(pl.col(c).str.contains(_FORMULA) & ~pl.col(c).str.contains(_NUMBER))
+        .then(pl.lit("'") + pl.col(c))
+        .otherwise(pl.col(c))
+        .alias(c)
+        for c in text
+    )
+    return escaped.rename({c: for_spreadsheets(c) for c in df.columns})
+
+
+def _unescaped(df: pl.DataFrame) -> pl.DataFrame:
+    """``from_spreadsheets`` on every cell and column name of a CSV just read (its cells are all text)."""
+    restored = df.with_columns(
+        pl.when(pl.col(c).str.contains(_ESCAPED)).then(pl.col(c).str.slice(1)).otherwise(pl.col(c)).alias(c)
+        for c in df.columns
+    )
+    return restored.rename({c: from_spreadsheets(c) for c in df.columns})
 
 
 def temp_path(target: Path) -> Path:
@@ -98,7 +161,7 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
         raise DatasetError(f"{path}: no such table")
     try:
         if path.suffix.lower() == ".csv":
-            df = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True, glob=False)
+            df = _unescaped(pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True, glob=False))
         else:
             df = pl.read_parquet(path, glob=False)
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
@@ -115,8 +178,9 @@ def iter_table(
     lazy = _scan(path)
     check_columns(path, _header(path, lazy, columns), required)
     try:
+        csv_file = path.suffix.lower() == ".csv"
         for chunk in lazy.collect_batches(chunk_size=chunk_size):
-            yield rename_columns(path, _clean(chunk), columns)
+            yield rename_columns(path, _clean(_unescaped(chunk) if csv_file else chunk), columns)
     except DatasetError:
         raise
     except Exception as exc:
@@ -130,7 +194,7 @@ def table_columns(path: Path, columns: Mapping[str, str] | None = None) -> list[
 
 def _header(path: Path, lazy: pl.LazyFrame, columns: Mapping[str, str] | None) -> list[str]:
     try:
-        names = [c.strip() for c in lazy.collect_schema().names()]
+        names = [from_spreadsheets(c).strip() for c in lazy.collect_schema().names()]
     except Exception as exc:
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
     return [name for name in _renamed(path, names, columns) if name is not None]
@@ -195,7 +259,7 @@ def write_table(df: pl.DataFrame, path: Path) -> None:
     check_table_suffix(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".csv":
-            df.write_csv(tmp)
+            spreadsheet_safe(df).write_csv(tmp)
         else:
             df.write_parquet(tmp)
 

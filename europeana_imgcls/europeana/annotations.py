@@ -35,7 +35,7 @@ import httpx
 
 from ..core.errors import ApiError
 from ..core.retry import Retry
-from .search_api import ITEM_BASE
+from .search_api import ITEM_BASE, server_text
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 NS = "urn:europeana-imgcls:"  # eic's own properties: absolute IRIs, which JSON-LD keeps as they are
@@ -475,5 +475,5 @@ def _reason(response: httpx.Response) -> str:
         if isinstance(errors, dict) and errors:
             parts.append("; ".join(str(v) for v in errors.values()))
         if parts:
-            return ": ".join(dict.fromkeys(parts))[:500]
-    return response.reason_phrase or f"HTTP {response.status_code}"
+            return server_text(": ".join(dict.fromkeys(parts)), response, limit=500)
+    return server_text(response.reason_phrase or f"HTTP {response.status_code}", response)

@@ -288,8 +288,25 @@ def _reason(response: httpx.Response, body: Any = None) -> str:
         # error and message are often the same text
         parts = list(dict.fromkeys(parts))
         if parts:
-            return ": ".join(parts)
-    return response.reason_phrase or "no reason given"
+            return server_text(": ".join(parts), response)
+    return server_text(response.reason_phrase or "no reason given", response)
+
+
+SECRETS = ("x-api-key", "authorization")
+
+
+def server_text(text: str, response: httpx.Response, limit: int = 300) -> str:
+    """A server's words fit for one line of eic's output: the secrets its request carried (the API key, a
+    token) masked, wherever a server echoes them (an error that quotes the request), on one line, not too long."""
+    request = response.request
+    secrets = [request.headers[name] for name in SECRETS if request.headers.get(name)]
+    secrets += [v for k, v in request.url.params.multi_items() if k == "wskey" and v]
+    secrets += [s.split(" ", 1)[1] for s in secrets if s.lower().startswith("bearer ")]
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4:  # a one-letter "key" would mask every such letter of the text
+            text = text.replace(secret, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def record_uri(record_id: str) -> str:

@@ -10,7 +10,6 @@ emitted. ``RUN/calibration.json`` keeps the result and ``RUN/reliability.png`` d
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 
 from ..core.config import CalibrateConfig
 from ..core.errors import CalibrationError
-from ..core.tables import write_json
+from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
 from .modelcard import write_model_card
 from .run_folder import RunFolder
@@ -205,16 +204,15 @@ def out_of_fold(run: Path) -> OutOfFold:
 
 def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     truths, probs, paths = [], [], []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if not row.get("logits"):
-                raise CalibrationError(
-                    f"{path} has no logits column (the run was trained by an older eic): train it again to calibrate it"
-                )
-            values = json.loads(row["logits"])
-            probs.append([values[c] for c in classes])
-            truths.append(task.truth_of(row["truth"], classes))
-            paths.append(row["image"])
+    for row in read_csv_rows(path):
+        if not row.get("logits"):
+            raise CalibrationError(
+                f"{path} has no logits column (the run was trained by an older eic): train it again to calibrate it"
+            )
+        values = json.loads(row["logits"])
+        probs.append([values[c] for c in classes])
+        truths.append(task.truth_of(row["truth"], classes))
+        paths.append(row["image"])
     return np.asarray(truths), np.asarray(probs, dtype=np.float64), paths
 
 

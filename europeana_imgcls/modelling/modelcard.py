@@ -6,7 +6,6 @@ Reporting" (2019), so an enrichment can be traced to the model that made it and 
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
-from ..core.tables import atomic_path, read_table
+from ..core.tables import atomic_path, read_csv_rows, read_table
 from ..core.version import __version__
 from .run_folder import RunFolder, SplitFolder
 
@@ -239,8 +238,7 @@ def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) 
         path = split.test_predictions
         if not path.is_file():
             continue
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(read_csv_rows(path))
         if mode == "multi-label":
             truth = np.array([[c in r["truth"].split() for c in classes] for r in rows], dtype=int)
             pred = np.array([[c in r["prediction"].split() for c in classes] for r in rows], dtype=int)

@@ -4,7 +4,6 @@ checkpoint (a temperature; multi-label thresholds)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..core.config import TrainConfig, public_dict
-from ..core.tables import write_json
+from ..core.tables import write_csv, write_json
 from ..datasets.imageset import ImageSet, Split
 from .calibration import fit_temperature
 from .run_folder import SplitFolder
@@ -64,18 +63,19 @@ def score_split(
     if thresholds is not None:
         extra["thresholds"] = [float(t) for t in thresholds]
     paths = images.subset(split.test).paths
-    with folder.test_predictions.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "logits"])
-        writer.writeheader()
-        for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True):
-            writer.writerow(
-                {
-                    "image": str(paths[i]),
-                    **task.describe(truth, prob, classes, thresholds),
-                    "probabilities": _by_class(classes, prob, 6),
-                    "logits": _by_class(classes, logit, 5),
-                }
-            )
+    write_csv(
+        folder.test_predictions,
+        ["image", *task.described, "probabilities", "logits"],
+        (
+            {
+                "image": str(paths[i]),
+                **task.describe(truth, prob, classes, thresholds),
+                "probabilities": _by_class(classes, prob, 6),
+                "logits": _by_class(classes, logit, 5),
+            }
+            for i, truth, prob, logit in zip(test.indices, test.truth, test.probs, test.logits, strict=True)
+        ),
+    )
     return task.metrics(test.truth, test.probs, thresholds), extra
 
 

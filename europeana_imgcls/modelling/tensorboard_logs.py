@@ -11,13 +11,13 @@ another's folder: a second run folder of the same name, or a new run where a del
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import ConfigError
+from ..core.tables import read_csv_rows
 from ..datasets.tasks import Task
 from .run_folder import RunFolder
 
@@ -119,14 +119,13 @@ def confusion_figure(predictions: Path, classes: list[str], task: Task) -> Any:
 
     one_hot = np.eye(len(classes), dtype=np.int64)
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    with predictions.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            # The cells as the task reads them: a class index (single-label) or a row of 0/1 per label.
-            truth, predicted = (task.truth_of(row[k], classes) for k in ("truth", "prediction"))
-            counts += np.outer(
-                one_hot[truth] if np.ndim(truth) == 0 else truth,
-                one_hot[predicted] if np.ndim(predicted) == 0 else predicted,
-            )
+    for row in read_csv_rows(predictions):
+        # The cells as the task reads them: a class index (single-label) or a row of 0/1 per label.
+        truth, predicted = (task.truth_of(row[k], classes) for k in ("truth", "prediction"))
+        counts += np.outer(
+            one_hot[truth] if np.ndim(truth) == 0 else truth,
+            one_hot[predicted] if np.ndim(predicted) == 0 else predicted,
+        )
     size = max(4.0, 0.45 * len(classes) + 2)
     figure = Figure(figsize=(size, size))
     ax = figure.subplots()

@@ -12,7 +12,6 @@ only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import logging
 import math
@@ -34,7 +33,7 @@ from ..core.config import TrainConfig, public_dict
 from ..core.errors import CalibrationError, DatasetError
 from ..core.naming import record_id_of
 from ..core.progress import progress_bar
-from ..core.tables import atomic_path, write_json
+from ..core.tables import atomic_path, write_csv, write_json
 from ..datasets.folders import (
     DecodedCache,
     ImageDataset,
@@ -713,10 +712,7 @@ def _broadcast(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _write_history(path: Path, history: list[dict[str, float]], columns: list[str]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
+    write_csv(path, columns, history)
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0) -> None:

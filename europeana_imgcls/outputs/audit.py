@@ -16,7 +16,6 @@ probabilities of a k-fold linear probe made here) the audit writes:
 
 from __future__ import annotations
 
-import csv
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 from ..core.config import AuditConfig, public_dict
 from ..core.errors import CalibrationError, ConfigError, DatasetError
 from ..core.naming import record_id_of
-from ..core.tables import refuse_existing, write_json
+from ..core.tables import refuse_existing, write_csv, write_json
 from ..datasets.folders import connected
 from ..datasets.imageset import provider_of
 from ..datasets.tasks import Task, task_for
@@ -238,7 +237,7 @@ def _write_issues(path: Path, findings: Findings, ranked: np.ndarray, quality: n
         }
         for n, i in enumerate(ranked)
     ]
-    _write_csv(path, ["rank", "image", "ID", "provider", "given", "suggested", "label_quality", "fold"], rows)
+    write_csv(path, ["rank", "image", "ID", "provider", "given", "suggested", "label_quality", "fold"], rows)
     return rows
 
 
@@ -268,7 +267,7 @@ def _write_rates(path: Path, findings: Findings, ranked: np.ndarray) -> list[tup
             )
             if kind == "provider" and issues[name]:
                 providers.append((name, issues[name], issues[name] / total[name]))
-    _write_csv(path, ["kind", "name", "images", "issues", "rate"], rows)
+    write_csv(path, ["kind", "name", "images", "issues", "rate"], rows)
     return providers[:5]
 
 
@@ -317,7 +316,7 @@ def _write_duplicates(path: Path, findings: Findings, groups: list[list[int]], r
             for i in group
         ]
     report.duplicate_groups = len(groups)
-    _write_csv(
+    write_csv(
         path,
         [
             "group",
@@ -362,12 +361,3 @@ def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
         axes.flat[0].text(0.5, 0.5, "no label issues found", ha="center", va="center")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    from ..core.tables import atomic_path
-
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)

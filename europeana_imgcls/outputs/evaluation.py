@@ -7,7 +7,6 @@ to every model.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
-from ..core.tables import refuse_existing, write_json
+from ..core.tables import refuse_existing, write_csv, write_json
 from ..datasets.folders import ImageDataset, make_loader
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std
@@ -147,10 +146,7 @@ def _check_calibration(
     for row, promised in zip(rows, calibration.per_class, strict=True):
         row["out_of_fold_precision"] = promised.precision
     columns = ["class", "threshold", "out_of_fold_precision", "precision", "coverage", "labelled", "support"]
-    with (out / "calibration_check.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
+    write_csv(out / "calibration_check.csv", columns, rows)
     return rows
 
 
@@ -212,29 +208,17 @@ def _write_per_class(
         scores.append((precision, recall, f1))
         counts += np.stack([(decided & actual).sum(0), (decided & ~actual).sum(0), (~decided & actual).sum(0)])
     array = np.asarray(scores)  # splits x 3 x classes
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            [
-                task.unit,
-                "support",
-                "precision_mean",
-                "precision_std",
-                "recall_mean",
-                "recall_std",
-                "f1_mean",
-                "f1_std",
-                "true_positives",
-                "false_positives",
-                "false_negatives",
-            ]
-        )
-        for c, name in enumerate(classes):
-            row: list[Any] = [name, int(actual[:, c].sum())]
-            for m in range(3):
-                values = array[:, m, c]
-                row += [f"{values.mean():.6f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.6f}"]
-            writer.writerow([*row, *map(int, counts[:, c])])
+    columns = [task.unit, "support"]
+    columns += [f"{m}_{s}" for m in ("precision", "recall", "f1") for s in ("mean", "std")]
+    columns += ["true_positives", "false_positives", "false_negatives"]
+    rows = []
+    for c, name in enumerate(classes):
+        row: list[Any] = [name, int(actual[:, c].sum())]
+        for m in range(3):
+            values = array[:, m, c]
+            row += [f"{values.mean():.6f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.6f}"]
+        rows.append([*row, *map(int, counts[:, c])])
+    write_csv(path, columns, rows)
 
 
 def _score(
@@ -269,11 +253,11 @@ def _score(
 
 
 def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
-    with (out / "confusion_matrix.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["truth \\ prediction", *classes])
-        for name, row in zip(classes, matrix, strict=True):
-            writer.writerow([name, *map(int, row)])
+    write_csv(
+        out / "confusion_matrix.csv",
+        ["truth \\ prediction", *classes],
+        ([name, *map(int, row)] for name, row in zip(classes, matrix, strict=True)),
+    )
     from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
 
     size = max(6.0, 0.45 * len(classes) + 3)
@@ -322,19 +306,20 @@ def _write_predictions(
     thresholds: dict[str, np.ndarray | None],
     classes: list[str],
 ) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", *task.described, "probabilities", "split"])
-        writer.writeheader()
-        for split, p in probs.items():
-            for image, t, row in zip(paths, truth, p, strict=True):
-                writer.writerow(
-                    {
-                        "image": image,
-                        **task.describe(t, row, classes, thresholds[split]),
-                        "split": split,
-                        "probabilities": json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
-                    }
-                )
+    write_csv(
+        path,
+        ["image", *task.described, "probabilities", "split"],
+        (
+            {
+                "image": image,
+                **task.describe(t, row, classes, thresholds[split]),
+                "split": split,
+                "probabilities": json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
+            }
+            for split, p in probs.items()
+            for image, t, row in zip(paths, truth, p, strict=True)
+        ),
+    )
 
 
 def _gallery(

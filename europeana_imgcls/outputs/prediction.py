@@ -11,7 +11,6 @@ output.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -28,7 +27,7 @@ import torch.distributed as dist
 from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, input_key, json_line
-from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_table
+from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
@@ -531,20 +530,17 @@ def read_output(output: Path, columns: list[str] | None = None) -> Iterator[dict
                 if line.strip():
                     yield json.loads(line)
         return
-    with output.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if columns is None or list(row) == columns:
-                yield row
+    for row in read_csv_rows(output):
+        if columns is None or list(row) == columns:
+            yield row
 
 
 def _merge(output: Path, journal: Journal, columns: list[str]) -> None:
     """Every part's rows, each input once, into the output (written whole or not at all); then the parts go."""
     journal.claim_all()
-    with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        if output.suffix.lower() == ".csv":
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            writer.writerows([row.get(c) for c in columns] for _, row in journal.records())
-        else:
+    if output.suffix.lower() == ".csv":
+        write_csv(output, columns, (row for _, row in journal.records()))
+    else:
+        with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
             handle.writelines(json_line(row) + "\n" for _, row in journal.records())
     journal.remove_parts()
