@@ -420,3 +420,52 @@ def test_a_split_that_diverged_is_left_out_of_the_ensemble(
     assert "split_1 left out" in caplog.text
     with pytest.raises(ModelError, match="split 1's model holds weights that are not finite"):
         predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=tmp_path / "q.jsonl", split="1"))
+
+
+def _edited_run(trained: Path, tmp_path: Path, **changes: object) -> Path:
+    """A copy of the run whose split 0 checkpoint has ``changes`` (a value None removes the key)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model = run / "split_0" / "model.pt"
+    state = torch.load(model, weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    torch.save(state, model)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"class_names": "map painting"}, "damaged checkpoint"),
+        ({"class_names": None}, "damaged checkpoint"),
+        ({"backbone": "backbone.pt"}, "damaged checkpoint"),  # a head-only model without the backbone's digest
+        ({"arch": 7}, "damaged checkpoint"),
+    ],
+)
+def test_a_crafted_checkpoint_is_one_line(
+    trained: Path, eval_dir: Path, tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    run = _edited_run(trained, tmp_path, **changes)
+    result = CliRunner().invoke(
+        app, ["predict", str(run), str(eval_dir / "map"), "-o", str(tmp_path / "p.csv"), "--quiet"]
+    )
+    assert result.exit_code == 1 and message in result.stderr and "split_0" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.copytree(run / "split_0", run / "split_x")  # a copy a user made by hand
+    (run / "split_backup").mkdir()
+    out = tmp_path / "p.csv"
+    predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=out, quiet=True))
+    predict(PredictConfig(run=trained, inputs=[str(eval_dir / "map")], output=tmp_path / "q.csv", quiet=True))
+    assert pl.read_csv(out)["top_k"].to_list() == pl.read_csv(tmp_path / "q.csv")["top_k"].to_list()  # 3 splits
+    result = CliRunner().invoke(app, ["predict", str(run), str(eval_dir / "map"), "--split", "x", "-o", str(out)])
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output

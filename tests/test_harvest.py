@@ -186,3 +186,60 @@ def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(
             pl.read_csv(out)
         harvest(config(sb, vocab_file, out, n=30, reusability=["open", "permission"], resume=True))
     assert sorted(pl.read_csv(out)["ID"]) == sorted(pl.read_csv(reference)["ID"])
+
+
+GOOD_ITEM = {"id": "/9/good", "edmIsShownBy": ["http://127.0.0.1:9/a.jpg"], "rights": ["http://x/r"]}
+
+
+@pytest.mark.parametrize(
+    ("items", "kept"),
+    [
+        ({"id": "/9/good"}, None),  # an object where a list belongs: one line
+        (["/9/a", "/9/b"], 0),  # strings, not records
+        ([{"id": 5, "edmIsShownBy": ["http://127.0.0.1:9/b.jpg"]}, GOOD_ITEM], 1),  # an int id is no record
+        ([7, None, [GOOD_ITEM], GOOD_ITEM], 1),
+    ],
+)
+def test_items_of_any_shape_are_records_or_left_out(
+    items: object, kept: int | None, vocab_file: Path, tmp_path: Path
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    class Crafted(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            from urllib.parse import unquote_plus
+
+            asked = unquote_plus(self.path)  # the first page of the first concept's query; nothing for the others
+            first = "cursor=*" in asked and "concept/base/43" in asked
+            body = json.dumps({"success": True, "totalResults": 4, "items": items if first else []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Crafted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "h.csv"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/record/v2/search.json"
+        args = ["harvest", "--vocab", str(vocab_file), "-o", str(out), "--api-url", url, "--retries", "0", "--quiet"]
+        result = CliRunner().invoke(app, args, env={"EUROPEANA_API_KEY": "k"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in result.output
+    if kept is None:
+        assert result.exit_code == 1 and "items that are not a list" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    else:
+        assert result.exit_code == 0, result.stderr
+        assert set(pl.read_csv(out)["ID"]) == ({"/9/good"} if kept else set())
