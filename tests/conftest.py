@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,12 @@ def sandbox_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
     ]
     pl.DataFrame(rows).write_csv(path)
     return path
+
+
+# What rich takes for a terminal (it draws no progress bar into a pipe or a file).
+TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+
+
+def shows_progress(stderr: str, description: str) -> bool:
+    """Whether a command drew its progress bar (``description``, a done/total count) on stderr."""
+    return description in stderr and bool(re.search(r"\d+/\d+", stderr))

@@ -31,7 +31,7 @@ from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.evaluation import evaluate_run
 from europeana_imgcls.outputs.review import labelling_config_path
 
-from .conftest import VOCAB
+from .conftest import TERMINAL, VOCAB, shows_progress
 
 TARGET = 0.9
 SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())
@@ -269,6 +269,12 @@ def test_resume_keeps_what_was_done_and_rewrites_the_same_annotations(world, tmp
         app, ["enrich", str(root / "run"), "--table", str(root / "new.csv"), "-o", str(root / "out.jsonld"), "--quiet"]
     )
     assert result.exit_code == 1 and "already exists" in result.stderr and "--resume" in result.stderr
+    result = CliRunner().invoke(  # the scoring shows its progress in a terminal
+        app,
+        ["enrich", str(root / "run"), "--table", str(root / "new.csv"), "-o", str(tmp_path / "again.jsonld")],
+        env=TERMINAL,
+    )
+    assert result.exit_code == 0 and shows_progress(result.stderr, "label"), result.stderr
     with pytest.raises(DatasetError, match=r'other settings \(split: "best" then, "all" now'):
         enrich(
             EnrichConfig(

@@ -469,3 +469,32 @@ def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir:
     result = CliRunner().invoke(app, ["predict", str(run), str(eval_dir / "map"), "--split", "x", "-o", str(out)])
     assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "description"),
+    [("predict", "label"), ("gradcam", "label + Grad-CAM"), ("evaluate", "score 3 split model(s)")],
+)
+def test_long_steps_show_progress_in_a_terminal_unless_quiet(
+    trained: Path, eval_dir: Path, tmp_path: Path, command: str, description: str
+) -> None:
+    from .conftest import TERMINAL, shows_progress
+
+    for quiet in (False, True):
+        out = tmp_path / f"q{quiet}"
+        args = {
+            "predict": ["predict", str(trained), str(eval_dir / "map"), "-o", str(out) + ".csv"],
+            "gradcam": [
+                "predict",
+                str(trained),
+                str(eval_dir / "map"),
+                "-o",
+                str(out) + ".csv",
+                "--gradcam-dir",
+                str(out),
+            ],
+            "evaluate": ["evaluate", str(trained), str(eval_dir), "-o", str(out)],
+        }[command]
+        result = CliRunner().invoke(app, [*args, *(["--quiet"] if quiet else [])], env=TERMINAL)
+        assert result.exit_code == 0, result.stderr
+        assert shows_progress(result.stderr, description) != quiet, result.stderr

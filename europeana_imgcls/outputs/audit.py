@@ -17,6 +17,7 @@ probabilities of a k-fold linear probe made here) the audit writes:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from ..core.config import AuditConfig, public_dict
 from ..core.errors import CalibrationError, ConfigError, DatasetError
 from ..core.naming import record_id_of
+from ..core.progress import progress_bar
 from ..core.tables import refuse_existing, write_csv, write_json
 from ..datasets.folders import connected
 from ..datasets.imageset import provider_of
@@ -68,18 +70,30 @@ class AuditReport:
 def audit(config: AuditConfig) -> AuditReport:
     """Audit ``config.source`` (a run or an embeddings table); see the module docstring."""
     refuse_existing(config.output_dir / "summary.json", config.overwrite, f" (an audit in {config.output_dir})")
-    findings, note = _findings(config)
-    report = AuditReport(config.output_dir, images=len(findings.images), note=note)
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    ranked, quality = _label_issues(findings)
-    report.issues = len(ranked)
-    report.top = _write_issues(out / "label_issues.csv", findings, ranked, quality)
-    report.worst_providers = _write_rates(out / "issue_rates.csv", findings, ranked)
-    if findings.embeddings is not None:
-        groups = near_duplicates(findings.embeddings, config.similarity)
-        _write_duplicates(out / "duplicates.csv", findings, groups, report)
-    contact_sheet(out / "suspects.png", report.top[: config.top])
+    probes = config.folds if not config.source.is_dir() else 0  # an embeddings table: a probe fitted per fold
+    with progress_bar(config.quiet, transient=True) as bar:
+        task = bar.add_task(f"probe 1 of {probes}" if probes else "out-of-fold probabilities", total=probes + 3)
+
+        def step(then: str) -> None:
+            """One step done; ``then`` is the next."""
+            bar.update(task, advance=1, description=then)
+
+        findings, note = _findings(config, step)
+        report = AuditReport(config.output_dir, images=len(findings.images), note=note)
+        out = config.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        bar.update(task, completed=probes, description="label issues (cleanlab)")
+        ranked, quality = _label_issues(findings)
+        report.issues = len(ranked)
+        report.top = _write_issues(out / "label_issues.csv", findings, ranked, quality)
+        report.worst_providers = _write_rates(out / "issue_rates.csv", findings, ranked)
+        step("near-duplicates")
+        if findings.embeddings is not None:
+            groups = near_duplicates(findings.embeddings, config.similarity)
+            _write_duplicates(out / "duplicates.csv", findings, groups, report)
+        step("contact sheet")
+        contact_sheet(out / "suspects.png", report.top[: config.top])
+        step("done")
     write_json(
         out / "summary.json",
         {
@@ -100,12 +114,12 @@ def audit(config: AuditConfig) -> AuditReport:
 # Out-of-fold probabilities
 
 
-def _findings(config: AuditConfig) -> tuple[Findings, str]:
+def _findings(config: AuditConfig, step: Callable[[str], None]) -> tuple[Findings, str]:
     source = config.source
     if source.is_dir():
         return _from_run(config)
     if source.suffix.lower() == ".parquet":
-        return _from_embeddings(config), ""
+        return _from_embeddings(config, step), ""
     raise DatasetError(f"{source}: give a training run folder or an embeddings table (.parquet) from eic embed")
 
 
@@ -157,7 +171,7 @@ def _run_embeddings(run: Path) -> Path:
     return Path(given) if given else folder.embeddings
 
 
-def _from_embeddings(config: AuditConfig) -> Findings:
+def _from_embeddings(config: AuditConfig, step: Callable[[str], None]) -> Findings:
     """Out-of-fold probabilities from a linear probe on the embeddings, fitted per split as ``eic train
     --method linear-probe`` fits it: the test fold scored, the L2 strength chosen on the validation part."""
     table, meta = read_embeddings(config.source)
@@ -173,6 +187,7 @@ def _from_embeddings(config: AuditConfig) -> Findings:
         )
         probs[split.test] = head_probabilities(head, vectors[split.test], task)
         assigned[split.test] = k
+        step(f"probe {k + 2} of {config.folds}" if k + 1 < config.folds else "label issues (cleanlab)")
     providers = (
         table["provider"].to_list() if "provider" in table.columns else [provider_of(Path(p)) for p in table["image"]]
     )

@@ -20,6 +20,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
+from ..core.progress import progress_bar
 from ..core.tables import refuse_existing, write_csv, write_json
 from ..datasets.folders import ImageDataset, make_loader
 from ..datasets.imageset import Task
@@ -233,22 +234,25 @@ def _score(
     probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     logits = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     unreadable: set[int] = set()
-    for (size, _, _), members in groups.items():
-        loader = make_loader(
-            ImageDataset(images, size),
-            batch_size=config.batch_size,
-            shuffle=False,
-            num_workers=default_workers(device, config.num_workers),
-            seed=0,
-            pin_memory=device.type == "cuda",
-        )
-        for inputs, labels, index in loader:
-            out = logits_of(members, inputs, device, dtype)
-            for item, z in zip(members, out, strict=True):
-                probs[item.split][index.numpy()] = item.task.from_logits(z)
-                logits[item.split][index.numpy()] = z
-            broken = ~images.task.readable(labels)
-            unreadable.update(index[broken].tolist())
+    with progress_bar(config.quiet, transient=True) as bar:
+        task = bar.add_task(f"score {len(models)} split model(s)", total=len(images) * len(groups))
+        for (size, _, _), members in groups.items():
+            loader = make_loader(
+                ImageDataset(images, size),
+                batch_size=config.batch_size,
+                shuffle=False,
+                num_workers=default_workers(device, config.num_workers),
+                seed=0,
+                pin_memory=device.type == "cuda",
+            )
+            for inputs, labels, index in loader:
+                out = logits_of(members, inputs, device, dtype)
+                for item, z in zip(members, out, strict=True):
+                    probs[item.split][index.numpy()] = item.task.from_logits(z)
+                    logits[item.split][index.numpy()] = z
+                broken = ~images.task.readable(labels)
+                unreadable.update(index[broken].tolist())
+                bar.update(task, advance=len(index))
     return probs, sorted(unreadable), logits
 
 

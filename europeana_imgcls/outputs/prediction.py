@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, input_key, json_line
+from ..core.progress import progress_bar
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
@@ -207,9 +209,18 @@ def _label(
     )
     dtype = autocast_dtype(device, config.amp)
     # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
-    with ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver,
+        progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s", transient=True) as bar,
+    ):
+        task = bar.add_task("label" + (" + Grad-CAM" if config.gradcam_dir else ""), total=len(items), rate=0.0)
+        started = time.perf_counter()
+
+        def advance(images: int) -> None:
+            bar.update(task, advance=images, rate=bar.tasks[0].completed / max(time.perf_counter() - started, 1e-9))
+
         pending: list[Future[None]] = []
-        _label_batches(loader, items, models, config, device, dtype, writer, report, rows, saver, pending)
+        _label_batches(loader, items, models, config, device, dtype, writer, report, rows, saver, pending, advance)
         for done in pending:
             done.result()  # a figure that could not be written is an error, not a silent gap
 
@@ -226,6 +237,7 @@ def _label_batches(
     rows: Rows,
     saver: ThreadPoolExecutor,
     pending: list[Future[None]],
+    advance: Callable[[int], None],
 ) -> None:
     for inputs, labels, index in loader:
         # An ensemble averages the probabilities of its split models.
@@ -250,6 +262,7 @@ def _label_batches(
                 saver,
                 pending,
             )
+        advance(len(index))
 
 
 def _explain(
