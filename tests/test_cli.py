@@ -282,3 +282,13 @@ def test_an_api_error_that_quotes_the_key_is_printed_without_it(status: int, tmp
         server.server_close()
     assert_one_line_error(result, "with key *** for")
     assert "k3y-0f-the-museum" not in result.output + result.stderr and len(result.stderr) < 600
+
+
+def test_a_museum_table_without_eics_columns_is_told_about_columns(tmp_path: Path) -> None:
+    table = tmp_path / "museum.csv"
+    table.write_text("object_number,image\nRM-1,http://127.0.0.1:9/a.jpg\n")
+    result = eic("download", table, "-o", tmp_path / "img", "--quiet")
+    assert_one_line_error(result, "missing column(s) ID, URL, category (has: object_number, image)")
+    assert "--columns ID=your_column,URL=your_column,category=your_column" in result.stderr
+    mapped = eic("download", table, "-o", tmp_path / "img", "--quiet", "--columns", "ID=object_number,URL=image")
+    assert_one_line_error(mapped, "missing column(s) category")

@@ -467,3 +467,63 @@ def test_a_shard_with_another_model_setting_is_refused(world, tmp_path: Path) ->
     enrich(EnrichConfig(**common, shard="0/2"))
     with pytest.raises(DatasetError, match=r'other settings \(split: "best" then, "all" now'):
         enrich(EnrichConfig(**common, shard="1/2", split="all"))  # would mix two models in one annotation set
+
+
+@pytest.mark.slow
+def test_a_museums_own_table_targets_its_own_records_or_is_refused_before_work(world, tmp_path: Path) -> None:
+    root = world["root"]
+    fresh = pl.read_csv(root / "new.csv").head(12)
+    museum = tmp_path / "museum.csv"
+    numbers = [f"RM-1990.{i:03d}" for i in range(fresh.height)]
+    pl.DataFrame(
+        {
+            "object_number": numbers,
+            "image": fresh["URL"],
+            "link": [f"https://collection.example.org/objects/{n}" for n in numbers],
+        }
+    ).write_csv(museum)
+    base = ["enrich", str(root / "run"), "--table", str(museum), "--quiet", "--image-dir", str(tmp_path / "img")]
+    mapped = ["--columns", "ID=object_number,URL=image"]
+
+    refused = CliRunner().invoke(app, [*base, *mapped, "-o", str(tmp_path / "a.jsonld")])
+    assert refused.exit_code == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "not Europeana record IDs (e.g. RM-1990.000)" in refused.stderr
+    assert "--columns URI=" in refused.stderr and "--item-uri" in refused.stderr
+    assert not (tmp_path / "a.jsonld").exists() and not (tmp_path / "img").exists()  # before any work
+
+    template = ["--item-uri", "https://collection.example.org/object/{ID}"]
+    europeana = CliRunner().invoke(app, [*base, *mapped, *template, "-o", str(tmp_path / "b.jsonld")])
+    assert europeana.exit_code != 0 and "--profile w3c" in europeana.stderr, europeana.stderr
+
+    by_template = CliRunner().invoke(
+        app, [*base, *mapped, *template, "--profile", "w3c", "-o", str(tmp_path / "c.jsonl")]
+    )
+    assert by_template.exit_code == 0, by_template.stderr
+    by_column = CliRunner().invoke(
+        app,
+        [
+            *base,
+            "--columns",
+            "ID=object_number,URL=image,URI=link",
+            "--profile",
+            "w3c",
+            "-o",
+            str(tmp_path / "d.jsonl"),
+        ],
+    )
+    assert by_column.exit_code == 0, by_column.stderr
+    for name, prefix in (
+        ("c.jsonl", "https://collection.example.org/object/RM-1990."),
+        ("d.jsonl", "https://collection.example.org/objects/RM-1990."),
+    ):
+        annotations = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        scopes = {a["target"]["scope"] if isinstance(a["target"], dict) else a["target"] for a in annotations}
+        assert annotations and all(s.startswith(prefix) for s in scopes), scopes
+
+    predicted = tmp_path / "p.csv"
+    result = CliRunner().invoke(
+        app, ["predict", str(root / "run"), "--table", str(museum), *mapped, "-o", str(predicted), "--quiet",
+              "--image-dir", str(tmp_path / "img")]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert pl.read_csv(predicted)["URI"].null_count() == fresh.height  # no made-up Europeana link

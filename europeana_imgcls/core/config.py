@@ -404,6 +404,12 @@ class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
         default_factory=lambda: list[Reusability](["open"]), min_length=1, description="Reusability levels for --query."
     )
     image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
+    item_uri: str | None = Field(
+        None,
+        pattern=r"^https?://\S*\{ID\}\S*$",
+        description="For a table whose IDs are not Europeana record IDs (a museum's own): the URI of a record, with "
+        "{ID} for its ID, e.g. https://collection.example.org/object/{ID}. A URI column of the table comes first.",
+    )
 
     _split = field_validator("reusability", mode="before")(_split_words)
 

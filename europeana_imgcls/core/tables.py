@@ -167,7 +167,7 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
     df = rename_columns(path, _clean(df), columns)
-    check_columns(path, df.columns, required)
+    check_columns(path, df.columns, required, mappable=columns is not None)
     return df
 
 
@@ -176,7 +176,7 @@ def iter_table(
 ) -> Iterator[pl.DataFrame]:
     """Stream a table in cleaned chunks, so memory stays flat however long the table is."""
     lazy = _scan(path)
-    check_columns(path, _header(path, lazy, columns), required)
+    check_columns(path, _header(path, lazy, columns), required, mappable=columns is not None)
     try:
         csv_file = path.suffix.lower() == ".csv"
         for chunk in lazy.collect_batches(chunk_size=chunk_size):
@@ -240,11 +240,15 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_parquet(path, glob=False)  # a user's path is a name, never a pattern (`tab[1].csv`)
 
 
-def check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:
+def check_columns(path: Path, columns: list[str], required: tuple[str, ...], mappable: bool = True) -> None:
+    """Refuse a table without the ``required`` columns; ``mappable``: the command takes a ``columns`` mapping,
+    which is how a museum's table names them."""
     missing = [col for col in required if col not in columns]
     if missing:
+        example = ",".join(f"{col}=your_column" for col in missing)
         raise DatasetError(
             f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(c for c in columns if c) or 'none'})"
+            + (f"; name the table's own with `columns` {example}" if mappable else "")
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from .quota import Quota, duration
 PAGE_ROWS = 100  # the server silently caps rows at 100
 MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
 ITEM_BASE = "http://data.europeana.eu/item"
+RECORD_ID = re.compile(r"/[^/\s]+/\S+")  # a Europeana record ID: /dataset/local
 KEY_HEADER = "X-Api-Key"
 log = logging.getLogger(__name__)
 
@@ -311,6 +313,10 @@ def server_text(text: str, response: httpx.Response, limit: int = 300) -> str:
 
 def record_uri(record_id: str) -> str:
     return ITEM_BASE + record_id
+
+
+def is_record_id(text: str) -> bool:
+    return bool(RECORD_ID.fullmatch(text))
 
 
 class _KeyGuard:

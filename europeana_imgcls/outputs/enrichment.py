@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,10 +31,10 @@ from ..core.config import EnrichConfig, InputSettings, PredictConfig
 from ..core.errors import CalibrationError, ConfigError, DatasetError
 from ..core.journal import json_line
 from ..core.naming import record_id_of
-from ..core.tables import atomic_path
+from ..core.tables import atomic_path, read_table, table_columns
 from ..core.version import HOMEPAGE, __version__
 from ..europeana.annotations import ANNO_CONTEXT, CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS, http_url
-from ..europeana.search_api import record_uri
+from ..europeana.search_api import ITEM_BASE, is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
 from ..modelling.runtime import main_process
@@ -46,7 +45,6 @@ from .review import review_task, write_review_tasks
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
 PREDICTION_COLUMNS = ["image", "ID", "URI", "probabilities"]
-RECORD_ID = re.compile(r"/[^/\s]+/[^\s]+")  # a Europeana record ID: /dataset/local
 log = logging.getLogger(__name__)
 
 
@@ -99,6 +97,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
         check_precision(config.precision)
     predictions = config.output.with_name(f"{config.output.stem}.predictions.jsonl")
     _check_outputs(config, predictions)
+    _check_targets(config)
     calibration = load_calibration(config.run, config.precision)
     vocab = load_vocabulary(config.vocab)
     _check_vocabulary(calibration, vocab, config.vocab)
@@ -156,6 +155,25 @@ def _format(config: EnrichConfig) -> str:
     return fmt
 
 
+def _check_targets(config: EnrichConfig) -> None:
+    """Before any work: every annotation needs a record to target, which a museum's own IDs do not name."""
+    template = config.item_uri
+    if template and config.profile == "europeana" and not template.startswith(ITEM_BASE + "/"):
+        raise ConfigError(
+            f"`item_uri` {template} names records outside Europeana, which the europeana profile (Europeana's "
+            "Annotations API) cannot target: pass `profile` w3c"
+        )
+    if config.table is None or template or "URI" in table_columns(config.table, config.columns):
+        return
+    ids = read_table(config.table, required=("ID",), columns=config.columns)["ID"].drop_nulls()
+    if len(ids) and not any(is_record_id(i) for i in ids):
+        raise DatasetError(
+            f"{config.table}: its IDs are not Europeana record IDs (e.g. {ids[0]}), so no annotation would know its "
+            "record: give the table a URI column (`columns` URI=your_column) or an `item_uri` template such as "
+            "https://collection.example.org/object/{ID}"
+        )
+
+
 def _check_outputs(config: EnrichConfig, predictions: Path) -> None:
     if not (config.inputs or config.table or config.query):
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
@@ -198,7 +216,7 @@ def _decide(
     report: EnrichReport,
 ) -> None:
     report.records += 1
-    target = _target(record)
+    target = _target(record, europeana_only=writer.profile == "europeana")
     if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
         report.not_records += 1
         return
@@ -230,12 +248,14 @@ class Refused:
     reason: str
 
 
-def _target(record: dict[str, Any]) -> dict[str, str] | str | Refused | None:
+def _target(record: dict[str, Any], europeana_only: bool) -> dict[str, str] | str | Refused | None:
     """The record (and the image of it that was classified, when that has a web address), or None for an input
     that names no record, or why a record is refused.
 
-    The target is derived from the record's ID, never taken as given: a ``URI`` that names another record (or
-    is no Europeana item URI at all) is refused, so no annotation lands on a record it was not made for. A local
+    A Europeana record's target is derived from its ID, never taken as given: a ``URI`` that names another record
+    is refused, so no annotation lands on a record it was not made for. A record of a museum's own table (an ID
+    that is no Europeana record ID) is known by the URI its table or ``item_uri`` gave it, which must be an http(s)
+    URI; the europeana profile, which Europeana's Annotations API takes, targets Europeana's records only. A local
     file named by eic download still names its record, but has no web address to give as the source."""
     image = record["image"]
     web = http_url(image)
@@ -243,12 +263,19 @@ def _target(record: dict[str, Any]) -> dict[str, str] | str | Refused | None:
     record_id = record.get("ID") or (None if remote else record_id_of(Path(image).name))
     if not record_id:
         return None
-    if not RECORD_ID.fullmatch(record_id):
-        return Refused("an ID that is no Europeana record ID (/dataset/local)")
-    scope = record_uri(record_id)
     given = record.get("URI")
-    if given and given != scope:
-        return Refused("a URI that is not its record's item URI")
+    if is_record_id(record_id):
+        scope = record_uri(record_id)
+        if given and given != scope:
+            return Refused("a URI that is not its record's item URI")
+    elif not given:
+        return Refused("an ID that is no Europeana record ID (/dataset/local), and no URI")
+    elif not http_url(given):
+        return Refused("a URI that is not an http(s) URI")
+    else:
+        scope = given
+    if europeana_only and not scope.startswith(ITEM_BASE + "/"):
+        return Refused("a record outside Europeana, which the europeana profile cannot target (use the w3c profile)")
     return {"scope": scope, "source": image} if web else scope
 
 

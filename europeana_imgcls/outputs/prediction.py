@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
-from ..europeana.search_api import PAGE_ROWS, SearchClient, first, record_uri
+from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
 from ..modelling.explain import TILE, figure, heatmaps, save_figure
 from ..modelling.models import get_arch
 from ..modelling.run_folder import RunFolder
@@ -347,9 +348,10 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
                     {
                         "ID": row["ID"],
                         "URL": row["URL"],
-                        "URI": row.get("URI") or record_uri(row["ID"]),
+                        "URI": table_uri(row["ID"], row.get("URI"), config.item_uri),
                         "preview": row.get("preview"),
                         "image": row["URL"] or row["ID"],
+                        "record": "yes",
                     }
                 )
     if config.query:
@@ -367,6 +369,16 @@ def _gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
     if not items and not failed:
         raise DatasetError("no images found in the inputs")
     return items, failed
+
+
+def table_uri(record_id: str, given: str | None, template: str | None) -> str | None:
+    """The URI of a table row's record: the table's own, else ``template``'s (a museum's IDs), else Europeana's
+    for a Europeana record ID; None when nothing says which record the row is."""
+    if given:
+        return given
+    if template:
+        return template.replace("{ID}", quote(record_id, safe="/:@-._~"))
+    return record_uri(record_id) if is_record_id(record_id) else None
 
 
 def _url_id(url: str) -> str:
@@ -405,6 +417,7 @@ def _query(config: PredictConfig) -> list[dict[str, str | None]]:
                             "URI": record_uri(item["id"]),
                             "preview": first(item.get("edmPreview")),
                             "image": url,
+                            "record": "yes",
                         }
                     )
     return found
@@ -453,7 +466,8 @@ def _fetch(rows: list[dict[str, str | None]], config: PredictConfig, world: Dist
     for row in rows:
         path = folder / file_name(row["ID"] or "")
         if path.is_file():
-            items.append(Item(row["image"] or "", path, row["ID"] if row.get("URI") else None, row.get("URI")))
+            # A URL given as an input names no record: its ID is only a file name
+            items.append(Item(row["image"] or "", path, row["ID"] if row.get("record") else None, row.get("URI")))
         else:
             failed += 1
     return items, failed

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.tables import atomic_path, check_table_suffix, refuse_existing, sidecar, write_json, write_table
-from ..europeana.search_api import record_uri
+from ..europeana.search_api import is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
 COLUMNS = ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
 CHOICES_NAME = "category"
 NONE_CHOICE = "none of these classes"  # the reviewer's way to say the record is in no class of the run
-RECORD_ID = re.compile(r"/[^/\s]+/\S+")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +299,7 @@ def _annotator(completed_by: Any) -> str:
 def _target_problem(data: _Data) -> str | None:
     if not data.ID:
         return None
-    if not RECORD_ID.fullmatch(data.ID):
+    if not is_record_id(data.ID):
         return f"data.ID {data.ID[:60]!r} is no Europeana record ID (/dataset/local)"
     if data.URI and record_uri(data.ID) != data.URI:
         return f"data.URI {data.URI[:80]!r} is not the item URI of its record {data.ID}"
