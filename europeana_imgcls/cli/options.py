@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from ..core.config import build_config
+from ..core.errors import ConfigError
 
 CONFIG_FILE_HELP = "TOML or JSON settings file; flags override it, it overrides EUROPEANA_* env."
 COMMANDS: dict[str, type[Any]] = {}  # every command made here (``review import`` by its full name) -> its config
@@ -69,8 +70,14 @@ def config_command(
             annotation=Annotated[Path | None, typer.Option("--config", help=CONFIG_FILE_HELP, dir_okay=False)],
         )
     )
+    # Arguments beyond the command's are taken (not shown in its usage) only to say in one line what such a
+    # stray argument is for: `eic download t.csv images/`.
+    params.append(inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
     def command(**values: Any) -> None:
+        stray = [a for a in values.pop("context").args if not a.startswith("-")]
+        if stray:
+            run(lambda: _refuse_stray(stray, model), name)
         config_file = values.pop("config", None)
         flags = {k: (None if isinstance(v, list) and not v else v) for k, v in values.items()}
         action(run(lambda: build_config(model, flags, config_file), name))
@@ -79,7 +86,19 @@ def config_command(
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__name__ = name.replace("-", "_")
     command.__doc__ = help
-    app.command(name)(command)
+    app.command(name, context_settings={"allow_extra_args": True})(command)
+
+
+def _refuse_stray(stray: list[str], model: type[Any]) -> None:
+    """One line for arguments a command does not take: where a path given so most likely belongs."""
+    if "output_dir" in model.model_fields:
+        hint = f": to write into {stray[0]}, pass `output_dir` {stray[0]}"
+    elif "output" in model.model_fields:
+        hint = f": to write {stray[0]}, pass `output` {stray[0]}"
+    else:
+        hint = ""
+    said = " ".join(stray)
+    raise ConfigError(f"{said}: {'one argument' if len(stray) == 1 else 'arguments'} too many{hint}")
 
 
 def _ordered(model: type[Any]) -> list[str]:

@@ -17,10 +17,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 
 from ..acquisition.images import to_rgb
 from ..core.errors import DatasetError
+from ..core.recognise import IMAGE_SUFFIXES, what_is
 from ..core.tables import read_table
 from .imageset import UNREADABLE, ImageSet, Split, Task
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,7 +45,15 @@ def list_images(folder: Path) -> list[Path]:
 def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) -> ImageSet:
     """Read ``root/<class>/<image>``. With ``classes`` given (a model's), label by that order."""
     if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder of class folders")
+        kind = what_is(root)
+        if kind == "a table":
+            raise DatasetError(
+                f"{root} is a table: fetch its images into class folders first (eic download {root} -o DIR), "
+                "then pass DIR"
+            )
+        raise DatasetError(
+            f"{root} is {kind}, not a folder of class folders" if kind else f"{root}: no such folder of class folders"
+        )
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     names = list(classes) if classes is not None else [d.name for d in folders]
     index = {name: i for i, name in enumerate(names)}

@@ -23,7 +23,7 @@ from ..core.errors import CalibrationError
 from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
 from .modelcard import write_model_card
-from .run_folder import RunFolder
+from .run_folder import RunFolder, not_a_run
 
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
 BINS = 15
@@ -168,6 +168,8 @@ def out_of_fold(run: Path) -> OutOfFold:
     """Every test fold's predictions of a cross-validated run, with each split's temperature applied."""
     splits = RunFolder(run).finished_splits()
     if not splits:
+        if not RunFolder(run).splits() and not RunFolder(run).is_split:
+            raise CalibrationError(not_a_run(run))
         raise CalibrationError(
             f"{run}: no finished split (split_*/metrics.json); calibration needs a run trained by eic train"
         )

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.errors import ModelError
+from ..core.recognise import what_is
 
 CHECKPOINT_FORMAT: Final = "europeana-imgcls/checkpoint-v1"
 _SPLIT = re.compile(r"^split_(\d+)$")
@@ -156,7 +157,7 @@ class RunFolder:
             return [self.path / "model.pt"]
         paths = [s.model for s in self.splits() if s.model.is_file()]
         if not paths:
-            raise ModelError(f"{self.path}: no model.pt in it or in split_*/ folders; point at an eic train output")
+            raise ModelError(not_a_run(self.path))
         return paths
 
     def trained(self) -> bool:
@@ -248,3 +249,11 @@ class CheckpointMeta(BaseModel):
 def file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def not_a_run(path: Path) -> str:
+    """Why ``path`` cannot be used as a run, saying what it is where that is known."""
+    kind = what_is(path)
+    if kind and kind != "a training run":
+        return f"{path} is {kind}, not a training run: point at an eic train output"
+    return f"{path}: no model.pt in it or in split_*/ folders; point at an eic train output"

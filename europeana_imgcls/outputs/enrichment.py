@@ -39,7 +39,7 @@ from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
 from ..modelling.runtime import main_process
 from .inference import RunModel
-from .prediction import Item, Rows, read_output, run_predictions
+from .prediction import Item, Rows, check_arguments, read_output, refuse_nothing_labelled, run_predictions
 from .review import review_task, write_review_tasks
 
 SOFTWARE = f"europeana-imgcls {__version__}"
@@ -93,6 +93,7 @@ class CalibratedRows(Rows):
 def enrich(config: EnrichConfig) -> EnrichReport:
     """Enrich the inputs of ``config`` with ``config.run``; see the module docstring."""
     fmt = _format(config)
+    check_arguments(config.run, config.inputs)
     if config.precision is not None:
         check_precision(config.precision)
     predictions = config.output.with_name(f"{config.output.stem}.predictions.jsonl")
@@ -119,6 +120,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
         )
     if not main_process():  # under torchrun, rank 0 writes for all
         return EnrichReport(config.output, predictions, splits=predicted.splits)
+    refuse_nothing_labelled(predicted, predictions)
     report = EnrichReport(
         config.output,
         predictions,

@@ -21,6 +21,7 @@ from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
 from ..core.progress import progress_bar
+from ..core.recognise import is_run, what_is
 from ..core.tables import refuse_existing, write_csv, write_json
 from ..datasets.folders import ImageDataset, make_loader
 from ..datasets.imageset import Task
@@ -48,6 +49,11 @@ class EvaluateReport:
 
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     refuse_existing(config.output_dir / "metrics.json", config.overwrite, f" (an evaluation in {config.output_dir})")
+    if is_run(config.eval_dir) and not is_run(config.run):
+        raise DatasetError(
+            f"{config.run} is {what_is(config.run) or 'not a training run'} and {config.eval_dir} is a training run: "
+            "the run comes first, then the evaluation images"
+        )
     device = resolve_device(config.device)
     models = load_run(config.run, device, "all")
     task, classes = models[0].task, models[0].classes

@@ -30,6 +30,7 @@ from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, input_key, json_line
 from ..core.progress import progress_bar
+from ..core.recognise import is_run, what_is
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
@@ -121,15 +122,22 @@ class Rows:
 def predict(config: PredictConfig) -> PredictReport:
     """Label every input image with ``config.run``; see the module docstring."""
     report = run_predictions(config, Rows)
-    if not report.predicted and not report.already_done and (report.unreadable or report.not_fetched):
-        if not config.shard:  # only its header: nothing to keep, and a retry must not be refused
-            config.output.unlink(missing_ok=True)
-        named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
-        raise DatasetError(
-            "nothing could be labelled: "
-            + (f"{named} cannot be read as images" if named else f"{report.not_fetched} image(s) could not be fetched")
-        )
+    refuse_nothing_labelled(report, None if config.shard else config.output)  # a shard's output is its part
     return report
+
+
+def refuse_nothing_labelled(report: PredictReport, output: Path | None) -> None:
+    """When nothing was labelled and something could not be read or fetched: one line and a non-zero exit, not an
+    empty output (which is removed: it holds no more than a header, and a retry must not be refused)."""
+    if report.predicted or report.already_done or not (report.unreadable or report.not_fetched):
+        return
+    if output is not None:
+        output.unlink(missing_ok=True)
+    named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
+    raise DatasetError(
+        "nothing could be labelled: "
+        + (f"{named} cannot be read as images" if named else f"{report.not_fetched} image(s) could not be fetched")
+    )
 
 
 def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
@@ -138,9 +146,27 @@ def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], Predi
     if suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"{config.output}: predictions are written as .csv or .jsonl")
     if not (config.inputs or config.table or config.query):
-        raise ConfigError("nothing to predict: give image files, folders or URLs, or `table`, or `query`")
+        raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
+    check_arguments(config.run, config.inputs)
     with distributed(config.device) as (device, world):
         return _predict(config, device, world, rows)
+
+
+def check_arguments(run: Path, inputs: list[str]) -> None:
+    """Before any work: a run and images given the other way round, or a table given as images, said with what
+    to pass instead (the command would otherwise find nothing to read and end with an empty output)."""
+    runs = [given for given in inputs if is_run(Path(given))]
+    if runs and not is_run(run):
+        raise DatasetError(
+            f"{run} is {what_is(run) or 'not a training run'} and {runs[0]} is a training run: the run comes "
+            "first, then the images"
+        )
+    for given in inputs:
+        kind = what_is(Path(given))
+        if kind == "a table":
+            raise DatasetError(f"{given} is a table: pass it as `table` {given}")
+        if kind and not kind.startswith(("an image", "a folder of class folders")):
+            raise DatasetError(f"{given} is {kind}, not images")
 
 
 def _predict(
