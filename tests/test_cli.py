@@ -292,3 +292,21 @@ def test_a_museum_table_without_eics_columns_is_told_about_columns(tmp_path: Pat
     assert "--columns ID=your_column,URL=your_column,category=your_column" in result.stderr
     mapped = eic("download", table, "-o", tmp_path / "img", "--quiet", "--columns", "ID=object_number,URL=image")
     assert_one_line_error(mapped, "missing column(s) category")
+
+
+def test_reusability_takes_a_list_as_well_as_the_flag_repeated() -> None:
+    listed = build_config(HarvestConfig, {"reusability": ["open,permission"]}, None)
+    repeated = build_config(HarvestConfig, {"reusability": ["open", "permission"]}, None)
+    assert listed.reusability == repeated.reusability == ["open", "permission"]
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [("review import x.json", "--output"), ("subtract a.csv b.csv", "--output")]
+)
+def test_a_required_option_is_marked_required(command: str, option: str) -> None:
+    words = command.split()[:-1] if command.startswith("review") else command.split()[:1]
+    help_text = eic(*words, "--help").stdout
+    line = next(i for i, text in enumerate(help_text.splitlines()) if option in text)
+    assert "*" in help_text.splitlines()[line].split(option)[0]  # rich marks a required option with a star
+    missing = eic(*command.split())
+    assert missing.exit_code == 2 and f"Missing option '{option}'" in missing.stderr

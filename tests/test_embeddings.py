@@ -195,3 +195,21 @@ def test_embed_and_audit_show_progress_in_a_terminal_unless_quiet(tmp_path: Path
             app, ["audit", str(table), "-o", str(tmp_path / f"a{quiet}"), "--folds", "3", *flag], env=TERMINAL
         )
         assert audited.exit_code == 0 and shows_progress(audited.stderr, "probe 1 of 3") != quiet, audited.stderr
+
+
+def test_a_probe_on_embeddings_takes_their_backbone_and_refuses_another(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    data = make_folders(tmp_path / "data", per_class=5, size=32)
+    table = tmp_path / "e.parquet"
+    embed(EmbedConfig(data_dir=data, output=table, **TINY))
+    probe = ["train", str(data), "--method", "linear-probe", "--embeddings", str(table), "--folds", "3", "--quiet"]
+    result = CliRunner().invoke(app, [*probe, "-o", str(tmp_path / "run")])  # no --arch, --weights, --input-size
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads((tmp_path / "run" / "split_0" / "config.json").read_text())
+    assert (saved["arch"], saved["weights"], saved["input_size"]) == ("tiny", "none", 32)
+    refused = CliRunner().invoke(app, [*probe, "-o", str(tmp_path / "other"), "--input-size", "64"])
+    assert refused.exit_code != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--input-size 64 given, 32 in e.parquet" in refused.stderr

@@ -129,9 +129,14 @@ def _option(name: str, field: FieldInfo, decls: Sequence[str] | None) -> inspect
     if decls is None:
         decls = (f"{flag(name)}/--no-{name.replace('_', '-')}",) if kind is bool else (flag(name),)
     annotation = list[kind] | None if many else kind | None  # type: ignore[valid-type]
-    info = typer.Option(*decls, help=field.description, show_default=_shown_default(field))
+    # A required setting is a required option (no default), marked so in --help; a --config file cannot stand in.
+    required = field.is_required()
+    info = typer.Option(*decls, help=field.description, show_default=False if required else _shown_default(field))
     return inspect.Parameter(
-        _identifier(name), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation, info]
+        _identifier(name),
+        inspect.Parameter.KEYWORD_ONLY,
+        default=inspect.Parameter.empty if required else None,
+        annotation=Annotated[annotation, info],
     )
 
 
@@ -158,8 +163,6 @@ def _cli_type(annotation: Any) -> tuple[type, bool]:
 
 
 def _shown_default(field: FieldInfo) -> str | bool:
-    if field.is_required():
-        return "required"
     default = field.get_default(call_default_factory=True)
     if default is None or default == {} or default == []:
         return False

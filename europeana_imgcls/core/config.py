@@ -162,9 +162,14 @@ class FetchSettings(_Base):
 
 
 def _split_words(value: Any) -> Any:
-    # "open,permission" or "open permission" from an env var or a config file.
+    # "open,permission" or "open permission" from an env var, a config file or a flag (`--reusability
+    # open,permission` as well as the flag repeated).
     if isinstance(value, str):
-        return [word for word in value.replace(",", " ").split() if word]
+        value = [value]
+    if isinstance(value, list):
+        return [
+            word for item in value for word in (item.replace(",", " ").split() if isinstance(item, str) else [item])
+        ]
     return value
 
 
@@ -182,7 +187,9 @@ class HarvestConfig(ApiSettings):
     )
     n: int = Field(1000, gt=0, description="Records with an image wanted per category and level.")
     reusability: list[Reusability] = Field(
-        default_factory=lambda: list[Reusability](["open"]), min_length=1, description="Reusability levels to harvest."
+        default_factory=lambda: list[Reusability](["open"]),
+        min_length=1,
+        description="Reusability levels to harvest: repeat the flag or give a list (open,permission).",
     )
     mode: Mode = Field(
         "single-label",
@@ -354,8 +361,8 @@ class TrainConfig(RuntimeSettings):
     )
     embeddings: Path | None = Field(
         None,
-        description="linear-probe/knn: embeddings from eic embed (same arch, "
-        "weights and input size); default: computed and kept in RUN/embeddings.parquet.",
+        description="linear-probe/knn: embeddings from eic embed, whose arch, weights and input size the run "
+        "takes; default: computed and kept in RUN/embeddings.parquet.",
     )
     neighbours: int = Field(10, ge=1, le=1000, description="knn: neighbours that vote.")
     duplicate_groups: Path | None = Field(
@@ -401,7 +408,9 @@ class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
     query: str | None = Field(None, description="Ask the Search API with this query and label its records.")
     n: int = Field(100, gt=0, description="Records taken from --query.")
     reusability: list[Reusability] = Field(
-        default_factory=lambda: list[Reusability](["open"]), min_length=1, description="Reusability levels for --query."
+        default_factory=lambda: list[Reusability](["open"]),
+        min_length=1,
+        description="Reusability levels for --query: repeat the flag or give a list (open,permission).",
     )
     image_dir: Path | None = Field(None, description="Where fetched images are kept; default: <output stem>_images.")
     item_uri: str | None = Field(

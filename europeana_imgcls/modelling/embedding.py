@@ -300,8 +300,8 @@ def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> p
     return table_of([image_row(images, int(i)) for i in keep], vectors[keep])
 
 
-def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """An embeddings table and what made it."""
+def embedding_meta(path: Path) -> dict[str, Any]:
+    """What made an embeddings table (its sidecar), checked."""
     if not path.is_file():
         raise DatasetError(f"{path}: no such embeddings table (eic embed writes one)")
     meta_path = sidecar(path, "embedding")
@@ -312,6 +312,13 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
             f"{path}: {meta_path.name} is missing or unreadable, so it is unknown which backbone "
             "made these embeddings; run eic embed again"
         ) from None
+    _check_sidecar(path, meta)
+    return meta
+
+
+def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """An embeddings table and what made it."""
+    meta = embedding_meta(path)
     try:
         table = pl.read_parquet(path, glob=False)
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
@@ -319,7 +326,6 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     missing = {"image", "category", "embedding"} - set(table.columns)
     if missing:
         raise DatasetError(f"{path}: not an eic embeddings table (no {', '.join(sorted(missing))} column)")
-    _check_sidecar(path, meta)
     _check_rows(path, table, meta)
     return table, meta
 
@@ -405,6 +411,27 @@ def _refuse_rows(path: Path, table: pl.DataFrame, bad: pl.Series, what: str) -> 
 
 def matrix(table: pl.DataFrame) -> np.ndarray:
     return np.asarray(table["embedding"].to_list(), dtype=np.float32).reshape(table.height, -1)
+
+
+BACKBONE = ("arch", "weights", "input_size")  # what a table records of the backbone that made it
+
+
+def backbone_of(meta: dict[str, Any], given: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The backbone settings of a run on an embeddings table: the table's, which the run must share; a setting
+    ``given`` explicitly that differs is refused, naming both."""
+    recorded = {key: meta.get(key) for key in BACKBONE}
+    missing = [key for key, value in recorded.items() if value is None]
+    if missing:
+        raise DatasetError(f"{source}: its sidecar does not say its {', '.join(missing)}: run eic embed again")
+    wanted = {k: v if k != "weights" or v in ("imagenet", "none") else str(Path(v).resolve()) for k, v in given.items()}
+    differ = {k: v for k, v in wanted.items() if k in recorded and v != recorded[k]}
+    if differ:
+        said = "; ".join(f"`{k}` {v} given, {recorded[k]} in {source.name}" for k, v in differ.items())
+        raise ConfigError(
+            f"{source} was embedded with another backbone ({said}): leave those settings out to use the table's, "
+            "or embed again with yours"
+        )
+    return recorded
 
 
 def check_compatible(meta: dict[str, Any], arch: str, weights: str, input_size: int, source: Path) -> None:

@@ -49,6 +49,7 @@ from ..datasets.metrics import mean_std
 from ..datasets.tasks import Task, task_for
 from .calibration import Calibration, calibrate_run
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .embedding import BACKBONE, backbone_of, embedding_meta
 from .explain import TILE, figure, heatmaps, save_figure
 from .heads import train_heads
 from .modelcard import write_model_card
@@ -265,11 +266,21 @@ def fit(
 
 def train(config: TrainConfig) -> TrainReport:
     """Train every split of ``config`` (or split 0 alone) and write the run folder."""
+    config = _on_embeddings(config)
     get_arch(config.arch)
     if config.tensorboard is not None:
         check_tensorboard()
     with distributed(config.device) as (device, world), _torch_settings_restored():
         return _train(config, device, world)
+
+
+def _on_embeddings(config: TrainConfig) -> TrainConfig:
+    """A probe on an embeddings table takes the backbone the table records (arch, weights, input size) instead
+    of asking for it again; a setting given that differs is refused."""
+    if config.embeddings is None or config.method == "fine-tune":
+        return config
+    given = {key: getattr(config, key) for key in BACKBONE if key in config.model_fields_set}
+    return config.model_copy(update=backbone_of(embedding_meta(config.embeddings), given, config.embeddings))
 
 
 @contextlib.contextmanager
