@@ -121,7 +121,8 @@ def test_subtract_and_stats_commands(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert json.loads((tmp_path / "s.json").read_text())["per_category"] == {"map": 1}
     assert_one_line_error(
-        eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"), "no such table"
+        eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"),
+        "nope.csv: no such file or folder",
     )
     (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
     assert_one_line_error(eic("stats", tmp_path / "broken.csv"), "broken.csv")
@@ -310,3 +311,27 @@ def test_a_required_option_is_marked_required(command: str, option: str) -> None
     assert "*" in help_text.splitlines()[line].split(option)[0]  # rich marks a required option with a star
     missing = eic(*command.split())
     assert missing.exit_code == 2 and f"Missing option '{option}'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "/no/such/folder", "-o", "r"],
+        ["evaluate", "/no/such/run", "/no/such/folder"],
+        ["predict", "/no/such/run", "x.jpg"],
+        ["embed", "/no/such/folder"],
+        ["audit", "/no/such/run"],
+        ["calibrate", "/no/such/run"],
+        ["enrich", "/no/such/run", "x.jpg"],
+    ],
+)
+def test_a_missing_path_is_refused_before_torch_is_imported(args: list[str]) -> None:
+    # In a fresh process: the test session has imported torch long ago.
+    code = (
+        "import sys\nfrom europeana_imgcls.cli.app import main\nsys.argv = ['eic', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n"
+        "    print('torch' in sys.modules, exit.code, file=sys.stdout)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "1"], result.stdout + result.stderr
+    assert "no such file or folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1

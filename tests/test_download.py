@@ -204,7 +204,7 @@ def test_names_and_bad_tables(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "missing column(s) URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     result = CliRunner().invoke(app, ["download", str(tmp_path / "none.csv")])
-    assert result.exit_code == 1 and "no such table" in result.stderr
+    assert result.exit_code == 1 and "no such file or folder" in result.stderr
 
 
 def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: Path) -> None:

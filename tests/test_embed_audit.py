@@ -238,8 +238,7 @@ def test_bad_input_is_one_line(lab, tmp_path: Path) -> None:
             str(lab["root"] / "noisy.parquet"),
             "--quiet",
         ],
-        "input_size: 128",
-        "224 for this run",
+        "--input-size 224 given, 128 in noisy.parquet",
     )
     (tmp_path / "empty" / "map").mkdir(parents=True)
     fails(["embed", str(tmp_path / "empty"), "-o", str(tmp_path / "e.parquet")], "no readable images")

@@ -527,3 +527,21 @@ def test_a_museums_own_table_targets_its_own_records_or_is_refused_before_work(w
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert pl.read_csv(predicted)["URI"].null_count() == fresh.height  # no made-up Europeana link
+
+
+@pytest.mark.slow
+def test_calibrate_keeps_the_runs_calibration_unless_asked(world, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["root"] / "run", run)
+    before = (run / "calibration.json").read_text()
+    kept = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])
+    assert kept.exit_code == 1 and len(kept.stderr.strip().splitlines()) == 1, kept.stderr
+    assert f"calibrated for a precision of {TARGET}" in kept.stderr and "--overwrite" in kept.stderr
+    assert (run / "calibration.json").read_text() == before
+    replaced = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.stderr
+    assert json.loads((run / "calibration.json").read_text())["precision_target"] == 0.5
+    again = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])  # the same target: no harm
+    assert again.exit_code == 0, again.stderr

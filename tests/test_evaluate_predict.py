@@ -194,13 +194,13 @@ def test_a_checkpoint_that_runs_code_is_refused(trained: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["predict", "{tmp}/nowhere", "{tmp}"], "no model.pt"),
+        (["predict", "{tmp}/nowhere", "{tmp}"], "nowhere: no such file or folder"),
         (["predict", "{run}"], "nothing to predict"),
         (["predict", "{run}", "{tmp}/missing.jpg"], "no such image file"),
         (["predict", "{run}", "{tmp}", "-o", "{tmp}/p.txt"], ".csv or .jsonl"),
         (["predict", "{run}", "{tmp}", "--split", "7"], "no split 7"),
         (["predict", "{run}", "{tmp}", "--cam-method", "magic", "--gradcam-dir", "{tmp}/c"], "magic"),
-        (["evaluate", "{run}", "{tmp}/nowhere"], "no such folder"),
+        (["evaluate", "{run}", "{tmp}/nowhere"], "nowhere: no such file or folder"),
         (["evaluate", "{run}", "{tmp}"], "no readable images"),
     ],
 )
@@ -383,7 +383,9 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
             title = fig.text["Title"]
             assert fig.height == HEADER + TILE + CAPTION and fig.width >= 3 * TILE  # the image and two heatmaps
             pixels = np.asarray(fig.convert("L"), dtype=np.float32)
-        assert any(p.name in title for p in images) and " · " in title
+        from europeana_imgcls.core.naming import record_id_of
+
+        assert any((record_id_of(p.name) or p.name) in title for p in images) and " · " in title
         shown = pixels[HEADER : HEADER + TILE, 4 : 4 + TILE]
         heat = pixels[HEADER : HEADER + TILE, 4 + TILE + 8 : 4 + 2 * TILE + 8]
         # The image stays visible under the heatmap: the two panels still look alike.
@@ -522,3 +524,40 @@ def test_arguments_in_the_wrong_place_are_told_what_to_pass(trained: Path, eval_
         assert result.exit_code != 0, (args, result.stdout)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
     assert not list(tmp_path.glob("e.*jsonl")) and not (tmp_path / "e.jsonld").exists()
+
+
+def test_gradcam_figures_keep_the_aspect_ratio_and_name_the_record(trained: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from europeana_imgcls.core.naming import file_name
+    from europeana_imgcls.modelling.explain import HEADER, TILE
+
+    record = "/9001/obj_wide_panorama_of_the_harbour"
+    wide = tmp_path / "images" / file_name(record)  # as eic download names it
+    wide.parent.mkdir()
+    Image.new("RGB", (300, 100), (20, 120, 200)).save(wide)
+    predict(
+        PredictConfig(
+            run=trained, inputs=[str(wide)], output=tmp_path / "p.csv", gradcam_dir=tmp_path / "cams", quiet=True
+        )
+    )
+    (path,) = (tmp_path / "cams").glob("*.png")
+    assert path.name.startswith("9001_obj_wide_panorama_of_the_harbour_")
+    with Image.open(path) as fig:
+        assert fig.text["Title"].startswith(record)
+        pixels = np.asarray(fig.convert("RGB"), dtype=np.int16)
+    column = pixels[HEADER : HEADER + TILE, 4 + TILE // 2]  # down the middle of the image panel
+    coloured = np.flatnonzero(np.abs(column - 255).sum(axis=1) > 30)
+    assert 80 <= len(coloured) <= 90  # 300 x 100 shown at 256 x 85, not squashed to 256 x 256
+
+
+def test_a_record_id_on_a_figure_is_whole_or_cut_in_the_middle() -> None:
+    from europeana_imgcls.modelling.explain import shortened, wrapped
+
+    record = "/2048128/archaeological_site_permission_00001"
+    assert wrapped(record, 34).replace("\n", "") == record  # two lines hold it whole
+    long = "/91627/SMVK_EM_fotografi_" + "x" * 90 + "_END"
+    short = wrapped(long, 30)
+    assert short.startswith("/91627/SMVK") and short.endswith("_END") and "…" in short
+    assert len(short.splitlines()) == 2 and all(len(line) <= 30 for line in short.splitlines())
+    assert shortened("abcdef", 6) == "abcdef" and shortened("abcdefgh", 5) == "ab…gh"

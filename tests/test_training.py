@@ -242,7 +242,7 @@ def test_bad_inputs_are_one_line(folders: Path, tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and text in lines[0], result.stderr
 
-    fails([tmp_path / "nowhere"], "no such folder")
+    fails([tmp_path / "nowhere"], "no such file or folder")
     one = make_folders(tmp_path / "one", per_class=4, classes=("map",))
     fails([one], "at least two class folders")
     few = make_folders(tmp_path / "few", per_class=2)

@@ -80,13 +80,18 @@ def config_command(
             run(lambda: _refuse_stray(stray, model), name)
         config_file = values.pop("config", None)
         flags = {k: (None if isinstance(v, list) and not v else v) for k, v in values.items()}
-        action(run(lambda: build_config(model, flags, config_file), name))
+        action(run(lambda: _checked(build_config(model, flags, config_file)), name))
 
     COMMANDS[f"{group} {name}" if group else name] = model
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__name__ = name.replace("-", "_")
     command.__doc__ = help
     app.command(name, context_settings={"allow_extra_args": True})(command)
+
+
+def _checked(config: Any) -> Any:
+    config.check_inputs()
+    return config
 
 
 def _refuse_stray(stray: list[str], model: type[Any]) -> None:

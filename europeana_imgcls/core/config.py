@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, DatasetError
 
 DEFAULT_API_URL = "https://api.europeana.eu/record/v2/search.json"
 DEFAULT_THUMBNAIL_URL = "https://api.europeana.eu/thumbnail/v3"
@@ -35,6 +35,9 @@ CamMethod = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", 
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     stage: ClassVar[str] = ""
+    # The path settings the stage reads: checked by ``check_inputs`` before the command imports torch, so a
+    # mistyped path costs milliseconds, not the seconds torch takes to load.
+    input_paths: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **values: Any) -> None:
         # Library users get the error the CLI gets: a ConfigError (an EicError) naming the setting, not a
@@ -48,6 +51,14 @@ class _Base(BaseModel):
     @classmethod
     def _columns(cls, value: Any) -> Any:
         return _parse_columns(value)
+
+    def check_inputs(self) -> None:
+        """Refuse an input path that does not exist (one line, naming it)."""
+        for name in self.input_paths:
+            paths = getattr(self, name, None)
+            for path in paths if isinstance(paths, list) else [paths]:
+                if isinstance(path, Path) and not path.exists():
+                    raise DatasetError(f"{path}: no such file or folder")
 
     # The settings that the later runs writing one output (a resume, a shard, the merge) must share with the run
     # that started it: declared here once, stored in the output's journal and compared there.
@@ -177,6 +188,7 @@ class HarvestConfig(ApiSettings):
     """``eic harvest``: query the Search API per concept (or combination) and write a table."""
 
     stage: ClassVar[str] = "harvest"
+    input_paths: ClassVar[tuple[str, ...]] = ("vocab",)
     resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous")  # and the vocabulary itself
 
     output: Path = Field(Path("harvested.csv"), description="Output table, .csv or .parquet.")
@@ -208,6 +220,7 @@ class SubtractConfig(_Base):
     """``eic subtract``: drop from a training table every record of an evaluation table."""
 
     stage: ClassVar[str] = "subtract"
+    input_paths: ClassVar[tuple[str, ...]] = ("train", "eval")
 
     train: Path = Field(description="Training table (.csv or .parquet).")
     eval: Path = Field(description="Evaluation table whose IDs are removed from the training table.")
@@ -220,6 +233,7 @@ class StatsConfig(_Base):
     """``eic stats``: what a harvested table holds."""
 
     stage: ClassVar[str] = "stats"
+    input_paths: ClassVar[tuple[str, ...]] = ("table",)
 
     table: Path = Field(description="Table to describe (.csv or .parquet).")
     vocab: Path | None = Field(None, description="Vocabulary to check categories against.")
@@ -232,6 +246,7 @@ class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
     """``eic download``: fetch the images of a table into class folders (or one folder + labels.csv)."""
 
     stage: ClassVar[str] = "download"
+    input_paths: ClassVar[tuple[str, ...]] = ("table",)
     resume_keys: ClassVar[tuple[str, ...]] = ("mode",)
 
     table: Path = Field(description="Harvest table (.csv or .parquet) with ID, URL (and category).")
@@ -278,6 +293,7 @@ class TrainConfig(RuntimeSettings):
     """``eic train``: fine-tune a classifier on class folders with stratified k-fold cross-validation."""
 
     stage: ClassVar[str] = "train"
+    input_paths: ClassVar[tuple[str, ...]] = ("data_dir", "labels", "embeddings", "duplicate_groups")
     resume_keys: ClassVar[tuple[str, ...]] = (
         "data_dir",
         "labels",
@@ -379,6 +395,7 @@ class EvaluateConfig(RuntimeSettings):
     """``eic evaluate``: score every split of a run on an evaluation image set."""
 
     stage: ClassVar[str] = "evaluate"
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "eval_dir", "labels")
 
     run: Path = Field(description="A training run folder (all split_* inside) or one split folder.")
     eval_dir: Path = Field(description="Evaluation images in class folders.")
@@ -427,6 +444,7 @@ class PredictConfig(InputSettings):
     """``eic predict``: label new images with a trained run."""
 
     stage: ClassVar[str] = "predict"
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "table")
     resume_keys: ClassVar[tuple[str, ...]] = ("split", "top_k", "threshold")
 
     run: Path = Field(description="A training run folder or one split folder.")
@@ -450,6 +468,7 @@ class EmbedConfig(RuntimeSettings, ShardSettings):
     """``eic embed``: one vector per image from a frozen pretrained backbone (the classifier head removed)."""
 
     stage: ClassVar[str] = "embed"
+    input_paths: ClassVar[tuple[str, ...]] = ("data_dir", "labels")
     resume_keys: ClassVar[tuple[str, ...]] = ("data_dir", "arch", "weights", "input_size", "mode", "labels")
 
     data_dir: Path = Field(description="Class folders (or one folder and labels.csv), as eic download writes them.")
@@ -468,6 +487,7 @@ class AuditConfig(ProgressSettings):
     """``eic audit``: likely mislabelled images and near-duplicates, from out-of-fold probabilities and embeddings."""
 
     stage: ClassVar[str] = "audit"
+    input_paths: ClassVar[tuple[str, ...]] = ("source", "embeddings")
 
     source: Path = Field(description="A training run (its out-of-fold predictions) or an embeddings table.")
     output_dir: Path = Field(Path("audit"), description="Where the CSVs, the contact sheet and summary.json go.")
@@ -494,6 +514,7 @@ class EnrichConfig(InputSettings):
     """``eic enrich``: precision-targeted labels as W3C Web Annotations, and a review file for the rest."""
 
     stage: ClassVar[str] = "enrich"
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "table", "vocab")
 
     run: Path = Field(description="A calibrated training run folder (cross-validated: eic train's default).")
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
@@ -536,6 +557,7 @@ class ReviewImportConfig(_Base):
     """``eic review import``: a Label Studio JSON export back into a table that download and train accept."""
 
     stage: ClassVar[str] = "review"
+    input_paths: ClassVar[tuple[str, ...]] = ("export", "vocab")
 
     export: Path = Field(description="Label Studio JSON export (Export > JSON) of an eic enrich review project.")
     output: Path = Field(
@@ -556,9 +578,15 @@ class CalibrateConfig(_Base):
     """``eic calibrate``: thresholds for another precision target, from a run's out-of-fold predictions."""
 
     stage: ClassVar[str] = "calibrate"
+    input_paths: ClassVar[tuple[str, ...]] = ("run",)
 
     run: Path = Field(description="A cross-validated training run folder.")
     precision: float = Field(0.95, gt=0, le=1, description="Precision every emitted class must reach out of fold.")
+    overwrite: bool = Field(
+        False,
+        description="Replace the run's calibration for another precision (the one eic enrich uses by default); "
+        "without it, keep it: eic enrich --precision computes other thresholds without changing the run.",
+    )
 
 
 class DemoConfig(_Base):
@@ -599,6 +627,7 @@ class PublishConfig(AnnotationApiSettings):
     """``eic publish``: send eic enrich's annotations to Europeana, each once."""
 
     stage: ClassVar[str] = "publish"
+    input_paths: ClassVar[tuple[str, ...]] = ("enrichments",)
 
     enrichments: Path = Field(description="Annotations from eic enrich (europeana profile): .jsonld or .jsonl.")
     batch_size: int = Field(100, ge=1, le=1000, description="Annotations per upload.")
@@ -613,6 +642,7 @@ class WithdrawConfig(AnnotationApiSettings):
     """``eic withdraw``: delete from Europeana every annotation one model published."""
 
     stage: ClassVar[str] = "withdraw"
+    input_paths: ClassVar[tuple[str, ...]] = ("published",)
 
     published: list[Path] = Field(
         min_length=1,

@@ -168,13 +168,16 @@ def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def load_image(path: Path, size: int) -> Image.Image:
-    """An RGB image of ``size`` x ``size``; JPEGs are decoded at reduced scale when big enough."""
+def load_image(path: Path, size: int, keep_aspect: bool = False) -> Image.Image:
+    """An RGB image of ``size`` x ``size`` (what a model reads), or with ``keep_aspect`` one that fits in that
+    square at its own aspect ratio (what people look at); JPEGs are decoded at reduced scale when big enough."""
     with Image.open(path) as image:
         if image.format == "JPEG":
             image.draft("RGB", (size, size))  # DCT-domain downscaling: originals decode fast too
         upright = ImageOps.exif_transpose(image) or image
         rgb = to_rgb(upright)
+    if keep_aspect:
+        return ImageOps.contain(rgb, (size, size), Image.Resampling.BILINEAR)
     return rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 

@@ -241,6 +241,15 @@ def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> 
 
 def calibrate(config: CalibrateConfig) -> Calibration:
     """``eic calibrate``: calibrate a run for ``config.precision`` and rewrite its model card."""
+    check_precision(config.precision)
+    path = RunFolder(config.run).calibration
+    if path.is_file() and not config.overwrite:
+        kept = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8"))).precision_target
+        if not math.isclose(kept, config.precision):
+            raise CalibrationError(
+                f"{config.run} is calibrated for a precision of {kept}, which eic enrich uses by default: pass "
+                f"`overwrite` to replace it, or keep it and give eic enrich `precision` {config.precision}"
+            )
     calibration = calibrate_run(config.run, config.precision)
     write_model_card(config.run)
     return calibration

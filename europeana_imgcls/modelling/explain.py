@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pytorch_grad_cam import (
     EigenCAM,
     GradCAM,
@@ -77,18 +77,20 @@ HEADER, CAPTION, BAR = 30, 24, 56
 
 def figure(picture: Image.Image, maps: Sequence[np.ndarray], captions: Sequence[str], title: str) -> Image.Image:
     """A readable Grad-CAM figure composed with Pillow (fast: no plotting library): the title (record or
-    file), the image, one semi-transparent heatmap per class with its caption, and a colour bar."""
-    tile = picture.convert("RGB").resize((TILE, TILE), Image.Resampling.BICUBIC)
+    file), the image at its own aspect ratio (the model saw it squared; each heatmap is stretched back), one
+    semi-transparent heatmap per class with its caption, and a colour bar."""
+    tile = ImageOps.contain(picture.convert("RGB"), (TILE, TILE), Image.Resampling.BICUBIC)
     panels = [tile, *(overlay(tile, m) for m in maps)]
-    width = len(panels) * (TILE + 8) + BAR
+    step = max(tile.width, 120) + 8  # room for a caption under a narrow image
+    width = len(panels) * step + BAR
     canvas = Image.new("RGB", (width, HEADER + TILE + CAPTION), "white")
     draw = ImageDraw.Draw(canvas)
     font, small = _font(15), _font(13)
-    draw.text((6, 7), title[:110], fill="black", font=font)
+    draw.text((6, 7), shortened(title, max(24, (width - 12) // 8)), fill="black", font=font)
     for n, (panel, caption) in enumerate(zip(panels, ["image", *captions], strict=True)):
-        x = 4 + n * (TILE + 8)
-        canvas.paste(panel, (x, HEADER))
-        draw.text((x + 2, HEADER + TILE + 4), caption[:40], fill="black", font=small)
+        x = 4 + n * step
+        canvas.paste(panel, (x, HEADER + (TILE - tile.height) // 2))
+        draw.text((x + 2, HEADER + TILE + 4), shortened(caption, max(12, step // 8)), fill="black", font=small)
     bar = np.linspace(255, 0, TILE).astype(np.uint8)
     strip = Image.fromarray(_JET[bar][:, None, :].repeat(14, axis=1).astype(np.uint8))
     x = width - BAR + 8
@@ -96,6 +98,24 @@ def figure(picture: Image.Image, maps: Sequence[np.ndarray], captions: Sequence[
     draw.text((x + 18, HEADER - 2), "1", fill="black", font=small)
     draw.text((x + 18, HEADER + TILE - 14), "0", fill="black", font=small)
     return canvas
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut in the middle: a record ID keeps its dataset (the start)
+    and its own part's end, which is what tells two records apart."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
+
+
+def wrapped(text: str, width: int, lines: int = 2) -> str:
+    """``text`` in up to ``lines`` lines of ``width`` characters (for a figure's label), the last line
+    ``shortened`` if it still does not fit: nothing is cut from the left."""
+    parts = [text[i : i + width] for i in range(0, len(text), width)]
+    if len(parts) <= lines:
+        return "\n".join(parts)
+    return "\n".join([*parts[: lines - 1], shortened(text[width * (lines - 1) :], width)])
 
 
 def image_grid(count: int, cell: tuple[float, float] = (3.2, 3.6), columns: int = 4) -> tuple[Any, Any]:

@@ -704,7 +704,9 @@ def _gradcam(
         name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
         title = f"{record_id_of(path.name) or path.name} · true {truth}"
         save_figure(
-            figure(load_image(path, TILE), [heat], [f"predicted {pred} {confidence:.2f}"], title), folder / name, title
+            figure(load_image(path, TILE, keep_aspect=True), [heat], [f"predicted {pred} {confidence:.2f}"], title),
+            folder / name,
+            title,
         )
 
 

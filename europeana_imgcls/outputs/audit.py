@@ -356,7 +356,7 @@ def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
     """The top suspects with their given and suggested labels and where they come from."""
     from PIL import Image
 
-    from ..modelling.explain import image_grid
+    from ..modelling.explain import image_grid, wrapped
 
     figure, axes = image_grid(len(suspects))
     for ax, row in zip(axes.flat, suspects, strict=False):
@@ -368,8 +368,8 @@ def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
         name = row["ID"] or Path(row["image"]).name
         ax.set_title(
-            f"#{row['rank']} given {row['given']} → {row['suggested']}\nquality {row['label_quality']:.2g}"
-            f"  {name[-34:]}",
+            f"#{row['rank']} given {row['given']} → {row['suggested']}  quality {row['label_quality']:.2g}\n"
+            f"{wrapped(name, 40)}",  # the whole record ID, so a curator can look it up
             fontsize=8,
         )
     if not suspects:

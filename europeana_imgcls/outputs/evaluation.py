@@ -346,7 +346,7 @@ def _gallery(
     their true ones, by the top probability."""
     from PIL import Image
 
-    from ..modelling.explain import image_grid
+    from ..modelling.explain import image_grid, wrapped
 
     actual = task.indicator(truth, len(classes))
     worst: dict[int, tuple[float, str, str]] = {}
@@ -368,7 +368,7 @@ def _gallery(
             f"{confidence:.2f} ({split})",
             fontsize=8,
         )
-        ax.set_xlabel(f"{(record_id_of(name) or name)[-40:]}", fontsize=7)  # so a curator can look it up
+        ax.set_xlabel(wrapped(record_id_of(name) or name, 44), fontsize=7)  # whole, so a curator can look it up
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, input_key, json_line
+from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
@@ -55,6 +57,13 @@ class Item:
     @functools.cached_property
     def key(self) -> str:  # cached: a local file's key resolves its path, and runs look it up more than once
         return input_key(self.id, self.image)
+
+    @property
+    def record(self) -> str | None:
+        """The record the image shows: its ID, or the one a file named by eic download encodes."""
+        return self.id or (
+            None if self.image.lower().startswith(("http://", "https://")) else record_id_of(self.path.name)
+        )
 
 
 def _unique(items: list[Any], key: Callable[[Any], str]) -> list[Any]:
@@ -331,8 +340,8 @@ def _explain(
         ):
             maps[i].append(heat)
     for item, row, order, heat in zip(items, probs, orders, maps, strict=True):
-        title = f"{item.id or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
-        picture = load_image(item.path, TILE)
+        title = f"{item.record or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
+        picture = load_image(item.path, TILE, keep_aspect=True)
         image = figure(picture, heat, [f"{classes[c]} {row[c]:.2f}" for c in order], title)
         pending.append(saver.submit(save_figure, image, folder / _figure_name(item), title))
     return len(items)
@@ -341,9 +350,8 @@ def _explain(
 def _figure_name(item: Item) -> str:
     """Readable and unique: the record's (or file's, or URL's last part's) name plus a short hash of where it
     came from."""
-    from ..core.naming import file_name
-
-    stem = Path(file_name(item.id) if item.id else _last_part(item.image)).stem
+    record = item.record
+    stem = re.sub(r"[^\w.-]+", "_", record.strip("/")) if record else Path(_last_part(item.image)).stem
     return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
 
 
