@@ -119,8 +119,8 @@ class Rows:
             "prediction": classes[order[0]],
             "confidence": float(probs[order[0]]),
             "top_k": [[classes[c], round(float(probs[c]), 6)] for c in order],
-            "ID": item.id,
-            "URI": item.uri,
+            "ID": item.record,  # a file eic download named: the record it shows
+            "URI": item.uri or (record_uri(item.record) if item.record and is_record_id(item.record) else None),
         }
         if self.thresholds is not None:
             result["labels"] = [classes[c] for c in self.task.emitted(probs, self.thresholds)]
