@@ -162,7 +162,7 @@ def test_predict_resumes_after_a_kill(trained: Path, eval_dir: Path, tmp_path: P
     # what a killed run leaves: the journal's first records and half a record, cut inside a character
     from europeana_imgcls.core.journal import frame, input_key
 
-    records = [frame(input_key(None, r["image"]), r) for r in full]
+    records = [frame(input_key(r["ID"] or None, r["image"]), r) for r in full]
     (tmp_path / "p.csv.journal" / "part.ndjson").write_bytes(b"".join(records[:3]) + records[3][:15])
     out.unlink()
     result = CliRunner().invoke(app, ["predict", str(trained), folder, "-o", str(out), "--quiet"])

@@ -84,7 +84,7 @@ class CalibratedRows(Rows):
     def row(self, item: Item, probs: np.ndarray) -> dict[str, Any]:
         return {
             "image": item.image,
-            "ID": item.id,
+            "ID": item.record,  # a file eic download named: the record it shows
             "URI": item.uri,
             "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)},
         }

@@ -56,7 +56,7 @@ class Item:
 
     @functools.cached_property
     def key(self) -> str:  # cached: a local file's key resolves its path, and runs look it up more than once
-        return input_key(self.id, self.image)
+        return input_key(self.record, self.image)
 
     @property
     def record(self) -> str | None:
