@@ -215,3 +215,65 @@ def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: P
     report = download(config(tmp_path / "t.csv", tmp_path / "img"))
     assert (tmp_path / "img" / record.labels[0] / file_name(record.id)).is_file()
     assert read_failures(tmp_path / "img") == {"/1/nourl": "no URL"} and report.saved == 1
+
+
+def test_a_rerun_with_changed_classes_moves_files_and_sets_aside_the_rest(tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    with Sandbox(VOCAB, per_level=4) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv")
+        out = tmp_path / "img"
+        download(config(table, out))
+        before = sb.count("/images/")
+        rows = pl.read_csv(table)
+        changed, dropped = rows.row(0, named=True), rows.row(1, named=True)
+        assert changed["category"] != "specimen"
+        own = out / changed["category"] / "my_own_notes.jpg"  # a file eic did not write
+        Image.new("RGB", (8, 8)).save(own)
+        reviewed = rows.with_columns(
+            pl.when(pl.col("ID") == changed["ID"])
+            .then(pl.lit("specimen"))
+            .otherwise(pl.col("category"))
+            .alias("category")
+        ).filter(pl.col("ID") != dropped["ID"])
+        reviewed.write_csv(tmp_path / "new.csv")
+        report = download(config(tmp_path / "new.csv", out))
+        assert sb.count("/images/") == before  # nothing fetched twice
+    name = file_name(changed["ID"])
+    assert (out / "specimen" / name).is_file() and not (out / changed["category"] / name).exists()
+    gone = file_name(dropped["ID"])
+    assert not list(out.glob(f"*/{gone}")) and (out / SET_ASIDE / dropped["category"] / gone).is_file()
+    assert own.is_file()  # nothing eic did not write is moved
+    assert (report.moved, report.set_aside) == (1, 1)
+    assert pl.read_csv(out / "set_aside.csv").to_dicts() == [
+        {"ID": dropped["ID"], "was": f"{dropped['category']}/{gone}"}
+    ]
+    held = [p for p in out.glob("*/*.jpg") if p.name != own.name]  # the folder holds exactly the table's records
+    assert sorted(p.name for p in held) == sorted(file_name(i) for i in reviewed["ID"])
+    from europeana_imgcls.datasets.tasks import scan_images
+
+    images = scan_images(out, "single-label")  # and training reads exactly those, each in its class
+    assert sorted(p.name for p in images.paths if p.name != own.name) == sorted(file_name(i) for i in reviewed["ID"])
+
+
+def test_a_multi_label_rerun_rewrites_labels_and_sets_aside_what_left_the_table(tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    with Sandbox(VOCAB, per_level=2) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv", multi=True)
+        out = tmp_path / "img"
+        download(config(table, out, mode="multi-label"))
+        before = sb.count("/images/")
+        rows = pl.read_csv(table)
+        first, dropped = rows["ID"][0], rows["ID"][1]
+        new = rows.filter(pl.col("ID") != dropped).with_columns(
+            pl.when(pl.col("ID") == first).then(pl.lit("map")).otherwise(pl.col("category")).alias("category")
+        )
+        new.write_csv(tmp_path / "new.csv")
+        download(config(tmp_path / "new.csv", out, mode="multi-label"))
+        assert sb.count("/images/") == before
+    labels = pl.read_csv(out / "labels.csv")
+    assert dict(zip(labels["ID"], labels["category"], strict=True)) == dict(
+        zip(new["ID"], new["category"], strict=True)
+    )
+    assert (out / SET_ASIDE / file_name(dropped)).is_file() and not (out / file_name(dropped)).exists()

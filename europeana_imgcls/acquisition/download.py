@@ -61,6 +61,7 @@ from ..core.tables import (
 from ..europeana.ratelimit import RateLimit
 from ..europeana.thumbnails import is_placeholder, thumbnail_url
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
+from .placement import Placement, write_set_aside
 
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
@@ -98,6 +99,9 @@ class DownloadReport:
     example: dict[str, str] = field(default_factory=dict)  # the first whole error of each reason
     complete: bool = False  # False when the run was interrupted
     failures_file: Path | None = None  # failures.csv (a shard's wait in its journal part for the merge)
+    moved: int = 0  # records already in the folder under another class, moved to the table's (not fetched)
+    set_aside: int = 0  # records the table no longer holds, moved out of the class folders (placement.py)
+    set_aside_file: Path | None = None
 
     @property
     def accounted(self) -> int:
@@ -139,15 +143,21 @@ def download(config: DownloadConfig) -> DownloadReport:
         if shard is None:  # shards share the folder: the run that merges them writes what they share
             write_json(root / CONFIG_FILE, public_dict(config))
         report = DownloadReport(output_dir=root, failures_file=root / FAILURES_FILE if shard is None else None)
+        placement = Placement(root, config.mode == "multi-label", shard)
         try:
             with warnings.catch_warnings():
                 # Pillow warns about images above its own limit; max_pixels decides, and says so per record.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                _run_loop(_run(config, outcomes, report, total))
+                _run_loop(_run(config, outcomes, report, total, placement))
             report.complete = True
+            if not config.retry_failed:  # a run over the whole table: the folder now mirrors it
+                placement.set_aside_the_rest()
         finally:
             # However the run ends (Ctrl-C included), what was known before it is kept.
             outcomes.finish(report.complete)
+            report.moved, report.set_aside = placement.moved, len(placement.set_aside)
+            if placement.set_aside:
+                report.set_aside_file = write_set_aside(root, placement.set_aside, shard)
     _check_one_cause(config, report)
     return report
 
@@ -230,7 +240,9 @@ def _jobs(config: DownloadConfig) -> Iterator[Job | str]:
                 )
 
 
-async def _run(config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, rows: int) -> None:
+async def _run(
+    config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, rows: int, placement: Placement
+) -> None:
     started = time.perf_counter()
     workers = config.workers or os.cpu_count() or 2
     host_limits: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(config.per_host))
@@ -260,7 +272,7 @@ async def _run(config: DownloadConfig, outcomes: Outcomes, report: DownloadRepor
                 if job.path.parent not in created_dirs:
                     job.path.parent.mkdir(parents=True, exist_ok=True)
                     created_dirs.add(job.path.parent)
-                if not _wanted(job, config, outcomes, report):
+                if not _wanted(job, config, outcomes, report, placement):
                     progress.advance(task)
                     continue
                 # Bound the tasks waiting for a slot, so a million-row table never sits in memory.
@@ -303,8 +315,8 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
     ]
 
 
-def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport) -> bool:
-    if job.path.exists() and is_complete_jpeg(job.path):
+def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, placement: Placement) -> bool:
+    if placement.place(job.path) and is_complete_jpeg(job.path):  # there, or moved there from another class
         report.already_saved += 1
         outcomes.saved(job, earlier=True)
         return False

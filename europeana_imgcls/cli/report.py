@@ -97,6 +97,15 @@ def print_download(console: Console, result: DownloadReport) -> None:
         )
         + f"; {result.total} rows in the table"
     )
+    if result.moved or result.set_aside:
+        console.print(
+            f"{result.moved} records moved to the class the table now gives them (not fetched again)"
+            + (
+                f", {result.set_aside} the table no longer holds set aside ({result.set_aside_file})"
+                if result.set_aside
+                else ""
+            )
+        )
     if result.errors:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.errors.items(), key=lambda kv: -kv[1]))
         console.print(f"failures ({result.failures_file or result.output_dir / 'failures.csv'}): {reasons}")

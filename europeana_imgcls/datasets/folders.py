@@ -34,11 +34,14 @@ def _shm_free() -> int:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), hidden and temporary files left out, sorted."""
+    """Image files under ``folder`` (recursively), sorted; hidden and temporary files, and whatever is in a hidden
+    folder (what eic download set aside, ``.eic-set-aside/``), left out."""
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
     )
 
 

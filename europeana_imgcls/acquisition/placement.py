@@ -1,0 +1,85 @@
+"""Where each record's image belongs when ``eic download`` fills a folder it filled before.
+
+A table whose labels changed (``eic review apply``) names the same records under other classes. Fetching them
+again would leave the old copy in its old class folder: the noise stays in training, and the record sits in two
+classes. So before a record is fetched, the folder is asked whether it holds the record already, elsewhere:
+the file is moved to where the table now puts it (no request). When the run has gone through the whole table,
+the records the table no longer holds are set aside, out of the class folders, into ``SET_ASIDE`` (a hidden
+folder that training never reads), and listed in ``SET_ASIDE_LIST``. The folder then holds exactly the table's
+records, each in its current class.
+
+Only files eic named (``naming.record_id_of`` reads a record ID from the name) directly inside the class folders
+(single-label) or the folder itself (multi-label) are ever moved; nothing is deleted. A shard moves only the
+records it owns, so shards sharing a folder never move the same file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from ..core.naming import record_id_of
+from ..core.sharding import Shard
+from ..core.tables import write_csv
+
+SET_ASIDE = ".eic-set-aside"
+SET_ASIDE_LIST = "set_aside.csv"
+
+
+class Placement:
+    """The record files a folder holds, by name, and what a run has done with them."""
+
+    def __init__(self, root: Path, multi_label: bool, shard: Shard | None = None) -> None:
+        self.root, self.shard = root, shard
+        self.found: defaultdict[str, list[Path]] = defaultdict(list)  # file name -> where it is
+        self.claimed: set[str] = set()  # file names the table holds
+        self.moved = 0
+        self.set_aside: list[tuple[str, str]] = []  # (record ID, where it was) of every file set aside
+        folders = [root] if multi_label else _class_folders(root)
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    record = record_id_of(entry.name)
+                    if record and entry.is_file() and (shard is None or shard.owns(record)):
+                        self.found[entry.name].append(Path(entry.path))
+
+    def place(self, target: Path) -> bool:
+        """Claim ``target`` for the table; True when the record's file is there now (moved from another class
+        folder if need be), False when it must be fetched. A copy left in another class is set aside."""
+        name = target.name
+        self.claimed.add(name)
+        copies = [p for p in self.found.pop(name, []) if p != target]
+        if not target.exists() and copies:
+            os.replace(copies.pop(0), target)  # the same file system: a rename, never a copy
+            self.moved += 1
+        for stale in copies:  # the record in two classes: only the table's one stays
+            self._set_aside(stale)
+        return target.exists()
+
+    def set_aside_the_rest(self) -> None:
+        """After a complete run: every record file the table did not claim is set aside."""
+        for name, paths in self.found.items():
+            if name not in self.claimed:
+                for path in paths:
+                    self._set_aside(path)
+        self.found.clear()
+
+    def _set_aside(self, path: Path) -> None:
+        where = self.root / SET_ASIDE / path.parent.relative_to(self.root)
+        where.mkdir(parents=True, exist_ok=True)
+        os.replace(path, where / path.name)
+        self.set_aside.append((record_id_of(path.name) or path.name, str(path.relative_to(self.root))))
+
+
+def write_set_aside(root: Path, rows: list[tuple[str, str]], shard: Shard | None) -> Path:
+    """``set_aside.csv``: each record set aside and where it was (a shard writes its own list)."""
+    path = root / (f"set_aside.{shard.tag}.csv" if shard else SET_ASIDE_LIST)
+    write_csv(path, ["ID", "was"], rows)
+    return path
+
+
+def _class_folders(root: Path) -> list[Path]:
+    """The class folders (training's: not hidden), each read once."""
+    with os.scandir(root) as entries:
+        return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
