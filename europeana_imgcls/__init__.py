@@ -14,6 +14,7 @@ from .core.config import (
     EvaluateConfig,
     HarvestConfig,
     PredictConfig,
+    ReviewApplyConfig,
     ReviewImportConfig,
     StatsConfig,
     SubtractConfig,
@@ -35,6 +36,7 @@ _LAZY = {
     "calibrate": ("modelling.calibration", "calibrate"),
     "enrich": ("outputs.enrichment", "enrich"),
     "import_review": ("outputs.review", "import_review"),
+    "apply_review": ("outputs.review_apply", "apply_review"),
 }
 
 
@@ -60,6 +62,7 @@ __all__ = [
     "HarvestConfig",
     "ModelError",
     "PredictConfig",
+    "ReviewApplyConfig",
     "ReviewImportConfig",
     "Sandbox",
     "SearchClient",
@@ -72,6 +75,7 @@ __all__ = [
     "enrich",
     "evaluate",
     "harvest",
+    "apply_review",
     "import_review",
     "predict",
     "stats",

@@ -157,3 +157,92 @@ def test_a_formula_from_an_export_is_text_in_every_spreadsheet(tmp_path: Path) -
         cells = [cell for row in csv.reader(handle) for cell in row]
     assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]  # OWASP's rule
     assert sorted(read_table(tmp_path / "out.csv")["reviewed_by"]) == sorted(hostile)  # eic reads them back as given
+
+
+def _applied(tmp_path: Path, table_rows: list[dict[str, str]], tasks: list[Any], *flags: str):
+    """eic review import of ``tasks``, then eic review apply onto a table of ``table_rows``."""
+    run(tmp_path, tasks)
+    table = tmp_path / "train.csv"
+    pl.DataFrame(table_rows).write_csv(table)
+    args = ["review", "apply", str(table), str(tmp_path / "out.csv"), "-o", str(tmp_path / "new.csv"), *flags]
+    return CliRunner().invoke(app, args)
+
+
+TRAIN = [
+    {"category": "map", "ID": "/9/a", "URL": "http://x/a.jpg", "provider": "P"},
+    {"category": "map", "ID": "/9/b", "URL": "http://x/b.jpg", "provider": "P"},
+    {"category": "painting", "ID": "/9/c", "URL": "http://x/c.jpg", "provider": "Q"},
+    {"category": "map", "ID": "/9/d", "URL": "http://x/d.jpg", "provider": "Q"},
+    {"category": "specimen", "ID": "/9/x", "URL": "http://x/x.jpg", "provider": "Q"},
+]
+REVIEWS = [
+    task(1, "/9/a", ["map"]),  # confirmed
+    task(2, "/9/b", ["painting"]),  # changed
+    task(3, "/9/c", [NONE_CHOICE]),  # removed
+    task(4, "/9/d", ["map"], ["painting"]),  # reviewers disagree: never applied
+    task(5, "/9/z", ["specimen"]),  # not in the table
+]
+
+
+def test_apply_replaces_labels_by_record_and_says_what_it_did(tmp_path: Path) -> None:
+    result = _applied(tmp_path, TRAIN, REVIEWS)
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "4 rows written" in said and "1 labels confirmed, 1 changed, 1 records removed" in said
+    assert "1 reviewed records not in the table (--add adds them)" in said and "1 where reviewers disagree" in said
+    new = pl.read_csv(tmp_path / "new.csv")
+    assert new.columns == ["category", "ID", "URL", "provider", "reviewed_by", "review"]
+    by_id = {r["ID"]: r for r in new.to_dicts()}
+    assert set(by_id) == {"/9/a", "/9/b", "/9/d", "/9/x"}
+    assert (by_id["/9/a"]["category"], by_id["/9/a"]["review"]) == ("map", "confirmed")
+    assert (by_id["/9/b"]["category"], by_id["/9/b"]["review"], by_id["/9/b"]["reviewed_by"]) == (
+        "painting", "changed", "r0@museum.example"
+    )  # fmt: skip
+    assert by_id["/9/d"]["category"] == "map" and by_id["/9/d"]["review"] is None  # the disagreement left alone
+    assert by_id["/9/x"]["provider"] == "Q" and by_id["/9/x"]["review"] is None  # other rows and columns kept
+    notes = json.loads((tmp_path / "new.apply.json").read_text())
+    assert notes["changed"] == [{"ID": "/9/b", "before": "map", "after": "painting"}] and notes["removed"] == ["/9/c"]
+    added = _applied(tmp_path, TRAIN, REVIEWS, "--add", "--overwrite")
+    assert added.exit_code == 0, added.stderr
+    rows = pl.read_csv(tmp_path / "new.csv").filter(pl.col("ID") == "/9/z").to_dicts()
+    assert rows and rows[0]["category"] == "specimen" and rows[0]["review"] == "added"
+
+
+def test_apply_compares_label_sets_in_a_multi_label_table(tmp_path: Path) -> None:
+    table = [
+        {"category": "map painting", "ID": "/9/a", "URL": "http://x/a.jpg"},
+        {"category": "map painting", "ID": "/9/b", "URL": "http://x/b.jpg"},
+        {"category": "specimen", "ID": "/9/c", "URL": "http://x/c.jpg"},
+    ]
+    reviews = [task(1, "/9/a", ["painting", "map"]), task(2, "/9/b", ["map"]), task(3, "/9/c", ["specimen", "map"])]
+    result = _applied(tmp_path, table, reviews)
+    assert result.exit_code == 0, result.stderr
+    new = {r["ID"]: (r["category"], r["review"]) for r in pl.read_csv(tmp_path / "new.csv").to_dicts()}
+    assert new["/9/a"] == ("map painting", "confirmed")  # the same set, in another order
+    assert new["/9/b"] == ("map", "changed")
+    assert set(new["/9/c"][0].split()) == {"specimen", "map"} and new["/9/c"][1] == "changed"
+
+
+def test_apply_refuses_a_review_of_another_table_or_vocabulary_and_keeps_the_table(tmp_path: Path) -> None:
+    other = [{"category": "map", "ID": "/7/q", "URL": "http://x/q.jpg"}]
+    result = _applied(tmp_path, other, REVIEWS)
+    assert result.exit_code == 1 and "holds none of the" in result.stderr and "another table" in result.stderr
+    narrow = [{"category": "map", "ID": "/9/a", "URL": "http://x/a.jpg"}, {"category": "map", "ID": "/9/b", "URL": "u"}]
+    result = _applied(tmp_path, narrow, [task(1, "/9/a", ["map"]), task(2, "/9/b", ["painting"])])
+    assert (
+        result.exit_code == 1 and "class(es) painting that" in result.stderr and "another vocabulary" in result.stderr
+    )
+    assert not (tmp_path / "new.csv").exists()
+    run(tmp_path, REVIEWS)
+    table = tmp_path / "train.csv"
+    pl.DataFrame(TRAIN).write_csv(table)
+    same = CliRunner().invoke(app, ["review", "apply", str(table), str(tmp_path / "out.csv"), "-o", str(table)])
+    assert same.exit_code == 1 and "is the table the review applies to" in same.stderr and "--overwrite" in same.stderr
+    assert pl.read_csv(table).height == len(TRAIN)
+    (tmp_path / "out.review.json").unlink()
+    blind = CliRunner().invoke(
+        app, ["review", "apply", str(table), str(tmp_path / "out.csv"), "-o", str(tmp_path / "n.csv")]
+    )
+    assert blind.exit_code == 1 and "out.review.json is missing" in blind.stderr
+    for result in (same, blind):
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ from ..core.config import (
     HarvestConfig,
     PredictConfig,
     PublishConfig,
+    ReviewApplyConfig,
     ReviewImportConfig,
     SandboxConfig,
     StatsConfig,
@@ -63,6 +64,7 @@ RERUN = (
     "demo",
     "sandbox",
     "import",
+    "apply",
     "publish",
     "withdraw",
 )
@@ -232,6 +234,14 @@ def review_import(config: ReviewImportConfig) -> None:
     from ..outputs.review import import_review
 
     report.print_review_import(console, run(lambda: import_review(config), "import"))
+
+
+@command("apply", ReviewApplyConfig, arguments=(Arg("table"), Arg("reviewed")), names=OUTPUT, target=review_app)
+def review_apply(config: ReviewApplyConfig) -> None:
+    """Put the reviewed labels into a training table, by record ID (then eic download it into the same folder)."""
+    from ..outputs.review_apply import apply_review
+
+    report.print_review_apply(console, run(lambda: apply_review(config), "apply"))
 
 
 TOKEN = {"annotation_token": ("--token", "--annotation-token")}

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..outputs.prediction import PredictReport
     from ..outputs.publish import PublishReport, WithdrawReport
     from ..outputs.review import ReviewImportReport
+    from ..outputs.review_apply import ReviewApplyReport
 
 
 def as_flags(message: str) -> str:
@@ -249,6 +250,24 @@ def print_review_import(console: Console, result: ReviewImportReport) -> None:
     )
     for task, reason in result.refused:
         console.print(f"[yellow]refused:[/] task {task}: {reason}", soft_wrap=True)
+
+
+def print_review_apply(console: Console, result: ReviewApplyReport) -> None:
+    console.print(
+        f"{result.rows} rows written to {result.output}: {result.confirmed} labels confirmed, "
+        f"{len(result.changed)} changed, {len(result.removed)} records removed (put in no class)"
+        + (f", {result.added} reviewed records added" if result.added else "")
+        + (
+            f", {len(result.unknown)} reviewed records not in the table (--add adds them)"
+            if result.unknown and not result.added
+            else ""
+        )
+        + (f"; {len(result.conflicting)} where reviewers disagree left as they were" if result.conflicting else "")
+    )
+    console.print(
+        f"next: eic download {result.output} into the same folder moves the changed records and sets the removed "
+        "ones aside"
+    )
 
 
 def print_audit(console: Console, result: AuditReport) -> None:

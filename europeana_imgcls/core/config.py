@@ -574,6 +574,20 @@ class ReviewImportConfig(_Base):
     )
 
 
+class ReviewApplyConfig(_Base):
+    """``eic review apply``: reviewed labels replace a training table's, by record ID."""
+
+    stage: ClassVar[str] = "review_apply"
+    input_paths: ClassVar[tuple[str, ...]] = ("table", "reviewed")
+
+    table: Path = Field(description="The training table the review is for (eic harvest's, or your own).")
+    reviewed: Path = Field(description="eic review import's table of reviewed records (its .review.json beside it).")
+    output: Path = Field(description="The corrected table (.csv or .parquet), with reviewed_by and review columns.")
+    add: bool = Field(False, description="Also add reviewed records the table does not hold (else they are reported).")
+    overwrite: bool = Field(False, description="Replace an existing output (TABLE itself included).")
+    columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
+
+
 class CalibrateConfig(_Base):
     """``eic calibrate``: thresholds for another precision target, from a run's out-of-fold predictions."""
 
@@ -767,6 +781,7 @@ ALL_CONFIGS: list[type[_Base]] = [
     PredictConfig,
     EnrichConfig,
     ReviewImportConfig,
+    ReviewApplyConfig,
     CalibrateConfig,
     EmbedConfig,
     AuditConfig,

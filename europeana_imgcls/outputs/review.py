@@ -142,6 +142,7 @@ class ReviewImportReport:
     skipped: list[str] = field(default_factory=list)  # task ids with no usable annotation
     conflicts: list[str] = field(default_factory=list)  # task ids whose annotators disagree (in one or two tasks)
     removed: list[str] = field(default_factory=list)  # record IDs reviewers put in no class
+    conflicting_records: list[str] = field(default_factory=list)  # record IDs of the conflicts: never applied
     refused: list[tuple[str, str]] = field(default_factory=list)  # task id, why
     per_class: dict[str, int] = field(default_factory=dict)
 
@@ -160,6 +161,8 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
             report.skipped.append(name)
         elif answer == "conflict":
             report.conflicts.append(name)
+            if isinstance(task.data.ID, str) and task.data.ID:
+                report.conflicting_records.append(task.data.ID)
         elif isinstance(answer, tuple):
             labels, reviewer = answer
             problem = _target_problem(task.data)
@@ -170,9 +173,14 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
             else:
                 report.skipped.append(name)
     rows = []
+    disputed = set(report.conflicting_records)  # a record one of whose tasks is a conflict: no answer to take
     for record_id, given in answers.items():
+        if record_id in disputed:
+            report.conflicts += [name for name, _, _, _ in given]
+            continue
         if len({labels for _, labels, _, _ in given}) > 1:  # two tasks of one record, answered differently
             report.conflicts += [name for name, _, _, _ in given]
+            report.conflicting_records.append(record_id)
             continue
         _, labels, _, data = given[0]
         reviewers = " ".join(sorted({who for _, _, who, _ in given if who}))
@@ -192,6 +200,7 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         {
             "skipped": report.skipped,
             "conflicts": report.conflicts,
+            "conflicting_records": sorted(set(report.conflicting_records)),
             "removed": report.removed,
             "refused": [{"task": t, "reason": r} for t, r in report.refused],
             "config": public_dict(config),

@@ -1,0 +1,160 @@
+"""``eic review apply``: people's answers (``eic review import``'s table) replace a training table's labels.
+
+By record ID: a reviewed record's labels (single-label: its class; multi-label: its set of labels) replace the
+table's, ``confirmed`` where they were the same and ``changed`` where not; a record reviewers put in no class is
+``removed``; a reviewed record the table does not hold is ``unknown`` (added only with ``add``); a record whose
+reviewers disagreed is never applied (``conflicting``, from the import's ``.review.json``). The new table keeps
+every other column and row as they were, and gains ``reviewed_by`` and ``review`` (confirmed, changed, added) so
+where each label came from stays known. ``eic download NEW_TABLE`` into the old folder then moves the changed
+records and sets the removed ones aside (``acquisition/placement.py``).
+
+A review of another table (none of its records is in the table) or of another vocabulary (a class the table
+does not have) is refused; so is writing over the table unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..core.config import ReviewApplyConfig, public_dict
+from ..core.errors import DatasetError
+from ..core.tables import check_table_suffix, read_table, refuse_existing, sidecar, write_json, write_table
+
+REVIEW_COLUMNS = ("reviewed_by", "review")
+
+
+@dataclass
+class ReviewApplyReport:
+    output: Path
+    rows: int = 0
+    confirmed: int = 0
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)  # record ID -> (before, after)
+    removed: list[str] = field(default_factory=list)  # put in no class by reviewers: not in the new table
+    unknown: list[str] = field(default_factory=list)  # reviewed, not in the table (added with `add`)
+    added: int = 0
+    conflicting: list[str] = field(default_factory=list)  # reviewers disagreed: the table's label is kept
+
+
+def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
+    """Write ``config.output``: ``config.table`` with the reviewed labels applied; see the module docstring."""
+    check_table_suffix(config.output)
+    if config.output.resolve() == config.table.resolve() and not config.overwrite:
+        raise DatasetError(
+            f"{config.output} is the table the review applies to: choose another `output`, or pass `overwrite` "
+            "to replace it"
+        )
+    if config.output.resolve() != config.table.resolve():
+        refuse_existing(config.output, config.overwrite)
+    table = read_table(config.table, required=("ID", "category"), columns=config.columns)
+    reviewed = read_table(config.reviewed, required=("ID", "category"))
+    notes = _import_notes(config.reviewed)
+    answers = {row["ID"]: row for row in reviewed.iter_rows(named=True) if row["ID"]}
+    removed = set(notes.get("removed") or [])
+    _check_same_table(config, table, answers, removed)
+    _check_same_classes(config, table, answers)
+    report = ReviewApplyReport(config.output, conflicting=sorted(set(notes.get("conflicting_records") or [])))
+    rows = [_applied(row, answers, removed, report) for row in table.iter_rows(named=True)]
+    kept = [row for row in rows if row is not None]
+    known = set(table["ID"].drop_nulls().to_list())
+    report.unknown = sorted(set(answers) - known)
+    if config.add:
+        kept += [_added(answers[record_id], table.columns) for record_id in report.unknown]
+        report.added = len(report.unknown)
+    columns = [*table.columns, *(c for c in REVIEW_COLUMNS if c not in table.columns)]
+    new = pl.DataFrame(kept, schema={c: pl.Utf8 for c in columns}, orient="row") if kept else _empty(columns)
+    write_table(new, config.output)
+    report.rows = new.height
+    write_json(sidecar(config.output, "apply"), _summary(report, config))
+    return report
+
+
+def _import_notes(reviewed: Path) -> dict[str, Any]:
+    """What eic review import wrote beside its table: the removed and conflicting records."""
+    path = sidecar(reviewed, "review")
+    try:
+        notes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise DatasetError(
+            f"{reviewed}: {path.name} is missing or unreadable, so the records reviewers removed or disagreed on are "
+            "unknown: give the table eic review import wrote, with its .review.json beside it"
+        ) from None
+    if not isinstance(notes, dict):
+        raise DatasetError(f"{path}: not eic review import's notes")
+    return notes
+
+
+def _check_same_table(
+    config: ReviewApplyConfig, table: pl.DataFrame, answers: dict[str, Any], removed: set[str]
+) -> None:
+    reviewed = set(answers) | removed
+    if reviewed and not reviewed & set(table["ID"].drop_nulls().to_list()):
+        example = sorted(reviewed)[0]
+        raise DatasetError(
+            f"{config.table} holds none of the {len(reviewed)} records of {config.reviewed} (e.g. {example}): a review "
+            "of another table? (map the table's own ID column with `columns` if it has another name)"
+        )
+
+
+def _check_same_classes(config: ReviewApplyConfig, table: pl.DataFrame, answers: dict[str, Any]) -> None:
+    classes = {name for cell in table["category"].drop_nulls() for name in cell.split()}
+    foreign = sorted({name for row in answers.values() for name in (row["category"] or "").split()} - classes)
+    if foreign:
+        raise DatasetError(
+            f"{config.reviewed} labels records with class(es) {', '.join(foreign[:5])} that {config.table} does not "
+            "have: a review made with another vocabulary?"
+        )
+
+
+def _applied(
+    row: dict[str, Any], answers: dict[str, Any], removed: set[str], report: ReviewApplyReport
+) -> dict[str, Any] | None:
+    """A table row after the review: as it was, relabelled, or None (removed)."""
+    record_id = row["ID"]
+    row = {**row, **{c: row.get(c) for c in REVIEW_COLUMNS}}
+    if record_id in report.conflicting:
+        return row
+    if record_id in removed:
+        report.removed.append(record_id)
+        return None
+    answer = answers.get(record_id)
+    if answer is None:
+        return row
+    before, after = row["category"] or "", answer["category"]
+    row["reviewed_by"] = answer.get("reviewed_by")
+    if set(before.split()) == set(after.split()):
+        report.confirmed += 1
+        row["review"] = "confirmed"
+        return row
+    report.changed[record_id] = (before, after)
+    row["category"], row["review"] = after, "changed"
+    if "skos_concept" in row and answer.get("skos_concept"):
+        row["skos_concept"] = answer["skos_concept"]
+    return row
+
+
+def _added(answer: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {c: answer.get(c) for c in columns}
+    row["reviewed_by"], row["review"] = answer.get("reviewed_by"), "added"
+    return row
+
+
+def _empty(columns: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(schema={c: pl.Utf8 for c in columns})
+
+
+def _summary(report: ReviewApplyReport, config: ReviewApplyConfig) -> dict[str, Any]:
+    return {
+        "rows": report.rows,
+        "confirmed": report.confirmed,
+        "changed": [{"ID": i, "before": b, "after": a} for i, (b, a) in report.changed.items()],
+        "removed": report.removed,
+        "unknown": report.unknown,
+        "added": report.added,
+        "conflicting": report.conflicting,
+        "config": public_dict(config),
+    }
