@@ -293,6 +293,7 @@ def sandbox(config: SandboxConfig) -> None:
             thumbnail_missing_every=config.thumbnail_missing_every,
             quota=config.quota,
             quota_window=config.quota_window,
+            label_noise=config.label_noise,
         )
     except OSError as exc:
         typer.echo(f"eic: error: cannot listen on 127.0.0.1:{config.port} ({exc.strerror}); try --port 0", err=True)

@@ -297,6 +297,13 @@ def print_audit(console: Console, result: AuditReport) -> None:
         )
     if result.note:
         console.print(f"[yellow]note:[/] {as_flags(result.note)}")
+    if result.review_output is not None:
+        local = result.review_tasks - result.web_images
+        console.print(
+            f"{result.review_tasks} suspects to review in {result.review_output} (Label Studio tasks; labelling "
+            "config beside it)"
+            + (f"; {local} show a local file: give Label Studio local storage or --table" if local else "")
+        )
     console.print(f"written to {result.output_dir}")
 
 

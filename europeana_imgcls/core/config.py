@@ -487,7 +487,7 @@ class AuditConfig(ProgressSettings):
     """``eic audit``: likely mislabelled images and near-duplicates, from out-of-fold probabilities and embeddings."""
 
     stage: ClassVar[str] = "audit"
-    input_paths: ClassVar[tuple[str, ...]] = ("source", "embeddings")
+    input_paths: ClassVar[tuple[str, ...]] = ("source", "embeddings", "table")
 
     source: Path = Field(description="A training run (its out-of-fold predictions) or an embeddings table.")
     output_dir: Path = Field(Path("audit"), description="Where the CSVs, the contact sheet and summary.json go.")
@@ -508,6 +508,17 @@ class AuditConfig(ProgressSettings):
     top: int = Field(24, ge=0, description="Suspects shown on the contact sheet.")
     seed: int = Field(0, description="Seed of the folds (embeddings table).")
     overwrite: bool = Field(False, description="Replace an earlier audit in the output folder instead of refusing it.")
+    review_output: Path | None = Field(
+        None,
+        description="Label Studio tasks (JSON) for the top suspects: likely mislabels first, then near-duplicates "
+        "whose labels conflict; the labelling config goes beside it (the same interface as eic enrich's).",
+    )
+    review_n: int = Field(100, ge=1, description="Suspects put in the review file.")
+    table: Path | None = Field(
+        None,
+        description="The table the images were downloaded from, for the records' web images in the review file; "
+        "default: the one eic download recorded in the image folder.",
+    )
 
 
 class EnrichConfig(InputSettings):
@@ -689,6 +700,13 @@ class SandboxConfig(_Base):
         description="Search API requests allowed per `quota_window`, announced in RateLimit headers (0: no quota).",
     )
     quota_window: float = Field(3600.0, gt=0, description="Seconds of one quota window.")
+    label_noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of single-concept records whose image shows another concept than their metadata says: "
+        "planted label noise, to rehearse eic audit and the review loop.",
+    )
 
 
 M = TypeVar("M", bound=_Base)

@@ -77,6 +77,11 @@ class SandboxRecord:
     has_url: bool = True
     fault: str | None = None
     variant: str | None = None
+    shows: tuple[str, ...] | None = None  # planted label noise: what the image shows, when not ``labels``
+
+    @property
+    def mislabelled(self) -> bool:
+        return self.shows is not None
 
 
 def build_catalogue(
@@ -87,8 +92,11 @@ def build_catalogue(
     no_url_every: int = 13,
     bad_every: int = 0,
     variant_every: int = 0,
+    label_noise: float = 0.0,
 ) -> list[SandboxRecord]:
-    """Records for every concept and level: mostly single-concept, a few shared by 2 or 3 concepts."""
+    """Records for every concept and level: mostly single-concept, a few shared by 2 or 3 concepts. With
+    ``label_noise`` that share of the single-concept records shows another concept than its metadata says (the
+    same records every time: the draw is seeded by the record)."""
     names = list(vocab)
     records: list[SandboxRecord] = []
 
@@ -105,6 +113,11 @@ def build_catalogue(
         if variant_every and fault is None and serial % variant_every == variant_every // 2:
             variant = VARIANTS[variants_made % len(VARIANTS)]
             variants_made += 1
+        shows = None
+        draw = random.Random(serial).random()
+        if label_noise and prefix == "obj" and len(names) > 1 and draw < label_noise:
+            shift = 1 + int(draw * 10_007) % (len(names) - 1)  # another concept, spread over all of them
+            shows = (names[(names.index(labels[0]) + shift) % len(names)],)
         records.append(
             SandboxRecord(
                 serial=serial,
@@ -114,6 +127,7 @@ def build_catalogue(
                 has_url=not (no_url_every and serial % no_url_every == 5),
                 fault=fault,
                 variant=variant,
+                shows=shows,
             )
         )
 
@@ -229,6 +243,7 @@ class Sandbox:
         quota: int = 0,
         quota_window: float = 3600.0,
         annotation_tokens: dict[str, str] | None = None,
+        label_noise: float = 0.0,
     ) -> None:
         self.vocab = load_vocabulary(vocab)  # a dict or a JSON file, as HarvestConfig takes it
         self.catalogue = build_catalogue(
@@ -239,6 +254,7 @@ class Sandbox:
             no_url_every=no_url_every,
             bad_every=bad_every,
             variant_every=variant_every,
+            label_noise=label_noise,
         )
         self.api_keys = set(api_keys)
         self.fail_every = fail_every
@@ -427,7 +443,7 @@ class Sandbox:
 
     def _drawn(self, serial: int, size: tuple[int, int]) -> Image.Image:
         record = self.catalogue[serial]
-        indices = tuple(self._class_index[label] for label in record.labels)
+        indices = tuple(self._class_index[label] for label in (record.shows or record.labels))
         return draw_image(indices, len(self.vocab), seed=serial, size=size)
 
     def search(self, params: dict[str, list[str]], key: str) -> tuple[int, dict[str, Any], dict[str, str]]:

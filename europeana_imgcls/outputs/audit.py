@@ -16,6 +16,7 @@ probabilities of a k-fold linear probe made here) the audit writes:
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,18 +25,21 @@ from typing import Any
 
 import numpy as np
 
+from ..acquisition.download import CONFIG_FILE
 from ..core.config import AuditConfig, public_dict
-from ..core.errors import CalibrationError, ConfigError, DatasetError
+from ..core.errors import CalibrationError, ConfigError, DatasetError, EicError
 from ..core.naming import record_id_of
 from ..core.progress import progress_bar
-from ..core.tables import refuse_existing, write_csv, write_json
+from ..core.tables import read_table, refuse_existing, write_csv, write_json
 from ..datasets.folders import connected
 from ..datasets.imageset import provider_of
 from ..datasets.tasks import Task, task_for
+from ..europeana.annotations import http_url
 from ..modelling.calibration import out_of_fold
 from ..modelling.embedding import matrix, read_embeddings
 from ..modelling.heads import head_probabilities, linear_head
 from ..modelling.run_folder import RunFolder
+from .review import review_task, write_review_tasks
 
 
 @dataclass
@@ -65,6 +69,9 @@ class AuditReport:
     top: list[dict[str, Any]] = field(default_factory=list)
     worst_providers: list[tuple[str, int, float]] = field(default_factory=list)
     note: str = ""
+    review_output: Path | None = None
+    review_tasks: int = 0
+    web_images: int = 0  # review tasks whose image is the record's web image (the others: the local file)
 
 
 def audit(config: AuditConfig) -> AuditReport:
@@ -88,11 +95,14 @@ def audit(config: AuditConfig) -> AuditReport:
         report.top = _write_issues(out / "label_issues.csv", findings, ranked, quality)
         report.worst_providers = _write_rates(out / "issue_rates.csv", findings, ranked)
         step("near-duplicates")
+        groups: list[list[int]] = []
         if findings.embeddings is not None:
             groups = near_duplicates(findings.embeddings, config.similarity)
             _write_duplicates(out / "duplicates.csv", findings, groups, report)
         step("contact sheet")
         contact_sheet(out / "suspects.png", report.top[: config.top])
+        if config.review_output is not None:
+            _write_review(config, findings, ranked, quality, groups, report)
         step("done")
     write_json(
         out / "summary.json",
@@ -346,6 +356,93 @@ def _write_duplicates(path: Path, findings: Findings, groups: list[list[int]], r
         ],
         rows,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The suspects, to people
+
+
+def _write_review(
+    config: AuditConfig,
+    findings: Findings,
+    ranked: np.ndarray,
+    quality: np.ndarray,
+    groups: list[list[int]],
+    report: AuditReport,
+) -> None:
+    """Label Studio tasks for the top ``review_n`` suspects: likely mislabels (the model's label suggested),
+    then the members of near-duplicate groups labelled differently (their given label suggested)."""
+    assert config.review_output is not None
+    web = _web_images(config, findings)
+    tasks: list[dict[str, Any]] = []
+    chosen: set[int] = set()
+
+    def add(i: int, suggestion: list[str], reason: str) -> None:
+        record = findings.ids[i]
+        image = web.get(record or "") or str(Path(findings.images[i]).resolve())
+        report.web_images += image.startswith(("http://", "https://"))
+        tasks.append(review_task(record or "", image, suggestion, float(quality[i]), reason))
+        chosen.add(i)
+
+    for i in ranked[: config.review_n].tolist():
+        add(i, _suggested_labels(findings, i), f"likely mislabelled: given {_given(findings, i) or 'none'}")
+    for group in groups:
+        if len({_given(findings, i) for i in group}) < 2:
+            continue
+        for i in group:
+            if len(tasks) < config.review_n and i not in chosen:
+                others = ", ".join(findings.ids[j] or Path(findings.images[j]).name for j in group if j != i)
+                given = _given(findings, i)
+                add(i, _given_labels(findings, i), f"near-duplicate of {others}, labelled otherwise; given {given}")
+    report.review_output = config.review_output
+    report.review_tasks = write_review_tasks(
+        config.review_output, tasks, findings.classes, findings.task.multilabel, f"eic audit {config.source.name}"
+    )
+
+
+def _suggested_labels(findings: Findings, i: int) -> list[str]:
+    row = findings.probs[i]
+    if not findings.task.multilabel:
+        return [findings.classes[int(row.argmax())]]
+    chosen = np.flatnonzero(row >= 0.5)
+    return [findings.classes[c] for c in (chosen if len(chosen) else [int(row.argmax())])]
+
+
+def _given_labels(findings: Findings, i: int) -> list[str]:
+    truth = findings.truth[i]
+    if not findings.task.multilabel:
+        return [findings.classes[int(truth)]]
+    return [c for c, t in zip(findings.classes, truth, strict=True) if t > 0]
+
+
+def _web_images(config: AuditConfig, findings: Findings) -> dict[str, str]:
+    """Record ID -> its web image, from ``config.table`` or the table eic download recorded in the image folder:
+    Label Studio shows a web image to reviewers anywhere (a local file needs its local storage set up)."""
+    table, columns = config.table, None
+    if table is None and findings.images:
+        first = Path(findings.images[0]).resolve()
+        for folder in (first.parent, first.parent.parent):  # multi-label: the folder; single-label: its parent
+            recorded = _recorded_download(folder / CONFIG_FILE)
+            if recorded is not None:
+                table, columns = recorded
+                break
+    if table is None:
+        return {}
+    try:
+        rows = read_table(table, required=("ID", "URL"), columns=columns)
+    except EicError:
+        return {}
+    return {r["ID"]: r["URL"] for r in rows.iter_rows(named=True) if r["ID"] and http_url(r["URL"] or "")}
+
+
+def _recorded_download(path: Path) -> tuple[Path, dict[str, str] | None] | None:
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        table = Path(recorded["table"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    columns = recorded.get("columns")
+    return (table, columns if isinstance(columns, dict) else None) if table.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------
