@@ -25,6 +25,7 @@ PAGES = {
     "enrich": "enrich.md",
     "calibrate": "enrich.md",
     "review import": "enrich.md",
+    "review apply": "review.md",
     "embed": "embed.md",
     "audit": "audit.md",
     "publish": "publish.md",
