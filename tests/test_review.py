@@ -246,3 +246,12 @@ def test_apply_refuses_a_review_of_another_table_or_vocabulary_and_keeps_the_tab
     assert blind.exit_code == 1 and "out.review.json is missing" in blind.stderr
     for result in (same, blind):
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_task_showing_a_local_file_keeps_its_answer_for_apply(tmp_path: Path) -> None:
+    local = task(1, "/9/a", ["painting"])
+    local["data"]["image"] = "/data/images/map/[ph]9[ph]a.jpg"  # eic audit's task where no table named a URL
+    report = run(tmp_path, [local])
+    assert report.imported == 1
+    row = pl.read_csv(tmp_path / "out.csv").row(0, named=True)
+    assert (row["ID"], row["category"], row["URL"]) == ("/9/a", "painting", None)

@@ -187,11 +187,7 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         if not labels:
             report.removed.append(record_id)
             continue
-        row = _row(record_id, data, labels, vocab, reviewers)
-        if row is None:  # a local file, not a record with a web image: nothing to download or train from
-            report.skipped += [name for name, _, _, _ in given]
-            continue
-        rows.append(row)
+        rows.append(_row(record_id, data, labels, vocab, reviewers))
         for label in labels:
             report.per_class[label] = report.per_class.get(label, 0) + 1
     write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
@@ -317,11 +313,9 @@ def _target_problem(data: _Data) -> str | None:
 
 def _row(
     record_id: str, data: _Data, labels: tuple[str, ...], vocab: dict[str, str], reviewer: str
-) -> list[str | None] | None:
-    url = data.image
-    if not url or not url.lower().startswith(("http://", "https://")):
-        return None
-    return [
+) -> list[str | None]:
+    url = data.image if data.image and data.image.lower().startswith(("http://", "https://")) else None
+    return [  # a local file's task (eic audit's, without a table) keeps its answer: review apply has the URL
         record_id,
         record_uri(record_id),
         url,
