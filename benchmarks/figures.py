@@ -52,7 +52,7 @@ def main() -> None:
             started = time.perf_counter()
             predict(PredictConfig(**common, output=root / f"{len(seconds)}.csv", **extra))
             seconds[label] = time.perf_counter() - started
-        figures = len(list((root / "cams").glob("*.png")))
+        figures = len(list((root / "cams").glob("*.jpg")))
     cost = seconds["with figures"] - seconds["without figures"]
     print(f"{args.images} images, resnet18 at {args.input_size} px, top-k {args.top_k}")
     print("| run | seconds | images/s |")

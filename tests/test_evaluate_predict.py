@@ -112,7 +112,7 @@ def test_predict_files_folders_urls_and_heatmaps(trained: Path, eval_dir: Path, 
         top = json.loads(p["top_k"])
         assert len(top) == 2 and top[0][0] == p["prediction"] and top[0][1] >= top[1][1]
         assert float(p["confidence"]) == pytest.approx(top[0][1], abs=1e-6)
-    assert len(list((tmp_path / "cams").glob("*.png"))) == 9
+    assert len(list((tmp_path / "cams").glob("*.jpg"))) == 9
 
 
 def test_ensemble_averages_the_splits(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
@@ -376,11 +376,11 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
             quiet=True,
         )
     )
-    figures = sorted((tmp_path / "cams").glob("*.png"))
+    figures = sorted((tmp_path / "cams").glob("*.jpg"))
     assert report.heatmaps == len(figures) == 3
     for path in figures:
         with Image.open(path) as fig:
-            title = fig.text["Title"]
+            title = fig.info["comment"].decode()
             assert fig.height == HEADER + TILE + CAPTION and fig.width >= 3 * TILE  # the image and two heatmaps
             pixels = np.asarray(fig.convert("L"), dtype=np.float32)
         from europeana_imgcls.core.naming import record_id_of
@@ -541,10 +541,10 @@ def test_gradcam_figures_keep_the_aspect_ratio_and_name_the_record(trained: Path
             run=trained, inputs=[str(wide)], output=tmp_path / "p.csv", gradcam_dir=tmp_path / "cams", quiet=True
         )
     )
-    (path,) = (tmp_path / "cams").glob("*.png")
+    (path,) = (tmp_path / "cams").glob("*.jpg")
     assert path.name.startswith("9001_obj_wide_panorama_of_the_harbour_")
     with Image.open(path) as fig:
-        assert fig.text["Title"].startswith(record)
+        assert fig.info["comment"].decode().startswith(record)
         pixels = np.asarray(fig.convert("RGB"), dtype=np.int16)
     column = pixels[HEADER : HEADER + TILE, 4 + TILE // 2]  # down the middle of the image panel
     coloured = np.flatnonzero(np.abs(column - 255).sum(axis=1) > 30)

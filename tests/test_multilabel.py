@@ -151,7 +151,7 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
     for line in lines:
         expected = [c for c, t in zip(LABELS, cuts, strict=True) if line["probabilities"][c] >= t]
         assert line["labels"] == expected
-    assert len(list((tmp_path / "cams").glob("*.png"))) == 24
+    assert len(list((tmp_path / "cams").glob("*.jpg"))) == 24
 
 
 def test_multilabel_bad_inputs(tmp_path: Path) -> None:

@@ -298,6 +298,33 @@ def test_gradcam_hooks_are_released(run) -> None:
         assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam"])
+def test_heatmaps_are_the_grad_cam_packages_from_one_pass(run, method: str) -> None:
+    """eic's heatmaps back-propagate from the CAM layer only, and draw every target from one forward pass; each
+    heatmap is still the one the grad-cam package computes with its own forward and full backward pass."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from europeana_imgcls.modelling.explain import CAM_METHODS, cam_session, heatmaps
+    from europeana_imgcls.modelling.models import get_arch
+
+    out, _ = run
+    model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
+    layer = get_arch("tiny").cam_layer(model)
+    batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = {}
+    for targets in ([0, 1, 2], [2, 0, 1]):
+        with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
+            expected[tuple(targets)] = cam(input_tensor=batch, targets=[ClassifierOutputTarget(t) for t in targets])
+    np.testing.assert_allclose(heatmaps(model, layer, batch, [0, 1, 2], method), expected[(0, 1, 2)], atol=1e-5)
+    with cam_session(model, layer, method) as session:
+        logits = session.forward(batch)
+        for targets, maps in expected.items():
+            np.testing.assert_allclose(session.heatmaps(list(targets)), maps, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(batch))
+    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+
+
 def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> None:
     report = train(config(folders, tmp_path / "run", sample=0.5, epochs=1, crossvalidation=False, gradcam_images=0))
     metrics = json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())

@@ -149,13 +149,18 @@ def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def logits_of(
-    models: list[RunModel], inputs: torch.Tensor, device: torch.device, dtype: torch.dtype | None
+    models: list[RunModel],
+    inputs: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    first: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32)."""
+    """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32);
+    ``first``: the first model's, already computed (by the pass that draws its heatmaps)."""
     inputs = models[0].model_input(device)(inputs)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-        logits = _logits(models, inputs)
-    return np.stack([z.float().cpu().numpy() for z in logits])
+        logits = _logits(models if first is None else models[1:], inputs)
+    return np.stack([z.float().cpu().numpy() for z in ([] if first is None else [first]) + logits])
 
 
 def probabilities(
@@ -164,10 +169,12 @@ def probabilities(
     device: torch.device,
     dtype: torch.dtype | None,
     calibrated: bool = False,
+    first: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
-    models x batch x classes; ``calibrated``: with each model's temperature applied to its logits."""
-    logits = logits_of(models, inputs, device, dtype)
+    models x batch x classes; ``calibrated``: with each model's temperature applied to its logits; ``first``:
+    the first model's logits, already computed."""
+    logits = logits_of(models, inputs, device, dtype, first)
     return np.stack(
         [
             item.task.from_logits(z / (item.temperature if calibrated else 1.0))

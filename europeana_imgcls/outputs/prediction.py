@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from ..datasets.folders import ImageDataset, list_images, load_image, make_loade
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
-from ..modelling.explain import TILE, figure, heatmaps, save_figure
+from ..modelling.explain import TILE, CamSession, cam_session, figure, save_figure
 from ..modelling.models import get_arch
 from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import Dist, autocast_dtype, default_workers, distributed
@@ -248,6 +249,7 @@ def _label(
     with (
         ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver,
         progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s", transient=True) as bar,
+        _cam_session(models[0], config) as session,
     ):
         task = bar.add_task("label" + (" + Grad-CAM" if config.gradcam_dir else ""), total=len(items), rate=0.0)
         started = time.perf_counter()
@@ -256,9 +258,26 @@ def _label(
             bar.update(task, advance=images, rate=bar.tasks[0].completed / max(time.perf_counter() - started, 1e-9))
 
         pending: list[Future[None]] = []
-        _label_batches(loader, items, models, config, device, dtype, writer, report, rows, saver, pending, advance)
+        _label_batches(
+            loader, items, models, config, device, dtype, writer, report, rows, (session, saver, pending), advance
+        )
         for done in pending:
             done.result()  # a figure that could not be written is an error, not a silent gap
+
+
+@contextmanager
+def _cam_session(model: RunModel, config: PredictConfig) -> Iterator[CamSession | None]:
+    """The heatmaps' session on the first split's model, when figures are asked for."""
+    if config.gradcam_dir is None:
+        yield None
+        return
+    config.gradcam_dir.mkdir(parents=True, exist_ok=True)
+    net = model.model.float()
+    with cam_session(net, get_arch(model.meta.arch).cam_layer(net), config.cam_method) as session:
+        yield session
+
+
+_Figures = tuple[CamSession | None, ThreadPoolExecutor, list[Future[None]]]
 
 
 def _label_batches(
@@ -271,13 +290,19 @@ def _label_batches(
     writer: _Writer,
     report: PredictReport,
     rows: Rows,
-    saver: ThreadPoolExecutor,
-    pending: list[Future[None]],
+    figures: _Figures,
     advance: Callable[[int], None],
 ) -> None:
+    session = figures[0]
     for inputs, labels, index in loader:
+        cam_logits = None
+        if session is not None:
+            # One forward pass labels with the first split and draws its heatmaps (at full precision: with
+            # mixed precision the labelling pass is another one, so that figures never change a label).
+            logits = session.forward(models[0].model_input(device)(inputs))
+            cam_logits = logits if dtype is None else None
         # An ensemble averages the probabilities of its split models.
-        probs = probabilities(models, inputs, device, dtype, rows.calibrated).mean(axis=0)
+        probs = probabilities(models, inputs, device, dtype, rows.calibrated, cam_logits).mean(axis=0)
         ok = (labels != UNREADABLE).numpy()
         for row, i, good in zip(probs, index.tolist(), ok, strict=True):
             if not good:
@@ -286,43 +311,31 @@ def _label_batches(
             writer.write(rows.row(items[i], row))
             report.predicted += 1
         writer.flush()
-        if config.gradcam_dir is not None:
+        if session is not None:
             report.heatmaps += _explain(
-                models[0],
-                inputs[ok],
-                probs[ok],
-                [items[i] for i in index[ok].tolist()],
-                config,
-                device,
-                rows.thresholds,
-                saver,
-                pending,
+                models[0].classes, probs, ok, [items[i] for i in index.tolist()], config, rows.thresholds, figures
             )
         advance(len(index))
 
 
 def _explain(
-    model: RunModel,
-    inputs: torch.Tensor,
+    classes: list[str],
     probs: np.ndarray,
+    ok: np.ndarray,
     items: list[Item],
     config: PredictConfig,
-    device: torch.device,
     thresholds: np.ndarray | None,
-    saver: ThreadPoolExecutor,
-    pending: list[Future[None]],
+    figures: _Figures,
 ) -> int:
-    """One figure per image: the image, then a heatmap per class at least ``threshold`` probable
-    (multi-label: per predicted label), at most ``top_k``, at least the most probable class.
+    """One figure per readable image of the batch the session last saw: the image, then a heatmap per class at
+    least ``threshold`` probable (multi-label: per predicted label), at most ``top_k``, at least the most
+    probable class.
 
-    Heatmaps are computed a batch at a time (one pass per rank of class, not per image) and the figures
-    composed with Pillow: matplotlib's layout and PNG writing cost more than the heatmaps themselves."""
+    Heatmaps are computed a batch at a time (one backward pass per rank of class, not per image) and the
+    figures composed with Pillow: matplotlib's layout and PNG writing cost more than the heatmaps themselves."""
+    session, saver, pending = figures
     folder = config.gradcam_dir
-    assert folder is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    classes = model.classes
-    layer = get_arch(model.meta.arch).cam_layer(model.model)
-    net = model.model.float()
+    assert folder is not None and session is not None
     orders = []
     for row in probs:
         cuts = (
@@ -332,19 +345,23 @@ def _explain(
         )
         orders.append([int(c) for c in np.argsort(-row)[: config.top_k] if row[c] >= cuts[c]] or [int(row.argmax())])
     maps: list[list[np.ndarray]] = [[] for _ in items]
-    for rank in range(max((len(o) for o in orders), default=0)):
-        chosen = [i for i, order in enumerate(orders) if len(order) > rank]
-        batch = model.model_input(device)(inputs[chosen])
-        for i, heat in zip(
-            chosen, heatmaps(net, layer, batch, [orders[i][rank] for i in chosen], config.cam_method), strict=True
-        ):
-            maps[i].append(heat)
-    for item, row, order, heat in zip(items, probs, orders, maps, strict=True):
+    for rank in range(max((len(o) for o, good in zip(orders, ok, strict=True) if good), default=0)):
+        # Every image takes part in the pass (an image's gradient is its own); those without a class of this
+        # rank are given their first, and that heatmap is not kept.
+        drawn = session.heatmaps([order[rank] if len(order) > rank else order[0] for order in orders])
+        for i, order in enumerate(orders):
+            if len(order) > rank:
+                maps[i].append(drawn[i])
+    count = 0
+    for item, row, order, heat, good in zip(items, probs, orders, maps, ok, strict=True):
+        if not good:
+            continue
         title = f"{item.record or Path(item.image).name} · {classes[order[0]]} {row[order[0]]:.2f}"
         picture = load_image(item.path, TILE, keep_aspect=True)
         image = figure(picture, heat, [f"{classes[c]} {row[c]:.2f}" for c in order], title)
         pending.append(saver.submit(save_figure, image, folder / _figure_name(item), title))
-    return len(items)
+        count += 1
+    return count
 
 
 def _figure_name(item: Item) -> str:
@@ -352,7 +369,7 @@ def _figure_name(item: Item) -> str:
     came from."""
     record = item.record
     stem = re.sub(r"[^\w.-]+", "_", record.strip("/")) if record else Path(_last_part(item.image)).stem
-    return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
+    return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.jpg"
 
 
 # ---------------------------------------------------------------------------------------------
