@@ -448,6 +448,41 @@ def test_enrich_in_shards_then_one_merge_writes_the_same_annotations(world, tmp_
     assert said(out) == said(root / "out.jsonld") and merged.annotations == world["enrich"].annotations
 
 
+@pytest.mark.slow
+def test_enrich_with_the_exported_model_in_shards_decides_as_pytorch_does(world, tmp_path: Path) -> None:
+    from europeana_imgcls.core.config import ExportConfig
+    from europeana_imgcls.outputs.export import export
+
+    root = world["root"]
+    export(ExportConfig(run=root / "run", output=tmp_path / "onnx", quiet=True))
+    out = tmp_path / "out.jsonld"
+    common = dict(
+        run=root / "run", table=root / "new.csv", output=out, runtime="onnx", onnx_model=tmp_path / "onnx", quiet=True
+    )
+    for k in range(2):
+        enrich(EnrichConfig(**common, shard=f"{k}/2"))
+    merged = enrich(EnrichConfig(**common, resume=True))
+    assert merged.already_done == world["enrich"].records
+
+    def probabilities(path: Path) -> dict[str, dict[str, float]]:
+        return {r["ID"]: r["probabilities"] for r in map(json.loads, path.read_text().splitlines())}
+
+    thresholds = {c.name: c.threshold for c in load_calibration(root / "run").per_class}
+    ours, theirs = probabilities(out.with_name("out.predictions.jsonl")), probabilities(root / "out.predictions.jsonl")
+    assert ours.keys() == theirs.keys()
+    borderline = 0
+    for record, probs in ours.items():
+        for name, threshold in thresholds.items():
+            if threshold is None:
+                continue
+            if abs(theirs[record][name] - threshold) < 1e-4:
+                borderline += 1
+            else:
+                assert (probs[name] >= threshold) == (theirs[record][name] >= threshold), (record, name)
+    if not borderline:
+        assert merged.annotations == world["enrich"].annotations and merged.labelled == world["enrich"].labelled
+
+
 def test_a_record_listed_twice_is_annotated_once(world, tmp_path: Path) -> None:
     root = world["root"]
     twice = pl.concat([pl.read_csv(root / "new.csv").head(8)] * 2)  # a table that repeats its records

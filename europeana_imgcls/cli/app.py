@@ -24,6 +24,7 @@ from ..core.config import (
     EmbedConfig,
     EnrichConfig,
     EvaluateConfig,
+    ExportConfig,
     HarvestConfig,
     PredictConfig,
     PublishConfig,
@@ -60,6 +61,7 @@ RERUN = (
     "stats",
     "evaluate",
     "calibrate",
+    "export",
     "audit",
     "demo",
     "sandbox",
@@ -210,6 +212,14 @@ def enrich(config: EnrichConfig) -> None:
     result = run(lambda: run_enrich(config), "enrich")
     if main_process():
         report.print_enrichment(console, result)
+
+
+@command("export", ExportConfig, arguments=(RUN,), names=OUTPUT)
+def export(config: ExportConfig) -> None:
+    """A run's models as ONNX files (preprocessing and temperature inside) for ONNX Runtime, and a sidecar."""
+    from ..outputs.export import export as run_export
+
+    report.print_export(console, run(lambda: run_export(config), "export"))
 
 
 @command("embed", EmbedConfig, arguments=(Arg("data_dir"),), names=OUTPUT)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..outputs.audit import AuditReport
     from ..outputs.enrichment import EnrichReport
     from ..outputs.evaluation import EvaluateReport
+    from ..outputs.export import ExportReport
     from ..outputs.prediction import PredictReport
     from ..outputs.publish import PublishReport, WithdrawReport
     from ..outputs.review import ReviewImportReport
@@ -139,6 +140,26 @@ def print_calibration(console: Console, calibration: Calibration) -> None:
         else:
             table.add_row(c.name, f"{c.threshold:.4f}", f"{c.precision:.3f}", f"{c.coverage:.3f}", str(c.support))
     console.print(table)
+
+
+def print_export(console: Console, result: ExportReport) -> None:
+    """Each file with how far it is from PyTorch; an int8 export also with how far it moved from float32."""
+    table = Table(title=f"ONNX export of model {result.model_id}, checked on {result.checked_on}")
+    for name in ("split", "file", "largest probability difference to PyTorch"):
+        table.add_column(name, justify="right" if name.startswith("largest") else "left")
+    for split, path in zip(result.splits, result.files, strict=True):
+        table.add_row(split, path.name, f"{result.max_difference[split]:.2e}")
+    console.print(table)
+    for check in result.quantisation:
+
+        def shown(value: float | None) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
+        console.print(
+            f"{check.split} int8 ({result.quantize}): same top class as float32 on {check.agreement:.1%} of "
+            f"{check.images} images; {check.metric} {shown(check.before)} → {shown(check.after)}"
+        )
+    console.print(f"written to {result.output} (model.json says how to feed it: docs/deploy.md)")
 
 
 def print_evaluation(console: Console, result: EvaluateReport) -> None:

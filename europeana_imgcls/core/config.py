@@ -29,6 +29,7 @@ DEFAULT_ANNOTATION_API = "https://api.europeana.eu"
 
 Reusability = Literal["open", "restricted", "permission"]
 Mode = Literal["single-label", "multi-label"]
+Runtime = Literal["torch", "onnx"]
 CamMethod = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam"]
 
 
@@ -437,14 +438,28 @@ class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
         "{ID} for its ID, e.g. https://collection.example.org/object/{ID}. A URI column of the table comes first.",
     )
 
+    runtime: Runtime = Field(
+        "torch",
+        description="torch (the run's checkpoints) or onnx (the run's eic export, through ONNX Runtime: "
+        "pip install 'europeana-imgcls[onnx]').",
+    )
+    onnx_model: Path | None = Field(
+        None, description="With runtime onnx: the folder eic export wrote; default RUN/onnx."
+    )
+
     _split = field_validator("reusability", mode="before")(_split_words)
+
+    def runtime_settings(self) -> dict[str, Any]:
+        """What an output's later runs must share beyond ``resume_keys``: the runtime (added only for onnx, so
+        that the journals of torch runs written before it existed still match)."""
+        return {} if self.runtime == "torch" else {"runtime": self.runtime}
 
 
 class PredictConfig(InputSettings):
     """``eic predict``: label new images with a trained run."""
 
     stage: ClassVar[str] = "predict"
-    input_paths: ClassVar[tuple[str, ...]] = ("run", "table")
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "table", "onnx_model")
     resume_keys: ClassVar[tuple[str, ...]] = ("split", "top_k", "threshold")
 
     run: Path = Field(description="A training run folder or one split folder.")
@@ -525,7 +540,7 @@ class EnrichConfig(InputSettings):
     """``eic enrich``: precision-targeted labels as W3C Web Annotations, and a review file for the rest."""
 
     stage: ClassVar[str] = "enrich"
-    input_paths: ClassVar[tuple[str, ...]] = ("run", "table", "vocab")
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "table", "vocab", "onnx_model")
 
     run: Path = Field(description="A calibrated training run folder (cross-validated: eic train's default).")
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")
@@ -597,6 +612,27 @@ class ReviewApplyConfig(_Base):
     add: bool = Field(False, description="Also add reviewed records the table does not hold (else they are reported).")
     overwrite: bool = Field(False, description="Replace an existing output (TABLE itself included).")
     columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
+
+
+class ExportConfig(ProgressSettings):
+    """``eic export``: a run's models as ONNX files that ONNX Runtime runs anywhere, with a sidecar saying how."""
+
+    stage: ClassVar[str] = "export"
+    input_paths: ClassVar[tuple[str, ...]] = ("run",)
+
+    run: Path = Field(description="A training run folder (fine-tuned, linear-probe or k-NN) or one split folder.")
+    format: Literal["onnx"] = Field("onnx", description="onnx (the one format so far).")
+    split: str = Field(
+        "best", pattern=r"^(best|all|\d+)$", description="best (lowest validation loss), all (every split) or N."
+    )
+    opset: int = Field(18, ge=14, le=20, description="ONNX opset of the graph (what the runtime you deploy on takes).")
+    output: Path | None = Field(None, description="The export's folder; default RUN/onnx.")
+    quantize: Literal["none", "dynamic", "static"] = Field(
+        "none",
+        description="int8 weights: dynamic (activations quantised as they come) or static (calibrated on the run's "
+        "test images); the change in agreement and accuracy against float32 is printed.",
+    )
+    overwrite: bool = Field(False, description="Replace an earlier export in the same folder.")
 
 
 class CalibrateConfig(_Base):

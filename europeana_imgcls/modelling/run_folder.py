@@ -4,6 +4,7 @@ says about its model.
     RUN/
       summary.json  calibration.json  reliability.png  MODEL_CARD.md
       backbone.pt  embeddings.parquet          (linear-probe and k-NN runs)
+      onnx/                                    (eic export: split_<i>.onnx, model.json)
       split_<i>/
         config.json  class_index.json  metrics.json  history.csv  curves.png
         model.pt  last.pt (while the split trains)  test_predictions.csv  gradcam/
@@ -123,6 +124,11 @@ class RunFolder:
     def backbone(self) -> Path:
         """The frozen backbone that the heads of a linear-probe or k-NN run share."""
         return self.path / "backbone.pt"
+
+    @property
+    def onnx(self) -> Path:
+        """Where eic export writes the run's ONNX files and their sidecar by default."""
+        return self.path / "onnx"
 
     @property
     def embeddings(self) -> Path:

@@ -20,6 +20,7 @@ import heapq
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..europeana.search_api import ITEM_BASE, is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
 from ..modelling.runtime import main_process
-from .inference import RunModel
+from .inference import SplitModel
 from .prediction import Item, Rows, check_arguments, read_output, refuse_nothing_labelled, run_predictions
 from .review import review_task, write_review_tasks
 
@@ -77,7 +78,7 @@ class CalibratedRows(Rows):
 
     calibrated = True
 
-    def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
+    def __init__(self, models: Sequence[SplitModel], config: PredictConfig) -> None:
         self.classes, self.task = models[0].classes, models[0].task
         self.columns, self.k, self.thresholds = PREDICTION_COLUMNS, len(self.classes), None
 

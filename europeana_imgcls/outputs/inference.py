@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,25 +16,25 @@ from torch import nn
 from ..core.errors import ModelError
 from ..datasets.folders import ModelInput
 from ..datasets.tasks import Task, task_for
-from ..modelling.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
-from ..modelling.models import get_head, set_head
 from ..modelling.run_folder import CheckpointMeta, RunFolder
+
+if TYPE_CHECKING:
+    from ..modelling.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RunModel:
-    """One split's best model with the preprocessing it was trained with."""
+class SplitModel:
+    """One split's model, whatever runs it (PyTorch: ``RunModel``; ONNX Runtime: ``onnx_runtime.OnnxModel``):
+    its classes, task, temperature and thresholds, as its checkpoint says."""
 
     split: str
-    model: nn.Module
     meta: CheckpointMeta
-    # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
-    # come from one backbone pass per batch, not one per split.
-    features: nn.Module | None = None
-    head: nn.Module | None = None
-    _input: ModelInput | None = field(default=None, repr=False)
+
+    def pixels_to_logits(self, pixels: torch.Tensor) -> np.ndarray:
+        """Logits of a loader's batch of uint8 pixels, for models whose preprocessing is their own."""
+        raise NotImplementedError(f"{type(self).__name__} runs through logits_of")
 
     @property
     def classes(self) -> list[str]:
@@ -60,6 +62,18 @@ class RunModel:
     def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
         return self.meta.input_size, self.meta.mean, self.meta.std
 
+
+@dataclass
+class RunModel(SplitModel):
+    """One split's best model in PyTorch, with the preprocessing it was trained with."""
+
+    model: nn.Module
+    # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
+    # come from one backbone pass per batch, not one per split.
+    features: nn.Module | None = None
+    head: nn.Module | None = None
+    _input: ModelInput | None = field(default=None, repr=False)
+
     def model_input(self, device: torch.device) -> ModelInput:
         """What turns a loader's pixels into this model's input on ``device`` (made once per device)."""
         if self._input is None or self._input.device != device:
@@ -70,6 +84,11 @@ class RunModel:
 
 def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
     """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
+    # Imported here, not above: the model registry imports torchvision (over a second of every start), which
+    # predict and enrich with exported models (runtime onnx) never need.
+    from ..modelling.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..modelling.models import get_head
+
     states: list[tuple[str, Checkpoint]] = []
     diverged: list[tuple[str, Checkpoint]] = []
     for path in RunFolder(run).model_paths():
@@ -109,7 +128,7 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
         model = model_from_checkpoint(checkpoint).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        item = RunModel(name, model, meta)
+        item = RunModel(name, meta, model)
         if meta.backbone_sha256:
             if meta.backbone_sha256 not in trunks:  # one copy of the shared backbone, not one per split
                 trunks[meta.backbone_sha256] = _trunk(model, meta.arch)
@@ -127,12 +146,14 @@ def _finite(checkpoint: Checkpoint) -> bool:
 
 def _trunk(model: nn.Module, arch: str) -> nn.Module:
     """A copy of ``model`` that returns the features its head reads."""
+    from ..modelling.models import set_head  # see load_run
+
     trunk = copy.deepcopy(model)
     set_head(trunk, arch, nn.Identity())
     return trunk.eval()
 
 
-def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
+def _logits(models: Sequence[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
     """Each model's logits; models that share a frozen backbone share its one pass."""
     features: dict[int, torch.Tensor] = {}
     out = []
@@ -149,7 +170,7 @@ def _logits(models: list[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def logits_of(
-    models: list[RunModel],
+    models: Sequence[SplitModel],
     inputs: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype | None,
@@ -157,14 +178,18 @@ def logits_of(
 ) -> np.ndarray:
     """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32);
     ``first``: the first model's, already computed (by the pass that draws its heatmaps)."""
-    inputs = models[0].model_input(device)(inputs)
+    in_torch = [m for m in models if isinstance(m, RunModel)]
+    if len(in_torch) < len(models):  # exported models: the preprocessing is in their graphs
+        return np.stack([m.pixels_to_logits(inputs) for m in models])
+    models = in_torch
+    inputs = in_torch[0].model_input(device)(inputs)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
         logits = _logits(models if first is None else models[1:], inputs)
     return np.stack([z.float().cpu().numpy() for z in ([] if first is None else [first]) + logits])
 
 
 def probabilities(
-    models: list[RunModel],
+    models: Sequence[SplitModel],
     inputs: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype | None,

@@ -16,12 +16,12 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -39,11 +39,13 @@ from ..datasets.folders import ImageDataset, list_images, load_image, make_loade
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
-from ..modelling.explain import TILE, CamSession, cam_session, figure, save_figure
-from ..modelling.models import get_arch
 from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import Dist, autocast_dtype, default_workers, distributed
-from .inference import RunModel, load_run, probabilities
+from .inference import RunModel, SplitModel, load_run, probabilities
+from .onnx_runtime import OnnxModel, load_export
+
+if TYPE_CHECKING:
+    from ..modelling.explain import CamSession
 
 IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
 
@@ -65,6 +67,9 @@ class Item:
         return self.id or (
             None if self.image.lower().startswith(("http://", "https://")) else record_id_of(self.path.name)
         )
+
+
+MakeRows = Callable[[Sequence[SplitModel], "PredictConfig"], "Rows"]
 
 
 def _unique(items: list[Any], key: Callable[[Any], str]) -> list[Any]:
@@ -102,7 +107,7 @@ class Rows:
 
     calibrated = False  # probabilities with each split's temperature applied
 
-    def __init__(self, models: list[RunModel], config: PredictConfig) -> None:
+    def __init__(self, models: Sequence[SplitModel], config: PredictConfig) -> None:
         self.classes = models[0].classes
         self.task = models[0].task
         self.columns = list(self.task.prediction_columns)
@@ -150,7 +155,7 @@ def refuse_nothing_labelled(report: PredictReport, output: Path | None) -> None:
     )
 
 
-def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], PredictConfig], Rows]) -> PredictReport:
+def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
     """Predict's machinery (inputs, fetching, batching, ensembles, resume, shards) with rows made by ``rows``."""
     suffix = config.output.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
@@ -158,8 +163,19 @@ def run_predictions(config: PredictConfig, rows: Callable[[list[RunModel], Predi
     if not (config.inputs or config.table or config.query):
         raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
     check_arguments(config.run, config.inputs)
+    if config.runtime == "onnx" and config.gradcam_dir is not None:
+        raise ConfigError(
+            "`gradcam_dir` needs the PyTorch model's gradients: leave out `runtime` onnx to draw heatmaps"
+        )
     with distributed(config.device) as (device, world):
         return _predict(config, device, world, rows)
+
+
+def load_models(config: PredictConfig, device: torch.device) -> list[SplitModel]:
+    """The run's chosen split models, in PyTorch or (``runtime`` onnx) from the run's export."""
+    if config.runtime == "onnx":
+        return list(load_export(config.run, config.onnx_model, config.split, device))
+    return list(load_run(config.run, device, config.split))
 
 
 def check_arguments(run: Path, inputs: list[str]) -> None:
@@ -179,15 +195,13 @@ def check_arguments(run: Path, inputs: list[str]) -> None:
             raise DatasetError(f"{given} is {kind}, not images")
 
 
-def _predict(
-    config: PredictConfig, device: torch.device, world: Dist, make_rows: Callable[[list[RunModel], PredictConfig], Rows]
-) -> PredictReport:
-    models = load_run(config.run, device, config.split)
+def _predict(config: PredictConfig, device: torch.device, world: Dist, make_rows: MakeRows) -> PredictReport:
+    models = load_models(config, device)
     rows = make_rows(models, config)
     digest = RunFolder(config.run).model_id()
     report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard, model_id=digest)
     items, report.not_fetched = _gather(config, world)
-    journal = output_journal(config, digest, rows.columns, world)
+    journal = output_journal(config, digest, rows.columns, world, models)
     report.journal = journal.folder
     if world.main and not config.resume and config.output.exists():
         raise DatasetError(f"{config.output} already exists: pass `resume` to add to it, or choose another `output`")
@@ -210,13 +224,22 @@ def _predict(
     return report
 
 
-def output_journal(config: PredictConfig, digest: str, columns: list[str], world: Dist) -> Journal:
-    """The journal of ``config.output``: what its writers must share is the model (by digest), its classes'
-    columns and the settings that shape a row."""
+def output_journal(
+    config: PredictConfig, digest: str, columns: list[str], world: Dist, models: Sequence[SplitModel] = ()
+) -> Journal:
+    """The journal of ``config.output``: what its writers must share is the model (by digest; exported: by its
+    files too, float32 or int8), its classes' columns and the settings that shape a row."""
+    exported = [m.sha256 for m in models if isinstance(m, OnnxModel)]
     return Journal(
         config.output.with_name(config.output.name + ".journal"),
         what=f"the predictions into {config.output}",
-        settings={**config.resume_settings(), "model": digest, "columns": columns},
+        settings={
+            **config.resume_settings(),
+            **config.runtime_settings(),
+            **({"onnx_files": exported} if exported else {}),
+            "model": digest,
+            "columns": columns,
+        },
         shard=config.shard_spec,
         rank=world.rank if world.active else None,
         hint="resume with the same run and the same `split`, `top_k` and `threshold`, or choose another `output`",
@@ -225,7 +248,7 @@ def output_journal(config: PredictConfig, digest: str, columns: list[str], world
 
 def _label(
     items: list[Item],
-    models: list[RunModel],
+    models: list[SplitModel],
     config: PredictConfig,
     device: torch.device,
     writer: _Writer,
@@ -266,24 +289,28 @@ def _label(
 
 
 @contextmanager
-def _cam_session(model: RunModel, config: PredictConfig) -> Iterator[CamSession | None]:
+def _cam_session(model: SplitModel, config: PredictConfig) -> Iterator[CamSession | None]:
     """The heatmaps' session on the first split's model, when figures are asked for."""
-    if config.gradcam_dir is None:
+    if config.gradcam_dir is None or not isinstance(model, RunModel):  # exported models draw none (refused above)
         yield None
         return
+    # Imported when figures are asked for: the grad-cam package (and what it imports) costs seconds of every start.
+    from ..modelling.explain import cam_session
+    from ..modelling.models import get_arch
+
     config.gradcam_dir.mkdir(parents=True, exist_ok=True)
     net = model.model.float()
     with cam_session(net, get_arch(model.meta.arch).cam_layer(net), config.cam_method) as session:
         yield session
 
 
-_Figures = tuple[CamSession | None, ThreadPoolExecutor, list[Future[None]]]
+_Figures = tuple["CamSession | None", ThreadPoolExecutor, list[Future[None]]]
 
 
 def _label_batches(
     loader: Any,
     items: list[Item],
-    models: list[RunModel],
+    models: list[SplitModel],
     config: PredictConfig,
     device: torch.device,
     dtype: torch.dtype | None,
@@ -299,6 +326,7 @@ def _label_batches(
         if session is not None:
             # One forward pass labels with the first split and draws its heatmaps (at full precision: with
             # mixed precision the labelling pass is another one, so that figures never change a label).
+            assert isinstance(models[0], RunModel)  # figures are refused with exported models
             logits = session.forward(models[0].model_input(device)(inputs))
             cam_logits = logits if dtype is None else None
         # An ensemble averages the probabilities of its split models.
@@ -333,6 +361,8 @@ def _explain(
 
     Heatmaps are computed a batch at a time (one backward pass per rank of class, not per image) and the
     figures composed with Pillow: matplotlib's layout and PNG writing cost more than the heatmaps themselves."""
+    from ..modelling.explain import TILE, figure, save_figure  # loaded by _cam_session already
+
     session, saver, pending = figures
     folder = config.gradcam_dir
     assert folder is not None and session is not None

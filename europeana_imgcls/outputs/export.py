@@ -1,0 +1,330 @@
+"""``eic export``: a run's split models as ONNX files, for ONNX Runtime (Python, Java, C#, the browser) and
+``eic predict --runtime onnx``.
+
+Each file takes what a decoder gives: uint8 RGB pixels, N x 3 x H x W (any N, H and W). Inside the graph:
+the resize to the model's square input (bilinear; an image already that size passes unchanged, as eic's loader
+hands them over), the normalisation (x / 255 - mean) / std, the model, and the split's temperature. Two
+outputs: ``logits`` (as trained) and ``probabilities`` (softmax, or sigmoid per label for multi-label runs, of
+the logits divided by the temperature: what eic enrich's thresholds apply to). ``model.json`` beside the files
+says the rest (classes, thresholds, input size, the run's model id; ``onnx_runtime.ExportSidecar``).
+
+Every file is checked at export against PyTorch on the run's own test images (or, lacking them, seeded noise):
+the largest probability difference is reported, and above 1e-3 the export is refused. ``quantize`` writes int8
+files instead and prints how far they move from float32 (top-1 agreement, the test images' accuracy), never
+silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.config import ExportConfig
+from ..core.errors import ConfigError, DatasetError, ModelError
+from ..core.tables import atomic_path, read_csv_rows, write_json
+from ..core.version import __version__
+from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
+from ..modelling.calibration import Calibration
+from ..modelling.run_folder import RunFolder, file_sha256, read_json
+from .inference import RunModel, load_run, probabilities
+from .onnx_runtime import (
+    EXPORT_FORMAT,
+    EXTRA_HINT,
+    INPUT,
+    LOGITS,
+    PROBABILITIES,
+    SIDECAR,
+    ExportedSplit,
+    ExportSidecar,
+    onnxruntime,
+    session,
+)
+
+log = logging.getLogger(__name__)
+MAX_DIFFERENCE = 1e-3  # largest probability difference to PyTorch a float32 export may show
+CHECK_IMAGES = 64  # test images an export is checked (and a static quantisation calibrated) on
+CPU = torch.device("cpu")
+
+
+@dataclass
+class QuantisationCheck:
+    """How an int8 split compares with its float32 graph on the run's test images."""
+
+    split: str
+    images: int
+    agreement: float  # share of images with the same top class
+    metric: str  # accuracy (single-label) or micro_f1 (multi-label)
+    before: float | None  # float32; None without labelled test images
+    after: float | None  # int8
+
+
+@dataclass
+class ExportReport:
+    output: Path
+    model_id: str
+    splits: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    max_difference: dict[str, float] = field(default_factory=dict)  # against PyTorch
+    checked_on: str = ""  # "12 test images" or "16 generated images"
+    calibrated: bool = False  # thresholds in the sidecar
+    quantize: str = "none"
+    quantisation: list[QuantisationCheck] = field(default_factory=list)
+
+
+def export(config: ExportConfig) -> ExportReport:
+    """Export ``config.run``'s chosen splits into ``config.output`` (default RUN/onnx); see the module docstring."""
+    ort, onnx = onnxruntime(), _onnx()
+    folder = config.output or RunFolder(config.run).onnx
+    _check_folder(folder, config.overwrite)
+    models = load_run(config.run, CPU, config.split)
+    run = RunFolder(config.run)
+    report = ExportReport(folder, run.model_id(), splits=[m.split for m in models], quantize=config.quantize)
+    calibration = _calibration(run)
+    report.calibrated = calibration is not None
+    pixels, truth, report.checked_on = _check_images(run, models[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    exported = []
+    for model in models:
+        path = folder / f"{model.split}.onnx"
+        with atomic_path(path) as tmp:
+            _write_graph(model, tmp, config.opset)
+            _label_file(onnx, tmp, report.model_id, model.split)
+            difference = _difference(model, session(tmp, CPU), pixels)
+            if difference > MAX_DIFFERENCE and config.quantize == "none":
+                raise ModelError(
+                    f"{model.split}: the ONNX graph's probabilities differ from PyTorch's by {difference:.2g} "
+                    f"(more than {MAX_DIFFERENCE:g}); try another `opset`, or report it with the run's arch"
+                )
+            if config.quantize != "none":
+                report.quantisation.append(_quantise(ort, model, tmp, config.quantize, pixels, truth))
+                difference = _difference(model, session(tmp, CPU), pixels)
+        report.max_difference[model.split] = difference
+        report.files.append(path)
+        exported.append(
+            ExportedSplit(
+                split=model.split,
+                file=path.name,
+                sha256=file_sha256(path),
+                meta=model.meta.model_dump(mode="json", exclude={"config", "backbone", "backbone_sha256"}),
+                max_difference=difference,
+            )
+        )
+    write_json(folder / SIDECAR, _sidecar(config, run, report, models, exported, calibration).model_dump(mode="json"))
+    _remove_stale(folder, exported)
+    return report
+
+
+def _onnx() -> Any:
+    try:
+        import onnx  # optional: the [onnx] extra; labels the files and is what ONNX Runtime's quantiser needs
+    except ImportError:
+        raise ConfigError(f"eic export needs the onnx package, which is not installed: {EXTRA_HINT}") from None
+    return onnx
+
+
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(f"{folder} is a file: the export is a folder; choose another `output`")
+    if (folder / SIDECAR).exists() and not overwrite:
+        raise DatasetError(f"{folder} already holds an export: pass `overwrite` to replace it, or another `output`")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / SIDECAR).exists():
+        raise DatasetError(f"{folder} holds files that are not an eic export: choose a new or empty `output`")
+
+
+def _calibration(run: RunFolder) -> Calibration | None:
+    """The run's calibration, which gives the sidecar enrich's thresholds; a run without one exports without."""
+    if not run.calibration.is_file():
+        log.warning(
+            "%s has no calibration (calibration.json): exported without thresholds; "
+            "eic calibrate the run and export again to include them",
+            run.path,
+        )
+        return None
+    return Calibration.from_dict(read_json(run.calibration))
+
+
+class _Graph(nn.Module):
+    """What the ONNX file computes: uint8 pixels in, logits and temperature-scaled probabilities out."""
+
+    def __init__(self, model: RunModel) -> None:
+        super().__init__()
+        self.net, self.size, self.multilabel = model.model, model.meta.input_size, model.multilabel
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (model.meta.mean, model.meta.std))
+        # As ModelInput computes it: (x / 255 - mean) / std as one multiply and one add.
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+        self.register_buffer("inverse_temperature", torch.tensor(1.0 / model.temperature))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.interpolate(pixels.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        logits = self.net(x * cast(torch.Tensor, self.scale) + cast(torch.Tensor, self.shift))
+        scaled = logits * cast(torch.Tensor, self.inverse_temperature)
+        return logits, torch.sigmoid(scaled) if self.multilabel else torch.softmax(scaled, dim=1)
+
+
+def _write_graph(model: RunModel, path: Path, opset: int) -> None:
+    graph = _Graph(model).eval()
+    example = torch.zeros(2, 3, model.meta.input_size, model.meta.input_size, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        # torch's TorchScript-based exporter says it is deprecated in favour of torch.export (which needs
+        # onnxscript, and cannot yet take a dynamic image size through the resize): it is the one that works here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[LOGITS, PROBABILITIES],
+            dynamic_axes={
+                INPUT: {0: "batch", 2: "height", 3: "width"},
+                LOGITS: {0: "batch"},
+                PROBABILITIES: {0: "batch"},
+            },
+        )
+
+
+def _label_file(onnx: Any, path: Path, model_id: str, split: str) -> None:
+    """The file says which run's split it is, so a file moved beside another run's sidecar is known."""
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {"model_id": model_id, "split": split, "producer": f"eic {__version__}"})
+    proto.producer_name, proto.producer_version = "europeana-imgcls", __version__
+    onnx.save(proto, str(path))
+
+
+def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Up to CHECK_IMAGES of the run's test images (with their truth), as the loader hands them over; seeded noise
+    where the run's images are gone (a run moved to another machine)."""
+    size, task = model.meta.input_size, model.task
+    pictures: list[np.ndarray] = []
+    truth: list[Any] = []
+    for split in run.splits() or []:
+        if not split.test_predictions.is_file():
+            continue
+        for row in read_csv_rows(split.test_predictions):
+            if len(pictures) >= CHECK_IMAGES:
+                break
+            try:
+                pictures.append(pixels_of(load_image(Path(row["image"]), size)).numpy())
+                truth.append(task.truth_of(row["truth"], model.classes))
+            except (*DECODE_ERRORS, KeyError, ValueError):
+                continue
+    if pictures:
+        return np.stack(pictures), np.asarray(truth), f"{len(pictures)} test images"
+    noise = np.random.default_rng(0).integers(0, 256, (16, 3, size, size), dtype=np.uint8)
+    return noise, None, "16 generated images (the run's test images are not on this machine)"
+
+
+def _difference(model: RunModel, runner: Any, pixels: np.ndarray) -> float:
+    ours = probabilities([model], torch.from_numpy(pixels), CPU, None, calibrated=True)[0]
+    theirs = runner.run([PROBABILITIES], {INPUT: pixels})[0]
+    return float(np.abs(ours - theirs).max())
+
+
+def _quantise(
+    ort: Any, model: RunModel, path: Path, how: str, pixels: np.ndarray, truth: np.ndarray | None
+) -> QuantisationCheck:
+    """Replace the float32 file at ``path`` with its int8 version; say how far it moved."""
+    from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
+
+    before = session(path, CPU).run([PROBABILITIES], {INPUT: pixels})[0]
+    source = path.with_name(path.name + ".float32")
+    shutil.move(path, source)
+    try:
+        if how == "dynamic":
+            q.quantize_dynamic(str(source), str(path), weight_type=q.QuantType.QInt8)
+        else:
+            q.quantize_static(
+                str(source),
+                str(path),
+                _Calibration(pixels),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+            )
+    finally:
+        source.unlink(missing_ok=True)
+    after = session(path, CPU).run([PROBABILITIES], {INPUT: pixels})[0]
+    metric = "micro_f1" if model.multilabel else "accuracy"
+    scores = [
+        None if truth is None else model.task.metrics(truth, p, model.thresholds())[metric] for p in (before, after)
+    ]
+    return QuantisationCheck(
+        model.split, len(pixels), float((before.argmax(1) == after.argmax(1)).mean()), metric, scores[0], scores[1]
+    )
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader: the check images, a batch at a time."""
+
+    def __init__(self, pixels: np.ndarray, batch: int = 8) -> None:
+        self.batches = iter([pixels[i : i + batch] for i in range(0, len(pixels), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def _sidecar(
+    config: ExportConfig,
+    run: RunFolder,
+    report: ExportReport,
+    models: list[RunModel],
+    exported: list[ExportedSplit],
+    calibration: Calibration | None,
+) -> ExportSidecar:
+    first = models[0]
+    every = load_run(config.run, CPU, "all") if config.split != "all" else models
+    best = min(every, key=lambda m: m.meta.best_val_loss).split
+    return ExportSidecar(
+        format=EXPORT_FORMAT,
+        model_id=report.model_id,
+        run=run.name,
+        classes=first.classes,
+        mode=first.meta.mode,
+        input={
+            "name": INPUT,
+            "type": "uint8",
+            "shape": ["batch", 3, "height", "width"],
+            "channels": "RGB",
+            "size": first.meta.input_size,
+            "resize": f"bilinear to {first.meta.input_size} x {first.meta.input_size}, in the graph",
+            "mean": list(first.meta.mean),
+            "std": list(first.meta.std),
+        },
+        outputs={
+            LOGITS: {"shape": ["batch", len(first.classes)], "what": "as trained, before the temperature"},
+            PROBABILITIES: {
+                "shape": ["batch", len(first.classes)],
+                "what": ("sigmoid per label" if first.multilabel else "softmax")
+                + " of the logits divided by the split's temperature (calibrated)",
+            },
+        },
+        splits=exported,
+        best=best,
+        run_splits=[m.split for m in every],
+        thresholds=None if calibration is None else {c.name: c.threshold for c in calibration.per_class},
+        precision_target=None if calibration is None else calibration.precision_target,
+        quantize=config.quantize,
+        opset=config.opset,
+        eic_version=__version__,
+    )
+
+
+def _remove_stale(folder: Path, exported: list[ExportedSplit]) -> None:
+    """An overwritten export keeps no file of the one before it."""
+    kept = {s.file for s in exported}
+    for path in folder.glob("split_*.onnx"):
+        if path.name not in kept:
+            path.unlink()

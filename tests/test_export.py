@@ -1,0 +1,181 @@
+"""eic export and --runtime onnx: ONNX files that ONNX Runtime runs as eic's PyTorch models do, with the tests'
+tiny net (fine-tuned and linear-probe runs), and what is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.config import EmbedConfig, ExportConfig, PredictConfig, TrainConfig
+from europeana_imgcls.core.errors import ConfigError, DatasetError, ModelError
+from europeana_imgcls.modelling.embedding import embed
+from europeana_imgcls.modelling.run_folder import RunFolder
+from europeana_imgcls.modelling.training import train
+from europeana_imgcls.outputs.export import export
+from europeana_imgcls.outputs.prediction import predict
+
+from .conftest import make_folders, rows
+
+TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
+
+
+@pytest.fixture
+def run(trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of the shared run: an export writes into its run folder."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folders(tmp_path_factory.mktemp("new"), per_class=5, size=48)
+
+
+def _top1(path: Path) -> dict[str, str]:
+    return {r["image"]: r["prediction"] for r in rows(path)}
+
+
+def test_an_export_runs_in_onnx_runtime_as_the_run_does_in_pytorch(run: Path, images: Path) -> None:
+    report = export(ExportConfig(run=run, split="all", quiet=True))
+    folder = RunFolder(run).onnx
+    assert report.output == folder and [p.name for p in report.files] == [
+        "split_0.onnx",
+        "split_1.onnx",
+        "split_2.onnx",
+    ]
+    assert max(report.max_difference.values()) <= 1e-3 and "test images" in report.checked_on
+    sidecar = json.loads((folder / "model.json").read_text())
+    assert sidecar["model_id"] == RunFolder(run).model_id() == report.model_id
+    assert sidecar["classes"] == ["map", "painting", "specimen"] and sidecar["input"]["size"] == 32
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert sidecar["thresholds"] == {c["name"]: c["threshold"] for c in calibration["per_class"]}  # enrich's
+    assert sidecar["best"] in sidecar["run_splits"]
+
+    # What Java or a browser does: decoded pixels of any size, no eic.
+    session = ort.InferenceSession(str(folder / "split_0.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["model_id"] == report.model_id
+    picture = np.asarray(Image.open(next((images / "map").iterdir())).convert("RGB").resize((61, 47)))
+    batch = np.stack([picture, picture]).transpose(0, 3, 1, 2).copy()
+    logits, probs = session.run(["logits", "probabilities"], {"pixels": batch})
+    assert logits.shape == probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+    out = {}
+    for runtime in ("torch", "onnx"):
+        out[runtime] = run.parent / f"{runtime}.csv"
+        predict(
+            PredictConfig(run=run, inputs=[str(images)], output=out[runtime], split="all", runtime=runtime, quiet=True)
+        )
+    torch_rows, onnx_rows = rows(out["torch"]), rows(out["onnx"])
+    assert len(torch_rows) == len(onnx_rows) == 15
+    assert _top1(out["torch"]) == _top1(out["onnx"])
+    for a, b in zip(torch_rows, onnx_rows, strict=True):
+        assert abs(float(a["confidence"]) - float(b["confidence"])) < 1e-4
+
+
+def test_a_linear_probe_run_exports_and_predicts_alike(tmp_path: Path, images: Path) -> None:
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    table = tmp_path / "e.parquet"
+    embed(EmbedConfig(data_dir=data, output=table, **TINY))
+    probe = tmp_path / "probe"
+    train(TrainConfig(data_dir=data, output_dir=probe, method="linear-probe", folds=3, embeddings=table, **TINY))
+    report = export(ExportConfig(run=probe, output=tmp_path / "exported", quiet=True))
+    assert len(report.files) == 1 and report.max_difference[report.splits[0]] <= 1e-3
+    for runtime in ("torch", "onnx"):
+        predict(
+            PredictConfig(
+                run=probe,
+                inputs=[str(images)],
+                output=tmp_path / f"{runtime}.csv",
+                runtime=runtime,
+                onnx_model=tmp_path / "exported" if runtime == "onnx" else None,
+                quiet=True,
+            )
+        )
+    assert _top1(tmp_path / "torch.csv") == _top1(tmp_path / "onnx.csv")
+
+
+def test_onnx_shards_merge_into_the_output_a_whole_run_writes(run: Path, images: Path, tmp_path: Path) -> None:
+    export(ExportConfig(run=run, quiet=True))
+    whole, sharded = tmp_path / "whole.csv", tmp_path / "sharded.csv"
+    common = dict(run=run, inputs=[str(images)], runtime="onnx", quiet=True)
+    predict(PredictConfig(**common, output=whole))
+    parts = [predict(PredictConfig(**common, output=sharded, shard=f"{k}/2")).predicted for k in (0, 1)]
+    merged = predict(PredictConfig(**common, output=sharded, resume=True))
+    assert sum(parts) == merged.already_done == 15 and merged.predicted == 0
+    assert sorted(rows(sharded), key=lambda r: r["image"]) == sorted(rows(whole), key=lambda r: r["image"])
+    # A resume of that output with the PyTorch models is another model: refused, naming the runtime.
+    with pytest.raises(DatasetError, match="runtime: .* then"):
+        predict(PredictConfig(run=run, inputs=[str(images)], output=sharded, resume=True, quiet=True))
+
+
+def test_static_quantisation_says_how_far_int8_moved(run: Path, images: Path) -> None:
+    report = export(ExportConfig(run=run, quantize="static", output=run / "int8", quiet=True))
+    (check,) = report.quantisation
+    assert check.images > 0 and 0 <= check.agreement <= 1 and check.metric == "accuracy"
+    assert check.before is not None and check.after is not None
+    assert json.loads((run / "int8" / "model.json").read_text())["quantize"] == "static"
+    out = run.parent / "int8.csv"
+    predict(
+        PredictConfig(run=run, inputs=[str(images)], output=out, runtime="onnx", onnx_model=run / "int8", quiet=True)
+    )
+    assert len(rows(out)) == 15
+
+
+def test_what_runtime_onnx_refuses(run: Path, trained_run: Path, images: Path, tmp_path: Path) -> None:
+    common = dict(inputs=[str(images)], runtime="onnx", quiet=True)
+    with pytest.raises(ModelError, match="no such export; run eic export"):
+        predict(PredictConfig(run=run, output=tmp_path / "a.csv", **common))
+    export(ExportConfig(run=run, quiet=True))
+    with pytest.raises(ModelError, match="holds split_"):  # exported: the best split only
+        predict(PredictConfig(run=run, output=tmp_path / "b.csv", split="all", **common))
+    with pytest.raises(ConfigError, match="gradcam_dir"):
+        predict(PredictConfig(run=run, output=tmp_path / "c.csv", gradcam_dir=tmp_path / "cams", **common))
+
+    # Another run's export: its sidecar names another model (another run: other checkpoints, another model id).
+    other = Path(shutil.copytree(trained_run, tmp_path / "other"))
+    (other / "split_0" / "model.pt").write_bytes((other / "split_0" / "model.pt").read_bytes() + b"\0")
+    with pytest.raises(ModelError, match=r"was exported from run run \(model \w+\), not from .*other \(model \w+\)"):
+        predict(PredictConfig(run=other, output=tmp_path / "d.csv", onnx_model=RunFolder(run).onnx, **common))
+
+    # A file that is not the one the sidecar describes.
+    folder = RunFolder(run).onnx
+    sidecar = json.loads((folder / "model.json").read_text())
+    (name,) = [s["file"] for s in sidecar["splits"]]
+    (folder / name).write_bytes((folder / name).read_bytes() + b"\0")
+    with pytest.raises(ModelError, match="is not the file .*model.json describes"):
+        predict(PredictConfig(run=run, output=tmp_path / "e.csv", **common))
+
+
+def test_export_refuses_to_overwrite_and_says_when_a_run_has_no_thresholds(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (run / "calibration.json").unlink()
+    export(ExportConfig(run=run, quiet=True))
+    assert "no calibration" in caplog.text
+    assert json.loads((RunFolder(run).onnx / "model.json").read_text())["thresholds"] is None
+    with pytest.raises(DatasetError, match="already holds an export: pass `overwrite`"):
+        export(ExportConfig(run=run, quiet=True))
+    export(ExportConfig(run=run, overwrite=True, quiet=True))
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_without_the_onnx_extra_one_line_names_it(
+    command: str, run: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    args = [command, str(run)] + (
+        [str(images), "-o", str(tmp_path / "p.csv"), "--runtime", "onnx"] if command == "predict" else []
+    )
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'europeana-imgcls[onnx]'" in lines[0], result.stderr
