@@ -27,7 +27,7 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert json.loads((out / "run" / "summary.json").read_text())["splits"] == 3
     assert "accuracy" in json.loads((out / "evaluation" / "metrics.json").read_text())
     assert (out / "predictions.csv").read_text().count("\n") == 6  # header, one per class, one URL
-    assert len(list((out / "heatmaps").glob("*.png"))) == 5
+    assert len(list((out / "heatmaps").glob("*.jpg"))) == 5
     page = json.loads((out / "annotations.jsonld").read_text())
     assert page["type"] == "AnnotationPage" and page["items"]  # the body of Europeana's batch upload
     assert f"{len(page['items'])} annotations sent to the sandbox's Annotations API" in " ".join(result.stdout.split())

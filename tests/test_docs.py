@@ -30,6 +30,7 @@ PAGES = {
     "audit": "audit.md",
     "publish": "publish.md",
     "withdraw": "publish.md",
+    "export": "deploy.md",
 }
 
 

@@ -17,7 +17,6 @@ silently.
 from __future__ import annotations
 
 import logging
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +105,7 @@ def export(config: ExportConfig) -> ExportReport:
                 )
             if config.quantize != "none":
                 report.quantisation.append(_quantise(ort, model, tmp, config.quantize, pixels, truth))
+                _label_file(onnx, tmp, report.model_id, model.split)  # the quantiser's file says it too
                 difference = _difference(model, session(tmp, CPU), pixels)
         report.max_difference[model.split] = difference
         report.files.append(path)
@@ -236,10 +236,13 @@ def _quantise(
 ) -> QuantisationCheck:
     """Replace the float32 file at ``path`` with its int8 version; say how far it moved."""
     from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     before = session(path, CPU).run([PROBABILITIES], {INPUT: pixels})[0]
     source = path.with_name(path.name + ".float32")
-    shutil.move(path, source)
+    # ONNX Runtime's advice, followed: shapes inferred and the graph optimised before it is quantised.
+    quant_pre_process(str(path), str(source))
+    path.unlink()
     try:
         if how == "dynamic":
             q.quantize_dynamic(str(source), str(path), weight_type=q.QuantType.QInt8)
