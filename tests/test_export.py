@@ -81,12 +81,13 @@ def test_an_export_runs_in_onnx_runtime_as_the_run_does_in_pytorch(run: Path, im
         assert abs(float(a["confidence"]) - float(b["confidence"])) < 1e-4
 
 
-def test_a_linear_probe_run_exports_and_predicts_alike(tmp_path: Path, images: Path) -> None:
+@pytest.mark.parametrize("method", ["linear-probe", "knn"])
+def test_a_probe_run_exports_and_predicts_alike(method: str, tmp_path: Path, images: Path) -> None:
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     table = tmp_path / "e.parquet"
     embed(EmbedConfig(data_dir=data, output=table, **TINY))
     probe = tmp_path / "probe"
-    train(TrainConfig(data_dir=data, output_dir=probe, method="linear-probe", folds=3, embeddings=table, **TINY))
+    train(TrainConfig(data_dir=data, output_dir=probe, method=method, folds=3, embeddings=table, **TINY))
     report = export(ExportConfig(run=probe, output=tmp_path / "exported", quiet=True))
     assert len(report.files) == 1 and report.max_difference[report.splits[0]] <= 1e-3
     for runtime in ("torch", "onnx"):
