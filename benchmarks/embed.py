@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded")
     args = parser.parse_args()
     device = resolve_device(args.device)
     common = dict(
@@ -68,6 +69,7 @@ def main() -> None:
         input_size=args.input_size,
         batch_size=args.batch_size,
         device=args.device,
+        decode=args.decode,
         quiet=True,
     )
     with tempfile.TemporaryDirectory() as tmp, Sandbox(VOCAB, per_level=args.per_level) as sb:

@@ -32,11 +32,18 @@ step train-resnet18 100 "$py" benchmarks/train.py --arch resnet18 --input-size 1
     --workers 4 8 12
 step train-resnet50 100 "$py" benchmarks/train.py --arch resnet50 --input-size 224 --batch-size 128 --batches 32 \
     --workers 8 12
-# The pilot's 10-fold protocol: a frozen backbone and a linear probe against fine-tuning.
+# JPEGs decoded on the GPU (nvJPEG) against the loader workers: the first epoch's rate against the cached one.
+step train-decode 120 "$py" benchmarks/train.py --arch resnet18 --input-size 128 --batch-size 64 --batches 64 \
+    --workers 8 --decode cpu gpu
+# The pilot's 10-fold protocol: a frozen backbone and a linear probe against fine-tuning (decode auto: on the GPU),
+# then eic embed with the workers decoding, against the forward-only rate.
 step embed 110 "$py" benchmarks/embed.py --per-level 40 --epochs 3 --batch-size 64
+step embed-cpu-decode 110 "$py" benchmarks/embed.py --per-level 40 --epochs 1 --batch-size 64 --decode cpu
 # The CUDA paths end to end: AMP, channels_last, pinned memory, Grad-CAM, and DDP under torchrun.
 step demo 60 "$py" -m europeana_imgcls demo --output-dir "$work/demo" --epochs 3
 step torchrun 45 "$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m europeana_imgcls train \
     "$work/demo/images" --output-dir "$work/ddp" --folds 3 --epochs 2 --input-size 64 --weights none --batch-size 16
+# The same images labelled with each decode path: the share of identical top-1 labels (goal: at least 99 %).
+step decode-agreement 60 "$py" benchmarks/decode_agreement.py "$work/demo/run" "$work/demo/images"
 step tests 90 "$py" -m pytest -m "not slow" -n 8 -q -p no:cacheprovider -p no:benchmark --no-header
 rm -rf "$work"

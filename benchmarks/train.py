@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from europeana_imgcls.datasets.decoding import decode_device
 from europeana_imgcls.datasets.folders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
+        "--decode", nargs="*", default=["cpu"], choices=["cpu", "gpu"], help="where JPEGs are decoded: cpu, gpu or both"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         nargs="*",
@@ -145,29 +149,31 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
     )
     print(
-        f"{'images':<30} {'workers':>7} {'epoch':>12} {'pipeline img/s':>15} {'in-memory img/s':>16} "
+        f"{'images':<30} {'decode':>6} {'workers':>7} {'epoch':>12} {'pipeline img/s':>15} {'in-memory img/s':>16} "
         f"{'ratio':>6} {'1st batch s':>12} {'peak MB':>8}"
     )
     for name, images in sets.items():
-        for n in workers:
-            # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
-            cache = DecodedCache(len(images), args.input_size, shared=n > 0)
-            dataset = ImageDataset(images, args.input_size, hflip=0.5, cache=cache)
-            loader = make_loader(
-                dataset,
-                batch_size=args.batch_size,
-                shuffle=True,
-                num_workers=n,
-                seed=0,
-                pin_memory=device.type == "cuda",
-            )
-            for epoch in ("1 (decodes)", "2 (cached)"):
-                take = _Take(loader, args.batches)
-                rate = timed(model, take, device, args.amp, warm_up=False)
-                print(
-                    f"{name:<30} {n:>7} {epoch:>12} {rate:>15.1f} {memory:>16.1f} {rate / memory:>6.2f} "
-                    f"{take.first:>12.2f} {peak_mb():>8.0f}"
+        for decode in args.decode:
+            for n in workers:
+                # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
+                cache = DecodedCache(len(images), args.input_size, shared=n > 0)
+                dataset = ImageDataset(images, args.input_size, hflip=0.5, cache=cache)
+                loader = make_loader(
+                    dataset,
+                    batch_size=args.batch_size,
+                    shuffle=True,
+                    num_workers=n,
+                    seed=0,
+                    pin_memory=device.type == "cuda",
+                    decode_on=decode_device(decode, device),
                 )
+                for epoch in ("1 (decodes)", "2 (cached)"):
+                    take = _Take(loader, args.batches)
+                    rate = timed(model, take, device, args.amp, warm_up=False)
+                    print(
+                        f"{name:<30} {decode:>6} {n:>7} {epoch:>12} {rate:>15.1f} {memory:>16.1f} "
+                        f"{rate / memory:>6.2f} {take.first:>12.2f} {peak_mb():>8.0f}"
+                    )
 
 
 class _Take:

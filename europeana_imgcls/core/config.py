@@ -288,6 +288,11 @@ class RuntimeSettings(ProgressSettings):
         None, ge=0, le=64, description="Data-loading worker processes; default: 0 on CPU, up to 8 on a GPU."
     )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported); ignored on CPU.")
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="Where JPEGs are decoded: auto (on the GPU when training or labelling on CUDA), cpu (the loader "
+        "workers), gpu (nvJPEG; CUDA only). Other images and JPEGs the GPU refuses are decoded on the CPU.",
+    )
 
 
 class TrainConfig(RuntimeSettings):

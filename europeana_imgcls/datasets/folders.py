@@ -19,6 +19,7 @@ from ..acquisition.images import to_rgb
 from ..core.errors import DatasetError
 from ..core.recognise import IMAGE_SUFFIXES, what_is
 from ..core.tables import read_table
+from .decoding import ENCODED, HFLIP, VFLIP, DeviceDecodedLoader, DeviceDecoder, collate, device_decodable
 from .imageset import UNREADABLE, ImageSet, Split, Task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -277,26 +278,54 @@ class ImageDataset(torch.utils.data.Dataset):
         self.hflip, self.vflip, self.cache = hflip, vflip, cache
         # Where each image sits in a cache shared with other datasets (the parts of every split of a run).
         self.cache_rows = np.arange(len(images)) if cache_rows is None else np.asarray(cache_rows)
+        # Set by make_loader when JPEGs are decoded on the device: items carry a file's bytes where they can.
+        self.encoded = False
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any, int]:
+    def __getitem__(self, index: int) -> Any:
         label = self.images.labels[index]
         target = torch.from_numpy(np.asarray(label, dtype=np.float32)) if label.ndim else int(label)
-        try:
-            tensor = self._pixels(index).permute(2, 0, 1)
-        except DECODE_ERRORS:
-            return (
-                torch.zeros(3, self.size, self.size, dtype=torch.uint8),
-                torch.full_like(target, UNREADABLE) if isinstance(target, torch.Tensor) else UNREADABLE,
-                index,
-            )
-        if self.hflip and torch.rand(()) < self.hflip:
+        if self.encoded and not self._cached(index):
+            data = _bytes(self.images.paths[index])
+            if data is not None and device_decodable(data):  # decoded, resized and flipped on the device
+                return torch.frombuffer(bytearray(data), dtype=torch.uint8), target, index, ENCODED | self._flips()
+        tensor, readable = self.decoded_on_cpu(index)
+        flips = self._flips() if readable else 0
+        if not readable:
+            target = self.unreadable_target(target)
+        if flips & HFLIP:
             tensor = tensor.flip(2)
-        if self.vflip and torch.rand(()) < self.vflip:
+        if flips & VFLIP:
             tensor = tensor.flip(1)
-        return tensor, target, index
+        return (tensor, target, index, 0) if self.encoded else (tensor, target, index)
+
+    def _flips(self) -> int:
+        """Which flips this draw of the augmentation makes (drawn from torch's RNG, horizontal first)."""
+        horizontal = HFLIP if self.hflip and torch.rand(()) < self.hflip else 0
+        return horizontal | (VFLIP if self.vflip and torch.rand(()) < self.vflip else 0)
+
+    def decoded_on_cpu(self, index: int) -> tuple[torch.Tensor, bool]:
+        """3 x size x size uint8 pixels decoded as eic always has, and whether they could be (zeros if not)."""
+        try:
+            return self._pixels(index).permute(2, 0, 1), True
+        except DECODE_ERRORS:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
+
+    @staticmethod
+    def unreadable_target(target: Any) -> Any:
+        return torch.full_like(target, UNREADABLE) if isinstance(target, torch.Tensor) else UNREADABLE
+
+    def keep(self, index: int, pixels: torch.Tensor) -> None:
+        """Put pixels decoded elsewhere (on the device: 3 x size x size) into the cache, for the next epochs."""
+        if self.cache is not None:
+            row = int(self.cache_rows[index])
+            self.cache.pixels[row] = pixels.permute(1, 2, 0).cpu()
+            self.cache.filled[row] = True
+
+    def _cached(self, index: int) -> bool:
+        return self.cache is not None and bool(self.cache.filled[int(self.cache_rows[index])])
 
     def _pixels(self, index: int) -> torch.Tensor:
         """H x W x 3 uint8, from the cache when an earlier epoch decoded it."""
@@ -320,10 +349,16 @@ def make_loader(
     pin_memory: bool,
     sampler: torch.utils.data.Sampler | None = None,
     drop_last: bool = False,
-) -> torch.utils.data.DataLoader:
+    decode_on: torch.device | None = None,
+) -> Any:
+    """A DataLoader of (pixels, targets, indices) batches; with ``decode_on`` (an ImageDataset), one whose JPEGs
+    the workers read as bytes and that device decodes (``decoding.py``): the batches come on that device."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return torch.utils.data.DataLoader(
+    encoded = decode_on is not None and isinstance(dataset, ImageDataset)
+    if isinstance(dataset, ImageDataset):
+        dataset.encoded = encoded
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
@@ -335,7 +370,19 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=collate if encoded else None,
     )
+    if encoded:
+        assert decode_on is not None and isinstance(dataset, ImageDataset)
+        return DeviceDecodedLoader(loader, DeviceDecoder(dataset, decode_on))
+    return loader
+
+
+def _bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -33,6 +33,7 @@ from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
+from ..datasets.decoding import decode_device
 from ..datasets.folders import ImageDataset, ModelInput, make_loader
 from ..datasets.imageset import ImageSet, provider_of
 from ..datasets.tasks import TASKS, scan_images
@@ -89,6 +90,7 @@ def batches(
     batch_size: int = 64,
     num_workers: int | None = None,
     amp: bool = True,
+    decode: str = "auto",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per batch, in order: the positions in ``images``, their embeddings (float32) and whether each could be
     decoded. One loader for all the images, so its workers start once and its prefetching never drains."""
@@ -102,6 +104,7 @@ def batches(
         num_workers=default_workers(device, num_workers),
         seed=0,
         pin_memory=device.type == "cuda",
+        decode_on=decode_device(decode, device),
     )
     dtype = autocast_dtype(device, amp)
     to_model = ModelInput(mean, std, device)
@@ -122,10 +125,22 @@ def compute(
     batch_size: int = 64,
     num_workers: int | None = None,
     amp: bool = True,
+    decode: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
     parts = list(
-        batches(model, images, input_size, mean, std, device, batch_size=batch_size, num_workers=num_workers, amp=amp)
+        batches(
+            model,
+            images,
+            input_size,
+            mean,
+            std,
+            device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            amp=amp,
+            decode=decode,
+        )
     )
     return _joined(parts)
 
@@ -187,6 +202,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
                     batch_size=config.batch_size,
                     num_workers=config.num_workers,
                     amp=config.amp,
+                    decode=config.decode,
                 )
                 if todo
                 else ()

@@ -133,6 +133,7 @@ def _features(
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         amp=config.amp,
+        decode=config.decode,
     )
     kept = RunFolder(config.output_dir).embeddings  # for eic audit's near-duplicate search
     with atomic_path(kept) as tmp:

@@ -34,6 +34,7 @@ from ..core.errors import CalibrationError, DatasetError
 from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.tables import atomic_path, write_csv, write_json
+from ..datasets.decoding import decode_device
 from ..datasets.folders import (
     DecodedCache,
     ImageDataset,
@@ -633,7 +634,12 @@ def _loaders(
         else None
     )
     loader = functools.partial(
-        make_loader, batch_size=config.batch_size, num_workers=workers, seed=seed, pin_memory=pin
+        make_loader,
+        batch_size=config.batch_size,
+        num_workers=workers,
+        seed=seed,
+        pin_memory=pin,
+        decode_on=decode_device(config.decode, device),
     )
     return {
         # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).

@@ -23,6 +23,7 @@ from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import refuse_existing, write_csv, write_json
+from ..datasets.decoding import decode_device
 from ..datasets.folders import ImageDataset, make_loader
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std
@@ -250,6 +251,7 @@ def _score(
                 num_workers=default_workers(device, config.num_workers),
                 seed=0,
                 pin_memory=device.type == "cuda",
+                decode_on=decode_device(config.decode, device),
             )
             for inputs, labels, index in loader:
                 out = logits_of(members, inputs, device, dtype)

@@ -35,6 +35,7 @@ from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
+from ..datasets.decoding import decode_device
 from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
@@ -266,6 +267,8 @@ def _label(
         num_workers=default_workers(device, config.num_workers),
         seed=0,
         pin_memory=device.type == "cuda",
+        # Exported models run on ONNX Runtime's own device: their pixels stay on the CPU.
+        decode_on=decode_device(config.decode, device) if config.runtime == "torch" else None,
     )
     dtype = autocast_dtype(device, config.amp)
     # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
