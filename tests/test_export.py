@@ -51,7 +51,8 @@ def test_an_export_runs_in_onnx_runtime_as_the_run_does_in_pytorch(run: Path, im
         "split_1.onnx",
         "split_2.onnx",
     ]
-    assert max(report.max_difference.values()) <= 1e-3 and "test images" in report.checked_on
+    assert max(report.max_difference.values()) <= 1e-3
+    assert all(said.endswith("of its test images") for said in report.checked_on.values())
     sidecar = json.loads((folder / "model.json").read_text())
     assert sidecar["model_id"] == RunFolder(run).model_id() == report.model_id
     assert sidecar["classes"] == ["map", "painting", "specimen"] and sidecar["input"]["size"] == 32
@@ -180,3 +181,47 @@ def test_without_the_onnx_extra_one_line_names_it(
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'europeana-imgcls[onnx]'" in lines[0], result.stderr
+
+
+def test_a_refused_export_leaves_nothing_and_an_earlier_export_stays_whole(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from europeana_imgcls.outputs import export as module
+
+    first = export(ExportConfig(run=run, quiet=True))
+    before = {p.name: p.read_bytes() for p in first.output.iterdir()}
+    calls = []
+    real = module._difference
+    monkeypatch.setattr(module, "_difference", lambda *a: calls.append(1) or (1.0 if len(calls) == 2 else real(*a)))
+    with pytest.raises(ModelError, match="differ from PyTorch's by 1"):
+        export(ExportConfig(run=run, split="all", overwrite=True, quiet=True))
+    assert {p.name: p.read_bytes() for p in first.output.iterdir()} == before  # the earlier export, untouched
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+    calls.clear()
+    with pytest.raises(ModelError):
+        export(ExportConfig(run=run, split="all", output=run / "fresh", quiet=True))
+    assert not (run / "fresh").exists()
+
+
+def test_a_split_folder_exports_checked_on_its_own_test_images(run: Path, images: Path, tmp_path: Path) -> None:
+    report = export(ExportConfig(run=run / "split_1", output=tmp_path / "one", quiet=True))
+    assert report.splits == ["split_1"] and report.checked_on["split_1"].endswith("of its test images")
+
+
+def test_a_split_whose_validation_loss_was_never_finite_loads(run: Path, images: Path, tmp_path: Path) -> None:
+    export(ExportConfig(run=run, quiet=True))
+    sidecar_path = RunFolder(run).onnx / "model.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["splits"][0]["meta"]["best_val_loss"] = None  # how JSON keeps an infinite loss
+    sidecar_path.write_text(json.dumps(sidecar))
+    report = predict(
+        PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "p.csv", runtime="onnx", quiet=True)
+    )
+    assert report.predicted == 15
+
+
+def test_an_onnx_model_without_runtime_onnx_is_refused(run: Path, images: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="`onnx_model` is what `runtime` onnx runs"):
+        predict(
+            PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "p.csv", onnx_model=tmp_path, quiet=True)
+        )

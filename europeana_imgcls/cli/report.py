@@ -144,11 +144,11 @@ def print_calibration(console: Console, calibration: Calibration) -> None:
 
 def print_export(console: Console, result: ExportReport) -> None:
     """Each file with how far it is from PyTorch; an int8 export also with how far it moved from float32."""
-    table = Table(title=f"ONNX export of model {result.model_id}, checked on {result.checked_on}")
-    for name in ("split", "file", "largest probability difference to PyTorch"):
+    table = Table(title=f"ONNX export of model {result.model_id}")
+    for name in ("split", "file", "largest probability difference to PyTorch", "checked on"):
         table.add_column(name, justify="right" if name.startswith("largest") else "left")
     for split, path in zip(result.splits, result.files, strict=True):
-        table.add_row(split, path.name, f"{result.max_difference[split]:.2e}")
+        table.add_row(split, path.name, f"{result.max_difference[split]:.2e}", result.checked_on[split])
     console.print(table)
     for check in result.quantisation:
 

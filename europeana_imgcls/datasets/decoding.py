@@ -151,6 +151,10 @@ def _decode_jpeg(data: Any, device: torch.device) -> Any:
     the user's to act on."""
     import torchvision.io as tvio  # type: ignore[import-untyped]  # first use only: few runs decode on a device
 
+    if device.type == "cuda":
+        # nvJPEG's hardware decoder may write into memory the current stream still uses (pytorch/vision#9606):
+        # whatever the last batch asked of the device is finished first.
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchCodec.*")
         return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device)

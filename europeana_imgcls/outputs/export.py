@@ -17,6 +17,7 @@ silently.
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,11 @@ from torch import nn
 
 from ..core.config import ExportConfig
 from ..core.errors import ConfigError, DatasetError, ModelError
-from ..core.tables import atomic_path, read_csv_rows, write_json
+from ..core.tables import read_csv_rows, write_json
 from ..core.version import __version__
 from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
 from ..modelling.calibration import Calibration
-from ..modelling.run_folder import RunFolder, file_sha256, read_json
+from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256, read_json
 from .inference import RunModel, load_run, probabilities
 from .onnx_runtime import (
     EXPORT_FORMAT,
@@ -73,7 +74,7 @@ class ExportReport:
     splits: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     max_difference: dict[str, float] = field(default_factory=dict)  # against PyTorch
-    checked_on: str = ""  # "12 test images" or "16 generated images"
+    checked_on: dict[str, str] = field(default_factory=dict)  # per split: "12 test images", "16 generated images"
     calibrated: bool = False  # thresholds in the sidecar
     quantize: str = "none"
     quantisation: list[QuantisationCheck] = field(default_factory=list)
@@ -81,7 +82,7 @@ class ExportReport:
 
 def export(config: ExportConfig) -> ExportReport:
     """Export ``config.run``'s chosen splits into ``config.output`` (default RUN/onnx); see the module docstring."""
-    ort, onnx = onnxruntime(), _onnx()
+    ort, onnx = onnxruntime("eic export"), _onnx()
     folder = config.output or RunFolder(config.run).onnx
     _check_folder(folder, config.overwrite)
     models = load_run(config.run, CPU, config.split)
@@ -89,38 +90,57 @@ def export(config: ExportConfig) -> ExportReport:
     report = ExportReport(folder, run.model_id(), splits=[m.split for m in models], quantize=config.quantize)
     calibration = _calibration(run)
     report.calibrated = calibration is not None
-    pixels, truth, report.checked_on = _check_images(run, models[0])
-    folder.mkdir(parents=True, exist_ok=True)
-    exported = []
-    for model in models:
-        path = folder / f"{model.split}.onnx"
-        with atomic_path(path) as tmp:
-            _write_graph(model, tmp, config.opset)
-            _label_file(onnx, tmp, report.model_id, model.split)
-            difference = _difference(model, session(tmp, CPU), pixels)
-            if difference > MAX_DIFFERENCE and config.quantize == "none":
-                raise ModelError(
-                    f"{model.split}: the ONNX graph's probabilities differ from PyTorch's by {difference:.2g} "
-                    f"(more than {MAX_DIFFERENCE:g}); try another `opset`, or report it with the run's arch"
-                )
-            if config.quantize != "none":
-                report.quantisation.append(_quantise(ort, model, tmp, config.quantize, pixels, truth))
-                _label_file(onnx, tmp, report.model_id, model.split)  # the quantiser's file says it too
-                difference = _difference(model, session(tmp, CPU), pixels)
-        report.max_difference[model.split] = difference
-        report.files.append(path)
-        exported.append(
-            ExportedSplit(
-                split=model.split,
-                file=path.name,
-                sha256=file_sha256(path),
-                meta=model.meta.model_dump(mode="json", exclude={"config", "backbone", "backbone_sha256"}),
-                max_difference=difference,
-            )
-        )
-    write_json(folder / SIDECAR, _sidecar(config, run, report, models, exported, calibration).model_dump(mode="json"))
-    _remove_stale(folder, exported)
+    # Built beside the folder and put in its place whole: a refused or interrupted export leaves no half of one.
+    staging = folder.with_name(f".{folder.name}.exporting")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        exported = [_export_split(ort, onnx, config, run, model, staging, report) for model in models]
+        sidecar = _sidecar(config, run, report, models, exported, calibration)
+        write_json(staging / SIDECAR, sidecar.model_dump(mode="json"))
+        _replace(folder, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.files = [folder / s.file for s in exported]
     return report
+
+
+def _export_split(
+    ort: Any, onnx: Any, config: ExportConfig, run: RunFolder, model: RunModel, staging: Path, report: ExportReport
+) -> ExportedSplit:
+    """One split's file, written and checked (and quantised) in ``staging``."""
+    pixels, truth, report.checked_on[model.split] = _check_images(run, model)
+    path = staging / f"{model.split}.onnx"
+    _write_graph(model, path, config.opset)
+    _label_file(onnx, path, report.model_id, model.split)
+    difference = _difference(model, session(path, CPU), pixels)
+    if difference > MAX_DIFFERENCE and config.quantize == "none":
+        raise ModelError(
+            f"{model.split}: the ONNX graph's probabilities differ from PyTorch's by {difference:.2g} "
+            f"(more than {MAX_DIFFERENCE:g}); try another `opset`, or report it with the run's arch"
+        )
+    if config.quantize != "none":
+        report.quantisation.append(_quantise(ort, model, path, config.quantize, pixels, truth))
+        _label_file(onnx, path, report.model_id, model.split)  # the quantiser's file says it too
+        difference = _difference(model, session(path, CPU), pixels)
+    report.max_difference[model.split] = difference
+    return ExportedSplit(
+        split=model.split,
+        file=path.name,
+        sha256=file_sha256(path),
+        meta=model.meta.model_dump(mode="json", exclude={"config", "backbone", "backbone_sha256"}),
+        max_difference=difference,
+    )
+
+
+def _replace(folder: Path, staging: Path) -> None:
+    """``staging`` where ``folder`` was (an earlier export, replaced only with `overwrite`, checked before)."""
+    old = folder.with_name(f".{folder.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _onnx() -> Any:
@@ -203,26 +223,25 @@ def _label_file(onnx: Any, path: Path, model_id: str, split: str) -> None:
 
 
 def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Up to CHECK_IMAGES of the run's test images (with their truth), as the loader hands them over; seeded noise
-    where the run's images are gone (a run moved to another machine)."""
+    """Up to CHECK_IMAGES of the split's own test images (never trained on by it) with their truth, as the loader
+    hands them over; seeded noise where none can be read (a run moved to another machine)."""
     size, task = model.meta.input_size, model.task
+    split = SplitFolder(run.path, model.meta.split) if run.is_split else run.split(model.meta.split)
     pictures: list[np.ndarray] = []
     truth: list[Any] = []
-    for split in run.splits() or []:
-        if not split.test_predictions.is_file():
+    rows = read_csv_rows(split.test_predictions) if split.test_predictions.is_file() else iter(())
+    for row in rows:
+        if len(pictures) >= CHECK_IMAGES:
+            break
+        try:
+            pictures.append(pixels_of(load_image(Path(row["image"]), size)).numpy())
+            truth.append(task.truth_of(row["truth"], model.classes))
+        except (*DECODE_ERRORS, KeyError, ValueError):
             continue
-        for row in read_csv_rows(split.test_predictions):
-            if len(pictures) >= CHECK_IMAGES:
-                break
-            try:
-                pictures.append(pixels_of(load_image(Path(row["image"]), size)).numpy())
-                truth.append(task.truth_of(row["truth"], model.classes))
-            except (*DECODE_ERRORS, KeyError, ValueError):
-                continue
     if pictures:
-        return np.stack(pictures), np.asarray(truth), f"{len(pictures)} test images"
+        return np.stack(pictures), np.asarray(truth), f"{len(pictures)} of its test images"
     noise = np.random.default_rng(0).integers(0, 256, (16, 3, size, size), dtype=np.uint8)
-    return noise, None, "16 generated images (the run's test images are not on this machine)"
+    return noise, None, f"16 generated images (no test image of {split.name} could be read here)"
 
 
 def _difference(model: RunModel, runner: Any, pixels: np.ndarray) -> float:
@@ -238,7 +257,7 @@ def _quantise(
     from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    before = session(path, CPU).run([PROBABILITIES], {INPUT: pixels})[0]
+    before = session(path, CPU).run([LOGITS], {INPUT: pixels})[0]
     source = path.with_name(path.name + ".float32")
     # ONNX Runtime's advice, followed: shapes inferred and the graph optimised before it is quantised.
     quant_pre_process(str(path), str(source))
@@ -258,10 +277,12 @@ def _quantise(
             )
     finally:
         source.unlink(missing_ok=True)
-    after = session(path, CPU).run([PROBABILITIES], {INPUT: pixels})[0]
+    after = session(path, CPU).run([LOGITS], {INPUT: pixels})[0]
     metric = "micro_f1" if model.multilabel else "accuracy"
+    # Scored as eic predict decides: on the logits without the temperature, which the tuned thresholds were set on.
     scores = [
-        None if truth is None else model.task.metrics(truth, p, model.thresholds())[metric] for p in (before, after)
+        None if truth is None else model.task.metrics(truth, model.task.from_logits(z), model.thresholds())[metric]
+        for z in (before, after)
     ]
     return QuantisationCheck(
         model.split, len(pixels), float((before.argmax(1) == after.argmax(1)).mean()), metric, scores[0], scores[1]
@@ -323,11 +344,3 @@ def _sidecar(
         opset=config.opset,
         eic_version=__version__,
     )
-
-
-def _remove_stale(folder: Path, exported: list[ExportedSplit]) -> None:
-    """An overwritten export keeps no file of the one before it."""
-    kept = {s.file for s in exported}
-    for path in folder.glob("split_*.onnx"):
-        if path.name not in kept:
-            path.unlink()

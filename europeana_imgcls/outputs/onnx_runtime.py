@@ -76,12 +76,12 @@ def read_sidecar(folder: Path) -> ExportSidecar:
     return sidecar
 
 
-def onnxruntime() -> Any:
+def onnxruntime(needed_by: str = "`runtime` onnx") -> Any:
     """ONNX Runtime, or one line naming the extra that brings it."""
     try:
         import onnxruntime as ort  # an optional dependency: only runtime onnx and eic export need it
     except ImportError:
-        raise ConfigError(f"`runtime` onnx needs ONNX Runtime, which is not installed: {EXTRA_HINT}") from None
+        raise ConfigError(f"{needed_by} needs ONNX Runtime, which is not installed: {EXTRA_HINT}") from None
     return ort
 
 
@@ -103,9 +103,10 @@ def session(path: Path, device: torch.device) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()  # the cores eic is given (taskset, OMP_NUM_THREADS)
-    providers = ["CPUExecutionProvider"]
+    providers: list[Any] = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+        # This process's GPU (its torchrun rank's, or cuda:N), not the first one.
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ONNX Runtime raises its own types for a file it cannot read
@@ -146,7 +147,10 @@ def load_export(run: Path, given: Path | None, which: str, device: torch.device)
                 f"{path} says it is {said.get('split')} of model {said.get('model_id')}, but {folder / SIDECAR} "
                 f"describes {exported.split} of model {sidecar.model_id}: export the run again"
             )
-        meta = CheckpointMeta.model_validate(exported.meta)
+        try:  # a value JSON could not hold (an infinite validation loss) was written null: its default stands
+            meta = CheckpointMeta.model_validate({k: v for k, v in exported.meta.items() if v is not None})
+        except ValidationError:
+            raise ModelError(f"{folder / SIDECAR} is damaged ({exported.split}'s metadata): export again") from None
         models.append(OnnxModel(exported.split, meta, runner, exported.sha256))
     return models
 

@@ -164,6 +164,8 @@ def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
     if not (config.inputs or config.table or config.query):
         raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
     check_arguments(config.run, config.inputs)
+    if config.onnx_model is not None and config.runtime != "onnx":
+        raise ConfigError("`onnx_model` is what `runtime` onnx runs: pass `runtime` onnx too (or leave it out)")
     if config.runtime == "onnx" and config.gradcam_dir is not None:
         raise ConfigError(
             "`gradcam_dir` needs the PyTorch model's gradients: leave out `runtime` onnx to draw heatmaps"
@@ -267,8 +269,7 @@ def _label(
         num_workers=default_workers(device, config.num_workers),
         seed=0,
         pin_memory=device.type == "cuda",
-        # Exported models run on ONNX Runtime's own device: their pixels stay on the CPU.
-        decode_on=decode_device(config.decode, device) if config.runtime == "torch" else None,
+        decode_on=_decode_on(config, device),
     )
     dtype = autocast_dtype(device, config.amp)
     # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
@@ -289,6 +290,12 @@ def _label(
         )
         for done in pending:
             done.result()  # a figure that could not be written is an error, not a silent gap
+
+
+def _decode_on(config: PredictConfig, device: torch.device) -> torch.device | None:
+    where = decode_device(config.decode, device)  # also refuses `decode` gpu without CUDA, whatever the runtime
+    # Exported models run on ONNX Runtime's own device, and take their pixels from the CPU.
+    return where if config.runtime == "torch" else None
 
 
 @contextmanager
