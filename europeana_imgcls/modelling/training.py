@@ -348,23 +348,6 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     return report
 
 
-RESUME_KEYS = (
-    "data_dir",
-    "labels",
-    "mode",
-    "method",
-    "arch",
-    "weights",
-    "input_size",
-    "folds",
-    "seed",
-    "sample",
-    "group_by_provider",
-    "duplicate_groups",
-    "embeddings",
-)
-
-
 def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
     """A resumed run must be the same run: same data, model and folds, or split 0 would be reused for another."""
     first = RunFolder(config.output_dir).split(0)
@@ -372,8 +355,9 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
         return
     before = first.read_config()
     now = public_dict(config)
-    defaults = {k: TrainConfig.model_fields[k].default for k in RESUME_KEYS}
-    differ = [k for k in RESUME_KEYS if _same(k, before.get(k, defaults[k])) != _same(k, now.get(k))]
+    keys = TrainConfig.resume_keys  # declared once, with the config
+    defaults = {k: TrainConfig.model_fields[k].default for k in keys}
+    differ = [k for k in keys if _same(k, before.get(k, defaults[k])) != _same(k, now.get(k))]
     if differ:
         said = ", ".join(f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ)
         raise DatasetError(
