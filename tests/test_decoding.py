@@ -19,7 +19,7 @@ from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, make_l
 from europeana_imgcls.datasets.imageset import UNREADABLE, ImageSet
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.europeana.sandbox import draw_image
-from europeana_imgcls.outputs import prediction
+from europeana_imgcls.modelling import runtime
 from europeana_imgcls.outputs.prediction import predict
 
 from .conftest import make_folders, rows
@@ -136,7 +136,7 @@ def test_predict_labels_device_decoded_images_as_the_cpu_path_does(
     out = {}
     for name in ("cpu", "device"):
         if name == "device":  # what decode auto does on CUDA, here with the CPU as the device
-            monkeypatch.setattr(prediction, "decode_device", lambda decode, device: device)
+            monkeypatch.setattr(runtime, "decode_device", lambda decode, device: device)
         out[name] = tmp_path / f"{name}.csv"
         predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out[name], quiet=True))
     cpu, device = rows(out["cpu"]), rows(out["device"])
@@ -149,15 +149,14 @@ def test_train_evaluate_and_embed_run_on_device_decoded_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from europeana_imgcls.core.config import EmbedConfig, EvaluateConfig
-    from europeana_imgcls.modelling import embedding, training
+    from europeana_imgcls.modelling import training
     from europeana_imgcls.modelling.embedding import embed
     from europeana_imgcls.modelling.training import train
-    from europeana_imgcls.outputs import evaluation
     from europeana_imgcls.outputs.evaluation import evaluate_run
 
     from .conftest import config
 
-    for module in (training, evaluation, embedding):  # as decode auto on CUDA, with the CPU as the device
+    for module in (training, runtime):  # as decode auto on CUDA, with the CPU as the device
         monkeypatch.setattr(module, "decode_device", lambda decode, device: device)
     decoded = []
     real = decoding._decode_jpeg

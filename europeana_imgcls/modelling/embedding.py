@@ -26,19 +26,18 @@ import polars as pl
 import torch
 from torch import nn
 
-from ..core.config import EmbedConfig, public_dict
+from ..core.config import EmbedConfig, RuntimeSettings, public_dict
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, KeySet
 from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
-from ..datasets.decoding import decode_device
-from ..datasets.folders import ImageDataset, ModelInput, make_loader
+from ..datasets.folders import ModelInput
 from ..datasets.imageset import ImageSet, provider_of
 from ..datasets.tasks import TASKS, scan_images
 from .models import build_model, get_arch, set_head
-from .runtime import autocast_dtype, default_workers, resolve_device
+from .runtime import autocast_dtype, inference_loader, resolve_device
 
 
 @dataclass
@@ -86,27 +85,15 @@ def batches(
     mean: Any,
     std: Any,
     device: torch.device,
-    *,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    amp: bool = True,
-    decode: str = "auto",
+    settings: RuntimeSettings,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per batch, in order: the positions in ``images``, their embeddings (float32) and whether each could be
     decoded. One loader for all the images, so its workers start once and its prefetching never drains."""
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(
-        ImageDataset(images, input_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=default_workers(device, num_workers),
-        seed=0,
-        pin_memory=device.type == "cuda",
-        decode_on=decode_device(decode, device),
-    )
-    dtype = autocast_dtype(device, amp)
+    loader = inference_loader(images, input_size, device, settings)
+    dtype = autocast_dtype(device, settings.amp)
     to_model = ModelInput(mean, std, device)
     for inputs, labels, index in loader:
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
@@ -121,28 +108,10 @@ def compute(
     mean: Any,
     std: Any,
     device: torch.device,
-    *,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    amp: bool = True,
-    decode: str = "auto",
+    settings: RuntimeSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
-    parts = list(
-        batches(
-            model,
-            images,
-            input_size,
-            mean,
-            std,
-            device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            amp=amp,
-            decode=decode,
-        )
-    )
-    return _joined(parts)
+    return _joined(list(batches(model, images, input_size, mean, std, device, settings)))
 
 
 def _joined(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -192,20 +161,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
         with progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s") as bar:
             task = bar.add_task("embed", total=len(todo), rate=0.0)
             for index, vectors, readable in (
-                batches(
-                    model,
-                    wanted,
-                    config.input_size,
-                    arch.mean,
-                    arch.std,
-                    device,
-                    batch_size=config.batch_size,
-                    num_workers=config.num_workers,
-                    amp=config.amp,
-                    decode=config.decode,
-                )
-                if todo
-                else ()
+                batches(model, wanted, config.input_size, arch.mean, arch.std, device, config) if todo else ()
             ):
                 _journal_batch(journal, wanted, index, vectors, readable, report)
                 elapsed = time.perf_counter() - started

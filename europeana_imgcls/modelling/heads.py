@@ -123,18 +123,7 @@ def _features(
         vectors = np.zeros((len(images), found.shape[1]), dtype=np.float32)
         vectors[readable] = found[[row for row in rows if row is not None]]
         return vectors, readable
-    vectors, readable = compute(
-        backbone,
-        images,
-        config.input_size,
-        arch.mean,
-        arch.std,
-        device,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        amp=config.amp,
-        decode=config.decode,
-    )
+    vectors, readable = compute(backbone, images, config.input_size, arch.mean, arch.std, device, config)
     kept = RunFolder(config.output_dir).embeddings  # for eic audit's near-duplicate search
     with atomic_path(kept) as tmp:
         rows_frame(images, vectors, readable).write_parquet(tmp)

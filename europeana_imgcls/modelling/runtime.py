@@ -7,12 +7,17 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..core.config import RuntimeSettings
 from ..core.errors import ConfigError
+from ..datasets.decoding import decode_device
+from ..datasets.folders import ImageDataset, make_loader
+from ..datasets.imageset import ImageSet
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def inference_loader(
+    images: ImageSet, size: int, device: torch.device, settings: RuntimeSettings, *, decode: bool = True
+) -> Any:
+    """The loader every pass over images in order uses (evaluate, predict, enrich, embed): ``settings``' batch
+    size and workers, pinned memory and JPEGs decoded on ``device`` on CUDA (``decode`` False: always on the CPU;
+    ``decode`` gpu without CUDA is refused either way)."""
+    where = decode_device(settings.decode, device)
+    return make_loader(
+        ImageDataset(images, size),
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=default_workers(device, settings.num_workers),
+        seed=0,
+        pin_memory=device.type == "cuda",
+        decode_on=where if decode else None,
+    )

@@ -23,14 +23,12 @@ from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import refuse_existing, write_csv, write_json
-from ..datasets.decoding import decode_device
-from ..datasets.folders import ImageDataset, make_loader
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import RunFolder
-from ..modelling.runtime import autocast_dtype, default_workers, resolve_device
+from ..modelling.runtime import autocast_dtype, inference_loader, resolve_device
 from .inference import RunModel, load_run, logits_of
 
 
@@ -244,16 +242,7 @@ def _score(
     with progress_bar(config.quiet, transient=True) as bar:
         task = bar.add_task(f"score {len(models)} split model(s)", total=len(images) * len(groups))
         for (size, _, _), members in groups.items():
-            loader = make_loader(
-                ImageDataset(images, size),
-                batch_size=config.batch_size,
-                shuffle=False,
-                num_workers=default_workers(device, config.num_workers),
-                seed=0,
-                pin_memory=device.type == "cuda",
-                decode_on=decode_device(config.decode, device),
-            )
-            for inputs, labels, index in loader:
+            for inputs, labels, index in inference_loader(images, size, device, config):
                 out = logits_of(members, inputs, device, dtype)
                 for item, z in zip(members, out, strict=True):
                     probs[item.split][index.numpy()] = item.task.from_logits(z)

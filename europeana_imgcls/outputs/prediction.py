@@ -35,13 +35,12 @@ from ..core.naming import record_id_of
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
-from ..datasets.decoding import decode_device
-from ..datasets.folders import ImageDataset, list_images, load_image, make_loader
+from ..datasets.folders import list_images, load_image
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
 from ..modelling.run_folder import RunFolder
-from ..modelling.runtime import Dist, autocast_dtype, default_workers, distributed
+from ..modelling.runtime import Dist, autocast_dtype, distributed, inference_loader
 from .inference import RunModel, SplitModel, load_run, probabilities
 from .onnx_runtime import OnnxModel, load_export
 
@@ -262,15 +261,8 @@ def _label(
     images = ImageSet(
         [item.path for item in items], np.zeros(len(items), dtype=np.int64), models[0].classes, task_for("single-label")
     )  # labels unknown: every image is read as class 0
-    loader = make_loader(
-        ImageDataset(images, size),
-        batch_size=config.batch_size,
-        shuffle=False,
-        num_workers=default_workers(device, config.num_workers),
-        seed=0,
-        pin_memory=device.type == "cuda",
-        decode_on=_decode_on(config, device),
-    )
+    # Exported models run on ONNX Runtime's own device, and take their pixels from the CPU.
+    loader = inference_loader(images, size, device, config, decode=config.runtime == "torch")
     dtype = autocast_dtype(device, config.amp)
     # Figures are encoded in a thread (zlib lets go of the GIL) while the next batch's heatmaps are computed.
     with (
@@ -290,12 +282,6 @@ def _label(
         )
         for done in pending:
             done.result()  # a figure that could not be written is an error, not a silent gap
-
-
-def _decode_on(config: PredictConfig, device: torch.device) -> torch.device | None:
-    where = decode_device(config.decode, device)  # also refuses `decode` gpu without CUDA, whatever the runtime
-    # Exported models run on ONNX Runtime's own device, and take their pixels from the CPU.
-    return where if config.runtime == "torch" else None
 
 
 @contextmanager
