@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,6 @@ class SplitModel:
     split: str
     meta: CheckpointMeta
 
-    def pixels_to_logits(self, pixels: torch.Tensor) -> np.ndarray:
-        """Logits of a loader's batch of uint8 pixels, for models whose preprocessing is their own."""
-        raise NotImplementedError(f"{type(self).__name__} runs through logits_of")
-
     @property
     def classes(self) -> list[str]:
         return self.meta.classes
@@ -61,6 +58,15 @@ class SplitModel:
     @property
     def preprocessing(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
         return self.meta.input_size, self.meta.mean, self.meta.std
+
+
+class ExportedModel(SplitModel, ABC):
+    """A split model whose graph holds its own preprocessing (``onnx_runtime.OnnxModel``): it takes a loader's
+    uint8 pixels as they come."""
+
+    @abstractmethod
+    def pixels_to_logits(self, pixels: torch.Tensor) -> np.ndarray:
+        """Logits (batch x classes, float32) of a loader's batch of uint8 pixels."""
 
 
 @dataclass
@@ -178,13 +184,13 @@ def logits_of(
 ) -> np.ndarray:
     """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32);
     ``first``: the first model's, already computed (by the pass that draws its heatmaps)."""
+    exported = [m for m in models if isinstance(m, ExportedModel)]
+    if exported:  # the preprocessing is in their graphs (a run's splits are all exported or none)
+        return np.stack([m.pixels_to_logits(inputs) for m in exported])
     in_torch = [m for m in models if isinstance(m, RunModel)]
-    if len(in_torch) < len(models):  # exported models: the preprocessing is in their graphs
-        return np.stack([m.pixels_to_logits(inputs) for m in models])
-    models = in_torch
     inputs = in_torch[0].model_input(device)(inputs)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-        logits = _logits(models if first is None else models[1:], inputs)
+        logits = _logits(in_torch if first is None else in_torch[1:], inputs)
     return np.stack([z.float().cpu().numpy() for z in ([] if first is None else [first]) + logits])
 
 

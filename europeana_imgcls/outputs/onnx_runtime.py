@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.errors import ConfigError, ModelError
 from ..modelling.run_folder import CheckpointMeta, RunFolder, file_sha256
-from .inference import SplitModel
+from .inference import ExportedModel
 
 SIDECAR: Final = "model.json"
 EXPORT_FORMAT: Final = "europeana-imgcls/onnx-v1"
@@ -86,7 +86,7 @@ def onnxruntime(needed_by: str = "`runtime` onnx") -> Any:
 
 
 @dataclass
-class OnnxModel(SplitModel):
+class OnnxModel(ExportedModel):
     """One exported split: an ONNX Runtime session that takes uint8 pixels and returns logits."""
 
     session: Any = None
