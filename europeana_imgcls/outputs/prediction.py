@@ -173,10 +173,10 @@ def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
         return _predict(config, device, world, rows)
 
 
-def load_models(config: PredictConfig, device: torch.device) -> list[SplitModel]:
-    """The run's chosen split models, in PyTorch or (``runtime`` onnx) from the run's export."""
+def load_models(config: PredictConfig, device: torch.device, model_id: str) -> list[SplitModel]:
+    """The run's chosen split models, in PyTorch or (``runtime`` onnx) from the run's export of ``model_id``."""
     if config.runtime == "onnx":
-        return list(load_export(config.run, config.onnx_model, config.split, device))
+        return list(load_export(config.run, config.onnx_model, config.split, device, model_id))
     return list(load_run(config.run, device, config.split))
 
 
@@ -198,9 +198,9 @@ def check_arguments(run: Path, inputs: list[str]) -> None:
 
 
 def _predict(config: PredictConfig, device: torch.device, world: Dist, make_rows: MakeRows) -> PredictReport:
-    models = load_models(config, device)
+    digest = RunFolder(config.run).model_id()  # hashes the checkpoints once: the export is checked against it too
+    models = load_models(config, device, digest)
     rows = make_rows(models, config)
-    digest = RunFolder(config.run).model_id()
     report = PredictReport(config.output, splits=[m.split for m in models], shard=config.shard, model_id=digest)
     items, report.not_fetched = _gather(config, world)
     journal = output_journal(config, digest, rows.columns, world, models)
