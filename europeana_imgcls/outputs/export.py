@@ -35,7 +35,7 @@ from ..core.version import __version__
 from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
 from ..modelling.calibration import Calibration
 from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256, read_json
-from .inference import RunModel, load_run, probabilities
+from .inference import RunModel, chosen_splits, load_run, probabilities
 from .onnx_runtime import (
     EXPORT_FORMAT,
     EXTRA_HINT,
@@ -85,7 +85,8 @@ def export(config: ExportConfig) -> ExportReport:
     ort, onnx = onnxruntime("eic export"), _onnx()
     folder = config.output or RunFolder(config.run).onnx
     _check_folder(folder, config.overwrite)
-    models = load_run(config.run, CPU, config.split)
+    every = load_run(config.run, CPU, "all")  # the sidecar names them all, and the best
+    models = [every[i] for i in chosen_splits([(m.split, m.meta) for m in every], config.split, config.run)]
     run = RunFolder(config.run)
     report = ExportReport(folder, run.model_id(), splits=[m.split for m in models], quantize=config.quantize)
     calibration = _calibration(run)
@@ -96,7 +97,7 @@ def export(config: ExportConfig) -> ExportReport:
     staging.mkdir(parents=True)
     try:
         exported = [_export_split(ort, onnx, config, run, model, staging, report) for model in models]
-        sidecar = _sidecar(config, run, report, models, exported, calibration)
+        sidecar = _sidecar(config, run, report, every, exported, calibration)
         write_json(staging / SIDECAR, sidecar.model_dump(mode="json"))
         _replace(folder, staging)
     finally:
@@ -304,13 +305,12 @@ def _sidecar(
     config: ExportConfig,
     run: RunFolder,
     report: ExportReport,
-    models: list[RunModel],
+    every: list[RunModel],
     exported: list[ExportedSplit],
     calibration: Calibration | None,
 ) -> ExportSidecar:
-    first = models[0]
-    every = load_run(config.run, CPU, "all") if config.split != "all" else models
-    best = min(every, key=lambda m: m.meta.best_val_loss).split
+    first = every[0]
+    (best,) = [every[i].split for i in chosen_splits([(m.split, m.meta) for m in every], "best", config.run)]
     return ExportSidecar(
         format=EXPORT_FORMAT,
         model_id=report.model_id,

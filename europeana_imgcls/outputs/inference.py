@@ -101,30 +101,16 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
         checkpoint = load_checkpoint(path)
         name = path.parent.name if path.parent.name.startswith("split_") else f"split_{checkpoint.meta.split}"
         (states if _finite(checkpoint) else diverged).append((name, checkpoint))
+    if diverged and not states:
+        raise ModelError(
+            f"{run}: every split's model holds weights that are not finite (training diverged): "
+            "train again, with a lower `learning_rate`"
+        )
+    keep = chosen_splits([(n, c.meta) for n, c in states], which, run, [(n, c.meta) for n, c in diverged])
     if diverged:
         said = ", ".join(name for name, _ in diverged)
-        if (
-            which != "all"
-            and which != "best"
-            and any(c.meta.split == int(which) or n == f"split_{which}" for n, c in diverged)
-        ):
-            raise ModelError(
-                f"{run}: split {which}'s model holds weights that are not finite (its training "
-                "diverged): choose another split, or train it again"
-            )
-        if not states:
-            raise ModelError(
-                f"{run}: every split's model holds weights that are not finite (training diverged): "
-                "train again, with a lower `learning_rate`"
-            )
         log.warning("%s: %s left out: weights that are not finite (its training diverged)", run, said)
-    if which == "best":
-        states = [min(states, key=lambda item: item[1].meta.best_val_loss)]
-    elif which != "all":
-        chosen = [s for s in states if s[0] == f"split_{which}" or s[1].meta.split == int(which)]
-        if not chosen:
-            raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in states)}")
-        states = chosen
+    states = [states[i] for i in keep]
     if len({(tuple(c.meta.class_names), c.meta.mode) for _, c in states}) > 1:
         raise ModelError(f"{run}: its splits were trained on different classes or modes")
     models = []
@@ -142,6 +128,33 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
             item.head = get_head(model, meta.arch)
         models.append(item)
     return models
+
+
+def chosen_splits(
+    named: Sequence[tuple[str, CheckpointMeta]],
+    which: str,
+    run: Path,
+    diverged: Sequence[tuple[str, CheckpointMeta]] = (),
+) -> list[int]:
+    """Which of a run's usable split models ``which`` means: all, the one of lowest validation loss ('best'), or
+    split N (refused, saying why, where it diverged or does not exist)."""
+    if which == "all":
+        return list(range(len(named)))
+    if which == "best":
+        return [min(range(len(named)), key=lambda i: named[i][1].best_val_loss)]
+
+    def is_it(name: str, meta: CheckpointMeta) -> bool:
+        return name == f"split_{which}" or meta.split == int(which)
+
+    if any(is_it(n, m) for n, m in diverged):
+        raise ModelError(
+            f"{run}: split {which}'s model holds weights that are not finite (its training "
+            "diverged): choose another split, or train it again"
+        )
+    chosen = [i for i, (n, m) in enumerate(named) if is_it(n, m)]
+    if not chosen:
+        raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in named)}")
+    return chosen
 
 
 def _finite(checkpoint: Checkpoint) -> bool:
