@@ -82,7 +82,8 @@ class ExportReport:
 
 def export(config: ExportConfig) -> ExportReport:
     """Export ``config.run``'s chosen splits into ``config.output`` (default RUN/onnx); see the module docstring."""
-    ort, onnx = onnxruntime("eic export"), _onnx()
+    onnxruntime("eic export")  # the extra first, in one line: the checks and the quantiser run on it
+    onnx = _onnx()
     folder = config.output or RunFolder(config.run).onnx
     _check_folder(folder, config.overwrite)
     every = load_run(config.run, CPU, "all")  # the sidecar names them all, and the best
@@ -96,7 +97,7 @@ def export(config: ExportConfig) -> ExportReport:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        exported = [_export_split(ort, onnx, config, run, model, staging, report) for model in models]
+        exported = [_export_split(onnx, config, run, model, staging, report) for model in models]
         sidecar = _sidecar(config, run, report, every, exported, calibration)
         write_json(staging / SIDECAR, sidecar.model_dump(mode="json"))
         _replace(folder, staging)
@@ -107,23 +108,27 @@ def export(config: ExportConfig) -> ExportReport:
 
 
 def _export_split(
-    ort: Any, onnx: Any, config: ExportConfig, run: RunFolder, model: RunModel, staging: Path, report: ExportReport
+    onnx: Any, config: ExportConfig, run: RunFolder, model: RunModel, staging: Path, report: ExportReport
 ) -> ExportedSplit:
     """One split's file, written and checked (and quantised) in ``staging``."""
     pixels, truth, report.checked_on[model.split] = _check_images(run, model)
+    ours = probabilities([model], torch.from_numpy(pixels), CPU, None, calibrated=True)[0]
     path = staging / f"{model.split}.onnx"
     _write_graph(model, path, config.opset)
     _label_file(onnx, path, report.model_id, model.split)
-    difference = _difference(model, session(path, CPU), pixels)
+    logits, probs = _outputs(path, pixels)
+    difference = _difference(ours, probs)
     if difference > MAX_DIFFERENCE and config.quantize == "none":
         raise ModelError(
             f"{model.split}: the ONNX graph's probabilities differ from PyTorch's by {difference:.2g} "
             f"(more than {MAX_DIFFERENCE:g}); try another `opset`, or report it with the run's arch"
         )
     if config.quantize != "none":
-        report.quantisation.append(_quantise(ort, model, path, config.quantize, pixels, truth))
+        _quantise(path, config.quantize, pixels)
         _label_file(onnx, path, report.model_id, model.split)  # the quantiser's file says it too
-        difference = _difference(model, session(path, CPU), pixels)
+        int8_logits, int8_probs = _outputs(path, pixels)
+        report.quantisation.append(_moved(model, len(pixels), truth, logits, int8_logits))
+        difference = _difference(ours, int8_probs)
     report.max_difference[model.split] = difference
     return ExportedSplit(
         split=model.split,
@@ -245,20 +250,21 @@ def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, np.ndarr
     return noise, None, f"16 generated images (no test image of {split.name} could be read here)"
 
 
-def _difference(model: RunModel, runner: Any, pixels: np.ndarray) -> float:
-    ours = probabilities([model], torch.from_numpy(pixels), CPU, None, calibrated=True)[0]
-    theirs = runner.run([PROBABILITIES], {INPUT: pixels})[0]
+def _outputs(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The file's logits and probabilities on the check images, as ONNX Runtime computes them."""
+    logits, probs = session(path, CPU).run([LOGITS, PROBABILITIES], {INPUT: pixels})
+    return logits, probs
+
+
+def _difference(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-def _quantise(
-    ort: Any, model: RunModel, path: Path, how: str, pixels: np.ndarray, truth: np.ndarray | None
-) -> QuantisationCheck:
-    """Replace the float32 file at ``path`` with its int8 version; say how far it moved."""
+def _quantise(path: Path, how: str, pixels: np.ndarray) -> None:
+    """Replace the float32 file at ``path`` with its int8 version (static: calibrated on ``pixels``)."""
     from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    before = session(path, CPU).run([LOGITS], {INPUT: pixels})[0]
     source = path.with_name(path.name + ".float32")
     # ONNX Runtime's advice, followed: shapes inferred and the graph optimised before it is quantised.
     quant_pre_process(str(path), str(source))
@@ -278,7 +284,12 @@ def _quantise(
             )
     finally:
         source.unlink(missing_ok=True)
-    after = session(path, CPU).run([LOGITS], {INPUT: pixels})[0]
+
+
+def _moved(
+    model: RunModel, images: int, truth: np.ndarray | None, before: np.ndarray, after: np.ndarray
+) -> QuantisationCheck:
+    """How far the int8 logits ``after`` are from the float32 ``before``: top-1 agreement and the test score."""
     metric = "micro_f1" if model.multilabel else "accuracy"
     # Scored as eic predict decides: on the logits without the temperature, which the tuned thresholds were set on.
     scores = [
@@ -286,7 +297,7 @@ def _quantise(
         for z in (before, after)
     ]
     return QuantisationCheck(
-        model.split, len(pixels), float((before.argmax(1) == after.argmax(1)).mean()), metric, scores[0], scores[1]
+        model.split, images, float((before.argmax(1) == after.argmax(1)).mean()), metric, scores[0], scores[1]
     )
 
 
