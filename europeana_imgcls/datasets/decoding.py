@@ -95,10 +95,15 @@ class DeviceDecoder:
         self, batch: tuple[list[torch.Tensor], Any, torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         payloads, targets, index, codes = batch
+        flags = codes.tolist()
         pixels = torch.empty(len(payloads), 3, self.size, self.size, dtype=torch.uint8, device=self.device)
-        encoded = [i for i, code in enumerate(codes.tolist()) if code & ENCODED]
-        decoded = self._decode([payloads[i] for i in encoded])
-        for i, image in zip(encoded, decoded, strict=True):
+        encoded = [i for i, code in enumerate(flags) if code & ENCODED]
+        decoded = dict(zip(encoded, self._decode([payloads[i] for i in encoded]), strict=True))
+        for i, code in enumerate(flags):
+            if not code & ENCODED:  # decoded (and flipped) by the worker
+                pixels[i] = payloads[i].to(self.device, non_blocking=True)
+                continue
+            image = decoded[i]
             if image is None:  # refused by the device: the CPU path, as without device decoding
                 image, readable = self.dataset.decoded_on_cpu(int(index[i]))
                 if not readable:
@@ -107,10 +112,6 @@ class DeviceDecoder:
             else:
                 pixels[i] = self._resized(image)
                 self.dataset.keep(int(index[i]), pixels[i])
-        for i, payload in enumerate(payloads):
-            if not int(codes[i]) & ENCODED:
-                pixels[i] = payload.to(self.device, non_blocking=True)
-        for i, code in enumerate(codes.tolist()):
             if code & HFLIP:
                 pixels[i] = pixels[i].flip(2)
             if code & VFLIP:
