@@ -113,15 +113,11 @@ def session(path: Path, device: torch.device) -> Any:
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
 
 
-def export_folder(run: Path, given: Path | None) -> Path:
-    return given if given is not None else RunFolder(run).onnx
-
-
 def load_export(run: Path, given: Path | None, which: str, device: torch.device, model_id: str) -> list[OnnxModel]:
     """The exported split models of ``run`` (whose ``RunFolder.model_id`` is ``model_id``) chosen as ``load_run``
     chooses (best, all or N), or a ModelError saying which files or which run do not match."""
     onnxruntime()  # the extra first: without it nothing below can be used
-    folder = export_folder(run, given)
+    folder = given if given is not None else RunFolder(run).onnx
     if not folder.is_dir():
         raise ModelError(f"{folder}: no such export; run eic export {run} first (or pass `onnx_model` FOLDER)")
     sidecar = read_sidecar(folder)
