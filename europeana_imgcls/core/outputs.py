@@ -1,0 +1,318 @@
+"""The one output policy: what eic may write where, asked by every stage before it writes.
+
+An output is a file (a table, review tasks, a calibration) or a folder (an export, an evaluation, an audit). The
+rules, as git refuses to check out over untracked files and cargo installs over its own artefacts only:
+
+- **New or refused.** A path that holds nothing is created. One that exists is refused, naming the option that
+  goes on with it (``resume``) or replaces it (``overwrite``), where the stage has one.
+- **``overwrite`` replaces only what eic wrote.** A folder eic builds carries a manifest (``.eic-output.json``:
+  its kind and every file it wrote); ``overwrite`` replaces a folder whose manifest names its kind and every file
+  in it, and refuses one holding a file eic did not write, naming it. A file is recognised by its kind's own
+  reader (review tasks, an eic table...): a training table given as review tasks' output is refused, never emptied.
+- **Whole or not at all.** A folder is built beside its place (``.NAME.eic-building/``) and swapped in whole; a
+  file is written to a temporary name and renamed. A killed run leaves no half output, and what it left beside
+  (its building folder, its temporary files) is cleaned at the next start, under the lock.
+- **One writer.** An exclusive OS lock beside the output (``.NAME.eic-lock``, released when the process dies) is
+  held while it is written: a second run on the same output is refused in one line.
+- **Nothing through a link, nothing but files and folders.** A symbolic link at the output, a FIFO, a device or a
+  socket there or inside a folder to be replaced is refused: eic neither writes through a link nor opens
+  something that never ends or blocks.
+
+Stages that write record by record (download, predict, embed, enrich) ask ``claim`` once, then their journal
+(``core/journal.py``) locks and merges; the rest write with ``build_folder`` or ``write_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Final
+
+from .errors import DatasetError
+from .journal import _Held, _Lock
+from .tables import TEMP_SUFFIX, atomic_path
+
+MANIFEST: Final = ".eic-output.json"
+MANIFEST_FORMAT: Final = "europeana-imgcls/output-v1"
+LOCK_SUFFIX: Final = ".eic-lock"
+BUILDING, REPLACED = ".eic-building", ".eic-replaced"
+# What an earlier version left beside a killed export (``.onnx.exporting``), cleaned the same way.
+_LEGACY_LEFTOVERS: Final = (".exporting", ".replaced")
+MAX_RECOGNISE_BYTES: Final = 64 * 1024 * 1024  # a file kind's reader never reads more than this to recognise one
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a stage writes at a path: ``what`` names it in messages ("an export"); a folder kind is recognised
+    by its manifest, a file kind by ``recognise`` (called on a regular file only; None: never replaced)."""
+
+    name: str
+    what: str
+    folder: bool = False
+    recognise: Callable[[Path], bool] | None = None
+
+
+class Claim(Enum):
+    NEW = "new"  # nothing there (or an empty folder)
+    REPLACE = "replace"  # eic's own output of this kind, and `overwrite`
+    RESUME = "resume"  # an output to carry on, and `resume`
+
+
+def claim(
+    path: Path,
+    kind: OutputKind,
+    *,
+    overwrite: bool | None = None,
+    resume: bool | None = None,
+    option: str = "output",
+) -> Claim:
+    """Whether ``path`` may be written as ``kind``, or a DatasetError in one line saying why not and what to do.
+
+    ``overwrite`` and ``resume`` are the stage's options (None: the stage has no such option); ``option`` names
+    the option that chose ``path``."""
+    path = absolute(path)
+    _check_type(path, kind, option)
+    if not _occupied(path):
+        return Claim.NEW
+    if resume:
+        return Claim.RESUME
+    if overwrite:
+        _check_ours(path, kind, option)
+        return Claim.REPLACE
+    offered = ["pass `resume` to carry it on"] if resume is not None else []
+    offered += ["pass `overwrite` to replace it"] if overwrite is not None else []
+    raise DatasetError(f"{path} already exists: " + ", or ".join([*offered, f"choose another `{option}`"]))
+
+
+def absolute(path: Path) -> Path:
+    """``path`` made absolute with ``.`` and ``..`` folded, links left as they are (a link is judged itself)."""
+    return Path(os.path.abspath(path))
+
+
+@contextmanager
+def build_folder(folder: Path, kind: OutputKind, *, overwrite: bool | None, option: str = "output") -> Iterator[Path]:
+    """Yield an empty folder to build ``kind`` in; on success it takes ``folder``'s place whole, with a manifest of
+    what it holds. Refused (before anything is written) as ``claim`` refuses; held under the output's lock."""
+    folder = absolute(folder)
+    if folder == Path(folder.anchor) or Path.cwd().is_relative_to(folder):
+        raise DatasetError(f"{folder} holds the current folder: choose a new folder for `{option}`")
+    with output_lock(folder):
+        claim(folder, kind, overwrite=overwrite, option=option)
+        staging = _beside(folder, BUILDING)
+        staging.mkdir()
+        try:
+            yield staging
+            _write_manifest(staging, kind)
+            _swap(folder, staging)
+        finally:
+            _remove(staging)
+
+
+@contextmanager
+def write_file(
+    path: Path, kind: OutputKind, *, overwrite: bool | None, resume: bool | None = None, option: str = "output"
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``. Refused as ``claim``
+    refuses, under the output's lock."""
+    path = absolute(path)
+    with output_lock(path):
+        claim(path, kind, overwrite=overwrite, resume=resume, option=option)
+        with atomic_path(path) as tmp:
+            yield tmp
+
+
+@contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """The output's lock, held while it is written; what a killed run left beside it is cleaned once it is held."""
+    path = absolute(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _Lock(_beside(path, LOCK_SUFFIX), str(path))
+    except _Held as held:
+        raise DatasetError(
+            f"{path} is being written by {held.holder}: wait for it to finish (or stop it), then run again"
+        ) from None
+    try:
+        clean_leftovers(path)
+        yield
+    finally:
+        lock.release(remove=True)
+
+
+def clean_leftovers(path: Path) -> None:
+    """What a killed run of this output left beside it: its building folder, the one it was replacing, its
+    temporary files. Only names eic gives (never a link's target); call it holding the output's lock."""
+    for suffix in (BUILDING, REPLACED, *_LEGACY_LEFTOVERS):
+        _remove(_beside(path, suffix))
+    prefix = f".{path.name}."
+    for entry in _entries(path.parent):
+        if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX) and not entry.is_symlink():
+            _remove(Path(entry.path))
+
+
+# ---------------------------------------------------------------------------------------------
+# What is at the path
+
+
+def _check_type(path: Path, kind: OutputKind, option: str) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise DatasetError(f"{path} is a symbolic link: eic writes no output through a link; choose another `{option}`")
+    if stat.S_ISDIR(info.st_mode) and not kind.folder:
+        raise DatasetError(f"{path} is a folder: `{option}` is a file; choose a file name")
+    if stat.S_ISREG(info.st_mode) and kind.folder:
+        raise DatasetError(f"{path} is a file: {kind.what} is a folder; choose another `{option}`")
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        raise DatasetError(
+            f"{path} is {special_kind(info.st_mode)}, not a file eic can write: choose another `{option}`"
+        )
+
+
+def special_kind(mode: int) -> str:
+    """What a path that is neither a file, a folder nor a link is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _occupied(path: Path) -> bool:
+    """Whether writing ``path`` would replace something: a file, or a folder holding anything but eic's leftovers."""
+    if not path.is_dir():
+        return path.exists()
+    return any(not _leftover_name(entry.name) for entry in _entries(path))
+
+
+def _leftover_name(name: str) -> bool:
+    return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or name.endswith(LOCK_SUFFIX))
+
+
+def _check_ours(path: Path, kind: OutputKind, option: str) -> None:
+    """``overwrite`` replaces ``path`` only if eic wrote it as ``kind``: refused otherwise, naming what is not eic's."""
+    if kind.folder:
+        stranger = _stranger(path, kind)
+        if stranger is not None:
+            raise DatasetError(
+                f"{path} holds {stranger}, which eic did not write as {kind.what}: `overwrite` replaces only eic's "
+                f"own outputs; move it away, or choose another `{option}`"
+            )
+        return
+    if kind.recognise is None or not _recognised(path, kind.recognise):
+        raise DatasetError(
+            f"{path} is not {kind.what} that eic wrote: `overwrite` replaces only eic's own outputs; "
+            f"choose another `{option}`"
+        )
+
+
+def _recognised(path: Path, recognise: Callable[[Path], bool]) -> bool:
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
+            return False
+        return recognise(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def _stranger(folder: Path, kind: OutputKind) -> str | None:
+    """The first thing in ``folder`` that its manifest does not name as ``kind``'s (None: it is all eic's)."""
+    written = read_manifest(folder, kind)
+    if written is None:
+        return f"no manifest of eic's ({MANIFEST})"
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            entry = Path(root, name)
+            relative = entry.relative_to(folder).as_posix()
+            info = entry.lstat()
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if relative == MANIFEST or _leftover_name(name):
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                shown = "a symbolic link" if stat.S_ISLNK(info.st_mode) else special_kind(info.st_mode)
+                return f"{relative} ({shown})"
+            if relative not in written:
+                return relative
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+def read_manifest(folder: Path, kind: OutputKind) -> set[str] | None:
+    """The files eic wrote in ``folder`` as ``kind`` (None: no manifest of that kind, or a damaged one)."""
+    path = folder / MANIFEST
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or data.get("kind") != kind.name:
+        return None
+    files = data.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return set(files)
+
+
+def _write_manifest(folder: Path, kind: OutputKind) -> None:
+    files = sorted(
+        Path(root, name).relative_to(folder).as_posix() for root, _, names in os.walk(folder) for name in names
+    )
+    data = {"format": MANIFEST_FORMAT, "kind": kind.name, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving folders
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}{suffix}")
+
+
+def _swap(folder: Path, staging: Path) -> None:
+    """``staging`` in ``folder``'s place: the old one renamed aside first and removed after, so a kill between
+    the two renames leaves the old output beside its place (cleaned at the next start), never a half one."""
+    old = _beside(folder, REPLACED)
+    _remove(old)
+    if folder.is_dir():
+        folder.rename(old)
+    staging.rename(folder)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder eic named; a link is removed itself, never what it points to."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []

@@ -1,0 +1,90 @@
+"""Typed files that eic writes and reads back (an export's ``model.json``, the embeddings' sidecar, review and
+audit notes, publish's states): each a pydantic model with a format tag, read in one place.
+
+Whatever such a file holds (cut short, another tool's JSON, a pipe, a gigabyte, nesting a thousand deep, values
+of the wrong type or out of range), reading it gives the model or one line naming the file and what to do: never
+a traceback, never a hang, never a value the model's own checks refuse.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Final, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import DatasetError, EicError
+from .outputs import special_kind
+
+MAX_SIDECAR_BYTES: Final = 64 * 1024 * 1024
+
+Typed = TypeVar("Typed", bound=BaseModel)
+
+
+class Sidecar(BaseModel):
+    """Base of eic's typed files: immutable, no NaN or infinity, and what a later version adds is ignored by an
+    earlier one."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+def read_typed(
+    path: Path,
+    model: type[Typed],
+    *,
+    what: str,
+    remedy: str,
+    error: type[EicError] = DatasetError,
+    max_bytes: int = MAX_SIDECAR_BYTES,
+) -> Typed:
+    """``path`` as ``model``, or ``error`` in one line: "PATH is not WHAT (why): REMEDY"."""
+    return parse_typed(
+        read_bounded(path, what=what, remedy=remedy, error=error, max_bytes=max_bytes),
+        model,
+        path=path,
+        what=what,
+        remedy=remedy,
+        error=error,
+    )
+
+
+def parse_typed(
+    data: bytes | str, model: type[Typed], *, path: Path | str, what: str, remedy: str, error: type[EicError]
+) -> Typed:
+    """JSON text as ``model`` (pydantic's own parser: a depth limit, no recursion error), or one line."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise error(f"{path} is not {what} ({first_problem(exc)}): {remedy}") from None
+
+
+def read_bounded(
+    path: Path, *, what: str, remedy: str, error: type[EicError] = DatasetError, max_bytes: int = MAX_SIDECAR_BYTES
+) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``: a pipe, a device or a larger file is refused before
+    it is read (a FIFO would block, ``/dev/zero`` never end)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise error(f"{path}: missing; {remedy}") from None
+    except OSError as exc:
+        raise error(f"{path}: unreadable ({exc.strerror}); {remedy}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{path} is {special_kind(info.st_mode)}, not {what}: {remedy}")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{path}: unreadable ({exc.strerror}); {remedy}") from None
+    if len(data) > max_bytes:
+        raise error(f"{path} is larger than {max_bytes // 2**20} MB, too large for {what}: {remedy}")
+    return data
+
+
+def first_problem(exc: ValidationError) -> str:
+    """A pydantic error in a few words: where, and what is wrong there."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    message = str(err["msg"]).splitlines()[0][:120]
+    return f"{where}: {message}" if where else message
