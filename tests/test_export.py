@@ -164,7 +164,7 @@ def test_export_refuses_to_overwrite_and_says_when_a_run_has_no_thresholds(
     export(ExportConfig(run=run, quiet=True))
     assert "no calibration" in caplog.text
     assert json.loads((RunFolder(run).onnx / "model.json").read_text())["thresholds"] is None
-    with pytest.raises(DatasetError, match="already holds an export: pass `overwrite`"):
+    with pytest.raises(DatasetError, match="already exists: pass `overwrite` to replace it"):
         export(ExportConfig(run=run, quiet=True))
     export(ExportConfig(run=run, overwrite=True, quiet=True))
 
@@ -225,3 +225,137 @@ def test_an_onnx_model_without_runtime_onnx_is_refused(run: Path, images: Path, 
         predict(
             PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "p.csv", onnx_model=tmp_path, quiet=True)
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The output policy and the typed sidecar (issue 31): each of these passed unnoticed before.
+
+
+def _one_line_refusal(args: list[str]) -> str:
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_overwrite_replaces_an_export_but_never_a_file_eic_did_not_write(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "deploy"
+    export(ExportConfig(run=run, output=folder, quiet=True))
+    (folder / "notes.txt").write_text("the curator's notes")
+    line = _one_line_refusal(["export", str(run), "-o", str(folder), "--overwrite"])
+    assert "notes.txt, which eic did not write" in line
+    assert (folder / "notes.txt").read_text() == "the curator's notes" and (folder / "model.json").is_file()
+    (folder / "notes.txt").unlink()
+    export(ExportConfig(run=run, output=folder, overwrite=True, quiet=True))  # its own export: replaced
+    # A folder of someone else's files is refused with or without `overwrite`, and left as it was.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "model.json").write_text("{}")
+    for extra in ([], ["--overwrite"]):
+        _one_line_refusal(["export", str(run), "-o", str(theirs), *extra])
+    assert [p.name for p in theirs.iterdir()] == ["model.json"]
+
+
+def test_export_into_the_current_folder_is_one_line(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    assert "holds the current folder" in _one_line_refusal(["export", str(run), "-o", "."])
+    assert [p.name for p in here.iterdir()] == ["keep.txt"]
+
+
+def test_a_second_export_of_one_folder_is_refused_while_the_first_writes(run: Path) -> None:
+    from europeana_imgcls.core.outputs import output_lock
+
+    with output_lock(RunFolder(run).onnx), pytest.raises(DatasetError, match="is being written by process"):
+        export(ExportConfig(run=run, quiet=True))
+    export(ExportConfig(run=run, quiet=True))  # the lock is gone with its holder
+
+
+def test_what_a_killed_export_left_is_cleaned_at_the_next_start(run: Path) -> None:
+    for leftover in (".onnx.exporting", ".onnx.eic-building", ".onnx.eic-replaced"):
+        (run / leftover).mkdir()
+        (run / leftover / "split_0.onnx").write_bytes(b"half")
+    export(ExportConfig(run=run, quiet=True))
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_diverged_split_asked_for_by_number_says_it_diverged(run: Path) -> None:
+    import torch
+
+    model = run / "split_1" / "model.pt"
+    checkpoint = torch.load(model, weights_only=True)
+    for tensor in checkpoint["model_state"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, model)
+    with pytest.raises(ModelError, match="split 1's model holds weights that are not finite"):
+        export(ExportConfig(run=run, split="1", quiet=True))
+
+
+def _meta(sidecar: dict, key: str, value: object) -> None:
+    sidecar["splits"][0]["meta"][key] = value
+
+
+SIDECAR_ATTACKS = {
+    "classes reordered": lambda s: s.update(classes=s["classes"][::-1]),
+    "a class named twice": lambda s: s.update(classes=[s["classes"][0], *s["classes"]]),
+    "an extra class": lambda s: s.update(classes=[*s["classes"], "sculpture"]),
+    "the split's classes short": lambda s: _meta(s, "class_names", s["classes"][:1]),
+    "the split's classes as text": lambda s: _meta(s, "class_names", "map"),
+    "temperature -1": lambda s: _meta(s, "temperature", -1),
+    "temperature 0": lambda s: _meta(s, "temperature", 0),
+    "input size -5": lambda s: s["input"].update(size=-5),
+    "input size 0": lambda s: s["input"].update(size=0),
+    "input size 1e9": lambda s: s["input"].update(size=10**9),
+    "std 0": lambda s: s["input"].update(std=[0, 1, 1]),
+    "no run splits": lambda s: s.update(run_splits=[]),
+    "a file outside the export": lambda s: s["splits"][0].update(file="../other/split_1.onnx"),
+    "an absolute file": lambda s: s["splits"][0].update(file="/etc/passwd"),
+    "a split named twice": lambda s: s.update(splits=s["splits"] * 2),
+    "splits not a list": lambda s: s.update(splits={"split_0": 1}),
+    "deep nesting": lambda s: s.update(outputs=json.loads("[" * 400 + "]" * 400)),
+    "another format": lambda s: s.update(format="someone-else/v9"),
+    "a number for the model id": lambda s: s.update(model_id=5),
+}
+
+
+@pytest.mark.parametrize("attack", SIDECAR_ATTACKS)
+def test_a_damaged_or_foreign_sidecar_is_one_line(attack: str, run: Path, images: Path, tmp_path: Path) -> None:
+    export(ExportConfig(run=run, quiet=True))
+    path = RunFolder(run).onnx / "model.json"
+    sidecar = json.loads(path.read_text())
+    SIDECAR_ATTACKS[attack](sidecar)
+    path.write_text(json.dumps(sidecar))
+    args = ["predict", str(run), str(images), "-o", str(tmp_path / "p.csv"), "--runtime", "onnx"]
+    assert "model.json is not the sidecar of an eic export" in _one_line_refusal(args)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_tensor_data_beside_an_onnx_file_is_covered_by_the_sidecar(
+    run: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graphs over 2 GB keep their tensors in a file beside them: the sidecar names it with its digest."""
+    import onnx
+
+    from europeana_imgcls.outputs import export as module
+
+    real = module._write_graph
+
+    def external(model: object, path: Path, opset: int) -> None:  # as torch writes a graph over 2 GB
+        real(model, path, opset)  # type: ignore[arg-type]
+        onnx.save(onnx.load(str(path)), str(path), save_as_external_data=True, location=path.name + ".data")
+
+    monkeypatch.setattr(module, "_write_graph", external)
+    report = export(ExportConfig(run=run, quiet=True))
+    (split,) = json.loads((report.output / "model.json").read_text())["splits"]
+    assert list(split["external"]) == [split["file"] + ".data"]
+    out = tmp_path / "p.csv"
+    predict(PredictConfig(run=run, inputs=[str(images)], output=out, runtime="onnx", quiet=True))
+    assert len(rows(out)) == 15
+    data = report.output / (split["file"] + ".data")
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelError, match="tensor data of .* is missing or not the file"):
+        predict(PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "q.csv", runtime="onnx", quiet=True))

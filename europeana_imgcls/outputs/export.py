@@ -17,7 +17,6 @@ silently.
 from __future__ import annotations
 
 import logging
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ExportConfig
-from ..core.errors import ConfigError, DatasetError, ModelError
+from ..core.errors import ConfigError, ModelError
+from ..core.outputs import OutputKind, absolute, build_folder
 from ..core.tables import read_csv_rows, write_json
 from ..core.version import __version__
 from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 MAX_DIFFERENCE = 1e-3  # largest probability difference to PyTorch a float32 export may show
 CHECK_IMAGES = 64  # test images an export is checked (and a static quantisation calibrated) on
 CPU = torch.device("cpu")
+EXPORT = OutputKind("export", "an export", folder=True)
 
 
 @dataclass
@@ -85,25 +86,19 @@ def export(config: ExportConfig) -> ExportReport:
     onnxruntime("eic export")  # the extra first, in one line: the checks and the quantiser run on it
     onnx = _onnx()
     folder = config.output or RunFolder(config.run).onnx
-    _check_folder(folder, config.overwrite)
     every = load_run(config.run, CPU, "all")  # the sidecar names them all, and the best
-    models = [every[i] for i in chosen_splits([(m.split, m.meta) for m in every], config.split, config.run)]
+    named = [(m.split, m.meta) for m in every]
+    models = [every[i] for i in chosen_splits(named, config.split, config.run, every.diverged)]
     run = RunFolder(config.run)
-    report = ExportReport(folder, run.model_id(), splits=[m.split for m in models], quantize=config.quantize)
+    report = ExportReport(absolute(folder), run.model_id(), splits=[m.split for m in models], quantize=config.quantize)
     calibration = _calibration(run)
     report.calibrated = calibration is not None
     # Built beside the folder and put in its place whole: a refused or interrupted export leaves no half of one.
-    staging = folder.with_name(f".{folder.name}.exporting")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with build_folder(folder, EXPORT, overwrite=config.overwrite) as staging:
         exported = [_export_split(onnx, config, run, model, staging, report) for model in models]
         sidecar = _sidecar(config, run, report, every, exported, calibration)
         write_json(staging / SIDECAR, sidecar.model_dump(mode="json"))
-        _replace(folder, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    report.files = [folder / s.file for s in exported]
+    report.files = [report.output / s.file for s in exported]
     return report
 
 
@@ -134,19 +129,10 @@ def _export_split(
         split=model.split,
         file=path.name,
         sha256=file_sha256(path),
+        external=_external_files(onnx, path),
         meta=model.meta.model_dump(mode="json", exclude={"config", "backbone", "backbone_sha256"}),
         max_difference=difference,
     )
-
-
-def _replace(folder: Path, staging: Path) -> None:
-    """``staging`` where ``folder`` was (an earlier export, replaced only with `overwrite`, checked before)."""
-    old = folder.with_name(f".{folder.name}.replaced")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _onnx() -> Any:
@@ -155,15 +141,6 @@ def _onnx() -> Any:
     except ImportError:
         raise ConfigError(f"eic export needs the onnx package, which is not installed: {EXTRA_HINT}") from None
     return onnx
-
-
-def _check_folder(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise DatasetError(f"{folder} is a file: the export is a folder; choose another `output`")
-    if (folder / SIDECAR).exists() and not overwrite:
-        raise DatasetError(f"{folder} already holds an export: pass `overwrite` to replace it, or another `output`")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / SIDECAR).exists():
-        raise DatasetError(f"{folder} holds files that are not an eic export: choose a new or empty `output`")
 
 
 def _calibration(run: RunFolder) -> Calibration | None:
@@ -222,10 +199,20 @@ def _write_graph(model: RunModel, path: Path, opset: int) -> None:
 
 def _label_file(onnx: Any, path: Path, model_id: str, split: str) -> None:
     """The file says which run's split it is, so a file moved beside another run's sidecar is known."""
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)  # tensors kept outside stay where they are
     onnx.helper.set_model_props(proto, {"model_id": model_id, "split": split, "producer": f"eic {__version__}"})
     proto.producer_name, proto.producer_version = "europeana-imgcls", __version__
     onnx.save(proto, str(path))
+
+
+def _external_files(onnx: Any, path: Path) -> dict[str, str]:
+    """The files beside ``path`` that hold its tensor data (a graph over 2 GB), with their SHA-256: the sidecar
+    covers them too."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    names = {ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)}
+    return {name: file_sha256(path.parent / name) for name in sorted(names)}
 
 
 def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, np.ndarray | None, str]:

@@ -88,7 +88,14 @@ class RunModel(SplitModel):
         return self._input
 
 
-def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunModel]:
+class LoadedRun(list[RunModel]):
+    """A run's chosen split models, and the splits left out because their training diverged (which a later choice
+    among the models, as export's, must know to say why a split is not there)."""
+
+    diverged: list[tuple[str, CheckpointMeta]]
+
+
+def load_run(run: Path, device: torch.device, which: str = "all") -> LoadedRun:
     """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
     # Imported here, not above: the model registry imports torchvision (over a second of every start), which
     # predict and enrich with exported models (runtime onnx) never need.
@@ -113,7 +120,8 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> list[RunMod
     states = [states[i] for i in keep]
     if len({(tuple(c.meta.class_names), c.meta.mode) for _, c in states}) > 1:
         raise ModelError(f"{run}: its splits were trained on different classes or modes")
-    models = []
+    models = LoadedRun()
+    models.diverged = [(n, c.meta) for n, c in diverged]
     trunks: dict[str, nn.Module] = {}
     for name, checkpoint in states:
         meta = checkpoint.meta

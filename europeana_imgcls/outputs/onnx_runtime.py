@@ -10,16 +10,17 @@ metadata), so an ONNX file from another run, or a sidecar beside the wrong files
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from ..core.errors import ConfigError, ModelError
+from ..core.sidecars import Sidecar, first_problem, read_typed
 from ..modelling.run_folder import CheckpointMeta, RunFolder, file_sha256
 from .inference import ExportedModel
 
@@ -29,51 +30,106 @@ INPUT, LOGITS, PROBABILITIES = "pixels", "logits", "probabilities"
 EXTRA_HINT: Final = "pip install 'europeana-imgcls[onnx]'"
 
 
-class ExportedSplit(BaseModel):
+_FILE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain name in the export folder: no separator, no "..", not hidden
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class ExportedSplit(Sidecar):
     """One split's file in an export."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    split: str
-    file: str
-    sha256: str
-    meta: dict[str, Any]  # the split's CheckpointMeta (without the training settings)
+    split: str = Field(pattern=r"^split_\d+$")
+    file: str = Field(pattern=_FILE, max_length=255)
+    sha256: str = Field(pattern=_SHA256)
+    meta: dict[str, Any]  # the split's CheckpointMeta (without the training settings): checked by ``checkpoint``
+    # Tensor data ONNX keeps outside the file (models over 2 GB): each such file's SHA-256, so the digest of the
+    # .onnx file, which names them, does not leave their contents unchecked.
+    external: dict[Annotated[str, Field(pattern=_FILE, max_length=255)], Annotated[str, Field(pattern=_SHA256)]] = {}
     max_difference: float | None = None  # against PyTorch, measured at export (float32 exports)
 
+    def checkpoint(self) -> CheckpointMeta:
+        """The split's metadata (a value JSON could not hold, an infinite validation loss, was written null: its
+        default stands)."""
+        return CheckpointMeta.model_validate({k: v for k, v in self.meta.items() if v is not None})
 
-class ExportSidecar(BaseModel):
-    """``model.json``: what an export holds and how to feed it (docs/deploy.md reads it to the letter)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class ExportInput(Sidecar):
+    """How to feed an export's files: uint8 RGB pixels, resized in the graph to ``size``."""
 
-    format: str
-    model_id: str  # the run's model id: the digest of the checkpoints exported
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    name: Literal["pixels"]
+    type: Literal["uint8"]
+    size: int = Field(ge=8, le=4096)
+    mean: tuple[float, float, float]
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+
+
+class ExportSidecar(Sidecar):
+    """``model.json``: what an export holds and how to feed it (docs/deploy.md reads it to the letter). Checked
+    against itself on reading: each split's classes are the export's, in its order, its temperature positive, its
+    input the export's; the splits are the run's, named once."""
+
+    format: Literal["europeana-imgcls/onnx-v1"]
+    model_id: str = Field(pattern=r"^[0-9a-f]{8,64}$")  # the run's model id: the digest of the checkpoints exported
     run: str
-    classes: list[str]
-    mode: str
-    input: dict[str, Any]
+    classes: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=100_000)
+    mode: Literal["single-label", "multi-label"]
+    input: ExportInput
     outputs: dict[str, Any]
-    splits: list[ExportedSplit]
+    splits: list[ExportedSplit] = Field(min_length=1)
     best: str  # the run's split of lowest validation loss (``split`` best)
-    run_splits: list[str]
+    run_splits: list[str] = Field(min_length=1)
     thresholds: dict[str, float | None] | None  # eic enrich's, from the run's calibration; None: not calibrated
-    precision_target: float | None = None
-    quantize: str = "none"
-    opset: int
+    precision_target: float | None = Field(None, gt=0, le=1)
+    quantize: Literal["none", "dynamic", "static"] = "none"
+    opset: int = Field(ge=7, le=30)
     eic_version: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExportSidecar:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("a class is named twice")
+        if len(set(self.run_splits)) != len(self.run_splits) or self.best not in self.run_splits:
+            raise ValueError("run_splits names a split twice, or not the best one")
+        files = [s.file for s in self.splits] + [name for s in self.splits for name in s.external]
+        if len({s.split for s in self.splits}) != len(self.splits) or len(set(files)) != len(files):
+            raise ValueError("a split or a file is named twice")
+        for exported in self.splits:
+            self._check_split(exported)
+        if self.thresholds is not None and set(self.thresholds) - set(self.classes):
+            raise ValueError("thresholds name a class the export does not have")
+        return self
+
+    def _check_split(self, exported: ExportedSplit) -> None:
+        if exported.split not in self.run_splits:
+            raise ValueError(f"{exported.split} is not one of run_splits")
+        try:
+            meta = exported.checkpoint()
+        except ValidationError as exc:
+            raise ValueError(f"{exported.split}'s metadata: {first_problem(exc)}") from None
+        if meta.class_names != self.classes or meta.mode != self.mode:
+            raise ValueError(f"{exported.split}'s classes or mode differ from the export's")
+        if not (math.isfinite(meta.temperature) and meta.temperature > 0):
+            raise ValueError(f"{exported.split}'s temperature is not a positive number")
+        if (
+            meta.input_size != self.input.size
+            or meta.thresholds is not None
+            and len(meta.thresholds) != len(self.classes)
+        ):
+            raise ValueError(f"{exported.split}'s input size or thresholds differ from the export's")
 
 
 def read_sidecar(folder: Path) -> ExportSidecar:
     path = folder / SIDECAR
     if not path.is_file():
         raise ModelError(f"{folder}: no {SIDECAR} in it; export the run first (eic export RUN) or pass `onnx_model`")
-    try:
-        sidecar = ExportSidecar.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, ValidationError):
-        raise ModelError(f"{path} is not the sidecar of an eic export (unreadable or damaged): export again") from None
-    if sidecar.format != EXPORT_FORMAT:
-        raise ModelError(f"{path} is not the sidecar of an eic export ({sidecar.format}): export again")
-    return sidecar
+    return read_typed(
+        path,
+        ExportSidecar,
+        what="the sidecar of an eic export",
+        remedy="export the run again (eic export RUN --overwrite)",
+        error=ModelError,
+    )
 
 
 def onnxruntime(needed_by: str = "`runtime` onnx") -> Any:
@@ -129,7 +185,7 @@ def load_export(run: Path, given: Path | None, which: str, device: torch.device,
     models = []
     for exported in _chosen(sidecar, which, folder):
         path = folder / exported.file
-        if not path.is_file():
+        if not _regular(path):
             raise ModelError(f"{path}: missing from the export {folder}; export the run again")
         if file_sha256(path) != exported.sha256:
             raise ModelError(
@@ -142,12 +198,26 @@ def load_export(run: Path, given: Path | None, which: str, device: torch.device,
                 f"{path} says it is {said.get('split')} of model {said.get('model_id')}, but {folder / SIDECAR} "
                 f"describes {exported.split} of model {sidecar.model_id}: export the run again"
             )
-        try:  # a value JSON could not hold (an infinite validation loss) was written null: its default stands
-            meta = CheckpointMeta.model_validate({k: v for k, v in exported.meta.items() if v is not None})
-        except ValidationError:
-            raise ModelError(f"{folder / SIDECAR} is damaged ({exported.split}'s metadata): export again") from None
+        _check_external(folder, exported)
+        meta = exported.checkpoint()  # checked when the sidecar was read
         models.append(OnnxModel(exported.split, meta, runner, exported.sha256))
     return models
+
+
+def _check_external(folder: Path, exported: ExportedSplit) -> None:
+    """The tensor files an exported split keeps beside it are the ones it was exported with."""
+    for name, digest in exported.external.items():
+        path = folder / name
+        if not _regular(path) or file_sha256(path) != digest:
+            raise ModelError(
+                f"{path}: the tensor data of {exported.file} is missing or not the file {folder / SIDECAR} describes "
+                "(its SHA-256 differs): export the run again"
+            )
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not a link out of the export nor a pipe that would block its reader."""
+    return path.is_file() and not path.is_symlink()
 
 
 def _chosen(sidecar: ExportSidecar, which: str, folder: Path) -> list[ExportedSplit]:
