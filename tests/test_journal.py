@@ -48,8 +48,8 @@ def test_a_record_cut_mid_character_is_dropped_reported_and_trimmed(
 ) -> None:
     folder = tmp_path / "j"
     with journal(folder) as j:
-        j.append("a", 1)
-        j.append("b", 2)
+        j.append("a", {"n": 1})
+        j.append("b", {"n": 2})
     part = folder / "part.ndjson"
     with part.open("ab") as handle:  # a write that stopped inside a UTF-8 character: bytes no record holds
         handle.write('["c",{"t":"é'.encode()[:-1])
@@ -58,27 +58,27 @@ def test_a_record_cut_mid_character_is_dropped_reported_and_trimmed(
     assert len(reader.done()) == 2 and reader.cut == 1 and "cut short" in caplog.text
     with journal(folder) as writer:  # the writer trims its part before it appends
         assert writer.cut == 1
-        writer.append("c", 3)
+        writer.append("c", {"n": 3})
     assert [k for k, _ in journal(folder).records()] == ["a", "b", "c"]
-    assert part.read_bytes().endswith(b'["c",3]\n')
+    assert part.read_bytes().endswith(b'["c",{"n":3}]\n')
 
 
 def test_a_damaged_line_in_the_middle_is_skipped_not_fatal(tmp_path: Path) -> None:
     folder = tmp_path / "j"
     folder.mkdir()
-    (folder / "part.ndjson").write_bytes(b'["a",1]\n\xff\xfe garbage\n{"not":"ours"}\n["b",2]\n')
+    (folder / "part.ndjson").write_bytes(b'["a",{"n":1}]\n\xff\xfe garbage\n{"not":"ours"}\n["b",{"n":2}]\n')
     reader = journal(folder)
-    assert list(reader.records()) == [("a", 1), ("b", 2)] and "b" in reader.done()
+    assert list(reader.records()) == [("a", {"n": 1}), ("b", {"n": 2})] and "b" in reader.done()
 
 
 def test_other_settings_are_refused_naming_both_values(tmp_path: Path) -> None:
     with journal(tmp_path / "j", model="abc123", split="best") as j:
-        j.append("a", 1)
+        j.append("a", {"n": 1})
     with pytest.raises(DatasetError, match=r"model: \"abc123\" then, \"def456\" now") as error:
         journal(tmp_path / "j", model="def456", split="best").open()
     assert "split" not in str(error.value)
     with journal(tmp_path / "j", model="abc123", split="best") as again:  # the same settings carry on
-        again.append("b", 2)
+        again.append("b", {"n": 2})
 
 
 def _hold(folder: str, ready: multiprocessing.synchronize.Event, done: multiprocessing.synchronize.Event) -> None:
@@ -100,7 +100,7 @@ def test_a_second_writer_of_a_part_is_refused_in_one_line(tmp_path: Path) -> Non
         done.set()
         holder.join(60)
     with journal(tmp_path / "j") as j:  # free again once the writer is gone
-        j.append("a", 1)
+        j.append("a", {"n": 1})
 
 
 def test_shards_write_their_own_parts_and_the_merge_keeps_each_key_once(tmp_path: Path) -> None:
@@ -129,15 +129,91 @@ def test_shards_write_their_own_parts_and_the_merge_keeps_each_key_once(tmp_path
 def test_the_merge_waits_for_no_shard_it_cannot_lock(tmp_path: Path) -> None:
     folder = tmp_path / "j"
     with journal(folder, Shard(0, 2)) as j:
-        j.append("a", 1)
+        j.append("a", {"n": 1})
     running = journal(folder, Shard(1, 2)).open()
-    try:
-        merging = journal(folder).open()
-        with pytest.raises(DatasetError, match=f"being written by process {os.getpid()}"):
-            merging.claim_all()
-        merging.close()
+    try:  # refused as it starts, not after its work: the shard's process named
+        with pytest.raises(DatasetError, match=rf"being written by its shards \(process {os.getpid()} on ") as error:
+            journal(folder).open()
+        assert "\n" not in str(error.value)
     finally:
         running.close()
+    with journal(folder) as merging:  # every shard done: the merge takes every part
+        merging.claim_all()
+
+
+def test_a_shard_and_a_run_without_shard_on_one_output_exclude_each_other(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    with journal(folder) as unsharded:
+        unsharded.append("a", {"n": 1})
+        for index in range(2):
+            with pytest.raises(DatasetError, match=rf"being written by a run without `shard` \(process {os.getpid()}"):
+                journal(folder, Shard(index, 2)).open()
+    first, second = journal(folder, Shard(0, 2)).open(), journal(folder, Shard(1, 2)).open()  # shards run together
+    try:
+        with pytest.raises(DatasetError, match="being written by its shards"):
+            journal(folder).open()
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'["k",5]',
+        b'["k","abc"]',
+        b"[5,{}]",
+        b"{}",
+        b"[]",
+        b'"x"',
+        b'["k",null]',
+        b'["k",[1]]',
+        b'["k",{"n":NaN}]',
+        b"[" * 50_000,
+        b'["k",{}, 1]',
+    ],
+)
+def test_a_line_whose_value_is_not_the_stages_is_dropped_and_said_like_a_cut_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, line: bytes
+) -> None:
+    folder = tmp_path / "j"
+    folder.mkdir()
+    (folder / "part.ndjson").write_bytes(b'["a",{"n":1}]\n' + line + b'\n["b",{"n":2}]\n')
+    reader = journal(folder)
+    assert list(reader.records()) == [("a", {"n": 1}), ("b", {"n": 2})]
+    assert list(reader.entries()) == [("a", {"n": 1}), ("b", {"n": 2})] and len(reader.done()) == 2
+    assert reader.cut >= 1 and "skipped a damaged record" in caplog.text
+
+
+def test_a_stage_says_what_its_values_are_and_a_check_that_trips_refuses(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    folder.mkdir()
+    (folder / "part.ndjson").write_bytes(b'["a",{"n":1}]\n["b",{"n":"x"}]\n["c",{}]\n')
+    reader = Journal(folder, what="t", settings={}, check=lambda v: v["n"] + 1 > 0)  # KeyError, TypeError: refused
+    assert list(reader.records()) == [("a", {"n": 1})] == list(reader.entries()) and reader.cut == 2
+    assert list(read_records(folder / "part.ndjson")) == [("a", {"n": 1}), ("b", {"n": "x"}), ("c", {})]
+
+
+@pytest.mark.parametrize("name", ["part.ndjson", "part.shard-0-of-2.ndjson", "settings.json", "part.ndjson.lock"])
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_journal_file_that_is_a_link_or_a_fifo_is_refused_never_opened(tmp_path: Path, name: str, kind: str) -> None:
+    folder = tmp_path / "j"
+    folder.mkdir()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("mine\n")
+    if kind == "symlink":
+        (folder / name).symlink_to(outside)
+    else:
+        os.mkfifo(folder / name)
+    with pytest.raises(DatasetError, match="remove it, then run again") as error, journal(folder) as j:
+        j.append("a", {"n": 1})
+        list(j.records())
+    assert "\n" not in str(error.value) and outside.read_text() == "mine\n"  # a FIFO would have hung the test
+    (folder / name).unlink()
+    linked = tmp_path / "linked"
+    linked.symlink_to(folder, target_is_directory=True)
+    with pytest.raises(DatasetError, match="is a symbolic link"):
+        journal(linked).open()
 
 
 def test_key_sets_hold_digests_not_keys() -> None:
@@ -154,8 +230,8 @@ def test_input_key_knows_a_file_by_where_it_points(tmp_path: Path, monkeypatch: 
 
 def test_read_records_reads_a_part_for_tools(tmp_path: Path) -> None:
     with journal(tmp_path / "j") as j:
-        j.append("a", [1, 2])
-    assert list(read_records(tmp_path / "j" / "part.ndjson")) == [("a", [1, 2])]
+        j.append("a", {"n": [1, 2]})
+    assert list(read_records(tmp_path / "j" / "part.ndjson")) == [("a", {"n": [1, 2]})]
 
 
 # ---------------------------------------------------------------------------------------------

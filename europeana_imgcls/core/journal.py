@@ -17,12 +17,18 @@ Its rules:
 - **Identity.** A record is known by its key: the record ID, else where its file points, else its URL
   (``input_key``). Whatever reads a journal keeps the first record of each key.
 - **Cuts.** A last line without its newline (a kill, a full disk, a power cut mid-write, even mid-character) is
-  dropped and reported, never fatal; the writer trims it from its own part before appending.
+  dropped and reported, never fatal; the writer trims it from its own part before appending. So is any line that
+  is not ``[text, value]`` with the value the stage writes (``check``: a JSON object unless the stage says more):
+  no stage is ever handed a number, a string or a list where it keeps an object.
 - **Settings.** What must not change between the runs that write one output (the model, the split, the
   backbone...) is declared by the stage once, stored on the first write and compared on every later one,
   naming both values.
 - **One writer per part.** A writer holds an exclusive lock on its part; a second one is refused in one line
-  ("... is being written by process N on HOST"), and the run that merges the shards holds all of them.
+  ("... is being written by process N on HOST"), and the run that merges the shards holds all of them. Shards and
+  the run without shard exclude each other: each shard holds a shared lock on the unsharded part's lock, which
+  the run without shard holds exclusively, so neither starts while the other writes.
+- **Only regular files.** A part, a lock or the settings that is a symbolic link, a FIFO, a device or a socket is
+  refused in one line, never opened (a FIFO would hang the reader; a link would write somewhere else).
 - **Cost.** Reading streams line by line; what a run keeps of the records it has read is 16 bytes of digest
   per key (``KeySet``), so memory stays flat in the size of the records.
 """
@@ -36,8 +42,9 @@ import logging
 import os
 import re
 import socket
+import stat
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +80,11 @@ def json_line(value: Any) -> str:
     that some line splitters take for a line end (U+2028, U+2029, U+0085) escaped, as JSON allows."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+
+
+def is_object(value: Any) -> bool:
+    """What every stage journals: a JSON object (the journal's default ``check``)."""
+    return isinstance(value, dict)
 
 
 def frame(key: str, value: Any) -> bytes:
@@ -111,7 +123,8 @@ class Journal:
     """The journal of one output, as one writer (a shard, a rank, or the run that merges them) sees it.
 
     ``what`` names the output in messages ("predictions into out.csv"); ``settings`` are what every writer
-    must share; ``hint`` says what to do when they differ."""
+    must share; ``hint`` says what to do when they differ; ``check`` says whether a value read back is one the
+    stage writes (a line whose value is not is dropped and said, as a cut one is)."""
 
     def __init__(
         self,
@@ -122,8 +135,9 @@ class Journal:
         shard: Shard | None = None,
         rank: int | None = None,
         hint: str = "run with the settings it was started with, or choose another output",
+        check: Callable[[Any], bool] = is_object,
     ) -> None:
-        self.folder, self.what, self.settings, self.hint = folder, what, dict(settings), hint
+        self.folder, self.what, self.settings, self.hint, self.check = folder, what, dict(settings), hint, check
         self.shard, self.rank = shard, rank
         self.part = folder / part_name(shard, rank)
         self.cut = 0  # records dropped because their line was cut short
@@ -137,9 +151,16 @@ class Journal:
 
         Without ``resume`` a writer starts afresh: the records it would carry on from (its own, or for the merging
         run any shard's) are not silently taken over, and settings left by an earlier, finished output give way."""
+        if self.folder.is_symlink():
+            raise DatasetError(
+                f"{self.folder} is a symbolic link: eic keeps the journal of {self.what} only in a folder of its "
+                "own; remove the link (or choose another output)"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._lock(self.part)
+            self._exclude_the_other_kind()
+            _refuse_unless_regular(self.part, self.what)  # appended to, trimmed: through a link it would be another
             if not resume:
                 self._fresh()
             self._check_settings()
@@ -152,6 +173,19 @@ class Journal:
 
     def __enter__(self) -> Journal:
         return self if self._handle is not None else self.open()
+
+    def _exclude_the_other_kind(self) -> None:
+        """Shards and the run without shard never write at once (the merge would take a part still growing, and
+        both would do the same records): a shard holds the unsharded part's lock shared, the run without shard
+        holds it exclusively, and also takes every shard's lock as it starts."""
+        unsharded = self.folder / part_name()
+        if self.shard is not None:
+            self._lock(unsharded, shared=True)
+        elif self.rank is None:  # the ranks of one torchrun job share the job's parts: none of them claims
+            for lock in sorted(self.folder.glob("part.shard-*.lock")):
+                part = lock.with_name(lock.name.removesuffix(".lock"))
+                if _PART.match(part.name):
+                    self._lock(part)
 
     def _fresh(self) -> None:
         if self.has_records():
@@ -194,6 +228,7 @@ class Journal:
         for path in self.folder.iterdir():
             match = _PART.match(path.name)
             if match and (self.shard is None or match[1] == self.shard.tag):
+                _refuse_unless_regular(path, self.what)
                 found.append(path)
         return sorted(found, key=_part_order)
 
@@ -266,9 +301,24 @@ class Journal:
 
     # -- internals
 
-    def _lock(self, path: Path) -> None:
-        if path not in self._locks:
-            self._locks[path] = _Lock(path.with_name(path.name + ".lock"), self.what)
+    def _lock(self, path: Path, shared: bool = False) -> None:
+        if path in self._locks:
+            return
+        try:
+            self._locks[path] = _Lock(path.with_name(path.name + ".lock"), self.what, shared)
+        except _Held as held:
+            raise DatasetError(self._busy(held)) from None
+
+    def _busy(self, held: _Held) -> str:
+        """Who holds the output, in one line with what to do."""
+        then = "wait for it to finish (or stop it), then run again"
+        if held.shared:  # this shard, and a run without shard that writes the whole output
+            return f"{self.what} is being written by a run without `shard` ({held.holder}): {then}"
+        if held.by_shards:  # this run without shard, and shards still at work
+            held_by = (_holder_of(lock) for lock in sorted(self.folder.glob("part.shard-*.lock")))
+            busy = "; ".join(holder for holder in held_by if holder) or "its shards"
+            return f"{self.what} is being written by its shards ({busy}): wait for them to finish, then run again"
+        return f"{self.what} is being written by {held.holder}: {then}"
 
     def _check_settings(self) -> None:
         path = self.folder / SETTINGS
@@ -321,6 +371,7 @@ def _part_order(path: Path) -> tuple[int, int]:
 def _lines(path: Path, journal: Journal, report: bool = True) -> Iterator[bytes]:
     """The whole lines of a part; a cut last line is counted and reported, not handed over."""
     try:
+        _refuse_unless_regular(path, journal.what)
         handle = path.open("rb")
     except FileNotFoundError:
         return
@@ -340,16 +391,30 @@ def _keys(path: Path, journal: Journal, report: bool = True) -> Iterator[str]:
 
 
 def _read(path: Path, journal: Journal, report: bool = True) -> Iterator[tuple[str, Any]]:
-    """The readable records of a part; a damaged line (not one the journal wrote whole) is skipped."""
+    """The readable records of a part; a damaged line (not one the journal wrote whole, or a value that is not
+    what the stage writes) is skipped."""
     for line in _lines(path, journal, report):
-        try:
-            value = json.loads(line)
-        except (UnicodeDecodeError, ValueError):
-            value = None
-        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-            yield value[0], value[1]
+        record = _record(line, journal.check)
+        if record is not None:
+            yield record
         elif report:
             _damaged(journal, path)
+
+
+def _record(line: bytes, check: Callable[[Any], bool]) -> tuple[str, Any] | None:
+    """``[key, value]`` from one line, or None for anything else: not JSON, nested past the parser's depth, a
+    NaN the journal never writes, a key that is not text, a value the stage's ``check`` refuses (or trips on)."""
+    try:
+        value = json.loads(line, parse_constant=_no_constant)
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and check(value[1]):
+            return value[0], value[1]
+    except Exception:  # UnicodeDecodeError, ValueError, RecursionError; or a stage's check that trips on a value
+        return None
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _damaged(journal: Journal, path: Path) -> None:
@@ -377,8 +442,9 @@ def _create(path: Path, settings: Any) -> bool:
 
 def _settings(path: Path) -> dict[str, Any]:
     try:
+        _refuse_unless_regular(path, "the journal's settings")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise DatasetError(f"{path} is unreadable: delete it (and the journal's parts) to start again") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path} is not a journal's settings: delete it to start again")
@@ -390,20 +456,29 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _Lock:
-    """An exclusive lock on a file beside a part, held while its process lives (the OS lets go of it when the
-    process dies, killed or not: no stale lock to clean up)."""
+class _Held(Exception):
+    """A lock another process holds: who (as its lock file says), and how."""
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, holder: str, shared: bool, by_shards: bool) -> None:
+        super().__init__(holder)
+        self.holder, self.shared, self.by_shards = holder, shared, by_shards
+
+
+class _Lock:
+    """A lock on a file beside a part, held while its process lives (the OS lets go of it when the process
+    dies, killed or not: no stale lock to clean up). Exclusive, and holding the writer's name; or ``shared``
+    (shards on the unsharded part's lock: any number of them, but never beside its exclusive holder)."""
+
+    def __init__(self, path: Path, what: str, shared: bool = False) -> None:
         self.path = path
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            if not _try_lock(fd):
+            fd = _open_lock_file(path, what)
+            if not _try_lock(fd, shared):
                 holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+                # Held, but not exclusively: only shards (shared holders) are at work.
+                by_shards = not shared and _try_lock(fd, shared=True)
                 os.close(fd)
-                raise DatasetError(
-                    f"{what} is being written by {holder}: wait for it to finish (or stop it), then run again"
-                )
+                raise _Held(holder, shared, by_shards)
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
@@ -411,8 +486,9 @@ class _Lock:
             if same:  # not a file another process removed while this one waited for it
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
         self.fd: int | None = fd
 
     def release(self, remove: bool = False) -> None:
@@ -424,8 +500,48 @@ class _Lock:
         self.fd = None
 
 
-def _try_lock(fd: int) -> bool:
-    """An exclusive lock without waiting: False when another process holds it."""
+def _open_lock_file(path: Path, what: str) -> int:
+    """A lock file opened for writing its holder's name: never through a symbolic link (it would truncate the
+    link's target), never a FIFO or a device."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DatasetError(f"{path} is a symbolic link, not a lock of {what}: remove it, then run again") from None
+        raise DatasetError(f"{path}: cannot open the lock of {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DatasetError(f"{path} is not a regular file, so not a lock of {what}: remove it, then run again")
+    return fd
+
+
+def _holder_of(lock: Path) -> str | None:
+    """What a shard's lock file says of its holder, while one holds it (None when it is free)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or _try_lock(fd, shared=True):
+            return None
+        return os.read(fd, 200).decode("utf-8", "replace").strip() or None
+    finally:
+        os.close(fd)  # closing lets go of a lock taken to look
+
+
+def _refuse_unless_regular(path: Path, what: str) -> None:
+    """A file a journal reads is a regular file: a FIFO would hang the reader, a link lead elsewhere."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file (a FIFO, a device, a folder...)"
+        raise DatasetError(f"{path} is {kind}, not a journal file of {what}: remove it, then run again")
+
+
+def _try_lock(fd: int, shared: bool = False) -> bool:
+    """A lock without waiting: False when another process holds it (or, ``shared``, holds it exclusively)."""
     if sys.platform == "win32":
         import msvcrt
 
@@ -433,17 +549,19 @@ def _try_lock(fd: int) -> bool:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
+        if shared:  # no shared locks here: a look at the moment, let go at once (another shard may look too)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
         return True
     import fcntl
 
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
 
 
-def read_records(path: Path) -> Iterable[tuple[str, Any]]:
+def read_records(path: Path, check: Callable[[Any], bool] = is_object) -> Iterable[tuple[str, Any]]:
     """The records of one part file, for tools and tests (cut and damaged lines left out)."""
-    journal = Journal(path.parent, what=str(path), settings={})
+    journal = Journal(path.parent, what=str(path), settings={}, check=check)
     return _read(path, journal)
