@@ -37,6 +37,7 @@ from typing import Final
 
 from .errors import DatasetError
 from .journal import _Held, _Lock
+from .recognise import is_eic_table, is_review_tasks
 from .tables import TEMP_SUFFIX, atomic_path
 
 MANIFEST: Final = ".eic-output.json"
@@ -57,6 +58,11 @@ class OutputKind:
     what: str
     folder: bool = False
     recognise: Callable[[Path], bool] | None = None
+
+
+# The file kinds several stages write.
+TABLE = OutputKind("table", "a table", recognise=is_eic_table)
+REVIEW_TASKS = OutputKind("review-tasks", "review tasks", recognise=is_review_tasks)
 
 
 class Claim(Enum):
@@ -113,6 +119,16 @@ def build_folder(folder: Path, kind: OutputKind, *, overwrite: bool | None, opti
             _swap(folder, staging)
         finally:
             _remove(staging)
+
+
+@contextmanager
+def claimed(
+    path: Path, kind: OutputKind, *, overwrite: bool | None, resume: bool | None = None, option: str = "output"
+) -> Iterator[Claim]:
+    """``claim`` under the output's lock, held while the caller works and writes ``path`` (atomically, as every
+    writer in ``core/tables.py`` does): for outputs written at the end of a stage."""
+    with output_lock(path):
+        yield claim(path, kind, overwrite=overwrite, resume=resume, option=option)
 
 
 @contextmanager
@@ -229,9 +245,7 @@ def _recognised(path: Path, recognise: Callable[[Path], bool]) -> bool:
 
 def _stranger(folder: Path, kind: OutputKind) -> str | None:
     """The first thing in ``folder`` that its manifest does not name as ``kind``'s (None: it is all eic's)."""
-    written = read_manifest(folder, kind)
-    if written is None:
-        return f"no manifest of eic's ({MANIFEST})"
+    written = read_manifest(folder, kind) or set()  # without eic's manifest, every file is a stranger
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             entry = Path(root, name)

@@ -55,14 +55,39 @@ def _folder(path: Path) -> str | None:
 
 def _review_tasks(path: Path) -> bool:
     """Whether a JSON file is eic's review tasks: a list of tasks with data and no one's annotations yet."""
-    try:
-        if path.stat().st_size > _PEEK_BYTES:
-            return False
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    tasks = _peek_json(path)
     return (
         isinstance(tasks, list)
         and bool(tasks)
         and all(isinstance(t, dict) and "data" in t and not t.get("annotations") for t in tasks)
     )
+
+
+def is_review_tasks(path: Path) -> bool:
+    """Whether ``path`` is review tasks as eic writes them (enrich's, audit's): a list of tasks each carrying eic's
+    suggestion, beside the labelling interface written with them (which alone tells an empty list of eic's)."""
+    tasks = _peek_json(path)
+    if not isinstance(tasks, list) or not path.with_name(f"{path.stem}.labelling.xml").is_file():
+        return False
+    return all(
+        isinstance(t, dict) and isinstance(t.get("data"), dict) and isinstance(t.get("predictions"), list)
+        for t in tasks
+    )
+
+
+def is_eic_table(path: Path) -> bool:
+    """Whether a table is one eic wrote: eic writes its settings (``NAME.config.json``) or a review's notes
+    (``NAME.review.json``, ``NAME.apply.json``) beside every table it makes; a museum's own table has none."""
+    return path.suffix.lower() in (".csv", ".parquet") and any(
+        sidecar(path, kind).is_file() for kind in ("config", "review", "apply")
+    )
+
+
+def _peek_json(path: Path) -> object:
+    """A small regular JSON file's contents; None for anything else (never a pipe, never a large file)."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > _PEEK_BYTES:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from ..acquisition.download import CONFIG_FILE
 from ..core.config import AuditConfig, public_dict
 from ..core.errors import CalibrationError, ConfigError, DatasetError, EicError
 from ..core.naming import record_id_of
+from ..core.outputs import REVIEW_TASKS, OutputKind, absolute, build_folder, claimed
 from ..core.progress import progress_bar
-from ..core.tables import read_table, refuse_existing, write_csv, write_json
+from ..core.tables import read_table, write_csv, write_json
 from ..datasets.folders import connected
 from ..datasets.imageset import provider_of
 from ..datasets.tasks import Task, task_for
@@ -57,6 +59,9 @@ class Findings:
     embeddings: np.ndarray | None  # rows aligned with ``images``, or None
 
 
+AUDIT = OutputKind("audit", "an audit", folder=True)
+
+
 @dataclass
 class AuditReport:
     output_dir: Path
@@ -76,7 +81,30 @@ class AuditReport:
 
 def audit(config: AuditConfig) -> AuditReport:
     """Audit ``config.source`` (a run or an embeddings table); see the module docstring."""
-    refuse_existing(config.output_dir / "summary.json", config.overwrite, f" (an audit in {config.output_dir})")
+    review = _outside(config.review_output, config.output_dir)
+    with ExitStack() as held:
+        # The review file is claimed first: a path that is not eic's review tasks (the training table, the run's
+        # summary.json) is refused before any work, whatever `overwrite` says.
+        if review is not None:
+            held.enter_context(claimed(review, REVIEW_TASKS, overwrite=config.overwrite, option="review_output"))
+        out = held.enter_context(
+            build_folder(config.output_dir, AUDIT, overwrite=config.overwrite, option="output_dir")
+        )
+        return _audit(config, out, review or _inside(config.review_output, config.output_dir, out))
+
+
+def _outside(review: Path | None, folder: Path) -> Path | None:
+    """The review file, when it is not inside the audit's folder (which is built beside its place and swapped)."""
+    return review if review is not None and not absolute(review).is_relative_to(absolute(folder)) else None
+
+
+def _inside(review: Path | None, folder: Path, building: Path) -> Path | None:
+    """The review file's place in the folder being built, when it goes inside the audit's folder."""
+    return None if review is None else building / absolute(review).relative_to(absolute(folder))
+
+
+def _audit(config: AuditConfig, out: Path, review: Path | None) -> AuditReport:
+    """The audit, written into ``out``; the review tasks (if asked for) into ``review``."""
     probes = config.folds if not config.source.is_dir() else 0  # an embeddings table: a probe fitted per fold
     with progress_bar(config.quiet, transient=True) as bar:
         task = bar.add_task(f"probe 1 of {probes}" if probes else "out-of-fold probabilities", total=probes + 3)
@@ -87,8 +115,6 @@ def audit(config: AuditConfig) -> AuditReport:
 
         findings, note = _findings(config, step)
         report = AuditReport(config.output_dir, images=len(findings.images), note=note)
-        out = config.output_dir
-        out.mkdir(parents=True, exist_ok=True)
         bar.update(task, completed=probes, description="label issues (cleanlab)")
         ranked, quality = _label_issues(findings)
         report.issues = len(ranked)
@@ -101,8 +127,8 @@ def audit(config: AuditConfig) -> AuditReport:
             _write_duplicates(out / "duplicates.csv", findings, groups, report)
         step("contact sheet")
         contact_sheet(out / "suspects.png", report.top[: config.top])
-        if config.review_output is not None:
-            _write_review(config, findings, ranked, quality, groups, report)
+        if review is not None:
+            _write_review(config, review, findings, ranked, quality, groups, report)
         step("done")
     write_json(
         out / "summary.json",
@@ -364,6 +390,7 @@ def _write_duplicates(path: Path, findings: Findings, groups: list[list[int]], r
 
 def _write_review(
     config: AuditConfig,
+    path: Path,
     findings: Findings,
     ranked: np.ndarray,
     quality: np.ndarray,
@@ -372,7 +399,6 @@ def _write_review(
 ) -> None:
     """Label Studio tasks for the top ``review_n`` suspects: likely mislabels (the model's label suggested),
     then the members of near-duplicate groups labelled differently (their given label suggested)."""
-    assert config.review_output is not None
     web = _web_images(config, findings)
     tasks: list[dict[str, Any]] = []
     chosen: set[int] = set()
@@ -396,7 +422,7 @@ def _write_review(
                 add(i, _given_labels(findings, i), f"near-duplicate of {others}, labelled otherwise; given {given}")
     report.review_output = config.review_output
     report.review_tasks = write_review_tasks(
-        config.review_output, tasks, findings.classes, findings.task.multilabel, f"eic audit {config.source.name}"
+        path, tasks, findings.classes, findings.task.multilabel, f"eic audit {config.source.name}"
     )
 
 

@@ -20,9 +20,10 @@ from sklearn.metrics import precision_recall_fscore_support
 from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
+from ..core.outputs import OutputKind, build_folder
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
-from ..core.tables import refuse_existing, write_csv, write_json
+from ..core.tables import write_csv, write_json
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std
 from ..modelling.calibration import load_calibration, score_thresholds
@@ -30,6 +31,8 @@ from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import autocast_dtype, inference_loader, resolve_device
 from .inference import RunModel, load_run, logits_of
+
+EVALUATION = OutputKind("evaluation", "an evaluation", folder=True)
 
 
 @dataclass
@@ -47,12 +50,22 @@ class EvaluateReport:
 
 
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
-    refuse_existing(config.output_dir / "metrics.json", config.overwrite, f" (an evaluation in {config.output_dir})")
     if is_run(config.eval_dir) and not is_run(config.run):
         raise DatasetError(
             f"{config.run} is {what_is(config.run) or 'not a training run'} and {config.eval_dir} is a training run: "
             "the run comes first, then the evaluation images"
         )
+    # Built beside its place and put there whole: an evaluation refused or stopped halfway leaves the last one.
+    with build_folder(config.output_dir, EVALUATION, overwrite=config.overwrite, option="output_dir") as out:
+        report, task, paths, truth, probs, thresholds = _evaluate(config, out)
+    _record_in_run(config, report, task, paths, truth, probs, thresholds)
+    return report
+
+
+def _evaluate(
+    config: EvaluateConfig, out: Path
+) -> tuple[EvaluateReport, Task, list[str], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """Score the run on the evaluation images and write the evaluation's files into ``out``."""
     device = resolve_device(config.device)
     models = load_run(config.run, device, "all")
     task, classes = models[0].task, models[0].classes
@@ -76,7 +89,7 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
         broken,
     )
     tuned = {k: v.tolist() for k, v in thresholds.items() if v is not None}
-    out = _write_summary(config, report, **({"thresholds": tuned} if tuned else {}))
+    _write_summary(config, report, out, **({"thresholds": tuned} if tuned else {}))
     _write_per_class(out / f"per_{task.unit}.csv", task, truth, probs, thresholds, classes)
     matrices = [task.confusion(truth, p) for p in probs.values()]
     if all(m is not None for m in matrices):  # single-label: who is taken for whom
@@ -84,8 +97,7 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     _write_predictions(out / "predictions.csv", task, paths, truth, probs, thresholds, classes)
     _gallery(out / "misclassified.png", task, paths, truth, probs, thresholds, classes, config.gallery)
     report.calibration_check = _check_calibration(config, models, truth, logits, out)
-    _record_in_run(config, report, task, paths, truth, probs, thresholds)
-    return report
+    return report, task, paths, truth, probs, thresholds
 
 
 def _record_in_run(
@@ -175,10 +187,8 @@ def _score_readable(
     )
 
 
-def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any) -> Path:
-    """metrics.json, config.json and report.json; returns the output folder."""
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+def _write_summary(config: EvaluateConfig, report: EvaluateReport, out: Path, **extra: Any) -> None:
+    """metrics.json, config.json and report.json."""
     write_json(out / "metrics.json", report.summary)
     write_json(out / "config.json", public_dict(config))
     write_json(
@@ -193,7 +203,6 @@ def _write_summary(config: EvaluateConfig, report: EvaluateReport, **extra: Any)
             "unreadable": report.unreadable,
         },
     )
-    return out
 
 
 def _write_per_class(

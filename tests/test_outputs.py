@@ -1,0 +1,192 @@
+"""The one output policy (core/outputs.py) and the stages that write through it: new or refused, `overwrite`
+replacing only what eic wrote, folders swapped in whole, a lock per output, nothing written through a link or into
+a pipe. Each stage is run the way a user runs it, on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.config import AuditConfig, EvaluateConfig
+from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.core.outputs import (
+    MANIFEST,
+    TABLE,
+    Claim,
+    OutputKind,
+    build_folder,
+    claim,
+    output_lock,
+    write_file,
+)
+from europeana_imgcls.outputs.audit import audit
+from europeana_imgcls.outputs.evaluation import evaluate_run
+
+from .conftest import make_folders
+
+FOLDER = OutputKind("thing", "a thing", folder=True)
+
+
+def one_line(args: list[str]) -> str:
+    """Run eic; it must refuse in one line on stderr, without a traceback."""
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def refused(match: str, manager: AbstractContextManager[object]) -> None:
+    """Entering ``manager`` is refused with a DatasetError matching ``match``."""
+    with pytest.raises(DatasetError, match=match), manager:
+        pass
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy itself
+
+
+def test_a_folder_is_built_beside_and_swapped_in_whole(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with build_folder(out, FOLDER, overwrite=False) as staging:
+        (staging / "a.txt").write_text("1")
+        assert not out.exists() and staging.parent == tmp_path
+    assert tree(out)["a.txt"] == b"1" and json.loads(tree(out)[MANIFEST])["files"] == ["a.txt"]
+    refused("already exists: pass `overwrite` to replace it", build_folder(out, FOLDER, overwrite=False))
+    with pytest.raises(RuntimeError), build_folder(out, FOLDER, overwrite=True) as staging:
+        (staging / "b.txt").write_text("2")
+        raise RuntimeError("killed halfway")
+    assert set(tree(out)) == {"a.txt", MANIFEST}  # the earlier output stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no building folder, no lock left
+    with build_folder(out, FOLDER, overwrite=True) as staging:
+        (staging / "b.txt").write_text("2")
+    assert set(tree(out)) == {"b.txt", MANIFEST}
+
+
+def test_overwrite_refuses_a_folder_of_another_kind_or_with_a_stranger_in_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with build_folder(out, FOLDER, overwrite=False) as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "a.txt").write_text("1")
+    other = OutputKind("other", "another thing", folder=True)
+    refused("holds sub/a.txt, which eic did not write as another thing", build_folder(out, other, overwrite=True))
+    (out / "sub" / "mine.txt").write_text("a user's")
+    refused("holds sub/mine.txt, which eic did not write as a thing", build_folder(out, FOLDER, overwrite=True))
+    (out / "sub" / "mine.txt").unlink()
+    (out / "sub" / "link").symlink_to(tmp_path)
+    refused(r"holds sub/link \(a symbolic link\)", build_folder(out, FOLDER, overwrite=True))
+    assert (out / "sub" / "a.txt").read_text() == "1"
+
+
+@pytest.mark.parametrize("what", ["fifo", "symlink", "device", "folder"])
+def test_nothing_is_written_into_a_pipe_a_device_or_through_a_link(what: str, tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    target = tmp_path / "elsewhere.csv"
+    target.write_text("not eic's")
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "symlink":
+        path.symlink_to(target)
+    elif what == "device":
+        path = Path("/dev/null")
+    else:
+        path.mkdir()
+    expected = {"fifo": "a pipe", "symlink": "a symbolic link", "device": "a device", "folder": "is a folder"}[what]
+    for overwrite in (False, True):
+        with pytest.raises(DatasetError, match=expected), write_file(path, TABLE, overwrite=overwrite) as tmp:
+            tmp.write_text("x")
+    assert target.read_text() == "not eic's"
+
+
+def test_a_file_is_replaced_only_when_its_kind_recognises_it(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("ID\n/1/a\n")
+    with pytest.raises(DatasetError, match="is not a table that eic wrote"):
+        claim(table, TABLE, overwrite=True)
+    (tmp_path / "t.config.json").write_text("{}")  # eic writes its settings beside every table it makes
+    assert claim(table, TABLE, overwrite=True) is Claim.REPLACE
+    assert claim(table, TABLE, resume=True) is Claim.RESUME
+    assert claim(tmp_path / "new.csv", TABLE, overwrite=False) is Claim.NEW
+    with pytest.raises(DatasetError, match=r"already exists: choose another `output`"):
+        claim(table, TABLE)  # a stage with neither option
+
+
+def test_one_writer_per_output_and_a_dead_writers_leftovers_go(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with output_lock(out):
+        refused(f"{out} is being written by process {os.getpid()}", write_file(out, TABLE, overwrite=False))
+    leftover = tmp_path / ".out.csv.0123456789ab.eic-part"
+    leftover.write_text("half")
+    unrelated = tmp_path / ".other.csv.0123456789ab.eic-part"
+    unrelated.write_text("another output's")
+    with write_file(out, TABLE, overwrite=False) as tmp:
+        tmp.write_text("ID\n")
+    assert not leftover.exists() and unrelated.exists() and out.read_text() == "ID\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+
+
+@pytest.fixture
+def run(trained_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def test_audit_never_writes_its_review_tasks_over_a_file_eic_did_not_make(run: Path, tmp_path: Path) -> None:
+    table = tmp_path / "train.csv"
+    table.write_text("ID,category,URL\n/1/a,map,http://127.0.0.1:9/a.jpg\n")
+    before = table.read_bytes()
+    for target, extra in ((table, []), (table, ["--overwrite"]), (run / "summary.json", ["--overwrite"])):
+        kept = target.read_bytes()
+        line = one_line(["audit", str(run), "-o", str(tmp_path / "audit"), "--review-output", str(target), *extra])
+        assert "review tasks" in line or "already exists" in line, line
+        assert target.read_bytes() == kept
+    assert table.read_bytes() == before
+    assert not list(run.glob("*.labelling.xml")) and not list(tmp_path.glob("*.labelling.xml"))
+    assert not (tmp_path / "audit").exists()
+
+
+def test_audit_replaces_its_own_audit_and_review_tasks_and_keeps_them_inside_its_folder(
+    run: Path, tmp_path: Path
+) -> None:
+    review = tmp_path / "suspects.json"
+    config = AuditConfig(source=run, output_dir=tmp_path / "audit", review_output=review, quiet=True)
+    audit(config)
+    with pytest.raises(DatasetError, match="already exists"):
+        audit(config)
+    audit(config.model_copy(update={"overwrite": True}))
+    assert json.loads(review.read_text()) and (tmp_path / "suspects.labelling.xml").is_file()
+    inside = config.model_copy(update={"output_dir": tmp_path / "a2", "review_output": tmp_path / "a2" / "r.json"})
+    report = audit(inside)
+    assert report.review_tasks and json.loads((tmp_path / "a2" / "r.json").read_text())
+    assert {"r.json", "r.labelling.xml"} <= set(json.loads((tmp_path / "a2" / MANIFEST).read_text())["files"])
+
+
+def test_evaluate_replaces_only_its_own_evaluation(run: Path, tmp_path: Path) -> None:
+    data = make_folders(tmp_path / "eval", per_class=3, size=40)
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "thesis.docx").write_text("a user's")
+    config = EvaluateConfig(run=run, eval_dir=data, output_dir=out, quiet=True)
+    for overwrite in (False, True):
+        with pytest.raises(DatasetError, match="thesis.docx" if overwrite else "already exists"):
+            evaluate_run(config.model_copy(update={"overwrite": overwrite}))
+    assert [p.name for p in out.iterdir()] == ["thesis.docx"]
+    (out / "thesis.docx").unlink()
+    evaluate_run(config)
+    first = (out / "metrics.json").read_bytes()
+    evaluate_run(config.model_copy(update={"overwrite": True}))
+    assert (out / "metrics.json").read_bytes() == first and (run / "evaluation.json").is_file()
