@@ -12,20 +12,30 @@ shape is checked (pydantic models), its size capped, and what does not fit is re
 - Annotators who disagree, within a task or across two tasks of one record, make a conflict: reported, never
   guessed. A choice made twice (``["map", "map"]``) is one choice.
 - A task whose ``URI`` is not its record's item URI, or whose ID is no Europeana record ID, is refused with its
-  reason: a correction must land on the record it was made for.
+  reason: a correction must land on the record it was made for. So is an ID that a file name, a table or a
+  terminal would misread (a control or format character such as NUL or a bidi override, a ``.`` or ``..`` step):
+  nothing downstream (download's file names, the tables) ever sees one.
+- Only a regular file is read (a pipe or a device is refused before it is opened), and never more of it than
+  ``max_export_mb``, whatever size the file system reports.
+
+Beside the table, ``ReviewNotes`` (``REVIEWED.review.json``, typed, with a format tag) tell ``eic review apply``
+what the table cannot: the records reviewers put in no class and those they disagreed on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, Literal
 from xml.sax.saxutils import quoteattr
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import DatasetError
@@ -36,6 +46,7 @@ from ..europeana.vocabulary import load_vocabulary
 COLUMNS = ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
 CHOICES_NAME = "category"
 NONE_CHOICE = "none of these classes"  # the reviewer's way to say the record is in no class of the run
+NOTES_FORMAT: Final = "europeana-imgcls/review-notes-v1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +146,99 @@ class _Task(_Model):
     annotations: list[_Annotation] | None = None
 
 
+# ---------------------------------------------------------------------------------------------
+# Record IDs and text from untrusted files
+
+
+def record_id_problem(record_id: str) -> str | None:
+    """Why ``record_id`` from a file people or programs edited cannot be taken as a record's ID, or None.
+
+    Beyond the shape (``/dataset/local``): no character that a file name, a table or a terminal would misread
+    (controls such as NUL, ESC and line breaks; format characters such as a bidi override or a zero-width space;
+    separators), and no ``.`` or ``..`` step, which reads as a way out of a folder."""
+    if not is_record_id(record_id):
+        return "is no Europeana record ID (/dataset/local)"
+    odd = next((c for c in record_id if unicodedata.category(c)[0] in "CZ"), None)
+    if odd is not None:
+        name = unicodedata.name(odd, "a control character")
+        return f"holds U+{ord(odd):04X} ({name}), which a file name or a terminal would misread"
+    if any(step in (".", "..") for step in record_id.split("/")):
+        return "has a '.' or '..' step, which a path reads as another folder"
+    return None
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` as a message may quote it: as it is when short and printable, else escaped, so a line break, an
+    escape sequence or a bidi override in a file never reaches the terminal."""
+    return text if len(text) <= limit and text.isprintable() else repr(text[:limit])
+
+
+def _checked_record_id(value: str) -> str:
+    problem = record_id_problem(value)
+    if problem:
+        raise ValueError(f"{shown(value)} {problem}")
+    return value
+
+
+RecordId = Annotated[str, AfterValidator(_checked_record_id)]
+
+
+def read_capped(path: Path, limit: int, hint: str) -> bytes | None:
+    """At most ``limit`` bytes of the regular file ``path``: None when it holds more. Anything else (a pipe, a
+    device, a folder) is refused before it is opened: reading one waits for a writer, or never ends. The size the
+    file system reports is not trusted (``/proc`` files say 0), so the read itself stops at the limit.
+    OSError (a missing file included) is the caller's to name."""
+    refused = DatasetError(f"{path} is not a regular file (a pipe, a device or a folder): {hint}")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise refused
+    # O_NONBLOCK: a pipe swapped in since the check does not hold the open until a writer comes
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise refused
+        if status.st_size > limit:
+            return None
+        data = handle.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+class Refusal(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    reason: str
+
+
+class ReviewNotes(BaseModel):
+    """What eic review import writes beside its table (``REVIEWED.review.json``) and eic review apply reads back:
+    what the table cannot say (the records reviewers put in no class, those they disagreed on) and what was not
+    imported. Typed, tagged with its format, and every record ID checked as the export's were."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["europeana-imgcls/review-notes-v1"] = NOTES_FORMAT
+    skipped: list[str] = []  # task names
+    conflicts: list[str] = []  # task names
+    conflicting_records: list[RecordId] = []
+    removed: list[RecordId] = []
+    refused: list[Refusal] = []
+    config: dict[str, Any] = {}
+
+    @classmethod
+    def parse(cls, data: Any, source: Path) -> ReviewNotes:
+        """The notes in ``data`` (read from ``source``), or a DatasetError that names the file and what to do."""
+        again = "run eic review import again to write the table and its notes"
+        if not isinstance(data, dict) or data.get("format") != NOTES_FORMAT:
+            raise DatasetError(f"{source} is not eic review import's notes (format {NOTES_FORMAT}): {again}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(shown(str(p)) for p in err["loc"]) or "the notes"
+            raise DatasetError(f"{source}: damaged notes ({where}: {shown(err['msg'], 200)}): {again}") from None
+
+
 @dataclass
 class ReviewImportReport:
     output: Path
@@ -157,21 +261,20 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     answers: dict[str, list[tuple[str, tuple[str, ...], str, _Data]]] = {}  # record -> (task, labels, who, data)
     for name, task in tasks:
         answer = _answer(task, vocab, config, name)
+        problem = _target_problem(task.data)
         if answer is None:
             report.skipped.append(name)
+        elif problem:  # a conflict too: its record ID is no more to be trusted downstream
+            report.refused.append((name, problem))
         elif answer == "conflict":
             report.conflicts.append(name)
-            if isinstance(task.data.ID, str) and task.data.ID:
+            if task.data.ID:
                 report.conflicting_records.append(task.data.ID)
-        elif isinstance(answer, tuple):
+        elif isinstance(answer, tuple) and task.data.ID:
             labels, reviewer = answer
-            problem = _target_problem(task.data)
-            if problem:
-                report.refused.append((name, problem))
-            elif task.data.ID:
-                answers.setdefault(task.data.ID, []).append((name, labels, reviewer, task.data))
-            else:
-                report.skipped.append(name)
+            answers.setdefault(task.data.ID, []).append((name, labels, reviewer, task.data))
+        else:
+            report.skipped.append(name)
     rows = []
     disputed = set(report.conflicting_records)  # a record one of whose tasks is a conflict: no answer to take
     for record_id, given in answers.items():
@@ -191,17 +294,15 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
         for label in labels:
             report.per_class[label] = report.per_class.get(label, 0) + 1
     write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
-    write_json(
-        sidecar(config.output, "review"),
-        {
-            "skipped": report.skipped,
-            "conflicts": report.conflicts,
-            "conflicting_records": sorted(set(report.conflicting_records)),
-            "removed": report.removed,
-            "refused": [{"task": t, "reason": r} for t, r in report.refused],
-            "config": public_dict(config),
-        },
+    notes = ReviewNotes(
+        skipped=report.skipped,
+        conflicts=report.conflicts,
+        conflicting_records=sorted(set(report.conflicting_records)),
+        removed=report.removed,
+        refused=[Refusal(task=t, reason=r) for t, r in report.refused],
+        config=public_dict(config),
     )
+    write_json(sidecar(config.output, "review"), notes.model_dump(mode="json"))
     report.imported = len(rows)
     return report
 
@@ -209,16 +310,18 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
 def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
     """The export's tasks (with a name each for messages), checked; one line for anything else."""
     try:
-        size = path.stat().st_size
+        raw = read_capped(path, max_mb << 20, "save the export as a file (Label Studio: Export > JSON) and give it")
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
-    if size > max_mb << 20:
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if raw is None:
         raise DatasetError(
-            f"{path} is {size / 2**20:.0f} MB, more than the {max_mb} MB eic reads at once: export the "
-            "project in parts (filter the tasks in Label Studio), or raise `max_export_mb`"
+            f"{path} holds more than the {max_mb} MB eic reads at once: export the project in parts (filter the "
+            "tasks in Label Studio), or raise `max_export_mb`"
         )
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(raw)
     except RecursionError:
         raise DatasetError(f"{path}: nested too deeply to be a Label Studio export") from None
     except (OSError, ValueError) as exc:
@@ -233,7 +336,7 @@ def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
         raise DatasetError(f"{path}: not a Label Studio JSON export (expected a list of tasks){hint}")
     tasks = []
     for number, item in enumerate(data, start=1):
-        name = str(item.get("id", f"#{number}")) if isinstance(item, dict) else f"#{number}"
+        name = _task_name(item, number)
         try:
             tasks.append((name, _Task.model_validate(item)))
         except ValidationError as exc:
@@ -256,6 +359,14 @@ def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
     return tasks
 
 
+def _task_name(item: Any, number: int) -> str:
+    """The task's id as messages and the notes name it (escaped when it is odd), else its place in the export."""
+    given = item.get("id") if isinstance(item, dict) else None
+    if isinstance(given, bool) or not isinstance(given, int | str) or given == "":
+        return f"#{number}"
+    return shown(str(given))
+
+
 def _answer(
     task: _Task, vocab: dict[str, str], config: ReviewImportConfig, name: str
 ) -> tuple[tuple[str, ...], str] | str | None:
@@ -270,7 +381,7 @@ def _answer(
         if unknown:
             where = config.vocab or "the built-in vocabulary"
             raise DatasetError(
-                f"{config.export}: task {name} has label(s) {', '.join(unknown)} that are not in "
+                f"{config.export}: task {name} has label(s) {', '.join(map(shown, unknown))} that are not in "
                 f"{where}; pass the run's `vocab`"
             )
         answers.setdefault(labels, set()).add(_annotator(annotation.completed_by))
@@ -304,8 +415,9 @@ def _annotator(completed_by: Any) -> str:
 def _target_problem(data: _Data) -> str | None:
     if not data.ID:
         return None
-    if not is_record_id(data.ID):
-        return f"data.ID {data.ID[:60]!r} is no Europeana record ID (/dataset/local)"
+    problem = record_id_problem(data.ID)
+    if problem:
+        return f"data.ID {data.ID[:60]!r} {problem}"
     if data.URI and record_uri(data.ID) != data.URI:
         return f"data.URI {data.URI[:80]!r} is not the item URI of its record {data.ID}"
     return None

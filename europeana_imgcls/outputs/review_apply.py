@@ -3,13 +3,16 @@
 By record ID: a reviewed record's labels (single-label: its class; multi-label: its set of labels) replace the
 table's, ``confirmed`` where they were the same and ``changed`` where not; a record reviewers put in no class is
 ``removed``; a reviewed record the table does not hold is ``unknown`` (added only with ``add``); a record whose
-reviewers disagreed is never applied (``conflicting``, from the import's ``.review.json``). The new table keeps
+reviewers disagreed is never applied (``conflicting``: from the import's notes, ``REVIEWED.review.json``, or
+two rows of the reviewed table that say different things; two that agree apply once). The new table keeps
 every other column and row as they were, and gains ``reviewed_by`` and ``review`` (confirmed, changed, added) so
 where each label came from stays known. ``eic download NEW_TABLE`` into the old folder then moves the changed
 records and sets the removed ones aside (``acquisition/placement.py``).
 
 A review of another table (none of its records is in the table) or of another vocabulary (a class the table
-does not have) is refused; so is writing over the table unless ``overwrite``.
+does not have) is refused; so is writing over the table unless ``overwrite``. The reviewed table and its notes are
+read back as untrusted: notes that are not eic review import's (``ReviewNotes``, format-tagged), and a record ID
+the import would have refused, are one line naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import polars as pl
 from ..core.config import ReviewApplyConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.tables import check_table_suffix, read_table, refuse_existing, sidecar, write_json, write_table
+from .review import ReviewNotes, read_capped, record_id_problem, shown
 
 REVIEW_COLUMNS = ("reviewed_by", "review")
+NOTES_MAX_MB = 1024  # far more than any import writes (its notes are smaller than the export it read)
+AGAIN = "run eic review import again and apply the table it writes"
 
 
 @dataclass
@@ -51,14 +57,18 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
     if config.output.resolve() != config.table.resolve():
         refuse_existing(config.output, config.overwrite)
     table = read_table(config.table, required=("ID", "category"), columns=config.columns)
-    reviewed = read_table(config.reviewed, required=("ID", "category"))
+    reviewed = _reviewed_rows(config.reviewed)
     notes = _import_notes(config.reviewed)
-    answers = {row["ID"]: row for row in reviewed.iter_rows(named=True) if row["ID"]}
-    removed = set(notes.get("removed") or [])
-    _check_same_table(config, table, answers, removed)
-    _check_same_classes(config, table, answers)
-    report = ReviewApplyReport(config.output, conflicting=sorted(set(notes.get("conflicting_records") or [])))
-    rows = [_applied(row, answers, removed, report) for row in table.iter_rows(named=True)]
+    _check_same_table(config, table, set(reviewed) | set(notes.removed))
+    _check_same_classes(config, table, [row for rows in reviewed.values() for row in rows])
+    answers, disagreeing = _answers(reviewed)
+    # A record the notes put in no class that also has a row is two answers that disagree, as is one the notes
+    # call conflicting: none is applied.
+    conflicting = set(notes.conflicting_records) | disagreeing | (set(notes.removed) & set(reviewed))
+    answers = {record_id: row for record_id, row in answers.items() if record_id not in conflicting}
+    removed = set(notes.removed) - conflicting
+    report = ReviewApplyReport(config.output, conflicting=sorted(conflicting))
+    rows = [_applied(row, answers, removed, conflicting, report) for row in table.iter_rows(named=True)]
     kept = [row for row in rows if row is not None]
     known = set(table["ID"].drop_nulls().to_list())
     report.unknown = sorted(set(answers) - known)
@@ -73,25 +83,54 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
     return report
 
 
-def _import_notes(reviewed: Path) -> dict[str, Any]:
+def _import_notes(reviewed: Path) -> ReviewNotes:
     """What eic review import wrote beside its table: the removed and conflicting records."""
     path = sidecar(reviewed, "review")
     try:
-        notes = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = read_capped(path, NOTES_MAX_MB << 20, AGAIN)
+    except OSError:
         raise DatasetError(
             f"{reviewed}: {path.name} is missing or unreadable, so the records reviewers removed or disagreed on are "
             "unknown: give the table eic review import wrote, with its .review.json beside it"
         ) from None
-    if not isinstance(notes, dict):
-        raise DatasetError(f"{path}: not eic review import's notes")
-    return notes
+    if raw is None:
+        raise DatasetError(f"{path}: larger than {NOTES_MAX_MB} MB, so not eic review import's notes: {AGAIN}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise DatasetError(f"{path}: damaged (not JSON eic review import wrote): {AGAIN}") from None
+    return ReviewNotes.parse(data, path)
 
 
-def _check_same_table(
-    config: ReviewApplyConfig, table: pl.DataFrame, answers: dict[str, Any], removed: set[str]
-) -> None:
-    reviewed = set(answers) | removed
+def _reviewed_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The reviewed table's rows by record ID (a table two imports were joined into has two for a record); a
+    record ID eic review import would have refused is refused here too, before it reaches the new table."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for number, row in enumerate(read_table(path, required=("ID", "category")).iter_rows(named=True), start=2):
+        record_id = row["ID"]
+        if not record_id:
+            continue
+        problem = record_id_problem(record_id)
+        if problem:
+            raise DatasetError(f"{path}: line {number}: ID {shown(record_id)} {problem}: {AGAIN}")
+        rows.setdefault(record_id, []).append(row)
+    return rows
+
+
+def _answers(reviewed: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """One answer per record, and the records whose rows disagree (another set of labels): a conflict, as two
+    reviewers who disagree in Label Studio are. Rows that agree are one answer, by all their reviewers."""
+    answers, disagreeing = {}, set()
+    for record_id, rows in reviewed.items():
+        if len({frozenset((row["category"] or "").split()) for row in rows}) > 1:
+            disagreeing.add(record_id)
+            continue
+        reviewers = {name for row in rows for name in (row.get("reviewed_by") or "").split()}
+        answers[record_id] = {**rows[0], "reviewed_by": " ".join(sorted(reviewers)) or None}
+    return answers, disagreeing
+
+
+def _check_same_table(config: ReviewApplyConfig, table: pl.DataFrame, reviewed: set[str]) -> None:
     if reviewed and not reviewed & set(table["ID"].drop_nulls().to_list()):
         example = sorted(reviewed)[0]
         raise DatasetError(
@@ -100,23 +139,28 @@ def _check_same_table(
         )
 
 
-def _check_same_classes(config: ReviewApplyConfig, table: pl.DataFrame, answers: dict[str, Any]) -> None:
+def _check_same_classes(config: ReviewApplyConfig, table: pl.DataFrame, rows: list[dict[str, Any]]) -> None:
     classes = {name for cell in table["category"].drop_nulls() for name in cell.split()}
-    foreign = sorted({name for row in answers.values() for name in (row["category"] or "").split()} - classes)
+    foreign = sorted({name for row in rows for name in (row["category"] or "").split()} - classes)
     if foreign:
         raise DatasetError(
-            f"{config.reviewed} labels records with class(es) {', '.join(foreign[:5])} that {config.table} does not "
+            f"{config.reviewed} labels records with class(es) {', '.join(map(shown, foreign[:5]))} that "
+            f"{config.table} does not "
             "have: a review made with another vocabulary?"
         )
 
 
 def _applied(
-    row: dict[str, Any], answers: dict[str, Any], removed: set[str], report: ReviewApplyReport
+    row: dict[str, Any],
+    answers: dict[str, Any],
+    removed: set[str],
+    conflicting: set[str],
+    report: ReviewApplyReport,
 ) -> dict[str, Any] | None:
     """A table row after the review: as it was, relabelled, or None (removed)."""
     record_id = row["ID"]
     row = {**row, **{c: row.get(c) for c in REVIEW_COLUMNS}}
-    if record_id in report.conflicting:
+    if record_id in conflicting:
         return row
     if record_id in removed:
         report.removed.append(record_id)
