@@ -190,3 +190,36 @@ def test_evaluate_replaces_only_its_own_evaluation(run: Path, tmp_path: Path) ->
     first = (out / "metrics.json").read_bytes()
     evaluate_run(config.model_copy(update={"overwrite": True}))
     assert (out / "metrics.json").read_bytes() == first and (run / "evaluation.json").is_file()
+
+
+def test_predict_resumes_only_its_own_predictions(run: Path, tmp_path: Path) -> None:
+    images = make_folders(tmp_path / "new", per_class=2, size=40)
+    table = tmp_path / "catalogue.csv"
+    table.write_text("ID,title\n/1/a,A map\n")
+    line = one_line(["predict", str(run), str(images), "-o", str(table), "--resume"])
+    assert "is not predictions that eic wrote" in line and table.read_text() == "ID,title\n/1/a,A map\n"
+    out = tmp_path / "p.csv"
+    assert CliRunner().invoke(app, ["predict", str(run), str(images), "-o", str(out), "--quiet"]).exit_code == 0
+    assert "already exists: pass --resume" in one_line(["predict", str(run), str(images), "-o", str(out)])
+    result = CliRunner().invoke(app, ["predict", str(run), str(images), "-o", str(out), "--resume", "--quiet"])
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "enrich", "embed"])
+def test_no_stage_writes_into_a_pipe_or_through_a_link(command: str, run: Path, tmp_path: Path) -> None:
+    images = make_folders(tmp_path / "new", per_class=2, size=40)
+    victim = tmp_path / "victim.csv"
+    victim.write_text("someone else's")
+    suffix = {"predict": ".csv", "enrich": ".jsonld", "embed": ".parquet"}[command]
+    fifo, link = tmp_path / f"fifo{suffix}", tmp_path / f"link{suffix}"
+    os.mkfifo(fifo)
+    link.symlink_to(victim)
+    for out, said in ((fifo, "is a pipe (FIFO)"), (link, "is a symbolic link")):
+        args = {
+            "predict": ["predict", str(run), str(images), "-o", str(out)],
+            "enrich": ["enrich", str(run), str(images), "-o", str(out)],
+            "embed": ["embed", str(images), "-o", str(out), "--arch", "tiny", "--weights", "none"],
+        }[command]
+        for resume in ([], ["--resume"]):
+            assert said in one_line([*args, *resume])
+    assert victim.read_text() == "someone else's"

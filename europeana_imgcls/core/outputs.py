@@ -52,7 +52,8 @@ MAX_RECOGNISE_BYTES: Final = 64 * 1024 * 1024  # a file kind's reader never read
 @dataclass(frozen=True)
 class OutputKind:
     """What a stage writes at a path: ``what`` names it in messages ("an export"); a folder kind is recognised
-    by its manifest, a file kind by ``recognise`` (called on a regular file only; None: never replaced)."""
+    by its manifest, a file kind by ``recognise`` (called on a regular file only; None: never replaced, and
+    carried on unchecked)."""
 
     name: str
     what: str
@@ -88,6 +89,11 @@ def claim(
     if not _occupied(path):
         return Claim.NEW
     if resume:
+        if kind.recognise is not None and not _recognised(path, kind.recognise):
+            raise DatasetError(
+                f"{path} is not {kind.what} that eic wrote: `resume` carries on only eic's own outputs; "
+                f"choose another `{option}`"
+            )
         return Claim.RESUME
     if overwrite:
         _check_ours(path, kind, option)

@@ -30,6 +30,7 @@ from ..core.config import EmbedConfig, RuntimeSettings, public_dict
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, KeySet
 from ..core.naming import record_id_of
+from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
 from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
@@ -38,6 +39,10 @@ from ..datasets.imageset import ImageSet, provider_of
 from ..datasets.tasks import TASKS, scan_images
 from .models import build_model, get_arch, set_head
 from .runtime import autocast_dtype, inference_loader, resolve_device
+
+EMBEDDINGS = OutputKind(
+    "embeddings", "an embeddings table", recognise=lambda path: sidecar(path, "embedding").is_file()
+)
 
 
 @dataclass
@@ -138,11 +143,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
         hint="resume with the settings it was started with, or delete that journal folder",
     )
     report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
-    if not config.resume and config.output.exists():
-        raise DatasetError(
-            f"{config.output} already exists: pass `resume` to add this folder's new images to it, "
-            "or choose another `output`"
-        )
+    claim(config.output, EMBEDDINGS, resume=config.resume)  # a new table, or `resume` adds new images to it
     with journal.open(config.resume):
         done = _previous(config, journal)
         # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What

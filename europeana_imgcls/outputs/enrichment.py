@@ -32,6 +32,7 @@ from ..core.config import EnrichConfig, InputSettings, PredictConfig
 from ..core.errors import CalibrationError, ConfigError, DatasetError
 from ..core.journal import json_line
 from ..core.naming import record_id_of
+from ..core.outputs import REVIEW_TASKS, OutputKind, claim
 from ..core.tables import atomic_path, read_table, table_columns
 from ..core.version import HOMEPAGE, __version__
 from ..europeana.annotations import ANNO_CONTEXT, CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS, http_url
@@ -40,13 +41,15 @@ from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
 from ..modelling.runtime import main_process
 from .inference import SplitModel
-from .prediction import Item, Rows, check_arguments, read_output, refuse_nothing_labelled, run_predictions
+from .prediction import PREDICTIONS, Item, Rows, check_arguments, read_output, refuse_nothing_labelled, run_predictions
 from .review import review_task, write_review_tasks
 
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
 PREDICTION_COLUMNS = ["image", "ID", "URI", "probabilities"]
 log = logging.getLogger(__name__)
+
+ANNOTATIONS = OutputKind("annotations", "annotations")
 
 
 @dataclass
@@ -180,15 +183,14 @@ def _check_targets(config: EnrichConfig) -> None:
 def _check_outputs(config: EnrichConfig, predictions: Path) -> None:
     if not (config.inputs or config.table or config.query):
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
-    if config.resume or config.shard:  # shards share the folder; their journal minds their parts
-        return
-    for path in (config.output, predictions):
-        if path.exists():
-            raise DatasetError(
-                f"{path} already exists: pass `resume` to carry on that enrichment, or choose another `output`"
-            )
-    if config.review_output is not None and config.review_output.exists():
-        raise DatasetError(f"{config.review_output} already exists: choose another `review_output` (or `resume`)")
+    resume = config.resume or config.shard is not None  # shards share the folder; their journal minds their parts
+    for path, kind, option in (
+        (config.output, ANNOTATIONS, "output"),
+        (predictions, PREDICTIONS, "output"),
+        (config.review_output, REVIEW_TASKS, "review_output"),
+    ):
+        if path is not None:
+            claim(path, kind, resume=resume, option=option)
 
 
 def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: Path | None) -> None:

@@ -11,6 +11,7 @@ output.
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import json
@@ -32,6 +33,7 @@ from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, input_key, json_line
 from ..core.naming import record_id_of
+from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
@@ -48,6 +50,21 @@ if TYPE_CHECKING:
     from ..modelling.explain import CamSession
 
 IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
+
+
+def is_predictions(path: Path) -> bool:
+    """Whether a file is predictions eic wrote (predict's, or enrich's beside its annotations): a CSV whose header
+    names the image and its scores, or JSON Lines whose first row does."""
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16).decode("utf-8")
+    if path.suffix.lower() == ".jsonl":
+        row = json.loads(first)
+        return isinstance(row, dict) and "image" in row
+    header = next(csv.reader([first]), [])
+    return "image" in header and bool({"confidence", "probabilities"} & set(header))
+
+
+PREDICTIONS = OutputKind("predictions", "predictions", recognise=is_predictions)
 
 
 @dataclass(frozen=True)
@@ -205,8 +222,8 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist, make_rows
     items, report.not_fetched = _gather(config, world)
     journal = output_journal(config, digest, rows.columns, world, models)
     report.journal = journal.folder
-    if world.main and not config.resume and config.output.exists():
-        raise DatasetError(f"{config.output} already exists: pass `resume` to add to it, or choose another `output`")
+    if world.main:  # a new output, or `resume` adds to it
+        claim(config.output, PREDICTIONS, resume=config.resume)
     with journal.open(config.resume):
         done = _previous(config, journal, world, rows.columns)
         report.already_done = sum(1 for item in items if item.key in done)
