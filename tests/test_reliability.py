@@ -131,7 +131,7 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["subtract", "stats"])
-def test_table_outputs_are_refused_unless_overwrite(command: str, tmp_path: Path) -> None:
+def test_table_outputs_are_refused_unless_overwrite_and_eics_own(command: str, tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text("ID,category,URL\n/1/a,map,http://127.0.0.1:9/a.jpg\n")
     output = tmp_path / ("out.csv" if command == "subtract" else "out.json")
@@ -141,8 +141,14 @@ def test_table_outputs_are_refused_unless_overwrite(command: str, tmp_path: Path
     assert result.exit_code == 1 and "already exists" in result.stderr and "--overwrite" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert output.read_text() == "precious"
+    # `overwrite` replaces only what eic wrote there: not a file of someone else's...
     result = CliRunner().invoke(app, [*args, "-o", str(output), "--overwrite"])
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1 and "that eic wrote" in result.stderr and output.read_text() == "precious"
+    # ...but its own output, written by a first run.
+    output.unlink()
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(app, [*args, "-o", str(output), *extra])
+        assert result.exit_code == 0, result.stderr
     assert output.read_text() != "precious"
 
 

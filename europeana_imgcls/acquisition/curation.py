@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from ..core.config import StatsConfig, SubtractConfig, public_dict
-from ..core.tables import read_table, refuse_existing, sidecar, write_json, write_table
+from ..core.outputs import TABLE, OutputKind, claim
+from ..core.tables import read_table, sidecar, write_json, write_table
 from ..europeana.vocabulary import load_vocabulary
+
+
+def _is_stats(path: Path) -> bool:
+    """Whether a JSON file is statistics eic stats wrote (its counts, by their names)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and {"rows", "unique_ids", "per_category"} <= set(data)
+
+
+STATS = OutputKind("stats", "statistics", recognise=_is_stats)
 
 
 @dataclass
@@ -22,7 +33,7 @@ class SubtractReport:
 
 def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
-    refuse_existing(config.output, config.overwrite)
+    claim(config.output, TABLE, overwrite=config.overwrite)
     train = read_table(config.train, required=("ID",), columns=config.columns)
     evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
     eval_ids = evaluation.get_column("ID").drop_nulls().unique()
@@ -53,7 +64,7 @@ def stats(config: StatsConfig) -> TableStats:
 
     With ``config.output`` the statistics are also written there as JSON."""
     if config.output is not None:
-        refuse_existing(config.output, config.overwrite)
+        claim(config.output, STATS, overwrite=config.overwrite)
     result = _describe(config)
     if config.output is not None:
         write_json(config.output, dataclasses.asdict(result))

@@ -39,7 +39,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.tables import atomic_path, check_table_suffix, refuse_existing, sidecar, write_json, write_table
+from ..core.outputs import TABLE, claim
+from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
@@ -254,7 +255,7 @@ class ReviewImportReport:
 def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     """Turn a Label Studio JSON export into a table; see the module docstring."""
     check_table_suffix(config.output)
-    refuse_existing(config.output, config.overwrite)
+    claim(config.output, TABLE, overwrite=config.overwrite)
     vocab = load_vocabulary(config.vocab)
     tasks = _load_export(config.export, config.max_export_mb)
     report = ReviewImportReport(config.output)

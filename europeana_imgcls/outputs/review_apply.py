@@ -26,7 +26,8 @@ import polars as pl
 
 from ..core.config import ReviewApplyConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.tables import check_table_suffix, read_table, refuse_existing, sidecar, write_json, write_table
+from ..core.outputs import TABLE, claim
+from ..core.tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .review import ReviewNotes, read_capped, record_id_problem, shown
 
 REVIEW_COLUMNS = ("reviewed_by", "review")
@@ -52,10 +53,9 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
     if config.output.resolve() == config.table.resolve() and not config.overwrite:
         raise DatasetError(
             f"{config.output} is the table the review applies to: choose another `output`, or pass `overwrite` "
-            "to replace it"
+            "to replace it (a table eic wrote)"
         )
-    if config.output.resolve() != config.table.resolve():
-        refuse_existing(config.output, config.overwrite)
+    claim(config.output, TABLE, overwrite=config.overwrite)  # TABLE itself too: replaced only if eic wrote it
     table = read_table(config.table, required=("ID", "category"), columns=config.columns)
     reviewed = _reviewed_rows(config.reviewed)
     notes = _import_notes(config.reviewed)
