@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -17,6 +18,7 @@ import polars as pl
 
 from .errors import DatasetError
 
+log = logging.getLogger(__name__)
 TABLE_SUFFIXES = (".csv", ".parquet")
 TEMP_SUFFIX = ".eic-part"
 # Temporary names of earlier eic versions, so their leftovers are still cleaned up (and nothing else is).
@@ -33,12 +35,17 @@ _LEGACY_TEMP = re.compile(
 # (-0.5) are left alone; Parquet and JSON, which no spreadsheet evaluates, are never touched.
 _FORMULA = r"^'*[=+\-@\t\r]"
 _ESCAPED = r"^'+[=+\-@\t\r]"
-_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+# A number is the whole cell: Python's `$` also matches before a last newline ("-1\n" would pass for a number and
+# keep its minus unescaped), so Python matches it whole (fullmatch); in polars (Rust's regex) `$` is the text's end.
+# ASCII digits only: `\d` would take other scripts' digits ("-١") for a number, which no spreadsheet does.
+_NUMBER_BODY = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+_NUMBER = re.compile(_NUMBER_BODY)
+_POLARS_NUMBER = f"^{_NUMBER_BODY}$"
 
 
 def for_spreadsheets(value: Any) -> Any:
     """A CSV cell that no spreadsheet evaluates: text that would begin a formula gets a leading apostrophe."""
-    if isinstance(value, str) and re.match(_FORMULA, value) and not re.match(_NUMBER, value):
+    if isinstance(value, str) and re.match(_FORMULA, value) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
 
@@ -66,11 +73,42 @@ def read_csv_rows(path: Path) -> Iterator[dict[str, str]]:
             yield {from_spreadsheets(k): from_spreadsheets(v) for k, v in row.items()}
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
+
+
+def read_csv_salvaged(path: Path, then: str) -> list[dict[str, str]]:
+    """The whole rows of a CSV eic wrote (``write_csv``) that may since have been damaged (cut inside a character
+    by a full disk, bytes overwritten): a row with bytes that are not UTF-8, or with cells missing or too many, is
+    left out, and so is whatever follows a place the csv module cannot read on; one warning says how many rows
+    (``then``: what that costs). Never an exception for what the file holds."""
+    rows: list[dict[str, str]] = []
+    damaged = 0
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                cells = [*row, *row.values()]
+                if None in cells or any(_NOT_UTF8.search(c) for c in cells if isinstance(c, str)):
+                    damaged += 1
+                    continue
+                rows.append({from_spreadsheets(k): from_spreadsheets(v) for k, v in row.items()})
+        except csv.Error:  # a quote never closed, a field past the csv module's limit: nothing after it is sure
+            damaged += 1
+    if damaged:
+        log.warning(
+            "%s: %d damaged row(s) left out (bytes that are not UTF-8, or not a whole row: a cut or damaged file); %s",
+            path,
+            damaged,
+            then,
+        )
+    return rows
+
+
 def spreadsheet_safe(df: pl.DataFrame) -> pl.DataFrame:
     """``for_spreadsheets`` on every text cell and column name of a table bound for a CSV."""
     text = [c for c, kind in df.schema.items() if kind == pl.Utf8]
     escaped = df.with_columns(
-        pl.when(pl.col(c).str.contains(_FORMULA) & ~pl.col(c).str.contains(_NUMBER))
+        pl.when(pl.col(c).str.contains(_FORMULA) & ~pl.col(c).str.contains(_POLARS_NUMBER))
         .then(pl.lit("'") + pl.col(c))
         .otherwise(pl.col(c))
         .alias(c)
@@ -111,12 +149,6 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def refuse_existing(path: Path, overwrite: bool, what: str = "") -> None:
-    """The one rule for outputs that a command replaces whole: refuse unless told to overwrite."""
-    if path.exists() and not overwrite:
-        raise DatasetError(f"{path} already exists{what}: pass `overwrite` to replace it, or choose another output")
 
 
 def sidecar(output: Path, kind: str) -> Path:
