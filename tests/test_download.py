@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.acquisition.download import file_name
 from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.europeana.sandbox import FAULTS, Sandbox
 
 from .conftest import VOCAB, sandbox_records, sandbox_table
@@ -280,3 +281,148 @@ def test_a_multi_label_rerun_rewrites_labels_and_sets_aside_what_left_the_table(
         zip(new["ID"], new["category"], strict=True)
     )
     assert (out / SET_ASIDE / file_name(dropped)).is_file() and not (out / file_name(dropped)).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile folders and files: nothing outside the folder is touched, nothing hangs, one line at worst
+
+
+def _eic_download(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """eic download in its own process: a hang is a failure after ``timeout``, never a test suite that hangs."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "europeana_imgcls", "download", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_symlinked_class_folder_is_refused_and_what_it_leads_to_is_untouched(tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    with Sandbox(VOCAB, per_level=2) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv")
+        out = tmp_path / "img"
+        download(config(table, out))
+        elsewhere = tmp_path / "my_photos"  # a user's folder, some of its files named as eic names them
+        (out / "map").rename(elsewhere)
+        (elsewhere / file_name("/9/not_in_the_table")).write_bytes(b"\xff\xd8mine\xff\xd9")
+        (out / "map").symlink_to(elsewhere, target_is_directory=True)
+        before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
+        result = CliRunner().invoke(app, ["download", str(table), "-o", str(out), "--quiet"])
+        hits = sb.count("/images/")
+    assert result.exit_code == 1 and "symbolic link" in result.stderr and str(out / "map") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before  # nothing moved, set aside or written
+    assert not (out / SET_ASIDE).exists() and hits == len(sandbox_records(sb))  # refused before any request
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])
+def test_a_record_path_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,http://127.0.0.1:9/a.jpg\n")
+    record = tmp_path / "img" / "map" / file_name("/1/a")
+    record.parent.mkdir(parents=True)
+    outside = tmp_path / "precious.jpg"
+    outside.write_bytes(b"\xff\xd8mine\xff\xd9")
+    if kind == "symlink":
+        record.symlink_to(outside)
+    elif kind == "fifo":
+        os.mkfifo(record)  # opening it to read would wait for a writer for ever
+    else:
+        record.mkdir()
+    result = _eic_download(str(tmp_path / "t.csv"), "-o", str(tmp_path / "img"), "--quiet", "--retries", "0")
+    assert result.returncode == 1 and str(record) in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert outside.read_bytes() == b"\xff\xd8mine\xff\xd9" and os.path.lexists(record)
+
+
+def test_a_set_aside_folder_that_leads_out_is_refused(tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,http://127.0.0.1:9/a.jpg\n")
+    out = tmp_path / "img"
+    (out / "map").mkdir(parents=True)
+    (out / "map" / file_name("/1/gone")).write_bytes(b"\xff\xd8old\xff\xd9")  # no longer in the table
+    (tmp_path / "elsewhere").mkdir()
+    (out / SET_ASIDE).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(DatasetError, match="symbolic link"):
+        download(config(tmp_path / "t.csv", out, retries=0))
+    assert not list((tmp_path / "elsewhere").iterdir()) and (out / "map" / file_name("/1/gone")).is_file()
+
+
+def test_a_shard_and_an_unsharded_download_of_one_folder_exclude_each_other(tmp_path: Path) -> None:
+    import threading
+
+    with Sandbox(VOCAB, per_level=4) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv")
+        records = len(sandbox_records(sb))
+        for k, (first, second) in enumerate(((None, "0/2"), ("1/2", None))):
+            out, asked_before = tmp_path / f"img{k}", sb.count("/images/")
+            sb.hold_after(1)  # the first run is surely still at work when the second starts
+            errors: list[BaseException] = []
+
+            def run_first(shard: str | None = first, out: Path = out, errors: list[BaseException] = errors) -> None:
+                try:
+                    download(config(table, out, shard=shard, timeout=60))
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            running = threading.Thread(target=run_first)
+            running.start()
+            try:
+                assert sb.wait_until_held(1), "the first download never reached the held answers"
+                with pytest.raises(DatasetError, match="being written by") as error:
+                    download(config(table, out, shard=second))
+                assert "\n" not in str(error.value)
+            finally:
+                sb.release()
+                running.join(60)
+            assert not errors
+            merged = download(config(table, out))
+            assert merged.saved + merged.already_saved == records
+            assert sb.count("/images/") - asked_before == records  # no record fetched twice
+
+
+def test_a_damaged_failures_csv_is_read_for_what_it_holds_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Sandbox(VOCAB, per_level=2) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv")
+        dead = [f"/dead/{n}ü" for n in range(3)]
+        with table.open("a", encoding="utf-8") as handle:
+            handle.writelines(f"map,{d},{sb.base_url}/faults/404/{n},\n" for n, d in enumerate(dead))
+        out = tmp_path / "img"
+        runner = CliRunner()
+        assert runner.invoke(app, ["download", str(table), "-o", str(out), "--quiet"]).exit_code == 0
+        listed = (out / "failures.csv").read_bytes()
+        (out / "failures.csv").write_bytes(listed[: listed.rindex("ü".encode()) + 1])  # cut inside the last ü
+        asked = sb.count("/faults/")
+        result = runner.invoke(app, ["download", str(table), "-o", str(out), "--quiet"])
+        assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
+        assert sb.count("/faults/") == asked + 1  # only the record of the damaged row is tried again
+    assert "failures.csv" in caplog.text and "damaged" in caplog.text  # said
+    assert set(read_failures(out)) == set(dead)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['["/1/a",5]', '["/1/a","abc"]', '["/1/a",{"error":5}]', '["/1/a",{"file":["x"]}]', '["/1/a",{}]', "[]"],
+)
+def test_a_journal_line_of_the_wrong_shape_is_dropped_and_said(
+    tmp_path: Path, line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    with Sandbox(VOCAB, per_level=2) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv")
+        known = sandbox_records(sb)[0].id
+        out = tmp_path / "img"
+        (out / ".journal").mkdir(parents=True)
+        whole = json.dumps([known, {"URL": "u", "error": "HTTP 404"}])
+        (out / ".journal" / "part.ndjson").write_text(f"{line}\n{whole}\n")
+        result = CliRunner().invoke(app, ["download", str(table), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "skipped a damaged record" in caplog.text
+    assert read_failures(out) == {known: "HTTP 404"}  # what the journal knew whole is kept

@@ -45,6 +45,7 @@ from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.journal import Journal
 from ..core.naming import file_name, record_id_of
+from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
 from ..core.retry import Retry, retry_after
 from ..core.sharding import Shard
@@ -53,7 +54,7 @@ from ..core.tables import (
     count_rows,
     is_own_temp,
     iter_table,
-    read_csv_rows,
+    read_csv_salvaged,
     table_columns,
     write_csv,
     write_json,
@@ -63,6 +64,7 @@ from ..europeana.thumbnails import is_placeholder, thumbnail_url
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .placement import Placement, write_set_aside
 
+DOWNLOAD = OutputKind("download", "a download folder", folder=True)
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
 FAILURES_FILE, LABELS_FILE, CONFIG_FILE = "failures.csv", "labels.csv", "config.json"
@@ -137,13 +139,15 @@ def download(config: DownloadConfig) -> DownloadReport:
     _check_table(config)
     root = config.output_dir
     shard = config.shard_spec
+    claim(root, DOWNLOAD, resume=True, option="output_dir")  # a re-run carries the folder on; never through a link
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(root, shard)
+    # The journal's lock first: a run that another run's (or shard's) lock turns away touches nothing.
     with Outcomes(root, config) as outcomes:
+        placement = Placement(root, config.mode == "multi-label", shard)  # refuses links and FIFOs in the folder
+        _remove_stale_parts(root, shard)
         if shard is None:  # shards share the folder: the run that merges them writes what they share
             write_json(root / CONFIG_FILE, public_dict(config))
         report = DownloadReport(output_dir=root, failures_file=root / FAILURES_FILE if shard is None else None)
-        placement = Placement(root, config.mode == "multi-label", shard)
         try:
             with warnings.catch_warnings():
                 # Pillow warns about images above its own limit; max_pixels decides, and says so per record.
@@ -494,6 +498,7 @@ class Outcomes:
             settings=config.resume_settings(),
             shard=self.shard,
             hint="download with the `mode` it was started with, or into another `output_dir`",
+            check=_outcome,
         )
         self.listed: dict[str, dict[str, str]] = {}  # earlier failures: record ID -> ID, URL, error
         self.failures: dict[str, dict[str, str]] = {}  # of them, the known ones: a re-run does not try them again
@@ -517,10 +522,10 @@ class Outcomes:
 
     def _read(self) -> None:
         if self.shard is None and self.multi:
-            for row in _csv_rows(self.root / LABELS_FILE):
+            for row in _csv_rows(self.root / LABELS_FILE, "their images are labelled again when the table has them"):
                 if row.get("ID"):
                     self.labels[row["ID"]] = (row.get("file") or "", row.get("category") or "")
-        for row in _csv_rows(self.root / FAILURES_FILE):
+        for row in _csv_rows(self.root / FAILURES_FILE, "their records are tried again"):
             if row.get("ID"):
                 self.listed[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
         for record_id, outcome in self.journal.entries():
@@ -572,16 +577,29 @@ def sticks(error: str) -> bool:
     return not error.startswith(TRANSIENT)
 
 
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
+def _outcome(value: Any) -> bool:
+    """A journaled outcome as ``Outcomes`` writes it: a save (``file``, ``category``) or a failure (``URL``,
+    ``error``), each text (a category or URL may be missing); any other value is a damaged line."""
+    if not isinstance(value, dict):
+        return False
+    if value.get("error") is None:
+        return isinstance(value.get("file"), str) and isinstance(value.get("category"), str | None)
+    return isinstance(value["error"], str) and isinstance(value.get("URL"), str | None)
+
+
+def _csv_rows(path: Path, then: str) -> list[dict[str, str]]:
+    """A list eic wrote earlier, read for what it holds whole: a damaged row is left out and said (``then``: what
+    that costs), never the end of the run."""
+    if not path.is_file():  # a FIFO, say, is never opened
         return []
-    return list(read_csv_rows(path))
+    return read_csv_salvaged(path, then)
 
 
 def _remove_stale_parts(root: Path, shard: Shard | None = None) -> None:
     """Temporary files of a run that was killed: only names eic gives its own temporary files, and in a
-    shard only those of its own records (the other shards may be writing theirs right now)."""
-    for folder in (root, *(p for p in root.iterdir() if p.is_dir())):
+    shard only those of its own records (the other shards may be writing theirs right now); never through a
+    link to a folder outside."""
+    for folder in (root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())):
         with os.scandir(folder) as entries:
             for entry in entries:
                 if is_own_temp(entry.name) and entry.is_file(follow_symlinks=False) and _mine(entry.name, shard):

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import io
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,8 +175,11 @@ def _to_8_bits(image: Image.Image) -> Any:
 
 
 def is_complete_jpeg(path: Path) -> bool:
-    """A cheap check of a saved file: a JPEG start and end marker (a file cut short lacks the end)."""
+    """A cheap check of a saved file: a JPEG start and end marker (a file cut short lacks the end). Only a regular
+    file is opened: a FIFO would wait for a writer for ever, a link lead out of the folder."""
     try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
         with path.open("rb") as handle:
             head = handle.read(2)
             handle.seek(-2, os.SEEK_END)

@@ -11,14 +11,21 @@ records, each in its current class.
 Only files eic named (``naming.record_id_of`` reads a record ID from the name) directly inside the class folders
 (single-label) or the folder itself (multi-label) are ever moved; nothing is deleted. A shard moves only the
 records it owns, so shards sharing a folder never move the same file.
+
+Nothing is moved, set aside or written through a symbolic link (it may lead out of the folder, to files that are
+not eic's), and nothing but a regular file is ever opened where a record's image belongs (a FIFO would hang the
+run): a class folder or the set-aside folder that is a link, or a record's path that holds a link, a FIFO, a
+device, a socket or a folder, is refused in one line before any work, and what it leads to is left as it is.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections import defaultdict
 from pathlib import Path
 
+from ..core.errors import DatasetError
 from ..core.naming import record_id_of
 from ..core.sharding import Shard
 from ..core.tables import write_csv
@@ -36,12 +43,16 @@ class Placement:
         self.claimed: set[str] = set()  # file names the table holds
         self.moved = 0
         self.set_aside: list[tuple[str, str]] = []  # (record ID, where it was) of every file set aside
+        _refuse_link(root, root / SET_ASIDE)
         folders = [root] if multi_label else _class_folders(root)
         for folder in folders:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     record = record_id_of(entry.name)
-                    if record and entry.is_file() and (shard is None or shard.owns(record)):
+                    if not record:
+                        continue
+                    _refuse_unless_regular(root, Path(entry.path))
+                    if shard is None or shard.owns(record):
                         self.found[entry.name].append(Path(entry.path))
 
     def place(self, target: Path) -> bool:
@@ -67,6 +78,8 @@ class Placement:
 
     def _set_aside(self, path: Path) -> None:
         where = self.root / SET_ASIDE / path.parent.relative_to(self.root)
+        for folder in {self.root / SET_ASIDE, where}:  # checked again as it is used: it may have changed since
+            _refuse_link(self.root, folder)
         where.mkdir(parents=True, exist_ok=True)
         os.replace(path, where / path.name)
         self.set_aside.append((record_id_of(path.name) or path.name, str(path.relative_to(self.root))))
@@ -80,6 +93,36 @@ def write_set_aside(root: Path, rows: list[tuple[str, str]], shard: Shard | None
 
 
 def _class_folders(root: Path) -> list[Path]:
-    """The class folders (training's: not hidden), each read once."""
+    """The class folders (training's: not hidden), each read once; one that is a link is refused."""
     with os.scandir(root) as entries:
-        return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
+        folders = [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
+    for folder in folders:
+        _refuse_link(root, folder)
+    return folders
+
+
+def _refuse_link(root: Path, folder: Path) -> None:
+    if folder.is_symlink():
+        raise DatasetError(
+            f"{folder} is a symbolic link (to {os.readlink(folder)}): eic download moves, sets aside and writes "
+            f"only inside {root}, never through a link; put a folder of its own there, or download into another "
+            "`output_dir`"
+        )
+
+
+def _refuse_unless_regular(root: Path, path: Path) -> None:
+    """Where a record's image belongs, only a regular file is read, moved or replaced."""
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        f"a symbolic link (to {os.readlink(path)})"
+        if stat.S_ISLNK(mode)
+        else "a folder"
+        if stat.S_ISDIR(mode)
+        else "not a regular file (a FIFO, a device or a socket)"
+    )
+    raise DatasetError(
+        f"{path} is {kind}, where eic download keeps a record's image: it is never opened, moved or written "
+        f"through; remove it, or download into another `output_dir`"
+    )
