@@ -273,7 +273,7 @@ def test_predict_does_not_overwrite_a_dataset_folder_given_as_image_dir(
             "--quiet",
         ],
     )
-    assert result.exit_code == 1 and "did not fetch" in result.stderr
+    assert result.exit_code == 1 and "holds files that are not the images eic predict fetched" in result.stderr
     assert (dataset / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
     assert (dataset / "config.json").read_text() == '{"table": "train.csv"}'
     # Its own folder is reused, whether named relatively or absolutely.

@@ -58,7 +58,7 @@ class OutputKind:
     name: str
     what: str
     folder: bool = False
-    recognise: Callable[[Path], bool] | None = None
+    recognise: Callable[[Path], bool] | None = None  # a folder kind's: whether a folder is one to carry on
 
 
 # The file kinds several stages write.
@@ -89,11 +89,7 @@ def claim(
     if not _occupied(path):
         return Claim.NEW
     if resume:
-        if kind.recognise is not None and not _recognised(path, kind.recognise):
-            raise DatasetError(
-                f"{path} is not {kind.what} that eic wrote: `resume` carries on only eic's own outputs; "
-                f"choose another `{option}`"
-            )
+        _check_resumable(path, kind, option)
         return Claim.RESUME
     if overwrite:
         _check_ours(path, kind, option)
@@ -235,6 +231,22 @@ def _check_ours(path: Path, kind: OutputKind, option: str) -> None:
     if kind.recognise is None or not _recognised(path, kind.recognise):
         raise DatasetError(
             f"{path} is not {kind.what} that eic wrote: `overwrite` replaces only eic's own outputs; "
+            f"choose another `{option}`"
+        )
+
+
+def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
+    """An output is carried on only if eic wrote it as ``kind`` (where the kind can tell)."""
+    if kind.recognise is None:
+        return
+    if kind.folder and not kind.recognise(path):
+        raise DatasetError(
+            f"{path} holds files that are not {kind.what}: eic carries on only its own outputs; choose a new or "
+            f"empty `{option}`"
+        )
+    if not kind.folder and not _recognised(path, kind.recognise):
+        raise DatasetError(
+            f"{path} is not {kind.what} that eic wrote: `resume` carries on only eic's own outputs; "
             f"choose another `{option}`"
         )
 

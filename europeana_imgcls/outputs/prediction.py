@@ -36,7 +36,7 @@ from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
-from ..core.tables import atomic_path, check_table_suffix, is_own_temp, read_csv_rows, read_table, write_csv
+from ..core.tables import atomic_path, check_table_suffix, read_csv_rows, read_table, write_csv
 from ..datasets.folders import list_images, load_image
 from ..datasets.imageset import UNREADABLE, ImageSet
 from ..datasets.tasks import task_for
@@ -580,17 +580,16 @@ def _check_image_dir(folder: Path) -> None:
     """The image folder is predict's own (it writes inputs.csv, labels.csv and config.json there; a shard
     its own inputs and config): refuse a folder that holds anything else, such as a training set, rather
     than overwrite its files."""
-    # eic's temporary files do not count: shards started at once may be writing their first files now.
-    if not folder.is_dir() or all(is_own_temp(p.name) for p in folder.iterdir()):
-        return
-    if not (
-        (folder / IMAGE_DIR_MARKER).is_file()
-        or any(_written_by_predict(path, folder) for path in folder.glob("config*.json"))
-    ):
-        raise DatasetError(
-            f"{folder} holds files that eic predict did not fetch: choose a new or empty "
-            f"`image_dir` (predict writes inputs.csv, labels.csv and config.json there)"
-        )
+    claim(folder, IMAGE_DIR, resume=True, option="image_dir")
+
+
+def _is_image_dir(folder: Path) -> bool:
+    return (folder / IMAGE_DIR_MARKER).is_file() or any(
+        _written_by_predict(path, folder) for path in folder.glob("config*.json")
+    )
+
+
+IMAGE_DIR = OutputKind("predict-images", "the images eic predict fetched", folder=True, recognise=_is_image_dir)
 
 
 # ---------------------------------------------------------------------------------------------
