@@ -140,6 +140,20 @@ def test_record_ids_a_file_name_or_a_terminal_would_misread_are_refused_with_the
     assert not any(record in json.loads(notes)["conflicting_records"] for record in HOSTILE_IDS + ["/9/q\x00"])
 
 
+def test_an_image_url_with_characters_a_url_cannot_hold_is_left_out_of_the_row(tmp_path: Path) -> None:
+    _setup(tmp_path, [])
+    tasks = [task(1, "/9/a", ["map"]), task(2, "/9/b", ["map"]), task(3, "/9/c", ["map"])]
+    tasks[0]["data"]["image"] = "http://x/a\u202egpj.exe"
+    tasks[1]["data"]["image"] = "http://x/b.jpg\r\nX-Injected: 1"
+    import_review(
+        ReviewImportConfig(
+            export=_write(tmp_path / "export.json", tasks), output=tmp_path / "out.csv", vocab=tmp_path / "vocab.json"
+        )
+    )
+    urls = dict(pl.read_csv(tmp_path / "out.csv").select("ID", "URL").iter_rows())
+    assert urls == {"/9/a": None, "/9/b": None, "/9/c": "http://127.0.0.1:9/images/3.jpg"}  # apply has the table's
+
+
 def _write(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data))
     return path

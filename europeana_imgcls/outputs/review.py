@@ -427,12 +427,19 @@ def _target_problem(data: _Data) -> str | None:
 def _row(
     record_id: str, data: _Data, labels: tuple[str, ...], vocab: dict[str, str], reviewer: str
 ) -> list[str | None]:
-    url = data.image if data.image and data.image.lower().startswith(("http://", "https://")) else None
     return [  # a local file's task (eic audit's, without a table) keeps its answer: review apply has the URL
         record_id,
         record_uri(record_id),
-        url,
+        _web_image(data.image),
         " ".join(labels),
         " ".join(vocab[label] for label in labels),
         reviewer,
     ]
+
+
+def _web_image(image: str | None) -> str | None:
+    """The task's image when it is a web URL eic download may fetch; None for a local file, and for text no URL
+    holds (a control or format character, a space: a header injected into the request, a name shown reversed)."""
+    if not image or not image.lower().startswith(("http://", "https://")):
+        return None
+    return None if any(unicodedata.category(c)[0] in "CZ" for c in image) else image
