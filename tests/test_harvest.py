@@ -243,3 +243,76 @@ def test_items_of_any_shape_are_records_or_left_out(
     else:
         assert result.exit_code == 0, result.stderr
         assert set(pl.read_csv(out)["ID"]) == ({"/9/good"} if kept else set())
+
+
+@pytest.mark.parametrize("loop", ["cursor", "repeats"])
+def test_a_unit_whose_paging_goes_round_keeps_what_it_found_and_says_so(
+    loop: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-unit harvest: three pages of ten new records, then the API's paging goes round (a cursor it sent
+    before, or a page of records it sent before). The thirty records are the unit's, written and journaled."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    pages = {"*": ("A", 0), "A": ("B", 1), "B": ("A" if loop == "cursor" else "C", 2), "C": ("D", 1)}
+
+    class Cycling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            cursor = parse_qs(urlsplit(self.path).query)["cursor"][0]
+            after, page = pages[cursor]
+            items = [
+                {"id": f"/9/r{page}_{n}", "edmIsShownBy": [f"http://127.0.0.1:9/{page}_{n}.jpg"]} for n in range(10)
+            ]
+            body = json.dumps({"success": True, "items": items, "nextCursor": after}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({"map": VOCAB["map"]}))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Cycling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "h.csv"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/record/v2/search.json"
+        report = harvest(
+            HarvestConfig(api_url=url, vocab=vocab, output=out, n=100, reusability=["open"], retries=0, quiet=True)
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.rows == 30 and pl.read_csv(out).height == 30  # kept and written, never lost
+    assert "paging would never end" in caplog.text and "map" in caplog.text  # and said
+    assert [key for key, _ in read_records(out.with_name(out.name + ".journal") / "part.ndjson")] == ["map|open"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        5,
+        "abc",
+        [],
+        {"items": 5, "no_url": []},
+        {"items": [{"ID": 5, "URL": "u"}], "no_url": []},
+        {"items": [{"ID": "/1/a"}], "no_url": []},
+        {"items": [], "no_url": "x"},
+        {"no_url": []},
+    ],
+)
+def test_a_journaled_unit_of_the_wrong_shape_is_dropped_and_said(
+    value: object, sandbox: Sandbox, vocab_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "h.csv"
+    harvest(config(sandbox, vocab_file, out, n=5))
+    table = pl.read_csv(out).sort("ID")
+    part = tmp_path / "h.csv.journal" / "part.ndjson"
+    part.write_text(json.dumps(["map|open", value]) + "\n" + part.read_text())  # before the unit's whole record
+    report = harvest(config(sandbox, vocab_file, out, n=5, resume=True))
+    assert report.resumed_units == len(VOCAB) and pl.read_csv(out).sort("ID").equals(table)
+    assert "skipped a damaged record" in caplog.text

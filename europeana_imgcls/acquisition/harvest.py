@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from ..core.errors import DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
-from ..europeana.search_api import PAGE_ROWS, SearchClient, first, record_uri
+from ..europeana.search_api import PAGE_ROWS, PagingLoop, SearchClient, first, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
+log = logging.getLogger(__name__)
 COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider", "reusability"]
 
 
@@ -78,6 +80,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         what=f"the harvest into {config.output}",
         settings={**config.resume_settings(), "vocab": vocab},
         hint="resume with the settings it was started with, or choose another `output`",
+        check=_unit_found,
     )
     own_client = client is None
     client = client or SearchClient(
@@ -135,7 +138,7 @@ def _replayed(journal: Journal, units: list[Unit], config: HarvestConfig) -> _St
     """The state of a resumed harvest: every journaled unit applied again, in the order they were found."""
     state = _State()
     by_key = {unit.key: unit for unit in units}
-    for key, found in journal.records():
+    for key, found in journal.records(report=True):
         unit = by_key.get(key)
         if unit is not None:
             _apply(state, unit, found["items"], set(found["no_url"]), config)
@@ -145,6 +148,27 @@ def _replayed(journal: Journal, units: list[Unit], config: HarvestConfig) -> _St
             "it is unknown which units it holds; harvest into another `output`"
         )
     return state
+
+
+def _unit_found(value: Any) -> bool:
+    """A journaled unit as ``_fetch_units`` writes it: its records (text ID and URL, the rest text or missing) and
+    the IDs it found without an image; any other value is a damaged line, and the unit is fetched again."""
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("items"), list)
+        or not isinstance(value.get("no_url"), list)
+    ):
+        return False
+    return all(isinstance(i, str) for i in value["no_url"]) and all(_item(i) for i in value["items"])
+
+
+def _item(item: Any) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("ID"), str)
+        and isinstance(item.get("URL"), str)
+        and all(isinstance(v, str | None) for v in item.values())
+    )
 
 
 def _pages(units: int, n: int) -> int:
@@ -179,28 +203,33 @@ def _fetch_unit(
     sort = f"random_{config.seed},europeana_id asc"
     found: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for item in client.iter_items(query, qf, reusability=unit.level, sort=sort):
-        record_id = item.get("id")
-        if not record_id or record_id in seen:
-            continue
-        seen.add(record_id)
-        url = first(item.get("edmIsShownBy"))
-        if not url:
-            no_url.add(record_id)
-            continue
-        found.append(
-            {
-                "ID": record_id,
-                "URL": url,
-                "preview": first(item.get("edmPreview")),
-                "rights": first(item.get("rights")),
-                "data_provider": first(item.get("dataProvider")),
-                "reusability": unit.level,
-            }
+    try:
+        for item in client.iter_items(query, qf, reusability=unit.level, sort=sort):
+            record_id = item.get("id")
+            if not record_id or record_id in seen:
+                continue
+            seen.add(record_id)
+            url = first(item.get("edmIsShownBy"))
+            if not url:
+                no_url.add(record_id)
+                continue
+            found.append(
+                {
+                    "ID": record_id,
+                    "URL": url,
+                    "preview": first(item.get("edmPreview")),
+                    "rights": first(item.get("rights")),
+                    "data_provider": first(item.get("dataProvider")),
+                    "reusability": unit.level,
+                }
+            )
+            advance()
+            if len(found) >= config.n:
+                break
+    except PagingLoop as loop:  # the API's records for this query end there: the unit keeps what it found
+        log.warning(
+            "%s [%s]: %s; the unit ends with the %d records found", " ".join(unit.labels), unit.level, loop, len(found)
         )
-        advance()
-        if len(found) >= config.n:
-            break
     return found
 
 

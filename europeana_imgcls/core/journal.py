@@ -250,13 +250,14 @@ class Journal:
         for path in self.parts():
             yield from _read(path, self)
 
-    def records(self) -> Iterator[tuple[str, Any]]:
+    def records(self, report: bool = False) -> Iterator[tuple[str, Any]]:
         """Every record of ``parts()`` in order, the first of each key only: two streaming passes, one to find
-        the first of each key, one to hand them over."""
+        the first of each key, one to hand them over. ``report``: say what is dropped (a reader that has not
+        already, by ``done()``)."""
         parts = self.parts()
         digests = bytearray()
         for path in parts:
-            for key in _keys(path, self, report=False):
+            for key in _keys(path, self, report=report):
                 digests += KeySet.digest(key)
         keep = np.zeros(len(digests) // 16, dtype=bool)
         if len(keep):

@@ -34,6 +34,11 @@ KEY_HEADER = "X-Api-Key"
 log = logging.getLogger(__name__)
 
 
+class PagingLoop(ApiError):
+    """The API's paging went round in a circle (a cursor it sent before, a page of nothing new): the query's
+    records end there. Whoever pages keeps what came before it (a harvest keeps the unit, with a warning)."""
+
+
 class SearchClient:
     def __init__(
         self,
@@ -208,7 +213,8 @@ class SearchClient:
         sort: str | None = None,
         media: bool = True,
     ) -> Iterator[dict[str, Any]]:
-        """Every item of a query, page by page with cursors, until the set is exhausted."""
+        """Every item of a query, page by page with cursors, until the set is exhausted; ``PagingLoop`` after the
+        last new item when the paging would go round for ever."""
         base = [("query", query), ("rows", str(PAGE_ROWS)), ("profile", "standard")]
         base += [("qf", f) for f in qf]
         if media:
@@ -226,7 +232,7 @@ class SearchClient:
             items = _records(page, self.api_url)
             new = [item for item in items if item["id"] not in seen]
             if items and not new:
-                raise ApiError(
+                raise PagingLoop(
                     f"the Search API at {self.api_url} answered a page with no record it had not sent "
                     "before: its paging would never end; what was fetched so far is kept"
                 )
@@ -234,7 +240,7 @@ class SearchClient:
             yield from new
             next_cursor = page.get("nextCursor")
             if isinstance(next_cursor, str) and next_cursor in cursors and items:
-                raise ApiError(
+                raise PagingLoop(
                     f"the Search API at {self.api_url} sent a cursor it sent before "
                     f"({next_cursor[:40]}): its paging would never end; what was fetched so far is kept"
                 )
