@@ -128,8 +128,9 @@ CRAFTED = {
     "null category": (dict(vectors=GOOD, categories=["map"] * 7 + [None]), "with no category, e.g. row 8"),
     "unknown class": (dict(vectors=GOOD, categories=["map"] * 7 + ["statue"]), "not one of its sidecar's classes"),
     "multi cells": (dict(vectors=GOOD, categories=["map painting"] * 8), "not one of its sidecar's classes"),
-    "classes not a list": (dict(vectors=GOOD, classes="map painting"), "classes are not a list of distinct"),
-    "unknown mode": (dict(vectors=GOOD, mode="multi"), "unknown mode 'multi'"),
+    "classes not a list": (dict(vectors=GOOD, classes="map painting"), "classes: Input should be a valid array"),
+    "classes twice": (dict(vectors=GOOD, classes=["map", "map"]), "classes are not a list of distinct"),
+    "unknown mode": (dict(vectors=GOOD, mode="multi"), "mode: Input should be 'single-label' or 'multi-label'"),
     "dim differs": (dict(vectors=GOOD, dim=4), "its vectors have 3 numbers but its sidecar says 4"),
     "text vectors": (dict(vectors=[["a", "b"] for _ in GOOD]), "not lists of numbers"),
 }

@@ -14,16 +14,16 @@ backbone, weights and input size made it, so a run never mixes vectors of differ
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 import polars as pl
 import torch
+from pydantic import Field, PositiveFloat, StrictInt, model_validator
 from torch import nn
 
 from ..core.config import EmbedConfig, RuntimeSettings, public_dict
@@ -32,11 +32,12 @@ from ..core.journal import Journal, KeySet
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
+from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
 from ..datasets.folders import ModelInput
 from ..datasets.imageset import ImageSet, provider_of
-from ..datasets.tasks import TASKS, scan_images
+from ..datasets.tasks import scan_images
 from .models import build_model, get_arch, set_head
 from .runtime import autocast_dtype, inference_loader, resolve_device
 
@@ -234,6 +235,7 @@ def describe(
 ) -> dict[str, Any]:
     """What makes embeddings comparable: two tables (or a table and a run) must agree on all of it."""
     return {
+        "format": EMBEDDINGS_FORMAT,
         "arch": arch,
         "weights": weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
         "input_size": input_size,
@@ -273,20 +275,45 @@ def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> p
     return table_of([image_row(images, int(i)) for i in keep], vectors[keep])
 
 
+EMBEDDINGS_FORMAT: Final = "europeana-imgcls/embeddings-v1"
+
+
+class EmbeddingSidecar(Sidecar):
+    """``NAME.embedding.json``: what made an embeddings table (tables from before the format tag read as this
+    one). Backbone fields may be absent (a table made elsewhere); what is there is of the right kind."""
+
+    format: Literal["europeana-imgcls/embeddings-v1"] = EMBEDDINGS_FORMAT
+    arch: str | None = None
+    weights: str | None = None
+    input_size: int | None = Field(None, ge=8, le=4096)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
+    mode: Literal["single-label", "multi-label"] | None = None
+    classes: list[str] | None = Field(None, max_length=100_000)
+    dim: StrictInt | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_classes(self) -> EmbeddingSidecar:
+        classes, multi = self.classes, self.mode == "multi-label"
+        if classes is not None and (
+            not all(c.strip() and not (multi and c.split()[1:]) for c in classes) or len(set(classes)) != len(classes)
+        ):
+            raise ValueError("classes are not a list of distinct class names")
+        return self
+
+
 def embedding_meta(path: Path) -> dict[str, Any]:
     """What made an embeddings table (its sidecar), checked."""
     if not path.is_file():
         raise DatasetError(f"{path}: no such embeddings table (eic embed writes one)")
     meta_path = sidecar(path, "embedding")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise DatasetError(
-            f"{path}: {meta_path.name} is missing or unreadable, so it is unknown which backbone "
-            "made these embeddings; run eic embed again"
-        ) from None
-    _check_sidecar(path, meta)
-    return meta
+    meta = read_typed(
+        meta_path,
+        EmbeddingSidecar,
+        what=f"the sidecar of {path.name}, which says which backbone made it",
+        remedy="run eic embed again",
+    )
+    return meta.model_dump(mode="json", exclude_none=True)
 
 
 def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -301,24 +328,6 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
         raise DatasetError(f"{path}: not an eic embeddings table (no {', '.join(sorted(missing))} column)")
     _check_rows(path, table, meta)
     return table, meta
-
-
-def _check_sidecar(path: Path, meta: Any) -> None:
-    """What made the table: an object naming a known mode and, where given, its classes as distinct names."""
-    name = sidecar(path, "embedding").name
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{path}: {name} is not a JSON object: run eic embed again")
-    if (meta.get("mode") or "single-label") not in TASKS:
-        raise DatasetError(f"{path}: {name} names an unknown mode {meta.get('mode')!r} (single-label or multi-label)")
-    classes, multi = meta.get("classes"), meta.get("mode") == "multi-label"
-    if classes is not None and (
-        not isinstance(classes, list)
-        or not all(isinstance(c, str) and c.strip() and not (multi and c.split()[1:]) for c in classes)
-        or len(set(classes)) != len(classes)
-    ):
-        raise DatasetError(f"{path}: {name}'s classes are not a list of distinct class names: run eic embed again")
-    if meta.get("dim") is not None and (not isinstance(meta["dim"], int) or isinstance(meta["dim"], bool)):
-        raise DatasetError(f"{path}: {name}'s dim is not a whole number: run eic embed again")
 
 
 def _check_rows(path: Path, table: pl.DataFrame, meta: dict[str, Any]) -> None:
