@@ -4,6 +4,7 @@ hold."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import polars as pl
@@ -51,3 +52,13 @@ def test_a_damaged_list_is_read_for_its_whole_rows_and_said(tmp_path: Path, capl
     assert "3 damaged row(s) left out" in caplog.text and "tried again" in caplog.text
     path.write_bytes(b'ID,URL,error\n/1/a,u,x\n/2/a,"u' + b"x" * 200_000)  # a quote never closed
     assert read_csv_salvaged(path, "") == [{"ID": "/1/a", "URL": "u", "error": "x"}]
+
+
+def test_hypothesis_is_derandomized_in_ci_and_keeps_its_examples_out_of_the_repository() -> None:
+    from hypothesis import settings
+
+    current = settings.default
+    assert current.derandomize == bool(os.environ.get("CI"))
+    if current.database is not None:  # outside CI: in pytest's cache folder, which git ignores
+        assert ".pytest_cache" in str(getattr(current.database, "path", ""))
+    assert ".hypothesis/" in (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
