@@ -49,7 +49,7 @@ app = typer.Typer(
 )
 review_app = typer.Typer(no_args_is_help=True, help="The review loop: Label Studio exports back into tables.")
 app.add_typer(review_app, name="review")
-console = Console()
+console = Console(emoji=False)  # ":map:" in a category is text, not an emoji; paths and values go through plain()
 T = TypeVar("T")
 OUTPUT = {"output": ("--output", "-o")}
 OUTPUT_DIR = {"output_dir": ("--output-dir", "-o")}
@@ -138,7 +138,7 @@ def subtract(config: SubtractConfig) -> None:
     from ..acquisition.curation import subtract as run_subtract
 
     result = run(lambda: run_subtract(config), "subtract")
-    console.print(f"kept {result.kept} rows, removed {result.removed}; wrote {result.output}")
+    console.print(f"kept {result.kept} rows, removed {result.removed}; wrote {report.plain(result.output)}")
 
 
 @command("stats", StatsConfig, arguments=(Arg("table"),), names=OUTPUT)
@@ -169,8 +169,8 @@ def train(config: TrainConfig) -> None:
         if result.calibration is not None:
             report.print_calibration(console, result.calibration)
         elif result.calibration_note:
-            console.print(f"[yellow]not calibrated:[/] {report.as_flags(result.calibration_note)}")
-        console.print(f"run written to {result.output_dir}")
+            console.print(f"[yellow]not calibrated:[/] {report.plain(report.as_flags(result.calibration_note))}")
+        console.print(f"run written to {report.plain(result.output_dir)}")
 
 
 @command("calibrate", CalibrateConfig, arguments=(RUN,))
@@ -181,7 +181,8 @@ def calibrate(config: CalibrateConfig) -> None:
 
     report.print_calibration(console, run(lambda: run_calibrate(config), "calibrate"))
     folder = RunFolder(config.run)
-    console.print(f"written to {folder.calibration}, {folder.reliability}, {folder.model_card}")
+    written = ", ".join(report.plain(path) for path in (folder.calibration, folder.reliability, folder.model_card))
+    console.print(f"written to {written}")
 
 
 @command("evaluate", EvaluateConfig, arguments=(RUN, Arg("eval_dir")), names=OUTPUT_DIR)
@@ -282,7 +283,9 @@ def demo(config: DemoConfig) -> None:
     result = run(lambda: run_demo(config, console), "demo")
     total = sum(seconds for _, _, seconds in result.stages)
     console.rule("[bold]done")
-    console.print(f"the whole pipeline ran offline in {total:.0f} s; everything is in {result.output_dir}")
+    console.print(
+        f"the whole pipeline ran offline in {total:.0f} s; everything is in {report.plain(result.output_dir)}"
+    )
 
 
 @command("sandbox", SandboxConfig)

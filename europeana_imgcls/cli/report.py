@@ -1,4 +1,8 @@
-"""How the CLI shows what a stage did: rich tables on stdout, JSON files on request."""
+"""How the CLI shows what a stage did: rich tables on stdout, JSON files on request.
+
+Every path and every value that comes from data (a category, a record ID, a reason quoting a URL, a column's
+name) is printed through ``plain``: rich would take ``[/b]`` for markup (a MarkupError once the work is done) and
+``[link=...]`` for a hyperlink a table's author chose. Only eic's own words carry markup."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..europeana.annotation_standin import SANDBOX_TOKEN
@@ -28,6 +33,11 @@ if TYPE_CHECKING:
     from ..outputs.review_apply import ReviewApplyReport
 
 
+def plain(value: object) -> str:
+    """A path or a value from data as rich prints it: as it is, never markup."""
+    return escape(str(value))
+
+
 def as_flags(message: str) -> str:
     """Library messages name settings (`output_dir`); on the command line they are flags (--output-dir)."""
     message = message.replace("`crossvalidation` off", "--no-crossvalidation")
@@ -39,15 +49,15 @@ def print_harvest(console: Console, result: HarvestReport) -> None:
     table = Table(title="harvest", show_footer=False)
     table.add_column("category")
     for level in levels:
-        table.add_column(f"fetched ({level})", justify="right")
+        table.add_column(f"fetched ({plain(level)})", justify="right")
     table.add_column("rows in table", justify="right")
     for category, count in result.per_category.items():
         fetched = [str(result.fetched.get(f"{category}|{level}", "-")) for level in levels]
         if any(f != "-" for f in fetched) or count:
-            table.add_row(category, *fetched, str(count))
+            table.add_row(plain(category), *fetched, str(count))
     console.print(table)
     console.print(
-        f"{result.rows} records written to {result.output}; skipped {result.skipped_no_url} without an "
+        f"{result.rows} records written to {plain(result.output)}; skipped {result.skipped_no_url} without an "
         f"image URL; {result.ambiguous} found under several categories"
         + (f"; {result.resumed_units} query units already done" if result.resumed_units else "")
     )
@@ -67,16 +77,16 @@ def print_stats(console: Console, stats: TableStats) -> None:
     ):
         if not counts:
             continue
-        table = Table(title=f"records per {title}")
-        table.add_column(title)
+        table = Table(title=f"records per {plain(title)}")
+        table.add_column(plain(title))
         table.add_column("records", justify="right")
         for name, count in list(counts.items())[:30]:
-            table.add_row(name, str(count))
+            table.add_row(plain(name), str(count))
         if len(counts) > 30:
             table.add_row(f"... {len(counts) - 30} more", "")
         console.print(table)
     if stats.unknown_categories:
-        listed = ", ".join(f"{name!r} ({n})" for name, n in stats.unknown_categories.items())
+        listed = ", ".join(f"{plain(repr(name))} ({n})" for name, n in stats.unknown_categories.items())
         console.print(f"[bold yellow]categories not in the vocabulary:[/] {listed}")
 
 
@@ -92,7 +102,7 @@ def print_download(console: Console, result: DownloadReport) -> None:
         + (f", {result.other_shards} left to other shards" if result.other_shards else "")
         + (
             f", {sum(result.skipped.values())} rows skipped ("
-            + ", ".join(f"{n} {why}" for why, n in result.skipped.items())
+            + ", ".join(f"{n} {plain(why)}" for why, n in result.skipped.items())
             + ")"
             if result.skipped
             else ""
@@ -103,52 +113,56 @@ def print_download(console: Console, result: DownloadReport) -> None:
         console.print(
             f"{result.moved} records moved to the class the table now gives them (not fetched again)"
             + (
-                f", {result.set_aside} the table no longer holds set aside ({result.set_aside_file})"
+                f", {result.set_aside} the table no longer holds set aside ({plain(result.set_aside_file)})"
                 if result.set_aside
                 else ""
             )
         )
     if result.errors:
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.errors.items(), key=lambda kv: -kv[1]))
-        console.print(f"failures ({result.failures_file or result.output_dir / 'failures.csv'}): {reasons}")
+        errors = sorted(result.errors.items(), key=lambda kv: -kv[1])
+        reasons = ", ".join(f"{plain(reason)}: {n}" for reason, n in errors)
+        console.print(f"failures ({plain(result.failures_file or result.output_dir / 'failures.csv')}): {reasons}")
 
 
 def print_summary(console: Console, title: str, summary: dict[str, dict[str, object]]) -> None:
     """A metric table: mean ± std across splits, and the per-split values."""
-    table = Table(title=title)
+    table = Table(title=plain(title))
     table.add_column("metric")
     table.add_column("mean ± std", justify="right")
     table.add_column("per split", justify="left")
     for name, values in summary.items():
         splits: list[float] = values["per_split"]  # type: ignore[assignment]  # mean_std's list
         per_split = " ".join(f"{v:.3f}" for v in splits)
-        table.add_row(name, f"{values['mean']:.3f} ± {values['std']:.3f}", per_split)
+        table.add_row(plain(name), f"{values['mean']:.3f} ± {values['std']:.3f}", per_split)
     console.print(table)
 
 
 def print_calibration(console: Console, calibration: Calibration) -> None:
     """The per-class thresholds, with what each promises and what it costs in coverage."""
     table = Table(
-        title=f"thresholds for precision {calibration.precision_target:.2f} ({calibration.source}; "
+        title=f"thresholds for precision {calibration.precision_target:.2f} ({plain(calibration.source)}; "
         f"ECE {calibration.ece_before:.3f} → {calibration.ece_after:.3f})"
     )
     for name in ("class", "threshold", "precision", "coverage", "support"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for c in calibration.per_class:
         if c.threshold is None:
-            table.add_row(c.name, "never emitted", "–", "0.000", str(c.support))
+            table.add_row(plain(c.name), "never emitted", "–", "0.000", str(c.support))
         else:
-            table.add_row(c.name, f"{c.threshold:.4f}", f"{c.precision:.3f}", f"{c.coverage:.3f}", str(c.support))
+            row = (f"{c.threshold:.4f}", f"{c.precision:.3f}", f"{c.coverage:.3f}", str(c.support))
+            table.add_row(plain(c.name), *row)
     console.print(table)
 
 
 def print_export(console: Console, result: ExportReport) -> None:
     """Each file with how far it is from PyTorch; an int8 export also with how far it moved from float32."""
-    table = Table(title=f"ONNX export of model {result.model_id}")
+    table = Table(title=f"ONNX export of model {plain(result.model_id)}")
     for name in ("split", "file", "largest probability difference to PyTorch", "checked on"):
         table.add_column(name, justify="right" if name.startswith("largest") else "left")
     for split, path in zip(result.splits, result.files, strict=True):
-        table.add_row(split, path.name, f"{result.max_difference[split]:.2e}", result.checked_on[split])
+        table.add_row(
+            plain(split), plain(path.name), f"{result.max_difference[split]:.2e}", plain(result.checked_on[split])
+        )
     console.print(table)
     for check in result.quantisation:
 
@@ -156,24 +170,26 @@ def print_export(console: Console, result: ExportReport) -> None:
             return "–" if value is None else f"{value:.3f}"
 
         console.print(
-            f"{check.split} int8 ({result.quantize}): same top class as float32 on {check.agreement:.1%} of "
-            f"{check.images} images; {check.metric} {shown(check.before)} → {shown(check.after)}"
+            f"{plain(check.split)} int8 ({plain(result.quantize)}): same top class as float32 on "
+            f"{check.agreement:.1%} of "
+            f"{check.images} images; {plain(check.metric)} {shown(check.before)} → {shown(check.after)}"
         )
-    console.print(f"written to {result.output} (model.json says how to feed it: docs/deploy.md)")
+    console.print(f"written to {plain(result.output)} (model.json says how to feed it: docs/deploy.md)")
 
 
 def print_evaluation(console: Console, result: EvaluateReport) -> None:
     print_summary(console, f"{result.images} evaluation images, {len(result.splits)} split(s)", result.summary)
     if result.unknown_classes:
-        listed = ", ".join(f"{name} ({n} images)" for name, n in result.unknown_classes.items())
+        listed = ", ".join(f"{plain(name)} ({n} images)" for name, n in result.unknown_classes.items())
         console.print(f"[yellow]evaluation classes the model does not know (skipped):[/] {listed}")
     if result.missing_classes:
-        console.print(f"[yellow]model classes with no evaluation images:[/] {', '.join(result.missing_classes)}")
+        missing = ", ".join(plain(name) for name in result.missing_classes)
+        console.print(f"[yellow]model classes with no evaluation images:[/] {missing}")
     if result.unreadable:
         console.print(f"[yellow]{len(result.unreadable)} unreadable images skipped[/] (listed in report.json)")
     if result.calibration_check:
         print_calibration_check(console, result.calibration_check)
-    console.print(f"written to {result.output_dir}")
+    console.print(f"written to {plain(result.output_dir)}")
 
 
 def print_calibration_check(console: Console, rows: list[dict[str, object]]) -> None:
@@ -187,7 +203,7 @@ def print_calibration_check(console: Console, rows: list[dict[str, object]]) -> 
 
     for row in rows:
         table.add_row(
-            str(row["class"]),
+            plain(row["class"]),
             shown(row["threshold"]) if row["threshold"] is not None else "never emitted",
             shown(row["out_of_fold_precision"]),
             shown(row["precision"]),
@@ -201,8 +217,8 @@ def shard_note(shard: str | None, command: str, output: Path) -> str:
     """What a shard's run leaves to do."""
     return (
         (
-            f"; shard {shard} done: when every shard is, run eic {command} without --shard and with --resume "
-            f"to merge them into {output}"
+            f"; shard {plain(shard)} done: when every shard is, run eic {command} without --shard and with --resume "
+            f"to merge them into {plain(output)}"
         )
         if shard
         else ""
@@ -210,13 +226,13 @@ def shard_note(shard: str | None, command: str, output: Path) -> str:
 
 
 def print_prediction(console: Console, result: PredictReport) -> None:
-    model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
-    written = f"the journal {result.journal}" if result.shard else result.output
+    model = plain("an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0])
+    written = f"the journal {plain(result.journal)}" if result.shard else plain(result.output)
     console.print(
         f"{result.predicted} images labelled with {model}; written to {written}"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (
-            f"; {len(result.unreadable)} unreadable ({', '.join(result.unreadable[:3])}"
+            f"; {len(result.unreadable)} unreadable ({plain(', '.join(result.unreadable[:3]))}"
             + (", ..." if len(result.unreadable) > 3 else "")
             + ")"
             if result.unreadable
@@ -231,51 +247,53 @@ def print_prediction(console: Console, result: PredictReport) -> None:
 def print_enrichment(console: Console, result: EnrichReport) -> None:
     if result.shard:
         console.print(
-            f"{result.records} records scored into the journal of {result.predictions}"
+            f"{result.records} records scored into the journal of {plain(result.predictions)}"
             + (f"; {result.already_done} done earlier" if result.already_done else "")
             + shard_note(result.shard, "enrich", result.output)
         )
         return
     share = result.labelled / result.records if result.records else 0.0
-    model = "an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0]
+    model = plain("an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0])
     console.print(
         f"{result.labelled} of {result.records} records labelled ({share:.1%}) at precision "
         f"{result.precision_target:.2f}, {result.abstained} abstained; {result.annotations} annotations written to "
-        f"{result.output} by {model} (model {result.model_id})"
+        f"{plain(result.output)} by {model} (model {plain(result.model_id)})"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")
         + (f"; {result.not_records} inputs name no record and were not annotated" if result.not_records else "")
     )
     for reason, count in result.refused.items():
-        console.print(f"[yellow]not annotated:[/] {count} record(s) with {reason}")
+        console.print(f"[yellow]not annotated:[/] {count} record(s) with {plain(reason)}")
     if result.per_class:
         console.print(
-            "per class: " + ", ".join(f"{c} {n}" for c, n in sorted(result.per_class.items(), key=lambda kv: -kv[1]))
+            "per class: "
+            + ", ".join(f"{plain(c)} {n}" for c, n in sorted(result.per_class.items(), key=lambda kv: -kv[1]))
         )
     if result.never_emitted:
-        console.print(f"[yellow]never emitted at this precision:[/] {', '.join(result.never_emitted)}")
+        never = ", ".join(plain(name) for name in result.never_emitted)
+        console.print(f"[yellow]never emitted at this precision:[/] {never}")
     if result.review_output is not None:
         console.print(
-            f"{result.review_tasks} records to review in {result.review_output} (Label Studio tasks; "
+            f"{result.review_tasks} records to review in {plain(result.review_output)} (Label Studio tasks; "
             f"labelling config beside it)"
         )
 
 
 def print_review_import(console: Console, result: ReviewImportReport) -> None:
     console.print(
-        f"{result.imported} reviewed records written to {result.output}"
+        f"{result.imported} reviewed records written to {plain(result.output)}"
         + (f"; {len(result.skipped)} tasks skipped (not labelled, cancelled or not a record)" if result.skipped else "")
         + (f"; {len(result.conflicts)} tasks where reviewers disagree" if result.conflicts else "")
         + (f"; {len(result.removed)} records put in no class" if result.removed else "")
     )
     for task, reason in result.refused:
-        console.print(f"[yellow]refused:[/] task {task}: {reason}", soft_wrap=True)
+        console.print(f"[yellow]refused:[/] task {plain(task)}: {plain(reason)}", soft_wrap=True)
 
 
 def print_review_apply(console: Console, result: ReviewApplyReport) -> None:
     console.print(
-        f"{result.rows} rows written to {result.output}: {result.confirmed} labels confirmed, "
+        f"{result.rows} rows written to {plain(result.output)}: {result.confirmed} labels confirmed, "
         f"{len(result.changed)} changed, {len(result.removed)} records removed (put in no class)"
         + (f", {result.added} reviewed records added" if result.added else "")
         + (
@@ -286,8 +304,8 @@ def print_review_apply(console: Console, result: ReviewApplyReport) -> None:
         + (f"; {len(result.conflicting)} where reviewers disagree left as they were" if result.conflicting else "")
     )
     console.print(
-        f"next: eic download {result.output} into the same folder moves the changed records and sets the removed "
-        "ones aside"
+        f"next: eic download {plain(result.output)} into the same folder moves the changed records and sets the "
+        "removed ones aside"
     )
 
 
@@ -305,31 +323,33 @@ def print_audit(console: Console, result: AuditReport) -> None:
         for row in result.top[:10]:
             table.add_row(
                 str(row["rank"]),
-                row["ID"] or Path(row["image"]).name,
-                row["given"],
-                row["suggested"],
+                plain(row["ID"] or Path(row["image"]).name),
+                plain(row["given"]),
+                plain(row["suggested"]),
                 f"{row['label_quality']:.3f}",
             )
         console.print(table)
     if result.worst_providers:
         console.print(
             "providers with the most issues: "
-            + ", ".join(f"{name} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers)
+            + ", ".join(f"{plain(name)} ({n}, {rate:.0%})" for name, n, rate in result.worst_providers)
         )
     if result.note:
-        console.print(f"[yellow]note:[/] {as_flags(result.note)}")
+        console.print(f"[yellow]note:[/] {plain(as_flags(result.note))}")
     if result.review_output is not None:
         local = result.review_tasks - result.web_images
         console.print(
-            f"{result.review_tasks} suspects to review in {result.review_output} (Label Studio tasks; labelling "
+            f"{result.review_tasks} suspects to review in {plain(result.review_output)} (Label Studio tasks; labelling "
             "config beside it)"
             + (f"; {local} show a local file: give Label Studio local storage or --table" if local else "")
         )
-    console.print(f"written to {result.output_dir}")
+    console.print(f"written to {plain(result.output_dir)}")
 
 
 def print_embedding(console: Console, result: EmbedReport) -> None:
-    target = f"its journal {result.journal}" if result.shard else f"{result.dim} dimensions -> {result.output}"
+    target = (
+        f"its journal {plain(result.journal)}" if result.shard else f"{result.dim} dimensions -> {plain(result.output)}"
+    )
     console.print(
         f"{result.embedded} images embedded in {result.seconds:.1f} s ({result.images_per_second:.1f} "
         f"images/s), {target}"

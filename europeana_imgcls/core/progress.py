@@ -14,10 +14,12 @@ def progress_bar(quiet: bool, *fields: str, transient: bool = False) -> Progress
     """A bar with the task's description, done/total, ``fields`` (rich format strings over ``task``) and
     the elapsed time. ``transient``: it disappears when it stops."""
     return Progress(
-        TextColumn("{task.description}"),
+        # markup=False: a description names data ("map [open]", a category of the user's vocabulary), which rich
+        # would take for markup (the level vanishes; a "[/b]" ends the bar with a MarkupError)
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        *(TextColumn(f) for f in fields),
+        *(TextColumn(f, markup=False) for f in fields),
         TimeElapsedColumn(),
         console=Console(stderr=True),
         disable=quiet,

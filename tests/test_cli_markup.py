@@ -1,0 +1,76 @@
+"""What eic prints is what the paths and the data hold: a `[` in a path or a value is never taken for rich markup
+(a MarkupError after the work is done, a hyperlink a table's author planted, text that vanishes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.europeana.sandbox import Sandbox
+
+from .conftest import VOCAB
+
+LINK = "[link=http://evil.example/]map[/link]"
+runner = CliRunner()
+
+
+def eic(*args: object, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def shown(text: str) -> str:
+    """The output without the line breaks and spaces rich adds to fit the terminal's width."""
+    return "".join(text.split())
+
+
+def printed(result, *values: object) -> None:
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "\x1b]8;" not in result.output  # no OSC 8 hyperlink either
+    for value in values:
+        assert shown(str(value)) in shown(result.stdout), (value, result.stdout)
+
+
+def test_a_path_with_markup_is_printed_as_it_is(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,u\nmap,/1/b,u\n")
+    (tmp_path / "e.csv").write_text("ID\n/1/a\n")
+    out = tmp_path / "q[/b]" / "p.csv"
+    printed(eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "-o", out), out)
+    assert out.is_file()
+
+
+def test_a_category_with_markup_is_printed_as_it_is_never_a_link(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text(f'category,ID,URL\n"{LINK}",/1/a,u\n"[bold]x[/bold]",/1/b,u\n')
+    printed(eic("stats", tmp_path / "t.csv"), LINK, "[bold]x[/bold]")
+
+
+def test_a_harvest_prints_its_categories_and_output_as_they_are(sandbox: Sandbox, tmp_path: Path) -> None:
+    vocab = tmp_path / "vocab.json"
+    names = ["[red]map", "[link=x]painting"]  # a category is one word without slashes
+    vocab.write_text(json.dumps(dict(zip(names, (VOCAB["map"], VOCAB["painting"]), strict=True))))
+    out = tmp_path / "[red]h[/red]" / "h.csv"
+    result = eic(
+        "harvest",
+        "--vocab",
+        vocab,
+        "--n",
+        "3",
+        "--reusability",
+        "open",
+        "-o",
+        out,
+        "--quiet",
+        env={"EUROPEANA_API_URL": sandbox.api_url},
+    )
+    printed(result, *names, out)
+    assert set(pl.read_csv(out, glob=False)["category"]) == set(names)
+
+
+def test_a_download_prints_its_folder_and_failures_as_they_are(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,ftp://[/b]/x.jpg\n")
+    out = tmp_path / "img[/i]"
+    result = eic("download", tmp_path / "t.csv", "-o", out, "--quiet", "--retries", "0")
+    printed(result, out / "failures.csv")
