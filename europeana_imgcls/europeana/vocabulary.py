@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import DatasetError
+from ..core.sidecars import read_bounded
 
 
 def default_vocabulary() -> dict[str, str]:
@@ -23,14 +24,15 @@ def load_vocabulary(path: Path | str | Mapping[str, str] | None) -> dict[str, st
         return default_vocabulary()
     if isinstance(path, Mapping):
         return _checked(dict(path), "the vocabulary")
+    if not Path(path).exists():
+        raise DatasetError(f"vocabulary {path}: no such file")
+    text = read_bounded(Path(path), what="a vocabulary", remedy='give a JSON object {"category": "concept URI"}')
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"vocabulary {path}: no such file") from None
-    except OSError as exc:
-        raise DatasetError(f"vocabulary {path}: cannot read it ({exc.strerror})") from None
+        data = json.loads(text.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"vocabulary {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:  # bytes that are not UTF-8; nesting too deep to read
+        raise DatasetError(f"vocabulary {path}: not a JSON text eic can read ({type(exc).__name__})") from None
     return _checked(data, f"vocabulary {path}")
 
 

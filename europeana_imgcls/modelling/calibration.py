@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from ..core.config import CalibrateConfig
 from ..core.errors import CalibrationError
+from ..core.sidecars import first_problem, read_bounded
 from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
 from .modelcard import write_model_card
 from .run_folder import RunFolder, not_a_run
 
+_READER: Any = None  # the pydantic reader of Calibration, made below it
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
 BINS = 15
 
@@ -63,9 +66,33 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        per_class = [ClassCalibration(**c) for c in data.pop("per_class")]
-        return cls(**data, per_class=per_class)
+    def read(cls, path: Path) -> Calibration:
+        """A run's ``calibration.json``, checked (types, classes, temperatures, thresholds), or one line saying to
+        calibrate again: enrich's thresholds and export's sidecar come from it."""
+        remedy = "calibrate the run again (eic calibrate RUN --overwrite)"
+        data = read_bounded(path, what="a run's calibration", remedy=remedy, error=CalibrationError)
+        try:
+            calibration = _READER.validate_json(data)
+        except ValidationError as exc:
+            raise CalibrationError(f"{path} is not a run's calibration ({first_problem(exc)}): {remedy}") from None
+        problem = calibration._problem()
+        if problem:
+            raise CalibrationError(f"{path} is not a run's calibration ({problem}): {remedy}")
+        return calibration
+
+    def _problem(self) -> str | None:
+        if [c.name for c in self.per_class] != self.classes or len(set(self.classes)) != len(self.classes):
+            return "its classes and per-class entries differ"
+        if self.mode not in ("single-label", "multi-label") or not 0 < self.precision_target <= 1:
+            return "its mode or precision target is not one eic writes"
+        if not all(math.isfinite(t) and t > 0 for t in self.temperatures.values()):
+            return "a temperature is not a positive number"
+        if not all(c.threshold is None or math.isfinite(c.threshold) for c in self.per_class):
+            return "a threshold is not a number"
+        return None
+
+
+_READER = TypeAdapter(Calibration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +271,7 @@ def calibrate(config: CalibrateConfig) -> Calibration:
     check_precision(config.precision)
     path = RunFolder(config.run).calibration
     if path.is_file() and not config.overwrite:
-        kept = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8"))).precision_target
+        kept = Calibration.read(path).precision_target
         if not math.isclose(kept, config.precision):
             raise CalibrationError(
                 f"{config.run} is calibrated for a precision of {kept}, which eic enrich uses by default: pass "
@@ -259,7 +286,7 @@ def load_calibration(run: Path, precision: float | None = None) -> Calibration:
     """The run's calibration; recomputed from its out-of-fold predictions for another precision target."""
     path = RunFolder(run).calibration
     if path.is_file():
-        calibration = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        calibration = Calibration.read(path)
         if precision is None or math.isclose(precision, calibration.precision_target):
             return calibration
     return calibrate_run(run, precision if precision is not None else 0.95, write=False)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
+from ..core.errors import EicError
+from ..core.sidecars import read_bounded
 from ..core.tables import atomic_path, read_csv_rows, read_table
 from ..core.version import __version__
 from .run_folder import RunFolder, SplitFolder
@@ -48,10 +50,12 @@ def write_model_card(run: Path) -> Path:
 
 
 def _json(path: Path) -> dict[str, Any]:
+    """A JSON object of the run's, or nothing (missing, damaged, a pipe, not an object): the card leaves it out."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bounded(path, what="a run's record", remedy="train the run again"))
+    except (EicError, ValueError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _front_matter(config: dict[str, Any], summary: dict[str, Any], model_id: str) -> str:

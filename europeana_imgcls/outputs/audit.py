@@ -16,7 +16,6 @@ probabilities of a k-fold linear probe made here) the audit writes:
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from ..acquisition.download import CONFIG_FILE
 from ..core.config import AuditConfig, public_dict
@@ -32,6 +32,7 @@ from ..core.errors import CalibrationError, ConfigError, DatasetError, EicError
 from ..core.naming import record_id_of
 from ..core.outputs import REVIEW_TASKS, OutputKind, absolute, build_folder, claimed
 from ..core.progress import progress_bar
+from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import read_table, write_csv, write_json
 from ..datasets.folders import connected
 from ..datasets.imageset import provider_of
@@ -461,14 +462,22 @@ def _web_images(config: AuditConfig, findings: Findings) -> dict[str, str]:
     return {r["ID"]: r["URL"] for r in rows.iter_rows(named=True) if r["ID"] and http_url(r["URL"] or "")}
 
 
+class _DownloadSettings(Sidecar):
+    """What audit reads of a download folder's settings (``config.json``): the table it was filled from."""
+
+    table: str = Field(min_length=1)
+    columns: dict[str, str] | None = None
+
+
 def _recorded_download(path: Path) -> tuple[Path, dict[str, str] | None] | None:
+    """The table a download folder was filled from, and its column mapping; None when its settings cannot say
+    (missing, damaged, a pipe): the review tasks then show the local files."""
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        table = Path(recorded["table"])
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = read_typed(path, _DownloadSettings, what="a download's settings", remedy="download again")
+    except EicError:
         return None
-    columns = recorded.get("columns")
-    return (table, columns if isinstance(columns, dict) else None) if table.is_file() else None
+    table = Path(recorded.table)
+    return (table, recorded.columns) if table.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------

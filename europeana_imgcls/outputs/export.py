@@ -34,7 +34,7 @@ from ..core.tables import read_csv_rows, write_json
 from ..core.version import __version__
 from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
 from ..modelling.calibration import Calibration
-from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256, read_json
+from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256
 from .inference import RunModel, chosen_splits, load_run, probabilities
 from .onnx_runtime import (
     EXPORT_FORMAT,
@@ -152,7 +152,7 @@ def _calibration(run: RunFolder) -> Calibration | None:
             run.path,
         )
         return None
-    return Calibration.from_dict(read_json(run.calibration))
+    return Calibration.read(run.calibration)
 
 
 class _Graph(nn.Module):
