@@ -412,3 +412,49 @@ def test_a_download_whose_journal_was_cut_mid_character_carries_on(
     assert "dropped a record cut short at the end of part.ndjson" in caplog.text  # said, and nothing else lost
     with (out / "failures.csv").open(newline="", encoding="utf-8") as handle:
         assert {row["ID"] for row in csv.DictReader(handle)} == {dead["ID"]}
+
+
+WRONG_ROWS = [["/k/0", {}], ["/k/1", {"image": "x"}], ["/k/2", {"embedding": 5, "image": "y"}], ["/k/3", "abc"]]
+
+
+def _plant(part: Path) -> None:
+    """Records of the wrong shape where a shard's records are: they must reach no output."""
+    import json
+
+    with part.open("ab") as handle:
+        handle.writelines(json.dumps(row).encode() + b"\n" for row in WRONG_ROWS)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_predict_merge_writes_no_row_for_a_record_of_the_wrong_shape(
+    trained_run: Path, tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from europeana_imgcls import PredictConfig, predict
+
+    folder = tmp_path / "in"
+    _hostile_folder(folder)
+    out = tmp_path / f"p{suffix}"
+    predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, shard="0/1", quiet=True))
+    _plant(out.with_name(out.name + ".journal") / part_name(Shard(0, 1)))
+    merged = predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=out, resume=True, quiet=True))
+    rows = list(merged.rows())
+    assert len(rows) == 6 and sorted(Path(r["image"]).name for r in rows) == sorted(p.name for p in folder.iterdir())
+    assert "skipped a damaged record" in caplog.text
+
+
+def test_an_embed_merge_takes_no_record_of_the_wrong_shape(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import polars as pl
+
+    from europeana_imgcls.core.config import EmbedConfig
+    from europeana_imgcls.modelling.embedding import embed
+
+    from .conftest import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=2, size=32)
+    settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
+    out = tmp_path / "e.parquet"
+    embed(EmbedConfig(**settings, output=out, shard="0/1"))
+    _plant(out.with_name(out.name + ".journal") / part_name(Shard(0, 1)))
+    merged = embed(EmbedConfig(**settings, output=out, resume=True))
+    assert merged.already_done == 6 and pl.read_parquet(out).height == 6
+    assert "skipped a damaged record" in caplog.text

@@ -622,6 +622,6 @@ def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_input
     (mine / "inputs.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
     (mine / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
     table = sandbox_table(sandbox, tmp_path / "t.csv")
-    with pytest.raises(DatasetError, match="did not fetch"):
+    with pytest.raises(DatasetError, match="not the images eic predict fetched"):
         predict(PredictConfig(run=trained_run, table=table, output=tmp_path / "p.csv", image_dir=mine, quiet=True))
     assert (mine / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"

@@ -142,6 +142,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
         shard=shard,
         settings={**config.resume_settings(), "classes": images.classes},
         hint="resume with the settings it was started with, or delete that journal folder",
+        check=_is_record,
     )
     report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
     claim(config.output, EMBEDDINGS, resume=config.resume)  # a new table, or `resume` adds new images to it
@@ -219,6 +220,16 @@ def _record(row: dict[str, Any], vector: np.ndarray) -> dict[str, Any]:
         **{c: row.get(c) for c in TEXT_COLUMNS},
         "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii"),
     }
+
+
+def _is_record(value: Any) -> bool:
+    """A journal record as ``_record`` writes it (the journal drops any other value as a damaged line)."""
+    return (
+        isinstance(value, dict)
+        and all(isinstance(value.get(c, 0), str | None) for c in TEXT_COLUMNS)
+        and isinstance(value.get("embedding"), str)
+        and len(base64.b64decode(value["embedding"], validate=True)) % 4 == 0  # whole float32s
+    )
 
 
 def _merged(journal: Journal) -> pl.DataFrame:

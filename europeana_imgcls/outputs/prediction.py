@@ -262,6 +262,7 @@ def output_journal(
         shard=config.shard_spec,
         rank=world.rank if world.active else None,
         hint="resume with the same run and the same `split`, `top_k` and `threshold`, or choose another `output`",
+        check=lambda row: isinstance(row, dict) and set(row) == set(columns),  # else a damaged line, not a stray row
     )
 
 
