@@ -13,7 +13,11 @@ withdraw`` offline: the same routes, the same parsing and validation (``annotati
   user's; 404, 410; a creator without an ``id`` cannot be compared with the user: 500, as on Europeana.
 - ``GET /annotation/search?query=field:"value" AND ...`` over ``generator_uri``, ``creator_uri``,
   ``target_record_id``, ``body_uri`` and ``motivation`` (``*:*`` for all): what a stopped upload may have
-  stored. Unlike Europeana's, whose batch path may not index at once, this index is always current.
+  stored, and a model's annotations by their generator. Paged as Europeana pages it (``page`` from 0,
+  ``pageSize`` 10 by default, at most 100, else 400) and answered in its shape: an ``AnnotationPage`` with its
+  ``id``, ``total`` (in the page), ``partOf`` (``id``, ``total``: in all), ``items`` (left out when there are
+  none; ids alone under ``profile=minimal``), ``prev`` and ``next``. Unlike Europeana's, whose batch path may not
+  index at once, this index is always current, and it takes a search without ``wskey``.
 """
 
 from __future__ import annotations
@@ -23,25 +27,22 @@ import json
 import re
 import threading
 from typing import Any
+from urllib.parse import urlencode
 
-from .annotations import ANNO_CONTEXT, annotation_refusal, identifier_of, page_refusal, record_of
+from .annotations import (
+    ANNO_CONTEXT,
+    ANNOTATION_BASE,
+    KEPT,
+    SEARCH_PAGE_SIZE,
+    annotation_refusal,
+    identifier_of,
+    page_refusal,
+    record_of,
+)
 
 SANDBOX_TOKEN = "sandbox-token"  # the stand-in's write token out of the box (its user: sandbox-user)
-STORED = (
-    "type",
-    "created",
-    "creator",
-    "generated",
-    "generator",
-    "motivation",
-    "bodyValue",
-    "body",
-    "target",
-    "equivalentTo",
-    "canonical",
-    "via",
-)
-ANNOTATION_BASE = "http://data.europeana.eu/annotation/"
+STORED = KEPT
+DEFAULT_PAGE_SIZE = 10  # Europeana's (Query.DEFAULT_PAGE_SIZE)
 USER_BASE = "http://data.europeana.eu/user/"
 CLIENT = "https://api.europeana.eu/apikey/sandbox-client"
 Answer = tuple[int, dict[str, Any] | None]
@@ -115,17 +116,46 @@ class AnnotationStore:
             self.deleted.add(found)
         return 204, None
 
-    def search(self, query: str) -> Answer:
-        clauses = re.findall(r'(\w+):"((?:[^"\\]|\\.)*)"', query)
+    def search(
+        self, query: str, page: str = "0", page_size: str = str(DEFAULT_PAGE_SIZE), profile: str = "", base: str = ""
+    ) -> Answer:
+        """One page of what ``query`` finds, in Europeana's shape; ``base`` is the API's address (for the page's
+        ``id``, ``prev`` and ``next``)."""
+        action = "/annotation/search"
+        clauses = [(n, re.sub(r"\\(.)", r"\1", v)) for n, v in re.findall(r'(\w+):"((?:[^"\\]|\\.)*)"', query)]
         if query.strip() != "*:*" and not clauses:
-            return _error(400, "/annotation/search", "Invalid query: " + query)
+            return _error(400, action, "Invalid query: " + query)
+        if not (page.isdigit() and page_size.isdigit() and 0 < int(page_size) <= SEARCH_PAGE_SIZE):
+            return _error(400, action, f"Invalid request parameter value! page: {page}, pageSize: {page_size}")
+        if profile.lower() not in ("", "standard", "minimal"):
+            return _error(400, action, f"Invalid request parameter value! profile: {profile}")
         with self._lock:
             found = [
                 a
                 for n, a in sorted(self.annotations.items())
                 if n not in self.deleted and all(_field(a, name) == value for name, value in clauses)
             ]
-        return 200, {"@context": ANNO_CONTEXT, "type": "AnnotationPage", "total": len(found), "items": found}
+        number, size = int(page), int(page_size)
+        shown = found[number * size : (number + 1) * size]
+
+        def address(at: int | None) -> str:
+            paging = {} if at is None else {"page": at, "pageSize": size}
+            return f"{base}{action}?{urlencode({'query': query, **paging})}"
+
+        body: dict[str, Any] = {
+            "@context": ANNO_CONTEXT,
+            "id": address(number),
+            "type": "AnnotationPage",
+            "total": len(shown),
+            "partOf": {"id": address(None), "total": len(found)},
+        }
+        if shown:
+            body["items"] = [a["id"] for a in shown] if profile.lower() == "minimal" else shown
+        if number > 0:
+            body["prev"] = address(number - 1)
+        if (number + 1) * size < len(found):
+            body["next"] = address(number + 1)
+        return 200, body
 
     def live(self) -> list[dict[str, Any]]:
         """The annotations stored and not deleted (for tests and the demo)."""

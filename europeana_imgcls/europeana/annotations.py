@@ -16,26 +16,35 @@ refuses what Europeana refuses, in Europeana's words:
 
 ``eic publish`` adds its own rules on top (``publish_problem``): no ``id`` (Europeana would take it as an
 update of another annotation), no ``creator`` (the server then names the token's user, who alone may delete
-it), a ``generator`` with an http(s) ``id``, a target that is a Europeana record, a ``canonical`` to remember
-it by, and the model that made it.
+it), the model's ``generator`` (what eic withdraw searches by), a ``canonical`` to remember it by, the model that
+made it, a confidence between 0 and 1, and only addresses Europeana should hold: a target (or its ``scope``) that
+is a Europeana record URI, and sources that are plain http(s) addresses (no ``javascript:``, no ``..``).
+
+The client (``AnnotationsClient``) takes nothing the server says on trust: an id it gives must be an annotation
+URI of that API (``annotation_number``), a redirect or a 404 where the API should be stops the run, and a 404 for
+an annotation counts as "gone" only when the API itself says it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import re
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from ..core.errors import ApiError
 from ..core.retry import Retry
-from .search_api import ITEM_BASE, server_text
+from ..core.version import HOMEPAGE
+from .search_api import ITEM_BASE, _is_loopback, server_text
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 NS = "urn:europeana-imgcls:"  # eic's own properties: absolute IRIs, which JSON-LD keeps as they are
@@ -74,6 +83,24 @@ SUPPORTED = (
 )
 AGENT_TYPES = ("person", "software", "organization")
 MAX_TAG = 64
+# What Europeana's AnnotationLdParser keeps of an annotation; every other key is dropped.
+KEPT = (
+    "type",
+    "created",
+    "creator",
+    "generated",
+    "generator",
+    "motivation",
+    "bodyValue",
+    "body",
+    "target",
+    "equivalentTo",
+    "canonical",
+    "via",
+)
+ANNOTATION_BASE = "http://data.europeana.eu/annotation/"  # the ids Europeana gives: ANNOTATION_BASE + a number
+SEARCH_PAGE_SIZE = 100  # Europeana's most per search page (Query.MAX_PAGE_SIZE); pages count from 0
+MAX_SEARCH_PAGES = 10_000  # a million annotations; a search that goes on longer is a server going round
 log = logging.getLogger(__name__)
 
 
@@ -248,19 +275,107 @@ def publish_problem(item: Any) -> str | None:
         return "it is not a tag with a concept as its body: eic publishes the tags eic enrich writes"
     if not absolute_uri(item.get("canonical")):
         return "it has no canonical IRI, which eic needs to know it by (sent or not)"
-    if record_of(item) is None:
-        return "its target is no Europeana record (http://data.europeana.eu/item/...)"
-    if model_of(item) is None:
+    problem = _address_problem(item)
+    if problem is not None:
+        return problem
+    model = model_of(item)
+    if model is None:
         return f"it names no model ({MODEL} with an id {MODEL_ID_PREFIX}...): eic enrich did not write it"
+    if generator["id"] != model_generator(model):
+        return (
+            f"its generator {_shown(generator['id'])} is not its model's ({model_generator(model)}): eic withdraw "
+            "could not find it by its generator"
+        )
+    if CONFIDENCE in item and not is_probability(item[CONFIDENCE]):
+        return f"its confidence ({CONFIDENCE}) is {_shown(item[CONFIDENCE])}, not a number between 0 and 1"
     return None
+
+
+def _address_problem(item: dict[str, Any]) -> str | None:
+    """Only what Europeana should hold: the target (or its scope) a Europeana record URI; the target's source,
+    the body's source (and its id and scope) plain http(s) addresses."""
+    target, body = item.get("target"), item["body"]
+    if isinstance(target, dict):
+        named = [("target's scope", target.get("scope"), record_uri_problem)]
+        named.append(("target's source", target.get("source"), web_address_problem))
+    else:
+        named = [("target", target, record_uri_problem)]
+    named += [(f"body's {key}", body.get(key), web_address_problem) for key in ("source", "id", "scope") if key in body]
+    for name, value, check in named:
+        problem = check(value)
+        if problem is not None:
+            return f"its {name} {_shown(value)} is refused: {problem}"
+    return None
+
+
+def web_address_problem(value: Any) -> str | None:
+    """Why ``value`` is not a plain http(s) address eic would send as a source, or None: text without spaces,
+    control or formatting characters (U+202E) or backslashes, an http(s) scheme, a host without credentials, and
+    no ``.`` or ``..`` path segment (percent-encoded or not: a server may resolve it to another resource)."""
+    if not isinstance(value, str):
+        return "it is no address"
+    if any(c.isspace() or c == "\\" or unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        return "it holds a space, a control or formatting character, or a backslash"
+    if not value.lower().startswith(("http://", "https://")):
+        return "it is not an http(s) address"
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - a port that is no number raises
+    except ValueError:
+        return "its port is not a number"
+    if not parts.hostname or "@" in parts.netloc:
+        return "it names no host, or a host with credentials"
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        return "its path holds a . or .. segment"
+    return None
+
+
+def record_uri_problem(value: Any) -> str | None:
+    """Why ``value`` is not the URI of a Europeana record (``http://data.europeana.eu/item/DATASET/LOCAL``: that
+    host, no port, no query or fragment, no empty, ``.`` or ``..`` segment), or None."""
+    problem = web_address_problem(value)
+    if problem is None and not (
+        value.startswith(ITEM_BASE + "/")
+        and urlsplit(value).netloc == "data.europeana.eu"
+        and not {"?", "#"} & set(value)
+        and len(segments := value[len(ITEM_BASE) + 1 :].split("/")) >= 2
+        and "" not in segments
+    ):
+        problem = "it is not a Europeana record"
+    return None if problem is None else f"{problem} (the europeana profile targets {ITEM_BASE}/DATASET/LOCAL)"
+
+
+def is_probability(value: Any) -> bool:
+    """A number between 0 and 1 (not NaN, not infinite, not text, not a boolean)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+
+
+def model_generator(digest: str) -> str:
+    """The ``generator`` id eic enrich gives every annotation of a model (``outputs/enrichment.py``): what eic
+    withdraw finds the model's annotations by when it has no journal."""
+    return f"{HOMEPAGE}#model-{digest}"
+
+
+def api_name(api_url: str) -> str:
+    """How messages name an Annotations API: Europeana's as Europeana, any other (the sandbox) by its address."""
+    host = urlsplit(api_url).hostname or ""
+    if host == "europeana.eu" or host.endswith(".europeana.eu"):
+        return "Europeana"
+    return f"the Annotations API at {api_url}"
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value from a file or a server in a message: its repr (escapes keep it on one line), not too long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def record_of(item: dict[str, Any]) -> str | None:
     """The record an annotation's target names (``/dataset/local``), or None."""
     target = item.get("target")
     scope = target.get("scope") if isinstance(target, dict) else target
-    if isinstance(scope, str) and scope.startswith(ITEM_BASE + "/") and len(scope) > len(ITEM_BASE) + 1:
-        return scope[len(ITEM_BASE) :]
+    if record_uri_problem(scope) is None:
+        return str(scope)[len(ITEM_BASE) :]
     return None
 
 
@@ -300,8 +415,25 @@ def _identifier(value: Any) -> int | None:
 
 
 def identifier_of(europeana_id: str) -> int | None:
-    """The number of an annotation Europeana created (``http://data.europeana.eu/annotation/123`` -> 123)."""
+    """The number Europeana's parser reads from an annotation's id (its last path part, whatever comes before):
+    the stand-in's reading of an update. eic itself names an annotation only by ``annotation_number``."""
     return _identifier(europeana_id)
+
+
+def annotation_number(value: Any, api_url: str | None = None) -> int | None:
+    """The number of the annotation ``value`` names, if it is an annotation URI of that API: Europeana's ids
+    (``http(s)://data.europeana.eu/annotation/N``) or the API's own (``{api_url}/annotation/N``); else None, and
+    eic neither records nor deletes anything by it."""
+    if not isinstance(value, str):
+        return None
+    bases = [ANNOTATION_BASE, "https" + ANNOTATION_BASE[4:]]
+    if api_url:
+        bases.append(api_url.rstrip("/") + "/annotation/")
+    for base in bases:
+        number = value[len(base) :] if value.startswith(base) else ""
+        if number.isascii() and number.isdigit() and len(number) <= 18 and int(number) > 0:
+            return int(number)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +448,10 @@ class AnnotationsError(ApiError):
         self.status = status
 
 
+class UnknownOutcome(ApiError):  # noqa: N818 - it is a state, not only an error
+    """An upload was sent and no answer came that eic can use: the API may hold it or not."""
+
+
 @dataclass
 class Deleted:
     """What a DELETE found: 204 deleted, or 404/410 already gone."""
@@ -325,29 +461,43 @@ class Deleted:
 
 class AnnotationsClient:
     """The write routes of the Annotations API: ``POST {api}/annotations/`` (a batch), ``DELETE
-    {api}/annotation/{n}``, and ``GET {api}/annotation/search`` to find what a stopped upload may have stored.
+    {api}/annotation/{n}``, and ``GET {api}/annotation/search`` (what a stopped upload may have stored; a model's
+    annotations by their generator).
 
-    Writes carry ``Authorization: Bearer <token>``; ``api_key`` goes as ``wskey`` where given. 429 and 5xx are
-    retried with the one retry policy (``core/retry.py``); a connection refused is retried too (nothing was
-    sent). An upload whose answer never came is not retried blindly: ``UnknownOutcome`` says so.
+    Writes carry ``Authorization: Bearer <token>``; ``api_key`` goes as the ``wskey`` parameter where given, as
+    Europeana's Annotations API reads it. 429 and 5xx are retried with the one retry policy (``core/retry.py``);
+    a connection refused is retried too (nothing was sent). An upload whose answer never came, or came without
+    ids eic can name, is not retried blindly: ``UnknownOutcome`` says so. A redirect, or a 404 or 405 where the
+    API should answer, stops everything: nothing is sent on to another address, and a wrong ``annotation_api``
+    does not make every item look refused.
     """
 
     def __init__(
         self,
         api_url: str,
-        token: str,
+        token: str | None,
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
         retries: int = 5,
         rate: float | None = None,
         transport: httpx.BaseTransport | None = None,
+        page_size: int = SEARCH_PAGE_SIZE,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.where = api_name(self.api_url)
         self.retries = retries
         self.interval = 1.0 / rate if rate else 0.0
+        self.page_size = page_size
+        self.token = token
         self._next = 0.0
-        headers = {"Authorization": f"Bearer {token}", "User-Agent": "europeana-imgcls"}
+        home = httpx.URL(self.api_url)
+        secrets = " and ".join(name for name, given in (("the token", token), ("the API key", api_key)) if given)
+        if secrets and home.scheme == "http" and not _is_loopback(home.host):  # as harvest warns for the key
+            log.warning(
+                "%s would travel unencrypted to %s: give an https:// annotation API address", secrets, home.host
+            )
+        headers = {"User-Agent": "europeana-imgcls", **({"Authorization": f"Bearer {token}"} if token else {})}
         self.params = {"wskey": api_key} if api_key else {}
         self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, follow_redirects=False)
 
@@ -358,42 +508,94 @@ class AnnotationsClient:
         self._http.close()
 
     def create(self, items: Sequence[dict[str, Any]]) -> list[str]:
-        """Send ``items`` as one AnnotationPage; the ids Europeana gave them, in order."""
+        """Send ``items`` as one AnnotationPage; the ids the API gave them, in order, each an annotation URI of it."""
         page = {"@context": ANNO_CONTEXT, "type": "AnnotationPage", "items": list(items)}
         response = self._request("POST", "/annotations/", json=page, unknown_outcome=True)
+        self._refuse_no_api(response, "POST", "/annotations/")
         if response.status_code != 201:
             raise AnnotationsError(response.status_code, _reason(response))
         try:
-            ids = [str(item["id"]) for item in response.json()["items"]]
+            ids = [item["id"] for item in response.json()["items"]]
         except (ValueError, KeyError, TypeError):
             ids = []
         if len(ids) != len(items):  # stored, but which id is which is unknown
+            raise UnknownOutcome(f"{self.where} answered 201 without the ids of the {len(items)} annotations it stored")
+        forged = next((i for i in ids if annotation_number(i, self.api_url) is None), None)
+        if forged is not None:
             raise UnknownOutcome(
-                f"the Annotations API at {self.api_url} answered 201 without the ids of the "
-                f"{len(items)} annotations it stored"
+                f"{self.where} answered 201 with {server_text(_shown(forged), response, limit=100)} as the id of "
+                f"an annotation it stored, which names no annotation of it"
             )
-        return ids
+        return [str(i) for i in ids]
 
     def delete(self, identifier: int) -> Deleted:
         response = self._request("DELETE", f"/annotation/{identifier}")
         if response.status_code in (200, 204):
             return Deleted(gone_before=False)
         if response.status_code in (404, 410):
+            # "Gone" only as the API says it (a JSON error of its own), not as any web server says "not found".
+            self._refuse_no_api(response, "DELETE", f"/annotation/{identifier}", unless_json=True)
             return Deleted(gone_before=True)
         raise AnnotationsError(response.status_code, _reason(response))
 
     def find(self, generator: str, record: str, concept: str) -> list[str]:
         """The ids of the tags of ``record`` with ``concept`` made by ``generator`` (the search index's view)."""
-        query = f'generator_uri:"{generator}" AND target_record_id:"{record}" AND body_uri:"{concept}"'
-        response = self._request(
-            "GET", "/annotation/search", params={"query": query, "pageSize": "100", "profile": "standard"}
-        )
+        clauses = {"generator_uri": generator, "target_record_id": record, "body_uri": concept}
+        query = " AND ".join(f"{name}:{_quoted(value)}" for name, value in clauses.items())
+        return [str(item["id"]) for item in self.search(query)]
+
+    def by_generator(self, generator: str) -> list[str]:
+        """The ids of every annotation whose generator is ``generator`` (a model's), as the search finds them; an
+        item the search answers with another generator is not taken."""
+        found = self.search(f"generator_uri:{_quoted(generator)}")
+        return [str(item["id"]) for item in found if "generator" not in item or _generator_of(item) == generator]
+
+    def search(self, query: str) -> list[dict[str, Any]]:
+        """Every annotation the search finds (``{"id": ...}`` where the API answers with ids alone), page by page
+        as Europeana serves them (``page`` from 0, ``pageSize`` at most 100), each id an annotation URI of it."""
+        found: dict[str, dict[str, Any]] = {}
+        for page in itertools.count():
+            if page == MAX_SEARCH_PAGES:
+                raise ApiError(f"{self.where}'s search {query} went on for {page} pages; try again later")
+            items = self._search_page(query, page)
+            fresh = {str(item["id"]): item for item in items if str(item["id"]) not in found}
+            found.update(fresh)
+            if len(items) < self.page_size or not fresh:  # the last page, or a server going round
+                return list(found.values())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _search_page(self, query: str, page: int) -> list[dict[str, Any]]:
+        params = {"query": query, "page": str(page), "pageSize": str(self.page_size), "profile": "standard"}
+        response = self._request("GET", "/annotation/search", params=params)
+        self._refuse_no_api(response, "GET", "/annotation/search")
         if response.status_code != 200:
-            raise AnnotationsError(response.status_code, _reason(response))
+            raise AnnotationsError(response.status_code, f"{self.where} refused the search: {_reason(response)}")
         try:
-            return [str(item["id"] if isinstance(item, dict) else item) for item in response.json().get("items", [])]
-        except (ValueError, AttributeError, KeyError, TypeError):
-            return []
+            body = response.json()
+        except ValueError:
+            body = None
+        items = body.get("items", []) if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise ApiError(f"{self.where} answered the search with something that is no AnnotationPage")
+        found = [item if isinstance(item, dict) else {"id": item} for item in items]
+        for item in found:
+            if annotation_number(item.get("id"), self.api_url) is None:
+                raise ApiError(
+                    f"{self.where} answered the search with {server_text(_shown(item.get('id')), response, 100)}, "
+                    "which names no annotation of it: eic records and deletes nothing by it"
+                )
+        return found
+
+    def _refuse_no_api(self, response: httpx.Response, method: str, path: str, unless_json: bool = False) -> None:
+        """A 404 or 405 where the API's route should be: no Annotations API answers at that address."""
+        if response.status_code not in (404, 405):
+            return
+        if unless_json and _json_object(response):
+            return
+        raise ApiError(
+            f"{method} {self.api_url}{path} answered {response.status_code} ({_reason(response)}): no Annotations "
+            "API answers there; check `annotation_api` (the address before /annotations/)"
+        )
 
     def _request(
         self,
@@ -415,33 +617,33 @@ class AnnotationsClient:
                 retry = retry.increment()
                 if retry.is_exhausted():
                     raise ApiError(
-                        f"cannot reach the Annotations API at {self.api_url} ({type(exc).__name__}); "
-                        "check `annotation_api` and the network"
+                        f"cannot reach {self.where} ({type(exc).__name__}); check `annotation_api` and the network"
                     ) from None
                 time.sleep(retry.wait())
                 continue
             except httpx.TransportError as exc:  # sent, but no answer: the server may have acted on it
                 if unknown_outcome:
-                    raise UnknownOutcome(f"the Annotations API did not answer ({type(exc).__name__})") from None
+                    raise UnknownOutcome(f"{self.where} did not answer ({type(exc).__name__})") from None
+                raise ApiError(f"{self.where} did not answer ({type(exc).__name__}); try again later") from None
+            if response.is_redirect or 300 <= response.status_code < 400:
+                location = server_text(response.headers.get("Location") or "no address", response, limit=200)
                 raise ApiError(
-                    f"the Annotations API at {self.api_url} did not answer ({type(exc).__name__}); try again later"
-                ) from None
-            if response.status_code in (401, 403):
-                raise ApiError(
-                    f"the Annotations API refused the token ({response.status_code}: "
-                    f"{_reason(response)}); set a valid one with `annotation_token` or "
-                    "EUROPEANA_ANNOTATION_TOKEN (write access is granted by Europeana on request)"
+                    f"{method} {self.api_url}{path} answered {response.status_code}, sending it to {location}: eic "
+                    "follows no redirect with the token; set `annotation_api` to the Annotations API's own address"
                 )
+            if response.status_code in (401, 403):
+                raise ApiError(self._refused(response))
             if response.status_code == 429 or response.status_code >= 502:
                 retry = retry.increment()
                 if retry.is_exhausted():
                     raise ApiError(
-                        f"the Annotations API answered {response.status_code} {_reason(response)} after "
+                        f"{self.where} answered {response.status_code} {_reason(response)} after "
                         f"{retry.attempts} attempts; try again later"
                     )
                 wait = retry.wait(response.headers.get("Retry-After"))
                 log.warning(
-                    "Annotations API answered %d; retry %d of %d in %.1f s",
+                    "%s answered %d; retry %d of %d in %.1f s",
+                    self.where,
                     response.status_code,
                     retry.failures,
                     self.retries,
@@ -451,6 +653,17 @@ class AnnotationsClient:
                 continue
             return response
 
+    def _refused(self, response: httpx.Response) -> str:
+        if self.token is None:
+            return (
+                f"{self.where} refused the request ({response.status_code}: {_reason(response)}); pass "
+                "`annotation_token` (or set EUROPEANA_ANNOTATION_TOKEN), and `api_key` if it wants one"
+            )
+        return (
+            f"{self.where} refused the token ({response.status_code}: {_reason(response)}); set a valid one with "
+            "`annotation_token` or EUROPEANA_ANNOTATION_TOKEN (write access is granted by Europeana on request)"
+        )
+
     def _pace(self) -> None:
         now = time.monotonic()
         if self._next > now:
@@ -458,8 +671,22 @@ class AnnotationsClient:
         self._next = max(now, self._next) + self.interval
 
 
-class UnknownOutcome(ApiError):  # noqa: N818 - it is a state, not only an error
-    """An upload was sent and no answer came: Europeana may hold it or not."""
+def _quoted(value: str) -> str:
+    """A value in a Solr query of the search: quoted, its quotes and backslashes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _generator_of(item: dict[str, Any]) -> Any:
+    """The generator id of an annotation the search answered with in full."""
+    generator = item.get("generator")
+    return generator.get("id") if isinstance(generator, dict) else generator
+
+
+def _json_object(response: httpx.Response) -> bool:
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
 
 
 def _reason(response: httpx.Response) -> str:

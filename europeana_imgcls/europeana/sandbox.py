@@ -631,7 +631,9 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             if path in SEARCH_PATHS:
                 return self._search(params)
             if path == "/annotation/search":
-                return self._answer(*sandbox.annotations.search(_param(params, "query") or ""))
+                query, page, size = (_param(params, name) for name in ("query", "page", "pageSize"))
+                profile, base = _param(params, "profile") or "", sandbox.base_url
+                return self._answer(*sandbox.annotations.search(query or "", page or "0", size or "10", profile, base))
             if path.startswith("/annotation/"):
                 return self._answer(*sandbox.annotations.get(path.removeprefix("/annotation/")))
             if path.startswith("/images/"):
