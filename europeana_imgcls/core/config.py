@@ -680,13 +680,49 @@ class AnnotationApiSettings(ProgressSettings):
     annotation_token: SecretStr | None = Field(
         None,
         description="Bearer token with write access to the Annotations API (Europeana grants it on request); "
+        "best set as EUROPEANA_ANNOTATION_TOKEN (a flag shows in the process list); never printed or written.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Europeana API key, sent as the wskey parameter (as the Annotations API reads it) where given; "
         "never printed or written.",
     )
-    api_key: SecretStr | None = Field(None, description="API key, sent as wskey where given.")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for one answer of the Annotations API.")
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a refused connection.")
-    rate: float | None = Field(None, gt=0, description="Most requests per second; default: no limit.")
+    rate: float | None = Field(
+        None,
+        ge=0.01,
+        le=100,
+        allow_inf_nan=False,
+        description="Most requests per second (0.01 to 100); default: no limit.",
+    )
     dry_run: bool = Field(False, description="Check and count only: nothing is sent.")
+
+    @field_validator("annotation_api")
+    @classmethod
+    def _annotation_api(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("give the http(s) address of the Annotations API, e.g. https://api.europeana.eu")
+        if parts.query or parts.fragment or any(c.isspace() for c in value):
+            raise ValueError("give the Annotations API's address alone, without a query, fragment or spaces")
+        return value
+
+    @field_validator("annotation_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused before any work: such a token could only be refused by the API, or (a line break) end the
+        # Authorization header it travels in.
+        token = value.get_secret_value() if value is not None else None
+        if token is None or (token and token.isascii() and token.isprintable() and " " not in token):
+            return value
+        said = "empty" if not token else "not one: it holds a space, a line break or a character that is not ASCII"
+        raise ValueError(
+            f"the token is {said}; pass the access token Europeana gave you as it is, as EUROPEANA_ANNOTATION_TOKEN "
+            "(or `annotation_token`)"
+        )
 
 
 class PublishConfig(AnnotationApiSettings):
@@ -711,9 +747,10 @@ class WithdrawConfig(AnnotationApiSettings):
     input_paths: ClassVar[tuple[str, ...]] = ("published",)
 
     published: list[Path] = Field(
-        min_length=1,
+        default_factory=list,
         description="Enrichment files sent with eic publish (their journals, ENRICHMENTS.published, say what "
-        "was sent), or the journal folders themselves.",
+        "was sent), or the journal folders themselves; none: the model's annotations are found on the Annotations "
+        "API by their generator (the journals lost, or on another machine).",
     )
     model: str = Field(
         pattern=r"^(urn:europeana-imgcls:model:)?[0-9a-f]{16}$",
