@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import EnrichConfig, PublishConfig, WithdrawConfig
-from europeana_imgcls.core.errors import ApiError, DatasetError
+from europeana_imgcls.core.errors import ApiError, ConfigError, DatasetError
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN, AnnotationStore
 from europeana_imgcls.europeana.annotations import (
     CONFIDENCE,
@@ -63,7 +63,13 @@ def enriched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             )
             paths[out.name] = out
     assert made["europeana.jsonld"].annotations >= 10
-    return {"path": paths, "reports": made, "model": made["europeana.jsonld"].model_id, "images": images}
+    return {
+        "path": paths,
+        "reports": made,
+        "model": made["europeana.jsonld"].model_id,
+        "images": images,
+        "trained_run": trained_run,
+    }
 
 
 def _items(path: Path) -> list[dict[str, Any]]:
@@ -449,3 +455,412 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
         "9022",
     }
     assert f"model_id: {model}" in card  # evaluating changes no model
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing only what Europeana should hold: hostile files, answers, settings (issue #31)
+
+MODEL_A, MODEL_B = "0123456789abcdef", "fedcba9876543210"
+ANNOTATION = "http://data.europeana.eu/annotation/"
+W3C_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
+ENV = {"EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
+
+
+def _made(n: int, digest: str = MODEL_A, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` annotations of the europeana profile as eic enrich writes them, without a model to train."""
+    from europeana_imgcls.outputs.enrichment import ModelInfo, annotation
+
+    model = ModelInfo(digest, "run", ["split_1"], 0.9)
+    return [
+        annotation(
+            {"scope": f"http://data.europeana.eu/item/9000/r{i}", "source": f"https://images.example.org/{i}.jpg"},
+            VOCAB["map"],
+            0.97,
+            model,
+            "map",
+            0.5,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _write(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def _one_line(result: Any) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("eic: error: "), result.output
+    return lines[0]
+
+
+GOOD_SCOPE = "http://data.europeana.eu/item/9000/r0"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"target": "javascript:alert(1)"},
+        {"target": {"scope": GOOD_SCOPE, "source": "javascript:alert(1)"}},
+        {"target": {"scope": GOOD_SCOPE, "source": "https://images.example.org/a/../../b.jpg"}},
+        {"target": {"scope": GOOD_SCOPE, "source": "https://images.example.org/a/%2E%2E/b.jpg"}},
+        {"target": {"scope": GOOD_SCOPE, "source": "https://user:pw@images.example.org/b.jpg"}},
+        {"target": {"scope": "http://data.europeana.eu/item/9000/../../user/1", "source": "https://i.example.org/1"}},
+        {"target": "http://data.europeana.eu/item/9000/r0/.."},
+        {"target": "http://data.europeana.eu/item/9000//r0"},
+        {"target": "http://data.europeana.eu/item/9000/r0?view=1"},
+        {"target": "http://data.europeana.eu/item/9000/r0\u202e"},
+        {"target": {"scope": "http://evil.example.org/item/9000/r0", "source": "https://images.example.org/1"}},
+        {
+            "target": {
+                "scope": "http://data.europeana.eu.evil.example.org/item/9000/r0",
+                "source": "https://i.example/1",
+            }
+        },
+        {"target": {"scope": "http://data.europeana.eu:8080/item/9000/r0", "source": "https://images.example.org/1"}},
+        {"body": {"type": "SpecificResource", "source": "http://data.europeana.eu/concept/../item/1"}},
+        {"body": {"type": "SpecificResource", "source": VOCAB["map"], "scope": "http://x.example.org/a/../b"}},
+        {CONFIDENCE: float("nan")},
+        {CONFIDENCE: float("inf")},
+        {CONFIDENCE: 1.5},
+        {CONFIDENCE: "0.9"},
+    ],
+)
+def test_targets_sources_and_scopes_are_europeana_records_and_plain_web_addresses(change: dict[str, Any]) -> None:
+    """The europeana profile targets Europeana's records (http://data.europeana.eu/item/DATASET/LOCAL, nothing
+    else, no dot segment, no query); a source is an http(s) address without dot segments or credentials."""
+    good = _made(1)[0]
+    assert publish_problem(good) is None
+    assert publish_problem({**good, **change}) is not None
+
+
+def test_a_file_with_a_hostile_target_is_refused_in_one_line_and_nothing_is_sent(tmp_path: Path) -> None:
+    items = _made(3)
+    items[2]["target"] = {"scope": "http://data.europeana.eu/item/9000/r2/../../../user/7", "source": "https://i/1"}
+    path = _write(tmp_path / "a.jsonl", items)
+    with Sandbox(VOCAB, per_level=2) as sb:
+        result = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
+        line = _one_line(result)
+        assert "annotation 3" in line and "nothing was sent" in line
+        assert sb.count("/annotation") == 0
+
+
+def test_an_id_the_server_gives_that_names_no_annotation_of_it_is_not_taken_as_published(tmp_path: Path) -> None:
+    """A 201 whose ids are not annotation URIs of that API: nothing is recorded as published; the next run finds
+    what was stored by search and sends nothing twice."""
+    path = _write(tmp_path / "a.jsonl", _made(4))
+    forged = ["javascript:alert(1)", "http://evil.example.org/annotation/1", "http://data.europeana.eu/annotation/x"]
+
+    class Forger(AnnotationStore):
+        def post_batch(self, authorization: str | None, body: bytes):  # type: ignore[no-untyped-def]
+            status, page = super().post_batch(authorization, body)
+            if status == 201 and page is not None:
+                page["items"] = [dict(a, id=forged[i % len(forged)]) for i, a in enumerate(page["items"])]
+            return status, page
+
+    with Sandbox(VOCAB, per_level=2) as sb:
+        sb.annotations = Forger({SANDBOX_TOKEN: "sandbox-user"})
+        result = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
+        line = _one_line(result)
+        assert sb.base_url in line and "javascript" not in line.split(sb.base_url)[0]
+        from europeana_imgcls.core.journal import read_records
+
+        states = [v for _, v in read_records(tmp_path / "a.jsonl.published" / "part.ndjson")]
+        assert states and not any(s["state"] == "published" for s in states)
+        sb.annotations.__class__ = AnnotationStore  # the server mends its ways
+        again = publish(_config(path, sb))
+        assert again.found == 4 and again.sent == 0 and len(sb.annotations.live()) == 4
+
+
+def test_withdraw_deletes_nothing_it_cannot_name(tmp_path: Path) -> None:
+    """A journal state whose id is not an annotation of that API (another host's, a path that climbs) deletes
+    nothing there, whatever number it ends with."""
+    from europeana_imgcls.core.journal import frame
+
+    path = _write(tmp_path / "a.jsonl", _made(3))
+    with Sandbox(VOCAB, per_level=2) as sb:
+        publish(_config(path, sb))
+        folder = tmp_path / "forged.published"
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps({"annotation_api": sb.base_url}))
+        ids = ["http://evil.example.org/annotation/2", "http://data.europeana.eu/annotation/9/../2", "2"]
+        (folder / "part.ndjson").write_bytes(
+            b"".join(
+                frame(f"urn:uuid:{i}", {"state": "published", "id": id_, "model": MODEL_A}) for i, id_ in enumerate(ids)
+            )
+        )
+        result = CliRunner().invoke(
+            app, ["withdraw", str(folder), "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV
+        )
+        assert result.exit_code == 1 and "no annotation of model" in _one_line(result)
+        assert len(sb.annotations.live()) == 3 and sb.count("/annotation/") == 0
+
+
+def test_withdraw_without_the_journals_finds_the_models_annotations_by_their_generator(tmp_path: Path) -> None:
+    """The journals lost (or on another machine): eic withdraw --model ID without files asks the API's search
+    for the model's generator, page by page, and deletes what it finds: that model's, nobody else's."""
+    import shutil
+
+    mine = _write(tmp_path / "a.jsonl", _made(230))  # three pages of 100
+    other = _write(tmp_path / "b.jsonl", _made(5, digest=MODEL_B))
+    with Sandbox(VOCAB, per_level=2) as sb:
+        publish(_config(mine, sb, batch_size=100))
+        publish(_config(other, sb))
+        shutil.rmtree(tmp_path / "a.jsonl.published")
+        runner = CliRunner()
+        dry = runner.invoke(app, ["withdraw", "--model", MODEL_A, "--annotation-api", sb.base_url, "--dry-run"])
+        assert dry.exit_code == 0 and "230" in dry.stdout and len(sb.annotations.live()) == 235, dry.output
+        result = runner.invoke(app, ["withdraw", "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV)
+        assert result.exit_code == 0, result.output
+        assert "230" in result.stdout and sb.base_url in result.stdout
+        left = sb.annotations.live()
+        assert len(left) == 5 and all(MODEL_B in a["generator"]["id"] for a in left)
+        again = runner.invoke(app, ["withdraw", "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV)
+        assert again.exit_code == 0 and again.stdout.startswith("0 annotations"), again.output
+
+
+def test_a_file_whose_journal_is_missing_says_how_to_withdraw_without_it(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.jsonl", _made(2))
+    result = CliRunner().invoke(app, ["withdraw", str(path), "--model", MODEL_A], env=ENV)
+    line = _one_line(result)
+    assert "a.jsonl.published" in line and "without" in line and "--model" in line
+
+
+def test_the_stand_ins_search_answers_in_europeanas_shape_page_by_page(tmp_path: Path) -> None:
+    import httpx
+
+    path = _write(tmp_path / "a.jsonl", _made(12))
+    generator = _made(1)[0]["generator"]["id"]
+    with Sandbox(VOCAB, per_level=2) as sb:
+        publish(_config(path, sb))
+        url = f"{sb.base_url}/annotation/search"
+        query = f'generator_uri:"{generator}"'
+        first = httpx.get(url, params={"query": query, "pageSize": "5", "profile": "standard"}).json()
+        assert first["type"] == "AnnotationPage" and first["total"] == 5 and first["partOf"]["total"] == 12
+        assert len(first["items"]) == 5 and "page=1" in first["next"] and "prev" not in first
+        last = httpx.get(url, params={"query": query, "pageSize": "5", "page": "2"}).json()
+        assert last["total"] == 2 and "next" not in last and "page=1" in last["prev"]
+        minimal = httpx.get(url, params={"query": query, "pageSize": "5", "profile": "minimal"}).json()
+        assert all(isinstance(i, str) and i.startswith(ANNOTATION) for i in minimal["items"])
+        none = httpx.get(url, params={"query": 'generator_uri:"http://nobody.example.org/"'}).json()
+        assert none["total"] == 0 and "items" not in none
+        assert httpx.get(url, params={"query": query, "pageSize": "101"}).status_code == 400
+
+
+class _Redirecting:
+    """A loopback server that answers every request with a redirect elsewhere, and counts them."""
+
+    def __enter__(self) -> _Redirecting:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _moved(self) -> None:
+                outer.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(301)
+                self.send_header("Location", "https://annotations.example.org/moved/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_DELETE = _moved  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_endpoint_that_redirects_or_is_not_there_stops_at_the_first_batch(tmp_path: Path) -> None:
+    with Sandbox(VOCAB, per_level=2) as sb, _Redirecting() as moved:
+        for name, api in (("wrong", sb.base_url + "/wrong"), ("moved", moved.url)):
+            path = _write(tmp_path / f"{name}.jsonl", _made(6))
+            result = CliRunner().invoke(
+                app, ["publish", str(path), "--annotation-api", api, "--batch-size", "2"], env=ENV
+            )
+            line = _one_line(result)
+            assert api in line and ("404" in line or "301" in line), line
+        assert sb.count("/wrong/") == 1 and moved.requests == 1
+        for api in (sb.base_url + "/wrong", moved.url):  # withdraw by search: the same, at its first request
+            result = CliRunner().invoke(app, ["withdraw", "--model", MODEL_A, "--annotation-api", api], env=ENV)
+            assert api in _one_line(result)
+
+
+@pytest.mark.parametrize("token", ["", "a\nb", "tok\r\nX-Other: 1", "t\u00f6ken", "tok en"])
+def test_a_token_that_cannot_be_one_is_refused_before_any_work(tmp_path: Path, token: str) -> None:
+    path = _write(tmp_path / "a.jsonl", _made(2))
+    with Sandbox(VOCAB, per_level=2) as sb:
+        for command in (["publish", str(path)], ["withdraw", "--model", MODEL_A]):
+            result = CliRunner().invoke(app, [*command, "--annotation-api", sb.base_url, "--token", token])
+            line = _one_line(result)
+            assert result.exit_code == 2 and "--annotation-token" in line
+            assert not token.strip() or token not in result.output
+        assert sb.count("/annotation") == 0 and not (tmp_path / "a.jsonl.published").exists()
+
+
+def test_the_token_over_plain_http_to_another_host_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import httpx
+
+    from europeana_imgcls.europeana.annotations import AnnotationsClient
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+    with caplog.at_level(logging.WARNING, logger="europeana_imgcls"):
+        for api in ("http://annotations.example.org", "http://127.0.0.1:9", "http://localhost", "https://a.example"):
+            with AnnotationsClient(api, "token", transport=transport):
+                pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "annotations.example.org" in warnings[0] and "https://" in warnings[0]
+
+
+def test_the_docs_pass_the_token_by_environment_and_agree_on_how_the_key_goes() -> None:
+    readme, docs = (ROOT / "README.md").read_text(), (ROOT / "docs" / "publish.md").read_text()
+    for text in (readme, docs):
+        commands = [line for line in text.splitlines() if line.lstrip().startswith(("eic publish", "eic withdraw"))]
+        assert commands and not any("--token" in c or "--annotation-token" in c for c in commands), commands
+        assert "EUROPEANA_ANNOTATION_TOKEN" in text
+    assert "`wskey`" in docs and "X-Api-Key" not in docs.split("## `eic withdraw`")[0].replace("not as X-Api-Key", "")
+    assert "wskey" in PublishConfig.model_fields["api_key"].description
+
+
+def test_an_annotation_changed_since_it_was_published_is_reported_not_sent_again(tmp_path: Path) -> None:
+    items = _made(4)
+    path = _write(tmp_path / "a.jsonl", items)
+    with Sandbox(VOCAB, per_level=2) as sb:
+        publish(_config(path, sb))
+        items[1]["target"]["source"] = "https://images.example.org/another.jpg"  # what Europeana holds differs
+        items[2]["created"] = items[2]["generated"] = "2001-01-01T00:00:00Z"  # Europeana sets these itself
+        items[3][CONFIDENCE] = 0.5  # Europeana does not keep it
+        _write(path, items)
+        again = publish(_config(path, sb))
+        assert again.sent == 0 and again.changed == [items[1]["canonical"]] and len(sb.annotations.live()) == 4
+        assert publish(_config(path, sb, dry_run=True)).changed == [items[1]["canonical"]]
+        result = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
+        assert result.exit_code == 0 and "1 changed since" in result.stdout and items[1]["canonical"] in result.stdout
+
+
+@pytest.mark.parametrize("rate", [1e-9, 0.001, 1e4, float("inf")])
+def test_the_request_rate_is_bounded(tmp_path: Path, rate: float) -> None:
+    path = _write(tmp_path / "a.jsonl", _made(1))
+    with pytest.raises(ConfigError, match="invalid setting 'rate'"):
+        PublishConfig(enrichments=path, rate=rate)
+    assert PublishConfig(enrichments=path, rate=0.5).rate == 0.5
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonld"])
+def test_a_confidence_that_is_no_number_is_refused_by_a_dry_run(tmp_path: Path, constant: str, suffix: str) -> None:
+    items = _made(3)
+    items[1][CONFIDENCE] = "@@"
+    path = tmp_path / f"a{suffix}"
+    if suffix == ".jsonl":
+        _write(path, items)
+    else:
+        path.write_text(json.dumps({"@context": W3C_CONTEXT, "type": "AnnotationPage", "items": items}))
+    path.write_text(path.read_text().replace('"@@"', constant))
+    result = CliRunner().invoke(app, ["publish", str(path), "--dry-run"])
+    line = _one_line(result)
+    assert "confidence" in line or constant.lstrip("-") in line
+    assert not (tmp_path / f"a{suffix}.published").exists()
+
+
+def test_messages_name_the_apis_address_when_it_is_not_europeana(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.jsonl", _made(3))
+    with Sandbox(VOCAB, per_level=2) as sb:
+        runner = CliRunner()
+        dry = runner.invoke(app, ["publish", str(path), "--annotation-api", sb.base_url, "--dry-run"])
+        sent = runner.invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
+        gone = runner.invoke(app, ["withdraw", str(path), "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV)
+        for result in (dry, sent, gone):
+            assert result.exit_code == 0 and sb.base_url in result.stdout, result.output
+            assert "Europeana" not in result.stdout.replace("Europeana's rules", ""), result.stdout
+    report = publish(PublishConfig(enrichments=path, dry_run=True))
+    assert report.where == "Europeana"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"state": "published", "model": MODEL_A},
+        {"state": "published", "id": "http://evil.example.org/annotation/1", "model": MODEL_A},
+        {"state": "published", "id": "http://data.europeana.eu/annotation/1", "model": "not a model"},
+        {"state": "published", "id": ["http://data.europeana.eu/annotation/1"], "model": MODEL_A},
+        {"state": "teleported", "model": MODEL_A},
+        {"state": 5},
+        {"state": "sending", "model": MODEL_A, "generator": "javascript:x", "record": "/9000/r0", "concept": "x"},
+        {"state": "withdrawn", "id": "http://data.europeana.eu/annotation/1", "model": MODEL_A, "extra": {"a": [1]}},
+    ],
+)
+def test_a_damaged_journal_state_is_skipped_and_said_never_a_traceback(tmp_path: Path, state: dict) -> None:
+    """A state eic does not write is dropped as a cut line is (one warning); the state before it counts."""
+    from europeana_imgcls.core.journal import frame
+
+    items = _made(3)
+    path = _write(tmp_path / "a.jsonl", items)
+    with Sandbox(VOCAB, per_level=2) as sb:
+        publish(_config(path, sb))
+        with (tmp_path / "a.jsonl.published" / "part.ndjson").open("ab") as part:
+            part.write(frame(items[0]["canonical"], state))
+        again = publish(_config(path, sb))
+        assert again.sent == 0 and again.published_before == 3
+        gone = withdraw(
+            WithdrawConfig(published=[path], model=MODEL_A, annotation_api=sb.base_url, annotation_token=SANDBOX_TOKEN)
+        )
+        assert gone.withdrawn == 3 and not sb.annotations.live()
+
+
+def test_a_journal_of_another_format_is_refused_in_one_line(tmp_path: Path) -> None:
+    from europeana_imgcls.core.journal import frame
+
+    items = _made(2)
+    path = _write(tmp_path / "a.jsonl", items)
+    with Sandbox(VOCAB, per_level=2) as sb:
+        publish(_config(path, sb))
+        with (tmp_path / "a.jsonl.published" / "part.ndjson").open("ab") as part:
+            part.write(frame(items[0]["canonical"], {"format": "eic-publish-state/9", "state": "beamed"}))
+        hits = sb.count("/annotation")
+        for command in (["publish", str(path)], ["withdraw", str(path), "--model", MODEL_A]):
+            result = CliRunner().invoke(app, [*command, "--annotation-api", sb.base_url], env=ENV)
+            line = _one_line(result)
+            assert "eic-publish-state/9" in line and "a.jsonl.published" in line
+        assert sb.count("/annotation") == hits and len(sb.annotations.live()) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [("NaN", "NaN"), ("Infinity", "infinity"), ("1.5", "1.5"), ('"0.9"', "0.9")]
+)
+def test_enrich_refuses_a_probability_that_is_no_probability_in_one_line(
+    enriched, tmp_path: Path, value: str, said: str
+) -> None:
+    """A predictions file edited or damaged between runs (eic enrich --resume reads it back): no annotation with a
+    confidence that is no probability (NaN, infinite, over 1, text) is written; one line says so."""
+    import shutil
+
+    source = enriched["path"]["europeana.jsonl"]
+    out = tmp_path / source.name
+    predictions = out.with_name(f"{out.stem}.predictions.jsonl")
+    shutil.copy(source, out)
+    rows = [json.loads(line) for line in source.with_name(predictions.name).read_text().splitlines()]
+    for row in rows:
+        row["probabilities"] = {c: (value if i == 0 else p) for i, (c, p) in enumerate(row["probabilities"].items())}
+    predictions.write_text("".join(json.dumps(r).replace('"' + value + '"', value) + "\n" for r in rows))
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    args = ["enrich", str(enriched["trained_run"]), str(enriched["images"]), "-o", str(out), "--vocab", str(vocab)]
+    result = CliRunner().invoke(app, [*args, "--precision", "0.5", "--resume", "--quiet"])
+    line = _one_line(result)
+    assert said in line and ("NaN" in said or "infinity" in said or predictions.name in line), line
+    assert out.read_bytes() == source.read_bytes()

@@ -268,7 +268,8 @@ def publish(config: PublishConfig) -> None:
 
 @command("withdraw", WithdrawConfig, arguments=(Arg("published"),), names=TOKEN)
 def withdraw(config: WithdrawConfig) -> None:
-    """Delete from Europeana every annotation a model published (from the journals of eic publish)."""
+    """Delete from Europeana every annotation a model published (from the journals of eic publish; without files,
+    found on the Annotations API by the model's generator)."""
     from ..outputs.publish import withdraw as run_withdraw
 
     report.print_withdraw(console, run(lambda: run_withdraw(config), "withdraw"))

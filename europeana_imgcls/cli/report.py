@@ -376,28 +376,45 @@ def print_sandbox(console: Console, server: Sandbox) -> None:
 
 def print_publish(console: Console, result: PublishReport) -> None:
     models = ", ".join(f"{m} ({n})" for m, n in result.models.most_common())
+    where = plain(result.where)  # Europeana, or another API (the sandbox) by its address
     if result.dry_run:
         todo = result.annotations - result.published_before
         console.print(
-            f"{result.annotations} annotations checked: Europeana would take them (models: {models}); "
-            f"{todo} to send, {result.published_before} published earlier; nothing was sent (dry run)"
+            f"{result.annotations} annotations checked with Europeana's rules (models: {models}); "
+            f"{todo} to send to {where}, {result.published_before} published earlier; nothing was sent (dry run)",
+            soft_wrap=True,
         )
-        return
-    console.print(
-        f"{result.sent} annotations sent to Europeana; {result.published_before} published earlier"
-        + (f"; {result.found} of an interrupted upload found there, not sent again" if result.found else "")
-        + f"; models: {models}; journal: {result.journal}"
-    )
+    else:
+        console.print(
+            f"{result.sent} annotations sent to {where}; {result.published_before} published earlier"
+            + (f"; {result.found} of an interrupted upload found there, not sent again" if result.found else "")
+            + f"; models: {models}; journal: {plain(result.journal)}",
+            soft_wrap=True,
+        )
+    if result.changed:
+        console.print(
+            f"[yellow]{len(result.changed)} changed since they were published[/] (not sent again; {where} holds what "
+            "was sent: eic withdraw, then eic publish, replaces them): "
+            + ", ".join(plain(c) for c in result.changed[:5])
+            + (" ..." if len(result.changed) > 5 else ""),
+            soft_wrap=True,
+        )
     for canonical, message in result.rejected:
-        console.print(f"[yellow]refused by Europeana:[/] {canonical}: {message}", soft_wrap=True)
+        console.print(f"[yellow]refused by {where}:[/] {plain(canonical)}: {plain(message)}", soft_wrap=True)
 
 
 def print_withdraw(console: Console, result: WithdrawReport) -> None:
+    where = plain(result.where)
+    found = " (found by their generator)" if result.by_search else ""
     if result.dry_run:
-        console.print(f"{result.remaining} annotations of model {result.model} would be deleted (dry run)")
+        console.print(
+            f"{result.remaining} annotations of model {result.model} would be deleted from {where}{found} (dry run)",
+            soft_wrap=True,
+        )
         return
     console.print(
-        f"{result.withdrawn} annotations of model {result.model} deleted from Europeana"
+        f"{result.withdrawn} annotations of model {result.model} deleted from {where}{found}"
         + (f"; {result.gone_before} were gone already" if result.gone_before else "")
-        + (f"; {result.withdrawn_before} withdrawn earlier" if result.withdrawn_before else "")
+        + (f"; {result.withdrawn_before} withdrawn earlier" if result.withdrawn_before else ""),
+        soft_wrap=True,
     )

@@ -2,47 +2,66 @@
 the model that made them.
 
 Publishing checks every annotation first, with the rules Europeana's parser and validator apply and eic's own
-(``europeana/annotations.py``), and sends nothing from a file that breaks one. It then sends batches to the
-Annotations API and journals (``core/journal.py``: ``ENRICHMENTS.published/``) each annotation's state under
-its canonical IRI:
+(``europeana/annotations.py``: among them, only Europeana records as targets and plain http(s) addresses as
+sources), and sends nothing from a file that breaks one. It then sends batches to the Annotations API and
+journals (``core/journal.py``: ``ENRICHMENTS.published/``) each annotation's state under its canonical IRI:
 
-    sending    the batch it is in was sent, no answer yet      published  Europeana's id for it, and its model
-    unsent     it was not stored (a refusal, no answer at all)  rejected   Europeana refused it alone: why
+    sending    the batch it is in was sent, no answer yet      published  the API's id for it, and its model
+    unsent     it was not stored (a refusal, no answer at all)  rejected   the API refused it alone: why
     withdrawn  deleted again by eic withdraw
 
-The last state of a canonical IRI is what counts. Europeana has no duplicate check, so nothing is sent twice:
+The last state of a canonical IRI is what counts. Each is a typed record (``State``) with a format tag; a line
+whose value is not a state eic writes (a hand edit, another program's) is skipped and said, as a cut line is,
+and the state before it counts (a ``sending`` precedes every ``published``, so nothing published is forgotten);
+a state of another format stops the run in one line. Europeana has no duplicate check, so nothing is sent twice:
 a re-run sends only what is not published, and an annotation left ``sending`` by a run that stopped mid-upload
-(Ctrl-C, kill -9, a lost connection) is first looked for on Europeana by its model, record and concept, and
-sent again only if it is not there. A batch Europeana refuses for one item is halved until that item stands
-alone, so the others still go and the one is reported with Europeana's message.
+(Ctrl-C, kill -9, a lost connection) is first looked for on the API by its model, record and concept, and sent
+again only if it is not there. A published annotation whose content (what Europeana keeps of it) changed since
+is reported, not sent again. A batch the API refuses for one item is halved until that item stands alone, so the
+others still go and the one is reported with the API's message.
 
 Withdrawing reads the same journals: every annotation of the model that is published there is deleted
-(``DELETE /annotation/{n}``); one already gone (404, 410) counts as withdrawn.
+(``DELETE /annotation/{n}``); one already gone (404, 410) counts as withdrawn. Without journals (lost, or another
+machine's) it asks the API's search for the model's generator and deletes what it finds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 from ..core.config import AnnotationApiSettings, PublishConfig, WithdrawConfig
 from ..core.errors import ApiError, ConfigError, DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
 from ..europeana.annotations import (
+    KEPT,
     MODEL_ID_PREFIX,
     AnnotationsClient,
     AnnotationsError,
     UnknownOutcome,
-    identifier_of,
+    absolute_uri,
+    annotation_number,
+    api_name,
+    model_generator,
     model_of,
     publish_problem,
     record_of,
+    record_uri_problem,
+    web_address_problem,
 )
+from ..europeana.search_api import ITEM_BASE
+
+STATE_FORMAT: Literal["eic-publish-state/1"] = "eic-publish-state/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,12 +69,14 @@ class PublishReport:
     source: Path
     journal: Path
     annotations: int = 0  # in the file (each canonical IRI once)
-    sent: int = 0  # stored on Europeana by this run
+    sent: int = 0  # stored on the API by this run
     published_before: int = 0  # by an earlier run
-    found: int = 0  # of an upload an earlier run did not see end: found on Europeana, not sent again
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # canonical IRI, Europeana's message
+    found: int = 0  # of an upload an earlier run did not see end: found on the API, not sent again
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # canonical IRI, the API's message
+    changed: list[str] = field(default_factory=list)  # published, and what the API keeps of it changed since
     models: Counter[str] = field(default_factory=Counter)
     dry_run: bool = False
+    where: str = "Europeana"  # the API, as messages name it
 
 
 @dataclass
@@ -63,10 +84,131 @@ class WithdrawReport:
     model: str
     journals: list[Path]
     withdrawn: int = 0  # deleted by this run
-    gone_before: int = 0  # Europeana had no such annotation any more (404, 410)
+    gone_before: int = 0  # the API had no such annotation any more (404, 410)
     withdrawn_before: int = 0  # by an earlier run
     remaining: int = 0  # dry run: what would be deleted
     dry_run: bool = False
+    where: str = "Europeana"
+    by_search: bool = False  # found by the model's generator on the API (no journals given)
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal's states: what publish and withdraw read back from ENRICHMENTS.published/
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["eic-publish-state/1"] = STATE_FORMAT  # journals written before the tag: the same shape
+    model: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
+class _Whereabouts(_State):
+    """Where a sent annotation can be looked for on the API, and a digest of what the API keeps of it."""
+
+    generator: str | None = None
+    record: str | None = None
+    concept: str | None = None
+    digest: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+
+    @field_validator("generator", "concept")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        problem = None if value is None else web_address_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("record")
+    @classmethod
+    def _record(cls, value: str | None) -> str | None:
+        problem = None if value is None else record_uri_problem(ITEM_BASE + value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+class Sending(_Whereabouts):
+    state: Literal["sending"]
+    generator: str
+    record: str
+    concept: str
+
+
+class Unsent(_Whereabouts):
+    state: Literal["unsent"]
+
+
+class Rejected(_State):
+    state: Literal["rejected"]
+    error: str
+
+
+class _Named(_State):
+    """A state that names the annotation on the API: an annotation URI of that API, nothing else."""
+
+    id: str
+
+    @field_validator("id")
+    @classmethod
+    def _annotation(cls, value: str, info: ValidationInfo) -> str:
+        api = (info.context or {}).get("api")
+        if annotation_number(value, api) is None:
+            raise ValueError("names no annotation of the Annotations API")
+        return value
+
+
+class Published(_Named):
+    state: Literal["published"]
+    digest: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+
+
+class Withdrawn(_Named):
+    state: Literal["withdrawn"]
+
+
+State = Sending | Unsent | Rejected | Published | Withdrawn
+_STATE: TypeAdapter[State] = TypeAdapter(Annotated[State, Field(discriminator="state")])
+
+
+def _states(journal: Journal, api: str, say: bool = True) -> dict[str, State]:
+    """Each canonical IRI's last state eic wrote. A value that is not one is skipped and said (the state before
+    it counts; ``say``: once per run); a state of another format, written by another version of eic, stops
+    everything."""
+    states: dict[str, State] = {}
+    skipped: list[tuple[str, str]] = []
+    for key, value in journal.entries():
+        tag = value.get("format", STATE_FORMAT) if isinstance(value, dict) else STATE_FORMAT
+        if isinstance(tag, str) and tag.startswith("eic-publish-state/") and tag != STATE_FORMAT:
+            raise DatasetError(
+                f"{journal.folder} holds states of the format {tag[:40]!r}, which this eic does not read (it reads "
+                f"{STATE_FORMAT}): publish and withdraw with the eic that wrote them"
+            )
+        try:
+            if not absolute_uri(key):
+                raise ValueError("the key is no canonical IRI")
+            states[key] = _STATE.validate_python(value, context={"api": api})
+        except (ValidationError, ValueError) as exc:
+            skipped.append((key, _why(exc)))
+    if skipped and say:
+        key, why = skipped[0]
+        log.warning(
+            "%s: skipped %d record(s) that are no state eic writes (the first, of %.80r: %s); the state before "
+            "each counts, as for a cut line",
+            journal.folder,
+            len(skipped),
+            key,
+            why,
+        )
+    return states
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "the state"
+        return f"{where}: {error['msg']}"[:120]
+    return str(exc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +216,7 @@ class WithdrawReport:
 
 
 def publish(config: PublishConfig) -> PublishReport:
-    """Send the annotations of ``config.enrichments`` that Europeana does not hold yet; see the module docstring."""
+    """Send the annotations of ``config.enrichments`` the API does not hold yet; see the module docstring."""
     items = _checked(config.enrichments)
     journal = _journal(config.journal or config.enrichments.with_name(config.enrichments.name + ".published"), config)
     report = PublishReport(
@@ -83,16 +225,19 @@ def publish(config: PublishConfig) -> PublishReport:
         annotations=len(items),
         dry_run=config.dry_run,
         models=Counter(model_of(item) or "" for item in items.values()),
+        where=api_name(config.annotation_api),
     )
     if config.dry_run:
-        state = _states(journal) if journal.folder.is_dir() else {}
-        report.published_before = sum(state.get(c, {}).get("state") == "published" for c in items)
+        state = _states(journal, config.annotation_api) if journal.folder.is_dir() else {}
+        report.published_before = sum(isinstance(state.get(c), Published) for c in items)
+        report.changed = _changed(items, state)
         return report
-    with journal.open(), _client(config) as client:
-        state = _states(journal)
-        report.published_before = sum(state.get(c, {}).get("state") == "published" for c in items)
+    with _client(config) as client, journal.open():
+        state = _states(journal, config.annotation_api)
+        report.published_before = sum(isinstance(state.get(c), Published) for c in items)
         report.found = _settle(journal, client, state)
-        todo = [item for canonical, item in items.items() if state.get(canonical, {}).get("state") != "published"]
+        report.changed = _changed(items, state)
+        todo = [item for canonical, item in items.items() if not isinstance(state.get(canonical), Published)]
         with progress_bar(config.quiet, transient=True) as bar:  # the summary says what was done
             task = bar.add_task("publish", total=len(todo))
             for start in range(0, len(todo), config.batch_size):
@@ -111,7 +256,7 @@ def _checked(path: Path) -> dict[str, dict[str, Any]]:
         if problem is not None:
             name = item.get("canonical") if isinstance(item, dict) else None
             raise DatasetError(
-                f"{path}: annotation {number}{f' ({name})' if name else ''} cannot be published: "
+                f"{path}: annotation {number}{f' ({name!r:.80})' if name else ''} cannot be published: "
                 f"{problem}; nothing was sent"
             )
         items.setdefault(item["canonical"], item)
@@ -127,10 +272,15 @@ def _read(path: Path) -> Iterator[Any]:
     try:
         if path.suffix.lower() == ".jsonl":
             with path.open("rb") as handle:
-                lines = [json.loads(line) for line in handle if line.strip()]
+                lines = [json.loads(line, parse_constant=_no_constant) for line in handle if line.strip()]
             yield from lines
             return
-        data = json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes(), parse_constant=_no_constant)
+    except _NotJson as exc:
+        raise DatasetError(
+            f"{path}: holds {exc}, which is no number JSON allows (a confidence that is no number?); nothing "
+            "was sent: write the file again with eic enrich"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DatasetError(
             f"{path}: not JSON ({type(exc).__name__}); publish the .jsonld or .jsonl eic enrich writes"
@@ -145,18 +295,45 @@ def _read(path: Path) -> Iterator[Any]:
     yield from data["items"]
 
 
+class _NotJson(ValueError):
+    """NaN, Infinity or -Infinity: Python's JSON reader takes them, JSON and Europeana do not."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def _digest(item: dict[str, Any]) -> str:
+    """What the API keeps of an annotation (its own times aside: it sets them), as 32 hex digits: how a re-run
+    knows a published annotation changed since it was sent."""
+    kept = {key: item[key] for key in KEPT if key in item and key not in ("created", "generated")}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
+def _changed(items: dict[str, dict[str, Any]], state: dict[str, State]) -> list[str]:
+    """The published annotations whose content differs from what was sent (journals from before the digest say
+    nothing: they are taken as unchanged)."""
+    return [
+        canonical
+        for canonical, item in items.items()
+        if isinstance(last := state.get(canonical), Published) and last.digest and last.digest != _digest(item)
+    ]
+
+
 def _send(batch: list[dict[str, Any]], journal: Journal, client: AnnotationsClient, report: PublishReport) -> None:
     """One upload, journaled before and after; a refused batch halved until the refused item stands alone."""
     for item in batch:
-        journal.append(item["canonical"], _sending(item))
+        _append(journal, item["canonical"], _sending(item))
     journal.flush()
     try:
         ids = client.create(batch)
     except AnnotationsError as refused:  # the batch is all or nothing: none of it was stored
-        _mark(journal, batch, {"state": "unsent"})
+        _mark(journal, batch, lambda item: Unsent(state="unsent", model=_model(item)))
         if len(batch) == 1:
-            _mark(journal, batch, {"state": "rejected", "error": str(refused)})
-            report.rejected.append((batch[0]["canonical"], str(refused)))
+            message = str(refused)
+            _mark(journal, batch, lambda item: Rejected(state="rejected", error=message, model=_model(item)))
+            report.rejected.append((batch[0]["canonical"], message))
             return
         middle = len(batch) // 2
         _send(batch[:middle], journal, client, report)
@@ -164,50 +341,65 @@ def _send(batch: list[dict[str, Any]], journal: Journal, client: AnnotationsClie
         return
     except UnknownOutcome as lost:  # left as sending; so is a batch cut short by Ctrl-C: the next run settles it
         raise DatasetError(
-            f"{lost}: Europeana may or may not hold the last {len(batch)} annotations sent; run "
-            "eic publish again: it looks for them before it sends them again"
+            f"{lost}: it may or may not hold the last {len(batch)} annotations sent; run eic publish again: it "
+            "looks for them before it sends them again"
         ) from None
-    except ApiError:  # a refused token, a server that stayed down or out of reach: nothing of it was stored
-        _mark(journal, batch, {"state": "unsent"})
+    except ApiError:  # a refused token, a server that stayed down, no API there: nothing of it was stored
+        _mark(journal, batch, lambda item: Unsent(state="unsent", model=_model(item)))
         raise
-    for item, europeana_id in zip(batch, ids, strict=True):
-        journal.append(item["canonical"], {"state": "published", "id": europeana_id, "model": model_of(item)})
+    for item, annotation_id in zip(batch, ids, strict=True):
+        published = Published(state="published", id=annotation_id, model=_model(item), digest=_digest(item))
+        _append(journal, item["canonical"], published)
     journal.flush()
     report.sent += len(batch)
 
 
-def _sending(item: dict[str, Any]) -> dict[str, Any]:
-    """What a later run needs to find the annotation on Europeana if this upload's answer never comes."""
-    return {
-        "state": "sending",
-        "model": model_of(item),
-        "generator": item["generator"]["id"],
-        "record": record_of(item),
-        "concept": item["body"]["source"],
-    }
+def _model(item: dict[str, Any]) -> str:
+    model = model_of(item)
+    assert model is not None  # publish_problem refused every annotation that names none
+    return model
 
 
-def _mark(journal: Journal, batch: list[dict[str, Any]], state: dict[str, Any]) -> None:
+def _sending(item: dict[str, Any]) -> Sending:
+    """What a later run needs to find the annotation on the API if this upload's answer never comes."""
+    record = record_of(item)
+    assert record is not None  # publish_problem refused every target that is no record
+    return Sending(
+        state="sending",
+        model=_model(item),
+        generator=item["generator"]["id"],
+        record=record,
+        concept=item["body"]["source"],
+        digest=_digest(item),
+    )
+
+
+def _append(journal: Journal, canonical: str, state: State) -> None:
+    journal.append(canonical, state.model_dump(mode="json", exclude_none=True))
+
+
+def _mark(journal: Journal, batch: list[dict[str, Any]], state: Any) -> None:
     for item in batch:
-        journal.append(item["canonical"], {**state, "model": model_of(item)})
+        _append(journal, item["canonical"], state(item))
     journal.flush()
 
 
-def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, dict[str, Any]]) -> int:
-    """Annotations an earlier run sent without seeing the answer: found on Europeana (recorded as published;
+def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]) -> int:
+    """Annotations an earlier run sent without seeing the answer: found on the API (recorded as published;
     counted) or not (recorded as unsent, so they go again)."""
     found = 0
-    for canonical, last in state.items():
-        if last.get("state") != "sending":
+    for canonical, last in list(state.items()):
+        if not isinstance(last, Sending):
             continue
-        ids = client.find(last["generator"], last["record"], last["concept"])
+        ids = client.find(last.generator, last.record, last.concept)
+        settled: State
         if ids:
-            last = {"state": "published", "id": ids[0], "model": last.get("model")}
+            settled = Published(state="published", id=ids[0], model=last.model, digest=last.digest)
             found += 1
         else:
-            last = {**last, "state": "unsent"}
-        journal.append(canonical, last)
-        state[canonical] = last
+            settled = Unsent(**{**last.model_dump(exclude_none=True), "state": "unsent"})
+        _append(journal, canonical, settled)
+        state[canonical] = settled
     journal.flush()
     return found
 
@@ -217,12 +409,17 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, dict[s
 
 
 def withdraw(config: WithdrawConfig) -> WithdrawReport:
-    """Delete every annotation ``config.model`` published from the given files; see the module docstring."""
+    """Delete every annotation ``config.model`` published from the given files (none given: every one the API's
+    search finds by the model's generator); see the module docstring."""
     model = config.model.removeprefix(MODEL_ID_PREFIX)
-    journals = [_journal(_journal_folder(path), config) for path in config.published]
-    report = WithdrawReport(model, [j.folder for j in journals], dry_run=config.dry_run)
-    states = [(journal, _states(journal)) for journal in journals]
-    known: set[str] = {m for _, state in states for s in state.values() if isinstance(m := s.get("model"), str)}
+    if not config.published:
+        return _withdraw_found(config, model)
+    journals = [_journal(_journal_folder(path, model, config), config) for path in config.published]
+    report = WithdrawReport(
+        model, [j.folder for j in journals], dry_run=config.dry_run, where=api_name(config.annotation_api)
+    )
+    states = [(journal, _states(journal, config.annotation_api)) for journal in journals]  # all read before any work
+    known = {s.model for _, state in states for s in state.values()}
     if model not in known:
         said = ", ".join(sorted(known)) or "none"
         raise DatasetError(
@@ -231,54 +428,76 @@ def withdraw(config: WithdrawConfig) -> WithdrawReport:
         )
     if config.dry_run:
         report.remaining = sum(
-            s.get("model") == model and s.get("state") in ("published", "sending")
-            for _, state in states
-            for s in state.values()
+            s.model == model and isinstance(s, Published | Sending) for _, state in states for s in state.values()
         )
         return report
     with _client(config) as client:
         for journal, _ in states:
             with journal.open():
-                _withdraw(journal, _states(journal), model, client, report, config.quiet)
+                state = _states(journal, config.annotation_api, say=False)  # said when first read
+                _withdraw(journal, state, model, client, report, config.quiet)
     return report
 
 
 def _withdraw(
     journal: Journal,
-    state: dict[str, dict[str, Any]],
+    state: dict[str, State],
     model: str,
     client: AnnotationsClient,
     report: WithdrawReport,
     quiet: bool,
 ) -> None:
-    mine = {c: s for c, s in state.items() if s.get("model") == model}
-    report.withdrawn_before += sum(s.get("state") == "withdrawn" for s in mine.values())
-    _settle(journal, client, mine)  # an upload that never saw its answer: what of it is on Europeana goes too
-    live = {c: s for c, s in mine.items() if s.get("state") == "published"}
+    mine = {c: s for c, s in state.items() if s.model == model}
+    report.withdrawn_before += sum(isinstance(s, Withdrawn) for s in mine.values())
+    _settle(journal, client, mine)  # an upload that never saw its answer: what of it is on the API goes too
+    live = {c: s for c, s in mine.items() if isinstance(s, Published)}
     with progress_bar(quiet, transient=True) as bar:
         task = bar.add_task("withdraw", total=len(live))
         for canonical, last in live.items():
-            number = identifier_of(str(last["id"]))
-            if number is None:
-                raise DatasetError(
-                    f"{journal.folder}: {canonical} was recorded with the id {last['id']!r}, which "
-                    "names no annotation of the Annotations API"
-                )
-            deleted = client.delete(number)
-            journal.append(canonical, {"state": "withdrawn", "id": last["id"], "model": model})
+            deleted = client.delete(_number(last.id, client))
+            _append(journal, canonical, Withdrawn(state="withdrawn", id=last.id, model=model))
             journal.flush()
             report.gone_before += deleted.gone_before
             report.withdrawn += not deleted.gone_before
             bar.advance(task)
 
 
-def _journal_folder(path: Path) -> Path:
+def _withdraw_found(config: WithdrawConfig, model: str) -> WithdrawReport:
+    """No journals: the model's annotations as the API's search finds them by the model's generator (every
+    annotation eic enrich made with it names it), deleted one by one. A re-run finds what is left."""
+    report = WithdrawReport(model, [], dry_run=config.dry_run, where=api_name(config.annotation_api), by_search=True)
+    with _client(config, token_needed=not config.dry_run) as client:
+        ids = client.by_generator(model_generator(model))
+        if config.dry_run:
+            report.remaining = len(ids)
+            return report
+        with progress_bar(config.quiet, transient=True) as bar:
+            task = bar.add_task("withdraw", total=len(ids))
+            for annotation_id in ids:
+                deleted = client.delete(_number(annotation_id, client))
+                report.gone_before += deleted.gone_before
+                report.withdrawn += not deleted.gone_before
+                bar.advance(task)
+    return report
+
+
+def _number(annotation_id: str, client: AnnotationsClient) -> int:
+    number = annotation_number(annotation_id, client.api_url)
+    assert number is not None  # the states and the client's answers were checked when read
+    return number
+
+
+def _journal_folder(path: Path, model: str, config: WithdrawConfig) -> Path:
     """An enrichment file's publish journal (or a journal folder given itself)."""
     if path.is_dir():
         return path
     folder = path.with_name(path.name + ".published")
     if not folder.is_dir():
-        raise DatasetError(f"{path}: nothing was published from it ({folder} does not exist)")
+        raise DatasetError(
+            f"{path}: nothing was published from it ({folder} does not exist); if it was published from another "
+            f"machine or its journal is lost, run eic withdraw `model` {model} without files: the model's "
+            f"annotations are then found on {api_name(config.annotation_api)} by their generator"
+        )
     return folder
 
 
@@ -296,24 +515,15 @@ def _journal(folder: Path, config: AnnotationApiSettings) -> Journal:
     )
 
 
-def _states(journal: Journal) -> dict[str, dict[str, Any]]:
-    """Each canonical IRI's last journaled state."""
-    state: dict[str, dict[str, Any]] = {}
-    for canonical, value in journal.entries():
-        if isinstance(value, dict):
-            state[canonical] = value
-    return state
-
-
-def _client(config: AnnotationApiSettings) -> AnnotationsClient:
-    if config.annotation_token is None:
+def _client(config: AnnotationApiSettings, token_needed: bool = True) -> AnnotationsClient:
+    if config.annotation_token is None and token_needed:
         raise ConfigError(
-            "writing to the Annotations API needs a token: pass `annotation_token` (or set "
-            "EUROPEANA_ANNOTATION_TOKEN); `dry_run` checks without one"
+            "writing to the Annotations API needs a token: set EUROPEANA_ANNOTATION_TOKEN (or pass "
+            "`annotation_token`); `dry_run` checks without one"
         )
     return AnnotationsClient(
         config.annotation_api,
-        config.annotation_token.get_secret_value(),
+        config.annotation_token.get_secret_value() if config.annotation_token else None,
         api_key=config.api_key.get_secret_value() if config.api_key else None,
         timeout=config.timeout,
         retries=config.retries,
