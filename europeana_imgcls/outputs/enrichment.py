@@ -35,7 +35,7 @@ from ..core.naming import record_id_of
 from ..core.outputs import REVIEW_TASKS, OutputKind, claim
 from ..core.tables import atomic_path, read_table, table_columns
 from ..core.version import HOMEPAGE, __version__
-from ..europeana.annotations import ANNO_CONTEXT, CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS, http_url
+from ..europeana.annotations import ANNO_CONTEXT, CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS, http_url, is_probability
 from ..europeana.search_api import ITEM_BASE, is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
@@ -229,7 +229,7 @@ def _decide(
         report.refused[target.reason] = report.refused.get(target.reason, 0) + 1
         return
     classes = calibration.classes
-    probs = np.array([record["probabilities"][c] for c in classes])
+    probs = _probabilities(record, classes, report.predictions)
     emitted = calibration.task.emitted(probs, thresholds)
     if not emitted:
         report.abstained += 1
@@ -244,6 +244,21 @@ def _decide(
         report.per_class[name] = report.per_class.get(name, 0) + 1
     margin = min(float(probs[c] - thresholds[c]) for c in emitted)
     review.labelled(record, probs, classes, emitted, margin)
+
+
+def _probabilities(record: dict[str, Any], classes: list[str], source: Path) -> np.ndarray:
+    """A record's calibrated probabilities, each a number between 0 and 1. A predictions file read back (a resume)
+    may have been edited or damaged: no annotation may carry a confidence that is no probability (NaN included)."""
+    given = record.get("probabilities")
+    values = [given.get(c) if isinstance(given, dict) else None for c in classes]
+    for name, value in zip(classes, values, strict=True):
+        if not is_probability(value):
+            who = str(record.get("ID") or record.get("image"))
+            raise DatasetError(
+                f"{source}: the probability of {name!r} for {who!r:.80} is {value!r:.40}, not a number between 0 "
+                "and 1; the file is damaged: enrich again into another `output`, without `resume`"
+            )
+    return np.array(values, dtype=float)
 
 
 @dataclass(frozen=True)
