@@ -27,6 +27,7 @@ import polars as pl
 from ..core.config import HarvestConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.journal import Journal
+from ..core.outputs import TABLE, claim
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import PAGE_ROWS, PagingLoop, SearchClient, first, record_uri
@@ -71,10 +72,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     """Run a harvest as ``config`` says; returns what it fetched and wrote."""
     check_table_suffix(config.output)
     vocab = load_vocabulary(config.vocab)
-    if not config.resume and config.output.exists():
-        raise DatasetError(
-            f"{config.output} already exists: pass `resume` to continue that harvest, or choose another `output`"
-        )
+    claim(config.output, TABLE, resume=config.resume)  # a new table, or `resume` carries on eic's own
     journal = Journal(
         config.output.with_name(config.output.name + ".journal"),
         what=f"the harvest into {config.output}",
