@@ -33,4 +33,4 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert f"{len(page['items'])} annotations sent to the sandbox's Annotations API" in " ".join(result.stdout.split())
     assert (out / "run" / "MODEL_CARD.md").is_file() and (out / "review.labelling.xml").is_file()
     again = CliRunner().invoke(app, ["demo", "--output-dir", str(out)])
-    assert again.exit_code == 1 and "not empty" in again.stderr
+    assert again.exit_code == 1 and "already exists: choose another --output-dir" in again.stderr

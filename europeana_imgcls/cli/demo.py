@@ -30,7 +30,7 @@ from ..core.config import (
     SubtractConfig,
     TrainConfig,
 )
-from ..core.errors import DatasetError
+from ..core.outputs import OutputKind, claim
 from ..europeana.annotation_standin import SANDBOX_TOKEN
 from ..europeana.sandbox import Sandbox
 from ..europeana.vocabulary import default_vocabulary
@@ -43,6 +43,9 @@ from ..outputs.publish import publish
 DEMO_CLASSES = ("map", "painting", "photograph", "specimen")
 
 
+DEMO = OutputKind("demo", "a demo", folder=True)
+
+
 @dataclass
 class DemoReport:
     output_dir: Path
@@ -51,8 +54,7 @@ class DemoReport:
 
 def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
     out = config.output_dir
-    if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out} is not empty: choose another `output_dir` for the demo")
+    claim(out, DEMO, option="output_dir")  # an empty folder, or none: the demo writes every stage's outputs there
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     report = DemoReport(out)

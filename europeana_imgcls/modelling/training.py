@@ -32,6 +32,7 @@ from torch import nn
 from ..core.config import TrainConfig, public_dict
 from ..core.errors import CalibrationError, DatasetError
 from ..core.naming import record_id_of
+from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
 from ..core.tables import atomic_path, write_csv, write_json
 from ..datasets.decoding import decode_device
@@ -416,13 +417,17 @@ def _calibrate(config: TrainConfig, report: TrainReport) -> None:
         report.calibration_note = str(exc)
 
 
+def _is_run_folder(path: Path) -> bool:
+    return RunFolder(path).trained() or (path / "split_0").is_dir() or (path / "model.pt").is_file()
+
+
+RUN = OutputKind("run", "a training run", folder=True, recognise=_is_run_folder)
+
+
 def _check_run_folder(out: Path, resume: bool) -> None:
     # Only training state counts: a run that failed before its first epoch (weights offline, say) left
-    # split_0/config.json alone, and the natural retry must not be refused for it.
-    if not resume and RunFolder(out).trained():
-        raise DatasetError(
-            f"{out} already holds a training run: pass `resume` to continue it, or choose another `output_dir`"
-        )
+    # split_0/config.json alone, and the natural retry must not be refused for it: it is carried on as resumed.
+    claim(out, RUN, resume=resume or not RunFolder(out).trained(), option="output_dir")
     out.mkdir(parents=True, exist_ok=True)
 
 
