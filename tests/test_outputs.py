@@ -223,3 +223,14 @@ def test_no_stage_writes_into_a_pipe_or_through_a_link(command: str, run: Path, 
         for resume in ([], ["--resume"]):
             assert said in one_line([*args, *resume])
     assert victim.read_text() == "someone else's"
+
+
+def test_train_carries_on_only_a_training_runs_folder(tmp_path: Path) -> None:
+    data = make_folders(tmp_path / "data", per_class=3, size=32)
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "thesis.docx").write_text("a user's")
+    args = ["train", str(data), "-o", str(documents), "--arch", "tiny", "--weights", "none", "--input-size", "32"]
+    for extra in ([], ["--resume"]):
+        assert "holds files that are not a training run" in one_line([*args, "--epochs", "1", "--folds", "3", *extra])
+    assert [p.name for p in documents.iterdir()] == ["thesis.docx"]
