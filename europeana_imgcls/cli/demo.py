@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..acquisition.curation import subtract
 from ..acquisition.download import download
@@ -68,7 +69,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
         seconds = time.perf_counter() - started
         text = describe(result)
         report.stages.append((name, text, seconds))
-        console.print(f"{text} [dim]({seconds:.1f} s)[/]")
+        console.print(f"{escape(text)} [dim]({seconds:.1f} s)[/]")  # paths and values, never markup
         return result
 
     with Sandbox(
@@ -82,7 +83,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
         thumbnail_missing_every=8,
     ) as sandbox:
         console.print(
-            f"sandbox Search API at {sandbox.api_url} (every 11th search answers 429 or 503); its "
+            f"sandbox Search API at {escape(sandbox.api_url)} (every 11th search answers 429 or 503); its "
             "Thumbnail API has no thumbnail for every 8th record"
         )
         common = dict(api_url=sandbox.api_url, vocab=out / "vocabulary.json", quiet=True)

@@ -35,7 +35,16 @@ from ..core.naming import record_id_of
 from ..core.outputs import REVIEW_TASKS, OutputKind, claim
 from ..core.tables import atomic_path, read_table, table_columns
 from ..core.version import HOMEPAGE, __version__
-from ..europeana.annotations import ANNO_CONTEXT, CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS, http_url, is_probability
+from ..europeana.annotations import (
+    ANNO_CONTEXT,
+    CONFIDENCE,
+    MODEL,
+    MODEL_ID_PREFIX,
+    NS,
+    http_url,
+    is_probability,
+    model_generator,
+)
 from ..europeana.search_api import ITEM_BASE, is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
@@ -317,7 +326,7 @@ class ModelInfo:
         """The software agent of every annotation: an http(s) id and a name that say eic, its version and the
         model (Europeana keeps the generator, and drops eic's own properties)."""
         return {
-            "id": f"{HOMEPAGE}#model-{self.digest}",
+            "id": model_generator(self.digest),  # what eic withdraw finds the model's annotations by
             "type": "Software",
             "name": f"{SOFTWARE}, model {self.digest}",
             "homepage": HOMEPAGE,
