@@ -57,6 +57,15 @@ print(heavy[:5])
 def test_the_public_api_is_what_docs_api_md_promises() -> None:
     for name in europeana_imgcls.__all__:
         assert getattr(europeana_imgcls, name) is not None, name
+    # Every stage's settings are public (as httpx's tests hold its exported members), and docs/api.md names
+    # every stage function.
+    from europeana_imgcls.core import config
+
+    stages = {n for n, v in vars(config).items() if n.endswith("Config") and getattr(v, "stage", None)}
+    assert stages - {"DemoConfig", "SandboxConfig"} <= set(europeana_imgcls.__all__)
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    functions = [n for n in europeana_imgcls.__all__ if n[0].islower() and n != "build_config"]
+    assert [n for n in functions if f"`{n}`" not in page] == []
 
 
 def test_every_package_the_code_imports_is_declared() -> None:
