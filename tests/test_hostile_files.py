@@ -14,18 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import ExportConfig, PredictConfig
@@ -39,99 +35,20 @@ from europeana_imgcls.outputs.inference import load_run
 from europeana_imgcls.outputs.prediction import predict
 
 from .conftest import VOCAB, make_folders
+from .hostile import (
+    HOSTILE_WORDS,
+    cli_works_or_one_line,
+    mutated_bytes,
+    mutated_json,
+    scratch,
+    snapshot,
+    without_hanging,
+    works_or_one_line,
+)
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-# ---------------------------------------------------------------------------------------------
-# Mutations
-
-_TEXT = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
-    ["", "..", "../x", "\x00", "\u202e", "NaN"]
-)
-_SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | _TEXT
-_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3))
-
-
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """Every place in a JSON document: keys of objects and indexes of lists."""
-    yield prefix
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            yield from _paths(value, (*prefix, key))
-    elif isinstance(doc, list):
-        for i, value in enumerate(doc):
-            yield from _paths(value, (*prefix, i))
-
-
-def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    copy = json.loads(json.dumps(doc))
-    parent = copy
-    for step in path[:-1]:
-        parent = parent[step]
-    parent[path[-1]] = value
-    return copy
-
-
-def _delete(doc: Any, path: tuple[Any, ...]) -> Any:
-    if not path:
-        return None
-    copy = json.loads(json.dumps(doc))
-    parent = copy
-    for step in path[:-1]:
-        parent = parent[step]
-    del parent[path[-1]]
-    return copy
-
-
-@st.composite
-def mutated_document(draw: st.DrawFn, doc: Any, depth: int = 1000) -> Any:
-    """``doc`` with one place given another value, or removed, or wrapped ``depth`` deep."""
-    path = draw(st.sampled_from(list(_paths(doc))))
-    how = draw(st.sampled_from(["replace", "delete", "nest"]))
-    if how == "replace":
-        return _replace(doc, path, draw(_VALUES))
-    if how == "delete":
-        return _delete(doc, path)
-    deep: Any = doc
-    for _ in range(depth):
-        deep = [deep]
-    return _replace(doc, path, deep)
-
-
-@st.composite
-def mutated_bytes(draw: st.DrawFn, doc: Any) -> bytes:
-    """``doc`` as JSON, mutated as a document, or as bytes: cut anywhere, a byte changed, bytes that are not UTF-8."""
-    text = json.dumps(doc, indent=1).encode()
-    how = draw(st.sampled_from(["document", "document", "cut", "byte", "latin-1"]))
-    if how == "document":
-        return json.dumps(draw(mutated_document(doc))).encode()
-    at = draw(st.integers(0, len(text) - 1))
-    if how == "cut":
-        return text[:at]
-    if how == "byte":
-        return text[:at] + bytes([draw(st.integers(0, 255))]) + text[at + 1 :]
-    return text[:at] + "é".encode("latin-1") + text[at:]
-
-
-def works_or_one_line(read: Callable[[], object]) -> None:
-    """The only two outcomes: it works, or an EicError whose message is one line."""
-    try:
-        read()
-    except EicError as exc:
-        assert "\n" not in str(exc).strip() and str(exc), repr(exc)
-
-
-def cli_works_or_one_line(result: Result) -> None:
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    if result.exit_code != 0:
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("eic: error: "), result.stderr
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+# A table's cells: text UTF-8 can encode (the table is written as UTF-8), hostile words among it.
+_CELLS = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(HOSTILE_WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +61,6 @@ def lab(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     out = root / "half" / "p.csv"
     predict(PredictConfig(run=run, inputs=[str(images)], output=out, shard="0/2", quiet=True))
     return {"root": root, "run": run, "images": images, "journal": out.with_name("p.csv.journal")}
-
-
-@contextmanager
-def scratch() -> Iterator[Path]:
-    """A fresh folder per Hypothesis example (a function-scoped fixture is made once per test, not per example)."""
-    with tempfile.TemporaryDirectory(prefix="eic-hostile-") as folder:
-        yield Path(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +110,7 @@ def test_a_checkpoints_metadata(lab: dict[str, Path], data: st.DataObject) -> No
         checkpoint = torch.load(path, weights_only=True)
         state = checkpoint.pop("model_state")
         meta = json.loads(json.dumps(checkpoint, default=str))
-        mutated = data.draw(mutated_document(meta, depth=100))  # pickle (torch.save) cannot nest 1000 deep
+        mutated = data.draw(mutated_json(meta, depth=100))  # pickle (torch.save) cannot nest 1000 deep
         torch.save({**mutated, "model_state": state} if isinstance(mutated, dict) else mutated, path)
         works_or_one_line(lambda: load_run(run, torch.device("cpu")))
 
@@ -246,7 +156,7 @@ def test_a_vocabulary(data: st.DataObject) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(cells=st.lists(st.lists(_TEXT, min_size=1, max_size=4), max_size=5), cut=st.integers(0, 400))
+@given(cells=st.lists(st.lists(_CELLS, min_size=1, max_size=4), max_size=5), cut=st.integers(0, 400))
 def test_a_table(cells: list[list[str]], cut: int) -> None:
     import csv
     import io
@@ -266,29 +176,6 @@ def test_a_table(cells: list[list[str]], cut: int) -> None:
 def _pipe_at(path: Path) -> None:
     path.unlink(missing_ok=True)
     os.mkfifo(path)
-
-
-def _outcome_without_hanging(read: Callable[[], object], fifo: Path) -> BaseException | None:
-    """What ``read`` raised (None: nothing). It must end by itself: if it blocks on the pipe, the pipe is given an
-    end so that the test fails rather than hangs."""
-    outcome: list[BaseException | None] = []
-
-    def target() -> None:
-        try:
-            read()
-            outcome.append(None)
-        except BaseException as exc:  # handed over to the test's thread
-            outcome.append(exc)
-
-    worker = threading.Thread(target=target, daemon=True)
-    worker.start()
-    worker.join(timeout=30)
-    if worker.is_alive():
-        with open(fifo, "wb"):  # unblocks a reader that opened the pipe
-            pass
-        worker.join(timeout=10)
-        pytest.fail(f"reading {fifo.name} blocked on the pipe")
-    return outcome[0]
 
 
 @pytest.mark.parametrize("which", ["model.json", "calibration.json", "embedding.json", "vocabulary"])
@@ -311,9 +198,9 @@ def test_a_pipe_is_refused_not_read(which: str, lab: dict[str, Path], embeddings
         fifo = tmp_path / "vocab.json"
         read = lambda: load_vocabulary(fifo)  # noqa: E731
     _pipe_at(fifo)
-    raised = _outcome_without_hanging(read, fifo)
+    raised = without_hanging(read, fifo)
     if which == "calibration.json":  # not a file: the run is calibrated afresh from its out-of-fold predictions
-        assert raised is None
+        assert not isinstance(raised, BaseException), repr(raised)
     else:
         assert isinstance(raised, EicError) and "pipe" in str(raised) and "\n" not in str(raised), repr(raised)
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +21,11 @@ from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.outputs.review import NONE_CHOICE, import_review
 
 from .conftest import VOCAB
+from .hostile import assert_untouched, cli_works_or_one_line, mutated_bytes, scratch, snapshot, without_hanging
 from .test_review import REVIEWS, TRAIN, task
 
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def _one_line_or_success(result: Result) -> None:
-    """The two outcomes a file eic reads back may have: it works, or one line and a non-zero exit."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    if result.exit_code != 0:
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("eic: error: "), result.stderr
+# Words of the review loop's files, for the values Hypothesis puts in them.
+WORDS = ("map", "painting", NONE_CHOICE, "/9/a", "/../../x", "/9/a\x00", "choices")
 
 
 def _import(folder: Path, *extra: str) -> Result:
@@ -65,36 +53,19 @@ def _setup(folder: Path, tasks: Any) -> None:
 def test_a_device_given_as_the_export_is_refused_before_it_is_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["review", "import", "/dev/zero", "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 1 and "not a regular file" in result.stderr, result.output
-    _one_line_or_success(result)
+    cli_works_or_one_line(result)
     assert not (tmp_path / "out.csv").exists()
-
-
-def _without_waiting(fifo: Path, action: Callable[[], object]) -> object:
-    """What ``action`` returned or raised; a test failure (not a hung suite) when it waits on the pipe ``fifo``."""
-    outcome: list[object] = []
-
-    def attempt() -> None:
-        try:
-            outcome.append(action())
-        except BaseException as exc:  # noqa: BLE001  handed to the test's thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout=20)
-    if thread.is_alive():  # it waits for a writer: be one, so the thread ends, then fail
-        with open(fifo, "wb"):
-            pass
-        thread.join(timeout=20)
-        pytest.fail(f"eic waited on the named pipe {fifo.name}")
-    return outcome[0]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 def test_a_named_pipe_given_as_the_export_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     fifo = tmp_path / "export.json"
     os.mkfifo(fifo)
-    outcome = _without_waiting(fifo, lambda: import_review(ReviewImportConfig(export=fifo, output=tmp_path / "o.csv")))
+
+    def read() -> object:
+        return import_review(ReviewImportConfig(export=fifo, output=tmp_path / "o.csv"))
+
+    outcome = without_hanging(read, fifo)
     assert isinstance(outcome, DatasetError) and "not a regular file" in str(outcome)
 
 
@@ -171,7 +142,7 @@ def test_what_an_export_holds_never_breaks_the_one_line(tmp_path: Path, tasks: l
     _setup(tmp_path, tasks)
     result = _import(tmp_path)
     assert result.exit_code == 1
-    _one_line_or_success(result)
+    cli_works_or_one_line(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +178,7 @@ def test_damaged_or_foreign_notes_are_one_line_naming_the_file_and_what_to_do(tm
         notes.write_text(value if isinstance(value, str) else json.dumps(value))
     result = _apply(tmp_path)
     assert result.exit_code == 1, result.output
-    _one_line_or_success(result)
+    cli_works_or_one_line(result)
     assert "out.review.json" in result.stderr and "eic review import" in result.stderr
     assert not (tmp_path / "new.csv").exists()
 
@@ -219,9 +190,9 @@ def test_notes_that_are_a_pipe_are_refused_without_waiting(tmp_path: Path) -> No
     notes = tmp_path / "out.review.json"
     notes.unlink()
     os.mkfifo(notes)
-    result = _without_waiting(notes, lambda: _apply(tmp_path))
+    result = without_hanging(lambda: _apply(tmp_path), notes)
     assert isinstance(result, Result) and result.exit_code == 1 and "not a regular file" in result.stderr
-    _one_line_or_success(result)
+    cli_works_or_one_line(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,102 +259,37 @@ def test_a_reviewed_row_with_a_hostile_record_id_is_refused(tmp_path: Path) -> N
     pl.concat([reviewed, hostile]).write_csv(tmp_path / "out.csv")
     result = _apply(tmp_path, "--add")
     assert result.exit_code == 1 and "out.csv" in result.stderr and "eic review import" in result.stderr
-    _one_line_or_success(result)
+    cli_works_or_one_line(result)
     assert not (tmp_path / "new.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------
 # Hypothesis: mutated exports and notes
 
-_TEXT = st.one_of(
-    st.text(max_size=12),
-    st.sampled_from(["map", "painting", NONE_CHOICE, "/9/a", "/../../x", "/9/a\x00", "\u202e", "[/b]", "", "choices"]),
-)
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | _TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
-    max_leaves=6,
-)
-
-
-def _mutated_json(data: st.DataObject, value: Any) -> Any:
-    """``value`` with one node replaced, removed or duplicated, chosen by walking down from the top."""
-    children = list(range(len(value))) if isinstance(value, list) else list(value) if isinstance(value, dict) else []
-    if not children or data.draw(st.integers(0, 3)) == 0:
-        return data.draw(_JSON)
-    key = data.draw(st.sampled_from(children))
-    action = data.draw(st.sampled_from(["descend", "descend", "remove", "duplicate"]))
-    if isinstance(value, list):
-        copy = list(value)
-        if action == "remove":
-            del copy[key]
-        elif action == "duplicate":
-            copy.insert(key, copy[key])
-        else:
-            copy[key] = _mutated_json(data, copy[key])
-        return copy
-    copy = dict(value)
-    if action == "remove":
-        del copy[key]
-    else:
-        copy[key] = _mutated_json(data, copy[key])
-    return copy
-
-
-def _mutated_bytes(data: st.DataObject, text: bytes) -> bytes:
-    """``text`` cut, or with a few bytes inserted or overwritten (a damaged disk, an editor's slip)."""
-    at = data.draw(st.integers(0, len(text)))
-    kind = data.draw(st.sampled_from(["cut", "insert", "overwrite"]))
-    if kind == "cut":
-        return text[:at]
-    junk = data.draw(st.binary(min_size=1, max_size=4))
-    return text[:at] + junk + text[at + (len(junk) if kind == "overwrite" else 0) :]
-
-
-def _mutated(data: st.DataObject, value: Any) -> bytes:
-    if data.draw(st.booleans()):
-        return json.dumps(_mutated_json(data, value)).encode()
-    return _mutated_bytes(data, json.dumps(value).encode())
-
-
-def _in_a_folder(check: Callable[[Path], None]) -> None:
-    with tempfile.TemporaryDirectory() as name:
-        check(Path(name))
-
-
-def _untouched(before: dict[str, bytes], after: dict[str, bytes], written: set[str]) -> None:
-    assert {k: v for k, v in after.items() if k not in written} == {k: v for k, v in before.items() if k not in written}
-
 
 @given(st.data())
 @settings(max_examples=60, deadline=None)
 def test_a_mutated_export_is_imported_or_refused_in_one_line(data: st.DataObject) -> None:
-    def check(folder: Path) -> None:
+    with scratch() as folder:
         _setup(folder, REVIEWS)
-        (folder / "export.json").write_bytes(_mutated(data, REVIEWS))
-        before = _files(folder)
+        (folder / "export.json").write_bytes(data.draw(mutated_bytes(REVIEWS, WORDS)))
+        before = snapshot(folder)
         result = _import(folder)
-        _one_line_or_success(result)
-        _untouched(before, _files(folder), {"out.csv", "out.review.json"})
+        cli_works_or_one_line(result)
+        assert_untouched(before, snapshot(folder), {"out.csv", "out.review.json"})
         if result.exit_code == 0:  # what it wrote, apply reads back
-            applied = _apply(folder)
-            _one_line_or_success(applied)
-            _untouched(before, _files(folder), {"out.csv", "out.review.json", "new.csv", "new.apply.json"})
-
-    _in_a_folder(check)
+            cli_works_or_one_line(_apply(folder))
+            assert_untouched(before, snapshot(folder), {"out.csv", "out.review.json", "new.csv", "new.apply.json"})
 
 
 @given(st.data())
 @settings(max_examples=60, deadline=None)
 def test_mutated_notes_are_applied_or_refused_in_one_line(data: st.DataObject) -> None:
-    def check(folder: Path) -> None:
+    with scratch() as folder:
         _setup(folder, REVIEWS)
         assert _import(folder).exit_code == 0
         notes = folder / "out.review.json"
-        notes.write_bytes(_mutated(data, json.loads(notes.read_text())))
-        before = _files(folder)
-        result = _apply(folder)
-        _one_line_or_success(result)
-        _untouched(before, _files(folder), {"new.csv", "new.apply.json"})
-
-    _in_a_folder(check)
+        notes.write_bytes(data.draw(mutated_bytes(json.loads(notes.read_text()), WORDS)))
+        before = snapshot(folder)
+        cli_works_or_one_line(_apply(folder))
+        assert_untouched(before, snapshot(folder), {"new.csv", "new.apply.json"})
