@@ -7,7 +7,10 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -173,3 +176,46 @@ TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
 def shows_progress(stderr: str, description: str) -> bool:
     """Whether a command drew its progress bar (``description``, a done/total count) on stderr."""
     return description in stderr and bool(re.search(r"\d+/\d+", stderr))
+
+
+def diverge(run: Path, split: int) -> None:
+    """Make split ``split`` of ``run`` look as if its training diverged: every floating-point weight NaN."""
+    import torch
+
+    from europeana_imgcls.modelling.run_folder import RunFolder
+
+    model = RunFolder(run).split(split).model
+    checkpoint = torch.load(model, weights_only=True)
+    for tensor in checkpoint["model_state"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, model)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A loopback server's handler that logs nothing: its log lines would land in the stderr a test reads."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    """Answer a loopback server's request with ``payload`` as JSON."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server on 127.0.0.1 answering with ``handler`` while the block runs; yields its ``http://host:port``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

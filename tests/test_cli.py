@@ -17,6 +17,8 @@ from europeana_imgcls.core.config import HarvestConfig, build_config
 from europeana_imgcls.core.errors import ConfigError
 from europeana_imgcls.europeana.sandbox import Sandbox
 
+from .conftest import QuietHandler, send_json, serving
+
 runner = CliRunner()
 
 
@@ -254,33 +256,16 @@ def test_every_option_a_message_names_exists() -> None:
 
 @pytest.mark.parametrize("status", [400, 401, 500])
 def test_an_api_error_that_quotes_the_key_is_printed_without_it(status: int, tmp_path: Path) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Echo(BaseHTTPRequestHandler):
+    class Echo(QuietHandler):
         def do_GET(self) -> None:  # an API whose error quotes the request, key and all, over several lines
             said = f"Invalid request\nwith key {self.headers['X-Api-Key']} for {self.path}" + " and more" * 200
-            body = json.dumps({"success": False, "error": said}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, status, {"success": False, "error": said})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/record/v2/search.json"
+    with serving(Echo) as base:
         result = eic(
-            "harvest", "-o", tmp_path / "h.csv", "--api-url", url, "--retries", "0", "--quiet",
-            env={"EUROPEANA_API_KEY": "k3y-0f-the-museum"},
+            "harvest", "-o", tmp_path / "h.csv", "--api-url", f"{base}/record/v2/search.json", "--retries", "0",
+            "--quiet", env={"EUROPEANA_API_KEY": "k3y-0f-the-museum"},
         )  # fmt: skip
-    finally:
-        server.shutdown()
-        server.server_close()
     assert_one_line_error(result, "with key *** for")
     assert "k3y-0f-the-museum" not in result.output + result.stderr and len(result.stderr) < 600
 

@@ -24,7 +24,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import ModelError
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .conftest import CLASSES, VOCAB, make_folders, rows
+from .conftest import CLASSES, VOCAB, diverge, make_folders, rows
 
 
 @pytest.fixture
@@ -409,12 +409,7 @@ def test_a_split_that_diverged_is_left_out_of_the_ensemble(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    model = run / "split_1" / "model.pt"
-    checkpoint = torch.load(model, weights_only=True)
-    for tensor in checkpoint["model_state"].values():
-        if tensor.is_floating_point():
-            tensor.fill_(float("nan"))
-    torch.save(checkpoint, model)
+    diverge(run, split=1)
     out = tmp_path / "p.jsonl"
     predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=out, top_k=3, quiet=True))
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # json.loads would read NaN: check it

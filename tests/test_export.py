@@ -23,7 +23,7 @@ from europeana_imgcls.modelling.training import train
 from europeana_imgcls.outputs.export import export
 from europeana_imgcls.outputs.prediction import predict
 
-from .conftest import make_folders, rows
+from .conftest import diverge, make_folders, rows
 
 TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
 
@@ -283,14 +283,7 @@ def test_what_a_killed_export_left_is_cleaned_at_the_next_start(run: Path) -> No
 
 
 def test_a_diverged_split_asked_for_by_number_says_it_diverged(run: Path) -> None:
-    import torch
-
-    model = run / "split_1" / "model.pt"
-    checkpoint = torch.load(model, weights_only=True)
-    for tensor in checkpoint["model_state"].values():
-        if tensor.is_floating_point():
-            tensor.fill_(float("nan"))
-    torch.save(checkpoint, model)
+    diverge(run, split=1)
     with pytest.raises(ModelError, match="split 1's model holds weights that are not finite"):
         export(ExportConfig(run=run, split="1", quiet=True))
 

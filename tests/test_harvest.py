@@ -20,7 +20,7 @@ from europeana_imgcls.core.journal import read_records
 from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
 
-from .conftest import VOCAB
+from .conftest import VOCAB, QuietHandler, send_json, serving
 
 
 def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestConfig:
@@ -203,39 +203,23 @@ GOOD_ITEM = {"id": "/9/good", "edmIsShownBy": ["http://127.0.0.1:9/a.jpg"], "rig
 def test_items_of_any_shape_are_records_or_left_out(
     items: object, kept: int | None, vocab_file: Path, tmp_path: Path
 ) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from typer.testing import CliRunner
 
     from europeana_imgcls.cli.app import app
 
-    class Crafted(BaseHTTPRequestHandler):
+    class Crafted(QuietHandler):
         def do_GET(self) -> None:
             from urllib.parse import unquote_plus
 
             asked = unquote_plus(self.path)  # the first page of the first concept's query; nothing for the others
             first = "cursor=*" in asked and "concept/base/43" in asked
-            body = json.dumps({"success": True, "totalResults": 4, "items": items if first else []}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, 200, {"success": True, "totalResults": 4, "items": items if first else []})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Crafted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "h.csv"
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/record/v2/search.json"
+    with serving(Crafted) as base:
+        url = f"{base}/record/v2/search.json"
         args = ["harvest", "--vocab", str(vocab_file), "-o", str(out), "--api-url", url, "--retries", "0", "--quiet"]
         result = CliRunner().invoke(app, args, env={"EUROPEANA_API_KEY": "k"})
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "Traceback" not in result.output
     if kept is None:
         assert result.exit_code == 1 and "items that are not a list" in result.stderr
@@ -251,42 +235,27 @@ def test_a_unit_whose_paging_goes_round_keeps_what_it_found_and_says_so(
 ) -> None:
     """A one-unit harvest: three pages of ten new records, then the API's paging goes round (a cursor it sent
     before, or a page of records it sent before). The thirty records are the unit's, written and journaled."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlsplit
 
     pages = {"*": ("A", 0), "A": ("B", 1), "B": ("A" if loop == "cursor" else "C", 2), "C": ("D", 1)}
 
-    class Cycling(BaseHTTPRequestHandler):
+    class Cycling(QuietHandler):
         def do_GET(self) -> None:
             cursor = parse_qs(urlsplit(self.path).query)["cursor"][0]
             after, page = pages[cursor]
             items = [
                 {"id": f"/9/r{page}_{n}", "edmIsShownBy": [f"http://127.0.0.1:9/{page}_{n}.jpg"]} for n in range(10)
             ]
-            body = json.dumps({"success": True, "items": items, "nextCursor": after}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            send_json(self, 200, {"success": True, "items": items, "nextCursor": after})
 
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps({"map": VOCAB["map"]}))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Cycling)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "h.csv"
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/record/v2/search.json"
+    with serving(Cycling) as base:
+        url = f"{base}/record/v2/search.json"
         report = harvest(
             HarvestConfig(api_url=url, vocab=vocab, output=out, n=100, reusability=["open"], retries=0, quiet=True)
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert report.rows == 30 and pl.read_csv(out).height == 30  # kept and written, never lost
     assert "paging would never end" in caplog.text and "map" in caplog.text  # and said
     assert [key for key, _ in read_records(out.with_name(out.name + ".journal") / "part.ndjson")] == ["map|open"]
