@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import AuditConfig, EvaluateConfig
@@ -23,8 +23,8 @@ from europeana_imgcls.core.outputs import (
     OutputKind,
     build_folder,
     claim,
+    claimed,
     output_lock,
-    write_file,
 )
 from europeana_imgcls.outputs.audit import audit
 from europeana_imgcls.outputs.evaluation import evaluate_run
@@ -34,9 +34,9 @@ from .conftest import make_folders
 FOLDER = OutputKind("thing", "a thing", folder=True)
 
 
-def one_line(args: list[str]) -> str:
+def one_line(args: list[str], quiet: bool = True) -> str:
     """Run eic; it must refuse in one line on stderr, without a traceback."""
-    result = CliRunner().invoke(app, [*args, "--quiet"])
+    result = CliRunner().invoke(app, [*args, "--quiet"] if quiet else args)
     assert result.exit_code != 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = result.stderr.strip().splitlines()
@@ -105,8 +105,8 @@ def test_nothing_is_written_into_a_pipe_a_device_or_through_a_link(what: str, tm
         path.mkdir()
     expected = {"fifo": "a pipe", "symlink": "a symbolic link", "device": "a device", "folder": "is a folder"}[what]
     for overwrite in (False, True):
-        with pytest.raises(DatasetError, match=expected), write_file(path, TABLE, overwrite=overwrite) as tmp:
-            tmp.write_text("x")
+        with pytest.raises(DatasetError, match=expected), claimed(path, TABLE, overwrite=overwrite):
+            path.write_text("x")
     assert target.read_text() == "not eic's"
 
 
@@ -115,7 +115,7 @@ def test_a_file_is_replaced_only_when_its_kind_recognises_it(tmp_path: Path) -> 
     table.write_text("ID\n/1/a\n")
     with pytest.raises(DatasetError, match="is not a table that eic wrote"):
         claim(table, TABLE, overwrite=True)
-    (tmp_path / "t.config.json").write_text("{}")  # eic writes its settings beside every table it makes
+    (tmp_path / "t.config.json").write_text('{"output": "t.csv"}')  # eic's settings beside every table it makes
     assert claim(table, TABLE, overwrite=True) is Claim.REPLACE
     assert claim(table, TABLE, resume=True) is Claim.RESUME
     assert claim(tmp_path / "new.csv", TABLE, overwrite=False) is Claim.NEW
@@ -126,13 +126,13 @@ def test_a_file_is_replaced_only_when_its_kind_recognises_it(tmp_path: Path) -> 
 def test_one_writer_per_output_and_a_dead_writers_leftovers_go(tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     with output_lock(out):
-        refused(f"{out} is being written by process {os.getpid()}", write_file(out, TABLE, overwrite=False))
+        refused(f"{out} is being written by process {os.getpid()}", claimed(out, TABLE, overwrite=False))
     leftover = tmp_path / ".out.csv.0123456789ab.eic-part"
     leftover.write_text("half")
     unrelated = tmp_path / ".other.csv.0123456789ab.eic-part"
     unrelated.write_text("another output's")
-    with write_file(out, TABLE, overwrite=False) as tmp:
-        tmp.write_text("ID\n")
+    with claimed(out, TABLE, overwrite=False):
+        out.write_text("ID\n")
     assert not leftover.exists() and unrelated.exists() and out.read_text() == "ID\n"
 
 
@@ -234,3 +234,138 @@ def test_train_carries_on_only_a_training_runs_folder(tmp_path: Path) -> None:
     for extra in ([], ["--resume"]):
         assert "holds files that are not a training run" in one_line([*args, "--epochs", "1", "--folds", "3", *extra])
     assert [p.name for p in documents.iterdir()] == ["thesis.docx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by a review of the policy (each failed before its fix)
+
+
+def _subtract(table: Path, evaluation: Path, out: Path, *extra: str) -> Result:
+    return CliRunner().invoke(app, ["subtract", str(table), str(evaluation), "-o", str(out), *extra])
+
+
+def test_a_tables_settings_name_the_table_they_were_written_with(tmp_path: Path) -> None:
+    """catalogue.csv and catalogue.parquet share catalogue.config.json: only the table it names is eic's."""
+    import polars as pl
+
+    museum = tmp_path / "catalogue.parquet"
+    pl.DataFrame({"ID": ["/1/a", "/1/b"], "category": ["map", "map"]}).write_parquet(museum)
+    evaluation = tmp_path / "ev.csv"
+    evaluation.write_text("ID\n/1/b\n")
+    assert _subtract(museum, evaluation, tmp_path / "catalogue.csv").exit_code == 0
+    line = one_line(["subtract", str(museum), str(evaluation), "-o", str(museum), "--overwrite"], quiet=False)
+    assert "is not a table that eic wrote" in line and pl.read_parquet(museum).height == 2
+    assert _subtract(museum, evaluation, tmp_path / "catalogue.csv", "--overwrite").exit_code == 0
+
+
+def test_the_file_checked_is_the_file_written_through_a_link_and_dot_dot(tmp_path: Path) -> None:
+    table, evaluation = tmp_path / "train.csv", tmp_path / "ev.csv"
+    table.write_text("ID\n/1/a\n")
+    evaluation.write_text("ID\n/1/b\n")
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    here.mkdir()
+    assert _subtract(table, evaluation, here / "t.csv").exit_code == 0  # eic's own t.csv in here/
+    (elsewhere / "t.csv").write_text("someone else's")
+    (here / "link").symlink_to(elsewhere / "sub")
+    out = here / "link" / ".." / "t.csv"
+    line = one_line(["subtract", str(table), str(evaluation), "-o", str(out), "--overwrite"], quiet=False)
+    assert str(elsewhere / "t.csv") in line and (elsewhere / "t.csv").read_text() == "someone else's"
+
+
+def test_enrich_resumes_only_its_own_annotations(run: Path, tmp_path: Path) -> None:
+    images = make_folders(tmp_path / "new", per_class=2, size=40)
+    mine = tmp_path / "catalogue.jsonld"
+    mine.write_text('{"my": "catalogue"}')
+    line = one_line(["enrich", str(run), str(images), "-o", str(mine), "--resume"])
+    assert "is not annotations that eic wrote" in line and mine.read_text() == '{"my": "catalogue"}'
+
+
+def test_download_carries_on_only_a_folder_it_filled(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("ID,category,URL\n/1/a,map,http://127.0.0.1:9/a.jpg\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"mine": true}')
+    line = one_line(["download", str(table), "-o", str(project)])
+    assert "holds files that are not a download folder" in line
+    assert (project / "config.json").read_text() == '{"mine": true}'
+
+
+def test_review_tasks_over_a_mebibyte_are_still_eics(tmp_path: Path) -> None:
+    from europeana_imgcls.core.recognise import is_review_tasks
+    from europeana_imgcls.outputs.review import review_task, write_review_tasks
+
+    path = tmp_path / "review.json"
+    tasks = [review_task(f"/1/r{i}", f"http://127.0.0.1:9/{i}.jpg", ["map"], 0.5, "x" * 400) for i in range(2500)]
+    write_review_tasks(path, tasks, ["map", "painting"], False, "eic test")
+    assert path.stat().st_size > 1 << 20 and is_review_tasks(path)
+
+
+def test_an_evaluation_of_an_earlier_eic_is_replaced_with_overwrite(run: Path, tmp_path: Path) -> None:
+    data = make_folders(tmp_path / "eval", per_class=3, size=40)
+    out = tmp_path / "evaluation"
+    config = EvaluateConfig(run=run, eval_dir=data, output_dir=out, quiet=True)
+    evaluate_run(config)
+    (out / MANIFEST).unlink()  # as an eic without manifests left it
+    evaluate_run(config.model_copy(update={"overwrite": True}))
+    assert (out / MANIFEST).is_file()
+
+
+def test_a_recogniser_is_never_a_traceback_on_deep_nesting(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("ID\n/1/a\n")
+    out = tmp_path / "st.json"
+    out.write_text("[" * 200_000)
+    line = one_line(["stats", str(table), "-o", str(out), "--overwrite"], quiet=False)
+    assert "is not statistics that eic wrote" in line
+
+
+def test_leftovers_of_one_output_only(tmp_path: Path) -> None:
+    """The lock of `res` cleans `.res.<hex>.eic-part`, never `.res.json.<hex>.eic-part` (another output's)."""
+    other = tmp_path / ".res.json.0123456789ab.eic-part"
+    other.write_text("being written")
+    with output_lock(tmp_path / "res"):
+        pass
+    assert other.exists()
+
+
+def test_a_kill_between_the_swaps_two_renames_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with build_folder(out, FOLDER, overwrite=False) as staging:
+        (staging / "a.txt").write_text("1")
+    out.rename(tmp_path / ".out.eic-replaced")  # killed after renaming the old output aside
+    with build_folder(out, FOLDER, overwrite=True) as staging:
+        assert (out / "a.txt").read_text() == "1"  # put back at the start, under the lock
+        (staging / "b.txt").write_text("2")
+    assert (out / "b.txt").read_text() == "2"
+
+
+def test_a_review_file_is_never_lost_inside_the_audit_folder(run: Path, tmp_path: Path) -> None:
+    audit(AuditConfig(source=run, output_dir=tmp_path / "au", quiet=True))
+    (tmp_path / "link").symlink_to(tmp_path)
+    review = tmp_path / "link" / "au" / "r.json"  # inside the audit's folder, through a link
+    audit(AuditConfig(source=run, output_dir=tmp_path / "au", review_output=review, overwrite=True, quiet=True))
+    assert json.loads((tmp_path / "au" / "r.json").read_text())
+    line = one_line(["audit", str(run), "-o", str(tmp_path / "au"), "--review-output", str(tmp_path / "au")])
+    assert "is the audit's folder" in line
+
+
+def test_the_current_folder_reached_through_a_link_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tmp_path / "real"
+    with build_folder(real, FOLDER, overwrite=False) as staging:
+        (staging / "a.txt").write_text("1")
+    (tmp_path / "link").symlink_to(tmp_path)
+    monkeypatch.chdir(real)
+    refused("holds the current folder", build_folder(tmp_path / "link" / "real", FOLDER, overwrite=True))
+    assert (real / "a.txt").read_text() == "1"
+
+
+def test_a_folder_with_only_a_json_called_model_json_is_no_earlier_export(run: Path, tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "model.json").write_text('{"a": "model of theirs"}')
+    assert "holds model.json, which eic did not write" in one_line(["export", str(run), "-o", str(theirs), "--overwrite"])
+    assert (theirs / "model.json").read_text() == '{"a": "model of theirs"}'

@@ -10,14 +10,14 @@ from pathlib import Path
 import polars as pl
 
 from ..core.config import StatsConfig, SubtractConfig, public_dict
-from ..core.outputs import TABLE, OutputKind, claim
+from ..core.outputs import TABLE, OutputKind, claimed
 from ..core.tables import read_table, sidecar, write_json, write_table
 from ..europeana.vocabulary import load_vocabulary
 
 
 def _is_stats(path: Path) -> bool:
     """Whether a JSON file is statistics eic stats wrote (its counts, by their names)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8"))  # the policy reads only a bounded regular file
     return isinstance(data, dict) and {"rows", "unique_ids", "per_category"} <= set(data)
 
 
@@ -33,14 +33,14 @@ class SubtractReport:
 
 def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
-    claim(config.output, TABLE, overwrite=config.overwrite)
-    train = read_table(config.train, required=("ID",), columns=config.columns)
-    evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
-    eval_ids = evaluation.get_column("ID").drop_nulls().unique()
-    # A row without an ID cannot be in the evaluation table: it stays.
-    kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
-    write_table(kept, config.output)
-    write_json(sidecar(config.output, "config"), public_dict(config))
+    with claimed(config.output, TABLE, overwrite=config.overwrite):
+        train = read_table(config.train, required=("ID",), columns=config.columns)
+        evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
+        eval_ids = evaluation.get_column("ID").drop_nulls().unique()
+        # A row without an ID cannot be in the evaluation table: it stays.
+        kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
+        write_table(kept, config.output)
+        write_json(sidecar(config.output, "config"), public_dict(config))
     return SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
 
 
@@ -63,10 +63,10 @@ def stats(config: StatsConfig) -> TableStats:
     """Describe a table: counts per category, level and provider, and what looks wrong in it.
 
     With ``config.output`` the statistics are also written there as JSON."""
-    if config.output is not None:
-        claim(config.output, STATS, overwrite=config.overwrite)
-    result = _describe(config)
-    if config.output is not None:
+    if config.output is None:
+        return _describe(config)
+    with claimed(config.output, STATS, overwrite=config.overwrite):
+        result = _describe(config)
         write_json(config.output, dataclasses.asdict(result))
     return result
 

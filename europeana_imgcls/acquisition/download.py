@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import itertools
+import json
 import math
 import os
 import time
@@ -64,7 +66,31 @@ from ..europeana.thumbnails import is_placeholder, thumbnail_url
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .placement import Placement, write_set_aside
 
-DOWNLOAD = OutputKind("download", "a download folder", folder=True)
+
+def _is_download_folder(folder: Path) -> bool:
+    """Whether a re-run may carry a folder on: the files download writes at its top (its settings, its labels,
+    its failures), where there are any, are download's own; class folders and images are what it fills. A folder
+    with a ``config.json`` of a project's own is not written over."""
+    settings, labels, failures = (folder / name for name in (CONFIG_FILE, LABELS_FILE, FAILURES_FILE))
+    if os.path.lexists(settings):
+        if not settings.is_file() or settings.is_symlink() or settings.stat().st_size > 1 << 20:
+            return False
+        data = json.loads(settings.read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and {"table", "output_dir"} <= set(data)):
+            return False
+    return all(
+        not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and _header(path) == list(columns))
+        for path, columns in ((labels, LABEL_COLUMNS), (failures, FAILURE_COLUMNS))
+    )
+
+
+def _header(path: Path) -> list[str]:
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16).decode("utf-8")
+    return next(csv.reader([first]), [])
+
+
+DOWNLOAD = OutputKind("download", "a download folder (eic download's)", folder=True, recognise=_is_download_folder)
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
 FAILURES_FILE, LABELS_FILE, CONFIG_FILE = "failures.csv", "labels.csv", "config.json"

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 
 class EicError(Exception):
-    """Base of every error the library raises on purpose."""
+    """Base of every error the library raises on purpose. Its message is one line, whatever a value quoted in it
+    holds: a line end or a control character (a newline, U+0085, U+2028, ESC) is kept, escaped."""
 
     exit_code = 1
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message).strip()
+        super().__init__("".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text), *args)
 
 
 class ConfigError(EicError):

@@ -19,13 +19,14 @@ rules, as git refuses to check out over untracked files and cargo installs over 
   something that never ends or blocks.
 
 Stages that write record by record (download, predict, embed, enrich) ask ``claim`` once, then their journal
-(``core/journal.py``) locks and merges; the rest write with ``build_folder`` or ``write_file``.
+(``core/journal.py``) locks and merges; the rest write with ``build_folder``, or under ``claimed``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from typing import Final
 from .errors import DatasetError
 from .journal import _Held, _Lock
 from .recognise import is_eic_table, is_review_tasks
-from .tables import TEMP_SUFFIX, atomic_path
+from .tables import TEMP_SUFFIX
 
 MANIFEST: Final = ".eic-output.json"
 MANIFEST_FORMAT: Final = "europeana-imgcls/output-v1"
@@ -59,6 +60,10 @@ class OutputKind:
     what: str
     folder: bool = False
     recognise: Callable[[Path], bool] | None = None  # a folder kind's: whether a folder is one to carry on
+    # A folder kind's files as an eic without manifests wrote them (top-level patterns; the first must be there
+    # and hold ``legacy_sign``), so `overwrite` replaces an output of an earlier version too.
+    legacy: tuple[str, ...] = ()
+    legacy_sign: str = ""
 
 
 # The file kinds several stages write.
@@ -100,8 +105,12 @@ def claim(
 
 
 def absolute(path: Path) -> Path:
-    """``path`` made absolute with ``.`` and ``..`` folded, links left as they are (a link is judged itself)."""
-    return Path(os.path.abspath(path))
+    """``path`` as the system reaches it: its folder with every link and ``..`` resolved (``link/../t.csv`` is
+    where the link leads, not ``./t.csv``), its own name kept, so a link at the output is judged as a link."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
 
 
 @contextmanager
@@ -109,7 +118,7 @@ def build_folder(folder: Path, kind: OutputKind, *, overwrite: bool | None, opti
     """Yield an empty folder to build ``kind`` in; on success it takes ``folder``'s place whole, with a manifest of
     what it holds. Refused (before anything is written) as ``claim`` refuses; held under the output's lock."""
     folder = absolute(folder)
-    if folder == Path(folder.anchor) or Path.cwd().is_relative_to(folder):
+    if folder == Path(folder.anchor) or Path.cwd().resolve().is_relative_to(folder):
         raise DatasetError(f"{folder} holds the current folder: choose a new folder for `{option}`")
     with output_lock(folder):
         claim(folder, kind, overwrite=overwrite, option=option)
@@ -134,19 +143,6 @@ def claimed(
 
 
 @contextmanager
-def write_file(
-    path: Path, kind: OutputKind, *, overwrite: bool | None, resume: bool | None = None, option: str = "output"
-) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed over ``path``. Refused as ``claim``
-    refuses, under the output's lock."""
-    path = absolute(path)
-    with output_lock(path):
-        claim(path, kind, overwrite=overwrite, resume=resume, option=option)
-        with atomic_path(path) as tmp:
-            yield tmp
-
-
-@contextmanager
 def output_lock(path: Path) -> Iterator[None]:
     """The output's lock, held while it is written; what a killed run left beside it is cleaned once it is held."""
     path = absolute(path)
@@ -165,13 +161,17 @@ def output_lock(path: Path) -> Iterator[None]:
 
 
 def clean_leftovers(path: Path) -> None:
-    """What a killed run of this output left beside it: its building folder, the one it was replacing, its
-    temporary files. Only names eic gives (never a link's target); call it holding the output's lock."""
+    """What a killed run of this output left beside it: its building folder, its temporary files, and the old
+    output it was replacing (put back where it was if the kill fell between the two renames, so the last output is
+    never lost). Only names eic gives (never a link's target); call it holding the output's lock."""
+    replaced = _beside(path, REPLACED)
+    if replaced.is_dir() and not replaced.is_symlink() and not os.path.lexists(path):
+        replaced.rename(path)
     for suffix in (BUILDING, REPLACED, *_LEGACY_LEFTOVERS):
         _remove(_beside(path, suffix))
-    prefix = f".{path.name}."
+    temporary = re.compile(rf"^\.{re.escape(path.name)}\.[0-9a-f]{{12}}{re.escape(TEMP_SUFFIX)}$")  # tables.temp_path
     for entry in _entries(path.parent):
-        if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX) and not entry.is_symlink():
+        if temporary.match(entry.name) and not entry.is_symlink():
             _remove(Path(entry.path))
 
 
@@ -239,7 +239,7 @@ def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
     """An output is carried on only if eic wrote it as ``kind`` (where the kind can tell)."""
     if kind.recognise is None:
         return
-    if kind.folder and not kind.recognise(path):
+    if kind.folder and not _recognised_folder(path, kind.recognise):
         raise DatasetError(
             f"{path} holds files that are not {kind.what}: eic carries on only its own outputs; choose a new or "
             f"empty `{option}`"
@@ -251,27 +251,35 @@ def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
         )
 
 
+def _recognised_folder(path: Path, recognise: Callable[[Path], bool]) -> bool:
+    try:
+        return recognise(path)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
 def _recognised(path: Path, recognise: Callable[[Path], bool]) -> bool:
     try:
         info = path.lstat()
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
             return False
         return recognise(path)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # a file too damaged to be eic's
         return False
 
 
 def _stranger(folder: Path, kind: OutputKind) -> str | None:
-    """The first thing in ``folder`` that its manifest does not name as ``kind``'s (None: it is all eic's)."""
-    written = read_manifest(folder, kind) or set()  # without eic's manifest, every file is a stranger
+    """The first thing in ``folder`` that eic did not write as ``kind`` (None: it is all eic's): a file its
+    manifest does not name (or, in an earlier version's output, none of the kind's files), a link, a pipe."""
+    written = read_manifest(folder, kind)
+    if written is None:
+        written = _legacy_files(folder, kind)
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             entry = Path(root, name)
             relative = entry.relative_to(folder).as_posix()
             info = entry.lstat()
-            if stat.S_ISDIR(info.st_mode):
-                continue
-            if relative == MANIFEST or _leftover_name(name):
+            if stat.S_ISDIR(info.st_mode) or relative == MANIFEST:
                 continue
             if not stat.S_ISREG(info.st_mode):
                 shown = "a symbolic link" if stat.S_ISLNK(info.st_mode) else special_kind(info.st_mode)
@@ -279,6 +287,24 @@ def _stranger(folder: Path, kind: OutputKind) -> str | None:
             if relative not in written:
                 return relative
     return None
+
+
+def _legacy_files(folder: Path, kind: OutputKind) -> set[str]:
+    """The files of ``kind`` an eic without manifests wrote in ``folder``: none unless its first file is there."""
+    if not kind.legacy or not _signed(folder / kind.legacy[0], kind.legacy_sign):
+        return set()
+    return {p.name for pattern in kind.legacy for p in folder.glob(pattern) if p.is_file() and not p.is_symlink()}
+
+
+def _signed(path: Path, sign: str) -> bool:
+    """Whether a regular file (of bounded size) holds ``sign``: what an earlier eic always wrote in it."""
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
+            return False
+        return bool(sign) and sign.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +319,7 @@ def read_manifest(folder: Path, kind: OutputKind) -> set[str] | None:
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or data.get("kind") != kind.name:
         return None
@@ -321,7 +347,15 @@ def _beside(path: Path, suffix: str) -> Path:
 
 def _swap(folder: Path, staging: Path) -> None:
     """``staging`` in ``folder``'s place: the old one renamed aside first and removed after, so a kill between
-    the two renames leaves the old output beside its place (cleaned at the next start), never a half one."""
+    the two renames leaves the old output beside its place (put back at the next start), never a half one. A
+    folder that cannot be renamed (a mount point: a Docker volume, an NFS export) or an empty one is filled
+    instead: its old files (eic's, checked) removed, the new ones moved in."""
+    if folder.is_dir() and (os.path.ismount(folder) or not _occupied(folder)):
+        for entry in _entries(folder):
+            _remove(Path(entry.path))
+        for entry in _entries(staging):
+            shutil.move(entry.path, folder / entry.name)
+        return
     old = _beside(folder, REPLACED)
     _remove(old)
     if folder.is_dir():

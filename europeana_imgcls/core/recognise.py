@@ -12,6 +12,7 @@ from .tables import sidecar
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 _PEEK_BYTES = 1 << 20  # a review file larger than this is not opened to be named
+RECOGNISE_BYTES = 64 << 20  # what the output policy reads, at most, to tell a file eic wrote
 
 
 def what_is(path: Path) -> str | None:
@@ -66,7 +67,7 @@ def _review_tasks(path: Path) -> bool:
 def is_review_tasks(path: Path) -> bool:
     """Whether ``path`` is review tasks as eic writes them (enrich's, audit's): a list of tasks each carrying eic's
     suggestion, beside the labelling interface written with them (which alone tells an empty list of eic's)."""
-    tasks = _peek_json(path)
+    tasks = _peek_json(path, RECOGNISE_BYTES)
     if not isinstance(tasks, list) or not path.with_name(f"{path.stem}.labelling.xml").is_file():
         return False
     return all(
@@ -77,16 +78,26 @@ def is_review_tasks(path: Path) -> bool:
 
 def is_eic_table(path: Path) -> bool:
     """Whether a table is one eic wrote: eic writes its settings (``NAME.config.json``) or a review's notes
-    (``NAME.review.json``, ``NAME.apply.json``) beside every table it makes; a museum's own table has none."""
-    return path.suffix.lower() in (".csv", ".parquet") and any(
-        sidecar(path, kind).is_file() for kind in ("config", "review", "apply")
-    )
+    (``NAME.review.json``, ``NAME.apply.json``) beside every table it makes, naming the table as its `output`
+    (``NAME.csv`` and ``NAME.parquet`` share the name: the one eic wrote is the one named). A museum's own table
+    has none."""
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        return False
+    for kind in ("config", "review", "apply"):
+        data = _peek_json(sidecar(path, kind), RECOGNISE_BYTES)
+        if isinstance(data, dict):
+            settings = data.get("config") if isinstance(data.get("config"), dict) else data
+            output = settings.get("output") if isinstance(settings, dict) else None
+            if isinstance(output, str) and Path(output).name == path.name:
+                return True
+    return False
 
 
-def _peek_json(path: Path) -> object:
-    """A small regular JSON file's contents; None for anything else (never a pipe, never a large file)."""
+def _peek_json(path: Path, limit: int = _PEEK_BYTES) -> object:
+    """A regular JSON file's contents, up to ``limit`` bytes; None for anything else (never a pipe, never a
+    larger file)."""
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > _PEEK_BYTES:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > limit:
             return None
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):

@@ -60,7 +60,13 @@ class Findings:
     embeddings: np.ndarray | None  # rows aligned with ``images``, or None
 
 
-AUDIT = OutputKind("audit", "an audit", folder=True)
+AUDIT = OutputKind(
+    "audit",
+    "an audit",
+    folder=True,
+    legacy=("summary.json", "*.csv", "*.png", "*.json", "*.labelling.xml"),
+    legacy_sign='"label_issues"',
+)
 
 
 @dataclass
@@ -82,6 +88,11 @@ class AuditReport:
 
 def audit(config: AuditConfig) -> AuditReport:
     """Audit ``config.source`` (a run or an embeddings table); see the module docstring."""
+    if config.review_output is not None and absolute(config.output_dir).is_relative_to(absolute(config.review_output)):
+        raise DatasetError(
+            f"{config.review_output} is the audit's folder (or holds it): give `review_output` a file name, such as "
+            "suspects.json"
+        )
     review = _outside(config.review_output, config.output_dir)
     with ExitStack() as held:
         # The review file is claimed first: a path that is not eic's review tasks (the training table, the run's

@@ -58,7 +58,17 @@ CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
 PREDICTION_COLUMNS = ["image", "ID", "URI", "probabilities"]
 log = logging.getLogger(__name__)
 
-ANNOTATIONS = OutputKind("annotations", "annotations")
+
+def _is_annotations(path: Path) -> bool:
+    """Whether a file is annotations eic enrich wrote: its predictions file beside it, and Web Annotations in it."""
+    if not path.with_name(f"{path.stem}.predictions.jsonl").is_file():
+        return False
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+    return ANNO_CONTEXT.encode() in head or head.strip() == b""
+
+
+ANNOTATIONS = OutputKind("annotations", "annotations", recognise=_is_annotations)
 
 
 @dataclass

@@ -32,7 +32,13 @@ from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import autocast_dtype, inference_loader, resolve_device
 from .inference import RunModel, load_run, logits_of
 
-EVALUATION = OutputKind("evaluation", "an evaluation", folder=True)
+EVALUATION = OutputKind(
+    "evaluation",
+    "an evaluation",
+    folder=True,
+    legacy=("config.json", "*.json", "*.csv", "*.png"),
+    legacy_sign='"eval_dir"',
+)
 
 
 @dataclass

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 MAX_DIFFERENCE = 1e-3  # largest probability difference to PyTorch a float32 export may show
 CHECK_IMAGES = 64  # test images an export is checked (and a static quantisation calibrated) on
 CPU = torch.device("cpu")
-EXPORT = OutputKind("export", "an export", folder=True)
+EXPORT = OutputKind(
+    "export", "an export", folder=True, legacy=("model.json", "split_*.onnx"), legacy_sign=EXPORT_FORMAT
+)
 
 
 @dataclass

@@ -39,7 +39,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.outputs import TABLE, claim
+from ..core.outputs import TABLE, claimed
 from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
@@ -255,7 +255,11 @@ class ReviewImportReport:
 def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     """Turn a Label Studio JSON export into a table; see the module docstring."""
     check_table_suffix(config.output)
-    claim(config.output, TABLE, overwrite=config.overwrite)
+    with claimed(config.output, TABLE, overwrite=config.overwrite):  # one writer, and only over eic's own table
+        return _import_review(config)
+
+
+def _import_review(config: ReviewImportConfig) -> ReviewImportReport:
     vocab = load_vocabulary(config.vocab)
     tasks = _load_export(config.export, config.max_export_mb)
     report = ReviewImportReport(config.output)

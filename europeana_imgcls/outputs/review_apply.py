@@ -26,7 +26,7 @@ import polars as pl
 
 from ..core.config import ReviewApplyConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.outputs import TABLE, claim
+from ..core.outputs import TABLE, claimed
 from ..core.tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .review import ReviewNotes, read_capped, record_id_problem, shown
 
@@ -55,7 +55,11 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
             f"{config.output} is the table the review applies to: choose another `output`, or pass `overwrite` "
             "to replace it (a table eic wrote)"
         )
-    claim(config.output, TABLE, overwrite=config.overwrite)  # TABLE itself too: replaced only if eic wrote it
+    with claimed(config.output, TABLE, overwrite=config.overwrite):  # TABLE itself too: only if eic wrote it
+        return _apply_review(config)
+
+
+def _apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
     table = read_table(config.table, required=("ID", "category"), columns=config.columns)
     reviewed = _reviewed_rows(config.reviewed)
     notes = _import_notes(config.reviewed)
