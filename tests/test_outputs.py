@@ -367,5 +367,6 @@ def test_a_folder_with_only_a_json_called_model_json_is_no_earlier_export(run: P
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "model.json").write_text('{"a": "model of theirs"}')
-    assert "holds model.json, which eic did not write" in one_line(["export", str(run), "-o", str(theirs), "--overwrite"])
+    line = one_line(["export", str(run), "-o", str(theirs), "--overwrite"])
+    assert "holds model.json, which eic did not write" in line
     assert (theirs / "model.json").read_text() == '{"a": "model of theirs"}'
