@@ -192,6 +192,20 @@ def test_evaluate_replaces_only_its_own_evaluation(run: Path, tmp_path: Path) ->
     assert (out / "metrics.json").read_bytes() == first and (run / "evaluation.json").is_file()
 
 
+@pytest.mark.parametrize(
+    ("command", "name", "what"),
+    [("predict", "catalogue.csv", "predictions"), ("enrich", "catalogue.jsonld", "annotations")],
+)
+def test_a_resume_carries_on_only_eics_own_output(
+    command: str, name: str, what: str, run: Path, tmp_path: Path
+) -> None:
+    images = make_folders(tmp_path / "new", per_class=2, size=40)
+    mine = tmp_path / name
+    mine.write_text("ID,title\n/1/a,A map\n")
+    line = one_line([command, str(run), str(images), "-o", str(mine), "--resume"])
+    assert f"is not {what} that eic wrote" in line and mine.read_text() == "ID,title\n/1/a,A map\n"
+
+
 def test_predict_resumes_only_its_own_predictions(run: Path, tmp_path: Path) -> None:
     images = make_folders(tmp_path / "new", per_class=2, size=40)
     table = tmp_path / "catalogue.csv"
@@ -271,14 +285,6 @@ def test_the_file_checked_is_the_file_written_through_a_link_and_dot_dot(tmp_pat
     out = here / "link" / ".." / "t.csv"
     line = one_line(["subtract", str(table), str(evaluation), "-o", str(out), "--overwrite"], quiet=False)
     assert str(elsewhere / "t.csv") in line and (elsewhere / "t.csv").read_text() == "someone else's"
-
-
-def test_enrich_resumes_only_its_own_annotations(run: Path, tmp_path: Path) -> None:
-    images = make_folders(tmp_path / "new", per_class=2, size=40)
-    mine = tmp_path / "catalogue.jsonld"
-    mine.write_text('{"my": "catalogue"}')
-    line = one_line(["enrich", str(run), str(images), "-o", str(mine), "--resume"])
-    assert "is not annotations that eic wrote" in line and mine.read_text() == '{"my": "catalogue"}'
 
 
 def test_download_carries_on_only_a_folder_it_filled(tmp_path: Path) -> None:
