@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,13 +10,15 @@ import polars as pl
 
 from ..core.config import StatsConfig, SubtractConfig, public_dict
 from ..core.outputs import TABLE, OutputKind, claimed
+from ..core.recognise import peek_json
+from ..core.sidecars import MAX_SIDECAR_BYTES
 from ..core.tables import read_table, sidecar, write_json, write_table
 from ..europeana.vocabulary import load_vocabulary
 
 
 def _is_stats(path: Path) -> bool:
     """Whether a JSON file is statistics eic stats wrote (its counts, by their names)."""
-    data = json.loads(path.read_text(encoding="utf-8"))  # the policy reads only a bounded regular file
+    data = peek_json(path, MAX_SIDECAR_BYTES)
     return isinstance(data, dict) and {"rows", "unique_ids", "per_category"} <= set(data)
 
 

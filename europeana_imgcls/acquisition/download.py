@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import itertools
-import json
 import math
 import os
 import time
@@ -49,8 +47,10 @@ from ..core.journal import Journal
 from ..core.naming import file_name, record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
+from ..core.recognise import csv_header, peek_json
 from ..core.retry import Retry, retry_after
 from ..core.sharding import Shard
+from ..core.sidecars import small_regular_file
 from ..core.tables import (
     check_columns,
     count_rows,
@@ -71,23 +71,15 @@ def _is_download_folder(folder: Path) -> bool:
     """Whether a re-run may carry a folder on: the files download writes at its top (its settings, its labels,
     its failures), where there are any, are download's own; class folders and images are what it fills. A folder
     with a ``config.json`` of a project's own is not written over."""
-    settings, labels, failures = (folder / name for name in (CONFIG_FILE, LABELS_FILE, FAILURES_FILE))
+    settings = folder / CONFIG_FILE
     if os.path.lexists(settings):
-        if not settings.is_file() or settings.is_symlink() or settings.stat().st_size > 1 << 20:
-            return False
-        data = json.loads(settings.read_text(encoding="utf-8"))
+        data = peek_json(settings)
         if not (isinstance(data, dict) and {"table", "output_dir"} <= set(data)):
             return False
     return all(
-        not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and _header(path) == list(columns))
-        for path, columns in ((labels, LABEL_COLUMNS), (failures, FAILURE_COLUMNS))
+        not os.path.lexists(path) or (small_regular_file(path) and csv_header(path) == list(columns))
+        for path, columns in ((folder / LABELS_FILE, LABEL_COLUMNS), (folder / FAILURES_FILE, FAILURE_COLUMNS))
     )
-
-
-def _header(path: Path) -> list[str]:
-    with path.open("rb") as handle:
-        first = handle.readline(1 << 16).decode("utf-8")
-    return next(csv.reader([first]), [])
 
 
 DOWNLOAD = OutputKind("download", "a download folder (eic download's)", folder=True, recognise=_is_download_folder)

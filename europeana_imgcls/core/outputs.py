@@ -24,7 +24,6 @@ Stages that write record by record (download, predict, embed, enrich) ask ``clai
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -34,12 +33,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
+
+from pydantic import ValidationError
 
 from .errors import DatasetError
 from .journal import _Held, _Lock
 from .recognise import is_eic_table, is_review_tasks
-from .tables import TEMP_SUFFIX
+from .sidecars import Sidecar, small_regular_file, special_kind
+from .tables import TEMP_SUFFIX, is_own_temp
 
 MANIFEST: Final = ".eic-output.json"
 MANIFEST_FORMAT: Final = "europeana-imgcls/output-v1"
@@ -47,7 +49,6 @@ LOCK_SUFFIX: Final = ".eic-lock"
 BUILDING, REPLACED = ".eic-building", ".eic-replaced"
 # What an earlier version left beside a killed export (``.onnx.exporting``), cleaned the same way.
 _LEGACY_LEFTOVERS: Final = (".exporting", ".replaced")
-MAX_RECOGNISE_BYTES: Final = 64 * 1024 * 1024  # a file kind's reader never reads more than this to recognise one
 
 
 @dataclass(frozen=True)
@@ -196,17 +197,6 @@ def _check_type(path: Path, kind: OutputKind, option: str) -> None:
         )
 
 
-def special_kind(mode: int) -> str:
-    """What a path that is neither a file, a folder nor a link is, in words."""
-    if stat.S_ISFIFO(mode):
-        return "a pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
-
-
 def _occupied(path: Path) -> bool:
     """Whether writing ``path`` would replace something: a file, or a folder holding anything but eic's leftovers."""
     if not path.is_dir():
@@ -215,7 +205,7 @@ def _occupied(path: Path) -> bool:
 
 
 def _leftover_name(name: str) -> bool:
-    return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or name.endswith(LOCK_SUFFIX))
+    return is_own_temp(name) or (name.startswith(".") and name.endswith(LOCK_SUFFIX))
 
 
 def _check_ours(path: Path, kind: OutputKind, option: str) -> None:
@@ -228,7 +218,7 @@ def _check_ours(path: Path, kind: OutputKind, option: str) -> None:
                 f"own outputs; move it away, or choose another `{option}`"
             )
         return
-    if kind.recognise is None or not _recognised(path, kind.recognise):
+    if not _recognised(path, kind):
         raise DatasetError(
             f"{path} is not {kind.what} that eic wrote: `overwrite` replaces only eic's own outputs; "
             f"choose another `{option}`"
@@ -237,33 +227,25 @@ def _check_ours(path: Path, kind: OutputKind, option: str) -> None:
 
 def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
     """An output is carried on only if eic wrote it as ``kind`` (where the kind can tell)."""
-    if kind.recognise is None:
+    if kind.recognise is None or _recognised(path, kind):
         return
-    if kind.folder and not _recognised_folder(path, kind.recognise):
+    if kind.folder:
         raise DatasetError(
             f"{path} holds files that are not {kind.what}: eic carries on only its own outputs; choose a new or "
             f"empty `{option}`"
         )
-    if not kind.folder and not _recognised(path, kind.recognise):
-        raise DatasetError(
-            f"{path} is not {kind.what} that eic wrote: `resume` carries on only eic's own outputs; "
-            f"choose another `{option}`"
-        )
+    raise DatasetError(
+        f"{path} is not {kind.what} that eic wrote: `resume` carries on only eic's own outputs; "
+        f"choose another `{option}`"
+    )
 
 
-def _recognised_folder(path: Path, recognise: Callable[[Path], bool]) -> bool:
-    try:
-        return recognise(path)
-    except (OSError, ValueError, RecursionError):
+def _recognised(path: Path, kind: OutputKind) -> bool:
+    """Whether ``kind``'s reader takes ``path`` for its own; a file is read only if it is a small regular one."""
+    if kind.recognise is None or not (kind.folder or small_regular_file(path)):
         return False
-
-
-def _recognised(path: Path, recognise: Callable[[Path], bool]) -> bool:
     try:
-        info = path.lstat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
-            return False
-        return recognise(path)
+        return kind.recognise(path)
     except (OSError, ValueError, RecursionError):  # a file too damaged to be eic's
         return False
 
@@ -297,12 +279,9 @@ def _legacy_files(folder: Path, kind: OutputKind) -> set[str]:
 
 
 def _signed(path: Path, sign: str) -> bool:
-    """Whether a regular file (of bounded size) holds ``sign``: what an earlier eic always wrote in it."""
+    """Whether a small regular file holds ``sign``: what an earlier eic always wrote in it."""
     try:
-        info = path.lstat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
-            return False
-        return bool(sign) and sign.encode() in path.read_bytes()
+        return bool(sign) and small_regular_file(path) and sign.encode() in path.read_bytes()
     except OSError:
         return False
 
@@ -311,30 +290,33 @@ def _signed(path: Path, sign: str) -> bool:
 # The manifest
 
 
+class _Manifest(Sidecar):
+    """``.eic-output.json``: the kind of a folder eic built and every file it wrote there."""
+
+    format: Literal["europeana-imgcls/output-v1"] = MANIFEST_FORMAT
+    kind: str
+    files: list[str]
+
+
 def read_manifest(folder: Path, kind: OutputKind) -> set[str] | None:
     """The files eic wrote in ``folder`` as ``kind`` (None: no manifest of that kind, or a damaged one)."""
     path = folder / MANIFEST
+    if not small_regular_file(path):
+        return None
     try:
-        info = path.lstat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECOGNISE_BYTES:
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        manifest = _Manifest.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
         return None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or data.get("kind") != kind.name:
-        return None
-    files = data.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        return None
-    return set(files)
+    return set(manifest.files) if manifest.kind == kind.name else None
 
 
 def _write_manifest(folder: Path, kind: OutputKind) -> None:
     files = sorted(
         Path(root, name).relative_to(folder).as_posix() for root, _, names in os.walk(folder) for name in names
     )
-    data = {"format": MANIFEST_FORMAT, "kind": kind.name, "files": files}
-    (folder / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    (folder / MANIFEST).write_text(
+        _Manifest(kind=kind.name, files=files).model_dump_json(indent=1) + "\n", encoding="utf-8"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,14 +5,15 @@ suffixes and a look at a folder's first level; a JSON file is read only to tell 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+from .sidecars import MAX_SIDECAR_BYTES, small_regular_file
 from .tables import sidecar
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 _PEEK_BYTES = 1 << 20  # a review file larger than this is not opened to be named
-RECOGNISE_BYTES = 64 << 20  # what the output policy reads, at most, to tell a file eic wrote
 
 
 def what_is(path: Path) -> str | None:
@@ -56,7 +57,7 @@ def _folder(path: Path) -> str | None:
 
 def _review_tasks(path: Path) -> bool:
     """Whether a JSON file is eic's review tasks: a list of tasks with data and no one's annotations yet."""
-    tasks = _peek_json(path)
+    tasks = peek_json(path)
     return (
         isinstance(tasks, list)
         and bool(tasks)
@@ -67,7 +68,7 @@ def _review_tasks(path: Path) -> bool:
 def is_review_tasks(path: Path) -> bool:
     """Whether ``path`` is review tasks as eic writes them (enrich's, audit's): a list of tasks each carrying eic's
     suggestion, beside the labelling interface written with them (which alone tells an empty list of eic's)."""
-    tasks = _peek_json(path, RECOGNISE_BYTES)
+    tasks = peek_json(path, MAX_SIDECAR_BYTES)
     if not isinstance(tasks, list) or not path.with_name(f"{path.stem}.labelling.xml").is_file():
         return False
     return all(
@@ -84,7 +85,7 @@ def is_eic_table(path: Path) -> bool:
     if path.suffix.lower() not in (".csv", ".parquet"):
         return False
     for kind in ("config", "review", "apply"):
-        data = _peek_json(sidecar(path, kind), RECOGNISE_BYTES)
+        data = peek_json(sidecar(path, kind), MAX_SIDECAR_BYTES)
         if isinstance(data, dict):
             settings = data.get("config") if isinstance(data.get("config"), dict) else data
             output = settings.get("output") if isinstance(settings, dict) else None
@@ -93,12 +94,19 @@ def is_eic_table(path: Path) -> bool:
     return False
 
 
-def _peek_json(path: Path, limit: int = _PEEK_BYTES) -> object:
+def peek_json(path: Path, limit: int = _PEEK_BYTES) -> object:
     """A regular JSON file's contents, up to ``limit`` bytes; None for anything else (never a pipe, never a
-    larger file)."""
+    larger file, never a traceback)."""
+    if not small_regular_file(path, limit):
+        return None
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > limit:
-            return None
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names on a CSV's first line (what eic's writers put there), read no further."""
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16).decode("utf-8")
+    return next(csv.reader([first]), [])

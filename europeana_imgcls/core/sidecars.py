@@ -15,8 +15,8 @@ from typing import Final, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import DatasetError, EicError
-from .outputs import special_kind
 
+# The most eic reads of a file it reads back (a sidecar, a manifest, review tasks): a larger one is not its own.
 MAX_SIDECAR_BYTES: Final = 64 * 1024 * 1024
 
 Typed = TypeVar("Typed", bound=BaseModel)
@@ -80,6 +80,27 @@ def read_bounded(
     if len(data) > max_bytes:
         raise error(f"{path} is larger than {max_bytes // 2**20} MB, too large for {what}: {remedy}")
     return data
+
+
+def small_regular_file(path: Path, max_bytes: int = MAX_SIDECAR_BYTES) -> bool:
+    """Whether ``path`` itself (not a link's target) is a regular file of at most ``max_bytes``: one eic may open
+    to judge (a pipe would block the reader, a device never end)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size <= max_bytes
+
+
+def special_kind(mode: int) -> str:
+    """What a path that is neither a file, a folder nor a link is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 def first_problem(exc: ValidationError) -> str:

@@ -11,7 +11,6 @@ output.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -35,7 +34,7 @@ from ..core.journal import Journal, input_key, json_line
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
-from ..core.recognise import is_run, what_is
+from ..core.recognise import csv_header, is_run, what_is
 from ..core.tables import atomic_path, check_table_suffix, read_csv_rows, read_table, write_csv
 from ..datasets.folders import list_images, load_image
 from ..datasets.imageset import UNREADABLE, ImageSet
@@ -55,12 +54,11 @@ IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and ma
 def is_predictions(path: Path) -> bool:
     """Whether a file is predictions eic wrote (predict's, or enrich's beside its annotations): a CSV whose header
     names the image and its scores, or JSON Lines whose first row does."""
-    with path.open("rb") as handle:
-        first = handle.readline(1 << 16).decode("utf-8")
     if path.suffix.lower() == ".jsonl":
-        row = json.loads(first)
+        with path.open("rb") as handle:
+            row = json.loads(handle.readline(1 << 16))
         return isinstance(row, dict) and "image" in row
-    header = next(csv.reader([first]), [])
+    header = csv_header(path)
     return "image" in header and bool({"confidence", "probabilities"} & set(header))
 
 
