@@ -39,12 +39,10 @@ def plain(value: object) -> str:
 
 
 def as_flags(message: str) -> str:
-    """Library messages name settings (`output_dir`); on the command line they are flags (--output-dir). The
-    message stays one line whatever a value in it holds: a character a terminal or a line splitter takes for a
-    line end or a control (a newline, U+0085, U+2028, ESC) is shown escaped."""
+    """Library messages name settings (`output_dir`); on the command line they are flags (--output-dir). (An
+    EicError's message is one line already: it escapes the line ends and controls a value brings.)"""
     message = message.replace("`crossvalidation` off", "--no-crossvalidation")
-    flagged = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in flagged.strip())
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def print_harvest(console: Console, result: HarvestReport) -> None:

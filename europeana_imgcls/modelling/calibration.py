@@ -27,7 +27,6 @@ from ..datasets.tasks import Task, task_for
 from .modelcard import write_model_card
 from .run_folder import RunFolder, not_a_run
 
-_READER: Any = None  # the pydantic reader of Calibration, made below it
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
 BINS = 15
 
@@ -92,7 +91,7 @@ class Calibration:
         return None
 
 
-_READER = TypeAdapter(Calibration)
+_READER = TypeAdapter(Calibration)  # read() finds it when called, once the class it reads is made
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ..datasets.tasks import scan_images
 from .models import build_model, get_arch, set_head
 from .runtime import autocast_dtype, inference_loader, resolve_device
 
+EMBEDDINGS_FORMAT: Final = "europeana-imgcls/embeddings-v1"
 EMBEDDINGS = OutputKind(
     "embeddings", "an embeddings table", recognise=lambda path: sidecar(path, "embedding").is_file()
 )
@@ -284,9 +285,6 @@ def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> p
     """One row per decodable image: path, label(s), record ID, provider and the vector."""
     keep = np.flatnonzero(readable)
     return table_of([image_row(images, int(i)) for i in keep], vectors[keep])
-
-
-EMBEDDINGS_FORMAT: Final = "europeana-imgcls/embeddings-v1"
 
 
 class EmbeddingSidecar(Sidecar):

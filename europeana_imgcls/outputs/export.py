@@ -112,7 +112,7 @@ def _export_split(
     ours = probabilities([model], torch.from_numpy(pixels), CPU, None, calibrated=True)[0]
     path = staging / f"{model.split}.onnx"
     _write_graph(model, path, config.opset)
-    _label_file(onnx, path, report.model_id, model.split)
+    proto = _label_file(onnx, path, report.model_id, model.split)
     logits, probs = _outputs(path, pixels)
     difference = _difference(ours, probs)
     if difference > MAX_DIFFERENCE and config.quantize == "none":
@@ -122,7 +122,7 @@ def _export_split(
         )
     if config.quantize != "none":
         _quantise(path, config.quantize, pixels)
-        _label_file(onnx, path, report.model_id, model.split)  # the quantiser's file says it too
+        proto = _label_file(onnx, path, report.model_id, model.split)  # the quantiser's file says it too
         int8_logits, int8_probs = _outputs(path, pixels)
         report.quantisation.append(_moved(model, len(pixels), truth, logits, int8_logits))
         difference = _difference(ours, int8_probs)
@@ -131,7 +131,7 @@ def _export_split(
         split=model.split,
         file=path.name,
         sha256=file_sha256(path),
-        external=_external_files(onnx, path),
+        external=_external_files(proto, path.parent),
         meta=model.meta.model_dump(mode="json", exclude={"config", "backbone", "backbone_sha256"}),
         max_difference=difference,
     )
@@ -199,22 +199,23 @@ def _write_graph(model: RunModel, path: Path, opset: int) -> None:
         )
 
 
-def _label_file(onnx: Any, path: Path, model_id: str, split: str) -> None:
-    """The file says which run's split it is, so a file moved beside another run's sidecar is known."""
+def _label_file(onnx: Any, path: Path, model_id: str, split: str) -> Any:
+    """The file says which run's split it is, so a file moved beside another run's sidecar is known; returns the
+    graph as written (its tensor data, where kept outside, not loaded)."""
     proto = onnx.load(str(path), load_external_data=False)  # tensors kept outside stay where they are
     onnx.helper.set_model_props(proto, {"model_id": model_id, "split": split, "producer": f"eic {__version__}"})
     proto.producer_name, proto.producer_version = "europeana-imgcls", __version__
     onnx.save(proto, str(path))
+    return proto
 
 
-def _external_files(onnx: Any, path: Path) -> dict[str, str]:
-    """The files beside ``path`` that hold its tensor data (a graph over 2 GB), with their SHA-256: the sidecar
-    covers them too."""
+def _external_files(proto: Any, folder: Path) -> dict[str, str]:
+    """The files in ``folder`` that hold a graph's tensor data (a graph over 2 GB), with their SHA-256: the
+    sidecar covers them too."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    proto = onnx.load(str(path), load_external_data=False)
     names = {ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)}
-    return {name: file_sha256(path.parent / name) for name in sorted(names)}
+    return {name: file_sha256(folder / name) for name in sorted(names)}
 
 
 def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, np.ndarray | None, str]:

@@ -55,7 +55,7 @@ class ExportedSplit(Sidecar):
 class ExportInput(Sidecar):
     """How to feed an export's files: uint8 RGB pixels, resized in the graph to ``size``."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow")  # merged with Sidecar's: a reader may add fields of its own
 
     name: Literal["pixels"]
     type: Literal["uint8"]
