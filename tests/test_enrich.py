@@ -580,3 +580,15 @@ def test_calibrate_keeps_the_runs_calibration_unless_asked(world, tmp_path: Path
     assert json.loads((run / "calibration.json").read_text())["precision_target"] == 0.5
     again = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])  # the same target: no harm
     assert again.exit_code == 0, again.stderr
+
+
+def test_enrich_writes_only_what_publish_would_send() -> None:
+    """Enrich judges a source and a target by publish's rules: one annotation publish refuses stops a whole file."""
+    from europeana_imgcls.outputs.enrichment import Refused, _target
+
+    assert _target({"image": "http://x.org/a/../b.jpg", "ID": "/1/ab"}, True) == "http://data.europeana.eu/item/1/ab"
+    assert isinstance(_target({"image": "http://x.org/b.jpg", "ID": "/1/ab//c"}, True), Refused)
+    assert _target({"image": "http://x.org/b.jpg", "ID": "/1/ab"}, True) == {
+        "scope": "http://data.europeana.eu/item/1/ab",
+        "source": "http://x.org/b.jpg",
+    }

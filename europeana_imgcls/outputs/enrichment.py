@@ -44,6 +44,8 @@ from ..europeana.annotations import (
     http_url,
     is_probability,
     model_generator,
+    record_uri_problem,
+    web_address_problem,
 )
 from ..europeana.search_api import ITEM_BASE, is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
@@ -297,7 +299,7 @@ def _target(record: dict[str, Any], europeana_only: bool) -> dict[str, str] | st
     URI; the europeana profile, which Europeana's Annotations API takes, targets Europeana's records only. A local
     file named by eic download still names its record, but has no web address to give as the source."""
     image = record["image"]
-    web = http_url(image)
+    web = web_address_problem(image) is None  # as publish judges a source: a source it would refuse is left out
     remote = image.lower().startswith(("http://", "https://"))
     record_id = record.get("ID") or (None if remote else record_id_of(Path(image).name))
     if not record_id:
@@ -313,7 +315,7 @@ def _target(record: dict[str, Any], europeana_only: bool) -> dict[str, str] | st
         return Refused("a URI that is not an http(s) URI")
     else:
         scope = given
-    if europeana_only and not scope.startswith(ITEM_BASE + "/"):
+    if europeana_only and record_uri_problem(scope) is not None:  # publish's rule, so what enrich writes is sent
         return Refused("a record outside Europeana, which the europeana profile cannot target (use the w3c profile)")
     return {"scope": scope, "source": image} if web else scope
 
