@@ -21,13 +21,13 @@ device, a socket or a folder, is refused in one line before any work, and what i
 from __future__ import annotations
 
 import os
-import stat
 from collections import defaultdict
 from pathlib import Path
 
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
 from ..core.sharding import Shard
+from ..core.sidecars import not_regular
 from ..core.tables import write_csv
 
 SET_ASIDE = ".eic-set-aside"
@@ -51,7 +51,8 @@ class Placement:
                     record = record_id_of(entry.name)
                     if not record:
                         continue
-                    _refuse_unless_regular(root, Path(entry.path))
+                    if not entry.is_file(follow_symlinks=False):  # the entry's type, known without a system call
+                        _refuse_unless_regular(root, Path(entry.path))
                     if shard is None or shard.owns(record):
                         self.found[entry.name].append(Path(entry.path))
 
@@ -112,16 +113,11 @@ def _refuse_link(root: Path, folder: Path) -> None:
 
 def _refuse_unless_regular(root: Path, path: Path) -> None:
     """Where a record's image belongs, only a regular file is read, moved or replaced."""
-    mode = path.lstat().st_mode
-    if stat.S_ISREG(mode):
+    kind = not_regular(path)
+    if kind is None:
         return
-    kind = (
-        f"a symbolic link (to {os.readlink(path)})"
-        if stat.S_ISLNK(mode)
-        else "a folder"
-        if stat.S_ISDIR(mode)
-        else "not a regular file (a FIFO, a device or a socket)"
-    )
+    if path.is_symlink():
+        kind += f" (to {os.readlink(path)})"
     raise DatasetError(
         f"{path} is {kind}, where eic download keeps a record's image: it is never opened, moved or written "
         f"through; remove it, or download into another `output_dir`"

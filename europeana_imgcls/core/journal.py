@@ -52,6 +52,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .sharding import Shard
+from .sidecars import not_regular
 from .tables import temp_path
 
 log = logging.getLogger(__name__)
@@ -532,12 +533,8 @@ def _holder_of(lock: Path) -> str | None:
 
 def _refuse_unless_regular(path: Path, what: str) -> None:
     """A file a journal reads is a regular file: a FIFO would hang the reader, a link lead elsewhere."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file (a FIFO, a device, a folder...)"
+    kind = not_regular(path)
+    if kind is not None:
         raise DatasetError(f"{path} is {kind}, not a journal file of {what}: remove it, then run again")
 
 

@@ -264,8 +264,7 @@ def _stranger(folder: Path, kind: OutputKind) -> str | None:
             if stat.S_ISDIR(info.st_mode) or relative == MANIFEST:
                 continue
             if not stat.S_ISREG(info.st_mode):
-                shown = "a symbolic link" if stat.S_ISLNK(info.st_mode) else special_kind(info.st_mode)
-                return f"{relative} ({shown})"
+                return f"{relative} ({special_kind(info.st_mode)})"
             if relative not in written:
                 return relative
     return None

@@ -92,8 +92,22 @@ def small_regular_file(path: Path, max_bytes: int = MAX_SIDECAR_BYTES) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_size <= max_bytes
 
 
+def not_regular(path: Path) -> str | None:
+    """What ``path`` is, in words, when it is there and is not a regular file itself (a link, a folder, a pipe, a
+    device, a socket); None for a regular file or nothing: what readers and writers of eic's files refuse."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    return None if stat.S_ISREG(mode) else special_kind(mode)
+
+
 def special_kind(mode: int) -> str:
-    """What a path that is neither a file, a folder nor a link is, in words."""
+    """What a path that is not a regular file is, in words."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
     if stat.S_ISFIFO(mode):
         return "a pipe (FIFO)"
     if stat.S_ISSOCK(mode):
