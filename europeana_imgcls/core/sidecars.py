@@ -8,6 +8,7 @@ a traceback, never a hang, never a value the model's own checks refuse.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Final, TypeVar
@@ -64,22 +65,34 @@ def read_bounded(
 ) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``: a pipe, a device or a larger file is refused before
     it is read (a FIFO would block, ``/dev/zero`` never end)."""
+    data = read_capped(path, max_bytes, what=what, remedy=remedy, error=error)
+    if data is None:
+        raise error(f"{path} is larger than {max_bytes // 2**20} MB, too large for {what}: {remedy}")
+    return data
+
+
+def read_capped(
+    path: Path, max_bytes: int, *, what: str, remedy: str, error: type[EicError] = DatasetError
+) -> bytes | None:
+    """At most ``max_bytes`` of the regular file ``path``, None when it holds more. Anything else (a pipe, a
+    device, a folder) is refused before it is read, and again once opened: the open does not wait for a writer
+    (``O_NONBLOCK``), so a pipe swapped in since the check cannot hold it. The size the file system reports is not
+    trusted (``/proc`` files say 0): the read itself stops at the cap."""
     try:
-        info = path.stat()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise error(f"{path}: missing; {remedy}") from None
     except OSError as exc:
         raise error(f"{path}: unreadable ({exc.strerror}); {remedy}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path} is {special_kind(info.st_mode)}, not {what}: {remedy}")
-    try:
-        with path.open("rb") as handle:
+    with open(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{path} is {special_kind(mode)}, not a regular file holding {what}: {remedy}")
+        try:
             data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise error(f"{path}: unreadable ({exc.strerror}); {remedy}") from None
-    if len(data) > max_bytes:
-        raise error(f"{path} is larger than {max_bytes // 2**20} MB, too large for {what}: {remedy}")
-    return data
+        except OSError as exc:
+            raise error(f"{path}: unreadable ({exc.strerror}); {remedy}") from None
+    return None if len(data) > max_bytes else data
 
 
 def small_regular_file(path: Path, max_bytes: int = MAX_SIDECAR_BYTES) -> bool:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.outputs import TABLE, claimed
+from ..core.sidecars import first_problem, read_capped
 from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
@@ -184,26 +183,6 @@ def _checked_record_id(value: str) -> str:
 RecordId = Annotated[str, AfterValidator(_checked_record_id)]
 
 
-def read_capped(path: Path, limit: int, hint: str) -> bytes | None:
-    """At most ``limit`` bytes of the regular file ``path``: None when it holds more. Anything else (a pipe, a
-    device, a folder) is refused before it is opened: reading one waits for a writer, or never ends. The size the
-    file system reports is not trusted (``/proc`` files say 0), so the read itself stops at the limit.
-    OSError (a missing file included) is the caller's to name."""
-    refused = DatasetError(f"{path} is not a regular file (a pipe, a device or a folder): {hint}")
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise refused
-    # O_NONBLOCK: a pipe swapped in since the check does not hold the open until a writer comes
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with open(fd, "rb") as handle:
-        status = os.fstat(handle.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise refused
-        if status.st_size > limit:
-            return None
-        data = handle.read(limit + 1)
-    return None if len(data) > limit else data
-
-
 class Refusal(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -235,9 +214,7 @@ class ReviewNotes(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(shown(str(p)) for p in err["loc"]) or "the notes"
-            raise DatasetError(f"{source}: damaged notes ({where}: {shown(err['msg'], 200)}): {again}") from None
+            raise DatasetError(f"{source}: damaged notes ({first_problem(exc)}): {again}") from None
 
 
 @dataclass
@@ -314,12 +291,8 @@ def _import_review(config: ReviewImportConfig) -> ReviewImportReport:
 
 def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
     """The export's tasks (with a name each for messages), checked; one line for anything else."""
-    try:
-        raw = read_capped(path, max_mb << 20, "save the export as a file (Label Studio: Export > JSON) and give it")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    remedy = "save the export as a file (Label Studio: Export > JSON) and give it"
+    raw = read_capped(path, max_mb << 20, what="a Label Studio export", remedy=remedy)
     if raw is None:
         raise DatasetError(
             f"{path} holds more than the {max_mb} MB eic reads at once: export the project in parts (filter the "
@@ -345,10 +318,8 @@ def _load_export(path: Path, max_mb: int) -> list[tuple[str, _Task]]:
         try:
             tasks.append((name, _Task.model_validate(item)))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "the task"
             raise DatasetError(
-                f"{path}: task {name}: {where}: {err['msg']} (export the project as JSON from "
+                f"{path}: task {name}: {first_problem(exc)} (export the project as JSON from "
                 "Label Studio; JSON_MIN and CSV have another shape)"
             ) from None
     if tasks and not any(task.data.ID for _, task in tasks):

@@ -27,8 +27,9 @@ import polars as pl
 from ..core.config import ReviewApplyConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.outputs import TABLE, claimed
+from ..core.sidecars import read_bounded
 from ..core.tables import check_table_suffix, read_table, sidecar, write_json, write_table
-from .review import ReviewNotes, read_capped, record_id_problem, shown
+from .review import ReviewNotes, record_id_problem, shown
 
 REVIEW_COLUMNS = ("reviewed_by", "review")
 NOTES_MAX_MB = 1024  # far more than any import writes (its notes are smaller than the export it read)
@@ -90,15 +91,12 @@ def _apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
 def _import_notes(reviewed: Path) -> ReviewNotes:
     """What eic review import wrote beside its table: the removed and conflicting records."""
     path = sidecar(reviewed, "review")
-    try:
-        raw = read_capped(path, NOTES_MAX_MB << 20, AGAIN)
-    except OSError:
+    if not path.exists():
         raise DatasetError(
-            f"{reviewed}: {path.name} is missing or unreadable, so the records reviewers removed or disagreed on are "
-            "unknown: give the table eic review import wrote, with its .review.json beside it"
-        ) from None
-    if raw is None:
-        raise DatasetError(f"{path}: larger than {NOTES_MAX_MB} MB, so not eic review import's notes: {AGAIN}")
+            f"{reviewed}: {path.name} is missing, so the records reviewers removed or disagreed on are unknown: give "
+            "the table eic review import wrote, with its .review.json beside it"
+        )
+    raw = read_bounded(path, what="eic review import's notes", remedy=AGAIN, max_bytes=NOTES_MAX_MB << 20)
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
