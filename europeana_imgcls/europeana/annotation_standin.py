@@ -41,7 +41,6 @@ from .annotations import (
 )
 
 SANDBOX_TOKEN = "sandbox-token"  # the stand-in's write token out of the box (its user: sandbox-user)
-STORED = KEPT
 DEFAULT_PAGE_SIZE = 10  # Europeana's (Query.DEFAULT_PAGE_SIZE)
 USER_BASE = "http://data.europeana.eu/user/"
 CLIENT = "https://api.europeana.eu/apikey/sandbox-client"
@@ -215,7 +214,7 @@ class AnnotationStore:
 
     def _store(self, item: dict[str, Any], user: str) -> dict[str, Any]:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")  # Europeana's: no zone
-        kept = {k: item[k] for k in STORED if k in item}
+        kept = {k: item[k] for k in KEPT if k in item}
         if isinstance(kept.get("creator"), str):  # a creator given as text: a name, no id
             kept["creator"] = {"type": "Person", "name": kept["creator"], "homepage": kept["creator"]}
         kept.setdefault("creator", {"id": USER_BASE + user, "type": "Person"})

@@ -27,7 +27,6 @@ an annotation counts as "gone" only when the API itself says it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -44,7 +43,7 @@ import httpx
 from ..core.errors import ApiError
 from ..core.retry import Retry
 from ..core.version import HOMEPAGE
-from .search_api import ITEM_BASE, _is_loopback, server_text
+from .search_api import ITEM_BASE, server_text, unencrypted
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 NS = "urn:europeana-imgcls:"  # eic's own properties: absolute IRIs, which JSON-LD keeps as they are
@@ -482,18 +481,16 @@ class AnnotationsClient:
         retries: int = 5,
         rate: float | None = None,
         transport: httpx.BaseTransport | None = None,
-        page_size: int = SEARCH_PAGE_SIZE,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.where = api_name(self.api_url)
         self.retries = retries
         self.interval = 1.0 / rate if rate else 0.0
-        self.page_size = page_size
         self.token = token
         self._next = 0.0
         home = httpx.URL(self.api_url)
         secrets = " and ".join(name for name, given in (("the token", token), ("the API key", api_key)) if given)
-        if secrets and home.scheme == "http" and not _is_loopback(home.host):  # as harvest warns for the key
+        if secrets and unencrypted(home):  # as harvest warns for the key
             log.warning(
                 "%s would travel unencrypted to %s: give an https:// annotation API address", secrets, home.host
             )
@@ -554,18 +551,16 @@ class AnnotationsClient:
         """Every annotation the search finds (``{"id": ...}`` where the API answers with ids alone), page by page
         as Europeana serves them (``page`` from 0, ``pageSize`` at most 100), each id an annotation URI of it."""
         found: dict[str, dict[str, Any]] = {}
-        for page in itertools.count():
-            if page == MAX_SEARCH_PAGES:
-                raise ApiError(f"{self.where}'s search {query} went on for {page} pages; try again later")
+        for page in range(MAX_SEARCH_PAGES):
             items = self._search_page(query, page)
             fresh = {str(item["id"]): item for item in items if str(item["id"]) not in found}
             found.update(fresh)
-            if len(items) < self.page_size or not fresh:  # the last page, or a server going round
+            if len(items) < SEARCH_PAGE_SIZE or not fresh:  # the last page, or a server going round
                 return list(found.values())
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise ApiError(f"{self.where}'s search {query} went on for {MAX_SEARCH_PAGES} pages; try again later")
 
     def _search_page(self, query: str, page: int) -> list[dict[str, Any]]:
-        params = {"query": query, "page": str(page), "pageSize": str(self.page_size), "profile": "standard"}
+        params = {"query": query, "page": str(page), "pageSize": str(SEARCH_PAGE_SIZE), "profile": "standard"}
         response = self._request("GET", "/annotation/search", params=params)
         self._refuse_no_api(response, "GET", "/annotation/search")
         if response.status_code != 200:

@@ -61,7 +61,7 @@ class SearchClient:
         self._paced = False  # pacing announced once, not per request
         self._latency = 0.5  # seconds one request takes (running mean), for the expected finish
         home = httpx.URL(api_url)
-        if home.scheme == "http" and not _is_loopback(home.host):
+        if unencrypted(home):
             log.warning("the API key travels unencrypted to %s: use an https:// API URL", home.host)
         self._http = httpx.Client(
             headers={KEY_HEADER: api_key, "User-Agent": "europeana-imgcls"},
@@ -340,6 +340,11 @@ class _KeyGuard:
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     default = {"http": 80, "https": 443}.get(url.scheme)
     return url.scheme, url.host, url.port or default
+
+
+def unencrypted(url: httpx.URL) -> bool:
+    """Whether what is sent to ``url`` (a key, a token) travels over plain http to a host that is not this one."""
+    return url.scheme == "http" and not _is_loopback(url.host)
 
 
 def _is_loopback(host: str) -> bool:

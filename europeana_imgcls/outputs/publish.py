@@ -31,17 +31,19 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 from ..core.config import AnnotationApiSettings, PublishConfig, WithdrawConfig
 from ..core.errors import ApiError, ConfigError, DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
+from ..core.sidecars import Sidecar, first_problem
 from ..europeana.annotations import (
     KEPT,
     MODEL_ID_PREFIX,
@@ -96,9 +98,8 @@ class WithdrawReport:
 # The journal's states: what publish and withdraw read back from ENRICHMENTS.published/
 
 
-class _State(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _State(Sidecar):
+    model_config = ConfigDict(extra="forbid")  # a state with a field eic never writes is a damaged one
     format: Literal["eic-publish-state/1"] = STATE_FORMAT  # journals written before the tag: the same shape
     model: str = Field(pattern=r"^[0-9a-f]{16}$")
 
@@ -135,7 +136,7 @@ class Sending(_Whereabouts):
     concept: str
 
 
-class Unsent(_Whereabouts):
+class Unsent(_State):
     state: Literal["unsent"]
 
 
@@ -171,9 +172,9 @@ State = Sending | Unsent | Rejected | Published | Withdrawn
 _STATE: TypeAdapter[State] = TypeAdapter(Annotated[State, Field(discriminator="state")])
 
 
-def _states(journal: Journal, api: str, say: bool = True) -> dict[str, State]:
+def _states(journal: Journal, api: str) -> dict[str, State]:
     """Each canonical IRI's last state eic wrote. A value that is not one is skipped and said (the state before
-    it counts; ``say``: once per run); a state of another format, written by another version of eic, stops
+    it counts); a state of another format, written by another version of eic, stops
     everything."""
     states: dict[str, State] = {}
     skipped: list[tuple[str, str]] = []
@@ -190,7 +191,7 @@ def _states(journal: Journal, api: str, say: bool = True) -> dict[str, State]:
             states[key] = _STATE.validate_python(value, context={"api": api})
         except (ValidationError, ValueError) as exc:
             skipped.append((key, _why(exc)))
-    if skipped and say:
+    if skipped:
         key, why = skipped[0]
         log.warning(
             "%s: skipped %d record(s) that are no state eic writes (the first, of %.80r: %s); the state before "
@@ -204,11 +205,7 @@ def _states(journal: Journal, api: str, say: bool = True) -> dict[str, State]:
 
 
 def _why(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "the state"
-        return f"{where}: {error['msg']}"[:120]
-    return str(exc)
+    return first_problem(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +221,7 @@ def publish(config: PublishConfig) -> PublishReport:
         journal.folder,
         annotations=len(items),
         dry_run=config.dry_run,
-        models=Counter(model_of(item) or "" for item in items.values()),
+        models=Counter(_model(item) for item in items.values()),
         where=api_name(config.annotation_api),
     )
     if config.dry_run:
@@ -234,7 +231,7 @@ def publish(config: PublishConfig) -> PublishReport:
         return report
     with _client(config) as client, journal.open():
         state = _states(journal, config.annotation_api)
-        report.published_before = sum(isinstance(state.get(c), Published) for c in items)
+        report.published_before = sum(isinstance(state.get(c), Published) for c in items)  # before any is found
         report.found = _settle(journal, client, state)
         report.changed = _changed(items, state)
         todo = [item for canonical, item in items.items() if not isinstance(state.get(canonical), Published)]
@@ -323,18 +320,19 @@ def _changed(items: dict[str, dict[str, Any]], state: dict[str, State]) -> list[
 
 def _send(batch: list[dict[str, Any]], journal: Journal, client: AnnotationsClient, report: PublishReport) -> None:
     """One upload, journaled before and after; a refused batch halved until the refused item stands alone."""
-    for item in batch:
-        _append(journal, item["canonical"], _sending(item))
+    sending = [_sending(item) for item in batch]
+    for item, state in zip(batch, sending, strict=True):
+        _append(journal, item["canonical"], state)
     journal.flush()
     try:
         ids = client.create(batch)
     except AnnotationsError as refused:  # the batch is all or nothing: none of it was stored
-        _mark(journal, batch, lambda item: Unsent(state="unsent", model=_model(item)))
         if len(batch) == 1:
             message = str(refused)
             _mark(journal, batch, lambda item: Rejected(state="rejected", error=message, model=_model(item)))
             report.rejected.append((batch[0]["canonical"], message))
             return
+        _mark(journal, batch, lambda item: Unsent(state="unsent", model=_model(item)))
         middle = len(batch) // 2
         _send(batch[:middle], journal, client, report)
         _send(batch[middle:], journal, client, report)
@@ -347,8 +345,8 @@ def _send(batch: list[dict[str, Any]], journal: Journal, client: AnnotationsClie
     except ApiError:  # a refused token, a server that stayed down, no API there: nothing of it was stored
         _mark(journal, batch, lambda item: Unsent(state="unsent", model=_model(item)))
         raise
-    for item, annotation_id in zip(batch, ids, strict=True):
-        published = Published(state="published", id=annotation_id, model=_model(item), digest=_digest(item))
+    for item, sent, annotation_id in zip(batch, sending, ids, strict=True):
+        published = Published(state="published", id=annotation_id, model=sent.model, digest=sent.digest)
         _append(journal, item["canonical"], published)
     journal.flush()
     report.sent += len(batch)
@@ -388,7 +386,7 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]
     """Annotations an earlier run sent without seeing the answer: found on the API (recorded as published;
     counted) or not (recorded as unsent, so they go again)."""
     found = 0
-    for canonical, last in list(state.items()):
+    for canonical, last in state.items():  # values replaced, none added: the dict may be walked as it changes
         if not isinstance(last, Sending):
             continue
         ids = client.find(last.generator, last.record, last.concept)
@@ -397,7 +395,7 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]
             settled = Published(state="published", id=ids[0], model=last.model, digest=last.digest)
             found += 1
         else:
-            settled = Unsent(**{**last.model_dump(exclude_none=True), "state": "unsent"})
+            settled = Unsent(state="unsent", model=last.model)
         _append(journal, canonical, settled)
         state[canonical] = settled
     journal.flush()
@@ -418,23 +416,22 @@ def withdraw(config: WithdrawConfig) -> WithdrawReport:
     report = WithdrawReport(
         model, [j.folder for j in journals], dry_run=config.dry_run, where=api_name(config.annotation_api)
     )
-    states = [(journal, _states(journal, config.annotation_api)) for journal in journals]  # all read before any work
-    known = {s.model for _, state in states for s in state.values()}
-    if model not in known:
-        said = ", ".join(sorted(known)) or "none"
-        raise DatasetError(
-            f"no annotation of model {model} was published from {', '.join(map(str, config.published))} "
-            f"(their journals know the models: {said})"
-        )
-    if config.dry_run:
-        report.remaining = sum(
-            s.model == model and isinstance(s, Published | Sending) for _, state in states for s in state.values()
-        )
-        return report
-    with _client(config) as client:
-        for journal, _ in states:
-            with journal.open():
-                state = _states(journal, config.annotation_api, say=False)  # said when first read
+    with ExitStack() as held:  # every journal held and read once, before any work
+        states = [(held.enter_context(journal.open()), _states(journal, config.annotation_api)) for journal in journals]
+        known = {s.model for _, state in states for s in state.values()}
+        if model not in known:
+            said = ", ".join(sorted(known)) or "none"
+            raise DatasetError(
+                f"no annotation of model {model} was published from {', '.join(map(str, config.published))} "
+                f"(their journals know the models: {said})"
+            )
+        if config.dry_run:
+            report.remaining = sum(
+                s.model == model and isinstance(s, Published | Sending) for _, state in states for s in state.values()
+            )
+            return report
+        with _client(config) as client:
+            for journal, state in states:
                 _withdraw(journal, state, model, client, report, config.quiet)
     return report
 
@@ -450,16 +447,14 @@ def _withdraw(
     mine = {c: s for c, s in state.items() if s.model == model}
     report.withdrawn_before += sum(isinstance(s, Withdrawn) for s in mine.values())
     _settle(journal, client, mine)  # an upload that never saw its answer: what of it is on the API goes too
-    live = {c: s for c, s in mine.items() if isinstance(s, Published)}
-    with progress_bar(quiet, transient=True) as bar:
-        task = bar.add_task("withdraw", total=len(live))
-        for canonical, last in live.items():
-            deleted = client.delete(_number(last.id, client))
-            _append(journal, canonical, Withdrawn(state="withdrawn", id=last.id, model=model))
-            journal.flush()
-            report.gone_before += deleted.gone_before
-            report.withdrawn += not deleted.gone_before
-            bar.advance(task)
+    live = [(c, s) for c, s in mine.items() if isinstance(s, Published)]
+
+    def withdrawn(i: int) -> None:
+        canonical, last = live[i]
+        _append(journal, canonical, Withdrawn(state="withdrawn", id=last.id, model=model))
+        journal.flush()
+
+    _delete_each([s.id for _, s in live], client, report, quiet, after=withdrawn)
 
 
 def _withdraw_found(config: WithdrawConfig, model: str) -> WithdrawReport:
@@ -470,15 +465,28 @@ def _withdraw_found(config: WithdrawConfig, model: str) -> WithdrawReport:
         ids = client.by_generator(model_generator(model))
         if config.dry_run:
             report.remaining = len(ids)
-            return report
-        with progress_bar(config.quiet, transient=True) as bar:
-            task = bar.add_task("withdraw", total=len(ids))
-            for annotation_id in ids:
-                deleted = client.delete(_number(annotation_id, client))
-                report.gone_before += deleted.gone_before
-                report.withdrawn += not deleted.gone_before
-                bar.advance(task)
+        else:
+            _delete_each(ids, client, report, config.quiet)
     return report
+
+
+def _delete_each(
+    ids: list[str],
+    client: AnnotationsClient,
+    report: WithdrawReport,
+    quiet: bool,
+    after: Callable[[int], None] | None = None,
+) -> None:
+    """Delete each annotation, counting those already gone; ``after(i)`` once the i-th is gone (its journal)."""
+    with progress_bar(quiet, transient=True) as bar:
+        task = bar.add_task("withdraw", total=len(ids))
+        for i, annotation_id in enumerate(ids):
+            deleted = client.delete(_number(annotation_id, client))
+            if after is not None:
+                after(i)
+            report.gone_before += deleted.gone_before
+            report.withdrawn += not deleted.gone_before
+            bar.advance(task)
 
 
 def _number(annotation_id: str, client: AnnotationsClient) -> int:
