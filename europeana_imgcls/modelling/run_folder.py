@@ -29,6 +29,18 @@ from ..core.recognise import what_is
 
 CHECKPOINT_FORMAT: Final = "europeana-imgcls/checkpoint-v1"
 _SPLIT = re.compile(r"^split_(\d+)$")
+SPLIT_NAME_PATTERN: Final = _SPLIT.pattern  # a split's name, for the formats that carry one (an export's sidecar)
+
+
+def split_name(index: int) -> str:
+    """The name of split ``index`` (its folder in a run, its file in an export): the one place it is spelt."""
+    return f"split_{index}"
+
+
+def split_index(name: str) -> int | None:
+    """The index a split's name holds, or None for a name that is not a split's (``split_x``, ``model``)."""
+    match = _SPLIT.match(name)
+    return int(match[1]) if match else None
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,7 @@ class RunFolder:
         return self.path.resolve().name
 
     def split(self, index: int) -> SplitFolder:
-        return SplitFolder(self.path / f"split_{index}", index)
+        return SplitFolder(self.path / split_name(index), index)
 
     def splits(self) -> list[SplitFolder]:
         """The ``split_<i>`` folders in split order (other folders, ``split_x`` say, are not splits)."""
