@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+from .run_names import MODEL_FILE, SPLIT_GLOB
 from .sidecars import MAX_SIDECAR_BYTES, small_regular_file
 from .tables import sidecar
 
@@ -38,7 +39,7 @@ def what_is(path: Path) -> str | None:
 
 
 def is_run(path: Path) -> bool:
-    return path.is_dir() and ((path / "model.pt").is_file() or any(path.glob("split_*/model.pt")))
+    return path.is_dir() and ((path / MODEL_FILE).is_file() or any(path.glob(f"{SPLIT_GLOB}/{MODEL_FILE}")))
 
 
 def _folder(path: Path) -> str | None:

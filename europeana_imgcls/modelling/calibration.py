@@ -25,7 +25,7 @@ from ..core.sidecars import first_problem, read_bounded
 from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
 from .modelcard import write_model_card
-from .run_folder import RunFolder, not_a_run
+from .run_folder import FINISHED_SPLITS, RunFolder, not_a_run
 
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
 BINS = 15
@@ -197,7 +197,7 @@ def out_of_fold(run: Path) -> OutOfFold:
         if not RunFolder(run).splits() and not RunFolder(run).is_split:
             raise CalibrationError(not_a_run(run))
         raise CalibrationError(
-            f"{run}: no finished split (split_*/metrics.json); calibration needs a run trained by eic train"
+            f"{run}: no finished split ({FINISHED_SPLITS}); calibration needs a run trained by eic train"
         )
     config = splits[0].read_config()
     if not config.get("crossvalidation", True) or len(splits) < int(config.get("folds", len(splits))):

@@ -19,6 +19,7 @@ SHA-256-checked reference to it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.config import TrainConfig, public_dict
+from ..core.config import TrainConfig
 from ..core.errors import DatasetError
 from ..core.tables import atomic_path, sidecar, write_json
 from ..datasets.folders import decodes
@@ -44,10 +45,27 @@ from .embedding import (
     rows_frame,
 )
 from .models import KnnHead, get_arch, set_head
-from .run_folder import CheckpointMeta, RunFolder, SplitFolder
-from .splits import Evaluation, SplitResult, score_split, start_split_folder, write_split_metrics
+from .run_folder import CheckpointMeta, RunFolder
+from .splits import Evaluation, SplitOutput, SplitResult, score_split, start_split_folder, write_split_metrics
 
 L2_GRID = (1e-4, 1e-3, 1e-2)
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """Every image's embedding, and which images have one (the others, unreadable, are zeros and left out)."""
+
+    vectors: np.ndarray
+    readable: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Backbone:
+    """The frozen backbone the splits' heads share: the module, the run's file of it and that file's SHA-256."""
+
+    module: nn.Module
+    path: Path
+    sha256: str
 
 
 def train_heads(
@@ -55,47 +73,23 @@ def train_heads(
 ) -> list[Any]:
     """Fit and score a head for every chosen split; returns their ``SplitResult``s."""
     arch = get_arch(config.arch)
-    backbone = feature_model(config.arch, config.weights)
-    features, readable = _features(config, images, backbone, device)
+    module = feature_model(config.arch, config.weights)
+    embedded = _features(config, images, module, device)
     run = RunFolder(config.output_dir)
-    sha = save_backbone(run.backbone, backbone, config.arch)
-    meta = CheckpointMeta(
-        arch=config.arch,
-        class_names=images.classes,
-        input_size=config.input_size,
-        mean=arch.mean,
-        std=arch.std,
-        mode=config.mode,
-        config=public_dict(config),
-        method=config.method,
-        head="knn" if config.method == "knn" else "linear",
-        neighbours=config.neighbours,
-    )
+    backbone = _Backbone(module, run.backbone, save_backbone(run.backbone, module, config.arch))
     results = []
     for i in chosen:
         folder = run.split(i)
         if config.resume and folder.finished:
             results.append(SplitResult.finished_earlier(folder))
             continue
-        scores, val_loss = _split(
-            config,
-            images,
-            features,
-            readable,
-            splits[i],
-            folder,
-            backbone,
-            run.backbone,
-            sha,
-            meta.model_copy(update={"split": i}),
-        )
+        output = SplitOutput(folder, CheckpointMeta.for_split(config, arch, images.classes, i))
+        scores, val_loss = _split(config, images, embedded, splits[i], output, backbone)
         results.append(SplitResult(i, scores, 0, 0, val_loss))
     return results
 
 
-def _features(
-    config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
+def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device) -> _Embedded:
     """The run's images' embeddings: from ``config.embeddings`` (checked) or computed and kept in the run."""
     arch = get_arch(config.arch)
     if config.embeddings is not None:
@@ -122,7 +116,7 @@ def _features(
         readable = np.array([row is not None for row in rows])
         vectors = np.zeros((len(images), found.shape[1]), dtype=np.float32)
         vectors[readable] = found[[row for row in rows if row is not None]]
-        return vectors, readable
+        return _Embedded(vectors, readable)
     vectors, readable = compute(backbone, images, config.input_size, arch.mean, arch.std, device, config)
     kept = RunFolder(config.output_dir).embeddings  # for eic audit's near-duplicate search
     with atomic_path(kept) as tmp:
@@ -130,29 +124,21 @@ def _features(
     write_json(
         sidecar(kept, "embedding"),
         {
-            **describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode),
+            **describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images),
             "dim": vectors.shape[1],
         },
     )
-    return vectors, readable
+    return _Embedded(vectors, readable)
 
 
 def _split(
-    config: TrainConfig,
-    images: ImageSet,
-    features: np.ndarray,
-    readable: np.ndarray,
-    split: Split,
-    folder: SplitFolder,
-    backbone: nn.Module,
-    backbone_path: Path,
-    sha: str,
-    meta: CheckpointMeta,
+    config: TrainConfig, images: ImageSet, embedded: _Embedded, split: Split, output: SplitOutput, backbone: _Backbone
 ) -> tuple[dict[str, float], float]:
+    folder = output.folder
     start_split_folder(folder, config, images.classes)
     task = task_for(config.mode)
+    features, readable, targets = embedded.vectors, embedded.readable, images.labels
     train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))
-    targets = images.labels
     head: KnnHead | nn.Linear
     if config.method == "knn":
         head = _knn(features[train], targets[train], len(images.classes), config.neighbours, task)
@@ -176,10 +162,9 @@ def _split(
         evaluations[name] = Evaluation(_loss(task, probs, targets[part]), targets[part], probs, positions, logits)
     scores, extra = score_split(images, split, folder, evaluations["test"], evaluations["val"])
     val_loss = evaluations["val"].loss
-    set_head(backbone, config.arch, head)
-    save_head_checkpoint(
-        folder.model, backbone, backbone_path, sha, meta.model_copy(update={"best_val_loss": val_loss, **extra})
-    )
+    set_head(backbone.module, config.arch, head)
+    meta = output.meta.model_copy(update={"best_val_loss": val_loss, **extra})
+    save_head_checkpoint(folder.model, backbone.module, backbone.path, backbone.sha256, meta)
     write_split_metrics(folder, scores, split, 0, 0, val_loss, extra["temperature"])
     return scores, val_loss
 

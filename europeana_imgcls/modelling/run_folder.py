@@ -9,38 +9,31 @@ says about its model.
         config.json  class_index.json  metrics.json  history.csv  curves.png
         model.pt  last.pt (while the split trains)  test_predictions.csv  gradcam/
 
-No other module spells these names: they ask a ``RunFolder`` or a ``SplitFolder``. A folder that holds a
-``model.pt`` itself is one split of a run, and can stand for a run of one split wherever models are loaded.
+No other module spells these names: they ask a ``RunFolder`` or a ``SplitFolder`` (a split's name and the model's
+come from ``core/run_names.py``, where ``core/recognise.py`` reads them too). A folder that holds a ``model.pt``
+itself is one split of a run, and can stand for a run of one split wherever models are loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..core.config import TrainConfig, public_dict
 from ..core.errors import ModelError
 from ..core.recognise import what_is
+from ..core.run_names import MODEL_FILE, SPLIT_GLOB, SPLIT_NAME, split_index, split_name
+
+if TYPE_CHECKING:
+    from .models import Arch  # torch: only its type here, so that the run's paths load without it
 
 CHECKPOINT_FORMAT: Final = "europeana-imgcls/checkpoint-v1"
-_SPLIT = re.compile(r"^split_(\d+)$")
-SPLIT_NAME_PATTERN: Final = _SPLIT.pattern  # a split's name, for the formats that carry one (an export's sidecar)
-
-
-def split_name(index: int) -> str:
-    """The name of split ``index`` (its folder in a run, its file in an export): the one place it is spelt."""
-    return f"split_{index}"
-
-
-def split_index(name: str) -> int | None:
-    """The index a split's name holds, or None for a name that is not a split's (``split_x``, ``model``)."""
-    match = _SPLIT.match(name)
-    return int(match[1]) if match else None
+SPLIT_NAME_PATTERN: Final = SPLIT_NAME.pattern  # a split's name, for the formats that carry one (an export's sidecar)
 
 
 @dataclass(frozen=True)
@@ -49,6 +42,8 @@ class SplitFolder:
 
     path: Path
     index: int
+
+    METRICS: ClassVar[str] = "metrics.json"  # written last: a split that has it is finished
 
     @property
     def config(self) -> Path:
@@ -60,7 +55,7 @@ class SplitFolder:
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.json"
+        return self.path / self.METRICS
 
     @property
     def history(self) -> Path:
@@ -72,7 +67,7 @@ class SplitFolder:
 
     @property
     def model(self) -> Path:
-        return self.path / "model.pt"
+        return self.path / MODEL_FILE
 
     @property
     def last(self) -> Path:
@@ -108,6 +103,9 @@ class SplitFolder:
 
     def read_metrics(self) -> dict[str, Any]:
         return read_json(self.metrics)
+
+
+FINISHED_SPLITS: Final = f"{SPLIT_GLOB}/{SplitFolder.METRICS}"  # what a run's finished splits are, for messages
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,11 @@ class RunFolder:
         """The ``split_<i>`` folders in split order (other folders, ``split_x`` say, are not splits)."""
         if not self.path.is_dir():
             return []
-        found = [SplitFolder(p, int(m[1])) for p in self.path.iterdir() if p.is_dir() and (m := _SPLIT.match(p.name))]
+        found = [
+            SplitFolder(p, index)
+            for p in self.path.iterdir()
+            if p.is_dir() and (index := split_index(p.name)) is not None
+        ]
         return sorted(found, key=lambda s: s.index)
 
     def finished_splits(self) -> list[SplitFolder]:
@@ -167,12 +169,12 @@ class RunFolder:
     @property
     def is_split(self) -> bool:
         """A split folder given where a run is expected: it stands for a run of one split."""
-        return (self.path / "model.pt").is_file()
+        return (self.path / MODEL_FILE).is_file()
 
     def model_paths(self) -> list[Path]:
         """The split models in split order (a split folder: its own), or a ModelError naming what is missing."""
         if self.is_split:
-            return [self.path / "model.pt"]
+            return [self.path / MODEL_FILE]
         paths = [s.model for s in self.splits() if s.model.is_file()]
         if not paths:
             raise ModelError(not_a_run(self.path))
@@ -234,6 +236,26 @@ class CheckpointMeta(BaseModel):
     backbone_sha256: str | None = None
 
     @classmethod
+    def for_split(cls, config: TrainConfig, arch: Arch, classes: list[str], split: int) -> CheckpointMeta:
+        """What the checkpoints of split ``split`` of a run trained with ``config`` say, whatever the method (a
+        probe run's name their head); the epoch, loss and what validation teaches are added as they are known."""
+        probe: dict[str, Any] = {}
+        if config.method != "finetune":
+            probe = {"head": "knn" if config.method == "knn" else "linear", "neighbours": config.neighbours}
+        return cls(
+            arch=config.arch,
+            class_names=classes,
+            input_size=config.input_size,
+            mean=arch.mean,
+            std=arch.std,
+            mode=config.mode,
+            config=public_dict(config),
+            split=split,
+            method=config.method,
+            **probe,
+        )
+
+    @classmethod
     def parse(cls, data: Any, source: Path) -> CheckpointMeta:
         """The metadata of a loaded checkpoint, or a ModelError saying what is wrong with it."""
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
@@ -274,4 +296,4 @@ def not_a_run(path: Path) -> str:
     kind = what_is(path)
     if kind and kind != "a training run":
         return f"{path} is {kind}, not a training run: point at an eic train output"
-    return f"{path}: no model.pt in it or in split_*/ folders; point at an eic train output"
+    return f"{path}: no {MODEL_FILE} in it or in {SPLIT_GLOB}/ folders; point at an eic train output"

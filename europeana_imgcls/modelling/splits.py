@@ -15,7 +15,8 @@ from ..core.config import TrainConfig, public_dict
 from ..core.tables import write_csv, write_json
 from ..datasets.imageset import ImageSet, Split
 from .calibration import fit_temperature
-from .run_folder import SplitFolder
+from .run_folder import CheckpointMeta, SplitFolder
+from .tensorboard_logs import TensorBoardRun
 
 
 @dataclass
@@ -34,6 +35,16 @@ class SplitResult:
         return cls(
             split.index, done["test"], done["epochs_run"], done["best_epoch"], math.nan if loss is None else loss
         )
+
+
+@dataclass(frozen=True)
+class SplitOutput:
+    """Where a split's results go: its folder, what its checkpoints say about their model and, when asked for
+    (fine-tuning), TensorBoard's writers."""
+
+    folder: SplitFolder
+    meta: CheckpointMeta
+    board: TensorBoardRun | None = None
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 from ..core.errors import ConfigError
 from ..core.tables import read_csv_rows
 from ..datasets.tasks import Task
-from .run_folder import RunFolder
+from .run_folder import RunFolder, split_name
 
 EXTRA_HINT = "pip install 'europeana-imgcls[tensorboard]'"
 
@@ -45,7 +45,7 @@ class TensorBoardRun:
 
     def split(self, index: int) -> Any:
         if index not in self._splits:
-            self._splits[index] = self._writer(log_dir=str(self.folder / f"split_{index}"))
+            self._splits[index] = self._writer(log_dir=str(self.folder / split_name(index)))
         return self._splits[index]
 
     def epoch(self, index: int, row: dict[str, float]) -> None:

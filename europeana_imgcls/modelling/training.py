@@ -418,7 +418,8 @@ def _calibrate(config: TrainConfig, report: TrainReport) -> None:
 
 
 def _is_run_folder(path: Path) -> bool:
-    return RunFolder(path).trained() or (path / "split_0").is_dir() or (path / "model.pt").is_file()
+    run = RunFolder(path)
+    return run.trained() or run.split(0).path.is_dir() or run.is_split
 
 
 RUN = OutputKind("run", "a training run", folder=True, recognise=_is_run_folder)
@@ -465,16 +466,7 @@ def _run_split(
     dtype = autocast_dtype(device, config.amp)
     loaders = _loaders(config, images, split, device, world, index, cache)
     to_model = ModelInput(arch.mean, arch.std, device)
-    meta = CheckpointMeta(
-        arch=config.arch,
-        class_names=images.classes,
-        input_size=config.input_size,
-        mean=arch.mean,
-        std=arch.std,
-        mode=config.mode,
-        config=public_dict(config),
-        split=index,
-    )
+    meta = CheckpointMeta.for_split(config, arch, images.classes, index)
     saver = _EpochSaver(folder, model, optimizer, state, meta, config, board) if world.main else None
     with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
         fit(
