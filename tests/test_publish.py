@@ -715,7 +715,7 @@ def test_the_token_over_plain_http_to_another_host_is_warned_about(caplog: pytes
 
     import httpx
 
-    from europeana_imgcls.europeana.annotations import AnnotationsClient
+    from europeana_imgcls.europeana.annotation_client import AnnotationsClient
 
     transport = httpx.MockTransport(lambda request: httpx.Response(204))
     with caplog.at_level(logging.WARNING, logger="europeana_imgcls"):

@@ -48,7 +48,7 @@ from ..core.naming import file_name, record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.progress import progress_bar
 from ..core.recognise import csv_header, peek_json
-from ..core.retry import Retry, retry_after
+from ..core.retry import RETRYABLE, Failed, Retry, retry_after, send_async
 from ..core.sharding import Shard
 from ..core.sidecars import small_regular_file
 from ..core.tables import (
@@ -409,24 +409,79 @@ class Fetcher:
         if problem:
             return problem
         host = httpx.URL(url).host
-        retry = Retry(self.config.retries, cap=MAX_WAIT)
-        while True:
-            async with self.host_limits[host], self.slots:
-                result, asked = await self._fetch(url)
-            retry = retry.increment()
-            if isinstance(result, bytes) or asked is None or retry.is_exhausted():
-                break
-            await asyncio.sleep(retry.wait(asked))
+        result: bytes | str | Failed = await send_async(
+            lambda: self._attempt(url, host), Retry(self.config.retries, cap=MAX_WAIT)
+        )
+        if isinstance(result, Failed):  # the retries are spent: the last reason is the record's
+            return result.reason
         if isinstance(result, str):
             return result
         if is_placeholder(result):
             return PLACEHOLDER
+        return await self._store(result, path)
+
+    async def _attempt(self, url: str, host: str) -> bytes | str | Failed:
+        """One fetch inside the host's and the run's limits (held while fetching, never while waiting to retry)."""
+        async with self.host_limits[host], self.slots:
+            return await self._fetch(url)
+
+    async def _fetch(self, url: str) -> bytes | str | Failed:
+        """The body, or the reason it cannot be had (final), or a passing failure worth another attempt."""
+        await self.rate.wait()
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                client = self.clients[next(self._turn) % len(self.clients)]
+                async with client.stream("GET", url) as response:
+                    return self._refusal(response) or await self._body(response)
+        except (TimeoutError, httpx.TimeoutException):  # our whole-attempt deadline, or httpx's own
+            return Failed("timeout")
+        except httpx.TooManyRedirects:
+            return "redirect loop"
+        except httpx.RemoteProtocolError:
+            return Failed("truncated")
+        except httpx.UnsupportedProtocol:  # a TransportError too, but the record's own: url_problem saw http(s)
+            return "redirected to a URL that is not http(s)"
+        except httpx.TransportError as exc:
+            return Failed(f"connection error ({type(exc).__name__})")
+        except httpx.InvalidURL:
+            return "invalid URL"
+
+    def _refusal(self, response: httpx.Response) -> str | Failed | None:
+        """Why an answer's headers already say it holds no image (final, or passing), else None."""
+        status = response.status_code
+        if status in RETRYABLE:
+            asked = response.headers.get("Retry-After")
+            if status == 429 and self.config.rate:
+                self.rate.pause(min(retry_after(asked) or 0.0, MAX_WAIT))  # every task waits
+            return Failed(f"HTTP {status}", asked)
+        if status != 200:
+            return f"HTTP {status}"
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind.startswith("text/") or kind in ("application/json", "application/xml"):
+            return f"not an image ({kind})"
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+            return f"too many bytes ({declared})"
+        return None
+
+    async def _body(self, response: httpx.Response) -> bytes | str:
+        """The body, streamed, or why it is no image: past ``max_bytes`` (stopped there), or empty."""
+        parts, size = [], 0  # joined once at the end: one copy of the body, not many
+        async for chunk in response.aiter_bytes():
+            parts.append(chunk)
+            size += len(chunk)
+            if size > self.config.max_bytes:
+                return f"too many bytes (over {self.config.max_bytes})"
+        return b"".join(parts) if size else "empty"
+
+    async def _store(self, data: bytes, path: Path) -> str | None:
+        """Decode, resize and write in a worker thread: None when saved, else why not."""
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(
                 self.pool,
                 lambda: save_normalised(
-                    result,
+                    data,
                     path,
                     max_side=self.config.max_side,
                     max_pixels=self.config.max_pixels,
@@ -439,50 +494,6 @@ class Fetcher:
         except OSError as exc:
             return f"{CANNOT_WRITE} ({exc.strerror})"
         return None
-
-    async def _fetch(self, url: str) -> tuple[bytes | str, str | None]:
-        """(bytes, None) or (reason, None) when final, or (reason, the server's Retry-After or "") when worth
-        retrying."""
-        await self.rate.wait()
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                client = self.clients[next(self._turn) % len(self.clients)]
-                async with client.stream("GET", url) as response:
-                    status = response.status_code
-                    if status == 429 or status >= 500:
-                        asked = response.headers.get("Retry-After", "")
-                        if status == 429 and self.config.rate:
-                            self.rate.pause(min(retry_after(asked) or 0.0, MAX_WAIT))  # every task waits
-                        return f"HTTP {status}", asked
-                    if status != 200:
-                        return f"HTTP {status}", None
-                    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                    if kind.startswith("text/") or kind in ("application/json", "application/xml"):
-                        return f"not an image ({kind})", None
-                    declared = response.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
-                        return f"too many bytes ({declared})", None
-                    parts, size = [], 0  # joined once at the end: one copy of the body, not many
-                    async for chunk in response.aiter_bytes():
-                        parts.append(chunk)
-                        size += len(chunk)
-                        if size > self.config.max_bytes:
-                            return f"too many bytes (over {self.config.max_bytes})", None
-        except (TimeoutError, httpx.TimeoutException):  # our whole-attempt deadline, or httpx's own
-            return "timeout", ""
-        except httpx.TooManyRedirects:
-            return "redirect loop", None
-        except httpx.RemoteProtocolError:
-            return "truncated", ""
-        except httpx.UnsupportedProtocol:  # a TransportError too, but the record's own: url_problem saw http(s)
-            return "redirected to a URL that is not http(s)", None
-        except httpx.TransportError as exc:
-            return f"connection error ({type(exc).__name__})", ""
-        except httpx.InvalidURL:
-            return "invalid URL", None
-        if not size:
-            return "empty", None
-        return b"".join(parts), None
 
 
 def url_problem(url: str) -> str | None:

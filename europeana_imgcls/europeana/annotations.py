@@ -20,30 +20,21 @@ it), the model's ``generator`` (what eic withdraw searches by), a ``canonical`` 
 made it, a confidence between 0 and 1, and only addresses Europeana should hold: a target (or its ``scope``) that
 is a Europeana record URI, and sources that are plain http(s) addresses (no ``javascript:``, no ``..``).
 
-The client (``AnnotationsClient``) takes nothing the server says on trust: an id it gives must be an annotation
-URI of that API (``annotation_number``), a redirect or a 404 where the API should be stops the run, and a 404 for
-an annotation counts as "gone" only when the API itself says it.
+The client of its write routes is ``annotation_client.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
-import time
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
-from ..core.errors import ApiError
-from ..core.retry import Retry
 from ..core.version import HOMEPAGE
-from .search_api import ITEM_BASE, server_text, unencrypted
+from .search_api import ITEM_BASE
 
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 NS = "urn:europeana-imgcls:"  # eic's own properties: absolute IRIs, which JSON-LD keeps as they are
@@ -99,8 +90,6 @@ KEPT = (
 )
 ANNOTATION_BASE = "http://data.europeana.eu/annotation/"  # the ids Europeana gives: ANNOTATION_BASE + a number
 SEARCH_PAGE_SIZE = 100  # Europeana's most per search page (Query.MAX_PAGE_SIZE); pages count from 0
-MAX_SEARCH_PAGES = 10_000  # a million annotations; a search that goes on longer is a server going round
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,12 +127,26 @@ def annotation_refusal(item: Any) -> Refusal | None:
 
 
 def _parse_refusal(item: dict[str, Any]) -> Refusal | None:
+    """What Europeana's AnnotationLdParser fails on (500), in the order it reads an annotation."""
+    for check in (_motivation_refusal, _field_refusal, _agents_refusal, _body_refusal, _target_refusal):
+        refusal = check(item)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def _motivation_refusal(item: dict[str, Any]) -> Refusal | None:
     motivation = item.get("motivation")
     name = motivation.strip().split(":", 1)[-1].lower() if isinstance(motivation, str) else None
     if name not in MOTIVATIONS:
         return Refusal(500, "cannot instantiate Annotation! Annotation Motivation not provided or invalid!")
     if name not in SUPPORTED:
         return Refusal(500, f"cannot instantiate Annotation! Unsupported Annotation/Motivation Type:{name.upper()}")
+    return None
+
+
+def _field_refusal(item: dict[str, Any]) -> Refusal | None:
+    """The annotation's type, its id (a number) and its fields that must be text."""
     kind = item.get("type")
     if kind is not None and not (isinstance(kind, str) and kind.endswith("Annotation")):
         return Refusal(500, f"Invalid annotation type: {kind}")
@@ -152,31 +155,39 @@ def _parse_refusal(item: dict[str, Any]) -> Refusal | None:
     for key in ("created", "generated", "canonical", "equivalentTo"):
         if key in item and not isinstance(item[key], str):
             return Refusal(500, f"An unexpected server exception occurred! {key} is not a string")
+    return None
+
+
+def _agents_refusal(item: dict[str, Any]) -> Refusal | None:
+    """Its creator and generator, and where it came from (``via``: text, or a list of text)."""
     for key in ("creator", "generator"):
         problem = _agent_problem(item[key]) if key in item else None
         if problem:
             return Refusal(500, problem)
-    if "via" in item and not (
-        isinstance(item["via"], str) or (isinstance(item["via"], list) and all(isinstance(v, str) for v in item["via"]))
-    ):
-        return Refusal(500, f"unsupported deserialization for: {item['via']}")
-    body = _body_problem(item.get("body")) if "body" in item else None
-    if body:
-        return Refusal(500, body)
-    if "body" not in item and "bodyValue" not in item:
-        return None  # the validator says it (400)
-    target = item.get("target")
-    if target is None or not (
-        isinstance(target, str)
-        or (isinstance(target, dict) and all(isinstance(target[k], str) for k in ("source", "scope") if k in target))
-    ):
-        return Refusal(
-            500,
-            "An unexpected server exception occurred! Annotation Target must not be null"
-            if target is None
-            else f"unsupported target deserialization for: {target}",
-        )
+    via = item.get("via", "")
+    if not (isinstance(via, str) or (isinstance(via, list) and all(isinstance(v, str) for v in via))):
+        return Refusal(500, f"unsupported deserialization for: {via}")
     return None
+
+
+def _body_refusal(item: dict[str, Any]) -> Refusal | None:
+    problem = _body_problem(item["body"]) if "body" in item else None
+    return Refusal(500, problem) if problem else None
+
+
+def _target_refusal(item: dict[str, Any]) -> Refusal | None:
+    """The target: text, or an object whose source and scope are text. Not read without a body: the validator
+    says that (400)."""
+    if "body" not in item and "bodyValue" not in item:
+        return None
+    target = item.get("target")
+    if target is None:
+        return Refusal(500, "An unexpected server exception occurred! Annotation Target must not be null")
+    if isinstance(target, str) or (
+        isinstance(target, dict) and all(isinstance(target[k], str) for k in ("source", "scope") if k in target)
+    ):
+        return None
+    return Refusal(500, f"unsupported target deserialization for: {target}")
 
 
 def _agent_problem(agent: Any) -> str | None:
@@ -230,12 +241,16 @@ def _validation_refusal(item: dict[str, Any]) -> Refusal | None:
     if isinstance(body, str) or (isinstance(body, dict) and ({"id", "source"} & set(body))):
         return None  # a semantic tag: Europeana does not check it
     value = item.get("bodyValue") if body is None else (body.get("value") if isinstance(body, dict) else None)
-    if isinstance(value, str):
-        tag = value.strip().removeprefix('"').removesuffix('"').strip()
-        if http_url(tag):
-            return Refusal(400, f"Invalid tag format. A tag can't contain URLs! tag.format: {tag}")
-        if len(tag) > MAX_TAG:
-            return Refusal(400, f"Invalid tag size. Must be shorter then 64 characters! tag.size: {len(tag)}")
+    return _text_tag_refusal(value) if isinstance(value, str) else None
+
+
+def _text_tag_refusal(value: str) -> Refusal | None:
+    """A textual tag: no URL, at most 64 characters (its quotes and spaces aside)."""
+    tag = value.strip().removeprefix('"').removesuffix('"').strip()
+    if http_url(tag):
+        return Refusal(400, f"Invalid tag format. A tag can't contain URLs! tag.format: {tag}")
+    if len(tag) > MAX_TAG:
+        return Refusal(400, f"Invalid tag size. Must be shorter then 64 characters! tag.size: {len(tag)}")
     return None
 
 
@@ -282,11 +297,11 @@ def publish_problem(item: Any) -> str | None:
         return f"it names no model ({MODEL} with an id {MODEL_ID_PREFIX}...): eic enrich did not write it"
     if generator["id"] != model_generator(model):
         return (
-            f"its generator {_shown(generator['id'])} is not its model's ({model_generator(model)}): eic withdraw "
+            f"its generator {shown(generator['id'])} is not its model's ({model_generator(model)}): eic withdraw "
             "could not find it by its generator"
         )
     if CONFIDENCE in item and not is_probability(item[CONFIDENCE]):
-        return f"its confidence ({CONFIDENCE}) is {_shown(item[CONFIDENCE])}, not a number between 0 and 1"
+        return f"its confidence ({CONFIDENCE}) is {shown(item[CONFIDENCE])}, not a number between 0 and 1"
     return None
 
 
@@ -303,7 +318,7 @@ def _address_problem(item: dict[str, Any]) -> str | None:
     for name, value, check in named:
         problem = check(value)
         if problem is not None:
-            return f"its {name} {_shown(value)} is refused: {problem}"
+            return f"its {name} {shown(value)} is refused: {problem}"
     return None
 
 
@@ -363,7 +378,7 @@ def api_name(api_url: str) -> str:
     return f"the Annotations API at {api_url}"
 
 
-def _shown(value: Any, limit: int = 80) -> str:
+def shown(value: Any, limit: int = 80) -> str:
     """A value from a file or a server in a message: its repr (escapes keep it on one line), not too long."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -433,269 +448,3 @@ def annotation_number(value: Any, api_url: str | None = None) -> int | None:
         if number.isascii() and number.isdigit() and len(number) <= 18 and int(number) > 0:
             return int(number)
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# The client
-
-
-class AnnotationsError(ApiError):
-    """A refusal of the Annotations API that concerns what was sent, not the token or the server."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class UnknownOutcome(ApiError):  # noqa: N818 - it is a state, not only an error
-    """An upload was sent and no answer came that eic can use: the API may hold it or not."""
-
-
-@dataclass
-class Deleted:
-    """What a DELETE found: 204 deleted, or 404/410 already gone."""
-
-    gone_before: bool
-
-
-class AnnotationsClient:
-    """The write routes of the Annotations API: ``POST {api}/annotations/`` (a batch), ``DELETE
-    {api}/annotation/{n}``, and ``GET {api}/annotation/search`` (what a stopped upload may have stored; a model's
-    annotations by their generator).
-
-    Writes carry ``Authorization: Bearer <token>``; ``api_key`` goes as the ``wskey`` parameter where given, as
-    Europeana's Annotations API reads it. 429 and 5xx are retried with the one retry policy (``core/retry.py``);
-    a connection refused is retried too (nothing was sent). An upload whose answer never came, or came without
-    ids eic can name, is not retried blindly: ``UnknownOutcome`` says so. A redirect, or a 404 or 405 where the
-    API should answer, stops everything: nothing is sent on to another address, and a wrong ``annotation_api``
-    does not make every item look refused.
-    """
-
-    def __init__(
-        self,
-        api_url: str,
-        token: str | None,
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        retries: int = 5,
-        rate: float | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.where = api_name(self.api_url)
-        self.retries = retries
-        self.interval = 1.0 / rate if rate else 0.0
-        self.token = token
-        self._next = 0.0
-        home = httpx.URL(self.api_url)
-        secrets = " and ".join(name for name, given in (("the token", token), ("the API key", api_key)) if given)
-        if secrets and unencrypted(home):  # as harvest warns for the key
-            log.warning(
-                "%s would travel unencrypted to %s: give an https:// annotation API address", secrets, home.host
-            )
-        headers = {"User-Agent": "europeana-imgcls", **({"Authorization": f"Bearer {token}"} if token else {})}
-        self.params = {"wskey": api_key} if api_key else {}
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, follow_redirects=False)
-
-    def __enter__(self) -> AnnotationsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.close()
-
-    def create(self, items: Sequence[dict[str, Any]]) -> list[str]:
-        """Send ``items`` as one AnnotationPage; the ids the API gave them, in order, each an annotation URI of it."""
-        page = {"@context": ANNO_CONTEXT, "type": "AnnotationPage", "items": list(items)}
-        response = self._request("POST", "/annotations/", json=page, unknown_outcome=True)
-        self._refuse_no_api(response, "POST", "/annotations/")
-        if response.status_code != 201:
-            raise AnnotationsError(response.status_code, _reason(response))
-        try:
-            ids = [item["id"] for item in response.json()["items"]]
-        except (ValueError, KeyError, TypeError):
-            ids = []
-        if len(ids) != len(items):  # stored, but which id is which is unknown
-            raise UnknownOutcome(f"{self.where} answered 201 without the ids of the {len(items)} annotations it stored")
-        forged = next((i for i in ids if annotation_number(i, self.api_url) is None), None)
-        if forged is not None:
-            raise UnknownOutcome(
-                f"{self.where} answered 201 with {server_text(_shown(forged), response, limit=100)} as the id of "
-                f"an annotation it stored, which names no annotation of it"
-            )
-        return [str(i) for i in ids]
-
-    def delete(self, identifier: int) -> Deleted:
-        response = self._request("DELETE", f"/annotation/{identifier}")
-        if response.status_code in (200, 204):
-            return Deleted(gone_before=False)
-        if response.status_code in (404, 410):
-            # "Gone" only as the API says it (a JSON error of its own), not as any web server says "not found".
-            self._refuse_no_api(response, "DELETE", f"/annotation/{identifier}", unless_json=True)
-            return Deleted(gone_before=True)
-        raise AnnotationsError(response.status_code, _reason(response))
-
-    def find(self, generator: str, record: str, concept: str) -> list[str]:
-        """The ids of the tags of ``record`` with ``concept`` made by ``generator`` (the search index's view)."""
-        clauses = {"generator_uri": generator, "target_record_id": record, "body_uri": concept}
-        query = " AND ".join(f"{name}:{_quoted(value)}" for name, value in clauses.items())
-        return [str(item["id"]) for item in self.search(query)]
-
-    def by_generator(self, generator: str) -> list[str]:
-        """The ids of every annotation whose generator is ``generator`` (a model's), as the search finds them; an
-        item the search answers with another generator is not taken."""
-        found = self.search(f"generator_uri:{_quoted(generator)}")
-        return [str(item["id"]) for item in found if "generator" not in item or _generator_of(item) == generator]
-
-    def search(self, query: str) -> list[dict[str, Any]]:
-        """Every annotation the search finds (``{"id": ...}`` where the API answers with ids alone), page by page
-        as Europeana serves them (``page`` from 0, ``pageSize`` at most 100), each id an annotation URI of it."""
-        found: dict[str, dict[str, Any]] = {}
-        for page in range(MAX_SEARCH_PAGES):
-            items = self._search_page(query, page)
-            fresh = {str(item["id"]): item for item in items if str(item["id"]) not in found}
-            found.update(fresh)
-            if len(items) < SEARCH_PAGE_SIZE or not fresh:  # the last page, or a server going round
-                return list(found.values())
-        raise ApiError(f"{self.where}'s search {query} went on for {MAX_SEARCH_PAGES} pages; try again later")
-
-    def _search_page(self, query: str, page: int) -> list[dict[str, Any]]:
-        params = {"query": query, "page": str(page), "pageSize": str(SEARCH_PAGE_SIZE), "profile": "standard"}
-        response = self._request("GET", "/annotation/search", params=params)
-        self._refuse_no_api(response, "GET", "/annotation/search")
-        if response.status_code != 200:
-            raise AnnotationsError(response.status_code, f"{self.where} refused the search: {_reason(response)}")
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        items = body.get("items", []) if isinstance(body, dict) else None
-        if not isinstance(items, list):
-            raise ApiError(f"{self.where} answered the search with something that is no AnnotationPage")
-        found = [item if isinstance(item, dict) else {"id": item} for item in items]
-        for item in found:
-            if annotation_number(item.get("id"), self.api_url) is None:
-                raise ApiError(
-                    f"{self.where} answered the search with {server_text(_shown(item.get('id')), response, 100)}, "
-                    "which names no annotation of it: eic records and deletes nothing by it"
-                )
-        return found
-
-    def _refuse_no_api(self, response: httpx.Response, method: str, path: str, unless_json: bool = False) -> None:
-        """A 404 or 405 where the API's route should be: no Annotations API answers at that address."""
-        if response.status_code not in (404, 405):
-            return
-        if unless_json and _json_object(response):
-            return
-        raise ApiError(
-            f"{method} {self.api_url}{path} answered {response.status_code} ({_reason(response)}): no Annotations "
-            "API answers there; check `annotation_api` (the address before /annotations/)"
-        )
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, str] | None = None,
-        unknown_outcome: bool = False,
-    ) -> httpx.Response:
-        retry = Retry(self.retries)
-        while True:
-            self._pace()
-            try:
-                response = self._http.request(
-                    method, self.api_url + path, json=json, params={**self.params, **(params or {})}
-                )
-            except httpx.ConnectError as exc:  # nothing reached the server: safe to try again
-                retry = retry.increment()
-                if retry.is_exhausted():
-                    raise ApiError(
-                        f"cannot reach {self.where} ({type(exc).__name__}); check `annotation_api` and the network"
-                    ) from None
-                time.sleep(retry.wait())
-                continue
-            except httpx.TransportError as exc:  # sent, but no answer: the server may have acted on it
-                if unknown_outcome:
-                    raise UnknownOutcome(f"{self.where} did not answer ({type(exc).__name__})") from None
-                raise ApiError(f"{self.where} did not answer ({type(exc).__name__}); try again later") from None
-            if response.is_redirect or 300 <= response.status_code < 400:
-                location = server_text(response.headers.get("Location") or "no address", response, limit=200)
-                raise ApiError(
-                    f"{method} {self.api_url}{path} answered {response.status_code}, sending it to {location}: eic "
-                    "follows no redirect with the token; set `annotation_api` to the Annotations API's own address"
-                )
-            if response.status_code in (401, 403):
-                raise ApiError(self._refused(response))
-            if response.status_code == 429 or response.status_code >= 502:
-                retry = retry.increment()
-                if retry.is_exhausted():
-                    raise ApiError(
-                        f"{self.where} answered {response.status_code} {_reason(response)} after "
-                        f"{retry.attempts} attempts; try again later"
-                    )
-                wait = retry.wait(response.headers.get("Retry-After"))
-                log.warning(
-                    "%s answered %d; retry %d of %d in %.1f s",
-                    self.where,
-                    response.status_code,
-                    retry.failures,
-                    self.retries,
-                    wait,
-                )
-                time.sleep(wait)
-                continue
-            return response
-
-    def _refused(self, response: httpx.Response) -> str:
-        if self.token is None:
-            return (
-                f"{self.where} refused the request ({response.status_code}: {_reason(response)}); pass "
-                "`annotation_token` (or set EUROPEANA_ANNOTATION_TOKEN), and `api_key` if it wants one"
-            )
-        return (
-            f"{self.where} refused the token ({response.status_code}: {_reason(response)}); set a valid one with "
-            "`annotation_token` or EUROPEANA_ANNOTATION_TOKEN (write access is granted by Europeana on request)"
-        )
-
-    def _pace(self) -> None:
-        now = time.monotonic()
-        if self._next > now:
-            time.sleep(self._next - now)
-        self._next = max(now, self._next) + self.interval
-
-
-def _quoted(value: str) -> str:
-    """A value in a Solr query of the search: quoted, its quotes and backslashes escaped."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _generator_of(item: dict[str, Any]) -> Any:
-    """The generator id of an annotation the search answered with in full."""
-    generator = item.get("generator")
-    return generator.get("id") if isinstance(generator, dict) else generator
-
-
-def _json_object(response: httpx.Response) -> bool:
-    try:
-        return isinstance(response.json(), dict)
-    except ValueError:
-        return False
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("error", "message") if body.get(k)]
-        errors = (
-            (body.get("operationReport") or {}).get("errors") if isinstance(body.get("operationReport"), dict) else None
-        )
-        if isinstance(errors, dict) and errors:
-            parts.append("; ".join(str(v) for v in errors.values()))
-        if parts:
-            return server_text(": ".join(dict.fromkeys(parts)), response, limit=500)
-    return server_text(response.reason_phrase or f"HTTP {response.status_code}", response)

@@ -1,8 +1,9 @@
 """A small, careful client of the Europeana Search API v2.
 
-It pages with cursors, retries what is worth retrying (429, 5xx, timeouts, dropped connections)
-with bounded exponential backoff that honours ``Retry-After``, and turns every other failure into
-one ``ApiError`` line. The API key travels only in the ``X-Api-Key`` header and is never logged.
+It pages with cursors, retries what is worth retrying (``core/retry.py``: 429 and the passing 5xx,
+timeouts, dropped connections) with bounded exponential backoff that honours ``Retry-After``, and turns
+every other failure into one ``ApiError`` line. The API key travels only in the ``X-Api-Key``
+header and is never logged.
 
 It keeps within the key's quota when the server announces one (``RateLimit`` headers, see
 ``quota.py``): told how many requests are still to come (``expect``), it spaces them so the quota
@@ -23,8 +24,9 @@ from typing import Any
 import httpx
 
 from ..core.errors import ApiError
-from ..core.retry import Retry
+from ..core.retry import RETRYABLE, Failed, Retry, send
 from .quota import Quota, duration
+from .ratelimit import RateLimit
 
 PAGE_ROWS = 100  # the server silently caps rows at 100
 MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
@@ -60,6 +62,8 @@ class SearchClient:
         self.needed: int | None = None  # requests the caller still expects to make
         self._paced = False  # pacing announced once, not per request
         self._latency = 0.5  # seconds one request takes (running mean), for the expected finish
+        self._quota_waits = 0  # waits for a spent quota's window during this request
+        self._pacer = RateLimit(None)  # kept to the pause the quota asks for
         home = httpx.URL(api_url)
         if unencrypted(home):
             log.warning("the API key travels unencrypted to %s: use an https:// API URL", home.host)
@@ -107,65 +111,61 @@ class SearchClient:
         self.needed = max(requests, 1)
 
     def search(self, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """One Search API request; retried when the failure is passing."""
-        quota_waits = 0
-        retry = Retry(self.retries, backoff=self.backoff, cap=MAX_WAIT)
+        """One Search API request; retried when the failure is passing (``core/retry.py``)."""
+        self._quota_waits = 0
+        request = tuple(params)
+        outcome = send(
+            lambda: self._attempt(request), Retry(self.retries, backoff=self.backoff, cap=MAX_WAIT), "Search API"
+        )
+        if isinstance(outcome, Failed):
+            raise ApiError(self._gave_up(outcome))
+        return _parse(outcome)
+
+    def _attempt(self, params: Sequence[tuple[str, str]]) -> httpx.Response | Failed:
+        """One request inside the key's quota: its answer, or a passing failure worth another attempt."""
         while True:
             self._pace()
             started = time.monotonic()
             try:
-                response = self._get(list(params))
-            except httpx.TimeoutException:
-                retry = self._failed(
-                    retry,
-                    None,
-                    "timed out",
-                    f"the Search API at {self.api_url} did not answer in "
-                    "time after {n} attempts; try later or raise `timeout`",
-                )
-                continue
+                response = self._get(params)
+            except httpx.TimeoutException as exc:
+                return Failed("timed out", error=exc)
             except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
-                kind = type(exc).__name__
-                retry = self._failed(
-                    retry,
-                    None,
-                    f"unreachable ({kind})",
-                    f"cannot reach the Search API at "
-                    f"{self.api_url} ({kind}) after {{n}} attempts; check `api_url` and the network",
-                )
-                continue
+                return Failed(f"unreachable ({type(exc).__name__})", error=exc)
             self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
-            announced = Quota.from_headers(response.headers)
-            self.quota = announced or self.quota
-            if response.status_code == 429 and announced is not None and announced.remaining <= 0 and quota_waits < 2:
-                # The quota is spent (another client of the key, or a count we could not see): waiting for the
-                # window is not a failed attempt. A 429 with quota left is a burst: retried as any other.
-                quota_waits += 1
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                retry = self._failed(
-                    retry,
-                    response.headers.get("Retry-After"),
-                    f"answered {response.status_code}",
-                    f"the Search API answered {response.status_code} {_reason(response)} after "
-                    "{n} attempts; try again later",
-                )
-                continue
-            return _parse(response)
+            if not self._quota_spent(response):
+                break
+        if response.status_code in RETRYABLE:
+            return Failed(f"answered {response.status_code}", response.headers.get("Retry-After"), response)
+        return response
 
-    def _failed(self, retry: Retry, asked: str | None, why: str, final: str) -> Retry:
-        """After a failed attempt: the next retry state, slept for; or ``final`` (its ``{n}``: the attempts) as an
-        ApiError once the retries are spent."""
-        retry = retry.increment()
-        if retry.is_exhausted():
-            raise ApiError(final.replace("{n}", str(retry.attempts)))
-        wait = retry.wait(asked)
-        # Said, so that a user facing an unreachable API sees retries rather than a silent wait.
-        log.warning(
-            "Search API %s; retry %d of %d in %.1f s", why or "did not answer", retry.failures, self.retries, wait
+    def _quota_spent(self, response: httpx.Response) -> bool:
+        """Whether the answer is a 429 for a spent quota (another client of the key, or a count we could not see):
+        waiting for the window (``_pace``) is then not a failed attempt, twice per request at most. A 429 with
+        quota left is a burst: retried as any other."""
+        announced = Quota.from_headers(response.headers)
+        self.quota = announced or self.quota
+        if response.status_code == 429 and announced is not None and announced.remaining <= 0 and self._quota_waits < 2:
+            self._quota_waits += 1
+            return True
+        return False
+
+    def _gave_up(self, failed: Failed) -> str:
+        """The error once the retries are spent."""
+        if failed.response is not None:
+            return (
+                f"the Search API answered {failed.response.status_code} {_reason(failed.response)} after "
+                f"{failed.attempts} attempts; try again later"
+            )
+        if isinstance(failed.error, httpx.TimeoutException):
+            return (
+                f"the Search API at {self.api_url} did not answer in time after {failed.attempts} attempts; try "
+                "later or raise `timeout`"
+            )
+        return (
+            f"cannot reach the Search API at {self.api_url} ({type(failed.error).__name__}) after "
+            f"{failed.attempts} attempts; check `api_url` and the network"
         )
-        time.sleep(wait)
-        return retry
 
     def _pace(self) -> None:
         """Before a request: stay inside the key's quota (nothing to do while none is announced)."""
@@ -198,7 +198,8 @@ class SearchClient:
                 finish.strftime("%H:%M" if finish.date() == datetime.date.today() else "%Y-%m-%d %H:%M"),
             )
         if pause > 0:
-            time.sleep(pause)
+            self._pacer.pause(pause)
+            self._pacer.block()
         if quota.remaining <= 0:
             quota.renew()
         quota.spend()

@@ -44,12 +44,10 @@ from ..core.errors import ApiError, ConfigError, DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
 from ..core.sidecars import Sidecar, first_problem
+from ..europeana.annotation_client import AnnotationsClient, AnnotationsError, UnknownOutcome
 from ..europeana.annotations import (
     KEPT,
     MODEL_ID_PREFIX,
-    AnnotationsClient,
-    AnnotationsError,
-    UnknownOutcome,
     absolute_uri,
     annotation_number,
     api_name,
