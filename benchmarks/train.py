@@ -33,6 +33,7 @@ from europeana_imgcls.datasets.folders import (
     IMAGENET_STD,
     DecodedCache,
     ImageDataset,
+    LoaderSettings,
     ModelInput,
     make_loader,
 )
@@ -40,7 +41,7 @@ from europeana_imgcls.datasets.imageset import ImageSet
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.modelling.models import build_model
 from europeana_imgcls.modelling.runtime import autocast_dtype, default_workers, resolve_device
-from europeana_imgcls.modelling.training import train_one_epoch
+from europeana_imgcls.modelling.training import Forward, Training, train_one_epoch
 
 TASK = task_for("single-label")
 
@@ -94,12 +95,13 @@ def timed(model: nn.Module, loader, device: torch.device, amp: bool, warm_up: bo
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     dtype = autocast_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    to_model = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
+    training = Training(model, criterion, optimizer)
+    forward = Forward(ModelInput(IMAGENET_MEAN, IMAGENET_STD, device), TASK, dtype)
     if warm_up:
-        train_one_epoch(model, [next(iter(loader))], criterion, optimizer, to_model, TASK, dtype, scaler)
+        train_one_epoch(training, [next(iter(loader))], forward, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    stats = train_one_epoch(model, loader, criterion, optimizer, to_model, TASK, dtype, scaler)
+    stats = train_one_epoch(training, loader, forward, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return stats.images_per_second
@@ -158,15 +160,13 @@ def main() -> None:
                 # As eic train does: decoded images stay in a shared cache, so only the first epoch decodes.
                 cache = DecodedCache(len(images), args.input_size, shared=n > 0)
                 dataset = ImageDataset(images, args.input_size, hflip=0.5, cache=cache)
-                loader = make_loader(
-                    dataset,
-                    batch_size=args.batch_size,
-                    shuffle=True,
+                reading = LoaderSettings(
+                    args.batch_size,
                     num_workers=n,
-                    seed=0,
                     pin_memory=device.type == "cuda",
                     decode_on=decode_device(decode, device),
                 )
+                loader = make_loader(dataset, reading, shuffle=True)
                 for epoch in ("1 (decodes)", "2 (cached)"):
                     take = _Take(loader, args.batches)
                     rate = timed(model, take, device, args.amp, warm_up=False)

@@ -15,7 +15,7 @@ from europeana_imgcls.core.config import PredictConfig
 from europeana_imgcls.core.errors import ConfigError
 from europeana_imgcls.datasets import decoding
 from europeana_imgcls.datasets.decoding import decode_device, device_decodable
-from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, make_loader
+from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, LoaderSettings, make_loader
 from europeana_imgcls.datasets.imageset import UNREADABLE, ImageSet
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.europeana.sandbox import draw_image
@@ -52,13 +52,7 @@ def _files(root: Path) -> dict[str, Path]:
 
 def _batches(images: ImageSet, decode_on: torch.device | None, **kw) -> tuple[torch.Tensor, np.ndarray]:
     loader = make_loader(
-        ImageDataset(images, SIZE, **kw),
-        batch_size=4,
-        shuffle=False,
-        num_workers=0,
-        seed=0,
-        pin_memory=False,
-        decode_on=decode_on,
+        ImageDataset(images, SIZE, **kw), LoaderSettings(batch_size=4, decode_on=decode_on), shuffle=False
     )
     pixels, labels = [], []
     for batch, label, _ in loader:
@@ -97,7 +91,7 @@ def test_flips_and_the_decode_cache_work_on_device_decoded_images(tmp_path: Path
     assert torch.equal(flipped, plain.flip(2).flip(3))
     cache = DecodedCache(len(images), SIZE, shared=False)
     dataset = ImageDataset(images, SIZE, cache=cache)
-    loader = make_loader(dataset, batch_size=4, shuffle=False, num_workers=0, seed=0, pin_memory=False, decode_on=CPU)
+    loader = make_loader(dataset, LoaderSettings(batch_size=4, decode_on=CPU), shuffle=False)
     first = next(iter(loader))[0]
     assert bool(cache.filled.all())  # what the device decoded is kept for the next epochs
     assert [dataset[i][3] for i in range(len(images))] == [0, 0, 0]  # the next epoch reads the cache

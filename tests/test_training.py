@@ -336,6 +336,7 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
     from europeana_imgcls.datasets.folders import (
         DecodedCache,
         ImageDataset,
+        LoaderSettings,
         make_loader,
     )
 
@@ -343,7 +344,7 @@ def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> N
     cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
     assert cache is not None and not cache.filled.any()
     loader = make_loader(
-        ImageDataset(images, 32, cache=cache), batch_size=8, shuffle=True, num_workers=1, seed=0, pin_memory=False
+        ImageDataset(images, 32, cache=cache), LoaderSettings(batch_size=8, num_workers=1), shuffle=True
     )
     first = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
     assert cache.filled.all()  # written by the worker process, seen here
@@ -363,13 +364,14 @@ def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> N
         IMAGENET_MEAN,
         IMAGENET_STD,
         ImageDataset,
+        LoaderSettings,
         ModelInput,
         load_image,
         make_loader,
     )
 
     images = scan_images(folders, "single-label")
-    loader = make_loader(ImageDataset(images, 32), batch_size=4, shuffle=False, num_workers=0, seed=0, pin_memory=False)
+    loader = make_loader(ImageDataset(images, 32), LoaderSettings(batch_size=4), shuffle=False)
     pixels, _, index = next(iter(loader))
     assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 32, 32)  # a quarter of float32's bytes
     first = np.asarray(load_image(images.paths[int(index[0])], 32), dtype=np.float32)  # H x W x 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -339,37 +340,48 @@ class ImageDataset(torch.utils.data.Dataset):
         return pixels
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a loader reads: batches of ``batch_size``, ``num_workers`` worker processes (0: the main process),
+    ``seed`` for its shuffle and its workers' draws, pinned memory (for CUDA), and ``decode_on``: the device that
+    decodes the JPEGs (None: the workers decode every image). A split's three loaders share them."""
+
+    batch_size: int
+    num_workers: int = 0
+    seed: int = 0
+    pin_memory: bool = False
+    decode_on: torch.device | None = None
+
+
 def make_loader(
     dataset: torch.utils.data.Dataset,
+    settings: LoaderSettings,
     *,
-    batch_size: int,
     shuffle: bool,
-    num_workers: int,
-    seed: int,
-    pin_memory: bool,
     sampler: torch.utils.data.Sampler | None = None,
     drop_last: bool = False,
-    decode_on: torch.device | None = None,
 ) -> Any:
-    """A DataLoader of (pixels, targets, indices) batches; with ``decode_on`` (an ImageDataset), one whose JPEGs
-    the workers read as bytes and that device decodes (``decoding.py``): the batches come on that device."""
+    """A DataLoader of (pixels, targets, indices) batches; with ``settings.decode_on`` (an ImageDataset), one
+    whose JPEGs the workers read as bytes and that device decodes (``decoding.py``): the batches come on that
+    device."""
     generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator.manual_seed(settings.seed)
+    decode_on, workers = settings.decode_on, settings.num_workers
     encoded = decode_on is not None and isinstance(dataset, ImageDataset)
     if isinstance(dataset, ImageDataset):
         dataset.encoded = encoded
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        num_workers=workers,
+        pin_memory=settings.pin_memory,
         generator=generator,
         worker_init_fn=_seed_worker,
         drop_last=drop_last,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
         collate_fn=collate if encoded else None,
     )
     if encoded:

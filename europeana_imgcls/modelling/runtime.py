@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..core.config import RuntimeSettings
 from ..core.errors import ConfigError
 from ..datasets.decoding import decode_device
-from ..datasets.folders import ImageDataset, make_loader
+from ..datasets.folders import ImageDataset, LoaderSettings, make_loader
 from ..datasets.imageset import ImageSet
 
 
@@ -105,12 +105,10 @@ def inference_loader(
     size and workers, pinned memory and JPEGs decoded on ``device`` on CUDA (``decode`` False: always on the CPU;
     ``decode`` gpu without CUDA is refused either way)."""
     where = decode_device(settings.decode, device)
-    return make_loader(
-        ImageDataset(images, size),
-        batch_size=settings.batch_size,
-        shuffle=False,
+    reading = LoaderSettings(
+        settings.batch_size,
         num_workers=default_workers(device, settings.num_workers),
-        seed=0,
         pin_memory=device.type == "cuda",
         decode_on=where if decode else None,
     )
+    return make_loader(ImageDataset(images, size), reading, shuffle=False)

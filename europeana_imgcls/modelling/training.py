@@ -12,13 +12,12 @@ only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -39,6 +38,7 @@ from ..datasets.decoding import decode_device
 from ..datasets.folders import (
     DecodedCache,
     ImageDataset,
+    LoaderSettings,
     ModelInput,
     fold_groups,
     load_image,
@@ -58,7 +58,7 @@ from .modelcard import write_model_card
 from .models import build_model, get_arch, safe_load
 from .run_folder import CheckpointMeta, RunFolder, SplitFolder
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
-from .splits import Evaluation, SplitResult, score_split, start_split_folder, write_split_metrics
+from .splits import Evaluation, SplitOutput, SplitResult, score_split, start_split_folder, write_split_metrics
 from .tensorboard_logs import TensorBoardRun
 from .tensorboard_logs import check_available as check_tensorboard
 
@@ -92,28 +92,42 @@ class EpochStats:
 # The loop
 
 
+@dataclass(frozen=True)
+class Forward:
+    """How batches go through the model: onto its device and normalised (``to_model``), under autocast at
+    ``dtype`` (None: full precision), read by the run's task (which images are readable, what probabilities)."""
+
+    to_model: ModelInput
+    task: Task
+    dtype: torch.dtype | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.to_model.device
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
 def train_one_epoch(
-    model: nn.Module,
+    training: Training,
     loader: torch.utils.data.DataLoader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    to_model: ModelInput,
-    task: Task,
-    dtype: torch.dtype | None = None,
+    forward: Forward,
     scaler: torch.amp.GradScaler | None = None,
     on_batch: Callable[[float, int], None] | None = None,
 ) -> EpochStats:
+    """One pass over ``loader``, a step of ``training``'s optimiser per batch (``scaler``: float16's)."""
+    model, optimizer = training.model, training.optimizer
     model.train()
-    device = to_model.device
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     for inputs, targets, _ in loader:
-        batch = int(task.readable(targets).sum())
-        inputs, targets = to_model(inputs), _to_device(targets, device)
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        batch = int(forward.task.readable(targets).sum())
+        inputs, targets = forward.to_model(inputs), _to_device(targets, forward.device)
+        with forward.autocast():
             logits = model(inputs)
             # A batch of unreadable images only: a zero loss keeps DDP ranks in step without learning noise.
-            loss = criterion(logits, targets) if batch else logits.sum() * 0.0
+            loss = training.criterion(logits, targets) if batch else logits.sum() * 0.0
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -131,21 +145,16 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate_loader(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    criterion: nn.Module | None,
-    to_model: ModelInput,
-    task: Task,
-    dtype: torch.dtype | None = None,
+    model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None, forward: Forward
 ) -> Evaluation:
     """Loss, truths, logits and the task's probabilities of the readable images of a whole loader."""
     model.eval()
-    device = to_model.device
+    task = forward.task
     total_loss, seen = 0.0, 0
     truths, indices, raw = [], [], []
     for inputs, targets, index in loader:
-        inputs, targets = to_model(inputs), _to_device(targets, device)
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        inputs, targets = forward.to_model(inputs), _to_device(targets, forward.device)
+        with forward.autocast():
             logits = model(inputs)
         logits = logits.float()
         counted = int(task.readable(targets).sum())
@@ -210,49 +219,76 @@ class SplitState:
         return cls(saved["epoch"], saved["best_loss"], saved["best_epoch"], saved["bad_epochs"], saved["history"])
 
 
+@dataclass(frozen=True)
+class Training:
+    """What a split trains and where it stands: the model, its loss and optimiser, and the state a resume
+    carries on from."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: SplitState = field(default_factory=SplitState)
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """When a split's training ends: after ``epochs``, or once ``patience`` epochs in a row bring no better
+    validation loss."""
+
+    epochs: int
+    patience: int
+
+    def out_of_patience(self, state: SplitState) -> bool:
+        return state.bad_epochs >= self.patience
+
+    def stopped_early(self, state: SplitState) -> bool:
+        return self.out_of_patience(state) and state.epoch < self.epochs
+
+
+@dataclass(frozen=True)
+class SplitLoaders:
+    """A split's loaders: its training part (shuffled, flipped as asked), its validation and test parts."""
+
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    test: torch.utils.data.DataLoader
+
+
 def fit(
-    model: nn.Module,
-    loaders: dict[str, torch.utils.data.DataLoader],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: SplitState,
+    training: Training,
+    loaders: SplitLoaders,
+    forward: Forward,
+    stopping: Stopping,
     *,
-    epochs: int,
-    patience: int,
-    task: Task,
-    to_model: ModelInput,
-    dtype: torch.dtype | None = None,
     world: Dist | None = None,
     on_batch: Callable[[int, float, int], None] | None = None,
     on_epoch: Callable[[dict[str, float], bool], None] | None = None,
 ) -> SplitState:
-    """Train on ``loaders["train"]`` and validate on ``loaders["val"]`` each epoch, until ``epochs`` or until
-    ``patience`` epochs bring no better validation loss; ``state`` (fresh or restored) holds the history.
+    """Train on ``loaders.train`` and validate on ``loaders.val`` each epoch, until ``stopping`` says so;
+    ``training.state`` (fresh or restored) holds the history.
 
     ``on_batch(epoch, loss, images)`` follows every batch, ``on_epoch(row, improved)`` every epoch."""
-    world, device = world or Dist(), to_model.device
-    net = (
-        nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world.active
-        else model
-    )
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    sampler = loaders["train"].sampler
-    for epoch in range(state.epoch, epochs):
-        if state.bad_epochs >= patience:
+    world, device, state = world or Dist(), forward.device, training.state
+    ids = [device.index] if device.type == "cuda" else None
+    net = nn.parallel.DistributedDataParallel(training.model, device_ids=ids) if world.active else training.model
+    stepped = replace(training, model=net)
+    scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
+    sampler = loaders.train.sampler
+    for epoch in range(state.epoch, stopping.epochs):
+        if stopping.out_of_patience(state):
             break
         if isinstance(sampler, torch.utils.data.DistributedSampler):
             sampler.set_epoch(epoch)
         tick = (lambda loss, n, epoch=epoch: on_batch(epoch, loss, n)) if on_batch else None
-        stats = train_one_epoch(net, loaders["train"], criterion, optimizer, to_model, task, dtype, scaler, tick)
-        val = evaluate_loader(model, loaders["val"], criterion, to_model, task, dtype)
-        scores = task.metrics(val.truth, val.probs)
+        stats = train_one_epoch(stepped, loaders.train, forward, scaler, tick)
+        val = evaluate_loader(training.model, loaders.val, training.criterion, forward)
+        scores = forward.task.metrics(val.truth, val.probs)
         row = {
             "epoch": epoch + 1,
             "train_loss": stats.loss,
             "val_loss": _agreed(val.loss, device, world),  # every rank takes the same early-stopping turn
-            **{k: scores[k] for k in task.shown},
-            "learning_rate": optimizer.param_groups[0]["lr"],
+            **{k: scores[k] for k in forward.task.shown},
+            "learning_rate": training.optimizer.param_groups[0]["lr"],
             "seconds": stats.seconds,
             "images_per_second": stats.images_per_second * world.world,
         }
@@ -324,12 +360,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         if world.main:  # a head per split on embeddings: seconds, no need to spread it over processes
             report.splits = train_heads(config, images, splits, chosen, device)
     else:
-        # One cache for the whole run: an image is decoded in the first split that reads it, never again.
-        cache = DecodedCache.for_images(
-            len(images), config.input_size, config.cache_mb, default_workers(device, config.num_workers)
-        )
-        for i in chosen:
-            report.splits.append(_run_split(config, images, splits[i], i, device, world, cache, board))
+        report.splits = _fine_tune(config, images, [(i, splits[i]) for i in chosen], device, world, board)
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
@@ -432,18 +463,40 @@ def _check_run_folder(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _fine_tune(
+    config: TrainConfig,
+    images: ImageSet,
+    chosen: list[tuple[int, Split]],
+    device: torch.device,
+    world: Dist,
+    board: TensorBoardRun | None,
+) -> list[SplitResult]:
+    """Fine-tune the chosen splits one after another (under torchrun, every rank together)."""
+    arch = get_arch(config.arch)
+    forward = Forward(ModelInput(arch.mean, arch.std, device), images.task, autocast_dtype(device, config.amp))
+    # One cache for the whole run: an image is decoded in the first split that reads it, never again.
+    cache = DecodedCache.for_images(
+        len(images), config.input_size, config.cache_mb, default_workers(device, config.num_workers)
+    )
+    run = RunFolder(config.output_dir)
+    results = []
+    for index, split in chosen:
+        output = SplitOutput(run.split(index), CheckpointMeta.for_split(config, arch, images.classes, index), board)
+        results.append(_run_split(config, images, split, output, forward, world, cache))
+    return results
+
+
 def _run_split(
     config: TrainConfig,
     images: ImageSet,
     split: Split,
-    index: int,
-    device: torch.device,
+    output: SplitOutput,
+    forward: Forward,
     world: Dist,
     cache: DecodedCache | None,
-    board: TensorBoardRun | None = None,
 ) -> SplitResult:
     """One split: fit, keep the best model, score it on the test fold. Rank 0 alone writes."""
-    folder = RunFolder(config.output_dir).split(index)
+    folder, index = output.folder, output.folder.index
     if config.resume and folder.finished:
         if world.main:
             log.info("split %d: finished earlier, skipped", index)
@@ -451,7 +504,28 @@ def _run_split(
     if world.main:
         start_split_folder(folder, config, images.classes)
     seed_everything(config.seed + index)
-    arch = get_arch(config.arch)
+    training = _start_training(config, images, split, folder, forward.device, world)
+    loaders = _loaders(config, images, split, forward.device, world, index, cache)
+    stopping = Stopping(config.epochs, config.patience)
+    saver = _EpochSaver(output, training, config) if world.main else None
+    with _EpochProgress(config.quiet or not world.main, index, len(loaders.train), world.world) as bar:
+        state = fit(training, loaders, forward, stopping, world=world, on_batch=bar.tick, on_epoch=saver)
+    result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
+    if world.main:
+        if stopping.stopped_early(state) and not config.quiet:
+            log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
+        _keep_a_model(output, training)
+        result.metrics = _finish_split(config, images, split, folder, loaders, forward, state)
+    if world.active:
+        dist.barrier()
+        result.metrics = _broadcast(result.metrics)
+    return result
+
+
+def _start_training(
+    config: TrainConfig, images: ImageSet, split: Split, folder: SplitFolder, device: torch.device, world: Dist
+) -> Training:
+    """The split's model, loss and optimiser; its state fresh, or restored where an interrupted run left it."""
     model = build_model(config.arch, len(images.classes), config.weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -460,77 +534,34 @@ def _run_split(
     if config.resume and folder.last.exists():
         state = SplitState.restore(folder.last, model, optimizer)
         if world.main:
-            log.info("split %d: resuming after epoch %d", index, state.epoch)
-    task = images.task
-    criterion = task.criterion(images.labels[split.train], len(images.classes), config.weighted_loss).to(device)
-    dtype = autocast_dtype(device, config.amp)
-    loaders = _loaders(config, images, split, device, world, index, cache)
-    to_model = ModelInput(arch.mean, arch.std, device)
-    meta = CheckpointMeta.for_split(config, arch, images.classes, index)
-    saver = _EpochSaver(folder, model, optimizer, state, meta, config, board) if world.main else None
-    with _EpochProgress(config.quiet or not world.main, index, len(loaders["train"]), world.world) as bar:
-        fit(
-            model,
-            loaders,
-            criterion,
-            optimizer,
-            state,
-            epochs=config.epochs,
-            patience=config.patience,
-            task=task,
-            to_model=to_model,
-            dtype=dtype,
-            world=world,
-            on_batch=bar.tick,
-            on_epoch=saver,
-        )
-    result = SplitResult(index, {}, state.epoch, state.best_epoch, state.best_loss)
-    if world.main:
-        if state.bad_epochs >= config.patience and state.epoch < config.epochs and not config.quiet:
-            log.info("split %d: early stop, no better validation loss for %d epochs", index, config.patience)
-        _keep_a_model(folder, model, state, meta)
-        result.metrics = _finish_split(config, images, split, folder, loaders, to_model, dtype, state)
-    if world.active:
-        dist.barrier()
-        result.metrics = _broadcast(result.metrics)
-    return result
+            log.info("split %d: resuming after epoch %d", folder.index, state.epoch)
+    criterion = images.task.criterion(images.labels[split.train], len(images.classes), config.weighted_loss)
+    return Training(model, criterion.to(device), optimizer, state)
 
 
 class _EpochSaver:
     """After each epoch (rank 0): the best model, the state to resume from, the history, a log line and,
     when asked for, TensorBoard's scalars."""
 
-    def __init__(
-        self,
-        folder: SplitFolder,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        state: SplitState,
-        meta: CheckpointMeta,
-        config: TrainConfig,
-        board: TensorBoardRun | None,
-    ) -> None:
-        self.folder, self.model, self.optimizer, self.state, self.meta = folder, model, optimizer, state, meta
-        self.index, self.epochs, self.quiet, self.board = folder.index, config.epochs, config.quiet, board
+    def __init__(self, output: SplitOutput, training: Training, config: TrainConfig) -> None:
+        self.output, self.training, self.epochs, self.quiet = output, training, config.epochs, config.quiet
         task = task_for(config.mode)
         self.columns, self.shown = task.history_columns, task.shown[::3]  # the first and last score
 
     def __call__(self, row: dict[str, float], improved: bool) -> None:
+        folder, training = self.output.folder, self.training
         if improved:
-            save_checkpoint(
-                self.folder.model,
-                self.model,
-                self.meta.model_copy(update={"epoch": int(row["epoch"]), "best_val_loss": row["val_loss"]}),
-            )
-        self.state.save(self.folder.last, self.model, self.optimizer)
-        _write_history(self.folder.history, self.state.history, self.columns)
-        if self.board is not None:
-            self.board.epoch(self.index, row)
+            update = {"epoch": int(row["epoch"]), "best_val_loss": row["val_loss"]}
+            save_checkpoint(folder.model, training.model, self.output.meta.model_copy(update=update))
+        training.state.save(folder.last, training.model, training.optimizer)
+        _write_history(folder.history, training.state.history, self.columns)
+        if self.output.board is not None:
+            self.output.board.epoch(folder.index, row)
         if not self.quiet:
             scores = ", ".join(f"{k.replace('_', ' ')} {row[k]:.3f}" for k in self.shown)
             log.info(
                 "split %d epoch %d/%d: train loss %.4f, val loss %.4f, %s, %.0f images/s%s",
-                self.index,
+                folder.index,
                 row["epoch"],
                 self.epochs,
                 row["train_loss"],
@@ -575,8 +606,9 @@ class _EpochProgress:
         self.bar.update(self.task, advance=1, loss=loss, rate=self.images / elapsed if elapsed else 0.0)
 
 
-def _keep_a_model(folder: SplitFolder, model: nn.Module, state: SplitState, meta: CheckpointMeta) -> None:
+def _keep_a_model(output: SplitOutput, training: Training) -> None:
     """The validation loss was never finite (nan or inf every epoch): keep the last model, and say so."""
+    folder = output.folder
     if folder.model.exists():
         return
     log.warning(
@@ -584,11 +616,8 @@ def _keep_a_model(folder: SplitFolder, model: nn.Module, state: SplitState, meta
         "are not to be trusted (check the data and the learning rate)",
         folder.index,
     )
-    save_checkpoint(
-        folder.model,
-        model,
-        meta.model_copy(update={"epoch": state.epoch, "best_val_loss": math.inf, "val_loss_never_finite": True}),
-    )
+    update = {"epoch": training.state.epoch, "best_val_loss": math.inf, "val_loss_never_finite": True}
+    save_checkpoint(folder.model, training.model, output.meta.model_copy(update=update))
 
 
 def _loaders(
@@ -599,40 +628,32 @@ def _loaders(
     world: Dist,
     index: int,
     cache: DecodedCache | None,
-) -> dict[str, torch.utils.data.DataLoader]:
-    workers = default_workers(device, config.num_workers)
-    pin = device.type == "cuda"
-    seed = config.seed + 1000 * index
+) -> SplitLoaders:
     size = config.input_size
+    reading = LoaderSettings(
+        config.batch_size,
+        num_workers=default_workers(device, config.num_workers),
+        seed=config.seed + 1000 * index,
+        pin_memory=device.type == "cuda",
+        decode_on=decode_device(config.decode, device),
+    )
 
     def dataset(part: np.ndarray, hflip: float = 0.0, vflip: float = 0.0) -> ImageDataset:
         return ImageDataset(images.subset(part), size, hflip, vflip, cache=cache, cache_rows=part)
 
     train_set = dataset(split.train, config.hflip, config.vflip)
     sampler: torch.utils.data.Sampler[int] | None = (
-        torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=seed)
+        torch.utils.data.DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=reading.seed)
         if world.active
         else None
     )
-    loader = functools.partial(
-        make_loader,
-        batch_size=config.batch_size,
-        num_workers=workers,
-        seed=seed,
-        pin_memory=pin,
-        decode_on=decode_device(config.decode, device),
+    # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
+    drop_last = len(train_set) > config.batch_size * world.world
+    return SplitLoaders(
+        make_loader(train_set, reading, shuffle=True, sampler=sampler, drop_last=drop_last),
+        make_loader(dataset(split.val), reading, shuffle=False),
+        make_loader(dataset(split.test), reading, shuffle=False),
     )
-    return {
-        # A last batch of one image breaks batch norm; dropping the remainder costs nothing (reshuffled).
-        "train": loader(
-            train_set,
-            shuffle=True,
-            sampler=sampler,
-            drop_last=len(train_set) > config.batch_size * world.world,
-        ),
-        "val": loader(dataset(split.val), shuffle=False),
-        "test": loader(dataset(split.test), shuffle=False),
-    }
 
 
 def _finish_split(
@@ -640,9 +661,8 @@ def _finish_split(
     images: ImageSet,
     split: Split,
     folder: SplitFolder,
-    loaders: dict[str, torch.utils.data.DataLoader],
-    to_model: ModelInput,
-    dtype: torch.dtype | None,
+    loaders: SplitLoaders,
+    forward: Forward,
     state: SplitState,
 ) -> dict[str, float]:
     """Score the best checkpoint on the test fold; write metrics, predictions, curves and heatmaps.
@@ -650,16 +670,16 @@ def _finish_split(
     What the checkpoint learns from the validation part (a temperature; multi-label thresholds) is stored in it.
     """
     best = load_checkpoint(folder.model)
-    model = model_from_checkpoint(best).to(to_model.device)
-    test = evaluate_loader(model, loaders["test"], None, to_model, images.task, dtype)
-    val = evaluate_loader(model, loaders["val"], None, to_model, images.task, dtype)
+    model = model_from_checkpoint(best).to(forward.device)
+    test = evaluate_loader(model, loaders.test, None, forward)
+    val = evaluate_loader(model, loaders.val, None, forward)
     scores, extra = score_split(images, split, folder, test, val)
     # A resumed split may hold a temperature already: the new values win.
     save_checkpoint(folder.model, model, best.meta.model_copy(update=extra))
     write_split_metrics(folder, scores, split, state.epoch, state.best_epoch, state.best_loss, extra["temperature"])
     plot_curves(state.history, folder.curves, state.best_epoch)
     if config.gradcam_images:
-        _gradcam(model, config, images.subset(split.test), test, images.classes, folder.gradcam, to_model)
+        _gradcam(model, config, images.subset(split.test), test, images.classes, folder.gradcam, forward.to_model)
     folder.last.unlink(missing_ok=True)  # the split is finished; model.pt is what stays
     return scores
 
