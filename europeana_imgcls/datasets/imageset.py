@@ -1,5 +1,6 @@
 """The shapes every dataset module shares: an image set, a cross-validation split, and the interface of a task
-(single- or multi-label).
+(single- or multi-label): its ``Decisions`` (what a model's outputs mean) and its ``Labelling`` (where the labels
+come from and how training takes them).
 
 A leaf: the modules that read folders (``folders``, ``multilabel``) and the tasks that dispatch to them
 (``tasks``) all build on it, so none of them needs another's names to describe its own.
@@ -16,27 +17,142 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+    from ..core.config import Mode
 
 EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before a log
 UNREADABLE = -1  # the label (single) or every target (multi) of an image that cannot be decoded
 
 
-class Task(ABC):
-    """The interface both tasks implement; code holds a ``Task`` and never asks which one it is."""
+class Decisions(ABC):
+    """What a model's outputs mean under the task: the activation, the scores, the decisions, and how a truth
+    reads as text. Pure: arrays in, arrays or text out; nothing here reads a folder or trains."""
 
-    name: ClassVar[str]
-    multilabel: ClassVar[bool]
+    name: ClassVar[Mode]  # the run's mode, as checkpoints and sidecars name the task
+    multilabel: ClassVar[bool]  # for what knows no Task (KnnHead's vote); code holding a task asks it instead
     unit: ClassVar[str]  # what the task's outputs call one of its classes: "class" or "label"
     prediction_columns: ClassVar[tuple[str, ...]]  # the columns of eic predict's output
     shown: ClassVar[tuple[str, ...]]  # the validation scores of each epoch (history.csv, the log)
     described: ClassVar[tuple[str, ...]]  # the columns ``describe()`` fills
+    headline: ClassVar[str]  # the one score two versions of a model are compared by (export's int8 check)
+    activation_name: ClassVar[str]  # how probabilities come from logits, in words (an export's sidecar)
+    review_choice: ClassVar[str]  # Label Studio's ``choice``: a reviewer picks one class, or several
 
-    # -- data: reading, checking and splitting the labels of a training folder
+    # -- probabilities
+
+    @abstractmethod
+    def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The activation, in float64 numpy."""
+
+    @abstractmethod
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """The activation as a torch op, over dimension 1 (the export's graph): ``from_logits`` of a tensor."""
+
+    @abstractmethod
+    def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
+        """Mean negative log-likelihood of ``truth`` under ``probs``."""
+
+    @abstractmethod
+    def confidence_and_correct(self, probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stated probabilities that calibration checks, and whether each came true."""
+
+    @abstractmethod
+    def candidates(self, probs: np.ndarray, truth: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """For class ``c``: the score of every image that class ``c`` would be emitted for at a low enough
+        threshold, and whether ``c`` is right for it."""
+
+    # -- scores
+
+    @abstractmethod
+    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
+        """Every score of the task (``shown`` and ``headline`` among them)."""
+
+    @property
+    def history_columns(self) -> list[str]:
+        return ["epoch", "train_loss", "val_loss", *self.shown, "learning_rate", "seconds", "images_per_second"]
+
+    @abstractmethod
+    def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        """Images of each class in ``truth``."""
+
+    @abstractmethod
+    def indicator(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        """Images x classes, True where an image carries the class."""
+
+    @abstractmethod
+    def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Truth x prediction counts, where the task has one answer per image (else None)."""
+
+    @abstractmethod
+    def label_issues(self, truth: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Likely mislabelled images, worst first, and every image's label quality (cleanlab's confident
+        learning on out-of-fold ``probs``; needs the audit extra)."""
+
+    # -- decisions
+
+    @abstractmethod
+    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Decision thresholds learnt on validation data (None: the task decides without them)."""
+
+    @abstractmethod
+    def decision_thresholds(
+        self, tuned: list[float] | None, override: float | None, n_classes: int
+    ) -> np.ndarray | None:
+        """A model's thresholds: ``override`` for every class, else those tuned in training (None: the task
+        decides without thresholds)."""
+
+    @abstractmethod
+    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
+        """Classes emitted for one image at per-class ``thresholds`` (inf: never)."""
+
+    @abstractmethod
+    def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+        """Images x classes, True where the model decides an image has the class (``emitted`` for a batch)."""
+
+    @abstractmethod
+    def suggested(self, probs: np.ndarray) -> list[int]:
+        """The classes to put to a person for one image (a review's suggestion): what the task decides at 0.5,
+        and never nothing (the most probable class at least)."""
+
+    @abstractmethod
+    def describe(
+        self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
+    ) -> dict[str, str]:
+        """The truth and prediction columns of one row of ``test_predictions.csv``."""
+
+    # -- the truth as text
+
+    @abstractmethod
+    def classes_in(self, cell: str) -> list[str]:
+        """The class names a table cell states: the whole cell (one class, whose name may hold spaces) or each
+        word (a set of labels)."""
+
+    @abstractmethod
+    def truth_of(self, text: str, classes: list[str]) -> np.ndarray | int:
+        """The truth a table cell states in the task's form (the inverse of ``truth_text``)."""
+
+    @abstractmethod
+    def truth_names(self, truth: Any, classes: list[str]) -> list[str]:
+        """The names of the classes an image's truth carries."""
+
+    def truth_text(self, truth: Any, classes: list[str]) -> str:
+        """An image's labels as a table cell states them (the inverse of ``truth_of``)."""
+        return " ".join(self.truth_names(truth, classes))
+
+
+class Labelling(ABC):
+    """Where the task's labels come from and how training takes them: a training folder read, checked and split
+    into folds, and the loss. The part of a task that touches files and training, beside its ``Decisions``."""
 
     @abstractmethod
     def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
         """The images of a folder with their labels; with ``classes`` (a model's), labelled in that order."""
+
+    @abstractmethod
+    def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
+        """Classes an evaluation set holds that the model does not know, with their image counts."""
 
     @abstractmethod
     def check_trainable(self, images: ImageSet, root: Path, folds: int) -> None:
@@ -58,87 +174,14 @@ class Task(ABC):
     def readable(self, targets: Any) -> Any:
         """Rows of a batch (numpy or torch) whose image could be decoded."""
 
-    # -- training
-
     @abstractmethod
     def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
         """The loss on logits, ignoring unreadable images; ``weighted``: rare classes weigh more."""
 
-    @abstractmethod
-    def metrics(self, truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
-        """Every score of the task (``shown`` among them)."""
 
-    @abstractmethod
-    def tune(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
-        """Decision thresholds learnt on validation data (None: the task decides without them)."""
-
-    @abstractmethod
-    def truth_text(self, truth: Any, classes: list[str]) -> str:
-        """An image's labels as a table cell states them (the inverse of ``truth_of``)."""
-
-    @abstractmethod
-    def describe(
-        self, truth: Any, probs: np.ndarray, classes: list[str], thresholds: np.ndarray | None
-    ) -> dict[str, str]:
-        """The truth and prediction columns of one row of ``test_predictions.csv``."""
-
-    @property
-    def history_columns(self) -> list[str]:
-        return ["epoch", "train_loss", "val_loss", *self.shown, "learning_rate", "seconds", "images_per_second"]
-
-    # -- probabilities, calibration and decisions
-
-    @abstractmethod
-    def from_logits(self, logits: np.ndarray) -> np.ndarray:
-        """The activation, in float64 numpy."""
-
-    @abstractmethod
-    def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
-        """Mean negative log-likelihood of ``truth`` under ``probs``."""
-
-    @abstractmethod
-    def confidence_and_correct(self, probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The stated probabilities that calibration checks, and whether each came true."""
-
-    @abstractmethod
-    def candidates(self, probs: np.ndarray, truth: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """For class ``c``: the score of every image that class ``c`` would be emitted for at a low enough
-        threshold, and whether ``c`` is right for it."""
-
-    @abstractmethod
-    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
-        """Classes emitted for one image at per-class ``thresholds`` (inf: never)."""
-
-    @abstractmethod
-    def truth_of(self, text: str, classes: list[str]) -> np.ndarray | int:
-        """The truth a table cell states (a class, or space-separated labels) in the task's form."""
-
-    @abstractmethod
-    def support(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
-        """Images of each class in ``truth``."""
-
-    @abstractmethod
-    def indicator(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
-        """Images x classes, True where an image carries the class."""
-
-    @abstractmethod
-    def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
-        """Images x classes, True where the model decides an image has the class (``emitted`` for a batch)."""
-
-    @abstractmethod
-    def confusion(self, truth: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
-        """Truth x prediction counts, where the task has one answer per image (else None)."""
-
-    @abstractmethod
-    def decision_thresholds(
-        self, tuned: list[float] | None, override: float | None, n_classes: int
-    ) -> np.ndarray | None:
-        """A model's thresholds: ``override`` for every class, else those tuned in training (None: the task
-        decides without thresholds)."""
-
-    @abstractmethod
-    def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
-        """Classes an evaluation set holds that the model does not know, with their image counts."""
+class Task(Decisions, Labelling):
+    """A task, single- or multi-label: its decisions and its labelling. Code holds a ``Task`` (or only the part
+    it needs) and never asks which one it is; ``tasks.task_for`` makes one from a run's mode."""
 
 
 @dataclass
