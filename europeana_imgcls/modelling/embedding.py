@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, PositiveFloat, StrictInt, model_validator
 from torch import nn
 
-from ..core.config import EmbedConfig, RuntimeSettings, public_dict
+from ..core.config import EmbedConfig, Mode, RuntimeSettings, public_dict
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, KeySet
 from ..core.naming import record_id_of
@@ -37,7 +37,7 @@ from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
 from ..datasets.folders import ModelInput
 from ..datasets.imageset import ImageSet, provider_of
-from ..datasets.tasks import scan_images
+from ..datasets.tasks import task_for
 from .models import build_model, get_arch, set_head
 from .runtime import autocast_dtype, inference_loader, resolve_device
 
@@ -132,10 +132,10 @@ def embed(config: EmbedConfig) -> EmbedReport:
     if config.output.suffix.lower() != ".parquet":
         raise ConfigError(f"{config.output}: embeddings are written as .parquet")
     arch = get_arch(config.arch)
-    images = scan_images(config.data_dir, config.mode, config.labels)
+    images = task_for(config.mode).scan(config.data_dir, config.labels)
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
-    meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images, config.mode)
+    meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images)
     shard = config.shard_spec
     journal = Journal(
         config.output.with_name(config.output.name + ".journal"),
@@ -242,9 +242,7 @@ def _merged(journal: Journal) -> pl.DataFrame:
     return table_of(rows, vectors)
 
 
-def describe(
-    arch: str, weights: str, input_size: int, mean: Any, std: Any, images: ImageSet, mode: str
-) -> dict[str, Any]:
+def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, images: ImageSet) -> dict[str, Any]:
     """What makes embeddings comparable: two tables (or a table and a run) must agree on all of it."""
     return {
         "format": EMBEDDINGS_FORMAT,
@@ -253,7 +251,7 @@ def describe(
         "input_size": input_size,
         "mean": list(mean),
         "std": list(std),
-        "mode": mode,
+        "mode": images.task.name,
         "classes": images.classes,
         "software": f"europeana-imgcls {__version__}",
     }
@@ -297,15 +295,16 @@ class EmbeddingSidecar(Sidecar):
     input_size: int | None = Field(None, ge=8, le=4096)
     mean: tuple[float, float, float] | None = None
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
-    mode: Literal["single-label", "multi-label"] | None = None
+    mode: Mode | None = None
     classes: list[str] | None = Field(None, max_length=100_000)
     dim: StrictInt | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _distinct_classes(self) -> EmbeddingSidecar:
-        classes, multi = self.classes, self.mode == "multi-label"
+        classes, task = self.classes, task_for(self.mode)
+        # A name a table cell reads back as one class: not blank, and one word where a cell holds several.
         if classes is not None and (
-            not all(c.strip() and not (multi and c.split()[1:]) for c in classes) or len(set(classes)) != len(classes)
+            not all(c.strip() and len(task.classes_in(c)) == 1 for c in classes) or len(set(classes)) != len(classes)
         ):
             raise ValueError("classes are not a list of distinct class names")
         return self
@@ -340,7 +339,7 @@ def read_embeddings(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
 
 
 def _check_rows(path: Path, table: pl.DataFrame, meta: dict[str, Any]) -> None:
-    """Before any work, the whole table: rows there are, each with an image, a category its sidecar's mode and
+    """Before any work, the whole table: rows there are, each with an image, a category its sidecar's task and
     classes admit, and a vector of finite numbers, all of one length, the one the sidecar names."""
     if table.height == 0:
         raise DatasetError(f"{path}: the table holds no rows: run eic embed on a folder with images")
@@ -372,18 +371,15 @@ def _check_rows(path: Path, table: pl.DataFrame, meta: dict[str, Any]) -> None:
 
 
 def _check_categories(path: Path, table: pl.DataFrame, meta: dict[str, Any]) -> None:
-    """Every row's category among the sidecar's classes: the whole cell (single-label), each word (multi-label)."""
+    """Every row's category among the sidecar's classes, as its task reads a cell (the whole cell, or each word)."""
     classes = meta.get("classes")
     if classes is None:
         return
     known = set(classes)
     cells = table["category"].to_list()
-    if (meta.get("mode") or "single-label") == "single-label":
-        unknown = [cell not in known for cell in cells]
-        what = f"a category that is not one of its sidecar's classes ({_some(classes)})"
-    else:
-        unknown = [any(name not in known for name in cell.split()) for cell in cells]
-        what = f"a class its sidecar does not list ({_some(classes)})"
+    task = task_for(meta.get("mode"))
+    unknown = [any(name not in known for name in task.classes_in(cell)) for cell in cells]
+    what = f"a {task.unit} that is not one of its sidecar's classes ({_some(classes)})"
     _refuse_rows(path, table, pl.Series(unknown), what)
 
 
