@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,16 @@ def test_a_multilabel_linear_probe_and_knn_run(ml_run, tmp_path: Path) -> None:
         assert calibration["mode"] == "multi-label"
         result = predict(PredictConfig(run=out, inputs=[str(data)], output=tmp_path / f"{method}.jsonl", quiet=True))
         assert result.predicted == len(rows(data / "labels.csv"))
+
+
+def test_a_multilabel_export_has_a_sigmoid_per_label_in_its_graph(ml_run, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from europeana_imgcls.core.config import ExportConfig
+    from europeana_imgcls.outputs.export import export
+
+    run = Path(shutil.copytree(ml_run[1], tmp_path / "run"))
+    report = export(ExportConfig(run=run, split="0", quiet=True))  # checked against PyTorch, else refused
+    assert max(report.max_difference.values()) <= 1e-3
+    sidecar = json.loads((report.output / "model.json").read_text())
+    assert sidecar["mode"] == "multi-label"
+    assert sidecar["outputs"]["probabilities"]["what"].startswith("sigmoid per label")

@@ -300,11 +300,12 @@ def test_download_carries_on_only_a_folder_it_filled(tmp_path: Path) -> None:
 
 def test_review_tasks_over_a_mebibyte_are_still_eics(tmp_path: Path) -> None:
     from europeana_imgcls.core.recognise import is_review_tasks
+    from europeana_imgcls.datasets.tasks import task_for
     from europeana_imgcls.outputs.review import review_task, write_review_tasks
 
     path = tmp_path / "review.json"
     tasks = [review_task(f"/1/r{i}", f"http://127.0.0.1:9/{i}.jpg", ["map"], 0.5, "x" * 400) for i in range(2500)]
-    write_review_tasks(path, tasks, ["map", "painting"], False, "eic test")
+    write_review_tasks(path, tasks, ["map", "painting"], task_for("single-label"), "eic test")
     assert path.stat().st_size > 1 << 20 and is_review_tasks(path)
 
 

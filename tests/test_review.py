@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import ReviewImportConfig
 from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.outputs.review import NONE_CHOICE, import_review, labelling_config
 
 from .conftest import VOCAB
@@ -77,7 +78,7 @@ def test_answers_become_rows_and_what_is_not_an_answer_is_said(tmp_path: Path) -
     assert report.removed == ["/9/c"] and sorted(report.conflicts) == ["4", "5"]
     assert [t for t, _ in report.refused] == ["6", "7"]
     assert "not the item URI of its record" in report.refused[0][1]
-    assert f'<Choice value="{NONE_CHOICE}"/>' in labelling_config(list(VOCAB), False)
+    assert f'<Choice value="{NONE_CHOICE}"/>' in labelling_config(list(VOCAB), task_for("single-label"))
 
 
 CRAFTED = {

@@ -253,25 +253,7 @@ def _label_issues(findings: Findings) -> tuple[np.ndarray, np.ndarray]:
         import cleanlab  # noqa: F401 - only to say what is missing
     except ImportError:
         raise ConfigError("eic audit needs cleanlab: pip install 'europeana-imgcls[audit]'") from None
-    probs = (
-        findings.probs / np.clip(findings.probs.sum(axis=1, keepdims=True), 1e-12, None)
-        if not findings.task.multilabel
-        else findings.probs
-    )
-    if findings.task.multilabel:
-        from cleanlab.multilabel_classification.filter import find_label_issues
-        from cleanlab.multilabel_classification.rank import get_label_quality_scores
-
-        labels = [list(np.flatnonzero(row)) for row in findings.truth]
-        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-        quality = get_label_quality_scores(labels, probs)
-    else:
-        from cleanlab.filter import find_label_issues
-        from cleanlab.rank import get_label_quality_scores
-
-        ranked = find_label_issues(findings.truth, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-        quality = get_label_quality_scores(findings.truth, probs)
-    return np.asarray(ranked, dtype=int), np.asarray(quality, dtype=float)
+    return findings.task.label_issues(findings.truth, findings.probs)
 
 
 def _given(findings: Findings, i: int) -> str:
@@ -279,11 +261,7 @@ def _given(findings: Findings, i: int) -> str:
 
 
 def _suggested(findings: Findings, i: int) -> str:
-    row = findings.probs[i]
-    if findings.task.multilabel:
-        chosen = np.flatnonzero(row >= 0.5)
-        return " ".join(findings.classes[c] for c in (chosen if len(chosen) else [int(row.argmax())]))
-    return findings.classes[int(row.argmax())]
+    return " ".join(_suggested_labels(findings, i))
 
 
 def _write_issues(path: Path, findings: Findings, ranked: np.ndarray, quality: np.ndarray) -> list[dict[str, Any]]:
@@ -434,23 +412,16 @@ def _write_review(
                 add(i, _given_labels(findings, i), f"near-duplicate of {others}, labelled otherwise; given {given}")
     report.review_output = config.review_output
     report.review_tasks = write_review_tasks(
-        path, tasks, findings.classes, findings.task.multilabel, f"eic audit {config.source.name}"
+        path, tasks, findings.classes, findings.task, f"eic audit {config.source.name}"
     )
 
 
 def _suggested_labels(findings: Findings, i: int) -> list[str]:
-    row = findings.probs[i]
-    if not findings.task.multilabel:
-        return [findings.classes[int(row.argmax())]]
-    chosen = np.flatnonzero(row >= 0.5)
-    return [findings.classes[c] for c in (chosen if len(chosen) else [int(row.argmax())])]
+    return [findings.classes[c] for c in findings.task.suggested(findings.probs[i])]
 
 
 def _given_labels(findings: Findings, i: int) -> list[str]:
-    truth = findings.truth[i]
-    if not findings.task.multilabel:
-        return [findings.classes[int(truth)]]
-    return [c for c, t in zip(findings.classes, truth, strict=True) if t > 0]
+    return findings.task.truth_names(findings.truth[i], findings.classes)
 
 
 def _web_images(config: AuditConfig, findings: Findings) -> dict[str, str]:
@@ -459,7 +430,7 @@ def _web_images(config: AuditConfig, findings: Findings) -> dict[str, str]:
     table, columns = config.table, None
     if table is None and findings.images:
         first = Path(findings.images[0]).resolve()
-        for folder in (first.parent, first.parent.parent):  # multi-label: the folder; single-label: its parent
+        for folder in (first.parent, first.parent.parent):  # the images' folder, or the one above (class folders)
             recorded = _recorded_download(folder / CONFIG_FILE)
             if recorded is not None:
                 table, columns = recorded

@@ -468,5 +468,5 @@ def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: s
 
 def _write_review(path: Path, review: _ReviewQueue, calibration: Calibration, model_id: str) -> int:
     return write_review_tasks(
-        path, review.all(), calibration.classes, calibration.task.multilabel, f"{SOFTWARE} {model_id}"
+        path, review.all(), calibration.classes, calibration.task, f"{SOFTWARE} {model_id}"
     )

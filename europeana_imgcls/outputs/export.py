@@ -4,7 +4,7 @@
 Each file takes what a decoder gives: uint8 RGB pixels, N x 3 x H x W (any N, H and W). Inside the graph:
 the resize to the model's square input (bilinear; an image already that size passes unchanged, as eic's loader
 hands them over), the normalisation (x / 255 - mean) / std, the model, and the split's temperature. Two
-outputs: ``logits`` (as trained) and ``probabilities`` (softmax, or sigmoid per label for multi-label runs, of
+outputs: ``logits`` (as trained) and ``probabilities`` (the task's activation, softmax or a sigmoid per label, of
 the logits divided by the temperature: what eic enrich's thresholds apply to). ``model.json`` beside the files
 says the rest (classes, thresholds, input size, the run's model id; ``onnx_runtime.ExportSidecar``).
 
@@ -65,7 +65,7 @@ class QuantisationCheck:
     split: str
     images: int
     agreement: float  # share of images with the same top class
-    metric: str  # accuracy (single-label) or micro_f1 (multi-label)
+    metric: str  # the task's headline score (accuracy, micro_f1)
     before: float | None  # float32; None without labelled test images
     after: float | None  # int8
 
@@ -162,7 +162,7 @@ class _Graph(nn.Module):
 
     def __init__(self, model: RunModel) -> None:
         super().__init__()
-        self.net, self.size, self.multilabel = model.model, model.meta.input_size, model.multilabel
+        self.net, self.size, self.task = model.model, model.meta.input_size, model.task
         mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (model.meta.mean, model.meta.std))
         # As ModelInput computes it: (x / 255 - mean) / std as one multiply and one add.
         self.register_buffer("scale", 1.0 / (255.0 * std))
@@ -173,7 +173,7 @@ class _Graph(nn.Module):
         x = F.interpolate(pixels.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
         logits = self.net(x * cast(torch.Tensor, self.scale) + cast(torch.Tensor, self.shift))
         scaled = logits * cast(torch.Tensor, self.inverse_temperature)
-        return logits, torch.sigmoid(scaled) if self.multilabel else torch.softmax(scaled, dim=1)
+        return logits, self.task.activation(scaled)
 
 
 def _write_graph(model: RunModel, path: Path, opset: int) -> None:
@@ -280,7 +280,7 @@ def _moved(
     model: RunModel, images: int, truth: np.ndarray | None, before: np.ndarray, after: np.ndarray
 ) -> QuantisationCheck:
     """How far the int8 logits ``after`` are from the float32 ``before``: top-1 agreement and the test score."""
-    metric = "micro_f1" if model.multilabel else "accuracy"
+    metric = model.task.headline
     # Scored as eic predict decides: on the logits without the temperature, which the tuned thresholds were set on.
     scores = [
         None if truth is None else model.task.metrics(truth, model.task.from_logits(z), model.thresholds())[metric]
@@ -317,7 +317,7 @@ def _sidecar(
         model_id=report.model_id,
         run=run.name,
         classes=first.classes,
-        mode=first.meta.mode,
+        mode=first.task.name,
         input={
             "name": INPUT,
             "type": "uint8",
@@ -332,8 +332,7 @@ def _sidecar(
             LOGITS: {"shape": ["batch", len(first.classes)], "what": "as trained, before the temperature"},
             PROBABILITIES: {
                 "shape": ["batch", len(first.classes)],
-                "what": ("sigmoid per label" if first.multilabel else "softmax")
-                + " of the logits divided by the split's temperature (calibrated)",
+                "what": f"{first.task.activation_name} of the logits divided by the split's temperature (calibrated)",
             },
         },
         splits=exported,

@@ -40,6 +40,7 @@ from ..core.errors import DatasetError
 from ..core.outputs import TABLE, claimed
 from ..core.sidecars import first_problem, read_capped
 from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
+from ..datasets.imageset import Decisions
 from ..europeana.search_api import is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 
@@ -85,15 +86,16 @@ def review_task(
 
 
 def write_review_tasks(
-    path: Path, tasks: list[dict[str, Any]], classes: list[str], multilabel: bool, model_version: str
+    path: Path, tasks: list[dict[str, Any]], classes: list[str], task: Decisions, model_version: str
 ) -> int:
-    """The tasks (a JSON list Label Studio imports) and, beside them, the labelling interface they are made for."""
-    for task in tasks:
-        task["predictions"][0]["model_version"] = model_version
+    """The tasks (a JSON list Label Studio imports) and, beside them, the labelling interface they are made for,
+    in which a reviewer picks one class or several as the run's ``task`` decides."""
+    for item in tasks:
+        item["predictions"][0]["model_version"] = model_version
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     with atomic_path(labelling_config_path(path)) as tmp:
-        tmp.write_text(labelling_config(classes, multilabel), encoding="utf-8")
+        tmp.write_text(labelling_config(classes, task), encoding="utf-8")
     return len(tasks)
 
 
@@ -101,15 +103,14 @@ def labelling_config_path(review: Path) -> Path:
     return review.with_name(f"{review.stem}.labelling.xml")
 
 
-def labelling_config(classes: list[str], multilabel: bool) -> str:
-    """The Label Studio labelling interface of every review task eic writes: the image, the record, the classes,
-    and a way to say "none of these"."""
+def labelling_config(classes: list[str], task: Decisions) -> str:
+    """The Label Studio labelling interface of every review task eic writes: the image, the record, the classes
+    (one to pick, or several, as ``task`` decides), and a way to say "none of these"."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in [*classes, NONE_CHOICE])
-    kind = "multiple" if multilabel else "single"
     return (
         f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="record" value="$ID"/>\n'
         f'  <Text name="reason" value="$reason"/>\n'
-        f'  <Choices name="{CHOICES_NAME}" toName="image" choice="{kind}" showInline="true">\n{choices}\n'
+        f'  <Choices name="{CHOICES_NAME}" toName="image" choice="{task.review_choice}" showInline="true">\n{choices}\n'
         "  </Choices>\n</View>\n"
     )
 

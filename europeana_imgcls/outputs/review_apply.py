@@ -1,7 +1,7 @@
 """``eic review apply``: people's answers (``eic review import``'s table) replace a training table's labels.
 
-By record ID: a reviewed record's labels (single-label: its class; multi-label: its set of labels) replace the
-table's, ``confirmed`` where they were the same and ``changed`` where not; a record reviewers put in no class is
+By record ID: a reviewed record's labels (its class, or its set of labels, as the table's task has them) replace
+the table's, ``confirmed`` where they were the same and ``changed`` where not; a record reviewers put in no class is
 ``removed``; a reviewed record the table does not hold is ``unknown`` (added only with ``add``); a record whose
 reviewers disagreed is never applied (``conflicting``: from the import's notes, ``REVIEWED.review.json``, or
 two rows of the reviewed table that say different things; two that agree apply once). The new table keeps
