@@ -4,6 +4,7 @@ a masked BCE loss, per-class thresholds and the multi-label metrics."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,26 +109,20 @@ def iterative_folds(
     else:
         keys = np.asarray(groups)
         members = [np.flatnonzero(keys == key) for key in dict.fromkeys(keys.tolist())]
-    counts = np.stack([targets[m].sum(axis=0) for m in members])  # units x labels
-    sizes = np.array([len(m) for m in members], dtype=float)
-    wanted_labels = np.tile(targets.sum(axis=0) / folds, (folds, 1))
-    wanted_sizes = np.full(folds, len(targets) / folds)
-    fold_of = np.full(len(members), -1)
-    remaining = set(range(len(members)))
-    while remaining:
-        left = np.array(sorted(remaining))
+    placing = _Placing.start(targets, members, folds)
+    counts, wanted_labels, wanted_sizes = placing.counts, placing.wanted_labels, placing.wanted_sizes
+    while placing.remaining:
+        left = np.array(sorted(placing.remaining))
         per_label = (counts[left] > 0).sum(axis=0)
         if per_label.sum() == 0:  # only units without labels remain
             for unit in rng.permutation(left):
-                fold = _pick(wanted_sizes, wanted_sizes, rng)
-                _assign(unit, fold, fold_of, remaining, wanted_labels, wanted_sizes, counts, sizes)
+                placing.assign(unit, _pick(wanted_sizes, wanted_sizes, rng))
             break
         label = int(np.where(per_label > 0, per_label, np.iinfo(np.int64).max).argmin())
         for unit in rng.permutation(left[counts[left, label] > 0]):
-            fold = _pick(wanted_labels[:, label], wanted_sizes, rng)
-            _assign(unit, fold, fold_of, remaining, wanted_labels, wanted_sizes, counts, sizes)
+            placing.assign(unit, _pick(wanted_labels[:, label], wanted_sizes, rng))
     return [
-        np.sort(np.concatenate([members[u] for u in np.flatnonzero(fold_of == f)] or [np.array([], int)]))
+        np.sort(np.concatenate([members[u] for u in np.flatnonzero(placing.fold_of == f)] or [np.array([], int)]))
         for f in range(folds)
     ]
 
@@ -153,20 +148,34 @@ def _pick(primary: np.ndarray, secondary: np.ndarray, rng: np.random.Generator) 
     return int(rng.choice(best))
 
 
-def _assign(
-    unit: int,
-    fold: int,
-    fold_of: np.ndarray,
-    remaining: set[int],
-    wanted_labels: np.ndarray,
-    wanted_sizes: np.ndarray,
-    counts: np.ndarray,
-    sizes: np.ndarray,
-) -> None:
-    fold_of[unit] = fold
-    remaining.discard(int(unit))
-    wanted_labels[fold] -= counts[unit]
-    wanted_sizes[fold] -= sizes[unit]
+@dataclass(frozen=True)
+class _Placing:
+    """Iterative stratification's tally, kept in place as units are placed: what each unit holds (images of
+    every label, images), the fold each went to (-1: not yet), the units left, and what each fold still lacks."""
+
+    counts: np.ndarray  # units x labels
+    sizes: np.ndarray  # units
+    fold_of: np.ndarray  # units
+    remaining: set[int]
+    wanted_labels: np.ndarray  # folds x labels
+    wanted_sizes: np.ndarray  # folds
+
+    @classmethod
+    def start(cls, targets: np.ndarray, members: list[np.ndarray], folds: int) -> _Placing:
+        return cls(
+            counts=np.stack([targets[m].sum(axis=0) for m in members]),
+            sizes=np.array([len(m) for m in members], dtype=float),
+            fold_of=np.full(len(members), -1),
+            remaining=set(range(len(members))),
+            wanted_labels=np.tile(targets.sum(axis=0) / folds, (folds, 1)),
+            wanted_sizes=np.full(folds, len(targets) / folds),
+        )
+
+    def assign(self, unit: int, fold: int) -> None:
+        self.fold_of[unit] = fold
+        self.remaining.discard(int(unit))
+        self.wanted_labels[fold] -= self.counts[unit]
+        self.wanted_sizes[fold] -= self.sizes[unit]
 
 
 class MaskedBCEWithLogits(nn.Module):
