@@ -3,6 +3,7 @@ loadable without running code from the file."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import os
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..core.tables import atomic_path
-from .models import KnnHead, build_model, head_name, safe_load, set_head
+from .models import KnnHead, build_model, get_head, head_name, safe_load, set_head
 from .run_folder import CheckpointMeta, file_sha256
 
 
@@ -23,6 +24,12 @@ from .run_folder import CheckpointMeta, file_sha256
 class Checkpoint:
     meta: CheckpointMeta
     weights: dict[str, torch.Tensor]
+
+    @property
+    def finite(self) -> bool:
+        """Whether its model can say anything: a split whose training diverged holds NaN or infinite weights, and
+        would label every image with its first class at a confidence of NaN."""
+        return all(bool(torch.isfinite(w).all()) for w in self.weights.values() if w.is_floating_point())
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
@@ -107,3 +114,12 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
         raise ModelError(f"the weights do not fit `arch` {arch} ({str(exc).splitlines()[0]})") from None
     model.eval()
     return model
+
+
+def backbone_and_head(model: nn.Module, arch: str, backbone: nn.Module | None = None) -> tuple[nn.Module, nn.Module]:
+    """A head-only split's model in its two parts: the backbone its run's splits share (``backbone``, the copy an
+    earlier split made, else a copy of ``model`` that returns the features its head reads) and its head."""
+    if backbone is None:
+        backbone = copy.deepcopy(model)
+        set_head(backbone, arch, nn.Identity())
+    return backbone.eval(), get_head(model, arch)
