@@ -38,7 +38,7 @@ from ..core.config import (
 )
 from ..core.errors import EicError
 from . import report
-from .options import Arg, config_command
+from .options import Arg, CommandSpec, config_command
 
 app = typer.Typer(
     name="eic",
@@ -104,17 +104,9 @@ def command(
     """Decorate a function of the built config as the command ``name`` (its docstring is the command's help)."""
 
     def decorate(action: Callable[[Any], None]) -> Callable[[Any], None]:
-        config_command(
-            target,
-            name,
-            model,
-            action,
-            arguments=arguments,
-            names=names,
-            run=run,
-            help=action.__doc__ or "",
-            group="review" if target is review_app else "",
-        )
+        group = "review" if target is review_app else ""
+        spec = CommandSpec(name, model, arguments, names or {}, action.__doc__ or "", group)
+        config_command(target, spec, action, run)
         return action
 
     return decorate

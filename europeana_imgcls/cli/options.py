@@ -13,7 +13,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,25 +41,56 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@dataclass(frozen=True)
+class CommandSpec:
+    """A command as ``cli/app.py`` declares it: its name, its config, the fields it takes as arguments, the flags
+    spelt otherwise than from their field (``-o``), its help, and the group it belongs to (``review``; "": none)."""
+
+    name: str
+    model: type[Any]
+    arguments: Sequence[Arg] = ()
+    names: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    help: str = ""
+    group: str = ""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.group} {self.name}" if self.group else self.name
+
+
 def config_command(
     app: typer.Typer,
-    name: str,
-    model: type[Any],
+    spec: CommandSpec,
     action: Callable[[Any], None],
-    *,
-    arguments: Sequence[Arg] = (),
-    names: Mapping[str, Sequence[str]] | None = None,
     run: Callable[[Callable[[], Any], str], Any],
-    help: str,
-    group: str = "",
-) -> None:  # noqa: A002
-    """Add command ``name`` to ``app`` (a sub-app, e.g. ``review``: ``group``): its parameters from ``model``'s
-    fields, ``action(config)`` its body."""
-    taken = {a.field for a in arguments}
-    params = [_argument(model.model_fields[a.field], a) for a in arguments]
+) -> None:
+    """Add ``spec``'s command to ``app`` (for a grouped one, its group's sub-app): its parameters from the config's
+    fields, ``action(config)`` its body; ``run`` turns what fails in building the config into one line."""
+    model, name = spec.model, spec.name
+
+    def command(**values: Any) -> None:
+        stray = [a for a in values.pop("context").args if not a.startswith("-")]
+        if stray:
+            run(lambda: _refuse_stray(stray, model), name)
+        config_file = values.pop("config", None)
+        flags = {k: (None if isinstance(v, list) and not v else v) for k, v in values.items()}
+        action(run(lambda: _checked(build_config(model, flags, config_file)), name))
+
+    COMMANDS[spec.full_name] = model
+    command.__signature__ = inspect.Signature(_parameters(spec))  # type: ignore[attr-defined]
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = spec.help
+    app.command(name, context_settings={"allow_extra_args": True})(command)
+
+
+def _parameters(spec: CommandSpec) -> list[inspect.Parameter]:
+    """The command's arguments, then an option per other field of its config, then ``--config``."""
+    fields = spec.model.model_fields
+    taken = {a.field for a in spec.arguments}
+    params = [_argument(fields[a.field], a) for a in spec.arguments]
     params += [
-        _option(field_name, model.model_fields[field_name], (names or {}).get(field_name))
-        for field_name in _ordered(model)
+        _option(field_name, fields[field_name], spec.names.get(field_name))
+        for field_name in _ordered(spec.model)
         if field_name not in taken
     ]
     params.append(
@@ -73,20 +104,7 @@ def config_command(
     # Arguments beyond the command's are taken (not shown in its usage) only to say in one line what such a
     # stray argument is for: `eic download t.csv images/`.
     params.append(inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
-
-    def command(**values: Any) -> None:
-        stray = [a for a in values.pop("context").args if not a.startswith("-")]
-        if stray:
-            run(lambda: _refuse_stray(stray, model), name)
-        config_file = values.pop("config", None)
-        flags = {k: (None if isinstance(v, list) and not v else v) for k, v in values.items()}
-        action(run(lambda: _checked(build_config(model, flags, config_file)), name))
-
-    COMMANDS[f"{group} {name}" if group else name] = model
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__name__ = name.replace("-", "_")
-    command.__doc__ = help
-    app.command(name, context_settings={"allow_extra_args": True})(command)
+    return params
 
 
 def _checked(config: Any) -> Any:
