@@ -41,9 +41,6 @@ import json
 import logging
 import os
 import re
-import socket
-import stat
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DatasetError
+from .locks import Held, Lock, holder_of
 from .sharding import Shard
 from .sidecars import not_regular
 from .tables import temp_path
@@ -142,7 +140,7 @@ class Journal:
         self.shard, self.rank = shard, rank
         self.part = folder / part_name(shard, rank)
         self.cut = 0  # records dropped because their line was cut short
-        self._locks: dict[Path, _Lock] = {}
+        self._locks: dict[Path, Lock] = {}
         self._handle: Any = None
 
     # -- opening and closing
@@ -307,17 +305,17 @@ class Journal:
         if path in self._locks:
             return
         try:
-            self._locks[path] = _Lock(path.with_name(path.name + ".lock"), self.what, shared)
-        except _Held as held:
+            self._locks[path] = Lock(path.with_name(path.name + ".lock"), self.what, shared)
+        except Held as held:
             raise DatasetError(self._busy(held)) from None
 
-    def _busy(self, held: _Held) -> str:
+    def _busy(self, held: Held) -> str:
         """Who holds the output, in one line with what to do."""
         then = "wait for it to finish (or stop it), then run again"
         if held.shared:  # this shard, and a run without shard that writes the whole output
             return f"{self.what} is being written by a run without `shard` ({held.holder}): {then}"
         if held.by_shards:  # this run without shard, and shards still at work
-            held_by = (_holder_of(lock) for lock in sorted(self.folder.glob("part.shard-*.lock")))
+            held_by = (holder_of(lock) for lock in sorted(self.folder.glob("part.shard-*.lock")))
             busy = "; ".join(holder for holder in held_by if holder) or "its shards"
             return f"{self.what} is being written by its shards ({busy}): wait for them to finish, then run again"
         return f"{self.what} is being written by {held.holder}: {then}"
@@ -458,105 +456,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _Held(Exception):
-    """A lock another process holds: who (as its lock file says), and how."""
-
-    def __init__(self, holder: str, shared: bool, by_shards: bool) -> None:
-        super().__init__(holder)
-        self.holder, self.shared, self.by_shards = holder, shared, by_shards
-
-
-class _Lock:
-    """A lock on a file beside a part, held while its process lives (the OS lets go of it when the process
-    dies, killed or not: no stale lock to clean up). Exclusive, and holding the writer's name; or ``shared``
-    (shards on the unsharded part's lock: any number of them, but never beside its exclusive holder)."""
-
-    def __init__(self, path: Path, what: str, shared: bool = False) -> None:
-        self.path = path
-        while True:
-            fd = _open_lock_file(path, what)
-            if not _try_lock(fd, shared):
-                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-                # Held, but not exclusively: only shards (shared holders) are at work.
-                by_shards = not shared and _try_lock(fd, shared=True)
-                os.close(fd)
-                raise _Held(holder, shared, by_shards)
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # not a file another process removed while this one waited for it
-                break
-            os.close(fd)
-        if not shared:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
-        self.fd: int | None = fd
-
-    def release(self, remove: bool = False) -> None:
-        if self.fd is None:
-            return
-        if remove:
-            self.path.unlink(missing_ok=True)
-        os.close(self.fd)  # closing lets go of the lock
-        self.fd = None
-
-
-def _open_lock_file(path: Path, what: str) -> int:
-    """A lock file opened for writing its holder's name: never through a symbolic link (it would truncate the
-    link's target), never a FIFO or a device."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
-    except OSError as exc:
-        if path.is_symlink():
-            raise DatasetError(f"{path} is a symbolic link, not a lock of {what}: remove it, then run again") from None
-        raise DatasetError(f"{path}: cannot open the lock of {what} ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise DatasetError(f"{path} is not a regular file, so not a lock of {what}: remove it, then run again")
-    return fd
-
-
-def _holder_of(lock: Path) -> str | None:
-    """What a shard's lock file says of its holder, while one holds it (None when it is free)."""
-    try:
-        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or _try_lock(fd, shared=True):
-            return None
-        return os.read(fd, 200).decode("utf-8", "replace").strip() or None
-    finally:
-        os.close(fd)  # closing lets go of a lock taken to look
-
-
 def _refuse_unless_regular(path: Path, what: str) -> None:
     """A file a journal reads is a regular file: a FIFO would hang the reader, a link lead elsewhere."""
     kind = not_regular(path)
     if kind is not None:
         raise DatasetError(f"{path} is {kind}, not a journal file of {what}: remove it, then run again")
-
-
-def _try_lock(fd: int, shared: bool = False) -> bool:
-    """A lock without waiting: False when another process holds it (or, ``shared``, holds it exclusively)."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        if shared:  # no shared locks here: a look at the moment, let go at once (another shard may look too)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def read_records(path: Path, check: Callable[[Any], bool] = is_object) -> Iterable[tuple[str, Any]]:

@@ -38,7 +38,7 @@ from typing import Final, Literal
 from pydantic import ValidationError
 
 from .errors import DatasetError
-from .journal import _Held, _Lock
+from .locks import Held, Lock
 from .recognise import is_eic_table, is_review_tasks
 from .sidecars import Sidecar, small_regular_file, special_kind
 from .tables import TEMP_SUFFIX, is_own_temp
@@ -149,8 +149,8 @@ def output_lock(path: Path) -> Iterator[None]:
     path = absolute(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        lock = _Lock(_beside(path, LOCK_SUFFIX), str(path))
-    except _Held as held:
+        lock = Lock(_beside(path, LOCK_SUFFIX), str(path))
+    except Held as held:
         raise DatasetError(
             f"{path} is being written by {held.holder}: wait for it to finish (or stop it), then run again"
         ) from None
