@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.core.journal import Journal, KeySet, input_key, part_name, read_records
+from europeana_imgcls.core.journal import Journal, KeySet, Part, input_key, part_name, read_records
 from europeana_imgcls.core.sharding import Shard
 
 # Every character that ends a line somewhere (str.splitlines, a CSV reader, a JSON parser) or breaks a decoder.
@@ -232,6 +232,14 @@ def test_read_records_reads_a_part_for_tools(tmp_path: Path) -> None:
     with journal(tmp_path / "j") as j:
         j.append("a", {"n": [1, 2]})
     assert list(read_records(tmp_path / "j" / "part.ndjson")) == [("a", {"n": [1, 2]})]
+
+
+def test_a_part_name_is_read_back_as_the_writer_that_wrote_it() -> None:
+    for part in (Part(), Part(Shard(1, 4)), Part(Shard(1, 4), 0), Part(None, 3), Part(Shard(12, 40), 7)):
+        assert Part.of(part.name) == part and part.name == part_name(part.shard, part.rank)
+    assert Part(Shard(1, 4), 0).name == "part.shard-1-of-4.rank-0.ndjson"
+    for stranger in ("part.ndjson.lock", "settings.json", "part.shard-x-of-4.ndjson", "part.shard-1-of-4.ndjson~"):
+        assert Part.of(stranger) is None
 
 
 # ---------------------------------------------------------------------------------------------

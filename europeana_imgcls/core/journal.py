@@ -42,6 +42,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,14 @@ import numpy as np
 
 from .errors import DatasetError
 from .locks import Held, Lock, holder_of
-from .sharding import Shard
+from .sharding import TAG_PATTERN, Shard
 from .sidecars import not_regular
 from .tables import temp_path
 
 log = logging.getLogger(__name__)
 
 SETTINGS = "settings.json"
-_PART = re.compile(r"^part(?:\.(shard-\d+-of-\d+))?(?:\.rank-(\d+))?\.ndjson$")
+_PART = re.compile(rf"^part(?:\.({TAG_PATTERN}))?(?:\.rank-(\d+))?\.ndjson$")
 
 
 def input_key(record_id: str | None, image: str) -> str:
@@ -69,9 +70,35 @@ def input_key(record_id: str | None, image: str) -> str:
     return str(Path(image).resolve())
 
 
+@dataclass(frozen=True)
+class Part:
+    """Whose part a file of the journal is: a shard's (or the run without shard's: None), a torchrun rank's (or
+    the whole job's: None). The one naming scheme of the files writers append to, both ways."""
+
+    shard: Shard | None = None
+    rank: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``part.ndjson``, ``part.shard-1-of-4.ndjson``, ``part.shard-1-of-4.rank-0.ndjson``."""
+        shard = f".{self.shard.tag}" if self.shard else ""
+        return f"part{shard}" + (f".rank-{self.rank}" if self.rank is not None else "") + ".ndjson"
+
+    @classmethod
+    def of(cls, name: str) -> Part | None:
+        """The part a file name is, or None for a file that is not a part (its lock, the settings, a stranger)."""
+        match = _PART.match(name)
+        if match is None:
+            return None
+        return cls(Shard.from_tag(match[1]) if match[1] else None, int(match[2]) if match[2] is not None else None)
+
+    def order(self) -> tuple[int, int]:
+        """Shards in order, then the run without shard (the one that merges them, so the newest)."""
+        return (self.shard.index if self.shard else 1 << 62, self.rank if self.rank is not None else -1)
+
+
 def part_name(shard: Shard | None = None, rank: int | None = None) -> str:
-    """The one naming scheme of the files writers append to."""
-    return "part" + (f".{shard.tag}" if shard else "") + (f".rank-{rank}" if rank is not None else "") + ".ndjson"
+    return Part(shard, rank).name
 
 
 def json_line(value: Any) -> str:
@@ -138,7 +165,7 @@ class Journal:
     ) -> None:
         self.folder, self.what, self.settings, self.hint, self.check = folder, what, dict(settings), hint, check
         self.shard, self.rank = shard, rank
-        self.part = folder / part_name(shard, rank)
+        self.part = folder / Part(shard, rank).name
         self.cut = 0  # records dropped because their line was cut short
         self._locks: dict[Path, Lock] = {}
         self._handle: Any = None
@@ -177,14 +204,12 @@ class Journal:
         """Shards and the run without shard never write at once (the merge would take a part still growing, and
         both would do the same records): a shard holds the unsharded part's lock shared, the run without shard
         holds it exclusively, and also takes every shard's lock as it starts."""
-        unsharded = self.folder / part_name()
+        unsharded = self.folder / Part().name
         if self.shard is not None:
             self._lock(unsharded, shared=True)
         elif self.rank is None:  # the ranks of one torchrun job share the job's parts: none of them claims
-            for lock in sorted(self.folder.glob("part.shard-*.lock")):
-                part = lock.with_name(lock.name.removesuffix(".lock"))
-                if _PART.match(part.name):
-                    self._lock(part)
+            for lock in self._shard_locks():
+                self._lock(lock.with_name(lock.name.removesuffix(".lock")))
 
     def _fresh(self) -> None:
         if self.has_records():
@@ -192,7 +217,7 @@ class Journal:
                 f"unfinished work on {self.what} is in {self.folder} (an interrupted run, or shards "
                 "to merge): pass `resume` to carry on, or delete that folder to start again"
             )
-        everyone = [p for p in self.folder.iterdir() if _PART.match(p.name)]
+        everyone = [p for p in self.folder.iterdir() if Part.of(p.name)]
         if not any(p.stat().st_size for p in everyone):  # no writer at work: earlier settings are not binding
             (self.folder / SETTINGS).unlink(missing_ok=True)
 
@@ -225,11 +250,11 @@ class Journal:
             return []
         found = []
         for path in self.folder.iterdir():
-            match = _PART.match(path.name)
-            if match and (self.shard is None or match[1] == self.shard.tag):
+            part = Part.of(path.name)
+            if part and (self.shard is None or part.shard == self.shard):
                 _refuse_unless_regular(path, self.what)
-                found.append(path)
-        return sorted(found, key=_part_order)
+                found.append((part.order(), path))
+        return [path for _, path in sorted(found)]
 
     def has_records(self) -> bool:
         return any(p.stat().st_size for p in self.parts())
@@ -309,13 +334,21 @@ class Journal:
         except Held as held:
             raise DatasetError(self._busy(held)) from None
 
+    def _shard_locks(self) -> list[Path]:
+        """The lock files of the shards' parts, whether a shard holds them or not."""
+        return sorted(
+            lock
+            for lock in self.folder.glob("*.lock")
+            if (part := Part.of(lock.name.removesuffix(".lock"))) and part.shard is not None
+        )
+
     def _busy(self, held: Held) -> str:
         """Who holds the output, in one line with what to do."""
         then = "wait for it to finish (or stop it), then run again"
         if held.shared:  # this shard, and a run without shard that writes the whole output
             return f"{self.what} is being written by a run without `shard` ({held.holder}): {then}"
         if held.by_shards:  # this run without shard, and shards still at work
-            held_by = (holder_of(lock) for lock in sorted(self.folder.glob("part.shard-*.lock")))
+            held_by = (holder_of(lock) for lock in self._shard_locks())
             busy = "; ".join(holder for holder in held_by if holder) or "its shards"
             return f"{self.what} is being written by its shards ({busy}): wait for them to finish, then run again"
         return f"{self.what} is being written by {held.holder}: {then}"
@@ -357,15 +390,6 @@ class Journal:
                     self.what,
                     path.name,
                 )
-
-
-def _part_order(path: Path) -> tuple[int, int]:
-    """Shards in order, then the run without shard (the one that merges them, so the newest)."""
-    match = _PART.match(path.name)
-    assert match is not None
-    tag, rank = match[1], match[2]
-    index = int(tag.split("-")[1]) if tag else 1 << 62
-    return (index, int(rank) if rank is not None else -1)
 
 
 def _lines(path: Path, journal: Journal, report: bool = True) -> Iterator[bytes]:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 _SHAPE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+# A shard's name in the files it writes (``tag``), as a pattern that finds it inside a longer name.
+TAG_PATTERN = r"shard-\d+-of-\d+"
+_TAG = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class Shard:
     def tag(self) -> str:
         """The part of a file name that says which shard wrote it: ``shard-2-of-4``."""
         return f"shard-{self.index}-of-{self.count}"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> Shard | None:
+        """The shard a file name's ``tag`` names (read back as written, whoever wrote it), or None."""
+        match = _TAG.match(tag)
+        return cls(int(match[1]), int(match[2])) if match else None
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
