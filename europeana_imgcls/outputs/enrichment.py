@@ -52,7 +52,8 @@ from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
 from ..modelling.runtime import main_process
 from .inference import SplitModel
-from .prediction import PREDICTIONS, Item, Rows, check_arguments, read_output, refuse_nothing_labelled, run_predictions
+from .inputs import Item, check_arguments
+from .prediction import PREDICTIONS, Rows, read_output, refuse_nothing_labelled, run_predictions
 from .review import review_task, write_review_tasks
 
 SOFTWARE = f"europeana-imgcls {__version__}"
@@ -467,6 +468,4 @@ def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: s
 
 
 def _write_review(path: Path, review: _ReviewQueue, calibration: Calibration, model_id: str) -> int:
-    return write_review_tasks(
-        path, review.all(), calibration.classes, calibration.task, f"{SOFTWARE} {model_id}"
-    )
+    return write_review_tasks(path, review.all(), calibration.classes, calibration.task, f"{SOFTWARE} {model_id}")

@@ -8,7 +8,7 @@ to every model.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +29,9 @@ from ..datasets.metrics import mean_std
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import RunFolder
-from ..modelling.runtime import autocast_dtype, inference_loader, resolve_device
-from .inference import RunModel, load_run, logits_of
+from ..modelling.runtime import inference_loader, resolve_device
+from .inference import Ensemble, ModelRequest, SplitModel
+from .runtimes import load_models
 
 EVALUATION = OutputKind(
     "evaluation",
@@ -73,7 +74,8 @@ def _evaluate(
 ) -> tuple[EvaluateReport, Task, list[str], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray | None]]:
     """Score the run on the evaluation images and write the evaluation's files into ``out``."""
     device = resolve_device(config.device)
-    models = load_run(config.run, device, "all")
+    # Every split model of the run, as trained: its checkpoints in PyTorch.
+    models = load_models("torch", ModelRequest(config.run, device, "all", config.amp))
     task, classes = models[0].task, models[0].classes
     images = task.scan(config.eval_dir, config.labels, classes)
     if not images.paths:
@@ -156,7 +158,7 @@ def _per_provider(
 
 
 def _check_calibration(
-    config: EvaluateConfig, models: list[RunModel], truth: np.ndarray, logits: dict[str, np.ndarray], out: Path
+    config: EvaluateConfig, models: Sequence[SplitModel], truth: np.ndarray, logits: dict[str, np.ndarray], out: Path
 ) -> list[dict[str, Any]] | None:
     """Does the precision the calibration promised hold on images the run never saw? Each split's model,
     temperature-scaled, labels the set at the run's thresholds; the labels of all splits are pooled."""
@@ -175,7 +177,7 @@ def _check_calibration(
 
 
 def _score_readable(
-    models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
+    models: Ensemble, images: Any, config: EvaluateConfig, device: Any
 ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str], dict[str, np.ndarray]]:
     """Truths, per-split probabilities and paths of the decodable images, the list of the others, and the
     per-split logits."""
@@ -243,23 +245,20 @@ def _write_per_class(
 
 
 def _score(
-    models: list[RunModel], images: Any, config: EvaluateConfig, device: Any
+    models: Ensemble, images: Any, config: EvaluateConfig, device: Any
 ) -> tuple[dict[str, np.ndarray], list[int], dict[str, np.ndarray]]:
     """Probabilities of every split model for every image, the indices that could not be decoded, and the
     logits (exact, for checking the calibration)."""
-    groups: dict[tuple, list[RunModel]] = defaultdict(list)
-    for item in models:
-        groups[item.preprocessing].append(item)
-    dtype = autocast_dtype(device, config.amp)
+    groups = models.by_preprocessing()
     probs = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     logits = {item.split: np.zeros((len(images), len(item.classes)), dtype=np.float32) for item in models}
     unreadable: set[int] = set()
     with progress_bar(config.quiet, transient=True) as bar:
         task = bar.add_task(f"score {len(models)} split model(s)", total=len(images) * len(groups))
-        for (size, _, _), members in groups.items():
-            for inputs, labels, index in inference_loader(images, size, device, config):
-                out = logits_of(members, inputs, device, dtype)
-                for item, z in zip(members, out, strict=True):
+        for group in groups:
+            size = group[0].preprocessing[0]
+            for inputs, labels, index in inference_loader(images, size, device, config, decode=group.decodes_on_device):
+                for item, z in zip(group, group.logits(inputs), strict=True):
                     probs[item.split][index.numpy()] = item.task.from_logits(z)
                     logits[item.split][index.numpy()] = z
                 broken = ~images.task.readable(labels)

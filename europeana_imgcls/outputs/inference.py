@@ -1,14 +1,20 @@
-"""Loading the models of a run and running them over images: shared by evaluate and predict."""
+"""The runtime interface, and PyTorch's implementation of it.
+
+Loading a run gives an ``Ensemble``: the chosen split models, all of one runtime, each a ``SplitModel`` that turns a
+loader's uint8 pixels into logits and says what an output's journal must know of it and whether it can explain its
+labels (Grad-CAM). Predict, enrich and evaluate hold an ensemble and never ask which runtime runs it; ``runtimes``
+is the one place a runtime's name becomes its implementation (``RunModel`` here; ``onnx_runtime.OnnxModel``).
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, overload
 
 import numpy as np
 import torch
@@ -17,21 +23,80 @@ from torch import nn
 from ..core.errors import ModelError
 from ..datasets.folders import ModelInput
 from ..datasets.tasks import Task, task_for
-from ..modelling.run_folder import CheckpointMeta, RunFolder
+from ..modelling.run_folder import CheckpointMeta, RunFolder, split_index, split_name
 
 if TYPE_CHECKING:
     from ..modelling.checkpoint import Checkpoint
+    from ..modelling.explain import CamSession
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What loading a run's split models takes, whatever runs them."""
+
+    run: Path
+    device: torch.device = CPU
+    split: str = "all"  # all, best (the lowest validation loss) or N
+    amp: bool = False  # mixed precision, where the runtime has it (PyTorch on CUDA)
+    model_id: str | None = None  # the run's (RunFolder.model_id), when the caller has hashed it already
+    files: Path | None = None  # the runtime's own files of the run (an export), where they are not the default
+
+    @property
+    def run_id(self) -> str:
+        return self.model_id or RunFolder(self.run).model_id()
+
+
+class Explainer(Protocol):
+    """Heatmaps of one split model, a batch at a time (``modelling.explain.CamSession`` behind it)."""
+
+    def forward(self, pixels: torch.Tensor) -> np.ndarray | None:
+        """Run a loader's batch through the model, keeping what the heatmaps need; its logits when they are the
+        ones labelling would compute (else None: labelling makes its own pass)."""
+
+    def heatmaps(self, targets: Sequence[int]) -> np.ndarray:
+        """One heatmap per image of the last batch, for its class in ``targets``."""
 
 
 @dataclass
-class SplitModel:
-    """One split's model, whatever runs it (PyTorch: ``RunModel``; ONNX Runtime: ``onnx_runtime.OnnxModel``):
-    its classes, task, temperature and thresholds, as its checkpoint says."""
+class SplitModel(ABC):
+    """One split's model, whatever runs it: its classes, task, temperature and thresholds, as its checkpoint says,
+    and its logits. A runtime implements ``load`` and ``logits``, and says what it can do in the class variables."""
 
     split: str
     meta: CheckpointMeta
+
+    explains: ClassVar[bool] = False  # whether it draws Grad-CAM heatmaps (``explainer``)
+    # Whether the loader may decode its JPEGs on the device (where the model runs), or must hand over pixels on the
+    # CPU (a runtime that reads numpy arrays).
+    decodes_on_device: ClassVar[bool] = False
+    files_option: ClassVar[str | None] = None  # the setting that names its files (``ModelRequest.files``), if any
+
+    @classmethod
+    @abstractmethod
+    def load(cls, request: ModelRequest) -> Sequence[SplitModel]:
+        """The run's split models ``request.split`` chooses, or a ModelError saying why they cannot run."""
+
+    @abstractmethod
+    def logits(self, pixels: torch.Tensor) -> np.ndarray:
+        """Logits (batch x classes, float32) of a loader's batch of uint8 pixels."""
+
+    @classmethod
+    def batch_logits(cls, models: Sequence[Self], pixels: torch.Tensor) -> np.ndarray:
+        """Every model's logits on one batch: models x batch x classes. A runtime whose models share work (one
+        backbone pass for every split) computes them together."""
+        return np.stack([model.logits(pixels) for model in models])
+
+    def journal_identity(self) -> dict[str, str]:
+        """What an output's journal must know of this model beyond the run's model id (which names the
+        checkpoints): a runtime that runs other files names them here, so that a resume never mixes two."""
+        return {}
+
+    def explainer(self, method: str) -> AbstractContextManager[Explainer]:
+        """Heatmaps by ``method`` (gradcam, ...), for a runtime that ``explains``."""
+        raise ModelError(f"{self.split}: this runtime draws no heatmaps; label with the run's PyTorch models")
 
     @property
     def classes(self) -> list[str]:
@@ -60,32 +125,151 @@ class SplitModel:
         return self.meta.input_size, self.meta.mean, self.meta.std
 
 
-class ExportedModel(SplitModel, ABC):
-    """A split model whose graph holds its own preprocessing (``onnx_runtime.OnnxModel``): it takes a loader's
-    uint8 pixels as they come."""
+class Ensemble(Sequence[SplitModel]):
+    """A run's chosen split models, all of one runtime (one loader made them): what predict, enrich and evaluate
+    hold. Its split models share a task and classes (``load_run`` and an export's sidecar check it)."""
 
-    @abstractmethod
-    def pixels_to_logits(self, pixels: torch.Tensor) -> np.ndarray:
-        """Logits (batch x classes, float32) of a loader's batch of uint8 pixels."""
+    def __init__(self, models: Sequence[SplitModel]) -> None:
+        if not models:
+            raise ModelError("no split model to label with")
+        self.models = list(models)
+        self.runtime = type(self.models[0])
+
+    @overload
+    def __getitem__(self, index: int) -> SplitModel: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SplitModel]: ...
+    def __getitem__(self, index: int | slice) -> SplitModel | Sequence[SplitModel]:
+        return self.models[index]
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def splits(self) -> list[str]:
+        return [model.split for model in self.models]
+
+    @property
+    def explains(self) -> bool:
+        return self.runtime.explains
+
+    @property
+    def decodes_on_device(self) -> bool:
+        return self.runtime.decodes_on_device
+
+    def journal_identity(self) -> dict[str, list[str]]:
+        """What an output's journal must know of these models beyond the run's model id, split by split."""
+        said = [model.journal_identity() for model in self.models]
+        return {key: [each[key] for each in said] for key in said[0]}
+
+    def logits(self, pixels: torch.Tensor, first: np.ndarray | None = None) -> np.ndarray:
+        """Every model's logits on one batch of a loader's pixels: models x batch x classes (float32); ``first``:
+        the first model's, already computed (by the pass that drew its heatmaps)."""
+        rest = self.models if first is None else self.models[1:]
+        computed = [self.runtime.batch_logits(rest, pixels)] if rest else []
+        return np.concatenate(([] if first is None else [first[None]]) + computed).astype(np.float32, copy=False)
+
+    def probabilities(
+        self, pixels: torch.Tensor, calibrated: bool = False, first: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Every model's probabilities (its task's activation) on one batch: models x batch x classes;
+        ``calibrated``: with each model's temperature applied to its logits."""
+        return activated(self.models, self.logits(pixels, first), calibrated)
+
+    def explainer(self, method: str) -> AbstractContextManager[Explainer]:
+        """The heatmaps of the first split model (a runtime that ``explains``)."""
+        return self.models[0].explainer(method)
+
+    def by_preprocessing(self) -> list[Ensemble]:
+        """The models in groups that take the same input (size, mean and std): one pass over the images each."""
+        groups: dict[tuple, list[SplitModel]] = {}
+        for model in self.models:
+            groups.setdefault(model.preprocessing, []).append(model)
+        return [Ensemble(members) for members in groups.values()]
+
+
+def activated(models: Sequence[SplitModel], logits: np.ndarray, calibrated: bool = False) -> np.ndarray:
+    """Each model's probabilities from its logits (models x batch x classes); ``calibrated``: divided by its
+    temperature first."""
+    return np.stack(
+        [
+            model.task.from_logits(z / (model.temperature if calibrated else 1.0))
+            for model, z in zip(models, logits, strict=True)
+        ]
+    ).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
 
 
 @dataclass
 class RunModel(SplitModel):
-    """One split's best model in PyTorch, with the preprocessing it was trained with."""
+    """One split's best model in PyTorch, with the preprocessing it was trained with, on ``device``."""
 
     model: nn.Module
+    device: torch.device = CPU
+    dtype: torch.dtype | None = None  # autocast's (mixed precision on CUDA); None: full precision
     # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
     # come from one backbone pass per batch, not one per split.
     features: nn.Module | None = None
     head: nn.Module | None = None
     _input: ModelInput | None = field(default=None, repr=False)
 
-    def model_input(self, device: torch.device) -> ModelInput:
-        """What turns a loader's pixels into this model's input on ``device`` (made once per device)."""
+    explains: ClassVar[bool] = True
+    decodes_on_device: ClassVar[bool] = True
+
+    @classmethod
+    def load(cls, request: ModelRequest) -> Sequence[RunModel]:
+        from ..modelling.runtime import autocast_dtype
+
+        models = load_run(request.run, request.device, request.split)
+        for model in models:
+            model.dtype = autocast_dtype(request.device, request.amp)
+        return models
+
+    def model_input(self, device: torch.device | None = None) -> ModelInput:
+        """What turns a loader's pixels into this model's input on ``device`` (its own by default; made once)."""
+        device = self.device if device is None else device
         if self._input is None or self._input.device != device:
             _, mean, std = self.preprocessing
             self._input = ModelInput(mean, std, device)
         return self._input
+
+    def logits(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.batch_logits([self], pixels)[0]
+
+    @classmethod
+    def batch_logits(cls, models: Sequence[Self], pixels: torch.Tensor) -> np.ndarray:
+        # The splits of a group share their preprocessing (a run's, or ``Ensemble.by_preprocessing``'s).
+        return torch_logits(models, pixels, models[0].device, models[0].dtype)
+
+    @contextmanager
+    def explainer(self, method: str) -> Iterator[Explainer]:
+        # Imported when heatmaps are asked for: the grad-cam package (and what it imports) costs seconds of a start.
+        from ..modelling.explain import cam_session
+        from ..modelling.models import get_arch
+
+        net = self.model.float()
+        with cam_session(net, get_arch(self.meta.arch).cam_layer(net), method) as session:
+            yield _GradCam(self, session)
+
+
+@dataclass
+class _GradCam:
+    """PyTorch's heatmaps of one split model."""
+
+    model: RunModel
+    session: CamSession
+
+    def forward(self, pixels: torch.Tensor) -> np.ndarray | None:
+        # One forward pass labels with the first split and draws its heatmaps (at full precision: with mixed
+        # precision the labelling pass is another one, so that figures never change a label).
+        logits = self.session.forward(self.model.model_input()(pixels))
+        return logits.float().cpu().numpy() if self.model.dtype is None else None
+
+    def heatmaps(self, targets: Sequence[int]) -> np.ndarray:
+        return self.session.heatmaps(targets)
 
 
 class LoadedRun(list[RunModel]):
@@ -96,18 +280,19 @@ class LoadedRun(list[RunModel]):
 
 
 def load_run(run: Path, device: torch.device, which: str = "all") -> LoadedRun:
-    """The split models of ``run``: all, the one with the lowest validation loss ('best'), or split N."""
+    """The PyTorch split models of ``run`` (full precision): all, the one with the lowest validation loss ('best'),
+    or split N."""
     # Imported here, not above: the model registry imports torchvision (over a second of every start), which
     # predict and enrich with exported models (runtime onnx) never need.
-    from ..modelling.checkpoint import load_checkpoint, model_from_checkpoint
-    from ..modelling.models import get_head
+    from ..modelling.checkpoint import backbone_and_head, load_checkpoint, model_from_checkpoint
 
     states: list[tuple[str, Checkpoint]] = []
     diverged: list[tuple[str, Checkpoint]] = []
     for path in RunFolder(run).model_paths():
         checkpoint = load_checkpoint(path)
-        name = path.parent.name if path.parent.name.startswith("split_") else f"split_{checkpoint.meta.split}"
-        (states if _finite(checkpoint) else diverged).append((name, checkpoint))
+        folder = path.parent.name
+        name = folder if split_index(folder) is not None else split_name(checkpoint.meta.split)
+        (states if checkpoint.finite else diverged).append((name, checkpoint))
     if diverged and not states:
         raise ModelError(
             f"{run}: every split's model holds weights that are not finite (training diverged): "
@@ -128,12 +313,10 @@ def load_run(run: Path, device: torch.device, which: str = "all") -> LoadedRun:
         model = model_from_checkpoint(checkpoint).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        item = RunModel(name, meta, model)
-        if meta.backbone_sha256:
-            if meta.backbone_sha256 not in trunks:  # one copy of the shared backbone, not one per split
-                trunks[meta.backbone_sha256] = _trunk(model, meta.arch)
-            item.features = trunks[meta.backbone_sha256]
-            item.head = get_head(model, meta.arch)
+        item = RunModel(name, meta, model, device)
+        if meta.backbone_sha256:  # one copy of the shared backbone, not one per split
+            item.features, item.head = backbone_and_head(model, meta.arch, trunks.get(meta.backbone_sha256))
+            trunks[meta.backbone_sha256] = item.features
         models.append(item)
     return models
 
@@ -152,7 +335,7 @@ def chosen_splits(
         return [min(range(len(named)), key=lambda i: named[i][1].best_val_loss)]
 
     def is_it(name: str, meta: CheckpointMeta) -> bool:
-        return name == f"split_{which}" or meta.split == int(which)
+        return split_index(name) == int(which) or meta.split == int(which)
 
     if any(is_it(n, m) for n, m in diverged):
         raise ModelError(
@@ -163,21 +346,6 @@ def chosen_splits(
     if not chosen:
         raise ModelError(f"{run}: no split {which}; it has {', '.join(name for name, _ in named)}")
     return chosen
-
-
-def _finite(checkpoint: Checkpoint) -> bool:
-    """Whether a model can say anything: a split whose training diverged holds NaN or infinite weights, and would
-    label every image with its first class at a confidence of NaN."""
-    return all(bool(torch.isfinite(w).all()) for w in checkpoint.weights.values() if w.is_floating_point())
-
-
-def _trunk(model: nn.Module, arch: str) -> nn.Module:
-    """A copy of ``model`` that returns the features its head reads."""
-    from ..modelling.models import set_head  # see load_run
-
-    trunk = copy.deepcopy(model)
-    set_head(trunk, arch, nn.Identity())
-    return trunk.eval()
 
 
 def _logits(models: Sequence[RunModel], inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -196,40 +364,24 @@ def _logits(models: Sequence[RunModel], inputs: torch.Tensor) -> list[torch.Tens
 
 
 @torch.inference_mode()
-def logits_of(
-    models: Sequence[SplitModel],
-    inputs: torch.Tensor,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    first: torch.Tensor | None = None,
+def torch_logits(
+    models: Sequence[RunModel], pixels: torch.Tensor, device: torch.device, dtype: torch.dtype | None
 ) -> np.ndarray:
-    """Raw logits of every model on one batch of a loader's pixels: models x batch x classes (float32);
-    ``first``: the first model's, already computed (by the pass that draws its heatmaps)."""
-    exported = [m for m in models if isinstance(m, ExportedModel)]
-    if exported:  # the preprocessing is in their graphs (a run's splits are all exported or none)
-        return np.stack([m.pixels_to_logits(inputs) for m in exported])
-    in_torch = [m for m in models if isinstance(m, RunModel)]
-    inputs = in_torch[0].model_input(device)(inputs)
+    """PyTorch's logits of ``models`` (which share their preprocessing) on one batch of a loader's pixels, on
+    ``device`` at ``dtype`` (autocast; None: full precision): models x batch x classes (float32)."""
+    inputs = models[0].model_input(device)(pixels)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-        logits = _logits(in_torch if first is None else in_torch[1:], inputs)
-    return np.stack([z.float().cpu().numpy() for z in ([] if first is None else [first]) + logits])
+        logits = _logits(models, inputs)
+    return np.stack([z.float().cpu().numpy() for z in logits])
 
 
 def probabilities(
-    models: Sequence[SplitModel],
-    inputs: torch.Tensor,
+    models: Sequence[RunModel],
+    pixels: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype | None,
     calibrated: bool = False,
-    first: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Probabilities (softmax, or sigmoid per label for multi-label models) of every model on one batch:
-    models x batch x classes; ``calibrated``: with each model's temperature applied to its logits; ``first``:
-    the first model's logits, already computed."""
-    logits = logits_of(models, inputs, device, dtype, first)
-    return np.stack(
-        [
-            item.task.from_logits(z / (item.temperature if calibrated else 1.0))
-            for item, z in zip(models, logits, strict=True)
-        ]
-    ).astype(np.float32)
+    """PyTorch's probabilities of ``models`` on one batch, on ``device`` at ``dtype``: models x batch x classes
+    (export checks its graphs against them); ``calibrated``: with each model's temperature applied."""
+    return activated(models, torch_logits(models, pixels, device, dtype), calibrated)

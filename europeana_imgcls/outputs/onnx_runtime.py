@@ -11,9 +11,10 @@ metadata), so an ONNX file from another run, or a sidecar beside the wrong files
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import numpy as np
 import torch
@@ -21,8 +22,8 @@ from pydantic import ConfigDict, Field, PositiveFloat, ValidationError, model_va
 
 from ..core.errors import ConfigError, ModelError
 from ..core.sidecars import Sidecar, first_problem, read_typed
-from ..modelling.run_folder import CheckpointMeta, RunFolder, file_sha256
-from .inference import ExportedModel
+from ..modelling.run_folder import SPLIT_NAME_PATTERN, CheckpointMeta, RunFolder, file_sha256, split_name
+from .inference import ModelRequest, SplitModel
 
 SIDECAR: Final = "model.json"
 EXPORT_FORMAT: Final = "europeana-imgcls/onnx-v1"
@@ -37,7 +38,7 @@ _SHA256 = r"^[0-9a-f]{64}$"
 class ExportedSplit(Sidecar):
     """One split's file in an export."""
 
-    split: str = Field(pattern=r"^split_\d+$")
+    split: str = Field(pattern=SPLIT_NAME_PATTERN)
     file: str = Field(pattern=_FILE, max_length=255)
     sha256: str = Field(pattern=_SHA256)
     meta: dict[str, Any]  # the split's CheckpointMeta (without the training settings): checked by ``checkpoint``
@@ -142,15 +143,25 @@ def onnxruntime(needed_by: str = "`runtime` onnx") -> Any:
 
 
 @dataclass
-class OnnxModel(ExportedModel):
-    """One exported split: an ONNX Runtime session that takes uint8 pixels and returns logits."""
+class OnnxModel(SplitModel):
+    """One exported split: an ONNX Runtime session whose graph holds the preprocessing, so it takes a loader's
+    uint8 pixels as they come (on the CPU: ONNX Runtime reads numpy arrays, and copies them to its own device)."""
 
     session: Any = None
     sha256: str = ""  # the file's: an output's later runs must use the same file (float32 or int8)
 
-    def pixels_to_logits(self, pixels: torch.Tensor) -> np.ndarray:
+    files_option: ClassVar[str | None] = "onnx_model"
+
+    @classmethod
+    def load(cls, request: ModelRequest) -> Sequence[OnnxModel]:
+        return load_export(request.run, request.files, request.split, request.device, request.run_id)
+
+    def logits(self, pixels: torch.Tensor) -> np.ndarray:
         (logits,) = self.session.run([LOGITS], {INPUT: np.ascontiguousarray(pixels.numpy(), dtype=np.uint8)})
         return np.asarray(logits, dtype=np.float32)
+
+    def journal_identity(self) -> dict[str, str]:
+        return {"onnx_files": self.sha256}
 
 
 def session(path: Path, device: torch.device) -> Any:
@@ -227,7 +238,7 @@ def _chosen(sidecar: ExportSidecar, which: str, folder: Path) -> list[ExportedSp
     elif which == "all":
         wanted = sidecar.run_splits
     else:
-        wanted = [f"split_{which}"]
+        wanted = [split_name(int(which))]
         if wanted[0] not in sidecar.run_splits:
             raise ModelError(f"the run has no split {which}; it has {', '.join(sidecar.run_splits)}")
     missing = [name for name in wanted if name not in exported]

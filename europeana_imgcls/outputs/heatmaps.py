@@ -1,0 +1,112 @@
+"""``eic predict --gradcam-dir``: a figure per labelled image, with the heatmaps of the ensemble's first split model.
+
+Each figure shows the image, then a heatmap per class at least ``threshold`` probable (multi-label: per predicted
+label), at most ``top_k``, at least the most probable class. Heatmaps are computed a batch at a time (one backward
+pass per rank of class, not per image) and the figures composed with Pillow: matplotlib's layout and PNG writing
+cost more than the heatmaps themselves. They are encoded in a thread (zlib lets go of the GIL) while the next
+batch's heatmaps are computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.config import PredictConfig
+from ..datasets.folders import load_image
+from .inference import Ensemble, Explainer
+from .inputs import Item, last_part
+
+
+@contextmanager
+def figures(models: Ensemble, config: PredictConfig, thresholds: np.ndarray | None) -> Iterator[Figures | None]:
+    """The figures ``config.gradcam_dir`` asks for (None: none asked), every one written when it ends."""
+    folder = config.gradcam_dir
+    if folder is None:
+        yield None
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver,
+        models.explainer(config.cam_method) as explainer,
+    ):
+        drawn = Figures(
+            explainer, saver, folder, models[0].classes, _Choice(config.top_k, config.threshold, thresholds)
+        )
+        yield drawn
+        for done in drawn.pending:
+            done.result()  # a figure that could not be written is an error, not a silent gap
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """Which classes of an image get a heatmap."""
+
+    top_k: int
+    threshold: float | None  # predict's ``threshold``: single-label, the least probability drawn (default 0.3)
+    thresholds: np.ndarray | None  # the ensemble's decision thresholds (multi-label)
+
+    def of(self, row: np.ndarray) -> list[int]:
+        least = 0.3 if self.threshold is None else self.threshold
+        cuts = self.thresholds if self.thresholds is not None else np.full(len(row), least)
+        return [int(c) for c in np.argsort(-row)[: self.top_k] if row[c] >= cuts[c]] or [int(row.argmax())]
+
+
+@dataclass
+class Figures:
+    """Figures of a labelling pass, a batch at a time: ``forward`` each batch before labelling it, then ``draw``."""
+
+    explainer: Explainer
+    saver: ThreadPoolExecutor
+    folder: Path
+    classes: list[str]
+    choice: _Choice
+    pending: list[Future[None]] = field(default_factory=list)
+
+    def forward(self, pixels: torch.Tensor) -> np.ndarray | None:
+        """The batch through the first split model, kept for its heatmaps: its logits where labelling can use them."""
+        return self.explainer.forward(pixels)
+
+    def draw(self, items: list[Item], probs: np.ndarray, ok: np.ndarray) -> int:
+        """One figure per readable image of the batch last forwarded; returns how many."""
+        from ..modelling.explain import TILE, figure, save_figure  # loaded with the explainer already
+
+        orders = [self.choice.of(row) for row in probs]
+        count = 0
+        for item, row, order, heat, good in zip(items, probs, orders, self._heatmaps(orders, ok), ok, strict=True):
+            if not good:
+                continue
+            title = f"{item.record or Path(item.image).name} · {self.classes[order[0]]} {row[order[0]]:.2f}"
+            picture = load_image(item.path, TILE, keep_aspect=True)
+            image = figure(picture, heat, [f"{self.classes[c]} {row[c]:.2f}" for c in order], title)
+            self.pending.append(self.saver.submit(save_figure, image, self.folder / figure_name(item), title))
+            count += 1
+        return count
+
+    def _heatmaps(self, orders: list[list[int]], ok: np.ndarray) -> list[list[np.ndarray]]:
+        """Each image's heatmaps, for its classes in ``orders``."""
+        maps: list[list[np.ndarray]] = [[] for _ in orders]
+        for rank in range(max((len(o) for o, good in zip(orders, ok, strict=True) if good), default=0)):
+            # Every image takes part in the pass (an image's gradient is its own); those without a class of this
+            # rank are given their first, and that heatmap is not kept.
+            drawn = self.explainer.heatmaps([order[rank] if len(order) > rank else order[0] for order in orders])
+            for i, order in enumerate(orders):
+                if len(order) > rank:
+                    maps[i].append(drawn[i])
+        return maps
+
+
+def figure_name(item: Item) -> str:
+    """Readable and unique: the record's (or file's, or URL's last part's) name plus a short hash of where it
+    came from."""
+    record = item.record
+    stem = re.sub(r"[^\w.-]+", "_", record.strip("/")) if record else Path(last_part(item.image)).stem
+    return f"{stem[:80]}_{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.jpg"
