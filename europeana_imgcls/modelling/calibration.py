@@ -14,12 +14,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from ..core.config import CalibrateConfig
+from ..core.config import CalibrateConfig, Mode
 from ..core.errors import CalibrationError
 from ..core.sidecars import first_problem, read_bounded
 from ..core.tables import read_csv_rows, write_json
@@ -82,7 +82,7 @@ class Calibration:
     def _problem(self) -> str | None:
         if [c.name for c in self.per_class] != self.classes or len(set(self.classes)) != len(self.classes):
             return "its classes and per-class entries differ"
-        if self.mode not in ("single-label", "multi-label") or not 0 < self.precision_target <= 1:
+        if self.mode not in get_args(Mode) or not 0 < self.precision_target <= 1:
             return "its mode or precision target is not one eic writes"
         if not all(math.isfinite(t) and t > 0 for t in self.temperatures.values()):
             return "a temperature is not a positive number"

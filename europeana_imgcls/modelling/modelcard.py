@@ -19,6 +19,7 @@ from ..core.errors import EicError
 from ..core.sidecars import read_bounded
 from ..core.tables import atomic_path, read_csv_rows, read_table
 from ..core.version import __version__
+from ..datasets.tasks import task_for
 from .run_folder import RunFolder, SplitFolder
 
 
@@ -237,24 +238,18 @@ def _source_table(data_dir: Path) -> tuple[Counter[str], Counter[str]] | None:
 
 def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) -> list[tuple[str, str, str, str]]:
     """Per class: precision, recall and F1 on the test folds, mean ± std over splits."""
+    task = task_for(mode)
     scores = []
     for split in splits:
         path = split.test_predictions
         if not path.is_file():
             continue
         rows = list(read_csv_rows(path))
-        if mode == "multi-label":
-            truth = np.array([[c in r["truth"].split() for c in classes] for r in rows], dtype=int)
-            pred = np.array([[c in r["prediction"].split() for c in classes] for r in rows], dtype=int)
-            p, r, f, _ = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
-        else:
-            p, r, f, _ = precision_recall_fscore_support(
-                [x["truth"] for x in rows],
-                [x["prediction"] for x in rows],
-                labels=classes,
-                average=None,
-                zero_division=0,
-            )
+        # Per class, whatever the task: whether each row's truth and prediction carry it (one class a row, or a
+        # set of labels), as the task reads a cell.
+        truth = np.array([[c in task.classes_in(r["truth"]) for c in classes] for r in rows], dtype=int)
+        pred = np.array([[c in task.classes_in(r["prediction"]) for c in classes] for r in rows], dtype=int)
+        p, r, f, _ = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
         scores.append(np.stack([p, r, f]))
     if not scores:
         return []

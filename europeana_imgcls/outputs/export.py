@@ -30,6 +30,7 @@ from torch import nn
 from ..core.config import ExportConfig
 from ..core.errors import ConfigError, ModelError
 from ..core.outputs import OutputKind, absolute, build_folder
+from ..core.run_names import SPLIT_GLOB
 from ..core.tables import read_csv_rows, write_json
 from ..core.version import __version__
 from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
@@ -54,7 +55,7 @@ MAX_DIFFERENCE = 1e-3  # largest probability difference to PyTorch a float32 exp
 CHECK_IMAGES = 64  # test images an export is checked (and a static quantisation calibrated) on
 CPU = torch.device("cpu")
 EXPORT = OutputKind(
-    "export", "an export", folder=True, legacy=("model.json", "split_*.onnx"), legacy_sign=EXPORT_FORMAT
+    "export", "an export", folder=True, legacy=("model.json", f"{SPLIT_GLOB}.onnx"), legacy_sign=EXPORT_FORMAT
 )
 
 
