@@ -162,9 +162,9 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     review = _ReviewQueue(config.review_n)
     with atomic_path(config.output) as tmp, tmp.open("w", encoding="utf-8") as handle:
         writer = _AnnotationWriter(handle, fmt, config.profile, model)
-        thresholds = calibration.thresholds()  # once: the loop below runs once per record
+        annotator = _Annotator(calibration, vocab, model, writer, review, report)
         for record in read_output(predictions):
-            _decide(record, calibration, thresholds, vocab, model, writer, review, report)
+            annotator.decide(record)
         writer.close()
     report.annotations = writer.count
     if config.review_output is not None:
@@ -232,40 +232,49 @@ def _predict_config(config: EnrichConfig, predictions: Path) -> PredictConfig:
     return PredictConfig(**shared, output=predictions)
 
 
-def _decide(
-    record: dict[str, Any],
-    calibration: Calibration,
-    thresholds: np.ndarray,
-    vocab: dict[str, str],
-    model: ModelInfo,
-    writer: _AnnotationWriter,
-    review: _ReviewQueue,
-    report: EnrichReport,
-) -> None:
-    report.records += 1
-    target = _target(record, europeana_only=writer.profile == "europeana")
-    if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
-        report.not_records += 1
-        return
-    if isinstance(target, Refused):
-        report.refused[target.reason] = report.refused.get(target.reason, 0) + 1
-        return
-    classes = calibration.classes
-    probs = _probabilities(record, classes, report.predictions)
-    emitted = calibration.task.emitted(probs, thresholds)
-    if not emitted:
-        report.abstained += 1
-        review.abstained(record, probs, classes)
-        return
-    report.labelled += 1
-    for c in emitted:
-        name = classes[c]
-        writer.write(
-            annotation(target, vocab[name], float(probs[c]), model, name, float(thresholds[c]), writer.profile)
-        )
-        report.per_class[name] = report.per_class.get(name, 0) + 1
-    margin = min(float(probs[c] - thresholds[c]) for c in emitted)
-    review.labelled(record, probs, classes, emitted, margin)
+@dataclass
+class _Annotator:
+    """What deciding a record takes: the calibration, the vocabulary and the model, and where the annotations, the
+    review tasks and the counts go."""
+
+    calibration: Calibration
+    vocab: dict[str, str]
+    model: ModelInfo
+    writer: _AnnotationWriter
+    review: _ReviewQueue
+    report: EnrichReport
+
+    def __post_init__(self) -> None:
+        self.thresholds = self.calibration.thresholds()  # once: ``decide`` runs once per record
+
+    def decide(self, record: dict[str, Any]) -> None:
+        """A record's annotations (its emitted classes), or an abstention; counted either way."""
+        report, thresholds = self.report, self.thresholds
+        report.records += 1
+        target = _target(record, europeana_only=self.writer.profile == "europeana")
+        if target is None:  # a file or URL that is no record: nothing a catalogue could attach a label to
+            report.not_records += 1
+            return
+        if isinstance(target, Refused):
+            report.refused[target.reason] = report.refused.get(target.reason, 0) + 1
+            return
+        classes = self.calibration.classes
+        probs = _probabilities(record, classes, report.predictions)
+        emitted = self.calibration.task.emitted(probs, thresholds)
+        if not emitted:
+            report.abstained += 1
+            self.review.abstained(record, probs, classes)
+            return
+        report.labelled += 1
+        for c in emitted:
+            name = classes[c]
+            confidence, threshold = float(probs[c]), float(thresholds[c])
+            self.writer.write(
+                annotation(target, self.vocab[name], confidence, self.model, name, threshold, self.writer.profile)
+            )
+            report.per_class[name] = report.per_class.get(name, 0) + 1
+        margin = min(float(probs[c] - thresholds[c]) for c in emitted)
+        self.review.labelled(record, probs, classes, emitted, margin)
 
 
 def _probabilities(record: dict[str, Any], classes: list[str], source: Path) -> np.ndarray:

@@ -56,6 +56,19 @@ class EvaluateReport:
     calibration_check: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class _Scores:
+    """What the evaluation's files are written from: the readable images (their paths and truth), and each split's
+    probabilities and decision thresholds."""
+
+    task: Task
+    classes: list[str]
+    paths: list[str]
+    truth: np.ndarray
+    probs: dict[str, np.ndarray]
+    thresholds: dict[str, np.ndarray | None]
+
+
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     if is_run(config.eval_dir) and not is_run(config.run):
         raise DatasetError(
@@ -64,14 +77,12 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
         )
     # Built beside its place and put there whole: an evaluation refused or stopped halfway leaves the last one.
     with build_folder(config.output_dir, EVALUATION, overwrite=config.overwrite, option="output_dir") as out:
-        report, task, paths, truth, probs, thresholds = _evaluate(config, out)
-    _record_in_run(config, report, task, paths, truth, probs, thresholds)
+        report, scores = _evaluate(config, out)
+    _record_in_run(config, report, scores)
     return report
 
 
-def _evaluate(
-    config: EvaluateConfig, out: Path
-) -> tuple[EvaluateReport, Task, list[str], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Scores]:
     """Score the run on the evaluation images and write the evaluation's files into ``out``."""
     device = resolve_device(config.device)
     # Every split model of the run, as trained: its checkpoints in PyTorch.
@@ -98,31 +109,24 @@ def _evaluate(
     )
     tuned = {k: v.tolist() for k, v in thresholds.items() if v is not None}
     _write_summary(config, report, out, **({"thresholds": tuned} if tuned else {}))
-    _write_per_class(out / f"per_{task.unit}.csv", task, truth, probs, thresholds, classes)
+    scores = _Scores(task, classes, paths, truth, probs, thresholds)
+    _write_per_class(out / f"per_{task.unit}.csv", scores)
     matrices = [task.confusion(truth, p) for p in probs.values()]
     if all(m is not None for m in matrices):  # single-label: who is taken for whom
         _write_confusion(out, sum(matrices), classes)  # type: ignore[arg-type]
-    _write_predictions(out / "predictions.csv", task, paths, truth, probs, thresholds, classes)
-    _gallery(out / "misclassified.png", task, paths, truth, probs, thresholds, classes, config.gallery)
+    _write_predictions(out / "predictions.csv", scores)
+    _gallery(out / "misclassified.png", scores, config.gallery)
     report.calibration_check = _check_calibration(config, models, truth, logits, out)
-    return report, task, paths, truth, probs, thresholds
+    return report, scores
 
 
-def _record_in_run(
-    config: EvaluateConfig,
-    report: EvaluateReport,
-    task: Task,
-    paths: list[str],
-    truth: np.ndarray,
-    probs: dict[str, np.ndarray],
-    thresholds: dict[str, np.ndarray | None],
-) -> None:
+def _record_in_run(config: EvaluateConfig, report: EvaluateReport, scores: _Scores) -> None:
     """The run keeps its latest evaluation (``RUN/evaluation.json``) and its model card reports it; a split folder
     evaluated alone is not the run."""
     folder = RunFolder(config.run)
     if folder.is_split:
         return
-    metric = task.shown[0]
+    metric = scores.task.shown[0]
     write_json(
         folder.evaluation,
         {
@@ -132,29 +136,25 @@ def _record_in_run(
             "summary": {k: {"mean": v["mean"], "std": v["std"]} for k, v in report.summary.items()},
             "calibration_check": report.calibration_check,
             "provider_metric": metric,
-            "per_provider": _per_provider(task, metric, paths, truth, probs, thresholds),
+            "per_provider": _per_provider(scores, metric),
         },
     )
     write_model_card(config.run)
 
 
-def _per_provider(
-    task: Task,
-    metric: str,
-    paths: list[str],
-    truth: np.ndarray,
-    probs: dict[str, np.ndarray],
-    thresholds: dict[str, np.ndarray | None],
-) -> dict[str, dict[str, Any]]:
+def _per_provider(scores: _Scores, metric: str) -> dict[str, dict[str, Any]]:
     """``metric`` per data provider (the dataset of the record a file is named after), mean over the splits;
     empty when the files do not name their records."""
-    providers = np.array([(record_id_of(Path(p).name) or "//").split("/")[1] for p in paths])
-    scores = {}
+    providers = np.array([(record_id_of(Path(p).name) or "//").split("/")[1] for p in scores.paths])
+    said = {}
     for provider in sorted(set(providers) - {""}):
         mask = providers == provider
-        values = [task.metrics(truth[mask], p[mask], thresholds[k])[metric] for k, p in probs.items()]
-        scores[str(provider)] = {"images": int(mask.sum()), "score": float(np.mean(values))}
-    return scores
+        values = [
+            scores.task.metrics(scores.truth[mask], p[mask], scores.thresholds[k])[metric]
+            for k, p in scores.probs.items()
+        ]
+        said[str(provider)] = {"images": int(mask.sum()), "score": float(np.mean(values))}
+    return said
 
 
 def _check_calibration(
@@ -213,20 +213,14 @@ def _write_summary(config: EvaluateConfig, report: EvaluateReport, out: Path, **
     )
 
 
-def _write_per_class(
-    path: Path,
-    task: Task,
-    truth: np.ndarray,
-    probs: dict[str, np.ndarray],
-    thresholds: dict[str, np.ndarray | None],
-    classes: list[str],
-) -> None:
+def _write_per_class(path: Path, said: _Scores) -> None:
     """Per class (per label): support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over
     splits; each class one-vs-rest, with the decisions the run makes."""
-    actual = task.indicator(truth, len(classes))
+    task, classes = said.task, said.classes
+    actual = task.indicator(said.truth, len(classes))
     scores, counts = [], np.zeros((3, len(classes)), dtype=int)
-    for split, p in probs.items():
-        decided = task.decisions(p, thresholds[split])
+    for split, p in said.probs.items():
+        decided = task.decisions(p, said.thresholds[split])
         precision, recall, f1, _ = precision_recall_fscore_support(actual, decided, average=None, zero_division=0)
         scores.append((precision, recall, f1))
         counts += np.stack([(decided & actual).sum(0), (decided & ~actual).sum(0), (~decided & actual).sum(0)])
@@ -312,15 +306,8 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
     figure.savefig(out / "confusion_matrix.png", dpi=100)
 
 
-def _write_predictions(
-    path: Path,
-    task: Task,
-    paths: list[str],
-    truth: np.ndarray,
-    probs: dict[str, np.ndarray],
-    thresholds: dict[str, np.ndarray | None],
-    classes: list[str],
-) -> None:
+def _write_predictions(path: Path, scores: _Scores) -> None:
+    task, classes, thresholds = scores.task, scores.classes, scores.thresholds
     write_csv(
         path,
         ["image", *task.described, "probabilities", "split"],
@@ -331,31 +318,23 @@ def _write_predictions(
                 "split": split,
                 "probabilities": json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),
             }
-            for split, p in probs.items()
-            for image, t, row in zip(paths, truth, p, strict=True)
+            for split, p in scores.probs.items()
+            for image, t, row in zip(scores.paths, scores.truth, p, strict=True)
         ),
     )
 
 
-def _gallery(
-    path: Path,
-    task: Task,
-    paths: list[str],
-    truth: np.ndarray,
-    probs: dict[str, np.ndarray],
-    thresholds: dict[str, np.ndarray | None],
-    classes: list[str],
-    count: int,
-) -> None:
+def _gallery(path: Path, scores: _Scores, count: int) -> None:
     """The most confident mistakes (over all splits, each image once): the images whose decided classes are not
     their true ones, by the top probability."""
     from PIL import Image
 
     from ..modelling.explain import image_grid, wrapped
 
+    task, classes, paths, truth, thresholds = scores.task, scores.classes, scores.paths, scores.truth, scores.thresholds
     actual = task.indicator(truth, len(classes))
     worst: dict[int, tuple[float, str, str]] = {}
-    for split, p in probs.items():
+    for split, p in scores.probs.items():
         wrong = (task.decisions(p, thresholds[split]) != actual).any(axis=1)
         for i in np.flatnonzero(wrong).tolist():  # Python ints: the keys of ``worst``
             confidence = float(p[i].max())
