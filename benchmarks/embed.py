@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from europeana_imgcls import DownloadConfig, EvaluateConfig, TrainConfig, download, evaluate, train
-from europeana_imgcls.core.config import EmbedConfig
+from europeana_imgcls.core.config import EmbedConfig, SandboxConfig
 from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.modelling.embedding import embed, feature_model
 from europeana_imgcls.modelling.runtime import autocast_dtype, resolve_device
@@ -72,7 +72,10 @@ def main() -> None:
         decode=args.decode,
         quiet=True,
     )
-    with tempfile.TemporaryDirectory() as tmp, Sandbox(VOCAB, per_level=args.per_level) as sb:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Sandbox(SandboxConfig(vocab=VOCAB, port=0, per_level=args.per_level)) as sb,
+    ):
         root = Path(tmp)
         rows = [
             {"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from europeana_imgcls import DownloadConfig, PredictConfig, TrainConfig, download, predict, train
-from europeana_imgcls.core.config import EnrichConfig
+from europeana_imgcls.core.config import EnrichConfig, SandboxConfig
 from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.outputs.enrichment import enrich
 
@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, Sandbox(VOCAB, per_level=args.records_per_level) as sb:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Sandbox(SandboxConfig(vocab=VOCAB, port=0, per_level=args.records_per_level)) as sb,
+    ):
         root = Path(tmp)
         records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url]
         rows = [{"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)} for r in records]

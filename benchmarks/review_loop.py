@@ -26,8 +26,9 @@ from typing import Any
 
 import polars as pl
 
-from europeana_imgcls import DownloadConfig, Sandbox, TrainConfig, download, train
+from europeana_imgcls import DownloadConfig, Sandbox, SandboxConfig, TrainConfig, download, train
 from europeana_imgcls.core.config import AuditConfig, EvaluateConfig, ReviewApplyConfig, ReviewImportConfig
+from europeana_imgcls.europeana.sandbox import Knobs
 from europeana_imgcls.europeana.vocabulary import load_vocabulary
 from europeana_imgcls.outputs.audit import audit
 from europeana_imgcls.outputs.evaluation import evaluate_run
@@ -94,7 +95,8 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory() as folder,
         Sandbox(
-            vocab, per_level=args.per_level, shared_per_concept=0, triples_per_concept=0, label_noise=args.noise
+            SandboxConfig(vocab=vocab, port=0, per_level=args.per_level, label_noise=args.noise),
+            Knobs(shared_per_concept=0, triples_per_concept=0),
         ) as sb,
     ):
         work = Path(folder)

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from europeana_imgcls.core.config import TrainConfig
+from europeana_imgcls.core.config import SandboxConfig, TrainConfig
 from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -90,9 +91,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, cores * 3 // 2)
 
 
+def sandbox_config(**settings: Any) -> SandboxConfig:
+    """The tests' sandbox: VOCAB's concepts on a free port, with ``settings``."""
+    return SandboxConfig(vocab=VOCAB, port=0, **settings)
+
+
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(VOCAB, per_level=40) as server:
+    with Sandbox(sandbox_config(per_level=40)) as server:
         yield server
 
 

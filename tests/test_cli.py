@@ -320,3 +320,37 @@ def test_a_missing_path_is_refused_before_torch_is_imported(args: list[str]) -> 
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "1"], result.stdout + result.stderr
     assert "no such file or folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eic_sandbox_serves_what_its_flags_say_and_a_taken_port_is_one_line(vocab_file: Path) -> None:
+    import os
+
+    import httpx
+
+    from europeana_imgcls.core.config import DEMO_API_KEY, SandboxConfig
+    from europeana_imgcls.europeana.sandbox import Knobs, build_catalogue
+
+    from .conftest import VOCAB
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "europeana_imgcls", "sandbox", "--vocab", str(vocab_file)]
+    flags = ["--per-level", "2", "--quota", "5", "--quota-window", "60"]
+    with subprocess.Popen([*command, "--port", "0", *flags], stdout=subprocess.PIPE, text=True, env=env) as server:
+        try:
+            assert server.stdout is not None
+            url = next(line.split(": ", 1)[1].strip() for line in server.stdout if line.startswith("Search API: "))
+            answer = httpx.get(url, params={"query": "*", "rows": "1"}, headers={"X-Api-Key": DEMO_API_KEY})
+            assert answer.headers["RateLimit-Policy"] == '"personal";q=5;w=60'
+            catalogue = build_catalogue(VOCAB, SandboxConfig(per_level=2), Knobs())
+            assert answer.json()["totalResults"] == len(catalogue)
+            port = httpx.URL(url).port
+            taken = subprocess.run(
+                [*command, "--port", str(port)], capture_output=True, text=True, env=env, timeout=120
+            )
+            assert taken.returncode == 1 and "Traceback" not in taken.stderr
+            assert taken.stderr.strip().splitlines() == [
+                f"eic: error: cannot listen on 127.0.0.1:{port} (Address already in use); try --port 0"
+            ]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

@@ -20,9 +20,9 @@ from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.acquisition.download import file_name
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.europeana.sandbox import FAULTS, Sandbox
+from europeana_imgcls.europeana.sandbox import FAULTS, Knobs, Sandbox
 
-from .conftest import VOCAB, sandbox_records, sandbox_table
+from .conftest import sandbox_config, sandbox_records, sandbox_table
 
 EXPECTED_ERROR = {
     "404": "HTTP 404",
@@ -39,7 +39,9 @@ EXPECTED_ERROR = {
 @pytest.fixture
 def faulty() -> Iterator[Sandbox]:
     # A stalled answer is held until the sandbox stops: it times out however slow or fast the machine.
-    with Sandbox(VOCAB, per_level=10, bad_every=5, variant_every=4, image_fail_every=7, stall_seconds=120) as sb:
+    with Sandbox(
+        sandbox_config(per_level=10, bad_every=5), Knobs(variant_every=4, image_fail_every=7, stall_seconds=120)
+    ) as sb:
         yield sb
 
 
@@ -130,7 +132,7 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=40, bad_every=11, stall_seconds=120) as sb:
+    with Sandbox(sandbox_config(per_level=40, bad_every=11), Knobs(stall_seconds=120)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -178,7 +180,7 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
 
 
 def test_multi_label_layout_writes_labels_csv(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         table = sandbox_table(sb, tmp_path / "t.parquet".replace(".parquet", ".csv"), multi=True)
         out = tmp_path / "img"
         download(config(table, out, mode="multi-label"))
@@ -221,7 +223,7 @@ def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: P
 def test_a_rerun_with_changed_classes_moves_files_and_sets_aside_the_rest(tmp_path: Path) -> None:
     from europeana_imgcls.acquisition.placement import SET_ASIDE
 
-    with Sandbox(VOCAB, per_level=4) as sb:
+    with Sandbox(sandbox_config(per_level=4)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         download(config(table, out))
@@ -263,7 +265,7 @@ def test_a_rerun_with_changed_classes_moves_files_and_sets_aside_the_rest(tmp_pa
 def test_a_multi_label_rerun_rewrites_labels_and_sets_aside_what_left_the_table(tmp_path: Path) -> None:
     from europeana_imgcls.acquisition.placement import SET_ASIDE
 
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv", multi=True)
         out = tmp_path / "img"
         download(config(table, out, mode="multi-label"))
@@ -302,7 +304,7 @@ def _eic_download(*args: str, timeout: float = 60) -> subprocess.CompletedProces
 def test_a_symlinked_class_folder_is_refused_and_what_it_leads_to_is_untouched(tmp_path: Path) -> None:
     from europeana_imgcls.acquisition.placement import SET_ASIDE
 
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         download(config(table, out))
@@ -355,7 +357,7 @@ def test_a_set_aside_folder_that_leads_out_is_refused(tmp_path: Path) -> None:
 def test_a_shard_and_an_unsharded_download_of_one_folder_exclude_each_other(tmp_path: Path) -> None:
     import threading
 
-    with Sandbox(VOCAB, per_level=4) as sb:
+    with Sandbox(sandbox_config(per_level=4)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         records = len(sandbox_records(sb))
         for k, (first, second) in enumerate(((None, "0/2"), ("1/2", None))):
@@ -388,7 +390,7 @@ def test_a_shard_and_an_unsharded_download_of_one_folder_exclude_each_other(tmp_
 def test_a_damaged_failures_csv_is_read_for_what_it_holds_and_said(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         dead = [f"/dead/{n}ü" for n in range(3)]
         with table.open("a", encoding="utf-8") as handle:
@@ -415,7 +417,7 @@ def test_a_journal_line_of_the_wrong_shape_is_dropped_and_said(
 ) -> None:
     import json
 
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         known = sandbox_records(sb)[0].id
         out = tmp_path / "img"

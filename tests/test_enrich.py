@@ -19,7 +19,7 @@ from europeana_imgcls.core.config import EnrichConfig, EvaluateConfig
 from europeana_imgcls.core.errors import CalibrationError, DatasetError
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.europeana.annotations import CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.modelling.calibration import (
     choose_thresholds,
     expected_calibration_error,
@@ -31,7 +31,7 @@ from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.evaluation import evaluate_run
 from europeana_imgcls.outputs.review import labelling_config_path
 
-from .conftest import TERMINAL, VOCAB, shows_progress
+from .conftest import TERMINAL, VOCAB, sandbox_config, shows_progress
 
 TARGET = 0.9
 SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())
@@ -48,7 +48,7 @@ def _rows(sb: Sandbox) -> list[dict[str, str]]:
 def world(tmp_path_factory: pytest.TempPathFactory):
     """A cross-validated run trained on half the sandbox's records, and the other half to enrich."""
     root = tmp_path_factory.mktemp("enrich")
-    with Sandbox(VOCAB, per_level=12, shared_per_concept=6, triples_per_concept=4) as sb:
+    with Sandbox(sandbox_config(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4)) as sb:
         rows = _rows(sb)
         training, fresh = rows[0::2], rows[1::2]
         pl.DataFrame(training).write_csv(root / "train.csv")

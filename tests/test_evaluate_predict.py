@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import ModelError
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .conftest import CLASSES, VOCAB, diverge, make_folders, rows
+from .conftest import CLASSES, diverge, make_folders, rows, sandbox_config
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tm
 
 
 def test_predict_files_folders_urls_and_heatmaps(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         record = next(r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and len(r.labels) == 1)
         url = sb.image_url(record)
         single = next((eval_dir / "painting").iterdir())
@@ -129,7 +129,7 @@ def test_ensemble_averages_the_splits(trained: Path, eval_dir: Path, tmp_path: P
 
 
 def test_predict_a_harvest_table_and_a_query(trained: Path, tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=6, shared_per_concept=0, triples_per_concept=0) as sb:
+    with Sandbox(sandbox_config(per_level=6), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
         records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url][:6]
         pl.DataFrame([{"ID": r.id, "URL": sb.image_url(r), "category": r.labels[0]} for r in records]).write_csv(
             tmp_path / "t.csv"

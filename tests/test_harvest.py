@@ -17,10 +17,10 @@ from europeana_imgcls import HarvestConfig, harvest
 from europeana_imgcls.acquisition.harvest import COLUMNS
 from europeana_imgcls.core.errors import ApiError, DatasetError
 from europeana_imgcls.core.journal import read_records
-from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Sandbox
+from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Knobs, Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
 
-from .conftest import VOCAB, QuietHandler, send_json, serving
+from .conftest import VOCAB, QuietHandler, sandbox_config, send_json, serving
 
 
 def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestConfig:
@@ -29,7 +29,7 @@ def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestCon
 
 def test_exactly_n_per_category_and_level_with_faults_hidden(vocab_file: Path, tmp_path: Path) -> None:
     # No shared records, so nothing is dropped as ambiguous; every 4th search answers 429 or 503.
-    with Sandbox(VOCAB, per_level=40, shared_per_concept=0, triples_per_concept=0, fail_every=4) as sb:
+    with Sandbox(sandbox_config(per_level=40, fail_every=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
         out = tmp_path / "h.csv"
         report = harvest(config(sb, vocab_file, out, n=25, reusability=["open", "permission"]))
         df = pl.read_csv(out)
@@ -152,7 +152,7 @@ def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(
     """Rule 3 of docs/reliability.md with a real process: what a killed harvest journaled is kept, and --resume
     ends with the table an uninterrupted harvest writes. The sandbox holds its answers after a few, so the
     harvest is surely stopped mid-way, however fast the machine."""
-    with Sandbox(VOCAB, per_level=40, fail_every=3) as sb:
+    with Sandbox(sandbox_config(per_level=40, fail_every=3)) as sb:
         reference = tmp_path / "reference.csv"
         harvest(config(sb, vocab_file, reference, n=30, reusability=["open", "permission"]))
         out = tmp_path / "h.csv"

@@ -11,7 +11,7 @@ from pathlib import Path
 import europeana_imgcls
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .conftest import VOCAB
+from .conftest import VOCAB, sandbox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_the_import_contracts_are_kept() -> None:
 def test_the_light_commands_never_load_torch(tmp_path: Path) -> None:
     """Importing the package and running harvest, subtract, stats and download loads no torch (seconds of
     start-up, and a machine that only fetches data needs none of it)."""
-    with Sandbox(VOCAB, per_level=3) as sb:
+    with Sandbox(sandbox_config(per_level=3)) as sb:
         script = f"""
 import sys
 from pathlib import Path

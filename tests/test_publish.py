@@ -28,11 +28,11 @@ from europeana_imgcls.europeana.annotations import (
     page_refusal,
     publish_problem,
 )
-from europeana_imgcls.europeana.sandbox import ANNOTATION_PATHS, Sandbox
+from europeana_imgcls.europeana.sandbox import ANNOTATION_PATHS, Knobs, Sandbox
 from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.publish import publish, withdraw
 
-from .conftest import VOCAB, make_folders
+from .conftest import VOCAB, make_folders, sandbox_config
 
 W3C = Path(__file__).parent / "data" / "w3c"
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def _fresh_copy(enriched, tmp_path: Path, name: str = "europeana.jsonld") -> Pat
 def test_publish_sends_each_once_and_withdraw_takes_them_back(enriched, tmp_path: Path) -> None:
     path = _fresh_copy(enriched, tmp_path)
     total = len(_items(path))
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         dry = publish(_config(path, sb, dry_run=True))
         assert dry.annotations == total and dry.sent == 0 and not sb.annotations.live()
         first = publish(_config(path, sb, batch_size=7))
@@ -218,7 +218,7 @@ def test_a_publish_stopped_mid_upload_leaves_exactly_one_copy_of_each(
     and sends only what is not there: one copy of each, whichever way the server went."""
     path = _fresh_copy(enriched, tmp_path)
     total = len(_items(path))
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         sb.hold_after(1, ANNOTATION_PATHS)  # the first batch goes through, the second waits at the server
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
         proc = subprocess.Popen(
@@ -260,7 +260,7 @@ def test_an_upload_whose_answer_never_came_is_found_not_sent_again(enriched, tmp
 
     path = _fresh_copy(enriched, tmp_path)
     items = _items(path)
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
         part = Journal(tmp_path / "europeana.jsonld.published", what="t", settings={}).part
         with part.open("ab") as handle:  # as if no answer had come for any of them
@@ -297,7 +297,7 @@ def test_a_batch_refused_for_one_item_still_sends_the_others(enriched, tmp_path:
                 }
             return super()._check(batch)
 
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         sb.annotations = Stricter({SANDBOX_TOKEN: "sandbox-user"})
         report = publish(_config(path, sb, batch_size=8))
         assert report.sent == len(items) - 1 and [c for c, _ in report.rejected] == [bad]
@@ -316,7 +316,7 @@ def test_a_file_eic_did_not_write_or_of_another_profile_is_refused_before_anythi
         "not_record.jsonl": [dict(items[0], target="http://example.org/thing/1")],
         "bad_source.jsonl": [dict(items[0], body={"type": "SpecificResource", "source": "urn:x:y"})],
     }
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         for name, bad in cases.items():
             path = tmp_path / name
             path.write_text("\n".join(json.dumps(b) for b in [*items[1:3], *bad]) + "\n")
@@ -333,7 +333,7 @@ def test_a_file_eic_did_not_write_or_of_another_profile_is_refused_before_anythi
 
 def test_a_missing_or_refused_token_gets_one_line_and_sends_nothing_more(enriched, tmp_path: Path) -> None:
     path = _fresh_copy(enriched, tmp_path)
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         runner = CliRunner()
         missing = runner.invoke(app, ["publish", str(path), "--annotation-api", sb.base_url])
         assert missing.exit_code == 2 and "--annotation-token" in missing.stderr
@@ -346,7 +346,9 @@ def test_a_missing_or_refused_token_gets_one_line_and_sends_nothing_more(enriche
 
 def test_withdraw_takes_only_the_named_models_and_says_so_for_an_unknown_one(enriched, tmp_path: Path) -> None:
     path = _fresh_copy(enriched, tmp_path)
-    with Sandbox(VOCAB, per_level=2, annotation_tokens={SANDBOX_TOKEN: "sandbox-user", "other": "someone"}) as sb:
+    with Sandbox(
+        sandbox_config(per_level=2), Knobs(annotation_tokens={SANDBOX_TOKEN: "sandbox-user", "other": "someone"})
+    ) as sb:
         publish(_config(path, sb))
         with pytest.raises(DatasetError, match=f"no annotation of model 0000000000000000 .*{enriched['model']}"):
             withdraw(
@@ -381,7 +383,7 @@ def test_the_stand_in_refuses_what_europeana_refuses(enriched) -> None:
     import httpx
 
     good = _items(enriched["path"]["europeana.jsonl"])[0]
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
 
         def post(page: dict[str, Any], token: str | None = SANDBOX_TOKEN) -> httpx.Response:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -540,7 +542,7 @@ def test_a_file_with_a_hostile_target_is_refused_in_one_line_and_nothing_is_sent
     items = _made(3)
     items[2]["target"] = {"scope": "http://data.europeana.eu/item/9000/r2/../../../user/7", "source": "https://i/1"}
     path = _write(tmp_path / "a.jsonl", items)
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         result = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
         line = _one_line(result)
         assert "annotation 3" in line and "nothing was sent" in line
@@ -560,7 +562,7 @@ def test_an_id_the_server_gives_that_names_no_annotation_of_it_is_not_taken_as_p
                 page["items"] = [dict(a, id=forged[i % len(forged)]) for i, a in enumerate(page["items"])]
             return status, page
 
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         sb.annotations = Forger({SANDBOX_TOKEN: "sandbox-user"})
         result = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
         line = _one_line(result)
@@ -580,7 +582,7 @@ def test_withdraw_deletes_nothing_it_cannot_name(tmp_path: Path) -> None:
     from europeana_imgcls.core.journal import frame
 
     path = _write(tmp_path / "a.jsonl", _made(3))
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
         folder = tmp_path / "forged.published"
         folder.mkdir()
@@ -605,7 +607,7 @@ def test_withdraw_without_the_journals_finds_the_models_annotations_by_their_gen
 
     mine = _write(tmp_path / "a.jsonl", _made(230))  # three pages of 100
     other = _write(tmp_path / "b.jsonl", _made(5, digest=MODEL_B))
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(mine, sb, batch_size=100))
         publish(_config(other, sb))
         shutil.rmtree(tmp_path / "a.jsonl.published")
@@ -633,7 +635,7 @@ def test_the_stand_ins_search_answers_in_europeanas_shape_page_by_page(tmp_path:
 
     path = _write(tmp_path / "a.jsonl", _made(12))
     generator = _made(1)[0]["generator"]["id"]
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
         url = f"{sb.base_url}/annotation/search"
         query = f'generator_uri:"{generator}"'
@@ -684,7 +686,7 @@ class _Redirecting:
 
 
 def test_an_endpoint_that_redirects_or_is_not_there_stops_at_the_first_batch(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=2) as sb, _Redirecting() as moved:
+    with Sandbox(sandbox_config(per_level=2)) as sb, _Redirecting() as moved:
         for name, api in (("wrong", sb.base_url + "/wrong"), ("moved", moved.url)):
             path = _write(tmp_path / f"{name}.jsonl", _made(6))
             result = CliRunner().invoke(
@@ -701,7 +703,7 @@ def test_an_endpoint_that_redirects_or_is_not_there_stops_at_the_first_batch(tmp
 @pytest.mark.parametrize("token", ["", "a\nb", "tok\r\nX-Other: 1", "t\u00f6ken", "tok en"])
 def test_a_token_that_cannot_be_one_is_refused_before_any_work(tmp_path: Path, token: str) -> None:
     path = _write(tmp_path / "a.jsonl", _made(2))
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         for command in (["publish", str(path)], ["withdraw", "--model", MODEL_A]):
             result = CliRunner().invoke(app, [*command, "--annotation-api", sb.base_url, "--token", token])
             line = _one_line(result)
@@ -739,7 +741,7 @@ def test_the_docs_pass_the_token_by_environment_and_agree_on_how_the_key_goes() 
 def test_an_annotation_changed_since_it_was_published_is_reported_not_sent_again(tmp_path: Path) -> None:
     items = _made(4)
     path = _write(tmp_path / "a.jsonl", items)
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
         items[1]["target"]["source"] = "https://images.example.org/another.jpg"  # what Europeana holds differs
         items[2]["created"] = items[2]["generated"] = "2001-01-01T00:00:00Z"  # Europeana sets these itself
@@ -779,7 +781,7 @@ def test_a_confidence_that_is_no_number_is_refused_by_a_dry_run(tmp_path: Path, 
 
 def test_messages_name_the_apis_address_when_it_is_not_europeana(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.jsonl", _made(3))
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         runner = CliRunner()
         dry = runner.invoke(app, ["publish", str(path), "--annotation-api", sb.base_url, "--dry-run"])
         sent = runner.invoke(app, ["publish", str(path), "--annotation-api", sb.base_url], env=ENV)
@@ -810,7 +812,7 @@ def test_a_damaged_journal_state_is_skipped_and_said_never_a_traceback(tmp_path:
 
     items = _made(3)
     path = _write(tmp_path / "a.jsonl", items)
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
         with (tmp_path / "a.jsonl.published" / "part.ndjson").open("ab") as part:
             part.write(frame(items[0]["canonical"], state))
@@ -827,7 +829,7 @@ def test_a_journal_of_another_format_is_refused_in_one_line(tmp_path: Path) -> N
 
     items = _made(2)
     path = _write(tmp_path / "a.jsonl", items)
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
         with (tmp_path / "a.jsonl.published" / "part.ndjson").open("ab") as part:
             part.write(frame(items[0]["canonical"], {"format": "eic-publish-state/9", "state": "beamed"}))

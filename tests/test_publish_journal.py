@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import PublishConfig
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.outputs.publish import publish
 
-from .conftest import VOCAB
+from .conftest import sandbox_config
 from .hostile import assert_untouched, cli_works_or_one_line, mutated_json, scratch, snapshot
 from .test_publish import MODEL_A, MODEL_B, _made, _write
 
@@ -44,7 +44,9 @@ WORDS = (
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
     """One stand-in for every example, holding an annotation of another model by another user that must stay."""
-    with Sandbox(VOCAB, per_level=2, annotation_tokens={SANDBOX_TOKEN: "sandbox-user", "other": "someone"}) as sb:
+    with Sandbox(
+        sandbox_config(per_level=2), Knobs(annotation_tokens={SANDBOX_TOKEN: "sandbox-user", "other": "someone"})
+    ) as sb:
         with tempfile.TemporaryDirectory() as name:
             theirs = _write(Path(name) / "theirs.jsonl", _made(1, digest=MODEL_B))
             publish(PublishConfig(enrichments=theirs, annotation_api=sb.base_url, annotation_token="other", quiet=True))

@@ -33,9 +33,9 @@ from europeana_imgcls.acquisition.images import ImageRejected, save_normalised
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.core.tables import atomic_path, is_own_temp, temp_path
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .conftest import VOCAB
+from .conftest import VOCAB, sandbox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,7 +291,7 @@ def test_broken_url_through_the_real_client(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=10, stall_seconds=30) as sb:
+    with Sandbox(sandbox_config(per_level=10), Knobs(stall_seconds=30)) as sb:
         good = _good_rows(sb)[:3]
         stalls = [{"category": "map", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"} for i in range(6)]
         dead = [{"category": "map", "ID": f"/dead/{i}", "URL": f"{sb.base_url}/faults/404/{i}"} for i in range(3)]
@@ -329,7 +329,7 @@ def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_multi_label_rerun_keeps_every_label_row(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=2, stall_seconds=30) as sb:
+    with Sandbox(sandbox_config(per_level=2), Knobs(stall_seconds=30)) as sb:
         good = _good_rows(sb, multi=True)
         table = tmp_path / "t.csv"
         pl.DataFrame(good).write_csv(table)
@@ -366,7 +366,7 @@ def test_ctrl_c_during_a_multi_label_rerun_keeps_every_label_row(tmp_path: Path)
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_keeps_failures_and_labels(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=2, stall_seconds=30) as sb:
+    with Sandbox(sandbox_config(per_level=2), Knobs(stall_seconds=30)) as sb:
         good = _good_rows(sb, multi=True)
         dead = [{"category": "map", "ID": f"/dead/{i}", "URL": f"{sb.base_url}/faults/404/{i}"} for i in range(3)]
         stalls = [{"category": "map", "ID": f"/stall/{i}", "URL": f"{sb.base_url}/faults/stall/{i}"} for i in range(4)]
@@ -634,7 +634,7 @@ def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
 def test_the_sandbox_answers_odd_paths_with_404() -> None:
     import httpx
 
-    with Sandbox(VOCAB, per_level=2) as sb:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
         for path in ("/images/²", "/images/-1", "/images/99999999", "/thumbnail/%FF"):
             assert httpx.get(sb.base_url + path).status_code in (400, 404), path
 

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.naming import file_name
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .conftest import VOCAB, sandbox_records, sandbox_table
+from .conftest import VOCAB, sandbox_config, sandbox_records, sandbox_table
 
 pytest.importorskip("cleanlab")
 TINY = ["--arch", "tiny", "--weights", "none", "--input-size", "32", "--quiet"]
@@ -73,7 +73,9 @@ def _check_against_labelling_config(tasks: list[dict[str, Any]], config: str) ->
 
 
 def test_audit_review_apply_download_puts_reviewed_records_in_their_true_class(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=24, shared_per_concept=0, triples_per_concept=0, label_noise=0.15) as sb:
+    with Sandbox(
+        sandbox_config(per_level=24, label_noise=0.15), Knobs(shared_per_concept=0, triples_per_concept=0)
+    ) as sb:
         table = sandbox_table(sb, tmp_path / "train.csv")
         records = sandbox_records(sb)
         planted = {r.id for r in records if r.mislabelled}

@@ -27,11 +27,11 @@ from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.core.sharding import Shard, shard_of
 from europeana_imgcls.europeana.quota import Quota
 from europeana_imgcls.europeana.ratelimit import RateLimit
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
 from europeana_imgcls.europeana.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
 
-from .conftest import VOCAB, sandbox_records, sandbox_table
+from .conftest import VOCAB, sandbox_config, sandbox_records, sandbox_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_thumbnail_urls_are_the_md5_of_the_media_url_and_placeholders_are_known(
 
 
 def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=12, bad_every=5, thumbnail_missing_every=4) as sb:
+    with Sandbox(sandbox_config(per_level=12, bad_every=5, thumbnail_missing_every=4)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         report = download(
@@ -131,7 +131,7 @@ def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], messag
 
 @pytest.mark.slow
 def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=8) as sandbox:
+    with Sandbox(sandbox_config(per_level=8)) as sandbox:
         table = sandbox_table(sandbox, tmp_path / "t.csv")
         rows = pl.read_csv(table).height
         started = time.monotonic()
@@ -195,7 +195,7 @@ def _eic(*args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=8, bad_every=9, stall_seconds=120) as sb:
+    with Sandbox(sandbox_config(per_level=8, bad_every=9), Knobs(stall_seconds=120)) as sb:
         rows = [
             {"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
             for r in sb.catalogue
@@ -268,7 +268,7 @@ def test_quota_headers_are_read_in_both_drafts() -> None:
 
 @pytest.mark.slow
 def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=120, quota=3, quota_window=1.0) as sb:
+    with Sandbox(sandbox_config(per_level=120, quota=3, quota_window=1.0)) as sb:
         started = time.monotonic()
         report = harvest(
             HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=110, api_url=sb.api_url, quiet=True, retries=0)
@@ -277,7 +277,7 @@ def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
         asked = sb.count("/record/v2/search.json")
         assert sb.quota_refusals == 0 and report.rows > 0
         assert asked > 3 and took >= (asked - 3) / 3 * 0.9  # more than one window's quota, never a 429
-    with Sandbox(VOCAB, per_level=120) as free:  # the same harvest without a quota
+    with Sandbox(sandbox_config(per_level=120)) as free:  # the same harvest without a quota
         reference = harvest(
             HarvestConfig(output=tmp_path / "free.csv", vocab=VOCAB, n=110, api_url=free.api_url, quiet=True)
         )
@@ -288,7 +288,7 @@ def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
 
 def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Path) -> None:
     out = tmp_path / "h.csv"
-    with Sandbox(VOCAB, per_level=60, quota=2, quota_window=30.0) as sb:
+    with Sandbox(sandbox_config(per_level=60, quota=2, quota_window=30.0)) as sb:
         runner = CliRunner()
         args = [
             "harvest",
@@ -317,7 +317,7 @@ def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Pat
 
 @pytest.mark.slow
 def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries() -> None:
-    with Sandbox(VOCAB, per_level=5, quota=1, quota_window=0.6) as sb:
+    with Sandbox(sandbox_config(per_level=5, quota=1, quota_window=0.6)) as sb:
         with SearchClient(sb.api_url, "api2demo", retries=0) as other:
             other.search([("query", "*")])  # someone else spends the window
         with SearchClient(sb.api_url, "api2demo", retries=0) as client:
@@ -341,7 +341,9 @@ def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries(
 def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained_run: Path, tmp_path: Path) -> None:
     from europeana_imgcls import PredictConfig, predict
 
-    with Sandbox(VOCAB, per_level=4, shared_per_concept=0, triples_per_concept=0, thumbnail_missing_every=3) as sb:
+    with Sandbox(
+        sandbox_config(per_level=4, thumbnail_missing_every=3), Knobs(shared_per_concept=0, triples_per_concept=0)
+    ) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         # On the CPU in float32: on a GPU, mixed precision and per-batch-size kernels move probabilities in
         # their third decimal when shards batch other images together (docs/scale.md).
@@ -499,7 +501,7 @@ def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: 
 
 def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tmp_path: Path) -> None:
     # Every 2nd search answers 429 with Retry-After 0 while the hour's quota has plenty left.
-    with Sandbox(VOCAB, per_level=20, quota=1000, quota_window=3600, fail_every=2) as sb:
+    with Sandbox(sandbox_config(per_level=20, quota=1000, quota_window=3600, fail_every=2)) as sb:
         started = time.monotonic()
         report = harvest(
             HarvestConfig(
@@ -521,7 +523,7 @@ def test_old_draft_headers_without_a_window_assume_an_hour() -> None:
 
 
 def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=3) as sb:
+    with Sandbox(sandbox_config(per_level=3)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         with pytest.raises(DatasetError, match="every thumbnail request failed"):  # one cause, said in one line
             download(
@@ -543,7 +545,7 @@ def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path
 
 
 def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
-    with Sandbox(VOCAB, per_level=10, bad_every=5, stall_seconds=0.2) as sb:  # only a 404 matters here
+    with Sandbox(sandbox_config(per_level=10, bad_every=5), Knobs(stall_seconds=0.2)) as sb:  # only a 404 matters here
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         record = next(r for r in sandbox_records(sb) if r.fault == "404")

@@ -201,7 +201,7 @@ def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
     from europeana_imgcls import PredictConfig, predict
     from europeana_imgcls.europeana.sandbox import Sandbox
 
-    from .conftest import VOCAB
+    from .conftest import sandbox_config
 
     def no_long_sleep(seconds: float) -> None:
         assert seconds < 3600, f"would sleep {seconds} s"
@@ -209,7 +209,7 @@ def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
     monkeypatch.setattr("europeana_imgcls.europeana.search_api.time.sleep", no_long_sleep)
 
     with (
-        Sandbox(VOCAB, per_level=40, quota=2, quota_window=31536000) as sb,
+        Sandbox(sandbox_config(per_level=40, quota=2, quota_window=31536000)) as sb,
         pytest.raises(ApiError, match="max_quota_wait"),
     ):
         predict(

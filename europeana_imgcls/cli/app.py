@@ -284,26 +284,18 @@ def demo(config: DemoConfig) -> None:
 @command("sandbox", SandboxConfig)
 def sandbox(config: SandboxConfig) -> None:
     """Serve a local stand-in of the Search API, the Thumbnail API and an image host until Ctrl-C."""
-    from ..europeana.sandbox import Sandbox
-    from ..europeana.vocabulary import load_vocabulary
+    from ..europeana.sandbox import Knobs, Sandbox
 
-    vocabulary = run(lambda: load_vocabulary(config.vocab), "sandbox")
-    try:
-        server = Sandbox(
-            vocabulary,
-            port=config.port,
-            per_level=config.per_level,
-            fail_every=config.fail_every,
-            bad_every=config.bad_every,
-            variant_every=7 if config.bad_every else 0,
-            thumbnail_missing_every=config.thumbnail_missing_every,
-            quota=config.quota,
-            quota_window=config.quota_window,
-            label_noise=config.label_noise,
-        )
-    except OSError as exc:
-        typer.echo(f"eic: error: cannot listen on 127.0.0.1:{config.port} ({exc.strerror}); try --port 0", err=True)
-        raise typer.Exit(1) from None
+    # Images that need care (CMYK, rotated, large...) come with the deliberately bad answers.
+    knobs = Knobs(variant_every=7 if config.bad_every else 0)
+
+    def start() -> Sandbox:
+        try:
+            return Sandbox(config, knobs)
+        except OSError as exc:  # the port is taken, or not ours to take
+            raise EicError(f"cannot listen on 127.0.0.1:{config.port} ({exc.strerror}); try `port` 0") from None
+
+    server = run(start, "sandbox")
     report.print_sandbox(console, server)
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):

@@ -28,12 +28,13 @@ from ..core.config import (
     HarvestConfig,
     PredictConfig,
     PublishConfig,
+    SandboxConfig,
     SubtractConfig,
     TrainConfig,
 )
 from ..core.outputs import OutputKind, claim
 from ..europeana.annotation_standin import SANDBOX_TOKEN
-from ..europeana.sandbox import Sandbox
+from ..europeana.sandbox import Knobs, Sandbox
 from ..europeana.vocabulary import default_vocabulary
 from ..modelling.training import train
 from ..outputs.enrichment import enrich
@@ -72,16 +73,8 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
         console.print(f"{escape(text)} [dim]({seconds:.1f} s)[/]")  # paths and values, never markup
         return result
 
-    with Sandbox(
-        vocab,
-        per_level=40,
-        bad_every=17,
-        variant_every=9,
-        fail_every=11,
-        stall_seconds=3,
-        image_size=(192, 144),
-        thumbnail_missing_every=8,
-    ) as sandbox:
+    settings = SandboxConfig(vocab=vocab, port=0, per_level=40, bad_every=17, fail_every=11, thumbnail_missing_every=8)
+    with Sandbox(settings, Knobs(variant_every=9, stall_seconds=3, image_size=(192, 144))) as sandbox:
         console.print(
             f"sandbox Search API at {escape(sandbox.api_url)} (every 11th search answers 429 or 503); its "
             "Thumbnail API has no thumbnail for every 8th record"

@@ -768,7 +768,9 @@ class SandboxConfig(_Base):
     per_level: int = Field(30, ge=1, le=10_000, description="Single-concept records per concept and reusability level.")
     fail_every: int = Field(0, ge=0, description="Answer every Nth search with 429 or 503 (0: never).")
     bad_every: int = Field(0, ge=0, description="Every Nth record's image is a deliberately bad answer (0: none).")
-    vocab: Path | None = Field(None, description="Vocabulary JSON; default: the 20 built-in concepts.")
+    vocab: Path | dict[str, str] | None = Field(
+        None, description="Vocabulary JSON (a file, or in Python a dict); default: the 20 built-in concepts."
+    )
     thumbnail_missing_every: int = Field(
         0, ge=0, description="Every Nth record has no thumbnail: v3 answers 404, v2 the placeholder (0: none)."
     )

@@ -1,7 +1,9 @@
 """A local stand-in of Europeana: a Search API in the documented shape and an image host.
 
 It is a real HTTP server on 127.0.0.1 over a generated catalogue, for trying ``eic`` without a key
-or the network and for testing scripts in CI (``eic sandbox``, or ``Sandbox()`` from Python).
+or the network and for testing scripts in CI (``eic sandbox``, or ``Sandbox(SandboxConfig(...))`` from
+Python). The user's settings are ``SandboxConfig``'s (the flags of ``eic sandbox``); what only tests and the
+demo set (the catalogue's shape, stalls, latency, tokens) is ``Knobs``; ``fail_next`` makes any route fail on cue.
 
 Search API (``/record/v2/search.json``): cursor paging (a partial last page still carries a cursor;
 the empty page after it does not), ``rows`` silently capped at 100, ``reusability`` filters,
@@ -38,17 +40,17 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 from PIL import Image
 
-from ..core.config import DEMO_API_KEY, REUSABILITY_LEVELS
+from ..core.config import DEMO_API_KEY, REUSABILITY_LEVELS, SandboxConfig
 from .annotation_standin import SANDBOX_TOKEN, AnnotationStore
 from .thumbnails import placeholder_bytes
 from .vocabulary import load_vocabulary
@@ -58,6 +60,7 @@ RIGHTS = {
     "restricted": "http://creativecommons.org/licenses/by-nc/4.0/",
     "permission": "http://rightsstatements.org/vocab/InC/1.0/",
 }
+Answer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, extra headers
 # Answers that must end up in failures.csv, never as a file.
 ANNOTATION_PATHS = ("/annotations/", "/annotation/")
 IMAGE_PATHS = ("/images/", "/faults/", "/thumbnail/")  # what the image host and the Thumbnail API answer
@@ -84,19 +87,29 @@ class SandboxRecord:
         return self.shows is not None
 
 
-def build_catalogue(
-    vocab: dict[str, str],
-    per_level: int = 30,
-    shared_per_concept: int = 2,
-    triples_per_concept: int = 1,
-    no_url_every: int = 13,
-    bad_every: int = 0,
-    variant_every: int = 0,
-    label_noise: float = 0.0,
-) -> list[SandboxRecord]:
+@dataclass(frozen=True)
+class Knobs:
+    """What a test or the demo sets beside the user's ``SandboxConfig`` (no flag of ``eic sandbox`` sets it): the
+    catalogue's shape, the server's habits, who may use it."""
+
+    shared_per_concept: int = 2  # records under two concepts, per concept and level
+    triples_per_concept: int = 1  # records under three
+    no_url_every: int = 13  # every Nth record has no edmIsShownBy
+    variant_every: int = 0  # every Nth good record's image is a variant that needs care (``VARIANTS``)
+    image_fail_every: int = 0  # every Nth image is answered 503 with Retry-After once
+    image_size: tuple[int, int] = (320, 240)
+    stall_seconds: float = 5.0  # the longest a stalled answer is held (stop() sends it at once)
+    search_latency: float = 0.0  # seconds each Search API answer takes, like a distant server
+    api_keys: tuple[str, ...] = (DEMO_API_KEY,)
+    annotation_tokens: Mapping[str, str] = field(default_factory=lambda: {SANDBOX_TOKEN: "sandbox-user"})  # user
+
+
+def build_catalogue(vocab: dict[str, str], config: SandboxConfig, knobs: Knobs) -> list[SandboxRecord]:
     """Records for every concept and level: mostly single-concept, a few shared by 2 or 3 concepts. With
     ``label_noise`` that share of the single-concept records shows another concept than its metadata says (the
     same records every time: the draw is seeded by the record)."""
+    per_level, bad_every, label_noise = config.per_level, config.bad_every, config.label_noise
+    no_url_every, variant_every = knobs.no_url_every, knobs.variant_every
     names = list(vocab)
     records: list[SandboxRecord] = []
 
@@ -136,10 +149,10 @@ def build_catalogue(
             for j in range(per_level):
                 add((name,), level, j, "obj")
             if len(names) > 1:
-                for j in range(shared_per_concept):
+                for j in range(knobs.shared_per_concept):
                     add((name, names[(k + 1) % len(names)]), level, j, "pair")
             if len(names) > 2:
-                for j in range(triples_per_concept):
+                for j in range(knobs.triples_per_concept):
                     add((name, names[(k + 1) % len(names)], names[(k + 2) % len(names)]), level, j, "triple")
             # A text record under the concept: TYPE:IMAGE must filter it out.
             records.append(
@@ -219,50 +232,21 @@ def _bomb_png() -> bytes:
 
 
 class Sandbox:
-    """Start with ``with Sandbox() as sb:`` and point ``api_url`` or records' URLs at it."""
+    """Start with ``with Sandbox(SandboxConfig(...)) as sb:`` (``Sandbox()``: the defaults on a free port) and
+    point ``api_url`` or records' URLs at it."""
 
-    def __init__(
-        self,
-        vocab: dict[str, str] | Path | str | None = None,
-        *,
-        per_level: int = 30,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        api_keys: tuple[str, ...] = (DEMO_API_KEY,),
-        fail_every: int = 0,
-        image_fail_every: int = 0,
-        bad_every: int = 0,
-        variant_every: int = 0,
-        no_url_every: int = 13,
-        shared_per_concept: int = 2,
-        triples_per_concept: int = 1,
-        stall_seconds: float = 5.0,
-        search_latency: float = 0.0,
-        image_size: tuple[int, int] = (320, 240),
-        thumbnail_missing_every: int = 0,
-        quota: int = 0,
-        quota_window: float = 3600.0,
-        annotation_tokens: dict[str, str] | None = None,
-        label_noise: float = 0.0,
-    ) -> None:
-        self.vocab = load_vocabulary(vocab)  # a dict or a JSON file, as HarvestConfig takes it
-        self.catalogue = build_catalogue(
-            self.vocab,
-            per_level,
-            shared_per_concept=shared_per_concept,
-            triples_per_concept=triples_per_concept,
-            no_url_every=no_url_every,
-            bad_every=bad_every,
-            variant_every=variant_every,
-            label_noise=label_noise,
-        )
-        self.api_keys = set(api_keys)
-        self.fail_every = fail_every
-        self.image_fail_every = image_fail_every
+    def __init__(self, config: SandboxConfig | None = None, knobs: Knobs | None = None) -> None:
+        config = config or SandboxConfig(port=0)  # from Python, a free port unless one is asked for
+        knobs = knobs or Knobs()
+        self.vocab = load_vocabulary(config.vocab)  # a dict or a JSON file, as HarvestConfig takes it
+        self.catalogue = build_catalogue(self.vocab, config, knobs)
+        self.api_keys = set(knobs.api_keys)
+        self.fail_every = config.fail_every
+        self.image_fail_every = knobs.image_fail_every
         self._refused_once: set[int] = set()
-        if bad_every:
+        if config.bad_every:
             _bomb_png()  # a second to build: not while a client waits
-        self.stall_seconds = stall_seconds  # the longest a stalled answer is held (stop() sends it at once)
+        self.stall_seconds = knobs.stall_seconds
         self._stopping = threading.Event()
         # Tests hold answers after the first few (``hold_after``) to stop a client mid-way for sure.
         self._gate = threading.Event()
@@ -272,12 +256,12 @@ class Sandbox:
         self._answered = 0
         self.held = 0  # image requests waiting at the gate now
         self._held_changed = threading.Condition()
-        self.search_latency = search_latency  # seconds each Search API answer takes, like a distant server
-        self.image_size = image_size
-        self.thumbnail_missing_every = thumbnail_missing_every
-        self.quota, self.quota_window = quota, quota_window
+        self.search_latency = knobs.search_latency
+        self.image_size = knobs.image_size
+        self.thumbnail_missing_every = config.thumbnail_missing_every
+        self.quota, self.quota_window = config.quota, config.quota_window
         # The Annotations API stand-in: a token per user (the write routes want "Authorization: Bearer <token>").
-        self.annotations = AnnotationStore(annotation_tokens or {SANDBOX_TOKEN: "sandbox-user"})
+        self.annotations = AnnotationStore(dict(knobs.annotation_tokens))
         self._window_start: float | None = None
         self._window_used = 0
         self.quota_refusals = 0  # 429s sent because the quota was spent
@@ -288,7 +272,8 @@ class Sandbox:
         self._search_count = 0
         self._lock = threading.Lock()
         self._class_index = {name: i for i, name in enumerate(self.vocab)}
-        self._server = _QuietServer((host, port), _make_handler(self))
+        self._failing: tuple[tuple[str, ...], int, int] | None = None  # paths, status, answers left (fail_next)
+        self._server = _QuietServer(("127.0.0.1", config.port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -320,6 +305,21 @@ class Sandbox:
         with self._held_changed:
             self._hold_after, self._hold_paths, self._answered = answers, paths, 0
             self._gate.clear()
+
+    def fail_next(self, status: int, paths: tuple[str, ...], answers: int = 1) -> None:
+        """Answer the next ``answers`` requests for ``paths`` (prefixes, as ``ANNOTATION_PATHS``) with ``status``
+        and ``Retry-After: 0``, before anything else is looked at: how a test makes any route fail on cue."""
+        with self._lock:
+            self._failing = (paths, status, answers)
+
+    def _failure(self, path: str) -> int | None:
+        """The status a request for ``path`` is to fail with (``fail_next``), counted, or None."""
+        with self._lock:
+            if self._failing is None or not path.startswith(self._failing[0]):
+                return None
+            paths, status, left = self._failing
+            self._failing = (paths, status, left - 1) if left > 1 else None
+            return status
 
     def release(self) -> None:
         """Send every held image answer, and hold no more."""
@@ -446,53 +446,17 @@ class Sandbox:
         indices = tuple(self._class_index[label] for label in (record.shows or record.labels))
         return draw_image(indices, len(self.vocab), seed=serial, size=size)
 
-    def search(self, params: dict[str, list[str]], key: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def search(self, params: dict[str, list[str]], key: str) -> Answer:
         """Answer one Search API request: (status, body, extra headers)."""
-        with self._lock:
-            self._search_count += 1
-            n = self._search_count
-        if self.fail_every and n % self.fail_every == 0:
-            status = 429 if (n // self.fail_every) % 2 else 503
-            return (
-                status,
-                _error("Too many requests" if status == 429 else "Service unavailable", code=f"{status}"),
-                {"Retry-After": "0"},
-            )
-        query = _param(params, "query")
-        if query is None:
-            return 400, _error("Required parameter 'query' missing"), {}
-        if not query.strip():
-            return 400, _error("Empty search query parameter", code="400-SE"), {}
+        failed = self._search_fault()
+        if failed is not None:
+            return failed
         try:
-            rows = min(int((params.get("rows") or ["12"])[0]), 100)
-            start = int((params.get("start") or ["1"])[0])
-        except ValueError as exc:
-            return 400, _error(str(exc)), {}
-        cursor = _param(params, "cursor")
-        if cursor is not None and start > 1:
-            return 400, _error("Parameters 'start' and 'cursor' cannot be used together", code="400-SD"), {}
-        offset = start - 1
-        if cursor is not None and cursor != "*":
-            decoded = _decode_cursor(cursor)
-            if decoded is None:
-                return (
-                    400,
-                    _error("Invalid cursor value. Please make sure you encode the cursor value", code="400-SC"),
-                    {},
-                )
-            offset = decoded
-        if cursor is None and offset + rows > 1000:
-            return (
-                400,
-                _error(
-                    "It is not possible to paginate beyond the first 1000 search results. "
-                    "Please use cursor-based pagination instead",
-                    code="400-SL",
-                ),
-                {},
-            )
-        hits = self._matching(query, params)
-        hits = _sorted(hits, (params.get("sort") or [""])[0])
+            query = _query(params)
+            offset, rows, cursor = _window(params)
+        except _BadRequest as bad:
+            return 400, _error(*bad.args), {}
+        hits = _sorted(self._matching(query, params), (params.get("sort") or [""])[0])
         page = hits[offset : offset + rows]
         body: dict[str, Any] = {
             "apikey": key,
@@ -505,6 +469,17 @@ class Sandbox:
         if cursor is not None and page:
             body["nextCursor"] = _encode_cursor(offset + len(page))
         return 200, body, {}
+
+    def _search_fault(self) -> Answer | None:
+        """Every ``fail_every``-th search: 429 and 503 in turn, with Retry-After 0."""
+        with self._lock:
+            self._search_count += 1
+            n = self._search_count
+        if not (self.fail_every and n % self.fail_every == 0):
+            return None
+        status = 429 if (n // self.fail_every) % 2 else 503
+        message = "Too many requests" if status == 429 else "Service unavailable"
+        return status, _error(message, code=f"{status}"), {"Retry-After": "0"}
 
     def _matching(self, query: str, params: dict[str, list[str]]) -> list[SandboxRecord]:
         filters = [query, *params.get("qf", [])]
@@ -539,6 +514,43 @@ def _error(message: str, code: str | None = None) -> dict[str, Any]:
     if code:
         body["code"] = code
     return body
+
+
+class _BadRequest(Exception):
+    """A search the Search API answers 400: its message and code (``_error``'s arguments)."""
+
+
+def _query(params: dict[str, list[str]]) -> str:
+    query = _param(params, "query")
+    if query is None:
+        raise _BadRequest("Required parameter 'query' missing")
+    if not query.strip():
+        raise _BadRequest("Empty search query parameter", "400-SE")
+    return query
+
+
+def _window(params: dict[str, list[str]]) -> tuple[int, int, str | None]:
+    """Which records a search asks for: (offset, rows, cursor), as the Search API reads them."""
+    try:
+        rows = min(int((params.get("rows") or ["12"])[0]), 100)
+        start = int((params.get("start") or ["1"])[0])
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
+    cursor = _param(params, "cursor")
+    if cursor is None:
+        if start - 1 + rows > 1000:
+            raise _BadRequest(
+                "It is not possible to paginate beyond the first 1000 search results. "
+                "Please use cursor-based pagination instead",
+                "400-SL",
+            )
+        return start - 1, rows, None
+    if start > 1:
+        raise _BadRequest("Parameters 'start' and 'cursor' cannot be used together", "400-SD")
+    offset = start - 1 if cursor == "*" else _decode_cursor(cursor)
+    if offset is None:
+        raise _BadRequest("Invalid cursor value. Please make sure you encode the cursor value", "400-SC")
+    return offset, rows, cursor
 
 
 def _encode_cursor(offset: int) -> str:
@@ -578,166 +590,218 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in separate writes; without this, Nagle's algorithm and
-        # delayed ACKs add 40 ms to every keep-alive answer.
-        disable_nagle_algorithm = True
+    """The request handler class of ``sandbox`` (http.server makes one handler per request)."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet server
-            pass
+    class Handler(_Handler):
+        pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self._handle(self._route)
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._handle(self._post)
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._handle(self._delete)
-
-        def _handle(self, route: Any) -> None:
-            parts = urlsplit(self.path)
-            with sandbox._lock:
-                sandbox.hits[parts.path] += 1
-                sandbox.request_times.append(time.monotonic())
-            params = parse_qs(parts.query, keep_blank_values=True)
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                sandbox._pass_gate(parts.path)
-                route(parts.path, params)
-
-        def _post(self, path: str, params: dict[str, list[str]]) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if path.rstrip("/") == "/annotations":
-                return self._answer(*sandbox.annotations.post_batch(self.headers.get("Authorization"), body))
-            return self._send(404, b"not found", "text/plain")
-
-        def _delete(self, path: str, params: dict[str, list[str]]) -> None:
-            if path.startswith("/annotation/"):
-                return self._answer(
-                    *sandbox.annotations.delete(self.headers.get("Authorization"), path.removeprefix("/annotation/"))
-                )
-            return self._send(404, b"not found", "text/plain")
-
-        def _answer(self, status: int, body: dict[str, Any] | None) -> None:
-            if body is None:
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self._json(status, body, {})
-
-        def _route(self, path: str, params: dict[str, list[str]]) -> None:
-            if path in SEARCH_PATHS:
-                return self._search(params)
-            if path == "/annotation/search":
-                query, page, size = (_param(params, name) for name in ("query", "page", "pageSize"))
-                profile, base = _param(params, "profile") or "", sandbox.base_url
-                return self._answer(*sandbox.annotations.search(query or "", page or "0", size or "10", profile, base))
-            if path.startswith("/annotation/"):
-                return self._answer(*sandbox.annotations.get(path.removeprefix("/annotation/")))
-            if path.startswith("/images/"):
-                serial = _serial(path.rsplit("/", 1)[-1].removesuffix(".jpg"), sandbox)
-                if serial is None:
-                    return self._send(404, b"not found", "text/plain")
-                if sandbox.busy_image_host(serial):
-                    return self._send(503, b"busy", "text/plain", {"Retry-After": "0"})
-                return self._send(200, *sandbox.image_bytes(serial))
-            if path.startswith("/faults/"):
-                return self._fault(path.split("/")[2])
-            if path == "/thumbnail/v2/url.json":
-                return self._thumbnail(params)
-            if path.startswith("/thumbnail/v3/"):
-                return self._thumbnail_v3(path.split("/")[3:])
-            return self._send(404, b"not found", "text/plain")
-
-        def _search(self, params: dict[str, list[str]]) -> None:
-            key = self.headers.get("X-Api-Key") or (params.get("wskey") or [""])[0]
-            if key not in sandbox.api_keys:
-                message = "Empty API key provided!" if not key else "Invalid API key provided!"
-                body = {"success": False, "error": "Unauthorized", "message": message, "code": "invalid_apikey"}
-                return self._json(401, body, {})
-            time.sleep(sandbox.search_latency)
-            allowed, quota_headers = sandbox.spend_quota()
-            if not allowed:
-                body = {
-                    "success": False,
-                    "error": "Too many requests",
-                    "message": "usage limit reached for this API key",
-                    "code": "429_limit_personal",
-                }
-                return self._json(429, body, quota_headers)
-            status, body, headers = sandbox.search(params, key)
-            self._json(status, body, {**headers, **quota_headers})
-
-        def _thumbnail(self, params: dict[str, list[str]]) -> None:
-            uri = unquote((params.get("uri") or [""])[0])
-            match = re.search(r"/(?:images|faults/[\w-]+)/(\d+)", uri)
-            serial = _serial(match.group(1), sandbox) if match else None
-            if serial is None:
-                return self._send(404, b"Media file not found", "text/plain")
-            if not sandbox.has_thumbnail(serial):  # v2 never says 404: it sends the generic icon
-                return self._send(200, placeholder_bytes(), "image/png")
-            size = 200 if (params.get("size") or ["w400"])[0].endswith("200") else 400
-            self._send(200, *sandbox.image_bytes(serial, max_side=size))
-
-        def _thumbnail_v3(self, parts: list[str]) -> None:
-            if len(parts) != 2 or parts[0] not in ("200", "400") or not re.fullmatch(r"[0-9a-fA-F]{8,128}", parts[1]):
-                return self._json(400, _error("Invalid size or id. Supported sizes are 200 and 400"), {})
-            serial = sandbox.thumbnail(parts[1])
-            if serial is None or not sandbox.has_thumbnail(serial):
-                return self._json(404, {"success": False, "status": 404, "error": "Media file not found"}, {})
-            self._send(200, *sandbox.image_bytes(serial, max_side=int(parts[0])))
-
-        def _fault(self, kind: str) -> None:
-            if kind == "404":
-                return self._send(404, b"<html>Not found</html>", "text/html")
-            if kind == "html":
-                return self._send(200, b"<!doctype html><html><body>Image viewer</body></html>", "text/html")
-            if kind == "truncated":
-                data = encode(draw_image((0,), 2, seed=1))
-                return self._send(200, data[: len(data) // 2], "image/jpeg")
-            if kind == "bomb":
-                return self._send(200, _bomb_png(), "image/png")
-            if kind == "empty":
-                return self._send(200, b"", "image/jpeg")
-            if kind == "redirect-loop":
-                self.send_response(302)
-                self.send_header("Location", self.path)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return None
-            if kind == "stall":  # held until the client gives up and the sandbox stops (or stall_seconds pass)
-                sandbox._stopping.wait(sandbox.stall_seconds)
-                return self._send(200, encode(draw_image((0,), 2, seed=2)), "image/jpeg")
-            if kind == "endless":
-                return self._endless()
-            return self._send(404, b"unknown fault", "text/plain")
-
-        def _endless(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            chunk = b"\xff" * 65536
-            deadline = time.monotonic() + 60  # a bounded "endless" body: the client must give up first
-            while time.monotonic() < deadline:
-                self.wfile.write(chunk)
-            self.close_connection = True
-
-        def _json(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-            self._send(status, json.dumps(body).encode(), "application/json;charset=UTF-8", headers)
-
-        def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
+    Handler.sandbox = sandbox
     return Handler
+
+
+Params = dict[str, list[str]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Every route of the sandbox: a method each, found through the routing tables below (``_GET``...)."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without this, Nagle's algorithm and
+    # delayed ACKs add 40 ms to every keep-alive answer.
+    disable_nagle_algorithm = True
+    sandbox: ClassVar[Sandbox]
+    body = b""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet server
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._handle(_GET)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle(_POST)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle(_DELETE)
+
+    def _handle(self, routes: tuple[Route, ...]) -> None:
+        sandbox, parts = self.sandbox, urlsplit(self.path)
+        with sandbox._lock:
+            sandbox.hits[parts.path] += 1
+            sandbox.request_times.append(time.monotonic())
+        params = parse_qs(parts.query, keep_blank_values=True)
+        # Read whatever is answered: a body left unread would be taken for the next request on the connection.
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sandbox._pass_gate(parts.path)
+            status = sandbox._failure(parts.path)
+            if status is not None:
+                return self._json(status, _error(f"failing on cue ({status})", code=str(status)), {"Retry-After": "0"})
+            answer = next((answer for matches, answer in routes if matches(parts.path)), _Handler._not_found)
+            answer(self, parts.path, params)
+        return None
+
+    # -- the Search API and the Annotations API ------------------------------------------------
+
+    def _search(self, path: str, params: Params) -> None:
+        sandbox = self.sandbox
+        key = self.headers.get("X-Api-Key") or (params.get("wskey") or [""])[0]
+        if key not in sandbox.api_keys:
+            message = "Empty API key provided!" if not key else "Invalid API key provided!"
+            body = {"success": False, "error": "Unauthorized", "message": message, "code": "invalid_apikey"}
+            return self._json(401, body, {})
+        time.sleep(sandbox.search_latency)
+        allowed, quota_headers = sandbox.spend_quota()
+        if not allowed:
+            body = {
+                "success": False,
+                "error": "Too many requests",
+                "message": "usage limit reached for this API key",
+                "code": "429_limit_personal",
+            }
+            return self._json(429, body, quota_headers)
+        status, body, headers = sandbox.search(params, key)
+        return self._json(status, body, {**headers, **quota_headers})
+
+    def _annotation_search(self, path: str, params: Params) -> None:
+        query, page, size = (_param(params, name) for name in ("query", "page", "pageSize"))
+        profile, base = _param(params, "profile") or "", self.sandbox.base_url
+        self._answer(*self.sandbox.annotations.search(query or "", page or "0", size or "10", profile, base))
+
+    def _annotation(self, path: str, params: Params) -> None:
+        self._answer(*self.sandbox.annotations.get(path.removeprefix("/annotation/")))
+
+    def _post_annotations(self, path: str, params: Params) -> None:
+        self._answer(*self.sandbox.annotations.post_batch(self.headers.get("Authorization"), self.body))
+
+    def _delete_annotation(self, path: str, params: Params) -> None:
+        authorization = self.headers.get("Authorization")
+        self._answer(*self.sandbox.annotations.delete(authorization, path.removeprefix("/annotation/")))
+
+    def _answer(self, status: int, body: dict[str, Any] | None) -> None:
+        if body is None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._json(status, body, {})
+
+    # -- the image host and the Thumbnail API --------------------------------------------------
+
+    def _image(self, path: str, params: Params) -> None:
+        serial = _serial(path.rsplit("/", 1)[-1].removesuffix(".jpg"), self.sandbox)
+        if serial is None:
+            return self._not_found(path, params)
+        if self.sandbox.busy_image_host(serial):
+            return self._send(503, b"busy", "text/plain", {"Retry-After": "0"})
+        return self._send(200, *self.sandbox.image_bytes(serial))
+
+    def _thumbnail(self, path: str, params: Params) -> None:
+        uri = unquote((params.get("uri") or [""])[0])
+        match = re.search(r"/(?:images|faults/[\w-]+)/(\d+)", uri)
+        serial = _serial(match.group(1), self.sandbox) if match else None
+        if serial is None:
+            return self._send(404, b"Media file not found", "text/plain")
+        if not self.sandbox.has_thumbnail(serial):  # v2 never says 404: it sends the generic icon
+            return self._send(200, placeholder_bytes(), "image/png")
+        size = 200 if (params.get("size") or ["w400"])[0].endswith("200") else 400
+        return self._send(200, *self.sandbox.image_bytes(serial, max_side=size))
+
+    def _thumbnail_v3(self, path: str, params: Params) -> None:
+        parts = path.split("/")[3:]
+        if len(parts) != 2 or parts[0] not in ("200", "400") or not re.fullmatch(r"[0-9a-fA-F]{8,128}", parts[1]):
+            return self._json(400, _error("Invalid size or id. Supported sizes are 200 and 400"), {})
+        serial = self.sandbox.thumbnail(parts[1])
+        if serial is None or not self.sandbox.has_thumbnail(serial):
+            return self._json(404, {"success": False, "status": 404, "error": "Media file not found"}, {})
+        return self._send(200, *self.sandbox.image_bytes(serial, max_side=int(parts[0])))
+
+    # -- deliberately bad answers (``FAULTS``) ---------------------------------------------------
+
+    def _fault(self, path: str, params: Params) -> None:
+        kind = path.split("/")[2]
+        if kind in _FAULT_ANSWERS:
+            return self._send(*_FAULT_ANSWERS[kind]())
+        special = {"redirect-loop": self._redirect_loop, "stall": self._stall, "endless": self._endless}.get(kind)
+        if special is None:
+            return self._send(404, b"unknown fault", "text/plain")
+        return special()
+
+    def _redirect_loop(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _stall(self) -> None:
+        """Held until the client gives up and the sandbox stops (or ``stall_seconds`` pass)."""
+        self.sandbox._stopping.wait(self.sandbox.stall_seconds)
+        self._send(200, encode(draw_image((0,), 2, seed=2)), "image/jpeg")
+
+    def _endless(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        chunk = b"\xff" * 65536
+        deadline = time.monotonic() + 60  # a bounded "endless" body: the client must give up first
+        while time.monotonic() < deadline:
+            self.wfile.write(chunk)
+        self.close_connection = True
+
+    # -- writing answers -------------------------------------------------------------------------
+
+    def _not_found(self, path: str, params: Params) -> None:
+        self._send(404, b"not found", "text/plain")
+
+    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json;charset=UTF-8", headers)
+
+    def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+Route = tuple[Callable[[str], bool], Callable[[_Handler, str, Params], None]]
+
+
+def _is(*paths: str) -> Callable[[str], bool]:
+    return lambda path: path in paths
+
+
+def _under(prefix: str) -> Callable[[str], bool]:
+    return lambda path: path.startswith(prefix)
+
+
+# The routing tables: the first route whose path matches answers (so /annotation/search before /annotation/N).
+_GET: tuple[Route, ...] = (
+    (_is(*SEARCH_PATHS), _Handler._search),
+    (_is("/annotation/search"), _Handler._annotation_search),
+    (_under("/annotation/"), _Handler._annotation),
+    (_under("/images/"), _Handler._image),
+    (_under("/faults/"), _Handler._fault),
+    (_is("/thumbnail/v2/url.json"), _Handler._thumbnail),
+    (_under("/thumbnail/v3/"), _Handler._thumbnail_v3),
+)
+_POST: tuple[Route, ...] = ((lambda path: path.rstrip("/") == "/annotations", _Handler._post_annotations),)
+_DELETE: tuple[Route, ...] = ((_under("/annotation/"), _Handler._delete_annotation),)
+# The faults answered with a plain body: status, bytes, content type (made when asked for).
+_FAULT_ANSWERS: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+    "404": lambda: (404, b"<html>Not found</html>", "text/html"),
+    "html": lambda: (200, b"<!doctype html><html><body>Image viewer</body></html>", "text/html"),
+    "truncated": lambda: (200, _first_half(encode(draw_image((0,), 2, seed=1))), "image/jpeg"),
+    "bomb": lambda: (200, _bomb_png(), "image/png"),
+    "empty": lambda: (200, b"", "image/jpeg"),
+}
+
+
+def _first_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
 
 
 def _serial(text: str, sandbox: Sandbox) -> int | None:
