@@ -33,7 +33,7 @@ from europeana_imgcls.core.config import ExportConfig
 from europeana_imgcls.datasets.folders import load_image, pixels_of
 from europeana_imgcls.europeana.sandbox import draw_image
 from europeana_imgcls.outputs.export import export
-from europeana_imgcls.outputs.inference import load_run, probabilities
+from europeana_imgcls.outputs.inference import Ensemble, load_run
 from europeana_imgcls.outputs.onnx_runtime import session
 
 CLASSES = ("map", "painting", "specimen")
@@ -113,8 +113,8 @@ def _forward(root: Path, exports: dict[str, Path], size: int) -> dict[str, float
     """Images/s of the model alone on decoded batches of 32, each runtime in this process."""
     paths = sorted((root / "new").glob("*.jpg"))[:256]
     pixels = torch.from_numpy(np.stack([pixels_of(load_image(p, size)).numpy() for p in paths]))
-    models = load_run(root / "run", CPU, "best")
-    runners = {"torch": lambda b: probabilities(models, b, CPU, None)}
+    models = Ensemble(load_run(root / "run", CPU, "best"))
+    runners = {"torch": lambda b: models.probabilities(b)}
     for name, folder in exports.items():
         runner = session(folder / "split_0.onnx", CPU)
         runners[name] = lambda b, r=runner: r.run(["logits"], {"pixels": b.numpy()})

@@ -36,7 +36,7 @@ from ..core.version import __version__
 from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
 from ..modelling.calibration import Calibration
 from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256
-from .inference import RunModel, chosen_splits, load_run, probabilities
+from .inference import Ensemble, RunModel, chosen_splits, load_run
 from .onnx_runtime import (
     EXPORT_FORMAT,
     EXTRA_HINT,
@@ -110,7 +110,7 @@ def _export_split(
 ) -> ExportedSplit:
     """One split's file, written and checked (and quantised) in ``staging``."""
     pixels, truth, report.checked_on[model.split] = _check_images(run, model)
-    ours = probabilities([model], torch.from_numpy(pixels), CPU, None, calibrated=True)[0]
+    ours = Ensemble([model]).probabilities(torch.from_numpy(pixels), calibrated=True)[0]  # on the CPU, in float32
     path = staging / f"{model.split}.onnx"
     _write_graph(model, path, config.opset)
     proto = _label_file(onnx, path, report.model_id, model.split)

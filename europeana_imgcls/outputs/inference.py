@@ -103,10 +103,6 @@ class SplitModel(ABC):
         return self.meta.classes
 
     @property
-    def multilabel(self) -> bool:
-        return self.meta.multilabel
-
-    @property
     def task(self) -> Task:
         return task_for(self.meta.mode)
 
@@ -228,21 +224,26 @@ class RunModel(SplitModel):
             model.dtype = autocast_dtype(request.device, request.amp)
         return models
 
-    def model_input(self, device: torch.device | None = None) -> ModelInput:
-        """What turns a loader's pixels into this model's input on ``device`` (its own by default; made once)."""
-        device = self.device if device is None else device
-        if self._input is None or self._input.device != device:
+    def model_input(self) -> ModelInput:
+        """What turns a loader's pixels into this model's input on its device (made once)."""
+        if self._input is None:
             _, mean, std = self.preprocessing
-            self._input = ModelInput(mean, std, device)
+            self._input = ModelInput(mean, std, self.device)
         return self._input
 
     def logits(self, pixels: torch.Tensor) -> np.ndarray:
         return self.batch_logits([self], pixels)[0]
 
     @classmethod
+    @torch.inference_mode()
     def batch_logits(cls, models: Sequence[Self], pixels: torch.Tensor) -> np.ndarray:
-        # The splits of a group share their preprocessing (a run's, or ``Ensemble.by_preprocessing``'s).
-        return torch_logits(models, pixels, models[0].device, models[0].dtype)
+        # The splits of a group share their device, precision and preprocessing (a run's, or those
+        # ``Ensemble.by_preprocessing`` groups), so the pixels become their input once.
+        device, dtype = models[0].device, models[0].dtype
+        inputs = models[0].model_input()(pixels)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            logits = _logits(models, inputs)
+        return np.stack([z.float().cpu().numpy() for z in logits])
 
     @contextmanager
     def explainer(self, method: str) -> Iterator[Explainer]:
@@ -361,27 +362,3 @@ def _logits(models: Sequence[RunModel], inputs: torch.Tensor) -> list[torch.Tens
         else:
             out.append(item.model(inputs))
     return out
-
-
-@torch.inference_mode()
-def torch_logits(
-    models: Sequence[RunModel], pixels: torch.Tensor, device: torch.device, dtype: torch.dtype | None
-) -> np.ndarray:
-    """PyTorch's logits of ``models`` (which share their preprocessing) on one batch of a loader's pixels, on
-    ``device`` at ``dtype`` (autocast; None: full precision): models x batch x classes (float32)."""
-    inputs = models[0].model_input(device)(pixels)
-    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-        logits = _logits(models, inputs)
-    return np.stack([z.float().cpu().numpy() for z in logits])
-
-
-def probabilities(
-    models: Sequence[RunModel],
-    pixels: torch.Tensor,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    calibrated: bool = False,
-) -> np.ndarray:
-    """PyTorch's probabilities of ``models`` on one batch, on ``device`` at ``dtype``: models x batch x classes
-    (export checks its graphs against them); ``calibrated``: with each model's temperature applied."""
-    return activated(models, torch_logits(models, pixels, device, dtype), calibrated)
