@@ -18,7 +18,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from europeana_imgcls.core.journal import Journal
 from europeana_imgcls.core.sharding import Shard, shard_of
@@ -72,17 +74,19 @@ def run(size: int, queue: multiprocessing.Queue) -> None:
         assert resumed.cut == 1 and len(done) > 0
 
         started = time.perf_counter()
-        merging = journal(folder, None).open()
-        merging.claim_all()
         merged = 0
-        with (work / "out.ndjson").open("w", encoding="utf-8") as out:
-            for key, value in merging.records():
-                out.write(f"{key}\t{value['prediction']}\n")
-                merged += 1
-        merging.remove_parts()
-        merging.close()
+
+        def write(records: Iterator[tuple[str, Any]]) -> None:
+            nonlocal merged
+            with (work / "out.ndjson").open("w", encoding="utf-8") as out:
+                for key, value in records:
+                    out.write(f"{key}\t{value['prediction']}\n")
+                    merged += 1
+
+        with journal(folder, None) as merging:
+            merging.merge(write)
         rows.append(("4-shard merge", time.perf_counter() - started, peak_mb() - base))
-        assert merged == size, (merged, size)
+        assert merged == size and not list(folder.glob("*.ndjson")), (merged, size)
 
         started = time.perf_counter()
         for _ in range(100):

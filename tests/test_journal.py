@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.core.journal import Journal, KeySet, Part, input_key, part_name, read_records
+from europeana_imgcls.core.journal import Journal, KeySet, Output, Part, input_key, part_name, read_records
+from europeana_imgcls.core.outputs import OutputKind
 from europeana_imgcls.core.sharding import Shard
+from europeana_imgcls.core.tables import atomic_path
 
 # Every character that ends a line somewhere (str.splitlines, a CSV reader, a JSON parser) or breaks a decoder.
 HOSTILE = [
@@ -118,10 +124,10 @@ def test_shards_write_their_own_parts_and_the_merge_keeps_each_key_once(tmp_path
     got = list(merged.records())
     assert [k for k, _ in got] == ["k0", "k1", "k2", "k3", "k4", "k5", "k6"]
     assert dict(got)["k2"] == {"shard": 0}  # the first record of a key wins
-    merged.open()
-    merged.claim_all()
-    merged.remove_parts()
-    merged.close()
+    written: list[tuple[str, object]] = []
+    with merged:
+        merged.merge(written.extend)
+    assert written == got
     assert not list(folder.glob("*.ndjson")) and not list(folder.glob("*.lock"))
     assert (folder / "settings.json").is_file()
 
@@ -138,7 +144,8 @@ def test_the_merge_waits_for_no_shard_it_cannot_lock(tmp_path: Path) -> None:
     finally:
         running.close()
     with journal(folder) as merging:  # every shard done: the merge takes every part
-        merging.claim_all()
+        merging.merge(list)
+    assert not list(folder.glob("*.ndjson"))
 
 
 def test_a_shard_and_a_run_without_shard_on_one_output_exclude_each_other(tmp_path: Path) -> None:
@@ -240,6 +247,118 @@ def test_a_part_name_is_read_back_as_the_writer_that_wrote_it() -> None:
     assert Part(Shard(1, 4), 0).name == "part.shard-1-of-4.rank-0.ndjson"
     for stranger in ("part.ndjson.lock", "settings.json", "part.shard-x-of-4.ndjson", "part.shard-1-of-4.ndjson~"):
         assert Part.of(stranger) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The merge: the output asked of the policy, a finished output taken back in, the parts merged into it
+
+LINES = OutputKind("test-lines", "test lines")  # no recogniser: `resume` carries any such file on
+
+
+def _output(path: Path) -> Output:
+    """A stage's output: JSON lines ``{"key": k, **value}``, read back keyed as the journal keys them."""
+
+    def read() -> Iterator[tuple[str, Any]]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            yield row.pop("key"), row
+
+    return Output(path, LINES, read)
+
+
+def _writer(path: Path) -> Callable[[Iterator[tuple[str, Any]]], None]:
+    """The stage's writer of that output: whole or not at all."""
+
+    def write(records: Iterator[tuple[str, Any]]) -> None:
+        with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"key": key, **value}) + "\n" for key, value in records)
+
+    return write
+
+
+def _keys_of(path: Path) -> list[str]:
+    return [json.loads(line)["key"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _merge_then_die(folder: str, out: str) -> None:
+    """A merging run killed (SIGKILL) the moment its output is in place, before it removes the parts."""
+
+    def write(records: Iterator[tuple[str, Any]]) -> None:
+        _writer(Path(out))(records)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    journal(Path(folder)).open(resume=True, output=_output(Path(out))).merge(write)
+
+
+@pytest.mark.parametrize("left", ["every part", "the last part"])
+def test_a_merge_killed_after_writing_its_output_resumes_without_loss_or_duplicates(tmp_path: Path, left: str) -> None:
+    folder, out = tmp_path / "out.jsonl.journal", tmp_path / "out.jsonl"
+    for index in range(2):
+        with journal(folder, Shard(index, 2)) as shard:
+            for n in range(index * 3, index * 3 + 4):  # the shards overlap by one key, k3
+                shard.append(f"k{n}", {"shard": index})
+    killed = multiprocessing.get_context("spawn").Process(target=_merge_then_die, args=(str(folder), str(out)))
+    killed.start()
+    killed.join(60)
+    assert killed.exitcode == -signal.SIGKILL
+    every = [f"k{n}" for n in range(7)]
+    assert _keys_of(out) == every and len(list(folder.glob("part.shard-*.ndjson"))) == 2  # the output, the parts
+    if left == "the last part":  # a kill while the parts were being removed
+        (folder / part_name(Shard(0, 2))).unlink()
+    with pytest.raises(DatasetError, match=r"out.jsonl already exists: pass `resume` to carry it on"):
+        journal(folder).open(resume=False, output=_output(out))
+    with journal(folder).open(resume=True, output=_output(out)) as resumed:
+        resumed.merge(_writer(out))
+    assert sorted(_keys_of(out)) == every and not list(folder.glob("*.ndjson"))  # every key, once; no part left
+
+
+def test_a_resume_takes_a_finished_output_in_once_and_a_parts_record_wins(tmp_path: Path) -> None:
+    folder, out = tmp_path / "out.jsonl.journal", tmp_path / "out.jsonl"
+    out.write_text('{"key": "a", "n": 1}\n{"key": "b", "n": 2}\n', encoding="utf-8")
+    with journal(folder, Shard(0, 1)) as shard:  # a shard run after the output was merged: a newer record of b
+        shard.append("b", {"n": 20})
+    with journal(folder).open(resume=True, output=_output(out)) as interrupted:
+        interrupted.append("c", {"n": 3})  # ...then killed before its merge
+    with journal(folder).open(resume=True, output=_output(out)) as resumed:
+        assert list(read_records(resumed.part)) == [("a", {"n": 1}), ("c", {"n": 3})]  # a taken in once, b not
+        resumed.merge(_writer(out))
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows == [{"key": "b", "n": 20}, {"key": "a", "n": 1}, {"key": "c", "n": 3}]
+
+
+def test_an_existing_output_is_refused_without_resume_before_the_journal_is_touched(tmp_path: Path) -> None:
+    folder, out = tmp_path / "out.jsonl.journal", tmp_path / "out.jsonl"
+    out.write_text("not a journal's\n", encoding="utf-8")
+    for shard in (None, Shard(0, 2)):
+        with pytest.raises(DatasetError, match=r"already exists: pass `resume` to carry it on, or choose another"):
+            journal(folder, shard).open(resume=False, output=_output(out))
+    assert not folder.exists() and out.read_text(encoding="utf-8") == "not a journal's\n"
+    folder.mkdir()
+    (folder / "part.ndjson").symlink_to(out)
+    with pytest.raises(DatasetError, match="symbolic link"), journal(folder).open(resume=True, output=_output(out)):
+        pass  # carried on, the output is asked no more than the journal allows
+    assert out.read_text(encoding="utf-8") == "not a journal's\n"
+
+
+def test_a_shard_or_a_torchrun_rank_but_0_leaves_its_part_to_the_merge(tmp_path: Path) -> None:
+    folder, out = tmp_path / "out.jsonl.journal", tmp_path / "out.jsonl"
+    out.write_text('{"key": "z", "n": 0}\n', encoding="utf-8")
+
+    def never(records: Iterator[tuple[str, Any]]) -> None:
+        raise AssertionError("only the run without shard writes the output")
+
+    rank = Journal(folder, what="t", settings={"model": "m1"}, rank=1)
+    with rank.open(resume=False, output=_output(out)):  # one process of a job asks the output policy: rank 0
+        rank.append("b", {"n": 2})
+        rank.merge(never)
+    with journal(folder, Shard(0, 2)).open(resume=True, output=_output(out)) as shard:
+        shard.append("a", {"n": 1})
+        shard.merge(never)
+    assert list(read_records(folder / part_name(Shard(0, 2)))) == [("a", {"n": 1})]  # nor was z taken in
+    assert list(read_records(folder / part_name(None, 1))) == [("b", {"n": 2})]
+    with journal(folder).open(resume=True, output=_output(out)) as merging:
+        merging.merge(_writer(out))
+    assert sorted(_keys_of(out)) == ["a", "b", "z"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,3 +585,34 @@ def test_an_embed_merge_takes_no_record_of_the_wrong_shape(tmp_path: Path, caplo
     merged = embed(EmbedConfig(**settings, output=out, resume=True))
     assert merged.already_done == 6 and pl.read_parquet(out).height == 6
     assert "skipped a damaged record" in caplog.text
+
+
+def test_an_embed_merge_killed_between_its_two_files_is_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars as pl
+
+    from europeana_imgcls.core.config import EmbedConfig
+    from europeana_imgcls.core.tables import sidecar
+    from europeana_imgcls.modelling.embedding import embed
+
+    from .conftest import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=2, size=32)
+    settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
+    out = tmp_path / "e.parquet"
+    embed(EmbedConfig(**settings, output=out, shard="0/1"))
+    placed: list[str] = []
+
+    def killed_at_the_second(source: str, target: str) -> None:  # the merge renames its table and its sidecar
+        if placed:
+            raise KeyboardInterrupt  # what a kill between the two renames leaves
+        placed.append(target)
+        os.rename(source, target)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(os, "replace", killed_at_the_second)
+        embed(EmbedConfig(**settings, output=out, resume=True))
+    assert len(placed) == 1 and not out.with_name(out.name + ".tmp").exists()
+    merged = embed(EmbedConfig(**settings, output=out, resume=True))  # not refused as a table eic did not write
+    assert merged.already_done == 6 and pl.read_parquet(out).height == 6 and sidecar(out, "embedding").is_file()

@@ -43,9 +43,9 @@ from rich.progress import Progress, TaskID
 
 from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.journal import Journal
+from ..core.journal import Journal, Output
 from ..core.naming import file_name, record_id_of
-from ..core.outputs import OutputKind, claim
+from ..core.outputs import OutputKind
 from ..core.progress import progress_bar
 from ..core.recognise import csv_header, peek_json
 from ..core.retry import RETRYABLE, Failed, Retry, retry_after, send_async
@@ -157,9 +157,8 @@ def download(config: DownloadConfig) -> DownloadReport:
     _check_table(config)
     root = config.output_dir
     shard = config.shard_spec
-    claim(root, DOWNLOAD, resume=True, option="output_dir")  # a re-run carries the folder on; never through a link
-    root.mkdir(parents=True, exist_ok=True)
-    # The journal's lock first: a run that another run's (or shard's) lock turns away touches nothing.
+    # The journal first: it asks the output policy (a re-run carries the folder on; never through a link), then
+    # takes its lock, so a run that another run's (or shard's) lock turns away touches nothing.
     with Outcomes(root, config) as outcomes:
         placement = Placement(root, config.mode == "multi-label", shard)  # refuses links and FIFOs in the folder
         _remove_stale_parts(root, shard)
@@ -538,7 +537,7 @@ class Outcomes:
         self.resolved: set[str] = set()  # earlier failures saved by this run
 
     def __enter__(self) -> Outcomes:
-        self.journal.open()
+        self.journal.open(output=Output(self.root, DOWNLOAD, option="output_dir"))
         try:
             self._read()
         except BaseException:
@@ -582,9 +581,17 @@ class Outcomes:
             self.journal.flush()
 
     def finish(self, complete: bool) -> None:
-        """The run's end, however it came: the files people read, written whole (see the class docstring)."""
-        if self.shard is not None:
-            return
+        """The run's end, however it came: the files people read, written whole (see the class docstring). A
+        shard writes nothing: its part waits for the merge."""
+        if complete:  # every shard's outcome goes into the files, then the journal's parts go
+            self.journal.merge(lambda _: self._write(complete))
+        elif self.shard is None:  # what this run learnt is in the files: its own part goes, the shards' wait
+            self._write(complete)
+            self.journal.remove_own_part()
+
+    def _write(self, complete: bool) -> None:
+        """``failures.csv`` (and a multi-label folder's ``labels.csv``) from what the journal held as the run
+        started (every part read in order, so a record's newest outcome wins) and what the run learnt."""
         if complete:
             failures, labels = {**self.kept, **self.new}, self.rows
         else:
@@ -593,11 +600,6 @@ class Outcomes:
         write_csv(self.root / FAILURES_FILE, FAILURE_COLUMNS, failures.values())
         if self.multi:
             write_csv(self.root / LABELS_FILE, LABEL_COLUMNS, ((record_id, *row) for record_id, row in labels.items()))
-        if complete:  # every shard's outcome is in the files now
-            self.journal.claim_all()
-            self.journal.remove_parts()
-        else:
-            self.journal.remove_own_part()
 
 
 def sticks(error: str) -> bool:

@@ -27,6 +27,12 @@ Its rules:
   ("... is being written by process N on HOST"), and the run that merges the shards holds all of them. Shards and
   the run without shard exclude each other: each shard holds a shared lock on the unsharded part's lock, which
   the run without shard holds exclusively, so neither starts while the other writes.
+- **The merge.** The stage says where its records end (``Output``: the path, its kind, how to read it back);
+  the journal asks the output policy as it opens (a new output, or with ``resume`` eic's own; anything else is
+  refused before a file is written), takes a finished output that ``resume`` adds to back in (the records no part
+  holds), and at the end ``merge(write)``: every part locked, the first record of each key handed to the
+  stage's ``write`` (which renames the output into place whole), then the parts removed. A kill at any point
+  loses nothing and a resume writes every record once; a shard, or a torchrun rank but 0, leaves its part.
 - **Only regular files.** A part, a lock or the settings that is a symbolic link, a FIFO, a device or a socket is
   refused in one line, never opened (a FIFO would hang the reader; a link would write somewhere else).
 - **Cost.** Reading streams line by line; what a run keeps of the records it has read is 16 bytes of digest
@@ -50,6 +56,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .locks import Held, Lock, holder_of
+from .outputs import Claim, OutputKind, claim
 from .sharding import TAG_PATTERN, Shard
 from .sidecars import not_regular
 from .tables import temp_path
@@ -58,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = "settings.json"
 _PART = re.compile(rf"^part(?:\.({TAG_PATTERN}))?(?:\.rank-(\d+))?\.ndjson$")
+Records = Iterator[tuple[str, Any]]
 
 
 def input_key(record_id: str | None, image: str) -> str:
@@ -99,6 +107,18 @@ class Part:
 
 def part_name(shard: Shard | None = None, rank: int | None = None) -> str:
     return Part(shard, rank).name
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a journal's records end in, as the output policy and a resume see it: where it is, its kind
+    (``core/outputs.py``), the option that chose it, and ``read``: its records, keyed as the journal keys them,
+    for a resume that adds to a finished output (None: there is nothing to take back into the journal)."""
+
+    path: Path
+    kind: OutputKind
+    read: Callable[[], Iterable[tuple[str, Any]]] | None = None
+    option: str = "output"
 
 
 def json_line(value: Any) -> str:
@@ -172,11 +192,16 @@ class Journal:
 
     # -- opening and closing
 
-    def open(self, resume: bool = True) -> Journal:
+    def open(self, resume: bool = True, output: Output | None = None) -> Journal:
         """Take this writer's part (locked), check the settings, trim a cut last record; ready to append.
 
         Without ``resume`` a writer starts afresh: the records it would carry on from (its own, or for the merging
-        run any shard's) are not silently taken over, and settings left by an earlier, finished output give way."""
+        run any shard's) are not silently taken over, and settings left by an earlier, finished output give way.
+
+        ``output``, where the records end: asked of the output policy first (``outputs.claim``: a new one, or
+        with ``resume`` eic's own to carry on; anything else refused before a file is written), by one process
+        of a job (not every torchrun rank); and a finished one that ``resume`` adds to is taken in (``_adopt``)."""
+        found = self._claim(output, resume)
         if self.folder.is_symlink():
             raise DatasetError(
                 f"{self.folder} is a symbolic link: eic keeps the journal of {self.what} only in a folder of its "
@@ -192,6 +217,8 @@ class Journal:
             self._check_settings()
             self._trim(self.part)
             self._handle = self.part.open("ab")
+            if found is Claim.RESUME and output is not None and output.read is not None and self.merges:
+                self._adopt(output.read)
         except BaseException:
             self.close()
             raise
@@ -199,6 +226,26 @@ class Journal:
 
     def __enter__(self) -> Journal:
         return self if self._handle is not None else self.open()
+
+    @property
+    def merges(self) -> bool:
+        """Whether this writer is the one that merges: the run without shard (rank 0 of it under torchrun)."""
+        return self.shard is None and self.rank in (None, 0)
+
+    def _claim(self, output: Output | None, resume: bool) -> Claim | None:
+        if output is None or self.rank not in (None, 0):  # one process of a job asks, as the output is one
+            return None
+        return claim(output.path, output.kind, resume=resume, option=output.option)
+
+    def _adopt(self, read: Callable[[], Iterable[tuple[str, Any]]]) -> None:
+        """A resume that adds to a finished output: its records go into this part, as if this run had written
+        them, so the merge writes them again. Only those no part holds: a part's record of a key wins over the
+        output's, as it would in the merge, and a resume killed before its merge takes none in twice."""
+        done = self.done()
+        for key, value in read():
+            if key not in done:
+                self.append(key, value)
+        self.flush()
 
     def _exclude_the_other_kind(self) -> None:
         """Shards and the run without shard never write at once (the merge would take a part still growing, and
@@ -295,12 +342,23 @@ class Journal:
 
     # -- merging and finishing
 
-    def claim_all(self) -> None:
-        """The merging run: hold every part's lock, so no shard can still be writing what is merged."""
+    def merge(self, write: Callable[[Records], None]) -> None:
+        """The end of a run: every part's records, the first of each key in part order, handed to ``write``, the
+        stage's writer of its output, which writes it whole or not at all (``tables.atomic_path``); then the
+        parts go, the settings stay. Only the writer that ``merges`` does: a shard leaves its part for the run
+        without shard, a torchrun rank its own for rank 0.
+
+        The order loses nothing to a kill: every part's lock is taken first (no shard can still be writing what
+        is merged); until ``write`` has renamed the output into place the parts are whole, and after it a part
+        left behind holds only what the output holds, taken in once by a resume (``_adopt``) and merged again."""
+        if not self.merges:
+            return
         for path in self.parts():
             self._lock(path)
+        write(self.records())
+        self._remove_parts()
 
-    def remove_parts(self) -> None:
+    def _remove_parts(self) -> None:
         """Once their records are in the output: the parts (and their locks) go; the settings stay."""
         for path in self.parts():
             path.unlink(missing_ok=True)
@@ -317,7 +375,7 @@ class Journal:
 
     def remove(self) -> None:
         """The whole journal, settings included (its output is complete and carries on no more)."""
-        self.remove_parts()
+        self._remove_parts()
         (self.folder / SETTINGS).unlink(missing_ok=True)
         for leftover in self.folder.glob("*.lock"):
             leftover.unlink(missing_ok=True)

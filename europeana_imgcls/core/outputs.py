@@ -18,8 +18,8 @@ rules, as git refuses to check out over untracked files and cargo installs over 
   socket there or inside a folder to be replaced is refused: eic neither writes through a link nor opens
   something that never ends or blocks.
 
-Stages that write record by record (download, predict, embed, enrich) ask ``claim`` once, then their journal
-(``core/journal.py``) locks and merges; the rest write with ``build_folder``, or under ``claimed``.
+Stages that write record by record (download, predict, embed, enrich) have their journal (``core/journal.py``)
+ask ``claim`` as it opens, then lock and merge; the rest write with ``build_folder``, or under ``claimed``.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from torch import nn
 
 from ..core.config import EmbedConfig, Mode, RuntimeSettings, public_dict
 from ..core.errors import ConfigError, DatasetError
-from ..core.journal import Journal, KeySet
+from ..core.journal import Journal, Output, Records
 from ..core.naming import record_id_of
-from ..core.outputs import OutputKind, claim
+from ..core.outputs import OutputKind
 from ..core.progress import progress_bar
 from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import atomic_path, sidecar, write_json
@@ -146,9 +146,8 @@ def embed(config: EmbedConfig) -> EmbedReport:
         check=_is_record,
     )
     report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
-    claim(config.output, EMBEDDINGS, resume=config.resume)  # a new table, or `resume` adds new images to it
-    with journal.open(config.resume):
-        done = _previous(config, journal)
+    with journal.open(config.resume, embeddings_output(config.output)):  # a new table, or `resume` adds to it
+        done = journal.done()  # a shard's own part; or every part, and a finished table's rows taken in
         # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What
         # is done is known by where a path points, not by how it was typed (`data` one day, `/mnt/data` the next).
         keys = [str(p.resolve()) for p in images.paths]
@@ -171,30 +170,33 @@ def embed(config: EmbedConfig) -> EmbedReport:
                 elapsed = time.perf_counter() - started
                 bar.update(task, advance=len(index), rate=report.embedded / elapsed if elapsed else 0.0)
         report.seconds = time.perf_counter() - started
-        if shard is not None:
-            return report
-        journal.claim_all()
-        table = _merged(journal)
-        report.dim = int(table["embedding"].list.len().item(0) if table.height else 0)
-        with atomic_path(config.output) as tmp:
-            table.write_parquet(tmp)
-        write_json(
-            sidecar(config.output, "embedding"),
-            {**meta, "dim": report.dim, "data_dir": str(config.data_dir.resolve()), "config": public_dict(config)},
-        )
-        journal.remove_parts()
+        journal.merge(lambda records: _write_table(config, meta, records, report))  # a shard leaves its part
     return report
 
 
-def _previous(config: EmbedConfig, journal: Journal) -> KeySet:
-    """What is embedded already: a shard's own part, or every part and (resume) a finished table added to."""
-    if config.resume and config.shard is None and config.output.is_file():
-        table, _ = read_embeddings(config.output)
+def embeddings_output(output: Path) -> Output:
+    """The embeddings table as its journal sees it: its rows read back as they are journaled, each known by
+    where its image's path points."""
+
+    def read() -> Iterator[tuple[str, dict[str, Any]]]:
+        table, _ = read_embeddings(output)
         for row in table.iter_rows(named=True):
-            vector = np.asarray(row["embedding"], dtype=np.float32)
-            journal.append(str(Path(row["image"]).resolve()), _record(row, vector))
-        journal.flush()
-    return journal.done()
+            yield str(Path(row["image"]).resolve()), _record(row, np.asarray(row["embedding"], dtype=np.float32))
+
+    return Output(output, EMBEDDINGS, read)
+
+
+def _write_table(config: EmbedConfig, meta: dict[str, Any], records: Records, report: EmbedReport) -> None:
+    """The merge's rows, an image once, into the table; its sidecar first, so that a kill between the two never
+    leaves a table without the sidecar that says what made it (a table `resume` would refuse as not eic's)."""
+    table = _merged(records)
+    report.dim = int(table["embedding"].list.len().item(0) if table.height else 0)
+    write_json(
+        sidecar(config.output, "embedding"),
+        {**meta, "dim": report.dim, "data_dir": str(config.data_dir.resolve()), "config": public_dict(config)},
+    )
+    with atomic_path(config.output) as tmp:
+        table.write_parquet(tmp)
 
 
 def _journal_batch(
@@ -233,10 +235,10 @@ def _is_record(value: Any) -> bool:
     )
 
 
-def _merged(journal: Journal) -> pl.DataFrame:
-    """Every part's rows, an image once (by where its path points), in part order."""
+def _merged(records: Records) -> pl.DataFrame:
+    """The merge's rows as a table: an image once (by where its path points), in part order."""
     rows, vectors = [], []
-    for _, record in journal.records():
+    for _, record in records:
         rows.append(record)
         vectors.append(np.frombuffer(base64.b64decode(record["embedding"]), dtype="<f4"))
     return table_of(rows, vectors)
