@@ -28,10 +28,8 @@ service does.
 from __future__ import annotations
 
 import base64
-import colorsys
 import contextlib
 import hashlib
-import io
 import json
 import math
 import random
@@ -42,16 +40,15 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import numpy as np
 from PIL import Image
 
 from ..core.config import DEMO_API_KEY, REUSABILITY_LEVELS, SandboxConfig
 from .annotation_standin import SANDBOX_TOKEN, AnnotationStore
+from .sandbox_images import VARIANTS, bomb_png, draw_image, encode, first_half, variant_bytes
 from .thumbnails import placeholder_bytes
 from .vocabulary import load_vocabulary
 
@@ -66,8 +63,6 @@ ANNOTATION_PATHS = ("/annotations/", "/annotation/")
 IMAGE_PATHS = ("/images/", "/faults/", "/thumbnail/")  # what the image host and the Thumbnail API answer
 SEARCH_PATHS = ("/record/v2/search.json", "/api/v2/search.json")
 FAULTS = ("404", "html", "truncated", "bomb", "endless", "stall", "redirect-loop", "empty")
-# Images that are valid but need care: converted, rotated or resized before saving.
-VARIANTS = ("cmyk", "grey", "rgba-png", "exif-rotated", "large")
 
 
 @dataclass(frozen=True)
@@ -164,70 +159,6 @@ def build_catalogue(vocab: dict[str, str], config: SandboxConfig, knobs: Knobs) 
 
 
 # ----------------------------------------------------------------------------------------------
-# Drawing learnable images
-
-
-def class_style(index: int, count: int) -> tuple[tuple[int, int, int], float, float]:
-    """Colour, stripe angle and stripe period that identify class ``index`` of ``count``."""
-    hue = index / max(count, 1)
-    rgb = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, 0.9))
-    angle = np.pi * ((index * 7) % max(count, 1)) / max(count, 1)
-    period = 6.0 + 5.0 * (index % 3)
-    return rgb, angle, period  # type: ignore[return-value]
-
-
-def draw_image(
-    class_indices: tuple[int, ...], count: int, seed: int, size: tuple[int, int] = (320, 240)
-) -> Image.Image:
-    """An RGB image whose colour and stripes say its class(es); noise and jitter make each unique."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    scale = min(width, height) / 240.0
-    canvas = np.zeros((height, width, 3), np.float32)
-    bands = np.array_split(np.arange(width), len(class_indices))
-    order = rng.permutation(len(class_indices))
-    for band, pick in zip(bands, order, strict=True):
-        rgb, angle, period = class_style(class_indices[pick], count)
-        phase = rng.uniform(0, 2 * np.pi)
-        wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / (period * scale) * 2 * np.pi + phase)
-        stripes = (wave > 0).astype(np.float32)[:, band, None]
-        colour = np.array(rgb, np.float32) * rng.uniform(0.8, 1.1)
-        canvas[:, band] = colour * (0.55 + 0.45 * stripes)
-    canvas += rng.normal(0, 12, canvas.shape)
-    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
-
-
-def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _variant_bytes(image: Image.Image, variant: str | None) -> tuple[bytes, str]:
-    if variant == "cmyk":
-        return encode(image.convert("CMYK")), "image/jpeg"
-    if variant == "grey":
-        return encode(image.convert("L")), "image/jpeg"
-    if variant == "rgba-png":
-        rgba = image.convert("RGBA")
-        rgba.putalpha(200)
-        return encode(rgba, "PNG"), "image/png"
-    if variant == "exif-rotated":
-        # Stored sideways with orientation 6: viewers (and eic) turn it upright.
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        return encode(image.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()), "image/jpeg"
-    return encode(image, quality=90), "image/jpeg"
-
-
-@lru_cache(maxsize=1)
-def _bomb_png() -> bytes:
-    # 20000 x 20000 = 400 megapixels in a few kilobytes: a decompression bomb.
-    return encode(Image.new("1", (20000, 20000)), "PNG", optimize=True)
-
-
-# ----------------------------------------------------------------------------------------------
 # The server
 
 
@@ -245,7 +176,7 @@ class Sandbox:
         self.image_fail_every = knobs.image_fail_every
         self._refused_once: set[int] = set()
         if config.bad_every:
-            _bomb_png()  # a second to build: not while a client waits
+            bomb_png()  # a second to build: not while a client waits
         self.stall_seconds = knobs.stall_seconds
         self._stopping = threading.Event()
         # Tests hold answers after the first few (``hold_after``) to stop a client mid-way for sure.
@@ -439,7 +370,7 @@ class Sandbox:
             image = image.copy()
             image.thumbnail((max_side, max_side))
             return encode(image, quality=85), "image/jpeg"
-        return _variant_bytes(image, record.variant)
+        return variant_bytes(image, record.variant)
 
     def _drawn(self, serial: int, size: tuple[int, int]) -> Image.Image:
         record = self.catalogue[serial]
@@ -794,14 +725,10 @@ _DELETE: tuple[Route, ...] = ((_under("/annotation/"), _Handler._delete_annotati
 _FAULT_ANSWERS: dict[str, Callable[[], tuple[int, bytes, str]]] = {
     "404": lambda: (404, b"<html>Not found</html>", "text/html"),
     "html": lambda: (200, b"<!doctype html><html><body>Image viewer</body></html>", "text/html"),
-    "truncated": lambda: (200, _first_half(encode(draw_image((0,), 2, seed=1))), "image/jpeg"),
-    "bomb": lambda: (200, _bomb_png(), "image/png"),
+    "truncated": lambda: (200, first_half(encode(draw_image((0,), 2, seed=1))), "image/jpeg"),
+    "bomb": lambda: (200, bomb_png(), "image/png"),
     "empty": lambda: (200, b"", "image/jpeg"),
 }
-
-
-def _first_half(data: bytes) -> bytes:
-    return data[: len(data) // 2]
 
 
 def _serial(text: str, sandbox: Sandbox) -> int | None:
