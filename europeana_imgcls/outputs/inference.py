@@ -170,7 +170,13 @@ class Ensemble(Sequence[SplitModel]):
     ) -> np.ndarray:
         """Every model's probabilities (its task's activation) on one batch: models x batch x classes;
         ``calibrated``: with each model's temperature applied to its logits."""
-        return activated(self.models, self.logits(pixels, first), calibrated)
+        logits = self.logits(pixels, first)
+        return np.stack(
+            [
+                model.task.from_logits(z / (model.temperature if calibrated else 1.0))
+                for model, z in zip(self.models, logits, strict=True)
+            ]
+        ).astype(np.float32)
 
     def explainer(self, method: str) -> AbstractContextManager[Explainer]:
         """The heatmaps of the first split model (a runtime that ``explains``)."""
@@ -182,17 +188,6 @@ class Ensemble(Sequence[SplitModel]):
         for model in self.models:
             groups.setdefault(model.preprocessing, []).append(model)
         return [Ensemble(members) for members in groups.values()]
-
-
-def activated(models: Sequence[SplitModel], logits: np.ndarray, calibrated: bool = False) -> np.ndarray:
-    """Each model's probabilities from its logits (models x batch x classes); ``calibrated``: divided by its
-    temperature first."""
-    return np.stack(
-        [
-            model.task.from_logits(z / (model.temperature if calibrated else 1.0))
-            for model, z in zip(models, logits, strict=True)
-        ]
-    ).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
