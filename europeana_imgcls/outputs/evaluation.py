@@ -92,7 +92,7 @@ def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Score
     if not images.paths:
         raise DatasetError(f"{config.eval_dir}: no readable images of the model's {task.unit}s ({', '.join(classes)})")
     truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
-    # Each split decides with its own tuned thresholds (multi-label), or with `threshold` for all.
+    # Each split decides with its own tuned thresholds (where its task tunes them), or with `threshold` for all.
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}
     per_split = {k: task.metrics(truth, p, thresholds[k]) for k, p in probs.items()}
     summary = {metric: mean_std([m[metric] for m in per_split.values()]) for metric in next(iter(per_split.values()))}
@@ -112,7 +112,7 @@ def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Score
     scores = _Scores(task, classes, paths, truth, probs, thresholds)
     _write_per_class(out / f"per_{task.unit}.csv", scores)
     matrices = [task.confusion(truth, p) for p in probs.values()]
-    if all(m is not None for m in matrices):  # single-label: who is taken for whom
+    if all(m is not None for m in matrices):  # one class an image: who is taken for whom
         _write_confusion(out, sum(matrices), classes)  # type: ignore[arg-type]
     _write_predictions(out / "predictions.csv", scores)
     _gallery(out / "misclassified.png", scores, config.gallery)

@@ -1,10 +1,10 @@
 """``eic predict --gradcam-dir``: a figure per labelled image, with the heatmaps of the ensemble's first split model.
 
-Each figure shows the image, then a heatmap per class at least ``threshold`` probable (multi-label: per predicted
-label), at most ``top_k``, at least the most probable class. Heatmaps are computed a batch at a time (one backward
-pass per rank of class, not per image) and the figures composed with Pillow: matplotlib's layout and PNG writing
-cost more than the heatmaps themselves. They are encoded in a thread (zlib lets go of the GIL) while the next
-batch's heatmaps are computed.
+Each figure shows the image, then a heatmap per class at least ``threshold`` probable (a set of labels: per
+predicted label), at most ``top_k``, at least the most probable class. Heatmaps are computed a batch at a time
+(one backward pass per rank of class, not per image) and the figures composed with Pillow: matplotlib's layout and
+PNG writing cost more than the heatmaps themselves. They are encoded in a thread (zlib lets go of the GIL) while the
+next batch's heatmaps are computed.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class _Choice:
     """Which classes of an image get a heatmap."""
 
     top_k: int
-    threshold: float | None  # predict's ``threshold``: single-label, the least probability drawn (default 0.3)
-    thresholds: np.ndarray | None  # the ensemble's decision thresholds (multi-label)
+    threshold: float | None  # predict's ``threshold``: one class an image: the least probability drawn (0.3)
+    thresholds: np.ndarray | None  # the ensemble's decision thresholds, where its task tunes them
 
     def of(self, row: np.ndarray) -> list[int]:
         least = 0.3 if self.threshold is None else self.threshold

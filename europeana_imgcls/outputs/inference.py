@@ -112,8 +112,8 @@ class SplitModel(ABC):
         return self.meta.temperature
 
     def thresholds(self, override: float | None = None) -> np.ndarray | None:
-        """Decision thresholds (multi-label): ``override`` for every label, else those tuned in training; None
-        where the task decides without them."""
+        """Decision thresholds (a task that tunes them): ``override`` for every label, else those tuned in
+        training; None where the task decides without them."""
         return self.task.decision_thresholds(self.meta.thresholds, override, len(self.classes))
 
     @property

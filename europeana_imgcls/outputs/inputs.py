@@ -24,6 +24,7 @@ from ..core.outputs import OutputKind, claim
 from ..core.recognise import is_run, what_is
 from ..core.tables import check_table_suffix, read_table
 from ..datasets.folders import list_images
+from ..datasets.tasks import MultiLabel
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
 from ..modelling.runtime import Dist
 
@@ -210,7 +211,7 @@ def _fetch(rows: list[Record], config: PredictConfig, world: Dist) -> tuple[list
             DownloadConfig(
                 table=table,
                 output_dir=folder,
-                mode="multi-label",
+                mode=MultiLabel.name,  # one flat folder and a labels table: no class folders to sort into
                 quiet=config.quiet,
                 fallback_preview=True,
                 max_side=512,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from ..core.config import Mode
 from ..core.errors import ConfigError, ModelError
 from ..core.sidecars import Sidecar, first_problem, read_typed
 from ..modelling.run_folder import SPLIT_NAME_PATTERN, CheckpointMeta, RunFolder, file_sha256, split_name
@@ -74,7 +75,7 @@ class ExportSidecar(Sidecar):
     model_id: str = Field(pattern=r"^[0-9a-f]{8,64}$")  # the run's model id: the digest of the checkpoints exported
     run: str
     classes: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=100_000)
-    mode: Literal["single-label", "multi-label"]
+    mode: Mode
     input: ExportInput
     outputs: dict[str, Any]
     splits: list[ExportedSplit] = Field(min_length=1)

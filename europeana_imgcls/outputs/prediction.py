@@ -86,8 +86,8 @@ class Rows:
         self.task = models[0].task
         self.columns = list(self.task.prediction_columns)
         self.k = min(config.top_k, len(self.classes))
-        # An ensemble of multi-label splits decides with the mean of their tuned thresholds.
-        # The splits of a run share a mode (see inference), so all have thresholds or none does.
+        # An ensemble whose splits tuned thresholds decides with their mean. The splits of a run share a task (see
+        # inference), so all have thresholds or none does.
         tuned = [t for m in models if (t := m.thresholds(config.threshold)) is not None]
         self.thresholds = np.mean(tuned, axis=0) if tuned else None
 
