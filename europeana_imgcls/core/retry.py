@@ -25,6 +25,10 @@ from typing import Any, TypeVar
 # nor any other 4xx (the request's own fault). It is the usual ``status_forcelist`` of urllib3's ``Retry``
 # (429, 500, 502, 503, 504) and holds urllib3's ``RETRY_AFTER_STATUS_CODES`` but 413 (a body too large stays so).
 RETRYABLE = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+# Of those, the answers of a gateway that passed the request on and then lost the server's answer (bad gateway,
+# gateway timeout, a CDN's unknown error and its timeout): the server may have carried it out. A request that must
+# not be carried out twice (an upload) is not sent again after one; its outcome is unknown until looked up.
+MAY_HAVE_ACTED = frozenset({502, 504, 520, 524})
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 

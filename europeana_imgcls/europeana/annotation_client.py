@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from ..core.errors import ApiError
-from ..core.retry import RETRYABLE, Failed, Retry, send
+from ..core.retry import MAY_HAVE_ACTED, RETRYABLE, Failed, Retry, send
 from .annotations import ANNO_CONTEXT, SEARCH_PAGE_SIZE, annotation_number, api_name, shown
 from .ratelimit import RateLimit
 from .search_api import server_text, unencrypted
@@ -56,7 +56,8 @@ class AnnotationsClient:
     Writes carry ``Authorization: Bearer <token>``; ``api_key`` goes as the ``wskey`` parameter where given, as
     Europeana's Annotations API reads it. 429 and the passing 5xx but 500 (``STATUSES``) are retried with the one
     retry policy (``core/retry.py``); a connection refused is retried too (nothing was sent). An upload whose
-    answer never came, or came without ids eic can name, is not retried blindly: ``UnknownOutcome`` says so. A
+    answer never came, came from a gateway that lost the server's (``MAY_HAVE_ACTED``: 502, 504...), or came without
+    ids eic can name, is not retried blindly: ``UnknownOutcome`` says so. A
     redirect, or a 404 or 405 where the API should answer, stops everything: nothing is sent on to another
     address, and a wrong ``annotation_api`` does not make every item look refused.
     """
@@ -220,6 +221,11 @@ class AnnotationsClient:
             )
         if response.status_code in (401, 403):
             raise ApiError(self._refused(response))
+        if unknown_outcome and response.status_code in MAY_HAVE_ACTED:
+            raise UnknownOutcome(
+                f"{self.where} answered {response.status_code} {_reason(response)}: a gateway's answer, after which "
+                "the Annotations API may have stored what it was sent"
+            )
         if response.status_code in STATUSES:
             return Failed(f"answered {response.status_code}", response.headers.get("Retry-After"), response)
         return response

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import math
 import random
@@ -203,7 +204,8 @@ class Sandbox:
         self._search_count = 0
         self._lock = threading.Lock()
         self._class_index = {name: i for i, name in enumerate(self.vocab)}
-        self._failing: tuple[tuple[str, ...], int, int] | None = None  # paths, status, answers left (fail_next)
+        # fail_next: the paths, the status, the answers left, whether the request is carried out first
+        self._failing: tuple[tuple[str, ...], int, int, bool] | None = None
         self._server = _QuietServer(("127.0.0.1", config.port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -237,20 +239,23 @@ class Sandbox:
             self._hold_after, self._hold_paths, self._answered = answers, paths, 0
             self._gate.clear()
 
-    def fail_next(self, status: int, paths: tuple[str, ...], answers: int = 1) -> None:
+    def fail_next(self, status: int, paths: tuple[str, ...], answers: int = 1, acted: bool = False) -> None:
         """Answer the next ``answers`` requests for ``paths`` (prefixes, as ``ANNOTATION_PATHS``) with ``status``
-        and ``Retry-After: 0``, before anything else is looked at: how a test makes any route fail on cue."""
+        and ``Retry-After: 0``, before anything else is looked at: how a test makes any route fail on cue.
+        ``acted``: the request is carried out first and only its answer lost, as when a gateway gives up on a
+        server that went on to store what it was sent."""
         with self._lock:
-            self._failing = (paths, status, answers)
+            self._failing = (paths, status, answers, acted)
 
-    def _failure(self, path: str) -> int | None:
-        """The status a request for ``path`` is to fail with (``fail_next``), counted, or None."""
+    def _failure(self, path: str) -> tuple[int, bool] | None:
+        """The status a request for ``path`` is to fail with (``fail_next``) and whether it is carried out first,
+        counted, or None."""
         with self._lock:
             if self._failing is None or not path.startswith(self._failing[0]):
                 return None
-            paths, status, left = self._failing
-            self._failing = (paths, status, left - 1) if left > 1 else None
-            return status
+            paths, status, left, acted = self._failing
+            self._failing = (paths, status, left - 1, acted) if left > 1 else None
+            return status, acted
 
     def release(self) -> None:
         """Send every held image answer, and hold no more."""
@@ -565,12 +570,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sandbox._pass_gate(parts.path)
-            status = sandbox._failure(parts.path)
-            if status is not None:
-                return self._json(status, _error(f"failing on cue ({status})", code=str(status)), {"Retry-After": "0"})
+            failure = sandbox._failure(parts.path)
             answer = next((answer for matches, answer in routes if matches(parts.path)), _Handler._not_found)
+            if failure is not None:
+                status, acted = failure
+                if acted:  # carried out, and its answer lost on the way
+                    self._unheard(answer, parts.path, params)
+                return self._json(status, _error(f"failing on cue ({status})", code=str(status)), {"Retry-After": "0"})
             answer(self, parts.path, params)
         return None
+
+    def _unheard(self, answer: Callable[[_Handler, str, Params], None], path: str, params: Params) -> None:
+        """Carry out a request, writing its answer nowhere."""
+        wfile, self.wfile = self.wfile, io.BytesIO()
+        try:
+            answer(self, path, params)
+        finally:
+            self.wfile = wfile
 
     # -- the Search API and the Annotations API ------------------------------------------------
 
