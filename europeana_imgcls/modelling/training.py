@@ -32,7 +32,7 @@ from ..core.config import TrainConfig, public_dict
 from ..core.errors import CalibrationError, DatasetError
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
-from ..core.progress import progress_bar
+from ..core.progress import RATE, Rate, progress_bar
 from ..core.tables import atomic_path, write_csv, write_json
 from ..datasets.decoding import decode_device
 from ..datasets.folders import (
@@ -576,11 +576,9 @@ class _EpochProgress:
     """A progress bar per epoch with the running loss and images/s (on stderr, gone when the epoch ends)."""
 
     def __init__(self, quiet: bool, index: int, batches: int, world: int) -> None:
-        self.bar = progress_bar(
-            quiet, "loss {task.fields[loss]:.4f}", "{task.fields[rate]:.0f} images/s", transient=True
-        )
+        self.bar = progress_bar(quiet, "loss {task.fields[loss]:.4f}", RATE, transient=True)
         self.index, self.batches, self.world = index, batches, world
-        self.epoch, self.images, self.clock = -1, 0, 0.0
+        self.epoch, self.rate = -1, Rate()
         self.task: TaskID | None = None
 
     def __enter__(self) -> _EpochProgress:
@@ -596,14 +594,16 @@ class _EpochProgress:
         if epoch != self.epoch:
             if self.task is not None:
                 self.bar.remove_task(self.task)
+            # The clock starts as the epoch's first batch ends (when it began is not known here): its images are
+            # not counted, and an epoch of one batch shows no rate rather than its images over a microsecond.
+            self.epoch, self.rate = epoch, Rate()
             self.task = self.bar.add_task(
-                f"split {self.index} epoch {epoch + 1}", total=self.batches, loss=math.nan, rate=0.0
+                f"split {self.index} epoch {epoch + 1}", total=self.batches, loss=math.nan, rate=self.rate
             )
-            self.epoch, self.images, self.clock = epoch, 0, time.perf_counter()
+        else:
+            self.rate.add(images * self.world)
         assert self.task is not None  # added above: the first tick starts epoch 0
-        self.images += images * self.world
-        elapsed = time.perf_counter() - self.clock
-        self.bar.update(self.task, advance=1, loss=loss, rate=self.images / elapsed if elapsed else 0.0)
+        self.bar.update(self.task, advance=1, loss=loss)
 
 
 def _keep_a_model(output: SplitOutput, training: Training) -> None:

@@ -15,7 +15,6 @@ runs it), the figures drawn by ``heatmaps``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..core.config import PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, KeySet, Output, Records, input_key, json_line
 from ..core.outputs import OutputKind
-from ..core.progress import progress_bar
+from ..core.progress import RATE, Rate, progress_bar
 from ..core.recognise import csv_header
 from ..core.tables import atomic_path, read_csv_rows, write_csv
 from ..datasets.tasks import unlabelled
@@ -220,11 +219,11 @@ def _label(items: list[Item], job: _Labelling, device: torch.device) -> None:
     images = unlabelled([item.path for item in items], models[0].classes)
     loader = inference_loader(images, models[0].preprocessing[0], device, config, decode=models.decodes_on_device)
     with (
-        progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s", transient=True) as bar,
+        progress_bar(config.quiet, RATE, transient=True) as bar,
         figures(models, config, job.rows.thresholds) as drawing,
     ):
-        task = bar.add_task("label" + (" + Grad-CAM" if drawing else ""), total=len(items), rate=0.0)
-        started = time.perf_counter()
+        rate = Rate()
+        task = bar.add_task("label" + (" + Grad-CAM" if drawing else ""), total=len(items), rate=rate)
         for inputs, labels, index in loader:
             batch = [items[i] for i in index.tolist()]
             first = drawing.forward(inputs) if drawing else None  # the first split's logits, where they serve
@@ -234,8 +233,8 @@ def _label(items: list[Item], job: _Labelling, device: torch.device) -> None:
             job.write(batch, probs, ok)
             if drawing:
                 job.report.heatmaps += drawing.draw(batch, probs, ok)
-            rate = bar.tasks[0].completed / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, advance=len(index), rate=rate)
+            rate.add(len(index))
+            bar.update(task, advance=len(index))
 
 
 # ---------------------------------------------------------------------------------------------
