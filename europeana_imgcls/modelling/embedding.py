@@ -31,7 +31,7 @@ from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, Output, Records
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind
-from ..core.progress import progress_bar
+from ..core.progress import RATE, Rate, progress_bar
 from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import atomic_path, sidecar, write_json
 from ..core.version import __version__
@@ -117,8 +117,17 @@ def compute(
     device: torch.device,
     settings: RuntimeSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded."""
-    return _joined(list(batches(model, images, input_size, mean, std, device, settings)))
+    """Embeddings (N x D, float32) of ``images`` and a mask of those that could be decoded; a bar ("embed") while
+    it works (a probe run's only long wait but its splits)."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with progress_bar(settings.quiet, RATE, transient=True) as bar:
+        rate = Rate()
+        task = bar.add_task("embed", total=len(images), rate=rate)
+        for part in batches(model, images, input_size, mean, std, device, settings):
+            parts.append(part)
+            rate.add(len(part[0]))
+            bar.advance(task, len(part[0]))
+    return _joined(parts)
 
 
 def _joined(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -161,14 +170,15 @@ def embed(config: EmbedConfig) -> EmbedReport:
         model = feature_model(config.arch, config.weights)
         started = time.perf_counter()
         wanted = images.subset(todo)
-        with progress_bar(config.quiet, "{task.fields[rate]:.1f} images/s") as bar:
-            task = bar.add_task("embed", total=len(todo), rate=0.0)
+        with progress_bar(config.quiet, RATE) as bar:
+            rate = Rate()
+            task = bar.add_task("embed", total=len(todo), rate=rate)
             for index, vectors, readable in (
                 batches(model, wanted, config.input_size, arch.mean, arch.std, device, config) if todo else ()
             ):
                 _journal_batch(journal, wanted, index, vectors, readable, report)
-                elapsed = time.perf_counter() - started
-                bar.update(task, advance=len(index), rate=report.embedded / elapsed if elapsed else 0.0)
+                rate.add(len(index))
+                bar.advance(task, len(index))
         report.seconds = time.perf_counter() - started
         journal.merge(lambda records: _write_table(config, meta, records, report))  # a shard leaves its part
     return report

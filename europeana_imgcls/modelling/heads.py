@@ -29,6 +29,7 @@ from torch import nn
 
 from ..core.config import TrainConfig
 from ..core.errors import DatasetError
+from ..core.progress import progress_bar
 from ..core.tables import atomic_path, sidecar, write_json
 from ..datasets.folders import decodes
 from ..datasets.imageset import ImageSet, Split
@@ -78,14 +79,18 @@ def train_heads(
     run = RunFolder(config.output_dir)
     backbone = _Backbone(module, run.backbone, save_backbone(run.backbone, module, config.arch))
     results = []
-    for i in chosen:
-        folder = run.split(i)
-        if config.resume and folder.finished:
-            results.append(SplitResult.finished_earlier(folder))
-            continue
-        output = SplitOutput(folder, CheckpointMeta.for_split(config, arch, images.classes, i))
-        scores, val_loss = _split(config, images, embedded, splits[i], output, backbone)
-        results.append(SplitResult(i, scores, 0, 0, val_loss))
+    # A bar over the splits: ten folds of a probe on a CPU are a minute and more of fitting.
+    with progress_bar(config.quiet, transient=True) as bar:
+        task = bar.add_task(f"{config.method} splits", total=len(chosen))
+        for i in chosen:
+            folder = run.split(i)
+            if config.resume and folder.finished:
+                results.append(SplitResult.finished_earlier(folder))
+            else:
+                output = SplitOutput(folder, CheckpointMeta.for_split(config, arch, images.classes, i))
+                scores, val_loss = _split(config, images, embedded, splits[i], output, backbone)
+                results.append(SplitResult(i, scores, 0, 0, val_loss))
+            bar.advance(task)
     return results
 
 
