@@ -78,7 +78,11 @@ def _is_download_folder(folder: Path) -> bool:
             return False
     return all(
         not os.path.lexists(path) or (small_regular_file(path) and csv_header(path) == list(columns))
-        for path, columns in ((folder / LABELS_FILE, LABEL_COLUMNS), (folder / FAILURES_FILE, FAILURE_COLUMNS))
+        for path, columns in (
+            (folder / LABELS_FILE, LABEL_COLUMNS),
+            (folder / FAILURES_FILE, FAILURE_COLUMNS),
+            (folder / FETCHED_FILE, FETCHED_COLUMNS),
+        )
     )
 
 
@@ -86,6 +90,8 @@ DOWNLOAD = OutputKind("download", "a download folder (eic download's)", folder=T
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
 FAILURES_FILE, LABELS_FILE, CONFIG_FILE = "failures.csv", "labels.csv", "config.json"
+# Where each saved image came from (the thumbnail, the original, the preview): what a review task shows people.
+FETCHED_FILE, FETCHED_COLUMNS = "fetched.csv", ("ID", "file", "URL")
 CANNOT_WRITE = "cannot write"
 TRANSIENT = (CANNOT_WRITE, "thumbnail: ")  # the disk here; the Thumbnail API's CDN answering 5xx or not at all
 PLACEHOLDER = "no image (the Thumbnail API's placeholder icon)"
@@ -353,8 +359,9 @@ def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: Downlo
 
 
 async def _one(fetcher: Fetcher, job: Job, outcomes: Outcomes, report: DownloadReport, tick: object) -> None:
+    fetched = None
     try:
-        error = await _attempt(fetcher, job)
+        error, fetched = await _attempt(fetcher, job)
     except Exception as exc:  # a bug or a surprise costs this record, recorded, never the run's count
         error = f"unexpected error ({type(exc).__name__}: {str(exc)[:120]})"
     if error:
@@ -365,15 +372,19 @@ async def _one(fetcher: Fetcher, job: Job, outcomes: Outcomes, report: DownloadR
         outcomes.failed(job, error)
     else:
         report.saved += 1
-        outcomes.saved(job)
+        outcomes.saved(job, fetched=fetched)
     tick()  # type: ignore[operator]
 
 
-async def _attempt(fetcher: Fetcher, job: Job) -> str | None:
+async def _attempt(fetcher: Fetcher, job: Job) -> tuple[str | None, str | None]:
+    """Why the record's image could not be had (None when saved), and the URL it was saved from."""
     config = fetcher.config
+    source = job.url
     if job.url and config.source == "thumbnail":
-        error = await fetcher.save(thumbnail_url(config.thumbnail_url, job.url, config.max_side), job.path)
+        source = thumbnail_url(config.thumbnail_url, job.url, config.max_side)
+        error = await fetcher.save(source, job.path)
         if error and error.startswith(NO_THUMBNAIL):  # the record's own image, only where there is no thumbnail
+            source = job.url
             original = await fetcher.save(job.url, job.path)
             error = f"{original}; thumbnail: {error}" if original else None
         elif error:  # the CDN failed (5xx, 429, timeout): no reason to load the museum's server; retry later
@@ -381,9 +392,10 @@ async def _attempt(fetcher: Fetcher, job: Job) -> str | None:
     else:
         error = await fetcher.save(job.url, job.path) if job.url else "no URL"
     if error and job.preview and config.fallback_preview:
+        source = job.preview
         preview_error = await fetcher.save(job.preview, job.path)
         error = f"{error}; preview: {preview_error}" if preview_error else None
-    return error
+    return error, None if error else source
 
 
 class Fetcher:
@@ -534,6 +546,7 @@ class Outcomes:
         self.kept: dict[str, dict[str, str]] = {}  # this run: known failures still in the table
         self.new: dict[str, dict[str, str]] = {}  # this run's failures
         self.rows: dict[str, tuple[str, str]] = {}  # this run's saved (and already saved) images
+        self.fetched: dict[str, tuple[str, str]] = {}  # record ID -> its file and the URL it was saved from
         self.resolved: set[str] = set()  # earlier failures saved by this run
 
     def __enter__(self) -> Outcomes:
@@ -553,6 +566,9 @@ class Outcomes:
             for row in _csv_rows(self.root / LABELS_FILE, "their images are labelled again when the table has them"):
                 if row.get("ID"):
                     self.labels[row["ID"]] = (row.get("file") or "", row.get("category") or "")
+        for row in _csv_rows(self.root / FETCHED_FILE, "review tasks show their table's URL"):
+            if row.get("ID") and row.get("URL"):
+                self.fetched[row["ID"]] = (row.get("file") or "", row["URL"])
         for row in _csv_rows(self.root / FAILURES_FILE, "their records are tried again"):
             if row.get("ID"):
                 self.listed[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
@@ -560,6 +576,8 @@ class Outcomes:
             if outcome.get("error") is None:
                 self.listed.pop(record_id, None)
                 self.labels[record_id] = (outcome.get("file") or "", outcome.get("category") or "")
+                if outcome.get("fetched"):
+                    self.fetched[record_id] = (outcome.get("file") or "", outcome["fetched"])
             else:
                 self.listed[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "", "error": outcome["error"]}
         self.failures = {k: v for k, v in self.listed.items() if sticks(v["error"])}
@@ -572,12 +590,15 @@ class Outcomes:
         self.journal.append(job.id, {"URL": job.url, "error": error})
         self.journal.flush()
 
-    def saved(self, job: Job, earlier: bool = False) -> None:
+    def saved(self, job: Job, earlier: bool = False, fetched: str | None = None) -> None:
+        """``job``'s image is in the folder: saved now from ``fetched``, or there ``earlier``."""
         self.rows[job.id] = (job.path.name, job.category or "")
+        if fetched:
+            self.fetched[job.id] = (job.path.name, fetched)
         if job.id in self.listed:
             self.resolved.add(job.id)
         if not earlier or job.id in self.listed:  # what the journal does not know yet
-            self.journal.append(job.id, {"file": job.path.name, "category": job.category})
+            self.journal.append(job.id, {"file": job.path.name, "category": job.category, "fetched": fetched})
             self.journal.flush()
 
     def finish(self, complete: bool) -> None:
@@ -590,14 +611,16 @@ class Outcomes:
             self.journal.remove_own_part()
 
     def _write(self, complete: bool) -> None:
-        """``failures.csv`` (and a multi-label folder's ``labels.csv``) from what the journal held as the run
-        started (every part read in order, so a record's newest outcome wins) and what the run learnt."""
+        """``failures.csv``, ``fetched.csv`` (and a multi-label folder's ``labels.csv``) from what the journal held
+        as the run started (every part read in order, so a record's newest outcome wins) and what the run learnt."""
         if complete:
             failures, labels = {**self.kept, **self.new}, self.rows
         else:
             failures = {k: v for k, v in self.listed.items() if k not in self.resolved} | self.new
             labels = self.labels | self.rows
         write_csv(self.root / FAILURES_FILE, FAILURE_COLUMNS, failures.values())
+        fetched = {k: v for k, v in self.fetched.items() if k in self.rows} if complete else self.fetched
+        write_csv(self.root / FETCHED_FILE, FETCHED_COLUMNS, ((record_id, *row) for record_id, row in fetched.items()))
         if self.multi:
             write_csv(self.root / LABELS_FILE, LABEL_COLUMNS, ((record_id, *row) for record_id, row in labels.items()))
 
@@ -614,7 +637,11 @@ def _outcome(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
     if value.get("error") is None:
-        return isinstance(value.get("file"), str) and isinstance(value.get("category"), str | None)
+        return (
+            isinstance(value.get("file"), str)
+            and isinstance(value.get("category"), str | None)
+            and isinstance(value.get("fetched"), str | None)
+        )
     return isinstance(value["error"], str) and isinstance(value.get("URL"), str | None)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..acquisition.download import CONFIG_FILE
+from ..acquisition.download import CONFIG_FILE, FETCHED_FILE
 from ..core.config import AuditConfig, public_dict
 from ..core.errors import CalibrationError, ConfigError, DatasetError, EicError
 from ..core.naming import record_id_of
@@ -425,18 +425,28 @@ def _given_labels(findings: Findings, i: int) -> list[str]:
 
 
 def _web_images(config: AuditConfig, findings: Findings) -> dict[str, str]:
-    """Record ID -> its web image, from ``config.table`` or the table eic download recorded in the image folder:
-    Label Studio shows a web image to reviewers anywhere (a local file needs its local storage set up)."""
-    table, columns = config.table, None
-    if table is None and findings.images:
-        first = Path(findings.images[0]).resolve()
-        for folder in (first.parent, first.parent.parent):  # the images' folder, or the one above (class folders)
-            recorded = _recorded_download(folder / CONFIG_FILE)
-            if recorded is not None:
-                table, columns = recorded
-                break
-    if table is None:
-        return {}
+    """Record ID -> its web image: the URL eic download fetched it from (``fetched.csv``: the thumbnail, the
+    original or the preview, whichever it saved), else the table's (``config.table``, or the one eic download
+    recorded in the image folder). Label Studio shows a web image to reviewers anywhere (a local file needs its
+    local storage set up), and the fetched URL is the one known to answer with the image (a table's may be dead)."""
+    table, columns, folder = config.table, None, _download_folder(findings)
+    if table is None and folder is not None:
+        table, columns = _recorded_download(folder / CONFIG_FILE) or (None, None)
+    web = _urls(table, columns) if table is not None else {}
+    return web | (_urls(folder / FETCHED_FILE, None) if folder is not None else {})
+
+
+def _download_folder(findings: Findings) -> Path | None:
+    """The folder eic download filled with the images (its ``config.json`` says so): the images' folder, or the
+    one above (class folders); None when the images are not a download's."""
+    if not findings.images:
+        return None
+    first = Path(findings.images[0]).resolve()
+    return next((f for f in (first.parent, first.parent.parent) if (f / CONFIG_FILE).is_file()), None)
+
+
+def _urls(table: Path, columns: dict[str, str] | None) -> dict[str, str]:
+    """Record ID -> http(s) URL, from a table's ID and URL columns; nothing from a table that cannot say."""
     try:
         rows = read_table(table, required=("ID", "URL"), columns=columns)
     except EicError:
