@@ -21,7 +21,7 @@ import typer
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from ..core.config import build_config
+from ..core.config import ENV_PREFIX, FROM_FILE_TOO, build_config
 from ..core.errors import ConfigError
 
 CONFIG_FILE_HELP = "TOML or JSON settings file; flags override it, it overrides EUROPEANA_* env."
@@ -152,13 +152,20 @@ def _option(name: str, field: FieldInfo, decls: Sequence[str] | None) -> inspect
     if decls is None:
         decls = (f"{flag(name)}/--no-{name.replace('_', '-')}",) if kind is bool else (flag(name),)
     annotation = list[kind] | None if many else kind | None  # type: ignore[valid-type]
-    # A required setting is a required option (no default), marked so in --help; a --config file cannot stand in.
+    # A required setting is a required option (no default), marked so in --help; a --config file cannot stand in,
+    # unless the config says it may (FROM_FILE_TOO): then building the config says what is missing.
     required = field.is_required()
-    info = typer.Option(*decls, help=field.description, show_default=False if required else _shown_default(field))
+    elsewhere = required and field.json_schema_extra == FROM_FILE_TOO
+    described = f"{field.description} Required: here, in a --config file or as {ENV_PREFIX}{name.upper()}."
+    info = typer.Option(
+        *decls,
+        help=described if elsewhere else field.description,
+        show_default=False if required else _shown_default(field),
+    )
     return inspect.Parameter(
         _identifier(name),
         inspect.Parameter.KEYWORD_ONLY,
-        default=inspect.Parameter.empty if required else None,
+        default=inspect.Parameter.empty if required and not elsewhere else None,
         annotation=Annotated[annotation, info],
     )
 

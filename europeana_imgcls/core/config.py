@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, DatasetError
 
@@ -25,6 +25,8 @@ REUSABILITY_LEVELS = ("open", "restricted", "permission")
 ENV_PREFIX = "EUROPEANA_"
 # Fields never written to disk or printed.
 SECRET_FIELDS = frozenset({"api_key", "annotation_token"})
+# A required setting whose flag is not required on the command line: a --config file or the environment may give it.
+FROM_FILE_TOO: dict[str, Any] = {"from_file_too": True}
 DEFAULT_ANNOTATION_API = "https://api.europeana.eu"
 
 Reusability = Literal["open", "restricted", "permission"]
@@ -46,7 +48,7 @@ class _Base(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc)) from None
+            raise ConfigError(_one_line(exc, type(self))) from None
 
     @field_validator("columns", mode="before", check_fields=False)
     @classmethod
@@ -251,9 +253,23 @@ class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
     resume_keys: ClassVar[tuple[str, ...]] = ("mode",)
 
     table: Path = Field(description="Harvest table (.csv or .parquet) with ID, URL (and category).")
-    output_dir: Path = Field(Path("images"), description="Folder the images are saved under.")
+    # Required, with no default: a default folder (it was images/, training's) once took an evaluation table's
+    # images in beside the training set's. It may still come from a --config file or the environment.
+    output_dir: Path = Field(
+        description="Folder the images go in: a new one, or one eic download filled from this same table; "
+        "another table's is refused unless --add or --prune.",
+        json_schema_extra=FROM_FILE_TOO,
+    )
     mode: Mode = Field(
         "single-label", description="single-label: DIR/<category>/<file>; multi-label: DIR/<file> plus DIR/labels.csv."
+    )
+    add: bool = Field(
+        False, description="Add this table's records to a folder eic filled from another table; nothing is moved out."
+    )
+    prune: bool = Field(
+        False,
+        description="Set aside the folder's records that the table does not hold, into DIR/.eic-set-aside/ (listed in "
+        "DIR/set_aside.csv): the folder mirrors the table. Without it they stay where they are.",
     )
     concurrency: int = Field(32, ge=1, le=1024, description="Downloads in flight at once.")
     per_host: int = Field(4, ge=1, le=1024, description="Downloads in flight per image host (be polite).")
@@ -272,6 +288,15 @@ class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
     )
     fallback_preview: bool = Field(False, description="Retry a failed record from its preview (thumbnail) URL.")
     retry_failed: bool = Field(False, description="Only retry the records listed in DIR/failures.csv.")
+
+    @model_validator(mode="after")
+    def _prune_needs_the_whole_table(self) -> DownloadConfig:
+        if self.prune and self.retry_failed:
+            raise ValueError(
+                "`prune` sets aside what a run over the whole table did not claim, and `retry_failed` runs over "
+                "failures only: run them one after the other"
+            )
+        return self
 
 
 Device = str  # auto | cpu | cuda | cuda:N | mps
@@ -854,13 +879,22 @@ def _did_you_mean(name: str, known: set[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
     err = exc.errors()[0]
     where = ".".join(str(part) for part in err["loc"]) or "config"
+    field = model.model_fields.get(where)
+    if err["type"] == "missing" and field is not None:  # (the command line asks for its own required flags)
+        what = (field.description or "").rstrip(".")
+        return (
+            f"`{where}` is required{f' ({what[:1].lower()}{what[1:]})' if what else ''}: give it as a flag, in a "
+            f"`config` file or as {ENV_PREFIX}{where.upper()}"
+        )
     given = err.get("input")
     shown = "" if isinstance(given, dict) or where in SECRET_FIELDS else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     message = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words need no label
+    if not err["loc"]:  # a rule between settings: its words name them
+        return message
     return f"invalid setting '{where}': {message}{shown}{more}"
 
 
