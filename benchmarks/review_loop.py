@@ -134,7 +134,8 @@ def main() -> None:
         applied = apply_review(
             ReviewApplyConfig(table=work / "train.csv", reviewed=work / "reviewed.csv", output=work / "new.csv")
         )
-        download(DownloadConfig(table=work / "new.csv", output_dir=work / "images", **fetch))
+        # The same folder, made the reviewed table's: files move, what it no longer holds is set aside.
+        download(DownloadConfig(table=work / "new.csv", output_dir=work / "images", prune=True, **fetch))
         train(TrainConfig(data_dir=work / "images", output_dir=work / "after", **probe))
         after = scores(work / "after", work / "eval", work / "evaluation_after")
         reviewed = {t["data"]["ID"] for t in tasks}

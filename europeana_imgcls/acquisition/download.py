@@ -126,8 +126,9 @@ class DownloadReport:
     complete: bool = False  # False when the run was interrupted
     failures_file: Path | None = None  # failures.csv (a shard's wait in its journal part for the merge)
     moved: int = 0  # records already in the folder under another class, moved to the table's (not fetched)
-    set_aside: int = 0  # records the table no longer holds, moved out of the class folders (placement.py)
+    set_aside: int = 0  # records the table no longer holds, moved out of the class folders (``prune``)
     set_aside_file: Path | None = None
+    left: int = 0  # records the table no longer holds, left where they are (without ``prune``)
 
     @property
     def accounted(self) -> int:
@@ -166,10 +167,12 @@ def download(config: DownloadConfig) -> DownloadReport:
     # The journal first: it asks the output policy (a re-run carries the folder on; never through a link), then
     # takes its lock, so a run that another run's (or shard's) lock turns away touches nothing.
     with Outcomes(root, config) as outcomes:
+        _check_table_of(config)
         placement = Placement(root, config.mode == "multi-label", shard)  # refuses links and FIFOs in the folder
         _remove_stale_parts(root, shard)
         if shard is None:  # shards share the folder: the run that merges them writes what they share
-            write_json(root / CONFIG_FILE, public_dict(config))
+            # The table by where it is, so the next run (from any folder) knows which table filled this one.
+            write_json(root / CONFIG_FILE, {**public_dict(config), "table": str(config.table.resolve())})
         report = DownloadReport(output_dir=root, failures_file=root / FAILURES_FILE if shard is None else None)
         try:
             with warnings.catch_warnings():
@@ -177,8 +180,10 @@ def download(config: DownloadConfig) -> DownloadReport:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 _run_loop(_run(config, outcomes, report, total, placement))
             report.complete = True
-            if not config.retry_failed:  # a run over the whole table: the folder now mirrors it
+            if config.prune:  # asked, after a run over the whole table: the folder now mirrors it
                 placement.set_aside_the_rest()
+            elif not config.retry_failed:
+                report.left = placement.unclaimed()
         finally:
             # However the run ends (Ctrl-C included), what was known before it is kept.
             outcomes.finish(report.complete)
@@ -187,6 +192,30 @@ def download(config: DownloadConfig) -> DownloadReport:
                 report.set_aside_file = write_set_aside(root, placement.set_aside, shard)
     _check_one_cause(config, report)
     return report
+
+
+def _check_table_of(config: DownloadConfig) -> None:
+    """A folder eic filled from another table is not filled from this one unless asked: the records of a training
+    set would otherwise sit beside an evaluation set's (``add`` asks for that; ``prune`` makes the folder this
+    table's, setting aside what it does not hold)."""
+    if config.add or config.prune:
+        return
+    before = filled_from(config.output_dir)
+    if before is None or before == config.table.resolve():
+        return
+    raise DatasetError(
+        f"{config.output_dir} holds the images of another table ({before}): download {config.table} into a new "
+        f"folder (`output_dir`), or pass `add` to add its records to this one (`prune` to make the folder this "
+        "table's, setting aside the records it does not hold)"
+    )
+
+
+def filled_from(folder: Path) -> Path | None:
+    """The table eic download last filled ``folder`` from, by where it is (None: no download's settings there)."""
+    settings = peek_json(folder / CONFIG_FILE)
+    table = settings.get("table") if isinstance(settings, dict) else None
+    # Settings written before the table was recorded by where it is name it as it was typed: from here, then.
+    return Path(table).resolve() if isinstance(table, str) and table and "\0" not in table else None
 
 
 def _check_one_cause(config: DownloadConfig, report: DownloadReport) -> None:

@@ -3,10 +3,10 @@
 A table whose labels changed (``eic review apply``) names the same records under other classes. Fetching them
 again would leave the old copy in its old class folder: the noise stays in training, and the record sits in two
 classes. So before a record is fetched, the folder is asked whether it holds the record already, elsewhere:
-the file is moved to where the table now puts it (no request). When the run has gone through the whole table,
-the records the table no longer holds are set aside, out of the class folders, into ``SET_ASIDE`` (a hidden
-folder that training never reads), and listed in ``SET_ASIDE_LIST``. The folder then holds exactly the table's
-records, each in its current class.
+the file is moved to where the table now puts it (no request). When the run has gone through the whole table
+and was asked to (``prune``), the records the table no longer holds are set aside, out of the class folders, into
+``SET_ASIDE`` (a hidden folder that training never reads), and listed in ``SET_ASIDE_LIST``: the folder then holds
+exactly the table's records, each in its current class. Unasked, they stay where they are, and are counted.
 
 Only files eic named (``naming.record_id_of`` reads a record ID from the name) directly inside the class folders
 (single-label) or the folder itself (multi-label) are ever moved; nothing is deleted. A shard moves only the
@@ -68,6 +68,10 @@ class Placement:
         for stale in copies:  # the record in two classes: only the table's one stays
             self._set_aside(stale)
         return target.exists()
+
+    def unclaimed(self) -> int:
+        """After a complete run: how many record files the table did not claim (left where they are)."""
+        return sum(len(paths) for name, paths in self.found.items() if name not in self.claimed)
 
     def set_aside_the_rest(self) -> None:
         """After a complete run: every record file the table did not claim is set aside."""

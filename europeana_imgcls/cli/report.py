@@ -93,8 +93,8 @@ def print_stats(console: Console, stats: TableStats) -> None:
 
 def print_download(console: Console, result: DownloadReport) -> None:
     console.print(
-        f"{result.saved} images saved in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s), "
-        f"{result.already_saved} already there, {result.failed} failed"
+        f"{result.saved} images saved into {plain(result.output_dir)} in {result.seconds:.1f} s "
+        f"({result.images_per_second:.1f} images/s), {result.already_saved} already there, {result.failed} failed"
         + (
             f", {result.known_failures} known failures skipped (--retry-failed retries them)"
             if result.known_failures
@@ -118,6 +118,11 @@ def print_download(console: Console, result: DownloadReport) -> None:
                 if result.set_aside
                 else ""
             )
+        )
+    if result.left:
+        console.print(
+            f"{result.left} records the table does not hold left where they are in {plain(result.output_dir)} "
+            "(--prune sets them aside, into .eic-set-aside/)"
         )
     if result.errors:
         errors = sorted(result.errors.items(), key=lambda kv: -kv[1])

@@ -212,6 +212,7 @@ def _fetch(rows: list[Record], config: PredictConfig, world: Dist) -> tuple[list
                 table=table,
                 output_dir=folder,
                 mode=MultiLabel.name,  # one flat folder and a labels table: no class folders to sort into
+                add=True,  # predict's own folder, filled from each run's (and each shard's) inputs: they add up
                 quiet=config.quiet,
                 fallback_preview=True,
                 max_side=512,
