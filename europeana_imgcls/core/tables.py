@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
 import json
 import logging
 import math
@@ -11,6 +13,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +195,9 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
     if not path.is_file():
         raise DatasetError(f"{path}: no such table")
     try:
-        if path.suffix.lower() == ".csv":
-            df = _unescaped(pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True, glob=False))
-        else:
-            df = pl.read_parquet(path, glob=False)
+        df = _unescaped(_read_csv(path)) if path.suffix.lower() == ".csv" else pl.read_parquet(path, glob=False)
+    except DatasetError:
+        raise
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
     df = rename_columns(path, _clean(df), columns)
@@ -267,9 +269,93 @@ def _scan(path: Path) -> pl.LazyFrame:
     check_table_suffix(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such table")
-    if path.suffix.lower() == ".csv":
-        return pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True, glob=False)
-    return pl.scan_parquet(path, glob=False)  # a user's path is a name, never a pattern (`tab[1].csv`)
+    if path.suffix.lower() != ".csv":
+        return pl.scan_parquet(path, glob=False)  # a user's path is a name, never a pattern (`tab[1].csv`)
+    dialect = csv_dialect(path)
+    if dialect.encoding != "utf8":  # polars streams UTF-8 only; a spreadsheet's table fits in memory
+        try:
+            return _read_csv(path).lazy()
+        except Exception as exc:
+            raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
+    return pl.scan_csv(path, separator=dialect.separator, infer_schema=False, truncate_ragged_lines=True, glob=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# A CSV as a spreadsheet saved it
+#
+# Excel saves "CSV" in the machine's locale: where the decimal separator is a comma (most of Europe) the cells are
+# separated by semicolons, and "CSV (Comma delimited)" is Windows-1252, not UTF-8 ("Unicode Text" is UTF-16 with
+# tabs). A museum's table comes that way as often as not, so eic reads all of them rather than refusing them.
+
+SEPARATORS = (",", ";", "\t")  # the first wins a tie: a one-column table is a comma's
+_SNIFF_BYTES = 1 << 16  # the header line is looked for in this much
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    separator: str  # one of SEPARATORS
+    encoding: str  # "utf8", "cp1252" (Excel's "CSV" on Windows) or "utf-16" (Excel's "Unicode Text")
+
+
+def csv_dialect(path: Path) -> CsvDialect:
+    """How a CSV file is written: its encoding (UTF-8, else Windows-1252; UTF-16 when it starts with that byte
+    order mark) and its separator (of SEPARATORS, the one that splits the header into the most columns). A file
+    that is none of these is refused in one line, saying how to save it."""
+    stat = path.stat()
+    return _dialect(path, path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)  # a stage opens its table more than once (its header, its rows): read it once
+def _dialect(path: Path, where: Path, size: int, mtime: int) -> CsvDialect:
+    """``csv_dialect`` of ``path`` (as given, for messages) once per file and version (``where``, size, mtime)."""
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif _decodes(path, "utf-8"):
+        encoding = "utf8"
+    elif _decodes(path, "cp1252"):
+        encoding = "cp1252"
+        log.warning(
+            "%s is not UTF-8: read as Windows-1252, as Excel saves a CSV; if its accents look wrong, save it as "
+            "CSV UTF-8",
+            path,
+        )
+    else:
+        raise DatasetError(
+            f"{path}: neither UTF-8 nor Windows-1252 text: save it as CSV UTF-8 (Excel: File > Save As > "
+            "CSV UTF-8 (Comma delimited))"
+        )
+    text = head.decode("utf-8" if encoding == "utf8" else encoding, errors="replace").lstrip("\ufeff")
+    header = text.splitlines()[0] if text.strip() else ""
+    return CsvDialect(max(SEPARATORS, key=lambda sep: len(next(csv.reader([header], delimiter=sep), []))), encoding)
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    """Whether the whole file is text in ``encoding`` (read a chunk at a time: a table may be large)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> pl.DataFrame:
+    """A CSV's cells as text, in its own dialect (``csv_dialect``)."""
+    dialect = csv_dialect(path)
+    return pl.read_csv(
+        path,
+        separator=dialect.separator,
+        encoding=dialect.encoding,
+        infer_schema=False,
+        truncate_ragged_lines=True,
+        glob=False,
+    )
 
 
 def check_columns(path: Path, columns: list[str], required: tuple[str, ...], mappable: bool = True) -> None:
