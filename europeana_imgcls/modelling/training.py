@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -308,8 +310,26 @@ def train(config: TrainConfig) -> TrainReport:
     get_arch(config.arch)
     if config.tensorboard is not None:
         check_tensorboard()
-    with distributed(config.device) as (device, world), _torch_settings_restored():
+    with (
+        distributed(config.device) as (device, world),
+        _torch_settings_restored(),
+        _nothing_left_unless_trained(config.output_dir, world.main),
+    ):
         return _train(config, device, world)
+
+
+@contextlib.contextmanager
+def _nothing_left_unless_trained(out: Path, main: bool) -> Iterator[None]:
+    """A run that fails before anything worth keeping (the weights offline, an interruption in the first epoch)
+    leaves no run folder it created: a retry starts as the first run did. A folder that was there is left to the
+    checks of a later run; a run that has trained something keeps it, for ``resume``."""
+    created = main and not os.path.lexists(out)
+    try:
+        yield
+    except BaseException:
+        if created and out.is_dir() and not out.is_symlink() and not RunFolder(out).trained():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _on_embeddings(config: TrainConfig) -> TrainConfig:
@@ -501,10 +521,11 @@ def _run_split(
         if world.main:
             log.info("split %d: finished earlier, skipped", index)
         return SplitResult.finished_earlier(folder)
+    seed_everything(config.seed + index)
+    # The model first: one that cannot be built (ImageNet's weights offline) leaves no split folder behind.
+    training = _start_training(config, images, split, folder, forward.device, world)
     if world.main:
         start_split_folder(folder, config, images.classes)
-    seed_everything(config.seed + index)
-    training = _start_training(config, images, split, folder, forward.device, world)
     loaders = _loaders(config, images, split, forward.device, world, index, cache)
     stopping = Stopping(config.epochs, config.patience)
     saver = _EpochSaver(output, training, config) if world.main else None
