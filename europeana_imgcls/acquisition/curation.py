@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def _is_stats(path: Path) -> bool:
 
 
 STATS = OutputKind("stats", "statistics", recognise=_is_stats)
+log = logging.getLogger(__name__)
+MOST = 0.5  # subtract warns when it removes more than this share of a class or a level
 
 
 @dataclass
@@ -30,6 +33,7 @@ class SubtractReport:
     output: Path
     kept: int
     removed: int
+    warnings: list[str] = field(default_factory=list)  # a class or level the evaluation table took most of
 
 
 def subtract(config: SubtractConfig) -> SubtractReport:
@@ -42,7 +46,36 @@ def subtract(config: SubtractConfig) -> SubtractReport:
         kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
         write_table(kept, config.output)
         write_json(sidecar(config.output, "config"), public_dict(config))
-    return SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
+    report = SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
+    report.warnings = _most_removed(train, kept)
+    for warning in report.warnings:
+        log.warning("%s", warning)
+    return report
+
+
+def _most_removed(train: pl.DataFrame, kept: pl.DataFrame) -> list[str]:
+    """A class or reusability level of which subtract removed most: an evaluation harvest whose ``n`` (per
+    category and level) reaches a level's every record leaves training none of it, and nothing else says so."""
+    found = []
+    for column, what in (("category", "class"), ("reusability", "reusability level")):
+        if column not in train.columns:
+            continue
+        before, after = _label_counts(train, column), _label_counts(kept, column)
+        for name, total in before.items():
+            removed = total - after.get(name, 0)
+            if removed > MOST * total:
+                found.append(
+                    f"subtract removed {removed} of {total} records of {what} '{name}' ({removed / total:.0%}): "
+                    "training keeps little of it; harvest the evaluation table with a smaller --n (it counts per "
+                    "category and level), or add records of it to training"
+                )
+    return found
+
+
+def _label_counts(df: pl.DataFrame, column: str) -> dict[str, int]:
+    """Rows per value of ``column``; a multi-label cell counts once for each of its space-separated labels."""
+    labels = df.select(pl.col(column).str.split(" ")).explode(column).drop_nulls(column).filter(pl.col(column) != "")
+    return _counts(labels, column)
 
 
 @dataclass

@@ -200,7 +200,12 @@ class HarvestConfig(ApiSettings):
         description="JSON {category: concept URI} (a file, or in Python a dict); default: the 20 concepts "
         "shipped with eic.",
     )
-    n: int = Field(1000, gt=0, description="Records with an image wanted per category and level.")
+    n: int = Field(
+        1000,
+        gt=0,
+        description="Records with an image wanted per category and per reusability level, not in all: 20 categories "
+        "and 2 levels at --n 100 ask for up to 4,000.",
+    )
     reusability: list[Reusability] = Field(
         default_factory=lambda: list[Reusability](["open"]),
         min_length=1,
