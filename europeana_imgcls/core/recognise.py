@@ -9,7 +9,7 @@ import csv
 import json
 from pathlib import Path
 
-from .run_names import MODEL_FILE, SPLIT_GLOB
+from .run_names import MODEL_FILE, SPLIT_GLOB, split_index
 from .sidecars import MAX_SIDECAR_BYTES, small_regular_file
 from .tables import sidecar
 
@@ -40,6 +40,13 @@ def what_is(path: Path) -> str | None:
 
 def is_run(path: Path) -> bool:
     return path.is_dir() and ((path / MODEL_FILE).is_file() or any(path.glob(f"{SPLIT_GLOB}/{MODEL_FILE}")))
+
+
+def run_of_split(path: Path) -> Path | None:
+    """The run whose split ``path`` is (``RUN/split_0``, holding the split's model), or None."""
+    if split_index(path.name) is None or not (path / MODEL_FILE).is_file():
+        return None
+    return path.parent if path.parent != Path(".") else path.absolute().parent
 
 
 def _folder(path: Path) -> str | None:

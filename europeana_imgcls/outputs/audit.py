@@ -32,6 +32,7 @@ from ..core.errors import CalibrationError, ConfigError, DatasetError, EicError
 from ..core.naming import record_id_of
 from ..core.outputs import REVIEW_TASKS, OutputKind, absolute, build_folder, claimed
 from ..core.progress import progress_bar
+from ..core.recognise import run_of_split
 from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import read_table, write_csv, write_json
 from ..datasets.folders import connected
@@ -88,6 +89,9 @@ class AuditReport:
 
 def audit(config: AuditConfig) -> AuditReport:
     """Audit ``config.source`` (a run or an embeddings table); see the module docstring."""
+    run = run_of_split(config.source)
+    if run is not None:  # the out-of-fold predictions are every split's: one split has a fold of them
+        raise DatasetError(f"{config.source} is {config.source.name} of the run {run}: pass {run}")
     if config.review_output is not None and absolute(config.output_dir).is_relative_to(absolute(config.review_output)):
         raise DatasetError(
             f"{config.review_output} is the audit's folder (or holds it): give `review_output` a file name, such as "
