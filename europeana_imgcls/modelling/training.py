@@ -56,7 +56,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .embedding import BACKBONE, backbone_of, embedding_meta
 from .explain import TILE, figure, heatmaps, save_figure
 from .heads import train_heads
-from .modelcard import write_model_card
+from .modelcard import compute_record, write_model_card
 from .models import build_model, get_arch, safe_load
 from .run_folder import CheckpointMeta, RunFolder, SplitFolder
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
@@ -353,6 +353,7 @@ def _torch_settings_restored() -> Iterator[None]:
 
 
 def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainReport:
+    started = time.perf_counter()  # the model card's training time
     task = task_for(config.mode)
     images = task.scan(config.data_dir, config.labels)
     task.check_trainable(images, config.data_dir, config.folds)
@@ -391,6 +392,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
                 "counts": report.counts,
                 "splits": len(report.splits),
                 "metrics": report.summary,
+                "compute": compute_record(device, world.world, time.perf_counter() - started),
             },
         )
         _calibrate(config, report)
