@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from ..core.config import DEFAULT_API_URL
 from ..core.errors import ApiError
 from ..core.retry import RETRYABLE, Failed, Retry, send
 from .quota import Quota, duration
@@ -119,7 +120,7 @@ class SearchClient:
         )
         if isinstance(outcome, Failed):
             raise ApiError(self._gave_up(outcome))
-        return _parse(outcome)
+        return _parse(outcome, self.api_url)
 
     def _attempt(self, params: Sequence[tuple[str, str]]) -> httpx.Response | Failed:
         """One request inside the key's quota: its answer, or a passing failure worth another attempt."""
@@ -264,11 +265,16 @@ def first(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def _parse(response: httpx.Response) -> dict[str, Any]:
+def _parse(response: httpx.Response, api_url: str) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
         body = None
+    if response.status_code == 404:  # nothing at that address: a typed or outdated `api_url`, not the records
+        raise ApiError(
+            f"the Search API URL {server_text(api_url, response)} answered 404 ({_reason(response, body)}): there "
+            f"is no Search API there; check `api_url` (Europeana's: {DEFAULT_API_URL})"
+        )
     if response.status_code == 401:
         raise ApiError(
             f"the Search API rejected the API key (401 {_reason(response, body)}); "
