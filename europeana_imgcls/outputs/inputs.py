@@ -21,7 +21,7 @@ from ..core.errors import DatasetError
 from ..core.journal import input_key
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
-from ..core.recognise import is_run, what_is
+from ..core.recognise import IMAGE_SUFFIXES, is_run, what_is
 from ..core.tables import check_table_suffix, read_table
 from ..datasets.folders import list_images
 from ..datasets.tasks import MultiLabel
@@ -92,8 +92,27 @@ def gather(config: PredictConfig, world: Dist) -> tuple[list[Item], int]:
     fetched, failed = _fetch(urls, config, world) if urls else ([], 0)
     items = _unique(items + fetched, lambda item: item.key)
     if not items and not failed:
-        raise DatasetError("no images found in the inputs")
+        raise DatasetError(f"no images found in the inputs{_skipped(config.inputs)}")
     return items, failed
+
+
+def _skipped(inputs: list[str]) -> str:
+    """What the folders among ``inputs`` hold instead of images, for the message that found none: the files
+    (a few named), or that a folder is empty; eic's own hidden folders and files are no one's to list."""
+    said = []
+    for given in inputs:
+        folder = Path(given)
+        if not folder.is_dir():
+            continue
+        files = sorted(
+            p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+        files = [p for p in files if p.is_file()]
+        names = ", ".join(p.relative_to(folder).as_posix() for p in files[:3]) + (", ..." if len(files) > 3 else "")
+        count = f"{len(files)} file" + ("s" if len(files) > 1 else "")
+        said.append(f"{given} holds {count}, none an image ({names})" if files else f"{given} is empty")
+    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+    return f": {'; '.join(said)}; images are files ending in {kinds}" if said else ""
 
 
 def _given(inputs: list[str]) -> tuple[list[Item], list[Record]]:
