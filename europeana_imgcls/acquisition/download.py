@@ -46,7 +46,7 @@ from ..core.errors import DatasetError
 from ..core.journal import Journal, Output
 from ..core.naming import file_name, record_id_of
 from ..core.outputs import OutputKind
-from ..core.progress import progress_bar
+from ..core.progress import RATE, Rate, progress_bar
 from ..core.recognise import csv_header, peek_json
 from ..core.retry import RETRYABLE, Failed, Retry, retry_after, send_async
 from ..core.sharding import Shard
@@ -304,12 +304,12 @@ async def _run(
     host_limits: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(config.per_host))
     slots = asyncio.Semaphore(config.concurrency)
     created_dirs: set[Path] = set()
-    fields = "{task.fields[rate]:.1f} images/s", "{task.fields[failed]} failed"
+    fields, rate = (RATE, "{task.fields[failed]} failed"), Rate()  # images saved per second
     with (
         progress_bar(config.quiet, *fields) as progress,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eic-decode") as pool,
     ):
-        task = progress.add_task("download", total=rows, failed=0, rate=0.0)
+        task = progress.add_task("download", total=rows, failed=0, rate=rate)
         async with contextlib.AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(client) for client in _clients(config)]
             fetcher = Fetcher(clients, config, host_limits, slots, pool)
@@ -336,7 +336,7 @@ async def _run(
                     _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 pending.add(
                     asyncio.create_task(
-                        _one(fetcher, job, outcomes, report, lambda: _tick(progress, task, report, started))
+                        _one(fetcher, job, outcomes, report, lambda: _tick(progress, task, report, rate))
                     )
                 )
             if pending:
@@ -700,11 +700,6 @@ def _mine(temp_name: str, shard: Shard | None) -> bool:
     return record_id is not None and shard.owns(record_id)
 
 
-def _tick(progress: Progress, task: TaskID, report: DownloadReport, started: float) -> None:
-    elapsed = time.perf_counter() - started
-    progress.update(
-        task,
-        advance=1,
-        failed=report.failed,
-        rate=report.saved / elapsed if elapsed else 0.0,
-    )
+def _tick(progress: Progress, task: TaskID, report: DownloadReport, rate: Rate) -> None:
+    rate.reached(report.saved)
+    progress.update(task, advance=1, failed=report.failed)
