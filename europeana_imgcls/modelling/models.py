@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import cast
 
 import torch
-import torchvision  # type: ignore[import-untyped]  # torchvision ships no py.typed marker
 from torch import nn
 
 from ..core.errors import ModelError
@@ -107,6 +106,10 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
 
 
 def _torchvision(arch: str, num_classes: int, imagenet: bool) -> nn.Module:
+    # Imported here, not with this module: torchvision's import costs ~1.5 s (its detection ops load
+    # torch._dynamo), which a run of an EfficientNet-Lite, a knn or a probe on embeddings never needs.
+    import torchvision  # type: ignore[import-untyped]  # torchvision ships no py.typed marker
+
     builder = getattr(torchvision.models, arch)
     if imagenet:
         chosen = torchvision.models.get_model_weights(arch).DEFAULT
