@@ -20,6 +20,7 @@ from ..core.retry import MAY_HAVE_ACTED, RETRYABLE, Failed, Retry, send
 from .annotations import ANNO_CONTEXT, SEARCH_PAGE_SIZE, annotation_number, api_name, shown
 from .ratelimit import RateLimit
 from .search_api import server_text, unencrypted
+from .tls import tls_context
 
 MAX_SEARCH_PAGES = 10_000  # a million annotations; a search that goes on longer is a server going round
 # Europeana's Annotations API answers 500 for what it refuses (its parsers' exceptions: ``annotations.py``), so
@@ -86,7 +87,9 @@ class AnnotationsClient:
             )
         headers = {"User-Agent": "europeana-imgcls", **({"Authorization": f"Bearer {token}"} if token else {})}
         self.params = {"wskey": api_key} if api_key else {}
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, follow_redirects=False)
+        self._http = httpx.Client(
+            headers=headers, timeout=timeout, transport=transport, follow_redirects=False, verify=tls_context()
+        )
 
     def __enter__(self) -> AnnotationsClient:
         return self

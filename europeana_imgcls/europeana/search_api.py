@@ -28,6 +28,7 @@ from ..core.errors import ApiError
 from ..core.retry import RETRYABLE, Failed, Retry, send
 from .quota import Quota, duration
 from .ratelimit import RateLimit
+from .tls import tls_context
 
 PAGE_ROWS = 100  # the server silently caps rows at 100
 MAX_WAIT = 60.0  # never sleep longer than this for one retry, whatever Retry-After says
@@ -73,6 +74,7 @@ class SearchClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=True,
+            verify=tls_context(),
             # httpx drops Authorization on a redirect to another origin, but not a custom header: we do.
             event_hooks={"request": [_KeyGuard(home)]},
         )
