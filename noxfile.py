@@ -1,4 +1,7 @@
-"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s docs`, `nox -s demo`.
+"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s docs`, `nox -s demo`, `nox -s slowest`.
+
+The fast lane: `nox -s tests -- -n auto -m "not slow"` (under 30 s on 2 cores); the full suite, `nox -s tests`
+(under 120 s on 2 cores). `nox -s slowest` shows where the fast lane's time goes (`-- --full`: the full suite's).
 
 Sessions reuse their virtualenv (torch is 6 GB; reinstalling it every run wastes minutes).
 """
@@ -22,6 +25,13 @@ def install_project(session: nox.Session, extras: str = "dev,lite,audit,tensorbo
 def tests(session: nox.Session) -> None:
     install_project(session)
     session.run("python", "-m", "pytest", *(session.posargs or ["-n", "auto"]))
+
+
+@nox.session
+def slowest(session: nox.Session) -> None:
+    """The slowest tests and files of the fast lane, and the lane's wall time (benchmarks/slowest_tests.py)."""
+    install_project(session)
+    session.run("python", "benchmarks/slowest_tests.py", *session.posargs)
 
 
 SOURCES = ["europeana_imgcls", "tests", "benchmarks", "noxfile.py"]

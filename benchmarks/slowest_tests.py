@@ -1,0 +1,202 @@
+"""The slowest tests: runs a lane of the test suite and prints where its time goes, per test and per file, with
+the lane's wall time and test count, and the tests over a threshold that the fast lane still runs.
+
+    python benchmarks/slowest_tests.py                  # the fast lane: pytest -n auto -m "not slow"
+    python benchmarks/slowest_tests.py --full           # the full suite: pytest -n auto (what CI runs)
+    python benchmarks/slowest_tests.py --top 40 --threshold 0.5 -- tests/outputs   # more rows; pytest's arguments
+    python benchmarks/slowest_tests.py --from-output log.txt   # a saved `pytest --durations=0` output instead
+
+A test's seconds are its setup, call and teardown together, as each worker measured them: a session fixture's
+build counts in the setup of the first test that asks for it on each worker. Under `-n auto` the workers share
+the cores, so the sum of the tests' seconds exceeds the wall time and grows with the machine's load: compare
+runs on a quiet machine (the load average is printed). The goal (issue 32): the fast lane under 30 s and the
+full suite under 120 s on a 2-core machine, no test over the threshold left in the fast lane without a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = "EIC_SLOWEST_TESTS_JSON"  # where this file, loaded into pytest as a plugin, writes what it saw
+DURATION_LINE = re.compile(r"^\s*(?P<seconds>\d+\.\d+)s (?P<phase>setup|call|teardown)\s+(?P<test>\S.*?)\s*$")
+SUMMARY_LINE = re.compile(r"^=*\s*(?P<counts>\d+ (?:passed|failed|errors?|skipped)\b.*?) in (?P<seconds>[\d.]+)s")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plugin half: loaded into the pytest this script starts (`-p slowest_tests`), in its controller.
+
+
+class _Recorder:
+    """Every test report's phase, seconds, outcome and whether the test is marked slow; xdist hands its workers'
+    reports to the controller, which writes them out once at the end."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.reports: list[dict[str, object]] = []
+
+    def pytest_runtest_logreport(self, report) -> None:  # noqa: ANN001  pytest's TestReport
+        self.reports.append(
+            {
+                "test": report.nodeid,
+                "phase": report.when,
+                "seconds": report.duration,
+                "outcome": report.outcome,
+                "slow": "slow" in report.keywords,
+            }
+        )
+
+    def pytest_sessionfinish(self) -> None:
+        Path(self.path).write_text(json.dumps(self.reports))
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001  pytest's Config
+    if os.environ.get(REPORT) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Recorder(os.environ[REPORT]), "slowest-tests-recorder")
+
+
+# ---------------------------------------------------------------------------------------------
+# The script half.
+
+
+@dataclass
+class Test:
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    outcome: str = "passed"
+    slow: bool | None = None  # None: not known (a saved output does not say)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+@dataclass
+class Lane:
+    name: str
+    tests: dict[str, Test]
+    wall: float | None  # seconds, as this script measured the pytest process (None for a saved output)
+    pytest_says: str  # pytest's summary line: the counts and its own seconds
+    load_before: str = ""  # the load average as the lane started: another job's load inflates every number
+
+
+def run_lane(full: bool, pytest_args: list[str]) -> Lane:
+    lane = ["-n", "auto"] + ([] if full else ["-m", "not slow"])
+    with tempfile.TemporaryDirectory(prefix="eic-slowest-") as work:
+        report = Path(work) / "reports.json"
+        env = {**os.environ, REPORT: str(report)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "pytest", *lane, "-p", Path(__file__).stem, "-q"]
+        load = _load()
+        started = time.perf_counter()
+        done = subprocess.run([*command, *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if not report.exists():
+            sys.exit(f"pytest ended ({done.returncode}) without a report:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        tests: dict[str, Test] = defaultdict(Test)
+        for entry in json.loads(report.read_text()):
+            test = tests[entry["test"]]
+            test.seconds[entry["phase"]] = entry["seconds"]
+            test.slow = entry["slow"]
+            if entry["outcome"] != "passed":
+                test.outcome = entry["outcome"]
+    summary = [line for line in done.stdout.splitlines() if SUMMARY_LINE.search(line)]
+    name = "full suite: pytest -n auto" if full else 'fast lane: pytest -n auto -m "not slow"'
+    return Lane(name + (" " + " ".join(pytest_args) if pytest_args else ""), dict(tests), wall, _said(summary), load)
+
+
+def read_output(path: Path) -> Lane:
+    """A saved `pytest --durations=0` output: the durations table and the summary line (markers not known)."""
+    tests: dict[str, Test] = defaultdict(Test)
+    summary: list[str] = []
+    for line in path.read_text().splitlines():
+        if match := DURATION_LINE.match(line):
+            test = tests[match["test"]]
+            test.seconds[match["phase"]] = float(match["seconds"])
+            test.slow = None
+        elif SUMMARY_LINE.search(line):
+            summary.append(line)
+    return Lane(f"saved output {path}", dict(tests), None, _said(summary))
+
+
+def _said(summary: list[str]) -> str:
+    match = SUMMARY_LINE.search(summary[-1]) if summary else None
+    return f"{match['counts']} in {float(match['seconds']):.1f} s" if match else "(no summary line)"
+
+
+def per_file(tests: dict[str, Test]) -> list[tuple[str, float, int]]:
+    files: dict[str, list[float]] = defaultdict(list)
+    for name, test in tests.items():
+        files[name.split("::")[0]].append(test.total)
+    return sorted(((f, sum(s), len(s)) for f, s in files.items()), key=lambda row: -row[1])
+
+
+def report(lane: Lane, top: int, threshold: float) -> None:
+    tests = lane.tests
+    total = sum(t.total for t in tests.values())
+    over = {n: t for n, t in tests.items() if t.total >= threshold}
+    print(f"{lane.name}")
+    wall = f"{lane.wall:.1f} s wall" if lane.wall is not None else "wall not measured"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    machine = f"; {cores} cores, load average {lane.load_before} before, {_load()} after" if lane.load_before else ""
+    print(f"{wall}; pytest: {lane.pytest_says}; {len(tests)} tests timed{machine}")
+    print(
+        f"the tests' seconds together: {total:.1f} s; {len(over)} tests of {threshold:g} s or more take "
+        f"{sum(t.total for t in over.values()):.1f} s of them"
+    )
+    print()
+    width = min(100, max((len(n) for n in tests), default=10))
+    print(f"{'test':<{width}} {'s':>6} {'setup':>6} {'call':>6} {'tear':>6}  slow")
+    ranked = sorted(tests.items(), key=lambda item: -item[1].total)
+    for name, test in ranked[:top]:
+        s = test.seconds
+        marked = {True: "slow", False: "", None: "?"}[test.slow]
+        print(
+            f"{_cut(name, width):<{width}} {test.total:>6.2f} {s.get('setup', 0):>6.2f} {s.get('call', 0):>6.2f} "
+            f"{s.get('teardown', 0):>6.2f}  {marked}"
+        )
+    print()
+    print(f"{'file':<60} {'s':>7} {'tests':>6} {'share':>6}")
+    for path, seconds, count in per_file(tests)[:top]:
+        print(f"{_cut(path, 60):<60} {seconds:>7.1f} {count:>6} {seconds / max(total, 1e-9):>6.0%}")
+    print()
+    fast = [(n, t) for n, t in ranked if t.total >= threshold and t.slow is False]
+    if lane.tests and all(t.slow is None for t in tests.values()):
+        print("(a saved output does not say which tests are marked slow)")
+        return
+    print(f"{len(fast)} tests of {threshold:g} s or more are not marked slow (the fast lane runs them):")
+    for name, test in fast:
+        print(f"  {test.total:>6.2f}  {name}")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="the full suite, not the fast lane")
+    parser.add_argument("--top", type=int, default=25, help="rows per table")
+    parser.add_argument("--threshold", type=float, default=1.0, help="seconds from which a test is listed as slow")
+    parser.add_argument("--from-output", type=Path, help="read a saved `pytest --durations=0` output instead")
+    parser.add_argument("pytest_args", nargs="*", help="more arguments for pytest, after --")
+    args = parser.parse_args()
+    lane = read_output(args.from_output) if args.from_output else run_lane(args.full, args.pytest_args)
+    report(lane, args.top, args.threshold)
+
+
+if __name__ == "__main__":
+    main()
