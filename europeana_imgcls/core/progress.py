@@ -117,9 +117,14 @@ class Bar(Progress):
 
 def plain_line(task: Task, fields: tuple[str, ...]) -> str:
     """What a bar shows of ``task``, in words: ``download 120/554  3.2 images/s  0 failed  0:00:37``."""
-    done = f"{task.completed:g}" + ("" if task.total is None else f"/{task.total:g}")
+    done = _count(task.completed) + ("" if task.total is None else f"/{_count(task.total)}")
     elapsed = timedelta(seconds=int(task.elapsed or 0))
     return "  ".join([f"{task.description} {done}", *(f.format(task=task) for f in fields), str(elapsed)])
+
+
+def _count(value: float) -> str:
+    """1234567 as it is (not 1.23457e+06); a fraction to one place."""
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
 
 
 def progress_bar(
