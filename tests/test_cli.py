@@ -17,7 +17,7 @@ from europeana_imgcls.core.config import HarvestConfig, build_config
 from europeana_imgcls.core.errors import ConfigError
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .conftest import QuietHandler, send_json, serving
+from .support import QuietHandler, send_json, serving
 
 runner = CliRunner()
 
@@ -330,7 +330,7 @@ def test_eic_sandbox_serves_what_its_flags_say_and_a_taken_port_is_one_line(voca
     from europeana_imgcls.core.config import DEMO_API_KEY, SandboxConfig
     from europeana_imgcls.europeana.sandbox import Knobs, build_catalogue
 
-    from .conftest import VOCAB
+    from .support import VOCAB
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "europeana_imgcls", "sandbox", "--vocab", str(vocab_file)]

@@ -13,7 +13,7 @@ from europeana_imgcls import StatsConfig, SubtractConfig, stats, subtract
 from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .conftest import SEED_TABLES
+from .support import SEED_TABLES
 
 needs_seed = pytest.mark.skipif(not SEED_TABLES.is_dir(), reason="shared seed tables not present")
 

@@ -22,7 +22,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.europeana.sandbox import FAULTS, Knobs, Sandbox
 
-from .conftest import sandbox_config, sandbox_records, sandbox_table
+from .support import sandbox_config, sandbox_records, sandbox_table
 
 EXPECTED_ERROR = {
     "404": "HTTP 404",

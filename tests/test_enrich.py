@@ -31,7 +31,7 @@ from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.evaluation import evaluate_run
 from europeana_imgcls.outputs.review import labelling_config_path
 
-from .conftest import TERMINAL, VOCAB, sandbox_config, shows_progress
+from .support import TERMINAL, VOCAB, sandbox_config, shows_progress
 
 TARGET = 0.9
 SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())

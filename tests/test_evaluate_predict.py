@@ -24,7 +24,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import ModelError
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .conftest import CLASSES, diverge, make_folders, rows, sandbox_config
+from .support import CLASSES, diverge, make_folders, rows, sandbox_config
 
 
 @pytest.fixture
@@ -475,7 +475,7 @@ def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir:
 def test_long_steps_show_progress_in_a_terminal_unless_quiet(
     trained: Path, eval_dir: Path, tmp_path: Path, command: str, description: str
 ) -> None:
-    from .conftest import TERMINAL, shows_progress
+    from .support import TERMINAL, shows_progress
 
     for quiet in (False, True):
         out = tmp_path / f"q{quiet}"

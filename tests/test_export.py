@@ -23,7 +23,7 @@ from europeana_imgcls.modelling.training import train
 from europeana_imgcls.outputs.export import export
 from europeana_imgcls.outputs.prediction import predict
 
-from .conftest import diverge, make_folders, rows
+from .support import diverge, make_folders, rows
 
 TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
 

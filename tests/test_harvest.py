@@ -20,7 +20,7 @@ from europeana_imgcls.core.journal import read_records
 from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Knobs, Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
 
-from .conftest import VOCAB, QuietHandler, sandbox_config, send_json, serving
+from .support import VOCAB, QuietHandler, sandbox_config, send_json, serving
 
 
 def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestConfig:

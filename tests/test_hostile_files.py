@@ -34,7 +34,6 @@ from europeana_imgcls.outputs.export import export
 from europeana_imgcls.outputs.inference import load_run
 from europeana_imgcls.outputs.prediction import predict
 
-from .conftest import VOCAB, make_folders
 from .hostile import (
     HOSTILE_WORDS,
     cli_works_or_one_line,
@@ -45,6 +44,7 @@ from .hostile import (
     without_hanging,
     works_or_one_line,
 )
+from .support import VOCAB, make_folders
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # A table's cells: text UTF-8 can encode (the table is written as UTF-8), hostile words among it.

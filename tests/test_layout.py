@@ -11,7 +11,7 @@ from pathlib import Path
 import europeana_imgcls
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .conftest import VOCAB, sandbox_config
+from .support import VOCAB, sandbox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

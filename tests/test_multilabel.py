@@ -23,7 +23,7 @@ from europeana_imgcls.datasets.multilabel import (
 from europeana_imgcls.europeana.sandbox import draw_image
 from europeana_imgcls.modelling.checkpoint import load_checkpoint
 
-from .conftest import config, rows
+from .support import config, rows
 
 LABELS = ("map", "painting", "specimen", "textile")
 

@@ -16,20 +16,11 @@ from typer.testing import CliRunner, Result
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import AuditConfig, EvaluateConfig
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.core.outputs import (
-    MANIFEST,
-    TABLE,
-    Claim,
-    OutputKind,
-    build_folder,
-    claim,
-    claimed,
-    output_lock,
-)
+from europeana_imgcls.core.outputs import MANIFEST, TABLE, Claim, OutputKind, build_folder, claim, claimed, output_lock
 from europeana_imgcls.outputs.audit import audit
 from europeana_imgcls.outputs.evaluation import evaluate_run
 
-from .conftest import make_folders
+from .support import make_folders
 
 FOLDER = OutputKind("thing", "a thing", folder=True)
 

@@ -32,7 +32,7 @@ from europeana_imgcls.europeana.sandbox import ANNOTATION_PATHS, Knobs, Sandbox
 from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.publish import publish, withdraw
 
-from .conftest import VOCAB, make_folders, sandbox_config
+from .support import MODEL_A, MODEL_B, VOCAB, _made, _write, make_folders, sandbox_config
 
 W3C = Path(__file__).parent / "data" / "w3c"
 ROOT = Path(__file__).resolve().parents[1]
@@ -462,33 +462,9 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
 # ---------------------------------------------------------------------------------------------
 # Publishing only what Europeana should hold: hostile files, answers, settings (issue #31)
 
-MODEL_A, MODEL_B = "0123456789abcdef", "fedcba9876543210"
 ANNOTATION = "http://data.europeana.eu/annotation/"
 W3C_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 ENV = {"EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
-
-
-def _made(n: int, digest: str = MODEL_A, start: int = 0) -> list[dict[str, Any]]:
-    """``n`` annotations of the europeana profile as eic enrich writes them, without a model to train."""
-    from europeana_imgcls.outputs.enrichment import ModelInfo, annotation
-
-    model = ModelInfo(digest, "run", ["split_1"], 0.9)
-    return [
-        annotation(
-            {"scope": f"http://data.europeana.eu/item/9000/r{i}", "source": f"https://images.example.org/{i}.jpg"},
-            VOCAB["map"],
-            0.97,
-            model,
-            "map",
-            0.5,
-        )
-        for i in range(start, start + n)
-    ]
-
-
-def _write(path: Path, items: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(item) + "\n" for item in items))
-    return path
 
 
 def _one_line(result: Any) -> str:

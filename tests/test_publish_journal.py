@@ -20,9 +20,8 @@ from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.outputs.publish import publish
 
-from .conftest import sandbox_config
 from .hostile import assert_untouched, cli_works_or_one_line, mutated_json, scratch, snapshot
-from .test_publish import MODEL_A, MODEL_B, _made, _write
+from .support import MODEL_A, MODEL_B, _made, _write, sandbox_config
 
 ENV = {"EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
 STATES = ["sending", "unsent", "rejected", "published", "withdrawn", "beamed", "", "PUBLISHED"]

@@ -35,7 +35,7 @@ from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.core.tables import atomic_path, is_own_temp, temp_path
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .conftest import VOCAB, sandbox_config
+from .support import VOCAB, sandbox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -647,7 +647,7 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
     from europeana_imgcls import train
     from europeana_imgcls.core.errors import DatasetError
 
-    from .conftest import config, make_folders
+    from .support import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     other = make_folders(tmp_path / "other", per_class=6, size=32)
@@ -663,7 +663,7 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
     from europeana_imgcls.cli.app import app
 
-    from .conftest import make_folders
+    from .support import make_folders
 
     data = make_folders(tmp_path / "data", per_class=9, size=32)
     for path in (data / "specimen").iterdir():  # every specimen from one provider
@@ -698,7 +698,7 @@ def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(
 
     from europeana_imgcls.modelling import training
 
-    from .conftest import config, make_folders
+    from .support import config, make_folders
 
     real = training.evaluate_loader
 
@@ -772,7 +772,7 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
     from europeana_imgcls import train
     from europeana_imgcls.core.errors import ModelError
 
-    from .conftest import config, make_folders
+    from .support import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     with pytest.raises(ModelError, match="offline"):  # torchvision's weights cannot be fetched here
@@ -789,7 +789,7 @@ def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypa
     from europeana_imgcls import EvaluateConfig, evaluate, train
     from europeana_imgcls.modelling import heads
 
-    from .conftest import config, make_folders
+    from .support import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     real = heads._split
@@ -844,7 +844,7 @@ def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
     from europeana_imgcls.core.errors import DatasetError
     from europeana_imgcls.modelling.embedding import embed
 
-    from .conftest import make_folders
+    from .support import make_folders
 
     first = make_folders(tmp_path / "first", per_class=3, size=32)
     other = make_folders(tmp_path / "other", per_class=3, size=32)

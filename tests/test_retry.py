@@ -20,7 +20,7 @@ from europeana_imgcls.europeana.ratelimit import RateLimit
 from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Sandbox, SandboxRecord
 from europeana_imgcls.europeana.search_api import SearchClient
 
-from .conftest import sandbox_records
+from .support import sandbox_records
 
 # The one table: a status, and whether every client tries again after it (once here: retries=1).
 RETRIED = {

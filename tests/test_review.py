@@ -16,35 +16,7 @@ from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.outputs.review import NONE_CHOICE, import_review, labelling_config
 
-from .conftest import VOCAB
-
-
-def task(number: int, record: str, *answers: list[str], uri: str | None = None) -> dict[str, Any]:
-    """A task of an eic review project as Label Studio exports it, with one annotation per answer."""
-    data = {"image": f"http://127.0.0.1:9/images/{number}.jpg", "ID": record, "reason": "abstained"}
-    if uri is not None:
-        data["URI"] = uri
-    return {
-        "id": number,
-        "data": data,
-        "annotations": [
-            {
-                "id": 100 * number + k,
-                "completed_by": {"id": k, "email": f"r{k}@museum.example"},
-                "was_cancelled": False,
-                "result": [
-                    {
-                        "id": "x",
-                        "from_name": "category",
-                        "to_name": "image",
-                        "type": "choices",
-                        "value": {"choices": answer},
-                    }
-                ],
-            }
-            for k, answer in enumerate(answers)
-        ],
-    }
+from .support import REVIEWS, TRAIN, VOCAB, task
 
 
 def run(tmp_path: Path, tasks: list[Any], **kw: Any):
@@ -167,22 +139,6 @@ def _applied(tmp_path: Path, table_rows: list[dict[str, str]], tasks: list[Any],
     pl.DataFrame(table_rows).write_csv(table)
     args = ["review", "apply", str(table), str(tmp_path / "out.csv"), "-o", str(tmp_path / "new.csv"), *flags]
     return CliRunner().invoke(app, args)
-
-
-TRAIN = [
-    {"category": "map", "ID": "/9/a", "URL": "http://x/a.jpg", "provider": "P"},
-    {"category": "map", "ID": "/9/b", "URL": "http://x/b.jpg", "provider": "P"},
-    {"category": "painting", "ID": "/9/c", "URL": "http://x/c.jpg", "provider": "Q"},
-    {"category": "map", "ID": "/9/d", "URL": "http://x/d.jpg", "provider": "Q"},
-    {"category": "specimen", "ID": "/9/x", "URL": "http://x/x.jpg", "provider": "Q"},
-]
-REVIEWS = [
-    task(1, "/9/a", ["map"]),  # confirmed
-    task(2, "/9/b", ["painting"]),  # changed
-    task(3, "/9/c", [NONE_CHOICE]),  # removed
-    task(4, "/9/d", ["map"], ["painting"]),  # reviewers disagree: never applied
-    task(5, "/9/z", ["specimen"]),  # not in the table
-]
 
 
 def test_apply_replaces_labels_by_record_and_says_what_it_did(tmp_path: Path) -> None:

@@ -20,9 +20,8 @@ from europeana_imgcls.core.config import ReviewImportConfig
 from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.outputs.review import NONE_CHOICE, import_review
 
-from .conftest import VOCAB
 from .hostile import assert_untouched, cli_works_or_one_line, mutated_bytes, scratch, snapshot, without_hanging
-from .test_review import REVIEWS, TRAIN, task
+from .support import REVIEWS, TRAIN, VOCAB, task
 
 # Words of the review loop's files, for the values Hypothesis puts in them.
 WORDS = ("map", "painting", NONE_CHOICE, "/9/a", "/../../x", "/9/a\x00", "choices")

@@ -18,7 +18,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .conftest import VOCAB, sandbox_config, sandbox_records, sandbox_table
+from .support import VOCAB, sandbox_config, sandbox_records, sandbox_table
 
 pytest.importorskip("cleanlab")
 TINY = ["--arch", "tiny", "--weights", "none", "--input-size", "32", "--quiet"]

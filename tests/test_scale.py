@@ -31,7 +31,7 @@ from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
 from europeana_imgcls.europeana.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
 
-from .conftest import VOCAB, sandbox_config, sandbox_records, sandbox_table
+from .support import VOCAB, sandbox_config, sandbox_records, sandbox_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -393,7 +393,7 @@ def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image
 ) -> None:
     from europeana_imgcls import PredictConfig, predict
 
-    from .conftest import make_folders
+    from .support import make_folders
 
     make_folders(tmp_path / "new", per_class=3, size=32)
     monkeypatch.chdir(tmp_path)
@@ -419,7 +419,7 @@ def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path
     from europeana_imgcls.core.config import EmbedConfig
     from europeana_imgcls.modelling.embedding import embed
 
-    from .conftest import make_folders
+    from .support import make_folders
 
     data = make_folders(tmp_path / "data", per_class=5, size=32)
     settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
@@ -443,7 +443,7 @@ def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> Non
 
     from europeana_imgcls.modelling.training import train
 
-    from .conftest import config, make_folders
+    from .support import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=6, size=32)
     train(
@@ -467,7 +467,7 @@ def test_runs_named_alike_never_share_a_tensorboard_folder_and_a_resumed_run_kee
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
     from europeana_imgcls.modelling.training import train
 
-    from .conftest import config, make_folders
+    from .support import config, make_folders
 
     data = make_folders(tmp_path / "data", per_class=4, size=32)
     board = tmp_path / "tb"
@@ -483,7 +483,7 @@ def test_runs_named_alike_never_share_a_tensorboard_folder_and_a_resumed_run_kee
 
 
 def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from .conftest import make_folders
+    from .support import make_folders
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
     data = make_folders(tmp_path / "data", per_class=4, size=32)

@@ -201,7 +201,7 @@ def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
     from europeana_imgcls import PredictConfig, predict
     from europeana_imgcls.europeana.sandbox import Sandbox
 
-    from .conftest import sandbox_config
+    from .support import sandbox_config
 
     def no_long_sleep(seconds: float) -> None:
         assert seconds < 3600, f"would sleep {seconds} s"

@@ -25,7 +25,7 @@ from europeana_imgcls.modelling.checkpoint import load_checkpoint, model_from_ch
 from europeana_imgcls.modelling.models import build_model
 from europeana_imgcls.modelling.training import train
 
-from .conftest import CLASSES, HERITAGE, config, make_folders, rows
+from .support import CLASSES, HERITAGE, config, make_folders, rows
 
 
 @pytest.fixture(scope="module")
@@ -333,12 +333,7 @@ def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> No
 
 
 def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
-    from europeana_imgcls.datasets.folders import (
-        DecodedCache,
-        ImageDataset,
-        LoaderSettings,
-        make_loader,
-    )
+    from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, LoaderSettings, make_loader
 
     images = scan_images(folders, "single-label")
     cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)

@@ -1,0 +1,228 @@
+"""What the test modules share: plain helpers and constants (fixtures and hooks are conftest.py's).
+
+Import them as ``from ..support import make_folders`` (``from .support import ...`` at the top of tests/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from europeana_imgcls.core.config import SandboxConfig, TrainConfig
+from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
+from europeana_imgcls.outputs.review import NONE_CHOICE
+
+# ---------------------------------------------------------------------------------------------
+# The tests' data: the shared samples beside the checkout, the sandbox's vocabulary, learnable image folders
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SEED_TABLES = SHARED / "seed_tables"
+HERITAGE = SHARED / "heritage_sample"
+
+VOCAB = {
+    "map": "http://data.europeana.eu/concept/base/43",
+    "painting": "http://data.europeana.eu/concept/base/47",
+    "specimen": "http://data.europeana.eu/concept/base/167",
+}
+
+
+def sandbox_config(**settings: Any) -> SandboxConfig:
+    """The tests' sandbox: VOCAB's concepts on a free port, with ``settings``."""
+    return SandboxConfig(vocab=VOCAB, port=0, **settings)
+
+
+CLASSES = ("map", "painting", "specimen")
+
+
+def make_folders(root: Path, per_class: int = 12, size: int = 40, classes=CLASSES) -> Path:
+    """Learnable synthetic classes, files named like eic download names them (3 providers per class)."""
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            image = draw_image((k,), len(classes), seed=1000 * k + j, size=(size, size))
+            image.save(root / name / f"[ph]{9000 + 10 * k + j % 3}[ph]obj_{name}_{j}.jpg", quality=90)
+    return root
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    """Training settings for tests: the tiny net, no weights, tiny images, few epochs (override any with ``kw``)."""
+    settings = dict(
+        data_dir=data,
+        output_dir=out,
+        arch="tiny",
+        weights="none",
+        epochs=6,
+        input_size=32,
+        batch_size=8,
+        learning_rate=1e-3,
+        folds=3,
+        patience=3,
+        quiet=True,
+        gradcam_images=3,
+    )
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def sandbox_records(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
+    """The sandbox's image records with a URL: single-concept ones, or (``multi``) those of several concepts."""
+    return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
+
+
+def sandbox_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
+    """A harvest-like table of those records (category, ID, URL, preview) at ``path``."""
+    rows = [
+        {
+            "category": " ".join(r.labels),
+            "ID": r.id,
+            "URL": sb.image_url(r),
+            "preview": sb.item(r, "k")["edmPreview"][0],
+        }
+        for r in sandbox_records(sb, multi)
+    ]
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+# What rich takes for a terminal (it draws no progress bar into a pipe or a file).
+TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+
+
+def shows_progress(stderr: str, description: str) -> bool:
+    """Whether a command drew its progress bar (``description``, a done/total count) on stderr."""
+    return description in stderr and bool(re.search(r"\d+/\d+", stderr))
+
+
+def diverge(run: Path, split: int) -> None:
+    """Make split ``split`` of ``run`` look as if its training diverged: every floating-point weight NaN."""
+    import torch
+
+    from europeana_imgcls.modelling.run_folder import RunFolder
+
+    model = RunFolder(run).split(split).model
+    checkpoint = torch.load(model, weights_only=True)
+    for tensor in checkpoint["model_state"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, model)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A loopback server's handler that logs nothing: its log lines would land in the stderr a test reads."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    """Answer a loopback server's request with ``payload`` as JSON."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server on 127.0.0.1 answering with ``handler`` while the block runs; yields its ``http://host:port``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotations as eic enrich writes them, and eic publish's settings
+
+
+MODEL_A, MODEL_B = "0123456789abcdef", "fedcba9876543210"
+
+
+def _made(n: int, digest: str = MODEL_A, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` annotations of the europeana profile as eic enrich writes them, without a model to train."""
+    from europeana_imgcls.outputs.enrichment import ModelInfo, annotation
+
+    model = ModelInfo(digest, "run", ["split_1"], 0.9)
+    return [
+        annotation(
+            {"scope": f"http://data.europeana.eu/item/9000/r{i}", "source": f"https://images.example.org/{i}.jpg"},
+            VOCAB["map"],
+            0.97,
+            model,
+            "map",
+            0.5,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _write(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The review loop: Label Studio tasks and exports, a table the reviews apply to
+
+
+def task(number: int, record: str, *answers: list[str], uri: str | None = None) -> dict[str, Any]:
+    """A task of an eic review project as Label Studio exports it, with one annotation per answer."""
+    data = {"image": f"http://127.0.0.1:9/images/{number}.jpg", "ID": record, "reason": "abstained"}
+    if uri is not None:
+        data["URI"] = uri
+    return {
+        "id": number,
+        "data": data,
+        "annotations": [
+            {
+                "id": 100 * number + k,
+                "completed_by": {"id": k, "email": f"r{k}@museum.example"},
+                "was_cancelled": False,
+                "result": [
+                    {
+                        "id": "x",
+                        "from_name": "category",
+                        "to_name": "image",
+                        "type": "choices",
+                        "value": {"choices": answer},
+                    }
+                ],
+            }
+            for k, answer in enumerate(answers)
+        ],
+    }
+
+
+TRAIN = [
+    {"category": "map", "ID": "/9/a", "URL": "http://x/a.jpg", "provider": "P"},
+    {"category": "map", "ID": "/9/b", "URL": "http://x/b.jpg", "provider": "P"},
+    {"category": "painting", "ID": "/9/c", "URL": "http://x/c.jpg", "provider": "Q"},
+    {"category": "map", "ID": "/9/d", "URL": "http://x/d.jpg", "provider": "Q"},
+    {"category": "specimen", "ID": "/9/x", "URL": "http://x/x.jpg", "provider": "Q"},
+]
+REVIEWS = [
+    task(1, "/9/a", ["map"]),  # confirmed
+    task(2, "/9/b", ["painting"]),  # changed
+    task(3, "/9/c", [NONE_CHOICE]),  # removed
+    task(4, "/9/d", ["map"], ["painting"]),  # reviewers disagree: never applied
+    task(5, "/9/z", ["specimen"]),  # not in the table
+]
