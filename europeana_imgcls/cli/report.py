@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from ..outputs.review_apply import ReviewApplyReport
 
 
+# What makes a review task's local image show in Label Studio (docs/review.md says how to serve it).
+LOCAL_IMAGES = "pass --document-root (Label Studio serves them) or --image-url (a web server does)"
+
+
 def plain(value: object) -> str:
     """A path or a value from data as rich prints it: as it is, never markup."""
     return escape(str(value))
@@ -283,6 +287,7 @@ def print_enrichment(console: Console, result: EnrichReport) -> None:
         console.print(
             f"{result.review_tasks} records to review in {plain(result.review_output)} (Label Studio tasks; "
             f"labelling config beside it)"
+            + (f"; {result.review_local} show a local file: {LOCAL_IMAGES}" if result.review_local else "")
         )
 
 
@@ -346,8 +351,7 @@ def print_audit(console: Console, result: AuditReport) -> None:
         local = result.review_tasks - result.web_images
         console.print(
             f"{result.review_tasks} suspects to review in {plain(result.review_output)} (Label Studio tasks; labelling "
-            "config beside it)"
-            + (f"; {local} show a local file: give Label Studio local storage or --table" if local else "")
+            "config beside it)" + (f"; {local} show a local file: {LOCAL_IMAGES}, or --table" if local else "")
         )
     console.print(f"written to {plain(result.output_dir)}")
 

@@ -533,11 +533,28 @@ class EmbedConfig(RuntimeSettings, ShardSettings):
     resume: bool = Field(False, description="Carry on an interrupted embedding: keep the images already embedded.")
 
 
-class AuditConfig(ProgressSettings):
+class ReviewImageSettings(_Base):
+    """How review tasks show an image that is a local file (audit, enrich): Label Studio opens URLs, not paths."""
+
+    document_root: Path | None = Field(
+        None,
+        description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (a folder holding the images): a local image's task "
+        "gets the URL /data/local-files/?d=<its path under it>, which Label Studio serves itself. With --image-url: "
+        "the folder that URL serves.",
+    )
+    image_url: str | None = Field(
+        None,
+        description="The http(s) address at which a web server serves --document-root (default: the current folder), "
+        "e.g. http://localhost:8000/ for python -m http.server 8000: a local image's task gets that address plus its "
+        "path under the folder.",
+    )
+
+
+class AuditConfig(ProgressSettings, ReviewImageSettings):
     """``eic audit``: likely mislabelled images and near-duplicates, from out-of-fold probabilities and embeddings."""
 
     stage: ClassVar[str] = "audit"
-    input_paths: ClassVar[tuple[str, ...]] = ("source", "embeddings", "table")
+    input_paths: ClassVar[tuple[str, ...]] = ("source", "embeddings", "table", "document_root")
 
     source: Path = Field(description="A training run (its out-of-fold predictions) or an embeddings table.")
     output_dir: Path = Field(Path("audit"), description="Where the CSVs, the contact sheet and summary.json go.")
@@ -571,11 +588,11 @@ class AuditConfig(ProgressSettings):
     )
 
 
-class EnrichConfig(InputSettings):
+class EnrichConfig(InputSettings, ReviewImageSettings):
     """``eic enrich``: precision-targeted labels as W3C Web Annotations, and a review file for the rest."""
 
     stage: ClassVar[str] = "enrich"
-    input_paths: ClassVar[tuple[str, ...]] = ("run", "table", "vocab", "onnx_model")
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "table", "vocab", "onnx_model", "document_root")
 
     run: Path = Field(description="A calibrated training run folder (cross-validated: eic train's default).")
     inputs: list[str] = Field(default_factory=list, description="Image files, folders (recursive) or http(s) URLs.")

@@ -43,7 +43,7 @@ from ..modelling.calibration import out_of_fold
 from ..modelling.embedding import matrix, read_embeddings
 from ..modelling.heads import head_probabilities, linear_head
 from ..modelling.run_folder import RunFolder
-from .review import review_task, write_review_tasks
+from .review import ImageLinks, review_task, shown_in_label_studio, write_review_tasks
 
 
 @dataclass
@@ -84,7 +84,7 @@ class AuditReport:
     note: str = ""
     review_output: Path | None = None
     review_tasks: int = 0
-    web_images: int = 0  # review tasks whose image is the record's web image (the others: the local file)
+    web_images: int = 0  # review tasks whose image Label Studio opens (a web image, or a file it serves)
 
 
 def audit(config: AuditConfig) -> AuditReport:
@@ -92,6 +92,7 @@ def audit(config: AuditConfig) -> AuditReport:
     run = run_of_split(config.source)
     if run is not None:  # the out-of-fold predictions are every split's: one split has a fold of them
         raise DatasetError(f"{config.source} is {config.source.name} of the run {run}: pass {run}")
+    ImageLinks.of(config.document_root, config.image_url)  # settings that cannot work, refused before any work
     if config.review_output is not None and absolute(config.output_dir).is_relative_to(absolute(config.review_output)):
         raise DatasetError(
             f"{config.review_output} is the audit's folder (or holds it): give `review_output` a file name, such as "
@@ -400,7 +401,6 @@ def _write_review(
     def add(i: int, suggestion: list[str], reason: str) -> None:
         record = findings.ids[i]
         image = web.get(record or "") or str(Path(findings.images[i]).resolve())
-        report.web_images += image.startswith(("http://", "https://"))
         tasks.append(review_task(record or "", image, suggestion, float(quality[i]), reason))
         chosen.add(i)
 
@@ -415,9 +415,14 @@ def _write_review(
                 given = _given(findings, i)
                 add(i, _given_labels(findings, i), f"near-duplicate of {others}, labelled otherwise; given {given}")
     report.review_output = config.review_output
+    links = ImageLinks.of(config.document_root, config.image_url)
+    for item in tasks:  # an image the links cannot reach is refused before the tasks are written
+        if not http_url(item["data"]["image"]):
+            links.check(Path(item["data"]["image"]))
     report.review_tasks = write_review_tasks(
-        path, tasks, findings.classes, findings.task, f"eic audit {config.source.name}"
+        path, tasks, findings.classes, findings.task, f"eic audit {config.source.name}", links
     )
+    report.web_images = sum(shown_in_label_studio(t["data"]["image"]) for t in tasks)
 
 
 def _suggested_labels(findings: Findings, i: int) -> list[str]:

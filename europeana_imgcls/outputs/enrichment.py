@@ -54,7 +54,7 @@ from ..modelling.runtime import main_process
 from .inference import SplitModel
 from .inputs import Item, check_arguments
 from .prediction import PREDICTIONS, Rows, read_output, refuse_nothing_labelled, run_predictions
-from .review import review_task, write_review_tasks
+from .review import ImageLinks, review_task, shown_in_label_studio, write_review_tasks
 
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
@@ -89,6 +89,7 @@ class EnrichReport:
     per_class: dict[str, int] = field(default_factory=dict)
     review_output: Path | None = None
     review_tasks: int = 0
+    review_local: int = 0  # review tasks showing a local file's path, which Label Studio cannot open
     unreadable: list[str] = field(default_factory=list)
     not_fetched: int = 0
     already_done: int = 0
@@ -124,6 +125,7 @@ def enrich(config: EnrichConfig) -> EnrichReport:
         check_precision(config.precision)
     predictions = config.output.with_name(f"{config.output.stem}.predictions.jsonl")
     _check_outputs(config, predictions)
+    links = _review_links(config)
     _check_targets(config)
     calibration = load_calibration(config.run, config.precision)
     vocab = load_vocabulary(config.vocab)
@@ -169,7 +171,9 @@ def enrich(config: EnrichConfig) -> EnrichReport:
     report.annotations = writer.count
     if config.review_output is not None:
         report.review_output = config.review_output
-        report.review_tasks = _write_review(config.review_output, review, calibration, report.model_id)
+        tasks = review.all()
+        report.review_tasks = _write_review(config.review_output, tasks, calibration, report.model_id, links)
+        report.review_local = sum(not shown_in_label_studio(t["data"]["image"]) for t in tasks)
     return report
 
 
@@ -476,5 +480,18 @@ def _task(record: dict[str, Any], suggestion: list[str], score: float, reason: s
     return review_task(record_id, record["image"], suggestion, score, reason, record.get("URI"))
 
 
-def _write_review(path: Path, review: _ReviewQueue, calibration: Calibration, model_id: str) -> int:
-    return write_review_tasks(path, review.all(), calibration.classes, calibration.task, f"{SOFTWARE} {model_id}")
+def _review_links(config: EnrichConfig) -> ImageLinks:
+    """How the review tasks show a local image; an input they cannot reach is refused before any work."""
+    links = ImageLinks.of(config.document_root, config.image_url)
+    if config.review_output is not None:
+        for given in config.inputs:
+            if not given.lower().startswith(("http://", "https://")):
+                links.check(Path(given))
+    return links
+
+
+def _write_review(
+    path: Path, tasks: list[dict[str, Any]], calibration: Calibration, model_id: str, links: ImageLinks
+) -> int:
+    classes, task = calibration.classes, calibration.task
+    return write_review_tasks(path, tasks, classes, task, f"{SOFTWARE} {model_id}", links)

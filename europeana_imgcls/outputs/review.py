@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import polars as pl
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..core.config import ReviewImportConfig, public_dict
-from ..core.errors import DatasetError
+from ..core.errors import ConfigError, DatasetError
 from ..core.outputs import TABLE, claimed
 from ..core.sidecars import first_problem, read_capped
 from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
@@ -48,6 +50,9 @@ COLUMNS = ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
 CHOICES_NAME = "category"
 NONE_CHOICE = "none of these classes"  # the reviewer's way to say the record is in no class of the run
 NOTES_FORMAT: Final = "europeana-imgcls/review-notes-v1"
+# Label Studio's own address of a file under its LOCAL_FILES_DOCUMENT_ROOT (label_studio/core/views.py,
+# localfiles_data: the path after ?d= is relative to that root; a project's local storage must hold the file).
+LOCAL_FILES: Final = "/data/local-files/?d="
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,13 +90,74 @@ def review_task(
     }
 
 
+@dataclass(frozen=True)
+class ImageLinks:
+    """How a task shows an image that is a local file: Label Studio opens URLs, never a path on this machine.
+
+    With ``root`` alone, Label Studio serves the file itself (``LOCAL_FILES``: its LOCAL_FILES_DOCUMENT_ROOT is
+    ``root``); with ``prefix``, a web server does (``python -m http.server`` in ``root``, default the current
+    folder). With neither, the task keeps the file's path, which Label Studio cannot open. A web image (http,
+    https) is shown as it is."""
+
+    root: Path | None = None
+    prefix: str | None = None
+
+    @classmethod
+    def of(cls, root: Path | None, prefix: str | None) -> ImageLinks:
+        """The links of the settings ``document_root`` and ``image_url``, refused in one line when they cannot work."""
+        if prefix is not None and not prefix.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"`image_url` {prefix!r} is no http(s) URL: give the address your web server serves at")
+        if root is not None and not root.is_dir():
+            raise ConfigError(f"`document_root` {root} is no folder: give the folder that holds the images")
+        return cls(root, prefix if prefix is None or prefix.endswith("/") else prefix + "/")
+
+    @property
+    def base(self) -> Path | None:
+        """The folder image paths are written relative to (None: paths are left as they are)."""
+        if self.root is None and self.prefix is None:
+            return None
+        return Path(os.path.abspath(self.root or Path.cwd()))  # not resolved: a link in it stays as served
+
+    def check(self, image: Path) -> None:
+        """Refuse, before any work, a local image (or folder of them) these links cannot reach."""
+        base = self.base
+        if base is not None and not Path(os.path.abspath(image)).is_relative_to(base):
+            option = "document_root" if self.root is not None else "image_url"
+            raise ConfigError(
+                f"{image} is not under {base}, which `{option}` serves: give `document_root` a folder that holds "
+                "every image"
+            )
+
+    def url(self, image: str) -> str:
+        """What a task's ``image`` becomes: a URL Label Studio opens (a web image's own, or a local file's under
+        the base); anything else (a file outside it, checked for before any work) as it is."""
+        base = self.base
+        local = Path(os.path.abspath(image))
+        if base is None or image.lower().startswith(("http://", "https://")) or not local.is_relative_to(base):
+            return image
+        return (self.prefix or LOCAL_FILES) + quote(local.relative_to(base).as_posix(), safe="/")
+
+
+def shown_in_label_studio(image: str) -> bool:
+    """Whether Label Studio can open a task's image: a web image, or a file it serves itself."""
+    return image.lower().startswith(("http://", "https://", LOCAL_FILES))
+
+
 def write_review_tasks(
-    path: Path, tasks: list[dict[str, Any]], classes: list[str], task: Decisions, model_version: str
+    path: Path,
+    tasks: list[dict[str, Any]],
+    classes: list[str],
+    task: Decisions,
+    model_version: str,
+    links: ImageLinks | None = None,
 ) -> int:
     """The tasks (a JSON list Label Studio imports) and, beside them, the labelling interface they are made for,
-    in which a reviewer picks one class or several as the run's ``task`` decides."""
+    in which a reviewer picks one class or several as the run's ``task`` decides. A local image becomes the URL
+    ``links`` give it."""
     for item in tasks:
         item["predictions"][0]["model_version"] = model_version
+        if links is not None:
+            item["data"]["image"] = links.url(item["data"]["image"])
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     with atomic_path(labelling_config_path(path)) as tmp:
