@@ -95,3 +95,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     train(config(data, out, epochs=3, gradcam_images=0))
     return out
+
+
+@pytest.fixture
+def trained(trained_run: Path) -> Path:
+    return trained_run
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    make_folders(root, per_class=7, size=48)
+    make_folders(root, per_class=3, size=48, classes=("statue",))  # a class the model does not know
+    jpeg = next((root / "map").iterdir()).read_bytes()
+    (root / "map" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, body cut
+    return root

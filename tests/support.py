@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from typer.testing import CliRunner
 
+from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import SandboxConfig, TrainConfig
 from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
 from europeana_imgcls.outputs.review import NONE_CHOICE
@@ -151,6 +153,25 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The eic command in this process
+
+
+runner = CliRunner()
+
+
+def eic(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def assert_one_line_error(result, text: str) -> None:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eic: error:"), result.stderr
+    assert text in lines[0]
+    assert "Traceback" not in result.output + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # Annotations as eic enrich writes them, and eic publish's settings
 
 
@@ -226,3 +247,14 @@ REVIEWS = [
     task(4, "/9/d", ["map"], ["painting"]),  # reviewers disagree: never applied
     task(5, "/9/z", ["specimen"]),  # not in the table
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables of the sandbox's records
+
+
+def _good_rows(sb: Sandbox, multi: bool = False) -> list[dict[str, str]]:
+    records = [
+        r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault and (len(r.labels) > 1) == multi
+    ]
+    return [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)} for r in records]

@@ -9,29 +9,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
 import europeana_imgcls
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import HarvestConfig, build_config
+from europeana_imgcls.core.config import build_config
 from europeana_imgcls.core.errors import ConfigError
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .support import QuietHandler, send_json, serving
-
-runner = CliRunner()
-
-
-def eic(*args: str, env: dict[str, str] | None = None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def assert_one_line_error(result, text: str) -> None:
-    assert result.exit_code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("eic: error:"), result.stderr
-    assert text in lines[0]
-    assert "Traceback" not in result.output + result.stderr
+from .support import QuietHandler, assert_one_line_error, eic, send_json, serving
 
 
 def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
@@ -128,39 +113,6 @@ def test_subtract_and_stats_commands(tmp_path: Path) -> None:
     )
     (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
     assert_one_line_error(eic("stats", tmp_path / "broken.csv"), "broken.csv")
-
-
-def test_precedence_flag_over_file_over_env_over_default(tmp_path: Path) -> None:
-    toml = tmp_path / "eic.toml"
-    toml.write_text('api_url = "http://file/api"\n[harvest]\nn = 3\nseed = 9\n')
-    env = {
-        "EUROPEANA_N": "4",
-        "EUROPEANA_SEED": "5",
-        "EUROPEANA_API_KEY": "env-key",
-        "EUROPEANA_REUSABILITY": "open,permission",
-    }
-    cfg = build_config(HarvestConfig, {"seed": 1}, toml, env=env)
-    assert (cfg.n, cfg.seed, cfg.api_url) == (3, 1, "http://file/api")
-    assert cfg.api_key.get_secret_value() == "env-key" and cfg.reusability == ["open", "permission"]
-    assert build_config(HarvestConfig, {}, None, env={}).n == 1000
-    js = tmp_path / "eic.json"
-    js.write_text(json.dumps({"harvest": {"n": 7}}))
-    assert build_config(HarvestConfig, {}, js, env=env).n == 7
-
-
-def test_config_file_mistakes_are_named(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text("nn = 3\n")
-    with pytest.raises(ConfigError, match="unknown setting 'nn'"):
-        build_config(HarvestConfig, {}, bad, env={})
-    bad.write_text("n = [\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        build_config(HarvestConfig, {}, bad, env={})
-    bad.write_text("[harvest]\nbogus = 1\n")
-    with pytest.raises(ConfigError, match="bogus"):
-        build_config(HarvestConfig, {}, bad, env={})
-    result = eic("harvest", "--config", tmp_path / "missing.toml")
-    assert_one_line_error(result, "cannot read config file")
 
 
 def test_python_dash_m_and_public_surface() -> None:
@@ -278,12 +230,6 @@ def test_a_museum_table_without_eics_columns_is_told_about_columns(tmp_path: Pat
     assert "--columns ID=your_column,URL=your_column,category=your_column" in result.stderr
     mapped = eic("download", table, "-o", tmp_path / "img", "--quiet", "--columns", "ID=object_number,URL=image")
     assert_one_line_error(mapped, "missing column(s) category")
-
-
-def test_reusability_takes_a_list_as_well_as_the_flag_repeated() -> None:
-    listed = build_config(HarvestConfig, {"reusability": ["open,permission"]}, None)
-    repeated = build_config(HarvestConfig, {"reusability": ["open", "permission"]}, None)
-    assert listed.reusability == repeated.reusability == ["open", "permission"]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import pytest
 
 from europeana_imgcls import StatsConfig, SubtractConfig, stats, subtract
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.europeana.sandbox import Sandbox
 
 from .support import SEED_TABLES
 
@@ -100,42 +99,3 @@ def test_stats_counts_labels_levels_providers_and_conflicts(tmp_path: Path) -> N
     assert result.provider_column == "dataset" and result.per_provider == {"1": 3, "2": 2}
     assert result.without_url == 1 and result.ids_in_several_categories == 1
     assert result.unknown_categories == {"statue": 1}
-
-
-def test_a_museum_table_of_its_own_shape_works_with_columns(sandbox: Sandbox, tmp_path: Path) -> None:
-    """`--columns ID=id,URL=image_url,category=label` (also in --config): eic works on any collection."""
-    from typer.testing import CliRunner
-
-    from europeana_imgcls import DownloadConfig, download
-    from europeana_imgcls.cli.app import app
-
-    records = [r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and len(r.labels) == 1][:6]
-    museum = tmp_path / "museum.csv"
-    pl.DataFrame(
-        {
-            "id": [r.id for r in records],
-            "image_url": [sandbox.image_url(r) for r in records],
-            "label": [r.labels[0] for r in records],
-            "notes": ["x"] * 6,
-        }
-    ).write_csv(museum)
-    refused = CliRunner().invoke(app, ["download", str(museum), "-o", str(tmp_path / "img")])
-    assert refused.exit_code == 1 and "missing column(s) ID, URL, category" in refused.stderr
-    mapping = "ID=id,URL=image_url,category=label"
-    report = download(
-        DownloadConfig(table=museum, output_dir=tmp_path / "img", columns=mapping, quiet=True, max_side=32)
-    )
-    assert report.saved == 6 and report.accounted == 6
-    result = CliRunner().invoke(app, ["stats", str(museum), "--columns", mapping])
-    assert result.exit_code == 0 and "6" in result.stdout
-    config = tmp_path / "eic.toml"
-    config.write_text('[subtract]\ncolumns = {ID = "id"}\n')
-    result = CliRunner().invoke(
-        app, ["subtract", str(museum), str(museum), "-o", str(tmp_path / "left.csv"), "--config", str(config)]
-    )
-    assert result.exit_code == 0, result.stderr
-    assert "removed 6" in " ".join(result.stdout.split())
-    bad = CliRunner().invoke(app, ["stats", str(museum), "--columns", "ID=identifier"])
-    assert bad.exit_code == 1 and "no column 'identifier' to use as ID" in bad.stderr
-    wrong = CliRunner().invoke(app, ["stats", str(museum), "--columns", "Identifier=id"])
-    assert wrong.exit_code == 2 and "not a column eic reads" in wrong.stderr

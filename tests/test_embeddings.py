@@ -178,26 +178,6 @@ def test_a_probe_on_vectors_of_another_size_is_refused_before_it_writes_a_run(tm
     assert not list((tmp_path / "probe").glob("**/model.pt"))
 
 
-def test_embed_and_audit_show_progress_in_a_terminal_unless_quiet(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from europeana_imgcls.cli.app import app
-
-    from .support import TERMINAL, shows_progress
-
-    data = make_folders(tmp_path / "data", per_class=6, size=32)
-    for quiet in (False, True):
-        flag = ["--quiet"] if quiet else []
-        table = tmp_path / f"e{quiet}.parquet"
-        tiny = ["--arch", "tiny", "--weights", "none", "--input-size", "32"]
-        embedded = CliRunner().invoke(app, ["embed", str(data), "-o", str(table), *tiny, *flag], env=TERMINAL)
-        assert embedded.exit_code == 0 and shows_progress(embedded.stderr, "embed") != quiet, embedded.stderr
-        audited = CliRunner().invoke(
-            app, ["audit", str(table), "-o", str(tmp_path / f"a{quiet}"), "--folds", "3", *flag], env=TERMINAL
-        )
-        assert audited.exit_code == 0 and shows_progress(audited.stderr, "probe 1 of 3") != quiet, audited.stderr
-
-
 def test_a_probe_on_embeddings_takes_their_backbone_and_refuses_another(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

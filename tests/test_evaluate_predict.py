@@ -24,22 +24,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import ModelError
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .support import CLASSES, diverge, make_folders, rows, sandbox_config
-
-
-@pytest.fixture
-def trained(trained_run: Path) -> Path:
-    return trained_run
-
-
-@pytest.fixture(scope="module")
-def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("eval")
-    make_folders(root, per_class=7, size=48)
-    make_folders(root, per_class=3, size=48, classes=("statue",))  # a class the model does not know
-    jpeg = next((root / "map").iterdir()).read_bytes()
-    (root / "map" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, body cut
-    return root
+from .support import CLASSES, diverge, rows, sandbox_config
 
 
 def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
@@ -466,35 +451,6 @@ def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir:
     result = CliRunner().invoke(app, ["predict", str(run), str(eval_dir / "map"), "--split", "x", "-o", str(out)])
     assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.output
-
-
-@pytest.mark.parametrize(
-    ("command", "description"),
-    [("predict", "label"), ("gradcam", "label + Grad-CAM"), ("evaluate", "score 3 split model(s)")],
-)
-def test_long_steps_show_progress_in_a_terminal_unless_quiet(
-    trained: Path, eval_dir: Path, tmp_path: Path, command: str, description: str
-) -> None:
-    from .support import TERMINAL, shows_progress
-
-    for quiet in (False, True):
-        out = tmp_path / f"q{quiet}"
-        args = {
-            "predict": ["predict", str(trained), str(eval_dir / "map"), "-o", str(out) + ".csv"],
-            "gradcam": [
-                "predict",
-                str(trained),
-                str(eval_dir / "map"),
-                "-o",
-                str(out) + ".csv",
-                "--gradcam-dir",
-                str(out),
-            ],
-            "evaluate": ["evaluate", str(trained), str(eval_dir), "-o", str(out)],
-        }[command]
-        result = CliRunner().invoke(app, [*args, *(["--quiet"] if quiet else [])], env=TERMINAL)
-        assert result.exit_code == 0, result.stderr
-        assert shows_progress(result.stderr, description) != quiet, result.stderr
 
 
 def test_arguments_in_the_wrong_place_are_told_what_to_pass(trained: Path, eval_dir: Path, tmp_path: Path) -> None:

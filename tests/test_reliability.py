@@ -9,7 +9,6 @@ import importlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,10 +31,10 @@ from europeana_imgcls.acquisition.download import Fetcher, file_name
 from europeana_imgcls.acquisition.images import ImageRejected, save_normalised
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.core.tables import atomic_path, is_own_temp, temp_path
+from europeana_imgcls.core.tables import temp_path
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .support import VOCAB, sandbox_config
+from .support import _good_rows, sandbox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,13 +45,6 @@ def _config(table: Path, out: Path, **kw: object) -> DownloadConfig:
     )
     settings.update(kw)
     return DownloadConfig(**settings)  # type: ignore[arg-type]
-
-
-def _good_rows(sb: Sandbox, multi: bool = False) -> list[dict[str, str]]:
-    records = [
-        r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault and (len(r.labels) > 1) == multi
-    ]
-    return [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)} for r in records]
 
 
 def _failures(out: Path) -> dict[str, str]:
@@ -111,23 +103,6 @@ def test_download_removes_only_its_own_temporary_files(sandbox: Sandbox, tmp_pat
     assert report.saved == 3
     assert all(p.read_bytes() == b"keep me" for p in theirs)
     assert not any(p.exists() for p in ours)
-
-
-def test_temporary_names_are_unique_per_call_and_recognised() -> None:
-    target = Path("/x/labels.csv")
-    names = {temp_path(target).name for _ in range(1000)}
-    assert len(names) == 1000 and all(is_own_temp(n) for n in names)
-    assert not any(is_own_temp(n) for n in ("movie.mkv.part", ".movie.mkv.part", "labels.csv", ".x.part"))
-
-
-def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
-    old = os.umask(0o022)
-    try:
-        with atomic_path(tmp_path / "out.txt") as tmp:
-            tmp.write_text("x")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("command", ["subtract", "stats"])
@@ -521,42 +496,6 @@ def test_concurrent_decodes_share_one_budget() -> None:
 # Rule 7: names and races
 
 
-IDS = st.one_of(
-    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=80),
-    # IDs made of the encoding's own pieces, where a collision would hide
-    st.lists(
-        st.sampled_from(["/", "[", "]", "ph", "lb", "x2e", "[ph]", "\\", ".", "a", "CON", ":"]), min_size=1, max_size=12
-    ).map("".join),
-)
-WINDOWS_FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
-
-
-@given(st.lists(IDS, min_size=2, max_size=2, unique=True))
-@settings(max_examples=400, deadline=None)
-def test_file_names_are_injective(pair: list[str]) -> None:
-    assert file_name(pair[0]) != file_name(pair[1])
-
-
-@given(IDS)
-@settings(max_examples=400, deadline=None)
-def test_file_names_are_safe_on_linux_and_windows_and_read_back(record_id: str) -> None:
-    from europeana_imgcls.core.naming import record_id_of
-
-    name = file_name(record_id)
-    assert name == file_name(record_id)  # stable
-    assert not set(name) & WINDOWS_FORBIDDEN and not name.startswith(".")
-    assert len(name.encode("utf-8")) <= 200 and name.endswith(".jpg")
-    assert name.split(".")[0].upper() not in {"CON", "PRN", "AUX", "NUL", "COM1", "LPT1"}
-    if record_id.startswith("/") and not name.startswith("[h]"):
-        assert record_id_of(name) == record_id
-
-
-def test_the_examples_of_the_issue() -> None:
-    assert file_name("/1/a/b") != file_name("/1/a[ph]b")
-    assert file_name("/2058612/object_CHB_61df") == "[ph]2058612[ph]object_CHB_61df.jpg"  # the pilot's names
-    assert file_name("CON") != "CON.jpg" and file_name("a:b") == "a[x3a]b.jpg" and not file_name(".x").startswith(".")
-
-
 def test_threads_saving_one_target_do_not_trip_over_each_other(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, "JPEG")
@@ -828,17 +767,6 @@ def test_a_compressed_search_answer_is_decoded_once() -> None:
         assert c.search([("query", "*")])["success"] is True
 
 
-def test_one_columns_setting_serves_a_museum_table_and_a_harvested_one(tmp_path: Path) -> None:
-    from europeana_imgcls.core.tables import read_table
-
-    museum, harvested = tmp_path / "museum.csv", tmp_path / "harvested.csv"
-    museum.write_text("id,image_url\n/1/a,http://x/a.jpg\n")
-    harvested.write_text("ID,URL,category\n/1/b,http://x/b.jpg,map\n")
-    mapping = {"ID": "id", "URL": "image_url"}
-    assert read_table(museum, ("ID", "URL"), mapping).columns == ["ID", "URL"]
-    assert read_table(harvested, ("ID", "URL", "category"), mapping).columns == ["ID", "URL", "category"]
-
-
 def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
     from europeana_imgcls.core.config import EmbedConfig
     from europeana_imgcls.core.errors import DatasetError
@@ -859,43 +787,6 @@ def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Round two: a user's path is a path, never a pattern
-
-
-def test_brackets_and_stars_in_paths_are_names_not_patterns(sandbox: Sandbox, tmp_path: Path, trained_run) -> None:
-    """polars reads a path with `[` as a glob by default: `tab[1].csv` matched nothing and crashed."""
-    from europeana_imgcls import EnrichConfig, PredictConfig, enrich, predict
-
-    rows = _good_rows(sandbox)[:3]
-    table = tmp_path / "tab[1].csv"
-    pl.DataFrame(rows).write_csv(table)
-    runner = CliRunner()
-    stats = runner.invoke(app, ["stats", str(table)])
-    assert stats.exit_code == 0, stats.stderr
-    fetched = runner.invoke(app, ["download", str(table), "-o", str(tmp_path / "img[2]"), "--quiet"])
-    assert fetched.exit_code == 0, fetched.stderr
-    assert len(list((tmp_path / "img[2]").rglob("*.jpg"))) == 3
-    out = tmp_path / "p[1].csv"
-    report = predict(PredictConfig(run=trained_run, table=table, output=out, quiet=True))
-    assert report.predicted == 3 and len(list(report.rows())) == 3
-    again = predict(PredictConfig(run=trained_run, table=table, output=out, quiet=True, resume=True))
-    assert again.already_done == 3
-    annotated = enrich(
-        EnrichConfig(
-            run=trained_run,
-            table=table,
-            output=tmp_path / "a[1]*.jsonld",
-            quiet=True,
-            vocab=_vocab_file(tmp_path),
-            precision=0.5,
-        )
-    )
-    assert annotated.records == 3 and (tmp_path / "a[1]*.jsonld").is_file()
-
-
-def _vocab_file(tmp_path: Path) -> Path:
-    path = tmp_path / "vocab.json"
-    path.write_text(json.dumps(VOCAB))
-    return path
 
 
 def test_a_full_disk_is_not_a_records_failure_a_rerun_tries_again(
@@ -952,34 +843,6 @@ def test_a_thumbnail_cdn_out_of_reach_says_which_setting_and_is_retried(sandbox:
     assert len(result.stderr.strip().splitlines()) == 1
     again = download(_config(table, out, source="thumbnail", thumbnail_url=f"{sandbox.base_url}/thumbnail/v3"))
     assert again.saved == 4 and again.known_failures == 0
-
-
-_CELL = st.text(alphabet=st.sampled_from(list("=+-@'\t\r a1.,\"é\n")), max_size=8)
-
-
-@given(st.lists(st.tuples(_CELL, _CELL), min_size=1, max_size=6))
-@settings(max_examples=300, deadline=None)
-def test_any_text_reads_back_from_eics_csvs_as_written_and_no_cell_starts_a_formula(
-    rows: list[tuple[str, str]],
-) -> None:
-    import tempfile
-
-    from europeana_imgcls.core.tables import read_csv_rows, read_table, write_csv, write_table
-
-    with tempfile.TemporaryDirectory() as folder:
-        by_csv, by_polars = Path(folder) / "a.csv", Path(folder) / "b.csv"
-        write_csv(by_csv, ["=left", "right"], rows)
-        write_table(pl.DataFrame(rows, schema=["=left", "right"], orient="row"), by_polars)
-        assert [(r["=left"], r["right"]) for r in read_csv_rows(by_csv)] == rows
-        for path in (by_csv, by_polars):
-            with path.open(newline="", encoding="utf-8") as handle:
-                cells = [cell for row in csv.reader(handle) for cell in row]
-            started = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
-            assert all(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", c) for c in started), started
-        # eic's table reader strips cells, reads a blank one as missing and drops wholly blank rows
-        expected = [tuple(c.strip() or None for c in row) for row in rows]
-        read = read_table(by_polars)
-        assert list(read.iter_rows()) == [row for row in expected if row != (None, None)]
 
 
 def test_a_redirect_to_a_file_url_is_one_failure_never_retried(tmp_path: Path) -> None:

@@ -120,22 +120,6 @@ def test_bad_query_and_unreadable_answers() -> None:
         make_client(lambda r: failed).search([("query", "*")])
 
 
-def test_one_retry_policy_reads_both_forms_of_retry_after() -> None:
-    import email.utils
-    import time
-
-    from europeana_imgcls.core.retry import Retry, retry_after
-
-    soon = email.utils.formatdate(time.time() + 5, usegmt=True)
-    assert 3.5 < retry_after(soon) <= 5.0
-    assert retry_after("7") == 7.0 and retry_after("soon") is None and retry_after("") is None
-    first = Retry(2, backoff=0.5, cap=30.0).increment()
-    assert first.wait("120") == 30.0  # never past the cap, whatever the server says
-    second = first.increment()
-    assert 0.25 <= first.wait(None) <= 0.75 and 0.5 <= second.wait("") <= 1.5  # backoff doubles, with jitter
-    assert not second.is_exhausted() and second.increment().is_exhausted()  # two retries, then no more
-
-
 # ---------------------------------------------------------------------------------------------
 # Hostile answers: nothing hangs, nothing crashes
 

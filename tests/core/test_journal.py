@@ -473,7 +473,7 @@ def test_two_runs_on_one_output_the_second_is_refused_and_nothing_is_lost(
             shutil.copy(path, folder / f"{path.stem}[x{n:02x}].jpg")
     out = tmp_path / ("p.csv" if command == "predict" else "a.jsonl")
     gate = tmp_path / "first-batch-done"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EIC_TINY_GATE": str(gate)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "EIC_TINY_GATE": str(gate)}
     first = subprocess.Popen(
         [
             sys.executable,
@@ -521,7 +521,7 @@ def test_a_download_whose_journal_was_cut_mid_character_carries_on(
 
     from europeana_imgcls.cli.app import app
 
-    from .support import sandbox_table
+    from ..support import sandbox_table
 
     table = sandbox_table(sandbox, tmp_path / "t.csv")
     dead = {"category": "map", "ID": "/dead/ü\u2028ß", "URL": f"{sandbox.base_url}/faults/404/1"}
@@ -575,7 +575,7 @@ def test_an_embed_merge_takes_no_record_of_the_wrong_shape(tmp_path: Path, caplo
     from europeana_imgcls.core.config import EmbedConfig
     from europeana_imgcls.modelling.embedding import embed
 
-    from .support import make_folders
+    from ..support import make_folders
 
     data = make_folders(tmp_path / "data", per_class=2, size=32)
     settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
@@ -596,7 +596,7 @@ def test_an_embed_merge_killed_between_its_two_files_is_resumed(
     from europeana_imgcls.core.tables import sidecar
     from europeana_imgcls.modelling.embedding import embed
 
-    from .support import make_folders
+    from ..support import make_folders
 
     data = make_folders(tmp_path / "data", per_class=2, size=32)
     settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)

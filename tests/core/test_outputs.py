@@ -20,7 +20,7 @@ from europeana_imgcls.core.outputs import MANIFEST, TABLE, Claim, OutputKind, bu
 from europeana_imgcls.outputs.audit import audit
 from europeana_imgcls.outputs.evaluation import evaluate_run
 
-from .support import make_folders
+from ..support import make_folders
 
 FOLDER = OutputKind("thing", "a thing", folder=True)
 

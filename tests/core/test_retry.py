@@ -20,7 +20,7 @@ from europeana_imgcls.europeana.ratelimit import RateLimit
 from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Sandbox, SandboxRecord
 from europeana_imgcls.europeana.search_api import SearchClient
 
-from .support import sandbox_records
+from ..support import sandbox_records
 
 # The one table: a status, and whether every client tries again after it (once here: retries=1).
 RETRIED = {
@@ -116,3 +116,23 @@ def test_the_one_pacer_holds_a_client_of_one_thread_too() -> None:
     started = time.monotonic()
     limit.block()  # no rate: nothing more to wait for
     assert time.monotonic() - started < 0.04
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile answers: nothing hangs, nothing crashes
+
+
+def test_one_retry_policy_reads_both_forms_of_retry_after() -> None:
+    import email.utils
+    import time
+
+    from europeana_imgcls.core.retry import Retry, retry_after
+
+    soon = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert 3.5 < retry_after(soon) <= 5.0
+    assert retry_after("7") == 7.0 and retry_after("soon") is None and retry_after("") is None
+    first = Retry(2, backoff=0.5, cap=30.0).increment()
+    assert first.wait("120") == 30.0  # never past the cap, whatever the server says
+    second = first.increment()
+    assert 0.25 <= first.wait(None) <= 0.75 and 0.5 <= second.wait("") <= 1.5  # backoff doubles, with jitter
+    assert not second.is_exhausted() and second.increment().is_exhausted()  # two retries, then no more

@@ -1,0 +1,52 @@
+"""core/config.py: settings from a flag, a config file, the environment or a default, and the mistakes named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from europeana_imgcls.core.config import HarvestConfig, build_config
+from europeana_imgcls.core.errors import ConfigError
+
+from ..support import assert_one_line_error, eic
+
+
+def test_precedence_flag_over_file_over_env_over_default(tmp_path: Path) -> None:
+    toml = tmp_path / "eic.toml"
+    toml.write_text('api_url = "http://file/api"\n[harvest]\nn = 3\nseed = 9\n')
+    env = {
+        "EUROPEANA_N": "4",
+        "EUROPEANA_SEED": "5",
+        "EUROPEANA_API_KEY": "env-key",
+        "EUROPEANA_REUSABILITY": "open,permission",
+    }
+    cfg = build_config(HarvestConfig, {"seed": 1}, toml, env=env)
+    assert (cfg.n, cfg.seed, cfg.api_url) == (3, 1, "http://file/api")
+    assert cfg.api_key.get_secret_value() == "env-key" and cfg.reusability == ["open", "permission"]
+    assert build_config(HarvestConfig, {}, None, env={}).n == 1000
+    js = tmp_path / "eic.json"
+    js.write_text(json.dumps({"harvest": {"n": 7}}))
+    assert build_config(HarvestConfig, {}, js, env=env).n == 7
+
+
+def test_config_file_mistakes_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nn = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'nn'"):
+        build_config(HarvestConfig, {}, bad, env={})
+    bad.write_text("n = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_config(HarvestConfig, {}, bad, env={})
+    bad.write_text("[harvest]\nbogus = 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        build_config(HarvestConfig, {}, bad, env={})
+    result = eic("harvest", "--config", tmp_path / "missing.toml")
+    assert_one_line_error(result, "cannot read config file")
+
+
+def test_reusability_takes_a_list_as_well_as_the_flag_repeated() -> None:
+    listed = build_config(HarvestConfig, {"reusability": ["open,permission"]}, None)
+    repeated = build_config(HarvestConfig, {"reusability": ["open", "permission"]}, None)
+    assert listed.reusability == repeated.reusability == ["open", "permission"]
