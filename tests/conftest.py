@@ -7,11 +7,13 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from europeana_imgcls.core.config import EnrichConfig
 from europeana_imgcls.europeana.sandbox import Sandbox
 
 from .support import VOCAB, config, make_folders, sandbox_config
@@ -110,3 +112,43 @@ def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jpeg = next((root / "map").iterdir()).read_bytes()
     (root / "map" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, body cut
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The profiles
+
+
+@pytest.fixture(scope="session")
+def enriched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The shared run's annotations of 24 records (files named after their record, as eic download names them),
+    in both profiles and both formats."""
+    from europeana_imgcls.outputs.enrichment import enrich
+
+    root = tmp_path_factory.mktemp("enriched")
+    images = make_folders(root / "images", per_class=8, size=40)
+    vocab = root / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    made, paths = {}, {}
+    for profile in ("europeana", "w3c"):
+        for fmt in ("jsonld", "jsonl"):
+            out = root / f"{profile}_{fmt}" / f"{profile}.{fmt}"  # a folder each: they share a stem
+            made[out.name] = enrich(
+                EnrichConfig(
+                    run=trained_run,
+                    inputs=[str(images)],
+                    output=out,
+                    vocab=vocab,
+                    profile=profile,
+                    precision=0.5,
+                    quiet=True,
+                )
+            )
+            paths[out.name] = out
+    assert made["europeana.jsonld"].annotations >= 10
+    return {
+        "path": paths,
+        "reports": made,
+        "model": made["europeana.jsonld"].model_id,
+        "images": images,
+        "trained_run": trained_run,
+    }

@@ -18,7 +18,8 @@ import polars as pl
 from typer.testing import CliRunner
 
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import SandboxConfig, TrainConfig
+from europeana_imgcls.core.config import PublishConfig, SandboxConfig, TrainConfig
+from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
 from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
 from europeana_imgcls.outputs.review import NONE_CHOICE
 
@@ -173,6 +174,17 @@ def assert_one_line_error(result, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Annotations as eic enrich writes them, and eic publish's settings
+
+
+def _items(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
+    data = json.loads(path.read_text())
+    return data["items"] if data["type"] == "AnnotationPage" else data["first"]["items"]
+
+
+def _config(path: Path, sb: Sandbox, **kw: Any) -> PublishConfig:
+    return PublishConfig(enrichments=path, annotation_api=sb.base_url, annotation_token=SANDBOX_TOKEN, quiet=True, **kw)
 
 
 MODEL_A, MODEL_B = "0123456789abcdef", "fedcba9876543210"

@@ -16,7 +16,7 @@ from europeana_imgcls.core.config import build_config
 from europeana_imgcls.core.errors import ConfigError
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .support import QuietHandler, assert_one_line_error, eic, send_json, serving
+from .support import assert_one_line_error, eic
 
 
 def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
@@ -58,23 +58,6 @@ def test_bad_key_gives_one_line_and_exit_1(sandbox: Sandbox, vocab_file: Path, t
     assert_one_line_error(result, "rejected the API key")
     assert result.exit_code == 1
     assert "not-a-key" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("vocab_text", "message"),
-    [
-        (None, "no such file"),
-        ("{not json", "not valid JSON"),
-        ("[1, 2]", "expected a JSON object"),
-        ('{"map": 3}', "must map to a concept URI"),
-    ],
-)
-def test_bad_vocabularies(tmp_path: Path, vocab_text: str | None, message: str) -> None:
-    vocab = tmp_path / "v.json"
-    if vocab_text is not None:
-        vocab.write_text(vocab_text)
-    result = eic("harvest", "--vocab", vocab, "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/x")
-    assert_one_line_error(result, message)
 
 
 @pytest.mark.parametrize(
@@ -206,22 +189,6 @@ def test_every_option_a_message_names_exists() -> None:
     assert len(named) > 20 and not missing, missing
 
 
-@pytest.mark.parametrize("status", [400, 401, 500])
-def test_an_api_error_that_quotes_the_key_is_printed_without_it(status: int, tmp_path: Path) -> None:
-    class Echo(QuietHandler):
-        def do_GET(self) -> None:  # an API whose error quotes the request, key and all, over several lines
-            said = f"Invalid request\nwith key {self.headers['X-Api-Key']} for {self.path}" + " and more" * 200
-            send_json(self, status, {"success": False, "error": said})
-
-    with serving(Echo) as base:
-        result = eic(
-            "harvest", "-o", tmp_path / "h.csv", "--api-url", f"{base}/record/v2/search.json", "--retries", "0",
-            "--quiet", env={"EUROPEANA_API_KEY": "k3y-0f-the-museum"},
-        )  # fmt: skip
-    assert_one_line_error(result, "with key *** for")
-    assert "k3y-0f-the-museum" not in result.output + result.stderr and len(result.stderr) < 600
-
-
 def test_a_museum_table_without_eics_columns_is_told_about_columns(tmp_path: Path) -> None:
     table = tmp_path / "museum.csv"
     table.write_text("object_number,image\nRM-1,http://127.0.0.1:9/a.jpg\n")
@@ -266,37 +233,3 @@ def test_a_missing_path_is_refused_before_torch_is_imported(args: list[str]) -> 
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "1"], result.stdout + result.stderr
     assert "no such file or folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
-def test_eic_sandbox_serves_what_its_flags_say_and_a_taken_port_is_one_line(vocab_file: Path) -> None:
-    import os
-
-    import httpx
-
-    from europeana_imgcls.core.config import DEMO_API_KEY, SandboxConfig
-    from europeana_imgcls.europeana.sandbox import Knobs, build_catalogue
-
-    from .support import VOCAB
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, "-m", "europeana_imgcls", "sandbox", "--vocab", str(vocab_file)]
-    flags = ["--per-level", "2", "--quota", "5", "--quota-window", "60"]
-    with subprocess.Popen([*command, "--port", "0", *flags], stdout=subprocess.PIPE, text=True, env=env) as server:
-        try:
-            assert server.stdout is not None
-            url = next(line.split(": ", 1)[1].strip() for line in server.stdout if line.startswith("Search API: "))
-            answer = httpx.get(url, params={"query": "*", "rows": "1"}, headers={"X-Api-Key": DEMO_API_KEY})
-            assert answer.headers["RateLimit-Policy"] == '"personal";q=5;w=60'
-            catalogue = build_catalogue(VOCAB, SandboxConfig(per_level=2), Knobs())
-            assert answer.json()["totalResults"] == len(catalogue)
-            port = httpx.URL(url).port
-            taken = subprocess.run(
-                [*command, "--port", str(port)], capture_output=True, text=True, env=env, timeout=120
-            )
-            assert taken.returncode == 1 and "Traceback" not in taken.stderr
-            assert taken.stderr.strip().splitlines() == [
-                f"eic: error: cannot listen on 127.0.0.1:{port} (Address already in use); try --port 0"
-            ]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)

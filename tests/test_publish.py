@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import EnrichConfig, PublishConfig, WithdrawConfig
+from europeana_imgcls.core.config import PublishConfig, WithdrawConfig
 from europeana_imgcls.core.errors import ApiError, ConfigError, DatasetError
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN, AnnotationStore
 from europeana_imgcls.europeana.annotations import (
@@ -29,54 +29,12 @@ from europeana_imgcls.europeana.annotations import (
     publish_problem,
 )
 from europeana_imgcls.europeana.sandbox import ANNOTATION_PATHS, Knobs, Sandbox
-from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.publish import publish, withdraw
 
-from .support import MODEL_A, MODEL_B, VOCAB, _made, _write, make_folders, sandbox_config
+from .support import MODEL_A, MODEL_B, VOCAB, _config, _items, _made, _write, sandbox_config
 
 W3C = Path(__file__).parent / "data" / "w3c"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def enriched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The shared run's annotations of 24 records (files named after their record, as eic download names them),
-    in both profiles and both formats."""
-    root = tmp_path_factory.mktemp("enriched")
-    images = make_folders(root / "images", per_class=8, size=40)
-    vocab = root / "vocab.json"
-    vocab.write_text(json.dumps(VOCAB))
-    made, paths = {}, {}
-    for profile in ("europeana", "w3c"):
-        for fmt in ("jsonld", "jsonl"):
-            out = root / f"{profile}_{fmt}" / f"{profile}.{fmt}"  # a folder each: they share a stem
-            made[out.name] = enrich(
-                EnrichConfig(
-                    run=trained_run,
-                    inputs=[str(images)],
-                    output=out,
-                    vocab=vocab,
-                    profile=profile,
-                    precision=0.5,
-                    quiet=True,
-                )
-            )
-            paths[out.name] = out
-    assert made["europeana.jsonld"].annotations >= 10
-    return {
-        "path": paths,
-        "reports": made,
-        "model": made["europeana.jsonld"].model_id,
-        "images": images,
-        "trained_run": trained_run,
-    }
-
-
-def _items(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
-    data = json.loads(path.read_text())
-    return data["items"] if data["type"] == "AnnotationPage" else data["first"]["items"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,10 +118,6 @@ def test_every_eic_property_survives_json_ld_expansion(enriched) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Publish and withdraw
-
-
-def _config(path: Path, sb: Sandbox, **kw: Any) -> PublishConfig:
-    return PublishConfig(enrichments=path, annotation_api=sb.base_url, annotation_token=SANDBOX_TOKEN, quiet=True, **kw)
 
 
 def _fresh_copy(enriched, tmp_path: Path, name: str = "europeana.jsonld") -> Path:
@@ -378,35 +332,6 @@ def test_withdraw_takes_only_the_named_models_and_says_so_for_an_unknown_one(enr
         assert len(sb.annotations.live()) == len(_items(path))
 
 
-def test_the_stand_in_refuses_what_europeana_refuses(enriched) -> None:
-    """The upload shapes Europeana's parser and validator reject, as the stand-in answers them."""
-    import httpx
-
-    good = _items(enriched["path"]["europeana.jsonl"])[0]
-    with Sandbox(sandbox_config(per_level=2)) as sb:
-
-        def post(page: dict[str, Any], token: str | None = SANDBOX_TOKEN) -> httpx.Response:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            return httpx.post(f"{sb.base_url}/annotations/", json=page, headers=headers)
-
-        page = {"@context": "http://www.w3.org/ns/anno.jsonld", "type": "AnnotationPage", "items": [good]}
-        labelled = post({**page, "label": "eic"})
-        assert labelled.status_code == 500 and "Unsupported Property: label" in labelled.json()["error"]
-        collection = post({"type": "AnnotationCollection", "first": page})
-        assert collection.status_code == 500 and "Unsupported Property: first" in collection.json()["error"]
-        long_tag = dict(good, body={"value": "x" * 70})
-        report = post({**page, "items": [good, long_tag]})
-        assert report.status_code == 400 and report.json()["operationReport"]["errors"] == {
-            "0": "Invalid tag size. Must be shorter then 64 characters! tag.size: 70"
-        }
-        assert post(page, token=None).status_code == 401 and not sb.annotations.live()  # all or nothing
-        stored = post(page)
-        assert stored.status_code == 201 and stored.json()["items"][0]["id"].startswith(
-            "http://data.europeana.eu/annotation/"
-        )
-        assert post(page).status_code == 201 and len(sb.annotations.live()) == 2  # no duplicate check
-
-
 def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, trained_run: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -462,7 +387,6 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
 # ---------------------------------------------------------------------------------------------
 # Publishing only what Europeana should hold: hostile files, answers, settings (issue #31)
 
-ANNOTATION = "http://data.europeana.eu/annotation/"
 W3C_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 ENV = {"EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
 
@@ -472,46 +396,6 @@ def _one_line(result: Any) -> str:
     lines = result.stderr.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("eic: error: "), result.output
     return lines[0]
-
-
-GOOD_SCOPE = "http://data.europeana.eu/item/9000/r0"
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"target": "javascript:alert(1)"},
-        {"target": {"scope": GOOD_SCOPE, "source": "javascript:alert(1)"}},
-        {"target": {"scope": GOOD_SCOPE, "source": "https://images.example.org/a/../../b.jpg"}},
-        {"target": {"scope": GOOD_SCOPE, "source": "https://images.example.org/a/%2E%2E/b.jpg"}},
-        {"target": {"scope": GOOD_SCOPE, "source": "https://user:pw@images.example.org/b.jpg"}},
-        {"target": {"scope": "http://data.europeana.eu/item/9000/../../user/1", "source": "https://i.example.org/1"}},
-        {"target": "http://data.europeana.eu/item/9000/r0/.."},
-        {"target": "http://data.europeana.eu/item/9000//r0"},
-        {"target": "http://data.europeana.eu/item/9000/r0?view=1"},
-        {"target": "http://data.europeana.eu/item/9000/r0\u202e"},
-        {"target": {"scope": "http://evil.example.org/item/9000/r0", "source": "https://images.example.org/1"}},
-        {
-            "target": {
-                "scope": "http://data.europeana.eu.evil.example.org/item/9000/r0",
-                "source": "https://i.example/1",
-            }
-        },
-        {"target": {"scope": "http://data.europeana.eu:8080/item/9000/r0", "source": "https://images.example.org/1"}},
-        {"body": {"type": "SpecificResource", "source": "http://data.europeana.eu/concept/../item/1"}},
-        {"body": {"type": "SpecificResource", "source": VOCAB["map"], "scope": "http://x.example.org/a/../b"}},
-        {CONFIDENCE: float("nan")},
-        {CONFIDENCE: float("inf")},
-        {CONFIDENCE: 1.5},
-        {CONFIDENCE: "0.9"},
-    ],
-)
-def test_targets_sources_and_scopes_are_europeana_records_and_plain_web_addresses(change: dict[str, Any]) -> None:
-    """The europeana profile targets Europeana's records (http://data.europeana.eu/item/DATASET/LOCAL, nothing
-    else, no dot segment, no query); a source is an http(s) address without dot segments or credentials."""
-    good = _made(1)[0]
-    assert publish_problem(good) is None
-    assert publish_problem({**good, **change}) is not None
 
 
 def test_a_file_with_a_hostile_target_is_refused_in_one_line_and_nothing_is_sent(tmp_path: Path) -> None:
@@ -604,27 +488,6 @@ def test_a_file_whose_journal_is_missing_says_how_to_withdraw_without_it(tmp_pat
     result = CliRunner().invoke(app, ["withdraw", str(path), "--model", MODEL_A], env=ENV)
     line = _one_line(result)
     assert "a.jsonl.published" in line and "without" in line and "--model" in line
-
-
-def test_the_stand_ins_search_answers_in_europeanas_shape_page_by_page(tmp_path: Path) -> None:
-    import httpx
-
-    path = _write(tmp_path / "a.jsonl", _made(12))
-    generator = _made(1)[0]["generator"]["id"]
-    with Sandbox(sandbox_config(per_level=2)) as sb:
-        publish(_config(path, sb))
-        url = f"{sb.base_url}/annotation/search"
-        query = f'generator_uri:"{generator}"'
-        first = httpx.get(url, params={"query": query, "pageSize": "5", "profile": "standard"}).json()
-        assert first["type"] == "AnnotationPage" and first["total"] == 5 and first["partOf"]["total"] == 12
-        assert len(first["items"]) == 5 and "page=1" in first["next"] and "prev" not in first
-        last = httpx.get(url, params={"query": query, "pageSize": "5", "page": "2"}).json()
-        assert last["total"] == 2 and "next" not in last and "page=1" in last["prev"]
-        minimal = httpx.get(url, params={"query": query, "pageSize": "5", "profile": "minimal"}).json()
-        assert all(isinstance(i, str) and i.startswith(ANNOTATION) for i in minimal["items"])
-        none = httpx.get(url, params={"query": 'generator_uri:"http://nobody.example.org/"'}).json()
-        assert none["total"] == 0 and "items" not in none
-        assert httpx.get(url, params={"query": query, "pageSize": "101"}).status_code == 400
 
 
 class _Redirecting:

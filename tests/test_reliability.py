@@ -376,35 +376,6 @@ def test_sigkill_then_rerun_keeps_failures_and_labels(tmp_path: Path) -> None:
 # Rule 4: the API key is sent only to the origin the user configured
 
 
-def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCaptureFixture) -> None:
-    import httpx
-
-    from europeana_imgcls.europeana.search_api import SearchClient
-
-    seen: dict[str, str | None] = {}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen[f"{request.url.host}:{request.url.port}"] = request.headers.get("X-Api-Key")
-        if request.url.host == "api.test" and request.url.port is None:
-            return httpx.Response(302, headers={"Location": "https://api.test:8443/elsewhere"})
-        if request.url.host == "api.test":
-            return httpx.Response(302, headers={"Location": "https://evil.test/search.json"})
-        return httpx.Response(200, json={"success": True, "items": [], "totalResults": 0, "itemsCount": 0})
-
-    with SearchClient(
-        "https://api.test/record/v2/search.json", "secret-key", retries=0, transport=httpx.MockTransport(handler)
-    ) as client:
-        client.search([("query", "*")])
-    assert seen == {"api.test:None": "secret-key", "api.test:8443": None, "evil.test:None": None}
-    assert not caplog.records
-    with caplog.at_level("WARNING"):
-        SearchClient("http://api.example.org/search.json", "k").close()
-        SearchClient("http://127.0.0.1:8642/search.json", "k").close()
-    assert [r.getMessage() for r in caplog.records] == [
-        "the API key travels unencrypted to api.example.org: use an https:// API URL"
-    ]
-
-
 # ---------------------------------------------------------------------------------------------
 # Rule 5: untrusted bytes meet only the decoders of image formats, within a memory budget
 
@@ -522,60 +493,12 @@ def test_threads_saving_one_target_do_not_trip_over_each_other(tmp_path: Path) -
 # Rule 9: smaller ones
 
 
-@pytest.mark.slow
-def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> None:
-    from europeana_imgcls.core.errors import ApiError
-    from europeana_imgcls.europeana.search_api import SearchClient
-
-    class Trickle(SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            try:
-                for _ in range(1000):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except OSError:
-                pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    started = time.monotonic()
-    try:
-        with (
-            SearchClient(
-                f"http://127.0.0.1:{server.server_address[1]}/search.json", "k", timeout=1.0, retries=0
-            ) as client,
-            pytest.raises(ApiError, match="did not answer in time"),
-        ):
-            client.search([("query", "*")])
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert time.monotonic() - started < 5
-
-
 def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text("ID,category\n/1/a,map\n")
     result = CliRunner().invoke(app, ["stats", str(table), "-o", "/dev/null/x.json"])
     assert result.exit_code == 1 and result.stderr.startswith("eic: error: ")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-
-
-def test_the_sandbox_answers_odd_paths_with_404() -> None:
-    import httpx
-
-    with Sandbox(sandbox_config(per_level=2)) as sb:
-        for path in ("/images/²", "/images/-1", "/images/99999999", "/thumbnail/%FF"):
-            assert httpx.get(sb.base_url + path).status_code in (400, 404), path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,24 +670,6 @@ def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypa
     train(config(Path("data"), tmp_path / "run", resume=True, **probe))
     report = evaluate(EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "ev", gallery=0))
     assert len(report.splits) == 3  # split 0, fitted before the interruption, still loads
-
-
-def test_a_compressed_search_answer_is_decoded_once() -> None:
-    import gzip
-
-    import httpx
-
-    from europeana_imgcls.europeana.search_api import SearchClient
-
-    body = json.dumps({"success": True, "items": [], "totalResults": 0, "itemsCount": 0}).encode()
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, content=gzip.compress(body), headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
-        )
-
-    with SearchClient("https://api.test/search.json", "k", retries=0, transport=httpx.MockTransport(handler)) as c:
-        assert c.search([("query", "*")])["success"] is True
 
 
 def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:

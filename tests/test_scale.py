@@ -3,7 +3,6 @@ TensorBoard. Real servers on 127.0.0.1 (the sandbox) and real processes."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import json
@@ -22,14 +21,10 @@ from typer.testing import CliRunner
 
 from europeana_imgcls import DownloadConfig, HarvestConfig, download, harvest
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.errors import ApiError, DatasetError
+from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.core.sharding import Shard
-from europeana_imgcls.europeana.quota import Quota
-from europeana_imgcls.europeana.ratelimit import RateLimit
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
-from europeana_imgcls.europeana.search_api import SearchClient
-from europeana_imgcls.europeana.thumbnails import is_placeholder, placeholder_bytes, thumbnail_url
 
 from .support import VOCAB, sandbox_config, sandbox_records, sandbox_table
 
@@ -47,20 +42,6 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------------------------------------
 # Thumbnails
-
-
-def test_thumbnail_urls_are_the_md5_of_the_media_url_and_placeholders_are_known() -> None:
-    # The pair from europeana/thumbnail-api's own tests.
-    url = "https://test.europeana.eu/thumbnail.jpg"
-    assert (
-        thumbnail_url("http://127.0.0.1:9/thumbnail/v3/", url, 128)
-        == "http://127.0.0.1:9/thumbnail/v3/200/7463a193a468a1ff1a0c0f7d5933e54b"
-    )
-    assert thumbnail_url("https://x/thumbnail/v3", url, 224).split("/")[-2] == "400"
-    assert thumbnail_url("https://x/thumbnail/v3", url, 0).split("/")[-2] == "400"  # originals asked: largest
-    icon = placeholder_bytes()
-    assert len(icon) == 2319 and is_placeholder(icon)
-    assert not is_placeholder(icon + b"\0") and not is_placeholder(icon[:-1])
 
 
 def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
@@ -159,19 +140,6 @@ def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
     assert times[-1] - times[0] >= (rows - 1) / 40 * 0.95
 
 
-def test_a_429_pauses_every_request_not_only_its_own() -> None:
-    async def run() -> list[float]:
-        limit = RateLimit(100.0)
-        await limit.wait()
-        limit.pause(0.3)  # what one task heard in a Retry-After
-        started = time.monotonic()
-        for _ in range(3):
-            await limit.wait()
-        return [time.monotonic() - started]
-
-    assert asyncio.run(run())[0] >= 0.3
-
-
 # ---------------------------------------------------------------------------------------------
 # Shards
 
@@ -247,15 +215,6 @@ def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_ru
 # The key's quota
 
 
-def test_quota_headers_are_read_in_both_drafts() -> None:
-    quota = Quota.from_headers({"RateLimit-Policy": '"personal";q=1000;w=3600', "RateLimit": '"personal";r=7;t=42'})
-    assert quota is not None and (quota.limit, quota.window, quota.remaining, quota.reset) == (1000, 3600, 7, 42)
-    old = Quota.from_headers({"RateLimit-Limit": "50", "RateLimit-Remaining": "0", "RateLimit-Reset": "9"})
-    assert old is not None and (old.limit, old.remaining) == (50, 0)
-    assert Quota.from_headers({}) is None
-    assert quota.waiting(7) == 0 and 3600 + 40 <= quota.waiting(1008) <= 3600 + 42
-
-
 @pytest.mark.slow
 def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=120, quota=3, quota_window=1.0)) as sb:
@@ -303,25 +262,6 @@ def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Pat
         result = runner.invoke(app, [*args[:-2], "--vocab", str(vocab), "--resume"])
         assert result.exit_code == 0, result.stderr
     assert pl.read_csv(out).height > 0
-
-
-@pytest.mark.slow
-def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries() -> None:
-    with Sandbox(sandbox_config(per_level=5, quota=1, quota_window=0.6)) as sb:
-        with SearchClient(sb.api_url, "api2demo", retries=0) as other:
-            other.search([("query", "*")])  # someone else spends the window
-        with SearchClient(sb.api_url, "api2demo", retries=0) as client:
-            client.quota = Quota(limit=1, window=0.6, remaining=1, reset=0.6)  # stale: it believes there is room
-            started = time.monotonic()
-            body = client.search([("query", "*")])
-            assert body["success"] and time.monotonic() - started >= 0.4
-        assert sb.quota_refusals == 1
-        with (
-            SearchClient(sb.api_url, "api2demo", retries=0, max_quota_wait=0.0) as impatient,
-            pytest.raises(ApiError, match="of waiting"),
-        ):
-            for _ in range(3):  # the window's one request is spent by the first, or by the client above
-                impatient.search([("query", "*")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,11 +445,6 @@ def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tm
             )
         )  # a wait for the window would be refused
         assert report.rows > 0 and time.monotonic() - started < 30
-
-
-def test_old_draft_headers_without_a_window_assume_an_hour() -> None:
-    quota = Quota.from_headers({"RateLimit-Limit": "1000", "RateLimit-Remaining": "0", "RateLimit-Reset": "60"})
-    assert quota is not None and quota.window == 3600 and quota.waiting(2000) >= 3600
 
 
 def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 
 from europeana_imgcls.core.errors import ApiError
+from europeana_imgcls.europeana.quota import Quota
+from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
+
+from ..support import QuietHandler, assert_one_line_error, eic, sandbox_config, send_json, serving
 
 URL = "http://api.test/record/v2/search.json"
 
@@ -185,7 +193,7 @@ def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
     from europeana_imgcls import PredictConfig, predict
     from europeana_imgcls.europeana.sandbox import Sandbox
 
-    from .support import sandbox_config
+    from ..support import sandbox_config
 
     def no_long_sleep(seconds: float) -> None:
         assert seconds < 3600, f"would sleep {seconds} s"
@@ -199,3 +207,141 @@ def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
         predict(
             PredictConfig(run=trained_run, query="*", n=150, api_url=sb.api_url, output=tmp_path / "p.csv", quiet=True)
         )
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+def test_an_api_error_that_quotes_the_key_is_printed_without_it(status: int, tmp_path: Path) -> None:
+    class Echo(QuietHandler):
+        def do_GET(self) -> None:  # an API whose error quotes the request, key and all, over several lines
+            said = f"Invalid request\nwith key {self.headers['X-Api-Key']} for {self.path}" + " and more" * 200
+            send_json(self, status, {"success": False, "error": said})
+
+    with serving(Echo) as base:
+        result = eic(
+            "harvest", "-o", tmp_path / "h.csv", "--api-url", f"{base}/record/v2/search.json", "--retries", "0",
+            "--quiet", env={"EUROPEANA_API_KEY": "k3y-0f-the-museum"},
+        )  # fmt: skip
+    assert_one_line_error(result, "with key *** for")
+    assert "k3y-0f-the-museum" not in result.output + result.stderr and len(result.stderr) < 600
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 4: the API key is sent only to the origin the user configured
+
+
+def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCaptureFixture) -> None:
+    import httpx
+
+    from europeana_imgcls.europeana.search_api import SearchClient
+
+    seen: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[f"{request.url.host}:{request.url.port}"] = request.headers.get("X-Api-Key")
+        if request.url.host == "api.test" and request.url.port is None:
+            return httpx.Response(302, headers={"Location": "https://api.test:8443/elsewhere"})
+        if request.url.host == "api.test":
+            return httpx.Response(302, headers={"Location": "https://evil.test/search.json"})
+        return httpx.Response(200, json={"success": True, "items": [], "totalResults": 0, "itemsCount": 0})
+
+    with SearchClient(
+        "https://api.test/record/v2/search.json", "secret-key", retries=0, transport=httpx.MockTransport(handler)
+    ) as client:
+        client.search([("query", "*")])
+    assert seen == {"api.test:None": "secret-key", "api.test:8443": None, "evil.test:None": None}
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        SearchClient("http://api.example.org/search.json", "k").close()
+        SearchClient("http://127.0.0.1:8642/search.json", "k").close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "the API key travels unencrypted to api.example.org: use an https:// API URL"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 9: smaller ones
+
+
+@pytest.mark.slow
+def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> None:
+    from europeana_imgcls.core.errors import ApiError
+    from europeana_imgcls.europeana.search_api import SearchClient
+
+    class Trickle(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with (
+            SearchClient(
+                f"http://127.0.0.1:{server.server_address[1]}/search.json", "k", timeout=1.0, retries=0
+            ) as client,
+            pytest.raises(ApiError, match="did not answer in time"),
+        ):
+            client.search([("query", "*")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review: resumes, encodings and paths
+
+
+def test_a_compressed_search_answer_is_decoded_once() -> None:
+    import gzip
+
+    import httpx
+
+    from europeana_imgcls.europeana.search_api import SearchClient
+
+    body = json.dumps({"success": True, "items": [], "totalResults": 0, "itemsCount": 0}).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=gzip.compress(body), headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    with SearchClient("https://api.test/search.json", "k", retries=0, transport=httpx.MockTransport(handler)) as c:
+        assert c.search([("query", "*")])["success"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The key's quota
+
+
+@pytest.mark.slow
+def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries() -> None:
+    with Sandbox(sandbox_config(per_level=5, quota=1, quota_window=0.6)) as sb:
+        with SearchClient(sb.api_url, "api2demo", retries=0) as other:
+            other.search([("query", "*")])  # someone else spends the window
+        with SearchClient(sb.api_url, "api2demo", retries=0) as client:
+            client.quota = Quota(limit=1, window=0.6, remaining=1, reset=0.6)  # stale: it believes there is room
+            started = time.monotonic()
+            body = client.search([("query", "*")])
+            assert body["success"] and time.monotonic() - started >= 0.4
+        assert sb.quota_refusals == 1
+        with (
+            SearchClient(sb.api_url, "api2demo", retries=0, max_quota_wait=0.0) as impatient,
+            pytest.raises(ApiError, match="of waiting"),
+        ):
+            for _ in range(3):  # the window's one request is spent by the first, or by the client above
+                impatient.search([("query", "*")])
