@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 from typer.testing import CliRunner
 
+from europeana_imgcls import DownloadConfig
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import PublishConfig, SandboxConfig, TrainConfig
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
@@ -170,6 +171,23 @@ def assert_one_line_error(result, text: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("eic: error:"), result.stderr
     assert text in lines[0]
     assert "Traceback" not in result.output + result.stderr
+
+
+def download_config(table: Path, out: Path, **kw) -> DownloadConfig:
+    # A timeout far above what a good image takes even on a loaded machine; the sandbox's stalls never answer.
+    settings = dict(
+        table=table,
+        output_dir=out,
+        quiet=True,
+        timeout=6.0,
+        retries=1,
+        max_side=128,
+        max_bytes=3_000_000,
+        concurrency=8,
+        per_host=8,
+    )
+    settings.update(kw)
+    return DownloadConfig(**settings)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,100 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 import europeana_imgcls
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import build_config
 from europeana_imgcls.core.errors import ConfigError
-from europeana_imgcls.europeana.sandbox import Sandbox
 
 from .support import assert_one_line_error, eic
-
-
-def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "h.csv"
-    result = eic(
-        "harvest",
-        "--vocab",
-        vocab_file,
-        "--n",
-        "5",
-        "--reusability",
-        "open",
-        "--reusability",
-        "restricted",
-        "-o",
-        out,
-        "--quiet",
-        env={"EUROPEANA_API_URL": sandbox.api_url},
-    )
-    assert result.exit_code == 0, result.output
-    counts = pl.read_csv(out).group_by("category", "reusability").len()
-    assert counts.height == 6 and counts["len"].max() == 5  # a few dropped as ambiguous
-    assert "records written to" in result.stdout
-
-
-def test_bad_key_gives_one_line_and_exit_1(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
-    result = eic(
-        "harvest",
-        "--vocab",
-        vocab_file,
-        "-o",
-        tmp_path / "h.csv",
-        "--api-url",
-        sandbox.api_url,
-        "--api-key",
-        "not-a-key",
-        "--quiet",
-    )
-    assert_one_line_error(result, "rejected the API key")
-    assert result.exit_code == 1
-    assert "not-a-key" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--n", "0"], "invalid setting 'n'"),
-        (["--n", "-3"], "invalid setting 'n'"),
-        (["--reusability", "free"], "invalid setting 'reusability.0'"),
-        (["--mode", "both"], "invalid setting 'mode'"),
-        (["-o", "out.xlsx"], "must end in .csv or .parquet"),
-    ],
-)
-def test_bad_harvest_options(tmp_path: Path, args: list[str], message: str) -> None:
-    result = eic("harvest", *args, "--api-url", "http://127.0.0.1:9/x")
-    assert_one_line_error(result, message)
-
-
-def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
-    result = eic(
-        "harvest", "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/search.json", "--retries", "0", "--quiet"
-    )
-    assert_one_line_error(result, "cannot reach the Search API")
-
-
-def test_subtract_and_stats_commands(tmp_path: Path) -> None:
-    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,u\nmap,/1/b,u\n")
-    (tmp_path / "e.csv").write_text("ID,category,,\n/1/a ,map,,\n")
-    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "-o", tmp_path / "o.csv")
-    assert result.exit_code == 0 and "kept 1 rows, removed 1" in result.stdout
-    result = eic("stats", tmp_path / "o.csv", "-o", tmp_path / "s.json")
-    assert result.exit_code == 0
-    assert json.loads((tmp_path / "s.json").read_text())["per_category"] == {"map": 1}
-    assert_one_line_error(
-        eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"),
-        "nope.csv: no such file or folder",
-    )
-    (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
-    assert_one_line_error(eic("stats", tmp_path / "broken.csv"), "broken.csv")
 
 
 def test_python_dash_m_and_public_surface() -> None:
@@ -187,16 +105,6 @@ def test_every_option_a_message_names_exists() -> None:
         if option not in flags and not (option.startswith("--no-") and "--" + option[5:] in flags)
     }
     assert len(named) > 20 and not missing, missing
-
-
-def test_a_museum_table_without_eics_columns_is_told_about_columns(tmp_path: Path) -> None:
-    table = tmp_path / "museum.csv"
-    table.write_text("object_number,image\nRM-1,http://127.0.0.1:9/a.jpg\n")
-    result = eic("download", table, "-o", tmp_path / "img", "--quiet")
-    assert_one_line_error(result, "missing column(s) ID, URL, category (has: object_number, image)")
-    assert "--columns ID=your_column,URL=your_column,category=your_column" in result.stderr
-    mapped = eic("download", table, "-o", tmp_path / "img", "--quiet", "--columns", "ID=object_number,URL=image")
-    assert_one_line_error(mapped, "missing column(s) category")
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,9 @@ TensorBoard. Real servers on 127.0.0.1 (the sandbox) and real processes."""
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -19,249 +13,26 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from europeana_imgcls import DownloadConfig, HarvestConfig, download, harvest
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.core.sharding import Shard
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .support import VOCAB, sandbox_config, sandbox_records, sandbox_table
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _failures(path: Path) -> dict[str, str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return {row["ID"]: row["error"] for row in csv.DictReader(handle)}
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.jpg"))}
-
+from .support import sandbox_config, sandbox_table
 
 # ---------------------------------------------------------------------------------------------
 # Thumbnails
-
-
-def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=12, bad_every=5, thumbnail_missing_every=4)) as sb:
-        table = sandbox_table(sb, tmp_path / "t.csv")
-        out = tmp_path / "img"
-        report = download(
-            DownloadConfig(
-                table=table,
-                output_dir=out,
-                source="thumbnail",
-                quiet=True,
-                timeout=3,
-                retries=0,
-                max_side=128,
-                fallback_preview=True,
-                thumbnail_url=f"{sb.base_url}/thumbnail/v3",
-            )
-        )
-        records = sandbox_records(sb)
-        failures = _failures(out / "failures.csv")
-        for record in records:
-            saved = out / record.labels[0] / file_name(record.id)
-            has_thumbnail = sb.has_thumbnail(record.serial)
-            if has_thumbnail:  # from the CDN, dead original or not: the 200 px rendition of the same picture
-                with Image.open(saved) as image:
-                    assert max(image.size) == 128
-                assert f"/thumbnail/v3/200/{hashlib.md5(sb.image_url(record).encode()).hexdigest()}" in sb.hits
-            elif not record.fault:  # no thumbnail: the record's own image
-                assert saved.is_file() and sb.hits[f"/images/{record.serial}.jpg"] == 1
-            else:  # neither: the v2 preview would be the generic icon, which is refused
-                assert not saved.exists()
-                assert "thumbnail: HTTP 404" in failures[record.id] and "placeholder" in failures[record.id]
-        originals_asked = sum(n for path, n in sb.hits.items() if path.startswith(("/images/", "/faults/")))
-        assert originals_asked == sum(not sb.has_thumbnail(r.serial) for r in records)
-        assert report.saved + report.failed == len(records) and set(failures) == {
-            r.id for r in records if r.fault and not sb.has_thumbnail(r.serial)
-        }
-
-
-def test_thumbnail_source_needs_the_url_column(tmp_path: Path) -> None:
-    table = tmp_path / "t.csv"
-    pl.DataFrame([{"ID": "/1/a", "image": "http://127.0.0.1:9/a.jpg", "category": "map"}]).write_csv(table)
-    result = CliRunner().invoke(app, ["download", str(table), "-o", str(tmp_path / "img"), "--source", "thumbnail"])
-    assert result.exit_code == 1
-    assert result.stderr.count("\n") == 1 and "'URL'" in result.stderr and "thumbnail" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--rate", "0"], "'rate'"),
-        (["--shard", "3/3"], "numbered 0 to 2"),
-        (["--shard", "one of two"], "I/N"),
-        (["--source", "cdn"], "'source'"),
-    ],
-)
-def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    table = tmp_path / "t.csv"
-    pl.DataFrame([{"ID": "/1/a", "URL": "http://127.0.0.1:9/a.jpg", "category": "map"}]).write_csv(table)
-    result = CliRunner().invoke(app, ["download", str(table), *args])
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
 # One request rate for the whole client
 
 
-@pytest.mark.slow
-def test_the_request_rate_holds_over_all_requests(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=8)) as sandbox:
-        table = sandbox_table(sandbox, tmp_path / "t.csv")
-        rows = pl.read_csv(table).height
-        started = time.monotonic()
-        report = download(
-            DownloadConfig(
-                table=table,
-                output_dir=tmp_path / "img",
-                quiet=True,
-                rate=40,
-                concurrency=16,
-                per_host=16,
-                max_side=64,
-                timeout=5,
-                retries=0,
-            )
-        )
-    assert report.saved + report.failed == rows
-    times = sorted(t for t in sandbox.request_times if t >= started)
-    assert len(times) == rows
-    # Starts leave the client 1/40 s apart, so the whole run lasts at least (n - 1) / 40 s. The server notes
-    # them a little late, and on a busy machine some later than others: a second seen there may hold a few
-    # more than 40, but never the bursts of an unlimited client (16 at once here).
-    assert times[-1] - times[0] >= (len(times) - 1) / 40 - 0.05
-    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 44
-    assert times[-1] - times[0] >= (rows - 1) / 40 * 0.95
-
-
 # ---------------------------------------------------------------------------------------------
 # Shards
 
 
-def _eic(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "europeana_imgcls", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
-@pytest.mark.slow
-def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=8, bad_every=9), Knobs(stall_seconds=120)) as sb:
-        rows = [
-            {"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)}
-            for r in sb.catalogue
-            if r.type == "IMAGE" and r.has_url
-        ]  # one and several labels
-        table = tmp_path / "t.csv"
-        pl.DataFrame(rows).write_csv(table)
-        common = [
-            "--mode",
-            "multi-label",
-            "--quiet",
-            "--max-side",
-            "64",
-            "--timeout",
-            "6",
-            "--retries",
-            "0",
-            "--concurrency",
-            "2",
-        ]
-        shared = tmp_path / "shared"
-        sb.hold_after(9)  # the shards are surely killed mid-way: later image answers wait
-        first = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
-        assert sb.wait_until_held(3), "the shards never reached the held answers"
-        for proc in first:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        sb.release()
-        assert sum(p.stat().st_size > 0 for p in (shared / ".journal").glob("part.shard-*.ndjson")) >= 1
-        again = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
-        for proc in again:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err.decode()
-        assert sorted(p.name for p in (shared / ".journal").glob("*.ndjson")) == [
-            f"part.shard-{k}-of-3.ndjson" for k in range(3)
-        ]  # each shard's outcomes wait for the merge
-        hits = dict(sb.hits)
-        merged = download(
-            DownloadConfig(
-                table=table, output_dir=shared, mode="multi-label", quiet=True, max_side=64, timeout=2, retries=0
-            )
-        )
-        assert dict(sb.hits) == hits  # the merging run asks for nothing: every shard's work counts as done
-        assert merged.saved == 0 and merged.already_saved + merged.known_failures == merged.total
-        reference = tmp_path / "reference"
-        download(
-            DownloadConfig(
-                table=table, output_dir=reference, mode="multi-label", quiet=True, max_side=64, timeout=2, retries=0
-            )
-        )
-    assert _files(shared) == _files(reference)
-    assert _failures(shared / "failures.csv") == _failures(reference / "failures.csv")
-    assert pl.read_csv(shared / "labels.csv").sort("ID").equals(pl.read_csv(reference / "labels.csv").sort("ID"))
-    assert not list(shared.rglob("*shard-*"))  # the merge took every shard's part in
-    assert not [p for p in shared.rglob("*") if p.name.endswith(".eic-part")]
-
-
 # ---------------------------------------------------------------------------------------------
 # The key's quota
-
-
-@pytest.mark.slow
-def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=120, quota=3, quota_window=1.0)) as sb:
-        started = time.monotonic()
-        report = harvest(
-            HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=110, api_url=sb.api_url, quiet=True, retries=0)
-        )
-        took = time.monotonic() - started
-        asked = sb.count("/record/v2/search.json")
-        assert sb.quota_refusals == 0 and report.rows > 0
-        assert asked > 3 and took >= (asked - 3) / 3 * 0.9  # more than one window's quota, never a 429
-    with Sandbox(sandbox_config(per_level=120)) as free:  # the same harvest without a quota
-        reference = harvest(
-            HarvestConfig(output=tmp_path / "free.csv", vocab=VOCAB, n=110, api_url=free.api_url, quiet=True)
-        )
-    same = ["ID", "category", "skos_concept"]  # the URLs name each server's own port
-    assert pl.read_csv(tmp_path / "h.csv").select(same).equals(pl.read_csv(tmp_path / "free.csv").select(same))
-    assert reference.rows == report.rows
-
-
-def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Path) -> None:
-    out = tmp_path / "h.csv"
-    with Sandbox(sandbox_config(per_level=60, quota=2, quota_window=30.0)) as sb:
-        runner = CliRunner()
-        args = [
-            "harvest",
-            "-o",
-            str(out),
-            "--n",
-            "40",
-            "--api-url",
-            sb.api_url,
-            "--quiet",
-            "--retries",
-            "0",
-            "--max-quota-wait",
-            "0.001",
-        ]
-        vocab = tmp_path / "v.json"
-        vocab.write_text(__import__("json").dumps(VOCAB))
-        result = runner.invoke(app, [*args, "--vocab", str(vocab)])
-        assert result.exit_code == 1 and result.stderr.count("\n") == 1
-        assert "of waiting" in result.stderr and "--max-quota-wait" in result.stderr and sb.quota_refusals == 0
-        sb.quota = 0  # the next window (here: a key with room again)
-        result = runner.invoke(app, [*args[:-2], "--vocab", str(vocab), "--resume"])
-        assert result.exit_code == 0, result.stderr
-    assert pl.read_csv(out).height > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,74 +198,6 @@ def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: 
 
 # ---------------------------------------------------------------------------------------------
 # Found in review
-
-
-def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tmp_path: Path) -> None:
-    # Every 2nd search answers 429 with Retry-After 0 while the hour's quota has plenty left.
-    with Sandbox(sandbox_config(per_level=20, quota=1000, quota_window=3600, fail_every=2)) as sb:
-        started = time.monotonic()
-        report = harvest(
-            HarvestConfig(
-                output=tmp_path / "h.csv",
-                vocab=VOCAB,
-                n=10,
-                api_url=sb.api_url,
-                quiet=True,
-                retries=3,
-                max_quota_wait=0.01,
-            )
-        )  # a wait for the window would be refused
-        assert report.rows > 0 and time.monotonic() - started < 30
-
-
-def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=3)) as sb:
-        table = sandbox_table(sb, tmp_path / "t.csv")
-        with pytest.raises(DatasetError, match="every thumbnail request failed"):  # one cause, said in one line
-            download(
-                DownloadConfig(
-                    table=table,
-                    output_dir=tmp_path / "img",
-                    source="thumbnail",
-                    quiet=True,
-                    timeout=2,
-                    retries=0,
-                    thumbnail_url="http://127.0.0.1:9/thumbnail/v3",
-                )
-            )
-        assert len(_failures(tmp_path / "img" / "failures.csv")) == pl.read_csv(table).height
-        assert sb.count("/images/") == 0  # a CDN that is down is no reason to load every museum's server
-        assert all(
-            e.startswith("thumbnail: connection error") for e in _failures(tmp_path / "img" / "failures.csv").values()
-        )
-
-
-def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=10, bad_every=5), Knobs(stall_seconds=0.2)) as sb:  # only a 404 matters here
-        table = sandbox_table(sb, tmp_path / "t.csv")
-        out = tmp_path / "img"
-        record = next(r for r in sandbox_records(sb) if r.fault == "404")
-        download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
-        rows = _failures(out / "failures.csv")
-        assert rows[record.id] == "HTTP 404"
-        shard = next(f"{k}/2" for k in range(2) if Shard(k, 2).owns(record.id))
-        (out / "failures.csv").write_text(  # an older reason in the merged file...
-            "ID,URL,error\n" + "".join(f"{i},x,{'old reason' if i == record.id else e}\n" for i, e in rows.items())
-        )
-        download(
-            DownloadConfig(
-                table=table,
-                output_dir=out,
-                quiet=True,
-                timeout=2,
-                retries=0,
-                max_side=64,
-                shard=shard,
-                retry_failed=True,
-            )
-        )  # ...and the shard's newer one
-        download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
-        assert _failures(out / "failures.csv")[record.id] == "HTTP 404"
 
 
 def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run: Path, tmp_path: Path) -> None:

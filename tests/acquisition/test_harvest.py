@@ -8,19 +8,22 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from europeana_imgcls import HarvestConfig, harvest
 from europeana_imgcls.acquisition.harvest import COLUMNS
+from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import ApiError, DatasetError
 from europeana_imgcls.core.journal import read_records
 from europeana_imgcls.europeana.sandbox import SEARCH_PATHS, Knobs, Sandbox
 from europeana_imgcls.europeana.search_api import SearchClient
 
-from .support import VOCAB, QuietHandler, sandbox_config, send_json, serving
+from ..support import VOCAB, QuietHandler, assert_one_line_error, eic, sandbox_config, send_json, serving
 
 
 def config(sandbox: Sandbox, vocab_file: Path, output: Path, **kw) -> HarvestConfig:
@@ -175,7 +178,7 @@ def test_a_harvest_killed_at_a_random_moment_resumes_to_the_same_table(
             str(out),
             "--quiet",
         ]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         sb.hold_after(random.Random(sig).randint(1, 3), SEARCH_PATHS)  # a few answers (of 6 units), then none
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert sb.wait_until_held(1), "the harvest never reached the held answers"
@@ -285,3 +288,141 @@ def test_a_journaled_unit_of_the_wrong_shape_is_dropped_and_said(
     report = harvest(config(sandbox, vocab_file, out, n=5, resume=True))
     assert report.resumed_units == len(VOCAB) and pl.read_csv(out).sort("ID").equals(table)
     assert "skipped a damaged record" in caplog.text
+
+
+def test_harvest_end_to_end(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "h.csv"
+    result = eic(
+        "harvest",
+        "--vocab",
+        vocab_file,
+        "--n",
+        "5",
+        "--reusability",
+        "open",
+        "--reusability",
+        "restricted",
+        "-o",
+        out,
+        "--quiet",
+        env={"EUROPEANA_API_URL": sandbox.api_url},
+    )
+    assert result.exit_code == 0, result.output
+    counts = pl.read_csv(out).group_by("category", "reusability").len()
+    assert counts.height == 6 and counts["len"].max() == 5  # a few dropped as ambiguous
+    assert "records written to" in result.stdout
+
+
+def test_bad_key_gives_one_line_and_exit_1(sandbox: Sandbox, vocab_file: Path, tmp_path: Path) -> None:
+    result = eic(
+        "harvest",
+        "--vocab",
+        vocab_file,
+        "-o",
+        tmp_path / "h.csv",
+        "--api-url",
+        sandbox.api_url,
+        "--api-key",
+        "not-a-key",
+        "--quiet",
+    )
+    assert_one_line_error(result, "rejected the API key")
+    assert result.exit_code == 1
+    assert "not-a-key" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "0"], "invalid setting 'n'"),
+        (["--n", "-3"], "invalid setting 'n'"),
+        (["--reusability", "free"], "invalid setting 'reusability.0'"),
+        (["--mode", "both"], "invalid setting 'mode'"),
+        (["-o", "out.xlsx"], "must end in .csv or .parquet"),
+    ],
+)
+def test_bad_harvest_options(tmp_path: Path, args: list[str], message: str) -> None:
+    result = eic("harvest", *args, "--api-url", "http://127.0.0.1:9/x")
+    assert_one_line_error(result, message)
+
+
+def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
+    result = eic(
+        "harvest", "-o", tmp_path / "h.csv", "--api-url", "http://127.0.0.1:9/search.json", "--retries", "0", "--quiet"
+    )
+    assert_one_line_error(result, "cannot reach the Search API")
+
+
+# ---------------------------------------------------------------------------------------------
+# The key's quota
+
+
+@pytest.mark.slow
+def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
+    with Sandbox(sandbox_config(per_level=120, quota=3, quota_window=1.0)) as sb:
+        started = time.monotonic()
+        report = harvest(
+            HarvestConfig(output=tmp_path / "h.csv", vocab=VOCAB, n=110, api_url=sb.api_url, quiet=True, retries=0)
+        )
+        took = time.monotonic() - started
+        asked = sb.count("/record/v2/search.json")
+        assert sb.quota_refusals == 0 and report.rows > 0
+        assert asked > 3 and took >= (asked - 3) / 3 * 0.9  # more than one window's quota, never a 429
+    with Sandbox(sandbox_config(per_level=120)) as free:  # the same harvest without a quota
+        reference = harvest(
+            HarvestConfig(output=tmp_path / "free.csv", vocab=VOCAB, n=110, api_url=free.api_url, quiet=True)
+        )
+    same = ["ID", "category", "skos_concept"]  # the URLs name each server's own port
+    assert pl.read_csv(tmp_path / "h.csv").select(same).equals(pl.read_csv(tmp_path / "free.csv").select(same))
+    assert reference.rows == report.rows
+
+
+def test_a_quota_too_small_says_how_long_and_resume_finishes_later(tmp_path: Path) -> None:
+    out = tmp_path / "h.csv"
+    with Sandbox(sandbox_config(per_level=60, quota=2, quota_window=30.0)) as sb:
+        runner = CliRunner()
+        args = [
+            "harvest",
+            "-o",
+            str(out),
+            "--n",
+            "40",
+            "--api-url",
+            sb.api_url,
+            "--quiet",
+            "--retries",
+            "0",
+            "--max-quota-wait",
+            "0.001",
+        ]
+        vocab = tmp_path / "v.json"
+        vocab.write_text(__import__("json").dumps(VOCAB))
+        result = runner.invoke(app, [*args, "--vocab", str(vocab)])
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1
+        assert "of waiting" in result.stderr and "--max-quota-wait" in result.stderr and sb.quota_refusals == 0
+        sb.quota = 0  # the next window (here: a key with room again)
+        result = runner.invoke(app, [*args[:-2], "--vocab", str(vocab), "--resume"])
+        assert result.exit_code == 0, result.stderr
+    assert pl.read_csv(out).height > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review
+
+
+def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tmp_path: Path) -> None:
+    # Every 2nd search answers 429 with Retry-After 0 while the hour's quota has plenty left.
+    with Sandbox(sandbox_config(per_level=20, quota=1000, quota_window=3600, fail_every=2)) as sb:
+        started = time.monotonic()
+        report = harvest(
+            HarvestConfig(
+                output=tmp_path / "h.csv",
+                vocab=VOCAB,
+                n=10,
+                api_url=sb.api_url,
+                quiet=True,
+                retries=3,
+                max_quota_wait=0.01,
+            )
+        )  # a wait for the window would be refused
+        assert report.rows > 0 and time.monotonic() - started < 30

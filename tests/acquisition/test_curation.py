@@ -8,11 +8,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from europeana_imgcls import StatsConfig, SubtractConfig, stats, subtract
+from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import DatasetError
 
-from .support import SEED_TABLES
+from ..support import SEED_TABLES, assert_one_line_error, eic
 
 needs_seed = pytest.mark.skipif(not SEED_TABLES.is_dir(), reason="shared seed tables not present")
 
@@ -99,3 +101,45 @@ def test_stats_counts_labels_levels_providers_and_conflicts(tmp_path: Path) -> N
     assert result.provider_column == "dataset" and result.per_provider == {"1": 3, "2": 2}
     assert result.without_url == 1 and result.ids_in_several_categories == 1
     assert result.unknown_categories == {"statue": 1}
+
+
+def test_subtract_and_stats_commands(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,u\nmap,/1/b,u\n")
+    (tmp_path / "e.csv").write_text("ID,category,,\n/1/a ,map,,\n")
+    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "-o", tmp_path / "o.csv")
+    assert result.exit_code == 0 and "kept 1 rows, removed 1" in result.stdout
+    result = eic("stats", tmp_path / "o.csv", "-o", tmp_path / "s.json")
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "s.json").read_text())["per_category"] == {"map": 1}
+    assert_one_line_error(
+        eic("subtract", tmp_path / "nope.csv", tmp_path / "e.csv", "-o", tmp_path / "x.csv"),
+        "nope.csv: no such file or folder",
+    )
+    (tmp_path / "broken.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
+    assert_one_line_error(eic("stats", tmp_path / "broken.csv"), "broken.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 1: eic removes only the temporary files it names itself; existing outputs are refused
+
+
+@pytest.mark.parametrize("command", ["subtract", "stats"])
+def test_table_outputs_are_refused_unless_overwrite_and_eics_own(command: str, tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("ID,category,URL\n/1/a,map,http://127.0.0.1:9/a.jpg\n")
+    output = tmp_path / ("out.csv" if command == "subtract" else "out.json")
+    output.write_text("precious")
+    args = ["subtract", str(table), str(table)] if command == "subtract" else ["stats", str(table)]
+    result = CliRunner().invoke(app, [*args, "-o", str(output)])
+    assert result.exit_code == 1 and "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert output.read_text() == "precious"
+    # `overwrite` replaces only what eic wrote there: not a file of someone else's...
+    result = CliRunner().invoke(app, [*args, "-o", str(output), "--overwrite"])
+    assert result.exit_code == 1 and "that eic wrote" in result.stderr and output.read_text() == "precious"
+    # ...but its own output, written by a first run.
+    output.unlink()
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(app, [*args, "-o", str(output), *extra])
+        assert result.exit_code == 0, result.stderr
+    assert output.read_text() != "precious"
