@@ -152,3 +152,8 @@ def enriched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "images": images,
         "trained_run": trained_run,
     }
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folders(tmp_path_factory.mktemp("data"))

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from typer.testing import CliRunner
 
@@ -188,6 +189,24 @@ def download_config(table: Path, out: Path, **kw) -> DownloadConfig:
     )
     settings.update(kw)
     return DownloadConfig(**settings)
+
+
+LABELS = ("map", "painting", "specimen", "textile")
+
+
+def make_multilabel_folder(root: Path, count: int = 120, seed: int = 0) -> Path:
+    """Images that combine one or two class patterns, with labels.csv as eic download writes it."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ID", "file", "category"])
+        for i in range(count):
+            chosen = sorted(int(k) for k in rng.choice(len(LABELS), size=rng.integers(1, 3), replace=False))
+            name = f"[ph]{900 + i % 6}[ph]obj_{seed}_{i}.jpg"
+            draw_image(tuple(chosen), len(LABELS), seed=seed * 10_000 + i, size=(48, 48)).save(root / name)
+            writer.writerow([f"/{900 + i % 6}/obj_{seed}_{i}", name, " ".join(LABELS[k] for k in chosen)])
+    return root
 
 
 # ---------------------------------------------------------------------------------------------

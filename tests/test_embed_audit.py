@@ -15,7 +15,6 @@ from europeana_imgcls import EvaluateConfig, PredictConfig, TrainConfig, evaluat
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import AuditConfig, EmbedConfig
 from europeana_imgcls.core.errors import CalibrationError, DatasetError
-from europeana_imgcls.datasets.folders import make_splits
 from europeana_imgcls.outputs.audit import audit, near_duplicates
 
 from .support import HERITAGE
@@ -271,14 +270,3 @@ def test_bad_input_is_one_line(lab, tmp_path: Path) -> None:
     )
     with pytest.raises(CalibrationError, match="embeddings table"):  # says how to get out-of-fold probabilities
         audit(AuditConfig(source=tmp_path / "single", output_dir=tmp_path / "a"))
-
-
-def test_make_splits_accepts_duplicate_groups_as_groups() -> None:
-    import numpy as np
-
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
-    groups = ["a", "a", "b", "c", "d", "d", "e", "f", "g", "h"]
-    for split in make_splits(labels, 3, 0, groups):
-        for part in (split.train, split.val, split.test):
-            others = np.setdiff1d(np.arange(10), part)
-            assert not {groups[i] for i in part} & {groups[i] for i in others}

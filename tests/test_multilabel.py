@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, hamming_loss, label_ranking_loss, precision_score, recall_score
+from sklearn.metrics import f1_score
 
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict, train
-from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.datasets.multilabel import (
-    iterative_folds,
-    make_multilabel_splits,
-    multilabel_metrics,
-    positive_weights,
-    tune_thresholds,
-)
-from europeana_imgcls.europeana.sandbox import draw_image
 from europeana_imgcls.modelling.checkpoint import load_checkpoint
 
-from .support import config, rows
-
-LABELS = ("map", "painting", "specimen", "textile")
-
-
-def make_multilabel_folder(root: Path, count: int = 120, seed: int = 0) -> Path:
-    """Images that combine one or two class patterns, with labels.csv as eic download writes it."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / "labels.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["ID", "file", "category"])
-        for i in range(count):
-            chosen = sorted(int(k) for k in rng.choice(len(LABELS), size=rng.integers(1, 3), replace=False))
-            name = f"[ph]{900 + i % 6}[ph]obj_{seed}_{i}.jpg"
-            draw_image(tuple(chosen), len(LABELS), seed=seed * 10_000 + i, size=(48, 48)).save(root / name)
-            writer.writerow([f"/{900 + i % 6}/obj_{seed}_{i}", name, " ".join(LABELS[k] for k in chosen)])
-    return root
+from .support import LABELS, config, make_multilabel_folder, rows
 
 
 @pytest.fixture(scope="module")
@@ -68,50 +41,6 @@ def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
         history = rows(out / f"split_{i}" / "history.csv")
         assert {"exact_match", "micro_f1", "macro_f1", "mean_average_precision"} <= set(history[0])
         assert len(list((out / f"split_{i}" / "gradcam").iterdir())) == 2
-
-
-def test_folds_keep_label_frequencies_and_groups() -> None:
-    rng = np.random.default_rng(1)
-    targets = (rng.random((400, 6)) < [0.5, 0.3, 0.12, 0.06, 0.2, 0.04]).astype(np.float32)
-    folds = iterative_folds(targets, 5, seed=0)
-    assert sorted(np.concatenate(folds).tolist()) == list(range(400))
-    overall = targets.mean(axis=0)
-    for fold in folds:
-        assert abs(len(fold) - 80) <= 2
-        assert np.abs(targets[fold].mean(axis=0) - overall).max() < 0.03
-    groups = [f"g{i // 8}" for i in range(400)]
-    for split in make_multilabel_splits(targets, 4, seed=0, groups=groups):
-        parts = [{groups[i] for i in part} for part in (split.train, split.val, split.test)]
-        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-        assert len(split.train) + len(split.val) + len(split.test) == 400
-
-
-def test_thresholds_are_tuned_to_maximise_f1() -> None:
-    truth = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 1], [0, 0]])
-    probs = np.array([[0.72, 0.1], [0.8, 0.2], [0.65, 0.3], [0.2, 0.1], [0.9, 0.35], [0.4, 0.05]])
-    thresholds = tune_thresholds(truth, probs)
-    assert 0.65 < thresholds[0] <= 0.72  # separates 0.72/0.8/0.9 from 0.65
-    assert 0.2 < thresholds[1] <= 0.3
-    assert f1_score(truth, probs >= thresholds, average="micro") == 1.0
-    assert tune_thresholds(np.zeros((3, 1)), np.full((3, 1), 0.9))[0] == 0.5  # no positives: default
-    assert positive_weights(np.array([[1, 0], [1, 0], [0, 1], [1, 0]])).tolist() == pytest.approx([1 / 3, 3.0])
-
-
-def test_metrics_match_scikit_learn() -> None:
-    rng = np.random.default_rng(2)
-    truth = (rng.random((50, 5)) < 0.3).astype(int)
-    probs = np.clip(truth * 0.5 + rng.random((50, 5)) * 0.6, 0, 1)
-    cuts = np.array([0.4, 0.5, 0.6, 0.5, 0.45])
-    predicted = (probs >= cuts).astype(int)
-    got = multilabel_metrics(truth, probs, cuts)
-    assert got["micro_f1"] == pytest.approx(f1_score(truth, predicted, average="micro"))
-    assert got["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro", zero_division=0))
-    assert got["micro_precision"] == pytest.approx(precision_score(truth, predicted, average="micro"))
-    assert got["macro_recall"] == pytest.approx(recall_score(truth, predicted, average="macro", zero_division=0))
-    assert got["hamming_loss"] == pytest.approx(hamming_loss(truth, predicted))
-    assert got["exact_match"] == pytest.approx((truth == predicted).all(axis=1).mean())
-    keep = truth.sum(axis=1) > 0
-    assert got["ranking_loss"] == pytest.approx(label_ranking_loss(truth[keep], probs[keep]))
 
 
 def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -> None:
@@ -153,15 +82,6 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
         expected = [c for c, t in zip(LABELS, cuts, strict=True) if line["probabilities"][c] >= t]
         assert line["labels"] == expected
     assert len(list((tmp_path / "cams").glob("*.jpg"))) == 24
-
-
-def test_multilabel_bad_inputs(tmp_path: Path) -> None:
-    data = make_multilabel_folder(tmp_path / "d", count=6)
-    with pytest.raises(DatasetError, match="fewer than the 3 folds"):
-        train(config(data, tmp_path / "r", mode="multi-label", folds=3))
-    (tmp_path / "e").mkdir()
-    with pytest.raises(DatasetError, match="labels.csv: no such table"):
-        train(config(tmp_path / "e", tmp_path / "r2", mode="multi-label"))
 
 
 def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:

@@ -17,20 +17,13 @@ from typer.testing import CliRunner
 
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import DatasetError, ModelError
-from europeana_imgcls.datasets.folders import make_splits
-from europeana_imgcls.datasets.imageset import provider_of
-from europeana_imgcls.datasets.tasks import scan_images, task_for
+from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.modelling import training
 from europeana_imgcls.modelling.checkpoint import load_checkpoint, model_from_checkpoint
 from europeana_imgcls.modelling.models import build_model
 from europeana_imgcls.modelling.training import train
 
 from .support import CLASSES, HERITAGE, config, make_folders, rows
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folders(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +82,6 @@ def test_the_model_returns_logits_and_the_loss_applies_softmax_once(run) -> None
         logits = model(torch.randn(4, 3, 32, 32))
     assert not torch.allclose(logits.sum(dim=1), torch.ones(4))
     assert (logits < 0).any()
-
-
-def test_class_weights_are_inverse_frequency() -> None:
-    def class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
-        return task_for("single-label").criterion(labels, n, weighted=True).weight
-
-    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 3)
-    assert weights.tolist() == pytest.approx([6 / 9, 6 / 3, 6 / 6])
-    assert class_weights(np.array([0, 1, 0, 1]), 2).tolist() == [1.0, 1.0]
 
 
 @pytest.mark.slow
@@ -196,16 +180,6 @@ def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> 
     assert len(history) == 2
     assert load_checkpoint(out / "split_0" / "model.pt").meta.class_names == list(CLASSES)
     assert json.loads((out / "summary.json").read_text())["splits"] == 1
-
-
-def test_group_by_provider_keeps_each_dataset_in_one_part(folders: Path) -> None:
-    paths = sorted(folders.rglob("*.jpg"))
-    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
-    groups = [provider_of(p) for p in paths]
-    assert groups[0] == "9000"
-    for split in make_splits(labels, 3, seed=0, groups=groups):
-        parts = [{groups[i] for i in part} for part in (split.train, split.val, split.test)]
-        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
 
 
 @pytest.mark.skipif(not HERITAGE.is_dir(), reason="shared heritage sample not present")
@@ -330,51 +304,6 @@ def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> No
     metrics = json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())
     assert metrics["train_images"] + metrics["val_images"] + metrics["test_images"] == 18
     assert report.counts == {"map": 6, "painting": 6, "specimen": 6}
-
-
-def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
-    from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, LoaderSettings, make_loader
-
-    images = scan_images(folders, "single-label")
-    cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
-    assert cache is not None and not cache.filled.any()
-    loader = make_loader(
-        ImageDataset(images, 32, cache=cache), LoaderSettings(batch_size=8, num_workers=1), shuffle=True
-    )
-    first = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
-    assert cache.filled.all()  # written by the worker process, seen here
-    for path in images.paths:  # the second epoch must not need the files
-        path.rename(path.with_suffix(".moved"))
-    try:
-        second = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
-    finally:
-        for path in images.paths:
-            path.with_suffix(".moved").rename(path)
-    assert all(torch.equal(first[i], second[i]) for i in first)
-    assert DecodedCache.for_images(len(images), 32, budget_mb=0) is None
-
-
-def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> None:
-    from europeana_imgcls.datasets.folders import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        ImageDataset,
-        LoaderSettings,
-        ModelInput,
-        load_image,
-        make_loader,
-    )
-
-    images = scan_images(folders, "single-label")
-    loader = make_loader(ImageDataset(images, 32), LoaderSettings(batch_size=4), shuffle=False)
-    pixels, _, index = next(iter(loader))
-    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 32, 32)  # a quarter of float32's bytes
-    first = np.asarray(load_image(images.paths[int(index[0])], 32), dtype=np.float32)  # H x W x 3
-    assert torch.equal(pixels[0].permute(1, 2, 0), torch.from_numpy(first).to(torch.uint8))
-    inputs = ModelInput(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))(pixels)
-    expected = (first / 255 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    assert inputs.dtype == torch.float32
-    np.testing.assert_allclose(inputs[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.slow

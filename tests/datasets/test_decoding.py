@@ -22,7 +22,7 @@ from europeana_imgcls.europeana.sandbox import draw_image
 from europeana_imgcls.modelling import runtime
 from europeana_imgcls.outputs.prediction import predict
 
-from .support import make_folders, rows
+from ..support import make_folders, rows
 
 CPU = torch.device("cpu")
 SIZE = 48
@@ -148,7 +148,7 @@ def test_train_evaluate_and_embed_run_on_device_decoded_batches(
     from europeana_imgcls.modelling.training import train
     from europeana_imgcls.outputs.evaluation import evaluate_run
 
-    from .support import config
+    from ..support import config
 
     for module in (training, runtime):  # as decode auto on CUDA, with the CPU as the device
         monkeypatch.setattr(module, "decode_device", lambda decode, device: device)

@@ -75,3 +75,12 @@ def test_cleanlab_puts_the_flipped_label_first(task: Task) -> None:
     truth = given if task is BOTH[0] else np.eye(len(CLASSES), dtype=np.int64)[given]
     ranked, quality = task.label_issues(truth, probs)
     assert ranked[0] == 7 and len(quality) == 60 and quality.argmin() == 7
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    def class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
+        return task_for("single-label").criterion(labels, n, weighted=True).weight
+
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 3)
+    assert weights.tolist() == pytest.approx([6 / 9, 6 / 3, 6 / 6])
+    assert class_weights(np.array([0, 1, 0, 1]), 2).tolist() == [1.0, 1.0]

@@ -1,0 +1,80 @@
+"""datasets/folders.py: folds that keep groups together, the loaders and the decoded-image cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from europeana_imgcls.datasets.folders import make_splits
+from europeana_imgcls.datasets.imageset import provider_of
+from europeana_imgcls.datasets.tasks import scan_images
+
+from ..support import CLASSES
+
+
+def test_make_splits_accepts_duplicate_groups_as_groups() -> None:
+    import numpy as np
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
+    groups = ["a", "a", "b", "c", "d", "d", "e", "f", "g", "h"]
+    for split in make_splits(labels, 3, 0, groups):
+        for part in (split.train, split.val, split.test):
+            others = np.setdiff1d(np.arange(10), part)
+            assert not {groups[i] for i in part} & {groups[i] for i in others}
+
+
+def test_group_by_provider_keeps_each_dataset_in_one_part(folders: Path) -> None:
+    paths = sorted(folders.rglob("*.jpg"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    groups = [provider_of(p) for p in paths]
+    assert groups[0] == "9000"
+    for split in make_splits(labels, 3, seed=0, groups=groups):
+        parts = [{groups[i] for i in part} for part in (split.train, split.val, split.test)]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
+    from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, LoaderSettings, make_loader
+
+    images = scan_images(folders, "single-label")
+    cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
+    assert cache is not None and not cache.filled.any()
+    loader = make_loader(
+        ImageDataset(images, 32, cache=cache), LoaderSettings(batch_size=8, num_workers=1), shuffle=True
+    )
+    first = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
+    assert cache.filled.all()  # written by the worker process, seen here
+    for path in images.paths:  # the second epoch must not need the files
+        path.rename(path.with_suffix(".moved"))
+    try:
+        second = {int(i): x for xs, _, idx in loader for x, i in zip(xs, idx, strict=True)}
+    finally:
+        for path in images.paths:
+            path.with_suffix(".moved").rename(path)
+    assert all(torch.equal(first[i], second[i]) for i in first)
+    assert DecodedCache.for_images(len(images), 32, budget_mb=0) is None
+
+
+def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> None:
+    from europeana_imgcls.datasets.folders import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ImageDataset,
+        LoaderSettings,
+        ModelInput,
+        load_image,
+        make_loader,
+    )
+
+    images = scan_images(folders, "single-label")
+    loader = make_loader(ImageDataset(images, 32), LoaderSettings(batch_size=4), shuffle=False)
+    pixels, _, index = next(iter(loader))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 32, 32)  # a quarter of float32's bytes
+    first = np.asarray(load_image(images.paths[int(index[0])], 32), dtype=np.float32)  # H x W x 3
+    assert torch.equal(pixels[0].permute(1, 2, 0), torch.from_numpy(first).to(torch.uint8))
+    inputs = ModelInput(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))(pixels)
+    expected = (first / 255 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    assert inputs.dtype == torch.float32
+    np.testing.assert_allclose(inputs[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
