@@ -9,14 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from europeana_imgcls import DownloadConfig, TrainConfig, download
 from europeana_imgcls.core.config import EnrichConfig
-from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .support import VOCAB, config, make_folders, sandbox_config
+from .support import TARGET, VOCAB, _rows, config, make_folders, make_multilabel_folder, sandbox_config
 
 _real_connect = socket.socket.connect
 
@@ -99,6 +101,62 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# The numbers, on data with known answers
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """A cross-validated run trained on half the sandbox's records, and the other half to enrich."""
+    from europeana_imgcls import train
+    from europeana_imgcls.outputs.enrichment import enrich
+
+    root = tmp_path_factory.mktemp("enrich")
+    with Sandbox(sandbox_config(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4)) as sb:
+        rows = _rows(sb)
+        training, fresh = rows[0::2], rows[1::2]
+        pl.DataFrame(training).write_csv(root / "train.csv")
+        pl.DataFrame(fresh).write_csv(root / "new.csv")
+        download(DownloadConfig(table=root / "train.csv", output_dir=root / "images", quiet=True, max_side=64))
+        download(DownloadConfig(table=root / "new.csv", output_dir=root / "eval_images", quiet=True, max_side=64))
+        # The tests' tiny net: what is tested is calibration and enrichment, not the model.
+        report = train(
+            TrainConfig(
+                data_dir=root / "images",
+                output_dir=root / "run",
+                arch="tiny",
+                weights="none",
+                epochs=10,
+                input_size=32,
+                batch_size=16,
+                learning_rate=3e-3,
+                folds=3,
+                patience=3,
+                quiet=True,
+                gradcam_images=0,
+                precision=TARGET,
+            )
+        )
+        out = root / "out.jsonld"
+        result = enrich(
+            EnrichConfig(
+                run=root / "run",
+                table=root / "new.csv",
+                output=out,
+                quiet=True,
+                review_output=root / "review.json",
+                review_n=5,
+            )
+        )
+        yield {
+            "root": root,
+            "train": report,
+            "enrich": result,
+            "truth": {r["ID"]: r["category"] for r in fresh},
+            "sandbox": sb,
+        }
+
+
 @pytest.fixture
 def trained(trained_run: Path) -> Path:
     return trained_run
@@ -112,6 +170,16 @@ def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jpeg = next((root / "map").iterdir()).read_bytes()
     (root / "map" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, body cut
     return root
+
+
+@pytest.fixture(scope="session")
+def ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from europeana_imgcls import train
+
+    data = make_multilabel_folder(tmp_path_factory.mktemp("ml") / "data")
+    out = tmp_path_factory.mktemp("mlrun") / "run"
+    train(config(data, out, mode="multi-label", epochs=8, batch_size=16, gradcam_images=2, arch="tiny"))
+    return data, out
 
 
 # ---------------------------------------------------------------------------------------------

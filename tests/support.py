@@ -18,9 +18,9 @@ import numpy as np
 import polars as pl
 from typer.testing import CliRunner
 
-from europeana_imgcls import DownloadConfig
+from europeana_imgcls import DownloadConfig, TrainConfig
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import PublishConfig, SandboxConfig, TrainConfig
+from europeana_imgcls.core.config import PublishConfig, SandboxConfig
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
 from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
 from europeana_imgcls.outputs.review import NONE_CHOICE
@@ -189,6 +189,23 @@ def download_config(table: Path, out: Path, **kw) -> DownloadConfig:
     )
     settings.update(kw)
     return DownloadConfig(**settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training, calibration and multi-label data
+
+
+TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
+
+
+TARGET = 0.9
+
+
+def _rows(sb: Sandbox) -> list[dict[str, str]]:
+    """Single-concept records, and records of 2 or 3 concepts whose images blend their classes' looks,
+    labelled with their first concept: real labels, some of them hard to tell apart."""
+    records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url]
+    return [{"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)} for r in records]
 
 
 LABELS = ("map", "painting", "specimen", "textile")

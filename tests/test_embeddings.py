@@ -3,54 +3,14 @@ fast checks of what the end-to-end tests on real weights (test_embed_audit.py) c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from PIL import Image
 
-from europeana_imgcls.core.config import EmbedConfig, TrainConfig
 from europeana_imgcls.datasets.tasks import task_for
-from europeana_imgcls.modelling.embedding import embed
-from europeana_imgcls.modelling.training import train
 from europeana_imgcls.outputs import audit
-
-from .support import make_folders
-
-TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
-
-
-def test_a_merge_that_names_the_folder_another_way_adds_no_image_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_folders(tmp_path / "data", per_class=4, size=32)
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "e.parquet"
-    shard = embed(EmbedConfig(data_dir=Path("data"), output=out, shard="0/2", **TINY))  # a relative path
-    merged = embed(EmbedConfig(data_dir=tmp_path / "data", output=out, resume=True, **TINY))  # an absolute one
-    assert merged.already_done == shard.embedded and merged.embedded == 12 - shard.embedded
-    table = pl.read_parquet(out)
-    assert table.height == 12
-    assert len({str(Path(p).resolve()) for p in table["image"]}) == 12
-
-
-def test_a_probe_on_embeddings_skips_an_image_that_cannot_be_decoded(tmp_path: Path) -> None:
-    data = make_folders(tmp_path / "data", per_class=6, size=32)
-    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(tmp_path / "big.jpg", quality=90)
-    whole = (tmp_path / "big.jpg").read_bytes()
-    (data / "map" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])  # its header reads, its pixels do not
-    table = tmp_path / "e.parquet"
-    report = embed(EmbedConfig(data_dir=data, output=table, **TINY))
-    assert (report.embedded, report.unreadable) == (18, 1)
-    run = train(
-        TrainConfig(
-            data_dir=data, output_dir=tmp_path / "probe", method="linear-probe", folds=3, embeddings=table, **TINY
-        )
-    )
-    assert len(run.splits) == 3  # as without --embeddings: the broken file is left out, not a reason to stop
 
 
 def test_identical_embeddings_are_duplicates_even_at_similarity_one() -> None:
@@ -78,23 +38,6 @@ def test_issue_rates_count_a_class_whose_name_has_a_space_once(tmp_path: Path) -
     audit._write_rates(tmp_path / "rates.csv", findings, np.array([1]))
     rates = pl.read_csv(tmp_path / "rates.csv").filter(pl.col("kind") == "class")
     assert dict(zip(rates["name"], rates["images"], strict=True)) == {"fine art": 2, "map": 1}
-
-
-def test_an_existing_table_is_refused_with_advice_that_works(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from europeana_imgcls.cli.app import app
-
-    from .support import make_folders
-
-    data = make_folders(tmp_path / "data", per_class=3, size=32)
-    out = tmp_path / "e.parquet"
-    args = ["embed", str(data), "-o", str(out), "--arch", "tiny", "--weights", "none", "--input-size", "32", "--quiet"]
-    assert CliRunner().invoke(app, args).exit_code == 0
-    refused = CliRunner().invoke(app, args)
-    assert refused.exit_code == 1 and "--resume" in refused.stderr and "--overwrite" not in refused.stderr
-    again = CliRunner().invoke(app, [*args, "--resume"])  # the advice works: nothing new, nothing lost
-    assert again.exit_code == 0 and "9 done" in " ".join(again.stdout.split())
 
 
 def _crafted(tmp_path: Path, name: str, vectors: object, categories: object = None, **meta: object) -> Path:
@@ -148,49 +91,3 @@ def test_a_broken_embeddings_table_is_one_line_before_any_work(case: str, tmp_pa
     assert result.exit_code == 1 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "audit").exists()
-
-
-def test_a_probe_on_vectors_of_another_size_is_refused_before_it_writes_a_run(tmp_path: Path) -> None:
-    from europeana_imgcls.core.errors import DatasetError
-    from europeana_imgcls.modelling.embedding import feature_model, feature_size
-
-    data = make_folders(tmp_path / "data", per_class=4, size=32)
-    table = tmp_path / "e.parquet"
-    embed(EmbedConfig(data_dir=data, output=table, **TINY))
-    wide = feature_size(feature_model("tiny", "none"), 32) + 1  # one number more than the tiny net gives
-    frame = pl.read_parquet(table)
-    frame = frame.with_columns(pl.Series("embedding", [[0.5] * wide] * frame.height, dtype=pl.List(pl.Float32)))
-    frame.write_parquet(table)
-    meta = json.loads(table.with_name("e.embedding.json").read_text()) | {"dim": wide}
-    table.with_name("e.embedding.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match=f"its vectors have {wide} numbers, but tiny's features have {wide - 1}"):
-        train(
-            TrainConfig(
-                data_dir=data,
-                output_dir=tmp_path / "probe",
-                method="linear-probe",
-                folds=3,
-                crossvalidation=False,
-                embeddings=table,
-                **TINY,
-            )
-        )
-    assert not list((tmp_path / "probe").glob("**/model.pt"))
-
-
-def test_a_probe_on_embeddings_takes_their_backbone_and_refuses_another(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from europeana_imgcls.cli.app import app
-
-    data = make_folders(tmp_path / "data", per_class=5, size=32)
-    table = tmp_path / "e.parquet"
-    embed(EmbedConfig(data_dir=data, output=table, **TINY))
-    probe = ["train", str(data), "--method", "linear-probe", "--embeddings", str(table), "--folds", "3", "--quiet"]
-    result = CliRunner().invoke(app, [*probe, "-o", str(tmp_path / "run")])  # no --arch, --weights, --input-size
-    assert result.exit_code == 0, result.stderr
-    saved = json.loads((tmp_path / "run" / "split_0" / "config.json").read_text())
-    assert (saved["arch"], saved["weights"], saved["input_size"]) == ("tiny", "none", 32)
-    refused = CliRunner().invoke(app, [*probe, "-o", str(tmp_path / "other"), "--input-size", "64"])
-    assert refused.exit_code != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "--input-size 64 given, 32 in e.parquet" in refused.stderr

@@ -7,117 +7,24 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from europeana_imgcls import DownloadConfig, TrainConfig, download, train
+from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import EnrichConfig, EvaluateConfig
-from europeana_imgcls.core.errors import CalibrationError, DatasetError
-from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.europeana.annotations import CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS
-from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
-from europeana_imgcls.modelling.calibration import (
-    choose_thresholds,
-    expected_calibration_error,
-    fit_temperature,
-    load_calibration,
-    score_thresholds,
-)
+from europeana_imgcls.modelling.calibration import load_calibration
 from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.evaluation import evaluate_run
 from europeana_imgcls.outputs.review import labelling_config_path
 
-from .support import TERMINAL, VOCAB, sandbox_config, shows_progress
+from .support import TARGET, TERMINAL, VOCAB, shows_progress
 
-TARGET = 0.9
 SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())
-
-
-def _rows(sb: Sandbox) -> list[dict[str, str]]:
-    """Single-concept records, and records of 2 or 3 concepts whose images blend their classes' looks,
-    labelled with their first concept: real labels, some of them hard to tell apart."""
-    records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url]
-    return [{"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)} for r in records]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    """A cross-validated run trained on half the sandbox's records, and the other half to enrich."""
-    root = tmp_path_factory.mktemp("enrich")
-    with Sandbox(sandbox_config(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4)) as sb:
-        rows = _rows(sb)
-        training, fresh = rows[0::2], rows[1::2]
-        pl.DataFrame(training).write_csv(root / "train.csv")
-        pl.DataFrame(fresh).write_csv(root / "new.csv")
-        download(DownloadConfig(table=root / "train.csv", output_dir=root / "images", quiet=True, max_side=64))
-        download(DownloadConfig(table=root / "new.csv", output_dir=root / "eval_images", quiet=True, max_side=64))
-        # The tests' tiny net: what is tested is calibration and enrichment, not the model.
-        report = train(
-            TrainConfig(
-                data_dir=root / "images",
-                output_dir=root / "run",
-                arch="tiny",
-                weights="none",
-                epochs=10,
-                input_size=32,
-                batch_size=16,
-                learning_rate=3e-3,
-                folds=3,
-                patience=3,
-                quiet=True,
-                gradcam_images=0,
-                precision=TARGET,
-            )
-        )
-        out = root / "out.jsonld"
-        result = enrich(
-            EnrichConfig(
-                run=root / "run",
-                table=root / "new.csv",
-                output=out,
-                quiet=True,
-                review_output=root / "review.json",
-                review_n=5,
-            )
-        )
-        yield {
-            "root": root,
-            "train": report,
-            "enrich": result,
-            "truth": {r["ID"]: r["category"] for r in fresh},
-            "sandbox": sb,
-        }
-
-
-@pytest.mark.slow
-def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None:
-    run = world["root"] / "run"
-    calibration = world["train"].calibration
-    assert calibration is not None and calibration.precision_target == TARGET
-    assert json.loads((run / "calibration.json").read_text())["precision_target"] == TARGET
-    assert (run / "reliability.png").stat().st_size > 10_000
-    assert calibration.ece_after <= calibration.ece_before
-    emitted = [c for c in calibration.per_class if c.threshold is not None]
-    assert emitted, "no class reaches the target: the test set-up is too hard to test anything"
-    for c in emitted:
-        assert c.precision >= TARGET and c.labelled >= 5 and 0 < c.coverage <= 1
-    card = (run / "MODEL_CARD.md").read_text()
-    for section in (
-        "## Model details",
-        "## Intended use",
-        "## Out-of-scope use",
-        "## Training data",
-        "## Metrics",
-        "## Calibration",
-        "## Limitations",
-    ):
-        assert section in card
-    for c in calibration.per_class:
-        assert (f"| {c.name} | never emitted |" in card) == (c.threshold is None)
 
 
 @pytest.mark.slow
@@ -375,60 +282,8 @@ def test_bad_input_is_one_line(world, tmp_path: Path) -> None:
     assert not (tmp_path / "t.csv").exists()
 
 
-@pytest.mark.slow
-def test_a_run_without_out_of_fold_predictions_says_how_to_get_them(world, tmp_path: Path) -> None:
-    run = tmp_path / "single"
-    report = train(
-        TrainConfig(
-            data_dir=world["root"] / "images",
-            output_dir=run,
-            weights="none",
-            epochs=1,
-            input_size=32,
-            batch_size=16,
-            folds=3,
-            quiet=True,
-            gradcam_images=0,
-            crossvalidation=False,
-        )
-    )
-    assert report.calibration is None and "cross-validation" in report.calibration_note
-    assert "Not calibrated" in (run / "MODEL_CARD.md").read_text()
-    with pytest.raises(CalibrationError, match="cross-validation"):
-        enrich(EnrichConfig(run=run, table=world["root"] / "new.csv", output=tmp_path / "x.jsonld"))
-    assert not (tmp_path / "x.jsonld").exists()
-
-
 # ---------------------------------------------------------------------------------------------
 # The numbers, on data with known answers
-
-
-def test_temperature_scaling_recovers_an_overconfident_model() -> None:
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 1.5, size=(4000, 5))
-    honest = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    truth = np.array([rng.choice(5, p=p) for p in honest])
-    task = task_for("single-label")
-    overconfident = logits * 3  # logits three times too large
-    temperature = fit_temperature(task, overconfident, truth)
-    assert 2.5 < temperature < 3.6
-    assert (
-        expected_calibration_error(task, task.from_logits(overconfident / temperature), truth)
-        < expected_calibration_error(task, task.from_logits(overconfident), truth) / 3
-    )
-
-
-def test_thresholds_are_the_lowest_that_reach_the_target() -> None:
-    task = task_for("multi-label")
-    # Label 0: right above 0.6, wrong below; label 1: right one time in two everywhere.
-    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.55, 0.5, 0.45])
-    probs = np.stack([scores, scores], axis=1)
-    truth = np.stack([(scores > 0.6).astype(int), np.arange(10) % 2], axis=1)
-    zero, one = choose_thresholds(task, probs, truth, ["a", "b"], 0.9)
-    assert zero.threshold == 0.65 and zero.precision == 1.0 and zero.coverage == 1.0 and zero.labelled == 7
-    assert one.threshold is None and one.coverage == 0.0
-    rows = score_thresholds(task, probs, truth, ["a", "b"], np.array([0.65, np.inf]))
-    assert rows[0]["precision"] == 1.0 and rows[0]["labelled"] == 7 and rows[1]["labelled"] == 0
 
 
 @pytest.mark.slow
@@ -562,24 +417,6 @@ def test_a_museums_own_table_targets_its_own_records_or_is_refused_before_work(w
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert pl.read_csv(predicted)["URI"].null_count() == fresh.height  # no made-up Europeana link
-
-
-@pytest.mark.slow
-def test_calibrate_keeps_the_runs_calibration_unless_asked(world, tmp_path: Path) -> None:
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(world["root"] / "run", run)
-    before = (run / "calibration.json").read_text()
-    kept = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])
-    assert kept.exit_code == 1 and len(kept.stderr.strip().splitlines()) == 1, kept.stderr
-    assert f"calibrated for a precision of {TARGET}" in kept.stderr and "--overwrite" in kept.stderr
-    assert (run / "calibration.json").read_text() == before
-    replaced = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5", "--overwrite"])
-    assert replaced.exit_code == 0, replaced.stderr
-    assert json.loads((run / "calibration.json").read_text())["precision_target"] == 0.5
-    again = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])  # the same target: no harm
-    assert again.exit_code == 0, again.stderr
 
 
 def test_enrich_writes_only_what_publish_would_send() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from typer.testing import CliRunner
 
@@ -156,24 +155,6 @@ def test_predict_resumes_after_a_kill(trained: Path, eval_dir: Path, tmp_path: P
     assert report.already_done == 3 and report.predicted == len(full) - 3
     assert sorted(r["image"] for r in rows(out)) == sorted(r["image"] for r in full)
     assert not list(tmp_path.glob("p.csv.journal/*.ndjson"))
-
-
-def test_a_checkpoint_that_runs_code_is_refused(trained: Path, tmp_path: Path) -> None:
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    run = tmp_path / "run"
-    shutil.copytree(trained / "split_0", run / "split_0")
-    torch.save({"format": "europeana-imgcls/checkpoint-v1", "model_state": Evil()}, run / "split_0" / "model.pt")
-    with pytest.raises(ModelError, match="refused"):
-        predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
-    result = CliRunner().invoke(app, ["evaluate", str(run), str(tmp_path), "-o", str(tmp_path / "ev")])
-    assert result.exit_code == 1 and "refused" in result.stderr and len(result.stderr.splitlines()) == 1
-    assert not (tmp_path / "pwned").exists()
-    torch.save({"weights": torch.zeros(2)}, run / "split_0" / "model.pt")
-    with pytest.raises(ModelError, match="not a checkpoint written by eic train"):
-        predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
 
 
 @pytest.mark.parametrize(
@@ -378,17 +359,6 @@ def test_gradcam_figures_are_readable(trained: Path, eval_dir: Path, tmp_path: P
         assert pixels[:HEADER].min() < 100  # a title is drawn
 
 
-def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
-    from europeana_imgcls.modelling.training import plot_curves
-
-    history = [
-        {"epoch": e, "train_loss": 1 / e, "val_loss": abs(e - 3) + 0.5, "accuracy": 0.5, "f1": 0.5} for e in range(1, 7)
-    ]
-    plot_curves(history, tmp_path / "curves.png", best_epoch=3)
-    plot_curves(history, tmp_path / "plain.png")
-    assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
-
-
 def test_a_split_that_diverged_is_left_out_of_the_ensemble(
     trained: Path, eval_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -402,55 +372,6 @@ def test_a_split_that_diverged_is_left_out_of_the_ensemble(
     assert "split_1 left out" in caplog.text
     with pytest.raises(ModelError, match="split 1's model holds weights that are not finite"):
         predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=tmp_path / "q.jsonl", split="1"))
-
-
-def _edited_run(trained: Path, tmp_path: Path, **changes: object) -> Path:
-    """A copy of the run whose split 0 checkpoint has ``changes`` (a value None removes the key)."""
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    model = run / "split_0" / "model.pt"
-    state = torch.load(model, weights_only=True)
-    for key, value in changes.items():
-        if value is None:
-            state.pop(key, None)
-        else:
-            state[key] = value
-    torch.save(state, model)
-    return run
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"class_names": "map painting"}, "damaged checkpoint"),
-        ({"class_names": None}, "damaged checkpoint"),
-        ({"backbone": "backbone.pt"}, "damaged checkpoint"),  # a head-only model without the backbone's digest
-        ({"arch": 7}, "damaged checkpoint"),
-    ],
-)
-def test_a_crafted_checkpoint_is_one_line(
-    trained: Path, eval_dir: Path, tmp_path: Path, changes: dict[str, object], message: str
-) -> None:
-    run = _edited_run(trained, tmp_path, **changes)
-    result = CliRunner().invoke(
-        app, ["predict", str(run), str(eval_dir / "map"), "-o", str(tmp_path / "p.csv"), "--quiet"]
-    )
-    assert result.exit_code == 1 and message in result.stderr and "split_0" in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
-
-
-def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    shutil.copytree(run / "split_0", run / "split_x")  # a copy a user made by hand
-    (run / "split_backup").mkdir()
-    out = tmp_path / "p.csv"
-    predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=out, quiet=True))
-    predict(PredictConfig(run=trained, inputs=[str(eval_dir / "map")], output=tmp_path / "q.csv", quiet=True))
-    assert pl.read_csv(out)["top_k"].to_list() == pl.read_csv(tmp_path / "q.csv")["top_k"].to_list()  # 3 splits
-    result = CliRunner().invoke(app, ["predict", str(run), str(eval_dir / "map"), "--split", "x", "-o", str(out)])
-    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.output
 
 
 def test_arguments_in_the_wrong_place_are_told_what_to_pass(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
@@ -500,15 +421,3 @@ def test_gradcam_figures_keep_the_aspect_ratio_and_name_the_record(trained: Path
     column = pixels[HEADER : HEADER + TILE, 4 + TILE // 2]  # down the middle of the image panel
     coloured = np.flatnonzero(np.abs(column - 255).sum(axis=1) > 30)
     assert 80 <= len(coloured) <= 90  # 300 x 100 shown at 256 x 85, not squashed to 256 x 256
-
-
-def test_a_record_id_on_a_figure_is_whole_or_cut_in_the_middle() -> None:
-    from europeana_imgcls.modelling.explain import shortened, wrapped
-
-    record = "/2048128/archaeological_site_permission_00001"
-    assert wrapped(record, 34).replace("\n", "") == record  # two lines hold it whole
-    long = "/91627/SMVK_EM_fotografi_" + "x" * 90 + "_END"
-    short = wrapped(long, 30)
-    assert short.startswith("/91627/SMVK") and short.endswith("_END") and "…" in short
-    assert len(short.splitlines()) == 2 and all(len(line) <= 30 for line in short.splitlines())
-    assert shortened("abcdef", 6) == "abcdef" and shortened("abcdefgh", 5) == "ab…gh"

@@ -4,16 +4,12 @@ TensorBoard. Real servers on 127.0.0.1 (the sandbox) and real processes."""
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.sharding import Shard
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
@@ -116,84 +112,8 @@ def test_predict_shards_and_merge_name_a_folder_differently_yet_label_each_image
     assert again.predicted == 0 and len(list(again.rows())) == 9
 
 
-def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path) -> None:
-    from europeana_imgcls.core.config import EmbedConfig
-    from europeana_imgcls.modelling.embedding import embed
-
-    from .support import make_folders
-
-    data = make_folders(tmp_path / "data", per_class=5, size=32)
-    settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
-    out = tmp_path / "e.parquet"
-    shards = [embed(EmbedConfig(**settings, output=out, shard=f"{k}/3")) for k in range(3)]
-    assert not out.exists() and sum(s.embedded for s in shards) == 15
-    merged = embed(EmbedConfig(**settings, output=out, resume=True))
-    assert merged.embedded == 0 and merged.already_done == 15
-    whole = embed(EmbedConfig(**settings, output=tmp_path / "whole.parquet"))
-    assert whole.embedded == 15
-    assert pl.read_parquet(out).sort("image").equals(pl.read_parquet(tmp_path / "whole.parquet").sort("image"))
-
-
 # ---------------------------------------------------------------------------------------------
 # TensorBoard
-
-
-def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from europeana_imgcls.modelling.training import train
-
-    from .support import config, make_folders
-
-    data = make_folders(tmp_path / "data", per_class=6, size=32)
-    train(
-        config(data, tmp_path / "run", arch="tiny", epochs=2, patience=5, gradcam_images=0, tensorboard=tmp_path / "tb")
-    )
-    for k in range(3):
-        events = EventAccumulator(str(tmp_path / "tb" / "run" / f"split_{k}"))
-        events.Reload()
-        tags = events.Tags()
-        assert {"loss/train", "loss/validation", "validation/accuracy", "learning_rate", "test/accuracy"} <= set(
-            tags["scalars"]
-        )
-        assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
-        assert tags["images"] == ["test/confusion_matrix"]
-    hparams = EventAccumulator(str(tmp_path / "tb" / "run"))
-    hparams.Reload()
-    assert "hparam/accuracy" in hparams.Tags()["scalars"]
-
-
-def test_runs_named_alike_never_share_a_tensorboard_folder_and_a_resumed_run_keeps_its_own(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
-    from europeana_imgcls.modelling.training import train
-
-    from .support import config, make_folders
-
-    data = make_folders(tmp_path / "data", per_class=4, size=32)
-    board = tmp_path / "tb"
-    settings = dict(arch="tiny", epochs=1, gradcam_images=0, crossvalidation=False, tensorboard=board)
-    for experiment in ("a", "b"):  # two experiments, each with its run folder called "run"
-        train(config(data, tmp_path / experiment / "run", **settings))
-    assert sorted(p.name for p in board.iterdir()) == ["run", "run-2"]
-    train(config(data, tmp_path / "a" / "run", **{**settings, "epochs": 2}, resume=True))
-    assert sorted(p.name for p in board.iterdir()) == ["run", "run-2"]  # carried on where it was logged
-    shutil.rmtree(tmp_path / "b" / "run")  # a new run where an old one was: a new folder, not the old one's
-    train(config(data, tmp_path / "b" / "run", **settings))
-    assert sorted(p.name for p in board.iterdir()) == ["run", "run-2", "run-3"]
-
-
-def test_tensorboard_without_its_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from .support import make_folders
-
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
-    data = make_folders(tmp_path / "data", per_class=4, size=32)
-    result = CliRunner().invoke(
-        app,
-        ["train", str(data), "-o", str(tmp_path / "run"), "--weights", "none", "--tensorboard", str(tmp_path / "tb")],
-    )
-    assert result.exit_code != 0 and result.stderr.count("\n") == 1
-    assert "europeana-imgcls[tensorboard]" in result.stderr and not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------

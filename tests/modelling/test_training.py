@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,24 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 from torch import nn
 from typer.testing import CliRunner
 
+from europeana_imgcls import train
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.errors import DatasetError, ModelError
+from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.modelling import training
 from europeana_imgcls.modelling.checkpoint import load_checkpoint, model_from_checkpoint
-from europeana_imgcls.modelling.models import build_model
-from europeana_imgcls.modelling.training import train
 
-from .support import CLASSES, HERITAGE, config, make_folders, rows
-
-
-@pytest.fixture(scope="module")
-def run(folders: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, training.TrainReport]:
-    out = tmp_path_factory.mktemp("run") / "run"
-    return out, train(config(folders, out, epochs=8, arch="tiny"))  # the model is not the point here
+from ..support import CLASSES, HERITAGE, LABELS, config, make_folders, rows
 
 
 def test_a_learnable_set_is_learnt(run) -> None:
@@ -137,7 +130,7 @@ def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch
 @pytest.mark.slow
 def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [
             sys.executable,
@@ -234,71 +227,6 @@ def test_bad_inputs_are_one_line(folders: Path, tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "--weights none" in result.stderr
 
 
-def test_weights_files_load_safely(folders: Path, tmp_path: Path) -> None:
-    good = tmp_path / "resnet18.pth"
-    torch.save(build_model("resnet18", 1000, "none").state_dict(), good)
-    model = build_model("resnet18", 3, str(good))
-    assert model.fc.out_features == 3
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    for evil in (tmp_path / "evil.pt", tmp_path / "evil.pkl"):
-        if evil.suffix == ".pt":
-            torch.save({"model_state": Evil()}, evil)
-        else:
-            evil.write_bytes(pickle.dumps({"model_state": Evil()}))
-        with pytest.raises(ModelError, match="refused"):
-            build_model("resnet18", 3, str(evil))
-        assert not (tmp_path / "pwned").exists()
-    other = tmp_path / "other.pth"
-    torch.save(build_model("mobilenet_v3_small", 3, "none").state_dict(), other)
-    with pytest.raises(ModelError, match="does not fit `arch` resnet18"):
-        build_model("resnet18", 3, str(other))
-
-
-def test_gradcam_hooks_are_released(run) -> None:
-    from europeana_imgcls.modelling.explain import heatmaps
-    from europeana_imgcls.modelling.models import get_arch
-
-    out, _ = run
-    model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
-    layer = get_arch("tiny").cam_layer(model)
-    for _ in range(3):
-        maps = heatmaps(model, layer, torch.randn(2, 3, 32, 32), [0, 1])
-        assert maps.shape == (2, 32, 32)
-    for module in model.modules():
-        assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
-
-
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam"])
-def test_heatmaps_are_the_grad_cam_packages_from_one_pass(run, method: str) -> None:
-    """eic's heatmaps back-propagate from the CAM layer only, and draw every target from one forward pass; each
-    heatmap is still the one the grad-cam package computes with its own forward and full backward pass."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from europeana_imgcls.modelling.explain import CAM_METHODS, cam_session, heatmaps
-    from europeana_imgcls.modelling.models import get_arch
-
-    out, _ = run
-    model = model_from_checkpoint(load_checkpoint(out / "split_0" / "model.pt"))
-    layer = get_arch("tiny").cam_layer(model)
-    batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    expected = {}
-    for targets in ([0, 1, 2], [2, 0, 1]):
-        with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
-            expected[tuple(targets)] = cam(input_tensor=batch, targets=[ClassifierOutputTarget(t) for t in targets])
-    np.testing.assert_allclose(heatmaps(model, layer, batch, [0, 1, 2], method), expected[(0, 1, 2)], atol=1e-5)
-    with cam_session(model, layer, method) as session:
-        logits = session.forward(batch)
-        for targets, maps in expected.items():
-            np.testing.assert_allclose(session.heatmaps(list(targets)), maps, atol=1e-5)
-    with torch.no_grad():
-        torch.testing.assert_close(logits, model(batch))
-    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
-
-
 def test_sample_takes_a_stratified_fraction(folders: Path, tmp_path: Path) -> None:
     report = train(config(folders, tmp_path / "run", sample=0.5, epochs=1, crossvalidation=False, gradcam_images=0))
     metrics = json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())
@@ -327,3 +255,128 @@ def test_a_cross_validation_run_decodes_each_image_once(
     decoded.clear()  # without the cache every epoch of every split decodes again
     train(config(folders, tmp_path / "uncached", epochs=2, patience=5, gradcam_images=0, cache_mb=0))
     assert len(decoded) > 3 * len(data.list_images(folders))
+
+
+def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
+    from europeana_imgcls.modelling.training import plot_curves
+
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": abs(e - 3) + 0.5, "accuracy": 0.5, "f1": 0.5} for e in range(1, 7)
+    ]
+    plot_curves(history, tmp_path / "curves.png", best_epoch=3)
+    plot_curves(history, tmp_path / "plain.png")
+    assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
+    data, out = ml_run
+    summary = json.loads((out / "summary.json").read_text())["metrics"]
+    truth = np.array([[label in r["category"].split() for label in LABELS] for r in rows(data / "labels.csv")])
+    # the best constant predictor for micro-F1 says "every label" (or the frequent ones)
+    constant = max(
+        f1_score(truth, np.tile(truth.mean(0) >= cut, (len(truth), 1)), average="micro") for cut in (0.0, 0.3, 0.5)
+    )
+    assert summary["micro_f1"]["mean"] > constant + 0.25
+    assert summary["mean_average_precision"]["mean"] > 0.8
+    for i in range(3):
+        ckpt = load_checkpoint(out / f"split_{i}" / "model.pt")
+        assert ckpt.meta.mode == "multi-label" and len(ckpt.meta.thresholds) == len(LABELS)
+        assert all(0 < t < 1 for t in ckpt.meta.thresholds)
+        history = rows(out / f"split_{i}" / "history.csv")
+        assert {"exact_match", "micro_f1", "macro_f1", "mean_average_precision"} <= set(history[0])
+        assert len(list((out / f"split_{i}" / "gradcam").iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules 6 and 8: a resumed run is the same run; a run that would die late for a reason known early does not start
+
+
+def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
+    from europeana_imgcls import train
+    from europeana_imgcls.core.errors import DatasetError
+
+    from ..support import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    other = make_folders(tmp_path / "other", per_class=6, size=32)
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0))
+    with pytest.raises(DatasetError, match="arch 'tiny' there, 'resnet34' now"):
+        train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, arch="resnet34", resume=True))
+    with pytest.raises(DatasetError, match="data_dir"):
+        train(config(other, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))
+    train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))  # the same run goes on
+
+
+def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
+    from europeana_imgcls.cli.app import app
+
+    from ..support import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=9, size=32)
+    for path in (data / "specimen").iterdir():  # every specimen from one provider
+        path.rename(path.with_name("[ph]7777[ph]" + path.name.split("[ph]")[-1]))
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "-o",
+            str(tmp_path / "run"),
+            "--group-by-provider",
+            "--folds",
+            "3",
+            "--weights",
+            "none",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 1, result.stderr
+    assert "class 'specimen'" in result.stderr and "7777" in result.stderr and "--group-by-provider" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "run").glob("split_*/model.pt"))
+
+
+def test_a_split_whose_validation_loss_is_never_finite_keeps_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import math
+
+    from europeana_imgcls.modelling import training
+
+    from ..support import config, make_folders
+
+    real = training.evaluate_loader
+
+    def nan_loss(*args: object, **kwargs: object) -> training.Evaluation:
+        result = real(*args, **kwargs)
+        result.loss = math.nan
+        return result
+
+    monkeypatch.setattr(training, "evaluate_loader", nan_loss)
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    report = training.train(config(data, tmp_path / "run", epochs=2, crossvalidation=False, gradcam_images=0))
+    assert (tmp_path / "run" / "split_0" / "model.pt").is_file() and report.splits[0].metrics
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for path in (tmp_path / "run").rglob("*.json"):  # what other tools read: no NaN, which only Python accepts
+        json.loads(path.read_text(), parse_constant=refuse)
+    assert json.loads((tmp_path / "run" / "split_0" / "metrics.json").read_text())["best_val_loss"] is None
+    assert "nan" not in (tmp_path / "run" / "MODEL_CARD.md").read_text().lower()
+
+
+def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path) -> None:
+    from europeana_imgcls import train
+    from europeana_imgcls.core.errors import ModelError
+
+    from ..support import config, make_folders
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    with pytest.raises(ModelError, match="offline"):  # torchvision's weights cannot be fetched here
+        train(config(data, tmp_path / "run", arch="resnet18", weights="imagenet", epochs=1, crossvalidation=False))
+    report = train(config(data, tmp_path / "run", epochs=1, crossvalidation=False, gradcam_images=0))
+    assert report.splits  # the natural retry with --weights none is not refused

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from europeana_imgcls import PredictConfig, predict
+from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.errors import ModelError
 from europeana_imgcls.core.recognise import is_run, what_is
 from europeana_imgcls.core.run_names import split_index, split_name
@@ -42,3 +47,17 @@ def test_a_folder_without_models_is_refused_naming_what_a_run_holds(tmp_path: Pa
         RunFolder(tmp_path / "empty").model_paths()
     assert "point at an eic train output" in not_a_run(tmp_path / "empty")
     assert FINISHED_SPLITS == "split_*/metrics.json"
+
+
+def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.copytree(run / "split_0", run / "split_x")  # a copy a user made by hand
+    (run / "split_backup").mkdir()
+    out = tmp_path / "p.csv"
+    predict(PredictConfig(run=run, inputs=[str(eval_dir / "map")], output=out, quiet=True))
+    predict(PredictConfig(run=trained, inputs=[str(eval_dir / "map")], output=tmp_path / "q.csv", quiet=True))
+    assert pl.read_csv(out)["top_k"].to_list() == pl.read_csv(tmp_path / "q.csv")["top_k"].to_list()  # 3 splits
+    result = CliRunner().invoke(app, ["predict", str(run), str(eval_dir / "map"), "--split", "x", "-o", str(out)])
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output

@@ -1,0 +1,126 @@
+"""modelling/calibration.py: temperatures and precision-targeted thresholds, on known answers and on a
+cross-validated run of the sandbox's records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from europeana_imgcls import TrainConfig, train
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.core.config import EnrichConfig
+from europeana_imgcls.core.errors import CalibrationError
+from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.modelling.calibration import (
+    choose_thresholds,
+    expected_calibration_error,
+    fit_temperature,
+    score_thresholds,
+)
+from europeana_imgcls.outputs.enrichment import enrich
+
+from ..support import TARGET
+
+# ---------------------------------------------------------------------------------------------
+# The numbers, on data with known answers
+
+
+@pytest.mark.slow
+def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None:
+    run = world["root"] / "run"
+    calibration = world["train"].calibration
+    assert calibration is not None and calibration.precision_target == TARGET
+    assert json.loads((run / "calibration.json").read_text())["precision_target"] == TARGET
+    assert (run / "reliability.png").stat().st_size > 10_000
+    assert calibration.ece_after <= calibration.ece_before
+    emitted = [c for c in calibration.per_class if c.threshold is not None]
+    assert emitted, "no class reaches the target: the test set-up is too hard to test anything"
+    for c in emitted:
+        assert c.precision >= TARGET and c.labelled >= 5 and 0 < c.coverage <= 1
+    card = (run / "MODEL_CARD.md").read_text()
+    for section in (
+        "## Model details",
+        "## Intended use",
+        "## Out-of-scope use",
+        "## Training data",
+        "## Metrics",
+        "## Calibration",
+        "## Limitations",
+    ):
+        assert section in card
+    for c in calibration.per_class:
+        assert (f"| {c.name} | never emitted |" in card) == (c.threshold is None)
+
+
+@pytest.mark.slow
+def test_a_run_without_out_of_fold_predictions_says_how_to_get_them(world, tmp_path: Path) -> None:
+    run = tmp_path / "single"
+    report = train(
+        TrainConfig(
+            data_dir=world["root"] / "images",
+            output_dir=run,
+            weights="none",
+            epochs=1,
+            input_size=32,
+            batch_size=16,
+            folds=3,
+            quiet=True,
+            gradcam_images=0,
+            crossvalidation=False,
+        )
+    )
+    assert report.calibration is None and "cross-validation" in report.calibration_note
+    assert "Not calibrated" in (run / "MODEL_CARD.md").read_text()
+    with pytest.raises(CalibrationError, match="cross-validation"):
+        enrich(EnrichConfig(run=run, table=world["root"] / "new.csv", output=tmp_path / "x.jsonld"))
+    assert not (tmp_path / "x.jsonld").exists()
+
+
+def test_temperature_scaling_recovers_an_overconfident_model() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, size=(4000, 5))
+    honest = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    truth = np.array([rng.choice(5, p=p) for p in honest])
+    task = task_for("single-label")
+    overconfident = logits * 3  # logits three times too large
+    temperature = fit_temperature(task, overconfident, truth)
+    assert 2.5 < temperature < 3.6
+    assert (
+        expected_calibration_error(task, task.from_logits(overconfident / temperature), truth)
+        < expected_calibration_error(task, task.from_logits(overconfident), truth) / 3
+    )
+
+
+def test_thresholds_are_the_lowest_that_reach_the_target() -> None:
+    task = task_for("multi-label")
+    # Label 0: right above 0.6, wrong below; label 1: right one time in two everywhere.
+    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.55, 0.5, 0.45])
+    probs = np.stack([scores, scores], axis=1)
+    truth = np.stack([(scores > 0.6).astype(int), np.arange(10) % 2], axis=1)
+    zero, one = choose_thresholds(task, probs, truth, ["a", "b"], 0.9)
+    assert zero.threshold == 0.65 and zero.precision == 1.0 and zero.coverage == 1.0 and zero.labelled == 7
+    assert one.threshold is None and one.coverage == 0.0
+    rows = score_thresholds(task, probs, truth, ["a", "b"], np.array([0.65, np.inf]))
+    assert rows[0]["precision"] == 1.0 and rows[0]["labelled"] == 7 and rows[1]["labelled"] == 0
+
+
+@pytest.mark.slow
+def test_calibrate_keeps_the_runs_calibration_unless_asked(world, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["root"] / "run", run)
+    before = (run / "calibration.json").read_text()
+    kept = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])
+    assert kept.exit_code == 1 and len(kept.stderr.strip().splitlines()) == 1, kept.stderr
+    assert f"calibrated for a precision of {TARGET}" in kept.stderr and "--overwrite" in kept.stderr
+    assert (run / "calibration.json").read_text() == before
+    replaced = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.stderr
+    assert json.loads((run / "calibration.json").read_text())["precision_target"] == 0.5
+    again = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])  # the same target: no harm
+    assert again.exit_code == 0, again.stderr

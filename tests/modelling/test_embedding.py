@@ -1,0 +1,88 @@
+"""modelling/embedding.py: eic embed's table, journaled: resumed, sharded and merged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from europeana_imgcls.core.config import EmbedConfig
+from europeana_imgcls.modelling.embedding import embed
+
+from ..support import TINY, make_folders
+
+
+def test_a_merge_that_names_the_folder_another_way_adds_no_image_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_folders(tmp_path / "data", per_class=4, size=32)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "e.parquet"
+    shard = embed(EmbedConfig(data_dir=Path("data"), output=out, shard="0/2", **TINY))  # a relative path
+    merged = embed(EmbedConfig(data_dir=tmp_path / "data", output=out, resume=True, **TINY))  # an absolute one
+    assert merged.already_done == shard.embedded and merged.embedded == 12 - shard.embedded
+    table = pl.read_parquet(out)
+    assert table.height == 12
+    assert len({str(Path(p).resolve()) for p in table["image"]}) == 12
+
+
+def test_an_existing_table_is_refused_with_advice_that_works(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    from ..support import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=3, size=32)
+    out = tmp_path / "e.parquet"
+    args = ["embed", str(data), "-o", str(out), "--arch", "tiny", "--weights", "none", "--input-size", "32", "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "--resume" in refused.stderr and "--overwrite" not in refused.stderr
+    again = CliRunner().invoke(app, [*args, "--resume"])  # the advice works: nothing new, nothing lost
+    assert again.exit_code == 0 and "9 done" in " ".join(again.stdout.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review: resumes, encodings and paths
+
+
+def test_embed_resume_refuses_another_folder(tmp_path: Path) -> None:
+    from europeana_imgcls.core.config import EmbedConfig
+    from europeana_imgcls.core.errors import DatasetError
+    from europeana_imgcls.modelling.embedding import embed
+
+    from ..support import make_folders
+
+    first = make_folders(tmp_path / "first", per_class=3, size=32)
+    other = make_folders(tmp_path / "other", per_class=3, size=32)
+    out = tmp_path / "e.parquet"
+    common = dict(output=out, arch="tiny", weights="none", input_size=32, quiet=True)
+    embed(EmbedConfig(data_dir=first, shard="0/2", **common))  # a shard started on the first folder
+    with pytest.raises(DatasetError, match=r"data_dir: \".*first\" then, \".*other\" now"):
+        embed(EmbedConfig(data_dir=other, resume=True, **common))
+    merged = embed(EmbedConfig(data_dir=first, resume=True, **common))
+    assert merged.already_done + merged.embedded == 9 and merged.already_done > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict and embed in shards
+
+
+def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path) -> None:
+    from europeana_imgcls.core.config import EmbedConfig
+    from europeana_imgcls.modelling.embedding import embed
+
+    from ..support import make_folders
+
+    data = make_folders(tmp_path / "data", per_class=5, size=32)
+    settings = dict(data_dir=data, arch="tiny", weights="none", input_size=32, quiet=True)
+    out = tmp_path / "e.parquet"
+    shards = [embed(EmbedConfig(**settings, output=out, shard=f"{k}/3")) for k in range(3)]
+    assert not out.exists() and sum(s.embedded for s in shards) == 15
+    merged = embed(EmbedConfig(**settings, output=out, resume=True))
+    assert merged.embedded == 0 and merged.already_done == 15
+    whole = embed(EmbedConfig(**settings, output=tmp_path / "whole.parquet"))
+    assert whole.embedded == 15
+    assert pl.read_parquet(out).sort("image").equals(pl.read_parquet(tmp_path / "whole.parquet").sort("image"))
