@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from europeana_imgcls import DownloadConfig, TrainConfig
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import PublishConfig, SandboxConfig
+from europeana_imgcls.core.config import PublishConfig, ReviewImportConfig, SandboxConfig
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
 from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
-from europeana_imgcls.outputs.review import NONE_CHOICE
+from europeana_imgcls.outputs.review import NONE_CHOICE, import_review
 
 # ---------------------------------------------------------------------------------------------
 # The tests' data: the shared samples beside the checkout, the sandbox's vocabulary, learnable image folders
@@ -267,6 +267,13 @@ def _write(path: Path, items: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _one_line(result: Any) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("eic: error: "), result.output
+    return lines[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # The review loop: Label Studio tasks and exports, a table the reviews apply to
 
@@ -299,6 +306,16 @@ def task(number: int, record: str, *answers: list[str], uri: str | None = None) 
     }
 
 
+def review_import(tmp_path: Path, tasks: list[Any], **kw: Any):
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    return import_review(
+        ReviewImportConfig(export=export, output=tmp_path / "out.csv", vocab=vocab, overwrite=True, **kw)
+    )
+
+
 TRAIN = [
     {"category": "map", "ID": "/9/a", "URL": "http://x/a.jpg", "provider": "P"},
     {"category": "map", "ID": "/9/b", "URL": "http://x/b.jpg", "provider": "P"},
@@ -313,6 +330,27 @@ REVIEWS = [
     task(4, "/9/d", ["map"], ["painting"]),  # reviewers disagree: never applied
     task(5, "/9/z", ["specimen"]),  # not in the table
 ]
+
+
+# Words of the review loop's files, for the values Hypothesis puts in them.
+WORDS = ("map", "painting", NONE_CHOICE, "/9/a", "/../../x", "/9/a\x00", "choices")
+
+
+def _import(folder: Path, *extra: str) -> Result:
+    args = ["review", "import", str(folder / "export.json"), "-o", str(folder / "out.csv")]
+    return CliRunner().invoke(app, [*args, "--vocab", str(folder / "vocab.json"), *extra])
+
+
+def _apply(folder: Path, *extra: str) -> Result:
+    args = ["review", "apply", str(folder / "train.csv"), str(folder / "out.csv"), "-o", str(folder / "new.csv")]
+    return CliRunner().invoke(app, [*args, *extra])
+
+
+def _setup(folder: Path, tasks: Any) -> None:
+    (folder / "export.json").write_text(json.dumps(tasks))
+    (folder / "vocab.json").write_text(json.dumps(VOCAB))
+    pl.DataFrame(TRAIN).write_csv(folder / "train.csv")
+    (folder / "bystander.txt").write_text("not eic's")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from europeana_imgcls import EvaluateConfig, PredictConfig, TrainConfig, evaluat
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import AuditConfig, EmbedConfig
 from europeana_imgcls.core.errors import CalibrationError, DatasetError
-from europeana_imgcls.outputs.audit import audit, near_duplicates
+from europeana_imgcls.outputs.audit import audit
 
 from .support import HERITAGE
 
@@ -178,14 +178,6 @@ def test_folds_can_keep_each_duplicate_group_together(lab, tmp_path: Path) -> No
     leaky = audit(AuditConfig(source=tmp_path / "spread", output_dir=tmp_path / "leaky"))
     assert leaky.duplicate_groups == from_run.duplicate_groups  # the run's own embeddings found them too
     assert leaky.leaking_groups >= 1  # the copy and its original sit in different folds unless kept together
-
-
-def test_near_duplicates_are_groups_above_the_similarity() -> None:
-    import numpy as np
-
-    vectors = np.array([[1, 0], [0.999, 0.04], [0, 1], [0.02, 1], [0.7, 0.7]], dtype=np.float32)
-    assert near_duplicates(vectors, 0.99, chunk=2) == [[0, 1], [2, 3]]
-    assert near_duplicates(vectors, 0.5) == [[0, 1, 2, 3, 4]]
 
 
 def test_embed_resumes_after_an_interruption(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

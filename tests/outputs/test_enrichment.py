@@ -6,23 +6,30 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import EnrichConfig, EvaluateConfig
+from europeana_imgcls.core.config import EnrichConfig
 from europeana_imgcls.core.errors import DatasetError
-from europeana_imgcls.europeana.annotations import CONFIDENCE, MODEL, MODEL_ID_PREFIX, NS
+from europeana_imgcls.europeana.annotations import (
+    CONFIDENCE,
+    MODEL,
+    MODEL_ID_PREFIX,
+    NS,
+    annotation_refusal,
+    page_refusal,
+    publish_problem,
+)
 from europeana_imgcls.modelling.calibration import load_calibration
 from europeana_imgcls.outputs.enrichment import enrich
-from europeana_imgcls.outputs.evaluation import evaluate_run
 from europeana_imgcls.outputs.review import labelling_config_path
 
-from .support import TARGET, TERMINAL, VOCAB, shows_progress
+from ..support import LABELS, TARGET, TERMINAL, VOCAB, _items, _one_line, make_multilabel_folder, rows, shows_progress
 
 SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())
 
@@ -71,91 +78,6 @@ def test_abstentions_go_to_review_as_label_studio_tasks(world) -> None:
         assert result["from_name"] == "category" and result["to_name"] == "image" and result["type"] == "choices"
         assert all(f'<Choice value="{c}"/>' in config for c in result["value"]["choices"])
         assert task["data"]["image"].startswith("http://127.0.0.1")
-
-
-def _export(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
-    """A Label Studio JSON export of the review project, as the documented format has it."""
-    exported = []
-    for i, task in enumerate(tasks):
-        answer = truth[task["data"]["ID"]]
-        annotation = {
-            "id": 1000 + i,
-            "completed_by": {"id": 7, "email": "curator@museum.example"},
-            "was_cancelled": False,
-            "ground_truth": False,
-            "task": i + 1,
-            "lead_time": 3.2,
-            "result": [
-                {
-                    "id": f"r{i}",
-                    "from_name": "category",
-                    "to_name": "image",
-                    "type": "choices",
-                    "value": {"choices": [answer]},
-                }
-            ],
-        }
-        entry = {
-            "id": i + 1,
-            "data": task["data"],
-            "project": 1,
-            "predictions": task["predictions"],
-            "annotations": [annotation],
-        }
-        exported.append(entry)
-    exported[0]["annotations"] = []  # nobody labelled it
-    exported[1]["annotations"][0]["was_cancelled"] = True
-    other = "painting" if truth[tasks[2]["data"]["ID"]] != "painting" else "map"
-    second = json.loads(json.dumps(exported[2]["annotations"][0]))
-    second["result"][0]["value"]["choices"] = [other]
-    exported[2]["annotations"].append(second)  # two reviewers disagree
-    nothing = json.loads(json.dumps(exported[3]["annotations"][0]))
-    nothing["result"] = []  # a reviewer removed the suggestion and chose no class: an answer, not an abstention
-    exported[3]["annotations"].append(nothing)
-    return exported
-
-
-@pytest.mark.slow
-def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: Path) -> None:
-    tasks = json.loads((world["root"] / "review.json").read_text())
-    export = tmp_path / "export.json"
-    export.write_text(json.dumps(_export(tasks, world["truth"])))
-    table = tmp_path / "reviewed.csv"
-    result = CliRunner().invoke(app, ["review", "import", str(export), "--output", str(table)])
-    assert result.exit_code == 0, result.stderr
-    said = " ".join(result.stdout.split())
-    assert "2 tasks skipped" in said and "2 tasks where reviewers disagree" in said
-    df = pl.read_csv(table)
-    assert df.columns == ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
-    assert df.height == len(tasks) - 4
-    assert all(world["truth"][i] == c for i, c in zip(df["ID"], df["category"], strict=True))
-    assert set(df["reviewed_by"]) == {"curator@museum.example"}
-    assert all(VOCAB[c] == s for c, s in zip(df["category"], df["skos_concept"], strict=True))
-    side = json.loads((tmp_path / "reviewed.review.json").read_text())
-    assert side["skipped"] == ["1", "2"] and side["conflicts"] == ["3", "4"]
-    # The corrections are training data: eic download takes the table as it is.
-    saved = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, max_side=32))
-    assert saved.saved == df.height and saved.failed == 0
-
-
-@pytest.mark.slow
-def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) -> None:
-    report = evaluate_run(
-        EvaluateConfig(
-            run=world["root"] / "run", eval_dir=world["root"] / "eval_images", output_dir=tmp_path / "ev", gallery=0
-        )
-    )
-    rows = report.calibration_check
-    assert [r["class"] for r in rows] == report.classes
-    for row in rows:
-        if row["threshold"] is None:
-            assert row["labelled"] == 0 and row["out_of_fold_precision"] is None
-        else:
-            assert row["out_of_fold_precision"] >= TARGET and row["labelled"] > 0
-    labelled = sum(r["labelled"] for r in rows)
-    right = sum(r["precision"] * r["labelled"] for r in rows if r["labelled"])
-    assert right / labelled >= TARGET - 0.1  # the promise, on images the run never saw
-    assert (tmp_path / "ev" / "calibration_check.csv").read_text().startswith("class,threshold,out_of_fold_precision")
 
 
 @pytest.mark.slow
@@ -429,3 +351,155 @@ def test_enrich_writes_only_what_publish_would_send() -> None:
         "scope": "http://data.europeana.eu/item/1/ab",
         "source": "http://x.org/b.jpg",
     }
+
+
+def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:
+    from europeana_imgcls.core.config import EnrichConfig
+    from europeana_imgcls.europeana.annotations import MODEL, NS
+    from europeana_imgcls.outputs.enrichment import enrich
+    from europeana_imgcls.outputs.review import labelling_config_path
+
+    data, out = ml_run
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["mode"] == "multi-label" and [c["name"] for c in calibration["per_class"]] == list(LABELS)
+    assert calibration["images"] == len(rows(data / "labels.csv"))
+    reachable = [c for c in calibration["per_class"] if c["threshold"] is not None]
+    assert reachable and all(c["precision"] >= 0.95 for c in reachable)
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({label: f"http://example.org/concept/{label}" for label in LABELS}))
+    fresh = make_multilabel_folder(tmp_path / "fresh", count=30, seed=5)
+    report = enrich(
+        EnrichConfig(
+            run=out,
+            inputs=[str(fresh)],
+            output=tmp_path / "a.jsonl",
+            vocab=vocab,
+            review_output=tmp_path / "review.json",
+            review_n=3,
+            quiet=True,
+        )
+    )
+    truth = {"http://data.europeana.eu/item" + r["ID"]: set(r["category"].split()) for r in rows(fresh / "labels.csv")}
+    annotations = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert annotations and report.records == 30 and report.not_records == 0
+    # Local files named by eic download still name their record: the record is the target.
+    right = sum(a[MODEL][NS + "class"] in truth[a["target"]] for a in annotations)
+    assert right / len(annotations) >= 0.85
+    per_record = {}
+    for a in annotations:
+        per_record.setdefault(a["target"], []).append(a[MODEL][NS + "class"])
+    assert max(len(v) for v in per_record.values()) >= 2  # several labels for one image
+    assert 'choice="multiple"' in labelling_config_path(tmp_path / "review.json").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# The profiles
+
+
+W3C = Path(__file__).parents[1] / "data" / "w3c"
+
+
+def test_the_europeana_profile_is_what_europeanas_parser_and_validator_take(enriched) -> None:
+    page = json.loads((enriched["path"]["europeana.jsonld"]).read_text())
+    assert page.keys() == {"@context", "type", "items"} and page_refusal(page) is None  # no label, no startIndex
+    for path in ("europeana.jsonld", "europeana.jsonl"):
+        for item in _items(enriched["path"][path]):
+            assert annotation_refusal(item) is None and publish_problem(item) is None
+            assert "id" not in item and "creator" not in item  # no update of another's; owned by the token's user
+            generator = item["generator"]
+            assert generator["id"].startswith("https://") and enriched["model"] in generator["id"]
+            assert generator["name"].startswith("europeana-imgcls ") and enriched["model"] in generator["name"]
+
+
+def _w3c_registry():
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    registry: Registry = Registry()
+    for path in sorted((W3C / "definitions").glob("*.json")):
+        schema = json.loads(path.read_text())
+        registry = registry.with_resource(schema["id"], Resource(contents=schema, specification=DRAFT4))
+    return registry
+
+
+def _musts(test: str, document: Any) -> list[str]:
+    """The W3C test suite's MUST assertions of ``test`` that ``document`` fails (each is evaluated on its own)."""
+    from jsonschema import Draft4Validator, FormatChecker
+
+    registry = _w3c_registry()
+    failed = []
+    for assertion in json.loads((W3C / test).read_text())["assertions"]:
+        schema = json.loads((W3C / assertion).read_text())
+        valid = Draft4Validator(schema, registry=registry, format_checker=FormatChecker()).is_valid(document)
+        if valid != (schema.get("expectedResult", "valid") == "valid"):
+            failed.append(f"{assertion}: {schema.get('errorMessage')}")
+    return failed
+
+
+def test_the_w3c_profile_passes_the_w3c_test_suites_musts(enriched) -> None:
+    from jsonschema import FormatChecker
+
+    assert "uri" in FormatChecker().checkers  # the suite's URI checks run (rfc3986-validator), not pass silently
+    paths = enriched["path"]
+    collection = json.loads(paths["w3c.jsonld"].read_text())
+    assert not _musts("collections/collectionMusts.test", collection)
+    assert not _musts("collections/pages/pageMusts.test", collection)
+    for path in ("w3c.jsonld", "w3c.jsonl"):
+        for item in _items(paths[path]):
+            assert not _musts("annotations/annotationMusts.test", item), item
+    # The europeana profile cannot pass them: an upload item with an id would update another annotation.
+    europeana = _items(paths["europeana.jsonl"])[0]
+    assert any("annotationIdValidated" in f for f in _musts("annotations/annotationMusts.test", europeana))
+
+
+def test_every_eic_property_survives_json_ld_expansion(enriched) -> None:
+    """Expanded with the W3C context (a local copy), nothing of eic's is dropped and every IRI is absolute."""
+    from pyld import jsonld
+
+    context = json.loads((W3C / "anno.jsonld").read_text())
+
+    def loader(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert url.rstrip("/") == "http://www.w3.org/ns/anno.jsonld", url  # nothing else is fetched
+        return {"contextUrl": None, "documentUrl": url, "document": context}
+
+    for name in ("europeana.jsonl", "w3c.jsonl"):
+        item = _items(enriched["path"][name])[0]
+        (expanded,) = jsonld.expand(item, {"documentLoader": loader})
+        assert expanded[CONFIDENCE][0]["@value"] == item[CONFIDENCE]
+        (model,) = expanded[MODEL]
+        assert model["@id"] == MODEL_ID_PREFIX + enriched["model"]  # absolute, not a relative IRI
+        assert {k for k in item[MODEL] if k != "id"} <= set(model)  # class, threshold, run, splits... all kept
+        assert model[NS + "class"][0]["@value"] in VOCAB
+        (generator,) = expanded["http://www.w3.org/ns/activitystreams#generator"]
+        assert generator["@id"] == item["generator"]["id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing only what Europeana should hold: hostile files, answers, settings (issue #31)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [("NaN", "NaN"), ("Infinity", "infinity"), ("1.5", "1.5"), ('"0.9"', "0.9")]
+)
+def test_enrich_refuses_a_probability_that_is_no_probability_in_one_line(
+    enriched, tmp_path: Path, value: str, said: str
+) -> None:
+    """A predictions file edited or damaged between runs (eic enrich --resume reads it back): no annotation with a
+    confidence that is no probability (NaN, infinite, over 1, text) is written; one line says so."""
+    import shutil
+
+    source = enriched["path"]["europeana.jsonl"]
+    out = tmp_path / source.name
+    predictions = out.with_name(f"{out.stem}.predictions.jsonl")
+    shutil.copy(source, out)
+    rows = [json.loads(line) for line in source.with_name(predictions.name).read_text().splitlines()]
+    for row in rows:
+        row["probabilities"] = {c: (value if i == 0 else p) for i, (c, p) in enumerate(row["probabilities"].items())}
+    predictions.write_text("".join(json.dumps(r).replace('"' + value + '"', value) + "\n" for r in rows))
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    args = ["enrich", str(enriched["trained_run"]), str(enriched["images"]), "-o", str(out), "--vocab", str(vocab)]
+    result = CliRunner().invoke(app, [*args, "--precision", "0.5", "--resume", "--quiet"])
+    line = _one_line(result)
+    assert said in line and ("NaN" in said or "infinity" in said or predictions.name in line), line
+    assert out.read_bytes() == source.read_bytes()

@@ -1,5 +1,4 @@
-"""eic embed, frozen-backbone training on an embeddings table, and the audit's pieces, with the tests' tiny net:
-fast checks of what the end-to-end tests on real weights (test_embed_audit.py) cannot reach."""
+"""outputs/audit.py: near-duplicates, issue rates and an embeddings table refused before any work."""
 
 from __future__ import annotations
 
@@ -11,6 +10,15 @@ import pytest
 
 from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.outputs import audit
+from europeana_imgcls.outputs.audit import near_duplicates
+
+
+def test_near_duplicates_are_groups_above_the_similarity() -> None:
+    import numpy as np
+
+    vectors = np.array([[1, 0], [0.999, 0.04], [0, 1], [0.02, 1], [0.7, 0.7]], dtype=np.float32)
+    assert near_duplicates(vectors, 0.99, chunk=2) == [[0, 1], [2, 3]]
+    assert near_duplicates(vectors, 0.5) == [[0, 1, 2, 3, 4]]
 
 
 def test_identical_embeddings_are_duplicates_even_at_similarity_one() -> None:

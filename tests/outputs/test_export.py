@@ -14,16 +14,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from europeana_imgcls import PredictConfig, predict, train
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.config import EmbedConfig, ExportConfig, PredictConfig, TrainConfig
+from europeana_imgcls.core.config import EmbedConfig, ExportConfig, TrainConfig
 from europeana_imgcls.core.errors import ConfigError, DatasetError, ModelError
 from europeana_imgcls.modelling.embedding import embed
 from europeana_imgcls.modelling.run_folder import RunFolder
-from europeana_imgcls.modelling.training import train
 from europeana_imgcls.outputs.export import export
-from europeana_imgcls.outputs.prediction import predict
 
-from .support import diverge, make_folders, rows
+from ..support import diverge, make_folders, rows
 
 TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
 
@@ -353,3 +352,16 @@ def test_tensor_data_beside_an_onnx_file_is_covered_by_the_sidecar(
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ModelError, match="tensor data of .* is missing or not the file"):
         predict(PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "q.csv", runtime="onnx", quiet=True))
+
+
+def test_a_multilabel_export_has_a_sigmoid_per_label_in_its_graph(ml_run, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from europeana_imgcls.core.config import ExportConfig
+    from europeana_imgcls.outputs.export import export
+
+    run = Path(shutil.copytree(ml_run[1], tmp_path / "run"))
+    report = export(ExportConfig(run=run, split="0", quiet=True))  # checked against PyTorch, else refused
+    assert max(report.max_difference.values()) <= 1e-3
+    sidecar = json.loads((report.output / "model.json").read_text())
+    assert sidecar["mode"] == "multi-label"
+    assert sidecar["outputs"]["probabilities"]["what"].startswith("sigmoid per label")

@@ -20,7 +20,7 @@ from europeana_imgcls.outputs.inference import Ensemble, ModelRequest, RunModel,
 from europeana_imgcls.outputs.prediction import predict
 from europeana_imgcls.outputs.runtimes import RUNTIMES, load_models, runtime
 
-from .support import make_folders, rows
+from ..support import make_folders, rows
 
 TINY = dict(arch="tiny", weights="none", input_size=32, quiet=True)
 

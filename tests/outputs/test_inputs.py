@@ -1,0 +1,105 @@
+"""outputs/inputs.py: what predict labels (a table's or a query's records) and the folder it fetches them into."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from europeana_imgcls import PredictConfig, predict
+from europeana_imgcls.cli.app import app
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
+
+from ..support import rows, sandbox_config, sandbox_table
+
+
+def test_predict_a_harvest_table_and_a_query(trained: Path, tmp_path: Path) -> None:
+    with Sandbox(sandbox_config(per_level=6), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url][:6]
+        pl.DataFrame([{"ID": r.id, "URL": sb.image_url(r), "category": r.labels[0]} for r in records]).write_csv(
+            tmp_path / "t.csv"
+        )
+        report = predict(
+            PredictConfig(run=trained, table=tmp_path / "t.csv", output=tmp_path / "t_pred.csv", quiet=True)
+        )
+        assert report.predicted == 6
+        got = rows(tmp_path / "t_pred.csv")
+        assert {g["ID"] for g in got} == {r.id for r in records}
+        assert all(g["URI"] == "http://data.europeana.eu/item" + g["ID"] for g in got)
+        report = predict(
+            PredictConfig(
+                run=trained,
+                query='"http://data.europeana.eu/concept/base/43"',
+                n=4,
+                api_url=sb.api_url,
+                output=tmp_path / "q_pred.csv",
+                quiet=True,
+            )
+        )
+        assert report.predicted == 4 and sb.count("/record/v2/search.json") >= 1
+
+
+def test_predict_does_not_overwrite_a_dataset_folder_given_as_image_dir(
+    trained: Path, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
+    (dataset / "config.json").write_text('{"table": "train.csv"}')
+    record = next(r for r in sandbox.catalogue if r.type == "IMAGE" and r.has_url and not r.fault)
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(trained),
+            sandbox.image_url(record),
+            "--image-dir",
+            str(dataset),
+            "-o",
+            str(tmp_path / "p.csv"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 1 and "holds files that are not the images eic predict fetched" in result.stderr
+    assert (dataset / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
+    assert (dataset / "config.json").read_text() == '{"table": "train.csv"}'
+    # Its own folder is reused, whether named relatively or absolutely.
+    own = tmp_path / "own"
+    first = predict(
+        PredictConfig(
+            run=trained, inputs=[sandbox.image_url(record)], image_dir=own, output=tmp_path / "a.csv", quiet=True
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    again = predict(
+        PredictConfig(
+            run=trained,
+            inputs=[sandbox.image_url(record)],
+            image_dir=Path("own"),
+            output=tmp_path / "b.csv",
+            quiet=True,
+        )
+    )
+    assert first.predicted == again.predicted == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review
+
+
+def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_inputs(
+    trained_run: Path, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from europeana_imgcls import PredictConfig, predict
+    from europeana_imgcls.core.errors import DatasetError
+
+    mine = tmp_path / "dataset"
+    mine.mkdir()
+    (mine / "inputs.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
+    (mine / "labels.csv").write_text("ID,file,category\n/1/a,a.jpg,map\n")
+    table = sandbox_table(sandbox, tmp_path / "t.csv")
+    with pytest.raises(DatasetError, match="not the images eic predict fetched"):
+        predict(PredictConfig(run=trained_run, table=table, output=tmp_path / "p.csv", image_dir=mine, quiet=True))
+    assert (mine / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
