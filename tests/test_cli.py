@@ -38,12 +38,6 @@ def test_first_hour_rough_edges(tmp_path: Path) -> None:
     assert_one_line_error(result, "learning_rate")
 
 
-def test_the_library_exports_what_it_says_both_ways() -> None:
-    public = {name for name in dir(europeana_imgcls) if not name.startswith("_")} | set(europeana_imgcls._LAZY)
-    modules = {name for name in public if isinstance(getattr(europeana_imgcls, name, None), type(europeana_imgcls))}
-    assert set(europeana_imgcls.__all__) == public - modules - {"annotations"}
-
-
 def test_library_messages_name_settings_and_the_command_line_shows_flags(tmp_path: Path) -> None:
     from europeana_imgcls import SubtractConfig, subtract
 

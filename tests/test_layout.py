@@ -98,3 +98,9 @@ def test_every_package_the_code_imports_is_declared() -> None:
                 if not dists & declared:
                     undeclared[top] = path.name
     assert not undeclared, undeclared
+
+
+def test_the_library_exports_what_it_says_both_ways() -> None:
+    public = {name for name in dir(europeana_imgcls) if not name.startswith("_")} | set(europeana_imgcls._LAZY)
+    modules = {name for name in public if isinstance(getattr(europeana_imgcls, name, None), type(europeana_imgcls))}
+    assert set(europeana_imgcls.__all__) == public - modules - {"annotations"}
