@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import europeana_imgcls
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import build_config
 from europeana_imgcls.core.errors import ConfigError
 
-from .support import assert_one_line_error, eic
+from ..support import assert_one_line_error, eic
 
 
 def test_python_dash_m_and_public_surface() -> None:
@@ -50,69 +51,6 @@ def test_library_messages_name_settings_and_the_command_line_shows_flags(tmp_pat
     assert_one_line_error(result, "pass --overwrite to replace it")
 
 
-def _click_commands() -> dict[str, object]:
-    import typer.main
-
-    from europeana_imgcls.cli.reference import _flat
-
-    return dict(_flat(typer.main.get_command(app)))
-
-
-def test_every_setting_of_a_command_is_a_flag_and_every_flag_a_setting() -> None:
-    from europeana_imgcls.cli.options import COMMANDS
-
-    commands = _click_commands()
-    assert set(COMMANDS) == set(commands)  # every command is made from a config
-    for name, model in COMMANDS.items():
-        params = {p.name for p in commands[name].params} - {"config"}  # type: ignore[attr-defined]
-        assert params == set(model.model_fields), name
-
-
-def test_every_option_a_message_names_exists() -> None:
-    """An error that says "pass `overwrite`" (shown as --overwrite) names a flag that some command has."""
-    import ast
-    import re
-
-    flags = {
-        opt
-        for command in _click_commands().values()
-        for p in command.params  # type: ignore[attr-defined]
-        for opt in (*p.opts, *p.secondary_opts)
-    } | {"--help"}
-    named: dict[str, str] = {}
-    for path in Path(europeana_imgcls.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).endswith(
-                ("Error", "warning", "info", "echo")
-            ):
-                texts = (n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
-                for text in texts:
-                    for name in re.findall(r"(?<!`)`([a-z][a-z0-9_]*)`(?!`)", text):
-                        named["--" + name.replace("_", "-")] = path.name
-                    for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text):
-                        named[option] = path.name
-    named.pop("--no-crossvalidation", None)  # as_flags spells "`crossvalidation` off" so; checked below
-    assert "--crossvalidation" in flags
-    missing = {
-        option: where
-        for option, where in named.items()
-        if option not in flags and not (option.startswith("--no-") and "--" + option[5:] in flags)
-    }
-    assert len(named) > 20 and not missing, missing
-
-
-@pytest.mark.parametrize(
-    ("command", "option"), [("review import x.json", "--output"), ("subtract a.csv b.csv", "--output")]
-)
-def test_a_required_option_is_marked_required(command: str, option: str) -> None:
-    words = command.split()[:-1] if command.startswith("review") else command.split()[:1]
-    help_text = eic(*words, "--help").stdout
-    line = next(i for i, text in enumerate(help_text.splitlines()) if option in text)
-    assert "*" in help_text.splitlines()[line].split(option)[0]  # rich marks a required option with a star
-    missing = eic(*command.split())
-    assert missing.exit_code == 2 and f"Missing option '{option}'" in missing.stderr
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -135,3 +73,39 @@ def test_a_missing_path_is_refused_before_torch_is_imported(args: list[str]) -> 
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "1"], result.stdout + result.stderr
     assert "no such file or folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_arguments_in_the_wrong_place_are_told_what_to_pass(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    table = tmp_path / "eval.csv"
+    table.write_text("category,ID,URL\nmap,/1/a,http://127.0.0.1:9/a.jpg\n")
+    image = next((eval_dir / "map").glob("*.jpg"))
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    out = str(tmp_path / "e.jsonld")
+    said = {
+        ("enrich", str(trained), str(table), "-o", out): f"{table} is a table: pass it as --table {table}",
+        ("predict", str(image), str(trained), "-o", str(tmp_path / "p.csv")): "the run comes first, then the images",
+        ("evaluate", str(eval_dir), str(trained), "-o", str(tmp_path / "ev")): "the run comes first",
+        ("evaluate", str(trained), str(table), "-o", str(tmp_path / "ev")): f"{table} is a table: fetch its images",
+        ("train", str(table), "-o", str(tmp_path / "r")): "eic download",
+        ("calibrate", str(table)): f"{table} is a table, not a training run",
+        ("download", str(table), str(tmp_path / "images")): f"one argument too many: to write into {tmp_path}",
+        ("enrich", str(trained), str(notes), "-o", out): "nothing could be labelled",  # not an empty output, exit 0
+    }
+    for args, message in said.items():
+        result = CliRunner().invoke(app, [*args, "--quiet"] if args[0] not in ("calibrate",) else list(args))
+        assert result.exit_code != 0, (args, result.stdout)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+    assert not list(tmp_path.glob("e.*jsonl")) and not (tmp_path / "e.jsonld").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 9: smaller ones
+
+
+def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("ID,category\n/1/a,map\n")
+    result = CliRunner().invoke(app, ["stats", str(table), "-o", "/dev/null/x.json"])
+    assert result.exit_code == 1 and result.stderr.startswith("eic: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

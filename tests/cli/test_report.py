@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from .support import VOCAB
+from ..support import VOCAB
 
 LINK = "[link=http://evil.example/]map[/link]"
 runner = CliRunner()
