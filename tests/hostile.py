@@ -8,7 +8,8 @@ that the read then has only two outcomes (it works, or one line that says why), 
 - ``works_or_one_line(read)`` for a library call, ``cli_works_or_one_line(result)`` for an eic command.
 - ``snapshot``, ``assert_untouched``, ``scratch`` and ``without_hanging`` for what the checks are made around.
 
-Users: ``test_hostile_files.py``, ``test_review_hostile.py``, ``test_publish_journal.py``.
+Users: ``test_hostile_files.py``, ``outputs/test_review.py``, ``outputs/test_review_apply.py``,
+``outputs/test_publish.py``.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ eic did not write is touched.
 
 Files covered here: an export's ``model.json``, the embeddings' sidecar, a journal's parts and settings, a
 checkpoint's metadata, a run's ``calibration.json``, a vocabulary, a table. The review loop's files are attacked in
-``test_review_hostile.py``, the publication journal in ``test_publish_journal.py``, download's lists in
-``test_download.py``.
+``outputs/test_review.py`` and ``outputs/test_review_apply.py``, the publication journal in ``outputs/test_publish.py``,
+download's lists in ``acquisition/test_download.py``.
 """
 
 from __future__ import annotations

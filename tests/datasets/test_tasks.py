@@ -1,6 +1,6 @@
 """The two tasks answer every question outputs ask of them, so no output tests the mode: the export graph's
 activation, the headline score, the review's choice, the suggestion put to people, cleanlab's label issues and
-how a table cell reads (a multi-label export: test_multilabel.py)."""
+how a table cell reads (a multi-label export: outputs/test_export.py)."""
 
 from __future__ import annotations
 

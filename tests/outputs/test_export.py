@@ -274,7 +274,7 @@ def test_a_second_export_of_one_folder_is_refused_while_the_first_writes(run: Pa
 
 
 def test_what_a_killed_export_left_is_cleaned_at_the_next_start(run: Path) -> None:
-    # (An old export renamed aside, .onnx.eic-replaced, is put back instead: tests/test_outputs.py.)
+    # (An old export renamed aside, .onnx.eic-replaced, is put back instead: tests/core/test_outputs.py.)
     for leftover in (".onnx.exporting", ".onnx.eic-building"):
         (run / leftover).mkdir()
         (run / leftover / "split_0.onnx").write_bytes(b"half")
