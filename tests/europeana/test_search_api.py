@@ -128,6 +128,17 @@ def test_bad_query_and_unreadable_answers() -> None:
         make_client(lambda r: failed).search([("query", "*")])
 
 
+def test_a_search_api_url_that_answers_404_is_named_with_europeanas(tmp_path: Path) -> None:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        wrong = sb.api_url.replace("search.json", "serch.json")  # a typo: nothing is there
+        result = eic(
+            "harvest", "-o", tmp_path / "h.csv", "--api-url", wrong, "--retries", "0", "--quiet",
+            env={"EUROPEANA_API_KEY": "api2demo"},
+        )  # fmt: skip
+    assert_one_line_error(result, f"the Search API URL {wrong} answered 404")
+    assert "check --api-url (Europeana's: https://api.europeana.eu/record/v2/search.json)" in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Hostile answers: nothing hangs, nothing crashes
 
@@ -209,7 +220,7 @@ def test_a_quota_that_would_make_a_prediction_wait_a_year_stops_it_in_one_line(
         )
 
 
-@pytest.mark.parametrize("status", [400, 401, 500])
+@pytest.mark.parametrize("status", [400, 401, 404, 500])
 def test_an_api_error_that_quotes_the_key_is_printed_without_it(status: int, tmp_path: Path) -> None:
     class Echo(QuietHandler):
         def do_GET(self) -> None:  # an API whose error quotes the request, key and all, over several lines
