@@ -21,9 +21,11 @@ from europeana_imgcls.core.tables import (
     for_spreadsheets,
     from_spreadsheets,
     is_own_temp,
+    iter_table,
     read_csv_rows,
     read_csv_salvaged,
     read_table,
+    table_columns,
     temp_path,
     write_csv,
     write_table,
@@ -149,6 +151,44 @@ def test_one_columns_setting_serves_a_museum_table_and_a_harvested_one(tmp_path:
     mapping = {"ID": "id", "URL": "image_url"}
     assert read_table(museum, ("ID", "URL"), mapping).columns == ["ID", "URL"]
     assert read_table(harvested, ("ID", "URL", "category"), mapping).columns == ["ID", "URL", "category"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A table as a spreadsheet saved it
+
+EXCEL_ROWS = [
+    ("ID", "URL", "category", "data_provider"),
+    ("/9001/a", "http://x.example/a.jpg", "géographie", "Musée d’Orsay"),
+    ("/9001/b", "http://x.example/b.jpg", "peinture", "Musée d’Orsay"),
+    ("/9002/c", "http://x.example/c.jpg", "géographie", "Národní muzeum"),
+]
+
+
+@pytest.mark.parametrize(
+    ("separator", "encoding"),
+    [(";", "cp1252"), (";", "utf-8-sig"), ("\t", "utf-16"), (",", "cp1252")],
+    ids=["excel-csv-in-europe", "excel-csv-utf8-in-europe", "excel-unicode-text", "excel-csv"],
+)
+def test_a_table_saved_by_excel_is_read_as_it_is(separator: str, encoding: str, tmp_path: Path) -> None:
+    table = tmp_path / "museum.csv"  # what Excel writes: its separator, its encoding, CRLF line ends
+    table.write_bytes("".join(separator.join(row) + "\r\n" for row in EXCEL_ROWS).encode(encoding))
+    result = CliRunner().invoke(app, ["stats", str(table), "-o", str(tmp_path / "stats.json")])
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text(encoding="utf-8"))
+    assert stats["per_category"] == {"géographie": 2, "peinture": 1}
+    assert stats["per_provider"] == {"Musée d’Orsay": 2, "Národní muzeum": 1}
+    assert read_table(table, required=("ID", "URL")).row(0) == EXCEL_ROWS[1]
+    # download streams its table: the same cells, chunk by chunk
+    assert table_columns(table) == list(EXCEL_ROWS[0])
+    assert [row for chunk in iter_table(table, ("ID", "URL")) for row in chunk.rows()] == EXCEL_ROWS[1:]
+
+
+def test_a_table_in_no_known_encoding_is_told_to_be_saved_as_csv_utf8(tmp_path: Path) -> None:
+    table = tmp_path / "museum.csv"
+    table.write_bytes(b"ID,URL,category\r\n/9001/a,http://x.example/a.jpg,\x81\x8d\r\n")  # no cp1252 either
+    result = CliRunner().invoke(app, ["stats", str(table)])
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "neither UTF-8 nor Windows-1252" in result.stderr and "save it as CSV UTF-8" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
