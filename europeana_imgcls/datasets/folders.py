@@ -60,6 +60,8 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) ->
             f"{root} is {kind}, not a folder of class folders" if kind else f"{root}: no such folder of class folders"
         )
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise DatasetError(_no_class_folders(root))
     names = list(classes) if classes is not None else [d.name for d in folders]
     index = {name: i for i, name in enumerate(names)}
     paths: list[Path] = []
@@ -75,6 +77,14 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) ->
             else:
                 unreadable.append(path)
     return ImageSet(paths, np.asarray(labels, dtype=np.int64), names, task, unreadable)
+
+
+def _no_class_folders(root: Path) -> str:
+    """What to do with a folder that has no class folders: most often its images lie in it loose."""
+    loose = list_images(root)
+    held = f" (it holds {len(loose)} image{'s' if len(loose) > 1 else ''} directly)" if loose else ""
+    multi = " (or, with a labels table, pass `mode` multi-label)" if (root / "labels.csv").is_file() else ""
+    return f"{root}: no class subfolders{held}: put the images in {root}/<class>/, one folder per class{multi}"
 
 
 def readable(path: Path) -> bool:
@@ -94,6 +104,12 @@ def check_trainable(images: ImageSet, root: Path, folds: int) -> None:
     if len(present) < 2:
         raise DatasetError(
             f"{root}: needs at least two class folders with images (found: {', '.join(present) or 'none'})"
+        )
+    empty = [name for name, n in counts.items() if not n]
+    if empty:  # every split needs an image of every class in each of its parts: fewer folds cannot give it one
+        raise DatasetError(
+            f"class folder {root / empty[0]} holds no readable image: add images to it, or remove it (lowering "
+            "`folds` cannot help: every split needs images of every class)"
         )
     small = {name: n for name, n in present.items() if n < folds}
     if small:

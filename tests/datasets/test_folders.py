@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from europeana_imgcls.datasets.folders import make_splits
 from europeana_imgcls.datasets.imageset import provider_of
 from europeana_imgcls.datasets.tasks import scan_images
 
-from ..support import CLASSES
+from ..support import CLASSES, assert_one_line_error, eic, make_folders
 
 
 def test_make_splits_accepts_duplicate_groups_as_groups() -> None:
@@ -78,3 +79,28 @@ def test_loaders_hand_over_bytes_that_model_input_normalises(folders: Path) -> N
     expected = (first / 255 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     assert inputs.dtype == torch.float32
     np.testing.assert_allclose(inputs[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# A data folder that is not class folders, said in one line with what to do
+
+
+def test_a_folder_of_loose_images_is_told_to_put_them_in_class_folders(tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(flat / f"img{i}.jpg")
+    result = eic("train", flat, "-o", tmp_path / "run", "--weights", "none", "--quiet")
+    assert_one_line_error(
+        result, f"{flat}: no class subfolders (it holds 4 images directly): put the images in {flat}/<class>/"
+    )
+    (flat / "labels.csv").write_text("file,category\nimg0.jpg,map\n")  # a multi-label folder, read as class folders
+    assert_one_line_error(eic("train", flat, "-o", tmp_path / "run", "--quiet"), "pass --mode multi-label")
+
+
+def test_an_empty_class_folder_is_named_and_fewer_folds_would_not_help(tmp_path: Path) -> None:
+    data = make_folders(tmp_path / "data", per_class=4)
+    (data / "textile").mkdir()
+    result = eic("train", data, "-o", tmp_path / "run", "--folds", "3", "--weights", "none", "--quiet")
+    assert_one_line_error(result, f"class folder {data / 'textile'} holds no readable image: add images to it")
+    assert "lowering --folds cannot help" in result.stderr

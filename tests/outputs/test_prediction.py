@@ -80,7 +80,7 @@ def test_predict_resumes_after_a_kill(trained: Path, eval_dir: Path, tmp_path: P
         (["predict", "{run}", "{tmp}", "--split", "7"], "no split 7"),
         (["predict", "{run}", "{tmp}", "--cam-method", "magic", "--gradcam-dir", "{tmp}/c"], "magic"),
         (["evaluate", "{run}", "{tmp}/nowhere"], "nowhere: no such file or folder"),
-        (["evaluate", "{run}", "{tmp}"], "no readable images"),
+        (["evaluate", "{run}", "{tmp}"], "no class subfolders (it holds 1 image directly): put the images in"),
     ],
 )
 def test_bad_inputs_are_one_line(trained: Path, tmp_path: Path, args: list[str], message: str) -> None:
