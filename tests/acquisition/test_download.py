@@ -34,7 +34,7 @@ from europeana_imgcls.core.sharding import Shard
 from europeana_imgcls.core.tables import temp_path
 from europeana_imgcls.europeana.sandbox import FAULTS, Knobs, Sandbox
 
-from ..support import _good_rows, assert_one_line_error, eic, sandbox_config, sandbox_records, sandbox_table
+from ..support import _good_rows, assert_one_line_error, eic, examples, sandbox_config, sandbox_records, sandbox_table
 from ..support import download_config as config
 
 EXPECTED_ERROR = {
@@ -393,7 +393,7 @@ def file_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", folder
     server.shutdown()
@@ -592,7 +592,7 @@ def test_max_pixels_is_ours_and_pillows_process_wide_limit_is_left_alone(
 
 
 @given(st.one_of(st.text(max_size=60), st.from_regex(r"https?://[^\s]{0,40}", fullmatch=True)))
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 def test_any_url_string_is_fetchable_or_has_a_reason(url: str) -> None:
     import httpx
 
@@ -614,7 +614,7 @@ CELLS = st.one_of(
 
 
 @given(st.lists(st.tuples(CELLS, CELLS, CELLS), max_size=25))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_every_row_of_any_table_is_a_job_or_a_skip_with_a_reason(rows: list[tuple[str, str, str]]) -> None:
     import tempfile
 
@@ -709,7 +709,7 @@ def test_a_redirect_to_a_file_url_is_one_failure_never_retried(tmp_path: Path) -
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), ToFile)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         table = tmp_path / "t.csv"
         table.write_text(f"category,ID,URL\nmap,/1/a,http://127.0.0.1:{server.server_address[1]}/a.jpg\n")
@@ -748,15 +748,18 @@ def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_ar
         )
         records = sandbox_records(sb)
         failures = _failures(out / "failures.csv")
+        fetched = _fetched(out)
         for record in records:
             saved = out / record.labels[0] / file_name(record.id)
             has_thumbnail = sb.has_thumbnail(record.serial)
             if has_thumbnail:  # from the CDN, dead original or not: the 200 px rendition of the same picture
                 with Image.open(saved) as image:
                     assert max(image.size) == 128
-                assert f"/thumbnail/v3/200/{hashlib.md5(sb.image_url(record).encode()).hexdigest()}" in sb.hits
+                thumbnail = f"/thumbnail/v3/200/{hashlib.md5(sb.image_url(record).encode()).hexdigest()}"
+                assert thumbnail in sb.hits and fetched[record.id] == sb.base_url + thumbnail
             elif not record.fault:  # no thumbnail: the record's own image
                 assert saved.is_file() and sb.hits[f"/images/{record.serial}.jpg"] == 1
+                assert fetched[record.id] == sb.image_url(record)
             else:  # neither: the v2 preview would be the generic icon, which is refused
                 assert not saved.exists()
                 assert "thumbnail: HTTP 404" in failures[record.id] and "placeholder" in failures[record.id]
@@ -765,6 +768,36 @@ def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_ar
         assert report.saved + report.failed == len(records) and set(failures) == {
             r.id for r in records if r.fault and not sb.has_thumbnail(r.serial)
         }
+
+
+def _fetched(folder: Path) -> dict[str, str]:
+    """fetched.csv's URL per record ID: where download saved each image from."""
+    with (folder / "fetched.csv").open(newline="", encoding="utf-8") as handle:
+        return {row["ID"]: row["URL"] for row in csv.DictReader(handle)}
+
+
+def test_each_saved_image_is_listed_with_the_url_it_came_from_a_dead_original_with_its_preview(
+    tmp_path: Path,
+) -> None:
+    with Sandbox(sandbox_config(per_level=3), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        rows = [  # every original redirects in a loop; the preview (the Thumbnail API's) answers
+            {
+                "category": r.labels[0],
+                "ID": r.id,
+                "URL": f"{sb.base_url}/faults/redirect-loop/{r.serial}",
+                "preview": sb.item(r, "k")["edmPreview"][0],
+            }
+            for r in sandbox_records(sb)
+        ]
+        pl.DataFrame(rows).write_csv(tmp_path / "t.csv")
+        out = tmp_path / "img"
+        report = download(config(tmp_path / "t.csv", out, fallback_preview=True))
+        assert report.saved == len(rows) and not report.failed
+        assert _fetched(out) == {row["ID"]: row["preview"] for row in rows}
+        hits = dict(sb.hits)
+        again = download(config(tmp_path / "t.csv", out, fallback_preview=True))
+        assert again.already_saved == len(rows) and dict(sb.hits) == hits  # nothing fetched, and still known:
+        assert _fetched(out) == {row["ID"]: row["preview"] for row in rows}
 
 
 def test_thumbnail_source_needs_the_url_column(tmp_path: Path) -> None:
