@@ -8,9 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
+from europeana_imgcls import download
+from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.datasets.tasks import task_for
+from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.outputs import audit
 from europeana_imgcls.outputs.audit import near_duplicates
+
+from ..support import assert_one_line_error, download_config, eic, sandbox_config, sandbox_records
 
 
 def test_near_duplicates_are_groups_above_the_similarity() -> None:
@@ -99,3 +104,52 @@ def test_a_broken_embeddings_table_is_one_line_before_any_work(case: str, tmp_pa
     assert result.exit_code == 1 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "audit").exists()
+
+
+def test_a_split_of_a_run_is_told_to_pass_the_run(trained: Path, tmp_path: Path) -> None:
+    split = trained / "split_0"
+    result = eic("audit", split, "-o", tmp_path / "audit", "--quiet")
+    assert_one_line_error(result, f"{split} is split_0 of the run {trained}: pass {trained}")
+    assert not (tmp_path / "audit").exists()
+
+
+@pytest.mark.slow
+def test_review_tasks_show_the_image_download_saved_not_a_dead_original(tmp_path: Path) -> None:
+    """The table's URL redirects in a loop for every record; eic download saved each from its preview (the
+    Thumbnail API's): that is what a reviewer must see."""
+    import json
+
+    with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        rows = [
+            {
+                "category": r.labels[0],
+                "ID": r.id,
+                "URL": f"{sb.base_url}/faults/redirect-loop/{r.serial}",
+                "preview": sb.item(r, "k")["edmPreview"][0],
+            }
+            for r in sandbox_records(sb)
+        ]
+        pl.DataFrame(rows).write_csv(tmp_path / "t.csv")
+        images = tmp_path / "images"
+        assert download(download_config(tmp_path / "t.csv", images, fallback_preview=True)).saved == len(rows)
+    # Embeddings that tell the classes apart, and every 6th record given another class: the suspects.
+    classes = sorted({row["category"] for row in rows})
+    rng = np.random.default_rng(0)
+    given = [classes[(classes.index(r["category"]) + (i % 6 == 0)) % len(classes)] for i, r in enumerate(rows)]
+    table = pl.DataFrame(
+        {
+            "image": [str(images / r["category"] / file_name(r["ID"])) for r in rows],
+            "ID": [r["ID"] for r in rows],
+            "category": given,
+            "embedding": [(np.eye(3)[classes.index(r["category"])] + rng.normal(0, 0.05, 3)).tolist() for r in rows],
+        }
+    )
+    table.write_parquet(tmp_path / "e.parquet")
+    sidecar = {"arch": "tiny", "weights": "none", "input_size": 32, "mode": "single-label", "classes": classes}
+    (tmp_path / "e.embedding.json").write_text(json.dumps(sidecar))
+    review = tmp_path / "review.json"
+    result = eic("audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--review-output", review, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    tasks = json.loads(review.read_text())
+    preview = {row["ID"]: row["preview"] for row in rows}
+    assert tasks and [t["data"]["image"] for t in tasks] == [preview[t["data"]["ID"]] for t in tasks]
