@@ -12,7 +12,7 @@ from europeana_imgcls import PredictConfig, predict
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from ..support import rows, sandbox_config, sandbox_table
+from ..support import assert_one_line_error, eic, rows, sandbox_config, sandbox_table
 
 
 def test_predict_a_harvest_table_and_a_query(trained: Path, tmp_path: Path) -> None:
@@ -103,3 +103,15 @@ def test_predicts_image_folder_must_be_its_own_even_when_a_table_is_called_input
     with pytest.raises(DatasetError, match="not the images eic predict fetched"):
         predict(PredictConfig(run=trained_run, table=table, output=tmp_path / "p.csv", image_dir=mine, quiet=True))
     assert (mine / "labels.csv").read_text() == "ID,file,category\n/1/a,a.jpg,map\n"
+
+
+def test_inputs_without_an_image_say_what_they_hold_instead(trained: Path, tmp_path: Path) -> None:
+    notes, empty = tmp_path / "notes", tmp_path / "empty"
+    notes.mkdir()
+    empty.mkdir()
+    (notes / "notes.txt").write_text("which maps to label first")
+    result = eic("predict", trained, f"{notes}/", empty, "-o", tmp_path / "p.csv", "--quiet")
+    assert_one_line_error(
+        result, f"no images found in the inputs: {notes}/ holds 1 file, none an image (notes.txt); {empty} is empty"
+    )
+    assert "images are files ending in .bmp, .gif, .jpeg, .jpg" in result.stderr
