@@ -3,11 +3,15 @@ on the sandbox: a cross-validated run, then eic enrich --table, then a Label Stu
 
 from __future__ import annotations
 
+import functools
 import json
+from http.server import SimpleHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import polars as pl
 import pytest
 from jsonschema import Draft202012Validator
@@ -16,6 +20,7 @@ from typer.testing import CliRunner
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import EnrichConfig
 from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.core.naming import file_name
 from europeana_imgcls.europeana.annotations import (
     CONFIDENCE,
     MODEL,
@@ -25,11 +30,27 @@ from europeana_imgcls.europeana.annotations import (
     page_refusal,
     publish_problem,
 )
+from europeana_imgcls.europeana.sandbox import Sandbox
 from europeana_imgcls.modelling.calibration import load_calibration
 from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.review import labelling_config_path
 
-from ..support import LABELS, TARGET, TERMINAL, VOCAB, _items, _one_line, make_multilabel_folder, rows, shows_progress
+from ..support import (
+    LABELS,
+    TARGET,
+    TERMINAL,
+    VOCAB,
+    _items,
+    _one_line,
+    assert_one_line_error,
+    eic,
+    make_folders,
+    make_multilabel_folder,
+    rows,
+    sandbox_table,
+    serving,
+    shows_progress,
+)
 
 SCHEMA = json.loads(resources.files("europeana_imgcls").joinpath("data/annotation.schema.json").read_text())
 
@@ -260,12 +281,13 @@ def test_enrich_with_the_exported_model_in_shards_decides_as_pytorch_does(world,
         assert merged.annotations == world["enrich"].annotations and merged.labelled == world["enrich"].labelled
 
 
-def test_a_record_listed_twice_is_annotated_once(world, tmp_path: Path) -> None:
-    root = world["root"]
-    twice = pl.concat([pl.read_csv(root / "new.csv").head(8)] * 2)  # a table that repeats its records
+def test_a_record_listed_twice_is_annotated_once(trained_run: Path, sandbox: Sandbox, tmp_path: Path) -> None:
+    table = sandbox_table(sandbox, tmp_path / "records.csv")
+    twice = pl.concat([pl.read_csv(table).head(8)] * 2)  # a table that repeats its records
     twice.write_csv(tmp_path / "twice.csv")
     out = tmp_path / "out.jsonld"
-    report = enrich(EnrichConfig(run=root / "run", table=tmp_path / "twice.csv", output=out, quiet=True))
+    config = EnrichConfig(run=trained_run, table=tmp_path / "twice.csv", output=out, precision=0.5, quiet=True)
+    report = enrich(config)
     items = json.loads(out.read_text())["items"]
     said = [(a["target"]["scope"], a["body"]["source"]) for a in items]
     assert said and len(said) == len(set(said)) == report.annotations
@@ -503,3 +525,59 @@ def test_enrich_refuses_a_probability_that_is_no_probability_in_one_line(
     line = _one_line(result)
     assert said in line and ("NaN" in said or "infinity" in said or predictions.name in line), line
     assert out.read_bytes() == source.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Review tasks whose local images Label Studio opens
+
+
+class _Files(SimpleHTTPRequestHandler):
+    """``python -m http.server``, quiet."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_review_tasks_of_local_images_get_urls_label_studio_opens(trained_run: Path, tmp_path: Path) -> None:
+    root = tmp_path / "museum"  # what Label Studio (or a web server) serves
+    scans = make_folders(root / "scans", per_class=3)  # files named after their records, as eic download names them
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+
+    def tasks(name: str, *options: object) -> list[dict[str, Any]]:
+        """enrich's review tasks of the scans, made with ``options``: each task with the file it should show."""
+        out = tmp_path / name
+        result = eic(
+            "enrich", trained_run, scans, "-o", out / "a.jsonld", "--review-output", out / "review.json",
+            "--vocab", vocab, "--quiet", *options,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        made = json.loads((out / "review.json").read_text())
+        assert len(made) == 9
+        return made
+
+    def shown(task: dict[str, Any]) -> bytes:
+        """The file a task's record is: the bytes its image must show."""
+        (found,) = [path for path in scans.rglob("*.jpg") if path.name == file_name(task["data"]["ID"])]
+        return found.read_bytes()
+
+    # Label Studio serves the files itself: /data/local-files/?d=<path under LOCAL_FILES_DOCUMENT_ROOT>, which it
+    # reads as Django reads a query (percent-decoded), joined to that root (label_studio/core/views.py).
+    for task in tasks("ls", "--document-root", root):
+        image = task["data"]["image"]
+        assert image.startswith("/data/local-files/?d=scans/")
+        (path,) = parse_qs(urlsplit(image).query)["d"]
+        assert (root / path).read_bytes() == shown(task)
+    # A web server serves them: python -m http.server in the root, its address given.
+    with serving(functools.partial(_Files, directory=str(root))) as base:  # type: ignore[arg-type]
+        for task in tasks("http", "--document-root", root, "--image-url", base):
+            answer = httpx.get(task["data"]["image"])
+            assert answer.status_code == 200 and answer.content == shown(task)
+    # A folder that does not hold the images: refused before any work.
+    (tmp_path / "elsewhere").mkdir()
+    result = eic(
+        "enrich", trained_run, scans, "-o", tmp_path / "x" / "a.jsonld", "--review-output", tmp_path / "x" / "r.json",
+        "--vocab", vocab, "--document-root", tmp_path / "elsewhere", "--quiet",
+    )  # fmt: skip
+    assert_one_line_error(result, f"{scans} is not under {tmp_path / 'elsewhere'}, which --document-root serves")
+    assert not (tmp_path / "x").exists()
