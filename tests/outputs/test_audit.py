@@ -15,7 +15,7 @@ from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.outputs import audit
 from europeana_imgcls.outputs.audit import near_duplicates
 
-from ..support import assert_one_line_error, download_config, eic, sandbox_config, sandbox_records
+from ..support import assert_one_line_error, download_config, eic, make_folders, sandbox_config, sandbox_records
 
 
 def test_near_duplicates_are_groups_above_the_similarity() -> None:
@@ -153,3 +153,34 @@ def test_review_tasks_show_the_image_download_saved_not_a_dead_original(tmp_path
     tasks = json.loads(review.read_text())
     preview = {row["ID"]: row["preview"] for row in rows}
     assert tasks and [t["data"]["image"] for t in tasks] == [preview[t["data"]["ID"]] for t in tasks]
+
+
+@pytest.mark.slow
+def test_review_tasks_of_local_images_get_label_studios_local_files_urls(tmp_path: Path) -> None:
+    """Images no table names (not a download's folder): with --document-root, Label Studio's own URL of each."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    root = tmp_path / "museum"
+    images = sorted(make_folders(root / "scans", per_class=6).rglob("*.jpg"))
+    classes = sorted({p.parent.name for p in images})
+    given = [classes[(classes.index(p.parent.name) + (i % 6 == 0)) % 3] for i, p in enumerate(images)]
+    vectors = [np.eye(3)[classes.index(p.parent.name)].tolist() for p in images]
+    pl.DataFrame({"image": [str(p) for p in images], "category": given, "embedding": vectors}).write_parquet(
+        tmp_path / "e.parquet"
+    )
+    sidecar = {"arch": "tiny", "weights": "none", "input_size": 32, "mode": "single-label", "classes": classes}
+    (tmp_path / "e.embedding.json").write_text(json.dumps(sidecar))
+    review = tmp_path / "review.json"
+    args = ["audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--review-output", review, "--folds", "3"]
+    result = eic(*args, "--document-root", root, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    tasks = json.loads(review.read_text())
+    assert tasks and all(t["data"]["image"].startswith("/data/local-files/?d=scans/") for t in tasks)
+    for task in tasks:
+        (path,) = parse_qs(urlsplit(task["data"]["image"]).query)["d"]
+        assert (root / path).is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = eic(*args, "--document-root", elsewhere, "--overwrite", "--quiet")
+    assert_one_line_error(result, f"is not under {elsewhere}, which --document-root serves")
