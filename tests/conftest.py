@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -11,6 +12,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+import typer.main
+import typer.testing
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -18,24 +21,51 @@ from europeana_imgcls import DownloadConfig, TrainConfig, download
 from europeana_imgcls.core.config import EnrichConfig
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from .support import TARGET, VOCAB, _rows, config, make_folders, make_multilabel_folder, sandbox_config
+from .support import (
+    TARGET,
+    VOCAB,
+    _rows,
+    built_once,
+    config,
+    make_folders,
+    make_multilabel_folder,
+    sandbox_config,
+    unchanged,
+)
 
 _real_connect = socket.socket.connect
 
 # Hypothesis: in CI (the CI variable set, as CI services and .ci/run set it) the same examples every run, so a fresh
 # clone's test command cannot fail at random, and no example database; elsewhere random examples, with the failures
 # it found kept to try first next time in pytest's cache folder, out of the repository. `--hypothesis-profile`
-# chooses either.
+# chooses either. The fast lane (-m "not slow") loads the "-fast" variant of either, whose max_examples (25 of
+# Hypothesis's default 100) scales the costliest property tests' own counts down to a quarter (support.examples);
+# the full suite, and so CI, runs every example they ask for.
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile(
     "dev", database=DirectoryBasedExampleDatabase(Path(__file__).resolve().parents[1] / ".pytest_cache" / "hypothesis")
 )
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+for _name in ("ci", "dev"):
+    settings.register_profile(f"{_name}-fast", parent=settings.get_profile(_name), max_examples=25)
+PROFILE = "ci" if os.environ.get("CI") else "dev"
+settings.load_profile(PROFILE)
+
+# typer builds the click command anew on every CliRunner.invoke: 16 ms for eic's commands, a thousand times a run
+# (most of the time of the tests that run eic on hostile files). The app does not change while the tests run.
+typer.testing._get_command = functools.cache(typer.main.get_command)  # type: ignore[attr-defined]
+
+
+def fast_lane(config: pytest.Config) -> bool:
+    """Whether this run leaves the slow tests out (``-m "not slow"``)."""
+    return "not slow" in (config.option.markexpr or "")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """torch and the tests' tiny net (arch "tiny") where tests run. Not in the process that only hands tests out
-    to xdist workers: importing torch there would take seconds of a core from the workers as they start."""
+    """The lane's Hypothesis profile; torch and the tests' tiny net (arch "tiny") where tests run. Not torch in the
+    process that only hands tests out to xdist workers: importing it there would take seconds of a core from the
+    workers as they start."""
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile(PROFILE + ("-fast" if fast_lane(config) else ""))
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
     import torch
@@ -90,15 +120,26 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 3-fold run of the tiny net shared by every test that needs a trained model but is not about training.
-    Tests that run eic on it in other processes start ``python -m tests.eic_tiny``, which knows the tiny net."""
-    from europeana_imgcls.modelling.training import train
+def shared_trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 3-fold run of the tiny net shared by every test that needs a trained model but is not about training,
+    built once a run. Tests that run eic on it in other processes start ``python -m tests.eic_tiny``, which knows the
+    tiny net."""
 
-    data = make_folders(tmp_path_factory.mktemp("train"), per_class=9, size=40)
-    out = tmp_path_factory.mktemp("runs") / "run"
-    train(config(data, out, epochs=3, gradcam_images=0))
-    return out
+    def build(root: Path) -> Path:
+        from europeana_imgcls.modelling.training import train
+
+        data = make_folders(root / "train", per_class=9, size=40)
+        train(config(data, root / "run", epochs=3, gradcam_images=0))
+        return root / "run"
+
+    return built_once(tmp_path_factory, "trained_run", build)
+
+
+@pytest.fixture
+def trained_run(shared_trained_run: Path) -> Iterator[Path]:
+    """The shared run, read only: a test that writes into it fails (copy it into tmp_path to change it)."""
+    with unchanged(shared_trained_run, "the shared trained run"):
+        yield shared_trained_run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +214,24 @@ def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from europeana_imgcls import train
+def shared_ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A multi-label run of the tiny net and its data, built once a run."""
 
-    data = make_multilabel_folder(tmp_path_factory.mktemp("ml") / "data")
-    out = tmp_path_factory.mktemp("mlrun") / "run"
-    train(config(data, out, mode="multi-label", epochs=8, batch_size=16, gradcam_images=2, arch="tiny"))
-    return data, out
+    def build(root: Path) -> tuple[Path, Path]:
+        from europeana_imgcls import train
+
+        data = make_multilabel_folder(root / "data")
+        train(config(data, root / "run", mode="multi-label", epochs=8, batch_size=16, gradcam_images=2, arch="tiny"))
+        return data, root / "run"
+
+    return built_once(tmp_path_factory, "ml_run", build)
+
+
+@pytest.fixture
+def ml_run(shared_ml_run: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:
+    """The shared multi-label data and run, read only."""
+    with unchanged(shared_ml_run[0], "the shared multi-label data"), unchanged(shared_ml_run[1], "the shared run"):
+        yield shared_ml_run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,12 +239,22 @@ def ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def enriched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def shared_enriched(shared_trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The shared run's annotations of 24 records (files named after their record, as eic download names them),
-    in both profiles and both formats."""
+    in both profiles and both formats, made once a run."""
+    return built_once(tmp_path_factory, "enriched", functools.partial(_enrich, shared_trained_run))
+
+
+@pytest.fixture
+def enriched(shared_enriched: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The shared annotations, read only."""
+    with unchanged(shared_enriched["images"].parent, "the shared annotations"):
+        yield shared_enriched
+
+
+def _enrich(trained_run: Path, root: Path) -> dict[str, Any]:
     from europeana_imgcls.outputs.enrichment import enrich
 
-    root = tmp_path_factory.mktemp("enriched")
     images = make_folders(root / "images", per_class=8, size=40)
     vocab = root / "vocab.json"
     vocab.write_text(json.dumps(VOCAB))
@@ -223,5 +285,13 @@ def enriched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 @pytest.fixture(scope="session")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folders(tmp_path_factory.mktemp("data"))
+def shared_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three learnable classes of 12 images each, made once a run."""
+    return built_once(tmp_path_factory, "folders", make_folders)
+
+
+@pytest.fixture
+def folders(shared_folders: Path) -> Iterator[Path]:
+    """The shared image folders, read only."""
+    with unchanged(shared_folders, "the shared image folders"):
+        yield shared_folders

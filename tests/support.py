@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pickle
 import re
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
+import pytest
+from hypothesis import settings
 from typer.testing import CliRunner, Result
 
 from europeana_imgcls import DownloadConfig, TrainConfig
@@ -147,12 +152,63 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> 
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A server on 127.0.0.1 answering with ``handler`` while the block runs; yields its ``http://host:port``."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop to look at its flag: every half second by default, a tenth of that here.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the fixtures share across tests (and pytest-xdist's workers), and the lanes
+
+T = TypeVar("T")
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """What ``build(folder)`` returns, built once for the whole run: under pytest-xdist by the first worker that
+    asks, under a lock in the folder the workers' temporary folders share, while the others wait and then read
+    what it returned (pickled); without xdist, once per session (pytest-xdist's pattern for session fixtures)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(factory.mktemp(name))
+    import fcntl
+
+    root = factory.getbasetemp().parent
+    done = root / f"{name}.pickle"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():  # a fresh folder for each try: a build that failed leaves its half behind
+            result = build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)))
+            done.write_bytes(pickle.dumps(result))
+        return pickle.loads(done.read_bytes())
+
+
+@contextmanager
+def unchanged(folder: Path, what: str) -> Iterator[None]:
+    """Fail the test that wrote into ``folder``, a fixture shared with other tests (and other workers)."""
+
+    def state() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in [folder, *folder.rglob("*")]}
+
+    before = state()
+    yield
+    assert state() == before, f"the test wrote into {what}, which other tests share: copy it into tmp_path first"
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """A shared run copied into ``tmp_path``, for a test whose command writes into its run (evaluate keeps the run's
+    latest evaluation and model card, export its ONNX files)."""
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def examples(count: int) -> int:
+    """A property test's ``max_examples``: ``count`` in the full suite (and CI), a quarter of it in the fast lane,
+    whose Hypothesis profile asks 25 examples where Hypothesis's default asks 100 (conftest.py)."""
+    return max(10, count * settings.default.max_examples // 100)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,18 +44,18 @@ from .hostile import (
     without_hanging,
     works_or_one_line,
 )
-from .support import VOCAB, make_folders
+from .support import VOCAB, examples, make_folders
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # A table's cells: text UTF-8 can encode (the table is written as UTF-8), hostile words among it.
 _CELLS = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(HOSTILE_WORDS)
 
 
 @pytest.fixture(scope="module")
-def lab(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def lab(shared_trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A run (exported), images to label, and a predict journal half done by shard 1 of 2."""
     root = tmp_path_factory.mktemp("hostile")
-    run = Path(shutil.copytree(trained_run, root / "run"))
+    run = Path(shutil.copytree(shared_trained_run, root / "run"))
     export(ExportConfig(run=run, quiet=True))
     images = make_folders(root / "new", per_class=2, size=40)
     out = root / "half" / "p.csv"
@@ -115,7 +115,7 @@ def test_a_checkpoints_metadata(lab: dict[str, Path], data: st.DataObject) -> No
         works_or_one_line(lambda: load_run(run, torch.device("cpu")))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(data=st.data())
 def test_a_runs_calibration(lab: dict[str, Path], data: st.DataObject) -> None:
     with scratch() as folder:
@@ -136,7 +136,7 @@ def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "e.parquet"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(data=st.data())
 def test_the_embeddings_sidecar(embeddings: Path, data: st.DataObject) -> None:
     with scratch() as folder:
@@ -146,7 +146,7 @@ def test_the_embeddings_sidecar(embeddings: Path, data: st.DataObject) -> None:
         works_or_one_line(lambda: read_embeddings(table))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(data=st.data())
 def test_a_vocabulary(data: st.DataObject) -> None:
     with scratch() as folder:
@@ -155,7 +155,7 @@ def test_a_vocabulary(data: st.DataObject) -> None:
         works_or_one_line(lambda: load_vocabulary(path))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(cells=st.lists(st.lists(_CELLS, min_size=1, max_size=4), max_size=5), cut=st.integers(0, 400))
 def test_a_table(cells: list[list[str]], cut: int) -> None:
     import csv

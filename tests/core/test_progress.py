@@ -39,8 +39,9 @@ def test_embed_and_audit_show_progress_in_a_terminal_unless_quiet(tmp_path: Path
 def test_long_steps_show_progress_in_a_terminal_unless_quiet(
     trained: Path, eval_dir: Path, tmp_path: Path, command: str, description: str
 ) -> None:
-    from ..support import TERMINAL, shows_progress
+    from ..support import TERMINAL, copy_of, shows_progress
 
+    trained = copy_of(trained, tmp_path)  # evaluate keeps its latest evaluation in the run
     for quiet in (False, True):
         out = tmp_path / f"q{quiet}"
         args = {

@@ -14,7 +14,7 @@ from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
 from europeana_imgcls.modelling.checkpoint import load_checkpoint
 from europeana_imgcls.outputs.evaluation import evaluate_run
 
-from ..support import CLASSES, LABELS, TARGET, make_multilabel_folder, rows
+from ..support import CLASSES, LABELS, TARGET, copy_of, make_multilabel_folder, rows
 
 # ---------------------------------------------------------------------------------------------
 # The numbers, on data with known answers
@@ -41,7 +41,7 @@ def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) ->
 
 
 def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
-    report = evaluate(EvaluateConfig(run=trained, eval_dir=eval_dir, output_dir=tmp_path / "ev"))
+    report = evaluate(EvaluateConfig(run=copy_of(trained, tmp_path), eval_dir=eval_dir, output_dir=tmp_path / "ev"))
     out = tmp_path / "ev"
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = rows(out / "predictions.csv")
@@ -87,7 +87,7 @@ def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tm
 
 
 def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -> None:
-    data, out = ml_run
+    out = copy_of(ml_run[1], tmp_path)
     held_out = make_multilabel_folder(tmp_path / "eval", count=24, seed=7)
     report = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev"))
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
