@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from europeana_imgcls.acquisition.download import file_name
 
+from ..support import examples
+
 # ---------------------------------------------------------------------------------------------
 # Rule 7: names and races
 
@@ -22,13 +24,13 @@ WINDOWS_FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
 
 
 @given(st.lists(IDS, min_size=2, max_size=2, unique=True))
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 def test_file_names_are_injective(pair: list[str]) -> None:
     assert file_name(pair[0]) != file_name(pair[1])
 
 
 @given(IDS)
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 def test_file_names_are_safe_on_linux_and_windows_and_read_back(record_id: str) -> None:
     from europeana_imgcls.core.naming import record_id_of
 

@@ -32,7 +32,7 @@ from europeana_imgcls.core.tables import (
 )
 from europeana_imgcls.europeana.sandbox import Sandbox
 
-from ..support import VOCAB, _good_rows
+from ..support import VOCAB, _good_rows, examples
 
 FORMULAS = ["-1\n", "+1\n", "-1\r\n", "=1\n", "-1\n\n", "-١", "+٣e٢", "-1 ", "-0x1"]  # each begins a formula
 NUMBERS = ["-1", "+3", "-0.5", "-.5", "1e5", "-2.5E-3", "0"]
@@ -236,7 +236,7 @@ _CELL = st.text(alphabet=st.sampled_from(list("=+-@'\t\r a1.,\"é\n")), max_size
 
 
 @given(st.lists(st.tuples(_CELL, _CELL), min_size=1, max_size=6))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_any_text_reads_back_from_eics_csvs_as_written_and_no_cell_starts_a_formula(
     rows: list[tuple[str, str]],
 ) -> None:

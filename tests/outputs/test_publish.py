@@ -28,7 +28,7 @@ from europeana_imgcls.europeana.sandbox import ANNOTATION_PATHS, Knobs, Sandbox
 from europeana_imgcls.outputs.publish import publish, withdraw
 
 from ..hostile import assert_untouched, cli_works_or_one_line, mutated_json, scratch, snapshot
-from ..support import MODEL_A, MODEL_B, _config, _items, _made, _one_line, _write, sandbox_config
+from ..support import MODEL_A, MODEL_B, _config, _items, _made, _one_line, _write, examples, sandbox_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -377,7 +377,7 @@ class _Redirecting:
             do_GET = do_POST = do_DELETE = _moved  # noqa: N815
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         return self
 
@@ -616,7 +616,7 @@ def _mutated_lines(data: st.DataObject, lines: list[bytes]) -> list[bytes]:
 
 
 @given(st.data())
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_mutated_publication_journal_works_or_is_refused_in_one_line(sandbox: Sandbox, data: st.DataObject) -> None:
     with scratch() as folder:
         path = _write(folder / "a.jsonl", _made(4))

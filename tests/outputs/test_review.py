@@ -21,7 +21,7 @@ from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.outputs.review import NONE_CHOICE, import_review, labelling_config
 
 from ..hostile import assert_untouched, cli_works_or_one_line, mutated_bytes, scratch, snapshot, without_hanging
-from ..support import REVIEWS, VOCAB, WORDS, _apply, _import, _setup, task
+from ..support import REVIEWS, VOCAB, WORDS, _apply, _import, _setup, examples, task
 from ..support import review_import as run
 
 
@@ -312,7 +312,7 @@ def test_what_an_export_holds_never_breaks_the_one_line(tmp_path: Path, tasks: l
 
 
 @given(st.data())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_a_mutated_export_is_imported_or_refused_in_one_line(data: st.DataObject) -> None:
     with scratch() as folder:
         _setup(folder, REVIEWS)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from europeana_imgcls.cli.app import app
 
 from ..hostile import assert_untouched, cli_works_or_one_line, mutated_bytes, scratch, snapshot, without_hanging
-from ..support import REVIEWS, TRAIN, WORDS, _apply, _import, _setup, task
+from ..support import REVIEWS, TRAIN, WORDS, _apply, _import, _setup, examples, task
 from ..support import review_import as run
 
 
@@ -217,7 +217,7 @@ def test_a_reviewed_row_with_a_hostile_record_id_is_refused(tmp_path: Path) -> N
 
 
 @given(st.data())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_mutated_notes_are_applied_or_refused_in_one_line(data: st.DataObject) -> None:
     with scratch() as folder:
         _setup(folder, REVIEWS)
