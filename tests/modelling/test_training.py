@@ -380,3 +380,21 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
         train(config(data, tmp_path / "run", arch="resnet18", weights="imagenet", epochs=1, crossvalidation=False))
     report = train(config(data, tmp_path / "run", epochs=1, crossvalidation=False, gradcam_images=0))
     assert report.splits  # the natural retry with --weights none is not refused
+
+
+def test_an_epoch_of_one_batch_shows_no_absurd_images_per_second() -> None:
+    # The bar's clock started after the epoch's only batch, which then showed 6,999,392 images/s; a rate is shown
+    # once measured over enough work, a dash until then.
+    import io
+    import re
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    with training._EpochProgress(False, 0, 1, 1) as progress:
+        progress.tick(0, 0.5, 7)  # the epoch's only batch: 7 images
+        Console(file=out, width=200).print(progress.bar.get_renderable())
+    shown = out.getvalue()
+    assert "split 0 epoch 1" in shown and "1/1" in shown, shown
+    rate = re.search(r"(\S+) images/s", shown)
+    assert rate is not None and rate.group(1) == "—", shown
