@@ -122,3 +122,37 @@ def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypa
     train(config(Path("data"), tmp_path / "run", resume=True, **probe))
     report = evaluate(EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "ev", gallery=0))
     assert len(report.splits) == 3  # split 0, fitted before the interruption, still loads
+
+
+def _probe_in_a_terminal(method: str, tmp_path: Path, quiet: bool) -> str:
+    """``eic train --method METHOD`` of the tiny net on a terminal; its stderr."""
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    from ..support import TERMINAL
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    tiny = ["--arch", "tiny", "--weights", "none", "--input-size", "32", "--folds", "3", "--method", method]
+    out = ["--output-dir", str(tmp_path / f"run-{quiet}"), *(["--quiet"] if quiet else [])]
+    result = CliRunner().invoke(app, ["train", str(data), *out, *tiny], env=TERMINAL)
+    assert result.exit_code == 0, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_knn_run_shows_its_embedding_pass_and_its_splits_in_a_terminal_unless_quiet(
+    tmp_path: Path, quiet: bool
+) -> None:
+    from ..support import shows_progress
+
+    stderr = _probe_in_a_terminal("knn", tmp_path, quiet)  # ten folds of a probe were a silent minute and more
+    assert shows_progress(stderr, "embed") != quiet and shows_progress(stderr, "knn splits") != quiet, stderr
+
+
+@pytest.mark.slow  # L-BFGS over three strengths per split: seconds
+def test_a_linear_probe_shows_its_embedding_pass_and_its_splits_in_a_terminal(tmp_path: Path) -> None:
+    from ..support import shows_progress
+
+    stderr = _probe_in_a_terminal("linear-probe", tmp_path, quiet=False)
+    assert shows_progress(stderr, "embed") and shows_progress(stderr, "linear-probe splits"), stderr
