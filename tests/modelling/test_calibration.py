@@ -49,7 +49,7 @@ def test_training_writes_a_calibration_a_diagram_and_a_model_card(world) -> None
         "## Training data",
         "## Metrics",
         "## Calibration",
-        "## Limitations",
+        "## Bias, risks and limitations",
     ):
         assert section in card
     for c in calibration.per_class:

@@ -1,16 +1,28 @@
-"""modelling/modelcard.py: MODEL_CARD.md names the model and reports its evaluation."""
+"""modelling/modelcard.py: MODEL_CARD.md names the model and reports its evaluation, and the Hugging Face Hub
+reads it whole (huggingface_hub, on the local file: no network)."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from collections import Counter
 from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from europeana_imgcls.modelling.modelcard import ONNX_SNIPPET, license_name, write_model_card
+
+from ..support import make_folders
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------
 # Publish and withdraw
 
 
 def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, trained_run: Path, tmp_path: Path) -> None:
-    import shutil
-
     from europeana_imgcls import EvaluateConfig, evaluate
 
     model = enriched["model"]
@@ -18,8 +30,6 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
     shutil.copytree(trained_run, run)
     for written in (run / "evaluation.json", run / "MODEL_CARD.md"):
         written.unlink(missing_ok=True)
-    from europeana_imgcls.modelling.modelcard import write_model_card
-
     write_model_card(run)
     card = (run / "MODEL_CARD.md").read_text()
     _, front, body = card.split("---\n", 2)  # the YAML block model hubs read, first
@@ -43,7 +53,7 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
     assert "Not evaluated yet" in body
     evaluate(EvaluateConfig(run=run, eval_dir=enriched["images"], output_dir=tmp_path / "ev", gallery=0))
     card = (run / "MODEL_CARD.md").read_text()
-    evaluation = card.split("## Evaluation")[1].split("## Limitations")[0]
+    evaluation = card.split("## Evaluation")[1].split("## Bias, risks and limitations")[0]
     assert f"({3 * 8} images)" in evaluation and "| accuracy |" in evaluation
     providers = [line for line in evaluation.splitlines() if line.startswith("| 90")]
     assert {line.split(" | ")[0].strip("| ") for line in providers} == {
@@ -58,3 +68,101 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
         "9022",
     }
     assert f"model_id: {model}" in card  # evaluating changes no model
+
+
+# ---------------------------------------------------------------------------------------------
+# As the Hugging Face Hub reads it
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    """A copy of the shared run: evaluating it, or editing it, writes into it."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def test_the_hub_reads_the_cards_scores_licence_and_sections(trained_run: Path, tmp_path: Path) -> None:
+    from europeana_imgcls import EvaluateConfig, evaluate
+
+    run = _copy(trained_run, tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    card = ModelCard.load(run / "MODEL_CARD.md")  # a local path: huggingface_hub reads the file, asks no server
+    data = card.data
+    assert data.license == "other" and data.license_name == "europeana-images-rights-unknown"
+    assert data.license_link == "https://www.europeana.eu/en/rights"
+    assert data.library_name == "europeana-imgcls" and data.pipeline_tag == "image-classification"
+    assert data.eval_results is not None and data.model_name == "run"
+    assert {r.metric_type: r.metric_value for r in data.eval_results} == {
+        name: round(value["mean"], 4) for name, value in summary["metrics"].items()
+    }
+    assert {(r.task_type, r.dataset_type, r.dataset_split) for r in data.eval_results} == {
+        ("image-classification", "imagefolder", "test")
+    }
+    folder = Path(json.loads((run / "split_0" / "config.json").read_text())["data_dir"]).name
+    assert data.eval_results[0].dataset_name == f"{folder}: the test folds of 3-fold cross-validation"
+    for section in (
+        "## Model details",
+        "## License",
+        "## How to get started with the model",
+        "## Intended use",
+        "## Training data",
+        "## Evaluation",
+        "## Bias, risks and limitations",
+        "### Recommendations",
+        "## Compute infrastructure",
+        "## Citation",
+        "## Model card contact",
+    ):
+        assert section in card.text, section
+    compute = card.text.split("## Compute infrastructure")[1].split("##")[0]
+    assert summary["compute"]["hardware"] in compute and "- Training time: " in compute, compute
+    assert f"```python\n{ONNX_SNIPPET}```" in card.text and "eic predict RUN" in card.text
+
+    # An evaluation adds its scores, named after its folder
+    eval_dir = make_folders(tmp_path / "held_out", per_class=3, size=40)
+    evaluate(EvaluateConfig(run=run, eval_dir=eval_dir, output_dir=tmp_path / "ev", gallery=0, quiet=True))
+    results = ModelCard.load(run / "MODEL_CARD.md").data.eval_results
+    assert {r.dataset_name for r in results} == {
+        f"{folder}: the test folds of 3-fold cross-validation",
+        "held_out: images the run never saw",
+    }
+
+
+def test_the_licence_is_named_by_the_training_images_most_restrictive_reusability() -> None:
+    assert license_name(Counter({"open": 40})) == "europeana-open-images"
+    assert license_name(Counter({"open": 40, "restricted": 1})) == "europeana-restricted-images"
+    assert license_name(Counter({"open": 4, "permission": 2, "restricted": 1})) == "europeana-permission-images"
+    assert license_name(Counter()) == "europeana-images-rights-unknown"
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["2024-01-01", "yes", "1e5", "0123", 'a "quoted": name # not a comment', "ligne\u2028deux", "bildarchiv ü 🖼"],
+)
+def test_the_front_matter_reads_back_whatever_the_training_folder_is_called(
+    trained_run: Path, tmp_path: Path, folder: str
+) -> None:
+    # The card names the training folder in model-index: YAML must read back the string it is, not a date, a
+    # boolean, a number or a broken block.
+    run = _copy(trained_run, tmp_path)
+    for config in run.glob("split_*/config.json"):
+        settings = json.loads(config.read_text())
+        config.write_text(json.dumps({**settings, "data_dir": str(tmp_path / folder)}))
+    write_model_card(run)
+    results = ModelCard.load(run / "MODEL_CARD.md").data.eval_results
+    assert results[0].dataset_name == f"{folder}: the test folds of 3-fold cross-validation"
+
+
+def test_the_cards_onnx_snippet_is_deploy_docs() -> None:
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert f"```python\n{ONNX_SNIPPET}```" in deploy
+
+
+def test_a_run_trained_before_compute_was_recorded_says_so(trained_run: Path, tmp_path: Path) -> None:
+    run = _copy(trained_run, tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["compute"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    write_model_card(run)
+    text = (run / "MODEL_CARD.md").read_text()
+    assert re.search(r"## Compute infrastructure\n\nNot recorded", text)
