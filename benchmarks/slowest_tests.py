@@ -87,6 +87,7 @@ class Lane:
     wall: float | None  # seconds, as this script measured the pytest process (None for a saved output)
     pytest_says: str  # pytest's summary line: the counts and its own seconds
     load_before: str = ""  # the load average as the lane started: another job's load inflates every number
+    cpu: float | None = None  # CPU seconds (user + system) of pytest and every process it started
 
 
 def run_lane(full: bool, pytest_args: list[str]) -> Lane:
@@ -97,9 +98,9 @@ def run_lane(full: bool, pytest_args: list[str]) -> Lane:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "pytest", *lane, "-p", Path(__file__).stem, "-q"]
         load = _load()
-        started = time.perf_counter()
+        started, used = time.perf_counter(), _children_cpu()
         done = subprocess.run([*command, *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, _children_cpu() - used
         if not report.exists():
             sys.exit(f"pytest ended ({done.returncode}) without a report:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         tests: dict[str, Test] = defaultdict(Test)
@@ -111,7 +112,8 @@ def run_lane(full: bool, pytest_args: list[str]) -> Lane:
                 test.outcome = entry["outcome"]
     summary = [line for line in done.stdout.splitlines() if SUMMARY_LINE.search(line)]
     name = "full suite: pytest -n auto" if full else 'fast lane: pytest -n auto -m "not slow"'
-    return Lane(name + (" " + " ".join(pytest_args) if pytest_args else ""), dict(tests), wall, _said(summary), load)
+    title = name + (" " + " ".join(pytest_args) if pytest_args else "")
+    return Lane(title, dict(tests), wall, _said(summary), load, cpu)
 
 
 def read_output(path: Path) -> Lane:
@@ -149,6 +151,10 @@ def report(lane: Lane, top: int, threshold: float) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     machine = f"; {cores} cores, load average {lane.load_before} before, {_load()} after" if lane.load_before else ""
     print(f"{wall}; pytest: {lane.pytest_says}; {len(tests)} tests timed{machine}")
+    if lane.cpu is not None and cores:
+        # What other jobs' load cannot inflate: the lane's own CPU time, and the wall time it needs at least.
+        share = lane.cpu / cores
+        print(f"CPU time {lane.cpu:.1f} s (pytest and every process it started): {share:.1f} s on {cores} free cores")
     print(
         f"the tests' seconds together: {total:.1f} s; {len(over)} tests of {threshold:g} s or more take "
         f"{sum(t.total for t in over.values()):.1f} s of them"
@@ -169,6 +175,9 @@ def report(lane: Lane, top: int, threshold: float) -> None:
     for path, seconds, count in per_file(tests)[:top]:
         print(f"{_cut(path, 60):<60} {seconds:>7.1f} {count:>6} {seconds / max(total, 1e-9):>6.0%}")
     print()
+    for name, test in tests.items():
+        if test.outcome not in ("passed", "skipped"):
+            print(f"{test.outcome}: {name}")
     fast = [(n, t) for n, t in ranked if t.total >= threshold and t.slow is False]
     if lane.tests and all(t.slow is None for t in tests.values()):
         print("(a saved output does not say which tests are marked slow)")
@@ -176,6 +185,14 @@ def report(lane: Lane, top: int, threshold: float) -> None:
     print(f"{len(fast)} tests of {threshold:g} s or more are not marked slow (the fast lane runs them):")
     for name, test in fast:
         print(f"  {test.total:>6.2f}  {name}")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children and theirs (the xdist workers, the eic they start)."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def _load() -> str:
