@@ -63,6 +63,7 @@ from ..core.tables import (
 )
 from ..europeana.ratelimit import RateLimit
 from ..europeana.thumbnails import is_placeholder, thumbnail_url
+from ..europeana.tls import tls_context
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .placement import Placement, write_set_aside
 
@@ -362,7 +363,7 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
     headers = {"User-Agent": "europeana-imgcls (image classification research)"}
-    tls = httpx.create_ssl_context()  # one for all: loading the CA bundle costs ~25 ms each time
+    tls = tls_context()  # the process's: loading the CA bundle costs ~50 ms each time
     return [
         httpx.AsyncClient(
             limits=limits, timeout=timeout, follow_redirects=True, max_redirects=10, headers=headers, verify=tls
