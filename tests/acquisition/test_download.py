@@ -7,6 +7,7 @@ import functools
 import hashlib
 import importlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.acquisition.download import Fetcher, file_name
 from europeana_imgcls.acquisition.images import ImageRejected, save_normalised
 from europeana_imgcls.cli.app import app
-from europeana_imgcls.core.errors import DatasetError
+from europeana_imgcls.core.errors import ConfigError, DatasetError
 from europeana_imgcls.core.sharding import Shard
 from europeana_imgcls.core.tables import temp_path
 from europeana_imgcls.europeana.sandbox import FAULTS, Knobs, Sandbox
@@ -202,7 +203,7 @@ def test_names_and_bad_tables(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["download", str(tmp_path / "nourl.csv"), "-o", str(tmp_path / "img")])
     assert result.exit_code == 1 and "missing column(s) URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    result = CliRunner().invoke(app, ["download", str(tmp_path / "none.csv")])
+    result = CliRunner().invoke(app, ["download", str(tmp_path / "none.csv"), "-o", str(tmp_path / "img")])
     assert result.exit_code == 1 and "no such file or folder" in result.stderr
 
 
@@ -981,3 +982,107 @@ def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path
         )  # ...and the shard's newer one
         download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
         assert _failures(out / "failures.csv")[record.id] == "HTTP 404"
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder is rearranged only when asked: its table recorded, another's refused, --prune to set records aside
+
+
+@pytest.fixture(scope="module")
+def two_tables(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, pl.DataFrame, pl.DataFrame]]:
+    """A training table and an evaluation table of other records, the sandbox serving both."""
+    root = tmp_path_factory.mktemp("tables")
+    with Sandbox(sandbox_config(per_level=3)) as sb:
+        rows = pl.read_csv(sandbox_table(sb, root / "all.csv"))
+        train, evaluation = rows.head(rows.height - 4), rows.tail(4)
+        train.write_csv(root / "train.csv")
+        evaluation.write_csv(root / "eval.csv")
+        yield root / "train.csv", root / "eval.csv", train, evaluation
+
+
+def _held(out: Path) -> set[str]:
+    return {p.name for p in out.glob("*/*.jpg")}
+
+
+def test_a_folder_filled_from_another_table_is_refused(two_tables, tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    train, evaluation, train_rows, _ = two_tables
+    out = tmp_path / "images"
+    download(config(train, out, max_side=64))
+    before = _held(out)
+    with pytest.raises(DatasetError) as refused:  # an evaluation table, as training's folder was once the default
+        download(config(evaluation, out, max_side=64))
+    said = str(refused.value)
+    assert str(train) in said and "`add`" in said and "`output_dir`" in said and "\n" not in said
+    assert _held(out) == before and not (out / SET_ASIDE).exists()
+    assert json.loads((out / "config.json").read_text())["table"] == str(train.resolve())
+    assert download(config(train, out, max_side=64)).already_saved == train_rows.height  # its own table carries on
+    result = CliRunner().invoke(app, ["download", str(evaluation), "-o", str(out), "--quiet"])
+    assert_one_line_error(result, "holds the images of another table")
+    assert "--add" in result.stderr and "--prune" in result.stderr and "--output-dir" in result.stderr
+
+
+def test_add_puts_another_tables_records_beside_the_folders(two_tables, tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    train, evaluation, train_rows, eval_rows = two_tables
+    out = tmp_path / "images"
+    download(config(train, out, max_side=64))
+    report = download(config(evaluation, out, max_side=64, add=True))
+    assert _held(out) == {file_name(i) for i in [*train_rows["ID"], *eval_rows["ID"]]}
+    assert not (out / SET_ASIDE).exists() and not (out / "set_aside.csv").exists()
+    assert (report.set_aside, report.left) == (0, train_rows.height)
+
+
+def test_prune_sets_aside_the_records_the_table_does_not_hold(two_tables, tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    train, evaluation, train_rows, eval_rows = two_tables
+    out = tmp_path / "images"
+    download(config(train, out, max_side=64))
+    report = download(config(evaluation, out, max_side=64, prune=True))
+    assert _held(out) == {file_name(i) for i in eval_rows["ID"]}
+    assert (report.set_aside, report.left) == (train_rows.height, 0)
+    assert {p.name for p in (out / SET_ASIDE).glob("*/*.jpg")} == {file_name(i) for i in train_rows["ID"]}
+    with pytest.raises(ConfigError, match="`prune`.*`retry_failed`"):  # prune needs a run over the whole table
+        config(evaluation, out, prune=True, retry_failed=True)
+
+
+def test_without_prune_records_the_table_dropped_stay_and_the_summary_says_so(two_tables, tmp_path: Path) -> None:
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    _, _, train_rows, _ = two_tables
+    table, out = tmp_path / "train.csv", tmp_path / "my images"
+    train_rows.write_csv(table)
+    download(config(table, out, max_side=64))
+    train_rows.head(2).write_csv(table)  # the same table, fewer records (a review dropped some)
+    report = download(config(table, out, max_side=64))
+    assert _held(out) == {file_name(i) for i in train_rows["ID"]} and not (out / SET_ASIDE).exists()
+    assert (report.set_aside, report.left) == (0, train_rows.height - 2)
+    result = CliRunner().invoke(app, ["download", str(table), "-o", str(out), "--quiet"])
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert result.exit_code == 0 and "already there" in said
+    assert f"into {out}" in said  # the summary names the folder
+    assert f"{train_rows.height - 2} records the table does not hold left where they are" in said
+    assert "--prune sets them aside" in said
+
+
+def test_the_output_folder_is_required_and_may_come_from_a_config_file_or_the_environment(
+    two_tables, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, _, train_rows, _ = two_tables
+    monkeypatch.chdir(tmp_path)
+    missing = eic("download", train, "--quiet")
+    assert_one_line_error(missing, "--output-dir is required")
+    assert "EUROPEANA_OUTPUT_DIR" in missing.stderr and not (tmp_path / "images").exists()  # no default folder
+    with pytest.raises(ConfigError, match="`output_dir` is required"):
+        DownloadConfig(table=train)
+    assert "--output-dir" in eic("download", "--help").stdout
+    settings = tmp_path / "eic.toml"
+    settings.write_text(f'[download]\noutput_dir = "{tmp_path / "from_file"}"\nmax_side = 64\n')
+    assert eic("download", train, "--quiet", "--config", settings).exit_code == 0
+    assert len(_held(tmp_path / "from_file")) == train_rows.height
+    monkeypatch.setenv("EUROPEANA_OUTPUT_DIR", str(tmp_path / "from_env"))
+    assert eic("download", train, "--quiet", "--max-side", "64").exit_code == 0
+    assert len(_held(tmp_path / "from_env")) == train_rows.height
