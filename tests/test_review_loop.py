@@ -107,7 +107,7 @@ def test_audit_review_apply_download_puts_reviewed_records_in_their_true_class(t
         steps = [
             ["review", "import", str(export), "-o", str(tmp_path / "reviewed.csv"), "--vocab", str(vocab)],
             ["review", "apply", str(table), str(tmp_path / "reviewed.csv"), "-o", str(tmp_path / "new.csv")],
-            ["download", str(tmp_path / "new.csv"), "-o", str(images), "--max-side", "64", "--quiet"],
+            ["download", str(tmp_path / "new.csv"), "-o", str(images), "--prune", "--max-side", "64", "--quiet"],
         ]
         for step in steps:
             result = runner.invoke(app, step)
