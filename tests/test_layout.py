@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import europeana_imgcls
 from europeana_imgcls.europeana.sandbox import Sandbox
 
@@ -52,6 +54,24 @@ print(heavy[:5])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
     assert any((tmp_path / "img").rglob("*.jpg"))
+
+
+@pytest.mark.slow  # a process that imports torch
+def test_the_torch_stages_load_torchvision_and_grad_cam_only_to_use_them() -> None:
+    """Training, prediction and evaluation import neither torchvision (~1.5 s: its detection ops load
+    torch._dynamo) nor the grad-cam package (matplotlib's pyplot) until a torchvision model or a heatmap is asked."""
+    script = """
+import sys
+import europeana_imgcls.modelling.training, europeana_imgcls.outputs.prediction, europeana_imgcls.outputs.evaluation
+from europeana_imgcls.modelling.models import build_model
+from europeana_imgcls.modelling.explain import cam_class
+build_model("efficientnet_lite0", 3)
+print(sorted(m for m in ("torchvision", "pytorch_grad_cam") if m in sys.modules))
+cam_class("gradcam"), build_model("resnet18", 3)
+print(sorted(m for m in ("torchvision", "pytorch_grad_cam") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split("\n")[:2] == ["[]", "['pytorch_grad_cam', 'torchvision']"], done.stderr[-3000:]
 
 
 def test_the_public_api_is_what_docs_api_md_promises() -> None:

@@ -11,26 +11,32 @@ from typing import Any, get_args
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from pytorch_grad_cam import (
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ..core.config import CamMethod
 from ..core.errors import ConfigError
 
-# The names are the settings' (config.CamMethod, checked before torch is imported); the classes are said once,
-# here, in the same order (a name without its class fails at import, not at a user's first heatmap).
+# The names are the settings' (config.CamMethod, checked before torch is imported); the grad-cam package's classes
+# for them are named once, here, in the same order (a name without its class fails at import; the tests draw a
+# heatmap with each class). The package is imported with the first heatmap, not with this module: it brings
+# matplotlib's pyplot and torchvision (~2 s of every start of train, predict or evaluate), which a run that draws
+# no heatmap never uses.
 CAM_METHODS = dict(
-    zip(get_args(CamMethod), (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM, EigenCAM), strict=True)
+    zip(
+        get_args(CamMethod),
+        ("GradCAM", "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "EigenCAM"),
+        strict=True,
+    )
 )
+
+
+def cam_class(method: str) -> Any:
+    """The grad-cam package's class for ``method`` (a name of ``CAM_METHODS``)."""
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}")
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[method])
 
 
 def heatmaps(
@@ -60,6 +66,8 @@ class CamSession:
 
     def heatmaps(self, targets: Sequence[int]) -> np.ndarray:
         """One heatmap per image of the last batch, for its class in ``targets``."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         assert self.batch is not None and self.outputs is not None, "forward a batch first"
         wanted = [ClassifierOutputTarget(int(t)) for t in targets]
         if self.cam.uses_gradients:
@@ -75,14 +83,13 @@ class CamSession:
 @contextmanager
 def cam_session(model: nn.Module, layer: nn.Module, method: str = "gradcam") -> Iterator[CamSession]:
     """A ``CamSession`` on ``model`` (in eval mode while it lasts); its hooks are gone when it ends."""
-    if method not in CAM_METHODS:
-        raise ConfigError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}")
+    cam = cam_class(method)
     was_training = model.training
     model.eval()
     try:
         # The CAM's context manager removes the forward and backward hooks it added, whatever happens.
-        with _backward_from(model, layer), CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
-            yield CamSession(cam)
+        with _backward_from(model, layer), cam(model=model, target_layers=[layer]) as session:
+            yield CamSession(session)
     finally:
         model.train(was_training)
 

@@ -41,7 +41,7 @@ def test_heatmaps_are_the_grad_cam_packages_from_one_pass(run, method: str) -> N
     heatmap is still the one the grad-cam package computes with its own forward and full backward pass."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from europeana_imgcls.modelling.explain import CAM_METHODS, cam_session, heatmaps
+    from europeana_imgcls.modelling.explain import cam_class, cam_session, heatmaps
     from europeana_imgcls.modelling.models import get_arch
 
     out, _ = run
@@ -50,7 +50,7 @@ def test_heatmaps_are_the_grad_cam_packages_from_one_pass(run, method: str) -> N
     batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = {}
     for targets in ([0, 1, 2], [2, 0, 1]):
-        with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
+        with cam_class(method)(model=model, target_layers=[layer]) as cam:
             expected[tuple(targets)] = cam(input_tensor=batch, targets=[ClassifierOutputTarget(t) for t in targets])
     np.testing.assert_allclose(heatmaps(model, layer, batch, [0, 1, 2], method), expected[(0, 1, 2)], atol=1e-5)
     with cam_session(model, layer, method) as session:
