@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -143,3 +144,33 @@ def test_table_outputs_are_refused_unless_overwrite_and_eics_own(command: str, t
         result = CliRunner().invoke(app, [*args, "-o", str(output), *extra])
         assert result.exit_code == 0, result.stderr
     assert output.read_text() != "precious"
+
+
+def test_subtract_warns_when_it_removes_most_of_a_class_or_a_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [
+        {"ID": f"/1/{c}{level}{i}", "category": c, "reusability": level}
+        for c in ("map", "painting")
+        for level in ("open", "permission")
+        for i in range(4)
+    ]
+    pl.DataFrame(rows).write_csv(tmp_path / "train.csv")
+
+    def subtracted(evaluation: list[dict[str, str]], name: str) -> list[str]:
+        pl.DataFrame(evaluation).write_csv(tmp_path / f"{name}.csv")
+        config = SubtractConfig(
+            train=tmp_path / "train.csv", eval=tmp_path / f"{name}.csv", output=tmp_path / f"{name}.out.csv"
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="europeana_imgcls"):
+            report = subtract(config)
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == report.warnings
+        return report.warnings
+
+    # An evaluation harvest whose --n reached every open record: training keeps no open record at all.
+    (level,) = subtracted([r for r in rows if r["reusability"] == "open"], "open")
+    assert "8 of 8 records of reusability level 'open' (100%)" in level and "--n" in level
+    (category,) = subtracted([r for r in rows if r["category"] == "map"][:5], "maps")  # 4 open of 8: half, no more
+    assert "5 of 8 records of class 'map'" in category
+    assert subtracted(rows[:1], "one") == []  # one record of a class: nothing to say

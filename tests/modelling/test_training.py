@@ -382,6 +382,21 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
     assert report.splits  # the natural retry with --weights none is not refused
 
 
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_behind(tmp_path: Path) -> None:
+    from europeana_imgcls.core.errors import ModelError
+
+    data = make_folders(tmp_path / "data", per_class=6, size=24)
+    with pytest.raises(ModelError, match="no ImageNet weights"):  # as offline: the model cannot be built
+        train(config(data, tmp_path / "run", weights="imagenet"))
+    assert not (tmp_path / "run").exists()  # was: run/split_0/ with config.json and class_index.json
+    mine = tmp_path / "mine"
+    mine.mkdir()  # a folder that was there before the run stays, as it was
+    with pytest.raises(ModelError):
+        train(config(data, mine, weights="imagenet"))
+    assert mine.is_dir() and not any(mine.iterdir())
+    assert len(train(config(data, tmp_path / "run", epochs=1, gradcam_images=0)).splits) == 3  # the retry
+
+
 def test_an_epoch_of_one_batch_shows_no_absurd_images_per_second() -> None:
     # The bar's clock started after the epoch's only batch, which then showed 6,999,392 images/s; a rate is shown
     # once measured over enough work, a dash until then.
