@@ -592,6 +592,20 @@ class Outcomes:
         self.journal.close()
 
     def _read(self) -> None:
+        """What the folder's lists say, then what the journal learnt since (newer: it wins)."""
+        self._read_lists()
+        for record_id, outcome in self.journal.entries():
+            if outcome.get("error") is None:
+                self.listed.pop(record_id, None)
+                self.labels[record_id] = (outcome.get("file") or "", outcome.get("category") or "")
+                if outcome.get("fetched"):
+                    self.fetched[record_id] = (outcome.get("file") or "", outcome["fetched"])
+            else:
+                self.listed[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "", "error": outcome["error"]}
+        self.failures = {k: v for k, v in self.listed.items() if sticks(v["error"])}
+
+    def _read_lists(self) -> None:
+        """``labels.csv`` (a multi-label folder's), ``fetched.csv`` and ``failures.csv``, as the last run left them."""
         if self.shard is None and self.multi:
             for row in _csv_rows(self.root / LABELS_FILE, "their images are labelled again when the table has them"):
                 if row.get("ID"):
@@ -602,15 +616,6 @@ class Outcomes:
         for row in _csv_rows(self.root / FAILURES_FILE, "their records are tried again"):
             if row.get("ID"):
                 self.listed[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
-        for record_id, outcome in self.journal.entries():
-            if outcome.get("error") is None:
-                self.listed.pop(record_id, None)
-                self.labels[record_id] = (outcome.get("file") or "", outcome.get("category") or "")
-                if outcome.get("fetched"):
-                    self.fetched[record_id] = (outcome.get("file") or "", outcome["fetched"])
-            else:
-                self.listed[record_id] = {"ID": record_id, "URL": outcome.get("URL") or "", "error": outcome["error"]}
-        self.failures = {k: v for k, v in self.listed.items() if sticks(v["error"])}
 
     def keep(self, record_id: str) -> None:
         self.kept[record_id] = self.failures[record_id]
