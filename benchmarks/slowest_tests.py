@@ -24,8 +24,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = "EIC_SLOWEST_TESTS_JSON"  # where this file, loaded into pytest as a plugin, writes what it saw
@@ -45,7 +48,7 @@ class _Recorder:
         self.path = path
         self.reports: list[dict[str, object]] = []
 
-    def pytest_runtest_logreport(self, report) -> None:  # noqa: ANN001  pytest's TestReport
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.reports.append(
             {
                 "test": report.nodeid,
@@ -53,6 +56,7 @@ class _Recorder:
                 "seconds": report.duration,
                 "outcome": report.outcome,
                 "slow": "slow" in report.keywords,
+                "cpu": dict(report.user_properties).get(f"cpu_{report.when}", 0.0),
             }
         )
 
@@ -60,8 +64,40 @@ class _Recorder:
         Path(self.path).write_text(json.dumps(self.reports))
 
 
-def pytest_configure(config) -> None:  # noqa: ANN001  pytest's Config
-    if os.environ.get(REPORT) and not hasattr(config, "workerinput"):
+class _CpuClock:
+    """Each phase's CPU seconds, where the test runs: its process's, and those of the processes it started and
+    waited for. Unlike its wall time, what another job's load cannot inflate."""
+
+    def _timed(self, item: pytest.Item, phase: str) -> Iterator[None]:
+        started = _process_cpu()
+        yield
+        item.user_properties.append((f"cpu_{phase}", _process_cpu() - started))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Iterator[None]:
+        yield from self._timed(item, "setup")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        yield from self._timed(item, "call")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Iterator[None]:
+        yield from self._timed(item, "teardown")
+
+
+def _process_cpu() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get(REPORT):
+        return
+    config.pluginmanager.register(_CpuClock(), "slowest-tests-cpu-clock")
+    if not hasattr(config, "workerinput"):
         config.pluginmanager.register(_Recorder(os.environ[REPORT]), "slowest-tests-recorder")
 
 
@@ -72,6 +108,7 @@ def pytest_configure(config) -> None:  # noqa: ANN001  pytest's Config
 @dataclass
 class Test:
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    cpu: float | None = None  # CPU seconds of its three phases (None: not known, as in a saved output)
     outcome: str = "passed"
     slow: bool | None = None  # None: not known (a saved output does not say)
 
@@ -107,6 +144,7 @@ def run_lane(full: bool, pytest_args: list[str]) -> Lane:
         for entry in json.loads(report.read_text()):
             test = tests[entry["test"]]
             test.seconds[entry["phase"]] = entry["seconds"]
+            test.cpu = (test.cpu or 0.0) + entry["cpu"]
             test.slow = entry["slow"]
             if entry["outcome"] != "passed":
                 test.outcome = entry["outcome"]
@@ -135,56 +173,65 @@ def _said(summary: list[str]) -> str:
     return f"{match['counts']} in {float(match['seconds']):.1f} s" if match else "(no summary line)"
 
 
-def per_file(tests: dict[str, Test]) -> list[tuple[str, float, int]]:
-    files: dict[str, list[float]] = defaultdict(list)
+def per_file(tests: dict[str, Test]) -> list[tuple[str, float, float, int]]:
+    """Per file: the wall seconds and CPU seconds of its tests, and how many, the slowest first."""
+    files: dict[str, list[Test]] = defaultdict(list)
     for name, test in tests.items():
-        files[name.split("::")[0]].append(test.total)
-    return sorted(((f, sum(s), len(s)) for f, s in files.items()), key=lambda row: -row[1])
+        files[name.split("::")[0]].append(test)
+    rows = [(f, sum(t.total for t in ts), sum(t.cpu or 0.0 for t in ts), len(ts)) for f, ts in files.items()]
+    return sorted(rows, key=lambda row: -row[1])
 
 
 def report(lane: Lane, top: int, threshold: float) -> None:
     tests = lane.tests
     total = sum(t.total for t in tests.values())
     over = {n: t for n, t in tests.items() if t.total >= threshold}
-    print(f"{lane.name}")
+    print(lane.name)
     wall = f"{lane.wall:.1f} s wall" if lane.wall is not None else "wall not measured"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     machine = f"; {cores} cores, load average {lane.load_before} before, {_load()} after" if lane.load_before else ""
     print(f"{wall}; pytest: {lane.pytest_says}; {len(tests)} tests timed{machine}")
     if lane.cpu is not None and cores:
         # What other jobs' load cannot inflate: the lane's own CPU time, and the wall time it needs at least.
-        share = lane.cpu / cores
-        print(f"CPU time {lane.cpu:.1f} s (pytest and every process it started): {share:.1f} s on {cores} free cores")
+        in_tests = sum(t.cpu or 0.0 for t in tests.values())
+        print(
+            f"CPU time {lane.cpu:.1f} s (pytest and every process it started; {in_tests:.1f} s of it in the tests, "
+            f"the rest starting the workers): {lane.cpu / cores:.1f} s on {cores} free cores"
+        )
     print(
-        f"the tests' seconds together: {total:.1f} s; {len(over)} tests of {threshold:g} s or more take "
+        f"the tests' wall seconds together: {total:.1f} s; {len(over)} tests of {threshold:g} s or more take "
         f"{sum(t.total for t in over.values()):.1f} s of them"
     )
     print()
-    width = min(100, max((len(n) for n in tests), default=10))
-    print(f"{'test':<{width}} {'s':>6} {'setup':>6} {'call':>6} {'tear':>6}  slow")
-    ranked = sorted(tests.items(), key=lambda item: -item[1].total)
-    for name, test in ranked[:top]:
-        s = test.seconds
-        marked = {True: "slow", False: "", None: "?"}[test.slow]
-        print(
-            f"{_cut(name, width):<{width}} {test.total:>6.2f} {s.get('setup', 0):>6.2f} {s.get('call', 0):>6.2f} "
-            f"{s.get('teardown', 0):>6.2f}  {marked}"
-        )
+    _tests_table(sorted(tests.items(), key=lambda item: -item[1].total)[:top])
     print()
-    print(f"{'file':<60} {'s':>7} {'tests':>6} {'share':>6}")
-    for path, seconds, count in per_file(tests)[:top]:
-        print(f"{_cut(path, 60):<60} {seconds:>7.1f} {count:>6} {seconds / max(total, 1e-9):>6.0%}")
+    print(f"{'file':<60} {'s':>7} {'CPU s':>7} {'tests':>6} {'share':>6}")
+    for path, seconds, cpu, count in per_file(tests)[:top]:
+        print(f"{_cut(path, 60):<60} {seconds:>7.1f} {cpu:>7.1f} {count:>6} {seconds / max(total, 1e-9):>6.0%}")
     print()
     for name, test in tests.items():
         if test.outcome not in ("passed", "skipped"):
             print(f"{test.outcome}: {name}")
-    fast = [(n, t) for n, t in ranked if t.total >= threshold and t.slow is False]
-    if lane.tests and all(t.slow is None for t in tests.values()):
+    if tests and all(t.slow is None for t in tests.values()):
         print("(a saved output does not say which tests are marked slow)")
         return
+    fast = [(n, t) for n, t in tests.items() if t.total >= threshold and t.slow is False]
     print(f"{len(fast)} tests of {threshold:g} s or more are not marked slow (the fast lane runs them):")
-    for name, test in fast:
+    for name, test in sorted(fast, key=lambda item: -item[1].total):
         print(f"  {test.total:>6.2f}  {name}")
+
+
+def _tests_table(rows: list[tuple[str, Test]]) -> None:
+    width = min(100, max((len(n) for n, _ in rows), default=10))
+    print(f"{'test':<{width}} {'s':>6} {'setup':>6} {'call':>6} {'tear':>6} {'CPU s':>6}  slow")
+    for name, test in rows:
+        s = test.seconds
+        cpu = f"{test.cpu:>6.2f}" if test.cpu is not None else f"{'?':>6}"
+        marked = {True: "slow", False: "", None: "?"}[test.slow]
+        print(
+            f"{_cut(name, width):<{width}} {test.total:>6.2f} {s.get('setup', 0):>6.2f} {s.get('call', 0):>6.2f} "
+            f"{s.get('teardown', 0):>6.2f} {cpu}  {marked}"
+        )
 
 
 def _children_cpu() -> float:
