@@ -206,9 +206,13 @@ def tune_thresholds(truth: np.ndarray, probs: np.ndarray, default: float = 0.5) 
     thresholds = np.full(truth.shape[1], default, dtype=np.float64)
     grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
     for label in range(truth.shape[1]):
-        if truth[:, label].sum() == 0:
+        actual = truth[:, label] != 0
+        if not actual.any():
             continue
-        scores = [f1_score(truth[:, label], probs[:, label] >= t, zero_division=0) for t in grid]
+        # F1 at every cut at once, as scikit-learn's f1_score computes it (2 TP / (positives + predicted), in
+        # float64), not one f1_score call a cut: 37 calls a label cost half a second a tuning, once per split.
+        predicted = probs[:, label][:, None] >= grid
+        scores = 2.0 * (predicted & actual[:, None]).sum(axis=0) / (actual.sum() + predicted.sum(axis=0))
         thresholds[label] = float(grid[int(np.argmax(scores))])
     return thresholds
 

@@ -48,6 +48,25 @@ def test_thresholds_are_tuned_to_maximise_f1() -> None:
     assert positive_weights(np.array([[1, 0], [1, 0], [0, 1], [1, 0]])).tolist() == pytest.approx([1 / 3, 3.0])
 
 
+def test_each_labels_threshold_is_the_first_cut_of_the_grid_with_scikit_learns_best_f1() -> None:
+    """The cuts 0.05, 0.075, ... 0.95: per label, the first one at which scikit-learn's F1 is highest."""
+    grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        rows, labels = int(rng.integers(1, 60)), int(rng.integers(1, 6))
+        truth = (rng.random((rows, labels)) < rng.random(labels)).astype(rng.choice([np.int64, np.float32]))
+        probs = rng.random((rows, labels)).astype(np.float32)
+        if trial % 4 == 0:  # probabilities on the grid's cuts, and ties between cuts
+            probs = rng.choice(grid, size=(rows, labels)).astype(np.float32)
+        expected = [
+            float(grid[int(np.argmax([f1_score(truth[:, k], probs[:, k] >= t, zero_division=0) for t in grid]))])
+            if truth[:, k].sum()
+            else 0.5
+            for k in range(labels)
+        ]
+        assert tune_thresholds(truth, probs).tolist() == expected
+
+
 def test_metrics_match_scikit_learn() -> None:
     rng = np.random.default_rng(2)
     truth = (rng.random((50, 5)) < 0.3).astype(int)
