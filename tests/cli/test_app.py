@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -17,6 +19,7 @@ from europeana_imgcls.core.errors import ConfigError
 from ..support import assert_one_line_error, eic
 
 
+@pytest.mark.slow  # an eic process
 def test_python_dash_m_and_public_surface() -> None:
     done = subprocess.run([sys.executable, "-m", "europeana_imgcls", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "harvest" in done.stdout
@@ -51,28 +54,47 @@ def test_library_messages_name_settings_and_the_command_line_shows_flags(tmp_pat
     assert_one_line_error(result, "pass --overwrite to replace it")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["train", "/no/such/folder", "-o", "r"],
-        ["evaluate", "/no/such/run", "/no/such/folder"],
-        ["predict", "/no/such/run", "x.jpg"],
-        ["embed", "/no/such/folder"],
-        ["audit", "/no/such/run"],
-        ["calibrate", "/no/such/run"],
-        ["enrich", "/no/such/run", "x.jpg"],
-    ],
-)
-def test_a_missing_path_is_refused_before_torch_is_imported(args: list[str]) -> None:
-    # In a fresh process: the test session has imported torch long ago.
-    code = (
-        "import sys\nfrom europeana_imgcls.cli.app import main\nsys.argv = ['eic', *sys.argv[1:]]\n"
-        "try:\n    main()\nexcept SystemExit as exit:\n"
-        "    print('torch' in sys.modules, exit.code, file=sys.stdout)\n"
+MISSING = [
+    ["train", "/no/such/folder", "-o", "r"],
+    ["evaluate", "/no/such/run", "/no/such/folder"],
+    ["predict", "/no/such/run", "x.jpg"],
+    ["embed", "/no/such/folder"],
+    ["audit", "/no/such/run"],
+    ["calibrate", "/no/such/run"],
+    ["enrich", "/no/such/run", "x.jpg"],
+]
+
+
+@pytest.fixture(scope="module")
+def refusals() -> dict[str, dict[str, Any]]:
+    """Each command of MISSING run in turn in one fresh process (the test session has imported torch long ago):
+    its exit code, its stderr, and whether torch had been imported by then."""
+    code = """
+import contextlib, io, json, sys
+from europeana_imgcls.cli.app import main
+for args in json.loads(sys.argv[1]):
+    sys.argv, err, status = ["eic", *args], io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as exit:
+            status = exit.code
+    print(json.dumps({"args": args, "torch": "torch" in sys.modules, "status": status, "stderr": err.getvalue()}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(MISSING)], capture_output=True, text=True, timeout=120
     )
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
-    assert result.stdout.split() == ["False", "1"], result.stdout + result.stderr
-    assert "no such file or folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert done.returncode == 0, done.stderr
+    return {" ".join(r["args"]): r for r in map(json.loads, done.stdout.splitlines())}
+
+
+@pytest.mark.parametrize("args", MISSING)
+def test_a_missing_path_is_refused_before_torch_is_imported(
+    refusals: dict[str, dict[str, Any]], args: list[str]
+) -> None:
+    result = refusals[" ".join(args)]
+    assert not result["torch"] and result["status"] == 1, result
+    assert "no such file or folder" in result["stderr"] and len(result["stderr"].strip().splitlines()) == 1
 
 
 def test_arguments_in_the_wrong_place_are_told_what_to_pass(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
