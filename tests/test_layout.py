@@ -30,6 +30,7 @@ def test_the_import_contracts_are_kept() -> None:
     assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout[-3000:]
 
 
+@pytest.mark.slow  # a process that runs the light stages on the sandbox
 def test_the_light_commands_never_load_torch(tmp_path: Path) -> None:
     """Importing the package and running harvest, subtract, stats and download loads no torch (seconds of
     start-up, and a machine that only fetches data needs none of it)."""

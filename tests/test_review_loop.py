@@ -72,6 +72,7 @@ def _check_against_labelling_config(tasks: list[dict[str, Any]], config: str) ->
         assert set(result["value"]["choices"]) <= allowed
 
 
+@pytest.mark.slow  # end to end: embed, audit, review, apply and download again on the sandbox
 def test_audit_review_apply_download_puts_reviewed_records_in_their_true_class(tmp_path: Path) -> None:
     with Sandbox(
         sandbox_config(per_level=24, label_noise=0.15), Knobs(shared_per_concept=0, triples_per_concept=0)

@@ -123,6 +123,7 @@ def test_a_symlinked_class_folder_is_refused_and_what_it_leads_to_is_untouched(t
     assert not (out / SET_ASIDE).exists() and hits == len(sandbox_records(sb))  # refused before any request
 
 
+@pytest.mark.slow  # an eic process each, which a hang would leave to its timeout
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])
 def test_a_record_path_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path: Path, kind: str) -> None:
     (tmp_path / "t.csv").write_text("category,ID,URL\nmap,/1/a,http://127.0.0.1:9/a.jpg\n")

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from europeana_imgcls.europeana.sandbox import Sandbox
 
 from ..support import sandbox_config
 
 
+@pytest.mark.slow  # two eic processes
 def test_eic_sandbox_serves_what_its_flags_say_and_a_taken_port_is_one_line(vocab_file: Path) -> None:
     import os
 

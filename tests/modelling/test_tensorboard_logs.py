@@ -15,6 +15,7 @@ from europeana_imgcls.cli.app import app
 # TensorBoard
 
 
+@pytest.mark.slow  # training, then tensorboard reading its event files back
 def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
