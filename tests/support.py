@@ -93,8 +93,8 @@ def sandbox_records(sb: Sandbox, multi: bool = False) -> list[SandboxRecord]:
     return [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and (len(r.labels) > 1) == multi]
 
 
-def sandbox_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
-    """A harvest-like table of those records (category, ID, URL, preview) at ``path``."""
+def sandbox_table(sb: Sandbox, path: Path, multi: bool = False, records: list[SandboxRecord] | None = None) -> Path:
+    """A harvest-like table of those records (or of ``records``: category, ID, URL, preview) at ``path``."""
     rows = [
         {
             "category": " ".join(r.labels),
@@ -102,7 +102,7 @@ def sandbox_table(sb: Sandbox, path: Path, multi: bool = False) -> Path:
             "URL": sb.image_url(r),
             "preview": sb.item(r, "k")["edmPreview"][0],
         }
-        for r in sandbox_records(sb, multi)
+        for r in (sandbox_records(sb, multi) if records is None else records)
     ]
     pl.DataFrame(rows).write_csv(path)
     return path

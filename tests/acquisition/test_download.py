@@ -731,7 +731,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=12, bad_every=5, thumbnail_missing_every=4)) as sb:
+    # 34 records: thumbnails of good and of dead originals, originals without a thumbnail, and neither
+    with Sandbox(sandbox_config(per_level=4, bad_every=5, thumbnail_missing_every=4)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         report = download(
@@ -750,6 +751,8 @@ def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_ar
         records = sandbox_records(sb)
         failures = _failures(out / "failures.csv")
         fetched = _fetched(out)
+        cases = {(sb.has_thumbnail(r.serial), bool(r.fault)) for r in records}
+        assert cases == {(True, False), (True, True), (False, False), (False, True)}  # every case is tried
         for record in records:
             saved = out / record.labels[0] / file_name(record.id)
             has_thumbnail = sb.has_thumbnail(record.serial)
@@ -958,9 +961,10 @@ def test_thumbnail_cdn_failures_do_not_fall_back_to_the_providers(tmp_path: Path
 
 def test_the_merging_download_keeps_a_shards_newer_failure_reason(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=10, bad_every=5), Knobs(stall_seconds=0.2)) as sb:  # only a 404 matters here
-        table = sandbox_table(sb, tmp_path / "t.csv")
-        out = tmp_path / "img"
         record = next(r for r in sandbox_records(sb) if r.fault == "404")
+        good = [r for r in sandbox_records(sb) if not r.fault][:7]
+        table = sandbox_table(sb, tmp_path / "t.csv", records=[*good[:4], record, *good[4:]])
+        out = tmp_path / "img"
         download(DownloadConfig(table=table, output_dir=out, quiet=True, timeout=2, retries=0, max_side=64))
         rows = _failures(out / "failures.csv")
         assert rows[record.id] == "HTTP 404"
