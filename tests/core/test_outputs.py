@@ -171,7 +171,7 @@ def test_evaluate_replaces_only_its_own_evaluation(run: Path, tmp_path: Path) ->
     out = tmp_path / "evaluation"
     out.mkdir()
     (out / "thesis.docx").write_text("a user's")
-    config = EvaluateConfig(run=run, eval_dir=data, output_dir=out, quiet=True)
+    config = EvaluateConfig(run=run, eval_dir=data, output_dir=out, gallery=0, quiet=True)
     for overwrite in (False, True):
         with pytest.raises(DatasetError, match="thesis.docx" if overwrite else "already exists"):
             evaluate_run(config.model_copy(update={"overwrite": overwrite}))
@@ -303,7 +303,7 @@ def test_review_tasks_over_a_mebibyte_are_still_eics(tmp_path: Path) -> None:
 def test_an_evaluation_of_an_earlier_eic_is_replaced_with_overwrite(run: Path, tmp_path: Path) -> None:
     data = make_folders(tmp_path / "eval", per_class=3, size=40)
     out = tmp_path / "evaluation"
-    config = EvaluateConfig(run=run, eval_dir=data, output_dir=out, quiet=True)
+    config = EvaluateConfig(run=run, eval_dir=data, output_dir=out, gallery=0, quiet=True)
     evaluate_run(config)
     (out / MANIFEST).unlink()  # as an eic without manifests left it
     evaluate_run(config.model_copy(update={"overwrite": True}))

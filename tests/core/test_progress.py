@@ -59,7 +59,7 @@ def test_long_steps_show_progress_in_a_terminal_unless_quiet(
                 "--gradcam-dir",
                 str(out),
             ],
-            "evaluate": ["evaluate", str(trained), str(eval_dir), "-o", str(out)],
+            "evaluate": ["evaluate", str(trained), str(eval_dir), "-o", str(out), "--gallery", "0"],
         }[command]
         result = CliRunner().invoke(app, [*args, *(["--quiet"] if quiet else [])], env=TERMINAL)
         assert result.exit_code == 0, result.stderr

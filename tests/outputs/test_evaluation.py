@@ -74,7 +74,7 @@ def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: 
 
 
 def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
-    evaluate(EvaluateConfig(run=trained / "split_1", eval_dir=eval_dir, output_dir=tmp_path / "ev"))
+    evaluate(EvaluateConfig(run=trained / "split_1", eval_dir=eval_dir, output_dir=tmp_path / "ev", gallery=0))
     predictions = rows(tmp_path / "ev" / "predictions.csv")
     specificities = []
     for c in CLASSES:
@@ -89,7 +89,7 @@ def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tm
 def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -> None:
     out = copy_of(ml_run[1], tmp_path)
     held_out = make_multilabel_folder(tmp_path / "eval", count=24, seed=7)
-    report = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev"))
+    report = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev", gallery=0))
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     thresholds = json.loads((tmp_path / "ev" / "report.json").read_text())["thresholds"]
     predictions = rows(tmp_path / "ev" / "predictions.csv")
@@ -105,7 +105,9 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
     assert metrics["micro_f1"]["mean"] > 0.6
     per_label = rows(tmp_path / "ev" / "per_label.csv")
     assert [r["label"] for r in per_label] == list(LABELS)
-    everything = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev0", threshold=0.0))
+    everything = evaluate(
+        EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev0", threshold=0.0, gallery=0)
+    )
     assert everything.summary["micro_recall"]["mean"] == 1.0  # a threshold of 0 says yes to every label
 
     result = predict(
