@@ -194,7 +194,8 @@ def unchanged(folder: Path, what: str) -> Iterator[None]:
 
     before = state()
     yield
-    assert state() == before, f"the test wrote into {what}, which other tests share: copy it into tmp_path first"
+    # Under xdist another worker's test may be the writer: that one fails too, where its own guard looks.
+    assert state() == before, f"{what} changed: the tests share it, so one that writes must copy it into tmp_path"
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:

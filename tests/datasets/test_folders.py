@@ -12,7 +12,7 @@ from europeana_imgcls.datasets.folders import make_splits
 from europeana_imgcls.datasets.imageset import provider_of
 from europeana_imgcls.datasets.tasks import scan_images
 
-from ..support import CLASSES, assert_one_line_error, eic, make_folders
+from ..support import CLASSES, assert_one_line_error, copy_of, eic, make_folders
 
 
 def test_make_splits_accepts_duplicate_groups_as_groups() -> None:
@@ -36,10 +36,10 @@ def test_group_by_provider_keeps_each_dataset_in_one_part(folders: Path) -> None
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
 
 
-def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path) -> None:
+def test_decoded_images_are_cached_across_epochs_and_workers(folders: Path, tmp_path: Path) -> None:
     from europeana_imgcls.datasets.folders import DecodedCache, ImageDataset, LoaderSettings, make_loader
 
-    images = scan_images(folders, "single-label")
+    images = scan_images(copy_of(folders, tmp_path), "single-label")  # a copy: its files are moved away below
     cache = DecodedCache.for_images(len(images), 32, budget_mb=16, workers=1)
     assert cache is not None and not cache.filled.any()
     loader = make_loader(
