@@ -139,6 +139,7 @@ def test_predict_labels_device_decoded_images_as_the_cpu_path_does(
     assert agree >= 17  # the same top-1 but where two classes were within a few pixel levels of each other
 
 
+@pytest.mark.slow  # end to end: train, evaluate and embed
 def test_train_evaluate_and_embed_run_on_device_decoded_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,6 +81,7 @@ def test_a_probe_on_embeddings_takes_their_backbone_and_refuses_another(tmp_path
     assert "--input-size 64 given, 32 in e.parquet" in refused.stderr
 
 
+@pytest.mark.slow  # end to end: a probe and a knn trained on the multi-label data, then predict
 def test_a_multilabel_linear_probe_and_knn_run(ml_run, tmp_path: Path) -> None:
     data, _ = ml_run
     for method in ("linear-probe", "knn"):

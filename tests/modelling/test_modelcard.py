@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard
 
 from europeana_imgcls.modelling.modelcard import ONNX_SNIPPET, license_name, write_model_card
 
@@ -82,6 +81,8 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 def test_the_hub_reads_the_cards_scores_licence_and_sections(trained_run: Path, tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard  # here: its import costs every worker 0.4 s
+
     from europeana_imgcls import EvaluateConfig, evaluate
 
     run = _copy(trained_run, tmp_path)
@@ -144,6 +145,8 @@ def test_the_front_matter_reads_back_whatever_the_training_folder_is_called(
 ) -> None:
     # The card names the training folder in model-index: YAML must read back the string it is, not a date, a
     # boolean, a number or a broken block.
+    from huggingface_hub import ModelCard  # here: its import costs every worker 0.4 s
+
     run = _copy(trained_run, tmp_path)
     for config in run.glob("split_*/config.json"):
         settings = json.loads(config.read_text())

@@ -42,6 +42,7 @@ def test_tensorboard_event_files_are_written_and_readable(tmp_path: Path) -> Non
     assert "hparam/accuracy" in hparams.Tags()["scalars"]
 
 
+@pytest.mark.slow  # four trainings logging through the tensorboard extra
 def test_runs_named_alike_never_share_a_tensorboard_folder_and_a_resumed_run_keeps_its_own(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra (installed by .ci/run)")
     from europeana_imgcls.modelling.training import train

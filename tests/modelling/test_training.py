@@ -268,6 +268,7 @@ def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
 
 
+@pytest.mark.slow  # the shared multi-label run is trained for it (and the other multi-label end-to-end tests)
 def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
     data, out = ml_run
     summary = json.loads((out / "summary.json").read_text())["metrics"]

@@ -375,6 +375,7 @@ def test_enrich_writes_only_what_publish_would_send() -> None:
     }
 
 
+@pytest.mark.slow  # end to end on the shared multi-label run
 def test_a_multilabel_run_is_calibrated_per_label_and_enriched(ml_run, tmp_path: Path) -> None:
     from europeana_imgcls.core.config import EnrichConfig
     from europeana_imgcls.europeana.annotations import MODEL, NS

@@ -86,6 +86,7 @@ def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tm
     assert metrics["specificity"]["mean"] == pytest.approx(expected)
 
 
+@pytest.mark.slow  # end to end on the shared multi-label run
 def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -> None:
     out = copy_of(ml_run[1], tmp_path)
     held_out = make_multilabel_folder(tmp_path / "eval", count=24, seed=7)

@@ -81,6 +81,7 @@ def test_an_export_runs_in_onnx_runtime_as_the_run_does_in_pytorch(run: Path, im
         assert abs(float(a["confidence"]) - float(b["confidence"])) < 1e-4
 
 
+@pytest.mark.slow  # end to end: embed, train a probe, export, predict with both runtimes
 @pytest.mark.parametrize("method", ["linear-probe", "knn"])
 def test_a_probe_run_exports_and_predicts_alike(method: str, tmp_path: Path, images: Path) -> None:
     data = make_folders(tmp_path / "data", per_class=6, size=32)
@@ -354,6 +355,7 @@ def test_tensor_data_beside_an_onnx_file_is_covered_by_the_sidecar(
         predict(PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "q.csv", runtime="onnx", quiet=True))
 
 
+@pytest.mark.slow  # end to end on the shared multi-label run
 def test_a_multilabel_export_has_a_sigmoid_per_label_in_its_graph(ml_run, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from europeana_imgcls.core.config import ExportConfig
