@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,14 +147,30 @@ def trained_run(shared_trained_run: Path) -> Iterator[Path]:
 # The numbers, on data with known answers
 
 
+WORLD = (dict(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4))  # the world's sandbox
+
+
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    """A cross-validated run trained on half the sandbox's records, and the other half to enrich."""
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A cross-validated run trained on half the sandbox's records, and the other half to enrich: built once a run
+    (shared_world), each worker given a copy whose tables and files name its own sandbox, which serves the same
+    records (the catalogue is the same for the same settings; only the port differs)."""
+    shared = built_once(tmp_path_factory, "world", _world)
+    with Sandbox(sandbox_config(**WORLD[0]), WORLD[1]) as sb:
+        root = Path(shutil.copytree(shared["root"], tmp_path_factory.mktemp("world") / "root"))
+        for path in root.rglob("*"):
+            if path.suffix in (".csv", ".json", ".jsonld", ".jsonl") and path.is_file():
+                text = path.read_text(encoding="utf-8")
+                if shared["base_url"] in text:
+                    path.write_text(text.replace(shared["base_url"], sb.base_url), encoding="utf-8")
+        yield {**shared, "root": root, "sandbox": sb}
+
+
+def _world(root: Path) -> dict[str, Any]:
     from europeana_imgcls import train
     from europeana_imgcls.outputs.enrichment import enrich
 
-    root = tmp_path_factory.mktemp("enrich")
-    with Sandbox(sandbox_config(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4)) as sb:
+    with Sandbox(sandbox_config(**WORLD[0]), WORLD[1]) as sb:
         rows = _rows(sb)
         training, fresh = rows[0::2], rows[1::2]
         pl.DataFrame(training).write_csv(root / "train.csv")
@@ -189,12 +206,12 @@ def world(tmp_path_factory: pytest.TempPathFactory):
                 review_n=5,
             )
         )
-        yield {
+        return {
             "root": root,
             "train": report,
             "enrich": result,
             "truth": {r["ID"]: r["category"] for r in fresh},
-            "sandbox": sb,
+            "base_url": sb.base_url,
         }
 
 
