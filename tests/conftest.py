@@ -103,11 +103,13 @@ def vocab_file(tmp_path: Path) -> Path:
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest without it must not refuse it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: three workers per two cores. About a third of the suite's time is spent waiting (on loopback
-    servers, on eic in other processes), so one worker per core leaves cores idle: on the 2-core development
-    machine the full suite took 101 s with 2 workers and 89 s with 3."""
+    """``-n auto``: three workers per two cores for the full suite, one per core for the fast lane. A third of the
+    full suite's time is spent waiting (on loopback servers, on eic in other processes), so one worker per core
+    leaves cores idle: on the 2-core development machine it took 101 s with 2 workers and 89 s with 3. The fast lane
+    hardly waits, and a worker's start (torch, scikit-learn, the package, collecting the tests: ~7 s of a core) is
+    what a third worker would add: 90 s of CPU with 2 workers, 101 s with 3."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores * 3 // 2)
+    return max(1, cores if fast_lane(config) else cores * 3 // 2)
 
 
 @pytest.fixture

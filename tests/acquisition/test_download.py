@@ -394,7 +394,7 @@ def file_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", folder
     server.shutdown()
@@ -710,7 +710,7 @@ def test_a_redirect_to_a_file_url_is_one_failure_never_retried(tmp_path: Path) -
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), ToFile)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
         table = tmp_path / "t.csv"
         table.write_text(f"category,ID,URL\nmap,/1/a,http://127.0.0.1:{server.server_address[1]}/a.jpg\n")

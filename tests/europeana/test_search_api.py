@@ -297,7 +297,7 @@ def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> 
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     started = time.monotonic()
     try:
         with (
