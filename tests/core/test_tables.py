@@ -78,6 +78,14 @@ def test_hypothesis_is_derandomized_in_ci_and_keeps_its_examples_out_of_the_repo
     assert ".hypothesis/" in (Path(__file__).resolve().parents[2] / ".gitignore").read_text().splitlines()
 
 
+def test_the_fast_lane_tries_a_quarter_of_the_examples_and_the_full_suite_all(request: pytest.FixtureRequest) -> None:
+    """support.examples: the fast lane's Hypothesis profile scales a property test's count, the full suite's not."""
+    if request.config.getoption("hypothesis_profile", None):
+        pytest.skip("a profile chosen on the command line decides the counts")
+    fast = "not slow" in (request.config.option.markexpr or "")
+    assert (examples(60), examples(300), examples(20)) == ((15, 75, 10) if fast else (60, 300, 20))
+
+
 def test_a_museum_table_of_its_own_shape_works_with_columns(sandbox: Sandbox, tmp_path: Path) -> None:
     """`--columns ID=id,URL=image_url,category=label` (also in --config): eic works on any collection."""
     from typer.testing import CliRunner
