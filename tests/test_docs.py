@@ -64,6 +64,17 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+def test_the_setup_says_what_it_costs_beside_the_commands_and_ci_measures_it() -> None:
+    """A newcomer learns before running it that the first command installs gigabytes, and how to avoid them; the
+    numbers are the ones .ci/run prints on a fresh machine."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"takes\s+[\d.]+ GB", setup) and re.search(r"took [\d.]+ s on a fresh 2-core machine", setup)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in setup  # the CPU-only build, beside it
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "installed in" in ci and "on disk" in ci
+
+
 @pytest.mark.slow
 def test_the_api_page_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
