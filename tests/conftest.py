@@ -18,7 +18,7 @@ import typer.testing
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from europeana_imgcls import DownloadConfig, TrainConfig, download
+from europeana_imgcls import DownloadConfig, download
 from europeana_imgcls.core.config import EnrichConfig
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
@@ -181,18 +181,12 @@ def _world(root: Path) -> dict[str, Any]:
         download(DownloadConfig(table=root / "new.csv", output_dir=root / "eval_images", quiet=True, max_side=64))
         # The tests' tiny net: what is tested is calibration and enrichment, not the model.
         report = train(
-            TrainConfig(
-                data_dir=root / "images",
-                output_dir=root / "run",
-                arch="tiny",
-                weights="none",
+            config(
+                root / "images",
+                root / "run",
                 epochs=10,
-                input_size=32,
                 batch_size=16,
                 learning_rate=3e-3,
-                folds=3,
-                patience=3,
-                quiet=True,
                 gradcam_images=0,
                 precision=TARGET,
             )

@@ -41,7 +41,6 @@ Its rules:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -372,15 +371,6 @@ class Journal:
             self._handle.close()
             self._handle = None
         self.part.unlink(missing_ok=True)
-
-    def remove(self) -> None:
-        """The whole journal, settings included (its output is complete and carries on no more)."""
-        self._remove_parts()
-        (self.folder / SETTINGS).unlink(missing_ok=True)
-        for leftover in self.folder.glob("*.lock"):
-            leftover.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # something that is not the journal's own stays, and the folder too
-            self.folder.rmdir()
 
     # -- internals
 
