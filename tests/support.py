@@ -9,6 +9,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -419,3 +421,12 @@ def _good_rows(sb: Sandbox, multi: bool = False) -> list[dict[str, str]]:
         r for r in sb.catalogue if r.type == "IMAGE" and r.has_url and not r.fault and (len(r.labels) > 1) == multi
     ]
     return [{"category": " ".join(r.labels), "ID": r.id, "URL": sb.image_url(r)} for r in records]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    """``eic ARGS`` as two processes under torchrun (gloo, one thread each), with the tests' tiny net known."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*command, "-m", "tests.eic_tiny", *args], env=env, capture_output=True, text=True, timeout=300
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from europeana_imgcls.datasets.tasks import task_for
 from europeana_imgcls.modelling import training
 from europeana_imgcls.modelling.checkpoint import load_checkpoint, model_from_checkpoint
 
-from ..support import CLASSES, HERITAGE, LABELS, config, make_folders, rows
+from ..support import CLASSES, HERITAGE, LABELS, config, make_folders, rows, torchrun
 
 
 def test_a_learnable_set_is_learnt(run) -> None:
@@ -130,43 +127,29 @@ def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch
 @pytest.mark.slow
 def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "tests.eic_tiny",
-            "train",
-            str(folders),
-            "-o",
-            str(out),
-            "--arch",
-            "tiny",
-            "--weights",
-            "none",
-            "--epochs",
-            "2",
-            "--input-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--folds",
-            "3",
-            "--no-crossvalidation",
-            "--quiet",
-            "--gradcam-images",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = torchrun(
+        "train",
+        str(folders),
+        "-o",
+        str(out),
+        "--arch",
+        "tiny",
+        "--weights",
+        "none",
+        "--epochs",
+        "2",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--folds",
+        "3",
+        "--no-crossvalidation",
+        "--quiet",
+        "--gradcam-images",
+        "1",
+        "--device",
+        "cpu",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     history = rows(out / "split_0" / "history.csv")

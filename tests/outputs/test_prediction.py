@@ -21,7 +21,7 @@ from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.sharding import Shard
 from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 
-from ..support import rows, sandbox_config, sandbox_table
+from ..support import rows, sandbox_config, sandbox_table, torchrun
 
 
 def test_predict_files_folders_urls_and_heatmaps(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
@@ -96,34 +96,17 @@ def test_bad_inputs_are_one_line(trained: Path, tmp_path: Path, args: list[str],
 
 @pytest.mark.slow
 def test_predict_under_torchrun_shards_and_merges(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     out = tmp_path / "p.csv"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "tests.eic_tiny",
-            "predict",
-            str(trained),
-            str(eval_dir / "map"),
-            str(eval_dir / "specimen"),
-            "-o",
-            str(out),
-            "--quiet",
-            "--device",
-            "cpu",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = torchrun(
+        "predict",
+        str(trained),
+        str(eval_dir / "map"),
+        str(eval_dir / "specimen"),
+        "-o",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     images = [r["image"] for r in rows(out)]
