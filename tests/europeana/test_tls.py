@@ -29,8 +29,8 @@ def test_every_client_shares_the_process_tls_context(monkeypatch: pytest.MonkeyP
     tls_context.cache_clear()
     try:
         for _ in range(3):
-            SearchClient("https://api.europeana.eu/record/v2/search.json", "key").close()
-            with AnnotationsClient("https://api.europeana.eu/annotation", None):
+            SearchClient("https://127.0.0.1:9/record/v2/search.json", "key").close()  # never sent
+            with AnnotationsClient("https://127.0.0.1:9/annotation", None):
                 pass
             table = tmp_path / "t.csv"
             table.write_text("category,ID,URL\n")
