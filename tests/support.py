@@ -430,3 +430,19 @@ def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*command, "-m", "tests.eic_tiny", *args], env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def looping_originals_table(sb: Sandbox, path: Path) -> list[dict[str, str]]:
+    """A table of the sandbox's image records whose originals all redirect in a loop while their previews (the
+    Thumbnail API's) answer, written at ``path``; its rows."""
+    rows = [
+        {
+            "category": r.labels[0],
+            "ID": r.id,
+            "URL": f"{sb.base_url}/faults/redirect-loop/{r.serial}",
+            "preview": sb.item(r, "k")["edmPreview"][0],
+        }
+        for r in sandbox_records(sb)
+    ]
+    pl.DataFrame(rows).write_csv(path)
+    return rows

@@ -35,7 +35,16 @@ from europeana_imgcls.core.sharding import Shard
 from europeana_imgcls.core.tables import temp_path
 from europeana_imgcls.europeana.sandbox import FAULTS, Knobs, Sandbox
 
-from ..support import _good_rows, assert_one_line_error, eic, examples, sandbox_config, sandbox_records, sandbox_table
+from ..support import (
+    _good_rows,
+    assert_one_line_error,
+    eic,
+    examples,
+    looping_originals_table,
+    sandbox_config,
+    sandbox_records,
+    sandbox_table,
+)
 from ..support import download_config as config
 
 EXPECTED_ERROR = {
@@ -784,16 +793,7 @@ def test_each_saved_image_is_listed_with_the_url_it_came_from_a_dead_original_wi
     tmp_path: Path,
 ) -> None:
     with Sandbox(sandbox_config(per_level=3), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
-        rows = [  # every original redirects in a loop; the preview (the Thumbnail API's) answers
-            {
-                "category": r.labels[0],
-                "ID": r.id,
-                "URL": f"{sb.base_url}/faults/redirect-loop/{r.serial}",
-                "preview": sb.item(r, "k")["edmPreview"][0],
-            }
-            for r in sandbox_records(sb)
-        ]
-        pl.DataFrame(rows).write_csv(tmp_path / "t.csv")
+        rows = looping_originals_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         report = download(config(tmp_path / "t.csv", out, fallback_preview=True))
         assert report.saved == len(rows) and not report.failed

@@ -15,7 +15,14 @@ from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
 from europeana_imgcls.outputs import audit
 from europeana_imgcls.outputs.audit import near_duplicates
 
-from ..support import assert_one_line_error, download_config, eic, make_folders, sandbox_config, sandbox_records
+from ..support import (
+    assert_one_line_error,
+    download_config,
+    eic,
+    looping_originals_table,
+    make_folders,
+    sandbox_config,
+)
 
 
 def test_near_duplicates_are_groups_above_the_similarity() -> None:
@@ -120,16 +127,7 @@ def test_review_tasks_show_the_image_download_saved_not_a_dead_original(tmp_path
     import json
 
     with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
-        rows = [
-            {
-                "category": r.labels[0],
-                "ID": r.id,
-                "URL": f"{sb.base_url}/faults/redirect-loop/{r.serial}",
-                "preview": sb.item(r, "k")["edmPreview"][0],
-            }
-            for r in sandbox_records(sb)
-        ]
-        pl.DataFrame(rows).write_csv(tmp_path / "t.csv")
+        rows = looping_originals_table(sb, tmp_path / "t.csv")
         images = tmp_path / "images"
         assert download(download_config(tmp_path / "t.csv", images, fallback_preview=True)).saved == len(rows)
     # Embeddings that tell the classes apart, and every 6th record given another class: the suspects.
