@@ -17,7 +17,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 
 
-def install_project(session: nox.Session, extras: str = "dev,lite,audit,tensorboard,onnx") -> None:
+def install_project(session: nox.Session, extras: str = "dev,lite,audit,tensorboard,onnx,timm") -> None:
     session.install(*TORCH)
     session.install("-e", f".[{extras}]")
 
