@@ -702,6 +702,33 @@ class CalibrateConfig(_Base):
     )
 
 
+class ReportConfig(ProgressSettings):
+    """``eic report``: one self-contained HTML page of a run (no network, no external file), from what the run and
+    the outputs named here already hold; nothing is recomputed."""
+
+    stage: ClassVar[str] = "report"
+    input_paths: ClassVar[tuple[str, ...]] = ("run", "evaluation", "audit", "enrich")
+
+    run: Path = Field(description="A training run folder, as eic train writes it.")
+    output: Path | None = Field(None, description="The HTML file to write; default RUN/report.html.")
+    evaluation: Path | None = Field(
+        None, description="An eic evaluate output folder to include (its predictions, per class and confusion)."
+    )
+    audit: Path | None = Field(None, description="An eic audit output folder to include (mislabels, duplicates).")
+    enrich: Path | None = Field(
+        None, description="eic enrich's annotations file, whose thresholds per class the calibration section marks."
+    )
+    gallery: int = Field(8, ge=0, le=100, description="Most confident right and wrong images shown per class.")
+    per_cell: int = Field(
+        200, ge=1, le=100_000, description="Most images a confusion-matrix cell links to (the most confident first)."
+    )
+    audit_top: int = Field(48, ge=0, le=10_000, description="Likely mislabels, and near-duplicate groups, shown.")
+    image_size: int = Field(
+        256, ge=256, le=1024, description="Long side in pixels of the images embedded (the lightbox's)."
+    )
+    overwrite: bool = Field(False, description="Replace an earlier report at the output instead of refusing it.")
+
+
 class DemoConfig(_Base):
     """``eic demo``: the whole pipeline offline against the built-in sandbox."""
 
@@ -939,6 +966,7 @@ ALL_CONFIGS: list[type[_Base]] = [
     CalibrateConfig,
     EmbedConfig,
     AuditConfig,
+    ReportConfig,
     DemoConfig,
     SandboxConfig,
     PublishConfig,
