@@ -2,7 +2,7 @@
 says about its model.
 
     RUN/
-      summary.json  calibration.json  reliability.png  MODEL_CARD.md
+      summary.json  calibration.json  reliability.png  MODEL_CARD.md  report.html (eic report)
       backbone.pt  embeddings.parquet          (linear-probe and k-NN runs)
       onnx/                                    (eic export: split_<i>.onnx, model.json)
       split_<i>/
@@ -187,6 +187,11 @@ class RunFolder:
         """A short digest of the run's checkpoint files: the same models, the same id. Predict's journal compares
         it, enrich's annotations and the model card name it, eic withdraw takes it."""
         return hashlib.sha256("".join(file_sha256(p) for p in self.model_paths()).encode()).hexdigest()[:16]
+
+    @property
+    def report(self) -> Path:
+        """Where eic report writes the run's HTML page by default."""
+        return self.path / "report.html"
 
     @property
     def evaluation(self) -> Path:
