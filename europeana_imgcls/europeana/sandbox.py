@@ -20,6 +20,10 @@ Thumbnail API: ``/thumbnail/v3/{200|400}/{md5 of the media URL}`` and, for the `
 ingestion); with ``thumbnail_missing_every`` every Nth record has none: v3 answers 404 and v2 the
 generic placeholder icon, as the real service does.
 
+Bulk metadata (``sandbox_bulk.py``): the same records as EDM RDF/XML, over OAI-PMH at ``/oai`` (GET and POST; sets,
+from/until, resumption tokens, Europeana's errors) and as dataset dumps at ``/dumps/XML/<dataset>.zip`` with their
+``.zip.md5sum`` (``write_dumps`` puts them in a folder), so the three sources find the same records.
+
 Quota: with ``quota`` the Search API counts requests in windows of ``quota_window`` seconds, announces
 them in ``RateLimit-Policy`` / ``RateLimit`` headers and answers 429 past the quota, as Europeana's key
 service does.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -42,6 +47,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -49,20 +55,18 @@ from PIL import Image
 
 from ..core.config import DEMO_API_KEY, REUSABILITY_LEVELS, SandboxConfig
 from .annotation_standin import SANDBOX_TOKEN, AnnotationStore
+from .sandbox_bulk import RIGHTS, EdmWriter, OaiRepository, dataset_zip, md5sum
 from .sandbox_images import VARIANTS, bomb_png, draw_image, encode, first_half, variant_bytes
 from .thumbnails import placeholder_bytes
 from .vocabulary import load_vocabulary
 
-RIGHTS = {
-    "open": "http://creativecommons.org/publicdomain/zero/1.0/",
-    "restricted": "http://creativecommons.org/licenses/by-nc/4.0/",
-    "permission": "http://rightsstatements.org/vocab/InC/1.0/",
-}
 Answer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, extra headers
 # Answers that must end up in failures.csv, never as a file.
 ANNOTATION_PATHS = ("/annotations/", "/annotation/")
 IMAGE_PATHS = ("/images/", "/faults/", "/thumbnail/")  # what the image host and the Thumbnail API answer
 SEARCH_PATHS = ("/record/v2/search.json", "/api/v2/search.json")
+OAI_PATHS = ("/oai", "/oai/record")  # the application's path, and the one Europeana's documentation gives
+DUMP_PATH = "/dumps/XML/"  # as ftp://download.europeana.eu/dataset/XML/<dataset>.zip
 FAULTS = ("404", "html", "truncated", "bomb", "endless", "stall", "redirect-loop", "empty")
 
 
@@ -82,6 +86,11 @@ class SandboxRecord:
     def mislabelled(self) -> bool:
         return self.shows is not None
 
+    @property
+    def dataset(self) -> str:
+        """The record's dataset: the numeric id its ID begins with (the set OAI-PMH serves it in, its dump)."""
+        return self.id.split("/")[1]
+
 
 @dataclass(frozen=True)
 class Knobs:
@@ -96,6 +105,12 @@ class Knobs:
     image_size: tuple[int, int] = (320, 240)
     stall_seconds: float = 5.0  # the longest a stalled answer is held (stop() sends it at once)
     search_latency: float = 0.0  # seconds each Search API answer takes, like a distant server
+    oai_latency: float = 0.0  # seconds each OAI-PMH answer takes (the same as search_latency to compare the two)
+    oai_page_size: int = 50  # records per ListRecords page (Europeana's 50; ListIdentifiers six times that)
+    oai_token_ttl: float = 86_400.0  # seconds a resumption token lives (Europeana's 24 h)
+    # Records a vocabulary harvest must leave out, per concept, appended after all others (no serial moves): N SOUND
+    # records under the concept (every other one with an audio file) and N images under no concept of the vocabulary.
+    strays: int = 0
     api_keys: tuple[str, ...] = (DEMO_API_KEY,)
     annotation_tokens: Mapping[str, str] = field(default_factory=lambda: {SANDBOX_TOKEN: "sandbox-user"})  # user
 
@@ -156,6 +171,21 @@ def build_catalogue(vocab: dict[str, str], config: SandboxConfig, knobs: Knobs) 
                     serial=len(records), id=f"/8999/text_{name}_{level}", labels=(name,), level=level, type="TEXT"
                 )
             )
+    records += _strays(names, len(records), knobs.strays)
+    return records
+
+
+def _strays(names: list[str], serial: int, count: int) -> list[SandboxRecord]:
+    """``Knobs.strays``: per concept, SOUND records under it and images under none, in its datasets."""
+    records = []
+    for k, name in enumerate(names):
+        for j in range(count):
+            level = REUSABILITY_LEVELS[j % len(REUSABILITY_LEVELS)]
+            dataset = 9000 + 10 * k + j % 3
+            sound_id, unlisted_id = f"/{dataset}/sound_{name}_{j:05d}", f"/{dataset}/unlisted_{k}_{j:05d}"
+            records.append(SandboxRecord(serial, sound_id, (name,), level, type="SOUND", has_url=j % 2 == 0))
+            records.append(SandboxRecord(serial + 1, unlisted_id, (), level))
+            serial += 2
     return records
 
 
@@ -209,6 +239,15 @@ class Sandbox:
         self._server = _QuietServer(("127.0.0.1", config.port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        # The bulk paths (sandbox_bulk.py): built on first use, as most sandboxes never serve them.
+        self.oai_latency, self.oai_page_size, self.oai_token_ttl = (
+            knobs.oai_latency,
+            knobs.oai_page_size,
+            knobs.oai_token_ttl,
+        )
+        self.oai_requests: deque[dict[str, list[str]]] = deque(maxlen=10_000)  # every OAI-PMH request's parameters
+        self._oai: OaiRepository | None = None
+        self._dumps: dict[str, bytes] = {}
 
     @property
     def base_url(self) -> str:
@@ -299,9 +338,70 @@ class Sandbox:
     # -- what the records say ------------------------------------------------------------------
 
     def image_url(self, record: SandboxRecord) -> str:
+        if record.type == "SOUND":  # a sound recording's file (the sandbox has no audio to send: 404)
+            return f"{self.base_url}/media/{record.serial}.mp3"
         if record.fault:
             return f"{self.base_url}/faults/{record.fault}/{record.serial}"
         return f"{self.base_url}/images/{record.serial}.jpg"
+
+    # -- the bulk paths: the same records as EDM (sandbox_bulk.py)
+
+    @property
+    def edm(self) -> EdmWriter:
+        """The writer of the records' EDM RDF/XML: the media URLs and rights the Search API gives them."""
+        return EdmWriter(
+            self.vocab,
+            media_url=lambda r: self.image_url(self.catalogue[r.serial]) if r.has_url else None,
+            landing=lambda r: f"{self.base_url}/object/{r.serial}",
+            mime=lambda r: _mime(self.catalogue[r.serial]),
+            image_size=self.image_size,
+        )
+
+    @property
+    def oai(self) -> OaiRepository:
+        """The OAI-PMH repository over the whole catalogue (built on first use)."""
+        with self._lock:
+            if self._oai is None:
+                self._oai = OaiRepository(
+                    self.catalogue,
+                    self.edm,
+                    self.base_url + OAI_PATHS[0],
+                    page_size=self.oai_page_size,
+                    token_ttl=self.oai_token_ttl,
+                )
+            return self._oai
+
+    @property
+    def datasets(self) -> list[str]:
+        """Every dataset of the catalogue, as OAI-PMH's ListSets orders them (most records first)."""
+        return list(self.oai.sets)
+
+    def dump(self, dataset: str) -> bytes | None:
+        """A dataset's dump (a zip of one EDM file per record), or None for a dataset the catalogue lacks."""
+        with self._lock:
+            if dataset not in self._dumps:
+                records = [r for r in self.catalogue if r.dataset == dataset]
+                if not records:
+                    return None
+                self._dumps[dataset] = dataset_zip(records, self.edm)
+            return self._dumps[dataset]
+
+    def dump_url(self, dataset: str) -> str:
+        return f"{self.base_url}{DUMP_PATH}{dataset}.zip"
+
+    def write_dumps(self, folder: Path, datasets: list[str] | None = None) -> list[Path]:
+        """Each dataset's dump and its ``.md5sum`` into ``folder``, as Europeana's FTP server lays them out
+        (``<dataset>.zip``, ``<dataset>.zip.md5sum``): the zips written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for dataset in datasets if datasets is not None else self.datasets:
+            data = self.dump(dataset)
+            if data is None:
+                raise ValueError(f"the sandbox has no dataset {dataset}")
+            (folder / f"{dataset}.zip").write_bytes(data)
+            (folder / f"{dataset}.zip.md5sum").write_text(md5sum(data), encoding="ascii")
+            written.append(folder / f"{dataset}.zip")
+        return written
 
     def item(self, record: SandboxRecord, key: str) -> dict[str, Any]:
         url = self.image_url(record)
@@ -382,6 +482,8 @@ class Sandbox:
     def _drawn(self, serial: int, size: tuple[int, int]) -> Image.Image:
         record = self.catalogue[serial]
         indices = tuple(self._class_index[label] for label in (record.shows or record.labels))
+        if not indices:  # a stray under no concept: the stripes of no class
+            return draw_image((0,), 1, seed=serial, size=size)
         return draw_image(indices, len(self.vocab), seed=serial, size=size)
 
     def search(self, params: dict[str, list[str]], key: str) -> Answer:
@@ -445,6 +547,13 @@ class Sandbox:
     @staticmethod
     def item_title(record: SandboxRecord) -> str:
         return f"Sandbox {' and '.join(record.labels)} no. {record.serial}"
+
+
+def _mime(record: SandboxRecord) -> str:
+    """The media type Europeana's media processing found for a record's file (an ``edm:WebResource``)."""
+    if record.type == "SOUND":
+        return "audio/mpeg"
+    return "image/png" if record.variant == "rgba-png" else "image/jpeg"
 
 
 def _error(message: str, code: str | None = None) -> dict[str, Any]:
@@ -562,6 +671,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._handle(_DELETE)
 
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle(_PUT)
+
     def _handle(self, routes: tuple[Route, ...]) -> None:
         sandbox, parts = self.sandbox, urlsplit(self.path)
         with sandbox._lock:
@@ -634,6 +746,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         self._json(status, body, {})
+
+    # -- the bulk paths: OAI-PMH and the dataset dumps ------------------------------------------
+
+    def _oai(self, path: str, params: Params) -> None:
+        sandbox = self.sandbox
+        if self.command == "POST":  # a form's fields, as Europeana's own request forms post them
+            params = parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+        with sandbox._lock:
+            sandbox.oai_requests.append(params)
+        time.sleep(sandbox.oai_latency)
+        status, body = sandbox.oai.answer(params, self.command)
+        headers = {}
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            body, headers = gzip.compress(body, mtime=0), {"Content-Encoding": "gzip"}
+        self._send(status, body, "text/xml;charset=UTF-8", headers)
+
+    def _dump(self, path: str, params: Params) -> None:
+        name = path.removeprefix(DUMP_PATH)
+        dataset, checksum = name.removesuffix(".md5sum").removesuffix(".zip"), name.endswith(".zip.md5sum")
+        data = self.sandbox.dump(dataset) if re.fullmatch(r"\d+\.zip(\.md5sum)?", name) else None
+        if data is None:
+            return self._not_found(path, params)
+        if checksum:
+            return self._send(200, md5sum(data).encode("ascii"), "text/plain")
+        return self._send(200, data, "application/zip")
 
     # -- the image host and the Thumbnail API --------------------------------------------------
 
@@ -736,9 +873,15 @@ _GET: tuple[Route, ...] = (
     (_under("/faults/"), _Handler._fault),
     (_is("/thumbnail/v2/url.json"), _Handler._thumbnail),
     (_under("/thumbnail/v3/"), _Handler._thumbnail_v3),
+    (_is(*OAI_PATHS), _Handler._oai),
+    (_under(DUMP_PATH), _Handler._dump),
 )
-_POST: tuple[Route, ...] = ((lambda path: path.rstrip("/") == "/annotations", _Handler._post_annotations),)
-_DELETE: tuple[Route, ...] = ((_under("/annotation/"), _Handler._delete_annotation),)
+_POST: tuple[Route, ...] = (
+    (lambda path: path.rstrip("/") == "/annotations", _Handler._post_annotations),
+    (_is(*OAI_PATHS), _Handler._oai),
+)
+_DELETE: tuple[Route, ...] = ((_under("/annotation/"), _Handler._delete_annotation), (_is(*OAI_PATHS), _Handler._oai))
+_PUT: tuple[Route, ...] = ((_is(*OAI_PATHS), _Handler._oai),)
 # The faults answered with a plain body: status, bytes, content type (made when asked for).
 _FAULT_ANSWERS: dict[str, Callable[[], tuple[int, bytes, str]]] = {
     "404": lambda: (404, b"<html>Not found</html>", "text/html"),
