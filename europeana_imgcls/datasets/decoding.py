@@ -1,5 +1,12 @@
-"""JPEGs decoded where the model runs (nvJPEG on CUDA, through torchvision): loader workers read bytes, the
-device decodes a batch at once, resizes and flips it.
+"""Images decoded for a model: ``load_image``, the one CPU path (training, evaluation, predict, enrich, embed,
+export's checks and calibration, the figures), and JPEGs decoded where the model runs (nvJPEG on CUDA, through
+torchvision): loader workers read bytes, the device decodes a batch at once, resizes and flips it.
+
+On the CPU a JPEG is decoded at the scale its resize needs: libjpeg scales in the DCT domain by 1/2, 1/4 or 1/8
+(Pillow's ``Image.draft``), and ``load_image`` asks for the smallest scale whose picture is still at least the
+resize's target on both sides, so the resize that follows only ever shrinks. A 1400 x 2100 original read for a
+224 px model decodes at 1/4 (350 x 525): a sixteenth of the pixels, the same labels
+(``benchmarks/decode_agreement.py --scales`` measures both). Other formats decode whole, as before.
 
 A GPU outruns the CPU cores that decode for it: on an H200, resnet18 at 128 px trained at 5,754 images/s from
 decoded images but 1,771 images/s while 8 workers decoded 512 px JPEGs. With ``decode`` auto (on CUDA) or gpu,
@@ -20,12 +27,14 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
+from ..acquisition.images import to_rgb
 from ..core.errors import ConfigError
 
 
@@ -44,6 +53,51 @@ class Decodable(Protocol):
 log = logging.getLogger(__name__)
 ENCODED, HFLIP, VFLIP = 1, 2, 4  # bits of an item's code: its payload is the file's bytes; flips still to do
 _ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations shown turned by a quarter: width and height swap
+
+
+def load_image(path: Path, size: int, keep_aspect: bool = False, *, draft: bool = True) -> Image.Image:
+    """An RGB picture of ``size`` x ``size``, upright (its EXIF orientation applied): what a model reads, the whole
+    picture squeezed to the square as every model of eic is trained (no crop); or with ``keep_aspect`` the
+    largest that fits that square at its own aspect ratio (what people look at). A JPEG is decoded at the
+    smallest DCT scale that still covers that size (``draft`` False: at full size, what benchmarks compare)."""
+    with Image.open(path) as image:
+        target = resized_size(*upright_size(image), size, keep_aspect)
+        rgb = decode(image, target if draft else None)
+    if rgb.size == target:  # a JPEG whose 1/8 scale is the target exactly, or a picture already that size
+        return rgb
+    # reducing_gap: Pillow first shrinks by whole factors in blocks, then filters the rest (as fast, as sharp)
+    return rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height of a picture as shown (its EXIF orientation applied), from its header."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(_ORIENTATION, 1) in _TRANSPOSED else (width, height)
+
+
+def resized_size(width: int, height: int, size: int, keep_aspect: bool) -> tuple[int, int]:
+    """What a ``width`` x ``height`` picture is resized to: ``size`` x ``size``, or with ``keep_aspect`` the
+    largest that fits in that square (rounded as ``ImageOps.contain`` rounds)."""
+    if not keep_aspect or width == height:
+        return size, size
+    if width > height:
+        return size, max(1, round(height / width * size))
+    return max(1, round(width / height * size)), size
+
+
+def decode(image: Image.Image, target: tuple[int, int] | None) -> Image.Image:
+    """``image`` (just opened) decoded, upright, in RGB; a JPEG at the smallest DCT scale (1/8, 1/4, 1/2 or 1)
+    whose picture is at least ``target`` (upright width, height) on both sides, so a resize to ``target`` only
+    shrinks (None: at full size)."""
+    if target is not None and image.format == "JPEG":
+        width, height = target
+        turned = image.getexif().get(_ORIENTATION, 1) in _TRANSPOSED
+        # Pillow takes the largest scale s in 8, 4, 2, 1 with s * width <= the stored width (and so for the
+        # height): the picture it decodes, ceil(stored / s) a side, is never smaller than what was asked.
+        image.draft("RGB", (height, width) if turned else (width, height))
+    upright = ImageOps.exif_transpose(image) or image
+    return to_rgb(upright)
 
 
 def decode_device(decode: str, device: torch.device) -> torch.device | None:

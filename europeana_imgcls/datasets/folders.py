@@ -11,16 +11,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from ..acquisition.images import to_rgb
 from ..core.errors import DatasetError
 from ..core.recognise import IMAGE_SUFFIXES, what_is
 from ..core.tables import read_table
-from .decoding import ENCODED, HFLIP, VFLIP, DeviceDecodedLoader, DeviceDecoder, collate, device_decodable
+from .decoding import (
+    ENCODED,
+    HFLIP,
+    VFLIP,
+    DeviceDecodedLoader,
+    DeviceDecoder,
+    collate,
+    device_decodable,
+    load_image,  # the one way an image is read for a model (training, inference, figures): imported from here too
+)
 from .imageset import UNREADABLE, ImageSet, Split, Task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -187,19 +195,6 @@ def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
     pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nodes, nodes))
     return connected_components(graph, directed=False)[1]
-
-
-def load_image(path: Path, size: int, keep_aspect: bool = False) -> Image.Image:
-    """An RGB image of ``size`` x ``size`` (what a model reads), or with ``keep_aspect`` one that fits in that
-    square at its own aspect ratio (what people look at); JPEGs are decoded at reduced scale when big enough."""
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (size, size))  # DCT-domain downscaling: originals decode fast too
-        upright = ImageOps.exif_transpose(image) or image
-        rgb = to_rgb(upright)
-    if keep_aspect:
-        return ImageOps.contain(rgb, (size, size), Image.Resampling.BILINEAR)
-    return rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 # What decoding a file that passed ``readable`` (its header) can still raise: the file is unreadable.

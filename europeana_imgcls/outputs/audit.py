@@ -35,7 +35,7 @@ from ..core.progress import progress_bar
 from ..core.recognise import run_of_split
 from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import read_table, write_csv, write_json
-from ..datasets.folders import connected
+from ..datasets.folders import DECODE_ERRORS, connected, load_image
 from ..datasets.imageset import provider_of
 from ..datasets.tasks import Task, task_for
 from ..europeana.annotations import http_url
@@ -487,17 +487,13 @@ def _recorded_download(path: Path) -> tuple[Path, dict[str, str] | None] | None:
 
 def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
     """The top suspects with their given and suggested labels and where they come from."""
-    from PIL import Image
-
     from ..modelling.explain import image_grid, wrapped
 
     figure, axes = image_grid(len(suspects))
     for ax, row in zip(axes.flat, suspects, strict=False):
         try:
-            with Image.open(row["image"]) as image:
-                image.draft("RGB", (256, 256))
-                ax.imshow(image.convert("RGB"))
-        except OSError:
+            ax.imshow(load_image(Path(row["image"]), 256, keep_aspect=True))
+        except DECODE_ERRORS:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
         name = row["ID"] or Path(row["image"]).name
         ax.set_title(

@@ -24,6 +24,7 @@ from ..core.outputs import OutputKind, build_folder
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import write_csv, write_json
+from ..datasets.folders import load_image
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std
 from ..modelling.calibration import load_calibration, score_thresholds
@@ -327,8 +328,6 @@ def _write_predictions(path: Path, scores: _Scores) -> None:
 def _gallery(path: Path, scores: _Scores, count: int) -> None:
     """The most confident mistakes (over all splits, each image once): the images whose decided classes are not
     their true ones, by the top probability."""
-    from PIL import Image
-
     from ..modelling.explain import image_grid, wrapped
 
     task, classes, paths, truth, thresholds = scores.task, scores.classes, scores.paths, scores.truth, scores.thresholds
@@ -343,9 +342,7 @@ def _gallery(path: Path, scores: _Scores, count: int) -> None:
     chosen = sorted(worst.items(), key=lambda kv: -kv[1][0])[:count]
     figure, axes = image_grid(len(chosen), cell=(3.0, 3.3))
     for ax, (i, (confidence, predicted, split)) in zip(axes.flat, chosen, strict=False):
-        with Image.open(paths[i]) as image:
-            image.draft("RGB", (256, 256))
-            ax.imshow(image.convert("RGB"))
+        ax.imshow(load_image(Path(paths[i]), 256, keep_aspect=True))
         name = Path(paths[i]).name
         ax.set_title(
             f"true {task.truth_text(truth[i], classes) or 'none'}\npred {predicted or 'none'} "

@@ -4,11 +4,15 @@ tested here on the CPU; what only a GPU can say (speed, nvJPEG's refusals) is me
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from europeana_imgcls.core.config import PredictConfig
@@ -22,7 +26,7 @@ from europeana_imgcls.europeana.sandbox import draw_image
 from europeana_imgcls.modelling import runtime
 from europeana_imgcls.outputs.prediction import predict
 
-from ..support import make_folders, rows
+from ..support import examples, make_folders, rows
 
 CPU = torch.device("cpu")
 SIZE = 48
@@ -169,3 +173,83 @@ def test_train_evaluate_and_embed_run_on_device_decoded_batches(
         )
     )
     assert embedded.embedded == 18 and sum(decoded) == 54
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU path: one load_image for training and inference, JPEGs decoded at the scale the resize needs
+
+
+def _jpeg(width: int, height: int, orientation: int = 1) -> io.BytesIO:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", (width, height), (90, 140, 200)).save(buffer, "JPEG", quality=80, exif=exif)
+    buffer.seek(0)
+    return buffer
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(
+    width=st.integers(8, 900),
+    height=st.integers(8, 900),
+    size=st.integers(8, 300),
+    keep_aspect=st.booleans(),
+    orientation=st.sampled_from([1, 3, 6, 8]),  # upright, upside down, and the two that swap the sides
+)
+def test_a_jpeg_decodes_at_the_smallest_dct_scale_that_still_covers_its_resize(
+    width: int, height: int, size: int, keep_aspect: bool, orientation: int
+) -> None:
+    with Image.open(_jpeg(width, height, orientation)) as image:
+        shown = decoding.upright_size(image)
+        target = decoding.resized_size(*shown, size, keep_aspect)
+        decoded = decoding.decode(image, target)
+    assert shown == ((height, width) if orientation in (6, 8) else (width, height))
+    assert decoded.mode == "RGB"
+    # the resize only ever shrinks (a picture smaller than its target decodes whole)
+    assert decoded.size == shown or (decoded.width >= target[0] and decoded.height >= target[1])
+    if shown[0] >= 2 * target[0] and shown[1] >= 2 * target[1]:  # room for a reduced scale: it is taken
+        assert decoded.width < shown[0]
+    scale = round(shown[0] / decoded.width)
+    if scale < 8:  # the next coarser scale would not cover the target
+        assert 2 * scale * target[0] > shown[0] or 2 * scale * target[1] > shown[1]
+
+
+def test_what_is_not_a_big_jpeg_reads_exactly_as_a_full_decode(tmp_path: Path) -> None:
+    files = _files(tmp_path)  # 120 x 90: too small to decode reduced for 48 px
+    for name in ("baseline", "grey", "png", "cmyk", "progressive", "rotated"):
+        reduced, whole = decoding.load_image(files[name], SIZE), decoding.load_image(files[name], SIZE, draft=False)
+        assert reduced.size == (SIZE, SIZE) and reduced.mode == "RGB"
+        assert np.array_equal(np.asarray(reduced), np.asarray(whole)), name
+    big = tmp_path / "big.png"
+    draw_image((1,), 3, seed=2, size=(640, 480)).save(big)
+    assert np.array_equal(
+        np.asarray(decoding.load_image(big, SIZE)), np.asarray(decoding.load_image(big, 48, draft=False))
+    )
+
+
+def test_training_and_predict_read_a_large_jpeg_reduced_with_the_labels_of_a_full_decode(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from europeana_imgcls.datasets import folders
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for j in range(6):  # originals 20 times the tiny net's 32 px: decoded at 1/8
+        draw_image((j % 3,), 3, seed=50 + j, size=(640, 800)).save(folder / f"{j}.jpg", quality=90)
+    sizes: list[tuple[int, int]] = []
+    real = decoding.decode
+    monkeypatch.setattr(
+        decoding, "decode", lambda image, target: sizes.append(real(image, target).size) or real(image, target)
+    )
+    images = ImageSet(sorted(folder.glob("*.jpg")), np.arange(6) % 3, ["a", "b", "c"], task_for("single-label"))
+    trained_on = torch.stack([ImageDataset(images, 32)[i][0] for i in range(6)])  # what training reads
+    assert sizes == [(80, 100)] * 6
+    reduced = tmp_path / "reduced.csv"
+    predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=reduced, quiet=True))
+    assert sizes == [(80, 100)] * 12  # predict reads them through the same function, at the same scale
+    monkeypatch.setattr(folders, "load_image", functools.partial(decoding.load_image, draft=False))
+    full = tmp_path / "full.csv"
+    predict(PredictConfig(run=trained_run, inputs=[str(folder)], output=full, quiet=True))
+    assert [r["prediction"] for r in rows(reduced)] == [r["prediction"] for r in rows(full)]
+    whole = torch.stack([ImageDataset(images, 32)[i][0] for i in range(6)])
+    assert (trained_on.float() - whole.float()).abs().mean() < 3  # a few levels apart, the same picture
