@@ -14,10 +14,9 @@ journal by ``resume``; the journal stays as the harvest's record of what each un
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,34 +29,40 @@ from ..core.journal import Journal
 from ..core.outputs import TABLE, claim
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
-from ..europeana.search_api import PAGE_ROWS, PagingLoop, SearchClient, first, record_uri
+from ..europeana.search_api import SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
+from .sources import ApiSource, Plan, Source, Unit, piece_found, plan_units, unit_query
 
 log = logging.getLogger(__name__)
 COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider", "reusability"]
+__all__ = ["COLUMNS", "SOURCES", "HarvestReport", "Unit", "harvest", "plan_units", "unit_query"]
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One query series: a category (or combination) at one reusability level."""
+def _dump_source(config: HarvestConfig, plan: Plan) -> Source:
+    from .dumps import DumpSource  # zip and checksum handling, loaded only for a dump harvest
 
-    labels: tuple[str, ...]
-    level: str
+    return DumpSource(config, plan)
 
-    @property
-    def key(self) -> str:
-        return f"{'+'.join(self.labels)}|{self.level}"
+
+# The one place a source's name (``config.metadata_source``) becomes the source that harvests.
+SOURCES: dict[str, Callable[[HarvestConfig, Plan], Source]] = {
+    "api": ApiSource,
+    "dump": _dump_source,
+}
 
 
 @dataclass
 class HarvestReport:
     output: Path
     rows: int
-    fetched: dict[str, int] = field(default_factory=dict)  # unit key -> records with an image
+    fetched: dict[str, int] = field(default_factory=dict)  # query unit key -> records with an image it keeps
     per_category: dict[str, int] = field(default_factory=dict)  # rows holding each label
     skipped_no_url: int = 0
     ambiguous: int = 0
-    resumed_units: int = 0
+    resumed_units: int = 0  # the source's units already done (a resumed harvest)
+    left_out: dict[str, int] = field(default_factory=dict)  # records of a bulk source left out, by reason
+    source: str = "api"
+    shard: str | None = None  # a shard's run writes no table: the run without shard does
 
 
 @dataclass
@@ -65,176 +70,127 @@ class _State:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     ambiguous: set[str] = field(default_factory=set)
     completed: dict[str, int] = field(default_factory=dict)
-    no_url: set[str] = field(default_factory=set)  # IDs of records without edmIsShownBy
+
+
+@dataclass
+class _Found:
+    """Every journaled piece, as candidates of the query units: what the table is built from."""
+
+    candidates: dict[Unit, list[dict[str, Any]]] = field(default_factory=dict)
+    no_url: set[str] = field(default_factory=set)
+    left_out: Counter[str] = field(default_factory=Counter)
+    finished: set[str] = field(default_factory=set)  # the source's units done
+    resume_at: dict[str, str] = field(default_factory=dict)  # an unfinished unit: where it goes on
+    pieces: int = 0
+
+    def add(self, value: dict[str, Any], key: str, source: Source, plan: Plan) -> None:
+        unit = value.get("unit") or key  # a journal from before sources: the key is the unit
+        if value.get("next") is None:
+            self.finished.add(unit)
+            self.resume_at.pop(unit, None)
+        else:
+            self.resume_at[unit] = value["next"]
+        for query, item in source.candidates({**value, "unit": unit}, plan):
+            self.candidates.setdefault(query, []).append(item)
+        self.no_url.update(value["no_url"])
+        self.left_out.update(value.get("left_out") or {})
+        self.pieces += 1
 
 
 def harvest(config: HarvestConfig, client: SearchClient | None = None) -> HarvestReport:
     """Run a harvest as ``config`` says; returns what it fetched and wrote."""
     check_table_suffix(config.output)
     vocab = load_vocabulary(config.vocab)
-    claim(config.output, TABLE, resume=config.resume)  # a new table, or `resume` carries on eic's own
+    shard = config.shard_spec
+    if shard is None:  # shards write only their journal parts; the run without shard claims and writes the table
+        claim(config.output, TABLE, resume=config.resume)  # a new table, or `resume` carries on eic's own
     journal = Journal(
         config.output.with_name(config.output.name + ".journal"),
         what=f"the harvest into {config.output}",
         settings={**config.resume_settings(), "vocab": vocab},
+        shard=shard,
         hint="resume with the settings it was started with, or choose another `output`",
-        check=_unit_found,
+        check=piece_found,
     )
-    own_client = client is None
-    client = client or SearchClient(
-        config.api_url,
-        config.api_key.get_secret_value(),
-        timeout=config.timeout,
-        retries=config.retries,
-        max_quota_wait=config.max_quota_wait * 3600,
-    )
-    units = list(plan_units(vocab, config.mode, config.reusability))
-    with journal.open(config.resume):
-        state = _replayed(journal, units, config)
-        todo = [u for u in units if u.key not in state.completed]
-        write_json(sidecar(config.output, "config"), public_dict(config))
-        try:
-            _fetch_units(client, todo, vocab, config, state, journal)
-        finally:
-            if own_client:
-                client.close()
-            if state.completed:  # however the harvest ends, the table holds every unit it finished
-                write_table(_to_frame(state, vocab), config.output)
+    plan = Plan(vocab, list(plan_units(vocab, config.mode, config.reusability)), client)
+    source = SOURCES[config.metadata_source](config, plan)
+    try:
+        units = [u for u in source.units() if shard is None or shard.owns(u)]
+        with journal.open(config.resume):
+            found = _replayed(journal, source, plan, config)
+            todo = [u for u in units if u not in found.finished]
+            if shard is None:
+                write_json(sidecar(config.output, "config"), public_dict(config))
+            try:
+                _fetch_units(source, todo, found, plan, config, journal)
+            finally:
+                state = _selected(found, source, plan, config)
+                if shard is None and found.pieces:  # however it ends, the table holds every piece it journaled
+                    write_table(_to_frame(state, vocab), config.output)
+    finally:
+        source.close()
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
     return HarvestReport(
         output=config.output,
         rows=len(state.rows),
         fetched=dict(state.completed),
         per_category={c: per_category.get(c, 0) for c in vocab},
-        skipped_no_url=len(state.no_url),
+        skipped_no_url=len(found.no_url),
         ambiguous=len(state.ambiguous),
         resumed_units=len(units) - len(todo),
+        left_out=dict(found.left_out),
+        source=config.metadata_source,
+        shard=config.shard,
     )
 
 
 def _fetch_units(
-    client: SearchClient,
-    todo: list[Unit],
-    vocab: dict[str, str],
-    config: HarvestConfig,
-    state: _State,
-    journal: Journal,
+    source: Source, todo: list[str], found: _Found, plan: Plan, config: HarvestConfig, journal: Journal
 ) -> None:
+    source.start(todo)
+    queries = {unit.key: unit for unit in plan.units}
     with progress_bar(config.quiet, transient=True) as progress:
-        for k, unit in enumerate(todo):
-            client.expect(_pages(len(todo) - k, config.n))  # the key's quota is paced to what is left
-            task = progress.add_task(f"{' '.join(unit.labels)} [{unit.level}]", total=config.n)
-            no_url: set[str] = set()
-            items = _fetch_unit(client, unit, vocab, config, no_url, functools.partial(progress.advance, task))
-            journal.append(unit.key, {"items": items, "no_url": sorted(no_url)})
-            journal.flush()
-            _apply(state, unit, items, no_url, config)
+        for unit in todo:
+            query = queries.get(unit)  # the Search API's units are query units: n records each at most
+            described = f"{' '.join(query.labels)} [{query.level}]" if query else unit
+            task = progress.add_task(described, total=config.n if query else None)
+            advance = functools.partial(progress.advance, task)
+            for piece in source.fetch(unit, found.resume_at.get(unit), advance):
+                value = piece.value()
+                journal.append(piece.key, value)
+                journal.flush()
+                found.add(value, piece.key, source, plan)
             progress.remove_task(task)
 
 
-def _replayed(journal: Journal, units: list[Unit], config: HarvestConfig) -> _State:
-    """The state of a resumed harvest: every journaled unit applied again, in the order they were found."""
-    state = _State()
-    by_key = {unit.key: unit for unit in units}
-    for key, found in journal.records(report=True):
-        unit = by_key.get(key)
-        if unit is not None:
-            _apply(state, unit, found["items"], set(found["no_url"]), config)
-    if config.resume and not state.completed and config.output.exists():
+def _replayed(journal: Journal, source: Source, plan: Plan, config: HarvestConfig) -> _Found:
+    """What a resumed harvest found before: every journaled piece, in the order it was found."""
+    found = _Found()
+    for key, value in journal.records(report=True):
+        found.add(value, key, source, plan)
+    if config.resume and not found.pieces and config.output.exists() and config.shard is None:
         raise DatasetError(
             f"cannot resume {config.output}: its journal ({journal.folder}) is missing or empty, so "
             "it is unknown which units it holds; harvest into another `output`"
         )
-    return state
-
-
-def _unit_found(value: Any) -> bool:
-    """A journaled unit as ``_fetch_units`` writes it: its records (text ID and URL, the rest text or missing) and
-    the IDs it found without an image; any other value is a damaged line, and the unit is fetched again."""
-    if (
-        not isinstance(value, dict)
-        or not isinstance(value.get("items"), list)
-        or not isinstance(value.get("no_url"), list)
-    ):
-        return False
-    return all(isinstance(i, str) for i in value["no_url"]) and all(_item(i) for i in value["items"])
-
-
-def _item(item: Any) -> bool:
-    return (
-        isinstance(item, dict)
-        and isinstance(item.get("ID"), str)
-        and isinstance(item.get("URL"), str)
-        and all(isinstance(v, str | None) for v in item.values())
-    )
-
-
-def _pages(units: int, n: int) -> int:
-    """Requests ``units`` query units take at least: pages of 100 until ``n`` records with an image."""
-    return units * -(-n // PAGE_ROWS)
-
-
-def plan_units(vocab: dict[str, str], mode: str, levels: Iterable[str]) -> Iterator[Unit]:
-    names = list(vocab)
-    if mode == "single-label":
-        combos: Iterable[tuple[str, ...]] = ((name,) for name in names)
-    else:
-        combos = itertools.chain(itertools.combinations(names, 2), itertools.combinations(names, 3))
-    for combo in combos:
-        for level in levels:
-            yield Unit(tuple(combo), level)
-
-
-def unit_query(unit: Unit, vocab: dict[str, str]) -> tuple[str, list[str]]:
-    """The (query, qf) pair of a unit, as the pilot asked them."""
-    if len(unit.labels) == 1:
-        return "*", [f'skos_concept:"{vocab[unit.labels[0]]}"', "TYPE:IMAGE"]
-    return " AND ".join(f'"{vocab[label]}"' for label in unit.labels), ["TYPE:IMAGE"]
-
-
-def _fetch_unit(
-    client: SearchClient, unit: Unit, vocab: dict[str, str], config: HarvestConfig, no_url: set[str], advance: Any
-) -> list[dict[str, Any]]:
-    query, qf = unit_query(unit, vocab)
-    # A seeded random order with the id as tie-breaker: stable across cursor pages (an unseeded
-    # "random" is re-drawn on every request and makes pages overlap).
-    sort = f"random_{config.seed},europeana_id asc"
-    found: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    try:
-        for item in client.iter_items(query, qf, reusability=unit.level, sort=sort):
-            record_id = item.get("id")
-            if not record_id or record_id in seen:
-                continue
-            seen.add(record_id)
-            url = first(item.get("edmIsShownBy"))
-            if not url:
-                no_url.add(record_id)
-                continue
-            found.append(
-                {
-                    "ID": record_id,
-                    "URL": url,
-                    "preview": first(item.get("edmPreview")),
-                    "rights": first(item.get("rights")),
-                    "data_provider": first(item.get("dataProvider")),
-                    "reusability": unit.level,
-                }
-            )
-            advance()
-            if len(found) >= config.n:
-                break
-    except PagingLoop as loop:  # the API's records for this query end there: the unit keeps what it found
-        log.warning(
-            "%s [%s]: %s; the unit ends with the %d records found", " ".join(unit.labels), unit.level, loop, len(found)
-        )
     return found
 
 
-def _apply(state: _State, unit: Unit, items: list[dict[str, Any]], no_url: set[str], config: HarvestConfig) -> None:
-    """What a finished unit adds to the harvest (the same whether it was just fetched or replayed)."""
+def _selected(found: _Found, source: Source, plan: Plan, config: HarvestConfig) -> _State:
+    """The table's rows: each query unit's pick of its candidates (each record once), applied in planned order."""
+    state = _State()
+    for unit in plan.units:
+        candidates = found.candidates.get(unit)
+        if candidates is None:
+            continue
+        once = list({item["ID"]: item for item in reversed(candidates)}.values())[::-1]  # the first of each ID
+        _apply(state, unit, source.pick(once, config.n), config)
+    return state
+
+
+def _apply(state: _State, unit: Unit, items: list[dict[str, Any]], config: HarvestConfig) -> None:
+    """What a query unit's records add to the table: the duplicate policy, whatever the source."""
     state.completed[unit.key] = len(items)
-    state.no_url |= no_url
     for item in items:
         record_id = item["ID"]
         row = state.rows.get(record_id)

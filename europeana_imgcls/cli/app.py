@@ -115,10 +115,16 @@ def command(
 @command(
     "harvest",
     HarvestConfig,
-    names={**OUTPUT, "n": ("--n", "-n"), "keep_ambiguous": ("--keep-ambiguous/--drop-ambiguous",)},
+    names={
+        **OUTPUT,
+        "n": ("--n", "-n"),
+        "keep_ambiguous": ("--keep-ambiguous/--drop-ambiguous",),
+        "from_date": ("--from",),
+        "metadata_source": ("--source",),
+    },
 )
 def harvest(config: HarvestConfig) -> None:
-    """Query the Search API per concept (or 2-3 concept combination) and write a dataset table."""
+    """Records per concept (or 2-3 concept combination), from the Search API, OAI-PMH or dataset dumps, as a table."""
     from ..acquisition.harvest import harvest as run_harvest
 
     report.print_harvest(console, run(lambda: run_harvest(config), "harvest"))

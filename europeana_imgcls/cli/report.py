@@ -61,11 +61,21 @@ def print_harvest(console: Console, result: HarvestReport) -> None:
         if any(f != "-" for f in fetched) or count:
             table.add_row(plain(category), *fetched, str(count))
     console.print(table)
-    console.print(
-        f"{result.rows} records written to {plain(result.output)}; skipped {result.skipped_no_url} without an "
-        f"image URL; {result.ambiguous} found under several categories"
-        + (f"; {result.resumed_units} query units already done" if result.resumed_units else "")
+    done = (
+        f"shard {result.shard}: {result.rows} records journaled for {plain(result.output)}"
+        if result.shard
+        else f"{result.rows} records written to {plain(result.output)}"
     )
+    console.print(
+        f"{done}; skipped {result.skipped_no_url} without an "
+        f"image URL; {result.ambiguous} found under several categories"
+        + (f"; {result.resumed_units} units already done" if result.resumed_units else "")
+    )
+    if result.left_out:  # a bulk source reads every record of a dataset: say what it left out, and why
+        reasons = ", ".join(f"{count} {plain(reason)}" for reason, count in sorted(result.left_out.items()))
+        console.print(f"left out: {reasons}")
+    if result.shard:
+        console.print("the run without --shard (with --resume) writes the table")
 
 
 def print_stats(console: Console, stats: TableStats) -> None:

@@ -30,6 +30,8 @@ FROM_FILE_TOO: dict[str, Any] = {"from_file_too": True}
 DEFAULT_ANNOTATION_API = "https://api.europeana.eu"
 
 Reusability = Literal["open", "restricted", "permission"]
+HarvestSource = Literal["api", "oai-pmh", "dump"]
+DEFAULT_OAI_URL = "https://api.europeana.eu/oai/record"  # documented; the service's own forms post there
 Mode = Literal["single-label", "multi-label"]
 Runtime = Literal["torch", "onnx"]
 CamMethod = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam"]
@@ -187,12 +189,38 @@ def _split_words(value: Any) -> Any:
     return value
 
 
-class HarvestConfig(ApiSettings):
-    """``eic harvest``: query the Search API per concept (or combination) and write a table."""
+class HarvestConfig(ApiSettings, ShardSettings):
+    """``eic harvest``: records per concept (or combination) from the Search API, OAI-PMH or dumps, as a table."""
 
     stage: ClassVar[str] = "harvest"
     input_paths: ClassVar[tuple[str, ...]] = ("vocab",)
-    resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous")  # and the vocabulary itself
+    # and the vocabulary itself
+    resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous", "metadata_source")
+
+    # Not `source`: download's `source` (original|thumbnail) shares the EUROPEANA_SOURCE variable and flat config keys.
+    metadata_source: HarvestSource = Field(
+        "api",
+        description="Where the records come from: api (the Search API: a sample per category, within the key's "
+        "quota), oai-pmh (Europeana's OAI-PMH ListRecords, --set per dataset, no key) or dump (dataset zips, --dump): "
+        "whole datasets, no quota.",
+    )
+    dump: list[str] = Field(
+        default_factory=list,
+        description="--source dump: a dataset zip of EDM RDF/XML, a folder of them, or its http(s) URL; repeat the "
+        "flag for more. A .md5sum beside it (or at URL.md5sum) is checked.",
+    )
+    oai_url: str = Field(DEFAULT_OAI_URL, description="--source oai-pmh: the OAI-PMH endpoint.")
+    set: list[str] = Field(
+        default_factory=list,
+        description="--source oai-pmh: a set (a dataset's numeric ID, e.g. 2021672) to harvest; repeat the flag for "
+        "more; default: every record.",
+    )
+    from_date: str | None = Field(
+        None, description="--source oai-pmh: only records updated at or after this UTC date (YYYY-MM-DD[Thh:mm:ssZ])."
+    )
+    until: str | None = Field(
+        None, description="--source oai-pmh: only records updated at or before this UTC date (YYYY-MM-DD[Thh:mm:ssZ])."
+    )
 
     output: Path = Field(Path("harvested.csv"), description="Output table, .csv or .parquet.")
     vocab: Path | dict[str, str] | None = Field(
@@ -222,6 +250,14 @@ class HarvestConfig(ApiSettings):
     resume: bool = Field(False, description="Skip categories already complete in the output.")
 
     _split = field_validator("reusability", mode="before")(_split_words)
+
+    @model_validator(mode="after")
+    def _source_inputs(self) -> HarvestConfig:
+        if self.metadata_source == "dump" and not self.dump:
+            raise ValueError("`source` dump needs the dataset zips: give `dump` PATH|URL (repeat it for more)")
+        if self.dump and self.metadata_source != "dump":
+            raise ValueError(f"`dump` is read only with `source` dump (this harvest's is {self.metadata_source})")
+        return self
 
 
 class SubtractConfig(_Base):

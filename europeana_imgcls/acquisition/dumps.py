@@ -1,0 +1,259 @@
+"""``eic harvest --source dump``: Europeana's dataset dumps, one zip of EDM RDF/XML per dataset.
+
+A dump zip is flat, one entry per record (``LOCAL_ID.xml``: an XML declaration and one ``rdf:RDF``), published
+at ``ftp://download.europeana.eu/dataset/XML/<id>.zip`` with ``<id>.zip.md5sum`` beside it (``shared/
+europeana_bulk.md`` §B). Records are read entry by entry from the zip, never unpacked to disk and never held
+whole in memory; a zip given by URL is first fetched to a temporary file (a zip's directory is at its end).
+
+The ``.md5sum`` holds the hex digest with its leading zeros dropped (Java's ``BigInteger.toString(16)``), so it
+is compared left-padded to 32 digits. A zip whose digest differs is refused in one line; each entry's CRC is
+checked as it is read as well (``zipfile``), so a damaged zip without a checksum fails where it is damaged.
+
+A unit of work is one zip, journaled every ``CHUNK`` entries (``next``: the entry to go on from), so a killed
+harvest of a large dataset carries on inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..core.config import HarvestConfig
+from ..core.errors import DatasetError
+from ..core.retry import RETRYABLE, Failed, Retry, send
+from ..europeana.edm import EdmRecord, record_from_bytes, safe_parser
+from ..europeana.tls import tls_context
+from .sources import Advance, BulkSource, Piece, Plan
+
+log = logging.getLogger(__name__)
+CHUNK = 20_000  # entries per journaled piece: a killed harvest redoes at most this many of a zip
+MAX_ENTRY = 32 * 2**20  # bytes of one record's XML at most (real ones are 5-100 kB): a bomb entry is left out
+MAX_CHECKSUM = 1024  # bytes of an .md5sum file read at most
+ENTRY_SUFFIXES = (".xml", ".rdf")
+TOO_LARGE = "entry over 32 MiB"
+NOT_XML = "not well-formed XML"
+NO_ID = "no record ID"
+
+
+class DumpSource(BulkSource):
+    """Dataset zips (files, folders of them, http(s) URLs) as a harvest's source: a unit per zip, keyed by its name
+    (a dataset's ID is its zip's name) or its URL."""
+
+    def __init__(self, config: HarvestConfig, plan: Plan) -> None:
+        super().__init__(config, plan)
+        self.where: dict[str, str] = {}  # unit key -> the path or URL it is read from
+        for given in config.dump:
+            for key, location in _expanded(given):
+                other = self.where.get(key)
+                if other is not None and other != location:
+                    raise DatasetError(
+                        f"two dumps are named {key} ({other} and {location}): a dump is known by its name, "
+                        "so harvest them into separate outputs"
+                    )
+                self.where[key] = location
+        self._http: httpx.Client | None = None
+
+    def units(self) -> list[str]:
+        return list(self.where)
+
+    def fetch(self, unit: str, after: str | None, advance: Advance) -> Iterator[Piece]:
+        start = int(after) if after and after.isdigit() else 0
+        with self._local(self.where[unit]) as (path, checksum):
+            _check_md5(path, checksum, self.where[unit])
+            yield from self._pieces(unit, path, start, advance)
+
+    def _pieces(self, unit: str, path: Path, start: int, advance: Advance) -> Iterator[Piece]:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DatasetError(f"{self.where[unit]}: not a zip eic can read ({exc}); is it a dataset dump?") from None
+        with archive:
+            entries = [info for info in archive.infolist() if not info.is_dir()]
+            _refuse_turtle(entries, self.where[unit])
+            for at in range(start, max(len(entries), 1), CHUNK):
+                chunk = entries[at : at + CHUNK]
+                left_out: dict[str, int] = {}
+                records = _records(archive, chunk, self.where[unit], left_out, advance)
+                items, no_url, reasons = self.found(records)
+                for reason, count in reasons.items():
+                    left_out[reason] = left_out.get(reason, 0) + count
+                end = at + len(chunk)
+                yield Piece(f"{unit}#{at}", unit, items, no_url, left_out, str(end) if end < len(entries) else None)
+
+    @contextmanager
+    def _local(self, location: str) -> Iterator[tuple[Path, str | None]]:
+        """The zip as a local file and its published checksum (None: none published)."""
+        if not _is_url(location):
+            sums = Path(location + ".md5sum")
+            yield Path(location), _read_checksum(sums) if sums.is_file() else None
+            return
+        with tempfile.TemporaryDirectory(prefix="eic-dump-") as folder:
+            path = Path(folder) / "dump.zip"
+            checksum = self._get_checksum(location + ".md5sum")
+            self._download(location, path)
+            yield path, checksum
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(
+                headers={"User-Agent": "europeana-imgcls"},
+                timeout=self.config.timeout,
+                follow_redirects=True,
+                verify=tls_context(),
+            )
+        return self._http
+
+    def _download(self, url: str, path: Path) -> None:
+        def attempt() -> bool | Failed:
+            try:
+                with self._client().stream("GET", url) as response:
+                    if response.status_code in RETRYABLE:
+                        return Failed(f"answered {response.status_code}", response.headers.get("Retry-After"))
+                    if response.status_code != 200:
+                        raise DatasetError(f"{url}: answered {response.status_code}; check the dump's URL")
+                    with path.open("wb") as out:
+                        for chunk in response.iter_bytes(2**20):
+                            out.write(chunk)
+            except httpx.TimeoutException as exc:
+                return Failed("timed out", error=exc)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                return Failed(f"unreachable ({type(exc).__name__})", error=exc)
+            return True
+
+        outcome = send(attempt, Retry(self.config.retries), "dump download")
+        if isinstance(outcome, Failed):
+            raise DatasetError(f"cannot fetch {url}: {outcome.reason} after {outcome.attempts} attempts; try later")
+
+    def _get_checksum(self, url: str) -> str | None:
+        try:
+            response = self._client().get(url)
+        except httpx.HTTPError:
+            return None  # no checksum to be had: the zip's CRCs still guard it
+        if response.status_code != 200:
+            return None
+        return _parse_checksum(response.content[:MAX_CHECKSUM], url)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+
+def _is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def _expanded(given: str) -> Iterator[tuple[str, str]]:
+    """The zips ``given`` names (a zip, a folder of zips, a URL), each with its unit key."""
+    if given.startswith("ftp://"):
+        raise DatasetError(
+            f"{given}: eic does not fetch over FTP; download it first (e.g. `curl -O {given}` and its .md5sum), "
+            "then give the local path"
+        )
+    if _is_url(given):
+        yield given, given
+        return
+    path = Path(given)
+    if path.is_dir():
+        zips = sorted(p for p in path.iterdir() if p.suffix.lower() == ".zip" and p.is_file())
+        if not zips:
+            raise DatasetError(f"{given}: a folder with no .zip in it; give dataset zips (dataset/XML/<id>.zip)")
+        for zip_path in zips:
+            yield zip_path.name, str(zip_path)
+        return
+    if not path.is_file():
+        raise DatasetError(f"{given}: no such file or folder")
+    yield path.name, str(path)
+
+
+def _refuse_turtle(entries: list[zipfile.ZipInfo], where: str) -> None:
+    if entries and all(info.filename.lower().endswith(".ttl") for info in entries[:10]):
+        raise DatasetError(
+            f"{where}: a Turtle dump (.ttl entries); eic reads the RDF/XML dumps: use dataset/XML/<id>.zip instead "
+            "of dataset/TTL/<id>.zip"
+        )
+
+
+def _records(
+    archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo], where: str, left_out: dict[str, int], advance: Advance
+) -> Iterator[EdmRecord]:
+    """The records of ``entries``, one entry in memory at a time; an entry that is no record is counted, not
+    fatal: a record's failure is the record's."""
+    parser = safe_parser()
+    for info in entries:
+        record = _entry(archive, info, where, parser, left_out)
+        advance(1)
+        if record is not None:
+            yield record
+
+
+def _entry(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, parser: Any, left_out: dict[str, int]
+) -> EdmRecord | None:
+    name = info.filename
+    if not name.lower().endswith(ENTRY_SUFFIXES):
+        _count(left_out, "not an .xml entry")
+        return None
+    if info.file_size > MAX_ENTRY:
+        _count(left_out, TOO_LARGE)
+        return None
+    try:
+        with archive.open(info) as entry:
+            data = entry.read(MAX_ENTRY + 1)  # the size in the directory may lie: read no more than the limit
+    except zipfile.BadZipFile as exc:  # a CRC that does not match, a damaged entry
+        raise DatasetError(f"{where}: entry {name} is damaged ({exc}); download the dump again") from None
+    if len(data) > MAX_ENTRY:
+        _count(left_out, TOO_LARGE)
+        return None
+    try:
+        record = record_from_bytes(data, f"{where}:{name}", parser)
+    except DatasetError as exc:
+        log.warning("%s", exc)
+        _count(left_out, NOT_XML)
+        return None
+    if record is None:
+        _count(left_out, NO_ID)
+    return record
+
+
+def _count(left_out: dict[str, int], reason: str) -> None:
+    left_out[reason] = left_out.get(reason, 0) + 1
+
+
+def _read_checksum(path: Path) -> str:
+    with path.open("rb") as handle:
+        return _parse_checksum(handle.read(MAX_CHECKSUM), str(path))
+
+
+def _parse_checksum(data: bytes, where: str) -> str:
+    """An .md5sum's digest, 32 hex digits: Europeana's drop leading zeros; a ``md5sum`` tool's add the file name."""
+    words = data.decode("ascii", errors="replace").split()
+    digest = words[0].lower() if words else ""
+    if not digest or len(digest) > 32 or any(c not in "0123456789abcdef" for c in digest):
+        raise DatasetError(f"{where}: not an MD5 checksum (expected hex digits); remove it or fetch it again")
+    return digest.rjust(32, "0")
+
+
+def _check_md5(path: Path, expected: str | None, where: str) -> None:
+    if expected is None:
+        return
+    started = time.monotonic()
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while block := handle.read(2**20):
+            digest.update(block)
+    actual = digest.hexdigest()
+    log.debug("MD5 of %s in %.1f s", where, time.monotonic() - started)
+    if actual != expected:
+        raise DatasetError(
+            f"{where}: its MD5 is {actual} but its .md5sum says {expected}: the zip is damaged or the checksum "
+            "stale; download both again (or remove the .md5sum to read the zip as it is, its entries' CRCs checked)"
+        )
