@@ -28,6 +28,7 @@ from ..core.config import (
     HarvestConfig,
     PredictConfig,
     PublishConfig,
+    ReportConfig,
     ReviewApplyConfig,
     ReviewImportConfig,
     SandboxConfig,
@@ -63,6 +64,7 @@ RERUN = (
     "calibrate",
     "export",
     "audit",
+    "report",
     "demo",
     "sandbox",
     "import",
@@ -235,6 +237,21 @@ def audit(config: AuditConfig) -> None:
     from ..outputs.audit import audit as run_audit
 
     report.print_audit(console, run(lambda: run_audit(config), "audit"))
+
+
+@command("report", ReportConfig, arguments=(RUN,), names=OUTPUT)
+def html_report(config: ReportConfig) -> None:
+    """One self-contained HTML page of a run (opens offline): summary, per class, confusion, galleries,
+    calibration, audit, curves."""
+    from ..outputs.report import report as run_report
+
+    result = run(lambda: run_report(config), "report")
+    console.print(
+        f"report written to {report.plain(result.output)} ({result.size / 2**20:.1f} MB, {result.images} images; "
+        f"sections: {', '.join(result.sections)})"
+    )
+    for note in result.notes:
+        console.print(f"[dim]not included:[/] {report.plain(note)}")
 
 
 @command("import", ReviewImportConfig, arguments=(Arg("export"),), names=OUTPUT, target=review_app)

@@ -1,0 +1,194 @@
+"""eic report: the page's sections follow the run's data, everything from files is escaped, images keep to their
+budget, and the page is written through the output policy. (The page in a real browser: test_report_browser.py.)"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from europeana_imgcls.core.config import ReportConfig
+from europeana_imgcls.core.errors import DatasetError, ModelError
+from europeana_imgcls.europeana.annotations import MODEL, NS
+from europeana_imgcls.europeana.sandbox import draw_image
+from europeana_imgcls.outputs.report import report
+from europeana_imgcls.outputs.report_model import IMAGE_BUDGET, encode_jpeg, json_for_script, record_page
+
+from ..support import assert_one_line_error, copy_of, eic, rows
+
+HOSTILE = "<script>window.eicPwned=1;alert(1)</script><img src=x onerror=alert(2)>"
+
+
+def page_data(html: str) -> dict[str, Any]:
+    found = re.search(r'<script type="application/json" id="eic-data">(.*?)</script>', html, re.S)
+    assert found
+    return json.loads(found[1])
+
+
+def test_the_sections_follow_the_runs_data(trained_run: Path, tmp_path: Path) -> None:
+    result = report(ReportConfig(run=trained_run, output=tmp_path / "r.html"))
+    assert result.sections == ["summary", "per-class-test", "confusion-test", "gallery-test", "calibration", "curves"]
+    html = result.output.read_text(encoding="utf-8")
+    for section in result.sections:
+        assert f'<section id="{section}"' in html
+    assert 'id="audit"' not in html and 'id="per-class-evaluation"' not in html
+    assert "eic evaluate RUN EVAL_DIR" in html and "eic audit RUN" in html  # what is missing, and how to make it
+    assert "<link" not in html and 'src="http' not in html and "@import" not in html  # nothing outside the file
+    data = page_data(html)
+    test_images = sum(len(rows(split / "test_predictions.csv")) for split in trained_run.glob("split_*"))
+    cells = [name for name in data["lists"] if name.startswith("cell:test:")]
+    assert sum(len(data["lists"][c]) for c in cells) == test_images  # every test image in its cell
+    item = data["items"][data["lists"][cells[0]][0]]
+    assert item["img"] is not None and item["alt"] and item["url"].startswith("https://www.europeana.eu/item/9")
+    assert all(d.startswith("data:image/jpeg;base64,") for d in data["images"])
+    # The summary names the model, the protocol and the spread of the headline metrics.
+    assert "model id" in html and "3 folds" in html and "± " in html
+
+
+def test_evaluation_audit_and_enrich_are_included_when_named(trained_run: Path, tmp_path: Path) -> None:
+    first = rows(trained_run / "split_0" / "test_predictions.csv")[0]
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    with (evaluation / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["image", "truth", "prediction", "confidence", "probabilities", "split"])
+        writer.writeheader()
+        writer.writerow({**{k: first[k] for k in ("image", "truth", "prediction", "confidence")}, "split": "split_0"})
+        writer.writerow({"image": "x.jpg", "truth": "no such class", "prediction": "map", "confidence": "0.5"})
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "label_issues.csv").write_text(
+        f"rank,image,ID,provider,given,suggested,label_quality,fold\n1,{first['image']},/9000/x,9000,map,painting,0.1,0\n"
+    )
+    (audit / "duplicates.csv").write_text(
+        "group,image,ID,provider,category,fold,across_folds,conflicting_labels,across_providers\n"
+        f"1,{first['image']},/9000/x,9000,map,0,True,False,False\n1,{first['image']},/9000/y,9000,map,1,True,False,False\n"
+    )
+    enrich = tmp_path / "annotations.jsonl"
+    enrich.write_text(json.dumps({MODEL: {NS + "class": "map", NS + "threshold": 0.42}}) + "\n")
+    result = report(
+        ReportConfig(run=trained_run, output=tmp_path / "r.html", evaluation=evaluation, audit=audit, enrich=enrich)
+    )
+    assert "per-class-evaluation" in result.sections and "audit" in result.sections
+    html = result.output.read_text(encoding="utf-8")
+    assert "eic enrich&#x27;s annotations (annotations.jsonl)" in html and "0.4200" in html
+    data = page_data(html)
+    assert len(data["lists"]["audit:issues"]) == 1 and len(data["lists"]["audit:group:1"]) == 2
+    assert "given map, suggested painting" in data["items"][data["lists"]["audit:issues"][0]]["label"]
+    assert not any("no such class" in json.dumps(item) for item in data["items"])  # a damaged row is left out
+
+
+def test_a_multilabel_run_has_no_confusion_matrix_and_shows_its_heatmaps(
+    ml_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = report(ReportConfig(run=ml_run[1], output=tmp_path / "r.html"))
+    assert "per-class-test" in result.sections and "gallery-test" in result.sections
+    assert "confusion-test" not in result.sections
+    data = page_data(result.output.read_text(encoding="utf-8"))
+    assert any(item["cam"] is not None for item in data["items"])  # the run's Grad-CAM figures, by their image
+
+
+def hostile_run(trained_run: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the run whose class "map" is named HOSTILE in every file, and one image of a record whose ID holds
+    quotes and brackets."""
+    run = copy_of(trained_run, tmp_path)
+
+    def rename(text: str) -> str:
+        return text.replace('"map"', json.dumps(HOSTILE))
+
+    for path in [run / "summary.json", run / "calibration.json", *run.glob("split_*/class_index.json")]:
+        path.write_text(rename(path.read_text()))
+    image = tmp_path / "[ph]9000[ph]a\"b'c<x>.jpg"
+    for n, path in enumerate(sorted(run.glob("split_*/test_predictions.csv"))):
+        table = rows(path)
+        for row in table:
+            for key in ("truth", "prediction"):
+                row[key] = HOSTILE if row[key] == "map" else row[key]
+            for key in ("probabilities", "logits"):
+                row[key] = rename(row[key])
+        if n == 0:
+            shutil.copyfile(table[0]["image"], image)
+            table[0]["image"] = str(image)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    return run, HOSTILE
+
+
+def test_names_from_files_are_escaped_everywhere(trained_run: Path, tmp_path: Path) -> None:
+    run, hostile = hostile_run(trained_run, tmp_path)
+    html = report(ReportConfig(run=run, output=tmp_path / "r.html")).output.read_text(encoding="utf-8")
+    assert hostile not in html and "<script>window" not in html and "onerror=" not in html.replace("onerror=alert", "")
+    assert "&lt;script&gt;window.eicPwned" in html  # shown, as text
+    assert html.count("<script") == 2  # the page's data and its own script, nothing else
+    data = page_data(html)
+    assert any(hostile in item["alt"] for item in data["items"])  # JSON keeps the name whole, escaped for the tag
+    quoted = next(item for item in data["items"] if "a\"b'c" in item["label"])
+    assert quoted["url"] == "https://www.europeana.eu/item/9000/a%22b%27c%3Cx%3E"
+    assert "calibration" in report(ReportConfig(run=run, output=tmp_path / "r2.html")).sections
+
+
+def test_json_in_the_page_cannot_end_its_script() -> None:
+    text = json_for_script({"a": "</script><!-- & <b>"})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"a": "</script><!-- & <b>"}
+
+
+def test_record_pages_only_for_record_ids() -> None:
+    assert (
+        record_page("/9200397/BibliographicResource_1")
+        == "https://www.europeana.eu/item/9200397/BibliographicResource_1"
+    )
+    assert (
+        record_page("painting_3.jpg") is None
+        and record_page("javascript:alert(1)") is None
+        and record_page(None) is None
+    )
+
+
+def test_an_image_keeps_to_its_budget_and_a_readable_size(tmp_path: Path) -> None:
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8))
+    pictures = {"drawn": draw_image((0,), 3, seed=1, size=(640, 480)), "noise": noise}
+    for name, picture in pictures.items():
+        path = tmp_path / f"{name}.jpg"
+        picture.save(path, quality=95)
+        encoded = encode_jpeg(path, 256, IMAGE_BUDGET)
+        assert encoded is not None and len(encoded) <= IMAGE_BUDGET, name
+        with Image.open(io.BytesIO(encoded)) as shown:
+            assert max(shown.size) >= 192, name  # the lightbox's image (half the side only for noise at worst)
+    drawn = Image.open(io.BytesIO(encode_jpeg(tmp_path / "drawn.jpg", 256, IMAGE_BUDGET) or b""))
+    assert max(drawn.size) == 256
+    # 1,000 test images, each once, base64: the page stays under 20 MB with room for its figures and markup.
+    assert 1000 * IMAGE_BUDGET * 4 / 3 < 17 * 2**20
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
+    assert encode_jpeg(tmp_path / "broken.jpg", 256, IMAGE_BUDGET) is None
+
+
+def test_the_page_is_written_through_the_output_policy(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    report(ReportConfig(run=trained_run, output=out))
+    with pytest.raises(DatasetError, match="overwrite"):
+        report(ReportConfig(run=trained_run, output=out))
+    report(ReportConfig(run=trained_run, output=out, overwrite=True))
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html>someone's own page</html>")
+    with pytest.raises(DatasetError):
+        report(ReportConfig(run=trained_run, output=notes, overwrite=True))
+    assert notes.read_text() == "<html>someone's own page</html>"
+    with pytest.raises(ModelError):
+        report(ReportConfig(run=tmp_path, output=tmp_path / "x.html"))
+
+
+def test_eic_report_says_where_the_page_is(trained_run: Path, tmp_path: Path) -> None:
+    result = eic("report", trained_run, "-o", tmp_path / "page.html")
+    assert result.exit_code == 0, result.output
+    assert "page.html" in result.stdout and "sections: summary" in result.stdout
+    assert_one_line_error(eic("report", tmp_path / "nothing"), "nothing")
