@@ -44,10 +44,17 @@ def _dump_source(config: HarvestConfig, plan: Plan) -> Source:
     return DumpSource(config, plan)
 
 
+def _oai_source(config: HarvestConfig, plan: Plan) -> Source:
+    from .oai_source import OaiPmhSource  # the OAI-PMH client, loaded only for an OAI-PMH harvest
+
+    return OaiPmhSource(config, plan)
+
+
 # The one place a source's name (``config.metadata_source``) becomes the source that harvests.
 SOURCES: dict[str, Callable[[HarvestConfig, Plan], Source]] = {
     "api": ApiSource,
     "dump": _dump_source,
+    "oai-pmh": _oai_source,
 }
 
 

@@ -284,9 +284,9 @@ class Sandbox:
         """Answer the next ``answers`` requests for ``paths`` (prefixes, as ``ANNOTATION_PATHS``) with ``status``
         and ``Retry-After: 0``, before anything else is looked at: how a test makes any route fail on cue.
         ``acted``: the request is carried out first and only its answer lost, as when a gateway gives up on a
-        server that went on to store what it was sent."""
+        server that went on to store what it was sent. ``answers`` 0: nothing fails (what was on cue is dropped)."""
         with self._lock:
-            self._failing = (paths, status, answers, acted)
+            self._failing = (paths, status, answers, acted) if answers > 0 else None
 
     def _failure(self, path: str) -> tuple[int, bool] | None:
         """The status a request for ``path`` is to fail with (``fail_next``) and whether it is carried out first,
