@@ -20,6 +20,7 @@ import logging
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,7 +209,7 @@ def _entry(
     try:
         with archive.open(info) as entry:
             data = entry.read(MAX_ENTRY + 1)  # the size in the directory may lie: read no more than the limit
-    except zipfile.BadZipFile as exc:  # a CRC that does not match, a damaged entry
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a CRC that does not match, a damaged entry
         raise DatasetError(f"{where}: entry {name} is damaged ({exc}); download the dump again") from None
     if len(data) > MAX_ENTRY:
         _count(left_out, TOO_LARGE)

@@ -1,0 +1,315 @@
+"""eic harvest --source dump: dataset zips of EDM RDF/XML (real records, and records made from a real one's shape)
+to the same table the Search API gives, their checksums, and a harvest stopped mid-way resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from europeana_imgcls import HarvestConfig, harvest
+from europeana_imgcls.acquisition import dumps
+from europeana_imgcls.acquisition.harvest import COLUMNS
+from europeana_imgcls.core.errors import DatasetError
+
+from ..support import QuietHandler, assert_one_line_error, eic, serving
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "edm"
+TEMPLATE = (SAMPLES / "topfoto_2024904_EU017407.rdf").read_bytes()  # one published record, one line, as dumps hold
+DECLARATION = b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+PAINTING, MAP = "http://data.europeana.eu/concept/base/47", "http://data.europeana.eu/concept/43"
+VOCAB = {"painting": PAINTING, "map": "http://data.europeana.eu/concept/base/43"}
+OPEN, PERMISSION = "http://creativecommons.org/publicdomain/zero/1.0/", "http://rightsstatements.org/vocab/InC/1.0/"
+
+
+def record(dataset: str, local: str, concept: str = PAINTING, rights: str = OPEN, kind: str = "IMAGE") -> bytes:
+    """A record in the real TopFoto record's shape: its ID, concept (both its dc:type and skos:Concept), rights,
+    media URL and type replaced."""
+    data = TEMPLATE.replace(b"2024904/photography_ProvidedCHO_TopFoto_co_uk_EU017407", f"{dataset}/{local}".encode())
+    data = data.replace(b"http://data.europeana.eu/concept/base/1711", concept.encode())
+    data = data.replace(b"http://rightsstatements.org/vocab/InC/1.0/", rights.encode())
+    data = data.replace(
+        b"http://www.topfoto.co.uk/imageflows/imagepreview/f=EU017407", f"http://127.0.0.1:9/{local}.jpg".encode()
+    )
+    return data.replace(b"<edm:type>IMAGE</edm:type>", f"<edm:type>{kind}</edm:type>".encode())
+
+
+def catalogue(dataset: str, count: int) -> dict[str, bytes]:
+    """``count`` records: painting and map in turn, open and permission in turn, every 7th a SOUND record and
+    every 11th linked to no vocabulary concept."""
+    entries = {}
+    for i in range(count):
+        concept = "http://data.europeana.eu/concept/999" if i % 11 == 10 else (PAINTING, MAP)[i % 2]
+        kind = "SOUND" if i % 7 == 6 else "IMAGE"
+        entries[f"r{i}.xml"] = record(dataset, f"r{i}", concept, (OPEN, PERMISSION)[(i // 2) % 2], kind)
+    return entries
+
+
+def write_zip(path: Path, entries: dict[str, bytes], md5sum: bool = True) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    if md5sum:  # as Europeana writes them: BigInteger.toString(16), the leading zeros dropped, no file name
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        path.with_name(path.name + ".md5sum").write_text(digest.lstrip("0") + "\n")
+    return path
+
+
+def config(out: Path, *dump: str | Path, **kw) -> HarvestConfig:
+    settings = {"vocab": VOCAB, "n": 1000, "reusability": ["open", "permission"], "quiet": True, **kw}
+    return HarvestConfig(metadata_source="dump", dump=[str(d) for d in dump], output=out, **settings)
+
+
+def test_a_dump_of_real_records_becomes_the_table(tmp_path: Path) -> None:
+    names = ["topfoto_2024904_EU017407.rdf", "rijksmuseum_90402_BK_1978_399.xml", "memovs_09903_0081AD17_sound.rdf"]
+    entries = {name.rsplit(".", 1)[0] + ".xml": (SAMPLES / name).read_bytes() for name in names}
+    dump = write_zip(tmp_path / "mixed.zip", entries)
+    vocab = {"photography": "http://data.europeana.eu/concept/1711", "purse": "http://vocab.getty.edu/aat/300053642"}
+    out = tmp_path / "h.csv"
+    report = harvest(config(out, dump, vocab=vocab, reusability=["open", "restricted", "permission"]))
+    df = pl.read_csv(out)
+    assert df.columns == COLUMNS
+    assert df.sort("ID").select("category", "ID", "reusability", "data_provider").rows() == [
+        ("photography", "/2024904/photography_ProvidedCHO_TopFoto_co_uk_EU017407", "permission", "TopFoto.co.uk"),
+        ("purse", "/90402/BK_1978_399", "open", "Rijksmuseum"),
+    ]
+    assert report.left_out == {"no vocabulary concept": 1}  # the sound record
+    row = df.filter(pl.col("category") == "purse").row(0, named=True)
+    assert row["URI"] == "http://data.europeana.eu/item/90402/BK_1978_399"
+    assert row["skos_concept"] == "http://vocab.getty.edu/aat/300053642"
+    assert row["rights"] == "http://creativecommons.org/publicdomain/mark/1.0/"
+
+
+def test_n_per_category_and_level_by_seeded_rank_whatever_the_order_of_the_zips(tmp_path: Path) -> None:
+    a = write_zip(tmp_path / "111.zip", catalogue("111", 60))
+    b = write_zip(tmp_path / "222.zip", catalogue("222", 60))
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    report = harvest(config(one, a, b, n=8))
+    harvest(config(two, b, a, n=8))
+    df = pl.read_csv(one)
+    assert df.group_by("category", "reusability").len()["len"].to_list() == [8, 8, 8, 8]
+    assert sorted(df["ID"]) == sorted(pl.read_csv(two)["ID"])
+    assert report.fetched == {f"{c}|{lvl}": 8 for c in VOCAB for lvl in ("open", "permission")}
+    assert report.left_out == {"no vocabulary concept": 10, "not an IMAGE record": 16}
+    assert sorted(pl.read_csv(tmp_path / "one.csv")["ID"]) != sorted(
+        pl.read_csv(harvest(config(tmp_path / "s.csv", a, b, n=8, seed=1)).output)["ID"]
+    )
+
+
+def test_a_folder_of_zips_and_a_record_under_two_categories(tmp_path: Path) -> None:
+    folder = tmp_path / "XML"
+    folder.mkdir()
+    entries = catalogue("333", 20)
+    both = record("333", "both").replace(
+        b'<skos:Concept rdf:about="' + PAINTING.encode(), b'<skos:Concept rdf:about="' + MAP.encode()
+    )
+    entries["both.xml"] = both  # dc:type painting, skos:Concept map
+    write_zip(folder / "333.zip", entries)
+    write_zip(folder / "444.zip", catalogue("444", 10))
+    (folder / "notes.txt").write_text("not a dump")
+    single = harvest(config(tmp_path / "s.csv", folder))
+    assert single.ambiguous == 1 and "/333/both" not in pl.read_csv(tmp_path / "s.csv")["ID"].to_list()
+    harvest(config(tmp_path / "m.csv", folder, mode="multi-label"))
+    multi = pl.read_csv(tmp_path / "m.csv")
+    assert multi.rows(named=True) and multi.filter(pl.col("ID") == "/333/both")["category"].to_list() == [
+        "painting map"
+    ]
+    assert multi.height == 1  # a 2-concept combination: only that record has both
+
+
+def test_a_checksum_without_its_leading_zeros_is_accepted_and_a_wrong_one_refused(tmp_path: Path) -> None:
+    entries = catalogue("555", 30)
+    for salt in range(400):  # a zip whose MD5 starts with 0, so that Europeana's .md5sum drops it
+        entries["salt.txt"] = str(salt).encode()
+        dump = write_zip(tmp_path / "555.zip", entries)
+        if hashlib.md5(dump.read_bytes()).hexdigest().startswith("0"):
+            break
+    assert len((tmp_path / "555.zip.md5sum").read_text().strip()) < 32
+    report = harvest(config(tmp_path / "ok.csv", dump))
+    assert report.rows > 0 and report.left_out["not an .xml entry"] == 1
+    (tmp_path / "555.zip.md5sum").write_text("5d41402abc4b2a76b9719d911017c592\n")
+    result = eic(
+        "harvest",
+        "--source",
+        "dump",
+        "--dump",
+        str(dump),
+        "--vocab",
+        str(vocab_json(tmp_path)),
+        "-o",
+        str(tmp_path / "bad.csv"),
+        "--quiet",
+    )
+    assert_one_line_error(result, "555.zip: its MD5 is")
+    assert "download both again" in result.stderr and not (tmp_path / "bad.csv").exists()
+
+
+def vocab_json(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(VOCAB))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: write_zip(p / "t.zip", {"a.ttl": b"@prefix edm: <http://www.europeana.eu/schemas/edm/> ."}),
+            "a Turtle dump",
+        ),
+        (lambda p: (p / "t.zip").write_bytes(b"PK\x03\x04 not really a zip") and p / "t.zip", "not a zip eic can read"),
+        (lambda p: p / "missing.zip", "no such file or folder"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "a folder with no .zip in it"),
+        (lambda p: "ftp://download.europeana.eu/dataset/XML/2021672.zip", "eic does not fetch over FTP"),
+    ],
+)
+def test_what_is_no_xml_dump_is_one_line(tmp_path: Path, make, message: str) -> None:
+    target = make(tmp_path)
+    result = eic(
+        "harvest",
+        "--source",
+        "dump",
+        "--dump",
+        str(target),
+        "--vocab",
+        str(vocab_json(tmp_path)),
+        "-o",
+        str(tmp_path / "h.csv"),
+    )
+    assert_one_line_error(result, message)
+
+
+def laughs() -> bytes:
+    """A billion laughs: seven entities of ten each, 10**7 copies of the first."""
+    chain = "".join(f'<!ENTITY e{k} "{f"&e{k - 1};" * 10}">' for k in range(1, 8))
+    return f'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e0 "aaaaaaaaaa">{chain}]><x>&e7;</x>'.encode()
+
+
+def test_entries_that_are_no_record_are_left_out_and_counted(tmp_path: Path) -> None:
+    entries = catalogue("666", 10)
+    entries["broken.xml"] = b"<rdf:RDF><unclosed>"
+    entries["noid.xml"] = record("666", "noid").replace(b"edm:ProvidedCHO rdf:about", b"edm:ProvidedCHO rdf:nothing")
+    entries["laughs.xml"] = laughs()
+    report = harvest(config(tmp_path / "h.csv", write_zip(tmp_path / "666.zip", entries)))
+    assert report.left_out["not well-formed XML"] == 2 and report.left_out["no record ID"] == 1
+    assert report.rows == 10 - 1  # all but the SOUND record (r6)
+
+
+def test_a_dump_by_url_is_fetched_with_its_checksum(tmp_path: Path) -> None:
+    dump = write_zip(tmp_path / "777.zip", catalogue("777", 24))
+    files = {"/XML/777.zip": dump.read_bytes(), "/XML/777.zip.md5sum": (tmp_path / "777.zip.md5sum").read_bytes()}
+    asked: list[str] = []
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    with serving(Handler) as base:
+        by_url = harvest(config(tmp_path / "u.csv", f"{base}/XML/777.zip"))
+        local = harvest(config(tmp_path / "l.csv", dump))
+        assert sorted(asked) == ["/XML/777.zip", "/XML/777.zip.md5sum"]
+        files["/XML/777.zip.md5sum"] = b"123\n"
+        with pytest.raises(DatasetError, match="its MD5 is"):
+            harvest(config(tmp_path / "bad.csv", f"{base}/XML/777.zip"))
+        with pytest.raises(DatasetError, match="answered 404"):
+            harvest(config(tmp_path / "none.csv", f"{base}/XML/888.zip"))
+    assert by_url.rows == local.rows > 0
+    assert pl.read_csv(tmp_path / "u.csv").equals(pl.read_csv(tmp_path / "l.csv"))
+
+
+def test_a_harvest_stopped_inside_a_zip_resumes_there_with_nothing_lost_or_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dumps, "CHUNK", 7)  # a piece journaled every 7 entries
+    entries = catalogue("999", 40)
+    reference = harvest(config(tmp_path / "ref.csv", write_zip(tmp_path / "ref.zip", entries)))
+    # Entry 23 damaged (its CRC fails as it is read): the harvest stops in the fourth piece, after three journaled.
+    dump = write_zip(tmp_path / "999.zip", entries, md5sum=False)
+    whole = dump.read_bytes()
+    damaged = bytearray(whole)
+    with zipfile.ZipFile(dump) as archive:
+        info = archive.getinfo("r23.xml")
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 5
+    damaged[at] ^= 0xFF
+    dump.write_bytes(bytes(damaged))
+    out = tmp_path / "h.csv"
+    with pytest.raises(DatasetError, match="entry r23.xml is damaged"):
+        harvest(config(out, dump))
+    part = tmp_path / "h.csv.journal" / "part.ndjson"
+    assert [json.loads(line)[0] for line in part.read_text().splitlines()] == ["999.zip#0", "999.zip#7", "999.zip#14"]
+    assert pl.read_csv(out).height > 0  # what it had is in the table already
+    dump.write_bytes(whole)
+    resumed = harvest(config(out, dump, resume=True))
+    keys = [json.loads(line)[0] for line in part.read_text().splitlines()]
+    assert keys == [f"999.zip#{at}" for at in range(0, 40, 7)]  # each piece once: resumed at entry 21
+    assert resumed.resumed_units == 0 and resumed.left_out == reference.left_out
+    assert pl.read_csv(out).sort("ID").equals(pl.read_csv(tmp_path / "ref.csv").sort("ID"))
+
+
+def test_shards_split_the_zips_and_the_run_without_shard_writes_the_table(tmp_path: Path) -> None:
+    zips = [write_zip(tmp_path / f"{ds}.zip", catalogue(str(ds), 12)) for ds in range(100, 106)]
+    reference = harvest(config(tmp_path / "ref.csv", *zips))
+    out = tmp_path / "h.csv"
+    shards = [harvest(config(out, *zips, shard=f"{i}/2")) for i in range(2)]
+    assert not out.exists() and all(s.shard for s in shards)
+    final = harvest(config(out, *zips, resume=True))
+    assert final.resumed_units == 6 and pl.read_csv(out).sort("ID").equals(pl.read_csv(tmp_path / "ref.csv").sort("ID"))
+    assert final.rows == reference.rows
+
+
+@pytest.mark.slow
+def test_a_dump_harvest_killed_mid_way_resumes_to_the_same_table(tmp_path: Path) -> None:
+    """A real process killed while it waits for its third dump (a server that holds its answer), two zips journaled:
+    --resume takes those two from the journal, reads the third, and ends with the uninterrupted table."""
+    zips = [write_zip(tmp_path / f"{ds}.zip", catalogue(str(ds), 50)) for ds in (201, 202, 203)]
+    held = threading.Event()
+    asked: list[str] = []
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path.endswith(".zip"):
+                held.wait(30)
+            body = zips[2].read_bytes() if self.path.endswith(".zip") else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    reference = tmp_path / "ref.csv"
+    harvest(config(reference, *zips))
+    out = tmp_path / "h.csv"
+    with serving(Handler) as base:
+        dumps_given = [str(zips[0]), str(zips[1]), f"{base}/203.zip"]
+        args = [sys.executable, "-m", "europeana_imgcls", "harvest", "--source", "dump", "-o", str(out), "--quiet"]
+        args += ["--vocab", str(vocab_json(tmp_path)), "--reusability", "open", "--reusability", "permission"]
+        args += [a for d in dumps_given for a in ("--dump", d)]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while "/203.zip" not in asked and proc.poll() is None:  # the first two zips are journaled before it asks
+            assert time.monotonic() < deadline, "the harvest never asked for its third dump"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) != 0
+        part = tmp_path / "h.csv.journal" / "part.ndjson"
+        assert [json.loads(line)[0] for line in part.read_text().splitlines()] == ["201.zip#0", "202.zip#0"]
+        held.set()
+        report = harvest(HarvestConfig(**{**config(out, *dumps_given).model_dump(), "resume": True}))
+    assert report.resumed_units == 2
+    assert pl.read_csv(out).sort("ID").equals(pl.read_csv(reference).sort("ID"))
