@@ -383,8 +383,11 @@ def print_sandbox(console: Console, server: Sandbox) -> None:
     """Where the sandbox answers, and the settings that point every eic command at it."""
     console.print(f"Search API: {server.api_url}")
     console.print(f"Thumbnail API: {server.base_url}/thumbnail/v3")
+    console.print(f"OAI-PMH: {server.base_url}/oai", soft_wrap=True)
+    console.print(f"Dataset dumps: {server.dump_url(server.datasets[0])} (one per dataset)", soft_wrap=True)
     console.print("Point eic at it (every command reads these), in the shell that runs eic:")
     console.print(f"  export EUROPEANA_API_URL={server.api_url}", soft_wrap=True)
+    console.print(f"  export EUROPEANA_OAI_URL={server.base_url}/oai", soft_wrap=True)
     console.print(f"  export EUROPEANA_THUMBNAIL_URL={server.base_url}/thumbnail/v3", soft_wrap=True)
     console.print(f"  export EUROPEANA_ANNOTATION_API={server.base_url}", soft_wrap=True)
     console.print(f"  export EUROPEANA_ANNOTATION_TOKEN={SANDBOX_TOKEN}", soft_wrap=True)
