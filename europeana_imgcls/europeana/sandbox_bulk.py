@@ -25,6 +25,7 @@ import base64
 import binascii
 import bisect
 import datetime as dt
+import functools
 import hashlib
 import io
 import re
@@ -127,18 +128,25 @@ def data_provider(dataset: str) -> str:
 PROVIDER = "Sandbox Aggregator"
 
 
+@functools.cache
 def _q(name: str) -> str:
+    """``edm:type`` as lxml names it: ``{http://www.europeana.eu/schemas/edm/}type``."""
     prefix, _, local = name.partition(":")
     return f"{{{NS[prefix]}}}{local}"
+
+
+_ATTRIBUTES = {
+    "about": _q("rdf:about"),
+    "resource": _q("rdf:resource"),
+    "datatype": _q("rdf:datatype"),
+    "lang": "{http://www.w3.org/XML/1998/namespace}lang",
+}
 
 
 def _add(parent: etree._Element, name: str, text: str | None = None, **attributes: str) -> etree._Element:
     """A child element: ``about``/``resource``/``lang``/``datatype`` become rdf:about, rdf:resource, xml:lang and
     rdf:datatype; lxml escapes whatever the text holds."""
-    element = etree.SubElement(parent, _q(name))
-    for key, value in attributes.items():
-        qualified = "{http://www.w3.org/XML/1998/namespace}lang" if key == "lang" else _q(f"rdf:{key}")
-        element.set(qualified, value)
+    element = etree.SubElement(parent, _q(name), {_ATTRIBUTES[k]: v for k, v in attributes.items()})
     if text is not None:
         element.text = text
     return element
