@@ -240,3 +240,23 @@ def test_datestamps_are_utc_seconds_within_three_years(world: Sandbox) -> None:
     times = [updated(r) for r in world.catalogue]
     assert all(t.tzinfo == dt.UTC and t.microsecond == 0 for t in times)
     assert len(set(times)) == len(times)
+
+
+def test_hold_after_and_fail_next_work_on_the_oai_paths(world: Sandbox) -> None:
+    import threading
+
+    from europeana_imgcls.europeana.sandbox import OAI_PATHS
+
+    world.fail_next(500, OAI_PATHS)
+    assert http.get(world.base_url + "/oai", params={"verb": "Identify"}).status_code == 500
+    world.hold_after(1, OAI_PATHS)
+    answers: list[int] = []
+    asks = [threading.Thread(target=lambda: answers.append(oai(world, verb="Identify")[0])) for _ in range(2)]
+    for ask in asks:
+        ask.start()
+    assert world.wait_until_held(1, timeout=30)
+    assert len(answers) <= 1  # one answered, one held at the gate
+    world.release()
+    for ask in asks:
+        ask.join(30)
+    assert answers == [200, 200]
