@@ -38,7 +38,7 @@ from ..core.version import __version__
 from ..datasets.folders import ModelInput
 from ..datasets.imageset import ImageSet, provider_of
 from ..datasets.tasks import task_for
-from .models import build_model, get_arch, set_head
+from .models import build_model, get_arch, set_head, sized_for_model
 from .runtime import autocast_dtype, inference_loader, resolve_device
 
 EMBEDDINGS_FORMAT: Final = "europeana-imgcls/embeddings-v1"
@@ -140,6 +140,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
     """Embed every image of ``config.data_dir`` into ``config.output``; see the module docstring."""
     if config.output.suffix.lower() != ".parquet":
         raise ConfigError(f"{config.output}: embeddings are written as .parquet")
+    config = sized_for_model(config)  # a timm model's own input size, unless one is given
     arch = get_arch(config.arch)
     images = task_for(config.mode).scan(config.data_dir, config.labels)
     if not images.paths:
@@ -266,6 +267,8 @@ def describe(arch: str, weights: str, input_size: int, mean: Any, std: Any, imag
         "mode": images.task.name,
         "classes": images.classes,
         "software": f"europeana-imgcls {__version__}",
+        # A timm backbone: its name, pretrained tag, data config and the digest of its weights.
+        **({"timm": said} if (said := get_arch(arch).provenance(weights)) else {}),
     }
 
 

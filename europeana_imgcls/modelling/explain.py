@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
@@ -15,6 +15,8 @@ from torch import nn
 
 from ..core.config import CamMethod
 from ..core.errors import ConfigError
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 # The names are the settings' (config.CamMethod, checked before torch is imported); the grad-cam package's classes
 # for them are named once, here, in the same order (a name without its class fails at import; the tests draw a
@@ -40,10 +42,15 @@ def cam_class(method: str) -> Any:
 
 
 def heatmaps(
-    model: nn.Module, layer: nn.Module, batch: torch.Tensor, targets: Sequence[int], method: str = "gradcam"
+    model: nn.Module,
+    layer: nn.Module,
+    batch: torch.Tensor,
+    targets: Sequence[int],
+    method: str = "gradcam",
+    reshape: Reshape | None = None,
 ) -> np.ndarray:
     """One heatmap in [0, 1] per image of ``batch`` for its class in ``targets`` (B x H x W)."""
-    with cam_session(model, layer, method) as session:
+    with cam_session(model, layer, method, reshape) as session:
         session.forward(batch)
         return session.heatmaps(targets)
 
@@ -81,14 +88,20 @@ class CamSession:
 
 
 @contextmanager
-def cam_session(model: nn.Module, layer: nn.Module, method: str = "gradcam") -> Iterator[CamSession]:
-    """A ``CamSession`` on ``model`` (in eval mode while it lasts); its hooks are gone when it ends."""
+def cam_session(
+    model: nn.Module, layer: nn.Module, method: str = "gradcam", reshape: Reshape | None = None
+) -> Iterator[CamSession]:
+    """A ``CamSession`` on ``model`` (in eval mode while it lasts); its hooks are gone when it ends. ``reshape``
+    turns ``layer``'s output into batch x channels x height x width where it is not (a transformer's tokens)."""
     cam = cam_class(method)
     was_training = model.training
     model.eval()
     try:
         # The CAM's context manager removes the forward and backward hooks it added, whatever happens.
-        with _backward_from(model, layer), cam(model=model, target_layers=[layer]) as session:
+        with (
+            _backward_from(model, layer),
+            cam(model=model, target_layers=[layer], reshape_transform=reshape) as session,
+        ):
             yield CamSession(session)
     finally:
         model.train(was_training)

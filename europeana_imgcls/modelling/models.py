@@ -5,23 +5,32 @@ Every model returns logits; softmax (or sigmoid) is applied only when predicting
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
 
+from ..core.config import EmbedConfig, TrainConfig
 from ..core.errors import ModelError
 from ..datasets.folders import IMAGENET_MEAN, IMAGENET_STD
+from . import timm_backbones
+from .timm_backbones import Reshape, TimmBackbone, is_timm
 
 # TensorFlow-Lite preprocessing of EfficientNet-Lite: (x * 255 - 127) / 128
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
+
+
+def _no_reshape(_model: nn.Module) -> Reshape | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,22 @@ class Arch:
     # A model of one's own (``register_arch``): builds it for N classes, its last layer named ``head``.
     builder: Callable[[int], nn.Module] | None = None
     head: str = ""
+    # What turns ``cam_layer``'s output into batch x channels x height x width for Grad-CAM (a transformer's tokens).
+    cam_reshape: Callable[[nn.Module], Reshape | None] = _no_reshape
+    timm: TimmBackbone | None = None  # ``timm/<name>``: the model, its data config and where its weights are
+
+    @property
+    def input_size(self) -> int | None:
+        """The side of the images the model was made for, where it says (a timm model's data config)."""
+        return None if self.timm is None else self.timm.input_size
+
+    def provenance(self, weights: str) -> dict[str, Any] | None:
+        """What a checkpoint, an embeddings table and an export say of a timm backbone built with ``weights``:
+        its name, pretrained tag, data config and the SHA-256 of the weights loaded (None for other archs)."""
+        if self.timm is None:
+            return None
+        loaded = _timm_weights(self.timm, weights)
+        return {**self.timm.describe(), "weights": _said(weights), "weights_sha256": loaded.sha256}
 
 
 def register_arch(
@@ -84,14 +109,51 @@ LITE_WEIGHTS = {
 
 
 def get_arch(name: str) -> Arch:
+    if is_timm(name):
+        return _timm_arch(name)
     if name not in ARCHS:
-        raise ModelError(f"unknown arch '{name}'; choose one of: {', '.join(ARCHS)}")
+        raise ModelError(f"unknown arch '{name}'; choose one of: {', '.join(ARCHS)}, or timm/<a timm model's name>")
     return ARCHS[name]
+
+
+@functools.cache
+def _timm_arch(name: str) -> Arch:
+    spec = timm_backbones.backbone(name)
+    return Arch(
+        name,
+        spec.mean,
+        spec.std,
+        functools.partial(timm_backbones.cam_layer, arch=name),
+        head=spec.classifier,
+        cam_reshape=timm_backbones.cam_reshape,
+        timm=spec,
+    )
+
+
+S = TypeVar("S", TrainConfig, EmbedConfig)  # the settings that name a backbone and its input size
+
+
+def sized_for_model(config: S) -> S:
+    """``config`` with its model's own input size where `input_size` was not given (a timm model's data config:
+    518 for DINOv2, 224 for most); a size the model cannot take refused in one line."""
+    spec = get_arch(config.arch)
+    if spec.timm is None:
+        return config
+    if "input_size" not in config.model_fields_set:
+        return config.model_copy(update={"input_size": spec.timm.input_size})
+    if not spec.timm.takes_size(config.input_size):
+        raise ModelError(
+            f"{config.arch} takes {spec.timm.input_size} x {spec.timm.input_size} images only: leave `input_size` out"
+        )
+    return config
 
 
 def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module:
     """A classifier for ``num_classes`` with ``weights``: 'imagenet', 'none' or a local file."""
     spec = get_arch(arch)
+    if spec.timm is not None:
+        loaded = _timm_weights(spec.timm, weights)
+        return spec.timm.create(num_classes, loaded.state, loaded.source)
     if spec.builder is not None:
         model = spec.builder(num_classes)
         if weights == "imagenet":
@@ -160,8 +222,9 @@ def _lite(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
 
 def head_name(model: nn.Module, arch: str) -> str:
     """Where the classifier's last layer sits: ``fc``, ``classifier.N`` or ``_fc``."""
-    if ARCHS.get(arch) is not None and ARCHS[arch].head:
-        return ARCHS[arch].head
+    spec = get_arch(arch) if is_timm(arch) else ARCHS.get(arch)
+    if spec is not None and spec.head:
+        return spec.head
     if arch.startswith("resnet"):
         return "fc"
     if arch in LITE_WEIGHTS:
@@ -233,3 +296,50 @@ def safe_load(path: Path) -> object:
         raise ModelError(f"{path} is not a plain weights file (it asks to run code on loading); refused") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelError(f"{path} is not a readable weights file ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A timm backbone's starting weights: the state (None: random), where it came from and its file's SHA-256."""
+
+    state: dict[str, torch.Tensor] | None
+    source: str
+    sha256: str | None
+
+
+def _said(weights: str) -> str:
+    return weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
+
+
+def _timm_weights(spec: TimmBackbone, weights: str) -> _Loaded:
+    if weights == "none":
+        return _Loaded(None, "random weights", None)
+    path = timm_backbones.hub_file(spec) if weights == "imagenet" else Path(weights)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such weights file")
+    stat = path.stat()
+    return _weights_file(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)  # every split of a run starts from the same file: read (and digested) once
+def _weights_file(path: Path, _size: int, _mtime: int) -> _Loaded:
+    """A state dict from a .safetensors file or a plain weights file (an eic checkpoint: its model's weights)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state: object = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{path} is not a readable .safetensors file ({type(exc).__name__})") from None
+    else:
+        state = safe_load(path)
+    if isinstance(state, dict):
+        state = next(
+            (state[k] for k in ("model_state", "state_dict", "model") if isinstance(state.get(k), dict)), state
+        )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} holds no state dict of weights")
+    with path.open("rb") as handle:  # run_folder.file_sha256's way (run_folder names this module's Arch)
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _Loaded(cast(dict[str, torch.Tensor], state), str(path), digest)

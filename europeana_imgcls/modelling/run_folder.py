@@ -239,6 +239,8 @@ class CheckpointMeta(BaseModel):
     neighbours: int | None = None  # knn
     backbone: str | None = None  # probe runs: the shared backbone, relative to the checkpoint
     backbone_sha256: str | None = None
+    # ``arch`` timm/<name>: its name, pretrained tag, data config and the SHA-256 of the weights it started from.
+    timm: dict[str, Any] | None = None
 
     @classmethod
     def for_split(cls, config: TrainConfig, arch: Arch, classes: list[str], split: int) -> CheckpointMeta:
@@ -257,6 +259,7 @@ class CheckpointMeta(BaseModel):
             config=public_dict(config),
             split=split,
             method=config.method,
+            timm=arch.provenance(config.weights),
             **probe,
         )
 

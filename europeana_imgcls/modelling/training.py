@@ -31,7 +31,7 @@ from rich.progress import TaskID
 from torch import nn
 
 from ..core.config import TrainConfig, public_dict
-from ..core.errors import CalibrationError, DatasetError
+from ..core.errors import CalibrationError, DatasetError, ModelError
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.progress import RATE, Rate, progress_bar
@@ -51,13 +51,14 @@ from ..datasets.folders import (
 from ..datasets.imageset import ImageSet, Split
 from ..datasets.metrics import mean_std
 from ..datasets.tasks import Task, task_for
+from . import charts
 from .calibration import Calibration, calibrate_run
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .embedding import BACKBONE, backbone_of, embedding_meta
 from .explain import TILE, figure, heatmaps, save_figure
 from .heads import train_heads
 from .modelcard import compute_record, write_model_card
-from .models import build_model, get_arch, safe_load
+from .models import build_model, get_arch, safe_load, sized_for_model
 from .run_folder import CheckpointMeta, RunFolder, SplitFolder
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
 from .splits import Evaluation, SplitOutput, SplitResult, score_split, start_split_folder, write_split_metrics
@@ -306,8 +307,7 @@ def fit(
 
 def train(config: TrainConfig) -> TrainReport:
     """Train every split of ``config`` (or split 0 alone) and write the run folder."""
-    config = _on_embeddings(config)
-    get_arch(config.arch)
+    config = sized_for_model(_on_embeddings(config))  # a timm model's own input size, unless one is given
     if config.tensorboard is not None:
         check_tensorboard()
     with (
@@ -718,8 +718,13 @@ def _gradcam(
 ) -> None:
     """Heatmaps of test images spread over the fold, for their predicted class; names carry truth and
     prediction, as the pilot's did."""
-    folder.mkdir(exist_ok=True)
     arch = get_arch(config.arch)
+    try:
+        layer = arch.cam_layer(model)
+    except ModelError as exc:  # a model Grad-CAM cannot look into: the split is scored all the same
+        log.warning("no Grad-CAM figures: %s", exc)
+        return
+    folder.mkdir(exist_ok=True)
     by_image = np.argsort(test.indices)
     spread = np.linspace(0, len(by_image) - 1, min(config.gradcam_images, len(by_image))).astype(int)
     order = by_image[np.unique(spread)]
@@ -727,7 +732,7 @@ def _gradcam(
     pictures = [load_image(p, config.input_size) for p in paths]
     batch = to_model(torch.stack([pixels_of(p) for p in pictures]))
     predicted = [int(test.probs[k].argmax()) for k in order]
-    maps = heatmaps(model.float(), arch.cam_layer(model), batch, predicted)
+    maps = heatmaps(model.float(), layer, batch, predicted, reshape=arch.cam_reshape(model))
     for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):
         truth = test_images.task.truth_text(test.truth[k], classes).replace(" ", "+") or "none"
         pred, confidence = classes[predicted[n]], float(test.probs[k].max())
@@ -759,17 +764,17 @@ def _write_history(path: Path, history: list[dict[str, float]], columns: list[st
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0) -> None:
-    """Loss and validation scores per (whole) epoch, the kept epoch marked. matplotlib's object API: no
-    global backend switch, nothing left open."""
-    from matplotlib.figure import Figure
+    """Loss and validation scores per (whole) epoch, the kept epoch marked (charts.py: drawn, not measured)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    chart = Figure(figsize=(10, 4))
-    left, right = chart.subplots(1, 2)
+    canvas, (left, right) = charts.chart(
+        (10, 4), dict(left=0.06, right=0.98, bottom=0.13, top=0.92, wspace=0.16), nrows=1, ncols=2
+    )
     left.plot(epochs, [r["train_loss"] for r in history], label="train")
     left.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    left.set(title="loss", xlabel="epoch")
+    left.set(xlabel="epoch")
+    charts.title(left, "loss")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch:
@@ -794,7 +799,7 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0
     ):
         if key in history[0]:
             right.plot(epochs, [r[key] for r in history], label=label)
-    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.set(xlabel="epoch", ylim=(0, 1))
+    charts.title(right, "validation")
     right.legend()
-    chart.tight_layout()
-    chart.savefig(path, dpi=100)
+    canvas.savefig(path, dpi=100)

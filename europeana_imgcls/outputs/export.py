@@ -16,6 +16,7 @@ silently.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ def _export_split(
     ours = Ensemble([model]).probabilities(torch.from_numpy(pixels), calibrated=True)[0]  # on the CPU, in float32
     path = staging / f"{model.split}.onnx"
     _write_graph(model, path, config.opset)
-    proto = _label_file(onnx, path, report.model_id, model.split)
+    proto = _label_file(onnx, path, report.model_id, model)
     logits, probs = _outputs(path, pixels)
     difference = _difference(ours, probs)
     if difference > MAX_DIFFERENCE and config.quantize == "none":
@@ -123,7 +124,7 @@ def _export_split(
         )
     if config.quantize != "none":
         _quantise(path, config.quantize, pixels)
-        proto = _label_file(onnx, path, report.model_id, model.split)  # the quantiser's file says it too
+        proto = _label_file(onnx, path, report.model_id, model)  # the quantiser's file says it too
         int8_logits, int8_probs = _outputs(path, pixels)
         report.quantisation.append(_moved(model, len(pixels), truth, logits, int8_logits))
         difference = _difference(ours, int8_probs)
@@ -200,11 +201,15 @@ def _write_graph(model: RunModel, path: Path, opset: int) -> None:
         )
 
 
-def _label_file(onnx: Any, path: Path, model_id: str, split: str) -> Any:
-    """The file says which run's split it is, so a file moved beside another run's sidecar is known; returns the
-    graph as written (its tensor data, where kept outside, not loaded)."""
+def _label_file(onnx: Any, path: Path, model_id: str, model: RunModel) -> Any:
+    """The file says which run's split it is, so a file moved beside another run's sidecar is known (and, for a timm
+    backbone, which one: its name, pretrained tag, data config and weights' digest); returns the graph as written
+    (its tensor data, where kept outside, not loaded)."""
     proto = onnx.load(str(path), load_external_data=False)  # tensors kept outside stay where they are
-    onnx.helper.set_model_props(proto, {"model_id": model_id, "split": split, "producer": f"eic {__version__}"})
+    props = {"model_id": model_id, "split": model.split, "producer": f"eic {__version__}"}
+    if model.meta.timm is not None:
+        props["timm"] = json.dumps(model.meta.timm, sort_keys=True)
+    onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "europeana-imgcls", __version__
     onnx.save(proto, str(path))
     return proto
@@ -328,6 +333,8 @@ def _sidecar(
             "resize": f"bilinear to {first.meta.input_size} x {first.meta.input_size}, in the graph",
             "mean": list(first.meta.mean),
             "std": list(first.meta.std),
+            # A timm backbone's own data config (its interpolation and crop: eic resizes whole images, as it trained)
+            **({"data_config": first.meta.timm["data_config"]} if first.meta.timm else {}),
         },
         outputs={
             LOGITS: {"shape": ["batch", len(first.classes)], "what": "as trained, before the temperature"},

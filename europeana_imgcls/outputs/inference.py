@@ -246,8 +246,8 @@ class RunModel(SplitModel):
         from ..modelling.explain import cam_session
         from ..modelling.models import get_arch
 
-        net = self.model.float()
-        with cam_session(net, get_arch(self.meta.arch).cam_layer(net), method) as session:
+        net, arch = self.model.float(), get_arch(self.meta.arch)
+        with cam_session(net, arch.cam_layer(net), method, arch.cam_reshape(net)) as session:
             yield _GradCam(self, session)
 
 

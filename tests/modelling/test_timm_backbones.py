@@ -1,0 +1,257 @@
+"""`arch` timm/<name>: timm's tiny test models (a CNN and a ViT) with random weights, saved to a local file and to a
+Hugging Face cache laid out on disk, through a probe, predict with Grad-CAM, enrich, export and the ONNX runtime;
+fine-tuning from a file; the Hub's absence as one line. Nothing reaches the network (HF_HUB_OFFLINE, or a Hub
+endpoint on a closed loopback port)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from europeana_imgcls import EnrichConfig, PredictConfig, enrich, predict, train
+from europeana_imgcls.core.config import ExportConfig, TrainConfig
+from europeana_imgcls.core.errors import ModelError
+from europeana_imgcls.modelling import timm_backbones
+from europeana_imgcls.modelling.checkpoint import load_checkpoint
+from europeana_imgcls.modelling.models import build_model, get_arch, sized_for_model
+from europeana_imgcls.modelling.run_folder import RunFolder
+from europeana_imgcls.outputs.export import export
+
+from ..support import VOCAB, assert_one_line_error, eic, rows
+
+CNN, VIT = "test_resnet", "test_vit"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass(frozen=True)
+class Hub:
+    """A Hugging Face home whose cache holds the models' weights, and the same weights as plain files."""
+
+    home: Path
+    files: dict[str, Path]  # model name -> its weights as a .safetensors file outside the cache
+
+    def sha256(self, name: str) -> str:
+        return hashlib.sha256(self.files[name].read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Hub:
+    import timm  # imported by the tests that use it: ~2 s of a worker's start
+
+    root = tmp_path_factory.mktemp("timm")
+    files = {}
+    for name in (CNN, VIT):
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False)
+        cfg = model.pretrained_cfg
+        # As `huggingface-cli download timm/<name>.<tag>` leaves it: refs/main names the snapshot that holds the files.
+        repo = root / "hf" / "hub" / f"models--{cfg['hf_hub_id'].replace('/', '--')}"
+        snapshot = repo / "snapshots" / REVISION
+        snapshot.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(REVISION)
+        save_file(model.state_dict(), snapshot / "model.safetensors")
+        config = {"architecture": name, "num_classes": cfg["num_classes"], "pretrained_cfg": {"tag": cfg["tag"]}}
+        (snapshot / "config.json").write_text(json.dumps(config))
+        files[name] = root / f"{name}.safetensors"
+        files[name].write_bytes((snapshot / "model.safetensors").read_bytes())
+    return Hub(root / "hf", files)
+
+
+@pytest.fixture
+def offline(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> Hub:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(hub.home))
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    return hub
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # end to end: a probe, predict with heatmaps, enrich, export and ONNX Runtime, per backbone
+@pytest.mark.parametrize("name", [CNN, VIT])
+def test_a_timm_backbone_from_the_hub_cache_goes_through_probe_predict_gradcam_enrich_export_and_onnx(
+    name: str, offline: Hub, folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    train(
+        TrainConfig(data_dir=folders, output_dir=run, arch=f"timm/{name}", method="linear-probe", folds=3, quiet=True)
+    )
+
+    # The checkpoint describes the backbone: its data config (160 px, mean 0.5) became the run's preprocessing.
+    meta = load_checkpoint(RunFolder(run).split(0).model).meta
+    assert meta.arch == f"timm/{name}" and meta.input_size == 160 and meta.mean == (0.5, 0.5, 0.5)
+    assert meta.timm is not None
+    assert meta.timm["pretrained_tag"] == "r160_in1k" and meta.timm["weights"] == "imagenet"
+    assert meta.timm["weights_sha256"] == offline.sha256(name)
+    assert meta.timm["data_config"]["input_size"] == [3, 160, 160]
+    sidecar = json.loads((run / "embeddings.embedding.json").read_text())
+    assert sidecar["timm"]["weights_sha256"] == offline.sha256(name) and sidecar["input_size"] == 160
+
+    # The run's models load without the Hub or its cache: timm builds the model bare, the checkpoint fills it.
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    images = folders / "map"
+    out = {}
+    for runtime in ("torch", "onnx"):
+        if runtime == "onnx":
+            exported = export(ExportConfig(run=run, split="all", quiet=True))
+            graph = onnx.load(str(exported.files[0]))
+            said = json.loads({p.key: p.value for p in graph.metadata_props}["timm"])
+            assert said["name"] == name and said["weights_sha256"] == offline.sha256(name)
+            model_json = json.loads((RunFolder(run).onnx / "model.json").read_text())
+            assert model_json["input"]["data_config"]["mean"] == [0.5, 0.5, 0.5]
+        out[runtime] = tmp_path / f"{runtime}.csv"
+        predict(
+            PredictConfig(
+                run=run,
+                inputs=[str(images)],
+                output=out[runtime],
+                split="all",
+                runtime=runtime,
+                gradcam_dir=tmp_path / "heatmaps" if runtime == "torch" else None,
+                quiet=True,
+            )
+        )
+    assert [r["prediction"] for r in rows(out["torch"])] == [r["prediction"] for r in rows(out["onnx"])]
+    assert len(list((tmp_path / "heatmaps").glob("*.jpg"))) == len(list(images.glob("*.jpg")))
+
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    report = enrich(
+        EnrichConfig(
+            run=run, inputs=[str(images)], output=tmp_path / "a.jsonld", vocab=vocab, precision=0.5, quiet=True
+        )
+    )
+    assert report.model_id == RunFolder(run).model_id() and (tmp_path / "a.jsonld").is_file()
+
+
+@pytest.mark.slow  # fine-tunes a timm CNN for an epoch, with Grad-CAM figures of its test images
+def test_fine_tuning_a_timm_cnn_from_a_weights_file_draws_its_heatmaps_and_names_the_file(
+    offline: Hub, folders: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    weights = offline.files[CNN]
+    settings = dict(data_dir=folders, output_dir=run, arch=f"timm/{CNN}", weights=str(weights), input_size=64)
+    train(TrainConfig(**settings, epochs=1, folds=3, crossvalidation=False, gradcam_images=2, quiet=True))
+    meta = load_checkpoint(RunFolder(run).split(0).model).meta
+    assert meta.input_size == 64 and meta.timm is not None
+    assert meta.timm["weights"] == str(weights.resolve()) and meta.timm["weights_sha256"] == offline.sha256(CNN)
+    assert len(list(RunFolder(run).split(0).gradcam.glob("*.jpg"))) == 2
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_weights_file_loads_into_the_timm_model_as_saved(offline: Hub, tmp_path: Path, suffix: str) -> None:
+    import timm
+
+    torch.manual_seed(1)
+    saved = timm.create_model(VIT, pretrained=False).state_dict()
+    path = tmp_path / f"w{suffix}"
+    save_file(saved, path) if suffix == ".safetensors" else torch.save(saved, path)
+    model = build_model(f"timm/{VIT}", 3, str(path))
+    assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], saved["blocks.0.attn.qkv.weight"])
+    assert model.state_dict()["head.weight"].shape == (3, 64)  # the classifier is fresh, sized for 3 classes
+
+
+def test_weights_that_do_not_fit_or_do_not_read_are_one_line(offline: Hub, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not fit `arch` timm/test_vit"):
+        build_model(f"timm/{VIT}", 3, str(offline.files[CNN]))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ModelError, match="not a readable .safetensors file"):
+        build_model(f"timm/{VIT}", 3, str(broken))
+
+
+def test_the_model_s_own_input_size_unless_one_is_given(offline: Hub, folders: Path, tmp_path: Path) -> None:
+    base = dict(data_dir=folders, output_dir=tmp_path, weights="none")
+    assert sized_for_model(TrainConfig(**base, arch=f"timm/{VIT}")).input_size == 160
+    assert sized_for_model(TrainConfig(**base, arch=f"timm/{VIT}", input_size=96)).input_size == 96
+    assert sized_for_model(TrainConfig(**base, arch="tiny")).input_size == 128  # eic's own default, as before
+    # A ViT made for 160 px runs on 96 px: timm resamples its position embedding.
+    assert build_model(f"timm/{VIT}", 2, "none").eval()(torch.zeros(1, 3, 96, 96)).shape == (1, 2)
+
+
+def test_gradcam_finds_a_vit_s_tokens_and_refuses_what_it_cannot_look_into() -> None:
+    arch = get_arch(f"timm/{VIT}")
+    model = build_model(arch.name, 2, "none").eval()
+    layer = arch.cam_layer(model)
+    reshape = arch.cam_reshape(model)
+    assert reshape is not None and layer is model.blocks[-1].norm1
+    tokens = torch.arange(2 * (1 + 100) * 4, dtype=torch.float32).reshape(2, 101, 4)
+    grid = reshape(tokens)  # the class token dropped, ten by ten patches, channels first
+    assert grid.shape == (2, 4, 10, 10) and torch.equal(grid[:, :, 0, 0], tokens[:, 1, :])
+    with pytest.raises(ModelError, match="Grad-CAM cannot apply to timm/x"):
+        timm_backbones.cam_layer(nn.Linear(2, 2), "timm/x")
+
+
+def test_an_unknown_timm_model_is_one_line() -> None:
+    with pytest.raises(ModelError, match="no such model in the installed timm"):
+        get_arch("timm/no_such_model_anywhere")
+
+
+@pytest.mark.slow  # trains an epoch, then runs eic predict
+def test_a_checkpoint_of_a_model_this_timm_does_not_know_is_one_line(
+    offline: Hub, folders: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            data_dir=folders, output_dir=run, arch=f"timm/{CNN}", weights="none", input_size=32, epochs=1, folds=3,
+            crossvalidation=False, gradcam_images=0, quiet=True,
+        )
+    )  # fmt: skip
+    path = RunFolder(run).split(0).model
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "arch": "timm/a_model_of_a_later_timm"}, path)
+    result = eic("predict", run, str(folders / "map"), "-o", tmp_path / "p.csv", "--quiet")
+    assert_one_line_error(result, "timm/a_model_of_a_later_timm: no such model in the installed timm")
+
+
+@pytest.mark.parametrize("cut_off", ["HF_HUB_OFFLINE", "unreachable"])
+def test_without_the_hub_or_its_cache_the_weights_are_one_line_naming_the_way_out(
+    cut_off: str, folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(timm_backbones, "_REACHABLE", {})  # the Hub looked for anew
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": None, "HUGGINGFACE_HUB_CACHE": None}
+    if cut_off == "HF_HUB_OFFLINE":
+        env |= {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": None}
+    else:  # a Hub that does not answer: found out in one quick look, not huggingface_hub's 25 s of retries
+        env |= {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    result = eic("embed", folders, "-o", tmp_path / "e.parquet", "--arch", f"timm/{VIT}", "--quiet", env=env)
+    assert_one_line_error(result, "huggingface-cli download timm/test_vit.r160_in1k")
+    assert "--weights PATH" in result.stderr or "`weights` PATH" in result.stderr
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_an_unreachable_hub_falls_back_to_its_cache(
+    offline: Hub, folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(timm_backbones, "_REACHABLE", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    said = get_arch(f"timm/{CNN}").provenance("imagenet")
+    assert said is not None and said["weights_sha256"] == offline.sha256(CNN)
+
+
+@pytest.mark.slow  # eic embed end to end
+def test_embed_records_the_backbone_and_its_data_config(offline: Hub, folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.parquet"
+    result = eic("embed", folders, "-o", out, "--arch", f"timm/{CNN}", "--input-size", "48", "--quiet")
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(out.with_name("e.embedding.json").read_text())
+    assert sidecar["input_size"] == 48 and sidecar["mean"] == [0.5, 0.5, 0.5]
+    assert sidecar["timm"]["data_config"]["interpolation"] == "bilinear"
+    assert sidecar["timm"]["weights_sha256"] == offline.sha256(CNN)
