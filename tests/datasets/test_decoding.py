@@ -209,7 +209,7 @@ def test_a_jpeg_decodes_at_the_smallest_dct_scale_that_still_covers_its_resize(
     assert decoded.size == shown or (decoded.width >= target[0] and decoded.height >= target[1])
     if shown[0] >= 2 * target[0] and shown[1] >= 2 * target[1]:  # room for a reduced scale: it is taken
         assert decoded.width < shown[0]
-    scale = round(shown[0] / decoded.width)
+    scale = next(s for s in (1, 2, 4, 8) if decoded.size == (-(-shown[0] // s), -(-shown[1] // s)))
     if scale < 8:  # the next coarser scale would not cover the target
         assert 2 * scale * target[0] > shown[0] or 2 * scale * target[1] > shown[1]
 
