@@ -188,7 +188,7 @@ def _jpeg(width: int, height: int, orientation: int = 1) -> io.BytesIO:
     return buffer
 
 
-@settings(max_examples=examples(60), deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     width=st.integers(8, 900),
     height=st.integers(8, 900),
