@@ -33,7 +33,7 @@ Reusability = Literal["open", "restricted", "permission"]
 HarvestSource = Literal["api", "oai-pmh", "dump"]
 DEFAULT_OAI_URL = "https://api.europeana.eu/oai/record"  # documented; the service's own forms post there
 Mode = Literal["single-label", "multi-label"]
-Runtime = Literal["torch", "onnx"]
+Runtime = Literal["torch", "onnx", "openvino"]
 CamMethod = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam"]
 
 
@@ -511,11 +511,12 @@ class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
 
     runtime: Runtime = Field(
         "torch",
-        description="torch (the run's checkpoints) or onnx (the run's eic export, through ONNX Runtime: "
-        "pip install 'europeana-imgcls[onnx]').",
+        description="torch (the run's checkpoints), onnx (the run's eic export, through ONNX Runtime: "
+        "pip install 'europeana-imgcls[onnx]') or openvino (the same export, through OpenVINO on the CPU: "
+        "pip install 'europeana-imgcls[openvino]').",
     )
     onnx_model: Path | None = Field(
-        None, description="With runtime onnx: the folder eic export wrote; default RUN/onnx."
+        None, description="With runtime onnx or openvino: the folder eic export wrote; default RUN/onnx."
     )
 
     _split = field_validator("reusability", mode="before")(_split_words)

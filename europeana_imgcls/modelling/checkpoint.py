@@ -102,7 +102,7 @@ def _load_backbone(path: Path, sha256: str) -> dict[str, Any]:
 def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     meta = checkpoint.meta
     arch, classes = meta.arch, len(meta.class_names)
-    model = build_model(arch, classes, weights="none")
+    model = build_model(arch, classes, weights="none", input_size=meta.input_size)  # timm: no download, ever
     if meta.head == "knn":
         bank = checkpoint.weights[head_name(model, arch) + ".bank"]
         set_head(

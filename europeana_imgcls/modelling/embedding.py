@@ -64,14 +64,15 @@ class EmbedReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-def feature_model(arch: str, weights: str) -> nn.Module:
-    """The backbone of ``arch`` with ``weights`` and the classifier head replaced by the identity.
+def feature_model(arch: str, weights: str, input_size: int | None = None) -> nn.Module:
+    """The backbone of ``arch`` with ``weights`` (for ``input_size`` images: a timm transformer is built for them)
+    and the classifier head replaced by the identity.
 
     With ``weights`` none the random weights are seeded (in a forked RNG, the caller's left alone), so two
     runs embed with the same backbone: a table and a run fitted on it always agree."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(arch, 1, weights)
+        model = build_model(arch, 1, weights, input_size)
     set_head(model, arch, nn.Identity())
     return model.eval()
 
@@ -168,7 +169,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
             if key not in done and (shard is None or shard.owns(p.name))
         ]
         device = resolve_device(config.device)
-        model = feature_model(config.arch, config.weights)
+        model = feature_model(config.arch, config.weights, config.input_size)
         started = time.perf_counter()
         wanted = images.subset(todo)
         with progress_bar(config.quiet, RATE) as bar:

@@ -74,7 +74,7 @@ def train_heads(
 ) -> list[Any]:
     """Fit and score a head for every chosen split; returns their ``SplitResult``s."""
     arch = get_arch(config.arch)
-    module = feature_model(config.arch, config.weights)
+    module = feature_model(config.arch, config.weights, config.input_size)
     embedded = _features(config, images, module, device)
     run = RunFolder(config.output_dir)
     backbone = _Backbone(module, run.backbone, save_backbone(run.backbone, module, config.arch))

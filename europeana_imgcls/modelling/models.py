@@ -148,12 +148,13 @@ def sized_for_model(config: S) -> S:
     return config
 
 
-def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module:
-    """A classifier for ``num_classes`` with ``weights``: 'imagenet', 'none' or a local file."""
+def build_model(arch: str, num_classes: int, weights: str = "none", input_size: int | None = None) -> nn.Module:
+    """A classifier for ``num_classes`` with ``weights``: 'imagenet', 'none' or a local file; ``input_size``: the
+    side of its images, which a transformer made for one size is built for (others take any)."""
     spec = get_arch(arch)
     if spec.timm is not None:
         loaded = _timm_weights(spec.timm, weights)
-        return spec.timm.create(num_classes, loaded.state, loaded.source)
+        return spec.timm.create(num_classes, loaded.state, loaded.source, input_size)
     if spec.builder is not None:
         model = spec.builder(num_classes)
         if weights == "imagenet":

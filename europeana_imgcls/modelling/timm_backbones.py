@@ -82,19 +82,22 @@ class TimmBackbone:
 
     def takes_size(self, size: int) -> bool:
         """Whether the model runs on ``size`` x ``size`` images: a CNN on any, a transformer made for one size if
-        timm can resample its position embedding on the fly (``dynamic_img_size``)."""
-        return not self.fixed_size or size == self.input_size or _dynamic(self.name)
+        timm builds it for another (``img_size``: its position embedding resampled once, as the weights load)."""
+        return not self.fixed_size or size == self.input_size or _sizable(self.name, size)
 
-    def create(self, num_classes: int, state: dict[str, torch.Tensor] | None, source: str) -> nn.Module:
-        """The model with ``num_classes`` outputs, built bare (never a download), with ``state`` (from ``source``)
-        loaded into it: every weight but the classifier's must be there, of its shape; a classifier of another size
-        is left fresh. A transformer made for one size is built to take any (``dynamic_img_size``): its position
-        embedding stays the size the weights have and is resampled to each input's."""
+    def create(
+        self, num_classes: int, state: dict[str, torch.Tensor] | None, source: str, size: int | None = None
+    ) -> nn.Module:
+        """The model with ``num_classes`` outputs for ``size`` x ``size`` images, built bare (never a download), with
+        ``state`` (from ``source``) loaded into it: every weight but the classifier's must be there, of its shape; a
+        classifier of another size is left fresh."""
         timm = timm_module()
-        extra: dict[str, Any] = {"dynamic_img_size": True} if self.fixed_size and _dynamic(self.name) else {}
+        extra: dict[str, Any] = {}
+        if self.fixed_size and size is not None and size != self.input_size:
+            extra["img_size"] = size  # resampled here, once: a graph that resamples it each time does not export
         model = timm.create_model(self.name, pretrained=False, num_classes=num_classes, **extra)
         if state is not None:
-            self._load(model, state, source)
+            self._load(model, _resampled(model, state), source)
         return model
 
     def _load(self, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -159,16 +162,30 @@ def backbone(arch: str) -> TimmBackbone:
 
 
 @functools.cache
-def _dynamic(name: str) -> bool:
-    """Whether timm builds ``name`` with a position embedding resampled to each input's size (built on the meta
-    device to find out: no memory, no weights)."""
+def _sizable(name: str, size: int) -> bool:
+    """Whether timm builds ``name`` for ``size`` x ``size`` images (built on the meta device to find out: no memory,
+    no weights)."""
     timm = timm_module()
     try:
         with torch.device("meta"):
-            timm.create_model(name, pretrained=False, dynamic_img_size=True)
-    except TypeError:
+            timm.create_model(name, pretrained=False, img_size=size)
+    except (TypeError, ValueError, AssertionError, RuntimeError):
         return False
     return True
+
+
+def _resampled(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a ViT's absolute position embedding resampled to the model's grid of patches, where the
+    weights were made for another image size (timm's own resampling, bicubic)."""
+    own = model.state_dict().get("pos_embed")
+    theirs = state.get("pos_embed")
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if own is None or theirs is None or grid is None or own.shape == theirs.shape:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 0))
+    return {**state, "pos_embed": resample_abs_pos_embed(theirs, list(grid), num_prefix_tokens=prefix)}
 
 
 # ---------------------------------------------------------------------------------------------

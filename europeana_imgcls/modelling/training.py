@@ -548,7 +548,7 @@ def _start_training(
     config: TrainConfig, images: ImageSet, split: Split, folder: SplitFolder, device: torch.device, world: Dist
 ) -> Training:
     """The split's model, loss and optimiser; its state fresh, or restored where an interrupted run left it."""
-    model = build_model(config.arch, len(images.classes), config.weights).to(device)
+    model = build_model(config.arch, len(images.classes), config.weights, config.input_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)

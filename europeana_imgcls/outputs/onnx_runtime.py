@@ -11,7 +11,7 @@ metadata), so an ONNX file from another run, or a sidecar beside the wrong files
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -185,6 +185,40 @@ def load_export(run: Path, given: Path | None, which: str, device: torch.device,
     """The exported split models of ``run`` (whose ``RunFolder.model_id`` is ``model_id``) chosen as ``load_run``
     chooses (best, all or N), or a ModelError saying which files or which run do not match."""
     onnxruntime()  # the extra first: without it nothing below can be used
+    models = []
+    for file in export_files(run, given, which, model_id):
+        runner = session(file.path, device)
+        file.check_said(runner.get_modelmeta().custom_metadata_map)
+        models.append(OnnxModel(file.exported.split, file.meta, runner, file.exported.sha256))
+    return models
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One exported split's file, checked against its sidecar (digest, tensor data), for a runtime to open."""
+
+    path: Path
+    exported: ExportedSplit
+    sidecar: ExportSidecar
+
+    @property
+    def meta(self) -> CheckpointMeta:
+        return self.exported.checkpoint()  # checked when the sidecar was read
+
+    def check_said(self, said: Mapping[str, Any]) -> None:
+        """What the file says of itself (its ONNX metadata, as the runtime that opened it reads it) is what the
+        sidecar describes: a file moved beside another run's sidecar is refused."""
+        split, model_id = said.get("split"), said.get("model_id")
+        if model_id != self.sidecar.model_id or split != self.exported.split:
+            raise ModelError(
+                f"{self.path} says it is {split} of model {model_id}, but {self.path.parent / SIDECAR} "
+                f"describes {self.exported.split} of model {self.sidecar.model_id}: export the run again"
+            )
+
+
+def export_files(run: Path, given: Path | None, which: str, model_id: str) -> list[ExportFile]:
+    """The files of ``run``'s export (``given``, else RUN/onnx) that ``which`` chooses, each the one its sidecar
+    describes, from the run given (whose model id is ``model_id``): else a ModelError naming what differs."""
     folder = given if given is not None else RunFolder(run).onnx
     if not folder.is_dir():
         raise ModelError(f"{folder}: no such export; run eic export {run} first (or pass `onnx_model` FOLDER)")
@@ -194,7 +228,7 @@ def load_export(run: Path, given: Path | None, which: str, device: torch.device,
             f"{folder / SIDECAR} was exported from run {sidecar.run} (model {sidecar.model_id}), not from {run} "
             f"(model {model_id}): export {run} again (eic export), or pass the run it came from"
         )
-    models = []
+    files = []
     for exported in _chosen(sidecar, which, folder):
         path = folder / exported.file
         if not _regular(path):
@@ -203,17 +237,9 @@ def load_export(run: Path, given: Path | None, which: str, device: torch.device,
             raise ModelError(
                 f"{path} is not the file {folder / SIDECAR} describes (its SHA-256 differs): export the run again"
             )
-        runner = session(path, device)
-        said = runner.get_modelmeta().custom_metadata_map
-        if said.get("model_id") != sidecar.model_id or said.get("split") != exported.split:
-            raise ModelError(
-                f"{path} says it is {said.get('split')} of model {said.get('model_id')}, but {folder / SIDECAR} "
-                f"describes {exported.split} of model {sidecar.model_id}: export the run again"
-            )
         _check_external(folder, exported)
-        meta = exported.checkpoint()  # checked when the sidecar was read
-        models.append(OnnxModel(exported.split, meta, runner, exported.sha256))
-    return models
+        files.append(ExportFile(path, exported, sidecar))
+    return files
 
 
 def _check_external(folder: Path, exported: ExportedSplit) -> None:

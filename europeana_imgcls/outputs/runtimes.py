@@ -14,8 +14,9 @@ from ..core.config import InputSettings
 from ..core.errors import ConfigError
 from .inference import Ensemble, ModelRequest, RunModel, SplitModel
 from .onnx_runtime import OnnxModel
+from .openvino_runtime import OpenVinoModel
 
-RUNTIMES: Final[dict[str, type[SplitModel]]] = {"torch": RunModel, "onnx": OnnxModel}
+RUNTIMES: Final[dict[str, type[SplitModel]]] = {"torch": RunModel, "onnx": OnnxModel, "openvino": OpenVinoModel}
 
 
 def runtime(name: str) -> type[SplitModel]:
@@ -34,10 +35,10 @@ def check_runtime(settings: InputSettings, explain: bool = False) -> None:
     """Before any work: options that belong to another runtime than the one chosen, and heatmaps (``explain``)
     from a runtime that draws none, refused in one line."""
     chosen = runtime(settings.runtime)
-    for name, kind in RUNTIMES.items():
-        option = kind.files_option
-        if kind is not chosen and option is not None and getattr(settings, option, None) is not None:
-            raise ConfigError(f"`{option}` is what `runtime` {name} runs: pass `runtime` {name} too (or leave it out)")
+    for option in {kind.files_option for kind in RUNTIMES.values()} - {chosen.files_option, None}:
+        if getattr(settings, str(option), None) is not None:
+            runs = " or ".join(name for name, kind in RUNTIMES.items() if kind.files_option == option)
+            raise ConfigError(f"`{option}` is what `runtime` {runs} runs: pass `runtime` {runs} too (or leave it out)")
     if explain and not chosen.explains:
         able = " or ".join(name for name, kind in RUNTIMES.items() if kind.explains)
         raise ConfigError(

@@ -88,19 +88,18 @@ def test_a_timm_backbone_from_the_hub_cache_goes_through_probe_predict_gradcam_e
     name: str, offline: Hub, folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    train(
-        TrainConfig(data_dir=folders, output_dir=run, arch=f"timm/{name}", method="linear-probe", folds=3, quiet=True)
-    )
+    settings = dict(arch=f"timm/{name}", method="linear-probe", folds=3, input_size=64, quiet=True)
+    train(TrainConfig(data_dir=folders, output_dir=run, **settings))
 
-    # The checkpoint describes the backbone: its data config (160 px, mean 0.5) became the run's preprocessing.
+    # The checkpoint describes the backbone: its data config (mean 0.5) became the run's preprocessing.
     meta = load_checkpoint(RunFolder(run).split(0).model).meta
-    assert meta.arch == f"timm/{name}" and meta.input_size == 160 and meta.mean == (0.5, 0.5, 0.5)
+    assert meta.arch == f"timm/{name}" and meta.input_size == 64 and meta.mean == (0.5, 0.5, 0.5)
     assert meta.timm is not None
     assert meta.timm["pretrained_tag"] == "r160_in1k" and meta.timm["weights"] == "imagenet"
     assert meta.timm["weights_sha256"] == offline.sha256(name)
     assert meta.timm["data_config"]["input_size"] == [3, 160, 160]
     sidecar = json.loads((run / "embeddings.embedding.json").read_text())
-    assert sidecar["timm"]["weights_sha256"] == offline.sha256(name) and sidecar["input_size"] == 160
+    assert sidecar["timm"]["weights_sha256"] == offline.sha256(name) and sidecar["input_size"] == 64
 
     # The run's models load without the Hub or its cache: timm builds the model bare, the checkpoint fills it.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
@@ -108,7 +107,7 @@ def test_a_timm_backbone_from_the_hub_cache_goes_through_probe_predict_gradcam_e
     out = {}
     for runtime in ("torch", "onnx"):
         if runtime == "onnx":
-            exported = export(ExportConfig(run=run, split="all", quiet=True))
+            exported = export(ExportConfig(run=run, split="best", quiet=True))
             graph = onnx.load(str(exported.files[0]))
             said = json.loads({p.key: p.value for p in graph.metadata_props}["timm"])
             assert said["name"] == name and said["weights_sha256"] == offline.sha256(name)
@@ -120,7 +119,7 @@ def test_a_timm_backbone_from_the_hub_cache_goes_through_probe_predict_gradcam_e
                 run=run,
                 inputs=[str(images)],
                 output=out[runtime],
-                split="all",
+                split="best",
                 runtime=runtime,
                 gradcam_dir=tmp_path / "heatmaps" if runtime == "torch" else None,
                 quiet=True,
@@ -180,8 +179,9 @@ def test_the_model_s_own_input_size_unless_one_is_given(offline: Hub, folders: P
     assert sized_for_model(TrainConfig(**base, arch=f"timm/{VIT}")).input_size == 160
     assert sized_for_model(TrainConfig(**base, arch=f"timm/{VIT}", input_size=96)).input_size == 96
     assert sized_for_model(TrainConfig(**base, arch="tiny")).input_size == 128  # eic's own default, as before
-    # A ViT made for 160 px runs on 96 px: timm resamples its position embedding.
-    assert build_model(f"timm/{VIT}", 2, "none").eval()(torch.zeros(1, 3, 96, 96)).shape == (1, 2)
+    # A ViT made for 160 px is built for 96 px, its weights' position embedding resampled as they load.
+    model = build_model(f"timm/{VIT}", 2, str(offline.files[VIT]), input_size=96).eval()
+    assert model.pos_embed.shape == (1, 1 + 6 * 6, 64) and model(torch.zeros(1, 3, 96, 96)).shape == (1, 2)
 
 
 def test_gradcam_finds_a_vit_s_tokens_and_refuses_what_it_cannot_look_into() -> None:

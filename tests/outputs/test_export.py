@@ -221,7 +221,8 @@ def test_a_split_whose_validation_loss_was_never_finite_loads(run: Path, images:
 
 
 def test_an_onnx_model_without_runtime_onnx_is_refused(run: Path, images: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="`onnx_model` is what `runtime` onnx runs"):
+    said = "`onnx_model` is what `runtime` onnx or openvino runs: pass `runtime` onnx or openvino too"
+    with pytest.raises(ConfigError, match=said):
         predict(
             PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "p.csv", onnx_model=tmp_path, quiet=True)
         )

@@ -50,8 +50,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_an_unknown_runtime_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"^unknown `runtime` openvino: choose one of torch, onnx$"):
-        runtime("openvino")
+    with pytest.raises(ConfigError, match=r"^unknown `runtime` tensorrt: choose one of torch, onnx, openvino$"):
+        runtime("tensorrt")
 
 
 def test_predict_labels_through_any_runtime_that_answers_the_interface(
