@@ -16,12 +16,17 @@ harvest of a large dataset carries on inside it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import multiprocessing
+import os
 import tempfile
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,8 @@ from .sources import Advance, BulkSource, Piece, Plan
 
 log = logging.getLogger(__name__)
 CHUNK = 20_000  # entries per journaled piece: a killed harvest redoes at most this many of a zip
+WORKERS_FROM = 4000  # entries of a piece from which it is parsed by worker processes, one per core
+MAX_WORKERS = 8
 MAX_ENTRY = 32 * 2**20  # bytes of one record's XML at most (real ones are 5-100 kB): a bomb entry is left out
 MAX_CHECKSUM = 1024  # bytes of an .md5sum file read at most
 ENTRY_SUFFIXES = (".xml", ".rdf")
@@ -62,6 +69,7 @@ class DumpSource(BulkSource):
                     )
                 self.where[key] = location
         self._http: httpx.Client | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     def units(self) -> list[str]:
         return list(self.where)
@@ -73,22 +81,42 @@ class DumpSource(BulkSource):
             yield from self._pieces(unit, path, start, advance)
 
     def _pieces(self, unit: str, path: Path, start: int, advance: Advance) -> Iterator[Piece]:
-        try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DatasetError(f"{self.where[unit]}: not a zip eic can read ({exc}); is it a dataset dump?") from None
-        with archive:
-            entries = [info for info in archive.infolist() if not info.is_dir()]
-            _refuse_turtle(entries, self.where[unit])
-            for at in range(start, max(len(entries), 1), CHUNK):
-                chunk = entries[at : at + CHUNK]
-                left_out: dict[str, int] = {}
-                records = _records(archive, chunk, self.where[unit], left_out, advance)
-                items, no_url, reasons = self.found(records)
-                for reason, count in reasons.items():
-                    left_out[reason] = left_out.get(reason, 0) + count
-                end = at + len(chunk)
-                yield Piece(f"{unit}#{at}", unit, items, no_url, left_out, str(end) if end < len(entries) else None)
+        where = self.where[unit]
+        with _opened(path, where) as archive:
+            entries = _entries(archive)
+            _refuse_turtle(entries, where)
+        for at in range(start, max(len(entries), 1), CHUNK):
+            end = min(at + CHUNK, len(entries))
+            items, no_url, left_out = self._read(path, where, at, end, advance)
+            yield Piece(f"{unit}#{at}", unit, items, no_url, left_out, str(end) if end < len(entries) else None)
+
+    def _read(self, path: Path, where: str, start: int, end: int, advance: Advance) -> Found:
+        """Entries ``start`` to ``end`` of a zip: here, or split among worker processes when there are enough of
+        them to be worth the workers' start (parsing is what a dump harvest spends its time on, and it is CPU)."""
+        workers = _workers() if end - start >= WORKERS_FROM else 1
+        if workers == 1:
+            return read_range(path, where, start, end, self, advance)
+        bounds = [start + (end - start) * k // workers for k in range(workers + 1)]
+        pool = self._workers_pool(workers)
+        futures = [
+            pool.submit(_read_in_worker, str(path), where, lo, hi, self.config, self.plan)
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        items: list[dict[str, Any]] = []
+        no_url: list[str] = []
+        left_out: Counter[str] = Counter()
+        for (lo, hi), future in zip(itertools.pairwise(bounds), futures, strict=True):
+            found_items, found_no_url, found_left_out = future.result()
+            items += found_items
+            no_url += found_no_url
+            left_out.update(found_left_out)
+            advance(hi - lo)
+        return items, no_url, dict(left_out)
+
+    def _workers_pool(self, workers: int) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(workers, mp_context=_context())
+        return self._pool
 
     @contextmanager
     def _local(self, location: str) -> Iterator[tuple[Path, str | None]]:
@@ -146,6 +174,8 @@ class DumpSource(BulkSource):
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def _is_url(location: str) -> bool:
@@ -181,6 +211,62 @@ def _refuse_turtle(entries: list[zipfile.ZipInfo], where: str) -> None:
             f"{where}: a Turtle dump (.ttl entries); eic reads the RDF/XML dumps: use dataset/XML/<id>.zip instead "
             "of dataset/TTL/<id>.zip"
         )
+
+
+Found = tuple[list[dict[str, Any]], list[str], dict[str, int]]  # items, IDs without an image URL, left out by reason
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fresh server process that has this module loaded: never a fork of this process,
+    whatever threads it runs (a progress bar's), and the imports paid once, not once per worker (spawn, where
+    there is no forkserver)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
+@contextmanager
+def _opened(path: Path, where: str) -> Iterator[zipfile.ZipFile]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{where}: not a zip eic can read ({exc}); is it a dataset dump?") from None
+    with archive:
+        yield archive
+
+
+def _entries(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    return [info for info in archive.infolist() if not info.is_dir()]
+
+
+def read_range(path: Path, where: str, start: int, end: int, source: BulkSource, advance: Advance) -> Found:
+    """What entries ``start`` to ``end`` of a zip hold, as ``source`` keeps them (``BulkSource.found``) plus the
+    entries that are no record, counted by reason."""
+    left_out: dict[str, int] = {}
+    with _opened(path, where) as archive:
+        records = _records(archive, _entries(archive)[start:end], where, left_out, advance)
+        items, no_url, reasons = source.found(records)
+    for reason, count in reasons.items():
+        left_out[reason] = left_out.get(reason, 0) + count
+    return items, no_url, left_out
+
+
+_IN_WORKER: dict[str, BulkSource] = {}  # a worker's source, built once for the harvest that started it
+
+
+def _read_in_worker(path: str, where: str, start: int, end: int, config: HarvestConfig, plan: Plan) -> Found:
+    key = config.model_dump_json()
+    source = _IN_WORKER.get(key)
+    if source is None:
+        _IN_WORKER.clear()
+        source = _IN_WORKER[key] = BulkSource(config, plan)
+    return read_range(Path(path), where, start, end, source, lambda _: None)
 
 
 def _records(

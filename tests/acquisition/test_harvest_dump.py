@@ -313,3 +313,17 @@ def test_a_dump_harvest_killed_mid_way_resumes_to_the_same_table(tmp_path: Path)
         report = harvest(HarvestConfig(**{**config(out, *dumps_given).model_dump(), "resume": True}))
     assert report.resumed_units == 2
     assert pl.read_csv(out).sort("ID").equals(pl.read_csv(reference).sort("ID"))
+
+
+@pytest.mark.slow
+def test_a_large_zip_read_by_worker_processes_gives_the_same_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dump = write_zip(tmp_path / "300.zip", catalogue("300", 90))
+    inline = harvest(config(tmp_path / "inline.csv", dump, n=10))
+    monkeypatch.setattr(dumps, "WORKERS_FROM", 30)  # every piece of 30 entries or more split among workers
+    monkeypatch.setattr(dumps, "CHUNK", 45)
+    monkeypatch.setattr(dumps, "_workers", lambda: 3)
+    split = harvest(config(tmp_path / "split.csv", dump, n=10))
+    assert (split.rows, split.left_out, split.skipped_no_url) == (inline.rows, inline.left_out, inline.skipped_no_url)
+    assert pl.read_csv(tmp_path / "split.csv").sort("ID").equals(pl.read_csv(tmp_path / "inline.csv").sort("ID"))
