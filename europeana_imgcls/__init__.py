@@ -18,6 +18,7 @@ from .core.config import (
     HarvestConfig,
     PredictConfig,
     PublishConfig,
+    ReportConfig,
     ReviewApplyConfig,
     ReviewImportConfig,
     SandboxConfig,
@@ -48,6 +49,7 @@ _LAZY = {
     "export": ("outputs.export", "export"),
     "publish": ("outputs.publish", "publish"),
     "withdraw": ("outputs.publish", "withdraw"),
+    "report": ("outputs.report", "report"),
 }
 
 
@@ -77,6 +79,7 @@ __all__ = [
     "ModelError",
     "PredictConfig",
     "PublishConfig",
+    "ReportConfig",
     "ReviewApplyConfig",
     "ReviewImportConfig",
     "Sandbox",
@@ -99,6 +102,7 @@ __all__ = [
     "import_review",
     "predict",
     "publish",
+    "report",
     "stats",
     "subtract",
     "train",

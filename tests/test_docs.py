@@ -31,6 +31,7 @@ PAGES = {
     "publish": "publish.md",
     "withdraw": "publish.md",
     "export": "deploy.md",
+    "report": "report.md",
 }
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -171,6 +173,7 @@ def train(config: TrainConfig) -> None:
         elif result.calibration_note:
             console.print(f"[yellow]not calibrated:[/] {report.plain(report.as_flags(result.calibration_note))}")
         console.print(f"run written to {report.plain(result.output_dir)}")
+        console.print(_report_hint(config.output_dir))
 
 
 @command("calibrate", CalibrateConfig, arguments=(RUN,))
@@ -191,6 +194,8 @@ def evaluate(config: EvaluateConfig) -> None:
     from ..outputs.evaluation import evaluate_run
 
     report.print_evaluation(console, run(lambda: evaluate_run(config), "evaluate"))
+    if hint := _report_hint(config.run, f"--evaluation {shlex.quote(str(config.output_dir))}"):
+        console.print(hint)
 
 
 @command("predict", PredictConfig, arguments=(RUN, Arg("inputs")), names={**OUTPUT, "n": ("--n", "-n")})
@@ -237,6 +242,17 @@ def audit(config: AuditConfig) -> None:
     from ..outputs.audit import audit as run_audit
 
     report.print_audit(console, run(lambda: run_audit(config), "audit"))
+
+
+def _report_hint(run_dir: Path, options: str = "") -> str:
+    """The line train and evaluate end with: where the run's HTML page would be, and the command that makes it (a
+    split folder evaluated alone is no run: it has no page)."""
+    from ..modelling.run_folder import RunFolder
+
+    if RunFolder(run_dir).is_split:
+        return ""
+    command = " ".join(["eic report", shlex.quote(str(run_dir)), options]).strip()
+    return f"a page of it, images and all: {report.plain(command)} (writes {report.plain(RunFolder(run_dir).report)})"
 
 
 @command("report", ReportConfig, arguments=(RUN,), names=OUTPUT)

@@ -1,4 +1,5 @@
-"""``eic demo``: harvest → subtract → download → train → evaluate → predict, offline, in minutes.
+"""``eic demo``: harvest → subtract → download → train → evaluate → predict → enrich → publish, then the run's HTML
+report, offline, in minutes.
 
 Every stage runs through the same library call as its command, against the package's sandbox: a
 local Search API (with passing 429/503 faults) and an image host whose images can be learnt and
@@ -28,6 +29,7 @@ from ..core.config import (
     HarvestConfig,
     PredictConfig,
     PublishConfig,
+    ReportConfig,
     SandboxConfig,
     SubtractConfig,
     TrainConfig,
@@ -41,6 +43,7 @@ from ..outputs.enrichment import enrich
 from ..outputs.evaluation import evaluate_run
 from ..outputs.prediction import predict
 from ..outputs.publish import publish
+from ..outputs.report import report as html_report
 
 DEMO_CLASSES = ("map", "painting", "photograph", "specimen")
 
@@ -234,4 +237,20 @@ def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
                 f"({len(sandbox.annotations.live())} stored there); journal {r.journal}; eic withdraw takes them back"
             ),
         )
+    stage(
+        "report",
+        lambda: html_report(
+            ReportConfig(
+                run=out / "run",
+                output=out / "report.html",
+                evaluation=out / "evaluation",
+                enrich=out / "annotations.jsonld",
+                quiet=True,
+            )
+        ),
+        lambda r: (
+            f"the run, its evaluation and enrich's thresholds on one page that opens offline: {r.output} "
+            f"({r.size / 2**20:.1f} MB, {r.images} images; open it in a browser)"
+        ),
+    )
     return report

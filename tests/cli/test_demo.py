@@ -18,7 +18,7 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
         app, ["demo", "--output-dir", str(out), "--epochs", "2", "--input-size", "32", "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output + result.stderr
-    for stage in ("harvest", "subtract", "download", "train", "evaluate", "predict", "enrich", "publish"):
+    for stage in ("harvest", "subtract", "download", "train", "evaluate", "predict", "enrich", "publish", "report"):
         assert stage in result.stdout
     assert "the whole pipeline ran offline" in result.stdout
     assert (out / "images" / "failures.csv").read_text().count("\n") > 1  # the bad answers were met
@@ -32,5 +32,9 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert page["type"] == "AnnotationPage" and page["items"]  # the body of Europeana's batch upload
     assert f"{len(page['items'])} annotations sent to the sandbox's Annotations API" in " ".join(result.stdout.split())
     assert (out / "run" / "MODEL_CARD.md").is_file() and (out / "review.labelling.xml").is_file()
+    page = (out / "report.html").read_text(encoding="utf-8")  # the run's page, with its evaluation
+    assert (
+        'id="confusion-evaluation"' in page and 'id="calibration"' in page and "report.html" in result.stdout
+    )
     again = CliRunner().invoke(app, ["demo", "--output-dir", str(out)])
     assert again.exit_code == 1 and "already exists: choose another --output-dir" in again.stderr

@@ -192,3 +192,31 @@ def test_eic_report_says_where_the_page_is(trained_run: Path, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert "page.html" in result.stdout and "sections: summary" in result.stdout
     assert_one_line_error(eic("report", tmp_path / "nothing"), "nothing")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_say_how_to_make_the_page(folders: Path, eval_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trained = eic(
+        "train",
+        folders,
+        "-o",
+        run,
+        "--arch",
+        "tiny",
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--input-size",
+        "32",
+        "--gradcam-images",
+        "0",
+        "--quiet",
+    )
+    assert trained.exit_code == 0, trained.output
+    said = "".join(trained.stdout.split())  # rich folds long paths: compared without white space
+    assert f"eicreport{run}" in said and f"(writes{run / 'report.html'})" in said
+    evaluated = eic("evaluate", run, eval_dir, "-o", tmp_path / "ev", "--gallery", "0", "--quiet")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"eicreport{run}--evaluation{tmp_path / 'ev'}" in "".join(evaluated.stdout.split())
