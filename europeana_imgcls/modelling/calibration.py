@@ -24,6 +24,7 @@ from ..core.errors import CalibrationError
 from ..core.sidecars import first_problem, read_bounded
 from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
+from . import charts
 from .modelcard import write_model_card
 from .run_folder import FINISHED_SPLITS, RunFolder, not_a_run
 
@@ -301,10 +302,14 @@ def reliability_diagram(
 ) -> None:
     """Share correct against stated confidence per bin, before and after temperature scaling; a marker's
     area and the lower panel show how many images a bin holds (a bin of three says little)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 6.5))
-    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    figure, (top, bottom) = charts.chart(
+        (6, 6.5),
+        dict(left=0.13, right=0.97, bottom=0.08, top=0.95, hspace=0.08),
+        nrows=2,
+        ncols=1,
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 1]},
+    )
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     edges = np.linspace(0, 1, BINS + 1)
     for probs, label, ece, colour in (
@@ -323,15 +328,10 @@ def reliability_diagram(
         )
         confidence, _ = task.confidence_and_correct(probs, truth)
         bottom.hist(confidence, bins=edges, color=colour, alpha=0.5)
-    top.set(
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        ylabel="share correct",
-        title=f"reliability, {calibration.images} out-of-fold images",
-    )
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="share correct")
+    charts.title(top, f"reliability, {calibration.images} out-of-fold images")
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="stated confidence", ylabel="images", yscale="log")
-    figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 

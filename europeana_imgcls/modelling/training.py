@@ -51,6 +51,7 @@ from ..datasets.folders import (
 from ..datasets.imageset import ImageSet, Split
 from ..datasets.metrics import mean_std
 from ..datasets.tasks import Task, task_for
+from . import charts
 from .calibration import Calibration, calibrate_run
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .embedding import BACKBONE, backbone_of, embedding_meta
@@ -763,17 +764,17 @@ def _write_history(path: Path, history: list[dict[str, float]], columns: list[st
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0) -> None:
-    """Loss and validation scores per (whole) epoch, the kept epoch marked. matplotlib's object API: no
-    global backend switch, nothing left open."""
-    from matplotlib.figure import Figure
+    """Loss and validation scores per (whole) epoch, the kept epoch marked (charts.py: drawn, not measured)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    chart = Figure(figsize=(10, 4))
-    left, right = chart.subplots(1, 2)
+    canvas, (left, right) = charts.chart(
+        (10, 4), dict(left=0.06, right=0.98, bottom=0.13, top=0.92, wspace=0.16), nrows=1, ncols=2
+    )
     left.plot(epochs, [r["train_loss"] for r in history], label="train")
     left.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    left.set(title="loss", xlabel="epoch")
+    left.set(xlabel="epoch")
+    charts.title(left, "loss")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch:
@@ -798,7 +799,7 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0
     ):
         if key in history[0]:
             right.plot(epochs, [r[key] for r in history], label=label)
-    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.set(xlabel="epoch", ylim=(0, 1))
+    charts.title(right, "validation")
     right.legend()
-    chart.tight_layout()
-    chart.savefig(path, dpi=100)
+    canvas.savefig(path, dpi=100)
