@@ -487,21 +487,16 @@ def _recorded_download(path: Path) -> tuple[Path, dict[str, str] | None] | None:
 
 def contact_sheet(path: Path, suspects: list[dict[str, Any]]) -> None:
     """The top suspects with their given and suggested labels and where they come from."""
-    from ..modelling.explain import image_grid, wrapped
+    from ..modelling.charts import Cell, sheet
+    from ..modelling.explain import wrapped
 
-    figure, axes = image_grid(len(suspects))
-    for ax, row in zip(axes.flat, suspects, strict=False):
+    cells = []
+    for row in suspects:
         try:
-            ax.imshow(load_image(Path(row["image"]), 256, keep_aspect=True))
+            image = load_image(Path(row["image"]), 256, keep_aspect=True)
         except DECODE_ERRORS:
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+            image = None
         name = row["ID"] or Path(row["image"]).name
-        ax.set_title(
-            f"#{row['rank']} given {row['given']} → {row['suggested']}  quality {row['label_quality']:.2g}\n"
-            f"{wrapped(name, 40)}",  # the whole record ID, so a curator can look it up
-            fontsize=8,
-        )
-    if not suspects:
-        axes.flat[0].text(0.5, 0.5, "no label issues found", ha="center", va="center")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
+        title = f"#{row['rank']} given {row['given']} -> {row['suggested']}\nquality {row['label_quality']:.2g}"
+        cells.append(Cell(image, title, wrapped(name, 40), note="unreadable"))  # the whole ID, to look it up
+    sheet(cells, path, empty="no label issues found")

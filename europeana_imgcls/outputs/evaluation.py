@@ -328,7 +328,8 @@ def _write_predictions(path: Path, scores: _Scores) -> None:
 def _gallery(path: Path, scores: _Scores, count: int) -> None:
     """The most confident mistakes (over all splits, each image once): the images whose decided classes are not
     their true ones, by the top probability."""
-    from ..modelling.explain import image_grid, wrapped
+    from ..modelling.charts import Cell, sheet
+    from ..modelling.explain import wrapped
 
     task, classes, paths, truth, thresholds = scores.task, scores.classes, scores.paths, scores.truth, scores.thresholds
     actual = task.indicator(truth, len(classes))
@@ -340,20 +341,11 @@ def _gallery(path: Path, scores: _Scores, count: int) -> None:
             if confidence > worst.get(i, (-1.0, "", ""))[0]:
                 worst[i] = (confidence, task.describe(truth[i], p[i], classes, thresholds[split])["prediction"], split)
     chosen = sorted(worst.items(), key=lambda kv: -kv[1][0])[:count]
-    figure, axes = image_grid(len(chosen), cell=(3.0, 3.3))
-    for ax, (i, (confidence, predicted, split)) in zip(axes.flat, chosen, strict=False):
-        ax.imshow(load_image(Path(paths[i]), 256, keep_aspect=True))
+    cells = []
+    for i, (confidence, predicted, split) in chosen:
         name = Path(paths[i]).name
-        ax.set_title(
-            f"true {task.truth_text(truth[i], classes) or 'none'}\npred {predicted or 'none'} "
-            f"{confidence:.2f} ({split})",
-            fontsize=8,
-        )
-        ax.set_xlabel(wrapped(record_id_of(name) or name, 44), fontsize=7)  # whole, so a curator can look it up
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if not chosen:
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
+        said = task.truth_text(truth[i], classes) or "none"
+        title = f"true {said}\npred {predicted or 'none'} {confidence:.2f} ({split})"
+        image = load_image(Path(paths[i]), 256, keep_aspect=True)
+        cells.append(Cell(image, title, wrapped(record_id_of(name) or name, 44)))  # whole, so a curator can look it up
+    sheet(cells, path, empty="no mistakes")
