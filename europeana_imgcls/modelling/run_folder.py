@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core.config import TrainConfig, public_dict
 from ..core.errors import ModelError
@@ -212,6 +212,19 @@ def read_json(path: Path) -> Any:
         raise ModelError(f"{path}: unreadable ({type(exc).__name__}); the run folder is damaged") from None
 
 
+class TimmMeta(BaseModel):
+    """What a checkpoint says of a timm backbone (``arch`` timm/<name>), checked when it is read: an export copies
+    its data config, and a damaged one is a damaged checkpoint."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+    pretrained_tag: str = ""
+    data_config: dict[str, Any]
+    weights: str | None = None
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
 class CheckpointMeta(BaseModel):
     """What a checkpoint says about its model, beside the weights: enough to rebuild it and its
     preprocessing without the settings it was trained with.
@@ -241,6 +254,11 @@ class CheckpointMeta(BaseModel):
     backbone_sha256: str | None = None
     # ``arch`` timm/<name>: its name, pretrained tag, data config and the SHA-256 of the weights it started from.
     timm: dict[str, Any] | None = None
+
+    @field_validator("timm")
+    @classmethod
+    def _timm(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else TimmMeta.model_validate(value).model_dump(mode="json")
 
     @classmethod
     def for_split(cls, config: TrainConfig, arch: Arch, classes: list[str], split: int) -> CheckpointMeta:

@@ -203,7 +203,7 @@ def test_an_unknown_timm_model_is_one_line() -> None:
 
 
 @pytest.mark.slow  # trains an epoch, then runs eic predict
-def test_a_checkpoint_of_a_model_this_timm_does_not_know_is_one_line(
+def test_a_checkpoint_of_a_model_this_timm_does_not_know_or_a_damaged_backbone_record_is_one_line(
     offline: Hub, folders: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
@@ -215,9 +215,16 @@ def test_a_checkpoint_of_a_model_this_timm_does_not_know_is_one_line(
     )  # fmt: skip
     path = RunFolder(run).split(0).model
     state = torch.load(path, weights_only=True)
-    torch.save({**state, "arch": "timm/a_model_of_a_later_timm"}, path)
-    result = eic("predict", run, str(folders / "map"), "-o", tmp_path / "p.csv", "--quiet")
-    assert_one_line_error(result, "timm/a_model_of_a_later_timm: no such model in the installed timm")
+    assert state["timm"]["name"] == CNN and state["timm"]["weights_sha256"] is None  # random weights: no file
+    damages = {
+        "timm/a_model_of_a_later_timm: no such model in the installed timm": {"arch": "timm/a_model_of_a_later_timm"},
+        "damaged checkpoint (timm.data_config": {"timm": {"name": CNN}},
+        "damaged checkpoint (timm.weights_sha256": {"timm": {**state["timm"], "weights_sha256": "../x"}},
+    }
+    for said, damage in damages.items():
+        torch.save({**state, **damage}, path)
+        result = eic("predict", run, str(folders / "map"), "-o", tmp_path / "p.csv", "--quiet")
+        assert_one_line_error(result, said)
 
 
 @pytest.mark.parametrize("cut_off", ["HF_HUB_OFFLINE", "unreachable"])
