@@ -196,18 +196,6 @@ def wrapped(text: str, width: int, lines: int = 2) -> str:
     return "\n".join([*parts[: lines - 1], shortened(text[width * (lines - 1) :], width)])
 
 
-def image_grid(count: int, cell: tuple[float, float] = (3.2, 3.6), columns: int = 4) -> tuple[Any, Any]:
-    """A matplotlib figure of ``count`` image cells, four a row, axes off (galleries and contact sheets)."""
-    from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
-
-    rows = max(1, -(-count // columns))
-    grid = Figure(figsize=(cell[0] * columns, cell[1] * rows))
-    axes = grid.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    return grid, axes
-
-
 def save_figure(image: Image.Image, path: Path, title: str) -> None:
     """PNG (fast compression) with the title as its text chunk, or JPEG (a tenth of the PNG's time: what keeps
     predict's figures at the model's pace) with the title as its comment; written atomically."""
