@@ -732,8 +732,19 @@ class ExportConfig(ProgressSettings):
     output: Path | None = Field(None, description="The export's folder; default RUN/onnx.")
     quantize: Literal["none", "dynamic", "static"] = Field(
         "none",
-        description="int8 weights: dynamic (activations quantised as they come) or static (calibrated on the run's "
-        "test images); the change in agreement and accuracy against float32 is printed.",
+        description="int8 files instead of float32: static (activations' ranges calibrated on the split's training "
+        "images; what to use) or dynamic (activations quantised as they come). Held to the float32 graph on the "
+        "split's test images (`min_agreement`); write them into a folder of their own (--output RUN/onnx-int8).",
+    )
+    calibration_images: int = Field(
+        300, ge=1, le=100_000, description="With quantize static: the split's training images its ranges come from."
+    )
+    min_agreement: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="With quantize: the least share of the split's test images (up to 1000) whose top class int8 and "
+        "float32 agree on; under it the export is refused and nothing is written.",
     )
     overwrite: bool = Field(False, description="Replace an earlier export in the same folder.")
 

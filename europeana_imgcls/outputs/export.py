@@ -1,5 +1,5 @@
 """``eic export``: a run's split models as ONNX files, for ONNX Runtime (Python, Java, C#, the browser) and
-``eic predict --runtime onnx``.
+``eic predict --runtime onnx`` or ``--runtime openvino``.
 
 Each file takes what a decoder gives: uint8 RGB pixels, N x 3 x H x W (any N, H and W). Inside the graph:
 the resize to the model's square input (bilinear; an image already that size passes unchanged, as eic's loader
@@ -10,8 +10,8 @@ says the rest (classes, thresholds, input size, the run's model id; ``onnx_runti
 
 Every file is checked at export against PyTorch on the run's own test images (or, lacking them, seeded noise):
 the largest probability difference is reported, and above 1e-3 the export is refused. ``quantize`` writes int8
-files instead and prints how far they move from float32 (top-1 agreement, the test images' accuracy), never
-silently.
+files instead (``quantise``), held to the float32 graph on the split's test images: their top-1 agreement and the
+test score before and after are printed and kept in the sidecar, and under ``min_agreement`` nothing is written.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ExportConfig
-from ..core.errors import ConfigError, ModelError
+from ..core.errors import ConfigError, DatasetError, ModelError
 from ..core.outputs import OutputKind, absolute, build_folder
 from ..core.run_names import SPLIT_GLOB
-from ..core.tables import read_csv_rows, write_json
+from ..core.tables import write_json
 from ..core.version import __version__
-from ..datasets.folders import DECODE_ERRORS, load_image, pixels_of
 from ..modelling.calibration import Calibration
 from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256
+from . import quantise
 from .inference import Ensemble, RunModel, chosen_splits, load_run
 from .onnx_runtime import (
     EXPORT_FORMAT,
@@ -47,13 +47,14 @@ from .onnx_runtime import (
     SIDECAR,
     ExportedSplit,
     ExportSidecar,
+    Int8Record,
     onnxruntime,
     session,
 )
 
 log = logging.getLogger(__name__)
 MAX_DIFFERENCE = 1e-3  # largest probability difference to PyTorch a float32 export may show
-CHECK_IMAGES = 64  # test images an export is checked (and a static quantisation calibrated) on
+CHECK_IMAGES = 64  # test images an export is checked against PyTorch on
 CPU = torch.device("cpu")
 EXPORT = OutputKind(
     "export", "an export", folder=True, legacy=("model.json", f"{SPLIT_GLOB}.onnx"), legacy_sign=EXPORT_FORMAT
@@ -110,24 +111,23 @@ def _export_split(
     onnx: Any, config: ExportConfig, run: RunFolder, model: RunModel, staging: Path, report: ExportReport
 ) -> ExportedSplit:
     """One split's file, written and checked (and quantised) in ``staging``."""
-    pixels, truth, report.checked_on[model.split] = _check_images(run, model)
+    pixels, report.checked_on[model.split] = _check_images(run, model)
     ours = Ensemble([model]).probabilities(torch.from_numpy(pixels), calibrated=True)[0]  # on the CPU, in float32
     path = staging / f"{model.split}.onnx"
     _write_graph(model, path, config.opset)
     proto = _label_file(onnx, path, report.model_id, model)
-    logits, probs = _outputs(path, pixels)
+    _, probs = _outputs(path, pixels)
     difference = _difference(ours, probs)
-    if difference > MAX_DIFFERENCE and config.quantize == "none":
+    if difference > MAX_DIFFERENCE:  # a float32 graph that is not the model is no ground to quantise either
         raise ModelError(
             f"{model.split}: the ONNX graph's probabilities differ from PyTorch's by {difference:.2g} "
             f"(more than {MAX_DIFFERENCE:g}); try another `opset`, or report it with the run's arch"
         )
+    int8 = None
     if config.quantize != "none":
-        _quantise(path, config.quantize, pixels)
+        int8 = _int8(config, run, model, path, report)
         proto = _label_file(onnx, path, report.model_id, model)  # the quantiser's file says it too
-        int8_logits, int8_probs = _outputs(path, pixels)
-        report.quantisation.append(_moved(model, len(pixels), truth, logits, int8_logits))
-        difference = _difference(ours, int8_probs)
+        difference = _difference(ours, _outputs(path, pixels)[1])
     report.max_difference[model.split] = difference
     return ExportedSplit(
         split=model.split,
@@ -136,7 +136,52 @@ def _export_split(
         external=_external_files(proto, path.parent),
         meta=model.meta.model_dump(mode="json", exclude={"config", "backbone", "backbone_sha256"}),
         max_difference=difference,
+        int8=int8,
     )
+
+
+def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, report: ExportReport) -> Int8Record:
+    """The float32 file at ``path`` made int8 (``quantise``), held to it on the split's test images: refused in one
+    line, before anything is written, where their top classes agree on less than ``min_agreement``."""
+    test = _test_images(run, model, quantise.AGREEMENT_IMAGES)
+    if not len(test.pixels):
+        raise DatasetError(
+            f"{model.split}: none of its test images can be read here, and int8 is held to float32 on them: "
+            "quantise where the run's images are, or export float32 (leave out `quantize`)"
+        )
+    calibration = None
+    if config.quantize == "static":
+        data_dir = model.meta.config.get("data_dir")
+        calibration = quantise.calibration_images(
+            None if data_dir is None else Path(data_dir), test.paths, model.meta.input_size, config.calibration_images
+        )
+    before = quantise.logits_of(session(path, CPU), test.pixels)
+    kept = quantise.quantise(path, config, calibration)
+    after = quantise.logits_of(session(path, CPU), test.pixels)
+    moved = _moved(model, len(test.pixels), test.truth, before, after)
+    report.quantisation.append(moved)
+    refused = quantise.refusal(
+        model.split, moved.agreement, moved.images, config.min_agreement, config.calibration_images
+    )
+    if refused is not None:
+        raise ModelError(refused)
+    return Int8Record(
+        method="dynamic" if config.quantize == "dynamic" else "static",
+        agreement=moved.agreement,
+        images=moved.images,
+        min_agreement=config.min_agreement,
+        calibration_images=0 if calibration is None else len(calibration),
+        per_channel=config.quantize == "static",
+        reduce_range=False,
+        kept_float=kept,
+        metric=moved.metric,
+        before=moved.before,
+        after=moved.after,
+    )
+
+
+def _split_folder(run: RunFolder, model: RunModel) -> SplitFolder:
+    return SplitFolder(run.path, model.meta.split) if run.is_split else run.split(model.meta.split)
 
 
 def _onnx() -> Any:
@@ -224,26 +269,24 @@ def _external_files(proto: Any, folder: Path) -> dict[str, str]:
     return {name: file_sha256(folder / name) for name in sorted(names)}
 
 
-def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Up to CHECK_IMAGES of the split's own test images (never trained on by it) with their truth, as the loader
-    hands them over; seeded noise where none can be read (a run moved to another machine)."""
-    size, task = model.meta.input_size, model.task
-    split = SplitFolder(run.path, model.meta.split) if run.is_split else run.split(model.meta.split)
-    pictures: list[np.ndarray] = []
-    truth: list[Any] = []
-    rows = read_csv_rows(split.test_predictions) if split.test_predictions.is_file() else iter(())
-    for row in rows:
-        if len(pictures) >= CHECK_IMAGES:
-            break
-        try:
-            pictures.append(pixels_of(load_image(Path(row["image"]), size)).numpy())
-            truth.append(task.truth_of(row["truth"], model.classes))
-        except (*DECODE_ERRORS, KeyError, ValueError):
-            continue
-    if pictures:
-        return np.stack(pictures), np.asarray(truth), f"{len(pictures)} of its test images"
+def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, str]:
+    """Up to CHECK_IMAGES of the split's own test images (never trained on by it), as the loader hands them over;
+    seeded noise where none can be read (a run moved to another machine)."""
+    split = _split_folder(run, model)
+    size = model.meta.input_size
+    test = _test_images(run, model, CHECK_IMAGES)
+    if len(test.pixels):
+        return test.pixels, f"{len(test.pixels)} of its test images"
     noise = np.random.default_rng(0).integers(0, 256, (16, 3, size, size), dtype=np.uint8)
-    return noise, None, f"16 generated images (no test image of {split.name} could be read here)"
+    return noise, f"16 generated images (no test image of {split.name} could be read here)"
+
+
+def _test_images(run: RunFolder, model: RunModel, limit: int) -> quantise.TestImages:
+    """Up to ``limit`` readable test images of the split, with their truth."""
+    rows = quantise.read_test_rows(_split_folder(run, model).test_predictions)
+    return quantise.test_images(
+        rows, model.meta.input_size, limit, lambda said: model.task.truth_of(said, model.classes)
+    )
 
 
 def _outputs(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,32 +297,6 @@ def _outputs(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _difference(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(np.abs(ours - theirs).max())
-
-
-def _quantise(path: Path, how: str, pixels: np.ndarray) -> None:
-    """Replace the float32 file at ``path`` with its int8 version (static: calibrated on ``pixels``)."""
-    from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    source = path.with_name(path.name + ".float32")
-    # ONNX Runtime's advice, followed: shapes inferred and the graph optimised before it is quantised.
-    quant_pre_process(str(path), str(source))
-    path.unlink()
-    try:
-        if how == "dynamic":
-            q.quantize_dynamic(str(source), str(path), weight_type=q.QuantType.QInt8)
-        else:
-            q.quantize_static(
-                str(source),
-                str(path),
-                _Calibration(pixels),
-                quant_format=q.QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=q.QuantType.QUInt8,
-                weight_type=q.QuantType.QInt8,
-            )
-    finally:
-        source.unlink(missing_ok=True)
 
 
 def _moved(
@@ -295,17 +312,6 @@ def _moved(
     return QuantisationCheck(
         model.split, images, float((before.argmax(1) == after.argmax(1)).mean()), metric, scores[0], scores[1]
     )
-
-
-class _Calibration:
-    """ONNX Runtime's calibration reader: the check images, a batch at a time."""
-
-    def __init__(self, pixels: np.ndarray, batch: int = 8) -> None:
-        self.batches = iter([pixels[i : i + batch] for i in range(0, len(pixels), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
-        return None if batch is None else {INPUT: batch}
 
 
 def _sidecar(

@@ -36,6 +36,28 @@ _FILE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain name in the export folder: n
 _SHA256 = r"^[0-9a-f]{64}$"
 
 
+class Int8Record(Sidecar):
+    """How an int8 split was made and how far it moved from its float32 graph (``eic export --quantize``)."""
+
+    method: Literal["static", "dynamic"]
+    agreement: float = Field(ge=0, le=1)  # top-1 agreement with the float32 graph on the split's test images
+    images: int = Field(ge=1)  # how many test images that was measured on
+    min_agreement: float = Field(ge=0, le=1)  # the threshold it was held to: under it nothing is written
+    calibration_images: int = Field(ge=0)  # the split's training images its ranges were measured on (dynamic: 0)
+    per_channel: bool
+    reduce_range: bool
+    kept_float: list[str] = Field(max_length=100_000)  # the graph's nodes left in float32
+    metric: str  # the task's headline score on the same test images, before and after (None: no truth read)
+    before: float | None = None
+    after: float | None = None
+
+    @model_validator(mode="after")
+    def _held(self) -> Int8Record:
+        if self.agreement < self.min_agreement:
+            raise ValueError("its int8 agreement is under the threshold it was held to")
+        return self
+
+
 class ExportedSplit(Sidecar):
     """One split's file in an export."""
 
@@ -47,6 +69,7 @@ class ExportedSplit(Sidecar):
     # .onnx file, which names them, does not leave their contents unchecked.
     external: dict[Annotated[str, Field(pattern=_FILE, max_length=255)], Annotated[str, Field(pattern=_SHA256)]] = {}
     max_difference: float | None = None  # against PyTorch, measured at export (float32 exports)
+    int8: Int8Record | None = None  # an int8 file: how it was made and held to float32 (None: float32)
 
     def checkpoint(self) -> CheckpointMeta:
         """The split's metadata (a value JSON could not hold, an infinite validation loss, was written null: its
@@ -98,6 +121,8 @@ class ExportSidecar(Sidecar):
             raise ValueError("a split or a file is named twice")
         for exported in self.splits:
             self._check_split(exported)
+        if self.quantize == "none" and any(s.int8 is not None for s in self.splits):
+            raise ValueError("a float32 export describes an int8 file")
         if self.thresholds is not None and set(self.thresholds) - set(self.classes):
             raise ValueError("thresholds name a class the export does not have")
         return self

@@ -3,7 +3,9 @@ tiny net (fine-tuned and linear-probe runs), and what is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -18,8 +20,10 @@ from europeana_imgcls import PredictConfig, predict, train
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import EmbedConfig, ExportConfig, TrainConfig
 from europeana_imgcls.core.errors import ConfigError, DatasetError, ModelError
+from europeana_imgcls.datasets.folders import list_images
 from europeana_imgcls.modelling.embedding import embed
 from europeana_imgcls.modelling.run_folder import RunFolder
+from europeana_imgcls.outputs import quantise
 from europeana_imgcls.outputs.export import export
 
 from ..support import diverge, make_folders, rows
@@ -119,17 +123,66 @@ def test_onnx_shards_merge_into_the_output_a_whole_run_writes(run: Path, images:
         predict(PredictConfig(run=run, inputs=[str(images)], output=sharded, resume=True, quiet=True))
 
 
-def test_static_quantisation_says_how_far_int8_moved(run: Path, images: Path) -> None:
-    report = export(ExportConfig(run=run, quantize="static", output=run / "int8", quiet=True))
+@pytest.mark.slow  # quantised, then labelled by both runtimes
+def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: Path, images: Path) -> None:
+    report = export(ExportConfig(run=run, quantize="static", output=run / "int8", min_agreement=0.5, quiet=True))
     (check,) = report.quantisation
-    assert check.images > 0 and 0 <= check.agreement <= 1 and check.metric == "accuracy"
+    assert check.images > 0 and 0.5 <= check.agreement <= 1 and check.metric == "accuracy"
     assert check.before is not None and check.after is not None
-    assert json.loads((run / "int8" / "model.json").read_text())["quantize"] == "static"
-    out = run.parent / "int8.csv"
-    predict(
-        PredictConfig(run=run, inputs=[str(images)], output=out, runtime="onnx", onnx_model=run / "int8", quiet=True)
+    sidecar = json.loads((run / "int8" / "model.json").read_text())
+    (split,) = sidecar["splits"]
+    record = split["int8"]
+    assert sidecar["quantize"] == "static" and record["method"] == "static"
+    assert (record["agreement"], record["images"], record["min_agreement"]) == (check.agreement, check.images, 0.5)
+    # Calibrated on the split's training images: every image of the run's data folder but its test images.
+    data = Path(json.loads((run / split["split"] / "config.json").read_text())["data_dir"])
+    tested = rows(run / split["split"] / "test_predictions.csv")
+    assert record["calibration_images"] == len(list_images(data)) - len(tested) > 0
+    assert record["per_channel"] and not record["reduce_range"] and record["kept_float"]
+    # One int8 file, run by both runtimes: the same labels.
+    out = {name: run.parent / f"int8_{name}.csv" for name in ("onnx", "openvino")}
+    for name, path in out.items():
+        predict(
+            PredictConfig(run=run, inputs=[str(images)], output=path, runtime=name, onnx_model=run / "int8", quiet=True)
+        )
+    assert len(rows(out["onnx"])) == 15 and _top1(out["onnx"]) == _top1(out["openvino"])
+
+
+def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from europeana_imgcls.outputs import export as module
+
+    real = module._moved
+    monkeypatch.setattr(module, "_moved", lambda *a: dataclasses.replace(real(*a), agreement=0.972))
+    line = _one_line_refusal(["export", str(run), "--quantize", "static", "--output", str(tmp_path / "int8")])
+    assert re.fullmatch(
+        r"eic: error: split_\d: int8 agrees with float32 on 97\.2% of \d+ test images, under the 99\.0% asked; "
+        r"nothing is written: try --calibration-images 1000 or --min-agreement 0\.97, or export float32 "
+        r"\(leave out --quantize\)",
+        line,
+    ), line
+    assert not (tmp_path / "int8").exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_the_int8_verdict_names_both_numbers_and_what_to_try() -> None:
+    assert quantise.refusal("split_0", 0.99, 500, 0.99, 300) is None  # at the threshold: kept
+    assert quantise.refusal("split_0", 1.0, 7, 1.0, 300) is None
+    assert quantise.refusal("split_2", 0.972, 500, 0.99, 300) == (
+        "split_2: int8 agrees with float32 on 97.2% of 500 test images, under the 99.0% asked; nothing is written: "
+        "try --calibration-images 1000 or --min-agreement 0.97, or export float32 (leave out --quantize)"
     )
-    assert len(rows(out)) == 15
+    said = quantise.refusal("split_0", 0.5, 2, 0.9, 800)
+    assert said is not None and "--calibration-images 1600 or --min-agreement 0.50" in said
+
+
+def test_int8_needs_the_runs_training_images(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no training image of the run could be read here"):
+        quantise.calibration_images(tmp_path / "moved", [], 32, 300)
+    folder = make_folders(tmp_path / "data", per_class=2, size=40)
+    every = list_images(folder)
+    assert len(quantise.calibration_images(folder, every[:4], 32, 300)) == len(every) - 4
+    assert len(quantise.calibration_images(folder, [], 32, 3)) == 3
 
 
 def test_what_runtime_onnx_refuses(run: Path, trained_run: Path, images: Path, tmp_path: Path) -> None:
@@ -294,6 +347,19 @@ def _meta(sidecar: dict, key: str, value: object) -> None:
     sidecar["splits"][0]["meta"][key] = value
 
 
+INT8 = dict(
+    method="static",
+    agreement=0.995,
+    images=200,
+    min_agreement=0.99,
+    calibration_images=300,
+    per_channel=True,
+    reduce_range=False,
+    kept_float=[],
+    metric="accuracy",
+)
+INT8_UNDER = {**INT8, "agreement": 0.9}
+
 SIDECAR_ATTACKS = {
     "classes reordered": lambda s: s.update(classes=s["classes"][::-1]),
     "a class named twice": lambda s: s.update(classes=[s["classes"][0], *s["classes"]]),
@@ -314,6 +380,8 @@ SIDECAR_ATTACKS = {
     "deep nesting": lambda s: json.dumps(s)[:-1] + ', "outputs": ' + "[" * 5000 + "]" * 5000 + "}",
     "another format": lambda s: s.update(format="someone-else/v9"),
     "a number for the model id": lambda s: s.update(model_id=5),
+    "a float32 export describing an int8 file": lambda s: s["splits"][0].update(int8=INT8),
+    "int8 under its threshold": lambda s: [s.update(quantize="static"), s["splits"][0].update(int8=INT8_UNDER)],
 }
 
 

@@ -1,0 +1,173 @@
+"""int8 that keeps its labels (``eic export --quantize``): an exported split's float32 graph made int8, calibrated on
+the split's own training images, then held to its float32 graph on the split's test images.
+
+How (ONNX Runtime's quantiser, whose QDQ files both ONNX Runtime and OpenVINO run as int8):
+
+- static: weights int8 per output channel, activations uint8 per tensor over the full range (reduce_range off:
+  the CPUs that run int8 fast have VNNI, where the full range does not saturate), their ranges measured on
+  ``calibration_images`` of the split's training and validation images (the run's data folder less the split's
+  test images: never an image the agreement is then measured on);
+- dynamic: int8 weights, activations quantised as they come (no calibration; slower than float32 on most CPUs);
+- kept in float whatever the method: the graph's preprocessing (the cast, the resize, the normalisation, where
+  int8 would round every pixel), the first convolution (it sees raw pixels), the classifier (it makes the
+  margins) and the temperature and activation after it.
+
+Then the top-1 agreement of the int8 graph with the float32 one on up to ``AGREEMENT_IMAGES`` of the split's test
+images: under ``min_agreement`` the export is refused in one line saying both numbers, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from ..core.config import ExportConfig
+from ..core.errors import DatasetError
+from ..core.tables import read_csv_rows
+from ..datasets.folders import DECODE_ERRORS, list_images, load_image, pixels_of
+from .onnx_runtime import INPUT, LOGITS
+
+AGREEMENT_IMAGES: Final = 1000  # test images the agreement is measured on, at most
+BATCH: Final = 16
+# Where a graph ends: its classifier (the last of these) and what follows it is kept in float.
+WEIGHTED: Final = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class TestImages:
+    """A split's test images as the loader hands them over, with their truth where it was read."""
+
+    pixels: np.ndarray
+    truth: np.ndarray | None
+    paths: list[Path]
+
+
+def test_images(rows: Sequence[dict[str, str]], size: int, limit: int, truth_of: Any) -> TestImages:
+    """Up to ``limit`` readable images of a split's test predictions (``rows``), their truth by ``truth_of``."""
+    pictures: list[np.ndarray] = []
+    truth: list[Any] = []
+    paths: list[Path] = []
+    for row in rows:
+        if len(pictures) >= limit:
+            break
+        try:
+            pictures.append(pixels_of(load_image(Path(row["image"]), size)).numpy())
+            truth.append(truth_of(row["truth"]))
+            paths.append(Path(row["image"]))
+        except (*DECODE_ERRORS, KeyError, ValueError):
+            continue
+    if not pictures:
+        return TestImages(np.zeros((0, 3, size, size), np.uint8), None, [])
+    return TestImages(np.stack(pictures), np.asarray(truth), paths)
+
+
+def read_test_rows(path: Path) -> list[dict[str, str]]:
+    return list(read_csv_rows(path)) if path.is_file() else []
+
+
+def calibration_images(data_dir: Path | None, test: Sequence[Path], size: int, count: int) -> np.ndarray:
+    """A seeded sample of ``count`` readable images of the run's data folder that are not among the split's test
+    images, as the loader hands them over; a DatasetError where none can be read here."""
+    found = list_images(data_dir) if data_dir is not None and data_dir.is_dir() else []
+    tested = {p.resolve() for p in test}
+    candidates = [p for p in found if p.resolve() not in tested]
+    order = np.random.default_rng(0).permutation(len(candidates))
+    pictures: list[np.ndarray] = []
+    for index in order:
+        if len(pictures) >= count:
+            break
+        try:
+            pictures.append(pixels_of(load_image(candidates[index], size)).numpy())
+        except DECODE_ERRORS:
+            continue
+    if not pictures:
+        raise DatasetError(
+            f"no training image of the run could be read here ({data_dir}): quantise where the run's images are, "
+            "or export float32 (leave out `quantize`)"
+        )
+    return np.stack(pictures)
+
+
+def kept_in_float(model: Any) -> list[str]:
+    """The nodes of an ONNX graph that stay float32: the preprocessing (before the first weighted node), the
+    first weighted node, the last one (the classifier) and whatever follows it."""
+    nodes = list(model.graph.node)
+    weighted = [i for i, node in enumerate(nodes) if node.op_type in WEIGHTED]
+    if not weighted:
+        return [node.name for node in nodes]
+    first, last = weighted[0], weighted[-1]
+    return [node.name for i, node in enumerate(nodes) if i <= first or i >= last]
+
+
+def quantise(path: Path, config: ExportConfig, calibration: np.ndarray | None) -> list[str]:
+    """Replace the float32 file at ``path`` with its int8 version; returns the nodes kept in float."""
+    import onnx
+    from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = path.with_name(path.name + ".float32")
+    # ONNX Runtime's advice, followed: shapes inferred and the graph optimised before it is quantised.
+    quant_pre_process(str(path), str(source))
+    kept = kept_in_float(onnx.load(str(source), load_external_data=False))
+    path.unlink()
+    try:
+        if config.quantize == "dynamic":
+            q.quantize_dynamic(str(source), str(path), weight_type=q.QuantType.QInt8, nodes_to_exclude=kept)
+        else:
+            assert calibration is not None
+            q.quantize_static(
+                str(source),
+                str(path),
+                _Calibration(calibration),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=False,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,
+                nodes_to_exclude=kept,
+            )
+    finally:
+        source.unlink(missing_ok=True)
+    return kept
+
+
+def logits_of(session: Any, pixels: np.ndarray) -> np.ndarray:
+    """A session's logits on ``pixels``, a batch at a time."""
+    parts = [session.run([LOGITS], {INPUT: pixels[i : i + BATCH]})[0] for i in range(0, len(pixels), BATCH)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def agreement(before: np.ndarray, after: np.ndarray) -> float:
+    """The share of images whose top class is the same."""
+    return float((before.argmax(1) == after.argmax(1)).mean())
+
+
+def refusal(split: str, agreement: float, images: int, wanted: float, calibration_asked: int) -> str | None:
+    """Why an int8 split is not written (its ``agreement`` with float32 on ``images`` test images under the
+    ``wanted`` share), in one line naming both numbers and what to try; None when it is kept."""
+    if agreement >= wanted:
+        return None
+    more = max(2 * calibration_asked, 1000)
+    lower = math.floor(agreement * 100) / 100  # a threshold the measured agreement passes
+    return (
+        f"{split}: int8 agrees with float32 on {agreement:.1%} of {images} test images, under the {wanted:.1%} "
+        f"asked; nothing is written: try --calibration-images {more} or --min-agreement {lower:.2f}, or export "
+        "float32 (leave out --quantize)"
+    )
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader: the calibration images, a batch at a time."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.batches = iter([pixels[i : i + BATCH] for i in range(0, len(pixels), BATCH)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT: batch}
