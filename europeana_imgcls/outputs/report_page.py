@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -240,9 +240,9 @@ def _galleries(said: Predictions, items: Items, count: int) -> str:
     ]
     for name in said.classes:
         members = [r for r in said.rows if name in r.truth]
-        right = ordered(r for r in members if r.right)[:count]
-        wrong = ordered(r for r in members if not r.right)[:count]
-        explained = [r for r in ordered(members) if r.name in items.page.cams][:count]
+        right = _once(r for r in members if r.right)[:count]
+        wrong = _once(r for r in members if not r.right)[:count]
+        explained = [r for r in _once(members) if r.name in items.page.cams][:count]
         out.append(f"<h3>{e(name)}</h3><p>right ({sum(r.right for r in members)} of {len(members)})</p>")
         out.append(items.list(f"right:{said.key}:{name}", [items.item(r) for r in right]))
         out.append(f"<p>wrong ({sum(not r.right for r in members)})</p>")
@@ -251,6 +251,14 @@ def _galleries(said: Predictions, items: Items, count: int) -> str:
             out.append("<p>with a Grad-CAM heatmap</p>")
             out.append(items.list(f"cam:{said.key}:{name}", [items.item(r) for r in explained]))
     return "".join(out) + "</section>"
+
+
+def _once(rows: Iterable[Shown]) -> list[Shown]:
+    """Most confident first, each image once (an evaluation scores every image with every split)."""
+    first: dict[str, Shown] = {}
+    for row in ordered(rows):
+        first.setdefault(row.image, row)
+    return list(first.values())
 
 
 def _calibration(page: Page) -> str:

@@ -126,7 +126,7 @@ def hostile_run(trained_run: Path, tmp_path: Path) -> tuple[Path, str]:
 def test_names_from_files_are_escaped_everywhere(trained_run: Path, tmp_path: Path) -> None:
     run, hostile = hostile_run(trained_run, tmp_path)
     html = report(ReportConfig(run=run, output=tmp_path / "r.html")).output.read_text(encoding="utf-8")
-    assert hostile not in html and "<script>window" not in html and "onerror=" not in html.replace("onerror=alert", "")
+    assert hostile not in html and "<script>window" not in html and "<img src=x" not in html
     assert "&lt;script&gt;window.eicPwned" in html  # shown, as text
     assert html.count("<script") == 2  # the page's data and its own script, nothing else
     data = page_data(html)
@@ -155,7 +155,7 @@ def test_record_pages_only_for_record_ids() -> None:
 
 
 def test_an_image_keeps_to_its_budget_and_a_readable_size(tmp_path: Path) -> None:
-    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (450, 600, 3), dtype=np.uint8))
     pictures = {"drawn": draw_image((0,), 3, seed=1, size=(640, 480)), "noise": noise}
     for name, picture in pictures.items():
         path = tmp_path / f"{name}.jpg"
