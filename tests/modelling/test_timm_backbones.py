@@ -26,7 +26,7 @@ from europeana_imgcls.modelling.models import build_model, get_arch, sized_for_m
 from europeana_imgcls.modelling.run_folder import RunFolder
 from europeana_imgcls.outputs.export import export
 
-from ..support import VOCAB, assert_one_line_error, eic, rows
+from ..support import VOCAB, assert_one_line_error, built_once, eic, rows
 
 CNN, VIT = "test_resnet", "test_vit"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -43,11 +43,9 @@ class Hub:
         return hashlib.sha256(self.files[name].read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Hub:
+def _lay_out_hub(root: Path) -> Hub:
     import timm  # imported by the tests that use it: ~2 s of a worker's start
 
-    root = tmp_path_factory.mktemp("timm")
     files = {}
     for name in (CNN, VIT):
         torch.manual_seed(0)
@@ -65,6 +63,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Hub:
         files[name] = root / f"{name}.safetensors"
         files[name].write_bytes((snapshot / "model.safetensors").read_bytes())
     return Hub(root / "hf", files)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Hub:
+    """Laid out once a run (read only: eic reads the cache, never writes it offline)."""
+    return built_once(tmp_path_factory, "timm_hub", _lay_out_hub)
 
 
 @pytest.fixture
@@ -152,17 +156,17 @@ def test_fine_tuning_a_timm_cnn_from_a_weights_file_draws_its_heatmaps_and_names
     assert len(list(RunFolder(run).split(0).gradcam.glob("*.jpg"))) == 2
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_a_weights_file_loads_into_the_timm_model_as_saved(offline: Hub, tmp_path: Path, suffix: str) -> None:
+def test_a_weights_file_loads_into_the_timm_model_as_saved(offline: Hub, tmp_path: Path) -> None:
     import timm
 
     torch.manual_seed(1)
     saved = timm.create_model(VIT, pretrained=False).state_dict()
-    path = tmp_path / f"w{suffix}"
-    save_file(saved, path) if suffix == ".safetensors" else torch.save(saved, path)
-    model = build_model(f"timm/{VIT}", 3, str(path))
-    assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], saved["blocks.0.attn.qkv.weight"])
-    assert model.state_dict()["head.weight"].shape == (3, 64)  # the classifier is fresh, sized for 3 classes
+    save_file(saved, tmp_path / "w.safetensors")
+    torch.save(saved, tmp_path / "w.pt")
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pt"):
+        model = build_model(f"timm/{VIT}", 3, str(path))
+        assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], saved["blocks.0.attn.qkv.weight"])
+        assert model.state_dict()["head.weight"].shape == (3, 64)  # the classifier is fresh, sized for 3 classes
 
 
 def test_weights_that_do_not_fit_or_do_not_read_are_one_line(offline: Hub, tmp_path: Path) -> None:
