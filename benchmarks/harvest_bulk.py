@@ -1,7 +1,7 @@
 """The bulk harvest at Europeana's scale: dataset dumps parsed (records/s, peak memory at two dump sizes), and
 OAI-PMH pages against the Search API at the same latency, in the sandbox.
 
-    python benchmarks/harvest_bulk.py                          # dumps of 5,000 and 20,000 records; OAI vs API
+    python benchmarks/harvest_bulk.py                          # dumps of 10,000 and 40,000 records; OAI vs API
     python benchmarks/harvest_bulk.py --sizes 2000 --latency 0.05 --per-level 40   # a short run
 
 The synthetic dumps are made of real records (tests/data/edm: the Mauritshuis ListRecords page's current 2026
@@ -166,7 +166,7 @@ def oai_against_api(latency: float, per_level: int) -> list[tuple[str, int, int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000], help="records per dump run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 40000], help="records per dump run")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds each sandbox answer takes")
     parser.add_argument("--per-level", type=int, default=60, help="sandbox records per concept and level")
     parser.add_argument("--no-oai", action="store_true", help="dumps only")

@@ -83,6 +83,7 @@ class _State:
 class _Found:
     """Every journaled piece, as candidates of the query units: what the table is built from."""
 
+    n: int  # records a query unit keeps
     candidates: dict[Unit, list[dict[str, Any]]] = field(default_factory=dict)
     no_url: set[str] = field(default_factory=set)
     left_out: Counter[str] = field(default_factory=Counter)
@@ -97,8 +98,13 @@ class _Found:
             self.resume_at.pop(unit, None)
         else:
             self.resume_at[unit] = value["next"]
+        touched = set()
         for query, item in source.candidates({**value, "unit": unit}, plan):
             self.candidates.setdefault(query, []).append(item)
+            touched.add(query)
+        for query in touched:  # memory flat in what the pieces hold: a query unit keeps its n, and no more
+            if len(self.candidates[query]) > self.n:
+                self.candidates[query] = source.pick(_first_of_each(self.candidates[query]), self.n)
         self.no_url.update(value["no_url"])
         self.left_out.update(value.get("left_out") or {})
         self.pieces += 1
@@ -172,7 +178,7 @@ def _fetch_units(
 
 def _replayed(journal: Journal, source: Source, plan: Plan, config: HarvestConfig) -> _Found:
     """What a resumed harvest found before: every journaled piece, in the order it was found."""
-    found = _Found()
+    found = _Found(config.n)
     for key, value in journal.records(report=True):
         found.add(value, key, source, plan)
     if config.resume and not found.pieces and config.output.exists() and config.shard is None:
@@ -190,9 +196,16 @@ def _selected(found: _Found, source: Source, plan: Plan, config: HarvestConfig) 
         candidates = found.candidates.get(unit)
         if candidates is None:
             continue
-        once = list({item["ID"]: item for item in reversed(candidates)}.values())[::-1]  # the first of each ID
-        _apply(state, unit, source.pick(once, config.n), config)
+        _apply(state, unit, source.pick(_first_of_each(candidates), config.n), config)
     return state
+
+
+def _first_of_each(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record once (the first found of its ID), in the order found."""
+    first: dict[str, dict[str, Any]] = {}
+    for item in items:
+        first.setdefault(item["ID"], item)
+    return list(first.values())
 
 
 def _apply(state: _State, unit: Unit, items: list[dict[str, Any]], config: HarvestConfig) -> None:
