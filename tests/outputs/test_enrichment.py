@@ -247,7 +247,8 @@ def test_enrich_in_shards_then_one_merge_writes_the_same_annotations(world, tmp_
 
 
 @pytest.mark.slow
-def test_enrich_with_the_exported_model_in_shards_decides_as_pytorch_does(world, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_enrich_with_the_exported_model_in_shards_decides_as_pytorch_does(world, runtime: str, tmp_path: Path) -> None:
     from europeana_imgcls.core.config import ExportConfig
     from europeana_imgcls.outputs.export import export
 
@@ -255,7 +256,7 @@ def test_enrich_with_the_exported_model_in_shards_decides_as_pytorch_does(world,
     export(ExportConfig(run=root / "run", output=tmp_path / "onnx", quiet=True))
     out = tmp_path / "out.jsonld"
     common = dict(
-        run=root / "run", table=root / "new.csv", output=out, runtime="onnx", onnx_model=tmp_path / "onnx", quiet=True
+        run=root / "run", table=root / "new.csv", output=out, runtime=runtime, onnx_model=tmp_path / "onnx", quiet=True
     )
     for k in range(2):
         enrich(EnrichConfig(**common, shard=f"{k}/2"))
