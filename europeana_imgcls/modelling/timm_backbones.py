@@ -290,7 +290,7 @@ def cam_layer(model: nn.Module, arch: str) -> nn.Module:
     as the grad-cam package's own ViT example does; the last block's output would reach a class token's score
     through nothing); a CNN's last stage (timm's ``feature_info``). Else one line refusing."""
     blocks = getattr(model, "blocks", None)
-    if hasattr(model, "num_prefix_tokens") and isinstance(blocks, nn.Sequential) and len(blocks):
+    if hasattr(model, "num_prefix_tokens") and isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks):
         norm = getattr(blocks[-1], "norm1", None)
         if isinstance(norm, nn.Module):
             return norm
