@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -220,3 +221,18 @@ def test_train_and_evaluate_say_how_to_make_the_page(folders: Path, eval_dir: Pa
     evaluated = eic("evaluate", run, eval_dir, "-o", tmp_path / "ev", "--gallery", "0", "--quiet")
     assert evaluated.exit_code == 0, evaluated.output
     assert f"eicreport{run}--evaluation{tmp_path / 'ev'}" in "".join(evaluated.stdout.split())
+
+
+def test_damaged_files_leave_their_section_out_with_a_note(trained_run: Path, tmp_path: Path) -> None:
+    run = copy_of(trained_run, tmp_path)
+    (run / "summary.json").write_bytes(b'{"classes": ["map", ')  # cut short
+    (run / "calibration.json").write_text('{"mode": "single-label"}')
+    (run / "split_0" / "history.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
+    predictions = run / "split_1" / "test_predictions.csv"
+    predictions.unlink()
+    os.mkfifo(predictions)  # a FIFO is never opened: it would block the page for ever
+    result = report(ReportConfig(run=run, output=tmp_path / "r.html", enrich=tmp_path / "r.html.missing"))
+    assert "calibration" not in result.sections and "confusion-test" in result.sections
+    said = " ".join(result.notes)
+    assert "summary.json" in said and "Calibration left out" in said
+    assert "split_1 holds no test-fold predictions" in said
