@@ -362,47 +362,50 @@ def chart(
 ) -> str:
     """A small line chart: one polyline (and dots) a series, axes with their ranges, a legend; ``marks`` draws
     vertical lines at those x values. Unit charts (calibration) span 0 to 1 on both axes."""
-    width, height, left, bottom, top, right = 340, 230, 44, 34, 26, 10
+    # The legend goes above the plot, a line a series, so that it never hides a curve.
+    width, height, left, bottom, right = 340, 220 + 13 * len(series), 40, 34, 10
+    top = 30 + 13 * len(series)
     points = [p for _, values in series for p in values]
     unit = diagonal or x_label == "coverage"
-    x0, x1 = (
-        (0.0, 1.0) if unit else (min((p[0] for p in points), default=0.0), max((p[0] for p in points), default=1.0))
-    )
-    y0, y1 = (
-        (0.0, 1.0)
-        if unit
-        else y_range or (min((p[1] for p in points), default=0.0), max((p[1] for p in points), default=1.0))
-    )
+    xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
+    x0, x1 = (0.0, 1.0) if unit else (min(xs), max(xs))
+    y0, y1 = (0.0, 1.0) if unit else y_range or (min(ys), max(ys))
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
 
-    def at(x: float, y: float) -> str:
+    def at(x: float, y: float) -> tuple[float, float]:
         sx = left + (x - x0) / (x1 - x0) * (width - left - right)
         sy = height - bottom - (y - y0) / (y1 - y0) * (height - bottom - top)
-        return f"{sx:.1f},{sy:.1f}"
+        return sx, sy
 
+    def line(values: Sequence[tuple[float, float]]) -> str:
+        return " ".join("{:.1f},{:.1f}".format(*at(x, y)) for x, y in values)
+
+    middle = (top + height - bottom) // 2
     out = [
         f'<svg class="chart" role="img" aria-label="{e(title)}" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg"><title>{e(title)}</title>',
-        f'<text x="{left}" y="14">{e(title[:60])}</text>',
-        f'<polyline class="axis" points="{at(x0, y1)} {at(x0, y0)} {at(x1, y0)}"/>',
-        f'<text x="{left}" y="{height - 4}">{e(x_label)} {x0:.3g}–{x1:.3g}</text>',
-        f'<text x="4" y="{top + 10}">{y1:.3g}</text><text x="4" y="{height - bottom}">{y0:.3g}</text>',
-        f'<text x="4" y="{(top + height - bottom) // 2}">{e(y_label[:8])}</text>',
+        f'<text x="8" y="14">{e(title[:62])}</text>',
+        f'<polyline class="axis" points="{line([(x0, y1), (x0, y0), (x1, y0)])}"/>',
+        f'<text x="{left}" y="{height - 18}">{x0:.3g}</text>',
+        f'<text x="{width - right}" y="{height - 18}" text-anchor="end">{x1:.3g}</text>',
+        f'<text x="{(left + width) // 2}" y="{height - 4}" text-anchor="middle">{e(x_label)}</text>',
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{y1:.3g}</text>',
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{y0:.3g}</text>',
+        f'<text transform="rotate(-90)" x="{-middle}" y="12" text-anchor="middle">{e(y_label)}</text>',
     ]
     if diagonal:
-        out.append(f'<polyline class="diagonal" points="{at(0, 0)} {at(1, 1)}"/>')
+        out.append(f'<polyline class="diagonal" points="{line([(0, 0), (1, 1)])}"/>')
     for x in marks:
-        out.append(f'<polyline class="mark" points="{at(x, y0)} {at(x, y1)}"/>')
+        out.append(f'<polyline class="mark" points="{line([(x, y0), (x, y1)])}"/>')
     for n, (label, values) in enumerate(series):
         cls = f"s{n % 6}"
         if values:
-            out.append(f'<polyline class="{cls}" points="{" ".join(at(x, y) for x, y in values)}"/>')
+            out.append(f'<polyline class="{cls}" points="{line(values)}"/>')
             if len(values) <= 40:
                 out += [
-                    f'<circle class="{cls}" r="2.2" cx="{at(x, y).split(",")[0]}" cy="{at(x, y).split(",")[1]}"/>'
-                    for x, y in values
+                    '<circle class="{}" r="2.2" cx="{:.1f}" cy="{:.1f}"/>'.format(cls, *at(x, y)) for x, y in values
                 ]
-        out.append(f'<text class="legend {cls}" x="{width - right - 130}" y="{top + 12 + 13 * n}">{e(label)}</text>')
+        out.append(f'<text class="legend {cls}" x="{left + 8}" y="{28 + 13 * n}">— {e(label)}</text>')
     return "".join(out) + "</svg>"
 
 
