@@ -235,8 +235,8 @@ def _workers() -> int:
 def _opened(path: Path, where: str) -> Iterator[zipfile.ZipFile]:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetError(f"{where}: not a zip eic can read ({exc}); is it a dataset dump?") from None
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        raise DatasetError(f"{where}: not a zip eic can read ({_said(exc)}); is it a dataset dump?") from None
     with archive:
         yield archive
 
@@ -295,8 +295,13 @@ def _entry(
     try:
         with archive.open(info) as entry:
             data = entry.read(MAX_ENTRY + 1)  # the size in the directory may lie: read no more than the limit
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a CRC that does not match, a damaged entry
-        raise DatasetError(f"{where}: entry {name} is damaged ({exc}); download the dump again") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:  # a CRC that fails, a bad offset
+        raise DatasetError(f"{where}: entry {name} is damaged ({_said(exc)}); download the dump again") from None
+    except (NotImplementedError, RuntimeError) as exc:  # a compression method or encryption zipfile cannot read
+        raise DatasetError(
+            f"{where}: entry {name} cannot be read ({_said(exc)}); Europeana's dumps are deflated, not encrypted: "
+            "download the dump again"
+        ) from None
     if len(data) > MAX_ENTRY:
         _count(left_out, TOO_LARGE)
         return None
@@ -309,6 +314,10 @@ def _entry(
     if record is None:
         _count(left_out, NO_ID)
     return record
+
+
+def _said(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _count(left_out: dict[str, int], reason: str) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from europeana_imgcls import HarvestConfig, harvest
 from europeana_imgcls.acquisition import dumps
 from europeana_imgcls.acquisition.harvest import COLUMNS
 from europeana_imgcls.core.errors import DatasetError
 
-from ..support import QuietHandler, assert_one_line_error, eic, serving
+from ..hostile import assert_untouched, scratch, snapshot, works_or_one_line
+from ..support import QuietHandler, assert_one_line_error, eic, examples, serving
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "edm"
 TEMPLATE = (SAMPLES / "topfoto_2024904_EU017407.rdf").read_bytes()  # one published record, one line, as dumps hold
@@ -327,3 +331,59 @@ def test_a_large_zip_read_by_worker_processes_gives_the_same_table(
     split = harvest(config(tmp_path / "split.csv", dump, n=10))
     assert (split.rows, split.left_out, split.skipped_no_url) == (inline.rows, inline.left_out, inline.skipped_no_url)
     assert pl.read_csv(tmp_path / "split.csv").sort("ID").equals(pl.read_csv(tmp_path / "inline.csv").sort("ID"))
+
+
+def _small_dump() -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        return write_zip(Path(folder) / "d.zip", catalogue("12", 6), md5sum=False).read_bytes()
+
+
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_hostile_dump_works_or_is_one_line(data: st.DataObject) -> None:
+    """A dump zip cut, overwritten or holding a mutated record, and its .md5sum mutated: the harvest works or says
+    one line (hostile.works_or_one_line), and writes nothing but its own files."""
+    original = _small_dump()
+    what = data.draw(st.sampled_from(["zip", "entry", "md5sum"]))
+    with scratch() as folder:
+        dump = folder / "12.zip"
+        if what == "zip":
+            at = data.draw(st.integers(0, len(original) - 1))
+            cut = data.draw(st.booleans())
+            junk = data.draw(st.binary(min_size=1, max_size=8))
+            dump.write_bytes(original[:at] if cut else original[:at] + junk + original[at + len(junk) :])
+        elif what == "entry":
+            text = record("12", "r0").decode()
+            at = data.draw(st.integers(0, len(text)))
+            insert = data.draw(st.sampled_from(["<", "&", "]]>", "\x00", "<!DOCTYPE x>", "</rdf:RDF>", "\udcff"]))
+            entry = (text[:at] + insert + text[at:]).encode("utf-8", errors="surrogateescape")
+            write_zip(dump, {"r0.xml": entry, **{k: v for k, v in catalogue("12", 6).items() if k != "r0.xml"}})
+        else:
+            dump.write_bytes(original)
+            (folder / "12.zip.md5sum").write_bytes(data.draw(st.binary(max_size=40)))
+        before = snapshot(folder)
+        works_or_one_line(lambda: harvest(config(folder / "h.csv", dump)))
+        written = {"h.csv", "h.config.json"} | {p for p in snapshot(folder) if p.startswith("h.csv.journal/")}
+        assert_untouched(before, snapshot(folder), written)
+
+
+@pytest.mark.parametrize(
+    ("field", "offset", "value", "said"),
+    [
+        ("compression method", 10, b"\x63\x00", "cannot be read"),  # 99: a method zipfile does not have
+        ("flags", 8, b"\x01\x00", "cannot be read"),  # encrypted
+        ("flags", 8, b"\x20\x00", "cannot be read"),  # compressed patched data
+        ("local header offset", 42, b"\xf0\xff\xff\x7f", "damaged"),
+    ],
+)
+def test_a_zip_whose_directory_says_what_zipfile_cannot_do_is_one_line(
+    tmp_path: Path, field: str, offset: int, value: bytes, said: str
+) -> None:
+    dump = write_zip(tmp_path / "13.zip", catalogue("13", 3), md5sum=False)
+    data = bytearray(dump.read_bytes())
+    at = data.index(b"PK\x01\x02") + offset  # the central directory's first entry
+    data[at : at + len(value)] = value
+    dump.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=f"13.zip: .*{said}") as caught:
+        harvest(config(tmp_path / "h.csv", dump))
+    assert "\n" not in str(caught.value), field
