@@ -27,6 +27,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,13 @@ class DumpSource(BulkSource):
         no_url: list[str] = []
         left_out: Counter[str] = Counter()
         for (lo, hi), future in zip(itertools.pairwise(bounds), futures, strict=True):
-            found_items, found_no_url, found_left_out = future.result()
+            try:
+                found_items, found_no_url, found_left_out = future.result()
+            except BrokenProcessPool:
+                raise DatasetError(
+                    f"{where}: a worker process reading it ended abruptly (out of memory?); run again with "
+                    "`resume`: what was journaled is kept"
+                ) from None
             items += found_items
             no_url += found_no_url
             left_out.update(found_left_out)
@@ -163,13 +170,18 @@ class DumpSource(BulkSource):
             raise DatasetError(f"cannot fetch {url}: {outcome.reason} after {outcome.attempts} attempts; try later")
 
     def _get_checksum(self, url: str) -> str | None:
+        body = b""
         try:
-            response = self._client().get(url)
+            with self._client().stream("GET", url) as response:
+                if response.status_code != 200:
+                    return None
+                for chunk in response.iter_bytes():  # a checksum is 33 bytes: an endless answer is not read on
+                    body += chunk
+                    if len(body) > MAX_CHECKSUM:
+                        break
         except httpx.HTTPError:
             return None  # no checksum to be had: the zip's CRCs still guard it
-        if response.status_code != 200:
-            return None
-        return _parse_checksum(response.content[:MAX_CHECKSUM], url)
+        return _parse_checksum(body[:MAX_CHECKSUM], url)
 
     def close(self) -> None:
         if self._http is not None:

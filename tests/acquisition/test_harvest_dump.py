@@ -387,3 +387,25 @@ def test_a_zip_whose_directory_says_what_zipfile_cannot_do_is_one_line(
     with pytest.raises(DatasetError, match=f"13.zip: .*{said}") as caught:
         harvest(config(tmp_path / "h.csv", dump))
     assert "\n" not in str(caught.value), field
+
+
+def test_an_endless_checksum_answer_is_not_read_to_its_end(tmp_path: Path) -> None:
+    dump = write_zip(tmp_path / "14.zip", catalogue("14", 3), md5sum=False)
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            if self.path.endswith(".md5sum"):
+                self.end_headers()  # no length: the body ends when the connection does, never
+                try:
+                    while True:
+                        self.wfile.write(b"0" * 65536)
+                except OSError:
+                    return
+            body = dump.read_bytes()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Handler) as base, pytest.raises(DatasetError, match="not an MD5 checksum"):
+        harvest(config(tmp_path / "h.csv", f"{base}/14.zip"))
