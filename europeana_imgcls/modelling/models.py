@@ -319,13 +319,23 @@ def _timm_weights(spec: TimmBackbone, weights: str) -> _Loaded:
     if not path.is_file():
         raise ModelError(f"{path}: no such weights file")
     stat = path.stat()
-    return _weights_file(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    return _weights_file(path.resolve(), _is_safetensors(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A .safetensors file by its name, or by its first bytes (the Hub's cache links its files to blobs named by
+    their digest): the length of a JSON header, then the header's opening brace; torch's files start "PK"."""
+    if path.suffix == ".safetensors":
+        return True
+    with path.open("rb") as handle:
+        start = handle.read(9)
+    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < path.stat().st_size
 
 
 @functools.lru_cache(maxsize=1)  # every split of a run starts from the same file: read (and digested) once
-def _weights_file(path: Path, _size: int, _mtime: int) -> _Loaded:
+def _weights_file(path: Path, safetensors: bool, _size: int, _mtime: int) -> _Loaded:
     """A state dict from a .safetensors file or a plain weights file (an eic checkpoint: its model's weights)."""
-    if path.suffix == ".safetensors":
+    if safetensors:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

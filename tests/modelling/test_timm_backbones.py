@@ -26,7 +26,7 @@ from europeana_imgcls.modelling.models import build_model, get_arch, sized_for_m
 from europeana_imgcls.modelling.run_folder import RunFolder
 from europeana_imgcls.outputs.export import export
 
-from ..support import VOCAB, assert_one_line_error, built_once, eic, rows
+from ..support import VOCAB, QuietHandler, assert_one_line_error, built_once, eic, rows, serving
 
 CNN, VIT = "test_resnet", "test_vit"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -51,17 +51,21 @@ def _lay_out_hub(root: Path) -> Hub:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False)
         cfg = model.pretrained_cfg
-        # As `huggingface-cli download timm/<name>.<tag>` leaves it: refs/main names the snapshot that holds the files.
-        repo = root / "hf" / "hub" / f"models--{cfg['hf_hub_id'].replace('/', '--')}"
-        snapshot = repo / "snapshots" / REVISION
-        snapshot.mkdir(parents=True)
-        (repo / "refs").mkdir()
-        (repo / "refs" / "main").write_text(REVISION)
-        save_file(model.state_dict(), snapshot / "model.safetensors")
-        config = {"architecture": name, "num_classes": cfg["num_classes"], "pretrained_cfg": {"tag": cfg["tag"]}}
-        (snapshot / "config.json").write_text(json.dumps(config))
         files[name] = root / f"{name}.safetensors"
-        files[name].write_bytes((snapshot / "model.safetensors").read_bytes())
+        save_file(model.state_dict(), files[name])
+        config = {"architecture": name, "num_classes": cfg["num_classes"], "pretrained_cfg": {"tag": cfg["tag"]}}
+        # As `huggingface-cli download timm/<name>.<tag>` leaves it: refs/main names the snapshot, whose files link
+        # to blobs named by their SHA-256 (no suffix).
+        repo = root / "hf" / "hub" / f"models--{cfg['hf_hub_id'].replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(REVISION)
+        (repo / "blobs").mkdir()
+        (repo / "snapshots" / REVISION).mkdir(parents=True)
+        contents = {"model.safetensors": files[name].read_bytes(), "config.json": json.dumps(config).encode()}
+        for file, data in contents.items():
+            blob = hashlib.sha256(data).hexdigest()
+            (repo / "blobs" / blob).write_bytes(data)
+            (repo / "snapshots" / REVISION / file).symlink_to(Path("..", "..", "blobs", blob))
     return Hub(root / "hf", files)
 
 
@@ -266,3 +270,45 @@ def test_embed_records_the_backbone_and_its_data_config(offline: Hub, folders: P
     assert sidecar["input_size"] == 48 and sidecar["mean"] == [0.5, 0.5, 0.5]
     assert sidecar["timm"]["data_config"]["interpolation"] == "bilinear"
     assert sidecar["timm"]["weights_sha256"] == offline.sha256(CNN)
+
+
+def test_a_hub_that_answers_fills_the_cache_and_the_run_records_the_file_s_digest(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hub's side of `huggingface_hub`'s download, on loopback: a HEAD naming the commit, the ETag and the size,
+    then the file."""
+    data = hub.files[VIT].read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    asked: list[str] = []
+
+    class FakeHub(QuietHandler):
+        def _answer(self) -> bool:
+            asked.append(f"{self.command} {self.path}")
+            found = self.path in ("/", "/timm/test_vit.r160_in1k/resolve/main/model.safetensors")
+            self.send_response(200 if found else 404)
+            if found and self.path != "/":
+                headers = {"X-Repo-Commit": REVISION, "ETag": f'"{digest}"', "Content-Length": str(len(data))}
+                for header, value in headers.items():
+                    self.send_header(header, value)
+            else:
+                self.send_header("Content-Length", "0")
+            self.end_headers()
+            return found and self.path != "/"
+
+        def do_HEAD(self) -> None:
+            self._answer()
+
+        def do_GET(self) -> None:
+            if self._answer():
+                self.wfile.write(data)
+
+    monkeypatch.setattr(timm_backbones, "_REACHABLE", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with serving(FakeHub) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        said = get_arch(f"timm/{VIT}").provenance("imagenet")
+    assert said is not None and said["weights_sha256"] == digest
+    assert "GET /timm/test_vit.r160_in1k/resolve/main/model.safetensors" in asked
+    cached = tmp_path / "hf" / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / REVISION / "model.safetensors"
+    assert cached.read_bytes() == data  # the next run finds it there, offline
