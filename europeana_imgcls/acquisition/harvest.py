@@ -120,7 +120,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     journal = Journal(
         config.output.with_name(config.output.name + ".journal"),
         what=f"the harvest into {config.output}",
-        settings={**config.resume_settings(), "vocab": vocab},
+        settings={**config.resume_settings(), "vocab": vocab, **_source_setting(config)},
         shard=shard,
         hint="resume with the settings it was started with, or choose another `output`",
         check=piece_found,
@@ -155,6 +155,12 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         source=config.metadata_source,
         shard=config.shard,
     )
+
+
+def _source_setting(config: HarvestConfig) -> dict[str, str]:
+    """The source, a setting every writer of the journal must share: named only when it is not the Search API, so
+    that a harvest journaled before there were other sources still resumes."""
+    return {} if config.metadata_source == "api" else {"source": config.metadata_source}
 
 
 def _fetch_units(

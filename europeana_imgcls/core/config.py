@@ -194,8 +194,8 @@ class HarvestConfig(ApiSettings, ShardSettings):
 
     stage: ClassVar[str] = "harvest"
     input_paths: ClassVar[tuple[str, ...]] = ("vocab",)
-    # and the vocabulary itself
-    resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous", "metadata_source")
+    # and the vocabulary itself, and a source other than the Search API (harvest.py: earlier journals still resume)
+    resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous")
 
     # Not `source`: download's `source` (original|thumbnail) shares the EUROPEANA_SOURCE variable and flat config keys.
     metadata_source: HarvestSource = Field(

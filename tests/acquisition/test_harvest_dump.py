@@ -409,3 +409,12 @@ def test_an_endless_checksum_answer_is_not_read_to_its_end(tmp_path: Path) -> No
 
     with serving(Handler) as base, pytest.raises(DatasetError, match="not an MD5 checksum"):
         harvest(config(tmp_path / "h.csv", f"{base}/14.zip"))
+
+
+def test_a_resume_from_another_source_is_refused_naming_both(tmp_path: Path) -> None:
+    dump = write_zip(tmp_path / "15.zip", catalogue("15", 6))
+    out = tmp_path / "h.csv"
+    harvest(config(out, dump))
+    api = HarvestConfig(vocab=VOCAB, output=out, n=1000, reusability=["open", "permission"], resume=True, quiet=True)
+    with pytest.raises(DatasetError, match=r'other settings \(source: "dump" then, null now\)'):
+        harvest(api, client=None)
