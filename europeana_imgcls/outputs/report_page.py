@@ -84,9 +84,8 @@ class Items:
 def sections(page: Page) -> list[str]:
     """The sections a page holds, by id, in order."""
     found = ["summary"]
-    found += [f"per-class-{s.key}" for s in page.sets]
-    found += [f"confusion-{s.key}" for s in page.sets if s.single]
-    found += [f"gallery-{s.key}" for s in page.sets]
+    for said in page.sets:
+        found += [f"per-class-{said.key}", *([f"confusion-{said.key}"] if said.single else []), f"gallery-{said.key}"]
     found += ["calibration"] if page.calibrated else []
     found += ["audit"] if page.audited else []
     found += ["curves"] if page.histories else []
@@ -363,7 +362,7 @@ def chart(
     """A small line chart: one polyline (and dots) a series, axes with their ranges, a legend; ``marks`` draws
     vertical lines at those x values. Unit charts (calibration) span 0 to 1 on both axes."""
     # The legend goes above the plot, a line a series, so that it never hides a curve.
-    width, height, left, bottom, right = 340, 220 + 13 * len(series), 40, 34, 10
+    width, height, left, bottom, right = 348, 220 + 13 * len(series), 48, 34, 10
     top = 30 + 13 * len(series)
     points = [p for _, values in series for p in values]
     unit = diagonal or x_label == "coverage"

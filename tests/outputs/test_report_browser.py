@@ -20,6 +20,7 @@ from PIL import Image
 from europeana_imgcls.core.config import ReportConfig
 from europeana_imgcls.outputs.report import report
 
+from ..support import copy_of
 from .test_report import hostile_run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -145,3 +146,39 @@ def test_a_hostile_run_runs_nothing(browser: Any, trained_run: Path, tmp_path: P
     assert hostile in heads  # shown as text
     labels = " ".join(f.text for f in browser.find_elements(By.CSS_SELECTOR, "#gallery-test figcaption"))
     assert "a\"b'c" in labels
+
+
+def test_a_demo_like_runs_whole_page(browser: Any, world: dict[str, Any], tmp_path: Path) -> None:
+    """The run of record-named images downloaded from the sandbox, evaluated on records it never saw, audited and
+    enriched: every section of the page, in the browser."""
+    from selenium.webdriver.common.by import By
+
+    from europeana_imgcls.core.config import AuditConfig, EvaluateConfig
+    from europeana_imgcls.outputs.audit import audit
+    from europeana_imgcls.outputs.evaluation import evaluate_run
+
+    root = world["root"]
+    run = copy_of(root / "run", tmp_path)  # evaluate keeps the run's latest evaluation in it
+    evaluate_run(
+        EvaluateConfig(run=run, eval_dir=root / "eval_images", output_dir=tmp_path / "ev", gallery=0, quiet=True)
+    )
+    audit(AuditConfig(source=run, output_dir=tmp_path / "audit", top=4, quiet=True))
+    config = ReportConfig(
+        run=run,
+        output=tmp_path / "page.html",
+        evaluation=tmp_path / "ev",
+        audit=tmp_path / "audit",
+        enrich=root / "out.jsonld",
+    )
+    result = report(config)
+    assert {"confusion-evaluation", "gallery-evaluation", "calibration", "audit", "curves"} <= set(result.sections)
+    errors, urls = open_page(browser, result.output)
+    assert errors == [] and all(u.startswith(("file://", "data:")) for u in urls), (errors, urls)
+    assert "eic enrich's annotations (out.jsonld)" in browser.find_element(By.ID, "calibration").text
+    cell = browser.find_element(By.CSS_SELECTOR, "#confusion-evaluation a.cell")
+    cell.click()
+    shown = browser.find_elements(By.CSS_SELECTOR, "#cell-view-evaluation .thumbs figure")
+    assert len(shown) == int(cell.text)
+    links = browser.find_elements(By.CSS_SELECTOR, "#cell-view-evaluation figcaption a")
+    assert links and all(a.get_attribute("href").startswith("https://www.europeana.eu/item/") for a in links)
+    assert browser.get_log("browser") == []
