@@ -209,7 +209,9 @@ def _endpoint() -> str:
 
 
 def _offline_by_setting() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE, which huggingface_hub honours too) as it is set now."""
+    said = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return said.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 _REACHABLE: dict[str, bool] = {}  # per endpoint, for the process: the Hub is asked (and found missing) once

@@ -302,8 +302,13 @@ def test_a_hub_that_answers_fills_the_cache_and_the_run_records_the_file_s_diges
             if self._answer():
                 self.wfile.write(data)
 
+    import huggingface_hub.constants
+
     monkeypatch.setattr(timm_backbones, "_REACHABLE", {})
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when imported: another test's setting may be frozen in it.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with serving(FakeHub) as url:
         monkeypatch.setenv("HF_ENDPOINT", url)
