@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests reach nothing but 127.0.0.1: any other connection fails loudly."""
+"""Shared fixtures. Tests reach nothing but 127.0.0.1: any other connection fails loudly.
+
+Under pytest-xdist this file is loaded by the process that only hands tests out, too, before it starts the workers:
+what it imports at the top (not the package, polars or the tests' helpers: 0.7 s of CPU) is what they wait for.
+The fixtures import what they build with; the workers import it all with the first test module anyway."""
 
 from __future__ import annotations
 
@@ -9,30 +13,14 @@ import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pytest
-import typer.main
-import typer.testing
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from europeana_imgcls import DownloadConfig, download
-from europeana_imgcls.core.config import EnrichConfig
-from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
-
-from .support import (
-    TARGET,
-    VOCAB,
-    _rows,
-    built_once,
-    config,
-    make_folders,
-    make_multilabel_folder,
-    sandbox_config,
-    unchanged,
-)
+if TYPE_CHECKING:
+    from europeana_imgcls.europeana.sandbox import Sandbox
 
 _real_connect = socket.socket.connect
 
@@ -51,10 +39,6 @@ for _name in ("ci", "dev"):
 PROFILE = "ci" if os.environ.get("CI") else "dev"
 settings.load_profile(PROFILE)
 
-# typer builds the click command anew on every CliRunner.invoke: 16 ms for eic's commands, a thousand times a run
-# (most of the time of the tests that run eic on hostile files). The app does not change while the tests run.
-typer.testing._get_command = functools.cache(typer.main.get_command)  # type: ignore[attr-defined]
-
 
 def fast_lane(config: pytest.Config) -> bool:
     """Whether this run leaves the slow tests out (``-m "not slow"``)."""
@@ -70,8 +54,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
     import torch
+    import typer.main
+    import typer.testing
 
     from . import tiny  # noqa: F401  registers "tiny"
+
+    # typer builds the click command anew on every CliRunner.invoke: 16 ms for eic's commands, a thousand times a
+    # run (most of the time of the tests that run eic on hostile files). The app does not change while tests run.
+    typer.testing._get_command = functools.cache(typer.main.get_command)  # type: ignore[attr-defined]
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Under pytest -n N each worker is one of N processes on the same cores: a thread each, not a pool
@@ -96,6 +86,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def vocab_file(tmp_path: Path) -> Path:
+    from .support import VOCAB
+
     path = tmp_path / "vocab.json"
     path.write_text(json.dumps(VOCAB))
     return path
@@ -114,6 +106,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
+    from europeana_imgcls.europeana.sandbox import Sandbox
+
+    from .support import sandbox_config
+
     with Sandbox(sandbox_config(per_level=40)) as server:
         yield server
 
@@ -128,8 +124,12 @@ def shared_trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built once a run. Tests that run eic on it in other processes start ``python -m tests.eic_tiny``, which knows the
     tiny net."""
 
+    from .support import built_once
+
     def build(root: Path) -> Path:
         from europeana_imgcls.modelling.training import train
+
+        from .support import config, make_folders
 
         data = make_folders(root / "train", per_class=9, size=40)
         train(config(data, root / "run", epochs=3, gradcam_images=0))
@@ -141,6 +141,8 @@ def shared_trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def trained_run(shared_trained_run: Path) -> Iterator[Path]:
     """The shared run, read only: a test that writes into it fails (copy it into tmp_path to change it)."""
+    from .support import unchanged
+
     with unchanged(shared_trained_run, "the shared trained run"):
         yield shared_trained_run
 
@@ -149,7 +151,13 @@ def trained_run(shared_trained_run: Path) -> Iterator[Path]:
 # The numbers, on data with known answers
 
 
-WORLD = (dict(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4))  # the world's sandbox
+def _world_sandbox() -> Sandbox:
+    """The world's sandbox: the same catalogue whenever it is made with these settings."""
+    from europeana_imgcls.europeana.sandbox import Knobs, Sandbox
+
+    from .support import sandbox_config
+
+    return Sandbox(sandbox_config(per_level=12), Knobs(shared_per_concept=6, triples_per_concept=4))
 
 
 @pytest.fixture(scope="session")
@@ -157,8 +165,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A cross-validated run trained on half the sandbox's records, and the other half to enrich: built once a run
     (shared_world), each worker given a copy whose tables and files name its own sandbox, which serves the same
     records (the catalogue is the same for the same settings; only the port differs)."""
+    from .support import built_once
+
     shared = built_once(tmp_path_factory, "world", _world)
-    with Sandbox(sandbox_config(**WORLD[0]), WORLD[1]) as sb:
+    with _world_sandbox() as sb:
         root = Path(shutil.copytree(shared["root"], tmp_path_factory.mktemp("world") / "root"))
         for path in root.rglob("*"):
             if path.suffix in (".csv", ".json", ".jsonld", ".jsonl") and path.is_file():
@@ -169,10 +179,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _world(root: Path) -> dict[str, Any]:
-    from europeana_imgcls import train
+    import polars as pl
+
+    from europeana_imgcls import DownloadConfig, download, train
+    from europeana_imgcls.core.config import EnrichConfig
     from europeana_imgcls.outputs.enrichment import enrich
 
-    with Sandbox(sandbox_config(**WORLD[0]), WORLD[1]) as sb:
+    from .support import TARGET, _rows, config
+
+    with _world_sandbox() as sb:
         rows = _rows(sb)
         training, fresh = rows[0::2], rows[1::2]
         pl.DataFrame(training).write_csv(root / "train.csv")
@@ -218,6 +233,8 @@ def trained(trained_run: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .support import make_folders
+
     root = tmp_path_factory.mktemp("eval")
     make_folders(root, per_class=7, size=48)
     make_folders(root, per_class=3, size=48, classes=("statue",))  # a class the model does not know
@@ -229,9 +246,12 @@ def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A multi-label run of the tiny net and its data, built once a run."""
+    from .support import built_once
 
     def build(root: Path) -> tuple[Path, Path]:
         from europeana_imgcls import train
+
+        from .support import config, make_multilabel_folder
 
         data = make_multilabel_folder(root / "data")
         train(config(data, root / "run", mode="multi-label", epochs=8, batch_size=16, gradcam_images=2, arch="tiny"))
@@ -243,6 +263,8 @@ def shared_ml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 @pytest.fixture
 def ml_run(shared_ml_run: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:
     """The shared multi-label data and run, read only."""
+    from .support import unchanged
+
     with unchanged(shared_ml_run[0], "the shared multi-label data"), unchanged(shared_ml_run[1], "the shared run"):
         yield shared_ml_run
 
@@ -255,18 +277,25 @@ def ml_run(shared_ml_run: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:
 def shared_enriched(shared_trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The shared run's annotations of 24 records (files named after their record, as eic download names them),
     in both profiles and both formats, made once a run."""
+    from .support import built_once
+
     return built_once(tmp_path_factory, "enriched", functools.partial(_enrich, shared_trained_run))
 
 
 @pytest.fixture
 def enriched(shared_enriched: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The shared annotations, read only."""
+    from .support import unchanged
+
     with unchanged(shared_enriched["images"].parent, "the shared annotations"):
         yield shared_enriched
 
 
 def _enrich(trained_run: Path, root: Path) -> dict[str, Any]:
+    from europeana_imgcls.core.config import EnrichConfig
     from europeana_imgcls.outputs.enrichment import enrich
+
+    from .support import VOCAB, make_folders
 
     images = make_folders(root / "images", per_class=8, size=40)
     vocab = root / "vocab.json"
@@ -300,11 +329,15 @@ def _enrich(trained_run: Path, root: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def shared_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three learnable classes of 12 images each, made once a run."""
+    from .support import built_once, make_folders
+
     return built_once(tmp_path_factory, "folders", make_folders)
 
 
 @pytest.fixture
 def folders(shared_folders: Path) -> Iterator[Path]:
     """The shared image folders, read only."""
+    from .support import unchanged
+
     with unchanged(shared_folders, "the shared image folders"):
         yield shared_folders
