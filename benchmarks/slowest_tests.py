@@ -5,6 +5,9 @@ the lane's wall time and test count, and the tests over a threshold that the fas
     python benchmarks/slowest_tests.py --full           # the full suite: pytest -n auto (what CI runs)
     python benchmarks/slowest_tests.py --top 40 --threshold 0.5 -- tests/outputs   # more rows; pytest's arguments
     python benchmarks/slowest_tests.py --from-output log.txt   # a saved `pytest --durations=0` output instead
+    python benchmarks/slowest_tests.py --save before.json      # keep this run's numbers ...
+    python benchmarks/slowest_tests.py --compare before.json   # ... and show what changed since: the new tests
+                                                               #     and those whose CPU grew, the costliest first
 
 A test's seconds are its setup, call and teardown together, as each worker measured them: a session fixture's
 build counts in the setup of the first test that asks for it on each worker. Under `-n auto` the workers share
@@ -25,7 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
@@ -221,6 +224,32 @@ def report(lane: Lane, top: int, threshold: float) -> None:
         print(f"  {test.total:>6.2f}  {name}")
 
 
+def save(lane: Lane, path: Path) -> None:
+    """The lane's tests (seconds per phase, CPU seconds, outcome, mark) as JSON, for a later ``--compare``."""
+    path.write_text(json.dumps({name: asdict(test) for name, test in lane.tests.items()}, indent=1))
+
+
+def compare(lane: Lane, path: Path, top: int) -> None:
+    """What this lane spends that the saved one did not: its new tests, and the tests whose CPU grew, by CPU."""
+    before = {name: Test(**fields) for name, fields in json.loads(path.read_text()).items()}
+    new = {n: t for n, t in lane.tests.items() if n not in before}
+    gone = [n for n in before if n not in lane.tests]
+
+    def cpu(test: Test) -> float:
+        return test.cpu if test.cpu is not None else test.total  # a saved output knows only wall seconds
+
+    print(f"since {path}: {len(new)} new tests, {len(gone)} gone; CPU of the lane's tests", end=" ")
+    print(f"{sum(cpu(t) for t in before.values()):.1f} s -> {sum(cpu(t) for t in lane.tests.values()):.1f} s")
+    print(f"the new tests take {sum(cpu(t) for t in new.values()):.1f} s of CPU; the costliest:")
+    for name, test in sorted(new.items(), key=lambda item: -cpu(item[1]))[:top]:
+        print(f"  {cpu(test):>6.2f}  {name}")
+    grown = [(cpu(t) - cpu(before[n]), n) for n, t in lane.tests.items() if n in before]
+    print("grown the most (CPU s):")
+    for delta, name in sorted(grown, reverse=True)[: min(top, 10)]:
+        if delta > 0.05:
+            print(f"  {delta:>+6.2f}  {name}")
+
+
 def _tests_table(rows: list[tuple[str, Test]]) -> None:
     width = min(100, max((len(n) for n, _ in rows), default=10))
     print(f"{'test':<{width}} {'s':>6} {'setup':>6} {'call':>6} {'tear':>6} {'CPU s':>6}  slow")
@@ -256,10 +285,17 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="rows per table")
     parser.add_argument("--threshold", type=float, default=1.0, help="seconds from which a test is listed as slow")
     parser.add_argument("--from-output", type=Path, help="read a saved `pytest --durations=0` output instead")
+    parser.add_argument("--save", type=Path, help="write the tests' numbers to this JSON file")
+    parser.add_argument("--compare", type=Path, help="a file --save wrote: show the new tests and what grew since")
     parser.add_argument("pytest_args", nargs="*", help="more arguments for pytest, after --")
     args = parser.parse_args()
     lane = read_output(args.from_output) if args.from_output else run_lane(args.full, args.pytest_args)
     report(lane, args.top, args.threshold)
+    if args.save:
+        save(lane, args.save)
+    if args.compare:
+        print()
+        compare(lane, args.compare, args.top)
 
 
 if __name__ == "__main__":
