@@ -158,9 +158,11 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
 
 
 def _source_setting(config: HarvestConfig) -> dict[str, str]:
-    """The source, a setting every writer of the journal must share: named only when it is not the Search API, so
-    that a harvest journaled before there were other sources still resumes."""
-    return {} if config.metadata_source == "api" else {"source": config.metadata_source}
+    """The source and its dates, settings every writer of the journal must share: named only when they are not the
+    Search API's, so that a harvest journaled before there were other sources still resumes."""
+    setting = {} if config.metadata_source == "api" else {"source": config.metadata_source}
+    dates = {"from": config.from_date, "until": config.until}
+    return setting | {name: date for name, date in dates.items() if date}
 
 
 def _fetch_units(
