@@ -26,6 +26,7 @@ from ..core.config import ReportConfig
 from ..core.errors import CalibrationError, EicError, ModelError
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claimed
+from ..core.progress import progress_bar
 from ..core.sidecars import not_regular, read_capped
 from ..core.tables import atomic_path, read_csv_salvaged
 from ..datasets.tasks import Task, task_for
@@ -64,8 +65,14 @@ def report(config: ReportConfig) -> ReportResult:
     if not run.splits():
         raise ModelError(not_a_run(config.run))
     output = config.output or run.report
-    with claimed(output, REPORT, overwrite=config.overwrite, option="output"):
+    with (
+        claimed(output, REPORT, overwrite=config.overwrite, option="output"),
+        progress_bar(config.quiet, transient=True) as bar,
+    ):
         page = gather(config)
+        # Embedding the images is what takes time (~50 ms an image): counted as they are drawn.
+        task = bar.add_task("images embedded", total=None)
+        page.images.on_add = lambda: bar.update(task, advance=1)
         html = render(page)
         with atomic_path(output) as tmp:
             # A name that is not UTF-8 (a surrogate from a damaged file) becomes U+FFFD, never a failed page.

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ class Images:
         self.side = side
         self.data: list[str] = []
         self.index: dict[str, int | None] = {}
+        self.on_add: Callable[[], object] = lambda: None  # told of every image read (a progress bar)
 
     def add(self, path: Path | str, budget: int | None = None, *, wide: bool = False) -> int | None:
         key = str(path)
@@ -119,6 +120,7 @@ class Images:
             scale = (self.side / 256) ** 2
             encoded = encode_jpeg(Path(path), self.side * (2 if wide else 1), int((budget or IMAGE_BUDGET) * scale))
             self.index[key] = None
+            self.on_add()
             if encoded is not None:
                 self.data.append("data:image/jpeg;base64," + base64.b64encode(encoded).decode("ascii"))
                 self.index[key] = len(self.data) - 1
