@@ -86,6 +86,7 @@ def test_evaluation_audit_and_enrich_are_included_when_named(trained_run: Path, 
     assert not any("no such class" in json.dumps(item) for item in data["items"])  # a damaged row is left out
 
 
+@pytest.mark.slow  # on the shared multi-label run, trained for the slow lane's end-to-end tests
 def test_a_multilabel_run_has_no_confusion_matrix_and_shows_its_heatmaps(
     ml_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
