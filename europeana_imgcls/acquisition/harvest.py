@@ -1,14 +1,18 @@
-"""``eic harvest``: build a dataset table from the Search API, one query per concept or combination.
+"""``eic harvest``: build a dataset table, one query unit per concept (or combination) and reusability level, from
+one of three sources (``SOURCES``, ``acquisition/sources.py``): the Search API (a query per unit), dataset dumps
+(``dumps.py``) or OAI-PMH (``oai_source.py``), whose records are each a candidate of the units they belong to.
 
-Policy for duplicates: the table holds one row per record ID. In single-label mode a record found
-under two categories cannot teach either class, so it is dropped and counted as ambiguous
-(``keep_ambiguous`` keeps it in the first category instead). In multi-label mode a record found by
-several combinations gets the union of their labels.
+Policy for duplicates, whatever the source: the table holds one row per record ID. In single-label mode a record
+found under two categories cannot teach either class, so it is dropped and counted as ambiguous (``keep_ambiguous``
+keeps it in the first category instead). In multi-label mode a record found by several combinations gets the union
+of their labels.
 
-Each finished query unit is journaled with the records it found (``core/journal.py``: ``OUT.journal/``),
-so a harvest killed at any moment keeps every unit it finished and ``resume`` carries on from there. The
-table is written when the harvest ends, however it ends (Ctrl-C or an error included), and rebuilt from the
-journal by ``resume``; the journal stays as the harvest's record of what each unit found.
+A source's work is journaled piece by piece as it is done (``core/journal.py``: ``OUT.journal/``): a Search API
+query unit, a dump's 20,000 entries, an OAI-PMH page with its resumption token. A harvest killed at any moment
+keeps every piece it finished, and ``resume`` carries on after them. The table is written when the harvest ends,
+however it ends (Ctrl-C or an error included), and rebuilt from the journal by ``resume``; the journal stays as the
+harvest's record of what each piece found. A shard journals its own units only; the run without shard writes the
+table.
 """
 
 from __future__ import annotations
