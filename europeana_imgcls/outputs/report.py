@@ -85,10 +85,9 @@ def gather(config: ReportConfig) -> Page:
     """What the page shows, read from the run and the outputs ``config`` names."""
     run = RunFolder(config.run)
     notes: list[str] = []
-    summary = _json(run.summary, notes, "the run's summary (train it to the end, or `resume`)") or {}
+    summary = _dict(_json(run.summary, notes, "the run's summary (train it to the end, or `resume`)"))
     splits = run.finished_splits()
-    settings = _json(splits[0].config, notes, "the first split's settings") if splits else None
-    settings = settings if isinstance(settings, dict) else {}
+    settings = _dict(_json(splits[0].config, notes, "the first split's settings") if splits else None)
     task = task_for(settings.get("mode") if settings.get("mode") in ("single-label", "multi-label") else None)
     classes = _classes(summary, splits)
     images = Images(config.image_size)
@@ -105,7 +104,7 @@ def gather(config: ReportConfig) -> Page:
         run=config.run,
         summary=_summary(run, summary, settings, splits, sets[0]),
         metrics=_metrics(summary.get("metrics")),
-        evaluation=_metrics((_json(run.evaluation, [], "") or {}).get("summary")),
+        evaluation=_metrics(_dict(_json(run.evaluation, [], "")).get("summary")),
         sets=[s for s in sets if s.rows],
         histories=_histories(splits),
         calibrated=_calibrated(config, task, notes),
@@ -136,6 +135,11 @@ def _json(path: Path, notes: list[str], what: str) -> Any:
         if what:
             notes.append(f"{path.name}: missing or unreadable, so left out ({what}).")
         return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """A JSON object read back, or an empty one where the file held something else."""
+    return value if isinstance(value, dict) else {}
 
 
 def _rows(path: Path) -> list[dict[str, str]] | None:

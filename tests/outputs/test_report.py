@@ -227,6 +227,7 @@ def test_train_and_evaluate_say_how_to_make_the_page(folders: Path, eval_dir: Pa
 def test_damaged_files_leave_their_section_out_with_a_note(trained_run: Path, tmp_path: Path) -> None:
     run = copy_of(trained_run, tmp_path)
     (run / "summary.json").write_bytes(b'{"classes": ["map", ')  # cut short
+    (run / "split_0" / "config.json").write_text("[1, 2]")  # JSON, but not settings
     (run / "calibration.json").write_text('{"mode": "single-label"}')
     (run / "split_0" / "history.csv").write_bytes(b"\xff\xfe\x00garbage\n\x00\x00")
     predictions = run / "split_1" / "test_predictions.csv"
