@@ -73,6 +73,19 @@ print(sorted(m for m in ("torchvision", "pytorch_grad_cam") if m in sys.modules)
     assert done.stdout.split("\n")[:2] == ["[]", "['pytorch_grad_cam', 'torchvision']"], done.stderr[-3000:]
 
 
+@pytest.mark.slow  # a process that imports torch
+def test_predict_and_enrich_load_neither_scikit_learn_nor_scipy() -> None:
+    """They never make folds or compute scores: scikit-learn and what it loads (scipy, pandas; ~1 s of CPU) wait for
+    the stages that do, so each eic predict or enrich process (a torchrun rank, a shard) starts that much sooner."""
+    script = """
+import sys
+import europeana_imgcls.outputs.prediction, europeana_imgcls.outputs.enrichment
+print(sorted({m.split(".")[0] for m in sys.modules} & {"sklearn", "scipy", "pandas"}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr[-3000:]
+
+
 def test_the_public_api_is_what_docs_api_md_promises() -> None:
     for name in europeana_imgcls.__all__:
         assert getattr(europeana_imgcls, name) is not None, name

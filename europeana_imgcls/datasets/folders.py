@@ -12,9 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from ..core.errors import DatasetError
 from ..core.recognise import IMAGE_SUFFIXES, what_is
@@ -130,6 +127,8 @@ def check_trainable(images: ImageSet, root: Path, folds: int) -> None:
 def sample(images: ImageSet, fraction: float, seed: int) -> ImageSet:
     if fraction >= 1.0:
         return images
+    from sklearn.model_selection import train_test_split  # see make_splits
+
     keep, _ = train_test_split(
         np.arange(len(images)), train_size=fraction, stratify=images.task.stratify(images.labels), random_state=seed
     )
@@ -141,6 +140,10 @@ def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str]
 
     With ``groups`` (e.g. the provider of each record) no group straddles train, validation and test.
     """
+    # scikit-learn (and the scipy and pandas it loads: a second of CPU) where folds are made, not with this module:
+    # predict and enrich read images through it and never make a fold.
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     indices = np.arange(len(labels))
     outer = (
         StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
@@ -192,6 +195,9 @@ def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) ->
 
 def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
     """The connected part each node belongs to (a label per node), for undirected ``edges``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nodes, nodes))
     return connected_components(graph, directed=False)[1]

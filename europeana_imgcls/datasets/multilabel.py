@@ -9,17 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    average_precision_score,
-    coverage_error,
-    f1_score,
-    hamming_loss,
-    label_ranking_average_precision_score,
-    label_ranking_loss,
-    ndcg_score,
-    precision_score,
-    recall_score,
-)
 from torch import nn
 
 from ..core.errors import DatasetError
@@ -218,6 +207,19 @@ def tune_thresholds(truth: np.ndarray, probs: np.ndarray, default: float = 0.5) 
 
 
 def multilabel_metrics(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+    # Imported where scores are computed: predict and enrich hold a task (this module) and never score.
+    from sklearn.metrics import (
+        average_precision_score,
+        coverage_error,
+        f1_score,
+        hamming_loss,
+        label_ranking_average_precision_score,
+        label_ranking_loss,
+        ndcg_score,
+        precision_score,
+        recall_score,
+    )
+
     truth = truth.astype(int)
     predicted = (probs >= np.asarray(thresholds)).astype(int)
     present = truth.sum(axis=0) > 0

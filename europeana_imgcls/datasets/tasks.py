@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from scipy.special import expit  # a sigmoid that neither overflows nor warns
 from torch import nn
 
 from ..core.config import Mode
@@ -175,6 +174,8 @@ class MultiLabel(Task):
     # -- decisions: every label at or above its threshold
 
     def from_logits(self, logits: np.ndarray) -> np.ndarray:
+        from scipy.special import expit  # a sigmoid that neither overflows nor warns (scipy: imported once, here)
+
         return expit(np.asarray(logits, dtype=np.float64))
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import precision_recall_fscore_support
 
 from ..core.errors import EicError
 from ..core.sidecars import read_bounded
@@ -361,6 +360,9 @@ def _source_table(data_dir: Path) -> tuple[Counter[str], Counter[str]] | None:
 
 def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) -> list[tuple[str, str, str, str]]:
     """Per class: precision, recall and F1 on the test folds, mean ± std over splits."""
+    # scikit-learn where a card is written, not with this module: enrich reads the calibration (which writes cards)
+    from sklearn.metrics import precision_recall_fscore_support
+
     task = task_for(mode)
     scores = []
     for split in splits:
