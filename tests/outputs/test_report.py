@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from europeana_imgcls.core.config import ReportConfig
@@ -23,7 +25,8 @@ from europeana_imgcls.europeana.sandbox import draw_image
 from europeana_imgcls.outputs.report import report
 from europeana_imgcls.outputs.report_model import FIGURE_BUDGET, IMAGE_BUDGET, encode_jpeg, json_for_script, record_page
 
-from ..support import assert_one_line_error, copy_of, eic, rows
+from ..hostile import mutated_bytes, scratch, works_or_one_line
+from ..support import assert_one_line_error, copy_of, eic, examples, rows
 
 HOSTILE = "<script>window.eicPwned=1;alert(1)</script><img src=x onerror=alert(2)>"
 
@@ -238,3 +241,45 @@ def test_damaged_files_leave_their_section_out_with_a_note(trained_run: Path, tm
     said = " ".join(result.notes)
     assert "summary.json" in said and "Calibration left out" in said
     assert "split_1 holds no test-fold predictions" in said
+
+
+# ---------------------------------------------------------------------------------------------
+# Every file the page reads, attacked (tests/hostile.py's mutations): the page is written or one line says why,
+# and nothing from the files ever becomes markup.
+
+_READ = ("summary.json", "calibration.json", "evaluation.json", "split_0/config.json", "split_1/metrics.json")
+_TABLES = ("split_0/test_predictions.csv", "split_2/history.csv")
+_WORDS = (HOSTILE, "</script>", "map", "painting", '"><svg onload=alert(1)>')
+
+
+@pytest.fixture(scope="module")
+def attacked_run(shared_trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = Path(shutil.copytree(shared_trained_run, tmp_path_factory.mktemp("attacked") / "run"))
+    (run / "evaluation.json").write_text(json.dumps({"summary": {"accuracy": {"mean": 0.9, "std": 0.01}}}))
+    return run
+
+
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_file_the_page_reads_works_or_is_one_line(attacked_run: Path, data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(_READ + _TABLES))
+    path = attacked_run / name
+    original = path.read_bytes()
+    if name in _READ:
+        mutated = data.draw(mutated_bytes(json.loads(original), _WORDS, depth=200))
+    else:
+        lines = original.decode().splitlines(keepends=True)
+        at = data.draw(st.integers(0, len(lines) - 1))
+        cell = data.draw(st.sampled_from(_WORDS) | st.text(max_size=12))
+        lines[at] = data.draw(st.sampled_from([cell, cell + "," + lines[at], lines[at][: len(lines[at]) // 2]]))
+        mutated = "".join(lines).encode("utf-8", "surrogatepass")
+    try:
+        path.write_bytes(mutated)
+        with scratch() as folder:
+            out = folder / "page.html"
+            works_or_one_line(lambda: report(ReportConfig(run=attacked_run, output=out, quiet=True)))
+            if out.exists():
+                html = out.read_text(encoding="utf-8")
+                assert html.count("<script") == 2 and "<svg onload" not in html and "<img src=x" not in html
+    finally:
+        path.write_bytes(original)
