@@ -160,9 +160,8 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
     after = quantise.logits_of(session(path, CPU), test.pixels)
     moved = _moved(model, len(test.pixels), test.truth, before, after)
     report.quantisation.append(moved)
-    refused = quantise.refusal(
-        model.split, moved.agreement, moved.images, config.min_agreement, config.calibration_images
-    )
+    more = quantise.more_calibration(config.calibration_images, None if calibration is None else len(calibration))
+    refused = quantise.refusal(model.split, moved.agreement, moved.images, config.min_agreement, more)
     if refused is not None:
         raise ModelError(refused)
     return Int8Record(

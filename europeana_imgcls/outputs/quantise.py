@@ -148,18 +148,26 @@ def agreement(before: np.ndarray, after: np.ndarray) -> float:
     return float((before.argmax(1) == after.argmax(1)).mean())
 
 
-def refusal(split: str, agreement: float, images: int, wanted: float, calibration_asked: int) -> str | None:
+def refusal(split: str, agreement: float, images: int, wanted: float, more_calibration: int | None) -> str | None:
     """Why an int8 split is not written (its ``agreement`` with float32 on ``images`` test images under the
-    ``wanted`` share), in one line naming both numbers and what to try; None when it is kept."""
+    ``wanted`` share), in one line naming both numbers and what to try (``more_calibration``: a larger calibration
+    to try, None where it could not help: every training image was used); None when it is kept."""
     if agreement >= wanted:
         return None
-    more = max(2 * calibration_asked, 1000)
     lower = math.floor(agreement * 100) / 100  # a threshold the measured agreement passes
+    tries = f"--min-agreement {lower:.2f}"
+    if more_calibration is not None:
+        tries = f"--calibration-images {more_calibration} or {tries}"
     return (
         f"{split}: int8 agrees with float32 on {agreement:.1%} of {images} test images, under the {wanted:.1%} "
-        f"asked; nothing is written: try --calibration-images {more} or --min-agreement {lower:.2f}, or export "
-        "float32 (leave out --quantize)"
+        f"asked; nothing is written: try {tries}, or export float32 (leave out --quantize)"
     )
+
+
+def more_calibration(asked: int, used: int | None) -> int | None:
+    """The calibration to try after a refusal: twice the asked (at least 1000), where the split has more
+    training images than were used (``used``: None for a quantisation without calibration)."""
+    return None if used is None or used < asked else max(2 * asked, 1000)
 
 
 class _Calibration:
