@@ -302,6 +302,7 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
                         va="center",
                         fontsize=7,
                         color="white" if data[i, j] > peak / 2 else "black",
+                        in_layout=False,  # inside its cell: tight_layout need not measure n² texts
                     )
     figure.tight_layout()
     figure.savefig(out / "confusion_matrix.png", dpi=100)
