@@ -16,6 +16,7 @@ test score before and after are printed and kept in the sidecar, and under ``min
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -157,16 +158,20 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
         )
     before = quantise.logits_of(session(path, CPU), test.pixels)
     kept = quantise.quantise(path, config, calibration)
-    after = quantise.logits_of(session(path, CPU), test.pixels)
-    moved = _moved(model, len(test.pixels), test.truth, before, after)
+    after = quantise.int8_logits(path, test.pixels)
+    by_runtime = {name: quantise.agreement(before, logits) for name, logits in after.items()}
+    moved = dataclasses.replace(
+        _moved(model, len(test.pixels), test.truth, before, after["onnx"]), agreement=min(by_runtime.values())
+    )
     report.quantisation.append(moved)
     more = quantise.more_calibration(config.calibration_images, None if calibration is None else len(calibration))
-    refused = quantise.refusal(model.split, moved.agreement, moved.images, config.min_agreement, more)
+    refused = quantise.refusal(model.split, by_runtime, moved.images, config.min_agreement, more)
     if refused is not None:
         raise ModelError(refused)
     return Int8Record(
         method="dynamic" if config.quantize == "dynamic" else "static",
         agreement=moved.agreement,
+        by_runtime=by_runtime,
         images=moved.images,
         min_agreement=config.min_agreement,
         calibration_images=0 if calibration is None else len(calibration),

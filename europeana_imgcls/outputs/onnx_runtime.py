@@ -41,6 +41,9 @@ class Int8Record(Sidecar):
 
     method: Literal["static", "dynamic"]
     agreement: float = Field(ge=0, le=1)  # top-1 agreement with the float32 graph on the split's test images
+    # The same, by the runtime that ran the int8 file (onnx; openvino where it was installed): ``agreement`` is the
+    # lowest of them.
+    by_runtime: dict[Literal["onnx", "openvino"], Annotated[float, Field(ge=0, le=1)]] = {}
     images: int = Field(ge=1)  # how many test images that was measured on
     min_agreement: float = Field(ge=0, le=1)  # the threshold it was held to: under it nothing is written
     calibration_images: int = Field(ge=0)  # the split's training images its ranges were measured on (dynamic: 0)
@@ -53,7 +56,7 @@ class Int8Record(Sidecar):
 
     @model_validator(mode="after")
     def _held(self) -> Int8Record:
-        if self.agreement < self.min_agreement:
+        if self.agreement < self.min_agreement or any(v < self.agreement for v in self.by_runtime.values()):
             raise ValueError("its int8 agreement is under the threshold it was held to")
         return self
 

@@ -27,11 +27,12 @@ from typing import Any, Final
 import numpy as np
 
 from ..core.config import ExportConfig
-from ..core.errors import DatasetError
+from ..core.errors import ConfigError, DatasetError
 from ..core.tables import read_csv_rows
 from ..datasets.folders import DECODE_ERRORS, list_images, load_image, pixels_of
 from .onnx_runtime import INPUT, LOGITS
 
+RUNTIME_NAMES: Final = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 AGREEMENT_IMAGES: Final = 1000  # test images the agreement is measured on, at most
 BATCH: Final = 16
 # Where a graph ends: its classifier (the last of these) and what follows it is kept in float.
@@ -143,23 +144,46 @@ def logits_of(session: Any, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def int8_logits(path: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The int8 file's logits as each runtime that runs it here computes them: ONNX Runtime, and OpenVINO where it
+    is installed (their int8 kernels differ, and so can a label): the file is held to float32 in both."""
+    import torch
+
+    from .onnx_runtime import session
+
+    said = {"onnx": logits_of(session(path, torch.device("cpu")), pixels)}
+    try:
+        from .openvino_runtime import compile_onnx
+
+        compiled = compile_onnx(path, pixels.shape[-1])
+    except ConfigError:  # OpenVINO is not installed: the file is held to what ONNX Runtime makes of it
+        return said
+    said["openvino"] = np.concatenate([compiled(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH)])
+    return said
+
+
 def agreement(before: np.ndarray, after: np.ndarray) -> float:
     """The share of images whose top class is the same."""
     return float((before.argmax(1) == after.argmax(1)).mean())
 
 
-def refusal(split: str, agreement: float, images: int, wanted: float, more_calibration: int | None) -> str | None:
-    """Why an int8 split is not written (its ``agreement`` with float32 on ``images`` test images under the
-    ``wanted`` share), in one line naming both numbers and what to try (``more_calibration``: a larger calibration
-    to try, None where it could not help: every training image was used); None when it is kept."""
-    if agreement >= wanted:
+def refusal(
+    split: str, agreement: dict[str, float], images: int, wanted: float, more_calibration: int | None
+) -> str | None:
+    """Why an int8 split is not written (its lowest ``agreement`` with float32, by runtime, on ``images`` test
+    images under the ``wanted`` share), in one line naming the numbers and what to try (``more_calibration``: a
+    larger calibration to try, None where it could not help: every training image was used); None when it is
+    kept."""
+    lowest = min(agreement.values())
+    if lowest >= wanted:
         return None
-    lower = math.floor(agreement * 100) / 100  # a threshold the measured agreement passes
-    tries = f"--min-agreement {lower:.2f}"
+    floor = math.floor(lowest * 100) / 100  # a threshold the measured agreement passes
+    tries = f"--min-agreement {floor:.2f}"
     if more_calibration is not None:
         tries = f"--calibration-images {more_calibration} or {tries}"
+    each = f" ({', '.join(f'{RUNTIME_NAMES[k]} {v:.1%}' for k, v in agreement.items())})" if len(agreement) > 1 else ""
     return (
-        f"{split}: int8 agrees with float32 on {agreement:.1%} of {images} test images, under the {wanted:.1%} "
+        f"{split}: int8 agrees with float32 on {lowest:.1%} of {images} test images{each}, under the {wanted:.1%} "
         f"asked; nothing is written: try {tries}, or export float32 (leave out --quantize)"
     )
 
