@@ -230,6 +230,7 @@ def test_rows_without_url_and_spaces_in_categories(sandbox: Sandbox, tmp_path: P
 # Hostile folders and files: nothing outside the folder is touched, nothing hangs, one line at worst
 
 
+@pytest.mark.slow  # two downloads racing in two threads, the sandbox holding answers: 2.5 s
 def test_a_shard_and_an_unsharded_download_of_one_folder_exclude_each_other(tmp_path: Path) -> None:
     import threading
 
