@@ -89,6 +89,8 @@ class Compiled:
         self._slices[index] = np.array(request.get_tensor(self.output).data, dtype=np.float32)  # a copy: reused
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if not len(pixels):  # nothing to infer (OpenVINO refuses an empty batch)
+            return np.zeros((0, self.output.get_partial_shape()[1].get_length()), np.float32)
         cuts = min(self.streams, max(1, len(pixels) // MIN_SLICE))
         self._slices = {}
         for index, part in enumerate(np.array_split(pixels, cuts)):

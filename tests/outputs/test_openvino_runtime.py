@@ -57,6 +57,7 @@ def test_a_batch_cut_across_streams_answers_as_one_pass(exported: Path) -> None:
     one_by_one = np.concatenate([compiled(pixels[i : i + 1]) for i in range(len(pixels))])
     assert whole.shape == (13, 3) and whole.dtype == np.float32
     np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
+    assert compiled(pixels[:0]).shape == (0, 3)
 
 
 def test_openvino_shards_merge_and_a_resume_names_the_runtime(exported: Path, images: Path, tmp_path: Path) -> None:
