@@ -42,7 +42,7 @@ def _predict(run: Path, images: Path, out: Path, **settings: object) -> int:
 def test_openvino_labels_as_pytorch_does(exported: Path, images: Path, tmp_path: Path) -> None:
     out = {runtime: tmp_path / f"{runtime}.csv" for runtime in ("torch", "openvino")}
     for runtime, path in out.items():
-        assert _predict(exported, images, path, split="all", runtime=runtime) == 12
+        assert _predict(exported, images, path, split="all", runtime=runtime) == 12  # an ensemble of three
     torch_rows, ov_rows = (sorted(rows(p), key=lambda r: r["image"]) for p in out.values())
     assert [r["prediction"] for r in torch_rows] == [r["prediction"] for r in ov_rows]
     for a, b in zip(torch_rows, ov_rows, strict=True):
