@@ -285,10 +285,10 @@ def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, str]:
     return noise, f"16 generated images (no test image of {split.name} could be read here)"
 
 
-def _test_images(run: RunFolder, model: RunModel, limit: int) -> quantise.TestImages:
+def _test_images(run: RunFolder, model: RunModel, limit: int) -> quantise.HeldOutImages:
     """Up to ``limit`` readable test images of the split, with their truth."""
     rows = quantise.read_test_rows(_split_folder(run, model).test_predictions)
-    return quantise.test_images(
+    return quantise.held_out_images(
         rows, model.meta.input_size, limit, lambda said: model.task.truth_of(said, model.classes)
     )
 

@@ -40,7 +40,7 @@ WEIGHTED: Final = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass
-class TestImages:
+class HeldOutImages:
     """A split's test images as the loader hands them over, with their truth where it was read."""
 
     pixels: np.ndarray
@@ -48,7 +48,7 @@ class TestImages:
     paths: list[Path]
 
 
-def test_images(rows: Sequence[dict[str, str]], size: int, limit: int, truth_of: Any) -> TestImages:
+def held_out_images(rows: Sequence[dict[str, str]], size: int, limit: int, truth_of: Any) -> HeldOutImages:
     """Up to ``limit`` readable images of a split's test predictions (``rows``), their truth by ``truth_of``."""
     pictures: list[np.ndarray] = []
     truth: list[Any] = []
@@ -63,8 +63,8 @@ def test_images(rows: Sequence[dict[str, str]], size: int, limit: int, truth_of:
         except (*DECODE_ERRORS, KeyError, ValueError):
             continue
     if not pictures:
-        return TestImages(np.zeros((0, 3, size, size), np.uint8), None, [])
-    return TestImages(np.stack(pictures), np.asarray(truth), paths)
+        return HeldOutImages(np.zeros((0, 3, size, size), np.uint8), None, [])
+    return HeldOutImages(np.stack(pictures), np.asarray(truth), paths)
 
 
 def read_test_rows(path: Path) -> list[dict[str, str]]:
