@@ -265,7 +265,7 @@ def hub_file(spec: TimmBackbone) -> Path:
         except (RepositoryNotFoundError, GatedRepoError) as exc:
             raise ModelError(
                 f"the Hugging Face Hub refuses {spec.hf_hub_id} ({type(exc).__name__}): log in "
-                "(huggingface-cli login) if it is gated, or pass `weights` PATH"
+                "(hf auth login) if it is gated, or pass `weights` PATH"
             ) from None
         except (HfHubHTTPError, OSError) as exc:
             raise ModelError(f"cannot fetch {spec.hf_hub_id} ({type(exc).__name__}): {_way_out(spec, cache)}") from None
@@ -277,7 +277,8 @@ def hub_file(spec: TimmBackbone) -> Path:
 
 def _way_out(spec: TimmBackbone, cache: Path) -> str:
     return (
-        f"on a machine with internet run `huggingface-cli download {spec.hf_hub_id}` and copy its "
+        f"on a machine with internet run `hf download {spec.hf_hub_id}` (huggingface-cli download before "
+        f"huggingface_hub 1.0) and copy its "
         f"~/.cache/huggingface here (to {cache.parent}, or set HF_HOME to the copy), or pass `weights` PATH "
         "(a state dict or .safetensors file), or `weights` none"
     )

@@ -54,7 +54,7 @@ def _lay_out_hub(root: Path) -> Hub:
         files[name] = root / f"{name}.safetensors"
         save_file(model.state_dict(), files[name])
         config = {"architecture": name, "num_classes": cfg["num_classes"], "pretrained_cfg": {"tag": cfg["tag"]}}
-        # As `huggingface-cli download timm/<name>.<tag>` leaves it: refs/main names the snapshot, whose files link
+        # As `hf download timm/<name>.<tag>` leaves it: refs/main names the snapshot, whose files link
         # to blobs named by their SHA-256 (no suffix).
         repo = root / "hf" / "hub" / f"models--{cfg['hf_hub_id'].replace('/', '--')}"
         (repo / "refs").mkdir(parents=True)
@@ -246,7 +246,7 @@ def test_without_the_hub_or_its_cache_the_weights_are_one_line_naming_the_way_ou
     else:  # a Hub that does not answer: found out in one quick look, not huggingface_hub's 25 s of retries
         env |= {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
     result = eic("embed", folders, "-o", tmp_path / "e.parquet", "--arch", f"timm/{VIT}", "--quiet", env=env)
-    assert_one_line_error(result, "huggingface-cli download timm/test_vit.r160_in1k")
+    assert_one_line_error(result, "`hf download timm/test_vit.r160_in1k`")
     assert "--weights PATH" in result.stderr or "`weights` PATH" in result.stderr
     assert not (tmp_path / "e.parquet").exists()
 
