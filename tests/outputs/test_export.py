@@ -139,7 +139,7 @@ def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: P
     data = Path(json.loads((run / split["split"] / "config.json").read_text())["data_dir"])
     tested = rows(run / split["split"] / "test_predictions.csv")
     assert record["calibration_images"] == len(list_images(data)) - len(tested) > 0
-    assert record["per_channel"] and not record["reduce_range"] and record["kept_float"]
+    assert record["per_channel"] and not record["reduce_range"] and {"/Cast", "/Softmax"} <= set(record["kept_float"])
     # One int8 file, run by both runtimes: the same labels.
     out = {name: run.parent / f"int8_{name}.csv" for name in ("onnx", "openvino")}
     for name, path in out.items():
@@ -183,6 +183,37 @@ def test_the_int8_verdict_names_both_numbers_and_what_to_try() -> None:
     assert said is not None and "try --min-agreement 0.90, or export float32" in said
     assert quantise.more_calibration(300, 300) == 1000 and quantise.more_calibration(800, 800) == 1600
     assert quantise.more_calibration(300, 42) is None and quantise.more_calibration(300, None) is None
+
+
+def test_int8_keeps_in_float_the_graph_ends_and_where_needed_its_linear_convolutions() -> None:
+    import onnx
+    from onnx import helper
+
+    def node(op: str, inputs: list[str], output: str) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [output], name=output)
+
+    graph = helper.make_graph(
+        [
+            node("Cast", ["pixels"], "cast"),
+            node("Mul", ["cast", "s"], "scaled"),
+            node("Conv", ["scaled", "w1"], "stem"),  # -> Relu: not linear
+            node("Relu", ["stem"], "relu"),
+            node("Conv", ["relu", "w2"], "branch"),  # -> Add: a residual branch's last, linear
+            node("Add", ["branch", "relu"], "sum"),
+            node("Conv", ["sum", "w3"], "project"),  # -> Conv: a projection, linear
+            node("Conv", ["project", "w4"], "expand"),  # -> Clip (ReLU6): not linear
+            node("Clip", ["expand"], "clip"),
+            node("Gemm", ["clip", "w5"], "classifier"),
+            node("Mul", ["classifier", "t"], "logits"),
+            node("Softmax", ["logits"], "probabilities"),
+        ],
+        "g",
+        [],
+        [],
+    )
+    model = helper.make_model(graph)
+    assert quantise.graph_ends(model) == ["cast", "scaled", "logits", "probabilities"]
+    assert quantise.linear_convolutions(model) == ["branch", "project"]
 
 
 def test_int8_needs_the_runs_training_images(tmp_path: Path) -> None:
