@@ -1,10 +1,11 @@
 """Inference speed by runtime: PyTorch eager, ONNX Runtime and OpenVINO, float32 and int8, on the same images and
 machine, for resnet18 and EfficientNet-Lite0, with each one's top-1 agreement with PyTorch float32.
 
-For each model, trains a one-split run for ``--epochs`` on 48 drawn images (resnet18 from scratch: weights do not
-change the cost, but its labels are those of a net that saw few images; EfficientNet-Lite0 from its real ImageNet
-weights, the ``[lite]`` extra, fine-tuned: margins of real weights), exports it in float32 and in int8 (static,
-calibrated on the run's own images; written whatever its agreement, which the table shows), then measures:
+For each model, trains a one-split run for ``--epochs`` on ``--train-per-class`` drawn images of 3 classes
+(resnet18 from scratch: weights do not change the cost, but its labels are those of a net that saw few images;
+EfficientNet-Lite0 from its real ImageNet weights, the ``[lite]`` extra, fine-tuned: margins of real weights),
+exports it in float32 and in int8 (static, calibrated on the run's own images; written whatever its agreement,
+which the table shows), then measures:
 
 - forward only: images/s of each runtime on decoded batches of 32, in one process;
 - ``eic predict`` end to end with each runtime (separate CLI runs, as a user sees them: start-up, decoding, the
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--figures", type=int, default=200, help="Grad-CAM figures to time (0: none)")
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="CLI runs per row; the median is printed")
+    parser.add_argument("--train-per-class", type=int, default=16, help="drawn training images per class")
     parser.add_argument(
         "--epochs",
         type=int,
@@ -96,7 +98,7 @@ def main() -> None:
         args.images, args.repeats, args.figures, args.epochs = 64, 1, 0, 2
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _draw(root, args.images)
+        _draw(root, args.images, args.train_per_class)
         decode = _decode_costs(root, args.input_size)
         results = {arch: _measure(root, arch, args) for arch in args.models}
         figures = _figures(root, args.models[0], args.figures, args.repeats) if args.figures else None
@@ -116,10 +118,10 @@ def main() -> None:
         )
 
 
-def _draw(root: Path, images: int) -> None:
+def _draw(root: Path, images: int, per_class: int) -> None:
     for k, name in enumerate(CLASSES):
         (root / "train" / name).mkdir(parents=True)
-        for j in range(16):
+        for j in range(per_class):
             draw_image((k,), 3, seed=100 * k + j, size=(320, 400)).save(root / "train" / name / f"{j}.jpg")
     (root / "new").mkdir()
     (root / "one").mkdir()
