@@ -182,3 +182,27 @@ def test_review_tasks_of_local_images_get_label_studios_local_files_urls(tmp_pat
     elsewhere.mkdir()
     result = eic(*args, "--document-root", elsewhere, "--overwrite", "--quiet")
     assert_one_line_error(result, f"is not under {elsewhere}, which --document-root serves")
+
+
+def test_the_contact_sheet_shows_a_photograph_upright_and_an_unreadable_file_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from europeana_imgcls.modelling import charts
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored lying on its side, shown turned a quarter: 300 wide x 400 high
+    Image.new("RGB", (400, 300), (200, 80, 40)).save(tmp_path / "turned.jpg", exif=exif)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a picture")
+    drawn: list[charts.Cell] = []
+    real = charts.sheet
+    monkeypatch.setattr(charts, "sheet", lambda cells, path, **kw: drawn.extend(cells) or real(cells, path, **kw))
+    suspects = [
+        {"image": str(tmp_path / name), "ID": None, "rank": i, "given": "a", "suggested": "b", "label_quality": 0.1}
+        for i, name in enumerate(("turned.jpg", "broken.jpg"))
+    ]
+    audit.contact_sheet(tmp_path / "suspects.png", suspects)
+    assert drawn[0].image is not None and drawn[0].image.size == (192, 256)  # upright, fitted in its 256 px cell
+    assert drawn[1].image is None and drawn[1].note == "unreadable"
+    assert (tmp_path / "suspects.png").stat().st_size > 1000
