@@ -1,7 +1,7 @@
 """Task runner: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s docs`, `nox -s demo`, `nox -s slowest`.
 
-The fast lane: `nox -s tests -- -n auto -m "not slow"` (about 80 s of CPU, 40 s on 2 free cores); the full suite,
-`nox -s tests` (about 350 s of CPU, 175 s on 2 cores). `nox -s slowest` shows where the fast lane's time goes
+The fast lane: `nox -s tests -- -n auto -m "not slow"` (about 80 s of CPU, 45 s on 2 free cores); the full suite,
+`nox -s tests` (about 300 s of CPU, at least 150 s on 2 cores). `nox -s slowest` shows where the fast lane's time goes
 (`-- --full`: the full suite's).
 
 Sessions reuse their virtualenv (torch is 6 GB; reinstalling it every run wastes minutes).
