@@ -51,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.scales:
         scales(args.paths, args.run, args.size, args.derived)
+    elif len(args.paths) == 2:
+        decodes(args.paths[0], args.paths[1], args.decodes)
     else:
-        decodes(*args.paths, args.decodes)
+        parser.error("give RUN IMAGES, or --scales with the images")
 
 
 def decodes(run: Path, images: Path, paths: list[str]) -> None:
