@@ -96,13 +96,13 @@ class SplitFolder:
         return self.model.is_file() or self.last.is_file() or self.finished
 
     def read_config(self) -> dict[str, Any]:
-        return read_json(self.config)
+        return read_object(self.config)
 
     def read_classes(self) -> list[str]:
         return list(read_json(self.class_index))
 
     def read_metrics(self) -> dict[str, Any]:
-        return read_json(self.metrics)
+        return read_object(self.metrics)
 
 
 FINISHED_SPLITS: Final = f"{SPLIT_GLOB}/{SplitFolder.METRICS}"  # what a run's finished splits are, for messages
@@ -199,7 +199,7 @@ class RunFolder:
         return self.path / "evaluation.json"
 
     def read_summary(self) -> dict[str, Any]:
-        return read_json(self.summary)
+        return read_object(self.summary)
 
 
 def read_json(path: Path) -> Any:
@@ -210,6 +210,17 @@ def read_json(path: Path) -> Any:
         raise ModelError(f"{path}: missing; the run folder is incomplete (train it again, or `resume`)") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: unreadable ({type(exc).__name__}); the run folder is damaged") from None
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """A JSON object eic wrote (a split's config, metrics, a run's summary): anything else is a damaged run, in one
+    line, not an AttributeError in whoever reads a key of it."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ModelError(
+            f"{path}: holds a {type(value).__name__}, not the JSON object eic writes; the run folder is damaged"
+        )
+    return value
 
 
 class TimmMeta(BaseModel):

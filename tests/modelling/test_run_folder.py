@@ -61,3 +61,15 @@ def test_a_folder_that_is_no_split_is_not_taken_for_one(trained: Path, eval_dir:
     result = CliRunner().invoke(app, ["predict", str(run), str(eval_dir / "map"), "--split", "x", "-o", str(out)])
     assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("text", ["[]", '[{"folds": 3}]', "3", "null", '"run"'])
+def test_a_split_file_that_is_no_json_object_is_a_damaged_run(tmp_path: Path, text: str) -> None:
+    # A split's config.json holding a list reached calibration's `config.get` as an AttributeError (eic report).
+    split = RunFolder(tmp_path).split(0)
+    split.path.mkdir(parents=True)
+    for path in (split.config, split.metrics):
+        path.write_text(text, encoding="utf-8")
+    for read in (split.read_config, split.read_metrics):
+        with pytest.raises(ModelError, match="not the JSON object eic writes"):
+            read()
