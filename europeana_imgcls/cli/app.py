@@ -123,7 +123,7 @@ def command(
         **OUTPUT,
         "n": ("--n", "-n"),
         "keep_ambiguous": ("--keep-ambiguous/--drop-ambiguous",),
-        "from_date": ("--from",),
+        "from_date": ("--from", "--from-date"),  # --from-date: as a message names `from_date`
         "metadata_source": ("--source",),
     },
 )

@@ -384,7 +384,9 @@ def print_sandbox(console: Console, server: Sandbox) -> None:
     console.print(f"Search API: {server.api_url}")
     console.print(f"Thumbnail API: {server.base_url}/thumbnail/v3")
     console.print(f"OAI-PMH: {server.base_url}/oai", soft_wrap=True)
-    console.print(f"Dataset dumps: {server.dump_url(server.datasets[0])} (one per dataset)", soft_wrap=True)
+    # The example is a dataset with images: the largest may hold only texts, which a harvest leaves out.
+    shown = next((r.dataset for r in server.catalogue if r.type == "IMAGE" and r.has_url), server.datasets[0])
+    console.print(f"Dataset dumps: {server.dump_url(shown)} (one per dataset)", soft_wrap=True)
     console.print("Point eic at it (every command reads these), in the shell that runs eic:")
     console.print(f"  export EUROPEANA_API_URL={server.api_url}", soft_wrap=True)
     console.print(f"  export EUROPEANA_OAI_URL={server.base_url}/oai", soft_wrap=True)

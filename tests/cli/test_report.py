@@ -74,3 +74,20 @@ def test_a_download_prints_its_folder_and_failures_as_they_are(tmp_path: Path) -
     out = tmp_path / "img[/i]"
     result = eic("download", tmp_path / "t.csv", "-o", out, "--quiet", "--retries", "0")
     printed(result, out / "failures.csv")
+
+
+def test_the_dump_eic_sandbox_names_gives_rows(tmp_path: Path) -> None:
+    # With eic's own vocabulary it named the largest dataset, 8999, which holds only text records: 0 rows.
+    from rich.console import Console
+
+    from europeana_imgcls import SandboxConfig
+    from europeana_imgcls.cli.report import print_sandbox
+
+    console = Console(record=True, width=300)
+    with Sandbox(SandboxConfig(port=0)) as server:
+        print_sandbox(console, server)
+        (url,) = [line.split()[2] for line in console.export_text().splitlines() if line.startswith("Dataset dumps:")]
+        out = tmp_path / "dump.csv"
+        harvested = eic("harvest", "--source", "dump", "--dump", url, "-o", out, "--quiet")
+    assert harvested.exit_code == 0, harvested.output
+    assert pl.read_csv(out).height > 0

@@ -5,6 +5,7 @@ every failure one line; and the three sources giving the same table for the same
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,9 @@ def test_errors_are_one_line_from_the_command(world: Sandbox, tmp_path: Path, ar
     flags = ["--oai-url", world.base_url + "/oai", *args] if "--oai-url" not in args else args
     result = eic("harvest", "--source", "oai-pmh", *flags, "-o", tmp_path / "h.csv", "--quiet", "--retries", "0")
     assert_one_line_error(result, said)
+    # The way out it names is one the command takes (the remedy once said --from-date for --from).
+    helped = eic("harvest", "--help").stdout
+    assert all(option in helped for option in re.findall(r"--[a-z][a-z-]*", result.stderr)), result.stderr
 
 
 def test_harvest_from_the_command_line(world: Sandbox, tmp_path: Path) -> None:
