@@ -211,7 +211,7 @@ def out_of_fold(run: Path) -> OutOfFold:
     classes = splits[0].read_classes()
     truths, raws, calibrated, temperatures, images, folds = [], [], [], {}, [], []
     for split in splits:
-        temperature = float(split.read_metrics().get("temperature", 1.0))
+        temperature = split.read_temperature()
         truth, logits, paths = _read_test_predictions(split.test_predictions, task, classes)
         temperatures[split.name] = temperature
         truths.append(truth)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
@@ -103,6 +104,16 @@ class SplitFolder:
 
     def read_metrics(self) -> dict[str, Any]:
         return read_object(self.metrics)
+
+    def read_temperature(self) -> float:
+        """The split's fitted temperature (1 when it has none); anything but a positive number is a damaged run."""
+        value = self.read_metrics().get("temperature", 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ModelError(
+                f"{self.metrics}: its temperature is {str(value)[:40]!r}, not a positive number; "
+                "the run folder is damaged"
+            )
+        return float(value)
 
 
 FINISHED_SPLITS: Final = f"{SPLIT_GLOB}/{SplitFolder.METRICS}"  # what a run's finished splits are, for messages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,17 @@ def test_a_split_file_that_is_no_json_object_is_a_damaged_run(tmp_path: Path, te
     for read in (split.read_config, split.read_metrics):
         with pytest.raises(ModelError, match="not the JSON object eic writes"):
             read()
+
+
+@pytest.mark.parametrize("temperature", [[1.5], "2", None, 0, -1.0, float("nan"), True])
+def test_a_temperature_that_is_no_positive_number_is_a_damaged_run(tmp_path: Path, temperature: object) -> None:
+    # A list there reached calibration's float() as a TypeError (eic report's mutation test found it).
+    split = RunFolder(tmp_path).split(0)
+    split.path.mkdir(parents=True)
+    split.metrics.write_text(json.dumps({"temperature": temperature}), encoding="utf-8")
+    with pytest.raises(ModelError, match="not a positive number"):
+        split.read_temperature()
+    split.metrics.write_text(json.dumps({"temperature": 1.25}), encoding="utf-8")
+    assert split.read_temperature() == 1.25
+    split.metrics.write_text("{}", encoding="utf-8")
+    assert split.read_temperature() == 1.0
