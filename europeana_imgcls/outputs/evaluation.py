@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
 from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
@@ -217,6 +216,8 @@ def _write_summary(config: EvaluateConfig, report: EvaluateReport, out: Path, **
 def _write_per_class(path: Path, said: _Scores) -> None:
     """Per class (per label): support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over
     splits; each class one-vs-rest, with the decisions the run makes."""
+    from sklearn.metrics import precision_recall_fscore_support  # scikit-learn costs ~1 s to import: only here
+
     task, classes = said.task, said.classes
     actual = task.indicator(said.truth, len(classes))
     scores, counts = [], np.zeros((3, len(classes)), dtype=int)

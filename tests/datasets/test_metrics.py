@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from europeana_imgcls.datasets.metrics import classification_metrics, confusion
 
@@ -12,6 +11,8 @@ from europeana_imgcls.datasets.metrics import classification_metrics, confusion
 def test_the_scores_are_scikit_learns_to_the_last_bit() -> None:
     """Confusion matrix and macro precision, recall and F1 over the classes present (in the truth or predicted,
     with 0 where a class is never predicted or never true), on random predictions of 2 to 8 classes."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     rng = np.random.default_rng(0)
     for _ in range(60):
         classes, rows = int(rng.integers(2, 9)), int(rng.integers(1, 40))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, hamming_loss, label_ranking_loss, precision_score, recall_score
 
 from europeana_imgcls import train
 from europeana_imgcls.core.errors import DatasetError
@@ -38,6 +37,8 @@ def test_folds_keep_label_frequencies_and_groups() -> None:
 
 
 def test_thresholds_are_tuned_to_maximise_f1() -> None:
+    from sklearn.metrics import f1_score
+
     truth = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 1], [0, 0]])
     probs = np.array([[0.72, 0.1], [0.8, 0.2], [0.65, 0.3], [0.2, 0.1], [0.9, 0.35], [0.4, 0.05]])
     thresholds = tune_thresholds(truth, probs)
@@ -50,6 +51,8 @@ def test_thresholds_are_tuned_to_maximise_f1() -> None:
 
 def test_each_labels_threshold_is_the_first_cut_of_the_grid_with_scikit_learns_best_f1() -> None:
     """The cuts 0.05, 0.075, ... 0.95: per label, the first one at which scikit-learn's F1 is highest."""
+    from sklearn.metrics import f1_score
+
     grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
     rng = np.random.default_rng(0)
     for trial in range(24):
@@ -68,6 +71,8 @@ def test_each_labels_threshold_is_the_first_cut_of_the_grid_with_scikit_learns_b
 
 
 def test_metrics_match_scikit_learn() -> None:
+    from sklearn.metrics import f1_score, hamming_loss, label_ranking_loss, precision_score, recall_score
+
     rng = np.random.default_rng(2)
     truth = (rng.random((50, 5)) < 0.3).astype(int)
     probs = np.clip(truth * 0.5 + rng.random((50, 5)) * 0.6, 0, 1)

@@ -11,7 +11,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -95,6 +94,8 @@ def _closed_port() -> int:
 def test_a_timm_backbone_from_the_hub_cache_goes_through_probe_predict_gradcam_enrich_export_and_onnx(
     name: str, offline: Hub, folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import onnx
+
     run = tmp_path / "run"
     settings = dict(arch=f"timm/{name}", method="linear-probe", folds=3, input_size=64, quiet=True)
     train(TrainConfig(data_dir=folders, output_dir=run, **settings))

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from typer.testing import CliRunner
 
@@ -253,6 +252,8 @@ def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # the shared multi-label run is trained for it (and the other multi-label end-to-end tests)
 def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
+    from sklearn.metrics import f1_score
+
     data, out = ml_run
     summary = json.loads((out / "summary.json").read_text())["metrics"]
     truth = np.array([[label in r["category"].split() for label in LABELS] for r in rows(data / "labels.csv")])

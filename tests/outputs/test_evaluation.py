@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
 from europeana_imgcls.modelling.checkpoint import load_checkpoint
@@ -41,6 +40,8 @@ def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) ->
 
 
 def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     report = evaluate(EvaluateConfig(run=copy_of(trained, tmp_path), eval_dir=eval_dir, output_dir=tmp_path / "ev"))
     out = tmp_path / "ev"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -88,6 +89,8 @@ def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tm
 
 @pytest.mark.slow  # end to end on the shared multi-label run
 def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -> None:
+    from sklearn.metrics import f1_score
+
     out = copy_of(ml_run[1], tmp_path)
     held_out = make_multilabel_folder(tmp_path / "eval", count=24, seed=7)
     report = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev", gallery=0))
