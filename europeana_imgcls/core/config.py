@@ -619,9 +619,10 @@ class AuditConfig(ProgressSettings, ReviewImageSettings):
     )
     folds: int = Field(
         5,
-        ge=2,
+        ge=3,  # the probe's protocol is train's: k-2 folds train, one validates (its L2 strength), one tests
         le=100,
-        description="Embeddings table: folds of the linear probe that gives the out-of-fold probabilities.",
+        description="Embeddings table: folds of the linear probe that gives the out-of-fold probabilities, at "
+        "least 3 (as eic train --method linear-probe: k-2 train, one validates, one tests).",
     )
     top: int = Field(24, ge=0, description="Suspects shown on the contact sheet.")
     seed: int = Field(0, description="Seed of the folds (embeddings table).")

@@ -50,3 +50,14 @@ def test_reusability_takes_a_list_as_well_as_the_flag_repeated() -> None:
     listed = build_config(HarvestConfig, {"reusability": ["open,permission"]}, None)
     repeated = build_config(HarvestConfig, {"reusability": ["open", "permission"]}, None)
     assert listed.reusability == repeated.reusability == ["open", "permission"]
+
+
+def test_audit_refuses_two_folds_as_train_does_naming_the_minimum(tmp_path: Path) -> None:
+    # The probe on embeddings trains on k-2 folds, validates on one and tests on one, as `eic train` does: two folds
+    # used to reach scikit-learn and come back as "got n_splits=1", after the embeddings were read.
+    table = tmp_path / "e.parquet"
+    table.write_bytes(b"not read: the setting is refused first")
+    result = eic("audit", table, "--output-dir", tmp_path / "audit", "--folds", "2")
+    assert_one_line_error(result, "'folds'")
+    assert "greater than or equal to 3" in result.stderr
+    assert not (tmp_path / "audit").exists()
