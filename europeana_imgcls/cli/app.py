@@ -201,7 +201,7 @@ def evaluate(config: EvaluateConfig) -> None:
 @command("predict", PredictConfig, arguments=(RUN, Arg("inputs")), names={**OUTPUT, "n": ("--n", "-n")})
 def predict(config: PredictConfig) -> None:
     """Label new images with top-k classes (and Grad-CAM figures); an ensemble with --split all."""
-    from ..modelling.runtime import main_process
+    from ..modelling.processes import main_process
     from ..outputs.prediction import predict as run_predict
 
     result = run(lambda: run_predict(config), "predict")
@@ -212,7 +212,7 @@ def predict(config: PredictConfig) -> None:
 @command("enrich", EnrichConfig, arguments=(RUN, Arg("inputs")), names={**OUTPUT, "n": ("--n", "-n")})
 def enrich(config: EnrichConfig) -> None:
     """Precision-targeted labels as W3C Web Annotations (Europeana's shape); the doubtful ones to review."""
-    from ..modelling.runtime import main_process
+    from ..modelling.processes import main_process
     from ..outputs.enrichment import enrich as run_enrich
 
     result = run(lambda: run_enrich(config), "enrich")

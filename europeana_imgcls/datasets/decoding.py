@@ -19,6 +19,9 @@ image neither can decode is unreadable, as before.
 What the device decodes is resized with torch's antialiased bilinear filter, where the CPU path decodes at a
 reduced DCT scale and resizes with Pillow's: the pixels differ by a few levels, the predictions rarely
 (``benchmarks/gpu.sh`` measures the agreement).
+
+The CPU path imports no torch: the runtimes that label with an exported model (onnx, openvino) read their images
+through it without loading torch. torch is imported where a batch is collated or decoded on the device.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..acquisition.images import to_rgb
 from ..core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Decodable(Protocol):
@@ -128,6 +132,8 @@ def collate(
     items: Sequence[tuple[torch.Tensor, Any, int, int]],
 ) -> tuple[list[torch.Tensor], Any, torch.Tensor, torch.Tensor]:
     """A batch of mixed payloads (bytes of different lengths, decoded pixels): kept as a list."""
+    import torch
+
     payloads, targets, index, codes = zip(*items, strict=True)
     return (
         list(payloads),
@@ -148,6 +154,8 @@ class DeviceDecoder:
     def __call__(
         self, batch: tuple[list[torch.Tensor], Any, torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        import torch
+
         payloads, targets, index, codes = batch
         flags = codes.tolist()
         pixels = torch.empty(len(payloads), 3, self.size, self.size, dtype=torch.uint8, device=self.device)
@@ -192,6 +200,9 @@ class DeviceDecoder:
 
     def _resized(self, image: torch.Tensor) -> torch.Tensor:
         """3 x H x W uint8 to 3 x size x size uint8, antialiased as Pillow's resize is."""
+        import torch
+        import torch.nn.functional as F
+
         if tuple(image.shape[1:]) == (self.size, self.size):
             return image
         scaled = F.interpolate(
@@ -204,6 +215,7 @@ def _decode_jpeg(data: Any, device: torch.device) -> Any:
     """torchvision's nvJPEG decoder (``decode_jpeg``). torchvision 0.29 calls its image codecs deprecated in favour
     of TorchCodec's; they are still there, and they are what torch 2.14's own wheels bring: the warning is not
     the user's to act on."""
+    import torch
     import torchvision.io as tvio  # type: ignore[import-untyped]  # first use only: few runs decode on a device
 
     if device.type == "cuda":

@@ -1,21 +1,23 @@
 """What multi-label training needs beyond single-label: label tables, iterative stratification,
-a masked BCE loss, per-class thresholds and the multi-label metrics."""
+the loss's positive weights (the loss: ``losses``), per-class thresholds and the multi-label metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..core.errors import DatasetError
 from ..core.naming import file_name
 from ..core.tables import read_table
-from .folders import readable
+from .class_folders import readable
 from .imageset import ImageSet, Split, Task
+
+if TYPE_CHECKING:
+    import torch
 
 ML_METRICS = (
     "exact_match",
@@ -167,24 +169,10 @@ class _Placing:
         self.wanted_sizes[fold] -= self.sizes[unit]
 
 
-class MaskedBCEWithLogits(nn.Module):
-    """BCE-with-logits over the readable rows (an unreadable image's target row is all -1)."""
-
-    pos_weight: torch.Tensor | None  # a buffer, registered in __init__
-
-    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.register_buffer("pos_weight", pos_weight)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        keep = targets[:, 0] >= 0
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits[keep].float(), targets[keep].float(), pos_weight=self.pos_weight
-        )
-
-
 def positive_weights(targets: np.ndarray) -> torch.Tensor:
-    """Negatives / positives per label: rare labels weigh more."""
+    """Negatives / positives per label: rare labels weigh more (for the loss: a tensor)."""
+    import torch  # where the loss is made: scanning, folds and scores never load torch
+
     positives = targets.sum(axis=0)
     negatives = len(targets) - positives
     return torch.tensor(np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0), dtype=torch.float32)

@@ -12,19 +12,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..core.config import Mode
 from ..core.tables import read_table
-from .folders import check_trainable, list_images, make_splits, scan_class_folders
+from .class_folders import check_trainable, list_images, make_splits, scan_class_folders
 from .imageset import EPS, UNREADABLE, ImageSet, Split, Task
 from .metrics import classification_metrics, confusion
 from .multilabel import (
-    MaskedBCEWithLogits,
     check_multilabel_trainable,
     make_multilabel_splits,
     multilabel_metrics,
@@ -32,6 +29,10 @@ from .multilabel import (
     scan_labelled_folder,
     tune_thresholds,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class SingleLabel(Task):
@@ -54,6 +55,8 @@ class SingleLabel(Task):
         return e / e.sum(axis=1, keepdims=True)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch  # where a graph is built (export): labelling with numpy never loads it
+
         return torch.softmax(logits, dim=1)
 
     def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
@@ -151,6 +154,9 @@ class SingleLabel(Task):
         return targets != UNREADABLE
 
     def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        import torch  # training's: the decisions and the labelling above compute in numpy
+        from torch import nn
+
         n = n_classes
         # Inverse class frequency, scaled so that a balanced set gets weight 1 everywhere: N / (C * n_c).
         counts = np.bincount(train_labels, minlength=n).astype(np.float64)
@@ -179,6 +185,8 @@ class MultiLabel(Task):
         return expit(np.asarray(logits, dtype=np.float64))
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.sigmoid(logits)
 
     def nll(self, probs: np.ndarray, truth: np.ndarray) -> float:
@@ -279,6 +287,8 @@ class MultiLabel(Task):
         return targets[:, 0] >= 0
 
     def criterion(self, train_labels: np.ndarray, n_classes: int, weighted: bool) -> nn.Module:
+        from .losses import MaskedBCEWithLogits
+
         # Class weights as positive weights: negatives / positives of each label in the training part.
         return MaskedBCEWithLogits(positive_weights(train_labels) if weighted else None)
 

@@ -25,7 +25,6 @@ from ..core.sidecars import first_problem, read_bounded
 from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
 from . import charts
-from .modelcard import write_model_card
 from .run_folder import FINISHED_SPLITS, RunFolder, not_a_run
 
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
@@ -278,6 +277,8 @@ def calibrate(config: CalibrateConfig) -> Calibration:
                 f"`overwrite` to replace it, or keep it and give eic enrich `precision` {config.precision}"
             )
     calibration = calibrate_run(config.run, config.precision)
+    from .modelcard import write_model_card  # torch's version on the card: enrich reads thresholds without it
+
     write_model_card(config.run)
     return calibration
 

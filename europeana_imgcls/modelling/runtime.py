@@ -1,4 +1,5 @@
-"""Devices, seeds and torchrun: the parts of training that depend on the machine."""
+"""Devices, seeds and torchrun: the parts of training and of PyTorch's labelling that depend on the machine
+(``processes``: what a process that never loads torch knows of its place)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,27 +18,8 @@ from ..core.errors import ConfigError
 from ..datasets.decoding import decode_device
 from ..datasets.folders import ImageDataset, LoaderSettings, make_loader
 from ..datasets.imageset import ImageSet
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place under torchrun (world of one otherwise)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def main_process() -> bool:
-    """Whether this process speaks and writes for all: rank 0 under torchrun, and any process outside it."""
-    return int(os.environ.get("RANK", "0")) == 0
+from .processes import Dist
+from .processes import main_process as main_process  # where training and the commands have found it
 
 
 @contextmanager

@@ -50,7 +50,7 @@ from ..europeana.annotations import (
 from ..europeana.search_api import ITEM_BASE, is_record_id, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from ..modelling.calibration import Calibration, check_precision, load_calibration
-from ..modelling.runtime import main_process
+from ..modelling.processes import main_process
 from .inference import SplitModel
 from .inputs import Item, check_arguments
 from .prediction import PREDICTIONS, Rows, read_output, refuse_nothing_labelled, run_predictions

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core.config import PredictConfig
-from ..datasets.folders import load_image
-from .inference import Ensemble, Explainer
+from ..datasets.decoding import load_image
+from .inference import Ensemble, Explainer, Pixels
 from .inputs import Item, last_part
 
 
@@ -71,7 +70,7 @@ class Figures:
     choice: _Choice
     pending: list[Future[None]] = field(default_factory=list)
 
-    def forward(self, pixels: torch.Tensor) -> np.ndarray | None:
+    def forward(self, pixels: Pixels) -> np.ndarray | None:
         """The batch through the first split model, kept for its heatmaps: its logits where labelling can use them."""
         return self.explainer.forward(pixels)
 

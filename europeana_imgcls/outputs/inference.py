@@ -1,36 +1,46 @@
 """The runtime interface, and PyTorch's implementation of it.
 
-Loading a run gives an ``Ensemble``: the chosen split models, all of one runtime, each a ``SplitModel`` that turns a
-loader's uint8 pixels into logits and says what an output's journal must know of it and whether it can explain its
-labels (Grad-CAM). Predict, enrich and evaluate hold an ensemble and never ask which runtime runs it; ``runtimes``
-is the one place a runtime's name becomes its implementation (``RunModel`` here; ``onnx_runtime.OnnxModel``).
+Loading a run gives an ``Ensemble``: the chosen split models, all of one runtime, each a ``SplitModel`` that reads
+the images its own way (``batches``: PyTorch's loader, or numpy arrays), turns a batch of uint8 pixels into logits
+(numpy) and says what an output's journal must know of it and whether it can explain its labels (Grad-CAM).
+Predict, enrich and evaluate hold an ensemble and never ask which runtime runs it; ``runtimes`` is the one place a
+runtime's name becomes its implementation (``RunModel`` here; ``onnx_runtime.OnnxModel``).
+
+Importing this module loads no torch: a process that labels with an exported model never does (importing torch is
+over a second of its start). PyTorch's runtime imports it where it loads a run or computes.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, overload
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..core.errors import ModelError
-from ..datasets.folders import ModelInput
-from ..datasets.tasks import Task, task_for
+from ..datasets.imageset import ImageSet, Task
+from ..datasets.tasks import task_for
 from ..modelling.run_folder import CheckpointMeta, RunFolder, split_index, split_name
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..core.config import RuntimeSettings
+    from ..datasets.folders import ModelInput
     from ..modelling.checkpoint import Checkpoint
     from ..modelling.explain import CamSession
 
 log = logging.getLogger(__name__)
-CPU = torch.device("cpu")
+# A batch of uint8 pixels, N x 3 x size x size: a numpy array (``datasets.batches``), or a tensor from PyTorch's
+# loader (on the device that decoded it). Logits come back as numpy whichever it is.
+Pixels = Any
+Batch = tuple[Pixels, Any, Any]  # pixels, targets (unreadable images marked), indices into the image set
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,9 @@ class ModelRequest:
     """What loading a run's split models takes, whatever runs them."""
 
     run: Path
-    device: torch.device = CPU
+    # Where: a device's name as the `device` setting gives it (auto, cpu, cuda, cuda:N, mps) or a torch device
+    # (a torchrun rank's); each runtime resolves it (PyTorch's with torch, an export's with its own library).
+    device: str | torch.device = "cpu"
     split: str = "all"  # all, best (the lowest validation loss) or N
     amp: bool = False  # mixed precision, where the runtime has it (PyTorch on CUDA)
     model_id: str | None = None  # the run's (RunFolder.model_id), when the caller has hashed it already
@@ -52,7 +64,7 @@ class ModelRequest:
 class Explainer(Protocol):
     """Heatmaps of one split model, a batch at a time (``modelling.explain.CamSession`` behind it)."""
 
-    def forward(self, pixels: torch.Tensor) -> np.ndarray | None:
+    def forward(self, pixels: Pixels) -> np.ndarray | None:
         """Run a loader's batch through the model, keeping what the heatmaps need; its logits when they are the
         ones labelling would compute (else None: labelling makes its own pass)."""
 
@@ -80,11 +92,23 @@ class SplitModel(ABC):
         """The run's split models ``request.split`` chooses, or a ModelError saying why they cannot run."""
 
     @abstractmethod
-    def logits(self, pixels: torch.Tensor) -> np.ndarray:
-        """Logits (batch x classes, float32) of a loader's batch of uint8 pixels."""
+    def logits(self, pixels: Pixels) -> np.ndarray:
+        """Logits (batch x classes, float32) of a batch of uint8 pixels as ``batches`` hands them over."""
 
     @classmethod
-    def batch_logits(cls, models: Sequence[Self], pixels: torch.Tensor) -> np.ndarray:
+    def batches(cls, models: Sequence[Self], images: ImageSet, settings: RuntimeSettings) -> Iterable[Batch]:
+        """``images`` in order, a batch at a time, as this runtime reads them, at its models' input size. By
+        default PyTorch's loader, decoding on the CPU (its tensors); a runtime that reads numpy arrays hands over
+        ``datasets.batches``' instead, and loads no torch."""
+        import torch
+
+        from ..modelling.runtime import inference_loader
+
+        size = models[0].preprocessing[0]
+        return inference_loader(images, size, torch.device("cpu"), settings, decode=False)
+
+    @classmethod
+    def batch_logits(cls, models: Sequence[Self], pixels: Pixels) -> np.ndarray:
         """Every model's logits on one batch: models x batch x classes. A runtime whose models share work (one
         backbone pass for every split) computes them together."""
         return np.stack([model.logits(pixels) for model in models])
@@ -158,16 +182,18 @@ class Ensemble(Sequence[SplitModel]):
         said = [model.journal_identity() for model in self.models]
         return {key: [each[key] for each in said] for key in said[0]}
 
-    def logits(self, pixels: torch.Tensor, first: np.ndarray | None = None) -> np.ndarray:
+    def batches(self, images: ImageSet, settings: RuntimeSettings) -> Iterable[Batch]:
+        """``images`` in order, a batch at a time, as the runtime reads them (its models share their input)."""
+        return self.runtime.batches(self.models, images, settings)
+
+    def logits(self, pixels: Pixels, first: np.ndarray | None = None) -> np.ndarray:
         """Every model's logits on one batch of a loader's pixels: models x batch x classes (float32); ``first``:
         the first model's, already computed (by the pass that drew its heatmaps)."""
         rest = self.models if first is None else self.models[1:]
         computed = [self.runtime.batch_logits(rest, pixels)] if rest else []
         return np.concatenate(([] if first is None else [first[None]]) + computed).astype(np.float32, copy=False)
 
-    def probabilities(
-        self, pixels: torch.Tensor, calibrated: bool = False, first: np.ndarray | None = None
-    ) -> np.ndarray:
+    def probabilities(self, pixels: Pixels, calibrated: bool = False, first: np.ndarray | None = None) -> np.ndarray:
         """Every model's probabilities (its task's activation) on one batch: models x batch x classes;
         ``calibrated``: with each model's temperature applied to its logits."""
         logits = self.logits(pixels, first)
@@ -199,7 +225,7 @@ class RunModel(SplitModel):
     """One split's best model in PyTorch, with the preprocessing it was trained with, on ``device``."""
 
     model: nn.Module
-    device: torch.device = CPU
+    device: torch.device
     dtype: torch.dtype | None = None  # autocast's (mixed precision on CUDA); None: full precision
     # Frozen-backbone runs: the backbone every split shares, and this split's head. Their splits' logits
     # come from one backbone pass per batch, not one per split.
@@ -212,32 +238,44 @@ class RunModel(SplitModel):
 
     @classmethod
     def load(cls, request: ModelRequest) -> Sequence[RunModel]:
-        from ..modelling.runtime import autocast_dtype
+        from ..modelling.runtime import autocast_dtype, resolve_device
 
-        models = load_run(request.run, request.device, request.split)
+        device = resolve_device(str(request.device))
+        models = load_run(request.run, device, request.split)
         for model in models:
-            model.dtype = autocast_dtype(request.device, request.amp)
+            model.dtype = autocast_dtype(device, request.amp)
         return models
+
+    @classmethod
+    def batches(cls, models: Sequence[Self], images: ImageSet, settings: RuntimeSettings) -> Iterable[Batch]:
+        from ..modelling.runtime import inference_loader
+
+        size, device = models[0].preprocessing[0], models[0].device
+        return inference_loader(images, size, device, settings, decode=cls.decodes_on_device)
 
     def model_input(self) -> ModelInput:
         """What turns a loader's pixels into this model's input on its device (made once)."""
+        from ..datasets.folders import ModelInput
+
         if self._input is None:
             _, mean, std = self.preprocessing
             self._input = ModelInput(mean, std, self.device)
         return self._input
 
-    def logits(self, pixels: torch.Tensor) -> np.ndarray:
+    def logits(self, pixels: Pixels) -> np.ndarray:
         return self.batch_logits([self], pixels)[0]
 
     @classmethod
-    @torch.inference_mode()
-    def batch_logits(cls, models: Sequence[Self], pixels: torch.Tensor) -> np.ndarray:
+    def batch_logits(cls, models: Sequence[Self], pixels: Pixels) -> np.ndarray:
+        import torch
+
         # The splits of a group share their device, precision and preprocessing (a run's, or those
         # ``Ensemble.by_preprocessing`` groups), so the pixels become their input once.
         device, dtype = models[0].device, models[0].dtype
-        inputs = models[0].model_input()(pixels)
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            logits = _logits(models, inputs)
+        with torch.inference_mode():
+            inputs = models[0].model_input()(torch.as_tensor(pixels))
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                logits = _logits(models, inputs)
         return np.stack([z.float().cpu().numpy() for z in logits])
 
     @contextmanager
@@ -258,7 +296,7 @@ class _GradCam:
     model: RunModel
     session: CamSession
 
-    def forward(self, pixels: torch.Tensor) -> np.ndarray | None:
+    def forward(self, pixels: Pixels) -> np.ndarray | None:
         # One forward pass labels with the first split and draws its heatmaps (at full precision: with mixed
         # precision the labelling pass is another one, so that figures never change a label).
         logits = self.session.forward(self.model.model_input()(pixels))
@@ -278,8 +316,10 @@ class LoadedRun(list[RunModel]):
 def load_run(run: Path, device: torch.device, which: str = "all") -> LoadedRun:
     """The PyTorch split models of ``run`` (full precision): all, the one with the lowest validation loss ('best'),
     or split N."""
-    # Imported here, not above: the model registry imports torchvision (over a second of every start), which
-    # predict and enrich with exported models (runtime onnx) never need.
+    # Imported here, not above: torch and the model registry (which imports torchvision: over a second of every
+    # start each), which predict and enrich with exported models (runtime onnx, openvino) never need.
+    import torch
+
     from ..modelling.checkpoint import backbone_and_head, load_checkpoint, model_from_checkpoint
 
     states: list[tuple[str, Checkpoint]] = []

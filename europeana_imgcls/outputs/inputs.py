@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import torch.distributed as dist
-
 from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import DatasetError
 from ..core.journal import input_key
@@ -23,10 +21,10 @@ from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
 from ..core.recognise import IMAGE_SUFFIXES, is_run, what_is
 from ..core.tables import check_table_suffix, read_table
-from ..datasets.folders import list_images
+from ..datasets.class_folders import list_images
 from ..datasets.tasks import MultiLabel
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
-from ..modelling.runtime import Dist
+from ..modelling.processes import Dist
 
 IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
 Record = dict[str, str | None]  # a record to fetch: ID, URL, URI, preview, image (what was given), record ("yes")
@@ -243,8 +241,7 @@ def _fetch(rows: list[Record], config: PredictConfig, world: Dist) -> tuple[list
                 retries=config.retries,
             )
         )
-    if world.active:
-        dist.barrier()
+    world.barrier()
     items, failed = [], 0
     for row in rows:
         path = folder / file_name(row["ID"] or "")

@@ -10,26 +10,37 @@ metadata), so an ONNX file from another run, or a sidecar beside the wrong files
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, Self
 
 import numpy as np
-import torch
 from pydantic import ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from ..core.config import Mode
 from ..core.errors import ConfigError, ModelError
 from ..core.sidecars import Sidecar, first_problem, read_typed
+from ..datasets.batches import array_batches
+from ..datasets.imageset import ImageSet
+from ..modelling.processes import cores
 from ..modelling.run_folder import SPLIT_NAME_PATTERN, CheckpointMeta, RunFolder, file_sha256, split_name
-from .inference import ModelRequest, SplitModel
+from .inference import Batch, ModelRequest, Pixels, SplitModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core.config import RuntimeSettings
 
 SIDECAR: Final = "model.json"
 EXPORT_FORMAT: Final = "europeana-imgcls/onnx-v1"
 INPUT, LOGITS, PROBABILITIES = "pixels", "logits", "probabilities"
 EXTRA_HINT: Final = "pip install 'europeana-imgcls[onnx]'"
+GPU_HINT: Final = "pip install onnxruntime-gpu"
+log = logging.getLogger(__name__)
 
 
 _FILE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain name in the export folder: no separator, no "..", not hidden
@@ -171,10 +182,25 @@ def onnxruntime(needed_by: str = "`runtime` onnx") -> Any:
     return ort
 
 
+class ArrayModel(SplitModel):
+    """A split model that reads numpy arrays (an export's, run by ONNX Runtime or OpenVINO): its images come from
+    ``datasets.batches``, decoded ahead in threads, and nothing it runs loads torch."""
+
+    @classmethod
+    def batches(cls, models: Sequence[Self], images: ImageSet, settings: RuntimeSettings) -> Iterable[Batch]:
+        return array_batches(images, models[0].preprocessing[0], settings.batch_size, decode_threads(settings))
+
+
+def decode_threads(settings: RuntimeSettings) -> int:
+    """Threads that decode ahead of an exported model: ``num_workers`` where it is given, else one per core the
+    process is given (the model's own threads wait on the decoding as much as they compete with it)."""
+    return settings.num_workers if settings.num_workers is not None else cores()
+
+
 @dataclass
-class OnnxModel(SplitModel):
-    """One exported split: an ONNX Runtime session whose graph holds the preprocessing, so it takes a loader's
-    uint8 pixels as they come (on the CPU: ONNX Runtime reads numpy arrays, and copies them to its own device)."""
+class OnnxModel(ArrayModel):
+    """One exported split: an ONNX Runtime session whose graph holds the preprocessing, so it takes uint8 pixels as
+    they come (on the CPU: ONNX Runtime reads numpy arrays, and copies them to its own device)."""
 
     session: Any = None
     sha256: str = ""  # the file's: an output's later runs must use the same file (float32 or int8)
@@ -185,20 +211,41 @@ class OnnxModel(SplitModel):
     def load(cls, request: ModelRequest) -> Sequence[OnnxModel]:
         return load_export(request.run, request.files, request.split, request.device, request.run_id)
 
-    def logits(self, pixels: torch.Tensor) -> np.ndarray:
-        (logits,) = self.session.run([LOGITS], {INPUT: np.ascontiguousarray(pixels.numpy(), dtype=np.uint8)})
+    def logits(self, pixels: Pixels) -> np.ndarray:
+        (logits,) = self.session.run([LOGITS], {INPUT: np.ascontiguousarray(pixels, dtype=np.uint8)})
         return np.asarray(logits, dtype=np.float32)
 
     def journal_identity(self) -> dict[str, str]:
         return {"onnx_files": self.sha256}
 
 
-def session(path: Path, device: torch.device) -> Any:
+@dataclass(frozen=True)
+class Device:
+    """Where ONNX Runtime runs a session, as torch names a device (``session`` takes either)."""
+
+    type: str
+    index: int | None = None
+
+
+def device_of(name: str | torch.device) -> Device:
+    """The device a session runs on for `device` ``name`` (auto, cpu, cuda, cuda:N, mps; or a torchrun rank's torch
+    device), without torch: CUDA where it is named (or auto) and ONNX Runtime has it (onnxruntime-gpu), which falls
+    back to the CPU itself where the machine has no GPU; else the CPU."""
+    kind, _, index = str(name).partition(":")
+    has_cuda = "CUDAExecutionProvider" in onnxruntime().get_available_providers()
+    if kind == "cuda" and not has_cuda:
+        log.warning("`device` %s: this ONNX Runtime has no CUDA (%s): it runs on the CPU", name, GPU_HINT)
+    if kind not in ("auto", "cuda") or not has_cuda:
+        return Device("cpu")
+    return Device("cuda", int(index or os.environ.get("LOCAL_RANK", "0")))
+
+
+def session(path: Path, device: torch.device | Device) -> Any:
     """An ONNX Runtime session of ``path``: CUDA where eic runs on CUDA and onnxruntime-gpu has it."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = torch.get_num_threads()  # the cores eic is given (taskset, OMP_NUM_THREADS)
+    options.intra_op_num_threads = cores()  # the cores eic is given (taskset, OMP_NUM_THREADS)
     providers: list[Any] = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         # This process's GPU (its torchrun rank's, or cuda:N), not the first one.
@@ -209,13 +256,15 @@ def session(path: Path, device: torch.device) -> Any:
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
 
 
-def load_export(run: Path, given: Path | None, which: str, device: torch.device, model_id: str) -> list[OnnxModel]:
+def load_export(
+    run: Path, given: Path | None, which: str, device: str | torch.device, model_id: str
+) -> list[OnnxModel]:
     """The exported split models of ``run`` (whose ``RunFolder.model_id`` is ``model_id``) chosen as ``load_run``
     chooses (best, all or N), or a ModelError saying which files or which run do not match."""
-    onnxruntime()  # the extra first: without it nothing below can be used
+    where = device_of(device)  # the extra first: without it nothing below can be used
     models = []
     for file in export_files(run, given, which, model_id):
-        runner = session(file.path, device)
+        runner = session(file.path, where)
         file.check_said(runner.get_modelmeta().custom_metadata_map)
         models.append(OnnxModel(file.exported.split, file.meta, runner, file.exported.sha256))
     return models

@@ -6,7 +6,7 @@ sidecar, each file's SHA-256, the run's model id, what the file says of itself),
 reads the ONNX file itself, and runs an int8 export's quantise-dequantise pairs as int8 kernels. Nothing is written
 beside the export: reading and compiling an ONNX file takes well under a second of a run.
 
-Compiled for throughput on the machine it runs on: the cores eic is given (``torch.get_num_threads``, which
+Compiled for throughput on the machine it runs on: the cores eic is given (``processes.cores``, which
 follows taskset and OMP_NUM_THREADS), split into the streams OpenVINO's THROUGHPUT hint chooses for them; a batch
 is cut into one slice per stream and the slices run at once (an ``AsyncInferQueue``), so every core works on
 every batch.
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import numpy as np
-import torch
 
 from ..core.errors import ConfigError, ModelError
-from .inference import ModelRequest, SplitModel
-from .onnx_runtime import INPUT, LOGITS, ExportFile, export_files
+from ..modelling.processes import cores
+from .inference import ModelRequest, Pixels
+from .onnx_runtime import INPUT, LOGITS, ArrayModel, ExportFile, export_files
 
 log = logging.getLogger(__name__)
 EXTRA_HINT: Final = "pip install 'europeana-imgcls[openvino]'"
@@ -42,9 +42,9 @@ def openvino(needed_by: str = "`runtime` openvino") -> Any:
 
 
 @dataclass
-class OpenVinoModel(SplitModel):
-    """One exported split compiled by OpenVINO for this machine's CPU; it takes a loader's uint8 pixels as they come
-    (the graph holds the resize and the normalisation, as for ONNX Runtime)."""
+class OpenVinoModel(ArrayModel):
+    """One exported split compiled by OpenVINO for this machine's CPU; it takes uint8 pixels as they come (the graph
+    holds the resize and the normalisation, as for ONNX Runtime)."""
 
     runner: Compiled | None = None
     sha256: str = ""  # the ONNX file's: an output's later runs must use the same file (float32 or int8)
@@ -54,7 +54,7 @@ class OpenVinoModel(SplitModel):
     @classmethod
     def load(cls, request: ModelRequest) -> Sequence[OpenVinoModel]:
         openvino()  # the extra first: without it nothing below can be used
-        if request.device.type != "cpu":
+        if str(request.device).partition(":")[0] not in ("cpu", "auto"):
             log.warning("runtime openvino runs on the CPU, not %s: use runtime onnx or torch on a GPU", request.device)
         models = []
         for file in export_files(request.run, request.files, request.split, request.run_id):
@@ -62,9 +62,9 @@ class OpenVinoModel(SplitModel):
             models.append(cls(file.exported.split, file.meta, runner, file.exported.sha256))
         return models
 
-    def logits(self, pixels: torch.Tensor) -> np.ndarray:
+    def logits(self, pixels: Pixels) -> np.ndarray:
         assert self.runner is not None  # set by load
-        return self.runner(np.ascontiguousarray(pixels.numpy(), dtype=np.uint8))
+        return self.runner(np.ascontiguousarray(pixels, dtype=np.uint8))
 
     def journal_identity(self) -> dict[str, str]:
         return {"onnx_files": self.sha256}  # the runtime itself is in the journal's settings (``runtime_settings``)
@@ -111,7 +111,7 @@ def compile_onnx(path: Path, size: int, file: ExportFile | None = None) -> Compi
         raise ModelError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
     if file is not None:
         file.check_said(_metadata(model))
-    return Compiled(model, torch.get_num_threads())
+    return Compiled(model, cores())
 
 
 def _metadata(model: Any) -> dict[str, str]:

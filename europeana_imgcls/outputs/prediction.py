@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from ..core.config import PredictConfig
 from ..core.errors import ConfigError, DatasetError
@@ -33,12 +32,15 @@ from ..core.recognise import csv_header
 from ..core.tables import atomic_path, read_csv_rows, write_csv
 from ..datasets.tasks import unlabelled
 from ..europeana.search_api import is_record_id, record_uri
+from ..modelling.processes import Dist, under_torchrun
 from ..modelling.run_folder import RunFolder
-from ..modelling.runtime import Dist, distributed, inference_loader
 from .heatmaps import figures
 from .inference import Ensemble, ModelRequest, SplitModel
 from .inputs import Item, check_arguments, gather
 from .runtimes import check_runtime, load_models
+
+if TYPE_CHECKING:
+    import torch
 
 
 def is_predictions(path: Path) -> bool:
@@ -137,11 +139,25 @@ def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
         raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
     check_arguments(config.run, config.inputs)
     check_runtime(config, explain=config.gradcam_dir is not None)
-    with distributed(config.device) as (device, world):
+    with placed(config.device) as (device, world):
         return _predict(config, device, world, rows)
 
 
-def _predict(config: PredictConfig, device: torch.device, world: Dist, make_rows: MakeRows) -> PredictReport:
+@contextmanager
+def placed(device_name: str) -> Iterator[tuple[str | torch.device, Dist]]:
+    """Where labelling runs and this process's place: under torchrun, the rank's device and process group (which
+    load torch); alone, the device as named (auto, cpu, cuda...), which the runtime that loads the models resolves
+    (PyTorch's with torch, an export's with its own library: a process that never loads torch)."""
+    if not under_torchrun():
+        yield device_name, Dist()
+        return
+    from ..modelling.runtime import distributed
+
+    with distributed(device_name) as (device, world):
+        yield device, world
+
+
+def _predict(config: PredictConfig, device: str | torch.device, world: Dist, make_rows: MakeRows) -> PredictReport:
     digest = RunFolder(config.run).model_id()  # hashes the checkpoints once: the export is checked against it too
     request = ModelRequest(config.run, device, config.split, config.amp, digest, config.onnx_model)
     models = load_models(config.runtime, request)
@@ -157,17 +173,14 @@ def _predict(config: PredictConfig, device: torch.device, world: Dist, make_rows
         mine = [item for item in items[world.rank :: world.world] if item.key not in done]
         # One loader for the whole shard: its workers start once, and each batch is journaled as it comes.
         writer = _Writer(journal, config.output.suffix.lower(), rows.columns)
-        _label(mine, _Labelling(models, config, rows, writer, report), device)
+        _label(mine, _Labelling(models, config, rows, writer, report))
         if world.active:
             journal.close()  # rank 0 merges every rank's part: it must be free
             counts = [report.predicted, len(report.unreadable)]
-            box: list[Any] = [None] * world.world
-            dist.all_gather_object(box, counts)
-            report.predicted = sum(c[0] for c in box)
+            report.predicted = sum(c[0] for c in world.gather(counts))
         # The run without shard (its rank 0) merges every part; a shard leaves its part for it.
         journal.merge(lambda records: _write_output(config.output, rows.columns, records))
-    if world.active:
-        dist.barrier()  # nobody reads the output before rank 0 has merged it
+    world.barrier()  # nobody reads the output before rank 0 has merged it
     return report
 
 
@@ -213,11 +226,11 @@ class _Labelling:
         self.writer.flush()
 
 
-def _label(items: list[Item], job: _Labelling, device: torch.device) -> None:
+def _label(items: list[Item], job: _Labelling) -> None:
     """Label ``items`` batch by batch (and draw their figures), journaling each batch as it comes."""
     models, config = job.models, job.config
     images = unlabelled([item.path for item in items], models[0].classes)
-    loader = inference_loader(images, models[0].preprocessing[0], device, config, decode=models.decodes_on_device)
+    loader = models.batches(images, config)  # as the runtime reads them: PyTorch's loader, or numpy arrays
     with (
         progress_bar(config.quiet, RATE, transient=True) as bar,
         figures(models, config, job.rows.thresholds) as drawing,
@@ -229,7 +242,7 @@ def _label(items: list[Item], job: _Labelling, device: torch.device) -> None:
             first = drawing.forward(inputs) if drawing else None  # the first split's logits, where they serve
             # An ensemble averages the probabilities of its split models.
             probs = models.probabilities(inputs, job.rows.calibrated, first).mean(axis=0)
-            ok = images.task.readable(labels).numpy()
+            ok = np.asarray(images.task.readable(labels))
             job.write(batch, probs, ok)
             if drawing:
                 job.report.heatmaps += drawing.draw(batch, probs, ok)
@@ -279,8 +292,7 @@ def predictions_output(output: Path, columns: list[str]) -> Output:
 def _previous(config: PredictConfig, journal: Journal, world: Dist, output: Output) -> KeySet:
     """The keys already predicted: a shard's own, or (the merging run) every shard's and rank's, and the rows of
     a finished output that ``resume`` adds to (the journal took them in as it opened)."""
-    if world.active:
-        dist.barrier()  # no rank writes before every rank has looked for old parts, and all see what rank 0 took in
+    world.barrier()  # no rank writes before every rank has looked for old parts, and all see what rank 0 took in
     merged = config.resume and config.shard is not None and config.output.exists()
     return journal.done(also=_keys(output) if merged else ())  # a shard run after a merge: the merged rows are done
 

@@ -1,0 +1,193 @@
+"""Class folders read into an image set, checked, and split into folds (stratified, groups kept together); whether
+an image can be read. Torch-free: predict and enrich with an exported model list their inputs through it, and the
+tasks (``tasks``) scan and split through it without loading torch; ``folders`` turns the images into tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..core.errors import DatasetError
+from ..core.recognise import IMAGE_SUFFIXES, what_is
+from ..core.tables import read_table
+from .decoding import load_image
+from .imageset import ImageSet, Split, Task
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted; hidden and temporary files, and whatever is in a hidden
+    folder (what eic download set aside, ``.eic-set-aside/``), left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
+def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) -> ImageSet:
+    """Read ``root/<class>/<image>``. With ``classes`` given (a model's), label by that order."""
+    if not root.is_dir():
+        kind = what_is(root)
+        if kind == "a table":
+            raise DatasetError(
+                f"{root} is a table: fetch its images into class folders first (eic download {root} -o DIR), "
+                "then pass DIR"
+            )
+        raise DatasetError(
+            f"{root} is {kind}, not a folder of class folders" if kind else f"{root}: no such folder of class folders"
+        )
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise DatasetError(_no_class_folders(root))
+    names = list(classes) if classes is not None else [d.name for d in folders]
+    index = {name: i for i, name in enumerate(names)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    unreadable: list[Path] = []
+    for folder in folders:
+        if folder.name not in index:
+            continue
+        for path in list_images(folder):
+            if readable(path):
+                paths.append(path)
+                labels.append(index[folder.name])
+            else:
+                unreadable.append(path)
+    return ImageSet(paths, np.asarray(labels, dtype=np.int64), names, task, unreadable)
+
+
+def _no_class_folders(root: Path) -> str:
+    """What to do with a folder that has no class folders: most often its images lie in it loose."""
+    loose = list_images(root)
+    held = f" (it holds {len(loose)} image{'s' if len(loose) > 1 else ''} directly)" if loose else ""
+    multi = " (or, with a labels table, pass `mode` multi-label)" if (root / "labels.csv").is_file() else ""
+    return f"{root}: no class subfolders{held}: put the images in {root}/<class>/, one folder per class{multi}"
+
+
+def readable(path: Path) -> bool:
+    """Cheap: reads the header only."""
+    try:
+        with Image.open(path) as image:
+            return image.size[0] > 0 and image.size[1] > 0
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def check_trainable(images: ImageSet, root: Path, folds: int) -> None:
+    counts = images.counts()
+    present = {name: n for name, n in counts.items() if n}
+    if not images.paths:
+        raise DatasetError(f"{root}: no readable images in its class folders")
+    if len(present) < 2:
+        raise DatasetError(
+            f"{root}: needs at least two class folders with images (found: {', '.join(present) or 'none'})"
+        )
+    empty = [name for name, n in counts.items() if not n]
+    if empty:  # every split needs an image of every class in each of its parts: fewer folds cannot give it one
+        raise DatasetError(
+            f"class folder {root / empty[0]} holds no readable image: add images to it, or remove it (lowering "
+            "`folds` cannot help: every split needs images of every class)"
+        )
+    small = {name: n for name, n in present.items() if n < folds}
+    if small:
+        worst = min(small, key=small.__getitem__)
+        raise DatasetError(
+            f"class '{worst}' has {small[worst]} images, fewer than the {folds} folds; lower `folds` or add images"
+        )
+
+
+def sample(images: ImageSet, fraction: float, seed: int) -> ImageSet:
+    if fraction >= 1.0:
+        return images
+    from sklearn.model_selection import train_test_split  # see make_splits
+
+    keep, _ = train_test_split(
+        np.arange(len(images)), train_size=fraction, stratify=images.task.stratify(images.labels), random_state=seed
+    )
+    return images.subset(np.sort(keep))
+
+
+def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str] | None = None) -> list[Split]:
+    """Stratified k folds; in split i, fold i tests, a stratified slice of the rest validates.
+
+    With ``groups`` (e.g. the provider of each record) no group straddles train, validation and test.
+    """
+    # scikit-learn (and the scipy and pandas it loads: a second of CPU) where folds are made, not with this module:
+    # predict and enrich read images through it and never make a fold.
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    indices = np.arange(len(labels))
+    outer = (
+        StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        if groups is not None
+        else StratifiedKFold(folds, shuffle=True, random_state=seed)
+    )
+    group_array = np.asarray(groups) if groups is not None else None
+    splits = []
+    try:
+        for i, (rest, test) in enumerate(outer.split(indices, labels, group_array)):
+            inner = (
+                StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i)
+                if groups is not None
+                else StratifiedKFold(folds - 1, shuffle=True, random_state=seed + i)
+            )
+            inner_groups = group_array[rest] if group_array is not None else None
+            train_pos, val_pos = next(inner.split(rest, labels[rest], inner_groups))
+            splits.append(Split(np.sort(rest[train_pos]), np.sort(rest[val_pos]), np.sort(test)))
+    except ValueError as exc:
+        raise DatasetError(f"cannot make {folds} folds: {exc}") from None
+    return splits
+
+
+def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) -> list[str] | None:
+    """What must stay in one fold: a provider's records (``by_provider``), the images of one near-duplicate
+    group (``duplicates``, eic audit's duplicates.csv), or both joined; None when nothing must."""
+    if duplicates is None:
+        return images.groups() if by_provider else None
+    table = read_table(duplicates, required=("image", "group"))
+    group_of = {
+        str(Path(image).resolve()): group
+        for image, group in zip(table["image"].to_list(), table["group"].to_list(), strict=True)
+    }
+    if group_of and not any(str(p.resolve()) in group_of for p in images.paths):
+        raise DatasetError(
+            f"{duplicates}: none of its images is in this data folder; audit this folder's images "
+            "(or their embeddings) to get its duplicate groups"
+        )
+    # A graph of images and the keys they share (their provider, their duplicate group): each connected
+    # part stays in one fold.
+    key_node: dict[str, int] = {}
+    edges = []
+    for i, (provider, path) in enumerate(zip(images.groups(), images.paths, strict=True)):
+        for key in (f"provider:{provider}" if by_provider else None, group_of.get(str(path.resolve()))):
+            if key is not None:
+                edges.append((i, len(images) + key_node.setdefault(key, len(key_node))))
+    return [str(label) for label in connected(len(images) + len(key_node), edges)[: len(images)]]
+
+
+def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The connected part each node belongs to (a label per node), for undirected ``edges``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nodes, nodes))
+    return connected_components(graph, directed=False)[1]
+
+
+# What decoding a file that passed ``readable`` (its header) can still raise: the file is unreadable.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decodes(path: Path) -> bool:
+    """Whether the whole image decodes, not only its header (a truncated file passes ``readable``)."""
+    try:
+        load_image(path, 16)
+    except DECODE_ERRORS:
+        return False
+    return True
