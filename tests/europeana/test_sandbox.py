@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from europeana_imgcls.europeana.sandbox import Sandbox
+from europeana_imgcls.europeana.sandbox_images import VARIANTS
 
 from ..support import sandbox_config
 
@@ -58,3 +59,35 @@ def test_the_sandbox_answers_odd_paths_with_404() -> None:
     with Sandbox(sandbox_config(per_level=2)) as sb:
         for path in ("/images/²", "/images/-1", "/images/99999999", "/thumbnail/%FF"):
             assert httpx.get(sb.base_url + path).status_code in (400, 404), path
+
+
+def test_an_image_is_served_as_drawn_however_often_and_by_whichever_sandbox_asks() -> None:
+    """The sandbox keeps the images it served (made once a process, for all its sandboxes): what it sends must be
+    what drawing the record would give, per record, size, variant and thumbnail size, whichever sandbox asks."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from europeana_imgcls.europeana.sandbox import Knobs
+    from europeana_imgcls.europeana.sandbox_images import encode, variant_bytes
+
+    def drawn(sb: Sandbox, serial: int, max_side: int = 0) -> bytes:
+        record, size = sb.catalogue[serial], sb.image_size
+        image = sb._drawn(serial, (size[0] * 5, size[1] * 5) if record.variant == "large" else size)
+        if max_side:
+            image.thumbnail((max_side, max_side))
+            return encode(image, quality=85)
+        return variant_bytes(image, record.variant)[0]
+
+    config, small, other_size = sandbox_config(per_level=1), Knobs(image_size=(40, 30), variant_every=2), (56, 42)
+    with Sandbox(config, small) as a, Sandbox(config, Knobs(image_size=other_size)) as b, httpx.Client() as client:
+        records = [r for r in a.catalogue if r.type == "IMAGE" and r.has_url]
+        assert {r.variant for r in records} == {None, *VARIANTS}
+        for record in records:
+            for _ in range(2):  # drawn, then kept
+                assert client.get(a.image_url(record)).content == drawn(a, record.serial), record
+                assert a.image_bytes(record.serial, max_side=32)[0] == drawn(a, record.serial, 32)
+            other = b.catalogue[record.serial]  # the same record in a sandbox of another image size
+            assert client.get(b.image_url(other)).content == drawn(b, other.serial)
+        assert max(Image.open(io.BytesIO(a.image_bytes(records[0].serial, max_side=32)[0])).size) == 32
