@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -117,3 +118,27 @@ def _said(annotations: Path) -> list[tuple[str, str, float]]:
     """What annotations state (not when they were made): the record, the class's concept, the confidence."""
     items = json.loads(annotations.read_text())["items"]
     return sorted((json.dumps(a["target"]), json.dumps(a["body"]), round(a[CONFIDENCE], 4)) for a in items)
+
+
+def test_an_exported_model_finds_its_device_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA where it is named (or auto) and ONNX Runtime has it, on the GPU named or the torchrun rank's; else the
+    CPU, and a `device` cuda that cannot be had is said."""
+    from europeana_imgcls.outputs import onnx_runtime
+    from europeana_imgcls.outputs.onnx_runtime import Device, device_of
+
+    providers = ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnx_runtime, "onnxruntime", lambda: SimpleNamespace(get_available_providers=lambda: providers))
+    warned: list[str] = []
+    monkeypatch.setattr(onnx_runtime.log, "warning", lambda *said: warned.append(said[0] % said[1:]))
+    assert [device_of(name) for name in ("auto", "cpu", "mps", "cuda:1")] == [Device("cpu")] * 4
+    assert warned == [
+        "`device` cuda:1: this ONNX Runtime has no CUDA (pip install onnxruntime-gpu): it runs on the CPU"
+    ]
+    providers.insert(0, "CUDAExecutionProvider")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert [device_of(name) for name in ("auto", "cuda", "cuda:0", "cpu")] == [
+        Device("cuda", 1),
+        Device("cuda", 1),
+        Device("cuda", 0),
+        Device("cpu"),
+    ]
