@@ -246,6 +246,9 @@ def session(path: Path, device: torch.device | Device) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = cores()  # the cores eic is given (taskset, OMP_NUM_THREADS)
+    # Its threads sleep between operators rather than spin: the threads that decode the next images share the
+    # cores (a 2-core machine's int8 resnet18: a quarter less CPU a batch, and sooner done, measured under load).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         # This process's GPU (its torchrun rank's, or cuda:N), not the first one.
