@@ -139,12 +139,12 @@ def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
         raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
     check_arguments(config.run, config.inputs)
     check_runtime(config, explain=config.gradcam_dir is not None)
-    with placed(config.device) as (device, world):
+    with _placed(config.device) as (device, world):
         return _predict(config, device, world, rows)
 
 
 @contextmanager
-def placed(device_name: str) -> Iterator[tuple[str | torch.device, Dist]]:
+def _placed(device_name: str) -> Iterator[tuple[str | torch.device, Dist]]:
     """Where labelling runs and this process's place: under torchrun, the rank's device and process group (which
     load torch); alone, the device as named (auto, cpu, cuda...), which the runtime that loads the models resolves
     (PyTorch's with torch, an export's with its own library: a process that never loads torch)."""
