@@ -21,6 +21,7 @@ from europeana_imgcls.datasets.folders import ImageDataset
 from europeana_imgcls.datasets.imageset import UNREADABLE, ImageSet
 from europeana_imgcls.datasets.tasks import task_for, unlabelled
 from europeana_imgcls.europeana.annotations import CONFIDENCE
+from europeana_imgcls.modelling.processes import cores
 from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.export import export
 from europeana_imgcls.outputs.prediction import predict
@@ -142,3 +143,16 @@ def test_an_exported_model_finds_its_device_without_torch(monkeypatch: pytest.Mo
         Device("cuda", 0),
         Device("cpu"),
     ]
+
+
+def test_the_cores_a_process_is_given_are_known_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's count where torch is loaded (it follows torch.set_num_threads), else OMP_NUM_THREADS, else the CPUs
+    this process may run on."""
+    import torch
+
+    assert cores() == torch.get_num_threads()
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in a process without it
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cores() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert cores() == len(os.sched_getaffinity(0))
