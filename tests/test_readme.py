@@ -91,7 +91,7 @@ def test_the_walkthrough_parses_into_commands_a_test_can_run() -> None:
     assert any(OFFLINE_WEIGHTS in s.said for s in steps)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_the_readme_walkthrough_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps = walkthrough()
     monkeypatch.chdir(tmp_path)

@@ -73,7 +73,7 @@ def read_failures(out: Path) -> dict[str, str]:
         return {row["ID"]: row["error"] for row in csv.DictReader(handle)}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=16)
 def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faulty: Sandbox, tmp_path: Path) -> None:
     table = sandbox_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
@@ -105,7 +105,7 @@ def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faul
     assert not list(out.rglob("*.part")) and not list(out.glob(".journal/*.ndjson"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=19)
 def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sandbox, tmp_path: Path) -> None:
     table = sandbox_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
@@ -123,7 +123,7 @@ def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sa
     assert len(new_paths) == len(failed_first)  # each known failure asked for again, nothing else
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=13)
 def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path) -> None:
     table = sandbox_table(faulty, tmp_path / "t.csv")
     out = tmp_path / "img"
@@ -136,7 +136,7 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
             assert saved.mode == "RGB" and max(saved.size) == 128
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=6)
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=40, bad_every=11), Knobs(stall_seconds=120)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
@@ -897,7 +897,7 @@ def _eic(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=12)
 def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_run(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=8, bad_every=9), Knobs(stall_seconds=120)) as sb:
         rows = [

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from europeana_imgcls.cli.app import app
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     # The tests' tiny net: what is tested is that every stage runs and hands on to the next, not the model.

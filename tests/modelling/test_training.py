@@ -123,7 +123,7 @@ def test_resume_after_an_interruption(folders: Path, tmp_path: Path, monkeypatch
     assert epochs == [1, 2, 3] and len(report.splits) == 3
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     done = torchrun(
@@ -158,7 +158,7 @@ def test_torchrun_with_gloo_and_two_processes(folders: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(not HERITAGE.is_dir(), reason="shared heritage sample not present")
-@pytest.mark.slow
+@pytest.mark.slow(seconds=7)
 def test_pretrained_efficientnet_lite0_on_real_heritage_images(tmp_path: Path) -> None:
     data = tmp_path / "heritage"
     data.mkdir()
