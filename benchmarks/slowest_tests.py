@@ -60,6 +60,7 @@ class _Recorder:
                 "outcome": report.outcome,
                 "slow": "slow" in report.keywords,
                 "cpu": dict(report.user_properties).get(f"cpu_{report.when}", 0.0),
+                "worker": getattr(getattr(getattr(report, "node", None), "gateway", None), "id", ""),
             }
         )
 
@@ -114,6 +115,7 @@ class Test:
     cpu: float | None = None  # CPU seconds of its three phases (None: not known, as in a saved output)
     outcome: str = "passed"
     slow: bool | None = None  # None: not known (a saved output does not say)
+    worker: str = ""  # the xdist worker that ran it ("gw0"; "" without xdist, or not known)
 
     @property
     def total(self) -> float:
@@ -149,6 +151,7 @@ def run_lane(full: bool, pytest_args: list[str]) -> Lane:
             test.seconds[entry["phase"]] = entry["seconds"]
             test.cpu = (test.cpu or 0.0) + entry["cpu"]
             test.slow = entry["slow"]
+            test.worker = entry.get("worker", "")
             if entry["outcome"] != "passed":
                 test.outcome = entry["outcome"]
     summary = [line for line in done.stdout.splitlines() if SUMMARY_LINE.search(line)]
@@ -205,6 +208,7 @@ def report(lane: Lane, top: int, threshold: float) -> None:
         f"the tests' wall seconds together: {total:.1f} s; {len(over)} tests of {threshold:g} s or more take "
         f"{sum(t.total for t in over.values()):.1f} s of them"
     )
+    _per_worker(tests)
     print()
     _tests_table(sorted(tests.items(), key=lambda item: -item[1].total)[:top])
     print()
@@ -222,6 +226,23 @@ def report(lane: Lane, top: int, threshold: float) -> None:
     print(f"{len(fast)} tests of {threshold:g} s or more are not marked slow (the fast lane runs them):")
     for name, test in sorted(fast, key=lambda item: -item[1].total):
         print(f"  {test.total:>6.2f}  {name}")
+
+
+def _per_worker(tests: dict[str, Test]) -> None:
+    """Each xdist worker's tests: the run lasts as long as the busiest one's (its start aside), and the tests' wall
+    seconds over the workers is what it would last were they shared out evenly."""
+    workers: dict[str, list[Test]] = defaultdict(list)
+    for test in tests.values():
+        if test.worker:
+            workers[test.worker].append(test)
+    if not workers:
+        return
+    shares = ", ".join(
+        f"{name} {sum(t.total for t in ts):.1f} s ({len(ts)} tests, {sum(t.slow is True for t in ts)} slow)"
+        for name, ts in sorted(workers.items())
+    )
+    even = sum(t.total for t in tests.values()) / len(workers)
+    print(f"per worker: {shares}; shared out evenly {even:.1f} s each")
 
 
 def save(lane: Lane, path: Path) -> None:
