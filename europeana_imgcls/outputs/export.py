@@ -72,6 +72,12 @@ class QuantisationCheck:
     metric: str  # the task's headline score (accuracy, micro_f1)
     before: float | None  # float32; None without labelled test images
     after: float | None  # int8
+    # The accuracy control (``quantise.Quantised``): the nodes it kept in float, its agreement with float32 on the
+    # calibration images by runtime, on how many, and whether it stopped at its cap.
+    controlled: list[str] = field(default_factory=list)
+    control_agreement: dict[str, float] = field(default_factory=dict)
+    control_images: int = 0
+    capped: bool = False
 
 
 @dataclass
@@ -157,11 +163,16 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
             None if data_dir is None else Path(data_dir), test.paths, model.meta.input_size, config.calibration_images
         )
     before = quantise.logits_of(session(path, CPU), test.pixels)
-    kept = quantise.quantise(path, config, calibration)
+    made = quantise.quantise(path, config, calibration)
     after = quantise.int8_logits(path, test.pixels)
     by_runtime = {name: quantise.agreement(before, logits) for name, logits in after.items()}
     moved = dataclasses.replace(
-        _moved(model, len(test.pixels), test.truth, before, after["onnx"]), agreement=min(by_runtime.values())
+        _moved(model, len(test.pixels), test.truth, before, after["onnx"]),
+        agreement=min(by_runtime.values()),
+        controlled=made.controlled,
+        control_agreement=made.agreement,
+        control_images=made.images,
+        capped=made.capped,
     )
     report.quantisation.append(moved)
     more = quantise.more_calibration(config.calibration_images, None if calibration is None else len(calibration))
@@ -177,7 +188,7 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
         calibration_images=0 if calibration is None else len(calibration),
         per_channel=config.quantize == "static",
         reduce_range=False,
-        kept_float=kept,
+        kept_float=made.kept,
         metric=moved.metric,
         before=moved.before,
         after=moved.after,

@@ -140,6 +140,9 @@ def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: P
     tested = rows(run / split["split"] / "test_predictions.csv")
     assert record["calibration_images"] == len(list_images(data)) - len(tested) > 0
     assert record["per_channel"] and not record["reduce_range"] and {"/Cast", "/Softmax"} <= set(record["kept_float"])
+    # In float: the graph's ends, and what the accuracy control kept (on the calibration images, in both runtimes).
+    assert set(check.controlled) <= set(record["kept_float"]) and set(check.control_agreement) == {"onnx", "openvino"}
+    assert check.control_images == record["calibration_images"] and not check.capped
     # One int8 file, run by both runtimes: the same labels.
     out = {name: run.parent / f"int8_{name}.csv" for name in ("onnx", "openvino")}
     for name, path in out.items():
@@ -185,7 +188,7 @@ def test_the_int8_verdict_names_both_numbers_and_what_to_try() -> None:
     assert quantise.more_calibration(300, 42) is None and quantise.more_calibration(300, None) is None
 
 
-def test_int8_keeps_in_float_the_graph_ends_and_where_needed_its_linear_convolutions() -> None:
+def test_int8_keeps_in_float_the_graph_ends_and_may_keep_a_node_with_its_input() -> None:
     import onnx
     from onnx import helper
 
@@ -196,12 +199,12 @@ def test_int8_keeps_in_float_the_graph_ends_and_where_needed_its_linear_convolut
         [
             node("Cast", ["pixels"], "cast"),
             node("Mul", ["cast", "s"], "scaled"),
-            node("Conv", ["scaled", "w1"], "stem"),  # -> Relu: not linear
+            node("Conv", ["scaled", "w1"], "stem"),
             node("Relu", ["stem"], "relu"),
-            node("Conv", ["relu", "w2"], "branch"),  # -> Add: a residual branch's last, linear
+            node("Conv", ["relu", "w2"], "branch"),  # a residual branch's last
             node("Add", ["branch", "relu"], "sum"),
-            node("Conv", ["sum", "w3"], "project"),  # -> Conv: a projection, linear
-            node("Conv", ["project", "w4"], "expand"),  # -> Clip (ReLU6): not linear
+            node("Conv", ["sum", "w3"], "project"),  # a projection
+            node("Conv", ["project", "w4"], "expand"),
             node("Clip", ["expand"], "clip"),
             node("Gemm", ["clip", "w5"], "classifier"),
             node("Mul", ["classifier", "t"], "logits"),
@@ -213,7 +216,15 @@ def test_int8_keeps_in_float_the_graph_ends_and_where_needed_its_linear_convolut
     )
     model = helper.make_model(graph)
     assert quantise.graph_ends(model) == ["cast", "scaled", "logits", "probabilities"]
-    assert quantise.linear_convolutions(model) == ["branch", "project"]
+    # What the accuracy control may keep in float: each weighted node with its input, back to the weighted node
+    # making it (a join, the residual's Add, or the graph's ends stop it).
+    assert quantise.candidates(model) == {
+        "stem": ["stem"],
+        "branch": ["stem", "relu", "branch"],
+        "project": ["project"],
+        "expand": ["project", "expand"],
+        "classifier": ["expand", "clip", "classifier"],
+    }
 
 
 def test_int8_needs_the_runs_training_images(tmp_path: Path) -> None:

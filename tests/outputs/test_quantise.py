@@ -1,0 +1,130 @@
+"""int8's accuracy control (outputs/quantise.py) on a hand-built ONNX graph with one node that int8 cannot take:
+a convolution whose input holds a channel a thousand times wider than the others, which per-tensor activations
+crush the others under."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from europeana_imgcls.core.config import ExportConfig
+from europeana_imgcls.outputs import quantise
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+SIZE = 8
+
+
+def _graph(path: Path) -> Path:
+    """pixels -> /255 -> conv, relu -> "spread" (adds a channel of 1000: the wide range) -> "gather" (drops it),
+    relu -> pool -> classifier -> logits, temperature, softmax: the class is the brightest colour, with wide
+    margins. "spread" is linear (a convolution follows it): what the old recipe kept in float, to no avail."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def node(op: str, inputs: list[str], output: str, **attrs: object) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+    eye = np.eye(3, dtype=np.float32)
+    weights = {
+        "inverse255": np.array(1 / 255, np.float32),
+        "w1": eye.reshape(3, 3, 1, 1),
+        "w2": np.vstack([eye, np.zeros((1, 3), np.float32)]).reshape(4, 3, 1, 1),
+        "b2": np.array([0, 0, 0, 1000], np.float32),
+        "w3": np.hstack([eye, np.zeros((3, 1), np.float32)]).reshape(3, 4, 1, 1),
+        "w4": 10 * eye,
+        "t": np.array(1.0, np.float32),
+    }
+    nodes = [
+        node("Cast", ["pixels"], "cast", to=TensorProto.FLOAT),
+        node("Mul", ["cast", "inverse255"], "scaled"),
+        node("Conv", ["scaled", "w1"], "first"),
+        node("Relu", ["first"], "relu"),
+        node("Conv", ["relu", "w2", "b2"], "spread"),
+        node("Conv", ["spread", "w3"], "gather"),
+        node("Relu", ["gather"], "relu2"),
+        node("GlobalAveragePool", ["relu2"], "pool"),
+        node("Flatten", ["pool"], "flat"),
+        node("Gemm", ["flat", "w4"], "classifier"),
+        helper.make_node("Mul", ["classifier", "t"], ["logits"], name="logits"),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="probabilities"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 3, "height", "width"])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def _pictures(count: int, seed: int) -> np.ndarray:
+    """Noisy pictures of one bright colour each (the class), the others dim."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 90, (count, 3, SIZE, SIZE), dtype=np.uint8)
+    for i, colour in enumerate(rng.integers(0, 3, count)):
+        pixels[i, colour] += np.uint8(150)
+    return pixels
+
+
+def _agreement(float32: Path, int8: Path, pixels: np.ndarray) -> dict[str, float]:
+    import torch
+
+    from europeana_imgcls.outputs.onnx_runtime import session
+
+    before = quantise.logits_of(session(float32, torch.device("cpu")), pixels)
+    return {k: quantise.agreement(before, z) for k, z in quantise.int8_logits(int8, pixels).items()}
+
+
+def test_the_control_keeps_in_float_the_node_int8_cannot_take_and_only_it(tmp_path: Path) -> None:
+    float32 = _graph(tmp_path / "float32.onnx")
+    graph = onnx.load(str(float32))
+    assert quantise.graph_ends(graph) == ["cast", "scaled", "logits", "probabilities"]
+    assert quantise.candidates(graph) == {  # each with its input, back to the weighted node making it
+        "first": ["first"],
+        "spread": ["first", "relu", "spread"],
+        "gather": ["spread", "gather"],
+        "classifier": ["gather", "relu2", "pool", "flat", "classifier"],
+    }
+    calibration, unseen = _pictures(48, 0), _pictures(200, 1)
+    config = ExportConfig(run=tmp_path, quantize="static")
+
+    # What the old recipe made: everything int8 but the ends, then also the linear convolution ("spread"): both
+    # crush the wide input of "gather", and the top classes with it; so does "gather" alone in float.
+    maker = quantise._Maker(float32, tmp_path / "old.onnx", config, calibration)
+    for kept in ([], ["spread"], ["gather"]):
+        old = _agreement(float32, maker.make(quantise.graph_ends(graph) + kept), unseen)
+        assert max(old.values()) < 0.9, (kept, old)
+
+    int8 = Path(shutil.copy(float32, tmp_path / "int8.onnx"))
+    made = quantise.quantise(int8, config, calibration)
+    assert made.controlled == ["spread", "gather"]
+    assert made.kept == ["cast", "scaled", "logits", "probabilities", "spread", "gather"]
+    assert made.images == 48 and not made.capped and min(made.agreement.values()) >= 0.99
+    assert set(made.agreement) == {"onnx", "openvino"}  # held in both runtimes, as the test images will be
+    # On pictures it never saw, in both runtimes; and still int8 where it can be (its other convolutions).
+    assert min(_agreement(float32, int8, unseen).values()) >= 0.99
+    types = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= types
+    assert not any(p.name != "float32.onnx" and p.name.startswith("int8.onnx.") for p in tmp_path.iterdir())
+
+
+def test_the_control_stops_at_its_cap_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert [quantise.most_kept(n) for n in (1, 4, 20, 49, 50, 120)] == [2, 2, 2, 4, 5, 12]
+    monkeypatch.setattr(quantise, "most_kept", lambda candidates: 0)
+    int8 = _graph(tmp_path / "int8.onnx")
+    with caplog.at_level(logging.WARNING, logger=quantise.__name__):
+        made = quantise.quantise(int8, ExportConfig(run=tmp_path, quantize="static"), _pictures(32, 0))
+    assert made.capped and made.controlled == [] and min(made.agreement.values()) < 0.9
+    assert "stopped at its cap (0 weighted nodes in float; 0 nodes kept)" in caplog.text
+    assert "% of 32 calibration images, under the 99.0% asked" in caplog.text
