@@ -136,9 +136,10 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
             assert saved.mode == "RGB" and max(saved.size) == 128
 
 
-@pytest.mark.slow(seconds=6)
+@pytest.mark.slow(seconds=4)
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
-    with Sandbox(sandbox_config(per_level=40, bad_every=11), Knobs(stall_seconds=120)) as sb:
+    # 84 records (7 kinds of bad answer among them): the first 40 answered, the rest for the resumed run.
+    with Sandbox(sandbox_config(per_level=10, bad_every=11), Knobs(stall_seconds=120)) as sb:
         table = sandbox_table(sb, tmp_path / "t.csv")
         out = tmp_path / "img"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
