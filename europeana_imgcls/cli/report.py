@@ -194,6 +194,12 @@ def print_export(console: Console, result: ExportReport) -> None:
             f"{check.agreement:.1%} of "
             f"{check.images} images; {plain(check.metric)} {shown(check.before)} → {shown(check.after)}"
         )
+        if check.controlled or check.capped:
+            cap = " (its cap reached)" if check.capped else ""
+            console.print(
+                f"  accuracy control: {len(check.controlled)} node(s) kept in float32{cap}, same top class on "
+                f"{min(check.control_agreement.values(), default=0):.1%} of {check.control_images} calibration images"
+            )
     console.print(f"written to {plain(result.output)} (model.json says how to feed it: docs/deploy.md)")
 
 

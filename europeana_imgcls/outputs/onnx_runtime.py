@@ -61,6 +61,12 @@ class Int8Record(Sidecar):
     per_channel: bool
     reduce_range: bool
     kept_float: list[str] = Field(max_length=100_000)  # the graph's nodes left in float32
+    # The accuracy control (outputs/quantise.py): the nodes it kept in float (among kept_float), its agreement with
+    # float32 on the calibration images by runtime, on how many, and whether it stopped at its cap.
+    controlled: list[str] = Field([], max_length=100_000)
+    control_agreement: dict[Literal["onnx", "openvino"], Annotated[float, Field(ge=0, le=1)]] = {}
+    control_images: int = Field(0, ge=0)
+    capped: bool = False
     metric: str  # the task's headline score on the same test images, before and after (None: no truth read)
     before: float | None = None
     after: float | None = None

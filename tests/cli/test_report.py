@@ -91,3 +91,29 @@ def test_the_dump_eic_sandbox_names_gives_rows(tmp_path: Path) -> None:
         harvested = eic("harvest", "--source", "dump", "--dump", url, "-o", out, "--quiet")
     assert harvested.exit_code == 0, harvested.output
     assert pl.read_csv(out).height > 0
+
+
+def test_an_int8_export_says_what_its_accuracy_control_kept_in_float() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from europeana_imgcls.cli.report import print_export
+    from europeana_imgcls.outputs.export import ExportReport, QuantisationCheck
+
+    def said(check: QuantisationCheck) -> str:
+        out = StringIO()
+        files, checked = [Path("split_0.onnx")], {"split_0": "50 test images"}
+        report = ExportReport(Path("int8"), "m", ["split_0"], files, {"split_0": 1e-6}, checked)
+        report.quantize, report.quantisation = "static", [check]
+        print_export(Console(file=out, width=400), report)
+        return out.getvalue()
+
+    plain = QuantisationCheck("split_0", 50, 1.0, "accuracy", 0.9, 0.9, control_agreement={"onnx": 0.97})
+    assert "accuracy control" not in said(plain)  # the all-int8 file kept its labels: the control did nothing
+    controlled = QuantisationCheck(
+        "split_0", 50, 0.99, "accuracy", 0.9, 0.9, ["/conv0", "/proj0"], {"onnx": 1.0, "openvino": 0.995}, 200
+    )
+    assert "accuracy control: 2 node(s) kept in float32, same top class on 99.5% of 200 calibration" in said(controlled)
+    capped = QuantisationCheck("split_0", 50, 0.99, "accuracy", None, None, [], {"onnx": 0.97}, 200, capped=True)
+    assert "0 node(s) kept in float32 (its cap reached), same top class on 97.0%" in said(capped)

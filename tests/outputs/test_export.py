@@ -143,6 +143,8 @@ def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: P
     # In float: the graph's ends, and what the accuracy control kept (on the calibration images, in both runtimes).
     assert set(check.controlled) <= set(record["kept_float"]) and set(check.control_agreement) == {"onnx", "openvino"}
     assert check.control_images == record["calibration_images"] and not check.capped
+    said = (record["controlled"], record["control_agreement"], record["control_images"], record["capped"])
+    assert said == (check.controlled, check.control_agreement, check.control_images, check.capped)  # kept in model.json
     # One int8 file, run by both runtimes: the same labels.
     out = {name: run.parent / f"int8_{name}.csv" for name in ("onnx", "openvino")}
     for name, path in out.items():
