@@ -351,7 +351,11 @@ class RuntimeSettings(ProgressSettings):
     )
     batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process under torchrun).")
     num_workers: int | None = Field(
-        None, ge=0, le=64, description="Data-loading worker processes; default: 0 on CPU, up to 8 on a GPU."
+        None,
+        ge=0,
+        le=64,
+        description="Data-loading workers: PyTorch's loader processes (default: 0 on CPU, up to 8 on a GPU); with "
+        "an exported model (runtime onnx, openvino), threads decoding ahead (default: one per core; 0: none).",
     )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported); ignored on CPU.")
     decode: Literal["auto", "cpu", "gpu"] = Field(
