@@ -100,6 +100,7 @@ NO_THUMBNAIL = ("HTTP 404", "HTTP 410", PLACEHOLDER)  # what says a record has n
 OTHER_SHARD = "another shard's record"
 MAX_WAIT = 30.0
 CONNECTIONS_PER_CLIENT = 4
+MAX_TABLES = 1000  # the tables a folder's settings may list that are read back (a folder lists those added to it)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def download(config: DownloadConfig) -> DownloadReport:
         _remove_stale_parts(root, shard)
         if shard is None:  # shards share the folder: the run that merges them writes what they share
             # The table by where it is, so the next run (from any folder) knows which table filled this one.
-            write_json(root / CONFIG_FILE, {**public_dict(config), "table": str(config.table.resolve())})
+            tables = _tables_after(config)
+            write_json(root / CONFIG_FILE, {**public_dict(config), "table": tables[-1], "tables": tables})
         report = DownloadReport(output_dir=root, failures_file=root / FAILURES_FILE if shard is None else None)
         try:
             with warnings.catch_warnings():
@@ -198,25 +200,40 @@ def download(config: DownloadConfig) -> DownloadReport:
 def _check_table_of(config: DownloadConfig) -> None:
     """A folder eic filled from another table is not filled from this one unless asked: the records of a training
     set would otherwise sit beside an evaluation set's (``add`` asks for that; ``prune`` makes the folder this
-    table's, setting aside what it does not hold)."""
+    table's, setting aside what it does not hold). Every table added to a folder is its own until one prunes it."""
     if config.add or config.prune:
         return
     before = filled_from(config.output_dir)
-    if before is None or before == config.table.resolve():
+    if not before or config.table.resolve() in before:
         return
+    which = f"another table ({before[0]})" if len(before) == 1 else f"other tables ({', '.join(map(str, before))})"
     raise DatasetError(
-        f"{config.output_dir} holds the images of another table ({before}): download {config.table} into a new "
+        f"{config.output_dir} holds the images of {which}: download {config.table} into a new "
         f"folder (`output_dir`), or pass `add` to add its records to this one (`prune` to make the folder this "
         "table's, setting aside the records it does not hold)"
     )
 
 
-def filled_from(folder: Path) -> Path | None:
-    """The table eic download last filled ``folder`` from, by where it is (None: no download's settings there)."""
+def filled_from(folder: Path) -> list[Path]:
+    """The tables eic download filled ``folder`` from, by where they are, the last one last (none: no download's
+    settings there): ``tables``, every table a run added (``add``) since the folder was made or pruned, and
+    ``table``, the last (all a folder said before tables were listed). Read as untrusted: what is not a path is
+    left out."""
     settings = peek_json(folder / CONFIG_FILE)
-    table = settings.get("table") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        return []
+    listed = settings.get("tables")
+    named = [*(listed[:MAX_TABLES] if isinstance(listed, list) else []), settings.get("table")]
     # Settings written before the table was recorded by where it is name it as it was typed: from here, then.
-    return Path(table).resolve() if isinstance(table, str) and table and "\0" not in table else None
+    found = [Path(t).resolve() for t in named if isinstance(t, str) and t and "\0" not in t]
+    return list(dict.fromkeys(found))
+
+
+def _tables_after(config: DownloadConfig) -> list[str]:
+    """The tables the folder holds after this run: this one alone when it prunes, else those before and this."""
+    this = config.table.resolve()
+    before = [] if config.prune else [t for t in filled_from(config.output_dir) if t != this]
+    return [str(t) for t in [*before, this]]
 
 
 def _check_one_cause(config: DownloadConfig, report: DownloadReport) -> None:

@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1062,6 +1063,42 @@ def test_add_puts_another_tables_records_beside_the_folders(two_tables, tmp_path
     assert _held(out) == {file_name(i) for i in [*train_rows["ID"], *eval_rows["ID"]]}
     assert not (out / SET_ASIDE).exists() and not (out / "set_aside.csv").exists()
     assert (report.set_aside, report.left) == (0, train_rows.height)
+
+
+def test_a_folder_remembers_every_table_added_to_it_until_one_prunes_it(two_tables, tmp_path: Path) -> None:
+    # A folder filled from a training table, then given an evaluation table with --add, holds both: a plain re-run
+    # of either carries on. It used to remember only the last table, so re-running the first was refused.
+    train, evaluation, train_rows, eval_rows = two_tables
+    out = tmp_path / "images"
+    download(config(train, out, max_side=64))
+    download(config(evaluation, out, max_side=64, add=True))
+    assert download(config(train, out, max_side=64)).already_saved == train_rows.height
+    assert download(config(evaluation, out, max_side=64)).already_saved == eval_rows.height
+    third = tmp_path / "third.csv"
+    third.write_text(evaluation.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(DatasetError, match="holds the images of other tables") as refused:
+        download(config(third, out, max_side=64))
+    assert str(train) in str(refused.value) and str(evaluation) in str(refused.value)
+    download(config(evaluation, out, max_side=64, prune=True))  # the folder is the evaluation table's now
+    with pytest.raises(DatasetError, match=f"another table \\({re.escape(str(evaluation.resolve()))}\\)"):
+        download(config(train, out, max_side=64))
+
+
+def test_what_a_folder_says_filled_it_is_read_with_suspicion(two_tables, tmp_path: Path) -> None:
+    # config.json's table list is a file eic reads back: whatever it holds, a plain re-run of the folder's own
+    # table carries on, and another table is refused in one line.
+    train, evaluation, train_rows, _ = two_tables
+    out = tmp_path / "images"
+    download(config(train, out, max_side=64))
+    settings = json.loads((out / "config.json").read_text())
+    junk = (None, "x.csv", [1, None, {"a": 1}], ["\0bad", ""], [str(evaluation.resolve())] * 3, list(range(5000)))
+    for tables in junk:
+        (out / "config.json").write_text(json.dumps({**settings, "tables": tables}))
+        assert download(config(train, out, max_side=64)).already_saved == train_rows.height
+        (out / "config.json").write_text(json.dumps({**settings, "tables": tables}))
+        if tables != [str(evaluation.resolve())] * 3:
+            with pytest.raises(DatasetError, match="holds the images of another table"):
+                download(config(evaluation, out, max_side=64))
 
 
 def test_prune_sets_aside_the_records_the_table_does_not_hold(two_tables, tmp_path: Path) -> None:
