@@ -744,12 +744,18 @@ class ExportConfig(ProgressSettings):
     calibration_images: int = Field(
         300, ge=1, le=100_000, description="With quantize static: the split's training images its ranges come from."
     )
+    agreement_images: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="With quantize: the split's test images (at most) whose top class int8 is held to float32's on.",
+    )
     min_agreement: float = Field(
         0.99,
         ge=0,
         le=1,
-        description="With quantize: the least share of the split's test images (up to 1000) whose top class int8 and "
-        "float32 agree on; under it the export is refused and nothing is written.",
+        description="With quantize: the least share of the split's test images (up to `agreement_images`) whose top "
+        "class int8 and float32 agree on; under it the export is refused and nothing is written.",
     )
     overwrite: bool = Field(False, description="Replace an earlier export in the same folder.")
 

@@ -150,7 +150,7 @@ def _export_split(
 def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, report: ExportReport) -> Int8Record:
     """The float32 file at ``path`` made int8 (``quantise``), held to it on the split's test images: refused in one
     line, before anything is written, where their top classes agree on less than ``min_agreement``."""
-    test = _test_images(run, model, quantise.AGREEMENT_IMAGES)
+    test = _test_images(run, model, config.agreement_images)
     if not len(test.pixels):
         raise DatasetError(
             f"{model.split}: none of its test images can be read here, and int8 is held to float32 on them: "

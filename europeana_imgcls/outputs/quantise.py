@@ -37,8 +37,8 @@ NNCF's quantize (its bias correction, the same QDQ file for both runtimes) 93.0 
 by hundredths of a logit). A Lite0 that learnt its classes (64 images a class, learning rate 1e-3; margins a median
 0.53 logit) kept 99.6% of 1,000 new images in both runtimes all int8: the control did not need to act.
 
-Then the top-1 agreement of the int8 graph with the float32 one on up to ``AGREEMENT_IMAGES`` of the split's test
-images: under ``min_agreement`` the export is refused in one line saying both numbers, and nothing is written.
+Then the top-1 agreement of the int8 graph with the float32 one on up to ``agreement_images`` (1000) of the split's
+test images: under ``min_agreement`` the export is refused in one line saying both numbers, and nothing is written.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from .onnx_runtime import INPUT, LOGITS
 
 log = logging.getLogger(__name__)
 RUNTIME_NAMES: Final = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
-AGREEMENT_IMAGES: Final = 1000  # test images the agreement is measured on, at most
 CONTROL_IMAGES: Final = 256  # calibration images the accuracy control measures each try on, at most
 BATCH: Final = 16
 WEIGHTED: Final = ("Conv", "Gemm", "MatMul")  # the first and last of these bound what is made int8

@@ -170,6 +170,12 @@ def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
     assert not (tmp_path / "int8").exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+def test_int8_is_held_to_float32_on_as_many_test_images_as_asked(run: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(quantise, "agreement", lambda before, after: 0.5)
+    args = ["export", str(run), "--quantize", "static", "--agreement-images", "3", "--output", str(tmp_path / "q")]
+    assert " on 50.0% of 3 test images " in _one_line_refusal(args)  # the split has more: 3 were asked
+
+
 def test_the_int8_verdict_names_both_numbers_and_what_to_try() -> None:
     assert quantise.refusal("split_0", {"onnx": 0.99}, 500, 0.99, 1000) is None  # at the threshold: kept
     assert quantise.refusal("split_0", {"onnx": 1.0, "openvino": 1.0}, 7, 1.0, None) is None
