@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from PIL import Image
+
 from ..core.config import DEMO_API_KEY, REUSABILITY_LEVELS, SandboxConfig
 from .annotation_standin import SANDBOX_TOKEN, AnnotationStore
 from .sandbox_bulk import RIGHTS, EdmWriter, OaiRepository, dataset_zip, md5sum
@@ -473,6 +475,9 @@ class Sandbox:
         if record.variant == "large":
             size = (size[0] * 5, size[1] * 5)
         return _served(*self._style(serial), serial, size, record.variant, max_side)
+
+    def _drawn(self, serial: int, size: tuple[int, int]) -> Image.Image:
+        return draw_image(*self._style(serial), seed=serial, size=size)
 
     def _style(self, serial: int) -> tuple[tuple[int, ...], int]:
         """The classes a record's image shows, and of how many: a stray under no concept, the stripes of none."""
