@@ -56,12 +56,13 @@ from ..core.config import ExportConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.tables import read_csv_rows
 from ..datasets.folders import DECODE_ERRORS, list_images, load_image, pixels_of
-from .onnx_runtime import INPUT, LOGITS
+from .onnx_runtime import INPUT, LOGITS, Device
 
 log = logging.getLogger(__name__)
 RUNTIME_NAMES: Final = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 CONTROL_IMAGES: Final = 256  # calibration images the accuracy control measures each try on, at most
 BATCH: Final = 16
+CPU: Final = Device("cpu")  # where the quantiser's checks run, whatever runs the export
 WEIGHTED: Final = ("Conv", "Gemm", "MatMul")  # the first and last of these bound what is made int8
 
 
@@ -203,10 +204,15 @@ class _Maker:
     def __init__(self, source: Path, path: Path, config: ExportConfig, calibration: np.ndarray | None) -> None:
         self.source, self.path, self.config, self.calibration = source, path, config, calibration
         self.cache = path.with_name(path.name + ".ranges.json")
+        self.made: list[str] | None = None  # the nodes in float of the file at ``path`` now
 
     def make(self, kept: list[str]) -> Path:
+        """The file with ``kept`` in float at ``path`` (made, unless it is the file there already)."""
         from onnxruntime import quantization as q  # the [onnx] extra, checked by the caller
 
+        if kept == self.made:
+            return self.path
+        self.made = list(kept)
         self.path.unlink(missing_ok=True)
         if self.config.quantize == "dynamic":
             q.quantize_dynamic(str(self.source), str(self.path), weight_type=q.QuantType.QInt8, nodes_to_exclude=kept)
@@ -246,12 +252,10 @@ class _Control:
     float32 on ``wanted`` of the control images in every runtime, or ``most_kept`` are."""
 
     def __init__(self, maker: _Maker, images: np.ndarray, wanted: float) -> None:
-        import torch
-
         from .onnx_runtime import session
 
         self.maker, self.images, self.wanted = maker, images, wanted
-        self.before = logits_of(session(maker.source, torch.device("cpu")), images)
+        self.before = logits_of(session(maker.source, CPU), images)
 
     def measure(self, kept: list[str]) -> _Try:
         said = int8_logits(self.maker.make(kept), self.images)
@@ -273,15 +277,17 @@ class _Control:
         kept: list[str] = []
         best, cap, capped = first, most_kept(len(groups)), False
         for node in ranked:
+            if self.done(best):
+                break
             more = [n for n in groups[node] if n not in kept]
             capped = len(set(kept + more) & set(groups)) > cap
-            if self.done(best) or capped:
+            if capped:
                 break
             tried = self.measure(ends + kept + more)
             # Kept only where it helps beside those kept before it: two nodes' errors do not simply add.
             if tried.objective(first) < best.objective(first):
                 kept, best = kept + more, tried
-        self.maker.make(ends + kept)  # the file as chosen (the last try may have been a node not kept)
+        self.maker.make(ends + kept)  # the file as chosen, where the last try was a node not kept
         return self._result(ends, kept, best, capped=capped, cap=cap)
 
     def _result(self, ends: list[str], kept: list[str], tried: _Try, capped: bool, cap: int = 0) -> Quantised:
@@ -307,11 +313,9 @@ def logits_of(session: Any, pixels: np.ndarray) -> np.ndarray:
 def int8_logits(path: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
     """The int8 file's logits as each runtime that runs it here computes them: ONNX Runtime, and OpenVINO where it
     is installed (their int8 kernels differ, and so can a label): the file is held to float32 in both."""
-    import torch
-
     from .onnx_runtime import session
 
-    said = {"onnx": logits_of(session(path, torch.device("cpu")), pixels)}
+    said = {"onnx": logits_of(session(path, CPU), pixels)}
     try:
         from .openvino_runtime import compile_onnx
 

@@ -128,3 +128,30 @@ def test_the_control_stops_at_its_cap_and_says_so(
     assert made.capped and made.controlled == [] and min(made.agreement.values()) < 0.9
     assert "stopped at its cap (0 weighted nodes in float; 0 nodes kept)" in caplog.text
     assert "% of 32 calibration images, under the 99.0% asked" in caplog.text
+
+
+def test_the_cap_is_said_only_where_it_stopped_the_control_short(caplog: pytest.LogCaptureFixture) -> None:
+    # Three nodes to choose from, at most two kept (most_kept): the second kept reaches the agreement. The third
+    # would pass the cap, but the control is done before it asks: no cap to say, and the file is the second try's.
+    tries = {
+        (): quantise._Try({"onnx": 1.0}, {"onnx": 0.90}),
+        ("a",): quantise._Try({"onnx": 0.5}, {"onnx": 0.95}),
+        ("b",): quantise._Try({"onnx": 0.6}, {"onnx": 0.94}),
+        ("c",): quantise._Try({"onnx": 0.7}, {"onnx": 0.93}),
+        ("a", "b"): quantise._Try({"onnx": 0.1}, {"onnx": 0.995}),
+    }
+
+    class Maker:
+        made: list[tuple[str, ...]] = []
+
+        def make(self, kept: list[str]) -> None:
+            self.made.append(tuple(kept))
+
+    control = object.__new__(quantise._Control)
+    control.maker, control.images, control.wanted = Maker(), np.zeros((40, 3, 8, 8), np.uint8), 0.99
+    control.measure = lambda kept: tries[tuple(kept)]  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger=quantise.__name__):
+        made = control.run([], {"a": ["a"], "b": ["b"], "c": ["c"]})
+    assert made.controlled == ["a", "b"] and made.agreement == {"onnx": 0.995}
+    assert not made.capped and "cap" not in caplog.text
+    assert control.maker.made == [("a", "b")]
