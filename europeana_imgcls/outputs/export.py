@@ -147,6 +147,16 @@ def _export_split(
     )
 
 
+def _control(made: quantise.Quantised) -> dict[str, Any]:
+    """What the accuracy control did, as the report's check and the sidecar's int8 record both name it."""
+    return {
+        "controlled": made.controlled,
+        "control_agreement": made.agreement,
+        "control_images": made.images,
+        "capped": made.capped,
+    }
+
+
 def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, report: ExportReport) -> Int8Record:
     """The float32 file at ``path`` made int8 (``quantise``), held to it on the split's test images: refused in one
     line, before anything is written, where their top classes agree on less than ``min_agreement``."""
@@ -169,10 +179,7 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
     moved = dataclasses.replace(
         _moved(model, len(test.pixels), test.truth, before, after["onnx"]),
         agreement=min(by_runtime.values()),
-        controlled=made.controlled,
-        control_agreement=made.agreement,
-        control_images=made.images,
-        capped=made.capped,
+        **_control(made),
     )
     report.quantisation.append(moved)
     more = quantise.more_calibration(config.calibration_images, None if calibration is None else len(calibration))
@@ -189,10 +196,7 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
         per_channel=config.quantize == "static",
         reduce_range=False,
         kept_float=made.kept,
-        controlled=made.controlled,
-        control_agreement=made.agreement,
-        control_images=made.images,
-        capped=made.capped,
+        **_control(made),
         metric=moved.metric,
         before=moved.before,
         after=moved.after,
