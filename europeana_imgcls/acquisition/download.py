@@ -169,12 +169,13 @@ def download(config: DownloadConfig) -> DownloadReport:
     # The journal first: it asks the output policy (a re-run carries the folder on; never through a link), then
     # takes its lock, so a run that another run's (or shard's) lock turns away touches nothing.
     with Outcomes(root, config) as outcomes:
-        _check_table_of(config)
+        before = filled_from(root)
+        _check_table_of(config, before)
         placement = Placement(root, config.mode == "multi-label", shard)  # refuses links and FIFOs in the folder
         _remove_stale_parts(root, shard)
         if shard is None:  # shards share the folder: the run that merges them writes what they share
             # The table by where it is, so the next run (from any folder) knows which table filled this one.
-            tables = _tables_after(config)
+            tables = _tables_after(config, before)
             write_json(root / CONFIG_FILE, {**public_dict(config), "table": tables[-1], "tables": tables})
         report = DownloadReport(output_dir=root, failures_file=root / FAILURES_FILE if shard is None else None)
         try:
@@ -197,13 +198,12 @@ def download(config: DownloadConfig) -> DownloadReport:
     return report
 
 
-def _check_table_of(config: DownloadConfig) -> None:
+def _check_table_of(config: DownloadConfig, before: list[Path]) -> None:
     """A folder eic filled from another table is not filled from this one unless asked: the records of a training
     set would otherwise sit beside an evaluation set's (``add`` asks for that; ``prune`` makes the folder this
     table's, setting aside what it does not hold). Every table added to a folder is its own until one prunes it."""
     if config.add or config.prune:
         return
-    before = filled_from(config.output_dir)
     if not before or config.table.resolve() in before:
         return
     which = f"another table ({before[0]})" if len(before) == 1 else f"other tables ({', '.join(map(str, before))})"
@@ -229,11 +229,12 @@ def filled_from(folder: Path) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _tables_after(config: DownloadConfig) -> list[str]:
-    """The tables the folder holds after this run: this one alone when it prunes, else those before and this."""
+def _tables_after(config: DownloadConfig, before: list[Path]) -> list[str]:
+    """The tables the folder holds after this run (``before``: those it held): this one alone when it prunes,
+    else those before and this."""
     this = config.table.resolve()
-    before = [] if config.prune else [t for t in filled_from(config.output_dir) if t != this]
-    return [str(t) for t in [*before, this]]
+    kept = [] if config.prune else [t for t in before if t != this]
+    return [str(t) for t in [*kept, this]]
 
 
 def _check_one_cause(config: DownloadConfig, report: DownloadReport) -> None:
