@@ -61,22 +61,30 @@ print(heavy[:5])
 def test_the_torch_stages_load_heavy_packages_only_to_use_them() -> None:
     """Predict and enrich import neither scikit-learn nor scipy (nor the pandas scikit-learn loads; ~1 s of CPU):
     they never make folds or compute scores, so each of their processes (a torchrun rank, a shard) starts that much
-    sooner. Training, prediction and evaluation import neither torchvision (~1.5 s: its detection ops load
-    torch._dynamo) nor the grad-cam package (matplotlib's pyplot) until a heatmap (or a torchvision model) is asked.
-    One process asks all three in turn (each such process costs ~3 s of CPU)."""
+    sooner. Training and evaluation make their folds and per-class scores without scikit-learn (a training process
+    started ~1 s sooner; it is kept for the folds that keep groups together and the multi-label scores). Training,
+    prediction and evaluation import neither torchvision (~1.5 s: its detection ops load torch._dynamo) nor the
+    grad-cam package (matplotlib's pyplot) until a heatmap (or a torchvision model) is asked. One process asks all
+    of it in turn (each such process costs ~3 s of CPU)."""
     script = """
 import sys
+import numpy as np
 import europeana_imgcls.outputs.prediction, europeana_imgcls.outputs.enrichment
 print(sorted({m.split(".")[0] for m in sys.modules} & {"sklearn", "scipy", "pandas"}))
 import europeana_imgcls.modelling.training, europeana_imgcls.outputs.evaluation
+from europeana_imgcls.datasets.class_folders import make_splits
+from europeana_imgcls.datasets.metrics import per_class_scores
+make_splits(np.arange(30) % 3, 3, 0)
+per_class_scores(np.eye(3, dtype=bool), np.eye(3, dtype=bool))
+print(sorted({m.split(".")[0] for m in sys.modules} & {"sklearn", "pandas"}))
 from europeana_imgcls.modelling.explain import cam_class
 print(sorted(m for m in ("torchvision", "pytorch_grad_cam") if m in sys.modules))
 cam_class("gradcam")
 print(sorted(m for m in ("torchvision", "pytorch_grad_cam") if m in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    said = done.stdout.split("\n")[:3]
-    assert said == ["[]", "[]", "['pytorch_grad_cam', 'torchvision']"], done.stdout + done.stderr[-3000:]
+    said = done.stdout.split("\n")[:4]
+    assert said == ["[]", "[]", "[]", "['pytorch_grad_cam', 'torchvision']"], done.stdout + done.stderr[-3000:]
 
 
 def test_the_public_api_is_what_docs_api_md_promises() -> None:

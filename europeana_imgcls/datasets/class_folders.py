@@ -117,31 +117,67 @@ def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str]
 
     With ``groups`` (e.g. the provider of each record) no group straddles train, validation and test.
     """
-    # scikit-learn (and the scipy and pandas it loads: a second of CPU) where folds are made, not with this module:
-    # predict and enrich read images through it and never make a fold.
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    indices = np.arange(len(labels))
-    outer = (
-        StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-        if groups is not None
-        else StratifiedKFold(folds, shuffle=True, random_state=seed)
-    )
     group_array = np.asarray(groups) if groups is not None else None
     splits = []
     try:
-        for i, (rest, test) in enumerate(outer.split(indices, labels, group_array)):
-            inner = (
-                StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i)
-                if groups is not None
-                else StratifiedKFold(folds - 1, shuffle=True, random_state=seed + i)
-            )
-            inner_groups = group_array[rest] if group_array is not None else None
-            train_pos, val_pos = next(inner.split(rest, labels[rest], inner_groups))
+        for i, (rest, test) in enumerate(_outer_folds(labels, folds, seed, group_array)):
+            if group_array is None:
+                train_pos, val_pos = stratified_folds(labels[rest], folds - 1, seed + i)[0]
+            else:
+                from sklearn.model_selection import StratifiedGroupKFold  # see _outer_folds
+
+                inner = StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i)
+                train_pos, val_pos = next(inner.split(rest, labels[rest], group_array[rest]))
             splits.append(Split(np.sort(rest[train_pos]), np.sort(rest[val_pos]), np.sort(test)))
     except ValueError as exc:
         raise DatasetError(f"cannot make {folds} folds: {exc}") from None
     return splits
+
+
+def _outer_folds(
+    labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    if groups is None:
+        return stratified_folds(labels, folds, seed)
+    # scikit-learn (and the scipy and pandas it loads: a second of CPU) only where groups are kept together.
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(labels, labels, groups))
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) indices of each of ``folds`` stratified, shuffled folds of ``labels`` (one class a row):
+    scikit-learn's ``StratifiedKFold(folds, shuffle=True, random_state=seed).split``, fold for fold and with its
+    refusals, in numpy, so that training does not import scikit-learn (a second and a half of CPU a process) and a
+    run made before keeps its folds. Each class's members go round-robin over the folds, in a random order."""
+    import warnings
+
+    y = np.asarray(labels)
+    if folds > len(y):
+        raise ValueError(
+            f"Cannot have number of splits n_splits={folds} greater than the number of samples: n_samples={len(y)}."
+        )
+    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
+    encoded = np.unique(first, return_inverse=True)[1][inverse.ravel()]  # classes numbered as they first appear
+    counts = np.bincount(encoded)
+    if np.all(folds > counts):
+        raise ValueError(f"n_splits={folds} cannot be greater than the number of members in each class.")
+    if folds > counts.min():
+        warnings.warn(
+            f"The least populated class in y has only {counts.min()} members, which is less than n_splits={folds}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    ordered = np.sort(encoded)
+    allocation = np.asarray([np.bincount(ordered[i::folds], minlength=len(counts)) for i in range(folds)])
+    rng = np.random.RandomState(seed)
+    fold_of = np.empty(len(y), dtype="i")
+    for k in range(len(counts)):
+        assigned = np.arange(folds).repeat(allocation[:, k])
+        rng.shuffle(assigned)
+        fold_of[encoded == k] = assigned
+    everything = np.arange(len(y))
+    return [(everything[fold_of != i], everything[fold_of == i]) for i in range(folds)]
 
 
 def fold_groups(images: ImageSet, by_provider: bool, duplicates: Path | None) -> list[str] | None:

@@ -25,6 +25,7 @@ from ..core.errors import EicError
 from ..core.sidecars import read_bounded
 from ..core.tables import atomic_path, read_csv_rows, read_table
 from ..core.version import __version__
+from ..datasets.metrics import per_class_scores
 from ..datasets.tasks import task_for
 from .run_folder import RunFolder, SplitFolder
 
@@ -360,9 +361,6 @@ def _source_table(data_dir: Path) -> tuple[Counter[str], Counter[str]] | None:
 
 def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) -> list[tuple[str, str, str, str]]:
     """Per class: precision, recall and F1 on the test folds, mean ± std over splits."""
-    # scikit-learn where a card is written, not with this module: enrich reads the calibration (which writes cards)
-    from sklearn.metrics import precision_recall_fscore_support
-
     task = task_for(mode)
     scores = []
     for split in splits:
@@ -374,8 +372,7 @@ def _per_class(splits: list[SplitFolder], classes: list[str], mode: str | None) 
         # set of labels), as the task reads a cell.
         truth = np.array([[c in task.classes_in(r["truth"]) for c in classes] for r in rows], dtype=int)
         pred = np.array([[c in task.classes_in(r["prediction"]) for c in classes] for r in rows], dtype=int)
-        p, r, f, _ = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
-        scores.append(np.stack([p, r, f]))
+        scores.append(np.stack(per_class_scores(truth, pred)))
     if not scores:
         return []
     array = np.stack(scores)  # splits x 3 x classes

@@ -25,7 +25,7 @@ from ..core.recognise import is_run, what_is
 from ..core.tables import write_csv, write_json
 from ..datasets.folders import load_image
 from ..datasets.imageset import Task
-from ..datasets.metrics import mean_std
+from ..datasets.metrics import mean_std, per_class_scores
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import RunFolder
@@ -216,14 +216,12 @@ def _write_summary(config: EvaluateConfig, report: EvaluateReport, out: Path, **
 def _write_per_class(path: Path, said: _Scores) -> None:
     """Per class (per label): support, precision/recall/F1 mean and std over splits, and TP/FP/FN summed over
     splits; each class one-vs-rest, with the decisions the run makes."""
-    from sklearn.metrics import precision_recall_fscore_support  # scikit-learn costs ~1 s to import: only here
-
     task, classes = said.task, said.classes
     actual = task.indicator(said.truth, len(classes))
     scores, counts = [], np.zeros((3, len(classes)), dtype=int)
     for split, p in said.probs.items():
         decided = task.decisions(p, said.thresholds[split])
-        precision, recall, f1, _ = precision_recall_fscore_support(actual, decided, average=None, zero_division=0)
+        precision, recall, f1 = per_class_scores(actual, decided)
         scores.append((precision, recall, f1))
         counts += np.stack([(decided & actual).sum(0), (decided & ~actual).sum(0), (~decided & actual).sum(0)])
     array = np.asarray(scores)  # splits x 3 x classes

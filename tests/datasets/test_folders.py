@@ -5,14 +5,69 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from europeana_imgcls.datasets.class_folders import stratified_folds
 from europeana_imgcls.datasets.folders import make_splits
 from europeana_imgcls.datasets.imageset import provider_of
 from europeana_imgcls.datasets.tasks import scan_images
 
-from ..support import CLASSES, assert_one_line_error, copy_of, eic, make_folders
+from ..support import CLASSES, assert_one_line_error, copy_of, eic, examples, make_folders
+
+
+def _sklearn_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[list[int], ...]]:
+    """What make_splits made with scikit-learn's StratifiedKFold before it made its folds itself."""
+    from sklearn.model_selection import StratifiedKFold
+
+    made = []
+    for i, (rest, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels)):
+        inner = StratifiedKFold(folds - 1, shuffle=True, random_state=seed + i)
+        train, val = next(inner.split(rest, labels[rest]))
+        made.append((sorted(rest[train]), sorted(rest[val]), sorted(test)))
+    return made
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 6), min_size=1, max_size=120)
+    | st.lists(st.sampled_from("abc"), min_size=1, max_size=40),
+    folds=st.integers(2, 10),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_stratified_folds_are_scikit_learns_fold_for_fold(labels: list, folds: int, seed: int) -> None:
+    """Training makes its folds without scikit-learn (a second of CPU to import), and a run made before makes the
+    same folds: StratifiedKFold(shuffle=True)'s, index for index, and its refusals, word for word."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class with fewer members than folds: both warn alike
+        try:
+            expected = [
+                (list(a), list(b)) for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)
+            ]
+        except ValueError as refused:
+            with pytest.raises(ValueError) as ours:
+                stratified_folds(y, folds, seed)
+            assert str(ours.value) == str(refused)
+            return
+        assert [(list(a), list(b)) for a, b in stratified_folds(y, folds, seed)] == expected
+
+
+def test_a_runs_splits_are_the_ones_scikit_learn_made() -> None:
+    """Train, validation and test of each split, as make_splits made them with scikit-learn, on the pilot-like
+    shapes: balanced, unbalanced, and the least class with exactly as many images as folds."""
+    rng = np.random.default_rng(3)
+    for labels in (np.repeat(np.arange(3), 9), rng.integers(0, 5, 97), np.array([0] * 3 + [1] * 20 + [2] * 7)):
+        for folds, seed in ((3, 0), (3, 42), (5, 7) if np.bincount(labels).min() >= 5 else (3, 1)):
+            ours = [(list(s.train), list(s.val), list(s.test)) for s in make_splits(labels, folds, seed)]
+            assert ours == _sklearn_splits(labels, folds, seed)
 
 
 def test_make_splits_accepts_duplicate_groups_as_groups() -> None:

@@ -29,3 +29,19 @@ def test_the_scores_are_scikit_learns_to_the_last_bit() -> None:
         assert scores["sensitivity"] == scores["recall"]
     with pytest.raises(ValueError, match="empty"):  # as scikit-learn refuses nothing to score
         classification_metrics(np.array([], dtype=int), np.zeros((0, 3)))
+
+
+def test_per_class_scores_are_scikit_learns_to_the_last_bit() -> None:
+    """Per class, one-vs-rest, on indicator matrices (the model card's and evaluate's per-class table): precision,
+    recall and F1 with 0 where a class is never decided or never true, equal to scikit-learn's."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from europeana_imgcls.datasets.metrics import per_class_scores
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        rows, classes = int(rng.integers(1, 40)), int(rng.integers(2, 9))  # one column: scikit-learn reads 0/1 labels
+        actual, decided = rng.random((rows, classes)) < rng.random(), rng.random((rows, classes)) < rng.random()
+        expected = precision_recall_fscore_support(actual, decided, average=None, zero_division=0)[:3]
+        for ours, theirs in zip(per_class_scores(actual, decided), expected, strict=True):
+            assert ours.tolist() == theirs.tolist()
