@@ -18,6 +18,7 @@ from .support import VOCAB, sandbox_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow(seconds=2)  # a lint-imports process
 def test_the_import_contracts_are_kept() -> None:
     """pyproject.toml's import-linter contracts: the layers, and no torch below the modelling half."""
     done = subprocess.run(

@@ -187,6 +187,7 @@ def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
         assert report.already_saved >= partial - 2
 
 
+@pytest.mark.slow(seconds=2)  # a download end to end
 def test_multi_label_layout_writes_labels_csv(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=2)) as sb:
         table = sandbox_table(sb, tmp_path / "t.parquet".replace(".parquet", ".csv"), multi=True)
@@ -742,6 +743,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.jpg"))}
 
 
+@pytest.mark.slow(seconds=3)  # downloads from three sandboxes
 def test_thumbnails_come_from_the_cdn_fall_back_to_originals_and_placeholders_are_never_kept(tmp_path: Path) -> None:
     # 34 records: thumbnails of good and of dead originals, originals without a thumbnail, and neither
     with Sandbox(sandbox_config(per_level=4, bad_every=5, thumbnail_missing_every=4)) as sb:
@@ -792,6 +794,7 @@ def _fetched(folder: Path) -> dict[str, str]:
         return {row["ID"]: row["URL"] for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow(seconds=2)  # a download end to end
 def test_each_saved_image_is_listed_with_the_url_it_came_from_a_dead_original_with_its_preview(
     tmp_path: Path,
 ) -> None:

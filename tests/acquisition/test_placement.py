@@ -26,6 +26,7 @@ from ..support import sandbox_config, sandbox_records, sandbox_table
 # Hostile folders and files: nothing outside the folder is touched, nothing hangs, one line at worst
 
 
+@pytest.mark.slow(seconds=2)  # two downloads
 def test_a_rerun_with_changed_classes_moves_files_and_sets_aside_the_rest(tmp_path: Path) -> None:
     from europeana_imgcls.acquisition.placement import SET_ASIDE
 

@@ -88,6 +88,7 @@ for args in json.loads(sys.argv[1]):
     return {" ".join(r["args"]): r for r in map(json.loads, done.stdout.splitlines())}
 
 
+@pytest.mark.slow(seconds=2)  # an eic process
 @pytest.mark.parametrize("args", MISSING)
 def test_a_missing_path_is_refused_before_torch_is_imported(
     refusals: dict[str, dict[str, Any]], args: list[str]

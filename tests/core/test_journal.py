@@ -93,6 +93,7 @@ def _hold(folder: str, ready: multiprocessing.synchronize.Event, done: multiproc
         done.wait(60)
 
 
+@pytest.mark.slow(seconds=2)  # a second process
 def test_a_second_writer_of_a_part_is_refused_in_one_line(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     ready, done = context.Event(), context.Event()
@@ -290,6 +291,7 @@ def _merge_then_die(folder: str, out: str) -> None:
     journal(Path(folder)).open(resume=True, output=_output(Path(out))).merge(write)
 
 
+@pytest.mark.slow(seconds=2)  # predictions, a killed merge and its resume
 @pytest.mark.parametrize("left", ["every part", "the last part"])
 def test_a_merge_killed_after_writing_its_output_resumes_without_loss_or_duplicates(tmp_path: Path, left: str) -> None:
     folder, out = tmp_path / "out.jsonl.journal", tmp_path / "out.jsonl"

@@ -166,6 +166,7 @@ def test_audit_replaces_its_own_audit_and_review_tasks_and_keeps_them_inside_its
     assert {"r.json", "r.labelling.xml"} <= set(json.loads((tmp_path / "a2" / MANIFEST).read_text())["files"])
 
 
+@pytest.mark.slow(seconds=2)  # two evaluations
 def test_evaluate_replaces_only_its_own_evaluation(run: Path, tmp_path: Path) -> None:
     data = make_folders(tmp_path / "eval", per_class=3, size=40)
     out = tmp_path / "evaluation"

@@ -16,6 +16,7 @@ from europeana_imgcls.core.progress import EVERY, RATE, Rate, progress_bar
 from ..support import make_folders
 
 
+@pytest.mark.slow(seconds=2)  # two embeddings and two audits
 def test_embed_and_audit_show_progress_in_a_terminal_unless_quiet(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -31,7 +31,7 @@ def _sklearn_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[lis
     return made
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(
     labels=st.lists(st.integers(0, 6), min_size=1, max_size=120)
     | st.lists(st.sampled_from("abc"), min_size=1, max_size=40),

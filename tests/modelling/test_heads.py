@@ -63,6 +63,7 @@ def test_a_probe_on_vectors_of_another_size_is_refused_before_it_writes_a_run(tm
     assert not list((tmp_path / "probe").glob("**/model.pt"))
 
 
+@pytest.mark.slow(seconds=2)  # embeddings and probes
 def test_a_probe_on_embeddings_takes_their_backbone_and_refuses_another(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -100,6 +101,7 @@ def test_a_multilabel_linear_probe_and_knn_run(ml_run, tmp_path: Path) -> None:
 # Found in review: resumes, encodings and paths
 
 
+@pytest.mark.slow(seconds=2)  # an embedding, a probe and its resume
 def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from europeana_imgcls import EvaluateConfig, evaluate, train
     from europeana_imgcls.modelling import heads

@@ -13,6 +13,7 @@ from europeana_imgcls.core.errors import ModelError
 from europeana_imgcls.modelling.models import build_model
 
 
+@pytest.mark.slow(seconds=2)  # resnet18, twice
 def test_weights_files_load_safely(folders: Path, tmp_path: Path) -> None:
     good = tmp_path / "resnet18.pth"
     torch.save(build_model("resnet18", 1000, "none").state_dict(), good)

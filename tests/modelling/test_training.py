@@ -367,6 +367,7 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_retried(tmp_path: Path)
     assert report.splits  # the natural retry with --weights none is not refused
 
 
+@pytest.mark.slow(seconds=2)  # a 3-fold training
 def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_behind(tmp_path: Path) -> None:
     from europeana_imgcls.core.errors import ModelError
 

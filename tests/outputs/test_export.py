@@ -154,6 +154,7 @@ def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: P
     assert len(rows(out["onnx"])) == 15 and _top1(out["onnx"]) == _top1(out["openvino"])
 
 
+@pytest.mark.slow(seconds=2)  # an int8 export end to end
 def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,6 +171,7 @@ def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
     assert not (tmp_path / "int8").exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow(seconds=2)  # an int8 export end to end
 def test_int8_is_held_to_float32_on_as_many_test_images_as_asked(run: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(quantise, "agreement", lambda before, after: 0.5)
     args = ["export", str(run), "--quantize", "static", "--agreement-images", "3", "--output", str(tmp_path / "q")]

@@ -179,6 +179,7 @@ def test_predict_says_what_it_could_not_read_and_which_splits_there_are(trained:
 # Predict and embed in shards
 
 
+@pytest.mark.slow(seconds=2)  # four predictions and a merge
 def test_predict_in_shards_then_one_merge_equals_an_unsharded_prediction(trained_run: Path, tmp_path: Path) -> None:
     from europeana_imgcls import PredictConfig, predict
 

@@ -84,6 +84,7 @@ def _agreement(float32: Path, int8: Path, pixels: np.ndarray) -> dict[str, float
     return {k: quantise.agreement(before, z) for k, z in quantise.int8_logits(int8, pixels).items()}
 
 
+@pytest.mark.slow(seconds=2)  # the accuracy control in two runtimes
 def test_the_control_keeps_in_float_the_node_int8_cannot_take_and_only_it(tmp_path: Path) -> None:
     float32 = _graph(tmp_path / "float32.onnx")
     graph = onnx.load(str(float32))

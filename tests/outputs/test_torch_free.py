@@ -53,6 +53,7 @@ def _eic(*args: str) -> subprocess.CompletedProcess[str]:
     return _without_torch(run + "except SystemExit as end:\n    assert not end.code, end.code")
 
 
+@pytest.mark.slow(seconds=2)  # eic processes without torch
 def test_predict_and_enrich_import_no_torch() -> None:
     """What the commands import before any work (the command line, predict, enrich, the runtimes)."""
     done = _without_torch(
