@@ -22,13 +22,21 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
 def _macro_scores(matrix: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
     """Macro precision, recall and F1 over ``labels``, 0 where a class is never predicted or never true (scikit-learn's
     zero_division=0); F1 as it computes it, 2 TP / (true + predicted)."""
-    tp = np.diag(matrix)[labels].astype(np.float64)
-    predicted, true = matrix.sum(axis=0)[labels], matrix.sum(axis=1)[labels]
+    precision, recall, f1 = _one_vs_rest(
+        np.diag(matrix)[labels], matrix.sum(axis=0)[labels], matrix.sum(axis=1)[labels]
+    )
+    return float(precision.mean()), float(recall.mean()), float(f1.mean())
+
+
+def _one_vs_rest(tp: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: precision, recall and F1 from its true positives and how often it was predicted and true; 0 where
+    undefined (scikit-learn's zero_division=0), F1 as it computes it, 2 TP / (true + predicted)."""
+    tp = np.asarray(tp, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(true > 0, tp / true, 0.0)
         f1 = np.where(true + predicted > 0, 2.0 * tp / (true + predicted), 0.0)
-    return float(precision.mean()), float(recall.mean()), float(f1.mean())
+    return precision, recall, f1
 
 
 def per_class_scores(actual: np.ndarray, decided: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,13 +44,7 @@ def per_class_scores(actual: np.ndarray, decided: np.ndarray) -> tuple[np.ndarra
     ``decided`` (rows: images, columns: classes), 0 where undefined: scikit-learn's precision_recall_fscore_support
     with ``average=None, zero_division=0``, to the bit, without its second of import where a model card is written."""
     actual, decided = np.asarray(actual).astype(bool), np.asarray(decided).astype(bool)
-    tp = (actual & decided).sum(axis=0).astype(np.float64)
-    predicted, true = decided.sum(axis=0), actual.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(true > 0, tp / true, 0.0)
-        f1 = np.where(true + predicted > 0, 2.0 * tp / (true + predicted), 0.0)
-    return precision, recall, f1
+    return _one_vs_rest((actual & decided).sum(axis=0), decided.sum(axis=0), actual.sum(axis=0))
 
 
 def specificity_per_class(matrix: np.ndarray) -> np.ndarray:
