@@ -4,6 +4,7 @@ tasks (``tasks``) scan and split through it without loading torch; ``folders`` t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,26 +121,20 @@ def make_splits(labels: np.ndarray, folds: int, seed: int, groups: Sequence[str]
     group_array = np.asarray(groups) if groups is not None else None
     splits = []
     try:
-        for i, (rest, test) in enumerate(_outer_folds(labels, folds, seed, group_array)):
-            if group_array is None:
-                train_pos, val_pos = stratified_folds(labels[rest], folds - 1, seed + i)[0]
-            else:
-                from sklearn.model_selection import StratifiedGroupKFold  # see _outer_folds
-
-                inner = StratifiedGroupKFold(folds - 1, shuffle=True, random_state=seed + i)
-                train_pos, val_pos = next(inner.split(rest, labels[rest], group_array[rest]))
+        for i, (rest, test) in enumerate(_folds(labels, folds, seed, group_array)):
+            inner_groups = group_array[rest] if group_array is not None else None
+            train_pos, val_pos = _folds(labels[rest], folds - 1, seed + i, inner_groups)[0]
             splits.append(Split(np.sort(rest[train_pos]), np.sort(rest[val_pos]), np.sort(test)))
     except ValueError as exc:
         raise DatasetError(f"cannot make {folds} folds: {exc}") from None
     return splits
 
 
-def _outer_folds(
-    labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def _folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) of each stratified fold; with ``groups``, no group in two folds (scikit-learn's
+    StratifiedGroupKFold, and the scipy and pandas it loads: a second of CPU, only where groups are kept together)."""
     if groups is None:
         return stratified_folds(labels, folds, seed)
-    # scikit-learn (and the scipy and pandas it loads: a second of CPU) only where groups are kept together.
     from sklearn.model_selection import StratifiedGroupKFold
 
     return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(labels, labels, groups))
@@ -150,8 +145,6 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np
     scikit-learn's ``StratifiedKFold(folds, shuffle=True, random_state=seed).split``, fold for fold and with its
     refusals, in numpy, so that training does not import scikit-learn (a second and a half of CPU a process) and a
     run made before keeps its folds. Each class's members go round-robin over the folds, in a random order."""
-    import warnings
-
     y = np.asarray(labels)
     if folds > len(y):
         raise ValueError(
