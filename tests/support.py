@@ -150,10 +150,14 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> 
     handler.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 drops a downloader's burst of connections (see the sandbox's)
+
+
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A server on 127.0.0.1 answering with ``handler`` while the block runs; yields its ``http://host:port``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     # shutdown() waits for the loop to look at its flag: every half second by default, every 10 ms here.
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:

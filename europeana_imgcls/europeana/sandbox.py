@@ -629,6 +629,11 @@ def _sorted(records: list[SandboxRecord], sort: str) -> list[SandboxRecord]:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # socketserver's backlog is 5: a client opening more connections at once (the downloader opens up to
+    # --concurrency) while the accepting thread waits for the GIL overflows it, and the kernel drops the SYNs
+    # the client then resends a whole second later.
+    request_queue_size = 128
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hang up on endless or stalled answers on purpose; that is not a server error.
         if not isinstance(sys.exc_info()[1], ConnectionError):

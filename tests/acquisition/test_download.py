@@ -45,6 +45,7 @@ from ..support import (
     sandbox_config,
     sandbox_records,
     sandbox_table,
+    serving,
 )
 from ..support import download_config as config
 
@@ -406,12 +407,8 @@ def file_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", folder
-    server.shutdown()
-    server.server_close()
+    with serving(functools.partial(Quiet, directory=str(folder))) as url:  # type: ignore[arg-type]
+        yield url, folder
 
 
 def test_sixteen_bit_tiff_broken_url_and_a_crash_each_end_as_a_row(

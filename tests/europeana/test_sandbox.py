@@ -91,3 +91,50 @@ def test_an_image_is_served_as_drawn_however_often_and_by_whichever_sandbox_asks
             other = b.catalogue[record.serial]  # the same record in a sandbox of another image size
             assert client.get(b.image_url(other)).content == drawn(b, other.serial)
         assert max(Image.open(io.BytesIO(a.image_bytes(records[0].serial, max_side=32)[0])).size) == 32
+
+
+def test_the_sandbox_takes_every_connection_a_downloader_opens_at_once() -> None:
+    """The downloader opens up to --concurrency connections at once. While the sandbox's accepting thread waits
+    (for the GIL, on a busy machine), the kernel queues them; socketserver's queue of 5 overflowed, and the client
+    resent the dropped ones a whole second later, which slowed every download test under xdist."""
+    import selectors
+    import socket
+    import threading
+
+    from europeana_imgcls.core.config import DownloadConfig
+
+    opened = 2 * DownloadConfig.model_fields["concurrency"].default
+    accepting, held = threading.Event(), threading.Event()
+
+    with Sandbox(sandbox_config(per_level=1)) as sb:
+        server = sb._server
+
+        def hold() -> None:  # socketserver's hook between two accepts: the loop waits here until released
+            accepting.set()
+            held.wait(30)
+
+        accepting.clear()
+        server.service_actions = hold  # type: ignore[method-assign]
+        assert accepting.wait(30)  # the loop is held: from now on only the kernel's queue takes connections
+        host, port = server.server_address[:2]
+        sockets, waiting = [], selectors.DefaultSelector()
+        try:
+            for _ in range(opened):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex((host, port))
+                sockets.append(s)
+                waiting.register(s, selectors.EVENT_WRITE)
+            connected, events = 0, [None]
+            while waiting.get_map() and events:  # a connection the kernel took is writable at once; a dropped one
+                events = waiting.select(timeout=10)  # is not, until the loop accepts again
+                for key, _ in events:
+                    waiting.unregister(key.fileobj)
+                    connected += key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            assert connected == len(sockets)
+        finally:
+            held.set()
+            server.service_actions = lambda: None  # type: ignore[method-assign]
+            waiting.close()
+            for s in sockets:
+                s.close()
