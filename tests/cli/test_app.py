@@ -71,12 +71,12 @@ def refusals() -> dict[str, dict[str, Any]]:
     its exit code, its stderr, and whether torch had been imported by then."""
     code = """
 import contextlib, io, json, sys
-from europeana_imgcls.cli.app import main
+from europeana_imgcls.cli.app import command_line
 for args in json.loads(sys.argv[1]):
     sys.argv, err, status = ["eic", *args], io.StringIO(), 0
     with contextlib.redirect_stderr(err):
         try:
-            main()
+            command_line()
         except SystemExit as exit:
             status = exit.code
     print(json.dumps({"args": args, "torch": "torch" in sys.modules, "status": status, "stderr": err.getvalue()}))
