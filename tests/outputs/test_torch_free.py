@@ -42,7 +42,8 @@ print(sorted(m for m, module in sys.modules.items() if m.split(".")[0] in {HEAVY
 
 
 def _without_torch(body: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # EIC_FULL_EXIT: eic's end raises SystemExit as Python's exit does, so the script goes on to say what it holds.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EIC_FULL_EXIT": "1"}
     script = NO_TORCH.format(body=body)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
 
