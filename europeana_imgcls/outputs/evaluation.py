@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import inference_loader, resolve_device
 from .inference import Ensemble, ModelRequest, SplitModel
 from .runtimes import load_models
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 EVALUATION = OutputKind(
     "evaluation",
@@ -267,10 +270,18 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
         ["truth \\ prediction", *classes],
         ([name, *map(int, row)] for name, row in zip(classes, matrix, strict=True)),
     )
+    confusion_figure(matrix, classes).savefig(out / "confusion_matrix.png", dpi=100)
+
+
+def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
+    """The confusion matrix drawn twice, counts and normalised by true class, every label and title whole."""
     from matplotlib.figure import Figure  # the object API: no global backend switch, nothing left open
 
     size = max(6.0, 0.45 * len(classes) + 3)
-    figure = Figure(figsize=(2 * size, size))
+    # Each square matrix is as wide as its half of the figure less the class names on its left; as tall, it needs
+    # those names again below it (upright) and a title and an axis label beside: an inch more than its half is
+    # wide. A figure only as tall as that half was wide pushed "prediction" under the image's edge.
+    figure = Figure(figsize=(2 * size, size + 1))
     axes = figure.subplots(1, 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
@@ -304,7 +315,7 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
                         in_layout=False,  # inside its cell: tight_layout need not measure n² texts
                     )
     figure.tight_layout()
-    figure.savefig(out / "confusion_matrix.png", dpi=100)
+    return figure
 
 
 def _write_predictions(path: Path, scores: _Scores) -> None:

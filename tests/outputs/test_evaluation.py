@@ -131,3 +131,29 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
         expected = [c for c, t in zip(LABELS, cuts, strict=True) if line["probabilities"][c] >= t]
         assert line["labels"] == expected
     assert len(list((tmp_path / "cams").glob("*.jpg"))) == 24
+
+
+@pytest.mark.parametrize("count", [2, 3, 20, 40])
+def test_the_confusion_matrix_shows_every_label_and_title_whole(count: int) -> None:
+    """Every title, axis label and class name of the figure lies inside the saved image: with 20 classes (the
+    pilot's vocabulary) the "prediction" under the matrices was cut off."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from europeana_imgcls.outputs.evaluation import confusion_figure
+
+    names = ["archaeological_site_of_the_later_bronze_age", "map", "costume_accessories", "woodwork", "inscription"]
+    classes = [f"{names[i % len(names)]}{'_' + str(i) if i >= len(names) else ''}" for i in range(count)]
+    matrix = np.random.default_rng(count).integers(0, 200, (count, count))
+    figure = confusion_figure(matrix, classes)
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(100)  # as it is saved
+    canvas.draw()
+    page, renderer = figure.bbox, canvas.get_renderer()
+    for ax in figure.axes:
+        if not ax.get_visible() or not ax.get_xticks().size:  # a colour bar
+            continue
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
+        for text in [t for t in texts if t.get_text()]:
+            box = text.get_window_extent(renderer)
+            inside = page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+            assert inside, (count, text.get_text(), box, page)
