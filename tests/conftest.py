@@ -10,7 +10,9 @@ import atexit
 import functools
 import gc
 import json
+import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
 # start inherit the variable, and read them.
 sys.dont_write_bytecode = False
 
-# Python collects garbage every 700 new objects, and all of it every 100 collections: in a worker that holds torch,
-# the tests' modules and their fixtures, that was 5.8 s of CPU of the fast lane's 60, 2.3 s with these thresholds.
-gc.set_threshold(10_000, 50, 100)
+# Python collects the youngest garbage every 700 new objects (and all of it every 100 such collections): in a
+# worker that holds torch, the tests' modules and their fixtures, that was 5.8 s of CPU of the fast lane's 60;
+# every 10,000, 2.7 s. The older generations keep Python's ratios, so cycles (a matplotlib figure) are freed as
+# often, counted in objects, as before.
+gc.set_threshold(10_000, 10, 10)
 
 _real_connect = socket.socket.connect
 
@@ -83,14 +87,20 @@ def pytest_configure(config: pytest.Config) -> None:
         # each, and so for the eic processes the tests start (torchrun, kill and resume): they inherit it.
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if hasattr(config, "workerinput"):  # an xdist worker (not a pytest a test starts, which inherits the variable)
         atexit.register(_leave_worker)
 
 
 def _leave_worker() -> None:
-    """A worker's last exit handler (the handlers registered after this one, by the tests' libraries, have run):
-    it has sent its reports and the controller has told it to stop; what is left is Python tearing torch down, 1.5
-    to 2.5 s of a core per worker with the whole suite loaded, which the controller waits for at the end of every
-    run. eic itself ends the same way (``cli/app.leave``)."""
+    """A worker's exit, once it has sent its reports and the controller has told it to stop: what is left is
+    Python tearing torch down, 1.5 to 2.5 s of a core per worker with the whole suite loaded, which the controller
+    waited for at the end of every run. The exit handlers registered after this one (after torch's import) have
+    run; of those registered before, the two that matter run here: multiprocessing's (its children stopped, its
+    temporary folders removed) and logging's flush. eic itself ends the same way (``cli/app.leave``)."""
+    children = sys.modules.get("multiprocessing.util")
+    if children is not None:
+        children._exit_function()  # type: ignore[attr-defined]
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -127,7 +137,9 @@ def _hand_out_slow_tests_one_by_one(config: pytest.Config) -> None:
     runs out takes from the other's end (xdist's worksteal), so that both finish together; under ``load`` one
     waited 0.6 to 1 s for the other's last batch."""
     if fast_lane(config):
-        if not any(arg.startswith(("--dist", "-d")) for arg in config.invocation_params.args):
+        given = [*config.invocation_params.args, *config.getini("addopts")]
+        given += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+        if not any(arg.startswith(("--dist", "-d")) for arg in given):
             config.option.dist = "worksteal"  # given on the command line, that is kept
     elif getattr(config.option, "maxschedchunk", None) is None:
         config.option.maxschedchunk = 2  # xdist's --maxschedchunk; given on the command line, that is kept
@@ -151,8 +163,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: three workers per two cores for the full suite, one per core for the fast lane. A third of the
     full suite's time is spent waiting (on loopback servers, on eic in other processes), so one worker per core
     leaves cores idle: on the 2-core development machine it took 101 s with 2 workers and 89 s with 3. The fast lane
-    hardly waits, and a worker's start (torch, scikit-learn, the package, collecting the tests: ~7 s of a core) is
-    what a third worker would add: 90 s of CPU with 2 workers, 101 s with 3."""
+    hardly waits, and a worker's start (torch, the package, collecting the tests: ~5 s of a core, and ~4 s more
+    at the first use of torch._dynamo, scipy, scikit-learn, matplotlib) is what a third worker would add: 90 s of
+    CPU with 2 workers, 101 s with 3 (an earlier suite)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores if fast_lane(config) else cores * 3 // 2)
 

@@ -345,12 +345,17 @@ def sandbox(config: SandboxConfig) -> None:
 
 
 def main() -> NoReturn:
-    """The ``eic`` entry point: the command on ``sys.argv``, then a quick exit (``leave``)."""
+    """The ``eic`` entry point: the command on ``sys.argv``, then a quick exit (``leave``). To run eic's commands
+    inside another Python program, call ``command_line()``, which ends in ``SystemExit`` instead."""
     try:
         command_line()
     except SystemExit as done:
-        leave(done.code)
-    leave(0)
+        code = done.code
+    else:
+        code = 0
+    # Outside the except block: the failed command's frames (and what they hold, a DataLoader's workers) are
+    # freed before the exit handlers run, as Python's own exit frees them.
+    leave(code)
 
 
 def command_line() -> None:
@@ -369,22 +374,41 @@ def command_line() -> None:
 
 def leave(code: object) -> NoReturn:
     """Exit as Python would, less its last step: the threads that are not daemons joined (a thread pool's after
-    its queued work), the exit handlers run (logging's flush, multiprocessing's children), the standard streams
-    flushed; then the operating system, not the interpreter, tears the process down. With torch loaded that
-    teardown unregisters its operators one by one: 0.5 s of a core, 2 s once training or a runtime has loaded
-    torch._dynamo, matplotlib or ONNX Runtime, after the command's work is done (``benchmarks/exit.py``). By then
-    eic holds no file open: each output was written to a temporary file and renamed. ``EIC_FULL_EXIT=1`` keeps
-    the interpreter's teardown, as does an exit code that is not a number."""
+    its queued work), the exit handlers run (logging's flush, multiprocessing's children), Python's and the C
+    library's standard streams flushed; then the operating system, not the interpreter, tears the process down.
+    With torch loaded that teardown unregisters its operators one by one: 0.5 s of a core with torch alone, up
+    to 2 s once training or a runtime has loaded torch._dynamo, matplotlib or ONNX Runtime, after the command's
+    work is done (``benchmarks/exit.py``). By then every file eic wrote is closed, or was written to a temporary
+    file and renamed. Python's full exit is kept where a tracer or profiler is attached (coverage, cProfile: they
+    write what they saw as the program ends), with ``EIC_FULL_EXIT`` set (to anything but 0 or false), and for an
+    exit code that is not a number."""
     shutdown = getattr(threading, "_shutdown", None)
     run_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if not isinstance(code, int | None) or os.environ.get("EIC_FULL_EXIT") or not (shutdown and run_handlers):
+    if not (isinstance(code, int | None) and shutdown and run_handlers) or _full_exit_asked():
         raise SystemExit(code)
-    shutdown()
-    run_handlers()
     status = code or 0
+    try:
+        shutdown()
+    except KeyboardInterrupt:  # Ctrl-C while a thread finishes: the rest of the exit still runs
+        status = status or 130
+    run_handlers()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (eic ... | head): Python's own exit says 120
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed pipe (eic ... | head): Python's own exit says 120
             status = status or 120
+    with contextlib.suppress(Exception):  # what C and C++ code (torch, ONNX Runtime) left in stdio's buffers
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
     os._exit(status)
+
+
+def _full_exit_asked() -> bool:
+    if os.environ.get("EIC_FULL_EXIT", "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12's tools (coverage 7.4 and later use it)
+    return monitoring is not None and any(monitoring.get_tool(tool) for tool in range(6))
