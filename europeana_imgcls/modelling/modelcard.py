@@ -208,12 +208,35 @@ def _details(config: dict[str, Any], summary: dict[str, Any], splits: int, model
         f"{datetime.now(UTC).strftime('%Y-%m-%d')}.\n"
         f"- Architecture `{config.get('arch', '?')}`, starting weights `{weights}`, input {config.get('input_size')}"
         f" px, {config.get('mode', 'single-label')}.\n"
+        f"{_backbone(summary.get('backbone'))}"
         f"- {splits} split model(s) from {config.get('folds')}-fold cross-validation"
         f"{' grouped by data provider' if config.get('group_by_provider') else ''}; each trained up to "
         f"{config.get('epochs')} epochs with early stopping (patience {config.get('patience')}) on its validation "
         "part, scored on its test fold.\n"
         f"- Classes ({len(summary.get('classes', []))}): {', '.join(summary.get('classes', []))}.\n"
     )
+
+
+_TIMM_NAME = re.compile(r"[\w.+\-/]{1,200}")  # a timm name, tag, Hub id or version: nothing markdown reads
+
+
+def _backbone(said: Any) -> str:
+    """The line naming a timm backbone's origin (summary.json's ``backbone``, as the checkpoints hold it), so that
+    the same starting weights can be fetched and checked; what is missing or not plainly a name is left out."""
+    if not isinstance(said, dict):
+        return ""
+
+    def plain(key: str, pattern: re.Pattern[str] = _TIMM_NAME) -> str | None:
+        value = said.get(key)
+        return value if isinstance(value, str) and pattern.fullmatch(value) else None
+
+    name, tag, hub, version = plain("name"), plain("pretrained_tag"), plain("hf_hub_id"), plain("timm_version")
+    digest = plain("weights_sha256", re.compile(r"[0-9a-f]{64}"))
+    if name is None:
+        return ""
+    parts = [f"pretrained tag `{tag}`" if tag else "", f"Hub repository `{hub}`" if hub else ""]
+    parts += [f"timm `{version}`" if version else "", f"starting weights SHA-256 `{digest}`" if digest else ""]
+    return f"- timm backbone `{name}`: {', '.join(p for p in parts if p) or 'no origin recorded'}.\n"
 
 
 def _hyperparameters(config: dict[str, Any]) -> str:

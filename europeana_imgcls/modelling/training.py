@@ -385,16 +385,15 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     if world.main:
         names = report.splits[0].metrics.keys()
         report.summary = {m: mean_std([s.metrics[m] for s in report.splits]) for m in names}
-        write_json(
-            RunFolder(out).summary,
-            {
-                "classes": images.classes,
-                "counts": report.counts,
-                "splits": len(report.splits),
-                "metrics": report.summary,
-                "compute": compute_record(device, world.world, time.perf_counter() - started),
-            },
-        )
+        summary = {
+            "classes": images.classes,
+            "counts": report.counts,
+            "splits": len(report.splits),
+            "metrics": report.summary,
+            "compute": compute_record(device, world.world, time.perf_counter() - started),
+        }
+        backbone = get_arch(config.arch).provenance(config.weights)  # a timm model's, as its checkpoints say
+        write_json(RunFolder(out).summary, {**summary, "backbone": backbone} if backbone else summary)
         _calibrate(config, report)
         write_model_card(out)
         if board is not None:

@@ -169,3 +169,37 @@ def test_a_run_trained_before_compute_was_recorded_says_so(trained_run: Path, tm
     write_model_card(run)
     text = (run / "MODEL_CARD.md").read_text()
     assert re.search(r"## Compute infrastructure\n\nNot recorded", text)
+
+
+DIGEST = "0123456789abcdef" * 4
+TIMM = {"name": "resnet18", "pretrained_tag": "a1_in1k", "hf_hub_id": "timm/resnet18.a1_in1k"}
+
+
+@pytest.mark.parametrize(
+    ("backbone", "line"),
+    [
+        (
+            {**TIMM, "timm_version": "1.0.15", "weights_sha256": DIGEST},
+            "- timm backbone `resnet18`: pretrained tag `a1_in1k`, Hub repository `timm/resnet18.a1_in1k`, timm "
+            f"`1.0.15`, starting weights SHA-256 `{DIGEST}`.",
+        ),
+        ({"name": "resnet18"}, "- timm backbone `resnet18`: no origin recorded."),
+        # summary.json is read back: what is not plainly a name is left out, never written into the card as markdown
+        ({**TIMM, "weights_sha256": "not a digest", "timm_version": ["1"]}, "Hub repository `timm/resnet18.a1_in1k`."),
+        ({**TIMM, "name": "x\n# Injected heading"}, None),
+        ({**TIMM, "name": "`code`"}, None),
+        ("timm/resnet18", None),
+        ([TIMM], None),
+        (None, None),
+    ],
+)
+def test_the_card_names_a_timm_backbones_origin_as_the_run_recorded_it(
+    trained_run: Path, tmp_path: Path, backbone: object, line: str | None
+) -> None:
+    run = _copy(trained_run, tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "backbone": backbone}))
+    text = write_model_card(run).read_text()
+    said = [row for row in text.splitlines() if "timm backbone" in row]
+    assert said[0].endswith(line) if line else said == [], said
+    assert "# Injected" not in text and "# Model card" in text

@@ -109,6 +109,9 @@ def test_a_timm_backbone_from_the_hub_cache_goes_through_probe_predict_gradcam_e
     assert meta.timm["data_config"]["input_size"] == [3, 160, 160]
     sidecar = json.loads((run / "embeddings.embedding.json").read_text())
     assert sidecar["timm"]["weights_sha256"] == offline.sha256(name) and sidecar["input_size"] == 64
+    card = (run / "MODEL_CARD.md").read_text()  # and the model card, where a deployer reads where it came from
+    assert f"timm backbone `{name}`: pretrained tag `r160_in1k`" in card
+    assert f"starting weights SHA-256 `{offline.sha256(name)}`" in card
 
     # The run's models load without the Hub or its cache: timm builds the model bare, the checkpoint fills it.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
