@@ -21,19 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from europeana_imgcls.europeana.sandbox_images import draw_image
 
 
 def images(root: Path, per_class: int = 8) -> Path:
-    """Two class folders of small noisy JPEGs, one brighter than the other."""
-    rng = np.random.default_rng(0)
-    for label, base in (("dark", 60), ("light", 190)):
+    """Two class folders of small JPEGs, drawn as the sandbox draws its records (class by colour and stripes)."""
+    for k, label in enumerate(("dark", "light")):
         folder = root / "images" / label
         folder.mkdir(parents=True)
         for i in range(per_class):
-            pixels = np.clip(base + rng.normal(0, 30, (48, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+            draw_image((k,), 2, seed=100 * k + i, size=(48, 48)).save(folder / f"{i}.jpg", quality=90)
     return root / "images"
 
 

@@ -101,9 +101,9 @@ def _leave_worker() -> None:
     if children is not None:
         children._exit_function()  # type: ignore[attr-defined]
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from europeana_imgcls.cli.app import end_process
+
+    end_process(0)
 
 
 def _loopback_only(self: socket.socket, address: object) -> None:

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from europeana_imgcls import DownloadConfig, TrainConfig
 from europeana_imgcls.cli.app import app
 from europeana_imgcls.core.config import PublishConfig, ReviewImportConfig, SandboxConfig
 from europeana_imgcls.europeana.annotation_standin import SANDBOX_TOKEN
-from europeana_imgcls.europeana.sandbox import Sandbox, SandboxRecord, draw_image
+from europeana_imgcls.europeana.sandbox import LoopbackServer, Sandbox, SandboxRecord, draw_image
 from europeana_imgcls.outputs.review import NONE_CHOICE, import_review
 
 # ---------------------------------------------------------------------------------------------
@@ -150,14 +150,10 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> 
     handler.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # socketserver's 5 drops a downloader's burst of connections (see the sandbox's)
-
-
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A server on 127.0.0.1 answering with ``handler`` while the block runs; yields its ``http://host:port``."""
-    server = _Server(("127.0.0.1", 0), handler)
+    server = LoopbackServer(("127.0.0.1", 0), handler)
     # shutdown() waits for the loop to look at its flag: every half second by default, every 10 ms here.
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:

@@ -392,6 +392,12 @@ def leave(code: object) -> NoReturn:
     except KeyboardInterrupt:  # Ctrl-C while a thread finishes: the rest of the exit still runs
         status = status or 130
     run_handlers()
+    end_process(status)
+
+
+def end_process(status: int) -> NoReturn:
+    """The process's last step once its exit handlers have run: Python's and the C library's standard streams
+    flushed, then ``os._exit`` (``leave``'s end, and the test suite's workers')."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:

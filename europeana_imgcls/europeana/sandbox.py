@@ -237,7 +237,7 @@ class Sandbox:
         self._class_index = {name: i for i, name in enumerate(self.vocab)}
         # fail_next: the paths, the status, the answers left, whether the request is carried out first
         self._failing: tuple[tuple[str, ...], int, int, bool] | None = None
-        self._server = _QuietServer(("127.0.0.1", config.port), _make_handler(self))
+        self._server = LoopbackServer(("127.0.0.1", config.port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         # The bulk paths (sandbox_bulk.py): built on first use, as most sandboxes never serve them.
@@ -628,7 +628,9 @@ def _sorted(records: list[SandboxRecord], sort: str) -> list[SandboxRecord]:
     return records
 
 
-class _QuietServer(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """The sandbox's server (and the tests' stand-ins'): threads, quiet about clients that hang up."""
+
     # socketserver's backlog is 5: a client opening more connections at once (the downloader opens up to
     # --concurrency) while the accepting thread waits for the GIL overflows it, and the kernel drops the SYNs
     # the client then resends a whole second later.

@@ -218,6 +218,7 @@ def _details(config: dict[str, Any], summary: dict[str, Any], splits: int, model
 
 
 _TIMM_NAME = re.compile(r"[\w.+\-/]{1,200}")  # a timm name, tag, Hub id or version: nothing markdown reads
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _backbone(said: Any) -> str:
@@ -231,7 +232,7 @@ def _backbone(said: Any) -> str:
         return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
     name, tag, hub, version = plain("name"), plain("pretrained_tag"), plain("hf_hub_id"), plain("timm_version")
-    digest = plain("weights_sha256", re.compile(r"[0-9a-f]{64}"))
+    digest = plain("weights_sha256", _SHA256)
     if name is None:
         return ""
     parts = [f"pretrained tag `{tag}`" if tag else "", f"Hub repository `{hub}`" if hub else ""]
