@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -410,6 +412,55 @@ def _setup(folder: Path, tasks: Any) -> None:
     (folder / "vocab.json").write_text(json.dumps(VOCAB))
     pl.DataFrame(TRAIN).write_csv(folder / "train.csv")
     (folder / "bystander.txt").write_text("not eic's")
+
+
+# ---------------------------------------------------------------------------------------------
+# A machine that only labels: eic without PyTorch, as docs/deploy.md installs it
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+
+
+def deploy_recipe() -> dict[str | None, list[str]]:
+    """The requirements docs/deploy.md installs beside eic (installed with --no-deps): None, those of every such
+    machine; a runtime's name, that runtime's own."""
+    block = re.search(r"```sh\npip install --no-deps europeana-imgcls\b[^\n]*\n(.*?)```", DEPLOY_DOC.read_text(), re.S)
+    assert block, "docs/deploy.md holds no install of eic without its dependencies"
+    recipe: dict[str | None, list[str]] = {}
+    for line in block[1].splitlines():
+        command, _, comment = line.partition("#")
+        words = shlex.split(command)
+        assert words[:2] == ["pip", "install"], line
+        runtime = re.search(r"--runtime (\w+)", comment)
+        recipe[runtime[1] if runtime else None] = words[2:]
+    return recipe
+
+
+def deploy_machine(body: str, runtime: str | None = None) -> str:
+    """A script that runs ``body`` where only what the recipe installs (with ``runtime``'s line) can be imported:
+    every other installed distribution's modules are taken away (``import torch`` raises ModuleNotFoundError,
+    ``importlib.util.find_spec`` answers None), as on a machine that never installed them."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    recipe = deploy_recipe()
+    todo = [Requirement(line).name for line in recipe[None] + (recipe[runtime] if runtime else [])]
+    have = {"europeana-imgcls"}  # without its requirements
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name not in have:
+            have.add(name)
+            for line in metadata.requires(name) or []:
+                requirement = Requirement(line)
+                if not requirement.marker or requirement.marker.evaluate({"extra": ""}):
+                    todo.append(requirement.name)
+    lacks = sorted(
+        module
+        for module, names in metadata.packages_distributions().items()
+        if not any(canonicalize_name(name) in have for name in names)
+    )
+    # What the interpreter loaded as it started (a .pth file's) stays: a machine has its own.
+    return f"import sys\nfor name in {lacks!r}:\n    sys.modules.setdefault(name, None)\n{body}"
 
 
 # ---------------------------------------------------------------------------------------------

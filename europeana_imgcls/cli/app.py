@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import shlex
@@ -42,6 +43,7 @@ from ..core.config import (
     TrainConfig,
     WithdrawConfig,
 )
+from ..core.dependencies import missing_module
 from ..core.errors import EicError
 from . import report
 from .options import Arg, CommandSpec, config_command
@@ -94,10 +96,33 @@ def run(action: Callable[[], T], command: str) -> T:
         )
         typer.echo(f"eic: interrupted; what was finished is kept ({again})", err=True)
         raise typer.Exit(130) from None
+    except ModuleNotFoundError as exc:  # a machine without some of eic's dependencies (docs/deploy.md)
+        _missing(exc, command)
     except OSError as exc:  # the file system said no (a full disk, a path through a file, no permission)
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"eic: error: {where}{exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _missing(exc: ModuleNotFoundError, command: str) -> NoReturn:
+    """A module eic cannot import: one line naming what to install, unless the module is eic's own (a fault)."""
+    if not exc.name or exc.name.split(".")[0] == "europeana_imgcls":
+        raise exc
+    typer.echo(f"eic: error: {missing_module(exc.name, command)}", err=True)
+    raise typer.Exit(1) from None
+
+
+def _importing(action: Callable[[Any], None], command: str) -> Callable[[Any], None]:
+    """``action``, whose own imports (torch, for most commands) fail as one line as the library's errors do."""
+
+    @functools.wraps(action)
+    def guarded(config: Any) -> None:
+        try:
+            action(config)
+        except ModuleNotFoundError as exc:
+            _missing(exc, command)
+
+    return guarded
 
 
 def command(
@@ -113,7 +138,7 @@ def command(
     def decorate(action: Callable[[Any], None]) -> Callable[[Any], None]:
         group = "review" if target is review_app else ""
         spec = CommandSpec(name, model, arguments, names or {}, action.__doc__ or "", group)
-        config_command(target, spec, action, run)
+        config_command(target, spec, _importing(action, spec.full_name), run)
         return action
 
     return decorate

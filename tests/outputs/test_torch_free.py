@@ -1,6 +1,7 @@
 """Predict and enrich with an exported model (runtime onnx, openvino) never import torch: over a second of every
-start, and a deploy machine need not install it. Their labels are PyTorch's, their output what it was when they ran
-with torch loaded."""
+start, and a machine that only labels need not install it. They run where only what docs/deploy.md installs can be
+imported, their labels PyTorch's and their output what it was when they ran with everything installed; a command
+that needs more says what, in one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from europeana_imgcls.core.config import EnrichConfig, ExportConfig, PredictConfig
+from europeana_imgcls.core.dependencies import canonical, declared
 from europeana_imgcls.datasets.batches import array_batches
 from europeana_imgcls.datasets.folders import ImageDataset
 from europeana_imgcls.datasets.imageset import UNREADABLE, ImageSet
@@ -26,42 +29,95 @@ from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.export import export
 from europeana_imgcls.outputs.prediction import predict
 
-from ..support import VOCAB, make_folders, rows
+from ..support import ROOT, VOCAB, deploy_machine, deploy_recipe, make_folders, rows
 
-ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "torchvision", "pytorch_grad_cam")
-# A process in which torch, torchvision and grad-cam cannot be imported (as on a machine without them), that runs
-# what it is given and says which of them it holds.
-NO_TORCH = f"""
-import runpy, sys
-for name in {HEAVY!r}:
-    sys.modules[name] = None  # `import torch` raises ImportError; importlib.util.find_spec answers None
-{{body}}
-print(sorted(m for m, module in sys.modules.items() if m.split(".")[0] in {HEAVY!r} and module is not None))
-"""
+HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "sklearn", "scipy", "matplotlib")
+# After the body: which of them the process holds (none can be imported there, so: whether it tried and went on).
+HELD = f"print(sorted(m for m, module in sys.modules.items() if m.split('.')[0] in {HEAVY!r} and module is not None))"
 
 
-def _without_torch(body: str) -> subprocess.CompletedProcess[str]:
+def _on_a_deploy_machine(body: str, runtime: str | None = "onnx") -> subprocess.CompletedProcess[str]:
     # EIC_FULL_EXIT: eic's end raises SystemExit as Python's exit does, so the script goes on to say what it holds.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EIC_FULL_EXIT": "1"}
-    script = NO_TORCH.format(body=body)
+    script = deploy_machine(f"{body}\n{HELD}", runtime)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
 
 
-def _eic(*args: str) -> subprocess.CompletedProcess[str]:
-    """``eic ARGS`` in a process that cannot import torch."""
-    run = f"sys.argv = ['eic', *{list(args)!r}]\ntry:\n    runpy.run_module('europeana_imgcls', run_name='__main__')\n"
-    return _without_torch(run + "except SystemExit as end:\n    assert not end.code, end.code")
+def _eic(*args: str, runtime: str | None = "onnx", code: int = 0) -> subprocess.CompletedProcess[str]:
+    """``eic ARGS`` on a machine that only labels with ``runtime``; it must end with exit code ``code``."""
+    run = f"import runpy\nsys.argv = ['eic', *{list(args)!r}]\n"
+    run += "try:\n    runpy.run_module('europeana_imgcls', run_name='__main__')\n"
+    run += f"except SystemExit as end:\n    assert (end.code or 0) == {code}, end.code"
+    return _on_a_deploy_machine(run, runtime)
+
+
+def test_the_deploy_recipe_is_eics_own_requirements() -> None:
+    """What docs/deploy.md installs beside eic: requirements eic declares (its dependencies, a runtime's extra), each
+    with pyproject's version range, as eic's installed metadata states it too."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    recipe = deploy_recipe()
+    assert set(recipe) == {None, "onnx", "openvino"}
+    for runtime, lines in recipe.items():
+        allowed = project["dependencies"] if runtime is None else extras[runtime]
+        for line in lines:
+            assert _spec(line) in {_spec(a.split("#")[0]) for a in allowed}, (runtime, line)
+    installed = {_spec(r.line) for r in declared() if r.extra in ("", "onnx", "openvino")}
+    assert {_spec(line) for lines in recipe.values() for line in lines} <= installed
+    assert "onnxruntime" in {_spec(line)[0] for line in recipe["onnx"]}
+    assert "openvino" in {_spec(line)[0] for line in recipe["openvino"]}
+
+
+def _spec(line: str) -> tuple[str, frozenset[str]]:
+    """A requirement's name as pip compares it, and its version clauses in any order."""
+    from packaging.requirements import Requirement as Parsed
+
+    parsed = Parsed(line.strip())
+    return parsed.name.lower().replace("_", "-"), frozenset(str(s) for s in parsed.specifier)
+
+
+def test_every_declared_requirement_knows_its_module() -> None:
+    """The module a requirement provides, as an install says (which the missing-module line names it by)."""
+    from importlib import metadata
+
+    provided = metadata.packages_distributions()
+    checked = 0
+    for requirement in declared():
+        try:
+            metadata.distribution(requirement.name)
+        except metadata.PackageNotFoundError:  # an extra this environment left out
+            continue
+        if requirement.extra != "dev":
+            assert canonical(requirement.name) in {canonical(n) for n in provided[requirement.module]}, requirement
+            checked += 1
+    assert checked >= 15  # eic's own dependencies at least
 
 
 @pytest.mark.slow(seconds=2)  # eic processes without torch
 def test_predict_and_enrich_import_no_torch() -> None:
     """What the commands import before any work (the command line, predict, enrich, the runtimes)."""
-    done = _without_torch(
+    done = _on_a_deploy_machine(
         "import europeana_imgcls.cli.app, europeana_imgcls.outputs.prediction, europeana_imgcls.outputs.enrichment\n"
         "import europeana_imgcls.outputs.runtimes, europeana_imgcls.outputs.onnx_runtime"
     )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.slow(seconds=3)  # eic processes without torch
+def test_a_command_that_needs_what_is_not_installed_says_what_in_one_line(tmp_path: Path) -> None:
+    """Training on a machine that only labels: one line naming torch, and the pip command that installs it with the
+    rest of eic's requirements missing there; no traceback, nothing written."""
+    images = make_folders(tmp_path / "images", per_class=2, size=32)
+    done = _eic("train", str(images), "-o", str(tmp_path / "run"), "--weights", "none", code=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eic: error: eic train needs torch, which is not installed"), lines
+    wanted = [r.line for r in declared() if not r.extra and r.module in HEAVY]
+    assert lines[0].split(": pip install ")[1].split(" (")[0].split() == [f"'{line}'" for line in wanted]
+    assert not (tmp_path / "run").exists()
+    done = _eic("embed", str(images), "-o", str(tmp_path / "emb.parquet"), runtime="openvino", code=1)
+    assert done.returncode == 0 and done.stderr.startswith("eic: error: eic embed needs torch"), done.stderr[-3000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("emb*"))
 
 
 def test_array_batches_keep_the_order_and_mark_what_cannot_be_read(tmp_path: Path) -> None:
@@ -98,7 +154,9 @@ def test_an_export_labels_without_torch_as_it_did_with_it(shared_trained_run: Pa
     for runtime in ("onnx", "openvino"):
         before, after = tmp_path / f"{runtime}_before.csv", tmp_path / f"{runtime}_after.csv"
         predict(PredictConfig(run=run, inputs=[str(images)], output=before, split="all", runtime=runtime, quiet=True))
-        done = _eic("predict", str(run), str(images), "-o", str(after), "--split", "all", "--runtime", runtime)
+        done = _eic(
+            "predict", str(run), str(images), "-o", str(after), "--split", "all", "--runtime", runtime, runtime=runtime
+        )
         assert done.returncode == 0 and done.stdout.strip().endswith("[]"), done.stdout + done.stderr[-3000:]
         assert after.read_bytes() == before.read_bytes()  # the same rows, the same bytes
         assert [r["prediction"] for r in rows(after)] == [r["prediction"] for r in rows(torch_out)]
