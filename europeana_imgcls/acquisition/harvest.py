@@ -94,9 +94,15 @@ class _Found:
     finished: set[str] = field(default_factory=set)  # the source's units done
     resume_at: dict[str, str] = field(default_factory=dict)  # an unfinished unit: where it goes on
     pieces: int = 0
+    left_out_of: dict[str, Counter[str]] = field(default_factory=dict)  # each unit's share of left_out
 
     def add(self, value: dict[str, Any], key: str, source: Source, plan: Plan) -> None:
         unit = value.get("unit") or key  # a journal from before sources: the key is the unit
+        counted = self.left_out_of.setdefault(unit, Counter())
+        if value.get("again"):  # the unit read again from its start: what it left out is counted anew
+            self.left_out -= counted
+            counted.clear()
+        counted.update(value.get("left_out") or {})
         if value.get("next") is None:
             self.finished.add(unit)
             self.resume_at.pop(unit, None)

@@ -4,6 +4,10 @@ A unit is a set (``--set``, a dataset's numeric ID), or without sets the whole r
 ``--from``/``--until``. Each ListRecords page is one piece, journaled with the records it gave and the resumption
 token of the next page: a harvest killed at any moment resumes at the token of the last page it kept, so no record
 is lost or read twice. A set with no records (noRecordsMatch) is no error: its unit ends with nothing, and a note.
+
+A token lives 24 hours at Europeana: a harvest resumed later than that finds its token expired (badResumptionToken)
+at the first page it asks for. The unit is then read again from its first page, marked as a new pass (``again``):
+the records kept before stay, each once, and its counts of records left out start over (``harvest._Found``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Iterator
 
 from ..core.config import HarvestConfig
-from ..europeana.oai_pmh import OaiPmhClient
+from ..europeana.oai_pmh import BadResumptionToken, OaiPmhClient
 from .sources import Advance, BulkSource, Piece, Plan
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,26 @@ class OaiPmhSource(BulkSource):
 
     def fetch(self, unit: str, after: str | None, advance: Advance) -> Iterator[Piece]:
         spec = self.sets[unit]
+        pieces = self._pieces(unit, after, advance)
+        try:
+            first = next(pieces, None)
+        except BadResumptionToken:
+            if after is None:
+                raise  # a token of this run's own expired: a page took a day
+            log.warning(
+                "%s: the resumption token this harvest stopped at has expired (Europeana keeps one 24 hours): reading "
+                "it again from its first page; the records kept before are kept, each once",
+                _named(spec),
+            )
+            pieces = self._pieces(unit, None, advance, again=after)
+            first = next(pieces, None)
+        if first is not None:
+            yield first
+            yield from pieces
+
+    def _pieces(self, unit: str, after: str | None, advance: Advance, again: str | None = None) -> Iterator[Piece]:
+        """The unit's pages from ``after`` (None: its first); ``again``: the expired token a new pass replaces."""
+        spec = self.sets[unit]
         pages = self.client.list_records(spec=spec, start=self.config.from_date, until=self.config.until, token=after)
         asked = after
         for page in pages:
@@ -40,18 +64,21 @@ class OaiPmhSource(BulkSource):
                 log.warning("%s: the OAI-PMH service has no records there (noRecordsMatch)", _named(spec))
             items, no_url, left_out = self.found(page.records)
             advance(len(page.records))
-            # Known by the token that asked for it: the same page has the same key however often it is asked.
-            yield Piece(_key(unit, asked), unit, items, no_url, left_out, page.token)
-            asked = page.token
+            # Known by the token that asked for it: the same page has the same key however often it is asked. A new
+            # pass's first page, by the token it replaces (its first page's own key is the first pass's).
+            key = _key(unit, asked) if again is None else _key(unit, again, "again")
+            yield Piece(key, unit, items, no_url, left_out, page.token, again=again is not None)
+            asked, again = page.token, None
 
     def close(self) -> None:
         self.client.close()
 
 
-def _key(unit: str, token: str | None) -> str:
+def _key(unit: str, token: str | None, kind: str = "") -> str:
     if token is None:
         return f"{unit}|first"
-    return f"{unit}|{hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest()[:20]}"
+    digest = hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest()[:20]
+    return f"{unit}|{kind}|{digest}" if kind else f"{unit}|{digest}"
 
 
 def _named(spec: str | None) -> str:

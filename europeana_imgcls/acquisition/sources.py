@@ -68,7 +68,8 @@ class Plan:
 class Piece:
     """One journal record of a unit's work: the records it found with an image (items: the row's values and the
     categories they link to, ``labels``), the IDs without an image URL, the other records left out by reason, and
-    where the unit goes on after it (``next``; None: the unit is finished)."""
+    where the unit goes on after it (``next``; None: the unit is finished); ``again``: the first piece of a new pass
+    over the unit, whose earlier pieces' counts it replaces (OAI-PMH, read again after its token expired)."""
 
     key: str  # the journal key: unique over the harvest
     unit: str
@@ -76,15 +77,17 @@ class Piece:
     no_url: list[str] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)
     next: str | None = None
+    again: bool = False
 
     def value(self) -> dict[str, Any]:
-        return {
+        value = {
             "unit": self.unit,
             "next": self.next,
             "items": self.items,
             "no_url": self.no_url,
             "left_out": self.left_out,
         }
+        return value | {"again": True} if self.again else value
 
 
 class Source(Protocol):
@@ -123,6 +126,8 @@ def piece_found(value: Any) -> bool:
     if not isinstance(value.get("no_url"), list) or not all(isinstance(i, str) for i in value["no_url"]):
         return False
     if not isinstance(value.get("unit", ""), str) or not isinstance(value.get("next"), str | None):
+        return False
+    if not isinstance(value.get("again", False), bool):
         return False
     left_out = value.get("left_out", {})
     if not isinstance(left_out, dict) or not all(isinstance(v, int) for v in left_out.values()):

@@ -59,8 +59,8 @@ class BadArgument(OaiPmhError):
 
 # What to do about each error the service may send, after its own words.
 _REMEDIES = {
-    "badResumptionToken": "a harvest killed more than a day ago cannot carry on at its token (Europeana's live 24 "
-    "hours): harvest that set again into a new `output`",
+    "badResumptionToken": "a token lives 24 hours at Europeana: run the same harvest with `resume`, which reads a set "
+    "whose token expired again from its first page and keeps what was harvested",
     "badArgument": "check `set` (a dataset's numeric ID, e.g. 2021672) and the `from_date`/`until` dates "
     "(YYYY-MM-DD or YYYY-MM-DDThh:mm:ssZ)",
     "cannotDisseminateFormat": "the service does not serve EDM: check `oai_url`",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,55 @@ def test_a_killed_harvest_resumes_at_its_token_with_nothing_lost_or_repeated(
     assert resumed.rows == whole.rows and resumed.left_out == whole.left_out
 
 
-def test_a_token_expired_while_the_harvest_was_down_is_one_line(tmp_path: Path) -> None:
+def test_a_token_that_expires_while_the_harvest_runs_is_one_line(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=2), Knobs(oai_page_size=5, oai_token_ttl=0.0)) as sb:
-        with client(sb) as oai, pytest.raises(BadResumptionToken, match="expired at .* harvest that set again"):
+        with client(sb) as oai, pytest.raises(BadResumptionToken, match="expired at .* run the same harvest with"):
             list(oai.list_records())
         result = eic(
             "harvest", "--source", "oai-pmh", "--oai-url", sb.base_url + "/oai", "-o", tmp_path / "h.csv", "--quiet"
         )
     assert_one_line_error(result, "answered badResumptionToken: Resumption token expired at")
+    assert "with --resume, which reads a set whose token expired again from its first page" in result.stderr
+
+
+@pytest.mark.parametrize("sets", [0, 2])
+def test_a_harvest_resumed_after_its_token_expired_reads_the_set_again_and_keeps_each_record_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, sets: int
+) -> None:
+    """Killed on a page, resumed two days later: the kept token has expired, so its set is read again from its first
+    page. The table and the counts of records left out are those of a harvest never stopped."""
+    with Sandbox(sandbox_config(per_level=3), Knobs(strays=2, oai_page_size=7)) as sb:
+        chosen = {"set": sb.datasets[:sets]} if sets else {}
+        whole = harvest(oai_config(sb, tmp_path / "whole.csv", **chosen))
+        real = OaiPmhClient.request
+
+        def killed_at_the_first_token(self: OaiPmhClient, params: Any) -> Any:
+            if "resumptionToken" in dict(params):
+                raise KeyboardInterrupt
+            return real(self, params)
+
+        out = tmp_path / "h.csv"
+        monkeypatch.setattr(OaiPmhClient, "request", killed_at_the_first_token)
+        with pytest.raises(KeyboardInterrupt):
+            harvest(oai_config(sb, out, **chosen))
+        monkeypatch.setattr(OaiPmhClient, "request", real)
+        kept = [value for _, value in read_records(out.with_name("h.csv.journal") / "part.ndjson")]
+        sb.oai.clock = lambda: time.time() + 2 * 86_400  # two days on: every token the sandbox gave has expired
+        before = len(sb.oai_requests)
+        resumed = harvest(oai_config(sb, out, resume=True, **chosen))
+        asked_now = list(sb.oai_requests)[before:]
+        again = harvest(oai_config(sb, out, resume=True, **chosen))
+        assert len(sb.oai_requests) == before + len(asked_now)  # a finished harvest resumed asks nothing
+    assert asked_now[0] == {"verb": ["ListRecords"], "resumptionToken": [kept[-1]["next"]]}
+    spec = kept[-1]["unit"].removeprefix("oai|")
+    assert asked_now[1] == {"verb": ["ListRecords"], "metadataPrefix": ["edm"], **({"set": [spec]} if sets else {})}
+    finished = {value["unit"] for value in kept if value["next"] is None}
+    todo = [[d] for d in chosen.get("set", []) if f"oai|{d}" not in finished] or [None]
+    assert [a.get("set") for a in asked_now if "metadataPrefix" in a] == todo  # the killed set read again, once
+    assert "has expired (Europeana keeps one 24 hours): reading it again from its first page" in caplog.text
+    assert pl.read_csv(out).sort("ID").equals(pl.read_csv(whole.output).sort("ID"))
+    assert resumed.rows == again.rows == whole.rows and resumed.left_out == again.left_out == whole.left_out
+    assert sum(resumed.left_out.values()) > 0  # the strays: counted once, though their pages were read twice
 
 
 @pytest.mark.parametrize(
