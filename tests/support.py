@@ -5,6 +5,7 @@ Import them as ``from ..support import make_folders`` (``from .support import ..
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import pickle
@@ -440,6 +441,34 @@ def deploy_machine(body: str, runtime: str | None = None) -> str:
     """A script that runs ``body`` where only what the recipe installs (with ``runtime``'s line) can be imported:
     every other installed distribution's modules are taken away (``import torch`` raises ModuleNotFoundError,
     ``importlib.util.find_spec`` answers None), as on a machine that never installed them."""
+    # What the interpreter loaded as it started (a .pth file's) stays: a machine has its own.
+    return f"import sys\nfor name in {_lacking(runtime)!r}:\n    sys.modules.setdefault(name, None)\n{body}"
+
+
+def on_a_deploy_machine(
+    body: str, runtime: str | None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``body`` run by a Python that can import only what docs/deploy.md installs (with ``runtime``'s line)."""
+    # EIC_FULL_EXIT: eic's end raises SystemExit as Python's exit does, so a body can go on after eic.
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "EIC_FULL_EXIT": "1"}
+    script = deploy_machine(body, runtime)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+def eic_on_a_deploy_machine(
+    *args: str, runtime: str | None = "onnx", code: int = 0, then: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``eic ARGS`` on a machine that only labels with ``runtime``: the process fails unless eic ends with exit code
+    ``code``; ``then``: what it runs after."""
+    run = f"import runpy\nsys.argv = ['eic', *{list(args)!r}]\n"
+    run += "try:\n    runpy.run_module('europeana_imgcls', run_name='__main__')\n"
+    run += f"except SystemExit as end:\n    assert (end.code or 0) == {code}, end.code\n{then}"
+    return on_a_deploy_machine(run, runtime, env)
+
+
+@functools.cache  # 0.3 s of reading every installed distribution's metadata
+def _lacking(runtime: str | None) -> list[str]:
+    """The top-level modules of the installed distributions the recipe (with ``runtime``'s line) does not bring."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -454,13 +483,11 @@ def deploy_machine(body: str, runtime: str | None = None) -> str:
                 requirement = Requirement(line)
                 if not requirement.marker or requirement.marker.evaluate({"extra": ""}):
                     todo.append(requirement.name)
-    lacks = sorted(
+    return sorted(
         module
         for module, names in metadata.packages_distributions().items()
         if not any(canonicalize_name(name) in have for name in names)
     )
-    # What the interpreter loaded as it started (a .pth file's) stays: a machine has its own.
-    return f"import sys\nfor name in {lacks!r}:\n    sys.modules.setdefault(name, None)\n{body}"
 
 
 # ---------------------------------------------------------------------------------------------

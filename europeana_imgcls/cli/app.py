@@ -43,7 +43,7 @@ from ..core.config import (
     TrainConfig,
     WithdrawConfig,
 )
-from ..core.dependencies import missing_module
+from ..core.dependencies import missing_module, missing_package
 from ..core.errors import EicError
 from . import report
 from .options import Arg, CommandSpec, config_command
@@ -96,8 +96,6 @@ def run(action: Callable[[], T], command: str) -> T:
         )
         typer.echo(f"eic: interrupted; what was finished is kept ({again})", err=True)
         raise typer.Exit(130) from None
-    except ModuleNotFoundError as exc:  # a machine without some of eic's dependencies (docs/deploy.md)
-        _missing(exc, command)
     except OSError as exc:  # the file system said no (a full disk, a path through a file, no permission)
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"eic: error: {where}{exc.strerror or exc}", err=True)
@@ -105,15 +103,17 @@ def run(action: Callable[[], T], command: str) -> T:
 
 
 def _missing(exc: ModuleNotFoundError, command: str) -> NoReturn:
-    """A module eic cannot import: one line naming what to install, unless the module is eic's own (a fault)."""
-    if not exc.name or exc.name.split(".")[0] == "europeana_imgcls":
+    """A package eic cannot import: one line naming what to install. A module of eic's own, or one missing from a
+    package that is there (a typo, a version without it), is a fault: its traceback shows where."""
+    if not exc.name or exc.name.split(".")[0] == "europeana_imgcls" or not missing_package(exc.name):
         raise exc
     typer.echo(f"eic: error: {missing_module(exc.name, command)}", err=True)
     raise typer.Exit(1) from None
 
 
 def _importing(action: Callable[[Any], None], command: str) -> Callable[[Any], None]:
-    """``action``, whose own imports (torch, for most commands) fail as one line as the library's errors do."""
+    """``action``, whose imports (torch, for most commands; the library's own, as it runs) fail as one line, as the
+    library's errors do."""
 
     @functools.wraps(action)
     def guarded(config: Any) -> None:

@@ -41,10 +41,7 @@ class Requirement:
         return MODULES.get(name, name.replace("-", "_"))
 
     def importable(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except ValueError:  # loaded, without a spec: there
-            return True
+        return not missing_package(self.module)
 
 
 def canonical(name: str) -> str:
@@ -61,11 +58,20 @@ def declared() -> tuple[Requirement, ...]:
         return ()
     requirements = []
     for line in lines:
-        name, rest = line.split(";", 1) if ";" in line else (line, "")
-        match, extra = _NAME.match(name), _EXTRA.search(rest)
-        if match:
+        name, marker = line.split(";", 1) if ";" in line else (line, "")
+        match, extra = _NAME.match(name), _EXTRA.search(marker)
+        if match and not _EXTRA.sub("", marker).strip():  # a platform's or a Python's own: not everyone's to install
             requirements.append(Requirement(match[1], match[2].strip(), extra[1] if extra else ""))
     return tuple(requirements)
+
+
+def missing_package(module: str) -> bool:
+    """Whether the top-level package of ``module`` cannot be imported (not: a part of it missing)."""
+    top = module.split(".")[0]
+    try:
+        return importlib.util.find_spec(top) is None
+    except ValueError:  # loaded, without a spec: there
+        return False
 
 
 def missing_module(module: str, command: str) -> str:
@@ -80,6 +86,6 @@ def missing_module(module: str, command: str) -> str:
     command_line = " ".join(shlex.quote(line) for line in [requirement.line, *lines])
     if requirement.extra:
         return f"{said} (eic's extra [{requirement.extra}]): pip install {command_line}"
-    return f"{said}: pip install {command_line}" + (
-        f" (the {len(kin) + 1} of eic's requirements missing here)" * bool(kin)
-    )
+    if kin:
+        return f"{said}: pip install {command_line} (the {len(kin) + 1} of eic's requirements missing here)"
+    return f"{said}: pip install {command_line}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import typer
 
+from europeana_imgcls.cli import app
 from europeana_imgcls.cli.app import _missing
 from europeana_imgcls.core import dependencies
 from europeana_imgcls.core.dependencies import Requirement, declared, missing_module
@@ -60,13 +61,28 @@ def test_eic_run_from_a_source_tree_still_says_what_is_missing(monkeypatch: pyte
 
 
 def test_the_command_line_says_it_in_one_line_but_a_module_of_eics_own_is_a_fault(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(typer.Exit) as ended:
-        _missing(ModuleNotFoundError("No module named 'torch'", name="torch"), "evaluate")
+    with monkeypatch.context() as patched:
+        patched.setattr(app, "missing_package", lambda name: name.split(".")[0] == "torch")
+        with pytest.raises(typer.Exit) as ended:
+            _missing(ModuleNotFoundError("No module named 'torch'", name="torch.distributed"), "evaluate")
     assert ended.value.exit_code == 1
     assert capsys.readouterr().err.startswith("eic: error: eic evaluate needs torch, which is not installed here:")
-    fault = ModuleNotFoundError("No module named 'europeana_imgcls.gone'", name="europeana_imgcls.gone")
-    with pytest.raises(ModuleNotFoundError) as raised:
-        _missing(fault, "evaluate")
-    assert raised.value is fault
+    for name in ("europeana_imgcls.gone", "numpy.gone", "sklearn.metrcs"):  # eic's own; a part of what is there
+        fault = ModuleNotFoundError(f"No module named {name!r}", name=name)
+        with pytest.raises(ModuleNotFoundError) as raised:
+            _missing(fault, "evaluate")
+        assert raised.value is fault
+    assert not capsys.readouterr().err
+
+
+def test_a_requirement_for_some_platforms_only_is_named_by_no_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = ["torch<3,>=2.2", 'colorama>=0.4; platform_system == "Windows"', 'onnx>=1.16; extra == "onnx"']
+    monkeypatch.setattr(dependencies.metadata, "requires", lambda name: lines)
+    declared.cache_clear()
+    try:
+        assert declared() == (Requirement("torch", "<3,>=2.2", ""), Requirement("onnx", ">=1.16", "onnx"))
+    finally:
+        monkeypatch.undo()
+        declared.cache_clear()

@@ -28,7 +28,18 @@ from europeana_imgcls.europeana.sandbox import ANNOTATION_PATHS, Knobs, Sandbox
 from europeana_imgcls.outputs.publish import publish, withdraw
 
 from ..hostile import assert_untouched, cli_works_or_one_line, mutated_json, scratch, snapshot
-from ..support import MODEL_A, MODEL_B, _config, _items, _made, _one_line, _write, examples, sandbox_config
+from ..support import (
+    MODEL_A,
+    MODEL_B,
+    _config,
+    _items,
+    _made,
+    _one_line,
+    _write,
+    eic_on_a_deploy_machine,
+    examples,
+    sandbox_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,6 +92,21 @@ def test_publish_sends_each_once_and_withdraw_takes_them_back(enriched, tmp_path
         assert rerun.withdrawn == 0 and rerun.withdrawn_before == total and sb.count("/annotation/") == deletes
         back = publish(_config(path, sb))  # withdrawn, then published again on purpose: sent again
         assert back.sent == total and len(sb.annotations.live()) == total
+
+
+@pytest.mark.slow(seconds=2)  # eic processes without torch
+def test_publish_and_withdraw_run_on_a_machine_that_only_labels(enriched, tmp_path: Path) -> None:
+    """Where only what docs/deploy.md installs can be imported (no PyTorch), enrich's annotations go out and come
+    back as they do from a full install."""
+    path = _fresh_copy(enriched, tmp_path)
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        env = {"EUROPEANA_ANNOTATION_API": sb.base_url, "EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
+        done = eic_on_a_deploy_machine("publish", str(path), "--quiet", runtime=None, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(sb.annotations.live()) == len(_items(path))
+        done = eic_on_a_deploy_machine("withdraw", str(path), "--model", enriched["model"], runtime=None, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not sb.annotations.live()
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from europeana_imgcls.outputs.enrichment import enrich
 from europeana_imgcls.outputs.export import export
 from europeana_imgcls.outputs.prediction import predict
 
-from ..support import ROOT, VOCAB, deploy_machine, deploy_recipe, make_folders, rows
+from ..support import ROOT, VOCAB, deploy_recipe, eic_on_a_deploy_machine, make_folders, on_a_deploy_machine, rows
 
 HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "sklearn", "scipy", "matplotlib")
 # After the body: which of them the process holds (none can be imported there, so: whether it tried and went on).
@@ -37,18 +37,12 @@ HELD = f"print(sorted(m for m, module in sys.modules.items() if m.split('.')[0] 
 
 
 def _on_a_deploy_machine(body: str, runtime: str | None = "onnx") -> subprocess.CompletedProcess[str]:
-    # EIC_FULL_EXIT: eic's end raises SystemExit as Python's exit does, so the script goes on to say what it holds.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EIC_FULL_EXIT": "1"}
-    script = deploy_machine(f"{body}\n{HELD}", runtime)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    return on_a_deploy_machine(f"{body}\n{HELD}", runtime)
 
 
 def _eic(*args: str, runtime: str | None = "onnx", code: int = 0) -> subprocess.CompletedProcess[str]:
     """``eic ARGS`` on a machine that only labels with ``runtime``; it must end with exit code ``code``."""
-    run = f"import runpy\nsys.argv = ['eic', *{list(args)!r}]\n"
-    run += "try:\n    runpy.run_module('europeana_imgcls', run_name='__main__')\n"
-    run += f"except SystemExit as end:\n    assert (end.code or 0) == {code}, end.code"
-    return _on_a_deploy_machine(run, runtime)
+    return eic_on_a_deploy_machine(*args, runtime=runtime, code=code, then=HELD)
 
 
 def test_the_deploy_recipe_is_eics_own_requirements() -> None:
@@ -163,16 +157,18 @@ def test_an_export_labels_without_torch_as_it_did_with_it(shared_trained_run: Pa
         assert len(rows(after)) == 12
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps(VOCAB))
-    settings = dict(run=run, inputs=[str(images)], vocab=vocab, precision=0.5, runtime="onnx", quiet=True)
-    enrich(EnrichConfig(output=tmp_path / "before" / "a.jsonld", **settings))  # type: ignore[arg-type]
-    after = tmp_path / "after" / "a.jsonld"
-    after.parent.mkdir()
-    args = ["--vocab", str(vocab), "--precision", "0.5", "--runtime", "onnx", "-o", str(after)]
-    done = _eic("enrich", str(run), str(images), *args)
-    assert done.returncode == 0 and done.stdout.strip().endswith("[]"), done.stdout + done.stderr[-3000:]
-    predicted = "a.predictions.jsonl"
-    assert (after.parent / predicted).read_bytes() == (tmp_path / "before" / predicted).read_bytes()
-    assert _said(after) == _said(tmp_path / "before" / "a.jsonld") and len(_said(after)) >= 4
+    for runtime in ("onnx", "openvino"):
+        settings = dict(run=run, inputs=[str(images)], vocab=vocab, precision=0.5, runtime=runtime, quiet=True)
+        before = tmp_path / f"{runtime}_before" / "a.jsonld"
+        enrich(EnrichConfig(output=before, **settings))  # type: ignore[arg-type]
+        after = tmp_path / f"{runtime}_after" / "a.jsonld"
+        after.parent.mkdir()
+        args = ["--vocab", str(vocab), "--precision", "0.5", "--runtime", runtime, "-o", str(after)]
+        done = _eic("enrich", str(run), str(images), *args, runtime=runtime)
+        assert done.returncode == 0 and done.stdout.strip().endswith("[]"), done.stdout + done.stderr[-3000:]
+        predicted = "a.predictions.jsonl"
+        assert (after.parent / predicted).read_bytes() == (before.parent / predicted).read_bytes()
+        assert _said(after) == _said(before) and len(_said(after)) >= 4
 
 
 def _said(annotations: Path) -> list[tuple[str, str, float]]:
