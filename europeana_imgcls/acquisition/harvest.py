@@ -167,11 +167,15 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     )
 
 
-def _source_setting(config: HarvestConfig) -> dict[str, str]:
+def _source_setting(config: HarvestConfig) -> dict[str, Any]:
     """The source and its dates, settings every writer of the journal must share: named only when they are not the
-    Search API's, so that a harvest journaled before there were other sources still resumes."""
-    setting = {} if config.metadata_source == "api" else {"source": config.metadata_source}
+    Search API's, so that a harvest journaled before there were other sources still resumes. A bulk source's unit
+    (a zip, a set) is done for the levels it was read with: another level would find it finished and nothing of its
+    own, so the levels are shared too (the Search API's units are a level's each: a level added is new units)."""
+    if config.metadata_source == "api":
+        return {}
     dates = {"from": config.from_date, "until": config.until}
+    setting = {"source": config.metadata_source, "reusability": sorted(set(config.reusability))}
     return setting | {name: date for name, date in dates.items() if date}
 
 

@@ -57,7 +57,8 @@ class OaiPmhSource(BulkSource):
     def _pieces(self, unit: str, after: str | None, advance: Advance, again: str | None = None) -> Iterator[Piece]:
         """The unit's pages from ``after`` (None: its first); ``again``: the expired token a new pass replaces."""
         spec = self.sets[unit]
-        pages = self.client.list_records(spec=spec, start=self.config.from_date, until=self.config.until, token=after)
+        start, until = _day(self.config.from_date, "00:00:00"), _day(self.config.until, "23:59:59")
+        pages = self.client.list_records(spec=spec, start=start, until=until, token=after)
         asked = after
         for page in pages:
             if page.empty:
@@ -79,6 +80,12 @@ def _key(unit: str, token: str | None, kind: str = "") -> str:
         return f"{unit}|first"
     digest = hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest()[:20]
     return f"{unit}|{kind}|{digest}" if kind else f"{unit}|{digest}"
+
+
+def _day(date: str | None, time: str) -> str | None:
+    """A date alone as the second that starts (``from``) or ends (``until``) its day: Europeana reads a date
+    alone as its midnight, so `until` 2021-06-18 would leave that whole day out. Its granularity is the second."""
+    return f"{date}T{time}Z" if date and len(date) == 10 else date
 
 
 def _named(spec: str | None) -> str:

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -85,6 +86,21 @@ class ProgressSettings(_Base):
     quiet: bool = Field(False, description="No progress bars; for CI and scripts.")
 
 
+def _service_url(value: Any) -> Any:
+    """An http(s) address of a service, refused in one line when it cannot be one (rather than at the first
+    request, as a traceback)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  a port that is no number raises here
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is no URL ({exc}): give the service's http(s) address") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is no http(s) URL: give the service's address, e.g. https://api.europeana.eu/...")
+    return value
+
+
 class ApiSettings(ProgressSettings):
     """How to reach the Europeana Search API (shared by harvest and predict)."""
 
@@ -98,6 +114,8 @@ class ApiSettings(ProgressSettings):
         gt=0,
         description="Seconds to wait for one API answer (and for one image, when predict and enrich fetch them).",
     )
+
+    _api_url = field_validator("api_url")(_service_url)
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
     max_quota_wait: float = Field(
         6.0,
@@ -176,6 +194,8 @@ class FetchSettings(_Base):
         "(a 429's Retry-After pauses them all); default: no limit.",
     )
 
+    _thumbnail_url = field_validator("thumbnail_url")(_service_url)
+
 
 def _split_words(value: Any) -> Any:
     # "open,permission" or "open permission" from an env var, a config file or a flag (`--reusability
@@ -250,6 +270,7 @@ class HarvestConfig(ApiSettings, ShardSettings):
     resume: bool = Field(False, description="Skip categories already complete in the output.")
 
     _split = field_validator("reusability", mode="before")(_split_words)
+    _oai_url = field_validator("oai_url")(_service_url)
 
     @model_validator(mode="after")
     def _source_inputs(self) -> HarvestConfig:
@@ -257,6 +278,15 @@ class HarvestConfig(ApiSettings, ShardSettings):
             raise ValueError("`source` dump needs the dataset zips: give `dump` PATH|URL (repeat it for more)")
         if self.dump and self.metadata_source != "dump":
             raise ValueError(f"`dump` is read only with `source` dump (this harvest's is {self.metadata_source})")
+        # A dump holds a dataset's every record as it is now: they would be ignored, and the table not be what
+        # they asked for.
+        unread = [name for name in ("set", "from_date", "until") if getattr(self, name)]
+        if unread and self.metadata_source != "oai-pmh":
+            many = len(unread) > 1
+            raise ValueError(
+                f"`{'`, `'.join(unread)}` {'are' if many else 'is'} for `source` oai-pmh only (this harvest's is "
+                f"{self.metadata_source}): leave {'them' if many else 'it'} out"
+            )
         return self
 
 
@@ -848,8 +878,6 @@ class AnnotationApiSettings(ProgressSettings):
     @field_validator("annotation_api")
     @classmethod
     def _annotation_api(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
             raise ValueError("give the http(s) address of the Annotations API, e.g. https://api.europeana.eu")

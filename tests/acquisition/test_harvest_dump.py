@@ -193,6 +193,30 @@ def test_what_is_no_xml_dump_is_one_line(tmp_path: Path, make, message: str) -> 
     assert_one_line_error(result, message)
 
 
+@pytest.mark.parametrize(
+    ("source", "flags", "said"),
+    [
+        ("dump", ["--set", "100"], "--set is for --source oai-pmh only (this harvest's is dump): leave it out"),
+        (
+            "dump",
+            ["--from", "2030-01-01", "--until", "2030-01-02"],
+            "--from-date, --until are for --source oai-pmh only",
+        ),
+        ("api", ["--until", "2030-01-02"], "--until is for --source oai-pmh only (this harvest's is api)"),
+    ],
+)
+def test_options_another_source_reads_are_refused_not_ignored(
+    tmp_path: Path, source: str, flags: list[str], said: str
+) -> None:
+    """A dump holds a dataset's every record as it is now: a set or dates given with it would be ignored, and the
+    table hold what was not asked for."""
+    zipped = write_zip(tmp_path / "100.zip", {})
+    dump = ["--dump", str(zipped)] if source == "dump" else []
+    result = eic("harvest", "--source", source, *dump, *flags, "-o", str(tmp_path / "h.csv"), "--quiet")
+    assert_one_line_error(result, said)
+    assert not (tmp_path / "h.csv").exists()
+
+
 def laughs() -> bytes:
     """A billion laughs: seven entities of ten each, 10**7 copies of the first."""
     chain = "".join(f'<!ENTITY e{k} "{f"&e{k - 1};" * 10}">' for k in range(1, 8))
@@ -416,5 +440,5 @@ def test_a_resume_from_another_source_is_refused_naming_both(tmp_path: Path) -> 
     out = tmp_path / "h.csv"
     harvest(config(out, dump))
     api = HarvestConfig(vocab=VOCAB, output=out, n=1000, reusability=["open", "permission"], resume=True, quiet=True)
-    with pytest.raises(DatasetError, match=r'other settings \(source: "dump" then, null now\)'):
+    with pytest.raises(DatasetError, match=r'source: "dump" then, null now\)'):
         harvest(api, client=None)

@@ -61,3 +61,29 @@ def test_audit_refuses_two_folds_as_train_does_naming_the_minimum(tmp_path: Path
     assert_one_line_error(result, "'folds'")
     assert "greater than or equal to 3" in result.stderr
     assert not (tmp_path / "audit").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("harvest", "--api-url"), ("harvest", "--oai-url"), ("download", "--thumbnail-url"), ("predict", "--api-url")],
+)
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://[::1", "is no URL (Invalid IPv6 URL)"),
+        ("http://127.0.0.1:99999/x", "is no URL (Port out of range 0-65535)"),
+        ("127.0.0.1:8642/record", "is no http(s) URL"),
+        ("https://", "is no http(s) URL"),
+    ],
+)
+def test_a_service_address_that_cannot_be_one_is_refused_before_any_work(
+    tmp_path: Path, command: str, flag: str, url: str, said: str
+) -> None:
+    """Not a traceback at the first request: one line, naming the value."""
+    table = tmp_path / "t.csv"
+    table.write_text("ID,URL,category\n/1/a,http://127.0.0.1:9/a.jpg,map\n")
+    given = {"harvest": [], "download": [str(table)], "predict": [str(tmp_path), "--query", "x"]}[command]
+    out = tmp_path / ("out.csv" if command != "download" else "out")
+    result = eic(command, *given, flag, url, "-o", str(out))
+    assert_one_line_error(result, f"{url!r} {said}")
+    assert not out.exists()

@@ -4,6 +4,7 @@ every failure one line; and the three sources giving the same table for the same
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import re
 import time
@@ -19,6 +20,7 @@ from europeana_imgcls.acquisition.harvest import COLUMNS
 from europeana_imgcls.core.journal import read_records
 from europeana_imgcls.europeana.oai_pmh import BadResumptionToken, OaiPmhClient, OaiPmhError
 from europeana_imgcls.europeana.sandbox import OAI_PATHS, Knobs, Sandbox
+from europeana_imgcls.europeana.sandbox_bulk import updated
 
 from ..support import VOCAB, QuietHandler, assert_one_line_error, eic, sandbox_config, serving
 
@@ -175,6 +177,9 @@ def test_a_harvest_resumed_after_its_token_expired_reads_the_set_again_and_keeps
         (["--oai-url", "{base}/record/v2/search.json"], "answered 401 with something that is not OAI-PMH"),
         (["--oai-url", "{base}/nothing"], "answered 404 with something that is not OAI-PMH"),
         (["--oai-url", "http://127.0.0.1:9/oai", "--retries", "0"], "cannot reach the OAI-PMH service"),
+        (["--oai-url", "http://[::1"], "'http://[::1' is no URL (Invalid IPv6 URL): give the service's http(s)"),
+        (["--oai-url", "http://127.0.0.1:port/oai"], "is no URL (Port could not be cast to integer value as 'port')"),
+        (["--oai-url", "ftp://127.0.0.1/oai"], "'ftp://127.0.0.1/oai' is no http(s) URL"),
     ],
 )
 def test_errors_are_one_line_from_the_command(world: Sandbox, tmp_path: Path, args: list[str], said: str) -> None:
@@ -185,6 +190,33 @@ def test_errors_are_one_line_from_the_command(world: Sandbox, tmp_path: Path, ar
     # The way out it names is one the command takes (the remedy once said --from-date for --from).
     helped = eic("harvest", "--help").stdout
     assert all(option in helped for option in re.findall(r"--[a-z][a-z-]*", result.stderr)), result.stderr
+
+
+def test_a_date_alone_takes_in_its_whole_day(world: Sandbox, tmp_path: Path) -> None:
+    """`until` a day and `from` the next split the records in two: every record once, whatever its time of day (a
+    date alone is midnight to Europeana, so `until` left its day out)."""
+    whole = pl.read_csv(harvest(oai_config(world, tmp_path / "whole.csv")).output)
+    days = sorted({updated(r).date() for r in world.catalogue if r.id in set(whole["ID"])})
+    for day in (days[len(days) // 3], days[len(days) // 2]):
+        before = pl.read_csv(harvest(oai_config(world, tmp_path / f"u{day}.csv", until=day.isoformat())).output)
+        after = harvest(oai_config(world, tmp_path / f"f{day}.csv", from_date=(day + dt.timedelta(days=1)).isoformat()))
+        both = pl.concat([before, pl.read_csv(after.output)])
+        assert both["ID"].is_unique().all() and both.sort("ID").equals(whole.sort("ID"))
+        on_the_day = {r.id for r in world.catalogue if updated(r).date() == day} & set(whole["ID"])
+        assert on_the_day & set(before["ID"]) and not on_the_day & set(pl.read_csv(after.output)["ID"])
+
+
+def test_a_resume_with_other_levels_is_refused_not_taken_as_finished(world: Sandbox, tmp_path: Path) -> None:
+    """A set is done for the levels it was read with: a resume that adds one would find it finished and nothing of
+    the new level."""
+    out = tmp_path / "h.csv"
+    harvest(oai_config(world, out, reusability=["open"]))
+    result = eic(
+        "harvest", "--source", "oai-pmh", "--oai-url", world.base_url + "/oai", "-o", out, "--resume",
+        "--reusability", "open", "--reusability", "permission", "--quiet",
+    )  # fmt: skip
+    assert_one_line_error(result, "reusability")
+    assert "resume with the settings it was started with" in result.stderr
 
 
 def test_harvest_from_the_command_line(world: Sandbox, tmp_path: Path) -> None:
