@@ -90,7 +90,7 @@ class EdmRecord:
     media_url: str | None  # edm:isShownBy, else edm:object, else the first edm:hasView
     media_mime: str | None  # the media's edm:WebResource: ebucore:hasMimeType
     media_size: int | None  # and ebucore:fileByteSize
-    rights: str | None  # the provider aggregation's edm:rights (else the Europeana aggregation's)
+    rights: str | None  # the media's own edm:rights, else the provider aggregation's (else the Europeana one's)
     data_provider: str | None  # a name (an organisation URI's English label when the record holds it)
     provider: str | None
     dataset: str | None  # edm:datasetName (edm:collectionName in older records), e.g. 2021672_Ag_NL_...
@@ -112,7 +112,7 @@ def record_from_rdf(rdf: Any) -> EdmRecord | None:
     if record_id is None:
         return None
     media = next((url for url in parts.media if url), None)
-    mime, size = parts.web_resources.get(media, (None, None)) if media else (None, None)
+    mime, size, media_rights = parts.web_resources.get(media, (None, None, None)) if media else (None, None, None)
     return EdmRecord(
         id=record_id,
         uri=ITEM_BASE + record_id,
@@ -120,7 +120,8 @@ def record_from_rdf(rdf: Any) -> EdmRecord | None:
         media_url=media,
         media_mime=mime,
         media_size=size,
-        rights=parts.rights or parts.europeana_rights,
+        # A web resource's own statement is the one for that file (EDM): an open record's image may be in copyright.
+        rights=media_rights or parts.rights or parts.europeana_rights,
         data_provider=parts.agent(parts.data_provider),
         provider=parts.agent(parts.provider),
         dataset=parts.dataset,
@@ -143,7 +144,7 @@ class _Parts:
         self.dataset: str | None = None
         self.preview: str | None = None
         self.concepts: list[str] = []
-        self.web_resources: dict[str, tuple[str | None, int | None]] = {}
+        self.web_resources: dict[str, tuple[str | None, int | None, str | None]] = {}  # mime, size, rights
         self.organizations: dict[str, str] = {}
 
     def take(self, block: Any) -> None:
@@ -203,7 +204,8 @@ class _Parts:
         mime = _text(block.find(_MIME))
         size_text = _text(block.find(_SIZE))
         size = int(size_text) if size_text and size_text.isdigit() else None
-        self.web_resources[about] = (mime, size)
+        rights = block.find(_RIGHTS)
+        self.web_resources[about] = (mime, size, _resource(rights) if rights is not None else None)
 
     def _organization(self, block: Any) -> None:
         about = _about(block)

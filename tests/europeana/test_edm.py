@@ -46,6 +46,24 @@ def test_an_oai_pmh_page_gives_its_three_records_as_published() -> None:
     )
 
 
+def test_the_rights_of_the_media_file_itself_decide_its_level() -> None:
+    """EDM: a web resource's own edm:rights is the statement for that file, over the aggregation's. In a record whose
+    aggregation is CC BY-NC-ND, an image (its isShownBy) in copyright is not restricted but permission; a statement
+    on another web resource (a view eic does not fetch) changes nothing."""
+    text = (SAMPLES / "metis_internal_277_CMC_HA_1185.xml").read_text(encoding="utf-8")
+    record = only("metis_internal_277_CMC_HA_1185.xml")
+    assert record.reusability == "restricted" and record.media_url and record.media_url.endswith("_I2P1856.JPG")
+    in_copyright = '<edm:rights rdf:resource="http://rightsstatements.org/vocab/InC/1.0/"/>'
+    view = '<edm:rights rdf:resource="http://creativecommons.org/licenses/by-nc-nd/4.0/"/>\n    <ebucore:hasMime'
+    assert text.count(view) == 1  # the hasView's web resource, _I2P1872.JPG
+    other = record_from_bytes(text.replace(view, in_copyright + "\n    <ebucore:hasMime").encode(), "e.xml")
+    assert other is not None and other.reusability == "restricted"
+    own = f'<edm:WebResource rdf:about="{record.media_url}">{in_copyright}</edm:WebResource>\n  <ore:Aggregation'
+    image = record_from_bytes(text.replace("<ore:Aggregation", own, 1).encode(), "e.xml")
+    assert image is not None and image.media_url == record.media_url
+    assert (image.rights, image.reusability) == ("http://rightsstatements.org/vocab/InC/1.0/", "permission")
+
+
 def test_a_one_line_published_record_with_a_base_concept() -> None:
     record = only("topfoto_2024904_EU017407.rdf")
     assert record.id == "/2024904/photography_ProvidedCHO_TopFoto_co_uk_EU017407"
