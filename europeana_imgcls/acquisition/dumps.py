@@ -9,8 +9,11 @@ The ``.md5sum`` holds the hex digest with its leading zeros dropped (Java's ``Bi
 is compared left-padded to 32 digits. A zip whose digest differs is refused in one line; each entry's CRC is
 checked as it is read as well (``zipfile``), so a damaged zip without a checksum fails where it is damaged.
 
-A unit of work is one zip, journaled every ``CHUNK`` entries (``next``: the entry to go on from), so a killed
-harvest of a large dataset carries on inside it.
+A unit of work is one zip, journaled every ``CHUNK`` entries (``next``: the entry to go on from, with the zip's
+identity, a digest of its directory), so a killed harvest of a large dataset carries on inside it. Europeana
+rebuilds its zips: a resume that finds another zip under the name (another identity) would go on at an entry
+number of the old one, and miss or repeat records, so it reads the new zip from its start instead, as a new pass
+(``again``: the records kept before stay, each once, as the new zip has them where it still has them).
 """
 
 from __future__ import annotations
@@ -76,20 +79,23 @@ class DumpSource(BulkSource):
         return list(self.where)
 
     def fetch(self, unit: str, after: str | None, advance: Advance) -> Iterator[Piece]:
-        start = int(after) if after and after.isdigit() else 0
         with self._local(self.where[unit]) as (path, checksum):
             _check_md5(path, checksum, self.where[unit])
-            yield from self._pieces(unit, path, start, advance)
+            yield from self._pieces(unit, path, after, advance)
 
-    def _pieces(self, unit: str, path: Path, start: int, advance: Advance) -> Iterator[Piece]:
+    def _pieces(self, unit: str, path: Path, after: str | None, advance: Advance) -> Iterator[Piece]:
         where = self.where[unit]
         with _opened(path, where) as archive:
             entries = _entries(archive)
             _refuse_turtle(entries, where)
+        identity = _identity(entries)
+        start, again = _resume_at(after, identity, where)
         for at in range(start, max(len(entries), 1), CHUNK):
             end = min(at + CHUNK, len(entries))
             items, no_url, left_out = self._read(path, where, at, end, advance)
-            yield Piece(f"{unit}#{at}", unit, items, no_url, left_out, str(end) if end < len(entries) else None)
+            more = f"{end}@{identity}" if end < len(entries) else None
+            yield Piece(f"{unit}@{identity}#{at}", unit, items, no_url, left_out, more, again=again)
+            again = False
 
     def _read(self, path: Path, where: str, start: int, end: int, advance: Advance) -> Found:
         """Entries ``start`` to ``end`` of a zip: here, or split among worker processes when there are enough of
@@ -255,6 +261,34 @@ def _opened(path: Path, where: str) -> Iterator[zipfile.ZipFile]:
 
 def _entries(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return [info for info in archive.infolist() if not info.is_dir()]
+
+
+def _identity(entries: list[zipfile.ZipInfo]) -> str:
+    """A zip's contents in 16 hex digits: its entries' names, sizes and CRCs, in order (its directory, read anyway;
+    not its bytes, which may be gigabytes, nor its date, which a copy changes)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for info in entries:
+        digest.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _resume_at(after: str | None, identity: str, where: str) -> tuple[int, bool]:
+    """Where a zip's reading goes on (its first entry: None), and whether that is a new pass over it: the zip under
+    the name is not the one the journal's entry number counts in. A number alone (journaled before zips were
+    known by their identity) is trusted."""
+    if not after:
+        return 0, False
+    number, _, journaled = after.partition("@")
+    if not number.isdigit():
+        return 0, False
+    if journaled and journaled != identity:
+        log.warning(
+            "%s is not the zip this harvest stopped inside (it was rebuilt since): reading it again from its start; "
+            "the records kept before are kept, each once",
+            where,
+        )
+        return 0, True
+    return int(number), False
 
 
 def read_range(path: Path, where: str, start: int, end: int, source: BulkSource, advance: Advance) -> Found:

@@ -223,10 +223,11 @@ def _selected(found: _Found, source: Source, plan: Plan, config: HarvestConfig) 
 
 
 def _first_of_each(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each record once (the first found of its ID), in the order found."""
+    """Each record once, where its ID was first found, as it was last found: a zip or a set read again (rebuilt,
+    or its token expired) gives its records as they are now."""
     first: dict[str, dict[str, Any]] = {}
     for item in items:
-        first.setdefault(item["ID"], item)
+        first[item["ID"]] = item  # a dict keeps the place of a key's first insertion
     return list(first.values())
 
 

@@ -426,3 +426,12 @@ def test_a_burst_429_with_quota_left_is_retried_not_waited_out_for_the_window(tm
             )
         )  # a wait for the window would be refused
         assert report.rows > 0 and time.monotonic() - started < 30
+
+
+def test_a_record_found_again_keeps_its_place_and_takes_its_newest_values() -> None:
+    """A zip or a set read again (rebuilt, or its token expired) gives its records as they are now; a query unit's
+    order (the Search API's seeded one) is where each was first found."""
+    from europeana_imgcls.acquisition.harvest import _first_of_each
+
+    found = [{"ID": "/1/a", "URL": "old"}, {"ID": "/1/b", "URL": "b"}, {"ID": "/1/a", "URL": "new"}]
+    assert _first_of_each(found) == [{"ID": "/1/a", "URL": "new"}, {"ID": "/1/b", "URL": "b"}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -279,14 +281,52 @@ def test_a_harvest_stopped_inside_a_zip_resumes_there_with_nothing_lost_or_repea
     with pytest.raises(DatasetError, match="entry r23.xml is damaged"):
         harvest(config(out, dump))
     part = tmp_path / "h.csv.journal" / "part.ndjson"
-    assert [json.loads(line)[0] for line in part.read_text().splitlines()] == ["999.zip#0", "999.zip#7", "999.zip#14"]
+    assert _keys(part) == ["999.zip#0", "999.zip#7", "999.zip#14"]
     assert pl.read_csv(out).height > 0  # what it had is in the table already
     dump.write_bytes(whole)
     resumed = harvest(config(out, dump, resume=True))
-    keys = [json.loads(line)[0] for line in part.read_text().splitlines()]
-    assert keys == [f"999.zip#{at}" for at in range(0, 40, 7)]  # each piece once: resumed at entry 21
+    assert _keys(part) == [f"999.zip#{at}" for at in range(0, 40, 7)]  # each piece once: resumed at entry 21
     assert resumed.resumed_units == 0 and resumed.left_out == reference.left_out
     assert pl.read_csv(out).sort("ID").equals(pl.read_csv(tmp_path / "ref.csv").sort("ID"))
+
+
+def _keys(part: Path) -> list[str]:
+    """A journal part's keys, without the zips' identities (``999.zip@<16 hex>#7``: ``999.zip#7``)."""
+    return [re.sub(r"@[0-9a-f]{16}#", "#", json.loads(line)[0]) for line in part.read_text().splitlines()]
+
+
+def test_a_zip_rebuilt_since_the_harvest_stopped_inside_it_is_read_again_from_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Europeana rebuilds its zips weekly. Stopped after a piece, resumed after the zip gained 10 records at its
+    front: going on at the old entry number would skip 10 records and read 10 twice. The zip is read again from its
+    start, and the table and its counts are those of a harvest of the new zip."""
+    monkeypatch.setattr(dumps, "CHUNK", 10)
+    old = catalogue("7", 30)
+    dump = write_zip(tmp_path / "7.zip", old)
+    real, read = dumps.DumpSource._read, {"n": 0}
+
+    def stopped_in_the_second_piece(self: Any, *args: Any) -> Any:
+        read["n"] += 1
+        if read["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    out = tmp_path / "h.csv"
+    monkeypatch.setattr(dumps.DumpSource, "_read", stopped_in_the_second_piece)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(config(out, dump))
+    monkeypatch.setattr(dumps.DumpSource, "_read", real)
+    assert _keys(tmp_path / "h.csv.journal" / "part.ndjson") == ["7.zip#0"]
+    front = {f"new{k}.xml": record("7", f"new{k}", (PAINTING, MAP)[k % 2], OPEN) for k in range(10)}
+    write_zip(dump, front | old)
+    resumed = harvest(config(out, dump, resume=True))
+    (tmp_path / "ref").mkdir()
+    reference = harvest(config(tmp_path / "ref.csv", write_zip(tmp_path / "ref" / "7.zip", front | old)))
+    assert pl.read_csv(out).sort("ID").equals(pl.read_csv(tmp_path / "ref.csv").sort("ID"))
+    assert resumed.rows == reference.rows == 10 + pl.read_csv(out).filter(~pl.col("ID").str.contains("new")).height
+    assert resumed.left_out == reference.left_out
+    assert "7.zip is not the zip this harvest stopped inside (it was rebuilt since)" in caplog.text
 
 
 def test_shards_split_the_zips_and_the_run_without_shard_writes_the_table(tmp_path: Path) -> None:
@@ -336,7 +376,7 @@ def test_a_dump_harvest_killed_mid_way_resumes_to_the_same_table(tmp_path: Path)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) != 0
         part = tmp_path / "h.csv.journal" / "part.ndjson"
-        assert [json.loads(line)[0] for line in part.read_text().splitlines()] == ["201.zip#0", "202.zip#0"]
+        assert _keys(part) == ["201.zip#0", "202.zip#0"]
         held.set()
         report = harvest(HarvestConfig(**{**config(out, *dumps_given).model_dump(), "resume": True}))
     assert report.resumed_units == 2
