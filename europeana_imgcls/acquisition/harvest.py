@@ -4,8 +4,9 @@ one of three sources (``SOURCES``, ``acquisition/sources.py``): the Search API (
 
 Policy for duplicates, whatever the source: the table holds one row per record ID. In single-label mode a record
 found under two categories cannot teach either class, so it is dropped and counted as ambiguous (``keep_ambiguous``
-keeps it in the first category instead). In multi-label mode a record found by several combinations gets the union
-of their labels.
+keeps it in the first category instead). A bulk source's record says itself which categories it links to: one of
+several is left out before any category picks its records, whatever ``n`` is. In multi-label mode a record found
+by several combinations gets the union of their labels.
 
 A source's work is journaled piece by piece as it is done (``core/journal.py``: ``OUT.journal/``): a Search API
 query unit, a dump's 20,000 entries, an OAI-PMH page with its resumption token. A harvest killed at any moment
@@ -35,7 +36,7 @@ from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
-from .sources import ApiSource, Plan, Source, Unit, piece_found, plan_units, unit_query
+from .sources import AMBIGUOUS, ApiSource, Plan, Source, Unit, piece_found, plan_units, unit_query
 
 log = logging.getLogger(__name__)
 COLUMNS = ["category", "skos_concept", "URI", "ID", "URL", "preview", "rights", "data_provider", "reusability"]
@@ -159,9 +160,9 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         fetched=dict(state.completed),
         per_category={c: per_category.get(c, 0) for c in vocab},
         skipped_no_url=len(found.no_url),
-        ambiguous=len(state.ambiguous),
+        ambiguous=len(state.ambiguous) + found.left_out[AMBIGUOUS],
         resumed_units=len(units) - len(todo),
-        left_out=dict(found.left_out),
+        left_out={reason: n for reason, n in found.left_out.items() if reason != AMBIGUOUS},
         source=config.metadata_source,
         shard=config.shard,
     )

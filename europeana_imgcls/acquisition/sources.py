@@ -29,6 +29,7 @@ from ..europeana.search_api import PAGE_ROWS, PagingLoop, SearchClient, first
 
 log = logging.getLogger(__name__)
 Advance = Callable[[int], None]
+AMBIGUOUS = "under several categories"  # a bulk record's reason to be left out (single-label): the report's ambiguous
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,9 @@ class BulkSource:
     def __init__(self, config: HarvestConfig, plan: Plan) -> None:
         self.config, self.plan = config, plan
         self.classifier = Classifier(plan.vocab, config.api_url)
+        # Single-label: a record linked to several of the categories could teach none of them (the Search API's
+        # path finds it so only where two categories' picks hold it; a bulk record says so itself).
+        self.ambiguous_out = config.mode == "single-label" and not config.keep_ambiguous
         self.by_level: dict[str, list[Unit]] = {}
         for unit in plan.units:
             self.by_level.setdefault(unit.level, []).append(unit)
@@ -283,6 +287,9 @@ class BulkSource:
                 left_out[outcome] += 1
                 if outcome == NO_MEDIA:
                     no_url.append(record.id)
+                continue
+            if self.ambiguous_out and len(outcome.labels) > 1:
+                left_out[AMBIGUOUS] += 1  # taking no category's place: each keeps its n of the records it can have
                 continue
             units = list(self.units_of(outcome.labels, outcome.level))
             if not units:

@@ -61,6 +61,10 @@ def catalogue(dataset: str, count: int) -> dict[str, bytes]:
     return entries
 
 
+# A second category for a record: map, beside its own concept, in the record's main proxy.
+TWO = f'<edm:type>IMAGE</edm:type><dc:subject rdf:resource="{MAP}"/>'.encode()
+
+
 def write_zip(path: Path, entries: dict[str, bytes], md5sum: bool = True) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries.items():
@@ -288,6 +292,28 @@ def test_a_harvest_stopped_inside_a_zip_resumes_there_with_nothing_lost_or_repea
     assert _keys(part) == [f"999.zip#{at}" for at in range(0, 40, 7)]  # each piece once: resumed at entry 21
     assert resumed.resumed_units == 0 and resumed.left_out == reference.left_out
     assert pl.read_csv(out).sort("ID").equals(pl.read_csv(tmp_path / "ref.csv").sort("ID"))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_record_of_two_categories_is_ambiguous_whatever_n_is(tmp_path: Path, keep: bool) -> None:
+    """Single-label: a record linked to painting and map could teach neither. It is left out (and counted) however
+    many records a category keeps, and takes no category's place; kept, it is in the table once, in one category."""
+    entries = {f"p{i}.xml": record("1", f"p{i}", PAINTING) for i in range(12)}
+    entries |= {f"m{i}.xml": record("1", f"m{i}", MAP) for i in range(12)}
+    both = {
+        f"b{i}.xml": record("1", f"both{i}", PAINTING).replace(b"<edm:type>IMAGE</edm:type>", TWO, 1) for i in range(6)
+    }
+    dump = write_zip(tmp_path / "1.zip", entries | both)
+    for n in (3, 6, 12, 1000):
+        out = tmp_path / f"{n}.csv"
+        report = harvest(config(out, dump, n=n, reusability=["open"], keep_ambiguous=keep))
+        table = pl.read_csv(out)
+        kept = table.filter(pl.col("ID").str.contains("both"))
+        if keep:
+            assert kept["ID"].is_unique().all() and set(kept["category"]) <= {"painting", "map"}
+        else:
+            assert report.ambiguous == 6 and "under several categories" not in report.left_out, n
+            assert kept.height == 0 and table.height == 2 * min(n, 12), n  # each category its full n
 
 
 def _keys(part: Path) -> list[str]:
