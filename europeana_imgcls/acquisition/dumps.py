@@ -59,7 +59,9 @@ NO_ID = "no record ID"
 
 class DumpSource(BulkSource):
     """Dataset zips (files, folders of them, http(s) URLs) as a harvest's source: a unit per zip, keyed by its name
-    (a dataset's ID is its zip's name) or its URL."""
+    (a dataset's ID is its zip's name) or its URL. A zip that cannot be read is one zip: the others are read."""
+
+    independent_units = True
 
     def __init__(self, config: HarvestConfig, plan: Plan) -> None:
         super().__init__(config, plan)

@@ -185,18 +185,30 @@ def _fetch_units(
 ) -> None:
     source.start(todo)
     queries = {unit.key: unit for unit in plan.units}
+    failed: dict[str, str] = {}
     with progress_bar(config.quiet, transient=True) as progress:
         for unit in todo:
             query = queries.get(unit)  # the Search API's units are query units: n records each at most
             described = f"{' '.join(query.labels)} [{query.level}]" if query else unit
             task = progress.add_task(described, total=config.n if query else None)
             advance = functools.partial(progress.advance, task)
-            for piece in source.fetch(unit, found.resume_at.get(unit), advance):
-                value = piece.value()
-                journal.append(piece.key, value)
-                journal.flush()
-                found.add(value, piece.key, source, plan)
+            try:
+                for piece in source.fetch(unit, found.resume_at.get(unit), advance):
+                    value = piece.value()
+                    journal.append(piece.key, value)
+                    journal.flush()
+                    found.add(value, piece.key, source, plan)
+            except DatasetError as exc:
+                if not source.independent_units:
+                    raise
+                log.warning("%s; going on with the others", exc)
+                failed[unit] = str(exc)
             progress.remove_task(task)
+    if failed:
+        raise DatasetError(
+            f"{len(failed)} of {len(todo)} zips could not be read, the table holds the others' records: "
+            f"{'; '.join(failed.values())}; then run the same harvest with `resume` to add them"
+        )
 
 
 def _replayed(journal: Journal, source: Source, plan: Plan, config: HarvestConfig) -> _Found:

@@ -94,6 +94,10 @@ class Piece:
 class Source(Protocol):
     """Where a harvest's records come from (``harvest.SOURCES`` chooses one by ``config.source``)."""
 
+    # Whether one unit that cannot be read (DatasetError) says nothing of the others, which the harvest then goes on
+    # with (a damaged zip), rather than of them all (a key refused, a service down).
+    independent_units: bool
+
     def units(self) -> list[str]:
         """The units of work, in order (a shard does those whose key hashes to it)."""
         ...
@@ -154,6 +158,8 @@ def _item(item: Any) -> bool:
 
 class ApiSource:
     """The Search API: a unit is a query unit, asked in a stable random order until ``n`` records with an image."""
+
+    independent_units = False
 
     def __init__(self, config: HarvestConfig, plan: Plan) -> None:
         self.config, self.plan = config, plan
@@ -249,6 +255,8 @@ class BulkSource:
     """What the dump and OAI-PMH sources share: EDM records classified against the vocabulary, each a candidate of
     every query unit it links to all the categories of, a query unit keeping the ``n`` of smallest seeded rank.
     A subclass gives ``units``, ``fetch`` (building its pieces with ``found``) and ``close``."""
+
+    independent_units = False
 
     def __init__(self, config: HarvestConfig, plan: Plan) -> None:
         self.config, self.plan = config, plan

@@ -311,6 +311,36 @@ def test_a_record_of_two_categories_is_ambiguous_whatever_n_is(tmp_path: Path, k
             assert kept.height == 0 and table.height == 2 * min(n, 12), n  # each category its full n
 
 
+def test_a_damaged_zip_in_a_folder_stops_only_itself(tmp_path: Path) -> None:
+    """A folder of three zips, the second damaged: the other two are read, the table written with their records,
+    and the run ends in one line naming the damaged zip; once it is mended, a resume adds its records."""
+    folder = tmp_path / "XML"
+    folder.mkdir()
+    zips = [write_zip(folder / f"{ds}.zip", catalogue(str(ds), 12), md5sum=False) for ds in (301, 302, 303)]
+    reference = harvest(config(tmp_path / "ref.csv", *zips))
+    whole = zips[1].read_bytes()
+    with zipfile.ZipFile(zips[1]) as archive:
+        info = archive.getinfo("r3.xml")
+    damaged = bytearray(whole)
+    damaged[info.header_offset + 30 + len(info.filename) + len(info.extra) + 5] ^= 0xFF
+    zips[1].write_bytes(bytes(damaged))
+    out = tmp_path / "h.csv"
+    result = eic(
+        "harvest", "--source", "dump", "--dump", str(folder), "--vocab", str(vocab_json(tmp_path)), "-o", str(out),
+        "--reusability", "open", "--reusability", "permission", "--quiet",
+    )  # fmt: skip
+    assert_one_line_error(result, "1 of 3 zips could not be read, the table holds the others' records: ")
+    assert (
+        "302.zip" in result.stderr and "entry r3.xml is damaged" in result.stderr and "with --resume" in result.stderr
+    )
+    datasets = {record_id.split("/")[1] for record_id in pl.read_csv(out)["ID"]}
+    assert datasets == {"301", "303"}
+    zips[1].write_bytes(whole)
+    resumed = harvest(config(out, folder, resume=True))
+    assert resumed.rows == reference.rows and resumed.left_out == reference.left_out
+    assert pl.read_csv(out).sort("ID").equals(pl.read_csv(tmp_path / "ref.csv").sort("ID"))
+
+
 def _keys(part: Path) -> list[str]:
     """A journal part's keys, without the zips' identities (``999.zip@<16 hex>#7``: ``999.zip#7``)."""
     return [re.sub(r"@[0-9a-f]{16}#", "#", json.loads(line)[0]) for line in part.read_text().splitlines()]
