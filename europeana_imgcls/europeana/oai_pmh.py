@@ -233,9 +233,17 @@ class OaiPmhClient:
 
     def _gave_up(self, failed: Failed) -> str:
         if failed.response is not None:
+            # Europeana fails a whole ListRecords page when one of its records cannot be converted (a 500 at every
+            # ask): no resume gets past it, where the dataset's dump holds every record (shared/europeana_bulk.md).
+            lasting = (
+                "; a 500 at the same page on every resume is a record Europeana cannot convert: harvest that "
+                "dataset from its dump instead (`source` dump)"
+                if failed.response.status_code == 500
+                else ""
+            )
             return (
                 f"the OAI-PMH service at {self.base_url} answered {failed.response.status_code} after "
-                f"{failed.attempts} attempts; try again later (`resume` carries on at the last page kept)"
+                f"{failed.attempts} attempts; try again later (`resume` carries on at the last page kept){lasting}"
             )
         if isinstance(failed.error, httpx.TimeoutException):
             return (

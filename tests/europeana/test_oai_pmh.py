@@ -83,6 +83,19 @@ def test_passing_failures_are_retried_then_said_in_one_line(world: Sandbox) -> N
     world.fail_next(503, OAI_PATHS, answers=0)  # nothing left on cue for the next test
 
 
+def test_a_page_that_fails_with_500_every_time_points_to_the_dump(world: Sandbox) -> None:
+    """Europeana fails a whole ListRecords page with 500 when one of its records cannot be converted: no resume gets
+    past it, and the dataset's dump holds the record."""
+    world.fail_next(500, OAI_PATHS, answers=2)
+    with client(world, retries=1) as oai, pytest.raises(OaiPmhError) as failed:
+        list(oai.list_records())
+    world.fail_next(500, OAI_PATHS, answers=0)
+    said = str(failed.value)
+    assert (
+        "answered 500 after 2 attempts" in said and "harvest that dataset from its dump instead (`source` dump)" in said
+    )
+
+
 @pytest.mark.parametrize("kill", ["503", "ctrl-c"])
 def test_a_killed_harvest_resumes_at_its_token_with_nothing_lost_or_repeated(
     world: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: str
