@@ -14,7 +14,7 @@ A unit of work is one zip, journaled every ``CHUNK`` entries (``next``: the entr
 identity, a digest of its directory), so a killed harvest of a large dataset carries on inside it. Europeana
 rebuilds its zips: a resume that finds another zip under the name (another identity) would go on at an entry
 number of the old one, and miss or repeat records, so it reads the new zip from its start instead, as a new pass
-(``again``: the records kept before stay, each once, as the new zip has them where it still has them).
+(``again``: what the earlier pass found of the zip goes, ``harvest._Found.replay``).
 """
 
 from __future__ import annotations
@@ -92,12 +92,14 @@ class DumpSource(BulkSource):
             entries = _entries(archive)
             _refuse_turtle(entries, where)
         identity = _identity(entries)
-        start, again = _resume_at(after, identity, where)
+        start, passed = _resume_at(after, identity, where)
+        again = passed > 0 and start == 0
+        read = f"{identity}/{passed}" if passed else identity  # the pass: a zip back as it was is read anew
         for at in range(start, max(len(entries), 1), CHUNK):
             end = min(at + CHUNK, len(entries))
             items, no_url, left_out = self._read(path, where, at, end, advance)
-            more = f"{end}@{identity}" if end < len(entries) else None
-            yield Piece(f"{unit}@{identity}#{at}", unit, items, no_url, left_out, more, again=again)
+            more = f"{end}@{read}" if end < len(entries) else None
+            yield Piece(f"{unit}@{read}#{at}", unit, items, no_url, left_out, more, again=again)
             again = False
 
     def _read(self, path: Path, where: str, start: int, end: int, advance: Advance) -> Found:
@@ -119,6 +121,8 @@ class DumpSource(BulkSource):
             try:
                 found_items, found_no_url, found_left_out = future.result()
             except BrokenProcessPool:
+                self._pool = None  # broken for good: the next zip's pieces get a new one
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise DatasetError(
                     f"{where}: a worker process reading it ended abruptly (out of memory?); run again with "
                     "`resume`: what was journaled is kept"
@@ -275,23 +279,26 @@ def _identity(entries: list[zipfile.ZipInfo]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _resume_at(after: str | None, identity: str, where: str) -> tuple[int, bool]:
-    """Where a zip's reading goes on (its first entry: None), and whether that is a new pass over it: the zip under
-    the name is not the one the journal's entry number counts in. A number alone (journaled before zips were
-    known by their identity) is trusted."""
+def _resume_at(after: str | None, identity: str, where: str) -> tuple[int, int]:
+    """Where a zip's reading goes on (None: at its first entry), and in which pass over it: ``after`` is the entry
+    number, the identity of the zip it counts in and that pass's number (``N@ID/P``; ``N@ID``: the first). Another
+    zip under the name starts the next pass at its first entry. A number alone (journaled before zips were known by
+    their identity) is trusted."""
     if not after:
-        return 0, False
-    number, _, journaled = after.partition("@")
+        return 0, 0
+    number, _, read = after.partition("@")
+    journaled, _, passed = read.partition("/")
+    done = int(passed) if passed.isdigit() else 0
     if not number.isdigit():
-        return 0, False
+        return 0, done
     if journaled and journaled != identity:
         log.warning(
-            "%s is not the zip this harvest stopped inside (it was rebuilt since): reading it again from its start; "
-            "the records kept before are kept, each once",
+            "%s is not the zip this harvest stopped inside (it was rebuilt since): reading it again from its start, "
+            "its records as they are now",
             where,
         )
-        return 0, True
-    return int(number), False
+        return 0, done + 1
+    return int(number), done
 
 
 def read_range(path: Path, where: str, start: int, end: int, source: BulkSource, advance: Advance) -> Found:
@@ -373,17 +380,23 @@ def _count(left_out: dict[str, int], reason: str) -> None:
     left_out[reason] = left_out.get(reason, 0) + 1
 
 
-def _read_checksum(path: Path) -> str:
-    with path.open("rb") as handle:
-        return _parse_checksum(handle.read(MAX_CHECKSUM), str(path))
+def _read_checksum(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            return _parse_checksum(handle.read(MAX_CHECKSUM), str(path))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc}); check it, or remove it") from None
 
 
-def _parse_checksum(data: bytes, where: str) -> str:
-    """An .md5sum's digest, 32 hex digits: Europeana's drop leading zeros; a ``md5sum`` tool's add the file name."""
+def _parse_checksum(data: bytes, where: str) -> str | None:
+    """An .md5sum's digest, 32 hex digits: Europeana's drop leading zeros; a ``md5sum`` tool's add the file name.
+    None, with a warning, for what is no checksum (a web server's error page saved under its name): as a stale
+    one, it says nothing of the zip, whose CRCs still guard it."""
     words = data.decode("ascii", errors="replace").split()
     digest = words[0].lower() if words else ""
     if not digest or len(digest) > 32 or any(c not in "0123456789abcdef" for c in digest):
-        raise DatasetError(f"{where}: not an MD5 checksum (expected hex digits); remove it or fetch it again")
+        log.warning("%s: not an MD5 checksum (expected hex digits): the zip is read without it", where)
+        return None
     return digest.rjust(32, "0")
 
 
@@ -392,9 +405,12 @@ def _check_md5(path: Path, expected: str | None, where: str) -> None:
         return
     started = time.monotonic()
     digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while block := handle.read(2**20):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(2**20):
+                digest.update(block)
+    except OSError as exc:
+        raise DatasetError(f"{where}: cannot be read ({exc.strerror or exc}); check it and run again") from None
     actual = digest.hexdigest()
     log.debug("MD5 of %s in %.1f s", where, time.monotonic() - started)
     if actual != expected:

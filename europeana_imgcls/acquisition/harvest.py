@@ -95,15 +95,20 @@ class _Found:
     finished: set[str] = field(default_factory=set)  # the source's units done
     resume_at: dict[str, str] = field(default_factory=dict)  # an unfinished unit: where it goes on
     pieces: int = 0
-    left_out_of: dict[str, Counter[str]] = field(default_factory=dict)  # each unit's share of left_out
+
+    def replay(self, journal: Journal, source: Source, plan: Plan, report: bool = False) -> None:
+        """Every journaled piece, in the order found, but those of a unit before its last new pass (``again``: a zip
+        rebuilt, a set whose token expired, read again from its start): what it finds now replaces what it found
+        then, records, their values and categories, and the counts."""
+        passes = {_unit(key, value): at for at, (key, value) in enumerate(journal.records()) if value.get("again")}
+        fresh = _Found(self.n)
+        for at, (key, value) in enumerate(journal.records(report=report)):
+            if at >= passes.get(_unit(key, value), 0):
+                fresh.add(value, key, source, plan)
+        vars(self).update(vars(fresh))
 
     def add(self, value: dict[str, Any], key: str, source: Source, plan: Plan) -> None:
-        unit = value.get("unit") or key  # a journal from before sources: the key is the unit
-        counted = self.left_out_of.setdefault(unit, Counter())
-        if value.get("again"):  # the unit read again from its start: what it left out is counted anew
-            self.left_out -= counted
-            counted.clear()
-        counted.update(value.get("left_out") or {})
+        unit = _unit(key, value)
         if value.get("next") is None:
             self.finished.add(unit)
             self.resume_at.pop(unit, None)
@@ -119,6 +124,10 @@ class _Found:
         self.no_url.update(value["no_url"])
         self.left_out.update(value.get("left_out") or {})
         self.pieces += 1
+
+
+def _unit(key: str, value: dict[str, Any]) -> str:
+    return value.get("unit") or key  # a journal from before sources: the key is the unit
 
 
 def harvest(config: HarvestConfig, client: SearchClient | None = None) -> HarvestReport:
@@ -197,7 +206,10 @@ def _fetch_units(
                     value = piece.value()
                     journal.append(piece.key, value)
                     journal.flush()
-                    found.add(value, piece.key, source, plan)
+                    if piece.again:  # what the unit's earlier pass found goes: read the journal again without it
+                        found.replay(journal, source, plan)
+                    else:
+                        found.add(value, piece.key, source, plan)
             except DatasetError as exc:
                 if not source.independent_units:
                     raise
@@ -205,17 +217,18 @@ def _fetch_units(
                 failed[unit] = str(exc)
             progress.remove_task(task)
     if failed:
+        one = len(failed) == 1
         raise DatasetError(
-            f"{len(failed)} of {len(todo)} zips could not be read, the table holds the others' records: "
-            f"{'; '.join(failed.values())}; then run the same harvest with `resume` to add them"
+            f"{len(failed)} zip{'' if one else 's'} could not be read: {'; '.join(failed.values())}; what was read "
+            f"of {'it' if one else 'them'} and of the others is kept: once {'it is' if one else 'they are'} mended, "
+            "run the same harvest with `resume`"
         )
 
 
 def _replayed(journal: Journal, source: Source, plan: Plan, config: HarvestConfig) -> _Found:
     """What a resumed harvest found before: every journaled piece, in the order it was found."""
     found = _Found(config.n)
-    for key, value in journal.records(report=True):
-        found.add(value, key, source, plan)
+    found.replay(journal, source, plan, report=True)
     if config.resume and not found.pieces and config.output.exists() and config.shard is None:
         raise DatasetError(
             f"cannot resume {config.output}: its journal ({journal.folder}) is missing or empty, so "

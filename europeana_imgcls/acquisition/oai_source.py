@@ -7,7 +7,7 @@ is lost or read twice. A set with no records (noRecordsMatch) is no error: its u
 
 A token lives 24 hours at Europeana: a harvest resumed later than that finds its token expired (badResumptionToken)
 at the first page it asks for. The unit is then read again from its first page, marked as a new pass (``again``):
-the records kept before stay, each once, and its counts of records left out start over (``harvest._Found``).
+what its earlier pass found goes, records and counts, and the new pass's stands (``harvest._Found.replay``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class OaiPmhSource(BulkSource):
                 raise  # a token of this run's own expired: a page took a day
             log.warning(
                 "%s: the resumption token this harvest stopped at has expired (Europeana keeps one 24 hours): reading "
-                "it again from its first page; the records kept before are kept, each once",
+                "it again from its first page, its records as they are now",
                 _named(spec),
             )
             pieces = self._pieces(unit, None, advance, again=after)
