@@ -170,7 +170,7 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
     if config.quantize == "static":
         data_dir = model.meta.config.get("data_dir")
         calibration = quantise.calibration_images(
-            None if data_dir is None else Path(data_dir), test.paths, model.meta.input_size, config.calibration_images
+            None if data_dir is None else Path(data_dir), test.fold, model.meta.input_size, config.calibration_images
         )
     before = quantise.logits_of(session(path, CPU), test.pixels)
     made = quantise.quantise(path, config, calibration)

@@ -68,19 +68,25 @@ WEIGHTED: Final = ("Conv", "Gemm", "MatMul")  # the first and last of these boun
 
 @dataclass
 class HeldOutImages:
-    """A split's test images as the loader hands them over, with their truth where it was read."""
+    """A split's test images as the loader hands them over, with their truth where it was read; ``fold``: every
+    image of the split's test fold, judged or not (none of them is a calibration image)."""
 
     pixels: np.ndarray
     truth: np.ndarray | None
     paths: list[Path]
+    fold: list[Path]
 
 
 def held_out_images(rows: Sequence[dict[str, str]], size: int, limit: int, truth_of: Any) -> HeldOutImages:
-    """Up to ``limit`` readable images of a split's test predictions (``rows``), their truth by ``truth_of``."""
+    """Up to ``limit`` readable images of a split's test predictions (``rows``), their truth by ``truth_of``: a
+    seeded sample. The rows come in class order (the image folders'), and their first ``limit`` would judge int8 on
+    the first classes only."""
     pictures: list[np.ndarray] = []
     truth: list[Any] = []
     paths: list[Path] = []
-    for row in rows:
+    fold = [Path(row["image"]) for row in rows if row.get("image")]
+    for index in np.random.default_rng(0).permutation(len(rows)):
+        row = rows[index]
         if len(pictures) >= limit:
             break
         try:
@@ -90,8 +96,8 @@ def held_out_images(rows: Sequence[dict[str, str]], size: int, limit: int, truth
         except (*DECODE_ERRORS, KeyError, ValueError):
             continue
     if not pictures:
-        return HeldOutImages(np.zeros((0, 3, size, size), np.uint8), None, [])
-    return HeldOutImages(np.stack(pictures), np.asarray(truth), paths)
+        return HeldOutImages(np.zeros((0, 3, size, size), np.uint8), None, [], fold)
+    return HeldOutImages(np.stack(pictures), np.asarray(truth), paths, fold)
 
 
 def read_test_rows(path: Path) -> list[dict[str, str]]:

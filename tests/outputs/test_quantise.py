@@ -156,3 +156,20 @@ def test_the_cap_is_said_only_where_it_stopped_the_control_short(caplog: pytest.
     assert made.controlled == ["a", "b"] and made.agreement == {"onnx": 0.995}
     assert not made.capped and "cap" not in caplog.text
     assert control.maker.made == [("a", "b")]
+
+
+def test_int8_is_judged_on_a_sample_of_every_class_and_calibrated_on_no_test_image(tmp_path: Path) -> None:
+    """A split's test predictions come in class order: the first rows would judge int8 on the first classes only.
+    The judged images are a seeded sample of all the rows, and no image of the test fold, judged or not, is a
+    calibration image."""
+    from ..support import make_folders
+
+    folder = make_folders(tmp_path / "images", per_class=12, size=SIZE)
+    images = sorted(folder.rglob("*.jpg"))  # class by class, as test_predictions.csv lists them
+    rows = [{"image": str(p), "truth": p.parent.name} for p in images[::2]]  # every other image: the test fold
+    held = quantise.held_out_images(rows, SIZE, 4, lambda said: said)
+    assert len(held.paths) == 4 and len({p.parent.name for p in held.paths}) > 1
+    assert held.paths == quantise.held_out_images(rows, SIZE, 4, lambda said: said).paths  # the same sample
+    assert held.fold == [Path(row["image"]) for row in rows]
+    calibration = quantise.calibration_images(folder, held.fold, SIZE, 1000)
+    assert len(calibration) == len(images) - len(rows)  # the rest of the data folder: the training images
