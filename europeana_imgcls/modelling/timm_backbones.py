@@ -104,11 +104,16 @@ class TimmBackbone:
         own = model.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         head = self.classifier + "."
-        wanted = [name for name, _ in model.named_parameters() if not name.startswith(head)]
+        # The buffers too: a file without a BatchNorm's running statistics would leave them at 0 and 1, and every
+        # feature quietly off.
+        wanted = [name for name, _ in [*model.named_parameters(), *model.named_buffers()] if not name.startswith(head)]
+        # Not a buffer left out of the state (persistent=False), nor a count of batches seen, which weights files
+        # often leave out and inference never reads.
+        wanted = [name for name in wanted if name in own and not name.endswith("num_batches_tracked")]
         missing = [name for name in wanted if name not in fitting]
         if missing:
             raise ModelError(
-                f"{source} does not fit `arch` {self.arch}: {len(missing)} of its {len(wanted)} weight tensors are "
+                f"{source} does not fit `arch` {self.arch}: {len(missing)} of its {len(wanted)} tensors are "
                 f"missing or of another shape (e.g. {missing[0]}); give timm's weights of that very model"
             )
         model.load_state_dict(fitting, strict=False)
@@ -141,7 +146,15 @@ def backbone(arch: str) -> TimmBackbone:
             f"`arch` {arch}: no such model in the installed timm {timm.__version__} (a run made with a newer timm? "
             f"pip install -U timm); timm.list_models('*{name.split('.')[0][:20]}*') lists the near ones"
         )
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag the model has none of: timm says "Invalid pretrained tag"
+        model, _, tag = name.partition(".")
+        tags = sorted(t.partition(".")[2] for t in timm.list_pretrained(f"{model}.*"))
+        raise ModelError(
+            f"`arch` {arch}: {model} has no pretrained tag {tag!r} in the installed timm {timm.__version__}; its "
+            f"tags: {', '.join(tags[:12]) or 'none'}{' ...' if len(tags) > 12 else ''}"
+        ) from None
     if cfg is None:
         raise ModelError(f"`arch` {arch}: timm {timm.__version__} knows no pretrained configuration of it")
     if not isinstance(cfg.classifier, str):

@@ -209,9 +209,29 @@ def test_gradcam_finds_a_vit_s_tokens_and_refuses_what_it_cannot_look_into() -> 
         timm_backbones.cam_layer(nn.Linear(2, 2), "timm/x")
 
 
-def test_an_unknown_timm_model_is_one_line() -> None:
+def test_an_unknown_timm_model_is_one_line(folders: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such model in the installed timm"):
         get_arch("timm/no_such_model_anywhere")
+    # a tag mistyped: timm raises its RuntimeError; the line names the tags there are
+    with pytest.raises(ModelError, match=r"resnet18 has no pretrained tag 'a1_in1' in the installed timm .*a1_in1k"):
+        get_arch("timm/resnet18.a1_in1")
+    result = eic("embed", folders, "-o", tmp_path / "e.parquet", "--arch", "timm/resnet18.a1_in1", "--weights", "none")
+    assert_one_line_error(result, "has no pretrained tag 'a1_in1'")
+
+
+def test_weights_without_the_batchnorm_statistics_do_not_fit(offline: Hub, tmp_path: Path) -> None:
+    """Left at 0 and 1, the running statistics would put every feature quietly off: such a file is refused, naming
+    what it lacks. A file without the counts of batches seen (inference never reads them) loads."""
+    import timm
+
+    saved = timm.create_model(CNN, pretrained=False).state_dict()
+    without_counts = {k: v for k, v in saved.items() if not k.endswith("num_batches_tracked")}
+    save_file(without_counts, tmp_path / "counts.safetensors")
+    build_model(f"timm/{CNN}", 3, str(tmp_path / "counts.safetensors"))
+    without_statistics = {k: v for k, v in without_counts.items() if "running_" not in k}
+    save_file(without_statistics, tmp_path / "stats.safetensors")
+    with pytest.raises(ModelError, match=r"does not fit `arch` timm/test_resnet: \d+ of its \d+ tensors .*running_"):
+        build_model(f"timm/{CNN}", 3, str(tmp_path / "stats.safetensors"))
 
 
 @pytest.mark.slow  # trains an epoch, then runs eic predict
