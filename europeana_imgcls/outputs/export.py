@@ -173,9 +173,9 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
             None if data_dir is None else Path(data_dir), test.fold, model.meta.input_size, config.calibration_images
         )
     before = quantise.logits_of(session(path, CPU), test.pixels)
-    made = quantise.quantise(path, config, calibration)
+    made = quantise.quantise(path, config, calibration, _labels(model))
     after = quantise.int8_logits(path, test.pixels)
-    by_runtime = {name: quantise.agreement(before, logits) for name, logits in after.items()}
+    by_runtime = {name: quantise.agreement(before, logits, _labels(model)) for name, logits in after.items()}
     moved = dataclasses.replace(
         _moved(model, len(test.pixels), test.truth, before, after["onnx"]),
         agreement=min(by_runtime.values()),
@@ -201,6 +201,13 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
         before=moved.before,
         after=moved.after,
     )
+
+
+def _labels(model: RunModel) -> quantise.Decide:
+    """The labels eic predict gives from a split's logits: the top class, or (multi-label) every class over its
+    tuned threshold, on the logits without the temperature, which the thresholds were set on."""
+    thresholds = model.thresholds()
+    return lambda logits: model.task.decisions(model.task.from_logits(logits), thresholds)
 
 
 def _split_folder(run: RunFolder, model: RunModel) -> SplitFolder:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -64,6 +64,12 @@ CONTROL_IMAGES: Final = 256  # calibration images the accuracy control measures 
 BATCH: Final = 16
 CPU: Final = Device("cpu")  # where the quantiser's checks run, whatever runs the export
 WEIGHTED: Final = ("Conv", "Gemm", "MatMul")  # the first and last of these bound what is made int8
+Decide = Callable[[np.ndarray], np.ndarray]  # logits -> the labels they give, a row of booleans an image
+
+
+def top_class(logits: np.ndarray) -> np.ndarray:
+    """A single-label model's decision: its top class, as one row of booleans an image."""
+    return np.eye(logits.shape[1], dtype=bool)[logits.argmax(axis=1)]
 
 
 @dataclass
@@ -179,9 +185,9 @@ def most_kept(candidates: int) -> int:
     return max(2, candidates // 10)
 
 
-def quantise(path: Path, config: ExportConfig, calibration: np.ndarray | None) -> Quantised:
+def quantise(path: Path, config: ExportConfig, calibration: np.ndarray | None, decide: Decide = top_class) -> Quantised:
     """Replace the float32 file at ``path`` with its int8 version (the module docstring says how the nodes left in
-    float are chosen); returns them, and what the accuracy control measured."""
+    float are chosen); returns them, and what the accuracy control measured (labels as ``decide`` makes them)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -196,7 +202,7 @@ def quantise(path: Path, config: ExportConfig, calibration: np.ndarray | None) -
         if calibration is None:  # dynamic: nothing to measure the agreement on before the test images
             maker.make(ends)
             return Quantised(ends)
-        control = _Control(maker, calibration[:CONTROL_IMAGES], config.min_agreement)
+        control = _Control(maker, calibration[:CONTROL_IMAGES], config.min_agreement, decide)
         return control.run(ends, candidates(graph))
     finally:
         source.unlink(missing_ok=True)
@@ -257,17 +263,17 @@ class _Control:
     """The accuracy control: the most sensitive nodes kept in float, greedily, until the int8 file agrees with
     float32 on ``wanted`` of the control images in every runtime, or ``most_kept`` are."""
 
-    def __init__(self, maker: _Maker, images: np.ndarray, wanted: float) -> None:
+    def __init__(self, maker: _Maker, images: np.ndarray, wanted: float, decide: Decide) -> None:
         from .onnx_runtime import session
 
-        self.maker, self.images, self.wanted = maker, images, wanted
+        self.maker, self.images, self.wanted, self.decide = maker, images, wanted, decide
         self.before = logits_of(session(maker.source, CPU), images)
 
     def measure(self, kept: list[str]) -> _Try:
         said = int8_logits(self.maker.make(kept), self.images)
         return _Try(
             {k: logit_error(self.before, z) for k, z in said.items()},
-            {k: agreement(self.before, z) for k, z in said.items()},
+            {k: agreement(self.before, z, self.decide) for k, z in said.items()},
         )
 
     def done(self, tried: _Try) -> bool:
@@ -332,9 +338,10 @@ def int8_logits(path: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
     return said
 
 
-def agreement(before: np.ndarray, after: np.ndarray) -> float:
-    """The share of images whose top class is the same."""
-    return float((before.argmax(1) == after.argmax(1)).mean())
+def agreement(before: np.ndarray, after: np.ndarray, decide: Decide = top_class) -> float:
+    """The share of images that get the same labels from both sets of logits, as ``decide`` makes labels of them
+    (a multi-label model's: every class over its threshold; its top class may stay while a label comes or goes)."""
+    return float((decide(before) == decide(after)).all(axis=1).mean())
 
 
 def logit_error(before: np.ndarray, after: np.ndarray) -> float:

@@ -158,7 +158,7 @@ def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: P
 def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quantise, "agreement", lambda before, after: 0.972)  # as a model of small margins gives
+    monkeypatch.setattr(quantise, "agreement", lambda before, after, decide: 0.972)  # as a model of small margins gives
     args = ["export", str(run), "--quantize", "static", "--calibration-images", "5", "--output", str(tmp_path / "int8")]
     line = _one_line_refusal(args)  # 5 of the split's 18 training images: more could help, and 1000 is said
     assert re.fullmatch(
@@ -173,7 +173,7 @@ def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
 
 @pytest.mark.slow(seconds=2)  # an int8 export end to end
 def test_int8_is_held_to_float32_on_as_many_test_images_as_asked(run: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(quantise, "agreement", lambda before, after: 0.5)
+    monkeypatch.setattr(quantise, "agreement", lambda before, after, decide: 0.5)
     args = ["export", str(run), "--quantize", "static", "--agreement-images", "3", "--output", str(tmp_path / "q")]
     assert " on 50.0% of 3 test images " in _one_line_refusal(args)  # the split has more: 3 were asked
 

@@ -173,3 +173,20 @@ def test_int8_is_judged_on_a_sample_of_every_class_and_calibrated_on_no_test_ima
     assert held.fold == [Path(row["image"]) for row in rows]
     calibration = quantise.calibration_images(folder, held.fold, SIZE, 1000)
     assert len(calibration) == len(images) - len(rows)  # the rest of the data folder: the training images
+
+
+def test_a_multilabel_model_is_held_to_the_same_labels_not_the_same_top_class() -> None:
+    """eic predict labels a multi-label image with every class over its threshold: int8 may keep the top class and
+    add or drop a label. Agreement is the share of images given the same labels, as predict gives them."""
+    from types import SimpleNamespace
+
+    from europeana_imgcls.datasets.tasks import task_for
+    from europeana_imgcls.outputs.export import _labels
+
+    before = np.array([[3.0, 0.2, -2.0], [2.0, -1.0, -1.0]])
+    after = np.array([[3.0, -0.2, -2.0], [2.0, -1.0, -1.0]])  # the first image's second label drops out
+    assert quantise.agreement(before, after) == 1.0  # the top classes: the same
+    multi = SimpleNamespace(task=task_for("multi-label"), thresholds=lambda: np.array([0.5, 0.5, 0.5]))
+    assert quantise.agreement(before, after, _labels(multi)) == 0.5  # type: ignore[arg-type]
+    single = SimpleNamespace(task=task_for("single-label"), thresholds=lambda: None)
+    assert quantise.agreement(before, after, _labels(single)) == 1.0  # type: ignore[arg-type]
