@@ -11,6 +11,7 @@ emitted. ``RUN/calibration.json`` keeps the result and ``RUN/reliability.png`` d
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from ..core.config import CalibrateConfig, Mode
-from ..core.errors import CalibrationError
+from ..core.errors import CalibrationError, DatasetError
 from ..core.sidecars import first_problem, read_bounded
 from ..core.tables import read_csv_rows, write_json
 from ..datasets.tasks import Task, task_for
@@ -29,6 +30,9 @@ from .run_folder import FINISHED_SPLITS, RunFolder, not_a_run
 
 MIN_LABELLED = 5  # a precision measured on fewer images than this promises nothing
 BINS = 15
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -280,7 +284,27 @@ def calibrate(config: CalibrateConfig) -> Calibration:
     from .modelcard import write_model_card  # torch's version on the card: enrich reads thresholds without it
 
     write_model_card(config.run)
+    _warn_if_exported_before(config.run, calibration)
     return calibration
+
+
+def _warn_if_exported_before(run: Path, calibration: Calibration) -> None:
+    """The run's export (RUN/onnx) holds the thresholds of the calibration it was made with, for callers without
+    eic (model.json): eic's own commands read calibration.json, others would go on deciding by the old ones."""
+    sidecar = RunFolder(run).onnx / "model.json"
+    try:
+        exported = json.loads(read_bounded(sidecar, what="an export's sidecar", remedy="export the run again"))
+        thresholds = exported.get("thresholds")
+    except (CalibrationError, OSError, ValueError, AttributeError, DatasetError):
+        return  # no export there, or none eic can read: nothing it holds is said to callers
+    now = {c.name: c.threshold for c in calibration.per_class}
+    if thresholds != now:
+        log.warning(
+            "%s holds the thresholds of the calibration before this one, which callers without eic read: export the "
+            "run again (eic export %s --overwrite)",
+            sidecar,
+            run,
+        )
 
 
 def load_calibration(run: Path, precision: float | None = None) -> Calibration:

@@ -501,3 +501,20 @@ def test_a_multilabel_export_has_a_sigmoid_per_label_in_its_graph(ml_run, tmp_pa
     sidecar = json.loads((report.output / "model.json").read_text())
     assert sidecar["mode"] == "multi-label"
     assert sidecar["outputs"]["probabilities"]["what"].startswith("sigmoid per label")
+
+
+def test_calibrating_again_says_that_the_export_holds_the_old_thresholds(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """model.json hands enrich's thresholds to callers without eic: after eic calibrate changes them, the export still
+    holds the old ones, and calibrate says to export again. Unchanged, it says nothing."""
+    from europeana_imgcls.core.config import CalibrateConfig
+    from europeana_imgcls.modelling.calibration import calibrate
+
+    export(ExportConfig(run=run, quiet=True))
+    exported = json.loads((run / "onnx" / "model.json").read_text())
+    calibrate(CalibrateConfig(run=run, precision=exported["precision_target"], overwrite=True))
+    assert "holds the thresholds of the calibration before this one" not in caplog.text
+    calibrate(CalibrateConfig(run=run, precision=0.5, overwrite=True))
+    assert f"{run / 'onnx' / 'model.json'} holds the thresholds of the calibration before this one" in caplog.text
+    assert f"export the run again (eic export {run} --overwrite)" in caplog.text
