@@ -301,6 +301,14 @@ def rows_frame(images: ImageSet, vectors: np.ndarray, readable: np.ndarray) -> p
     return table_of([image_row(images, int(i)) for i in keep], vectors[keep])
 
 
+class TimmWeights(Sidecar):
+    """What an embeddings table says of the timm weights that made it: enough to tell other weights under the same
+    name (a file replaced, a Hub snapshot moved, another default tag)."""
+
+    pretrained_tag: str | None = Field(None, max_length=200)
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
 class EmbeddingSidecar(Sidecar):
     """``NAME.embedding.json``: what made an embeddings table (tables from before the format tag read as this
     one). Backbone fields may be absent (a table made elsewhere); what is there is of the right kind."""
@@ -314,6 +322,7 @@ class EmbeddingSidecar(Sidecar):
     mode: Mode | None = None
     classes: list[str] | None = Field(None, max_length=100_000)
     dim: StrictInt | None = Field(None, ge=1)
+    timm: TimmWeights | None = None
 
     @model_validator(mode="after")
     def _distinct_classes(self) -> EmbeddingSidecar:
@@ -445,6 +454,11 @@ def check_compatible(meta: dict[str, Any], arch: str, weights: str, input_size: 
         "input_size": input_size,
     }
     differ = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
+    recorded = (meta.get("timm") or {}).get("weights_sha256")
+    if not differ and recorded:  # the same name, path or tag may hold other weights than those that embedded
+        now = (get_arch(arch).provenance(weights) or {}).get("weights_sha256")
+        if now and now != recorded:
+            differ["weights_sha256"] = (recorded[:12] + "...", now[:12] + "...")
     if differ:
         said = "; ".join(f"{k}: {have} in {source.name}, {want} for this run" for k, (have, want) in differ.items())
         raise DatasetError(

@@ -341,3 +341,26 @@ def test_a_hub_that_answers_fills_the_cache_and_the_run_records_the_file_s_diges
     assert "GET /timm/test_vit.r160_in1k/resolve/main/model.safetensors" in asked
     cached = tmp_path / "hf" / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / REVISION / "model.safetensors"
     assert cached.read_bytes() == data  # the next run finds it there, offline
+
+
+def test_a_probe_on_embeddings_of_other_weights_under_the_same_name_is_refused(
+    offline: Hub, folders: Path, tmp_path: Path
+) -> None:
+    """A weights file replaced (or a Hub snapshot moved) after the table was embedded: the run's backbone would not
+    be the one its head was fitted on. The table's digest of its weights is held against the run's."""
+    import timm
+
+    weights = tmp_path / "w.safetensors"
+    torch.manual_seed(1)
+    save_file(timm.create_model(CNN, pretrained=False).state_dict(), weights)
+    table = tmp_path / "e.parquet"
+    common = ["--arch", f"timm/{CNN}", "--weights", weights, "--input-size", "48", "--quiet"]
+    assert eic("embed", folders, "-o", table, *common).exit_code == 0
+    probe = ["--method", "linear-probe", "--embeddings", table, "--folds", "3", *common]
+    same = eic("train", folders, "-o", tmp_path / "same", *probe)
+    assert same.exit_code == 0, same.stderr  # the same weights: taken
+    torch.manual_seed(2)
+    save_file(timm.create_model(CNN, pretrained=False).state_dict(), weights)
+    result = eic("train", folders, "-o", tmp_path / "other", *probe)
+    assert_one_line_error(result, "was embedded with another backbone (weights_sha256: ")
+    assert not (tmp_path / "other").exists()
