@@ -43,9 +43,10 @@ test images: under ``min_agreement`` the export is refused in one line saying bo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -226,6 +227,10 @@ class _Maker:
             return self.path
         self.made = list(kept)
         self.path.unlink(missing_ok=True)
+        with _quantiser_quiet():
+            return self._make(q, kept)
+
+    def _make(self, q: Any, kept: list[str]) -> Path:
         if self.config.quantize == "dynamic":
             q.quantize_dynamic(str(self.source), str(self.path), weight_type=q.QuantType.QInt8, nodes_to_exclude=kept)
             return self.path
@@ -244,6 +249,28 @@ class _Maker:
             calibration_cache_path=str(self.cache),
         )
         return self.path
+
+
+class _FromTheQuantiser(logging.Filter):
+    """ONNX Runtime's quantiser's own warnings (on the root logger: "Axis 1 is out-of-range for weight ...", a
+    line per tensor of a ConvNeXt), which say nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "quantization" not in record.pathname.replace("\\", "/")
+
+
+@contextlib.contextmanager
+def _quantiser_quiet() -> Iterator[None]:
+    """While ONNX Runtime quantises: its warnings dropped, and its ``logging.warning`` kept from giving the root
+    logger a handler of its own (``basicConfig``), which would print every later root record too."""
+    root, quiet, holder = logging.getLogger(), _FromTheQuantiser(), logging.NullHandler()
+    root.addFilter(quiet)
+    root.addHandler(holder)
+    try:
+        yield
+    finally:
+        root.removeHandler(holder)
+        root.removeFilter(quiet)
 
 
 @dataclass

@@ -190,3 +190,24 @@ def test_a_multilabel_model_is_held_to_the_same_labels_not_the_same_top_class() 
     assert quantise.agreement(before, after, _labels(multi)) == 0.5  # type: ignore[arg-type]
     single = SimpleNamespace(task=task_for("single-label"), thresholds=lambda: None)
     assert quantise.agreement(before, after, _labels(single)) == 1.0  # type: ignore[arg-type]
+
+
+def test_the_quantiser_s_own_warnings_are_kept_off_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """ONNX Runtime's quantiser warns on the root logger ("Axis 1 is out-of-range for weight ...", a line per
+    tensor of a ConvNeXt), whose first call gives the root a handler printing every later record too."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    seen: list[logging.LogRecord] = []
+    listener = logging.Handler()
+    listener.emit = seen.append  # type: ignore[method-assign]
+    quantiser = "/site-packages/onnxruntime/quantization/qdq_quantizer.py"
+    with quantise._quantiser_quiet():
+        root.addHandler(listener)
+        try:
+            root.handle(logging.LogRecord("root", logging.WARNING, quantiser, 1, "Axis 1 is out-of-range", None, None))
+            root.handle(logging.LogRecord("root", logging.ERROR, quantiser, 1, "a real failure", None, None))
+            root.handle(logging.LogRecord("root", logging.WARNING, "/elsewhere.py", 1, "someone else's", None, None))
+        finally:
+            root.removeHandler(listener)
+    assert [r.getMessage() for r in seen] == ["a real failure", "someone else's"]
+    assert root.handlers == handlers and not root.filters
