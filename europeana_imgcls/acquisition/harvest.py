@@ -100,7 +100,9 @@ class _Found:
         """Every journaled piece, in the order found, but those of a unit before its last new pass (``again``: a zip
         rebuilt, a set whose token expired, read again from its start): what it finds now replaces what it found
         then, records, their values and categories, and the counts."""
-        passes = {_unit(key, value): at for at, (key, value) in enumerate(journal.records()) if value.get("again")}
+        passes: dict[str, int] = {}
+        if journal.mentions(b'"again":true'):  # most journals hold none: said by a scan, no line parsed twice
+            passes = {_unit(key, value): at for at, (key, value) in enumerate(journal.records()) if value.get("again")}
         fresh = _Found(self.n)
         for at, (key, value) in enumerate(journal.records(report=report)):
             if at >= passes.get(_unit(key, value), 0):

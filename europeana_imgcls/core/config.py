@@ -778,7 +778,8 @@ class ExportConfig(ProgressSettings):
         1000,
         ge=1,
         le=100_000,
-        description="With quantize: the split's test images (at most) whose top class int8 is held to float32's on.",
+        description="With quantize: the split's test images (at most, a seeded sample) on which int8 is held to "
+        "float32's labels.",
     )
     min_agreement: float = Field(
         0.99,

@@ -132,6 +132,9 @@ def is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+SCAN_BLOCK = 2**20  # bytes read at a time by ``Journal.mentions``
+
+
 def frame(key: str, value: Any) -> bytes:
     """One record as the journal stores it: a line of ASCII."""
     try:
@@ -304,6 +307,19 @@ class Journal:
 
     def has_records(self) -> bool:
         return any(p.stat().st_size for p in self.parts())
+
+    def mentions(self, text: bytes) -> bool:
+        """Whether any part holds ``text`` as written (``frame``'s compact JSON): a scan at the disk's pace, where
+        reading the records parses every line, to learn whether a rare record is there at all."""
+        tail = len(text) - 1
+        for path in self.parts():
+            with path.open("rb") as handle:
+                carried = b""
+                while block := handle.read(SCAN_BLOCK):
+                    if text in carried + block:
+                        return True
+                    carried = block[-tail:] if tail > 0 else b""
+        return False
 
     def done(self, also: Iterable[str] = ()) -> KeySet:
         """The keys of every record in ``parts()`` (what is done), and ``also`` those."""

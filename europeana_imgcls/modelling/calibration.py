@@ -289,22 +289,24 @@ def calibrate(config: CalibrateConfig) -> Calibration:
 
 
 def _warn_if_exported_before(run: Path, calibration: Calibration) -> None:
-    """The run's export (RUN/onnx) holds the thresholds of the calibration it was made with, for callers without
-    eic (model.json): eic's own commands read calibration.json, others would go on deciding by the old ones."""
-    sidecar = RunFolder(run).onnx / "model.json"
-    try:
-        exported = json.loads(read_bounded(sidecar, what="an export's sidecar", remedy="export the run again"))
-        thresholds = exported.get("thresholds")
-    except (CalibrationError, OSError, ValueError, AttributeError, DatasetError):
-        return  # no export there, or none eic can read: nothing it holds is said to callers
+    """The run's exports in it (RUN/onnx, RUN/onnx-int8...) hold the thresholds of the calibration they were made
+    with, for callers without eic (model.json): eic's own commands read calibration.json, others would go on
+    deciding by the old ones. (An export written elsewhere cannot be known here.)"""
     now = {c.name: c.threshold for c in calibration.per_class}
-    if thresholds != now:
-        log.warning(
-            "%s holds the thresholds of the calibration before this one, which callers without eic read: export the "
-            "run again (eic export %s --overwrite)",
-            sidecar,
-            run,
-        )
+    for sidecar in sorted(RunFolder(run).path.glob("onnx*/model.json")):
+        try:
+            exported = json.loads(read_bounded(sidecar, what="an export's sidecar", remedy="export the run again"))
+            thresholds = exported.get("thresholds", now) if isinstance(exported, dict) else now
+        except (CalibrationError, DatasetError, OSError, ValueError):
+            continue  # none eic can read: nothing it holds is said to callers
+        if thresholds != now:
+            held = "the thresholds of the calibration before this one" if thresholds else "no thresholds"
+            log.warning(
+                "%s holds %s, which callers without eic read: export the run again (eic export %s --overwrite)",
+                sidecar,
+                held,
+                run,
+            )
 
 
 def load_calibration(run: Path, precision: float | None = None) -> Calibration:

@@ -8,10 +8,11 @@ outputs: ``logits`` (as trained) and ``probabilities`` (the task's activation, s
 the logits divided by the temperature: what eic enrich's thresholds apply to). ``model.json`` beside the files
 says the rest (classes, thresholds, input size, the run's model id; ``onnx_runtime.ExportSidecar``).
 
-Every file is checked at export against PyTorch on the run's own test images (or, lacking them, seeded noise):
-the largest probability difference is reported, and above 1e-3 the export is refused. ``quantize`` writes int8
-files instead (``quantise``), held to the float32 graph on the split's test images: their top-1 agreement and the
-test score before and after are printed and kept in the sidecar, and under ``min_agreement`` nothing is written.
+Every file is checked at export against PyTorch on the run's own test images (or, lacking them, seeded noise): the
+largest probability difference is reported, and above 1e-3 the export is refused. ``quantize`` writes int8 files
+instead (``quantise``), held to the float32 graph on the split's test images: their agreement (the same labels, as
+eic predict gives them) and the test score before and after are printed and kept in the sidecar, and under
+``min_agreement`` nothing is written.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class QuantisationCheck:
 
     split: str
     images: int
-    agreement: float  # share of images with the same top class
+    agreement: float  # share of images given the same labels (as eic predict gives them)
     metric: str  # the task's headline score (accuracy, micro_f1)
     before: float | None  # float32; None without labelled test images
     after: float | None  # int8
@@ -159,7 +160,7 @@ def _control(made: quantise.Quantised) -> dict[str, Any]:
 
 def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, report: ExportReport) -> Int8Record:
     """The float32 file at ``path`` made int8 (``quantise``), held to it on the split's test images: refused in one
-    line, before anything is written, where their top classes agree on less than ``min_agreement``."""
+    line, before anything is written, where their labels agree on less than ``min_agreement``."""
     test = _test_images(run, model, config.agreement_images)
     if not len(test.pixels):
         raise DatasetError(
@@ -332,7 +333,7 @@ def _difference(ours: np.ndarray, theirs: np.ndarray) -> float:
 def _moved(
     model: RunModel, images: int, truth: np.ndarray | None, before: np.ndarray, after: np.ndarray
 ) -> QuantisationCheck:
-    """How far the int8 logits ``after`` are from the float32 ``before``: top-1 agreement and the test score."""
+    """How far the int8 logits ``after`` are from the float32 ``before``: the test score before and after."""
     metric = model.task.headline
     # Scored as eic predict decides: on the logits without the temperature, which the tuned thresholds were set on.
     scores = [

@@ -11,7 +11,7 @@ How (ONNX Runtime's quantiser, whose QDQ files both ONNX Runtime and OpenVINO ru
 - kept in float whatever the method: the graph's preprocessing (the cast, the resize, the normalisation, where
   int8 would round every pixel) and the temperature and activation after the classifier.
 
-Accuracy control (static): where that file's top classes agree with float32 on fewer of the calibration images
+Accuracy control (static): where that file's labels agree with float32 on fewer of the calibration images
 (up to ``CONTROL_IMAGES``) than ``min_agreement`` asks, in either runtime, nodes are kept in float, measured:
 
 1. sensitivity: for each weighted node (``candidates``: a convolution or matrix product with its input, back to
@@ -37,8 +37,9 @@ NNCF's quantize (its bias correction, the same QDQ file for both runtimes) 93.0 
 by hundredths of a logit). A Lite0 that learnt its classes (64 images a class, learning rate 1e-3; margins a median
 0.53 logit) kept 99.6% of 1,000 new images in both runtimes all int8: the control did not need to act.
 
-Then the top-1 agreement of the int8 graph with the float32 one on up to ``agreement_images`` (1000) of the split's
-test images: under ``min_agreement`` the export is refused in one line saying both numbers, and nothing is written.
+Then the agreement of the int8 graph with the float32 one (the same labels, as eic predict gives them) on a seeded
+sample of up to ``agreement_images`` (1000) of the split's test images: under ``min_agreement`` the export is
+refused in one line saying both numbers, and nothing is written.
 """
 
 from __future__ import annotations

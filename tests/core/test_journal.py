@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from europeana_imgcls.core import journal as journal_module
 from europeana_imgcls.core.errors import DatasetError
 from europeana_imgcls.core.journal import Journal, KeySet, Output, Part, input_key, part_name, read_records
 from europeana_imgcls.core.outputs import OutputKind
@@ -620,3 +621,22 @@ def test_an_embed_merge_killed_between_its_two_files_is_resumed(
     assert len(placed) == 1 and not out.with_name(out.name + ".tmp").exists()
     merged = embed(EmbedConfig(**settings, output=out, resume=True))  # not refused as a table eic did not write
     assert merged.already_done == 6 and pl.read_parquet(out).height == 6 and sidecar(out, "embedding").is_file()
+
+
+def test_a_journal_says_whether_it_mentions_a_text_across_its_parts_and_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a harvest asks before it parses every line again: whether a rare record is there at all. Found across
+    the scan's blocks and in a shard's part; a value that only quotes the text (escaped) does not mention it."""
+    with journal(tmp_path / "j") as j:
+        j.append("a", {"text": 'said "again":true'})  # a string holding it: escaped, \\"again\\":true
+        j.append("b", {"n": 1})
+    assert not journal(tmp_path / "j").mentions(b'"again":true')
+    with journal(tmp_path / "j", shard=Shard(0, 2)) as j:
+        j.append("c", {"padding": "x" * 5000, "again": True})
+    assert journal(tmp_path / "j").mentions(b'"again":true')
+    raw = (tmp_path / "j" / "part.shard-0-of-2.ndjson").read_bytes()
+    at = raw.index(b'"again":true')
+    for block in (at + 3, at + 7, 64):  # the text cut by a block's end, and wholly inside one
+        monkeypatch.setattr(journal_module, "SCAN_BLOCK", block)
+        assert journal(tmp_path / "j").mentions(b'"again":true'), block

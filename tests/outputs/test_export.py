@@ -512,9 +512,11 @@ def test_calibrating_again_says_that_the_export_holds_the_old_thresholds(
     from europeana_imgcls.modelling.calibration import calibrate
 
     export(ExportConfig(run=run, quiet=True))
+    export(ExportConfig(run=run, output=run / "onnx-int8", quiet=True))  # the folder --quantize's help suggests
     exported = json.loads((run / "onnx" / "model.json").read_text())
     calibrate(CalibrateConfig(run=run, precision=exported["precision_target"], overwrite=True))
     assert "holds the thresholds of the calibration before this one" not in caplog.text
     calibrate(CalibrateConfig(run=run, precision=0.5, overwrite=True))
-    assert f"{run / 'onnx' / 'model.json'} holds the thresholds of the calibration before this one" in caplog.text
+    for folder in ("onnx", "onnx-int8"):
+        assert f"{run / folder / 'model.json'} holds the thresholds of the calibration before this one" in caplog.text
     assert f"export the run again (eic export {run} --overwrite)" in caplog.text
