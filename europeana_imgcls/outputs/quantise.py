@@ -257,7 +257,7 @@ class _FromTheQuantiser(logging.Filter):
     line per tensor of a ConvNeXt), which say nothing a user can act on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or "quantization" not in record.pathname.replace("\\", "/")
+        return record.levelno >= logging.ERROR or "onnxruntime/quantization/" not in record.pathname.replace("\\", "/")
 
 
 @contextlib.contextmanager
