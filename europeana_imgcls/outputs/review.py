@@ -420,6 +420,8 @@ def _answer(
         if annotation.was_cancelled:
             continue
         labels = _choices(annotation.result or [], config.export, name)
+        if labels is None:  # a comment alone, or submitted with nothing chosen: no answer, never a removal
+            continue
         unknown = [label for label in labels if label not in vocab]
         if unknown:
             where = config.vocab or "the built-in vocabulary"
@@ -436,17 +438,31 @@ def _answer(
     return labels, " ".join(sorted(r for r in reviewers if r))
 
 
-def _choices(result: list[_Result], path: Path, name: str) -> tuple[str, ...]:
-    """The classes a submitted annotation chose, each once and in order; none for "none of these classes", or
-    when the reviewer removed the suggestion and chose nothing."""
+def _choices(result: list[_Result], path: Path, name: str) -> tuple[str, ...] | None:
+    """The classes a submitted annotation chose, each once and in order; none for "none of these classes" chosen
+    (the only way a record is taken out); None where it chose nothing (a comment alone, an empty submit), which is
+    no answer. A choice only under another name than eic's (a project whose Choices was renamed) is refused: taken
+    as nothing, every answer would be lost."""
+    others = []
     for item in result:
-        if item.type != "choices" or item.from_name not in (CHOICES_NAME, None):
+        if item.type != "choices":
+            continue
+        if item.from_name not in (CHOICES_NAME, None):
+            others.append(item.from_name)
             continue
         choices = (item.value or {}).get("choices")
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
             raise DatasetError(f"{path}: task {name} has a choices result without a list of choices")
-        return tuple(sorted(dict.fromkeys(c.strip() for c in choices if c.strip() and c.strip() != NONE_CHOICE)))
-    return ()
+        chosen = [c.strip() for c in choices if c.strip()]
+        if not chosen:
+            return None
+        return tuple(sorted(dict.fromkeys(c for c in chosen if c != NONE_CHOICE)))
+    if others:
+        raise DatasetError(
+            f"{path}: task {name} is answered in a choices field named {shown(repr(others[0]))}, not {CHOICES_NAME!r}: "
+            "label with the labelling config eic writes (docs/review.md), or rename the field back"
+        )
+    return None
 
 
 def _annotator(completed_by: Any) -> str:

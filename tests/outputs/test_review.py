@@ -178,7 +178,7 @@ def _export(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
     second["result"][0]["value"]["choices"] = [other]
     exported[2]["annotations"].append(second)  # two reviewers disagree
     nothing = json.loads(json.dumps(exported[3]["annotations"][0]))
-    nothing["result"] = []  # a reviewer removed the suggestion and chose no class: an answer, not an abstention
+    nothing["result"] = []  # a second reviewer submitted nothing: no answer (never a removal); the first's stands
     exported[3]["annotations"].append(nothing)
     return exported
 
@@ -192,15 +192,15 @@ def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: P
     result = CliRunner().invoke(app, ["review", "import", str(export), "--output", str(table)])
     assert result.exit_code == 0, result.stderr
     said = " ".join(result.stdout.split())
-    assert "2 tasks skipped" in said and "2 tasks where reviewers disagree" in said
+    assert "2 tasks skipped" in said and "1 tasks where reviewers disagree" in said
     df = pl.read_csv(table)
     assert df.columns == ["ID", "URI", "URL", "category", "skos_concept", "reviewed_by"]
-    assert df.height == len(tasks) - 4
+    assert df.height == len(tasks) - 3
     assert all(world["truth"][i] == c for i, c in zip(df["ID"], df["category"], strict=True))
     assert set(df["reviewed_by"]) == {"curator@museum.example"}
     assert all(VOCAB[c] == s for c, s in zip(df["category"], df["skos_concept"], strict=True))
     side = json.loads((tmp_path / "reviewed.review.json").read_text())
-    assert side["skipped"] == ["1", "2"] and side["conflicts"] == ["3", "4"]
+    assert side["skipped"] == ["1", "2"] and side["conflicts"] == ["3"] and "4" not in side.get("removed", [])
     # The corrections are training data: eic download takes the table as it is.
     saved = download(DownloadConfig(table=table, output_dir=tmp_path / "img", quiet=True, max_side=32))
     assert saved.saved == df.height and saved.failed == 0
@@ -211,6 +211,26 @@ def test_a_label_studio_export_round_trips_into_training_data(world, tmp_path: P
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_only_none_of_these_classes_takes_a_record_out(tmp_path: Path) -> None:
+    """A comment alone or an empty submit is no answer, never a removal; an answer in a choices field eic did not
+    name (a renamed template) is refused in one line, not read as "no class" for every task."""
+
+    def answered(result: list[dict]) -> list[dict]:
+        item = task(1, "/9/a", ["map"])
+        item["annotations"][0]["result"] = result
+        return [item]
+
+    comment = [{"from_name": "notes", "to_name": "image", "type": "textarea", "value": {"text": ["blurry"]}}]
+    for result in ([], comment, [{"from_name": "category", "type": "choices", "value": {"choices": []}}]):
+        report = run(tmp_path, answered(result))
+        assert report.removed == [] and report.imported == 0 and report.skipped == ["1"], result
+    chosen = {"from_name": "category", "to_name": "image", "type": "choices", "value": {"choices": [NONE_CHOICE]}}
+    assert run(tmp_path, answered([chosen])).removed == ["/9/a"]
+    renamed = {**chosen, "from_name": "choice", "value": {"choices": ["painting"]}}
+    with pytest.raises(DatasetError, match="answered in a choices field named 'choice', not 'category'"):
+        run(tmp_path, answered([renamed]))
+
+
 def test_a_device_given_as_the_export_is_refused_before_it_is_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["review", "import", "/dev/zero", "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 1 and "not a regular file" in result.stderr, result.output
