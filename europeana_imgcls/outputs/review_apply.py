@@ -115,6 +115,11 @@ def _reviewed_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
         problem = record_id_problem(record_id)
         if problem:
             raise DatasetError(f"{path}: line {number}: ID {shown(record_id)} {problem}: {AGAIN}")
+        if not (row["category"] or "").strip():
+            raise DatasetError(
+                f"{path}: line {number}: record {shown(record_id)} has no category; a record is taken out by choosing "
+                '"none of these classes" in Label Studio (then eic review import), not by a blank cell'
+            )
         rows.setdefault(record_id, []).append(row)
     return rows
 
@@ -150,6 +155,15 @@ def _check_same_classes(config: ReviewApplyConfig, table: pl.DataFrame, rows: li
             f"{config.table} does not "
             "have: a review made with another vocabulary?"
         )
+    # A single-label table (one class a row) takes one class a record: "map painting" would become a class folder of
+    # its own at eic download, and a class of its own at the next training.
+    if all(len(cell.split()) <= 1 for cell in table["category"].drop_nulls()):
+        several = next((row for row in rows if len((row["category"] or "").split()) > 1), None)
+        if several is not None:
+            raise DatasetError(
+                f"{config.reviewed} gives record {shown(several['ID'])} several classes ({shown(several['category'])}) "
+                f"where {config.table} holds one class a record: review it again with one class chosen"
+            )
 
 
 def _applied(

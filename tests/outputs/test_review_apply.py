@@ -212,6 +212,31 @@ def test_a_reviewed_row_with_a_hostile_record_id_is_refused(tmp_path: Path) -> N
     assert not (tmp_path / "new.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("category", "said"),
+    [
+        (None, 'has no category; a record is taken out by choosing "none of these classes"'),
+        ("map painting", "gives record /9/a several classes (map painting) where"),
+    ],
+)
+def test_a_reviewed_row_no_single_label_table_can_take_is_refused(
+    tmp_path: Path, category: str | None, said: str
+) -> None:
+    """A blank cell (a curator's "remove") was a traceback; two classes for a record of a single-label table
+    became a class folder "map painting" at eic download, and a class of its own at the next training."""
+    _setup(tmp_path, REVIEWS)
+    assert _import(tmp_path).exit_code == 0
+    reviewed = pl.read_csv(tmp_path / "out.csv")
+    reviewed = reviewed.with_columns(
+        category=pl.when(pl.col("ID") == "/9/a").then(pl.lit(category, pl.Utf8)).otherwise(pl.col("category"))
+    )
+    reviewed.write_csv(tmp_path / "out.csv")
+    result = _apply(tmp_path)
+    assert result.exit_code == 1 and said in result.stderr, result.stderr
+    cli_works_or_one_line(result)
+    assert not (tmp_path / "new.csv").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Hypothesis: mutated exports and notes
 
