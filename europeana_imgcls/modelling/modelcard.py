@@ -345,9 +345,11 @@ def _training_data(
     config: dict[str, Any], summary: dict[str, Any], table: tuple[Counter[str], Counter[str]] | None
 ) -> str:
     counts = summary.get("counts", {})
+    images = summary.get("images")  # a multi-label image is in several counts
+    total = images if isinstance(images, int) and not isinstance(images, bool) else sum(counts.values())
     lines = [
         "## Training data\n",
-        f"Images from `{config.get('data_dir', '?')}`: {sum(counts.values())} in all.\n",
+        f"Images from `{config.get('data_dir', '?')}`: {total} in all.\n",
         "| class | images |",
         "| --- | --- |",
         *[f"| {c} | {n} |" for c, n in counts.items()],

@@ -388,6 +388,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
         summary = {
             "classes": images.classes,
             "counts": report.counts,
+            "images": len(images),  # not the counts' sum: a multi-label image is in several
             "splits": len(report.splits),
             "metrics": report.summary,
             "compute": compute_record(device, world.world, time.perf_counter() - started),

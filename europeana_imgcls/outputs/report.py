@@ -235,6 +235,17 @@ def _metrics(said: Any) -> list[tuple[str, float, float]]:
     return shown
 
 
+def _images(summary: dict[str, Any], counts: dict[str, Any], test: Predictions) -> str:
+    """How many images the run learnt from: as its summary says, else (a run from before it said) the counts' sum
+    for a single-label run; a multi-label image is in several counts, so there the test folds' distinct images."""
+    said = summary.get("images")
+    if isinstance(said, int) and not isinstance(said, bool) and said >= 0:
+        return str(said)
+    if test.single:
+        return str(sum(int(v) for v in counts.values() if isinstance(v, int)))
+    return f"{len({row.image for row in test.rows})} in the test folds"
+
+
 def _summary(
     run: RunFolder, summary: dict[str, Any], settings: dict[str, Any], splits: list[SplitFolder], test: Predictions
 ) -> list[tuple[str, str]]:
@@ -258,7 +269,7 @@ def _summary(
         ("model id", model_id),
         ("task", str(settings.get("mode", "single-label"))),
         ("classes", ", ".join(f"{k} ({v})" for k, v in counts.items()) or ", ".join(test.classes)),
-        ("images", str(sum(int(v) for v in counts.values() if isinstance(v, int)))),
+        ("images", _images(summary, counts, test)),
         ("providers (test images)", ", ".join(f"{p} ({n})" for p, n in providers) or "not told by the file names"),
         (
             "protocol",
@@ -335,7 +346,7 @@ def _calibrated(config: ReportConfig, task: Task, notes: list[str]) -> Calibrate
     try:
         calibration = Calibration.read(run.calibration)
         oof = out_of_fold(config.run)
-    except (CalibrationError, ModelError, OSError, ValueError, KeyError) as exc:
+    except (CalibrationError, ModelError, OSError, ValueError, KeyError, TypeError) as exc:  # a damaged run
         notes.append(f"Calibration left out: {exc}")
         return None
     thresholds: dict[str, float | None] = {c.name: c.threshold for c in calibration.per_class}

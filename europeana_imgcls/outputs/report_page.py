@@ -349,6 +349,12 @@ def _curves(histories: dict[str, list[dict[str, float]]]) -> str:
 # Charts, drawn as inline SVG
 
 
+def _above(low: float, high: float) -> float:
+    """``high``, or a value above ``low`` where the range is empty: a constant series (even of 1e308, where
+    ``low + 1 == low``) still gets an axis."""
+    return high if high > low else low + max(abs(low) * 1e-6, 1.0)
+
+
 def chart(
     title: str,
     series: list[Series],
@@ -369,7 +375,7 @@ def chart(
     xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
     x0, x1 = (0.0, 1.0) if unit else (min(xs), max(xs))
     y0, y1 = (0.0, 1.0) if unit else y_range or (min(ys), max(ys))
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    x1, y1 = _above(x0, x1), _above(y0, y1)
 
     def at(x: float, y: float) -> tuple[float, float]:
         sx = left + (x - x0) / (x1 - x0) * (width - left - right)

@@ -284,3 +284,26 @@ def test_every_file_the_page_reads_works_or_is_one_line(attacked_run: Path, data
                 assert html.count("<script") == 2 and "<svg onload" not in html and "<img src=x" not in html
     finally:
         path.write_bytes(original)
+
+
+def test_a_chart_of_a_constant_huge_series_is_drawn() -> None:
+    """A diverged run's loss of 1e308 at every epoch: an empty range where ``low + 1 == low`` divided by zero."""
+    from europeana_imgcls.outputs.report_page import chart
+
+    for value in (1e308, -1e308, 0.0, 5.0):
+        svg = chart("loss", [("train", [(1.0, value), (2.0, value)])], "epoch", "loss")
+        assert svg.startswith("<svg") and "nan" not in svg.lower() and "inf" not in svg.lower(), value
+
+
+def test_the_image_count_is_of_images_not_of_labels() -> None:
+    """A multi-label image is in several classes' counts: their sum is no count of images."""
+    from europeana_imgcls.outputs.report import _images
+    from europeana_imgcls.outputs.report_model import Predictions, Shown
+
+    rows = [Shown(f"/i/{n}.jpg", None, ["map", "painting"], ["map"], 0.9, f"split_{n}") for n in range(3)]
+    test = Predictions("test", "test folds", ["map", "painting"], single=False, rows=rows)
+    counts = {"map": 3, "painting": 3}
+    assert _images({"images": 3}, counts, test) == "3"
+    assert _images({}, counts, test) == "3 in the test folds"  # a run from before the summary said
+    single = Predictions("test", "test folds", ["map", "painting"], single=True, rows=[])
+    assert _images({}, {"map": 2, "painting": 4}, single) == "6"
