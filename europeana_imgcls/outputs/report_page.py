@@ -199,9 +199,11 @@ def _confusion(said: Predictions, items: Items, per_cell: int) -> str:
         if row.truth and row.predicted:
             cells.setdefault((where[row.truth[0]], where[row.predicted[0]]), []).append(row)
     panel = f"cell-view-{said.key}"
+    pooled = len(said.rows) > len({row.image for row in said.rows})  # an evaluation: each image by every split
+    counted = " Counts are predictions, pooled over the splits: an image counts once a split." if pooled else ""
     out = [
         f'<section id="confusion-{said.key}"><h2>Confusion matrix: {e(said.title)}</h2>',
-        "<p>Rows are the true class, columns the prediction. A cell's count opens its images below.</p>",
+        f"<p>Rows are the true class, columns the prediction. A cell's count opens its images below.{counted}</p>",
         '<table class="confusion"><thead><tr><th class="corner" scope="col">truth \\ predicted</th>',
         *(f'<th scope="col">{e(c)}</th>' for c in classes),
         "</tr></thead><tbody>",
@@ -216,9 +218,11 @@ def _confusion(said: Predictions, items: Items, per_cell: int) -> str:
                 out.append(f'<td class="{shade}"><span>0</span></td>')
                 continue
             name = f"cell:{said.key}:{i}:{j}"
-            items.lists[name] = [items.item(r) for r in rows[:per_cell]]
-            shown = "" if len(rows) <= per_cell else f" (the {per_cell} most confident shown)"
-            title = f"true {truth}, predicted {predicted}: {len(rows)} image(s){shown}"
+            images = _once(rows)  # an image that several splits put here, shown once
+            items.lists[name] = [items.item(r) for r in images[:per_cell]]
+            shown = "" if len(images) <= per_cell else f" (the {per_cell} most confident shown)"
+            what = f"{len(rows)} prediction(s) of {len(images)} image(s)" if pooled else f"{len(rows)} image(s)"
+            title = f"true {truth}, predicted {predicted}: {what}{shown}"
             out.append(
                 f'<td class="{shade}"><a class="cell" href="#{panel}" data-panel="{panel}" data-cell="{e(name)}" '
                 f'data-title="{e(title)}" aria-label="{e(title)}">{len(rows)}</a></td>'

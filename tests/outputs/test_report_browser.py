@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,7 +179,10 @@ def test_a_demo_like_runs_whole_page(browser: Any, world: dict[str, Any], tmp_pa
     cell = browser.find_element(By.CSS_SELECTOR, "#confusion-evaluation a.cell")
     cell.click()
     shown = browser.find_elements(By.CSS_SELECTOR, "#cell-view-evaluation .thumbs figure")
-    assert len(shown) == int(cell.text)
+    # an evaluation scores each image with every split: the count is of predictions, each image shown once
+    said = re.search(r": (\d+) prediction\(s\) of (\d+) image\(s\)", cell.get_attribute("data-title") or "")
+    assert said and int(said[1]) == int(cell.text) and len(shown) == int(said[2]) <= int(said[1])
+    assert len({f.text for f in shown}) == len(shown)
     links = browser.find_elements(By.CSS_SELECTOR, "#cell-view-evaluation figcaption a")
     assert links and all(a.get_attribute("href").startswith("https://www.europeana.eu/item/") for a in links)
     assert browser.get_log("browser") == []
