@@ -260,11 +260,6 @@ def _summary(
     ).most_common(8)
     compute: dict[str, Any] = summary["compute"] if isinstance(summary.get("compute"), dict) else {}
     seconds = _number(compute.get("seconds"))
-    epochs = []
-    for split in splits:
-        metrics = _json(split.metrics, [], "") or {}
-        if isinstance(metrics, dict):
-            epochs.append(f"{split.name}: {metrics.get('epochs_run', '?')} run, best {metrics.get('best_epoch', '?')}")
     lines = [
         ("model id", model_id),
         ("task", str(settings.get("mode", "single-label"))),
@@ -280,6 +275,27 @@ def _summary(
             f"{settings.get('arch', '?')}, weights {settings.get('weights', '?')}, "
             f"input {settings.get('input_size', '?')} px",
         ),
+        *_training(settings, splits),
+        ("hardware", str(compute.get("hardware", "not recorded"))),
+        ("time", f"{seconds:.0f} s, torch {compute.get('torch', '?')}" if seconds is not None else "not recorded"),
+    ]
+    return lines
+
+
+def _training(settings: dict[str, Any], splits: list[SplitFolder]) -> list[tuple[str, str]]:
+    """How the splits were trained: a fine-tuning's epochs, a head's fit on frozen embeddings (no epochs: a
+    linear probe's L-BFGS, a k-NN's neighbours)."""
+    method = settings.get("method", "finetune")
+    if method == "linear-probe":
+        return [("training", f"a linear head fitted by L-BFGS on frozen embeddings, seed {settings.get('seed', '?')}")]
+    if method == "knn":
+        return [("training", f"{settings.get('neighbours', '?')} nearest neighbours (cosine) on frozen embeddings")]
+    epochs = []
+    for split in splits:
+        metrics = _json(split.metrics, [], "") or {}
+        if isinstance(metrics, dict):
+            epochs.append(f"{split.name}: {metrics.get('epochs_run', '?')} run, best {metrics.get('best_epoch', '?')}")
+    return [
         (
             "training",
             f"at most {settings.get('epochs', '?')} epochs (patience {settings.get('patience', '?')}), batch "
@@ -287,10 +303,7 @@ def _summary(
             f"seed {settings.get('seed', '?')}",
         ),
         ("epochs", "; ".join(epochs)),
-        ("hardware", str(compute.get("hardware", "not recorded"))),
-        ("time", f"{seconds:.0f} s, torch {compute.get('torch', '?')}" if seconds is not None else "not recorded"),
     ]
-    return lines
 
 
 def _histories(splits: list[SplitFolder]) -> dict[str, list[dict[str, float]]]:

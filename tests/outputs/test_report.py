@@ -307,3 +307,17 @@ def test_the_image_count_is_of_images_not_of_labels() -> None:
     assert _images({}, counts, test) == "3 in the test folds"  # a run from before the summary said
     single = Predictions("test", "test folds", ["map", "painting"], single=True, rows=[])
     assert _images({}, {"map": 2, "painting": 4}, single) == "6"
+
+
+def test_a_head_on_embeddings_is_not_described_as_fine_tuning() -> None:
+    """A k-NN or linear-probe run has no epochs, batch or learning rate: the summary says how its head was made."""
+    from europeana_imgcls.outputs.report import _training
+
+    settings = {"epochs": 6, "patience": 3, "batch_size": 8, "learning_rate": 0.001, "seed": 0, "neighbours": 7}
+    assert _training({**settings, "method": "knn"}, []) == [
+        ("training", "7 nearest neighbours (cosine) on frozen embeddings")
+    ]
+    (probe,) = _training({**settings, "method": "linear-probe"}, [])
+    assert "L-BFGS on frozen embeddings" in probe[1] and "epochs" not in probe[1]
+    tuned = dict(_training({**settings, "method": "finetune"}, []))
+    assert tuned["training"].startswith("at most 6 epochs (patience 3), batch 8") and "epochs" in tuned
