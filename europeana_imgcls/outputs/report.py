@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def report(config: ReportConfig) -> ReportResult:
         progress_bar(config.quiet, transient=True) as bar,
     ):
         page = gather(config)
+        page.notes[:] = [_mailable(note, config.run) for note in page.notes]
         # Embedding the images is what takes time (~50 ms an image): counted as they are drawn.
         task = bar.add_task("images embedded", total=None)
         page.images.on_add = lambda: bar.update(task, advance=1)
@@ -280,6 +282,14 @@ def _summary(
         ("time", f"{seconds:.0f} s, torch {compute.get('torch', '?')}" if seconds is not None else "not recorded"),
     ]
     return lines
+
+
+def _mailable(note: str, run: Path) -> str:
+    """A note as the page says it: the run's folder as its name, not where it lies on this machine (a page is
+    mailed; a home folder's path is no one else's to read, nor of use to them)."""
+    for where in sorted({str(run.resolve()), str(run.absolute())}, key=len, reverse=True):
+        note = note.replace(where + os.sep, run.name + "/").replace(where, run.name)
+    return note
 
 
 def _training(settings: dict[str, Any], splits: list[SplitFolder]) -> list[tuple[str, str]]:

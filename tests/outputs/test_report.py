@@ -242,6 +242,9 @@ def test_damaged_files_leave_their_section_out_with_a_note(trained_run: Path, tm
     said = " ".join(result.notes)
     assert "summary.json" in said and "Calibration left out" in said
     assert "split_1 holds no test-fold predictions" in said
+    # a page is mailed: the notes name the run's folder, not where it lies on this machine
+    assert str(tmp_path) not in said and str(run.resolve()) not in said
+    assert str(tmp_path) not in (tmp_path / "r.html").read_text(encoding="utf-8").split("<script")[0]
 
 
 # ---------------------------------------------------------------------------------------------
