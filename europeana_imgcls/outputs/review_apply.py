@@ -185,10 +185,12 @@ def _applied(
     if answer is None:
         return row
     before, after = row["category"] or "", answer["category"]
+    again = row.get("review") == "changed" and row.get("reviewed_by") == answer.get("reviewed_by")
     row["reviewed_by"] = answer.get("reviewed_by")
     if set(before.split()) == set(after.split()):
         report.confirmed += 1
-        row["review"] = "confirmed"
+        # The same review applied again to its own result: the change it made stays said.
+        row["review"] = "changed" if again else "confirmed"
         return row
     report.changed[record_id] = (before, after)
     row["category"], row["review"] = after, "changed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,21 @@ def test_apply_replaces_labels_by_record_and_says_what_it_did(tmp_path: Path) ->
     assert added.exit_code == 0, added.stderr
     rows = pl.read_csv(tmp_path / "new.csv").filter(pl.col("ID") == "/9/z").to_dicts()
     assert rows and rows[0]["category"] == "specimen" and rows[0]["review"] == "added"
+
+
+def test_the_same_review_applied_again_keeps_what_it_changed_said(tmp_path: Path) -> None:
+    """Applied a second time, to the table it made, a review finds its own changes already made: they stay
+    "changed", not "confirmed", so the table still says what the review changed."""
+    assert _applied(tmp_path, TRAIN, REVIEWS).exit_code == 0
+    shutil.copy(tmp_path / "new.csv", tmp_path / "train.csv")
+    again = CliRunner().invoke(
+        app,
+        ["review", "apply", str(tmp_path / "train.csv"), str(tmp_path / "out.csv"), "-o", str(tmp_path / "again.csv")],
+    )
+    assert again.exit_code == 0, again.stderr
+    by_id = {r["ID"]: r for r in pl.read_csv(tmp_path / "again.csv").to_dicts()}
+    assert (by_id["/9/b"]["category"], by_id["/9/b"]["review"]) == ("painting", "changed")
+    assert by_id["/9/a"]["review"] == "confirmed"
 
 
 def test_apply_compares_label_sets_in_a_multi_label_table(tmp_path: Path) -> None:
