@@ -170,10 +170,28 @@ def _audit(config: AuditConfig, out: Path, review: Path | None) -> AuditReport:
 def _findings(config: AuditConfig, step: Callable[[str], None]) -> tuple[Findings, str]:
     source = config.source
     if source.is_dir():
-        return _from_run(config)
-    if source.suffix.lower() == ".parquet":
-        return _from_embeddings(config, step), ""
-    raise DatasetError(f"{source}: give a training run folder or an embeddings table (.parquet) from eic embed")
+        findings, note = _from_run(config)
+    elif source.suffix.lower() == ".parquet":
+        findings, note = _from_embeddings(config, step), ""
+    else:
+        raise DatasetError(f"{source}: give a training run folder or an embeddings table (.parquet) from eic embed")
+    _named_by_download(findings)
+    return findings, note
+
+
+def _named_by_download(findings: Findings) -> None:
+    """The record IDs a file name cannot hold: eic download names a record whose ID is too long for one (over 200
+    bytes) by a hash, and its fetched.csv says which record each file is; without it the review task of such an
+    image names no record, and its answer is dropped at import."""
+    folder = _download_folder(findings)
+    if folder is None or all(findings.ids):
+        return
+    try:
+        rows = read_table(folder / FETCHED_FILE, required=("ID", "file"))
+    except EicError:
+        return
+    by_file = {r["file"]: r["ID"] for r in rows.iter_rows(named=True) if r["ID"] and r["file"]}
+    findings.ids = [i or by_file.get(Path(image).name) for i, image in zip(findings.ids, findings.images, strict=True)]
 
 
 def _from_run(config: AuditConfig) -> tuple[Findings, str]:

@@ -22,6 +22,7 @@ from ..support import (
     looping_originals_table,
     make_folders,
     sandbox_config,
+    sandbox_records,
 )
 
 
@@ -206,3 +207,45 @@ def test_the_contact_sheet_shows_a_photograph_upright_and_an_unreadable_file_as_
     assert drawn[0].image is not None and drawn[0].image.size == (192, 256)  # upright, fitted in its 256 px cell
     assert drawn[1].image is None and drawn[1].note == "unreadable"
     assert (tmp_path / "suspects.png").stat().st_size > 1000
+
+
+@pytest.mark.slow(seconds=3)  # a download, then eic audit
+def test_a_record_whose_id_no_file_name_holds_keeps_its_id_in_the_review_tasks(tmp_path: Path) -> None:
+    """eic download names a record whose ID is over 200 bytes by a hash; its fetched.csv says which record the file
+    is. Without it, the review task of that image named no record and its answer was dropped at import."""
+    import json
+
+    with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        rows = [
+            {"category": r.labels[0], "ID": r.id, "URL": sb.image_url(r)}
+            for r in sandbox_records(sb)
+            if len(r.labels) == 1 and not r.fault
+        ]
+        long_id = f"/9/{'x' * 240}"
+        rows[0] = {**rows[0], "ID": long_id}
+        pl.DataFrame(rows).write_csv(tmp_path / "t.csv")
+        images = tmp_path / "images"
+        assert download(download_config(tmp_path / "t.csv", images)).saved == len(rows)
+    long_file = images / rows[0]["category"] / file_name(long_id)
+    assert long_file.name.startswith("[h]") and long_file.is_file()
+    classes = sorted({row["category"] for row in rows})
+    rng = np.random.default_rng(0)
+    # as eic embed writes a table: the ID its file name holds (none, for the hashed one); every 6th record (the long
+    # one first) given another class: the suspects
+    given = [classes[(classes.index(r["category"]) + (i % 6 == 0)) % len(classes)] for i, r in enumerate(rows)]
+    table = pl.DataFrame(
+        {
+            "image": [str(images / r["category"] / file_name(r["ID"])) for r in rows],
+            "ID": [None if r["ID"] == long_id else r["ID"] for r in rows],
+            "category": given,
+            "embedding": [(np.eye(3)[classes.index(r["category"])] + rng.normal(0, 0.05, 3)).tolist() for r in rows],
+        }
+    )
+    table.write_parquet(tmp_path / "e.parquet")
+    sidecar = {"arch": "tiny", "weights": "none", "input_size": 32, "mode": "single-label", "classes": classes}
+    (tmp_path / "e.embedding.json").write_text(json.dumps(sidecar))
+    review = tmp_path / "review.json"
+    result = eic("audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--review-output", review, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    said = [t["data"]["ID"] for t in json.loads(review.read_text())]
+    assert long_id in said and "" not in said
