@@ -125,31 +125,12 @@ def test_a_split_of_a_run_is_told_to_pass_the_run(trained: Path, tmp_path: Path)
 def test_review_tasks_show_the_image_download_saved_not_a_dead_original(tmp_path: Path) -> None:
     """The table's URL redirects in a loop for every record; eic download saved each from its preview (the
     Thumbnail API's): that is what a reviewer must see."""
-    import json
 
     with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
         rows = looping_originals_table(sb, tmp_path / "t.csv")
         images = tmp_path / "images"
         assert download(download_config(tmp_path / "t.csv", images, fallback_preview=True)).saved == len(rows)
-    # Embeddings that tell the classes apart, and every 6th record given another class: the suspects.
-    classes = sorted({row["category"] for row in rows})
-    rng = np.random.default_rng(0)
-    given = [classes[(classes.index(r["category"]) + (i % 6 == 0)) % len(classes)] for i, r in enumerate(rows)]
-    table = pl.DataFrame(
-        {
-            "image": [str(images / r["category"] / file_name(r["ID"])) for r in rows],
-            "ID": [r["ID"] for r in rows],
-            "category": given,
-            "embedding": [(np.eye(3)[classes.index(r["category"])] + rng.normal(0, 0.05, 3)).tolist() for r in rows],
-        }
-    )
-    table.write_parquet(tmp_path / "e.parquet")
-    sidecar = {"arch": "tiny", "weights": "none", "input_size": 32, "mode": "single-label", "classes": classes}
-    (tmp_path / "e.embedding.json").write_text(json.dumps(sidecar))
-    review = tmp_path / "review.json"
-    result = eic("audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--review-output", review, "--quiet")
-    assert result.exit_code == 0, result.stderr
-    tasks = json.loads(review.read_text())
+    tasks = _review_tasks_of_suspects(rows, images, [r["ID"] for r in rows], tmp_path)
     preview = {row["ID"]: row["preview"] for row in rows}
     assert tasks and [t["data"]["image"] for t in tasks] == [preview[t["data"]["ID"]] for t in tasks]
 
@@ -213,7 +194,6 @@ def test_the_contact_sheet_shows_a_photograph_upright_and_an_unreadable_file_as_
 def test_a_record_whose_id_no_file_name_holds_keeps_its_id_in_the_review_tasks(tmp_path: Path) -> None:
     """eic download names a record whose ID is over 200 bytes by a hash; its fetched.csv says which record the file
     is. Without it, the review task of that image named no record and its answer was dropped at import."""
-    import json
 
     with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
         rows = [
@@ -228,15 +208,27 @@ def test_a_record_whose_id_no_file_name_holds_keeps_its_id_in_the_review_tasks(t
         assert download(download_config(tmp_path / "t.csv", images)).saved == len(rows)
     long_file = images / rows[0]["category"] / file_name(long_id)
     assert long_file.name.startswith("[h]") and long_file.is_file()
+    # as eic embed writes a table: the ID its file name holds (none, for the hashed one, the first of the suspects)
+    ids = [None if r["ID"] == long_id else r["ID"] for r in rows]
+    said = [t["data"]["ID"] for t in _review_tasks_of_suspects(rows, images, ids, tmp_path)]
+    assert long_id in said and "" not in said
+
+
+def _review_tasks_of_suspects(
+    rows: list[dict[str, str]], images: Path, ids: list[str | None], tmp_path: Path
+) -> list[dict]:
+    """eic audit --review-output of an embeddings table of the downloaded ``rows`` (with the ``ids`` eic embed
+    would have written): embeddings that tell the classes apart, and every 6th record (the first too) given another
+    class, the suspects."""
+    import json
+
     classes = sorted({row["category"] for row in rows})
     rng = np.random.default_rng(0)
-    # as eic embed writes a table: the ID its file name holds (none, for the hashed one); every 6th record (the long
-    # one first) given another class: the suspects
     given = [classes[(classes.index(r["category"]) + (i % 6 == 0)) % len(classes)] for i, r in enumerate(rows)]
     table = pl.DataFrame(
         {
             "image": [str(images / r["category"] / file_name(r["ID"])) for r in rows],
-            "ID": [None if r["ID"] == long_id else r["ID"] for r in rows],
+            "ID": ids,
             "category": given,
             "embedding": [(np.eye(3)[classes.index(r["category"])] + rng.normal(0, 0.05, 3)).tolist() for r in rows],
         }
@@ -247,5 +239,4 @@ def test_a_record_whose_id_no_file_name_holds_keeps_its_id_in_the_review_tasks(t
     review = tmp_path / "review.json"
     result = eic("audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--review-output", review, "--quiet")
     assert result.exit_code == 0, result.stderr
-    said = [t["data"]["ID"] for t in json.loads(review.read_text())]
-    assert long_id in said and "" not in said
+    return json.loads(review.read_text())
