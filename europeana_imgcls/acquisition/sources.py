@@ -70,7 +70,8 @@ class Piece:
     """One journal record of a unit's work: the records it found with an image (items: the row's values and the
     categories they link to, ``labels``), the IDs without an image URL, the other records left out by reason, and
     where the unit goes on after it (``next``; None: the unit is finished); ``again``: the first piece of a new pass
-    over the unit, whose earlier pieces' counts it replaces (OAI-PMH, read again after its token expired)."""
+    over the unit (a set whose token expired, a zip rebuilt), which replaces all its earlier pieces found
+    (``harvest._Found.replay``)."""
 
     key: str  # the journal key: unique over the harvest
     unit: str

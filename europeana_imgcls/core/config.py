@@ -114,8 +114,6 @@ class ApiSettings(ProgressSettings):
         gt=0,
         description="Seconds to wait for one API answer (and for one image, when predict and enrich fetch them).",
     )
-
-    _api_url = field_validator("api_url")(_service_url)
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
     max_quota_wait: float = Field(
         6.0,
@@ -124,6 +122,8 @@ class ApiSettings(ProgressSettings):
         description="Hours a run may wait for the API key's quota (announced in RateLimit headers); one that would "
         "wait longer stops first, saying how long it would take.",
     )
+
+    _api_url = field_validator("api_url")(_service_url)
 
 
 TABLE_COLUMNS = ("ID", "URL", "category", "preview", "URI", "skos_concept", "rights", "data_provider", "reusability")
@@ -879,8 +879,8 @@ class AnnotationApiSettings(ProgressSettings):
     @field_validator("annotation_api")
     @classmethod
     def _annotation_api(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        parts = urlsplit(_service_url(value))  # an http(s) address at all, its port a number
+        if "@" in parts.netloc:
             raise ValueError("give the http(s) address of the Annotations API, e.g. https://api.europeana.eu")
         if parts.query or parts.fragment or any(c.isspace() for c in value):
             raise ValueError("give the Annotations API's address alone, without a query, fragment or spaces")

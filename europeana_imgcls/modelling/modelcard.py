@@ -27,7 +27,7 @@ from ..core.tables import atomic_path, read_csv_rows, read_table
 from ..core.version import __version__
 from ..datasets.metrics import per_class_scores
 from ..datasets.tasks import task_for
-from .run_folder import RunFolder, SplitFolder
+from .run_folder import RunFolder, SplitFolder, recorded_images
 
 
 def write_model_card(run: Path) -> Path:
@@ -345,11 +345,10 @@ def _training_data(
     config: dict[str, Any], summary: dict[str, Any], table: tuple[Counter[str], Counter[str]] | None
 ) -> str:
     counts = summary.get("counts", {})
-    images = summary.get("images")  # a multi-label image is in several counts
-    total = images if isinstance(images, int) and not isinstance(images, bool) else sum(counts.values())
+    total = recorded_images(summary)
     lines = [
         "## Training data\n",
-        f"Images from `{config.get('data_dir', '?')}`: {total} in all.\n",
+        f"Images from `{config.get('data_dir', '?')}`: {sum(counts.values()) if total is None else total} in all.\n",
         "| class | images |",
         "| --- | --- |",
         *[f"| {c} | {n} |" for c, n in counts.items()],

@@ -345,3 +345,10 @@ def not_a_run(path: Path) -> str:
     if kind and kind != "a training run":
         return f"{path} is {kind}, not a training run: point at an eic train output"
     return f"{path}: no {MODEL_FILE} in it or in {SPLIT_GLOB}/ folders; point at an eic train output"
+
+
+def recorded_images(summary: dict[str, Any]) -> int | None:
+    """The images a run learnt from, as its summary.json says (None: a run from before it said, or a damaged
+    value); not its classes' counts summed, which count a multi-label image in each of its classes."""
+    said = summary.get("images")
+    return said if isinstance(said, int) and not isinstance(said, bool) and said >= 0 else None

@@ -174,9 +174,10 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
             None if data_dir is None else Path(data_dir), test.fold, model.meta.input_size, config.calibration_images
         )
     before = quantise.logits_of(session(path, CPU), test.pixels)
-    made = quantise.quantise(path, config, calibration, _labels(model))
+    labels = _labels(model)
+    made = quantise.quantise(path, config, calibration, labels)
     after = quantise.int8_logits(path, test.pixels)
-    by_runtime = {name: quantise.agreement(before, logits, _labels(model)) for name, logits in after.items()}
+    by_runtime = {name: quantise.agreement(before, logits, labels) for name, logits in after.items()}
     moved = dataclasses.replace(
         _moved(model, len(test.pixels), test.truth, before, after["onnx"]),
         agreement=min(by_runtime.values()),

@@ -32,7 +32,7 @@ from ..core.sidecars import not_regular, read_capped
 from ..core.tables import atomic_path, read_csv_salvaged
 from ..datasets.tasks import Task, task_for
 from ..europeana.search_api import is_record_id
-from ..modelling.run_folder import RunFolder, SplitFolder, not_a_run
+from ..modelling.run_folder import RunFolder, SplitFolder, not_a_run, recorded_images
 from .report_model import FIGURE_BUDGET, GENERATOR, Audited, Calibrated, Images, Page, Predictions, Shown
 from .report_page import render, sections
 
@@ -240,8 +240,8 @@ def _metrics(said: Any) -> list[tuple[str, float, float]]:
 def _images(summary: dict[str, Any], counts: dict[str, Any], test: Predictions) -> str:
     """How many images the run learnt from: as its summary says, else (a run from before it said) the counts' sum
     for a single-label run; a multi-label image is in several counts, so there the test folds' distinct images."""
-    said = summary.get("images")
-    if isinstance(said, int) and not isinstance(said, bool) and said >= 0:
+    said = recorded_images(summary)
+    if said is not None:
         return str(said)
     if test.single:
         return str(sum(int(v) for v in counts.values() if isinstance(v, int)))

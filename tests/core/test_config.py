@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,17 @@ def test_a_service_address_that_cannot_be_one_is_refused_before_any_work(
     result = eic(command, *given, flag, url, "-o", str(out))
     assert_one_line_error(result, f"{url!r} {said}")
     assert not out.exists()
+
+
+def test_the_annotations_api_address_is_checked_as_every_service_address_is() -> None:
+    """A port that is no number was taken, and failed at the first request; an address with a user in it is still
+    refused with the Annotations API's own line."""
+    from europeana_imgcls.core.config import PublishConfig
+
+    for url, said in (
+        ("http://127.0.0.1:port", "is no URL (Port could not be cast to integer value as 'port')"),
+        ("ftp://api.europeana.eu", "is no http(s) URL"),
+        ("https://me@api.europeana.eu", "give the http(s) address of the Annotations API"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            PublishConfig(enrichments=Path("a.jsonld"), annotation_api=url)
