@@ -103,13 +103,17 @@ class Decisions(ABC):
         """A model's thresholds: ``override`` for every class, else those tuned in training (None: the task
         decides without thresholds)."""
 
-    @abstractmethod
     def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
-        """Classes emitted for one image at per-class ``thresholds`` (inf: never)."""
+        """Classes emitted for one image at per-class ``thresholds`` (inf: never): what eic enrich annotates."""
+        return [int(c) for c in np.flatnonzero(self.emitted_each(probs[np.newaxis], thresholds)[0])]
 
     @abstractmethod
     def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
-        """Images x classes, True where the model decides an image has the class (``emitted`` for a batch)."""
+        """Images x classes, True where the model decides an image has the class (eic predict's labels)."""
+
+    @abstractmethod
+    def emitted_each(self, probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """Images x classes, True where ``emitted`` emits the class for the image: ``emitted`` for a batch."""
 
     @abstractmethod
     def suggested(self, probs: np.ndarray) -> list[int]:

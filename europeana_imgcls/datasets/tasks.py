@@ -98,12 +98,12 @@ class SingleLabel(Task):
     ) -> np.ndarray | None:
         return None
 
-    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
-        top = int(probs.argmax())
-        return [top] if probs[top] >= thresholds[top] else []
-
     def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
         return np.eye(probs.shape[1], dtype=bool)[probs.argmax(axis=1)]
+
+    def emitted_each(self, probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        top = self.decisions(probs, None)
+        return top & (probs >= thresholds)
 
     def suggested(self, probs: np.ndarray) -> list[int]:
         return [int(probs.argmax())]
@@ -230,11 +230,11 @@ class MultiLabel(Task):
             return np.full(n_classes, override)
         return np.asarray(tuned or [0.5] * n_classes)
 
-    def emitted(self, probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
-        return [int(c) for c in np.flatnonzero(probs >= thresholds)]
-
     def decisions(self, probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
         return probs >= (0.5 if thresholds is None else thresholds)
+
+    def emitted_each(self, probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        return probs >= thresholds
 
     def suggested(self, probs: np.ndarray) -> list[int]:
         chosen = [int(c) for c in np.flatnonzero(probs >= 0.5)]

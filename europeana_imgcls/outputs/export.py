@@ -108,7 +108,7 @@ def export(config: ExportConfig) -> ExportReport:
     report.calibrated = calibration is not None
     # Built beside the folder and put in its place whole: a refused or interrupted export leaves no half of one.
     with build_folder(folder, EXPORT, overwrite=config.overwrite) as staging:
-        exported = [_export_split(onnx, config, run, model, staging, report) for model in models]
+        exported = [_export_split(onnx, config, run, model, staging, report, calibration) for model in models]
         sidecar = _sidecar(config, run, report, every, exported, calibration)
         write_json(staging / SIDECAR, sidecar.model_dump(mode="json"))
     report.files = [report.output / s.file for s in exported]
@@ -116,9 +116,15 @@ def export(config: ExportConfig) -> ExportReport:
 
 
 def _export_split(
-    onnx: Any, config: ExportConfig, run: RunFolder, model: RunModel, staging: Path, report: ExportReport
+    onnx: Any,
+    config: ExportConfig,
+    run: RunFolder,
+    model: RunModel,
+    staging: Path,
+    report: ExportReport,
+    calibration: Calibration | None,
 ) -> ExportedSplit:
-    """One split's file, written and checked (and quantised) in ``staging``."""
+    """One split's file, written and checked (and quantised, held to ``calibration``'s annotations) in ``staging``."""
     pixels, report.checked_on[model.split] = _check_images(run, model)
     ours = Ensemble([model]).probabilities(torch.from_numpy(pixels), calibrated=True)[0]  # on the CPU, in float32
     path = staging / f"{model.split}.onnx"
@@ -133,7 +139,7 @@ def _export_split(
         )
     int8 = None
     if config.quantize != "none":
-        int8 = _int8(config, run, model, path, report)
+        int8 = _int8(config, run, model, path, report, calibration)
         proto = _label_file(onnx, path, report.model_id, model)  # the quantiser's file says it too
         difference = _difference(ours, _outputs(path, pixels)[1])
     report.max_difference[model.split] = difference
@@ -158,9 +164,12 @@ def _control(made: quantise.Quantised) -> dict[str, Any]:
     }
 
 
-def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, report: ExportReport) -> Int8Record:
+def _int8(
+    config: ExportConfig, run: RunFolder, model: RunModel, path: Path, report: ExportReport, enrich: Calibration | None
+) -> Int8Record:
     """The float32 file at ``path`` made int8 (``quantise``), held to it on the split's test images: refused in one
-    line, before anything is written, where their labels agree on less than ``min_agreement``."""
+    line, before anything is written, where their labels (and, for a calibrated run, the annotations eic enrich
+    emits at ``enrich``'s thresholds) agree on less than ``min_agreement``."""
     test = _test_images(run, model, config.agreement_images)
     if not len(test.pixels):
         raise DatasetError(
@@ -174,7 +183,7 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
             None if data_dir is None else Path(data_dir), test.fold, model.meta.input_size, config.calibration_images
         )
     before = quantise.logits_of(session(path, CPU), test.pixels)
-    labels = _labels(model)
+    labels = _labels(model, enrich)
     made = quantise.quantise(path, config, calibration, labels)
     after = quantise.int8_logits(path, test.pixels)
     by_runtime = {name: quantise.agreement(before, logits, labels) for name, logits in after.items()}
@@ -185,7 +194,9 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
     )
     report.quantisation.append(moved)
     more = quantise.more_calibration(config.calibration_images, None if calibration is None else len(calibration))
-    refused = quantise.refusal(model.split, by_runtime, moved.images, config.min_agreement, more)
+    refused = quantise.refusal(
+        model.split, by_runtime, moved.images, config.min_agreement, more, annotations=enrich is not None
+    )
     if refused is not None:
         raise ModelError(refused)
     return Int8Record(
@@ -194,6 +205,7 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
         by_runtime=by_runtime,
         images=moved.images,
         min_agreement=config.min_agreement,
+        annotations=enrich is not None,
         calibration_images=0 if calibration is None else len(calibration),
         per_channel=config.quantize == "static",
         reduce_range=False,
@@ -205,11 +217,26 @@ def _int8(config: ExportConfig, run: RunFolder, model: RunModel, path: Path, rep
     )
 
 
-def _labels(model: RunModel) -> quantise.Decide:
-    """The labels eic predict gives from a split's logits: the top class, or (multi-label) every class over its
-    tuned threshold, on the logits without the temperature, which the thresholds were set on."""
-    thresholds = model.thresholds()
-    return lambda logits: model.task.decisions(model.task.from_logits(logits), thresholds)
+def _labels(model: RunModel, enrich: Calibration | None) -> quantise.Decide:
+    """What int8 must keep of a split's logits: the labels eic predict gives (the top class, or, multi-label, every
+    class over its tuned threshold, on the logits without the temperature, which those thresholds were set on)
+    and, where the run is calibrated, the annotations eic enrich emits at the calibration's thresholds (on the
+    logits divided by the temperature): an int8 file that keeps every top class but moves a probability across a
+    threshold changes what is published."""
+    task, tuned = model.task, model.thresholds()
+
+    def labels(logits: np.ndarray) -> np.ndarray:
+        return task.decisions(task.from_logits(logits), tuned)
+
+    if enrich is None:
+        return labels
+    emitted_at = enrich.thresholds()
+
+    def labels_and_annotations(logits: np.ndarray) -> np.ndarray:
+        annotations = task.emitted_each(task.from_logits(logits / model.temperature), emitted_at)
+        return np.hstack([labels(logits), annotations])
+
+    return labels_and_annotations
 
 
 def _split_folder(run: RunFolder, model: RunModel) -> SplitFolder:

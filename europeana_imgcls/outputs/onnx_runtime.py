@@ -51,7 +51,10 @@ class Int8Record(Sidecar):
     """How an int8 split was made and how far it moved from its float32 graph (``eic export --quantize``)."""
 
     method: Literal["static", "dynamic"]
-    agreement: float = Field(ge=0, le=1)  # top-1 agreement with the float32 graph on the split's test images
+    # The share of the split's test images given the same labels as by the float32 graph (as eic predict gives
+    # them) and, where ``annotations``, the same annotations (as eic enrich emits them at the run's thresholds).
+    agreement: float = Field(ge=0, le=1)
+    annotations: bool = False
     # The same, by the runtime that ran the int8 file (onnx; openvino where it was installed): ``agreement`` is the
     # lowest of them.
     by_runtime: dict[Literal["onnx", "openvino"], Annotated[float, Field(ge=0, le=1)]] = {}

@@ -37,7 +37,8 @@ NNCF's quantize (its bias correction, the same QDQ file for both runtimes) 93.0 
 by hundredths of a logit). A Lite0 that learnt its classes (64 images a class, learning rate 1e-3; margins a median
 0.53 logit) kept 99.6% of 1,000 new images in both runtimes all int8: the control did not need to act.
 
-Then the agreement of the int8 graph with the float32 one (the same labels, as eic predict gives them) on a seeded
+Then the agreement of the int8 graph with the float32 one (the same labels, as eic predict gives them, and for a
+calibrated run the same annotations, as eic enrich emits them at its thresholds: ``export._labels``) on a seeded
 sample of up to ``agreement_images`` (1000) of the split's test images: under ``min_agreement`` the export is
 refused in one line saying both numbers, and nothing is written.
 """
@@ -380,12 +381,18 @@ def logit_error(before: np.ndarray, after: np.ndarray) -> float:
 
 
 def refusal(
-    split: str, agreement: dict[str, float], images: int, wanted: float, more_calibration: int | None
+    split: str,
+    agreement: dict[str, float],
+    images: int,
+    wanted: float,
+    more_calibration: int | None,
+    *,
+    annotations: bool = False,
 ) -> str | None:
     """Why an int8 split is not written (its lowest ``agreement`` with float32, by runtime, on ``images`` test
     images under the ``wanted`` share), in one line naming the numbers and what to try (``more_calibration``: a
-    larger calibration to try, None where it could not help: every training image was used); None when it is
-    kept."""
+    larger calibration to try, None where it could not help: every training image was used; ``annotations``: the
+    agreement counts eic enrich's annotations too); None when it is kept."""
     lowest = min(agreement.values())
     if lowest >= wanted:
         return None
@@ -394,6 +401,8 @@ def refusal(
     if more_calibration is not None:
         tries = f"--calibration-images {more_calibration} or {tries}"
     each = f" ({', '.join(f'{RUNTIME_NAMES[k]} {v:.1%}' for k, v in agreement.items())})" if len(agreement) > 1 else ""
+    if annotations:
+        each += ", in their labels and in the annotations eic enrich emits at the run's thresholds"
     return (
         f"{split}: int8 agrees with float32 on {lowest:.1%} of {images} test images{each}, under the {wanted:.1%} "
         f"asked; nothing is written: try {tries}, or export float32 (leave out --quantize)"

@@ -132,6 +132,7 @@ def test_static_int8_is_calibrated_on_training_images_and_held_to_float32(run: P
     (split,) = sidecar["splits"]
     record = split["int8"]
     assert sidecar["quantize"] == "static" and record["method"] == "static"
+    assert record["annotations"]  # the run is calibrated: held to enrich's annotations as well as to its labels
     assert (record["agreement"], record["images"], record["min_agreement"]) == (check.agreement, check.images, 0.5)
     by_runtime = record["by_runtime"]  # held in both runtimes: the lowest is the agreement
     assert set(by_runtime) == {"onnx", "openvino"} and record["agreement"] == min(by_runtime.values())
@@ -163,7 +164,8 @@ def test_int8_under_its_threshold_is_refused_in_one_line_and_nothing_is_written(
     line = _one_line_refusal(args)  # 5 of the split's 18 training images: more could help, and 1000 is said
     assert re.fullmatch(
         r"eic: error: split_\d: int8 agrees with float32 on 97\.2% of \d+ test images \(ONNX Runtime 97\.2%, "
-        r"OpenVINO 97\.2%\), under the 99\.0% asked; "
+        r"OpenVINO 97\.2%\), in their labels and in the annotations eic enrich emits at the run's thresholds, under "
+        r"the 99\.0% asked; "
         r"nothing is written: try --calibration-images 1000 or --min-agreement 0\.97, or export float32 "
         r"\(leave out --quantize\)",
         line,
@@ -520,3 +522,42 @@ def test_calibrating_again_says_that_the_export_holds_the_old_thresholds(
     for folder in ("onnx", "onnx-int8"):
         assert f"{run / folder / 'model.json'} holds the thresholds of the calibration before this one" in caplog.text
     assert f"export the run again (eic export {run} --overwrite)" in caplog.text
+
+
+@pytest.mark.slow(seconds=4)  # three exports, two of them int8
+def test_int8_is_held_to_the_annotations_enrich_emits_at_the_runs_thresholds(run: Path) -> None:
+    """eic enrich publishes a class only over its calibrated threshold: an int8 file that keeps every top class but
+    moves a probability across a threshold changes what reaches Europeana, and that is no agreement."""
+    import torch
+
+    from europeana_imgcls.outputs import export as exporting
+    from europeana_imgcls.outputs.inference import load_run
+    from europeana_imgcls.outputs.onnx_runtime import session
+
+    # Dynamic: no accuracy control, which (static) would keep in float what moves the annotation: the same int8 file.
+    first = export(ExportConfig(run=run, quantize="dynamic", output=run / "q", min_agreement=0.0, quiet=True))
+    (check,) = first.quantisation
+    export(ExportConfig(run=run, split=check.split.removeprefix("split_"), output=run / "f32", quiet=True))
+    cpu = torch.device("cpu")
+    model = next(m for m in load_run(run, cpu, "all") if m.split == check.split)
+    test = exporting._test_images(RunFolder(run), model, 1000)
+    said = [quantise.logits_of(session(run / f / f"{check.split}.onnx", cpu), test.pixels) for f in ("f32", "q")]
+    before, after = (model.task.from_logits(z / model.temperature) for z in said)
+    same = np.flatnonzero(before.argmax(1) == after.argmax(1))
+    moved = np.abs(before - after).max(1)[same]
+    assert len(same) and moved.max() > 0, "int8 moved no probability of an image whose class it kept"
+    image = same[moved.argmax()]
+    top = int(before[image].argmax())
+    # The run's threshold for that class, set between the two probabilities: the same class, one annotation fewer.
+    calibration = json.loads((run / "calibration.json").read_text())
+    calibration["per_class"][top]["threshold"] = float(before[image, top] + after[image, top]) / 2
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    args = ["export", str(run), "--quantize", "dynamic", "--min-agreement", str(check.agreement), "-o", str(run / "q2")]
+    line = _one_line_refusal(args)
+    assert re.fullmatch(
+        r"eic: error: split_\d: int8 agrees with float32 on [\d.]+% of \d+ test images \(ONNX Runtime [\d.]+%, "
+        r"OpenVINO [\d.]+%\), in their labels and in the "
+        r"annotations eic enrich emits at the run's thresholds, under the [\d.]+% asked; nothing is written: .*",
+        line,
+    ), line
+    assert not (run / "q2").exists()

@@ -5,6 +5,7 @@ crush the others under."""
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -187,9 +188,17 @@ def test_a_multilabel_model_is_held_to_the_same_labels_not_the_same_top_class() 
     after = np.array([[3.0, -0.2, -2.0], [2.0, -1.0, -1.0]])  # the first image's second label drops out
     assert quantise.agreement(before, after) == 1.0  # the top classes: the same
     multi = SimpleNamespace(task=task_for("multi-label"), thresholds=lambda: np.array([0.5, 0.5, 0.5]))
-    assert quantise.agreement(before, after, _labels(multi)) == 0.5  # type: ignore[arg-type]
+    assert quantise.agreement(before, after, _labels(multi, None)) == 0.5  # type: ignore[arg-type]
     single = SimpleNamespace(task=task_for("single-label"), thresholds=lambda: None)
-    assert quantise.agreement(before, after, _labels(single)) == 1.0  # type: ignore[arg-type]
+    assert quantise.agreement(before, after, _labels(single, None)) == 1.0  # type: ignore[arg-type]
+    # eic enrich annotates a class only over the calibration's threshold, on the probabilities with the temperature:
+    # the first image keeps its top class and loses its annotation (0.74 < 0.8); the second keeps both.
+    single.temperature = 1.0
+    enrich = SimpleNamespace(thresholds=lambda: np.array([0.8, math.inf, math.inf]))
+    moved = np.array([[2.0, 0.9, -2.0], [2.0, -1.0, -1.0]])
+    assert quantise.agreement(before, moved, _labels(single, None)) == 1.0  # type: ignore[arg-type]
+    assert quantise.agreement(before, moved, _labels(single, enrich)) == 0.5  # type: ignore[arg-type]
+    assert quantise.agreement(before, before, _labels(single, enrich)) == 1.0  # type: ignore[arg-type]
 
 
 def test_the_quantiser_s_own_warnings_are_kept_off_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
