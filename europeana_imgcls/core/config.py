@@ -826,6 +826,13 @@ class ReportConfig(ProgressSettings):
     per_cell: int = Field(
         200, ge=1, le=100_000, description="Most images a confusion-matrix cell links to (the most confident first)."
     )
+    max_images: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Most images the confusion matrices' cells link to on the whole page (each embedded, ~16 kB): "
+        "past it the largest cells are cut to one count, and a cell under it keeps every image (most errors).",
+    )
     audit_top: int = Field(48, ge=0, le=10_000, description="Likely mislabels, and near-duplicate groups, shown.")
     image_size: int = Field(
         256, ge=256, le=1024, description="Long side in pixels of the images embedded (the lightbox's)."

@@ -115,6 +115,7 @@ def gather(config: ReportConfig) -> Page:
         images=images,
         cams=_cams(splits, images),
         per_cell=config.per_cell,
+        max_images=config.max_images,
         gallery=config.gallery,
     )
     if config.audit is None:

@@ -98,6 +98,7 @@ class Page:
     images: Images
     cams: dict[str, int]  # an image's name -> its Grad-CAM figure
     per_cell: int
+    max_images: int  # shared out among every confusion matrix's cells (``report_page.cell_cap``)
     gallery: int
 
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import html
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -95,10 +96,12 @@ def sections(page: Page) -> list[str]:
 def render(page: Page) -> str:
     items = Items(page)
     body = [_summary(page)]
+    sizes = [len(_once(rows)) for said in page.sets if said.single for rows in _cells(said).values()]
+    cap = Cap(page.per_cell, cell_cap(sizes, page.per_cell, page.max_images))
     for said in page.sets:
         body.append(_per_class(said))
         if said.single:
-            body.append(_confusion(said, items, page.per_cell))
+            body.append(_confusion(said, items, cap))
         body.append(_galleries(said, items, page.gallery))
     if page.calibrated:
         body.append(_calibration(page))
@@ -191,19 +194,59 @@ def _per_class(said: Predictions) -> str:
     )
 
 
-def _confusion(said: Predictions, items: Items, per_cell: int) -> str:
-    classes = said.classes
-    where = {c: i for i, c in enumerate(classes)}
+@dataclass(frozen=True)
+class Cap:
+    """The most images a confusion-matrix cell shows: ``per_cell`` as asked, or ``shown`` where the page-wide
+    budget cut it (``cell_cap``)."""
+
+    per_cell: int
+    shown: int
+
+    def said(self) -> str:
+        if self.shown >= self.per_cell:
+            return ""
+        return (
+            f" To keep the page to its budget of images (max_images), a cell shows at most its {self.shown} most "
+            "confident images."
+        )
+
+
+def cell_cap(sizes: Sequence[int], per_cell: int, budget: int) -> int:
+    """The most images a cell shows, where cells of ``sizes`` images share ``budget``: ``per_cell``, or the largest
+    cap under it whose cells fit the budget, so a cell at or under the cap keeps all its images (at least 1)."""
+
+    def total(cap: int) -> int:
+        return sum(min(size, cap) for size in sizes)
+
+    if total(per_cell) <= budget:
+        return per_cell
+    low, high = 1, per_cell  # total(high) > budget; the answer is the largest cap in [low, high) that fits
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if total(middle) <= budget else (low, middle)
+    return low
+
+
+def _cells(said: Predictions) -> dict[tuple[int, int], list[Shown]]:
+    """A single-label set's predictions by (true class, predicted class), as indices of its classes."""
+    where = {c: i for i, c in enumerate(said.classes)}
     cells: dict[tuple[int, int], list[Shown]] = {}
     for row in said.rows:
         if row.truth and row.predicted:
             cells.setdefault((where[row.truth[0]], where[row.predicted[0]]), []).append(row)
+    return cells
+
+
+def _confusion(said: Predictions, items: Items, cap: Cap) -> str:
+    classes = said.classes
+    cells = _cells(said)
     panel = f"cell-view-{said.key}"
     pooled = len(said.rows) > len({row.image for row in said.rows})  # an evaluation: each image by every split
     counted = " Counts are predictions, pooled over the splits: an image counts once a split." if pooled else ""
     out = [
         f'<section id="confusion-{said.key}"><h2>Confusion matrix: {e(said.title)}</h2>',
-        f"<p>Rows are the true class, columns the prediction. A cell's count opens its images below.{counted}</p>",
+        f"<p>Rows are the true class, columns the prediction. A cell's count opens its images below.{counted}"
+        f"{e(cap.said())}</p>",
         '<table class="confusion"><thead><tr><th class="corner" scope="col">truth \\ predicted</th>',
         *(f'<th scope="col">{e(c)}</th>' for c in classes),
         "</tr></thead><tbody>",
@@ -219,8 +262,8 @@ def _confusion(said: Predictions, items: Items, per_cell: int) -> str:
                 continue
             name = f"cell:{said.key}:{i}:{j}"
             images = _once(rows)  # an image that several splits put here, shown once
-            items.lists[name] = [items.item(r) for r in images[:per_cell]]
-            shown = "" if len(images) <= per_cell else f" (the {per_cell} most confident shown)"
+            items.lists[name] = [items.item(r) for r in images[: cap.shown]]
+            shown = "" if len(images) <= cap.shown else f" (the {cap.shown} most confident shown)"
             what = f"{len(rows)} prediction(s) of {len(images)} image(s)" if pooled else f"{len(rows)} image(s)"
             title = f"true {truth}, predicted {predicted}: {what}{shown}"
             out.append(

@@ -324,3 +324,37 @@ def test_a_head_on_embeddings_is_not_described_as_fine_tuning() -> None:
     assert "L-BFGS on frozen embeddings" in probe[1] and "epochs" not in probe[1]
     tuned = dict(_training({**settings, "method": "finetune"}, []))
     assert tuned["training"].startswith("at most 6 epochs (patience 3), batch 8") and "epochs" in tuned
+
+
+def test_the_cells_share_out_a_page_wide_image_budget(trained_run: Path, tmp_path: Path) -> None:
+    """A fold of 10,000 images embedded thousands of them (40 MB) through its confusion matrix's largest cells. The
+    cells share ``max_images`` out: a cell at or under the cap (most errors) keeps every image, the largest are cut
+    to the same count, the most confident kept, and the page says so."""
+    # No galleries (their images count apart, gallery a class): what is embedded is what the cells link to.
+    whole_page = report(ReportConfig(run=trained_run, output=tmp_path / "whole.html", gallery=0))
+    whole = page_data(whole_page.output.read_text())
+    sizes = {n: len(v) for n, v in whole["lists"].items() if n.startswith("cell:")}
+    budget = sum(sizes.values()) // 2
+    result = report(ReportConfig(run=trained_run, output=tmp_path / "cut.html", max_images=budget, gallery=0))
+    html = result.output.read_text()
+    cut = page_data(html)
+    shown = {n: len(v) for n, v in cut["lists"].items() if n.startswith("cell:")}
+    cap = max(shown.values())
+    assert sum(shown.values()) <= budget < sum(sizes.values()) and cap < max(sizes.values())
+    assert all(shown[n] == min(size, cap) for n, size in sizes.items())  # each cell to the cap, no fewer
+    for name, indices in cut["lists"].items():  # the most confident of each cell
+        if name.startswith("cell:"):
+            assert [whole["items"][i]["title"] for i in whole["lists"][name][: len(indices)]] == [
+                cut["items"][i]["title"] for i in indices
+            ]
+    assert f"a cell shows at most its {cap} most confident images" in html and "max_images" in html
+    assert len(cut["images"]) == sum(shown.values()) < len(whole["images"]) == sum(sizes.values())
+
+
+def test_the_cap_is_the_largest_the_budget_allows() -> None:
+    from europeana_imgcls.outputs.report_page import cell_cap
+
+    assert cell_cap([3, 50, 400], per_cell=200, budget=1000) == 200  # under the budget: per_cell
+    assert cell_cap([3, 50, 400], per_cell=200, budget=100) == 48  # 3 + 48 + 48 = 99; 49 would make 101
+    assert cell_cap([3, 50, 400], per_cell=200, budget=2) == 1  # every cell shows one image at least
+    assert cell_cap([], per_cell=200, budget=10) == 200
