@@ -140,3 +140,40 @@ def test_the_library_exports_what_it_says_both_ways() -> None:
     public = {name for name in dir(europeana_imgcls) if not name.startswith("_")} | set(europeana_imgcls._LAZY)
     modules = {name for name in public if isinstance(getattr(europeana_imgcls, name, None), type(europeana_imgcls))}
     assert set(europeana_imgcls.__all__) == public - modules - {"annotations"}
+
+
+def _constants_and_attributes(path: Path) -> tuple[set[str], set[str]]:
+    """The string constants (docstrings left out) and the attribute names a module's code uses."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    strings = {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    }
+    return strings, {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+
+
+def test_outputs_ask_the_task_and_the_run_folder_never_a_mode_or_a_file_name() -> None:
+    """The seams of issue 32, kept: what an output does for a task it asks the Task (never its mode's string or
+    ``multilabel``), and a run's file names are written in one module (core/run_names.py)."""
+    package = ROOT / "europeana_imgcls"
+    asking = [*sorted((package / "outputs").glob("*.py")), package / "modelling" / "embedding.py"]
+    for path in asking:
+        strings, attributes = _constants_and_attributes(path)
+        assert "multilabel" not in attributes, f"{path.name} asks a task whether it is multi-label"
+        assert not strings & {"single-label", "multi-label"}, f"{path.name} compares a mode's name"
+    for path in sorted(package.rglob("*.py")):
+        if path.name != "run_names.py":
+            strings, _ = _constants_and_attributes(path)
+            named = {s for s in strings if s == "model.pt" or s.startswith("split_")}
+            assert not named, f"{path.relative_to(package)} spells a run's file names: {named}"

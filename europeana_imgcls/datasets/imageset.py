@@ -37,6 +37,7 @@ class Decisions(ABC):
     shown: ClassVar[tuple[str, ...]]  # the validation scores of each epoch (history.csv, the log)
     described: ClassVar[tuple[str, ...]]  # the columns ``describe()`` fills
     headline: ClassVar[str]  # the one score two versions of a model are compared by (export's int8 check)
+    one_class_each: ClassVar[bool]  # one true and one predicted class an image: a confusion matrix shows its errors
     activation_name: ClassVar[str]  # how probabilities come from logits, in words (an export's sidecar)
     review_choice: ClassVar[str]  # Label Studio's ``choice``: a reviewer picks one class, or several
 

@@ -43,6 +43,7 @@ class SingleLabel(Task):
     shown = ("accuracy", "precision", "recall", "f1")
     described = ("truth", "prediction", "confidence")
     headline = "accuracy"
+    one_class_each = True
     activation_name = "softmax"
     review_choice = "single"
 
@@ -174,6 +175,7 @@ class MultiLabel(Task):
     shown = ("exact_match", "micro_f1", "macro_f1", "mean_average_precision")
     described = ("truth", "prediction")
     headline = "micro_f1"
+    one_class_each = False
     activation_name = "sigmoid per label"
     review_choice = "multiple"
 
@@ -300,6 +302,12 @@ def task_for(mode: str | None) -> Task:
     """The task of a run's mode (runs written before modes existed are single-label): the one place a mode
     becomes a task."""
     return TASKS[cast(Mode, mode or SingleLabel.name)]
+
+
+def task_read(mode: object) -> Task:
+    """The task a mode read from a file names (a report reads a run as untrusted): a value that is no mode, or
+    none, is single-label, as runs written before modes existed are."""
+    return TASKS[mode] if isinstance(mode, str) and mode in TASKS else TASKS[SingleLabel.name]
 
 
 def scan_images(data_dir: Path, mode: str, labels: Path | None = None) -> ImageSet:

@@ -30,7 +30,7 @@ from ..core.outputs import OutputKind, claimed
 from ..core.progress import progress_bar
 from ..core.sidecars import not_regular, read_capped
 from ..core.tables import atomic_path, read_csv_salvaged
-from ..datasets.tasks import Task, task_for
+from ..datasets.tasks import Task, task_read
 from ..europeana.search_api import is_record_id
 from ..modelling.run_folder import RunFolder, SplitFolder, not_a_run, recorded_images
 from .report_model import FIGURE_BUDGET, GENERATOR, Audited, Calibrated, Images, Page, Predictions, Shown
@@ -90,7 +90,7 @@ def gather(config: ReportConfig) -> Page:
     summary = _dict(_json(run.summary, notes, "the run's summary (train it to the end, or `resume`)"))
     splits = run.finished_splits()
     settings = _dict(_json(splits[0].config, notes, "the first split's settings") if splits else None)
-    task = task_for(settings.get("mode") if settings.get("mode") in ("single-label", "multi-label") else None)
+    task = task_read(settings.get("mode"))
     classes = _classes(summary, splits)
     images = Images(config.image_size)
     sets = [_test_folds(run, task, classes, notes)]
@@ -192,7 +192,7 @@ def _scored(row: dict[str, str], task: Task, classes: list[str], split: str) -> 
 
 
 def _test_folds(run: RunFolder, task: Task, classes: list[str], notes: list[str]) -> Predictions:
-    said = Predictions("test", "Test folds (out-of-fold predictions)", classes, not task.multilabel)
+    said = Predictions("test", "Test folds (out-of-fold predictions)", classes, task.one_class_each)
     for split in run.finished_splits():
         rows = _rows(split.test_predictions)
         if rows is None:
@@ -212,7 +212,7 @@ def _test_folds(run: RunFolder, task: Task, classes: list[str], notes: list[str]
 
 
 def _evaluation(folder: Path, task: Task, classes: list[str], notes: list[str]) -> Predictions:
-    said = Predictions("evaluation", f"Evaluation ({folder.name})", classes, not task.multilabel)
+    said = Predictions("evaluation", f"Evaluation ({folder.name})", classes, task.one_class_each)
     rows = _rows(folder / "predictions.csv")
     if rows is None:
         notes.append(
@@ -265,7 +265,7 @@ def _summary(
     seconds = _number(compute.get("seconds"))
     lines = [
         ("model id", model_id),
-        ("task", str(settings.get("mode", "single-label"))),
+        ("task", task_read(settings.get("mode")).name),
         ("classes", ", ".join(f"{k} ({v})" for k, v in counts.items()) or ", ".join(test.classes)),
         ("images", _images(summary, counts, test)),
         ("providers (test images)", ", ".join(f"{p} ({n})" for p, n in providers) or "not told by the file names"),
