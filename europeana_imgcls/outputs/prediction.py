@@ -302,16 +302,32 @@ def _keys(output: Output) -> Iterator[str]:
 
 
 def read_output(output: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows of a predictions file (CSV or JSONL), one at a time; a CSV row of other columns is skipped."""
+    """The rows of a predictions file (CSV or JSONL), one at a time; a CSV row of other columns is skipped. A JSONL
+    line that is no row eic writes (damaged or edited since: a resume reads it back) is one line naming it."""
     if output.suffix.lower() == ".jsonl":
         with output.open("rb") as handle:  # lines end at "\n" alone, whatever characters the values hold
-            for line in handle:
+            for number, line in enumerate(handle, 1):
                 if line.strip():
-                    yield json.loads(line)
+                    yield _jsonl_row(output, number, line)
         return
     for row in read_csv_rows(output):
         if columns is None or list(row) == columns:
             yield row
+
+
+def _jsonl_row(output: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        problem = f"not JSON ({str(exc).splitlines()[0]:.80})"
+    else:
+        if isinstance(row, dict) and isinstance(row.get("image"), str):
+            return row
+        problem = "not a row of predictions with its image"
+    raise DatasetError(
+        f"{output}, line {number}: {problem}; the file is damaged: run the command again into another output, without "
+        "`resume`"
+    )
 
 
 def _write_output(output: Path, columns: list[str], records: Records) -> None:

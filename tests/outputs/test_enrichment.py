@@ -529,6 +529,28 @@ def test_enrich_refuses_a_probability_that_is_no_probability_in_one_line(
     assert out.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("damage", ["cut", "not an object", "no image"])
+def test_a_damaged_line_of_the_predictions_file_is_one_line_on_resume(enriched, tmp_path: Path, damage: str) -> None:
+    """The predictions file eic enrich --resume (and eic predict --resume) reads back, with a line cut short, a line
+    that is no object, or a row without its image: one line naming the file and the line, not a traceback."""
+    import shutil
+
+    source = enriched["path"]["europeana.jsonl"]
+    out = tmp_path / source.name
+    predictions = out.with_name(f"{out.stem}.predictions.jsonl")
+    shutil.copy(source, out)
+    lines = source.with_name(predictions.name).read_text().splitlines()
+    row = json.loads(lines[2])
+    lines[2] = {"cut": lines[2][:40], "not an object": "[1, 2]", "no image": json.dumps({**row, "image": None})}[damage]
+    predictions.write_text("\n".join(lines) + "\n")
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    args = ["enrich", str(enriched["trained_run"]), str(enriched["images"]), "-o", str(out), "--vocab", str(vocab)]
+    line = _one_line(CliRunner().invoke(app, [*args, "--precision", "0.5", "--resume", "--quiet"]))
+    assert f"{predictions}, line 3: " in line and "into another output, without --resume" in line, line
+    assert out.read_bytes() == source.read_bytes()
+
+
 # ---------------------------------------------------------------------------------------------
 # Review tasks whose local images Label Studio opens
 
