@@ -75,12 +75,16 @@ def _review_tasks(path: Path) -> bool:
 
 def is_review_tasks(path: Path) -> bool:
     """Whether ``path`` is review tasks as eic writes them (enrich's, audit's): a list of tasks each carrying eic's
-    suggestion, beside the labelling interface written with them (which alone tells an empty list of eic's)."""
+    suggestion, beside the labelling interface written with them (which alone tells an empty list of eic's), and
+    no one's answers: Label Studio's export of them, saved in their place, holds people's work."""
     tasks = peek_json(path, MAX_SIDECAR_BYTES)
     if not isinstance(tasks, list) or not path.with_name(f"{path.stem}.labelling.xml").is_file():
         return False
     return all(
-        isinstance(t, dict) and isinstance(t.get("data"), dict) and isinstance(t.get("predictions"), list)
+        isinstance(t, dict)
+        and isinstance(t.get("data"), dict)
+        and isinstance(t.get("predictions"), list)
+        and not t.get("annotations")
         for t in tasks
     )
 

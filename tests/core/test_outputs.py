@@ -301,6 +301,22 @@ def test_review_tasks_over_a_mebibyte_are_still_eics(tmp_path: Path) -> None:
     assert path.stat().st_size > 1 << 20 and is_review_tasks(path)
 
 
+def test_review_tasks_people_answered_are_no_longer_eics_to_replace(run: Path, tmp_path: Path) -> None:
+    """Label Studio's export of eic's tasks keeps their data and suggestions and adds people's answers
+    (``annotations``): saved where eic wrote the tasks, it is their work, which --overwrite or --resume must not
+    replace."""
+    review = tmp_path / "suspects.json"
+    config = AuditConfig(source=run, output_dir=tmp_path / "audit", review_output=review, quiet=True)
+    audit(config)
+    tasks = json.loads(review.read_text())
+    tasks[0]["annotations"] = [{"result": [{"type": "choices", "value": {"choices": ["map"]}}], "completed_by": 1}]
+    review.write_text(json.dumps(tasks))
+    answered = review.read_bytes()
+    line = one_line(["audit", str(run), "-o", str(tmp_path / "a2"), "--review-output", str(review), "--overwrite"])
+    assert str(review) in line, line
+    assert review.read_bytes() == answered and not (tmp_path / "a2").exists()
+
+
 def test_an_evaluation_of_an_earlier_eic_is_replaced_with_overwrite(run: Path, tmp_path: Path) -> None:
     data = make_folders(tmp_path / "eval", per_class=3, size=40)
     out = tmp_path / "evaluation"
