@@ -4,8 +4,10 @@ tasks (``tasks``) scan and split through it without loading torch; ``folders`` t
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +49,11 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) ->
         raise DatasetError(_no_class_folders(root))
     names = list(classes) if classes is not None else [d.name for d in folders]
     index = {name: i for i, name in enumerate(names)}
-    paths: list[Path] = []
-    labels: list[int] = []
-    unreadable: list[Path] = []
-    for folder in folders:
-        if folder.name not in index:
-            continue
-        for path in list_images(folder):
-            if readable(path):
-                paths.append(path)
-                labels.append(index[folder.name])
-            else:
-                unreadable.append(path)
+    found = [(path, index[folder.name]) for folder in folders if folder.name in index for path in list_images(folder)]
+    ok = decodable([path for path, _ in found])
+    paths = [path for (path, _), good in zip(found, ok, strict=True) if good]
+    labels = [label for (_, label), good in zip(found, ok, strict=True) if good]
+    unreadable = [path for (path, _), good in zip(found, ok, strict=True) if not good]
     return ImageSet(paths, np.asarray(labels, dtype=np.int64), names, task, unreadable)
 
 
@@ -211,6 +206,16 @@ def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
 
 # What decoding a file that passed ``readable`` (its header) can still raise: the file is unreadable.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decodable(paths: Sequence[Path]) -> list[bool]:
+    """Whether each image decodes whole (``decodes``): a folder is read before training counts its classes, so a
+    class of files cut short is no class. A thread a core: Pillow decodes without the GIL, and a JPEG at its
+    smallest scale (a 400-pixel thumbnail: about 0.5 ms)."""
+    if len(paths) < 64:
+        return [decodes(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(decodes, paths, chunksize=16))
 
 
 def decodes(path: Path) -> bool:

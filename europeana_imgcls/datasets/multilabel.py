@@ -13,7 +13,7 @@ import numpy as np
 from ..core.errors import DatasetError
 from ..core.naming import file_name
 from ..core.tables import read_table
-from .class_folders import readable
+from .class_folders import decodable
 from .imageset import ImageSet, Split, Task
 
 if TYPE_CHECKING:
@@ -48,20 +48,20 @@ def scan_labelled_folder(root: Path, labels: Path | None, classes: Sequence[str]
     table = read_table(table_path, required=("category",))
     if "file" not in table.columns and "ID" not in table.columns:
         raise DatasetError(f"{table_path}: needs a 'file' or an 'ID' column beside 'category'")
-    names: list[str] = []
-    rows: list[tuple[Path, list[str]]] = []
-    unreadable: list[Path] = []
+    # A file in several rows is one image with the union of their labels: as several, it could be in a test fold and
+    # in training at once, and counted twice in a score.
+    labelled: dict[Path, list[str]] = {}
     for row in table.iter_rows(named=True):
         name = row.get("file") or (file_name(row["ID"]) if row.get("ID") else None)
         found = (row.get("category") or "").split()
-        if not name or not found:
-            continue
-        path = root / name
-        if not path.is_file() or not readable(path):
-            unreadable.append(path)
-            continue
-        rows.append((path, found))
-        names += found
+        if name and found:
+            known = labelled.setdefault(root / name, [])
+            known += [label for label in found if label not in known]
+    rows = list(labelled.items())
+    ok = decodable([path for path, _ in rows])  # a file that is not there does not decode either
+    unreadable = [path for (path, _), good in zip(rows, ok, strict=True) if not good]
+    rows = [row for row, good in zip(rows, ok, strict=True) if good]
+    names = [name for _, found in rows for name in found]
     all_classes = list(classes) if classes is not None else sorted(set(names))
     index = {name: i for i, name in enumerate(all_classes)}
     targets = np.zeros((len(rows), len(all_classes)), dtype=np.float32)

@@ -157,6 +157,8 @@ def embed(config: EmbedConfig) -> EmbedReport:
         check=_is_record,
     )
     report = EmbedReport(config.output, images=len(images), shard=config.shard, journal=journal.folder)
+    # Files the scan found do not decode (cut short): counted as one that fails in a batch is, by their shard.
+    report.unreadable = sum(shard is None or shard.owns(p.name) for p in images.unreadable)
     with journal.open(config.resume, embeddings_output(config.output)):  # a new table, or `resume` adds to it
         done = journal.done()  # a shard's own part; or every part, and a finished table's rows taken in
         # A file's name, not its path, picks its shard: the same on every machine that mounts the folder. What

@@ -159,3 +159,24 @@ def test_an_empty_class_folder_is_named_and_fewer_folds_would_not_help(tmp_path:
     result = eic("train", data, "-o", tmp_path / "run", "--folds", "3", "--weights", "none", "--quiet")
     assert_one_line_error(result, f"class folder {data / 'textile'} holds no readable image: add images to it")
     assert "lowering --folds cannot help" in result.stderr
+
+
+def _cut_short(path: Path) -> None:
+    """The file's header kept, its picture's data cut: it opens, and does not decode."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])
+
+
+def test_an_image_cut_short_is_no_readable_image(tmp_path: Path) -> None:
+    """A file whose header opens but whose data is cut short counted as readable: a class of them was 'trained' on
+    no image, and a folder of nothing else ended in a traceback."""
+    data = make_folders(tmp_path / "d", per_class=4, size=96)
+    cut = sorted((data / CLASSES[1]).iterdir())
+    for path in cut[:3]:
+        _cut_short(path)
+    images = scan_images(data, "single-label")
+    assert images.counts()[CLASSES[1]] == 1 and sorted(images.unreadable) == cut[:3]
+    _cut_short(cut[3])
+    result = eic("train", data, "-o", tmp_path / "run", "--arch", "tiny", "--weights", "none", "--folds", "3")
+    assert_one_line_error(result, f"class folder {data / CLASSES[1]} holds no readable image")
+    assert not (tmp_path / "run").exists()

@@ -96,3 +96,20 @@ def test_multilabel_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "e").mkdir()
     with pytest.raises(DatasetError, match="labels.csv: no such table"):
         train(config(tmp_path / "e", tmp_path / "r2", mode="multi-label"))
+
+
+def test_a_file_in_several_rows_is_one_image_with_their_labels(tmp_path: Path) -> None:
+    """labels.csv listing a file twice made it two images: one could be in a test fold and in training at once, and
+    count twice in a score."""
+    from europeana_imgcls.datasets.tasks import scan_images
+
+    root = make_multilabel_folder(tmp_path / "ml", count=6)
+    lines = (root / "labels.csv").read_text().splitlines()
+    header, first, second = lines[0], lines[1].split(","), lines[2]
+    extra = [",".join([*first[:2], "painting"]), second, second]  # another label for the first; the second again
+    (root / "labels.csv").write_text("\n".join([header, *lines[1:], *extra]) + "\n")
+    images = scan_images(root, "multi-label")
+    assert len(images) == 6 and len(set(images.paths)) == 6
+    row = images.paths.index(root / first[1])
+    labels = {images.classes[c] for c in np.flatnonzero(images.labels[row])}
+    assert labels == {*first[2].split(), "painting"}
