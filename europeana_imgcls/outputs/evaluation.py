@@ -93,7 +93,8 @@ def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Score
     task, classes = models[0].task, models[0].classes
     images = task.scan(config.eval_dir, config.labels, classes)
     if not images.paths:
-        raise DatasetError(f"{config.eval_dir}: no readable image of any {task.unit} of the model ({', '.join(classes)})")
+        known = ", ".join(classes)
+        raise DatasetError(f"{config.eval_dir}: no readable image of any {task.unit} of the model ({known})")
     truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
     # Each split decides with its own tuned thresholds (where its task tunes them), or with `threshold` for all.
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}
