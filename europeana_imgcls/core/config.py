@@ -414,6 +414,14 @@ class TrainConfig(RuntimeSettings):
         "group_by_provider",
         "duplicate_groups",
         "embeddings",
+        # What shapes each split's model: a resume with others would leave a run of splits made two ways.
+        "learning_rate",
+        "patience",
+        "batch_size",
+        "weighted_loss",
+        "hflip",
+        "vflip",
+        "neighbours",
     )
 
     data_dir: Path = Field(description="Class folders, as eic download writes them.")

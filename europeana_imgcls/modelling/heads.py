@@ -140,7 +140,7 @@ def _split(
     config: TrainConfig, images: ImageSet, embedded: _Embedded, split: Split, output: SplitOutput, backbone: _Backbone
 ) -> tuple[dict[str, float], float]:
     folder = output.folder
-    start_split_folder(folder, config, images.classes)
+    start_split_folder(folder, config, images)
     task = task_for(config.mode)
     features, readable, targets = embedded.vectors, embedded.readable, images.labels
     train, val, test = (part[readable[part]] for part in (split.train, split.val, split.test))

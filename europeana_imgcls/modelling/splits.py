@@ -4,9 +4,11 @@ checkpoint (a temperature; multi-label thresholds)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,11 +58,24 @@ class Evaluation:
     logits: np.ndarray  # exact, for calibration (probabilities near 1 lose digits)
 
 
-def start_split_folder(split: SplitFolder, config: TrainConfig, classes: list[str]) -> None:
-    """A split's folder with the settings and the class order it is trained with."""
+def start_split_folder(split: SplitFolder, config: TrainConfig, images: ImageSet) -> None:
+    """A split's folder with the settings, the class order and the digest of the images it is trained with."""
     split.path.mkdir(parents=True, exist_ok=True)
-    write_json(split.config, public_dict(config))
-    write_json(split.class_index, {name: i for i, name in enumerate(classes)})
+    write_json(split.config, {**public_dict(config), IMAGES_DIGEST: images_digest(images, config.data_dir)})
+    write_json(split.class_index, {name: i for i, name in enumerate(images.classes)})
+
+
+IMAGES_DIGEST = "images_sha256"  # in a split's config.json: which images, with which labels, the run's folds cut
+
+
+def images_digest(images: ImageSet, data_dir: Path) -> str:
+    """A digest of the images a run is trained on (each file's path under ``data_dir``, its label) in order: the
+    folds are made anew at every start, so a resume must see the same images or its splits would not be the run's."""
+    digest = hashlib.sha256()
+    for path, label in zip(images.paths, images.labels, strict=True):
+        name = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0" + np.asarray(label).tobytes() + b"\n")
+    return digest.hexdigest()
 
 
 def score_split(

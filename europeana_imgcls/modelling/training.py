@@ -61,7 +61,16 @@ from .modelcard import compute_record, write_model_card
 from .models import build_model, get_arch, safe_load, sized_for_model
 from .run_folder import CheckpointMeta, RunFolder, SplitFolder
 from .runtime import Dist, autocast_dtype, default_workers, distributed, seed_everything
-from .splits import Evaluation, SplitOutput, SplitResult, score_split, start_split_folder, write_split_metrics
+from .splits import (
+    IMAGES_DIGEST,
+    Evaluation,
+    SplitOutput,
+    SplitResult,
+    images_digest,
+    score_split,
+    start_split_folder,
+    write_split_metrics,
+)
 from .tensorboard_logs import TensorBoardRun
 from .tensorboard_logs import check_available as check_tensorboard
 
@@ -424,6 +433,13 @@ def _check_resumed_run(config: TrainConfig, images: ImageSet) -> None:
             f"cannot resume {config.output_dir}: its classes were {', '.join(classes)}, the data "
             f"now has {', '.join(images.classes)}"
         )
+    digest = before.get(IMAGES_DIGEST)  # None in a run from before eic recorded it
+    if digest is not None and digest != images_digest(images, config.data_dir):
+        raise DatasetError(
+            f"cannot resume {config.output_dir}: its images are not those in {config.data_dir} now (added, removed "
+            "or moved to another class since it started), and its folds are cut from them: resume with the images "
+            "it started with, or train the folder as it is into another `output_dir`"
+        )
 
 
 def _same(key: str, value: Any) -> Any:
@@ -527,7 +543,7 @@ def _run_split(
     # The model first: one that cannot be built (ImageNet's weights offline) leaves no split folder behind.
     training = _start_training(config, images, split, folder, forward.device, world)
     if world.main:
-        start_split_folder(folder, config, images.classes)
+        start_split_folder(folder, config, images)
     loaders = _loaders(config, images, split, forward.device, world, index, cache)
     stopping = Stopping(config.epochs, config.patience)
     saver = _EpochSaver(output, training, config) if world.main else None

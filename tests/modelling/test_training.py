@@ -290,7 +290,40 @@ def test_train_resume_refuses_another_run(tmp_path: Path) -> None:
         train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, arch="resnet34", resume=True))
     with pytest.raises(DatasetError, match="data_dir"):
         train(config(other, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))
+    # What shapes the model is the run's: a resume with another would leave splits made two ways.
+    for changed in (
+        {"learning_rate": 0.5},
+        {"patience": 1},
+        {"weighted_loss": False},
+        {"hflip": 0.0},
+        {"vflip": 0.5},
+        {"neighbours": 1},
+        {"batch_size": 3},
+    ):
+        with pytest.raises(DatasetError, match=f"{next(iter(changed))} .* there, .* now"):
+            train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True, **changed))
     train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0, resume=True))  # the same run goes on
+
+
+def test_train_resume_refuses_a_data_folder_whose_images_changed(tmp_path: Path) -> None:
+    """The folds are made anew from the folder at every start: with images added, removed or moved to another class
+    since, the finished splits' test folds and the new ones' would overlap and leave images out of any."""
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    run = tmp_path / "run"
+    settings = dict(epochs=1, crossvalidation=False, gradcam_images=0)
+    train(config(data, run, **settings))
+    make_folders(data, per_class=9, size=32)  # three more images a class
+    with pytest.raises(DatasetError, match=r"its images are not those in .*data.* now \(added, removed or moved"):
+        train(config(data, run, **settings, resume=True))
+    added = [p for p in data.rglob("*.jpg") if p.stem.rsplit("_", 1)[1] in ("6", "7", "8")]
+    for path in added:
+        path.unlink()
+    moved = sorted((data / CLASSES[0]).iterdir())[0]
+    moved.rename(data / CLASSES[1] / moved.name)  # the same files, one in another class
+    with pytest.raises(DatasetError, match="its images are not those"):
+        train(config(data, run, **settings, resume=True))
+    (data / CLASSES[1] / moved.name).rename(moved)
+    train(config(data, run, **settings, resume=True))  # as it was: the same run goes on
 
 
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
