@@ -62,7 +62,7 @@ from ..core.tables import (
     write_json,
 )
 from ..europeana.ratelimit import RateLimit
-from ..europeana.thumbnails import is_placeholder, thumbnail_url
+from ..europeana.thumbnails import is_placeholder, media_digest, thumbnail_url
 from ..europeana.tls import tls_context
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .placement import Placement, write_set_aside
@@ -391,10 +391,14 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
 
 
 def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, placement: Placement) -> bool:
-    if placement.place(job.path) and is_complete_jpeg(job.path):  # there, or moved there from another class
-        report.already_saved += 1
-        outcomes.saved(job, earlier=True)
-        return False
+    # There (or moved there from another class), and of the image the table names now: a record whose URL changed
+    # since is fetched again, or its old picture would be labelled as the new one's.
+    if placement.place(job.path) and is_complete_jpeg(job.path):
+        if outcomes.still_of(job):
+            report.already_saved += 1
+            outcomes.saved(job, earlier=True)
+            return False
+        job.path.unlink(missing_ok=True)  # another image's: not the record's, even where the new one fails
     known = job.id in outcomes.failures
     if known != config.retry_failed:
         if known:
@@ -635,6 +639,16 @@ class Outcomes:
             if row.get("ID"):
                 self.listed[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
 
+    def still_of(self, job: Job) -> bool:
+        """Whether the file saved for ``job``'s record came from its table's image: that URL, its preview, or a
+        thumbnail of it (any size: the Thumbnail API names an image by its URL's MD5). A file no run listed (a
+        folder from before ``fetched.csv``) is taken as it is."""
+        fetched = self.fetched.get(job.id)
+        if fetched is None:
+            return True
+        url = fetched[1]
+        return url in (job.url, job.preview) or bool(job.url) and url.rsplit("/", 1)[-1] == media_digest(job.url or "")
+
     def keep(self, record_id: str) -> None:
         self.kept[record_id] = self.failures[record_id]
 
@@ -696,6 +710,12 @@ def _outcome(value: Any) -> bool:
             and isinstance(value.get("fetched"), str | None)
         )
     return isinstance(value["error"], str) and isinstance(value.get("URL"), str | None)
+
+
+def fetched_from(folder: Path) -> dict[str, str]:
+    """Where each image of a download folder was saved from, by record ID, as the last whole run listed it."""
+    rows = _csv_rows(folder / FETCHED_FILE, "their images are named by their table's URL")
+    return {row["ID"]: row["URL"] for row in rows if row.get("ID") and row.get("URL")}
 
 
 def _csv_rows(path: Path, then: str) -> list[dict[str, str]]:

@@ -35,8 +35,12 @@ def thumbnail_size(max_side: int) -> int:
 
 def thumbnail_url(base: str, media_url: str, max_side: int) -> str:
     """The v3 URL of ``media_url``'s thumbnail under ``base`` (``.../thumbnail/v3``)."""
-    digest = hashlib.md5(media_url.encode("utf-8"), usedforsecurity=False).hexdigest()
-    return f"{base.rstrip('/')}/{thumbnail_size(max_side)}/{digest}"
+    return f"{base.rstrip('/')}/{thumbnail_size(max_side)}/{media_digest(media_url)}"
+
+
+def media_digest(media_url: str) -> str:
+    """How the Thumbnail API v3 names a media file's thumbnails: the MD5 of its URL."""
+    return hashlib.md5(media_url.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 def is_placeholder(data: bytes) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from ..core.config import DownloadConfig, PredictConfig
 from ..core.errors import DatasetError
@@ -24,6 +24,7 @@ from ..core.tables import check_table_suffix, read_table
 from ..datasets.class_folders import list_images
 from ..datasets.tasks import MultiLabel
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
+from ..europeana.thumbnails import media_digest
 from ..modelling.processes import Dist
 
 IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
@@ -207,7 +208,7 @@ def _fetch(rows: list[Record], config: PredictConfig, world: Dist) -> tuple[list
     """Download (once, on rank 0) the images of URL inputs into the image folder; map them back."""
     import polars as pl
 
-    from ..acquisition.download import download, file_name
+    from ..acquisition.download import download, fetched_from, file_name
     from ..core.tables import write_table
 
     folder = config.image_dir or config.output.with_name(f"{config.output.stem}_images")
@@ -243,14 +244,27 @@ def _fetch(rows: list[Record], config: PredictConfig, world: Dist) -> tuple[list
         )
     world.barrier()
     items, failed = [], 0
+    fetched = fetched_from(folder)  # a shard's wait in its journal part until the merge: the table's URLs then
     for row in rows:
         path = folder / file_name(row["ID"] or "")
         if path.is_file():
             # A URL given as an input names no record: its ID is only a file name
-            items.append(Item(row["image"] or "", path, row["ID"] if row.get("record") else None, row.get("URI")))
+            image = depicted(row["image"] or "", fetched.get(row["ID"] or ""))
+            items.append(Item(image, path, row["ID"] if row.get("record") else None, row.get("URI")))
         else:
             failed += 1
     return items, failed
+
+
+def depicted(image: str, fetched: str | None) -> str:
+    """The image an annotation's source names, of the file saved for a record whose table names ``image``: that
+    image where the file came from it or a thumbnail of it (the Thumbnail API names a thumbnail by the MD5 of its
+    image's URL), or, where only the record's preview could be had, what the preview shows (the Thumbnail API names
+    it in its ``uri``), else the preview itself: never a URL whose picture was not the one labelled."""
+    if not fetched or fetched == image or fetched.rsplit("/", 1)[-1] == media_digest(image):
+        return image
+    shown = parse_qs(urlsplit(fetched).query).get("uri", [""])[0]
+    return shown if shown.startswith(("http://", "https://")) else fetched
 
 
 def _written_by_predict(config_file: Path, folder: Path) -> bool:

@@ -807,6 +807,26 @@ def test_each_saved_image_is_listed_with_the_url_it_came_from_a_dead_original_wi
         assert _fetched(out) == {row["ID"]: row["preview"] for row in rows}
 
 
+def test_a_record_whose_url_changed_is_fetched_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A folder kept its file for a record whose table now names another image: eic predict and enrich classified
+    the old picture and annotated the new URL with it. Its thumbnail, or a size of it, is the same image."""
+    first, second = sandbox_records(sandbox)[:2]
+    table = tmp_path / "t.csv"
+    table.write_text(f"category,ID,URL\n{first.labels[0]},{first.id},{sandbox.image_url(first)}\n")
+    out = tmp_path / "img"
+    download(config(table, out))
+    saved = out / first.labels[0] / file_name(first.id)
+    before = saved.read_bytes()
+    assert download(config(table, out, max_side=64)).already_saved == 1  # another size of the same: kept
+    table.write_text(f"category,ID,URL\n{first.labels[0]},{first.id},{sandbox.image_url(second)}\n")
+    again = download(config(table, out))
+    assert again.saved == 1 and not again.already_saved and saved.read_bytes() != before
+    assert _fetched(out) == {first.id: sandbox.image_url(second)}
+    table.write_text(f"category,ID,URL\n{first.labels[0]},{first.id},http://127.0.0.1:9/gone.jpg\n")
+    gone = download(config(table, out, retries=0, timeout=2.0))  # port 9: refused at once
+    assert gone.failed == 1 and not saved.exists()  # the old picture is not the record's any more
+
+
 def test_thumbnail_source_needs_the_url_column(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     pl.DataFrame([{"ID": "/1/a", "image": "http://127.0.0.1:9/a.jpg", "category": "map"}]).write_csv(table)

@@ -115,3 +115,23 @@ def test_inputs_without_an_image_say_what_they_hold_instead(trained: Path, tmp_p
         result, f"no images found in the inputs: {notes}/ holds 1 file, none an image (notes.txt); {empty} is empty"
     )
     assert "images are files ending in .bmp, .gif, .jpeg, .jpg" in result.stderr
+
+
+def test_an_annotation_names_the_image_that_was_labelled() -> None:
+    """target.source names the record's image that the saved file shows: the table's URL where the file came from it
+    or from a thumbnail of it; where only the record's preview was had, what the Thumbnail API says the preview shows,
+    or else the preview itself, never an image that was not labelled."""
+    from urllib.parse import quote
+
+    from europeana_imgcls.europeana.thumbnails import thumbnail_url
+    from europeana_imgcls.outputs.inputs import depicted
+
+    image = "https://museum.example/iiif/full/max/0/default.jpg"
+    assert depicted(image, None) == image  # nothing listed: the table's
+    assert depicted(image, image) == image
+    assert depicted(image, thumbnail_url("https://api.europeana.eu/thumbnail/v3", image, 400)) == image
+    other = "https://museum.example/other.jpg"
+    preview = f"https://api.europeana.eu/thumbnail/v2/url.json?uri={quote(other, safe='')}&type=IMAGE"
+    assert depicted(image, preview) == other
+    assert depicted(image, "https://cdn.example/preview.jpg") == "https://cdn.example/preview.jpg"
+    assert depicted(image, "https://api.europeana.eu/thumbnail/v2/url.json?uri=javascript:x") != "javascript:x"
