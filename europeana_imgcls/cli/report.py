@@ -418,7 +418,7 @@ def print_publish(console: Console, result: PublishReport) -> None:
     else:
         console.print(
             f"{result.sent} annotations sent to {where}; {result.published_before} published earlier"
-            + (f"; {result.found} of an interrupted upload found there, not sent again" if result.found else "")
+            + (f"; {result.found} found there already, not sent again" if result.found else "")
             + f"; models: {models}; journal: {plain(result.journal)}",
             soft_wrap=True,
         )

@@ -137,8 +137,24 @@ class AnnotationsClient:
     def by_generator(self, generator: str) -> list[str]:
         """The ids of every annotation whose generator is ``generator`` (a model's), as the search finds them; an
         item the search answers with another generator is not taken."""
+        return [str(item["id"]) for item in self.made_by(generator)]
+
+    def made_by(self, generator: str) -> list[dict[str, Any]]:
+        """Every annotation whose generator is ``generator``, as the search finds them (``{"id": ...}`` alone where
+        the API answers with ids); an item the search answers with another generator is not taken."""
         found = self.search(f"generator_uri:{_quoted(generator)}")
-        return [str(item["id"]) for item in found if "generator" not in item or _generator_of(item) == generator]
+        return [item for item in found if "generator" not in item or _generator_of(item) == generator]
+
+    def exists(self, identifier: int) -> bool:
+        """Whether the API holds annotation ``identifier``: False only where it says so (404, 410 as its own JSON
+        error), not where any web server says "not found"."""
+        response = self._request("GET", f"/annotation/{identifier}")
+        if response.status_code == 200:
+            return True
+        if response.status_code in (404, 410):
+            self._refuse_no_api(response, "GET", f"/annotation/{identifier}", unless_json=True)
+            return False
+        raise AnnotationsError(response.status_code, _reason(response))
 
     def search(self, query: str) -> list[dict[str, Any]]:
         """Every annotation the search finds (``{"id": ...}`` where the API answers with ids alone), page by page

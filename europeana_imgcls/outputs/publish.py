@@ -71,7 +71,9 @@ class PublishReport:
     annotations: int = 0  # in the file (each canonical IRI once)
     sent: int = 0  # stored on the API by this run
     published_before: int = 0  # by an earlier run
-    found: int = 0  # of an upload an earlier run did not see end: found on the API, not sent again
+    # found on the API, not sent again: of an upload an earlier run did not see end, or sent from another file (or
+    # by a run whose journal was lost) by the same model
+    found: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # canonical IRI, the API's message
     changed: list[str] = field(default_factory=list)  # published, and what the API keeps of it changed since
     models: Counter[str] = field(default_factory=Counter)
@@ -230,7 +232,7 @@ def publish(config: PublishConfig) -> PublishReport:
     with _client(config) as client, journal.open():
         state = _states(journal, config.annotation_api)
         report.published_before = sum(isinstance(state.get(c), Published) for c in items)  # before any is found
-        report.found = _settle(journal, client, state)
+        report.found = _settle(journal, client, state) + _reconcile(journal, client, items, state)
         report.changed = _changed(items, state)
         todo = [item for canonical, item in items.items() if not isinstance(state.get(canonical), Published)]
         with progress_bar(config.quiet, transient=True) as bar:  # the summary says what was done
@@ -398,6 +400,47 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]
         state[canonical] = settled
     journal.flush()
     return found
+
+
+def _reconcile(
+    journal: Journal, client: AnnotationsClient, items: dict[str, dict[str, Any]], state: dict[str, State]
+) -> int:
+    """The journal is one file's: set against what the API holds of the file's models (their generators, as the
+    search finds them). An annotation the API holds already (sent from another file, or by a run whose journal was
+    lost: the same record, concept and model) is recorded as published, not sent again; one the journal says is
+    published that the API no longer holds (withdrawn by the model's generator, which writes no journal) is sent
+    again. The search's index may lag behind the latest uploads: an annotation it does not list is asked for by its
+    id before it counts as gone. How many were found."""
+    held: dict[tuple[str | None, str | None], str] = {}
+    listed: set[int | None] = set()
+    for generator in sorted({item["generator"]["id"] for item in items.values()}):
+        for online in client.made_by(generator):
+            held.setdefault((record_of(online), _concept(online)), str(online["id"]))
+            listed.add(annotation_number(online["id"], client.api_url))
+    found = 0
+    for canonical, item in items.items():
+        last = state.get(canonical)
+        settled: State | None = None
+        if isinstance(last, Published):
+            number = annotation_number(last.id, client.api_url)
+            if number is not None and number not in listed and not client.exists(number):
+                settled = Unsent(state="unsent", model=last.model)
+        elif not isinstance(last, Rejected) and (record_of(item), _concept(item)) in held:
+            annotation_id = held[(record_of(item), _concept(item))]
+            settled = Published(state="published", id=annotation_id, model=_model(item), digest=_digest(item))
+            found += 1
+        if settled is not None:
+            _append(journal, canonical, settled)
+            state[canonical] = settled
+    journal.flush()
+    return found
+
+
+def _concept(item: dict[str, Any]) -> str | None:
+    """The concept an annotation tags its record with (its body's source; a body that is the URI itself)."""
+    body = item.get("body")
+    concept = body.get("source") if isinstance(body, dict) else body
+    return concept if isinstance(concept, str) else None
 
 
 # ---------------------------------------------------------------------------------------------

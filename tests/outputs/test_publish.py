@@ -120,7 +120,8 @@ def test_a_publish_stopped_mid_upload_leaves_exactly_one_copy_of_each(
     path = _fresh_copy(enriched, tmp_path)
     total = len(_items(path))
     with Sandbox(sandbox_config(per_level=2)) as sb:
-        sb.hold_after(1, ANNOTATION_PATHS)  # the first batch goes through, the second waits at the server
+        # The search for what the model has online and the first batch go through, the second waits at the server.
+        sb.hold_after(2, ANNOTATION_PATHS)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EUROPEANA_ANNOTATION_TOKEN": SANDBOX_TOKEN}
         proc = subprocess.Popen(
             [
@@ -332,6 +333,7 @@ def test_withdraw_deletes_nothing_it_cannot_name(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.jsonl", _made(3))
     with Sandbox(sandbox_config(per_level=2)) as sb:
         publish(_config(path, sb))
+        asked = sb.count("/annotation/")  # publish's search for what the model has online
         folder = tmp_path / "forged.published"
         folder.mkdir()
         (folder / "settings.json").write_text(json.dumps({"annotation_api": sb.base_url}))
@@ -345,7 +347,7 @@ def test_withdraw_deletes_nothing_it_cannot_name(tmp_path: Path) -> None:
             app, ["withdraw", str(folder), "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV
         )
         assert result.exit_code == 1 and "no annotation of model" in _one_line(result)
-        assert len(sb.annotations.live()) == 3 and sb.count("/annotation/") == 0
+        assert len(sb.annotations.live()) == 3 and sb.count("/annotation/") == asked
 
 
 def test_withdraw_without_the_journals_finds_the_models_annotations_by_their_generator(tmp_path: Path) -> None:
@@ -369,6 +371,41 @@ def test_withdraw_without_the_journals_finds_the_models_annotations_by_their_gen
         assert len(left) == 5 and all(MODEL_B in a["generator"]["id"] for a in left)
         again = runner.invoke(app, ["withdraw", "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV)
         assert again.exit_code == 0 and again.stdout.startswith("0 annotations"), again.output
+
+
+def test_what_the_api_holds_already_is_not_sent_again_from_another_file_or_a_lost_journal(tmp_path: Path) -> None:
+    """The journal is one file's: the same annotations in a second file (a copy, another enrich of the same records
+    by the same model), or the first file after its journal was lost, were all sent again, and Europeana held each
+    twice. Publish asks the API what the model's generator holds before it sends."""
+    import shutil
+
+    first = _write(tmp_path / "a.jsonl", _made(130))
+    copy = _write(tmp_path / "copy.jsonl", _made(130))
+    overlapping = _write(tmp_path / "more.jsonl", _made(20, start=120))  # 10 held already, 10 new
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        assert publish(_config(first, sb)).sent == 130
+        again = publish(_config(copy, sb))
+        assert again.sent == 0 and again.found == 130 and len(sb.annotations.live()) == 130
+        more = publish(_config(overlapping, sb))
+        assert (more.sent, more.found) == (10, 10) and len(sb.annotations.live()) == 140
+        shutil.rmtree(tmp_path / "a.jsonl.published")
+        assert publish(_config(first, sb)).sent == 0 and len(sb.annotations.live()) == 140
+        assert publish(_config(copy, sb)).sent == 0  # its journal knows them now: nothing asked, nothing sent
+        assert len(sb.annotations.live()) == 140
+
+
+def test_after_withdraw_by_the_models_generator_publish_sends_them_again(tmp_path: Path) -> None:
+    """eic withdraw --model (no files) deletes by the API's search and writes no journal: publish then trusted its
+    journal, said every annotation was online and sent none. What its journal says is published and the API has
+    no more is sent again."""
+    path = _write(tmp_path / "a.jsonl", _made(12))
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        publish(_config(path, sb))
+        result = CliRunner().invoke(app, ["withdraw", "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV)
+        assert result.exit_code == 0 and not sb.annotations.live(), result.output
+        again = publish(_config(path, sb))
+        assert again.sent == 12 and len(sb.annotations.live()) == 12
+        assert publish(_config(path, sb)).sent == 0 and len(sb.annotations.live()) == 12
 
 
 def test_a_file_whose_journal_is_missing_says_how_to_withdraw_without_it(tmp_path: Path) -> None:
@@ -647,6 +684,9 @@ def test_a_mutated_publication_journal_works_or_is_refused_in_one_line(sandbox: 
     with scratch() as folder:
         path = _write(folder / "a.jsonl", _made(4))
         api = ["--annotation-api", sandbox.base_url]
+        # What an earlier example's mutated journal left online goes first: publish would find it there and
+        # write another journal than the one drawn on.
+        assert CliRunner().invoke(app, ["withdraw", "--model", MODEL_A, *api], env=ENV).exit_code == 0
         assert CliRunner().invoke(app, ["publish", str(path), "--batch-size", "2", *api], env=ENV).exit_code == 0
         journal = folder / "a.jsonl.published"
         part = journal / "part.ndjson"
