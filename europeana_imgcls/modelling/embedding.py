@@ -311,6 +311,13 @@ class TimmWeights(Sidecar):
     weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
+class _EmbedSettings(Sidecar):
+    """Of eic embed's settings in the sidecar, what a reader uses: the folder as the command was given it, which
+    the table's paths begin with."""
+
+    data_dir: str | None = Field(None, max_length=4096)
+
+
 class EmbeddingSidecar(Sidecar):
     """``NAME.embedding.json``: what made an embeddings table (tables from before the format tag read as this
     one). Backbone fields may be absent (a table made elsewhere); what is there is of the right kind."""
@@ -325,6 +332,8 @@ class EmbeddingSidecar(Sidecar):
     classes: list[str] | None = Field(None, max_length=100_000)
     dim: StrictInt | None = Field(None, ge=1)
     timm: TimmWeights | None = None
+    data_dir: str | None = Field(None, max_length=4096)  # the folder embedded, resolved (eic embed's tables)
+    config: _EmbedSettings | None = None
 
     @model_validator(mode="after")
     def _distinct_classes(self) -> EmbeddingSidecar:

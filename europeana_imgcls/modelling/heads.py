@@ -94,6 +94,29 @@ def train_heads(
     return results
 
 
+def _rows_of(paths: list[str], meta: dict[str, Any], config: TrainConfig, images: list[Path]) -> list[int | None]:
+    """Each of the run's images' row in an embeddings table, or None. The table holds each path as eic embed was
+    given it, relative to where it ran: it is matched under the folder it was made from (its sidecar's
+    ``data_dir``), which must be this run's, not by what the path names from here (another project's images of
+    the same names, say)."""
+    made_from, given = meta.get("data_dir"), (meta.get("config") or {}).get("data_dir")
+    if isinstance(made_from, str) and Path(made_from).resolve() != config.data_dir.resolve():
+        raise DatasetError(
+            f"{config.embeddings} was embedded from {made_from}, not {config.data_dir.resolve()}: run eic embed on "
+            "this run's folder"
+        )
+    if isinstance(made_from, str) and isinstance(given, str):  # each path as data_dir / the image's place in it
+        base = Path(given)
+        where = {
+            (Path(path).relative_to(base) if Path(path).is_relative_to(base) else Path(path)).as_posix(): row
+            for row, path in enumerate(paths)
+        }
+        return [where.get(p.relative_to(config.data_dir).as_posix()) for p in images]
+    # A table from before its sidecar named the folder: paths matched by where they point from here.
+    where = {str(Path(path).resolve()): row for row, path in enumerate(paths)}
+    return [where.get(str(p.resolve())) for p in images]
+
+
 def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device) -> _Embedded:
     """The run's images' embeddings: from ``config.embeddings`` (checked) or computed and kept in the run."""
     arch = get_arch(config.arch)
@@ -107,9 +130,7 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
                 f"{config.embeddings}: its vectors have {found.shape[1]} numbers, but {config.arch}'s features "
                 f"have {expected}: run eic embed again with this run's arch"
             )
-        # Paths as each command was given them: match where they point, not how they were typed.
-        where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
-        rows = [where.get(str(p.resolve())) for p in images.paths]
+        rows = _rows_of(table["image"].to_list(), meta, config, images.paths)
         # eic embed leaves out what it cannot decode: such an image is unreadable here too, as when training
         # embeds the folder itself. An absent image that decodes was never embedded.
         missing = [p for row, p in zip(rows, images.paths, strict=True) if row is None and decodes(p)]
