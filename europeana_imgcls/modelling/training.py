@@ -12,9 +12,11 @@ only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -715,10 +717,11 @@ def _finish_split(
     scores, extra = score_split(images, split, folder, test, val)
     # A resumed split may hold a temperature already: the new values win.
     save_checkpoint(folder.model, model, best.meta.model_copy(update=extra))
-    write_split_metrics(folder, scores, split, state.epoch, state.best_epoch, state.best_loss, extra["temperature"])
     plot_curves(state.history, folder.curves, state.best_epoch)
     if config.gradcam_images:
         _gradcam(model, config, images.subset(split.test), test, images.classes, folder.gradcam, forward.to_model)
+    # Last: metrics.json is what marks the split finished, so a split stopped before it is done again on resume.
+    write_split_metrics(folder, scores, split, state.epoch, state.best_epoch, state.best_loss, extra["temperature"])
     folder.last.unlink(missing_ok=True)  # the split is finished; model.pt is what stays
     return scores
 
@@ -752,13 +755,29 @@ def _gradcam(
     for n, (k, path, heat) in enumerate(zip(order, paths, maps, strict=True)):
         truth = test_images.task.truth_text(test.truth[k], classes).replace(" ", "+") or "none"
         pred, confidence = classes[predicted[n]], float(test.probs[k].max())
-        name = f"{n:03d}_true-{truth}_pred-{pred}_{confidence:.2f}.jpg"
         title = f"{record_id_of(path.name) or path.name} · true {truth}"
         save_figure(
             figure(load_image(path, TILE, keep_aspect=True), [heat], [f"predicted {pred} {confidence:.2f}"], title),
-            folder / name,
+            folder / figure_name(n, truth, pred, confidence),
             title,
         )
+
+
+NAMED = 40  # the most characters of a class a figure's file name holds (its title holds the whole)
+
+
+def figure_name(n: int, truth: str, predicted: str, confidence: float) -> str:
+    """A Grad-CAM figure's file name, with its true and predicted classes as the pilot's had them: each reduced to
+    what a file name may hold, and cut (with a digest of the whole) past ``NAMED`` characters, so that any class
+    name (250 characters, a slash, a multi-label image's labels together) makes a name the disk takes."""
+
+    def part(text: str) -> str:
+        safe = re.sub(r"[^\w.+-]", "_", text)
+        if len(safe) <= NAMED:
+            return safe
+        return f"{safe[: NAMED - 9]}~{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+    return f"{n:03d}_true-{part(truth)}_pred-{part(predicted)}_{confidence:.2f}.jpg"
 
 
 def _agreed(value: float, device: torch.device, world: Dist) -> float:

@@ -326,6 +326,23 @@ def test_train_resume_refuses_a_data_folder_whose_images_changed(tmp_path: Path)
     train(config(data, run, **settings, resume=True))  # as it was: the same run goes on
 
 
+def test_a_grad_cam_figure_of_any_class_name_has_a_file_name_the_disk_takes(tmp_path: Path) -> None:
+    """Figure names held the true and predicted classes: a class of 250 characters made a name the file system
+    refused, after the split's metrics were written, and a resume failed the same way in the next split. A
+    multi-label image's labels, joined, did the same at the default eight figures."""
+    long, odd = "b" * 250, "a/b:c"
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    (data / "map").rename(data / long)
+    report = train(config(data, tmp_path / "run", epochs=1, crossvalidation=False, gradcam_images=6))
+    figures = sorted((tmp_path / "run" / "split_0" / "gradcam").iterdir())
+    assert report.splits and len(figures) == 6 and all(len(f.name.encode()) <= 120 for f in figures)
+    from europeana_imgcls.datasets.tasks import task_for
+
+    labels = task_for("multi-label").truth_text(np.ones(3), [long, odd, "x"])  # what a multi-label figure names
+    for name in (training.figure_name(3, labels, odd, 0.5), training.figure_name(0, odd, long, 0.25)):
+        assert name.startswith(("003_", "000_")) and "/" not in name and len(name.encode()) <= 120, name
+
+
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
     from europeana_imgcls.cli.app import app
 
