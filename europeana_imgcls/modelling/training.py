@@ -266,6 +266,18 @@ class SplitLoaders:
     train: torch.utils.data.DataLoader
     val: torch.utils.data.DataLoader
     test: torch.utils.data.DataLoader
+    seed: int = 0  # of the training part's shuffle
+
+    def start_epoch(self, epoch: int) -> None:
+        """The training part's order for ``epoch``, from the seed and the epoch alone: a split resumed at that
+        epoch sees its images in the order a run never stopped did (a distributed sampler is told the epoch)."""
+        sampler = self.train.sampler
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.set_epoch(epoch)
+            return
+        generator = getattr(getattr(self.train, "loader", self.train), "generator", None)
+        if generator is not None:
+            generator.manual_seed(self.seed * 1_000_003 + epoch)
 
 
 def fit(
@@ -287,12 +299,10 @@ def fit(
     net = nn.parallel.DistributedDataParallel(training.model, device_ids=ids) if world.active else training.model
     stepped = replace(training, model=net)
     scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
-    sampler = loaders.train.sampler
     for epoch in range(state.epoch, stopping.epochs):
         if stopping.out_of_patience(state):
             break
-        if isinstance(sampler, torch.utils.data.DistributedSampler):
-            sampler.set_epoch(epoch)
+        loaders.start_epoch(epoch)
         tick = (lambda loss, n, epoch=epoch: on_batch(epoch, loss, n)) if on_batch else None
         stats = train_one_epoch(stepped, loaders.train, forward, scaler, tick)
         val = evaluate_loader(training.model, loaders.val, training.criterion, forward)
@@ -694,6 +704,7 @@ def _loaders(
         make_loader(train_set, reading, shuffle=True, sampler=sampler, drop_last=drop_last),
         make_loader(dataset(split.val), reading, shuffle=False),
         make_loader(dataset(split.test), reading, shuffle=False),
+        seed=reading.seed,
     )
 
 
