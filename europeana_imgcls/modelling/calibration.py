@@ -309,11 +309,27 @@ def _warn_if_exported_before(run: Path, calibration: Calibration) -> None:
             )
 
 
+def read_run_calibration(run: Path) -> Calibration:
+    """``run``'s calibration.json, read typed and held to the run: its temperatures are each finished split's own
+    (a calibration copied from another run, or left from splits trained again since, names another model's
+    thresholds, and enrich would publish at a precision nobody measured)."""
+    path = RunFolder(run).calibration
+    calibration = Calibration.read(path)
+    for split in RunFolder(run).finished_splits():
+        kept = calibration.temperatures.get(split.name)
+        if kept is None or not math.isclose(kept, split.read_temperature(), rel_tol=1e-9):
+            raise CalibrationError(
+                f"{path} is not this run's calibration ({split.name}'s temperature there is not the split's): "
+                f"calibrate the run again (eic calibrate {run} --overwrite)"
+            )
+    return calibration
+
+
 def load_calibration(run: Path, precision: float | None = None) -> Calibration:
     """The run's calibration; recomputed from its out-of-fold predictions for another precision target."""
     path = RunFolder(run).calibration
     if path.is_file():
-        calibration = Calibration.read(path)
+        calibration = read_run_calibration(run)
         if precision is None or math.isclose(precision, calibration.precision_target):
             return calibration
     return calibrate_run(run, precision if precision is not None else 0.95, write=False)

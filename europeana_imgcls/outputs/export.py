@@ -36,7 +36,7 @@ from ..core.outputs import OutputKind, absolute, build_folder
 from ..core.run_names import SPLIT_GLOB
 from ..core.tables import write_json
 from ..core.version import __version__
-from ..modelling.calibration import Calibration
+from ..modelling.calibration import Calibration, read_run_calibration
 from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256
 from . import quantise
 from .inference import Ensemble, RunModel, chosen_splits, load_run
@@ -260,7 +260,7 @@ def _calibration(run: RunFolder) -> Calibration | None:
             run.path,
         )
         return None
-    return Calibration.read(run.calibration)
+    return read_run_calibration(run.path)
 
 
 class _Graph(nn.Module):

@@ -361,14 +361,14 @@ def _cams(splits: list[SplitFolder], images: Images) -> dict[str, int]:
 
 
 def _calibrated(config: ReportConfig, task: Task, notes: list[str]) -> Calibrated | None:
-    from ..modelling.calibration import Calibration, out_of_fold
+    from ..modelling.calibration import out_of_fold, read_run_calibration
 
     run = RunFolder(config.run)
     if not run.calibration.is_file():
         notes.append("The run is not calibrated: `eic calibrate RUN` draws the reliability and precision curves.")
         return None
     try:
-        calibration = Calibration.read(run.calibration)
+        calibration = read_run_calibration(config.run)
         oof = out_of_fold(config.run)
     except (CalibrationError, ModelError, OSError, ValueError, KeyError, TypeError) as exc:  # a damaged run
         notes.append(f"Calibration left out: {exc}")

@@ -4,6 +4,7 @@ cross-validated run of the sandbox's records."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,25 @@ def test_calibrate_keeps_the_runs_calibration_unless_asked(world, tmp_path: Path
     assert json.loads((run / "calibration.json").read_text())["precision_target"] == 0.5
     again = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.5"])  # the same target: no harm
     assert again.exit_code == 0, again.stderr
+
+
+def test_a_calibration_of_another_run_is_refused_in_one_line(trained_run: Path, tmp_path: Path) -> None:
+    """calibration.json names no model: another run's, copied in (or the run's splits trained again since), gave
+    enrich another model's thresholds and published at a precision nobody measured. Its temperatures are each
+    split's own: a calibration whose temperatures are not the run's splits' is refused."""
+    import shutil
+
+    from europeana_imgcls.core.config import ExportConfig
+    from europeana_imgcls.modelling.calibration import load_calibration
+    from europeana_imgcls.outputs.export import export
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    load_calibration(run)  # its own
+    calibration = json.loads((run / "calibration.json").read_text())
+    calibration["temperatures"] = {name: t * 3 for name, t in calibration["temperatures"].items()}
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    said = "is not this run's calibration (split_0's temperature there is not the split's)"
+    for check in (lambda: load_calibration(run), lambda: export(ExportConfig(run=run, quiet=True))):
+        with pytest.raises(CalibrationError, match=re.escape(said)):
+            check()
+    assert not (run / "onnx").exists()
