@@ -32,7 +32,7 @@ from ..core.config import EnrichConfig, InputSettings, PredictConfig
 from ..core.errors import CalibrationError, ConfigError, DatasetError
 from ..core.journal import json_line
 from ..core.naming import record_id_of
-from ..core.outputs import REVIEW_TASKS, OutputKind, claim
+from ..core.outputs import REVIEW_TASKS, OutputKind, absolute, claim
 from ..core.tables import atomic_path, read_table, table_columns
 from ..core.version import HOMEPAGE, __version__
 from ..europeana.annotations import (
@@ -210,6 +210,14 @@ def _check_outputs(config: EnrichConfig, predictions: Path) -> None:
     if not (config.inputs or config.table or config.query):
         raise ConfigError("nothing to enrich: give image files, folders or URLs, or `table`, or `query`")
     resume = config.resume or config.shard is not None  # shards share the folder; their journal minds their parts
+    if config.review_output is not None and absolute(config.review_output) in (
+        absolute(config.output),
+        absolute(predictions),
+    ):
+        raise ConfigError(
+            f"`review_output` {config.review_output} and the annotations ({config.output}) or the predictions "
+            f"they are made from ({predictions}) would be one file: give the review tasks another name"
+        )
     for path, kind, option in (
         (config.output, ANNOTATIONS, "output"),
         (predictions, PREDICTIONS, "output"),

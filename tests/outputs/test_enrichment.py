@@ -529,6 +529,19 @@ def test_enrich_refuses_a_probability_that_is_no_probability_in_one_line(
     assert out.read_bytes() == source.read_bytes()
 
 
+def test_outputs_of_one_enrich_that_are_one_file_are_refused_before_any_work(enriched, tmp_path: Path) -> None:
+    """--review-output naming --output (or the predictions file resume needs) replaced the annotations with review
+    tasks, and the command said it had written the annotations."""
+    out = tmp_path / "out.jsonld"
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    args = ["enrich", str(enriched["trained_run"]), str(enriched["images"]), "-o", str(out), "--vocab", str(vocab)]
+    for review in (out, tmp_path / "out.predictions.jsonl", tmp_path / "." / "out.jsonld"):
+        line = _one_line(CliRunner().invoke(app, [*args, "--review-output", str(review), "--quiet"]))
+        assert "--review-output" in line and "one file" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab.json"]
+
+
 @pytest.mark.parametrize("damage", ["cut", "not an object", "no image"])
 def test_a_damaged_line_of_the_predictions_file_is_one_line_on_resume(enriched, tmp_path: Path, damage: str) -> None:
     """The predictions file eic enrich --resume (and eic predict --resume) reads back, with a line cut short, a line
