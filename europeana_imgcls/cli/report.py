@@ -283,7 +283,7 @@ def print_enrichment(console: Console, result: EnrichReport) -> None:
     console.print(
         f"{result.labelled} of {result.records} records labelled ({share:.1%}) at precision "
         f"{result.precision_target:.2f}, {result.abstained} abstained; {result.annotations} annotations written to "
-        f"{plain(result.output)} by {model} (model {plain(result.model_id)})"
+        f"{plain(result.output)} by {model} (model {plain(result.model_id)}, {plain(result.engine)})"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (f"; {len(result.unreadable)} unreadable" if result.unreadable else "")
         + (f"; {result.not_fetched} could not be fetched" if result.not_fetched else "")

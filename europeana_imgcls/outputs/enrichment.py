@@ -96,6 +96,7 @@ class EnrichReport:
     precision_target: float = 0.0
     never_emitted: list[str] = field(default_factory=list)
     shard: str | None = None  # a shard's run journals its records; the merging run writes the annotations
+    engine: str = "PyTorch"  # what computed the probabilities: the runtime, and float32 or int8 for an export
 
 
 class CalibratedRows(Rows):
@@ -154,13 +155,16 @@ def enrich(config: EnrichConfig) -> EnrichReport:
         predictions,
         model_id=predicted.model_id,
         splits=predicted.splits,
+        engine=predicted.engine,
         unreadable=predicted.unreadable,
         not_fetched=predicted.not_fetched,
         already_done=predicted.already_done,
         precision_target=calibration.precision_target,
         never_emitted=[c.name for c in calibration.per_class if c.threshold is None],
     )
-    model = ModelInfo(report.model_id, config.run.resolve().name, predicted.splits, calibration.precision_target)
+    model = ModelInfo(
+        report.model_id, config.run.resolve().name, predicted.splits, calibration.precision_target, predicted.engine
+    )
     review = _ReviewQueue(config.review_n)
     with atomic_path(config.output) as tmp, tmp.open("w", encoding="utf-8") as handle:
         writer = _AnnotationWriter(handle, fmt, config.profile, model)
@@ -350,6 +354,7 @@ class ModelInfo:
     run: str
     splits: list[str]
     precision_target: float
+    engine: str = "PyTorch"  # what computed the probabilities (an int8 export's may cross a threshold float32's do not)
 
     @property
     def iri(self) -> str:
@@ -404,6 +409,7 @@ def annotation(
             NS + "precisionTarget": model.precision_target,
             NS + "run": model.run,
             NS + "splits": model.splits,
+            NS + "engine": model.engine,
             NS + "software": SOFTWARE,
         },
     }

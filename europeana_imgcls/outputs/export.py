@@ -311,6 +311,10 @@ def _label_file(onnx: Any, path: Path, model_id: str, model: RunModel) -> Any:
     (its tensor data, where kept outside, not loaded)."""
     proto = onnx.load(str(path), load_external_data=False)  # tensors kept outside stay where they are
     props = {"model_id": model_id, "split": model.split, "producer": f"eic {__version__}"}
+    # What its labels mean, in the file its digest covers: a sidecar edited since (classes swapped, another
+    # temperature) is known by the runtimes that open it.
+    props["classes"] = json.dumps(list(model.classes))
+    props["temperature"] = repr(float(model.temperature))
     if model.meta.timm is not None:
         props["timm"] = json.dumps(model.meta.timm, sort_keys=True)
     onnx.helper.set_model_props(proto, props)

@@ -118,6 +118,11 @@ class SplitModel(ABC):
         checkpoints): a runtime that runs other files names them here, so that a resume never mixes two."""
         return {}
 
+    def engine(self) -> str:
+        """What computes its labels, in words (a summary, an annotation's model block): the runtime and, for an
+        export, whether its file is float32 or int8, whose labels may differ at a threshold."""
+        return "PyTorch"
+
     def explainer(self, method: str) -> AbstractContextManager[Explainer]:
         """Heatmaps by ``method`` (gradcam, ...), for a runtime that ``explains``."""
         raise ModelError(f"{self.split}: this runtime draws no heatmaps; label with the run's PyTorch models")

@@ -10,6 +10,7 @@ metadata), so an ONNX file from another run, or a sidecar beside the wrong files
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -213,6 +214,7 @@ class OnnxModel(ArrayModel):
 
     session: Any = None
     sha256: str = ""  # the file's: an output's later runs must use the same file (float32 or int8)
+    precision: str = "float32"  # or "int8 (static)", "int8 (dynamic)": its export's sidecar says
 
     files_option: ClassVar[str | None] = "onnx_model"
 
@@ -226,6 +228,9 @@ class OnnxModel(ArrayModel):
 
     def journal_identity(self) -> dict[str, str]:
         return {"onnx_files": self.sha256}
+
+    def engine(self) -> str:
+        return f"ONNX Runtime, {self.precision}"
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,7 @@ def load_export(
     for file in export_files(run, given, which, model_id):
         runner = session(file.path, where)
         file.check_said(runner.get_modelmeta().custom_metadata_map)
-        models.append(OnnxModel(file.exported.split, file.meta, runner, file.exported.sha256))
+        models.append(OnnxModel(file.exported.split, file.meta, runner, file.exported.sha256, file.precision))
     return models
 
 
@@ -294,6 +299,12 @@ class ExportFile:
     def meta(self) -> CheckpointMeta:
         return self.exported.checkpoint()  # checked when the sidecar was read
 
+    @property
+    def precision(self) -> str:
+        """float32, or int8 and how it was made, as its sidecar records."""
+        int8 = self.exported.int8
+        return "float32" if int8 is None else f"int8 ({int8.method})"
+
     def check_said(self, said: Mapping[str, Any]) -> None:
         """What the file says of itself (its ONNX metadata, as the runtime that opened it reads it) is what the
         sidecar describes: a file moved beside another run's sidecar is refused."""
@@ -303,6 +314,25 @@ class ExportFile:
                 f"{self.path} says it is {split} of model {model_id}, but {self.path.parent / SIDECAR} "
                 f"describes {self.exported.split} of model {self.sidecar.model_id}: export the run again"
             )
+        differ = _what_differs(said, self.meta)  # an export from before the file said them: not known
+        if differ:
+            raise ModelError(
+                f"{self.path} says other {differ} than {self.path.parent / SIDECAR} gives its {split}: the "
+                "sidecar was edited since the export; export the run again"
+            )
+
+
+def _what_differs(said: Mapping[str, Any], meta: CheckpointMeta) -> str:
+    """Which of the classes and the temperature an ONNX file says (where it says them) the sidecar's differ from."""
+    differ = []
+    try:
+        if "classes" in said and json.loads(said["classes"]) != list(meta.class_names):
+            differ.append("classes")
+        if "temperature" in said and not math.isclose(float(said["temperature"]), meta.temperature, rel_tol=1e-9):
+            differ.append("temperature")
+    except (ValueError, TypeError):
+        differ.append("classes or temperature (unreadable there)")
+    return " and ".join(differ)
 
 
 def export_files(run: Path, given: Path | None, which: str, model_id: str) -> list[ExportFile]:

@@ -48,6 +48,7 @@ class OpenVinoModel(ArrayModel):
 
     runner: Compiled | None = None
     sha256: str = ""  # the ONNX file's: an output's later runs must use the same file (float32 or int8)
+    precision: str = "float32"  # or "int8 (static)", "int8 (dynamic)": its export's sidecar says
 
     files_option: ClassVar[str | None] = "onnx_model"  # the export ``runtime`` onnx runs
 
@@ -59,7 +60,7 @@ class OpenVinoModel(ArrayModel):
         models = []
         for file in export_files(request.run, request.files, request.split, request.run_id):
             runner = compile_onnx(file.path, file.meta.input_size, file)
-            models.append(cls(file.exported.split, file.meta, runner, file.exported.sha256))
+            models.append(cls(file.exported.split, file.meta, runner, file.exported.sha256, file.precision))
         return models
 
     def logits(self, pixels: Pixels) -> np.ndarray:
@@ -68,6 +69,9 @@ class OpenVinoModel(ArrayModel):
 
     def journal_identity(self) -> dict[str, str]:
         return {"onnx_files": self.sha256}  # the runtime itself is in the journal's settings (``runtime_settings``)
+
+    def engine(self) -> str:
+        return f"OpenVINO, {self.precision}"
 
 
 class Compiled:

@@ -71,6 +71,7 @@ class PredictReport:
     shard: str | None = None  # a shard's rows stay in its journal part until a run without shard merges them
     journal: Path | None = None
     model_id: str = ""  # the digest of the run's checkpoints that labelled
+    engine: str = "PyTorch"  # what computed the labels: the runtime, and float32 or int8 for an export
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """The labelled rows of the output, read one at a time (a run over millions stays in the file)."""
@@ -162,7 +163,9 @@ def _predict(config: PredictConfig, device: str | torch.device, world: Dist, mak
     request = ModelRequest(config.run, device, config.split, config.amp, digest, config.onnx_model)
     models = load_models(config.runtime, request)
     rows = make_rows(models, config)
-    report = PredictReport(config.output, splits=models.splits, shard=config.shard, model_id=digest)
+    report = PredictReport(
+        config.output, splits=models.splits, shard=config.shard, model_id=digest, engine=models[0].engine()
+    )
     items, report.not_fetched = gather(config, world)
     journal = output_journal(config, digest, rows.columns, world, models)
     report.journal = journal.folder

@@ -542,6 +542,31 @@ def test_outputs_of_one_enrich_that_are_one_file_are_refused_before_any_work(enr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab.json"]
 
 
+@pytest.mark.slow(seconds=3)  # an int8 export, then enrich with it
+def test_annotations_and_the_summary_say_what_computed_them(enriched, tmp_path: Path) -> None:
+    """An int8 file may put a record over a threshold that float32 does not: enrich with one said nothing of it,
+    and its annotations named the same model as PyTorch's. The summary and each annotation's model block say the
+    runtime and whether its file is int8."""
+    import shutil
+
+    from europeana_imgcls.core.config import ExportConfig
+    from europeana_imgcls.outputs.export import export
+
+    run = Path(shutil.copytree(enriched["trained_run"], tmp_path / "run"))
+    export(ExportConfig(run=run, output=run / "int8", quantize="dynamic", min_agreement=0.0, quiet=True))
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    common = ["--vocab", str(vocab), "--precision", "0.5"]
+    for runtime, files, engine in (("torch", [], "PyTorch"), ("onnx", ["--onnx-model", str(run / "int8")], None)):
+        engine = engine or "ONNX Runtime, int8 (dynamic)"
+        out = tmp_path / f"{runtime}.jsonl"
+        args = ["enrich", str(run), str(enriched["images"]), "-o", str(out), "--runtime", runtime, *files, *common]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0 and f", {engine})" in " ".join(result.stdout.split()), result.output
+        annotations = [json.loads(line) for line in out.read_text().splitlines()]
+        assert annotations and {a[MODEL][NS + "engine"] for a in annotations} == {engine}
+
+
 @pytest.mark.parametrize("damage", ["cut", "not an object", "no image"])
 def test_a_damaged_line_of_the_predictions_file_is_one_line_on_resume(enriched, tmp_path: Path, damage: str) -> None:
     """The predictions file eic enrich --resume (and eic predict --resume) reads back, with a line cut short, a line

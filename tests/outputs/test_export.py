@@ -561,3 +561,28 @@ def test_int8_is_held_to_the_annotations_enrich_emits_at_the_runs_thresholds(run
         line,
     ), line
     assert not (run / "q2").exists()
+
+
+@pytest.mark.parametrize("edit", ["classes swapped", "another temperature"])
+def test_a_sidecar_edited_to_say_other_classes_or_temperature_is_refused(
+    run: Path, images: Path, tmp_path: Path, edit: str
+) -> None:
+    """model.json's classes and temperature were trusted as read (its digest covers the files, not itself): with two
+    classes swapped in it, every label of an export came out as the other class, and a tiny temperature made every
+    record pass every threshold. The file says them too, where its digest covers them."""
+    export(ExportConfig(run=run, quiet=True))
+    sidecar_path = run / "onnx" / "model.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    for split in sidecar["splits"]:
+        meta = split["meta"]
+        if edit == "classes swapped":
+            meta["class_names"][0], meta["class_names"][1] = meta["class_names"][1], meta["class_names"][0]
+        else:
+            meta["temperature"] = 1e-30
+    if edit == "classes swapped":
+        sidecar["classes"][0], sidecar["classes"][1] = sidecar["classes"][1], sidecar["classes"][0]
+    sidecar_path.write_text(json.dumps(sidecar))
+    args = ["predict", str(run), str(images), "--runtime", "onnx", "-o", str(tmp_path / "p.csv")]
+    line = _one_line_refusal(args)
+    assert "the sidecar was edited since the export" in line and ("classes" in line or "temperature" in line), line
+    assert not (tmp_path / "p.csv").exists()
