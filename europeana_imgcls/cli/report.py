@@ -255,7 +255,7 @@ def print_prediction(console: Console, result: PredictReport) -> None:
     model = plain("an ensemble of " + ", ".join(result.splits) if len(result.splits) > 1 else result.splits[0])
     written = f"the journal {plain(result.journal)}" if result.shard else plain(result.output)
     console.print(
-        f"{result.predicted} images labelled with {model}; written to {written}"
+        f"{result.predicted} images labelled with {model} ({plain(result.engine)}); written to {written}"
         + (f"; {result.already_done} done earlier" if result.already_done else "")
         + (
             f"; {len(result.unreadable)} unreadable ({plain(', '.join(result.unreadable[:3]))}"

@@ -565,6 +565,9 @@ def test_annotations_and_the_summary_say_what_computed_them(enriched, tmp_path: 
         assert result.exit_code == 0 and f", {engine})" in " ".join(result.stdout.split()), result.output
         annotations = [json.loads(line) for line in out.read_text().splitlines()]
         assert annotations and {a[MODEL][NS + "engine"] for a in annotations} == {engine}
+        args = ["predict", str(run), str(enriched["images"]), "-o", str(tmp_path / f"{runtime}.csv"), "--runtime"]
+        said = CliRunner().invoke(app, [*args, runtime, *files])
+        assert said.exit_code == 0 and f"({engine})" in " ".join(said.stdout.split()), said.output
 
 
 @pytest.mark.parametrize("damage", ["cut", "not an object", "no image"])
