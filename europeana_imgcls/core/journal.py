@@ -216,6 +216,15 @@ class Journal:
             _refuse_unless_regular(self.part, self.what)  # appended to, trimmed: through a link it would be another
             if not resume:
                 self._fresh()
+            # A finished output whose records a resume takes in (predict's, enrich's, embed's): its journal's
+            # settings are what say which model wrote them.
+            adopts = found is Claim.RESUME and output is not None and output.read is not None
+            if adopts and output is not None and not (self.folder / SETTINGS).is_file():
+                raise DatasetError(
+                    f"{output.path} exists, but its journal ({self.folder}) no longer says "
+                    "what wrote it (its settings: the model, the runtime): a resume cannot tell whether its records "
+                    "are this run's; write to another output, or remove it and run again"
+                )
             self._check_settings()
             self._trim(self.part)
             self._handle = self.part.open("ab")
@@ -261,6 +270,11 @@ class Journal:
                 self._lock(lock.with_name(lock.name.removesuffix(".lock")))
 
     def _fresh(self) -> None:
+        if self.has_records() and self.shard is not None:  # the folder holds every shard's work, not this one's alone
+            raise DatasetError(
+                f"unfinished work on {self.what} is in {self.folder}, every shard's: pass `resume` to carry on shard "
+                f"{self.shard.index}/{self.shard.count} (deleting that folder would lose the other shards' work too)"
+            )
         if self.has_records():
             raise DatasetError(
                 f"unfinished work on {self.what} is in {self.folder} (an interrupted run, or shards "

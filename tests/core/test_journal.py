@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -327,6 +328,38 @@ def test_a_resume_takes_a_finished_output_in_once_and_a_parts_record_wins(tmp_pa
         resumed.merge(_writer(out))
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert rows == [{"key": "b", "n": 20}, {"key": "a", "n": 1}, {"key": "c", "n": 3}]
+
+
+def test_a_finished_output_whose_journal_is_gone_is_not_taken_in_by_a_resume(trained_run: Path, tmp_path: Path) -> None:
+    """The journal's settings name what wrote an output (the model, the runtime): with them gone, a resume recreated
+    them from its own run and took in every row another model had written, then credited them to itself. Without
+    its settings, a finished output is not carried on."""
+    from europeana_imgcls import PredictConfig, predict
+
+    from ..support import make_folders
+
+    images = make_folders(tmp_path / "images", per_class=2, size=40)
+    out = tmp_path / "p.jsonl"
+    predict(PredictConfig(run=trained_run, inputs=[str(images)], output=out, quiet=True))
+    before = out.read_bytes()
+    shutil.rmtree(tmp_path / "p.jsonl.journal")
+    for shard in (None, "0/2"):
+        with pytest.raises(DatasetError, match=r"p.jsonl exists, but its journal .* no longer says what wrote it"):
+            settings = dict(inputs=[str(images)], output=out, resume=True, quiet=True, shard=shard)
+            predict(PredictConfig(run=trained_run, **settings))
+    assert out.read_bytes() == before
+
+
+def test_a_shard_started_again_is_told_to_resume_never_to_delete_the_other_shards_work(tmp_path: Path) -> None:
+    folder = tmp_path / "out.jsonl.journal"
+    for index in range(2):
+        with journal(folder, Shard(index, 2)) as shard:
+            shard.append(f"k{index}", {"n": index})
+    with pytest.raises(DatasetError) as refused:
+        journal(folder, Shard(0, 2)).open(resume=False)
+    said = str(refused.value)
+    assert "pass `resume` to carry on shard 0/2" in said and "delete that folder to start again" not in said, said
+    assert len(list(folder.glob("part.shard-*.ndjson"))) == 2
 
 
 def test_an_existing_output_is_refused_without_resume_before_the_journal_is_touched(tmp_path: Path) -> None:

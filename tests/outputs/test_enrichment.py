@@ -520,6 +520,8 @@ def test_enrich_refuses_a_probability_that_is_no_probability_in_one_line(
     for row in rows:
         row["probabilities"] = {c: (value if i == 0 else p) for i, (c, p) in enumerate(row["probabilities"].items())}
     predictions.write_text("".join(json.dumps(r).replace('"' + value + '"', value) + "\n" for r in rows))
+    journal = f"{predictions.name}.journal"  # what says which model wrote them
+    shutil.copytree(source.with_name(journal), predictions.with_name(journal))
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps(VOCAB))
     args = ["enrich", str(enriched["trained_run"]), str(enriched["images"]), "-o", str(out), "--vocab", str(vocab)]
@@ -584,6 +586,8 @@ def test_a_damaged_line_of_the_predictions_file_is_one_line_on_resume(enriched, 
     row = json.loads(lines[2])
     lines[2] = {"cut": lines[2][:40], "not an object": "[1, 2]", "no image": json.dumps({**row, "image": None})}[damage]
     predictions.write_text("\n".join(lines) + "\n")
+    journal = f"{predictions.name}.journal"  # what says which model wrote them
+    shutil.copytree(source.with_name(journal), predictions.with_name(journal))
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps(VOCAB))
     args = ["enrich", str(enriched["trained_run"]), str(enriched["images"]), "-o", str(out), "--vocab", str(vocab)]
