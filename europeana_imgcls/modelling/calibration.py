@@ -204,7 +204,9 @@ def out_of_fold(run: Path) -> OutOfFold:
             f"{run}: no finished split ({FINISHED_SPLITS}); calibration needs a run trained by eic train"
         )
     config = splits[0].read_config()
-    if not config.get("crossvalidation", True) or len(splits) < int(config.get("folds", len(splits))):
+    # Judged by the finished splits, not by split 0's settings: a run of split 0 alone carried on to every split
+    # (a resume with cross-validation) holds every image in a test fold.
+    if len(splits) < int(config.get("folds", len(splits))):
         raise CalibrationError(
             f"{run} has out-of-fold predictions for {len(splits)} of {config.get('folds')} folds (trained with "
             "`crossvalidation` off, or unfinished): calibration needs every image in a test fold; train with "
@@ -236,14 +238,24 @@ def out_of_fold(run: Path) -> OutOfFold:
 
 def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     truths, probs, paths = [], [], []
-    for row in read_csv_rows(path):
+    for number, row in enumerate(read_csv_rows(path), 2):  # the header is line 1
         if not row.get("logits"):
             raise CalibrationError(
                 f"{path} has no logits column (the run was trained by an older eic): train it again to calibrate it"
             )
-        values = json.loads(row["logits"])
-        probs.append([values[c] for c in classes])
-        truths.append(task.truth_of(row["truth"], classes))
+        try:
+            values = json.loads(row["logits"])
+            logits = [float(values[c]) for c in classes]
+            truth = task.truth_of(row["truth"] or "", classes)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # read back: a row edited or damaged since
+            raise CalibrationError(
+                f"{path}, line {number}: not a test prediction eic writes ({type(exc).__name__}: {str(exc)[:80]}); "
+                "the run folder is damaged: train that split again"
+            ) from None
+        if not all(math.isfinite(v) for v in logits):
+            raise CalibrationError(f"{path}, line {number}: a logit is no finite number; train that split again")
+        probs.append(logits)
+        truths.append(truth)
         paths.append(row["image"])
     return np.asarray(truths), np.asarray(probs, dtype=np.float64), paths
 

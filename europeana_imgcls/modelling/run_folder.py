@@ -100,7 +100,15 @@ class SplitFolder:
         return read_object(self.config)
 
     def read_classes(self) -> list[str]:
-        return list(read_json(self.class_index))
+        """The split's classes in the order of its outputs (``class_index.json``: each name and its index)."""
+        index = read_json(self.class_index)
+        if not (
+            isinstance(index, dict)
+            and all(isinstance(name, str) for name in index)
+            and list(index.values()) == list(range(len(index)))
+        ):
+            raise ModelError(f"{self.class_index}: not a class index eic writes; the run folder is damaged")
+        return list(index)
 
     def read_metrics(self) -> dict[str, Any]:
         return read_object(self.metrics)

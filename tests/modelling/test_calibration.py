@@ -147,3 +147,46 @@ def test_a_calibration_of_another_run_is_refused_in_one_line(trained_run: Path, 
         with pytest.raises(CalibrationError, match=re.escape(said)):
             check()
     assert not (run / "onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "a truth of no class",
+        "logits a list",
+        "a class missing from the logits",
+        "a logit of text",
+        "class index a list",
+    ],
+)
+def test_a_damaged_test_fold_or_class_index_is_one_line(trained_run: Path, tmp_path: Path, damage: str) -> None:
+    """calibrate reads every split's test predictions and class index back: a damaged one was a ValueError,
+    TypeError or KeyError traceback."""
+    import csv
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    split = run / ("split_0" if damage == "class index a list" else "split_1")  # the classes are split 0's
+    if damage == "class index a list":
+        (split / "class_index.json").write_text("[1, 2]")
+    else:
+        with (split / "test_predictions.csv").open(newline="") as handle:
+            table = list(csv.DictReader(handle))
+        row, logits = table[2], json.loads(table[2]["logits"])
+        first = next(iter(logits))
+        if damage == "a truth of no class":
+            row["truth"] = "zzz"
+        elif damage == "logits a list":
+            row["logits"] = "[1, 2, 3]"
+        elif damage == "a class missing from the logits":
+            row["logits"] = json.dumps({k: v for k, v in logits.items() if k != first})
+        else:
+            row["logits"] = json.dumps({**logits, first: "many"})
+        with (split / "test_predictions.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    result = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.9", "--overwrite"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("eic: error:"), result.output
+    assert split.name in lines[0] and "Traceback" not in result.output, lines[0]

@@ -373,6 +373,17 @@ def test_a_grad_cam_figure_of_any_class_name_has_a_file_name_the_disk_takes(tmp_
         assert name.startswith(("003_", "000_")) and "/" not in name and len(name.encode()) <= 120, name
 
 
+def test_a_run_of_split_0_carried_on_to_every_split_is_calibrated(tmp_path: Path) -> None:
+    """--no-crossvalidation trains split 0; --resume with cross-validation trains the others. Calibration read
+    split 0's settings (crossvalidation off) and refused the finished run forever; it is judged by the splits."""
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1, crossvalidation=False, gradcam_images=0))
+    assert not (run / "calibration.json").exists()
+    report = train(config(data, run, epochs=1, gradcam_images=0, resume=True))
+    assert len(report.splits) == 3 and json.loads((run / "calibration.json").read_text())["per_class"]
+
+
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
     from europeana_imgcls.cli.app import app
 
