@@ -382,7 +382,7 @@ def _train(config: TrainConfig, device: torch.device, world: Dist) -> TrainRepor
     task.check_trainable(images, config.data_dir, config.folds)
     out = config.output_dir
     if world.main:
-        _check_run_folder(out, config.resume)
+        _check_run_folder(out, config.resume, config.data_dir)
         _check_resumed_run(config, images)
     groups = fold_groups(images, config.group_by_provider, config.duplicate_groups)
     splits = task.splits(images.labels, config.folds, config.seed, groups)
@@ -506,7 +506,12 @@ def _is_run_folder(path: Path) -> bool:
 RUN = OutputKind("run", "a training run", folder=True, recognise=_is_run_folder)
 
 
-def _check_run_folder(out: Path, resume: bool) -> None:
+def _check_run_folder(out: Path, resume: bool, data_dir: Path) -> None:
+    if out.resolve().is_relative_to(data_dir.resolve()):
+        raise DatasetError(
+            f"`output_dir` {out} is inside the data folder {data_dir}: the next scan would read the run as a class "
+            "folder (its figures as images); choose a folder outside it"
+        )
     # Only training state counts: a run that failed before its first epoch (weights offline, say) left
     # split_0/config.json alone, and the natural retry must not be refused for it: it is carried on as resumed.
     claim(out, RUN, resume=resume or not RunFolder(out).trained(), option="output_dir")

@@ -8,6 +8,7 @@ to every model.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import inference_loader, resolve_device
 from .inference import Ensemble, ModelRequest, SplitModel
 from .runtimes import load_models
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,6 +75,23 @@ class _Scores:
     thresholds: dict[str, np.ndarray | None]
 
 
+def _say_if_trained_on(paths: list[Path], data_dir: Any) -> None:
+    """An evaluation set that holds the run's own training images (its data folder, or a part of it) scores what
+    the model learnt from, not unseen images: said, with how many."""
+    if not isinstance(data_dir, str) or not data_dir:
+        return
+    trained = Path(data_dir).resolve()
+    seen = sum(path.resolve().is_relative_to(trained) for path in paths)
+    if seen:
+        log.warning(
+            "%d of the %d evaluation images are the run's own training images (in %s): their scores are of images it "
+            "learnt from, not unseen ones; evaluate on images kept out of training (eic subtract)",
+            seen,
+            len(paths),
+            trained,
+        )
+
+
 def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
     if is_run(config.eval_dir) and not is_run(config.run):
         raise DatasetError(
@@ -95,6 +115,7 @@ def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Score
     if not images.paths:
         known = ", ".join(classes)
         raise DatasetError(f"{config.eval_dir}: no readable image of any {task.unit} of the model ({known})")
+    _say_if_trained_on(images.paths, models[0].meta.config.get("data_dir"))
     truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
     # Each split decides with its own tuned thresholds (where its task tunes them), or with `threshold` for all.
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}

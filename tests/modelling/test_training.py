@@ -384,6 +384,16 @@ def test_a_run_of_split_0_carried_on_to_every_split_is_calibrated(tmp_path: Path
     assert len(report.splits) == 3 and json.loads((run / "calibration.json").read_text())["per_class"]
 
 
+def test_a_run_folder_inside_its_data_folder_is_refused(tmp_path: Path) -> None:
+    """A run written into its own data folder is a class folder to the next scan (its curves and Grad-CAM figures
+    images of a class "run")."""
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    args = ["-o", str(data / "run"), "--arch", "tiny", "--weights", "none", "--epochs", "1", "--folds", "3"]
+    result = CliRunner().invoke(app, ["train", str(data), *args])
+    assert result.exit_code != 0 and "inside" in result.stderr and "Traceback" not in result.output, result.output
+    assert not (data / "run").exists()
+
+
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
     from europeana_imgcls.cli.app import app
 

@@ -157,3 +157,21 @@ def test_the_confusion_matrix_shows_every_label_and_title_whole(count: int) -> N
             box = text.get_window_extent(renderer)
             inside = page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
             assert inside, (count, text.get_text(), box, page)
+
+
+def test_evaluating_on_the_runs_own_images_is_said(trained_run: Path, tmp_path: Path, caplog) -> None:
+    """The run's own data folder as the evaluation set was scored without a word, and the model card then called
+    it an evaluation: the share of the evaluation's images the run was trained on is said."""
+    import logging
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    data = Path(json.loads((run / "split_0" / "config.json").read_text())["data_dir"])
+    with caplog.at_level(logging.WARNING):
+        evaluate(EvaluateConfig(run=run, eval_dir=data, output_dir=tmp_path / "ev", quiet=True))
+    assert "are the run's own training images" in caplog.text and "not unseen" in caplog.text
+    caplog.clear()
+    fresh = copy_of(data, tmp_path / "fresh")  # the same pictures, elsewhere: files, not pictures, are compared
+    with caplog.at_level(logging.WARNING):
+        evaluate(EvaluateConfig(run=run, eval_dir=fresh, output_dir=tmp_path / "ev2", quiet=True))
+    assert "training images" not in caplog.text
