@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +19,8 @@ from ..core.recognise import IMAGE_SUFFIXES, what_is
 from ..core.tables import read_table
 from .decoding import load_image
 from .imageset import ImageSet, Split, Task
+
+T = TypeVar("T")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -50,11 +53,9 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) ->
     names = list(classes) if classes is not None else [d.name for d in folders]
     index = {name: i for i, name in enumerate(names)}
     found = [(path, index[folder.name]) for folder in folders if folder.name in index for path in list_images(folder)]
-    ok = decodable([path for path, _ in found])
-    paths = [path for (path, _), good in zip(found, ok, strict=True) if good]
-    labels = [label for (_, label), good in zip(found, ok, strict=True) if good]
-    unreadable = [path for (path, _), good in zip(found, ok, strict=True) if not good]
-    return ImageSet(paths, np.asarray(labels, dtype=np.int64), names, task, unreadable)
+    kept, unreadable = keep_decodable(found)
+    labels = np.asarray([label for _, label in kept], dtype=np.int64)
+    return ImageSet([path for path, _ in kept], labels, names, task, unreadable)
 
 
 def _no_class_folders(root: Path) -> str:
@@ -206,6 +207,13 @@ def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
 
 # What decoding a file that passed ``readable`` (its header) can still raise: the file is unreadable.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def keep_decodable(found: list[tuple[Path, T]]) -> tuple[list[tuple[Path, T]], list[Path]]:
+    """The (image, label) pairs whose image decodes (``decodable``), and the images that do not."""
+    ok = decodable([path for path, _ in found])
+    kept = [item for item, good in zip(found, ok, strict=True) if good]
+    return kept, [path for (path, _), good in zip(found, ok, strict=True) if not good]
 
 
 def decodable(paths: Sequence[Path]) -> list[bool]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.errors import DatasetError
 from ..core.naming import file_name
 from ..core.tables import read_table
-from .class_folders import decodable
+from .class_folders import keep_decodable
 from .imageset import ImageSet, Split, Task
 
 if TYPE_CHECKING:
@@ -48,8 +48,19 @@ def scan_labelled_folder(root: Path, labels: Path | None, classes: Sequence[str]
     table = read_table(table_path, required=("category",))
     if "file" not in table.columns and "ID" not in table.columns:
         raise DatasetError(f"{table_path}: needs a 'file' or an 'ID' column beside 'category'")
-    # A file in several rows is one image with the union of their labels: as several, it could be in a test fold and
-    # in training at once, and counted twice in a score.
+    rows, unreadable = keep_decodable(_labels_by_file(table, root))  # a file that is not there does not decode
+    names = [name for _, found in rows for name in found]
+    all_classes = list(classes) if classes is not None else sorted(set(names))
+    index = {name: i for i, name in enumerate(all_classes)}
+    targets = np.zeros((len(rows), len(all_classes)), dtype=np.float32)
+    for r, (_, found) in enumerate(rows):
+        targets[r, [index[name] for name in found if name in index]] = 1.0
+    return ImageSet([p for p, _ in rows], targets, all_classes, task, unreadable)
+
+
+def _labels_by_file(table: Any, root: Path) -> list[tuple[Path, list[str]]]:
+    """Each file the table names with its labels. A file in several rows is one image with the union of their
+    labels: as several, it could be in a test fold and in training at once, and counted twice in a score."""
     labelled: dict[Path, list[str]] = {}
     for row in table.iter_rows(named=True):
         name = row.get("file") or (file_name(row["ID"]) if row.get("ID") else None)
@@ -57,19 +68,7 @@ def scan_labelled_folder(root: Path, labels: Path | None, classes: Sequence[str]
         if name and found:
             known = labelled.setdefault(root / name, [])
             known += [label for label in found if label not in known]
-    rows = list(labelled.items())
-    ok = decodable([path for path, _ in rows])  # a file that is not there does not decode either
-    unreadable = [path for (path, _), good in zip(rows, ok, strict=True) if not good]
-    rows = [row for row, good in zip(rows, ok, strict=True) if good]
-    names = [name for _, found in rows for name in found]
-    all_classes = list(classes) if classes is not None else sorted(set(names))
-    index = {name: i for i, name in enumerate(all_classes)}
-    targets = np.zeros((len(rows), len(all_classes)), dtype=np.float32)
-    for r, (_, found) in enumerate(rows):
-        for name in found:
-            if name in index:
-                targets[r, index[name]] = 1.0
-    return ImageSet([p for p, _ in rows], targets, all_classes, task, unreadable)
+    return list(labelled.items())
 
 
 def check_multilabel_trainable(images: ImageSet, root: Path, folds: int) -> None:
