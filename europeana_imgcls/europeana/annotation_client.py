@@ -38,6 +38,11 @@ class AnnotationsError(ApiError):
         self.status = status
 
 
+class SearchTooLong(ApiError):
+    """A search that went on for ``MAX_SEARCH_PAGES`` pages: more than a million annotations, or a server going
+    round; a caller that can ask another way does."""
+
+
 class UnknownOutcome(ApiError):  # noqa: N818 - it is a state, not only an error
     """An upload was sent and no answer came that eic can use: the API may hold it or not."""
 
@@ -166,7 +171,7 @@ class AnnotationsClient:
             found.update(fresh)
             if len(items) < SEARCH_PAGE_SIZE or not fresh:  # the last page, or a server going round
                 return list(found.values())
-        raise ApiError(f"{self.where}'s search {query} went on for {MAX_SEARCH_PAGES} pages; try again later")
+        raise SearchTooLong(f"{self.where}'s search {query} went on for {MAX_SEARCH_PAGES} pages; try again later")
 
     def _search_page(self, query: str, page: int) -> list[dict[str, Any]]:
         params = {"query": query, "page": str(page), "pageSize": str(SEARCH_PAGE_SIZE), "profile": "standard"}

@@ -44,7 +44,7 @@ from ..core.errors import ApiError, ConfigError, DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
 from ..core.sidecars import Sidecar, first_problem
-from ..europeana.annotation_client import AnnotationsClient, AnnotationsError, UnknownOutcome
+from ..europeana.annotation_client import AnnotationsClient, AnnotationsError, SearchTooLong, UnknownOutcome
 from ..europeana.annotations import (
     KEPT,
     MODEL_ID_PREFIX,
@@ -402,31 +402,41 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]
     return found
 
 
+SAMPLED = 3  # annotations the journal says are published that a run asks the API for by id: a withdrawn model shows
+
+
+@dataclass
+class _Online:
+    """What the API's search lists of the file's models: each annotation's id by its (generator, record,
+    concept), and the numbers of those it lists."""
+
+    held: dict[tuple[str | None, str | None, str | None], str]
+    numbers: set[int | None]
+
+
 def _reconcile(
     journal: Journal, client: AnnotationsClient, items: dict[str, dict[str, Any]], state: dict[str, State]
 ) -> int:
-    """The journal is one file's: set against what the API holds of the file's models (their generators, as the
-    search finds them). An annotation the API holds already (sent from another file, or by a run whose journal was
-    lost: the same record, concept and model) is recorded as published, not sent again; one the journal says is
-    published that the API no longer holds (withdrawn by the model's generator, which writes no journal) is sent
-    again. The search's index may lag behind the latest uploads: an annotation it does not list is asked for by its
-    id before it counts as gone. How many were found."""
-    held: dict[tuple[str | None, str | None], str] = {}
-    listed: set[int | None] = set()
-    for generator in sorted({item["generator"]["id"] for item in items.values()}):
-        for online in client.made_by(generator):
-            held.setdefault((record_of(online), _concept(online)), str(online["id"]))
-            listed.add(annotation_number(online["id"], client.api_url))
+    """The journal is one file's: set against what the API holds. An annotation not published by this file's
+    journal that the API holds already (sent from another file, or by a run whose journal was lost: the same model,
+    record and concept) is recorded as published, not sent again. Where a few of those the journal says are
+    published are gone (``SAMPLED``, asked for by id: ``eic withdraw --model`` deletes by search and writes no
+    journal), each is looked for, and what is gone is sent again; the search's index may lag behind the latest
+    uploads, so an annotation it does not list is asked for by its id before it counts as gone. A re-run with
+    nothing to send and nothing gone asks no more. How many were found."""
+    published = [canonical for canonical in items if isinstance(state.get(canonical), Published)]
+    gone = any(_gone(client, state[canonical]) for canonical in published[:SAMPLED])
+    if len(published) == len(items) and not gone:
+        return 0
+    online = _online(client, items)
     found = 0
     for canonical, item in items.items():
         last = state.get(canonical)
         settled: State | None = None
         if isinstance(last, Published):
-            number = annotation_number(last.id, client.api_url)
-            if number is not None and number not in listed and not client.exists(number):
-                settled = Unsent(state="unsent", model=last.model)
-        elif not isinstance(last, Rejected) and (record_of(item), _concept(item)) in held:
-            annotation_id = held[(record_of(item), _concept(item))]
+            if gone and not (online and annotation_number(last.id, client.api_url) in online.numbers):
+                settled = Unsent(state="unsent", model=last.model) if _gone(client, last) else None
+        elif annotation_id := _held(client, item, online):
             settled = Published(state="published", id=annotation_id, model=_model(item), digest=_digest(item))
             found += 1
         if settled is not None:
@@ -434,6 +444,40 @@ def _reconcile(
             state[canonical] = settled
     journal.flush()
     return found
+
+
+def _gone(client: AnnotationsClient, last: State) -> bool:
+    """Whether the API no longer holds the annotation a published state names (it says so for its id)."""
+    number = annotation_number(getattr(last, "id", None), client.api_url)
+    return number is not None and not client.exists(number)
+
+
+def _key(item: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    generator = item.get("generator")
+    return (generator.get("id") if isinstance(generator, dict) else None, record_of(item), _concept(item))
+
+
+def _online(client: AnnotationsClient, items: dict[str, dict[str, Any]]) -> _Online | None:
+    """Every annotation of the file's models' generators, as the search lists them; None where a model has more
+    than the search pages through (then each annotation is looked for on its own)."""
+    online = _Online({}, set())
+    try:
+        for generator in sorted({item["generator"]["id"] for item in items.values()}):
+            for listed in client.made_by(generator):
+                online.held.setdefault(_key(listed), str(listed["id"]))
+                online.numbers.add(annotation_number(listed["id"], client.api_url))
+    except SearchTooLong:
+        return None
+    return online
+
+
+def _held(client: AnnotationsClient, item: dict[str, Any], online: _Online | None) -> str | None:
+    """The id of the annotation the API holds of ``item``'s model, record and concept, if any."""
+    generator, record, concept = _key(item)
+    if online is not None:
+        return online.held.get((generator, record, concept))
+    found = client.find(str(generator), str(record), str(concept))
+    return found[0] if found else None
 
 
 def _concept(item: dict[str, Any]) -> str | None:

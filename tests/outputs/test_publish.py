@@ -394,6 +394,54 @@ def test_what_the_api_holds_already_is_not_sent_again_from_another_file_or_a_los
         assert len(sb.annotations.live()) == 140
 
 
+def test_two_models_tagging_one_record_with_one_concept_are_two_annotations(tmp_path: Path) -> None:
+    """What the API holds is matched by model too: model B's tag of a record was taken for model A's (the same
+    record and concept), never sent, and withdrawing B deleted A's."""
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        publish(_config(_write(tmp_path / "a.jsonl", _made(3)), sb))
+        both = publish(_config(_write(tmp_path / "both.jsonl", _made(3) + _made(3, digest=MODEL_B)), sb))
+        assert (both.sent, both.found) == (3, 3) and len(sb.annotations.live()) == 6
+        gone = withdraw(
+            WithdrawConfig(
+                published=[tmp_path / "both.jsonl"],
+                model=MODEL_B,
+                annotation_api=sb.base_url,
+                annotation_token=SANDBOX_TOKEN,
+                quiet=True,
+            )
+        )
+        left = sb.annotations.live()
+        assert gone.withdrawn == 3 and len(left) == 3 and all(MODEL_A in a["generator"]["id"] for a in left)
+
+
+def test_a_rejected_annotation_the_api_holds_since_is_not_sent_again(tmp_path: Path) -> None:
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        a = _write(tmp_path / "a.jsonl", _made(1))
+        sb.fail_next(400, ("/annotations/",))
+        assert len(publish(_config(a, sb)).rejected) == 1 and not sb.annotations.live()
+        assert publish(_config(_write(tmp_path / "b.jsonl", _made(1)), sb)).sent == 1
+        again = publish(_config(a, sb))
+        assert (again.sent, again.found) == (0, 1) and len(sb.annotations.live()) == 1
+
+
+def test_a_rerun_with_nothing_to_send_asks_the_api_little_and_a_model_past_the_search_limit_still_publishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publish read a model's whole online history at every run (31 searches for 3,000 annotations, with nothing to
+    send), and could not publish at all past the search's page limit."""
+    from europeana_imgcls.europeana import annotation_client
+
+    path = _write(tmp_path / "a.jsonl", _made(250))
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        publish(_config(path, sb, batch_size=100))
+        before = sb.count("/annotation/")
+        assert publish(_config(path, sb)).sent == 0
+        assert sb.count("/annotation/") - before == 3  # three published annotations asked for by id, no search
+        monkeypatch.setattr(annotation_client, "MAX_SEARCH_PAGES", 2)  # as a model of over a million would be
+        more = publish(_config(_write(tmp_path / "more.jsonl", _made(5, start=248)), sb))
+        assert (more.sent, more.found) == (3, 2) and len(sb.annotations.live()) == 253  # each looked for alone
+
+
 def test_after_withdraw_by_the_models_generator_publish_sends_them_again(tmp_path: Path) -> None:
     """eic withdraw --model (no files) deletes by the API's search and writes no journal: publish then trusted its
     journal, said every annotation was online and sent none. What its journal says is published and the API has
