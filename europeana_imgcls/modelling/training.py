@@ -784,13 +784,14 @@ NAMED = 40  # the most characters of a class a figure's file name holds (its tit
 
 def figure_name(n: int, truth: str, predicted: str, confidence: float) -> str:
     """A Grad-CAM figure's file name, with its true and predicted classes as the pilot's had them: each reduced to
-    what a file name may hold, and cut (with a digest of the whole) past ``NAMED`` characters, so that any class
-    name (250 characters, a slash, a multi-label image's labels together) makes a name the disk takes."""
+    ASCII letters, digits and ``.+-`` (a byte a character), and cut (with a digest of the whole) past ``NAMED``, so
+    that any class name (250 characters, a slash, 40 CJK characters of three bytes each, a multi-label image's
+    labels together) makes a name the disk takes: under 120 bytes."""
 
     def part(text: str) -> str:
-        safe = re.sub(r"[^\w.+-]", "_", text)
-        if len(safe) <= NAMED:
-            return safe
+        safe = re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+        if safe == text and len(safe) <= NAMED:
+            return safe  # else a digest of the whole tells two names apart that read the same here
         return f"{safe[: NAMED - 9]}~{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
     return f"{n:03d}_true-{part(truth)}_pred-{part(predicted)}_{confidence:.2f}.jpg"

@@ -369,8 +369,14 @@ def test_a_grad_cam_figure_of_any_class_name_has_a_file_name_the_disk_takes(tmp_
     from europeana_imgcls.datasets.tasks import task_for
 
     labels = task_for("multi-label").truth_text(np.ones(3), [long, odd, "x"])  # what a multi-label figure names
-    for name in (training.figure_name(3, labels, odd, 0.5), training.figure_name(0, odd, long, 0.25)):
-        assert name.startswith(("003_", "000_")) and "/" not in name and len(name.encode()) <= 120, name
+    cjk = "中国古代绘画" * 8  # 48 characters, 144 bytes
+    for name in (
+        training.figure_name(3, labels, odd, 0.5),
+        training.figure_name(0, odd, long, 0.25),
+        training.figure_name(1, cjk, cjk, 0.75),
+    ):
+        assert name[:4] in ("003_", "000_", "001_") and "/" not in name and len(name.encode()) <= 120, name
+    assert training.figure_name(0, "绘画", "map", 0.5) != training.figure_name(0, "地图", "map", 0.5)
 
 
 def test_a_run_of_split_0_carried_on_to_every_split_is_calibrated(tmp_path: Path) -> None:
