@@ -61,11 +61,13 @@ class Evaluation:
 def start_split_folder(split: SplitFolder, config: TrainConfig, images: ImageSet) -> None:
     """A split's folder with the settings, the class order and the digest of the images it is trained with."""
     split.path.mkdir(parents=True, exist_ok=True)
-    write_json(split.config, {**public_dict(config), IMAGES_DIGEST: images_digest(images, config.data_dir)})
+    settings = {**public_dict(config), IMAGES_DIGEST: images_digest(images, config.data_dir)}
+    write_json(split.config, {**settings, DATA_DIR_RESOLVED: str(config.data_dir.resolve())})
     write_json(split.class_index, {name: i for i, name in enumerate(images.classes)})
 
 
 IMAGES_DIGEST = "images_sha256"  # in a split's config.json: which images, with which labels, the run's folds cut
+DATA_DIR_RESOLVED = "data_dir_resolved"  # and where its data folder is, wherever the command that reads it runs
 
 
 def images_digest(images: ImageSet, data_dir: Path) -> str:

@@ -31,6 +31,7 @@ from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import RunFolder
 from ..modelling.runtime import inference_loader, resolve_device
+from ..modelling.splits import DATA_DIR_RESOLVED
 from .inference import Ensemble, ModelRequest, SplitModel
 from .runtimes import load_models
 
@@ -75,10 +76,12 @@ class _Scores:
     thresholds: dict[str, np.ndarray | None]
 
 
-def _say_if_trained_on(paths: list[Path], data_dir: Any) -> None:
-    """An evaluation set that holds the run's own training images (its data folder, or a part of it) scores what
-    the model learnt from, not unseen images: said, with how many."""
-    if not isinstance(data_dir, str) or not data_dir:
+def _say_if_trained_on(paths: list[Path], run: RunFolder) -> None:
+    """An evaluation set that holds the run's own training images (its data folder, as the run recorded where it
+    was, or a part of it) scores what the model learnt from, not unseen images: said, with how many."""
+    splits = run.finished_splits()
+    data_dir = splits[0].read_config().get(DATA_DIR_RESOLVED) if splits else None
+    if not isinstance(data_dir, str) or not data_dir:  # a run from before eic recorded it, or a split folder
         return
     trained = Path(data_dir).resolve()
     seen = sum(path.resolve().is_relative_to(trained) for path in paths)
@@ -115,7 +118,7 @@ def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Score
     if not images.paths:
         known = ", ".join(classes)
         raise DatasetError(f"{config.eval_dir}: no readable image of any {task.unit} of the model ({known})")
-    _say_if_trained_on(images.paths, models[0].meta.config.get("data_dir"))
+    _say_if_trained_on(images.paths, RunFolder(config.run))
     truth, probs, paths, broken, logits = _score_readable(models, images, config, device)
     # Each split decides with its own tuned thresholds (where its task tunes them), or with `threshold` for all.
     thresholds = {m.split: m.thresholds(config.threshold) for m in models}

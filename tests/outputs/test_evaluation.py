@@ -159,19 +159,29 @@ def test_the_confusion_matrix_shows_every_label_and_title_whole(count: int) -> N
             assert inside, (count, text.get_text(), box, page)
 
 
-def test_evaluating_on_the_runs_own_images_is_said(trained_run: Path, tmp_path: Path, caplog) -> None:
+def test_evaluating_on_the_runs_own_images_is_said(tmp_path: Path, caplog, monkeypatch) -> None:
     """The run's own data folder as the evaluation set was scored without a word, and the model card then called
-    it an evaluation: the share of the evaluation's images the run was trained on is said."""
+    it an evaluation: the share of the evaluation's images the run was trained on is said, wherever the commands
+    ran (a run trained on a relative folder records where it was)."""
     import logging
-    import shutil
 
-    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
-    data = Path(json.loads((run / "split_0" / "config.json").read_text())["data_dir"])
+    from europeana_imgcls import train
+
+    from ..support import config, make_folders
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    make_folders(Path("data"), per_class=4, size=32)
+    train(config(Path("data"), Path("run"), epochs=1, crossvalidation=False, gradcam_images=0))
+    elsewhere = tmp_path / "elsewhere"
+    make_folders(elsewhere / "data", per_class=2, size=40)  # another folder of the same name
+    monkeypatch.chdir(elsewhere)
+    run = tmp_path / "project" / "run"
     with caplog.at_level(logging.WARNING):
-        evaluate(EvaluateConfig(run=run, eval_dir=data, output_dir=tmp_path / "ev", quiet=True))
-    assert "are the run's own training images" in caplog.text and "not unseen" in caplog.text
-    caplog.clear()
-    fresh = copy_of(data, tmp_path / "fresh")  # the same pictures, elsewhere: files, not pictures, are compared
-    with caplog.at_level(logging.WARNING):
-        evaluate(EvaluateConfig(run=run, eval_dir=fresh, output_dir=tmp_path / "ev2", quiet=True))
+        evaluate(EvaluateConfig(run=run, eval_dir=Path("data"), output_dir=tmp_path / "ev", quiet=True))
     assert "training images" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        trained = tmp_path / "project" / "data"
+        evaluate(EvaluateConfig(run=run, eval_dir=trained, output_dir=tmp_path / "ev2", quiet=True))
+    assert "12 of the 12 evaluation images are the run's own training images" in caplog.text
+    assert "not unseen" in caplog.text
