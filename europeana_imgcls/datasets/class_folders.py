@@ -35,7 +35,7 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) -> ImageSet:
+def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task, *, whole: bool = True) -> ImageSet:
     """Read ``root/<class>/<image>``. With ``classes`` given (a model's), label by that order."""
     if not root.is_dir():
         kind = what_is(root)
@@ -53,7 +53,7 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None, task: Task) ->
     names = list(classes) if classes is not None else [d.name for d in folders]
     index = {name: i for i, name in enumerate(names)}
     found = [(path, index[folder.name]) for folder in folders if folder.name in index for path in list_images(folder)]
-    kept, unreadable = keep_decodable(found)
+    kept, unreadable = keep_decodable(found, whole=whole)
     labels = np.asarray([label for _, label in kept], dtype=np.int64)
     return ImageSet([path for path, _ in kept], labels, names, task, unreadable)
 
@@ -209,9 +209,10 @@ def connected(nodes: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def keep_decodable(found: list[tuple[Path, T]]) -> tuple[list[tuple[Path, T]], list[Path]]:
-    """The (image, label) pairs whose image decodes (``decodable``), and the images that do not."""
-    ok = decodable([path for path, _ in found])
+def keep_decodable(found: list[tuple[Path, T]], *, whole: bool = True) -> tuple[list[tuple[Path, T]], list[Path]]:
+    """The (image, label) pairs whose image decodes (``decodable``; ``whole`` False: whose header reads), and the
+    images that do not."""
+    ok = decodable([path for path, _ in found]) if whole else [readable(path) for path, _ in found]
     kept = [item for item, good in zip(found, ok, strict=True) if good]
     return kept, [path for (path, _), good in zip(found, ok, strict=True) if not good]
 

@@ -152,8 +152,12 @@ class Labelling(ABC):
     into folds, and the loss. The part of a task that touches files and training, beside its ``Decisions``."""
 
     @abstractmethod
-    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
-        """The images of a folder with their labels; with ``classes`` (a model's), labelled in that order."""
+    def scan(
+        self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None, *, whole: bool = True
+    ) -> ImageSet:
+        """The images of a folder with their labels; with ``classes`` (a model's), labelled in that order. An image
+        that does not decode whole is left out (``whole`` False: only one whose header does not read, for a caller
+        that decodes each image itself and counts what fails, as eic embed does, a shard its own)."""
 
     @abstractmethod
     def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:

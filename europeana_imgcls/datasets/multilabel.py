@@ -36,7 +36,9 @@ ML_METRICS = (
 )
 
 
-def scan_labelled_folder(root: Path, labels: Path | None, classes: Sequence[str] | None, task: Task) -> ImageSet:
+def scan_labelled_folder(
+    root: Path, labels: Path | None, classes: Sequence[str] | None, task: Task, *, whole: bool = True
+) -> ImageSet:
     """Images of ``root`` with their label rows from ``labels`` (default ``root/labels.csv``).
 
     The table needs ``category`` (space-separated labels) and ``file`` or ``ID`` (eic download's naming).
@@ -48,7 +50,7 @@ def scan_labelled_folder(root: Path, labels: Path | None, classes: Sequence[str]
     table = read_table(table_path, required=("category",))
     if "file" not in table.columns and "ID" not in table.columns:
         raise DatasetError(f"{table_path}: needs a 'file' or an 'ID' column beside 'category'")
-    rows, unreadable = keep_decodable(_labels_by_file(table, root))  # a file that is not there does not decode
+    rows, unreadable = keep_decodable(_labels_by_file(table, root), whole=whole)  # a missing file reads not
     names = [name for _, found in rows for name in found]
     all_classes = list(classes) if classes is not None else sorted(set(names))
     index = {name: i for i, name in enumerate(all_classes)}

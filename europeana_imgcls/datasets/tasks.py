@@ -129,8 +129,10 @@ class SingleLabel(Task):
 
     # -- labelling: class folders, a class index an image
 
-    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
-        return scan_class_folders(root, classes, self)
+    def scan(
+        self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None, *, whole: bool = True
+    ) -> ImageSet:
+        return scan_class_folders(root, classes, self, whole=whole)
 
     def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
         return {
@@ -265,8 +267,10 @@ class MultiLabel(Task):
 
     # -- labelling: one folder and a labels table, a 0/1 row an image
 
-    def scan(self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None) -> ImageSet:
-        return scan_labelled_folder(root, labels, classes, self)
+    def scan(
+        self, root: Path, labels: Path | None = None, classes: Sequence[str] | None = None, *, whole: bool = True
+    ) -> ImageSet:
+        return scan_labelled_folder(root, labels, classes, self, whole=whole)
 
     def unknown_classes(self, root: Path, labels: Path | None, classes: Sequence[str]) -> dict[str, int]:
         table = read_table(labels or root / "labels.csv", required=("category",))

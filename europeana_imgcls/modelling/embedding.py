@@ -143,7 +143,9 @@ def embed(config: EmbedConfig) -> EmbedReport:
         raise ConfigError(f"{config.output}: embeddings are written as .parquet")
     config = sized_for_model(config)  # a timm model's own input size, unless one is given
     arch = get_arch(config.arch)
-    images = task_for(config.mode).scan(config.data_dir, config.labels)
+    # Each image is decoded as it is embedded (what fails is counted there): the scan reads headers alone, so a
+    # shard does not decode the whole shared folder first.
+    images = task_for(config.mode).scan(config.data_dir, config.labels, whole=False)
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
     meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images)

@@ -86,3 +86,21 @@ def test_embed_in_shards_then_one_merge_equals_an_unsharded_table(tmp_path: Path
     whole = embed(EmbedConfig(**settings, output=tmp_path / "whole.parquet"))
     assert whole.embedded == 15
     assert pl.read_parquet(out).sort("image").equals(pl.read_parquet(tmp_path / "whole.parquet").sort("image"))
+
+
+def test_a_shard_decodes_only_its_own_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a folder decodes each image (a class of files cut short is no class): eic embed, which decodes each
+    image as it embeds it, had every shard decode the whole shared folder first."""
+    from europeana_imgcls.datasets import class_folders, decoding
+
+    data = make_folders(tmp_path / "data", per_class=6, size=32)
+    decoded: list[Path] = []
+    real = decoding.load_image
+
+    def counted(path: Path, *args, **kwargs):
+        decoded.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(class_folders, "load_image", counted)  # what the folder's scan decodes with
+    report = embed(EmbedConfig(data_dir=data, output=tmp_path / "e.parquet", shard="0/2", **TINY))
+    assert report.embedded and not decoded
