@@ -43,7 +43,7 @@ from rich.progress import Progress, TaskID
 
 from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.journal import Journal, Output
+from ..core.journal import Journal, Output, read_records
 from ..core.naming import file_name, record_id_of
 from ..core.outputs import OutputKind
 from ..core.progress import RATE, Rate, progress_bar
@@ -713,9 +713,15 @@ def _outcome(value: Any) -> bool:
 
 
 def fetched_from(folder: Path) -> dict[str, str]:
-    """Where each image of a download folder was saved from, by record ID, as the last whole run listed it."""
+    """Where each image of a download folder was saved from, by record ID: as the last whole run listed it, then as
+    the journal learnt since (a shard's outcomes wait there for the merge)."""
     rows = _csv_rows(folder / FETCHED_FILE, "their images are named by their table's URL")
-    return {row["ID"]: row["URL"] for row in rows if row.get("ID") and row.get("URL")}
+    fetched = {row["ID"]: row["URL"] for row in rows if row.get("ID") and row.get("URL")}
+    for part in sorted((folder / ".journal").glob("*.ndjson")) if (folder / ".journal").is_dir() else ():
+        for record_id, outcome in read_records(part, check=_outcome):
+            if isinstance(outcome.get("fetched"), str) and outcome.get("error") is None:
+                fetched[record_id] = outcome["fetched"]
+    return fetched
 
 
 def _csv_rows(path: Path, then: str) -> list[dict[str, str]]:

@@ -244,7 +244,7 @@ def _fetch(rows: list[Record], config: PredictConfig, world: Dist) -> tuple[list
         )
     world.barrier()
     items, failed = [], 0
-    fetched = fetched_from(folder)  # a shard's wait in its journal part until the merge: the table's URLs then
+    fetched = fetched_from(folder)  # fetched.csv, and the journal a shard leaves its outcomes in
     for row in rows:
         path = folder / file_name(row["ID"] or "")
         if path.is_file():

@@ -135,3 +135,30 @@ def test_an_annotation_names_the_image_that_was_labelled() -> None:
     assert depicted(image, preview) == other
     assert depicted(image, "https://cdn.example/preview.jpg") == "https://cdn.example/preview.jpg"
     assert depicted(image, "https://api.europeana.eu/thumbnail/v2/url.json?uri=javascript:x") != "javascript:x"
+
+
+def test_shards_name_the_image_they_labelled_as_a_whole_run_does(trained: Path, tmp_path: Path) -> None:
+    """A shard's download lists where each image came from in its journal, not in fetched.csv: sharded runs named
+    the table's dead URL where a whole run named the image its preview shows."""
+    from urllib.parse import quote
+
+    with Sandbox(sandbox_config(per_level=2), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        records = [r for r in sb.catalogue if r.type == "IMAGE" and r.has_url][:4]
+        table = [
+            {
+                "ID": r.id,
+                "URL": f"http://127.0.0.1:9/dead{i}.jpg",  # refused at once: the preview is what is had
+                "preview": f"{sb.base_url}/thumbnail/v2/url.json?uri={quote(sb.image_url(r), safe='')}&type=IMAGE",
+                "category": r.labels[0],
+            }
+            for i, r in enumerate(records)
+        ]
+        pl.DataFrame(table).write_csv(tmp_path / "t.csv")
+        settings = dict(run=trained, table=tmp_path / "t.csv", quiet=True, retries=0)
+        predict(PredictConfig(**settings, output=tmp_path / "whole.csv"))
+        for shard in ("0/2", "1/2"):
+            predict(PredictConfig(**settings, output=tmp_path / "shards.csv", shard=shard))
+        predict(PredictConfig(**settings, output=tmp_path / "shards.csv", resume=True))
+        shown = {r.id: sb.image_url(r) for r in records}
+        for name in ("whole.csv", "shards.csv"):
+            assert {row["ID"]: row["image"] for row in rows(tmp_path / name)} == shown, name
