@@ -18,6 +18,7 @@ SHA-256-checked reference to it.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ from .run_folder import CheckpointMeta, RunFolder
 from .splits import Evaluation, SplitOutput, SplitResult, score_split, start_split_folder, write_split_metrics
 
 L2_GRID = (1e-4, 1e-3, 1e-2)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,15 +99,10 @@ def train_heads(
 
 def _rows_of(paths: list[str], meta: dict[str, Any], config: TrainConfig, images: list[Path]) -> list[int | None]:
     """Each of the run's images' row in an embeddings table, or None. The table holds each path as eic embed was
-    given it, relative to where it ran: it is matched under the folder it was made from (its sidecar's
-    ``data_dir``), which must be this run's, not by what the path names from here (another project's images of
-    the same names, say)."""
+    given it, relative to where it ran: it is matched by the image's place under the folder it was made from (its
+    sidecar's ``data_dir``), not by what the path names from here (``_same_pictures`` checks a folder that is not
+    the one embedded)."""
     made_from, given = meta.get("data_dir"), (meta.get("config") or {}).get("data_dir")
-    if isinstance(made_from, str) and Path(made_from).resolve() != config.data_dir.resolve():
-        raise DatasetError(
-            f"{config.embeddings} was embedded from {made_from}, not {config.data_dir.resolve()}: run eic embed on "
-            "this run's folder"
-        )
     if isinstance(made_from, str) and isinstance(given, str):  # each path as data_dir / the image's place in it
         base = Path(given)
         where = {
@@ -115,6 +113,37 @@ def _rows_of(paths: list[str], meta: dict[str, Any], config: TrainConfig, images
     # A table from before its sidecar named the folder: paths matched by where they point from here.
     where = {str(Path(path).resolve()): row for row, path in enumerate(paths)}
     return [where.get(str(p.resolve())) for p in images]
+
+
+CHECKED = 3  # images of a folder other than the one embedded whose vectors are computed again and compared
+
+
+def _same_pictures(
+    config: TrainConfig,
+    images: ImageSet,
+    rows: list[int | None],
+    found: np.ndarray,
+    backbone: nn.Module,
+    device: torch.device,
+    made_from: str,
+) -> None:
+    """A table embedded from another folder than the run's (a copy of the project on another machine, or another
+    project whose files have the same names): a few of the run's images embedded again here must give the table's
+    vectors, or the table is not of these pictures."""
+    arch = get_arch(config.arch)
+    matched = [i for i, row in enumerate(rows) if row is not None]
+    chosen = [matched[k] for k in sorted({0, len(matched) // 2, len(matched) - 1})[:CHECKED]] if matched else []
+    vectors, readable = compute(
+        backbone, images.subset(np.asarray(chosen)), config.input_size, arch.mean, arch.std, device, config
+    )
+    theirs = found[[int(rows[i] or 0) for i in chosen]]  # each chosen image has its row
+    cosine = (vectors * theirs).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
+    if not len(chosen) or (cosine[readable] < 0.99).any():
+        raise DatasetError(
+            f"{config.embeddings} was embedded from {made_from}, and its vectors are not those of the images "
+            f"of the same names in {config.data_dir}: run eic embed on this run's folder"
+        )
+    log.info("%s: embedded from another folder; its vectors are of this folder's images", config.embeddings)
 
 
 def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device: torch.device) -> _Embedded:
@@ -131,6 +160,9 @@ def _features(config: TrainConfig, images: ImageSet, backbone: nn.Module, device
                 f"have {expected}: run eic embed again with this run's arch"
             )
         rows = _rows_of(table["image"].to_list(), meta, config, images.paths)
+        made_from = meta.get("data_dir")
+        if isinstance(made_from, str) and Path(made_from).resolve() != config.data_dir.resolve():
+            _same_pictures(config, images, rows, found, backbone, device, made_from)
         # eic embed leaves out what it cannot decode: such an image is unreadable here too, as when training
         # embeds the folder itself. An absent image that decodes was never embedded.
         missing = [p for row, p in zip(rows, images.paths, strict=True) if row is None and decodes(p)]

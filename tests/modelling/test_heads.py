@@ -88,7 +88,8 @@ def test_a_probe_takes_only_the_embeddings_of_its_own_folder_wherever_it_runs(
 ) -> None:
     """Embeddings keep each image's path as the command was given it, relative to where it ran: a probe run from
     another folder matched another project's images of the same names (another picture each), and trained on
-    them. A table made from another folder is refused; the same folder, named from anywhere, is matched."""
+    them. A table made from another folder is refused unless a few of its images, embedded again, give its
+    vectors (a copy of the project); the same folder, named from anywhere, is matched."""
     from europeana_imgcls.core.errors import DatasetError
 
     make_folders(tmp_path / "a" / "imgs", per_class=4, size=32)
@@ -97,11 +98,16 @@ def test_a_probe_takes_only_the_embeddings_of_its_own_folder_wherever_it_runs(
     embed(EmbedConfig(data_dir=Path("imgs"), output=tmp_path / "a.parquet", **TINY))
     monkeypatch.chdir(tmp_path / "b")  # the same relative names, another folder's pictures
     probe = dict(method="linear-probe", folds=3, embeddings=tmp_path / "a.parquet", **TINY)
-    with pytest.raises(DatasetError, match="was embedded from .*a/imgs, not .*b/imgs"):
+    with pytest.raises(DatasetError, match="was embedded from .*a/imgs, and its vectors are not those of the images"):
         train(TrainConfig(data_dir=Path("imgs"), output_dir=tmp_path / "probe_b", **probe))
     monkeypatch.chdir(tmp_path)  # project a's folder, named from elsewhere: its own vectors
     run = train(TrainConfig(data_dir=Path("a/imgs"), output_dir=tmp_path / "probe_a", **probe))
     assert len(run.splits) == 3
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")  # the project moved to another machine: the same pictures
+    copied = train(TrainConfig(data_dir=tmp_path / "copy" / "imgs", output_dir=tmp_path / "probe_c", **probe))
+    assert len(copied.splits) == 3
 
 
 def test_a_multilabel_linear_probe_and_knn_run(ml_run, tmp_path: Path) -> None:
