@@ -393,12 +393,11 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
 def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, placement: Placement) -> bool:
     # There (or moved there from another class), and of the image the table names now: a record whose URL changed
     # since is fetched again, or its old picture would be labelled as the new one's.
-    if placement.place(job.path) and is_complete_jpeg(job.path):
-        if outcomes.still_of(job):
-            report.already_saved += 1
-            outcomes.saved(job, earlier=True)
-            return False
-        job.path.unlink(missing_ok=True)  # another image's: not the record's, even where the new one fails
+    stale = placement.place(job.path) and is_complete_jpeg(job.path)
+    if stale and outcomes.still_of(job):
+        report.already_saved += 1
+        outcomes.saved(job, earlier=True)
+        return False
     known = job.id in outcomes.failures
     if known != config.retry_failed:
         if known:
@@ -407,6 +406,8 @@ def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: Downlo
         else:  # --retry-failed and a record that has not failed before: left for a plain run
             report.skipped["not a known failure (only those are retried)"] += 1
         return False
+    if stale:  # another image's: not the record's, even where the new one fails
+        job.path.unlink(missing_ok=True)
     return True
 
 
