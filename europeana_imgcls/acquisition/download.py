@@ -394,7 +394,8 @@ def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: Downlo
     # There (or moved there from another class), and of the image the table names now: a record whose URL changed
     # since is fetched again, or its old picture would be labelled as the new one's.
     stale = placement.place(job.path) and is_complete_jpeg(job.path)
-    if stale and outcomes.still_of(job):
+    retried_only = config.retry_failed and job.id not in outcomes.failures  # --retry-failed leaves it as it is
+    if stale and (outcomes.still_of(job) or retried_only):
         report.already_saved += 1
         outcomes.saved(job, earlier=True)
         return False

@@ -824,7 +824,7 @@ def test_a_record_whose_url_changed_is_fetched_again(sandbox: Sandbox, tmp_path:
     assert _fetched(out) == {first.id: sandbox.image_url(second)}
     table.write_text(f"category,ID,URL\n{first.labels[0]},{first.id},http://127.0.0.1:9/gone.jpg\n")
     kept = download(config(table, out, retry_failed=True))  # retries known failures only: this is none, and stays
-    assert kept.skipped and saved.exists()
+    assert kept.already_saved == 1 and not kept.saved and saved.exists()
     gone = download(config(table, out, retries=0, timeout=2.0))  # port 9: refused at once
     assert gone.failed == 1 and not saved.exists()  # the old picture is not the record's any more
 
