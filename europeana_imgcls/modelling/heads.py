@@ -138,7 +138,9 @@ def _same_pictures(
     )
     theirs = found[[int(rows[i] or 0) for i in chosen]]  # each chosen image has its row
     cosine = (vectors * theirs).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
-    if not len(chosen) or (cosine[readable] < 0.99).any():
+    # Refused unless compared, and alike: vectors embedded on a GPU in mixed precision stay well above 0.99 of the
+    # float32 ones computed here; another picture's fall far below.
+    if not readable.any() or (cosine[readable] < 0.99).any():
         raise DatasetError(
             f"{config.embeddings} was embedded from {made_from}, and its vectors are not those of the images "
             f"of the same names in {config.data_dir}: run eic embed on this run's folder"

@@ -29,7 +29,7 @@ from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std, per_class_scores
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
-from ..modelling.run_folder import RunFolder
+from ..modelling.run_folder import RunFolder, SplitFolder
 from ..modelling.runtime import inference_loader, resolve_device
 from ..modelling.splits import DATA_DIR_RESOLVED
 from .inference import Ensemble, ModelRequest, SplitModel
@@ -79,9 +79,9 @@ class _Scores:
 def _say_if_trained_on(paths: list[Path], run: RunFolder) -> None:
     """An evaluation set that holds the run's own training images (its data folder, as the run recorded where it
     was, or a part of it) scores what the model learnt from, not unseen images: said, with how many."""
-    splits = run.finished_splits()
-    data_dir = splits[0].read_config().get(DATA_DIR_RESOLVED) if splits else None
-    if not isinstance(data_dir, str) or not data_dir:  # a run from before eic recorded it, or a split folder
+    splits = [SplitFolder(run.path, 0)] if run.is_split else run.finished_splits()  # a split folder: its own
+    data_dir = splits[0].read_config().get(DATA_DIR_RESOLVED) if splits and splits[0].config.is_file() else None
+    if not isinstance(data_dir, str) or not data_dir:  # a run from before eic recorded it
         return
     trained = Path(data_dir).resolve()
     seen = sum(path.resolve().is_relative_to(trained) for path in paths)

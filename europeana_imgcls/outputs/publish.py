@@ -402,7 +402,7 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]
     return found
 
 
-SAMPLED = 3  # annotations the journal says are published that a run asks the API for by id: a withdrawn model shows
+SAMPLED = 3  # of each model, published annotations a run asks the API for by id: a withdrawn model shows
 
 
 @dataclass
@@ -417,15 +417,16 @@ class _Online:
 def _reconcile(
     journal: Journal, client: AnnotationsClient, items: dict[str, dict[str, Any]], state: dict[str, State]
 ) -> int:
-    """The journal is one file's: set against what the API holds. An annotation not published by this file's
-    journal that the API holds already (sent from another file, or by a run whose journal was lost: the same model,
-    record and concept) is recorded as published, not sent again. Where a few of those the journal says are
-    published are gone (``SAMPLED``, asked for by id: ``eic withdraw --model`` deletes by search and writes no
-    journal), each is looked for, and what is gone is sent again; the search's index may lag behind the latest
-    uploads, so an annotation it does not list is asked for by its id before it counts as gone. A re-run with
-    nothing to send and nothing gone asks no more. How many were found."""
+    """The journal is one file's: set against what the API holds. Where there is something to send, or one of a
+    few published annotations of a model is gone when asked for by id (``SAMPLED`` a model, spread over the
+    journal: ``eic withdraw --model`` deletes by search and writes no journal), the API's search lists the file's
+    models: an annotation not published by this journal that the API holds (sent from another file, or by a run
+    whose journal was lost: the same model, record and concept) is recorded as published, not sent again; one the
+    journal says is published that the listing lacks is asked for by its id (the index lags behind the newest
+    uploads) and sent again if gone. A re-run with nothing to send and nothing gone in its sample asks no more.
+    How many were found."""
     published = [canonical for canonical in items if isinstance(state.get(canonical), Published)]
-    gone = any(_gone(client, state[canonical]) for canonical in published[:SAMPLED])
+    gone = any(_gone(client, state[canonical]) for canonical in _sample(published, items))
     if len(published) == len(items) and not gone:
         return 0
     online = _online(client, items)
@@ -434,8 +435,9 @@ def _reconcile(
         last = state.get(canonical)
         settled: State | None = None
         if isinstance(last, Published):
-            if gone and not (online and annotation_number(last.id, client.api_url) in online.numbers):
-                settled = Unsent(state="unsent", model=last.model) if _gone(client, last) else None
+            listed = online is not None and annotation_number(last.id, client.api_url) in online.numbers
+            if (online is not None or gone) and not listed and _gone(client, last):
+                settled = Unsent(state="unsent", model=last.model)
         elif annotation_id := _held(client, item, online):
             settled = Published(state="published", id=annotation_id, model=_model(item), digest=_digest(item))
             found += 1
@@ -446,6 +448,14 @@ def _reconcile(
     return found
 
 
+def _sample(published: list[str], items: dict[str, dict[str, Any]]) -> list[str]:
+    """Up to ``SAMPLED`` published annotations of each model: its first, its middle and its last in the file."""
+    by_model: dict[str, list[str]] = {}
+    for canonical in published:
+        by_model.setdefault(_model(items[canonical]), []).append(canonical)
+    return [mine[k] for mine in by_model.values() for k in sorted({0, len(mine) // 2, len(mine) - 1})[:SAMPLED]]
+
+
 def _gone(client: AnnotationsClient, last: State) -> bool:
     """Whether the API no longer holds the annotation a published state names (it says so for its id)."""
     number = annotation_number(getattr(last, "id", None), client.api_url)
@@ -453,18 +463,24 @@ def _gone(client: AnnotationsClient, last: State) -> bool:
 
 
 def _key(item: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """An annotation's model (its generator's id, or a generator that is its IRI), record and concept."""
     generator = item.get("generator")
-    return (generator.get("id") if isinstance(generator, dict) else None, record_of(item), _concept(item))
+    said = generator.get("id") if isinstance(generator, dict) else generator
+    return (said if isinstance(said, str) else None, record_of(item), _concept(item))
 
 
 def _online(client: AnnotationsClient, items: dict[str, dict[str, Any]]) -> _Online | None:
     """Every annotation of the file's models' generators, as the search lists them; None where a model has more
-    than the search pages through (then each annotation is looked for on its own)."""
+    than the search pages through, or the search answers with ids alone (then each annotation is looked for on its
+    own, by model, record and concept)."""
     online = _Online({}, set())
     try:
         for generator in sorted({item["generator"]["id"] for item in items.values()}):
             for listed in client.made_by(generator):
-                online.held.setdefault(_key(listed), str(listed["id"]))
+                key = _key(listed)
+                if None in key:  # an answer without the annotation's content: nothing to match it by
+                    return None
+                online.held.setdefault(key, str(listed["id"]))
                 online.numbers.add(annotation_number(listed["id"], client.api_url))
     except SearchTooLong:
         return None

@@ -185,3 +185,7 @@ def test_evaluating_on_the_runs_own_images_is_said(tmp_path: Path, caplog, monke
         evaluate(EvaluateConfig(run=run, eval_dir=trained, output_dir=tmp_path / "ev2", quiet=True))
     assert "12 of the 12 evaluation images are the run's own training images" in caplog.text
     assert "not unseen" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # one split folder given as the run
+        evaluate(EvaluateConfig(run=run / "split_0", eval_dir=trained, output_dir=tmp_path / "ev3", quiet=True))
+    assert "12 of the 12 evaluation images are the run's own training images" in caplog.text

@@ -442,6 +442,48 @@ def test_a_rerun_with_nothing_to_send_asks_the_api_little_and_a_model_past_the_s
         assert (more.sent, more.found) == (3, 2) and len(sb.annotations.live()) == 253  # each looked for alone
 
 
+def test_annotations_deleted_outside_the_sample_are_sent_again_once_the_api_is_listed(tmp_path: Path) -> None:
+    """The few published annotations a run asks for by id are a sample: where the search runs (something to send,
+    or a model withdrawn), every annotation the journal says is published is checked against it. A file of two
+    models whose second was withdrawn by search is caught by that model's own sample."""
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        path = _write(tmp_path / "a.jsonl", _made(6))
+        publish(_config(path, sb))
+        for annotation in sb.annotations.live()[3:]:  # deleted on the API, by id, outside any eic journal
+            sb.annotations.delete(f"Bearer {SANDBOX_TOKEN}", annotation["id"].rsplit("/", 1)[1])
+        grown = publish(_config(_write(tmp_path / "a.jsonl", _made(7)), sb))  # one more: the search runs
+        assert grown.sent == 4 and len(sb.annotations.live()) == 7
+        both = _write(tmp_path / "both.jsonl", _made(3, start=50) + _made(3, start=50, digest=MODEL_B))
+        publish(_config(both, sb))
+        result = CliRunner().invoke(app, ["withdraw", "--model", MODEL_B, "--annotation-api", sb.base_url], env=ENV)
+        assert result.exit_code == 0 and len(sb.annotations.live()) == 10, result.output
+        again = publish(_config(both, sb))
+        assert again.sent == 3 and len(sb.annotations.live()) == 13
+
+
+@pytest.mark.parametrize("answer", ["generator as its IRI", "ids alone"])
+def test_what_the_api_holds_is_found_however_its_search_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """Europeana's search may answer a generator as its IRI (not an object), or annotations by their ids alone:
+    matched all the same (each looked for on its own where the answer holds nothing to match by)."""
+    from europeana_imgcls.europeana.annotation_client import AnnotationsClient
+
+    real = AnnotationsClient.search
+
+    def answered(self: AnnotationsClient, query: str) -> list[dict[str, Any]]:
+        found = real(self, query)
+        if answer == "ids alone":
+            return [{"id": item["id"]} for item in found]
+        return [{**item, "generator": item["generator"]["id"]} if "generator" in item else item for item in found]
+
+    monkeypatch.setattr(AnnotationsClient, "search", answered)
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        publish(_config(_write(tmp_path / "a.jsonl", _made(4)), sb))
+        copy = publish(_config(_write(tmp_path / "copy.jsonl", _made(4)), sb))
+        assert (copy.sent, copy.found) == (0, 4) and len(sb.annotations.live()) == 4
+
+
 def test_after_withdraw_by_the_models_generator_publish_sends_them_again(tmp_path: Path) -> None:
     """eic withdraw --model (no files) deletes by the API's search and writes no journal: publish then trusted its
     journal, said every annotation was online and sent none. What its journal says is published and the API has
