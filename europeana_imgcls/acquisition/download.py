@@ -62,7 +62,7 @@ from ..core.tables import (
     write_json,
 )
 from ..europeana.ratelimit import RateLimit
-from ..europeana.thumbnails import is_placeholder, media_digest, thumbnail_url
+from ..europeana.thumbnails import is_placeholder, shows, thumbnail_url
 from ..europeana.tls import tls_context
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
 from .placement import Placement, write_set_aside
@@ -128,7 +128,9 @@ class DownloadReport:
     complete: bool = False  # False when the run was interrupted
     failures_file: Path | None = None  # failures.csv (a shard's wait in its journal part for the merge)
     moved: int = 0  # records already in the folder under another class, moved to the table's (not fetched)
-    set_aside: int = 0  # records the table no longer holds, moved out of the class folders (``prune``)
+    # Files moved out of the class folders (set_aside.csv): records the table no longer holds (``prune``), a record's
+    # copy in another class, or an image its table no longer names.
+    set_aside: int = 0
     set_aside_file: Path | None = None
     left: int = 0  # records the table no longer holds, left where they are (without ``prune``)
 
@@ -393,9 +395,9 @@ def _clients(config: DownloadConfig) -> list[httpx.AsyncClient]:
 def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: DownloadReport, placement: Placement) -> bool:
     # There (or moved there from another class), and of the image the table names now: a record whose URL changed
     # since is fetched again, or its old picture would be labelled as the new one's.
-    stale = placement.place(job.path) and is_complete_jpeg(job.path)
+    there = placement.place(job.path) and is_complete_jpeg(job.path)
     retried_only = config.retry_failed and job.id not in outcomes.failures  # --retry-failed leaves it as it is
-    if stale and (outcomes.still_of(job) or retried_only):
+    if there and (outcomes.still_of(job) or retried_only):
         report.already_saved += 1
         outcomes.saved(job, earlier=True)
         return False
@@ -407,8 +409,8 @@ def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: Downlo
         else:  # --retry-failed and a record that has not failed before: left for a plain run
             report.skipped["not a known failure (only those are retried)"] += 1
         return False
-    if stale:  # another image's: not the record's, even where the new one fails
-        job.path.unlink(missing_ok=True)
+    if there:  # another image's: set aside (kept, listed), not the record's even where the new one fails
+        placement.replaced(job.path)
     return True
 
 
@@ -648,8 +650,7 @@ class Outcomes:
         fetched = self.fetched.get(job.id)
         if fetched is None:
             return True
-        url = fetched[1]
-        return url in (job.url, job.preview) or bool(job.url) and url.rsplit("/", 1)[-1] == media_digest(job.url or "")
+        return fetched[1] == job.preview or shows(fetched[1], job.url)
 
     def keep(self, record_id: str) -> None:
         self.kept[record_id] = self.failures[record_id]

@@ -69,6 +69,10 @@ class Placement:
             self._set_aside(stale)
         return target.exists()
 
+    def replaced(self, target: Path) -> None:
+        """``target`` is the record's file, of another image than its table names now: set aside, to be fetched."""
+        self._set_aside(target)
+
     def unclaimed(self) -> int:
         """After a complete run: how many record files the table did not claim (left where they are)."""
         return sum(len(paths) for name, paths in self.found.items() if name not in self.claimed)

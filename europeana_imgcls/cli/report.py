@@ -127,11 +127,7 @@ def print_download(console: Console, result: DownloadReport) -> None:
     if result.moved or result.set_aside:
         console.print(
             f"{result.moved} records moved to the class the table now gives them (not fetched again)"
-            + (
-                f", {result.set_aside} the table no longer holds set aside ({plain(result.set_aside_file)})"
-                if result.set_aside
-                else ""
-            )
+            + (f", {result.set_aside} set aside ({plain(result.set_aside_file)})" if result.set_aside else "")
         )
     if result.left:
         console.print(

@@ -218,18 +218,18 @@ class Journal:
                 self._fresh()
             # A finished output whose records a resume takes in (predict's, enrich's, embed's): its journal's
             # settings are what say which model wrote them.
-            adopts = found is Claim.RESUME and output is not None and output.read is not None
-            if adopts and output is not None and not (self.folder / SETTINGS).is_file():
+            adopted = output if found is Claim.RESUME and output is not None and output.read is not None else None
+            if adopted is not None and not (self.folder / SETTINGS).is_file():
                 raise DatasetError(
-                    f"{output.path} exists, but its journal ({self.folder}) no longer says "
-                    "what wrote it (its settings: the model, the runtime): a resume cannot tell whether its records "
-                    "are this run's; write to another output, or remove it and run again"
+                    f"{adopted.path} exists, but its journal ({self.folder}) no longer says what wrote it (its "
+                    "settings: the model, the runtime): a resume cannot tell whether its records are this run's; "
+                    "write to another output, or remove it and run again"
                 )
             self._check_settings()
             self._trim(self.part)
             self._handle = self.part.open("ab")
-            if found is Claim.RESUME and output is not None and output.read is not None and self.merges:
-                self._adopt(output.read)
+            if adopted is not None and adopted.read is not None and self.merges:
+                self._adopt(adopted.read)
         except BaseException:
             self.close()
             raise
@@ -270,12 +270,13 @@ class Journal:
                 self._lock(lock.with_name(lock.name.removesuffix(".lock")))
 
     def _fresh(self) -> None:
-        if self.has_records() and self.shard is not None:  # the folder holds every shard's work, not this one's alone
-            raise DatasetError(
-                f"unfinished work on {self.what} is in {self.folder}, every shard's: pass `resume` to carry on shard "
-                f"{self.shard.index}/{self.shard.count} (deleting that folder would lose the other shards' work too)"
-            )
         if self.has_records():
+            if self.shard is not None:  # the folder holds every shard's work, not this one's alone
+                raise DatasetError(
+                    f"unfinished work on {self.what} is in {self.folder}, every shard's: pass `resume` to carry on "
+                    f"shard {self.shard.index}/{self.shard.count} (deleting that folder would lose the other shards' "
+                    "work too)"
+                )
             raise DatasetError(
                 f"unfinished work on {self.what} is in {self.folder} (an interrupted run, or shards "
                 "to merge): pass `resume` to carry on, or delete that folder to start again"

@@ -148,7 +148,7 @@ class AnnotationsClient:
         """Every annotation whose generator is ``generator``, as the search finds them (``{"id": ...}`` alone where
         the API answers with ids); an item the search answers with another generator is not taken."""
         found = self.search(f"generator_uri:{_quoted(generator)}")
-        return [item for item in found if "generator" not in item or _generator_of(item) == generator]
+        return [item for item in found if "generator" not in item or generator_of(item) == generator]
 
     def exists(self, identifier: int) -> bool:
         """Whether the API holds annotation ``identifier``: False only where it says so (404, 410 as its own JSON
@@ -280,8 +280,8 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _generator_of(item: dict[str, Any]) -> Any:
-    """The generator id of an annotation the search answered with in full."""
+def generator_of(item: dict[str, Any]) -> Any:
+    """The generator id of an annotation the search answered with in full (an object's id, or the IRI itself)."""
     generator = item.get("generator")
     return generator.get("id") if isinstance(generator, dict) else generator
 

@@ -43,6 +43,11 @@ def media_digest(media_url: str) -> str:
     return hashlib.md5(media_url.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
+def shows(url: str, media_url: str | None) -> bool:
+    """Whether ``url`` is the media file ``media_url`` or a v3 thumbnail of it (any size, any base)."""
+    return bool(media_url) and (url == media_url or url.rsplit("/", 1)[-1] == media_digest(media_url or ""))
+
+
 def is_placeholder(data: bytes) -> bool:
     """Whether ``data`` is one of the Thumbnail API's "no thumbnail" icons."""
     return len(data) <= _LARGEST_PLACEHOLDER and hashlib.sha256(data).hexdigest() in PLACEHOLDER_SHA256

@@ -61,8 +61,9 @@ class Evaluation:
 def start_split_folder(split: SplitFolder, config: TrainConfig, images: ImageSet) -> None:
     """A split's folder with the settings, the class order and the digest of the images it is trained with."""
     split.path.mkdir(parents=True, exist_ok=True)
-    settings = {**public_dict(config), IMAGES_DIGEST: images_digest(images, config.data_dir)}
-    write_json(split.config, {**settings, DATA_DIR_RESOLVED: str(config.data_dir.resolve())})
+    where = str(config.data_dir.resolve())
+    recorded = {IMAGES_DIGEST: images_digest(images, config.data_dir), DATA_DIR_RESOLVED: where}
+    write_json(split.config, {**public_dict(config), **recorded})
     write_json(split.class_index, {name: i for i, name in enumerate(images.classes)})
 
 

@@ -24,7 +24,7 @@ from ..core.tables import check_table_suffix, read_table
 from ..datasets.class_folders import list_images
 from ..datasets.tasks import MultiLabel
 from ..europeana.search_api import PAGE_ROWS, SearchClient, first, is_record_id, record_uri
-from ..europeana.thumbnails import media_digest
+from ..europeana.thumbnails import shows
 from ..modelling.processes import Dist
 
 IMAGE_DIR_MARKER = ".eic-predict-images"  # an image folder predict made (and may write inputs and labels in)
@@ -261,7 +261,7 @@ def depicted(image: str, fetched: str | None) -> str:
     image where the file came from it or a thumbnail of it (the Thumbnail API names a thumbnail by the MD5 of its
     image's URL), or, where only the record's preview could be had, what the preview shows (the Thumbnail API names
     it in its ``uri``), else the preview itself: never a URL whose picture was not the one labelled."""
-    if not fetched or fetched == image or fetched.rsplit("/", 1)[-1] == media_digest(image):
+    if not fetched or shows(fetched, image):
         return image
     shown = parse_qs(urlsplit(fetched).query).get("uri", [""])[0]
     return shown if shown.startswith(("http://", "https://")) else fetched

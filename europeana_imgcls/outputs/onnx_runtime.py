@@ -196,6 +196,12 @@ class ArrayModel(SplitModel):
     """A split model that reads numpy arrays (an export's, run by ONNX Runtime or OpenVINO): its images come from
     ``datasets.batches``, decoded ahead in threads, and nothing it runs loads torch."""
 
+    runtime_name: ClassVar[str]  # as messages name the runtime
+    precision: str  # each runtime's dataclass holds it: float32, or int8 and how (its export's sidecar says)
+
+    def engine(self) -> str:
+        return f"{self.runtime_name}, {self.precision}"
+
     @classmethod
     def batches(cls, models: Sequence[Self], images: ImageSet, settings: RuntimeSettings) -> Iterable[Batch]:
         return array_batches(images, models[0].preprocessing[0], settings.batch_size, decode_threads(settings))
@@ -214,9 +220,10 @@ class OnnxModel(ArrayModel):
 
     session: Any = None
     sha256: str = ""  # the file's: an output's later runs must use the same file (float32 or int8)
-    precision: str = "float32"  # or "int8 (static)", "int8 (dynamic)": its export's sidecar says
+    precision: str = "float32"
 
     files_option: ClassVar[str | None] = "onnx_model"
+    runtime_name: ClassVar[str] = "ONNX Runtime"
 
     @classmethod
     def load(cls, request: ModelRequest) -> Sequence[OnnxModel]:
@@ -228,9 +235,6 @@ class OnnxModel(ArrayModel):
 
     def journal_identity(self) -> dict[str, str]:
         return {"onnx_files": self.sha256}
-
-    def engine(self) -> str:
-        return f"ONNX Runtime, {self.precision}"
 
 
 @dataclass(frozen=True)

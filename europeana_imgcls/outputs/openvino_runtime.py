@@ -48,9 +48,10 @@ class OpenVinoModel(ArrayModel):
 
     runner: Compiled | None = None
     sha256: str = ""  # the ONNX file's: an output's later runs must use the same file (float32 or int8)
-    precision: str = "float32"  # or "int8 (static)", "int8 (dynamic)": its export's sidecar says
+    precision: str = "float32"
 
     files_option: ClassVar[str | None] = "onnx_model"  # the export ``runtime`` onnx runs
+    runtime_name: ClassVar[str] = "OpenVINO"
 
     @classmethod
     def load(cls, request: ModelRequest) -> Sequence[OpenVinoModel]:
@@ -69,9 +70,6 @@ class OpenVinoModel(ArrayModel):
 
     def journal_identity(self) -> dict[str, str]:
         return {"onnx_files": self.sha256}  # the runtime itself is in the journal's settings (``runtime_settings``)
-
-    def engine(self) -> str:
-        return f"OpenVINO, {self.precision}"
 
 
 class Compiled:

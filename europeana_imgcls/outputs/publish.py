@@ -44,7 +44,13 @@ from ..core.errors import ApiError, ConfigError, DatasetError
 from ..core.journal import Journal
 from ..core.progress import progress_bar
 from ..core.sidecars import Sidecar, first_problem
-from ..europeana.annotation_client import AnnotationsClient, AnnotationsError, SearchTooLong, UnknownOutcome
+from ..europeana.annotation_client import (
+    AnnotationsClient,
+    AnnotationsError,
+    SearchTooLong,
+    UnknownOutcome,
+    generator_of,
+)
 from ..europeana.annotations import (
     KEPT,
     MODEL_ID_PREFIX,
@@ -463,10 +469,9 @@ def _gone(client: AnnotationsClient, last: State) -> bool:
 
 
 def _key(item: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """An annotation's model (its generator's id, or a generator that is its IRI), record and concept."""
-    generator = item.get("generator")
-    said = generator.get("id") if isinstance(generator, dict) else generator
-    return (said if isinstance(said, str) else None, record_of(item), _concept(item))
+    """An annotation's model (its generator), record and concept."""
+    generator = generator_of(item)
+    return (generator if isinstance(generator, str) else None, record_of(item), _concept(item))
 
 
 def _online(client: AnnotationsClient, items: dict[str, dict[str, Any]]) -> _Online | None:

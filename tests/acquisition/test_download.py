@@ -821,6 +821,8 @@ def test_a_record_whose_url_changed_is_fetched_again(sandbox: Sandbox, tmp_path:
     table.write_text(f"category,ID,URL\n{first.labels[0]},{first.id},{sandbox.image_url(second)}\n")
     again = download(config(table, out))
     assert again.saved == 1 and not again.already_saved and saved.read_bytes() != before
+    kept = out / ".eic-set-aside" / first.labels[0] / saved.name
+    assert again.set_aside == 1 and kept.read_bytes() == before  # the old picture is kept, out of the class
     assert _fetched(out) == {first.id: sandbox.image_url(second)}
     table.write_text(f"category,ID,URL\n{first.labels[0]},{first.id},http://127.0.0.1:9/gone.jpg\n")
     kept = download(config(table, out, retry_failed=True))  # retries known failures only: this is none, and stays

@@ -126,15 +126,17 @@ def test_an_annotation_names_the_image_that_was_labelled() -> None:
     from europeana_imgcls.europeana.thumbnails import thumbnail_url
     from europeana_imgcls.outputs.inputs import depicted
 
-    image = "https://museum.example/iiif/full/max/0/default.jpg"
+    # Addresses of the shapes Europeana's and a museum's have, on 127.0.0.1: nothing is fetched.
+    museum, api = "http://127.0.0.1:9/museum", "http://127.0.0.1:9/api"
+    image = f"{museum}/iiif/full/max/0/default.jpg"
     assert depicted(image, None) == image  # nothing listed: the table's
     assert depicted(image, image) == image
-    assert depicted(image, thumbnail_url("https://api.europeana.eu/thumbnail/v3", image, 400)) == image
-    other = "https://museum.example/other.jpg"
-    preview = f"https://api.europeana.eu/thumbnail/v2/url.json?uri={quote(other, safe='')}&type=IMAGE"
+    assert depicted(image, thumbnail_url(f"{api}/thumbnail/v3", image, 400)) == image
+    other = f"{museum}/other.jpg"
+    preview = f"{api}/thumbnail/v2/url.json?uri={quote(other, safe='')}&type=IMAGE"
     assert depicted(image, preview) == other
-    assert depicted(image, "https://cdn.example/preview.jpg") == "https://cdn.example/preview.jpg"
-    assert depicted(image, "https://api.europeana.eu/thumbnail/v2/url.json?uri=javascript:x") != "javascript:x"
+    assert depicted(image, f"{museum}/preview.jpg") == f"{museum}/preview.jpg"
+    assert depicted(image, f"{api}/thumbnail/v2/url.json?uri=javascript:x") != "javascript:x"
 
 
 def test_shards_name_the_image_they_labelled_as_a_whole_run_does(trained: Path, tmp_path: Path) -> None:
