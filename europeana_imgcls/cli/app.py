@@ -331,7 +331,12 @@ def withdraw(config: WithdrawConfig) -> None:
     found on the Annotations API by the model's generator)."""
     from ..outputs.publish import withdraw as run_withdraw
 
-    report.print_withdraw(console, run(lambda: run_withdraw(config), "withdraw"))
+    result = run(lambda: run_withdraw(config), "withdraw")
+    report.print_withdraw(console, result)
+    refused = report.withdraw_refusals(result)
+    if refused is not None:
+        typer.echo(f"eic: error: {refused}", err=True)
+        raise typer.Exit(1)
 
 
 @command("demo", DemoConfig, names=OUTPUT_DIR)

@@ -445,3 +445,20 @@ def print_withdraw(console: Console, result: WithdrawReport) -> None:
         + (f"; {result.withdrawn_before} withdrawn earlier" if result.withdrawn_before else ""),
         soft_wrap=True,
     )
+    if result.not_the_models:
+        console.print(
+            f"[yellow]left:[/] {result.not_the_models} annotations its journals name are not model {result.model}'s "
+            f"on {where} (another model's generator): a journal edited or damaged",
+            soft_wrap=True,
+        )
+
+
+def withdraw_refusals(result: WithdrawReport) -> str | None:
+    """What ``eic withdraw`` ends with when the API refused to delete some: its one error line, or None."""
+    if not result.refused:
+        return None
+    return (
+        f"{result.refused} annotation{'s' if result.refused > 1 else ''} of model {result.model} stay on "
+        f"{result.where}: it refused to delete them (403: {result.refusal}); another account created them (one "
+        "that published the same model's tags first): its token withdraws them"
+    )

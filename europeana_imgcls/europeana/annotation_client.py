@@ -49,9 +49,11 @@ class UnknownOutcome(ApiError):  # noqa: N818 - it is a state, not only an error
 
 @dataclass
 class Deleted:
-    """What a DELETE found: 204 deleted, or 404/410 already gone."""
+    """What a DELETE found: 204 deleted, 404/410 already gone, or 403 not this account's to delete (``refused``:
+    the API's reason)."""
 
     gone_before: bool
+    refused: str | None = None
 
 
 class AnnotationsClient:
@@ -124,9 +126,13 @@ class AnnotationsClient:
         return [str(i) for i in ids]
 
     def delete(self, identifier: int) -> Deleted:
-        response = self._request("DELETE", f"/annotation/{identifier}")
+        # A 403 here is about this annotation: the API lets only its creator delete it (another account may have
+        # published the same model's tag first). The token's own refusals come as 401, and stop everything.
+        response = self._request("DELETE", f"/annotation/{identifier}", forbidden_is_an_answer=True)
         if response.status_code in (200, 204):
             return Deleted(gone_before=False)
+        if response.status_code == 403:
+            return Deleted(gone_before=False, refused=_reason(response))
         if response.status_code in (404, 410):
             # "Gone" only as the API says it (a JSON error of its own), not as any web server says "not found".
             self._refuse_no_api(response, "DELETE", f"/annotation/{identifier}", unless_json=True)
@@ -153,12 +159,17 @@ class AnnotationsClient:
     def exists(self, identifier: int) -> bool:
         """Whether the API holds annotation ``identifier``: False only where it says so (404, 410 as its own JSON
         error), not where any web server says "not found"."""
+        return self.get(identifier) is not None
+
+    def get(self, identifier: int) -> dict[str, Any] | None:
+        """Annotation ``identifier`` as the API holds it (an object without an ``id`` where its answer is no
+        JSON object), or None where the API says it has none (404, 410 as its own JSON error)."""
         response = self._request("GET", f"/annotation/{identifier}")
         if response.status_code == 200:
-            return True
+            return _json_object(response) or {}
         if response.status_code in (404, 410):
             self._refuse_no_api(response, "GET", f"/annotation/{identifier}", unless_json=True)
-            return False
+            return None
         raise AnnotationsError(response.status_code, _reason(response))
 
     def search(self, query: str) -> list[dict[str, Any]]:
@@ -214,10 +225,13 @@ class AnnotationsClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         unknown_outcome: bool = False,
+        forbidden_is_an_answer: bool = False,
     ) -> httpx.Response:
-        """One request, retried while the failure is passing (``core/retry.py``, ``STATUSES``)."""
+        """One request, retried while the failure is passing (``core/retry.py``, ``STATUSES``); a 401 or 403 stops
+        everything (the token), but a 403 the caller takes as an answer about what it asked for."""
+        said = {**self.params, **(params or {})}
         outcome = send(
-            lambda: self._attempt(method, path, json, {**self.params, **(params or {})}, unknown_outcome),
+            lambda: self._attempt(method, path, json, said, unknown_outcome, forbidden_is_an_answer),
             Retry(self.retries),
             self.where,
         )
@@ -226,7 +240,7 @@ class AnnotationsClient:
         return outcome
 
     def _attempt(
-        self, method: str, path: str, json: Any, params: dict[str, str], unknown_outcome: bool
+        self, method: str, path: str, json: Any, params: dict[str, str], unknown_outcome: bool, forbidden: bool
     ) -> httpx.Response | Failed:
         self._pacer.block()
         try:
@@ -243,6 +257,8 @@ class AnnotationsClient:
                 f"{method} {self.api_url}{path} answered {response.status_code}, sending it to {location}: eic "
                 "follows no redirect with the token; set `annotation_api` to the Annotations API's own address"
             )
+        if response.status_code == 403 and forbidden and _json_object(response):
+            return response
         if response.status_code in (401, 403):
             raise ApiError(self._refused(response))
         if unknown_outcome and response.status_code in MAY_HAVE_ACTED:
@@ -286,11 +302,13 @@ def generator_of(item: dict[str, Any]) -> Any:
     return generator.get("id") if isinstance(generator, dict) else generator
 
 
-def _json_object(response: httpx.Response) -> bool:
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's body where it is a JSON object."""
     try:
-        return isinstance(response.json(), dict)
+        body = response.json()
     except ValueError:
-        return False
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _reason(response: httpx.Response) -> str:

@@ -20,9 +20,13 @@ again only if it is not there. A published annotation whose content (what Europe
 is reported, not sent again. A batch the API refuses for one item is halved until that item stands alone, so the
 others still go and the one is reported with the API's message.
 
-Withdrawing reads the same journals: every annotation of the model that is published there is deleted
-(``DELETE /annotation/{n}``); one already gone (404, 410) counts as withdrawn. Without journals (lost, or another
-machine's) it asks the API's search for the model's generator and deletes what it finds.
+Withdrawing reads the same journals: every annotation of the model that is published there, and that the API says
+is the model's (its search lists it under the model's generator, or, not listed yet, the annotation names it), is
+deleted (``DELETE /annotation/{n}``); one the journal names that is another model's is left and said. One already
+gone (404, 410) counts as withdrawn. Without journals (lost, or another machine's) it asks the API's search for the
+model's generator and deletes what it finds. The API lets only an annotation's creator delete it: one another
+account published (the same model's tag of the same record, found by publish and not sent twice) is refused (403),
+left and said, and the others are deleted all the same.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..core.config import AnnotationApiSettings, PublishConfig, WithdrawConfig
 from ..core.errors import ApiError, ConfigError, DatasetError
@@ -98,6 +102,9 @@ class WithdrawReport:
     dry_run: bool = False
     where: str = "Europeana"
     by_search: bool = False  # found by the model's generator on the API (no journals given)
+    refused: int = 0  # the API refused to delete them (403): created by another account
+    refusal: str = ""  # the API's reason, as it gave it last
+    not_the_models: int = 0  # named in a journal, but another model's annotation on the API: left
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +147,14 @@ class Sending(_Whereabouts):
     generator: str
     record: str
     concept: str
+
+    @model_validator(mode="after")
+    def _the_models_generator(self) -> Sending:
+        # What the API is searched by for this model's annotation (and withdraw deletes what it finds): publish
+        # sends only annotations whose generator is their model's.
+        if self.generator != model_generator(self.model):
+            raise ValueError(f"its generator is not model {self.model}'s")
+        return self
 
 
 class Unsent(_State):
@@ -553,7 +568,9 @@ def _withdraw(
     mine = {c: s for c, s in state.items() if s.model == model}
     report.withdrawn_before += sum(isinstance(s, Withdrawn) for s in mine.values())
     _settle(journal, client, mine)  # an upload that never saw its answer: what of it is on the API goes too
-    live = [(c, s) for c, s in mine.items() if isinstance(s, Published)]
+    published = [(c, s) for c, s in mine.items() if isinstance(s, Published)]
+    live = _the_models(published, model, client)
+    report.not_the_models += len(published) - len(live)
 
     def withdrawn(i: int) -> None:
         canonical, last = live[i]
@@ -561,6 +578,31 @@ def _withdraw(
         journal.flush()
 
     _delete_each([s.id for _, s in live], client, report, quiet, after=withdrawn)
+
+
+def _the_models(
+    published: list[tuple[str, Published]], model: str, client: AnnotationsClient
+) -> list[tuple[str, Published]]:
+    """Of the annotations a journal says the model published, those the API says are the model's: listed by its
+    search under the model's generator, or, not listed (the index lags behind the newest uploads; the search
+    answers with ids alone), fetched by id and naming that generator. One already gone stays, for delete to count.
+    A journal is a file in the user's folder: edited or damaged, it must not delete another model's annotation."""
+    if not published:
+        return []
+    generator = model_generator(model)
+    try:
+        listed = {annotation_number(x["id"], client.api_url) for x in client.made_by(generator) if "generator" in x}
+    except SearchTooLong:
+        listed = set()
+
+    def the_models(state: Published) -> bool:
+        number = _number(state.id, client)
+        if number in listed:
+            return True
+        held = client.get(number)
+        return held is None or generator_of(held) == generator
+
+    return [(canonical, state) for canonical, state in published if the_models(state)]
 
 
 def _withdraw_found(config: WithdrawConfig, model: str) -> WithdrawReport:
@@ -583,16 +625,33 @@ def _delete_each(
     quiet: bool,
     after: Callable[[int], None] | None = None,
 ) -> None:
-    """Delete each annotation, counting those already gone; ``after(i)`` once the i-th is gone (its journal)."""
+    """Delete each annotation, counting those already gone and those the API refuses (another account's: left, and
+    the rest deleted all the same); ``after(i)`` once the i-th is gone (its journal)."""
     with progress_bar(quiet, transient=True) as bar:
         task = bar.add_task("withdraw", total=len(ids))
         for i, annotation_id in enumerate(ids):
             deleted = client.delete(_number(annotation_id, client))
+            bar.advance(task)
+            if deleted.refused is not None:
+                report.refused, report.refusal = report.refused + 1, deleted.refused
+                _refused_throughout(report, client)
+                continue
             if after is not None:
                 after(i)
             report.gone_before += deleted.gone_before
             report.withdrawn += not deleted.gone_before
-            bar.advance(task)
+
+
+REFUSED_THROUGHOUT = 20  # deletions refused in a row, none allowed: the token may delete nothing, not one's own
+
+
+def _refused_throughout(report: WithdrawReport, client: AnnotationsClient) -> None:
+    if report.refused >= REFUSED_THROUGHOUT and not report.withdrawn and not report.gone_before:
+        raise ApiError(
+            f"{client.where} refused each of the first {report.refused} deletions (403: {report.refusal}): the "
+            "token deletes annotations only its own account created; set that account's token with "
+            "`annotation_token` or EUROPEANA_ANNOTATION_TOKEN"
+        )
 
 
 def _number(annotation_id: str, client: AnnotationsClient) -> int:
