@@ -222,7 +222,7 @@ def out_of_fold(run: Path) -> OutOfFold:
         truths.append(truth)
         raws.append(task.from_logits(logits))
         calibrated.append(task.from_logits(logits / temperature))
-        images += paths
+        images += split.images_named(paths)
         folds += [split.index] * len(paths)
     return OutOfFold(
         task,

@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT: Final = "europeana-imgcls/checkpoint-v1"
 SPLIT_NAME_PATTERN: Final = SPLIT_NAME.pattern  # a split's name, for the formats that carry one (an export's sidecar)
+DATA_DIR_RESOLVED: Final = "data_dir_resolved"  # in a split's config.json: its data folder, wherever a reader runs
+
+
+def _under(name: Path, given: Path, where: Path) -> str:
+    if name.is_absolute() or not name.is_relative_to(given):
+        return str(name)
+    return str(where / name.relative_to(given))
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,20 @@ class SplitFolder:
 
     def read_config(self) -> dict[str, Any]:
         return read_object(self.config)
+
+    def images_named(self, names: list[str]) -> list[str]:
+        """Image paths as the split's files name them, each as a path from anywhere: a run trained with its data
+        folder given relative (``eic train data -o run``) named its test images relative to where it ran, and read
+        from another folder they were other files, or none. Such a name is taken under the data folder the split
+        recorded (``data_dir_resolved``); one it cannot place (or a damaged config.json) stays as it is."""
+        try:
+            config = self.read_config() if self.config.is_file() else {}
+        except ModelError:
+            return names  # said by whatever reads the settings themselves
+        given, where = config.get("data_dir"), config.get(DATA_DIR_RESOLVED)
+        if not isinstance(given, str) or not isinstance(where, str) or Path(given).is_absolute():
+            return names
+        return [_under(Path(name), Path(given), Path(where)) for name in names]
 
     def read_classes(self) -> list[str]:
         """The split's classes in the order of its outputs (``class_index.json``: each name and its index)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from ..core.config import TrainConfig, public_dict
 from ..core.tables import write_csv, write_json
 from ..datasets.imageset import ImageSet, Split
 from .calibration import fit_temperature
-from .run_folder import CheckpointMeta, SplitFolder
+from .run_folder import DATA_DIR_RESOLVED, CheckpointMeta, SplitFolder
 from .tensorboard_logs import TensorBoardRun
 
 
@@ -68,7 +69,6 @@ def start_split_folder(split: SplitFolder, config: TrainConfig, images: ImageSet
 
 
 IMAGES_DIGEST = "images_sha256"  # in a split's config.json: which images, with which labels, the run's folds cut
-DATA_DIR_RESOLVED = "data_dir_resolved"  # and where its data folder is, wherever the command that reads it runs
 
 
 def images_digest(images: ImageSet, data_dir: Path) -> str:
@@ -97,7 +97,7 @@ def score_split(
         ["image", *task.described, "probabilities", "logits"],
         (
             {
-                "image": str(paths[i]),
+                "image": os.path.abspath(paths[i]),  # read from anywhere: audit, calibrate, report, export
                 **task.describe(truth, prob, classes, thresholds),
                 "probabilities": _by_class(classes, prob, 6),
                 "logits": _by_class(classes, logit, 5),

@@ -29,9 +29,8 @@ from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std, per_class_scores
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
-from ..modelling.run_folder import RunFolder, SplitFolder
+from ..modelling.run_folder import DATA_DIR_RESOLVED, RunFolder, SplitFolder
 from ..modelling.runtime import inference_loader, resolve_device
-from ..modelling.splits import DATA_DIR_RESOLVED
 from .inference import Ensemble, ModelRequest, SplitModel
 from .runtimes import load_models
 

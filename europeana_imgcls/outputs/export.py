@@ -37,7 +37,7 @@ from ..core.run_names import SPLIT_GLOB
 from ..core.tables import write_json
 from ..core.version import __version__
 from ..modelling.calibration import Calibration, read_run_calibration
-from ..modelling.run_folder import RunFolder, SplitFolder, file_sha256
+from ..modelling.run_folder import DATA_DIR_RESOLVED, RunFolder, SplitFolder, file_sha256
 from . import quantise
 from .inference import Ensemble, RunModel, chosen_splits, load_run
 from .onnx_runtime import (
@@ -178,7 +178,8 @@ def _int8(
         )
     calibration = None
     if config.quantize == "static":
-        data_dir = model.meta.config.get("data_dir")
+        recorded = _split_folder(run, model).read_config()  # where the data folder is, from anywhere
+        data_dir = recorded.get(DATA_DIR_RESOLVED) or model.meta.config.get("data_dir")
         calibration = quantise.calibration_images(
             None if data_dir is None else Path(data_dir), test.fold, model.meta.input_size, config.calibration_images
         )
@@ -346,7 +347,11 @@ def _check_images(run: RunFolder, model: RunModel) -> tuple[np.ndarray, str]:
 
 def _test_images(run: RunFolder, model: RunModel, limit: int) -> quantise.HeldOutImages:
     """Up to ``limit`` readable test images of the split, with their truth."""
-    rows = quantise.read_test_rows(_split_folder(run, model).test_predictions)
+    split = _split_folder(run, model)
+    rows = quantise.read_test_rows(split.test_predictions)
+    rows = [
+        {**row, "image": image} for row, image in zip(rows, split.images_named([r["image"] for r in rows]), strict=True)
+    ]
     return quantise.held_out_images(
         rows, model.meta.input_size, limit, lambda said: model.task.truth_of(said, model.classes)
     )

@@ -201,8 +201,9 @@ def _test_folds(run: RunFolder, task: Task, classes: list[str], notes: list[str]
                 "with `eic train` to see its test images here."
             )
             continue
-        for row in rows:
-            shown = _scored(row, task, classes, split.name)
+        placed = split.images_named([row.get("image") or "" for row in rows])
+        for row, image in zip(rows, placed, strict=True):
+            shown = _scored({**row, "image": image}, task, classes, split.name)
             said.damaged += shown is None
             if shown is not None:
                 said.rows.append(shown)

@@ -240,3 +240,30 @@ def _review_tasks_of_suspects(
     result = eic("audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--review-output", review, "--quiet")
     assert result.exit_code == 0, result.stderr
     return json.loads(review.read_text())
+
+
+def test_a_run_trained_from_a_relative_folder_is_audited_with_its_own_images_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run trained as `eic train data -o run` names its test images relative to where it ran: audited from
+    another folder, whose own data/ holds other pictures under the same names, its review tasks pointed at those
+    (and from a folder without data/, at files that do not exist)."""
+    import json
+
+    from europeana_imgcls.modelling.training import train
+
+    from ..support import config
+
+    project, other = tmp_path / "project", tmp_path / "other"
+    make_folders(project / "data", per_class=6)
+    make_folders(other / "data", per_class=6, size=24)  # the same names, other pictures
+    monkeypatch.chdir(project)
+    train(config(Path("data"), Path("run"), epochs=1, folds=3, gradcam_images=0))
+    monkeypatch.chdir(other)
+    review = tmp_path / "suspects.json"
+    result = eic("audit", project / "run", "-o", tmp_path / "audit", "--review-output", review, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    shown = [Path(task["data"]["image"]) for task in json.loads(review.read_text())]
+    assert shown and all(p.is_file() and p.is_relative_to(project / "data") for p in shown), shown[:2]
+    issues = pl.read_csv(tmp_path / "audit" / "label_issues.csv")
+    assert all(Path(p).is_relative_to(project / "data") for p in issues["image"]), issues["image"][:2]
