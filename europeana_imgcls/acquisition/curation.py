@@ -41,9 +41,9 @@ def subtract(config: SubtractConfig) -> SubtractReport:
     with claimed(config.output, TABLE, overwrite=config.overwrite):
         train = read_table(config.train, required=("ID",), columns=config.columns)
         evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
-        eval_ids = evaluation.get_column("ID").drop_nulls().unique()
+        eval_ids = evaluation.select(record_key(pl.col("ID"))).get_column("ID").drop_nulls().unique()
         # A row without an ID cannot be in the evaluation table: it stays.
-        kept = train.filter(~pl.col("ID").is_in(eval_ids.implode()).fill_null(False))
+        kept = train.filter(~record_key(pl.col("ID")).is_in(eval_ids.implode()).fill_null(False))
         write_table(kept, config.output)
         write_json(sidecar(config.output, "config"), public_dict(config))
     report = SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
@@ -51,6 +51,18 @@ def subtract(config: SubtractConfig) -> SubtractReport:
     for warning in report.warnings:
         log.warning("%s", warning)
     return report
+
+
+# A record's ID as other tables write it: its URI, its page on europeana.eu (with a language, or the old portal's
+# record/...html), without the leading slash (the pilot's eval_multilabel.csv) or with a trailing one.
+_URI = r"(?i)^https?://(?:data\.europeana\.eu/item|(?:www\.)?europeana\.eu/(?:[a-z]{2}/)?item)(/.*)$"
+_PORTAL = r"(?i)^https?://(?:www\.)?europeana\.eu/portal/(?:[a-z]{2}/)?record(/.*?)(?:\.html)?$"
+
+
+def record_key(ids: pl.Expr) -> pl.Expr:
+    """Record IDs however a table writes them, as ``/DATASET/LOCAL``: what subtract matches two tables' rows by."""
+    key = ids.str.strip_chars().str.replace(_URI, "${1}").str.replace(_PORTAL, "${1}").str.strip_chars_end("/")
+    return pl.when(key.str.starts_with("/")).then(key).otherwise(pl.lit("/") + key)
 
 
 def _most_removed(train: pl.DataFrame, kept: pl.DataFrame) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import functools
+import io
 import json
 import logging
 import math
@@ -272,7 +273,7 @@ def _scan(path: Path) -> pl.LazyFrame:
     if path.suffix.lower() != ".csv":
         return pl.scan_parquet(path, glob=False)  # a user's path is a name, never a pattern (`tab[1].csv`)
     dialect = csv_dialect(path)
-    if dialect.encoding != "utf8":  # polars streams UTF-8 only; a spreadsheet's table fits in memory
+    if dialect.encoding != "utf8" or dialect.cr_lines:  # polars streams UTF-8 lines only; a spreadsheet fits in memory
         try:
             return _read_csv(path).lazy()
         except Exception as exc:
@@ -296,6 +297,7 @@ _CHUNK = 1 << 20
 class CsvDialect:
     separator: str  # one of SEPARATORS
     encoding: str  # "utf8", "cp1252" (Excel's "CSV" on Windows) or "utf-16" (Excel's "Unicode Text")
+    cr_lines: bool = False  # lines end with CR alone (Excel's "CSV (Macintosh)"), which polars does not split on
 
 
 def csv_dialect(path: Path) -> CsvDialect:
@@ -329,7 +331,8 @@ def _dialect(path: Path, where: Path, size: int, mtime: int) -> CsvDialect:
         )
     text = head.decode("utf-8" if encoding == "utf8" else encoding, errors="replace").lstrip("\ufeff")
     header = text.splitlines()[0] if text.strip() else ""
-    return CsvDialect(max(SEPARATORS, key=lambda sep: len(next(csv.reader([header], delimiter=sep), []))), encoding)
+    separator = max(SEPARATORS, key=lambda sep: len(next(csv.reader([header], delimiter=sep), [])))
+    return CsvDialect(separator, encoding, cr_lines="\r" in text and "\n" not in text)
 
 
 def _decodes(path: Path, encoding: str) -> bool:
@@ -348,10 +351,14 @@ def _decodes(path: Path, encoding: str) -> bool:
 def _read_csv(path: Path) -> pl.DataFrame:
     """A CSV's cells as text, in its own dialect (``csv_dialect``)."""
     dialect = csv_dialect(path)
+    source: Path | io.BytesIO = path
+    if dialect.cr_lines:
+        text = path.read_bytes().decode("utf-8" if dialect.encoding == "utf8" else dialect.encoding)
+        source = io.BytesIO(text.replace("\r", "\n").encode("utf-8"))
     return pl.read_csv(
-        path,
+        source,
         separator=dialect.separator,
-        encoding=dialect.encoding,
+        encoding="utf8" if dialect.cr_lines else dialect.encoding,
         infer_schema=False,
         truncate_ragged_lines=True,
         glob=False,

@@ -174,3 +174,33 @@ def test_subtract_warns_when_it_removes_most_of_a_class_or_a_level(
     (category,) = subtracted([r for r in rows if r["category"] == "map"][:5], "maps")  # 4 open of 8: half, no more
     assert "5 of 8 records of class 'map'" in category
     assert subtracted(rows[:1], "one") == []  # one record of a class: nothing to say
+
+
+def test_subtract_matches_a_record_however_its_id_is_written(tmp_path: Path) -> None:
+    """An evaluation table from elsewhere writes a record's ID as its URI, its page on europeana.eu, without the
+    leading slash (the pilot's eval_multilabel.csv), or with a trailing one: each is the same record."""
+    ids = [f"/9001/{x}" for x in "abcdefg"] + ["/9001/kept"]
+    pl.DataFrame({"category": ["map"] * len(ids), "ID": ids}).write_csv(tmp_path / "t.csv")
+    written = [
+        "http://data.europeana.eu/item/9001/a",
+        "https://www.europeana.eu/en/item/9001/b",
+        "9001/c",
+        "/9001/d/",
+        " /9001/e ",
+        "https://www.europeana.eu/item/9001/f",
+        "https://www.europeana.eu/portal/de/record/9001/g.html",
+    ]
+    pl.DataFrame({"ID": written}).write_csv(tmp_path / "e.csv")
+    report = subtract(SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.csv", output=tmp_path / "o.csv"))
+    assert pl.read_csv(tmp_path / "o.csv")["ID"].to_list() == ["/9001/kept"]
+    assert (report.kept, report.removed) == (1, 7)
+
+
+def test_a_table_with_old_mac_line_ends_reads_as_its_rows(tmp_path: Path) -> None:
+    """Excel's "CSV (Macintosh)" ends lines with CR alone: it read as one header line and no rows (0 rows, exit 0,
+    subtract removing nothing)."""
+    (tmp_path / "t.csv").write_bytes(b"category,ID\rmap,/1/a\rmap,/1/b\rphoto,/1/c\r")
+    (tmp_path / "e.csv").write_bytes(b"ID\r/1/b\r")
+    report = subtract(SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.csv", output=tmp_path / "o.csv"))
+    assert pl.read_csv(tmp_path / "o.csv")["ID"].to_list() == ["/1/a", "/1/c"] and report.removed == 1
+    assert stats(StatsConfig(table=tmp_path / "t.csv")).rows == 3
