@@ -10,10 +10,10 @@ from pathlib import Path
 import polars as pl
 
 from ..core.config import StatsConfig, SubtractConfig, public_dict
-from ..core.outputs import TABLE, OutputKind, claimed
+from ..core.outputs import TABLE, OutputKind, claim_sidecar, claimed
 from ..core.recognise import peek_json
 from ..core.sidecars import MAX_SIDECAR_BYTES
-from ..core.tables import read_table, sidecar, write_json, write_table
+from ..core.tables import read_table, write_json, write_table
 from ..europeana.vocabulary import load_vocabulary
 
 
@@ -39,13 +39,14 @@ class SubtractReport:
 def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
     with claimed(config.output, TABLE, overwrite=config.overwrite):
+        settings = claim_sidecar(config.output, "config")
         train = read_table(config.train, required=("ID",), columns=config.columns)
         evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
         eval_ids = evaluation.select(record_key(pl.col("ID"))).get_column("ID").drop_nulls().unique()
         # A row without an ID cannot be in the evaluation table: it stays.
         kept = train.filter(~record_key(pl.col("ID")).is_in(eval_ids.implode()).fill_null(False))
+        write_json(settings, public_dict(config))  # first: a table of eic's is one with its settings beside it
         write_table(kept, config.output)
-        write_json(sidecar(config.output, "config"), public_dict(config))
     report = SubtractReport(output=config.output, kept=kept.height, removed=train.height - kept.height)
     report.warnings = _most_removed(train, kept)
     for warning in report.warnings:

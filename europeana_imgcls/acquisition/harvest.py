@@ -31,7 +31,7 @@ import polars as pl
 from ..core.config import HarvestConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.journal import Journal
-from ..core.outputs import TABLE, claim
+from ..core.outputs import TABLE, claim, claim_sidecar
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import SearchClient, record_uri
@@ -139,6 +139,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     shard = config.shard_spec
     if shard is None:  # shards write only their journal parts; the run without shard claims and writes the table
         claim(config.output, TABLE, resume=config.resume)  # a new table, or `resume` carries on eic's own
+        claim_sidecar(config.output, "config")  # and its settings beside it: nobody else's file of that name
     journal = Journal(
         config.output.with_name(config.output.name + ".journal"),
         what=f"the harvest into {config.output}",

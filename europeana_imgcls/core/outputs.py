@@ -39,9 +39,9 @@ from pydantic import ValidationError
 
 from .errors import DatasetError
 from .locks import Held, Lock
-from .recognise import is_eic_table, is_review_tasks
-from .sidecars import Sidecar, small_regular_file, special_kind
-from .tables import TEMP_SUFFIX, is_own_temp
+from .recognise import is_eic_table, is_review_tasks, peek_json
+from .sidecars import MAX_SIDECAR_BYTES, Sidecar, small_regular_file, special_kind
+from .tables import TEMP_SUFFIX, is_own_temp, sidecar
 
 MANIFEST: Final = ".eic-output.json"
 MANIFEST_FORMAT: Final = "europeana-imgcls/output-v1"
@@ -103,6 +103,30 @@ def claim(
     offered = ["pass `resume` to carry it on"] if resume is not None else []
     offered += ["pass `overwrite` to replace it"] if overwrite is not None else []
     raise DatasetError(f"{path} already exists: " + ", or ".join([*offered, f"choose another `{option}`"]))
+
+
+def claim_sidecar(output: Path, kind: str, option: str = "output") -> Path:
+    """Where eic writes its settings (or a review's notes) beside the table ``output`` (``NAME.<kind>.json``), once
+    it may: nothing there, or eic's own file of a table of that name. A user's file of that name, or eic's of the
+    table beside (``x.csv``'s, which ``x.parquet``'s would replace: ``x.csv`` would be no table of eic's), is
+    refused in one line before any work."""
+    path = sidecar(absolute(output), kind)
+    if not os.path.lexists(path):
+        return path
+    data = None if path.is_symlink() else peek_json(path, MAX_SIDECAR_BYTES)
+    settings = data.get("config") if isinstance(data, dict) and isinstance(data.get("config"), dict) else data
+    named = settings.get("output") if isinstance(settings, dict) else None
+    if isinstance(named, str) and Path(named).name == Path(output).name:
+        return path
+    if isinstance(named, str):
+        raise DatasetError(
+            f"{path} holds eic's settings of {Path(named).name}, which those of {Path(output).name} would replace: "
+            f"choose another `{option}` (or delete {path.name} if {Path(named).name} is gone)"
+        )
+    raise DatasetError(
+        f"{path} is not eic's, and eic writes the settings of {Path(output).name} there: move it, or choose another "
+        f"`{option}`"
+    )
 
 
 def absolute(path: Path) -> Path:

@@ -39,7 +39,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import ConfigError, DatasetError
-from ..core.outputs import TABLE, claimed
+from ..core.outputs import TABLE, claim_sidecar, claimed
 from ..core.sidecars import first_problem, read_capped
 from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
 from ..datasets.imageset import Decisions
@@ -300,6 +300,7 @@ def import_review(config: ReviewImportConfig) -> ReviewImportReport:
     """Turn a Label Studio JSON export into a table; see the module docstring."""
     check_table_suffix(config.output)
     with claimed(config.output, TABLE, overwrite=config.overwrite):  # one writer, and only over eic's own table
+        claim_sidecar(config.output, "review")  # and its notes beside it: nobody else's file of that name
         return _import_review(config)
 
 
@@ -342,7 +343,6 @@ def _import_review(config: ReviewImportConfig) -> ReviewImportReport:
         rows.append(_row(record_id, data, labels, vocab, reviewers))
         for label in labels:
             report.per_class[label] = report.per_class.get(label, 0) + 1
-    write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
     notes = ReviewNotes(
         skipped=report.skipped,
         conflicts=report.conflicts,
@@ -351,7 +351,8 @@ def _import_review(config: ReviewImportConfig) -> ReviewImportReport:
         refused=[Refusal(task=t, reason=r) for t, r in report.refused],
         config=public_dict(config),
     )
-    write_json(sidecar(config.output, "review"), notes.model_dump(mode="json"))
+    write_json(sidecar(config.output, "review"), notes.model_dump(mode="json"))  # first: what makes the table eic's
+    write_table(pl.DataFrame(rows, schema={c: pl.Utf8 for c in COLUMNS}, orient="row"), config.output)
     report.imported = len(rows)
     return report
 

@@ -26,7 +26,7 @@ import polars as pl
 
 from ..core.config import ReviewApplyConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.outputs import TABLE, claimed
+from ..core.outputs import TABLE, claim_sidecar, claimed
 from ..core.sidecars import read_bounded
 from ..core.tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .review import ReviewNotes, record_id_problem, shown
@@ -57,6 +57,7 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
             "to replace it (a table eic wrote)"
         )
     with claimed(config.output, TABLE, overwrite=config.overwrite):  # TABLE itself too: only if eic wrote it
+        claim_sidecar(config.output, "apply")  # and its notes beside it: nobody else's file of that name
         return _apply_review(config)
 
 
@@ -82,9 +83,9 @@ def _apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
         report.added = len(report.unknown)
     columns = [*table.columns, *(c for c in REVIEW_COLUMNS if c not in table.columns)]
     new = pl.DataFrame(kept, schema={c: pl.Utf8 for c in columns}, orient="row") if kept else _empty(columns)
-    write_table(new, config.output)
     report.rows = new.height
-    write_json(sidecar(config.output, "apply"), _summary(report, config))
+    write_json(sidecar(config.output, "apply"), _summary(report, config))  # first: what makes the table eic's
+    write_table(new, config.output)
     return report
 
 

@@ -204,3 +204,24 @@ def test_a_table_with_old_mac_line_ends_reads_as_its_rows(tmp_path: Path) -> Non
     report = subtract(SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.csv", output=tmp_path / "o.csv"))
     assert pl.read_csv(tmp_path / "o.csv")["ID"].to_list() == ["/1/a", "/1/c"] and report.removed == 1
     assert stats(StatsConfig(table=tmp_path / "t.csv")).rows == 3
+
+
+def test_the_settings_file_beside_an_output_is_claimed_with_it(tmp_path: Path) -> None:
+    """eic writes NAME.config.json beside a table: a user's own file of that name was replaced without a word, and
+    eic's settings of x.csv replaced by those of x.parquet (then x.csv was no table of eic's, and could be neither
+    resumed nor overwritten). Both refused in one line, before any work, and left as they were."""
+    pl.DataFrame({"category": ["map", "map"], "ID": ["/1/a", "/1/b"]}).write_csv(tmp_path / "t.csv")
+    pl.DataFrame({"ID": ["/1/b"]}).write_csv(tmp_path / "e.csv")
+    mine = tmp_path / "results.config.json"
+    mine.write_text('{"my": "precious settings"}')
+    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "results.csv")
+    assert_one_line_error(result, "results.config.json")
+    assert mine.read_text() == '{"my": "precious settings"}' and not (tmp_path / "results.csv").exists()
+    first = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "x.csv")
+    assert first.exit_code == 0, first.stderr
+    kept = (tmp_path / "x.config.json").read_text()
+    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "x.parquet")
+    assert_one_line_error(result, "x.csv")
+    assert (tmp_path / "x.config.json").read_text() == kept and not (tmp_path / "x.parquet").exists()
+    again = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "x.csv", "--overwrite")
+    assert again.exit_code == 0, again.stderr
