@@ -39,7 +39,8 @@ CamMethod = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", 
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No setting is infinite or NaN: a timeout of inf overflowed a clock, a quota window of inf crashed every answer.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     stage: ClassVar[str] = ""
     # The path settings the stage reads: checked by ``check_inputs`` before the command imports torch, so a
     # mistyped path costs milliseconds, not the seconds torch takes to load.
@@ -101,6 +102,16 @@ def _service_url(value: Any) -> Any:
     return value
 
 
+def header_secret(value: SecretStr, name: str, what: str) -> SecretStr:
+    """A key or token as it travels in an HTTP header or parameter: refused before any work where it could only be
+    refused by the API, or could not be sent at all (not ASCII), or (a line break) would end the header."""
+    secret = value.get_secret_value()
+    if secret and secret.isascii() and secret.isprintable() and " " not in secret:
+        return value
+    said = "empty" if not secret else "not one: it holds a space, a line break or a character that is not ASCII"
+    raise ValueError(f"{name} is {said}; pass {what} as it is")
+
+
 class ApiSettings(ProgressSettings):
     """How to reach the Europeana Search API (shared by harvest and predict)."""
 
@@ -114,6 +125,12 @@ class ApiSettings(ProgressSettings):
         gt=0,
         description="Seconds to wait for one API answer (and for one image, when predict and enrich fetch them).",
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr) -> SecretStr:
+        return header_secret(value, "the API key", "your Europeana API key as EUROPEANA_API_KEY (or `api_key`)")
+
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
     max_quota_wait: float = Field(
         6.0,
@@ -904,16 +921,14 @@ class AnnotationApiSettings(ProgressSettings):
     @field_validator("annotation_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
-        # Refused before any work: such a token could only be refused by the API, or (a line break) end the
-        # Authorization header it travels in.
-        token = value.get_secret_value() if value is not None else None
-        if token is None or (token and token.isascii() and token.isprintable() and " " not in token):
-            return value
-        said = "empty" if not token else "not one: it holds a space, a line break or a character that is not ASCII"
-        raise ValueError(
-            f"the token is {said}; pass the access token Europeana gave you as it is, as EUROPEANA_ANNOTATION_TOKEN "
-            "(or `annotation_token`)"
-        )
+        what = "the access token Europeana gave you as EUROPEANA_ANNOTATION_TOKEN (or `annotation_token`)"
+        return None if value is None else header_secret(value, "the token", what)
+
+    @field_validator("api_key")
+    @classmethod
+    def _annotation_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        what = "your Europeana API key as EUROPEANA_API_KEY (or `api_key`)"
+        return None if value is None else header_secret(value, "the API key", what)
 
 
 class PublishConfig(AnnotationApiSettings):

@@ -84,10 +84,11 @@ def read_capped(
         raise error(f"{path}: missing; {remedy}") from None
     except OSError as exc:
         raise error(f"{path}: unreadable ({exc.strerror}); {remedy}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # before open(fd): Python refuses a folder's descriptor, naming its number
+        os.close(fd)
+        raise error(f"{path} is {special_kind(mode)}, not a regular file holding {what}: {remedy}")
     with open(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"{path} is {special_kind(mode)}, not a regular file holding {what}: {remedy}")
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:

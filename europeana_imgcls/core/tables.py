@@ -201,7 +201,7 @@ def read_table(path: Path, required: tuple[str, ...] = (), columns: Mapping[str,
         raise
     except Exception as exc:  # polars raises many kinds; all mean "unreadable"
         raise DatasetError(f"{path}: cannot read table ({type(exc).__name__}: {_first_line(exc)})") from None
-    df = rename_columns(path, _clean(df), columns)
+    df = rename_columns(path, _clean(df, path), columns)
     check_columns(path, df.columns, required, mappable=columns is not None)
     return df
 
@@ -215,7 +215,7 @@ def iter_table(
     try:
         csv_file = path.suffix.lower() == ".csv"
         for chunk in lazy.collect_batches(chunk_size=chunk_size):
-            yield rename_columns(path, _clean(_unescaped(chunk) if csv_file else chunk), columns)
+            yield rename_columns(path, _clean(_unescaped(chunk) if csv_file else chunk, path), columns)
     except DatasetError:
         raise
     except Exception as exc:
@@ -377,9 +377,16 @@ def check_columns(path: Path, columns: list[str], required: tuple[str, ...], map
         )
 
 
-def _clean(df: pl.DataFrame) -> pl.DataFrame:
+def _clean(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     keep = [c for c in df.columns if c.strip() and not c.startswith("_duplicated_") and not c.startswith("Unnamed:")]
-    df = df.select(keep).rename({c: c.strip() for c in keep})
+    names = [c.strip() for c in keep]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise DatasetError(f"{path}: two columns are named {twice!r} once their spaces are stripped: rename one")
+    nested = next((c for c in keep if isinstance(df.schema[c], pl.List | pl.Array | pl.Struct | pl.Object)), None)
+    if nested is not None:
+        raise DatasetError(f"{path}: column {nested.strip()!r} holds {df.schema[nested]}, not one value a cell")
+    df = df.select(keep).rename(dict(zip(keep, names, strict=True)))
     df = df.with_columns(pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in df.columns)
     return df.filter(~pl.all_horizontal(pl.all().is_null())) if df.width else df
 

@@ -133,6 +133,10 @@ class SearchClient:
                 response = self._get(params)
             except httpx.TimeoutException as exc:
                 return Failed("timed out", error=exc)
+            except httpx.TooManyRedirects:  # not passing: another attempt goes round the same loop
+                raise ApiError(
+                    f"the Search API URL {self.api_url} redirects without end (a redirect loop): check `api_url`"
+                ) from None
             except (httpx.TransportError, httpx.DecodingError) as exc:  # a broken body is as bad as no body
                 return Failed(f"unreachable ({type(exc).__name__})", error=exc)
             self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
@@ -270,7 +274,7 @@ def first(value: Any) -> str | None:
 def _parse(response: httpx.Response, api_url: str) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
         body = None
     if response.status_code == 404:  # nothing at that address: a typed or outdated `api_url`, not the records
         raise ApiError(

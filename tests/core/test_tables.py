@@ -266,3 +266,17 @@ def test_any_text_reads_back_from_eics_csvs_as_written_and_no_cell_starts_a_form
         expected = [tuple(c.strip() or None for c in row) for row in rows]
         read = read_table(by_polars)
         assert list(read.iter_rows()) == [row for row in expected if row != (None, None)]
+
+
+def test_a_header_that_repeats_a_name_once_stripped_and_a_list_column_are_one_line(tmp_path: Path) -> None:
+    """`ID,category,ID ` (a trailing space) made two ID columns once stripped, and a Parquet column of lists could
+    not be read as text: both tracebacks."""
+    from europeana_imgcls.core.errors import DatasetError
+    from europeana_imgcls.core.tables import read_table
+
+    (tmp_path / "dup.csv").write_text("ID,category,ID \n/1/a,map,/1/a\n")
+    with pytest.raises(DatasetError, match="ID"):
+        read_table(tmp_path / "dup.csv", required=("ID",))
+    pl.DataFrame({"ID": ["/1/a"], "category": [["map", "photo"]]}).write_parquet(tmp_path / "lists.parquet")
+    with pytest.raises(DatasetError, match="category"):
+        read_table(tmp_path / "lists.parquet", required=("ID",))

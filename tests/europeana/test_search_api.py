@@ -356,3 +356,42 @@ def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries(
         ):
             for _ in range(3):  # the window's one request is spent by the first, or by the client above
                 impatient.search([("query", "*")])
+
+
+def test_a_redirect_loop_and_a_deeply_nested_answer_are_one_line_each() -> None:
+    """Two answers that came out as tracebacks: a redirect that never ends (httpx's TooManyRedirects) and a JSON
+    body nested deeper than Python's recursion limit."""
+    loop = httpx.Response(302, headers={"Location": URL})
+    with pytest.raises(ApiError, match="redirect"):
+        make_client(lambda r: loop, retries=0).search([("query", "*")])
+    nested = httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"})
+    with pytest.raises(ApiError, match="not a JSON object"):
+        make_client(lambda r: nested).search([("query", "*")])
+
+
+@pytest.mark.parametrize("key", ["SECRÉTKEY", "key\nwith a line", " "])
+def test_an_api_key_no_http_header_can_carry_is_refused_before_any_request(key: str, tmp_path: Path) -> None:
+    result = eic("harvest", "--n", "1", "--output", tmp_path / "h.csv", env={"EUROPEANA_API_KEY": key})
+    assert_one_line_error(result, "API key")
+    assert key.strip() not in result.stderr or not key.strip()
+    assert not (tmp_path / "h.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [("harvest", "--timeout", "inf"), ("harvest", "--timeout", "1e400"), ("download", "--rate", "nan")],
+)
+def test_a_setting_that_is_no_finite_number_is_refused_in_one_line(
+    command: str, flag: str, value: str, tmp_path: Path
+) -> None:
+    (tmp_path / "t.csv").write_text("ID,URL,category\n/1/a,http://127.0.0.1:9/a.jpg,map\n")
+    given = ["--n", "1", "--output", tmp_path / "h.csv"] if command == "harvest" else [tmp_path / "t.csv"]
+    result = eic(
+        command,
+        *given,
+        "--output-dir" if command == "download" else "--quiet",
+        *([tmp_path / "img"] if command == "download" else []),
+        flag,
+        value,
+    )
+    assert_one_line_error(result, flag.removeprefix("--"))
