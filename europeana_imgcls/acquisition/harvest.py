@@ -34,7 +34,7 @@ from ..core.journal import Journal
 from ..core.outputs import TABLE, claim, claim_sidecar
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
-from ..europeana.search_api import SearchClient, record_uri
+from ..europeana.search_api import DEFAULT_API_URL, SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from .sources import AMBIGUOUS, ApiSource, Plan, Source, Unit, piece_found, plan_units, unit_query
 
@@ -154,6 +154,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         units = [u for u in source.units() if shard is None or shard.owns(u)]
         with journal.open(config.resume):
             found = _replayed(journal, source, plan, config)
+            _refuse_dropped_levels(found, plan, config)
             todo = [u for u in units if u not in found.finished]
             if shard is None:
                 write_json(sidecar(config.output, "config"), public_dict(config))
@@ -180,13 +181,27 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     )
 
 
+def _refuse_dropped_levels(found: _Found, plan: Plan, config: HarvestConfig) -> None:
+    """A resumed Search API harvest may add reusability levels (new query units) but not leave out one it harvested:
+    the table is built from the units planned now, so that level's rows would be dropped from it."""
+    if config.metadata_source != "api":
+        return  # the bulk sources share their levels through the journal's settings
+    planned = {unit.key for unit in plan.units}
+    dropped = sorted({key.rsplit("|", 1)[-1] for key in found.finished if key not in planned})
+    if dropped:
+        raise DatasetError(
+            f"{config.output} was harvested at reusability {', '.join(dropped)} too, which this run leaves out (its "
+            "rows would leave the table): resume with every level it was started with, and any you add"
+        )
+
+
 def _source_setting(config: HarvestConfig) -> dict[str, Any]:
     """The source and its dates, settings every writer of the journal must share: named only when they are not the
     Search API's, so that a harvest journaled before there were other sources still resumes. A bulk source's unit
     (a zip, a set) is done for the levels it was read with: another level would find it finished and nothing of its
     own, so the levels are shared too (the Search API's units are a level's each: a level added is new units)."""
-    if config.metadata_source == "api":
-        return {}
+    if config.metadata_source == "api":  # another Search API (a shell without EUROPEANA_API_URL): other records
+        return {} if config.api_url == DEFAULT_API_URL else {"api_url": config.api_url}
     dates = {"from": config.from_date, "until": config.until}
     setting = {"source": config.metadata_source, "reusability": sorted(set(config.reusability))}
     return setting | {name: date for name, date in dates.items() if date}

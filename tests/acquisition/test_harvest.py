@@ -435,3 +435,28 @@ def test_a_record_found_again_keeps_its_place_and_takes_its_newest_values() -> N
 
     found = [{"ID": "/1/a", "URL": "old"}, {"ID": "/1/b", "URL": "b"}, {"ID": "/1/a", "URL": "new"}]
     assert _first_of_each(found) == [{"ID": "/1/a", "URL": "new"}, {"ID": "/1/b", "URL": "b"}]
+
+
+def test_a_resume_may_add_levels_but_not_drop_one_nor_change_the_api(vocab_file: Path, tmp_path: Path) -> None:
+    """`--reusability restricted --resume` over an `open` harvest rewrote the table without its open rows (they
+    stayed in the journal alone), and a resume against another Search API (a new shell without EUROPEANA_API_URL)
+    mixed two servers' records in one table. Both refused in one line, the table as it was; adding a level is fine."""
+    from europeana_imgcls.europeana.search_api import DEFAULT_API_URL
+
+    out = tmp_path / "h.csv"
+    with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        harvest(config(sb, vocab_file, out, n=2, reusability=["open"]))
+        table = out.read_bytes()
+        with pytest.raises(DatasetError, match="open"):
+            harvest(config(sb, vocab_file, out, n=2, reusability=["restricted"], resume=True))
+        assert out.read_bytes() == table
+        with pytest.raises(DatasetError, match="api_url"):
+            harvest(
+                config(sb, vocab_file, out, n=2, reusability=["open"], resume=True).model_copy(
+                    update={"api_url": DEFAULT_API_URL}
+                )
+            )
+        assert out.read_bytes() == table
+        both = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+        levels = pl.read_csv(out)["reusability"].to_list()
+        assert both.resumed_units and {"open", "restricted"} <= set(levels)
