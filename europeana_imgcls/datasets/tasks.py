@@ -220,7 +220,14 @@ class MultiLabel(Task):
         from cleanlab.multilabel_classification.filter import find_label_issues
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
-        labels = [list(np.flatnonzero(row)) for row in truth]
+        # A class on every image (a broad tag beside specific ones), or on none, has one answer: cleanlab's
+        # one-versus-rest pass cannot judge it, so it is ranked on the others.
+        truth = np.asarray(truth) > 0
+        judged = truth.any(axis=0) & ~truth.all(axis=0)
+        if not judged.any():
+            return np.zeros(0, dtype=int), np.ones(len(truth), dtype=float)
+        labels = [list(np.flatnonzero(row)) for row in truth[:, judged]]
+        probs = np.asarray(probs)[:, judged]
         ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
         return np.asarray(ranked, dtype=int), np.asarray(get_label_quality_scores(labels, probs), dtype=float)
 

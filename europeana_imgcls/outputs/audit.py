@@ -16,6 +16,7 @@ probabilities of a k-fold linear probe made here) the audit writes:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -44,6 +45,8 @@ from ..modelling.embedding import matrix, read_embeddings
 from ..modelling.heads import head_probabilities, linear_head
 from ..modelling.run_folder import RunFolder
 from .review import ImageLinks, review_task, shown_in_label_studio, write_review_tasks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -276,6 +279,13 @@ def _label_issues(findings: Findings) -> tuple[np.ndarray, np.ndarray]:
         import cleanlab  # noqa: F401 - only to say what is missing
     except ImportError:
         raise ConfigError("eic audit needs cleanlab: pip install 'europeana-imgcls[audit]'") from None
+    present = findings.task.indicator(findings.truth, len(findings.classes))
+    everywhere = [name for name, column in zip(findings.classes, present.T, strict=True) if column.all()]
+    if everywhere:
+        log.warning(
+            "%s: on every image, so no label of it can be told wrong; the ranking judges the other classes",
+            ", ".join(everywhere),
+        )
     return findings.task.label_issues(findings.truth, findings.probs)
 
 

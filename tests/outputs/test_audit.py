@@ -267,3 +267,25 @@ def test_a_run_trained_from_a_relative_folder_is_audited_with_its_own_images_fro
     assert shown and all(p.is_file() and p.is_relative_to(project / "data") for p in shown), shown[:2]
     issues = pl.read_csv(tmp_path / "audit" / "label_issues.csv")
     assert all(Path(p).is_relative_to(project / "data") for p in issues["image"]), issues["image"][:2]
+
+
+def test_a_multilabel_class_on_every_image_is_left_out_of_the_ranking_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broad tag on every image beside specific ones ("map" on all, "painting" or "specimen" on some): cleanlab's
+    one-versus-rest pass has one answer for it (ValueError: Labels must contain at least 2 classes, 184 lines)."""
+    import json
+
+    rng = np.random.default_rng(0)
+    categories = ["map", "map painting", "map specimen"] * 8
+    table = pl.DataFrame({"image": [f"/x/{i}.jpg" for i in range(len(categories))], "category": categories})
+    table.with_columns(pl.Series("embedding", rng.normal(size=(len(categories), 4)).tolist())).write_parquet(
+        tmp_path / "e.parquet"
+    )
+    sidecar = {"arch": "tiny", "weights": "none", "input_size": 32, "mode": "multi-label"}
+    (tmp_path / "e.embedding.json").write_text(json.dumps({**sidecar, "classes": ["map", "painting", "specimen"]}))
+    with caplog.at_level("WARNING", logger="europeana_imgcls"):
+        result = eic("audit", tmp_path / "e.parquet", "-o", tmp_path / "audit", "--folds", "3", "--quiet")
+    assert result.exit_code == 0, result.stderr[-2000:]
+    assert any(r.getMessage().startswith("map: on every image") for r in caplog.records)
+    assert (tmp_path / "audit" / "label_issues.csv").is_file()
