@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,7 +100,22 @@ def _service_url(value: Any) -> Any:
         raise ValueError(f"{value!r} is no URL ({exc}): give the service's http(s) address") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is no http(s) URL: give the service's address, e.g. https://api.europeana.eu/...")
+    if "@" in parts.netloc or _KEY_PARAMETER.search(parts.query):
+        raise ValueError(
+            "a password or key written into the address would be printed and written with it: give the address "
+            "alone, and the key as `api_key` (EUROPEANA_API_KEY)"
+        )
     return value
+
+
+# A key in an address's query (Europeana's own docs write the API key as ?wskey=...).
+_KEY_PARAMETER = re.compile(r"(?i)(?:^|&)(?:wskey|api_?key|key|token|access_token|password)=")
+_SECRET_IN_URL = re.compile(r"(?i)(//)[^/@\s]*@|([?&](?:wskey|api_?key|key|token|access_token|password)=)[^&\s'\"]*")
+
+
+def without_secrets(text: str) -> str:
+    """``text`` with what an address may carry of a secret (its user:password@, a key parameter) masked."""
+    return _SECRET_IN_URL.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", text)
 
 
 def header_secret(value: SecretStr, name: str, what: str) -> SecretStr:
@@ -911,9 +927,9 @@ class AnnotationApiSettings(ProgressSettings):
     @field_validator("annotation_api")
     @classmethod
     def _annotation_api(cls, value: str) -> str:
-        parts = urlsplit(_service_url(value))  # an http(s) address at all, its port a number
-        if "@" in parts.netloc:
+        if "@" in value.split("//", 1)[-1].split("/", 1)[0]:  # a user (or password) in it: this API's own line
             raise ValueError("give the http(s) address of the Annotations API, e.g. https://api.europeana.eu")
+        parts = urlsplit(_service_url(value))  # an http(s) address at all, its port a number
         if parts.query or parts.fragment or any(c.isspace() for c in value):
             raise ValueError("give the Annotations API's address alone, without a query, fragment or spaces")
         return value
@@ -1075,8 +1091,8 @@ def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     message = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words need no label
     if not err["loc"]:  # a rule between settings: its words name them
-        return message
-    return f"invalid setting '{where}': {message}{shown}{more}"
+        return without_secrets(message)
+    return without_secrets(f"invalid setting '{where}': {message}{shown}{more}")
 
 
 def public_dict(config: BaseModel) -> dict[str, Any]:

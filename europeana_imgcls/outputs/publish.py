@@ -45,7 +45,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, Validation
 
 from ..core.config import AnnotationApiSettings, PublishConfig, WithdrawConfig
 from ..core.errors import ApiError, ConfigError, DatasetError
-from ..core.journal import Journal
+from ..core.journal import SETTINGS, Journal
 from ..core.progress import progress_bar
 from ..core.sidecars import Sidecar, first_problem
 from ..europeana.annotation_client import (
@@ -533,7 +533,8 @@ def withdraw(config: WithdrawConfig) -> WithdrawReport:
     model = config.model.removeprefix(MODEL_ID_PREFIX)
     if not config.published:
         return _withdraw_found(config, model)
-    journals = [_journal(_journal_folder(path, model, config), config) for path in config.published]
+    folders = dict.fromkeys(_journal_folder(path, model, config).resolve() for path in config.published)  # once each
+    journals = [_journal(folder, config) for folder in folders]
     report = WithdrawReport(
         model, [j.folder for j in journals], dry_run=config.dry_run, where=api_name(config.annotation_api)
     )
@@ -661,8 +662,14 @@ def _number(annotation_id: str, client: AnnotationsClient) -> int:
 
 
 def _journal_folder(path: Path, model: str, config: WithdrawConfig) -> Path:
-    """An enrichment file's publish journal (or a journal folder given itself)."""
+    """An enrichment file's publish journal (or a journal folder given itself: only one eic publish wrote, or
+    withdraw would write a journal into any folder it is given)."""
     if path.is_dir():
+        if not (path / SETTINGS).is_file():
+            raise DatasetError(
+                f"{path}: no journal of eic publish (it writes ENRICHMENTS.published/ with its {SETTINGS}): give "
+                "the enrichments file eic publish sent, or its .published folder"
+            )
         return path
     folder = path.with_name(path.name + ".published")
     if not folder.is_dir():

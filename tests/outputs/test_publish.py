@@ -864,3 +864,21 @@ def test_a_token_that_may_delete_nothing_stops_withdraw_in_one_line(tmp_path: Pa
         assert "each of the first 20 deletions" in _one_line(result)
         asked = sum(n for path, n in sb.hits.items() if path.rsplit("/", 1)[-1].isdigit())
         assert len(sb.annotations.live()) == 25 and asked == 20
+
+
+def test_withdraw_takes_only_publish_journals_and_each_once(tmp_path: Path) -> None:
+    """A folder given that is no publish journal got a journal written into it (even with --dry-run), and a file
+    named with its journal (`eic withdraw out/*`) was refused as being written by the very run."""
+    path = _write(tmp_path / "e.jsonl", _made(3))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("hi")
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        publish(_config(path, sb))
+        api = ["--model", MODEL_A, "--annotation-api", sb.base_url]
+        result = CliRunner().invoke(app, ["withdraw", str(notes), *api, "--dry-run"], env=ENV)
+        assert "no journal of eic publish" in _one_line(result)
+        assert sorted(p.name for p in notes.iterdir()) == ["mine.txt"]
+        both = CliRunner().invoke(app, ["withdraw", str(path), str(tmp_path / "e.jsonl.published"), *api], env=ENV)
+        assert both.exit_code == 0 and both.stdout.startswith("3 annotations"), both.output
+        assert not sb.annotations.live()
