@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, DatasetError
+from .sidecars import read_capped
 
 DEFAULT_API_URL = "https://api.europeana.eu/record/v2/search.json"
 DEFAULT_THUMBNAIL_URL = "https://api.europeana.eu/thumbnail/v3"
@@ -344,9 +345,17 @@ class StatsConfig(_Base):
 
     table: Path = Field(description="Table to describe (.csv or .parquet).")
     vocab: Path | None = Field(None, description="Vocabulary to check categories against.")
-    output: Path | None = Field(None, description="Also write the statistics as JSON here.")
+    output: Path | None = Field(None, description="Also write the statistics as JSON here (a .json file).")
     columns: dict[str, str] = Field(default_factory=dict, description=COLUMNS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output instead of refusing it.")
+
+    @field_validator("output")
+    @classmethod
+    def _json_output(cls, value: Path | None) -> Path | None:
+        # EUROPEANA_OUTPUT is every stage's: exported for a harvest (harvested.csv), stats wrote its JSON there.
+        if value is not None and value.suffix.lower() != ".json":
+            raise ValueError("stats writes JSON: give a .json file")
+        return value
 
 
 class DownloadConfig(FetchSettings, ShardSettings, ProgressSettings):
@@ -1033,11 +1042,18 @@ def build_config(
     return model(**values)  # a bad value raises ConfigError (see _Base)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file; /dev/zero would never end
+
+
 def _file_values(model: type[_Base], path: Path) -> dict[str, Any]:
+    remedy = "give a TOML (or JSON) file of settings"
+    data = read_capped(path, MAX_CONFIG_BYTES, what="settings", remedy=remedy, error=ConfigError)
+    if data is None:  # a pipe or a device is refused before it is read; an endless file stops here
+        raise ConfigError(f"config file {path} holds more than {MAX_CONFIG_BYTES // 2**20} MB: {remedy}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {remedy}") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:

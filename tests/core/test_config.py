@@ -44,7 +44,7 @@ def test_config_file_mistakes_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bogus"):
         build_config(HarvestConfig, {}, bad, env={})
     result = eic("harvest", "--config", tmp_path / "missing.toml")
-    assert_one_line_error(result, "cannot read config file")
+    assert_one_line_error(result, "missing.toml: missing")
 
 
 def test_reusability_takes_a_list_as_well_as_the_flag_repeated() -> None:
@@ -123,3 +123,22 @@ def test_a_secret_inside_a_service_url_is_refused_and_never_echoed(
     assert_one_line_error(result, flag.removeprefix("--").replace("-", "_"))
     assert "S3CRET" not in result.stderr + result.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_a_config_file_that_is_a_pipe_or_endless_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`--config` read with read_text: a FIFO hung forever, /dev/zero read without end."""
+    import os
+
+    fifo = tmp_path / "settings.toml"
+    os.mkfifo(fifo)
+    for given in (fifo, Path("/dev/zero")):
+        result = eic("stats", tmp_path / "t.csv", "--config", given)
+        assert_one_line_error(result, str(given))
+
+
+def test_stats_writes_its_json_only_to_a_json_file(tmp_path: Path) -> None:
+    """EUROPEANA_OUTPUT exported for a harvest (harvested.csv) made `eic stats` write its JSON there."""
+    (tmp_path / "t.csv").write_text("ID,category\n/1/a,map\n")
+    result = eic("stats", tmp_path / "t.csv", env={"EUROPEANA_OUTPUT": str(tmp_path / "harvested.csv")})
+    assert_one_line_error(result, ".json")
+    assert not (tmp_path / "harvested.csv").exists()
