@@ -1047,11 +1047,11 @@ MAX_CONFIG_BYTES = 1 << 20  # a settings file; /dev/zero would never end
 
 def _file_values(model: type[_Base], path: Path) -> dict[str, Any]:
     remedy = "give a TOML (or JSON) file of settings"
-    data = read_capped(path, MAX_CONFIG_BYTES, what="settings", remedy=remedy, error=ConfigError)
-    if data is None:  # a pipe or a device is refused before it is read; an endless file stops here
+    raw = read_capped(path, MAX_CONFIG_BYTES, what="settings", remedy=remedy, error=ConfigError)
+    if raw is None:  # a pipe or a device is refused before it is read; an endless file stops here
         raise ConfigError(f"config file {path} holds more than {MAX_CONFIG_BYTES // 2**20} MB: {remedy}")
     try:
-        text = data.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text: {remedy}") from None
     try:
