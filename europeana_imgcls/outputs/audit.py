@@ -44,7 +44,7 @@ from ..modelling.calibration import out_of_fold
 from ..modelling.embedding import matrix, read_embeddings
 from ..modelling.heads import head_probabilities, linear_head
 from ..modelling.run_folder import RunFolder
-from .review import ImageLinks, review_task, shown_in_label_studio, write_review_tasks
+from .review import ImageLinks, claim_labelling_config, review_task, shown_in_label_studio, write_review_tasks
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def audit(config: AuditConfig) -> AuditReport:
         # summary.json) is refused before any work, whatever `overwrite` says.
         if review is not None:
             held.enter_context(claimed(review, REVIEW_TASKS, overwrite=config.overwrite, option="review_output"))
+            claim_labelling_config(review)
         out = held.enter_context(
             build_folder(config.output_dir, AUDIT, overwrite=config.overwrite, option="output_dir")
         )

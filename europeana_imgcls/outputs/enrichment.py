@@ -54,7 +54,7 @@ from ..modelling.processes import main_process
 from .inference import SplitModel
 from .inputs import Item, check_arguments
 from .prediction import PREDICTIONS, Rows, read_output, refuse_nothing_labelled, run_predictions
-from .review import ImageLinks, review_task, shown_in_label_studio, write_review_tasks
+from .review import ImageLinks, claim_labelling_config, review_task, shown_in_label_studio, write_review_tasks
 
 SOFTWARE = f"europeana-imgcls {__version__}"
 CANONICAL_NS = uuid.UUID("5d7c3f0e-4a43-4b8e-9d1c-2f4a1f0c9e11")
@@ -229,6 +229,8 @@ def _check_outputs(config: EnrichConfig, predictions: Path) -> None:
     ):
         if path is not None:
             claim(path, kind, resume=resume, option=option)
+    if config.review_output is not None:
+        claim_labelling_config(config.review_output)
 
 
 def _check_vocabulary(calibration: Calibration, vocab: dict[str, str], source: Path | None) -> None:

@@ -40,7 +40,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from ..core.config import ReviewImportConfig, public_dict
 from ..core.errors import ConfigError, DatasetError
 from ..core.outputs import TABLE, claim_sidecar, claimed
-from ..core.sidecars import first_problem, read_capped
+from ..core.sidecars import first_problem, read_capped, small_regular_file
 from ..core.tables import atomic_path, check_table_suffix, sidecar, write_json, write_table
 from ..datasets.imageset import Decisions
 from ..europeana.search_api import is_record_id, record_uri
@@ -167,6 +167,27 @@ def write_review_tasks(
 
 def labelling_config_path(review: Path) -> Path:
     return review.with_name(f"{review.stem}.labelling.xml")
+
+
+_LABELLING_START = '<View>\n  <Image name="image" value="$image"/>\n  <Text name="record" value="$ID"/>\n'
+
+
+def claim_labelling_config(review: Path, option: str = "review_output") -> None:
+    """The labelling interface beside review tasks may be written: none there, or one eic wrote (its opening is
+    eic's). A reviewer's own, hand-written one is refused in one line, before any work."""
+    path = labelling_config_path(review)
+    if not os.path.lexists(path):
+        return
+    start = _LABELLING_START.encode("utf-8")
+    head = b""
+    if small_regular_file(path, 1 << 20):  # never a pipe, a device or a link's target
+        with path.open("rb") as handle:
+            head = handle.read(len(start))
+    if head != start:
+        raise DatasetError(
+            f"{path} is not the labelling interface eic writes beside {review.name}: move it, or choose another "
+            f"`{option}`"
+        )
 
 
 def labelling_config(classes: list[str], task: Decisions) -> str:

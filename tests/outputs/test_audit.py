@@ -289,3 +289,19 @@ def test_a_multilabel_class_on_every_image_is_left_out_of_the_ranking_not_a_trac
     assert result.exit_code == 0, result.stderr[-2000:]
     assert any(r.getMessage().startswith("map: on every image") for r in caplog.records)
     assert (tmp_path / "audit" / "label_issues.csv").is_file()
+
+
+def test_a_labelling_interface_of_the_users_beside_the_review_tasks_is_not_replaced(
+    trained: Path, tmp_path: Path
+) -> None:
+    """The review tasks were claimed, the labelling interface eic writes beside them (NAME.labelling.xml) was not:
+    a reviewer's own, hand-written one was replaced without a word."""
+    mine = tmp_path / "suspects.labelling.xml"
+    mine.write_text("<View><!-- our team's interface --></View>\n")
+    args = ["audit", trained, "-o", tmp_path / "audit", "--review-output", tmp_path / "suspects.json", "--quiet"]
+    assert_one_line_error(eic(*args), "suspects.labelling.xml")
+    assert mine.read_text() == "<View><!-- our team's interface --></View>\n"
+    assert not (tmp_path / "suspects.json").exists()
+    mine.unlink()
+    assert eic(*args).exit_code == 0 and mine.is_file()
+    assert eic(*args, "--overwrite").exit_code == 0  # eic's own, replaced on request
