@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -229,6 +230,13 @@ class FetchSettings(_Base):
     )
 
     _thumbnail_url = field_validator("thumbnail_url")(_service_url)
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a setting holds a list (``list[str]``, ``list[Path] | None``): from the environment, its words."""
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(typing.get_origin(arg) is list for arg in typing.get_args(annotation))
 
 
 def _split_words(value: Any) -> Any:
@@ -1035,7 +1043,7 @@ def build_config(
     for name in model.model_fields:
         key = ENV_PREFIX + name.upper()
         if env.get(key):
-            values[name] = env[key]
+            values[name] = _split_words(env[key]) if _is_list(model.model_fields[name].annotation) else env[key]
     if config_file is not None:
         values.update(_file_values(model, config_file))
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -1130,6 +1138,7 @@ ALL_CONFIGS: list[type[_Base]] = [
     CalibrateConfig,
     EmbedConfig,
     AuditConfig,
+    ExportConfig,
     ReportConfig,
     DemoConfig,
     SandboxConfig,

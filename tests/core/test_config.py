@@ -142,3 +142,14 @@ def test_stats_writes_its_json_only_to_a_json_file(tmp_path: Path) -> None:
     result = eic("stats", tmp_path / "t.csv", env={"EUROPEANA_OUTPUT": str(tmp_path / "harvested.csv")})
     assert_one_line_error(result, ".json")
     assert not (tmp_path / "harvested.csv").exists()
+
+
+def test_a_list_setting_from_the_environment_is_split_as_the_docs_say() -> None:
+    """docs/configuration.md: lists are comma- or space-separated; only `reusability` was (EUROPEANA_SET=9000 was
+    "Input should be a valid list")."""
+    from europeana_imgcls.core.config import WithdrawConfig
+
+    harvest = build_config(HarvestConfig, {"metadata_source": "oai-pmh"}, None, env={"EUROPEANA_SET": "9000,9001 9002"})
+    assert harvest.set == ["9000", "9001", "9002"]
+    withdraw = build_config(WithdrawConfig, {"model": "0" * 16}, None, env={"EUROPEANA_PUBLISHED": "a.jsonl b.jsonl"})
+    assert withdraw.published == [Path("a.jsonl"), Path("b.jsonl")]
