@@ -72,7 +72,6 @@ RERUN = (
     "export",
     "audit",
     "report",
-    "demo",
     "sandbox",
     "import",
     "apply",
@@ -81,15 +80,16 @@ RERUN = (
 )
 
 
-def run(action: Callable[[], T], command: str) -> T:
-    """Call the library; an EicError becomes one line on stderr and a non-zero exit code."""
+def run(action: Callable[[], T], command: str, interrupted: str | None = None) -> T:
+    """Call the library; an EicError becomes one line on stderr and a non-zero exit code (``interrupted``: what
+    Ctrl-C says, where the command's own words are better than the rule below)."""
     try:
         return action()
     except EicError as exc:
         typer.echo(f"eic: error: {report.as_flags(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        again = (
+        again = interrupted or (
             "run the same command again to carry on"
             if command == "download"
             else ("run it again" if command in RERUN else "run the same command with --resume to carry on")
@@ -345,7 +345,8 @@ def demo(config: DemoConfig) -> None:
     sandbox."""
     from .demo import demo as run_demo
 
-    result = run(lambda: run_demo(config, console), "demo")
+    again = f"delete {config.output_dir} to run the demo again, or give another --output-dir"
+    result = run(lambda: run_demo(config, console), "demo", interrupted=again)
     total = sum(seconds for _, _, seconds in result.stages)
     console.rule("[bold]done")
     console.print(

@@ -34,10 +34,12 @@ from ..core.config import (
     SubtractConfig,
     TrainConfig,
 )
+from ..core.errors import ConfigError
 from ..core.outputs import OutputKind, claim
 from ..europeana.annotation_standin import SANDBOX_TOKEN
 from ..europeana.sandbox import Knobs, Sandbox
 from ..europeana.vocabulary import default_vocabulary
+from ..modelling.models import get_arch
 from ..modelling.training import train
 from ..outputs.enrichment import enrich
 from ..outputs.evaluation import evaluate_run
@@ -51,6 +53,13 @@ DEMO_CLASSES = ("map", "painting", "photograph", "specimen")
 DEMO = OutputKind("demo", "a demo", folder=True)
 
 
+def _check_training(config: DemoConfig) -> None:
+    """The model the demo trains, checked before it harvests and downloads for a minute and leaves a folder."""
+    get_arch(config.arch)
+    if config.weights not in ("none", "imagenet") and not Path(config.weights).is_file():
+        raise ConfigError(f"weights {config.weights}: no such file; give none, imagenet or a weights file")
+
+
 @dataclass
 class DemoReport:
     output_dir: Path
@@ -60,6 +69,7 @@ class DemoReport:
 def demo(config: DemoConfig, console: Console | None = None) -> DemoReport:
     out = config.output_dir
     claim(out, DEMO, option="output_dir")  # an empty folder, or none: the demo writes every stage's outputs there
+    _check_training(config)
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     report = DemoReport(out)

@@ -37,3 +37,32 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert str(out / "report.html") in "".join(result.stdout.split())  # the console wraps a long path anywhere
     again = CliRunner().invoke(app, ["demo", "--output-dir", str(out)])
     assert again.exit_code == 1 and "already exists: choose another --output-dir" in again.stderr
+
+
+def test_a_demo_that_cannot_train_stops_before_it_writes_anything(tmp_path: Path) -> None:
+    """`eic demo --arch resnet_nope` harvested and downloaded for seconds, then failed, and left a folder that made
+    every later demo there refuse to start."""
+    out = tmp_path / "demo"
+    for flags, said in (
+        (["--arch", "resnet_nope"], "unknown arch 'resnet_nope'"),
+        (["--weights", "nope.pt"], "nope.pt"),
+    ):
+        result = CliRunner().invoke(app, ["demo", "-o", str(out), *flags])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and said in lines[0], result.output
+        assert not out.exists()
+
+
+def test_an_interrupted_demo_says_how_to_run_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C said "run it again", and running it again was refused (the folder exists, and the demo has no
+    --resume): the line now says what to do."""
+    from europeana_imgcls.cli import demo
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "harvest", interrupted)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "-o", str(out)])
+    assert result.exit_code == 130
+    assert str(out) in result.stderr and "another --output-dir" in result.stderr, result.stderr
