@@ -123,7 +123,7 @@ def _describe(config: StatsConfig) -> TableStats:
     vocab = load_vocabulary(config.vocab)
     has_category = "category" in df.columns
     labels = (
-        df.select("ID", pl.col("category").str.split(" ")).explode("category").drop_nulls("category")
+        df.select("ID", pl.col("category").str.extract_all(r"\S+")).explode("category").drop_nulls("category")
         if has_category
         else pl.DataFrame({"ID": [], "category": []}, schema={"ID": pl.Utf8, "category": pl.Utf8})
     )
@@ -138,13 +138,14 @@ def _describe(config: StatsConfig) -> TableStats:
         several = (
             df.drop_nulls("ID")
             .group_by("ID")
-            .agg(pl.col("category").n_unique().alias("k"))
+            # A record's labels as a set: "drawing ceramics" is "ceramics drawing"
+            .agg(pl.col("category").str.extract_all(r"\S+").list.sort().list.join(" ").n_unique().alias("k"))
             .filter(pl.col("k") > 1)
             .height
         )
     return TableStats(
         rows=df.height,
-        unique_ids=df.get_column("ID").n_unique(),
+        unique_ids=df.get_column("ID").drop_nulls().n_unique(),  # a row without an ID is no record
         per_category=per_category,
         per_reusability=_counts(df, "reusability") if "reusability" in df.columns else {},
         per_provider=_counts(df, provider_column),
