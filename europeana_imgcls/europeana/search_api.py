@@ -261,7 +261,15 @@ def _records(page: dict[str, Any], api_url: str) -> list[dict[str, Any]]:
     items = page.get("items") or []
     if not isinstance(items, list):
         raise ApiError(f"the Search API at {api_url} answered items that are not a list; check `api_url`")
-    return [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]]
+    records = [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]]
+    if items and not records and page.get("nextCursor"):
+        # Not the empty page that ends the paging (it carries no cursor): ending here, a unit would count as
+        # finished, and a resume would never ask for the rest.
+        raise ApiError(
+            f"the Search API at {api_url} answered a page of {len(items)} items of which none is a record (no id), "
+            "and more to come; check `api_url`; what was fetched so far is kept"
+        )
+    return records
 
 
 def first(value: Any) -> str | None:

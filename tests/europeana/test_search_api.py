@@ -395,3 +395,12 @@ def test_a_setting_that_is_no_finite_number_is_refused_in_one_line(
         value,
     )
     assert_one_line_error(result, flag.removeprefix("--"))
+
+
+def test_a_page_of_items_none_of_which_is_a_record_is_one_line_not_the_end_of_the_unit() -> None:
+    """A page of 100 items whose ids are null ended the paging as an empty page does: 0 records, exit 0, and the
+    unit journaled as finished, so a resume never asked for it again."""
+    body = {"success": True, "itemsCount": 2, "totalResults": 99, "items": [{"id": None}, {"id": None}]}
+    answer = httpx.Response(200, json={**body, "nextCursor": "next"})
+    with pytest.raises(ApiError, match="none is a record"):
+        list(make_client(lambda r: answer).iter_items("*"))
