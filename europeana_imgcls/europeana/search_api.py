@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -331,9 +332,11 @@ def server_text(text: str, response: httpx.Response, limit: int = 300) -> str:
     secrets = [request.headers[name] for name in SECRETS if request.headers.get(name)]
     secrets += [v for k, v in request.url.params.multi_items() if k == "wskey" and v]
     secrets += [s.split(" ", 1)[1] for s in secrets if s.lower().startswith("bearer ")]
-    for secret in sorted(set(secrets), key=len, reverse=True):
+    # As typed, and as a server may echo it: URL-encoded (either way), in another case.
+    forms = {form for secret in secrets for form in (secret, quote(secret, safe=""), quote_plus(secret))}
+    for secret in sorted(forms, key=len, reverse=True):
         if len(secret) >= 4:  # a one-letter "key" would mask every such letter of the text
-            text = text.replace(secret, "***")
+            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

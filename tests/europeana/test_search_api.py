@@ -404,3 +404,23 @@ def test_a_page_of_items_none_of_which_is_a_record_is_one_line_not_the_end_of_th
     answer = httpx.Response(200, json={**body, "nextCursor": "next"})
     with pytest.raises(ApiError, match="none is a record"):
         list(make_client(lambda r: answer).iter_items("*"))
+
+
+def test_a_key_echoed_url_encoded_or_in_capitals_is_masked_too(tmp_path: Path) -> None:
+    """The key was masked only as typed: a server echoing it URL-encoded or upper-cased printed it."""
+    from urllib.parse import quote, quote_plus
+
+    key = "SeCrEtKeY+/="
+
+    class Echo(QuietHandler):
+        def do_GET(self) -> None:
+            said = f"bad key {quote(key, safe='')} / {key.upper()} / {quote_plus(key)}"
+            send_json(self, 400, {"success": False, "error": said})
+
+    with serving(Echo) as base:
+        url = f"{base}/record/v2/search.json"
+        result = eic(
+            "harvest", "-o", tmp_path / "h.csv", "--api-url", url, "--retries", "0", env={"EUROPEANA_API_KEY": key}
+        )
+    assert_one_line_error(result, "bad key ***")
+    assert "SECRETKEY" not in result.stderr.upper().replace("%2B", "+").replace("%2F", "/"), result.stderr
