@@ -689,7 +689,7 @@ def _journal(folder: Path, config: AnnotationApiSettings) -> Journal:
     return Journal(
         folder,
         what=f"the publication journal {folder}",
-        settings={"annotation_api": config.annotation_api},
+        settings={"annotation_api": config.annotation_api.rstrip("/")},  # http://h/ is http://h, as the client says
         hint="this journal records what went to that Annotations API: name the same `annotation_api`, or "
         "publish to another one with another `journal`",
     )

@@ -882,3 +882,15 @@ def test_withdraw_takes_only_publish_journals_and_each_once(tmp_path: Path) -> N
         both = CliRunner().invoke(app, ["withdraw", str(path), str(tmp_path / "e.jsonl.published"), *api], env=ENV)
         assert both.exit_code == 0 and both.stdout.startswith("3 annotations"), both.output
         assert not sb.annotations.live()
+
+
+def test_an_address_with_a_trailing_slash_is_the_same_annotations_api(tmp_path: Path) -> None:
+    """Published to `http://h/`, withdrawn from `http://h`: refused as "started with other settings"."""
+    path = _write(tmp_path / "e.jsonl", _made(2))
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        published = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", sb.base_url + "/"], env=ENV)
+        assert published.exit_code == 0 and len(sb.annotations.live()) == 2, published.output
+        result = CliRunner().invoke(
+            app, ["withdraw", str(path), "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV
+        )
+        assert result.exit_code == 0 and not sb.annotations.live(), result.output
