@@ -98,7 +98,7 @@ def run(action: Callable[[], T], command: str, interrupted: str | None = None) -
         raise typer.Exit(130) from None
     except OSError as exc:  # the file system said no (a full disk, a path through a file, no permission)
         where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"eic: error: {where}{exc.strerror or exc}", err=True)
+        typer.echo(f"eic: error: {EicError(f'{where}{exc.strerror or exc}')}", err=True)  # one line, whatever the path
         raise typer.Exit(1) from None
 
 

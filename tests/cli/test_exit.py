@@ -74,3 +74,18 @@ def test_a_profiler_gets_its_report(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert profile.stat().st_size > 0
+
+
+def test_a_file_system_refusal_naming_a_path_with_a_line_break_is_one_line(tmp_path: Path) -> None:
+    """The file system's refusal printed the path as it was: one with a line break in it made two lines."""
+    from typer.testing import CliRunner
+
+    from europeana_imgcls.cli.app import app
+
+    (tmp_path / "t.csv").write_text("ID,category\n/1/a,map\n")
+    (tmp_path / "e.csv").write_text("ID\n/1/b\n")
+    result = CliRunner().invoke(
+        app, ["subtract", str(tmp_path / "t.csv"), str(tmp_path / "e.csv"), "--output", "/proc/a\nb/o.csv"]
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("eic: error: "), result.stderr
