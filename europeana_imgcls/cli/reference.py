@@ -10,7 +10,7 @@ import sys
 import typing
 from pathlib import Path
 
-from ..core.config import ALL_CONFIGS, ENV_PREFIX, SECRET_FIELDS
+from ..core.config import ALL_CONFIGS, ENV_PREFIX, FROM_FILE_TOO, SECRET_FIELDS
 
 PAGES = {"cli.md": lambda: cli_reference(), "configuration.md": lambda: config_reference()}
 
@@ -69,7 +69,10 @@ def config_reference() -> str:
         "",
         "Generated from the pydantic models in `europeana_imgcls/core/config.py`. Each setting can be given as a "
         "flag, in a `--config` file (flat, or in the stage's table), or as the environment variable shown; "
-        "flags win over the file, the file over the environment, the environment over the default.",
+        "flags win over the file, the file over the environment, the environment over the default. A required "
+        "setting shown without a variable is given on the command line, as its flag or argument (in Python, in the "
+        "config object): a variable every stage reads (EUROPEANA_OUTPUT) would otherwise choose it for commands it "
+        "was not meant for.",
         "",
     ]
     for model in ALL_CONFIGS:
@@ -82,15 +85,17 @@ def config_reference() -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for name, field in model.model_fields.items():
+            variable = f"`{ENV_PREFIX}{name.upper()}`"
             if field.is_required():
                 default = "required"
+                variable = variable if field.json_schema_extra == FROM_FILE_TOO else "—"
             else:
                 value = field.get_default(call_default_factory=True)
                 value = str(value) if isinstance(value, Path) else value
                 default = "the public demo key" if name in SECRET_FIELDS and value is not None else repr(value)
             lines.append(
                 f"| `{name}` | {_cell(_type(field.annotation))} | {_cell(default)} | "
-                f"`{ENV_PREFIX}{name.upper()}` | {_cell(field.description)} |"
+                f"{variable} | {_cell(field.description)} |"
             )
         lines.append("")
     return "\n".join(lines)
