@@ -34,7 +34,7 @@ from ..core.journal import Journal
 from ..core.outputs import TABLE, claim, claim_sidecar
 from ..core.progress import progress_bar
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
-from ..europeana.search_api import DEFAULT_API_URL, SearchClient, record_uri
+from ..europeana.search_api import SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from .sources import AMBIGUOUS, ApiSource, Plan, Source, Unit, piece_found, plan_units, unit_query
 
@@ -148,6 +148,8 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         hint="resume with the settings it was started with, or choose another `output`",
         check=piece_found,
     )
+    if config.metadata_source == "api":  # a Search API journal an earlier eic wrote names no API: this one's
+        journal.update_older_settings(lambda settings: {"api_url": config.api_url, **settings})
     plan = Plan(vocab, list(plan_units(vocab, config.mode, config.reusability)), client)
     source = SOURCES[config.metadata_source](config, plan)
     try:
@@ -196,12 +198,12 @@ def _refuse_dropped_levels(found: _Found, plan: Plan, config: HarvestConfig) -> 
 
 
 def _source_setting(config: HarvestConfig) -> dict[str, Any]:
-    """The source and its dates, settings every writer of the journal must share: named only when they are not the
-    Search API's, so that a harvest journaled before there were other sources still resumes. A bulk source's unit
+    """The source and its dates, settings every writer of the journal must share: for the Search API its address
+    alone (a journal written before eic recorded it takes this run's: ``harvest``). A bulk source's unit
     (a zip, a set) is done for the levels it was read with: another level would find it finished and nothing of its
     own, so the levels are shared too (the Search API's units are a level's each: a level added is new units)."""
     if config.metadata_source == "api":  # another Search API (a shell without EUROPEANA_API_URL): other records
-        return {} if config.api_url == DEFAULT_API_URL else {"api_url": config.api_url}
+        return {"api_url": config.api_url}
     dates = {"from": config.from_date, "until": config.until}
     setting = {"source": config.metadata_source, "reusability": sorted(set(config.reusability))}
     return setting | {name: date for name, date in dates.items() if date}

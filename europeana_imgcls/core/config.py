@@ -314,6 +314,14 @@ class HarvestConfig(ApiSettings, ShardSettings):
     _split = field_validator("reusability", mode="before")(_split_words)
     _oai_url = field_validator("oai_url")(_service_url)
 
+    @field_validator("dump")
+    @classmethod
+    def _dump_urls(cls, value: list[str]) -> list[str]:
+        for item in value:  # a URL among the dumps is a service address: no password or key written into it
+            if item.lower().startswith(("http://", "https://")):
+                _service_url(item)
+        return value
+
     @model_validator(mode="after")
     def _source_inputs(self) -> HarvestConfig:
         if self.metadata_source == "dump" and not self.dump:

@@ -58,7 +58,7 @@ from .locks import Held, Lock, holder_of
 from .outputs import Claim, OutputKind, claim
 from .sharding import TAG_PATTERN, Shard
 from .sidecars import not_regular
-from .tables import temp_path
+from .tables import atomic_path, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,19 @@ class Journal:
             busy = "; ".join(holder for holder in held_by if holder) or "its shards"
             return f"{self.what} is being written by its shards ({busy}): wait for them to finish, then run again"
         return f"{self.what} is being written by {held.holder}: {then}"
+
+    def update_older_settings(self, update: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Before ``open``: the settings an older eic recorded, as this one records the same settings (a key it did
+        not record yet, a value it wrote another way), so that its journal still carries on; ``update`` gives
+        them. Settings that differ in substance are still refused by ``open``."""
+        path = self.folder / SETTINGS
+        if not path.is_file():
+            return
+        before = _settings(path)
+        after = update(dict(before))
+        if after != before:
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(after, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     def _check_settings(self) -> None:
         path = self.folder / SETTINGS

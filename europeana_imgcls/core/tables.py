@@ -377,15 +377,18 @@ def check_columns(path: Path, columns: list[str], required: tuple[str, ...], map
         )
 
 
+_NOT_TEXT = (pl.List, pl.Array, pl.Struct, pl.Object, pl.Binary)  # a Parquet column eic cannot read as text
+
+
 def _clean(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     keep = [c for c in df.columns if c.strip() and not c.startswith("_duplicated_") and not c.startswith("Unnamed:")]
     names = [c.strip() for c in keep]
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice is not None:
         raise DatasetError(f"{path}: two columns are named {twice!r} once their spaces are stripped: rename one")
-    nested = next((c for c in keep if isinstance(df.schema[c], pl.List | pl.Array | pl.Struct | pl.Object)), None)
+    nested = next((c for c in keep if isinstance(df.schema[c], _NOT_TEXT)), None)
     if nested is not None:
-        raise DatasetError(f"{path}: column {nested.strip()!r} holds {df.schema[nested]}, not one value a cell")
+        raise DatasetError(f"{path}: column {nested.strip()!r} holds {df.schema[nested]}, not one text a cell")
     df = df.select(keep).rename(dict(zip(keep, names, strict=True)))
     df = df.with_columns(pl.col(c).cast(pl.Utf8).str.strip_chars().replace("", None) for c in df.columns)
     return df.filter(~pl.all_horizontal(pl.all().is_null())) if df.width else df

@@ -210,7 +210,10 @@ def _from_run(config: AuditConfig) -> tuple[Findings, str]:
     source = config.embeddings or _run_embeddings(config.source)
     if source.is_file():
         table, _ = read_embeddings(source)
-        where = {str(Path(path).resolve()): row for row, path in enumerate(table["image"].to_list())}
+        names = table["image"].to_list()
+        if config.embeddings is None:  # the run's own table: its images named as its splits' files name them
+            names = _placed(config.source, names)
+        where = {str(Path(path).resolve()): row for row, path in enumerate(names)}
         wanted = [str(Path(image).resolve()) for image in oof.images]
         if all(image in where for image in wanted):
             embeddings = matrix(table)[[where[image] for image in wanted]]
@@ -272,6 +275,12 @@ def _from_embeddings(config: AuditConfig, step: Callable[[str], None]) -> Findin
 
 # ---------------------------------------------------------------------------------------------
 # Label issues
+
+
+def _placed(run: Path, names: list[str]) -> list[str]:
+    """Image names a run's files wrote relative to where it trained, placed under its recorded data folder."""
+    splits = RunFolder(run).finished_splits()
+    return splits[0].images_named(names) if splits else names
 
 
 def _label_issues(findings: Findings) -> tuple[np.ndarray, np.ndarray]:

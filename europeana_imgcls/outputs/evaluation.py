@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -349,7 +350,7 @@ def _write_predictions(path: Path, scores: _Scores) -> None:
         ["image", *task.described, "probabilities", "split"],
         (
             {
-                "image": image,
+                "image": os.path.abspath(image),  # the report reads it from wherever it runs
                 **task.describe(t, row, classes, thresholds[split]),
                 "split": split,
                 "probabilities": json.dumps({c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}),

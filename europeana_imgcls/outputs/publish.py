@@ -633,26 +633,13 @@ def _delete_each(
         for i, annotation_id in enumerate(ids):
             deleted = client.delete(_number(annotation_id, client))
             bar.advance(task)
-            if deleted.refused is not None:
+            if deleted.refused is not None:  # another account's: left, and the rest tried all the same
                 report.refused, report.refusal = report.refused + 1, deleted.refused
-                _refused_throughout(report, client)
                 continue
             if after is not None:
                 after(i)
             report.gone_before += deleted.gone_before
             report.withdrawn += not deleted.gone_before
-
-
-REFUSED_THROUGHOUT = 20  # deletions refused in a row, none allowed: the token may delete nothing, not one's own
-
-
-def _refused_throughout(report: WithdrawReport, client: AnnotationsClient) -> None:
-    if report.refused >= REFUSED_THROUGHOUT and not report.withdrawn and not report.gone_before:
-        raise ApiError(
-            f"{client.where} refused each of the first {report.refused} deletions (403: {report.refusal}): the "
-            "token deletes annotations only its own account created; set that account's token with "
-            "`annotation_token` or EUROPEANA_ANNOTATION_TOKEN"
-        )
 
 
 def _number(annotation_id: str, client: AnnotationsClient) -> int:
@@ -686,13 +673,20 @@ def _journal_folder(path: Path, model: str, config: WithdrawConfig) -> Path:
 
 
 def _journal(folder: Path, config: AnnotationApiSettings) -> Journal:
-    return Journal(
+    journal = Journal(
         folder,
         what=f"the publication journal {folder}",
         settings={"annotation_api": config.annotation_api.rstrip("/")},  # http://h/ is http://h, as the client says
         hint="this journal records what went to that Annotations API: name the same `annotation_api`, or "
         "publish to another one with another `journal`",
     )
+    journal.update_older_settings(_without_trailing_slash)  # a journal an earlier eic wrote with one
+    return journal
+
+
+def _without_trailing_slash(settings: dict[str, Any]) -> dict[str, Any]:
+    api = settings.get("annotation_api")
+    return {**settings, "annotation_api": api.rstrip("/")} if isinstance(api, str) else settings
 
 
 def _client(config: AnnotationApiSettings, token_needed: bool = True) -> AnnotationsClient:

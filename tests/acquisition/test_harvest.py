@@ -460,3 +460,18 @@ def test_a_resume_may_add_levels_but_not_drop_one_nor_change_the_api(vocab_file:
         both = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
         levels = pl.read_csv(out)["reusability"].to_list()
         assert both.resumed_units and {"open", "restricted"} <= set(levels)
+
+
+def test_a_search_api_journal_an_earlier_eic_wrote_still_resumes(vocab_file: Path, tmp_path: Path) -> None:
+    """Its settings name no Search API (eic recorded none): resumed with the same one, it carries on."""
+    import json
+
+    out = tmp_path / "h.csv"
+    with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        harvest(config(sb, vocab_file, out, n=2, reusability=["open"]))
+        settings = tmp_path / "h.csv.journal" / "settings.json"
+        older = json.loads(settings.read_text())
+        del older["api_url"]
+        settings.write_text(json.dumps(older))
+        again = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+        assert again.resumed_units and json.loads(settings.read_text())["api_url"] == sb.api_url

@@ -111,6 +111,7 @@ def test_the_annotations_api_address_is_checked_as_every_service_address_is() ->
         ("withdraw", "--annotation-api", "https://api.example.org?wskey=S3CRETKEY"),
         ("harvest", "--api-url", "https://u:S3CRETPW@api.example.org/record/v2/search.json"),
         ("harvest", "--api-url", "https://api.example.org/record/v2/search.json?wskey=S3CRETKEY"),
+        ("harvest", "--dump", "https://user:S3CRETPW@127.0.0.1:9/x.zip?wskey=S3CRETKEY"),
     ],
 )
 def test_a_secret_inside_a_service_url_is_refused_and_never_echoed(
@@ -119,6 +120,7 @@ def test_a_secret_inside_a_service_url_is_refused_and_never_echoed(
     """A key or password written into an address was echoed back by the refusal, or (the Search API's) accepted
     and written into the table's settings file and every error line."""
     given = ["--model", "0" * 16] if command == "withdraw" else ["--output", tmp_path / "h.csv"]
+    given += ["--source", "dump"] if flag == "--dump" else []
     result = eic(command, *given, flag, url)
     assert_one_line_error(result, flag.removeprefix("--").replace("-", "_"))
     assert "S3CRET" not in result.stderr + result.stdout

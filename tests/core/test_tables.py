@@ -280,3 +280,6 @@ def test_a_header_that_repeats_a_name_once_stripped_and_a_list_column_are_one_li
     pl.DataFrame({"ID": ["/1/a"], "category": [["map", "photo"]]}).write_parquet(tmp_path / "lists.parquet")
     with pytest.raises(DatasetError, match="category"):
         read_table(tmp_path / "lists.parquet", required=("ID",))
+    pl.DataFrame({"ID": ["/1/a"], "blob": [b"\xff\xfe"]}).write_parquet(tmp_path / "bytes.parquet")
+    with pytest.raises(DatasetError, match="blob"):
+        read_table(tmp_path / "bytes.parquet", required=("ID",))

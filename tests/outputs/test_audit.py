@@ -305,3 +305,23 @@ def test_a_labelling_interface_of_the_users_beside_the_review_tasks_is_not_repla
     mine.unlink()
     assert eic(*args).exit_code == 0 and mine.is_file()
     assert eic(*args, "--overwrite").exit_code == 0  # eic's own, replaced on request
+
+
+def test_a_probe_run_trained_from_a_relative_folder_keeps_its_duplicate_search_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A linear probe's own embeddings table names its images as training named them (relative): audited from
+    another folder, its test images (now named absolute) were not found in it, and the duplicate search was lost."""
+    from europeana_imgcls.modelling.training import train
+
+    from ..support import config
+
+    project = tmp_path / "project"
+    make_folders(project / "data", per_class=6)
+    monkeypatch.chdir(project)
+    train(config(Path("data"), Path("run"), method="linear-probe", folds=3))
+    monkeypatch.chdir(tmp_path)
+    result = eic("audit", project / "run", "-o", tmp_path / "audit", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "does not cover" not in result.stdout + result.stderr
+    assert (tmp_path / "audit" / "duplicates.csv").is_file()

@@ -189,3 +189,19 @@ def test_evaluating_on_the_runs_own_images_is_said(tmp_path: Path, caplog, monke
     with caplog.at_level(logging.WARNING):  # one split folder given as the run
         evaluate(EvaluateConfig(run=run / "split_0", eval_dir=trained, output_dir=tmp_path / "ev3", quiet=True))
     assert "12 of the 12 evaluation images are the run's own training images" in caplog.text
+
+
+def test_an_evaluation_of_a_relative_folder_names_its_images_from_anywhere(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predictions.csv named the images as evaluate was given them (`data/...`): the report, run from another
+    folder with its own data/, showed that folder's pictures of the same names."""
+    from ..support import make_folders
+
+    make_folders(tmp_path / "project" / "data", per_class=3)
+    monkeypatch.chdir(tmp_path / "project")
+    run = copy_of(trained, tmp_path / "run")
+    evaluate_run(EvaluateConfig(run=run, eval_dir=Path("data"), output_dir=tmp_path / "ev", gallery=0))
+    with (tmp_path / "ev" / "predictions.csv").open(newline="") as handle:
+        images = [Path(row["image"]) for row in csv.DictReader(handle)]
+    assert images and all(p.is_absolute() and p.is_relative_to(tmp_path / "project" / "data") for p in images)

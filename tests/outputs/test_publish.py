@@ -849,21 +849,32 @@ def test_withdraw_deletes_only_what_the_api_says_is_the_models(tmp_path: Path) -
         assert result.stdout.startswith("2 annotations") and "not model" in result.output, result.output
 
 
-def test_a_token_that_may_delete_nothing_stops_withdraw_in_one_line(tmp_path: Path) -> None:
-    """Every deletion refused (403) and none allowed: after twenty the run stops and says whose token is needed,
-    rather than asking for each of a model's thousands of annotations."""
-    alice = _write(tmp_path / "alice.jsonl", _made(25))
+def test_withdraw_goes_past_any_number_of_another_accounts_annotations(tmp_path: Path) -> None:
+    """Alice published 21 tags first; Bob's publish found them and sent his 3 others. Bob's withdraw meets 21
+    refusals (403) before his own: an early stop after 20 had deleted none of his and blamed his token."""
+    alice, bob = _write(tmp_path / "alice.jsonl", _made(21)), _write(tmp_path / "bob.jsonl", _made(24))
     tokens = {"tok-alice": "alice", "tok-bob": "bob"}
     with Sandbox(sandbox_config(per_level=2), Knobs(annotation_tokens=tokens)) as sb:
         publish(PublishConfig(enrichments=alice, annotation_api=sb.base_url, annotation_token="tok-alice", quiet=True))
+        publish(PublishConfig(enrichments=bob, annotation_api=sb.base_url, annotation_token="tok-bob", quiet=True))
         result = CliRunner().invoke(
             app,
-            ["withdraw", "--model", MODEL_A, "--annotation-api", sb.base_url],
+            ["withdraw", str(bob), "--model", MODEL_A, "--annotation-api", sb.base_url],
             env={"EUROPEANA_ANNOTATION_TOKEN": "tok-bob"},
         )
-        assert "each of the first 20 deletions" in _one_line(result)
-        asked = sum(n for path, n in sb.hits.items() if path.rsplit("/", 1)[-1].isdigit())
-        assert len(sb.annotations.live()) == 25 and asked == 20
+        assert result.stdout.startswith("3 annotations") and "21 annotations" in _one_line(result)
+        assert {a["creator"]["id"].rsplit("/", 1)[-1] for a in sb.annotations.live()} == {"alice"}
+
+
+def test_a_journal_an_earlier_eic_wrote_with_a_trailing_slash_still_carries_on(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.jsonl", _made(2))
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        publish(_config(path, sb))
+        settings = tmp_path / "e.jsonl.published" / "settings.json"
+        settings.write_text(json.dumps({"annotation_api": sb.base_url + "/"}))  # as the eic before this one wrote it
+        for given in (sb.base_url, sb.base_url + "/"):
+            again = CliRunner().invoke(app, ["publish", str(path), "--annotation-api", given], env=ENV)
+            assert again.exit_code == 0, again.output
 
 
 def test_withdraw_takes_only_publish_journals_and_each_once(tmp_path: Path) -> None:
