@@ -39,8 +39,8 @@ from pydantic import ValidationError
 
 from .errors import DatasetError
 from .locks import Held, Lock
-from .recognise import is_eic_table, is_review_tasks, peek_json
-from .sidecars import MAX_SIDECAR_BYTES, Sidecar, small_regular_file, special_kind
+from .recognise import is_eic_table, is_review_tasks, sidecar_output
+from .sidecars import Sidecar, small_regular_file, special_kind
 from .tables import TEMP_SUFFIX, is_own_temp, sidecar
 
 MANIFEST: Final = ".eic-output.json"
@@ -113,15 +113,13 @@ def claim_sidecar(output: Path, kind: str, option: str = "output") -> Path:
     path = sidecar(absolute(output), kind)
     if not os.path.lexists(path):
         return path
-    data = None if path.is_symlink() else peek_json(path, MAX_SIDECAR_BYTES)
-    settings = data.get("config") if isinstance(data, dict) and isinstance(data.get("config"), dict) else data
-    named = settings.get("output") if isinstance(settings, dict) else None
-    if isinstance(named, str) and Path(named).name == Path(output).name:
+    named = sidecar_output(path)
+    if named == Path(output).name:
         return path
-    if isinstance(named, str):
+    if named is not None:
         raise DatasetError(
-            f"{path} holds eic's settings of {Path(named).name}, which those of {Path(output).name} would replace: "
-            f"choose another `{option}` (or delete {path.name} if {Path(named).name} is gone)"
+            f"{path} holds eic's settings of {named}, which those of {Path(output).name} would replace: "
+            f"choose another `{option}` (or delete {path.name} if {named} is gone)"
         )
     raise DatasetError(
         f"{path} is not eic's, and eic writes the settings of {Path(output).name} there: move it, or choose another "

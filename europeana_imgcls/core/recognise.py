@@ -96,14 +96,16 @@ def is_eic_table(path: Path) -> bool:
     has none."""
     if path.suffix.lower() not in (".csv", ".parquet"):
         return False
-    for kind in ("config", "review", "apply"):
-        data = peek_json(sidecar(path, kind), MAX_SIDECAR_BYTES)
-        if isinstance(data, dict):
-            settings = data.get("config") if isinstance(data.get("config"), dict) else data
-            output = settings.get("output") if isinstance(settings, dict) else None
-            if isinstance(output, str) and Path(output).name == path.name:
-                return True
-    return False
+    return any(sidecar_output(sidecar(path, kind)) == path.name for kind in ("config", "review", "apply"))
+
+
+def sidecar_output(path: Path) -> str | None:
+    """The name of the table an eic sidecar was written beside (its settings' `output`, or those of the review's
+    `config`), or None for a file that is not one (a link, no JSON object, no `output`)."""
+    data = peek_json(path, MAX_SIDECAR_BYTES)  # never a link's target
+    settings = data.get("config") if isinstance(data, dict) and isinstance(data.get("config"), dict) else data
+    output = settings.get("output") if isinstance(settings, dict) else None
+    return Path(output).name if isinstance(output, str) else None
 
 
 def peek_json(path: Path, limit: int = _PEEK_BYTES) -> object:
