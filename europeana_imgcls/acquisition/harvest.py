@@ -189,7 +189,7 @@ def _refuse_dropped_levels(found: _Found, plan: Plan, config: HarvestConfig) -> 
     if config.metadata_source != "api":
         return  # the bulk sources share their levels through the journal's settings
     planned = {unit.key for unit in plan.units}
-    dropped = sorted({key.rsplit("|", 1)[-1] for key in found.finished if key not in planned})
+    dropped = sorted({Unit.level_of(key) for key in found.finished if key not in planned})
     if dropped:
         raise DatasetError(
             f"{config.output} was harvested at reusability {', '.join(dropped)} too, which this run leaves out (its "

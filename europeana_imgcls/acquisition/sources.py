@@ -43,6 +43,11 @@ class Unit:
     def key(self) -> str:
         return f"{'+'.join(self.labels)}|{self.level}"
 
+    @staticmethod
+    def level_of(key: str) -> str:
+        """The reusability level of a unit's ``key`` (one read from a journal or a report)."""
+        return key.rsplit("|", 1)[-1]
+
 
 def plan_units(vocab: dict[str, str], mode: str, levels: Iterable[str]) -> Iterator[Unit]:
     names = list(vocab)

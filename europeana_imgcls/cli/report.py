@@ -50,7 +50,9 @@ def as_flags(message: str) -> str:
 
 
 def print_harvest(console: Console, result: HarvestReport) -> None:
-    levels = sorted({key.rsplit("|", 1)[1] for key in result.fetched})
+    from ..acquisition.sources import Unit  # loaded by the harvest already; not at every command's start
+
+    levels = sorted({Unit.level_of(key) for key in result.fetched})
     table = Table(title="harvest", show_footer=False)
     table.add_column("category")
     for level in levels:
