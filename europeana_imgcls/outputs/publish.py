@@ -31,6 +31,7 @@ left and said, and the others are deleted all the same.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -553,24 +554,21 @@ def withdraw(config: WithdrawConfig) -> WithdrawReport:
             )
             return report
         with _client(config) as client:
+            theirs = _ModelOnTheApi(client, model)  # one listing of the model's annotations for every journal
             for journal, state in states:
-                _withdraw(journal, state, model, client, report, config.quiet)
+                _withdraw(journal, state, theirs, report, config.quiet)
     return report
 
 
 def _withdraw(
-    journal: Journal,
-    state: dict[str, State],
-    model: str,
-    client: AnnotationsClient,
-    report: WithdrawReport,
-    quiet: bool,
+    journal: Journal, state: dict[str, State], theirs: _ModelOnTheApi, report: WithdrawReport, quiet: bool
 ) -> None:
+    model, client = theirs.model, theirs.client
     mine = {c: s for c, s in state.items() if s.model == model}
     report.withdrawn_before += sum(isinstance(s, Withdrawn) for s in mine.values())
     _settle(journal, client, mine)  # an upload that never saw its answer: what of it is on the API goes too
     published = [(c, s) for c, s in mine.items() if isinstance(s, Published)]
-    live = _the_models(published, model, client)
+    live = [(c, s) for c, s in published if theirs.holds(s)]
     report.not_the_models += len(published) - len(live)
 
     def withdrawn(i: int) -> None:
@@ -581,29 +579,33 @@ def _withdraw(
     _delete_each([s.id for _, s in live], client, report, quiet, after=withdrawn)
 
 
-def _the_models(
-    published: list[tuple[str, Published]], model: str, client: AnnotationsClient
-) -> list[tuple[str, Published]]:
-    """Of the annotations a journal says the model published, those the API says are the model's: listed by its
-    search under the model's generator, or, not listed (the index lags behind the newest uploads; the search
-    answers with ids alone), fetched by id and naming that generator. One already gone stays, for delete to count.
-    A journal is a file in the user's folder: edited or damaged, it must not delete another model's annotation."""
-    if not published:
-        return []
-    generator = model_generator(model)
-    try:
-        listed = {annotation_number(x["id"], client.api_url) for x in client.made_by(generator) if "generator" in x}
-    except SearchTooLong:
-        listed = set()
+@dataclass
+class _ModelOnTheApi:
+    """What the API says is a model's: listed by its search under the model's generator (asked once a run, whatever
+    the number of journals), or, not listed (the index lags behind the newest uploads; the search answers with ids
+    alone), fetched by id and naming that generator. A journal is a file in the user's folder: edited or damaged,
+    it must not delete another model's annotation."""
 
-    def the_models(state: Published) -> bool:
-        number = _number(state.id, client)
-        if number in listed:
+    client: AnnotationsClient
+    model: str
+
+    @functools.cached_property
+    def listed(self) -> set[int | None]:
+        generator = model_generator(self.model)
+        try:
+            found = self.client.made_by(generator)
+        except SearchTooLong:
+            return set()
+        return {annotation_number(x["id"], self.client.api_url) for x in found if "generator" in x}
+
+    def holds(self, state: Published) -> bool:
+        """Whether the annotation a published state names is the model's (one already gone stays, for delete to
+        count)."""
+        number = _number(state.id, self.client)
+        if number in self.listed:
             return True
-        held = client.get(number)
-        return held is None or generator_of(held) == generator
-
-    return [(canonical, state) for canonical, state in published if the_models(state)]
+        held = self.client.get(number)
+        return held is None or generator_of(held) == model_generator(self.model)
 
 
 def _withdraw_found(config: WithdrawConfig, model: str) -> WithdrawReport:
