@@ -443,7 +443,7 @@ class Journal:
         after = update(dict(before))
         if after != before:
             with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(after, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+                tmp.write_text(_settings_text(after), encoding="utf-8")
 
     def _check_settings(self) -> None:
         path = self.folder / SETTINGS
@@ -541,7 +541,7 @@ def _damaged(journal: Journal, path: Path) -> None:
 def _create(path: Path, settings: Any) -> bool:
     """Write the settings if no writer has: True when this one did (atomic: link, never overwrite)."""
     tmp = temp_path(path)
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(_settings_text(settings), encoding="utf-8")
     try:
         os.link(tmp, path)
         return True
@@ -554,6 +554,10 @@ def _create(path: Path, settings: Any) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _settings_text(settings: Any) -> str:
+    return json.dumps(settings, indent=1, sort_keys=True) + "\n"
 
 
 def _settings(path: Path) -> dict[str, Any]:
