@@ -181,7 +181,7 @@ def test_subtract_matches_a_record_however_its_id_is_written(tmp_path: Path) -> 
     leading slash (the pilot's eval_multilabel.csv), or with a trailing one: each is the same record."""
     ids = [f"/9001/{x}" for x in "abcdefg"] + ["/9001/kept"]
     pl.DataFrame({"category": ["map"] * len(ids), "ID": ids}).write_csv(tmp_path / "t.csv")
-    written = [
+    written = [  # IDs as other tables write them: text subtract reads, never addresses it fetches
         "http://data.europeana.eu/item/9001/a",
         "https://www.europeana.eu/en/item/9001/b",
         "9001/c",
