@@ -1153,3 +1153,10 @@ ALL_CONFIGS: list[type[_Base]] = [
     PublishConfig,
     WithdrawConfig,
 ]
+
+# What the settings file eic writes beside a table it makes (NAME.config.json) can hold: one of these stages'
+# settings, flat, secrets removed (``public_dict``). A JSON --config of a person's holds a stage's table, a key or
+# another stage's settings: never taken for eic's, so never replaced, and never what makes a table eic's.
+TABLE_SETTINGS: tuple[frozenset[str], ...] = tuple(
+    frozenset(stage.model_fields) - SECRET_FIELDS for stage in (HarvestConfig, SubtractConfig)
+)

@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+from .config import TABLE_SETTINGS
 from .run_names import MODEL_FILE, SPLIT_GLOB, split_index
 from .sidecars import MAX_SIDECAR_BYTES, small_regular_file
 from .tables import sidecar
@@ -101,10 +102,18 @@ def is_eic_table(path: Path) -> bool:
 
 def sidecar_output(path: Path) -> str | None:
     """The name of the table an eic sidecar was written beside (its settings' `output`, or those of the review's
-    `config`), or None for a file that is not one (a link, no JSON object, no `output`)."""
+    `config`), or None for a file that is not one (a link, no JSON object, no `output`, more than one stage's
+    settings: see ``TABLE_SETTINGS``)."""
     data = peek_json(path, MAX_SIDECAR_BYTES)  # never a link's target
-    settings = data.get("config") if isinstance(data, dict) and isinstance(data.get("config"), dict) else data
-    output = settings.get("output") if isinstance(settings, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("config"), dict):  # a review's notes: the settings it ran with inside
+        settings = data["config"]
+    elif any(set(data) <= fields for fields in TABLE_SETTINGS):
+        settings = data
+    else:  # a person's settings file of that name (a stage's table, a key, another stage's settings)
+        return None
+    output = settings.get("output")
     return Path(output).name if isinstance(output, str) else None
 
 

@@ -227,6 +227,30 @@ def test_the_settings_file_beside_an_output_is_claimed_with_it(tmp_path: Path) -
     assert again.exit_code == 0, again.stderr
 
 
+def test_a_users_json_config_named_like_the_settings_file_is_kept(tmp_path: Path) -> None:
+    """A JSON --config file of the user's, named NAME.config.json and naming NAME.csv as its output, was taken for
+    eic's settings and replaced: its [download] section (and its key) gone. eic's settings file holds one stage's
+    settings and nothing else; this one is refused in one line and kept, and the user's own table beside it is
+    not taken for eic's (--overwrite refuses it)."""
+    pl.DataFrame({"category": ["map", "map"], "ID": ["/1/a", "/1/b"]}).write_csv(tmp_path / "t.csv")
+    pl.DataFrame({"ID": ["/1/b"]}).write_csv(tmp_path / "e.csv")
+    mine = tmp_path / "x.config.json"
+    text = json.dumps({"output": "x.csv", "api_key": "mine", "download": {"max_side": 512}})
+    mine.write_text(text)
+    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "x.csv")
+    assert_one_line_error(result, "x.config.json")
+    assert mine.read_text() == text and not (tmp_path / "x.csv").exists()
+    (tmp_path / "x.csv").write_text("ID,notes\n/9/a,the museum's own\n")
+    result = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "x.csv", "--overwrite")
+    assert result.exit_code != 0 and "Traceback" not in result.output + result.stderr
+    assert (tmp_path / "x.csv").read_text() == "ID,notes\n/9/a,the museum's own\n" and mine.read_text() == text
+    # eic's own settings, as this version writes them or as a person copied them, stay eic's to replace
+    first = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "y.csv")
+    assert first.exit_code == 0, first.stderr
+    again = eic("subtract", tmp_path / "t.csv", tmp_path / "e.csv", "--output", tmp_path / "y.csv", "--overwrite")
+    assert again.exit_code == 0, again.stderr
+
+
 def test_stats_counts_ids_and_labels_as_they_are_meant(tmp_path: Path) -> None:
     """A row without an ID was one more unique ID (the pilot's eval_dataset.csv: 420 for 419), a double space in
     a category made a category '' (said not to be in the vocabulary), and the same labels in another order made
