@@ -56,13 +56,19 @@ def subtract(config: SubtractConfig) -> SubtractReport:
 
 # A record's ID as other tables write it: its URI, its page on europeana.eu (with a language, or the old portal's
 # record/...html), without the leading slash (the pilot's eval_multilabel.csv) or with a trailing one.
+# An address's query and fragment (the Search API's guid carries utm_ tracking, a browser's ?query= and #media).
+_QUERY = r"(?i)^(https?://[^?#]*)[?#].*$"
 _URI = r"(?i)^https?://(?:data\.europeana\.eu/item|(?:www\.)?europeana\.eu/(?:[a-z]{2}/)?item)(/.*)$"
 _PORTAL = r"(?i)^https?://(?:www\.)?europeana\.eu/portal/(?:[a-z]{2}/)?record(/.*?)(?:\.html)?$"
+_RECORD_API = r"(?i)^https?://api\.europeana\.eu/record(?:/v2)?(/.*?)(?:\.(?:json|jsonld|rdf|nt|ttl))?$"
 
 
 def record_key(ids: pl.Expr) -> pl.Expr:
     """Record IDs however a table writes them, as ``/DATASET/LOCAL``: what subtract matches two tables' rows by."""
-    key = ids.str.strip_chars().str.replace(_URI, "${1}").str.replace(_PORTAL, "${1}").str.strip_chars_end("/")
+    key = ids.str.strip_chars().str.replace(_QUERY, "${1}")
+    for form in (_URI, _PORTAL, _RECORD_API):
+        key = key.str.replace(form, "${1}")
+    key = key.str.strip_chars_end("/")
     return pl.when(key.str.starts_with("/")).then(key).otherwise(pl.lit("/") + key)
 
 

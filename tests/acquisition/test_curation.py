@@ -177,9 +177,11 @@ def test_subtract_warns_when_it_removes_most_of_a_class_or_a_level(
 
 
 def test_subtract_matches_a_record_however_its_id_is_written(tmp_path: Path) -> None:
-    """An evaluation table from elsewhere writes a record's ID as its URI, its page on europeana.eu, without the
-    leading slash (the pilot's eval_multilabel.csv), or with a trailing one: each is the same record."""
-    ids = [f"/9001/{x}" for x in "abcdefg"] + ["/9001/kept"]
+    """An evaluation table from elsewhere writes a record's ID as its URI, its page on europeana.eu (as the Search
+    API's `guid` gives it, with its tracking query, or as a browser's address bar shows it), its Record API
+    address, without the leading slash (the pilot's eval_multilabel.csv), or with a trailing one: each is the same
+    record."""
+    ids = [f"/9001/{x}" for x in "abcdefghijkl"] + ["/9001/kept"]
     pl.DataFrame({"category": ["map"] * len(ids), "ID": ids}).write_csv(tmp_path / "t.csv")
     written = [  # IDs as other tables write them: text subtract reads, never addresses it fetches
         "http://data.europeana.eu/item/9001/a",
@@ -189,11 +191,16 @@ def test_subtract_matches_a_record_however_its_id_is_written(tmp_path: Path) -> 
         " /9001/e ",
         "https://www.europeana.eu/item/9001/f",
         "https://www.europeana.eu/portal/de/record/9001/g.html",
+        "https://www.europeana.eu/item/9001/h?utm_source=api&utm_medium=api&utm_campaign=api2demo",
+        "https://www.europeana.eu/de/item/9001/i?query=map&page=2#media",
+        "https://api.europeana.eu/record/v2/9001/j.json",
+        "https://api.europeana.eu/record/9001/k.jsonld?wskey=api2demo",
+        "http://data.europeana.eu/item/9001/l#this",
     ]
     pl.DataFrame({"ID": written}).write_csv(tmp_path / "e.csv")
     report = subtract(SubtractConfig(train=tmp_path / "t.csv", eval=tmp_path / "e.csv", output=tmp_path / "o.csv"))
     assert pl.read_csv(tmp_path / "o.csv")["ID"].to_list() == ["/9001/kept"]
-    assert (report.kept, report.removed) == (1, 7)
+    assert (report.kept, report.removed) == (1, 12)
 
 
 def test_a_table_with_old_mac_line_ends_reads_as_its_rows(tmp_path: Path) -> None:
