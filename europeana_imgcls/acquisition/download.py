@@ -44,7 +44,7 @@ from rich.progress import Progress, TaskID
 from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.journal import Journal, Output, read_records
-from ..core.naming import file_name, record_id_of
+from ..core.naming import file_name, id_named
 from ..core.outputs import OutputKind
 from ..core.progress import RATE, Rate, progress_bar
 from ..core.recognise import csv_header, peek_json
@@ -173,7 +173,8 @@ def download(config: DownloadConfig) -> DownloadReport:
     with Outcomes(root, config) as outcomes:
         before = filled_from(root)
         _check_table_of(config, before)
-        placement = Placement(root, config.mode == "multi-label", shard)  # refuses links and FIFOs in the folder
+        # Refuses links and FIFOs in the folder.
+        placement = Placement(root, config.mode == "multi-label", shard, outcomes.saved_files())
         _remove_stale_parts(root, shard)
         if shard is None:  # shards share the folder: the run that merges them writes what they share
             # The table by where it is, so the next run (from any folder) knows which table filled this one.
@@ -643,6 +644,10 @@ class Outcomes:
             if row.get("ID"):
                 self.listed[row["ID"]] = {c: row.get(c) or "" for c in FAILURE_COLUMNS}
 
+    def saved_files(self) -> dict[str, str]:
+        """The files earlier runs saved here, by name: their record IDs."""
+        return {file: record for record, (file, _) in (self.labels | self.fetched).items() if file}
+
     def still_of(self, job: Job) -> bool:
         """Whether the file saved for ``job``'s record came from its table's image: that URL, its preview, or a
         thumbnail of it (any size: the Thumbnail API names an image by its URL's MD5). A file no run listed (a
@@ -749,7 +754,7 @@ def _remove_stale_parts(root: Path, shard: Shard | None = None) -> None:
 def _mine(temp_name: str, shard: Shard | None) -> bool:
     if shard is None:
         return True
-    record_id = record_id_of(temp_name[1:].rsplit(".", 2)[0])  # .<target>.<random>.eic-part
+    record_id = id_named(temp_name[1:].rsplit(".", 2)[0])  # .<target>.<random>.eic-part
     return record_id is not None and shard.owns(record_id)
 
 

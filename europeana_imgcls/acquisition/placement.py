@@ -8,8 +8,10 @@ and was asked to (``prune``), the records the table no longer holds are set asid
 ``SET_ASIDE`` (a hidden folder that training never reads), and listed in ``SET_ASIDE_LIST``: the folder then holds
 exactly the table's records, each in its current class. Unasked, they stay where they are, and are counted.
 
-Only files eic named (``naming.record_id_of`` reads a record ID from the name) directly inside the class folders
-(single-label) or the folder itself (multi-label) are ever moved; nothing is deleted. A shard moves only the
+Only record files directly inside the class folders (single-label) or the folder itself (multi-label) are ever
+moved: to where the table puts the record a file is named for, or (``prune``) into ``SET_ASIDE`` when it is one
+eic saved (its lists and journal name it, or the pilot's ``[ph]`` name does); nothing is deleted, and a file set
+aside never replaces one set aside before (``NAME~2.jpg``), every run's listed. A shard moves only the
 records it owns, so shards sharing a folder never move the same file.
 
 Nothing is moved, set aside or written through a symbolic link (it may lead out of the folder, to files that are
@@ -20,12 +22,14 @@ device, a socket or a folder, is refused in one line before any work, and what i
 
 from __future__ import annotations
 
+import csv
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.errors import DatasetError
-from ..core.naming import record_id_of
+from ..core.naming import SUFFIX, id_named, record_id_of
 from ..core.sharding import Shard
 from ..core.sidecars import not_regular
 from ..core.tables import write_csv
@@ -35,26 +39,42 @@ SET_ASIDE_LIST = "set_aside.csv"
 
 
 class Placement:
-    """The record files a folder holds, by name, and what a run has done with them."""
+    """The record files a folder holds, by name, and what a run has done with them. ``saved``: the files runs
+    saved here (file name -> record ID, from the folder's lists and journal), which ``prune`` may set aside beside
+    the pilot's ``[ph]`` names; a file of any other name is moved only to where the table puts the record it is
+    named for (a class changed), never set aside."""
 
-    def __init__(self, root: Path, multi_label: bool, shard: Shard | None = None) -> None:
+    def __init__(
+        self, root: Path, multi_label: bool, shard: Shard | None = None, saved: Mapping[str, str] | None = None
+    ) -> None:
         self.root, self.shard = root, shard
         self.found: defaultdict[str, list[Path]] = defaultdict(list)  # file name -> where it is
+        self.ours: dict[str, str] = {}  # of them, those eic named (a record's, this shard's): name -> record ID
         self.claimed: set[str] = set()  # file names the table holds
         self.moved = 0
-        self.set_aside: list[tuple[str, str]] = []  # (record ID, where it was) of every file set aside
+        self.set_aside: list[tuple[str, str, str]] = []  # (record ID, where it was, where it is) of each set aside
         _refuse_link(root, root / SET_ASIDE)
         folders = [root] if multi_label else _class_folders(root)
         for folder in folders:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    record = record_id_of(entry.name)
-                    if not record:
-                        continue
-                    if not entry.is_file(follow_symlinks=False):  # the entry's type, known without a system call
-                        _refuse_unless_regular(root, Path(entry.path))
-                    if shard is None or shard.owns(record):
-                        self.found[entry.name].append(Path(entry.path))
+                    self._found(entry, saved or {})
+
+    def _found(self, entry: os.DirEntry[str], saved: Mapping[str, str]) -> None:
+        name = entry.name
+        if not name.endswith(SUFFIX) or name.startswith("."):
+            return
+        record = record_id_of(name) or saved.get(name)
+        if record and not entry.is_file(follow_symlinks=False):  # the entry's type, known without a system call
+            _refuse_unless_regular(self.root, Path(entry.path))
+        if not entry.is_file(follow_symlinks=False):
+            return
+        owner = record or id_named(name)  # a hashed name no run listed: its record is known only to the table
+        if self.shard is not None and (owner is None or not self.shard.owns(owner)):
+            return
+        self.found[name].append(Path(entry.path))
+        if record:
+            self.ours[name] = record
 
     def place(self, target: Path) -> bool:
         """Claim ``target`` for the table; True when the record's file is there now (moved from another class
@@ -75,13 +95,13 @@ class Placement:
 
     def unclaimed(self) -> int:
         """After a complete run: how many record files the table did not claim (left where they are)."""
-        return sum(len(paths) for name, paths in self.found.items() if name not in self.claimed)
+        return sum(len(self.found[name]) for name in self.ours if name not in self.claimed and name in self.found)
 
     def set_aside_the_rest(self) -> None:
         """After a complete run: every record file the table did not claim is set aside."""
-        for name, paths in self.found.items():
+        for name in self.ours:
             if name not in self.claimed:
-                for path in paths:
+                for path in self.found.get(name, []):
                     self._set_aside(path)
         self.found.clear()
 
@@ -90,15 +110,49 @@ class Placement:
         for folder in {self.root / SET_ASIDE, where}:  # checked again as it is used: it may have changed since
             _refuse_link(self.root, folder)
         where.mkdir(parents=True, exist_ok=True)
-        os.replace(path, where / path.name)
-        self.set_aside.append((record_id_of(path.name) or path.name, str(path.relative_to(self.root))))
+        kept = _free(where / path.name)  # a record set aside before keeps that file too
+        os.replace(path, kept)
+        record = self.ours.get(path.name) or id_named(path.name) or path.name
+        self.set_aside.append(
+            (record, path.relative_to(self.root).as_posix(), kept.relative_to(self.root / SET_ASIDE).as_posix())
+        )
 
 
-def write_set_aside(root: Path, rows: list[tuple[str, str]], shard: Shard | None) -> Path:
-    """``set_aside.csv``: each record set aside and where it was (a shard writes its own list)."""
-    path = root / (f"set_aside.{shard.tag}.csv" if shard else SET_ASIDE_LIST)
-    write_csv(path, ["ID", "was"], rows)
+def _free(path: Path) -> Path:
+    """``path``, or where nothing is yet beside it: ``NAME~2.jpg``, ``NAME~3.jpg``..."""
+    n = 1
+    while os.path.lexists(path):
+        n += 1
+        path = path.with_name(f"{path.name.removesuffix(SUFFIX).rsplit('~', 1)[0]}~{n}{SUFFIX}")
     return path
+
+
+SET_ASIDE_COLUMNS = ["ID", "was", "kept_as"]
+
+
+def write_set_aside(root: Path, rows: list[tuple[str, str, str]], shard: Shard | None) -> Path:
+    """``set_aside.csv``: each record set aside, where it was and where it is in ``SET_ASIDE``, every run's rows
+    after the earlier runs' (a shard writes its own list)."""
+    path = root / (f"set_aside.{shard.tag}.csv" if shard else SET_ASIDE_LIST)
+    write_csv(path, SET_ASIDE_COLUMNS, [*_listed(path), *rows])
+    return path
+
+
+def _listed(path: Path) -> list[tuple[str, str, str]]:
+    """The rows of an earlier ``set_aside.csv`` (one without ``kept_as`` kept its files where they were); one that
+    cannot be read is kept beside, under a name of its own, rather than written over."""
+    if not os.path.lexists(path):
+        return []
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [(r["ID"] or "", r["was"] or "", r.get("kept_as") or r["was"] or "") for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        n = 1
+        while os.path.lexists(kept := path.with_name(f"{path.stem}.unreadable{n}.csv")):
+            n += 1
+        os.replace(path, kept)
+        return []
 
 
 def _class_folders(root: Path) -> list[Path]:

@@ -12,7 +12,8 @@ safe for any ID a museum's own table may hold:
 - bounded: a name over ``MAX_NAME_BYTES`` becomes ``[h]`` + the SHA-1 of the ID, which no encoded
   ID can equal.
 
-``record_id_of`` reads a name back (None for hashed names and files eic did not name).
+``record_id_of`` reads a Europeana ID back (None for hashed names and files eic did not name); ``id_named``
+any ID, where the folder says its files are records'.
 
 Not handled: file systems that ignore letter case (Windows, macOS by default) see ``/1/A`` and ``/1/a`` as
 one file. Encoding capitals would rename every pilot folder, so such IDs are left as they are.
@@ -54,9 +55,24 @@ def file_name(record_id: str) -> str:
 
 
 def record_id_of(name: str) -> str | None:
-    """The record ID a file was named after, or None when it cannot be told (hashed, or not eic's name)."""
-    if not name.endswith(SUFFIX) or name.startswith("[h]") or not name.startswith("[ph]"):
+    """The record ID a file was named after, or None when it cannot be told (hashed, or not eic's name): a
+    Europeana ID's (``/DATASET/LOCAL``; a pilot's name too), so a file of the user's (``beach.jpg``) is never
+    taken for a record's."""
+    if not name.endswith(SUFFIX) or not name.startswith("[ph]"):
         return None
+    return _decoded(name)
+
+
+def id_named(name: str) -> str | None:
+    """The ID of any record (a museum's ``obj1`` too) whose file ``file_name`` names ``name``, or None (a hashed
+    name, or one it never gives). For a folder that says its files are records' (eic download's own)."""
+    if not name.endswith(SUFFIX) or name.startswith("[h]"):
+        return None
+    record = _decoded(name)
+    return record if file_name(record) == name else None
+
+
+def _decoded(name: str) -> str:
     stem = name[: -len(SUFFIX)].removeprefix("[rs]")
 
     def token(match: re.Match[str]) -> str:

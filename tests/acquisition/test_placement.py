@@ -59,7 +59,7 @@ def test_a_rerun_with_changed_classes_moves_files_and_sets_aside_the_rest(tmp_pa
     assert own.is_file()  # nothing eic did not write is moved
     assert (report.moved, report.set_aside) == (1, 1)
     assert pl.read_csv(out / "set_aside.csv").to_dicts() == [
-        {"ID": dropped["ID"], "was": f"{dropped['category']}/{gone}"}
+        {"ID": dropped["ID"], "was": f"{dropped['category']}/{gone}", "kept_as": f"{dropped['category']}/{gone}"}
     ]
     held = [p for p in out.glob("*/*.jpg") if p.name != own.name]  # the folder holds exactly the table's records
     assert sorted(p.name for p in held) == sorted(file_name(i) for i in reviewed["ID"])
@@ -156,3 +156,59 @@ def test_a_set_aside_folder_that_leads_out_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="symbolic link"):
         download(config(tmp_path / "t.csv", out, retries=0))
     assert not list((tmp_path / "elsewhere").iterdir()) and (out / "map" / file_name("/1/gone")).is_file()
+
+
+@pytest.mark.slow(seconds=2)  # three downloads
+def test_a_record_of_any_id_moves_with_its_class_and_is_pruned_when_dropped(tmp_path: Path) -> None:
+    """Only files named `[ph]...` were moved or set aside: a museum's ID without a leading slash (`obj1.jpg`) or one
+    long enough to be hashed (`[h]<sha1>.jpg`) stayed in its old class after its class changed (the record in
+    two classes, without a word), and a dropped one was never pruned. A file of the user's in a class folder that
+    no run saved stays where it is, even when its name could be an ID's."""
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    long_id = "/r/" + "y" * 250
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        records = sandbox_records(sb)[:4]
+        table = pl.read_csv(sandbox_table(sb, tmp_path / "t.csv", records=records))
+        table = table.with_columns(pl.Series("ID", ["obj1", "obj2", long_id, "/r/kept"]), pl.lit("A").alias("category"))
+        table.write_csv(tmp_path / "t.csv")
+        out = tmp_path / "img"
+        download(config(tmp_path / "t.csv", out))
+        mine = out / "A" / "beach.jpg"
+        Image.new("RGB", (8, 8)).save(mine)
+        fetched = sb.count("/images/")
+        moved = pl.when(pl.col("ID").is_in(["obj1", long_id])).then(pl.lit("B")).otherwise(pl.col("category"))
+        table.with_columns(moved.alias("category")).filter(pl.col("ID") != "obj2").write_csv(tmp_path / "new.csv")
+        report = download(config(tmp_path / "new.csv", out, prune=True))
+        assert sb.count("/images/") == fetched  # moved, not fetched again
+    held = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.jpg"))
+    assert held == sorted(["A/beach.jpg", "A/[ph]r[ph]kept.jpg", "B/obj1.jpg", f"B/{file_name(long_id)}"])
+    assert (out / SET_ASIDE / "A" / "obj2.jpg").is_file() and mine.is_file()
+    assert (report.moved, report.set_aside) == (2, 1)
+    assert pl.read_csv(out / "set_aside.csv")["ID"].to_list() == ["obj2"]
+
+
+@pytest.mark.slow(seconds=2)  # three downloads
+def test_an_image_set_aside_twice_keeps_both_and_the_list_keeps_every_run(tmp_path: Path) -> None:
+    """A record's file set aside a second time (its URL changed twice) replaced the first one set aside, and each
+    run's set_aside.csv replaced the last run's list: set-aside files gone or unlisted."""
+    from europeana_imgcls.acquisition.placement import SET_ASIDE
+
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        records = sandbox_records(sb)[:5]
+        table = pl.read_csv(sandbox_table(sb, tmp_path / "t.csv", records=records))
+        out = tmp_path / "img"
+        download(config(tmp_path / "t.csv", out))
+        first, urls = table["ID"][0], table["URL"].to_list()
+        saved = []
+        for turn, url in enumerate(urls[1:3]):  # its URL changed twice: two other images in turn
+            saved.append((out / table["category"][0] / file_name(first)).read_bytes())
+            table.with_columns(pl.when(pl.col("ID") == first).then(pl.lit(url)).otherwise(pl.col("URL")).alias("URL"))[
+                : 4 - turn
+            ].write_csv(tmp_path / "t.csv")
+            download(config(tmp_path / "t.csv", out, prune=True))
+    aside = sorted((out / SET_ASIDE).rglob("*.jpg"))
+    assert sorted(p.read_bytes() for p in aside if first.rsplit("/", 1)[1] in p.name) == sorted(saved)
+    listed = pl.read_csv(out / "set_aside.csv")
+    assert listed["ID"].to_list() == [first, table["ID"][4], first, table["ID"][3]]
+    assert sorted((out / SET_ASIDE / p).as_posix() for p in listed["kept_as"]) == sorted(p.as_posix() for p in aside)
