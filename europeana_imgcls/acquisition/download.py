@@ -397,18 +397,17 @@ def _wanted(job: Job, config: DownloadConfig, outcomes: Outcomes, report: Downlo
     # There (or moved there from another class), and of the image the table names now: a record whose URL changed
     # since is fetched again, or its old picture would be labelled as the new one's.
     there = placement.place(job.path) and is_complete_jpeg(job.path)
-    retried_only = config.retry_failed and job.id not in outcomes.failures  # --retry-failed leaves it as it is
-    if there and (outcomes.still_of(job) or retried_only):
+    failed_before = job.id in outcomes.listed  # the record's own failure or a passing trouble: --retry-failed's
+    if there and (outcomes.still_of(job) or (config.retry_failed and not failed_before)):
         report.already_saved += 1
         outcomes.saved(job, earlier=True)
         return False
-    known = job.id in outcomes.failures
-    if known != config.retry_failed:
-        if known:
-            report.known_failures += 1
-            outcomes.keep(job.id)
-        else:  # --retry-failed and a record that has not failed before: left for a plain run
-            report.skipped["not a known failure (only those are retried)"] += 1
+    if config.retry_failed and not failed_before:  # left for a plain run
+        report.skipped["not a known failure (only those are retried)"] += 1
+        return False
+    if not config.retry_failed and outcomes.known_failure(job):
+        report.known_failures += 1
+        outcomes.keep(job.id)
         return False
     if there:  # another image's: set aside (kept, listed), not the record's even where the new one fails
         placement.replaced(job.path)
@@ -656,6 +655,12 @@ class Outcomes:
         if fetched is None:
             return True
         return fetched[1] == job.preview or shows(fetched[1], job.url)
+
+    def known_failure(self, job: Job) -> bool:
+        """Whether a plain re-run leaves ``job``'s record as failed: its own failure (``sticks``), of the URL its
+        table names now (a corrected URL is tried)."""
+        failure = self.failures.get(job.id)
+        return failure is not None and failure["URL"] == (job.url or "")
 
     def keep(self, record_id: str) -> None:
         self.kept[record_id] = self.failures[record_id]
