@@ -119,16 +119,27 @@ def predict(config: PredictConfig) -> PredictReport:
 
 def refuse_nothing_labelled(report: PredictReport, output: Path | None) -> None:
     """When nothing was labelled and something could not be read or fetched: one line and a non-zero exit, not an
-    empty output (which is removed: it holds no more than a header, and a retry must not be refused)."""
+    empty output (which is removed: it holds no more than a header, and a retry must not be refused). An output
+    that holds rows (earlier runs', carried on with resume) stays as it is."""
     if report.predicted or report.already_done or not (report.unreadable or report.not_fetched):
         return
-    if output is not None:
+    if output is not None and not _holds_rows(output):
         output.unlink(missing_ok=True)
     named = ", ".join(report.unreadable[:3]) + (", ..." if len(report.unreadable) > 3 else "")
     raise DatasetError(
         "nothing could be labelled: "
         + (f"{named} cannot be read as images" if named else f"{report.not_fetched} image(s) could not be fetched")
     )
+
+
+def _holds_rows(output: Path) -> bool:
+    """Whether ``output`` holds a labelled row (anything it cannot tell: kept, as holding one)."""
+    try:
+        return next(read_output(output), None) is not None
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, DatasetError):
+        return True
 
 
 def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:

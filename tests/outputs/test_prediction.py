@@ -300,3 +300,24 @@ def test_a_shard_that_labels_nothing_leaves_the_merged_output_alone(trained_run:
             run=trained_run, inputs=[str(folder / "good.jpg")], output=tmp_path / "q2.csv", quiet=True, shard="0/1"
         )
     )
+
+
+def test_a_resume_that_labels_nothing_new_keeps_what_the_output_held(trained_run: Path, tmp_path: Path) -> None:
+    """`--resume` given only an image it cannot read (or fetch) said "nothing could be labelled" and deleted the
+    output: every row earlier runs had labelled, gone (its journal merged and removed). Enrich's predictions file
+    went the same way, which made its annotations no longer eic's to resume."""
+    from europeana_imgcls.core.errors import DatasetError
+
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a picture")
+    out = tmp_path / "p.csv"
+    predict(PredictConfig(run=trained_run, inputs=[str(good)], output=out, quiet=True))
+    before = out.read_bytes()
+    with pytest.raises(DatasetError, match="nothing could be labelled"):
+        predict(PredictConfig(run=trained_run, inputs=[str(bad)], output=out, quiet=True, resume=True))
+    assert out.read_bytes() == before
+    with pytest.raises(DatasetError, match="nothing could be labelled"):  # a new output that would be empty: none
+        predict(PredictConfig(run=trained_run, inputs=[str(bad)], output=tmp_path / "q.csv", quiet=True))
+    assert not (tmp_path / "q.csv").exists()
