@@ -33,13 +33,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 
 from .errors import DatasetError
 from .locks import Held, Lock
-from .recognise import is_eic_table, is_review_tasks, sidecar_output
+from .recognise import is_eic_table, is_review_tasks, peek_json, sidecar_output
 from .sidecars import Sidecar, small_regular_file, special_kind
 from .tables import TEMP_SUFFIX, is_own_temp, sidecar
 
@@ -61,10 +61,11 @@ class OutputKind:
     what: str
     folder: bool = False
     recognise: Callable[[Path], bool] | None = None  # a folder kind's: whether a folder is one to carry on
-    # A folder kind's files as an eic without manifests wrote them (top-level patterns; the first must be there
-    # and hold ``legacy_sign``), so `overwrite` replaces an output of an earlier version too.
+    # A folder kind's files as an eic without manifests wrote them (top-level names, or ``split_*``-like patterns of
+    # names only eic gives; the first must be there, a JSON file that ``legacy_sign`` takes for eic's), so
+    # `overwrite` replaces an output of an earlier version too, and never a file eic did not name.
     legacy: tuple[str, ...] = ()
-    legacy_sign: str = ""
+    legacy_sign: Callable[[Any], bool] | None = None
 
 
 # The file kinds several stages write.
@@ -299,12 +300,9 @@ def _legacy_files(folder: Path, kind: OutputKind) -> set[str]:
     return {p.name for pattern in kind.legacy for p in folder.glob(pattern) if p.is_file() and not p.is_symlink()}
 
 
-def _signed(path: Path, sign: str) -> bool:
-    """Whether a small regular file holds ``sign``: what an earlier eic always wrote in it."""
-    try:
-        return bool(sign) and small_regular_file(path) and sign.encode() in path.read_bytes()
-    except OSError:
-        return False
+def _signed(path: Path, sign: Callable[[Any], bool] | None) -> bool:
+    """Whether a small regular JSON file is what an earlier eic wrote there (``sign`` judges its contents)."""
+    return sign is not None and bool(sign(peek_json(path)))
 
 
 # ---------------------------------------------------------------------------------------------

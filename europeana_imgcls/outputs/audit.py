@@ -68,8 +68,10 @@ AUDIT = OutputKind(
     "audit",
     "an audit",
     folder=True,
-    legacy=("summary.json", "*.csv", "*.png", "*.json", "*.labelling.xml"),
-    legacy_sign='"label_issues"',
+    legacy=("summary.json", "label_issues.csv", "issue_rates.csv", "duplicates.csv", "suspects.png"),
+    legacy_sign=lambda summary: (
+        isinstance(summary, dict) and {"images", "label_issues", "duplicate_groups", "leaking_groups"} <= summary.keys()
+    ),
 )
 
 

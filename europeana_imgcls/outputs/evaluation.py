@@ -44,8 +44,19 @@ EVALUATION = OutputKind(
     "evaluation",
     "an evaluation",
     folder=True,
-    legacy=("config.json", "*.json", "*.csv", "*.png"),
-    legacy_sign='"eval_dir"',
+    legacy=(
+        "config.json",
+        "metrics.json",
+        "report.json",
+        "predictions.csv",
+        "misclassified.png",
+        "calibration_check.csv",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "per_class.csv",
+        "per_label.csv",
+    ),
+    legacy_sign=lambda settings: isinstance(settings, dict) and {"run", "eval_dir", "output_dir"} <= settings.keys(),
 )
 
 

@@ -59,7 +59,11 @@ MAX_DIFFERENCE = 1e-3  # largest probability difference to PyTorch a float32 exp
 CHECK_IMAGES = 64  # test images an export is checked against PyTorch on
 CPU = torch.device("cpu")
 EXPORT = OutputKind(
-    "export", "an export", folder=True, legacy=("model.json", f"{SPLIT_GLOB}.onnx"), legacy_sign=EXPORT_FORMAT
+    "export",
+    "an export",
+    folder=True,
+    legacy=("model.json", f"{SPLIT_GLOB}.onnx"),
+    legacy_sign=lambda sidecar: isinstance(sidecar, dict) and sidecar.get("format") == EXPORT_FORMAT,
 )
 
 

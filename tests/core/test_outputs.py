@@ -327,6 +327,28 @@ def test_an_evaluation_of_an_earlier_eic_is_replaced_with_overwrite(run: Path, t
     assert (out / MANIFEST).is_file()
 
 
+@pytest.mark.parametrize("stage", ["audit", "evaluate"])
+def test_a_folder_of_the_users_that_mentions_eics_words_is_not_an_earlier_eics_output(
+    stage: str, run: Path, tmp_path: Path
+) -> None:
+    """An output without a manifest was taken for an earlier eic's when one JSON file merely held a word eic wrote
+    there ("label_issues" in summary.json, "eval_dir" in config.json): then every *.json, *.csv and *.png in the
+    folder counted as eic's, and --overwrite deleted a cleanlab user's own label_issues work, figures and
+    parameters."""
+    out = tmp_path / "analysis"
+    out.mkdir()
+    first = {"audit": "summary.json", "evaluate": "config.json"}[stage]
+    (out / first).write_text(json.dumps({"label_issues": 12, "eval_dir": "photos", "notes": "mine"}))
+    mine = {"my_label_issues.csv": b"rank,image\n1,a.jpg\n", "figure1.png": b"\x89PNG mine", "params.json": b"{}"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    data = make_folders(tmp_path / "eval", per_class=3, size=40)
+    args = {"audit": ["audit", str(run)], "evaluate": ["evaluate", str(run), str(data)]}[stage]
+    line = one_line([*args, "-o", str(out), "--overwrite"])
+    assert str(out) in line, line
+    assert {name: (out / name).read_bytes() for name in mine} == mine and (out / first).is_file()
+
+
 def test_a_recogniser_is_never_a_traceback_on_deep_nesting(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text("ID\n/1/a\n")
