@@ -387,7 +387,7 @@ def reliability_diagram(
     charts.title(top, f"reliability, {calibration.images} out-of-fold images")
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="stated confidence", ylabel="images", yscale="log")
-    figure.savefig(path, dpi=100)
+    charts.save(figure, path)
 
 
 def _bins(

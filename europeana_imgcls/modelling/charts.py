@@ -34,6 +34,15 @@ def chart(size: tuple[float, float], margins: dict[str, float], **grid: Any) -> 
     return figure, figure.subplots(**grid)
 
 
+def save(figure: Figure, path: Path) -> None:
+    """``figure`` as a PNG at ``path``, written under a temporary name and renamed: never through a link that
+    stands there (a run folder kept in DVC or git-annex), never half a file."""
+    from ..core.tables import atomic_path
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
+
+
 def title(ax: Axes, text: str) -> None:
     """The axes' title at its top edge, placed rather than searched for (see the module's docstring)."""
     ax.set_title(text, y=1.0)

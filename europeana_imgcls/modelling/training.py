@@ -854,4 +854,4 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int = 0
     right.set(xlabel="epoch", ylim=(0, 1))
     charts.title(right, "validation")
     right.legend()
-    canvas.savefig(path, dpi=100)
+    charts.save(canvas, path)

@@ -28,6 +28,7 @@ from ..core.tables import write_csv, write_json
 from ..datasets.folders import load_image
 from ..datasets.imageset import Task
 from ..datasets.metrics import mean_std, per_class_scores
+from ..modelling import charts
 from ..modelling.calibration import load_calibration, score_thresholds
 from ..modelling.modelcard import write_model_card
 from ..modelling.run_folder import DATA_DIR_RESOLVED, RunFolder, SplitFolder
@@ -306,7 +307,7 @@ def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
         ["truth \\ prediction", *classes],
         ([name, *map(int, row)] for name, row in zip(classes, matrix, strict=True)),
     )
-    confusion_figure(matrix, classes).savefig(out / "confusion_matrix.png", dpi=100)
+    charts.save(confusion_figure(matrix, classes), out / "confusion_matrix.png")
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:

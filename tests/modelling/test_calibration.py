@@ -190,3 +190,19 @@ def test_a_damaged_test_fold_or_class_index_is_one_line(trained_run: Path, tmp_p
     lines = result.stderr.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("eic: error:"), result.output
     assert split.name in lines[0] and "Traceback" not in result.output, lines[0]
+
+
+def test_calibrate_writes_its_figure_into_the_run_never_through_a_link(trained_run: Path, tmp_path: Path) -> None:
+    """The reliability diagram was saved through whatever stood at RUN/reliability.png: a link there (a run folder
+    kept in DVC or git-annex is links into a cache) had its target replaced by the plot."""
+    from ..support import copy_of
+
+    run = copy_of(trained_run, tmp_path)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG the user's own")
+    (run / "reliability.png").unlink(missing_ok=True)
+    (run / "reliability.png").symlink_to(photo)
+    result = CliRunner().invoke(app, ["calibrate", str(run), "--precision", "0.9", "--overwrite"])
+    assert result.exit_code == 0, result.stderr
+    assert photo.read_bytes() == b"\x89PNG the user's own"
+    assert not (run / "reliability.png").is_symlink() and (run / "reliability.png").read_bytes()[:4] == b"\x89PNG"
