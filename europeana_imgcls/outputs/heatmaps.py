@@ -10,6 +10,7 @@ next batch's heatmaps are computed.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,9 +21,53 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import PredictConfig
+from ..core.errors import DatasetError
+from ..core.outputs import absolute
 from ..datasets.decoding import load_image
 from .inference import Ensemble, Explainer, Pixels
 from .inputs import Item, last_part
+
+
+MARK = ".eic-gradcam"  # in a folder of figures eic drew: what lets another run (a resume, a shard) add to it
+_FIGURE = re.compile(r".+_[0-9a-f]{8}\.jpg")  # ``figure_name``'s
+
+
+def claim_gradcam_dir(config: PredictConfig) -> None:
+    """Where ``config.gradcam_dir`` may take figures, asked before any work: a new or empty folder, or one of
+    figures eic drew; never a link, a file, a folder of the user's, nor the images being labelled (a class folder
+    would then hold a figure per image, which the next training reads as that class's)."""
+    folder = config.gradcam_dir
+    if folder is None:
+        return
+    where = absolute(folder)
+    said = f"`gradcam_dir` {folder}"
+    if where.is_symlink():
+        raise DatasetError(f"{said} is a symbolic link: eic writes no output through a link; give a folder")
+    if os.path.lexists(where) and not where.is_dir():
+        raise DatasetError(f"{said} is not a folder: give a new folder for the Grad-CAM figures")
+    for given in config.inputs:
+        images = Path(given)
+        if images.is_dir() and (where.is_relative_to(images.resolve()) or images.resolve().is_relative_to(where)):
+            raise DatasetError(
+                f"{said} and {given} hold one another: the figures would be among the images it labels (which "
+                "training would read as images): give a folder of its own"
+            )
+    stranger = _stranger(where)
+    if stranger is not None:
+        raise DatasetError(
+            f"{said} holds {stranger}, which is not a Grad-CAM figure eic drew: give a new or empty folder"
+        )
+
+
+def _stranger(folder: Path) -> str | None:
+    """The first entry of ``folder`` that is not eic's figures folder's (None: there is none, or it is marked)."""
+    if not folder.is_dir() or (folder / MARK).is_file():
+        return None
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not (entry.is_file(follow_symlinks=False) and _FIGURE.fullmatch(entry.name)):
+                return entry.name
+    return None
 
 
 @contextmanager
@@ -33,6 +78,7 @@ def figures(models: Ensemble, config: PredictConfig, thresholds: np.ndarray | No
         yield None
         return
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARK).touch()  # shards and runs into the same folder mark it alike
     with (
         ThreadPoolExecutor(1, thread_name_prefix="eic-figures") as saver,
         models.explainer(config.cam_method) as explainer,

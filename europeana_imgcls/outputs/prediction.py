@@ -34,7 +34,7 @@ from ..datasets.tasks import unlabelled
 from ..europeana.search_api import is_record_id, record_uri
 from ..modelling.processes import Dist, under_torchrun
 from ..modelling.run_folder import RunFolder
-from .heatmaps import figures
+from .heatmaps import claim_gradcam_dir, figures
 from .inference import Ensemble, ModelRequest, SplitModel
 from .inputs import Item, check_arguments, gather
 from .runtimes import check_runtime, load_models
@@ -151,6 +151,7 @@ def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
         raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
     check_arguments(config.run, config.inputs)
     check_runtime(config, explain=config.gradcam_dir is not None)
+    claim_gradcam_dir(config)
     with _placed(config.device) as (device, world):
         return _predict(config, device, world, rows)
 

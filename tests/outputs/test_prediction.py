@@ -321,3 +321,37 @@ def test_a_resume_that_labels_nothing_new_keeps_what_the_output_held(trained_run
     with pytest.raises(DatasetError, match="nothing could be labelled"):  # a new output that would be empty: none
         predict(PredictConfig(run=trained_run, inputs=[str(bad)], output=tmp_path / "q.csv", quiet=True))
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_gradcam_figures_go_only_where_they_harm_nothing(trained_run: Path, tmp_path: Path) -> None:
+    """`--gradcam-dir` asked no output policy: pointed at a class folder of the images it labelled, it put a figure
+    per image among them (the next training took them for that class); it wrote through a link, into any folder
+    of the user's, and a file there was a traceback-like "File exists" with a journal left behind."""
+    from ..support import assert_one_line_error, eic, make_folders
+
+    data = make_folders(tmp_path / "imgs", per_class=2, size=40)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "f.txt").write_text("a file")
+    for where, said in (
+        (data / "map", "images it labels"),
+        (data, "images it labels"),
+        (mine, "holiday.jpg"),
+        (tmp_path / "link", "symbolic link"),
+        (tmp_path / "f.txt", "not a folder"),
+    ):
+        out = tmp_path / f"p_{where.name}.csv"
+        result = eic("predict", trained_run, data / "map", "-o", out, "--gradcam-dir", where, "--quiet")
+        assert_one_line_error(result, said)
+        assert not out.exists() and not Path(f"{out}.journal").exists()
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and (mine / "holiday.jpg").read_bytes() == b"mine"
+    for turn in range(2):  # a folder of its own figures is carried on (a resume, another run)
+        result = eic("predict", trained_run, data / "map", "-o", tmp_path / f"q{turn}.csv", "--gradcam-dir",
+                     tmp_path / "cams", "--quiet")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    assert len(list((tmp_path / "cams").glob("*.jpg"))) == 2
