@@ -36,6 +36,7 @@ from ..core.config import TrainConfig, public_dict
 from ..core.errors import CalibrationError, DatasetError, ModelError
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
+from ..core.recognise import peek_json
 from ..core.progress import RATE, Rate, progress_bar
 from ..core.tables import atomic_path, write_csv, write_json
 from ..datasets.decoding import decode_device
@@ -498,9 +499,16 @@ def _calibrate(config: TrainConfig, report: TrainReport) -> None:
         report.calibration_note = str(exc)
 
 
+# What every split's config.json of eic's holds (its TrainConfig, as every version wrote it): a folder of the
+# user's with a split_0/ or a model.pt of its own (a Hugging Face download) is not a run to carry on.
+_RUN_SETTINGS = frozenset({"arch", "data_dir", "seed", "epochs", "folds"})
+
+
 def _is_run_folder(path: Path) -> bool:
     run = RunFolder(path)
-    return run.trained() or run.split(0).path.is_dir() or run.is_split
+    split = SplitFolder(path, 0) if run.is_split else run.split(0)  # a split folder stands for a run of one
+    found = peek_json(split.config)
+    return isinstance(found, dict) and _RUN_SETTINGS <= found.keys()
 
 
 RUN = OutputKind("run", "a training run", folder=True, recognise=_is_run_folder)

@@ -400,6 +400,32 @@ def test_a_run_folder_inside_its_data_folder_is_refused(tmp_path: Path) -> None:
     assert not (data / "run").exists()
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_of_the_users_that_looks_like_a_run_is_not_trained_into(tmp_path: Path, resume: bool) -> None:
+    """Any folder holding split_0/ was carried on as a run without --resume (a user's own folds: their files
+    overwritten), and with --resume any folder holding a model.pt (a Hugging Face download: its summary.json and
+    model card overwritten); a split_0/config.json of someone else's made --resume a traceback. A run is a folder
+    whose split settings are eic's."""
+    from ..support import assert_one_line_error, eic
+
+    data = make_folders(tmp_path / "data", per_class=4, size=32)
+    folds = tmp_path / "folds"
+    (folds / "split_0").mkdir(parents=True)
+    (folds / "split_0" / "history.csv").write_text("mine\n")
+    (folds / "split_0" / "config.json").write_text('{"fold": 0, "model": "mine"}')
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "model.pt").write_bytes(b"weights")
+    (hub / "config.json").write_text('{"architectures": ["ResNet"]}')
+    (hub / "summary.json").write_text("{}")
+    for folder in (folds, hub):
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        args = ["train", data, "-o", folder, "--arch", "tiny", "--weights", "none", "--epochs", "1", "--folds", "3"]
+        result = eic(*args, *(["--resume"] if resume else []))
+        assert_one_line_error(result, str(folder))
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_a_class_held_by_one_provider_is_refused_before_training(tmp_path: Path) -> None:
     from europeana_imgcls.cli.app import app
 
