@@ -36,8 +36,8 @@ from ..core.config import TrainConfig, public_dict
 from ..core.errors import CalibrationError, DatasetError, ModelError
 from ..core.naming import record_id_of
 from ..core.outputs import OutputKind, claim
-from ..core.recognise import peek_json
 from ..core.progress import RATE, Rate, progress_bar
+from ..core.recognise import peek_json
 from ..core.tables import atomic_path, write_csv, write_json
 from ..datasets.decoding import decode_device
 from ..datasets.folders import (
@@ -508,7 +508,7 @@ def _is_run_folder(path: Path) -> bool:
     run = RunFolder(path)
     split = SplitFolder(path, 0) if run.is_split else run.split(0)  # a split folder stands for a run of one
     found = peek_json(split.config)
-    return isinstance(found, dict) and _RUN_SETTINGS <= found.keys()
+    return isinstance(found, dict) and found.keys() >= _RUN_SETTINGS
 
 
 RUN = OutputKind("run", "a training run", folder=True, recognise=_is_run_folder)

@@ -27,7 +27,6 @@ from ..datasets.decoding import load_image
 from .inference import Ensemble, Explainer, Pixels
 from .inputs import Item, last_part
 
-
 MARK = ".eic-gradcam"  # in a folder of figures eic drew: what lets another run (a resume, a shard) add to it
 _FIGURE = re.compile(r".+_[0-9a-f]{8}\.jpg")  # ``figure_name``'s
 
