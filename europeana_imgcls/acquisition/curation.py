@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from ..core.config import StatsConfig, SubtractConfig, public_dict
-from ..core.outputs import TABLE, OutputKind, claim_sidecar, claimed
+from ..core.outputs import TABLE, OutputKind, claim_sidecar, claimed, refuse_input
 from ..core.recognise import peek_json
 from ..core.sidecars import MAX_SIDECAR_BYTES
 from ..core.tables import read_table, write_json, write_table
@@ -38,6 +38,7 @@ class SubtractReport:
 
 def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
+    refuse_input(config.output, "evaluation table", config.eval)
     with claimed(config.output, TABLE, overwrite=config.overwrite):
         settings = claim_sidecar(config.output, "config")
         train = read_table(config.train, required=("ID",), columns=config.columns)

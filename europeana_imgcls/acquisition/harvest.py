@@ -19,6 +19,7 @@ table.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from ..core.errors import DatasetError
 from ..core.journal import Journal
 from ..core.outputs import TABLE, claim, claim_sidecar
 from ..core.progress import progress_bar
+from ..core.recognise import peek_json
 from ..core.tables import check_table_suffix, sidecar, write_json, write_table
 from ..europeana.search_api import SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
@@ -155,6 +157,8 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     try:
         units = [u for u in source.units() if shard is None or shard.owns(u)]
         with journal.open(config.resume):
+            if shard is None:
+                _refuse_changed_table(config.output, journal.folder)
             found = _replayed(journal, source, plan, config)
             _refuse_dropped_levels(found, plan, config)
             todo = [u for u in units if u not in found.finished]
@@ -166,6 +170,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
                 state = _selected(found, source, plan, config)
                 if shard is None and found.pieces:  # however it ends, the table holds every piece it journaled
                     write_table(_to_frame(state, vocab), config.output)
+                    write_json(journal.folder / WRITTEN, _digest(config.output))
     finally:
         source.close()
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
@@ -181,6 +186,29 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
         source=config.metadata_source,
         shard=config.shard,
     )
+
+
+WRITTEN = "table.json"  # in the journal's folder: the digest of the table as the harvest last wrote it
+
+
+def _refuse_changed_table(output: Path, folder: Path) -> None:
+    """A table changed since the harvest wrote it (subtract or review apply wrote over it in place) is not
+    rewritten from the journal: the change would be undone without a word."""
+    written = peek_json(folder / WRITTEN)
+    if not (isinstance(written, dict) and output.is_file()) or written == _digest(output):
+        return  # nothing to compare (a new harvest, a journal from before this record), or the table as written
+    raise DatasetError(
+        f"{output} changed since eic harvest wrote it (another command wrote over it?), and resuming would write "
+        f"the harvest over those changes: harvest into another `output` (delete {folder} to start this one again)"
+    )
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
 
 
 def _refuse_dropped_levels(found: _Found, plan: Plan, config: HarvestConfig) -> None:

@@ -106,11 +106,28 @@ def claim(
     raise DatasetError(f"{path} already exists: " + ", or ".join([*offered, f"choose another `{option}`"]))
 
 
+def refuse_input(output: Path, role: str, given: Path, option: str = "output") -> None:
+    """An output that is the table given as ``role`` (subtract's evaluation table, the reviewers' table) is refused
+    whatever ``overwrite`` says: the input would be replaced by what was made from it."""
+    if os.path.lexists(given) and absolute(output).resolve() == Path(given).resolve():
+        raise DatasetError(f"`{option}` {output} is the {role} given: write what is made from it to another file")
+
+
+SIDECAR_KINDS = ("config", "review", "apply")  # harvest and subtract; review import; review apply
+
+
 def claim_sidecar(output: Path, kind: str, option: str = "output") -> Path:
     """Where eic writes its settings (or a review's notes) beside the table ``output`` (``NAME.<kind>.json``), once
     it may: nothing there, or eic's own file of a table of that name. A user's file of that name, or eic's of the
     table beside (``x.csv``'s, which ``x.parquet``'s would replace: ``x.csv`` would be no table of eic's), is
     refused in one line before any work."""
+    for other in SIDECAR_KINDS:  # a table another stage made (its sidecar names it) is not this stage's to replace
+        made = os.path.lexists(output) and sidecar_output(sidecar(absolute(output), other)) == Path(output).name
+        if other != kind and made:
+            raise DatasetError(
+                f"{output} is a table another eic command made ({sidecar(Path(output), other).name} beside it), "
+                f"not this one's to replace: choose another `{option}`"
+            )
     path = sidecar(absolute(output), kind)
     if not os.path.lexists(path):
         return path

@@ -26,7 +26,7 @@ import polars as pl
 
 from ..core.config import ReviewApplyConfig, public_dict
 from ..core.errors import DatasetError
-from ..core.outputs import TABLE, claim_sidecar, claimed
+from ..core.outputs import TABLE, claim_sidecar, claimed, refuse_input
 from ..core.sidecars import read_bounded
 from ..core.tables import check_table_suffix, read_table, sidecar, write_json, write_table
 from .review import ReviewNotes, record_id_problem, shown
@@ -56,6 +56,7 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
             f"{config.output} is the table the review applies to: choose another `output`, or pass `overwrite` "
             "to replace it (a table eic wrote)"
         )
+    refuse_input(config.output, "reviewed table", config.reviewed)
     with claimed(config.output, TABLE, overwrite=config.overwrite):  # TABLE itself too: only if eic wrote it
         claim_sidecar(config.output, "apply")  # and its notes beside it: nobody else's file of that name
         return _apply_review(config)

@@ -475,3 +475,22 @@ def test_a_search_api_journal_an_earlier_eic_wrote_still_resumes(vocab_file: Pat
         settings.write_text(json.dumps(older))
         again = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
         assert again.resumed_units and json.loads(settings.read_text())["api_url"] == sb.api_url
+
+
+def test_a_resume_never_writes_the_harvest_over_a_table_changed_since(vocab_file: Path, tmp_path: Path) -> None:
+    """`eic subtract h.csv eval.csv -o h.csv --overwrite` (evaluation records out of training, in place), then
+    `eic harvest -o h.csv --resume`: the table was rewritten from the journal, the evaluation records back in
+    training without a word. A table changed since the harvest wrote it is refused in one line and kept."""
+    from europeana_imgcls import SubtractConfig, subtract
+
+    out = tmp_path / "h.csv"
+    with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        harvest(config(sb, vocab_file, out, n=2, reusability=["open"]))
+        again = harvest(config(sb, vocab_file, out, n=2, reusability=["open"], resume=True))  # unchanged: fine
+        assert again.rows == pl.read_csv(out).height
+        pl.read_csv(out)[:3].select("ID").write_csv(tmp_path / "eval.csv")
+        subtract(SubtractConfig(train=out, eval=tmp_path / "eval.csv", output=out, overwrite=True))
+        edited = out.read_bytes()
+        with pytest.raises(DatasetError, match="changed since"):
+            harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+    assert out.read_bytes() == edited

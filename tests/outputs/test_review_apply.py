@@ -268,3 +268,24 @@ def test_mutated_notes_are_applied_or_refused_in_one_line(data: st.DataObject) -
         before = snapshot(folder)
         cli_works_or_one_line(_apply(folder))
         assert_untouched(before, snapshot(folder), {"new.csv", "new.apply.json"})
+
+
+def test_an_input_is_never_the_output_of_another_role(tmp_path: Path) -> None:
+    """`--overwrite` let a table given as one input be the output: subtract wrote the training rows over the
+    evaluation table, review apply over the reviewers' table, and review import (a table of another stage's
+    kind) turned the training table into its ten reviewed rows, leaving the stale settings beside it."""
+    from ..support import assert_one_line_error, eic
+
+    _setup(tmp_path, [task(1, "/9/a", ["painting"])])
+    pl.DataFrame({"ID": ["/9/b"]}).write_csv(tmp_path / "eval.csv")
+    assert eic("subtract", tmp_path / "train.csv", tmp_path / "eval.csv", "-o", tmp_path / "t.csv").exit_code == 0
+    assert _import(tmp_path).exit_code == 0
+    tables = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for args, said in (
+        (["subtract", tmp_path / "t.csv", tmp_path / "eval.csv", "-o", tmp_path / "eval.csv"], "eval.csv"),
+        (["review", "apply", tmp_path / "t.csv", tmp_path / "out.csv", "-o", tmp_path / "out.csv"], "out.csv"),
+        (["review", "import", tmp_path / "export.json", "-o", tmp_path / "t.csv", "--vocab", tmp_path / "vocab.json"],
+         "t.csv"),
+    ):  # fmt: skip
+        assert_one_line_error(eic(*args, "--overwrite"), said)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == tables
