@@ -44,7 +44,7 @@ from rich.progress import Progress, TaskID
 from ..core.config import DownloadConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.journal import Journal, Output, read_records
-from ..core.naming import file_name, id_named
+from ..core.naming import MAX_NAME_BYTES, file_name, id_named
 from ..core.outputs import OutputKind
 from ..core.progress import RATE, Rate, progress_bar
 from ..core.recognise import csv_header, peek_json
@@ -69,24 +69,40 @@ from .placement import Placement, write_set_aside
 
 
 def _is_download_folder(folder: Path) -> bool:
-    """Whether a re-run may carry a folder on: the files download writes at its top (its settings, its labels,
-    its failures), where there are any, are download's own; class folders and images are what it fills. A folder
-    with a ``config.json`` of a project's own is not written over."""
+    """Whether a re-run may carry a folder on (see ``_stranger``)."""
+    return _stranger(folder) is None
+
+
+def _stranger(folder: Path) -> str | None:
+    """What in ``folder`` says eic download did not fill it (None: nothing does): a ``config.json`` of a project's
+    own, or a list at the top (labels, failures, fetched) that is not download's. Class folders and images are what
+    it fills."""
     settings = folder / CONFIG_FILE
     if os.path.lexists(settings):
         data = peek_json(settings)
         if not (isinstance(data, dict) and {"table", "output_dir"} <= set(data)):
-            return False
-    return all(
-        not os.path.lexists(path) or (small_regular_file(path) and csv_header(path) == list(columns))
-        for path, columns in (
-            (folder / LABELS_FILE, LABEL_COLUMNS),
-            (folder / FAILURES_FILE, FAILURE_COLUMNS),
-            (folder / FETCHED_FILE, FETCHED_COLUMNS),
+            return CONFIG_FILE
+    for path, columns in (
+        (folder / LABELS_FILE, LABEL_COLUMNS),
+        (folder / FAILURES_FILE, FAILURE_COLUMNS),
+        (folder / FETCHED_FILE, FETCHED_COLUMNS),
+    ):
+        if os.path.lexists(path) and not (small_regular_file(path) and csv_header(path) == list(columns)):
+            return path.name
+    return None
+
+
+def _refuse_strangers(root: Path) -> None:
+    """A folder eic download did not fill is refused before any work, naming what shows it."""
+    stranger = _stranger(root) if root.is_dir() and not root.is_symlink() else None
+    if stranger is not None:
+        raise DatasetError(
+            f"{root} holds files that are not a download folder ({stranger} is not eic download's): download "
+            "into a new or empty folder (`output_dir`); a folder of your own images is trained on as it is"
         )
-    )
 
 
+_TOP_FILES = frozenset({"failures.csv", "labels.csv", "fetched.csv", "config.json"})  # download's own, at the top
 DOWNLOAD = OutputKind("download", "a download folder (eic download's)", folder=True, recognise=_is_download_folder)
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
@@ -158,8 +174,17 @@ def category_dir(root: Path, category: str) -> Path:
 
 
 def _folder_name_ok(category: str) -> bool:
+    """Whether a category can be a class folder: not hidden (training never reads one, and eic's own folders are
+    hidden), not one of the folder's own files, and short enough for a file name."""
     name = category.strip()
-    return bool(name) and name not in (".", "..") and not any(sep in name for sep in ("/", "\\", "\0"))
+    return (
+        bool(name)
+        and not name.startswith(".")
+        and not any(sep in name for sep in ("/", "\\", "\0"))
+        and name.lower() not in _TOP_FILES
+        and not (name.lower().startswith("set_aside") and name.lower().endswith(".csv"))
+        and len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    )
 
 
 def download(config: DownloadConfig) -> DownloadReport:
@@ -170,6 +195,7 @@ def download(config: DownloadConfig) -> DownloadReport:
     shard = config.shard_spec
     # The journal first: it asks the output policy (a re-run carries the folder on; never through a link), then
     # takes its lock, so a run that another run's (or shard's) lock turns away touches nothing.
+    _refuse_strangers(root)
     with Outcomes(root, config) as outcomes:
         before = filled_from(root)
         _check_table_of(config, before)

@@ -132,4 +132,8 @@ def csv_header(path: Path) -> list[str]:
     """The column names on a CSV's first line (what eic's writers put there), read no further."""
     with path.open("rb") as handle:
         first = handle.readline(1 << 16).decode("utf-8")
-    return next(csv.reader([first]), [])
+    lines = first.splitlines()  # a line ends at CR too (Excel for Mac's CSV)
+    try:
+        return next(csv.reader(lines[:1]), [])
+    except csv.Error:  # a line break inside a quoted field of the header: no header eic writes
+        return []

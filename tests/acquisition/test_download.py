@@ -1202,3 +1202,41 @@ def test_retry_failed_retries_a_passing_trouble_and_a_corrected_url_is_fetched(t
         rows.write_csv(table)  # the URL corrected
         fixed = download(config(table, out))
     assert (fixed.saved, fixed.known_failures, _failures(out)) == (1, 0, {})
+
+
+def test_a_category_that_cannot_be_a_class_folder_is_its_rows_reason(tmp_path: Path) -> None:
+    """A category starting with a dot was saved where training never looks (`.journal/`, `.eic-set-aside/`:
+    counted as saved, never trained on); one named like the folder's own files (`failures.csv`, `config.json`)
+    stopped the run with "Is a directory" / "File exists" and left a folder later runs refused; one too long for
+    a file name stopped the run with nothing saved. Each is now its rows' reason, and the rest are saved."""
+    bad = [".journal", ".eic-set-aside", ".hidden", "failures.csv", "config.json", "x" * 300]
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        records = sandbox_records(sb)[: len(bad) + 1]
+        table = pl.read_csv(sandbox_table(sb, tmp_path / "t.csv", records=records))
+        table.with_columns(pl.Series("category", [*bad, "map"])).write_csv(tmp_path / "t.csv")
+        out = tmp_path / "img"
+        report = download(config(tmp_path / "t.csv", out))
+        assert report.saved == 1 and report.skipped == {"category that cannot be a folder name": len(bad)}
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
+            f"map/{file_name(table['ID'][-1])}"
+        ]
+        assert (out / "failures.csv").is_file() and (out / "config.json").is_file()
+        assert download(config(tmp_path / "t.csv", out)).already_saved == 1  # and the folder carries on
+
+
+def test_a_download_folder_whose_failures_excel_for_mac_saved_carries_on(tmp_path: Path) -> None:
+    """A failures.csv re-saved by Excel for Mac (lines ending in CR alone) was a traceback (csv.Error) when the
+    folder was judged; a project's own config.json there is refused in one line naming it."""
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv", records=sandbox_records(sb)[:3])
+        out = tmp_path / "img"
+        first = download(config(table, out, retries=0))
+        (out / "failures.csv").write_bytes(b"ID,URL,error\r/1/x,http://127.0.0.1:9/x.jpg,HTTP 404\r")
+        result = eic("download", table, "-o", out, "--quiet")
+        assert result.exit_code == 0 and "Traceback" not in result.output + result.stderr, result.stderr
+        assert first.saved == 3
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "config.json").write_text('{"name": "my project"}')
+        assert_one_line_error(eic("download", table, "-o", project, "--quiet"), "config.json is not eic download's")
+    assert (project / "config.json").read_text() == '{"name": "my project"}'
