@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -48,7 +48,37 @@ from ..core.errors import EicError
 from . import report
 from .options import Arg, CommandSpec, config_command
 
+
+class _Commands(typer.core.TyperGroup):
+    """eic's command group: a usage error (a missing option, an unknown one, a value of the wrong type, an unknown
+    command) is one line on stderr, as every other refusal, not click's framed box; exit code 2 as click's."""
+
+    def main(  # type: ignore[override]  # always ends in SystemExit where click's may return
+        self, args: Sequence[str] | None = None, standalone_mode: bool = True, **kwargs: Any
+    ) -> Any:
+        # typer names no usage error of its own: its bundled click's (typer installs no click).
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+        if not standalone_mode:
+            return super().main(args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as error:  # `eic`, `eic review`: the help, as before
+            error.show()
+            sys.exit(error.exit_code)
+        except UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "eic"
+            message = " ".join(error.format_message().split()).rstrip(".")
+            print(f"eic: error: {message} (see `{where} --help`)", file=sys.stderr)
+            sys.exit(error.exit_code)
+        except typer.Abort:  # the end of input at a prompt
+            print("eic: error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="eic",
     no_args_is_help=True,
     add_completion=False,

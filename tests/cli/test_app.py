@@ -132,3 +132,24 @@ def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["stats", str(table), "-o", "/dev/null/x.json"])
     assert result.exit_code == 1 and result.stderr.startswith("eic: error: ")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["withdraw"], "Missing option '--model'"),
+        (["subtract", "a.csv", "b.csv"], "Missing option '--output'"),
+        (["harvest", "--bogus"], "No such option: --bogus"),
+        (["harvest", "--n", "abc"], "'--n'"),
+        (["predict"], "Missing argument 'RUN'"),
+        (["harvset"], "No such command 'harvset'"),
+        (["review", "aply"], "No such command 'aply'"),
+    ],
+)
+def test_a_usage_error_is_one_line_that_says_where_help_is(args: list[str], said: str) -> None:
+    """Click's usage errors were a box of five lines (usage, a hint, a frame around the error): bad input is one
+    line on stderr, as every other refusal, with the exit code 2 of a usage error."""
+    result = CliRunner().invoke(app, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("eic: error:"), result.stderr
+    assert said in lines[0] and "--help" in lines[0]
