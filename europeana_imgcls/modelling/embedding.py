@@ -186,7 +186,9 @@ def embed(config: EmbedConfig) -> EmbedReport:
                 rate.add(len(index))
                 bar.advance(task, len(index))
         report.seconds = time.perf_counter() - started
-        journal.merge(lambda records: _write_table(config, meta, records, report))  # a shard leaves its part
+        now = {key: i for i, key in enumerate(keys)}
+        # A shard leaves its part; the table holds the folder as it is now (see ``_as_the_folder_is``).
+        journal.merge(lambda records: _write_table(config, meta, _as_the_folder_is(records, images, now), report))
     return report
 
 
@@ -213,6 +215,15 @@ def _write_table(config: EmbedConfig, meta: dict[str, Any], records: Records, re
     )
     with atomic_path(config.output) as tmp:
         table.write_parquet(tmp)
+
+
+def _as_the_folder_is(records: Records, images: ImageSet, now: dict[str, int]) -> Records:
+    """The journaled rows of the images the folder holds now, labelled as it labels them now: an image moved to
+    another class (a review applied) or set aside since an earlier run is not kept under its old class or path
+    (the moved one is embedded again under its new path)."""
+    for key, record in records:
+        if key in now:
+            yield key, {**record, **image_row(images, now[key])}
 
 
 def _journal_batch(

@@ -44,6 +44,26 @@ def test_an_existing_table_is_refused_with_advice_that_works(tmp_path: Path) -> 
     assert again.exit_code == 0 and "9 done" in " ".join(again.stdout.split())
 
 
+def test_a_resume_after_the_folder_changed_holds_the_folder_as_it_is(tmp_path: Path) -> None:
+    """After the review loop moved a record to its new class and set another aside (`download --prune`), `embed
+    --resume` kept both old rows beside the new one: 13 rows for 12 images, the moved record twice under two
+    classes (a near-duplicate "with conflicting labels" to audit, a reviewer's correction back as a suspect)."""
+    data = make_folders(tmp_path / "data", per_class=4, size=32)
+    out = tmp_path / "e.parquet"
+    embed(EmbedConfig(data_dir=data, output=out, **TINY))
+    classes = sorted(p.name for p in data.iterdir())
+    moved = next((data / classes[0]).iterdir())
+    moved.rename(data / classes[1] / moved.name)
+    gone = next((data / classes[2]).iterdir())
+    gone.rename(tmp_path / gone.name)
+    again = embed(EmbedConfig(data_dir=data, output=out, resume=True, **TINY))
+    table = pl.read_parquet(out)
+    now = {str(p.resolve()) for p in data.rglob("*.jpg")}
+    assert table.height == len(now) == 11 and {str(Path(p).resolve()) for p in table["image"]} == now
+    assert table.filter(pl.col("image").str.ends_with(moved.name))["category"].to_list() == [classes[1]]
+    assert again.embedded == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Found in review: resumes, encodings and paths
 
