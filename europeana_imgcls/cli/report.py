@@ -406,16 +406,18 @@ def print_sandbox(console: Console, server: Sandbox) -> None:
 def print_publish(console: Console, result: PublishReport) -> None:
     models = ", ".join(f"{m} ({n})" for m, n in result.models.most_common())
     where = plain(result.where)  # Europeana, or another API (the sandbox) by its address
+    gone = f" ({result.gone} of them gone from it since)" if result.gone else ""
     if result.dry_run:
-        todo = result.annotations - result.published_before
         console.print(
             f"{result.annotations} annotations checked with Europeana's rules (models: {models}); "
-            f"{todo} to send to {where}, {result.published_before} published earlier; nothing was sent (dry run)",
+            f"{result.to_send} to send to {where}, {result.published_before} published earlier{gone}"
+            + (f", {result.found} found there already" if result.found else "")
+            + "; nothing was sent (dry run)",
             soft_wrap=True,
         )
     else:
         console.print(
-            f"{result.sent} annotations sent to {where}; {result.published_before} published earlier"
+            f"{result.sent} annotations sent to {where}; {result.published_before} published earlier{gone}"
             + (f"; {result.found} found there already, not sent again" if result.found else "")
             + f"; models: {models}; journal: {plain(result.journal)}",
             soft_wrap=True,

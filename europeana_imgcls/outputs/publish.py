@@ -87,9 +87,15 @@ class PublishReport:
     found: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # canonical IRI, the API's message
     changed: list[str] = field(default_factory=list)  # published, and what the API keeps of it changed since
+    gone: int = 0  # published by an earlier run, no longer on the API (withdrawn since): sent again
     models: Counter[str] = field(default_factory=Counter)
     dry_run: bool = False
     where: str = "Europeana"  # the API, as messages name it
+
+    @property
+    def to_send(self) -> int:
+        """What a run sends (a dry run: would send): not published earlier, or gone since, and not found there."""
+        return self.annotations - self.published_before + self.gone - self.found
 
 
 @dataclass
@@ -246,15 +252,18 @@ def publish(config: PublishConfig) -> PublishReport:
         models=Counter(_model(item) for item in items.values()),
         where=api_name(config.annotation_api),
     )
-    if config.dry_run:
+    if config.dry_run:  # the API is asked as a run would ask it (reads only); the journal is not written
         state = _states(journal, config.annotation_api) if journal.folder.is_dir() else {}
         report.published_before = sum(isinstance(state.get(c), Published) for c in items)
+        if state:  # with nothing sent before, everything would go: no question for the API
+            with _client(config, token_needed=False) as client:
+                _ask(None, client, items, state, report)
         report.changed = _changed(items, state)
         return report
     with _client(config) as client, journal.open():
         state = _states(journal, config.annotation_api)
         report.published_before = sum(isinstance(state.get(c), Published) for c in items)  # before any is found
-        report.found = _settle(journal, client, state) + _reconcile(journal, client, items, state)
+        _ask(journal, client, items, state, report)
         report.changed = _changed(items, state)
         todo = [item for canonical, item in items.items() if not isinstance(state.get(canonical), Published)]
         with progress_bar(config.quiet, transient=True) as bar:  # the summary says what was done
@@ -394,8 +403,22 @@ def _sending(item: dict[str, Any]) -> Sending:
     )
 
 
-def _append(journal: Journal, canonical: str, state: State) -> None:
-    journal.append(canonical, state.model_dump(mode="json", exclude_none=True))
+def _ask(
+    journal: Journal | None,
+    client: AnnotationsClient,
+    items: dict[str, dict[str, Any]],
+    state: dict[str, State],
+    report: PublishReport,
+) -> None:
+    """What the API holds of the journal's annotations, into ``state`` (and the journal, unless a dry run's)."""
+    published = {c for c, last in state.items() if isinstance(last, Published)}
+    report.found = _settle(journal, client, state) + _reconcile(journal, client, items, state)
+    report.gone = sum(c in published and isinstance(state.get(c), Unsent) for c in items)
+
+
+def _append(journal: Journal | None, canonical: str, state: State) -> None:
+    if journal is not None:  # None: a dry run's, which writes nothing
+        journal.append(canonical, state.model_dump(mode="json", exclude_none=True))
 
 
 def _mark(journal: Journal, batch: list[dict[str, Any]], state: Any) -> None:
@@ -404,7 +427,7 @@ def _mark(journal: Journal, batch: list[dict[str, Any]], state: Any) -> None:
     journal.flush()
 
 
-def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]) -> int:
+def _settle(journal: Journal | None, client: AnnotationsClient, state: dict[str, State]) -> int:
     """Annotations an earlier run sent without seeing the answer: found on the API (recorded as published;
     counted) or not (recorded as unsent, so they go again)."""
     found = 0
@@ -420,7 +443,8 @@ def _settle(journal: Journal, client: AnnotationsClient, state: dict[str, State]
             settled = Unsent(state="unsent", model=last.model)
         _append(journal, canonical, settled)
         state[canonical] = settled
-    journal.flush()
+    if journal is not None:
+        journal.flush()
     return found
 
 
@@ -437,7 +461,7 @@ class _Online:
 
 
 def _reconcile(
-    journal: Journal, client: AnnotationsClient, items: dict[str, dict[str, Any]], state: dict[str, State]
+    journal: Journal | None, client: AnnotationsClient, items: dict[str, dict[str, Any]], state: dict[str, State]
 ) -> int:
     """The journal is one file's: set against what the API holds. Where there is something to send, or one of a
     few published annotations of a model is gone when asked for by id (``SAMPLED`` a model, spread over the
@@ -466,7 +490,8 @@ def _reconcile(
         if settled is not None:
             _append(journal, canonical, settled)
             state[canonical] = settled
-    journal.flush()
+    if journal is not None:
+        journal.flush()
     return found
 
 

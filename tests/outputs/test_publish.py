@@ -658,8 +658,9 @@ def test_messages_name_the_apis_address_when_it_is_not_europeana(tmp_path: Path)
         for result in (dry, sent, gone):
             assert result.exit_code == 0 and sb.base_url in result.stdout, result.output
             assert "Europeana" not in result.stdout.replace("Europeana's rules", ""), result.stdout
-    report = publish(PublishConfig(enrichments=path, dry_run=True))
-    assert report.where == "Europeana"
+    fresh = _write(tmp_path / "b.jsonl", _made(3))  # nothing sent from it: a dry run asks the API nothing
+    report = publish(PublishConfig(enrichments=fresh, dry_run=True))
+    assert report.where == "Europeana" and report.to_send == 3
 
 
 @pytest.mark.parametrize(
@@ -905,3 +906,23 @@ def test_an_address_with_a_trailing_slash_is_the_same_annotations_api(tmp_path: 
             app, ["withdraw", str(path), "--model", MODEL_A, "--annotation-api", sb.base_url], env=ENV
         )
         assert result.exit_code == 0 and not sb.annotations.live(), result.output
+
+
+def test_a_dry_run_counts_what_a_run_would_send_after_a_withdrawal_by_model(tmp_path: Path) -> None:
+    """After `eic withdraw --model` (no file: by search, no journal of the file's written), `eic publish --dry-run`
+    said "0 to send, 3 published earlier", and the real run straight after sent 3: the dry run trusted the
+    journal where the run asks the API."""
+    path = _write(tmp_path / "a.jsonl", _made(3))
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        api = ["--annotation-api", sb.base_url]
+        runner = CliRunner()
+        assert runner.invoke(app, ["publish", str(path), *api], env=ENV).exit_code == 0
+        assert runner.invoke(app, ["withdraw", "--model", MODEL_A, *api], env=ENV).exit_code == 0
+        journal = sorted((p.name, p.read_bytes()) for p in (tmp_path / "a.jsonl.published").iterdir())
+        dry = publish(_config(path, sb, dry_run=True))
+        assert (dry.to_send, dry.gone, dry.published_before) == (3, 3, 3) and not sb.annotations.live()
+        assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "a.jsonl.published").iterdir()) == journal
+        said = runner.invoke(app, ["publish", str(path), *api, "--dry-run"])
+        assert "3 to send" in " ".join(said.stdout.split()), said.output
+        sent = publish(_config(path, sb))
+    assert sent.sent == dry.to_send == 3
