@@ -377,10 +377,16 @@ def _calibrated(config: ReportConfig, task: Task, notes: list[str]) -> Calibrate
     thresholds: dict[str, float | None] = {c.name: c.threshold for c in calibration.per_class}
     source = f"the run's calibration (precision target {calibration.precision_target:g})"
     if config.enrich is not None:
-        chosen = _enrich_thresholds(config.enrich, notes)
+        chosen = _enrich_thresholds(config.enrich, run.model_id(), notes)
         if chosen:
-            thresholds = {name: chosen.get(name) for name in calibration.classes}
+            kept = [name for name in calibration.classes if name not in chosen]
+            thresholds = {name: chosen.get(name, thresholds.get(name)) for name in calibration.classes}
             source = f"eic enrich's annotations ({config.enrich.name})"
+            if kept:
+                notes.append(
+                    f"{config.enrich.name} holds no annotation of {', '.join(kept[:5])}"
+                    f"{', ...' if len(kept) > 5 else ''}: the run's calibration marks those."
+                )
     return Calibrated(
         bins={
             "as trained": _bins(task, oof.raw, oof.truth),
@@ -419,10 +425,10 @@ def _curve(
     return [(float(scores[k]), float(hits[k] / labelled[k]), float(hits[k] / support)) for k in keep]
 
 
-def _enrich_thresholds(path: Path, notes: list[str]) -> dict[str, float]:
-    """Class -> the threshold eic enrich emitted it at, from its annotations (a .jsonld page or collection, or
-    .jsonl); what is not an eic annotation is passed over."""
-    from ..europeana.annotations import MODEL, NS
+def _enrich_thresholds(path: Path, model_id: str, notes: list[str]) -> dict[str, float]:
+    """Class -> the threshold eic enrich emitted it at, from its annotations of the run's model (``model_id``) (a
+    .jsonld page or collection, or .jsonl); what is not an eic annotation, or is another model's, is passed over."""
+    from ..europeana.annotations import MODEL, NS, model_of
 
     try:
         data = read_capped(path, 256 * 2**20, what="eic enrich's annotations", remedy="", error=ModelError)
@@ -442,14 +448,23 @@ def _enrich_thresholds(path: Path, notes: list[str]) -> dict[str, float]:
             except ValueError:
                 continue
     found: dict[str, float] = {}
+    others: set[str] = set()
     for item in items if isinstance(items, list) else []:
         model = item.get(MODEL) if isinstance(item, dict) else None
-        if isinstance(model, dict) and isinstance(model.get(NS + "class"), str):
-            threshold = _number(model.get(NS + "threshold"))
-            if threshold is not None:
-                found.setdefault(model[NS + "class"], threshold)
+        if not (isinstance(model, dict) and isinstance(model.get(NS + "class"), str)):
+            continue
+        if model_of(item) != model_id:
+            others.add(str(model_of(item) or "no model"))
+            continue
+        threshold = _number(model.get(NS + "threshold"))
+        if threshold is not None:
+            found.setdefault(model[NS + "class"], threshold)
     if not found:
-        notes.append(f"{path}: no eic annotation with a threshold in it; the run's calibration marks the curves.")
+        whose = f" of this run's model ({model_id}): its annotations are of {', '.join(sorted(others)[:3])}"
+        notes.append(
+            f"{path}: no eic annotation with a threshold in it{whose if others else ''}; the run's calibration "
+            "marks the curves."
+        )
     return found
 
 

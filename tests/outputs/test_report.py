@@ -20,8 +20,9 @@ from PIL import Image
 
 from europeana_imgcls.core.config import ReportConfig
 from europeana_imgcls.core.errors import DatasetError, ModelError
-from europeana_imgcls.europeana.annotations import MODEL, NS
+from europeana_imgcls.europeana.annotations import MODEL, MODEL_ID_PREFIX, NS
 from europeana_imgcls.europeana.sandbox import draw_image
+from europeana_imgcls.modelling.run_folder import RunFolder
 from europeana_imgcls.outputs.report import report
 from europeana_imgcls.outputs.report_model import FIGURE_BUDGET, IMAGE_BUDGET, encode_jpeg, json_for_script, record_page
 
@@ -76,7 +77,8 @@ def test_evaluation_audit_and_enrich_are_included_when_named(trained_run: Path, 
         f"1,{first['image']},/9000/x,9000,map,0,True,False,False\n1,{first['image']},/9000/y,9000,map,1,True,False,False\n"
     )
     enrich = tmp_path / "annotations.jsonl"
-    enrich.write_text(json.dumps({MODEL: {NS + "class": "map", NS + "threshold": 0.42}}) + "\n")
+    model = {"id": MODEL_ID_PREFIX + RunFolder(trained_run).model_id(), NS + "class": "map", NS + "threshold": 0.42}
+    enrich.write_text(json.dumps({MODEL: model}) + "\n")
     result = report(
         ReportConfig(run=trained_run, output=tmp_path / "r.html", evaluation=evaluation, audit=audit, enrich=enrich)
     )
@@ -90,6 +92,17 @@ def test_evaluation_audit_and_enrich_are_included_when_named(trained_run: Path, 
 
 
 @pytest.mark.slow  # on the shared multi-label run, trained for the slow lane's end-to-end tests
+def test_another_models_annotations_never_mark_this_runs_curves(trained_run: Path, tmp_path: Path) -> None:
+    """`--enrich FILE` took the thresholds of whatever annotations it was given: another model's marked this run's
+    curves, said to be eic enrich's, and a class the file lacked lost its threshold without a word."""
+    enrich = tmp_path / "other.jsonl"
+    other = {"id": MODEL_ID_PREFIX + "0123456789abcdef", NS + "class": "map", NS + "threshold": 0.42}
+    enrich.write_text(json.dumps({MODEL: other}) + "\n")
+    html = report(ReportConfig(run=trained_run, output=tmp_path / "r.html", enrich=enrich)).output.read_text()
+    assert "0.4200" not in html and "eic enrich&#x27;s annotations" not in html
+    assert "0123456789abcdef" in html  # the note names the model the file's annotations are of
+
+
 def test_a_multilabel_run_has_no_confusion_matrix_and_shows_its_heatmaps(
     ml_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
