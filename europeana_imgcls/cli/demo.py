@@ -39,7 +39,7 @@ from ..core.outputs import OutputKind, claim
 from ..europeana.annotation_standin import SANDBOX_TOKEN
 from ..europeana.sandbox import Knobs, Sandbox
 from ..europeana.vocabulary import default_vocabulary
-from ..modelling.models import get_arch
+from ..modelling.models import build_model, get_arch
 from ..modelling.training import train
 from ..outputs.enrichment import enrich
 from ..outputs.evaluation import evaluate_run
@@ -58,6 +58,8 @@ def _check_training(config: DemoConfig) -> None:
     get_arch(config.arch)
     if config.weights not in ("none", "imagenet") and not Path(config.weights).is_file():
         raise ConfigError(f"weights {config.weights}: no such file; give none, imagenet or a weights file")
+    if config.weights == "imagenet":  # fetched now (or found in the cache), not after a minute of harvest
+        build_model(config.arch, len(DEMO_CLASSES), "imagenet")
 
 
 @dataclass
