@@ -101,9 +101,19 @@ def claim(
     if overwrite:
         _check_ours(path, kind, option)
         return Claim.REPLACE
+    if overwrite is not None and not _is_ours(path, kind):  # neither flag would take it: none is offered
+        raise DatasetError(f"{path} already exists and is not {kind.what} that eic wrote: choose another `{option}`")
     offered = ["pass `resume` to carry it on"] if resume is not None else []
     offered += ["pass `overwrite` to replace it"] if overwrite is not None else []
     raise DatasetError(f"{path} already exists: " + ", or ".join([*offered, f"choose another `{option}`"]))
+
+
+def _is_ours(path: Path, kind: OutputKind) -> bool:
+    try:
+        _check_ours(path, kind, "output")
+    except DatasetError:
+        return False
+    return True
 
 
 def refuse_input(output: Path, role: str, given: Path, option: str = "output") -> None:

@@ -7,8 +7,9 @@ skos_concept, reviewed_by``) that ``eic download`` and ``eic train`` accept. The
 shape is checked (pydantic models), its size capped, and what does not fit is refused in one line.
 
 - Tasks nobody labelled, or whose annotations were all cancelled, are skipped.
-- A reviewer who chose "none of these classes", or submitted no class, answers "no class": the record is listed
-  (``removed``), not imported, so ``eic review apply`` can take it out of the training table.
+- A reviewer who chose "none of these classes" answers "no class": the record is listed (``removed``), not
+  imported, so ``eic review apply`` can take it out of the training table. An annotation that chose nothing is no
+  answer (a task with no other is skipped), never a removal.
 - Annotators who disagree, within a task or across two tasks of one record, make a conflict: reported, never
   guessed. A choice made twice (``["map", "map"]``) is one choice.
 - A task whose ``URI`` is not its record's item URI, or whose ID is no Europeana record ID, is refused with its

@@ -132,8 +132,9 @@ def test_table_outputs_are_refused_unless_overwrite_and_eics_own(command: str, t
     output.write_text("precious")
     args = ["subtract", str(table), str(table)] if command == "subtract" else ["stats", str(table)]
     result = CliRunner().invoke(app, [*args, "-o", str(output)])
-    assert result.exit_code == 1 and "already exists" in result.stderr and "--overwrite" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    # not offered --overwrite, which would refuse it too
+    assert result.exit_code == 1 and "already exists" in result.stderr and "--overwrite" not in result.stderr
+    assert "that eic wrote" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert output.read_text() == "precious"
     # `overwrite` replaces only what eic wrote there: not a file of someone else's...
     result = CliRunner().invoke(app, [*args, "-o", str(output), "--overwrite"])
@@ -144,6 +145,8 @@ def test_table_outputs_are_refused_unless_overwrite_and_eics_own(command: str, t
         result = CliRunner().invoke(app, [*args, "-o", str(output), *extra])
         assert result.exit_code == 0, result.stderr
     assert output.read_text() != "precious"
+    again = CliRunner().invoke(app, [*args, "-o", str(output)])  # eic's own: --overwrite is what replaces it
+    assert again.exit_code == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
 
 
 def test_subtract_warns_when_it_removes_most_of_a_class_or_a_level(

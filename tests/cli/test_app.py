@@ -47,7 +47,7 @@ def test_library_messages_name_settings_and_the_command_line_shows_flags(tmp_pat
 
     table = tmp_path / "t.csv"
     table.write_text("ID\n/1/a\n")
-    (tmp_path / "out.csv").write_text("x")
+    subtract(SubtractConfig(train=table, eval=table, output=tmp_path / "out.csv"))  # eic's own table, there
     with pytest.raises(europeana_imgcls.DatasetError, match="pass `overwrite` to replace it"):
         subtract(SubtractConfig(train=table, eval=table, output=tmp_path / "out.csv"))
     result = eic("subtract", table, table, "-o", tmp_path / "out.csv")

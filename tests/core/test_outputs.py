@@ -349,6 +349,18 @@ def test_a_folder_of_the_users_that_mentions_eics_words_is_not_an_earlier_eics_o
     assert {name: (out / name).read_bytes() for name in mine} == mine and (out / first).is_file()
 
 
+def test_a_file_eic_did_not_write_is_refused_without_offering_a_flag_that_would_be_refused(
+    run: Path, tmp_path: Path
+) -> None:
+    """`eic audit --review-output catalogue.csv` (the user's table) said "pass --overwrite to replace it", and with
+    --overwrite it was refused as not eic's: the advice led nowhere."""
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("ID,title\n/1/a,mine\n")
+    line = one_line(["audit", str(run), "-o", str(tmp_path / "audit"), "--review-output", str(catalogue)])
+    assert "catalogue.csv" in line and "overwrite" not in line and "is not review tasks that eic wrote" in line
+    assert catalogue.read_text() == "ID,title\n/1/a,mine\n"
+
+
 def test_a_recogniser_is_never_a_traceback_on_deep_nesting(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text("ID\n/1/a\n")
