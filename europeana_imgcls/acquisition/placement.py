@@ -139,20 +139,23 @@ def write_set_aside(root: Path, rows: list[tuple[str, str, str]], shard: Shard |
 
 
 def _listed(path: Path) -> list[tuple[str, str, str]]:
-    """The rows of an earlier ``set_aside.csv`` (one without ``kept_as`` kept its files where they were); one that
-    cannot be read is kept beside, under a name of its own, rather than written over."""
+    """The rows of an earlier ``set_aside.csv`` as eic wrote it. One it cannot take whole (an earlier version's,
+    without ``kept_as``; one with columns someone added; one that cannot be read) is kept beside, under a name of
+    its own (``set_aside.earlier1.csv``), rather than written over."""
     if not os.path.lexists(path):
         return []
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return [(r["ID"] or "", r["was"] or "", r.get("kept_as") or r["was"] or "") for r in rows]
-    except (OSError, ValueError, KeyError, TypeError, csv.Error):
-        n = 1
-        while os.path.lexists(kept := path.with_name(f"{path.stem}.unreadable{n}.csv")):
-            n += 1
-        os.replace(path, kept)
-        return []
+            reader = csv.reader(handle)
+            if next(reader, None) == SET_ASIDE_COLUMNS:
+                return [(row[0], row[1], row[2]) for row in reader if len(row) == len(SET_ASIDE_COLUMNS)]
+    except (OSError, ValueError, csv.Error):
+        pass
+    n = 1
+    while os.path.lexists(kept := path.with_name(f"{path.stem}.earlier{n}.csv")):
+        n += 1
+    os.replace(path, kept)
+    return []
 
 
 def _class_folders(root: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from ..core.config import EmbedConfig, Mode, RuntimeSettings, public_dict
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, Output, Records
 from ..core.naming import record_id_of
-from ..core.outputs import OutputKind
+from ..core.outputs import OutputKind, claim_sidecar
 from ..core.progress import RATE, Rate, progress_bar
 from ..core.sidecars import Sidecar, read_typed
 from ..core.tables import atomic_path, sidecar, write_json
@@ -149,6 +149,7 @@ def embed(config: EmbedConfig) -> EmbedReport:
     if not images.paths:
         raise DatasetError(f"{config.data_dir}: no readable images to embed")
     meta = describe(config.arch, config.weights, config.input_size, arch.mean, arch.std, images)
+    claim_sidecar(config.output, "embedding", option="output")  # a file of the user's of that name is kept
     shard = config.shard_spec
     journal = Journal(
         config.output.with_name(config.output.name + ".journal"),

@@ -31,6 +31,7 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
@@ -179,16 +180,30 @@ def claim_labelling_config(review: Path, option: str = "review_output") -> None:
     path = labelling_config_path(review)
     if not os.path.lexists(path):
         return
-    start = _LABELLING_START.encode("utf-8")
-    head = b""
-    if small_regular_file(path, 1 << 20):  # never a pipe, a device or a link's target
-        with path.open("rb") as handle:
-            head = handle.read(len(start))
-    if head != start:
+    if not _is_eics_labelling(path):
         raise DatasetError(
             f"{path} is not the labelling interface eic writes beside {review.name}: move it, or choose another "
             f"`{option}`"
         )
+
+
+def _is_eics_labelling(path: Path) -> bool:
+    """Whether ``path`` is, byte for byte, the interface ``labelling_config`` writes for some classes: one a reviewer
+    edited (a hint, another control) is theirs, never replaced."""
+    import xml.etree.ElementTree as ElementTree
+
+    if not small_regular_file(path, 1 << 20):  # never a pipe, a device or a link's target
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+        choices = ElementTree.fromstring(text).find("Choices")
+    except (OSError, ValueError, ElementTree.ParseError):
+        return False
+    if choices is None or not text.startswith(_LABELLING_START):
+        return False
+    values = [choice.get("value", "") for choice in choices.findall("Choice")]
+    as_written = SimpleNamespace(review_choice=choices.get("choice", ""))
+    return bool(values) and labelling_config(values[:-1], as_written) == text  # type: ignore[arg-type]
 
 
 def labelling_config(classes: list[str], task: Decisions) -> str:

@@ -212,3 +212,16 @@ def test_an_image_set_aside_twice_keeps_both_and_the_list_keeps_every_run(tmp_pa
     listed = pl.read_csv(out / "set_aside.csv")
     assert listed["ID"].to_list() == [first, table["ID"][4], first, table["ID"][3]]
     assert sorted((out / SET_ASIDE / p).as_posix() for p in listed["kept_as"]) == sorted(p.as_posix() for p in aside)
+
+
+def test_a_set_aside_list_eic_cannot_take_whole_is_kept_beside(tmp_path: Path) -> None:
+    """A set_aside.csv with a column someone added lost that column when the next run rewrote the list."""
+    from europeana_imgcls.acquisition.placement import write_set_aside
+
+    mine = "ID,was,kept_as,note\n/1/a,map/[ph]1[ph]a.jpg,map/[ph]1[ph]a.jpg,checked by Ana\n"
+    (tmp_path / "set_aside.csv").write_text(mine)
+    write_set_aside(tmp_path, [("/1/b", "map/[ph]1[ph]b.jpg", "map/[ph]1[ph]b.jpg")], None)
+    assert (tmp_path / "set_aside.earlier1.csv").read_text() == mine
+    assert pl.read_csv(tmp_path / "set_aside.csv")["ID"].to_list() == ["/1/b"]
+    write_set_aside(tmp_path, [("/1/c", "map/[ph]1[ph]c.jpg", "map/[ph]1[ph]c.jpg")], None)  # its own: added to
+    assert pl.read_csv(tmp_path / "set_aside.csv")["ID"].to_list() == ["/1/b", "/1/c"]

@@ -124,3 +124,16 @@ def test_a_shard_decodes_only_its_own_images(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(class_folders, "load_image", counted)  # what the folder's scan decodes with
     report = embed(EmbedConfig(data_dir=data, output=tmp_path / "e.parquet", shard="0/2", **TINY))
     assert report.embedded and not decoded
+
+
+def test_a_users_file_named_like_the_embeddings_sidecar_is_kept(tmp_path: Path) -> None:
+    """eic embed wrote NAME.embedding.json beside its table without asking: a user's file of that name was
+    replaced. It is refused in one line before any work, as every other sidecar is."""
+    from europeana_imgcls.core.errors import DatasetError
+
+    data = make_folders(tmp_path / "data", per_class=2, size=32)
+    mine = tmp_path / "e.embedding.json"
+    mine.write_text('{"my": "notes"}')
+    with pytest.raises(DatasetError, match="e.embedding.json"):
+        embed(EmbedConfig(data_dir=data, output=tmp_path / "e.parquet", **TINY))
+    assert mine.read_text() == '{"my": "notes"}' and not (tmp_path / "e.parquet").exists()

@@ -305,6 +305,11 @@ def test_a_labelling_interface_of_the_users_beside_the_review_tasks_is_not_repla
     mine.unlink()
     assert eic(*args).exit_code == 0 and mine.is_file()
     assert eic(*args, "--overwrite").exit_code == 0  # eic's own, replaced on request
+    # A reviewer's edit of eic's own (a hint added to it) is theirs now: its opening alone no longer makes it eic's.
+    edited = mine.read_text().replace("</View>", '  <Header value="Is this the right class?"/>\n</View>')
+    mine.write_text(edited)
+    assert_one_line_error(eic(*args, "--overwrite"), "suspects.labelling.xml")
+    assert mine.read_text() == edited
 
 
 def test_a_probe_run_trained_from_a_relative_folder_keeps_its_duplicate_search_from_anywhere(
