@@ -123,6 +123,16 @@ def refuse_input(output: Path, role: str, given: Path, option: str = "output") -
         raise DatasetError(f"`{option}` {output} is the {role} given: write what is made from it to another file")
 
 
+def refuse_inside(output: Path, images: Path, option: str = "output") -> None:
+    """An output inside a folder of images the command reads is refused: the next scan of that folder would read
+    what eic wrote there as images (a folder of its as a class)."""
+    if images.is_dir() and absolute(output).resolve().is_relative_to(images.resolve()):
+        raise DatasetError(
+            f"`{option}` {output} is inside {images}, the images it reads: the next scan of that folder would take "
+            "what is written there for images (a folder of it for a class); choose a place outside it"
+        )
+
+
 SIDECAR_KINDS = ("config", "review", "apply")  # harvest and subtract; review import; review apply
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.config import EvaluateConfig, public_dict
 from ..core.errors import DatasetError
 from ..core.naming import record_id_of
-from ..core.outputs import OutputKind, build_folder
+from ..core.outputs import OutputKind, build_folder, refuse_inside
 from ..core.progress import progress_bar
 from ..core.recognise import is_run, what_is
 from ..core.tables import write_csv, write_json
@@ -113,6 +113,7 @@ def evaluate_run(config: EvaluateConfig) -> EvaluateReport:
             f"{config.run} is {what_is(config.run) or 'not a training run'} and {config.eval_dir} is a training run: "
             "the run comes first, then the evaluation images"
         )
+    refuse_inside(config.output_dir, config.eval_dir, option="output_dir")
     # Built beside its place and put there whole: an evaluation refused or stopped halfway leaves the last one.
     with build_folder(config.output_dir, EVALUATION, overwrite=config.overwrite, option="output_dir") as out:
         report, scores = _evaluate(config, out)

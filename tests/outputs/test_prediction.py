@@ -355,3 +355,16 @@ def test_gradcam_figures_go_only_where_they_harm_nothing(trained_run: Path, tmp_
                      tmp_path / "cams", "--quiet")  # fmt: skip
         assert result.exit_code == 0, result.stderr
     assert len(list((tmp_path / "cams").glob("*.jpg"))) == 2
+
+
+def test_an_output_inside_the_images_it_reads_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    """`eic evaluate RUN ev -o ev/out` made a class "out" of the evaluation's own figures, and `eic predict RUN imgs
+    -o imgs/p.csv` put its journal (and fetched images) among the images: the next scan read them as a class."""
+    from ..support import assert_one_line_error, eic, make_folders
+
+    data = make_folders(tmp_path / "imgs", per_class=2, size=40)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    assert_one_line_error(eic("evaluate", trained_run, data, "-o", data / "out", "--quiet"), "inside")
+    assert_one_line_error(eic("predict", trained_run, data, "-o", data / "p.csv", "--quiet"), "inside")
+    assert_one_line_error(eic("enrich", trained_run, data, "-o", data / "map" / "a.jsonld", "--quiet"), "inside")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
