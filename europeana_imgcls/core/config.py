@@ -1119,6 +1119,8 @@ def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
             f"`config` file or as {ENV_PREFIX}{where.upper()}"
         )
     given = err.get("input")
+    # A path as typed ('x.txt'), not as Python writes its object (PosixPath('x.txt')).
+    given = str(given) if isinstance(given, os.PathLike) else given
     shown = "" if isinstance(given, dict) or where in SECRET_FIELDS else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     message = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words need no label

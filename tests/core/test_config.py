@@ -155,3 +155,11 @@ def test_a_list_setting_from_the_environment_is_split_as_the_docs_say() -> None:
     assert harvest.set == ["9000", "9001", "9002"]
     withdraw = build_config(WithdrawConfig, {"model": "0" * 16}, None, env={"EUROPEANA_PUBLISHED": "a.jsonl b.jsonl"})
     assert withdraw.published == [Path("a.jsonl"), Path("b.jsonl")]
+
+
+def test_a_refused_path_is_shown_as_typed(tmp_path: Path) -> None:
+    """`eic stats t.csv -o x.txt` said "(got PosixPath('x.txt'))": Python's name for the object, not the path."""
+    (tmp_path / "t.csv").write_text("ID,category\n/1/a,map\n")
+    result = eic("stats", tmp_path / "t.csv", "-o", "x.txt")
+    assert_one_line_error(result, "(got 'x.txt')")
+    assert "PosixPath" not in result.stderr
