@@ -1,6 +1,7 @@
-"""What decoding one large scan costs eic download: peak memory (RSS above the process's start) and CPU seconds of
-``save_normalised``, per image mode, each in a fresh process (the start already holds the file's bytes). A museum's 16-bit greyscale TIFF or PNG scan is the
-case that matters: its 8-bit conversion used to make float64 copies of the whole scan (about 30 bytes a pixel).
+"""What decoding one large scan costs eic download: peak memory (RSS above the process's start, which already
+holds the file's bytes) and CPU seconds of ``save_normalised``, per image mode, each in a fresh process. A
+museum's 16-bit greyscale TIFF or PNG scan is the case that matters: its 8-bit conversion used to make float64
+copies of the whole scan (about 30 bytes a pixel).
 
     python benchmarks/decode_memory.py [--side 6000] [--max-side 256]
 """
