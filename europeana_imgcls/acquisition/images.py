@@ -24,6 +24,7 @@ from ..core.tables import atomic_path
 # Formats a museum serves images in. Anything else (EPS, PSD, ICO, ...) is refused before a decoder sees it:
 # Pillow would otherwise hand an EPS body from the network to Ghostscript.
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "TIFF", "WEBP", "BMP", "JPEG2000")
+MAX_JPEG_SCANS = 300
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
 
 
@@ -95,6 +96,12 @@ def _decode(data: bytes, *, max_side: int, max_pixels: int, budget: DecodeBudget
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(f"too many pixels ({width}x{height})")
+    # A progressive JPEG is decoded over the whole picture once per scan: thousands of tiny repeated scans make a
+    # small file cost minutes of a worker. Encoders write about ten (mozjpeg's searches, some twenty); a start of
+    # scan marker cannot occur inside the entropy-coded data (0xFF there is followed by 0x00), so this counts them.
+    scans = data.count(b"\xff\xda") if image.format == "JPEG" else 0
+    if scans > MAX_JPEG_SCANS:
+        raise ImageRejected(f"too many JPEG scans ({scans})")
     if max_side and max(width, height) > max_side and image.format == "JPEG":
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: far less work than full size.
         scale = max_side / max(width, height)
