@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -48,6 +49,7 @@ from ..core.config import AnnotationApiSettings, PublishConfig, WithdrawConfig
 from ..core.errors import ApiError, ConfigError, DatasetError
 from ..core.journal import SETTINGS, Journal
 from ..core.progress import progress_bar
+from ..core.recognise import peek_json
 from ..core.sidecars import Sidecar, first_problem
 from ..europeana.annotation_client import (
     AnnotationsClient,
@@ -700,6 +702,7 @@ def _journal_folder(path: Path, model: str, config: WithdrawConfig) -> Path:
 
 
 def _journal(folder: Path, config: AnnotationApiSettings) -> Journal:
+    _refuse_foreign(folder)
     journal = Journal(
         folder,
         what=f"the publication journal {folder}",
@@ -709,6 +712,21 @@ def _journal(folder: Path, config: AnnotationApiSettings) -> Journal:
     )
     journal.update_older_settings(_without_trailing_slash)  # a journal an earlier eic wrote with one
     return journal
+
+
+def _refuse_foreign(folder: Path) -> None:
+    """A journal is written into a new or empty folder, or one eic publish wrote: never into a file, a link or a
+    folder of other files (`--journal run/`, say)."""
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        raise DatasetError(f"`journal` {folder} is not a folder: give a folder for the publication journal")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    settings = peek_json(folder / SETTINGS)
+    if not (isinstance(settings, dict) and "annotation_api" in settings):
+        raise DatasetError(
+            f"`journal` {folder} holds files and is no publication journal eic wrote: give a new or empty folder, "
+            "or the journal an earlier eic publish of this file wrote"
+        )
 
 
 def _without_trailing_slash(settings: dict[str, Any]) -> dict[str, Any]:

@@ -926,3 +926,28 @@ def test_a_dry_run_counts_what_a_run_would_send_after_a_withdrawal_by_model(tmp_
         assert "3 to send" in " ".join(said.stdout.split()), said.output
         sent = publish(_config(path, sb))
     assert sent.sent == dry.to_send == 3
+
+
+def test_a_journal_is_never_written_into_a_file_or_a_folder_of_other_files(tmp_path: Path) -> None:
+    """`eic publish --journal FILE` said "File exists", and `--journal run/` wrote part.ndjson and settings.json into
+    a training run's folder."""
+    path = _write(tmp_path / "a.jsonl", _made(3))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        for journal, said in ((tmp_path / "notes.txt", "not a folder"), (run, "no publication journal")):
+            result = CliRunner().invoke(
+                app, ["publish", str(path), "--annotation-api", sb.base_url, "--journal", str(journal)], env=ENV
+            )
+            assert result.exit_code == 1 and said in result.stderr and len(result.stderr.splitlines()) == 1
+        assert not sb.annotations.live()
+        ours = CliRunner().invoke(
+            app, ["publish", str(path), "--annotation-api", sb.base_url, "--journal", str(tmp_path / "j")], env=ENV
+        )
+        again = CliRunner().invoke(
+            app, ["publish", str(path), "--annotation-api", sb.base_url, "--journal", str(tmp_path / "j")], env=ENV
+        )
+    assert ours.exit_code == 0 and again.exit_code == 0 and "3 published earlier" in again.stdout
+    assert sorted(p.name for p in run.iterdir()) == ["summary.json"] and (tmp_path / "notes.txt").read_text() == "mine"
