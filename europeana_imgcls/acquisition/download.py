@@ -28,6 +28,7 @@ import itertools
 import math
 import os
 import time
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Coroutine, Iterator
@@ -170,7 +171,8 @@ class DownloadReport:
 def category_dir(root: Path, category: str) -> Path:
     if not _folder_name_ok(category):
         raise DatasetError(f"category {category!r} cannot be a folder name inside {root}")
-    return root / category.strip()
+    # One spelling a class: "café" typed on one system (é) and pasted from another (e + accent) is one folder.
+    return root / unicodedata.normalize("NFC", category.strip())
 
 
 def _folder_name_ok(category: str) -> bool:

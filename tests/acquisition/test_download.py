@@ -1240,3 +1240,14 @@ def test_a_download_folder_whose_failures_excel_for_mac_saved_carries_on(tmp_pat
         (project / "config.json").write_text('{"name": "my project"}')
         assert_one_line_error(eic("download", table, "-o", project, "--quiet"), "config.json is not eic download's")
     assert (project / "config.json").read_text() == '{"name": "my project"}'
+
+
+def test_a_category_spelt_in_two_unicode_forms_is_one_class_folder(tmp_path: Path) -> None:
+    """ "café" composed (é) and decomposed (e + combining accent), as tables from two systems write it, made two
+    class folders that look the same: one class split in two for training."""
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        table = pl.read_csv(sandbox_table(sb, tmp_path / "t.csv", records=sandbox_records(sb)[:2]))
+        table.with_columns(pl.Series("category", ["caf\u00e9", "cafe\u0301"])).write_csv(tmp_path / "t.csv")
+        report = download(config(tmp_path / "t.csv", tmp_path / "img"))
+    classes = [p.name for p in (tmp_path / "img").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert report.saved == 2 and classes == ["caf\u00e9"]
