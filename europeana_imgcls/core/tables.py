@@ -315,6 +315,11 @@ def _dialect(path: Path, where: Path, size: int, mtime: int) -> CsvDialect:
         head = handle.read(_SNIFF_BYTES)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
+    elif b"\x00" in head:  # no text table holds a NUL byte (Windows-1252 would read any bytes as letters)
+        raise DatasetError(
+            f"{path}: not a text table (it holds binary bytes: a workbook, an image, a compressed file?): save it as "
+            "CSV UTF-8 (Excel: File > Save As > CSV UTF-8 (Comma delimited))"
+        )
     elif _decodes(path, "utf-8"):
         encoding = "utf8"
     elif _decodes(path, "cp1252"):

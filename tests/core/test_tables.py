@@ -199,6 +199,16 @@ def test_a_table_in_no_known_encoding_is_told_to_be_saved_as_csv_utf8(tmp_path: 
     assert "neither UTF-8 nor Windows-1252" in result.stderr and "save it as CSV UTF-8" in result.stderr
 
 
+def test_a_binary_file_given_as_a_table_is_told_to_be_saved_as_csv(tmp_path: Path) -> None:
+    """A workbook or other binary file was read as Windows-1252 (any bytes are letters there) and refused for its
+    "missing column(s) ... (has: \x00\x01ÿþ garbage)"."""
+    table = tmp_path / "museum.csv"
+    table.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xff\xfe garbage")  # an .xlsx renamed
+    result = CliRunner().invoke(app, ["stats", str(table)])
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "not a text table" in result.stderr and "save it as CSV UTF-8" in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Round two: a user's path is a path, never a pattern
 
