@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import math
 import os
+import stat
 import time
 import unicodedata
 import warnings
@@ -51,7 +52,7 @@ from ..core.progress import RATE, Rate, progress_bar
 from ..core.recognise import csv_header, peek_json
 from ..core.retry import RETRYABLE, Failed, Retry, retry_after, send_async
 from ..core.sharding import Shard
-from ..core.sidecars import small_regular_file
+from ..core.sidecars import small_regular_file, special_kind
 from ..core.tables import (
     check_columns,
     count_rows,
@@ -376,7 +377,7 @@ async def _run(
                     progress.advance(task)
                     continue
                 if job.path.parent not in created_dirs:
-                    job.path.parent.mkdir(parents=True, exist_ok=True)
+                    _class_folder(job.path.parent)
                     created_dirs.add(job.path.parent)
                 if not _wanted(job, config, outcomes, report, placement):
                     progress.advance(task)
@@ -392,6 +393,18 @@ async def _run(
             if pending:
                 await asyncio.wait(pending)
     report.seconds = time.perf_counter() - started
+
+
+def _class_folder(folder: Path) -> None:
+    """A class folder, made where there is none; a file, a link or anything else standing there is refused in one
+    line naming it (not the system's "File exists")."""
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        mode = folder.lstat().st_mode
+        raise DatasetError(
+            f"{folder} is {'a file' if stat.S_ISREG(mode) else special_kind(mode)}, where eic download keeps a "
+            "class's images: move it away, or download into another `output_dir`"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 async def _cancel(pending: set[asyncio.Task[None]]) -> None:

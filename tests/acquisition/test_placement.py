@@ -225,3 +225,25 @@ def test_a_set_aside_list_eic_cannot_take_whole_is_kept_beside(tmp_path: Path) -
     assert pl.read_csv(tmp_path / "set_aside.csv")["ID"].to_list() == ["/1/b"]
     write_set_aside(tmp_path, [("/1/c", "map/[ph]1[ph]c.jpg", "map/[ph]1[ph]c.jpg")], None)  # its own: added to
     assert pl.read_csv(tmp_path / "set_aside.csv")["ID"].to_list() == ["/1/b", "/1/c"]
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a file"])
+def test_a_file_where_a_class_folder_goes_is_one_line_naming_it(tmp_path: Path, kind: str) -> None:
+    """A file (or a link to one) standing where a class folder goes stopped the run with the system's terse
+    "img/B: File exists"."""
+    from ..support import assert_one_line_error, eic
+
+    with Sandbox(sandbox_config(per_level=2)) as sb:
+        table = sandbox_table(sb, tmp_path / "t.csv", records=sandbox_records(sb)[:1])
+        category = pl.read_csv(table)["category"][0]
+        out = tmp_path / "img"
+        download(config(table, out))
+        (out / category).rename(tmp_path / "moved")
+        (tmp_path / "notes.txt").write_text("mine")
+        if kind == "file":
+            (out / category).write_text("mine")
+        else:
+            (out / category).symlink_to(tmp_path / "notes.txt")
+        result = eic("download", table, "-o", out, "--quiet")
+    assert_one_line_error(result, f"{out / category} is a")
+    assert "File exists" not in result.stderr and (tmp_path / "notes.txt").read_text() == "mine"
