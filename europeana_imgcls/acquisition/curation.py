@@ -40,7 +40,7 @@ def subtract(config: SubtractConfig) -> SubtractReport:
     """Write the training table without every row whose ID is in the evaluation table."""
     refuse_input(config.output, "evaluation table", config.eval)
     with claimed(config.output, TABLE, overwrite=config.overwrite):
-        settings = claim_sidecar(config.output, "config")
+        settings = claim_sidecar(config.output, "config", own=config.train)
         train = read_table(config.train, required=("ID",), columns=config.columns)
         evaluation = read_table(config.eval, required=("ID",), columns=config.columns)
         eval_ids = evaluation.select(record_key(pl.col("ID"))).get_column("ID").drop_nulls().unique()

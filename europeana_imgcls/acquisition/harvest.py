@@ -169,8 +169,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
             finally:
                 state = _selected(found, source, plan, config)
                 if shard is None and found.pieces:  # however it ends, the table holds every piece it journaled
-                    write_table(_to_frame(state, vocab), config.output)
-                    write_json(journal.folder / WRITTEN, _digest(config.output))
+                    write_table(_to_frame(state, vocab), config.output, _record_digest(journal.folder))
     finally:
         source.close()
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
@@ -191,15 +190,30 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
 WRITTEN = "table.json"  # in the journal's folder: the digest of the table as the harvest last wrote it
 
 
+def _record_digest(folder: Path) -> Callable[[Path], None]:
+    """What records the table's digest, told of the new table before it takes the old one's place: both are
+    recorded (``previous``), so a kill between the two steps leaves a table the record vouches for."""
+
+    def record(table: Path) -> None:
+        before = peek_json(folder / WRITTEN)
+        previous = {k: before[k] for k in ("sha256", "bytes") if k in before} if isinstance(before, dict) else None
+        write_json(folder / WRITTEN, {**_digest(table), "previous": previous})
+
+    return record
+
+
 def _refuse_changed_table(output: Path, folder: Path) -> None:
     """A table changed since the harvest wrote it (subtract or review apply wrote over it in place) is not
     rewritten from the journal: the change would be undone without a word."""
     written = peek_json(folder / WRITTEN)
-    if not (isinstance(written, dict) and output.is_file()) or written == _digest(output):
-        return  # nothing to compare (a new harvest, a journal from before this record), or the table as written
+    if not (isinstance(written, dict) and output.is_file()):
+        return  # nothing to compare: a new harvest, or a journal from before this record
+    now = _digest(output)
+    if now in ({k: written.get(k) for k in now}, written.get("previous")):
+        return  # the table as written (or as it was, where a kill fell between writing the record and the table)
     raise DatasetError(
         f"{output} changed since eic harvest wrote it (another command wrote over it?), and resuming would write "
-        f"the harvest over those changes: harvest into another `output` (delete {folder} to start this one again)"
+        "the harvest over those changes: harvest into another `output`"
     )
 
 

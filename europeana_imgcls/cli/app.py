@@ -67,7 +67,9 @@ class _Commands(typer.core.TyperGroup):
             error.show()
             sys.exit(error.exit_code)
         except UsageError as error:
-            where = error.ctx.command_path if error.ctx is not None else "eic"
+            given = list(sys.argv[1:] if args is None else args)
+            command = f"eic {given[0]}" if given and given[0] in self.commands else "eic"  # ctx is None in a value
+            where = error.ctx.command_path if error.ctx is not None else command
             message = " ".join(error.format_message().split()).rstrip(".")
             print(f"eic: error: {message} (see `{where} --help`)", file=sys.stderr)
             sys.exit(error.exit_code)

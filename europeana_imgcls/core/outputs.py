@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from .errors import DatasetError
 from .locks import Held, Lock
-from .recognise import is_eic_table, is_review_tasks, peek_json, sidecar_output
+from .recognise import is_eic_table, is_review_tasks, peek_json, sidecar_output, what_is
 from .sidecars import Sidecar, small_regular_file, special_kind
 from .tables import TEMP_SUFFIX, is_own_temp, sidecar
 
@@ -123,10 +123,23 @@ def refuse_input(output: Path, role: str, given: Path, option: str = "output") -
         raise DatasetError(f"`{option}` {output} is the {role} given: write what is made from it to another file")
 
 
-def refuse_inside(output: Path, images: Path, option: str = "output") -> None:
+def dataset_of(given: Path) -> Path | None:
+    """The dataset an input belongs to: a folder of class folders given itself (training's and evaluation's shape),
+    or eic download's folder holding the class folder or the image given; None for a plain folder of images or a
+    lone file (a folder of scans may hold what is made from it: nothing scans it for classes)."""
+    if given.is_dir() and what_is(given) == "a folder of class folders":
+        return given
+    for folder in (given.parent, given.parent.parent) if given.is_file() else (given.parent,):
+        settings = peek_json(folder / "config.json")  # eic download's settings: {"table", "output_dir", ...}
+        if isinstance(settings, dict) and {"table", "output_dir"} <= settings.keys():
+            return folder
+    return None
+
+
+def refuse_inside(output: Path, images: Path | None, option: str = "output") -> None:
     """An output inside a folder of images the command reads is refused: the next scan of that folder would read
     what eic wrote there as images (a folder of its as a class)."""
-    if images.is_dir() and absolute(output).resolve().is_relative_to(images.resolve()):
+    if images is not None and images.is_dir() and absolute(output).resolve().is_relative_to(images.resolve()):
         raise DatasetError(
             f"`{option}` {output} is inside {images}, the images it reads: the next scan of that folder would take "
             "what is written there for images (a folder of it for a class); choose a place outside it"
@@ -136,12 +149,15 @@ def refuse_inside(output: Path, images: Path, option: str = "output") -> None:
 SIDECAR_KINDS = ("config", "review", "apply")  # harvest and subtract; review import; review apply
 
 
-def claim_sidecar(output: Path, kind: str, option: str = "output") -> Path:
+def claim_sidecar(output: Path, kind: str, option: str = "output", own: Path | None = None) -> Path:
     """Where eic writes its settings (or a review's notes) beside the table ``output`` (``NAME.<kind>.json``), once
     it may: nothing there, or eic's own file of a table of that name. A user's file of that name, or eic's of the
     table beside (``x.csv``'s, which ``x.parquet``'s would replace: ``x.csv`` would be no table of eic's), is
     refused in one line before any work."""
-    for other in SIDECAR_KINDS:  # a table another stage made (its sidecar names it) is not this stage's to replace
+    # A table another stage made (its sidecar names it) is not this stage's to replace, unless it is the table this
+    # stage works on (``own``: subtract's training table, review apply's), rewritten in place with `overwrite`.
+    in_place = own is not None and os.path.lexists(own) and absolute(output).resolve() == Path(own).resolve()
+    for other in () if in_place else SIDECAR_KINDS:
         made = os.path.lexists(output) and sidecar_output(sidecar(absolute(output), other)) == Path(output).name
         if other != kind and made:
             raise DatasetError(
@@ -152,7 +168,7 @@ def claim_sidecar(output: Path, kind: str, option: str = "output") -> Path:
     if not os.path.lexists(path):
         return path
     named = sidecar_output(path)
-    if named == Path(output).name:
+    if named == Path(output).name or (kind == "embedding" and _probes_own(path)):
         return path
     if named is not None:
         raise DatasetError(
@@ -163,6 +179,13 @@ def claim_sidecar(output: Path, kind: str, option: str = "output") -> Path:
         f"{path} is not eic's, and eic writes the settings of {Path(output).name} there: move it, or choose another "
         f"`{option}`"
     )
+
+
+def _probes_own(path: Path) -> bool:
+    """An embeddings sidecar a linear probe or k-NN run wrote beside its own table (eic train's: it names no
+    output, only what made the vectors)."""
+    found = peek_json(path)
+    return isinstance(found, dict) and {"arch", "weights", "input_size", "dim"} <= found.keys()
 
 
 def absolute(path: Path) -> Path:
@@ -302,7 +325,8 @@ def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
 
 def _recognised(path: Path, kind: OutputKind) -> bool:
     """Whether ``kind``'s reader takes ``path`` for its own; a file is read only if it is a small regular one."""
-    if kind.recognise is None or not (kind.folder or small_regular_file(path)):
+    # A regular file of any size (a table of millions of rows is eic's too): each recogniser reads a bounded head.
+    if kind.recognise is None or not (kind.folder or small_regular_file(path, max_bytes=1 << 62)):
         return False
     try:
         return kind.recognise(path)

@@ -130,8 +130,8 @@ def peek_json(path: Path, limit: int = _PEEK_BYTES) -> object:
 
 def csv_header(path: Path) -> list[str]:
     """The column names on a CSV's first line (what eic's writers put there), read no further."""
-    with path.open("rb") as handle:
-        first = handle.readline(1 << 16).decode("utf-8")
+    with path.open("rb") as handle:  # the bytes as read may end inside a character; Excel's CSV UTF-8 starts with a BOM
+        first = handle.readline(1 << 16).decode("utf-8", errors="replace").removeprefix("\ufeff")
     lines = first.splitlines()  # a line ends at CR too (Excel for Mac's CSV)
     try:
         return next(csv.reader(lines[:1]), [])

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,13 +399,17 @@ def _clean(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     return df.filter(~pl.all_horizontal(pl.all().is_null())) if df.width else df
 
 
-def write_table(df: pl.DataFrame, path: Path) -> None:
+def write_table(df: pl.DataFrame, path: Path, written: Callable[[Path], object] | None = None) -> None:
+    """``df`` at ``path``, whole or not at all; ``written`` is told of the complete file before it takes ``path``'s
+    place (what records it must know it before a kill could leave it there unrecorded)."""
     check_table_suffix(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".csv":
             spreadsheet_safe(df).write_csv(tmp)
         else:
             df.write_parquet(tmp)
+        if written is not None:
+            written(tmp)
 
 
 def _first_line(exc: Exception) -> str:

@@ -22,13 +22,13 @@ import numpy as np
 
 from ..core.config import PredictConfig
 from ..core.errors import DatasetError
-from ..core.outputs import absolute
+from ..core.outputs import absolute, dataset_of
 from ..datasets.decoding import load_image
 from .inference import Ensemble, Explainer, Pixels
 from .inputs import Item, last_part
 
 MARK = ".eic-gradcam"  # in a folder of figures eic drew: what lets another run (a resume, a shard) add to it
-_FIGURE = re.compile(r".+_[0-9a-f]{8}\.jpg")  # ``figure_name``'s
+_FIGURE = re.compile(r".+_[0-9a-f]{8}\.(jpg|png)")  # ``figure_name``'s (PNG: an earlier eic's)
 
 
 def claim_gradcam_dir(config: PredictConfig) -> None:
@@ -45,7 +45,7 @@ def claim_gradcam_dir(config: PredictConfig) -> None:
     if os.path.lexists(where) and not where.is_dir():
         raise DatasetError(f"{said} is not a folder: give a new folder for the Grad-CAM figures")
     for given in config.inputs:
-        images = Path(given)
+        images = dataset_of(Path(given)) or Path(given)  # the class folders' dataset, else the folder itself
         if images.is_dir() and (where.is_relative_to(images.resolve()) or images.resolve().is_relative_to(where)):
             raise DatasetError(
                 f"{said} and {given} hold one another: the figures would be among the images it labels (which "

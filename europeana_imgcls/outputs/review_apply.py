@@ -58,7 +58,7 @@ def apply_review(config: ReviewApplyConfig) -> ReviewApplyReport:
         )
     refuse_input(config.output, "reviewed table", config.reviewed)
     with claimed(config.output, TABLE, overwrite=config.overwrite):  # TABLE itself too: only if eic wrote it
-        claim_sidecar(config.output, "apply")  # and its notes beside it: nobody else's file of that name
+        claim_sidecar(config.output, "apply", own=config.table)  # its notes beside it: nobody else's of that name
         return _apply_review(config)
 
 

@@ -271,3 +271,18 @@ def test_stats_counts_ids_and_labels_as_they_are_meant(tmp_path: Path) -> None:
     assert found.unique_ids == 3
     assert "" not in found.per_category and "" not in found.unknown_categories
     assert found.ids_in_several_categories == 0
+
+
+@pytest.mark.slow(seconds=3)  # a table over 64 MiB, written three times
+def test_a_large_table_eic_wrote_is_still_eics(tmp_path: Path) -> None:
+    """A table was judged eic's only if it was under 64 MiB (the limit for the sidecars read to judge it): a
+    subtract of a large training table could then be neither run again with --overwrite nor told apart from a
+    user's file ("already exists and is not a table that eic wrote")."""
+    pl.DataFrame({"ID": [f"/1/{i}" for i in range(70_000)], "title": ["x" * 1000] * 70_000}).write_csv(
+        tmp_path / "t.csv"
+    )
+    pl.DataFrame({"ID": ["/1/0"]}).write_csv(tmp_path / "e.csv")
+    args = ["subtract", tmp_path / "t.csv", tmp_path / "e.csv", "-o", tmp_path / "o.csv"]
+    assert eic(*args).exit_code == 0 and (tmp_path / "o.csv").stat().st_size > 64 * 2**20
+    again = eic(*args, "--overwrite")
+    assert again.exit_code == 0, again.stderr

@@ -1235,6 +1235,12 @@ def test_a_download_folder_whose_failures_excel_for_mac_saved_carries_on(tmp_pat
         result = eic("download", table, "-o", out, "--quiet")
         assert result.exit_code == 0 and "Traceback" not in result.output + result.stderr, result.stderr
         assert first.saved == 3
+        # Excel's "CSV UTF-8" starts with a byte order mark; a long first line may end inside a character
+        (out / "failures.csv").write_bytes(b"\xef\xbb\xbfID,URL,error\r\n/1/x,http://127.0.0.1:9/x.jpg,HTTP 404\r\n")
+        assert eic("download", table, "-o", out, "--quiet").exit_code == 0
+        (out / "failures.csv").write_bytes(b"ID,URL,error\r" + "\u00e9".encode() * 40_000)
+        result = eic("download", table, "-o", out, "--quiet")
+        assert "Traceback" not in result.output + result.stderr, result.stderr
         project = tmp_path / "project"
         project.mkdir()
         (project / "config.json").write_text('{"name": "my project"}')

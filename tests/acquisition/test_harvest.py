@@ -494,3 +494,27 @@ def test_a_resume_never_writes_the_harvest_over_a_table_changed_since(vocab_file
         with pytest.raises(DatasetError, match="changed since"):
             harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
     assert out.read_bytes() == edited
+
+
+def test_a_kill_between_the_digest_and_the_table_still_resumes(
+    vocab_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table took its place before its digest was recorded: a kill between the two (hashing a large table takes
+    a while) left eic's own table "changed since eic harvest wrote it", and no resume could carry it on."""
+    import europeana_imgcls.acquisition.harvest as harvesting
+
+    out = tmp_path / "h.csv"
+    with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
+        harvest(config(sb, vocab_file, out, n=2, reusability=["open"]))
+        real = harvesting.write_table
+
+        def killed_once_the_table_is_in_place(df: pl.DataFrame, path: Path, *more: object) -> None:
+            real(df, path, *more)  # type: ignore[arg-type]
+            raise KeyboardInterrupt  # before anything after the table: the old code recorded its digest there
+
+        monkeypatch.setattr(harvesting, "write_table", killed_once_the_table_is_in_place)
+        with pytest.raises(KeyboardInterrupt):
+            harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+        monkeypatch.setattr(harvesting, "write_table", real)
+        both = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+    assert {"open", "restricted"} <= set(pl.read_csv(out)["reusability"]) and both.rows == pl.read_csv(out).height

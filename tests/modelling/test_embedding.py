@@ -137,3 +137,18 @@ def test_a_users_file_named_like_the_embeddings_sidecar_is_kept(tmp_path: Path) 
     with pytest.raises(DatasetError, match="e.embedding.json"):
         embed(EmbedConfig(data_dir=data, output=tmp_path / "e.parquet", **TINY))
     assert mine.read_text() == '{"my": "notes"}' and not (tmp_path / "e.parquet").exists()
+
+
+def test_a_probes_own_embeddings_are_eics_and_a_resume_says_what_it_lacks(tmp_path: Path) -> None:
+    """`eic embed DATA -o PROBE/embeddings.parquet --resume` called the sidecar a k-NN run wrote beside its own table
+    "not eic's" (it names no output, only what made the vectors): what stops that resume is the true reason, that
+    no embed journal says what wrote the table."""
+    from europeana_imgcls import TrainConfig, train
+    from europeana_imgcls.core.errors import DatasetError
+
+    data = make_folders(tmp_path / "data", per_class=4, size=32)
+    train(TrainConfig(data_dir=data, output_dir=tmp_path / "probe", method="knn", folds=3, **TINY))
+    table = tmp_path / "probe" / "embeddings.parquet"
+    with pytest.raises(DatasetError, match="its journal") as refused:
+        embed(EmbedConfig(data_dir=data, output=table, resume=True, **TINY))
+    assert "not eic's" not in str(refused.value)

@@ -368,3 +368,22 @@ def test_an_output_inside_the_images_it_reads_is_refused(trained_run: Path, tmp_
     assert_one_line_error(eic("predict", trained_run, data, "-o", data / "p.csv", "--quiet"), "inside")
     assert_one_line_error(eic("enrich", trained_run, data, "-o", data / "map" / "a.jsonld", "--quiet"), "inside")
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_outputs_beside_a_downloaded_dataset_or_in_a_folder_of_scans(trained_run: Path, tmp_path: Path) -> None:
+    """Labelling images of a downloaded dataset given file by file put the output's journal among its class folders
+    (the next training refused "a class folder that holds no readable image"); labelling a plain folder of scans
+    into a table inside it stays as it was."""
+    from ..support import assert_one_line_error, eic, make_folders
+
+    data = make_folders(tmp_path / "imgs", per_class=2, size=40)
+    (data / "config.json").write_text(json.dumps({"table": "t.csv", "output_dir": str(data)}))  # eic download's
+    files = [str(p) for p in (data / "map").iterdir()]
+    assert_one_line_error(eic("predict", trained_run, *files, "-o", data / "l.csv", "--quiet"), "inside")
+    assert not (data / "l.csv.journal").exists()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for p in (data / "map").iterdir():
+        shutil.copy(p, scans / p.name)
+    result = eic("predict", trained_run, scans, "-o", scans / "labels.csv", "--quiet")
+    assert result.exit_code == 0, result.stderr

@@ -951,3 +951,15 @@ def test_a_journal_is_never_written_into_a_file_or_a_folder_of_other_files(tmp_p
         )
     assert ours.exit_code == 0 and again.exit_code == 0 and "3 published earlier" in again.stdout
     assert sorted(p.name for p in run.iterdir()) == ["summary.json"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_dry_run_refuses_another_api_as_the_run_does(tmp_path: Path) -> None:
+    """A dry run against another Annotations API than the journal's counted the first API's journal against the
+    second ("2 to send, gone from it since") where the run itself refuses another API."""
+    path = _write(tmp_path / "a.jsonl", _made(2))
+    with Sandbox(sandbox_config(per_level=2)) as first, Sandbox(sandbox_config(per_level=2)) as second:
+        assert publish(_config(path, first)).sent == 2
+        with pytest.raises(DatasetError, match="another `journal`"):
+            publish(_config(path, second))
+        with pytest.raises(DatasetError, match="another `journal`"):
+            publish(_config(path, second, dry_run=True))

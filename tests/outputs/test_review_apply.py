@@ -289,3 +289,20 @@ def test_an_input_is_never_the_output_of_another_role(tmp_path: Path) -> None:
     ):  # fmt: skip
         assert_one_line_error(eic(*args, "--overwrite"), said)
     assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == tables
+
+
+def test_the_table_a_command_works_on_is_rewritten_in_place_with_overwrite(tmp_path: Path) -> None:
+    """The review loop in place: `review apply train.csv reviewed.csv -o train.csv --overwrite` (train.csv made by
+    subtract) and then `subtract` on the applied table into itself were refused as "a table another eic command
+    made", which the docs (and the refusal's own advice) say `--overwrite` replaces."""
+    from ..support import eic
+
+    _setup(tmp_path, [task(1, "/9/a", ["painting"])])
+    pl.DataFrame({"ID": ["/9/x"]}).write_csv(tmp_path / "eval.csv")
+    assert eic("subtract", tmp_path / "train.csv", tmp_path / "eval.csv", "-o", tmp_path / "t.csv").exit_code == 0
+    assert _import(tmp_path).exit_code == 0
+    applied = eic("review", "apply", tmp_path / "t.csv", tmp_path / "out.csv", "-o", tmp_path / "t.csv", "--overwrite")
+    assert applied.exit_code == 0, applied.stderr
+    assert pl.read_csv(tmp_path / "t.csv").filter(pl.col("ID") == "/9/a")["category"].to_list() == ["painting"]
+    again = eic("subtract", tmp_path / "t.csv", tmp_path / "eval.csv", "-o", tmp_path / "t.csv", "--overwrite")
+    assert again.exit_code == 0, again.stderr
