@@ -23,14 +23,16 @@ def test_a_checkpoint_that_runs_code_is_refused(trained: Path, tmp_path: Path) -
     run = tmp_path / "run"
     shutil.copytree(trained / "split_0", run / "split_0")
     torch.save({"format": "europeana-imgcls/checkpoint-v1", "model_state": Evil()}, run / "split_0" / "model.pt")
+    images = tmp_path / "imgs"  # the outputs beside, not inside, the images read
+    images.mkdir()
     with pytest.raises(ModelError, match="refused"):
-        predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
-    result = CliRunner().invoke(app, ["evaluate", str(run), str(tmp_path), "-o", str(tmp_path / "ev")])
+        predict(PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "x.csv"))
+    result = CliRunner().invoke(app, ["evaluate", str(run), str(images), "-o", str(tmp_path / "ev")])
     assert result.exit_code == 1 and "refused" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "pwned").exists()
     torch.save({"weights": torch.zeros(2)}, run / "split_0" / "model.pt")
     with pytest.raises(ModelError, match="not a checkpoint written by eic train"):
-        predict(PredictConfig(run=run, inputs=[str(tmp_path)], output=tmp_path / "x.csv"))
+        predict(PredictConfig(run=run, inputs=[str(images)], output=tmp_path / "x.csv"))
 
 
 def _edited_run(trained: Path, tmp_path: Path, **changes: object) -> Path:
