@@ -169,7 +169,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
             finally:
                 state = _selected(found, source, plan, config)
                 if shard is None and found.pieces:  # however it ends, the table holds every piece it journaled
-                    write_table(_to_frame(state, vocab), config.output, _record_digest(journal.folder))
+                    write_table(_to_frame(state, vocab), config.output, _record_digest(journal.folder, config.output))
     finally:
         source.close()
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
@@ -190,13 +190,13 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
 WRITTEN = "table.json"  # in the journal's folder: the digest of the table as the harvest last wrote it
 
 
-def _record_digest(folder: Path) -> Callable[[Path], None]:
+def _record_digest(folder: Path, output: Path) -> Callable[[Path], None]:
     """What records the table's digest, told of the new table before it takes the old one's place: both are
-    recorded (``previous``), so a kill between the two steps leaves a table the record vouches for."""
+    recorded (``previous``: the table there now), so a kill between the two steps, once or again, leaves a table
+    the record vouches for."""
 
     def record(table: Path) -> None:
-        before = peek_json(folder / WRITTEN)
-        previous = {k: before[k] for k in ("sha256", "bytes") if k in before} if isinstance(before, dict) else None
+        previous = _digest(output) if output.is_file() else None
         write_json(folder / WRITTEN, {**_digest(table), "previous": previous})
 
     return record
@@ -213,7 +213,8 @@ def _refuse_changed_table(output: Path, folder: Path) -> None:
         return  # the table as written (or as it was, where a kill fell between writing the record and the table)
     raise DatasetError(
         f"{output} changed since eic harvest wrote it (another command wrote over it?), and resuming would write "
-        "the harvest over those changes: harvest into another `output`"
+        f"the harvest over those changes: harvest into another `output` (or delete {output.name} and {folder.name} "
+        "to start this harvest again)"
     )
 
 

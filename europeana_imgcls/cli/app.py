@@ -67,9 +67,7 @@ class _Commands(typer.core.TyperGroup):
             error.show()
             sys.exit(error.exit_code)
         except UsageError as error:
-            given = list(sys.argv[1:] if args is None else args)
-            command = f"eic {given[0]}" if given and given[0] in self.commands else "eic"  # ctx is None in a value
-            where = error.ctx.command_path if error.ctx is not None else command
+            where = error.ctx.command_path if error.ctx is not None else self._named(args)
             message = " ".join(error.format_message().split()).rstrip(".")
             print(f"eic: error: {message} (see `{where} --help`)", file=sys.stderr)
             sys.exit(error.exit_code)
@@ -77,6 +75,19 @@ class _Commands(typer.core.TyperGroup):
             print("eic: error: aborted", file=sys.stderr)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _named(self, args: Sequence[str] | None) -> str:
+        """The command the words name (``eic review apply``), where click has no context of it yet (a value
+        missing after an option)."""
+        words: list[str] = ["eic"]
+        command: Any = self
+        for word in sys.argv[1:] if args is None else args:
+            found = command.commands.get(word) if isinstance(command, typer.core.TyperGroup) else None
+            if found is None:
+                break
+            words.append(word)
+            command = found
+        return " ".join(words)
 
 
 app = typer.Typer(

@@ -124,16 +124,30 @@ def refuse_input(output: Path, role: str, given: Path, option: str = "output") -
 
 
 def dataset_of(given: Path) -> Path | None:
-    """The dataset an input belongs to: a folder of class folders given itself (training's and evaluation's shape),
-    or eic download's folder holding the class folder or the image given; None for a plain folder of images or a
-    lone file (a folder of scans may hold what is made from it: nothing scans it for classes)."""
+    """The dataset an input belongs to: a folder of class folders (training's and evaluation's shape) given itself,
+    or eic download's folder holding the class folder or the image given; None otherwise (a folder of scans may
+    hold what is made from it)."""
     if given.is_dir() and what_is(given) == "a folder of class folders":
         return given
     for folder in (given.parent, given.parent.parent) if given.is_file() else (given.parent,):
         settings = peek_json(folder / "config.json")  # eic download's settings: {"table", "output_dir", ...}
         if isinstance(settings, dict) and {"table", "output_dir"} <= settings.keys():
             return folder
+    # A class folder of a dataset of one's own is not told from a folder of scans beside others (~/project/scans,
+    # its table written to ~/project): only eic download's folder says it is a dataset.
     return None
+
+
+def refuse_beside_classes(output: Path, given: Path, option: str = "output") -> None:
+    """An output (with the folders written beside it: a journal, fetched images) is refused where a scan of the
+    dataset ``given`` belongs to would read it as a class: in the dataset's own folder, or anywhere inside a
+    dataset given whole."""
+    root = dataset_of(given)
+    if root is None:
+        return
+    where = absolute(output).resolve()
+    if where.parent == root.resolve() or (root.resolve() == given.resolve() and where.is_relative_to(root.resolve())):
+        refuse_inside(output, root, option)
 
 
 def refuse_inside(output: Path, images: Path | None, option: str = "output") -> None:

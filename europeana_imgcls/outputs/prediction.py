@@ -26,7 +26,7 @@ import numpy as np
 from ..core.config import PredictConfig
 from ..core.errors import ConfigError, DatasetError
 from ..core.journal import Journal, KeySet, Output, Records, input_key, json_line
-from ..core.outputs import OutputKind, dataset_of, refuse_inside
+from ..core.outputs import OutputKind, refuse_beside_classes
 from ..core.progress import RATE, Rate, progress_bar
 from ..core.recognise import csv_header
 from ..core.tables import atomic_path, read_csv_rows, write_csv
@@ -151,7 +151,7 @@ def run_predictions(config: PredictConfig, rows: MakeRows) -> PredictReport:
         raise ConfigError(f"nothing to {config.stage}: give image files, folders or URLs, or `table`, or `query`")
     check_arguments(config.run, config.inputs)
     for given in config.inputs:  # its journal and fetched images beside it would be read as a class next time
-        refuse_inside(config.output, dataset_of(Path(given)))
+        refuse_beside_classes(config.output, Path(given))
     check_runtime(config, explain=config.gradcam_dir is not None)
     claim_gradcam_dir(config)
     with _placed(config.device) as (device, world):

@@ -457,6 +457,7 @@ def test_a_resume_may_add_levels_but_not_drop_one_nor_change_the_api(vocab_file:
                 )
             )
         assert out.read_bytes() == table
+        print("REC", (tmp_path / "h.csv.journal" / "table.json").read_text())
         both = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
         levels = pl.read_csv(out)["reusability"].to_list()
         assert both.resumed_units and {"open", "restricted"} <= set(levels)
@@ -500,21 +501,34 @@ def test_a_kill_between_the_digest_and_the_table_still_resumes(
     vocab_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The table took its place before its digest was recorded: a kill between the two (hashing a large table takes
-    a while) left eic's own table "changed since eic harvest wrote it", and no resume could carry it on."""
+    a while) left eic's own table "changed since eic harvest wrote it", and no resume could carry it on. Killed
+    once the table is in place, or (twice over) once its digest is recorded but before it is: both resume."""
     import europeana_imgcls.acquisition.harvest as harvesting
 
-    out = tmp_path / "h.csv"
+    real_write, real_replace = harvesting.write_table, os.replace
+
+    def killed_once_the_table_is_in_place(df: pl.DataFrame, path: Path, *more: object) -> None:
+        real_write(df, path, *more)  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # before anything after the table: the old code recorded its digest there
+
     with Sandbox(sandbox_config(per_level=4), Knobs(shared_per_concept=0, triples_per_concept=0)) as sb:
-        harvest(config(sb, vocab_file, out, n=2, reusability=["open"]))
-        real = harvesting.write_table
+        for name, kills in (("a.csv", 1), ("b.csv", 2)):
+            out = tmp_path / name
 
-        def killed_once_the_table_is_in_place(df: pl.DataFrame, path: Path, *more: object) -> None:
-            real(df, path, *more)  # type: ignore[arg-type]
-            raise KeyboardInterrupt  # before anything after the table: the old code recorded its digest there
+            def killed_before_the_rename(source: str, target: str, out: Path = out) -> None:
+                if Path(target) == out:  # the digest recorded, the new table not yet in place
+                    raise KeyboardInterrupt
+                real_replace(source, target)
 
-        monkeypatch.setattr(harvesting, "write_table", killed_once_the_table_is_in_place)
-        with pytest.raises(KeyboardInterrupt):
-            harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
-        monkeypatch.setattr(harvesting, "write_table", real)
-        both = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
-    assert {"open", "restricted"} <= set(pl.read_csv(out)["reusability"]) and both.rows == pl.read_csv(out).height
+            harvest(config(sb, vocab_file, out, n=2, reusability=["open"]))
+            for _ in range(kills):
+                if name == "a.csv":
+                    monkeypatch.setattr(harvesting, "write_table", killed_once_the_table_is_in_place)
+                else:
+                    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+                with pytest.raises(KeyboardInterrupt):
+                    harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+                monkeypatch.undo()
+            both = harvest(config(sb, vocab_file, out, n=2, reusability=["open", "restricted"], resume=True))
+            assert {"open", "restricted"} <= set(pl.read_csv(out)["reusability"]), name
+            assert both.rows == pl.read_csv(out).height

@@ -142,6 +142,7 @@ def test_a_filesystem_error_is_one_line(tmp_path: Path) -> None:
         (["harvest", "--bogus"], "No such option: --bogus"),
         (["harvest", "--n", "abc"], "'--n'"),
         (["harvest", "--n"], "`eic harvest --help`"),  # a value missing: no context of the command's yet
+        (["review", "apply", "--columns"], "`eic review apply --help`"),
         (["predict"], "Missing argument 'RUN'"),
         (["harvset"], "No such command 'harvset'"),
         (["review", "aply"], "No such command 'aply'"),

@@ -387,3 +387,5 @@ def test_outputs_beside_a_downloaded_dataset_or_in_a_folder_of_scans(trained_run
         shutil.copy(p, scans / p.name)
     result = eic("predict", trained_run, scans, "-o", scans / "labels.csv", "--quiet")
     assert result.exit_code == 0, result.stderr
+    beside = eic("predict", trained_run, scans, "-o", tmp_path / "labels.csv", "--quiet")  # ~/project/labels.csv
+    assert beside.exit_code == 0, beside.stderr
