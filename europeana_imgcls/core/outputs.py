@@ -129,7 +129,7 @@ def dataset_of(given: Path) -> Path | None:
     hold what is made from it)."""
     if given.is_dir() and what_is(given) == "a folder of class folders":
         return given
-    for folder in (given.parent, given.parent.parent) if given.is_file() else (given.parent,):
+    for folder in (given.parent, given.parent.parent) if given.is_file() else (given, given.parent):
         settings = peek_json(folder / "config.json")  # eic download's settings: {"table", "output_dir", ...}
         if isinstance(settings, dict) and {"table", "output_dir"} <= settings.keys():
             return folder
@@ -338,7 +338,7 @@ def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
 
 
 def _recognised(path: Path, kind: OutputKind) -> bool:
-    """Whether ``kind``'s reader takes ``path`` for its own; a file is read only if it is a small regular one."""
+    """Whether ``kind``'s reader takes ``path`` for its own; a file is read only if it is a regular one."""
     # A regular file of any size (a table of millions of rows is eic's too): each recogniser reads a bounded head.
     if kind.recognise is None or not (kind.folder or small_regular_file(path, max_bytes=1 << 62)):
         return False

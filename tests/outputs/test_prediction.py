@@ -381,6 +381,12 @@ def test_outputs_beside_a_downloaded_dataset_or_in_a_folder_of_scans(trained_run
     files = [str(p) for p in (data / "map").iterdir()]
     assert_one_line_error(eic("predict", trained_run, *files, "-o", data / "l.csv", "--quiet"), "inside")
     assert not (data / "l.csv.journal").exists()
+    multi = tmp_path / "ml"  # a multi-label download: its images at the top, beside labels.csv and its settings
+    multi.mkdir()
+    for p in (data / "map").iterdir():
+        shutil.copy(p, multi / p.name)
+    (multi / "config.json").write_text(json.dumps({"table": "t.csv", "output_dir": str(multi)}))
+    assert_one_line_error(eic("predict", trained_run, multi, "-o", multi / "p.csv", "--quiet"), "inside")
     scans = tmp_path / "scans"
     scans.mkdir()
     for p in (data / "map").iterdir():
