@@ -23,6 +23,7 @@ import numpy as np
 from ..core.config import PredictConfig
 from ..core.errors import DatasetError
 from ..core.outputs import absolute, dataset_of
+from ..core.recognise import what_is
 from ..datasets.decoding import load_image
 from .inference import Ensemble, Explainer, Pixels
 from .inputs import Item, last_part
@@ -45,7 +46,8 @@ def claim_gradcam_dir(config: PredictConfig) -> None:
     if os.path.lexists(where) and not where.is_dir():
         raise DatasetError(f"{said} is not a folder: give a new folder for the Grad-CAM figures")
     for given in config.inputs:
-        images = dataset_of(Path(given)) or Path(given)  # the class folders' dataset, else the folder itself
+        # The dataset the images belong to (its figures would be a class of it), else the folder given itself.
+        images = dataset_of(Path(given)) or _classes_around(Path(given)) or Path(given)
         if images.is_dir() and (where.is_relative_to(images.resolve()) or images.resolve().is_relative_to(where)):
             raise DatasetError(
                 f"{said} and {given} hold one another: the figures would be among the images it labels (which "
@@ -56,6 +58,20 @@ def claim_gradcam_dir(config: PredictConfig) -> None:
         raise DatasetError(
             f"{said} holds {stranger}, which is not a Grad-CAM figure eic drew: give a new or empty folder"
         )
+
+
+def _classes_around(given: Path) -> Path | None:
+    """The folder holding a class folder given (or the class folder of an image given) when it looks like a dataset
+    of classes: two or more folders, each holding images. A figure folder made there would be one more class."""
+    folder = given.parent if given.is_file() else given
+    holder = folder.parent
+    try:
+        subfolders = [p for p in holder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return None
+    if len(subfolders) >= 2 and all(what_is(p) == "an image folder" for p in subfolders):
+        return holder
+    return None
 
 
 def _stranger(folder: Path) -> str | None:

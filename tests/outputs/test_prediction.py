@@ -395,3 +395,18 @@ def test_outputs_beside_a_downloaded_dataset_or_in_a_folder_of_scans(trained_run
     assert result.exit_code == 0, result.stderr
     beside = eic("predict", trained_run, scans, "-o", tmp_path / "labels.csv", "--quiet")  # ~/project/labels.csv
     assert beside.exit_code == 0, beside.stderr
+
+
+def test_gradcam_figures_beside_the_class_folder_labelled_are_refused(trained_run: Path, tmp_path: Path) -> None:
+    """`eic predict RUN tr/drawing --gradcam-dir tr/cams` (a dataset of one's own, no eic download settings): the
+    next `eic train tr` learnt a class "cams" of the figures, without a word."""
+    from ..support import assert_one_line_error, eic, make_folders
+
+    data = make_folders(tmp_path / "tr", per_class=2, size=40)
+    one = next((data / "map").iterdir())
+    for given in (data / "map", one):
+        result = eic("predict", trained_run, given, "-o", tmp_path / "p.csv", "--gradcam-dir", data / "cams")
+        assert_one_line_error(result, "among the images")
+    assert not (data / "cams").exists()
+    elsewhere = eic("predict", trained_run, data / "map", "-o", tmp_path / "p.csv", "--gradcam-dir", tmp_path / "c")
+    assert elsewhere.exit_code == 0, elsewhere.stderr
