@@ -144,10 +144,16 @@ class ApiSettings(ProgressSettings):
         description="Seconds to wait for one API answer (and for one image, when predict and enrich fetch them).",
     )
 
-    @field_validator("api_key")
-    @classmethod
-    def _api_key(cls, value: SecretStr) -> SecretStr:
-        return header_secret(value, "the API key", "your Europeana API key as EUROPEANA_API_KEY (or `api_key`)")
+    def sends_api_key(self) -> bool:
+        """Whether a run of these settings asks the Search API (and so sends the key); a subclass says when."""
+        return True
+
+    @model_validator(mode="after")
+    def _api_key(self) -> ApiSettings:
+        # Refused before any work where a request would carry it; a command that asks no API never reads it.
+        if self.sends_api_key():
+            header_secret(self.api_key, "the API key", "your Europeana API key as EUROPEANA_API_KEY (or `api_key`)")
+        return self
 
     retries: int = Field(5, ge=0, le=20, description="Retries of a request after 429, 5xx or a network error.")
     max_quota_wait: float = Field(
@@ -255,6 +261,10 @@ class HarvestConfig(ApiSettings, ShardSettings):
     """``eic harvest``: records per concept (or combination) from the Search API, OAI-PMH or dumps, as a table."""
 
     stage: ClassVar[str] = "harvest"
+
+    def sends_api_key(self) -> bool:
+        return self.metadata_source == "api"  # OAI-PMH and the dumps take no key
+
     input_paths: ClassVar[tuple[str, ...]] = ("vocab",)
     # and the vocabulary itself, and a source other than the Search API (harvest.py: earlier journals still resume)
     resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous")
@@ -589,6 +599,9 @@ class EvaluateConfig(RuntimeSettings):
 
 class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
     """What predict and enrich label, and with which of a run's models (shared by both)."""
+
+    def sends_api_key(self) -> bool:
+        return self.query is not None  # images, URLs and tables are fetched without the Search API
 
     split: str = Field(
         "best",

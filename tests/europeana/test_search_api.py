@@ -377,6 +377,22 @@ def test_an_api_key_no_http_header_can_carry_is_refused_before_any_request(key: 
     assert not (tmp_path / "h.csv").exists()
 
 
+def test_an_unsendable_api_key_is_refused_only_where_a_request_would_carry_it(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """A malformed EUROPEANA_API_KEY left exported in a shell made `eic predict RUN photo.jpg` refuse, though no
+    request of it carries the key; a `--query` does, and is refused before any work."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo)
+    bad = {"EUROPEANA_API_KEY": "key\nwith a line"}
+    labelled = eic("predict", trained_run, photo, "-o", tmp_path / "p.csv", "--quiet", env=bad)
+    assert labelled.exit_code == 0, labelled.stderr
+    asked = eic("predict", trained_run, "--query", "map", "-o", tmp_path / "q.csv", "--quiet", env=bad)
+    assert_one_line_error(asked, "API key")
+
+
 @pytest.mark.parametrize(
     ("command", "flag", "value"),
     [("harvest", "--timeout", "inf"), ("harvest", "--timeout", "1e400"), ("download", "--rate", "nan")],
