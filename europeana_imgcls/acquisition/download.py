@@ -545,6 +545,8 @@ class Fetcher:
             return Failed("timeout")
         except httpx.TooManyRedirects:
             return "redirect loop"
+        except httpx.DecodingError:  # the server's own: it says gzip (or br) and sends something else
+            return "undecodable body (its Content-Encoding)"
         except httpx.RemoteProtocolError:
             return Failed("truncated")
         except httpx.UnsupportedProtocol:  # a TransportError too, but the record's own: url_problem saw http(s)

@@ -1257,3 +1257,24 @@ def test_a_category_spelt_in_two_unicode_forms_is_one_class_folder(tmp_path: Pat
         report = download(config(tmp_path / "t.csv", tmp_path / "img"))
     classes = [p.name for p in (tmp_path / "img").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert report.saved == 2 and classes == ["caf\u00e9"]
+
+
+def test_a_body_whose_content_encoding_does_not_decode_is_its_rows_reason(tmp_path: Path) -> None:
+    """A server that says gzip and sends something else was an "unexpected error (DecodingError ...)": the body's
+    encoding is the record's own failure, said as such."""
+    from ..support import QuietHandler
+
+    class BadGzip(QuietHandler):
+        def do_GET(self) -> None:
+            body = b"this is not gzip at all"
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(BadGzip) as url:
+        pl.DataFrame([{"ID": "/1/a", "URL": f"{url}/a.jpg", "category": "map"}]).write_csv(tmp_path / "t.csv")
+        report = download(config(tmp_path / "t.csv", tmp_path / "img", retries=0))
+    assert report.failed == 1 and _failures(tmp_path / "img") == {"/1/a": "undecodable body (its Content-Encoding)"}
