@@ -601,7 +601,7 @@ class InputSettings(ApiSettings, RuntimeSettings, FetchSettings, ShardSettings):
     """What predict and enrich label, and with which of a run's models (shared by both)."""
 
     def sends_api_key(self) -> bool:
-        return self.query is not None  # images, URLs and tables are fetched without the Search API
+        return bool(self.query)  # images, URLs and tables are fetched without the Search API
 
     split: str = Field(
         "best",

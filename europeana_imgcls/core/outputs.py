@@ -127,6 +127,7 @@ def dataset_of(given: Path) -> Path | None:
     """The dataset an input belongs to: a folder of class folders (training's and evaluation's shape) given itself,
     or eic download's folder holding the class folder or the image given; None otherwise (a folder of scans may
     hold what is made from it)."""
+    given = given.resolve()  # "." has no parent of its own
     if given.is_dir() and what_is(given) == "a folder of class folders":
         return given
     for folder in (given.parent, given.parent.parent) if given.is_file() else (given, given.parent):

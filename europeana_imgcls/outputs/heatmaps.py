@@ -46,12 +46,17 @@ def claim_gradcam_dir(config: PredictConfig) -> None:
     if os.path.lexists(where) and not where.is_dir():
         raise DatasetError(f"{said} is not a folder: give a new folder for the Grad-CAM figures")
     for given in config.inputs:
-        # The dataset the images belong to (its figures would be a class of it), else the folder given itself.
-        images = dataset_of(Path(given)) or _classes_around(Path(given)) or Path(given)
-        if images.is_dir() and (where.is_relative_to(images.resolve()) or images.resolve().is_relative_to(where)):
+        images = Path(given).resolve()
+        if images.is_dir() and (where.is_relative_to(images) or images.is_relative_to(where)):
             raise DatasetError(
                 f"{said} and {given} hold one another: the figures would be among the images it labels (which "
                 "training would read as images): give a folder of its own"
+            )
+        dataset = dataset_of(images) or _classes_around(images, where)
+        if dataset is not None and where.is_relative_to(dataset.resolve()):
+            raise DatasetError(
+                f"{said} is inside {dataset}, which holds the images it labels among other image folders (a dataset "
+                "of classes, as training reads it): its figures would be one more class; give a folder outside it"
             )
     stranger = _stranger(where)
     if stranger is not None:
@@ -60,18 +65,21 @@ def claim_gradcam_dir(config: PredictConfig) -> None:
         )
 
 
-def _classes_around(given: Path) -> Path | None:
-    """The folder holding a class folder given (or the class folder of an image given) when it looks like a dataset
-    of classes: two or more folders, each holding images. A figure folder made there would be one more class."""
+def _classes_around(given: Path, figures: Path) -> Path | None:
+    """The folder holding a class folder given (or the class folder of an image given; ``given`` absolute) when it
+    looks like a dataset of classes: two or more folders besides ``figures`` (and any earlier figures of eic's),
+    each holding images. A figure folder made there would be one more class."""
     folder = given.parent if given.is_file() else given
     holder = folder.parent
     try:
-        subfolders = [p for p in holder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    except OSError:
+        subfolders = [
+            p
+            for p in holder.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.resolve() != figures and not (p / MARK).is_file()
+        ]
+        return holder if len(subfolders) >= 2 and all(what_is(p) == "an image folder" for p in subfolders) else None
+    except OSError:  # a folder it may not read is no reason to stop: nothing says it is a dataset
         return None
-    if len(subfolders) >= 2 and all(what_is(p) == "an image folder" for p in subfolders):
-        return holder
-    return None
 
 
 def _stranger(folder: Path) -> str | None:

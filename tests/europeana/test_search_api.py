@@ -391,6 +391,8 @@ def test_an_unsendable_api_key_is_refused_only_where_a_request_would_carry_it(
     assert labelled.exit_code == 0, labelled.stderr
     asked = eic("predict", trained_run, "--query", "map", "-o", tmp_path / "q.csv", "--quiet", env=bad)
     assert_one_line_error(asked, "API key")
+    nothing = eic("predict", trained_run, "--query", "", "-o", tmp_path / "q.csv", "--quiet", env=bad)  # asks no API
+    assert_one_line_error(nothing, "nothing to predict")
 
 
 @pytest.mark.parametrize(

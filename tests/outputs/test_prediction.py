@@ -397,7 +397,9 @@ def test_outputs_beside_a_downloaded_dataset_or_in_a_folder_of_scans(trained_run
     assert beside.exit_code == 0, beside.stderr
 
 
-def test_gradcam_figures_beside_the_class_folder_labelled_are_refused(trained_run: Path, tmp_path: Path) -> None:
+def test_gradcam_figures_beside_the_class_folder_labelled_are_refused(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`eic predict RUN tr/drawing --gradcam-dir tr/cams` (a dataset of one's own, no eic download settings): the
     next `eic train tr` learnt a class "cams" of the figures, without a word."""
     from ..support import assert_one_line_error, eic, make_folders
@@ -406,7 +408,15 @@ def test_gradcam_figures_beside_the_class_folder_labelled_are_refused(trained_ru
     one = next((data / "map").iterdir())
     for given in (data / "map", one):
         result = eic("predict", trained_run, given, "-o", tmp_path / "p.csv", "--gradcam-dir", data / "cams")
-        assert_one_line_error(result, "among the images")
+        assert_one_line_error(result, "one more class")
+    monkeypatch.chdir(data / "map")  # the same, named from inside the class folder
+    assert_one_line_error(eic("predict", trained_run, ".", "-o", tmp_path / "p.csv", "--gradcam-dir", "../cams"), "tr")
     assert not (data / "cams").exists()
     elsewhere = eic("predict", trained_run, data / "map", "-o", tmp_path / "p.csv", "--gradcam-dir", tmp_path / "c")
     assert elsewhere.exit_code == 0, elsewhere.stderr
+    solo = tmp_path / "solo"  # one folder of scans: its figures beside it, then again (a resume, another run)
+    (solo / "scans").mkdir(parents=True)
+    shutil.copy(one, solo / "scans" / one.name)
+    for turn in range(2):
+        args = ["predict", trained_run, solo / "scans", "-o", tmp_path / f"s{turn}.csv", "--gradcam-dir", solo / "figs"]
+        assert eic(*args, "--quiet").exit_code == 0
