@@ -39,21 +39,26 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert again.exit_code == 1 and "already exists: choose another --output-dir" in again.stderr
 
 
-def test_a_demo_that_cannot_train_stops_before_it_writes_anything(tmp_path: Path) -> None:
-    """`eic demo --arch resnet_nope` harvested and downloaded for seconds, then failed, and left a folder that made
-    every later demo there refuse to start."""
-    out = tmp_path / "demo"
-    for flags, said in (
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
         (["--arch", "resnet_nope"], "unknown arch 'resnet_nope'"),
         (["--weights", "nope.pt"], "nope.pt"),
         # offline (the tests reach 127.0.0.1 alone): ImageNet's weights cannot be fetched, said before the harvest
-        (["--arch", "resnet18", "--weights", "imagenet"], "ImageNet weights"),
-    ):
-        empty_cache = {"TORCH_HOME": str(tmp_path / "torch")}  # whatever this machine has fetched before
-        result = CliRunner().invoke(app, ["demo", "-o", str(out), *flags], env=empty_cache)
-        lines = result.stderr.strip().splitlines()
-        assert result.exit_code != 0 and len(lines) == 1 and said in lines[0], result.output
-        assert not out.exists()
+        pytest.param(
+            ["--arch", "resnet18", "--weights", "imagenet"], "ImageNet weights", marks=pytest.mark.slow(seconds=1)
+        ),
+    ],
+)
+def test_a_demo_that_cannot_train_stops_before_it_writes_anything(tmp_path: Path, flags: list[str], said: str) -> None:
+    """`eic demo --arch resnet_nope` harvested and downloaded for seconds, then failed, and left a folder that made
+    every later demo there refuse to start."""
+    out = tmp_path / "demo"
+    empty_cache = {"TORCH_HOME": str(tmp_path / "torch")}  # whatever this machine has fetched before
+    result = CliRunner().invoke(app, ["demo", "-o", str(out), *flags], env=empty_cache)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and said in lines[0], result.output
+    assert not out.exists()
 
 
 def test_an_interrupted_demo_says_how_to_run_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

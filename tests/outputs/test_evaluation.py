@@ -133,7 +133,7 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
     assert len(list((tmp_path / "cams").glob("*.jpg"))) == 24
 
 
-@pytest.mark.parametrize("count", [2, 3, 20, 40])
+@pytest.mark.parametrize("count", [2, 3, 20, pytest.param(40, marks=pytest.mark.slow(seconds=1))])  # 40: a second
 def test_the_confusion_matrix_shows_every_label_and_title_whole(count: int) -> None:
     """Every title, axis label and class name of the figure lies inside the saved image: with 20 classes (the
     pilot's vocabulary) the "prediction" under the matrices was cut off."""
