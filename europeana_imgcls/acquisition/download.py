@@ -67,50 +67,35 @@ from ..europeana.ratelimit import RateLimit
 from ..europeana.thumbnails import is_placeholder, shows, thumbnail_url
 from ..europeana.tls import tls_context
 from .images import DecodeBudget, ImageRejected, is_complete_jpeg, save_normalised
-from .placement import Placement, write_set_aside
-
-
-def _is_download_folder(folder: Path) -> bool:
-    """Whether a re-run may carry a folder on (see ``_stranger``)."""
-    return _stranger(folder) is None
+from .placement import SET_ASIDE_LIST, Placement, write_set_aside
 
 
 def _stranger(folder: Path) -> str | None:
     """What in ``folder`` says eic download did not fill it (None: nothing does): a ``config.json`` of a project's
     own, or a list at the top (labels, failures, fetched) that is not download's. Class folders and images are what
-    it fills."""
+    it fills, so a re-run carries the folder on."""
     settings = folder / CONFIG_FILE
     if os.path.lexists(settings):
         data = peek_json(settings)
         if not (isinstance(data, dict) and {"table", "output_dir"} <= set(data)):
-            return CONFIG_FILE
+            return f"{CONFIG_FILE} is not eic download's"
     for path, columns in (
         (folder / LABELS_FILE, LABEL_COLUMNS),
         (folder / FAILURES_FILE, FAILURE_COLUMNS),
         (folder / FETCHED_FILE, FETCHED_COLUMNS),
     ):
         if os.path.lexists(path) and not (small_regular_file(path) and csv_header(path) == list(columns)):
-            return path.name
+            return f"{path.name} is not eic download's"
     return None
 
 
-def _refuse_strangers(root: Path) -> None:
-    """A folder eic download did not fill is refused before any work, naming what shows it."""
-    stranger = _stranger(root) if root.is_dir() and not root.is_symlink() else None
-    if stranger is not None:
-        raise DatasetError(
-            f"{root} holds files that are not a download folder ({stranger} is not eic download's): download "
-            "into a new or empty folder (`output_dir`); a folder of your own images is trained on as it is"
-        )
-
-
-_TOP_FILES = frozenset({"failures.csv", "labels.csv", "fetched.csv", "config.json"})  # download's own, at the top
-DOWNLOAD = OutputKind("download", "a download folder (eic download's)", folder=True, recognise=_is_download_folder)
+DOWNLOAD = OutputKind("download", "a download folder (eic download's)", folder=True, stranger=_stranger)
 FAILURE_COLUMNS = ["ID", "URL", "error"]
 LABEL_COLUMNS = ("ID", "file", "category")
 FAILURES_FILE, LABELS_FILE, CONFIG_FILE = "failures.csv", "labels.csv", "config.json"
 # Where each saved image came from (the thumbnail, the original, the preview): what a review task shows people.
 FETCHED_FILE, FETCHED_COLUMNS = "fetched.csv", ("ID", "file", "URL")
+_TOP_FILES = frozenset({FAILURES_FILE, LABELS_FILE, FETCHED_FILE, CONFIG_FILE})  # download's own, at the top
 CANNOT_WRITE = "cannot write"
 TRANSIENT = (CANNOT_WRITE, "thumbnail: ")  # the disk here; the Thumbnail API's CDN answering 5xx or not at all
 PLACEHOLDER = "no image (the Thumbnail API's placeholder icon)"
@@ -185,7 +170,7 @@ def _folder_name_ok(category: str) -> bool:
         and not name.startswith(".")
         and not any(sep in name for sep in ("/", "\\", "\0"))
         and name.lower() not in _TOP_FILES
-        and not (name.lower().startswith("set_aside") and name.lower().endswith(".csv"))
+        and not (name.lower().startswith(SET_ASIDE_LIST.removesuffix(".csv")) and name.lower().endswith(".csv"))
         and len(name.encode("utf-8")) <= MAX_NAME_BYTES
     )
 
@@ -198,7 +183,6 @@ def download(config: DownloadConfig) -> DownloadReport:
     shard = config.shard_spec
     # The journal first: it asks the output policy (a re-run carries the folder on; never through a link), then
     # takes its lock, so a run that another run's (or shard's) lock turns away touches nothing.
-    _refuse_strangers(root)
     with Outcomes(root, config) as outcomes:
         before = filled_from(root)
         _check_table_of(config, before)

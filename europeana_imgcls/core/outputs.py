@@ -61,6 +61,9 @@ class OutputKind:
     what: str
     folder: bool = False
     recognise: Callable[[Path], bool] | None = None  # a folder kind's: whether a folder is one to carry on
+    # A folder kind told by its contents: the first thing in a folder that shows it is not one, in words ("x is
+    # not eic download's"), or None; the refusal names it (``recognise`` is then whether there is none).
+    stranger: Callable[[Path], str | None] | None = None
     # A folder kind's files as an eic without manifests wrote them (top-level names, or ``split_*``-like patterns of
     # names only eic gives; the first must be there, a JSON file that ``legacy_sign`` takes for eic's), so
     # `overwrite` replaces an output of an earlier version too, and never a file eic did not name.
@@ -325,12 +328,13 @@ def _check_ours(path: Path, kind: OutputKind, option: str) -> None:
 
 def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
     """An output is carried on only if eic wrote it as ``kind`` (where the kind can tell)."""
-    if kind.recognise is None or _recognised(path, kind):
+    if (kind.recognise is None and kind.stranger is None) or _recognised(path, kind):
         return
     if kind.folder:
+        said = kind.stranger(path) if kind.stranger is not None else None
         raise DatasetError(
-            f"{path} holds files that are not {kind.what}: eic carries on only its own outputs; choose a new or "
-            f"empty `{option}`"
+            f"{path} holds files that are not {kind.what}{f': {said};' if said else ':'} eic carries on only its own "
+            f"outputs, choose a new or empty `{option}`"
         )
     raise DatasetError(
         f"{path} is not {kind.what} that eic wrote: `resume` carries on only eic's own outputs; "
@@ -340,6 +344,8 @@ def _check_resumable(path: Path, kind: OutputKind, option: str) -> None:
 
 def _recognised(path: Path, kind: OutputKind) -> bool:
     """Whether ``kind``'s reader takes ``path`` for its own; a file is read only if it is a regular one."""
+    if kind.stranger is not None:
+        return kind.stranger(path) is None
     # A regular file of any size (a table of millions of rows is eic's too): each recogniser reads a bounded head.
     if kind.recognise is None or not (kind.folder or small_regular_file(path, max_bytes=1 << 62)):
         return False
