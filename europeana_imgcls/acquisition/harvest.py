@@ -157,8 +157,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
     try:
         units = [u for u in source.units() if shard is None or shard.owns(u)]
         with journal.open(config.resume):
-            if shard is None:
-                _refuse_changed_table(config.output, journal.folder)
+            on_disk = _unchanged_table(config.output, journal.folder) if shard is None else None
             found = _replayed(journal, source, plan, config)
             _refuse_dropped_levels(found, plan, config)
             todo = [u for u in units if u not in found.finished]
@@ -169,7 +168,7 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
             finally:
                 state = _selected(found, source, plan, config)
                 if shard is None and found.pieces:  # however it ends, the table holds every piece it journaled
-                    write_table(_to_frame(state, vocab), config.output, _record_digest(journal.folder, config.output))
+                    write_table(_to_frame(state, vocab), config.output, _record_digest(journal.folder, on_disk))
     finally:
         source.close()
     per_category = Counter(label for row in state.rows.values() for label in row["labels"])
@@ -190,27 +189,28 @@ def harvest(config: HarvestConfig, client: SearchClient | None = None) -> Harves
 WRITTEN = "table.json"  # in the journal's folder: the digest of the table as the harvest last wrote it
 
 
-def _record_digest(folder: Path, output: Path) -> Callable[[Path], None]:
+def _record_digest(folder: Path, previous: dict[str, Any] | None) -> Callable[[Path], None]:
     """What records the table's digest, told of the new table before it takes the old one's place: both are
-    recorded (``previous``: the table there now), so a kill between the two steps, once or again, leaves a table
-    the record vouches for."""
+    recorded (``previous``: the table there when the run began, which the run's lock kept as it was), so a kill
+    between the two steps, once or again, leaves a table the record vouches for."""
 
     def record(table: Path) -> None:
-        previous = _digest(output) if output.is_file() else None
         write_json(folder / WRITTEN, {**_digest(table), "previous": previous})
 
     return record
 
 
-def _refuse_changed_table(output: Path, folder: Path) -> None:
-    """A table changed since the harvest wrote it (subtract or review apply wrote over it in place) is not
-    rewritten from the journal: the change would be undone without a word."""
-    written = peek_json(folder / WRITTEN)
-    if not (isinstance(written, dict) and output.is_file()):
-        return  # nothing to compare: a new harvest, or a journal from before this record
+def _unchanged_table(output: Path, folder: Path) -> dict[str, Any] | None:
+    """The digest of the table there (None: there is none), refused when it changed since the harvest wrote it
+    (subtract or review apply wrote over it in place): the change would be undone without a word."""
+    if not output.is_file():
+        return None
     now = _digest(output)
-    if now in ({k: written.get(k) for k in now}, written.get("previous")):
-        return  # the table as written (or as it was, where a kill fell between writing the record and the table)
+    written = peek_json(folder / WRITTEN)
+    if not isinstance(written, dict) or now in ({k: written.get(k) for k in now}, written.get("previous")):
+        # Nothing to compare (a journal from before this record), or the table as written (or as it was, where a
+        # kill fell between writing the record and the table).
+        return now
     raise DatasetError(
         f"{output} changed since eic harvest wrote it (another command wrote over it?), and resuming would write "
         f"the harvest over those changes: harvest into another `output` (or delete {output.name} and {folder.name} "
