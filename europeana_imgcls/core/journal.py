@@ -445,12 +445,22 @@ class Journal:
             with atomic_path(path) as tmp:
                 tmp.write_text(_settings_text(after), encoding="utf-8")
 
+    def check_settings(self) -> None:
+        """Refuse, as ``open`` does, a journal started with other settings; reads only (a dry run's question)."""
+        if (self.folder / SETTINGS).is_file():
+            self._refuse_other_settings()
+
     def _check_settings(self) -> None:
         path = self.folder / SETTINGS
-        wanted = json.loads(json.dumps(self.settings))  # as JSON gives them back: tuples are lists
-        if not path.is_file() and _create(path, wanted):
+        if not path.is_file() and _create(path, self._wanted()):
             return
-        before = _settings(path)
+        self._refuse_other_settings()
+
+    def _wanted(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.settings))  # as JSON gives them back: tuples are lists
+
+    def _refuse_other_settings(self) -> None:
+        before, wanted = _settings(self.folder / SETTINGS), self._wanted()
         differ = [k for k in sorted({*before, *wanted}) if before.get(k) != wanted.get(k)]
         if differ:
             said = "; ".join(f"{k}: {_shown(before.get(k))} then, {_shown(wanted.get(k))} now" for k in differ)

@@ -255,7 +255,7 @@ def publish(config: PublishConfig) -> PublishReport:
         where=api_name(config.annotation_api),
     )
     if config.dry_run:  # the API is asked as a run would ask it (reads only); the journal is not written
-        _refuse_another_api(journal.folder, config.annotation_api)
+        journal.check_settings()  # another Annotations API's journal is refused, as the run refuses it
         state = _states(journal, config.annotation_api) if journal.folder.is_dir() else {}
         report.published_before = sum(isinstance(state.get(c), Published) for c in items)
         if state:  # with nothing sent before, everything would go: no question for the API
@@ -727,17 +727,6 @@ def _refuse_foreign(folder: Path) -> None:
         raise DatasetError(
             f"`journal` {folder} holds files and is no publication journal eic wrote: give a new or empty folder, "
             "or the journal an earlier eic publish of this file wrote"
-        )
-
-
-def _refuse_another_api(folder: Path, api: str) -> None:
-    """A dry run refuses what the run would: a journal of what went to another Annotations API."""
-    settings = peek_json(folder / SETTINGS)
-    theirs = settings.get("annotation_api") if isinstance(settings, dict) else None
-    if isinstance(theirs, str) and theirs.rstrip("/") != api.rstrip("/"):
-        raise DatasetError(
-            f"{folder} records what went to {theirs}, not {api}: name the same `annotation_api`, or publish to "
-            "another one with another `journal`"
         )
 
 
