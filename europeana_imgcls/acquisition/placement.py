@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..core.errors import DatasetError
@@ -65,9 +65,10 @@ class Placement:
         if not name.endswith(SUFFIX) or name.startswith("."):
             return
         record = record_id_of(name) or saved.get(name)
-        if record and not entry.is_file(follow_symlinks=False):  # the entry's type, known without a system call
+        regular = entry.is_file(follow_symlinks=False)  # the entry's type, known without a system call
+        if record and not regular:
             _refuse_unless_regular(self.root, Path(entry.path))
-        if not entry.is_file(follow_symlinks=False):
+        if not regular:
             return
         owner = record or id_named(name)  # a hashed name no run listed: its record is known only to the table
         if self.shard is not None and (owner is None or not self.shard.owns(owner)):
@@ -110,7 +111,8 @@ class Placement:
         for folder in {self.root / SET_ASIDE, where}:  # checked again as it is used: it may have changed since
             _refuse_link(self.root, folder)
         where.mkdir(parents=True, exist_ok=True)
-        kept = _free(where / path.name)  # a record set aside before keeps that file too
+        stem = path.name.removesuffix(SUFFIX)
+        kept = _free(where, lambda n: f"{stem}~{n}{SUFFIX}" if n > 1 else path.name)  # an earlier one stays too
         os.replace(path, kept)
         record = self.ours.get(path.name) or id_named(path.name) or path.name
         self.set_aside.append(
@@ -118,13 +120,12 @@ class Placement:
         )
 
 
-def _free(path: Path) -> Path:
-    """``path``, or where nothing is yet beside it: ``NAME~2.jpg``, ``NAME~3.jpg``..."""
+def _free(folder: Path, named: Callable[[int], str]) -> Path:
+    """The first of ``folder / named(1)``, ``named(2)``... where nothing is yet."""
     n = 1
-    while os.path.lexists(path):
+    while os.path.lexists(folder / named(n)):
         n += 1
-        path = path.with_name(f"{path.name.removesuffix(SUFFIX).rsplit('~', 1)[0]}~{n}{SUFFIX}")
-    return path
+    return folder / named(n)
 
 
 SET_ASIDE_COLUMNS = ["ID", "was", "kept_as"]
@@ -151,10 +152,7 @@ def _listed(path: Path) -> list[tuple[str, str, str]]:
                 return [(row[0], row[1], row[2]) for row in reader if len(row) == len(SET_ASIDE_COLUMNS)]
     except (OSError, ValueError, csv.Error):
         pass
-    n = 1
-    while os.path.lexists(kept := path.with_name(f"{path.stem}.earlier{n}.csv")):
-        n += 1
-    os.replace(path, kept)
+    os.replace(path, _free(path.parent, lambda n: f"{path.stem}.earlier{n}.csv"))
     return []
 
 
