@@ -261,10 +261,6 @@ class HarvestConfig(ApiSettings, ShardSettings):
     """``eic harvest``: records per concept (or combination) from the Search API, OAI-PMH or dumps, as a table."""
 
     stage: ClassVar[str] = "harvest"
-
-    def sends_api_key(self) -> bool:
-        return self.metadata_source == "api"  # OAI-PMH and the dumps take no key
-
     input_paths: ClassVar[tuple[str, ...]] = ("vocab",)
     # and the vocabulary itself, and a source other than the Search API (harvest.py: earlier journals still resume)
     resume_keys: ClassVar[tuple[str, ...]] = ("mode", "n", "seed", "keep_ambiguous")
@@ -348,6 +344,9 @@ class HarvestConfig(ApiSettings, ShardSettings):
                 f"{self.metadata_source}): leave {'them' if many else 'it'} out"
             )
         return self
+
+    def sends_api_key(self) -> bool:
+        return self.metadata_source == "api"  # OAI-PMH and the dumps take no key
 
 
 class SubtractConfig(_Base):
