@@ -16,6 +16,7 @@ itself is one split of a run, and can stand for a run of one split wherever mode
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -226,7 +227,10 @@ class RunFolder:
     def model_id(self) -> str:
         """A short digest of the run's checkpoint files: the same models, the same id. Predict's journal compares
         it, enrich's annotations and the model card name it, eic withdraw takes it."""
-        return hashlib.sha256("".join(file_sha256(p) for p in self.model_paths()).encode()).hexdigest()[:16]
+        # Asked by more than one part of a command (eic report's summary and its enrich thresholds), and the
+        # checkpoints are tens of megabytes each: hashed once a version of them.
+        found = [(path.resolve(), path.stat()) for path in self.model_paths()]
+        return _model_id(tuple((path, info.st_size, info.st_mtime_ns) for path, info in found))
 
     @property
     def report(self) -> Path:
@@ -366,6 +370,12 @@ class CheckpointMeta(BaseModel):
 def file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _model_id(checkpoints: tuple[tuple[Path, int, int], ...]) -> str:
+    """``model_id`` of these checkpoint files (path, size, modification time): read once a version of them."""
+    return hashlib.sha256("".join(file_sha256(path) for path, _, _ in checkpoints).encode()).hexdigest()[:16]
 
 
 def not_a_run(path: Path) -> str:
