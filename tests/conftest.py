@@ -270,6 +270,7 @@ def _world(root: Path) -> dict[str, Any]:
                 learning_rate=3e-3,
                 gradcam_images=0,
                 precision=TARGET,
+                figures=True,  # its reliability diagram and model card are tested
             )
         )
         out = root / "out.jsonld"

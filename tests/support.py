@@ -74,8 +74,11 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
-    """Training settings for tests: the tiny net, no weights, tiny images, few epochs (override any with ``kw``)."""
+    """Training settings for tests: the tiny net, no weights, tiny images, few epochs, and no figures where they are
+    not the point (a tenth of a second of CPU each, most of a tiny run's: the runs that the tests of the figures
+    and of the model card read draw them) (override any with ``kw``)."""
     settings = dict(
+        figures=False,
         data_dir=data,
         output_dir=out,
         arch="tiny",

@@ -531,6 +531,11 @@ class TrainConfig(RuntimeSettings):
         False, description="Keep all records of one Europeana dataset (first segment of the ID) in one fold."
     )
     gradcam_images: int = Field(8, ge=0, description="Test images per split drawn with a Grad-CAM heatmap.")
+    figures: bool = Field(
+        True,
+        description="Draw each split's curves.png and the run's reliability.png; off: neither (sweeps, CI: "
+        "a tenth of a second of CPU each; eic report draws its charts from the run's data either way).",
+    )
     cache_mb: int = Field(
         4096,
         ge=0,

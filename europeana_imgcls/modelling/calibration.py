@@ -260,8 +260,9 @@ def _read_test_predictions(path: Path, task: Task, classes: list[str]) -> tuple[
     return np.asarray(truths), np.asarray(probs, dtype=np.float64), paths
 
 
-def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> Calibration:
-    """Calibrate ``run`` from its out-of-fold probabilities; write calibration.json and reliability.png."""
+def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True, diagram: bool = True) -> Calibration:
+    """Calibrate ``run`` from its out-of-fold probabilities; write calibration.json and (``diagram``)
+    reliability.png."""
     check_precision(precision)
     oof = out_of_fold(run)
     calibration = Calibration(
@@ -277,7 +278,10 @@ def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True) -> 
     )
     if write:
         write_json(RunFolder(run).calibration, calibration.to_dict())
+    if write and diagram:
         reliability_diagram(RunFolder(run).reliability, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
+    elif write:  # an earlier calibration's diagram would stand beside this one's thresholds
+        RunFolder(run).reliability.unlink(missing_ok=True)
     return calibration
 
 

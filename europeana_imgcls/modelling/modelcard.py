@@ -52,7 +52,7 @@ def write_model_card(run: Path) -> Path:
         _intended_use(config),
         _training_data(config, summary, source),
         _metrics(summary, _per_class(splits, classes, config.get("mode"))),
-        _calibration(calibration, folder.reliability.name),
+        _calibration(calibration, folder.reliability.name if folder.reliability.is_file() else None),
         _evaluation(evaluation),
         _bias_risks_limitations(config, summary, calibration),
         _compute(summary),
@@ -425,7 +425,7 @@ def _metrics(summary: dict[str, Any], per_class: list[tuple[str, str, str, str]]
     return "\n".join(lines) + "\n"
 
 
-def _calibration(calibration: dict[str, Any], diagram: str) -> str:
+def _calibration(calibration: dict[str, Any], diagram: str | None) -> str:
     if not calibration:
         return (
             "## Calibration\n\nNot calibrated: the run has no out-of-fold prediction for every image (see "
@@ -435,7 +435,7 @@ def _calibration(calibration: dict[str, Any], diagram: str) -> str:
         "## Calibration\n",
         f"From {calibration['source']} ({calibration['images']} images): temperature scaling per split "
         f"brings the expected calibration error from {calibration['ece_before']:.3f} to "
-        f"{calibration['ece_after']:.3f} (`{diagram}`). Thresholds for a precision of "
+        f"{calibration['ece_after']:.3f}{f' (`{diagram}`)' if diagram else ''}. Thresholds for a precision of "
         f"{calibration['precision_target']:.2f}:\n",
         "| class | threshold | precision | coverage | labelled / support |",
         "| --- | --- | --- | --- | --- |",

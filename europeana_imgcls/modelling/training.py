@@ -494,7 +494,7 @@ def _missing_message(images: ImageSet, name: str, split: int, part: str, grouped
 def _calibrate(config: TrainConfig, report: TrainReport) -> None:
     """Calibrate a cross-validated run from its out-of-fold predictions; a run that cannot be is still a run."""
     try:
-        report.calibration = calibrate_run(config.output_dir, config.precision)
+        report.calibration = calibrate_run(config.output_dir, config.precision, diagram=config.figures)
     except CalibrationError as exc:
         report.calibration_note = str(exc)
 
@@ -741,7 +741,8 @@ def _finish_split(
     scores, extra = score_split(images, split, folder, test, val)
     # A resumed split may hold a temperature already: the new values win.
     save_checkpoint(folder.model, model, best.meta.model_copy(update=extra))
-    plot_curves(state.history, folder.curves, state.best_epoch)
+    if config.figures:
+        plot_curves(state.history, folder.curves, state.best_epoch)
     if config.gradcam_images:
         _gradcam(model, config, images.subset(split.test), test, images.classes, folder.gradcam, forward.to_model)
     # Last: metrics.json is what marks the split finished, so a split stopped before it is done again on resume.

@@ -280,6 +280,20 @@ def test_training_curves_mark_the_kept_epoch(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
 
 
+def test_a_run_without_figures_draws_none_and_its_card_names_none(folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    report = train(config(folders, out, epochs=2, figures=False, gradcam_images=0))
+    assert report.calibration is not None and (out / "calibration.json").is_file()
+    assert not list(out.rglob("*.png"))
+    assert "reliability.png" not in (out / "MODEL_CARD.md").read_text()
+    drawn = CliRunner().invoke(app, ["calibrate", str(out), "--precision", "0.9", "--overwrite"])
+    assert drawn.exit_code == 0, drawn.stderr
+    assert (out / "reliability.png").is_file() and "reliability.png" in (out / "MODEL_CARD.md").read_text()
+    again = train(config(folders, out, epochs=2, figures=False, gradcam_images=0, resume=True))
+    assert again.calibration is not None  # the thresholds drawn before are not this calibration's: gone
+    assert not (out / "reliability.png").exists() and "reliability.png" not in (out / "MODEL_CARD.md").read_text()
+
+
 @pytest.mark.slow  # the shared multi-label run is trained for it (and the other multi-label end-to-end tests)
 def test_a_learnable_multilabel_set_is_learnt(ml_run) -> None:
     from sklearn.metrics import f1_score
