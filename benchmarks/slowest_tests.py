@@ -59,6 +59,7 @@ class _Recorder:
                 "seconds": report.duration,
                 "outcome": report.outcome,
                 "slow": "slow" in report.keywords,
+                "waits": "waits" in report.keywords,
                 "cpu": dict(report.user_properties).get(f"cpu_{report.when}", 0.0),
                 "worker": getattr(getattr(getattr(report, "node", None), "gateway", None), "id", ""),
             }
@@ -115,6 +116,7 @@ class Test:
     cpu: float | None = None  # CPU seconds of its three phases (None: not known, as in a saved output)
     outcome: str = "passed"
     slow: bool | None = None  # None: not known (a saved output does not say)
+    waits: bool = False  # marked waits: the full suite runs it on a worker of its own (tests/scheduling.py)
     worker: str = ""  # the xdist worker that ran it ("gw0"; "" without xdist, or not known)
 
     @property
@@ -151,6 +153,7 @@ def run_lane(full: bool, pytest_args: list[str]) -> Lane:
             test.seconds[entry["phase"]] = entry["seconds"]
             test.cpu = (test.cpu or 0.0) + entry["cpu"]
             test.slow = entry["slow"]
+            test.waits = entry.get("waits", False)
             test.worker = entry.get("worker", "")
             if entry["outcome"] != "passed":
                 test.outcome = entry["outcome"]
@@ -230,19 +233,24 @@ def report(lane: Lane, top: int, threshold: float) -> None:
 
 def _per_worker(tests: dict[str, Test]) -> None:
     """Each xdist worker's tests: the run lasts as long as the busiest one's (its start aside), and the tests' wall
-    seconds over the workers is what it would last were they shared out evenly."""
+    seconds over the workers is what it would last were they shared out evenly; a worker that ran only tests
+    marked ``waits`` is the full suite's worker for them (tests/scheduling.py), left out of the even share."""
     workers: dict[str, list[Test]] = defaultdict(list)
     for test in tests.values():
         if test.worker:
             workers[test.worker].append(test)
     if not workers:
         return
+    waiting = {name for name, ts in workers.items() if all(t.waits for t in ts)}
     shares = ", ".join(
-        f"{name} {sum(t.total for t in ts):.1f} s ({len(ts)} tests, {sum(t.slow is True for t in ts)} slow)"
+        f"{name} {sum(t.total for t in ts):.1f} s ({len(ts)} tests, {sum(t.slow is True for t in ts)} slow"
+        + (", all of them waiting)" if name in waiting else ")")
         for name, ts in sorted(workers.items())
     )
-    even = sum(t.total for t in tests.values()) / len(workers)
-    print(f"per worker: {shares}; shared out evenly {even:.1f} s each")
+    rest = [t for name, ts in workers.items() if name not in waiting for t in ts]
+    even = sum(t.total for t in rest) / max(len(workers) - len(waiting), 1)
+    whose = "the others' tests " if waiting else ""
+    print(f"per worker: {shares}; {whose}shared out evenly {even:.1f} s each")
 
 
 def save(lane: Lane, path: Path) -> None:

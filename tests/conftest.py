@@ -16,6 +16,7 @@ import shlex
 import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ sys.dont_write_bytecode = False
 gc.set_threshold(10_000, 10, 10)
 
 _real_connect = socket.socket.connect
+WAITING = "EIC_WAITING_TESTS"  # names the file of the tests that mostly wait (tests/scheduling.py)
 
 # Hypothesis: in CI (the CI variable set, as CI services and .ci/run set it) the same examples every run, so a fresh
 # clone's test command cannot fail at random, and no example database; elsewhere random examples, with the failures
@@ -71,6 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.load_profile(PROFILE + ("-fast" if fast_lane(config) else ""))
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         _hand_out_slow_tests_one_by_one(config)
+        if not fast_lane(config):  # tests/scheduling.py: where the workers say which tests mostly wait
+            handle, path = tempfile.mkstemp(prefix="eic-waiting-", suffix=".txt")
+            os.close(handle)
+            os.environ[WAITING] = path
+            atexit.register(Path(path).unlink, missing_ok=True)
         return
     import torch
     import typer.main
@@ -154,18 +161,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow tests first, the longest of them first (``@pytest.mark.slow(seconds=N)``: about how long it runs on
     a 2-core machine; the rest in their order), then the fast ones: under xdist the workers take tests in this
     order, and an end-to-end test of 40 s that starts last is a tail that one worker runs while the others wait.
-    Started first, the short tests fill in around them."""
+    Started first, the short tests fill in around them. The first worker of the full suite writes down which tests
+    mostly wait (``@pytest.mark.waits``), for the scheduler (tests/scheduling.py)."""
     items.sort(key=_order)
+    path = os.environ.get(WAITING)
+    if path and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+        part = Path(f"{path}.part")
+        part.write_text("".join(f"{item.nodeid}\n" for item in items if item.get_closest_marker("waits")))
+        part.replace(path)  # whole, before this worker hands its collection over
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The full suite's ``load`` hand-out with the waiting tests on a worker of their own (tests/scheduling.py)."""
+    if fast_lane(config) or config.getvalue("dist") != "load":
+        return None  # xdist's own
+    from .scheduling import WaitingApart
+
+    return WaitingApart(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest without it must not refuse it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: three workers per two cores for the full suite, one per core for the fast lane. A third of the
-    full suite's time is spent waiting (on loopback servers, on eic in other processes), so one worker per core
-    leaves cores idle: on the 2-core development machine it took 101 s with 2 workers and 89 s with 3. The fast lane
-    hardly waits, and a worker's start (torch, the package, collecting the tests: ~5 s of a core, and ~4 s more
-    at the first use of torch._dynamo, scipy, scikit-learn, matplotlib) is what a third worker would add: 90 s of
-    CPU with 2 workers, 101 s with 3 (an earlier suite)."""
+    """``-n auto``: three workers per two cores for the full suite, one per core for the fast lane. In the full
+    suite the third worker is the waiting tests' (``@pytest.mark.waits``: tests/scheduling.py), which runs them
+    alone and stops: on two cores three workers taking turns cost ~15 s of CPU more than two (its start, and the
+    turns), and two alone left a core idle whenever a test waited. On the 2-core development machine the full suite
+    took 125 s with 2 workers, 120 s with 3 sharing every test, and 114 s with the third for the waiting ones.
+    The fast lane hardly waits, and a worker's start (torch, the package, collecting the tests: ~5 s of a core,
+    and ~4 s more at the first use of torch._dynamo, scipy, scikit-learn, matplotlib) is what a third worker
+    would add: 90 s of CPU with 2 workers, 101 s with 3 (an earlier suite)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores if fast_lane(config) else cores * 3 // 2)
 

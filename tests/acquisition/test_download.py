@@ -88,6 +88,7 @@ def read_failures(out: Path) -> dict[str, str]:
         return {row["ID"]: row["error"] for row in csv.DictReader(handle)}
 
 
+@pytest.mark.waits
 @pytest.mark.slow(seconds=7)
 def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faulty: Sandbox, tmp_path: Path) -> None:
     table = sandbox_table(faulty, tmp_path / "t.csv")
@@ -120,6 +121,7 @@ def test_every_good_image_is_saved_clean_and_every_bad_one_is_a_failure_row(faul
     assert not list(out.rglob("*.part")) and not list(out.glob(".journal/*.ndjson"))
 
 
+@pytest.mark.waits
 @pytest.mark.slow(seconds=8)
 def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sandbox, tmp_path: Path) -> None:
     table = sandbox_table(faulty, tmp_path / "t.csv")
@@ -138,6 +140,7 @@ def test_rerun_fetches_nothing_new_and_retry_failed_only_the_failures(faulty: Sa
     assert len(new_paths) == len(failed_first)  # each known failure asked for again, nothing else
 
 
+@pytest.mark.waits
 @pytest.mark.slow(seconds=5)
 def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path) -> None:
     table = sandbox_table(faulty, tmp_path / "t.csv")
@@ -151,6 +154,7 @@ def test_fallback_preview_rescues_failed_records(faulty: Sandbox, tmp_path: Path
             assert saved.mode == "RGB" and max(saved.size) == 128
 
 
+@pytest.mark.waits
 @pytest.mark.slow(seconds=4)
 def test_a_killed_run_resumes_to_a_complete_folder(tmp_path: Path) -> None:
     # 84 records (7 kinds of bad answer among them): the first 40 answered, the rest for the resumed run.
@@ -475,6 +479,7 @@ def test_broken_url_through_the_real_client(tmp_path: Path) -> None:
 # Rule 3: what was known before a run is still known after it, however the run ends
 
 
+@pytest.mark.waits
 @pytest.mark.slow
 def test_ctrl_c_during_a_retry_keeps_every_earlier_failure(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=10), Knobs(stall_seconds=30)) as sb:
@@ -873,6 +878,7 @@ def test_bad_scale_settings_are_one_line(tmp_path: Path, args: list[str], messag
 # One request rate for the whole client
 
 
+@pytest.mark.waits
 @pytest.mark.slow
 def test_the_request_rate_holds_over_all_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At most ``rate`` starts a second, never a burst, whatever 16 tasks at once ask: what the client decides (its

@@ -357,6 +357,7 @@ def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
 # The key's quota
 
 
+@pytest.mark.waits
 @pytest.mark.slow
 def test_a_harvest_paces_itself_inside_a_small_quota(tmp_path: Path) -> None:
     with Sandbox(sandbox_config(per_level=120, quota=3, quota_window=1.0)) as sb:

@@ -130,6 +130,7 @@ def test_a_decode_that_would_exceed_the_memory_budget_is_a_failure_row(tmp_path:
         assert saved.size == (64, 53)
 
 
+@pytest.mark.waits
 def test_concurrent_decodes_share_one_budget() -> None:
     from europeana_imgcls.acquisition.images import DecodeBudget
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from europeana_imgcls.europeana.ratelimit import RateLimit
 
 # ---------------------------------------------------------------------------------------------
 # One request rate for the whole client
 
 
+@pytest.mark.waits
 def test_a_429_pauses_every_request_not_only_its_own() -> None:
     async def run() -> list[float]:
         limit = RateLimit(100.0)

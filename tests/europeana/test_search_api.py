@@ -273,6 +273,7 @@ def test_api_key_never_follows_a_redirect_to_another_origin(caplog: pytest.LogCa
 # Rule 9: smaller ones
 
 
+@pytest.mark.waits
 @pytest.mark.slow
 def test_a_server_trickling_its_answer_cannot_hold_a_harvest(tmp_path: Path) -> None:
     from europeana_imgcls.core.errors import ApiError
@@ -339,6 +340,7 @@ def test_a_compressed_search_answer_is_decoded_once() -> None:
 # The key's quota
 
 
+@pytest.mark.waits
 @pytest.mark.slow
 def test_a_429_from_a_spent_quota_waits_for_the_window_without_spending_retries() -> None:
     with Sandbox(sandbox_config(per_level=5, quota=1, quota_window=0.6)) as sb:

@@ -1,0 +1,59 @@
+"""The full suite's hand-out under pytest-xdist: one worker of its own for the tests that mostly wait.
+
+The suite is bound by the CPU, and a third worker on two cores costs ~15 s of CPU more than two (its start, and
+three processes taking turns on two cores), while two leave a core idle whenever one waits: on a loopback
+server's timeout, a rate limit, a process it started. So of three workers the last runs only the tests marked
+``waits`` (~30 s of waiting for ~6 s of CPU) and then stops; the other two run the rest, on a core each. Should
+they run out first, they take what waiting tests are left.
+
+The workers collect the tests, this process does not: the first worker writes the ``waits`` tests' node IDs to a
+file (``WAITING``, named in the environment the workers inherit) before it hands its collection over, and the
+scheduler reads it once every worker's collection is in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from xdist.remote import Producer
+from xdist.scheduler import LoadScheduling
+from xdist.workermanage import WorkerController
+
+from .conftest import WAITING
+
+
+class WaitingApart(LoadScheduling):
+    """xdist's ``load`` hand-out, with the tests marked ``waits`` on the last of three or more workers alone."""
+
+    def __init__(self, config: pytest.Config, log: Producer | None = None) -> None:
+        super().__init__(config, log)
+        self.waiting: set[int] = set()  # indices into the collection
+
+    def schedule(self) -> None:
+        if self.collection is None and self.collection_is_completed:
+            path = Path(os.environ.get(WAITING, ""))
+            names = set(path.read_text().splitlines()) if path.is_file() else set()
+            collection = next(iter(self.node2collection.values()))
+            self.waiting = {i for i, name in enumerate(collection) if name in names}
+        super().schedule()
+
+    def _is_waiter(self, node: WorkerController) -> bool:
+        return bool(self.waiting) and self.numnodes >= 3 and node.gateway.id == f"gw{self.numnodes - 1}"
+
+    def check_schedule(self, node: WorkerController, duration: float = 0) -> None:
+        if self._is_waiter(node) and not self.waiting.intersection(self.pending) and not node.shutting_down:
+            node.shutdown()  # none left for it: it ends what it holds and stops, leaving the cores to the others
+            return
+        super().check_schedule(node, duration)
+
+    def _send_tests(self, node: WorkerController, num: int) -> None:
+        waiter = self._is_waiter(node)
+        chosen = [i for i in self.pending if (i in self.waiting) == waiter][:num]
+        if not chosen and not waiter:  # only waiting tests are left: any worker may run them
+            chosen = self.pending[:num]
+        if chosen:
+            taken = set(chosen)
+            self.pending[:] = [i for i in self.pending if i not in taken]
+            self.node2pending[node].extend(chosen)
+            node.send_runtest_some(chosen)
