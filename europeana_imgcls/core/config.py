@@ -590,6 +590,9 @@ class EvaluateConfig(RuntimeSettings):
     eval_dir: Path = Field(description="Evaluation images in class folders.")
     output_dir: Path = Field(Path("evaluation"), description="Where metrics, tables and figures go.")
     gallery: int = Field(16, ge=0, description="Most confident mistakes shown in misclassified.png.")
+    figures: bool = Field(
+        True, description="Draw confusion_matrix.png and misclassified.png; off: neither (the tables say the same)."
+    )
     labels: Path | None = Field(
         None, description="Multi-label runs: the evaluation labels table; default EVAL_DIR/labels.csv."
     )

@@ -154,9 +154,10 @@ def _evaluate(config: EvaluateConfig, out: Path) -> tuple[EvaluateReport, _Score
     _write_per_class(out / f"per_{task.unit}.csv", scores)
     matrices = [task.confusion(truth, p) for p in probs.values()]
     if all(m is not None for m in matrices):  # one class an image: who is taken for whom
-        _write_confusion(out, sum(matrices), classes)  # type: ignore[arg-type]
+        _write_confusion(out, sum(matrices), classes, config.figures)  # type: ignore[arg-type]
     _write_predictions(out / "predictions.csv", scores)
-    _gallery(out / "misclassified.png", scores, config.gallery)
+    if config.figures:
+        _gallery(out / "misclassified.png", scores, config.gallery)
     report.calibration_check = _check_calibration(config, models, truth, logits, out)
     return report, scores
 
@@ -302,13 +303,14 @@ def _score(
     return probs, sorted(unreadable), logits
 
 
-def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str]) -> None:
+def _write_confusion(out: Path, matrix: np.ndarray, classes: list[str], figure: bool) -> None:
     write_csv(
         out / "confusion_matrix.csv",
         ["truth \\ prediction", *classes],
         ([name, *map(int, row)] for name, row in zip(classes, matrix, strict=True)),
     )
-    charts.save(confusion_figure(matrix, classes), out / "confusion_matrix.png")
+    if figure:
+        charts.save(confusion_figure(matrix, classes), out / "confusion_matrix.png")
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:

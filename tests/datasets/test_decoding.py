@@ -164,7 +164,9 @@ def test_train_evaluate_and_embed_run_on_device_decoded_batches(
     report = train(config(data, tmp_path / "run", epochs=2, crossvalidation=False, gradcam_images=0, hflip=0.5))
     assert len(report.splits) == 1
     assert sum(decoded) == 18  # each image decoded by the device once: the second epoch reads the decode cache
-    result = evaluate_run(EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "eval", quiet=True))
+    result = evaluate_run(
+        EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "eval", quiet=True, figures=False)
+    )
     assert result.images == 18 and not result.unreadable
     assert sum(decoded) == 36
     embedded = embed(

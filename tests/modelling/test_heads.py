@@ -150,7 +150,9 @@ def test_a_resumed_probe_run_keeps_every_split_loadable(tmp_path: Path, monkeypa
     monkeypatch.setattr(heads, "_split", real)
     monkeypatch.chdir(tmp_path)  # and the data folder named another way
     train(config(Path("data"), tmp_path / "run", resume=True, **probe))
-    report = evaluate(EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "ev", gallery=0))
+    report = evaluate(
+        EvaluateConfig(run=tmp_path / "run", eval_dir=data, output_dir=tmp_path / "ev", gallery=0, figures=False)
+    )
     assert len(report.splits) == 3  # split 0, fitted before the interruption, still loads
 
 

@@ -50,7 +50,7 @@ def test_the_model_card_names_the_model_and_reports_its_evaluation(enriched, tra
     ):
         assert row in body, row
     assert "Not evaluated yet" in body
-    evaluate(EvaluateConfig(run=run, eval_dir=enriched["images"], output_dir=tmp_path / "ev", gallery=0))
+    evaluate(EvaluateConfig(run=run, eval_dir=enriched["images"], output_dir=tmp_path / "ev", gallery=0, figures=False))
     card = (run / "MODEL_CARD.md").read_text()
     evaluation = card.split("## Evaluation")[1].split("## Bias, risks and limitations")[0]
     assert f"({3 * 8} images)" in evaluation and "| accuracy |" in evaluation
@@ -121,7 +121,9 @@ def test_the_hub_reads_the_cards_scores_licence_and_sections(trained_run: Path, 
 
     # An evaluation adds its scores, named after its folder
     eval_dir = make_folders(tmp_path / "held_out", per_class=3, size=40)
-    evaluate(EvaluateConfig(run=run, eval_dir=eval_dir, output_dir=tmp_path / "ev", gallery=0, quiet=True))
+    evaluate(
+        EvaluateConfig(run=run, eval_dir=eval_dir, output_dir=tmp_path / "ev", gallery=0, figures=False, quiet=True)
+    )
     results = ModelCard.load(run / "MODEL_CARD.md").data.eval_results
     assert {r.dataset_name for r in results} == {
         f"{folder}: the test folds of 3-fold cross-validation",

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from europeana_imgcls import EvaluateConfig, PredictConfig, evaluate, predict
+from europeana_imgcls.cli.app import app
 from europeana_imgcls.modelling.checkpoint import load_checkpoint
 from europeana_imgcls.outputs.evaluation import evaluate_run
 
@@ -23,7 +25,11 @@ from ..support import CLASSES, LABELS, TARGET, copy_of, make_multilabel_folder, 
 def test_evaluate_reports_the_promise_on_unseen_images(world, tmp_path: Path) -> None:
     report = evaluate_run(
         EvaluateConfig(
-            run=world["root"] / "run", eval_dir=world["root"] / "eval_images", output_dir=tmp_path / "ev", gallery=0
+            run=world["root"] / "run",
+            eval_dir=world["root"] / "eval_images",
+            output_dir=tmp_path / "ev",
+            gallery=0,
+            figures=False,
         )
     )
     rows = report.calibration_check
@@ -74,8 +80,26 @@ def test_evaluate_matches_scikit_learn(trained: Path, eval_dir: Path, tmp_path: 
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_evaluation_without_figures_writes_its_tables_and_no_figure(
+    trained: Path, eval_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ev"
+    evaluate(EvaluateConfig(run=copy_of(trained, tmp_path), eval_dir=eval_dir, output_dir=out, figures=False))
+    assert {"metrics.json", "confusion_matrix.csv", "predictions.csv", "per_class.csv"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not list(out.glob("*.png"))
+    again = CliRunner().invoke(
+        app, ["evaluate", str(tmp_path / trained.name), str(eval_dir), "-o", str(out), "--overwrite"]
+    )
+    assert again.exit_code == 0, again.stderr  # the figures are drawn by default, over an evaluation without them
+    assert {"confusion_matrix.png", "misclassified.png"} <= {p.name for p in out.iterdir()}
+
+
 def test_specificity_from_the_confusion_matrix(trained: Path, eval_dir: Path, tmp_path: Path) -> None:
-    evaluate(EvaluateConfig(run=trained / "split_1", eval_dir=eval_dir, output_dir=tmp_path / "ev", gallery=0))
+    evaluate(
+        EvaluateConfig(run=trained / "split_1", eval_dir=eval_dir, output_dir=tmp_path / "ev", gallery=0, figures=False)
+    )
     predictions = rows(tmp_path / "ev" / "predictions.csv")
     specificities = []
     for c in CLASSES:
@@ -93,7 +117,7 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
 
     out = copy_of(ml_run[1], tmp_path)
     held_out = make_multilabel_folder(tmp_path / "eval", count=24, seed=7)
-    report = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev", gallery=0))
+    report = evaluate(EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev", gallery=0, figures=False))
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     thresholds = json.loads((tmp_path / "ev" / "report.json").read_text())["thresholds"]
     predictions = rows(tmp_path / "ev" / "predictions.csv")
@@ -110,7 +134,7 @@ def test_evaluate_and_predict_use_the_tuned_thresholds(ml_run, tmp_path: Path) -
     per_label = rows(tmp_path / "ev" / "per_label.csv")
     assert [r["label"] for r in per_label] == list(LABELS)
     everything = evaluate(
-        EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev0", threshold=0.0, gallery=0)
+        EvaluateConfig(run=out, eval_dir=held_out, output_dir=tmp_path / "ev0", threshold=0.0, gallery=0, figures=False)
     )
     assert everything.summary["micro_recall"]["mean"] == 1.0  # a threshold of 0 says yes to every label
 
@@ -201,7 +225,7 @@ def test_an_evaluation_of_a_relative_folder_names_its_images_from_anywhere(
     make_folders(tmp_path / "project" / "data", per_class=3)
     monkeypatch.chdir(tmp_path / "project")
     run = copy_of(trained, tmp_path / "run")
-    evaluate_run(EvaluateConfig(run=run, eval_dir=Path("data"), output_dir=tmp_path / "ev", gallery=0))
+    evaluate_run(EvaluateConfig(run=run, eval_dir=Path("data"), output_dir=tmp_path / "ev", gallery=0, figures=False))
     with (tmp_path / "ev" / "predictions.csv").open(newline="") as handle:
         images = [Path(row["image"]) for row in csv.DictReader(handle)]
     assert images and all(p.is_absolute() and p.is_relative_to(tmp_path / "project" / "data") for p in images)

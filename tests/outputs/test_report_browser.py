@@ -161,7 +161,9 @@ def test_a_demo_like_runs_whole_page(browser: Any, world: dict[str, Any], tmp_pa
     root = world["root"]
     run = copy_of(root / "run", tmp_path)  # evaluate keeps the run's latest evaluation in it
     evaluate_run(
-        EvaluateConfig(run=run, eval_dir=root / "eval_images", output_dir=tmp_path / "ev", gallery=0, quiet=True)
+        EvaluateConfig(
+            run=run, eval_dir=root / "eval_images", output_dir=tmp_path / "ev", gallery=0, figures=False, quiet=True
+        )
     )
     audit(AuditConfig(source=run, output_dir=tmp_path / "audit", top=4, quiet=True))
     config = ReportConfig(
