@@ -42,7 +42,7 @@ sys.dont_write_bytecode = False
 gc.set_threshold(10_000, 10, 10)
 
 _real_connect = socket.socket.connect
-WAITING = "EIC_WAITING_TESTS"  # names the file of the tests that mostly wait (tests/scheduling.py)
+WAITING = "eic_waiting_tests"  # the workers' input naming the file of the tests that mostly wait (scheduling.py)
 
 # Hypothesis: in CI (the CI variable set, as CI services and .ci/run set it) the same examples every run, so a fresh
 # clone's test command cannot fail at random, and no example database; elsewhere random examples, with the failures
@@ -73,11 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.load_profile(PROFILE + ("-fast" if fast_lane(config) else ""))
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         _hand_out_slow_tests_one_by_one(config)
-        if not fast_lane(config):  # tests/scheduling.py: where the workers say which tests mostly wait
+        if not fast_lane(config):  # tests/scheduling.py: where the first worker says which tests mostly wait
             handle, path = tempfile.mkstemp(prefix="eic-waiting-", suffix=".txt")
             os.close(handle)
-            os.environ[WAITING] = path
-            atexit.register(Path(path).unlink, missing_ok=True)
+            config.stash[WAITING_FILE] = Path(path)
+            config.add_cleanup(functools.partial(Path(path).unlink, missing_ok=True))
         return
     import torch
     import typer.main
@@ -157,15 +157,26 @@ def _order(item: pytest.Item) -> tuple[bool, float]:
     return (slow is None, -float(slow.kwargs.get("seconds", 0)) if slow else 0.0)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+WAITING_FILE = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's, in this process: what each worker is told as it starts
+def pytest_configure_node(node: Any) -> None:
+    path = node.config.stash.get(WAITING_FILE, None)
+    if path is not None:
+        node.workerinput[WAITING] = str(path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The slow tests first, the longest of them first (``@pytest.mark.slow(seconds=N)``: about how long it runs on
     a 2-core machine; the rest in their order), then the fast ones: under xdist the workers take tests in this
     order, and an end-to-end test of 40 s that starts last is a tail that one worker runs while the others wait.
     Started first, the short tests fill in around them. The first worker of the full suite writes down which tests
     mostly wait (``@pytest.mark.waits``), for the scheduler (tests/scheduling.py)."""
     items.sort(key=_order)
-    path = os.environ.get(WAITING)
-    if path and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+    told = getattr(config, "workerinput", {})
+    path = told.get(WAITING)
+    if path and told.get("workerid") == "gw0":
         part = Path(f"{path}.part")
         part.write_text("".join(f"{item.nodeid}\n" for item in items if item.get_closest_marker("waits")))
         part.replace(path)  # whole, before this worker hands its collection over
@@ -183,16 +194,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest without it must not refuse it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: three workers per two cores for the full suite, one per core for the fast lane. In the full
-    suite the third worker is the waiting tests' (``@pytest.mark.waits``: tests/scheduling.py), which runs them
-    alone and stops: on two cores three workers taking turns cost ~15 s of CPU more than two (its start, and the
-    turns), and two alone left a core idle whenever a test waited. On the 2-core development machine the full suite
-    took 125 s with 2 workers, 120 s with 3 sharing every test, and 114 s with the third for the waiting ones.
-    The fast lane hardly waits, and a worker's start (torch, the package, collecting the tests: ~5 s of a core,
-    and ~4 s more at the first use of torch._dynamo, scipy, scikit-learn, matplotlib) is what a third worker
-    would add: 90 s of CPU with 2 workers, 101 s with 3 (an earlier suite)."""
+    """``-n auto``: a worker per core, and for the full suite one more, the last, for the tests that mostly wait
+    (``@pytest.mark.waits``: tests/scheduling.py), which runs them alone and stops. On two cores three workers
+    taking turns cost ~15 s of CPU more than two (the third's start, and the turns), and two alone left a core idle
+    whenever a test waited: on the 2-core development machine the full suite took 125 s with 2 workers, 120 s with
+    3 sharing every test, and 114 s with the third for the waiting ones. The fast lane hardly waits, and a worker's
+    start (torch, the package, collecting the tests: ~5 s of a core, and ~4 s more at the first use of
+    torch._dynamo, scipy, scikit-learn, matplotlib) is what a third worker would add: 90 s of CPU with 2 workers,
+    101 s with 3 (an earlier suite)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores if fast_lane(config) else cores * 3 // 2)
+    return max(1, cores if fast_lane(config) else cores + 1)
 
 
 @pytest.fixture

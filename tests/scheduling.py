@@ -2,25 +2,23 @@
 
 The suite is bound by the CPU, and a third worker on two cores costs ~15 s of CPU more than two (its start, and
 three processes taking turns on two cores), while two leave a core idle whenever one waits: on a loopback
-server's timeout, a rate limit, a process it started. So of three workers the last runs only the tests marked
-``waits`` (~30 s of waiting for ~6 s of CPU) and then stops; the other two run the rest, on a core each. Should
-they run out first, they take what waiting tests are left.
+server's timeout, a rate limit, a process it started. So ``-n auto`` starts a worker per core and one more, the
+last, which runs only the tests marked ``waits`` (~30 s of waiting for ~6 s of CPU) and then stops; the others run
+the rest, on a core each. Should they run out first, they take what waiting tests are left. With fewer than three
+workers, or no waiting test among those collected, the hand-out is xdist's ``load``, unchanged.
 
 The workers collect the tests, this process does not: the first worker writes the ``waits`` tests' node IDs to a
-file (``WAITING``, named in the environment the workers inherit) before it hands its collection over, and the
-scheduler reads it once every worker's collection is in."""
+file (named in the input every worker is given, ``conftest.WAITING``) before it hands its collection over, and
+the scheduler reads it once every worker's collection is in."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 from xdist.remote import Producer
 from xdist.scheduler import LoadScheduling
 from xdist.workermanage import WorkerController
 
-from .conftest import WAITING
+from .conftest import WAITING_FILE
 
 
 class WaitingApart(LoadScheduling):
@@ -32,8 +30,8 @@ class WaitingApart(LoadScheduling):
 
     def schedule(self) -> None:
         if self.collection is None and self.collection_is_completed:
-            path = Path(os.environ.get(WAITING, ""))
-            names = set(path.read_text().splitlines()) if path.is_file() else set()
+            path = self.config.stash.get(WAITING_FILE, None)
+            names = set(path.read_text().splitlines()) if path is not None and path.is_file() else set()
             collection = next(iter(self.node2collection.values()))
             self.waiting = {i for i, name in enumerate(collection) if name in names}
         super().schedule()
@@ -48,6 +46,8 @@ class WaitingApart(LoadScheduling):
         super().check_schedule(node, duration)
 
     def _send_tests(self, node: WorkerController, num: int) -> None:
+        if not self.waiting or self.numnodes < 3:  # no worker to spare for them: xdist's own order
+            return super()._send_tests(node, num)
         waiter = self._is_waiter(node)
         chosen = [i for i in self.pending if (i in self.waiting) == waiter][:num]
         if not chosen and not waiter:  # only waiting tests are left: any worker may run them

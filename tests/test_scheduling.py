@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("xdist")
 
-from .conftest import WAITING  # noqa: E402
+from .conftest import WAITING_FILE  # noqa: E402
 from .scheduling import WaitingApart  # noqa: E402
 
 TESTS = [f"tests/test_x.py::test_{n}" for n in range(40)]
@@ -18,8 +18,10 @@ WAITS = {TESTS[1], TESTS[2], TESTS[30]}
 
 
 class _Config:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, waiting: Path) -> None:
         self.workers = workers
+        self.stash = pytest.Stash()
+        self.stash[WAITING_FILE] = waiting
 
     def getvalue(self, name: str) -> Any:
         return {"tx": [f"{self.workers}*popen"], "dist": "load"}[name]
@@ -34,26 +36,30 @@ class _Gateway:
 
 
 class _Worker:
-    """What the scheduler sees of a worker: the tests it was sent, and whether it was told to stop."""
+    """What the scheduler sees of a worker: the tests it was sent (with when, counted over every worker), and
+    whether it was told to stop."""
+
+    handed = 0
 
     def __init__(self, name: str) -> None:
         self.gateway = _Gateway(name)
-        self.sent: list[int] = []
+        self.sent: list[tuple[int, int]] = []
         self.shutting_down = False
 
     def send_runtest_some(self, indices: list[int]) -> None:
-        self.sent.extend(indices)
+        for index in indices:
+            _Worker.handed += 1
+            self.sent.append((_Worker.handed, index))
 
     def shutdown(self) -> None:
         self.shutting_down = True
 
 
-def _run(workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """Every test handed out and finished, in turns; which tests each worker ran."""
+def _run(workers: int, tmp_path: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """Every test handed out and finished, in turns: which tests each worker ran, and the order they were sent in."""
     listed = tmp_path / "waiting.txt"
     listed.write_text("".join(f"{name}\n" for name in WAITS))
-    monkeypatch.setenv(WAITING, str(listed))
-    scheduler = WaitingApart(_Config(workers))  # type: ignore[arg-type]
+    scheduler = WaitingApart(_Config(workers, listed))  # type: ignore[arg-type]
     nodes = [_Worker(f"gw{n}") for n in range(workers)]
     for node in nodes:
         scheduler.add_node(node)  # type: ignore[arg-type]
@@ -70,17 +76,17 @@ def _run(workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[
             scheduler.mark_test_complete(node, index)  # type: ignore[arg-type]
     assert sorted(name for names in ran.values() for name in names) == sorted(TESTS)  # each once
     assert all(node.shutting_down for node in nodes)
-    return ran
+    sent = sorted((position, TESTS[i]) for node in nodes for position, i in node.sent)
+    return ran, [name for _, name in sent]
 
 
-def test_the_last_of_three_workers_runs_the_waiting_tests_alone_and_then_stops(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ran = _run(3, tmp_path, monkeypatch)
+def test_the_last_of_three_workers_runs_the_waiting_tests_alone_and_then_stops(tmp_path: Path) -> None:
+    ran, _ = _run(3, tmp_path)
     assert set(ran["gw2"]) == WAITS
     assert not WAITS & {*ran["gw0"], *ran["gw1"]} and ran["gw0"] and ran["gw1"]
 
 
-def test_two_workers_share_every_test_as_xdist_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ran = _run(2, tmp_path, monkeypatch)  # no worker to spare: the waiting tests go where there is room
+def test_two_workers_take_every_test_in_xdists_own_order(tmp_path: Path) -> None:
+    ran, sent = _run(2, tmp_path)  # no worker to spare: the waiting ones are tests like the others
     assert ran["gw0"] and ran["gw1"]
+    assert sent == TESTS  # in the collection's order (the longest first), not the waiting ones left to the end

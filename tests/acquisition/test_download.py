@@ -956,29 +956,35 @@ def test_three_shards_killed_and_restarted_then_one_merge_equals_an_unsharded_ru
         ]  # one and several labels
         table = tmp_path / "t.csv"
         pl.DataFrame(rows).write_csv(table)
-        common = [
-            "--mode",
-            "multi-label",
-            "--quiet",
-            "--max-side",
-            "64",
-            "--timeout",
-            str(FAULTY_TIMEOUT),
-            "--retries",
-            "0",
-            "--concurrency",
-            "2",
-        ]
+        common = ["--mode", "multi-label", "--quiet", "--max-side", "64", "--retries", "0", "--concurrency", "2"]
         shared = tmp_path / "shared"
         sb.hold_after(9)  # the shards are surely killed mid-way: later image answers wait
-        first = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
+        # The killed shards wait on held answers until every shard has started, however slowly: a timeout there
+        # would be journaled as those records' own failure.
+        first = [
+            _eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common, "--timeout", "60")
+            for k in range(3)
+        ]
         assert sb.wait_until_held(3), "the shards never reached the held answers"
         for proc in first:
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
         sb.release()
         assert sum(p.stat().st_size > 0 for p in (shared / ".journal").glob("part.shard-*.ndjson")) >= 1
-        again = [_eic("download", str(table), "-o", str(shared), "--shard", f"{k}/3", *common) for k in range(3)]
+        again = [
+            _eic(
+                "download",
+                str(table),
+                "-o",
+                str(shared),
+                "--shard",
+                f"{k}/3",
+                *common,
+                "--timeout",
+                str(FAULTY_TIMEOUT),
+            )
+            for k in range(3)
+        ]
         for proc in again:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
