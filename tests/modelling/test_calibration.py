@@ -64,7 +64,9 @@ def test_a_run_without_out_of_fold_predictions_says_how_to_get_them(world, tmp_p
         TrainConfig(
             data_dir=world["root"] / "images",
             output_dir=run,
+            arch="tiny",  # not the point here: a run of one split
             weights="none",
+            figures=False,
             epochs=1,
             input_size=32,
             batch_size=16,
