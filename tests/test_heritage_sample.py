@@ -92,7 +92,9 @@ def probes(shared_probes: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _probes(lab: dict[str, Any], root: Path) -> dict[str, Any]:
     run = root / "probe"
-    linear = train(TrainConfig(data_dir=lab["clean"], output_dir=run, method="linear-probe", folds=10, **LITE))
+    linear = train(
+        TrainConfig(data_dir=lab["clean"], output_dir=run, method="linear-probe", folds=10, figures=False, **LITE)
+    )
     knn = train(
         TrainConfig(
             data_dir=lab["clean"],
@@ -101,6 +103,7 @@ def _probes(lab: dict[str, Any], root: Path) -> dict[str, Any]:
             folds=10,
             embeddings=run / "embeddings.parquet",
             neighbours=5,
+            figures=False,
             **LITE,
         )
     )
@@ -184,6 +187,7 @@ def test_folds_can_keep_each_duplicate_group_together(lab, tmp_path: Path) -> No
             method="linear-probe",
             folds=5,
             embeddings=lab["root"] / "noisy.parquet",
+            figures=False,
             **LITE,
         )
     )
@@ -195,6 +199,7 @@ def test_folds_can_keep_each_duplicate_group_together(lab, tmp_path: Path) -> No
             folds=5,
             embeddings=lab["root"] / "noisy.parquet",
             duplicate_groups=audited / "duplicates.csv",
+            figures=False,
             **LITE,
         )
     )
@@ -285,6 +290,7 @@ def test_bad_input_is_one_line(lab, tmp_path: Path) -> None:
             folds=5,
             crossvalidation=False,
             embeddings=lab["root"] / "noisy.parquet",
+            figures=False,
             **LITE,
         )
     )
