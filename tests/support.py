@@ -74,9 +74,10 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
-    """Training settings for tests: the tiny net, no weights, tiny images, few epochs, and no figures where they are
-    not the point (a tenth of a second of CPU each, most of a tiny run's: the runs that the tests of the figures
-    and of the model card read draw them) (override any with ``kw``)."""
+    """Training settings for tests: the tiny net, no weights, tiny images, few epochs, and no figures or heatmaps
+    where they are not the point (a tenth of a second of CPU each, most of a tiny run's, and the heatmaps' packages
+    1.8 s of each worker's first: the runs that the tests of the figures, the heatmaps and the model card read draw
+    them) (override any with ``kw``)."""
     settings = dict(
         figures=False,
         data_dir=data,
@@ -90,7 +91,7 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
         folds=3,
         patience=3,
         quiet=True,
-        gradcam_images=3,
+        gradcam_images=0,
     )
     settings.update(kw)
     return TrainConfig(**settings)

@@ -16,7 +16,7 @@ from ..support import built_once, config, unchanged
 @pytest.fixture(scope="session")
 def shared_run(shared_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, training.TrainReport]:
     def build(root: Path) -> tuple[Path, training.TrainReport]:
-        return root / "run", train(config(shared_folders, root / "run", epochs=8, arch="tiny", figures=True))
+        return root / "run", train(config(shared_folders, root / "run", epochs=8, figures=True, gradcam_images=3))
 
     return built_once(tmp_path_factory, "modelling_run", build)
 
