@@ -19,7 +19,6 @@ table.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from ..core.journal import Journal
 from ..core.outputs import TABLE, claim, claim_sidecar
 from ..core.progress import progress_bar
 from ..core.recognise import peek_json
-from ..core.tables import check_table_suffix, sidecar, write_json, write_table
+from ..core.tables import check_table_suffix, file_sha256, sidecar, write_json, write_table
 from ..europeana.search_api import SearchClient, record_uri
 from ..europeana.vocabulary import load_vocabulary
 from .sources import AMBIGUOUS, ApiSource, Plan, Source, Unit, piece_found, plan_units, unit_query
@@ -219,11 +218,7 @@ def _unchanged_table(output: Path, folder: Path) -> dict[str, Any] | None:
 
 
 def _digest(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def _refuse_dropped_levels(found: _Found, plan: Plan, config: HarvestConfig) -> None:

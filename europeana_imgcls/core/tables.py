@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -139,6 +140,12 @@ def temp_path(target: Path) -> Path:
 def is_own_temp(name: str) -> bool:
     """Whether a file name is one of eic's temporary names (this version's or an earlier one's)."""
     return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or bool(_LEGACY_TEMP.match(name)))
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (checkpoints, backbones, exports, a harvest's table)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @contextmanager

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelError
-from ..core.tables import atomic_path
+from ..core.tables import atomic_path, file_sha256
 from .models import KnnHead, build_model, get_head, head_name, safe_load, set_head
-from .run_folder import CheckpointMeta, file_sha256
+from .run_folder import CheckpointMeta
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Every model returns logits; softmax (or sigmoid) is applied only when predicting
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import pickle
 import warnings
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..core.config import EmbedConfig, TrainConfig
 from ..core.errors import ModelError
+from ..core.tables import file_sha256
 from ..datasets.folders import IMAGENET_MEAN, IMAGENET_STD
 from . import timm_backbones
 from .timm_backbones import Reshape, TimmBackbone, is_timm
@@ -351,6 +351,4 @@ def _weights_file(path: Path, safetensors: bool, _size: int, _mtime: int) -> _Lo
         )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} holds no state dict of weights")
-    with path.open("rb") as handle:  # run_folder.file_sha256's way (run_folder names this module's Arch)
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return _Loaded(cast(dict[str, torch.Tensor], state), str(path), digest)
+    return _Loaded(cast(dict[str, torch.Tensor], state), str(path), file_sha256(path))

@@ -30,6 +30,7 @@ from ..core.config import TrainConfig, public_dict
 from ..core.errors import ModelError
 from ..core.recognise import what_is
 from ..core.run_names import MODEL_FILE, SPLIT_GLOB, SPLIT_NAME, split_index, split_name
+from ..core.tables import file_sha256
 
 if TYPE_CHECKING:
     from .models import Arch  # torch: only its type here, so that the run's paths load without it
@@ -365,11 +366,6 @@ class CheckpointMeta(BaseModel):
     def saved(self) -> dict[str, Any]:
         """The fields as a checkpoint stores them (beside ``model_state``)."""
         return self.model_dump(mode="python")
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @functools.lru_cache(maxsize=16)

@@ -34,10 +34,10 @@ from ..core.config import ExportConfig
 from ..core.errors import ConfigError, DatasetError, ModelError
 from ..core.outputs import OutputKind, absolute, build_folder
 from ..core.run_names import SPLIT_GLOB
-from ..core.tables import write_json
+from ..core.tables import file_sha256, write_json
 from ..core.version import __version__
 from ..modelling.calibration import Calibration, read_run_calibration
-from ..modelling.run_folder import DATA_DIR_RESOLVED, RunFolder, SplitFolder, file_sha256
+from ..modelling.run_folder import DATA_DIR_RESOLVED, RunFolder, SplitFolder
 from . import quantise
 from .inference import Ensemble, RunModel, chosen_splits, load_run
 from .onnx_runtime import (

@@ -25,10 +25,11 @@ from pydantic import ConfigDict, Field, PositiveFloat, ValidationError, model_va
 from ..core.config import Mode
 from ..core.errors import ConfigError, ModelError
 from ..core.sidecars import Sidecar, first_problem, read_typed
+from ..core.tables import file_sha256
 from ..datasets.batches import array_batches
 from ..datasets.imageset import ImageSet
 from ..modelling.processes import cores
-from ..modelling.run_folder import SPLIT_NAME_PATTERN, CheckpointMeta, RunFolder, file_sha256, split_name
+from ..modelling.run_folder import SPLIT_NAME_PATTERN, CheckpointMeta, RunFolder, split_name
 from .inference import Batch, ModelRequest, Pixels, SplitModel
 
 if TYPE_CHECKING:
