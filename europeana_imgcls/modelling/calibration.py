@@ -277,11 +277,12 @@ def calibrate_run(run: Path, precision: float = 0.95, *, write: bool = True, dia
         per_class=choose_thresholds(oof.task, oof.calibrated, oof.truth, oof.classes, precision),
     )
     if write:
-        write_json(RunFolder(run).calibration, calibration.to_dict())
-    if write and diagram:
-        reliability_diagram(RunFolder(run).reliability, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
-    elif write:  # an earlier calibration's diagram would stand beside this one's thresholds
-        RunFolder(run).reliability.unlink(missing_ok=True)
+        folder = RunFolder(run)
+        write_json(folder.calibration, calibration.to_dict())
+        if diagram:
+            reliability_diagram(folder.reliability, oof.task, oof.raw, oof.calibrated, oof.truth, calibration)
+        else:  # an earlier calibration's diagram would stand beside this one's thresholds
+            folder.reliability.unlink(missing_ok=True)
     return calibration
 
 
