@@ -150,7 +150,7 @@ def refuse_beside_classes(output: Path, given: Path, option: str = "output") -> 
     if root is None:
         return
     where = absolute(output).resolve()
-    if where.parent == root.resolve() or (root.resolve() == given.resolve() and where.is_relative_to(root.resolve())):
+    if where.parent == root or (root == given.resolve() and where.is_relative_to(root)):  # dataset_of's is resolved
         refuse_inside(output, root, option)
 
 
@@ -175,9 +175,9 @@ def claim_sidecar(output: Path, kind: str, option: str = "output", own: Path | N
     # A table another stage made (its sidecar names it) is not this stage's to replace, unless it is the table this
     # stage works on (``own``: subtract's training table, review apply's), rewritten in place with `overwrite`.
     in_place = own is not None and os.path.lexists(own) and absolute(output).resolve() == Path(own).resolve()
-    for other in () if in_place else SIDECAR_KINDS:
-        made = os.path.lexists(output) and sidecar_output(sidecar(absolute(output), other)) == Path(output).name
-        if other != kind and made:
+    others = () if in_place or not os.path.lexists(output) else [k for k in SIDECAR_KINDS if k != kind]
+    for other in others:
+        if sidecar_output(sidecar(absolute(output), other)) == Path(output).name:
             raise DatasetError(
                 f"{output} is a table another eic command made ({sidecar(Path(output), other).name} beside it), "
                 f"not this one's to replace: choose another `{option}`"
