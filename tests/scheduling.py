@@ -13,6 +13,8 @@ the scheduler reads it once every worker's collection is in."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from xdist.remote import Producer
 from xdist.scheduler import LoadScheduling
@@ -36,8 +38,13 @@ class WaitingApart(LoadScheduling):
             self.waiting = {i for i, name in enumerate(collection) if name in names}
         super().schedule()
 
+    @property
+    def _apart(self) -> bool:
+        """Whether the waiting tests have a worker of their own: some were collected, and three workers or more."""
+        return bool(self.waiting) and self.numnodes >= 3
+
     def _is_waiter(self, node: WorkerController) -> bool:
-        return bool(self.waiting) and self.numnodes >= 3 and node.gateway.id == f"gw{self.numnodes - 1}"
+        return self._apart and node.gateway.id == f"gw{self.numnodes - 1}"
 
     def check_schedule(self, node: WorkerController, duration: float = 0) -> None:
         if self._is_waiter(node) and not self.waiting.intersection(self.pending) and not node.shutting_down:
@@ -46,10 +53,10 @@ class WaitingApart(LoadScheduling):
         super().check_schedule(node, duration)
 
     def _send_tests(self, node: WorkerController, num: int) -> None:
-        if not self.waiting or self.numnodes < 3:  # no worker to spare for them: xdist's own order
+        if not self._apart:  # no worker to spare for them: xdist's own order
             return super()._send_tests(node, num)
         waiter = self._is_waiter(node)
-        chosen = [i for i in self.pending if (i in self.waiting) == waiter][:num]
+        chosen = list(itertools.islice((i for i in self.pending if (i in self.waiting) == waiter), num))
         if not chosen and not waiter:  # only waiting tests are left: any worker may run them
             chosen = self.pending[:num]
         if chosen:
